@@ -1,0 +1,284 @@
+//! `vmi bench …`: the engine's speed and density figures.
+//!
+//! Each bench prints one JSON object (with `--json`) or a readable table, and says what
+//! it measured under which conditions. Times are wall-clock on this machine.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use vmi_engine::{Engine, Event, SnapshotRequest, SystemClock, TouchPhase, VirtualPhone, VmConfig};
+use vmi_wasm_engine::{TrackerKind, WasmEngine, WasmEngineConfig};
+
+/// Where the default phone's home-screen icons are, for driving it in benches.
+pub mod layout {
+    /// Centre of the Notes icon on a 720×1280 screen.
+    pub const NOTES: (i32, i32) = (274, 1090);
+    /// Centre of the Paint icon on a 720×1280 screen.
+    pub const PAINT: (i32, i32) = (446, 1090);
+}
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Snapshot, restore and incremental snapshot times of one phone.
+    Snapshot {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Rounds per figure.
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+        /// How written pages are found (default: the best the kernel offers).
+        #[arg(long, value_enum)]
+        dirty_tracking: Option<Tracking>,
+    },
+    /// Time from a key or touch to its frame damage being ready.
+    Input {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Events to time.
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+    },
+    /// How many idle phones fit, and how fast each is created.
+    Density {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Phones to create.
+        #[arg(long, default_value_t = 1000)]
+        vms: usize,
+    },
+}
+
+/// Dirty-page tracking mechanisms to compare.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Tracking {
+    /// userfaultfd async write-protect, read with PAGEMAP_SCAN.
+    Wp,
+    /// Compare with a shadow copy.
+    Shadow,
+}
+
+/// The `p`-th percentile (0..=100) of samples.
+pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (v * f).round() / f
+}
+
+fn print(json_out: bool, v: Value) {
+    if json_out {
+        println!("{v}");
+    } else if let Value::Object(map) = v {
+        for (k, v) in map {
+            println!("{k:<28} {v}");
+        }
+    }
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Snapshot { json, rounds, dirty_tracking } => print(json, snapshot(rounds.max(3), dirty_tracking)?),
+        BenchCmd::Input { json, events } => print(json, input(events.max(10))?),
+        BenchCmd::Density { json, vms } => print(json, density(vms.max(1))?),
+    }
+    Ok(())
+}
+
+fn engine(max_vms: u32, tracking: Option<Tracking>) -> Result<WasmEngine> {
+    let config = WasmEngineConfig {
+        max_vms,
+        dirty_tracking: tracking.map(|t| match t {
+            Tracking::Wp => TrackerKind::WriteProtect,
+            Tracking::Shadow => TrackerKind::ShadowCompare,
+        }),
+        ..WasmEngineConfig::default()
+    };
+    Ok(WasmEngine::with_config(config, SystemClock::shared())?)
+}
+
+fn tap(phone: &mut dyn VirtualPhone, (x, y): (i32, i32)) -> Result<()> {
+    phone.deliver(Event::Touch { phase: TouchPhase::Down, x, y })?;
+    phone.deliver(Event::Touch { phase: TouchPhase::Up, x, y })?;
+    Ok(())
+}
+
+/// A phone with Notes open and a paragraph typed: a phone in mid-session.
+fn phone_in_notes(engine: &WasmEngine) -> Result<Box<dyn VirtualPhone>> {
+    let image = engine.load_image(vmi_phone_image::PHONE_WASM)?;
+    let mut phone = engine.create(&image.hash, &VmConfig::default())?;
+    tap(phone.as_mut(), layout::NOTES)?;
+    for c in "Meeting notes: the edge site keeps my phone warm while the screen sleeps. ".chars() {
+        phone.deliver(Event::text(c))?;
+    }
+    phone.frame()?;
+    Ok(phone)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn snapshot(rounds: usize, tracking: Option<Tracking>) -> Result<Value> {
+    let engine = engine(rounds as u32 + 8, tracking)?;
+    let mut phone = phone_in_notes(&engine)?;
+    let memory_bytes = phone.usage().memory_bytes;
+
+    let mut full_ms = Vec::new();
+    let mut full = None;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let snap = phone.snapshot(SnapshotRequest::Full)?;
+        full_ms.push(ms(t));
+        full = Some(snap);
+    }
+    let full = full.context("no snapshot taken")?;
+
+    let mut restore_ms = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let restored = engine.restore(&phone.info().image, &[&full.bytes], &VmConfig::default())?;
+        restore_ms.push(ms(t));
+        drop(restored);
+    }
+
+    let mut inc_ms = Vec::new();
+    let mut inc_bytes = Vec::new();
+    phone.snapshot(SnapshotRequest::Full)?;
+    for i in 0..rounds {
+        phone.deliver(Event::text(if i % 2 == 0 { 'x' } else { ' ' }))?;
+        phone.frame()?;
+        let t = Instant::now();
+        let snap = phone.snapshot(SnapshotRequest::Incremental)?;
+        inc_ms.push(ms(t));
+        inc_bytes.push(snap.bytes.len() as f64);
+    }
+    let mechanism = vmi_wasm_engine_mechanism(&engine, tracking)?;
+    Ok(json!({
+        "bench": "snapshot",
+        "conditions": format!("default phone {}x{} in Notes after typing, {rounds} rounds, 1 thread", 720, 1280),
+        "memory_mib": round(memory_bytes as f64 / (1 << 20) as f64, 2),
+        "snapshot_ms_p50": round(percentile(&mut full_ms, 50.0), 3),
+        "snapshot_ms_p99": round(percentile(&mut full_ms, 99.0), 3),
+        "restore_ms_p50": round(percentile(&mut restore_ms, 50.0), 3),
+        "restore_ms_p99": round(percentile(&mut restore_ms, 99.0), 3),
+        "snapshot_bytes": full.bytes.len(),
+        "snapshot_pages": full.pages,
+        "incremental_ms_p50": round(percentile(&mut inc_ms, 50.0), 4),
+        "incremental_ms_p99": round(percentile(&mut inc_ms, 99.0), 4),
+        "incremental_bytes_p50": percentile(&mut inc_bytes, 50.0),
+        "dirty_tracking": mechanism,
+    }))
+}
+
+fn vmi_wasm_engine_mechanism(engine: &WasmEngine, tracking: Option<Tracking>) -> Result<&'static str> {
+    let image = engine.load_image(vmi_phone_image::PHONE_WASM)?;
+    let phone = vmi_wasm_engine::WasmPhone::create(engine, &image.hash, &VmConfig::default())?;
+    let _ = tracking;
+    Ok(phone.dirty_mechanism())
+}
+
+fn input(events: usize) -> Result<Value> {
+    let engine = engine(4, None)?;
+    let mut phone = phone_in_notes(&engine)?;
+    let mut key_us = Vec::with_capacity(events);
+    let mut damage_px = 0u64;
+    for i in 0..events {
+        // Type words and erase them again so the note stays one screen long.
+        let event = if (i / 40) % 2 == 0 {
+            Event::text(if i % 6 == 5 { ' ' } else { 'a' })
+        } else {
+            Event::Key { code: vmi_engine::KeyCode::Backspace, text: None }
+        };
+        let t = Instant::now();
+        phone.deliver(event)?;
+        let frame = phone.frame()?;
+        damage_px += frame.damage.iter().map(|r| r.area()).sum::<u64>();
+        key_us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    // Touch: strokes in Paint.
+    phone.deliver(Event::Key { code: vmi_engine::KeyCode::Home, text: None })?;
+    tap(phone.as_mut(), layout::PAINT)?;
+    phone.frame()?;
+    let mut touch_us = Vec::with_capacity(events);
+    for i in 0..events {
+        let k = (i % 100) as i32;
+        let phase = match i % 100 {
+            0 => TouchPhase::Down,
+            99 => TouchPhase::Up,
+            _ => TouchPhase::Move,
+        };
+        let t = Instant::now();
+        phone.deliver(Event::Touch { phase, x: 100 + k * 5, y: 400 + (i as i32 / 100 % 10) * 60 })?;
+        phone.frame()?;
+        touch_us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut all: Vec<f64> = key_us.iter().chain(&touch_us).copied().collect();
+    Ok(json!({
+        "bench": "input",
+        "conditions": format!("default phone 720x1280; {events} keys in Notes then {events} touch moves in Paint; deliver + damage read, in process"),
+        "p50_us": round(percentile(&mut all, 50.0), 1),
+        "p99_us": round(percentile(&mut all, 99.0), 1),
+        "key_p50_us": round(percentile(&mut key_us, 50.0), 1),
+        "key_p99_us": round(percentile(&mut key_us, 99.0), 1),
+        "touch_p50_us": round(percentile(&mut touch_us, 50.0), 1),
+        "touch_p99_us": round(percentile(&mut touch_us, 99.0), 1),
+        "damage_px_per_key": damage_px / events as u64,
+    }))
+}
+
+/// Resident set size of this process, from /proc.
+pub fn rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS in /proc/self/status")?;
+    let kib: u64 = line.split_whitespace().nth(1).context("malformed VmRSS")?.parse()?;
+    Ok(kib * 1024)
+}
+
+fn density(vms: usize) -> Result<Value> {
+    let engine = engine(vms as u32 + 4, None)?;
+    let image = engine.load_image(vmi_phone_image::PHONE_WASM)?;
+    // One phone first, so one-time costs (compiled code, pool metadata) are not counted
+    // per phone.
+    let warm = engine.create(&image.hash, &VmConfig::default())?;
+    let before = rss_bytes()?;
+    let mut phones = Vec::with_capacity(vms);
+    let mut create_ms = Vec::with_capacity(vms);
+    let started = Instant::now();
+    for i in 0..vms {
+        let config = VmConfig { rng_seed: i as u64 + 1, ..VmConfig::default() };
+        let t = Instant::now();
+        phones.push(engine.create(&image.hash, &config)?);
+        create_ms.push(ms(t));
+    }
+    let total_s = started.elapsed().as_secs_f64();
+    let after = rss_bytes()?;
+    // Every phone still answers.
+    for p in phones.iter_mut() {
+        p.deliver(Event::Wake)?;
+    }
+    drop(warm);
+    let per_vm = (after.saturating_sub(before)) as f64 / vms as f64;
+    Ok(json!({
+        "bench": "density",
+        "conditions": format!("{vms} default phones 720x1280, idle after boot, one process, pooling allocator"),
+        "vms": vms,
+        "rss_mib": round(after as f64 / (1 << 20) as f64, 1),
+        "kib_per_idle_vm": round(per_vm / 1024.0, 1),
+        "create_ms_p50": round(percentile(&mut create_ms, 50.0), 3),
+        "create_ms_p99": round(percentile(&mut create_ms, 99.0), 3),
+        "create_total_s": round(total_s, 2),
+        "memory_per_vm_mib": round(phones[0].usage().memory_bytes as f64 / (1 << 20) as f64, 2),
+    }))
+}

@@ -1,0 +1,139 @@
+//! Plays event scripts against a phone with no terminal, on a manual clock, so a run is
+//! reproducible frame for frame.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use vmi_engine::{Event, ManualClock, SnapshotRequest, VirtualPhone};
+
+use crate::script::{Command, Line};
+
+/// What a run reports, one JSON line per item.
+#[derive(Serialize, Debug)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Report {
+    /// A screenshot was written.
+    Screenshot {
+        /// Where.
+        path: String,
+        /// blake3 of the RGBA pixels (first 16 hex digits).
+        pixels: String,
+    },
+    /// A snapshot was written.
+    Snapshot {
+        /// Where.
+        path: String,
+        /// Its id.
+        id: String,
+        /// Its size.
+        bytes: usize,
+        /// Pages it holds.
+        pages: usize,
+        /// Full or incremental.
+        incremental: bool,
+    },
+    /// The guest raised a notification.
+    Notification {
+        /// Title.
+        title: String,
+        /// Body.
+        body: String,
+    },
+}
+
+/// Runs `phone` through `lines`, advancing `clock` on `wait`.
+pub struct Runner<'a> {
+    /// The phone.
+    pub phone: &'a mut dyn VirtualPhone,
+    /// The engine's clock.
+    pub clock: Arc<ManualClock>,
+    /// Where screenshots and snapshots go.
+    pub out_dir: PathBuf,
+}
+
+impl Runner<'_> {
+    /// Plays the script; returns what happened.
+    pub fn play(&mut self, lines: &[Line]) -> Result<Vec<Report>> {
+        let mut reports = Vec::new();
+        for line in lines {
+            self.step(&line.command, &mut reports).with_context(|| format!("script line {}", line.number))?;
+            for n in self.phone.take_notifications() {
+                reports.push(Report::Notification { title: n.title, body: n.body });
+            }
+        }
+        Ok(reports)
+    }
+
+    fn step(&mut self, command: &Command, reports: &mut Vec<Report>) -> Result<()> {
+        match command {
+            Command::Event(event) => self.phone.deliver(*event)?,
+            Command::Type(text) => {
+                for c in text.chars() {
+                    self.phone.deliver(Event::text(c))?;
+                }
+            }
+            Command::Wait(d) => advance(self.phone, &self.clock, *d)?,
+            Command::Mail(mail) => {
+                self.phone.push_mail(mail.clone())?;
+                self.phone.deliver(Event::MailArrived)?;
+            }
+            Command::Screenshot(name) => {
+                let path = self.out_dir.join(name);
+                let pixels = screenshot(self.phone, &path)?;
+                reports.push(Report::Screenshot { path: path.display().to_string(), pixels });
+            }
+            Command::Snapshot { file, incremental } => {
+                let kind = if *incremental { SnapshotRequest::Incremental } else { SnapshotRequest::Full };
+                let snap = self.phone.snapshot(kind)?;
+                let path = self.out_dir.join(file);
+                std::fs::write(&path, &snap.bytes).with_context(|| format!("writing {}", path.display()))?;
+                reports.push(Report::Snapshot {
+                    path: path.display().to_string(),
+                    id: snap.id.to_string(),
+                    bytes: snap.bytes.len(),
+                    pages: snap.pages,
+                    incremental: snap.parent.is_some(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves virtual time forward by `d`, stopping at each timer's deadline to fire it.
+pub fn advance(phone: &mut dyn VirtualPhone, clock: &ManualClock, d: Duration) -> Result<()> {
+    let mut left = d.as_nanos() as u64;
+    loop {
+        let now = phone.now_ns();
+        match phone.next_timer_ns() {
+            Some(t) if t.saturating_sub(now) <= left => {
+                let step = t.saturating_sub(now);
+                clock.advance(step);
+                left -= step;
+                phone.fire_due_timers()?;
+            }
+            _ => {
+                clock.advance(left);
+                phone.fire_due_timers()?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Writes the screen as PNG; returns a short hash of its pixels.
+pub fn screenshot(phone: &mut dyn VirtualPhone, path: &Path) -> Result<String> {
+    let frame = phone.frame()?;
+    anyhow::ensure!(!frame.rgba.is_empty(), "the phone has not attached a framebuffer yet");
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), frame.width, frame.height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(frame.rgba)?;
+    writer.finish()?;
+    Ok(blake3::hash(frame.rgba).to_hex()[..16].to_string())
+}

@@ -1,0 +1,338 @@
+//! `vmi`: the Seed VMI command line.
+
+mod bench;
+mod headless;
+mod script;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use vmi_engine::{Engine, ManualClock, VmConfig};
+use vmi_snapshot::Snapshot;
+use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
+
+/// Seed VMI: virtual phones on edge sites, thin terminals in hand.
+#[derive(Parser)]
+#[command(name = "vmi", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Build and inspect phone images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Run, snapshot and restore phones.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Measure speed and density; prints figures (JSON with --json).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build a phone image: the default phone, or a guest crate of your own.
+    Build {
+        /// Write the image here.
+        #[arg(long, short, default_value = "phone.wasm")]
+        out: PathBuf,
+        /// A guest crate (a cdylib using vmi-guest-sdk) to build for wasm32 instead of
+        /// the default phone.
+        #[arg(long)]
+        source: Option<PathBuf>,
+    },
+    /// Check an image against the guest ABI and print what the engine sees.
+    Inspect {
+        /// The .wasm image.
+        image: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct PhoneArgs {
+    /// Image to run (default: the built-in phone).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Screen width.
+    #[arg(long, default_value_t = 720)]
+    width: u32,
+    /// Screen height.
+    #[arg(long, default_value_t = 1280)]
+    height: u32,
+    /// Memory cap in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_mib: u64,
+    /// Event script to play (see `vmi vm run --help`).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Directory for screenshots and snapshots named in the script.
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Boot a phone with no terminal and play an event script. Script commands: tap X Y;
+    /// down/move/up X Y; drag X1 Y1 X2 Y2 [STEPS]; type TEXT; key NAME; wait 2s;
+    /// mail FROM | SUBJECT | BODY; sleep; wake; screenshot FILE.png; snapshot FILE [incremental].
+    Run {
+        /// Required: there is no window here (a terminal shows phones, see `vmi terminal`).
+        #[arg(long, required = true)]
+        headless: bool,
+        #[command(flatten)]
+        phone: PhoneArgs,
+        /// Wall time the phone starts at, in seconds since the Unix epoch (default: now).
+        #[arg(long)]
+        wall_start: Option<u64>,
+    },
+    /// Boot a phone, play a script, and write a full snapshot of where it ends.
+    Snapshot {
+        #[command(flatten)]
+        phone: PhoneArgs,
+        /// Snapshot file to write.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Wall time the phone starts at, in seconds since the Unix epoch (default: now).
+        #[arg(long)]
+        wall_start: Option<u64>,
+    },
+    /// Bring a phone back from a snapshot chain (full first, then incrementals) and play
+    /// a script on it.
+    Restore {
+        /// Snapshot files: a full one, then incremental ones in order.
+        #[arg(required = true)]
+        snapshots: Vec<PathBuf>,
+        #[command(flatten)]
+        phone: PhoneArgs,
+        /// Time the phone spent stored, added to its clocks (e.g. 3d); default none.
+        #[arg(long)]
+        away: Option<String>,
+        /// Write a full snapshot of where it ends.
+        #[arg(long)]
+        snapshot_out: Option<PathBuf>,
+    },
+    /// Print a snapshot file's header.
+    Inspect {
+        /// The snapshot file.
+        snapshot: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Top::Image(cmd) => image_cmd(cmd),
+        Top::Vm(cmd) => vm_cmd(cmd),
+        Top::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+fn read_image(path: Option<&Path>) -> Result<Vec<u8>> {
+    match path {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading image {}", p.display())),
+        None => Ok(vmi_phone_image::PHONE_WASM.to_vec()),
+    }
+}
+
+fn image_cmd(cmd: ImageCmd) -> Result<()> {
+    match cmd {
+        ImageCmd::Build { out, source } => {
+            let bytes = match source {
+                None => vmi_phone_image::PHONE_WASM.to_vec(),
+                Some(dir) => build_guest(&dir)?,
+            };
+            let engine = WasmEngine::new()?;
+            let info = engine.load_image(&bytes).context("the built image is not a valid phone image")?;
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!("{} {} bytes, image {}", out.display(), bytes.len(), info.hash.to_hex());
+            Ok(())
+        }
+        ImageCmd::Inspect { image, json } => {
+            let bytes = read_image(Some(&image))?;
+            let engine = WasmEngine::new()?;
+            let info = engine.load_image(&bytes)?;
+            if json {
+                let v = serde_json::json!({
+                    "hash": info.hash.to_hex(), "bytes": info.size_bytes, "abi_version": info.abi_version,
+                    "initial_memory_bytes": info.initial_memory_bytes, "max_memory_bytes": info.max_memory_bytes,
+                    "captured_globals": info.captured_globals, "functions": info.functions,
+                    "imports": info.imports, "engine": info.engine,
+                });
+                println!("{v}");
+            } else {
+                println!("image            {}", info.hash.to_hex());
+                println!("engine           {}", info.engine);
+                println!("size             {} bytes", info.size_bytes);
+                println!("guest ABI        version {}", info.abi_version);
+                println!("initial memory   {} KiB", info.initial_memory_bytes / 1024);
+                match info.max_memory_bytes {
+                    Some(m) => println!("maximum memory   {} KiB", m / 1024),
+                    None => println!("maximum memory   none declared (capped per VM)"),
+                }
+                println!("captured globals {}", info.captured_globals);
+                println!("functions        {}", info.functions);
+                println!("host imports     {}", info.imports.join(", "));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Builds a guest crate for wasm32 with cargo and returns its module.
+fn build_guest(dir: &Path) -> Result<Vec<u8>> {
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.exists() {
+        bail!("{} has no Cargo.toml; --source takes a guest crate directory", dir.display());
+    }
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-unknown-unknown", "--message-format=short", "--manifest-path"])
+        .arg(&manifest)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo could not build {} for wasm32-unknown-unknown", dir.display());
+    }
+    let meta = std::process::Command::new("cargo")
+        .args(["metadata", "--format-version=1", "--no-deps", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .context("running cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).context("reading cargo metadata")?;
+    let target_dir = meta["target_directory"].as_str().context("cargo metadata has no target directory")?;
+    let manifest_abs = std::fs::canonicalize(&manifest)?;
+    let package = meta["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["manifest_path"].as_str().map(PathBuf::from) == Some(manifest_abs.clone())))
+        .context("the crate is not in cargo metadata")?;
+    let name = package["name"].as_str().context("package has no name")?.replace('-', "_");
+    let wasm = Path::new(target_dir).join("wasm32-unknown-unknown/release").join(format!("{name}.wasm"));
+    std::fs::read(&wasm).with_context(|| format!("reading {} (is the crate a cdylib?)", wasm.display()))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+struct Session {
+    engine: WasmEngine,
+    clock: Arc<ManualClock>,
+}
+
+fn session(wall_start_ns: u64) -> Result<Session> {
+    let clock = ManualClock::new(wall_start_ns);
+    let config = WasmEngineConfig { max_vms: 4, ..WasmEngineConfig::default() };
+    let engine = WasmEngine::with_config(config, clock.clone())?;
+    Ok(Session { engine, clock })
+}
+
+fn vm_config(p: &PhoneArgs) -> VmConfig {
+    VmConfig { width: p.width, height: p.height, memory_limit_bytes: p.memory_mib << 20, ..VmConfig::default() }
+}
+
+fn play(phone: &mut dyn vmi_engine::VirtualPhone, s: &Session, p: &PhoneArgs) -> Result<()> {
+    let Some(path) = &p.events else { return Ok(()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines = script::parse(&text).with_context(|| format!("in {}", path.display()))?;
+    std::fs::create_dir_all(&p.out_dir).with_context(|| format!("creating {}", p.out_dir.display()))?;
+    let mut runner = headless::Runner { phone, clock: s.clock.clone(), out_dir: p.out_dir.clone() };
+    for report in runner.play(&lines)? {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn vm_cmd(cmd: VmCmd) -> Result<()> {
+    match cmd {
+        VmCmd::Run { phone: p, wall_start, .. } => {
+            let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;
+            let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;
+            let mut phone = s.engine.create(&image.hash, &vm_config(&p))?;
+            play(phone.as_mut(), &s, &p)
+        }
+        VmCmd::Snapshot { phone: p, out, wall_start } => {
+            let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;
+            let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;
+            let mut phone = s.engine.create(&image.hash, &vm_config(&p))?;
+            play(phone.as_mut(), &s, &p)?;
+            let snap = phone.snapshot(vmi_engine::SnapshotRequest::Full)?;
+            std::fs::write(&out, &snap.bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}",
+                serde_json::json!({"kind": "snapshot", "path": out.display().to_string(), "id": snap.id.to_string(), "bytes": snap.bytes.len(), "pages": snap.pages})
+            );
+            Ok(())
+        }
+        VmCmd::Restore { snapshots, phone: p, away, snapshot_out } => {
+            let chain: Vec<Vec<u8>> = snapshots
+                .iter()
+                .map(|f| std::fs::read(f).with_context(|| format!("reading snapshot {}", f.display())))
+                .collect::<Result<_>>()?;
+            let last = chain.last().context("no snapshot given")?;
+            let header = Snapshot::peek_header(last)
+                .with_context(|| format!("reading {}", snapshots[snapshots.len() - 1].display()))?;
+            let away_ns = match away {
+                Some(a) => script::parse_duration(&a)?.as_nanos() as u64,
+                None => 0,
+            };
+            // Start the manual clock where the snapshot left off, plus the time away.
+            let s = session(header.wall_ns + away_ns)?;
+            let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;
+            let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+            let mut phone = s.engine.restore(&image.hash, &refs, &vm_config(&p)).context("restoring the phone")?;
+            play(phone.as_mut(), &s, &p)?;
+            if let Some(out) = snapshot_out {
+                let snap = phone.snapshot(vmi_engine::SnapshotRequest::Full)?;
+                std::fs::write(&out, &snap.bytes).with_context(|| format!("writing {}", out.display()))?;
+            }
+            Ok(())
+        }
+        VmCmd::Inspect { snapshot } => {
+            let bytes = std::fs::read(&snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
+            let header = Snapshot::peek_header(&bytes)?;
+            let full = Snapshot::decode(&bytes, &vmi_snapshot::Limits::default())?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": vmi_snapshot::SnapshotId::of(&bytes).to_string(),
+                    "engine": header.engine,
+                    "image": vmi_engine::ImageHash(header.image_hash).to_hex(),
+                    "memory_bytes": header.memory_bytes,
+                    "kind": format!("{:?}", header.kind),
+                    "virtual_ns": header.virtual_ns,
+                    "wall_ns": header.wall_ns,
+                    "pages": full.pages.page_count(),
+                    "data_pages": full.pages.data_pages(),
+                    "globals": full.globals.len(),
+                    "host_state_bytes": full.host_state.len(),
+                    "file_bytes": bytes.len(),
+                })
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Errors of engines and phones.
+
+use vmi_snapshot::SnapshotError;
+
+/// Why an engine could not load an image, create or restore a phone.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The image breaks a rule of docs/GUEST_ABI.md.
+    #[error("image refused: {0}")]
+    ImageRefused(String),
+    /// The image is not valid for this engine.
+    #[error("image could not be compiled")]
+    Compile(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No image with this hash is loaded.
+    #[error("image {0} is not loaded")]
+    UnknownImage(String),
+    /// The snapshot cannot be used.
+    #[error("snapshot refused")]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot chain is empty.
+    #[error("no snapshot given")]
+    EmptyChain,
+    /// The configuration asks for something impossible.
+    #[error("bad VM configuration: {0}")]
+    Config(String),
+    /// The phone could not start (instantiation or its init event failed).
+    #[error("phone failed to start")]
+    Start(#[source] VmError),
+    /// The host ran out of a resource (VM slots, memory).
+    #[error("engine out of resources: {0}")]
+    Exhausted(String),
+}
+
+/// Why a phone could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The phone has crashed and takes no events.
+    #[error("phone has crashed: {0}")]
+    Crashed(String),
+    /// The guest trapped during this event; the phone is now crashed.
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    /// The guest used its whole CPU budget for one event; the phone is now crashed.
+    #[error("guest exceeded its CPU budget of {budget} per event")]
+    CpuBudget {
+        /// The budget it had.
+        budget: u64,
+    },
+    /// The guest asked for more memory than its limit; the phone is now crashed.
+    #[error("guest exceeded its memory limit of {limit} bytes")]
+    MemoryLimit {
+        /// The limit.
+        limit: u64,
+    },
+    /// The guest did something the ABI forbids (bad pointer, oversized field…).
+    #[error("guest broke the ABI: {0}")]
+    Abi(String),
+    /// A host-side queue is full.
+    #[error("{0} is full")]
+    Full(&'static str),
+    /// Taking the snapshot failed.
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
+}

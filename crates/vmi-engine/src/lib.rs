@@ -1,0 +1,105 @@
+//! # vmi-engine: what a virtual phone engine must do
+//!
+//! A user's phone is a VM on an edge site. This crate is the small contract between
+//! whatever runs those VMs (the WebAssembly micro-VM engine today, a QEMU/KVM engine
+//! later) and everything above them (the site daemon, the CLI, benchmarks):
+//!
+//! - an [`Engine`] compiles images once ([`Engine::load_image`]) and makes VMs from them
+//!   ([`Engine::create`]) or from snapshots ([`Engine::restore`]);
+//! - a [`VirtualPhone`] takes [`Event`]s one at a time, fires its own timers, exposes its
+//!   framebuffer with the damage since the last read, raises [`Notification`]s, and
+//!   snapshots itself at event boundaries into the `vmi-snapshot` format.
+//!
+//! Nothing engine-specific (no wasmtime type) appears here, and nothing here knows of
+//! HTTP, async runtimes or terminals.
+
+mod clock;
+mod error;
+mod types;
+
+pub use clock::{Clock, ManualClock, SystemClock, VirtualClock};
+pub use error::{EngineError, VmError};
+pub use types::*;
+pub use vmi_snapshot::{Header as SnapshotHeader, Limits as SnapshotLimits, SnapshotId};
+
+use std::sync::Arc;
+
+/// Something that runs virtual phones.
+pub trait Engine: Send + Sync {
+    /// Short name recorded in snapshots (e.g. `"wasm"`).
+    fn name(&self) -> &'static str;
+
+    /// Validates and compiles an image once; later VMs of it are cheap. Loading the same
+    /// bytes again returns the same image.
+    fn load_image(&self, bytes: &[u8]) -> Result<ImageInfo, EngineError>;
+
+    /// The image with this content hash, if loaded.
+    fn image(&self, hash: &ImageHash) -> Option<ImageInfo>;
+
+    /// Boots a new phone from a loaded image.
+    fn create(&self, image: &ImageHash, config: &VmConfig) -> Result<Box<dyn VirtualPhone>, EngineError>;
+
+    /// Brings back a phone of `image` from a snapshot chain: a full snapshot followed by
+    /// zero or more incremental ones, each the child of the one before. A chain taken
+    /// from another image is refused (`SnapshotError::WrongImage`).
+    fn restore(
+        &self,
+        image: &ImageHash,
+        chain: &[&[u8]],
+        config: &VmConfig,
+    ) -> Result<Box<dyn VirtualPhone>, EngineError>;
+
+    /// The clock this engine's VMs read time from.
+    fn clock(&self) -> Arc<dyn Clock>;
+}
+
+/// One running (or crashed) virtual phone.
+///
+/// All methods run at event boundaries: an event is delivered to completion before the
+/// call returns, so a snapshot always sees a quiescent guest.
+pub trait VirtualPhone: Send {
+    /// Which image this phone runs and its screen size.
+    fn info(&self) -> &VmInfo;
+
+    /// Whether the phone is running or has crashed.
+    fn status(&self) -> &VmStatus;
+
+    /// Delivers one input or system event. A guest that traps or runs out of its CPU
+    /// budget is stopped and marked crashed; the error says which.
+    fn deliver(&mut self, event: Event) -> Result<(), VmError>;
+
+    /// Virtual monotonic time of the earliest armed timer, if any.
+    fn next_timer_ns(&self) -> Option<u64>;
+
+    /// Delivers every timer due at the current virtual time, earliest first. Returns how
+    /// many fired.
+    fn fire_due_timers(&mut self) -> Result<usize, VmError>;
+
+    /// The phone's virtual monotonic time now.
+    fn now_ns(&self) -> u64;
+
+    /// The framebuffer and the damage since the last call (which this call clears).
+    fn frame(&mut self) -> Result<Frame<'_>, VmError>;
+
+    /// Notifications the guest raised since the last call.
+    fn take_notifications(&mut self) -> Vec<Notification>;
+
+    /// Puts a mail in the user's mailbox (host side); the guest fetches it on its own
+    /// schedule, or at once after an [`Event::MailArrived`].
+    fn push_mail(&mut self, mail: Mail) -> Result<(), VmError>;
+
+    /// Number of mails waiting in the mailbox, not yet fetched by the guest.
+    fn mailbox_len(&self) -> usize;
+
+    /// Takes a snapshot at this event boundary. `Incremental` holds only the pages
+    /// written since this phone's previous snapshot (or since it was restored) and
+    /// names that snapshot as its parent.
+    fn snapshot(&mut self, kind: SnapshotRequest) -> Result<EncodedSnapshot, VmError>;
+
+    /// The chain (a full snapshot and the incremental ones after it) ending at the last
+    /// snapshot that completed: kept through a crash so the phone can be brought back.
+    fn last_good_chain(&self) -> &[EncodedSnapshot];
+
+    /// What the phone uses.
+    fn usage(&self) -> ResourceUsage;
+}

@@ -1,0 +1,321 @@
+//! Plain data that crosses the engine boundary.
+
+use vmi_snapshot::SnapshotId;
+
+/// Content hash (blake3) of an image's bytes: an image's identity everywhere.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageHash(pub [u8; 32]);
+
+impl ImageHash {
+    /// Hashes image bytes.
+    pub fn of(bytes: &[u8]) -> ImageHash {
+        ImageHash(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Lowercase hex of the whole hash.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<ImageHash> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(ImageHash(out))
+    }
+}
+
+impl std::fmt::Debug for ImageHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageHash({})", &self.to_hex()[..16])
+    }
+}
+
+impl std::fmt::Display for ImageHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex()[..16])
+    }
+}
+
+/// What an engine learned about an image when it loaded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Content hash of the image bytes.
+    pub hash: ImageHash,
+    /// Size of the image in bytes.
+    pub size_bytes: u64,
+    /// Guest ABI version the image speaks.
+    pub abi_version: u32,
+    /// Linear memory the image starts with, in bytes.
+    pub initial_memory_bytes: u64,
+    /// Largest memory the image declares (None: unbounded, capped by [`VmConfig`]).
+    pub max_memory_bytes: Option<u64>,
+    /// Mutable globals captured in snapshots (including non-exported ones).
+    pub captured_globals: u32,
+    /// Functions the image defines.
+    pub functions: u32,
+    /// Host functions the image imports.
+    pub imports: Vec<String>,
+    /// Engine that loaded it.
+    pub engine: &'static str,
+}
+
+/// How to run one phone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Screen width in pixels.
+    pub width: u32,
+    /// Screen height in pixels.
+    pub height: u32,
+    /// Cap on the phone's memory, in bytes.
+    pub memory_limit_bytes: u64,
+    /// CPU budget per event, in engine units (wasm: fuel, about one per instruction).
+    pub cpu_budget_per_event: u64,
+    /// Seed of the phone's RNG (a fresh phone only; a restored one keeps its state).
+    pub rng_seed: u64,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            width: 720,
+            height: 1280,
+            memory_limit_bytes: 64 << 20,
+            cpu_budget_per_event: 2_000_000_000,
+            rng_seed: 0x5eed_5eed,
+        }
+    }
+}
+
+/// Identity of one running phone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmInfo {
+    /// The image it runs.
+    pub image: ImageHash,
+    /// Screen width in pixels.
+    pub width: u32,
+    /// Screen height in pixels.
+    pub height: u32,
+}
+
+/// Whether a phone runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmStatus {
+    /// Takes events.
+    Running,
+    /// Stopped by a trap or by its CPU budget; takes no more events.
+    Crashed {
+        /// What stopped it.
+        reason: String,
+    },
+}
+
+/// Phase of a touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TouchPhase {
+    /// Finger down.
+    Down,
+    /// Finger moved.
+    Move,
+    /// Finger up.
+    Up,
+}
+
+/// A key (docs/GUEST_ABI.md, "Key codes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyCode {
+    /// Types its text only.
+    Text = 0,
+    /// Erase backwards.
+    Backspace = 1,
+    /// Enter.
+    Enter = 2,
+    /// Back.
+    Escape = 3,
+    /// Left arrow.
+    Left = 4,
+    /// Right arrow.
+    Right = 5,
+    /// Up arrow.
+    Up = 6,
+    /// Down arrow.
+    Down = 7,
+    /// Home screen.
+    Home = 8,
+    /// Erase forwards.
+    Delete = 9,
+}
+
+impl KeyCode {
+    /// Parses a key name as written in event scripts and protocols (`enter`, `home`…).
+    pub fn from_name(name: &str) -> Option<KeyCode> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "backspace" => KeyCode::Backspace,
+            "enter" | "return" => KeyCode::Enter,
+            "escape" | "esc" | "back" => KeyCode::Escape,
+            "left" => KeyCode::Left,
+            "right" => KeyCode::Right,
+            "up" => KeyCode::Up,
+            "down" => KeyCode::Down,
+            "home" => KeyCode::Home,
+            "delete" | "del" => KeyCode::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// An event delivered to a phone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A touch (or mouse) at screen coordinates.
+    Touch {
+        /// Down, move or up.
+        phase: TouchPhase,
+        /// Pixel column.
+        x: i32,
+        /// Pixel row.
+        y: i32,
+    },
+    /// A key press.
+    Key {
+        /// Which key.
+        code: KeyCode,
+        /// The character it types, if any.
+        text: Option<char>,
+    },
+    /// Timer `id` of the guest is due (engines fire these themselves, see
+    /// [`VirtualPhone::fire_due_timers`]).
+    Timer(u32),
+    /// New mail waits in the mailbox.
+    MailArrived,
+    /// A terminal is watching again.
+    Wake,
+    /// No terminal is watching.
+    Sleep,
+}
+
+impl Event {
+    /// A key that types `c`.
+    pub fn text(c: char) -> Event {
+        Event::Key { code: KeyCode::Text, text: Some(c) }
+    }
+}
+
+/// A rectangle of pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rect {
+    /// Left column.
+    pub x: u32,
+    /// Top row.
+    pub y: u32,
+    /// Width.
+    pub w: u32,
+    /// Height.
+    pub h: u32,
+}
+
+impl Rect {
+    /// Area in pixels.
+    pub fn area(&self) -> u64 {
+        self.w as u64 * self.h as u64
+    }
+
+    /// The smallest rectangle holding both.
+    pub fn union(&self, other: &Rect) -> Rect {
+        let x0 = self.x.min(other.x);
+        let y0 = self.y.min(other.y);
+        let x1 = (self.x + self.w).max(other.x + other.w);
+        let y1 = (self.y + self.h).max(other.y + other.h);
+        Rect { x: x0, y: y0, w: x1 - x0, h: y1 - y0 }
+    }
+
+    /// Whether the two share a pixel.
+    pub fn intersects(&self, other: &Rect) -> bool {
+        self.x < other.x + other.w
+            && other.x < self.x + self.w
+            && self.y < other.y + other.h
+            && other.y < self.y + self.h
+    }
+}
+
+/// A view of the framebuffer at an event boundary.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width*height*4` bytes of RGBA8, rows top to bottom. Empty if the guest never
+    /// attached a framebuffer.
+    pub rgba: &'a [u8],
+    /// Rectangles changed since the previous read, clipped to the screen.
+    pub damage: Vec<Rect>,
+}
+
+/// A notification raised by the guest for the user's terminal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// Title (e.g. the sender).
+    pub title: String,
+    /// Body (e.g. the subject).
+    pub body: String,
+    /// Virtual time it was raised.
+    pub at_ns: u64,
+}
+
+/// A mail for the user's mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mail {
+    /// Sender.
+    pub from: String,
+    /// Subject.
+    pub subject: String,
+    /// Body text.
+    pub body: String,
+}
+
+/// Which snapshot to take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotRequest {
+    /// Every non-zero page.
+    Full,
+    /// Pages written since the previous snapshot (falls back to full when there is none).
+    Incremental,
+}
+
+/// A snapshot in its file format, with its identity.
+#[derive(Clone, Debug)]
+pub struct EncodedSnapshot {
+    /// blake3 of `bytes`.
+    pub id: SnapshotId,
+    /// The parent this one is a delta against, for incremental snapshots.
+    pub parent: Option<SnapshotId>,
+    /// The encoded snapshot (docs/SNAPSHOT_FORMAT.md).
+    pub bytes: Vec<u8>,
+    /// Pages it carries (data or zero).
+    pub pages: usize,
+}
+
+/// What a phone uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResourceUsage {
+    /// Current linear memory size.
+    pub memory_bytes: u64,
+    /// Events delivered so far (including timers).
+    pub events: u64,
+    /// CPU units (fuel) the last event used.
+    pub cpu_last_event: u64,
+    /// CPU units used over the phone's life in this process.
+    pub cpu_total: u64,
+    /// Armed timers.
+    pub timers: u32,
+    /// Undelivered notifications.
+    pub pending_notifications: u32,
+    /// Bytes in the persistent key-value store.
+    pub kv_bytes: u64,
+}

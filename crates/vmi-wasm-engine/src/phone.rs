@@ -1,0 +1,496 @@
+//! One phone: a wasmtime store, its instance, and the snapshot logic.
+
+use std::sync::Arc;
+
+use vmi_engine::{
+    EncodedSnapshot, EngineError, Event, Frame, ImageHash, KeyCode, Mail, Notification, ResourceUsage, SnapshotRequest,
+    TouchPhase, VirtualClock, VirtualPhone, VmConfig, VmError, VmInfo, VmStatus,
+};
+use vmi_snapshot::{GlobalValue, Header, Limits, PAGE_SIZE, SnapshotId, SnapshotKind, SnapshotView};
+use wasmtime::{Global, Instance, InstancePre, Memory, Store, Trap, TypedFunc, Val};
+
+use crate::dirty::{self, DirtyTracker};
+use crate::host::{Host, MAX_MAILBOX};
+use crate::image::GlobalKind;
+use crate::persist::{Reader, Writer};
+use crate::{ENGINE_NAME, LoadedImage, WasmEngine};
+
+/// Most timers fired by one [`VirtualPhone::fire_due_timers`] call: a guest that keeps
+/// re-arming a timer in the past cannot hold the host in a loop.
+const MAX_TIMERS_PER_CALL: usize = 1024;
+const WASM_PAGE: u64 = 65536;
+
+/// A virtual phone on the WebAssembly engine.
+pub struct WasmPhone {
+    // Dropped before the store: the tracker's userfaultfd unregisters the memory first.
+    tracker: Box<dyn DirtyTracker>,
+    store: Store<Host>,
+    memory: Memory,
+    globals: Vec<(Global, GlobalKind)>,
+    on_event: TypedFunc<(i32, i32, i32, i32), ()>,
+    image: Arc<LoadedImage>,
+    info: VmInfo,
+    status: VmStatus,
+    budget: u64,
+    /// Memory base and length the tracker watches.
+    tracked: (usize, usize),
+    /// Set when tracking was lost (memory moved): the next incremental snapshot is full.
+    untracked: bool,
+    last_snapshot: Option<SnapshotId>,
+    last_good: Vec<EncodedSnapshot>,
+    events: u64,
+    cpu_last: u64,
+    cpu_total: u64,
+    dirty_scratch: Vec<u32>,
+}
+
+struct Instantiated {
+    store: Store<Host>,
+    memory: Memory,
+    globals: Vec<(Global, GlobalKind)>,
+    on_event: TypedFunc<(i32, i32, i32, i32), ()>,
+    on_init: TypedFunc<(i32, i32), ()>,
+}
+
+fn instantiate(engine: &WasmEngine, image: &LoadedImage, host: Host) -> Result<Instantiated, EngineError> {
+    let start = |e: wasmtime::Error| EngineError::Start(VmError::Trap(e.to_string()));
+    let mut store = Store::new(&engine.wasmtime, host);
+    store.limiter(|host| host);
+    store.set_fuel(u64::MAX / 2).map_err(start)?;
+    let instance: Instance = image.pre.instantiate(&mut store).map_err(|e| {
+        if format!("{e:?}").contains("pooling") || format!("{e:?}").contains("concurrent") {
+            EngineError::Exhausted(e.to_string())
+        } else {
+            start(e)
+        }
+    })?;
+    let memory = instance
+        .get_memory(&mut store, "memory")
+        .ok_or_else(|| EngineError::ImageRefused("export `memory` missing".into()))?;
+    store.data_mut().memory = Some(memory);
+    let mut globals = Vec::with_capacity(image.globals.len());
+    for (name, kind) in &image.globals {
+        let g = instance
+            .get_global(&mut store, name)
+            .ok_or_else(|| EngineError::ImageRefused(format!("instrumented export `{name}` missing")))?;
+        globals.push((g, *kind));
+    }
+    let on_event =
+        instance.get_typed_func(&mut store, "vmi_event").map_err(|e| EngineError::ImageRefused(e.to_string()))?;
+    let on_init =
+        instance.get_typed_func(&mut store, "vmi_init").map_err(|e| EngineError::ImageRefused(e.to_string()))?;
+    Ok(Instantiated { store, memory, globals, on_event, on_init })
+}
+
+/// Instantiates an image once in a scratch store to read its ABI version.
+pub(crate) fn probe_abi_version(engine: &WasmEngine, pre: &InstancePre<Host>) -> Result<u32, EngineError> {
+    let mut store = Store::new(&engine.wasmtime, Host::new(engine.clock.clone(), 1, u64::MAX));
+    store.set_fuel(10_000_000).map_err(|e| EngineError::Config(e.to_string()))?;
+    let instance = pre.instantiate(&mut store).map_err(|e| EngineError::Start(VmError::Trap(e.to_string())))?;
+    match instance.get_typed_func::<(), i32>(&mut store, "vmi_abi_version") {
+        Ok(f) => f.call(&mut store, ()).map(|v| v as u32).map_err(|e| EngineError::Start(VmError::Trap(e.to_string()))),
+        Err(_) => Ok(1),
+    }
+}
+
+impl WasmPhone {
+    fn assemble(
+        engine: &WasmEngine,
+        image: Arc<LoadedImage>,
+        inst: Instantiated,
+        config: &VmConfig,
+    ) -> Result<WasmPhone, EngineError> {
+        let tracker = match engine.config.dirty_tracking {
+            Some(kind) => dirty::new_tracker(kind).map_err(|e| EngineError::Config(e.to_string()))?,
+            None => dirty::best_tracker(),
+        };
+        Ok(WasmPhone {
+            tracker,
+            store: inst.store,
+            memory: inst.memory,
+            globals: inst.globals,
+            on_event: inst.on_event,
+            info: VmInfo { image: image.info.hash, width: config.width, height: config.height },
+            image,
+            status: VmStatus::Running,
+            budget: config.cpu_budget_per_event,
+            tracked: (0, 0),
+            untracked: true,
+            last_snapshot: None,
+            last_good: Vec::new(),
+            events: 0,
+            cpu_last: 0,
+            cpu_total: 0,
+            dirty_scratch: Vec::new(),
+        })
+    }
+
+    /// Boots a new phone and runs its init event.
+    pub fn create(engine: &WasmEngine, image: &ImageHash, config: &VmConfig) -> Result<WasmPhone, EngineError> {
+        check_config(config)?;
+        let image = engine.loaded(image)?;
+        let host = Host::new(engine.clock.clone(), config.rng_seed, config.memory_limit_bytes);
+        let inst = instantiate(engine, &image, host)?;
+        let on_init = inst.on_init.clone();
+        let mut phone = WasmPhone::assemble(engine, image, inst, config)?;
+        let (w, h) = (config.width as i32, config.height as i32);
+        phone.run(|store| on_init.call(store, (w, h))).map_err(EngineError::Start)?;
+        phone.retrack();
+        Ok(phone)
+    }
+
+    /// Brings a phone back from a snapshot chain.
+    pub fn restore(
+        engine: &WasmEngine,
+        image: &ImageHash,
+        chain: &[&[u8]],
+        config: &VmConfig,
+    ) -> Result<WasmPhone, EngineError> {
+        check_config(config)?;
+        if chain.is_empty() {
+            return Err(EngineError::EmptyChain);
+        }
+        let limits = Limits { max_memory_bytes: config.memory_limit_bytes, ..Limits::default() };
+        let mut snapshots = Vec::with_capacity(chain.len());
+        for bytes in chain {
+            snapshots.push((SnapshotId::of(bytes), SnapshotView::parse(bytes, &limits)?));
+        }
+        let headers: Vec<(SnapshotId, &Header)> = snapshots.iter().map(|(id, s)| (*id, &s.header)).collect();
+        vmi_snapshot::check_chain(&headers)?;
+        let (last_id, last) = snapshots.last().ok_or(EngineError::EmptyChain)?;
+        for (_, snap) in &snapshots {
+            snap.header.check_compat(ENGINE_NAME, &image.0)?;
+        }
+        let image = engine.loaded(image)?;
+
+        let mut host = Host::new(engine.clock.clone(), 1, config.memory_limit_bytes);
+        host.load(&mut Reader::new(last.host_state))?;
+        host.vclock = VirtualClock::resume(engine.clock.as_ref(), last.header.virtual_ns, last.header.wall_ns);
+        let inst = instantiate(engine, &image, host)?;
+        let mut phone = WasmPhone::assemble(engine, image, inst, config)?;
+
+        // Grow to the snapshot's size, clear what instantiation wrote, lay the pages down.
+        let want = last.header.memory_bytes;
+        let have = phone.memory.data_size(&phone.store) as u64;
+        if want % WASM_PAGE != 0 || want < have {
+            return Err(vmi_snapshot::SnapshotError::Corrupt(format!(
+                "memory size {want} is not a whole number of wasm pages at least the image's {have}"
+            ))
+            .into());
+        }
+        if want > have {
+            phone
+                .memory
+                .grow(&mut phone.store, (want - have) / WASM_PAGE)
+                .map_err(|_| EngineError::Exhausted(format!("cannot grow memory to {want} bytes")))?;
+        }
+        let memory = phone.memory.data_mut(&mut phone.store);
+        for range in &phone.image.data_ranges {
+            let (start, end) = (range.start as usize, (range.end as usize).min(memory.len()));
+            if start < end {
+                memory[start..end].fill(0);
+            }
+        }
+        for (_, snap) in &snapshots {
+            snap.pages.apply_to(memory)?;
+        }
+        if last.globals.len() != phone.globals.len() {
+            return Err(vmi_snapshot::SnapshotError::Corrupt(format!(
+                "snapshot has {} globals, the image {}",
+                last.globals.len(),
+                phone.globals.len()
+            ))
+            .into());
+        }
+        for ((global, kind), value) in phone.globals.iter().zip(&last.globals) {
+            let val = match (kind, value) {
+                (GlobalKind::I32, GlobalValue::I32(v)) => Val::I32(*v),
+                (GlobalKind::I64, GlobalValue::I64(v)) => Val::I64(*v),
+                (GlobalKind::F32, GlobalValue::F32(v)) => Val::F32(*v),
+                (GlobalKind::F64, GlobalValue::F64(v)) => Val::F64(*v),
+                _ => {
+                    return Err(vmi_snapshot::SnapshotError::Corrupt("global type differs from the image".into()).into());
+                }
+            };
+            global.set(&mut phone.store, val).map_err(|e| EngineError::Config(e.to_string()))?;
+        }
+        phone.last_snapshot = Some(*last_id);
+        phone.last_good = chain
+            .iter()
+            .zip(&snapshots)
+            .map(|(bytes, (id, s))| EncodedSnapshot {
+                id: *id,
+                parent: s.header.kind.parent(),
+                bytes: bytes.to_vec(),
+                pages: s.pages.page_count(),
+            })
+            .collect();
+        phone.retrack();
+        // Memory now equals the chain's last snapshot: deltas can start from here.
+        phone.untracked = phone.tracked == (0, 0);
+        Ok(phone)
+    }
+
+    /// Runs one guest call under the CPU budget; on a trap the phone is marked crashed.
+    fn run(&mut self, call: impl FnOnce(&mut Store<Host>) -> wasmtime::Result<()>) -> Result<(), VmError> {
+        if let VmStatus::Crashed { reason } = &self.status {
+            return Err(VmError::Crashed(reason.clone()));
+        }
+        // Fuel only fails to set when fuel is off, and this engine always turns it on.
+        let _ = self.store.set_fuel(self.budget);
+        let result = call(&mut self.store);
+        let left = self.store.get_fuel().unwrap_or(0);
+        self.cpu_last = self.budget.saturating_sub(left);
+        self.cpu_total += self.cpu_last;
+        self.events += 1;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = if e.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+                    VmError::CpuBudget { budget: self.budget }
+                } else if self.store.data().hit_memory_limit {
+                    VmError::MemoryLimit { limit: self.store.data().memory_limit }
+                } else {
+                    VmError::Trap(format!("{e:#}"))
+                };
+                tracing::warn!(image = %self.info.image, "phone crashed: {err}");
+                self.status = VmStatus::Crashed { reason: err.to_string() };
+                Err(err)
+            }
+        }
+    }
+
+    /// Points the dirty tracker at the memory as it is now.
+    fn retrack(&mut self) {
+        let base = self.memory.data_ptr(&self.store) as usize;
+        let len = self.memory.data_size(&self.store);
+        if (base, len) == self.tracked {
+            return;
+        }
+        if base != self.tracked.0 && self.tracked != (0, 0) {
+            // Memory moved: anything may have changed since the last snapshot.
+            self.untracked = true;
+        }
+        // SAFETY: `base..base+len` is this phone's linear memory: private anonymous pages
+        // (copy-on-write init is off) that stay mapped while the store lives, which
+        // outlives the tracker (field order). No guest code runs between events, and no
+        // reference into the memory is held across this call.
+        let tracked = unsafe { self.tracker.track(base as *mut u8, len) };
+        match tracked {
+            Ok(()) => self.tracked = (base, len),
+            Err(e) => {
+                tracing::warn!("dirty tracking lost, next snapshot is full: {e}");
+                self.untracked = true;
+                self.tracked = (0, 0);
+            }
+        }
+    }
+
+    fn deliver_raw(&mut self, kind: i32, a: i32, b: i32, c: i32) -> Result<(), VmError> {
+        let f = self.on_event.clone();
+        let r = self.run(|store| f.call(store, (kind, a, b, c)));
+        if r.is_ok() {
+            self.retrack();
+        }
+        r
+    }
+
+    fn capture_globals(&mut self) -> Vec<GlobalValue> {
+        self.globals
+            .iter()
+            .map(|(g, kind)| match (kind, g.get(&mut self.store)) {
+                (GlobalKind::I32, Val::I32(v)) => GlobalValue::I32(v),
+                (GlobalKind::I64, Val::I64(v)) => GlobalValue::I64(v),
+                (GlobalKind::F32, Val::F32(v)) => GlobalValue::F32(v),
+                (GlobalKind::F64, Val::F64(v)) => GlobalValue::F64(v),
+                // The load-time check admits only these four types.
+                (_, other) => unreachable!("global of unexpected type {other:?}"),
+            })
+            .collect()
+    }
+
+    /// The mechanism finding written pages ("uffd-wp+pagemap-scan", "shadow-compare").
+    pub fn dirty_mechanism(&self) -> &'static str {
+        self.tracker.mechanism()
+    }
+}
+
+fn check_config(config: &VmConfig) -> Result<(), EngineError> {
+    if config.width == 0 || config.height == 0 || config.width > 8192 || config.height > 8192 {
+        return Err(EngineError::Config(format!("screen {}x{} is outside 1..=8192", config.width, config.height)));
+    }
+    if config.cpu_budget_per_event == 0 {
+        return Err(EngineError::Config("CPU budget per event must be above 0".into()));
+    }
+    Ok(())
+}
+
+impl VirtualPhone for WasmPhone {
+    fn info(&self) -> &VmInfo {
+        &self.info
+    }
+
+    fn status(&self) -> &VmStatus {
+        &self.status
+    }
+
+    fn deliver(&mut self, event: Event) -> Result<(), VmError> {
+        let (kind, a, b, c) = match event {
+            Event::Touch { phase, x, y } => {
+                let kind = match phase {
+                    TouchPhase::Down => 1,
+                    TouchPhase::Move => 2,
+                    TouchPhase::Up => 3,
+                };
+                (kind, x, y, 0)
+            }
+            Event::Key { code, text } => {
+                let code = if code == KeyCode::Text { 0 } else { code as i32 };
+                (4, code, text.map(|c| c as i32).unwrap_or(0), 0)
+            }
+            Event::Timer(id) => (5, id as i32, 0, 0),
+            Event::MailArrived => (6, self.store.data().mailbox.len() as i32, 0, 0),
+            Event::Wake => (7, 0, 0, 0),
+            Event::Sleep => (8, 0, 0, 0),
+        };
+        self.deliver_raw(kind, a, b, c)
+    }
+
+    fn next_timer_ns(&self) -> Option<u64> {
+        self.store.data().timers.values().copied().min()
+    }
+
+    fn fire_due_timers(&mut self) -> Result<usize, VmError> {
+        let mut fired = 0;
+        while fired < MAX_TIMERS_PER_CALL {
+            let now = self.store.data().now_ns();
+            let due = self
+                .store
+                .data()
+                .timers
+                .iter()
+                .filter(|(_, d)| **d <= now)
+                .min_by_key(|(id, d)| (**d, **id))
+                .map(|(id, _)| *id);
+            let Some(id) = due else { break };
+            self.store.data_mut().timers.remove(&id);
+            self.deliver_raw(5, id as i32, 0, 0)?;
+            fired += 1;
+        }
+        Ok(fired)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.store.data().now_ns()
+    }
+
+    fn frame(&mut self) -> Result<Frame<'_>, VmError> {
+        let (width, height) = (self.info.width, self.info.height);
+        let host = self.store.data_mut();
+        let damage = std::mem::take(&mut host.damage);
+        let Some(fb) = host.framebuffer else {
+            return Ok(Frame { width, height, rgba: &[], damage: Vec::new() });
+        };
+        let data = self.memory.data(&self.store);
+        let start = fb.ptr as usize;
+        let end = start + fb.width as usize * fb.height as usize * 4;
+        if end > data.len() {
+            return Err(VmError::Abi(format!("framebuffer at {start:#x}..{end:#x} is outside memory")));
+        }
+        Ok(Frame { width: fb.width, height: fb.height, rgba: &data[start..end], damage })
+    }
+
+    fn take_notifications(&mut self) -> Vec<Notification> {
+        self.store.data_mut().notifications.drain(..).collect()
+    }
+
+    fn push_mail(&mut self, mail: Mail) -> Result<(), VmError> {
+        let mailbox = &mut self.store.data_mut().mailbox;
+        if mailbox.len() >= MAX_MAILBOX {
+            return Err(VmError::Full("mailbox"));
+        }
+        mailbox.push_back(mail);
+        Ok(())
+    }
+
+    fn mailbox_len(&self) -> usize {
+        self.store.data().mailbox.len()
+    }
+
+    fn snapshot(&mut self, request: SnapshotRequest) -> Result<EncodedSnapshot, VmError> {
+        if let VmStatus::Crashed { reason } = &self.status {
+            return Err(VmError::Crashed(reason.clone()));
+        }
+        self.retrack();
+        let incremental = request == SnapshotRequest::Incremental && !self.untracked && self.last_snapshot.is_some();
+        let mut dirty = std::mem::take(&mut self.dirty_scratch);
+        dirty.clear();
+        let collected = self.tracker.collect(&mut dirty);
+        let kind = match (incremental, self.last_snapshot, &collected) {
+            (true, Some(parent), Ok(())) => SnapshotKind::Incremental { parent },
+            _ => SnapshotKind::Full,
+        };
+        let globals = self.capture_globals();
+        let host = self.store.data();
+        let mut w = Writer::default();
+        host.save(&mut w);
+        let host_state = w.into_inner();
+        let memory = self.memory.data(&self.store);
+        let header = Header {
+            engine: ENGINE_NAME.to_string(),
+            image_hash: self.info.image.0,
+            memory_bytes: memory.len() as u64,
+            kind,
+            virtual_ns: host.now_ns(),
+            wall_ns: host.clock.wall_ns(),
+        };
+        let encoded = match kind {
+            SnapshotKind::Incremental { .. } => {
+                vmi_snapshot::encode_dirty(&header, &globals, &host_state, memory, &dirty)
+            }
+            _ => vmi_snapshot::encode_full(&header, &globals, &host_state, memory),
+        };
+        self.dirty_scratch = dirty;
+        if let Err(e) = collected {
+            // The tracker stopped; start it afresh now, so its clean point is this full
+            // snapshot and not some later event.
+            tracing::warn!("dirty tracking failed, this snapshot is full: {e}");
+            self.tracked = (0, 0);
+            self.retrack();
+        }
+        let encoded = encoded.map_err(|e| VmError::Snapshot(e.to_string()))?;
+        let (id, bytes, page_count) = (encoded.id, encoded.bytes, encoded.page_count);
+        let parent = match kind {
+            SnapshotKind::Incremental { parent } => Some(parent),
+            _ => {
+                self.last_good.clear();
+                None
+            }
+        };
+        self.untracked = false;
+        self.last_snapshot = Some(id);
+        let encoded = EncodedSnapshot { id, parent, bytes, pages: page_count };
+        self.last_good.push(encoded.clone());
+        Ok(encoded)
+    }
+
+    fn last_good_chain(&self) -> &[EncodedSnapshot] {
+        &self.last_good
+    }
+
+    fn usage(&self) -> ResourceUsage {
+        let host = self.store.data();
+        ResourceUsage {
+            memory_bytes: self.memory.data_size(&self.store) as u64,
+            events: self.events,
+            cpu_last_event: self.cpu_last,
+            cpu_total: self.cpu_total,
+            timers: host.timers.len() as u32,
+            pending_notifications: host.notifications.len() as u32,
+            kv_bytes: host.kv_bytes as u64,
+        }
+    }
+}
+
+// Page size of the snapshot format and of dirty tracking must agree.
+const _: () = assert!(PAGE_SIZE == 4096);
