@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -75,7 +74,7 @@ impl Runner<'_> {
                     self.phone.deliver(Event::text(c))?;
                 }
             }
-            Command::Wait(d) => advance(self.phone, &self.clock, *d)?,
+            Command::Wait(d) => vmi_engine::advance_phone(self.phone, &self.clock, d.as_nanos() as u64)?,
             Command::Mail(mail) => {
                 self.phone.push_mail(mail.clone())?;
                 self.phone.deliver(Event::MailArrived)?;
@@ -100,27 +99,6 @@ impl Runner<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Moves virtual time forward by `d`, stopping at each timer's deadline to fire it.
-pub fn advance(phone: &mut dyn VirtualPhone, clock: &ManualClock, d: Duration) -> Result<()> {
-    let mut left = d.as_nanos() as u64;
-    loop {
-        let now = phone.now_ns();
-        match phone.next_timer_ns() {
-            Some(t) if t.saturating_sub(now) <= left => {
-                let step = t.saturating_sub(now);
-                clock.advance(step);
-                left -= step;
-                phone.fire_due_timers()?;
-            }
-            _ => {
-                clock.advance(left);
-                phone.fire_due_timers()?;
-                return Ok(());
-            }
-        }
     }
 }
 

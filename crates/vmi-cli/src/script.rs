@@ -68,7 +68,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         "d" => value * 86400.0,
         other => bail!("duration `{s}` has unknown unit `{other}` (use ms, s, m, h or d)"),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e9 {
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
         bail!("duration `{s}` is out of range");
     }
     Ok(Duration::from_secs_f64(seconds))

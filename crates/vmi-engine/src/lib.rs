@@ -103,3 +103,26 @@ pub trait VirtualPhone: Send {
     /// What the phone uses.
     fn usage(&self) -> ResourceUsage;
 }
+
+/// Moves a manual clock forward by `ns`, stopping at each of `phone`'s timer deadlines on
+/// the way to fire it at its exact virtual time: how scripted runs and tests let time
+/// pass for a phone.
+pub fn advance_phone(phone: &mut dyn VirtualPhone, clock: &ManualClock, ns: u64) -> Result<(), VmError> {
+    let mut left = ns;
+    loop {
+        let now = phone.now_ns();
+        match phone.next_timer_ns() {
+            Some(t) if t.saturating_sub(now) <= left => {
+                let step = t.saturating_sub(now);
+                clock.advance(step);
+                left -= step;
+                phone.fire_due_timers()?;
+            }
+            _ => {
+                clock.advance(left);
+                phone.fire_due_timers()?;
+                return Ok(());
+            }
+        }
+    }
+}

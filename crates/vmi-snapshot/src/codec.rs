@@ -540,6 +540,23 @@ impl<'a> Chunks<'a> {
     }
 }
 
+/// Writes `jobs` (destinations relative to the whole memory) into `memory`, which starts
+/// at byte `base` of it.
+fn apply_jobs(memory: &mut [u8], base: usize, jobs: Vec<(std::ops::Range<usize>, Option<&[u8]>)>) -> Result<()> {
+    for (range, chunk) in jobs {
+        let dest = &mut memory[range.start - base..range.end - base];
+        match chunk {
+            None => dest.fill(0),
+            Some(chunk) => match decompress_into(chunk, dest) {
+                Ok(n) if n == dest.len() => {}
+                Ok(n) => return Err(corrupt(format!("chunk decompressed to {n} bytes, not {}", dest.len()))),
+                Err(e) => return Err(corrupt(format!("chunk does not decompress: {e}"))),
+            },
+        }
+    }
+    Ok(())
+}
+
 /// The pages of a [`SnapshotView`]: runs parsed, data still compressed in the file bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PagesView<'a> {
@@ -587,6 +604,58 @@ impl<'a> PagesView<'a> {
     /// Like [`apply_to`](Self::apply_to), and also zeroes every page not recorded.
     pub fn apply_full_to(&self, memory: &mut [u8]) -> Result<()> {
         self.apply(memory, true)
+    }
+
+    /// Like [`apply_to`](Self::apply_to), decompressing on up to `threads` threads: the
+    /// chunks are independent, so a large restore (a migration's final step, say) can
+    /// use every core. Small snapshots are applied on the calling thread.
+    pub fn apply_to_parallel(&self, memory: &mut [u8], threads: usize) -> Result<()> {
+        const MIN_PAGES_PER_THREAD: u64 = 512;
+        let memory_pages = (memory.len() / PAGE_SIZE) as u64;
+        let in_bounds = self.runs.last().is_none_or(|r| r.end() <= memory_pages);
+        if threads <= 1 || self.data_pages < 2 * MIN_PAGES_PER_THREAD || !in_bounds {
+            // The serial path also reports out-of-bounds pages precisely.
+            return self.apply_to(memory);
+        }
+        // One job per chunk or zero run, in page order; their destinations are disjoint.
+        let chunk_bytes = self.chunk_pages as usize * PAGE_SIZE;
+        let mut jobs: Vec<(std::ops::Range<usize>, Option<&'a [u8]>)> = Vec::new();
+        let mut chunks = self.chunks();
+        for run in &self.runs {
+            let range = run_range(run);
+            match run.kind {
+                RunKind::Zero => jobs.push((range, None)),
+                RunKind::Data => {
+                    for start in range.clone().step_by(chunk_bytes) {
+                        jobs.push((start..(start + chunk_bytes).min(range.end), Some(chunks.next()?)));
+                    }
+                }
+            }
+        }
+        let total: usize = jobs.iter().map(|(r, _)| r.len()).sum();
+        let per_thread = total.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut rest: &mut [u8] = memory;
+            let mut rest_base = 0usize;
+            let mut workers = Vec::new();
+            let mut group = Vec::new();
+            let mut group_bytes = 0;
+            let mut jobs = jobs.into_iter().peekable();
+            while let Some(job) = jobs.next() {
+                group_bytes += job.0.len();
+                group.push(job);
+                if group_bytes >= per_thread || jobs.peek().is_none() {
+                    let end = group.last().map_or(rest_base, |(r, _)| r.end);
+                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(end - rest_base);
+                    let (base, work) = (rest_base, std::mem::take(&mut group));
+                    rest = tail;
+                    rest_base = end;
+                    group_bytes = 0;
+                    workers.push(scope.spawn(move || apply_jobs(head, base, work)));
+                }
+            }
+            workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(corrupt("decompression panicked"))))
+        })
     }
 
     fn apply(&self, memory: &mut [u8], full: bool) -> Result<()> {

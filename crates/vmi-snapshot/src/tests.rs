@@ -155,6 +155,37 @@ fn every_kind_and_empty_parts_round_trip() {
 }
 
 #[test]
+fn parallel_apply_writes_what_serial_apply_writes() {
+    // Enough data pages to split, with zero pages, flat pages and noise interleaved, and an
+    // incremental on top so zero runs are exercised too.
+    let base = memory(4096, 3);
+    let mut next = base.clone();
+    for i in (0..4096).step_by(5) {
+        next[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].fill(0);
+    }
+    let dirty: Vec<u32> = (0..4096).step_by(5).collect();
+    let inc = Snapshot {
+        header: header(SnapshotKind::Incremental { parent: SnapshotId([1; 32]) }, next.len()),
+        globals: globals(),
+        host_state: Vec::new(),
+        pages: Pages::from_memory_dirty(&next, &dirty),
+    }
+    .encode();
+    let full = full_snapshot(&base).encode();
+    for threads in [1, 2, 3, 8] {
+        let mut target = vec![0u8; base.len()];
+        SnapshotView::parse(&full, &BIG_LIMITS).unwrap().pages.apply_to_parallel(&mut target, threads).unwrap();
+        assert_eq!(target, base, "{threads} threads, full");
+        SnapshotView::parse(&inc, &BIG_LIMITS).unwrap().pages.apply_to_parallel(&mut target, threads).unwrap();
+        assert_eq!(target, next, "{threads} threads, incremental");
+    }
+    // Pages beyond the memory are refused, not written.
+    let mut small = vec![0u8; base.len() / 2];
+    let err = SnapshotView::parse(&full, &BIG_LIMITS).unwrap().pages.apply_to_parallel(&mut small, 2).unwrap_err();
+    assert!(matches!(err, SnapshotError::PageOutOfBounds { .. }), "{err}");
+}
+
+#[test]
 fn view_restores_into_dirty_memory() {
     let m = memory(20, 2);
     let bytes = full_snapshot(&m).encode();

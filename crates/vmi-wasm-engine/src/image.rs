@@ -175,7 +175,7 @@ pub fn prepare(bytes: &[u8]) -> Result<PreparedImage, ImageCheckError> {
         // module had none.
         if let Some((id, _)) = payload.as_section()
             && !exports_done
-            && matches!(id, 8 | 9 | 10 | 11 | 12)
+            && (8..=12).contains(&id)
         {
             emit_exports(&mut out, &existing_exports, &captured);
             exports_done = true;

@@ -19,6 +19,8 @@ use crate::{ENGINE_NAME, LoadedImage, WasmEngine};
 /// re-arming a timer in the past cannot hold the host in a loop.
 const MAX_TIMERS_PER_CALL: usize = 1024;
 const WASM_PAGE: u64 = 65536;
+/// Threads that decompress a large snapshot during a restore (small ones use one).
+const RESTORE_THREADS: usize = 2;
 
 /// A virtual phone on the WebAssembly engine.
 pub struct WasmPhone {
@@ -147,13 +149,35 @@ impl WasmPhone {
         config: &VmConfig,
     ) -> Result<WasmPhone, EngineError> {
         check_config(config)?;
-        if chain.is_empty() {
-            return Err(EngineError::EmptyChain);
-        }
+        let Some(last_bytes) = chain.last() else { return Err(EngineError::EmptyChain) };
+        // The last snapshot's id only names the restored state; nothing is checked against
+        // it. Hashing it (a millisecond per few MiB) runs on another core while the pages
+        // are laid down.
+        std::thread::scope(|scope| {
+            let last_id = scope.spawn(|| SnapshotId::of(last_bytes));
+            let mut phone = WasmPhone::restore_pages(engine, image, chain, config)?;
+            let last_id = last_id.join().map_err(|_| EngineError::Config("snapshot hashing panicked".into()))?;
+            if let Some(last) = phone.last_good.last_mut() {
+                last.id = last_id;
+            }
+            phone.last_snapshot = Some(last_id);
+            Ok(phone)
+        })
+    }
+
+    fn restore_pages(
+        engine: &WasmEngine,
+        image: &ImageHash,
+        chain: &[&[u8]],
+        config: &VmConfig,
+    ) -> Result<WasmPhone, EngineError> {
         let limits = Limits { max_memory_bytes: config.memory_limit_bytes, ..Limits::default() };
         let mut snapshots = Vec::with_capacity(chain.len());
-        for bytes in chain {
-            snapshots.push((SnapshotId::of(bytes), SnapshotView::parse(bytes, &limits)?));
+        for (i, bytes) in chain.iter().enumerate() {
+            // The last id is filled in by the caller; the chain check compares each
+            // snapshot's parent with the id before it, never the last one's own id.
+            let id = if i + 1 < chain.len() { SnapshotId::of(bytes) } else { SnapshotId([0; 32]) };
+            snapshots.push((id, SnapshotView::parse(bytes, &limits)?));
         }
         let headers: Vec<(SnapshotId, &Header)> = snapshots.iter().map(|(id, s)| (*id, &s.header)).collect();
         vmi_snapshot::check_chain(&headers)?;
@@ -185,6 +209,7 @@ impl WasmPhone {
                 .map_err(|_| EngineError::Exhausted(format!("cannot grow memory to {want} bytes")))?;
         }
         let memory = phone.memory.data_mut(&mut phone.store);
+        populate(memory, snapshots.first().map(|(_, s)| s.pages.runs()).unwrap_or(&[]));
         for range in &phone.image.data_ranges {
             let (start, end) = (range.start as usize, (range.end as usize).min(memory.len()));
             if start < end {
@@ -192,7 +217,7 @@ impl WasmPhone {
             }
         }
         for (_, snap) in &snapshots {
-            snap.pages.apply_to(memory)?;
+            snap.pages.apply_to_parallel(memory, RESTORE_THREADS)?;
         }
         if last.globals.len() != phone.globals.len() {
             return Err(vmi_snapshot::SnapshotError::Corrupt(format!(
@@ -209,7 +234,9 @@ impl WasmPhone {
                 (GlobalKind::F32, GlobalValue::F32(v)) => Val::F32(*v),
                 (GlobalKind::F64, GlobalValue::F64(v)) => Val::F64(*v),
                 _ => {
-                    return Err(vmi_snapshot::SnapshotError::Corrupt("global type differs from the image".into()).into());
+                    return Err(
+                        vmi_snapshot::SnapshotError::Corrupt("global type differs from the image".into()).into()
+                    );
                 }
             };
             global.set(&mut phone.store, val).map_err(|e| EngineError::Config(e.to_string()))?;
@@ -313,6 +340,29 @@ impl WasmPhone {
     pub fn dirty_mechanism(&self) -> &'static str {
         self.tracker.mechanism()
     }
+}
+
+/// Faults in, in one call, the pages a full snapshot is about to write: one
+/// `MADV_POPULATE_WRITE` costs far less than a page fault per page. Best effort: on a
+/// kernel without it the pages fault in as they are written.
+fn populate(memory: &mut [u8], runs: &[vmi_snapshot::PageRun]) {
+    #[cfg(target_os = "linux")]
+    {
+        const MADV_POPULATE_WRITE: libc::c_int = 23;
+        let base = memory.as_mut_ptr() as usize;
+        for run in runs.iter().filter(|r| r.kind == vmi_snapshot::RunKind::Data) {
+            let start = run.first as usize * PAGE_SIZE;
+            let len = run.count as usize * PAGE_SIZE;
+            if start + len > memory.len() {
+                return;
+            }
+            // SAFETY: the range lies inside this phone's linear memory, a private
+            // anonymous read-write mapping; populating it changes no contents.
+            unsafe { libc::madvise((base + start) as *mut libc::c_void, len, MADV_POPULATE_WRITE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (memory, runs);
 }
 
 fn check_config(config: &VmConfig) -> Result<(), EngineError> {

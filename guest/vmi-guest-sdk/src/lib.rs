@@ -6,7 +6,7 @@
 //! user's mailbox and a persistent key-value store. The ABI under this crate is
 //! documented in `docs/GUEST_ABI.md`.
 //!
-//! ```ignore
+//! ```no_run
 //! use vmi_guest_sdk::{App, Event, gfx::Canvas};
 //! struct Counter { canvas: Canvas, taps: u32 }
 //! impl App for Counter {
@@ -24,6 +24,7 @@
 //!     }
 //! }
 //! vmi_guest_sdk::export_app!(Counter);
+//! # fn main() {}
 //! ```
 
 pub mod gfx;

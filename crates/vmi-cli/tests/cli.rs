@@ -1,0 +1,171 @@
+//! The `vmi` command as a user runs it: headless runs with screenshots, snapshot and
+//! restore through files, image inspection, and clear errors on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn vmi(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmi")).args(args).output().expect("run vmi")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = vmi(args);
+    assert!(out.status.success(), "vmi {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = vmi(args);
+    assert!(!out.status.success(), "vmi {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmi-cli-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path).display().to_string()
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).expect("png exists")));
+    let reader = decoder.read_info().expect("a valid PNG");
+    (reader.info().width, reader.info().height)
+}
+
+fn screenshot_hashes(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "screenshot")
+        .map(|v| v["pixels"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn headless_tour_screenshots_every_app() {
+    let dir = scratch("tour");
+    let out = ok(&[
+        "vm",
+        "run",
+        "--headless",
+        "--events",
+        &repo("examples/tour.events"),
+        "--out-dir",
+        &dir.display().to_string(),
+        "--wall-start",
+        "1763000000",
+    ]);
+    let shots = [
+        "01-home.png",
+        "02-home-with-mail.png",
+        "03-mail-inbox.png",
+        "04-mail-message.png",
+        "05-notes.png",
+        "06-paint.png",
+        "07-stopwatch-zero.png",
+        "08-stopwatch-running.png",
+    ];
+    for shot in shots {
+        assert_eq!(png_size(&dir.join(shot)), (720, 1280), "{shot}");
+    }
+    let hashes = screenshot_hashes(&out);
+    assert_eq!(hashes.len(), shots.len());
+    let mut distinct = hashes.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), hashes.len(), "every screen differs: {hashes:?}");
+    assert!(out.contains(r#""kind":"notification","title":"ann@example.com","body":"Lunch on Friday?""#), "{out}");
+
+    // The same script gives the same pixels: runs are reproducible.
+    let again = ok(&[
+        "vm",
+        "run",
+        "--headless",
+        "--events",
+        &repo("examples/tour.events"),
+        "--out-dir",
+        &dir.display().to_string(),
+        "--wall-start",
+        "1763000000",
+    ]);
+    assert_eq!(screenshot_hashes(&again), hashes);
+}
+
+#[test]
+fn snapshot_then_restore_equals_one_straight_run() {
+    let dir = scratch("restore");
+    let d = |f: &str| dir.join(f).display().to_string();
+    std::fs::write(dir.join("first.events"), "tap 274 1090\ntype Before the snapshot.\n").expect("write");
+    std::fs::write(dir.join("second.events"), "type  After it.\nscreenshot notes.png\n").expect("write");
+    std::fs::write(
+        dir.join("both.events"),
+        "tap 274 1090\ntype Before the snapshot.\ntype  After it.\nscreenshot notes.png\n",
+    )
+    .expect("write");
+
+    ok(&["vm", "snapshot", "--events", &d("first.events"), "--out", &d("mid.snap"), "--wall-start", "1763000000"]);
+    let restored = ok(&["vm", "restore", &d("mid.snap"), "--events", &d("second.events"), "--out-dir", &d("")]);
+    let straight = ok(&[
+        "vm",
+        "run",
+        "--headless",
+        "--events",
+        &d("both.events"),
+        "--out-dir",
+        &d(""),
+        "--wall-start",
+        "1763000000",
+    ]);
+    assert_eq!(screenshot_hashes(&restored), screenshot_hashes(&straight));
+
+    let inspect = ok(&["vm", "inspect", &d("mid.snap")]);
+    let v: serde_json::Value = serde_json::from_str(inspect.trim()).expect("json");
+    assert_eq!(v["engine"], "wasm");
+    assert_eq!(v["kind"], "Full");
+    assert!(v["data_pages"].as_u64().unwrap_or(0) > 0);
+
+    // Broken snapshot files are refused with the reason, and nothing runs.
+    let bytes = std::fs::read(dir.join("mid.snap")).expect("read");
+    std::fs::write(dir.join("cut.snap"), &bytes[..bytes.len() / 3]).expect("write");
+    let err = fails(&["vm", "restore", &d("cut.snap")]);
+    assert!(err.contains("truncated"), "{err}");
+    let mut flipped = bytes.clone();
+    let n = flipped.len();
+    flipped[n / 2] ^= 1;
+    std::fs::write(dir.join("flipped.snap"), &flipped).expect("write");
+    let err = fails(&["vm", "restore", &d("flipped.snap")]);
+    assert!(err.contains("checksum"), "{err}");
+    let err = fails(&["vm", "restore", &d("missing.snap")]);
+    assert!(err.contains("missing.snap"), "{err}");
+}
+
+#[test]
+fn images_are_built_inspected_and_bad_ones_refused() {
+    let dir = scratch("image");
+    let image = dir.join("phone.wasm").display().to_string();
+    ok(&["image", "build", "--out", &image]);
+    let info = ok(&["image", "inspect", &image, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(info.trim()).expect("json");
+    assert_eq!(v["abi_version"], 1);
+    assert!(v["captured_globals"].as_u64().unwrap_or(0) >= 1, "the stack pointer is captured: {v}");
+    assert!(v["imports"].as_array().is_some_and(|i| i.iter().any(|n| n == "fb_damage")));
+
+    std::fs::write(dir.join("junk.wasm"), b"\0asm\x01\0\0\0garbage").expect("write");
+    let err = fails(&["image", "inspect", &dir.join("junk.wasm").display().to_string()]);
+    assert!(err.contains("not a valid WebAssembly module"), "{err}");
+}
+
+#[test]
+fn bad_scripts_name_the_line() {
+    let dir = scratch("script");
+    std::fs::write(dir.join("bad.events"), "tap 10 10\n\ntpa 1 2\n").expect("write");
+    let err = fails(&["vm", "run", "--headless", "--events", &dir.join("bad.events").display().to_string()]);
+    assert!(err.contains("line 3") && err.contains("unknown command `tpa`"), "{err}");
+    let err = fails(&["vm", "run", "--events", &dir.join("bad.events").display().to_string()]);
+    assert!(err.contains("--headless"), "{err}");
+}

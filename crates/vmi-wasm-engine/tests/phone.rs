@@ -1,0 +1,165 @@
+//! The default phone image on the engine: a snapshot in mid-session restores in a fresh
+//! engine and carries on frame for frame.
+
+use std::sync::Arc;
+
+use vmi_engine::{
+    Engine, Event, KeyCode, Mail, ManualClock, SnapshotRequest, TouchPhase, VirtualPhone, VmConfig, advance_phone,
+};
+use vmi_wasm_engine::{WasmEngine, WasmEngineConfig, kv_of_host_state};
+
+const MAIL: (i32, i32) = (102, 1090);
+const NOTES: (i32, i32) = (274, 1090);
+const PAINT: (i32, i32) = (446, 1090);
+const STOPWATCH: (i32, i32) = (618, 1090);
+const STOPWATCH_START: (i32, i32) = (518, 824);
+const SECOND: u64 = 1_000_000_000;
+
+fn engine(clock: Arc<ManualClock>) -> WasmEngine {
+    let engine =
+        WasmEngine::with_config(WasmEngineConfig { max_vms: 8, ..WasmEngineConfig::default() }, clock).expect("engine");
+    engine.load_image(vmi_phone_image::PHONE_WASM).expect("the default phone loads");
+    engine
+}
+
+fn tap(phone: &mut dyn VirtualPhone, (x, y): (i32, i32)) {
+    phone.deliver(Event::Touch { phase: TouchPhase::Down, x, y }).expect("touch");
+    phone.deliver(Event::Touch { phase: TouchPhase::Up, x, y }).expect("touch");
+}
+
+fn drag(phone: &mut dyn VirtualPhone, from: (i32, i32), to: (i32, i32)) {
+    phone.deliver(Event::Touch { phase: TouchPhase::Down, x: from.0, y: from.1 }).expect("touch");
+    for k in 1..=10 {
+        let (x, y) = (from.0 + (to.0 - from.0) * k / 10, from.1 + (to.1 - from.1) * k / 10);
+        phone.deliver(Event::Touch { phase: TouchPhase::Move, x, y }).expect("touch");
+    }
+    phone.deliver(Event::Touch { phase: TouchPhase::Up, x: to.0, y: to.1 }).expect("touch");
+}
+
+fn type_text(phone: &mut dyn VirtualPhone, text: &str) {
+    for c in text.chars() {
+        phone.deliver(Event::text(c)).expect("key");
+    }
+}
+
+fn home(phone: &mut dyn VirtualPhone) {
+    phone.deliver(Event::Key { code: KeyCode::Home, text: None }).expect("home");
+}
+
+fn screen_hash(phone: &mut dyn VirtualPhone) -> blake3::Hash {
+    let frame = phone.frame().expect("frame");
+    assert_eq!((frame.width, frame.height), (720, 1280));
+    blake3::hash(frame.rgba)
+}
+
+fn notes_text(phone: &mut dyn VirtualPhone) -> String {
+    let snap = phone.snapshot(SnapshotRequest::Full).expect("snapshot");
+    let view = vmi_snapshot::SnapshotView::parse(&snap.bytes, &vmi_snapshot::Limits::default()).expect("parse");
+    let kv = kv_of_host_state(view.host_state).expect("host state");
+    String::from_utf8(kv.get(b"notes.text".as_slice()).cloned().unwrap_or_default()).expect("utf-8")
+}
+
+/// The same further session, played on a phone.
+fn continue_session(phone: &mut dyn VirtualPhone, clock: &ManualClock) -> Vec<blake3::Hash> {
+    let mut frames = Vec::new();
+    advance_phone(phone, clock, 2 * SECOND + 37_000_000).expect("time passes");
+    frames.push(screen_hash(phone)); // the stopwatch, 2 s later
+    home(phone);
+    tap(phone, NOTES);
+    type_text(phone, " and after the restore.");
+    frames.push(screen_hash(phone));
+    home(phone);
+    tap(phone, PAINT);
+    drag(phone, (100, 900), (600, 300));
+    frames.push(screen_hash(phone));
+    home(phone);
+    phone
+        .push_mail(Mail { from: "ann@example.com".into(), subject: "Still there?".into(), body: "Yes".into() })
+        .expect("mail");
+    advance_phone(phone, clock, 61 * SECOND).expect("mail timer fires");
+    frames.push(screen_hash(phone)); // home with the badge
+    tap(phone, MAIL);
+    frames.push(screen_hash(phone));
+    frames
+}
+
+#[test]
+fn mid_session_snapshot_restores_exactly_in_a_fresh_engine() {
+    let wall = 1_763_000_000 * SECOND;
+    let clock_a = ManualClock::new(wall);
+    let a = engine(clock_a.clone());
+    let image = a.image(&vmi_engine::ImageHash::of(vmi_phone_image::PHONE_WASM)).expect("loaded");
+    let mut original = a.create(&image.hash, &VmConfig::default()).expect("boot");
+
+    // Mid-session: typed a note, drew, started the stopwatch and watched it for a while.
+    tap(original.as_mut(), NOTES);
+    type_text(original.as_mut(), "Hello from the edge");
+    home(original.as_mut());
+    tap(original.as_mut(), PAINT);
+    drag(original.as_mut(), (120, 400), (600, 800));
+    home(original.as_mut());
+    tap(original.as_mut(), STOPWATCH);
+    tap(original.as_mut(), STOPWATCH_START);
+    advance_phone(original.as_mut(), &clock_a, 5 * SECOND).expect("time passes");
+    let at_snapshot = screen_hash(original.as_mut());
+    let snap = original.snapshot(SnapshotRequest::Full).expect("snapshot");
+    assert_eq!(notes_text(original.as_mut()), "Hello from the edge");
+
+    // A fresh engine on another clock that reads the same wall time.
+    let clock_b = ManualClock::new(wall + clock_a.elapsed_ns());
+    let b = engine(clock_b.clone());
+    let mut restored = b.restore(&image.hash, &[&snap.bytes], &VmConfig::default()).expect("restore");
+    assert_eq!(restored.now_ns(), original.now_ns(), "virtual time carried over");
+    assert_eq!(screen_hash(restored.as_mut()), at_snapshot);
+
+    let ours = continue_session(original.as_mut(), &clock_a);
+    let theirs = continue_session(restored.as_mut(), &clock_b);
+    assert_eq!(ours, theirs, "the same events give the same frames");
+    assert_ne!(ours[0], at_snapshot, "the stopwatch went on after the restore");
+    let text = notes_text(restored.as_mut());
+    assert_eq!(text, "Hello from the edge and after the restore.");
+    assert_eq!(text, notes_text(original.as_mut()));
+    let notes: Vec<_> = restored.take_notifications();
+    assert!(notes.iter().any(|n| n.body == "Still there?"), "the mail timer fired after restore: {notes:?}");
+}
+
+#[test]
+fn time_away_in_a_snapshot_counts_on_the_stopwatch() {
+    let wall = 1_763_000_000 * SECOND;
+    let clock = ManualClock::new(wall);
+    let a = engine(clock.clone());
+    let hash = vmi_engine::ImageHash::of(vmi_phone_image::PHONE_WASM);
+    let mut phone = a.create(&hash, &VmConfig::default()).expect("boot");
+    tap(phone.as_mut(), STOPWATCH);
+    tap(phone.as_mut(), STOPWATCH_START);
+    advance_phone(phone.as_mut(), &clock, 3 * SECOND).expect("time passes");
+    let snap = phone.snapshot(SnapshotRequest::Full).expect("snapshot");
+    let saved_at = phone.now_ns();
+
+    // Restored an hour later (wall time), the phone's clock has moved on by that hour.
+    let later = ManualClock::new(wall + clock.elapsed_ns() + 3600 * SECOND);
+    let b = engine(later.clone());
+    let restored = b.restore(&hash, &[&snap.bytes], &VmConfig::default()).expect("restore");
+    assert_eq!(restored.now_ns(), saved_at + 3600 * SECOND);
+}
+
+#[test]
+fn a_static_screen_reports_no_damage_and_a_key_only_a_little() {
+    // Starts exactly on a minute, so the next 50 s hold no clock tick.
+    let clock = ManualClock::new(1_763_000_040 * SECOND);
+    assert_eq!(1_763_000_040 % 60, 0);
+    let e = engine(clock.clone());
+    let hash = vmi_engine::ImageHash::of(vmi_phone_image::PHONE_WASM);
+    let mut phone = e.create(&hash, &VmConfig::default()).expect("boot");
+    tap(phone.as_mut(), NOTES);
+    phone.frame().expect("frame");
+    // Nothing happens for 50 s of virtual time (the mail check finds nothing): no damage.
+    let start = phone.now_ns();
+    advance_phone(phone.as_mut(), &clock, 50 * SECOND).expect("idle");
+    assert!(phone.now_ns() > start);
+    assert!(phone.frame().expect("frame").damage.is_empty(), "an idle screen repaints nothing");
+    // One key repaints a small part of the screen.
+    phone.deliver(Event::text('x')).expect("key");
+    let area: u64 = phone.frame().expect("frame").damage.iter().map(|r| r.area()).sum();
+    assert!(area > 0 && area < 720 * 1280 / 10, "one key damaged {area} px");
+}
