@@ -243,9 +243,21 @@ struct Session {
     clock: Arc<ManualClock>,
 }
 
+/// Where compiled images are kept between runs: `$VMI_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/vmi/compiled`, else `~/.cache/vmi/compiled`.
+pub fn compiled_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("VMI_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("vmi").join("compiled"))
+}
+
 fn session(wall_start_ns: u64) -> Result<Session> {
     let clock = ManualClock::new(wall_start_ns);
-    let config = WasmEngineConfig { max_vms: 4, ..WasmEngineConfig::default() };
+    let config = WasmEngineConfig { max_vms: 4, cache_dir: compiled_cache_dir(), ..WasmEngineConfig::default() };
     let engine = WasmEngine::with_config(config, clock.clone())?;
     Ok(Session { engine, clock })
 }

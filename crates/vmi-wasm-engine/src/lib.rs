@@ -135,11 +135,12 @@ impl WasmEngine {
         let mut fingerprint = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&self.wasmtime.precompile_compatibility_hash(), &mut fingerprint);
         let path = dir.join(format!("{}-{:016x}.cwasm", hash.to_hex(), std::hash::Hasher::finish(&fingerprint)));
-        if path.exists() {
+        // Read into memory rather than mapped: a file changed under a mapping would fault.
+        if let Ok(bytes) = std::fs::read(&path) {
             // SAFETY: the file is named by the image's content hash and the engine's
             // compatibility hash and was written by `Module::serialize` below into a
-            // directory this engine owns; wasmtime checks the header before use.
-            match unsafe { Module::deserialize_file(&self.wasmtime, &path) } {
+            // directory this engine owns; wasmtime checks its header and version first.
+            match unsafe { Module::deserialize(&self.wasmtime, &bytes) } {
                 Ok(module) => return Ok(module),
                 Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled image: {e}"),
             }

@@ -231,3 +231,35 @@ fn bad_snapshots_are_refused_with_the_right_error() {
     // The phone itself is untouched by all this.
     phone.deliver(key('r')).expect("still running");
 }
+
+#[test]
+fn compiled_images_are_cached_and_reused() {
+    let dir = std::env::temp_dir().join(format!("vmi-compiled-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = WasmEngineConfig { max_vms: 4, cache_dir: Some(dir.clone()), ..WasmEngineConfig::default() };
+    let first = WasmEngine::with_config(config.clone(), ManualClock::new(0)).expect("engine");
+    let image = first.load_image(&wat(COUNTER)).expect("compile");
+    let cached: Vec<_> = std::fs::read_dir(&dir).expect("cache dir").collect();
+    assert_eq!(cached.len(), 1, "one compiled image is cached");
+
+    // A second engine loads the compiled image and runs it the same way.
+    let second = WasmEngine::with_config(config, ManualClock::new(0)).expect("engine");
+    assert_eq!(second.load_image(&wat(COUNTER)).expect("from cache").hash, image.hash);
+    let mut a = first.create(&image.hash, &VmConfig::default()).expect("create");
+    let mut b = second.create(&image.hash, &VmConfig::default()).expect("create");
+    a.deliver(key('k')).expect("key");
+    b.deliver(key('k')).expect("key");
+    assert_eq!(pixels(a.as_mut()), pixels(b.as_mut()));
+
+    // A damaged cache file is ignored (recompiled), not trusted.
+    for entry in std::fs::read_dir(&dir).expect("cache dir") {
+        std::fs::write(entry.expect("entry").path(), b"not a compiled module").expect("damage");
+    }
+    let third = WasmEngine::with_config(
+        WasmEngineConfig { max_vms: 4, cache_dir: Some(dir.clone()), ..WasmEngineConfig::default() },
+        ManualClock::new(0),
+    )
+    .expect("engine");
+    third.load_image(&wat(COUNTER)).expect("recompiled");
+    let _ = std::fs::remove_dir_all(&dir);
+}
