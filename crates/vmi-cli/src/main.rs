@@ -3,6 +3,7 @@
 mod bench;
 mod headless;
 mod script;
+mod services;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +34,23 @@ enum Top {
     /// Measure speed and density; prints figures (JSON with --json).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Start a control service and three edge sites on this machine, with a demo phone.
+    Up(services::UpArgs),
+    /// Run the control service (users, devices, sites, placement).
+    Control(services::ControlArgs),
+    /// Run an edge site that hosts phones and serves terminals.
+    Site(services::SiteArgs),
+    /// Mail to a user's phone.
+    #[command(subcommand)]
+    Mail(MailCmd),
+    /// Run a native terminal (a window, or --headless for scripts).
+    Terminal(vmi_terminal::cli::TerminalArgs),
+}
+
+#[derive(Subcommand)]
+enum MailCmd {
+    /// Drop a mail in a user's mailbox; their phone fetches it and notifies them.
+    Send(services::MailArgs),
 }
 
 #[derive(Subcommand)]
@@ -149,7 +167,16 @@ fn run(cli: Cli) -> Result<()> {
         Top::Image(cmd) => image_cmd(cmd),
         Top::Vm(cmd) => vm_cmd(cmd),
         Top::Bench(cmd) => bench::run(cmd),
+        Top::Up(args) => runtime()?.block_on(services::up(args)),
+        Top::Control(args) => runtime()?.block_on(services::control(args)),
+        Top::Site(args) => runtime()?.block_on(services::site(args)),
+        Top::Mail(MailCmd::Send(args)) => runtime()?.block_on(services::mail(args)),
+        Top::Terminal(args) => runtime()?.block_on(vmi_terminal::cli::run(args)).map_err(Into::into),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
 fn read_image(path: Option<&Path>) -> Result<Vec<u8>> {

@@ -91,6 +91,10 @@ pub trait VirtualPhone: Send {
     /// Number of mails waiting in the mailbox, not yet fetched by the guest.
     fn mailbox_len(&self) -> usize;
 
+    /// A value of the phone's persistent key-value store (docs/GUEST_ABI.md), read on
+    /// the host side: for operators, support and image upgrades.
+    fn kv_get(&self, key: &[u8]) -> Option<Vec<u8>>;
+
     /// Takes a snapshot at this event boundary. `Incremental` holds only the pages
     /// written since this phone's previous snapshot (or since it was restored) and
     /// names that snapshot as its parent.

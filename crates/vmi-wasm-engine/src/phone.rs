@@ -467,6 +467,10 @@ impl VirtualPhone for WasmPhone {
         self.store.data().mailbox.len()
     }
 
+    fn kv_get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store.data().kv.get(key).cloned()
+    }
+
     fn snapshot(&mut self, request: SnapshotRequest) -> Result<EncodedSnapshot, VmError> {
         if let VmStatus::Crashed { reason } = &self.status {
             return Err(VmError::Crashed(reason.clone()));

@@ -1,0 +1,315 @@
+//! `vmi control`, `vmi site`, `vmi up` and `vmi mail`: the long-running services and the
+//! commands around them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use vmi_control::ControlClient;
+
+/// `vmi control` arguments.
+#[derive(Args)]
+pub struct ControlArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    listen: SocketAddr,
+    /// SQLite database file.
+    #[arg(long, default_value = "vmi-data/control.db")]
+    db: PathBuf,
+}
+
+/// `vmi site` arguments.
+#[derive(Args)]
+pub struct SiteArgs {
+    /// Site id.
+    #[arg(long)]
+    id: String,
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where the site keeps its phones.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Control service URL.
+    #[arg(long, default_value = "http://127.0.0.1:7800")]
+    control: String,
+    /// Latitude.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    lat: f64,
+    /// Longitude.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    lon: f64,
+    /// Most phones this site hosts.
+    #[arg(long, default_value_t = 1000)]
+    capacity: u32,
+}
+
+/// `vmi up` arguments.
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where the control service and the sites keep their data.
+    #[arg(long, default_value = "vmi-data")]
+    data_dir: PathBuf,
+    /// Port of the control service; the sites take the next three.
+    #[arg(long, default_value_t = 7800)]
+    port: u16,
+    /// Name of the demo user.
+    #[arg(long, default_value = "demo")]
+    user: String,
+}
+
+/// `vmi mail send` arguments.
+#[derive(Args)]
+pub struct MailArgs {
+    /// The user whose mailbox gets the mail.
+    #[arg(long)]
+    to: String,
+    /// Subject line.
+    #[arg(long)]
+    subject: String,
+    /// Body text.
+    #[arg(long, default_value = "")]
+    body: String,
+    /// Sender.
+    #[arg(long, default_value = "friend@example.com")]
+    from: String,
+    /// Control service URL.
+    #[arg(long, default_value = "http://127.0.0.1:7800")]
+    control: String,
+}
+
+/// Prints the line that parent processes (and tests) wait for.
+fn announce(kind: &str, url: &str) {
+    println!("{}", serde_json::json!({ "event": "listening", "service": kind, "url": url }));
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, only Ctrl-C through tokio's default path.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Runs the control service until SIGINT/SIGTERM.
+pub async fn control(args: ControlArgs) -> Result<()> {
+    if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let store = vmi_control::SqliteStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    announce("control", &url);
+    vmi_control::serve(listener, Arc::new(store), stop_signal()).await?;
+    Ok(())
+}
+
+/// Runs a site until SIGINT/SIGTERM, then saves every phone.
+pub async fn site(args: SiteArgs) -> Result<()> {
+    let config = vmi_site::SiteConfig {
+        id: args.id,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        control_url: args.control,
+        lat: args.lat,
+        lon: args.lon,
+        capacity: args.capacity,
+        clock: vmi_engine::SystemClock::shared(),
+        heartbeat: Duration::from_secs(5),
+        screen: (720, 1280),
+    };
+    let site = vmi_site::start(config).await.context("starting the site")?;
+    announce("site", &site.url);
+    stop_signal().await;
+    let saved = site.shutdown().await;
+    eprintln!("site saved {saved} phones");
+    Ok(())
+}
+
+/// A child service process and the URL it announced.
+struct Child {
+    name: String,
+    process: tokio::process::Child,
+    url: String,
+}
+
+async fn spawn_service(name: &str, args: &[String]) -> Result<Child> {
+    let exe = std::env::current_exe().context("finding the vmi executable")?;
+    let mut process = tokio::process::Command::new(exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = process.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["event"] == "listening"
+            {
+                return Ok::<_, std::io::Error>(v["url"].as_str().map(str::to_string));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .with_context(|| format!("{name} did not start within 60 s"))??
+    .with_context(|| format!("{name} exited before listening"))?;
+    // Keep draining its stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Child { name: name.to_string(), process, url })
+}
+
+/// The demo sites of `vmi up`: three places around Helsinki.
+pub const DEMO_SITES: [(&str, f64, f64); 3] =
+    [("site-a", 60.2055, 24.6559), ("site-b", 60.1699, 24.9384), ("site-c", 60.2934, 25.0378)];
+
+/// Starts the control service and three sites, creates the demo user's phone, prints the
+/// browser terminal's URL, and stops everything (phones saved) on Ctrl-C.
+pub async fn up(args: UpArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data = |p: &str| args.data_dir.join(p).display().to_string();
+    let mut children = Vec::new();
+    let control = spawn_service(
+        "control",
+        &["control".into(), "--listen".into(), format!("127.0.0.1:{}", args.port), "--db".into(), data("control.db")],
+    )
+    .await?;
+    let control_url = control.url.clone();
+    children.push(control);
+    for (i, (id, lat, lon)) in DEMO_SITES.iter().enumerate() {
+        let site = spawn_service(
+            id,
+            &[
+                "site".into(),
+                "--id".into(),
+                id.to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", args.port + 1 + i as u16),
+                "--data-dir".into(),
+                data(id),
+                "--control".into(),
+                control_url.clone(),
+                "--lat".into(),
+                lat.to_string(),
+                "--lon".into(),
+                lon.to_string(),
+            ],
+        )
+        .await?;
+        children.push(site);
+    }
+
+    let result = demo(&control_url, &args.user, &children).await;
+    match &result {
+        Ok(url) => {
+            println!("Seed VMI is up: a control service and {} sites.", DEMO_SITES.len());
+            for c in &children {
+                println!("  {:<8} {}", c.name, c.url);
+            }
+            println!();
+            println!("Browser terminal for {}:  {url}", args.user);
+            println!(
+                "Send a mail:               vmi mail send --control {control_url} --to {} --subject Hello --body Hi",
+                args.user
+            );
+            println!("Stop with Ctrl-C (every phone is saved).");
+        }
+        Err(e) => eprintln!("error: {e:#}"),
+    }
+    if result.is_ok() {
+        tokio::select! {
+            _ = stop_signal() => {}
+            exited = wait_any(&mut children) => eprintln!("{exited} stopped; shutting the rest down"),
+        }
+    }
+    for c in &children {
+        if let Some(pid) = c.process.id() {
+            // SAFETY: sending SIGTERM to our own child process by its pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+    for c in &mut children {
+        match tokio::time::timeout(Duration::from_secs(30), c.process.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => eprintln!("{} exited with {status}", c.name),
+            _ => eprintln!("{} did not stop in time", c.name),
+        }
+    }
+    result.map(|_| ())
+}
+
+async fn wait_any(children: &mut [Child]) -> String {
+    loop {
+        for c in children.iter_mut() {
+            if let Ok(Some(_)) = c.process.try_wait() {
+                return c.name.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Makes sure the demo user has a phone and a fresh browser device; returns the
+/// browser terminal URL.
+async fn demo(control_url: &str, user: &str, children: &[Child]) -> Result<String> {
+    let control = ControlClient::new(control_url)?;
+    ensure_user_phone(&control, user, children.get(1).map(|c| c.name.as_str()).unwrap_or("site-a")).await?;
+    let device = control.create_device(user, "browser").await.context("creating a device")?;
+    let placement = control.placement(user).await.context("finding the phone")?;
+    Ok(format!("{}/?token={}", placement.site_url, device.token))
+}
+
+/// Creates the user (if new), places the phone (if unplaced) and boots it on its site (if
+/// the site does not have it yet).
+pub async fn ensure_user_phone(control: &ControlClient, user: &str, default_site: &str) -> Result<()> {
+    match control.create_user(user).await {
+        Ok(_) => {}
+        Err(vmi_control::ClientError::Status { status: 409, .. }) => {}
+        Err(e) => return Err(e).context("creating the user"),
+    }
+    let placement = match control.placement(user).await {
+        Ok(p) => p,
+        Err(vmi_control::ClientError::Status { status: 404, .. }) => {
+            control.set_placement(user, default_site).await.context("placing the phone")?;
+            control.placement(user).await.context("reading the placement")?
+        }
+        Err(e) => return Err(e).context("reading the placement"),
+    };
+    let status =
+        vmi_control::post_json(&format!("{}/v1/phones", placement.site_url), &serde_json::json!({ "user": user }))
+            .await
+            .context("booting the phone")?;
+    if status.0 != 201 && status.0 != 409 {
+        bail!("the site refused to boot the phone: {} {}", status.0, status.1);
+    }
+    Ok(())
+}
+
+/// `vmi mail send`: drops a mail in a user's mailbox on the site that runs their phone.
+pub async fn mail(args: MailArgs) -> Result<()> {
+    let control = ControlClient::new(&args.control)?;
+    let placement = control.placement(&args.to).await.with_context(|| format!("finding {}'s phone", args.to))?;
+    let body = serde_json::json!({ "from": args.from, "subject": args.subject, "body": args.body });
+    let (status, text) = vmi_control::post_json(&format!("{}/v1/phones/{}/mail", placement.site_url, args.to), &body)
+        .await
+        .context("delivering the mail")?;
+    if status != 202 {
+        bail!("the site refused the mail: {status} {text}");
+    }
+    println!("mail delivered to {}'s phone on {}", args.to, placement.site);
+    Ok(())
+}

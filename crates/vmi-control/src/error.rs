@@ -1,0 +1,99 @@
+//! The control service's error type, shared by the [`Store`](crate::Store) and the HTTP layer.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Everything a store operation or an HTTP request can fail with.
+///
+/// Each variant maps to one HTTP status (see [`ControlError::status`]). Messages are short and sentence-case;
+/// internal causes sit in `#[source]` and are logged once by the HTTP layer, never sent to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The named thing does not exist (404).
+    #[error("{what} {id:?} not found")]
+    NotFound {
+        /// What kind of thing was looked up: "user", "device", "site", "placement".
+        what: &'static str,
+        /// The identifier that was looked up.
+        id: String,
+    },
+    /// The thing to be created already exists (409).
+    #[error("{what} {id:?} already exists")]
+    Conflict {
+        /// What kind of thing: "user".
+        what: &'static str,
+        /// The identifier that is taken.
+        id: String,
+    },
+    /// The bearer token is missing, unknown or revoked (401).
+    #[error("missing, unknown or revoked token")]
+    Unauthorized,
+    /// The request is malformed or a field is out of range (400); the message names the problem.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The database failed (500).
+    #[error("store failure")]
+    Store(#[source] rusqlite::Error),
+    /// The database was written by a newer version of this crate (500 at open time).
+    #[error("database schema version {found} is newer than the supported version {supported}")]
+    UnsupportedSchema {
+        /// Version recorded in the database.
+        found: u32,
+        /// Newest version this build understands.
+        supported: u32,
+    },
+    /// Reading random bytes for a device token failed (500).
+    #[error("reading random bytes failed")]
+    Entropy(#[source] std::io::Error),
+}
+
+impl From<rusqlite::Error> for ControlError {
+    fn from(err: rusqlite::Error) -> Self {
+        ControlError::Store(err)
+    }
+}
+
+impl ControlError {
+    /// The HTTP status this error is reported with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ControlError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ControlError::Conflict { .. } => StatusCode::CONFLICT,
+            ControlError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::Store(_) | ControlError::UnsupportedSchema { .. } | ControlError::Entropy(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    pub(crate) fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        ControlError::NotFound { what, id: id.into() }
+    }
+}
+
+/// JSON error body: `{"error": "..."}`.
+#[derive(serde::Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() {
+            // Logged here and only here; the caller gets a generic body.
+            let source = std::error::Error::source(&self).map(ToString::to_string);
+            tracing::error!(error = %self, source = ?source, "control request failed");
+            "internal error".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut response = (status, Json(ErrorBody { error: message })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

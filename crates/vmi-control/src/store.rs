@@ -1,0 +1,492 @@
+//! The registry's storage: the [`Store`] trait and its SQLite implementation.
+//!
+//! Store methods are synchronous and short (one local-disk transaction each). Async callers may call them directly
+//! or move them to `spawn_blocking`; [`SqliteStore`] never holds its lock across an `.await` because it has none.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::ControlError;
+use crate::model::{
+    Device, Identity, NewDevice, Placement, Site, SiteSpec, User, validate_id, validate_label, validate_site_spec,
+};
+
+/// Bytes of randomness in a device token; the token is their lowercase hex, twice as many characters.
+pub const TOKEN_BYTES: usize = 32;
+
+/// Storage for users, devices, sites and placements.
+///
+/// Object-safe so the HTTP layer can hold an `Arc<dyn Store>`. Implementations validate their inputs (names, ids,
+/// site specs) and report problems as [`ControlError::BadRequest`], missing rows as [`ControlError::NotFound`].
+pub trait Store: Send + Sync {
+    /// Creates a user; [`ControlError::Conflict`] if the name is taken.
+    fn create_user(&self, name: &str) -> Result<User, ControlError>;
+    /// All users, by name.
+    fn list_users(&self) -> Result<Vec<User>, ControlError>;
+    /// Registers a device for an existing user and returns its new token (only its hash is stored).
+    fn create_device(&self, user: &str, name: &str) -> Result<NewDevice, ControlError>;
+    /// The user's devices, oldest first, revoked ones included.
+    fn list_devices(&self, user: &str) -> Result<Vec<Device>, ControlError>;
+    /// Revokes a device so its token no longer authenticates. Revoking twice is not an error.
+    fn revoke_device(&self, device_id: u64) -> Result<(), ControlError>;
+    /// Who a token belongs to; `None` for a malformed, unknown or revoked token.
+    fn authenticate(&self, token: &str) -> Result<Option<Identity>, ControlError>;
+    /// Registers a site or updates its URL, position and capacity (heartbeat state is kept).
+    fn put_site(&self, id: &str, spec: &SiteSpec) -> Result<Site, ControlError>;
+    /// Records a heartbeat from a registered site at `at_ms` (milliseconds since the Unix epoch).
+    fn heartbeat(&self, id: &str, phones: u32, at_ms: u64) -> Result<(), ControlError>;
+    /// One site, if registered.
+    fn site(&self, id: &str) -> Result<Option<Site>, ControlError>;
+    /// All sites, by id.
+    fn list_sites(&self) -> Result<Vec<Site>, ControlError>;
+    /// Places the user's phone on a site. The epoch increments when the site changes (see [`Placement`]).
+    fn set_placement(&self, user: &str, site: &str) -> Result<Placement, ControlError>;
+    /// The user's placement; `None` if never placed, [`ControlError::NotFound`] if the user does not exist.
+    fn placement(&self, user: &str) -> Result<Option<Placement>, ControlError>;
+}
+
+/// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL REFERENCES users(name),
+        name TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0,
+        token_hash BLOB NOT NULL UNIQUE
+    );
+    CREATE INDEX devices_by_user ON devices(user);
+    CREATE TABLE sites (
+        id TEXT PRIMARY KEY NOT NULL,
+        url TEXT NOT NULL,
+        lat REAL NOT NULL,
+        lon REAL NOT NULL,
+        capacity INTEGER NOT NULL,
+        phones INTEGER NOT NULL DEFAULT 0,
+        last_heartbeat_ms INTEGER
+    );
+    CREATE TABLE placements (
+        user TEXT PRIMARY KEY NOT NULL REFERENCES users(name),
+        site TEXT NOT NULL REFERENCES sites(id),
+        epoch INTEGER NOT NULL
+    );
+"];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// A [`Store`] in one SQLite database (WAL mode), one connection behind a mutex.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, switches it to WAL and migrates its schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ControlError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// A fresh database that lives only as long as this value (for tests and demos).
+    pub fn in_memory() -> Result<Self, ControlError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, ControlError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // In-memory databases answer "memory"; both are fine.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic mid-call leaves no open transaction behind (rusqlite rolls back on drop), so the
+        // connection is still consistent: recover from poisoning instead of failing every later call.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), ControlError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found: Option<u32> = tx.query_row("SELECT version FROM schema_version", [], |row| row.get(0)).optional()?;
+    let found = match found {
+        Some(version) => version,
+        None => {
+            tx.execute("INSERT INTO schema_version (version) VALUES (0)", [])?;
+            0
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(ControlError::UnsupportedSchema { found, supported: SCHEMA_VERSION });
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        tracing::info!(from, to = from + 1, "migrated control database schema");
+    }
+    tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch by the system clock (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A new device token: [`TOKEN_BYTES`] bytes from `/dev/urandom` as lowercase hex.
+pub fn generate_token() -> Result<String, ControlError> {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(ControlError::Entropy)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The stored form of a token: blake3 of its decoded bytes. `None` if it is not 64 hex digits.
+///
+/// A plain fast hash is enough because tokens carry 256 bits of randomness; nothing can be guessed offline.
+pub fn token_hash(token: &str) -> Option<[u8; 32]> {
+    let digits = token.as_bytes();
+    if digits.len() != TOKEN_BYTES * 2 {
+        return None;
+    }
+    let mut bytes = [0u8; TOKEN_BYTES];
+    for (out, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+        let hex = std::str::from_utf8(pair).ok()?;
+        *out = u8::from_str_radix(hex, 16).ok()?;
+    }
+    Some(*blake3::hash(&bytes).as_bytes())
+}
+
+fn user_exists(conn: &Connection, name: &str) -> Result<bool, ControlError> {
+    Ok(conn.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some())
+}
+
+fn require_user(conn: &Connection, name: &str) -> Result<(), ControlError> {
+    if user_exists(conn, name)? { Ok(()) } else { Err(ControlError::not_found("user", name)) }
+}
+
+fn site_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Site> {
+    Ok(Site {
+        id: row.get(0)?,
+        url: row.get(1)?,
+        lat: row.get(2)?,
+        lon: row.get(3)?,
+        capacity: row.get(4)?,
+        phones: row.get(5)?,
+        last_heartbeat_ms: row.get(6)?,
+    })
+}
+
+const SITE_COLUMNS: &str = "id, url, lat, lon, capacity, phones, last_heartbeat_ms";
+
+fn load_site(conn: &Connection, id: &str) -> Result<Option<Site>, ControlError> {
+    let sql = format!("SELECT {SITE_COLUMNS} FROM sites WHERE id = ?1");
+    Ok(conn.query_row(&sql, [id], site_row).optional()?)
+}
+
+impl Store for SqliteStore {
+    fn create_user(&self, name: &str) -> Result<User, ControlError> {
+        validate_id("user name", name)?;
+        let conn = self.conn();
+        let inserted = conn.execute(
+            "INSERT INTO users (name, created_ms) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+            params![name, now_ms()],
+        )?;
+        if inserted == 0 {
+            return Err(ControlError::Conflict { what: "user", id: name.to_owned() });
+        }
+        Ok(User { name: name.to_owned() })
+    }
+
+    fn list_users(&self) -> Result<Vec<User>, ControlError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name FROM users ORDER BY name")?;
+        let users = stmt.query_map([], |row| Ok(User { name: row.get(0)? }))?.collect::<Result<_, _>>()?;
+        Ok(users)
+    }
+
+    fn create_device(&self, user: &str, name: &str) -> Result<NewDevice, ControlError> {
+        validate_label("device name", name)?;
+        let token = generate_token()?;
+        let hash = token_hash(&token).expect("generated tokens are well-formed");
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        require_user(&tx, user)?;
+        tx.execute(
+            "INSERT INTO devices (user, name, created_ms, token_hash) VALUES (?1, ?2, ?3, ?4)",
+            params![user, name, now_ms(), hash],
+        )?;
+        let device_id = u64::try_from(tx.last_insert_rowid()).unwrap_or_default();
+        tx.commit()?;
+        Ok(NewDevice { device_id, token })
+    }
+
+    fn list_devices(&self, user: &str) -> Result<Vec<Device>, ControlError> {
+        let conn = self.conn();
+        require_user(&conn, user)?;
+        let mut stmt =
+            conn.prepare("SELECT id, user, name, created_ms, revoked FROM devices WHERE user = ?1 ORDER BY id")?;
+        let devices = stmt
+            .query_map([user], |row| {
+                Ok(Device {
+                    device_id: row.get(0)?,
+                    user: row.get(1)?,
+                    name: row.get(2)?,
+                    created_ms: row.get(3)?,
+                    revoked: row.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(devices)
+    }
+
+    fn revoke_device(&self, device_id: u64) -> Result<(), ControlError> {
+        let conn = self.conn();
+        let changed = conn.execute("UPDATE devices SET revoked = 1 WHERE id = ?1", [device_id])?;
+        if changed == 0 {
+            return Err(ControlError::not_found("device", device_id.to_string()));
+        }
+        Ok(())
+    }
+
+    fn authenticate(&self, token: &str) -> Result<Option<Identity>, ControlError> {
+        let Some(hash) = token_hash(token) else { return Ok(None) };
+        let conn = self.conn();
+        let identity = conn
+            .query_row("SELECT user, id FROM devices WHERE token_hash = ?1 AND revoked = 0", [hash], |row| {
+                Ok(Identity { user: row.get(0)?, device_id: row.get(1)? })
+            })
+            .optional()?;
+        Ok(identity)
+    }
+
+    fn put_site(&self, id: &str, spec: &SiteSpec) -> Result<Site, ControlError> {
+        validate_id("site id", id)?;
+        let url = validate_site_spec(spec)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO sites (id, url, lat, lon, capacity) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET url = excluded.url, lat = excluded.lat, lon = excluded.lon,
+                                           capacity = excluded.capacity",
+            params![id, url, spec.lat, spec.lon, spec.capacity],
+        )?;
+        let site = load_site(&tx, id)?.ok_or_else(|| ControlError::not_found("site", id))?;
+        tx.commit()?;
+        Ok(site)
+    }
+
+    fn heartbeat(&self, id: &str, phones: u32, at_ms: u64) -> Result<(), ControlError> {
+        let conn = self.conn();
+        let changed = conn.execute(
+            "UPDATE sites SET phones = ?2, last_heartbeat_ms = ?3 WHERE id = ?1",
+            params![id, phones, at_ms],
+        )?;
+        if changed == 0 {
+            return Err(ControlError::not_found("site", id));
+        }
+        Ok(())
+    }
+
+    fn site(&self, id: &str) -> Result<Option<Site>, ControlError> {
+        load_site(&self.conn(), id)
+    }
+
+    fn list_sites(&self) -> Result<Vec<Site>, ControlError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY id"))?;
+        let sites = stmt.query_map([], site_row)?.collect::<Result<_, _>>()?;
+        Ok(sites)
+    }
+
+    fn set_placement(&self, user: &str, site: &str) -> Result<Placement, ControlError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        require_user(&tx, user)?;
+        if load_site(&tx, site)?.is_none() {
+            return Err(ControlError::not_found("site", site));
+        }
+        tx.execute(
+            "INSERT INTO placements (user, site, epoch) VALUES (?1, ?2, 1)
+             ON CONFLICT(user) DO UPDATE SET site = excluded.site, epoch = epoch + 1 WHERE site != excluded.site",
+            params![user, site],
+        )?;
+        let placement = tx.query_row("SELECT site, epoch FROM placements WHERE user = ?1", [user], |row| {
+            Ok(Placement { site: row.get(0)?, epoch: row.get(1)? })
+        })?;
+        tx.commit()?;
+        Ok(placement)
+    }
+
+    fn placement(&self, user: &str) -> Result<Option<Placement>, ControlError> {
+        let conn = self.conn();
+        require_user(&conn, user)?;
+        let placement = conn
+            .query_row("SELECT site, epoch FROM placements WHERE user = ?1", [user], |row| {
+                Ok(Placement { site: row.get(0)?, epoch: row.get(1)? })
+            })
+            .optional()?;
+        Ok(placement)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> SqliteStore {
+        SqliteStore::in_memory().expect("in-memory store")
+    }
+
+    fn spec(port: u16) -> SiteSpec {
+        SiteSpec { url: format!("http://127.0.0.1:{port}"), lat: 52.5, lon: 13.4, capacity: 4 }
+    }
+
+    #[test]
+    fn users_are_unique_and_listed_by_name() {
+        let s = store();
+        assert_eq!(s.create_user("bob").unwrap(), User { name: "bob".into() });
+        s.create_user("alice").unwrap();
+        assert!(matches!(s.create_user("bob"), Err(ControlError::Conflict { what: "user", .. })));
+        assert!(matches!(s.create_user("no/slash"), Err(ControlError::BadRequest(_))));
+        let names: Vec<_> = s.list_users().unwrap().into_iter().map(|u| u.name).collect();
+        assert_eq!(names, ["alice", "bob"]);
+    }
+
+    #[test]
+    fn device_tokens_authenticate_until_revoked() {
+        let s = store();
+        s.create_user("alice").unwrap();
+        let phone = s.create_device("alice", "pixel").unwrap();
+        let laptop = s.create_device("alice", "laptop").unwrap();
+        assert_eq!(phone.token.len(), 64);
+        assert_ne!(phone.token, laptop.token);
+        assert_ne!(phone.device_id, laptop.device_id);
+
+        let who = s.authenticate(&phone.token).unwrap();
+        assert_eq!(who, Some(Identity { user: "alice".into(), device_id: phone.device_id }));
+        // Hex is case-insensitive: the token is the bytes, not the spelling.
+        assert!(s.authenticate(&phone.token.to_uppercase()).unwrap().is_some());
+
+        s.revoke_device(phone.device_id).unwrap();
+        s.revoke_device(phone.device_id).unwrap();
+        assert_eq!(s.authenticate(&phone.token).unwrap(), None);
+        assert!(s.authenticate(&laptop.token).unwrap().is_some());
+
+        let devices = s.list_devices("alice").unwrap();
+        assert_eq!(devices.len(), 2);
+        assert!(devices[0].revoked && !devices[1].revoked);
+        assert_eq!(devices[0].name, "pixel");
+        assert!(devices[0].created_ms > 0);
+    }
+
+    #[test]
+    fn only_hashes_are_stored() {
+        let s = store();
+        s.create_user("alice").unwrap();
+        let dev = s.create_device("alice", "pixel").unwrap();
+        let conn = s.conn();
+        let stored: Vec<u8> = conn.query_row("SELECT token_hash FROM devices", [], |r| r.get(0)).unwrap();
+        assert_eq!(stored, token_hash(&dev.token).unwrap());
+        let as_text: i64 = conn
+            .query_row("SELECT count(*) FROM devices WHERE CAST(token_hash AS TEXT) = ?1", [&dev.token], |r| r.get(0))
+            .unwrap();
+        assert_eq!(as_text, 0);
+    }
+
+    #[test]
+    fn unknown_and_malformed_tokens_do_not_authenticate() {
+        let s = store();
+        assert_eq!(s.authenticate(&"0".repeat(64)).unwrap(), None);
+        assert_eq!(s.authenticate("").unwrap(), None);
+        assert_eq!(s.authenticate(&"zz".repeat(32)).unwrap(), None);
+        assert_eq!(s.authenticate(&"é".repeat(32)).unwrap(), None);
+    }
+
+    #[test]
+    fn devices_need_an_existing_user() {
+        let s = store();
+        assert!(matches!(s.create_device("ghost", "x"), Err(ControlError::NotFound { what: "user", .. })));
+        assert!(matches!(s.list_devices("ghost"), Err(ControlError::NotFound { what: "user", .. })));
+        assert!(matches!(s.revoke_device(42), Err(ControlError::NotFound { what: "device", .. })));
+        s.create_user("alice").unwrap();
+        assert!(matches!(s.create_device("alice", ""), Err(ControlError::BadRequest(_))));
+    }
+
+    #[test]
+    fn placement_epoch_increments_on_change_only() {
+        let s = store();
+        s.create_user("alice").unwrap();
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.put_site("site-b", &spec(2)).unwrap();
+        assert_eq!(s.placement("alice").unwrap(), None);
+
+        assert_eq!(s.set_placement("alice", "site-a").unwrap(), Placement { site: "site-a".into(), epoch: 1 });
+        assert_eq!(s.set_placement("alice", "site-a").unwrap().epoch, 1, "same site is idempotent");
+        assert_eq!(s.set_placement("alice", "site-b").unwrap().epoch, 2);
+        assert_eq!(s.set_placement("alice", "site-a").unwrap().epoch, 3);
+        assert_eq!(s.placement("alice").unwrap(), Some(Placement { site: "site-a".into(), epoch: 3 }));
+
+        assert!(matches!(s.set_placement("alice", "site-z"), Err(ControlError::NotFound { what: "site", .. })));
+        assert!(matches!(s.set_placement("ghost", "site-a"), Err(ControlError::NotFound { what: "user", .. })));
+        assert!(matches!(s.placement("ghost"), Err(ControlError::NotFound { what: "user", .. })));
+    }
+
+    #[test]
+    fn site_health_follows_heartbeats() {
+        let s = store();
+        let site = s.put_site("site-a", &spec(1)).unwrap();
+        assert_eq!(site.last_heartbeat_ms, None);
+        assert!(!site.healthy_at(now_ms()));
+
+        s.heartbeat("site-a", 3, 100_000).unwrap();
+        let site = s.site("site-a").unwrap().unwrap();
+        assert_eq!((site.phones, site.last_heartbeat_ms), (3, Some(100_000)));
+        assert!(site.healthy_at(110_000));
+        assert!(!site.healthy_at(100_000 + crate::HEALTHY_WITHIN_MS + 1));
+
+        // Re-registering updates the spec and keeps the heartbeat state.
+        let updated = s.put_site("site-a", &SiteSpec { capacity: 9, ..spec(7) }).unwrap();
+        assert_eq!((updated.capacity, updated.url.as_str()), (9, "http://127.0.0.1:7"));
+        assert_eq!((updated.phones, updated.last_heartbeat_ms), (3, Some(100_000)));
+
+        assert!(matches!(s.heartbeat("site-z", 0, 1), Err(ControlError::NotFound { what: "site", .. })));
+        assert_eq!(s.list_sites().unwrap().len(), 1);
+        assert_eq!(s.site("site-z").unwrap(), None);
+    }
+
+    #[test]
+    fn reopening_a_file_keeps_data_and_schema_version() {
+        let path = std::env::temp_dir().join(format!("vmi-control-store-{}-{}.db", std::process::id(), now_ms()));
+        let token = {
+            let s = SqliteStore::open(&path).unwrap();
+            s.create_user("alice").unwrap();
+            s.create_device("alice", "pixel").unwrap().token
+        };
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.authenticate(&token).unwrap().map(|i| i.user).as_deref(), Some("alice"));
+        let version: u32 = s.conn().query_row("SELECT version FROM schema_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        s.conn().execute("UPDATE schema_version SET version = 99", []).unwrap();
+        drop(s);
+        assert!(matches!(SqliteStore::open(&path), Err(ControlError::UnsupportedSchema { found: 99, .. })));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+}

@@ -1,0 +1,177 @@
+use super::*;
+
+/// xorshift64*: deterministic pseudo-random numbers for test images.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Paints a rectangle: a solid colour, stripes (compressible) or noise (not).
+fn paint(rng: &mut Rng, rgba: &mut [u8], width: usize, r: Rect) {
+    let kind = rng.below(3);
+    let colour = (rng.next() as u32).to_le_bytes();
+    for y in r.y as usize..(r.y + r.h) as usize {
+        for x in r.x as usize..(r.x + r.w) as usize {
+            let p = &mut rgba[(y * width + x) * 4..][..4];
+            match kind {
+                0 => p.copy_from_slice(&colour),
+                1 => p.copy_from_slice(&if (x / 3 + y) % 4 == 0 { [0, 0, 0, 255] } else { colour }),
+                _ => p.copy_from_slice(&(rng.next() as u32).to_le_bytes()),
+            }
+        }
+    }
+}
+
+fn random_rect(rng: &mut Rng, width: usize, height: usize) -> Rect {
+    let x = rng.below(width as u64) as u32;
+    let y = rng.below(height as u64) as u32;
+    let w = 1 + rng.below((width as u64 - u64::from(x)).min(150)) as u32;
+    let h = 1 + rng.below((height as u64 - u64::from(y)).min(150)) as u32;
+    Rect::new(x, y, w, h)
+}
+
+#[test]
+fn encoder_output_reproduces_the_image_under_random_damage() {
+    for (seed, (width, height)) in
+        [(1u64, (720usize, 1280usize)), (2, (100, 70)), (3, (64, 64)), (4, (1, 130)), (5, (65, 1))]
+    {
+        let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15);
+        let mut phone = vec![0u8; width * height * 4];
+        let mut encoder = Encoder::new(width as u16, height as u16);
+        let mut screen = Screen::new(width as u16, height as u16);
+        paint(&mut rng, &mut phone, width, Rect::new(0, 0, width as u32, height as u32));
+        screen.apply(&encoder.full(&phone)).unwrap();
+        assert_eq!(screen.rgba(), &phone[..]);
+        let mut pending = Vec::new();
+        for step in 0..60 {
+            for _ in 0..1 + rng.below(4) {
+                let r = random_rect(&mut rng, width, height);
+                paint(&mut rng, &mut phone, width, r);
+                pending.push(r);
+            }
+            // Sometimes hold the update back (flow control) and coalesce with the next.
+            if rng.below(3) == 0 {
+                continue;
+            }
+            // Damage may also reach past the screen.
+            if rng.below(4) == 0 {
+                pending.push(Rect::new(width as u32 - 1, height as u32 - 1, u32::MAX, u32::MAX));
+            }
+            let tiles = encoder.encode(&phone, &pending);
+            pending.clear();
+            screen.apply(&tiles).unwrap();
+            assert_eq!(screen.rgba(), &phone[..], "{width}x{height} step {step}");
+            assert_eq!(encoder.sent(), &phone[..]);
+            assert_eq!(screen.hash(), encoder.hash());
+            for t in &tiles {
+                assert!(usize::from(t.x).is_multiple_of(TILE) && usize::from(t.y).is_multiple_of(TILE));
+                assert!(t.w as usize <= TILE && t.h as usize <= TILE);
+            }
+        }
+    }
+}
+
+#[test]
+fn repainting_identical_pixels_sends_nothing() {
+    let (width, height) = (720, 1280);
+    let mut rng = Rng(7);
+    let mut phone = vec![0u8; width * height * 4];
+    paint(&mut rng, &mut phone, width, Rect::new(0, 0, 720, 1280));
+    let mut encoder = Encoder::new(720, 1280);
+    assert_eq!(encoder.full(&phone).len(), 12 * 20);
+    assert!(encoder.encode(&phone, &[Rect::new(0, 0, 720, 1280)]).is_empty());
+    assert!(encoder.encode(&phone, &[Rect::new(10, 10, 5, 5), Rect::new(700, 1270, 100, 100)]).is_empty());
+    // A fresh encoder told what the terminal shows (resume) has nothing to send either.
+    let mut fresh = Encoder::new(720, 1280);
+    fresh.assume_sent(&phone);
+    assert!(fresh.encode(&phone, &[Rect::new(0, 0, 720, 1280)]).is_empty());
+    // One changed pixel: exactly its tile.
+    phone[(100 * width + 130) * 4] ^= 1;
+    let tiles = fresh.encode(&phone, &[Rect::new(0, 0, 720, 1280)]);
+    assert_eq!(tiles.len(), 1);
+    assert_eq!((tiles[0].x, tiles[0].y, tiles[0].w, tiles[0].h), (128, 64, 64, 64));
+}
+
+#[test]
+fn edge_tiles_are_smaller_and_encodings_are_chosen() {
+    let (width, height) = (720usize, 1280usize);
+    let mut phone = vec![0u8; width * height * 4];
+    let mut rng = Rng(11);
+    // Noise in the top-left tile, stripes in the next, the rest solid black.
+    for p in phone[..width * 64 * 4].chunks_exact_mut(4).enumerate().filter(|(i, _)| i % width < 64) {
+        p.1.copy_from_slice(&(rng.next() as u32).to_le_bytes());
+    }
+    for y in 0..64 {
+        for x in 64..128 {
+            phone[(y * width + x) * 4] = if x % 5 == 0 { 200 } else { 10 };
+        }
+    }
+    let tiles = Encoder::new(720, 1280).full(&phone);
+    assert_eq!(tiles.len(), 240);
+    assert!(matches!(tiles[0].data, TileData::Raw(ref b) if b.len() == 64 * 64 * 4));
+    assert!(matches!(tiles[1].data, TileData::Lz4(_)));
+    assert_eq!(tiles[2].data, TileData::Solid(0));
+    let last_in_row = &tiles[11];
+    assert_eq!((last_in_row.x, last_in_row.w, last_in_row.h), (704, 16, 64));
+    let last = &tiles[239];
+    assert_eq!((last.x, last.y, last.w, last.h), (704, 1216, 16, 64));
+    let small = Encoder::new(100, 70).full(&[7; 100 * 70 * 4]);
+    let sizes: Vec<_> = small.iter().map(|t| (t.x, t.y, t.w, t.h)).collect();
+    assert_eq!(sizes, [(0, 0, 64, 64), (64, 0, 36, 64), (0, 64, 64, 6), (64, 64, 36, 6)]);
+    assert!(small.iter().all(|t| t.data == TileData::Solid(u32::from_le_bytes([7; 4]))));
+    assert!(Encoder::new(0, 0).full(&[]).is_empty());
+}
+
+#[test]
+fn screen_refuses_bad_tiles_before_painting() {
+    let mut screen = Screen::new(100, 70);
+    let ok = Tile { x: 0, y: 0, w: 2, h: 2, data: TileData::Solid(u32::MAX) };
+    let bad = |x, y, w, h, data| vec![ok.clone(), Tile { x, y, w, h, data }];
+    let cases = [
+        (bad(99, 0, 2, 1, TileData::Solid(1)), ProtocolError::BadValue { what: "tile right edge", value: 101 }),
+        (bad(0, 69, 1, 2, TileData::Solid(1)), ProtocolError::BadValue { what: "tile bottom edge", value: 71 }),
+        (
+            bad(u16::MAX, 0, u16::MAX, 1, TileData::Solid(1)),
+            ProtocolError::BadValue { what: "tile right edge", value: 131070 },
+        ),
+        (bad(0, 0, 0, 1, TileData::Solid(1)), ProtocolError::BadValue { what: "tile width", value: 0 }),
+        (bad(0, 0, 1, 0, TileData::Solid(1)), ProtocolError::BadValue { what: "tile height", value: 0 }),
+        (bad(0, 0, 2, 2, TileData::Raw(vec![0; 15])), ProtocolError::BadValue { what: "raw tile length", value: 15 }),
+    ];
+    for (tiles, err) in cases {
+        assert_eq!(screen.apply(&tiles), Err(err));
+        assert!(screen.rgba().iter().all(|&b| b == 0), "painted before refusing");
+    }
+    // LZ4 that is garbage, or decompresses to the wrong size.
+    let garbage = Tile { x: 0, y: 0, w: 2, h: 2, data: TileData::Lz4(vec![0xFF; 5]) };
+    assert_eq!(screen.apply(&[garbage]), Err(ProtocolError::BadLz4 { expected: 16 }));
+    let short = Tile { x: 0, y: 0, w: 2, h: 2, data: TileData::Lz4(block::compress(&[1; 12])) };
+    assert_eq!(screen.apply(&[short]), Err(ProtocolError::BadLz4 { expected: 16 }));
+    let long = Tile { x: 0, y: 0, w: 2, h: 2, data: TileData::Lz4(block::compress(&[1; 20])) };
+    assert_eq!(screen.apply(&[long]), Err(ProtocolError::BadLz4 { expected: 16 }));
+    let empty = Tile { x: 0, y: 0, w: 2, h: 2, data: TileData::Lz4(vec![]) };
+    assert_eq!(screen.apply(&[empty]), Err(ProtocolError::BadLz4 { expected: 16 }));
+    // A tile touching the bottom-right corner is fine.
+    let corner = Tile { x: 98, y: 68, w: 2, h: 2, data: TileData::Lz4(block::compress(&[9; 16])) };
+    screen.apply(&[corner]).unwrap();
+    assert_eq!(&screen.rgba()[(69 * 100 + 99) * 4..], &[9, 9, 9, 9]);
+}
+
+/// The test vectors of docs/PROTOCOL.md ("Screen hash").
+#[test]
+fn screen_hash_test_vectors() {
+    assert_eq!(screen_hash(&[]), 0x9E37_79B9_811C_9DC5);
+    assert_eq!(screen_hash(&[0x61]), 0xD587_82B8_E40C_292C);
+    assert_eq!(screen_hash(&[0xFF, 0, 0, 0xFF, 0, 0, 0xFF, 0xFF]), 0xCD13_D999_F2B5_8399);
+    assert_eq!(Screen::new(720, 1280).hash(), 0x7B12_79B9_9BC9_9DC5);
+    assert_eq!(Encoder::new(720, 1280).hash(), 0x7B12_79B9_9BC9_9DC5);
+}

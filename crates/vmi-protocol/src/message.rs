@@ -1,0 +1,186 @@
+//! The messages of the terminal protocol (docs/PROTOCOL.md). Each WebSocket binary
+//! message carries exactly one, encoded by [`crate::encode_client`] /
+//! [`crate::encode_server`].
+
+/// Version of the protocol this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A touch phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TouchPhase {
+    /// Finger down.
+    Down,
+    /// Finger moved.
+    Move,
+    /// Finger up.
+    Up,
+}
+
+/// One input from the terminal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A touch or mouse event at phone-screen coordinates.
+    Touch {
+        /// Down, move or up.
+        phase: TouchPhase,
+        /// Pixel column.
+        x: u16,
+        /// Pixel row.
+        y: u16,
+    },
+    /// A key: a code from docs/GUEST_ABI.md ("Key codes"), with the text it types.
+    Key {
+        /// Key code (0 = text only).
+        code: u8,
+        /// The character typed, if any.
+        text: Option<char>,
+    },
+}
+
+/// What a reconnecting terminal already has, so the site sends only what is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Resume {
+    /// Sequence number of the last frame update the terminal applied (0: none).
+    pub last_frame_seq: u64,
+    /// [`crate::display::screen_hash`] of the terminal's screen contents after that frame,
+    /// so a site can tell whether the terminal's screen is current.
+    pub screen_hash: u64,
+}
+
+/// Messages from a terminal to a site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// First message: who the terminal is and what it has.
+    Hello {
+        /// Protocol version the terminal speaks.
+        version: u16,
+        /// The device's token (issued by the control service).
+        device_token: String,
+        /// Resume state, when reconnecting.
+        resume: Option<Resume>,
+        /// Start asleep (screen off): only notifications are sent.
+        asleep: bool,
+    },
+    /// An input, numbered by the terminal (1, 2, …); the site acknowledges each once it
+    /// has been applied, and ignores a number it has already applied.
+    Input {
+        /// Sequence number.
+        seq: u64,
+        /// The input.
+        input: Input,
+    },
+    /// The terminal decoded frame `seq`; the site sends at most a few frames ahead of the
+    /// last ack, coalescing the rest, so a slow terminal never builds a queue.
+    FrameAck {
+        /// Sequence number of the frame.
+        seq: u64,
+    },
+    /// The screen went off: send no frames, only notifications.
+    Sleep,
+    /// The screen is on again: send one up-to-date frame.
+    Wake,
+    /// Latency probe; answered by [`ServerMessage::Pong`] with the same nonce.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+}
+
+/// How a tile's pixels are carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TileData {
+    /// Every pixel is this RGBA colour (bytes R, G, B, A as a little-endian u32).
+    Solid(u32),
+    /// `w*h*4` RGBA bytes, LZ4 block-compressed.
+    Lz4(Vec<u8>),
+    /// `w*h*4` RGBA bytes as they are (when compression does not pay).
+    Raw(Vec<u8>),
+}
+
+/// A rectangle of the screen with its new pixels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tile {
+    /// Left column.
+    pub x: u16,
+    /// Top row.
+    pub y: u16,
+    /// Width.
+    pub w: u16,
+    /// Height.
+    pub h: u16,
+    /// The pixels.
+    pub data: TileData,
+}
+
+/// Error codes a site sends before closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The token is unknown or revoked.
+    Unauthorized,
+    /// The protocol version is not supported.
+    Version,
+    /// A message could not be decoded or came out of order.
+    BadMessage,
+    /// This site does not (or no longer) run the user's phone.
+    NotHere,
+    /// The phone crashed or cannot run.
+    PhoneDown,
+    /// Anything else.
+    Internal,
+}
+
+/// Messages from a site to a terminal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerMessage {
+    /// Answer to Hello: the session is open.
+    Welcome {
+        /// Protocol version the site speaks.
+        version: u16,
+        /// Phone screen width.
+        width: u16,
+        /// Phone screen height.
+        height: u16,
+        /// Highest input sequence number already applied for this device (resend the rest).
+        last_input_seq: u64,
+        /// Whether the terminal's resume state is current (no full frame follows).
+        resumed: bool,
+    },
+    /// Changed tiles of the screen.
+    FrameUpdate {
+        /// Sequence number, increasing by one per update sent on this phone.
+        seq: u64,
+        /// The tiles, in any order, not overlapping.
+        tiles: Vec<Tile>,
+    },
+    /// Input `seq` (and every one before it) has been applied.
+    InputAck {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Something the user should know, sent even while the terminal sleeps.
+    Notification {
+        /// Title (e.g. sender).
+        title: String,
+        /// Body (e.g. subject).
+        body: String,
+        /// When it was raised, ms since the Unix epoch.
+        at_ms: u64,
+    },
+    /// The phone moved: reconnect to `url` with the resume state.
+    Redirect {
+        /// WebSocket URL of the new site.
+        url: String,
+    },
+    /// Answer to Ping.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// Something went wrong; the site closes the session after this.
+    Error {
+        /// What kind.
+        code: ErrorCode,
+        /// For people.
+        message: String,
+    },
+}

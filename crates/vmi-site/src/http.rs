@@ -1,0 +1,157 @@
+//! The site's HTTP surface: the browser terminal, the terminal WebSocket, and operator
+//! endpoints (phones, mail, screen, key-value reads).
+//!
+//! Operator endpoints carry no authentication yet: sites listen on loopback in this
+//! repository. A deployment puts them behind the operator network.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use vmi_engine::Mail;
+
+use crate::phone::PhoneCommand;
+use crate::{SiteError, SiteState};
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const TERMINAL_JS: &str = include_str!("../web/terminal.js");
+const STYLE_CSS: &str = include_str!("../web/style.css");
+
+/// The site's routes.
+pub fn router(state: Arc<SiteState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML) }))
+        .route(
+            "/terminal.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], TERMINAL_JS) }),
+        )
+        .route("/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE_CSS) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/terminal", get(terminal))
+        .route("/v1/phones", get(list_phones).post(create_phone))
+        .route("/v1/phones/{user}/mail", post(send_mail))
+        .route("/v1/phones/{user}/screen.png", get(screen_png))
+        .route("/v1/phones/{user}/screen-hash", get(screen_hash))
+        .route("/v1/phones/{user}/kv/{key}", get(kv))
+        .with_state(state)
+}
+
+/// An error as an HTTP answer: status and a JSON body naming the problem.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<SiteError> for ApiError {
+    fn from(e: SiteError) -> Self {
+        let status = match &e {
+            SiteError::NoPhone(_) => StatusCode::NOT_FOUND,
+            SiteError::Exists(_) => StatusCode::CONFLICT,
+            SiteError::BadUser(_) => StatusCode::BAD_REQUEST,
+            SiteError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => {
+                tracing::error!("site error: {e:#}");
+                return ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
+            }
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+async fn terminal(ws: WebSocketUpgrade, State(site): State<Arc<SiteState>>) -> Response {
+    ws.max_message_size(1 << 20).on_upgrade(move |socket| crate::session::run(socket, site))
+}
+
+async fn list_phones(State(site): State<Arc<SiteState>>) -> Json<serde_json::Value> {
+    let mut phones = Vec::new();
+    for user in site.users() {
+        if let Ok(status) = site.ask(&user, PhoneCommand::Status).await {
+            phones.push(serde_json::json!({ "user": user, "site": site.id, "phone": status }));
+        }
+    }
+    Json(serde_json::json!({ "site": site.id, "phones": phones }))
+}
+
+#[derive(Deserialize)]
+struct NewPhone {
+    user: String,
+}
+
+async fn create_phone(State(site): State<Arc<SiteState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let NewPhone { user } = json_body(&body)?;
+    // Booting runs the guest's init: keep it off the async workers.
+    let s = site.clone();
+    let u = user.clone();
+    tokio::task::spawn_blocking(move || s.create_phone(&u))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "user": user, "site": site.id }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct NewMail {
+    #[serde(default = "default_from")]
+    from: String,
+    subject: String,
+    #[serde(default)]
+    body: String,
+}
+
+fn default_from() -> String {
+    "postmaster@seed-vmi".into()
+}
+
+async fn send_mail(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let mail: NewMail = json_body(&body)?;
+    let mail = Mail { from: mail.from, subject: mail.subject, body: mail.body };
+    site.ask(&user, |reply| PhoneCommand::Mail(mail, reply))
+        .await?
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn screen_png(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    let (w, h, rgba) = site.ask(&user, PhoneCommand::Screen).await?;
+    let mut png_bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png_bytes, w, h);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer =
+            encoder.write_header().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        writer.write_image_data(&rgba).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
+    Ok(([(header::CONTENT_TYPE, "image/png")], png_bytes).into_response())
+}
+
+async fn screen_hash(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    let (w, h, rgba) = site.ask(&user, PhoneCommand::Screen).await?;
+    let hash = vmi_protocol::display::screen_hash(&rgba);
+    Ok(Json(serde_json::json!({ "width": w, "height": h, "hash": format!("{hash:016x}") })).into_response())
+}
+
+async fn kv(
+    State(site): State<Arc<SiteState>>,
+    Path((user, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    match site.ask(&user, |reply| PhoneCommand::Kv(key.clone(), reply)).await? {
+        Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("{user}'s phone has no key {key:?}"))),
+    }
+}

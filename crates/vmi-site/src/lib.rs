@@ -1,0 +1,340 @@
+//! # vmi-site: the edge site daemon
+//!
+//! A site hosts many users' phones on one engine and streams them to terminals:
+//!
+//! - each phone runs in its own task ([`phone::PhoneTask`]) that owns the VM, fires its
+//!   timers whether or not a terminal is attached, and pushes damage-tracked frames and
+//!   notifications to attached terminals;
+//! - terminals connect over WebSocket (`/v1/terminal`, docs/PROTOCOL.md), authenticate
+//!   with their device token against the control service, and are redirected when the
+//!   phone runs elsewhere;
+//! - the browser terminal is served from `/`;
+//! - on clean shutdown every phone is snapshotted into the data directory, and brought
+//!   back from there on the next start, so a restart loses nothing the user typed.
+//!
+//! Only this crate speaks HTTP for a site; the engine and protocol crates know nothing
+//! of it.
+
+mod http;
+pub mod phone;
+mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use vmi_control::ControlClient;
+use vmi_engine::{Clock, Engine, ImageHash, VirtualPhone, VmConfig};
+use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
+
+use crate::phone::{PhoneCommand, PhoneLink, PhoneTask, SavedPhone};
+
+/// Why a site could not start or do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    /// The engine refused.
+    #[error("engine")]
+    Engine(#[from] vmi_engine::EngineError),
+    /// A file in the data directory could not be read or written.
+    #[error("{path}")]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control service could not be reached or refused.
+    #[error("control service")]
+    Control(#[from] vmi_control::ClientError),
+    /// The user already has a phone here.
+    #[error("{0} already has a phone on this site")]
+    Exists(String),
+    /// The user has no phone here.
+    #[error("no phone for {0} on this site")]
+    NoPhone(String),
+    /// The site is full.
+    #[error("site is at its capacity of {0} phones")]
+    Full(u32),
+    /// A user name that cannot name a directory.
+    #[error("bad user name {0:?}: use letters, digits, '-', '_' or '.'")]
+    BadUser(String),
+    /// The phone task did not answer.
+    #[error("phone of {0} is not answering")]
+    PhoneGone(String),
+}
+
+/// How to run a site.
+#[derive(Clone)]
+pub struct SiteConfig {
+    /// Site id, e.g. `site-a`.
+    pub id: String,
+    /// Address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Where phones are saved.
+    pub data_dir: PathBuf,
+    /// Control service base URL.
+    pub control_url: String,
+    /// Latitude of the site.
+    pub lat: f64,
+    /// Longitude of the site.
+    pub lon: f64,
+    /// Most phones it hosts.
+    pub capacity: u32,
+    /// Time source for the phones.
+    pub clock: Arc<dyn Clock>,
+    /// How often to tell the control service the site is alive.
+    pub heartbeat: Duration,
+    /// Screen size of new phones.
+    pub screen: (u32, u32),
+}
+
+/// Shared state of a running site.
+pub struct SiteState {
+    /// Site id.
+    pub id: String,
+    /// Base URL terminals and operators use.
+    pub url: String,
+    engine: WasmEngine,
+    image: ImageHash,
+    phones: RwLock<HashMap<String, PhoneLink>>,
+    control: ControlClient,
+    config: SiteConfig,
+}
+
+fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 64
+        && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !user.starts_with('.')
+}
+
+impl SiteState {
+    fn phone(&self, user: &str) -> Option<PhoneLink> {
+        self.phones.read().unwrap_or_else(|p| p.into_inner()).get(user).cloned()
+    }
+
+    fn phone_dir(&self, user: &str) -> PathBuf {
+        self.config.data_dir.join("phones").join(user)
+    }
+
+    fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
+        let (tx, rx) = mpsc::channel(256);
+        let task = PhoneTask::new(user.to_string(), phone, self.config.clock.clone(), input_seqs);
+        tokio::spawn(task.run(rx));
+        self.phones.write().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), PhoneLink { tx });
+    }
+
+    fn vm_config(&self) -> VmConfig {
+        VmConfig { width: self.config.screen.0, height: self.config.screen.1, ..VmConfig::default() }
+    }
+
+    /// Boots a new phone for `user`.
+    pub fn create_phone(&self, user: &str) -> Result<(), SiteError> {
+        if !valid_user(user) {
+            return Err(SiteError::BadUser(user.to_string()));
+        }
+        if self.phone(user).is_some() {
+            return Err(SiteError::Exists(user.to_string()));
+        }
+        let count = self.phones.read().unwrap_or_else(|p| p.into_inner()).len() as u32;
+        if count >= self.config.capacity {
+            return Err(SiteError::Full(self.config.capacity));
+        }
+        let config = VmConfig { rng_seed: seed_of(user), ..self.vm_config() };
+        let phone = self.engine.create(&self.image, &config)?;
+        self.spawn_phone(user, phone, HashMap::new());
+        tracing::info!(site = %self.id, user, "phone created");
+        Ok(())
+    }
+
+    /// Users whose phones run here.
+    pub fn users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self.phones.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        users.sort();
+        users
+    }
+
+    /// Sends a command to a user's phone and waits for the answer.
+    pub async fn ask<T>(
+        &self,
+        user: &str,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> PhoneCommand,
+    ) -> Result<T, SiteError> {
+        let phone = self.phone(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
+        phone.ask(make).await.ok_or_else(|| SiteError::PhoneGone(user.to_string()))
+    }
+
+    fn restore_all(&self) -> Result<usize, SiteError> {
+        let dir = self.config.data_dir.join("phones");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(SiteError::Io { path: dir, source }),
+        };
+        let mut restored = 0;
+        for entry in entries.flatten() {
+            let user = entry.file_name().to_string_lossy().into_owned();
+            if !valid_user(&user) {
+                continue;
+            }
+            let snap_path = entry.path().join("phone.snap");
+            let bytes = match std::fs::read(&snap_path) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(path = %snap_path.display(), "skipping a phone without a snapshot: {e}");
+                    continue;
+                }
+            };
+            let input_seqs = std::fs::read(entry.path().join("inputs.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            match self.engine.restore(&self.image, &[&bytes], &self.vm_config()) {
+                Ok(phone) => {
+                    self.spawn_phone(&user, phone, input_seqs);
+                    restored += 1;
+                }
+                // The file stays where it is: a phone's state is never thrown away.
+                Err(e) => tracing::error!(user, path = %snap_path.display(), "cannot restore phone: {e:#}"),
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Stops every phone and writes its snapshot; returns how many were saved.
+    pub async fn save_all(&self) -> usize {
+        let phones: Vec<(String, PhoneLink)> = self.phones.write().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let mut saved = 0;
+        for (user, phone) in phones {
+            match phone.ask(PhoneCommand::Stop).await {
+                Some(Ok(s)) => match write_phone(&self.phone_dir(&user), &s) {
+                    Ok(()) => saved += 1,
+                    Err(e) => tracing::error!(user, "cannot save phone: {e}"),
+                },
+                Some(Err(e)) => tracing::error!(user, "cannot snapshot phone: {e}"),
+                None => tracing::error!(user, "phone task gone before saving"),
+            }
+        }
+        saved
+    }
+}
+
+fn seed_of(user: &str) -> u64 {
+    let h = blake3_64(user.as_bytes());
+    h | 1
+}
+
+fn blake3_64(bytes: &[u8]) -> u64 {
+    // FNV-1a: a seed needs spread, not secrecy.
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Writes a saved phone atomically: a crash mid-write leaves the previous file intact.
+fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SiteError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let write = |name: &str, bytes: &[u8]| -> Result<(), SiteError> {
+        let tmp = dir.join(format!("{name}.tmp"));
+        let path = dir.join(name);
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    };
+    write("phone.snap", &saved.snapshot)?;
+    let seqs = serde_json::to_vec(&saved.input_seqs).unwrap_or_default();
+    write("inputs.json", &seqs)
+}
+
+/// A running site.
+pub struct SiteHandle {
+    /// Shared state (for in-process tests and benches).
+    pub state: Arc<SiteState>,
+    /// Base URL, e.g. `http://127.0.0.1:7801`.
+    pub url: String,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl SiteHandle {
+    /// WebSocket URL terminals connect to.
+    pub fn ws_url(&self) -> String {
+        vmi_control::ws_url(&self.url)
+    }
+
+    /// Fires every phone's due timers now and waits until their output is sent (for
+    /// manual clocks).
+    pub async fn tick(&self) {
+        for user in self.state.users() {
+            let _ = self.state.ask(&user, PhoneCommand::Tick).await;
+        }
+    }
+
+    /// Stops serving, saves every phone to the data directory, and returns how many.
+    pub async fn shutdown(self) -> usize {
+        let _ = self.shutdown.send(true);
+        self.heartbeat.abort();
+        let saved = self.state.save_all().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        tracing::info!(site = %self.state.id, saved, "site stopped");
+        saved
+    }
+}
+
+/// Starts a site: restores its saved phones, listens, registers with the control service.
+pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
+    let engine_config = WasmEngineConfig { max_vms: config.capacity + 8, ..WasmEngineConfig::default() };
+    let engine = WasmEngine::with_config(engine_config, config.clock.clone())?;
+    let image = engine.load_image(vmi_phone_image::PHONE_WASM)?.hash;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| SiteError::Io { path: PathBuf::from(config.listen.to_string()), source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| SiteError::Io { path: PathBuf::from(config.listen.to_string()), source })?;
+    let url = format!("http://{addr}");
+    let control = ControlClient::new(&config.control_url)?;
+    let state = Arc::new(SiteState {
+        id: config.id.clone(),
+        url: url.clone(),
+        engine,
+        image,
+        phones: RwLock::new(HashMap::new()),
+        control,
+        config: config.clone(),
+    });
+    let restored = state.restore_all()?;
+    tracing::info!(site = %config.id, %url, restored, "site listening");
+
+    let spec = vmi_control::SiteSpec { url: url.clone(), lat: config.lat, lon: config.lon, capacity: config.capacity };
+    state.control.register_site(&config.id, &spec).await?;
+    let (shutdown, mut stop) = watch::channel(false);
+    let beat_state = state.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut every = tokio::time::interval(beat_state.config.heartbeat);
+        loop {
+            every.tick().await;
+            let phones = beat_state.users().len() as u32;
+            if let Err(e) = beat_state.control.heartbeat(&beat_state.id, phones).await {
+                tracing::warn!(site = %beat_state.id, "heartbeat failed: {e}");
+            }
+        }
+    });
+    let app = http::router(state.clone());
+    let server = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::error!("site server failed: {e}");
+        }
+    });
+    Ok(SiteHandle { state, url, shutdown, server, heartbeat })
+}

@@ -1,0 +1,458 @@
+//! One hosted phone: a task that owns the VM and is the only thing that touches it.
+//!
+//! Everything else talks to it through [`PhoneCommand`]s. After every command or timer
+//! the task collects what the guest produced (damage, notifications) and pushes it to the
+//! terminals attached to the phone: frames only to awake terminals that have credit
+//! (at most [`MAX_UNACKED_FRAMES`] unacknowledged), notifications to all. Damage that
+//! cannot be sent yet is remembered and sent later as one coalesced frame.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use vmi_engine::{Clock, Event, KeyCode, Mail, SnapshotRequest, TouchPhase, VirtualPhone, VmStatus};
+use vmi_protocol::display::{Encoder, Rect};
+use vmi_protocol::{Input, Resume, ServerMessage, Tile};
+
+/// Frames a terminal may have unacknowledged before further damage is coalesced.
+pub const MAX_UNACKED_FRAMES: usize = 2;
+/// Outgoing messages queued per terminal; a terminal that falls this far behind on
+/// notifications is disconnected (frames never queue: they are credit-limited).
+pub const SESSION_QUEUE: usize = 256;
+
+/// A terminal attached to a phone, as the phone task sees it.
+pub struct Attachment {
+    /// Session id, unique in this site.
+    pub id: u64,
+    /// The device behind it.
+    pub device_id: String,
+    /// Where its messages go.
+    pub tx: mpsc::Sender<ServerMessage>,
+    /// What it asked for at Hello.
+    pub resume: Option<Resume>,
+    /// Whether it starts with its screen off.
+    pub asleep: bool,
+}
+
+/// What the Welcome message needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Attached {
+    /// Screen width.
+    pub width: u16,
+    /// Screen height.
+    pub height: u16,
+    /// Highest input sequence applied for this device.
+    pub last_input_seq: u64,
+    /// Whether the terminal's screen was already current.
+    pub resumed: bool,
+}
+
+/// Requests to a phone task.
+pub enum PhoneCommand {
+    /// Attach a terminal.
+    Attach(Attachment, oneshot::Sender<Attached>),
+    /// The terminal went away.
+    Detach(u64),
+    /// An input from a terminal.
+    Input {
+        /// Session.
+        session: u64,
+        /// Sequence number.
+        seq: u64,
+        /// The input.
+        input: Input,
+    },
+    /// A terminal decoded a frame.
+    FrameAck(u64, u64),
+    /// A terminal's latency probe.
+    Pong(u64, u64),
+    /// A terminal's screen went off.
+    Sleep(u64),
+    /// A terminal's screen came on.
+    Wake(u64),
+    /// A mail for the user.
+    Mail(Mail, oneshot::Sender<Result<(), String>>),
+    /// The current screen: width, height, RGBA.
+    Screen(oneshot::Sender<(u32, u32, Vec<u8>)>),
+    /// A value from the phone's key-value store.
+    Kv(String, oneshot::Sender<Option<Vec<u8>>>),
+    /// Fire timers due by now (after a manual clock moved) and flush output.
+    Tick(oneshot::Sender<()>),
+    /// Status for listings.
+    Status(oneshot::Sender<PhoneStatus>),
+    /// Take a full snapshot and stop the task; the reply carries the snapshot and the
+    /// per-device input sequence numbers.
+    Stop(oneshot::Sender<Result<SavedPhone, String>>),
+}
+
+/// A phone as saved to disk at shutdown.
+#[derive(Debug)]
+pub struct SavedPhone {
+    /// Full snapshot bytes.
+    pub snapshot: Vec<u8>,
+    /// Last applied input sequence per device.
+    pub input_seqs: HashMap<String, u64>,
+}
+
+/// What a listing shows of a phone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhoneStatus {
+    /// Running or crashed (with why).
+    pub status: String,
+    /// Terminals attached.
+    pub terminals: usize,
+    /// Of which awake.
+    pub awake: usize,
+    /// Linear memory in bytes.
+    pub memory_bytes: u64,
+    /// Events delivered.
+    pub events: u64,
+}
+
+struct Session {
+    device_id: String,
+    tx: mpsc::Sender<ServerMessage>,
+    encoder: Encoder,
+    asleep: bool,
+    unacked: Vec<u64>,
+    pending: Vec<Rect>,
+    /// Send a frame at the next flush even if no tile changed (a Wake's answer).
+    owe_frame: bool,
+    /// Sequence number of the last frame sent in this session (docs/PROTOCOL.md, rule 3).
+    seq: u64,
+}
+
+/// The phone task's state.
+pub struct PhoneTask {
+    user: String,
+    phone: Box<dyn VirtualPhone>,
+    clock: Arc<dyn Clock>,
+    sessions: HashMap<u64, Session>,
+    input_seqs: HashMap<String, u64>,
+    awake_before: bool,
+}
+
+fn to_event(input: &Input) -> Event {
+    match *input {
+        Input::Touch { phase, x, y } => Event::Touch {
+            phase: match phase {
+                vmi_protocol::TouchPhase::Down => TouchPhase::Down,
+                vmi_protocol::TouchPhase::Move => TouchPhase::Move,
+                vmi_protocol::TouchPhase::Up => TouchPhase::Up,
+            },
+            x: x as i32,
+            y: y as i32,
+        },
+        Input::Key { code, text } => Event::Key { code: key_code(code), text },
+    }
+}
+
+fn key_code(code: u8) -> KeyCode {
+    match code {
+        1 => KeyCode::Backspace,
+        2 => KeyCode::Enter,
+        3 => KeyCode::Escape,
+        4 => KeyCode::Left,
+        5 => KeyCode::Right,
+        6 => KeyCode::Up,
+        7 => KeyCode::Down,
+        8 => KeyCode::Home,
+        9 => KeyCode::Delete,
+        _ => KeyCode::Text,
+    }
+}
+
+impl PhoneTask {
+    /// A task for `phone`, with the input sequence numbers it had when saved.
+    pub fn new(
+        user: String,
+        phone: Box<dyn VirtualPhone>,
+        clock: Arc<dyn Clock>,
+        input_seqs: HashMap<String, u64>,
+    ) -> PhoneTask {
+        PhoneTask { user, phone, clock, sessions: HashMap::new(), input_seqs, awake_before: false }
+    }
+
+    /// Runs until stopped or until every sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<PhoneCommand>) {
+        // The first flush starts from a clean damage slate: terminals get full frames.
+        let _ = self.phone.frame();
+        loop {
+            let wait = self.until_next_timer();
+            let command = tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => Some(c),
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait) => None,
+            };
+            match command {
+                None => self.fire_timers(),
+                Some(PhoneCommand::Stop(reply)) => {
+                    let _ = reply.send(self.save());
+                    return;
+                }
+                Some(c) => self.handle(c),
+            }
+            self.flush();
+        }
+        tracing::debug!(user = %self.user, "phone task ends");
+    }
+
+    fn until_next_timer(&self) -> Duration {
+        // Timers are in the phone's virtual time, which runs at wall speed; an idle
+        // phone with no timer still wakes once a minute (cheaply) in case the clock
+        // is a manual one that moved.
+        match self.phone.next_timer_ns() {
+            Some(t) => Duration::from_nanos(t.saturating_sub(self.phone.now_ns())).min(Duration::from_secs(60)),
+            None => Duration::from_secs(60),
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        if let Err(e) = self.phone.fire_due_timers() {
+            tracing::warn!(user = %self.user, "timer event failed: {e}");
+        }
+    }
+
+    fn save(&mut self) -> Result<SavedPhone, String> {
+        let snapshot = match self.phone.status() {
+            VmStatus::Running => {
+                self.phone.snapshot(SnapshotRequest::Full).map(|s| s.bytes).map_err(|e| e.to_string())?
+            }
+            // A crashed phone is saved as its last good state.
+            VmStatus::Crashed { reason } => {
+                let chain = self.phone.last_good_chain();
+                if chain.len() != 1 {
+                    return Err(format!("phone crashed ({reason}) with no full snapshot to keep"));
+                }
+                chain[0].bytes.clone()
+            }
+        };
+        Ok(SavedPhone { snapshot, input_seqs: self.input_seqs.clone() })
+    }
+
+    fn awake(&self) -> bool {
+        self.sessions.values().any(|s| !s.asleep)
+    }
+
+    fn handle(&mut self, command: PhoneCommand) {
+        match command {
+            PhoneCommand::Attach(a, reply) => {
+                let (width, height) = (self.phone.info().width, self.phone.info().height);
+                let mut encoder = Encoder::new(width as u16, height as u16);
+                let mut resumed = false;
+                let mut pending = vec![Rect { x: 0, y: 0, w: width, h: height }];
+                let damage = match self.phone.frame() {
+                    Ok(frame) => {
+                        // A terminal whose screen already equals ours gets no full resend.
+                        if let Some(resume) = a.resume
+                            && !frame.rgba.is_empty()
+                            && resume.screen_hash == vmi_protocol::display::screen_hash(frame.rgba)
+                        {
+                            encoder.assume_sent(frame.rgba);
+                            resumed = true;
+                            pending.clear();
+                        }
+                        frame.damage
+                    }
+                    Err(_) => Vec::new(),
+                };
+                self.spread_damage(damage);
+                let last_input_seq = self.input_seqs.get(&a.device_id).copied().unwrap_or(0);
+                self.sessions.insert(
+                    a.id,
+                    Session {
+                        device_id: a.device_id,
+                        tx: a.tx,
+                        encoder,
+                        asleep: a.asleep,
+                        unacked: Vec::new(),
+                        pending,
+                        owe_frame: false,
+                        seq: a.resume.map(|r| r.last_frame_seq).unwrap_or(0),
+                    },
+                );
+                let _ = reply.send(Attached { width: width as u16, height: height as u16, last_input_seq, resumed });
+            }
+            PhoneCommand::Detach(id) => {
+                self.sessions.remove(&id);
+            }
+            PhoneCommand::Input { session, seq, input } => {
+                let Some(s) = self.sessions.get(&session) else { return };
+                let device = s.device_id.clone();
+                let last = self.input_seqs.get(&device).copied().unwrap_or(0);
+                if seq > last {
+                    if let Err(e) = self.phone.deliver(to_event(&input)) {
+                        tracing::warn!(user = %self.user, "input failed: {e}");
+                    }
+                    self.input_seqs.insert(device, seq);
+                }
+                // Acknowledge duplicates too: the terminal resent because it missed the ack.
+                self.send(session, ServerMessage::InputAck { seq: seq.max(last) });
+            }
+            PhoneCommand::FrameAck(session, seq) => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.unacked.retain(|&u| u > seq);
+                }
+            }
+            PhoneCommand::Pong(session, nonce) => self.send(session, ServerMessage::Pong { nonce }),
+            PhoneCommand::Sleep(session) => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.asleep = true;
+                }
+            }
+            PhoneCommand::Wake(session) => {
+                let (w, h) = (self.phone.info().width, self.phone.info().height);
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.asleep = false;
+                    s.owe_frame = true;
+                    // Tiles that did not change while asleep are not resent: the encoder
+                    // compares with what this terminal last got.
+                    s.pending = vec![Rect { x: 0, y: 0, w, h }];
+                }
+            }
+            PhoneCommand::Mail(mail, reply) => {
+                let r = self
+                    .phone
+                    .push_mail(mail)
+                    .and_then(|()| self.phone.deliver(Event::MailArrived))
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            PhoneCommand::Screen(reply) => {
+                if let Ok(frame) = self.phone.frame() {
+                    let (w, h, rgba) = (frame.width, frame.height, frame.rgba.to_vec());
+                    let damage = frame.damage;
+                    self.spread_damage(damage);
+                    let _ = reply.send((w, h, rgba));
+                }
+            }
+            PhoneCommand::Kv(key, reply) => {
+                let _ = reply.send(self.phone.kv_get(key.as_bytes()));
+            }
+            PhoneCommand::Tick(reply) => {
+                self.fire_timers();
+                self.flush();
+                let _ = reply.send(());
+            }
+            PhoneCommand::Status(reply) => {
+                let usage = self.phone.usage();
+                let status = match self.phone.status() {
+                    VmStatus::Running => "running".to_string(),
+                    VmStatus::Crashed { reason } => format!("crashed: {reason}"),
+                };
+                let _ = reply.send(PhoneStatus {
+                    status,
+                    terminals: self.sessions.len(),
+                    awake: self.sessions.values().filter(|s| !s.asleep).count(),
+                    memory_bytes: usage.memory_bytes,
+                    events: usage.events,
+                });
+            }
+            PhoneCommand::Stop(_) => {}
+        }
+    }
+
+    fn send(&mut self, session: u64, message: ServerMessage) {
+        let Some(s) = self.sessions.get(&session) else { return };
+        if s.tx.try_send(message).is_err() {
+            // Full or closed: this terminal cannot keep up (or left); drop it. It will
+            // reconnect and resume.
+            tracing::info!(user = %self.user, session, "dropping a terminal that fell behind");
+            self.sessions.remove(&session);
+        }
+    }
+
+    fn spread_damage(&mut self, damage: Vec<vmi_engine::Rect>) {
+        if damage.is_empty() {
+            return;
+        }
+        for s in self.sessions.values_mut() {
+            for d in &damage {
+                s.pending.push(Rect { x: d.x, y: d.y, w: d.w, h: d.h });
+            }
+            if s.pending.len() > 64 {
+                s.pending = vec![bounding(&s.pending)];
+            }
+        }
+    }
+
+    /// Pushes what the guest produced to the terminals.
+    fn flush(&mut self) {
+        // Sleep and wake of the phone follow its terminals: awake if any screen is on.
+        let awake = self.awake();
+        if awake != self.awake_before {
+            let event = if awake { Event::Wake } else { Event::Sleep };
+            if let Err(e) = self.phone.deliver(event) {
+                tracing::warn!(user = %self.user, "wake/sleep event failed: {e}");
+            }
+            self.awake_before = awake;
+        }
+        let notifications = self.phone.take_notifications();
+        let now_ms = self.clock.wall_ns() / 1_000_000;
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for n in &notifications {
+            for &id in &ids {
+                self.send(
+                    id,
+                    ServerMessage::Notification { title: n.title.clone(), body: n.body.clone(), at_ms: now_ms },
+                );
+            }
+        }
+        let Ok(frame) = self.phone.frame() else { return };
+        if frame.rgba.is_empty() {
+            return;
+        }
+        let damage: Vec<Rect> = frame.damage.iter().map(|d| Rect { x: d.x, y: d.y, w: d.w, h: d.h }).collect();
+        let mut dead = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            s.pending.extend_from_slice(&damage);
+            if s.asleep || s.unacked.len() >= MAX_UNACKED_FRAMES || (s.pending.is_empty() && !s.owe_frame) {
+                continue;
+            }
+            let tiles: Vec<Tile> = s.encoder.encode(frame.rgba, &s.pending);
+            s.pending.clear();
+            if tiles.is_empty() && !s.owe_frame {
+                continue;
+            }
+            s.owe_frame = false;
+            s.seq += 1;
+            let seq = s.seq;
+            if s.tx.try_send(ServerMessage::FrameUpdate { seq, tiles }).is_err() {
+                dead.push(*id);
+            } else {
+                s.unacked.push(seq);
+            }
+        }
+        for id in dead {
+            self.sessions.remove(&id);
+        }
+    }
+}
+
+/// The smallest rectangle holding all of `rects` (which is not empty).
+fn bounding(rects: &[Rect]) -> Rect {
+    let x0 = rects.iter().map(|r| r.x).min().unwrap_or(0);
+    let y0 = rects.iter().map(|r| r.y).min().unwrap_or(0);
+    let x1 = rects.iter().map(|r| r.x + r.w).max().unwrap_or(0);
+    let y1 = rects.iter().map(|r| r.y + r.h).max().unwrap_or(0);
+    Rect { x: x0, y: y0, w: x1 - x0, h: y1 - y0 }
+}
+
+/// Handle to a phone task.
+#[derive(Clone)]
+pub struct PhoneLink {
+    /// Commands in.
+    pub tx: mpsc::Sender<PhoneCommand>,
+}
+
+impl PhoneLink {
+    /// Sends a command and waits for its reply; None if the phone task is gone.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> PhoneCommand) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}

@@ -1,0 +1,203 @@
+//! A site with real terminals over WebSocket: restart keeps the user's notes, a sleeping
+//! terminal gets notifications and no frames, users are isolated, and a vanished
+//! terminal leaves its phone running.
+
+mod common;
+
+use common::*;
+use vmi_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Resume, ServerMessage};
+
+fn is_error(m: &ServerMessage, code: ErrorCode) -> bool {
+    matches!(m, ServerMessage::Error { code: c, .. } if *c == code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_restart_keeps_the_notes_typed_before_it() {
+    let control = control().await;
+    let dir = scratch("restart");
+    let site_a = site(&control, "site-a", dir.clone()).await;
+    let token = user_with_phone(&control, &site_a, "alice").await;
+
+    let mut term = Term::connect(&site_a.ws_url()).await;
+    assert!(matches!(term.hello(&token, None, false).await, ServerMessage::Welcome { resumed: false, .. }));
+    term.tap(NOTES).await;
+    let last = term.type_text("Kept across restarts").await;
+    term.acked(last).await;
+    term.close().await;
+    assert_eq!(site_a.shutdown().await, 1, "the phone was saved");
+    assert!(dir.join("phones/alice/phone.snap").exists());
+
+    // A new site process on the same data directory brings the phone back.
+    let site_b = site(&control, "site-a", dir.clone()).await;
+    let (status, body) = http_get(&format!("{}/v1/phones/alice/kv/notes.text", site_b.url)).await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&body), "Kept across restarts");
+    // The terminal's input numbering carries over, so nothing is applied twice.
+    let mut term = Term::connect(&site_b.ws_url()).await;
+    match term.hello(&token, None, false).await {
+        ServerMessage::Welcome { last_input_seq, .. } => assert_eq!(last_input_seq, last),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    term.close().await;
+    site_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asleep_the_terminal_gets_the_notification_and_no_frame_bytes() {
+    let control = control().await;
+    let site = site(&control, "site-a", scratch("asleep")).await;
+    let token = user_with_phone(&control, &site, "alice").await;
+    let mut term = Term::connect(&site.ws_url()).await;
+    term.hello(&token, None, false).await;
+    term.until(|m| matches!(m, ServerMessage::FrameUpdate { .. })).await;
+
+    term.send(&ClientMessage::Sleep).await;
+    // Let the Sleep land before the mail does.
+    let ping = term.input(vmi_protocol::Input::Key { code: 0, text: None }).await;
+    term.acked(ping).await;
+    let bytes_before = term.frame_bytes;
+    let mail = serde_json::json!({ "from": "ann@example.com", "subject": "Lunch?", "body": "Noon" });
+    let (status, _) = vmi_control::post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail).await.expect("post");
+    assert_eq!(status, 202);
+    let (note, others) = term.until(|m| matches!(m, ServerMessage::Notification { .. })).await;
+    assert_eq!(
+        note,
+        ServerMessage::Notification {
+            title: "ann@example.com".into(),
+            body: "Lunch?".into(),
+            at_ms: match &note {
+                ServerMessage::Notification { at_ms, .. } => *at_ms,
+                _ => 0,
+            }
+        }
+    );
+    assert!(others.iter().all(|m| !matches!(m, ServerMessage::FrameUpdate { .. })), "no frames while asleep");
+    assert_eq!(term.frame_bytes, bytes_before, "asleep: 0 frame bytes");
+
+    // Wake: exactly one up-to-date frame; the terminal's screen then equals the phone's.
+    term.send(&ClientMessage::Wake).await;
+    term.until(|m| matches!(m, ServerMessage::FrameUpdate { .. })).await;
+    let (_, body) = http_get(&format!("{}/v1/phones/alice/screen-hash", site.url)).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let ours = format!("{:016x}", term.screen.as_ref().expect("screen").hash());
+    assert_eq!(v["hash"], ours.as_str());
+    term.close().await;
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_terminal_never_reaches_another_users_phone() {
+    let control = control().await;
+    let site = site(&control, "site-a", scratch("isolation")).await;
+    let alice = user_with_phone(&control, &site, "alice").await;
+    let bob = user_with_phone(&control, &site, "bob").await;
+
+    // Bob types into Notes with his token; Alice's phone does not change.
+    let mut term = Term::connect(&site.ws_url()).await;
+    term.hello(&bob, None, false).await;
+    term.tap(NOTES).await;
+    let last = term.type_text("bob was here").await;
+    term.acked(last).await;
+    term.close().await;
+    let (_, bobs) = http_get(&format!("{}/v1/phones/bob/kv/notes.text", site.url)).await;
+    assert_eq!(bobs, b"bob was here");
+    let (status, _) = http_get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
+    assert_eq!(status, 404, "alice's notes untouched");
+    let _ = alice;
+
+    // A made-up token is refused.
+    let mut term = Term::connect(&site.ws_url()).await;
+    let answer = term.hello("0123456789abcdef", None, false).await;
+    assert!(is_error(&answer, ErrorCode::Unauthorized), "{answer:?}");
+    assert!(term.recv().await.is_none(), "and the session is closed");
+
+    // A revoked token is refused from then on.
+    let device = control.client.create_device("bob", "old phone").await.expect("device");
+    control.client.revoke_device(device.device_id).await.expect("revoke");
+    let mut term = Term::connect(&site.ws_url()).await;
+    let answer = term.hello(&device.token, None, false).await;
+    assert!(is_error(&answer, ErrorCode::Unauthorized), "{answer:?}");
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_terminal_leaves_its_phone_running() {
+    let control = control().await;
+    let site = site(&control, "site-a", scratch("vanish")).await;
+    let token = user_with_phone(&control, &site, "alice").await;
+    let mut term = Term::connect(&site.ws_url()).await;
+    term.hello(&token, None, false).await;
+    term.tap(NOTES).await;
+    let last = term.type_text("still here").await;
+    term.acked(last).await;
+    term.vanish();
+
+    // The phone goes on: it takes mail and raises a notification for the next terminal.
+    let mail = serde_json::json!({ "from": "ann@example.com", "subject": "After the drop", "body": "" });
+    let (status, _) = vmi_control::post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail).await.expect("post");
+    assert_eq!(status, 202);
+    let (_, body) = http_get(&format!("{}/v1/phones", site.url)).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["phones"][0]["phone"]["status"], "running");
+    let mut term = Term::connect(&site.ws_url()).await;
+    term.hello(&token, None, false).await;
+    let (_, body) = http_get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
+    assert_eq!(body, b"still here");
+    term.close().await;
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_hellos_are_refused_precisely_and_misplaced_terminals_redirected() {
+    let control = control().await;
+    let site_a = site(&control, "site-a", scratch("hello-a")).await;
+    let site_b = site(&control, "site-b", scratch("hello-b")).await;
+    let token = user_with_phone(&control, &site_b, "carol").await;
+
+    // A future protocol version.
+    let mut term = Term::connect(&site_b.ws_url()).await;
+    let mut hello = vmi_protocol::encode_client(&ClientMessage::Hello {
+        version: PROTOCOL_VERSION,
+        device_token: token.clone(),
+        resume: None,
+        asleep: false,
+    });
+    hello[1] = 99;
+    term.send_raw(hello).await;
+    let answer = term.recv().await.expect("answer");
+    assert!(is_error(&answer, ErrorCode::Version), "{answer:?}");
+
+    // Garbage instead of a Hello.
+    let mut term = Term::connect(&site_b.ws_url()).await;
+    term.send_raw(vec![0xde, 0xad, 0xbe, 0xef]).await;
+    let answer = term.recv().await.expect("answer");
+    assert!(is_error(&answer, ErrorCode::BadMessage), "{answer:?}");
+
+    // Something other than Hello first.
+    let mut term = Term::connect(&site_b.ws_url()).await;
+    term.send(&ClientMessage::Wake).await;
+    let answer = term.recv().await.expect("answer");
+    assert!(is_error(&answer, ErrorCode::BadMessage), "{answer:?}");
+
+    // Carol's phone runs on site-b; at site-a she is sent there.
+    let mut term = Term::connect(&site_a.ws_url()).await;
+    let answer = term.hello(&token, None, false).await;
+    assert_eq!(answer, ServerMessage::Redirect { url: site_b.ws_url() });
+
+    // Resuming with a current screen gets no full frame.
+    let mut term = Term::connect(&site_b.ws_url()).await;
+    term.hello(&token, None, false).await;
+    term.until(|m| matches!(m, ServerMessage::FrameUpdate { .. })).await;
+    let resume = Resume { last_frame_seq: term.last_frame, screen_hash: term.screen.as_ref().expect("screen").hash() };
+    term.close().await;
+    let mut again = Term::connect(&site_b.ws_url()).await;
+    let answer = again.hello(&token, Some(resume), false).await;
+    assert!(matches!(answer, ServerMessage::Welcome { resumed: true, .. }), "{answer:?}");
+    let nonce = 77;
+    again.send(&ClientMessage::Ping { nonce }).await;
+    let (pong, between) = again.until(|m| matches!(m, ServerMessage::Pong { .. })).await;
+    assert_eq!(pong, ServerMessage::Pong { nonce });
+    assert!(between.iter().all(|m| !matches!(m, ServerMessage::FrameUpdate { .. })), "no resend: {between:?}");
+    site_a.shutdown().await;
+    site_b.shutdown().await;
+}

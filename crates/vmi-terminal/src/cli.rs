@@ -1,0 +1,457 @@
+//! The `vmi terminal` command: find the phone, connect, then either show it in a window or
+//! run headless, printing one JSON object per line on stdout.
+//!
+//! Headless output (logs go to stderr):
+//!
+//! ```text
+//! {"event":"connected","width":720,"height":1280,"resumed":false}
+//! {"event":"frame","seq":1,"tiles":240,"bytes":48213,"screen_hash":"7b1279b99bc99dc5"}
+//! {"event":"latency","rtt_us":612}
+//! {"event":"input_acked","seq":2}
+//! {"event":"notification","title":"ann@example.com","body":"Lunch?","at_ms":1700000000000}
+//! {"event":"screenshot","file":"home.png"}
+//! {"event":"summary","frames":3,"bytes_up":512,"bytes_down":60210,"wakeups":1,...}
+//! ```
+//!
+//! Order of a headless run: connect; wait for the first frame (unless `--asleep`, at most
+//! 10 s); play `--script`; save `--screenshot` (after the script, else after the first
+//! frame); stay until `--duration` seconds after connecting have passed (without
+//! `--duration` and without a script or screenshot: until the session ends or Ctrl-C);
+//! print the summary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::TerminalError;
+use crate::energy::EnergyReport;
+use crate::script::{self, Step};
+use crate::session::{Terminal, TerminalEvent, TerminalOptions, error_chain};
+
+/// How long a headless run waits for the first frame before going on.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Arguments of `vmi terminal`.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq)]
+pub struct TerminalArgs {
+    /// Control service URL (http://host:port): the phone's site is looked up with the token.
+    #[arg(long, value_name = "URL", conflicts_with = "site_ws")]
+    pub control: Option<String>,
+    /// The site's terminal endpoint (ws://host:port/v1/terminal), without the control service.
+    #[arg(long = "site-ws", value_name = "URL")]
+    pub site_ws: Option<String>,
+    /// The device token issued by the control service.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: String,
+    /// No window: print one JSON object per event on stdout.
+    #[arg(long)]
+    pub headless: bool,
+    /// Save the screen as PNG after the first frame, or after the script if there is one.
+    #[arg(long, value_name = "FILE")]
+    pub screenshot: Option<PathBuf>,
+    /// Play a script (tap X Y, drag X1 Y1 X2 Y2, type TEXT, key NAME, wait 500ms, sleep, wake, ping,
+    /// screenshot FILE).
+    #[arg(long, value_name = "FILE")]
+    pub script: Option<PathBuf>,
+    /// Headless: stay connected this many seconds after connecting.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Start with the screen off (only notifications arrive).
+    #[arg(long)]
+    pub asleep: bool,
+    /// Send a keepalive ping after this many seconds without sending (off by default: each one
+    /// wakes the radio).
+    #[arg(long, value_name = "SECS")]
+    pub keepalive: Option<u64>,
+}
+
+/// What a headless run saw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunSummary {
+    /// Frame updates applied.
+    pub frames: u64,
+    /// The session's traffic and its cost in the LTE model.
+    pub energy: EnergyReport,
+}
+
+/// Runs `vmi terminal` with default session options, printing headless output on stdout.
+pub async fn run(args: TerminalArgs) -> Result<(), TerminalError> {
+    let options = options_for(&args);
+    if args.headless {
+        let mut stdout = std::io::stdout();
+        run_headless(&args, options, &mut stdout).await.map(|_| ())
+    } else {
+        run_window(&args, options).await
+    }
+}
+
+/// The session options the arguments ask for.
+pub fn options_for(args: &TerminalArgs) -> TerminalOptions {
+    TerminalOptions {
+        asleep: args.asleep,
+        keepalive: args.keepalive.map(Duration::from_secs),
+        ..TerminalOptions::default()
+    }
+}
+
+/// The site's WebSocket URL: `--site-ws`, or asked from `--control` with the token.
+pub async fn resolve_ws_url(args: &TerminalArgs) -> Result<String, TerminalError> {
+    match (&args.site_ws, &args.control) {
+        (Some(url), None) => Ok(url.clone()),
+        (None, Some(control)) => {
+            let client = vmi_control::ControlClient::new(control).map_err(TerminalError::Control)?;
+            let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
+            tracing::info!(user = %phone.user, site = %phone.site, url = %phone.ws_url, "found the phone");
+            Ok(phone.ws_url)
+        }
+        (Some(_), Some(_)) => Err(TerminalError::Usage("give --control or --site-ws, not both".into())),
+        (None, None) => Err(TerminalError::Usage("give --control URL or --site-ws URL".into())),
+    }
+}
+
+fn check_args(args: &TerminalArgs) -> Result<(), TerminalError> {
+    if let Some(secs) = args.duration
+        && !(secs.is_finite() && (0.0..=1e7).contains(&secs))
+    {
+        return Err(TerminalError::Usage(format!("--duration {secs} is not a number of seconds")));
+    }
+    if args.token.is_empty() {
+        return Err(TerminalError::Usage("--token is empty".into()));
+    }
+    Ok(())
+}
+
+/// Reads and parses a script file.
+pub fn load_script(path: &Path) -> Result<Vec<script::Line>, TerminalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TerminalError::Read { path: path.to_owned(), source })?;
+    script::parse(&text).map_err(|source| TerminalError::Script { path: path.to_owned(), source })
+}
+
+/// The JSON line printed for an event.
+pub fn event_json(event: &TerminalEvent) -> serde_json::Value {
+    match event {
+        TerminalEvent::Connected { width, height, resumed } => {
+            json!({"event": "connected", "width": width, "height": height, "resumed": resumed})
+        }
+        TerminalEvent::Frame { seq, tiles, bytes, screen_hash } => json!({
+            "event": "frame", "seq": seq, "tiles": tiles, "bytes": bytes, "screen_hash": format!("{screen_hash:016x}")
+        }),
+        TerminalEvent::InputAcked { seq } => json!({"event": "input_acked", "seq": seq}),
+        TerminalEvent::Notification { title, body, at_ms } => {
+            json!({"event": "notification", "title": title, "body": body, "at_ms": at_ms})
+        }
+        TerminalEvent::Redirected { url } => json!({"event": "redirected", "url": url}),
+        TerminalEvent::Latency { rtt_us } => json!({"event": "latency", "rtt_us": rtt_us}),
+        TerminalEvent::Error { message, fatal } => json!({"event": "error", "message": message, "fatal": fatal}),
+        TerminalEvent::Closed => json!({"event": "closed"}),
+    }
+}
+
+/// The summary line.
+pub fn summary_json(summary: &RunSummary) -> serde_json::Value {
+    let e = &summary.energy;
+    json!({
+        "event": "summary",
+        "frames": summary.frames,
+        "bytes_up": e.bytes_up,
+        "bytes_down": e.bytes_down,
+        "packets_up": e.packets_up,
+        "packets_down": e.packets_down,
+        "wakeups": e.wakeups,
+        "span_ms": e.span_ms,
+        "energy_j": e.total_j,
+        "promotion_j": e.promotion_j,
+        "tail_j": e.tail_j,
+        "transfer_j": e.transfer_j,
+        "idle_j": e.idle_j,
+    })
+}
+
+/// Prints events as JSON lines and remembers what the run needs to know.
+struct Printer<'a> {
+    out: &'a mut (dyn Write + Send),
+    events: mpsc::Receiver<TerminalEvent>,
+    frames: u64,
+    ended: Option<String>,
+    last_fatal: Option<String>,
+}
+
+/// Why a pump stopped.
+#[derive(PartialEq, Eq)]
+enum Stop {
+    Deadline,
+    Matched,
+    Ended,
+    Interrupted,
+}
+
+impl Printer<'_> {
+    fn line(&mut self, value: serde_json::Value) {
+        // A closed stdout (e.g. `| head`) must not stop the session.
+        let _ = writeln!(self.out, "{value}").and_then(|()| self.out.flush());
+    }
+
+    fn take(&mut self, event: TerminalEvent) -> TerminalEvent {
+        self.line(event_json(&event));
+        match &event {
+            TerminalEvent::Frame { .. } => self.frames += 1,
+            TerminalEvent::Error { message, fatal: true } => self.last_fatal = Some(message.clone()),
+            TerminalEvent::Closed => {
+                self.ended = Some(self.last_fatal.clone().unwrap_or_else(|| "closed".to_owned()));
+            }
+            _ => {}
+        }
+        event
+    }
+
+    /// Prints events already waiting.
+    fn drain(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            self.take(event);
+        }
+    }
+
+    /// Prints events until `deadline`, until `done` matches one, or the session ends.
+    async fn pump(&mut self, deadline: Option<Instant>, done: impl Fn(&TerminalEvent) -> bool) -> Stop {
+        if self.ended.is_some() {
+            return Stop::Ended;
+        }
+        let until = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => {
+                        let event = self.take(event);
+                        if self.ended.is_some() {
+                            return Stop::Ended;
+                        }
+                        if done(&event) {
+                            return Stop::Matched;
+                        }
+                    }
+                    None => {
+                        self.ended.get_or_insert_with(|| "closed".to_owned());
+                        return Stop::Ended;
+                    }
+                },
+                () = &mut until => return Stop::Deadline,
+                _ = tokio::signal::ctrl_c() => return Stop::Interrupted,
+            }
+        }
+    }
+
+    /// Waits (at most 5 s) until every input is acknowledged, then until frames stop for
+    /// 250 ms (at most 3 s), so a screenshot shows what the inputs did.
+    async fn settle(&mut self, terminal: &Terminal) -> Stop {
+        let acks_by = Instant::now() + Duration::from_secs(5);
+        while terminal.stats().pending_inputs > 0 {
+            let stop = self.pump(Some(acks_by), |e| matches!(e, TerminalEvent::InputAcked { .. })).await;
+            if stop != Stop::Matched {
+                return stop;
+            }
+        }
+        let quiet_by = Instant::now() + Duration::from_secs(3);
+        loop {
+            let next = (Instant::now() + Duration::from_millis(250)).min(quiet_by);
+            match self.pump(Some(next), |e| matches!(e, TerminalEvent::Frame { .. })).await {
+                Stop::Matched if Instant::now() < quiet_by => continue,
+                Stop::Matched => return Stop::Deadline,
+                stop => return stop,
+            }
+        }
+    }
+
+    fn screenshot(&mut self, terminal: &Terminal, path: &Path) -> Result<(), TerminalError> {
+        terminal.save_png(path)?;
+        self.line(json!({"event": "screenshot", "file": path.display().to_string()}));
+        Ok(())
+    }
+}
+
+/// A headless run with `options`, writing JSON lines to `out`. Returns what it saw; the
+/// summary line is printed even when the session ended early (then the result is
+/// [`TerminalError::Ended`]).
+pub async fn run_headless(
+    args: &TerminalArgs,
+    options: TerminalOptions,
+    out: &mut (dyn Write + Send),
+) -> Result<RunSummary, TerminalError> {
+    check_args(args)?;
+    let steps = args.script.as_deref().map(load_script).transpose()?;
+    let url = resolve_ws_url(args).await?;
+    let asleep = options.asleep;
+    let mut terminal = Terminal::connect(&url, &args.token, options).await?;
+    let started = Instant::now();
+    let events = terminal.take_events().ok_or(TerminalError::Closed)?;
+    let mut printer = Printer { out, events, frames: 0, ended: None, last_fatal: None };
+    terminal.ping();
+
+    let mut stop = Stop::Deadline;
+    if !asleep {
+        stop = printer.pump(Some(started + FIRST_FRAME_TIMEOUT), |e| matches!(e, TerminalEvent::Frame { .. })).await;
+        if stop == Stop::Deadline {
+            tracing::warn!("no frame within {FIRST_FRAME_TIMEOUT:?}");
+        }
+    }
+    let result = play(&mut printer, &terminal, args, steps.as_deref().unwrap_or_default(), started, stop).await;
+
+    printer.drain();
+    let summary = RunSummary { frames: printer.frames, energy: terminal.energy() };
+    terminal.close().await;
+    printer.drain();
+    printer.line(summary_json(&summary));
+    result?;
+    match printer.ended {
+        Some(reason) if printer.last_fatal.is_some() => Err(TerminalError::Ended(reason)),
+        _ => Ok(summary),
+    }
+}
+
+async fn play(
+    printer: &mut Printer<'_>,
+    terminal: &Terminal,
+    args: &TerminalArgs,
+    steps: &[script::Line],
+    started: Instant,
+    mut stop: Stop,
+) -> Result<(), TerminalError> {
+    for line in steps {
+        if matches!(stop, Stop::Ended | Stop::Interrupted) {
+            return Ok(());
+        }
+        match &line.step {
+            Step::Input(input) => {
+                terminal.send_input(input.clone())?;
+            }
+            Step::Wait(duration) => stop = printer.pump(Some(Instant::now() + *duration), |_| false).await,
+            Step::Sleep => terminal.sleep(),
+            Step::Wake => terminal.wake(),
+            Step::Ping => terminal.ping(),
+            Step::Screenshot(path) => {
+                stop = printer.settle(terminal).await;
+                printer.screenshot(terminal, path)?;
+            }
+        }
+        printer.drain();
+    }
+    if matches!(stop, Stop::Ended | Stop::Interrupted) {
+        return Ok(());
+    }
+    if let Some(path) = &args.screenshot {
+        if !steps.is_empty() {
+            stop = printer.settle(terminal).await;
+        }
+        printer.screenshot(terminal, path)?;
+    }
+    if stop == Stop::Interrupted {
+        return Ok(());
+    }
+    match args.duration {
+        Some(secs) => {
+            printer.pump(Some(started + Duration::from_secs_f64(secs)), |_| false).await;
+        }
+        None if steps.is_empty() && args.screenshot.is_none() => {
+            printer.pump(None, |_| false).await;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Window mode.
+#[cfg(feature = "window")]
+async fn run_window(args: &TerminalArgs, options: TerminalOptions) -> Result<(), TerminalError> {
+    check_args(args)?;
+    if args.script.is_some() || args.duration.is_some() {
+        return Err(TerminalError::Usage("--script and --duration need --headless".into()));
+    }
+    let url = resolve_ws_url(args).await?;
+    let terminal = Terminal::connect(&url, &args.token, options).await?;
+    let screenshot = args.screenshot.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || crate::window::run(terminal, screenshot, handle))
+        .await
+        .map_err(|e| TerminalError::Window(format!("window thread failed: {e}")))?
+}
+
+/// Window mode is not built in: say how to get it.
+#[cfg(not(feature = "window"))]
+async fn run_window(_args: &TerminalArgs, _options: TerminalOptions) -> Result<(), TerminalError> {
+    Err(TerminalError::Usage(
+        "this build has no window (cargo feature `window` of vmi-terminal); use --headless".into(),
+    ))
+}
+
+/// An error and its causes on one line, for printing.
+pub fn describe(error: &TerminalError) -> String {
+    error_chain(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TerminalArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<TerminalArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vmi-terminal").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let a = parse(&["--site-ws", "ws://h:1/v1/terminal", "--token", "t", "--headless", "--duration", "2.5"])
+            .expect("parses");
+        assert_eq!(a.site_ws.as_deref(), Some("ws://h:1/v1/terminal"));
+        assert!(a.headless);
+        assert_eq!(a.duration, Some(2.5));
+        assert!(parse(&["--control", "http://c", "--site-ws", "ws://s", "--token", "t"]).is_err());
+        assert!(parse(&["--control", "http://c"]).is_err(), "token is required");
+    }
+
+    #[tokio::test]
+    async fn usage_errors_are_reported_before_connecting() {
+        let mut out = Vec::new();
+        let none = TerminalArgs { token: "t".into(), headless: true, ..TerminalArgs::default() };
+        let e = run_headless(&none, TerminalOptions::default(), &mut out).await.unwrap_err();
+        assert!(matches!(e, TerminalError::Usage(_)), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        let bad = TerminalArgs { site_ws: Some("ws://127.0.0.1:9".into()), duration: Some(-1.0), ..none.clone() };
+        assert!(matches!(run_headless(&bad, TerminalOptions::default(), &mut out).await, Err(TerminalError::Usage(_))));
+        let script = TerminalArgs {
+            site_ws: Some("ws://127.0.0.1:9".into()),
+            script: Some("/nonexistent/script.txt".into()),
+            ..none
+        };
+        let e = run_headless(&script, TerminalOptions::default(), &mut out).await.unwrap_err();
+        assert!(matches!(e, TerminalError::Read { .. }), "{e}");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn events_print_as_json() {
+        let frame = TerminalEvent::Frame { seq: 3, tiles: 5, bytes: 1234, screen_hash: 0x9e37_79b9_811c_9dc5 };
+        assert_eq!(
+            event_json(&frame),
+            json!({"event": "frame", "seq": 3, "tiles": 5, "bytes": 1234, "screen_hash": "9e3779b9811c9dc5"})
+        );
+        let n = TerminalEvent::Notification { title: "a".into(), body: "b".into(), at_ms: 7 };
+        assert_eq!(event_json(&n)["event"], "notification");
+        assert_eq!(event_json(&TerminalEvent::Latency { rtt_us: 9 })["rtt_us"], 9);
+    }
+}

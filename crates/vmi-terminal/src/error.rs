@@ -1,0 +1,165 @@
+//! What a terminal operation can fail with.
+
+use std::io;
+use std::path::PathBuf;
+
+use tokio_tungstenite::tungstenite;
+use vmi_protocol::{ErrorCode, ProtocolError};
+
+use crate::script::ScriptError;
+
+/// Every way connecting, running a session or running the `vmi terminal` command fails.
+///
+/// Messages are short; the cause is in `#[source]`.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminalError {
+    /// The WebSocket connection to a site could not be opened.
+    #[error("cannot connect to {url}")]
+    Connect {
+        /// The URL dialled.
+        url: String,
+        /// Why.
+        #[source]
+        source: tungstenite::Error,
+    },
+    /// A step did not finish in time.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    /// The WebSocket failed after it was open.
+    #[error("connection to the site failed")]
+    WebSocket(#[source] tungstenite::Error),
+    /// The site sent bytes that are not a valid message (or tiles that do not fit the screen).
+    #[error("bad message from the site")]
+    Protocol(#[source] ProtocolError),
+    /// The site sent a text WebSocket message, or a message out of order.
+    #[error("unexpected {0} from the site")]
+    Unexpected(&'static str),
+    /// The site sent `Error` (and closes the session).
+    #[error("the site ended the session ({code:?}): {message}")]
+    Site {
+        /// What kind of error.
+        code: ErrorCode,
+        /// The site's message.
+        message: String,
+    },
+    /// The session has ended; nothing more can be sent.
+    #[error("the session has ended")]
+    Closed,
+    /// The session ended on its own (the site refused a reconnect, or reconnecting failed).
+    #[error("the session ended: {0}")]
+    Ended(String),
+    /// Too many inputs are waiting for the site's acknowledgement.
+    #[error("too many unacknowledged inputs (limit {limit})")]
+    InputQueueFull {
+        /// The limit ([`crate::session::TerminalOptions::max_pending_inputs`]).
+        limit: usize,
+    },
+    /// The control service could not say where the phone runs.
+    #[error("cannot find the phone through the control service")]
+    Control(#[source] vmi_control::ClientError),
+    /// A file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A file could not be written.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A PNG could not be encoded.
+    #[error("cannot encode {path} as PNG")]
+    Png {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: png::EncodingError,
+    },
+    /// A script does not parse.
+    #[error("bad script {path}")]
+    Script {
+        /// The script file.
+        path: PathBuf,
+        /// The line and problem.
+        #[source]
+        source: ScriptError,
+    },
+    /// The command line asks for something impossible.
+    #[error("{0}")]
+    Usage(String),
+    /// The window could not be opened or failed.
+    #[error("window failed: {0}")]
+    Window(String),
+}
+
+impl TerminalError {
+    /// Whether reconnecting cannot help: the token, the protocol version or the place are
+    /// wrong, or the caller closed the session.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            TerminalError::Site { code, .. } => {
+                matches!(code, ErrorCode::Unauthorized | ErrorCode::Version | ErrorCode::NotHere)
+            }
+            TerminalError::Protocol(ProtocolError::UnsupportedVersion { .. }) => true,
+            TerminalError::Closed
+            | TerminalError::Ended(_)
+            | TerminalError::Usage(_)
+            | TerminalError::Control(_)
+            | TerminalError::Read { .. }
+            | TerminalError::Write { .. }
+            | TerminalError::Png { .. }
+            | TerminalError::Script { .. }
+            | TerminalError::InputQueueFull { .. }
+            | TerminalError::Window(_) => true,
+            TerminalError::Connect { .. }
+            | TerminalError::Timeout(_)
+            | TerminalError::WebSocket(_)
+            | TerminalError::Protocol(_)
+            | TerminalError::Unexpected(_) => false,
+        }
+    }
+
+    /// Process exit code for the `vmi terminal` command: 2 for a usage or script error, 3
+    /// when the site or control service refused the token, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TerminalError::Usage(_) | TerminalError::Script { .. } => 2,
+            TerminalError::Site { code: ErrorCode::Unauthorized, .. } => 3,
+            TerminalError::Control(e) if e.status() == Some(401) => 3,
+            _ => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_cross_threads_and_convert_to_boxed_errors() {
+        fn sendable<T: Send + Sync + 'static>() {}
+        sendable::<TerminalError>();
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(TerminalError::Closed);
+        assert_eq!(boxed.to_string(), "the session has ended");
+    }
+
+    #[test]
+    fn fatal_errors_and_exit_codes() {
+        let site = |code| TerminalError::Site { code, message: String::new() };
+        assert!(site(ErrorCode::Unauthorized).is_fatal());
+        assert!(!site(ErrorCode::PhoneDown).is_fatal());
+        assert!(!TerminalError::Timeout("x").is_fatal());
+        assert_eq!(site(ErrorCode::Unauthorized).exit_code(), 3);
+        assert_eq!(TerminalError::Usage("x".into()).exit_code(), 2);
+        assert_eq!(TerminalError::Closed.exit_code(), 1);
+    }
+}

@@ -1,0 +1,829 @@
+//! A terminal session: one client of the terminal protocol (docs/PROTOCOL.md), run by a
+//! task that owns the WebSocket.
+//!
+//! [`Terminal::connect`] opens the WebSocket, says `Hello`, waits for `Welcome` and spawns
+//! the session task. The task
+//!
+//! - applies every `FrameUpdate` to its [`Screen`] and answers `FrameAck` (so the site's
+//!   flow control sees how fast this terminal really is);
+//! - numbers inputs 1, 2, 3, … ([`Terminal::send_input`]), keeps each until the site's
+//!   cumulative `InputAck` covers it, and after any reconnect resends those above
+//!   `Welcome.last_input_seq`;
+//! - follows `Redirect` by itself: closes, connects to the new URL with
+//!   `Resume{last_frame_seq, screen_hash}` and carries on with the same screen and inputs
+//!   (also when a site answers `Hello` with `Redirect` instead of `Welcome`);
+//! - reconnects (with `Resume`) after a lost connection, a bad message or a retryable site
+//!   error, a few times with backoff;
+//! - records every message in its [`EnergyMeter`].
+//!
+//! What happens is reported as [`TerminalEvent`]s on a bounded channel. **Read it**: when
+//! it is full the session waits for the reader, and the site, getting no `FrameAck`,
+//! coalesces frames instead of queueing them. Commands ([`Terminal::send_input`],
+//! [`Terminal::sleep`], …) never wait: they change shared state and wake the task.
+//!
+//! Energy: the session sends nothing on its own except what the user does, `FrameAck`s of
+//! frames the site chose to send, and, only if [`TerminalOptions::keepalive`] is set, a
+//! `Ping` after that long without sending. A sleeping terminal with no keepalive is
+//! silent until the site has something (a notification) for it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use vmi_protocol::display::Screen;
+use vmi_protocol::{ClientMessage, Input, PROTOCOL_VERSION, Resume, ServerMessage, decode_server, encode_client};
+
+use crate::TerminalError;
+use crate::energy::{Clock, Direction, EnergyMeter, EnergyReport, system_clock};
+
+/// Largest message accepted from a site (docs/PROTOCOL.md, "Limits").
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Estimated bytes of a WebSocket opening handshake request (HTTP upgrade, without the
+/// URL) and response, for the energy account.
+const HANDSHAKE_REQUEST_BYTES: usize = 180;
+const HANDSHAKE_RESPONSE_BYTES: usize = 160;
+
+/// Redirects followed in a row while saying Hello (a site may redirect instead of welcoming).
+pub const MAX_REDIRECTS: u32 = 4;
+
+/// How many pings may wait for their pong; older ones are forgotten.
+const MAX_PINGS_IN_FLIGHT: usize = 8;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a session behaves. `TerminalOptions::default()` suits an interactive terminal.
+#[derive(Clone)]
+pub struct TerminalOptions {
+    /// Start asleep (screen off): the site sends no frame, only notifications.
+    pub asleep: bool,
+    /// The clock packets are recorded with (default: [`system_clock`]).
+    pub clock: Clock,
+    /// Capacity of the event channel (default 256).
+    pub event_capacity: usize,
+    /// Most inputs kept waiting for an acknowledgement (default 4096);
+    /// [`Terminal::send_input`] fails beyond it.
+    pub max_pending_inputs: usize,
+    /// Send a `Ping` after this long without sending anything (default `None`: never).
+    /// docs/PROTOCOL.md allows one after about 3 minutes, for NATs that drop idle
+    /// connections; each one wakes an idle radio (≈ 12.8 J in the LTE model, more than
+    /// a whole minute of a polling phone), so leave it off unless the network needs it.
+    pub keepalive: Option<Duration>,
+    /// Time allowed for connecting and the Hello/Welcome exchange (default 10 s).
+    pub connect_timeout: Duration,
+    /// Reconnection attempts after a lost connection or a redirect (default 5), with
+    /// backoff from 250 ms doubling.
+    pub reconnect_attempts: u32,
+}
+
+impl Default for TerminalOptions {
+    fn default() -> Self {
+        TerminalOptions {
+            asleep: false,
+            clock: system_clock(),
+            event_capacity: 256,
+            max_pending_inputs: 4096,
+            keepalive: None,
+            connect_timeout: Duration::from_secs(10),
+            reconnect_attempts: 5,
+        }
+    }
+}
+
+impl fmt::Debug for TerminalOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TerminalOptions")
+            .field("asleep", &self.asleep)
+            .field("event_capacity", &self.event_capacity)
+            .field("max_pending_inputs", &self.max_pending_inputs)
+            .field("keepalive", &self.keepalive)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_attempts", &self.reconnect_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Something that happened in a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TerminalEvent {
+    /// A `Welcome`: the session is open (first connect, redirect or reconnect).
+    Connected {
+        /// Phone screen width.
+        width: u16,
+        /// Phone screen height.
+        height: u16,
+        /// The site found this terminal's screen current (no full frame follows).
+        resumed: bool,
+    },
+    /// A frame update was applied to the screen (and acknowledged).
+    Frame {
+        /// The update's sequence number.
+        seq: u64,
+        /// Tiles in it (0 for the update that answers `Wake` with nothing changed).
+        tiles: usize,
+        /// Size of the message, bytes.
+        bytes: usize,
+        /// Hash of the whole screen after it (docs/PROTOCOL.md, "Screen hash").
+        screen_hash: u64,
+    },
+    /// Every input up to `seq` has been applied by the phone.
+    InputAcked {
+        /// Highest input applied.
+        seq: u64,
+    },
+    /// A notification from the phone (these arrive while asleep too).
+    Notification {
+        /// Title (e.g. sender).
+        title: String,
+        /// Body (e.g. subject).
+        body: String,
+        /// When it was raised, ms since the Unix epoch.
+        at_ms: u64,
+    },
+    /// The phone moved; the session follows it to `url`.
+    Redirected {
+        /// The new site's WebSocket URL.
+        url: String,
+    },
+    /// Round trip of a `Ping`.
+    Latency {
+        /// Microseconds from sending the ping to reading the pong.
+        rtt_us: u64,
+    },
+    /// Something went wrong; `fatal` says whether the session ends because of it (else it
+    /// reconnects).
+    Error {
+        /// What, for people.
+        message: String,
+        /// The session ends.
+        fatal: bool,
+    },
+    /// The session has ended; no more events follow.
+    Closed,
+}
+
+/// A snapshot of a session's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionStats {
+    /// The site's URL now (changes on redirect).
+    pub url: String,
+    /// A WebSocket is open and welcomed.
+    pub connected: bool,
+    /// The session has ended.
+    pub ended: bool,
+    /// The terminal asked to sleep.
+    pub asleep: bool,
+    /// Frame updates applied.
+    pub frames: u64,
+    /// Sequence number of the last frame update applied.
+    pub last_frame_seq: u64,
+    /// Highest input acknowledged.
+    pub acked_input: u64,
+    /// Inputs sent or queued but not yet acknowledged.
+    pub pending_inputs: usize,
+    /// Connections opened after the first (redirects and reconnects).
+    pub reconnects: u64,
+    /// Last measured round trip, microseconds.
+    pub latency_us: Option<u64>,
+}
+
+struct State {
+    screen: Screen,
+    last_frame_seq: u64,
+    frames: u64,
+    next_seq: u64,
+    pending: VecDeque<(u64, Input)>,
+    acked: u64,
+    asleep: bool,
+    /// A ping is wanted (several requests before the next send make one ping).
+    ping_wanted: bool,
+    closing: bool,
+    ended: bool,
+    connected: bool,
+    url: String,
+    reconnects: u64,
+    latency_us: Option<u64>,
+    energy: EnergyMeter,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+    close: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data; keep going with it.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record(&self, direction: Direction, bytes: usize) {
+        self.lock().energy.record(direction, bytes);
+    }
+}
+
+/// A connected terminal. Dropping it ends the session (the task closes the WebSocket).
+pub struct Terminal {
+    shared: Arc<Shared>,
+    events: Option<mpsc::Receiver<TerminalEvent>>,
+    task: Option<JoinHandle<()>>,
+    max_pending_inputs: usize,
+}
+
+impl fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Terminal").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl Terminal {
+    /// Connects to a site's terminal endpoint (`ws://host:port/v1/terminal`; `wss://` is
+    /// not supported by this build), says `Hello` with `token`, waits for `Welcome` and
+    /// starts the session task. The first event is [`TerminalEvent::Connected`].
+    pub async fn connect(ws_url: &str, token: &str, options: TerminalOptions) -> Result<Terminal, TerminalError> {
+        let energy = EnergyMeter::new(options.clock.clone());
+        let (close, close_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                screen: Screen::new(0, 0),
+                last_frame_seq: 0,
+                frames: 0,
+                next_seq: 1,
+                pending: VecDeque::new(),
+                acked: 0,
+                asleep: options.asleep,
+                ping_wanted: false,
+                closing: false,
+                ended: false,
+                connected: false,
+                url: ws_url.to_owned(),
+                reconnects: 0,
+                latency_us: None,
+                energy,
+            }),
+            wake: Notify::new(),
+            close,
+        });
+        let link = open(&shared, ws_url, token, None, options.connect_timeout).await?;
+        let (tx, rx) = mpsc::channel(options.event_capacity.max(1));
+        let max_pending_inputs = options.max_pending_inputs;
+        let session = Session { shared: shared.clone(), events: tx, close: close_rx, token: token.to_owned(), options };
+        let task = tokio::spawn(session.run(link));
+        Ok(Terminal { shared, events: Some(rx), task: Some(task), max_pending_inputs })
+    }
+
+    /// The next event, or `None` once the session has ended (or the receiver was taken).
+    pub async fn next_event(&mut self) -> Option<TerminalEvent> {
+        self.events.as_mut()?.recv().await
+    }
+
+    /// Takes the event receiver, to read events in another task. Later calls return `None`.
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<TerminalEvent>> {
+        self.events.take()
+    }
+
+    /// Queues an input and returns its sequence number. The input is kept (and resent
+    /// after a reconnect or redirect) until the site acknowledges it.
+    pub fn send_input(&self, input: Input) -> Result<u64, TerminalError> {
+        let seq = {
+            let mut s = self.shared.lock();
+            if s.ended || s.closing {
+                return Err(TerminalError::Closed);
+            }
+            if s.pending.len() >= self.max_pending_inputs {
+                return Err(TerminalError::InputQueueFull { limit: self.max_pending_inputs });
+            }
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.pending.push_back((seq, input));
+            seq
+        };
+        self.shared.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Screen off: the site stops sending frames (notifications still come).
+    pub fn sleep(&self) {
+        self.set_asleep(true);
+    }
+
+    /// Screen on: the site sends one up-to-date frame, then frames as they change.
+    pub fn wake(&self) {
+        self.set_asleep(false);
+    }
+
+    fn set_asleep(&self, asleep: bool) {
+        self.shared.lock().asleep = asleep;
+        self.shared.wake.notify_one();
+    }
+
+    /// Whether the terminal asked to sleep.
+    pub fn is_asleep(&self) -> bool {
+        self.shared.lock().asleep
+    }
+
+    /// Sends a latency probe; the answer is a [`TerminalEvent::Latency`].
+    pub fn ping(&self) {
+        self.shared.lock().ping_wanted = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// The screen now: width, height and a copy of its RGBA8 pixels.
+    pub fn screen(&self) -> (u16, u16, Vec<u8>) {
+        let s = self.shared.lock();
+        (s.screen.width(), s.screen.height(), s.screen.rgba().to_vec())
+    }
+
+    /// The hash of the screen now (what a `Resume` would carry).
+    pub fn screen_hash(&self) -> u64 {
+        self.shared.lock().screen.hash()
+    }
+
+    /// Saves the screen as an RGBA PNG (blocking file I/O; a phone screen takes a few ms).
+    pub fn save_png(&self, path: impl AsRef<Path>) -> Result<(), TerminalError> {
+        let (w, h, rgba) = self.screen();
+        write_png(path.as_ref(), w, h, &rgba)
+    }
+
+    /// What this session's traffic has cost so far in the LTE model.
+    pub fn energy(&self) -> EnergyReport {
+        self.shared.lock().energy.report()
+    }
+
+    /// Runs `f` on the session's energy meter (e.g. to read its packet trace).
+    pub fn with_energy_meter<R>(&self, f: impl FnOnce(&EnergyMeter) -> R) -> R {
+        f(&self.shared.lock().energy)
+    }
+
+    /// The session's counters now.
+    pub fn stats(&self) -> SessionStats {
+        let s = self.shared.lock();
+        SessionStats {
+            url: s.url.clone(),
+            connected: s.connected,
+            ended: s.ended,
+            asleep: s.asleep,
+            frames: s.frames,
+            last_frame_seq: s.last_frame_seq,
+            acked_input: s.acked,
+            pending_inputs: s.pending.len(),
+            reconnects: s.reconnects,
+            latency_us: s.latency_us,
+        }
+    }
+
+    /// Ends the session: closes the WebSocket and waits (at most 2 s) for the task. The
+    /// event stream ends with [`TerminalEvent::Closed`].
+    pub async fn close(mut self) {
+        self.request_close();
+        if let Some(task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(2), task).await.is_err()
+        {
+            tracing::warn!("terminal session did not stop within 2 s");
+        }
+    }
+
+    fn request_close(&self) {
+        self.shared.lock().closing = true;
+        self.shared.close.send_replace(true);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.request_close();
+    }
+}
+
+/// Writes RGBA8 pixels as a PNG file.
+pub fn write_png(path: &Path, width: u16, height: u16, rgba: &[u8]) -> Result<(), TerminalError> {
+    let file = File::create(path).map_err(|source| TerminalError::Write { path: path.to_owned(), source })?;
+    let png_err = |source| TerminalError::Png { path: path.to_owned(), source };
+    let mut encoder = png::Encoder::new(BufWriter::new(file), u32::from(width), u32::from(height));
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder.write_header().map_err(png_err)?;
+    writer.write_image_data(rgba).map_err(png_err)?;
+    writer.finish().map_err(png_err)
+}
+
+/// Bytes a WebSocket message of `payload` bytes takes on the wire: the frame header
+/// (2, 4 or 10 bytes) plus the 4-byte mask on client frames.
+fn ws_wire_bytes(payload: usize, from_client: bool) -> usize {
+    let header = match payload {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    };
+    payload + header + if from_client { 4 } else { 0 }
+}
+
+/// An open, welcomed connection.
+struct Link {
+    ws: Ws,
+    url: String,
+    /// What the site was last told: asleep or awake.
+    asleep_sent: bool,
+    /// Highest input seq sent on this connection.
+    sent_upto: u64,
+    /// When this terminal last sent anything (keepalive).
+    last_sent: Instant,
+}
+
+async fn send(shared: &Shared, ws: &mut Ws, msg: &ClientMessage) -> Result<(), TerminalError> {
+    let bytes = encode_client(msg);
+    shared.record(Direction::Up, ws_wire_bytes(bytes.len(), true));
+    ws.send(Message::binary(bytes)).await.map_err(TerminalError::WebSocket)
+}
+
+/// The answer to a Hello.
+enum Answer {
+    /// The session is open.
+    Welcome { ws: Box<Ws>, asleep_sent: bool, width: u16, height: u16, last_input_seq: u64, resumed: bool },
+    /// The phone is elsewhere: say Hello there.
+    Redirect(String),
+}
+
+/// Connects to `url`, says Hello and reads the answer.
+async fn hello(shared: &Shared, url: &str, token: &str, resume: Option<Resume>) -> Result<Answer, TerminalError> {
+    let config =
+        WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let (mut ws, _response) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .map_err(|source| TerminalError::Connect { url: url.to_owned(), source })?;
+    shared.record(Direction::Up, HANDSHAKE_REQUEST_BYTES + url.len());
+    shared.record(Direction::Down, HANDSHAKE_RESPONSE_BYTES);
+    let asleep = shared.lock().asleep;
+    let hello = ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: token.to_owned(), resume, asleep };
+    send(shared, &mut ws, &hello).await?;
+    match read(shared, &mut ws).await? {
+        Some((ServerMessage::Welcome { version: _, width, height, last_input_seq, resumed }, _)) => {
+            Ok(Answer::Welcome { ws: Box::new(ws), asleep_sent: asleep, width, height, last_input_seq, resumed })
+        }
+        Some((ServerMessage::Redirect { url }, _)) => {
+            let _ = ws.close(None).await;
+            Ok(Answer::Redirect(url))
+        }
+        Some((ServerMessage::Error { code, message }, _)) => Err(TerminalError::Site { code, message }),
+        Some(_) => Err(TerminalError::Unexpected("message before Welcome")),
+        None => Err(TerminalError::Unexpected("close before Welcome")),
+    }
+}
+
+/// Connects, says Hello (with `resume` when reconnecting) and waits for Welcome, following
+/// at most [`MAX_REDIRECTS`] redirects sent instead of Welcome; updates the screen size and
+/// the input queue from the Welcome. Returns the events to report: a `Redirected` per
+/// redirect followed, `Connected` and, if Welcome says kept inputs were already applied,
+/// `InputAcked`.
+async fn open(
+    shared: &Shared,
+    url: &str,
+    token: &str,
+    resume: Option<Resume>,
+    timeout: Duration,
+) -> Result<(Link, Vec<TerminalEvent>), TerminalError> {
+    let mut events = Vec::new();
+    let mut url = url.to_owned();
+    let mut hops = 0;
+    let (ws, asleep_sent, width, height, last_input_seq, resumed) = loop {
+        let answer = tokio::time::timeout(timeout, hello(shared, &url, token, resume))
+            .await
+            .map_err(|_| TerminalError::Timeout("waiting for Welcome"))??;
+        match answer {
+            Answer::Welcome { ws, asleep_sent, width, height, last_input_seq, resumed } => {
+                break (ws, asleep_sent, width, height, last_input_seq, resumed);
+            }
+            Answer::Redirect(next) if hops < MAX_REDIRECTS => {
+                hops += 1;
+                events.push(TerminalEvent::Redirected { url: next.clone() });
+                url = next;
+            }
+            Answer::Redirect(_) => return Err(TerminalError::Unexpected("redirect loop")),
+        }
+    };
+    let mut applied = None;
+    {
+        let mut s = shared.lock();
+        if (s.screen.width(), s.screen.height()) != (width, height) {
+            s.screen = Screen::new(width, height);
+        }
+        // Inputs up to last_input_seq are applied: drop them; resend the rest.
+        while s.pending.front().is_some_and(|&(seq, _)| seq <= last_input_seq) {
+            s.pending.pop_front();
+            applied = Some(last_input_seq);
+        }
+        if s.pending.is_empty() {
+            s.next_seq = s.next_seq.max(last_input_seq + 1);
+        }
+        s.acked = s.acked.max(last_input_seq);
+        s.connected = true;
+        s.url.clone_from(&url);
+    }
+    let link = Link { ws: *ws, url, asleep_sent, sent_upto: last_input_seq, last_sent: Instant::now() };
+    events.push(TerminalEvent::Connected { width, height, resumed });
+    events.extend(applied.map(|seq| TerminalEvent::InputAcked { seq }));
+    Ok((link, events))
+}
+
+/// Reads the next protocol message and its size; `None` when the site closed the WebSocket.
+async fn read(shared: &Shared, ws: &mut Ws) -> Result<Option<(ServerMessage, usize)>, TerminalError> {
+    loop {
+        let Some(message) = ws.next().await else { return Ok(None) };
+        match message.map_err(TerminalError::WebSocket)? {
+            Message::Binary(bytes) => {
+                shared.record(Direction::Down, ws_wire_bytes(bytes.len(), false));
+                return decode_server(&bytes).map(|m| Some((m, bytes.len()))).map_err(TerminalError::Protocol);
+            }
+            Message::Text(text) => {
+                shared.record(Direction::Down, ws_wire_bytes(text.len(), false));
+                return Err(TerminalError::Unexpected("text message"));
+            }
+            Message::Ping(payload) => {
+                // tungstenite answers with a pong by itself.
+                shared.record(Direction::Down, ws_wire_bytes(payload.len(), false));
+                shared.record(Direction::Up, ws_wire_bytes(payload.len(), true));
+            }
+            Message::Pong(payload) => shared.record(Direction::Down, ws_wire_bytes(payload.len(), false)),
+            Message::Close(_) => {
+                shared.record(Direction::Down, ws_wire_bytes(2, false));
+                return Ok(None);
+            }
+            Message::Frame(_) => {}
+        }
+    }
+}
+
+/// Why a connection ended.
+enum Outcome {
+    /// The terminal asked to close.
+    Closed,
+    /// The site redirected the session.
+    Redirect(String),
+    /// The connection failed; reconnect unless the error is fatal.
+    Lost(TerminalError),
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    events: mpsc::Sender<TerminalEvent>,
+    close: watch::Receiver<bool>,
+    token: String,
+    options: TerminalOptions,
+}
+
+impl Session {
+    /// Delivers an event, waiting while the channel is full, unless the terminal closes.
+    async fn emit(&mut self, event: TerminalEvent) {
+        let events = self.events.clone();
+        tokio::select! {
+            _ = events.send(event) => {}
+            _ = self.close.wait_for(|closing| *closing) => {}
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.shared.lock().closing
+    }
+
+    async fn run(mut self, first: (Link, Vec<TerminalEvent>)) {
+        let (mut link, connected) = first;
+        for event in connected {
+            self.emit(event).await;
+        }
+        loop {
+            let outcome = self.serve(&mut link).await;
+            self.shared.lock().connected = false;
+            let _ = tokio::time::timeout(Duration::from_secs(1), link.ws.close(None)).await;
+            let url = match outcome {
+                Outcome::Closed => break,
+                Outcome::Redirect(url) => {
+                    self.emit(TerminalEvent::Redirected { url: url.clone() }).await;
+                    url
+                }
+                Outcome::Lost(error) => {
+                    let fatal = error.is_fatal();
+                    tracing::warn!(error = %error_chain(&error), fatal, "terminal session lost");
+                    self.emit(TerminalEvent::Error { message: error_chain(&error), fatal }).await;
+                    if fatal {
+                        break;
+                    }
+                    link.url.clone()
+                }
+            };
+            match self.reconnect(&url).await {
+                Some(next) => link = next,
+                None => break,
+            }
+        }
+        {
+            let mut s = self.shared.lock();
+            s.ended = true;
+            s.connected = false;
+        }
+        // Never wait here: a reader that stopped reading still sees the channel end.
+        let _ = self.events.try_send(TerminalEvent::Closed);
+    }
+
+    /// Opens a new connection to `url` with the current resume state, retrying with backoff.
+    async fn reconnect(&mut self, url: &str) -> Option<Link> {
+        let mut backoff = Duration::from_millis(250);
+        for attempt in 1..=self.options.reconnect_attempts.max(1) {
+            if self.closing() {
+                return None;
+            }
+            let resume = {
+                let s = self.shared.lock();
+                Resume { last_frame_seq: s.last_frame_seq, screen_hash: s.screen.hash() }
+            };
+            match open(&self.shared, url, &self.token, Some(resume), self.options.connect_timeout).await {
+                Ok((link, connected)) => {
+                    self.shared.lock().reconnects += 1;
+                    for event in connected {
+                        self.emit(event).await;
+                    }
+                    return Some(link);
+                }
+                Err(error) => {
+                    let fatal = error.is_fatal() || attempt == self.options.reconnect_attempts.max(1);
+                    tracing::warn!(url, attempt, error = %error_chain(&error), "reconnect failed");
+                    if fatal {
+                        self.emit(TerminalEvent::Error { message: error_chain(&error), fatal: true }).await;
+                        return None;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.close.wait_for(|closing| *closing) => return None,
+            }
+            backoff *= 2;
+        }
+        None
+    }
+
+    /// Runs one connection until it ends.
+    async fn serve(&mut self, link: &mut Link) -> Outcome {
+        let mut nonce = 0u64;
+        let mut pings: VecDeque<(u64, std::time::Instant)> = VecDeque::new();
+        loop {
+            if let Err(error) = self.flush(link, &mut nonce, &mut pings).await {
+                return Outcome::Lost(error);
+            }
+            if self.closing() {
+                return Outcome::Closed;
+            }
+            let keepalive_at = self.options.keepalive.map(|period| link.last_sent + period);
+            let keepalive = async move {
+                match keepalive_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let shared = self.shared.clone();
+            tokio::select! {
+                message = read(&shared, &mut link.ws) => {
+                    let (message, bytes) = match message {
+                        Ok(Some(message)) => message,
+                        Ok(None) => return Outcome::Lost(TerminalError::Unexpected("close")),
+                        Err(error) => return Outcome::Lost(error),
+                    };
+                    if let Some(outcome) = self.handle(link, message, bytes, &mut pings).await {
+                        return outcome;
+                    }
+                }
+                () = shared.wake.notified() => {}
+                () = keepalive => {
+                    shared.lock().ping_wanted = true;
+                }
+            }
+        }
+    }
+
+    /// Sends whatever the shared state asks for: sleep/wake changes, unsent inputs, pings.
+    async fn flush(
+        &mut self,
+        link: &mut Link,
+        nonce: &mut u64,
+        pings: &mut VecDeque<(u64, std::time::Instant)>,
+    ) -> Result<(), TerminalError> {
+        let mut out = Vec::new();
+        {
+            let mut s = self.shared.lock();
+            if s.asleep != link.asleep_sent {
+                out.push(if s.asleep { ClientMessage::Sleep } else { ClientMessage::Wake });
+                link.asleep_sent = s.asleep;
+            }
+            for (seq, input) in s.pending.iter().filter(|(seq, _)| *seq > link.sent_upto) {
+                out.push(ClientMessage::Input { seq: *seq, input: input.clone() });
+            }
+            if let Some((seq, _)) = s.pending.back() {
+                link.sent_upto = link.sent_upto.max(*seq);
+            }
+            if std::mem::take(&mut s.ping_wanted) {
+                *nonce += 1;
+                out.push(ClientMessage::Ping { nonce: *nonce });
+            }
+        }
+        for msg in &out {
+            if let ClientMessage::Ping { nonce } = msg {
+                if pings.len() == MAX_PINGS_IN_FLIGHT {
+                    pings.pop_front();
+                }
+                pings.push_back((*nonce, std::time::Instant::now()));
+            }
+            send(&self.shared, &mut link.ws, msg).await?;
+            link.last_sent = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Handles one message; `Some` ends the connection.
+    async fn handle(
+        &mut self,
+        link: &mut Link,
+        message: ServerMessage,
+        bytes: usize,
+        pings: &mut VecDeque<(u64, std::time::Instant)>,
+    ) -> Option<Outcome> {
+        match message {
+            ServerMessage::FrameUpdate { seq, tiles } => {
+                let applied = {
+                    let mut s = self.shared.lock();
+                    match s.screen.apply(&tiles) {
+                        Ok(()) => {
+                            s.last_frame_seq = seq;
+                            s.frames += 1;
+                            Ok(s.screen.hash())
+                        }
+                        Err(error) => Err(error),
+                    }
+                };
+                let screen_hash = match applied {
+                    Ok(hash) => hash,
+                    Err(error) => return Some(Outcome::Lost(TerminalError::Protocol(error))),
+                };
+                self.emit(TerminalEvent::Frame { seq, tiles: tiles.len(), bytes, screen_hash }).await;
+                if let Err(error) = send(&self.shared, &mut link.ws, &ClientMessage::FrameAck { seq }).await {
+                    return Some(Outcome::Lost(error));
+                }
+                link.last_sent = Instant::now();
+            }
+            ServerMessage::InputAck { seq } => {
+                {
+                    let mut s = self.shared.lock();
+                    while s.pending.front().is_some_and(|&(pending, _)| pending <= seq) {
+                        s.pending.pop_front();
+                    }
+                    s.acked = s.acked.max(seq);
+                }
+                self.emit(TerminalEvent::InputAcked { seq }).await;
+            }
+            ServerMessage::Notification { title, body, at_ms } => {
+                self.emit(TerminalEvent::Notification { title, body, at_ms }).await;
+            }
+            ServerMessage::Redirect { url } => return Some(Outcome::Redirect(url)),
+            ServerMessage::Pong { nonce } => {
+                if let Some(i) = pings.iter().position(|&(n, _)| n == nonce) {
+                    let (_, sent) = pings.remove(i)?;
+                    let rtt_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.shared.lock().latency_us = Some(rtt_us);
+                    self.emit(TerminalEvent::Latency { rtt_us }).await;
+                }
+            }
+            ServerMessage::Error { code, message } => {
+                return Some(Outcome::Lost(TerminalError::Site { code, message }));
+            }
+            ServerMessage::Welcome { .. } => {
+                return Some(Outcome::Lost(TerminalError::Unexpected("second Welcome")));
+            }
+        }
+        None
+    }
+}
+
+/// An error with its causes, `a: b: c`.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

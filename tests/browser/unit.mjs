@@ -1,0 +1,493 @@
+// Unit tests of the browser terminal's pure parts (crates/vmi-site/web/terminal.js):
+// LZ4 block decoding, the message codec of docs/PROTOCOL.md, screen updates and the
+// screen hash. Node only, no dependencies:   node tests/browser/unit.mjs
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const webDir = join(here, '..', '..', 'crates', 'vmi-site', 'web');
+
+// terminal.js is an ES module served to browsers as .js; node 20 would read a .js file
+// outside a "type": "module" package as CommonJS, so import a copy named .mjs.
+const tmp = mkdtempSync(join(tmpdir(), 'vmi-unit-'));
+const copy = join(tmp, 'terminal.mjs');
+writeFileSync(copy, readFileSync(join(webDir, 'terminal.js')));
+const T = await import(pathToFileURL(copy).href);
+rmSync(tmp, { recursive: true, force: true });
+
+let passed = 0;
+let failed = 0;
+async function test(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok   ${name}`);
+  } catch (e) {
+    failed++;
+    console.log(`FAIL ${name}\n     ${(e && e.stack) || e}`);
+  }
+}
+
+const hex = (s) => Uint8Array.from(s.trim().split(/\s+/).filter(Boolean), (b) => parseInt(b, 16));
+const toHex = (u8) => Array.from(u8, (b) => b.toString(16).padStart(2, '0').toUpperCase()).join(' ');
+const throwsKind = (fn, kind) =>
+  assert.throws(fn, (e) => {
+    assert.ok(e instanceof T.ProtocolError, `not a ProtocolError: ${e}`);
+    assert.equal(e.kind, kind, `kind ${e.kind} (${e.message}), expected ${kind}`);
+    return true;
+  });
+
+// A small builder for site -> terminal messages (the test's own encoder, written from
+// PROTOCOL.md independently of the decoder under test).
+class B {
+  constructor() {
+    this.a = [];
+  }
+  u8(x) {
+    this.a.push(x & 255);
+    return this;
+  }
+  u16(x) {
+    return this.u8(x).u8(x >>> 8);
+  }
+  u32(x) {
+    return this.u16(x & 0xffff).u16(x >>> 16);
+  }
+  u64(x) {
+    return this.u32(x % 2 ** 32).u32(Math.floor(x / 2 ** 32));
+  }
+  str(s) {
+    const b = new TextEncoder().encode(s);
+    this.u16(b.length);
+    this.a.push(...b);
+    return this;
+  }
+  raw(bytes) {
+    for (const b of bytes) this.a.push(b);
+    return this;
+  }
+  done() {
+    return Uint8Array.from(this.a);
+  }
+}
+
+// ---- the screen hash ---------------------------------------------------------------
+
+await test('screen hash: PROTOCOL.md vectors', () => {
+  const v = (bytes) => {
+    const [lo, hi] = T.screenHashParts(bytes);
+    return `0x${hi.toString(16).toUpperCase().padStart(8, '0')}_${lo.toString(16).toUpperCase().padStart(8, '0')}`;
+  };
+  assert.equal(v(new Uint8Array(0)), '0x9E3779B9_811C9DC5');
+  assert.equal(v(Uint8Array.of(0x61)), '0xD58782B8_E40C292C');
+  assert.equal(v(hex('FF 00 00 FF 00 00 FF FF')), '0xCD13D999_F2B58399');
+  assert.equal(v(new Uint8Array(720 * 1280 * 4)), '0x7B1279B9_9BC99DC5');
+  assert.equal(T.hashHex(T.screenHashParts(new Uint8Array(0))), '9e3779b9811c9dc5');
+});
+
+await test('screen hash: a fresh 720x1280 Screen hashes as all-zero bytes', () => {
+  const s = new T.Screen(720, 1280);
+  assert.equal(T.hashHex(s.hash()), '7b1279b99bc99dc5');
+});
+
+// ---- LZ4 -------------------------------------------------------------------------------
+
+function xorshift(seed) {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}
+
+// The generators of tests/browser/fixtures/make_lz4.py, byte for byte.
+function gen(spec) {
+  const n = spec.n ?? 0;
+  switch (spec.kind) {
+    case 'zeros':
+      return new Uint8Array(n);
+    case 'seq':
+      return Uint8Array.from({ length: n }, (_, i) => i & 255);
+    case 'random': {
+      const r = xorshift(spec.seed);
+      return Uint8Array.from({ length: n }, () => r() & 255);
+    }
+    case 'text': {
+      const r = xorshift(spec.seed);
+      const base = new TextEncoder().encode('Hello from Chromium! Lunch? Noon. ');
+      const out = Uint8Array.from({ length: n }, (_, i) => base[i % base.length]);
+      for (let i = 0; i < n; i += 37) out[i] = 97 + (r() % 26);
+      return out;
+    }
+    case 'runs': {
+      const r = xorshift(spec.seed);
+      const out = [];
+      while (out.length < n) {
+        const k = r() % 4;
+        if (k === 0) {
+          for (let c = r() % 300; c > 0; c--) out.push(r() & 255);
+        } else {
+          const period = 1 + (r() % 6);
+          const pat = Array.from({ length: period }, () => r() & 255);
+          for (let j = 0, c = r() % 700; j < c; j++) out.push(pat[j % period]);
+        }
+      }
+      return Uint8Array.from(out.slice(0, n));
+    }
+    case 'tile': {
+      const { w, h } = spec;
+      const r = xorshift(spec.seed);
+      const out = new Uint8Array(w * h * 4);
+      let o = 0;
+      for (let y = 0; y < h; y++) {
+        for (let x = 0; x < w; x++) {
+          let px;
+          if (y >= 10 && y < 20) px = [30, 120, 220, 255];
+          else if (y >= h >> 1 && y < (h >> 1) + 12 && r() % 9 === 0) px = [20, 20, 20, 255];
+          else if (((x >> 3) + (y >> 3)) % 5 === 0) px = [x & 255, y & 255, 200, 255];
+          else px = [240, 240, 245, 255];
+          out.set(px, o);
+          o += 4;
+        }
+      }
+      return out;
+    }
+    default:
+      throw new Error(`unknown generator ${spec.kind}`);
+  }
+}
+
+const fixtures = JSON.parse(readFileSync(join(here, 'fixtures', 'lz4.json'), 'utf8'));
+
+await test(`lz4: ${fixtures.cases.length} blocks from the reference C library (${fixtures.made_by})`, () => {
+  for (const c of fixtures.cases) {
+    const want = gen(c.gen);
+    assert.equal(want.length, c.n, `generator length for ${JSON.stringify(c.gen)}`);
+    const block = Uint8Array.from(Buffer.from(c.block, 'base64'));
+    const got = new Uint8Array(c.n);
+    T.lz4DecodeBlock(block, got);
+    assert.ok(Buffer.from(got).equals(Buffer.from(want)), `${JSON.stringify(c.gen)} ${c.mode}: bytes differ`);
+    // into the middle of a larger buffer: nothing outside the range is touched
+    const big = new Uint8Array(c.n + 10).fill(0xaa);
+    T.lz4DecodeBlock(block, big, 5, c.n);
+    assert.ok(Buffer.from(big.subarray(5, 5 + c.n)).equals(Buffer.from(want)));
+    assert.ok(big.subarray(0, 5).every((b) => b === 0xaa) && big.subarray(5 + c.n).every((b) => b === 0xaa));
+    // one byte too many or too few expected: an error, never a partial success
+    if (c.n > 1) throwsKind(() => T.lz4DecodeBlock(block, new Uint8Array(c.n - 1)), 'BadValue');
+    throwsKind(() => T.lz4DecodeBlock(block, new Uint8Array(c.n + 1)), 'BadValue');
+  }
+});
+
+await test('lz4: hand-made blocks (literals only, overlapping match, long lengths)', () => {
+  const dec = (block, n) => {
+    const out = new Uint8Array(n);
+    T.lz4DecodeBlock(Uint8Array.from(block), out);
+    return out;
+  };
+  // "abcd": token 0x40, 4 literals
+  assert.equal(new TextDecoder().decode(dec([0x40, 97, 98, 99, 100], 4)), 'abcd');
+  // "a" then match offset 1 length 4+5=9, then 1 literal "b": "aaaaaaaaaab"
+  assert.equal(new TextDecoder().decode(dec([0x15, 97, 1, 0, 0x10, 98], 11)), 'aaaaaaaaaab');
+  // "ab", match offset 2 len 4 -> "ababab", end literal "!"
+  assert.equal(new TextDecoder().decode(dec([0x20, 97, 98, 2, 0, 0x10, 33], 7)), 'ababab!');
+  // 15+255+3 = 273 literals (two extra length bytes)
+  const lits = Array.from({ length: 273 }, (_, i) => i & 255);
+  assert.deepEqual(Array.from(dec([0xf0, 255, 3, ...lits], 273)), lits);
+  // 1 literal, match offset 1 with length 4+15+255+0 = 274, then last literal
+  const out = dec([0x1f, 7, 1, 0, 255, 0, 0x10, 9], 276);
+  assert.equal(out[0], 7);
+  assert.ok(out.subarray(1, 275).every((b) => b === 7));
+  assert.equal(out[275], 9);
+  // an empty last sequence (token 0) is valid
+  assert.deepEqual(Array.from(dec([0x14, 5, 1, 0, 0x00], 9)), [5, 5, 5, 5, 5, 5, 5, 5, 5]);
+});
+
+await test('lz4: malformed blocks are errors, and never write out of range', () => {
+  const bad = (block, n) => throwsKind(() => T.lz4DecodeBlock(Uint8Array.from(block), new Uint8Array(n)), 'BadValue');
+  bad([], 4); // empty block
+  bad([0x40, 97, 98], 4); // literals cut short
+  bad([0xf0], 20); // literal length cut short
+  bad([0xf0, 255], 300); // ... in its extension bytes
+  bad([0x15, 97, 1], 11); // offset cut short
+  bad([0x15, 97, 0, 0, 0x10, 98], 11); // offset 0
+  bad([0x15, 97, 2, 0, 0x10, 98], 11); // offset before the start of the output
+  bad([0x1f, 97, 1, 0], 30); // match length cut short
+  bad([0x15, 97, 1, 0], 10); // ends after a match (no last literals)
+  bad([0x40, 97, 98, 99, 100], 3); // more output than expected
+  bad([0x40, 97, 98, 99, 100], 5); // less output than expected
+  bad([0x1f, 7, 1, 0, 255, 255, 255, 0, 0x10, 9], 64); // huge match into a small buffer
+  // a malicious match past the end must not touch the bytes after the range
+  const dst = new Uint8Array(16).fill(0xee);
+  assert.throws(() => T.lz4DecodeBlock(Uint8Array.from([0x1f, 7, 1, 0, 50, 0x10, 9]), dst, 0, 8));
+  assert.ok(dst.subarray(8).every((b) => b === 0xee));
+});
+
+// ---- terminal -> site encoding -------------------------------------------------------
+
+await test('encode: the example bytes of PROTOCOL.md', () => {
+  assert.equal(toHex(T.encodeClient({ type: 'Ping', nonce: 5 })), '06 05 00 00 00 00 00 00 00');
+  assert.equal(toHex(T.encodeClient({ type: 'Sleep' })), '04');
+  assert.equal(toHex(T.encodeClient({ type: 'Wake' })), '05');
+  assert.equal(
+    toHex(T.encodeClient({ type: 'Input', seq: 1, input: { kind: 'touch', phase: 0, x: 100, y: 200 } })),
+    '02 01 00 00 00 00 00 00 00 00 00 64 00 C8 00',
+  );
+  assert.equal(
+    toHex(T.encodeClient({ type: 'Input', seq: 2, input: { kind: 'key', code: 0, text: 'é' } })),
+    '02 02 00 00 00 00 00 00 00 01 00 01 E9 00 00 00',
+  );
+  assert.equal(
+    toHex(T.encodeClient({ type: 'Hello', version: 1, token: 'ab', resume: null, asleep: false })),
+    '01 01 00 02 00 61 62 00 00',
+  );
+});
+
+await test('encode: Hello with Resume, keys, FrameAck, big numbers', () => {
+  const hello = T.encodeClient({
+    type: 'Hello',
+    token: 'tök',
+    resume: { last_frame_seq: 2 ** 40 + 3, screen_hash: [0x811c9dc5, 0x9e3779b9] },
+    asleep: true,
+  });
+  assert.equal(
+    toHex(hello),
+    '01 01 00 04 00 74 C3 B6 6B 01 03 00 00 00 00 01 00 00 C5 9D 1C 81 B9 79 37 9E 01',
+  );
+  assert.equal(
+    toHex(T.encodeClient({ type: 'Input', seq: 300, input: { kind: 'key', code: 8, text: null } })),
+    '02 2C 01 00 00 00 00 00 00 01 08 00',
+  );
+  // a character outside the BMP is one scalar (not two UTF-16 halves)
+  assert.equal(
+    toHex(T.encodeClient({ type: 'Input', seq: 1, input: { kind: 'key', code: 0, text: '😀' } })),
+    '02 01 00 00 00 00 00 00 00 01 00 01 00 F6 01 00',
+  );
+  assert.equal(
+    toHex(T.encodeClient({ type: 'Input', seq: 3, input: { kind: 'touch', phase: 2, x: 719, y: 1279 } })),
+    '02 03 00 00 00 00 00 00 00 00 02 CF 02 FF 04',
+  );
+  assert.equal(toHex(T.encodeClient({ type: 'FrameAck', seq: 258 })), '03 02 01 00 00 00 00 00 00');
+  assert.throws(() => T.encodeClient({ type: 'Hello', token: 'x'.repeat(513), asleep: false }), RangeError);
+  assert.doesNotThrow(() => T.encodeClient({ type: 'Hello', token: 'x'.repeat(512), asleep: false }));
+});
+
+// ---- site -> terminal decoding ----------------------------------------------------
+
+await test('decode: the example bytes of PROTOCOL.md', () => {
+  const fu = T.decodeServer(
+    hex('82 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 40 00 40 00 00 10 20 30 FF'),
+  );
+  assert.deepEqual(fu, {
+    type: 'FrameUpdate',
+    seq: 1,
+    tiles: [{ x: 0, y: 0, w: 64, h: 64, kind: 'solid', r: 0x10, g: 0x20, b: 0x30, a: 0xff }],
+  });
+  assert.deepEqual(T.decodeServer(hex('87 03 01 00 78')), {
+    type: 'Error',
+    code: 3,
+    codeName: 'BadMessage',
+    message: 'x',
+  });
+});
+
+await test('decode: every site message', () => {
+  const welcome = new B().u8(0x81).u16(1).u16(720).u16(1280).u64(41).u8(1).done();
+  assert.deepEqual(T.decodeServer(welcome), {
+    type: 'Welcome',
+    version: 1,
+    width: 720,
+    height: 1280,
+    last_input_seq: 41,
+    resumed: true,
+  });
+  // also from an ArrayBuffer, as a WebSocket delivers it
+  assert.equal(T.decodeServer(welcome.slice().buffer).width, 720);
+  assert.deepEqual(T.decodeServer(new B().u8(0x83).u64(2 ** 33 + 7).done()), { type: 'InputAck', seq: 2 ** 33 + 7 });
+  assert.deepEqual(
+    T.decodeServer(new B().u8(0x84).str('ann@example.com').str('Lunch? ☕').u64(1764000000123).done()),
+    { type: 'Notification', title: 'ann@example.com', body: 'Lunch? ☕', at_ms: 1764000000123 },
+  );
+  assert.deepEqual(T.decodeServer(new B().u8(0x85).str('ws://10.0.0.2:8080/v1/terminal').done()), {
+    type: 'Redirect',
+    url: 'ws://10.0.0.2:8080/v1/terminal',
+  });
+  assert.deepEqual(T.decodeServer(new B().u8(0x86).u64(99).done()), { type: 'Pong', nonce: 99 });
+  for (const [code, name] of [[1, 'Unauthorized'], [2, 'Version'], [4, 'NotHere'], [5, 'PhoneDown'], [6, 'Internal']]) {
+    assert.equal(T.decodeServer(new B().u8(0x87).u8(code).str('').done()).codeName, name);
+  }
+  const raw = Uint8Array.from({ length: 2 * 3 * 4 }, (_, i) => i);
+  const lz4 = Uint8Array.from([0x40, 1, 2, 3, 4]);
+  const fu = T.decodeServer(
+    new B()
+      .u8(0x82).u64(7).u32(3)
+      .u16(64).u16(128).u16(2).u16(3).u8(2).u32(raw.length).raw(raw)
+      .u16(0).u16(0).u16(1).u16(1).u8(1).u32(lz4.length).raw(lz4)
+      .u16(5).u16(6).u16(7).u16(8).u8(0).raw([1, 2, 3, 4])
+      .done(),
+  );
+  assert.equal(fu.seq, 7);
+  assert.equal(fu.tiles.length, 3);
+  assert.deepEqual(Array.from(fu.tiles[0].data), Array.from(raw));
+  assert.equal(fu.tiles[0].kind, 'raw');
+  assert.equal(fu.tiles[1].kind, 'lz4');
+  assert.deepEqual(Array.from(fu.tiles[1].data), Array.from(lz4));
+  assert.deepEqual(fu.tiles[2], { x: 5, y: 6, w: 7, h: 8, kind: 'solid', r: 1, g: 2, b: 3, a: 4 });
+  // an update with no tile (the answer to Wake when nothing changed)
+  assert.deepEqual(T.decodeServer(new B().u8(0x82).u64(3).u32(0).done()), { type: 'FrameUpdate', seq: 3, tiles: [] });
+});
+
+await test('decode: errors of PROTOCOL.md', () => {
+  throwsKind(() => T.decodeServer(new Uint8Array(0)), 'Empty');
+  throwsKind(() => T.decodeServer(Uint8Array.of(0x01)), 'UnknownType'); // a client tag
+  throwsKind(() => T.decodeServer(Uint8Array.of(0x88)), 'UnknownType');
+  throwsKind(() => T.decodeServer(new Uint8Array(16 * 1024 * 1024 + 1)), 'TooLarge');
+  throwsKind(() => T.decodeServer(hex('86 01 00 00')), 'Truncated');
+  throwsKind(() => T.decodeServer(hex('86 01 00 00 00 00 00 00 00 00')), 'TrailingBytes');
+  throwsKind(() => T.decodeServer(new B().u8(0x81).u16(2).done()), 'UnsupportedVersion');
+  throwsKind(() => T.decodeServer(new B().u8(0x81).u16(1).u16(720).u16(1280).u64(0).u8(2).done()), 'BadValue');
+  throwsKind(() => T.decodeServer(new B().u8(0x87).u8(0).str('').done()), 'BadValue');
+  throwsKind(() => T.decodeServer(new B().u8(0x87).u8(7).str('').done()), 'BadValue');
+  throwsKind(() => T.decodeServer(new B().u8(0x85).u16(3).raw([0x61, 0xff, 0x62]).done()), 'BadUtf8');
+  throwsKind(() => T.decodeServer(new B().u8(0x85).str('x'.repeat(4097)).done()), 'TooLarge');
+  assert.doesNotThrow(() => T.decodeServer(new B().u8(0x85).str('x'.repeat(4096)).done()));
+  throwsKind(() => T.decodeServer(new B().u8(0x85).u16(10).raw([1, 2]).done()), 'Truncated');
+  const fu = () => new B().u8(0x82).u64(1);
+  throwsKind(() => T.decodeServer(fu().u32(65537).done()), 'TooLarge');
+  throwsKind(() => T.decodeServer(fu().u32(2).u16(0).u16(0).u16(1).u16(1).u8(0).raw([1, 2, 3, 4]).done()), 'Truncated');
+  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(0).u16(1).u8(0).raw([1, 2, 3, 4]).done()), 'BadValue');
+  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(4097).u8(0).raw([1, 2, 3, 4]).done()), 'TooLarge');
+  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(3).raw([1, 2, 3, 4]).done()), 'BadValue');
+  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(2).u32(3).raw([1, 2, 3]).done()), 'BadValue');
+  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(2).u8(2).u32(8).raw([1, 2, 3]).done()), 'Truncated');
+  // Lz4 length limit: n + n/255 + 16 with n = 4 -> 20
+  const lz = (len) => fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(1).u32(len).raw(new Uint8Array(len)).done();
+  assert.doesNotThrow(() => T.decodeServer(lz(20)));
+  throwsKind(() => T.decodeServer(lz(21)), 'TooLarge');
+});
+
+// ---- applying updates --------------------------------------------------------------
+
+await test('screen: Solid, Raw and Lz4 tiles land where they should', () => {
+  const s = new T.Screen(8, 4);
+  const raw = Uint8Array.from({ length: 2 * 2 * 4 }, (_, i) => 100 + i);
+  const lzData = gen({ kind: 'seq', n: 3 * 2 * 4 });
+  // LZ4 of 24 bytes of 0..23: all literals
+  const lzBlock = Uint8Array.from([0xf0, 24 - 15, ...lzData]);
+  const rects = s.apply([
+    { x: 0, y: 0, w: 8, h: 4, kind: 'solid', r: 1, g: 2, b: 3, a: 255 },
+    { x: 6, y: 2, w: 2, h: 2, kind: 'raw', data: raw },
+    { x: 1, y: 1, w: 3, h: 2, kind: 'lz4', data: lzBlock },
+  ]);
+  assert.equal(rects.length, 3);
+  const px = (x, y) => Array.from(s.rgba.subarray((y * 8 + x) * 4, (y * 8 + x) * 4 + 4));
+  assert.deepEqual(px(0, 0), [1, 2, 3, 255]);
+  assert.deepEqual(px(5, 3), [1, 2, 3, 255]);
+  assert.deepEqual(px(6, 2), [100, 101, 102, 103]);
+  assert.deepEqual(px(7, 2), [104, 105, 106, 107]);
+  assert.deepEqual(px(6, 3), [108, 109, 110, 111]);
+  assert.deepEqual(px(7, 3), [112, 113, 114, 115]);
+  assert.deepEqual(px(1, 1), [0, 1, 2, 3]);
+  assert.deepEqual(px(3, 1), [8, 9, 10, 11]);
+  assert.deepEqual(px(1, 2), [12, 13, 14, 15]);
+  assert.deepEqual(px(3, 2), [20, 21, 22, 23]);
+  assert.deepEqual(px(4, 1), [1, 2, 3, 255]);
+  // the hash is over exactly these bytes
+  assert.deepEqual(s.hash(), T.screenHashParts(s.rgba.slice()));
+});
+
+await test('screen: full-width Lz4 tiles decode in place; a full 720x1280 update', () => {
+  const W = 720;
+  const H = 1280;
+  const s = new T.Screen(W, H);
+  const tiles = [];
+  const want = new Uint8Array(W * H * 4);
+  const solid = [9, 8, 7, 255];
+  for (let ty = 0; ty < H; ty += 64) {
+    for (let tx = 0; tx < W; tx += 64) {
+      const w = Math.min(64, W - tx);
+      const h = Math.min(64, H - ty);
+      for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) want.set(solid, ((ty + r) * W + tx + c) * 4);
+      tiles.push({ x: tx, y: ty, w, h, kind: 'solid', r: 9, g: 8, b: 7, a: 255 });
+    }
+  }
+  assert.equal(tiles.length, 12 * 20);
+  s.apply(tiles);
+  // a full-width band from the fixtures: tile 720x16 (rows 100..115)
+  const c = fixtures.cases.find((k) => k.gen.kind === 'tile' && k.gen.w === 720);
+  const band = gen(c.gen);
+  want.set(band, 100 * W * 4);
+  s.apply([{ x: 0, y: 100, w: 720, h: 16, kind: 'lz4', data: Uint8Array.from(Buffer.from(c.block, 'base64')) }]);
+  assert.ok(Buffer.from(s.rgba).equals(Buffer.from(want)));
+  assert.deepEqual(s.hash(), T.screenHashParts(want));
+});
+
+await test('screen: a tile off the screen paints nothing; a bad Lz4 tile is an error', () => {
+  const s = new T.Screen(4, 4);
+  throwsKind(
+    () =>
+      s.apply([
+        { x: 0, y: 0, w: 4, h: 4, kind: 'solid', r: 5, g: 5, b: 5, a: 5 },
+        { x: 3, y: 0, w: 2, h: 1, kind: 'solid', r: 1, g: 1, b: 1, a: 1 },
+      ]),
+    'BadValue',
+  );
+  assert.ok(s.rgba.every((b) => b === 0), 'nothing painted');
+  throwsKind(() => s.apply([{ x: 0, y: 0, w: 1, h: 1, kind: 'lz4', data: Uint8Array.from([0x30, 1, 2, 3]) }]), 'BadValue');
+});
+
+await test('screen: decode + apply of a whole FrameUpdate message', () => {
+  const c = fixtures.cases.find((k) => k.gen.kind === 'tile' && k.gen.w === 64 && k.mode === 'default');
+  const block = Buffer.from(c.block, 'base64');
+  const msg = new B()
+    .u8(0x82).u64(1).u32(2)
+    .u16(0).u16(0).u16(64).u16(64).u8(1).u32(block.length).raw(block)
+    .u16(64).u16(0).u16(16).u16(64).u8(0).raw([255, 0, 0, 255])
+    .done();
+  const s = new T.Screen(80, 64);
+  s.apply(T.decodeServer(msg).tiles);
+  const tile = gen(c.gen);
+  for (let y = 0; y < 64; y++) {
+    assert.ok(Buffer.from(s.rgba.subarray(y * 80 * 4, y * 80 * 4 + 256)).equals(Buffer.from(tile.subarray(y * 256, y * 256 + 256))));
+    assert.deepEqual(Array.from(s.rgba.subarray((y * 80 + 79) * 4, (y * 80 + 80) * 4)), [255, 0, 0, 255]);
+  }
+});
+
+await test('a session encoded by the Rust reference crate decodes to the same screen hash', () => {
+  // fixtures/rust-session.bin: made by fixtures/make_rust_session.rs (vmi-protocol's
+  // encode_server and display::Encoder, LZ4 by lz4_flex)
+  const data = readFileSync(join(here, 'fixtures', 'rust-session.bin'));
+  const msgs = [];
+  for (let p = 0; p < data.length; ) {
+    const n = data.readUInt32LE(p);
+    msgs.push(T.decodeServer(new Uint8Array(data.buffer, data.byteOffset + p + 4, n)));
+    p += 4 + n;
+  }
+  assert.deepEqual(msgs.map((m) => m.type), [
+    'Welcome', 'FrameUpdate', 'FrameUpdate', 'InputAck', 'Notification', 'Redirect', 'Pong', 'Error',
+  ]);
+  const [welcome] = msgs;
+  assert.deepEqual(welcome, { type: 'Welcome', version: 1, width: 200, height: 150, last_input_seq: 7, resumed: false });
+  const s = new T.Screen(welcome.width, welcome.height);
+  const kinds = new Set();
+  for (const m of msgs.filter((k) => k.type === 'FrameUpdate')) {
+    for (const t of m.tiles) kinds.add(t.kind);
+    s.apply(m.tiles);
+  }
+  assert.deepEqual([...kinds].sort(), ['lz4', 'solid']);
+  assert.equal(msgs[1].tiles.length, 4 * 3, 'a full update of a 200x150 screen is 4x3 grid tiles');
+  assert.equal(T.hashHex(s.hash()), '9c11ba3d4696602d');
+  assert.deepEqual(msgs[4], { type: 'Notification', title: 'ann@example.com', body: 'Lunch? ☕', at_ms: 1764000000123 });
+  assert.equal(msgs[5].url, 'ws://127.0.0.1:7802/v1/terminal');
+  assert.equal(msgs[6].nonce, 42);
+  assert.equal(msgs[7].codeName, 'NotHere');
+});
+
+console.log(`unit: ${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
