@@ -248,7 +248,7 @@ try {
     }
     check(v.state === 'closed', `state ${v.state}`);
     check(/not allowed/.test(v.error), `error ${v.error}`);
-    check(await p2.isVisible('#error'), 'error not shown');
+    await p2.waitForSelector('#error', { state: 'visible', timeout: 2000 }); // the DOM follows within 50 ms
     const sessions = (await mock.state()).stats.sessions;
     await sleepMs(1500);
     check((await mock.state()).stats.sessions === sessions, 'reconnected after Unauthorized');

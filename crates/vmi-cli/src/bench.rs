@@ -42,6 +42,34 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 2000)]
         events: usize,
     },
+    /// Input-to-frame latency, bytes per keystroke and of a static screen, through a real
+    /// site and terminal over loopback.
+    Display {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Keystrokes to time.
+        #[arg(long, default_value_t = 400)]
+        keys: usize,
+        /// Seconds to watch a static screen.
+        #[arg(long, default_value_t = 20)]
+        static_secs: u64,
+    },
+    /// The terminal's radio energy over a scripted day, against a phone polling its mail.
+    Energy {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Minutes of active use.
+        #[arg(long, default_value_t = 30)]
+        active_min: u64,
+        /// Hours asleep.
+        #[arg(long, default_value_t = 8)]
+        asleep_h: u64,
+        /// Minutes between mails while asleep.
+        #[arg(long, default_value_t = 20)]
+        mail_every_min: u64,
+    },
     /// How many idle phones fit, and how fast each is created.
     Density {
         /// Print one JSON object.
@@ -92,6 +120,13 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Snapshot { json, rounds, dirty_tracking } => print(json, snapshot(rounds.max(3), dirty_tracking)?),
         BenchCmd::Input { json, events } => print(json, input(events.max(10))?),
         BenchCmd::Density { json, vms } => print(json, density(vms.max(1))?),
+        BenchCmd::Display { json, keys, static_secs } => {
+            print(json, crate::runtime()?.block_on(crate::bench_net::display(keys.max(10), static_secs.clamp(1, 50)))?)
+        }
+        BenchCmd::Energy { json, active_min, asleep_h, mail_every_min } => print(
+            json,
+            crate::runtime()?.block_on(crate::bench_net::energy(active_min, asleep_h, mail_every_min.max(1)))?,
+        ),
     }
     Ok(())
 }

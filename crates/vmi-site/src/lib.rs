@@ -332,6 +332,11 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
+        // Inputs and frames are small and latency-bound: no Nagle delay on any socket.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
             tracing::error!("site server failed: {e}");
         }

@@ -815,10 +815,8 @@ export function start() {
         return;
       }
       vmi.bytes += ev.data.byteLength;
-      let m;
       try {
-        m = decodeServer(ev.data);
-        handle(m, ev.data.byteLength);
+        handle(decodeServer(ev.data), ev.data.byteLength);
       } catch (e) {
         if (e instanceof ProtocolError) protocolFailure(e);
         else throw e;
@@ -895,9 +893,6 @@ export function start() {
         failuresSinceWelcome = 0;
         vmi.error = null;
         if (!screen || screen.width !== m.width || screen.height !== m.height) setSize(m.width, m.height);
-        if (!m.resumed) {
-          // a full update follows; our numbering restarts where the site says
-        }
         // inputs: drop what the site already applied, resend the rest in order
         kept = kept.filter((k) => k.seq > m.last_input_seq);
         if (kept.length === 0) nextSeq = m.last_input_seq + 1;

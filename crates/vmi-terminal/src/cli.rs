@@ -98,9 +98,17 @@ pub fn options_for(args: &TerminalArgs) -> TerminalOptions {
     }
 }
 
-/// The site's WebSocket URL: `--site-ws`, or asked from `--control` with the token.
+/// The control service `vmi up` starts, used when neither `--control` nor `--site-ws` is given.
+pub const DEFAULT_CONTROL: &str = "http://127.0.0.1:7800";
+
+/// The site's WebSocket URL: `--site-ws`, or asked from `--control` (default
+/// [`DEFAULT_CONTROL`]) with the token.
 pub async fn resolve_ws_url(args: &TerminalArgs) -> Result<String, TerminalError> {
-    match (&args.site_ws, &args.control) {
+    // Without either, the control service of `vmi up` on this machine.
+    let default_control = DEFAULT_CONTROL.to_string();
+    let control =
+        if args.site_ws.is_none() { args.control.as_ref().or(Some(&default_control)) } else { args.control.as_ref() };
+    match (&args.site_ws, control) {
         (Some(url), None) => Ok(url.clone()),
         (None, Some(control)) => {
             let client = vmi_control::ControlClient::new(control).map_err(TerminalError::Control)?;
@@ -137,8 +145,8 @@ pub fn event_json(event: &TerminalEvent) -> serde_json::Value {
         TerminalEvent::Connected { width, height, resumed } => {
             json!({"event": "connected", "width": width, "height": height, "resumed": resumed})
         }
-        TerminalEvent::Frame { seq, tiles, bytes, screen_hash } => json!({
-            "event": "frame", "seq": seq, "tiles": tiles, "bytes": bytes, "screen_hash": format!("{screen_hash:016x}")
+        TerminalEvent::Frame { seq, tiles, bytes } => json!({
+            "event": "frame", "seq": seq, "tiles": tiles, "bytes": bytes
         }),
         TerminalEvent::InputAcked { seq } => json!({"event": "input_acked", "seq": seq}),
         TerminalEvent::Notification { title, body, at_ms } => {
@@ -428,9 +436,10 @@ mod tests {
     async fn usage_errors_are_reported_before_connecting() {
         let mut out = Vec::new();
         let none = TerminalArgs { token: "t".into(), headless: true, ..TerminalArgs::default() };
+        // Neither --control nor --site-ws: the default control service is asked (and with
+        // a made-up token, refuses or is not there).
         let e = run_headless(&none, TerminalOptions::default(), &mut out).await.unwrap_err();
-        assert!(matches!(e, TerminalError::Usage(_)), "{e}");
-        assert_eq!(e.exit_code(), 2);
+        assert!(matches!(e, TerminalError::Control(_)), "{e}");
         let bad = TerminalArgs { site_ws: Some("ws://127.0.0.1:9".into()), duration: Some(-1.0), ..none.clone() };
         assert!(matches!(run_headless(&bad, TerminalOptions::default(), &mut out).await, Err(TerminalError::Usage(_))));
         let script = TerminalArgs {
@@ -445,11 +454,8 @@ mod tests {
 
     #[test]
     fn events_print_as_json() {
-        let frame = TerminalEvent::Frame { seq: 3, tiles: 5, bytes: 1234, screen_hash: 0x9e37_79b9_811c_9dc5 };
-        assert_eq!(
-            event_json(&frame),
-            json!({"event": "frame", "seq": 3, "tiles": 5, "bytes": 1234, "screen_hash": "9e3779b9811c9dc5"})
-        );
+        let frame = TerminalEvent::Frame { seq: 3, tiles: 5, bytes: 1234 };
+        assert_eq!(event_json(&frame), json!({"event": "frame", "seq": 3, "tiles": 5, "bytes": 1234}));
         let n = TerminalEvent::Notification { title: "a".into(), body: "b".into(), at_ms: 7 };
         assert_eq!(event_json(&n)["event"], "notification");
         assert_eq!(event_json(&TerminalEvent::Latency { rtt_us: 9 })["rtt_us"], 9);

@@ -135,8 +135,6 @@ pub enum TerminalEvent {
         tiles: usize,
         /// Size of the message, bytes.
         bytes: usize,
-        /// Hash of the whole screen after it (docs/PROTOCOL.md, "Screen hash").
-        screen_hash: u64,
     },
     /// Every input up to `seq` has been applied by the phone.
     InputAcked {
@@ -768,20 +766,22 @@ impl Session {
                         Ok(()) => {
                             s.last_frame_seq = seq;
                             s.frames += 1;
-                            Ok(s.screen.hash())
+                            Ok(())
                         }
                         Err(error) => Err(error),
                     }
                 };
-                let screen_hash = match applied {
-                    Ok(hash) => hash,
-                    Err(error) => return Some(Outcome::Lost(TerminalError::Protocol(error))),
-                };
-                self.emit(TerminalEvent::Frame { seq, tiles: tiles.len(), bytes, screen_hash }).await;
+                if let Err(error) = applied {
+                    return Some(Outcome::Lost(TerminalError::Protocol(error)));
+                }
+                // Ack first: the site's next frame should not wait on whoever reads events.
+                // (The screen hash is computed only when a resume needs it: it costs
+                // milliseconds on a full screen.)
                 if let Err(error) = send(&self.shared, &mut link.ws, &ClientMessage::FrameAck { seq }).await {
                     return Some(Outcome::Lost(error));
                 }
                 link.last_sent = Instant::now();
+                self.emit(TerminalEvent::Frame { seq, tiles: tiles.len(), bytes }).await;
             }
             ServerMessage::InputAck { seq } => {
                 {

@@ -133,8 +133,7 @@ async fn frames_inputs_and_a_redirect_with_resume() {
     let mut t = Terminal::connect(&url_a, TOKEN, TerminalOptions::default()).await.expect("connects");
     assert_eq!(next(&mut t).await, TerminalEvent::Connected { width: W, height: H, resumed: false });
     match next(&mut t).await {
-        TerminalEvent::Frame { seq: 1, tiles: 2, bytes, screen_hash } => {
-            assert_eq!(screen_hash, expected_hash);
+        TerminalEvent::Frame { seq: 1, tiles: 2, bytes } => {
             assert!(bytes > 0);
         }
         other => panic!("expected frame 1, got {other:?}"),

@@ -1,0 +1,279 @@
+//! Benches that need a site and a terminal: `vmi bench display` and `vmi bench energy`.
+//! Both start a control service and a site in this process on free loopback ports and
+//! talk to them through a real terminal over WebSocket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use vmi_engine::{Clock, ManualClock, SystemClock};
+use vmi_protocol::{Input, TouchPhase};
+use vmi_site::{SiteConfig, SiteHandle};
+use vmi_terminal::{Terminal, TerminalEvent, TerminalOptions};
+
+use crate::bench::{layout, percentile};
+
+struct World {
+    site: SiteHandle,
+    token: String,
+    _control_stop: tokio::sync::oneshot::Sender<()>,
+    data_dir: std::path::PathBuf,
+}
+
+async fn world(clock: Arc<dyn Clock>) -> Result<World> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let control_url = format!("http://{}", listener.local_addr()?);
+    let store = Arc::new(vmi_control::SqliteStore::in_memory()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(vmi_control::serve(listener, store, async move {
+        let _ = stopped.await;
+    }));
+    let data_dir = std::env::temp_dir().join(format!("vmi-bench-{}", std::process::id()));
+    let site = vmi_site::start(SiteConfig {
+        id: "site-a".into(),
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: data_dir.clone(),
+        control_url: control_url.clone(),
+        lat: 60.17,
+        lon: 24.94,
+        capacity: 8,
+        clock,
+        heartbeat: Duration::from_secs(5),
+        screen: (720, 1280),
+    })
+    .await?;
+    let control = vmi_control::ControlClient::new(&control_url)?;
+    control.create_user("bench").await?;
+    control.set_placement("bench", "site-a").await?;
+    site.state.create_phone("bench")?;
+    let token = control.create_device("bench", "bench terminal").await?.token;
+    Ok(World { site, token, _control_stop: stop, data_dir })
+}
+
+impl World {
+    async fn finish(self) {
+        self.site.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Waits for an event matching `want`, up to `limit`.
+async fn wait_for(
+    term: &mut Terminal,
+    limit: Duration,
+    want: impl Fn(&TerminalEvent) -> bool,
+) -> Result<TerminalEvent> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let event = tokio::time::timeout_at(deadline, term.next_event())
+            .await
+            .context("the terminal waited too long")?
+            .context("the terminal session ended")?;
+        if want(&event) {
+            return Ok(event);
+        }
+    }
+}
+
+/// Takes every event already waiting, without blocking for long.
+async fn drain(term: &mut Terminal) {
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(2), term.next_event()).await {}
+}
+
+async fn tap(term: &mut Terminal, (x, y): (i32, i32)) -> Result<()> {
+    let (x, y) = (x as u16, y as u16);
+    term.send_input(Input::Touch { phase: TouchPhase::Down, x, y })?;
+    let seq = term.send_input(Input::Touch { phase: TouchPhase::Up, x, y })?;
+    wait_for(term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::InputAcked { seq: s } if *s >= seq)).await?;
+    Ok(())
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (v * f).round() / f
+}
+
+/// `vmi bench display`.
+pub async fn display(keys: usize, static_secs: u64) -> Result<Value> {
+    let w = world(SystemClock::shared()).await?;
+    let mut term = Terminal::connect(&w.site.ws_url(), &w.token, TerminalOptions::default()).await?;
+    wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?;
+    tap(&mut term, layout::NOTES).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drain(&mut term).await;
+
+    let mut latency_ms = Vec::with_capacity(keys);
+    let mut frame_bytes = 0u64;
+    for i in 0..keys {
+        let input = if (i / 30) % 2 == 0 {
+            Input::Key { code: 0, text: Some(if i % 5 == 4 { ' ' } else { 'e' }) }
+        } else {
+            Input::Key { code: 1, text: None }
+        };
+        let t = Instant::now();
+        term.send_input(input)?;
+        match wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await? {
+            TerminalEvent::Frame { bytes, .. } => frame_bytes += bytes as u64,
+            _ => unreachable!("waited for a frame"),
+        }
+        latency_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drain(&mut term).await;
+
+    // A static screen: the only thing that moves is the status-bar clock, once a minute,
+    // so measure inside one minute.
+    let second = (SystemClock::shared().wall_ns() / 1_000_000_000) % 60;
+    if second + static_secs >= 59 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+        drain(&mut term).await;
+    }
+    let before = term.stats();
+    let bytes_before = term.energy().bytes_down;
+    tokio::time::sleep(Duration::from_secs(static_secs)).await;
+    drain(&mut term).await;
+    let static_bytes = term.energy().bytes_down - bytes_before;
+    let static_frames = term.stats().frames - before.frames;
+
+    // Encoding speed on the phone's real screen.
+    let (sw, sh, rgba) = w.site.state.ask("bench", vmi_site::phone::PhoneCommand::Screen).await?;
+    let rounds = 50;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        let mut encoder = vmi_protocol::display::Encoder::new(sw as u16, sh as u16);
+        std::hint::black_box(encoder.full(&rgba));
+    }
+    let encode_ms = t.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+    let mpixels = (sw * sh) as f64 / 1e6;
+
+    term.close().await;
+    w.finish().await;
+    Ok(json!({
+        "bench": "display",
+        "conditions": format!("site and terminal in one process over loopback WebSocket; default phone 720x1280 in Notes; {keys} keys (typing and erasing); static window {static_secs} s"),
+        "input_to_frame_ms_p50": round(percentile(&mut latency_ms, 50.0), 3),
+        "input_to_frame_ms_p99": round(percentile(&mut latency_ms, 99.0), 3),
+        "bytes_per_keystroke": round(frame_bytes as f64 / keys as f64, 1),
+        "static_bytes_per_min": round(static_bytes as f64 * 60.0 / static_secs as f64, 1),
+        "static_frames": static_frames,
+        "encode_ms_per_mpixel": round(encode_ms / mpixels, 3),
+        "encode_full_frame_ms": round(encode_ms, 3),
+    }))
+}
+
+/// `vmi bench energy`: a day of a sleeping terminal, replayed in virtual time.
+pub async fn energy(active_min: u64, asleep_h: u64, mail_every_min: u64) -> Result<Value> {
+    const SECOND_NS: u64 = 1_000_000_000;
+    let start_wall = SystemClock::shared().wall_ns();
+    let clock = ManualClock::new(start_wall);
+    let w = world(clock.clone()).await?;
+    let ms_clock = clock.clone();
+    let options =
+        TerminalOptions { clock: Arc::new(move || ms_clock.wall_ns() / 1_000_000), ..TerminalOptions::default() };
+    let mut term = Terminal::connect(&w.site.ws_url(), &w.token, options).await?;
+    wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?;
+
+    // Active use: Notes open, a key every two seconds (typing, then erasing).
+    tap(&mut term, layout::NOTES).await?;
+    let keys = active_min * 60 / 2;
+    let mut active_bytes = 0u64;
+    for i in 0..keys {
+        let input = if (i / 40) % 2 == 0 {
+            Input::Key { code: 0, text: Some('a') }
+        } else {
+            Input::Key { code: 1, text: None }
+        };
+        let seq = term.send_input(input)?;
+        wait_for(
+            &mut term,
+            Duration::from_secs(10),
+            |e| matches!(e, TerminalEvent::InputAcked { seq: s } if *s >= seq),
+        )
+        .await?;
+        if let TerminalEvent::Frame { bytes, .. } =
+            wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?
+        {
+            active_bytes += bytes as u64;
+        }
+        clock.advance(2 * SECOND_NS);
+        w.site.tick().await;
+        drain(&mut term).await;
+    }
+
+    // Screen off: only notifications may reach the terminal.
+    let asleep_from_ms = clock.wall_ns() / 1_000_000;
+    term.sleep();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drain(&mut term).await;
+    let frames_before = term.stats().frames;
+    let mut mails = 0;
+    let mut notified = 0;
+    let steps = asleep_h * 60;
+    for minute in 1..=steps {
+        clock.advance(60 * SECOND_NS);
+        w.site.tick().await;
+        if minute % mail_every_min == 0 {
+            mails += 1;
+            let mail = vmi_engine::Mail {
+                from: "ann@example.com".into(),
+                subject: format!("Mail {mails}"),
+                body: "See you soon".into(),
+            };
+            w.site
+                .state
+                .ask("bench", |reply| vmi_site::phone::PhoneCommand::Mail(mail, reply))
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Notification { .. })).await?;
+            notified += 1;
+        }
+        drain(&mut term).await;
+    }
+    let asleep_frames = term.stats().frames - frames_before;
+    let report = term.energy();
+    let span_ms = report.span_ms;
+    let end_ms = clock.wall_ns() / 1_000_000;
+    let start_ms = start_wall / 1_000_000;
+    let (active, asleep) = term.with_energy_meter(|m| {
+        let trace = m.trace();
+        let split = trace.partition_point(|p| p.at_ms < asleep_from_ms);
+        let params = vmi_terminal::energy::LteParams::HUANG_2012;
+        (
+            vmi_terminal::energy::lte_energy_span(&trace[..split], start_ms, asleep_from_ms, params),
+            vmi_terminal::energy::lte_energy_span(&trace[split..], asleep_from_ms, end_ms, params),
+        )
+    });
+    let poll = vmi_terminal::energy::Polling::default;
+    let polling = vmi_terminal::energy::polling_phone_day(span_ms, poll());
+    let polling_asleep = vmi_terminal::energy::polling_phone_day(end_ms - asleep_from_ms, poll());
+    let polling_active = vmi_terminal::energy::polling_phone_day(asleep_from_ms - start_ms, poll());
+    term.close().await;
+    w.finish().await;
+    if notified != mails {
+        bail!("{mails} mails sent but {notified} notifications seen");
+    }
+    let r = |e: &vmi_terminal::energy::EnergyReport| {
+        json!({
+            "total_j": round(e.total_j, 1), "promotion_j": round(e.promotion_j, 1), "tail_j": round(e.tail_j, 1),
+            "transfer_j": round(e.transfer_j, 2), "idle_j": round(e.idle_j, 1), "wakeups": e.wakeups,
+            "bytes_down": e.bytes_down, "bytes_up": e.bytes_up,
+        })
+    };
+    Ok(json!({
+        "bench": "energy",
+        "model": "LTE RRC power model of Huang et al., MobiSys 2012 (promotion, 11.6 s tail, DRX, paging); a model, not a measurement",
+        "conditions": format!("{active_min} min active (a key every 2 s in Notes), then {asleep_h} h asleep with a mail every {mail_every_min} min; real site and terminal over loopback, virtual time"),
+        "span_h": round(span_ms as f64 / 3.6e6, 2),
+        "mails": mails,
+        "notifications": notified,
+        "frames_while_asleep": asleep_frames,
+        "active_frame_bytes": active_bytes,
+        "terminal": r(&report),
+        "polling_phone": r(&polling),
+        "terminal_vs_polling": round(report.total_j / polling.total_j.max(1e-9), 3),
+        "asleep": { "terminal": r(&asleep), "polling_phone": r(&polling_asleep),
+            "terminal_vs_polling": round(asleep.total_j / polling_asleep.total_j.max(1e-9), 3) },
+        "active": { "terminal": r(&active), "polling_phone_radio_only": r(&polling_active),
+            "note": "while in use the thin terminal streams the screen; the polling phone computes locally and only polls (its CPU and screen energy are outside this radio model)" },
+    }))
+}

@@ -1,0 +1,83 @@
+//! The browser terminal end to end, in real headless Chromium (Debian's `chromium`,
+//! installed by scripts/setup, driven by tests/browser/e2e.mjs with playwright-core):
+//! type in Notes, get a mail notification while asleep with no frame bytes, wake and see
+//! the inbox, and the page's screen equals the phone's own framebuffer.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_terminal_types_sleeps_is_notified_and_wakes() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let driver = repo.join("tests/browser/e2e.mjs");
+    assert!(
+        repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
+    );
+    let control = control().await;
+    let site = site(&control, "site-a", scratch("browser")).await;
+    let token = user_with_phone(&control, &site, "alice").await;
+    let shots = scratch("browser-shots");
+    std::fs::create_dir_all(&shots).expect("shots dir");
+
+    let url = format!("{}/?token={token}", site.url);
+    let mail_url = format!("{}/v1/phones/alice/mail", site.url);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(driver)
+            .args(["--url", &url, "--mail-url", &mail_url, "--screenshot-dir"])
+            .arg(&shots)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .expect("driver task");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "e2e.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let steps: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let step = |name: &str| {
+        steps.iter().find(|s| s["step"] == name).unwrap_or_else(|| panic!("no step {name} in:\n{stdout}")).clone()
+    };
+
+    // Typed in the browser, kept in the phone.
+    step("typed");
+    let (status, notes) = http_get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&notes), "Hello from Chromium");
+
+    // Asleep: the notification came, and no frame bytes with it.
+    let notified = step("notified");
+    assert_eq!(notified["bytes_while_asleep"], 0, "{notified}");
+    assert_eq!(notified["notification"]["title"], "ann@example.com");
+    assert_eq!(notified["notification"]["body"], "Lunch?");
+
+    // Awake on the inbox: the canvas shows exactly the phone's screen.
+    let inbox = step("inbox");
+    let (_, body) = http_get(&format!("{}/v1/phones/alice/screen-hash", site.url)).await;
+    let phone: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(inbox["screen_hash"], phone["hash"], "browser screen == phone framebuffer");
+    step("done");
+    site.shutdown().await;
+}
+
+/// The browser terminal's own codec tests (LZ4 blocks from the reference C library, the
+/// PROTOCOL.md examples, the screen hash vectors, a session encoded by `vmi-protocol`) and
+/// its behaviour against a scripted site (reconnect resends inputs, Redirect resumes
+/// without a resend, no pings while asleep, a refused token does not loop).
+#[test]
+fn browser_terminal_codec_and_behaviour_tests_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
+    for script in ["unit.mjs", "mock-test.mjs"] {
+        let out = Command::new("node").arg(dir.join(script)).output().expect("run node");
+        assert!(
+            out.status.success(),
+            "{script} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
