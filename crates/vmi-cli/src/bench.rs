@@ -70,6 +70,22 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 20)]
         mail_every_min: u64,
     },
+    /// Live migration between two sites (downtime, bytes, the terminal's gap), beside a
+    /// QEMU/KVM guest migrated over loopback where KVM and QEMU exist.
+    Migrate {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Migrations to time.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Memory of the QEMU guest, MiB.
+        #[arg(long, default_value_t = 64)]
+        qemu_mib: u64,
+        /// QEMU migrations to time (0: skip QEMU).
+        #[arg(long, default_value_t = 3)]
+        qemu_runs: usize,
+    },
     /// How many idle phones fit, and how fast each is created.
     Density {
         /// Print one JSON object.
@@ -120,6 +136,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Snapshot { json, rounds, dirty_tracking } => print(json, snapshot(rounds.max(3), dirty_tracking)?),
         BenchCmd::Input { json, events } => print(json, input(events.max(10))?),
         BenchCmd::Density { json, vms } => print(json, density(vms.max(1))?),
+        BenchCmd::Migrate { json, rounds, qemu_mib, qemu_runs } => {
+            print(json, crate::runtime()?.block_on(crate::bench_net::migrate(rounds.max(2), qemu_mib, qemu_runs))?)
+        }
         BenchCmd::Display { json, keys, static_secs } => {
             print(json, crate::runtime()?.block_on(crate::bench_net::display(keys.max(10), static_secs.clamp(1, 50)))?)
         }

@@ -221,7 +221,7 @@ pub async fn energy(active_min: u64, asleep_h: u64, mail_every_min: u64) -> Resu
             };
             w.site
                 .state
-                .ask("bench", |reply| vmi_site::phone::PhoneCommand::Mail(mail, reply))
+                .ask("bench", |reply| vmi_site::phone::PhoneCommand::Mail(mail, true, reply))
                 .await?
                 .map_err(anyhow::Error::msg)?;
             wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Notification { .. })).await?;
@@ -276,4 +276,118 @@ pub async fn energy(active_min: u64, asleep_h: u64, mail_every_min: u64) -> Resu
         "active": { "terminal": r(&active), "polling_phone_radio_only": r(&polling_active),
             "note": "while in use the thin terminal streams the screen; the polling phone computes locally and only polls (its CPU and screen energy are outside this radio model)" },
     }))
+}
+
+/// `vmi bench migrate`: live migrations back and forth between two sites while a
+/// terminal types, plus (where KVM and QEMU exist) a QEMU guest migrated the same way.
+pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<Value> {
+    let w = world(SystemClock::shared()).await?;
+    let b = vmi_site::start(SiteConfig {
+        id: "site-b".into(),
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: w.data_dir.join("b"),
+        control_url: w.site.state.control_url().to_string(),
+        lat: 60.29,
+        lon: 25.04,
+        capacity: 8,
+        clock: SystemClock::shared(),
+        heartbeat: Duration::from_secs(5),
+        screen: (720, 1280),
+    })
+    .await?;
+    let sites = [(w.site.state.id.clone(), w.site.url.clone()), (b.state.id.clone(), b.url.clone())];
+    let mut term = Terminal::connect(&w.site.ws_url(), &w.token, TerminalOptions::default()).await?;
+    wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?;
+    tap(&mut term, layout::NOTES).await?;
+
+    // What the phone holds: its non-zero memory, from a full snapshot.
+    let (sw, sh, _) = w.site.state.ask("bench", vmi_site::phone::PhoneCommand::Screen).await?;
+    let status = w.site.state.ask("bench", vmi_site::phone::PhoneCommand::Status).await?;
+
+    let mut downtime_ms = Vec::new();
+    let mut total_ms = Vec::new();
+    let mut gap_ms = Vec::new();
+    let mut bytes_sent = Vec::new();
+    for i in 0..rounds {
+        let (from, to) = (&sites[i % 2], &sites[(i + 1) % 2]);
+        let body = json!({ "to": to.0, "to_url": to.1 });
+        let url = format!("{}/v1/phones/bench/migrate", from.1);
+        let call = tokio::spawn(async move { vmi_control::post_json(&url, &body).await });
+        // Keep typing through the move; watch what the terminal sees.
+        let mut last_frame: Option<Instant> = None;
+        let mut redirected: Option<Instant> = None;
+        let mut gap = None;
+        let mut typed = 0;
+        let started = Instant::now();
+        while gap.is_none() && started.elapsed() < Duration::from_secs(20) {
+            let seq = term.send_input(Input::Key { code: 0, text: Some(if typed % 2 == 0 { 'm' } else { ' ' }) })?;
+            typed += 1;
+            let until = tokio::time::Instant::now() + Duration::from_millis(5);
+            while let Ok(Some(event)) = tokio::time::timeout_at(until, term.next_event()).await {
+                match event {
+                    TerminalEvent::Frame { .. } if redirected.is_none() => last_frame = Some(Instant::now()),
+                    TerminalEvent::Redirected { .. } => redirected = Some(Instant::now()),
+                    TerminalEvent::InputAcked { seq: s } if redirected.is_some() && s >= seq.saturating_sub(1) => {
+                        if let Some(t) = last_frame {
+                            gap = Some(t.elapsed().as_secs_f64() * 1e3);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (status_code, text) = call.await??;
+        let report: Value = serde_json::from_str(&text).unwrap_or_default();
+        if status_code != 200 {
+            bail!("migration {i} failed: {text}");
+        }
+        downtime_ms.push(report["downtime_us"].as_f64().unwrap_or(f64::NAN) / 1e3);
+        total_ms.push(report["total_ms"].as_f64().unwrap_or(f64::NAN));
+        bytes_sent.push(report["bytes"].as_f64().unwrap_or(f64::NAN));
+        gap_ms.push(gap.context("the terminal never saw the phone answer from its new site")?);
+        // Let the erase-and-type settle so each move starts from a quiet phone.
+        drain(&mut term).await;
+    }
+    let nonzero = status.memory_bytes;
+    term.close().await;
+    b.shutdown().await;
+    w.finish().await;
+
+    let measured = if qemu_runs == 0 {
+        Err("not asked (--qemu-runs 0)".to_string())
+    } else {
+        crate::qemu::measure(qemu_mib, qemu_runs)
+    };
+    let qemu = match measured {
+        Ok(runs) => {
+            let mut d: Vec<f64> = runs.iter().map(|r| r.downtime_ms).collect();
+            let mut t: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
+            json!({
+                "qemu_memory_mib": qemu_mib,
+                "qemu_downtime_ms": round(percentile(&mut d, 50.0), 3),
+                "qemu_total_ms": round(percentile(&mut t, 50.0), 1),
+                "qemu_bytes": runs.first().map(|r| r.transferred_bytes),
+                "qemu_version": runs.first().map(|r| r.qemu_version.clone()),
+                "qemu_runs": runs.len(),
+            })
+        }
+        Err(reason) => json!({ "qemu_skipped": reason }),
+    };
+    let mean_bytes = bytes_sent.iter().sum::<f64>() / bytes_sent.len().max(1) as f64;
+    let mut out = json!({
+        "bench": "migrate",
+        "conditions": format!("{rounds} live migrations back and forth between two sites in one process over loopback, a terminal typing in Notes throughout; default phone {sw}x{sh}"),
+        "memory_mib": round(nonzero as f64 / (1 << 20) as f64, 2),
+        "downtime_ms_p50": round(percentile(&mut downtime_ms, 50.0), 3),
+        "downtime_ms_p99": round(percentile(&mut downtime_ms, 99.0), 3),
+        "total_ms": round(percentile(&mut total_ms, 50.0), 2),
+        "bytes_sent": mean_bytes.round(),
+        "bytes_sent_per_memory_byte": round(mean_bytes / nonzero.max(1) as f64, 3),
+        "terminal_gap_ms_p50": round(percentile(&mut gap_ms, 50.0), 2),
+        "terminal_gap_ms_p99": round(percentile(&mut gap_ms, 99.0), 2),
+    });
+    if let (Value::Object(o), Value::Object(q)) = (&mut out, qemu) {
+        o.extend(q);
+    }
+    Ok(out)
 }

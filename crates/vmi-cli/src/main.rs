@@ -3,6 +3,7 @@
 mod bench;
 mod bench_net;
 mod headless;
+mod qemu;
 mod script;
 mod services;
 
@@ -139,6 +140,10 @@ enum VmCmd {
         #[arg(long)]
         snapshot_out: Option<PathBuf>,
     },
+    /// Live-migrate a user's phone to another site now.
+    Migrate(services::MigrateArgs),
+    /// Where every phone runs.
+    List(services::ListArgs),
     /// Print a snapshot file's header.
     Inspect {
         /// The snapshot file.
@@ -308,6 +313,8 @@ fn play(phone: &mut dyn vmi_engine::VirtualPhone, s: &Session, p: &PhoneArgs) ->
 
 fn vm_cmd(cmd: VmCmd) -> Result<()> {
     match cmd {
+        VmCmd::Migrate(args) => runtime()?.block_on(services::migrate(args)),
+        VmCmd::List(args) => runtime()?.block_on(services::list(args)),
         VmCmd::Run { phone: p, wall_start, .. } => {
             let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;
             let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;

@@ -23,17 +23,20 @@ pub struct ControlArgs {
     db: PathBuf,
 }
 
-/// `vmi site` arguments.
+/// `vmi site` arguments: run a site, or (with a subcommand) act on one.
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct SiteArgs {
+    #[command(subcommand)]
+    command: Option<SiteCmd>,
     /// Site id.
-    #[arg(long)]
+    #[arg(long, required = false, default_value = "")]
     id: String,
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Where the site keeps its phones.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     data_dir: PathBuf,
     /// Control service URL.
     #[arg(long, default_value = "http://127.0.0.1:7800")]
@@ -47,6 +50,54 @@ pub struct SiteArgs {
     /// Most phones this site hosts.
     #[arg(long, default_value_t = 1000)]
     capacity: u32,
+}
+
+/// Operations on a site.
+#[derive(clap::Subcommand)]
+pub enum SiteCmd {
+    /// Move every phone off a site (before maintenance) and wait until it has none.
+    Drain {
+        /// The site.
+        site: String,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Take a drained site back into service.
+    Undrain {
+        /// The site.
+        site: String,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
+}
+
+/// `vmi vm migrate` arguments.
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// Whose phone.
+    user: String,
+    /// The site to move it to.
+    #[arg(long)]
+    to: String,
+    /// Control service URL.
+    #[arg(long, default_value = "http://127.0.0.1:7800")]
+    control: String,
+}
+
+/// `vmi vm list` arguments.
+#[derive(Args)]
+pub struct ListArgs {
+    /// Control service URL.
+    #[arg(long, default_value = "http://127.0.0.1:7800")]
+    control: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `vmi up` arguments.
@@ -115,8 +166,20 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs a site until SIGINT/SIGTERM, then saves every phone.
+/// Runs a site until SIGINT/SIGTERM, then saves every phone (or runs a site subcommand).
 pub async fn site(args: SiteArgs) -> Result<()> {
+    match args.command {
+        Some(SiteCmd::Drain { site, control, timeout }) => return drain(&site, &control, timeout).await,
+        Some(SiteCmd::Undrain { site, control }) => {
+            ControlClient::new(&control)?.undrain_site(&site).await.context("undraining")?;
+            println!("{site} takes phones again");
+            return Ok(());
+        }
+        None => {}
+    }
+    if args.id.is_empty() || args.data_dir.as_os_str().is_empty() {
+        bail!("`vmi site` needs --id and --data-dir (or a subcommand: drain, undrain)");
+    }
     let config = vmi_site::SiteConfig {
         id: args.id,
         listen: args.listen,
@@ -312,4 +375,95 @@ pub async fn mail(args: MailArgs) -> Result<()> {
     }
     println!("mail delivered to {}'s phone on {}", args.to, placement.site);
     Ok(())
+}
+
+async fn site_url(control: &ControlClient, id: &str) -> Result<String> {
+    let sites = control.list_sites().await.context("listing sites")?;
+    sites
+        .iter()
+        .find(|s| s.site.id == id)
+        .map(|s| s.site.url.clone())
+        .with_context(|| format!("no site {id} is registered"))
+}
+
+/// `vmi vm migrate`: live-migrates a phone now.
+pub async fn migrate(args: MigrateArgs) -> Result<()> {
+    let control = ControlClient::new(&args.control)?;
+    let placement = control.placement(&args.user).await.with_context(|| format!("finding {}'s phone", args.user))?;
+    let to_url = site_url(&control, &args.to).await?;
+    let body = serde_json::json!({ "to": args.to, "to_url": to_url });
+    let (status, text) =
+        vmi_control::post_json(&format!("{}/v1/phones/{}/migrate", placement.site_url, args.user), &body)
+            .await
+            .context("asking the site to migrate")?;
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::json!({ "error": text }));
+    if status != 200 {
+        bail!("migration did not happen ({status}): {report}");
+    }
+    println!(
+        "{} moved {} → {} in {:.1} ms, downtime {} µs, {} bytes",
+        args.user,
+        report["from"],
+        report["to"],
+        report["total_ms"].as_f64().unwrap_or(0.0),
+        report["downtime_us"],
+        report["bytes"]
+    );
+    Ok(())
+}
+
+/// `vmi vm list`: where every phone runs.
+pub async fn list(args: ListArgs) -> Result<()> {
+    let control = ControlClient::new(&args.control)?;
+    let mut rows = Vec::new();
+    for s in control.list_sites().await.context("listing sites")? {
+        let (status, body) = vmi_control::get_bytes(&format!("{}/v1/phones", s.site.url)).await.unwrap_or_default();
+        let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        for p in phones["phones"].as_array().into_iter().flatten() {
+            rows.push(serde_json::json!({
+                "user": p["user"], "site": s.site.id, "status": p["phone"]["status"],
+                "terminals": p["phone"]["terminals"], "healthy": s.healthy, "draining": s.site.draining,
+            }));
+        }
+        if status == 0 {
+            rows.push(serde_json::json!({ "site": s.site.id, "status": "unreachable" }));
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    println!("USER             SITE       TERMINALS  STATUS");
+    for r in rows {
+        println!(
+            "{:<16} {:<10} {:<10} {}",
+            r["user"].as_str().unwrap_or("-"),
+            r["site"].as_str().unwrap_or("-"),
+            r["terminals"],
+            r["status"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// `vmi site drain`: marks the site draining (the control service's placer moves its
+/// phones to the best other sites) and waits until it has none.
+pub async fn drain(site: &str, control_url: &str, timeout_s: u64) -> Result<()> {
+    let control = ControlClient::new(control_url)?;
+    let url = site_url(&control, site).await?;
+    control.drain_site(site).await.context("marking the site draining")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        let (_, body) = vmi_control::get_bytes(&format!("{url}/v1/phones")).await.context("asking the site")?;
+        let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let left = phones["phones"].as_array().map(Vec::len).unwrap_or(0);
+        if left == 0 {
+            println!("{site} is drained: 0 phones");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{site} still has {left} phones after {timeout_s} s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

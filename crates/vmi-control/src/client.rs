@@ -3,6 +3,7 @@
 //! Plain HTTP/1.1 over one TCP connection per request (no pooling, no TLS). Every call, connect included, is bounded
 //! by a timeout ([`DEFAULT_TIMEOUT`] unless changed with [`ControlClient::with_timeout`]).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -14,8 +15,9 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use crate::model::{
-    AuthRequest, Device, HeartbeatRequest, Identity, NameRequest, NewDevice, PhoneLocation, Placement, PlacementInfo,
-    PlacementRequest, SiteSpec, SiteStatus, User,
+    AuthRequest, Device, HeartbeatRequest, Identity, LoggedMigration, MigrationRecord, NameRequest, NewDevice,
+    PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport,
+    User,
 };
 
 /// Timeout for a whole request (connect, send, receive) unless set with [`ControlClient::with_timeout`].
@@ -183,8 +185,20 @@ impl ControlClient {
 
     /// `PUT /v1/users/{user}/placement`: places the user's phone on `site`.
     pub async fn set_placement(&self, user: &str, site: &str) -> Result<Placement, ClientError> {
+        self.move_placement(user, site, None).await
+    }
+
+    /// `PUT /v1/users/{user}/placement` with `expected_epoch`: places the user's phone on `site` only if the
+    /// placement is at that epoch now (0 = never placed); 409 naming both epochs otherwise. This is how the
+    /// destination of a live migration takes ownership.
+    pub async fn move_placement(
+        &self,
+        user: &str,
+        site: &str,
+        expected_epoch: Option<u64>,
+    ) -> Result<Placement, ClientError> {
         let path = format!("/v1/users/{}/placement", segment(user));
-        self.json(Method::PUT, path, Some(&PlacementRequest { site: site.to_owned() })).await
+        self.json(Method::PUT, path, Some(&PlacementRequest { site: site.to_owned(), expected_epoch })).await
     }
 
     /// `GET /v1/users/{user}/placement` (404 if the user has none).
@@ -197,6 +211,49 @@ impl ControlClient {
     pub async fn phone_for_token(&self, token: &str) -> Result<PhoneLocation, ClientError> {
         let body = self.call(Method::GET, "/v1/phone".to_owned(), None::<&()>, Some(token)).await?;
         serde_json::from_slice(&body).map_err(ClientError::Decode)
+    }
+
+    /// `POST /v1/phone/report` with `Authorization: Bearer token`: what the terminal sees, its position and/or
+    /// measured RTTs in ms by site id (401 bad token, 400 out-of-range values).
+    pub async fn report(
+        &self,
+        token: &str,
+        lat: Option<f64>,
+        lon: Option<f64>,
+        rtt_ms: BTreeMap<String, f64>,
+    ) -> Result<(), ClientError> {
+        let body = ReportRequest { lat, lon, rtt_ms };
+        self.call(Method::POST, "/v1/phone/report".to_owned(), Some(&body), Some(token)).await.map(drop)
+    }
+
+    /// `GET /v1/users/{user}/report`: the user's latest terminal report (404 if none since the service started).
+    pub async fn latest_report(&self, user: &str) -> Result<TerminalReport, ClientError> {
+        self.json(Method::GET, format!("/v1/users/{}/report", segment(user)), None::<&()>).await
+    }
+
+    /// `POST /v1/sites/{id}/drain`: the placer moves every phone off the site and places none there.
+    pub async fn drain_site(&self, id: &str) -> Result<SiteStatus, ClientError> {
+        self.json(Method::POST, format!("/v1/sites/{}/drain", segment(id)), None::<&()>).await
+    }
+
+    /// `POST /v1/sites/{id}/undrain`: clears the draining flag.
+    pub async fn undrain_site(&self, id: &str) -> Result<SiteStatus, ClientError> {
+        self.json(Method::POST, format!("/v1/sites/{}/undrain", segment(id)), None::<&()>).await
+    }
+
+    /// `POST /v1/migrations`: adds a migration to the log.
+    pub async fn record_migration(&self, record: &MigrationRecord) -> Result<LoggedMigration, ClientError> {
+        self.json(Method::POST, "/v1/migrations".to_owned(), Some(record)).await
+    }
+
+    /// `GET /v1/migrations[?user=U]`: the newest logged migrations first (at most
+    /// [`DEFAULT_MIGRATIONS_LISTED`](crate::DEFAULT_MIGRATIONS_LISTED)), of one user or of everyone.
+    pub async fn migrations(&self, user: Option<&str>) -> Result<Vec<LoggedMigration>, ClientError> {
+        let path = match user {
+            Some(user) => format!("/v1/migrations?user={}", segment(user)),
+            None => "/v1/migrations".to_owned(),
+        };
+        self.json(Method::GET, path, None::<&()>).await
     }
 
     async fn json<B: Serialize, T: DeserializeOwned>(
@@ -316,12 +373,24 @@ impl ControlClient {
     }
 }
 
+/// How long [`post_json`] waits for an answer.
+pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// POSTs a JSON body to any `http://` URL (a site's operator endpoints, say) and returns
 /// the status and the body as text, whatever the status.
 pub async fn post_json(url: &str, body: &serde_json::Value) -> Result<(u16, String), ClientError> {
+    post_json_within(url, body, OPERATOR_TIMEOUT).await
+}
+
+/// [`post_json`] with another timeout for the whole exchange.
+pub(crate) async fn post_json_within<B: Serialize>(
+    url: &str,
+    body: &B,
+    timeout: Duration,
+) -> Result<(u16, String), ClientError> {
     let (client, path) = origin_and_path(url)?;
     let bytes = serde_json::to_vec(body).map_err(|_| ClientError::InvalidRequest("cannot encode request body"))?;
-    let (status, body) = client.raw(Method::POST, path, Some(bytes)).await?;
+    let (status, body) = client.with_timeout(timeout).raw(Method::POST, path, Some(bytes)).await?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -354,8 +423,8 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
-/// Percent-encodes a path segment (everything but RFC 3986 unreserved characters).
-fn segment(value: &str) -> String {
+/// Percent-encodes a path segment or query value (everything but RFC 3986 unreserved characters).
+pub(crate) fn segment(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

@@ -13,7 +13,7 @@ pub enum ControlError {
     /// The named thing does not exist (404).
     #[error("{what} {id:?} not found")]
     NotFound {
-        /// What kind of thing was looked up: "user", "device", "site", "placement".
+        /// What kind of thing was looked up: "user", "device", "site", "placement", "report".
         what: &'static str,
         /// The identifier that was looked up.
         id: String,
@@ -25,6 +25,16 @@ pub enum ControlError {
         what: &'static str,
         /// The identifier that is taken.
         id: String,
+    },
+    /// A compare-and-set placement change named an epoch that is no longer current (409).
+    #[error("placement of {user:?} is at epoch {current}, not the expected epoch {expected}")]
+    EpochMismatch {
+        /// Whose placement.
+        user: String,
+        /// The epoch the caller expected.
+        expected: u64,
+        /// The epoch stored now (0 if the user was never placed).
+        current: u64,
     },
     /// The bearer token is missing, unknown or revoked (401).
     #[error("missing, unknown or revoked token")]
@@ -59,7 +69,7 @@ impl ControlError {
     pub fn status(&self) -> StatusCode {
         match self {
             ControlError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ControlError::Conflict { .. } => StatusCode::CONFLICT,
+            ControlError::Conflict { .. } | ControlError::EpochMismatch { .. } => StatusCode::CONFLICT,
             ControlError::Unauthorized => StatusCode::UNAUTHORIZED,
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ControlError::Store(_) | ControlError::UnsupportedSchema { .. } | ControlError::Entropy(_) => {

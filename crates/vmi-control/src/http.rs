@@ -1,23 +1,53 @@
-//! The HTTP API: [`app`] builds the router, [`serve`] runs it until shut down.
+//! The HTTP API: [`app`] builds the router, [`serve`] / [`serve_with`] run it (and the placer) until shut down.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    AuthRequest, Device, HeartbeatRequest, Identity, NameRequest, NewDevice, PhoneLocation, Placement, PlacementInfo,
-    PlacementRequest, SiteSpec, SiteStatus, User,
+    AuthRequest, Device, HeartbeatRequest, Identity, LoggedMigration, MigrationRecord, NameRequest, NewDevice,
+    PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport,
+    User, validate_report,
 };
+use crate::placement::PolicyParams;
 use crate::store::now_ms;
-use crate::{ControlError, Store};
+use crate::{ControlError, Reports, Store, run_placer};
 
-type AppState = Arc<dyn Store>;
+/// Migrations listed by `GET /v1/migrations` without a `limit`.
+pub const DEFAULT_MIGRATIONS_LISTED: usize = 100;
+
+/// Largest `limit` accepted by `GET /v1/migrations`.
+pub const MAX_MIGRATIONS_LISTED: usize = 1000;
+
+type StoreRef = Arc<dyn Store>;
 type ApiResult<T> = Result<T, ControlError>;
+
+/// What every handler can reach: the durable registry and the in-memory terminal reports.
+#[derive(Clone)]
+struct AppState {
+    store: StoreRef,
+    reports: Reports,
+}
+
+impl FromRef<AppState> for StoreRef {
+    fn from_ref(state: &AppState) -> Self {
+        state.store.clone()
+    }
+}
+
+impl FromRef<AppState> for Reports {
+    fn from_ref(state: &AppState) -> Self {
+        state.reports.clone()
+    }
+}
 
 /// `Json<T>` whose rejection is a [`ControlError::BadRequest`] naming the problem, so every error body has the
 /// same `{"error": ...}` shape.
@@ -34,8 +64,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// The control service's router. Stateless apart from `store`; cheap to build, so tests build one per case.
+/// `Query<T>` with the same JSON error shape as [`ApiJson`].
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ControlError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ControlError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// The control service's router with a fresh, empty [`Reports`]. Cheap to build, so tests build one per case.
 pub fn app(store: Arc<dyn Store>) -> Router {
+    app_with(store, Reports::new())
+}
+
+/// The control service's router over `store` and `reports` (share `reports` with [`run_placer`]).
+pub fn app_with(store: Arc<dyn Store>, reports: Reports) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/users", post(create_user).get(list_users))
@@ -45,37 +94,96 @@ pub fn app(store: Arc<dyn Store>) -> Router {
         .route("/v1/sites", get(list_sites))
         .route("/v1/sites/{id}", put(put_site))
         .route("/v1/sites/{id}/heartbeat", post(heartbeat))
+        .route("/v1/sites/{id}/drain", post(drain))
+        .route("/v1/sites/{id}/undrain", post(undrain))
         .route("/v1/users/{user}/placement", put(set_placement).get(get_placement))
+        .route("/v1/users/{user}/report", get(get_report))
         .route("/v1/phone", get(phone))
+        .route("/v1/phone/report", post(post_report))
+        .route("/v1/migrations", post(record_migration).get(list_migrations))
         .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
-        .with_state(store)
+        .with_state(AppState { store, reports })
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes, then lets in-flight requests finish.
+/// How [`serve_with`] runs the service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeOptions {
+    /// Run the placer with these parameters; `None` turns it off (placements then only change by request).
+    pub placer: Option<PolicyParams>,
+    /// The placer's period.
+    pub placer_every: Duration,
+}
+
+impl Default for ServeOptions {
+    /// The placer on, with [`PolicyParams::default`], every second.
+    fn default() -> Self {
+        ServeOptions { placer: Some(PolicyParams::default()), placer_every: Duration::from_secs(1) }
+    }
+}
+
+/// Serves [`app`] on `listener`, with the placer on at its defaults ([`ServeOptions::default`]), until `shutdown`
+/// completes, then lets in-flight requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, store, ServeOptions::default(), shutdown).await
+}
+
+/// Serves the API on `listener` and runs the placer as `options` say, until `shutdown` completes. The placer
+/// stops when shutdown begins (or when the server fails); then in-flight requests finish and this returns.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "control service listening");
+        tracing::info!(%addr, placer = options.placer.is_some(), "control service listening");
     }
-    axum::serve(listener, app(store)).with_graceful_shutdown(shutdown).await
+    let reports = Reports::new();
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    let stopping = Arc::new(stopping);
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        }
+    };
+    let router = app_with(store.clone(), reports.clone());
+    let server = async {
+        let result = axum::serve(listener, router).with_graceful_shutdown(signal).await;
+        stopping.send_replace(true);
+        result
+    };
+    let placer = async {
+        if let Some(params) = options.placer {
+            let stopped = async move {
+                // An error means the sender is gone, which also means stop.
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            };
+            run_placer(store, reports, params, options.placer_every, stopped).await;
+        }
+    };
+    let (result, ()) = tokio::join!(server, placer);
+    result
 }
 
 async fn create_user(
-    State(store): State<AppState>,
+    State(store): State<StoreRef>,
     ApiJson(req): ApiJson<NameRequest>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     Ok((StatusCode::CREATED, Json(store.create_user(&req.name)?)))
 }
 
-async fn list_users(State(store): State<AppState>) -> ApiResult<Json<Vec<User>>> {
+async fn list_users(State(store): State<StoreRef>) -> ApiResult<Json<Vec<User>>> {
     Ok(Json(store.list_users()?))
 }
 
 async fn create_device(
-    State(store): State<AppState>,
+    State(store): State<StoreRef>,
     Path(user): Path<String>,
     ApiJson(req): ApiJson<NameRequest>,
 ) -> ApiResult<(StatusCode, Json<NewDevice>)> {
@@ -84,23 +192,23 @@ async fn create_device(
     Ok((StatusCode::CREATED, Json(device)))
 }
 
-async fn list_devices(State(store): State<AppState>, Path(user): Path<String>) -> ApiResult<Json<Vec<Device>>> {
+async fn list_devices(State(store): State<StoreRef>, Path(user): Path<String>) -> ApiResult<Json<Vec<Device>>> {
     Ok(Json(store.list_devices(&user)?))
 }
 
-async fn revoke_device(State(store): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn revoke_device(State(store): State<StoreRef>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let device_id: u64 = id.parse().map_err(|_| ControlError::not_found("device", id))?;
     store.revoke_device(device_id)?;
     tracing::info!(device_id, "device revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn authenticate(State(store): State<AppState>, ApiJson(req): ApiJson<AuthRequest>) -> ApiResult<Json<Identity>> {
+async fn authenticate(State(store): State<StoreRef>, ApiJson(req): ApiJson<AuthRequest>) -> ApiResult<Json<Identity>> {
     store.authenticate(&req.token)?.map(Json).ok_or(ControlError::Unauthorized)
 }
 
 async fn put_site(
-    State(store): State<AppState>,
+    State(store): State<StoreRef>,
     Path(id): Path<String>,
     ApiJson(spec): ApiJson<SiteSpec>,
 ) -> ApiResult<Json<SiteStatus>> {
@@ -110,7 +218,7 @@ async fn put_site(
 }
 
 async fn heartbeat(
-    State(store): State<AppState>,
+    State(store): State<StoreRef>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> ApiResult<StatusCode> {
@@ -118,36 +226,95 @@ async fn heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_sites(State(store): State<AppState>) -> ApiResult<Json<Vec<SiteStatus>>> {
+async fn drain(State(store): State<StoreRef>, Path(id): Path<String>) -> ApiResult<Json<SiteStatus>> {
+    let site = store.set_draining(&id, true)?;
+    tracing::info!(site = %id, "site draining");
+    Ok(Json(SiteStatus { healthy: site.healthy_at(now_ms()), site }))
+}
+
+async fn undrain(State(store): State<StoreRef>, Path(id): Path<String>) -> ApiResult<Json<SiteStatus>> {
+    let site = store.set_draining(&id, false)?;
+    tracing::info!(site = %id, "site no longer draining");
+    Ok(Json(SiteStatus { healthy: site.healthy_at(now_ms()), site }))
+}
+
+async fn list_sites(State(store): State<StoreRef>) -> ApiResult<Json<Vec<SiteStatus>>> {
     let now = now_ms();
     let sites = store.list_sites()?.into_iter().map(|site| SiteStatus { healthy: site.healthy_at(now), site });
     Ok(Json(sites.collect()))
 }
 
 async fn set_placement(
-    State(store): State<AppState>,
+    State(store): State<StoreRef>,
     Path(user): Path<String>,
     ApiJson(req): ApiJson<PlacementRequest>,
 ) -> ApiResult<Json<Placement>> {
-    let placement = store.set_placement(&user, &req.site)?;
-    tracing::info!(%user, site = %placement.site, epoch = placement.epoch, "placement set");
+    let placement = store.move_placement(&user, &req.site, req.expected_epoch)?;
+    tracing::info!(%user, site = %placement.site, epoch = placement.epoch, expected_epoch = ?req.expected_epoch,
+        "placement set");
     Ok(Json(placement))
 }
 
-async fn get_placement(State(store): State<AppState>, Path(user): Path<String>) -> ApiResult<Json<PlacementInfo>> {
+async fn get_placement(State(store): State<StoreRef>, Path(user): Path<String>) -> ApiResult<Json<PlacementInfo>> {
     let placement = store.placement(&user)?.ok_or_else(|| ControlError::not_found("placement", &user))?;
     let site = store.site(&placement.site)?.ok_or_else(|| ControlError::not_found("site", &placement.site))?;
     Ok(Json(PlacementInfo { site: placement.site, site_url: site.url, epoch: placement.epoch }))
 }
 
 /// `GET /v1/phone`: the caller's token decides whose phone; there is no way to name another user.
-async fn phone(State(store): State<AppState>, headers: HeaderMap) -> ApiResult<Json<PhoneLocation>> {
+async fn phone(State(store): State<StoreRef>, headers: HeaderMap) -> ApiResult<Json<PhoneLocation>> {
     let token = bearer_token(&headers).ok_or(ControlError::Unauthorized)?;
     let identity = store.authenticate(token)?.ok_or(ControlError::Unauthorized)?;
     let placement =
         store.placement(&identity.user)?.ok_or_else(|| ControlError::not_found("placement", &identity.user))?;
     let site = store.site(&placement.site)?.ok_or_else(|| ControlError::not_found("site", &placement.site))?;
     Ok(Json(PhoneLocation { user: identity.user, ws_url: site.ws_url(), site: site.id, site_url: site.url }))
+}
+
+/// `POST /v1/phone/report`: like `GET /v1/phone`, the token alone says whose report it is.
+async fn post_report(
+    State(store): State<StoreRef>,
+    State(reports): State<Reports>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ReportRequest>,
+) -> ApiResult<StatusCode> {
+    let token = bearer_token(&headers).ok_or(ControlError::Unauthorized)?;
+    let identity = store.authenticate(token)?.ok_or(ControlError::Unauthorized)?;
+    validate_report(&req)?;
+    reports.record(&identity.user, req, now_ms());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_report(State(reports): State<Reports>, Path(user): Path<String>) -> ApiResult<Json<TerminalReport>> {
+    reports.latest(&user).map(Json).ok_or_else(|| ControlError::not_found("report", user))
+}
+
+async fn record_migration(
+    State(store): State<StoreRef>,
+    ApiJson(record): ApiJson<MigrationRecord>,
+) -> ApiResult<(StatusCode, Json<LoggedMigration>)> {
+    let logged = store.record_migration(&record, now_ms())?;
+    tracing::info!(user = %record.user, from = %record.from, to = %record.to, epoch = record.epoch,
+        outcome = %record.outcome, downtime_us = record.downtime_us, "migration logged");
+    Ok((StatusCode::CREATED, Json(logged)))
+}
+
+/// Query of `GET /v1/migrations`.
+#[derive(Deserialize)]
+struct MigrationsQuery {
+    user: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_migrations(
+    State(store): State<StoreRef>,
+    ApiQuery(query): ApiQuery<MigrationsQuery>,
+) -> ApiResult<Json<Vec<LoggedMigration>>> {
+    let limit = query.limit.unwrap_or(DEFAULT_MIGRATIONS_LISTED);
+    if !(1..=MAX_MIGRATIONS_LISTED).contains(&limit) {
+        return Err(ControlError::BadRequest(format!("limit must be 1 to {MAX_MIGRATIONS_LISTED}")));
+    }
+    Ok(Json(store.migrations(query.user.as_deref(), limit)?))
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).

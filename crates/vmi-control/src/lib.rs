@@ -10,12 +10,27 @@
 //!   run. A site is *healthy* while its last heartbeat is at most [`HEALTHY_WITHIN_MS`] old.
 //! - **Placement** maps a user to the site running their phone, with an ownership `epoch` that increments whenever
 //!   the site changes (live migration uses it to tell the current owner from a stale one).
+//! - **Terminal reports** say where a user is (position) and what they see (RTT to each site); the latest per user
+//!   is kept in memory ([`Reports`]).
+//! - **Migrations** are logged by the sites that carry them out (`POST /v1/migrations`).
+//!
+//! # Phones follow their users
+//!
+//! The *placer* ([`run_placer`], started by [`serve`]) runs the [`placement`] policy every second over the sites,
+//! the placements and the fresh terminal reports. When a phone should live somewhere else (its user has had a
+//! clearly closer site for a while, or its site died or is draining) the placer orders the phone's current site to
+//! live-migrate it: `POST {site_url}/v1/phones/{user}/migrate` with a [`MigrateOrder`]. The destination takes
+//! ownership with a compare-and-set on the placement epoch ([`Store::move_placement`], `"expected_epoch"` in
+//! `PUT /v1/users/{user}/placement`), so exactly one site owns a phone; a stale commit gets 409.
 //!
 //! # Pieces
 //!
 //! - [`Store`]: the storage trait (object-safe, synchronous); [`SqliteStore`] keeps everything in one SQLite file
 //!   in WAL mode, with its schema versioned in a `schema_version` table and migrated at open.
-//! - [`app`] / [`serve`]: the JSON HTTP API (axum) and a runner with graceful shutdown.
+//! - [`app`] / [`serve`] / [`serve_with`]: the JSON HTTP API (axum) and a runner, placer included, with graceful
+//!   shutdown.
+//! - [`placement`]: the placement policy, a pure function ([`decide`]) tested over traces.
+//! - [`run_placer`]: the loop that feeds the policy and sends the migrate orders.
 //! - [`ControlClient`]: the async client used by sites, terminals and the `vmi` CLI.
 //!
 //! # HTTP API
@@ -30,11 +45,23 @@
 //! | `POST /v1/auth`                       | `{"token"}`                       | 200 `{"user","device_id"}`; 401          |
 //! | `PUT /v1/sites/{id}`                  | `{"url","lat","lon","capacity"}`  | 200 [`SiteStatus`]                       |
 //! | `POST /v1/sites/{id}/heartbeat`       | `{"phones"}`                      | 204                                      |
+//! | `POST /v1/sites/{id}/drain`           |                                   | 200 [`SiteStatus`] (`"draining":true`)   |
+//! | `POST /v1/sites/{id}/undrain`         |                                   | 200 [`SiteStatus`]                       |
 //! | `GET /v1/sites`                       |                                   | 200 list of [`SiteStatus`]               |
-//! | `PUT /v1/users/{user}/placement`      | `{"site"}`                        | 200 `{"site","epoch"}`                   |
+//! | `PUT /v1/users/{user}/placement`      | `{"site","expected_epoch"?}`      | 200 `{"site","epoch"}`; 409 stale epoch  |
 //! | `GET /v1/users/{user}/placement`      |                                   | 200 `{"site","site_url","epoch"}`        |
 //! | `GET /v1/phone` + `Authorization: Bearer TOKEN` |                         | 200 `{"user","site","site_url","ws_url"}`|
+//! | `POST /v1/phone/report` + bearer      | `{"lat"?,"lon"?,"rtt_ms"?}`       | 204; 401 bad token                       |
+//! | `GET /v1/users/{user}/report`         |                                   | 200 [`TerminalReport`]; 404 none yet     |
+//! | `POST /v1/migrations`                 | [`MigrationRecord`]               | 201 [`LoggedMigration`]                  |
+//! | `GET /v1/migrations?user=U&limit=N`   |                                   | 200 list of [`LoggedMigration`]          |
 //! | `GET /healthz`                        |                                   | 200 `ok`                                 |
+//!
+//! `expected_epoch` makes the placement change a compare-and-set: it applies only if the placement is at that
+//! epoch now (0 for a user never placed); otherwise 409 with a message naming both epochs. Terminal reports are
+//! validated (lat/lon together and in range, at most [`MAX_REPORT_SITES`] finite non-negative RTTs) and
+//! stamped with the time of arrival. `GET /v1/migrations` lists the newest first, [`DEFAULT_MIGRATIONS_LISTED`]
+//! entries unless `limit` (1 to [`MAX_MIGRATIONS_LISTED`]) says otherwise.
 //!
 //! `GET /v1/phone` is how a terminal finds its phone: the user comes from the token alone, so a token can never
 //! reveal another user's phone. It answers 401 for a missing, unknown or revoked token and 404 if the user has no
@@ -46,8 +73,12 @@
 //! # Known limitations
 //!
 //! - **Operator endpoints have no authentication.** Anyone who can reach the service can create users and devices,
-//!   revoke devices, register sites and move placements. This is acceptable only for the loopback demo: bind the
-//!   service to `127.0.0.1`. Only `/v1/phone` (bearer token) and `/v1/auth` (token in the body) check tokens.
+//!   revoke devices, register sites, drain them, move placements and write the migration log. This is acceptable
+//!   only for the loopback demo: bind the service to `127.0.0.1`. Only `/v1/phone`, `/v1/phone/report` (bearer
+//!   token) and `/v1/auth` (token in the body) check tokens.
+//! - The placer's migrate orders are plain HTTP POSTs to the site, equally unauthenticated.
+//! - Terminal reports live in memory: a restart forgets them (the placer then keeps phones put until new ones
+//!   arrive). The migration log grows without bound.
 //! - Plain HTTP only, for the server and [`ControlClient`]; no TLS.
 //! - The client opens one connection per request.
 //! - The server does not cap concurrent connections.
@@ -83,13 +114,21 @@ mod client;
 mod error;
 mod http;
 mod model;
+pub mod placement;
+mod placer;
+mod reports;
 mod store;
 
 pub use client::{ClientError, ControlClient, DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, get_bytes, post_json, ws_url};
 pub use error::ControlError;
-pub use http::{app, serve};
+pub use http::{DEFAULT_MIGRATIONS_LISTED, MAX_MIGRATIONS_LISTED, ServeOptions, app, app_with, serve, serve_with};
 pub use model::{
-    AuthRequest, Device, HEALTHY_WITHIN_MS, HeartbeatRequest, Identity, MAX_NAME_LEN, NameRequest, NewDevice,
-    PhoneLocation, Placement, PlacementInfo, PlacementRequest, Site, SiteSpec, SiteStatus, User,
+    AuthRequest, Device, HEALTHY_WITHIN_MS, HeartbeatRequest, Identity, LoggedMigration, MAX_NAME_LEN, MAX_REASON_LEN,
+    MAX_REPORT_SITES, MigrateOrder, MigrationRecord, NameRequest, NewDevice, OUTCOME_ABORTED, OUTCOME_COMMITTED,
+    PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, Site, SiteSpec, SiteStatus,
+    TerminalReport, User,
 };
+pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};
+pub use placer::{ORDER_TIMEOUT, run_placer};
+pub use reports::Reports;
 pub use store::{SCHEMA_VERSION, SqliteStore, Store, TOKEN_BYTES, generate_token, now_ms, token_hash};

@@ -3,6 +3,7 @@
 //! The same types are serialized by the server and deserialized by [`ControlClient`](crate::ControlClient), so the
 //! two cannot drift.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,12 @@ pub const HEALTHY_WITHIN_MS: u64 = 15_000;
 
 /// Longest user name, device name or site id accepted.
 pub const MAX_NAME_LEN: usize = 64;
+
+/// Most sites one terminal report may carry RTT measurements for.
+pub const MAX_REPORT_SITES: usize = 64;
+
+/// Longest migration `reason` accepted, in characters.
+pub const MAX_REASON_LEN: usize = 256;
 
 /// A user: the owner of one phone and of any number of devices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +98,9 @@ pub struct Site {
     pub phones: u32,
     /// Time of the last heartbeat, milliseconds since the Unix epoch; `None` before the first.
     pub last_heartbeat_ms: Option<u64>,
+    /// Set by `POST /v1/sites/{id}/drain`: the placer moves every phone away and places none here.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl Site {
@@ -183,6 +193,97 @@ pub struct HeartbeatRequest {
 pub struct PlacementRequest {
     /// Site id to place the user's phone on.
     pub site: String,
+    /// Compare-and-set: apply only if the placement is at this epoch now (0 = never placed), else 409.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_epoch: Option<u64>,
+}
+
+/// Body of `POST /v1/phone/report`: what a terminal sees of the network. Both parts are optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportRequest {
+    /// Latitude of the terminal in degrees, -90..=90 (given together with `lon`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    /// Longitude of the terminal in degrees, -180..=180 (given together with `lat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
+    /// Measured round-trip time to each site, in milliseconds, by site id (at most [`MAX_REPORT_SITES`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rtt_ms: BTreeMap<String, f64>,
+}
+
+/// The latest terminal report of a user, as kept in memory and returned by `GET /v1/users/{user}/report`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TerminalReport {
+    /// The reporting token's user.
+    pub user: String,
+    /// When the control service received it, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Latitude in degrees, if reported.
+    pub lat: Option<f64>,
+    /// Longitude in degrees, if reported.
+    pub lon: Option<f64>,
+    /// Measured round-trip times in milliseconds by site id (possibly empty).
+    pub rtt_ms: BTreeMap<String, f64>,
+}
+
+impl TerminalReport {
+    /// The reported position, if both coordinates are present.
+    pub fn position(&self) -> Option<(f64, f64)> {
+        self.lat.zip(self.lon)
+    }
+}
+
+/// Body of the order the placer POSTs to `{source_site_url}/v1/phones/{user}/migrate`.
+///
+/// The site answers once the migration committed (2xx) or aborted (non-2xx); the placer waits up to 30 s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateOrder {
+    /// Destination site id.
+    pub to: String,
+    /// Destination site base URL.
+    pub to_url: String,
+}
+
+/// `outcome` of a migration whose destination took ownership (the placement moved to it).
+pub const OUTCOME_COMMITTED: &str = "committed";
+
+/// `outcome` of a migration that left the phone on its source site.
+pub const OUTCOME_ABORTED: &str = "aborted";
+
+/// One live migration as a site reports it (`POST /v1/migrations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRecord {
+    /// Whose phone moved.
+    pub user: String,
+    /// Source site id.
+    pub from: String,
+    /// Destination site id.
+    pub to: String,
+    /// Placement epoch after the migration (the destination's epoch if committed).
+    pub epoch: u64,
+    /// Time the phone was paused (stop-and-copy), in microseconds.
+    pub downtime_us: u64,
+    /// Whole migration, first byte to commit or abort, in milliseconds.
+    pub total_ms: f64,
+    /// Bytes sent from source to destination.
+    pub bytes: u64,
+    /// [`OUTCOME_COMMITTED`] or [`OUTCOME_ABORTED`].
+    pub outcome: String,
+    /// Why it happened (e.g. "closer: 12.0 ms -> 3.1 ms") or why it aborted; at most [`MAX_REASON_LEN`] characters.
+    pub reason: String,
+}
+
+/// A [`MigrationRecord`] as stored and listed by `GET /v1/migrations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedMigration {
+    /// Log id, increasing with time.
+    pub id: u64,
+    /// When the control service received the record, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The record as reported.
+    #[serde(flatten)]
+    pub record: MigrationRecord,
 }
 
 /// Checks a user name or site id: 1..=64 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
@@ -194,6 +295,63 @@ pub(crate) fn validate_id(kind: &str, value: &str) -> Result<(), ControlError> {
     if !value.chars().all(ok_char) || value.starts_with(['.', '-']) {
         return Err(ControlError::BadRequest(format!(
             "{kind} may contain only letters, digits, '.', '_' and '-', and may not start with '.' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a position: latitude -90..=90 and longitude -180..=180 (NaN is neither).
+pub(crate) fn validate_position(lat: f64, lon: f64) -> Result<(), ControlError> {
+    if !(-90.0..=90.0).contains(&lat) {
+        return Err(ControlError::BadRequest("lat must be between -90 and 90".to_owned()));
+    }
+    if !(-180.0..=180.0).contains(&lon) {
+        return Err(ControlError::BadRequest("lon must be between -180 and 180".to_owned()));
+    }
+    Ok(())
+}
+
+/// Checks a terminal report: a whole position or none, at most [`MAX_REPORT_SITES`] RTTs, each finite and
+/// non-negative, keyed by well-formed site ids.
+pub(crate) fn validate_report(report: &ReportRequest) -> Result<(), ControlError> {
+    match (report.lat, report.lon) {
+        (Some(lat), Some(lon)) => validate_position(lat, lon)?,
+        (None, None) => {}
+        _ => return Err(ControlError::BadRequest("lat and lon must be given together".to_owned())),
+    }
+    if report.rtt_ms.len() > MAX_REPORT_SITES {
+        return Err(ControlError::BadRequest(format!("rtt_ms may name at most {MAX_REPORT_SITES} sites")));
+    }
+    for (site, rtt) in &report.rtt_ms {
+        validate_id("site id", site)?;
+        if !rtt.is_finite() || *rtt < 0.0 {
+            return Err(ControlError::BadRequest(format!("rtt_ms[{site:?}] must be a finite number >= 0")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a migration record: well-formed ids, a known outcome, counters that fit SQLite's signed 64 bits, a
+/// finite non-negative duration, a bounded reason.
+pub(crate) fn validate_migration(record: &MigrationRecord) -> Result<(), ControlError> {
+    validate_id("user name", &record.user)?;
+    validate_id("from site id", &record.from)?;
+    validate_id("to site id", &record.to)?;
+    let limit = i64::MAX as u64;
+    if record.outcome != OUTCOME_COMMITTED && record.outcome != OUTCOME_ABORTED {
+        return Err(ControlError::BadRequest(format!("outcome must be {OUTCOME_COMMITTED:?} or {OUTCOME_ABORTED:?}")));
+    }
+    if !record.total_ms.is_finite() || record.total_ms < 0.0 {
+        return Err(ControlError::BadRequest("total_ms must be a finite number >= 0".to_owned()));
+    }
+    for (name, value) in [("epoch", record.epoch), ("downtime_us", record.downtime_us), ("bytes", record.bytes)] {
+        if value > limit {
+            return Err(ControlError::BadRequest(format!("{name} must be at most {limit}")));
+        }
+    }
+    if record.reason.chars().count() > MAX_REASON_LEN || record.reason.chars().any(char::is_control) {
+        return Err(ControlError::BadRequest(format!(
+            "reason must be at most {MAX_REASON_LEN} characters with no control characters"
         )));
     }
     Ok(())
@@ -221,12 +379,7 @@ pub(crate) fn validate_site_spec(spec: &SiteSpec) -> Result<String, ControlError
     {
         return Err(ControlError::BadRequest("site url must be scheme://host[:port] with no path".to_owned()));
     }
-    if !(-90.0..=90.0).contains(&spec.lat) {
-        return Err(ControlError::BadRequest("lat must be between -90 and 90".to_owned()));
-    }
-    if !(-180.0..=180.0).contains(&spec.lon) {
-        return Err(ControlError::BadRequest("lon must be between -180 and 180".to_owned()));
-    }
+    validate_position(spec.lat, spec.lon)?;
     Ok(url.to_owned())
 }
 
@@ -235,7 +388,16 @@ mod tests {
     use super::*;
 
     fn site(url: &str, last: Option<u64>) -> Site {
-        Site { id: "s".into(), url: url.into(), lat: 0.0, lon: 0.0, capacity: 1, phones: 0, last_heartbeat_ms: last }
+        Site {
+            id: "s".into(),
+            url: url.into(),
+            lat: 0.0,
+            lon: 0.0,
+            capacity: 1,
+            phones: 0,
+            last_heartbeat_ms: last,
+            draining: false,
+        }
     }
 
     #[test]
@@ -264,5 +426,25 @@ mod tests {
         }
         assert!(validate_site_spec(&SiteSpec { lat: 91.0, ..spec("http://a:1") }).is_err());
         assert!(validate_site_spec(&SiteSpec { lon: -181.0, ..spec("http://a:1") }).is_err());
+    }
+
+    #[test]
+    fn reports_are_validated() {
+        let ok = ReportRequest { lat: Some(48.1), lon: Some(11.6), rtt_ms: [("site-a".to_owned(), 3.5)].into() };
+        assert!(validate_report(&ok).is_ok());
+        assert!(validate_report(&ReportRequest::default()).is_ok());
+        let bad = [
+            ReportRequest { lat: Some(1.0), ..ReportRequest::default() },
+            ReportRequest { lat: Some(f64::NAN), lon: Some(0.0), ..ReportRequest::default() },
+            ReportRequest { rtt_ms: [("site-a".to_owned(), -1.0)].into(), ..ReportRequest::default() },
+            ReportRequest { rtt_ms: [("a/b".to_owned(), 1.0)].into(), ..ReportRequest::default() },
+            ReportRequest {
+                rtt_ms: (0..=MAX_REPORT_SITES).map(|i| (format!("s{i}"), 1.0)).collect(),
+                ..ReportRequest::default()
+            },
+        ];
+        for report in bad {
+            assert!(validate_report(&report).is_err(), "{report:?}");
+        }
     }
 }

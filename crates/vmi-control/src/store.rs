@@ -12,7 +12,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::ControlError;
 use crate::model::{
-    Device, Identity, NewDevice, Placement, Site, SiteSpec, User, validate_id, validate_label, validate_site_spec,
+    Device, Identity, LoggedMigration, MigrationRecord, NewDevice, Placement, Site, SiteSpec, User, validate_id,
+    validate_label, validate_migration, validate_site_spec,
 };
 
 /// Bytes of randomness in a device token; the token is their lowercase hex, twice as many characters.
@@ -44,13 +45,33 @@ pub trait Store: Send + Sync {
     /// All sites, by id.
     fn list_sites(&self) -> Result<Vec<Site>, ControlError>;
     /// Places the user's phone on a site. The epoch increments when the site changes (see [`Placement`]).
-    fn set_placement(&self, user: &str, site: &str) -> Result<Placement, ControlError>;
+    ///
+    /// The same as [`Store::move_placement`] without an expected epoch.
+    fn set_placement(&self, user: &str, site: &str) -> Result<Placement, ControlError> {
+        self.move_placement(user, site, None)
+    }
+    /// Places the user's phone on a site, in one transaction, if the placement is at `expected_epoch` now (a user
+    /// never placed is at epoch 0); otherwise [`ControlError::EpochMismatch`] and nothing changes. `None` skips
+    /// the check. The epoch increments when the site changes.
+    ///
+    /// This is the ownership handoff of a live migration: the destination commits with the epoch it was given,
+    /// so of two racing commits at most one wins and exactly one site owns the phone.
+    fn move_placement(&self, user: &str, site: &str, expected_epoch: Option<u64>) -> Result<Placement, ControlError>;
     /// The user's placement; `None` if never placed, [`ControlError::NotFound`] if the user does not exist.
     fn placement(&self, user: &str) -> Result<Option<Placement>, ControlError>;
+    /// Every placement as `(user, placement)`, by user.
+    fn list_placements(&self) -> Result<Vec<(String, Placement)>, ControlError>;
+    /// Sets or clears a site's `draining` flag and returns the site.
+    fn set_draining(&self, id: &str, draining: bool) -> Result<Site, ControlError>;
+    /// Appends a migration to the log, received at `at_ms`; the user must exist.
+    fn record_migration(&self, record: &MigrationRecord, at_ms: u64) -> Result<LoggedMigration, ControlError>;
+    /// Up to `limit` logged migrations, newest first, of one user (which must exist) or of everyone.
+    fn migrations(&self, user: Option<&str>, limit: usize) -> Result<Vec<LoggedMigration>, ControlError>;
 }
 
 /// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE users (
         name TEXT PRIMARY KEY NOT NULL,
         created_ms INTEGER NOT NULL
@@ -78,7 +99,25 @@ const MIGRATIONS: &[&str] = &["
         site TEXT NOT NULL REFERENCES sites(id),
         epoch INTEGER NOT NULL
     );
-"];
+",
+    "
+    ALTER TABLE sites ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE migrations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        user TEXT NOT NULL REFERENCES users(name),
+        from_site TEXT NOT NULL,
+        to_site TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        downtime_us INTEGER NOT NULL,
+        total_ms REAL NOT NULL,
+        bytes INTEGER NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'aborted')),
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX migrations_by_user ON migrations(user, id);
+",
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -189,10 +228,41 @@ fn site_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Site> {
         capacity: row.get(4)?,
         phones: row.get(5)?,
         last_heartbeat_ms: row.get(6)?,
+        draining: row.get(7)?,
     })
 }
 
-const SITE_COLUMNS: &str = "id, url, lat, lon, capacity, phones, last_heartbeat_ms";
+const SITE_COLUMNS: &str = "id, url, lat, lon, capacity, phones, last_heartbeat_ms, draining";
+
+fn load_placement(conn: &Connection, user: &str) -> Result<Option<Placement>, ControlError> {
+    let placement = conn
+        .query_row("SELECT site, epoch FROM placements WHERE user = ?1", [user], |row| {
+            Ok(Placement { site: row.get(0)?, epoch: row.get(1)? })
+        })
+        .optional()?;
+    Ok(placement)
+}
+
+const MIGRATION_COLUMNS: &str =
+    "id, at_ms, user, from_site, to_site, epoch, downtime_us, total_ms, bytes, outcome, reason";
+
+fn migration_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedMigration> {
+    Ok(LoggedMigration {
+        id: row.get(0)?,
+        at_ms: row.get(1)?,
+        record: MigrationRecord {
+            user: row.get(2)?,
+            from: row.get(3)?,
+            to: row.get(4)?,
+            epoch: row.get(5)?,
+            downtime_us: row.get(6)?,
+            total_ms: row.get(7)?,
+            bytes: row.get(8)?,
+            outcome: row.get(9)?,
+            reason: row.get(10)?,
+        },
+    })
+}
 
 fn load_site(conn: &Connection, id: &str) -> Result<Option<Site>, ControlError> {
     let sql = format!("SELECT {SITE_COLUMNS} FROM sites WHERE id = ?1");
@@ -314,21 +384,25 @@ impl Store for SqliteStore {
         Ok(sites)
     }
 
-    fn set_placement(&self, user: &str, site: &str) -> Result<Placement, ControlError> {
+    fn move_placement(&self, user: &str, site: &str, expected_epoch: Option<u64>) -> Result<Placement, ControlError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         require_user(&tx, user)?;
         if load_site(&tx, site)?.is_none() {
             return Err(ControlError::not_found("site", site));
+        }
+        if let Some(expected) = expected_epoch {
+            let current = load_placement(&tx, user)?.map_or(0, |p| p.epoch);
+            if current != expected {
+                return Err(ControlError::EpochMismatch { user: user.to_owned(), expected, current });
+            }
         }
         tx.execute(
             "INSERT INTO placements (user, site, epoch) VALUES (?1, ?2, 1)
              ON CONFLICT(user) DO UPDATE SET site = excluded.site, epoch = epoch + 1 WHERE site != excluded.site",
             params![user, site],
         )?;
-        let placement = tx.query_row("SELECT site, epoch FROM placements WHERE user = ?1", [user], |row| {
-            Ok(Placement { site: row.get(0)?, epoch: row.get(1)? })
-        })?;
+        let placement = load_placement(&tx, user)?.ok_or_else(|| ControlError::not_found("placement", user))?;
         tx.commit()?;
         Ok(placement)
     }
@@ -336,12 +410,74 @@ impl Store for SqliteStore {
     fn placement(&self, user: &str) -> Result<Option<Placement>, ControlError> {
         let conn = self.conn();
         require_user(&conn, user)?;
-        let placement = conn
-            .query_row("SELECT site, epoch FROM placements WHERE user = ?1", [user], |row| {
-                Ok(Placement { site: row.get(0)?, epoch: row.get(1)? })
-            })
-            .optional()?;
-        Ok(placement)
+        load_placement(&conn, user)
+    }
+
+    fn list_placements(&self) -> Result<Vec<(String, Placement)>, ControlError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT user, site, epoch FROM placements ORDER BY user")?;
+        let placements = stmt
+            .query_map([], |row| Ok((row.get(0)?, Placement { site: row.get(1)?, epoch: row.get(2)? })))?
+            .collect::<Result<_, _>>()?;
+        Ok(placements)
+    }
+
+    fn set_draining(&self, id: &str, draining: bool) -> Result<Site, ControlError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if tx.execute("UPDATE sites SET draining = ?2 WHERE id = ?1", params![id, draining])? == 0 {
+            return Err(ControlError::not_found("site", id));
+        }
+        let site = load_site(&tx, id)?.ok_or_else(|| ControlError::not_found("site", id))?;
+        tx.commit()?;
+        Ok(site)
+    }
+
+    fn record_migration(&self, record: &MigrationRecord, at_ms: u64) -> Result<LoggedMigration, ControlError> {
+        validate_migration(record)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        require_user(&tx, &record.user)?;
+        tx.execute(
+            "INSERT INTO migrations (at_ms, user, from_site, to_site, epoch, downtime_us, total_ms, bytes, outcome,
+                                     reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                at_ms,
+                record.user,
+                record.from,
+                record.to,
+                record.epoch,
+                record.downtime_us,
+                record.total_ms,
+                record.bytes,
+                record.outcome,
+                record.reason
+            ],
+        )?;
+        let id = u64::try_from(tx.last_insert_rowid()).unwrap_or_default();
+        tx.commit()?;
+        Ok(LoggedMigration { id, at_ms, record: record.clone() })
+    }
+
+    fn migrations(&self, user: Option<&str>, limit: usize) -> Result<Vec<LoggedMigration>, ControlError> {
+        let conn = self.conn();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let logged = match user {
+            Some(user) => {
+                require_user(&conn, user)?;
+                let sql =
+                    format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE user = ?1 ORDER BY id DESC LIMIT ?2");
+                let mut stmt = conn.prepare(&sql)?;
+                stmt.query_map(params![user, limit], migration_row)?.collect::<Result<_, _>>()?
+            }
+            None => {
+                let sql = format!("SELECT {MIGRATION_COLUMNS} FROM migrations ORDER BY id DESC LIMIT ?1");
+                let mut stmt = conn.prepare(&sql)?;
+                stmt.query_map([limit], migration_row)?.collect::<Result<_, _>>()?
+            }
+        };
+        Ok(logged)
     }
 }
 
@@ -445,6 +581,105 @@ mod tests {
         assert!(matches!(s.set_placement("alice", "site-z"), Err(ControlError::NotFound { what: "site", .. })));
         assert!(matches!(s.set_placement("ghost", "site-a"), Err(ControlError::NotFound { what: "user", .. })));
         assert!(matches!(s.placement("ghost"), Err(ControlError::NotFound { what: "user", .. })));
+    }
+
+    #[test]
+    fn move_placement_is_a_compare_and_set_on_the_epoch() {
+        let s = store();
+        s.create_user("alice").unwrap();
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.put_site("site-b", &spec(2)).unwrap();
+
+        let mismatch = s.move_placement("alice", "site-a", Some(1)).unwrap_err();
+        assert!(matches!(mismatch, ControlError::EpochMismatch { expected: 1, current: 0, .. }), "{mismatch:?}");
+        assert_eq!(s.placement("alice").unwrap(), None, "a failed compare-and-set changes nothing");
+        assert_eq!(s.move_placement("alice", "site-a", Some(0)).unwrap().epoch, 1, "0 means never placed");
+
+        assert_eq!(
+            s.move_placement("alice", "site-b", Some(1)).unwrap(),
+            Placement { site: "site-b".into(), epoch: 2 }
+        );
+        // A second destination committing with the same (now stale) epoch loses.
+        let stale = s.move_placement("alice", "site-a", Some(1)).unwrap_err();
+        assert!(matches!(stale, ControlError::EpochMismatch { expected: 1, current: 2, .. }), "{stale:?}");
+        assert_eq!(stale.to_string(), "placement of \"alice\" is at epoch 2, not the expected epoch 1");
+        assert_eq!(s.placement("alice").unwrap(), Some(Placement { site: "site-b".into(), epoch: 2 }));
+        assert_eq!(s.move_placement("alice", "site-b", Some(2)).unwrap().epoch, 2, "same site keeps the epoch");
+        assert_eq!(s.move_placement("alice", "site-a", None).unwrap().epoch, 3);
+
+        s.create_user("bob").unwrap();
+        s.set_placement("bob", "site-b").unwrap();
+        let all = s.list_placements().unwrap();
+        assert_eq!(
+            all.iter().map(|(u, p)| (u.as_str(), p.site.as_str(), p.epoch)).collect::<Vec<_>>(),
+            [("alice", "site-a", 3), ("bob", "site-b", 1)]
+        );
+    }
+
+    #[test]
+    fn draining_is_a_stored_flag() {
+        let s = store();
+        assert!(!s.put_site("site-a", &spec(1)).unwrap().draining);
+        assert!(s.set_draining("site-a", true).unwrap().draining);
+        assert!(s.site("site-a").unwrap().unwrap().draining);
+        assert!(s.put_site("site-a", &spec(3)).unwrap().draining, "re-registering keeps the flag");
+        assert!(!s.set_draining("site-a", false).unwrap().draining);
+        assert!(matches!(s.set_draining("site-z", true), Err(ControlError::NotFound { what: "site", .. })));
+    }
+
+    #[test]
+    fn migrations_are_logged_newest_first() {
+        let s = store();
+        s.create_user("alice").unwrap();
+        s.create_user("bob").unwrap();
+        let record = |user: &str, to: &str, outcome: &str| MigrationRecord {
+            user: user.into(),
+            from: "site-a".into(),
+            to: to.into(),
+            epoch: 2,
+            downtime_us: 850,
+            total_ms: 40.5,
+            bytes: 1 << 20,
+            outcome: outcome.into(),
+            reason: "closer".into(),
+        };
+        let first = s.record_migration(&record("alice", "site-b", "aborted"), 10).unwrap();
+        s.record_migration(&record("bob", "site-b", "committed"), 20).unwrap();
+        let third = s.record_migration(&record("alice", "site-c", "committed"), 30).unwrap();
+        assert!(first.id < third.id);
+
+        let alice = s.migrations(Some("alice"), 100).unwrap();
+        assert_eq!(alice, [third.clone(), first]);
+        assert_eq!(s.migrations(None, 100).unwrap().iter().map(|m| m.at_ms).collect::<Vec<_>>(), [30, 20, 10]);
+        assert_eq!(s.migrations(None, 1).unwrap(), [third]);
+
+        assert!(matches!(s.migrations(Some("ghost"), 10), Err(ControlError::NotFound { what: "user", .. })));
+        let ghost = record("ghost", "site-b", "committed");
+        assert!(matches!(s.record_migration(&ghost, 1), Err(ControlError::NotFound { what: "user", .. })));
+        let huge = MigrationRecord { bytes: u64::MAX, ..record("alice", "site-b", "committed") };
+        assert!(matches!(s.record_migration(&huge, 1), Err(ControlError::BadRequest(_))));
+        let long = MigrationRecord { reason: "x".repeat(300), ..record("alice", "site-b", "aborted") };
+        assert!(matches!(s.record_migration(&long, 1), Err(ControlError::BadRequest(_))));
+        let odd = record("alice", "site-b", "maybe");
+        assert!(matches!(s.record_migration(&odd, 1), Err(ControlError::BadRequest(_))));
+        let negative = MigrationRecord { total_ms: -1.0, ..record("alice", "site-b", "aborted") };
+        assert!(matches!(s.record_migration(&negative, 1), Err(ControlError::BadRequest(_))));
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_in_place() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                            INSERT INTO schema_version (version) VALUES (1);
+                            INSERT INTO sites (id, url, lat, lon, capacity) VALUES ('site-a', 'http://a:1', 1, 2, 3);",
+        )
+        .unwrap();
+        let s = SqliteStore::init(conn).unwrap();
+        let site = s.site("site-a").unwrap().unwrap();
+        assert_eq!((site.capacity, site.draining), (3, false));
+        assert!(s.migrations(None, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use vmi_control::{ClientError, ControlClient, SiteSpec, SqliteStore, Store, serve};
+use vmi_control::{ClientError, ControlClient, MigrationRecord, SiteSpec, SqliteStore, Store, serve};
 
 /// A running control service; [`Server::stop`] shuts it down and checks that `serve` returned cleanly.
 struct Server {
@@ -236,6 +236,153 @@ async fn placement_epoch_increments_on_every_move() {
     assert_eq!(status(control.set_placement("alice", "site-z").await), 404);
     assert_eq!(status(control.set_placement("ghost", "site-a").await), 404);
     assert_eq!(status(control.placement("ghost").await), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn placement_compare_and_set_refuses_a_stale_epoch() {
+    let server = Server::in_memory().await;
+    let control = server.client();
+    control.create_user("alice").await.unwrap();
+    control.register_site("site-a", &site(9001)).await.unwrap();
+    control.register_site("site-b", &site(9002)).await.unwrap();
+
+    assert_eq!(control.move_placement("alice", "site-a", Some(0)).await.unwrap().epoch, 1, "0 = never placed");
+    let moved = control.move_placement("alice", "site-b", Some(1)).await.unwrap();
+    assert_eq!((moved.site.as_str(), moved.epoch), ("site-b", 2));
+
+    // A second destination that was handed the same epoch loses the race.
+    let err = control.move_placement("alice", "site-a", Some(1)).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Status { status: 409, body }
+            if body == "placement of \"alice\" is at epoch 2, not the expected epoch 1"),
+        "{err:?}"
+    );
+    let info = control.placement("alice").await.unwrap();
+    assert_eq!((info.site.as_str(), info.epoch), ("site-b", 2), "nothing changed");
+
+    let (code, body) =
+        raw(server.addr, "PUT", "/v1/users/alice/placement", &[JSON], r#"{"site":"site-a","expected_epoch":7}"#).await;
+    assert_eq!(code, 409);
+    assert!(body.contains("epoch 2") && body.contains("expected epoch 7"), "{body}");
+    let (code, body) =
+        raw(server.addr, "PUT", "/v1/users/alice/placement", &[JSON], r#"{"site":"site-a","expected_epoch":2}"#).await;
+    assert_eq!((code, body.as_str()), (200, r#"{"site":"site-a","epoch":3}"#));
+    let (code, _) =
+        raw(server.addr, "PUT", "/v1/users/alice/placement", &[JSON], r#"{"site":"site-a","expected_epoch":-1}"#).await;
+    assert_eq!(code, 400);
+
+    // Without an expected epoch the change is unconditional, as before.
+    assert_eq!(control.set_placement("alice", "site-b").await.unwrap().epoch, 4);
+    assert_eq!(status(control.move_placement("alice", "site-z", Some(4)).await), 404);
+    assert_eq!(status(control.move_placement("ghost", "site-a", Some(0)).await), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn terminal_reports_need_a_valid_token_and_keep_the_latest() {
+    let server = Server::in_memory().await;
+    let control = server.client();
+    control.create_user("alice").await.unwrap();
+    control.create_user("bob").await.unwrap();
+    let alice = control.create_device("alice", "pixel").await.unwrap();
+
+    let rtts = |pairs: &[(&str, f64)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    assert_eq!(status(control.report(&"ab".repeat(32), Some(1.0), Some(2.0), rtts(&[])).await), 401);
+    let (code, _) = raw(server.addr, "POST", "/v1/phone/report", &[JSON], r#"{"lat":1,"lon":2}"#).await;
+    assert_eq!(code, 401, "no Authorization header");
+    assert_eq!(status(control.latest_report("alice").await), 404, "rejected reports are not kept");
+
+    let before = vmi_control::now_ms();
+    control.report(&alice.token, Some(48.1), Some(11.6), rtts(&[("site-a", 3.5), ("site-b", 12.0)])).await.unwrap();
+    let report = control.latest_report("alice").await.unwrap();
+    assert_eq!((report.user.as_str(), report.lat, report.lon), ("alice", Some(48.1), Some(11.6)));
+    assert_eq!(report.rtt_ms.get("site-a"), Some(&3.5));
+    assert!(report.at_ms >= before && report.at_ms <= vmi_control::now_ms());
+
+    let auth = format!("Authorization: Bearer {}", alice.token);
+    let (code, body) = raw(server.addr, "POST", "/v1/phone/report", &[JSON, &auth], r#"{"rtt_ms":{"site-c":1}}"#).await;
+    assert_eq!((code, body.as_str()), (204, ""));
+    let report = control.latest_report("alice").await.unwrap();
+    assert_eq!((report.lat, report.rtt_ms.len()), (None, 1), "the latest report replaces the previous one");
+
+    for bad in [r#"{"lat":1}"#, r#"{"lat":91,"lon":0}"#, r#"{"rtt_ms":{"site-a":-1}}"#, r#"{"rtt_ms":{"a b":1}}"#] {
+        let (code, body) = raw(server.addr, "POST", "/v1/phone/report", &[JSON, &auth], bad).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    assert_eq!(status(control.latest_report("bob").await), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn drain_flag_is_stored_listed_and_survives_a_restart() {
+    let path = temp_db("drain");
+    let server = Server::start(Arc::new(SqliteStore::open(&path).unwrap())).await;
+    let control = server.client();
+    assert!(!control.register_site("site-a", &site(9001)).await.unwrap().site.draining);
+    control.register_site("site-b", &site(9002)).await.unwrap();
+    assert!(control.drain_site("site-a").await.unwrap().site.draining);
+    let (code, body) = raw(server.addr, "GET", "/v1/sites", &[], "").await;
+    assert_eq!(code, 200);
+    assert!(body.contains(r#""id":"site-a","url":"http://127.0.0.1:9001""#) && body.contains(r#""draining":true"#));
+    assert_eq!(status(control.drain_site("site-z").await), 404);
+    server.stop().await;
+
+    let server = Server::start(Arc::new(SqliteStore::open(&path).unwrap())).await;
+    let control = server.client();
+    let drained: Vec<_> = control.list_sites().await.unwrap().into_iter().map(|s| s.site.draining).collect();
+    assert_eq!(drained, [true, false]);
+    assert!(!control.undrain_site("site-a").await.unwrap().site.draining);
+    assert!(!control.list_sites().await.unwrap()[0].site.draining);
+    assert_eq!(status(control.undrain_site("site-z").await), 404);
+    server.stop().await;
+    remove_db(&path);
+}
+
+#[tokio::test]
+async fn migrations_are_logged_and_listed_newest_first() {
+    let server = Server::in_memory().await;
+    let control = server.client();
+    control.create_user("alice").await.unwrap();
+    control.create_user("bob").await.unwrap();
+    let record = |user: &str, to: &str, outcome: &str| MigrationRecord {
+        user: user.into(),
+        from: "site-a".into(),
+        to: to.into(),
+        epoch: 2,
+        downtime_us: 1_200,
+        total_ms: 85.5,
+        bytes: 3 << 20,
+        outcome: outcome.into(),
+        reason: "closer: 9.0 ms -> 3.0 ms".into(),
+    };
+    let first = control.record_migration(&record("alice", "site-b", "aborted")).await.unwrap();
+    control.record_migration(&record("bob", "site-b", "committed")).await.unwrap();
+    let third = control.record_migration(&record("alice", "site-c", "committed")).await.unwrap();
+    assert_eq!(third.record, record("alice", "site-c", "committed"));
+    assert!(third.id > first.id && third.at_ms >= first.at_ms);
+
+    let alice = control.migrations(Some("alice")).await.unwrap();
+    assert_eq!(alice, [third.clone(), first]);
+    let everyone: Vec<_> = control.migrations(None).await.unwrap().into_iter().map(|m| m.record.user).collect();
+    assert_eq!(everyone, ["alice", "bob", "alice"]);
+
+    let (code, body) = raw(server.addr, "GET", "/v1/migrations?user=alice&limit=1", &[], "").await;
+    assert_eq!(code, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!(listed[0]["to"], "site-c");
+    assert_eq!(listed[0]["outcome"], "committed");
+    assert_eq!(listed[0]["downtime_us"], 1_200);
+    for bad in ["limit=0", "limit=1001", "limit=many"] {
+        let (code, body) = raw(server.addr, "GET", &format!("/v1/migrations?{bad}"), &[], "").await;
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(body.contains(r#""error""#), "{body}");
+    }
+
+    assert_eq!(status(control.migrations(Some("ghost")).await), 404);
+    assert_eq!(status(control.record_migration(&record("ghost", "site-b", "committed")).await), 404);
+    assert_eq!(status(control.record_migration(&record("alice", "site-b", "maybe")).await), 400);
     server.stop().await;
 }
 

@@ -49,8 +49,26 @@ pub trait Engine: Send + Sync {
         config: &VmConfig,
     ) -> Result<Box<dyn VirtualPhone>, EngineError>;
 
+    /// Starts a restore that receives its chain piece by piece (a live migration's
+    /// pre-copy rounds arrive while the source phone still runs), so that only the last,
+    /// small piece is applied while the phone is stopped.
+    fn begin_restore(&self, image: &ImageHash, config: &VmConfig) -> Result<Box<dyn RestoreStage>, EngineError>;
+
     /// The clock this engine's VMs read time from.
     fn clock(&self) -> Arc<dyn Clock>;
+}
+
+/// A restore in progress: snapshots of one chain are applied as they arrive.
+pub trait RestoreStage: Send {
+    /// Lays one snapshot down; it must be the base of the chain or the child of the one
+    /// before (checked), and of the stage's image.
+    fn apply(&mut self, snapshot: &[u8]) -> Result<(), EngineError>;
+
+    /// Snapshots applied so far.
+    fn applied(&self) -> usize;
+
+    /// The phone, in the state of the last snapshot applied.
+    fn finish(self: Box<Self>) -> Result<Box<dyn VirtualPhone>, EngineError>;
 }
 
 /// One running (or crashed) virtual phone.

@@ -286,6 +286,11 @@ pub enum SnapshotRequest {
     Full,
     /// Pages written since the previous snapshot (falls back to full when there is none).
     Incremental,
+    /// A live-migration pre-copy round, taken while the phone keeps running: the first
+    /// round holds every non-zero page, each later one the pages written since the round
+    /// before. The migration ends with an `Incremental` snapshot (the dirty rest) taken
+    /// with the phone stopped.
+    PreCopy,
 }
 
 /// A snapshot in its file format, with its identity.

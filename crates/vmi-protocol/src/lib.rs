@@ -89,6 +89,7 @@
 pub mod display;
 pub mod error;
 pub mod message;
+pub mod migration;
 pub mod wire;
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/phones/{user}/screen.png", get(screen_png))
         .route("/v1/phones/{user}/screen-hash", get(screen_hash))
         .route("/v1/phones/{user}/kv/{key}", get(kv))
+        .route("/v1/phones/{user}/migrate", post(migrate))
+        .route("/v1/migrate", get(migrate_in))
         .with_state(state)
 }
 
@@ -57,6 +59,7 @@ impl From<SiteError> for ApiError {
             SiteError::Exists(_) => StatusCode::CONFLICT,
             SiteError::BadUser(_) => StatusCode::BAD_REQUEST,
             SiteError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SiteError::Migration(_) => StatusCode::CONFLICT,
             _ => {
                 tracing::error!("site error: {e:#}");
                 return ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
@@ -107,6 +110,13 @@ struct NewMail {
     subject: String,
     #[serde(default)]
     body: String,
+    /// Tell the phone at once (default), or leave the mail for its next mailbox check.
+    #[serde(default = "yes")]
+    push: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_from() -> String {
@@ -119,8 +129,9 @@ async fn send_mail(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let mail: NewMail = json_body(&body)?;
+    let push = mail.push;
     let mail = Mail { from: mail.from, subject: mail.subject, body: mail.body };
-    site.ask(&user, |reply| PhoneCommand::Mail(mail, reply))
+    site.ask(&user, |reply| PhoneCommand::Mail(mail, push, reply))
         .await?
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))?;
     Ok(StatusCode::ACCEPTED.into_response())
@@ -154,4 +165,31 @@ async fn kv(
         Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("{user}'s phone has no key {key:?}"))),
     }
+}
+
+#[derive(Deserialize)]
+struct MigrateRequest {
+    to: String,
+    to_url: String,
+}
+
+/// Moves a phone to another site; answers when it committed or aborted.
+async fn migrate(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let MigrateRequest { to, to_url } = json_body(&body)?;
+    // The migration runs in its own task: a caller that goes away (a restarting control
+    // service, say) must not cut a migration off halfway with the phone frozen.
+    let task = tokio::spawn(async move { crate::migration::migrate_out(&site, &user, &to, &to_url).await });
+    let report = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let status = if report.outcome == "committed" { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+    Ok((status, Json(report)).into_response())
+}
+
+async fn migrate_in(ws: WebSocketUpgrade, State(site): State<Arc<SiteState>>) -> Response {
+    ws.max_message_size(vmi_protocol::migration::MAX_SNAPSHOT_BYTES + 1024)
+        .max_frame_size(vmi_protocol::migration::MAX_SNAPSHOT_BYTES + 1024)
+        .on_upgrade(move |socket| crate::migration::migrate_in(socket, site))
 }

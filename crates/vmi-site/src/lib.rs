@@ -16,6 +16,7 @@
 //! of it.
 
 mod http;
+pub mod migration;
 pub mod phone;
 mod session;
 
@@ -65,6 +66,12 @@ pub enum SiteError {
     /// The phone task did not answer.
     #[error("phone of {0} is not answering")]
     PhoneGone(String),
+    /// A migration could not start.
+    #[error("migration: {0}")]
+    Migration(String),
+    /// The phone's image is not the one this site runs.
+    #[error("this site does not run image {0}")]
+    WrongImage(String),
 }
 
 /// How to run a site.
@@ -101,6 +108,8 @@ pub struct SiteState {
     engine: WasmEngine,
     image: ImageHash,
     phones: RwLock<HashMap<String, PhoneLink>>,
+    /// Users whose phones are leaving this site right now.
+    migrating: std::sync::Mutex<std::collections::HashSet<String>>,
     control: ControlClient,
     config: SiteConfig,
 }
@@ -113,6 +122,11 @@ fn valid_user(user: &str) -> bool {
 }
 
 impl SiteState {
+    /// The control service this site reports to.
+    pub fn control_url(&self) -> &str {
+        &self.config.control_url
+    }
+
     fn phone(&self, user: &str) -> Option<PhoneLink> {
         self.phones.read().unwrap_or_else(|p| p.into_inner()).get(user).cloned()
     }
@@ -121,7 +135,7 @@ impl SiteState {
         self.config.data_dir.join("phones").join(user)
     }
 
-    fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
+    pub(crate) fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
         let (tx, rx) = mpsc::channel(256);
         let task = PhoneTask::new(user.to_string(), phone, self.config.clock.clone(), input_seqs);
         tokio::spawn(task.run(rx));
@@ -130,6 +144,28 @@ impl SiteState {
 
     fn vm_config(&self) -> VmConfig {
         VmConfig { width: self.config.screen.0, height: self.config.screen.1, ..VmConfig::default() }
+    }
+
+    /// Whether this site can take `user`'s phone of `image` (a migration's destination).
+    pub fn can_host(&self, user: &str, image: &ImageHash) -> Result<(), SiteError> {
+        if !valid_user(user) {
+            return Err(SiteError::BadUser(user.to_string()));
+        }
+        if self.phone(user).is_some() {
+            return Err(SiteError::Exists(user.to_string()));
+        }
+        if *image != self.image {
+            return Err(SiteError::WrongImage(image.to_hex()));
+        }
+        let count = self.phones.read().unwrap_or_else(|p| p.into_inner()).len() as u32;
+        if count >= self.config.capacity {
+            return Err(SiteError::Full(self.config.capacity));
+        }
+        Ok(())
+    }
+
+    fn engine_begin_restore(&self, image: &ImageHash) -> Result<Box<dyn vmi_engine::RestoreStage>, SiteError> {
+        Ok(self.engine.begin_restore(image, &self.vm_config())?)
     }
 
     /// Boots a new phone for `user`.
@@ -307,6 +343,7 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         engine,
         image,
         phones: RwLock::new(HashMap::new()),
+        migrating: std::sync::Mutex::new(std::collections::HashSet::new()),
         control,
         config: config.clone(),
     });

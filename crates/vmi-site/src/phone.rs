@@ -71,8 +71,9 @@ pub enum PhoneCommand {
     Sleep(u64),
     /// A terminal's screen came on.
     Wake(u64),
-    /// A mail for the user.
-    Mail(Mail, oneshot::Sender<Result<(), String>>),
+    /// A mail for the user; with `true` the phone is told at once (push), else it finds
+    /// it on its next scheduled mailbox check.
+    Mail(Mail, bool, oneshot::Sender<Result<(), String>>),
     /// The current screen: width, height, RGBA.
     Screen(oneshot::Sender<(u32, u32, Vec<u8>)>),
     /// A value from the phone's key-value store.
@@ -84,6 +85,16 @@ pub enum PhoneCommand {
     /// Take a full snapshot and stop the task; the reply carries the snapshot and the
     /// per-device input sequence numbers.
     Stop(oneshot::Sender<Result<SavedPhone, String>>),
+    /// Live migration, while the phone runs: a pre-copy round (bytes, pages).
+    PreCopy(oneshot::Sender<Result<(Vec<u8>, usize), String>>),
+    /// Live migration: stop the phone (no events, no timers; inputs held) and take the
+    /// dirty rest with the input numbering.
+    Freeze(oneshot::Sender<Result<SavedPhone, String>>),
+    /// The migration is off: run again, applying the inputs held while frozen.
+    Thaw,
+    /// The destination owns the phone: redirect every terminal there and end this task
+    /// (the VM is dropped: exactly one live copy).
+    Fence(String, oneshot::Sender<()>),
 }
 
 /// A phone as saved to disk at shutdown.
@@ -131,6 +142,11 @@ pub struct PhoneTask {
     sessions: HashMap<u64, Session>,
     input_seqs: HashMap<String, u64>,
     awake_before: bool,
+    /// Stopped for the end of a live migration.
+    frozen: bool,
+    /// Inputs that came while frozen: applied on thaw, resent by terminals to the
+    /// destination on fence (they were never acknowledged).
+    held: Vec<(u64, u64, Input)>,
 }
 
 fn to_event(input: &Input) -> Event {
@@ -171,7 +187,16 @@ impl PhoneTask {
         clock: Arc<dyn Clock>,
         input_seqs: HashMap<String, u64>,
     ) -> PhoneTask {
-        PhoneTask { user, phone, clock, sessions: HashMap::new(), input_seqs, awake_before: false }
+        PhoneTask {
+            user,
+            phone,
+            clock,
+            sessions: HashMap::new(),
+            input_seqs,
+            awake_before: false,
+            frozen: false,
+            held: Vec::new(),
+        }
     }
 
     /// Runs until stopped or until every sender is gone.
@@ -179,7 +204,8 @@ impl PhoneTask {
         // The first flush starts from a clean damage slate: terminals get full frames.
         let _ = self.phone.frame();
         loop {
-            let wait = self.until_next_timer();
+            // A frozen phone fires no timers: its state is on its way to another site.
+            let wait = if self.frozen { Duration::from_secs(3600) } else { self.until_next_timer() };
             let command = tokio::select! {
                 c = rx.recv() => match c {
                     Some(c) => Some(c),
@@ -191,6 +217,14 @@ impl PhoneTask {
                 None => self.fire_timers(),
                 Some(PhoneCommand::Stop(reply)) => {
                     let _ = reply.send(self.save());
+                    return;
+                }
+                Some(PhoneCommand::Fence(url, reply)) => {
+                    for id in self.sessions.keys().copied().collect::<Vec<_>>() {
+                        self.send(id, ServerMessage::Redirect { url: url.clone() });
+                    }
+                    tracing::info!(user = %self.user, %url, "phone moved away; fenced");
+                    let _ = reply.send(());
                     return;
                 }
                 Some(c) => self.handle(c),
@@ -279,6 +313,7 @@ impl PhoneTask {
             PhoneCommand::Detach(id) => {
                 self.sessions.remove(&id);
             }
+            PhoneCommand::Input { session, seq, input } if self.frozen => self.held.push((session, seq, input)),
             PhoneCommand::Input { session, seq, input } => {
                 let Some(s) = self.sessions.get(&session) else { return };
                 let device = s.device_id.clone();
@@ -313,11 +348,14 @@ impl PhoneTask {
                     s.pending = vec![Rect { x: 0, y: 0, w, h }];
                 }
             }
-            PhoneCommand::Mail(mail, reply) => {
+            PhoneCommand::Mail(_, _, reply) if self.frozen => {
+                let _ = reply.send(Err("the phone is moving to another site; retry in a moment".into()));
+            }
+            PhoneCommand::Mail(mail, push, reply) => {
                 let r = self
                     .phone
                     .push_mail(mail)
-                    .and_then(|()| self.phone.deliver(Event::MailArrived))
+                    .and_then(|()| if push { self.phone.deliver(Event::MailArrived) } else { Ok(()) })
                     .map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
@@ -331,6 +369,30 @@ impl PhoneTask {
             }
             PhoneCommand::Kv(key, reply) => {
                 let _ = reply.send(self.phone.kv_get(key.as_bytes()));
+            }
+            PhoneCommand::PreCopy(reply) => {
+                let r = self.phone.snapshot(SnapshotRequest::PreCopy).map(|s| (s.bytes, s.pages));
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+            }
+            PhoneCommand::Freeze(reply) => {
+                self.frozen = true;
+                let r = self
+                    .phone
+                    .snapshot(SnapshotRequest::Incremental)
+                    .map(|s| SavedPhone { snapshot: s.bytes, input_seqs: self.input_seqs.clone() });
+                if r.is_err() {
+                    self.frozen = false;
+                }
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+            }
+            PhoneCommand::Thaw => {
+                self.frozen = false;
+                for (session, seq, input) in std::mem::take(&mut self.held) {
+                    self.handle(PhoneCommand::Input { session, seq, input });
+                }
+            }
+            PhoneCommand::Tick(reply) if self.frozen => {
+                let _ = reply.send(());
             }
             PhoneCommand::Tick(reply) => {
                 self.fire_timers();
@@ -351,7 +413,7 @@ impl PhoneTask {
                     events: usage.events,
                 });
             }
-            PhoneCommand::Stop(_) => {}
+            PhoneCommand::Stop(_) | PhoneCommand::Fence(..) => {}
         }
     }
 
@@ -383,7 +445,8 @@ impl PhoneTask {
     fn flush(&mut self) {
         // Sleep and wake of the phone follow its terminals: awake if any screen is on.
         let awake = self.awake();
-        if awake != self.awake_before {
+        // A frozen phone's state is already on its way: nothing may change it.
+        if awake != self.awake_before && !self.frozen {
             let event = if awake { Event::Wake } else { Event::Sleep };
             if let Err(e) = self.phone.deliver(event) {
                 tracing::warn!(user = %self.user, "wake/sleep event failed: {e}");

@@ -28,6 +28,7 @@ pub mod host;
 pub mod image;
 mod persist;
 mod phone;
+mod restore;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ use wasmtime::{InstancePre, Linker, Module};
 pub use dirty::TrackerKind;
 pub use host::kv_of_host_state;
 pub use phone::WasmPhone;
+pub use restore::WasmRestore;
 
 /// Name recorded in snapshots made by this engine.
 pub const ENGINE_NAME: &str = "wasm";
@@ -235,6 +237,14 @@ impl Engine for WasmEngine {
         config: &VmConfig,
     ) -> Result<Box<dyn VirtualPhone>, EngineError> {
         Ok(Box::new(WasmPhone::restore(self, image, chain, config)?))
+    }
+
+    fn begin_restore(
+        &self,
+        image: &ImageHash,
+        config: &VmConfig,
+    ) -> Result<Box<dyn vmi_engine::RestoreStage>, EngineError> {
+        Ok(Box::new(WasmRestore::begin(self, image, config)?))
     }
 
     fn clock(&self) -> Arc<dyn Clock> {

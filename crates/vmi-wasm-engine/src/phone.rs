@@ -39,6 +39,8 @@ pub struct WasmPhone {
     /// Set when tracking was lost (memory moved): the next incremental snapshot is full.
     untracked: bool,
     last_snapshot: Option<SnapshotId>,
+    /// Round of the last pre-copy snapshot, while a pre-copy sequence is open.
+    precopy_round: Option<u32>,
     last_good: Vec<EncodedSnapshot>,
     events: u64,
     cpu_last: u64,
@@ -119,6 +121,7 @@ impl WasmPhone {
             tracked: (0, 0),
             untracked: true,
             last_snapshot: None,
+            precopy_round: None,
             last_good: Vec::new(),
             events: 0,
             cpu_last: 0,
@@ -194,53 +197,13 @@ impl WasmPhone {
         let mut phone = WasmPhone::assemble(engine, image, inst, config)?;
 
         // Grow to the snapshot's size, clear what instantiation wrote, lay the pages down.
-        let want = last.header.memory_bytes;
-        let have = phone.memory.data_size(&phone.store) as u64;
-        if want % WASM_PAGE != 0 || want < have {
-            return Err(vmi_snapshot::SnapshotError::Corrupt(format!(
-                "memory size {want} is not a whole number of wasm pages at least the image's {have}"
-            ))
-            .into());
-        }
-        if want > have {
-            phone
-                .memory
-                .grow(&mut phone.store, (want - have) / WASM_PAGE)
-                .map_err(|_| EngineError::Exhausted(format!("cannot grow memory to {want} bytes")))?;
-        }
+        phone.grow_to(last.header.memory_bytes)?;
+        phone.clear_image_data(snapshots.first().map(|(_, s)| s.pages.runs()).unwrap_or(&[]));
         let memory = phone.memory.data_mut(&mut phone.store);
-        populate(memory, snapshots.first().map(|(_, s)| s.pages.runs()).unwrap_or(&[]));
-        for range in &phone.image.data_ranges {
-            let (start, end) = (range.start as usize, (range.end as usize).min(memory.len()));
-            if start < end {
-                memory[start..end].fill(0);
-            }
-        }
         for (_, snap) in &snapshots {
             snap.pages.apply_to_parallel(memory, RESTORE_THREADS)?;
         }
-        if last.globals.len() != phone.globals.len() {
-            return Err(vmi_snapshot::SnapshotError::Corrupt(format!(
-                "snapshot has {} globals, the image {}",
-                last.globals.len(),
-                phone.globals.len()
-            ))
-            .into());
-        }
-        for ((global, kind), value) in phone.globals.iter().zip(&last.globals) {
-            let val = match (kind, value) {
-                (GlobalKind::I32, GlobalValue::I32(v)) => Val::I32(*v),
-                (GlobalKind::I64, GlobalValue::I64(v)) => Val::I64(*v),
-                (GlobalKind::F32, GlobalValue::F32(v)) => Val::F32(*v),
-                (GlobalKind::F64, GlobalValue::F64(v)) => Val::F64(*v),
-                _ => {
-                    return Err(
-                        vmi_snapshot::SnapshotError::Corrupt("global type differs from the image".into()).into()
-                    );
-                }
-            };
-            global.set(&mut phone.store, val).map_err(|e| EngineError::Config(e.to_string()))?;
-        }
+        phone.set_globals(&last.globals)?;
         phone.last_snapshot = Some(*last_id);
         phone.last_good = chain
             .iter()
@@ -256,6 +219,99 @@ impl WasmPhone {
         // Memory now equals the chain's last snapshot: deltas can start from here.
         phone.untracked = phone.tracked == (0, 0);
         Ok(phone)
+    }
+
+    /// Grows linear memory to `want` bytes (a snapshot's size).
+    pub(crate) fn grow_to(&mut self, want: u64) -> Result<(), EngineError> {
+        let have = self.memory.data_size(&self.store) as u64;
+        if !want.is_multiple_of(WASM_PAGE) || want < have {
+            return Err(vmi_snapshot::SnapshotError::Corrupt(format!(
+                "memory size {want} is not a whole number of wasm pages at least the current {have}"
+            ))
+            .into());
+        }
+        if want > have {
+            self.memory
+                .grow(&mut self.store, (want - have) / WASM_PAGE)
+                .map_err(|_| EngineError::Exhausted(format!("cannot grow memory to {want} bytes")))?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes what instantiation wrote (the image's data segments), so memory holds only
+    /// what the base snapshot lays down; faults in the pages that snapshot will write.
+    pub(crate) fn clear_image_data(&mut self, base_runs: &[vmi_snapshot::PageRun]) {
+        let memory = self.memory.data_mut(&mut self.store);
+        populate(memory, base_runs);
+        for range in &self.image.data_ranges {
+            let (start, end) = (range.start as usize, (range.end as usize).min(memory.len()));
+            if start < end {
+                memory[start..end].fill(0);
+            }
+        }
+    }
+
+    /// Applies a snapshot's pages to memory.
+    pub(crate) fn apply_pages(&mut self, pages: &vmi_snapshot::PagesView<'_>) -> Result<(), EngineError> {
+        let memory = self.memory.data_mut(&mut self.store);
+        pages.apply_to_parallel(memory, RESTORE_THREADS)?;
+        Ok(())
+    }
+
+    /// Sets every captured global from a snapshot.
+    pub(crate) fn set_globals(&mut self, values: &[GlobalValue]) -> Result<(), EngineError> {
+        if values.len() != self.globals.len() {
+            return Err(vmi_snapshot::SnapshotError::Corrupt(format!(
+                "snapshot has {} globals, the image {}",
+                values.len(),
+                self.globals.len()
+            ))
+            .into());
+        }
+        for ((global, kind), value) in self.globals.iter().zip(values) {
+            let val = match (kind, value) {
+                (GlobalKind::I32, GlobalValue::I32(v)) => Val::I32(*v),
+                (GlobalKind::I64, GlobalValue::I64(v)) => Val::I64(*v),
+                (GlobalKind::F32, GlobalValue::F32(v)) => Val::F32(*v),
+                (GlobalKind::F64, GlobalValue::F64(v)) => Val::F64(*v),
+                _ => {
+                    return Err(
+                        vmi_snapshot::SnapshotError::Corrupt("global type differs from the image".into()).into()
+                    );
+                }
+            };
+            global.set(&mut self.store, val).map_err(|e| EngineError::Config(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Instantiates `image` for a restore, with host state to be loaded later.
+    pub(crate) fn blank(engine: &WasmEngine, image: &ImageHash, config: &VmConfig) -> Result<WasmPhone, EngineError> {
+        check_config(config)?;
+        let image = engine.loaded(image)?;
+        let host = Host::new(engine.clock.clone(), 1, config.memory_limit_bytes);
+        let inst = instantiate(engine, &image, host)?;
+        WasmPhone::assemble(engine, image, inst, config)
+    }
+
+    /// Finishes a restore: host state and clock from the last snapshot, the chain kept as
+    /// the last good one, dirty tracking started.
+    pub(crate) fn finish_restore(
+        &mut self,
+        host_state: &[u8],
+        header: &Header,
+        chain: Vec<EncodedSnapshot>,
+    ) -> Result<(), EngineError> {
+        let clock = self.store.data().clock.clone();
+        let host = self.store.data_mut();
+        host.load(&mut Reader::new(host_state))?;
+        host.vclock = VirtualClock::resume(clock.as_ref(), header.virtual_ns, header.wall_ns);
+        self.last_snapshot = chain.last().map(|s| s.id);
+        self.last_good = chain;
+        self.tracked = (0, 0);
+        self.retrack();
+        self.untracked = self.tracked == (0, 0);
+        Ok(())
     }
 
     /// Runs one guest call under the CPU budget; on a trap the phone is marked crashed.
@@ -476,13 +532,19 @@ impl VirtualPhone for WasmPhone {
             return Err(VmError::Crashed(reason.clone()));
         }
         self.retrack();
-        let incremental = request == SnapshotRequest::Incremental && !self.untracked && self.last_snapshot.is_some();
         let mut dirty = std::mem::take(&mut self.dirty_scratch);
         dirty.clear();
         let collected = self.tracker.collect(&mut dirty);
-        let kind = match (incremental, self.last_snapshot, &collected) {
-            (true, Some(parent), Ok(())) => SnapshotKind::Incremental { parent },
-            _ => SnapshotKind::Full,
+        // A delta is only possible when every write since the last snapshot was seen.
+        let parent = if !self.untracked && collected.is_ok() { self.last_snapshot } else { None };
+        let kind = match (request, parent, self.precopy_round) {
+            (SnapshotRequest::Full, _, _) => SnapshotKind::Full,
+            (SnapshotRequest::Incremental, Some(parent), _) => SnapshotKind::Incremental { parent },
+            (SnapshotRequest::Incremental, None, _) => SnapshotKind::Full,
+            (SnapshotRequest::PreCopy, Some(parent), Some(round)) => {
+                SnapshotKind::PreCopy { round: round + 1, parent: Some(parent) }
+            }
+            (SnapshotRequest::PreCopy, _, _) => SnapshotKind::PreCopy { round: 0, parent: None },
         };
         let globals = self.capture_globals();
         let host = self.store.data();
@@ -498,11 +560,9 @@ impl VirtualPhone for WasmPhone {
             virtual_ns: host.now_ns(),
             wall_ns: host.clock.wall_ns(),
         };
-        let encoded = match kind {
-            SnapshotKind::Incremental { .. } => {
-                vmi_snapshot::encode_dirty(&header, &globals, &host_state, memory, &dirty)
-            }
-            _ => vmi_snapshot::encode_full(&header, &globals, &host_state, memory),
+        let encoded = match kind.parent() {
+            Some(_) => vmi_snapshot::encode_dirty(&header, &globals, &host_state, memory, &dirty),
+            None => vmi_snapshot::encode_full(&header, &globals, &host_state, memory),
         };
         self.dirty_scratch = dirty;
         if let Err(e) = collected {
@@ -514,12 +574,13 @@ impl VirtualPhone for WasmPhone {
         }
         let encoded = encoded.map_err(|e| VmError::Snapshot(e.to_string()))?;
         let (id, bytes, page_count) = (encoded.id, encoded.bytes, encoded.page_count);
-        let parent = match kind {
-            SnapshotKind::Incremental { parent } => Some(parent),
-            _ => {
-                self.last_good.clear();
-                None
-            }
+        let parent = kind.parent();
+        if parent.is_none() {
+            self.last_good.clear();
+        }
+        self.precopy_round = match kind {
+            SnapshotKind::PreCopy { round, .. } => Some(round),
+            _ => None,
         };
         self.untracked = false;
         self.last_snapshot = Some(id);

@@ -263,3 +263,42 @@ fn compiled_images_are_cached_and_reused() {
     third.load_image(&wat(COUNTER)).expect("recompiled");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn pre_copy_rounds_then_a_final_delta_restore_in_stages() {
+    let clock = ManualClock::new(0);
+    let e = engine(clock.clone());
+    let image = e.load_image(&wat(COUNTER)).expect("load");
+    let mut source = e.create(&image.hash, &VmConfig::default()).expect("create");
+    source.deliver(key('a')).expect("key");
+    // Rounds while the phone keeps running.
+    let round0 = source.snapshot(SnapshotRequest::PreCopy).expect("round 0");
+    assert_eq!(round0.parent, None);
+    source.deliver(key('b')).expect("key");
+    let round1 = source.snapshot(SnapshotRequest::PreCopy).expect("round 1");
+    assert_eq!(round1.parent, Some(round0.id));
+    assert!(round1.pages <= 3, "round 1 carries only what one key changed: {}", round1.pages);
+    source.deliver(key('c')).expect("key");
+    // Stopped: the dirty rest.
+    let last = source.snapshot(SnapshotRequest::Incremental).expect("final");
+    assert_eq!(last.parent, Some(round1.id));
+
+    let mut stage = e.begin_restore(&image.hash, &VmConfig::default()).expect("stage");
+    // Out of order is refused and does not spoil the stage.
+    assert!(stage.apply(&round1.bytes).is_err());
+    stage.apply(&round0.bytes).expect("round 0");
+    stage.apply(&round1.bytes).expect("round 1");
+    assert!(stage.apply(&round1.bytes).is_err(), "a round twice is refused");
+    stage.apply(&last.bytes).expect("final");
+    assert_eq!(stage.applied(), 3);
+    let mut dest = stage.finish().expect("finish");
+    assert_eq!(pixels(dest.as_mut()), pixels(source.as_mut()));
+    for c in "xyz".chars() {
+        source.deliver(key(c)).expect("key");
+        dest.deliver(key(c)).expect("key");
+        assert_eq!(pixels(dest.as_mut()), pixels(source.as_mut()));
+    }
+    // The destination can go on with its own deltas.
+    let next = dest.snapshot(SnapshotRequest::Incremental).expect("delta after migration");
+    assert_eq!(next.parent, Some(last.id));
+}

@@ -32,6 +32,13 @@ impl Drop for Control {
     }
 }
 
+impl Control {
+    /// A handle on a control service started elsewhere in the test.
+    pub fn attach(url: &str) -> Control {
+        Control { client: ControlClient::new(url).expect("url"), url: url.to_string(), stop: None }
+    }
+}
+
 pub async fn control() -> Control {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));

@@ -1,0 +1,206 @@
+//! The placer: the loop that makes phones follow their users ([`run_placer`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::{Id, JoinSet};
+use tokio::time::MissedTickBehavior;
+
+use crate::client::{ClientError, post_json_within, segment};
+use crate::model::MigrateOrder;
+use crate::placement::{Move, PhoneView, PolicyInput, PolicyParams, PolicyState, SiteView, decide};
+use crate::store::now_ms;
+use crate::{ControlError, Reports, Store};
+
+/// How long the placer waits for a site to answer a migrate order (the answer comes when the migration ends).
+pub const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the placer every `every` until `shutdown` completes: makes phones follow their users.
+///
+/// Every period it builds a [`PolicyInput`] from the [`Store`] and the [`Reports`], runs [`decide`], and for each
+/// [`Move`] orders the *source* site to live-migrate the phone:
+///
+/// ```text
+/// placer                    source site                        destination site
+///   | POST {src}/v1/phones/{user}/migrate {"to","to_url"}              |
+///   |------------------------->| live migration stream --------------->|
+///   |                          |                                      | PUT /v1/users/{user}/placement
+///   |                          |                                      | {"site":dst,"expected_epoch":e}
+///   |                          |                                      | (compare-and-set: one owner)
+///   |<-------------------------| 2xx committed, non-2xx aborted (ORDER_TIMEOUT at most)
+/// ```
+///
+/// While an order is in flight its phone counts as migrating (never ordered twice) and as one more phone on the
+/// destination. After an order fails (transport error, timeout, non-2xx answer, or a 2xx answer while the
+/// placement did not move) the phone also counts as migrating for [`PolicyParams::retry_after_ms`], so a broken
+/// site is not hammered. A site's phone count is the larger of its heartbeat's count and the placements on it.
+///
+/// The loop owns its order tasks: on shutdown it stops deciding and abandons orders still in flight (the
+/// connection closes; the site decides what that means for its migration).
+///
+/// Store failures are logged and the round skipped; nothing here ends the loop but `shutdown`.
+pub async fn run_placer(
+    store: Arc<dyn Store>,
+    reports: Reports,
+    params: PolicyParams,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut placer = Placer::new(store, reports, params);
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(done) = placer.orders.join_next_with_id() => placer.finish(done),
+            _ = tick.tick() => placer.round(now_ms()),
+        }
+    }
+    if !placer.orders.is_empty() {
+        tracing::info!(orders = placer.orders.len(), "placer stopping; abandoning migrate orders in flight");
+    }
+    placer.orders.shutdown().await;
+}
+
+/// What an order task returns: the move and the site's status and body, or why there was none.
+type OrderResult = (Move, Result<(u16, String), ClientError>);
+
+struct Placer {
+    store: Arc<dyn Store>,
+    reports: Reports,
+    params: PolicyParams,
+    state: PolicyState,
+    orders: JoinSet<OrderResult>,
+    /// Order task id → user, to clean up even if a task panics.
+    order_users: HashMap<Id, String>,
+    /// User → destination of the order in flight.
+    in_flight: HashMap<String, String>,
+    /// User → time (ms) before which a failed move is not retried.
+    retry_at: HashMap<String, u64>,
+}
+
+impl Placer {
+    fn new(store: Arc<dyn Store>, reports: Reports, params: PolicyParams) -> Self {
+        Placer {
+            store,
+            reports,
+            params,
+            state: PolicyState::new(),
+            orders: JoinSet::new(),
+            order_users: HashMap::new(),
+            in_flight: HashMap::new(),
+            retry_at: HashMap::new(),
+        }
+    }
+
+    /// One evaluation: read, decide, order.
+    fn round(&mut self, now: u64) {
+        self.retry_at.retain(|_, at| *at > now);
+        let (input, urls) = match self.input(now) {
+            Ok(built) => built,
+            Err(err) => {
+                tracing::warn!(error = %err, "placer cannot read the registry; skipping this round");
+                return;
+            }
+        };
+        for mv in decide(&mut self.state, &input, now, &self.params) {
+            match (urls.get(&mv.from), urls.get(&mv.to)) {
+                (Some(from_url), Some(to_url)) => {
+                    let (from_url, to_url) = (from_url.clone(), to_url.clone());
+                    self.order(mv, &from_url, to_url);
+                }
+                _ => tracing::warn!(user = %mv.user, from = %mv.from, to = %mv.to, "placer move names an unknown site"),
+            }
+        }
+    }
+
+    /// The policy's view of the registry now, and each site's base URL.
+    fn input(&self, now: u64) -> Result<(PolicyInput, HashMap<String, String>), ControlError> {
+        let sites = self.store.list_sites()?;
+        let placements = self.store.list_placements()?;
+        let mut placed: HashMap<&str, u32> = HashMap::new();
+        for (_, placement) in &placements {
+            *placed.entry(placement.site.as_str()).or_default() += 1;
+        }
+        for to in self.in_flight.values() {
+            *placed.entry(to.as_str()).or_default() += 1;
+        }
+        let views = sites
+            .iter()
+            .map(|site| SiteView {
+                id: site.id.clone(),
+                lat: site.lat,
+                lon: site.lon,
+                capacity: site.capacity,
+                phones: site.phones.max(placed.get(site.id.as_str()).copied().unwrap_or(0)),
+                healthy: site.healthy_at(now),
+                draining: site.draining,
+            })
+            .collect();
+        let phones = placements
+            .into_iter()
+            .map(|(user, placement)| {
+                let migrating = self.in_flight.contains_key(&user) || self.retry_at.contains_key(&user);
+                PhoneView { user, site: placement.site, migrating }
+            })
+            .collect();
+        let urls = sites.into_iter().map(|site| (site.id, site.url)).collect();
+        Ok((PolicyInput { sites: views, phones, reports: self.reports.snapshot() }, urls))
+    }
+
+    /// Starts the migrate order for `mv` as a task of the placer.
+    fn order(&mut self, mv: Move, from_url: &str, to_url: String) {
+        tracing::info!(user = %mv.user, from = %mv.from, to = %mv.to, reason = %mv.reason, "ordering migration");
+        let url = format!("{from_url}/v1/phones/{}/migrate", segment(&mv.user));
+        let body = MigrateOrder { to: mv.to.clone(), to_url };
+        let user = mv.user.clone();
+        self.in_flight.insert(user.clone(), mv.to.clone());
+        let task = self.orders.spawn(async move {
+            let answer = post_json_within(&url, &body, ORDER_TIMEOUT).await;
+            (mv, answer)
+        });
+        self.order_users.insert(task.id(), user);
+    }
+
+    /// Books the end of an order task.
+    fn finish(&mut self, done: Result<(Id, OrderResult), tokio::task::JoinError>) {
+        let (id, (mv, answer)) = match done {
+            Ok(done) => done,
+            Err(err) => {
+                if let Some(user) = self.order_users.remove(&err.id()) {
+                    tracing::error!(%user, error = %err, "migrate order task failed");
+                    self.in_flight.remove(&user);
+                    self.retry_later(&user);
+                }
+                return;
+            }
+        };
+        self.order_users.remove(&id);
+        self.in_flight.remove(&mv.user);
+        let failure = match answer {
+            Ok((status, _)) if (200..300).contains(&status) => match self.store.placement(&mv.user) {
+                Ok(Some(placement)) if placement.site == mv.to => {
+                    tracing::info!(user = %mv.user, from = %mv.from, to = %mv.to, epoch = placement.epoch,
+                        "migration committed");
+                    return;
+                }
+                Ok(placement) => {
+                    format!("site answered {status} but the placement is {:?}", placement.map(|p| (p.site, p.epoch)))
+                }
+                Err(err) => format!("site answered {status}; reading the placement failed: {err}"),
+            },
+            Ok((status, body)) => format!("site answered {status}: {}", body.chars().take(200).collect::<String>()),
+            Err(err) => err.to_string(),
+        };
+        tracing::warn!(user = %mv.user, from = %mv.from, to = %mv.to, %failure,
+            retry_in_ms = self.params.retry_after_ms, "migration not done");
+        self.retry_later(&mv.user);
+    }
+
+    fn retry_later(&mut self, user: &str) {
+        self.retry_at.insert(user.to_owned(), now_ms().saturating_add(self.params.retry_after_ms));
+    }
+}

@@ -1,0 +1,338 @@
+//! Live migration between two sites: nothing typed is lost or doubled, many moves keep
+//! the phone whole, and each fault leaves exactly one live copy.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use vmi_engine::{Engine, ManualClock, SnapshotRequest, VmConfig};
+use vmi_protocol::Input;
+use vmi_protocol::migration::{MIGRATION_VERSION, MigrationMessage, decode_migration, encode_migration};
+use vmi_site::SiteHandle;
+use vmi_terminal::{Terminal, TerminalEvent, TerminalOptions};
+
+async fn migrate(from: &SiteHandle, to: &SiteHandle, user: &str) -> serde_json::Value {
+    let body = serde_json::json!({ "to": to.state.id, "to_url": to.url });
+    let (status, text) =
+        vmi_control::post_json(&format!("{}/v1/phones/{user}/migrate", from.url), &body).await.expect("post");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::json!({ "raw": text }));
+    assert!(status == 200 || status == 502, "{status} {v}");
+    v
+}
+
+async fn notes(site: &SiteHandle, user: &str) -> String {
+    let (status, body) = http_get(&format!("{}/v1/phones/{user}/kv/notes.text", site.url)).await;
+    if status != 200 {
+        return String::new();
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+fn hosts(site: &SiteHandle, user: &str) -> bool {
+    site.state.users().iter().any(|u| u == user)
+}
+
+async fn wait_event(term: &mut Terminal, want: impl Fn(&TerminalEvent) -> bool) -> TerminalEvent {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), term.next_event())
+            .await
+            .expect("terminal event in time")
+            .expect("session alive");
+        if want(&e) {
+            return e;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_through_a_migration_loses_and_doubles_nothing() {
+    let control = control().await;
+    let a = site(&control, "site-a", scratch("type-a")).await;
+    let b = site(&control, "site-b", scratch("type-b")).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+    let mut term = Terminal::connect(&a.ws_url(), &token, TerminalOptions::default()).await.expect("terminal");
+    wait_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
+    let (x, y) = NOTES;
+    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Down, x, y }).expect("input");
+    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Up, x, y }).expect("input");
+
+    // Type continuously while the phone moves from A to B.
+    let text: String = (0..300).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let typing = text.clone();
+    let mover = {
+        let (a_url, b_id, b_url) = (a.url.clone(), b.state.id.clone(), b.url.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let body = serde_json::json!({ "to": b_id, "to_url": b_url });
+            vmi_control::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
+        })
+    };
+    let mut last = 0;
+    for c in typing.chars() {
+        last = term.send_input(Input::Key { code: 0, text: Some(c) }).expect("input");
+        tokio::time::sleep(Duration::from_micros(500)).await;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_micros(1), term.next_event()).await {}
+    }
+    let (status, report) = mover.await.expect("mover");
+    assert_eq!(status, 200, "{report}");
+    for _ in 0..1000 {
+        if term.stats().acked_input >= last {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(20), term.next_event()).await;
+    }
+    assert_eq!(term.stats().acked_input, last, "every input acknowledged");
+    assert_eq!(term.stats().pending_inputs, 0);
+    assert!(term.stats().url.contains(&b.url.replace("http://", "")), "terminal followed the phone");
+    assert!(!hosts(&a, "alice") && hosts(&b, "alice"), "exactly one copy, on B");
+    assert_eq!(notes(&b, "alice").await, text, "every character once, in order");
+    let report: serde_json::Value = serde_json::from_str(&report).expect("json");
+    assert_eq!(report["outcome"], "committed");
+    term.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_moves_keep_notes_stopwatch_and_mail_timer() {
+    let control = control().await;
+    let clock = ManualClock::new(1_763_000_000_000_000_000);
+    let a = site_with_clock(&control, "site-a", scratch("twenty-a"), clock.clone()).await;
+    let b = site_with_clock(&control, "site-b", scratch("twenty-b"), clock.clone()).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+    {
+        let mut term = Term::connect(&a.ws_url()).await;
+        term.hello(&token, None, false).await;
+        term.tap(NOTES).await;
+        let last = term.type_text("kept through twenty moves").await;
+        term.acked(last).await;
+        term.input(Input::Key { code: 8, text: None }).await; // Home
+        term.tap((618, 1090)).await; // Stopwatch
+        let go = term.tap((518, 824)).await; // Start
+        term.acked(go).await;
+        term.close().await;
+    }
+    let (mut here, mut there) = (&a, &b);
+    for i in 0..20 {
+        clock.advance(250_000_000);
+        here.tick().await;
+        let report = migrate(here, there, "alice").await;
+        assert_eq!(report["outcome"], "committed", "move {i}: {report}");
+        std::mem::swap(&mut here, &mut there);
+    }
+    assert!(hosts(here, "alice") && !hosts(there, "alice"));
+    assert_eq!(notes(here, "alice").await, "kept through twenty moves");
+
+    // The stopwatch still runs: with a terminal watching, its digits move with time.
+    let hash = |s: &SiteHandle| {
+        let url = format!("{}/v1/phones/alice/screen-hash", s.url);
+        async move { http_get(&url).await.1 }
+    };
+    let mut watcher = Term::connect(&here.ws_url()).await;
+    watcher.hello(&token, None, false).await;
+    watcher.until(|m| matches!(m, vmi_protocol::ServerMessage::FrameUpdate { .. })).await;
+    here.tick().await;
+    let before = hash(here).await;
+    clock.advance(1_000_000_000);
+    here.tick().await;
+    assert_ne!(hash(here).await, before, "stopwatch ticking after 20 moves");
+    watcher.close().await;
+
+    // The background mail check still fires: a mail left without a push is found by
+    // the phone's own timer.
+    let mail = serde_json::json!({ "from": "ann@example.com", "subject": "Found by the timer", "push": false });
+    let (status, _) = vmi_control::post_json(&format!("{}/v1/phones/alice/mail", here.url), &mail).await.expect("post");
+    assert_eq!(status, 202);
+    let mut term = Term::connect(&here.ws_url()).await;
+    term.hello(&token, None, true).await;
+    for _ in 0..62 {
+        clock.advance(1_000_000_000);
+        here.tick().await;
+    }
+    let (note, _) = term.until(|m| matches!(m, vmi_protocol::ServerMessage::Notification { .. })).await;
+    assert!(matches!(note, vmi_protocol::ServerMessage::Notification { body, .. } if body == "Found by the timer"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A destination that accepts Begin and then fails as told.
+async fn fake_destination(fail: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(stream).await.expect("ws");
+        let send = |m: MigrationMessage| tokio_tungstenite::tungstenite::Message::Binary(encode_migration(&m).into());
+        while let Some(Ok(msg)) = ws.next().await {
+            let tokio_tungstenite::tungstenite::Message::Binary(b) = msg else { continue };
+            match decode_migration(&b).expect("valid") {
+                MigrationMessage::Begin { .. } => ws.send(send(MigrationMessage::Ready)).await.expect("send"),
+                MigrationMessage::Round { .. } if fail == "mid-copy" => return, // dies
+                MigrationMessage::Round { .. } => {
+                    ws.send(send(MigrationMessage::RoundAck { applied: 1 })).await.expect("send")
+                }
+                MigrationMessage::Final { .. } => return, // link cut before any commit
+                _ => {}
+            }
+        }
+    });
+    url
+}
+
+async fn assert_runs_at(site: &SiteHandle, control: &Control, token: &str, user: &str) {
+    assert!(hosts(site, user));
+    assert_eq!(control.client.placement(user).await.expect("placement").site, site.state.id);
+    let mut term = Term::connect(&site.ws_url()).await;
+    term.hello(token, None, false).await;
+    let seq = term.type_text("!").await;
+    term.acked(seq).await;
+    term.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_dying_mid_copy_or_a_cut_link_leave_the_phone_at_the_source() {
+    let control = control().await;
+    let a = site(&control, "site-a", scratch("fault-a")).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+    for fail in ["mid-copy", "cut-before-commit"] {
+        let url = fake_destination(fail).await;
+        let body = serde_json::json!({ "to": "site-x", "to_url": url });
+        let (status, report) =
+            vmi_control::post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body).await.expect("post");
+        assert_eq!(status, 502, "{fail}: {report}");
+        assert!(report.contains("aborted"), "{report}");
+        assert_runs_at(&a, &control, &token, "alice").await;
+    }
+    assert_eq!(notes(&a, "alice").await, "", "the phone answered, nothing else changed");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_vanishing_right_after_the_handoff_leaves_the_destination_running() {
+    let control = control().await;
+    let b = site(&control, "site-b", scratch("vanish-b")).await;
+    control.client.create_user("alice").await.expect("user");
+    // Site A is this test: registered, then gone after the handoff.
+    let spec = vmi_control::SiteSpec { url: "http://127.0.0.1:9".into(), lat: 60.0, lon: 24.0, capacity: 4 };
+    control.client.register_site("site-a", &spec).await.expect("register");
+    let placed = control.client.set_placement("alice", "site-a").await.expect("placement");
+    let token = control.client.create_device("alice", "phone").await.expect("device").token;
+
+    // A source (this test) streams a real phone's chain, then vanishes without reading
+    // the answer.
+    let engine = vmi_wasm_engine::WasmEngine::new().expect("engine");
+    let image = engine.load_image(vmi_phone_image::PHONE_WASM).expect("image");
+    let mut phone = engine.create(&image.hash, &VmConfig::default()).expect("phone");
+    let round = phone.snapshot(SnapshotRequest::PreCopy).expect("round");
+    phone.deliver(vmi_engine::Event::text('z')).expect("key");
+    let last = phone.snapshot(SnapshotRequest::Incremental).expect("final");
+    let ws_url = format!("{}/v1/migrate", b.url.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await.expect("connect");
+    let send = |m: MigrationMessage| tokio_tungstenite::tungstenite::Message::Binary(encode_migration(&m).into());
+    ws.send(send(MigrationMessage::Begin {
+        version: MIGRATION_VERSION,
+        user: "alice".into(),
+        image: image.hash.0,
+        epoch: placed.epoch,
+        width: 720,
+        height: 1280,
+    }))
+    .await
+    .expect("begin");
+    ws.next().await.expect("ready").expect("ready");
+    ws.send(send(MigrationMessage::Round { snapshot: round.bytes })).await.expect("round");
+    ws.next().await.expect("ack").expect("ack");
+    ws.send(send(MigrationMessage::Final { snapshot: last.bytes, input_seqs: vec![("1".into(), 5)] }))
+        .await
+        .expect("final");
+    drop(ws); // the source is gone
+
+    // The destination committed on its own and serves the phone; the terminal's input
+    // numbering came along.
+    for _ in 0..100 {
+        if hosts(&b, "alice") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let placement = control.client.placement("alice").await.expect("placement");
+    assert_eq!(placement.site, "site-b");
+    assert_eq!(placement.epoch, placed.epoch + 1);
+    assert_runs_at(&b, &control, &token, "alice").await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_service_restarted_during_a_migration_and_a_long_outage() {
+    let db = scratch("control-db");
+    std::fs::create_dir_all(&db).expect("dir");
+    let db = db.join("control.db");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let start_control = move |listener: tokio::net::TcpListener| {
+        let store = Arc::new(vmi_control::SqliteStore::open(&db).expect("store"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(vmi_control::serve(listener, store, async move {
+            let _ = stopped.await;
+        }));
+        (stop, task)
+    };
+    let (stop, task) = start_control(listener);
+    let control = Control::attach(&format!("http://{addr}"));
+    let a = site(&control, "site-a", scratch("outage-a")).await;
+    let b = site(&control, "site-b", scratch("outage-b")).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+
+    // Down for longer than a migration waits: it aborts, the phone keeps running at A.
+    let _ = stop.send(());
+    let _ = task.await;
+    let report = migrate(&a, &b, "alice").await;
+    assert_eq!(report["outcome"], "aborted", "{report}");
+    assert!(hosts(&a, "alice") && !hosts(&b, "alice"));
+
+    // Restarted (same database) while a migration waits for it: the move goes through
+    // with the stored epoch.
+    let mover = {
+        let (a_url, b_id, b_url) = (a.url.clone(), b.state.id.clone(), b.url.clone());
+        tokio::spawn(async move {
+            let body = serde_json::json!({ "to": b_id, "to_url": b_url });
+            vmi_control::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let (_stop, _task) = start_control(listener);
+    let (status, report) = mover.await.expect("mover");
+    assert_eq!(status, 200, "{report}");
+    assert_runs_at(&b, &control, &token, "alice").await;
+    assert!(!hosts(&a, "alice"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_site_ends_with_zero_phones() {
+    let control = control().await;
+    let a = site(&control, "site-a", scratch("drain-a")).await;
+    let b = site(&control, "site-b", scratch("drain-b")).await;
+    let alice = user_with_phone(&control, &a, "alice").await;
+    let _bob = user_with_phone(&control, &a, "bob").await;
+    control.client.drain_site("site-a").await.expect("drain");
+    // The control service's placer moves every phone off the draining site.
+    for _ in 0..300 {
+        if a.state.users().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.state.users().is_empty(), "site-a still has {:?}", a.state.users());
+    assert_eq!(b.state.users(), vec!["alice".to_string(), "bob".to_string()]);
+    assert_runs_at(&b, &control, &alice, "alice").await;
+    let log = control.client.migrations(Some("alice")).await.expect("log");
+    assert!(log.iter().any(|m| m.record.outcome == "committed" && m.record.to == "site-b"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
