@@ -41,6 +41,7 @@ async fn world(clock: Arc<dyn Clock>) -> Result<World> {
         clock,
         heartbeat: Duration::from_secs(5),
         screen: (720, 1280),
+        public_url: None,
     })
     .await?;
     let control = vmi_control::ControlClient::new(&control_url)?;
@@ -293,6 +294,7 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
         clock: SystemClock::shared(),
         heartbeat: Duration::from_secs(5),
         screen: (720, 1280),
+        public_url: None,
     })
     .await?;
     let sites = [(w.site.state.id.clone(), w.site.url.clone()), (b.state.id.clone(), b.url.clone())];

@@ -191,6 +191,7 @@ pub async fn site(args: SiteArgs) -> Result<()> {
         clock: vmi_engine::SystemClock::shared(),
         heartbeat: Duration::from_secs(5),
         screen: (720, 1280),
+        public_url: None,
     };
     let site = vmi_site::start(config).await.context("starting the site")?;
     announce("site", &site.url);

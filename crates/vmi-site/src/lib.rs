@@ -97,6 +97,9 @@ pub struct SiteConfig {
     pub heartbeat: Duration,
     /// Screen size of new phones.
     pub screen: (u32, u32),
+    /// The URL terminals and other sites use for this site, when it differs from the
+    /// listening address (a proxy in front of it); default: the listening address.
+    pub public_url: Option<String>,
 }
 
 /// Shared state of a running site.
@@ -335,7 +338,7 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
     let addr = listener
         .local_addr()
         .map_err(|source| SiteError::Io { path: PathBuf::from(config.listen.to_string()), source })?;
-    let url = format!("http://{addr}");
+    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let control = ControlClient::new(&config.control_url)?;
     let state = Arc::new(SiteState {
         id: config.id.clone(),

@@ -212,6 +212,14 @@ async fn drive(
     let committed = match answer {
         Ok(MigrationMessage::Committed { epoch }) => Some(epoch),
         Ok(MigrationMessage::Abort { reason }) => {
+            // The destination dropped its copy. If its compare-and-set landed even so
+            // (answer lost, then it gave up), take the placement back before running.
+            if let Ok(p) = site.control.placement(user).await
+                && p.site == to_id
+                && let Err(e) = site.control.move_placement(user, &site.id, Some(p.epoch)).await
+            {
+                tracing::warn!(user, "could not take the placement back: {e}");
+            }
             let _ = phone.tx.send(PhoneCommand::Thaw).await;
             return Err(format!("destination aborted: {reason}"));
         }

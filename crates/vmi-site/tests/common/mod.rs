@@ -72,6 +72,7 @@ pub async fn site_with_clock(control: &Control, id: &str, data_dir: PathBuf, clo
         clock,
         heartbeat: Duration::from_secs(1),
         screen: (720, 1280),
+        public_url: None,
     })
     .await
     .expect("site starts")
