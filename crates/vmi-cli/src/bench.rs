@@ -79,8 +79,8 @@ pub enum BenchCmd {
         /// Migrations to time.
         #[arg(long, default_value_t = 20)]
         rounds: usize,
-        /// Memory of the QEMU guest, MiB.
-        #[arg(long, default_value_t = 64)]
+        /// Memory of the QEMU guest, MiB (the goal's phone has 16).
+        #[arg(long, default_value_t = 16)]
         qemu_mib: u64,
         /// QEMU migrations to time (0: skip QEMU).
         #[arg(long, default_value_t = 3)]
