@@ -52,7 +52,7 @@ pub trait Store: Send + Sync {
     }
     /// Places the user's phone on a site, in one transaction, if the placement is at `expected_epoch` now (a user
     /// never placed is at epoch 0); otherwise [`ControlError::EpochMismatch`] and nothing changes. `None` skips
-    /// the check. The epoch increments when the site changes.
+    /// the check. The epoch increments when the site changes, and on every compare-and-set.
     ///
     /// This is the ownership handoff of a live migration: the destination commits with the epoch it was given,
     /// so of two racing commits at most one wins and exactly one site owns the phone.
@@ -397,10 +397,15 @@ impl Store for SqliteStore {
                 return Err(ControlError::EpochMismatch { user: user.to_owned(), expected, current });
             }
         }
+        // A compare-and-set always raises the epoch, even to the same site: that is how a
+        // migration's source takes its phone back and makes a late commit of the
+        // destination (expecting the old epoch) fail. A plain set raises it on a change only.
+        let always = expected_epoch.is_some();
         tx.execute(
             "INSERT INTO placements (user, site, epoch) VALUES (?1, ?2, 1)
-             ON CONFLICT(user) DO UPDATE SET site = excluded.site, epoch = epoch + 1 WHERE site != excluded.site",
-            params![user, site],
+             ON CONFLICT(user) DO UPDATE SET site = excluded.site, epoch = epoch + 1
+             WHERE site != excluded.site OR ?3",
+            params![user, site, always],
         )?;
         let placement = load_placement(&tx, user)?.ok_or_else(|| ControlError::not_found("placement", user))?;
         tx.commit()?;
@@ -604,15 +609,19 @@ mod tests {
         assert!(matches!(stale, ControlError::EpochMismatch { expected: 1, current: 2, .. }), "{stale:?}");
         assert_eq!(stale.to_string(), "placement of \"alice\" is at epoch 2, not the expected epoch 1");
         assert_eq!(s.placement("alice").unwrap(), Some(Placement { site: "site-b".into(), epoch: 2 }));
-        assert_eq!(s.move_placement("alice", "site-b", Some(2)).unwrap().epoch, 2, "same site keeps the epoch");
-        assert_eq!(s.move_placement("alice", "site-a", None).unwrap().epoch, 3);
+        // A compare-and-set to the same site still raises the epoch (a source taking its
+        // phone back fences out a late commit); a plain set to the same site does not.
+        assert_eq!(s.move_placement("alice", "site-b", Some(2)).unwrap().epoch, 3, "same-site CAS raises the epoch");
+        assert!(s.move_placement("alice", "site-a", Some(2)).is_err(), "the late commit with epoch 2 loses");
+        assert_eq!(s.move_placement("alice", "site-b", None).unwrap().epoch, 3, "plain same-site set keeps it");
+        assert_eq!(s.move_placement("alice", "site-a", None).unwrap().epoch, 4);
 
         s.create_user("bob").unwrap();
         s.set_placement("bob", "site-b").unwrap();
         let all = s.list_placements().unwrap();
         assert_eq!(
             all.iter().map(|(u, p)| (u.as_str(), p.site.as_str(), p.epoch)).collect::<Vec<_>>(),
-            [("alice", "site-a", 3), ("bob", "site-b", 1)]
+            [("alice", "site-a", 4), ("bob", "site-b", 1)]
         );
     }
 

@@ -291,6 +291,9 @@ pub enum SnapshotRequest {
     /// before. The migration ends with an `Incremental` snapshot (the dirty rest) taken
     /// with the phone stopped.
     PreCopy,
+    /// Round 0 of a new pre-copy sequence, whatever came before (a migration that was
+    /// aborted leaves its sequence open).
+    PreCopyStart,
 }
 
 /// A snapshot in its file format, with its identity.

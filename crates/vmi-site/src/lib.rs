@@ -113,6 +113,10 @@ pub struct SiteState {
     phones: RwLock<HashMap<String, PhoneLink>>,
     /// Users whose phones are leaving this site right now.
     migrating: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Users whose phones are arriving (staged) right now.
+    arriving: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Set when the site starts shutting down: no phone may arrive after it.
+    closing: std::sync::atomic::AtomicBool,
     control: ControlClient,
     config: SiteConfig,
 }
@@ -149,6 +153,32 @@ impl SiteState {
         VmConfig { width: self.config.screen.0, height: self.config.screen.1, ..VmConfig::default() }
     }
 
+    /// Marks `user`'s phone as arriving; None if it already is. The mark goes when the
+    /// returned guard is dropped.
+    pub(crate) fn stage_arrival(&self, user: &str) -> Option<ArrivalGuard<'_>> {
+        let mut arriving = self.arriving.lock().unwrap_or_else(|p| p.into_inner());
+        if !arriving.insert(user.to_string()) {
+            return None;
+        }
+        Some(ArrivalGuard { site: self, user: user.to_string() })
+    }
+
+    /// Whether the site is shutting down.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Removes a phone's saved state after it moved away, so a restart never brings back
+    /// a copy that now lives elsewhere.
+    pub(crate) fn forget_saved(&self, user: &str) {
+        let dir = self.phone_dir(user);
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::error!(user, path = %dir.display(), "cannot remove the moved phone's old snapshot: {e}");
+        }
+    }
+
     /// Whether this site can take `user`'s phone of `image` (a migration's destination).
     pub fn can_host(&self, user: &str, image: &ImageHash) -> Result<(), SiteError> {
         if !valid_user(user) {
@@ -160,7 +190,9 @@ impl SiteState {
         if *image != self.image {
             return Err(SiteError::WrongImage(image.to_hex()));
         }
-        let count = self.phones.read().unwrap_or_else(|p| p.into_inner()).len() as u32;
+        // Phones arriving count against capacity (this one included).
+        let count = self.phones.read().unwrap_or_else(|p| p.into_inner()).len() as u32
+            + self.arriving.lock().unwrap_or_else(|p| p.into_inner()).len().saturating_sub(1) as u32;
         if count >= self.config.capacity {
             return Err(SiteError::Full(self.config.capacity));
         }
@@ -207,7 +239,7 @@ impl SiteState {
         phone.ask(make).await.ok_or_else(|| SiteError::PhoneGone(user.to_string()))
     }
 
-    fn restore_all(&self) -> Result<usize, SiteError> {
+    async fn restore_all(&self) -> Result<usize, SiteError> {
         let dir = self.config.data_dir.join("phones");
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -228,6 +260,19 @@ impl SiteState {
                     continue;
                 }
             };
+            // Only a phone this site still owns comes back: one that moved away while the
+            // site was down runs elsewhere now (its file is kept for the operator).
+            match self.control.placement(&user).await {
+                Ok(p) if p.site == self.id => {}
+                Ok(p) => {
+                    tracing::warn!(user, owner = %p.site, "not restoring a phone that now belongs to another site");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(user, "not restoring: cannot ask the control service who owns it: {e}");
+                    continue;
+                }
+            }
             let input_seqs = std::fs::read(entry.path().join("inputs.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
@@ -246,6 +291,7 @@ impl SiteState {
 
     /// Stops every phone and writes its snapshot; returns how many were saved.
     pub async fn save_all(&self) -> usize {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
         let phones: Vec<(String, PhoneLink)> = self.phones.write().unwrap_or_else(|p| p.into_inner()).drain().collect();
         let mut saved = 0;
         for (user, phone) in phones {
@@ -259,6 +305,18 @@ impl SiteState {
             }
         }
         saved
+    }
+}
+
+/// Clears an arrival mark when dropped.
+pub(crate) struct ArrivalGuard<'a> {
+    site: &'a SiteState,
+    user: String,
+}
+
+impl Drop for ArrivalGuard<'_> {
+    fn drop(&mut self) {
+        self.site.arriving.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.user);
     }
 }
 
@@ -347,10 +405,12 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         image,
         phones: RwLock::new(HashMap::new()),
         migrating: std::sync::Mutex::new(std::collections::HashSet::new()),
+        arriving: std::sync::Mutex::new(std::collections::HashSet::new()),
+        closing: std::sync::atomic::AtomicBool::new(false),
         control,
         config: config.clone(),
     });
-    let restored = state.restore_all()?;
+    let restored = state.restore_all().await?;
     tracing::info!(site = %config.id, %url, restored, "site listening");
 
     let spec = vmi_control::SiteSpec { url: url.clone(), lat: config.lat, lon: config.lon, capacity: config.capacity };

@@ -58,7 +58,10 @@ pub struct MigrationReport {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn send(ws: &mut Ws, m: &MigrationMessage) -> Result<(), String> {
-    ws.send(ClientMessage::Binary(encode_migration(m).into())).await.map_err(|e| format!("send to destination: {e}"))
+    tokio::time::timeout(STEP_TIMEOUT, ws.send(ClientMessage::Binary(encode_migration(m).into())))
+        .await
+        .map_err(|_| "sending to the destination timed out".to_string())?
+        .map_err(|e| format!("send to destination: {e}"))
 }
 
 async fn recv(ws: &mut Ws) -> Result<MigrationMessage, String> {
@@ -178,7 +181,7 @@ async fn drive(
     // Pre-copy: the phone keeps running and serving terminals between rounds.
     for round in 0..MAX_ROUNDS {
         let (bytes, pages) = phone
-            .ask(PhoneCommand::PreCopy)
+            .ask(|reply| PhoneCommand::PreCopy(round == 0, reply))
             .await
             .ok_or("the phone task is gone")?
             .map_err(|e| format!("pre-copy: {e}"))?;
@@ -209,55 +212,24 @@ async fn drive(
         Ok(()) => recv(&mut ws).await,
         Err(e) => Err(e),
     };
-    let committed = match answer {
-        Ok(MigrationMessage::Committed { epoch }) => Some(epoch),
+    let epoch = match answer {
+        Ok(MigrationMessage::Committed { epoch }) => epoch,
         Ok(MigrationMessage::Abort { reason }) => {
-            // The destination dropped its copy. If its compare-and-set landed even so
-            // (answer lost, then it gave up), take the placement back before running.
-            if let Ok(p) = site.control.placement(user).await
-                && p.site == to_id
-                && let Err(e) = site.control.move_placement(user, &site.id, Some(p.epoch)).await
-            {
-                tracing::warn!(user, "could not take the placement back: {e}");
-            }
+            settle_kept(site, user, to_id, true).await;
             let _ = phone.tx.send(PhoneCommand::Thaw).await;
             return Err(format!("destination aborted: {reason}"));
         }
-        Ok(other) => {
-            tracing::warn!("unexpected answer to Final: {other:?}");
-            None
-        }
-        Err(e) => {
-            tracing::warn!("no answer to Final: {e}");
-            None
-        }
-    };
-    // Without a clear answer, the control service says who owns the phone now.
-    let epoch = match committed {
-        Some(epoch) => epoch,
-        None => match site.control.placement(user).await {
-            Ok(p) if p.site == to_id => p.epoch,
-            Ok(_) => {
-                let _ = phone.tx.send(PhoneCommand::Thaw).await;
-                return Err("the destination did not commit; the phone runs here again".into());
-            }
-            Err(e) => {
-                // Unknown owner: stay stopped rather than risk two live copies. The
-                // phone resumes here once the control service answers.
-                loop {
-                    tracing::warn!("cannot reach the control service to settle the migration: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    match site.control.placement(user).await {
-                        Ok(p) if p.site == to_id => break p.epoch,
-                        Ok(_) => {
-                            let _ = phone.tx.send(PhoneCommand::Thaw).await;
-                            return Err("the destination did not commit; the phone runs here again".into());
-                        }
-                        Err(_) => continue,
-                    }
+        other => {
+            // No clear answer: the control service decides who owns the phone.
+            tracing::warn!("no commit answer from the destination: {other:?}");
+            match settle(site, user, to_id, placement.epoch, false).await {
+                Settled::Moved(epoch) => epoch,
+                Settled::Kept => {
+                    let _ = phone.tx.send(PhoneCommand::Thaw).await;
+                    return Err("the destination did not commit; the phone runs here again".into());
                 }
             }
-        },
+        }
     };
     report.downtime_us = stopped.elapsed().as_micros() as u64;
     report.epoch = Some(epoch);
@@ -265,6 +237,7 @@ async fn drive(
     let new_ws = vmi_control::ws_url(to_url);
     let _ = phone.ask(|reply| PhoneCommand::Fence(new_ws, reply)).await;
     site.phones.write().unwrap_or_else(|p| p.into_inner()).remove(user);
+    site.forget_saved(user);
     let _ = ws.close(None).await;
     tracing::info!(user, to = to_id, downtime_us = report.downtime_us, "phone migrated");
     Ok(())
@@ -288,6 +261,42 @@ async fn commit(site: &SiteState, user: &str, epoch: u64) -> Result<u64, String>
     Err(last_error)
 }
 
+/// Who owns a phone after a migration whose end is unclear.
+enum Settled {
+    /// The destination committed (at this epoch): fence.
+    Moved(u64),
+    /// This site owns it and a late commit can no longer succeed: thaw.
+    Kept,
+}
+
+/// Decides with the control service who owns `user`'s phone after its final delta went
+/// out without a Committed answer. If the destination committed, the phone moved. If
+/// not, this site takes the placement back with a compare-and-set, which raises the epoch
+/// so a commit still on its way fails; only then may the phone run here again. While the
+/// control service cannot be reached the phone stays stopped: never two live copies.
+async fn settle(site: &SiteState, user: &str, to_id: &str, epoch: u64, destination_aborted: bool) -> Settled {
+    loop {
+        match site.control.placement(user).await {
+            Ok(p) if p.site == to_id && !destination_aborted => return Settled::Moved(p.epoch),
+            Ok(p) if p.site == site.id && p.epoch != epoch => return Settled::Kept,
+            Ok(p) => match site.control.move_placement(user, &site.id, Some(p.epoch)).await {
+                Ok(_) => return Settled::Kept,
+                Err(e) => tracing::info!(user, "taking the placement back raced: {e}; reading it again"),
+            },
+            Err(e) => {
+                tracing::warn!(user, "cannot reach the control service to settle a migration: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// [`settle`] after the destination said it aborted: it dropped its copy, so this site
+/// keeps the phone whatever the placement says, and makes the placement say so.
+async fn settle_kept(site: &SiteState, user: &str, to_id: &str, aborted: bool) {
+    let _ = settle(site, user, to_id, u64::MAX, aborted).await;
+}
+
 async fn reply(socket: &mut WebSocket, m: &MigrationMessage) -> bool {
     socket.send(Message::Binary(encode_migration(m).into())).await.is_ok()
 }
@@ -304,13 +313,22 @@ async fn next(socket: &mut WebSocket) -> Option<MigrationMessage> {
 
 /// The destination side of one migration, on the `/v1/migrate` WebSocket.
 pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>) {
-    let Some(MigrationMessage::Begin { user, image, epoch, .. }) = next(&mut socket).await else {
+    let Some(MigrationMessage::Begin { user, image, epoch, width, height, .. }) = next(&mut socket).await else {
         let _ = reply(&mut socket, &MigrationMessage::Abort { reason: "expected Begin".into() }).await;
         return;
     };
     let refuse = |reason: String| MigrationMessage::Abort { reason };
+    let Some(_staging) = site.stage_arrival(&user) else {
+        let _ = reply(&mut socket, &refuse(format!("{user}'s phone is already arriving here"))).await;
+        return;
+    };
     if let Err(e) = site.can_host(&user, &ImageHash(image)) {
         let _ = reply(&mut socket, &refuse(e.to_string())).await;
+        return;
+    }
+    if (width as u32, height as u32) != site.config.screen {
+        let reason = format!("screen {width}x{height} differs from this site's {:?}", site.config.screen);
+        let _ = reply(&mut socket, &refuse(reason)).await;
         return;
     }
     let mut stage: Box<dyn RestoreStage> = match site.engine_begin_restore(&ImageHash(image)) {
@@ -326,7 +344,22 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>) {
     while let Some(message) = next(&mut socket).await {
         match message {
             MigrationMessage::Round { snapshot } => {
-                if let Err(e) = stage.apply(&snapshot) {
+                if stage.applied() > MAX_ROUNDS {
+                    let _ = reply(&mut socket, &refuse(format!("more than {MAX_ROUNDS} rounds"))).await;
+                    return;
+                }
+                // Decompressing a round takes milliseconds: off the async workers.
+                let (back, applied) = match tokio::task::spawn_blocking(move || {
+                    let r = stage.apply(&snapshot);
+                    (stage, r)
+                })
+                .await
+                {
+                    Ok(done) => done,
+                    Err(_) => return,
+                };
+                stage = back;
+                if let Err(e) = applied {
                     let _ = reply(&mut socket, &refuse(format!("round refused: {e}"))).await;
                     return;
                 }
@@ -343,6 +376,10 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>) {
                         return;
                     }
                 };
+                if site.is_closing() {
+                    let _ = reply(&mut socket, &refuse("this site is shutting down".into())).await;
+                    return;
+                }
                 // The commit: ownership moves here only if the source still owned it
                 // under the epoch it told us.
                 match commit(&site, &user, epoch).await {

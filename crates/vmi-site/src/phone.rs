@@ -15,6 +15,13 @@ use vmi_engine::{Clock, Event, KeyCode, Mail, SnapshotRequest, TouchPhase, Virtu
 use vmi_protocol::display::{Encoder, Rect};
 use vmi_protocol::{Input, Resume, ServerMessage, Tile};
 
+/// Inputs held while a phone is stopped for a migration's final step.
+pub const MAX_HELD_INPUTS: usize = 4096;
+/// Terminals attached to one phone at once.
+pub const MAX_SESSIONS: usize = 16;
+/// Damage rectangles kept per terminal before they are merged into one.
+const MAX_PENDING: usize = 64;
+
 /// Frames a terminal may have unacknowledged before further damage is coalesced.
 pub const MAX_UNACKED_FRAMES: usize = 2;
 /// Outgoing messages queued per terminal; a terminal that falls this far behind on
@@ -67,6 +74,8 @@ pub enum PhoneCommand {
     FrameAck(u64, u64),
     /// A terminal's latency probe.
     Pong(u64, u64),
+    /// A message for one terminal (an error before its session closes).
+    Say(u64, ServerMessage),
     /// A terminal's screen went off.
     Sleep(u64),
     /// A terminal's screen came on.
@@ -85,8 +94,9 @@ pub enum PhoneCommand {
     /// Take a full snapshot and stop the task; the reply carries the snapshot and the
     /// per-device input sequence numbers.
     Stop(oneshot::Sender<Result<SavedPhone, String>>),
-    /// Live migration, while the phone runs: a pre-copy round (bytes, pages).
-    PreCopy(oneshot::Sender<Result<(Vec<u8>, usize), String>>),
+    /// Live migration, while the phone runs: a pre-copy round (bytes, pages); `true`
+    /// starts a new sequence (round 0).
+    PreCopy(bool, oneshot::Sender<Result<(Vec<u8>, usize), String>>),
     /// Live migration: stop the phone (no events, no timers; inputs held) and take the
     /// dirty rest with the input numbering.
     Freeze(oneshot::Sender<Result<SavedPhone, String>>),
@@ -132,6 +142,8 @@ struct Session {
     owe_frame: bool,
     /// Sequence number of the last frame sent in this session (docs/PROTOCOL.md, rule 3).
     seq: u64,
+    /// The next frame repaints every tile (a terminal that did not resume).
+    owe_full: bool,
 }
 
 /// The phone task's state.
@@ -273,6 +285,9 @@ impl PhoneTask {
 
     fn handle(&mut self, command: PhoneCommand) {
         match command {
+            PhoneCommand::Attach(_, _) if self.sessions.len() >= MAX_SESSIONS => {
+                tracing::warn!(user = %self.user, "refusing a terminal: {MAX_SESSIONS} already attached");
+            }
             PhoneCommand::Attach(a, reply) => {
                 let (width, height) = (self.phone.info().width, self.phone.info().height);
                 let mut encoder = Encoder::new(width as u16, height as u16);
@@ -306,6 +321,7 @@ impl PhoneTask {
                         pending,
                         owe_frame: false,
                         seq: a.resume.map(|r| r.last_frame_seq).unwrap_or(0),
+                        owe_full: !resumed,
                     },
                 );
                 let _ = reply.send(Attached { width: width as u16, height: height as u16, last_input_seq, resumed });
@@ -313,14 +329,22 @@ impl PhoneTask {
             PhoneCommand::Detach(id) => {
                 self.sessions.remove(&id);
             }
-            PhoneCommand::Input { session, seq, input } if self.frozen => self.held.push((session, seq, input)),
+            // Held inputs are unacknowledged: beyond the cap they are dropped and the
+            // terminal resends them.
+            PhoneCommand::Input { session, seq, input } if self.frozen => {
+                if self.held.len() < MAX_HELD_INPUTS {
+                    self.held.push((session, seq, input));
+                }
+            }
             PhoneCommand::Input { session, seq, input } => {
                 let Some(s) = self.sessions.get(&session) else { return };
                 let device = s.device_id.clone();
                 let last = self.input_seqs.get(&device).copied().unwrap_or(0);
                 if seq > last {
                     if let Err(e) = self.phone.deliver(to_event(&input)) {
+                        // Not applied: not acknowledged either.
                         tracing::warn!(user = %self.user, "input failed: {e}");
+                        return;
                     }
                     self.input_seqs.insert(device, seq);
                 }
@@ -333,6 +357,7 @@ impl PhoneTask {
                 }
             }
             PhoneCommand::Pong(session, nonce) => self.send(session, ServerMessage::Pong { nonce }),
+            PhoneCommand::Say(session, message) => self.send(session, message),
             PhoneCommand::Sleep(session) => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.asleep = true;
@@ -370,8 +395,9 @@ impl PhoneTask {
             PhoneCommand::Kv(key, reply) => {
                 let _ = reply.send(self.phone.kv_get(key.as_bytes()));
             }
-            PhoneCommand::PreCopy(reply) => {
-                let r = self.phone.snapshot(SnapshotRequest::PreCopy).map(|s| (s.bytes, s.pages));
+            PhoneCommand::PreCopy(first, reply) => {
+                let request = if first { SnapshotRequest::PreCopyStart } else { SnapshotRequest::PreCopy };
+                let r = self.phone.snapshot(request).map(|s| (s.bytes, s.pages));
                 let _ = reply.send(r.map_err(|e| e.to_string()));
             }
             PhoneCommand::Freeze(reply) => {
@@ -435,7 +461,7 @@ impl PhoneTask {
             for d in &damage {
                 s.pending.push(Rect { x: d.x, y: d.y, w: d.w, h: d.h });
             }
-            if s.pending.len() > 64 {
+            if s.pending.len() > MAX_PENDING {
                 s.pending = vec![bounding(&s.pending)];
             }
         }
@@ -472,10 +498,24 @@ impl PhoneTask {
         let mut dead = Vec::new();
         for (id, s) in self.sessions.iter_mut() {
             s.pending.extend_from_slice(&damage);
+            if s.pending.len() > MAX_PENDING {
+                s.pending = vec![bounding(&s.pending)];
+            }
+            // A guest may attach a framebuffer of another size than configured.
+            if (frame.width, frame.height) != (s.encoder.width() as u32, s.encoder.height() as u32) {
+                s.encoder = Encoder::new(frame.width as u16, frame.height as u16);
+                s.pending = vec![Rect { x: 0, y: 0, w: frame.width, h: frame.height }];
+                s.owe_full = true;
+            }
             if s.asleep || s.unacked.len() >= MAX_UNACKED_FRAMES || (s.pending.is_empty() && !s.owe_frame) {
                 continue;
             }
-            let tiles: Vec<Tile> = s.encoder.encode(frame.rgba, &s.pending);
+            // A terminal that did not resume may hold anything: repaint every tile.
+            let tiles: Vec<Tile> = if std::mem::take(&mut s.owe_full) {
+                s.encoder.full(frame.rgba)
+            } else {
+                s.encoder.encode(frame.rgba, &s.pending)
+            };
             s.pending.clear();
             if tiles.is_empty() && !s.owe_frame {
                 continue;

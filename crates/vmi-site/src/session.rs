@@ -120,10 +120,14 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
             Ok(ClientMessage::Ping { nonce }) => PhoneCommand::Pong(id, nonce),
             Ok(ClientMessage::Hello { .. }) => {
                 tracing::info!(session = id, "second Hello; closing");
+                let error = ServerMessage::Error { code: ErrorCode::BadMessage, message: "a second Hello".into() };
+                let _ = phone_tx.send(PhoneCommand::Say(id, error)).await;
                 break;
             }
             Err(e) => {
                 tracing::info!(session = id, "undecodable message, closing: {e}");
+                let error = ServerMessage::Error { code: e.error_code(), message: e.to_string() };
+                let _ = phone_tx.send(PhoneCommand::Say(id, error)).await;
                 break;
             }
         };
@@ -132,7 +136,12 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         }
     }
     let _ = phone_tx.send(PhoneCommand::Detach(id)).await;
-    writer.abort();
+    // The writer ends once the phone task lets go of this session; give it a moment to
+    // deliver a last Error.
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
+        writer.abort();
+    }
     tracing::info!(user = %identity.user, session = id, "terminal detached");
 }
 

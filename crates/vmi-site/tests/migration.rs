@@ -207,7 +207,17 @@ async fn destination_dying_mid_copy_or_a_cut_link_leave_the_phone_at_the_source(
         assert_runs_at(&a, &control, &token, "alice").await;
     }
     assert_eq!(notes(&a, "alice").await, "", "the phone answered, nothing else changed");
+    // Taking the phone back raised the epoch past what the fake destinations were given,
+    // so a late commit of theirs could never win.
+    assert_eq!(control.client.placement("alice").await.expect("placement").epoch, 2);
+    // And after aborted attempts, a real migration still goes through (a fresh pre-copy).
+    let b = site(&control, "site-b", scratch("fault-b")).await;
+    let report = migrate(&a, &b, "alice").await;
+    assert_eq!(report["outcome"], "committed", "{report}");
+    assert_runs_at(&b, &control, &token, "alice").await;
+    assert!(!hosts(&a, "alice"));
     a.shutdown().await;
+    b.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

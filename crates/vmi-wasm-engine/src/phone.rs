@@ -544,7 +544,9 @@ impl VirtualPhone for WasmPhone {
             (SnapshotRequest::PreCopy, Some(parent), Some(round)) => {
                 SnapshotKind::PreCopy { round: round + 1, parent: Some(parent) }
             }
-            (SnapshotRequest::PreCopy, _, _) => SnapshotKind::PreCopy { round: 0, parent: None },
+            (SnapshotRequest::PreCopy | SnapshotRequest::PreCopyStart, _, _) => {
+                SnapshotKind::PreCopy { round: 0, parent: None }
+            }
         };
         let globals = self.capture_globals();
         let host = self.store.data();
