@@ -3,6 +3,7 @@
 mod bench;
 mod bench_net;
 mod headless;
+mod proxy;
 mod qemu;
 mod script;
 mod services;
@@ -42,6 +43,8 @@ enum Top {
     Control(services::ControlArgs),
     /// Run an edge site that hosts phones and serves terminals.
     Site(services::SiteArgs),
+    /// Run a TCP proxy that delays bytes like a network path from a user to a site.
+    Proxy(proxy::ProxyArgs),
     /// Mail to a user's phone.
     #[command(subcommand)]
     Mail(MailCmd),
@@ -176,6 +179,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Up(args) => runtime()?.block_on(services::up(args)),
         Top::Control(args) => runtime()?.block_on(services::control(args)),
         Top::Site(args) => runtime()?.block_on(services::site(args)),
+        Top::Proxy(args) => runtime()?.block_on(proxy::run(args)),
         Top::Mail(MailCmd::Send(args)) => runtime()?.block_on(services::mail(args)),
         Top::Terminal(args) => runtime()?.block_on(vmi_terminal::cli::run(args)).map_err(Into::into),
     }

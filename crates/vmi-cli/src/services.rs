@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use vmi_control::ControlClient;
+use vmi_control::placement::PolicyParams;
 
 /// `vmi control` arguments.
 #[derive(Args)]
@@ -21,6 +22,12 @@ pub struct ControlArgs {
     /// SQLite database file.
     #[arg(long, default_value = "vmi-data/control.db")]
     db: PathBuf,
+    /// How long a better site must stay better before the placer moves a phone, ms.
+    #[arg(long, default_value_t = PolicyParams::default().dwell_ms)]
+    placer_dwell_ms: u64,
+    /// The placer's distance estimate: round trip added per 100 km, ms.
+    #[arg(long, default_value_t = PolicyParams::default().rtt_ms_per_100km)]
+    rtt_ms_per_100km: f64,
 }
 
 /// `vmi site` arguments: run a site, or (with a subcommand) act on one.
@@ -50,6 +57,10 @@ pub struct SiteArgs {
     /// Most phones this site hosts.
     #[arg(long, default_value_t = 1000)]
     capacity: u32,
+    /// The URL terminals and other sites reach this site at, when not the listening
+    /// address (a proxy in front of it).
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
 }
 
 /// Operations on a site.
@@ -106,13 +117,28 @@ pub struct UpArgs {
     /// Where the control service and the sites keep their data.
     #[arg(long, default_value = "vmi-data")]
     data_dir: PathBuf,
-    /// Port of the control service; the sites take the next three.
+    /// Port of the control service; terminals reach the sites on the next three (delay
+    /// proxies, with the sites themselves on the three after those).
     #[arg(long, default_value_t = 7800)]
     port: u16,
     /// Name of the demo user.
     #[arg(long, default_value = "demo")]
     user: String,
+    /// No delay proxies: terminals reach the sites straight (ports PORT+1.. are the sites').
+    #[arg(long)]
+    no_proxy: bool,
+    /// How long a better site must stay better before a phone follows its user, ms.
+    #[arg(long, default_value_t = PolicyParams::default().dwell_ms)]
+    placer_dwell_ms: u64,
+    /// The demo network: round trip added per 100 km, ms, for the delay proxies and the
+    /// placer alike. The demo sites are a few km apart, so the default is 100× fibre's 1 ms:
+    /// walking across town then costs tens of ms, enough to feel and to move the phone.
+    #[arg(long, default_value_t = DEMO_RTT_MS_PER_100KM)]
+    rtt_ms_per_100km: f64,
 }
+
+/// The demo network's slope (see `vmi up --rtt-ms-per-100km`).
+pub const DEMO_RTT_MS_PER_100KM: f64 = 100.0;
 
 /// `vmi mail send` arguments.
 #[derive(Args)]
@@ -135,11 +161,12 @@ pub struct MailArgs {
 }
 
 /// Prints the line that parent processes (and tests) wait for.
-fn announce(kind: &str, url: &str) {
+pub(crate) fn announce(kind: &str, url: &str) {
     println!("{}", serde_json::json!({ "event": "listening", "service": kind, "url": url }));
 }
 
-async fn stop_signal() {
+/// Completes on SIGINT or SIGTERM.
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers, only Ctrl-C through tokio's default path.
@@ -162,7 +189,13 @@ pub async fn control(args: ControlArgs) -> Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
     announce("control", &url);
-    vmi_control::serve(listener, Arc::new(store), stop_signal()).await?;
+    let params = PolicyParams {
+        dwell_ms: args.placer_dwell_ms,
+        rtt_ms_per_100km: args.rtt_ms_per_100km,
+        ..PolicyParams::default()
+    };
+    let options = vmi_control::ServeOptions { placer: Some(params), ..vmi_control::ServeOptions::default() };
+    vmi_control::serve_with(listener, Arc::new(store), options, stop_signal()).await?;
     Ok(())
 }
 
@@ -191,7 +224,7 @@ pub async fn site(args: SiteArgs) -> Result<()> {
         clock: vmi_engine::SystemClock::shared(),
         heartbeat: Duration::from_secs(5),
         screen: (720, 1280),
-        public_url: None,
+        public_url: args.public_url,
     };
     let site = vmi_site::start(config).await.context("starting the site")?;
     announce("site", &site.url);
@@ -241,48 +274,111 @@ async fn spawn_service(name: &str, args: &[String]) -> Result<Child> {
 pub const DEMO_SITES: [(&str, f64, f64); 3] =
     [("site-a", 60.2055, 24.6559), ("site-b", 60.1699, 24.9384), ("site-c", 60.2934, 25.0378)];
 
-/// Starts the control service and three sites, creates the demo user's phone, prints the
-/// browser terminal's URL, and stops everything (phones saved) on Ctrl-C.
+/// Starts the control service and three sites (each behind a delay proxy unless
+/// `--no-proxy`), creates the demo user's phone, prints the browser terminal's URL, and
+/// stops everything (phones saved) on Ctrl-C.
+///
+/// Ports: the control service on PORT; what terminals use on PORT+1..PORT+3 (the proxies,
+/// or the sites themselves with `--no-proxy`); the sites behind proxies on PORT+4..PORT+6.
 pub async fn up(args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data = |p: &str| args.data_dir.join(p).display().to_string();
+    let local = |offset: usize| format!("127.0.0.1:{}", usize::from(args.port) + offset);
     let mut children = Vec::new();
     let control = spawn_service(
         "control",
-        &["control".into(), "--listen".into(), format!("127.0.0.1:{}", args.port), "--db".into(), data("control.db")],
+        &[
+            "control".into(),
+            "--listen".into(),
+            local(0),
+            "--db".into(),
+            data("control.db"),
+            "--placer-dwell-ms".into(),
+            args.placer_dwell_ms.to_string(),
+            "--rtt-ms-per-100km".into(),
+            args.rtt_ms_per_100km.to_string(),
+        ],
     )
     .await?;
     let control_url = control.url.clone();
     children.push(control);
+    let (_, home_lat, home_lon) = DEMO_SITES[0];
+    let mut routes = Vec::new();
     for (i, (id, lat, lon)) in DEMO_SITES.iter().enumerate() {
-        let site = spawn_service(
-            id,
-            &[
-                "site".into(),
-                "--id".into(),
-                id.to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{}", args.port + 1 + i as u16),
-                "--data-dir".into(),
-                data(id),
-                "--control".into(),
-                control_url.clone(),
-                "--lat".into(),
-                lat.to_string(),
-                "--lon".into(),
-                lon.to_string(),
-            ],
-        )
-        .await?;
+        let public = local(1 + i);
+        let listen = if args.no_proxy { public.clone() } else { local(1 + DEMO_SITES.len() + i) };
+        let mut site_args = vec![
+            "site".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            listen.clone(),
+            "--data-dir".into(),
+            data(id),
+            "--control".into(),
+            control_url.clone(),
+            "--lat".into(),
+            lat.to_string(),
+            "--lon".into(),
+            lon.to_string(),
+        ];
+        if !args.no_proxy {
+            // The proxy first: the site registers the proxy's URL, which must answer.
+            let proxy = spawn_service(
+                &format!("{id}-proxy"),
+                &[
+                    "proxy".into(),
+                    "--listen".into(),
+                    public,
+                    "--to".into(),
+                    listen.clone(),
+                    "--site-lat".into(),
+                    lat.to_string(),
+                    "--site-lon".into(),
+                    lon.to_string(),
+                    "--control".into(),
+                    control_url.clone(),
+                    "--user".into(),
+                    args.user.clone(),
+                    "--home-lat".into(),
+                    home_lat.to_string(),
+                    "--home-lon".into(),
+                    home_lon.to_string(),
+                    "--rtt-ms-per-100km".into(),
+                    args.rtt_ms_per_100km.to_string(),
+                ],
+            )
+            .await?;
+            site_args.extend(["--public-url".into(), proxy.url.clone()]);
+            routes.push((id.to_string(), proxy.url.clone(), Some(listen)));
+            children.push(proxy);
+        }
+        let site = spawn_service(id, &site_args).await?;
+        if args.no_proxy {
+            routes.push((id.to_string(), site.url.clone(), None));
+        }
         children.push(site);
     }
 
-    let result = demo(&control_url, &args.user, &children).await;
+    let result = demo(&control_url, &args.user).await;
     match &result {
         Ok(url) => {
             println!("Seed VMI is up: a control service and {} sites.", DEMO_SITES.len());
-            for c in &children {
-                println!("  {:<8} {}", c.name, c.url);
+            println!("  {:<8} {control_url}", "control");
+            for (id, url, behind) in &routes {
+                match behind {
+                    Some(site) => println!("  {id:<8} {url}  (delay proxy; the site listens on {site})"),
+                    None => println!("  {id:<8} {url}"),
+                }
+            }
+            if !args.no_proxy {
+                println!(
+                    "Each site is reached through a proxy that delays bytes like a network path from {}'s \
+                     position: {} ms + {} ms per 100 km, round trip.",
+                    args.user,
+                    PolicyParams::default().base_rtt_ms,
+                    args.rtt_ms_per_100km
+                );
             }
             println!();
             println!("Browser terminal for {}:  {url}", args.user);
@@ -329,9 +425,9 @@ async fn wait_any(children: &mut [Child]) -> String {
 
 /// Makes sure the demo user has a phone and a fresh browser device; returns the
 /// browser terminal URL.
-async fn demo(control_url: &str, user: &str, children: &[Child]) -> Result<String> {
+async fn demo(control_url: &str, user: &str) -> Result<String> {
     let control = ControlClient::new(control_url)?;
-    ensure_user_phone(&control, user, children.get(1).map(|c| c.name.as_str()).unwrap_or("site-a")).await?;
+    ensure_user_phone(&control, user, DEMO_SITES[0].0).await?;
     let device = control.create_device(user, "browser").await.context("creating a device")?;
     let placement = control.placement(user).await.context("finding the phone")?;
     Ok(format!("{}/?token={}", placement.site_url, device.token))

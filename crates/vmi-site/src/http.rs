@@ -40,6 +40,10 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/phones/{user}/kv/{key}", get(kv))
         .route("/v1/phones/{user}/migrate", post(migrate))
         .route("/v1/migrate", get(migrate_in))
+        .route("/v1/demo/sites", get(demo_sites))
+        .route("/v1/demo/me", get(demo_me))
+        .route("/v1/demo/report", get(demo_latest_report).post(demo_report))
+        .route("/v1/demo/migrations", get(demo_migrations))
         .with_state(state)
 }
 
@@ -192,4 +196,106 @@ async fn migrate_in(ws: WebSocketUpgrade, State(site): State<Arc<SiteState>>) ->
     ws.max_message_size(vmi_protocol::migration::MAX_SNAPSHOT_BYTES + 1024)
         .max_frame_size(vmi_protocol::migration::MAX_SNAPSHOT_BYTES + 1024)
         .on_upgrade(move |socket| crate::migration::migrate_in(socket, site))
+}
+
+// ---- the browser terminal's map: the control service's answers, from the page's origin ----
+//
+// The page is served by a site and the control service is another origin, so the site
+// forwards what the map needs. Each route is one control call (two for the report); the
+// control service's error status and message come back as they are.
+
+/// The control service this site reports to, as a client.
+fn control_of(site: &SiteState) -> Result<vmi_control::ControlClient, ApiError> {
+    vmi_control::ControlClient::new(site.control_url())
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+impl From<vmi_control::ClientError> for ApiError {
+    fn from(e: vmi_control::ClientError) -> Self {
+        match e {
+            vmi_control::ClientError::Status { status, body } => {
+                ApiError(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body)
+            }
+            e => {
+                tracing::warn!("control service: {e}");
+                ApiError(StatusCode::BAD_GATEWAY, "the control service did not answer".into())
+            }
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+fn unauthorized() -> ApiError {
+    ApiError(StatusCode::UNAUTHORIZED, "a device token is needed (Authorization: Bearer TOKEN)".into())
+}
+
+/// `GET /v1/demo/sites`: control's `GET /v1/sites`.
+async fn demo_sites(State(site): State<Arc<SiteState>>) -> Result<Response, ApiError> {
+    Ok(Json(control_of(&site)?.list_sites().await?).into_response())
+}
+
+/// `GET /v1/demo/me` with a bearer token: control's `GET /v1/phone` (whose phone, where).
+async fn demo_me(State(site): State<Arc<SiteState>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+    let token = bearer(&headers).ok_or_else(unauthorized)?;
+    Ok(Json(control_of(&site)?.phone_for_token(&token).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct DemoReport {
+    /// The device token, when not in an `Authorization` header.
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    lat: Option<f64>,
+    #[serde(default)]
+    lon: Option<f64>,
+    #[serde(default)]
+    rtt_ms: std::collections::BTreeMap<String, f64>,
+}
+
+/// `POST /v1/demo/report` (token as bearer or in the body): control's `POST /v1/phone/report`.
+async fn demo_report(
+    State(site): State<Arc<SiteState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let report: DemoReport = json_body(&body)?;
+    let token = bearer(&headers).or(report.token).ok_or_else(unauthorized)?;
+    control_of(&site)?.report(&token, report.lat, report.lon, report.rtt_ms).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/demo/report` with a bearer token: the latest report of the token's user (from
+/// any of their terminals), control's `GET /v1/users/{user}/report`; 204 while there is none.
+async fn demo_latest_report(
+    State(site): State<Arc<SiteState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers).ok_or_else(unauthorized)?;
+    let control = control_of(&site)?;
+    let phone = control.phone_for_token(&token).await?;
+    match control.latest_report(&phone.user).await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(vmi_control::ClientError::Status { status: 404, .. }) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct UserQuery {
+    user: String,
+}
+
+/// `GET /v1/demo/migrations?user=U`: control's `GET /v1/migrations?user=U`, newest first.
+async fn demo_migrations(
+    State(site): State<Arc<SiteState>>,
+    axum::extract::Query(q): axum::extract::Query<UserQuery>,
+) -> Result<Response, ApiError> {
+    Ok(Json(control_of(&site)?.migrations(Some(&q.user)).await?).into_response())
 }

@@ -1146,7 +1146,681 @@ export function start() {
     return vmi;
   }
   connect(defaultUrl);
+  startMap({ vmi, token, relayout: fit });
   return vmi;
+}
+
+// ---------------------------------------------------------------------------------
+// Follow me: the map beside the phone
+// ---------------------------------------------------------------------------------
+//
+// Where the sites are (health, phones), where the user is (a marker they can drag),
+// which site runs their phone, the round trip to each site, and the phone's migrations.
+// Everything comes from the serving site's /v1/demo/* routes, which ask the control
+// service; a site without them (or the mock) leaves the panel hidden. Dragging reports
+// the position to the control service (on drop, and every 2 s while dragging); the
+// placer moves the phone when another site stays closer, and the Redirect above makes
+// the terminal follow.
+
+const MAP_W = 400;
+const MAP_H = 300;
+const MAP_POLL_MS = 2000; // sites, phone, migrations, latest report
+const MAP_RETRY_MS = 10000; // while the routes are missing, or the screen is off
+const DRAG_REPORT_MS = 2000;
+const REPORT_EVERY_MS = 5000; // keeps the position fresh once this page has set it
+const PROBE_SETTLE_MS = 800; // the delay proxies pick up a reported position within ~0.5 s
+const PROBES_KEPT = 3;
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+/**
+ * An equirectangular projection of the box around `points` ({lat, lon}) onto a w×h
+ * picture, with `margin` of the box's span on every side. Returns {x(lon), y(lat),
+ * lon(x), lat(y), kmPerPx, scale, k}. Pure (used by the map, testable under node).
+ */
+export function mapProjection(points, w = MAP_W, h = MAP_H, margin = 0.3) {
+  let minLat = Infinity;
+  let maxLat = -Infinity;
+  let minLon = Infinity;
+  let maxLon = -Infinity;
+  for (const p of points) {
+    minLat = Math.min(minLat, p.lat);
+    maxLat = Math.max(maxLat, p.lat);
+    minLon = Math.min(minLon, p.lon);
+    maxLon = Math.max(maxLon, p.lon);
+  }
+  if (!Number.isFinite(minLat)) minLat = maxLat = minLon = maxLon = 0;
+  const latC = (minLat + maxLat) / 2;
+  const lonC = (minLon + maxLon) / 2;
+  const k = Math.max(0.05, Math.cos((latC * Math.PI) / 180)); // a degree of longitude, in degrees of latitude
+  const spanX = Math.max((maxLon - minLon) * k, 0.02) * (1 + 2 * margin);
+  const spanY = Math.max(maxLat - minLat, 0.02) * (1 + 2 * margin);
+  const scale = Math.min(w / spanX, h / spanY); // pixels per degree of latitude
+  return {
+    x: (lon) => w / 2 + (lon - lonC) * k * scale,
+    y: (lat) => h / 2 - (lat - latC) * scale,
+    lon: (x) => lonC + (x - w / 2) / (k * scale),
+    lat: (y) => latC - (y - h / 2) / scale,
+    kmPerPx: 111.195 / scale,
+    scale,
+    k,
+  };
+}
+
+/** Microseconds as people read them: "840 µs", "5.4 ms", "1.20 s". */
+export function formatMicros(us) {
+  if (!Number.isFinite(us)) return '–';
+  if (us < 1000) return `${Math.round(us)} µs`;
+  if (us < 1e6) return `${(us / 1000).toFixed(us < 10000 ? 1 : 0)} ms`;
+  return `${(us / 1e6).toFixed(2)} s`;
+}
+
+function formatAgo(atMs, nowMs) {
+  const s = Math.max(0, Math.round((nowMs - atMs) / 1000));
+  if (s < 5) return 'just now';
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  return new Date(atMs).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+function svgEl(tag, attrs, parent) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  if (parent) parent.appendChild(el);
+  return el;
+}
+
+/** A "nice" step (1, 2 or 5 × 10^n) of at least `min`. */
+function niceStep(min) {
+  const p = 10 ** Math.floor(Math.log10(min));
+  for (const m of [1, 2, 5, 10]) if (m * p >= min) return m * p;
+  return 10 * p;
+}
+
+async function getJson(path, headers) {
+  const r = await fetch(path, { headers, cache: 'no-store' });
+  if (!r.ok) throw new Error(`${path}: ${r.status}`);
+  return r.status === 204 ? null : r.json();
+}
+
+function startMap({ vmi, token, relayout }) {
+  const $ = (id) => document.getElementById(id);
+  const svg = $('map');
+  if (!svg || !token) return;
+  const ui = {
+    side: $('side'),
+    btn: $('map-btn'),
+    where: $('fm-where'),
+    rtt: $('fm-rtt'),
+    hint: $('fm-hint'),
+    sites: $('fm-sites').tBodies[0],
+    moves: $('fm-moves'),
+    empty: $('fm-empty'),
+    count: $('fm-count'),
+    banner: $('fm-banner'),
+  };
+  const auth = { Authorization: `Bearer ${token}` };
+
+  // what the page shows (also read by tests through window.vmi.map)
+  const map = {
+    available: false, // the serving site answers /v1/demo/*
+    user: null,
+    site: null, // the site running the phone
+    position: null, // {lat, lon}: where the user is
+    sites: [], // [{id, url, lat, lon, phones, healthy, draining, rtt_ms}]
+    migrations: 0, // migrations listed
+    reports: 0, // positions this page reported
+    lastMove: null, // the newest migration seen arrive while the page was open
+  };
+  vmi.map = map;
+
+  let sites = [];
+  let proj = null;
+  let projKey = '';
+  let owns = false; // the user placed the marker in this page: it reports from now on
+  let dragging = false;
+  let posVersion = 0; // bumps on every change of position
+  let reportedVersion = -1; // the position the control service (and so the proxies) has
+  let lastReportAt = 0; // Date.now() when this page last reported
+  let lastDragReport = 0;
+  let freshSince = Infinity; // probes from this time on saw the reported position
+  const probes = new Map(); // site id -> [{ms, at}]
+  let seen = null; // migration ids already listed (null before the first answer)
+  const rows = new Map(); // migration id -> <li>
+  let bannerTimer = 0;
+  let movedTimer = 0;
+
+  // ---- the picture: static layers built once per set of sites ------------------
+
+  const layers = {};
+  const marks = new Map(); // site id -> {g, link, label}
+  let you = null;
+
+  function build() {
+    svg.replaceChildren();
+    marks.clear();
+    const defs = svgEl('defs', {}, svg);
+    const bg = svgEl('radialGradient', { id: 'fm-bg', cx: '50%', cy: '45%', r: '75%' }, defs);
+    svgEl('stop', { offset: '0%', 'stop-color': '#141b29' }, bg);
+    svgEl('stop', { offset: '100%', 'stop-color': '#0a0d13' }, bg);
+    for (const [state, color] of [['ok', '#3ecf8e'], ['draining', '#f5b84a'], ['down', '#ff6b6b']]) {
+      const area = svgEl('radialGradient', { id: `fm-area-${state}` }, defs);
+      svgEl('stop', { offset: '0%', 'stop-color': color, 'stop-opacity': '0.16' }, area);
+      svgEl('stop', { offset: '100%', 'stop-color': color, 'stop-opacity': '0' }, area);
+    }
+    const dots = svgEl('pattern', { id: 'fm-dots', width: 12, height: 12, patternUnits: 'userSpaceOnUse' }, defs);
+    svgEl('circle', { cx: 6, cy: 6, r: 0.8, fill: 'rgba(150,170,210,0.10)' }, dots);
+    svgEl('rect', { width: MAP_W, height: MAP_H, fill: 'url(#fm-bg)' }, svg);
+    svgEl('rect', { width: MAP_W, height: MAP_H, fill: 'url(#fm-dots)' }, svg);
+
+    // graticule, labelled at the edges
+    const grid = svgEl('g', { class: 'grid' }, svg);
+    const latStep = niceStep(55 / proj.scale);
+    const lonStep = niceStep(55 / (proj.scale * proj.k));
+    for (let lat = Math.ceil(proj.lat(MAP_H) / latStep) * latStep; lat < proj.lat(0); lat += latStep) {
+      const y = proj.y(lat);
+      svgEl('line', { x1: 0, x2: MAP_W, y1: y, y2: y }, grid);
+      svgEl('text', { x: 4, y: y - 3 }, grid).textContent = `${lat.toFixed(latStep < 0.1 ? 2 : 1)}°N`;
+    }
+    for (let lon = Math.ceil(proj.lon(0) / lonStep) * lonStep; lon < proj.lon(MAP_W); lon += lonStep) {
+      const x = proj.x(lon);
+      svgEl('line', { x1: x, x2: x, y1: 0, y2: MAP_H }, grid);
+      svgEl('text', { x: x + 3, y: MAP_H - 5 }, grid).textContent = `${lon.toFixed(lonStep < 0.1 ? 2 : 1)}°E`;
+    }
+
+    // scale bar, bottom right
+    const km = niceStep(70 * proj.kmPerPx);
+    const len = km / proj.kmPerPx;
+    const scale = svgEl('g', { class: 'scale' }, svg);
+    const x1 = MAP_W - 14 - len;
+    const y = MAP_H - 16;
+    svgEl('line', { x1, x2: MAP_W - 14, y1: y, y2: y }, scale);
+    svgEl('line', { x1, x2: x1, y1: y - 4, y2: y + 1 }, scale);
+    svgEl('line', { x1: MAP_W - 14, x2: MAP_W - 14, y1: y - 4, y2: y + 1 }, scale);
+    svgEl('text', { x: MAP_W - 14 - len / 2, y: y - 6, 'text-anchor': 'middle' }, scale).textContent = `${km} km`;
+
+    layers.areas = svgEl('g', {}, svg);
+    layers.links = svgEl('g', {}, svg);
+    layers.sites = svgEl('g', {}, svg);
+    layers.labels = svgEl('g', {}, svg);
+    layers.you = svgEl('g', {}, svg);
+
+    for (const s of sites) {
+      const x = proj.x(s.lon);
+      const yy = proj.y(s.lat);
+      const g = svgEl('g', { class: 'site' }, layers.sites);
+      const area = svgEl('circle', { cx: x, cy: yy, r: 46, fill: 'url(#fm-area-ok)' }, layers.areas);
+      svgEl('circle', { class: 'pulse', cx: x, cy: yy, r: 11 }, g);
+      svgEl('circle', { class: 'ring', cx: x, cy: yy, r: 13 }, g);
+      svgEl('circle', { class: 'pin', cx: x, cy: yy, r: 7.5 }, g);
+      const badge = svgEl('g', { class: 'badge', transform: `translate(${x + 10} ${yy - 11})` }, g);
+      svgEl('circle', { r: 7.5 }, badge);
+      svgEl('rect', { x: -2.6, y: -4.2, width: 5.2, height: 8.4, rx: 1.3 }, badge);
+      const name = svgEl('text', { class: 'site-name' }, g);
+      name.textContent = s.id;
+      const meta = svgEl('text', { class: 'site-meta' }, g);
+      const link = svgEl('line', { class: 'link', x2: x, y2: yy }, layers.links);
+      const label = svgEl('g', { class: 'link-label' }, layers.labels);
+      const box = svgEl('rect', { rx: 6, height: 15 }, label);
+      const text = svgEl('text', { 'text-anchor': 'middle' }, label);
+      marks.set(s.id, { g, area, name, meta, link, label, box, text });
+    }
+
+    you = svgEl('g', { class: 'you' }, layers.you);
+    svgEl('circle', { class: 'halo', r: 16 }, you);
+    svgEl('circle', { class: 'pin', r: 7.5 }, you);
+    svgEl('text', { y: -14, 'text-anchor': 'middle' }, you).textContent = 'YOU';
+  }
+
+  // ---- drawing -------------------------------------------------------------------
+
+  /** The round trip to a site: the least of the samples taken since the proxies follow the
+   * position the control service has (`freshOnly`), or else the newest sample. */
+  function rttOf(id, freshOnly) {
+    const all = probes.get(id) || [];
+    const fresh = all.filter((p) => p.at >= freshSince);
+    if (fresh.length) return Math.min(...fresh.map((p) => p.ms));
+    return freshOnly || !all.length ? null : all[all.length - 1].ms;
+  }
+
+  /** Puts a site's two label lines beside it where they fit and do not cover the user. */
+  function placeLabel(m, sx, sy, ux, uy) {
+    const w = Math.max(m.name.textContent.length, m.meta.textContent.length) * 6.2 + 4;
+    const options = [
+      [sx + 21, sy + 1, 'start', sx + 21],
+      [sx - 16, sy + 1, 'end', sx - 16 - w],
+      [sx, sy + 26, 'middle', sx - w / 2],
+      [sx, sy - 30, 'middle', sx - w / 2],
+    ].map(([x, y, anchor, left]) => ({ x, y, anchor, left, top: y - 11 }));
+    const fits = (o) => o.left >= 2 && o.left + w <= MAP_W - 2 && o.top >= 2 && o.top + 26 <= MAP_H - 18;
+    const clear = (o) => !(ux > o.left - 14 && ux < o.left + w + 14 && uy > o.top - 14 && uy < o.top + 40);
+    const o = options.find((c) => fits(c) && clear(c)) || options.find(fits) || options[0];
+    for (const [el, dy] of [[m.name, 0], [m.meta, 13]]) {
+      el.setAttribute('x', o.x);
+      el.setAttribute('y', o.y + dy);
+      el.setAttribute('text-anchor', o.anchor);
+    }
+  }
+
+  function draw() {
+    if (!map.available || !sites.length) return;
+    const key = sites.map((s) => `${s.id}@${s.lat},${s.lon}`).join('|');
+    if (key !== projKey) {
+      projKey = key;
+      proj = mapProjection(sites);
+      build();
+    }
+    const pos = map.position;
+    const ux = pos ? Math.min(MAP_W - 8, Math.max(8, proj.x(pos.lon))) : -100;
+    const uy = pos ? Math.min(MAP_H - 8, Math.max(8, proj.y(pos.lat))) : -100;
+    you.setAttribute('transform', `translate(${ux} ${uy})`);
+    you.style.display = pos ? '' : 'none';
+    // on top of a site, the site's own label says where: no "YOU" over it
+    const onSite = sites.some((s) => Math.hypot(proj.x(s.lon) - ux, proj.y(s.lat) - uy) < 36);
+    you.lastChild.style.display = onSite ? 'none' : '';
+
+    const rtts = sites.map((s) => rttOf(s.id, false));
+    const known = rtts.filter((r) => r !== null);
+    const best = known.length ? Math.min(...known) : null;
+    map.sites = sites.map((s, i) => ({ ...s, rtt_ms: rtts[i] === null ? null : Math.round(rtts[i] * 10) / 10 }));
+
+    const body = document.createDocumentFragment();
+    sites.forEach((s, i) => {
+      const m = marks.get(s.id);
+      const state = !s.healthy ? 'down' : s.draining ? 'draining' : 'ok';
+      const home = s.id === map.site;
+      m.g.setAttribute('class', `site ${state}${home ? ' home' : ''}`);
+      m.area.setAttribute('fill', `url(#fm-area-${state})`);
+      const phones = `${s.phones} phone${s.phones === 1 ? '' : 's'}`;
+      m.meta.textContent = state === 'ok' ? phones : `${phones} · ${state === 'down' ? 'down' : 'draining'}`;
+      placeLabel(m, proj.x(s.lon), proj.y(s.lat), ux, uy);
+      m.link.setAttribute('x1', ux);
+      m.link.setAttribute('y1', uy);
+      m.link.setAttribute('class', home ? 'link active' : 'link');
+      m.link.style.display = pos ? '' : 'none';
+      const ms = rtts[i];
+      const sx = proj.x(s.lon);
+      const sy = proj.y(s.lat);
+      // a label on a short line would sit on the markers
+      m.label.style.display = pos && ms !== null && Math.hypot(sx - ux, sy - uy) > 60 ? '' : 'none';
+      m.label.setAttribute('class', home ? 'link-label active' : 'link-label');
+      if (pos && ms !== null) {
+        const lx = ux + (sx - ux) * 0.5;
+        const ly = uy + (sy - uy) * 0.5;
+        m.text.textContent = `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
+        const w = m.text.textContent.length * 5.6 + 10;
+        m.box.setAttribute('x', lx - w / 2);
+        m.box.setAttribute('y', ly - 8);
+        m.box.setAttribute('width', w);
+        m.text.setAttribute('x', lx);
+        m.text.setAttribute('y', ly + 3.5);
+      }
+
+      const tr = document.createElement('tr');
+      if (home) tr.className = 'home';
+      const name = document.createElement('td');
+      const dot = document.createElement('span');
+      dot.className = `sdot ${state}`;
+      name.append(dot, s.id);
+      const tag = (text, cls) => {
+        const t = document.createElement('span');
+        t.className = `tag${cls ? ` ${cls}` : ''}`;
+        t.textContent = text;
+        name.append(t);
+      };
+      if (home) tag('your phone');
+      if (state === 'draining') tag('draining', 'warn');
+      if (state === 'down') tag('down', 'bad');
+      const count = document.createElement('td');
+      count.textContent = String(s.phones);
+      const rtt = document.createElement('td');
+      rtt.className = `num${ms !== null && ms === best && known.length > 1 ? ' best' : ''}`;
+      rtt.textContent = ms === null ? '–' : `${ms.toFixed(1)} ms`;
+      tr.append(name, count, rtt);
+      body.append(tr);
+    });
+    ui.sites.replaceChildren(body);
+
+    ui.where.replaceChildren();
+    if (map.site) {
+      const b = (t) => {
+        const el = document.createElement('b');
+        el.textContent = t;
+        return el;
+      };
+      ui.where.append(`${map.user}’s phone runs on `, b(map.site));
+    }
+    ui.rtt.textContent = vmi.latencyMs === null ? '–' : String(vmi.latencyMs);
+    hint(rtts);
+    const now = Date.now();
+    for (const li of rows.values()) li.querySelector('.fm-when').textContent = formatAgo(Number(li.dataset.at), now);
+  }
+
+  function hint(rtts) {
+    const i = sites.findIndex((s) => s.id === map.site);
+    const here = i >= 0 ? rtts[i] : null;
+    let bestI = -1;
+    sites.forEach((s, j) => {
+      if (rtts[j] !== null && s.healthy && !s.draining && (bestI < 0 || rtts[j] < rtts[bestI])) bestI = j;
+    });
+    ui.hint.className = 'fm-hint';
+    if (here !== null && bestI >= 0 && bestI !== i) {
+      const gain = here - rtts[bestI];
+      // the placer's default margin: 2 ms and 20 %
+      if (gain >= 2 && gain >= 0.2 * here) {
+        ui.hint.className = 'fm-hint closer';
+        const b = document.createElement('b');
+        b.textContent = sites[bestI].id;
+        ui.hint.replaceChildren(
+          b,
+          ` is closer (${rtts[bestI].toFixed(0)} ms, against ${here.toFixed(0)} ms). Stay a while and your phone follows you there.`,
+        );
+        return;
+      }
+    }
+    if (!owns) {
+      ui.hint.textContent = 'Drag the blue dot: that is you. Walk toward another site and your phone follows, live.';
+    } else if (bestI === i && i >= 0) {
+      ui.hint.textContent = 'Your phone runs on the closest site.';
+    } else {
+      ui.hint.textContent = 'Measuring the round trip to each site…';
+    }
+  }
+
+  let drawQueued = false;
+  function queueDraw() {
+    if (drawQueued) return;
+    drawQueued = true;
+    setTimeout(() => {
+      drawQueued = false;
+      draw();
+    }, 16);
+  }
+
+  // ---- migrations ----------------------------------------------------------------
+
+  function moveRow(m, fresh) {
+    const li = document.createElement('li');
+    li.className = `fm-move${m.outcome === 'committed' ? '' : ' aborted'}${fresh ? ' new' : ''}`;
+    li.dataset.at = String(m.at_ms);
+    const route = document.createElement('div');
+    route.className = 'fm-route';
+    const arrow = document.createElement('span');
+    arrow.className = 'arrow';
+    arrow.textContent = '→';
+    route.append(m.from, arrow, m.to);
+    if (m.outcome !== 'committed') route.append(` (${m.outcome})`);
+    const when = document.createElement('div');
+    when.className = 'fm-when';
+    when.textContent = formatAgo(m.at_ms, Date.now());
+    const figs = document.createElement('div');
+    figs.className = 'fm-figs';
+    const fig = (value, label) => {
+      const span = document.createElement('span');
+      const b = document.createElement('b');
+      b.textContent = value;
+      span.append(b, ` ${label}`);
+      figs.append(span);
+    };
+    fig(formatMicros(m.downtime_us), 'downtime');
+    fig(`${Math.round(m.total_ms)} ms`, 'in all');
+    fig(formatBytes(m.bytes), 'sent');
+    li.append(route, when, figs);
+    if (m.reason && m.outcome !== 'committed') li.title = m.reason;
+    return li;
+  }
+
+  function onMigrations(list) {
+    list = list.filter((m) => m && typeof m.id === 'number');
+    const fresh = seen === null ? [] : list.filter((m) => !seen.has(m.id));
+    seen = new Set(list.map((m) => m.id));
+    // the log only grows: new entries go on top, newest first
+    for (const m of list.filter((x) => !rows.has(x.id)).reverse()) {
+      const li = moveRow(m, fresh.includes(m));
+      rows.set(m.id, li);
+      ui.moves.prepend(li);
+    }
+    while (rows.size > 20) {
+      const oldest = Math.min(...rows.keys());
+      rows.get(oldest).remove();
+      rows.delete(oldest);
+    }
+    map.migrations = list.length;
+    ui.empty.hidden = list.length > 0;
+    ui.count.textContent = list.length ? `${list.length} for ${map.user}` : '';
+    if (fresh.length) announce(fresh[0]);
+  }
+
+  function announce(m) {
+    map.lastMove = m;
+    const ok = m.outcome === 'committed';
+    ui.banner.className = `fm-banner${ok ? '' : ' aborted'}`;
+    const b = (t) => {
+      const el = document.createElement('b');
+      el.textContent = t;
+      return el;
+    };
+    if (ok) {
+      ui.banner.replaceChildren(
+        'Your phone moved ',
+        b(`${m.from} → ${m.to}`),
+        ` · ${formatMicros(m.downtime_us)} downtime, ${Math.round(m.total_ms)} ms in all`,
+      );
+    } else {
+      ui.banner.replaceChildren('A move to ', b(m.to), ` was aborted${m.reason ? `: ${m.reason}` : ''}`);
+    }
+    ui.banner.hidden = false;
+    ui.hint.hidden = true;
+    clearTimeout(bannerTimer);
+    bannerTimer = setTimeout(() => {
+      ui.banner.hidden = true;
+      ui.hint.hidden = false;
+    }, 8000);
+    svg.classList.add('moved');
+    clearTimeout(movedTimer);
+    movedTimer = setTimeout(() => svg.classList.remove('moved'), 1500);
+    for (const li of rows.values()) {
+      if (li.classList.contains('new') && Number(li.dataset.at) !== m.at_ms) li.classList.remove('new');
+    }
+  }
+
+  /** Sites count phones in their heartbeats (every few seconds): until both ends of the
+   * newest migration have sent one since, count the phone where it went. */
+  function countMove(m) {
+    if (!m || m.outcome !== 'committed') return;
+    sites = sites.map((s) => {
+      if (!(s.last_heartbeat_ms < m.at_ms)) return s;
+      if (s.id === m.from) return { ...s, phones: Math.max(0, s.phones - 1) };
+      if (s.id === m.to) return { ...s, phones: s.phones + 1 };
+      return s;
+    });
+  }
+
+  // ---- position ------------------------------------------------------------------
+
+  function setPosition(lat, lon) {
+    const p = map.position;
+    if (p && p.lat === lat && p.lon === lon) return;
+    map.position = { lat, lon };
+    posVersion++;
+    queueDraw();
+  }
+
+  function onReport(r) {
+    // Another terminal of this user (or this page, echoed) reported after this page did:
+    // that is where the user is now. An older report must not undo a drop.
+    if (dragging || !r || typeof r.lat !== 'number' || typeof r.lon !== 'number') return;
+    if (r.at_ms < lastReportAt) return;
+    const before = posVersion;
+    setPosition(r.lat, r.lon);
+    // the proxies already follow this position
+    if (posVersion !== before) positionLanded(posVersion);
+  }
+
+  async function report(withRtt) {
+    const p = map.position;
+    if (!p) return;
+    const body = { lat: Math.round(p.lat * 1e6) / 1e6, lon: Math.round(p.lon * 1e6) / 1e6 };
+    if (withRtt && reportedVersion === posVersion) {
+      const rtt = {};
+      for (const s of sites) {
+        const ms = rttOf(s.id, true);
+        if (ms !== null) rtt[s.id] = Math.round(ms * 100) / 100;
+      }
+      if (Object.keys(rtt).length) body.rtt_ms = rtt;
+    }
+    const version = posVersion;
+    lastReportAt = Date.now();
+    try {
+      const r = await fetch('/v1/demo/report', {
+        method: 'POST',
+        headers: { ...auth, 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      if (!r.ok) return;
+      map.reports++;
+      if (reportedVersion !== version) positionLanded(version);
+    } catch {
+      // the next report tries again
+    }
+  }
+
+  // ---- polling and probing -------------------------------------------------------
+
+  const visible = () => document.visibilityState === 'visible';
+
+  async function poll() {
+    let wait = map.available ? MAP_POLL_MS : MAP_RETRY_MS;
+    if (visible()) {
+      try {
+        const [me, list] = await Promise.all([getJson('/v1/demo/me', auth), getJson('/v1/demo/sites')]);
+        map.user = me.user;
+        map.site = me.site;
+        sites = (Array.isArray(list) ? list : [])
+          .filter((s) => s && typeof s.id === 'string' && Number.isFinite(s.lat) && Number.isFinite(s.lon))
+          .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+        const [moves, last] = await Promise.allSettled([
+          getJson(`/v1/demo/migrations?user=${encodeURIComponent(me.user)}`),
+          getJson('/v1/demo/report', auth),
+        ]);
+        if (moves.status === 'fulfilled' && Array.isArray(moves.value)) onMigrations(moves.value);
+        countMove(moves.status === 'fulfilled' && Array.isArray(moves.value) ? moves.value[0] : null);
+        if (last.status === 'fulfilled') onReport(last.value);
+        // Until someone reports, the user stands at the first site (as the delay proxies assume).
+        if (!map.position && sites.length) setPosition(sites[0].lat, sites[0].lon);
+        if (!map.available && sites.length) {
+          map.available = true;
+          ui.side.hidden = false;
+          ui.btn.hidden = false;
+          document.body.classList.add('with-map');
+          relayout();
+        }
+        draw();
+        wait = vmi.asleep ? MAP_RETRY_MS : MAP_POLL_MS;
+      } catch {
+        // no /v1/demo routes here, or the control service is away: try again later
+      }
+    }
+    setTimeout(poll, wait);
+  }
+
+  let probing = false;
+  async function probeOnce() {
+    if (probing || !map.available || !visible() || vmi.asleep) return;
+    probing = true;
+    try {
+      await Promise.all(
+        sites.map(async (s) => {
+          const at = performance.now();
+          try {
+            // an opaque answer is enough: only the time matters
+            await fetch(`${s.url}/healthz`, { mode: 'no-cors', cache: 'no-store' });
+          } catch {
+            return;
+          }
+          const list = probes.get(s.id) || [];
+          list.push({ ms: performance.now() - at, at });
+          if (list.length > PROBES_KEPT) list.shift();
+          probes.set(s.id, list);
+        }),
+      );
+    } finally {
+      probing = false;
+    }
+    queueDraw();
+  }
+
+  async function probe() {
+    await probeOnce();
+    setTimeout(probe, MAP_POLL_MS);
+  }
+
+  /** The proxies now delay by the position the control service has. */
+  function positionLanded(version) {
+    reportedVersion = version;
+    freshSince = performance.now() + PROBE_SETTLE_MS;
+    setTimeout(probeOnce, PROBE_SETTLE_MS + 20);
+  }
+
+  setInterval(() => {
+    if (owns && !dragging && visible()) report(true);
+  }, REPORT_EVERY_MS);
+  setInterval(() => map.available && visible() && queueDraw(), 1000);
+
+  // ---- dragging ------------------------------------------------------------------
+
+  function moveTo(ev) {
+    const m = svg.getScreenCTM();
+    if (!m || !proj) return;
+    const p = new DOMPoint(ev.clientX, ev.clientY).matrixTransform(m.inverse());
+    const x = Math.min(MAP_W - 8, Math.max(8, p.x));
+    const y = Math.min(MAP_H - 8, Math.max(8, p.y));
+    setPosition(proj.lat(y), proj.lon(x));
+    draw();
+  }
+
+  svg.addEventListener('pointerdown', (ev) => {
+    if (!proj || !ev.isPrimary || (ev.pointerType === 'mouse' && ev.button !== 0)) return;
+    ev.preventDefault();
+    dragging = true;
+    owns = true;
+    lastDragReport = performance.now();
+    try {
+      svg.setPointerCapture(ev.pointerId);
+    } catch {
+      // synthetic events cannot be captured
+    }
+    svg.classList.add('dragging');
+    moveTo(ev);
+  });
+  svg.addEventListener('pointermove', (ev) => {
+    if (!dragging) return;
+    moveTo(ev);
+    if (performance.now() - lastDragReport >= DRAG_REPORT_MS) {
+      lastDragReport = performance.now();
+      report(false);
+    }
+  });
+  const drop = (ev) => {
+    if (!dragging) return;
+    if (ev.type === 'pointerup') moveTo(ev);
+    dragging = false;
+    svg.classList.remove('dragging');
+    report(false);
+  };
+  svg.addEventListener('pointerup', drop);
+  svg.addEventListener('pointercancel', drop);
+
+  if (ui.btn) {
+    ui.btn.addEventListener('click', (ev) => {
+      ev.preventDefault();
+      ui.btn.blur();
+      document.body.classList.toggle('map-open');
+      relayout();
+    });
+  }
+
+  poll();
+  probe();
 }
 
 if (typeof window !== 'undefined' && typeof document !== 'undefined' && document.getElementById('screen')) {

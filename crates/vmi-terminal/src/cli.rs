@@ -10,6 +10,7 @@
 //! {"event":"input_acked","seq":2}
 //! {"event":"notification","title":"ann@example.com","body":"Lunch?","at_ms":1700000000000}
 //! {"event":"screenshot","file":"home.png"}
+//! {"event":"position","t_s":3.0,"lat":60.2,"lon":24.7,"site":"site-a","rtt_ms":2.4,"reported":true}
 //! {"event":"summary","frames":3,"bytes_up":512,"bytes_down":60210,"wakeups":1,...}
 //! ```
 //!
@@ -67,6 +68,11 @@ pub struct TerminalArgs {
     /// wakes the radio).
     #[arg(long, value_name = "SECS")]
     pub keepalive: Option<u64>,
+    /// Walk a route: lines of `LAT LON SECONDS` (each point reached SECONDS after the one
+    /// before; the first line stands SECONDS at the start). Reports the position and the
+    /// measured round trip to the control service every second.
+    #[arg(long, value_name = "FILE")]
+    pub route: Option<PathBuf>,
 }
 
 /// What a headless run saw.
@@ -183,6 +189,8 @@ pub fn summary_json(summary: &RunSummary) -> serde_json::Value {
 struct Printer<'a> {
     out: &'a mut (dyn Write + Send),
     events: mpsc::Receiver<TerminalEvent>,
+    /// Lines from the route walker, printed between events.
+    walker: Option<mpsc::Receiver<serde_json::Value>>,
     frames: u64,
     ended: Option<String>,
     last_fatal: Option<String>,
@@ -216,10 +224,13 @@ impl Printer<'_> {
         event
     }
 
-    /// Prints events already waiting.
+    /// Prints events (and walker lines) already waiting.
     fn drain(&mut self) {
         while let Ok(event) = self.events.try_recv() {
             self.take(event);
+        }
+        while let Some(line) = self.walker.as_mut().and_then(|w| w.try_recv().ok()) {
+            self.line(line);
         }
     }
 
@@ -252,6 +263,7 @@ impl Printer<'_> {
                         return Stop::Ended;
                     }
                 },
+                line = next_walker_line(&mut self.walker) => self.line(line),
                 () = &mut until => return Stop::Deadline,
                 _ = tokio::signal::ctrl_c() => return Stop::Interrupted,
             }
@@ -296,22 +308,43 @@ pub async fn run_headless(
 ) -> Result<RunSummary, TerminalError> {
     check_args(args)?;
     let steps = args.script.as_deref().map(load_script).transpose()?;
+    let route = load_route_args(args)?;
     let url = resolve_ws_url(args).await?;
     let asleep = options.asleep;
     let mut terminal = Terminal::connect(&url, &args.token, options).await?;
     let started = Instant::now();
     let events = terminal.take_events().ok_or(TerminalError::Closed)?;
-    let mut printer = Printer { out, events, frames: 0, ended: None, last_fatal: None };
+    let (walker_lines, walker) = match route {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(16);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let mut printer = Printer { out, events, walker, frames: 0, ended: None, last_fatal: None };
     terminal.ping();
 
-    let mut stop = Stop::Deadline;
-    if !asleep {
-        stop = printer.pump(Some(started + FIRST_FRAME_TIMEOUT), |e| matches!(e, TerminalEvent::Frame { .. })).await;
-        if stop == Stop::Deadline {
-            tracing::warn!("no frame within {FIRST_FRAME_TIMEOUT:?}");
+    let session = async {
+        let mut stop = Stop::Deadline;
+        if !asleep {
+            stop =
+                printer.pump(Some(started + FIRST_FRAME_TIMEOUT), |e| matches!(e, TerminalEvent::Frame { .. })).await;
+            if stop == Stop::Deadline {
+                tracing::warn!("no frame within {FIRST_FRAME_TIMEOUT:?}");
+            }
         }
-    }
-    let result = play(&mut printer, &terminal, args, steps.as_deref().unwrap_or_default(), started, stop).await;
+        play(&mut printer, &terminal, args, steps.as_deref().unwrap_or_default(), started, stop).await
+    };
+    let result = match (route, walker_lines) {
+        (Some((control, route)), Some(lines)) => {
+            let walk = walk(route, control, &args.token, Probe::Session(&terminal), started, lines);
+            tokio::select! {
+                result = session => result,
+                () = walk => Ok(()),
+            }
+        }
+        _ => session.await,
+    };
 
     printer.drain();
     let summary = RunSummary { frames: printer.frames, energy: terminal.energy() };
@@ -383,13 +416,31 @@ async fn run_window(args: &TerminalArgs, options: TerminalOptions) -> Result<(),
     if args.script.is_some() || args.duration.is_some() {
         return Err(TerminalError::Usage("--script and --duration need --headless".into()));
     }
+    let route = load_route_args(args)?;
     let url = resolve_ws_url(args).await?;
     let terminal = Terminal::connect(&url, &args.token, options).await?;
     let screenshot = args.screenshot.clone();
     let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || crate::window::run(terminal, screenshot, handle))
+    // The route walker prints its lines on stdout and stops with the window.
+    let walker = route.map(|(control, route)| {
+        let (lines, mut printed) = mpsc::channel::<serde_json::Value>(16);
+        let token = args.token.clone();
+        tokio::spawn(async move {
+            let print = async {
+                while let Some(line) = printed.recv().await {
+                    println!("{line}");
+                }
+            };
+            tokio::join!(walk(route, control, &token, Probe::Http, Instant::now(), lines), print);
+        })
+    });
+    let result = tokio::task::spawn_blocking(move || crate::window::run(terminal, screenshot, handle))
         .await
-        .map_err(|e| TerminalError::Window(format!("window thread failed: {e}")))?
+        .map_err(|e| TerminalError::Window(format!("window thread failed: {e}")));
+    if let Some(walker) = walker {
+        walker.abort();
+    }
+    result?
 }
 
 /// Window mode is not built in: say how to get it.
@@ -398,6 +449,220 @@ async fn run_window(_args: &TerminalArgs, _options: TerminalOptions) -> Result<(
     Err(TerminalError::Usage(
         "this build has no window (cargo feature `window` of vmi-terminal); use --headless".into(),
     ))
+}
+
+// ---- routes ---------------------------------------------------------------------------
+
+/// How often a terminal walking a route reports where it is.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// A walk for `--route`: waypoints in degrees, each reached `secs` after the one before,
+/// in a straight line at even speed; the first waypoint's `secs` is spent standing there.
+/// After the last waypoint the walker stays put.
+///
+/// The file has one `LAT LON SECONDS` waypoint a line; blank lines and `#` comments are
+/// skipped:
+///
+/// ```text
+/// # from site-a to site-c, then stay
+/// 60.2055 24.6559 3
+/// 60.2934 25.0378 4
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    points: Vec<(f64, f64, f64)>,
+}
+
+impl Route {
+    /// Parses a route file's text; the error names the line.
+    pub fn parse(text: &str) -> Result<Route, String> {
+        let mut points = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let bad = |why: &str| format!("line {}: {why}: {raw:?}", i + 1);
+            let [lat, lon, secs] = fields[..] else {
+                return Err(bad("expected LAT LON SECONDS"));
+            };
+            let number = |s: &str| s.parse::<f64>().ok().filter(|x| x.is_finite());
+            let (Some(lat), Some(lon), Some(secs)) = (number(lat), number(lon), number(secs)) else {
+                return Err(bad("not a number"));
+            };
+            if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+                return Err(bad("latitude must be within ±90 and longitude within ±180"));
+            }
+            if !(0.0..=1e7).contains(&secs) {
+                return Err(bad("seconds must be 0 or more"));
+            }
+            points.push((lat, lon, secs));
+        }
+        if points.is_empty() {
+            return Err("the route has no waypoints".into());
+        }
+        Ok(Route { points })
+    }
+
+    /// Seconds from setting out to reaching the last waypoint.
+    pub fn duration_secs(&self) -> f64 {
+        self.points.iter().map(|p| p.2).sum()
+    }
+
+    /// Where the walker is `t` seconds after setting out: (latitude, longitude).
+    pub fn position_at(&self, t: f64) -> (f64, f64) {
+        let (lat0, lon0, wait) = self.points[0];
+        let (mut at, mut from) = (wait, (lat0, lon0));
+        if t <= at {
+            return from;
+        }
+        for &(lat, lon, secs) in &self.points[1..] {
+            if t < at + secs {
+                let f = (t - at) / secs;
+                return (from.0 + (lat - from.0) * f, from.1 + (lon - from.1) * f);
+            }
+            at += secs;
+            from = (lat, lon);
+        }
+        from
+    }
+}
+
+/// Reads and parses a route file.
+pub fn load_route(path: &Path) -> Result<Route, TerminalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TerminalError::Read { path: path.to_owned(), source })?;
+    Route::parse(&text).map_err(|e| TerminalError::Usage(format!("route {}: {e}", path.display())))
+}
+
+/// `--route`, with the control service it reports to.
+fn load_route_args(args: &TerminalArgs) -> Result<Option<(vmi_control::ControlClient, Route)>, TerminalError> {
+    let Some(path) = &args.route else { return Ok(None) };
+    let route = load_route(path)?;
+    let control = match (&args.control, &args.site_ws) {
+        (Some(url), _) => url.clone(),
+        (None, None) => DEFAULT_CONTROL.to_string(),
+        (None, Some(_)) => {
+            return Err(TerminalError::Usage("--route reports to the control service: give --control".into()));
+        }
+    };
+    let client = vmi_control::ControlClient::new(&control).map_err(TerminalError::Control)?;
+    Ok(Some((client.with_timeout(Duration::from_secs(2)), route)))
+}
+
+/// How a walker measures the round trip to the site it is connected to.
+enum Probe<'a> {
+    /// The session's own `Ping`/`Pong` (headless).
+    Session(&'a Terminal),
+    /// An HTTP request to the phone's site (when the window owns the session).
+    Http,
+}
+
+/// What a probe found: the site (id) and the round trip to it in ms, when known.
+struct Measured {
+    site: Option<String>,
+    rtt_ms: Option<f64>,
+}
+
+/// The walker's memory between ticks.
+#[derive(Default)]
+struct ProbeState {
+    /// The sites as last listed.
+    sites: Vec<vmi_control::SiteStatus>,
+    /// The session's URL when the last ping went out.
+    pinged: Option<String>,
+}
+
+impl Probe<'_> {
+    async fn measure(&self, control: &vmi_control::ControlClient, token: &str, state: &mut ProbeState) -> Measured {
+        match self {
+            Probe::Session(terminal) => {
+                let stats = terminal.stats();
+                // The last pong answers the ping sent a tick ago, if the session has not
+                // moved since; after a redirect the old site's figure is not this site's.
+                let rtt_ms = (state.pinged.as_deref() == Some(stats.url.as_str()))
+                    .then_some(stats.latency_us)
+                    .flatten()
+                    .map(|us| us as f64 / 1000.0);
+                terminal.ping();
+                state.pinged = Some(stats.url.clone());
+                let site_of = |sites: &[vmi_control::SiteStatus]| {
+                    sites.iter().find(|s| vmi_control::ws_url(&s.site.url) == stats.url).map(|s| s.site.id.clone())
+                };
+                let mut site = site_of(&state.sites);
+                if site.is_none()
+                    && let Ok(sites) = control.list_sites().await
+                {
+                    state.sites = sites;
+                    site = site_of(&state.sites);
+                }
+                Measured { site, rtt_ms }
+            }
+            Probe::Http => {
+                let Ok(phone) = control.phone_for_token(token).await else {
+                    return Measured { site: None, rtt_ms: None };
+                };
+                let started = std::time::Instant::now();
+                let answered = vmi_control::get_bytes(&format!("{}/healthz", phone.site_url)).await;
+                let rtt_ms = matches!(answered, Ok((200, _))).then(|| started.elapsed().as_secs_f64() * 1000.0);
+                Measured { site: Some(phone.site), rtt_ms }
+            }
+        }
+    }
+}
+
+/// Walks `route` from `started` on: every [`REPORT_EVERY`], reports the position (and the
+/// round trip measured to the current site) to the control service and sends a `position`
+/// line to `lines`. Runs until dropped (or until `lines` is closed).
+async fn walk(
+    route: Route,
+    control: vmi_control::ControlClient,
+    token: &str,
+    probe: Probe<'_>,
+    started: Instant,
+    lines: mpsc::Sender<serde_json::Value>,
+) {
+    let mut every = tokio::time::interval_at(started, REPORT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = ProbeState::default();
+    loop {
+        every.tick().await;
+        let t = started.elapsed().as_secs_f64();
+        let (lat, lon) = route.position_at(t);
+        let measured = probe.measure(&control, token, &mut state).await;
+        let mut rtt = std::collections::BTreeMap::new();
+        if let (Some(site), Some(ms)) = (&measured.site, measured.rtt_ms) {
+            rtt.insert(site.clone(), ms);
+        }
+        let reported = control.report(token, Some(lat), Some(lon), rtt).await;
+        if let Err(e) = &reported {
+            tracing::warn!("cannot report the position: {e}");
+        }
+        let round = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
+        let line = json!({
+            "event": "position",
+            "t_s": round(t, 1),
+            "lat": round(lat, 5),
+            "lon": round(lon, 5),
+            "site": measured.site,
+            "rtt_ms": measured.rtt_ms.map(|ms| round(ms, 2)),
+            "reported": reported.is_ok(),
+        });
+        if lines.send(line).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The next line from the route walker; never, without one.
+async fn next_walker_line(walker: &mut Option<mpsc::Receiver<serde_json::Value>>) -> serde_json::Value {
+    match walker {
+        Some(rx) => match rx.recv().await {
+            Some(line) => line,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// An error and its causes on one line, for printing.
@@ -450,6 +715,40 @@ mod tests {
         let e = run_headless(&script, TerminalOptions::default(), &mut out).await.unwrap_err();
         assert!(matches!(e, TerminalError::Read { .. }), "{e}");
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn routes_parse_and_walk_in_straight_lines() {
+        let r = Route::parse("# start at A\n10 20 2\n\n20 40 10  # walk\n20 40 5\n").expect("parses");
+        assert_eq!(r.duration_secs(), 17.0);
+        assert_eq!(r.position_at(0.0), (10.0, 20.0));
+        assert_eq!(r.position_at(2.0), (10.0, 20.0));
+        assert_eq!(r.position_at(7.0), (15.0, 30.0));
+        assert_eq!(r.position_at(12.0), (20.0, 40.0));
+        assert_eq!(r.position_at(1e6), (20.0, 40.0));
+        // A zero-second leg is a jump.
+        let jump = Route::parse("1 1 0\n2 2 0\n").expect("parses");
+        assert_eq!(jump.position_at(0.5), (2.0, 2.0));
+        for bad in ["", "# nothing\n", "1 2\n", "a 2 3\n", "91 0 1\n", "0 0 -1\n", "0 0 NaN\n"] {
+            assert!(Route::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Route::parse("1 1 1\n1 2\n").unwrap_err().starts_with("line 2:"));
+    }
+
+    #[test]
+    fn a_route_needs_the_control_service() {
+        let dir = std::env::temp_dir().join(format!("vmi-route-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("walk.route");
+        std::fs::write(&path, "60 25 1\n").expect("route");
+        let args =
+            parse(&["--site-ws", "ws://h:1/v1/terminal", "--token", "t", "--route", path.to_str().expect("utf-8")])
+                .expect("parses");
+        assert!(matches!(load_route_args(&args), Err(TerminalError::Usage(_))));
+        let args = TerminalArgs { site_ws: None, control: Some("http://127.0.0.1:9".into()), ..args };
+        let (_, route) = load_route_args(&args).expect("loads").expect("a route");
+        assert_eq!(route.position_at(0.0), (60.0, 25.0));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! `vmi proxy`: a TCP proxy that makes loopback feel like distance.
+//!
+//! `vmi up` puts one in front of each site and registers the proxy's address as the site's
+//! URL, so terminals, browser pages and migrations into the site all go through it. Every
+//! chunk of bytes, in either direction, is held for the one-way time of a network path from
+//! the user's position *now* to the site: half of the placer's own estimate
+//! ([`vmi_control::placement::estimate_rtt_ms`], base + slope per 100 km), with the same
+//! parameters the control service places phones by. The position is the user's latest
+//! terminal report, asked from the control service every [`POLL_EVERY`]; until there is
+//! one, a home position (`--home-lat/--home-lon`, by default the site's own).
+//!
+//! Each direction is a queue of chunks stamped with their release time: a chunk is written
+//! when its time comes and never before the chunks ahead of it, so order is kept and a
+//! steady stream pays the delay once, not once per read. When the delay shrinks, a chunk
+//! waits for the ones ahead; it never overtakes them.
+//!
+//! Bounds: at most [`MAX_CONNECTIONS`] connections (more wait in the listen queue), at most
+//! [`QUEUED_CHUNKS`] chunks of up to [`CHUNK_BYTES`] held per direction (the reader then
+//! stops reading, which is TCP's own back pressure). The poller and every connection are
+//! owned by [`run`] and stop with it on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use vmi_control::ControlClient;
+use vmi_control::placement::{PolicyParams, SiteView, estimate_rtt_ms};
+
+/// How often the user's position is asked from the control service.
+pub const POLL_EVERY: Duration = Duration::from_millis(500);
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Largest chunk read at once.
+pub const CHUNK_BYTES: usize = 32 * 1024;
+/// Most chunks held per direction of a connection.
+pub const QUEUED_CHUNKS: usize = 128;
+
+/// `vmi proxy` arguments.
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The site behind the proxy, host:port.
+    #[arg(long)]
+    to: String,
+    /// Latitude of the site.
+    #[arg(long, allow_hyphen_values = true)]
+    site_lat: f64,
+    /// Longitude of the site.
+    #[arg(long, allow_hyphen_values = true)]
+    site_lon: f64,
+    /// Control service URL (for the user's position).
+    #[arg(long, default_value = "http://127.0.0.1:7800")]
+    control: String,
+    /// Whose position sets the delay.
+    #[arg(long, default_value = "demo")]
+    user: String,
+    /// Where the user is until they report a position (default: at the site).
+    #[arg(long, allow_hyphen_values = true, requires = "home_lon")]
+    home_lat: Option<f64>,
+    /// See --home-lat.
+    #[arg(long, allow_hyphen_values = true, requires = "home_lat")]
+    home_lon: Option<f64>,
+    /// Round trip at zero distance, ms (the placer's `base_rtt_ms`).
+    #[arg(long, default_value_t = PolicyParams::default().base_rtt_ms)]
+    base_rtt_ms: f64,
+    /// Round trip added per 100 km, ms (the placer's `rtt_ms_per_100km`).
+    #[arg(long, default_value_t = PolicyParams::default().rtt_ms_per_100km)]
+    rtt_ms_per_100km: f64,
+}
+
+/// Where the delay comes from: the site, the path model, and the user's position.
+struct Path {
+    params: PolicyParams,
+    site: SiteView,
+}
+
+impl Path {
+    /// One-way delay in microseconds from `(lat, lon)` to the site.
+    fn one_way_us(&self, (lat, lon): (f64, f64)) -> u64 {
+        let rtt_ms = estimate_rtt_ms(&self.params, lat, lon, &self.site);
+        (rtt_ms * 500.0).max(0.0).round() as u64
+    }
+}
+
+/// Runs the proxy until SIGINT/SIGTERM.
+pub async fn run(args: ProxyArgs) -> Result<()> {
+    let params = PolicyParams {
+        base_rtt_ms: args.base_rtt_ms,
+        rtt_ms_per_100km: args.rtt_ms_per_100km,
+        ..PolicyParams::default()
+    };
+    let site = SiteView {
+        id: String::new(),
+        lat: args.site_lat,
+        lon: args.site_lon,
+        capacity: 0,
+        phones: 0,
+        healthy: true,
+        draining: false,
+    };
+    let home = args.home_lat.zip(args.home_lon).unwrap_or((args.site_lat, args.site_lon));
+    let path = Path { params, site };
+    let delay_us = Arc::new(AtomicU64::new(path.one_way_us(home)));
+    let control = ControlClient::new(&args.control)?.with_timeout(Duration::from_secs(2));
+
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    crate::services::announce("proxy", &url);
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(follow_user(control, args.user, home, path, delay_us.clone()));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let stop = crate::services::stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            () = &mut stop => break,
+            permit = slots.clone().acquire_owned() => permit.context("connection slots closed")?,
+        };
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => accepted,
+            // Reap finished connections so the set stays small.
+            Some(_) = tasks.join_next(), if tasks.len() > 1 => continue,
+        };
+        match accepted {
+            Ok((client, _)) => {
+                let to = args.to.clone();
+                let delay = delay_us.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = serve(client, &to, delay).await {
+                        tracing::debug!("proxied connection ended: {e}");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Dropping the set aborts the poller and every connection.
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Keeps `delay_us` at the one-way delay from the user's latest reported position.
+async fn follow_user(control: ControlClient, user: String, home: (f64, f64), path: Path, delay_us: Arc<AtomicU64>) {
+    let mut every = tokio::time::interval(POLL_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut position = home;
+    loop {
+        every.tick().await;
+        match control.latest_report(&user).await {
+            Ok(report) => position = report.position().unwrap_or(position),
+            Err(vmi_control::ClientError::Status { status: 404, .. }) => position = home,
+            // Control away for a moment: keep the last known position.
+            Err(e) => tracing::debug!("cannot read {user}'s position: {e}"),
+        }
+        delay_us.store(path.one_way_us(position), Ordering::Relaxed);
+    }
+}
+
+/// Proxies one connection to `to` until both directions end, or either fails.
+async fn serve(client: TcpStream, to: &str, delay_us: Arc<AtomicU64>) -> std::io::Result<()> {
+    let server = TcpStream::connect(to).await?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let up = pipe(client_read, server_write, delay_us.clone());
+    let down = pipe(server_read, client_write, delay_us);
+    tokio::pin!(up, down);
+    // A clean end of one direction (a half-close) leaves the other running; an error ends both.
+    tokio::select! {
+        result = &mut up => { result?; down.await }
+        result = &mut down => { result?; up.await }
+    }
+}
+
+/// Copies `from` to `to`, each chunk released `delay_us` after it was read, in order. Ends
+/// after forwarding the end of stream (as a write shutdown).
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay_us: Arc<AtomicU64>) -> std::io::Result<()> {
+    let (queue, mut held) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(QUEUED_CHUNKS);
+    let read = async move {
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        loop {
+            let n = from.read(&mut buf).await?;
+            let release = Instant::now() + Duration::from_micros(delay_us.load(Ordering::Relaxed));
+            let chunk = (n > 0).then(|| buf[..n].to_vec());
+            if queue.send((release, chunk)).await.is_err() || n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    };
+    let write = async move {
+        while let Some((release, chunk)) = held.recv().await {
+            tokio::time::sleep_until(release).await;
+            match chunk {
+                Some(bytes) => to.write_all(&bytes).await?,
+                None => {
+                    to.shutdown().await?;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::try_join!(read, write).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(rtt_ms_per_100km: f64) -> Path {
+        let params = PolicyParams { rtt_ms_per_100km, ..PolicyParams::default() };
+        let site =
+            SiteView { id: "s".into(), lat: 60.0, lon: 25.0, capacity: 1, phones: 0, healthy: true, draining: false };
+        Path { params, site }
+    }
+
+    #[test]
+    fn the_delay_is_half_the_placers_round_trip_estimate() {
+        // At the site: half the 2 ms base.
+        assert_eq!(path(1.0).one_way_us((60.0, 25.0)), 1000);
+        // One degree of latitude is 111.2 km: 2 + 1.112 ms round trip.
+        assert_eq!(path(1.0).one_way_us((61.0, 25.0)), 1556);
+        // The demo's slope of 100 ms per 100 km.
+        assert_eq!(path(100.0).one_way_us((60.1, 25.0)), 6560);
+    }
+
+    #[tokio::test]
+    async fn bytes_arrive_in_order_after_the_delay_both_ways() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let echo_addr = echo.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut s, _) = echo.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = s.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                s.write_all(&buf[..n]).await.expect("write");
+            }
+        });
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let delay = Arc::new(AtomicU64::new(20_000));
+        tokio::spawn(async move {
+            let (client, _) = front.accept().await.expect("accept");
+            serve(client, &echo_addr.to_string(), delay).await.expect("proxied");
+        });
+
+        let mut c = TcpStream::connect(front_addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        c.write_all(b"ping").await.expect("write");
+        let mut got = [0u8; 4];
+        c.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"ping");
+        let rtt = started.elapsed();
+        assert!(rtt >= Duration::from_millis(40), "a round trip through the proxy took {rtt:?}");
+
+        // Many small writes in a row: order kept, and the delay is paid once, not per chunk.
+        let started = std::time::Instant::now();
+        let sent: Vec<u8> = (0..200u32).flat_map(|i| i.to_le_bytes()).collect();
+        for chunk in sent.chunks(4) {
+            c.write_all(chunk).await.expect("write");
+        }
+        let mut back = vec![0u8; sent.len()];
+        c.read_exact(&mut back).await.expect("read");
+        assert_eq!(back, sent);
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+
+        // A half-close reaches the other side and its answer still comes back.
+        c.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.expect("read to end");
+        assert!(rest.is_empty());
+    }
+}
