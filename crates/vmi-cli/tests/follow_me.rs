@@ -5,66 +5,11 @@
 //! as the terminal walked away from it). The browser page's map reads the same through the
 //! site's `/v1/demo/*` routes. Ctrl-C stops everything cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-fn vmi() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmi"))
-}
-
-/// A base port with the six after it free right now (control, three proxies, three sites).
-fn free_ports() -> u16 {
-    for _ in 0..200 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        if base > 60000 {
-            continue;
-        }
-        let all_free = (0..7).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no seven free ports in a row");
-}
-
-/// `vmi up` with a short dwell, and the browser terminal URL it printed.
-fn up(data: &std::path::Path, port: u16) -> (Child, String) {
-    let mut child = vmi()
-        .args(["up", "--data-dir"])
-        .arg(data)
-        .args(["--port", &port.to_string(), "--placer-dwell-ms", "2000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("vmi up starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let started = Instant::now();
-    let mut url = None;
-    while url.is_none() && started.elapsed() < Duration::from_secs(90) {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Some(rest) = line.split("Browser terminal for demo:").nth(1) {
-            url = Some(rest.trim().to_string());
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (child, url.expect("vmi up printed the browser terminal URL"))
-}
-
-fn interrupt(child: &mut Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "vmi up exited with {status}");
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "vmi up did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::*;
 
 #[test]
 fn the_phone_follows_a_terminal_that_walks_to_another_site() {
@@ -74,7 +19,7 @@ fn the_phone_follows_a_terminal_that_walks_to_another_site() {
     let port = free_ports();
     let control = format!("http://127.0.0.1:{port}");
     let (proxy_a, proxy_c) = (format!("http://127.0.0.1:{}", port + 1), format!("http://127.0.0.1:{}", port + 3));
-    let (mut up, url) = up(&data, port);
+    let (mut up, url) = up(&data, port, &["--placer-dwell-ms", "2000"]);
     assert!(url.starts_with(&format!("{proxy_a}/?token=")), "the terminal URL is site-a's proxy: {url}");
     let token = url.split("token=").nth(1).expect("token").to_string();
 
@@ -138,18 +83,4 @@ fn the_phone_follows_a_terminal_that_walks_to_another_site() {
     interrupt(&mut up);
     assert!(data.join("site-c/phones/demo/phone.snap").exists(), "the phone was saved on site-c");
     let _ = std::fs::remove_dir_all(&data);
-}
-
-/// A tiny HTTP GET on loopback (the body as text), with a bearer token if given.
-fn fetch(url: &str, token: Option<&str>) -> String {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_at(rest.find('/').expect("path"));
-    let mut stream = std::net::TcpStream::connect(host).expect("connect");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{url}: {response}");
-    response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
 }
