@@ -48,6 +48,12 @@ enum Top {
     /// Mail to a user's phone.
     #[command(subcommand)]
     Mail(MailCmd),
+    /// Users: pairing codes for new devices.
+    #[command(subcommand)]
+    User(services::UserCmd),
+    /// Devices: list, revoke (a lost phone), pair (its replacement).
+    #[command(subcommand)]
+    Device(services::DeviceCmd),
     /// Run a native terminal (a window, or --headless for scripts).
     Terminal(vmi_terminal::cli::TerminalArgs),
 }
@@ -181,6 +187,8 @@ fn run(cli: Cli) -> Result<()> {
         Top::Site(args) => runtime()?.block_on(services::site(args)),
         Top::Proxy(args) => runtime()?.block_on(proxy::run(args)),
         Top::Mail(MailCmd::Send(args)) => runtime()?.block_on(services::mail(args)),
+        Top::User(cmd) => runtime()?.block_on(services::user(cmd)),
+        Top::Device(cmd) => runtime()?.block_on(services::device(cmd)),
         Top::Terminal(args) => runtime()?.block_on(vmi_terminal::cli::run(args)).map_err(Into::into),
     }
 }

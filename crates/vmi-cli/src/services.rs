@@ -564,3 +564,85 @@ pub async fn drain(site: &str, control_url: &str, timeout_s: u64) -> Result<()> 
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// `vmi user …`.
+#[derive(clap::Subcommand)]
+pub enum UserCmd {
+    /// Issue a one-time code that pairs a new device with the user's phone (valid 10 min).
+    PairCode {
+        /// The user.
+        user: String,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
+}
+
+/// `vmi device …`.
+#[derive(clap::Subcommand)]
+pub enum DeviceCmd {
+    /// List a user's devices.
+    List {
+        /// The user.
+        user: String,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
+    /// Revoke a device: its live sessions close at once and its token is refused ever after.
+    Revoke {
+        /// The device id (see `vmi device list`).
+        id: u64,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
+    /// Pair this device with a code; prints its token and the browser terminal URL.
+    Pair {
+        /// The code from `vmi user pair-code` or another signed-in device.
+        code: String,
+        /// A name for this device.
+        #[arg(long, default_value = "new device")]
+        name: String,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
+}
+
+/// Runs `vmi user …`.
+pub async fn user(cmd: UserCmd) -> Result<()> {
+    match cmd {
+        UserCmd::PairCode { user, control } => {
+            let code = ControlClient::new(&control)?.pair_code(&user).await.context("issuing a pairing code")?;
+            println!("pairing code for {user}: {}  (valid 10 minutes, once)", code.code);
+            println!("on the new device: vmi device pair {} --control {control}", code.code);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `vmi device …`.
+pub async fn device(cmd: DeviceCmd) -> Result<()> {
+    match cmd {
+        DeviceCmd::List { user, control } => {
+            println!("ID     REVOKED  NAME");
+            for d in ControlClient::new(&control)?.list_devices(&user).await.context("listing devices")? {
+                println!("{:<6} {:<8} {}", d.device_id, if d.revoked { "yes" } else { "no" }, d.name);
+            }
+        }
+        DeviceCmd::Revoke { id, control } => {
+            ControlClient::new(&control)?.revoke_device(id).await.context("revoking")?;
+            println!("device {id} revoked: its sessions are closed and its token is refused");
+        }
+        DeviceCmd::Pair { code, name, control } => {
+            let client = ControlClient::new(&control)?;
+            let device = client.pair(&code, &name).await.context("pairing (is the code right and fresh?)")?;
+            let phone = client.phone_for_token(&device.token).await.context("finding the phone")?;
+            println!("paired as device {} of {}", device.device_id, phone.user);
+            println!("token: {}", device.token);
+            println!("browser terminal: {}/?token={}", phone.site_url, device.token);
+        }
+    }
+    Ok(())
+}

@@ -126,6 +126,23 @@ impl ControlClient {
         format!("http://{}", self.authority)
     }
 
+    /// `POST /v1/users/{user}/pair-code`: a one-time code for a new device of `user`.
+    pub async fn pair_code(&self, user: &str) -> Result<crate::PairCode, ClientError> {
+        self.json(Method::POST, format!("/v1/users/{}/pair-code", segment(user)), None::<&()>).await
+    }
+
+    /// `POST /v1/phone/pair-code`: a code issued by a signed-in device for its own user.
+    pub async fn pair_code_for_device(&self, token: &str) -> Result<crate::PairCode, ClientError> {
+        let bytes = self.call(Method::POST, "/v1/phone/pair-code".to_owned(), None::<&()>, Some(token)).await?;
+        serde_json::from_slice(&bytes).map_err(ClientError::Decode)
+    }
+
+    /// `POST /v1/pair`: trades a code for a new device (token included).
+    pub async fn pair(&self, code: &str, name: &str) -> Result<NewDevice, ClientError> {
+        let body = crate::PairRequest { code: code.to_owned(), name: name.to_owned() };
+        self.json(Method::POST, "/v1/pair".to_owned(), Some(&body)).await
+    }
+
     /// `GET /healthz`.
     pub async fn healthz(&self) -> Result<(), ClientError> {
         self.call(Method::GET, "/healthz".to_owned(), None::<&()>, None).await.map(drop)

@@ -35,6 +35,13 @@ type ApiResult<T> = Result<T, ControlError>;
 struct AppState {
     store: StoreRef,
     reports: Reports,
+    pair_codes: crate::PairCodes,
+}
+
+impl FromRef<AppState> for crate::PairCodes {
+    fn from_ref(state: &AppState) -> Self {
+        state.pair_codes.clone()
+    }
 }
 
 impl FromRef<AppState> for StoreRef {
@@ -90,6 +97,9 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports) -> Router {
         .route("/v1/users", post(create_user).get(list_users))
         .route("/v1/users/{user}/devices", post(create_device).get(list_devices))
         .route("/v1/devices/{id}/revoke", post(revoke_device))
+        .route("/v1/users/{user}/pair-code", post(user_pair_code))
+        .route("/v1/phone/pair-code", post(device_pair_code))
+        .route("/v1/pair", post(pair))
         .route("/v1/auth", post(authenticate))
         .route("/v1/sites", get(list_sites))
         .route("/v1/sites/{id}", put(put_site))
@@ -102,7 +112,7 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports) -> Router {
         .route("/v1/phone/report", post(post_report))
         .route("/v1/migrations", post(record_migration).get(list_migrations))
         .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
-        .with_state(AppState { store, reports })
+        .with_state(AppState { store, reports, pair_codes: crate::PairCodes::new() })
 }
 
 /// How [`serve_with`] runs the service.
@@ -200,7 +210,53 @@ async fn revoke_device(State(store): State<StoreRef>, Path(id): Path<String>) ->
     let device_id: u64 = id.parse().map_err(|_| ControlError::not_found("device", id))?;
     store.revoke_device(device_id)?;
     tracing::info!(device_id, "device revoked");
+    // Cut its live sessions at once: every site drops the device's terminals. (A site
+    // that misses this still refuses the token at its next Hello.)
+    let sites = store.list_sites()?;
+    for site in sites {
+        tokio::spawn(async move {
+            let url = format!("{}/v1/devices/{device_id}/revoked", site.url);
+            if let Err(e) = crate::client::post_json(&url, &serde_json::json!({})).await {
+                tracing::warn!(site = %site.id, "could not tell the site about the revocation: {e}");
+            }
+        });
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/users/{user}/pair-code`: an operator issues a one-time pairing code.
+async fn user_pair_code(
+    State(store): State<StoreRef>,
+    State(codes): State<crate::PairCodes>,
+    Path(user): Path<String>,
+) -> ApiResult<(StatusCode, Json<crate::PairCode>)> {
+    store.placement(&user)?; // the user must exist
+    Ok((StatusCode::CREATED, Json(codes.issue(&user, now_ms())?)))
+}
+
+/// `POST /v1/phone/pair-code`: a signed-in device issues a code for its own user.
+async fn device_pair_code(
+    State(store): State<StoreRef>,
+    State(codes): State<crate::PairCodes>,
+    headers: HeaderMap,
+) -> ApiResult<(StatusCode, Json<crate::PairCode>)> {
+    let token = bearer_token(&headers).ok_or(ControlError::Unauthorized)?;
+    let identity = store.authenticate(token)?.ok_or(ControlError::Unauthorized)?;
+    Ok((StatusCode::CREATED, Json(codes.issue(&identity.user, now_ms())?)))
+}
+
+/// `POST /v1/pair {code, name}`: trades a valid code, once, for a new device token.
+async fn pair(
+    State(store): State<StoreRef>,
+    State(codes): State<crate::PairCodes>,
+    ApiJson(req): ApiJson<crate::PairRequest>,
+) -> ApiResult<(StatusCode, Json<NewDevice>)> {
+    let user = codes
+        .redeem(&req.code, now_ms())
+        .ok_or_else(|| ControlError::not_found("pairing code (unknown, already used or expired)", &req.code))?;
+    let device = store.create_device(&user, &req.name)?;
+    tracing::info!(user, device_id = device.device_id, "device paired");
+    Ok((StatusCode::CREATED, Json(device)))
 }
 
 async fn authenticate(State(store): State<StoreRef>, ApiJson(req): ApiJson<AuthRequest>) -> ApiResult<Json<Identity>> {

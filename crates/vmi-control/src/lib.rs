@@ -114,6 +114,7 @@ mod client;
 mod error;
 mod http;
 mod model;
+mod pairing;
 pub mod placement;
 mod placer;
 mod reports;
@@ -128,6 +129,7 @@ pub use model::{
     PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, Site, SiteSpec, SiteStatus,
     TerminalReport, User,
 };
+pub use pairing::{PAIR_CODE_TTL_MS, PairCode, PairCodes, PairRequest};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};
 pub use placer::{ORDER_TIMEOUT, run_placer};
 pub use reports::Reports;

@@ -39,6 +39,7 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/phones/{user}/screen-hash", get(screen_hash))
         .route("/v1/phones/{user}/kv/{key}", get(kv))
         .route("/v1/phones/{user}/migrate", post(migrate))
+        .route("/v1/devices/{id}/revoked", post(device_revoked))
         .route("/v1/migrate", get(migrate_in))
         .route("/v1/demo/sites", get(demo_sites))
         .route("/v1/demo/me", get(demo_me))
@@ -298,4 +299,14 @@ async fn demo_migrations(
     axum::extract::Query(q): axum::extract::Query<UserQuery>,
 ) -> Result<Response, ApiError> {
     Ok(Json(control_of(&site)?.migrations(Some(&q.user)).await?).into_response())
+}
+
+/// The control service revoked a device: every phone here closes its terminals.
+async fn device_revoked(State(site): State<Arc<SiteState>>, Path(id): Path<String>) -> StatusCode {
+    for user in site.users() {
+        if let Some(phone) = site.phone_link(&user) {
+            let _ = phone.tx.send(PhoneCommand::Revoked(id.clone())).await;
+        }
+    }
+    StatusCode::NO_CONTENT
 }

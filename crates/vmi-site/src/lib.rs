@@ -134,6 +134,11 @@ impl SiteState {
         &self.config.control_url
     }
 
+    /// The command channel of `user`'s phone, if it runs here.
+    pub fn phone_link(&self, user: &str) -> Option<PhoneLink> {
+        self.phone(user)
+    }
+
     fn phone(&self, user: &str) -> Option<PhoneLink> {
         self.phones.read().unwrap_or_else(|p| p.into_inner()).get(user).cloned()
     }

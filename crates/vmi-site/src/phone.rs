@@ -76,6 +76,8 @@ pub enum PhoneCommand {
     Pong(u64, u64),
     /// A message for one terminal (an error before its session closes).
     Say(u64, ServerMessage),
+    /// A device was revoked: close its terminals now.
+    Revoked(String),
     /// A terminal's screen went off.
     Sleep(u64),
     /// A terminal's screen came on.
@@ -358,6 +360,17 @@ impl PhoneTask {
             }
             PhoneCommand::Pong(session, nonce) => self.send(session, ServerMessage::Pong { nonce }),
             PhoneCommand::Say(session, message) => self.send(session, message),
+            PhoneCommand::Revoked(device) => {
+                let gone: Vec<u64> =
+                    self.sessions.iter().filter(|(_, s)| s.device_id == device).map(|(id, _)| *id).collect();
+                for id in gone {
+                    let message = "this device was revoked".to_string();
+                    self.send(id, ServerMessage::Error { code: vmi_protocol::ErrorCode::Unauthorized, message });
+                    // Dropping the session closes its queue: the terminal's socket closes.
+                    self.sessions.remove(&id);
+                    tracing::info!(user = %self.user, device, "revoked device's terminal closed");
+                }
+            }
             PhoneCommand::Sleep(session) => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.asleep = true;
