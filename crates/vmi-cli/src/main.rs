@@ -161,6 +161,10 @@ enum VmCmd {
 }
 
 fn main() -> ExitCode {
+    // Printing into a closed pipe (`vmi … | head`) ends the program quietly, as for any
+    // Unix tool, instead of panicking.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VMI_LOG")
@@ -363,6 +367,9 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
             let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;
             let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
             let mut phone = s.engine.restore(&image.hash, &refs, &vm_config(&p)).context("restoring the phone")?;
+            // A terminal looks again: the phone repaints what went stale while it was
+            // stored (the clock after `--away`).
+            phone.deliver(vmi_engine::Event::Wake)?;
             play(phone.as_mut(), &s, &p)?;
             if let Some(out) = snapshot_out {
                 let snap = phone.snapshot(vmi_engine::SnapshotRequest::Full)?;
@@ -381,7 +388,12 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
                     "engine": header.engine,
                     "image": vmi_engine::ImageHash(header.image_hash).to_hex(),
                     "memory_bytes": header.memory_bytes,
-                    "kind": format!("{:?}", header.kind),
+                    "kind": match header.kind {
+                        vmi_snapshot::SnapshotKind::Full => "full".to_string(),
+                        vmi_snapshot::SnapshotKind::Incremental { .. } => "incremental".to_string(),
+                        vmi_snapshot::SnapshotKind::PreCopy { round, .. } => format!("pre-copy round {round}"),
+                    },
+                    "parent": header.kind.parent().map(|p| p.to_hex()),
                     "virtual_ns": header.virtual_ns,
                     "wall_ns": header.wall_ns,
                     "pages": full.pages.page_count(),

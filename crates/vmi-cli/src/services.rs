@@ -37,14 +37,14 @@ pub struct SiteArgs {
     #[command(subcommand)]
     command: Option<SiteCmd>,
     /// Site id.
-    #[arg(long, required = false, default_value = "")]
-    id: String,
+    #[arg(long)]
+    id: Option<String>,
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Where the site keeps its phones.
-    #[arg(long, default_value = "")]
-    data_dir: PathBuf,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Control service URL.
     #[arg(long, default_value = "http://127.0.0.1:7800")]
     control: String,
@@ -210,13 +210,13 @@ pub async fn site(args: SiteArgs) -> Result<()> {
         }
         None => {}
     }
-    if args.id.is_empty() || args.data_dir.as_os_str().is_empty() {
+    let (Some(id), Some(data_dir)) = (args.id, args.data_dir) else {
         bail!("`vmi site` needs --id and --data-dir (or a subcommand: drain, undrain)");
-    }
+    };
     let config = vmi_site::SiteConfig {
-        id: args.id,
+        id: id.clone(),
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir,
         control_url: args.control,
         lat: args.lat,
         lon: args.lon,
@@ -230,7 +230,7 @@ pub async fn site(args: SiteArgs) -> Result<()> {
     announce("site", &site.url);
     stop_signal().await;
     let saved = site.shutdown().await;
-    eprintln!("site saved {saved} phones");
+    eprintln!("{id}: saved {saved} phone{}", if saved == 1 { "" } else { "s" });
     Ok(())
 }
 
@@ -530,13 +530,14 @@ pub async fn list(args: ListArgs) -> Result<()> {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!("USER             SITE       TERMINALS  STATUS");
+    println!("{:<16} {:<10} {:<10} STATUS", "USER", "SITE", "TERMINALS");
     for r in rows {
+        let terminals = r["terminals"].as_u64().map(|t| t.to_string()).unwrap_or_else(|| "-".into());
         println!(
             "{:<16} {:<10} {:<10} {}",
             r["user"].as_str().unwrap_or("-"),
             r["site"].as_str().unwrap_or("-"),
-            r["terminals"],
+            terminals,
             r["status"].as_str().unwrap_or("-")
         );
     }

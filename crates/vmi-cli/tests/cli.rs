@@ -126,7 +126,7 @@ fn snapshot_then_restore_equals_one_straight_run() {
     let inspect = ok(&["vm", "inspect", &d("mid.snap")]);
     let v: serde_json::Value = serde_json::from_str(inspect.trim()).expect("json");
     assert_eq!(v["engine"], "wasm");
-    assert_eq!(v["kind"], "Full");
+    assert_eq!(v["kind"], "full");
     assert!(v["data_pages"].as_u64().unwrap_or(0) > 0);
 
     // Broken snapshot files are refused with the reason, and nothing runs.
