@@ -79,6 +79,6 @@ fn the_phone_follows_a_terminal_that_walks_to_another_site() {
     assert_eq!((&me["user"], &me["site"]), (&"demo".into(), &"site-c".into()));
 
     interrupt(&mut up);
-    assert!(data.join("site-c/phones/demo/phone.snap").exists(), "the phone was saved on site-c");
+    assert!(data.join("site-c/phones/demo/phone.state").exists(), "the phone was saved on site-c");
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -38,7 +38,7 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     assert!(out.status.success(), "mail: {}", String::from_utf8_lossy(&out.stderr));
 
     interrupt(&mut first);
-    assert!(data.join("site-a/phones/demo/phone.snap").exists(), "the phone was saved on Ctrl-C");
+    assert!(data.join("site-a/phones/demo/phone.state").exists(), "the phone was saved on Ctrl-C");
 
     // The next `vmi up` brings the same phone back.
     let (mut second, url) = up(&data, port, &[]);

@@ -257,14 +257,16 @@ impl SiteState {
             if !valid_user(&user) {
                 continue;
             }
-            let snap_path = entry.path().join("phone.snap");
-            let bytes = match std::fs::read(&snap_path) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(path = %snap_path.display(), "skipping a phone without a snapshot: {e}");
-                    continue;
-                }
-            };
+            let state_path = entry.path().join(PHONE_FILE);
+            let (bytes, input_seqs) =
+                match std::fs::read(&state_path).map_err(|e| e.to_string()).and_then(|b| read_phone(&b)) {
+                    Ok(saved) => saved,
+                    Err(e) => {
+                        // Kept where it is for an operator: a phone's state is never thrown away.
+                        tracing::error!(path = %state_path.display(), "skipping a phone that cannot be read: {e}");
+                        continue;
+                    }
+                };
             // Only a phone this site still owns comes back: one that moved away while the
             // site was down runs elsewhere now (its file is kept for the operator).
             match self.control.placement(&user).await {
@@ -278,17 +280,13 @@ impl SiteState {
                     continue;
                 }
             }
-            let input_seqs = std::fs::read(entry.path().join("inputs.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
             match self.engine.restore(&self.image, &[&bytes], &self.vm_config()) {
                 Ok(phone) => {
                     self.spawn_phone(&user, phone, input_seqs);
                     restored += 1;
                 }
                 // The file stays where it is: a phone's state is never thrown away.
-                Err(e) => tracing::error!(user, path = %snap_path.display(), "cannot restore phone: {e:#}"),
+                Err(e) => tracing::error!(user, path = %state_path.display(), "cannot restore phone: {e:#}"),
             }
         }
         Ok(restored)
@@ -325,33 +323,49 @@ impl Drop for ArrivalGuard<'_> {
     }
 }
 
+/// A phone's RNG seed from its user name (FNV-1a: a seed needs spread, not secrecy).
 fn seed_of(user: &str) -> u64 {
-    let h = blake3_64(user.as_bytes());
-    h | 1
+    user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)) | 1
 }
 
-fn blake3_64(bytes: &[u8]) -> u64 {
-    // FNV-1a: a seed needs spread, not secrecy.
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
-}
+/// The file a saved phone lives in, in its directory under `phones/`.
+pub const PHONE_FILE: &str = "phone.state";
+const PHONE_MAGIC: &[u8; 8] = b"VMIPHONE";
+const MAX_INPUTS_JSON: usize = 1 << 20;
 
-/// Writes a saved phone atomically: a crash mid-write leaves the previous file intact.
+/// Writes a saved phone atomically, snapshot and input numbering in one file (so a crash
+/// can never pair a snapshot with another moment's numbering): `VMIPHONE`, u32 length of
+/// the input numbering as JSON, that JSON, then the snapshot (docs/SNAPSHOT_FORMAT.md).
 fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SiteError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let write = |name: &str, bytes: &[u8]| -> Result<(), SiteError> {
-        let tmp = dir.join(format!("{name}.tmp"));
-        let path = dir.join(name);
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
-    };
-    write("phone.snap", &saved.snapshot)?;
     let seqs = serde_json::to_vec(&saved.input_seqs).unwrap_or_default();
-    write("inputs.json", &seqs)
+    let mut bytes = Vec::with_capacity(12 + seqs.len() + saved.snapshot.len());
+    bytes.extend_from_slice(PHONE_MAGIC);
+    bytes.extend_from_slice(&(seqs.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&seqs);
+    bytes.extend_from_slice(&saved.snapshot);
+    let tmp = dir.join(format!("{PHONE_FILE}.tmp"));
+    let path = dir.join(PHONE_FILE);
+    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// Reads what [`write_phone`] wrote: the snapshot and the input numbering.
+fn read_phone(bytes: &[u8]) -> Result<(Vec<u8>, HashMap<String, u64>), String> {
+    let rest = bytes.strip_prefix(PHONE_MAGIC).ok_or("not a saved phone (bad magic)")?;
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or("saved phone ends early")?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > MAX_INPUTS_JSON || len > rest.len() {
+        return Err(format!("input numbering of {len} bytes does not fit"));
+    }
+    let (json, snapshot) = rest.split_at(len);
+    let seqs = serde_json::from_slice(json).map_err(|e| format!("input numbering: {e}"))?;
+    Ok((snapshot.to_vec(), seqs))
 }
 
 /// A running site.
@@ -447,4 +461,26 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         }
     });
     Ok(SiteHandle { state, url, shutdown, server, heartbeat })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_phone_reads_back_and_damage_is_refused() {
+        let dir = std::env::temp_dir().join(format!("vmi-site-save-{}", std::process::id()));
+        let saved = SavedPhone { snapshot: b"SEEDSNAP...".to_vec(), input_seqs: HashMap::from([("7".into(), 42)]) };
+        write_phone(&dir, &saved).expect("write");
+        let bytes = std::fs::read(dir.join(PHONE_FILE)).expect("read");
+        let (snapshot, seqs) = read_phone(&bytes).expect("parse");
+        assert_eq!(snapshot, saved.snapshot);
+        assert_eq!(seqs, saved.input_seqs);
+        assert!(read_phone(b"garbage").is_err());
+        assert!(read_phone(&bytes[..10]).is_err());
+        let mut lie = bytes.clone();
+        lie[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_phone(&lie).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

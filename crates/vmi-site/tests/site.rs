@@ -25,7 +25,7 @@ async fn a_site_restart_keeps_the_notes_typed_before_it() {
     term.acked(last).await;
     term.close().await;
     assert_eq!(site_a.shutdown().await, 1, "the phone was saved");
-    assert!(dir.join("phones/alice/phone.snap").exists());
+    assert!(dir.join("phones/alice/phone.state").exists());
 
     // A new site process on the same data directory brings the phone back.
     let site_b = site(&control, "site-a", dir.clone()).await;
