@@ -58,6 +58,9 @@ pub enum VmError {
     /// A host-side queue is full.
     #[error("{0} is full")]
     Full(&'static str),
+    /// Something handed to the phone is over its size limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// Taking the snapshot failed.
     #[error("snapshot failed: {0}")]
     Snapshot(String),

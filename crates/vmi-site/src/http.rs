@@ -136,9 +136,13 @@ async fn send_mail(
     let mail: NewMail = json_body(&body)?;
     let push = mail.push;
     let mail = Mail { from: mail.from, subject: mail.subject, body: mail.body };
-    site.ask(&user, |reply| PhoneCommand::Mail(mail, push, reply))
-        .await?
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    site.ask(&user, |reply| PhoneCommand::Mail(mail, push, reply)).await?.map_err(|e| {
+        // The phone's own words: over a size limit is the sender's problem, the rest
+        // (mailbox full, phone moving) passes.
+        let status =
+            if e.starts_with("too large") { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::SERVICE_UNAVAILABLE };
+        ApiError(status, e)
+    })?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 

@@ -23,6 +23,13 @@ pub const MAX_NOTIFICATIONS: usize = 256;
 pub const MAX_NOTIFICATION_FIELD: usize = 1024;
 /// Most mails waiting in the mailbox.
 pub const MAX_MAILBOX: usize = 10_000;
+/// Longest mail sender or subject, in bytes.
+pub const MAX_MAIL_FIELD: usize = 1024;
+/// Longest mail body, in bytes.
+pub const MAX_MAIL_BODY: usize = 256 << 10;
+/// Most bytes waiting in the mailbox: the host state must stay well inside what a
+/// snapshot may carry, or the phone could not be restored.
+pub const MAX_MAILBOX_BYTES: usize = 16 << 20;
 /// Longest key in the key-value store.
 pub const MAX_KV_KEY: usize = 256;
 /// Largest value in the key-value store.

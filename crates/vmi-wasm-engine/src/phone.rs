@@ -511,8 +511,16 @@ impl VirtualPhone for WasmPhone {
     }
 
     fn push_mail(&mut self, mail: Mail) -> Result<(), VmError> {
+        use crate::host::{MAX_MAIL_BODY, MAX_MAIL_FIELD, MAX_MAILBOX_BYTES};
+        if mail.from.len() > MAX_MAIL_FIELD || mail.subject.len() > MAX_MAIL_FIELD || mail.body.len() > MAX_MAIL_BODY {
+            return Err(VmError::TooLarge(format!(
+                "mail fields are limited to {MAX_MAIL_FIELD} bytes (sender, subject) and {MAX_MAIL_BODY} (body)"
+            )));
+        }
         let mailbox = &mut self.store.data_mut().mailbox;
-        if mailbox.len() >= MAX_MAILBOX {
+        let size = |m: &Mail| m.from.len() + m.subject.len() + m.body.len();
+        let waiting: usize = mailbox.iter().map(size).sum();
+        if mailbox.len() >= MAX_MAILBOX || waiting + size(&mail) > MAX_MAILBOX_BYTES {
             return Err(VmError::Full("mailbox"));
         }
         mailbox.push_back(mail);

@@ -302,3 +302,20 @@ fn pre_copy_rounds_then_a_final_delta_restore_in_stages() {
     let next = dest.snapshot(SnapshotRequest::Incremental).expect("delta after migration");
     assert_eq!(next.parent, Some(last.id));
 }
+
+#[test]
+fn oversized_or_too_much_mail_is_refused_and_the_phone_stays_restorable() {
+    let e = engine(ManualClock::new(0));
+    let image = e.load_image(&wat(COUNTER)).expect("load");
+    let mut phone = e.create(&image.hash, &VmConfig::default()).expect("create");
+    let mail = |body: usize| vmi_engine::Mail { from: "a".into(), subject: "s".into(), body: "x".repeat(body) };
+    assert!(matches!(phone.push_mail(mail(300 << 10)), Err(VmError::TooLarge(_))));
+    let mut accepted = 0;
+    while phone.push_mail(mail(200 << 10)).is_ok() {
+        accepted += 1;
+        assert!(accepted < 1000, "the mailbox must fill up");
+    }
+    assert!(matches!(phone.push_mail(mail(200 << 10)), Err(VmError::Full("mailbox"))));
+    let snap = phone.snapshot(SnapshotRequest::Full).expect("snapshot");
+    e.restore(&image.hash, &[&snap.bytes], &VmConfig::default()).expect("a full mailbox still restores");
+}
