@@ -49,6 +49,17 @@ pub trait Engine: Send + Sync {
         config: &VmConfig,
     ) -> Result<Box<dyn VirtualPhone>, EngineError>;
 
+    /// Boots a phone on a new image version from its old snapshot chain: only the
+    /// persistent key-value store crosses (docs/GUEST_ABI.md); the new image starts fresh
+    /// and reads the user's data back from the store. Rolling back is the same call with
+    /// the older image.
+    fn upgrade(
+        &self,
+        image: &ImageHash,
+        chain: &[&[u8]],
+        config: &VmConfig,
+    ) -> Result<Box<dyn VirtualPhone>, EngineError>;
+
     /// Starts a restore that receives its chain piece by piece (a live migration's
     /// pre-copy rounds arrive while the source phone still runs), so that only the last,
     /// small piece is applied while the phone is stopped.

@@ -239,6 +239,15 @@ impl Engine for WasmEngine {
         Ok(Box::new(WasmPhone::restore(self, image, chain, config)?))
     }
 
+    fn upgrade(
+        &self,
+        image: &ImageHash,
+        chain: &[&[u8]],
+        config: &VmConfig,
+    ) -> Result<Box<dyn VirtualPhone>, EngineError> {
+        Ok(Box::new(WasmPhone::upgrade(self, image, chain, config)?))
+    }
+
     fn begin_restore(
         &self,
         image: &ImageHash,

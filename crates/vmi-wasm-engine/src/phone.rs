@@ -132,9 +132,43 @@ impl WasmPhone {
 
     /// Boots a new phone and runs its init event.
     pub fn create(engine: &WasmEngine, image: &ImageHash, config: &VmConfig) -> Result<WasmPhone, EngineError> {
+        WasmPhone::boot(engine, image, config, Default::default())
+    }
+
+    /// Boots a new image version for a phone whose old state is `chain`: only the
+    /// persistent key-value store crosses; the new image's init reads the user's data
+    /// back from it.
+    pub fn upgrade(
+        engine: &WasmEngine,
+        image: &ImageHash,
+        chain: &[&[u8]],
+        config: &VmConfig,
+    ) -> Result<WasmPhone, EngineError> {
+        let last = chain.last().ok_or(EngineError::EmptyChain)?;
+        let limits = Limits { max_memory_bytes: config.memory_limit_bytes, ..Limits::default() };
+        let view = SnapshotView::parse(last, &limits)?;
+        if view.header.engine != ENGINE_NAME {
+            return Err(vmi_snapshot::SnapshotError::WrongEngine {
+                expected: ENGINE_NAME.to_string(),
+                found: view.header.engine.clone(),
+            }
+            .into());
+        }
+        let kv = crate::host::kv_of_host_state(view.host_state)?;
+        WasmPhone::boot(engine, image, config, kv)
+    }
+
+    fn boot(
+        engine: &WasmEngine,
+        image: &ImageHash,
+        config: &VmConfig,
+        kv: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<WasmPhone, EngineError> {
         check_config(config)?;
         let image = engine.loaded(image)?;
-        let host = Host::new(engine.clock.clone(), config.rng_seed, config.memory_limit_bytes);
+        let mut host = Host::new(engine.clock.clone(), config.rng_seed, config.memory_limit_bytes);
+        host.kv_bytes = kv.iter().map(|(k, v)| k.len() + v.len()).sum();
+        host.kv = kv;
         let inst = instantiate(engine, &image, host)?;
         let on_init = inst.on_init.clone();
         let mut phone = WasmPhone::assemble(engine, image, inst, config)?;

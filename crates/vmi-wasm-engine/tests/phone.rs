@@ -163,3 +163,45 @@ fn a_static_screen_reports_no_damage_and_a_key_only_a_little() {
     let area: u64 = phone.frame().expect("frame").damage.iter().map(|r| r.area()).sum();
     assert!(area > 0 && area < 720 * 1280 / 10, "one key damaged {area} px");
 }
+
+/// The same phone code as another image version: an extra custom section changes the
+/// image's bytes (and hash) but not what it does.
+fn next_version(wasm: &[u8]) -> Vec<u8> {
+    let mut v = wasm.to_vec();
+    let name = b"vmi-version";
+    let payload = b"2";
+    v.push(0); // custom section id
+    v.push((1 + name.len() + payload.len()) as u8);
+    v.push(name.len() as u8);
+    v.extend_from_slice(name);
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn an_image_upgrade_keeps_the_users_notes_and_can_be_rolled_back() {
+    let clock = ManualClock::new(1_763_000_000 * SECOND);
+    let e = engine(clock);
+    let v1 = vmi_engine::ImageHash::of(vmi_phone_image::PHONE_WASM);
+    let v2 = e.load_image(&next_version(vmi_phone_image::PHONE_WASM)).expect("version 2 loads").hash;
+    assert_ne!(v1, v2);
+    let mut phone = e.create(&v1, &VmConfig::default()).expect("boot v1");
+    tap(phone.as_mut(), NOTES);
+    type_text(phone.as_mut(), "survives upgrades");
+    let snap = phone.snapshot(SnapshotRequest::Full).expect("snapshot");
+
+    // Restoring the v1 snapshot on v2 is refused (memory layouts differ); upgrading works.
+    assert!(e.restore(&v2, &[&snap.bytes], &VmConfig::default()).is_err());
+    let mut upgraded = e.upgrade(&v2, &[&snap.bytes], &VmConfig::default()).expect("upgrade");
+    assert_eq!(upgraded.info().image, v2);
+    assert_eq!(upgraded.kv_get(b"notes.text").as_deref(), Some(b"survives upgrades".as_slice()));
+    tap(upgraded.as_mut(), NOTES);
+    type_text(upgraded.as_mut(), "!");
+    assert_eq!(upgraded.kv_get(b"notes.text").as_deref(), Some(b"survives upgrades!".as_slice()));
+
+    // A bad version is rolled back the same way, keeping what was typed on it.
+    let snap2 = upgraded.snapshot(SnapshotRequest::Full).expect("snapshot v2");
+    let back = e.upgrade(&v1, &[&snap2.bytes], &VmConfig::default()).expect("roll back");
+    assert_eq!(back.info().image, v1);
+    assert_eq!(back.kv_get(b"notes.text").as_deref(), Some(b"survives upgrades!".as_slice()));
+}
