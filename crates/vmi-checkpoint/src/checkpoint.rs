@@ -1,0 +1,468 @@
+//! [`CheckpointStore`]: put, list, restore, retain, collect.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use vmi_snapshot::{Header, Limits, PAGE_SIZE, SnapshotId, SnapshotKind, SnapshotView, encode_full, is_zero_page};
+
+use crate::manifest::{Hash, Manifest, Meta, from_hex, hex};
+use crate::{CheckpointError, ObjectStore, Result, Retention};
+
+const CHUNKS: &str = "chunks/";
+const MANIFESTS: &str = "manifests/";
+const INDEX: &str = "index/";
+
+/// Chunk encodings: the tag byte before the chunk's bytes.
+const RAW: u8 = 0;
+const LZ4: u8 = 1;
+
+/// One checkpoint of a user, as [`CheckpointStore::list`] gives it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CheckpointInfo {
+    /// Id of the snapshot checkpointed (blake3 of the file given to `put`).
+    pub id: SnapshotId,
+    /// When it was taken, ms since the Unix epoch (the caller's clock).
+    pub at_ms: u64,
+    /// The caller's label, if any.
+    pub label: Option<String>,
+    /// Linear memory size.
+    pub memory_bytes: u64,
+    /// Chunks this checkpoint added to the store (the others were already there).
+    pub new_chunks: u64,
+    /// Bytes this checkpoint added: its new chunks and its manifest.
+    pub stored_bytes: u64,
+}
+
+/// Which checkpoint to restore.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Selector {
+    /// The checkpoint of this snapshot id.
+    Id(SnapshotId),
+    /// The latest checkpoint taken at or before this time (ms); `u64::MAX` is the latest.
+    AtOrBefore(u64),
+}
+
+/// What the object store holds, from [`CheckpointStore::stats`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Stats {
+    /// Chunks (distinct pages and host states).
+    pub chunks: u64,
+    /// Bytes of all chunks, compressed as stored.
+    pub chunk_bytes: u64,
+    /// Manifests (checkpoints of all users).
+    pub manifests: u64,
+    /// Bytes of all manifests.
+    pub manifest_bytes: u64,
+}
+
+/// What [`CheckpointStore::retain`] and [`CheckpointStore::gc`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct GcReport {
+    /// Checkpoints (manifests) deleted.
+    pub manifests_deleted: u64,
+    /// Chunks deleted because no manifest referenced them.
+    pub chunks_deleted: u64,
+    /// Bytes of those chunks.
+    pub bytes_freed: u64,
+}
+
+/// One line of a user's index (JSON).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+struct IndexEntry {
+    id: String,
+    at_ms: u64,
+    label: Option<String>,
+    memory_bytes: u64,
+    new_chunks: u64,
+    stored_bytes: u64,
+}
+
+/// A user's checkpoints, oldest first, and their ids.
+struct Index {
+    entries: Vec<IndexEntry>,
+    ids: Vec<SnapshotId>,
+}
+
+impl Index {
+    fn position(&self, id: SnapshotId) -> Option<usize> {
+        self.ids.iter().position(|&i| i == id)
+    }
+}
+
+/// Phones' checkpoints in an [`ObjectStore`], content-addressed.
+///
+/// Objects: `chunks/HASH` (a distinct non-zero 4 KiB page or a host state, keyed by the
+/// blake3 of its raw bytes, stored LZ4-compressed or raw behind a tag byte),
+/// `manifests/USER/ID` (one per checkpoint: header fields, globals, host-state chunk, the
+/// chunk of every non-zero page) and `index/USER` (the user's checkpoints by time, JSON).
+/// Every manifest is self-contained, so deleting one never breaks another; chunks are
+/// shared by every manifest that has the same page, across time and across phones.
+///
+/// Writes are ordered so that a crash leaves only garbage, never a dangling reference:
+/// chunks, then the manifest, then the index; retention rewrites the index before
+/// deleting manifests, and [`gc`](Self::gc) keeps every chunk of every manifest present.
+/// One `CheckpointStore` must be the only writer of its object store (operations are
+/// serialized by a lock inside it).
+pub struct CheckpointStore {
+    objects: Arc<dyn ObjectStore>,
+    lock: Mutex<()>,
+}
+
+impl CheckpointStore {
+    /// A store keeping its objects in `objects`.
+    pub fn new(objects: Arc<dyn ObjectStore>) -> CheckpointStore {
+        CheckpointStore { objects, lock: Mutex::new(()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Checkpoints `snapshot` (a vmi-snapshot file) for `user`, taken at `at_ms`.
+    ///
+    /// A full snapshot stands alone; an incremental one must name one of the user's
+    /// checkpoints as parent, whose pages it is applied to. Pre-copy rounds are refused.
+    /// Each distinct non-zero page is stored once as a chunk.
+    pub fn put(&self, user: &str, snapshot: &[u8], at_ms: u64, label: Option<String>) -> Result<CheckpointInfo> {
+        validate_user(user)?;
+        let view = SnapshotView::parse(snapshot, &Limits::default())?;
+        let id = SnapshotId::of(snapshot);
+        let _guard = self.lock();
+        let mut index = self.load_index(user)?;
+        if index.position(id).is_some() {
+            return Err(CheckpointError::Duplicate { user: user.to_owned(), id });
+        }
+        let header = &view.header;
+        let mut pages = match header.kind {
+            SnapshotKind::Full => BTreeMap::new(),
+            SnapshotKind::Incremental { parent } => {
+                if index.position(parent).is_none() {
+                    return Err(CheckpointError::UnknownParent { user: user.to_owned(), parent });
+                }
+                let base = self.load_manifest(user, parent)?;
+                let image = from_hex(&base.meta.image_hash).unwrap_or([0; 32]);
+                header.check_compat(&base.meta.engine, &image)?;
+                base.pages
+            }
+            SnapshotKind::PreCopy { .. } => return Err(CheckpointError::PreCopy),
+        };
+        let memory_pages = header.memory_bytes / PAGE_SIZE as u64;
+        pages.retain(|&page, _| u64::from(page) < memory_pages);
+
+        let mut added = Added::default();
+        let data = view.pages.to_pages()?;
+        for (page, bytes) in data.iter() {
+            match bytes {
+                Some(bytes) if !is_zero_page(bytes) => {
+                    pages.insert(page, self.put_chunk(bytes, &mut added)?);
+                }
+                _ => {
+                    pages.remove(&page);
+                }
+            }
+        }
+        let host_state = self.put_chunk(view.host_state, &mut added)?;
+
+        let manifest = Manifest {
+            meta: Meta {
+                user: user.to_owned(),
+                id: id.to_hex(),
+                at_ms,
+                label: label.clone(),
+                engine: header.engine.clone(),
+                image_hash: hex(&header.image_hash),
+                memory_bytes: header.memory_bytes,
+                virtual_ns: header.virtual_ns,
+                wall_ns: header.wall_ns,
+                parent: header.kind.parent().map(|p| p.to_hex()),
+                globals: view.globals.iter().map(|&g| g.into()).collect(),
+                host_state: hex(&host_state),
+                host_state_bytes: view.host_state.len() as u64,
+            },
+            pages,
+        };
+        let key = manifest_key(user, id);
+        let bytes =
+            manifest.encode().map_err(|detail| CheckpointError::CorruptManifest { key: key.clone(), detail })?;
+        self.objects.put(&key, &bytes)?;
+
+        let entry = IndexEntry {
+            id: id.to_hex(),
+            at_ms,
+            label,
+            memory_bytes: header.memory_bytes,
+            new_chunks: added.chunks,
+            stored_bytes: added.bytes + bytes.len() as u64,
+        };
+        let at = index.entries.partition_point(|e| e.at_ms <= at_ms);
+        index.entries.insert(at, entry.clone());
+        self.save_index(user, &index.entries)?;
+        tracing::debug!(user, %id, at_ms, new_chunks = added.chunks, stored_bytes = entry.stored_bytes, "checkpoint");
+        Ok(info(id, &entry))
+    }
+
+    /// The user's checkpoints, oldest first (empty for a user without any).
+    pub fn list(&self, user: &str) -> Result<Vec<CheckpointInfo>> {
+        validate_user(user)?;
+        let index = self.load_index(user)?;
+        Ok(index.ids.iter().zip(&index.entries).map(|(&id, e)| info(id, e)).collect())
+    }
+
+    /// Rebuilds the full snapshot file of a checkpoint: the same header fields (kind
+    /// full, no parent), globals, host state and memory as the snapshot checkpointed.
+    pub fn restore(&self, user: &str, which: Selector) -> Result<Vec<u8>> {
+        validate_user(user)?;
+        // Held so that retention cannot delete what is being read.
+        let _guard = self.lock();
+        let index = self.load_index(user)?;
+        if index.ids.is_empty() {
+            return Err(CheckpointError::UnknownUser(user.to_owned()));
+        }
+        let id = match which {
+            Selector::Id(id) => match index.position(id) {
+                Some(_) => id,
+                None => return Err(CheckpointError::UnknownCheckpoint { user: user.to_owned(), id }),
+            },
+            Selector::AtOrBefore(at_ms) => {
+                let n = index.entries.partition_point(|e| e.at_ms <= at_ms);
+                match n.checked_sub(1) {
+                    Some(i) => index.ids[i],
+                    None => return Err(CheckpointError::NoneBefore { user: user.to_owned(), at_ms }),
+                }
+            }
+        };
+        let manifest = self.load_manifest(user, id)?;
+        let meta = &manifest.meta;
+        let memory_len = usize::try_from(meta.memory_bytes).map_err(|_| CheckpointError::CorruptManifest {
+            key: manifest_key(user, id),
+            detail: "memory does not fit this machine".into(),
+        })?;
+        let mut memory = vec![0u8; memory_len];
+        // A page seen before is copied from where it was first written.
+        let mut first_at: BTreeMap<Hash, usize> = BTreeMap::new();
+        for (&page, hash) in &manifest.pages {
+            let at = page as usize * PAGE_SIZE;
+            if let Some(&from) = first_at.get(hash) {
+                memory.copy_within(from..from + PAGE_SIZE, at);
+            } else {
+                let bytes = self.get_chunk(hash, PAGE_SIZE, id)?;
+                memory[at..at + PAGE_SIZE].copy_from_slice(&bytes);
+                first_at.insert(*hash, at);
+            }
+        }
+        let host_hash = from_hex(&meta.host_state).unwrap_or([0; 32]);
+        let host_len = usize::try_from(meta.host_state_bytes).unwrap_or(usize::MAX);
+        let host_state = self.get_chunk(&host_hash, host_len, id)?;
+        let header = Header {
+            engine: meta.engine.clone(),
+            image_hash: from_hex(&meta.image_hash).ok_or_else(|| CheckpointError::CorruptManifest {
+                key: manifest_key(user, id),
+                detail: "image hash is not 64 hex digits".into(),
+            })?,
+            memory_bytes: meta.memory_bytes,
+            kind: SnapshotKind::Full,
+            virtual_ns: meta.virtual_ns,
+            wall_ns: meta.wall_ns,
+        };
+        let globals: Vec<_> = meta.globals.iter().map(|&g| g.into()).collect();
+        let full = encode_full(&header, &globals, &host_state, &memory)
+            .map_err(|e| CheckpointError::CorruptManifest { key: manifest_key(user, id), detail: e.to_string() })?;
+        Ok(full.bytes)
+    }
+
+    /// Applies `policy` to the user's checkpoints as of `now_ms`, deletes the manifests
+    /// not kept (and any of the user's manifests the index does not name), then runs
+    /// [`gc`](Self::gc).
+    pub fn retain(&self, user: &str, policy: &Retention, now_ms: u64) -> Result<GcReport> {
+        validate_user(user)?;
+        let _guard = self.lock();
+        let index = self.load_index(user)?;
+        let times: Vec<u64> = index.entries.iter().map(|e| e.at_ms).collect();
+        let keep = policy.keep(&times, now_ms);
+        let kept: Vec<IndexEntry> =
+            index.entries.iter().zip(&keep).filter(|&(_, &k)| k).map(|(e, _)| e.clone()).collect();
+        let kept_keys: HashSet<String> =
+            index.ids.iter().zip(&keep).filter(|&(_, &k)| k).map(|(&id, _)| manifest_key(user, id)).collect();
+        if !index.entries.is_empty() {
+            self.save_index(user, &kept)?;
+        }
+        let mut report = GcReport::default();
+        for object in self.objects.list(&format!("{MANIFESTS}{user}/"))? {
+            if !kept_keys.contains(&object.key) {
+                self.objects.delete(&object.key)?;
+                report.manifests_deleted += 1;
+            }
+        }
+        tracing::info!(user, kept = kept.len(), dropped = report.manifests_deleted, "retention");
+        let swept = self.gc_locked()?;
+        Ok(GcReport { chunks_deleted: swept.chunks_deleted, bytes_freed: swept.bytes_freed, ..report })
+    }
+
+    /// Deletes every chunk no manifest of any user references (mark and sweep). If any
+    /// manifest cannot be read, nothing is deleted.
+    pub fn gc(&self) -> Result<GcReport> {
+        let _guard = self.lock();
+        self.gc_locked()
+    }
+
+    fn gc_locked(&self) -> Result<GcReport> {
+        let mut marked: HashSet<Hash> = HashSet::new();
+        for object in self.objects.list(MANIFESTS)? {
+            let manifest = self.decode_manifest(&object.key)?;
+            marked.extend(manifest.chunks());
+        }
+        let mut report = GcReport::default();
+        for object in self.objects.list(CHUNKS)? {
+            // Objects that are not chunk names are not ours to delete.
+            let Some(hash) = object.key.strip_prefix(CHUNKS).and_then(from_hex) else { continue };
+            if !marked.contains(&hash) {
+                self.objects.delete(&object.key)?;
+                report.chunks_deleted += 1;
+                report.bytes_freed += object.bytes;
+            }
+        }
+        tracing::info!(chunks_deleted = report.chunks_deleted, bytes_freed = report.bytes_freed, "gc");
+        Ok(report)
+    }
+
+    /// Counts what the object store holds.
+    pub fn stats(&self) -> Result<Stats> {
+        let chunks = self.objects.list(CHUNKS)?;
+        let manifests = self.objects.list(MANIFESTS)?;
+        Ok(Stats {
+            chunks: chunks.len() as u64,
+            chunk_bytes: chunks.iter().map(|o| o.bytes).sum(),
+            manifests: manifests.len() as u64,
+            manifest_bytes: manifests.iter().map(|o| o.bytes).sum(),
+        })
+    }
+
+    fn put_chunk(&self, raw: &[u8], added: &mut Added) -> Result<Hash> {
+        let hash = *blake3::hash(raw).as_bytes();
+        let key = chunk_key(&hash);
+        if !self.objects.contains(&key)? {
+            let compressed = lz4_flex::block::compress(raw);
+            let (tag, body) = if compressed.len() < raw.len() { (LZ4, &compressed[..]) } else { (RAW, raw) };
+            let mut bytes = Vec::with_capacity(body.len() + 1);
+            bytes.push(tag);
+            bytes.extend_from_slice(body);
+            self.objects.put(&key, &bytes)?;
+            added.chunks += 1;
+            added.bytes += bytes.len() as u64;
+        }
+        Ok(hash)
+    }
+
+    /// The raw bytes of chunk `hash`, which must be `len` bytes long; `id` is the
+    /// checkpoint that needs it (for the error).
+    fn get_chunk(&self, hash: &Hash, len: usize, id: SnapshotId) -> Result<Vec<u8>> {
+        let corrupt = |detail: String| CheckpointError::CorruptChunk { hash: hex(hash), detail };
+        let Some(stored) = self.objects.get(&chunk_key(hash))? else {
+            return Err(CheckpointError::MissingChunk { hash: hex(hash), id });
+        };
+        let raw = match stored.split_first() {
+            Some((&RAW, body)) => body.to_vec(),
+            Some((&LZ4, body)) => {
+                if len as u64 > 256 * body.len() as u64 + 16 {
+                    return Err(corrupt(format!("{} bytes cannot hold {len}", body.len())));
+                }
+                let mut raw = vec![0u8; len];
+                match lz4_flex::block::decompress_into(body, &mut raw) {
+                    Ok(n) if n == len => raw,
+                    Ok(n) => return Err(corrupt(format!("decompressed to {n} bytes, not {len}"))),
+                    Err(e) => return Err(corrupt(format!("does not decompress: {e}"))),
+                }
+            }
+            Some((tag, _)) => return Err(corrupt(format!("unknown encoding {tag}"))),
+            None => return Err(corrupt("empty".into())),
+        };
+        if raw.len() != len {
+            return Err(corrupt(format!("{} bytes, not {len}", raw.len())));
+        }
+        if blake3::hash(&raw).as_bytes() != hash {
+            return Err(corrupt("content does not match its hash".into()));
+        }
+        Ok(raw)
+    }
+
+    fn load_manifest(&self, user: &str, id: SnapshotId) -> Result<Manifest> {
+        let manifest = self.decode_manifest(&manifest_key(user, id))?;
+        if manifest.meta.user != user || manifest.meta.id != id.to_hex() {
+            return Err(CheckpointError::CorruptManifest {
+                key: manifest_key(user, id),
+                detail: format!("it describes {}/{}", manifest.meta.user, manifest.meta.id),
+            });
+        }
+        Ok(manifest)
+    }
+
+    fn decode_manifest(&self, key: &str) -> Result<Manifest> {
+        let Some(bytes) = self.objects.get(key)? else {
+            return Err(CheckpointError::MissingManifest { key: key.to_owned() });
+        };
+        Manifest::decode(&bytes).map_err(|detail| CheckpointError::CorruptManifest { key: key.to_owned(), detail })
+    }
+
+    fn load_index(&self, user: &str) -> Result<Index> {
+        let key = format!("{INDEX}{user}");
+        let Some(bytes) = self.objects.get(&key)? else {
+            return Ok(Index { entries: Vec::new(), ids: Vec::new() });
+        };
+        let corrupt = |detail: String| CheckpointError::CorruptManifest { key: key.clone(), detail };
+        let entries: Vec<IndexEntry> = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let ids = entries
+            .iter()
+            .map(|e| SnapshotId::from_hex(&e.id).ok_or_else(|| corrupt(format!("bad id {:?}", e.id))))
+            .collect::<Result<Vec<_>>>()?;
+        if entries.windows(2).any(|w| w[0].at_ms > w[1].at_ms) {
+            return Err(corrupt("entries out of time order".into()));
+        }
+        if ids.iter().collect::<BTreeSet<_>>().len() != ids.len() {
+            return Err(corrupt("an id appears twice".into()));
+        }
+        Ok(Index { entries, ids })
+    }
+
+    fn save_index(&self, user: &str, entries: &[IndexEntry]) -> Result<()> {
+        let key = format!("{INDEX}{user}");
+        let bytes = serde_json::to_vec(entries)
+            .map_err(|e| CheckpointError::CorruptManifest { key: key.clone(), detail: e.to_string() })?;
+        self.objects.put(&key, &bytes)
+    }
+}
+
+#[derive(Default)]
+struct Added {
+    chunks: u64,
+    bytes: u64,
+}
+
+fn info(id: SnapshotId, e: &IndexEntry) -> CheckpointInfo {
+    CheckpointInfo {
+        id,
+        at_ms: e.at_ms,
+        label: e.label.clone(),
+        memory_bytes: e.memory_bytes,
+        new_chunks: e.new_chunks,
+        stored_bytes: e.stored_bytes,
+    }
+}
+
+fn chunk_key(hash: &Hash) -> String {
+    format!("{CHUNKS}{}", hex(hash))
+}
+
+fn manifest_key(user: &str, id: SnapshotId) -> String {
+    format!("{MANIFESTS}{user}/{}", id.to_hex())
+}
+
+/// Checks a user name: 1 to 64 bytes of `[A-Za-z0-9._-]`, not starting with `.` (the
+/// rule `vmi-site` applies).
+pub fn validate_user(user: &str) -> Result<()> {
+    let ok = !user.is_empty()
+        && user.len() <= 64
+        && !user.starts_with('.')
+        && user.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if ok { Ok(()) } else { Err(CheckpointError::InvalidUser(user.to_owned())) }
+}

@@ -1,0 +1,500 @@
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vmi_snapshot::{
+    GlobalValue, Header, Limits, PAGE_SIZE, Snapshot, SnapshotId, SnapshotKind, encode_dirty, encode_full,
+};
+
+use crate::*;
+
+const MIB: usize = 1 << 20;
+
+/// A deterministic xorshift generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// A phone: memory, globals, host state, and the id of its last snapshot.
+struct Phone {
+    memory: Vec<u8>,
+    globals: Vec<GlobalValue>,
+    host: Vec<u8>,
+    image: [u8; 32],
+    last: Option<SnapshotId>,
+    rng: Rng,
+    clock_ns: u64,
+}
+
+impl Phone {
+    /// `memory_mib` of memory with `nonzero_mib` of it in use: a "framebuffer" of flat
+    /// colour bands (many identical pages) and a "heap" of distinct, text-like pages.
+    fn new(memory_mib: usize, nonzero_mib: usize, seed: u64) -> Phone {
+        let mut memory = vec![0u8; memory_mib * MIB];
+        let nonzero_pages = nonzero_mib * MIB / PAGE_SIZE;
+        let fb_pages = nonzero_pages * 7 / 8;
+        for page in 0..nonzero_pages {
+            let p = &mut memory[page * PAGE_SIZE..(page + 1) * PAGE_SIZE];
+            if page < fb_pages {
+                let colour = [0x20 + (page / 40) as u8, 0x80, 0xC0, 0xFF];
+                p.chunks_exact_mut(4).for_each(|px| px.copy_from_slice(&colour));
+            } else {
+                for (i, b) in p.iter_mut().enumerate() {
+                    *b = b"the quick brown fox jumps over the lazy dog "[(i * 7 + page) % 44] ^ ((i / 64) as u8 & 3);
+                }
+                p[..8].copy_from_slice(&(page as u64).to_le_bytes());
+            }
+        }
+        Phone {
+            memory,
+            globals: vec![GlobalValue::I32(1), GlobalValue::I64(-5), GlobalValue::F64(2.5f64.to_bits())],
+            host: b"timers,rng,mailbox".to_vec(),
+            image: [9; 32],
+            last: None,
+            rng: Rng(seed | 1),
+            clock_ns: 0,
+        }
+    }
+
+    fn header(&mut self, kind: SnapshotKind) -> Header {
+        self.clock_ns += 1_000_000;
+        Header {
+            engine: "wasm".into(),
+            image_hash: self.image,
+            memory_bytes: self.memory.len() as u64,
+            kind,
+            virtual_ns: self.clock_ns,
+            wall_ns: 1_700_000_000_000_000_000 + self.clock_ns,
+        }
+    }
+
+    fn full(&mut self) -> Vec<u8> {
+        let header = self.header(SnapshotKind::Full);
+        let snap = encode_full(&header, &self.globals, &self.host, &self.memory).expect("encode full");
+        self.last = Some(snap.id);
+        snap.bytes
+    }
+
+    /// Changes `n` random pages among the first `within` (one of them zeroed), the
+    /// globals and the host state, and returns an incremental snapshot of them.
+    fn step(&mut self, n: usize, within: usize) -> Vec<u8> {
+        let mut dirty: Vec<u32> = (0..n).map(|_| (self.rng.next() % within as u64) as u32).collect();
+        dirty.sort_unstable();
+        dirty.dedup();
+        for (k, &page) in dirty.iter().enumerate() {
+            let p = &mut self.memory[page as usize * PAGE_SIZE..(page as usize + 1) * PAGE_SIZE];
+            if k == 0 {
+                p.fill(0);
+            } else {
+                let v = self.rng.next();
+                p[(v % 4000) as usize..][..64].fill(v as u8 | 1);
+            }
+        }
+        self.globals[0] = GlobalValue::I32(self.rng.next() as i32);
+        self.host.extend_from_slice(b"+event");
+        let parent = self.last.expect("a full snapshot first");
+        let header = self.header(SnapshotKind::Incremental { parent });
+        let snap = encode_dirty(&header, &self.globals, &self.host, &self.memory, &dirty).expect("encode incremental");
+        self.last = Some(snap.id);
+        snap.bytes
+    }
+
+    fn state(&self) -> (Vec<u8>, Vec<GlobalValue>, Vec<u8>) {
+        (self.memory.clone(), self.globals.clone(), self.host.clone())
+    }
+}
+
+/// Decodes a restored file: must be a full snapshot; returns memory, globals, host state.
+fn decoded(bytes: &[u8]) -> (Header, Vec<u8>, Vec<GlobalValue>, Vec<u8>) {
+    let snap = Snapshot::decode(bytes, &Limits::default()).expect("restored file decodes");
+    assert_eq!(snap.header.kind, SnapshotKind::Full);
+    let mut memory = vec![0u8; snap.header.memory_bytes as usize];
+    snap.pages.apply_to(&mut memory).expect("apply");
+    (snap.header, memory, snap.globals, snap.host_state)
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("vmi-checkpoint-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fs_store(dir: &TempDir) -> (Arc<FsStore>, CheckpointStore) {
+    let objects = Arc::new(FsStore::open(&dir.0).expect("open").with_sync(false));
+    (objects.clone(), CheckpointStore::new(objects))
+}
+
+fn mem_store() -> (Arc<MemStore>, CheckpointStore) {
+    let objects = Arc::new(MemStore::new());
+    (objects.clone(), CheckpointStore::new(objects))
+}
+
+#[test]
+fn three_days_of_checkpoints_restore_exactly() {
+    let dir = TempDir::new("three-days");
+    let (_, store) = fs_store(&dir);
+    let mut phone = Phone::new(4, 1, 1);
+    let start = 10 * DAY_MS;
+    let mut states = Vec::new();
+    let first = phone.full();
+    store.put("alice", &first, start, Some("first".into())).expect("put full");
+    states.push((start, phone.last, phone.state()));
+    // Every 6 hours for three days, all incremental.
+    for i in 1..=12 {
+        let at = start + i * 6 * HOUR_MS;
+        let snap = phone.step(20, 256);
+        let info = store.put("alice", &snap, at, None).expect("put incremental");
+        assert_eq!((info.id, info.at_ms, info.memory_bytes), (SnapshotId::of(&snap), at, 4 * MIB as u64));
+        states.push((at, phone.last, phone.state()));
+    }
+    let list = store.list("alice").expect("list");
+    assert_eq!(list.len(), 13);
+    assert_eq!(list[0].label.as_deref(), Some("first"));
+    assert!(list.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
+
+    // The full snapshot checkpointed comes back byte for byte.
+    let now = start + 3 * DAY_MS;
+    let restored = store.restore("alice", Selector::AtOrBefore(now - 3 * DAY_MS)).expect("restore");
+    assert_eq!(restored, first);
+
+    // Every one, by id and by time (a little after it), has its memory, globals, host state.
+    for (at, id, (memory, globals, host)) in &states {
+        let id = id.expect("id");
+        for which in [Selector::Id(id), Selector::AtOrBefore(at + HOUR_MS)] {
+            let (header, m, g, h) = decoded(&store.restore("alice", which).expect("restore"));
+            assert!(&m == memory && &g == globals && &h == host, "checkpoint at {at}");
+            assert_eq!((header.engine.as_str(), header.image_hash), ("wasm", [9; 32]));
+        }
+    }
+    let latest = store.restore("alice", Selector::AtOrBefore(u64::MAX)).expect("latest");
+    assert_eq!(decoded(&latest).1, phone.memory);
+}
+
+#[test]
+fn incremental_is_resolved_against_its_parent() {
+    let (_, store) = mem_store();
+    let mut phone = Phone::new(1, 1, 2);
+    store.put("bob", &phone.full(), 0, None).expect("full");
+    let before = phone.state();
+    let parent = phone.last.expect("id");
+    let delta = phone.step(5, 256);
+    let info = store.put("bob", &delta, 1, None).expect("delta");
+    // Five pages changed (one zeroed), plus a host state: few chunks are new.
+    assert!(info.new_chunks <= 5, "{info:?}");
+    let (_, m, g, h) = decoded(&store.restore("bob", Selector::Id(info.id)).expect("restore"));
+    assert_eq!((m, g, h), phone.state());
+    let (_, m, ..) = decoded(&store.restore("bob", Selector::Id(parent)).expect("restore parent"));
+    assert_eq!(m, before.0);
+
+    // An incremental against something bob never checkpointed.
+    let mut other = Phone::new(1, 1, 3);
+    other.host = b"another phone".to_vec();
+    other.full();
+    let other_parent = other.last;
+    let orphan = other.step(3, 256);
+    match store.put("bob", &orphan, 2, None) {
+        Err(CheckpointError::UnknownParent { user, parent }) => {
+            assert_eq!((user.as_str(), Some(parent)), ("bob", other_parent));
+        }
+        other => panic!("expected UnknownParent, got {other:?}"),
+    }
+    // The same snapshot twice.
+    assert!(matches!(store.put("bob", &delta, 3, None), Err(CheckpointError::Duplicate { .. })));
+    // Another image's delta on bob's checkpoint.
+    phone.image = [1; 32];
+    let wrong = phone.step(1, 16);
+    assert!(matches!(
+        store.put("bob", &wrong, 4, None),
+        Err(CheckpointError::Snapshot(vmi_snapshot::SnapshotError::WrongImage { .. }))
+    ));
+    // A pre-copy round.
+    let header = phone.header(SnapshotKind::PreCopy { round: 0, parent: None });
+    let pre = encode_full(&header, &[], b"", &phone.memory).expect("encode");
+    assert!(matches!(store.put("bob", &pre.bytes, 5, None), Err(CheckpointError::PreCopy)));
+    // Not a snapshot at all.
+    assert!(matches!(store.put("bob", b"garbage", 6, None), Err(CheckpointError::Snapshot(_))));
+    assert_eq!(store.list("bob").expect("list").len(), 2);
+}
+
+#[test]
+fn phones_of_one_image_share_chunks() {
+    let (_, store) = mem_store();
+    let mut a = Phone::new(16, 4, 4);
+    let mut b = Phone::new(16, 4, 5);
+    store.put("a", &a.full(), 0, None).expect("a");
+    let after_a = store.stats().expect("stats");
+    let info = store.put("b", &b.full(), 0, None).expect("b");
+    let after_b = store.stats().expect("stats");
+    // Same image, same pages: only b's manifest and nothing else of substance.
+    assert_eq!(info.new_chunks, 0, "{info:?}");
+    let grown = after_b.chunk_bytes + after_b.manifest_bytes - after_a.chunk_bytes - after_a.manifest_bytes;
+    let first = after_a.chunk_bytes + after_a.manifest_bytes;
+    assert!(grown * 4 < first, "second phone added {grown} bytes to {first}");
+    // They diverge a little: each change costs its own pages only.
+    let da = store.put("a", &a.step(20, 1024), 1, None).expect("a step");
+    let db = store.put("b", &b.step(20, 1024), 1, None).expect("b step");
+    assert!(da.new_chunks <= 21 && db.new_chunks <= 21, "{da:?} {db:?}");
+    assert_eq!(decoded(&store.restore("b", Selector::AtOrBefore(1)).expect("b")).1, b.memory);
+    assert_eq!(decoded(&store.restore("a", Selector::AtOrBefore(1)).expect("a")).1, a.memory);
+}
+
+#[test]
+fn retention_then_gc_keeps_what_kept_checkpoints_need() {
+    let dir = TempDir::new("retain");
+    let (objects, store) = fs_store(&dir);
+    let mut phone = Phone::new(2, 1, 6);
+    let mut other = Phone::new(2, 1, 7);
+    store.put("carol", &phone.full(), 0, None).expect("full");
+    store.put("dave", &other.full(), 0, None).expect("other full");
+    let mut states = vec![(phone.last, phone.state())];
+    // Every 4 hours for 20 days; pages churn so old chunks become garbage.
+    for i in 1..=120u64 {
+        let snap = phone.step(20, 256);
+        store.put("carol", &snap, i * 4 * HOUR_MS, None).expect("put");
+        states.push((phone.last, phone.state()));
+    }
+    let now = 20 * DAY_MS + HOUR_MS;
+    let before = store.stats().expect("stats");
+    let report = store.retain("carol", &Retention::default(), now).expect("retain");
+    let after = store.stats().expect("stats");
+    let kept = store.list("carol").expect("list");
+    // 2 days of everything (12), one per day for the 12 days before (12).
+    assert_eq!(kept.len(), 24, "{kept:?}");
+    assert_eq!(report.manifests_deleted, 121 - 24);
+    assert!(report.chunks_deleted > 0 && after.chunk_bytes < before.chunk_bytes, "{report:?}");
+    assert_eq!(after.manifests, 24 + 1);
+
+    // Every kept checkpoint restores exactly; the referenced chunks are all that is left.
+    let mut referenced = HashSet::new();
+    for info in &kept {
+        let bytes = store.restore("carol", Selector::Id(info.id)).expect("restore kept");
+        let (_, memory, globals, host) = decoded(&bytes);
+        let (_, (m, g, h)) = states.iter().find(|(id, _)| *id == Some(info.id)).expect("known state");
+        assert!(&memory == m && &globals == g && &host == h);
+        referenced.extend(memory.chunks_exact(PAGE_SIZE).filter(|p| p.iter().any(|&b| b != 0)).map(blake3::hash));
+        referenced.insert(blake3::hash(&host));
+    }
+    let (_, dave_memory, _, dave_host) = decoded(&store.restore("dave", Selector::AtOrBefore(0)).expect("dave"));
+    referenced.extend(dave_memory.chunks_exact(PAGE_SIZE).filter(|p| p.iter().any(|&b| b != 0)).map(blake3::hash));
+    referenced.insert(blake3::hash(&dave_host));
+    assert_eq!(after.chunks, referenced.len() as u64, "no orphan chunk, no missing chunk");
+    let on_disk: HashSet<String> =
+        objects.list("chunks/").expect("list").into_iter().map(|o| o.key["chunks/".len()..].to_owned()).collect();
+    let expected: HashSet<String> = referenced.iter().map(|h| h.to_hex().to_string()).collect();
+    assert_eq!(on_disk, expected);
+    assert_eq!(store.gc().expect("gc again"), GcReport::default());
+
+    // A month later with no new checkpoint: only the latest survives, and still restores.
+    store.retain("carol", &Retention::default(), now + 30 * DAY_MS).expect("retain");
+    assert_eq!(store.list("carol").expect("list").len(), 1);
+    let (_, memory, ..) = decoded(&store.restore("carol", Selector::AtOrBefore(u64::MAX)).expect("latest"));
+    assert_eq!(memory, phone.memory);
+}
+
+#[test]
+fn damaged_objects_give_precise_errors() {
+    let dir = TempDir::new("damage");
+    let (objects, store) = fs_store(&dir);
+    let mut phone = Phone::new(1, 1, 8);
+    let info = store.put("erin", &phone.full(), 0, None).expect("full");
+    let chunk = blake3::hash(&phone.memory[..PAGE_SIZE]).to_hex().to_string();
+    let key = format!("chunks/{chunk}");
+    let good = objects.get(&key).expect("get").expect("chunk present");
+
+    // A flipped byte: content no longer matches the hash (or no longer decompresses).
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    objects.put(&key, &bad).expect("put");
+    match store.restore("erin", Selector::Id(info.id)) {
+        Err(CheckpointError::CorruptChunk { hash, .. }) => assert_eq!(hash, chunk),
+        other => panic!("expected CorruptChunk, got {other:?}"),
+    }
+    // Truncated, empty, unknown encoding.
+    for bad in [&good[..good.len() / 2], &[][..], &[7u8, 1, 2][..]] {
+        objects.put(&key, bad).expect("put");
+        assert!(matches!(store.restore("erin", Selector::Id(info.id)), Err(CheckpointError::CorruptChunk { .. })));
+    }
+    // Missing.
+    objects.delete(&key).expect("delete");
+    match store.restore("erin", Selector::Id(info.id)) {
+        Err(CheckpointError::MissingChunk { hash, id }) => assert_eq!((hash, id), (chunk.clone(), info.id)),
+        other => panic!("expected MissingChunk, got {other:?}"),
+    }
+    objects.put(&key, &good).expect("put back");
+    assert!(store.restore("erin", Selector::Id(info.id)).is_ok());
+
+    // A damaged manifest: restore fails precisely and gc deletes nothing.
+    let manifest_key = format!("manifests/erin/{}", info.id.to_hex());
+    let manifest = objects.get(&manifest_key).expect("get").expect("manifest");
+    for cut in [0, 5, 13, manifest.len() / 2, manifest.len() - 1] {
+        let mut damaged = manifest.clone();
+        damaged.truncate(cut);
+        objects.put(&manifest_key, &damaged).expect("put");
+        assert!(matches!(
+            store.restore("erin", Selector::Id(info.id)),
+            Err(CheckpointError::CorruptManifest { ref key, .. }) if key == &manifest_key
+        ));
+        assert!(matches!(store.gc(), Err(CheckpointError::CorruptManifest { .. })));
+    }
+    // A flipped bit fails, or (an LZ4 match offset moved to equal bytes) decodes the same.
+    let mut flipped = manifest.clone();
+    for i in (8..flipped.len()).step_by(7) {
+        flipped[i] ^= 1;
+        objects.put(&manifest_key, &flipped).expect("put");
+        if let Ok(bytes) = store.restore("erin", Selector::Id(info.id)) {
+            assert_eq!(decoded(&bytes).1, phone.memory, "byte {i}");
+        }
+        flipped[i] ^= 1;
+    }
+    objects.delete(&manifest_key).expect("delete");
+    assert!(matches!(store.restore("erin", Selector::Id(info.id)), Err(CheckpointError::MissingManifest { .. })));
+    objects.put(&manifest_key, &manifest).expect("put back");
+    assert_eq!(decoded(&store.restore("erin", Selector::Id(info.id)).expect("restore")).1, phone.memory);
+    assert!(store.stats().expect("stats").chunks > 0);
+    assert_eq!(store.gc().expect("gc").chunks_deleted, 0);
+
+    // A damaged index.
+    objects.put("index/erin", b"{not json").expect("put");
+    assert!(matches!(store.list("erin"), Err(CheckpointError::CorruptManifest { .. })));
+}
+
+#[test]
+fn unknown_user_id_and_time_are_precise() {
+    let (_, store) = mem_store();
+    assert!(
+        matches!(store.restore("nobody", Selector::AtOrBefore(5)), Err(CheckpointError::UnknownUser(u)) if u == "nobody")
+    );
+    assert_eq!(store.list("nobody").expect("list"), vec![]);
+    let mut phone = Phone::new(1, 1, 9);
+    store.put("frank", &phone.full(), 100, None).expect("full");
+    let stranger = SnapshotId([3; 32]);
+    assert!(matches!(
+        store.restore("frank", Selector::Id(stranger)),
+        Err(CheckpointError::UnknownCheckpoint { id, .. }) if id == stranger
+    ));
+    assert!(matches!(
+        store.restore("frank", Selector::AtOrBefore(99)),
+        Err(CheckpointError::NoneBefore { at_ms: 99, .. })
+    ));
+    assert!(store.restore("frank", Selector::AtOrBefore(100)).is_ok());
+    for bad in ["", "../etc", ".hidden", "a/b", &"x".repeat(65)] {
+        assert!(matches!(store.put(bad, &phone.full(), 0, None), Err(CheckpointError::InvalidUser(_))), "{bad:?}");
+        assert!(matches!(store.restore(bad, Selector::AtOrBefore(0)), Err(CheckpointError::InvalidUser(_))));
+    }
+}
+
+#[test]
+fn fs_store_validates_keys_and_lists_by_prefix() {
+    let dir = TempDir::new("fs");
+    let store = FsStore::open(&dir.0).expect("open");
+    for bad in ["", "/abs", "a//b", "../x", "a/../b", ".tmp/x", "a b", "a/b/c/d/e"] {
+        assert!(matches!(store.put(bad, b"x"), Err(CheckpointError::InvalidKey(_))), "{bad:?}");
+        assert!(store.get(bad).is_err());
+    }
+    store.put("chunks/ab", b"1").expect("put");
+    store.put("chunks/ab", b"1").expect("put again");
+    store.put("manifests/u/x", b"22").expect("put");
+    store.put("manifests/uu/y", b"333").expect("put");
+    assert_eq!(store.get("chunks/ab").expect("get"), Some(b"1".to_vec()));
+    assert_eq!(store.get("chunks/cd").expect("get"), None);
+    assert!(store.contains("chunks/ab").expect("contains") && !store.contains("chunks").expect("dir"));
+    let keys = |p: &str| store.list(p).expect("list").into_iter().map(|o| (o.key, o.bytes)).collect::<Vec<_>>();
+    assert_eq!(keys("manifests/u/"), vec![("manifests/u/x".to_owned(), 2)]);
+    assert_eq!(keys("manifests/u"), vec![("manifests/u/x".to_owned(), 2), ("manifests/uu/y".to_owned(), 3)]);
+    assert_eq!(keys("").len(), 3);
+    store.delete("chunks/ab").expect("delete");
+    store.delete("chunks/ab").expect("delete absent");
+    assert_eq!(keys("chunks/"), vec![]);
+    // Nothing is left behind in the temporary directory.
+    assert_eq!(std::fs::read_dir(dir.0.join(".tmp")).expect("tmp").count(), 0);
+}
+
+/// The figure: 10 checkpoints of a 16 MiB memory with 4 MiB non-zero, ~20 pages changed
+/// each time, against 10 full snapshots. `cargo test --release -p vmi-checkpoint figure
+/// -- --nocapture` prints it.
+#[test]
+fn figure_ten_checkpoints_vs_ten_full_snapshots() {
+    let (_, store) = mem_store();
+    let mut phone = Phone::new(16, 4, 10);
+    let mut full_bytes = 0u64;
+    let mut chain_bytes = 0u64;
+    let mut stored = 0u64;
+    for i in 0..10u64 {
+        let snap = if i == 0 { phone.full() } else { phone.step(20, 1024) };
+        chain_bytes += snap.len() as u64;
+        stored += store.put("gina", &snap, i * HOUR_MS, None).expect("put").stored_bytes;
+        let header = phone.header(SnapshotKind::Full);
+        full_bytes +=
+            encode_full(&header, &phone.globals, &phone.host, &phone.memory).expect("full").bytes.len() as u64;
+    }
+    let stats = store.stats().expect("stats");
+    assert_eq!(stored, stats.chunk_bytes + stats.manifest_bytes);
+    println!(
+        "10 checkpoints of 16 MiB (4 MiB non-zero, ~20 pages changed each): stored {stored} bytes \
+         ({} chunks, {} chunk bytes, {} manifest bytes) vs 10 full snapshots {full_bytes} bytes ({:.1}%); the snapshot chain itself (1 full + 9 \
+         incremental) is {chain_bytes} bytes",
+        stats.chunks,
+        stats.chunk_bytes,
+        stats.manifest_bytes,
+        100.0 * stored as f64 / full_bytes as f64
+    );
+    assert!(stored < full_bytes);
+}
+
+#[test]
+fn manifest_page_runs_round_trip() {
+    use crate::manifest::{Manifest, Meta};
+    let mut rng = Rng(77);
+    for case in 0..50 {
+        let mut pages = std::collections::BTreeMap::new();
+        for page in 0..512u32 {
+            match rng.next() % 4 {
+                0 => {}
+                1 => {
+                    pages.insert(page, [(rng.next() % 3) as u8; 32]);
+                }
+                _ => {
+                    pages.insert(page, *blake3::hash(&rng.next().to_le_bytes()).as_bytes());
+                }
+            }
+        }
+        let manifest = Manifest {
+            meta: Meta {
+                user: "u".into(),
+                id: "00".repeat(32),
+                at_ms: case,
+                label: None,
+                engine: "wasm".into(),
+                image_hash: "11".repeat(32),
+                memory_bytes: 512 * PAGE_SIZE as u64,
+                virtual_ns: 0,
+                wall_ns: 0,
+                parent: None,
+                globals: vec![],
+                host_state: "22".repeat(32),
+                host_state_bytes: 0,
+            },
+            pages,
+        };
+        let bytes = manifest.encode().expect("encode");
+        assert_eq!(Manifest::decode(&bytes), Ok(manifest));
+    }
+}
