@@ -49,17 +49,20 @@ fn screenshot_hashes(stdout: &str) -> Vec<String> {
 #[test]
 fn headless_tour_screenshots_every_app() {
     let dir = scratch("tour");
-    let out = ok(&[
-        "vm",
-        "run",
-        "--headless",
-        "--events",
-        &repo("examples/tour.events"),
-        "--out-dir",
-        &dir.display().to_string(),
-        "--wall-start",
-        "1763000000",
-    ]);
+    let tour = || {
+        ok(&[
+            "vm",
+            "run",
+            "--headless",
+            "--events",
+            &repo("examples/tour.events"),
+            "--out-dir",
+            &dir.display().to_string(),
+            "--wall-start",
+            "1763000000",
+        ])
+    };
+    let out = tour();
     let shots = [
         "01-home.png",
         "02-home-with-mail.png",
@@ -82,17 +85,7 @@ fn headless_tour_screenshots_every_app() {
     assert!(out.contains(r#""kind":"notification","title":"ann@example.com","body":"Lunch on Friday?""#), "{out}");
 
     // The same script gives the same pixels: runs are reproducible.
-    let again = ok(&[
-        "vm",
-        "run",
-        "--headless",
-        "--events",
-        &repo("examples/tour.events"),
-        "--out-dir",
-        &dir.display().to_string(),
-        "--wall-start",
-        "1763000000",
-    ]);
+    let again = tour();
     assert_eq!(screenshot_hashes(&again), hashes);
 }
 

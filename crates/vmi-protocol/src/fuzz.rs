@@ -22,18 +22,9 @@ const INPUTS: u64 = 1_000_000;
 const SCREEN_W: u16 = 64;
 const SCREEN_H: u16 = 48;
 
-struct Rng(u64);
+use crate::test_rng::Rng;
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
     fn chance(&mut self, one_in: usize) -> bool {
         self.below(one_in) == 0
     }

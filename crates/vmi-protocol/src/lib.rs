@@ -94,6 +94,8 @@ pub mod wire;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod test_rng;
 
 pub use error::ProtocolError;
 pub use message::{

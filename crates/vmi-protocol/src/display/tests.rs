@@ -1,19 +1,6 @@
 use super::*;
 
-/// xorshift64*: deterministic pseudo-random numbers for test images.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::test_rng::Rng;
 
 /// Paints a rectangle: a solid colour, stripes (compressible) or noise (not).
 fn paint(rng: &mut Rng, rgba: &mut [u8], width: usize, r: Rect) {
@@ -32,10 +19,10 @@ fn paint(rng: &mut Rng, rgba: &mut [u8], width: usize, r: Rect) {
 }
 
 fn random_rect(rng: &mut Rng, width: usize, height: usize) -> Rect {
-    let x = rng.below(width as u64) as u32;
-    let y = rng.below(height as u64) as u32;
-    let w = 1 + rng.below((width as u64 - u64::from(x)).min(150)) as u32;
-    let h = 1 + rng.below((height as u64 - u64::from(y)).min(150)) as u32;
+    let x = rng.below(width) as u32;
+    let y = rng.below(height) as u32;
+    let w = 1 + rng.below((width - x as usize).min(150)) as u32;
+    let h = 1 + rng.below((height - y as usize).min(150)) as u32;
     Rect::new(x, y, w, h)
 }
 
