@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use vmi_snapshot::{Header, Limits, PAGE_SIZE, SnapshotId, SnapshotKind, SnapshotView, encode_full, is_zero_page};
 
-use crate::manifest::{Hash, Manifest, Meta, from_hex, hex};
+use crate::manifest::{Hash, Manifest, Meta, SEGMENT_PAGES, Table, from_hex, hex, segments_of};
 use crate::{CheckpointError, ObjectStore, Result, Retention};
 
-const CHUNKS: &str = "chunks/";
+pub(crate) const CHUNKS: &str = "chunks/";
+pub(crate) const TABLES: &str = "tables/";
 const MANIFESTS: &str = "manifests/";
 const INDEX: &str = "index/";
 
@@ -50,6 +51,10 @@ pub struct Stats {
     pub chunks: u64,
     /// Bytes of all chunks, compressed as stored.
     pub chunk_bytes: u64,
+    /// Page tables (distinct segments of memory).
+    pub tables: u64,
+    /// Bytes of all page tables.
+    pub table_bytes: u64,
     /// Manifests (checkpoints of all users).
     pub manifests: u64,
     /// Bytes of all manifests.
@@ -61,9 +66,9 @@ pub struct Stats {
 pub struct GcReport {
     /// Checkpoints (manifests) deleted.
     pub manifests_deleted: u64,
-    /// Chunks deleted because no manifest referenced them.
+    /// Chunks and page tables deleted because no manifest referenced them.
     pub chunks_deleted: u64,
-    /// Bytes of those chunks.
+    /// Bytes of those objects.
     pub bytes_freed: u64,
 }
 
@@ -79,13 +84,13 @@ struct IndexEntry {
 }
 
 /// A user's checkpoints, oldest first, and their ids.
-struct Index {
+pub(crate) struct Index {
     entries: Vec<IndexEntry>,
     ids: Vec<SnapshotId>,
 }
 
 impl Index {
-    fn position(&self, id: SnapshotId) -> Option<usize> {
+    pub(crate) fn position(&self, id: SnapshotId) -> Option<usize> {
         self.ids.iter().position(|&i| i == id)
     }
 }
@@ -94,18 +99,21 @@ impl Index {
 ///
 /// Objects: `chunks/HASH` (a distinct non-zero 4 KiB page or a host state, keyed by the
 /// blake3 of its raw bytes, stored LZ4-compressed or raw behind a tag byte),
-/// `manifests/USER/ID` (one per checkpoint: header fields, globals, host-state chunk, the
-/// chunk of every non-zero page) and `index/USER` (the user's checkpoints by time, JSON).
-/// Every manifest is self-contained, so deleting one never breaks another; chunks are
-/// shared by every manifest that has the same page, across time and across phones.
+/// `tables/HASH` (the chunks of one 64 KiB segment of memory, keyed by the blake3 of the
+/// table), `manifests/USER/ID` (one per checkpoint: header fields, globals, host-state
+/// chunk, the table of every non-empty segment) and `index/USER` (the user's checkpoints
+/// by time, JSON). Every manifest names everything it needs, so deleting one never breaks
+/// another; chunks and tables are shared by every manifest with the same content, across
+/// time and across phones.
 ///
 /// Writes are ordered so that a crash leaves only garbage, never a dangling reference:
-/// chunks, then the manifest, then the index; retention rewrites the index before
-/// deleting manifests, and [`gc`](Self::gc) keeps every chunk of every manifest present.
+/// chunks, then tables, then the manifest, then the index; retention rewrites the index
+/// before deleting manifests, and [`gc`](Self::gc) keeps every table and chunk of every
+/// manifest present (so a table present means its chunks are).
 /// One `CheckpointStore` must be the only writer of its object store (operations are
 /// serialized by a lock inside it).
 pub struct CheckpointStore {
-    objects: Arc<dyn ObjectStore>,
+    pub(crate) objects: Arc<dyn ObjectStore>,
     lock: Mutex<()>,
 }
 
@@ -115,7 +123,7 @@ impl CheckpointStore {
         CheckpointStore { objects, lock: Mutex::new(()) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -123,7 +131,9 @@ impl CheckpointStore {
     ///
     /// A full snapshot stands alone; an incremental one must name one of the user's
     /// checkpoints as parent, whose pages it is applied to. Pre-copy rounds are refused.
-    /// Each distinct non-zero page is stored once as a chunk.
+    /// Each distinct non-zero page is stored once as a chunk; only the page tables of
+    /// segments the snapshot touched are rewritten, so an incremental checkpoint costs
+    /// O(pages changed), not O(memory).
     pub fn put(&self, user: &str, snapshot: &[u8], at_ms: u64, label: Option<String>) -> Result<CheckpointInfo> {
         validate_user(user)?;
         let view = SnapshotView::parse(snapshot, &Limits::default())?;
@@ -134,7 +144,7 @@ impl CheckpointStore {
             return Err(CheckpointError::Duplicate { user: user.to_owned(), id });
         }
         let header = &view.header;
-        let mut pages = match header.kind {
+        let mut tables = match header.kind {
             SnapshotKind::Full => BTreeMap::new(),
             SnapshotKind::Incremental { parent } => {
                 if index.position(parent).is_none() {
@@ -143,23 +153,47 @@ impl CheckpointStore {
                 let base = self.load_manifest(user, parent)?;
                 let image = from_hex(&base.meta.image_hash).unwrap_or([0; 32]);
                 header.check_compat(&base.meta.engine, &image)?;
-                base.pages
+                base.tables
             }
             SnapshotKind::PreCopy { .. } => return Err(CheckpointError::PreCopy),
         };
-        let memory_pages = header.memory_bytes / PAGE_SIZE as u64;
-        pages.retain(|&page, _| u64::from(page) < memory_pages);
 
+        // The pages the snapshot carries, by segment: Some(chunk) or None (now zero).
         let mut added = Added::default();
+        let mut touched: BTreeMap<u32, Vec<(u32, Option<Hash>)>> = BTreeMap::new();
         let data = view.pages.to_pages()?;
         for (page, bytes) in data.iter() {
-            match bytes {
-                Some(bytes) if !is_zero_page(bytes) => {
-                    pages.insert(page, self.put_chunk(bytes, &mut added)?);
-                }
-                _ => {
-                    pages.remove(&page);
-                }
+            let chunk = match bytes {
+                Some(bytes) if !is_zero_page(bytes) => Some(self.put_chunk(bytes, &mut added)?),
+                _ => None,
+            };
+            touched.entry(page / SEGMENT_PAGES).or_default().push((page % SEGMENT_PAGES, chunk));
+        }
+        // Memory never shrinks in a running phone, but a snapshot may say so: drop what
+        // lies beyond it.
+        let memory_pages = header.memory_bytes / PAGE_SIZE as u64;
+        let segments = segments_of(header.memory_bytes);
+        tables.retain(|&segment, _| u64::from(segment) < segments);
+        if !memory_pages.is_multiple_of(u64::from(SEGMENT_PAGES)) {
+            touched.entry((memory_pages / u64::from(SEGMENT_PAGES)) as u32).or_default();
+        }
+        for (segment, changes) in touched {
+            let mut table = match tables.get(&segment) {
+                Some(hash) => self.load_table(hash, id)?,
+                None => Table::default(),
+            };
+            for (offset, chunk) in changes {
+                match chunk {
+                    Some(chunk) => table.pages.insert(offset, chunk),
+                    None => table.pages.remove(&offset),
+                };
+            }
+            let first = u64::from(segment) * u64::from(SEGMENT_PAGES);
+            table.pages.retain(|&offset, _| first + u64::from(offset) < memory_pages);
+            if table.pages.is_empty() {
+                tables.remove(&segment);
+            } else {
+                tables.insert(segment, self.put_table(&table, &mut added)?);
             }
         }
         let host_state = self.put_chunk(view.host_state, &mut added)?;
@@ -180,7 +214,7 @@ impl CheckpointStore {
                 host_state: hex(&host_state),
                 host_state_bytes: view.host_state.len() as u64,
             },
-            pages,
+            tables,
         };
         let key = manifest_key(user, id);
         let bytes =
@@ -239,16 +273,27 @@ impl CheckpointStore {
             detail: "memory does not fit this machine".into(),
         })?;
         let mut memory = vec![0u8; memory_len];
+        let memory_pages = memory_len / PAGE_SIZE;
         // A page seen before is copied from where it was first written.
         let mut first_at: BTreeMap<Hash, usize> = BTreeMap::new();
-        for (&page, hash) in &manifest.pages {
-            let at = page as usize * PAGE_SIZE;
-            if let Some(&from) = first_at.get(hash) {
-                memory.copy_within(from..from + PAGE_SIZE, at);
-            } else {
-                let bytes = self.get_chunk(hash, PAGE_SIZE, id)?;
-                memory[at..at + PAGE_SIZE].copy_from_slice(&bytes);
-                first_at.insert(*hash, at);
+        for (&segment, table_hash) in &manifest.tables {
+            let table = self.load_table(table_hash, id)?;
+            for (&offset, hash) in &table.pages {
+                let page = segment as usize * SEGMENT_PAGES as usize + offset as usize;
+                if page >= memory_pages {
+                    return Err(CheckpointError::CorruptChunk {
+                        hash: hex(table_hash),
+                        detail: format!("page table names page {page} of a {memory_pages}-page memory"),
+                    });
+                }
+                let at = page * PAGE_SIZE;
+                if let Some(&from) = first_at.get(hash) {
+                    memory.copy_within(from..from + PAGE_SIZE, at);
+                } else {
+                    let bytes = self.get_chunk(hash, PAGE_SIZE, id)?;
+                    memory[at..at + PAGE_SIZE].copy_from_slice(&bytes);
+                    first_at.insert(*hash, at);
+                }
             }
         }
         let host_hash = from_hex(&meta.host_state).unwrap_or([0; 32]);
@@ -307,35 +352,72 @@ impl CheckpointStore {
     }
 
     fn gc_locked(&self) -> Result<GcReport> {
-        let mut marked: HashSet<Hash> = HashSet::new();
+        // Mark: every table of every manifest, every chunk of those tables.
+        let mut tables: HashSet<Hash> = HashSet::new();
+        let mut chunks: HashSet<Hash> = HashSet::new();
         for object in self.objects.list(MANIFESTS)? {
             let manifest = self.decode_manifest(&object.key)?;
-            marked.extend(manifest.chunks());
+            tables.extend(manifest.tables.values().copied());
+            chunks.extend(from_hex(&manifest.meta.host_state));
         }
+        for hash in &tables {
+            let table = self.load_table(hash, SnapshotId([0; 32]))?;
+            chunks.extend(table.pages.values().copied());
+        }
+        // Sweep chunks first: a table never outlives a chunk it names only if tables go
+        // after, but a swept table's chunks are unmarked anyway, so the order is free.
         let mut report = GcReport::default();
-        for object in self.objects.list(CHUNKS)? {
-            // Objects that are not chunk names are not ours to delete.
-            let Some(hash) = object.key.strip_prefix(CHUNKS).and_then(from_hex) else { continue };
-            if !marked.contains(&hash) {
-                self.objects.delete(&object.key)?;
-                report.chunks_deleted += 1;
-                report.bytes_freed += object.bytes;
+        for (prefix, marked) in [(CHUNKS, &chunks), (TABLES, &tables)] {
+            for object in self.objects.list(prefix)? {
+                // Objects that are not content names are not ours to delete.
+                let Some(hash) = object.key.strip_prefix(prefix).and_then(from_hex) else { continue };
+                if !marked.contains(&hash) {
+                    self.objects.delete(&object.key)?;
+                    report.chunks_deleted += 1;
+                    report.bytes_freed += object.bytes;
+                }
             }
         }
-        tracing::info!(chunks_deleted = report.chunks_deleted, bytes_freed = report.bytes_freed, "gc");
+        tracing::info!(objects_deleted = report.chunks_deleted, bytes_freed = report.bytes_freed, "gc");
         Ok(report)
     }
 
     /// Counts what the object store holds.
     pub fn stats(&self) -> Result<Stats> {
         let chunks = self.objects.list(CHUNKS)?;
+        let tables = self.objects.list(TABLES)?;
         let manifests = self.objects.list(MANIFESTS)?;
         Ok(Stats {
             chunks: chunks.len() as u64,
             chunk_bytes: chunks.iter().map(|o| o.bytes).sum(),
+            tables: tables.len() as u64,
+            table_bytes: tables.iter().map(|o| o.bytes).sum(),
             manifests: manifests.len() as u64,
             manifest_bytes: manifests.iter().map(|o| o.bytes).sum(),
         })
+    }
+
+    fn put_table(&self, table: &Table, added: &mut Added) -> Result<Hash> {
+        let bytes = table.encode();
+        let hash = *blake3::hash(&bytes).as_bytes();
+        let key = table_key(&hash);
+        if !self.objects.contains(&key)? {
+            self.objects.put(&key, &bytes)?;
+            added.bytes += bytes.len() as u64;
+        }
+        Ok(hash)
+    }
+
+    /// A page table, checked against its name; `id` is the checkpoint that needs it.
+    pub(crate) fn load_table(&self, hash: &Hash, id: SnapshotId) -> Result<Table> {
+        let Some(bytes) = self.objects.get(&table_key(hash))? else {
+            return Err(CheckpointError::MissingChunk { hash: hex(hash), id });
+        };
+        let corrupt = |detail: String| CheckpointError::CorruptChunk { hash: hex(hash), detail };
+        if blake3::hash(&bytes).as_bytes() != hash {
+            return Err(corrupt("page table does not match its hash".into()));
+        }
+        Table::decode(&bytes).map_err(corrupt)
     }
 
     fn put_chunk(&self, raw: &[u8], added: &mut Added) -> Result<Hash> {
@@ -357,36 +439,29 @@ impl CheckpointStore {
     /// The raw bytes of chunk `hash`, which must be `len` bytes long; `id` is the
     /// checkpoint that needs it (for the error).
     fn get_chunk(&self, hash: &Hash, len: usize, id: SnapshotId) -> Result<Vec<u8>> {
-        let corrupt = |detail: String| CheckpointError::CorruptChunk { hash: hex(hash), detail };
         let Some(stored) = self.objects.get(&chunk_key(hash))? else {
             return Err(CheckpointError::MissingChunk { hash: hex(hash), id });
         };
-        let raw = match stored.split_first() {
-            Some((&RAW, body)) => body.to_vec(),
-            Some((&LZ4, body)) => {
-                if len as u64 > 256 * body.len() as u64 + 16 {
-                    return Err(corrupt(format!("{} bytes cannot hold {len}", body.len())));
-                }
-                let mut raw = vec![0u8; len];
-                match lz4_flex::block::decompress_into(body, &mut raw) {
-                    Ok(n) if n == len => raw,
-                    Ok(n) => return Err(corrupt(format!("decompressed to {n} bytes, not {len}"))),
-                    Err(e) => return Err(corrupt(format!("does not decompress: {e}"))),
-                }
-            }
-            Some((tag, _)) => return Err(corrupt(format!("unknown encoding {tag}"))),
-            None => return Err(corrupt("empty".into())),
-        };
-        if raw.len() != len {
-            return Err(corrupt(format!("{} bytes, not {len}", raw.len())));
-        }
-        if blake3::hash(&raw).as_bytes() != hash {
-            return Err(corrupt("content does not match its hash".into()));
-        }
-        Ok(raw)
+        check_chunk(hash, &stored, len)
     }
 
-    fn load_manifest(&self, user: &str, id: SnapshotId) -> Result<Manifest> {
+    /// Adds an imported checkpoint to the user's index (the lock is held).
+    pub(crate) fn add_to_index(&self, user: &str, info: &CheckpointInfo) -> Result<()> {
+        let mut index = self.load_index(user)?;
+        let entry = IndexEntry {
+            id: info.id.to_hex(),
+            at_ms: info.at_ms,
+            label: info.label.clone(),
+            memory_bytes: info.memory_bytes,
+            new_chunks: info.new_chunks,
+            stored_bytes: info.stored_bytes,
+        };
+        let at = index.entries.partition_point(|e| e.at_ms <= info.at_ms);
+        index.entries.insert(at, entry);
+        self.save_index(user, &index.entries)
+    }
+
+    pub(crate) fn load_manifest(&self, user: &str, id: SnapshotId) -> Result<Manifest> {
         let manifest = self.decode_manifest(&manifest_key(user, id))?;
         if manifest.meta.user != user || manifest.meta.id != id.to_hex() {
             return Err(CheckpointError::CorruptManifest {
@@ -404,7 +479,7 @@ impl CheckpointStore {
         Manifest::decode(&bytes).map_err(|detail| CheckpointError::CorruptManifest { key: key.to_owned(), detail })
     }
 
-    fn load_index(&self, user: &str) -> Result<Index> {
+    pub(crate) fn load_index(&self, user: &str) -> Result<Index> {
         let key = format!("{INDEX}{user}");
         let Some(bytes) = self.objects.get(&key)? else {
             return Ok(Index { entries: Vec::new(), ids: Vec::new() });
@@ -449,11 +524,15 @@ fn info(id: SnapshotId, e: &IndexEntry) -> CheckpointInfo {
     }
 }
 
-fn chunk_key(hash: &Hash) -> String {
+pub(crate) fn chunk_key(hash: &Hash) -> String {
     format!("{CHUNKS}{}", hex(hash))
 }
 
-fn manifest_key(user: &str, id: SnapshotId) -> String {
+pub(crate) fn table_key(hash: &Hash) -> String {
+    format!("{TABLES}{}", hex(hash))
+}
+
+pub(crate) fn manifest_key(user: &str, id: SnapshotId) -> String {
     format!("{MANIFESTS}{user}/{}", id.to_hex())
 }
 
@@ -465,4 +544,32 @@ pub fn validate_user(user: &str) -> Result<()> {
         && !user.starts_with('.')
         && user.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
     if ok { Ok(()) } else { Err(CheckpointError::InvalidUser(user.to_owned())) }
+}
+
+/// The raw bytes of a stored chunk, checked to be `len` bytes that hash to `hash`.
+pub(crate) fn check_chunk(hash: &Hash, stored: &[u8], len: usize) -> Result<Vec<u8>> {
+    let corrupt = |detail: String| CheckpointError::CorruptChunk { hash: hex(hash), detail };
+    let raw = match stored.split_first() {
+        Some((&RAW, body)) => body.to_vec(),
+        Some((&LZ4, body)) => {
+            if len as u64 > 256 * body.len() as u64 + 16 {
+                return Err(corrupt(format!("{} bytes cannot hold {len}", body.len())));
+            }
+            let mut raw = vec![0u8; len];
+            match lz4_flex::block::decompress_into(body, &mut raw) {
+                Ok(n) if n == len => raw,
+                Ok(n) => return Err(corrupt(format!("decompressed to {n} bytes, not {len}"))),
+                Err(e) => return Err(corrupt(format!("does not decompress: {e}"))),
+            }
+        }
+        Some((tag, _)) => return Err(corrupt(format!("unknown encoding {tag}"))),
+        None => return Err(corrupt("empty".into())),
+    };
+    if raw.len() != len {
+        return Err(corrupt(format!("{} bytes, not {len}", raw.len())));
+    }
+    if blake3::hash(&raw).as_bytes() != hash {
+        return Err(corrupt("content does not match its hash".into()));
+    }
+    Ok(raw)
 }

@@ -94,6 +94,17 @@ pub enum CheckpointError {
         /// What is wrong.
         detail: String,
     },
+    /// A replication bundle does not decode or holds something it should not.
+    #[error("bad checkpoint bundle: {0}")]
+    BadBundle(String),
+    /// An imported checkpoint still lacks objects (send them and import again).
+    #[error("checkpoint {id} lacks {} objects", missing.len())]
+    Incomplete {
+        /// The checkpoint.
+        id: SnapshotId,
+        /// Keys of the objects still missing.
+        missing: Vec<String>,
+    },
 }
 
 /// Result with a [`CheckpointError`].

@@ -45,6 +45,7 @@
 mod checkpoint;
 mod error;
 mod manifest;
+mod replica;
 mod retention;
 mod store;
 
@@ -53,5 +54,6 @@ mod tests;
 
 pub use checkpoint::{CheckpointInfo, CheckpointStore, GcReport, Selector, Stats, validate_user};
 pub use error::{CheckpointError, Result};
+pub use replica::{MAX_BUNDLE_BYTES, decode_bundle, encode_bundle};
 pub use retention::{DAY_MS, HOUR_MS, Retention};
 pub use store::{FsStore, MemStore, ObjectInfo, ObjectStore, validate_key};

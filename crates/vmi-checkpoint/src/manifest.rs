@@ -1,39 +1,38 @@
-//! A checkpoint's manifest: everything about the state except page bytes, and which
-//! chunk holds each non-zero page.
+//! A checkpoint's manifest and its page tables: two levels, so a checkpoint that changed
+//! a few pages writes a few small objects, however large the memory.
 //!
-//! Layout: magic `SEEDCKPT`, format version `u16`, raw body length `u32`, then the body
-//! LZ4-compressed (block format). The body, little-endian: JSON metadata length `u32` and
-//! the [`Meta`] JSON; distinct chunk hash count `u32` and the 32-byte hashes; entry count
-//! `u32` and the non-zero pages as runs: first page `u32`, page count `u32`, hash number
-//! of the first page `u32`, stride `u8` (0: every page of the run has that hash, a flat
-//! band; 1: the next pages have the next hash numbers, as fresh distinct pages do since
-//! hashes are numbered in first-use order), runs sorted and disjoint; then the first 16
-//! bytes of blake3 of everything before.
+//! Memory is cut into segments of [`SEGMENT_PAGES`] pages. A **page table** lists, for
+//! one segment, the chunk of each non-zero page; it is an object of its own keyed by the
+//! blake3 of its bytes (`tables/HASH`), so a segment that did not change since the last
+//! checkpoint, or that another phone of the same image holds identically, is the same
+//! object. A **manifest** (`manifests/USER/ID`) has everything about the state except
+//! page bytes, and the table of each non-empty segment.
+//!
+//! Manifest layout: magic `SEEDCKPT`, format version `u16` (2), body length `u32`, body,
+//! then the first 16 bytes of blake3 of the body. Body, little-endian: JSON metadata
+//! length `u32` and the [`Meta`] JSON; segment count `u32` and per segment its index
+//! `u32` and table hash (32 bytes), indices strictly increasing.
+//!
+//! Table layout: magic `SEEDTBL1`, a `u32` bitmap of the segment's non-zero pages (bit
+//! *i* = page *i* of the segment, higher bits zero), then one 32-byte chunk hash per set bit, in bit order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use vmi_snapshot::{GlobalValue, Limits, PAGE_SIZE};
 
-/// A chunk's identity: blake3 of its raw bytes.
+/// A chunk's (or table's) identity: blake3 of its raw bytes.
 pub(crate) type Hash = [u8; 32];
 
+/// Pages per segment: one page table covers 64 KiB of memory and is at most 524 bytes.
+pub(crate) const SEGMENT_PAGES: u32 = 16;
+
 const MAGIC: &[u8; 8] = b"SEEDCKPT";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 const CHECK: usize = 16;
-/// Largest raw manifest body accepted (a 4 GiB memory of distinct pages needs 40 MiB).
-const MAX_BODY: u64 = 64 << 20;
-
-/// Bytes of one encoded page run.
-const RUN_BYTES: usize = 13;
-
-/// Consecutive pages whose hash numbers are equal (stride 0) or consecutive (stride 1).
-struct Run {
-    first: u32,
-    count: u32,
-    first_hash: u32,
-    stride: u32,
-}
+const TABLE_MAGIC: &[u8; 8] = b"SEEDTBL1";
+/// Largest manifest body accepted (a 4 GiB memory has 65536 segments: 2.3 MiB).
+const MAX_BODY: u64 = 8 << 20;
 
 /// A global, as stored in JSON.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -66,7 +65,7 @@ impl From<Global> for GlobalValue {
     }
 }
 
-/// What a manifest says besides its page table.
+/// What a manifest says besides its page tables.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub(crate) struct Meta {
     pub user: String,
@@ -92,62 +91,27 @@ pub(crate) struct Meta {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) struct Manifest {
     pub meta: Meta,
-    /// Non-zero page index → chunk hash.
-    pub pages: BTreeMap<u32, Hash>,
+    /// Segment index → page table hash, for every segment with a non-zero page.
+    pub tables: BTreeMap<u32, Hash>,
 }
 
 impl Manifest {
-    /// Every chunk it references: the pages' and the host state's (if its hash parses).
-    pub fn chunks(&self) -> impl Iterator<Item = Hash> + '_ {
-        self.pages.values().copied().chain(from_hex(&self.meta.host_state))
-    }
-
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let meta = serde_json::to_vec(&self.meta).map_err(|e| e.to_string())?;
-        let mut numbers: HashMap<Hash, u32> = HashMap::new();
-        let mut hashes: Vec<&Hash> = Vec::new();
-        let mut runs: Vec<Run> = Vec::new();
-        for (&page, hash) in &self.pages {
-            let n = *numbers.entry(*hash).or_insert_with(|| {
-                hashes.push(hash);
-                (hashes.len() - 1) as u32
-            });
-            if let Some(run) = runs.last_mut().filter(|r| r.first + r.count == page) {
-                let next = run.first_hash + run.stride * run.count;
-                if run.count == 1 && n.checked_sub(run.first_hash).is_some_and(|d| d <= 1) {
-                    run.stride = n - run.first_hash;
-                    run.count += 1;
-                    continue;
-                }
-                if n == next {
-                    run.count += 1;
-                    continue;
-                }
-            }
-            runs.push(Run { first: page, count: 1, first_hash: n, stride: 0 });
-        }
-        let mut entries = Vec::with_capacity(runs.len() * RUN_BYTES);
-        for run in &runs {
-            entries.extend_from_slice(&run.first.to_le_bytes());
-            entries.extend_from_slice(&run.count.to_le_bytes());
-            entries.extend_from_slice(&run.first_hash.to_le_bytes());
-            entries.push(run.stride as u8);
-        }
-        let mut body = Vec::with_capacity(12 + meta.len() + hashes.len() * 32 + entries.len() + CHECK);
+        let mut body = Vec::with_capacity(8 + meta.len() + self.tables.len() * 36);
         body.extend_from_slice(&len32(meta.len())?.to_le_bytes());
         body.extend_from_slice(&meta);
-        body.extend_from_slice(&len32(hashes.len())?.to_le_bytes());
-        hashes.iter().for_each(|h| body.extend_from_slice(&h[..]));
-        body.extend_from_slice(&len32(runs.len())?.to_le_bytes());
-        body.extend_from_slice(&entries);
-        let check = blake3::hash(&body);
-        body.extend_from_slice(&check.as_bytes()[..CHECK]);
-
-        let mut out = Vec::with_capacity(14 + body.len() / 2);
+        body.extend_from_slice(&len32(self.tables.len())?.to_le_bytes());
+        for (segment, hash) in &self.tables {
+            body.extend_from_slice(&segment.to_le_bytes());
+            body.extend_from_slice(hash);
+        }
+        let mut out = Vec::with_capacity(14 + body.len() + CHECK);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&len32(body.len())?.to_le_bytes());
-        out.extend_from_slice(&lz4_flex::block::compress(&body));
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&blake3::hash(&body).as_bytes()[..CHECK]);
         Ok(out)
     }
 
@@ -161,26 +125,19 @@ impl Manifest {
         if version != VERSION {
             return Err(format!("manifest version {version}, this build reads {VERSION}"));
         }
-        let raw_len = u64::from(r.u32()?);
-        let compressed = r.0;
-        if raw_len > MAX_BODY || raw_len > 256 * compressed.len() as u64 + 16 {
-            return Err(format!("body of {raw_len} bytes is implausible for {} compressed", compressed.len()));
+        let body_len = u64::from(r.u32()?);
+        if body_len > MAX_BODY {
+            return Err(format!("body of {body_len} bytes is over the limit"));
         }
-        let mut body = vec![0u8; raw_len as usize];
-        match lz4_flex::block::decompress_into(compressed, &mut body) {
-            Ok(n) if n == body.len() => {}
-            Ok(n) => return Err(format!("body decompressed to {n} bytes, not {raw_len}")),
-            Err(e) => return Err(format!("body does not decompress: {e}")),
-        }
-        let Some(split) = body.len().checked_sub(CHECK) else {
-            return Err("body too short".into());
-        };
-        let (content, check) = body.split_at(split);
-        if &blake3::hash(content).as_bytes()[..CHECK] != check {
+        let body = r.take(body_len as usize)?;
+        if r.take(CHECK)? != &blake3::hash(body).as_bytes()[..CHECK] {
             return Err("checksum mismatch".into());
         }
+        if !r.0.is_empty() {
+            return Err("trailing bytes".into());
+        }
 
-        let mut r = Reader(content);
+        let mut r = Reader(body);
         let meta_len = r.u32()? as usize;
         let meta: Meta = serde_json::from_slice(r.take(meta_len)?).map_err(|e| format!("metadata: {e}"))?;
         let limits = Limits::default();
@@ -193,33 +150,70 @@ impl Manifest {
         if from_hex(&meta.host_state).is_none() {
             return Err("host state hash is not 64 hex digits".into());
         }
-        let hash_count = r.u32()? as usize;
-        let table = r.take(hash_count.checked_mul(32).ok_or("hash count overflows")?)?;
-        let hashes: Vec<Hash> = table.chunks_exact(32).map(|h| h.try_into().unwrap_or([0; 32])).collect();
-        let run_count = r.u32()? as usize;
-        let entries = r.take(run_count.checked_mul(RUN_BYTES).ok_or("run count overflows")?)?;
+        let count = r.u32()? as usize;
+        let entries = r.take(count.checked_mul(36).ok_or("segment count overflows")?)?;
         if !r.0.is_empty() {
-            return Err("trailing bytes".into());
+            return Err("trailing bytes in the body".into());
         }
-        let memory_pages = meta.memory_bytes / PAGE_SIZE as u64;
+        let segments = segments_of(meta.memory_bytes);
+        let mut tables = BTreeMap::new();
+        let mut next = 0u64;
+        for e in entries.chunks_exact(36) {
+            let segment = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            if u64::from(segment) < next || u64::from(segment) >= segments {
+                return Err(format!("segment {segment} is out of order or beyond the memory"));
+            }
+            next = u64::from(segment) + 1;
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&e[4..]);
+            tables.insert(segment, hash);
+        }
+        Ok(Manifest { meta, tables })
+    }
+}
+
+/// Segments a memory of `memory_bytes` has.
+pub(crate) fn segments_of(memory_bytes: u64) -> u64 {
+    (memory_bytes / PAGE_SIZE as u64).div_ceil(u64::from(SEGMENT_PAGES))
+}
+
+/// One segment's non-zero pages: offset in the segment → chunk hash.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub(crate) struct Table {
+    pub pages: BTreeMap<u32, Hash>,
+}
+
+impl Table {
+    pub fn encode(&self) -> Vec<u8> {
+        let bitmap = self.pages.keys().fold(0u32, |b, &offset| b | 1 << offset);
+        let mut out = Vec::with_capacity(12 + self.pages.len() * 32);
+        out.extend_from_slice(TABLE_MAGIC);
+        out.extend_from_slice(&bitmap.to_le_bytes());
+        self.pages.values().for_each(|h| out.extend_from_slice(h));
+        out
+    }
+
+    /// Decodes untrusted bytes (the caller checks they hash to the table's name).
+    pub fn decode(bytes: &[u8]) -> Result<Table, String> {
+        let mut r = Reader(bytes);
+        if r.take(8)? != TABLE_MAGIC {
+            return Err("bad page table magic".into());
+        }
+        let bitmap = r.u32()?;
+        if u64::from(bitmap) >> SEGMENT_PAGES != 0 {
+            return Err(format!("page bitmap {bitmap:#x} marks pages beyond the segment"));
+        }
+        if r.0.len() != bitmap.count_ones() as usize * 32 {
+            return Err(format!("{} pages marked but {} bytes of hashes", bitmap.count_ones(), r.0.len()));
+        }
         let mut pages = BTreeMap::new();
-        let mut end = 0u64;
-        for e in entries.chunks_exact(RUN_BYTES) {
-            let word = |at: usize| u64::from(u32::from_le_bytes([e[at], e[at + 1], e[at + 2], e[at + 3]]));
-            let (first, count, first_hash, stride) = (word(0), word(4), word(8), u64::from(e[12]));
-            // Runs are sorted, disjoint and inside memory, so this loops at most once per page.
-            if count == 0 || first < end || first + count > memory_pages || stride > 1 {
-                return Err(format!("run of {count} pages at {first} (stride {stride}) is out of place"));
-            }
-            if first_hash + stride * (count - 1) >= hash_count as u64 {
-                return Err(format!("run at page {first} names hashes beyond the {hash_count} listed"));
-            }
-            for i in 0..count {
-                pages.insert((first + i) as u32, hashes[(first_hash + stride * i) as usize]);
-            }
-            end = first + count;
+        let mut hashes = r.0.chunks_exact(32);
+        for offset in (0..SEGMENT_PAGES).filter(|o| bitmap & (1 << o) != 0) {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(hashes.next().ok_or("hashes end early")?);
+            pages.insert(offset, hash);
         }
-        Ok(Manifest { meta, pages })
+        Ok(Table { pages })
     }
 }
 

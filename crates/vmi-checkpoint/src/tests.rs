@@ -244,8 +244,9 @@ fn phones_of_one_image_share_chunks() {
     let after_b = store.stats().expect("stats");
     // Same image, same pages: only b's manifest and nothing else of substance.
     assert_eq!(info.new_chunks, 0, "{info:?}");
-    let grown = after_b.chunk_bytes + after_b.manifest_bytes - after_a.chunk_bytes - after_a.manifest_bytes;
-    let first = after_a.chunk_bytes + after_a.manifest_bytes;
+    let total = |s: Stats| s.chunk_bytes + s.table_bytes + s.manifest_bytes;
+    let grown = total(after_b) - total(after_a);
+    let first = total(after_a);
     assert!(grown * 4 < first, "second phone added {grown} bytes to {first}");
     // They diverge a little: each change costs its own pages only.
     let da = store.put("a", &a.step(20, 1024), 1, None).expect("a step");
@@ -446,13 +447,14 @@ fn figure_ten_checkpoints_vs_ten_full_snapshots() {
             encode_full(&header, &phone.globals, &phone.host, &phone.memory).expect("full").bytes.len() as u64;
     }
     let stats = store.stats().expect("stats");
-    assert_eq!(stored, stats.chunk_bytes + stats.manifest_bytes);
+    assert_eq!(stored, stats.chunk_bytes + stats.table_bytes + stats.manifest_bytes);
     println!(
         "10 checkpoints of 16 MiB (4 MiB non-zero, ~20 pages changed each): stored {stored} bytes \
-         ({} chunks, {} chunk bytes, {} manifest bytes) vs 10 full snapshots {full_bytes} bytes ({:.1}%); the snapshot chain itself (1 full + 9 \
+         ({} chunks, {} chunk bytes, {} table bytes, {} manifest bytes) vs 10 full snapshots {full_bytes} bytes ({:.1}%); the snapshot chain itself (1 full + 9 \
          incremental) is {chain_bytes} bytes",
         stats.chunks,
         stats.chunk_bytes,
+        stats.table_bytes,
         stats.manifest_bytes,
         100.0 * stored as f64 / full_bytes as f64
     );
@@ -460,20 +462,14 @@ fn figure_ten_checkpoints_vs_ten_full_snapshots() {
 }
 
 #[test]
-fn manifest_page_runs_round_trip() {
-    use crate::manifest::{Manifest, Meta};
+fn manifests_and_page_tables_round_trip_and_refuse_damage() {
+    use crate::manifest::{Manifest, Meta, SEGMENT_PAGES, Table};
     let mut rng = Rng(77);
     for case in 0..50 {
-        let mut pages = std::collections::BTreeMap::new();
-        for page in 0..512u32 {
-            match rng.next() % 4 {
-                0 => {}
-                1 => {
-                    pages.insert(page, [(rng.next() % 3) as u8; 32]);
-                }
-                _ => {
-                    pages.insert(page, *blake3::hash(&rng.next().to_le_bytes()).as_bytes());
-                }
+        let mut tables = std::collections::BTreeMap::new();
+        for segment in 0..16u32 {
+            if rng.next() % 3 != 0 {
+                tables.insert(segment, *blake3::hash(&rng.next().to_le_bytes()).as_bytes());
             }
         }
         let manifest = Manifest {
@@ -484,7 +480,7 @@ fn manifest_page_runs_round_trip() {
                 label: None,
                 engine: "wasm".into(),
                 image_hash: "11".repeat(32),
-                memory_bytes: 512 * PAGE_SIZE as u64,
+                memory_bytes: 16 * u64::from(SEGMENT_PAGES) * PAGE_SIZE as u64,
                 virtual_ns: 0,
                 wall_ns: 0,
                 parent: None,
@@ -492,9 +488,118 @@ fn manifest_page_runs_round_trip() {
                 host_state: "22".repeat(32),
                 host_state_bytes: 0,
             },
-            pages,
+            tables,
         };
         let bytes = manifest.encode().expect("encode");
         assert_eq!(Manifest::decode(&bytes), Ok(manifest));
+        for cut in [0, 9, 13, bytes.len() - 1] {
+            assert!(Manifest::decode(&bytes[..cut]).is_err());
+        }
+
+        let mut table = Table::default();
+        for offset in 0..SEGMENT_PAGES {
+            if rng.next() % 2 == 0 {
+                table.pages.insert(offset, [(rng.next() % 5) as u8; 32]);
+            }
+        }
+        let bytes = table.encode();
+        assert_eq!(bytes.len(), 12 + 32 * table.pages.len());
+        assert_eq!(Table::decode(&bytes), Ok(table));
+        assert!(Table::decode(&bytes[..bytes.len() - 1]).is_err());
     }
+}
+
+#[test]
+fn an_incremental_checkpoint_writes_only_the_tables_it_touched() {
+    let (_, store) = mem_store();
+    let mut phone = Phone::new(16, 4, 11);
+    store.put("hana", &phone.full(), 0, None).expect("full");
+    let before = store.stats().expect("stats");
+    // One page changed: one chunk, one page table, one manifest of ~128 segments.
+    let info = store.put("hana", &phone.step(1, 64), HOUR_MS, None).expect("step");
+    let after = store.stats().expect("stats");
+    assert!(after.tables - before.tables <= 1, "{before:?} {after:?}");
+    assert!(info.stored_bytes < 12 * 1024, "{info:?}");
+    assert_eq!(decoded(&store.restore("hana", Selector::Id(info.id)).expect("restore")).1, phone.memory);
+}
+
+/// Copies `user`'s checkpoint `info` from `from` to `to` the way sites do.
+fn replicate(from: &CheckpointStore, to: &CheckpointStore, user: &str, info: &CheckpointInfo) -> usize {
+    let lacking = to.missing(&from.top_keys(user, info.id).expect("top")).expect("missing");
+    let mut send = lacking.clone();
+    send.extend(to.missing(&from.chunks_of(&lacking).expect("chunks")).expect("missing chunks"));
+    let bundle = encode_bundle(&from.export(user, info.id, &send).expect("export"));
+    let objects = decode_bundle(&bundle).expect("decode");
+    to.import(user, info, objects).expect("import");
+    bundle.len()
+}
+
+#[test]
+fn a_replica_receives_only_what_it_lacks_and_restores_the_same() {
+    let (_, primary) = mem_store();
+    let (_, replica) = mem_store();
+    let mut phone = Phone::new(16, 4, 12);
+    let first = primary.put("ines", &phone.full(), 0, None).expect("full");
+    let full_bundle = replicate(&primary, &replica, "ines", &first);
+    let mut last = first.clone();
+    for i in 1..=5 {
+        last = primary.put("ines", &phone.step(3, 64), i * HOUR_MS, None).expect("step");
+        let sent = replicate(&primary, &replica, "ines", &last);
+        assert!(sent * 20 < full_bundle, "step {i} sent {sent} of a {full_bundle}-byte first copy");
+    }
+    assert_eq!(replica.list("ines").expect("list"), primary.list("ines").expect("list"));
+    for info in primary.list("ines").expect("list") {
+        let which = Selector::Id(info.id);
+        assert_eq!(replica.restore("ines", which).expect("replica"), primary.restore("ines", which).expect("primary"));
+    }
+    // Importing again is a no-op.
+    replicate(&primary, &replica, "ines", &last);
+    assert_eq!(replica.list("ines").expect("list").len(), 6);
+}
+
+#[test]
+fn a_replica_refuses_forged_or_incomplete_bundles() {
+    let (_, primary) = mem_store();
+    let (_, replica) = mem_store();
+    let mut phone = Phone::new(1, 1, 13);
+    let info = primary.put("jo", &phone.full(), 0, None).expect("full");
+    let top = primary.top_keys("jo", info.id).expect("top");
+    let mut all = top.clone();
+    all.extend(primary.chunks_of(&top).expect("chunks"));
+
+    // Only the manifest: the import names exactly what is missing (the tables and the
+    // host state: the chunks of a table it has not seen it cannot know), indexes nothing.
+    match replica.import("jo", &info, primary.export("jo", info.id, &[]).expect("export")) {
+        Err(CheckpointError::Incomplete { id, missing }) => {
+            assert_eq!(id, info.id);
+            assert_eq!(missing, top);
+        }
+        other => panic!("expected Incomplete, got {other:?}"),
+    }
+    assert!(replica.list("jo").expect("list").is_empty());
+
+    // A chunk whose bytes are another page's.
+    let mut objects = primary.export("jo", info.id, &all).expect("export");
+    let chunk = objects.iter().position(|(k, _)| k.starts_with("chunks/")).expect("a chunk");
+    let other = objects.iter().rposition(|(k, _)| k.starts_with("chunks/")).expect("a chunk");
+    assert_ne!(chunk, other);
+    objects[chunk].1 = objects[other].1.clone();
+    assert!(matches!(replica.import("jo", &info, objects), Err(CheckpointError::CorruptChunk { .. })));
+    // Filed under another user, or with an object it does not need.
+    let objects = primary.export("jo", info.id, &all).expect("export");
+    assert!(matches!(replica.import("kim", &info, objects.clone()), Err(CheckpointError::BadBundle(_))));
+    let mut extra = objects.clone();
+    extra.push(("chunks/stray".into(), vec![1, 2, 3]));
+    assert!(matches!(replica.import("jo", &info, extra), Err(CheckpointError::BadBundle(_))));
+    // Damaged bundles.
+    let bundle = encode_bundle(&objects);
+    for cut in [0, 8, 11, 14, bundle.len() - 1] {
+        assert!(matches!(decode_bundle(&bundle[..cut]), Err(CheckpointError::BadBundle(_))), "cut {cut}");
+    }
+    let mut lie = bundle.clone();
+    lie[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(decode_bundle(&lie).is_err());
+    // And the honest one goes in.
+    replica.import("jo", &info, objects).expect("import");
+    assert_eq!(decoded(&replica.restore("jo", Selector::Id(info.id)).expect("restore")).1, phone.memory);
 }
