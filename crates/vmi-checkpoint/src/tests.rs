@@ -468,7 +468,7 @@ fn manifests_and_page_tables_round_trip_and_refuse_damage() {
     for case in 0..50 {
         let mut tables = std::collections::BTreeMap::new();
         for segment in 0..16u32 {
-            if rng.next() % 3 != 0 {
+            if !rng.next().is_multiple_of(3) {
                 tables.insert(segment, *blake3::hash(&rng.next().to_le_bytes()).as_bytes());
             }
         }
@@ -498,7 +498,7 @@ fn manifests_and_page_tables_round_trip_and_refuse_damage() {
 
         let mut table = Table::default();
         for offset in 0..SEGMENT_PAGES {
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 table.pages.insert(offset, [(rng.next() % 5) as u8; 32]);
             }
         }
