@@ -236,6 +236,19 @@ impl CheckpointStore {
         Ok(info(id, &entry))
     }
 
+    /// Users with an index in this store, sorted.
+    pub fn users(&self) -> Result<Vec<String>> {
+        let mut users: Vec<String> = self
+            .objects
+            .list(INDEX)?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(INDEX).map(str::to_owned))
+            .filter(|u| validate_user(u).is_ok())
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+
     /// The user's checkpoints, oldest first (empty for a user without any).
     pub fn list(&self, user: &str) -> Result<Vec<CheckpointInfo>> {
         validate_user(user)?;
@@ -320,8 +333,21 @@ impl CheckpointStore {
     /// not kept (and any of the user's manifests the index does not name), then runs
     /// [`gc`](Self::gc).
     pub fn retain(&self, user: &str, policy: &Retention, now_ms: u64) -> Result<GcReport> {
-        validate_user(user)?;
         let _guard = self.lock();
+        let report = self.expire_locked(user, policy, now_ms)?;
+        let swept = self.gc_locked()?;
+        Ok(GcReport { chunks_deleted: swept.chunks_deleted, bytes_freed: swept.bytes_freed, ..report })
+    }
+
+    /// What [`retain`](Self::retain) does without the collection: a site expiring many
+    /// users' checkpoints collects once after all of them.
+    pub fn expire(&self, user: &str, policy: &Retention, now_ms: u64) -> Result<GcReport> {
+        let _guard = self.lock();
+        self.expire_locked(user, policy, now_ms)
+    }
+
+    fn expire_locked(&self, user: &str, policy: &Retention, now_ms: u64) -> Result<GcReport> {
+        validate_user(user)?;
         let index = self.load_index(user)?;
         let times: Vec<u64> = index.entries.iter().map(|e| e.at_ms).collect();
         let keep = policy.keep(&times, now_ms);
@@ -339,9 +365,10 @@ impl CheckpointStore {
                 report.manifests_deleted += 1;
             }
         }
-        tracing::info!(user, kept = kept.len(), dropped = report.manifests_deleted, "retention");
-        let swept = self.gc_locked()?;
-        Ok(GcReport { chunks_deleted: swept.chunks_deleted, bytes_freed: swept.bytes_freed, ..report })
+        if report.manifests_deleted > 0 {
+            tracing::info!(user, kept = kept.len(), dropped = report.manifests_deleted, "retention");
+        }
+        Ok(report)
     }
 
     /// Deletes every chunk no manifest of any user references (mark and sweep). If any

@@ -42,6 +42,8 @@ async fn world(clock: Arc<dyn Clock>) -> Result<World> {
         heartbeat: Duration::from_secs(5),
         screen: (720, 1280),
         public_url: None,
+        checkpoint_every: None,
+        retention: Default::default(),
     })
     .await?;
     let control = vmi_control::ControlClient::new(&control_url)?;
@@ -295,6 +297,8 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
         heartbeat: Duration::from_secs(5),
         screen: (720, 1280),
         public_url: None,
+        checkpoint_every: None,
+        retention: Default::default(),
     })
     .await?;
     let sites = [(w.site.state.id.clone(), w.site.url.clone()), (b.state.id.clone(), b.url.clone())];

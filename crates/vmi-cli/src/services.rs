@@ -61,6 +61,9 @@ pub struct SiteArgs {
     /// address (a proxy in front of it).
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
+    /// How often every phone is checkpointed (`30m`, `1h`, …; `off`: only on demand).
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    checkpoint_every: String,
 }
 
 /// Operations on a site.
@@ -225,6 +228,11 @@ pub async fn site(args: SiteArgs) -> Result<()> {
         heartbeat: Duration::from_secs(5),
         screen: (720, 1280),
         public_url: args.public_url,
+        checkpoint_every: match args.checkpoint_every.as_str() {
+            "off" | "0" => None,
+            every => Some(crate::script::parse_duration(every).context("--checkpoint-every")?).filter(|d| !d.is_zero()),
+        },
+        retention: Default::default(),
     };
     let site = vmi_site::start(config).await.context("starting the site")?;
     announce("site", &site.url);

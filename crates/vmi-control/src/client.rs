@@ -372,16 +372,25 @@ fn origin_and_path(url: &str) -> Result<(ControlClient, String), ClientError> {
 
 impl ControlClient {
     async fn raw(&self, method: Method, path: String, json: Option<Vec<u8>>) -> Result<(u16, Bytes), ClientError> {
+        self.raw_typed(method, path, json.map(|b| ("application/json", b))).await
+    }
+
+    async fn raw_typed(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<(u16, Bytes), ClientError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header(header::HOST, &self.authority)
             .header(header::CONNECTION, "close");
-        if json.is_some() {
-            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        if let Some((content_type, _)) = &body {
+            builder = builder.header(header::CONTENT_TYPE, *content_type);
         }
         let request = builder
-            .body(Full::new(Bytes::from(json.unwrap_or_default())))
+            .body(Full::new(Bytes::from(body.map(|(_, b)| b).unwrap_or_default())))
             .map_err(|_| ClientError::InvalidRequest("cannot build request"))?;
         let (status, body) = tokio::time::timeout(self.timeout, self.exchange(request))
             .await
@@ -409,6 +418,17 @@ pub(crate) async fn post_json_within<B: Serialize>(
     let bytes = serde_json::to_vec(body).map_err(|_| ClientError::InvalidRequest("cannot encode request body"))?;
     let (status, body) = client.with_timeout(timeout).raw(Method::POST, path, Some(bytes)).await?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// POSTs bytes (`application/octet-stream`) to any `http://` URL and returns the status
+/// and body bytes, whatever the status.
+pub async fn post_bytes(url: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
+    let (client, path) = origin_and_path(url)?;
+    let (status, body) = client
+        .with_timeout(OPERATOR_TIMEOUT)
+        .raw_typed(Method::POST, path, Some(("application/octet-stream", body)))
+        .await?;
+    Ok((status, body.to_vec()))
 }
 
 /// GETs any `http://` URL and returns the status and body bytes, whatever the status.

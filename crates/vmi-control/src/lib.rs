@@ -120,7 +120,9 @@ mod placer;
 mod reports;
 mod store;
 
-pub use client::{ClientError, ControlClient, DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, get_bytes, post_json, ws_url};
+pub use client::{
+    ClientError, ControlClient, DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, get_bytes, post_bytes, post_json, ws_url,
+};
 pub use error::ControlError;
 pub use http::{DEFAULT_MIGRATIONS_LISTED, MAX_MIGRATIONS_LISTED, ServeOptions, app, app_with, serve, serve_with};
 pub use model::{

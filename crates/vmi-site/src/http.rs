@@ -15,6 +15,9 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use vmi_engine::Mail;
 
+use vmi_checkpoint::{CheckpointError, Selector};
+use vmi_snapshot::SnapshotId;
+
 use crate::phone::PhoneCommand;
 use crate::{SiteError, SiteState};
 
@@ -41,6 +44,15 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/phones/{user}/migrate", post(migrate))
         .route("/v1/devices/{id}/revoked", post(device_revoked))
         .route("/v1/migrate", get(migrate_in))
+        .route("/v1/phones/{user}/checkpoints", get(list_checkpoints).post(take_checkpoint))
+        .route("/v1/phones/{user}/checkpoints/restore", post(restore_checkpoint))
+        .route("/v1/me/checkpoints", get(my_checkpoints))
+        .route("/v1/me/checkpoints/restore", post(restore_my_phone))
+        .route("/v1/replicas/{user}/missing", post(replica_missing))
+        .route(
+            "/v1/replicas/{user}/import",
+            post(replica_import).layer(axum::extract::DefaultBodyLimit::max(vmi_checkpoint::MAX_BUNDLE_BYTES + 4096)),
+        )
         .route("/v1/demo/sites", get(demo_sites))
         .route("/v1/demo/me", get(demo_me))
         .route("/v1/demo/report", get(demo_latest_report).post(demo_report))
@@ -65,6 +77,21 @@ impl From<SiteError> for ApiError {
             SiteError::BadUser(_) => StatusCode::BAD_REQUEST,
             SiteError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
             SiteError::Migration(_) => StatusCode::CONFLICT,
+            SiteError::Checkpoint(c) => match c {
+                CheckpointError::UnknownUser(_)
+                | CheckpointError::UnknownCheckpoint { .. }
+                | CheckpointError::NoneBefore { .. } => StatusCode::NOT_FOUND,
+                CheckpointError::InvalidUser(_) | CheckpointError::InvalidKey(_) | CheckpointError::BadBundle(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                CheckpointError::CorruptChunk { .. } | CheckpointError::CorruptManifest { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                _ => {
+                    tracing::error!("site error: {e:#}");
+                    return ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
+                }
+            },
             _ => {
                 tracing::error!("site error: {e:#}");
                 return ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
@@ -313,4 +340,170 @@ async fn device_revoked(State(site): State<Arc<SiteState>>, Path(id): Path<Strin
         }
     }
     StatusCode::NO_CONTENT
+}
+
+fn checked_user(user: &str) -> Result<(), ApiError> {
+    vmi_checkpoint::validate_user(user).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// `GET /v1/phones/{user}/checkpoints`: the checkpoints of `user` this site holds.
+async fn list_checkpoints(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    checked_user(&user)?;
+    let list = site.checkpoints_of(&user).await?;
+    Ok(Json(serde_json::json!({ "site": site.id, "user": user, "checkpoints": list })).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct NewCheckpoint {
+    #[serde(default)]
+    label: Option<String>,
+}
+
+/// Longest checkpoint label accepted, in characters.
+const MAX_LABEL_CHARS: usize = 200;
+
+/// `POST /v1/phones/{user}/checkpoints` `{label?}`: checkpoint the phone now.
+async fn take_checkpoint(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    checked_user(&user)?;
+    let request: NewCheckpoint = if body.is_empty() { NewCheckpoint::default() } else { json_body(&body)? };
+    if request.label.as_ref().is_some_and(|l| l.chars().count() > MAX_LABEL_CHARS) {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("label longer than {MAX_LABEL_CHARS} characters")));
+    }
+    Ok(Json(site.checkpoint(&user, request.label).await?).into_response())
+}
+
+/// Which checkpoint a restore asks for.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreRequest {
+    /// A checkpoint id (64 hex digits).
+    #[serde(default)]
+    id: Option<String>,
+    /// The latest checkpoint at or before this time, ms since the epoch.
+    #[serde(default)]
+    at_ms: Option<u64>,
+}
+
+impl RestoreRequest {
+    fn selector(&self) -> Result<Selector, ApiError> {
+        match (&self.id, self.at_ms) {
+            (Some(id), None) => SnapshotId::from_hex(id)
+                .map(Selector::Id)
+                .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, format!("checkpoint id {id:?} is not 64 hex digits"))),
+            (None, Some(at)) => Ok(Selector::AtOrBefore(at)),
+            _ => Err(ApiError(StatusCode::BAD_REQUEST, "give exactly one of \"id\" and \"at_ms\"".into())),
+        }
+    }
+}
+
+/// `POST /v1/phones/{user}/checkpoints/restore` `{id}` or `{at_ms}` (operator).
+async fn restore_checkpoint(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    checked_user(&user)?;
+    let request: RestoreRequest = json_body(&body)?;
+    Ok(Json(site.restore_checkpoint(&user, request.selector()?).await?).into_response())
+}
+
+/// The user a bearer token belongs to, or 401.
+async fn user_of(site: &SiteState, headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    let token = bearer(headers).ok_or_else(unauthorized)?;
+    match control_of(site)?.authenticate(&token).await? {
+        Some(identity) => Ok(identity.user),
+        None => Err(unauthorized()),
+    }
+}
+
+/// Where `user`'s phone runs, if not here: its site's base URL.
+async fn elsewhere(site: &SiteState, user: &str) -> Result<Option<String>, ApiError> {
+    if site.phone_link(user).is_some() {
+        return Ok(None);
+    }
+    let placement = control_of(site)?.placement(user).await?;
+    Ok((placement.site != site.id).then_some(placement.site_url))
+}
+
+/// `GET /v1/me/checkpoints` (device token): the checkpoints of the token's phone, from
+/// the site it runs on (the browser terminal's "restore my phone to…" view).
+async fn my_checkpoints(
+    State(site): State<Arc<SiteState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = user_of(&site, &headers).await?;
+    if let Some(url) = elsewhere(&site, &user).await? {
+        let (status, body) = vmi_control::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints")).await?;
+        return Ok(relay(status, body));
+    }
+    list_checkpoints(State(site), Path(user)).await
+}
+
+/// `POST /v1/me/checkpoints/restore` (device token) `{id}`: the user restores their own
+/// phone (on whichever site runs it).
+async fn restore_my_phone(
+    State(site): State<Arc<SiteState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let user = user_of(&site, &headers).await?;
+    let request: RestoreRequest = json_body(&body)?;
+    let selector = request.selector()?;
+    if let Some(url) = elsewhere(&site, &user).await? {
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let (status, body) =
+            vmi_control::post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &value).await?;
+        return Ok(relay(status, body.into_bytes()));
+    }
+    if site.phone_link(&user).is_none() {
+        return Err(SiteError::NoPhone(user).into());
+    }
+    Ok(Json(site.restore_checkpoint(&user, selector).await?).into_response())
+}
+
+/// Another site's JSON answer, passed on.
+fn relay(status: u16, body: Vec<u8>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[derive(Deserialize)]
+struct Keys {
+    keys: Vec<String>,
+}
+
+/// Most keys one `missing` question may ask about.
+const MAX_KEYS: usize = 1 << 20;
+
+/// `POST /v1/replicas/{user}/missing` `{keys}` (site to site): which objects this site lacks.
+async fn replica_missing(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    checked_user(&user)?;
+    let request: Keys = json_body(&body)?;
+    if request.keys.len() > MAX_KEYS {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("more than {MAX_KEYS} keys")));
+    }
+    let missing = site.replica_missing(request.keys).await?;
+    Ok(Json(crate::checkpoints::Missing { missing }).into_response())
+}
+
+/// `POST /v1/replicas/{user}/import` (site to site): a checkpoint copied here; 409 with
+/// `{missing}` when objects are still lacking.
+async fn replica_import(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    checked_user(&user)?;
+    match site.replica_import(&user, &body).await? {
+        None => Ok(Json(serde_json::json!({ "stored": true })).into_response()),
+        Some(missing) => Ok((StatusCode::CONFLICT, Json(crate::checkpoints::Missing { missing })).into_response()),
+    }
 }

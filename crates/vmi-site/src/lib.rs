@@ -15,6 +15,7 @@
 //! Only this crate speaks HTTP for a site; the engine and protocol crates know nothing
 //! of it.
 
+pub mod checkpoints;
 mod http;
 pub mod migration;
 pub mod phone;
@@ -72,6 +73,9 @@ pub enum SiteError {
     /// The phone's image is not the one this site runs.
     #[error("this site does not run image {0}")]
     WrongImage(String),
+    /// The checkpoint store refused or failed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] vmi_checkpoint::CheckpointError),
 }
 
 /// How to run a site.
@@ -100,6 +104,11 @@ pub struct SiteConfig {
     /// The URL terminals and other sites use for this site, when it differs from the
     /// listening address (a proxy in front of it); default: the listening address.
     pub public_url: Option<String>,
+    /// How often every phone is checkpointed (None: only on demand). `vmi site` uses an
+    /// hour.
+    pub checkpoint_every: Option<Duration>,
+    /// Which checkpoints are kept as they age.
+    pub retention: vmi_checkpoint::Retention,
 }
 
 /// Shared state of a running site.
@@ -119,6 +128,7 @@ pub struct SiteState {
     closing: std::sync::atomic::AtomicBool,
     control: ControlClient,
     config: SiteConfig,
+    checkpoints: checkpoints::Checkpoints,
 }
 
 fn valid_user(user: &str) -> bool {
@@ -166,6 +176,16 @@ impl SiteState {
             return None;
         }
         Some(ArrivalGuard { site: self, user: user.to_string() })
+    }
+
+    /// Whether `user`'s phone is leaving this site right now.
+    pub(crate) fn is_migrating(&self, user: &str) -> bool {
+        self.migrating.lock().unwrap_or_else(|p| p.into_inner()).contains(user)
+    }
+
+    /// A phone from a full snapshot of this site's image.
+    pub(crate) fn restore_snapshot(&self, bytes: &[u8]) -> Result<Box<dyn VirtualPhone>, SiteError> {
+        Ok(self.engine.restore(&self.image, &[bytes], &self.vm_config())?)
     }
 
     /// Whether the site is shutting down.
@@ -377,6 +397,7 @@ pub struct SiteHandle {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    checkpointer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl SiteHandle {
@@ -397,6 +418,9 @@ impl SiteHandle {
     pub async fn shutdown(self) -> usize {
         let _ = self.shutdown.send(true);
         self.heartbeat.abort();
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.abort();
+        }
         let saved = self.state.save_all().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         tracing::info!(site = %self.state.id, saved, "site stopped");
@@ -427,6 +451,7 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         arriving: std::sync::Mutex::new(std::collections::HashSet::new()),
         closing: std::sync::atomic::AtomicBool::new(false),
         control,
+        checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         config: config.clone(),
     });
     let restored = state.restore_all().await?;
@@ -446,6 +471,17 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
             }
         }
     });
+    let checkpointer = config.checkpoint_every.map(|every| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                state.checkpoint_round().await;
+            }
+        })
+    });
     let app = http::router(state.clone());
     let server = tokio::spawn(async move {
         let stopped = async move {
@@ -460,7 +496,7 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
             tracing::error!("site server failed: {e}");
         }
     });
-    Ok(SiteHandle { state, url, shutdown, server, heartbeat })
+    Ok(SiteHandle { state, url, shutdown, server, heartbeat, checkpointer })
 }
 
 #[cfg(test)]

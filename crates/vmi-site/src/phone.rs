@@ -107,6 +107,12 @@ pub enum PhoneCommand {
     /// The destination owns the phone: redirect every terminal there and end this task
     /// (the VM is dropped: exactly one live copy).
     Fence(String, oneshot::Sender<()>),
+    /// A snapshot for a checkpoint: incremental when the phone's last snapshot is the
+    /// given one (the last checkpoint stored), else full. The phone keeps running.
+    Checkpoint(Option<vmi_snapshot::SnapshotId>, oneshot::Sender<Result<Vec<u8>, String>>),
+    /// Put this VM (a restored checkpoint) in place of the running one; attached
+    /// terminals stay and get a full repaint. The old VM is dropped.
+    Replace(Box<dyn VirtualPhone>, oneshot::Sender<()>),
 }
 
 /// A phone as saved to disk at shutdown.
@@ -451,6 +457,32 @@ impl PhoneTask {
                     memory_bytes: usage.memory_bytes,
                     events: usage.events,
                 });
+            }
+            PhoneCommand::Checkpoint(_, reply) if self.frozen => {
+                let _ = reply.send(Err("the phone is stopped for a migration".into()));
+            }
+            PhoneCommand::Checkpoint(parent, reply) => {
+                let last = self.phone.last_good_chain().last().map(|s| s.id);
+                let request = if parent.is_some() && last == parent {
+                    SnapshotRequest::Incremental
+                } else {
+                    SnapshotRequest::Full
+                };
+                let _ = reply.send(self.phone.snapshot(request).map(|s| s.bytes).map_err(|e| e.to_string()));
+            }
+            PhoneCommand::Replace(phone, reply) => {
+                self.phone = phone;
+                let (width, height) = (self.phone.info().width, self.phone.info().height);
+                // The new VM's damage starts from nothing: repaint every terminal fully.
+                let _ = self.phone.frame();
+                for s in self.sessions.values_mut() {
+                    s.pending = vec![Rect { x: 0, y: 0, w: width, h: height }];
+                    s.owe_full = true;
+                }
+                // Tell the restored VM whether a screen is on, whatever it last knew.
+                self.awake_before = !self.awake();
+                tracing::info!(user = %self.user, "phone replaced by a restored checkpoint");
+                let _ = reply.send(());
             }
             PhoneCommand::Stop(_) | PhoneCommand::Fence(..) => {}
         }

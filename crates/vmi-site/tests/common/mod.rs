@@ -73,6 +73,8 @@ pub async fn site_with_clock(control: &Control, id: &str, data_dir: PathBuf, clo
         heartbeat: Duration::from_secs(1),
         screen: (720, 1280),
         public_url: None,
+        checkpoint_every: None,
+        retention: vmi_checkpoint::Retention::default(),
     })
     .await
     .expect("site starts")

@@ -1,0 +1,442 @@
+//! Checkpoints of the phones a site runs: taken on a timer (hourly by default) and on
+//! demand, kept in a content-addressed [`CheckpointStore`] in the data directory
+//! (`checkpoints/`), copied to a second site (the nearest other healthy one) after each
+//! one is taken, and restored on request — in place of the running phone, whose
+//! terminals stay attached and get the restored screen.
+//!
+//! The store keeps the site's own phones' history and the copies other sites send it, so
+//! a phone whose site is lost can be brought back from the copy (`vmi vm checkpoints
+//! restore USER --site SITE`), and a phone that migrated finds its history at the
+//! destination whenever that was its replica.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use vmi_checkpoint::{CheckpointError, CheckpointInfo, CheckpointStore, FsStore, Retention, Selector};
+use vmi_snapshot::SnapshotId;
+
+use crate::phone::PhoneCommand;
+use crate::{SiteError, SiteState};
+
+/// A checkpoint as the site's HTTP API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointView {
+    /// Snapshot id, 64 hex digits.
+    pub id: String,
+    /// When it was taken, ms since the Unix epoch (the site's clock).
+    pub at_ms: u64,
+    /// Why it was taken (`hourly`, a user's label, `before restoring …`).
+    pub label: Option<String>,
+    /// The phone's memory size.
+    pub memory_bytes: u64,
+    /// Chunks it added to the store.
+    pub new_chunks: u64,
+    /// Bytes it added to the store.
+    pub stored_bytes: u64,
+}
+
+impl From<&CheckpointInfo> for CheckpointView {
+    fn from(i: &CheckpointInfo) -> Self {
+        CheckpointView {
+            id: i.id.to_hex(),
+            at_ms: i.at_ms,
+            label: i.label.clone(),
+            memory_bytes: i.memory_bytes,
+            new_chunks: i.new_chunks,
+            stored_bytes: i.stored_bytes,
+        }
+    }
+}
+
+impl CheckpointView {
+    /// Back to the store's form; None if the id is not 64 hex digits.
+    pub fn to_info(&self) -> Option<CheckpointInfo> {
+        Some(CheckpointInfo {
+            id: SnapshotId::from_hex(&self.id)?,
+            at_ms: self.at_ms,
+            label: self.label.clone(),
+            memory_bytes: self.memory_bytes,
+            new_chunks: self.new_chunks,
+            stored_bytes: self.stored_bytes,
+        })
+    }
+}
+
+/// A checkpoint just taken, and where its copy went.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Taken {
+    /// The checkpoint.
+    pub checkpoint: CheckpointView,
+    /// The site holding its copy, if the copy succeeded.
+    pub replica: Option<String>,
+    /// Why there is no copy.
+    pub replica_error: Option<String>,
+}
+
+/// A phone brought back to a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Restored {
+    /// The checkpoint it now runs from.
+    pub restored: CheckpointView,
+    /// The checkpoint of the state it left (to undo the restore), if the phone ran here
+    /// and could be snapshotted.
+    pub saved_before: Option<CheckpointView>,
+}
+
+/// The site's checkpoint store and what it remembers of each phone's last checkpoint.
+pub(crate) struct Checkpoints {
+    pub store: Arc<CheckpointStore>,
+    /// The last checkpoint taken here of each phone running here: the parent of its next
+    /// incremental checkpoint.
+    last: Mutex<HashMap<String, SnapshotId>>,
+    /// One checkpoint or restore at a time per site: they are short, and this keeps a
+    /// restore from racing the timer's checkpoint of the same phone.
+    pub busy: tokio::sync::Mutex<()>,
+    /// Retention applied after each timer round.
+    pub retention: Retention,
+}
+
+impl Checkpoints {
+    pub fn open(dir: &std::path::Path, retention: Retention) -> Result<Checkpoints, SiteError> {
+        let objects = FsStore::open(dir)?;
+        Ok(Checkpoints {
+            store: Arc::new(CheckpointStore::new(Arc::new(objects))),
+            last: Mutex::new(HashMap::new()),
+            busy: tokio::sync::Mutex::new(()),
+            retention,
+        })
+    }
+
+    fn last(&self, user: &str) -> Option<SnapshotId> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).get(user).copied()
+    }
+
+    fn set_last(&self, user: &str, id: Option<SnapshotId>) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match id {
+            Some(id) => last.insert(user.to_owned(), id),
+            None => last.remove(user),
+        };
+    }
+}
+
+/// Runs a blocking store operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CheckpointError> + Send + 'static,
+) -> Result<T, SiteError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SiteError::Migration(format!("checkpoint task failed: {e}")))?
+        .map_err(SiteError::from)
+}
+
+impl SiteState {
+    fn now_ms(&self) -> u64 {
+        self.config.clock.wall_ns() / 1_000_000
+    }
+
+    /// Checkpoints `user`'s phone now (incremental against its last checkpoint here when
+    /// possible) and copies it to the replica site.
+    pub async fn checkpoint(&self, user: &str, label: Option<String>) -> Result<Taken, SiteError> {
+        let _busy = self.checkpoints.busy.lock().await;
+        let info = self.checkpoint_locked(user, label).await?;
+        let (replica, replica_error) = match self.replicate(user, &info).await {
+            Ok(site) => (Some(site), None),
+            Err(e) => {
+                tracing::warn!(site = %self.id, user, "checkpoint not copied to a second site: {e}");
+                (None, Some(e.to_string()))
+            }
+        };
+        Ok(Taken { checkpoint: CheckpointView::from(&info), replica, replica_error })
+    }
+
+    async fn checkpoint_locked(&self, user: &str, label: Option<String>) -> Result<CheckpointInfo, SiteError> {
+        if self.is_migrating(user) {
+            return Err(SiteError::Migration(format!("{user}'s phone is migrating; checkpoint it after")));
+        }
+        let parent = self.checkpoints.last(user);
+        let snapshot = self
+            .ask(user, |reply| PhoneCommand::Checkpoint(parent, reply))
+            .await?
+            .map_err(|e| SiteError::Migration(format!("{user}'s phone cannot be snapshotted: {e}")))?;
+        let store = self.checkpoints.store.clone();
+        let (u, at_ms) = (user.to_owned(), self.now_ms());
+        let info = blocking(move || store.put(&u, &snapshot, at_ms, label)).await?;
+        self.checkpoints.set_last(user, Some(info.id));
+        tracing::info!(site = %self.id, user, id = %info.id, stored_bytes = info.stored_bytes, "checkpoint");
+        Ok(info)
+    }
+
+    /// The checkpoints of `user` this site holds (its own phone's or a copy), oldest first.
+    pub async fn checkpoints_of(&self, user: &str) -> Result<Vec<CheckpointView>, SiteError> {
+        let store = self.checkpoints.store.clone();
+        let u = user.to_owned();
+        Ok(blocking(move || store.list(&u)).await?.iter().map(CheckpointView::from).collect())
+    }
+
+    /// Brings `user`'s phone back to a checkpoint. A phone running here is first
+    /// checkpointed (so the restore can be undone) and then replaced in place; a phone
+    /// that runs nowhere (its site was lost) is started here from the checkpoint, if the
+    /// control service places it here.
+    pub async fn restore_checkpoint(&self, user: &str, which: Selector) -> Result<Restored, SiteError> {
+        let _busy = self.checkpoints.busy.lock().await;
+        let running = self.phone(user).is_some();
+        if !running {
+            let placement = self.control.placement(user).await?;
+            if placement.site != self.id {
+                return Err(SiteError::Migration(format!(
+                    "{user}'s phone belongs to {}; restore it there, or move it here first",
+                    placement.site
+                )));
+            }
+            if !self.can_start_here(user) {
+                return Err(SiteError::Exists(user.to_owned()));
+            }
+        }
+        let store = self.checkpoints.store.clone();
+        let u = user.to_owned();
+        let chosen = blocking(move || {
+            let list = store.list(&u)?;
+            let id = match which {
+                Selector::Id(id) => id,
+                Selector::AtOrBefore(at) => match list.iter().rev().find(|c| c.at_ms <= at) {
+                    Some(c) => c.id,
+                    None if list.is_empty() => return Err(CheckpointError::UnknownUser(u.clone())),
+                    None => return Err(CheckpointError::NoneBefore { user: u.clone(), at_ms: at }),
+                },
+            };
+            let info = list.iter().find(|c| c.id == id).cloned();
+            let info = info.ok_or(CheckpointError::UnknownCheckpoint { user: u.clone(), id })?;
+            Ok((info, store.restore(&u, Selector::Id(id))?))
+        })
+        .await;
+        let (info, bytes) = chosen?;
+
+        let saved_before = if running {
+            let label = format!("before restoring to {}", crate::checkpoints::describe_time(info.at_ms));
+            match self.checkpoint_locked(user, Some(label)).await {
+                Ok(before) => Some(CheckpointView::from(&before)),
+                // A crashed phone has nothing worth keeping beyond its checkpoints.
+                Err(e) => {
+                    tracing::warn!(user, "restoring without a checkpoint of the current state: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let phone = self.restore_snapshot(&bytes)?;
+        if running {
+            self.ask(user, |reply| PhoneCommand::Replace(phone, reply)).await?;
+        } else {
+            self.spawn_phone(user, phone, HashMap::new());
+        }
+        // The restored VM has no snapshot in common with the last checkpoint.
+        self.checkpoints.set_last(user, None);
+        tracing::info!(site = %self.id, user, id = %info.id, at_ms = info.at_ms, "phone restored to a checkpoint");
+        Ok(Restored { restored: CheckpointView::from(&info), saved_before })
+    }
+
+    /// One timer round: checkpoint every phone here, expire old checkpoints of every user
+    /// this site holds, collect what no checkpoint needs.
+    pub async fn checkpoint_round(&self) {
+        for user in self.users() {
+            if let Err(e) = self.checkpoint(&user, Some("hourly".into())).await {
+                tracing::warn!(site = %self.id, user, "scheduled checkpoint failed: {e}");
+            }
+        }
+        let store = self.checkpoints.store.clone();
+        let (retention, now) = (self.checkpoints.retention, self.now_ms());
+        let _busy = self.checkpoints.busy.lock().await;
+        let result = blocking(move || {
+            let mut dropped = 0;
+            for user in store.users()? {
+                dropped += store.expire(&user, &retention, now)?.manifests_deleted;
+            }
+            if dropped > 0 {
+                store.gc()?;
+            }
+            Ok(dropped)
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!(site = %self.id, "checkpoint retention failed: {e}");
+        }
+    }
+
+    /// Copies a checkpoint to the nearest other healthy site; returns its id.
+    async fn replicate(&self, user: &str, info: &CheckpointInfo) -> Result<String, SiteError> {
+        let sites = self.control.list_sites().await?;
+        let me = sites.iter().find(|s| s.site.id == self.id).map(|s| (s.site.lat, s.site.lon));
+        let (lat, lon) = me.unwrap_or((self.config.lat, self.config.lon));
+        let replica = sites
+            .iter()
+            .filter(|s| s.site.id != self.id && s.healthy)
+            .min_by(|a, b| {
+                let d = |s: &vmi_control::SiteStatus| (s.site.lat - lat).powi(2) + (s.site.lon - lon).powi(2);
+                d(a).total_cmp(&d(b)).then_with(|| a.site.id.cmp(&b.site.id))
+            })
+            .ok_or_else(|| SiteError::Migration("no other healthy site to copy checkpoints to".into()))?;
+        let base = format!("{}/v1/replicas/{user}", replica.site.url.trim_end_matches('/'));
+        let store = self.checkpoints.store.clone();
+
+        let (u, id) = (user.to_owned(), info.id);
+        let top = {
+            let s = store.clone();
+            blocking(move || s.top_keys(&u, id)).await?
+        };
+        let lacking = ask_missing(&base, top).await?;
+        let chunks = {
+            let s = store.clone();
+            let l = lacking.clone();
+            blocking(move || s.chunks_of(&l)).await?
+        };
+        let mut send = lacking;
+        send.extend(ask_missing(&base, chunks).await?);
+        for _attempt in 0..2 {
+            let (s, u, keys) = (store.clone(), user.to_owned(), send.clone());
+            let objects = blocking(move || s.export(&u, id, &keys)).await?;
+            let body = import_body(&CheckpointView::from(info), &objects);
+            let (status, answer) = vmi_control::post_bytes(&format!("{base}/import"), body).await?;
+            match status {
+                200 => return Ok(replica.site.id.clone()),
+                // It lacks more than it said (it collected in between): send that too.
+                409 => {
+                    send = serde_json::from_slice::<Missing>(&answer)
+                        .map_err(|e| SiteError::Migration(format!("replica answer: {e}")))?
+                        .missing;
+                }
+                _ => {
+                    return Err(SiteError::Migration(format!(
+                        "replica {} refused: {}",
+                        replica.site.id,
+                        String::from_utf8_lossy(&answer)
+                    )));
+                }
+            }
+        }
+        Err(SiteError::Migration(format!("replica {} still lacks objects", replica.site.id)))
+    }
+
+    /// Replica side: which of `keys` this site's store lacks.
+    pub(crate) async fn replica_missing(&self, keys: Vec<String>) -> Result<Vec<String>, SiteError> {
+        let store = self.checkpoints.store.clone();
+        blocking(move || store.missing(&keys)).await
+    }
+
+    /// Replica side: takes in a checkpoint another site sent. `Ok(None)`: stored;
+    /// `Ok(Some(keys))`: still missing these.
+    pub(crate) async fn replica_import(&self, user: &str, body: &[u8]) -> Result<Option<Vec<String>>, SiteError> {
+        let (view, objects) = parse_import_body(body)?;
+        let info = view.to_info().ok_or_else(|| bad_bundle("checkpoint id is not 64 hex digits"))?;
+        let store = self.checkpoints.store.clone();
+        let u = user.to_owned();
+        match blocking(move || store.import(&u, &info, objects)).await {
+            Ok(()) => Ok(None),
+            Err(SiteError::Checkpoint(CheckpointError::Incomplete { missing, .. })) => Ok(Some(missing)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a phone for `user` may start here now (none running, arriving or leaving).
+    fn can_start_here(&self, user: &str) -> bool {
+        self.phone(user).is_none() && !self.is_migrating(user)
+    }
+}
+
+fn bad_bundle(detail: &str) -> SiteError {
+    SiteError::Checkpoint(CheckpointError::BadBundle(detail.to_owned()))
+}
+
+/// Keys a replica lacks, as it answers.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Missing {
+    pub missing: Vec<String>,
+}
+
+async fn ask_missing(base: &str, keys: Vec<String>) -> Result<Vec<String>, SiteError> {
+    if keys.is_empty() {
+        return Ok(keys);
+    }
+    let (status, body) =
+        vmi_control::post_json(&format!("{base}/missing"), &serde_json::json!({ "keys": keys })).await?;
+    if status != 200 {
+        return Err(SiteError::Migration(format!("replica refused: {body}")));
+    }
+    Ok(serde_json::from_str::<Missing>(&body)
+        .map_err(|e| SiteError::Migration(format!("replica answer: {e}")))?
+        .missing)
+}
+
+/// An import request: `u32` length of the checkpoint's JSON, the JSON, then the bundle.
+fn import_body(view: &CheckpointView, objects: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let json = serde_json::to_vec(view).unwrap_or_default();
+    let bundle = vmi_checkpoint::encode_bundle(objects);
+    let mut body = Vec::with_capacity(4 + json.len() + bundle.len());
+    body.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    body.extend_from_slice(&json);
+    body.extend_from_slice(&bundle);
+    body
+}
+
+type Objects = Vec<(String, Vec<u8>)>;
+
+fn parse_import_body(body: &[u8]) -> Result<(CheckpointView, Objects), SiteError> {
+    let (len, rest) = body.split_first_chunk::<4>().ok_or_else(|| bad_bundle("body too short"))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let (json, bundle) = rest.split_at_checked(len).ok_or_else(|| bad_bundle("checkpoint JSON ends early"))?;
+    let view: CheckpointView =
+        serde_json::from_slice(json).map_err(|e| bad_bundle(&format!("checkpoint JSON: {e}")))?;
+    Ok((view, vmi_checkpoint::decode_bundle(bundle)?))
+}
+
+/// `2026-11-25 13:05 UTC` for a time in ms since the epoch.
+pub fn describe_time(at_ms: u64) -> String {
+    let secs = at_ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rest / 3600, rest % 3600 / 60)
+}
+
+/// Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_dates() {
+        assert_eq!(describe_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(describe_time(1_795_000_000_000), "2026-11-18 09:46 UTC");
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn import_bodies_refuse_damage() {
+        let view = CheckpointView {
+            id: "ab".repeat(32),
+            at_ms: 5,
+            label: None,
+            memory_bytes: 0,
+            new_chunks: 0,
+            stored_bytes: 0,
+        };
+        let body = import_body(&view, &[("chunks/x".into(), vec![1])]);
+        assert_eq!(parse_import_body(&body).expect("parse").0, view);
+        for cut in [0, 3, 10, body.len() - 1] {
+            assert!(parse_import_body(&body[..cut]).is_err(), "cut {cut}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Checkpoints through a site: hourly rounds over three virtual days, a restore to three
+//! days ago under an attached terminal (and its undo), copies on a second site, and a
+//! phone brought back on that second site after its own site is lost.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use vmi_engine::ManualClock;
+use vmi_protocol::ServerMessage;
+
+const HOUR_NS: u64 = 3_600_000_000_000;
+/// 2026-11-18 23:30 UTC: the day-0 checkpoint is the last of its day, the one that
+/// retention keeps once it is more than two days old.
+const START_MS: u64 = 1_795_044_600_000;
+
+async fn notes(site_url: &str, user: &str) -> String {
+    let (status, body) = http_get(&format!("{site_url}/v1/phones/{user}/kv/notes.text")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    String::from_utf8(body).expect("utf-8")
+}
+
+async fn post(url: &str, body: Value) -> (u16, Value) {
+    let (status, text) = vmi_control::post_json(url, &body).await.expect("post");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn list(site_url: &str, user: &str) -> Vec<Value> {
+    let (status, body) = http_get(&format!("{site_url}/v1/phones/{user}/checkpoints")).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    v["checkpoints"].as_array().expect("array").clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_after_losing_the_site() {
+    let control = control().await;
+    let clock = ManualClock::new(START_MS * 1_000_000);
+    let dir_a = scratch("ckpt-a");
+    let a = site_with_clock(&control, "site-a", dir_a.clone(), clock.clone()).await;
+    let b = site_with_clock(&control, "site-b", scratch("ckpt-b"), clock.clone()).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+    let mut term = Term::connect(&a.ws_url()).await;
+    term.hello(&token, None, false).await;
+    term.tap(NOTES).await;
+    let last = term.type_text("day zero").await;
+    term.acked(last).await;
+
+    // On demand, with a label: stored here and copied to the other site.
+    let (status, taken) = post(&format!("{}/v1/phones/alice/checkpoints", a.url), json!({ "label": "day 0" })).await;
+    assert_eq!(status, 200, "{taken}");
+    assert_eq!(taken["replica"], "site-b", "{taken}");
+    let day0 = taken["checkpoint"]["id"].as_str().expect("id").to_owned();
+
+    // Three days of hourly checkpoints, a little typing each day.
+    for day in 1..=3 {
+        let last = term.type_text(&format!(", day {day}")).await;
+        term.acked(last).await;
+        for _ in 0..24 {
+            clock.advance(HOUR_NS);
+            a.tick().await;
+            a.state.checkpoint_round().await;
+            // site-b hosts no phone: its round only applies retention to its copies.
+            b.state.checkpoint_round().await;
+        }
+    }
+    let now_text = notes(&a.url, "alice").await;
+    assert_eq!(now_text, "day zero, day 1, day 2, day 3");
+    let here = list(&a.url, "alice").await;
+    // Retention: every checkpoint of the last two days, the last of each day before
+    // that (day 0's, and the 23:30 one of day 1).
+    assert_eq!(here.len(), 1 + 1 + 48, "{here:?}");
+    assert_eq!(here[0]["id"], day0.as_str());
+    assert!(here[1..].iter().all(|c| c["label"] == "hourly"));
+    // Light use: every hourly checkpoint is small (the typing ones included).
+    let most = here[1..].iter().map(|c| c["stored_bytes"].as_u64().expect("bytes")).max().expect("some");
+    assert!(most < 100 * 1024, "an hourly checkpoint stored {most} bytes");
+    assert_eq!(list(&b.url, "alice").await, here, "the second site holds the same checkpoints");
+
+    // Back to three days ago, by time, with the terminal attached: it gets the old screen.
+    let (status, restored) =
+        post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "at_ms": START_MS + 60_000 })).await;
+    assert_eq!(status, 200, "{restored}");
+    assert_eq!(restored["restored"]["id"], day0.as_str());
+    assert_eq!(notes(&a.url, "alice").await, "day zero");
+    let (_, hash) = http_get(&format!("{}/v1/phones/alice/screen-hash", a.url)).await;
+    let want: Value = serde_json::from_slice(&hash).expect("json");
+    let want = want["hash"].as_str().expect("hash").to_owned();
+    let shown = |term: &Term| format!("{:016x}", term.screen.as_ref().expect("screen").hash());
+    for _ in 0..10 {
+        term.until(|m| matches!(m, ServerMessage::FrameUpdate { .. })).await;
+        if shown(&term) == want {
+            break;
+        }
+    }
+    assert_eq!(shown(&term), want, "the terminal shows the restored phone");
+
+    // The state it left was checkpointed first: undo by restoring that.
+    let before = restored["saved_before"]["id"].as_str().expect("saved before").to_owned();
+    let (status, undo) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": before })).await;
+    assert_eq!(status, 200, "{undo}");
+    assert_eq!(notes(&a.url, "alice").await, now_text);
+
+    // Bad requests are named.
+    let (status, e) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": "nope" })).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().expect("error").contains("64 hex digits"), "{e}");
+    let (status, e) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "at_ms": 5 })).await;
+    assert_eq!(status, 404, "{e}");
+    let (status, e) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({})).await;
+    assert_eq!(status, 400, "{e}");
+    let (status, _) = post(&format!("{}/v1/phones/ghost/checkpoints", a.url), json!({})).await;
+    assert_eq!(status, 404);
+
+    // One more checkpoint after the undo (full: the restored VM shares no snapshot with
+    // the last one), then site-a is lost with everything on its disk.
+    let (status, taken) = post(&format!("{}/v1/phones/alice/checkpoints", a.url), json!({})).await;
+    assert_eq!(status, 200, "{taken}");
+    assert_eq!(taken["replica"], "site-b");
+    term.vanish();
+    a.shutdown().await;
+    std::fs::remove_dir_all(&dir_a).expect("site-a's disk is gone");
+
+    // The operator places the phone on site-b; site-b brings it back from its copy.
+    let (status, e) =
+        post(&format!("{}/v1/phones/alice/checkpoints/restore", b.url), json!({ "at_ms": u64::MAX })).await;
+    assert_eq!(status, 409, "not placed there yet: {e}");
+    control.client.set_placement("alice", "site-b").await.expect("placement");
+    let (status, restored) =
+        post(&format!("{}/v1/phones/alice/checkpoints/restore", b.url), json!({ "at_ms": u64::MAX })).await;
+    assert_eq!(status, 200, "{restored}");
+    assert_eq!(notes(&b.url, "alice").await, now_text, "nothing typed before the last checkpoint is lost");
+    let mut term = Term::connect(&b.ws_url()).await;
+    assert!(matches!(term.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
+    term.close().await;
+    b.shutdown().await;
+}
