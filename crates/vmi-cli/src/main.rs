@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_net;
+mod checkpoints;
 mod headless;
 mod proxy;
 mod qemu;
@@ -153,6 +154,9 @@ enum VmCmd {
     Migrate(services::MigrateArgs),
     /// Where every phone runs.
     List(services::ListArgs),
+    /// A phone's checkpoints: list, create, restore (`--at 3d`).
+    #[command(subcommand)]
+    Checkpoints(checkpoints::CheckpointsCmd),
     /// Print a snapshot file's header.
     Inspect {
         /// The snapshot file.
@@ -331,6 +335,7 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
     match cmd {
         VmCmd::Migrate(args) => runtime()?.block_on(services::migrate(args)),
         VmCmd::List(args) => runtime()?.block_on(services::list(args)),
+        VmCmd::Checkpoints(cmd) => runtime()?.block_on(checkpoints::run(cmd)),
         VmCmd::Run { phone: p, wall_start, .. } => {
             let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;
             let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;

@@ -37,6 +37,34 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
         .expect("mail");
     assert!(out.status.success(), "mail: {}", String::from_utf8_lossy(&out.stderr));
 
+    // A checkpoint on demand, copied to a second site; more typing; back to the checkpoint.
+    let cli = |args: &[&str]| {
+        let out = vmi().args(args).args(["--control", &control]).output().expect("vmi runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, created) = cli(&["vm", "checkpoints", "create", "demo", "--label", "typed"]);
+    assert!(ok && created.contains("copied to site-"), "{created}");
+    let id = created.split_whitespace().nth(1).expect("id").to_string();
+    std::fs::write(&script, "type , and more\n").expect("script");
+    let out = vmi()
+        .args(["terminal", "--headless", "--control", &control, "--token", &token, "--script"])
+        .arg(&script)
+        .output()
+        .expect("terminal runs");
+    assert!(out.status.success(), "terminal: {}", String::from_utf8_lossy(&out.stderr));
+    let site_url = url.split("/?token=").next().expect("site url").to_string();
+    assert_eq!(fetch(&format!("{site_url}/v1/phones/demo/kv/notes.text"), None), "Written before Ctrl-C, and more");
+    let (ok, listed) = cli(&["vm", "checkpoints", "list", "demo"]);
+    assert!(ok && listed.contains("typed") && listed.contains(&id[..16]), "{listed}");
+    let (ok, e) = cli(&["vm", "checkpoints", "restore", "demo", "--at", "yesterday"]);
+    assert!(!ok && e.contains("use latest, an age like 3d"), "{e}");
+    let (ok, restored) = cli(&["vm", "checkpoints", "restore", "demo", "--id", &id]);
+    assert!(ok && restored.contains("undoes this"), "{restored}");
+    assert_eq!(fetch(&format!("{site_url}/v1/phones/demo/kv/notes.text"), None), "Written before Ctrl-C");
+
     interrupt(&mut first);
     assert!(data.join("site-a/phones/demo/phone.state").exists(), "the phone was saved on Ctrl-C");
 

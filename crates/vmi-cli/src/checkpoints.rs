@@ -1,0 +1,251 @@
+//! `vmi vm checkpoints list|create|restore`: a phone's checkpoints, through the site that
+//! runs it (or, after a site is lost, the site holding the copy).
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use vmi_control::ControlClient;
+
+/// What to do with a phone's checkpoints.
+#[derive(clap::Subcommand)]
+pub enum CheckpointsCmd {
+    /// List a phone's checkpoints (on the site running it, or on `--site`).
+    List {
+        /// The phone's user.
+        user: String,
+        /// Ask this site instead (a site holding copies).
+        #[arg(long)]
+        site: Option<String>,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checkpoint a phone now.
+    Create {
+        /// The phone's user.
+        user: String,
+        /// A label to find it by.
+        #[arg(long)]
+        label: Option<String>,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
+    /// Bring a phone back to a checkpoint (its current state is checkpointed first).
+    Restore {
+        /// The phone's user.
+        user: String,
+        /// The latest checkpoint at or before TIME: `latest`, an age (`3d`, `12h`, `30m`
+        /// ago), a UTC date and time (`2026-11-22T10:00`, `2026-11-22`), or ms since the
+        /// Unix epoch.
+        #[arg(long, conflicts_with = "id")]
+        at: Option<String>,
+        /// A checkpoint id (from `list`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Bring the phone up on this site from its copy there: only when the site that
+        /// ran it is down (lost).
+        #[arg(long)]
+        site: Option<String>,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
+}
+
+/// Runs a checkpoints command.
+pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
+    match cmd {
+        CheckpointsCmd::List { user, site, control, json } => {
+            let control = ControlClient::new(&control)?;
+            let url = match site {
+                Some(site) => site_url(&control, &site).await?,
+                None => phone_site(&control, &user).await?.1,
+            };
+            let (status, body) = vmi_control::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints"))
+                .await
+                .context("asking the site")?;
+            let v = answer(status, &body)?;
+            if json {
+                println!("{v}");
+                return Ok(());
+            }
+            let list = v["checkpoints"].as_array().cloned().unwrap_or_default();
+            println!("{} checkpoints of {user} on {}", list.len(), v["site"].as_str().unwrap_or("?"));
+            println!("{:<22} {:<16} {:>10}  LABEL", "TAKEN", "ID", "STORED");
+            for c in list {
+                println!(
+                    "{:<22} {:<16} {:>10}  {}",
+                    vmi_site::checkpoints::describe_time(c["at_ms"].as_u64().unwrap_or(0)),
+                    &c["id"].as_str().unwrap_or("")[..16.min(c["id"].as_str().unwrap_or("").len())],
+                    c["stored_bytes"],
+                    c["label"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        CheckpointsCmd::Create { user, label, control } => {
+            let control = ControlClient::new(&control)?;
+            let (site, url) = phone_site(&control, &user).await?;
+            let (status, text) =
+                vmi_control::post_json(&format!("{url}/v1/phones/{user}/checkpoints"), &json!({ "label": label }))
+                    .await
+                    .context("asking the site")?;
+            let v = answer(status, text.as_bytes())?;
+            let c = &v["checkpoint"];
+            let copy = match v["replica"].as_str() {
+                Some(replica) => format!("copied to {replica}"),
+                None => format!("NOT copied to a second site: {}", v["replica_error"].as_str().unwrap_or("?")),
+            };
+            println!(
+                "checkpoint {} of {user} on {site}: {} bytes stored, {copy}",
+                c["id"].as_str().unwrap_or("?"),
+                c["stored_bytes"]
+            );
+            Ok(())
+        }
+        CheckpointsCmd::Restore { user, at, id, site, control } => {
+            let control = ControlClient::new(&control)?;
+            let body = match (id, at) {
+                (Some(id), _) => json!({ "id": id }),
+                (None, Some(at)) => json!({ "at_ms": parse_time(&at, now_ms())? }),
+                (None, None) => bail!("say which checkpoint: --at TIME or --id ID"),
+            };
+            let url = match site {
+                None => phone_site(&control, &user).await?.1,
+                Some(to) => recover_on(&control, &user, &to).await?,
+            };
+            let (status, text) = vmi_control::post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &body)
+                .await
+                .context("asking the site")?;
+            let v = answer(status, text.as_bytes())?;
+            let r = &v["restored"];
+            println!(
+                "{user}'s phone is back to {} (checkpoint {}{})",
+                vmi_site::checkpoints::describe_time(r["at_ms"].as_u64().unwrap_or(0)),
+                r["id"].as_str().unwrap_or("?"),
+                r["label"].as_str().map(|l| format!(", {l}")).unwrap_or_default()
+            );
+            if let Some(before) = v["saved_before"]["id"].as_str() {
+                println!(
+                    "the state it left is checkpoint {before}: `vmi vm checkpoints restore {user} --id {before}` undoes this"
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The site running `user`'s phone: id and URL.
+async fn phone_site(control: &ControlClient, user: &str) -> Result<(String, String)> {
+    let placement = control.placement(user).await.with_context(|| format!("finding {user}'s phone"))?;
+    Ok((placement.site, placement.site_url))
+}
+
+async fn site_url(control: &ControlClient, id: &str) -> Result<String> {
+    let sites = control.list_sites().await.context("listing sites")?;
+    sites
+        .iter()
+        .find(|s| s.site.id == id)
+        .map(|s| s.site.url.clone())
+        .with_context(|| format!("no site {id} is registered"))
+}
+
+/// Moves `user`'s placement to `to` for a restore from the copy there — only when the
+/// site that runs the phone is down, so there is never a second live copy.
+async fn recover_on(control: &ControlClient, user: &str, to: &str) -> Result<String> {
+    let sites = control.list_sites().await.context("listing sites")?;
+    let target = sites.iter().find(|s| s.site.id == to).with_context(|| format!("no site {to} is registered"))?;
+    if let Ok(placement) = control.placement(user).await
+        && placement.site != to
+    {
+        if let Some(owner) = sites.iter().find(|s| s.site.id == placement.site)
+            && owner.healthy
+        {
+            bail!(
+                "{user}'s phone runs on {}, which is up: restore it there (without --site), or `vmi vm migrate {user} --to {to}` first",
+                placement.site
+            );
+        }
+        control.set_placement(user, to).await.with_context(|| format!("placing {user}'s phone on {to}"))?;
+    }
+    Ok(target.site.url.clone())
+}
+
+fn answer(status: u16, body: &[u8]) -> Result<Value> {
+    let v: Value = serde_json::from_slice(body).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(body) }));
+    if status != 200 {
+        bail!("{} ({status})", v["error"].as_str().unwrap_or("the site refused"));
+    }
+    Ok(v)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Parses a `--at` time (see `restore --at`) into ms since the epoch.
+pub fn parse_time(s: &str, now_ms: u64) -> Result<u64> {
+    let s = s.trim();
+    if s == "latest" || s == "now" {
+        return Ok(u64::MAX);
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) && s.len() >= 10 {
+        return s.parse().with_context(|| format!("time {s:?} is not a number of ms"));
+    }
+    if s.bytes().next().is_some_and(|b| b.is_ascii_digit()) && !s.contains('-') {
+        let age = crate::script::parse_duration(s.strip_suffix(" ago").unwrap_or(s))?;
+        return Ok(now_ms.saturating_sub(age.as_millis() as u64));
+    }
+    let s = s.trim_end_matches('Z').trim_end_matches(" UTC");
+    let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "23:59:59"));
+    let bad = || anyhow::anyhow!("time {s:?}: use latest, an age like 3d, YYYY-MM-DD[THH:MM[:SS]] (UTC) or ms");
+    let mut d = date.split('-').map(|p| p.parse::<i64>().map_err(|_| bad()));
+    let (y, m, day) = (d.next().ok_or_else(bad)??, d.next().ok_or_else(bad)??, d.next().ok_or_else(bad)??);
+    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    let mut t = time.split(':').map(|p| p.parse::<i64>().map_err(|_| bad()));
+    let hh = t.next().ok_or_else(bad)??;
+    let mm = t.next().transpose()?.unwrap_or(0);
+    let ss = t.next().transpose()?.unwrap_or(0);
+    if t.next().is_some() || !(0..24).contains(&hh) || !(0..60).contains(&mm) || !(0..61).contains(&ss) {
+        return Err(bad());
+    }
+    let days = days_from_civil(y, m, day);
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs).map(|s| s * 1000 + 999).map_err(|_| bad())
+}
+
+/// Days since 1970-01-01 of a Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_every_accepted_form_and_refuse_the_rest() {
+        let now = 1_795_044_600_000;
+        assert_eq!(parse_time("latest", now).expect("latest"), u64::MAX);
+        assert_eq!(parse_time("3d", now).expect("age"), now - 3 * 86_400_000);
+        assert_eq!(parse_time("12h ago", now).expect("age"), now - 12 * 3_600_000);
+        assert_eq!(parse_time("1795044600000", now).expect("ms"), now);
+        assert_eq!(parse_time("2026-11-18T23:30", now).expect("date"), now + 999);
+        assert_eq!(parse_time("2026-11-18 23:30:00Z", now).expect("date"), now + 999);
+        assert_eq!(parse_time("1970-01-01", now).expect("date"), 86_399_999);
+        for bad in ["yesterday", "2026-13-01", "2026-11-18T25:00", "2026-11", "3x", ""] {
+            assert!(parse_time(bad, now).is_err(), "{bad:?}");
+        }
+    }
+}
