@@ -214,6 +214,38 @@ async function run(context) {
   await shot('notes.png');
   emit({ step: 'typed', screen_hash: await hash(), frames: v.frames });
 
+  // 2b. "Restore my phone to…": save a checkpoint, type more, restore it from the list
+  currentStep = 'restored';
+  const history = () => page.evaluate(() => window.vmi.history);
+  const waitHistory = async (what, pred) => {
+    const deadline = Date.now() + TIMEOUT;
+    for (;;) {
+      const h = await history();
+      if (h && pred(h)) return h;
+      checkErrors();
+      if (Date.now() > deadline) fail(`timed out waiting for ${what}; history = ${JSON.stringify(h)}`);
+      await sleepMs(50);
+    }
+  };
+  await waitHistory('the checkpoint list to load', (h) => h.loads >= 1);
+  await page.click('#hist-save');
+  let h = await waitHistory('the saved checkpoint in the list', (h) => h.saved && h.checkpoints.some((c) => c.id === h.saved));
+  const saved = h.saved;
+  v = await vmi();
+  const beforeMore = v.frames;
+  await page.keyboard.type(' and more', { delay: 15 });
+  v = await settle('the extra text to show', beforeMore);
+  const row = `#hist-list li[data-id="${saved}"] button`;
+  await page.click(row); // arms: "Sure?"
+  await page.waitForSelector(`${row}.confirm`);
+  await shot('history.png');
+  const beforeRestore = (await vmi()).frames;
+  await page.click(row);
+  h = await waitHistory('the restore to finish', (h) => h.restored === saved);
+  v = await settle('the restored screen', beforeRestore);
+  await shot('restored.png');
+  emit({ step: 'restored', id: saved, checkpoints: h.checkpoints.length, screen_hash: await hash() });
+
   // 3. sleep; a mail arrives as a notification and no frame
   currentStep = 'notified';
   await page.click('#sleep-btn');

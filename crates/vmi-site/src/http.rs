@@ -46,7 +46,7 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/migrate", get(migrate_in))
         .route("/v1/phones/{user}/checkpoints", get(list_checkpoints).post(take_checkpoint))
         .route("/v1/phones/{user}/checkpoints/restore", post(restore_checkpoint))
-        .route("/v1/me/checkpoints", get(my_checkpoints))
+        .route("/v1/me/checkpoints", get(my_checkpoints).post(checkpoint_my_phone))
         .route("/v1/me/checkpoints/restore", post(restore_my_phone))
         .route("/v1/replicas/{user}/missing", post(replica_missing))
         .route(
@@ -441,6 +441,21 @@ async fn my_checkpoints(
         return Ok(relay(status, body));
     }
     list_checkpoints(State(site), Path(user)).await
+}
+
+/// `POST /v1/me/checkpoints` (device token) `{label?}`: the user checkpoints their phone.
+async fn checkpoint_my_phone(
+    State(site): State<Arc<SiteState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let user = user_of(&site, &headers).await?;
+    if let Some(url) = elsewhere(&site, &user).await? {
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let (status, body) = vmi_control::post_json(&format!("{url}/v1/phones/{user}/checkpoints"), &value).await?;
+        return Ok(relay(status, body.into_bytes()));
+    }
+    take_checkpoint(State(site), Path(user), body).await
 }
 
 /// `POST /v1/me/checkpoints/restore` (device token) `{id}`: the user restores their own

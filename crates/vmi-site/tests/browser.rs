@@ -1,6 +1,7 @@
 //! The browser terminal end to end, in real headless Chromium (Debian's `chromium`,
 //! installed by scripts/setup, driven by tests/browser/e2e.mjs with playwright-core):
-//! type in Notes, get a mail notification while asleep with no frame bytes, wake and see
+//! type in Notes, save a checkpoint and restore it from the "Restore my phone to…" view,
+//! get a mail notification while asleep with no frame bytes, wake and see
 //! the inbox, and the page's screen equals the phone's own framebuffer.
 
 mod common;
@@ -43,8 +44,11 @@ async fn browser_terminal_types_sleeps_is_notified_and_wakes() {
         steps.iter().find(|s| s["step"] == name).unwrap_or_else(|| panic!("no step {name} in:\n{stdout}")).clone()
     };
 
-    // Typed in the browser, kept in the phone.
+    // Typed in the browser, kept in the phone; " and more" typed after the checkpoint
+    // saved from the page is gone once the page restored that checkpoint.
     step("typed");
+    let restored = step("restored");
+    assert!(restored["checkpoints"].as_u64().expect("count") >= 2, "the saved one and the one before the restore");
     let (status, notes) = http_get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8_lossy(&notes), "Hello from Chromium");

@@ -1147,6 +1147,7 @@ export function start() {
   }
   connect(defaultUrl);
   startMap({ vmi, token, relayout: fit });
+  startHistory({ vmi, token });
   return vmi;
 }
 
@@ -1234,6 +1235,140 @@ function niceStep(min) {
   const p = 10 ** Math.floor(Math.log10(min));
   for (const m of [1, 2, 5, 10]) if (m * p >= min) return m * p;
   return 10 * p;
+}
+
+const HISTORY_POLL_MS = 30000;
+
+// "Restore my phone to…": the phone's checkpoints (from whichever site runs it) and a
+// restore button per checkpoint that asks once more before it acts. The phone is
+// replaced in place: this terminal stays connected and receives the restored screen.
+function startHistory({ vmi, token }) {
+  const $ = (id) => document.getElementById(id);
+  const list = $('hist-list');
+  if (!list || !token) return;
+  const auth = { Authorization: `Bearer ${token}` };
+  const ui = { sub: $('hist-sub'), empty: $('hist-empty'), save: $('hist-save'), banner: $('hist-banner') };
+  // what the view shows (also read by tests through window.vmi.history)
+  const history = { checkpoints: [], restored: null, saved: null, error: null, loads: 0 };
+  vmi.history = history;
+  let armed = null; // the id whose button asks "Sure?"
+  let busy = false;
+
+  function when(ms) {
+    const d = new Date(ms);
+    const age = Math.max(0, Date.now() - ms);
+    const mins = Math.round(age / 60000);
+    const ago = mins < 1 ? 'just now' : mins < 60 ? `${mins} min ago`
+      : mins < 48 * 60 ? `${Math.round(mins / 60)} h ago` : `${Math.round(mins / 1440)} days ago`;
+    return { text: d.toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' }), ago };
+  }
+
+  function banner(text) {
+    ui.banner.textContent = text;
+    ui.banner.hidden = !text;
+  }
+
+  function render() {
+    list.replaceChildren();
+    const newest = [...history.checkpoints].reverse();
+    for (const c of newest) {
+      const li = document.createElement('li');
+      li.dataset.id = c.id;
+      if (history.restored === c.id) li.classList.add('current');
+      const w = when(c.at_ms);
+      const info = document.createElement('div');
+      info.className = 'hist-when';
+      const t = document.createElement('span');
+      t.textContent = w.text;
+      const a = document.createElement('span');
+      a.className = 'ago';
+      a.textContent = w.ago;
+      info.append(t, a);
+      const label = document.createElement('span');
+      label.className = 'hist-label';
+      label.textContent = c.label || '';
+      const b = document.createElement('button');
+      b.className = 'btn small' + (armed === c.id ? ' confirm' : '');
+      b.textContent = armed === c.id ? 'Sure?' : 'Restore';
+      b.title = 'Bring the phone back to this moment (what it has now is saved first)';
+      b.disabled = busy;
+      b.addEventListener('click', () => onRestore(c));
+      li.append(info, label, b);
+      list.append(li);
+    }
+    ui.empty.hidden = history.checkpoints.length > 0;
+    ui.sub.textContent = history.checkpoints.length
+      ? `${history.checkpoints.length} checkpoints, oldest ${when(history.checkpoints[0].at_ms).ago}`
+      : 'Checkpoints of your phone';
+    ui.save.disabled = busy;
+  }
+
+  async function load() {
+    try {
+      const v = await getJson('/v1/me/checkpoints', auth);
+      history.checkpoints = Array.isArray(v.checkpoints) ? v.checkpoints : [];
+      history.loads += 1;
+      history.error = null;
+    } catch (e) {
+      history.error = String(e);
+    }
+    render();
+  }
+
+  async function post(path, body) {
+    const r = await fetch(path, {
+      method: 'POST',
+      headers: { ...auth, 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const v = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(v.error || `${r.status}`);
+    return v;
+  }
+
+  async function onRestore(c) {
+    if (busy) return;
+    if (armed !== c.id) {
+      armed = c.id;
+      render();
+      return;
+    }
+    armed = null;
+    busy = true;
+    render();
+    try {
+      const v = await post('/v1/me/checkpoints/restore', { id: c.id });
+      history.restored = v.restored.id;
+      banner(`Your phone is back to ${when(v.restored.at_ms).text}. What it had before is kept as a checkpoint.`);
+    } catch (e) {
+      history.error = String(e.message || e);
+      banner(`Could not restore: ${history.error}`);
+    }
+    busy = false;
+    await load();
+  }
+
+  ui.save.addEventListener('click', async () => {
+    if (busy) return;
+    busy = true;
+    render();
+    try {
+      const v = await post('/v1/me/checkpoints', { label: 'saved from the browser' });
+      history.saved = v.checkpoint.id;
+      banner(v.replica ? `Saved, with a copy on ${v.replica}.` : 'Saved (no second site for a copy yet).');
+    } catch (e) {
+      history.error = String(e.message || e);
+      banner(`Could not save: ${history.error}`);
+    }
+    busy = false;
+    await load();
+  });
+
+  async function poll() {
+    if (!vmi.asleep) await load();
+    setTimeout(poll, HISTORY_POLL_MS);
+  }
+  poll();
 }
 
 async function getJson(path, headers) {
