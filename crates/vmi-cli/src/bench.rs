@@ -86,6 +86,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         qemu_runs: usize,
     },
+    /// Checkpoint storage (full, after typing, per phone-day of light use, per phone
+    /// among many of one image) and restore time.
+    Checkpoint {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Virtual hours of light use, one checkpoint each.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+        /// Phones of one image checkpointed into one store.
+        #[arg(long, default_value_t = 1000)]
+        phones: usize,
+    },
     /// How many idle phones fit, and how fast each is created.
     Density {
         /// Print one JSON object.
@@ -136,6 +149,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Snapshot { json, rounds, dirty_tracking } => print(json, snapshot(rounds.max(3), dirty_tracking)?),
         BenchCmd::Input { json, events } => print(json, input(events.max(10))?),
         BenchCmd::Density { json, vms } => print(json, density(vms.max(1))?),
+        BenchCmd::Checkpoint { json, hours, phones } => {
+            print(json, crate::bench_checkpoint::checkpoint(hours.max(1), phones.max(1))?)
+        }
         BenchCmd::Migrate { json, rounds, qemu_mib, qemu_runs } => {
             print(json, crate::runtime()?.block_on(crate::bench_net::migrate(rounds.max(2), qemu_mib, qemu_runs))?)
         }

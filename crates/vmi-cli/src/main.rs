@@ -1,6 +1,7 @@
 //! `vmi`: the Seed VMI command line.
 
 mod bench;
+mod bench_checkpoint;
 mod bench_net;
 mod checkpoints;
 mod headless;
