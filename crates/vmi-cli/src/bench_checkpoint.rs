@@ -106,7 +106,7 @@ pub fn checkpoint(hours: u64, phones: usize) -> Result<Value> {
         let snap = phone.snapshot(SnapshotRequest::Incremental)?;
         hour_bytes.push(store.put("bench", &snap.bytes, at(&clock), Some("hourly".into()))?.stored_bytes as f64);
     }
-    let day_bytes: f64 = hour_bytes.iter().take(24).sum::<f64>() * 24.0 / hour_bytes.len().min(24).max(1) as f64;
+    let day_bytes: f64 = hour_bytes.iter().take(24).sum::<f64>() * 24.0 / hour_bytes.len().clamp(1, 24) as f64;
     let max_hour = hour_bytes.iter().copied().fold(0.0, f64::max);
 
     // Restore: the latest checkpoint rebuilt from the store and booted.
