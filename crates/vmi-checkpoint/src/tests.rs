@@ -618,7 +618,7 @@ fn decoders_survive_damaged_and_random_input() {
     let table = objects.get(&table_key.expect("a table")).expect("get").expect("table");
     let chunk_key = store.chunks_of(&store.top_keys("fuzz", info.id).expect("top")).expect("chunks")[0].clone();
     let chunk = objects.get(&chunk_key).expect("get").expect("chunk");
-    let bundle = encode_bundle(&store.export("fuzz", info.id, &[chunk_key.clone()]).expect("export"));
+    let bundle = encode_bundle(&store.export("fuzz", info.id, std::slice::from_ref(&chunk_key)).expect("export"));
     let hash = [0u8; 32];
     let mut rng = Rng(99);
     let mut decoded = 0usize;
