@@ -140,6 +140,9 @@ impl SiteState {
     /// possible) and copies it to the replica site.
     pub async fn checkpoint(&self, user: &str, label: Option<String>) -> Result<Taken, SiteError> {
         let _busy = self.checkpoints.busy.lock().await;
+        if self.is_migrating(user) {
+            return Err(SiteError::Migration(format!("{user}'s phone is migrating; checkpoint it after")));
+        }
         let info = self.checkpoint_locked(user, label).await?;
         let (replica, replica_error) = match self.replicate(user, &info).await {
             Ok(site) => (Some(site), None),
@@ -151,10 +154,9 @@ impl SiteState {
         Ok(Taken { checkpoint: CheckpointView::from(&info), replica, replica_error })
     }
 
+    /// Takes and stores a checkpoint; the caller holds the busy lock and has made sure
+    /// the phone is not migrating.
     async fn checkpoint_locked(&self, user: &str, label: Option<String>) -> Result<CheckpointInfo, SiteError> {
-        if self.is_migrating(user) {
-            return Err(SiteError::Migration(format!("{user}'s phone is migrating; checkpoint it after")));
-        }
         let parent = self.checkpoints.last(user);
         let snapshot = self
             .ask(user, |reply| PhoneCommand::Checkpoint(parent, reply))
@@ -181,7 +183,14 @@ impl SiteState {
     /// control service places it here.
     pub async fn restore_checkpoint(&self, user: &str, which: Selector) -> Result<Restored, SiteError> {
         let _busy = self.checkpoints.busy.lock().await;
+        // Marked as moving for the duration: no migration may start from a VM that is
+        // about to be replaced.
+        let _moving = self.mark_moving(user).ok_or_else(|| {
+            SiteError::Migration(format!("{user}'s phone is migrating; restore it once it has arrived"))
+        })?;
         let running = self.phone(user).is_some();
+        // Held until the phone runs: no migration may arrive for it meanwhile.
+        let mut _arrival = None;
         if !running {
             let placement = self.control.placement(user).await?;
             if placement.site != self.id {
@@ -190,9 +199,7 @@ impl SiteState {
                     placement.site
                 )));
             }
-            if !self.can_start_here(user) {
-                return Err(SiteError::Exists(user.to_owned()));
-            }
+            _arrival = Some(self.stage_arrival(user).ok_or_else(|| SiteError::Exists(user.to_owned()))?);
         }
         let store = self.checkpoints.store.clone();
         let u = user.to_owned();
@@ -337,11 +344,6 @@ impl SiteState {
             Err(SiteError::Checkpoint(CheckpointError::Incomplete { missing, .. })) => Ok(Some(missing)),
             Err(e) => Err(e),
         }
-    }
-
-    /// Whether a phone for `user` may start here now (none running, arriving or leaving).
-    fn can_start_here(&self, user: &str) -> bool {
-        self.phone(user).is_none() && !self.is_migrating(user)
     }
 }
 

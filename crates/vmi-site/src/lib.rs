@@ -183,6 +183,13 @@ impl SiteState {
         self.migrating.lock().unwrap_or_else(|p| p.into_inner()).contains(user)
     }
 
+    /// Marks `user`'s phone as moving (what a migration does); None if it already is.
+    /// The mark goes when the returned guard is dropped.
+    pub(crate) fn mark_moving(&self, user: &str) -> Option<MovingGuard<'_>> {
+        let mut moving = self.migrating.lock().unwrap_or_else(|p| p.into_inner());
+        moving.insert(user.to_string()).then(|| MovingGuard { site: self, user: user.to_string() })
+    }
+
     /// A phone from a full snapshot of this site's image.
     pub(crate) fn restore_snapshot(&self, bytes: &[u8]) -> Result<Box<dyn VirtualPhone>, SiteError> {
         Ok(self.engine.restore(&self.image, &[bytes], &self.vm_config())?)
@@ -328,6 +335,18 @@ impl SiteState {
             }
         }
         saved
+    }
+}
+
+/// Clears a moving mark when dropped.
+pub(crate) struct MovingGuard<'a> {
+    site: &'a SiteState,
+    user: String,
+}
+
+impl Drop for MovingGuard<'_> {
+    fn drop(&mut self) {
+        self.site.migrating.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.user);
     }
 }
 

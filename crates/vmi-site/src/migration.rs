@@ -92,7 +92,7 @@ pub async fn migrate_out(
     }
     let phone = site.phone(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
     if !site.migrating.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string()) {
-        return Err(SiteError::Migration(format!("{user}'s phone is already moving")));
+        return Err(SiteError::Migration(format!("{user}'s phone is already moving or being restored")));
     }
     let started = Instant::now();
     let mut report = MigrationReport {
