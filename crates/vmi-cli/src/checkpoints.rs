@@ -8,7 +8,8 @@ use vmi_control::ControlClient;
 /// What to do with a phone's checkpoints.
 #[derive(clap::Subcommand)]
 pub enum CheckpointsCmd {
-    /// List a phone's checkpoints (on the site running it, or on `--site`).
+    /// List a phone's checkpoints: the control service's catalogue (every copy, with the
+    /// sites holding it), or one site's store with `--site`.
     List {
         /// The phone's user.
         user: String,
@@ -60,27 +61,37 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
     match cmd {
         CheckpointsCmd::List { user, site, control, json } => {
             let control = ControlClient::new(&control)?;
-            let url = match site {
-                Some(site) => site_url(&control, &site).await?,
-                None => phone_site(&control, &user).await?.1,
+            // One site's own store, or the control service's catalogue of every copy.
+            let (title, list): (String, Vec<Value>) = match site {
+                Some(site) => {
+                    let url = site_url(&control, &site).await?;
+                    let (status, body) = vmi_control::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints"))
+                        .await
+                        .context("asking the site")?;
+                    let v = answer(status, &body)?;
+                    (format!("on {site}"), v["checkpoints"].as_array().cloned().unwrap_or_default())
+                }
+                None => {
+                    let list =
+                        control.checkpoints(&user).await.with_context(|| format!("listing {user}'s checkpoints"))?;
+                    ("(all sites)".into(), list.iter().map(|c| serde_json::to_value(c).unwrap_or_default()).collect())
+                }
             };
-            let (status, body) = vmi_control::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints"))
-                .await
-                .context("asking the site")?;
-            let v = answer(status, &body)?;
             if json {
-                println!("{v}");
+                println!("{}", Value::Array(list));
                 return Ok(());
             }
-            let list = v["checkpoints"].as_array().cloned().unwrap_or_default();
-            println!("{} checkpoints of {user} on {}", list.len(), v["site"].as_str().unwrap_or("?"));
-            println!("{:<22} {:<16} {:>10}  LABEL", "TAKEN", "ID", "STORED");
+            println!("{} checkpoints of {user} {title}", list.len());
+            println!("{:<22} {:<16} {:>10}  {:<18} LABEL", "TAKEN", "ID", "STORED", "SITES");
             for c in list {
+                let id = c["id"].as_str().unwrap_or("");
+                let sites: Vec<&str> = c["sites"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
                 println!(
-                    "{:<22} {:<16} {:>10}  {}",
+                    "{:<22} {:<16} {:>10}  {:<18} {}",
                     vmi_site::checkpoints::describe_time(c["at_ms"].as_u64().unwrap_or(0)),
-                    &c["id"].as_str().unwrap_or("")[..16.min(c["id"].as_str().unwrap_or("").len())],
+                    &id[..16.min(id.len())],
                     c["stored_bytes"],
+                    if sites.is_empty() { "-".to_owned() } else { sites.join(",") },
                     c["label"].as_str().unwrap_or("")
                 );
             }

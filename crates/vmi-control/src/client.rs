@@ -273,6 +273,22 @@ impl ControlClient {
         self.json(Method::GET, path, None::<&()>).await
     }
 
+    /// `PUT /v1/users/{user}/checkpoints/{site}`: what `site` now holds of `user`'s checkpoints.
+    pub async fn put_site_checkpoints(
+        &self,
+        user: &str,
+        site: &str,
+        entries: &[crate::CheckpointEntry],
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/users/{}/checkpoints/{}", segment(user), segment(site));
+        self.call(Method::PUT, path, Some(&entries), None).await.map(drop)
+    }
+
+    /// `GET /v1/users/{user}/checkpoints`: the catalogue of `user`'s checkpoints.
+    pub async fn checkpoints(&self, user: &str) -> Result<Vec<crate::CatalogedCheckpoint>, ClientError> {
+        self.json(Method::GET, format!("/v1/users/{}/checkpoints", segment(user)), None::<&()>).await
+    }
+
     async fn json<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,

@@ -13,9 +13,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    AuthRequest, Device, HeartbeatRequest, Identity, LoggedMigration, MigrationRecord, NameRequest, NewDevice,
-    PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport,
-    User, validate_report,
+    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HeartbeatRequest, Identity, LoggedMigration,
+    MigrationRecord, NameRequest, NewDevice, PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest,
+    SiteSpec, SiteStatus, TerminalReport, User, validate_report,
 };
 use crate::placement::PolicyParams;
 use crate::store::now_ms;
@@ -111,6 +111,8 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports) -> Router {
         .route("/v1/phone", get(phone))
         .route("/v1/phone/report", post(post_report))
         .route("/v1/migrations", post(record_migration).get(list_migrations))
+        .route("/v1/users/{user}/checkpoints", get(list_checkpoints))
+        .route("/v1/users/{user}/checkpoints/{site}", put(put_site_checkpoints))
         .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
         .with_state(AppState { store, reports, pair_codes: crate::PairCodes::new() })
 }
@@ -353,6 +355,25 @@ async fn record_migration(
     tracing::info!(user = %record.user, from = %record.from, to = %record.to, epoch = record.epoch,
         outcome = %record.outcome, downtime_us = record.downtime_us, "migration logged");
     Ok((StatusCode::CREATED, Json(logged)))
+}
+
+/// `PUT /v1/users/{user}/checkpoints/{site}`: what `site` holds of `user`'s checkpoints
+/// (the whole list; it replaces the last report).
+async fn put_site_checkpoints(
+    State(store): State<StoreRef>,
+    Path((user, site)): Path<(String, String)>,
+    ApiJson(entries): ApiJson<Vec<CheckpointEntry>>,
+) -> ApiResult<StatusCode> {
+    store.put_site_checkpoints(&user, &site, &entries)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/users/{user}/checkpoints`: the catalogue of `user`'s checkpoints, each with the sites holding it.
+async fn list_checkpoints(
+    State(store): State<StoreRef>,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Vec<CatalogedCheckpoint>>> {
+    Ok(Json(store.checkpoints(&user)?))
 }
 
 /// Query of `GET /v1/migrations`.

@@ -126,10 +126,10 @@ pub use client::{
 pub use error::ControlError;
 pub use http::{DEFAULT_MIGRATIONS_LISTED, MAX_MIGRATIONS_LISTED, ServeOptions, app, app_with, serve, serve_with};
 pub use model::{
-    AuthRequest, Device, HEALTHY_WITHIN_MS, HeartbeatRequest, Identity, LoggedMigration, MAX_NAME_LEN, MAX_REASON_LEN,
-    MAX_REPORT_SITES, MigrateOrder, MigrationRecord, NameRequest, NewDevice, OUTCOME_ABORTED, OUTCOME_COMMITTED,
-    PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, Site, SiteSpec, SiteStatus,
-    TerminalReport, User,
+    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HEALTHY_WITHIN_MS, HeartbeatRequest, Identity,
+    LoggedMigration, MAX_CHECKPOINTS_REPORTED, MAX_NAME_LEN, MAX_REASON_LEN, MAX_REPORT_SITES, MigrateOrder,
+    MigrationRecord, NameRequest, NewDevice, OUTCOME_ABORTED, OUTCOME_COMMITTED, PhoneLocation, Placement,
+    PlacementInfo, PlacementRequest, ReportRequest, Site, SiteSpec, SiteStatus, TerminalReport, User,
 };
 pub use pairing::{PAIR_CODE_TTL_MS, PairCode, PairCodes, PairRequest};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};

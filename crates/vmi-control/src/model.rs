@@ -286,6 +286,50 @@ pub struct LoggedMigration {
     pub record: MigrationRecord,
 }
 
+/// Most checkpoints one site may report for one user.
+pub const MAX_CHECKPOINTS_REPORTED: usize = 10_000;
+
+/// One checkpoint a site holds, as it reports it to the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointEntry {
+    /// Snapshot id, 64 lowercase hex digits.
+    pub id: String,
+    /// When it was taken, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Its label, if any.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Bytes it added to the site's store.
+    #[serde(default)]
+    pub stored_bytes: u64,
+}
+
+/// A checkpoint in the catalogue, with every site holding a copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogedCheckpoint {
+    /// The checkpoint.
+    #[serde(flatten)]
+    pub entry: CheckpointEntry,
+    /// Sites holding it, sorted.
+    pub sites: Vec<String>,
+}
+
+/// Checks what a site reports of its checkpoints.
+pub(crate) fn validate_checkpoints(entries: &[CheckpointEntry]) -> Result<(), ControlError> {
+    if entries.len() > MAX_CHECKPOINTS_REPORTED {
+        return Err(ControlError::BadRequest(format!("more than {MAX_CHECKPOINTS_REPORTED} checkpoints")));
+    }
+    for e in entries {
+        if e.id.len() != 64 || !e.id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(ControlError::BadRequest(format!("checkpoint id {:?} is not 64 lowercase hex digits", e.id)));
+        }
+        if e.label.as_ref().is_some_and(|l| l.chars().count() > MAX_REASON_LEN) {
+            return Err(ControlError::BadRequest(format!("checkpoint label longer than {MAX_REASON_LEN} characters")));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a user name or site id: 1..=64 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
 pub(crate) fn validate_id(kind: &str, value: &str) -> Result<(), ControlError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');

@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::ControlError;
 use crate::model::{
-    Device, Identity, LoggedMigration, MigrationRecord, NewDevice, Placement, Site, SiteSpec, User, validate_id,
-    validate_label, validate_migration, validate_site_spec,
+    CatalogedCheckpoint, CheckpointEntry, Device, Identity, LoggedMigration, MigrationRecord, NewDevice, Placement,
+    Site, SiteSpec, User, validate_id, validate_label, validate_migration, validate_site_spec,
 };
 
 /// Bytes of randomness in a device token; the token is their lowercase hex, twice as many characters.
@@ -67,6 +67,10 @@ pub trait Store: Send + Sync {
     fn record_migration(&self, record: &MigrationRecord, at_ms: u64) -> Result<LoggedMigration, ControlError>;
     /// Up to `limit` logged migrations, newest first, of one user (which must exist) or of everyone.
     fn migrations(&self, user: Option<&str>, limit: usize) -> Result<Vec<LoggedMigration>, ControlError>;
+    /// Replaces what the catalogue knows `site` holds of `user`'s checkpoints (both must exist).
+    fn put_site_checkpoints(&self, user: &str, site: &str, entries: &[CheckpointEntry]) -> Result<(), ControlError>;
+    /// The catalogue of `user`'s checkpoints (the user must exist), oldest first, each with the sites holding it.
+    fn checkpoints(&self, user: &str) -> Result<Vec<CatalogedCheckpoint>, ControlError>;
 }
 
 /// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
@@ -116,6 +120,18 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL
     );
     CREATE INDEX migrations_by_user ON migrations(user, id);
+",
+    "
+    CREATE TABLE checkpoints (
+        user TEXT NOT NULL REFERENCES users(name),
+        site TEXT NOT NULL REFERENCES sites(id),
+        id TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        label TEXT,
+        stored_bytes INTEGER NOT NULL,
+        PRIMARY KEY (user, site, id)
+    );
+    CREATE INDEX checkpoints_by_user ON checkpoints(user, at_ms);
 ",
 ];
 
@@ -465,6 +481,51 @@ impl Store for SqliteStore {
         Ok(LoggedMigration { id, at_ms, record: record.clone() })
     }
 
+    fn put_site_checkpoints(&self, user: &str, site: &str, entries: &[CheckpointEntry]) -> Result<(), ControlError> {
+        crate::model::validate_checkpoints(entries)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        require_user(&tx, user)?;
+        if tx.query_row("SELECT 1 FROM sites WHERE id = ?1", [site], |_| Ok(())).optional()?.is_none() {
+            return Err(ControlError::not_found("site", site));
+        }
+        tx.execute("DELETE FROM checkpoints WHERE user = ?1 AND site = ?2", params![user, site])?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT OR REPLACE INTO checkpoints (user, site, id, at_ms, label, stored_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for e in entries {
+                insert.execute(params![user, site, e.id, e.at_ms, e.label, e.stored_bytes])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn checkpoints(&self, user: &str) -> Result<Vec<CatalogedCheckpoint>, ControlError> {
+        let conn = self.conn();
+        require_user(&conn, user)?;
+        let mut stmt = conn.prepare(
+            "SELECT id, at_ms, label, stored_bytes, site FROM checkpoints WHERE user = ?1 ORDER BY at_ms, id, site",
+        )?;
+        let rows = stmt.query_map([user], |row| {
+            Ok((
+                CheckpointEntry { id: row.get(0)?, at_ms: row.get(1)?, label: row.get(2)?, stored_bytes: row.get(3)? },
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out: Vec<CatalogedCheckpoint> = Vec::new();
+        for row in rows {
+            let (entry, site) = row?;
+            match out.last_mut() {
+                Some(last) if last.entry.id == entry.id => last.sites.push(site),
+                _ => out.push(CatalogedCheckpoint { entry, sites: vec![site] }),
+            }
+        }
+        Ok(out)
+    }
+
     fn migrations(&self, user: Option<&str>, limit: usize) -> Result<Vec<LoggedMigration>, ControlError> {
         let conn = self.conn();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -567,6 +628,34 @@ mod tests {
         assert!(matches!(s.revoke_device(42), Err(ControlError::NotFound { what: "device", .. })));
         s.create_user("alice").unwrap();
         assert!(matches!(s.create_device("alice", ""), Err(ControlError::BadRequest(_))));
+    }
+
+    #[test]
+    fn the_checkpoint_catalogue_lists_each_copy_once_with_its_sites() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create_user("alice").unwrap();
+        for site in ["site-a", "site-b"] {
+            s.put_site(site, &SiteSpec { url: "http://127.0.0.1:1".into(), lat: 0.0, lon: 0.0, capacity: 1 }).unwrap();
+        }
+        let entry = |n: u8, at_ms| CheckpointEntry {
+            id: format!("{n:02x}").repeat(32),
+            at_ms,
+            label: Some("hourly".into()),
+            stored_bytes: 10,
+        };
+        s.put_site_checkpoints("alice", "site-a", &[entry(1, 5), entry(2, 9)]).unwrap();
+        s.put_site_checkpoints("alice", "site-b", &[entry(1, 5)]).unwrap();
+        let list = s.checkpoints("alice").unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].sites, vec!["site-a", "site-b"]);
+        assert_eq!(list[1].sites, vec!["site-a"]);
+        // A site's report replaces what it reported before (retention dropped one).
+        s.put_site_checkpoints("alice", "site-a", &[entry(2, 9)]).unwrap();
+        assert_eq!(s.checkpoints("alice").unwrap().iter().map(|c| c.sites.len()).sum::<usize>(), 2);
+        let bad = CheckpointEntry { id: "nope".into(), ..entry(3, 1) };
+        assert!(matches!(s.put_site_checkpoints("alice", "site-a", &[bad]), Err(ControlError::BadRequest(_))));
+        assert!(matches!(s.put_site_checkpoints("bob", "site-a", &[]), Err(ControlError::NotFound { .. })));
+        assert!(matches!(s.put_site_checkpoints("alice", "site-z", &[]), Err(ControlError::NotFound { .. })));
     }
 
     #[test]

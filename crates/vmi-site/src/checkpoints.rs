@@ -151,7 +151,32 @@ impl SiteState {
                 (None, Some(e.to_string()))
             }
         };
+        self.report_catalogue(user).await;
         Ok(Taken { checkpoint: CheckpointView::from(&info), replica, replica_error })
+    }
+
+    /// Tells the control service's catalogue what this site holds of `user`'s
+    /// checkpoints. The stores are the truth; a failed report is logged and the next one
+    /// (after the next checkpoint or retention round) corrects it.
+    async fn report_catalogue(&self, user: &str) {
+        let entries = match self.checkpoints_of(user).await {
+            Ok(list) => list
+                .into_iter()
+                .map(|c| vmi_control::CheckpointEntry {
+                    id: c.id,
+                    at_ms: c.at_ms,
+                    label: c.label,
+                    stored_bytes: c.stored_bytes,
+                })
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(site = %self.id, user, "cannot list checkpoints for the catalogue: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.control.put_site_checkpoints(user, &self.id, &entries).await {
+            tracing::warn!(site = %self.id, user, "checkpoint catalogue not updated: {e}");
+        }
     }
 
     /// Takes and stores a checkpoint; the caller holds the busy lock and has made sure
@@ -257,18 +282,25 @@ impl SiteState {
         let (retention, now) = (self.checkpoints.retention, self.now_ms());
         let _busy = self.checkpoints.busy.lock().await;
         let result = blocking(move || {
-            let mut dropped = 0;
+            let mut changed = Vec::new();
             for user in store.users()? {
-                dropped += store.expire(&user, &retention, now)?.manifests_deleted;
+                if store.expire(&user, &retention, now)?.manifests_deleted > 0 {
+                    changed.push(user);
+                }
             }
-            if dropped > 0 {
+            if !changed.is_empty() {
                 store.gc()?;
             }
-            Ok(dropped)
+            Ok(changed)
         })
         .await;
-        if let Err(e) = result {
-            tracing::error!(site = %self.id, "checkpoint retention failed: {e}");
+        match result {
+            Ok(changed) => {
+                for user in changed {
+                    self.report_catalogue(&user).await;
+                }
+            }
+            Err(e) => tracing::error!(site = %self.id, "checkpoint retention failed: {e}"),
         }
     }
 
@@ -340,7 +372,10 @@ impl SiteState {
         let store = self.checkpoints.store.clone();
         let u = user.to_owned();
         match blocking(move || store.import(&u, &info, objects)).await {
-            Ok(()) => Ok(None),
+            Ok(()) => {
+                self.report_catalogue(user).await;
+                Ok(None)
+            }
             Err(SiteError::Checkpoint(CheckpointError::Incomplete { missing, .. })) => Ok(Some(missing)),
             Err(e) => Err(e),
         }

@@ -76,6 +76,10 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
     let most = here[1..].iter().map(|c| c["stored_bytes"].as_u64().expect("bytes")).max().expect("some");
     assert!(most < 100 * 1024, "an hourly checkpoint stored {most} bytes");
     assert_eq!(list(&b.url, "alice").await, here, "the second site holds the same checkpoints");
+    // The control service's catalogue knows both copies of each.
+    let catalogue = control.client.checkpoints("alice").await.expect("catalogue");
+    assert_eq!(catalogue.len(), here.len());
+    assert!(catalogue.iter().all(|c| c.sites == ["site-a", "site-b"]), "{catalogue:?}");
 
     // Back to three days ago, by time, with the terminal attached: it gets the old screen.
     let (status, restored) =
