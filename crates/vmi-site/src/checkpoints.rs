@@ -456,7 +456,7 @@ mod tests {
     #[test]
     fn times_read_as_dates() {
         assert_eq!(describe_time(0), "1970-01-01 00:00 UTC");
-        assert_eq!(describe_time(1_795_000_000_000), "2026-11-18 09:46 UTC");
+        assert_eq!(describe_time(1_795_000_000_000), "2026-11-18 11:06 UTC");
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 
