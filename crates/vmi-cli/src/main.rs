@@ -7,6 +7,7 @@ mod proxy;
 mod qemu;
 mod script;
 mod services;
+mod tenants;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
-    /// Build and inspect phone images.
+    /// Build, inspect, publish and roll back phone images.
     #[command(subcommand)]
     Image(ImageCmd),
     /// Run, snapshot and restore phones.
@@ -48,12 +49,15 @@ enum Top {
     /// Mail to a user's phone.
     #[command(subcommand)]
     Mail(MailCmd),
-    /// Users: pairing codes for new devices.
+    /// Users: create (in a tenant), pairing codes for new devices.
     #[command(subcommand)]
     User(services::UserCmd),
     /// Devices: list, revoke (a lost phone), pair (its replacement).
     #[command(subcommand)]
     Device(services::DeviceCmd),
+    /// Tenants: users under quotas (phones, memory) running one image.
+    #[command(subcommand)]
+    Tenant(tenants::TenantCmd),
     /// Run a native terminal (a window, or --headless for scripts).
     Terminal(vmi_terminal::cli::TerminalArgs),
 }
@@ -84,6 +88,12 @@ enum ImageCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Publish an image as its next version at the control service (phones move to it on restart).
+    Publish(tenants::PublishArgs),
+    /// Published image versions.
+    List(tenants::ControlArg),
+    /// Withdraw an image's current version: the one before becomes current again.
+    Rollback(tenants::ImageNameArgs),
 }
 
 #[derive(Args, Clone)]
@@ -153,6 +163,10 @@ enum VmCmd {
     Migrate(services::MigrateArgs),
     /// Where every phone runs.
     List(services::ListArgs),
+    /// Boot a user's phone on a site (admitted against their tenant's quotas).
+    Create(tenants::PhoneArgs),
+    /// Restart a user's phone: it moves to its image's current version, keeping the user's data.
+    Restart(tenants::PhoneArgs),
     /// Print a snapshot file's header.
     Inspect {
         /// The snapshot file.
@@ -193,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Mail(MailCmd::Send(args)) => runtime()?.block_on(services::mail(args)),
         Top::User(cmd) => runtime()?.block_on(services::user(cmd)),
         Top::Device(cmd) => runtime()?.block_on(services::device(cmd)),
+        Top::Tenant(cmd) => runtime()?.block_on(tenants::tenant(cmd)),
         Top::Terminal(args) => runtime()?.block_on(vmi_terminal::cli::run(args)).map_err(Into::into),
     }
 }
@@ -210,6 +225,9 @@ fn read_image(path: Option<&Path>) -> Result<Vec<u8>> {
 
 fn image_cmd(cmd: ImageCmd) -> Result<()> {
     match cmd {
+        ImageCmd::Publish(args) => runtime()?.block_on(tenants::publish(args)),
+        ImageCmd::List(args) => runtime()?.block_on(tenants::list(args)),
+        ImageCmd::Rollback(args) => runtime()?.block_on(tenants::rollback(args)),
         ImageCmd::Build { out, source } => {
             let bytes = match source {
                 None => vmi_phone_image::PHONE_WASM.to_vec(),
@@ -331,6 +349,8 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
     match cmd {
         VmCmd::Migrate(args) => runtime()?.block_on(services::migrate(args)),
         VmCmd::List(args) => runtime()?.block_on(services::list(args)),
+        VmCmd::Create(args) => runtime()?.block_on(tenants::create_phone(args)),
+        VmCmd::Restart(args) => runtime()?.block_on(tenants::restart(args)),
         VmCmd::Run { phone: p, wall_start, .. } => {
             let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;
             let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;
