@@ -49,7 +49,7 @@ async fn world(clock: Arc<dyn Clock>) -> Result<World> {
     let control = vmi_control::ControlClient::new(&control_url)?;
     control.create_user("bench").await?;
     control.set_placement("bench", "site-a").await?;
-    site.state.create_phone("bench")?;
+    site.state.create_phone("bench").await?;
     let token = control.create_device("bench", "bench terminal").await?.token;
     Ok(World { site, token, _control_stop: stop, data_dir })
 }

@@ -9,6 +9,7 @@ mod proxy;
 mod qemu;
 mod script;
 mod services;
+mod tenants;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
-    /// Build and inspect phone images.
+    /// Build, inspect, publish and roll back phone images.
     #[command(subcommand)]
     Image(ImageCmd),
     /// Run, snapshot and restore phones.
@@ -50,12 +51,15 @@ enum Top {
     /// Mail to a user's phone.
     #[command(subcommand)]
     Mail(MailCmd),
-    /// Users: pairing codes for new devices.
+    /// Users: create (in a tenant), pairing codes for new devices.
     #[command(subcommand)]
     User(services::UserCmd),
     /// Devices: list, revoke (a lost phone), pair (its replacement).
     #[command(subcommand)]
     Device(services::DeviceCmd),
+    /// Tenants: users under quotas (phones, memory) running one image.
+    #[command(subcommand)]
+    Tenant(tenants::TenantCmd),
     /// Run a native terminal (a window, or --headless for scripts).
     Terminal(vmi_terminal::cli::TerminalArgs),
 }
@@ -86,6 +90,12 @@ enum ImageCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Publish an image as its next version at the control service (phones move to it on restart).
+    Publish(tenants::PublishArgs),
+    /// Published image versions.
+    List(tenants::ControlArg),
+    /// Withdraw an image's current version: the one before becomes current again.
+    Rollback(tenants::ImageNameArgs),
 }
 
 #[derive(Args, Clone)]
@@ -158,6 +168,10 @@ enum VmCmd {
     /// A phone's checkpoints: list, create, restore (`--at 3d`).
     #[command(subcommand)]
     Checkpoints(checkpoints::CheckpointsCmd),
+    /// Boot a user's phone on a site (admitted against their tenant's quotas).
+    Create(tenants::PhoneArgs),
+    /// Restart a user's phone: it moves to its image's current version, keeping the user's data.
+    Restart(tenants::PhoneArgs),
     /// Print a snapshot file's header.
     Inspect {
         /// The snapshot file.
@@ -198,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Mail(MailCmd::Send(args)) => runtime()?.block_on(services::mail(args)),
         Top::User(cmd) => runtime()?.block_on(services::user(cmd)),
         Top::Device(cmd) => runtime()?.block_on(services::device(cmd)),
+        Top::Tenant(cmd) => runtime()?.block_on(tenants::tenant(cmd)),
         Top::Terminal(args) => runtime()?.block_on(vmi_terminal::cli::run(args)).map_err(Into::into),
     }
 }
@@ -215,6 +230,9 @@ fn read_image(path: Option<&Path>) -> Result<Vec<u8>> {
 
 fn image_cmd(cmd: ImageCmd) -> Result<()> {
     match cmd {
+        ImageCmd::Publish(args) => runtime()?.block_on(tenants::publish(args)),
+        ImageCmd::List(args) => runtime()?.block_on(tenants::list(args)),
+        ImageCmd::Rollback(args) => runtime()?.block_on(tenants::rollback(args)),
         ImageCmd::Build { out, source } => {
             let bytes = match source {
                 None => vmi_phone_image::PHONE_WASM.to_vec(),
@@ -337,6 +355,8 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
         VmCmd::Migrate(args) => runtime()?.block_on(services::migrate(args)),
         VmCmd::List(args) => runtime()?.block_on(services::list(args)),
         VmCmd::Checkpoints(cmd) => runtime()?.block_on(checkpoints::run(cmd)),
+        VmCmd::Create(args) => runtime()?.block_on(tenants::create_phone(args)),
+        VmCmd::Restart(args) => runtime()?.block_on(tenants::restart(args)),
         VmCmd::Run { phone: p, wall_start, .. } => {
             let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;
             let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;

@@ -577,6 +577,17 @@ pub async fn drain(site: &str, control_url: &str, timeout_s: u64) -> Result<()> 
 /// `vmi user …`.
 #[derive(clap::Subcommand)]
 pub enum UserCmd {
+    /// Create a user, optionally in a tenant (then its quotas apply to the user's phone).
+    Create {
+        /// The user's name.
+        name: String,
+        /// The tenant (see `vmi tenant create`).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
     /// Issue a one-time code that pairs a new device with the user's phone (valid 10 min).
     PairCode {
         /// The user.
@@ -622,6 +633,9 @@ pub enum DeviceCmd {
 /// Runs `vmi user …`.
 pub async fn user(cmd: UserCmd) -> Result<()> {
     match cmd {
+        UserCmd::Create { name, tenant, control } => {
+            crate::tenants::create_user(&name, tenant.as_deref(), &control).await?
+        }
         UserCmd::PairCode { user, control } => {
             let code = ControlClient::new(&control)?.pair_code(&user).await.context("issuing a pairing code")?;
             println!("pairing code for {user}: {}  (valid 10 minutes, once)", code.code);

@@ -19,6 +19,9 @@ use crate::model::{
     PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport,
     User,
 };
+use crate::tenants::{
+    Admission, AdmitRequest, ImageVersion, Tenant, TenantRequest, TenantStatus, UserImage, UserRequest,
+};
 
 /// Timeout for a whole request (connect, send, receive) unless set with [`ControlClient::with_timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -289,6 +292,75 @@ impl ControlClient {
         self.json(Method::GET, format!("/v1/users/{}/checkpoints", segment(user)), None::<&()>).await
     }
 
+    /// `POST /v1/users` with a tenant: creates a user in `tenant` (which must exist; 404 otherwise) or in none.
+    pub async fn create_user_in(&self, name: &str, tenant: Option<&str>) -> Result<User, ClientError> {
+        let body = UserRequest { name: name.to_owned(), tenant: tenant.map(str::to_owned) };
+        self.json(Method::POST, "/v1/users".to_owned(), Some(&body)).await
+    }
+
+    /// `POST /v1/tenants`: creates a tenant with its quotas (409 if the name is taken).
+    pub async fn create_tenant(&self, tenant: &TenantRequest) -> Result<Tenant, ClientError> {
+        self.json(Method::POST, "/v1/tenants".to_owned(), Some(tenant)).await
+    }
+
+    /// `GET /v1/tenants`, each with what it uses now.
+    pub async fn list_tenants(&self) -> Result<Vec<TenantStatus>, ClientError> {
+        self.json(Method::GET, "/v1/tenants".to_owned(), None::<&()>).await
+    }
+
+    /// `PUT /v1/tenants/{name}`: replaces the tenant's quotas and image.
+    pub async fn update_tenant(&self, name: &str, quotas: &TenantRequest) -> Result<Tenant, ClientError> {
+        self.json(Method::PUT, format!("/v1/tenants/{}", segment(name)), Some(quotas)).await
+    }
+
+    /// `POST /v1/users/{user}/admit`: asks to boot the user's phone with `memory_bytes` of memory; a refusal
+    /// over a quota is a 403 whose message says which.
+    pub async fn admit(&self, user: &str, memory_bytes: u64) -> Result<Admission, ClientError> {
+        let path = format!("/v1/users/{}/admit", segment(user));
+        self.json(Method::POST, path, Some(&AdmitRequest { memory_bytes })).await
+    }
+
+    /// `DELETE /v1/users/{user}/admit`: the user's phone no longer counts against their tenant.
+    pub async fn release(&self, user: &str) -> Result<(), ClientError> {
+        self.call(Method::DELETE, format!("/v1/users/{}/admit", segment(user)), None::<&()>, None).await.map(drop)
+    }
+
+    /// `GET /v1/users/{user}/image`: the image version the user's phone should run now; `Ok(None)` when the
+    /// service answers 404 (no version of the user's image is published, or no such user).
+    pub async fn user_image(&self, user: &str) -> Result<Option<UserImage>, ClientError> {
+        match self.json(Method::GET, format!("/v1/users/{}/image", segment(user)), None::<&()>).await {
+            Ok(image) => Ok(Some(image)),
+            Err(ClientError::Status { status: 404, .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `POST /v1/images/{name}/versions`: publishes `wasm` as the image's next version.
+    pub async fn publish_image(&self, name: &str, wasm: &[u8]) -> Result<ImageVersion, ClientError> {
+        let path = format!("/v1/images/{}/versions", segment(name));
+        let body = Some((Bytes::copy_from_slice(wasm), "application/wasm"));
+        let bytes = self.call_raw(Method::POST, path, body, None, MAX_RESPONSE_BYTES).await?;
+        serde_json::from_slice(&bytes).map_err(ClientError::Decode)
+    }
+
+    /// `GET /v1/images`: every published version, withdrawn ones included.
+    pub async fn list_images(&self) -> Result<Vec<ImageVersion>, ClientError> {
+        self.json(Method::GET, "/v1/images".to_owned(), None::<&()>).await
+    }
+
+    /// `GET /v1/images/{name}/versions/{version}`: the wasm bytes of one version.
+    pub async fn image_wasm(&self, name: &str, version: u64) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/images/{}/versions/{version}", segment(name));
+        let bytes = self.call_raw(Method::GET, path, None, None, crate::MAX_IMAGE_BYTES).await?;
+        Ok(bytes.to_vec())
+    }
+
+    /// `POST /v1/images/{name}/rollback`: withdraws the current version; returns the one now current (409 if
+    /// there is no earlier one).
+    pub async fn rollback_image(&self, name: &str) -> Result<ImageVersion, ClientError> {
+        self.json(Method::POST, format!("/v1/images/{}/rollback", segment(name)), None::<&()>).await
+    }
+
     async fn json<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -299,13 +371,35 @@ impl ControlClient {
         serde_json::from_slice(&bytes).map_err(ClientError::Decode)
     }
 
-    /// One request on a fresh connection; the body of a 2xx response, or [`ClientError::Status`].
+    /// One request with a JSON body (if any) on a fresh connection; the body of a 2xx response, or
+    /// [`ClientError::Status`].
     async fn call<B: Serialize>(
         &self,
         method: Method,
         path: String,
         body: Option<&B>,
         bearer: Option<&str>,
+    ) -> Result<Bytes, ClientError> {
+        let payload = match body {
+            Some(body) => Some((
+                Bytes::from(
+                    serde_json::to_vec(body).map_err(|_| ClientError::InvalidRequest("cannot encode request body"))?,
+                ),
+                "application/json",
+            )),
+            None => None,
+        };
+        self.call_raw(method, path, payload, bearer, MAX_RESPONSE_BYTES).await
+    }
+
+    /// One request with a body of the given content type (if any); reads at most `limit` bytes of response.
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<(Bytes, &'static str)>,
+        bearer: Option<&str>,
+        limit: usize,
     ) -> Result<Bytes, ClientError> {
         let mut builder = Request::builder()
             .method(method)
@@ -319,18 +413,16 @@ impl ControlClient {
             builder = builder.header(header::AUTHORIZATION, value);
         }
         let payload = match body {
-            Some(body) => {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(
-                    serde_json::to_vec(body).map_err(|_| ClientError::InvalidRequest("cannot encode request body"))?,
-                )
+            Some((bytes, content_type)) => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                bytes
             }
             None => Bytes::new(),
         };
         let request =
             builder.body(Full::new(payload)).map_err(|_| ClientError::InvalidRequest("cannot build request"))?;
 
-        let (status, body) = tokio::time::timeout(self.timeout, self.exchange(request))
+        let (status, body) = tokio::time::timeout(self.timeout, self.exchange(request, limit))
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))??;
         if status.is_success() {
@@ -340,7 +432,7 @@ impl ControlClient {
         }
     }
 
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ClientError> {
+    async fn exchange(&self, request: Request<Full<Bytes>>, limit: usize) -> Result<(StatusCode, Bytes), ClientError> {
         let stream = TcpStream::connect(&self.addr)
             .await
             .map_err(|source| ClientError::Connect { addr: self.addr.clone(), source })?;
@@ -351,7 +443,7 @@ impl ControlClient {
         let exchange = async move {
             let response = sender.send_request(request).await.map_err(ClientError::Http)?;
             let status = response.status();
-            let collected = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await;
+            let collected = Limited::new(response.into_body(), limit).collect().await;
             drop(sender);
             let body = match collected {
                 Ok(collected) => collected.to_bytes(),
@@ -408,7 +500,7 @@ impl ControlClient {
         let request = builder
             .body(Full::new(Bytes::from(body.map(|(_, b)| b).unwrap_or_default())))
             .map_err(|_| ClientError::InvalidRequest("cannot build request"))?;
-        let (status, body) = tokio::time::timeout(self.timeout, self.exchange(request))
+        let (status, body) = tokio::time::timeout(self.timeout, self.exchange(request, MAX_RESPONSE_BYTES))
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))??;
         Ok((status.as_u16(), body))

@@ -13,7 +13,7 @@ pub enum ControlError {
     /// The named thing does not exist (404).
     #[error("{what} {id:?} not found")]
     NotFound {
-        /// What kind of thing was looked up: "user", "device", "site", "placement", "report".
+        /// What kind of thing was looked up: "user", "device", "site", "placement", "report", "tenant", "image".
         what: &'static str,
         /// The identifier that was looked up.
         id: String,
@@ -36,6 +36,13 @@ pub enum ControlError {
         /// The epoch stored now (0 if the user was never placed).
         current: u64,
     },
+    /// A tenant's quota would be exceeded (403); the message names the tenant, the quota and the use.
+    #[error("{0}")]
+    Quota(String),
+    /// The request is well-formed but cannot be done in the current state (409), e.g. rolling back an image that
+    /// has no earlier version; the message says why.
+    #[error("{0}")]
+    Refused(String),
     /// The bearer token is missing, unknown or revoked (401).
     #[error("missing, unknown or revoked token")]
     Unauthorized,
@@ -69,7 +76,10 @@ impl ControlError {
     pub fn status(&self) -> StatusCode {
         match self {
             ControlError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ControlError::Conflict { .. } | ControlError::EpochMismatch { .. } => StatusCode::CONFLICT,
+            ControlError::Conflict { .. } | ControlError::EpochMismatch { .. } | ControlError::Refused(_) => {
+                StatusCode::CONFLICT
+            }
+            ControlError::Quota(_) => StatusCode::FORBIDDEN,
             ControlError::Unauthorized => StatusCode::UNAUTHORIZED,
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ControlError::Store(_) | ControlError::UnsupportedSchema { .. } | ControlError::Entropy(_) => {

@@ -19,6 +19,9 @@ use crate::model::{
 };
 use crate::placement::PolicyParams;
 use crate::store::now_ms;
+use crate::tenants::{
+    Admission, AdmitRequest, ImageVersion, Tenant, TenantRequest, TenantStatus, UserImage, UserRequest,
+};
 use crate::{ControlError, Reports, Store, run_placer};
 
 /// Migrations listed by `GET /v1/migrations` without a `limit`.
@@ -113,6 +116,17 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports) -> Router {
         .route("/v1/migrations", post(record_migration).get(list_migrations))
         .route("/v1/users/{user}/checkpoints", get(list_checkpoints))
         .route("/v1/users/{user}/checkpoints/{site}", put(put_site_checkpoints))
+        .route("/v1/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/tenants/{name}", put(update_tenant))
+        .route("/v1/users/{user}/admit", post(admit).delete(release))
+        .route("/v1/users/{user}/image", get(user_image))
+        .route(
+            "/v1/images/{name}/versions",
+            post(publish_image).layer(axum::extract::DefaultBodyLimit::max(crate::MAX_IMAGE_BYTES)),
+        )
+        .route("/v1/images", get(list_images))
+        .route("/v1/images/{name}/versions/{version}", get(image_wasm))
+        .route("/v1/images/{name}/rollback", post(rollback_image))
         .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
         .with_state(AppState { store, reports, pair_codes: crate::PairCodes::new() })
 }
@@ -185,9 +199,93 @@ pub async fn serve_with(
 
 async fn create_user(
     State(store): State<StoreRef>,
-    ApiJson(req): ApiJson<NameRequest>,
+    ApiJson(req): ApiJson<UserRequest>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
-    Ok((StatusCode::CREATED, Json(store.create_user(&req.name)?)))
+    Ok((StatusCode::CREATED, Json(store.create_user_in(&req.name, req.tenant.as_deref())?)))
+}
+
+async fn create_tenant(
+    State(store): State<StoreRef>,
+    ApiJson(req): ApiJson<TenantRequest>,
+) -> ApiResult<(StatusCode, Json<Tenant>)> {
+    let tenant = store.create_tenant(&req)?;
+    tracing::info!(tenant = %tenant.name, max_phones = ?tenant.max_phones, max_memory_bytes = ?tenant.max_memory_bytes,
+        image = %tenant.image, "tenant created");
+    Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+async fn list_tenants(State(store): State<StoreRef>) -> ApiResult<Json<Vec<TenantStatus>>> {
+    Ok(Json(store.tenants()?))
+}
+
+async fn update_tenant(
+    State(store): State<StoreRef>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<TenantRequest>,
+) -> ApiResult<Json<Tenant>> {
+    let tenant = store.update_tenant(&name, &req)?;
+    tracing::info!(tenant = %name, max_phones = ?tenant.max_phones, max_memory_bytes = ?tenant.max_memory_bytes,
+        image = %tenant.image, "tenant updated");
+    Ok(Json(tenant))
+}
+
+/// `POST /v1/users/{user}/admit`: a site asks before it boots a phone; 403 with the quota's words if refused.
+async fn admit(
+    State(store): State<StoreRef>,
+    Path(user): Path<String>,
+    ApiJson(req): ApiJson<AdmitRequest>,
+) -> ApiResult<Json<Admission>> {
+    match store.admit(&user, req.memory_bytes) {
+        Ok(admission) => Ok(Json(admission)),
+        Err(e) => {
+            if matches!(e, ControlError::Quota(_)) {
+                tracing::info!(%user, "phone refused: {e}");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn release(State(store): State<StoreRef>, Path(user): Path<String>) -> ApiResult<StatusCode> {
+    store.release(&user)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/users/{user}/image`: the version the user's phone should run now; 404 when its image has no
+/// published version (sites then run their built-in phone).
+async fn user_image(State(store): State<StoreRef>, Path(user): Path<String>) -> ApiResult<Json<UserImage>> {
+    let (name, current) = store.user_image(&user)?;
+    current.map(Json).ok_or_else(|| ControlError::not_found("published image", name))
+}
+
+async fn publish_image(
+    State(store): State<StoreRef>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<ImageVersion>)> {
+    let version = store.publish_image(&name, &body)?;
+    tracing::info!(image = %name, version = version.version, hash = %version.hash, "image published");
+    Ok((StatusCode::CREATED, Json(version)))
+}
+
+async fn list_images(State(store): State<StoreRef>) -> ApiResult<Json<Vec<ImageVersion>>> {
+    Ok(Json(store.images()?))
+}
+
+async fn image_wasm(
+    State(store): State<StoreRef>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<([(header::HeaderName, &'static str); 1], Vec<u8>)> {
+    let id = format!("{name} version {version}");
+    let version: u64 = version.parse().map_err(|_| ControlError::not_found("image", id.clone()))?;
+    let wasm = store.image_wasm(&name, version)?.ok_or_else(|| ControlError::not_found("image", id))?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], wasm))
+}
+
+async fn rollback_image(State(store): State<StoreRef>, Path(name): Path<String>) -> ApiResult<Json<ImageVersion>> {
+    let now = store.rollback_image(&name)?;
+    tracing::info!(image = %name, current = now.version, "image rolled back");
+    Ok(Json(now))
 }
 
 async fn list_users(State(store): State<StoreRef>) -> ApiResult<Json<Vec<User>>> {

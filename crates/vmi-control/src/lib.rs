@@ -13,6 +13,9 @@
 //! - **Terminal reports** say where a user is (position) and what they see (RTT to each site); the latest per user
 //!   is kept in memory ([`Reports`]).
 //! - **Migrations** are logged by the sites that carry them out (`POST /v1/migrations`).
+//! - **Tenants** group users under quotas (phones, memory) checked when a site admits a phone; **images** are
+//!   published in versions, and a user's phone moves to its image's current version on its next restart (see
+//!   the module docs of `tenants.rs` and docs/ARCHITECTURE.md, "Tenants and images").
 //!
 //! # Phones follow their users
 //!
@@ -37,7 +40,7 @@
 //!
 //! | Method and path                       | Body                              | Success                                  |
 //! |---------------------------------------|-----------------------------------|------------------------------------------|
-//! | `POST /v1/users`                      | `{"name"}`                        | 201 `{"name"}`; 409 if taken             |
+//! | `POST /v1/users`                      | `{"name","tenant"?}`              | 201 `{"name","tenant"?}`; 409 if taken   |
 //! | `GET /v1/users`                       |                                   | 200 `[{"name"}]`                         |
 //! | `POST /v1/users/{user}/devices`       | `{"name"}`                        | 201 `{"device_id","token"}`              |
 //! | `GET /v1/users/{user}/devices`        |                                   | 200 list of [`Device`] (no tokens)       |
@@ -55,6 +58,16 @@
 //! | `GET /v1/users/{user}/report`         |                                   | 200 [`TerminalReport`]; 404 none yet     |
 //! | `POST /v1/migrations`                 | [`MigrationRecord`]               | 201 [`LoggedMigration`]                  |
 //! | `GET /v1/migrations?user=U&limit=N`   |                                   | 200 list of [`LoggedMigration`]          |
+//! | `POST /v1/tenants`                    | [`TenantRequest`]                 | 201 [`Tenant`]; 409 if taken             |
+//! | `GET /v1/tenants`                     |                                   | 200 list of [`TenantStatus`]             |
+//! | `PUT /v1/tenants/{name}`              | [`TenantRequest`] (quotas, image) | 200 [`Tenant`]; 404                      |
+//! | `POST /v1/users/{user}/admit`         | `{"memory_bytes"}`                | 200 [`Admission`]; 403 over quota        |
+//! | `DELETE /v1/users/{user}/admit`       |                                   | 204 (the phone no longer counts)         |
+//! | `GET /v1/users/{user}/image`          |                                   | 200 [`UserImage`]; 404 none published    |
+//! | `POST /v1/images/{name}/versions`     | the wasm bytes                    | 201 [`ImageVersion`] (next version)      |
+//! | `GET /v1/images`                      |                                   | 200 list of [`ImageVersion`]             |
+//! | `GET /v1/images/{name}/versions/{v}`  |                                   | 200 `application/wasm`; 404              |
+//! | `POST /v1/images/{name}/rollback`     |                                   | 200 [`ImageVersion`] now current; 409    |
 //! | `GET /healthz`                        |                                   | 200 `ok`                                 |
 //!
 //! `expected_epoch` makes the placement change a compare-and-set: it applies only if the placement is at that
@@ -80,6 +93,8 @@
 //! - Terminal reports live in memory: a restart forgets them (the placer then keeps phones put until new ones
 //!   arrive). The migration log grows without bound.
 //! - Plain HTTP only, for the server and [`ControlClient`]; no TLS.
+//! - Image versions are kept as blobs in the database for ever (withdrawn ones too). An admission is released
+//!   only when a phone fails to boot or by `DELETE /v1/users/{user}/admit`: sites have no "delete phone" yet.
 //! - The client opens one connection per request.
 //! - The server does not cap concurrent connections.
 //!
@@ -119,6 +134,7 @@ pub mod placement;
 mod placer;
 mod reports;
 mod store;
+mod tenants;
 
 pub use client::{
     ClientError, ControlClient, DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, get_bytes, post_bytes, post_json, ws_url,
@@ -136,3 +152,7 @@ pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, de
 pub use placer::{ORDER_TIMEOUT, run_placer};
 pub use reports::Reports;
 pub use store::{SCHEMA_VERSION, SqliteStore, Store, TOKEN_BYTES, generate_token, now_ms, token_hash};
+pub use tenants::{
+    Admission, AdmitRequest, DEFAULT_IMAGE, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus,
+    UserImage, UserRequest, format_bytes,
+};

@@ -27,6 +27,9 @@ pub const MAX_REASON_LEN: usize = 256;
 pub struct User {
     /// Unique name, e.g. "alice".
     pub name: String,
+    /// The tenant the user belongs to; `None`: no tenant (no quotas, the default image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A device (terminal) registered to a user. Its token is never part of this record.

@@ -15,6 +15,7 @@ use crate::model::{
     CatalogedCheckpoint, CheckpointEntry, Device, Identity, LoggedMigration, MigrationRecord, NewDevice, Placement,
     Site, SiteSpec, User, validate_id, validate_label, validate_migration, validate_site_spec,
 };
+use crate::tenants::{Admission, ImageVersion, Tenant, TenantRequest, TenantStatus, UserImage, db};
 
 /// Bytes of randomness in a device token; the token is their lowercase hex, twice as many characters.
 pub const TOKEN_BYTES: usize = 32;
@@ -24,8 +25,12 @@ pub const TOKEN_BYTES: usize = 32;
 /// Object-safe so the HTTP layer can hold an `Arc<dyn Store>`. Implementations validate their inputs (names, ids,
 /// site specs) and report problems as [`ControlError::BadRequest`], missing rows as [`ControlError::NotFound`].
 pub trait Store: Send + Sync {
-    /// Creates a user; [`ControlError::Conflict`] if the name is taken.
-    fn create_user(&self, name: &str) -> Result<User, ControlError>;
+    /// Creates a user without a tenant; [`ControlError::Conflict`] if the name is taken.
+    fn create_user(&self, name: &str) -> Result<User, ControlError> {
+        self.create_user_in(name, None)
+    }
+    /// Creates a user in `tenant` (which must exist) or in none; [`ControlError::Conflict`] if the name is taken.
+    fn create_user_in(&self, name: &str, tenant: Option<&str>) -> Result<User, ControlError>;
     /// All users, by name.
     fn list_users(&self) -> Result<Vec<User>, ControlError>;
     /// Registers a device for an existing user and returns its new token (only its hash is stored).
@@ -71,6 +76,32 @@ pub trait Store: Send + Sync {
     fn put_site_checkpoints(&self, user: &str, site: &str, entries: &[CheckpointEntry]) -> Result<(), ControlError>;
     /// The catalogue of `user`'s checkpoints (the user must exist), oldest first, each with the sites holding it.
     fn checkpoints(&self, user: &str) -> Result<Vec<CatalogedCheckpoint>, ControlError>;
+
+    /// Creates a tenant; [`ControlError::Conflict`] if the name is taken.
+    fn create_tenant(&self, req: &TenantRequest) -> Result<Tenant, ControlError>;
+    /// Replaces a tenant's quotas and image (`req.name` is ignored).
+    fn update_tenant(&self, name: &str, req: &TenantRequest) -> Result<Tenant, ControlError>;
+    /// All tenants by name, with what each uses now.
+    fn tenants(&self) -> Result<Vec<TenantStatus>, ControlError>;
+    /// Admits the user's phone with `memory_bytes` of memory, in one transaction: [`ControlError::Quota`] if
+    /// their tenant would exceed its phones or memory quota (nothing recorded), else the admission is recorded
+    /// on the user (replacing an earlier one of theirs).
+    fn admit(&self, user: &str, memory_bytes: u64) -> Result<Admission, ControlError>;
+    /// Forgets the user's admission: their phone no longer counts against the tenant.
+    fn release(&self, user: &str) -> Result<(), ControlError>;
+    /// Publishes `wasm` as the next version of image `name` (the current version, unchanged, if its bytes are
+    /// the same).
+    fn publish_image(&self, name: &str, wasm: &[u8]) -> Result<ImageVersion, ControlError>;
+    /// Every published version by name and version, withdrawn ones included.
+    fn images(&self) -> Result<Vec<ImageVersion>, ControlError>;
+    /// The wasm bytes of one version, withdrawn or not.
+    fn image_wasm(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>, ControlError>;
+    /// Withdraws the current version of `name` and returns the one now current; [`ControlError::Refused`] if
+    /// none would be left.
+    fn rollback_image(&self, name: &str) -> Result<ImageVersion, ControlError>;
+    /// The image name the user's phone runs (their tenant's, else [`DEFAULT_IMAGE`](crate::DEFAULT_IMAGE)) and
+    /// its current version, if one is published.
+    fn user_image(&self, user: &str) -> Result<(String, Option<UserImage>), ControlError>;
 }
 
 /// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
@@ -121,6 +152,31 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX migrations_by_user ON migrations(user, id);
 ",
+    // Tenants and images (crate::tenants). A user's tenant NULL means none: no quotas, the default image.
+    // phone_memory_bytes is the memory of the user's admitted phone (NULL: no phone admitted).
+    "
+    CREATE TABLE tenants (
+        name TEXT PRIMARY KEY NOT NULL,
+        max_phones INTEGER,
+        max_memory_bytes INTEGER,
+        image TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    ALTER TABLE users ADD COLUMN tenant TEXT REFERENCES tenants(name);
+    ALTER TABLE users ADD COLUMN phone_memory_bytes INTEGER;
+    CREATE INDEX users_by_tenant ON users(tenant);
+    CREATE TABLE images (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        wasm BLOB NOT NULL,
+        published_ms INTEGER NOT NULL,
+        withdrawn INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (name, version)
+    );
+    CREATE INDEX images_by_hash ON images(hash);
+",
+    // The checkpoint catalogue (sites report what they hold of each user).
     "
     CREATE TABLE checkpoints (
         user TEXT NOT NULL REFERENCES users(name),
@@ -286,23 +342,31 @@ fn load_site(conn: &Connection, id: &str) -> Result<Option<Site>, ControlError> 
 }
 
 impl Store for SqliteStore {
-    fn create_user(&self, name: &str) -> Result<User, ControlError> {
+    fn create_user_in(&self, name: &str, tenant: Option<&str>) -> Result<User, ControlError> {
         validate_id("user name", name)?;
-        let conn = self.conn();
-        let inserted = conn.execute(
-            "INSERT INTO users (name, created_ms) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
-            params![name, now_ms()],
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(tenant) = tenant
+            && db::tenant(&tx, tenant)?.is_none()
+        {
+            return Err(ControlError::not_found("tenant", tenant));
+        }
+        let inserted = tx.execute(
+            "INSERT INTO users (name, created_ms, tenant) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO NOTHING",
+            params![name, now_ms(), tenant],
         )?;
         if inserted == 0 {
             return Err(ControlError::Conflict { what: "user", id: name.to_owned() });
         }
-        Ok(User { name: name.to_owned() })
+        tx.commit()?;
+        Ok(User { name: name.to_owned(), tenant: tenant.map(str::to_owned) })
     }
 
     fn list_users(&self) -> Result<Vec<User>, ControlError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name FROM users ORDER BY name")?;
-        let users = stmt.query_map([], |row| Ok(User { name: row.get(0)? }))?.collect::<Result<_, _>>()?;
+        let mut stmt = conn.prepare("SELECT name, tenant FROM users ORDER BY name")?;
+        let users =
+            stmt.query_map([], |row| Ok(User { name: row.get(0)?, tenant: row.get(1)? }))?.collect::<Result<_, _>>()?;
         Ok(users)
     }
 
@@ -545,6 +609,63 @@ impl Store for SqliteStore {
         };
         Ok(logged)
     }
+
+    fn create_tenant(&self, req: &TenantRequest) -> Result<Tenant, ControlError> {
+        db::create_tenant(&self.conn(), req)
+    }
+
+    fn update_tenant(&self, name: &str, req: &TenantRequest) -> Result<Tenant, ControlError> {
+        db::update_tenant(&self.conn(), name, req)
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantStatus>, ControlError> {
+        let mut conn = self.conn();
+        // One read transaction: every tenant's usage from the same moment.
+        let tx = conn.transaction()?;
+        db::tenants(&tx)
+    }
+
+    fn admit(&self, user: &str, memory_bytes: u64) -> Result<Admission, ControlError> {
+        let mut conn = self.conn();
+        // Immediate: the quota check and the record are one step, so two sites admitting at once cannot both
+        // take the last phone of a tenant.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let admission = db::admit(&tx, user, memory_bytes)?;
+        tx.commit()?;
+        Ok(admission)
+    }
+
+    fn release(&self, user: &str) -> Result<(), ControlError> {
+        db::release(&self.conn(), user)
+    }
+
+    fn publish_image(&self, name: &str, wasm: &[u8]) -> Result<ImageVersion, ControlError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = db::publish(&tx, name, wasm)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    fn images(&self) -> Result<Vec<ImageVersion>, ControlError> {
+        db::images(&self.conn())
+    }
+
+    fn image_wasm(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>, ControlError> {
+        db::wasm(&self.conn(), name, version)
+    }
+
+    fn rollback_image(&self, name: &str) -> Result<ImageVersion, ControlError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = db::rollback(&tx, name)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    fn user_image(&self, user: &str) -> Result<(String, Option<UserImage>), ControlError> {
+        db::user_image(&self.conn(), user)
+    }
 }
 
 #[cfg(test)]
@@ -562,7 +683,7 @@ mod tests {
     #[test]
     fn users_are_unique_and_listed_by_name() {
         let s = store();
-        assert_eq!(s.create_user("bob").unwrap(), User { name: "bob".into() });
+        assert_eq!(s.create_user("bob").unwrap(), User { name: "bob".into(), tenant: None });
         s.create_user("alice").unwrap();
         assert!(matches!(s.create_user("bob"), Err(ControlError::Conflict { what: "user", .. })));
         assert!(matches!(s.create_user("no/slash"), Err(ControlError::BadRequest(_))));
@@ -778,6 +899,27 @@ mod tests {
         let site = s.site("site-a").unwrap().unwrap();
         assert_eq!((site.capacity, site.draining), (3, false));
         assert!(s.migrations(None, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_2_database_gets_tenants_and_images_in_place() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version (version) VALUES (2);
+             INSERT INTO users (name, created_ms) VALUES ('alice', 1);",
+        )
+        .unwrap();
+        let s = SqliteStore::init(conn).unwrap();
+        // An existing user has no tenant: no quotas, the default image.
+        assert_eq!(s.list_users().unwrap(), [User { name: "alice".into(), tenant: None }]);
+        assert_eq!(s.admit("alice", 64 << 20).unwrap().tenant, None);
+        assert!(s.tenants().unwrap().is_empty());
+        assert!(s.images().unwrap().is_empty());
+        let version: u32 = s.conn().query_row("SELECT version FROM schema_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 3);
     }
 
     #[test]

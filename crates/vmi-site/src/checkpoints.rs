@@ -206,7 +206,7 @@ impl SiteState {
     /// checkpointed (so the restore can be undone) and then replaced in place; a phone
     /// that runs nowhere (its site was lost) is started here from the checkpoint, if the
     /// control service places it here.
-    pub async fn restore_checkpoint(&self, user: &str, which: Selector) -> Result<Restored, SiteError> {
+    pub async fn restore_checkpoint(self: &Arc<Self>, user: &str, which: Selector) -> Result<Restored, SiteError> {
         let _busy = self.checkpoints.busy.lock().await;
         // Marked as moving for the duration: no migration may start from a VM that is
         // about to be replaced.
@@ -258,7 +258,7 @@ impl SiteState {
         } else {
             None
         };
-        let phone = self.restore_snapshot(&bytes)?;
+        let phone = self.restore_snapshot(&bytes).await?;
         if running {
             self.ask(user, |reply| PhoneCommand::Replace(phone, reply)).await?;
         } else {

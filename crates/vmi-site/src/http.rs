@@ -42,6 +42,7 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/phones/{user}/screen-hash", get(screen_hash))
         .route("/v1/phones/{user}/kv/{key}", get(kv))
         .route("/v1/phones/{user}/migrate", post(migrate))
+        .route("/v1/phones/{user}/restart", post(restart))
         .route("/v1/devices/{id}/revoked", post(device_revoked))
         .route("/v1/migrate", get(migrate_in))
         .route("/v1/phones/{user}/checkpoints", get(list_checkpoints).post(take_checkpoint))
@@ -77,6 +78,9 @@ impl From<SiteError> for ApiError {
             SiteError::BadUser(_) => StatusCode::BAD_REQUEST,
             SiteError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
             SiteError::Migration(_) => StatusCode::CONFLICT,
+            SiteError::Admission { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN),
+            SiteError::WrongImage(_) => StatusCode::CONFLICT,
+            SiteError::Image { .. } => StatusCode::BAD_GATEWAY,
             SiteError::Checkpoint(c) => match c {
                 CheckpointError::UnknownUser(_)
                 | CheckpointError::UnknownCheckpoint { .. }
@@ -113,7 +117,9 @@ async fn list_phones(State(site): State<Arc<SiteState>>) -> Json<serde_json::Val
     let mut phones = Vec::new();
     for user in site.users() {
         if let Ok(status) = site.ask(&user, PhoneCommand::Status).await {
-            phones.push(serde_json::json!({ "user": user, "site": site.id, "phone": status }));
+            // The image with its published name and version, when the site knows them.
+            let image = vmi_engine::ImageHash::from_hex(&status.image).map(|h| site.image_ref(&h));
+            phones.push(serde_json::json!({ "user": user, "site": site.id, "phone": status, "image": image }));
         }
     }
     Json(serde_json::json!({ "site": site.id, "phones": phones }))
@@ -126,13 +132,19 @@ struct NewPhone {
 
 async fn create_phone(State(site): State<Arc<SiteState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let NewPhone { user } = json_body(&body)?;
-    // Booting runs the guest's init: keep it off the async workers.
-    let s = site.clone();
-    let u = user.clone();
-    tokio::task::spawn_blocking(move || s.create_phone(&u))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    // Admission (403 with the tenant's quota in words), then the boot, off the async workers.
+    site.create_phone(&user).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "user": user, "site": site.id }))).into_response())
+}
+
+/// `POST /v1/phones/{user}/restart`: stops the phone with a full snapshot and boots it
+/// again on its user's current image version; 200 with what happened (`upgrade_error`
+/// says why it stayed on its old image, if it did).
+async fn restart(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    // Its own task: a caller that goes away must not leave the phone stopped halfway.
+    let task = tokio::spawn(async move { site.restart_phone(&user).await });
+    let report = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(report).into_response())
 }
 
 #[derive(Deserialize)]

@@ -10,7 +10,14 @@
 //!   phone runs elsewhere;
 //! - the browser terminal is served from `/`;
 //! - on clean shutdown every phone is snapshotted into the data directory, and brought
-//!   back from there on the next start, so a restart loses nothing the user typed.
+//!   back from there on the next start, so a restart loses nothing the user typed;
+//! - images are loaded on demand: a phone runs the version of its image the control
+//!   service names for its user (`GET /v1/users/{user}/image`), or the built-in phone
+//!   when none is published. A phone moves to a new version (or back, after a rollback)
+//!   when it boots from its snapshot: at site start and on an operator's restart
+//!   (`POST /v1/phones/{user}/restart`). Only its key-value store crosses
+//!   ([`Engine::upgrade`]); if the new version cannot boot, the phone stays on its old one;
+//! - a new phone is admitted by the control service first (its tenant's quotas).
 //!
 //! Only this crate speaks HTTP for a site; the engine and protocol crates know nothing
 //! of it.
@@ -33,6 +40,9 @@ use vmi_engine::{Clock, Engine, ImageHash, VirtualPhone, VmConfig};
 use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
 
 use crate::phone::{PhoneCommand, PhoneLink, PhoneTask, SavedPhone};
+
+mod images;
+pub use images::{ImageRef, RestartReport};
 
 /// Why a site could not start or do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -70,12 +80,32 @@ pub enum SiteError {
     /// A migration could not start.
     #[error("migration: {0}")]
     Migration(String),
-    /// The phone's image is not the one this site runs.
-    #[error("this site does not run image {0}")]
+    /// The phone's image is neither loaded here nor published at the control service.
+    #[error("this site cannot run image {0}: it is not published at the control service")]
     WrongImage(String),
     /// The checkpoint store refused or failed.
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] vmi_checkpoint::CheckpointError),
+    /// The control service refused to admit a new phone (a tenant quota, an unknown user); `status` is its
+    /// HTTP status, `message` its words.
+    #[error("{message}")]
+    Admission {
+        /// HTTP status of the refusal (403 over a quota, 404 unknown user).
+        status: u16,
+        /// Why, as the control service put it.
+        message: String,
+    },
+    /// An image could not be fetched or loaded.
+    #[error("image {hash}: {reason}")]
+    Image {
+        /// The image's hash (hex).
+        hash: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A task running engine work ended without an answer.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// How to run a site.
@@ -118,7 +148,11 @@ pub struct SiteState {
     /// Base URL terminals and operators use.
     pub url: String,
     engine: WasmEngine,
-    image: ImageHash,
+    /// The image built into this binary ([`vmi_phone_image::PHONE_WASM`]): what phones run
+    /// when the control service has no version of their image published.
+    builtin_image: ImageHash,
+    /// Every image loaded here, by hash.
+    images: RwLock<HashMap<ImageHash, images::SiteImage>>,
     phones: RwLock<HashMap<String, PhoneLink>>,
     /// Users whose phones are leaving this site right now.
     migrating: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -190,9 +224,15 @@ impl SiteState {
         moving.insert(user.to_string()).then(|| MovingGuard { site: self, user: user.to_string() })
     }
 
-    /// A phone from a full snapshot of this site's image.
-    pub(crate) fn restore_snapshot(&self, bytes: &[u8]) -> Result<Box<dyn VirtualPhone>, SiteError> {
-        Ok(self.engine.restore(&self.image, &[bytes], &self.vm_config())?)
+    /// A phone from a full snapshot, on the image it was taken on (loaded here first,
+    /// fetched from the control service if need be): going back to a checkpoint goes
+    /// back to its image version too.
+    pub(crate) async fn restore_snapshot(self: &Arc<Self>, bytes: &[u8]) -> Result<Box<dyn VirtualPhone>, SiteError> {
+        let header = vmi_snapshot::Snapshot::peek_header(bytes)
+            .map_err(|e| SiteError::Migration(format!("checkpoint does not read as a snapshot: {e}")))?;
+        let image = ImageHash(header.image_hash);
+        self.ensure_image(&image).await?;
+        Ok(self.engine.restore(&image, &[bytes], &self.vm_config())?)
     }
 
     /// Whether the site is shutting down.
@@ -219,7 +259,9 @@ impl SiteState {
         if self.phone(user).is_some() {
             return Err(SiteError::Exists(user.to_string()));
         }
-        if *image != self.image {
+        // Any image this site has loaded (a migration's destination loads it first, see
+        // `ensure_image`).
+        if !self.has_image(image) {
             return Err(SiteError::WrongImage(image.to_hex()));
         }
         // Phones arriving count against capacity (this one included).
@@ -235,8 +277,37 @@ impl SiteState {
         Ok(self.engine.begin_restore(image, &self.vm_config())?)
     }
 
-    /// Boots a new phone for `user`.
-    pub fn create_phone(&self, user: &str) -> Result<(), SiteError> {
+    /// Boots a new phone for `user`: the control service admits it first (its tenant's
+    /// quotas; [`SiteError::Admission`] with the reason if refused, and nothing is created),
+    /// then it boots on the current version of the user's image.
+    pub async fn create_phone(self: &Arc<Self>, user: &str) -> Result<(), SiteError> {
+        self.check_room(user)?;
+        let config = VmConfig { rng_seed: seed_of(user), ..self.vm_config() };
+        self.control.admit(user, config.memory_limit_bytes).await.map_err(images::admission_error)?;
+        let booted = async {
+            let image = self.current_image(user).await?;
+            let site = self.clone();
+            let phone = self.blocking(move || site.engine.create(&image, &config)).await??;
+            // Checked again: another request may have booted this user's phone meanwhile.
+            self.check_room(user)?;
+            self.spawn_phone(user, phone, HashMap::new());
+            tracing::info!(site = %self.id, user, image = %image, "phone created");
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &booted
+            && !matches!(e, SiteError::Exists(_))
+        {
+            // The phone does not run: it must not count against the tenant.
+            if let Err(release) = self.control.release(user).await {
+                tracing::warn!(user, "could not release the admission of a phone that did not boot: {release}");
+            }
+        }
+        booted
+    }
+
+    /// Whether a new phone for `user` may boot here now (name, not there yet, capacity).
+    fn check_room(&self, user: &str) -> Result<(), SiteError> {
         if !valid_user(user) {
             return Err(SiteError::BadUser(user.to_string()));
         }
@@ -247,10 +318,6 @@ impl SiteState {
         if count >= self.config.capacity {
             return Err(SiteError::Full(self.config.capacity));
         }
-        let config = VmConfig { rng_seed: seed_of(user), ..self.vm_config() };
-        let phone = self.engine.create(&self.image, &config)?;
-        self.spawn_phone(user, phone, HashMap::new());
-        tracing::info!(site = %self.id, user, "phone created");
         Ok(())
     }
 
@@ -271,7 +338,7 @@ impl SiteState {
         phone.ask(make).await.ok_or_else(|| SiteError::PhoneGone(user.to_string()))
     }
 
-    async fn restore_all(&self) -> Result<usize, SiteError> {
+    async fn restore_all(self: &Arc<Self>) -> Result<usize, SiteError> {
         let dir = self.config.data_dir.join("phones");
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -307,8 +374,10 @@ impl SiteState {
                     continue;
                 }
             }
-            match self.engine.restore(&self.image, &[&bytes], &self.vm_config()) {
-                Ok(phone) => {
+            // On the current version of its image: a phone moves to a newly published
+            // version (or back after a rollback) here.
+            match self.boot_saved(&user, bytes.into()).await {
+                Ok((phone, _report)) => {
                     self.spawn_phone(&user, phone, input_seqs);
                     restored += 1;
                 }
@@ -375,7 +444,7 @@ const MAX_INPUTS_JSON: usize = 1 << 20;
 /// Writes a saved phone atomically, snapshot and input numbering in one file (so a crash
 /// can never pair a snapshot with another moment's numbering): `VMIPHONE`, u32 length of
 /// the input numbering as JSON, that JSON, then the snapshot (docs/SNAPSHOT_FORMAT.md).
-fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
+pub(crate) fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SiteError::Io { path, source }
@@ -451,7 +520,7 @@ impl SiteHandle {
 pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
     let engine_config = WasmEngineConfig { max_vms: config.capacity + 8, ..WasmEngineConfig::default() };
     let engine = WasmEngine::with_config(engine_config, config.clock.clone())?;
-    let image = engine.load_image(vmi_phone_image::PHONE_WASM)?.hash;
+    let builtin_image = engine.load_image(vmi_phone_image::PHONE_WASM)?.hash;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| SiteError::Io { path: PathBuf::from(config.listen.to_string()), source })?;
@@ -464,7 +533,8 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         id: config.id.clone(),
         url: url.clone(),
         engine,
-        image,
+        builtin_image,
+        images: RwLock::new(HashMap::from([(builtin_image, images::SiteImage::builtin())])),
         phones: RwLock::new(HashMap::new()),
         migrating: std::sync::Mutex::new(std::collections::HashSet::new()),
         arriving: std::sync::Mutex::new(std::collections::HashSet::new()),

@@ -160,12 +160,18 @@ async fn drive(
         .map_err(|_| format!("connecting to {url} timed out"))?
         .map_err(|e| format!("connecting to {url}: {e}"))?;
     let (width, height) = site.config.screen;
+    // The image this phone runs now (phones of one site may run different versions).
+    let image = phone
+        .ask(PhoneCommand::Status)
+        .await
+        .and_then(|status| ImageHash::from_hex(&status.image))
+        .ok_or("the phone task is gone")?;
     send(
         &mut ws,
         &MigrationMessage::Begin {
             version: MIGRATION_VERSION,
             user: user.into(),
-            image: site.image.0,
+            image: image.0,
             epoch: placement.epoch,
             width: width as u16,
             height: height as u16,
@@ -322,6 +328,11 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>) {
         let _ = reply(&mut socket, &refuse(format!("{user}'s phone is already arriving here"))).await;
         return;
     };
+    // A phone on an image new to this site: fetch it from the control service first.
+    if let Err(e) = site.ensure_image(&ImageHash(image)).await {
+        let _ = reply(&mut socket, &refuse(e.to_string())).await;
+        return;
+    }
     if let Err(e) = site.can_host(&user, &ImageHash(image)) {
         let _ = reply(&mut socket, &refuse(e.to_string())).await;
         return;

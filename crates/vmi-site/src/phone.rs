@@ -137,6 +137,8 @@ pub struct PhoneStatus {
     pub memory_bytes: u64,
     /// Events delivered.
     pub events: u64,
+    /// The image it runs (content hash, hex).
+    pub image: String,
 }
 
 struct Session {
@@ -456,6 +458,7 @@ impl PhoneTask {
                     awake: self.sessions.values().filter(|s| !s.asleep).count(),
                     memory_bytes: usage.memory_bytes,
                     events: usage.events,
+                    image: self.phone.info().image.to_hex(),
                 });
             }
             PhoneCommand::Checkpoint(_, reply) if self.frozen => {

@@ -84,7 +84,7 @@ pub async fn site_with_clock(control: &Control, id: &str, data_dir: PathBuf, clo
 pub async fn user_with_phone(control: &Control, site: &SiteHandle, user: &str) -> String {
     control.client.create_user(user).await.expect("user");
     control.client.set_placement(user, &site.state.id).await.expect("placement");
-    site.state.create_phone(user).expect("phone");
+    site.state.create_phone(user).await.expect("phone");
     control.client.create_device(user, "test device").await.expect("device").token
 }
 

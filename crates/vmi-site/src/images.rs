@@ -1,0 +1,243 @@
+//! Images on demand and phones moving between image versions.
+//!
+//! A site starts with the built-in phone image loaded. Any other image is fetched from the
+//! control service when a phone needs it (the version its user should run, or the image
+//! of a phone migrating in), checked against its hash, loaded once and kept.
+//!
+//! A phone changes version only when it boots from its snapshot: at site start and on a
+//! restart. If its user's current version differs from the snapshot's image, the phone is
+//! upgraded ([`Engine::upgrade`]: the new image boots fresh with the old key-value store);
+//! if that fails, it is restored on its old image as it was, and the error is reported.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use vmi_engine::{Engine, ImageHash, VirtualPhone, VmConfig};
+
+use crate::phone::PhoneCommand;
+use crate::{SiteError, SiteState, seed_of, valid_user, write_phone};
+
+/// An image loaded on this site.
+#[derive(Clone)]
+pub(crate) struct SiteImage {
+    wasm: Arc<[u8]>,
+    /// Name and version at the control service, once known (the built-in phone has none
+    /// until the control service names it).
+    published: Option<(String, u64)>,
+}
+
+impl SiteImage {
+    pub(crate) fn builtin() -> SiteImage {
+        SiteImage { wasm: Arc::from(vmi_phone_image::PHONE_WASM), published: None }
+    }
+}
+
+/// An image as listings and reports show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageRef {
+    /// Content hash, hex.
+    pub hash: String,
+    /// Name at the control service (None: the built-in phone, not published).
+    pub name: Option<String>,
+    /// Version at the control service.
+    pub version: Option<u64>,
+}
+
+/// What a restart did (`POST /v1/phones/{user}/restart`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartReport {
+    /// Whose phone.
+    pub user: String,
+    /// The image it ran before.
+    pub from: ImageRef,
+    /// The image it runs now.
+    pub to: ImageRef,
+    /// Whether it moved to another image version (its key-value store kept).
+    pub upgraded: bool,
+    /// Why it could not move to its user's current version, if it could not: it then runs
+    /// its old image, state unchanged.
+    pub upgrade_error: Option<String>,
+}
+
+/// A control-service refusal to admit a phone, as a site error.
+pub(crate) fn admission_error(e: vmi_control::ClientError) -> SiteError {
+    match e {
+        vmi_control::ClientError::Status { status, body } if (400..500).contains(&status) => {
+            SiteError::Admission { status, message: body }
+        }
+        e => SiteError::Control(e),
+    }
+}
+
+impl SiteState {
+    /// The wasm bytes of an image loaded on this site.
+    pub fn image_wasm(&self, hash: &ImageHash) -> Option<Arc<[u8]>> {
+        self.images.read().unwrap_or_else(|p| p.into_inner()).get(hash).map(|i| i.wasm.clone())
+    }
+
+    /// Whether this site has the image loaded.
+    pub fn has_image(&self, hash: &ImageHash) -> bool {
+        self.images.read().unwrap_or_else(|p| p.into_inner()).contains_key(hash)
+    }
+
+    /// The image as listings show it: its hash, and its name and version once known.
+    pub fn image_ref(&self, hash: &ImageHash) -> ImageRef {
+        let published =
+            self.images.read().unwrap_or_else(|p| p.into_inner()).get(hash).and_then(|i| i.published.clone());
+        ImageRef { hash: hash.to_hex(), name: published.as_ref().map(|p| p.0.clone()), version: published.map(|p| p.1) }
+    }
+
+    /// Runs engine work (compiling, booting, restoring) off the async workers.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, SiteError> {
+        tokio::task::spawn_blocking(work).await.map_err(|e| SiteError::Internal(format!("engine task failed: {e}")))
+    }
+
+    /// The image `user`'s phone should run now: the current version of their image at the
+    /// control service (fetched and loaded if new here), or the built-in phone when none is
+    /// published.
+    pub async fn current_image(self: &Arc<Self>, user: &str) -> Result<ImageHash, SiteError> {
+        let Some(wanted) = self.control.user_image(user).await? else {
+            return Ok(self.builtin_image);
+        };
+        let hash = ImageHash::from_hex(&wanted.hash).ok_or_else(|| SiteError::Image {
+            hash: wanted.hash.clone(),
+            reason: "the control service named an image by a malformed hash".into(),
+        })?;
+        if let Some(image) = self.images.write().unwrap_or_else(|p| p.into_inner()).get_mut(&hash) {
+            image.published = Some((wanted.name, wanted.version));
+            return Ok(hash);
+        }
+        let wasm = self.control.image_wasm(&wanted.name, wanted.version).await?;
+        self.load(hash, wasm, (wanted.name, wanted.version)).await?;
+        Ok(hash)
+    }
+
+    /// Makes sure an image is loaded here, fetching it from the control service by its hash
+    /// (withdrawn versions included: a phone may still run one); [`SiteError::WrongImage`]
+    /// if the control service does not have it.
+    pub async fn ensure_image(self: &Arc<Self>, hash: &ImageHash) -> Result<(), SiteError> {
+        if self.has_image(hash) {
+            return Ok(());
+        }
+        let hex = hash.to_hex();
+        let versions = self.control.list_images().await?;
+        let found = versions.into_iter().find(|v| v.hash == hex).ok_or_else(|| SiteError::WrongImage(hex))?;
+        let wasm = self.control.image_wasm(&found.name, found.version).await?;
+        self.load(*hash, wasm, (found.name, found.version)).await
+    }
+
+    /// Checks fetched bytes against the hash they were named by, and loads them.
+    async fn load(self: &Arc<Self>, hash: ImageHash, wasm: Vec<u8>, published: (String, u64)) -> Result<(), SiteError> {
+        if ImageHash::of(&wasm) != hash {
+            return Err(SiteError::Image {
+                hash: hash.to_hex(),
+                reason: format!("the bytes of {} version {} do not have that hash", published.0, published.1),
+            });
+        }
+        let wasm: Arc<[u8]> = wasm.into();
+        let site = self.clone();
+        let bytes = wasm.clone();
+        // Compiling takes a while: off the async workers. The engine checks the image
+        // against the guest ABI here and names what is wrong.
+        self.blocking(move || site.engine.load_image(&bytes)).await?.map_err(|e| SiteError::Image {
+            hash: hash.to_hex(),
+            reason: format!("{} version {} does not load: {e}", published.0, published.1),
+        })?;
+        tracing::info!(site = %self.id, image = %published.0, version = published.1, %hash, "image loaded");
+        self.images
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, SiteImage { wasm, published: Some(published) });
+        Ok(())
+    }
+
+    /// Boots a saved phone (a full snapshot) on its user's current image version: restored
+    /// as it was if that is the snapshot's image, upgraded (key-value store kept) if not. A
+    /// failed upgrade falls back to restoring the old image; the report says why.
+    pub(crate) async fn boot_saved(
+        self: &Arc<Self>,
+        user: &str,
+        snapshot: Arc<[u8]>,
+    ) -> Result<(Box<dyn VirtualPhone>, RestartReport), SiteError> {
+        let header = vmi_snapshot::Snapshot::peek_header(&snapshot).map_err(vmi_engine::EngineError::from)?;
+        let old = ImageHash(header.image_hash);
+        let mut report = RestartReport {
+            user: user.to_string(),
+            from: self.image_ref(&old),
+            to: self.image_ref(&old),
+            upgraded: false,
+            upgrade_error: None,
+        };
+        let target = match self.current_image(user).await {
+            Ok(target) => target,
+            Err(e) => {
+                // The phone still boots, on what it ran: an unreachable control service or a
+                // bad new version must not keep it down.
+                tracing::error!(user, "cannot load the user's current image; the phone stays on {old}: {e}");
+                report.upgrade_error = Some(format!("cannot load the user's current image: {e}"));
+                old
+            }
+        };
+        if target != old {
+            let site = self.clone();
+            let bytes = snapshot.clone();
+            let config = VmConfig { rng_seed: seed_of(user), ..self.vm_config() };
+            match self.blocking(move || site.engine.upgrade(&target, &[&bytes], &config)).await? {
+                Ok(phone) => {
+                    report.to = self.image_ref(&target);
+                    report.upgraded = true;
+                    tracing::info!(user, from = ?report.from, to = ?report.to, "phone moved to another image version");
+                    return Ok((phone, report));
+                }
+                Err(e) => {
+                    tracing::error!(user, from = %old, to = %target, "image upgrade failed; the phone stays on its image: {e}");
+                    report.upgrade_error = Some(format!("the phone cannot move to image {target}: {e}"));
+                }
+            }
+        }
+        self.ensure_image(&old).await?;
+        let site = self.clone();
+        let config = self.vm_config();
+        let phone = self.blocking(move || site.engine.restore(&old, &[&snapshot], &config)).await??;
+        Ok((phone, report))
+    }
+
+    /// Restarts `user`'s phone: stops it with a full snapshot (written to the data
+    /// directory first, so nothing is lost whatever happens next), then boots it again on
+    /// its user's current image version (see [`SiteState::current_image`]).
+    pub async fn restart_phone(self: &Arc<Self>, user: &str) -> Result<RestartReport, SiteError> {
+        if !valid_user(user) {
+            return Err(SiteError::BadUser(user.to_string()));
+        }
+        let phone = self.phone(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
+        // Marked as moving: no migration may take the phone while it is down.
+        if !self.migrating.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string()) {
+            return Err(SiteError::Migration(format!("{user}'s phone is moving; restart it afterwards")));
+        }
+        let result = self.restart_stopped(user, &phone).await;
+        self.migrating.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+        result
+    }
+
+    async fn restart_stopped(
+        self: &Arc<Self>,
+        user: &str,
+        phone: &crate::phone::PhoneLink,
+    ) -> Result<RestartReport, SiteError> {
+        let saved = phone.ask(PhoneCommand::Stop).await.ok_or_else(|| SiteError::PhoneGone(user.to_string()))?;
+        // The task has ended, whatever the answer.
+        self.phones.write().unwrap_or_else(|p| p.into_inner()).remove(user);
+        let saved = saved.map_err(|e| SiteError::Internal(format!("cannot snapshot {user}'s phone: {e}")))?;
+        if let Err(e) = write_phone(&self.phone_dir(user), &saved) {
+            // The snapshot is still in memory and boots below; the file is only a safety net.
+            tracing::error!(user, "cannot save the phone before its restart: {e}");
+        }
+        let (vm, report) = self.boot_saved(user, saved.snapshot.into()).await?;
+        self.spawn_phone(user, vm, saved.input_seqs);
+        tracing::info!(user, upgraded = report.upgraded, "phone restarted");
+        Ok(report)
+    }
+}
