@@ -15,6 +15,7 @@
 //! Only this crate speaks HTTP for a site; the engine and protocol crates know nothing
 //! of it.
 
+pub mod checkout;
 mod http;
 pub mod migration;
 pub mod phone;
@@ -72,6 +73,32 @@ pub enum SiteError {
     /// The phone's image is not the one this site runs.
     #[error("this site does not run image {0}")]
     WrongImage(String),
+    /// The phone is checked out to a terminal (docs/OFFLINE.md); the message says to
+    /// which device and until when.
+    #[error("{0}")]
+    CheckedOut(String),
+    /// The phone is not checked out.
+    #[error("{0}'s phone is not checked out")]
+    NotCheckedOut(String),
+    /// A checkin's lease is not the one out (wrong, ended or expired).
+    #[error("{0}")]
+    LeaseRefused(String),
+    /// No valid device token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The device may not do this (another user's phone, another device's lease).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A request that cannot be done as asked (a corrupt or foreign checkin, a bad lease
+    /// length).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A checkout or resume failed on the site's side; the phone is kept.
+    #[error("{0}")]
+    CheckoutFailed(String),
+    /// The site is shutting down.
+    #[error("the site is shutting down")]
+    Closing,
 }
 
 /// How to run a site.
@@ -117,6 +144,8 @@ pub struct SiteState {
     arriving: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Set when the site starts shutting down: no phone may arrive after it.
     closing: std::sync::atomic::AtomicBool,
+    /// Phones checked out to terminals (docs/OFFLINE.md).
+    leases: checkout::Leases,
     control: ControlClient,
     config: SiteConfig,
 }
@@ -192,6 +221,9 @@ impl SiteState {
         if self.phone(user).is_some() {
             return Err(SiteError::Exists(user.to_string()));
         }
+        if let Some(why) = self.checkout_refusal(user) {
+            return Err(SiteError::CheckedOut(why));
+        }
         if *image != self.image {
             return Err(SiteError::WrongImage(image.to_hex()));
         }
@@ -202,6 +234,12 @@ impl SiteState {
             return Err(SiteError::Full(self.config.capacity));
         }
         Ok(())
+    }
+
+    /// The bytes of image `hash` (the .wasm a terminal runs a checked-out phone on), if
+    /// this site has them.
+    pub fn image_wasm(&self, hash: &ImageHash) -> Option<Arc<[u8]>> {
+        (*hash == self.image).then(|| Arc::from(vmi_phone_image::PHONE_WASM))
     }
 
     fn engine_begin_restore(&self, image: &ImageHash) -> Result<Box<dyn vmi_engine::RestoreStage>, SiteError> {
@@ -215,6 +253,10 @@ impl SiteState {
         }
         if self.phone(user).is_some() {
             return Err(SiteError::Exists(user.to_string()));
+        }
+        // A fresh phone would shadow the one that is out (and overwrite its base at shutdown).
+        if let Some(why) = self.checkout_refusal(user) {
+            return Err(SiteError::CheckedOut(why));
         }
         let count = self.phones.read().unwrap_or_else(|p| p.into_inner()).len() as u32;
         if count >= self.config.capacity {
@@ -255,6 +297,10 @@ impl SiteState {
         for entry in entries.flatten() {
             let user = entry.file_name().to_string_lossy().into_owned();
             if !valid_user(&user) {
+                continue;
+            }
+            // A checked-out phone runs on its terminal: it stays out, its lease kept.
+            if self.adopt_lease(&user, &entry.path()) {
                 continue;
             }
             let state_path = entry.path().join(PHONE_FILE);
@@ -426,10 +472,12 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         migrating: std::sync::Mutex::new(std::collections::HashSet::new()),
         arriving: std::sync::Mutex::new(std::collections::HashSet::new()),
         closing: std::sync::atomic::AtomicBool::new(false),
+        leases: checkout::Leases::default(),
         control,
         config: config.clone(),
     });
     let restored = state.restore_all().await?;
+    checkout::spawn_expiry(&state);
     tracing::info!(site = %config.id, %url, restored, "site listening");
 
     let spec = vmi_control::SiteSpec { url: url.clone(), lat: config.lat, lon: config.lon, capacity: config.capacity };
