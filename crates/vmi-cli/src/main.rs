@@ -60,8 +60,9 @@ enum Top {
     /// Tenants: users under quotas (phones, memory) running one image.
     #[command(subcommand)]
     Tenant(tenants::TenantCmd),
-    /// Run a native terminal (a window, or --headless for scripts).
-    Terminal(vmi_terminal::cli::TerminalArgs),
+    /// Run a native terminal (a window, or --headless for scripts); or take the phone
+    /// offline: checkout, run-offline, checkin.
+    Terminal(vmi_terminal::offline::TerminalCommand),
 }
 
 #[derive(Subcommand)]
@@ -172,6 +173,15 @@ enum VmCmd {
     Create(tenants::PhoneArgs),
     /// Restart a user's phone: it moves to its image's current version, keeping the user's data.
     Restart(tenants::PhoneArgs),
+    /// Break a phone's offline checkout (a lost terminal): the phone resumes on its site
+    /// from the checkout base, and the lease's checkin is refused.
+    CheckoutCancel {
+        /// Whose phone.
+        user: String,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
     /// Print a snapshot file's header.
     Inspect {
         /// The snapshot file.
@@ -213,8 +223,21 @@ fn run(cli: Cli) -> Result<()> {
         Top::User(cmd) => runtime()?.block_on(services::user(cmd)),
         Top::Device(cmd) => runtime()?.block_on(services::device(cmd)),
         Top::Tenant(cmd) => runtime()?.block_on(tenants::tenant(cmd)),
-        Top::Terminal(args) => runtime()?.block_on(vmi_terminal::cli::run(args)).map_err(Into::into),
+        Top::Terminal(cmd) => runtime()?.block_on(vmi_terminal::offline::run_command(cmd)).map_err(Into::into),
     }
+}
+
+/// `vmi vm checkout-cancel USER`: asks the phone's site to break the lease.
+async fn checkout_cancel(user: &str, control: &str) -> Result<()> {
+    let control = vmi_control::ControlClient::new(control)?;
+    let placement = control.placement(user).await.with_context(|| format!("finding {user}'s phone"))?;
+    let url = format!("{}/v1/phones/{user}/checkout/cancel", placement.site_url);
+    let (status, text) = vmi_control::post_json(&url, &serde_json::json!({})).await.context("asking the site")?;
+    if status != 200 {
+        bail!("{} did not cancel the checkout ({status}): {text}", placement.site);
+    }
+    println!("{text}");
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -357,6 +380,7 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
         VmCmd::Checkpoints(cmd) => runtime()?.block_on(checkpoints::run(cmd)),
         VmCmd::Create(args) => runtime()?.block_on(tenants::create_phone(args)),
         VmCmd::Restart(args) => runtime()?.block_on(tenants::restart(args)),
+        VmCmd::CheckoutCancel { user, control } => runtime()?.block_on(checkout_cancel(&user, &control)),
         VmCmd::Run { phone: p, wall_start, .. } => {
             let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;
             let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;

@@ -58,6 +58,14 @@ pub enum ProtocolError {
         /// The size it must decompress to.
         expected: usize,
     },
+    /// A JSON field (an offline checkout's lease or checkin header) does not parse.
+    #[error("bad {what}: {reason}")]
+    BadJson {
+        /// The field.
+        what: &'static str,
+        /// What the JSON parser said.
+        reason: String,
+    },
     /// Bytes are left after the last field of the message.
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),

@@ -90,6 +90,7 @@ pub mod display;
 pub mod error;
 pub mod message;
 pub mod migration;
+pub mod offline;
 pub mod wire;
 
 #[cfg(test)]

@@ -132,10 +132,6 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl SiteState {
-    fn now_ms(&self) -> u64 {
-        self.config.clock.wall_ns() / 1_000_000
-    }
-
     /// Checkpoints `user`'s phone now (incremental against its last checkpoint here when
     /// possible) and copies it to the replica site.
     pub async fn checkpoint(&self, user: &str, label: Option<String>) -> Result<Taken, SiteError> {
@@ -213,6 +209,11 @@ impl SiteState {
         let _moving = self.mark_moving(user).ok_or_else(|| {
             SiteError::Migration(format!("{user}'s phone is migrating; restore it once it has arrived"))
         })?;
+        // Asked after the mark (a checkout refuses a moving phone): a phone that is out on
+        // a terminal is not restored here behind its back.
+        if let Some(why) = self.checkout_refusal(user) {
+            return Err(SiteError::CheckedOut(why));
+        }
         let running = self.phone(user).is_some();
         // Held until the phone runs: no migration may arrive for it meanwhile.
         let mut _arrival = None;

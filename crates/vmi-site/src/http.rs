@@ -43,6 +43,12 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/phones/{user}/kv/{key}", get(kv))
         .route("/v1/phones/{user}/migrate", post(migrate))
         .route("/v1/phones/{user}/restart", post(restart))
+        .route("/v1/phones/{user}/checkout", post(checkout))
+        .route("/v1/phones/{user}/checkout/cancel", post(cancel_checkout))
+        .route(
+            "/v1/phones/{user}/checkin",
+            post(checkin).layer(axum::extract::DefaultBodyLimit::max(vmi_protocol::offline::MAX_CHECKIN_BYTES)),
+        )
         .route("/v1/devices/{id}/revoked", post(device_revoked))
         .route("/v1/migrate", get(migrate_in))
         .route("/v1/phones/{user}/checkpoints", get(list_checkpoints).post(take_checkpoint))
@@ -96,6 +102,16 @@ impl From<SiteError> for ApiError {
                     return ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
                 }
             },
+            SiteError::CheckedOut(_) | SiteError::LeaseRefused(_) => StatusCode::CONFLICT,
+            SiteError::NotCheckedOut(_) => StatusCode::NOT_FOUND,
+            SiteError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            SiteError::Forbidden(_) => StatusCode::FORBIDDEN,
+            SiteError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            SiteError::Closing => StatusCode::SERVICE_UNAVAILABLE,
+            SiteError::CheckoutFailed(_) => {
+                tracing::error!("{e}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             _ => {
                 tracing::error!("site error: {e:#}");
                 return ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
@@ -234,6 +250,51 @@ async fn migrate(
     let report = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let status = if report.outcome == "committed" { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
     Ok((status, Json(report)).into_response())
+}
+
+// ---- offline checkout and checkin (docs/OFFLINE.md) ----
+//
+// Each runs in its own task: a terminal that goes away mid-request must not cut a
+// checkout off between stopping the phone and keeping its base.
+
+/// `POST /v1/phones/{user}/checkout` with the device token: the bundle (lease, base
+/// snapshot, image) in the layout of `vmi_protocol::offline`.
+async fn checkout(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers).ok_or_else(unauthorized)?;
+    let request: vmi_protocol::offline::CheckoutRequest =
+        if body.iter().all(u8::is_ascii_whitespace) { Default::default() } else { json_body(&body)? };
+    let task = tokio::spawn(async move { site.checkout(&token, &user, request).await });
+    let bundle = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let bytes = vmi_protocol::offline::encode_bundle(&bundle);
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// `POST /v1/phones/{user}/checkin` with the device token and a checkin body.
+async fn checkin(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers).ok_or_else(unauthorized)?;
+    let checkin = vmi_protocol::offline::decode_checkin(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad checkin body: {e}")))?;
+    let task = tokio::spawn(async move { site.checkin(&token, &user, checkin).await });
+    let report = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(report).into_response())
+}
+
+/// `POST /v1/phones/{user}/checkout/cancel` (operator): breaks the lease; the phone
+/// resumes here from its checkout base.
+async fn cancel_checkout(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    let task = tokio::spawn(async move { site.cancel_checkout(&user).await });
+    let report = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(report).into_response())
 }
 
 async fn migrate_in(ws: WebSocketUpgrade, State(site): State<Arc<SiteState>>) -> Response {

@@ -22,6 +22,7 @@
 //! Only this crate speaks HTTP for a site; the engine and protocol crates know nothing
 //! of it.
 
+pub mod checkout;
 pub mod checkpoints;
 mod http;
 pub mod migration;
@@ -106,6 +107,32 @@ pub enum SiteError {
     /// A task running engine work ended without an answer.
     #[error("{0}")]
     Internal(String),
+    /// The phone is checked out to a terminal (docs/OFFLINE.md); the message says to
+    /// which device and until when.
+    #[error("{0}")]
+    CheckedOut(String),
+    /// The phone is not checked out.
+    #[error("{0}'s phone is not checked out")]
+    NotCheckedOut(String),
+    /// A checkin's lease is not the one out (wrong, ended or expired).
+    #[error("{0}")]
+    LeaseRefused(String),
+    /// No valid device token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The device may not do this (another user's phone, another device's lease).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A request that cannot be done as asked (a corrupt or foreign checkin, a bad lease
+    /// length).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A checkout or resume failed on the site's side; the phone is kept.
+    #[error("{0}")]
+    CheckoutFailed(String),
+    /// The site is shutting down.
+    #[error("the site is shutting down")]
+    Closing,
 }
 
 /// How to run a site.
@@ -160,6 +187,8 @@ pub struct SiteState {
     arriving: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Set when the site starts shutting down: no phone may arrive after it.
     closing: std::sync::atomic::AtomicBool,
+    /// Phones checked out to terminals (docs/OFFLINE.md).
+    leases: checkout::Leases,
     control: ControlClient,
     config: SiteConfig,
     checkpoints: checkpoints::Checkpoints,
@@ -212,6 +241,11 @@ impl SiteState {
         Some(ArrivalGuard { site: self, user: user.to_string() })
     }
 
+    /// Now by the site's clock, ms since the Unix epoch.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.config.clock.wall_ns() / 1_000_000
+    }
+
     /// Whether `user`'s phone is leaving this site right now.
     pub(crate) fn is_migrating(&self, user: &str) -> bool {
         self.migrating.lock().unwrap_or_else(|p| p.into_inner()).contains(user)
@@ -258,6 +292,9 @@ impl SiteState {
         }
         if self.phone(user).is_some() {
             return Err(SiteError::Exists(user.to_string()));
+        }
+        if let Some(why) = self.checkout_refusal(user) {
+            return Err(SiteError::CheckedOut(why));
         }
         // Any image this site has loaded (a migration's destination loads it first, see
         // `ensure_image`).
@@ -314,6 +351,10 @@ impl SiteState {
         if self.phone(user).is_some() {
             return Err(SiteError::Exists(user.to_string()));
         }
+        // A fresh phone would shadow the one that is out (and overwrite its base at shutdown).
+        if let Some(why) = self.checkout_refusal(user) {
+            return Err(SiteError::CheckedOut(why));
+        }
         let count = self.phones.read().unwrap_or_else(|p| p.into_inner()).len() as u32;
         if count >= self.config.capacity {
             return Err(SiteError::Full(self.config.capacity));
@@ -349,6 +390,10 @@ impl SiteState {
         for entry in entries.flatten() {
             let user = entry.file_name().to_string_lossy().into_owned();
             if !valid_user(&user) {
+                continue;
+            }
+            // A checked-out phone runs on its terminal: it stays out, its lease kept.
+            if self.adopt_lease(&user, &entry.path()) {
                 continue;
             }
             let state_path = entry.path().join(PHONE_FILE);
@@ -539,11 +584,13 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         migrating: std::sync::Mutex::new(std::collections::HashSet::new()),
         arriving: std::sync::Mutex::new(std::collections::HashSet::new()),
         closing: std::sync::atomic::AtomicBool::new(false),
+        leases: checkout::Leases::default(),
         control,
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         config: config.clone(),
     });
     let restored = state.restore_all().await?;
+    checkout::spawn_expiry(&state);
     tracing::info!(site = %config.id, %url, restored, "site listening");
 
     let spec = vmi_control::SiteSpec { url: url.clone(), lat: config.lat, lon: config.lon, capacity: config.capacity };

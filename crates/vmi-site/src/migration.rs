@@ -90,9 +90,21 @@ pub async fn migrate_out(
     if to_id == site.id {
         return Err(SiteError::Migration(format!("{user}'s phone is already on {to_id}")));
     }
+    // A checked-out phone runs on its terminal (docs/OFFLINE.md): nothing here to move.
+    if let Some(why) = site.checkout_refusal(user) {
+        return Err(SiteError::CheckedOut(why));
+    }
     let phone = site.phone(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
-    if !site.migrating.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string()) {
-        return Err(SiteError::Migration(format!("{user}'s phone is already moving or being restored")));
+    {
+        let mut migrating = site.migrating.lock().unwrap_or_else(|p| p.into_inner());
+        // Asked again under the migration lock, which a checkout also takes: a phone is
+        // checked out or migrated, never both at once.
+        if let Some(why) = site.checkout_refusal(user) {
+            return Err(SiteError::CheckedOut(why));
+        }
+        if !migrating.insert(user.to_string()) {
+            return Err(SiteError::Migration(format!("{user}'s phone is already moving or being restored")));
+        }
     }
     let started = Instant::now();
     let mut report = MigrationReport {

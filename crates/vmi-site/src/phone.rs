@@ -96,6 +96,10 @@ pub enum PhoneCommand {
     /// Take a full snapshot and stop the task; the reply carries the snapshot and the
     /// per-device input sequence numbers.
     Stop(oneshot::Sender<Result<SavedPhone, String>>),
+    /// Offline checkout (docs/OFFLINE.md): take a full snapshot and stop, telling every
+    /// terminal why with the message; if no snapshot can be taken the phone keeps running
+    /// and the reply says why.
+    CheckOut(ServerMessage, oneshot::Sender<Result<SavedPhone, String>>),
     /// Live migration, while the phone runs: a pre-copy round (bytes, pages); `true`
     /// starts a new sequence (round 0).
     PreCopy(bool, oneshot::Sender<Result<(Vec<u8>, usize), String>>),
@@ -241,6 +245,23 @@ impl PhoneTask {
                     let _ = reply.send(self.save());
                     return;
                 }
+                Some(PhoneCommand::CheckOut(message, reply)) => match self.save() {
+                    // Only once the site holds the snapshot may the VM go: one live copy,
+                    // and never none.
+                    Ok(saved) => match reply.send(Ok(saved)) {
+                        Ok(()) => {
+                            for id in self.sessions.keys().copied().collect::<Vec<_>>() {
+                                self.send(id, message.clone());
+                            }
+                            tracing::info!(user = %self.user, "phone checked out; stopped");
+                            return;
+                        }
+                        Err(_) => tracing::warn!(user = %self.user, "checkout gave up; the phone keeps running"),
+                    },
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Some(PhoneCommand::Fence(url, reply)) => {
                     for id in self.sessions.keys().copied().collect::<Vec<_>>() {
                         self.send(id, ServerMessage::Redirect { url: url.clone() });
@@ -487,7 +508,7 @@ impl PhoneTask {
                 tracing::info!(user = %self.user, "phone replaced by a restored checkpoint");
                 let _ = reply.send(());
             }
-            PhoneCommand::Stop(_) | PhoneCommand::Fence(..) => {}
+            PhoneCommand::Stop(_) | PhoneCommand::Fence(..) | PhoneCommand::CheckOut(..) => {}
         }
     }
 

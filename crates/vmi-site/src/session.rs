@@ -60,6 +60,10 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         Err(e) => return refuse(socket, ErrorCode::Internal, format!("cannot check the token: {e}")).await,
     };
     let Some(phone) = site.phone(&identity.user) else {
+        // Checked out to a terminal (docs/OFFLINE.md): say to which device and until when.
+        if let Some(why) = site.checkout_refusal(&identity.user) {
+            return refuse(socket, ErrorCode::NotHere, why).await;
+        }
         // Not here: if the control service knows where the phone runs, send the terminal there.
         if let Ok(placement) = site.control.placement(&identity.user).await
             && placement.site != site.id

@@ -99,6 +99,31 @@ pub enum TerminalError {
     /// The window could not be opened or failed.
     #[error("window failed: {0}")]
     Window(String),
+    /// An HTTP exchange with a site failed (offline checkout and checkin).
+    #[error("cannot reach {url}: {reason}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The site refused an offline checkout or checkin; its message says why.
+    #[error("the site refused ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The site's message.
+        message: String,
+    },
+    /// A checkout kept on this terminal is missing, damaged or not what it should be.
+    #[error("{0}")]
+    Offline(String),
+    /// The engine could not load the image or restore the phone offline.
+    #[error("the phone cannot run here")]
+    Engine(#[source] vmi_engine::EngineError),
+    /// The phone failed while running offline (its last saved state is kept).
+    #[error("the phone failed offline")]
+    Vm(#[source] vmi_engine::VmError),
 }
 
 impl TerminalError {
@@ -119,7 +144,12 @@ impl TerminalError {
             | TerminalError::Png { .. }
             | TerminalError::Script { .. }
             | TerminalError::InputQueueFull { .. }
-            | TerminalError::Window(_) => true,
+            | TerminalError::Window(_)
+            | TerminalError::Http { .. }
+            | TerminalError::Refused { .. }
+            | TerminalError::Offline(_)
+            | TerminalError::Engine(_)
+            | TerminalError::Vm(_) => true,
             TerminalError::Connect { .. }
             | TerminalError::Timeout(_)
             | TerminalError::WebSocket(_)
@@ -135,6 +165,7 @@ impl TerminalError {
             TerminalError::Usage(_) | TerminalError::Script { .. } => 2,
             TerminalError::Site { code: ErrorCode::Unauthorized, .. } => 3,
             TerminalError::Control(e) if e.status() == Some(401) => 3,
+            TerminalError::Refused { status: 401 | 403, .. } => 3,
             _ => 1,
         }
     }

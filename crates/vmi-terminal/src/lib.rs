@@ -18,6 +18,9 @@
 //!   [`polling_phone_day`](energy::polling_phone_day), the phone that polls its own mail.
 //! - [`script`]: the line-oriented scripts a headless run plays (`tap`, `drag`, `type`,
 //!   `key`, `wait`, `sleep`, `wake`, `ping`, `screenshot`).
+//! - [`offline`]: `vmi terminal checkout | run-offline | checkin` (docs/OFFLINE.md): the
+//!   phone leaves its site under a lease, runs here on the sites' engine, and goes back
+//!   as deltas against the checkout.
 //! - [`cli`]: `vmi terminal`: [`TerminalArgs`] and [`cli::run`]; headless mode prints one
 //!   JSON object per event. The window (cargo feature `window`, a `minifb` X11 window
 //!   loaded with dlopen) shows the phone, maps the mouse to touches and the keyboard to
@@ -53,6 +56,7 @@
 pub mod cli;
 pub mod energy;
 mod error;
+pub mod offline;
 pub mod script;
 pub mod session;
 #[cfg(feature = "window")]

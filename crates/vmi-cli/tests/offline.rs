@@ -1,0 +1,72 @@
+//! Offline use from the command line, against `vmi up`: `vmi terminal checkout`,
+//! `run-offline`, `checkin` bring offline edits back to the site; a second checkout is
+//! refused while the first is out; `vmi vm checkout-cancel` breaks a lease.
+
+mod common;
+
+use common::*;
+
+fn run(args: &[&str]) -> std::process::Output {
+    vmi().args(args).output().expect("vmi runs")
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn checkout_run_offline_checkin_and_cancel_from_the_command_line() {
+    let data = std::env::temp_dir().join(format!("vmi-offline-cli-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).expect("data dir");
+    let port = free_ports();
+    let control = format!("http://127.0.0.1:{port}");
+    let (mut up, url) = up(&data.join("sites"), port, &["--no-proxy"]);
+    let token = url.split("token=").nth(1).expect("token").to_string();
+    let site = url.split("/?token=").next().expect("site url").to_string();
+    let dir = data.join("offline").display().to_string();
+
+    let out = run(&["terminal", "checkout", "--control", &control, "--token", &token, "--lease", "2h", "--dir", &dir]);
+    assert!(out.status.success(), "checkout: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"event\":\"checked_out\""));
+
+    // One live copy: a second checkout is refused while the first is out.
+    let other = data.join("other").display().to_string();
+    let out = run(&["terminal", "checkout", "--control", &control, "--token", &token, "--dir", &other]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("(409)") && stderr(&out).contains("checked out to device"), "{}", stderr(&out));
+
+    let script = data.join("notes.script");
+    std::fs::write(&script, "tap 274 1090\ntype Offline from the CLI\n").expect("script");
+    let shot = data.join("offline.png");
+    let out = run(&[
+        "terminal",
+        "run-offline",
+        "--dir",
+        &dir,
+        "--script",
+        &script.display().to_string(),
+        "--screenshot",
+        &shot.display().to_string(),
+        "--cpu-slowdown",
+        "2",
+    ]);
+    assert!(out.status.success(), "run-offline: {}", stderr(&out));
+    assert!(shot.exists(), "the offline screen was saved");
+    let out = run(&["terminal", "checkin", "--dir", &dir]);
+    assert!(out.status.success(), "checkin: {}", stderr(&out));
+    assert_eq!(fetch(&format!("{site}/v1/phones/demo/kv/notes.text"), None), "Offline from the CLI");
+
+    // A lost terminal: the operator breaks the lease and the phone resumes on its site.
+    let out = run(&["terminal", "checkout", "--control", &control, "--token", &token, "--dir", &dir]);
+    assert!(out.status.success(), "checkout again: {}", stderr(&out));
+    let out = run(&["vm", "checkout-cancel", "demo", "--control", &control]);
+    assert!(out.status.success(), "cancel: {}", stderr(&out));
+    let out = run(&["terminal", "checkin", "--dir", &dir]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cancelled by an operator"), "{}", stderr(&out));
+    assert_eq!(fetch(&format!("{site}/v1/phones/demo/kv/notes.text"), None), "Offline from the CLI");
+
+    interrupt(&mut up);
+    let _ = std::fs::remove_dir_all(&data);
+}
