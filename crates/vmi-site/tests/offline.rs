@@ -119,7 +119,7 @@ async fn checkout_edit_offline_checkin_and_the_site_shows_the_edits() {
     let (status, message) = refused(offline::checkout(&second).await);
     assert_eq!(status, 409);
     assert!(message.contains(&format!("checked out to device {}", lease.device_id)), "{message}");
-    assert!(matches!(site.state.create_phone("alice"), Err(SiteError::CheckedOut(_))));
+    assert!(matches!(site.state.create_phone("alice").await, Err(SiteError::CheckedOut(_))));
     let migrated = vmi_site::migration::migrate_out(&site.state, "alice", "site-b", "http://127.0.0.1:9").await;
     assert!(matches!(migrated, Err(SiteError::CheckedOut(_))), "{:?}", migrated.err());
     let same_dir = offline::checkout(&checkout_args(&control, &token, &dir, None)).await;
