@@ -902,7 +902,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_2_database_gets_tenants_and_images_in_place() {
+    fn a_version_2_database_gets_tenants_images_and_the_catalogue_in_place() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(MIGRATIONS[0]).unwrap();
         conn.execute_batch(MIGRATIONS[1]).unwrap();
@@ -918,8 +918,9 @@ mod tests {
         assert_eq!(s.admit("alice", 64 << 20).unwrap().tenant, None);
         assert!(s.tenants().unwrap().is_empty());
         assert!(s.images().unwrap().is_empty());
+        assert!(s.checkpoints("alice").unwrap().is_empty());
         let version: u32 = s.conn().query_row("SELECT version FROM schema_version", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
