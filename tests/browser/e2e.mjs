@@ -5,7 +5,8 @@
 //        --mail-url http://127.0.0.1:PORT/v1/phones/alice/mail --screenshot-dir DIR
 //
 // Options: --chromium PATH (default $CHROMIUM or /usr/bin/chromium), --timeout-ms N
-// (per wait, default 20000). Prints one JSON line per step on stdout:
+// (per wait, default 20000), --skip-history (a site without checkpoints, e.g. the mock).
+// Prints one JSON line per step on stdout:
 //   {"step":"home",...} {"step":"typed","screen_hash":H} {"step":"notified","bytes_while_asleep":N,...}
 //   {"step":"inbox","screen_hash":H} {"step":"done"}
 // (H: the page's screen hash, docs/PROTOCOL.md, as 16 lowercase hex digits.) On any
@@ -19,7 +20,7 @@ import { chromium } from 'playwright-core';
 
 const USAGE =
   'usage: node e2e.mjs --url http://HOST:PORT/?token=TOKEN --mail-url http://HOST:PORT/v1/phones/USER/mail ' +
-  '[--screenshot-dir DIR] [--chromium /usr/bin/chromium] [--timeout-ms 20000]';
+  '[--screenshot-dir DIR] [--chromium /usr/bin/chromium] [--timeout-ms 20000] [--skip-history]';
 
 let opts;
 try {
@@ -30,6 +31,7 @@ try {
       'screenshot-dir': { type: 'string' },
       chromium: { type: 'string' },
       'timeout-ms': { type: 'string' },
+      'skip-history': { type: 'boolean' },
       help: { type: 'boolean' },
     },
   }));
@@ -215,36 +217,42 @@ async function run(context) {
   emit({ step: 'typed', screen_hash: await hash(), frames: v.frames });
 
   // 2b. "Restore my phone to…": save a checkpoint, type more, restore it from the list
-  currentStep = 'restored';
-  const history = () => page.evaluate(() => window.vmi.history);
-  const waitHistory = async (what, pred) => {
-    const deadline = Date.now() + TIMEOUT;
-    for (;;) {
-      const h = await history();
-      if (h && pred(h)) return h;
-      checkErrors();
-      if (Date.now() > deadline) fail(`timed out waiting for ${what}; history = ${JSON.stringify(h)}`);
-      await sleepMs(50);
-    }
-  };
-  await waitHistory('the checkpoint list to load', (h) => h.loads >= 1);
-  await page.click('#hist-save');
-  let h = await waitHistory('the saved checkpoint in the list', (h) => h.saved && h.checkpoints.some((c) => c.id === h.saved));
-  const saved = h.saved;
-  v = await vmi();
-  const beforeMore = v.frames;
-  await page.keyboard.type(' and more', { delay: 15 });
-  v = await settle('the extra text to show', beforeMore);
-  const row = `#hist-list li[data-id="${saved}"] button`;
-  await page.click(row); // arms: "Sure?"
-  await page.waitForSelector(`${row}.confirm`);
-  await shot('history.png');
-  const beforeRestore = (await vmi()).frames;
-  await page.click(row);
-  h = await waitHistory('the restore to finish', (h) => h.restored === saved);
-  v = await settle('the restored screen', beforeRestore);
-  await shot('restored.png');
-  emit({ step: 'restored', id: saved, checkpoints: h.checkpoints.length, screen_hash: await hash() });
+  if (!opts['skip-history']) await restoreFromHistory();
+
+  async function restoreFromHistory() {
+    currentStep = 'restored';
+    const history = () => page.evaluate(() => window.vmi.history);
+    const waitHistory = async (what, pred) => {
+      const deadline = Date.now() + TIMEOUT;
+      for (;;) {
+        const h = await history();
+        if (h && pred(h)) return h;
+        checkErrors();
+        if (Date.now() > deadline) fail(`timed out waiting for ${what}; history = ${JSON.stringify(h)}`);
+        await sleepMs(50);
+      }
+    };
+    await waitHistory('the checkpoint list to load', (h) => h.loads >= 1);
+    await page.click('#hist-save');
+    let h = await waitHistory('the saved checkpoint in the list', (h) => h.saved && h.checkpoints.some((c) => c.id === h.saved));
+    const saved = h.saved;
+    v = await vmi();
+    const beforeMore = v.frames;
+    await page.keyboard.type(' and more', { delay: 15 });
+    v = await settle('the extra text to show', beforeMore);
+    const row = `#hist-list li[data-id="${saved}"] button`;
+    await page.click(row); // arms: "Sure?"
+    await page.waitForSelector(`${row}.confirm`);
+    await shot('history.png');
+    const beforeRestore = (await vmi()).frames;
+    await page.click(row);
+    const listed = h.checkpoints.length;
+    // done: restored, and the list reloaded with the checkpoint of what it left
+    h = await waitHistory('the restore to finish', (h) => h.restored === saved && h.checkpoints.length > listed);
+    v = await settle('the restored screen', beforeRestore);
+    await shot('restored.png');
+    emit({ step: 'restored', id: saved, checkpoints: h.checkpoints.length, screen_hash: await hash() });
+  }
 
   // 3. sleep; a mail arrives as a notification and no frame
   currentStep = 'notified';

@@ -63,7 +63,7 @@ async function startMock() {
 async function runE2e(mock, shots) {
   const child = spawn(
     process.execPath,
-    [join(here, 'e2e.mjs'), '--url', mock.url, '--mail-url', mock.mail_url, '--screenshot-dir', shots, '--chromium', executablePath],
+    [join(here, 'e2e.mjs'), '--url', mock.url, '--mail-url', mock.mail_url, '--screenshot-dir', shots, '--chromium', executablePath, '--skip-history'],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
