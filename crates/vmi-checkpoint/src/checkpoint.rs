@@ -391,10 +391,10 @@ impl CheckpointStore {
             let table = self.load_table(hash, SnapshotId([0; 32]))?;
             chunks.extend(table.pages.values().copied());
         }
-        // Sweep chunks first: a table never outlives a chunk it names only if tables go
-        // after, but a swept table's chunks are unmarked anyway, so the order is free.
+        // Tables first: if a delete fails part way, no table is left naming a chunk that
+        // is gone (a present table must mean its chunks are present).
         let mut report = GcReport::default();
-        for (prefix, marked) in [(CHUNKS, &chunks), (TABLES, &tables)] {
+        for (prefix, marked) in [(TABLES, &tables), (CHUNKS, &chunks)] {
             for object in self.objects.list(prefix)? {
                 // Objects that are not content names are not ours to delete.
                 let Some(hash) = object.key.strip_prefix(prefix).and_then(from_hex) else { continue };
@@ -561,6 +561,18 @@ pub(crate) fn table_key(hash: &Hash) -> String {
 
 pub(crate) fn manifest_key(user: &str, id: SnapshotId) -> String {
     format!("{MANIFESTS}{user}/{}", id.to_hex())
+}
+
+/// Resolves a snapshot chain (a full snapshot, then incremental ones in order) into one
+/// full snapshot of its last state: what a crashed phone's last good chain is kept as.
+pub fn flatten(chain: &[&[u8]]) -> Result<Vec<u8>> {
+    let store = CheckpointStore::new(Arc::new(crate::MemStore::new()));
+    let mut last = None;
+    for (i, snapshot) in chain.iter().enumerate() {
+        last = Some(store.put("chain", snapshot, i as u64, None)?.id);
+    }
+    let last = last.ok_or_else(|| CheckpointError::UnknownUser("chain".into()))?;
+    store.restore("chain", Selector::Id(last))
 }
 
 /// Checks a user name: 1 to 64 bytes of `[A-Za-z0-9._-]`, not starting with `.` (the

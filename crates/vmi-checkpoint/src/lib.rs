@@ -52,7 +52,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use checkpoint::{CheckpointInfo, CheckpointStore, GcReport, Selector, Stats, validate_user};
+pub use checkpoint::{CheckpointInfo, CheckpointStore, GcReport, Selector, Stats, flatten, validate_user};
 pub use error::{CheckpointError, Result};
 pub use replica::{MAX_BUNDLE_BYTES, decode_bundle, encode_bundle};
 pub use retention::{DAY_MS, HOUR_MS, Retention};

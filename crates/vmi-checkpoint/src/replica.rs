@@ -60,7 +60,8 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     if count > rest.len() / 6 {
         return Err(bad("object count does not fit"));
     }
-    let mut objects = Vec::with_capacity(count);
+    // The count is a claim: reserve for what is plausible, grow with what is there.
+    let mut objects = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let (len, tail) = rest.split_first_chunk::<2>().ok_or_else(|| bad("truncated key length"))?;
         let len = u16::from_le_bytes(*len) as usize;
@@ -195,13 +196,21 @@ impl CheckpointStore {
         if let Some(key) = by_key.keys().next() {
             return Err(bad(format!("{key} is not part of checkpoint {}", info.id)));
         }
-        for (key, bytes) in new_chunks.iter().chain(&new_tables) {
-            debug_assert!(key.starts_with(CHUNKS) || key.starts_with(TABLES));
+        // Chunks first; tables only once nothing is missing, so that a table present
+        // in a store always means its chunks are (the walk stops at present tables).
+        for (key, bytes) in &new_chunks {
+            debug_assert!(key.starts_with(CHUNKS));
             self.objects.put(key, bytes)?;
         }
         if !missing.is_empty() {
+            // The tables received but not written are needed again too.
+            missing.extend(new_tables.into_iter().map(|(key, _)| key));
             missing.sort();
+            missing.dedup();
             return Err(CheckpointError::Incomplete { id: info.id, missing });
+        }
+        for (key, bytes) in &new_tables {
+            self.objects.put(key, bytes)?;
         }
         self.objects.put(&manifest_key, &manifest_bytes)?;
         self.add_to_index(user, info)?;

@@ -558,6 +558,19 @@ fn a_replica_receives_only_what_it_lacks_and_restores_the_same() {
 }
 
 #[test]
+fn a_chain_flattens_to_the_full_snapshot_of_its_last_state() {
+    let mut phone = Phone::new(1, 1, 31);
+    let full = phone.full();
+    let a = phone.step(4, 64);
+    let b = phone.step(4, 64);
+    let flat = flatten(&[&full, &a, &b]).expect("flatten");
+    let (_, memory, globals, host) = decoded(&flat);
+    assert_eq!((memory, globals, host), phone.state());
+    assert!(flatten(&[]).is_err());
+    assert!(flatten(&[&a]).is_err(), "an incremental alone has no base");
+}
+
+#[test]
 fn a_replica_refuses_forged_or_incomplete_bundles() {
     let (_, primary) = mem_store();
     let (_, replica) = mem_store();
@@ -566,6 +579,17 @@ fn a_replica_refuses_forged_or_incomplete_bundles() {
     let top = primary.top_keys("jo", info.id).expect("top");
     let mut all = top.clone();
     all.extend(primary.chunks_of(&top).expect("chunks"));
+
+    // Tables without their chunks: nothing but chunks is written, and the answer names
+    // the tables again (they must come back with their chunks).
+    let tables: Vec<String> = top.iter().filter(|k| k.starts_with("tables/")).cloned().collect();
+    match replica.import("jo", &info, primary.export("jo", info.id, &tables).expect("export")) {
+        Err(CheckpointError::Incomplete { missing, .. }) => {
+            assert!(tables.iter().all(|t| missing.contains(t)), "{missing:?}");
+        }
+        other => panic!("expected Incomplete, got {other:?}"),
+    }
+    assert!(replica.missing(&tables).expect("missing") == tables, "no table was written");
 
     // Only the manifest: the import names exactly what is missing (the tables and the
     // host state: the chunks of a table it has not seen it cannot know), indexes nothing.

@@ -379,10 +379,13 @@ impl SiteState {
         };
         let s = self.clone();
         let (u, l) = (user.to_string(), lease.clone());
-        // Restoring and snapshotting a phone is CPU work: off the async workers.
-        let result = tokio::task::spawn_blocking(move || s.checkin_claimed(&u, &l, checkin))
-            .await
-            .unwrap_or_else(|e| Err(SiteError::CheckoutFailed(format!("checkin failed: {e}"))));
+        let result = match self.owned_here(user).await {
+            // Restoring and snapshotting a phone is CPU work: off the async workers.
+            Ok(()) => tokio::task::spawn_blocking(move || s.checkin_claimed(&u, &l, checkin))
+                .await
+                .unwrap_or_else(|e| Err(SiteError::CheckoutFailed(format!("checkin failed: {e}")))),
+            Err(e) => Err(e),
+        };
         let mut slots = self.leases.lock();
         match &result {
             Ok(report) => {
@@ -483,6 +486,21 @@ impl SiteState {
         }
     }
 
+    /// Whether the control service still places `user`'s phone here: a phone that was
+    /// brought up elsewhere while it was out (its site lost, restored from a copy) must
+    /// not come back to life here too.
+    async fn owned_here(&self, user: &str) -> Result<(), SiteError> {
+        match self.control.placement(user).await {
+            Ok(p) if p.site == self.id => Ok(()),
+            Ok(p) => Err(SiteError::LeaseRefused(format!(
+                "{user}'s phone now belongs to {} (placed there while it was out); it does not resume here",
+                p.site
+            ))),
+            // Unknown is not yes: ask again later.
+            Err(e) => Err(SiteError::Control(e)),
+        }
+    }
+
     /// Why a checkin of `lease_id` is refused when no lease is out.
     fn ended_refusal(&self, user: &str, lease_id: &str) -> String {
         match read_json::<EndedLease>(&self.phone_dir(user).join(ENDED_FILE)) {
@@ -506,6 +524,7 @@ impl SiteState {
         lease: &OfflineLease,
         outcome: &str,
     ) -> Result<u64, SiteError> {
+        self.owned_here(user).await?;
         let s = self.clone();
         let (u, l, o) = (user.to_string(), lease.clone(), outcome.to_string());
         tokio::task::spawn_blocking(move || {
@@ -595,6 +614,11 @@ impl SiteState {
                         expired = %format_ms(lease.expires_ms),
                         "checkout lease expired; phone resumed from its checkout base"
                     );
+                }
+                // The control service did not answer who owns the phone: try again later.
+                Err(SiteError::Control(e)) => {
+                    tracing::warn!(user, "lease expired; resuming waits for the control service: {e}");
+                    slots.insert(user, Slot::Held(lease));
                 }
                 Err(e) => {
                     tracing::error!(user, "lease expired but the phone cannot resume from its base: {e}");

@@ -136,8 +136,13 @@ impl SiteState {
     /// possible) and copies it to the replica site.
     pub async fn checkpoint(&self, user: &str, label: Option<String>) -> Result<Taken, SiteError> {
         let _busy = self.checkpoints.busy.lock().await;
+        if let Some(why) = self.checkout_refusal(user) {
+            return Err(SiteError::CheckedOut(why));
+        }
         if self.is_migrating(user) {
-            return Err(SiteError::Migration(format!("{user}'s phone is migrating; checkpoint it after")));
+            return Err(SiteError::Migration(format!(
+                "{user}'s phone is migrating or restarting; checkpoint it after"
+            )));
         }
         let info = self.checkpoint_locked(user, label).await?;
         let (replica, replica_error) = match self.replicate(user, &info).await {
@@ -182,7 +187,7 @@ impl SiteState {
         let snapshot = self
             .ask(user, |reply| PhoneCommand::Checkpoint(parent, reply))
             .await?
-            .map_err(|e| SiteError::Migration(format!("{user}'s phone cannot be snapshotted: {e}")))?;
+            .map_err(|e| SiteError::PhoneCannotSnapshot(format!("{user}'s phone cannot be snapshotted: {e}")))?;
         let store = self.checkpoints.store.clone();
         let (u, at_ms) = (user.to_owned(), self.now_ms());
         let info = blocking(move || store.put(&u, &snapshot, at_ms, label)).await?;
@@ -207,7 +212,7 @@ impl SiteState {
         // Marked as moving for the duration: no migration may start from a VM that is
         // about to be replaced.
         let _moving = self.mark_moving(user).ok_or_else(|| {
-            SiteError::Migration(format!("{user}'s phone is migrating; restore it once it has arrived"))
+            SiteError::Migration(format!("{user}'s phone is migrating or restarting; restore it after"))
         })?;
         // Asked after the mark (a checkout refuses a moving phone): a phone that is out on
         // a terminal is not restored here behind its back.
@@ -251,10 +256,12 @@ impl SiteState {
             match self.checkpoint_locked(user, Some(label)).await {
                 Ok(before) => Some(CheckpointView::from(&before)),
                 // A crashed phone has nothing worth keeping beyond its checkpoints.
-                Err(e) => {
+                Err(SiteError::PhoneCannotSnapshot(e)) => {
                     tracing::warn!(user, "restoring without a checkpoint of the current state: {e}");
                     None
                 }
+                // The store failed: the running state would have no copy. Keep it.
+                Err(e) => return Err(e),
             }
         } else {
             None
@@ -343,9 +350,16 @@ impl SiteState {
                 200 => return Ok(replica.site.id.clone()),
                 // It lacks more than it said (it collected in between): send that too.
                 409 => {
-                    send = serde_json::from_slice::<Missing>(&answer)
-                        .map_err(|e| SiteError::Migration(format!("replica answer: {e}")))?
-                        .missing;
+                    let lacking = serde_json::from_slice::<Missing>(&answer).map_err(|_| {
+                        SiteError::Migration(format!(
+                            "replica {} refused: {}",
+                            replica.site.id,
+                            String::from_utf8_lossy(&answer)
+                        ))
+                    })?;
+                    send.extend(lacking.missing);
+                    send.sort();
+                    send.dedup();
                 }
                 _ => {
                     return Err(SiteError::Migration(format!(

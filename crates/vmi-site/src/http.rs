@@ -87,6 +87,10 @@ impl From<SiteError> for ApiError {
             SiteError::Admission { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN),
             SiteError::WrongImage(_) => StatusCode::CONFLICT,
             SiteError::Image { .. } => StatusCode::BAD_GATEWAY,
+            SiteError::PhoneCannotSnapshot(_) => StatusCode::CONFLICT,
+            SiteError::Control(vmi_control::ClientError::Status { status: 404, body }) => {
+                return ApiError(StatusCode::NOT_FOUND, body.clone());
+            }
             SiteError::Checkpoint(c) => match c {
                 CheckpointError::UnknownUser(_)
                 | CheckpointError::UnknownCheckpoint { .. }
@@ -94,9 +98,11 @@ impl From<SiteError> for ApiError {
                 CheckpointError::InvalidUser(_) | CheckpointError::InvalidKey(_) | CheckpointError::BadBundle(_) => {
                     StatusCode::BAD_REQUEST
                 }
-                CheckpointError::CorruptChunk { .. } | CheckpointError::CorruptManifest { .. } => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                CheckpointError::CorruptChunk { .. }
+                | CheckpointError::CorruptManifest { .. }
+                | CheckpointError::MissingChunk { .. }
+                | CheckpointError::MissingManifest { .. }
+                | CheckpointError::Incomplete { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => {
                     tracing::error!("site error: {e:#}");
                     return ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
@@ -524,7 +530,7 @@ async fn checkpoint_my_phone(
 ) -> Result<Response, ApiError> {
     let user = user_of(&site, &headers).await?;
     if let Some(url) = elsewhere(&site, &user).await? {
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({}));
         let (status, body) = vmi_control::post_json(&format!("{url}/v1/phones/{user}/checkpoints"), &value).await?;
         return Ok(relay(status, body.into_bytes()));
     }

@@ -228,9 +228,10 @@ impl SiteState {
         phone: &crate::phone::PhoneLink,
     ) -> Result<RestartReport, SiteError> {
         let saved = phone.ask(PhoneCommand::Stop).await.ok_or_else(|| SiteError::PhoneGone(user.to_string()))?;
-        // The task has ended, whatever the answer.
+        // Without a snapshot the task runs on: the restart is refused, nothing is lost.
+        let saved = saved
+            .map_err(|e| SiteError::Internal(format!("cannot snapshot {user}'s phone (it keeps running): {e}")))?;
         self.phones.write().unwrap_or_else(|p| p.into_inner()).remove(user);
-        let saved = saved.map_err(|e| SiteError::Internal(format!("cannot snapshot {user}'s phone: {e}")))?;
         if let Err(e) = write_phone(&self.phone_dir(user), &saved) {
             // The snapshot is still in memory and boots below; the file is only a safety net.
             tracing::error!(user, "cannot save the phone before its restart: {e}");

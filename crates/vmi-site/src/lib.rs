@@ -84,6 +84,9 @@ pub enum SiteError {
     /// The phone's image is neither loaded here nor published at the control service.
     #[error("this site cannot run image {0}: it is not published at the control service")]
     WrongImage(String),
+    /// The phone could not be snapshotted (it crashed); its state is as it was.
+    #[error("{0}")]
+    PhoneCannotSnapshot(String),
     /// The checkpoint store refused or failed.
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] vmi_checkpoint::CheckpointError),
@@ -348,7 +351,8 @@ impl SiteState {
         if !valid_user(user) {
             return Err(SiteError::BadUser(user.to_string()));
         }
-        if self.phone(user).is_some() {
+        // Running, or arriving (a migration, a restore from a copy): either way it exists.
+        if self.phone(user).is_some() || self.arriving.lock().unwrap_or_else(|p| p.into_inner()).contains(user) {
             return Err(SiteError::Exists(user.to_string()));
         }
         // A fresh phone would shadow the one that is out (and overwrite its base at shutdown).

@@ -94,7 +94,7 @@ pub enum PhoneCommand {
     /// Status for listings.
     Status(oneshot::Sender<PhoneStatus>),
     /// Take a full snapshot and stop the task; the reply carries the snapshot and the
-    /// per-device input sequence numbers.
+    /// per-device input sequence numbers. If no snapshot can be taken the task runs on.
     Stop(oneshot::Sender<Result<SavedPhone, String>>),
     /// Offline checkout (docs/OFFLINE.md): take a full snapshot and stop, telling every
     /// terminal why with the message; if no snapshot can be taken the phone keeps running
@@ -241,10 +241,17 @@ impl PhoneTask {
             };
             match command {
                 None => self.fire_timers(),
-                Some(PhoneCommand::Stop(reply)) => {
-                    let _ = reply.send(self.save());
-                    return;
-                }
+                Some(PhoneCommand::Stop(reply)) => match self.save() {
+                    Ok(saved) => {
+                        let _ = reply.send(Ok(saved));
+                        return;
+                    }
+                    // No snapshot, no stop: the phone keeps running rather than vanish.
+                    Err(e) => {
+                        tracing::error!(user = %self.user, "cannot stop the phone: {e}");
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Some(PhoneCommand::CheckOut(message, reply)) => match self.save() {
                     // Only once the site holds the snapshot may the VM go: one live copy,
                     // and never none.
@@ -300,11 +307,14 @@ impl PhoneTask {
             }
             // A crashed phone is saved as its last good state.
             VmStatus::Crashed { reason } => {
-                let chain = self.phone.last_good_chain();
-                if chain.len() != 1 {
-                    return Err(format!("phone crashed ({reason}) with no full snapshot to keep"));
+                let chain: Vec<&[u8]> = self.phone.last_good_chain().iter().map(|s| s.bytes.as_slice()).collect();
+                match chain.as_slice() {
+                    [] => return Err(format!("phone crashed ({reason}) with no good snapshot to keep")),
+                    [full] => full.to_vec(),
+                    // Checkpoints extend the chain: resolve it into one full snapshot.
+                    chain => vmi_checkpoint::flatten(chain)
+                        .map_err(|e| format!("phone crashed ({reason}); its last good chain does not resolve: {e}"))?,
                 }
-                chain[0].bytes.clone()
             }
         };
         Ok(SavedPhone { snapshot, input_seqs: self.input_seqs.clone() })

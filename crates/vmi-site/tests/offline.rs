@@ -258,3 +258,29 @@ async fn a_site_restart_during_checkout_keeps_the_phone_checked_out() {
     assert_eq!(notes(&site_c, "alice").await.1, "Base and back", "the checked-in state is what the site keeps");
     site_c.shutdown().await;
 }
+
+/// A phone placed elsewhere while it was out (its site given up for lost, brought up from
+/// a checkpoint copy) never comes back to life on the old site too: neither the checkin
+/// nor the cancel resumes it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_placed_elsewhere_while_out_does_not_resume_on_the_old_site() {
+    let control = control().await;
+    let site_a = site(&control, "site-a", scratch("offline-moved-a")).await;
+    let site_b = site(&control, "site-b", scratch("offline-moved-b")).await;
+    let token = user_with_phone(&control, &site_a, "alice").await;
+    type_online(&site_a, &token, "Base").await;
+    let dir = dir_of("moved");
+    offline::checkout(&checkout_args(&control, &token, &dir, None)).await.expect("checkout");
+    run_offline(&dir, "tap 274 1090\ntype  offline\n").await;
+
+    control.client.set_placement("alice", "site-b").await.expect("placed on site-b");
+    let (status, message) = refused(checkin(&dir).await);
+    assert_eq!(status, 409);
+    assert!(message.contains("now belongs to site-b"), "{message}");
+    let cancel = format!("{}/v1/phones/alice/checkout/cancel", site_a.url);
+    let (status, body) = vmi_control::post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
+    assert_eq!(status, 409, "{body}");
+    assert!(site_a.state.users().is_empty(), "not running on site-a");
+    site_a.shutdown().await;
+    site_b.shutdown().await;
+}
