@@ -81,13 +81,14 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
                 println!("{}", Value::Array(list));
                 return Ok(());
             }
-            println!("{} checkpoints of {user} {title}", list.len());
-            println!("{:<22} {:<16} {:>10}  {:<18} LABEL", "TAKEN", "ID", "STORED", "SITES");
+            let n = list.len();
+            println!("{n} checkpoint{} of {user} {title}", if n == 1 { "" } else { "s" });
+            println!("{:<20} {:<16} {:>10}  {:<18} LABEL", "TAKEN", "ID", "STORED", "SITES");
             for c in list {
                 let id = c["id"].as_str().unwrap_or("");
                 let sites: Vec<&str> = c["sites"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
                 println!(
-                    "{:<22} {:<16} {:>10}  {:<18} {}",
+                    "{:<20} {:<16} {:>10}  {:<18} {}",
                     vmi_site::checkpoints::describe_time(c["at_ms"].as_u64().unwrap_or(0)),
                     &id[..16.min(id.len())],
                     c["stored_bytes"],
@@ -119,9 +120,10 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
         }
         CheckpointsCmd::Restore { user, at, id, site, control } => {
             let control = ControlClient::new(&control)?;
-            let body = match (id, at) {
-                (Some(id), _) => json!({ "id": id }),
-                (None, Some(at)) => json!({ "at_ms": parse_time(&at, now_ms())? }),
+            let at_ms = at.as_deref().map(|at| parse_time(at, now_ms())).transpose()?;
+            let body = match (&id, at_ms) {
+                (Some(id), _) => json!({ "id": full_id(&control, &user, site.as_deref(), id).await? }),
+                (None, Some(at_ms)) => json!({ "at_ms": at_ms }),
                 (None, None) => bail!("say which checkpoint: --at TIME or --id ID"),
             };
             let url = match site {
@@ -131,6 +133,17 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
             let (status, text) = vmi_control::post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &body)
                 .await
                 .context("asking the site")?;
+            if let (404, Some(at_ms)) = (status, at_ms) {
+                let oldest = control.checkpoints(&user).await.ok().and_then(|l| l.first().map(|c| c.entry.at_ms));
+                match oldest {
+                    Some(oldest) => bail!(
+                        "no checkpoint of {user} at or before {}: the oldest is from {}",
+                        vmi_site::checkpoints::describe_time(at_ms),
+                        vmi_site::checkpoints::describe_time(oldest)
+                    ),
+                    None => bail!("{user} has no checkpoint yet"),
+                }
+            }
             let v = answer(status, text.as_bytes())?;
             let r = &v["restored"];
             println!(
@@ -146,6 +159,44 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The full id of the checkpoint whose id starts with `prefix` (at least 8 hex digits, as
+/// `list` shows 16).
+async fn full_id(control: &ControlClient, user: &str, site: Option<&str>, prefix: &str) -> Result<String> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.len() == 64 {
+        return Ok(prefix);
+    }
+    if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("checkpoint id {prefix:?}: give at least 8 hex digits of an id from `vmi vm checkpoints list {user}`");
+    }
+    let ids: Vec<String> = match site {
+        Some(site) => {
+            let url = site_url(control, site).await?;
+            let (status, body) = vmi_control::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints")).await?;
+            let v = answer(status, &body)?;
+            v["checkpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .collect()
+        }
+        None => control
+            .checkpoints(user)
+            .await
+            .with_context(|| format!("listing {user}'s checkpoints"))?
+            .into_iter()
+            .map(|c| c.entry.id)
+            .collect(),
+    };
+    let matching: Vec<&String> = ids.iter().filter(|id| id.starts_with(&prefix)).collect();
+    match matching.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("{user} has no checkpoint whose id starts with {prefix}"),
+        _ => bail!("{} checkpoints of {user} start with {prefix}: give more digits", matching.len()),
     }
 }
 
@@ -211,7 +262,7 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64> {
         return Ok(now_ms.saturating_sub(age.as_millis() as u64));
     }
     let s = s.trim_end_matches('Z').trim_end_matches(" UTC");
-    let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "23:59:59"));
+    let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "23"));
     let bad = || anyhow::anyhow!("time {s:?}: use latest, an age like 3d, YYYY-MM-DD[THH:MM[:SS]] (UTC) or ms");
     let mut d = date.split('-').map(|p| p.parse::<i64>().map_err(|_| bad()));
     let (y, m, day) = (d.next().ok_or_else(bad)??, d.next().ok_or_else(bad)??, d.next().ok_or_else(bad)??);
@@ -220,14 +271,20 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64> {
     }
     let mut t = time.split(':').map(|p| p.parse::<i64>().map_err(|_| bad()));
     let hh = t.next().ok_or_else(bad)??;
-    let mm = t.next().transpose()?.unwrap_or(0);
-    let ss = t.next().transpose()?.unwrap_or(0);
+    let mm = t.next().transpose()?;
+    let ss = t.next().transpose()?;
+    // A time means all of it: 14:39 is up to 14:39:59.999, as a date is up to its end.
+    let (mm, ss, rest_ms) = match (mm, ss) {
+        (None, _) => (59, 59, 999),
+        (Some(mm), None) => (mm, 59, 999),
+        (Some(mm), Some(ss)) => (mm, ss, 999),
+    };
     if t.next().is_some() || !(0..24).contains(&hh) || !(0..60).contains(&mm) || !(0..61).contains(&ss) {
         return Err(bad());
     }
     let days = days_from_civil(y, m, day);
     let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs).map(|s| s * 1000 + 999).map_err(|_| bad())
+    u64::try_from(secs).map(|s| s * 1000 + rest_ms).map_err(|_| bad())
 }
 
 /// Days since 1970-01-01 of a Gregorian date (H. Hinnant's algorithm).
@@ -252,8 +309,9 @@ mod tests {
         assert_eq!(parse_time("3d", now).expect("age"), now - 3 * 86_400_000);
         assert_eq!(parse_time("12h ago", now).expect("age"), now - 12 * 3_600_000);
         assert_eq!(parse_time("1795044600000", now).expect("ms"), now);
-        assert_eq!(parse_time("2026-11-18T23:30", now).expect("date"), now + 999);
+        assert_eq!(parse_time("2026-11-18T23:30", now).expect("date"), now + 59_999);
         assert_eq!(parse_time("2026-11-18 23:30:00Z", now).expect("date"), now + 999);
+        assert_eq!(parse_time("2026-11-18T23", now).expect("hour"), now + 1_799_999);
         assert_eq!(parse_time("1970-01-01", now).expect("date"), 86_399_999);
         for bad in ["yesterday", "2026-13-01", "2026-11-18T25:00", "2026-11", "3x", ""] {
             assert!(parse_time(bad, now).is_err(), "{bad:?}");

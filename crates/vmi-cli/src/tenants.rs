@@ -239,6 +239,23 @@ async fn site_of(control: &ControlClient, user: &str, site: Option<&str>) -> Res
 /// `vmi vm create USER [--site S]`: boots the user's phone (admitted against their tenant's quotas).
 pub async fn create_phone(args: PhoneArgs) -> Result<()> {
     let control = client(&args.control)?;
+    // A user has one phone: never boot a second one beside a running one.
+    if let Ok(p) = control.placement(&args.user).await {
+        let (_, body) = vmi_control::get_bytes(&format!("{}/v1/phones", p.site_url)).await.unwrap_or_default();
+        let listed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let runs = listed["phones"].as_array().into_iter().flatten().any(|ph| ph["user"] == args.user.as_str());
+        if runs {
+            match args.site.as_deref() {
+                Some(to) if to != p.site => bail!(
+                    "{}'s phone already runs on {}: `vmi vm migrate {} --to {to}` moves it",
+                    args.user,
+                    p.site,
+                    args.user
+                ),
+                _ => bail!("{}'s phone already runs on {}", args.user, p.site),
+            }
+        }
+    }
     let (site, url) = site_of(&control, &args.user, args.site.as_deref()).await?;
     let (status, body) = vmi_control::post_json(&format!("{url}/v1/phones"), &serde_json::json!({ "user": args.user }))
         .await

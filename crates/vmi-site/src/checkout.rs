@@ -96,16 +96,7 @@ impl Leases {
 pub fn format_ms(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::checkpoints::civil_from_days(days as i64);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
@@ -145,6 +136,14 @@ impl SiteState {
     /// Why `user`'s phone cannot run here now, if it is checked out.
     pub fn checkout_refusal(&self, user: &str) -> Option<String> {
         self.leases.lock().get(user).map(|slot| refusal(user, slot))
+    }
+
+    /// Users whose phones are checked out from this site, each with what Hello would say.
+    pub fn checked_out(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> =
+            self.leases.lock().iter().map(|(user, slot)| (user.clone(), refusal(user, slot))).collect();
+        out.sort();
+        out
     }
 
     /// The lease of `user`'s checked-out phone, if it is out.

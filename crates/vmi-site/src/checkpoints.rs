@@ -145,7 +145,12 @@ impl SiteState {
             )));
         }
         let info = self.checkpoint_locked(user, label).await?;
-        let (replica, replica_error) = match self.replicate(user, &info).await {
+        Ok(self.publish(user, &info).await)
+    }
+
+    /// After a checkpoint is stored: its copy on a second site, and the catalogue.
+    async fn publish(&self, user: &str, info: &CheckpointInfo) -> Taken {
+        let (replica, replica_error) = match self.replicate(user, info).await {
             Ok(site) => (Some(site), None),
             Err(e) => {
                 tracing::warn!(site = %self.id, user, "checkpoint not copied to a second site: {e}");
@@ -153,7 +158,7 @@ impl SiteState {
             }
         };
         self.report_catalogue(user).await;
-        Ok(Taken { checkpoint: CheckpointView::from(&info), replica, replica_error })
+        Taken { checkpoint: CheckpointView::from(info), replica, replica_error }
     }
 
     /// Tells the control service's catalogue what this site holds of `user`'s
@@ -254,7 +259,7 @@ impl SiteState {
         let saved_before = if running {
             let label = format!("before restoring to {}", crate::checkpoints::describe_time(info.at_ms));
             match self.checkpoint_locked(user, Some(label)).await {
-                Ok(before) => Some(CheckpointView::from(&before)),
+                Ok(before) => Some(before),
                 // A crashed phone has nothing worth keeping beyond its checkpoints.
                 Err(SiteError::PhoneCannotSnapshot(e)) => {
                     tracing::warn!(user, "restoring without a checkpoint of the current state: {e}");
@@ -274,6 +279,14 @@ impl SiteState {
         }
         // The restored VM has no snapshot in common with the last checkpoint.
         self.checkpoints.set_last(user, None);
+        // The undo point is a checkpoint like any other: copied and catalogued.
+        let saved_before = match saved_before {
+            Some(before) => Some(self.publish(user, &before).await.checkpoint),
+            None => {
+                self.report_catalogue(user).await;
+                None
+            }
+        };
         tracing::info!(site = %self.id, user, id = %info.id, at_ms = info.at_ms, "phone restored to a checkpoint");
         Ok(Restored { restored: CheckpointView::from(&info), saved_before })
     }

@@ -144,6 +144,11 @@ async fn list_phones(State(site): State<Arc<SiteState>>) -> Json<serde_json::Val
             phones.push(serde_json::json!({ "user": user, "site": site.id, "phone": status, "image": image }));
         }
     }
+    // Phones out on a terminal are this site's too: listed with where they are.
+    for (user, why) in site.checked_out() {
+        let status = serde_json::json!({ "status": "checked out", "detail": why, "terminals": 0 });
+        phones.push(serde_json::json!({ "user": user, "site": site.id, "phone": status }));
+    }
     Json(serde_json::json!({ "site": site.id, "phones": phones }))
 }
 
@@ -195,6 +200,9 @@ async fn send_mail(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let mail: NewMail = json_body(&body)?;
+    if let Some(why) = site.checkout_refusal(&user) {
+        return Err(ApiError(StatusCode::CONFLICT, format!("{why}: mail waits until it is back")));
+    }
     let push = mail.push;
     let mail = Mail { from: mail.from, subject: mail.subject, body: mail.body };
     site.ask(&user, |reply| PhoneCommand::Mail(mail, push, reply)).await?.map_err(|e| {

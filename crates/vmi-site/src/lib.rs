@@ -322,6 +322,23 @@ impl SiteState {
     /// then it boots on the current version of the user's image.
     pub async fn create_phone(self: &Arc<Self>, user: &str) -> Result<(), SiteError> {
         self.check_room(user)?;
+        // The placement must name this site: a phone placed elsewhere may be running
+        // there, and a second, empty one here would take its place.
+        match self.control.placement(user).await {
+            Ok(p) if p.site != self.id => {
+                return Err(SiteError::Migration(format!(
+                    "{user}'s phone is placed on {}; move it with `vmi vm migrate {user} --to {}`",
+                    p.site, self.id
+                )));
+            }
+            Ok(_) => {}
+            Err(vmi_control::ClientError::Status { status: 404, .. }) => {
+                return Err(SiteError::Migration(format!(
+                    "{user} has no placement: place the phone on this site first (PUT /v1/users/{user}/placement)"
+                )));
+            }
+            Err(e) => return Err(SiteError::Control(e)),
+        }
         let config = VmConfig { rng_seed: seed_of(user), ..self.vm_config() };
         self.control.admit(user, config.memory_limit_bytes).await.map_err(images::admission_error)?;
         let booted = async {

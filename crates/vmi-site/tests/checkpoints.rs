@@ -104,6 +104,14 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
     let (status, undo) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": before })).await;
     assert_eq!(status, 200, "{undo}");
     assert_eq!(notes(&a.url, "alice").await, now_text);
+    // Undo points are checkpoints like the others: copied, and in the catalogue.
+    let catalogue = control.client.checkpoints("alice").await.expect("catalogue");
+    let undo_points: Vec<_> = catalogue
+        .iter()
+        .filter(|c| c.entry.label.as_deref().is_some_and(|l| l.starts_with("before restoring")))
+        .collect();
+    assert_eq!(undo_points.len(), 2, "{catalogue:?}");
+    assert!(undo_points.iter().all(|c| c.sites == ["site-a", "site-b"]), "{undo_points:?}");
 
     // Bad requests are named.
     let (status, e) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": "nope" })).await;

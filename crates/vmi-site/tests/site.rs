@@ -201,3 +201,21 @@ async fn bad_hellos_are_refused_precisely_and_misplaced_terminals_redirected() {
     site_a.shutdown().await;
     site_b.shutdown().await;
 }
+
+/// A user has one phone: a site asked to boot one for a user placed elsewhere refuses (a
+/// second, empty phone would take the running one's place), naming where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_phone_for_a_user_placed_elsewhere_is_refused() {
+    let control = control().await;
+    let a = site(&control, "site-a", scratch("one-phone-a")).await;
+    let b = site(&control, "site-b", scratch("one-phone-b")).await;
+    user_with_phone(&control, &a, "alice").await;
+    match b.state.create_phone("alice").await {
+        Err(vmi_site::SiteError::Migration(why)) => assert!(why.contains("placed on site-a"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(b.state.users().is_empty());
+    assert_eq!(a.state.users(), ["alice"]);
+    a.shutdown().await;
+    b.shutdown().await;
+}
