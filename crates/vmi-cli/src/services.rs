@@ -662,7 +662,7 @@ pub async fn device(cmd: DeviceCmd) -> Result<()> {
             let client = ControlClient::new(&control)?;
             let device = client.pair(&code, &name).await.context("pairing (is the code right and fresh?)")?;
             let phone = client.phone_for_token(&device.token).await.context("finding the phone")?;
-            println!("paired as device {} of {}", device.device_id, phone.user);
+            println!("paired: this is device {} of user {}", device.device_id, phone.user);
             println!("token: {}", device.token);
             println!("browser terminal: {}/?token={}", phone.site_url, device.token);
         }

@@ -128,19 +128,50 @@ fn quota<T: std::fmt::Display>(limit: Option<T>) -> String {
     limit.map_or_else(|| "unlimited".to_owned(), |v| v.to_string())
 }
 
+/// "at most 2 phones" / "any number of phones".
+fn limit_phrase<T: std::fmt::Display>(limit: Option<T>, what: &str) -> String {
+    limit.map_or_else(|| format!("no limit on {what}"), |v| format!("at most {v} {what}"))
+}
+
+/// A memory quota must hold at least one phone: a bare number is bytes, which is almost
+/// certainly not what was meant below a mebibyte.
+fn check_memory_quota(bytes: Option<u64>) -> Result<()> {
+    if let Some(b) = bytes
+        && b < 1 << 20
+    {
+        bail!("a memory quota of {b} bytes cannot hold a phone (a size needs its unit: did you mean {b}MiB?)");
+    }
+    Ok(())
+}
+
+/// Says so when no version of `image` is published: its phones run the built-in phone.
+async fn note_unpublished(control: &ControlClient, image: &str) {
+    if let Ok(versions) = control.list_images().await
+        && !versions.iter().any(|v| v.name == image && !v.withdrawn)
+    {
+        eprintln!(
+            "note: no version of image {image:?} is published yet; until one is (`vmi image publish {image} …`), \
+             its phones run the built-in phone"
+        );
+    }
+}
+
 /// Runs `vmi tenant …`.
 pub async fn tenant(cmd: TenantCmd) -> Result<()> {
     match cmd {
         TenantCmd::Create { name, max_phones, max_memory, image, control } => {
+            check_memory_quota(max_memory)?;
             let req = TenantRequest { name, max_phones, max_memory_bytes: max_memory, image: Some(image) };
-            let t = client(&control)?.create_tenant(&req).await.context("creating the tenant")?;
+            let control = client(&control)?;
+            let t = control.create_tenant(&req).await.context("creating the tenant")?;
             println!(
-                "tenant {}: at most {} phones, {} memory, image {}",
+                "tenant {}: {}, {}, image {}",
                 t.name,
-                quota(t.max_phones),
-                quota(t.max_memory_bytes.map(format_bytes)),
+                limit_phrase(t.max_phones, "phones"),
+                limit_phrase(t.max_memory_bytes.map(format_bytes), "memory"),
                 t.image
             );
+            note_unpublished(&control, &t.image).await;
         }
         TenantCmd::Set { name, max_phones, max_memory, image, control } => {
             let control = client(&control)?;
@@ -153,14 +184,16 @@ pub async fn tenant(cmd: TenantCmd) -> Result<()> {
                 max_memory_bytes: max_memory.map_or(now.tenant.max_memory_bytes, Limit::into_option),
                 image: Some(image.unwrap_or(now.tenant.image)),
             };
+            check_memory_quota(req.max_memory_bytes)?;
             let t = control.update_tenant(&name, &req).await.context("updating the tenant")?;
             println!(
-                "tenant {}: at most {} phones, {} memory, image {}",
+                "tenant {}: {}, {}, image {}",
                 t.name,
-                quota(t.max_phones),
-                quota(t.max_memory_bytes.map(format_bytes)),
+                limit_phrase(t.max_phones, "phones"),
+                limit_phrase(t.max_memory_bytes.map(format_bytes), "memory"),
                 t.image
             );
+            note_unpublished(&control, &t.image).await;
         }
         TenantCmd::List { control } => {
             println!("{:<16} {:<14} {:<22} IMAGE", "TENANT", "PHONES", "MEMORY");
