@@ -5,6 +5,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use vmi_control::ControlClient;
 
+use crate::services::site_url;
+
 /// What to do with a phone's checkpoints.
 #[derive(clap::Subcommand)]
 pub enum CheckpointsCmd {
@@ -204,15 +206,6 @@ async fn full_id(control: &ControlClient, user: &str, site: Option<&str>, prefix
 async fn phone_site(control: &ControlClient, user: &str) -> Result<(String, String)> {
     let placement = control.placement(user).await.with_context(|| format!("finding {user}'s phone"))?;
     Ok((placement.site, placement.site_url))
-}
-
-async fn site_url(control: &ControlClient, id: &str) -> Result<String> {
-    let sites = control.list_sites().await.context("listing sites")?;
-    sites
-        .iter()
-        .find(|s| s.site.id == id)
-        .map(|s| s.site.url.clone())
-        .with_context(|| format!("no site {id} is registered"))
 }
 
 /// Moves `user`'s placement to `to` for a restore from the copy there — only when the

@@ -482,7 +482,8 @@ pub async fn mail(args: MailArgs) -> Result<()> {
     Ok(())
 }
 
-async fn site_url(control: &ControlClient, id: &str) -> Result<String> {
+/// The base URL of a registered site.
+pub(crate) async fn site_url(control: &ControlClient, id: &str) -> Result<String> {
     let sites = control.list_sites().await.context("listing sites")?;
     sites
         .iter()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use vmi_control::{ControlClient, TenantRequest, format_bytes};
+use vmi_control::{ControlClient, Tenant, TenantRequest, format_bytes};
 use vmi_engine::Engine;
 
 const CONTROL: &str = "http://127.0.0.1:7800";
@@ -144,6 +144,18 @@ fn check_memory_quota(bytes: Option<u64>) -> Result<()> {
     Ok(())
 }
 
+/// Prints a tenant's quotas and image, and whether that image is published.
+async fn describe(control: &ControlClient, t: &Tenant) {
+    println!(
+        "tenant {}: {}, {}, image {}",
+        t.name,
+        limit_phrase(t.max_phones, "phones"),
+        limit_phrase(t.max_memory_bytes.map(format_bytes), "memory"),
+        t.image
+    );
+    note_unpublished(control, &t.image).await;
+}
+
 /// Says so when no version of `image` is published: its phones run the built-in phone.
 async fn note_unpublished(control: &ControlClient, image: &str) {
     if let Ok(versions) = control.list_images().await
@@ -164,14 +176,7 @@ pub async fn tenant(cmd: TenantCmd) -> Result<()> {
             let req = TenantRequest { name, max_phones, max_memory_bytes: max_memory, image: Some(image) };
             let control = client(&control)?;
             let t = control.create_tenant(&req).await.context("creating the tenant")?;
-            println!(
-                "tenant {}: {}, {}, image {}",
-                t.name,
-                limit_phrase(t.max_phones, "phones"),
-                limit_phrase(t.max_memory_bytes.map(format_bytes), "memory"),
-                t.image
-            );
-            note_unpublished(&control, &t.image).await;
+            describe(&control, &t).await;
         }
         TenantCmd::Set { name, max_phones, max_memory, image, control } => {
             let control = client(&control)?;
@@ -186,14 +191,7 @@ pub async fn tenant(cmd: TenantCmd) -> Result<()> {
             };
             check_memory_quota(req.max_memory_bytes)?;
             let t = control.update_tenant(&name, &req).await.context("updating the tenant")?;
-            println!(
-                "tenant {}: {}, {}, image {}",
-                t.name,
-                limit_phrase(t.max_phones, "phones"),
-                limit_phrase(t.max_memory_bytes.map(format_bytes), "memory"),
-                t.image
-            );
-            note_unpublished(&control, &t.image).await;
+            describe(&control, &t).await;
         }
         TenantCmd::List { control } => {
             println!("{:<16} {:<14} {:<22} IMAGE", "TENANT", "PHONES", "MEMORY");

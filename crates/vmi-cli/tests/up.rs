@@ -22,12 +22,16 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     let shot = data.join("t.png");
     std::fs::write(&script, format!("tap 274 1090\ntype Written before Ctrl-C\nscreenshot {}\n", shot.display()))
         .expect("script");
-    let out = vmi()
-        .args(["terminal", "--headless", "--control", &control, "--token", &token, "--script"])
-        .arg(&script)
-        .output()
-        .expect("terminal runs");
-    assert!(out.status.success(), "terminal: {}", String::from_utf8_lossy(&out.stderr));
+    // Plays `script` in a headless native terminal.
+    let play = |script: &std::path::Path| {
+        let out = vmi()
+            .args(["terminal", "--headless", "--control", &control, "--token", &token, "--script"])
+            .arg(script)
+            .output()
+            .expect("terminal runs");
+        assert!(out.status.success(), "terminal: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    play(&script);
     assert!(shot.exists());
 
     // Mail reaches the phone.
@@ -49,12 +53,7 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     assert!(ok && created.contains("copied to site-"), "{created}");
     let id = created.split_whitespace().nth(1).expect("id").to_string();
     std::fs::write(&script, "type , and more\n").expect("script");
-    let out = vmi()
-        .args(["terminal", "--headless", "--control", &control, "--token", &token, "--script"])
-        .arg(&script)
-        .output()
-        .expect("terminal runs");
-    assert!(out.status.success(), "terminal: {}", String::from_utf8_lossy(&out.stderr));
+    play(&script);
     let site_url = url.split("/?token=").next().expect("site url").to_string();
     assert_eq!(fetch(&format!("{site_url}/v1/phones/demo/kv/notes.text"), None), "Written before Ctrl-C, and more");
     let (ok, listed) = cli(&["vm", "checkpoints", "list", "demo"]);

@@ -152,6 +152,23 @@ pub enum KeyCode {
 }
 
 impl KeyCode {
+    /// The key of an ABI key code (docs/GUEST_ABI.md; the terminal protocol carries the
+    /// same numbers); an unknown code types its text only.
+    pub fn from_code(code: u8) -> KeyCode {
+        match code {
+            1 => KeyCode::Backspace,
+            2 => KeyCode::Enter,
+            3 => KeyCode::Escape,
+            4 => KeyCode::Left,
+            5 => KeyCode::Right,
+            6 => KeyCode::Up,
+            7 => KeyCode::Down,
+            8 => KeyCode::Home,
+            9 => KeyCode::Delete,
+            _ => KeyCode::Text,
+        }
+    }
+
     /// Parses a key name as written in event scripts and protocols (`enter`, `home`…).
     pub fn from_name(name: &str) -> Option<KeyCode> {
         Some(match name.to_ascii_lowercase().as_str() {

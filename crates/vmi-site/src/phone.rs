@@ -186,22 +186,7 @@ fn to_event(input: &Input) -> Event {
             x: x as i32,
             y: y as i32,
         },
-        Input::Key { code, text } => Event::Key { code: key_code(code), text },
-    }
-}
-
-fn key_code(code: u8) -> KeyCode {
-    match code {
-        1 => KeyCode::Backspace,
-        2 => KeyCode::Enter,
-        3 => KeyCode::Escape,
-        4 => KeyCode::Left,
-        5 => KeyCode::Right,
-        6 => KeyCode::Up,
-        7 => KeyCode::Down,
-        8 => KeyCode::Home,
-        9 => KeyCode::Delete,
-        _ => KeyCode::Text,
+        Input::Key { code, text } => Event::Key { code: KeyCode::from_code(code), text },
     }
 }
 

@@ -380,22 +380,7 @@ fn to_event(input: &Input) -> Event {
             x: i32::from(x),
             y: i32::from(y),
         },
-        // The key codes of docs/GUEST_ABI.md, as the site maps them.
-        Input::Key { code, text } => Event::Key {
-            code: match code {
-                1 => KeyCode::Backspace,
-                2 => KeyCode::Enter,
-                3 => KeyCode::Escape,
-                4 => KeyCode::Left,
-                5 => KeyCode::Right,
-                6 => KeyCode::Up,
-                7 => KeyCode::Down,
-                8 => KeyCode::Home,
-                9 => KeyCode::Delete,
-                _ => KeyCode::Text,
-            },
-            text,
-        },
+        Input::Key { code, text } => Event::Key { code: KeyCode::from_code(code), text },
     }
 }
 
