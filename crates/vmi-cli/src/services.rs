@@ -650,8 +650,9 @@ pub async fn user(cmd: UserCmd) -> Result<()> {
 pub async fn device(cmd: DeviceCmd) -> Result<()> {
     match cmd {
         DeviceCmd::List { user, control } => {
+            let devices = ControlClient::new(&control)?.list_devices(&user).await.context("listing devices")?;
             println!("ID     REVOKED  NAME");
-            for d in ControlClient::new(&control)?.list_devices(&user).await.context("listing devices")? {
+            for d in devices {
                 println!("{:<6} {:<8} {}", d.device_id, if d.revoked { "yes" } else { "no" }, d.name);
             }
         }

@@ -135,22 +135,37 @@ impl SiteState {
     /// Checkpoints `user`'s phone now (incremental against its last checkpoint here when
     /// possible) and copies it to the replica site.
     pub async fn checkpoint(&self, user: &str, label: Option<String>) -> Result<Taken, SiteError> {
-        let _busy = self.checkpoints.busy.lock().await;
-        if let Some(why) = self.checkout_refusal(user) {
-            return Err(SiteError::CheckedOut(why));
-        }
-        if self.is_migrating(user) {
-            return Err(SiteError::Migration(format!(
-                "{user}'s phone is migrating or restarting; checkpoint it after"
-            )));
-        }
-        let info = self.checkpoint_locked(user, label).await?;
-        Ok(self.publish(user, &info).await)
+        self.checkpoint_copied(user, label, true).await
     }
 
-    /// After a checkpoint is stored: its copy on a second site, and the catalogue.
-    async fn publish(&self, user: &str, info: &CheckpointInfo) -> Taken {
-        let (replica, replica_error) = match self.replicate(user, info).await {
+    /// [`checkpoint`](Self::checkpoint), with or without the copy to a second site.
+    async fn checkpoint_copied(&self, user: &str, label: Option<String>, copy: bool) -> Result<Taken, SiteError> {
+        let info = {
+            let _busy = self.checkpoints.busy.lock().await;
+            if let Some(why) = self.checkout_refusal(user) {
+                return Err(SiteError::CheckedOut(why));
+            }
+            if self.is_migrating(user) {
+                return Err(SiteError::Migration(format!(
+                    "{user}'s phone is migrating or restarting; checkpoint it after"
+                )));
+            }
+            self.checkpoint_locked(user, label).await?
+        };
+        // Copied without the lock: a slow replica delays no restore. The newest
+        // checkpoint is never expired, so collection cannot take what is being sent.
+        Ok(self.publish(user, &info, copy).await)
+    }
+
+    /// After a checkpoint is stored: its copy on a second site (unless `copy` is off),
+    /// and the catalogue.
+    async fn publish(&self, user: &str, info: &CheckpointInfo, copy: bool) -> Taken {
+        let copied = if copy {
+            self.replicate(user, info).await
+        } else {
+            Err(SiteError::Migration("the second site failed earlier in this round; the next round copies".into()))
+        };
+        let (replica, replica_error) = match copied {
             Ok(site) => (Some(site), None),
             Err(e) => {
                 tracing::warn!(site = %self.id, user, "checkpoint not copied to a second site: {e}");
@@ -280,8 +295,9 @@ impl SiteState {
         // The restored VM has no snapshot in common with the last checkpoint.
         self.checkpoints.set_last(user, None);
         // The undo point is a checkpoint like any other: copied and catalogued.
+        drop(_busy);
         let saved_before = match saved_before {
-            Some(before) => Some(self.publish(user, &before).await.checkpoint),
+            Some(before) => Some(self.publish(user, &before, true).await.checkpoint),
             None => {
                 self.report_catalogue(user).await;
                 None
@@ -294,9 +310,14 @@ impl SiteState {
     /// One timer round: checkpoint every phone here, expire old checkpoints of every user
     /// this site holds, collect what no checkpoint needs.
     pub async fn checkpoint_round(&self) {
+        // After one copy fails, the rest of the round is not copied: an unreachable
+        // second site must not cost every phone its timeout. A later checkpoint's copy
+        // carries everything it needs.
+        let mut copy = true;
         for user in self.users() {
-            if let Err(e) = self.checkpoint(&user, Some("hourly".into())).await {
-                tracing::warn!(site = %self.id, user, "scheduled checkpoint failed: {e}");
+            match self.checkpoint_copied(&user, Some("hourly".into()), copy).await {
+                Ok(taken) => copy &= taken.replica.is_some(),
+                Err(e) => tracing::warn!(site = %self.id, user, "scheduled checkpoint failed: {e}"),
             }
         }
         let store = self.checkpoints.store.clone();

@@ -255,7 +255,17 @@ fn find_dir(dir: Option<&Path>) -> Result<PathBuf, TerminalError> {
     found.sort();
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(TerminalError::Usage(format!("no checkout under ./{DEFAULT_ROOT}; give --dir"))),
+        0 => {
+            // Checked in already, or never checked out: say which.
+            let done = std::fs::read_dir(root)
+                .map(|entries| entries.flatten().any(|e| e.path().join(CHECKED_IN_FILE).exists()))
+                .unwrap_or(false);
+            Err(TerminalError::Usage(if done {
+                format!("no checkout out under ./{DEFAULT_ROOT}: the last one was checked in already")
+            } else {
+                format!("no checkout under ./{DEFAULT_ROOT}; give --dir")
+            }))
+        }
         _ => {
             let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
             Err(TerminalError::Usage(format!("several checkouts ({}); give --dir", names.join(", "))))
