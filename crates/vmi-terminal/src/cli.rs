@@ -388,10 +388,15 @@ async fn play(
     if matches!(stop, Stop::Ended | Stop::Interrupted) {
         return Ok(());
     }
+    // A script's inputs reach the phone before the terminal goes: wait for their
+    // acknowledgements (and the frames they cause) whether or not a screenshot follows.
+    if !steps.is_empty() {
+        stop = printer.settle(terminal).await;
+    }
+    if matches!(stop, Stop::Ended | Stop::Interrupted) {
+        return Ok(());
+    }
     if let Some(path) = &args.screenshot {
-        if !steps.is_empty() {
-            stop = printer.settle(terminal).await;
-        }
         printer.screenshot(terminal, path)?;
     }
     if stop == Stop::Interrupted {
