@@ -121,17 +121,15 @@ impl Checkpoints {
     }
 }
 
-/// Runs a blocking store operation off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CheckpointError> + Send + 'static,
-) -> Result<T, SiteError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| SiteError::Migration(format!("checkpoint task failed: {e}")))?
-        .map_err(SiteError::from)
-}
-
 impl SiteState {
+    /// Runs a store operation off the async workers (see [`SiteState::blocking`]).
+    async fn in_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, CheckpointError> + Send + 'static,
+    ) -> Result<T, SiteError> {
+        Ok(self.blocking(work).await??)
+    }
+
     /// Checkpoints `user`'s phone now (incremental against its last checkpoint here when
     /// possible) and copies it to the replica site.
     pub async fn checkpoint(&self, user: &str, label: Option<String>) -> Result<Taken, SiteError> {
@@ -210,7 +208,7 @@ impl SiteState {
             .map_err(|e| SiteError::PhoneCannotSnapshot(format!("{user}'s phone cannot be snapshotted: {e}")))?;
         let store = self.checkpoints.store.clone();
         let (u, at_ms) = (user.to_owned(), self.now_ms());
-        let info = blocking(move || store.put(&u, &snapshot, at_ms, label)).await?;
+        let info = self.in_store(move || store.put(&u, &snapshot, at_ms, label)).await?;
         self.checkpoints.set_last(user, Some(info.id));
         tracing::info!(site = %self.id, user, id = %info.id, stored_bytes = info.stored_bytes, "checkpoint");
         Ok(info)
@@ -220,7 +218,7 @@ impl SiteState {
     pub async fn checkpoints_of(&self, user: &str) -> Result<Vec<CheckpointView>, SiteError> {
         let store = self.checkpoints.store.clone();
         let u = user.to_owned();
-        Ok(blocking(move || store.list(&u)).await?.iter().map(CheckpointView::from).collect())
+        Ok(self.in_store(move || store.list(&u)).await?.iter().map(CheckpointView::from).collect())
     }
 
     /// Brings `user`'s phone back to a checkpoint. A phone running here is first
@@ -254,21 +252,22 @@ impl SiteState {
         }
         let store = self.checkpoints.store.clone();
         let u = user.to_owned();
-        let chosen = blocking(move || {
-            let list = store.list(&u)?;
-            let id = match which {
-                Selector::Id(id) => id,
-                Selector::AtOrBefore(at) => match list.iter().rev().find(|c| c.at_ms <= at) {
-                    Some(c) => c.id,
-                    None if list.is_empty() => return Err(CheckpointError::UnknownUser(u.clone())),
-                    None => return Err(CheckpointError::NoneBefore { user: u.clone(), at_ms: at }),
-                },
-            };
-            let info = list.iter().find(|c| c.id == id).cloned();
-            let info = info.ok_or(CheckpointError::UnknownCheckpoint { user: u.clone(), id })?;
-            Ok((info, store.restore(&u, Selector::Id(id))?))
-        })
-        .await;
+        let chosen = self
+            .in_store(move || {
+                let list = store.list(&u)?;
+                let id = match which {
+                    Selector::Id(id) => id,
+                    Selector::AtOrBefore(at) => match list.iter().rev().find(|c| c.at_ms <= at) {
+                        Some(c) => c.id,
+                        None if list.is_empty() => return Err(CheckpointError::UnknownUser(u.clone())),
+                        None => return Err(CheckpointError::NoneBefore { user: u.clone(), at_ms: at }),
+                    },
+                };
+                let info = list.iter().find(|c| c.id == id).cloned();
+                let info = info.ok_or(CheckpointError::UnknownCheckpoint { user: u.clone(), id })?;
+                Ok((info, store.restore(&u, Selector::Id(id))?))
+            })
+            .await;
         let (info, bytes) = chosen?;
 
         let saved_before = if running {
@@ -323,19 +322,20 @@ impl SiteState {
         let store = self.checkpoints.store.clone();
         let (retention, now) = (self.checkpoints.retention, self.now_ms());
         let _busy = self.checkpoints.busy.lock().await;
-        let result = blocking(move || {
-            let mut changed = Vec::new();
-            for user in store.users()? {
-                if store.expire(&user, &retention, now)?.manifests_deleted > 0 {
-                    changed.push(user);
+        let result = self
+            .in_store(move || {
+                let mut changed = Vec::new();
+                for user in store.users()? {
+                    if store.expire(&user, &retention, now)?.manifests_deleted > 0 {
+                        changed.push(user);
+                    }
                 }
-            }
-            if !changed.is_empty() {
-                store.gc()?;
-            }
-            Ok(changed)
-        })
-        .await;
+                if !changed.is_empty() {
+                    store.gc()?;
+                }
+                Ok(changed)
+            })
+            .await;
         match result {
             Ok(changed) => {
                 for user in changed {
@@ -365,19 +365,19 @@ impl SiteState {
         let (u, id) = (user.to_owned(), info.id);
         let top = {
             let s = store.clone();
-            blocking(move || s.top_keys(&u, id)).await?
+            self.in_store(move || s.top_keys(&u, id)).await?
         };
         let lacking = ask_missing(&base, top).await?;
         let chunks = {
             let s = store.clone();
             let l = lacking.clone();
-            blocking(move || s.chunks_of(&l)).await?
+            self.in_store(move || s.chunks_of(&l)).await?
         };
         let mut send = lacking;
         send.extend(ask_missing(&base, chunks).await?);
         for _attempt in 0..2 {
             let (s, u, keys) = (store.clone(), user.to_owned(), send.clone());
-            let objects = blocking(move || s.export(&u, id, &keys)).await?;
+            let objects = self.in_store(move || s.export(&u, id, &keys)).await?;
             let body = import_body(&CheckpointView::from(info), &objects);
             let (status, answer) = vmi_control::post_bytes(&format!("{base}/import"), body).await?;
             match status {
@@ -410,7 +410,7 @@ impl SiteState {
     /// Replica side: which of `keys` this site's store lacks.
     pub(crate) async fn replica_missing(&self, keys: Vec<String>) -> Result<Vec<String>, SiteError> {
         let store = self.checkpoints.store.clone();
-        blocking(move || store.missing(&keys)).await
+        self.in_store(move || store.missing(&keys)).await
     }
 
     /// Replica side: takes in a checkpoint another site sent. `Ok(None)`: stored;
@@ -420,7 +420,7 @@ impl SiteState {
         let info = view.to_info().ok_or_else(|| bad_bundle("checkpoint id is not 64 hex digits"))?;
         let store = self.checkpoints.store.clone();
         let u = user.to_owned();
-        match blocking(move || store.import(&u, &info, objects)).await {
+        match self.in_store(move || store.import(&u, &info, objects)).await {
             Ok(()) => {
                 self.report_catalogue(user).await;
                 Ok(None)

@@ -127,6 +127,16 @@ impl From<SiteError> for ApiError {
     }
 }
 
+/// Runs `work` in a task of its own: a client that goes away mid-request cannot cut it
+/// off halfway (a migration with the phone frozen, a checkout between stopping the phone
+/// and keeping its base).
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, SiteError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    let result = tokio::spawn(work).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(result?)
+}
+
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
@@ -169,8 +179,7 @@ async fn create_phone(State(site): State<Arc<SiteState>>, body: axum::body::Byte
 /// says why it stayed on its old image, if it did).
 async fn restart(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
     // Its own task: a caller that goes away must not leave the phone stopped halfway.
-    let task = tokio::spawn(async move { site.restart_phone(&user).await });
-    let report = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let report = detached(async move { site.restart_phone(&user).await }).await?;
     Ok(Json(report).into_response())
 }
 
@@ -260,8 +269,7 @@ async fn migrate(
     let MigrateRequest { to, to_url } = json_body(&body)?;
     // The migration runs in its own task: a caller that goes away (a restarting control
     // service, say) must not cut a migration off halfway with the phone frozen.
-    let task = tokio::spawn(async move { crate::migration::migrate_out(&site, &user, &to, &to_url).await });
-    let report = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let report = detached(async move { crate::migration::migrate_out(&site, &user, &to, &to_url).await }).await?;
     let status = if report.outcome == "committed" { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
     Ok((status, Json(report)).into_response())
 }
@@ -282,8 +290,7 @@ async fn checkout(
     let token = bearer(&headers).ok_or_else(unauthorized)?;
     let request: vmi_protocol::offline::CheckoutRequest =
         if body.iter().all(u8::is_ascii_whitespace) { Default::default() } else { json_body(&body)? };
-    let task = tokio::spawn(async move { site.checkout(&token, &user, request).await });
-    let bundle = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let bundle = detached(async move { site.checkout(&token, &user, request).await }).await?;
     let bytes = vmi_protocol::offline::encode_bundle(&bundle);
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
@@ -298,16 +305,14 @@ async fn checkin(
     let token = bearer(&headers).ok_or_else(unauthorized)?;
     let checkin = vmi_protocol::offline::decode_checkin(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad checkin body: {e}")))?;
-    let task = tokio::spawn(async move { site.checkin(&token, &user, checkin).await });
-    let report = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let report = detached(async move { site.checkin(&token, &user, checkin).await }).await?;
     Ok(Json(report).into_response())
 }
 
 /// `POST /v1/phones/{user}/checkout/cancel` (operator): breaks the lease; the phone
 /// resumes here from its checkout base.
 async fn cancel_checkout(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
-    let task = tokio::spawn(async move { site.cancel_checkout(&user).await });
-    let report = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let report = detached(async move { site.cancel_checkout(&user).await }).await?;
     Ok(Json(report).into_response())
 }
 
@@ -322,12 +327,6 @@ async fn migrate_in(ws: WebSocketUpgrade, State(site): State<Arc<SiteState>>) ->
 // The page is served by a site and the control service is another origin, so the site
 // forwards what the map needs. Each route is one control call (two for the report); the
 // control service's error status and message come back as they are.
-
-/// The control service this site reports to, as a client.
-fn control_of(site: &SiteState) -> Result<vmi_control::ControlClient, ApiError> {
-    vmi_control::ControlClient::new(site.control_url())
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
 
 impl From<vmi_control::ClientError> for ApiError {
     fn from(e: vmi_control::ClientError) -> Self {
@@ -356,13 +355,13 @@ fn unauthorized() -> ApiError {
 
 /// `GET /v1/demo/sites`: control's `GET /v1/sites`.
 async fn demo_sites(State(site): State<Arc<SiteState>>) -> Result<Response, ApiError> {
-    Ok(Json(control_of(&site)?.list_sites().await?).into_response())
+    Ok(Json(site.control.list_sites().await?).into_response())
 }
 
 /// `GET /v1/demo/me` with a bearer token: control's `GET /v1/phone` (whose phone, where).
 async fn demo_me(State(site): State<Arc<SiteState>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
     let token = bearer(&headers).ok_or_else(unauthorized)?;
-    Ok(Json(control_of(&site)?.phone_for_token(&token).await?).into_response())
+    Ok(Json(site.control.phone_for_token(&token).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -386,7 +385,7 @@ async fn demo_report(
 ) -> Result<Response, ApiError> {
     let report: DemoReport = json_body(&body)?;
     let token = bearer(&headers).or(report.token).ok_or_else(unauthorized)?;
-    control_of(&site)?.report(&token, report.lat, report.lon, report.rtt_ms).await?;
+    site.control.report(&token, report.lat, report.lon, report.rtt_ms).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -397,7 +396,7 @@ async fn demo_latest_report(
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers).ok_or_else(unauthorized)?;
-    let control = control_of(&site)?;
+    let control = &site.control;
     let phone = control.phone_for_token(&token).await?;
     match control.latest_report(&phone.user).await {
         Ok(report) => Ok(Json(report).into_response()),
@@ -416,7 +415,7 @@ async fn demo_migrations(
     State(site): State<Arc<SiteState>>,
     axum::extract::Query(q): axum::extract::Query<UserQuery>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(control_of(&site)?.migrations(Some(&q.user)).await?).into_response())
+    Ok(Json(site.control.migrations(Some(&q.user)).await?).into_response())
 }
 
 /// The control service revoked a device: every phone here closes its terminals.
@@ -501,7 +500,7 @@ async fn restore_checkpoint(
 /// The user a bearer token belongs to, or 401.
 async fn user_of(site: &SiteState, headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
     let token = bearer(headers).ok_or_else(unauthorized)?;
-    match control_of(site)?.authenticate(&token).await? {
+    match site.control.authenticate(&token).await? {
         Some(identity) => Ok(identity.user),
         None => Err(unauthorized()),
     }
@@ -512,7 +511,7 @@ async fn elsewhere(site: &SiteState, user: &str) -> Result<Option<String>, ApiEr
     if site.phone_link(user).is_some() {
         return Ok(None);
     }
-    let placement = control_of(site)?.placement(user).await?;
+    let placement = site.control.placement(user).await?;
     Ok((placement.site != site.id).then_some(placement.site_url))
 }
 

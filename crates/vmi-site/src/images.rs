@@ -87,12 +87,13 @@ impl SiteState {
         ImageRef { hash: hash.to_hex(), name: published.as_ref().map(|p| p.0.clone()), version: published.map(|p| p.1) }
     }
 
-    /// Runs engine work (compiling, booting, restoring) off the async workers.
+    /// Runs blocking work (compiling, booting, restoring, the checkpoint store) off the
+    /// async workers.
     pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, SiteError> {
-        tokio::task::spawn_blocking(work).await.map_err(|e| SiteError::Internal(format!("engine task failed: {e}")))
+        tokio::task::spawn_blocking(work).await.map_err(|e| SiteError::Internal(format!("background task failed: {e}")))
     }
 
     /// The image `user`'s phone should run now: the current version of their image at the
@@ -214,12 +215,10 @@ impl SiteState {
         }
         let phone = self.phone(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
         // Marked as moving: no migration may take the phone while it is down.
-        if !self.migrating.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string()) {
-            return Err(SiteError::Migration(format!("{user}'s phone is moving; restart it afterwards")));
-        }
-        let result = self.restart_stopped(user, &phone).await;
-        self.migrating.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
-        result
+        let _moving = self
+            .mark_moving(user)
+            .ok_or_else(|| SiteError::Migration(format!("{user}'s phone is moving; restart it afterwards")))?;
+        self.restart_stopped(user, &phone).await
     }
 
     async fn restart_stopped(
