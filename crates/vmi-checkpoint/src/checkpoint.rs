@@ -259,6 +259,12 @@ impl CheckpointStore {
     /// Rebuilds the full snapshot file of a checkpoint: the same header fields (kind
     /// full, no parent), globals, host state and memory as the snapshot checkpointed.
     pub fn restore(&self, user: &str, which: Selector) -> Result<Vec<u8>> {
+        Ok(self.restore_with_info(user, which)?.1)
+    }
+
+    /// [`restore`](Self::restore), with which checkpoint it chose (the two read under one
+    /// lock, so retention cannot come between).
+    pub fn restore_with_info(&self, user: &str, which: Selector) -> Result<(CheckpointInfo, Vec<u8>)> {
         validate_user(user)?;
         // Held so that retention cannot delete what is being read.
         let _guard = self.lock();
@@ -266,19 +272,18 @@ impl CheckpointStore {
         if index.ids.is_empty() {
             return Err(CheckpointError::UnknownUser(user.to_owned()));
         }
-        let id = match which {
-            Selector::Id(id) => match index.position(id) {
-                Some(_) => id,
-                None => return Err(CheckpointError::UnknownCheckpoint { user: user.to_owned(), id }),
-            },
-            Selector::AtOrBefore(at_ms) => {
-                let n = index.entries.partition_point(|e| e.at_ms <= at_ms);
-                match n.checked_sub(1) {
-                    Some(i) => index.ids[i],
-                    None => return Err(CheckpointError::NoneBefore { user: user.to_owned(), at_ms }),
-                }
+        let at = match which {
+            Selector::Id(id) => {
+                index.position(id).ok_or_else(|| CheckpointError::UnknownCheckpoint { user: user.to_owned(), id })?
             }
+            Selector::AtOrBefore(at_ms) => index
+                .entries
+                .partition_point(|e| e.at_ms <= at_ms)
+                .checked_sub(1)
+                .ok_or_else(|| CheckpointError::NoneBefore { user: user.to_owned(), at_ms })?,
         };
+        let id = index.ids[at];
+        let chosen = info(id, &index.entries[at]);
         let manifest = self.load_manifest(user, id)?;
         let meta = &manifest.meta;
         let memory_len = usize::try_from(meta.memory_bytes).map_err(|_| CheckpointError::CorruptManifest {
@@ -326,7 +331,7 @@ impl CheckpointStore {
         let globals: Vec<_> = meta.globals.iter().map(|&g| g.into()).collect();
         let full = encode_full(&header, &globals, &host_state, &memory)
             .map_err(|e| CheckpointError::CorruptManifest { key: manifest_key(user, id), detail: e.to_string() })?;
-        Ok(full.bytes)
+        Ok((chosen, full.bytes))
     }
 
     /// Applies `policy` to the user's checkpoints as of `now_ms`, deletes the manifests

@@ -252,23 +252,7 @@ impl SiteState {
         }
         let store = self.checkpoints.store.clone();
         let u = user.to_owned();
-        let chosen = self
-            .in_store(move || {
-                let list = store.list(&u)?;
-                let id = match which {
-                    Selector::Id(id) => id,
-                    Selector::AtOrBefore(at) => match list.iter().rev().find(|c| c.at_ms <= at) {
-                        Some(c) => c.id,
-                        None if list.is_empty() => return Err(CheckpointError::UnknownUser(u.clone())),
-                        None => return Err(CheckpointError::NoneBefore { user: u.clone(), at_ms: at }),
-                    },
-                };
-                let info = list.iter().find(|c| c.id == id).cloned();
-                let info = info.ok_or(CheckpointError::UnknownCheckpoint { user: u.clone(), id })?;
-                Ok((info, store.restore(&u, Selector::Id(id))?))
-            })
-            .await;
-        let (info, bytes) = chosen?;
+        let (info, bytes) = self.in_store(move || store.restore_with_info(&u, which)).await?;
 
         let saved_before = if running {
             let label = format!("before restoring to {}", crate::checkpoints::describe_time(info.at_ms));
