@@ -139,7 +139,8 @@ pub async fn display(keys: usize, static_secs: u64) -> Result<Value> {
     let static_frames = term.stats().frames - before.frames;
 
     // Encoding speed on the phone's real screen.
-    let (sw, sh, rgba) = w.site.state.ask("bench", vmi_site::phone::PhoneCommand::Screen).await?;
+    let shot = w.site.state.phone("bench")?.screen().await?;
+    let (sw, sh, rgba) = (shot.width, shot.height, shot.rgba);
     let rounds = 50;
     let t = Instant::now();
     for _ in 0..rounds {
@@ -222,11 +223,7 @@ pub async fn energy(active_min: u64, asleep_h: u64, mail_every_min: u64) -> Resu
                 subject: format!("Mail {mails}"),
                 body: "See you soon".into(),
             };
-            w.site
-                .state
-                .ask("bench", |reply| vmi_site::phone::PhoneCommand::Mail(mail, true, reply))
-                .await?
-                .map_err(anyhow::Error::msg)?;
+            w.site.state.phone("bench")?.mail(mail, true).await?;
             wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Notification { .. })).await?;
             notified += 1;
         }
@@ -307,8 +304,10 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
     tap(&mut term, layout::NOTES).await?;
 
     // What the phone holds: its non-zero memory, from a full snapshot.
-    let (sw, sh, _) = w.site.state.ask("bench", vmi_site::phone::PhoneCommand::Screen).await?;
-    let status = w.site.state.ask("bench", vmi_site::phone::PhoneCommand::Status).await?;
+    let phone = w.site.state.phone("bench")?;
+    let shot = phone.screen().await?;
+    let (sw, sh) = (shot.width, shot.height);
+    let status = phone.status().await?;
 
     let mut downtime_ms = Vec::new();
     let mut total_ms = Vec::new();

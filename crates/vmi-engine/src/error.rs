@@ -65,3 +65,36 @@ pub enum VmError {
     #[error("snapshot failed: {0}")]
     Snapshot(String),
 }
+
+/// An error with every cause after it, `: `-separated: what logs and answers show, so a
+/// cause is never lost. A message that already ends with its cause's words is not
+/// repeated. The one formatter of error chains in the workspace.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_is_shown_once() {
+        let e = Outer(std::io::Error::other("disk full"));
+        assert_eq!(error_chain(&e), "outer: disk full");
+        assert_eq!(error_chain(&std::io::Error::other("alone")), "alone");
+    }
+}

@@ -18,7 +18,7 @@ mod error;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock, VirtualClock};
-pub use error::{EngineError, VmError};
+pub use error::{EngineError, VmError, error_chain};
 pub use types::*;
 pub use vmi_snapshot::{Header as SnapshotHeader, Limits as SnapshotLimits, SnapshotId};
 

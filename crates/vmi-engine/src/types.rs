@@ -223,8 +223,9 @@ impl Event {
     }
 }
 
-/// A rectangle of pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A rectangle of pixels: damage a phone reports, and what a terminal repaints. It may
+/// reach past the screen's edges; the part outside is ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Rect {
     /// Left column.
     pub x: u32,
@@ -237,6 +238,11 @@ pub struct Rect {
 }
 
 impl Rect {
+    /// The rectangle at (`x`, `y`) of `w` × `h` pixels.
+    pub const fn new(x: u32, y: u32, w: u32, h: u32) -> Rect {
+        Rect { x, y, w, h }
+    }
+
     /// Area in pixels.
     pub fn area(&self) -> u64 {
         self.w as u64 * self.h as u64

@@ -24,26 +24,8 @@ pub const TILE: usize = 64;
 /// Largest LZ4 output for one grid tile.
 const PACKED_CAP: usize = block::get_maximum_output_size(TILE * TILE * 4);
 
-/// A damaged rectangle of the screen, in pixels, as reported by the phone. It may reach
-/// past the screen's edges; the part outside is ignored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Rect {
-    /// Left column.
-    pub x: u32,
-    /// Top row.
-    pub y: u32,
-    /// Width.
-    pub w: u32,
-    /// Height.
-    pub h: u32,
-}
-
-impl Rect {
-    /// The rectangle at (`x`, `y`) of `w` × `h` pixels.
-    pub const fn new(x: u32, y: u32, w: u32, h: u32) -> Rect {
-        Rect { x, y, w, h }
-    }
-}
+/// A damaged rectangle of the screen, in pixels (the engine's type: one home for both).
+pub use vmi_engine::Rect;
 
 /// The site side: turns the phone's framebuffer into the tiles a terminal is missing.
 ///

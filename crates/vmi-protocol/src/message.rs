@@ -5,16 +5,8 @@
 /// Version of the protocol this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// A touch phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TouchPhase {
-    /// Finger down.
-    Down,
-    /// Finger moved.
-    Move,
-    /// Finger up.
-    Up,
-}
+/// A touch phase (the engine's type: one home for both).
+pub use vmi_engine::TouchPhase;
 
 /// One input from the terminal.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +28,22 @@ pub enum Input {
         text: Option<char>,
     },
 }
+
+impl Input {
+    /// The event the phone gets for this input: the one mapping of wire inputs to engine
+    /// events, shared by the site and the offline terminal.
+    pub fn to_event(&self) -> vmi_engine::Event {
+        match *self {
+            Input::Touch { phase, x, y } => vmi_engine::Event::Touch { phase, x: i32::from(x), y: i32::from(y) },
+            Input::Key { code, text } => vmi_engine::Event::Key { code: vmi_engine::KeyCode::from_code(code), text },
+        }
+    }
+}
+
+/// Largest sequence number (inputs and frame updates): 2^53 − 1, so a JavaScript
+/// terminal holds every number exactly. Numbers never wrap: at a thousand inputs a second
+/// a device reaches it in 285,000 years.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
 
 /// What a reconnecting terminal already has, so the site sends only what is missing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -128,6 +136,32 @@ pub enum ErrorCode {
     /// Anything else.
     Internal,
 }
+
+impl ErrorCode {
+    /// The WebSocket close code a site uses when it closes after this error
+    /// (docs/PROTOCOL.md, "Closing"): 4000 + the error's wire code, so a terminal learns
+    /// why even if the Error message itself was lost.
+    pub fn close_code(self) -> u16 {
+        4000 + u16::from(self.wire())
+    }
+
+    /// The error's code on the wire.
+    pub fn wire(self) -> u8 {
+        match self {
+            ErrorCode::Unauthorized => 1,
+            ErrorCode::Version => 2,
+            ErrorCode::BadMessage => 3,
+            ErrorCode::NotHere => 4,
+            ErrorCode::PhoneDown => 5,
+            ErrorCode::Internal => 6,
+        }
+    }
+}
+
+/// Close code after a `Redirect` or another planned end of a session (RFC 6455: normal).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code when the site shuts down (RFC 6455: going away).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Messages from a site to a terminal.
 #[derive(Clone, Debug, PartialEq, Eq)]

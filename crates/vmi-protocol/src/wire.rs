@@ -193,7 +193,7 @@ pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
         }
         ServerMessage::Error { code, message } => {
             w.u8(ERROR);
-            w.u8(error_code_to_u8(*code));
+            w.u8(code.wire());
             w.string(message, MAX_STRING_LEN);
         }
     }
@@ -317,17 +317,6 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
     };
     r.finish()?;
     Ok(msg)
-}
-
-fn error_code_to_u8(code: ErrorCode) -> u8 {
-    match code {
-        ErrorCode::Unauthorized => 1,
-        ErrorCode::Version => 2,
-        ErrorCode::BadMessage => 3,
-        ErrorCode::NotHere => 4,
-        ErrorCode::PhoneDown => 5,
-        ErrorCode::Internal => 6,
-    }
 }
 
 /// Exact size for frame updates (they can be megabytes), a small guess for the rest.

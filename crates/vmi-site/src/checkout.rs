@@ -21,13 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use vmi_engine::{Engine, ImageHash, SnapshotId, VirtualPhone};
+use vmi_engine::{ImageHash, SnapshotId, VirtualPhone};
 use vmi_protocol::offline::{Checkin, CheckoutBundle, CheckoutRequest, OfflineLease};
 use vmi_protocol::{ErrorCode, ServerMessage};
 use vmi_snapshot::{Snapshot, SnapshotKind};
 
-use crate::phone::{PhoneCommand, SavedPhone};
-use crate::{PHONE_FILE, SiteError, SiteState, read_phone, valid_user, write_phone};
+use crate::persist::{read_phone, write_phone};
+use crate::phone::{PhoneError, SavedPhone};
+use crate::{PHONE_FILE, SiteError, SiteState, valid_user};
 
 /// The lease of a checked-out phone, JSON ([`OfflineLease`]), in the phone's directory.
 pub const LEASE_FILE: &str = "checkout.lease";
@@ -218,25 +219,23 @@ impl SiteState {
             )));
         }
         let device = self.device_of(token, user).await?;
-        {
-            // Under the migration lock (then this one, the order migrate_out takes them
-            // in): a phone is checked out or migrated, never both at once.
-            let migrating = self.migrating.lock().unwrap_or_else(|p| p.into_inner());
+        // Marked as leaving, with the lease slot claimed under the same lock that a
+        // migration takes: a phone is checked out or migrated, never both at once.
+        let leaving = self.phones.leave(user, || {
             let mut slots = self.leases.lock();
             if let Some(slot) = slots.get(user) {
                 return Err(SiteError::CheckedOut(refusal(user, slot)));
             }
-            if migrating.contains(user) {
-                return Err(SiteError::Migration(format!("{user}'s phone is moving to another site; retry later")));
-            }
-            if self.is_closing() {
+            if self.phones.is_closing() {
                 return Err(SiteError::Closing);
             }
-            if self.phone(user).is_none() {
+            if self.phones.get(user).is_none() {
                 return Err(SiteError::NoPhone(user.to_string()));
             }
             slots.insert(user.to_string(), Slot::Busy(None));
-        }
+            Ok(())
+        })?;
+        let Some(_leaving) = leaving else { return Err(SiteError::Moving(user.to_string())) };
         let result = self.checkout_claimed(user, device, lease_secs).await;
         let mut slots = self.leases.lock();
         match &result {
@@ -258,24 +257,19 @@ impl SiteState {
         lease_secs: u64,
     ) -> Result<CheckoutBundle, SiteError> {
         // Out of the map first: no new terminal finds the phone while it stops.
-        let link = self
-            .phones
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(user)
-            .ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
+        let link = self.phones.remove(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
         let issued_ms = self.now_ms();
         let expires_ms = issued_ms + lease_secs * 1000;
         let message = format!("{user}'s phone is checked out to device {device} until {}", format_ms(expires_ms));
         let goodbye = ServerMessage::Error { code: ErrorCode::NotHere, message };
-        let saved = match link.ask(|reply| PhoneCommand::CheckOut(goodbye, reply)).await {
-            Some(Ok(saved)) => saved,
-            Some(Err(e)) => {
-                // Still running: back in the map.
-                self.phones.write().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), link);
-                return Err(SiteError::CheckoutFailed(format!("{user}'s phone cannot be snapshotted: {e}")));
+        let saved = match link.check_out(goodbye).await {
+            Ok(saved) => saved,
+            Err(PhoneError::Gone) => return Err(SiteError::phone(user, PhoneError::Gone)),
+            Err(e) => {
+                // Still running: back in the registry.
+                self.phones.insert(user, link);
+                return Err(SiteError::phone(user, e));
             }
-            None => return Err(SiteError::PhoneGone(user.to_string())),
         };
         let image = match Snapshot::peek_header(&saved.snapshot) {
             Ok(header) => ImageHash(header.image_hash),
@@ -439,7 +433,9 @@ impl SiteState {
         } else {
             self.restore_saved(&checkin.chain[0], &checkin.chain[1..])
         }
-        .map_err(|e| SiteError::BadRequest(format!("the checked-in state does not restore: {}", chain_text(&e))))?;
+        .map_err(|e| {
+            SiteError::BadRequest(format!("the checked-in state does not restore: {}", vmi_engine::error_chain(&e)))
+        })?;
         // It must run, not just load: fire what is due and draw.
         phone
             .fire_due_timers()
@@ -463,7 +459,7 @@ impl SiteState {
             at_ms,
         };
         self.end_lease(&dir, &ended);
-        if !self.is_closing() {
+        if !self.phones.is_closing() {
             self.spawn_phone(user, phone, saved.input_seqs);
         }
         Ok(CheckinReport {
@@ -535,7 +531,7 @@ impl SiteState {
             let phone = s.restore_saved(&base, &[])?;
             let at_ms = s.now_ms();
             s.end_lease(&dir, &EndedLease { lease_id: l.lease_id.clone(), device_id: l.device_id, outcome: o, at_ms });
-            if !s.is_closing() {
+            if !s.phones.is_closing() {
                 s.spawn_phone(&u, phone, seqs);
             }
             Ok(at_ms)
@@ -638,24 +634,12 @@ pub(crate) fn spawn_expiry(site: &Arc<SiteState>) {
         loop {
             every.tick().await;
             let Some(site) = weak.upgrade() else { return };
-            if site.is_closing() {
+            if site.phones.is_closing() {
                 return;
             }
             site.expire_leases().await;
         }
     });
-}
-
-/// An error and its causes on one line.
-fn chain_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

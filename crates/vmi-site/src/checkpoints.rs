@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use vmi_checkpoint::{CheckpointError, CheckpointInfo, CheckpointStore, FsStore, Retention, Selector};
 use vmi_snapshot::SnapshotId;
 
-use crate::phone::PhoneCommand;
 use crate::{SiteError, SiteState};
 
 /// A checkpoint as the site's HTTP API shows it.
@@ -143,10 +142,8 @@ impl SiteState {
             if let Some(why) = self.checkout_refusal(user) {
                 return Err(SiteError::CheckedOut(why));
             }
-            if self.is_migrating(user) {
-                return Err(SiteError::Migration(format!(
-                    "{user}'s phone is migrating or restarting; checkpoint it after"
-                )));
+            if self.phones.is_leaving(user) {
+                return Err(SiteError::Moving(user.to_string()));
             }
             self.checkpoint_locked(user, label).await?
         };
@@ -161,7 +158,7 @@ impl SiteState {
         let copied = if copy {
             self.replicate(user, info).await
         } else {
-            Err(SiteError::Migration("the second site failed earlier in this round; the next round copies".into()))
+            Err(SiteError::Replica("the second site failed earlier in this round; the next round copies".into()))
         };
         let (replica, replica_error) = match copied {
             Ok(site) => (Some(site), None),
@@ -202,10 +199,7 @@ impl SiteState {
     /// the phone is not migrating.
     async fn checkpoint_locked(&self, user: &str, label: Option<String>) -> Result<CheckpointInfo, SiteError> {
         let parent = self.checkpoints.last(user);
-        let snapshot = self
-            .ask(user, |reply| PhoneCommand::Checkpoint(parent, reply))
-            .await?
-            .map_err(|e| SiteError::PhoneCannotSnapshot(format!("{user}'s phone cannot be snapshotted: {e}")))?;
+        let snapshot = self.phone(user)?.checkpoint(parent).await.map_err(|e| SiteError::phone(user, e))?;
         let store = self.checkpoints.store.clone();
         let (u, at_ms) = (user.to_owned(), self.now_ms());
         let info = self.in_store(move || store.put(&u, &snapshot, at_ms, label)).await?;
@@ -229,26 +223,25 @@ impl SiteState {
         let _busy = self.checkpoints.busy.lock().await;
         // Marked as moving for the duration: no migration may start from a VM that is
         // about to be replaced.
-        let _moving = self.mark_moving(user).ok_or_else(|| {
-            SiteError::Migration(format!("{user}'s phone is migrating or restarting; restore it after"))
-        })?;
+        let _leaving = self.phones.mark_leaving(user).ok_or_else(|| SiteError::Moving(user.to_string()))?;
         // Asked after the mark (a checkout refuses a moving phone): a phone that is out on
         // a terminal is not restored here behind its back.
         if let Some(why) = self.checkout_refusal(user) {
             return Err(SiteError::CheckedOut(why));
         }
-        let running = self.phone(user).is_some();
+        let running = self.phones.get(user).is_some();
         // Held until the phone runs: no migration may arrive for it meanwhile.
         let mut _arrival = None;
         if !running {
             let placement = self.control.placement(user).await?;
             if placement.site != self.id {
-                return Err(SiteError::Migration(format!(
-                    "{user}'s phone belongs to {}; restore it there, or move it here first",
-                    placement.site
-                )));
+                return Err(SiteError::PlacedElsewhere {
+                    user: user.into(),
+                    site: placement.site,
+                    here: self.id.clone(),
+                });
             }
-            _arrival = Some(self.stage_arrival(user).ok_or_else(|| SiteError::Exists(user.to_owned()))?);
+            _arrival = Some(self.phones.arrive(user).ok_or_else(|| SiteError::Exists(user.to_owned()))?);
         }
         let store = self.checkpoints.store.clone();
         let u = user.to_owned();
@@ -259,8 +252,12 @@ impl SiteState {
             match self.checkpoint_locked(user, Some(label)).await {
                 Ok(before) => Some(before),
                 // A crashed phone has nothing worth keeping beyond its checkpoints.
-                Err(SiteError::PhoneCannotSnapshot(e)) => {
-                    tracing::warn!(user, "restoring without a checkpoint of the current state: {e}");
+                Err(e @ SiteError::Phone { .. }) => {
+                    tracing::warn!(
+                        user,
+                        "restoring without a checkpoint of the current state: {}",
+                        vmi_engine::error_chain(&e)
+                    );
                     None
                 }
                 // The store failed: the running state would have no copy. Keep it.
@@ -271,7 +268,7 @@ impl SiteState {
         };
         let phone = self.restore_snapshot(&bytes).await?;
         if running {
-            self.ask(user, |reply| PhoneCommand::Replace(phone, reply)).await?;
+            self.phone(user)?.replace(phone).await.map_err(|e| SiteError::phone(user, e))?;
         } else {
             self.spawn_phone(user, phone, HashMap::new());
         }
@@ -342,7 +339,7 @@ impl SiteState {
                 let d = |s: &vmi_control::SiteStatus| (s.site.lat - lat).powi(2) + (s.site.lon - lon).powi(2);
                 d(a).total_cmp(&d(b)).then_with(|| a.site.id.cmp(&b.site.id))
             })
-            .ok_or_else(|| SiteError::Migration("no other healthy site to copy checkpoints to".into()))?;
+            .ok_or_else(|| SiteError::Replica("no other healthy site to copy checkpoints to".into()))?;
         let base = format!("{}/v1/replicas/{user}", replica.site.url.trim_end_matches('/'));
         let store = self.checkpoints.store.clone();
 
@@ -369,7 +366,7 @@ impl SiteState {
                 // It lacks more than it said (it collected in between): send that too.
                 409 => {
                     let lacking = serde_json::from_slice::<Missing>(&answer).map_err(|_| {
-                        SiteError::Migration(format!(
+                        SiteError::Replica(format!(
                             "replica {} refused: {}",
                             replica.site.id,
                             String::from_utf8_lossy(&answer)
@@ -380,7 +377,7 @@ impl SiteState {
                     send.dedup();
                 }
                 _ => {
-                    return Err(SiteError::Migration(format!(
+                    return Err(SiteError::Replica(format!(
                         "replica {} refused: {}",
                         replica.site.id,
                         String::from_utf8_lossy(&answer)
@@ -388,7 +385,7 @@ impl SiteState {
                 }
             }
         }
-        Err(SiteError::Migration(format!("replica {} still lacks objects", replica.site.id)))
+        Err(SiteError::Replica(format!("replica {} still lacks objects", replica.site.id)))
     }
 
     /// Replica side: which of `keys` this site's store lacks.
@@ -432,11 +429,9 @@ async fn ask_missing(base: &str, keys: Vec<String>) -> Result<Vec<String>, SiteE
     let (status, body) =
         vmi_control::post_json(&format!("{base}/missing"), &serde_json::json!({ "keys": keys })).await?;
     if status != 200 {
-        return Err(SiteError::Migration(format!("replica refused: {body}")));
+        return Err(SiteError::Replica(format!("replica refused: {body}")));
     }
-    Ok(serde_json::from_str::<Missing>(&body)
-        .map_err(|e| SiteError::Migration(format!("replica answer: {e}")))?
-        .missing)
+    Ok(serde_json::from_str::<Missing>(&body).map_err(|e| SiteError::Replica(format!("replica answer: {e}")))?.missing)
 }
 
 /// An import request: `u32` length of the checkpoint's JSON, the JSON, then the bundle.

@@ -18,7 +18,7 @@ use vmi_engine::Mail;
 use vmi_checkpoint::{CheckpointError, Selector};
 use vmi_snapshot::SnapshotId;
 
-use crate::phone::PhoneCommand;
+use crate::phone::PhoneError;
 use crate::{SiteError, SiteState};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -77,17 +77,29 @@ impl IntoResponse for ApiError {
 }
 
 impl From<SiteError> for ApiError {
+    /// The one place a site's errors become HTTP statuses. The answer carries the whole
+    /// chain of causes; a 500 is logged with it and answered generically.
     fn from(e: SiteError) -> Self {
         let status = match &e {
-            SiteError::NoPhone(_) => StatusCode::NOT_FOUND,
-            SiteError::Exists(_) => StatusCode::CONFLICT,
-            SiteError::BadUser(_) => StatusCode::BAD_REQUEST,
-            SiteError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
-            SiteError::Migration(_) => StatusCode::CONFLICT,
+            SiteError::NoPhone(_) | SiteError::NotPlaced(_) | SiteError::NotCheckedOut(_) => StatusCode::NOT_FOUND,
+            SiteError::BadUser(_) | SiteError::BadRequest(_) | SiteError::CorruptSnapshot(_) => StatusCode::BAD_REQUEST,
+            SiteError::Full(_) | SiteError::Closing => StatusCode::SERVICE_UNAVAILABLE,
+            SiteError::Exists(_)
+            | SiteError::Moving(_)
+            | SiteError::PlacedElsewhere { .. }
+            | SiteError::AlreadyThere { .. }
+            | SiteError::WrongImage(_)
+            | SiteError::CheckedOut(_)
+            | SiteError::LeaseRefused(_) => StatusCode::CONFLICT,
+            SiteError::Phone { source, .. } => match source {
+                PhoneError::Gone => StatusCode::NOT_FOUND,
+                PhoneError::Moving | PhoneError::Crashed { .. } | PhoneError::NoGoodState { .. } => {
+                    StatusCode::CONFLICT
+                }
+                PhoneError::Vm(_) | PhoneError::Chain(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             SiteError::Admission { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN),
-            SiteError::WrongImage(_) => StatusCode::CONFLICT,
-            SiteError::Image { .. } => StatusCode::BAD_GATEWAY,
-            SiteError::PhoneCannotSnapshot(_) => StatusCode::CONFLICT,
+            SiteError::Image { .. } | SiteError::Replica(_) => StatusCode::BAD_GATEWAY,
             SiteError::Control(vmi_control::ClientError::Status { status: 404, body }) => {
                 return ApiError(StatusCode::NOT_FOUND, body.clone());
             }
@@ -103,27 +115,21 @@ impl From<SiteError> for ApiError {
                 | CheckpointError::MissingChunk { .. }
                 | CheckpointError::MissingManifest { .. }
                 | CheckpointError::Incomplete { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => {
-                    tracing::error!("site error: {e:#}");
-                    return ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
-                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            SiteError::CheckedOut(_) | SiteError::LeaseRefused(_) => StatusCode::CONFLICT,
-            SiteError::NotCheckedOut(_) => StatusCode::NOT_FOUND,
             SiteError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             SiteError::Forbidden(_) => StatusCode::FORBIDDEN,
-            SiteError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            SiteError::Closing => StatusCode::SERVICE_UNAVAILABLE,
-            SiteError::CheckoutFailed(_) => {
-                tracing::error!("{e}");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            _ => {
-                tracing::error!("site error: {e:#}");
-                return ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
-            }
+            SiteError::CheckoutFailed(_)
+            | SiteError::Engine(_)
+            | SiteError::Io { .. }
+            | SiteError::Control(_)
+            | SiteError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(status, e.to_string())
+        let words = vmi_engine::error_chain(&e);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("site error: {words}");
+        }
+        ApiError(status, words)
     }
 }
 
@@ -142,13 +148,17 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 }
 
 async fn terminal(ws: WebSocketUpgrade, State(site): State<Arc<SiteState>>) -> Response {
-    ws.max_message_size(1 << 20).on_upgrade(move |socket| crate::session::run(socket, site))
+    // One limit, the document's (docs/PROTOCOL.md, "Transport"): a bigger message is
+    // answered with Error(BadMessage) by the session.
+    let limit = vmi_protocol::wire::MAX_MESSAGE_LEN;
+    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| crate::session::run(socket, site))
 }
 
 async fn list_phones(State(site): State<Arc<SiteState>>) -> Json<serde_json::Value> {
     let mut phones = Vec::new();
     for user in site.users() {
-        if let Ok(status) = site.ask(&user, PhoneCommand::Status).await {
+        let Some(phone) = site.phone_link(&user) else { continue };
+        if let Ok(status) = phone.status().await {
             // The image with its published name and version, when the site knows them.
             let image = vmi_engine::ImageHash::from_hex(&status.image).map(|h| site.image_ref(&h));
             phones.push(serde_json::json!({ "user": user, "site": site.id, "phone": status, "image": image }));
@@ -214,18 +224,22 @@ async fn send_mail(
     }
     let push = mail.push;
     let mail = Mail { from: mail.from, subject: mail.subject, body: mail.body };
-    site.ask(&user, |reply| PhoneCommand::Mail(mail, push, reply)).await?.map_err(|e| {
-        // The phone's own words: over a size limit is the sender's problem, the rest
-        // (mailbox full, phone moving) passes.
-        let status =
-            if e.starts_with("too large") { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::SERVICE_UNAVAILABLE };
-        ApiError(status, e)
+    site.phone(&user)?.mail(mail, push).await.map_err(|e| {
+        // Over a size limit is the sender's problem; the rest (mailbox full, phone moving
+        // or crashed) passes.
+        let status = match &e {
+            PhoneError::Vm(vmi_engine::VmError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            PhoneError::Gone => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, vmi_engine::error_chain(&e))
     })?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
 async fn screen_png(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
-    let (w, h, rgba) = site.ask(&user, PhoneCommand::Screen).await?;
+    let shot = site.phone(&user)?.screen().await.map_err(|e| SiteError::phone(&user, e))?;
+    let (w, h, rgba) = (shot.width, shot.height, shot.rgba);
     let mut png_bytes = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut png_bytes, w, h);
@@ -239,7 +253,8 @@ async fn screen_png(State(site): State<Arc<SiteState>>, Path(user): Path<String>
 }
 
 async fn screen_hash(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
-    let (w, h, rgba) = site.ask(&user, PhoneCommand::Screen).await?;
+    let shot = site.phone(&user)?.screen().await.map_err(|e| SiteError::phone(&user, e))?;
+    let (w, h, rgba) = (shot.width, shot.height, shot.rgba);
     let hash = vmi_protocol::display::screen_hash(&rgba);
     Ok(Json(serde_json::json!({ "width": w, "height": h, "hash": format!("{hash:016x}") })).into_response())
 }
@@ -248,7 +263,7 @@ async fn kv(
     State(site): State<Arc<SiteState>>,
     Path((user, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    match site.ask(&user, |reply| PhoneCommand::Kv(key.clone(), reply)).await? {
+    match site.phone(&user)?.kv(key.clone()).await.map_err(|e| SiteError::phone(&user, e))? {
         Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("{user}'s phone has no key {key:?}"))),
     }
@@ -270,7 +285,11 @@ async fn migrate(
     // The migration runs in its own task: a caller that goes away (a restarting control
     // service, say) must not cut a migration off halfway with the phone frozen.
     let report = detached(async move { crate::migration::migrate_out(&site, &user, &to, &to_url).await }).await?;
-    let status = if report.outcome == "committed" { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+    let status = if report.outcome == crate::migration::MigrationOutcome::Committed {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
     Ok((status, Json(report)).into_response())
 }
 
@@ -422,7 +441,7 @@ async fn demo_migrations(
 async fn device_revoked(State(site): State<Arc<SiteState>>, Path(id): Path<String>) -> StatusCode {
     for user in site.users() {
         if let Some(phone) = site.phone_link(&user) {
-            let _ = phone.tx.send(PhoneCommand::Revoked(id.clone())).await;
+            phone.revoke(id.clone()).await;
         }
     }
     StatusCode::NO_CONTENT

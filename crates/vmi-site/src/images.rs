@@ -12,10 +12,10 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use vmi_engine::{Engine, ImageHash, VirtualPhone, VmConfig};
+use vmi_engine::{ImageHash, VirtualPhone};
 
-use crate::phone::PhoneCommand;
-use crate::{SiteError, SiteState, seed_of, valid_user, write_phone};
+use crate::persist::write_phone;
+use crate::{SiteError, SiteState, valid_user};
 
 /// An image loaded on this site.
 #[derive(Clone)]
@@ -185,7 +185,7 @@ impl SiteState {
         if target != old {
             let site = self.clone();
             let bytes = snapshot.clone();
-            let config = VmConfig { rng_seed: seed_of(user), ..self.vm_config() };
+            let config = self.vm_config();
             match self.blocking(move || site.engine.upgrade(&target, &[&bytes], &config)).await? {
                 Ok(phone) => {
                     report.to = self.image_ref(&target);
@@ -213,11 +213,9 @@ impl SiteState {
         if !valid_user(user) {
             return Err(SiteError::BadUser(user.to_string()));
         }
-        let phone = self.phone(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
-        // Marked as moving: no migration may take the phone while it is down.
-        let _moving = self
-            .mark_moving(user)
-            .ok_or_else(|| SiteError::Migration(format!("{user}'s phone is moving; restart it afterwards")))?;
+        let phone = self.phone(user)?;
+        // Marked as leaving: no migration may take the phone while it is down.
+        let _leaving = self.phones.mark_leaving(user).ok_or_else(|| SiteError::Moving(user.to_string()))?;
         self.restart_stopped(user, &phone).await
     }
 
@@ -226,11 +224,9 @@ impl SiteState {
         user: &str,
         phone: &crate::phone::PhoneLink,
     ) -> Result<RestartReport, SiteError> {
-        let saved = phone.ask(PhoneCommand::Stop).await.ok_or_else(|| SiteError::PhoneGone(user.to_string()))?;
         // Without a snapshot the task runs on: the restart is refused, nothing is lost.
-        let saved = saved
-            .map_err(|e| SiteError::Internal(format!("cannot snapshot {user}'s phone (it keeps running): {e}")))?;
-        self.phones.write().unwrap_or_else(|p| p.into_inner()).remove(user);
+        let saved = phone.stop().await.map_err(|e| SiteError::phone(user, e))?;
+        self.phones.remove(user);
         if let Err(e) = write_phone(&self.phone_dir(user), &saved) {
             // The snapshot is still in memory and boots below; the file is only a safety net.
             tracing::error!(user, "cannot save the phone before its restart: {e}");

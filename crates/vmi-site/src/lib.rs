@@ -24,119 +24,34 @@
 
 pub mod checkout;
 pub mod checkpoints;
+mod error;
 mod http;
 pub mod migration;
+pub mod persist;
 pub mod phone;
+pub mod registry;
 mod session;
+
+pub use error::SiteError;
+pub use persist::PHONE_FILE;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+
+use crate::registry::{NoRoom, PhoneRegistry};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use vmi_control::ControlClient;
 use vmi_engine::{Clock, Engine, ImageHash, VirtualPhone, VmConfig};
-use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
 
-use crate::phone::{PhoneCommand, PhoneLink, PhoneTask, SavedPhone};
+use crate::persist::{read_phone, write_phone};
+use crate::phone::{PhoneLink, PhoneTask};
 
 mod images;
 pub use images::{ImageRef, RestartReport};
-
-/// Why a site could not start or do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum SiteError {
-    /// The engine refused.
-    #[error("engine")]
-    Engine(#[from] vmi_engine::EngineError),
-    /// A file in the data directory could not be read or written.
-    #[error("{path}")]
-    Io {
-        /// Which file.
-        path: PathBuf,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The control service could not be reached or refused.
-    #[error("control service")]
-    Control(#[from] vmi_control::ClientError),
-    /// The user already has a phone here.
-    #[error("{0} already has a phone on this site")]
-    Exists(String),
-    /// The user has no phone here.
-    #[error("no phone for {0} on this site")]
-    NoPhone(String),
-    /// The site is full.
-    #[error("site is at its capacity of {0} phones")]
-    Full(u32),
-    /// A user name that cannot name a directory.
-    #[error("bad user name {0:?}: use letters, digits, '-', '_' or '.'")]
-    BadUser(String),
-    /// The phone task did not answer.
-    #[error("phone of {0} is not answering")]
-    PhoneGone(String),
-    /// A migration could not start.
-    #[error("migration: {0}")]
-    Migration(String),
-    /// The phone's image is neither loaded here nor published at the control service.
-    #[error("this site cannot run image {0}: it is not published at the control service")]
-    WrongImage(String),
-    /// The phone could not be snapshotted (it crashed); its state is as it was.
-    #[error("{0}")]
-    PhoneCannotSnapshot(String),
-    /// The checkpoint store refused or failed.
-    #[error("checkpoint: {0}")]
-    Checkpoint(#[from] vmi_checkpoint::CheckpointError),
-    /// The control service refused to admit a new phone (a tenant quota, an unknown user); `status` is its
-    /// HTTP status, `message` its words.
-    #[error("{message}")]
-    Admission {
-        /// HTTP status of the refusal (403 over a quota, 404 unknown user).
-        status: u16,
-        /// Why, as the control service put it.
-        message: String,
-    },
-    /// An image could not be fetched or loaded.
-    #[error("image {hash}: {reason}")]
-    Image {
-        /// The image's hash (hex).
-        hash: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A task running engine work ended without an answer.
-    #[error("{0}")]
-    Internal(String),
-    /// The phone is checked out to a terminal (docs/OFFLINE.md); the message says to
-    /// which device and until when.
-    #[error("{0}")]
-    CheckedOut(String),
-    /// The phone is not checked out.
-    #[error("{0}'s phone is not checked out")]
-    NotCheckedOut(String),
-    /// A checkin's lease is not the one out (wrong, ended or expired).
-    #[error("{0}")]
-    LeaseRefused(String),
-    /// No valid device token.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// The device may not do this (another user's phone, another device's lease).
-    #[error("{0}")]
-    Forbidden(String),
-    /// A request that cannot be done as asked (a corrupt or foreign checkin, a bad lease
-    /// length).
-    #[error("{0}")]
-    BadRequest(String),
-    /// A checkout or resume failed on the site's side; the phone is kept.
-    #[error("{0}")]
-    CheckoutFailed(String),
-    /// The site is shutting down.
-    #[error("the site is shutting down")]
-    Closing,
-}
 
 /// How to run a site.
 #[derive(Clone)]
@@ -177,19 +92,15 @@ pub struct SiteState {
     pub id: String,
     /// Base URL terminals and operators use.
     pub url: String,
-    engine: WasmEngine,
+    /// The engine contract: any engine plugs in here.
+    engine: Arc<dyn Engine>,
     /// The image built into this binary ([`vmi_phone_image::PHONE_WASM`]): what phones run
     /// when the control service has no version of their image published.
     builtin_image: ImageHash,
     /// Every image loaded here, by hash.
     images: RwLock<HashMap<ImageHash, images::SiteImage>>,
-    phones: RwLock<HashMap<String, PhoneLink>>,
-    /// Users whose phones are leaving this site right now.
-    migrating: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Users whose phones are arriving (staged) right now.
-    arriving: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Set when the site starts shutting down: no phone may arrive after it.
-    closing: std::sync::atomic::AtomicBool,
+    /// Which phones run, arrive and leave here.
+    phones: PhoneRegistry,
     /// Phones checked out to terminals (docs/OFFLINE.md).
     leases: checkout::Leases,
     control: ControlClient,
@@ -210,38 +121,33 @@ impl SiteState {
         &self.config.control_url
     }
 
-    /// The command channel of `user`'s phone, if it runs here.
+    /// The link to `user`'s phone, if it runs here.
     pub fn phone_link(&self, user: &str) -> Option<PhoneLink> {
-        self.phone(user)
+        self.phones.get(user)
     }
 
-    fn phone(&self, user: &str) -> Option<PhoneLink> {
-        self.phones.read().unwrap_or_else(|p| p.into_inner()).get(user).cloned()
+    /// The link to `user`'s phone, or [`SiteError::NoPhone`].
+    pub fn phone(&self, user: &str) -> Result<PhoneLink, SiteError> {
+        self.phones.get(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))
+    }
+
+    /// Which phones run, arrive and leave here.
+    pub fn registry(&self) -> &PhoneRegistry {
+        &self.phones
     }
 
     fn phone_dir(&self, user: &str) -> PathBuf {
         self.config.data_dir.join("phones").join(user)
     }
 
+    /// Starts the task of a phone that now runs here.
     pub(crate) fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
-        let (tx, rx) = mpsc::channel(256);
         let task = PhoneTask::new(user.to_string(), phone, self.config.clock.clone(), input_seqs);
-        tokio::spawn(task.run(rx));
-        self.phones.write().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), PhoneLink { tx });
+        self.phones.insert(user, PhoneLink::spawn(task));
     }
 
     fn vm_config(&self) -> VmConfig {
         VmConfig { width: self.config.screen.0, height: self.config.screen.1, ..VmConfig::default() }
-    }
-
-    /// Marks `user`'s phone as arriving; None if it already is. The mark goes when the
-    /// returned guard is dropped.
-    pub(crate) fn stage_arrival(&self, user: &str) -> Option<ArrivalGuard<'_>> {
-        let mut arriving = self.arriving.lock().unwrap_or_else(|p| p.into_inner());
-        if !arriving.insert(user.to_string()) {
-            return None;
-        }
-        Some(ArrivalGuard { site: self, user: user.to_string() })
     }
 
     /// Now by the site's clock, ms since the Unix epoch.
@@ -249,32 +155,14 @@ impl SiteState {
         self.config.clock.wall_ns() / 1_000_000
     }
 
-    /// Whether `user`'s phone is leaving this site right now.
-    pub(crate) fn is_migrating(&self, user: &str) -> bool {
-        self.migrating.lock().unwrap_or_else(|p| p.into_inner()).contains(user)
-    }
-
-    /// Marks `user`'s phone as moving (what a migration does); None if it already is.
-    /// The mark goes when the returned guard is dropped.
-    pub(crate) fn mark_moving(&self, user: &str) -> Option<MovingGuard<'_>> {
-        let mut moving = self.migrating.lock().unwrap_or_else(|p| p.into_inner());
-        moving.insert(user.to_string()).then(|| MovingGuard { site: self, user: user.to_string() })
-    }
-
     /// A phone from a full snapshot, on the image it was taken on (loaded here first,
     /// fetched from the control service if need be): going back to a checkpoint goes
     /// back to its image version too.
     pub(crate) async fn restore_snapshot(self: &Arc<Self>, bytes: &[u8]) -> Result<Box<dyn VirtualPhone>, SiteError> {
-        let header = vmi_snapshot::Snapshot::peek_header(bytes)
-            .map_err(|e| SiteError::Migration(format!("checkpoint does not read as a snapshot: {e}")))?;
+        let header = vmi_snapshot::Snapshot::peek_header(bytes).map_err(SiteError::CorruptSnapshot)?;
         let image = ImageHash(header.image_hash);
         self.ensure_image(&image).await?;
         Ok(self.engine.restore(&image, &[bytes], &self.vm_config())?)
-    }
-
-    /// Whether the site is shutting down.
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Removes a phone's saved state after it moved away, so a restart never brings back
@@ -288,13 +176,11 @@ impl SiteState {
         }
     }
 
-    /// Whether this site can take `user`'s phone of `image` (a migration's destination).
+    /// Whether this site can take `user`'s phone of `image` (a migration's destination,
+    /// with the phone marked as arriving).
     pub fn can_host(&self, user: &str, image: &ImageHash) -> Result<(), SiteError> {
         if !valid_user(user) {
             return Err(SiteError::BadUser(user.to_string()));
-        }
-        if self.phone(user).is_some() {
-            return Err(SiteError::Exists(user.to_string()));
         }
         if let Some(why) = self.checkout_refusal(user) {
             return Err(SiteError::CheckedOut(why));
@@ -304,13 +190,7 @@ impl SiteState {
         if !self.has_image(image) {
             return Err(SiteError::WrongImage(image.to_hex()));
         }
-        // Phones arriving count against capacity (this one included).
-        let count = self.phones.read().unwrap_or_else(|p| p.into_inner()).len() as u32
-            + self.arriving.lock().unwrap_or_else(|p| p.into_inner()).len().saturating_sub(1) as u32;
-        if count >= self.config.capacity {
-            return Err(SiteError::Full(self.config.capacity));
-        }
-        Ok(())
+        self.phones.room_for_arrival(user).map_err(|e| no_room(user, e))
     }
 
     fn engine_begin_restore(&self, image: &ImageHash) -> Result<Box<dyn vmi_engine::RestoreStage>, SiteError> {
@@ -326,20 +206,16 @@ impl SiteState {
         // there, and a second, empty one here would take its place.
         match self.control.placement(user).await {
             Ok(p) if p.site != self.id => {
-                return Err(SiteError::Migration(format!(
-                    "{user}'s phone is placed on {}; move it with `vmi vm migrate {user} --to {}`",
-                    p.site, self.id
-                )));
+                return Err(SiteError::PlacedElsewhere { user: user.into(), site: p.site, here: self.id.clone() });
             }
             Ok(_) => {}
             Err(vmi_control::ClientError::Status { status: 404, .. }) => {
-                return Err(SiteError::Migration(format!(
-                    "{user} has no placement: place the phone on this site first (PUT /v1/users/{user}/placement)"
-                )));
+                return Err(SiteError::NotPlaced(user.to_string()));
             }
             Err(e) => return Err(SiteError::Control(e)),
         }
-        let config = VmConfig { rng_seed: seed_of(user), ..self.vm_config() };
+        // The engine seeds each new VM from the host's secure random source.
+        let config = self.vm_config();
         self.control.admit(user, config.memory_limit_bytes).await.map_err(images::admission_error)?;
         let booted = async {
             let image = self.current_image(user).await?;
@@ -368,36 +244,19 @@ impl SiteState {
         if !valid_user(user) {
             return Err(SiteError::BadUser(user.to_string()));
         }
-        // Running, or arriving (a migration, a restore from a copy): either way it exists.
-        if self.phone(user).is_some() || self.arriving.lock().unwrap_or_else(|p| p.into_inner()).contains(user) {
-            return Err(SiteError::Exists(user.to_string()));
-        }
         // A fresh phone would shadow the one that is out (and overwrite its base at shutdown).
-        if let Some(why) = self.checkout_refusal(user) {
+        if self.phones.get(user).is_none()
+            && let Some(why) = self.checkout_refusal(user)
+        {
             return Err(SiteError::CheckedOut(why));
         }
-        let count = self.phones.read().unwrap_or_else(|p| p.into_inner()).len() as u32;
-        if count >= self.config.capacity {
-            return Err(SiteError::Full(self.config.capacity));
-        }
-        Ok(())
+        // Running, or arriving (a migration, a restore from a copy): either way it exists.
+        self.phones.room_for_new(user).map_err(|e| no_room(user, e))
     }
 
     /// Users whose phones run here.
     pub fn users(&self) -> Vec<String> {
-        let mut users: Vec<String> = self.phones.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        users.sort();
-        users
-    }
-
-    /// Sends a command to a user's phone and waits for the answer.
-    pub async fn ask<T>(
-        &self,
-        user: &str,
-        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> PhoneCommand,
-    ) -> Result<T, SiteError> {
-        let phone = self.phone(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
-        phone.ask(make).await.ok_or_else(|| SiteError::PhoneGone(user.to_string()))
+        self.phones.users()
     }
 
     async fn restore_all(self: &Arc<Self>) -> Result<usize, SiteError> {
@@ -448,7 +307,12 @@ impl SiteState {
                     restored += 1;
                 }
                 // The file stays where it is: a phone's state is never thrown away.
-                Err(e) => tracing::error!(user, path = %state_path.display(), "cannot restore phone: {e:#}"),
+                Err(e) => tracing::error!(
+                    user,
+                    path = %state_path.display(),
+                    "cannot restore phone: {}",
+                    vmi_engine::error_chain(&e)
+                ),
             }
         }
         Ok(restored)
@@ -456,90 +320,25 @@ impl SiteState {
 
     /// Stops every phone and writes its snapshot; returns how many were saved.
     pub async fn save_all(&self) -> usize {
-        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
-        let phones: Vec<(String, PhoneLink)> = self.phones.write().unwrap_or_else(|p| p.into_inner()).drain().collect();
         let mut saved = 0;
-        for (user, phone) in phones {
-            match phone.ask(PhoneCommand::Stop).await {
-                Some(Ok(s)) => match write_phone(&self.phone_dir(&user), &s) {
+        for (user, phone) in self.phones.close() {
+            match phone.stop().await {
+                Ok(s) => match write_phone(&self.phone_dir(&user), &s) {
                     Ok(()) => saved += 1,
-                    Err(e) => tracing::error!(user, "cannot save phone: {e}"),
+                    Err(e) => tracing::error!(user, "cannot save phone: {}", vmi_engine::error_chain(&e)),
                 },
-                Some(Err(e)) => tracing::error!(user, "cannot snapshot phone: {e}"),
-                None => tracing::error!(user, "phone task gone before saving"),
+                Err(e) => tracing::error!(user, "cannot snapshot phone: {}", vmi_engine::error_chain(&e)),
             }
         }
         saved
     }
 }
 
-/// Clears a moving mark when dropped.
-pub(crate) struct MovingGuard<'a> {
-    site: &'a SiteState,
-    user: String,
-}
-
-impl Drop for MovingGuard<'_> {
-    fn drop(&mut self) {
-        self.site.migrating.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.user);
+fn no_room(user: &str, e: NoRoom) -> SiteError {
+    match e {
+        NoRoom::Exists => SiteError::Exists(user.to_string()),
+        NoRoom::Full(capacity) => SiteError::Full(capacity),
     }
-}
-
-/// Clears an arrival mark when dropped.
-pub(crate) struct ArrivalGuard<'a> {
-    site: &'a SiteState,
-    user: String,
-}
-
-impl Drop for ArrivalGuard<'_> {
-    fn drop(&mut self) {
-        self.site.arriving.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.user);
-    }
-}
-
-/// A phone's RNG seed from its user name (FNV-1a: a seed needs spread, not secrecy).
-fn seed_of(user: &str) -> u64 {
-    user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)) | 1
-}
-
-/// The file a saved phone lives in, in its directory under `phones/`.
-pub const PHONE_FILE: &str = "phone.state";
-const PHONE_MAGIC: &[u8; 8] = b"VMIPHONE";
-const MAX_INPUTS_JSON: usize = 1 << 20;
-
-/// Writes a saved phone atomically, snapshot and input numbering in one file (so a crash
-/// can never pair a snapshot with another moment's numbering): `VMIPHONE`, u32 length of
-/// the input numbering as JSON, that JSON, then the snapshot (docs/SNAPSHOT_FORMAT.md).
-pub(crate) fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SiteError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let seqs = serde_json::to_vec(&saved.input_seqs).unwrap_or_default();
-    let mut bytes = Vec::with_capacity(12 + seqs.len() + saved.snapshot.len());
-    bytes.extend_from_slice(PHONE_MAGIC);
-    bytes.extend_from_slice(&(seqs.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&seqs);
-    bytes.extend_from_slice(&saved.snapshot);
-    let tmp = dir.join(format!("{PHONE_FILE}.tmp"));
-    let path = dir.join(PHONE_FILE);
-    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))
-}
-
-/// Reads what [`write_phone`] wrote: the snapshot and the input numbering.
-fn read_phone(bytes: &[u8]) -> Result<(Vec<u8>, HashMap<String, u64>), String> {
-    let rest = bytes.strip_prefix(PHONE_MAGIC).ok_or("not a saved phone (bad magic)")?;
-    let (len, rest) = rest.split_first_chunk::<4>().ok_or("saved phone ends early")?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if len > MAX_INPUTS_JSON || len > rest.len() {
-        return Err(format!("input numbering of {len} bytes does not fit"));
-    }
-    let (json, snapshot) = rest.split_at(len);
-    let seqs = serde_json::from_slice(json).map_err(|e| format!("input numbering: {e}"))?;
-    Ok((snapshot.to_vec(), seqs))
 }
 
 /// A running site.
@@ -564,7 +363,9 @@ impl SiteHandle {
     /// manual clocks).
     pub async fn tick(&self) {
         for user in self.state.users() {
-            let _ = self.state.ask(&user, PhoneCommand::Tick).await;
+            if let Some(phone) = self.state.phone_link(&user) {
+                let _ = phone.tick().await;
+            }
         }
     }
 
@@ -582,10 +383,16 @@ impl SiteHandle {
     }
 }
 
-/// Starts a site: restores its saved phones, listens, registers with the control service.
+/// Starts a site on the default engine (WebAssembly micro-VMs, `vmi-wasm-engine`).
 pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
-    let engine_config = WasmEngineConfig { max_vms: config.capacity + 8, ..WasmEngineConfig::default() };
-    let engine = WasmEngine::with_config(engine_config, config.clock.clone())?;
+    let engine_config = vmi_wasm_engine::WasmEngineConfig { max_vms: config.capacity + 8, ..Default::default() };
+    let engine = vmi_wasm_engine::WasmEngine::with_config(engine_config, config.clock.clone())?;
+    start_with_engine(config, Arc::new(engine)).await
+}
+
+/// Starts a site on `engine` (any engine behind the contract of `vmi-engine`): restores
+/// its saved phones, listens, registers with the control service.
+pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> Result<SiteHandle, SiteError> {
     let builtin_image = engine.load_image(vmi_phone_image::PHONE_WASM)?.hash;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -601,10 +408,7 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         engine,
         builtin_image,
         images: RwLock::new(HashMap::from([(builtin_image, images::SiteImage::builtin())])),
-        phones: RwLock::new(HashMap::new()),
-        migrating: std::sync::Mutex::new(std::collections::HashSet::new()),
-        arriving: std::sync::Mutex::new(std::collections::HashSet::new()),
-        closing: std::sync::atomic::AtomicBool::new(false),
+        phones: PhoneRegistry::new(config.capacity),
         leases: checkout::Leases::default(),
         control,
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
@@ -654,26 +458,4 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
         }
     });
     Ok(SiteHandle { state, url, shutdown, server, heartbeat, checkpointer })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_saved_phone_reads_back_and_damage_is_refused() {
-        let dir = std::env::temp_dir().join(format!("vmi-site-save-{}", std::process::id()));
-        let saved = SavedPhone { snapshot: b"SEEDSNAP...".to_vec(), input_seqs: HashMap::from([("7".into(), 42)]) };
-        write_phone(&dir, &saved).expect("write");
-        let bytes = std::fs::read(dir.join(PHONE_FILE)).expect("read");
-        let (snapshot, seqs) = read_phone(&bytes).expect("parse");
-        assert_eq!(snapshot, saved.snapshot);
-        assert_eq!(seqs, saved.input_seqs);
-        assert!(read_phone(b"garbage").is_err());
-        assert!(read_phone(&bytes[..10]).is_err());
-        let mut lie = bytes.clone();
-        lie[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(read_phone(&lie).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

@@ -1,39 +1,76 @@
-//! One terminal's WebSocket session: Hello, authentication, then messages both ways
-//! between the socket and the phone task.
+//! One terminal's WebSocket session (docs/PROTOCOL.md): Hello, authentication, then
+//! messages both ways between the socket and the phone task, and a close code that says
+//! why the session ended ("Closing").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use vmi_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+use vmi_protocol::{
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientMessage, ErrorCode, MAX_SEQ, PROTOCOL_VERSION, ServerMessage,
+};
 
 use crate::SiteState;
-use crate::phone::{Attachment, PhoneCommand, SESSION_QUEUE};
+use crate::phone::{Attachment, PhoneLink, SESSION_QUEUE, TerminalCommand};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// How long a terminal has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing site waits for the terminal's close frame, so that its last words
+/// (an `Error`, a `Redirect`) are read before the connection goes.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 async fn send(socket: &mut WebSocket, message: &ServerMessage) -> bool {
     socket.send(Message::Binary(vmi_protocol::encode_server(message).into())).await.is_ok()
 }
 
+/// The close frame that ends a session after `last` (the last message sent).
+fn close_frame(last: Option<&ServerMessage>) -> CloseFrame {
+    let (code, reason) = match last {
+        Some(ServerMessage::Error { code, .. }) => (code.close_code(), format!("{code:?}")),
+        Some(ServerMessage::Redirect { .. }) => (CLOSE_NORMAL, "Redirect".to_string()),
+        // The site let go without an error (it shut down, the phone restarted, the
+        // terminal fell behind): reconnect.
+        _ => (CLOSE_GOING_AWAY, String::new()),
+    };
+    CloseFrame { code, reason: reason.into() }
+}
+
+/// Closes with `frame` and waits (briefly) for the terminal's answer, so what was sent
+/// before is read rather than lost to a reset.
+async fn close(mut socket: WebSocket, frame: CloseFrame) {
+    let _ = socket.send(Message::Close(Some(frame))).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn refuse(mut socket: WebSocket, code: ErrorCode, message: String) {
     tracing::info!(?code, "terminal refused: {message}");
-    let _ = send(&mut socket, &ServerMessage::Error { code, message }).await;
-    let _ = socket.close().await;
+    let error = ServerMessage::Error { code, message };
+    let _ = send(&mut socket, &error).await;
+    close(socket, close_frame(Some(&error))).await;
 }
 
 /// Runs a session to its end.
 pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Binary(bytes)))) => vmi_protocol::decode_client(&bytes),
+        Ok(Some(Ok(Message::Text(_)))) => {
+            return refuse(socket, ErrorCode::BadMessage, "a text frame: messages are binary".into()).await;
+        }
+        Ok(Some(Ok(Message::Close(_)))) | Ok(None) => return,
         Ok(Some(Ok(_))) => return refuse(socket, ErrorCode::BadMessage, "expected a binary Hello".into()).await,
-        Ok(_) => return,
+        Ok(Some(Err(e))) => return refuse(socket, ErrorCode::BadMessage, unreadable(&e)).await,
         Err(_) => return refuse(socket, ErrorCode::BadMessage, "no Hello within 10 s".into()).await,
     };
     let (token, resume, asleep) = match hello {
@@ -41,6 +78,12 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
             if version != PROTOCOL_VERSION {
                 let msg = format!("protocol version {version} is not supported; this site speaks {PROTOCOL_VERSION}");
                 return refuse(socket, ErrorCode::Version, msg).await;
+            }
+            if let Some(r) = resume
+                && r.last_frame_seq > MAX_SEQ
+            {
+                let msg = format!("resume.last_frame_seq {} is above {MAX_SEQ}", r.last_frame_seq);
+                return refuse(socket, ErrorCode::BadMessage, msg).await;
             }
             (device_token, resume, asleep)
         }
@@ -59,28 +102,19 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         }
         Err(e) => return refuse(socket, ErrorCode::Internal, format!("cannot check the token: {e}")).await,
     };
-    let Some(phone) = site.phone(&identity.user) else {
-        // Checked out to a terminal (docs/OFFLINE.md): say to which device and until when.
-        if let Some(why) = site.checkout_refusal(&identity.user) {
-            return refuse(socket, ErrorCode::NotHere, why).await;
-        }
-        // Not here: if the control service knows where the phone runs, send the terminal there.
-        if let Ok(placement) = site.control.placement(&identity.user).await
-            && placement.site != site.id
-        {
-            let url = vmi_control::ws_url(&placement.site_url);
-            let _ = send(&mut socket, &ServerMessage::Redirect { url }).await;
-            let _ = socket.close().await;
-            return;
-        }
-        return refuse(socket, ErrorCode::NotHere, format!("no phone for {} on this site", identity.user)).await;
+    let Some(phone) = site.phone_link(&identity.user) else {
+        return not_here(socket, &site, &identity.user).await;
     };
 
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<ServerMessage>(SESSION_QUEUE);
     let attachment = Attachment { id, device_id: identity.device_id.to_string(), tx, resume, asleep };
-    let Some(attached) = phone.ask(|reply| PhoneCommand::Attach(attachment, reply)).await else {
-        return refuse(socket, ErrorCode::PhoneDown, "the phone is not running".into()).await;
+    let attached = match phone.attach(attachment).await {
+        Ok(Ok(attached)) => attached,
+        Ok(Err(refusal)) => return refuse(socket, refusal.code, refusal.message).await,
+        // The task ended between the lookup and the attach (it moved, stopped or was
+        // checked out): where the phone is now is what the terminal needs.
+        Err(_) => return not_here(socket, &site, &identity.user).await,
     };
     tracing::info!(user = %identity.user, device = %identity.device_id, session = id, "terminal attached");
     let welcome = ServerMessage::Welcome {
@@ -91,62 +125,114 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         resumed: attached.resumed,
     };
     if !send(&mut socket, &welcome).await {
-        let _ = phone.tx.send(PhoneCommand::Detach(id)).await;
+        phone.tell(TerminalCommand::Detach { session: id }).await;
         return;
     }
     // Prompt a first flush (the full frame) right away.
-    let _ = phone.tx.send(PhoneCommand::FrameAck(id, 0)).await;
+    phone.tell(TerminalCommand::FrameAck { session: id, seq: 0 }).await;
 
     let (mut sink, mut stream) = socket.split();
-    let phone_tx = phone.tx.clone();
+    // The writer sends what the phone task queues for this terminal; when the task lets
+    // go of the session it closes, with the code that says why.
     let writer = tokio::spawn(async move {
+        let mut last = None;
         while let Some(message) = rx.recv().await {
             let bytes = vmi_protocol::encode_server(&message);
             if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                break;
+                return;
             }
+            last = Some(message);
         }
-        let _ = sink.close().await;
+        let _ = sink.send(Message::Close(Some(close_frame(last.as_ref())))).await;
     });
     while let Some(message) = stream.next().await {
-        let bytes = match message {
-            Ok(Message::Binary(bytes)) => bytes,
-            Ok(Message::Close(_)) | Err(_) => break,
+        let failure = match message {
+            Ok(Message::Binary(bytes)) => match forward(&phone, id, &bytes).await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(failure) => failure,
+            },
+            Ok(Message::Text(_)) => (ErrorCode::BadMessage, "a text frame: messages are binary".to_string()),
+            Ok(Message::Close(_)) => break,
+            // WebSocket pings and pongs are the transport's business.
             Ok(_) => continue,
+            Err(e) => (ErrorCode::BadMessage, unreadable(&e)),
         };
-        let command = match vmi_protocol::decode_client(&bytes) {
-            Ok(ClientMessage::Input { seq, input }) => PhoneCommand::Input { session: id, seq, input },
-            Ok(ClientMessage::FrameAck { seq }) => PhoneCommand::FrameAck(id, seq),
-            Ok(ClientMessage::Sleep) => PhoneCommand::Sleep(id),
-            Ok(ClientMessage::Wake) => PhoneCommand::Wake(id),
-            // Answered through the phone task so a pong never overtakes a frame: the
-            // round trip measures what the user feels.
-            Ok(ClientMessage::Ping { nonce }) => PhoneCommand::Pong(id, nonce),
-            Ok(ClientMessage::Hello { .. }) => {
-                tracing::info!(session = id, "second Hello; closing");
-                let error = ServerMessage::Error { code: ErrorCode::BadMessage, message: "a second Hello".into() };
-                let _ = phone_tx.send(PhoneCommand::Say(id, error)).await;
-                break;
-            }
-            Err(e) => {
-                tracing::info!(session = id, "undecodable message, closing: {e}");
-                let error = ServerMessage::Error { code: e.error_code(), message: e.to_string() };
-                let _ = phone_tx.send(PhoneCommand::Say(id, error)).await;
-                break;
-            }
-        };
-        if phone_tx.send(command).await.is_err() {
-            break;
-        }
+        tracing::info!(session = id, "protocol error, closing: {}", failure.1);
+        phone.tell(TerminalCommand::Fail { session: id, code: failure.0, message: failure.1 }).await;
+        break;
     }
-    let _ = phone_tx.send(PhoneCommand::Detach(id)).await;
-    // The writer ends once the phone task lets go of this session; give it a moment to
-    // deliver a last Error.
+    phone.tell(TerminalCommand::Detach { session: id }).await;
+    // Once the phone task lets go of the session the writer says its last words and
+    // closes; then wait (briefly) for the terminal's close frame.
     let mut writer = writer;
     if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
         writer.abort();
     }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
     tracing::info!(user = %identity.user, session = id, "terminal detached");
+}
+
+/// Decodes one message from the terminal and hands it to the phone task. `Ok(false)`:
+/// the phone task is gone. `Err`: a protocol error to answer.
+async fn forward(phone: &PhoneLink, session: u64, bytes: &[u8]) -> Result<bool, (ErrorCode, String)> {
+    let command = match vmi_protocol::decode_client(bytes) {
+        Ok(ClientMessage::Input { seq, input }) => {
+            // Rule 7: inputs are numbered from 1, and never past MAX_SEQ.
+            if seq == 0 || seq > MAX_SEQ {
+                return Err((ErrorCode::BadMessage, format!("input seq {seq} is outside 1..={MAX_SEQ}")));
+            }
+            TerminalCommand::Input { session, seq, input }
+        }
+        Ok(ClientMessage::FrameAck { seq }) => TerminalCommand::FrameAck { session, seq },
+        Ok(ClientMessage::Sleep) => TerminalCommand::Sleep { session },
+        Ok(ClientMessage::Wake) => TerminalCommand::Wake { session },
+        Ok(ClientMessage::Ping { nonce }) => TerminalCommand::Ping { session, nonce },
+        Ok(ClientMessage::Hello { .. }) => return Err((ErrorCode::BadMessage, "a second Hello".into())),
+        Err(e) => return Err((e.error_code(), e.to_string())),
+    };
+    Ok(phone.tell(command).await)
+}
+
+/// Hello for a phone this site does not run: `Redirect` to the site the control service
+/// places it on, else `Error(NotHere)` saying why (rule 1).
+async fn not_here(mut socket: WebSocket, site: &SiteState, user: &str) {
+    // Checked out to a terminal (docs/OFFLINE.md): say to which device and until when.
+    if let Some(why) = site.checkout_refusal(user) {
+        return refuse(socket, ErrorCode::NotHere, why).await;
+    }
+    match site.control.placement(user).await {
+        Ok(placement) if placement.site != site.id => {
+            let redirect = ServerMessage::Redirect { url: vmi_control::ws_url(&placement.site_url) };
+            let _ = send(&mut socket, &redirect).await;
+            close(socket, close_frame(Some(&redirect))).await;
+        }
+        Ok(_) => {
+            let why = format!("{user}'s phone is placed on this site but is not running here now; retry shortly");
+            refuse(socket, ErrorCode::NotHere, why).await
+        }
+        Err(vmi_control::ClientError::Status { status: 404, .. }) => {
+            refuse(socket, ErrorCode::NotHere, format!("{user} has no phone on any site")).await
+        }
+        Err(e) => refuse(socket, ErrorCode::Internal, format!("cannot ask where the phone runs: {e}")).await,
+    }
+}
+
+/// Words for a message the WebSocket layer could not read (too big, broken framing).
+fn unreadable(e: &axum::Error) -> String {
+    let text = vmi_engine::error_chain(e);
+    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+        format!("message larger than {} bytes ({text})", vmi_protocol::wire::MAX_MESSAGE_LEN)
+    } else {
+        format!("unreadable message: {text}")
+    }
 }
 
 fn kind(m: &ClientMessage) -> &'static str {

@@ -211,7 +211,9 @@ async fn a_second_phone_for_a_user_placed_elsewhere_is_refused() {
     let b = site(&control, "site-b", scratch("one-phone-b")).await;
     user_with_phone(&control, &a, "alice").await;
     match b.state.create_phone("alice").await {
-        Err(vmi_site::SiteError::Migration(why)) => assert!(why.contains("placed on site-a"), "{why}"),
+        Err(e @ vmi_site::SiteError::PlacedElsewhere { .. }) => {
+            assert!(e.to_string().contains("placed on site-a"), "{e}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(b.state.users().is_empty());

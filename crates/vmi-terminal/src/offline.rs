@@ -27,10 +27,7 @@ use hyper::{Method, Request, header};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vmi_engine::{
-    Engine, Event, KeyCode, SnapshotId, SnapshotRequest, SystemClock, TouchPhase, VirtualPhone, VmConfig,
-};
-use vmi_protocol::Input;
+use vmi_engine::{Engine, Event, SnapshotId, SnapshotRequest, SystemClock, VirtualPhone, VmConfig};
 use vmi_protocol::offline::{Checkin, CheckinHeader, CheckoutRequest, OfflineLease};
 use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
 
@@ -379,21 +376,6 @@ fn not_empty(dir: &Path) -> TerminalError {
     ))
 }
 
-fn to_event(input: &Input) -> Event {
-    match *input {
-        Input::Touch { phase, x, y } => Event::Touch {
-            phase: match phase {
-                vmi_protocol::TouchPhase::Down => TouchPhase::Down,
-                vmi_protocol::TouchPhase::Move => TouchPhase::Move,
-                vmi_protocol::TouchPhase::Up => TouchPhase::Up,
-            },
-            x: i32::from(x),
-            y: i32::from(y),
-        },
-        Input::Key { code, text } => Event::Key { code: KeyCode::from_code(code), text },
-    }
-}
-
 /// A phone running offline, slowed down like a phone's CPU.
 struct Offline<'a> {
     phone: Box<dyn VirtualPhone>,
@@ -502,7 +484,7 @@ pub fn run_offline(args: &RunArgs, out: &mut (dyn Write + Send)) -> Result<RunRe
     run.deliver(Event::Wake)?;
     for line in &steps {
         match &line.step {
-            Step::Input(input) => run.deliver(to_event(input))?,
+            Step::Input(input) => run.deliver(input.to_event())?,
             Step::Wait(duration) => run.wait(*duration)?,
             Step::Sleep => run.deliver(Event::Sleep)?,
             Step::Wake => run.deliver(Event::Wake)?,

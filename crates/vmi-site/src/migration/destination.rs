@@ -1,0 +1,128 @@
+//! The destination side of a live migration: applies each round as it comes; on the
+//! final one restores the phone, moves the placement epoch with a compare-and-set (the
+//! single point where ownership changes), starts the phone and answers Committed.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket};
+use vmi_engine::{ImageHash, RestoreStage};
+use vmi_protocol::migration::{MigrationMessage, decode_migration, encode_migration};
+
+use super::{MAX_ROUNDS, STEP_TIMEOUT, commit};
+use crate::SiteState;
+
+async fn reply(socket: &mut WebSocket, m: &MigrationMessage) -> bool {
+    socket.send(Message::Binary(encode_migration(m).into())).await.is_ok()
+}
+
+async fn next(socket: &mut WebSocket) -> Option<MigrationMessage> {
+    loop {
+        match tokio::time::timeout(STEP_TIMEOUT * 3, socket.recv()).await.ok()?? {
+            Ok(Message::Binary(b)) => return decode_migration(&b).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// The destination side of one migration, on the `/v1/migrate` WebSocket.
+pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>) {
+    let Some(MigrationMessage::Begin { user, image, epoch, width, height, .. }) = next(&mut socket).await else {
+        let _ = reply(&mut socket, &MigrationMessage::Abort { reason: "expected Begin".into() }).await;
+        return;
+    };
+    let refuse = |reason: String| MigrationMessage::Abort { reason };
+    let Some(_arriving) = site.phones.arrive(&user) else {
+        let _ = reply(&mut socket, &refuse(format!("{user}'s phone is already arriving here"))).await;
+        return;
+    };
+    // A phone on an image new to this site: fetch it from the control service first.
+    if let Err(e) = site.ensure_image(&ImageHash(image)).await {
+        let _ = reply(&mut socket, &refuse(e.to_string())).await;
+        return;
+    }
+    if let Err(e) = site.can_host(&user, &ImageHash(image)) {
+        let _ = reply(&mut socket, &refuse(e.to_string())).await;
+        return;
+    }
+    if (width as u32, height as u32) != site.config.screen {
+        let reason = format!("screen {width}x{height} differs from this site's {:?}", site.config.screen);
+        let _ = reply(&mut socket, &refuse(reason)).await;
+        return;
+    }
+    let mut stage: Box<dyn RestoreStage> = match site.engine_begin_restore(&ImageHash(image)) {
+        Ok(stage) => stage,
+        Err(e) => {
+            let _ = reply(&mut socket, &refuse(format!("cannot stage the phone: {e}"))).await;
+            return;
+        }
+    };
+    if !reply(&mut socket, &MigrationMessage::Ready).await {
+        return;
+    }
+    while let Some(message) = next(&mut socket).await {
+        match message {
+            MigrationMessage::Round { snapshot } => {
+                if stage.applied() > MAX_ROUNDS {
+                    let _ = reply(&mut socket, &refuse(format!("more than {MAX_ROUNDS} rounds"))).await;
+                    return;
+                }
+                // Decompressing a round takes milliseconds: off the async workers.
+                let (back, applied) = match tokio::task::spawn_blocking(move || {
+                    let r = stage.apply(&snapshot);
+                    (stage, r)
+                })
+                .await
+                {
+                    Ok(done) => done,
+                    Err(_) => return,
+                };
+                stage = back;
+                if let Err(e) = applied {
+                    let _ = reply(&mut socket, &refuse(format!("round refused: {e}"))).await;
+                    return;
+                }
+                let applied = stage.applied() as u32;
+                if !reply(&mut socket, &MigrationMessage::RoundAck { applied }).await {
+                    return;
+                }
+            }
+            MigrationMessage::Final { snapshot, input_seqs } => {
+                let phone = match stage.apply(&snapshot).and_then(|()| stage.finish()) {
+                    Ok(phone) => phone,
+                    Err(e) => {
+                        let _ = reply(&mut socket, &refuse(format!("final delta refused: {e}"))).await;
+                        return;
+                    }
+                };
+                if site.phones.is_closing() {
+                    let _ = reply(&mut socket, &refuse("this site is shutting down".into())).await;
+                    return;
+                }
+                // The commit: ownership moves here only if the source still owned it
+                // under the epoch it told us.
+                match commit(&site, &user, epoch).await {
+                    Ok(new_epoch) => {
+                        site.spawn_phone(&user, phone, input_seqs.into_iter().collect());
+                        tracing::info!(user, epoch = new_epoch, "phone arrived and runs here");
+                        let _ = reply(&mut socket, &MigrationMessage::Committed { epoch: new_epoch }).await;
+                    }
+                    Err(e) => {
+                        let reason = format!("ownership did not move: {}", vmi_engine::error_chain(&e));
+                        let _ = reply(&mut socket, &refuse(reason)).await;
+                    }
+                }
+                return;
+            }
+            MigrationMessage::Abort { reason } => {
+                tracing::info!(user, "source aborted the migration: {reason}");
+                return;
+            }
+            other => {
+                let _ = reply(&mut socket, &refuse(format!("unexpected {other:?}"))).await;
+                return;
+            }
+        }
+    }
+    tracing::info!(user, "migration link closed before the final delta; nothing kept");
+}

@@ -1,0 +1,248 @@
+//! The source side of a live migration: pre-copy rounds while the phone runs, a short
+//! stop for the dirty rest, then fence (the destination committed) or thaw (it did not).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use vmi_engine::ImageHash;
+use vmi_protocol::migration::{MIGRATION_VERSION, MigrationMessage, decode_migration, encode_migration};
+
+use super::{
+    CONTROL_RETRIES, MAX_ROUNDS, MigrationError, MigrationOutcome, MigrationReport, SMALL_ROUND_PAGES, STEP_TIMEOUT,
+};
+use crate::phone::PhoneLink;
+use crate::{SiteError, SiteState};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(ws: &mut Ws, m: &MigrationMessage) -> Result<(), MigrationError> {
+    tokio::time::timeout(STEP_TIMEOUT, ws.send(WsMessage::Binary(encode_migration(m).into())))
+        .await
+        .map_err(|_| MigrationError::Link("sending timed out".into()))?
+        .map_err(|e| MigrationError::Link(format!("send: {e}")))
+}
+
+async fn recv(ws: &mut Ws) -> Result<MigrationMessage, MigrationError> {
+    let closed = || MigrationError::Link("the destination closed the connection".into());
+    loop {
+        let m = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| MigrationError::Link("the destination did not answer in time".into()))?
+            .ok_or_else(closed)?
+            .map_err(|e| MigrationError::Link(e.to_string()))?;
+        match m {
+            WsMessage::Binary(b) => {
+                return decode_migration(&b).map_err(|e| MigrationError::Link(format!("bad message: {e}")));
+            }
+            WsMessage::Close(_) => return Err(closed()),
+            _ => continue,
+        }
+    }
+}
+
+/// Moves `user`'s phone from this site to `to_id` at `to_url`. On any failure before the
+/// destination committed, the phone keeps running here.
+pub async fn migrate_out(
+    site: &Arc<SiteState>,
+    user: &str,
+    to_id: &str,
+    to_url: &str,
+) -> Result<MigrationReport, SiteError> {
+    if to_id == site.id {
+        return Err(SiteError::AlreadyThere { user: user.into(), site: to_id.into() });
+    }
+    // A checked-out phone runs on its terminal (docs/OFFLINE.md): nothing here to move.
+    if let Some(why) = site.checkout_refusal(user) {
+        return Err(SiteError::CheckedOut(why));
+    }
+    let phone = site.phone(user)?;
+    // Asked again under the leaving lock, which a checkout also takes: a phone is checked
+    // out or migrated, never both at once.
+    let leaving = site.phones.leave(user, || match site.checkout_refusal(user) {
+        Some(why) => Err(SiteError::CheckedOut(why)),
+        None => Ok(()),
+    })?;
+    let Some(leaving) = leaving else { return Err(SiteError::Moving(user.to_string())) };
+    let started = Instant::now();
+    let mut report = MigrationReport {
+        user: user.into(),
+        from: site.id.clone(),
+        to: to_id.into(),
+        outcome: MigrationOutcome::Aborted,
+        reason: None,
+        rounds: 0,
+        bytes: 0,
+        downtime_us: 0,
+        total_ms: 0.0,
+        epoch: None,
+    };
+    let result = drive(site, &phone, user, to_id, to_url, &mut report).await;
+    drop(leaving);
+    report.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    if let Err(e) = result {
+        let reason = vmi_engine::error_chain(&e);
+        tracing::warn!(user, to = to_id, "migration aborted: {reason}");
+        report.reason = Some(reason);
+    }
+    let record = vmi_control::MigrationRecord {
+        user: report.user.clone(),
+        from: report.from.clone(),
+        to: report.to.clone(),
+        epoch: report.epoch.unwrap_or(0),
+        downtime_us: report.downtime_us,
+        total_ms: report.total_ms,
+        bytes: report.bytes,
+        outcome: report.outcome.as_str().to_string(),
+        reason: report.reason.clone().unwrap_or_default(),
+    };
+    if let Err(e) = site.control.record_migration(&record).await {
+        tracing::warn!("could not log the migration at the control service: {e}");
+    }
+    Ok(report)
+}
+
+async fn drive(
+    site: &Arc<SiteState>,
+    phone: &PhoneLink,
+    user: &str,
+    to_id: &str,
+    to_url: &str,
+    report: &mut MigrationReport,
+) -> Result<(), MigrationError> {
+    // The control service may be restarting: give it a moment before giving up.
+    let mut tries = 0;
+    let placement = loop {
+        match site.control.placement(user).await {
+            Ok(p) => break p,
+            Err(e) if tries >= CONTROL_RETRIES => return Err(MigrationError::Control(e)),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    if placement.site != site.id {
+        return Err(MigrationError::NotOwner { user: user.into(), owner: placement.site });
+    }
+    let url = format!("{}/v1/migrate", vmi_control::ws_url(to_url).trim_end_matches("/v1/terminal"));
+    let (mut ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .map_err(|_| MigrationError::Link(format!("connecting to {url} timed out")))?
+        .map_err(|e| MigrationError::Link(format!("connecting to {url}: {e}")))?;
+    let (width, height) = site.config.screen;
+    // The image this phone runs now (phones of one site may run different versions).
+    let status = phone.status().await?;
+    let image = ImageHash::from_hex(&status.image)
+        .ok_or_else(|| MigrationError::Link(format!("the phone names image {:?}", status.image)))?;
+    send(
+        &mut ws,
+        &MigrationMessage::Begin {
+            version: MIGRATION_VERSION,
+            user: user.into(),
+            image: image.0,
+            epoch: placement.epoch,
+            width: width as u16,
+            height: height as u16,
+        },
+    )
+    .await?;
+    match recv(&mut ws).await? {
+        MigrationMessage::Ready => {}
+        MigrationMessage::Abort { reason } => return Err(MigrationError::Refused(reason)),
+        other => return Err(MigrationError::OutOfTurn(format!("{other:?} (expected Ready)"))),
+    }
+
+    // Pre-copy: the phone keeps running and serving terminals between rounds.
+    for round in 0..MAX_ROUNDS {
+        let crate::phone::PreCopyRound { bytes, pages } = phone.pre_copy(round == 0).await?;
+        report.bytes += bytes.len() as u64;
+        report.rounds += 1;
+        send(&mut ws, &MigrationMessage::Round { snapshot: bytes }).await?;
+        match recv(&mut ws).await? {
+            MigrationMessage::RoundAck { .. } => {}
+            MigrationMessage::Abort { reason } => return Err(MigrationError::Refused(reason)),
+            other => return Err(MigrationError::OutOfTurn(format!("{other:?} (expected RoundAck)"))),
+        }
+        if round > 0 && pages <= SMALL_ROUND_PAGES {
+            break;
+        }
+    }
+
+    // Stop, send the rest, and let the destination commit.
+    let stopped = Instant::now();
+    let saved = phone.freeze().await?;
+    report.bytes += saved.snapshot.len() as u64;
+    let input_seqs = saved.input_seqs.into_iter().collect();
+    let sent = send(&mut ws, &MigrationMessage::Final { snapshot: saved.snapshot, input_seqs }).await;
+    let answer = match sent {
+        Ok(()) => recv(&mut ws).await,
+        Err(e) => Err(e),
+    };
+    let epoch = match answer {
+        Ok(MigrationMessage::Committed { epoch }) => epoch,
+        Ok(MigrationMessage::Abort { reason }) => {
+            settle_kept(site, user, to_id, true).await;
+            phone.thaw().await;
+            return Err(MigrationError::Refused(reason));
+        }
+        other => {
+            // No clear answer: the control service decides who owns the phone.
+            tracing::warn!("no commit answer from the destination: {other:?}");
+            match settle(site, user, to_id, placement.epoch, false).await {
+                Settled::Moved(epoch) => epoch,
+                Settled::Kept => {
+                    phone.thaw().await;
+                    return Err(MigrationError::NotCommitted);
+                }
+            }
+        }
+    };
+    report.downtime_us = stopped.elapsed().as_micros() as u64;
+    report.epoch = Some(epoch);
+    report.outcome = MigrationOutcome::Committed;
+    let new_ws = vmi_control::ws_url(to_url);
+    phone.fence(new_ws).await;
+    site.phones.remove(user);
+    site.forget_saved(user);
+    let _ = ws.close(None).await;
+    tracing::info!(user, to = to_id, downtime_us = report.downtime_us, "phone migrated");
+    Ok(())
+}
+
+/// Who owns a phone after a migration whose end is unclear.
+enum Settled {
+    /// The destination committed (at this epoch): fence.
+    Moved(u64),
+    /// This site owns it and a late commit can no longer succeed: thaw.
+    Kept,
+}
+
+/// Decides with the control service who owns `user`'s phone after its final delta went
+/// out without a Committed answer. If the destination committed, the phone moved. If
+/// not, this site takes the placement back with a compare-and-set, which raises the epoch
+/// so a commit still on its way fails; only then may the phone run here again. While the
+/// control service cannot be reached the phone stays stopped: never two live copies.
+async fn settle(site: &SiteState, user: &str, to_id: &str, epoch: u64, destination_aborted: bool) -> Settled {
+    loop {
+        match site.control.placement(user).await {
+            Ok(p) if p.site == to_id && !destination_aborted => return Settled::Moved(p.epoch),
+            Ok(p) if p.site == site.id && p.epoch != epoch => return Settled::Kept,
+            Ok(p) => match site.control.move_placement(user, &site.id, Some(p.epoch)).await {
+                Ok(_) => return Settled::Kept,
+                Err(e) => tracing::info!(user, "taking the placement back raced: {e}; reading it again"),
+            },
+            Err(e) => {
+                tracing::warn!(user, "cannot reach the control service to settle a migration: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// [`settle`] after the destination said it aborted: it dropped its copy, so this site
+/// keeps the phone whatever the placement says, and makes the placement say so.
+async fn settle_kept(site: &SiteState, user: &str, to_id: &str, aborted: bool) {
+    let _ = settle(site, user, to_id, u64::MAX, aborted).await;
+}

@@ -1,0 +1,466 @@
+//! The phone task: the one owner of a VM, as a small state machine.
+//!
+//! ```text
+//!            Freeze                    Fence
+//!  Running ─────────▶ Frozen ─────────────────▶ (ended: the phone lives elsewhere)
+//!    ▲  │  ◀───────── (held inputs applied)
+//!    │  │    Thaw
+//!    │  │ a trap, its CPU budget, its memory cap
+//!    │  ▼
+//!  Crashed ── terminals told (Error PhoneDown) and refused until it runs again
+//!    │
+//!    └─ Replace (a restart or a restored checkpoint) ──▶ Running
+//!
+//!  Stop / CheckOut (from any state): a snapshot first, then the task ends.
+//! ```
+//!
+//! After every command or timer the task collects what the guest produced (damage,
+//! notifications, log lines) and pushes it to the attached terminals: frames only to
+//! awake terminals with credit, notifications to all. Notifications raised while no
+//! terminal is attached stay in the VM's queue (captured in its snapshots) until one
+//! says Hello.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use vmi_engine::{Clock, Event, SnapshotRequest, VirtualPhone, VmStatus};
+use vmi_protocol::{ErrorCode, Input, ServerMessage};
+
+use super::terminals::Terminals;
+use super::{
+    AttachRefusal, KEPT_LOG_LINES, LifecycleCommand, LogLine, MAX_HELD_INPUTS, PhoneCommand, PhoneError, PhoneStatus,
+    PreCopyRound, SavedPhone, Screenshot, ServiceCommand, TerminalCommand,
+};
+
+/// Where the phone is in its life.
+enum State {
+    /// Runs events and timers.
+    Running,
+    /// Stopped for the end of a live migration: its state is on its way to another site.
+    /// Inputs that come meanwhile are held: applied on thaw, resent by the terminals to
+    /// the destination on fence (they were never acknowledged).
+    Frozen { held: Vec<HeldInput> },
+    /// Stopped by a trap, its CPU budget or its memory cap; runs again when replaced.
+    Crashed { reason: String },
+}
+
+struct HeldInput {
+    session: u64,
+    seq: u64,
+    input: Input,
+}
+
+/// Whether the task goes on after a command.
+enum Next {
+    Continue,
+    End,
+}
+
+/// The phone task's state.
+pub struct PhoneTask {
+    user: String,
+    phone: Box<dyn VirtualPhone>,
+    clock: Arc<dyn Clock>,
+    state: State,
+    terminals: Terminals,
+    /// Highest input applied per device (docs/PROTOCOL.md, rule 7).
+    input_seqs: HashMap<String, u64>,
+    /// Whether the VM was last told a screen is on.
+    told_awake: bool,
+    logs: VecDeque<LogLine>,
+}
+
+impl PhoneTask {
+    /// A task for `phone`, with the input sequence numbers it had when saved.
+    pub fn new(
+        user: String,
+        phone: Box<dyn VirtualPhone>,
+        clock: Arc<dyn Clock>,
+        input_seqs: HashMap<String, u64>,
+    ) -> PhoneTask {
+        let state = match phone.status() {
+            VmStatus::Running => State::Running,
+            VmStatus::Crashed { reason } => State::Crashed { reason: reason.clone() },
+        };
+        PhoneTask {
+            user,
+            phone,
+            clock,
+            state,
+            terminals: Terminals::default(),
+            input_seqs,
+            told_awake: false,
+            logs: VecDeque::new(),
+        }
+    }
+
+    /// Runs until stopped, fenced or checked out, or until every sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<PhoneCommand>) {
+        // The first flush starts from a clean damage slate: terminals get full frames.
+        let _ = self.phone.frame();
+        loop {
+            let wait = self.until_next_timer();
+            let command = tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => Some(c),
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait) => None,
+            };
+            let next = match command {
+                None => {
+                    self.fire_timers();
+                    Next::Continue
+                }
+                Some(PhoneCommand::Terminal(c)) => {
+                    self.on_terminal(c);
+                    Next::Continue
+                }
+                Some(PhoneCommand::Service(c)) => {
+                    self.on_service(c);
+                    Next::Continue
+                }
+                Some(PhoneCommand::Lifecycle(c)) => self.on_lifecycle(c),
+            };
+            if let Next::End = next {
+                return;
+            }
+            self.note_crash();
+            self.flush();
+        }
+        tracing::debug!(user = %self.user, "phone task ends");
+    }
+
+    fn until_next_timer(&self) -> Duration {
+        // Only a running phone fires timers. Timers are in the phone's virtual time, which
+        // runs at wall speed; an idle phone with no timer still wakes once a minute
+        // (cheaply) in case the clock is a manual one that moved.
+        let idle = Duration::from_secs(60);
+        match (&self.state, self.phone.next_timer_ns()) {
+            (State::Running, Some(t)) => Duration::from_nanos(t.saturating_sub(self.phone.now_ns())).min(idle),
+            (State::Running, None) => idle,
+            _ => Duration::from_secs(3600),
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        if !matches!(self.state, State::Running) {
+            return;
+        }
+        if let Err(e) = self.phone.fire_due_timers() {
+            tracing::warn!(user = %self.user, "timer event failed: {e}");
+        }
+    }
+
+    /// A VM that crashed while running: its terminals are told and let go, new ones are
+    /// refused until it runs again (a restart, a restored checkpoint).
+    fn note_crash(&mut self) {
+        let VmStatus::Crashed { reason } = self.phone.status() else { return };
+        if matches!(self.state, State::Crashed { .. }) {
+            return;
+        }
+        let reason = reason.clone();
+        tracing::error!(user = %self.user, %reason, "phone crashed");
+        self.collect_output();
+        self.terminals.close_all(&ServerMessage::Error { code: ErrorCode::PhoneDown, message: crashed_words(&reason) });
+        self.state = State::Crashed { reason };
+    }
+
+    fn size(&self) -> (u32, u32) {
+        (self.phone.info().width, self.phone.info().height)
+    }
+
+    fn on_terminal(&mut self, command: TerminalCommand) {
+        match command {
+            TerminalCommand::Attach { attachment, reply } => {
+                let refusal = match &self.state {
+                    State::Crashed { reason } => {
+                        Some(AttachRefusal { code: ErrorCode::PhoneDown, message: crashed_words(reason) })
+                    }
+                    _ if !self.terminals.has_room() => Some(AttachRefusal {
+                        code: ErrorCode::Internal,
+                        message: format!("{} terminals are attached to this phone already", super::MAX_SESSIONS),
+                    }),
+                    _ => None,
+                };
+                if let Some(refusal) = refusal {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
+                let size = self.size();
+                let last_input_seq = self.input_seqs.get(&attachment.device_id).copied().unwrap_or(0);
+                let (screen, damage) = match self.phone.frame() {
+                    Ok(frame) => (Some(frame.rgba.to_vec()), frame.damage),
+                    Err(_) => (None, Vec::new()),
+                };
+                // Damage read here is owed to the terminals already attached.
+                self.terminals.add_damage(&damage);
+                let attached = self.terminals.attach(attachment, size, screen.as_deref(), last_input_seq);
+                let _ = reply.send(Ok(attached));
+            }
+            TerminalCommand::Detach { session } => self.terminals.detach(session),
+            TerminalCommand::Input { session, seq, input } => self.on_input(session, seq, input),
+            TerminalCommand::FrameAck { session, seq } => self.terminals.ack_frames(session, seq),
+            TerminalCommand::Ping { session, nonce } => self.terminals.send(session, ServerMessage::Pong { nonce }),
+            TerminalCommand::Fail { session, code, message } => self.terminals.fail(session, code, message),
+            TerminalCommand::Sleep { session } => self.terminals.sleep(session),
+            TerminalCommand::Wake { session } => {
+                let size = self.size();
+                self.terminals.wake(session, size);
+            }
+        }
+    }
+
+    /// Rule 7: an input numbered above the highest applied for its device is applied and
+    /// acknowledged; one at or below it is acknowledged with that highest number and not
+    /// applied again.
+    fn on_input(&mut self, session: u64, seq: u64, input: Input) {
+        if let State::Frozen { held } = &mut self.state {
+            // Beyond the cap they are dropped unacknowledged: the terminal resends them.
+            if held.len() < MAX_HELD_INPUTS {
+                held.push(HeldInput { session, seq, input });
+            }
+            return;
+        }
+        let Some(device) = self.terminals.device_of(session).map(str::to_string) else { return };
+        if matches!(self.state, State::Crashed { .. }) {
+            return;
+        }
+        let last = self.input_seqs.get(&device).copied().unwrap_or(0);
+        if seq > last {
+            if let Err(e) = self.phone.deliver(input.to_event()) {
+                // Not applied: not acknowledged either.
+                tracing::warn!(user = %self.user, "input failed: {e}");
+                return;
+            }
+            self.input_seqs.insert(device, seq);
+        }
+        // Acknowledge duplicates too: the terminal resent because it missed the ack.
+        self.terminals.send(session, ServerMessage::InputAck { seq: seq.max(last) });
+    }
+
+    fn on_service(&mut self, command: ServiceCommand) {
+        match command {
+            ServiceCommand::Revoked { device } => {
+                let closed = self.terminals.close_device(&device);
+                if closed > 0 {
+                    tracing::info!(user = %self.user, device, closed, "revoked device's terminals closed");
+                }
+            }
+            ServiceCommand::Mail { mail, push, reply } => {
+                let r = match &self.state {
+                    State::Frozen { .. } => Err(PhoneError::Moving),
+                    State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
+                    State::Running => self
+                        .phone
+                        .push_mail(mail)
+                        .and_then(|()| if push { self.phone.deliver(Event::MailArrived) } else { Ok(()) })
+                        .map_err(PhoneError::from),
+                };
+                let _ = reply.send(r);
+            }
+            ServiceCommand::Screen { reply } => {
+                let (width, height) = self.size();
+                let shot = match self.phone.frame() {
+                    Ok(frame) => {
+                        let shot = Screenshot { width: frame.width, height: frame.height, rgba: frame.rgba.to_vec() };
+                        self.terminals.add_damage(&frame.damage);
+                        shot
+                    }
+                    Err(_) => Screenshot { width, height, rgba: Vec::new() },
+                };
+                let _ = reply.send(shot);
+            }
+            ServiceCommand::Kv { key, reply } => {
+                let _ = reply.send(self.phone.kv_get(key.as_bytes()));
+            }
+            ServiceCommand::Tick { reply } => {
+                self.fire_timers();
+                self.note_crash();
+                self.flush();
+                let _ = reply.send(());
+            }
+            ServiceCommand::Status { reply } => {
+                let usage = self.phone.usage();
+                let (status, crashed) = match &self.state {
+                    State::Running => ("running".to_string(), false),
+                    State::Frozen { .. } => ("moving".to_string(), false),
+                    State::Crashed { reason } => (format!("crashed: {reason}"), true),
+                };
+                let _ = reply.send(PhoneStatus {
+                    status,
+                    crashed,
+                    terminals: self.terminals.len(),
+                    awake: self.terminals.awake_count(),
+                    memory_bytes: usage.memory_bytes,
+                    events: usage.events,
+                    image: self.phone.info().image.to_hex(),
+                });
+            }
+            ServiceCommand::Logs { reply } => {
+                self.collect_output();
+                let _ = reply.send(self.logs.iter().cloned().collect());
+            }
+        }
+    }
+
+    fn on_lifecycle(&mut self, command: LifecycleCommand) -> Next {
+        match command {
+            LifecycleCommand::Stop { reply } => match self.save() {
+                Ok(saved) => {
+                    let _ = reply.send(Ok(saved));
+                    return Next::End;
+                }
+                // No snapshot, no stop: the phone keeps running rather than vanish.
+                Err(e) => {
+                    tracing::error!(user = %self.user, "cannot stop the phone: {e}");
+                    let _ = reply.send(Err(e));
+                }
+            },
+            LifecycleCommand::CheckOut { goodbye, reply } => match self.save() {
+                // Only once the site holds the snapshot may the VM go: one live copy, and
+                // never none.
+                Ok(saved) => match reply.send(Ok(saved)) {
+                    Ok(()) => {
+                        self.terminals.close_all(&goodbye);
+                        tracing::info!(user = %self.user, "phone checked out; stopped");
+                        return Next::End;
+                    }
+                    Err(_) => tracing::warn!(user = %self.user, "checkout gave up; the phone keeps running"),
+                },
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            LifecycleCommand::PreCopy { first, reply } => {
+                let request = if first { SnapshotRequest::PreCopyStart } else { SnapshotRequest::PreCopy };
+                let r = match &self.state {
+                    State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
+                    _ => self
+                        .phone
+                        .snapshot(request)
+                        .map(|s| PreCopyRound { bytes: s.bytes, pages: s.pages })
+                        .map_err(PhoneError::from),
+                };
+                let _ = reply.send(r);
+            }
+            LifecycleCommand::Freeze { reply } => {
+                let r = match &self.state {
+                    State::Running => self
+                        .phone
+                        .snapshot(SnapshotRequest::Incremental)
+                        .map(|s| SavedPhone { snapshot: s.bytes, input_seqs: self.input_seqs.clone() })
+                        .map_err(PhoneError::from),
+                    State::Frozen { .. } => Err(PhoneError::Moving),
+                    State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
+                };
+                if r.is_ok() {
+                    self.state = State::Frozen { held: Vec::new() };
+                }
+                let _ = reply.send(r);
+            }
+            LifecycleCommand::Thaw => {
+                if let State::Frozen { held } = std::mem::replace(&mut self.state, State::Running) {
+                    for h in held {
+                        self.on_input(h.session, h.seq, h.input);
+                    }
+                }
+            }
+            LifecycleCommand::Fence { url, reply } => {
+                self.terminals.close_all(&ServerMessage::Redirect { url: url.clone() });
+                tracing::info!(user = %self.user, %url, "phone moved away; fenced");
+                let _ = reply.send(());
+                return Next::End;
+            }
+            LifecycleCommand::Checkpoint { parent, reply } => {
+                let r = match &self.state {
+                    State::Frozen { .. } => Err(PhoneError::Moving),
+                    State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
+                    State::Running => {
+                        let last = self.phone.last_good_chain().last().map(|s| s.id);
+                        let request = if parent.is_some() && last == parent {
+                            SnapshotRequest::Incremental
+                        } else {
+                            SnapshotRequest::Full
+                        };
+                        self.phone.snapshot(request).map(|s| s.bytes).map_err(PhoneError::from)
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            LifecycleCommand::Replace { phone, reply } => {
+                self.phone = phone;
+                self.state = State::Running;
+                // The new VM's damage starts from nothing: repaint every terminal fully.
+                let _ = self.phone.frame();
+                let size = self.size();
+                self.terminals.repaint_all(size);
+                // Tell the new VM whether a screen is on, whatever it last knew.
+                self.told_awake = !self.terminals.any_awake();
+                tracing::info!(user = %self.user, "phone replaced (a restart or a restored checkpoint)");
+                let _ = reply.send(());
+            }
+        }
+        Next::Continue
+    }
+
+    /// A full snapshot with the input numbering: of the running VM, or of a crashed one's
+    /// last good state.
+    fn save(&mut self) -> Result<SavedPhone, PhoneError> {
+        let snapshot = match self.phone.status() {
+            VmStatus::Running => self.phone.snapshot(SnapshotRequest::Full).map(|s| s.bytes)?,
+            VmStatus::Crashed { reason } => {
+                let reason = reason.clone();
+                let chain: Vec<&[u8]> = self.phone.last_good_chain().iter().map(|s| s.bytes.as_slice()).collect();
+                match chain.as_slice() {
+                    [] => return Err(PhoneError::NoGoodState { reason }),
+                    [full] => full.to_vec(),
+                    // Checkpoints extend the chain: resolve it into one full snapshot.
+                    chain => vmi_checkpoint::flatten(chain).map_err(PhoneError::Chain)?,
+                }
+            }
+        };
+        Ok(SavedPhone { snapshot, input_seqs: self.input_seqs.clone() })
+    }
+
+    /// Takes what the guest produced besides pixels: notifications go to every attached
+    /// terminal (none attached: they wait in the VM), log lines to the site's log.
+    fn collect_output(&mut self) {
+        if !self.terminals.is_empty() {
+            let now_ms = self.clock.wall_ns() / 1_000_000;
+            for n in self.phone.take_notifications() {
+                self.terminals.broadcast(&ServerMessage::Notification { title: n.title, body: n.body, at_ms: now_ms });
+            }
+        }
+        let _ = KEPT_LOG_LINES;
+    }
+
+    /// Pushes what the guest produced to the terminals.
+    fn flush(&mut self) {
+        if let State::Running = self.state {
+            // Sleep and wake of the phone follow its terminals: awake if any screen is on.
+            let awake = self.terminals.any_awake();
+            if awake != self.told_awake {
+                let event = if awake { Event::Wake } else { Event::Sleep };
+                if let Err(e) = self.phone.deliver(event) {
+                    tracing::warn!(user = %self.user, "wake/sleep event failed: {e}");
+                }
+                self.told_awake = awake;
+                self.note_crash();
+            }
+        }
+        self.collect_output();
+        let Ok(frame) = self.phone.frame() else { return };
+        if frame.rgba.is_empty() {
+            return;
+        }
+        self.terminals.send_frames(&frame);
+    }
+}
+
+/// What a terminal shows when its phone crashed.
+fn crashed_words(reason: &str) -> String {
+    format!("your phone stopped ({reason}); nothing saved is lost, and it runs again once restarted")
+}

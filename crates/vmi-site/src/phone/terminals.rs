@@ -1,0 +1,249 @@
+//! The terminals attached to one phone and what each has been sent: its display encoder,
+//! frame credit (docs/PROTOCOL.md, rule 4), damage still to send, sleep state (rule 6)
+//! and frame numbering (rule 3).
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+use vmi_engine::Frame;
+use vmi_protocol::display::{Encoder, Rect};
+use vmi_protocol::{ErrorCode, ServerMessage, Tile};
+
+use super::{Attached, Attachment, MAX_SESSIONS, MAX_UNACKED_FRAMES};
+
+/// Damage rectangles kept per terminal before they are merged into one.
+const MAX_PENDING: usize = 64;
+
+/// One attached terminal.
+struct Terminal {
+    device_id: String,
+    tx: mpsc::Sender<ServerMessage>,
+    encoder: Encoder,
+    asleep: bool,
+    unacked: Vec<u64>,
+    pending: Vec<Rect>,
+    /// Send a frame at the next flush even if no tile changed (a Wake's answer).
+    owe_frame: bool,
+    /// Sequence number of the last frame sent in this session (rule 3).
+    seq: u64,
+    /// The next frame repaints every tile (a terminal that did not resume).
+    owe_full: bool,
+}
+
+impl Terminal {
+    fn add_damage(&mut self, damage: &[Rect]) {
+        self.pending.extend_from_slice(damage);
+        if self.pending.len() > MAX_PENDING {
+            self.pending = vec![bounding(&self.pending)];
+        }
+    }
+
+    fn repaint(&mut self, width: u32, height: u32) {
+        self.pending = vec![Rect::new(0, 0, width, height)];
+        self.owe_full = true;
+    }
+}
+
+/// The terminals of one phone, by session id.
+#[derive(Default)]
+pub(super) struct Terminals {
+    by_session: HashMap<u64, Terminal>,
+}
+
+impl Terminals {
+    /// Whether another terminal may attach.
+    pub fn has_room(&self) -> bool {
+        self.by_session.len() < MAX_SESSIONS
+    }
+
+    /// Attaches a terminal to a phone whose screen is `frame` (None if it has none yet).
+    pub fn attach(
+        &mut self,
+        a: Attachment,
+        (width, height): (u32, u32),
+        screen: Option<&[u8]>,
+        last_input_seq: u64,
+    ) -> Attached {
+        let mut encoder = Encoder::new(width as u16, height as u16);
+        // A terminal whose screen already equals ours gets no full resend (rule 8).
+        let resumed = match (a.resume, screen) {
+            (Some(resume), Some(rgba))
+                if !rgba.is_empty() && resume.screen_hash == vmi_protocol::display::screen_hash(rgba) =>
+            {
+                encoder.assume_sent(rgba);
+                true
+            }
+            _ => false,
+        };
+        let pending = if resumed { Vec::new() } else { vec![Rect::new(0, 0, width, height)] };
+        self.by_session.insert(
+            a.id,
+            Terminal {
+                device_id: a.device_id,
+                tx: a.tx,
+                encoder,
+                asleep: a.asleep,
+                unacked: Vec::new(),
+                pending,
+                owe_frame: false,
+                seq: a.resume.map(|r| r.last_frame_seq).unwrap_or(0),
+                owe_full: !resumed,
+            },
+        );
+        Attached { width: width as u16, height: height as u16, last_input_seq, resumed }
+    }
+
+    /// Lets go of a session (its queue closes, so its socket closes).
+    pub fn detach(&mut self, session: u64) {
+        self.by_session.remove(&session);
+    }
+
+    /// Whether no terminal is attached.
+    pub fn is_empty(&self) -> bool {
+        self.by_session.is_empty()
+    }
+
+    /// How many are attached.
+    pub fn len(&self) -> usize {
+        self.by_session.len()
+    }
+
+    /// How many have their screen on.
+    pub fn awake_count(&self) -> usize {
+        self.by_session.values().filter(|t| !t.asleep).count()
+    }
+
+    /// The device behind a session.
+    pub fn device_of(&self, session: u64) -> Option<&str> {
+        self.by_session.get(&session).map(|t| t.device_id.as_str())
+    }
+
+    /// Queues `message` for one terminal; one that cannot keep up (or left) is dropped:
+    /// it will reconnect and resume.
+    pub fn send(&mut self, session: u64, message: ServerMessage) {
+        let Some(t) = self.by_session.get(&session) else { return };
+        if t.tx.try_send(message).is_err() {
+            tracing::info!(session, "dropping a terminal that fell behind");
+            self.by_session.remove(&session);
+        }
+    }
+
+    /// Queues `message` for every terminal.
+    pub fn broadcast(&mut self, message: &ServerMessage) {
+        for id in self.by_session.keys().copied().collect::<Vec<_>>() {
+            self.send(id, message.clone());
+        }
+    }
+
+    /// Says `message` to every terminal, then lets them all go (their sockets close).
+    pub fn close_all(&mut self, message: &ServerMessage) {
+        self.broadcast(message);
+        self.by_session.clear();
+    }
+
+    /// Ends one session with an error.
+    pub fn fail(&mut self, session: u64, code: ErrorCode, message: String) {
+        self.send(session, ServerMessage::Error { code, message });
+        self.by_session.remove(&session);
+    }
+
+    /// Closes every terminal of `device` with `Error(Unauthorized)`; how many.
+    pub fn close_device(&mut self, device: &str) -> usize {
+        let gone: Vec<u64> = self.by_session.iter().filter(|(_, t)| t.device_id == device).map(|(id, _)| *id).collect();
+        for &id in &gone {
+            self.fail(id, ErrorCode::Unauthorized, "this device was revoked".into());
+        }
+        gone.len()
+    }
+
+    /// A cumulative frame acknowledgement (rule 4).
+    pub fn ack_frames(&mut self, session: u64, seq: u64) {
+        if let Some(t) = self.by_session.get_mut(&session) {
+            t.unacked.retain(|&u| u > seq);
+        }
+    }
+
+    /// A screen went off.
+    pub fn sleep(&mut self, session: u64) {
+        if let Some(t) = self.by_session.get_mut(&session) {
+            t.asleep = true;
+        }
+    }
+
+    /// A screen came on: it is owed exactly one update bringing it up to date (rule 6),
+    /// sent once its credit allows (rule 4 wins: docs/PROTOCOL.md).
+    pub fn wake(&mut self, session: u64, (width, height): (u32, u32)) {
+        if let Some(t) = self.by_session.get_mut(&session) {
+            t.asleep = false;
+            t.owe_frame = true;
+            // Tiles that did not change while asleep are not resent: the encoder compares
+            // with what this terminal last got.
+            t.pending = vec![Rect::new(0, 0, width, height)];
+        }
+    }
+
+    /// Whether any screen is on.
+    pub fn any_awake(&self) -> bool {
+        self.by_session.values().any(|t| !t.asleep)
+    }
+
+    /// Remembers damage for every terminal.
+    pub fn add_damage(&mut self, damage: &[Rect]) {
+        if damage.is_empty() {
+            return;
+        }
+        for t in self.by_session.values_mut() {
+            t.add_damage(damage);
+        }
+    }
+
+    /// Every terminal gets a full repaint next (a new VM in place of the old).
+    pub fn repaint_all(&mut self, size: (u32, u32)) {
+        for t in self.by_session.values_mut() {
+            t.repaint(size.0, size.1);
+        }
+    }
+
+    /// Sends each awake terminal with credit the tiles it lacks of `frame`.
+    pub fn send_frames(&mut self, frame: &Frame<'_>) {
+        let damage: Vec<Rect> = frame.damage.clone();
+        let mut dead = Vec::new();
+        for (id, t) in self.by_session.iter_mut() {
+            t.add_damage(&damage);
+            // A guest may attach a framebuffer of another size than configured.
+            if (frame.width, frame.height) != (u32::from(t.encoder.width()), u32::from(t.encoder.height())) {
+                t.encoder = Encoder::new(frame.width as u16, frame.height as u16);
+                t.repaint(frame.width, frame.height);
+            }
+            if t.asleep || t.unacked.len() >= MAX_UNACKED_FRAMES || (t.pending.is_empty() && !t.owe_frame) {
+                continue;
+            }
+            // A terminal that did not resume may hold anything: repaint every tile.
+            let tiles: Vec<Tile> = if std::mem::take(&mut t.owe_full) {
+                t.encoder.full(frame.rgba)
+            } else {
+                t.encoder.encode(frame.rgba, &t.pending)
+            };
+            t.pending.clear();
+            if tiles.is_empty() && !t.owe_frame {
+                continue;
+            }
+            t.owe_frame = false;
+            t.seq += 1;
+            let seq = t.seq;
+            if t.tx.try_send(ServerMessage::FrameUpdate { seq, tiles }).is_err() {
+                dead.push(*id);
+            } else {
+                t.unacked.push(seq);
+            }
+        }
+        for id in dead {
+            self.by_session.remove(&id);
+        }
+    }
+}
+
+/// The smallest rectangle holding all of `rects` (which is not empty).
+fn bounding(rects: &[Rect]) -> Rect {
+    rects.iter().skip(1).fold(rects.first().copied().unwrap_or_default(), |acc, r| acc.union(r))
+}

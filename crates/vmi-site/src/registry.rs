@@ -1,0 +1,184 @@
+//! Which phones are on this site: running (with the link to each phone's task), arriving
+//! (a migration or a restore staging one), leaving (a migration, checkout, restart or
+//! restore in progress), and whether the site is closing. Marks are guards: dropping one
+//! clears it, so no error path can leave a phone marked forever.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use crate::phone::PhoneLink;
+
+/// The phones of one site.
+pub struct PhoneRegistry {
+    capacity: u32,
+    running: RwLock<HashMap<String, PhoneLink>>,
+    leaving: Mutex<HashSet<String>>,
+    arriving: Mutex<HashSet<String>>,
+    closing: AtomicBool,
+}
+
+/// Why no phone more fits here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoom {
+    /// The user's phone runs or arrives here already.
+    Exists,
+    /// The site is at its capacity.
+    Full(u32),
+}
+
+impl PhoneRegistry {
+    /// An empty registry for a site of `capacity` phones.
+    pub fn new(capacity: u32) -> PhoneRegistry {
+        PhoneRegistry {
+            capacity,
+            running: RwLock::new(HashMap::new()),
+            leaving: Mutex::new(HashSet::new()),
+            arriving: Mutex::new(HashSet::new()),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// The link to `user`'s phone, if it runs here.
+    pub fn get(&self, user: &str) -> Option<PhoneLink> {
+        self.running.read().unwrap_or_else(|p| p.into_inner()).get(user).cloned()
+    }
+
+    /// Records a phone that now runs here.
+    pub fn insert(&self, user: &str, link: PhoneLink) {
+        self.running.write().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), link);
+    }
+
+    /// Takes `user`'s phone out (it moved, was checked out, or is being replaced).
+    pub fn remove(&self, user: &str) -> Option<PhoneLink> {
+        self.running.write().unwrap_or_else(|p| p.into_inner()).remove(user)
+    }
+
+    /// Users whose phones run here, sorted.
+    pub fn users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self.running.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        users.sort();
+        users
+    }
+
+    /// How many phones run here.
+    pub fn count(&self) -> usize {
+        self.running.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Marks the site as closing (no phone may arrive after it) and takes every phone out.
+    pub fn close(&self) -> Vec<(String, PhoneLink)> {
+        self.closing.store(true, Ordering::SeqCst);
+        self.running.write().unwrap_or_else(|p| p.into_inner()).drain().collect()
+    }
+
+    /// Whether the site is shutting down.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Marks `user`'s phone as leaving; None if it already is (and `check` is not run).
+    /// Else `check` runs first, under the
+    /// same lock (a checkout and a migration ask each other's question there, so a
+    /// phone is never both at once); its error is returned as is.
+    pub fn leave<E>(&self, user: &str, check: impl FnOnce() -> Result<(), E>) -> Result<Option<LeavingMark<'_>>, E> {
+        let mut leaving = self.leaving.lock().unwrap_or_else(|p| p.into_inner());
+        if leaving.contains(user) {
+            return Ok(None);
+        }
+        check()?;
+        leaving.insert(user.to_string());
+        Ok(Some(LeavingMark { registry: self, user: user.to_string() }))
+    }
+
+    /// Marks `user`'s phone as leaving; None if it already is.
+    pub fn mark_leaving(&self, user: &str) -> Option<LeavingMark<'_>> {
+        self.leave::<()>(user, || Ok(())).ok().flatten()
+    }
+
+    /// Whether `user`'s phone is leaving right now.
+    pub fn is_leaving(&self, user: &str) -> bool {
+        self.leaving.lock().unwrap_or_else(|p| p.into_inner()).contains(user)
+    }
+
+    /// Marks `user`'s phone as arriving; None if it already is.
+    pub fn arrive(&self, user: &str) -> Option<ArrivalMark<'_>> {
+        let mut arriving = self.arriving.lock().unwrap_or_else(|p| p.into_inner());
+        arriving.insert(user.to_string()).then(|| ArrivalMark { registry: self, user: user.to_string() })
+    }
+
+    /// Whether a new phone for `user` fits: not here, not arriving, below capacity.
+    pub fn room_for_new(&self, user: &str) -> Result<(), NoRoom> {
+        let arriving = self.arriving.lock().unwrap_or_else(|p| p.into_inner()).contains(user);
+        if self.get(user).is_some() || arriving {
+            return Err(NoRoom::Exists);
+        }
+        if self.count() as u32 >= self.capacity {
+            return Err(NoRoom::Full(self.capacity));
+        }
+        Ok(())
+    }
+
+    /// Whether `user`'s phone, marked as arriving, fits: phones arriving count against
+    /// capacity (this one excepted).
+    pub fn room_for_arrival(&self, user: &str) -> Result<(), NoRoom> {
+        if self.get(user).is_some() {
+            return Err(NoRoom::Exists);
+        }
+        let arriving = self.arriving.lock().unwrap_or_else(|p| p.into_inner()).len().saturating_sub(1);
+        if (self.count() + arriving) as u32 >= self.capacity {
+            return Err(NoRoom::Full(self.capacity));
+        }
+        Ok(())
+    }
+}
+
+/// A phone marked as leaving; the mark goes when this is dropped.
+pub struct LeavingMark<'a> {
+    registry: &'a PhoneRegistry,
+    user: String,
+}
+
+impl Drop for LeavingMark<'_> {
+    fn drop(&mut self) {
+        self.registry.leaving.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.user);
+    }
+}
+
+/// A phone marked as arriving; the mark goes when this is dropped.
+pub struct ArrivalMark<'a> {
+    registry: &'a PhoneRegistry,
+    user: String,
+}
+
+impl Drop for ArrivalMark<'_> {
+    fn drop(&mut self) {
+        self.registry.arriving.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_clear_when_dropped_and_refuse_a_second_holder() {
+        let r = PhoneRegistry::new(1);
+        let first = r.leave::<()>("ann", || Ok(())).expect("check").expect("first mark");
+        assert!(r.is_leaving("ann"));
+        assert!(r.leave::<()>("ann", || Ok(())).expect("check").is_none(), "a second mark is refused");
+        assert_eq!(r.leave("bob", || Err("refused")).err(), Some("refused"), "the check's error comes back");
+        assert!(!r.is_leaving("bob"));
+        drop(first);
+        assert!(!r.is_leaving("ann"));
+
+        let arriving = r.arrive("ann").expect("arrival mark");
+        assert!(r.arrive("ann").is_none());
+        assert_eq!(r.room_for_new("ann"), Err(NoRoom::Exists), "an arriving phone exists");
+        assert_eq!(r.room_for_arrival("ann"), Ok(()), "the arriving phone itself fits");
+        let _other = r.arrive("bob").expect("second arrival");
+        assert_eq!(r.room_for_arrival("ann"), Err(NoRoom::Full(1)), "the other arrival takes the one place");
+        drop(arriving);
+        assert_eq!(r.room_for_new("ann"), Ok(()), "a new phone counts running phones only");
+    }
+}
