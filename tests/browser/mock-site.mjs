@@ -3,7 +3,7 @@
 // crates/vmi-site/web/ and speaks docs/PROTOCOL.md over a hand-rolled WebSocket (node
 // only, no dependencies), with a fake 720x1280 phone (home screen with Mail at
 // (102,1090) and Notes at (274,1090), a Notes app that shows typed characters as
-// blocks, an inbox). Its encoder is independent of terminal.js (own LZ4 compressor).
+// blocks, an inbox). Its encoder is independent of the terminal's codec.js (own LZ4 compressor).
 //
 //   node tests/browser/mock-site.mjs [--port 0] [--token tok-alice]
 // prints {"url": "http://127.0.0.1:PORT/?token=…", "mail_url": …} and serves until killed.
@@ -12,9 +12,9 @@
 // Hello with a Redirect instead of Welcome), POST /mock/stall (inputs are lost from now on),
 // POST /mock/drop (ends the stall and closes every WebSocket).
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { dirname, join } from 'node:path';
+import { dirname, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
@@ -455,12 +455,14 @@ function terminal(req, socket) {
 
 // ---- HTTP --------------------------------------------------------------------------------
 
-const TYPES = { 'index.html': 'text/html; charset=utf-8', 'terminal.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8' };
+// The page and its ES modules, as the site serves them (web/package.json is for node only).
+const TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
+const WEB_FILES = new Set(readdirSync(webDir).filter((f) => TYPES[extname(f).slice(1)]));
 const server = createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
   const file = url.pathname === '/' ? 'index.html' : url.pathname.slice(1);
-  if (req.method === 'GET' && TYPES[file]) {
-    res.writeHead(200, { 'content-type': TYPES[file] });
+  if (req.method === 'GET' && WEB_FILES.has(file)) {
+    res.writeHead(200, { 'content-type': TYPES[extname(file).slice(1)] });
     res.end(readFileSync(join(webDir, file)));
     return;
   }

@@ -1,22 +1,22 @@
-// Unit tests of the browser terminal's pure parts (crates/vmi-site/web/terminal.js):
-// LZ4 block decoding, the message codec of docs/PROTOCOL.md, screen updates and the
-// screen hash. Node only, no dependencies:   node tests/browser/unit.mjs
+// Unit tests of the browser terminal's pure modules (crates/vmi-site/web/): LZ4 block
+// decoding (lz4.js), the message codec of docs/PROTOCOL.md (codec.js), screen updates
+// and the screen hash (screen.js), the inputs kept for a resend (kept-inputs.js) and
+// the map's projection and move counting (map-picture.js, map-moves.js).
+// Node only, no dependencies:   node tests/browser/unit.mjs
+// (web/package.json says "type": "module", so node reads the browser's .js files as ES modules.)
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
+
+import { ProtocolError, decodeServer, encodeClient } from '../../crates/vmi-site/web/codec.js';
+import { KeptInputs, MAX_KEPT_INPUTS } from '../../crates/vmi-site/web/kept-inputs.js';
+import { lz4DecodeBlock } from '../../crates/vmi-site/web/lz4.js';
+import { countMove } from '../../crates/vmi-site/web/map-moves.js';
+import { mapProjection } from '../../crates/vmi-site/web/map-picture.js';
+import { Screen, hashHex, screenHashParts } from '../../crates/vmi-site/web/screen.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const webDir = join(here, '..', '..', 'crates', 'vmi-site', 'web');
-
-// terminal.js is an ES module served to browsers as .js; node 20 would read a .js file
-// outside a "type": "module" package as CommonJS, so import a copy named .mjs.
-const tmp = mkdtempSync(join(tmpdir(), 'vmi-unit-'));
-const copy = join(tmp, 'terminal.mjs');
-writeFileSync(copy, readFileSync(join(webDir, 'terminal.js')));
-const T = await import(pathToFileURL(copy).href);
-rmSync(tmp, { recursive: true, force: true });
 
 let passed = 0;
 let failed = 0;
@@ -35,7 +35,7 @@ const hex = (s) => Uint8Array.from(s.trim().split(/\s+/).filter(Boolean), (b) =>
 const toHex = (u8) => Array.from(u8, (b) => b.toString(16).padStart(2, '0').toUpperCase()).join(' ');
 const throwsKind = (fn, kind) =>
   assert.throws(fn, (e) => {
-    assert.ok(e instanceof T.ProtocolError, `not a ProtocolError: ${e}`);
+    assert.ok(e instanceof ProtocolError, `not a ProtocolError: ${e}`);
     assert.equal(e.kind, kind, `kind ${e.kind} (${e.message}), expected ${kind}`);
     return true;
   });
@@ -78,19 +78,19 @@ class B {
 
 await test('screen hash: PROTOCOL.md vectors', () => {
   const v = (bytes) => {
-    const [lo, hi] = T.screenHashParts(bytes);
+    const [lo, hi] = screenHashParts(bytes);
     return `0x${hi.toString(16).toUpperCase().padStart(8, '0')}_${lo.toString(16).toUpperCase().padStart(8, '0')}`;
   };
   assert.equal(v(new Uint8Array(0)), '0x9E3779B9_811C9DC5');
   assert.equal(v(Uint8Array.of(0x61)), '0xD58782B8_E40C292C');
   assert.equal(v(hex('FF 00 00 FF 00 00 FF FF')), '0xCD13D999_F2B58399');
   assert.equal(v(new Uint8Array(720 * 1280 * 4)), '0x7B1279B9_9BC99DC5');
-  assert.equal(T.hashHex(T.screenHashParts(new Uint8Array(0))), '9e3779b9811c9dc5');
+  assert.equal(hashHex(screenHashParts(new Uint8Array(0))), '9e3779b9811c9dc5');
 });
 
 await test('screen hash: a fresh 720x1280 Screen hashes as all-zero bytes', () => {
-  const s = new T.Screen(720, 1280);
-  assert.equal(T.hashHex(s.hash()), '7b1279b99bc99dc5');
+  const s = new Screen(720, 1280);
+  assert.equal(hashHex(s.hash()), '7b1279b99bc99dc5');
 });
 
 // ---- LZ4 -------------------------------------------------------------------------------
@@ -172,23 +172,23 @@ await test(`lz4: ${fixtures.cases.length} blocks from the reference C library ($
     assert.equal(want.length, c.n, `generator length for ${JSON.stringify(c.gen)}`);
     const block = Uint8Array.from(Buffer.from(c.block, 'base64'));
     const got = new Uint8Array(c.n);
-    T.lz4DecodeBlock(block, got);
+    lz4DecodeBlock(block, got);
     assert.ok(Buffer.from(got).equals(Buffer.from(want)), `${JSON.stringify(c.gen)} ${c.mode}: bytes differ`);
     // into the middle of a larger buffer: nothing outside the range is touched
     const big = new Uint8Array(c.n + 10).fill(0xaa);
-    T.lz4DecodeBlock(block, big, 5, c.n);
+    lz4DecodeBlock(block, big, 5, c.n);
     assert.ok(Buffer.from(big.subarray(5, 5 + c.n)).equals(Buffer.from(want)));
     assert.ok(big.subarray(0, 5).every((b) => b === 0xaa) && big.subarray(5 + c.n).every((b) => b === 0xaa));
     // one byte too many or too few expected: an error, never a partial success
-    if (c.n > 1) throwsKind(() => T.lz4DecodeBlock(block, new Uint8Array(c.n - 1)), 'BadValue');
-    throwsKind(() => T.lz4DecodeBlock(block, new Uint8Array(c.n + 1)), 'BadValue');
+    if (c.n > 1) throwsKind(() => lz4DecodeBlock(block, new Uint8Array(c.n - 1)), 'BadValue');
+    throwsKind(() => lz4DecodeBlock(block, new Uint8Array(c.n + 1)), 'BadValue');
   }
 });
 
 await test('lz4: hand-made blocks (literals only, overlapping match, long lengths)', () => {
   const dec = (block, n) => {
     const out = new Uint8Array(n);
-    T.lz4DecodeBlock(Uint8Array.from(block), out);
+    lz4DecodeBlock(Uint8Array.from(block), out);
     return out;
   };
   // "abcd": token 0x40, 4 literals
@@ -210,7 +210,7 @@ await test('lz4: hand-made blocks (literals only, overlapping match, long length
 });
 
 await test('lz4: malformed blocks are errors, and never write out of range', () => {
-  const bad = (block, n) => throwsKind(() => T.lz4DecodeBlock(Uint8Array.from(block), new Uint8Array(n)), 'BadValue');
+  const bad = (block, n) => throwsKind(() => lz4DecodeBlock(Uint8Array.from(block), new Uint8Array(n)), 'BadValue');
   bad([], 4); // empty block
   bad([0x40, 97, 98], 4); // literals cut short
   bad([0xf0], 20); // literal length cut short
@@ -225,32 +225,32 @@ await test('lz4: malformed blocks are errors, and never write out of range', () 
   bad([0x1f, 7, 1, 0, 255, 255, 255, 0, 0x10, 9], 64); // huge match into a small buffer
   // a malicious match past the end must not touch the bytes after the range
   const dst = new Uint8Array(16).fill(0xee);
-  assert.throws(() => T.lz4DecodeBlock(Uint8Array.from([0x1f, 7, 1, 0, 50, 0x10, 9]), dst, 0, 8));
+  assert.throws(() => lz4DecodeBlock(Uint8Array.from([0x1f, 7, 1, 0, 50, 0x10, 9]), dst, 0, 8));
   assert.ok(dst.subarray(8).every((b) => b === 0xee));
 });
 
 // ---- terminal -> site encoding -------------------------------------------------------
 
 await test('encode: the example bytes of PROTOCOL.md', () => {
-  assert.equal(toHex(T.encodeClient({ type: 'Ping', nonce: 5 })), '06 05 00 00 00 00 00 00 00');
-  assert.equal(toHex(T.encodeClient({ type: 'Sleep' })), '04');
-  assert.equal(toHex(T.encodeClient({ type: 'Wake' })), '05');
+  assert.equal(toHex(encodeClient({ type: 'Ping', nonce: 5 })), '06 05 00 00 00 00 00 00 00');
+  assert.equal(toHex(encodeClient({ type: 'Sleep' })), '04');
+  assert.equal(toHex(encodeClient({ type: 'Wake' })), '05');
   assert.equal(
-    toHex(T.encodeClient({ type: 'Input', seq: 1, input: { kind: 'touch', phase: 0, x: 100, y: 200 } })),
+    toHex(encodeClient({ type: 'Input', seq: 1, input: { kind: 'touch', phase: 0, x: 100, y: 200 } })),
     '02 01 00 00 00 00 00 00 00 00 00 64 00 C8 00',
   );
   assert.equal(
-    toHex(T.encodeClient({ type: 'Input', seq: 2, input: { kind: 'key', code: 0, text: 'é' } })),
+    toHex(encodeClient({ type: 'Input', seq: 2, input: { kind: 'key', code: 0, text: 'é' } })),
     '02 02 00 00 00 00 00 00 00 01 00 01 E9 00 00 00',
   );
   assert.equal(
-    toHex(T.encodeClient({ type: 'Hello', version: 1, token: 'ab', resume: null, asleep: false })),
+    toHex(encodeClient({ type: 'Hello', version: 1, token: 'ab', resume: null, asleep: false })),
     '01 01 00 02 00 61 62 00 00',
   );
 });
 
 await test('encode: Hello with Resume, keys, FrameAck, big numbers', () => {
-  const hello = T.encodeClient({
+  const hello = encodeClient({
     type: 'Hello',
     token: 'tök',
     resume: { last_frame_seq: 2 ** 40 + 3, screen_hash: [0x811c9dc5, 0x9e3779b9] },
@@ -261,27 +261,27 @@ await test('encode: Hello with Resume, keys, FrameAck, big numbers', () => {
     '01 01 00 04 00 74 C3 B6 6B 01 03 00 00 00 00 01 00 00 C5 9D 1C 81 B9 79 37 9E 01',
   );
   assert.equal(
-    toHex(T.encodeClient({ type: 'Input', seq: 300, input: { kind: 'key', code: 8, text: null } })),
+    toHex(encodeClient({ type: 'Input', seq: 300, input: { kind: 'key', code: 8, text: null } })),
     '02 2C 01 00 00 00 00 00 00 01 08 00',
   );
   // a character outside the BMP is one scalar (not two UTF-16 halves)
   assert.equal(
-    toHex(T.encodeClient({ type: 'Input', seq: 1, input: { kind: 'key', code: 0, text: '😀' } })),
+    toHex(encodeClient({ type: 'Input', seq: 1, input: { kind: 'key', code: 0, text: '😀' } })),
     '02 01 00 00 00 00 00 00 00 01 00 01 00 F6 01 00',
   );
   assert.equal(
-    toHex(T.encodeClient({ type: 'Input', seq: 3, input: { kind: 'touch', phase: 2, x: 719, y: 1279 } })),
+    toHex(encodeClient({ type: 'Input', seq: 3, input: { kind: 'touch', phase: 2, x: 719, y: 1279 } })),
     '02 03 00 00 00 00 00 00 00 00 02 CF 02 FF 04',
   );
-  assert.equal(toHex(T.encodeClient({ type: 'FrameAck', seq: 258 })), '03 02 01 00 00 00 00 00 00');
-  assert.throws(() => T.encodeClient({ type: 'Hello', token: 'x'.repeat(513), asleep: false }), RangeError);
-  assert.doesNotThrow(() => T.encodeClient({ type: 'Hello', token: 'x'.repeat(512), asleep: false }));
+  assert.equal(toHex(encodeClient({ type: 'FrameAck', seq: 258 })), '03 02 01 00 00 00 00 00 00');
+  assert.throws(() => encodeClient({ type: 'Hello', token: 'x'.repeat(513), asleep: false }), RangeError);
+  assert.doesNotThrow(() => encodeClient({ type: 'Hello', token: 'x'.repeat(512), asleep: false }));
 });
 
 // ---- site -> terminal decoding ----------------------------------------------------
 
 await test('decode: the example bytes of PROTOCOL.md', () => {
-  const fu = T.decodeServer(
+  const fu = decodeServer(
     hex('82 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 40 00 40 00 00 10 20 30 FF'),
   );
   assert.deepEqual(fu, {
@@ -289,7 +289,7 @@ await test('decode: the example bytes of PROTOCOL.md', () => {
     seq: 1,
     tiles: [{ x: 0, y: 0, w: 64, h: 64, kind: 'solid', r: 0x10, g: 0x20, b: 0x30, a: 0xff }],
   });
-  assert.deepEqual(T.decodeServer(hex('87 03 01 00 78')), {
+  assert.deepEqual(decodeServer(hex('87 03 01 00 78')), {
     type: 'Error',
     code: 3,
     codeName: 'BadMessage',
@@ -299,7 +299,7 @@ await test('decode: the example bytes of PROTOCOL.md', () => {
 
 await test('decode: every site message', () => {
   const welcome = new B().u8(0x81).u16(1).u16(720).u16(1280).u64(41).u8(1).done();
-  assert.deepEqual(T.decodeServer(welcome), {
+  assert.deepEqual(decodeServer(welcome), {
     type: 'Welcome',
     version: 1,
     width: 720,
@@ -308,23 +308,23 @@ await test('decode: every site message', () => {
     resumed: true,
   });
   // also from an ArrayBuffer, as a WebSocket delivers it
-  assert.equal(T.decodeServer(welcome.slice().buffer).width, 720);
-  assert.deepEqual(T.decodeServer(new B().u8(0x83).u64(2 ** 33 + 7).done()), { type: 'InputAck', seq: 2 ** 33 + 7 });
+  assert.equal(decodeServer(welcome.slice().buffer).width, 720);
+  assert.deepEqual(decodeServer(new B().u8(0x83).u64(2 ** 33 + 7).done()), { type: 'InputAck', seq: 2 ** 33 + 7 });
   assert.deepEqual(
-    T.decodeServer(new B().u8(0x84).str('ann@example.com').str('Lunch? ☕').u64(1764000000123).done()),
+    decodeServer(new B().u8(0x84).str('ann@example.com').str('Lunch? ☕').u64(1764000000123).done()),
     { type: 'Notification', title: 'ann@example.com', body: 'Lunch? ☕', at_ms: 1764000000123 },
   );
-  assert.deepEqual(T.decodeServer(new B().u8(0x85).str('ws://10.0.0.2:8080/v1/terminal').done()), {
+  assert.deepEqual(decodeServer(new B().u8(0x85).str('ws://10.0.0.2:8080/v1/terminal').done()), {
     type: 'Redirect',
     url: 'ws://10.0.0.2:8080/v1/terminal',
   });
-  assert.deepEqual(T.decodeServer(new B().u8(0x86).u64(99).done()), { type: 'Pong', nonce: 99 });
+  assert.deepEqual(decodeServer(new B().u8(0x86).u64(99).done()), { type: 'Pong', nonce: 99 });
   for (const [code, name] of [[1, 'Unauthorized'], [2, 'Version'], [4, 'NotHere'], [5, 'PhoneDown'], [6, 'Internal']]) {
-    assert.equal(T.decodeServer(new B().u8(0x87).u8(code).str('').done()).codeName, name);
+    assert.equal(decodeServer(new B().u8(0x87).u8(code).str('').done()).codeName, name);
   }
   const raw = Uint8Array.from({ length: 2 * 3 * 4 }, (_, i) => i);
   const lz4 = Uint8Array.from([0x40, 1, 2, 3, 4]);
-  const fu = T.decodeServer(
+  const fu = decodeServer(
     new B()
       .u8(0x82).u64(7).u32(3)
       .u16(64).u16(128).u16(2).u16(3).u8(2).u32(raw.length).raw(raw)
@@ -340,42 +340,42 @@ await test('decode: every site message', () => {
   assert.deepEqual(Array.from(fu.tiles[1].data), Array.from(lz4));
   assert.deepEqual(fu.tiles[2], { x: 5, y: 6, w: 7, h: 8, kind: 'solid', r: 1, g: 2, b: 3, a: 4 });
   // an update with no tile (the answer to Wake when nothing changed)
-  assert.deepEqual(T.decodeServer(new B().u8(0x82).u64(3).u32(0).done()), { type: 'FrameUpdate', seq: 3, tiles: [] });
+  assert.deepEqual(decodeServer(new B().u8(0x82).u64(3).u32(0).done()), { type: 'FrameUpdate', seq: 3, tiles: [] });
 });
 
 await test('decode: errors of PROTOCOL.md', () => {
-  throwsKind(() => T.decodeServer(new Uint8Array(0)), 'Empty');
-  throwsKind(() => T.decodeServer(Uint8Array.of(0x01)), 'UnknownType'); // a client tag
-  throwsKind(() => T.decodeServer(Uint8Array.of(0x88)), 'UnknownType');
-  throwsKind(() => T.decodeServer(new Uint8Array(16 * 1024 * 1024 + 1)), 'TooLarge');
-  throwsKind(() => T.decodeServer(hex('86 01 00 00')), 'Truncated');
-  throwsKind(() => T.decodeServer(hex('86 01 00 00 00 00 00 00 00 00')), 'TrailingBytes');
-  throwsKind(() => T.decodeServer(new B().u8(0x81).u16(2).done()), 'UnsupportedVersion');
-  throwsKind(() => T.decodeServer(new B().u8(0x81).u16(1).u16(720).u16(1280).u64(0).u8(2).done()), 'BadValue');
-  throwsKind(() => T.decodeServer(new B().u8(0x87).u8(0).str('').done()), 'BadValue');
-  throwsKind(() => T.decodeServer(new B().u8(0x87).u8(7).str('').done()), 'BadValue');
-  throwsKind(() => T.decodeServer(new B().u8(0x85).u16(3).raw([0x61, 0xff, 0x62]).done()), 'BadUtf8');
-  throwsKind(() => T.decodeServer(new B().u8(0x85).str('x'.repeat(4097)).done()), 'TooLarge');
-  assert.doesNotThrow(() => T.decodeServer(new B().u8(0x85).str('x'.repeat(4096)).done()));
-  throwsKind(() => T.decodeServer(new B().u8(0x85).u16(10).raw([1, 2]).done()), 'Truncated');
+  throwsKind(() => decodeServer(new Uint8Array(0)), 'Empty');
+  throwsKind(() => decodeServer(Uint8Array.of(0x01)), 'UnknownType'); // a client tag
+  throwsKind(() => decodeServer(Uint8Array.of(0x88)), 'UnknownType');
+  throwsKind(() => decodeServer(new Uint8Array(16 * 1024 * 1024 + 1)), 'TooLarge');
+  throwsKind(() => decodeServer(hex('86 01 00 00')), 'Truncated');
+  throwsKind(() => decodeServer(hex('86 01 00 00 00 00 00 00 00 00')), 'TrailingBytes');
+  throwsKind(() => decodeServer(new B().u8(0x81).u16(2).done()), 'UnsupportedVersion');
+  throwsKind(() => decodeServer(new B().u8(0x81).u16(1).u16(720).u16(1280).u64(0).u8(2).done()), 'BadValue');
+  throwsKind(() => decodeServer(new B().u8(0x87).u8(0).str('').done()), 'BadValue');
+  throwsKind(() => decodeServer(new B().u8(0x87).u8(7).str('').done()), 'BadValue');
+  throwsKind(() => decodeServer(new B().u8(0x85).u16(3).raw([0x61, 0xff, 0x62]).done()), 'BadUtf8');
+  throwsKind(() => decodeServer(new B().u8(0x85).str('x'.repeat(4097)).done()), 'TooLarge');
+  assert.doesNotThrow(() => decodeServer(new B().u8(0x85).str('x'.repeat(4096)).done()));
+  throwsKind(() => decodeServer(new B().u8(0x85).u16(10).raw([1, 2]).done()), 'Truncated');
   const fu = () => new B().u8(0x82).u64(1);
-  throwsKind(() => T.decodeServer(fu().u32(65537).done()), 'TooLarge');
-  throwsKind(() => T.decodeServer(fu().u32(2).u16(0).u16(0).u16(1).u16(1).u8(0).raw([1, 2, 3, 4]).done()), 'Truncated');
-  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(0).u16(1).u8(0).raw([1, 2, 3, 4]).done()), 'BadValue');
-  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(4097).u8(0).raw([1, 2, 3, 4]).done()), 'TooLarge');
-  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(3).raw([1, 2, 3, 4]).done()), 'BadValue');
-  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(2).u32(3).raw([1, 2, 3]).done()), 'BadValue');
-  throwsKind(() => T.decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(2).u8(2).u32(8).raw([1, 2, 3]).done()), 'Truncated');
+  throwsKind(() => decodeServer(fu().u32(65537).done()), 'TooLarge');
+  throwsKind(() => decodeServer(fu().u32(2).u16(0).u16(0).u16(1).u16(1).u8(0).raw([1, 2, 3, 4]).done()), 'Truncated');
+  throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(0).u16(1).u8(0).raw([1, 2, 3, 4]).done()), 'BadValue');
+  throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(4097).u8(0).raw([1, 2, 3, 4]).done()), 'TooLarge');
+  throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(3).raw([1, 2, 3, 4]).done()), 'BadValue');
+  throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(2).u32(3).raw([1, 2, 3]).done()), 'BadValue');
+  throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(2).u8(2).u32(8).raw([1, 2, 3]).done()), 'Truncated');
   // Lz4 length limit: n + n/255 + 16 with n = 4 -> 20
   const lz = (len) => fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(1).u32(len).raw(new Uint8Array(len)).done();
-  assert.doesNotThrow(() => T.decodeServer(lz(20)));
-  throwsKind(() => T.decodeServer(lz(21)), 'TooLarge');
+  assert.doesNotThrow(() => decodeServer(lz(20)));
+  throwsKind(() => decodeServer(lz(21)), 'TooLarge');
 });
 
 // ---- applying updates --------------------------------------------------------------
 
 await test('screen: Solid, Raw and Lz4 tiles land where they should', () => {
-  const s = new T.Screen(8, 4);
+  const s = new Screen(8, 4);
   const raw = Uint8Array.from({ length: 2 * 2 * 4 }, (_, i) => 100 + i);
   const lzData = gen({ kind: 'seq', n: 3 * 2 * 4 });
   // LZ4 of 24 bytes of 0..23: all literals
@@ -399,13 +399,13 @@ await test('screen: Solid, Raw and Lz4 tiles land where they should', () => {
   assert.deepEqual(px(3, 2), [20, 21, 22, 23]);
   assert.deepEqual(px(4, 1), [1, 2, 3, 255]);
   // the hash is over exactly these bytes
-  assert.deepEqual(s.hash(), T.screenHashParts(s.rgba.slice()));
+  assert.deepEqual(s.hash(), screenHashParts(s.rgba.slice()));
 });
 
 await test('screen: full-width Lz4 tiles decode in place; a full 720x1280 update', () => {
   const W = 720;
   const H = 1280;
-  const s = new T.Screen(W, H);
+  const s = new Screen(W, H);
   const tiles = [];
   const want = new Uint8Array(W * H * 4);
   const solid = [9, 8, 7, 255];
@@ -425,11 +425,11 @@ await test('screen: full-width Lz4 tiles decode in place; a full 720x1280 update
   want.set(band, 100 * W * 4);
   s.apply([{ x: 0, y: 100, w: 720, h: 16, kind: 'lz4', data: Uint8Array.from(Buffer.from(c.block, 'base64')) }]);
   assert.ok(Buffer.from(s.rgba).equals(Buffer.from(want)));
-  assert.deepEqual(s.hash(), T.screenHashParts(want));
+  assert.deepEqual(s.hash(), screenHashParts(want));
 });
 
 await test('screen: a tile off the screen paints nothing; a bad Lz4 tile is an error', () => {
-  const s = new T.Screen(4, 4);
+  const s = new Screen(4, 4);
   throwsKind(
     () =>
       s.apply([
@@ -450,8 +450,8 @@ await test('screen: decode + apply of a whole FrameUpdate message', () => {
     .u16(0).u16(0).u16(64).u16(64).u8(1).u32(block.length).raw(block)
     .u16(64).u16(0).u16(16).u16(64).u8(0).raw([255, 0, 0, 255])
     .done();
-  const s = new T.Screen(80, 64);
-  s.apply(T.decodeServer(msg).tiles);
+  const s = new Screen(80, 64);
+  s.apply(decodeServer(msg).tiles);
   const tile = gen(c.gen);
   for (let y = 0; y < 64; y++) {
     assert.ok(Buffer.from(s.rgba.subarray(y * 80 * 4, y * 80 * 4 + 256)).equals(Buffer.from(tile.subarray(y * 256, y * 256 + 256))));
@@ -466,7 +466,7 @@ await test('a session encoded by the Rust reference crate decodes to the same sc
   const msgs = [];
   for (let p = 0; p < data.length; ) {
     const n = data.readUInt32LE(p);
-    msgs.push(T.decodeServer(new Uint8Array(data.buffer, data.byteOffset + p + 4, n)));
+    msgs.push(decodeServer(new Uint8Array(data.buffer, data.byteOffset + p + 4, n)));
     p += 4 + n;
   }
   assert.deepEqual(msgs.map((m) => m.type), [
@@ -474,7 +474,7 @@ await test('a session encoded by the Rust reference crate decodes to the same sc
   ]);
   const [welcome] = msgs;
   assert.deepEqual(welcome, { type: 'Welcome', version: 1, width: 200, height: 150, last_input_seq: 7, resumed: false });
-  const s = new T.Screen(welcome.width, welcome.height);
+  const s = new Screen(welcome.width, welcome.height);
   const kinds = new Set();
   for (const m of msgs.filter((k) => k.type === 'FrameUpdate')) {
     for (const t of m.tiles) kinds.add(t.kind);
@@ -482,11 +482,63 @@ await test('a session encoded by the Rust reference crate decodes to the same sc
   }
   assert.deepEqual([...kinds].sort(), ['lz4', 'solid']);
   assert.equal(msgs[1].tiles.length, 4 * 3, 'a full update of a 200x150 screen is 4x3 grid tiles');
-  assert.equal(T.hashHex(s.hash()), '9c11ba3d4696602d');
+  assert.equal(hashHex(s.hash()), '9c11ba3d4696602d');
   assert.deepEqual(msgs[4], { type: 'Notification', title: 'ann@example.com', body: 'Lunch? ☕', at_ms: 1764000000123 });
   assert.equal(msgs[5].url, 'ws://127.0.0.1:7802/v1/terminal');
   assert.equal(msgs[6].nonce, 42);
   assert.equal(msgs[7].codeName, 'NotHere');
+});
+
+// ---- inputs kept for a resend, the map's arithmetic ------------------------------------
+
+await test('kept inputs: acks forget, Welcome keeps the unapplied for a resend in order', () => {
+  const k = new KeptInputs(null);
+  const a = k.add({ kind: 'key', code: 0, text: 'a' });
+  const b = k.add({ kind: 'key', code: 0, text: 'b' });
+  const c = k.add({ kind: 'key', code: 0, text: 'c' });
+  assert.deepEqual([a, b, c], [1, 2, 3]);
+  k.acked(1);
+  assert.deepEqual(k.list.map((x) => x.seq), [2, 3]);
+  // the site applied up to 2 before the connection broke: only 3 is resent, under its number
+  assert.deepEqual(k.welcomed(2).map((x) => [x.seq, x.input.text]), [[3, 'c']]);
+  assert.equal(k.add({ kind: 'key', code: 0, text: 'd' }), 4);
+  // nothing kept: the next number follows the site's
+  k.acked(4);
+  assert.equal(k.welcomed(10).length, 0);
+  assert.equal(k.add({ kind: 'key', code: 2, text: null }), 11);
+  // a saved session resumes its numbers; at most MAX_KEPT_INPUTS are kept, the oldest go
+  const saved = new KeptInputs({ kept: [{ seq: 7, input: { kind: 'key', code: 1, text: null } }], nextSeq: 8 });
+  assert.equal(saved.length, 1);
+  for (let i = 0; i < MAX_KEPT_INPUTS; i++) saved.add({ kind: 'touch', phase: 1, x: i, y: 0 });
+  assert.equal(saved.length, MAX_KEPT_INPUTS);
+  assert.equal(saved.list[0].seq, 8, 'the saved one (7) went first');
+  assert.equal(saved.list[saved.length - 1].seq, 8 + MAX_KEPT_INPUTS - 1);
+});
+
+await test('map: the projection maps places to pixels and back; moves count where they went', () => {
+  const sites = [
+    { lat: 52.37, lon: 4.9 },
+    { lat: 48.86, lon: 2.35 },
+  ];
+  const p = mapProjection(sites, 400, 300);
+  for (const s of sites) {
+    const x = p.x(s.lon);
+    const y = p.y(s.lat);
+    assert.ok(x > 0 && x < 400 && y > 0 && y < 300, `${x},${y} inside`);
+    assert.ok(Math.abs(p.lon(x) - s.lon) < 1e-9 && Math.abs(p.lat(y) - s.lat) < 1e-9);
+  }
+  assert.ok(p.y(52.37) < p.y(48.86), 'north is up');
+  const before = [
+    { id: 'a', phones: 1, last_heartbeat_ms: 100 },
+    { id: 'b', phones: 0, last_heartbeat_ms: 100 },
+    { id: 'c', phones: 5, last_heartbeat_ms: 100 },
+  ];
+  const moved = { outcome: 'committed', from: 'a', to: 'b', at_ms: 200 };
+  assert.deepEqual(countMove(before, moved).map((s) => s.phones), [0, 1, 5]);
+  // heartbeats after the move already count it; an aborted move moves nothing
+  assert.deepEqual(countMove(before.map((s) => ({ ...s, last_heartbeat_ms: 300 })), moved).map((s) => s.phones), [1, 0, 5]);
+  assert.equal(countMove(before, { ...moved, outcome: 'aborted' }), before);
+  assert.equal(countMove(before, null), before);
 });
 
 console.log(`unit: ${passed} passed, ${failed} failed`);

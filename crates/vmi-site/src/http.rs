@@ -21,19 +21,13 @@ use vmi_snapshot::SnapshotId;
 use crate::phone::PhoneError;
 use crate::{SiteError, SiteState};
 
-const INDEX_HTML: &str = include_str!("../web/index.html");
-const TERMINAL_JS: &str = include_str!("../web/terminal.js");
-const STYLE_CSS: &str = include_str!("../web/style.css");
+// The browser terminal's files; declared here so that lib.rs stays as it is.
+#[path = "web.rs"]
+mod web;
 
 /// The site's routes.
 pub fn router(state: Arc<SiteState>) -> Router {
-    Router::new()
-        .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML) }))
-        .route(
-            "/terminal.js",
-            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], TERMINAL_JS) }),
-        )
-        .route("/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE_CSS) }))
+    web::routes()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/terminal", get(terminal))
         .route("/v1/phones", get(list_phones).post(create_phone))

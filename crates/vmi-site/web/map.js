@@ -1,0 +1,347 @@
+// Follow me: the map beside the phone.
+//
+// Where the sites are (health, phones), where the user is (a marker they can drag),
+// which site runs their phone, the round trip to each site, and the phone's migrations.
+// Everything comes from the serving site's /v1/demo/* routes, which ask the control
+// service; a site without them (or the mock) leaves the panel hidden. Dragging reports
+// the position to the control service (on drop, and every 2 s while dragging); the
+// placer moves the phone when another site stays closer, and the session's Redirect
+// makes the terminal follow.
+
+import { bearer, getJson } from './api.js';
+import { PROBE_SETTLE_MS, RoundTrips } from './map-latency.js';
+import { MoveLog, countMove } from './map-moves.js';
+import { MapPicture, siteState } from './map-picture.js';
+
+export { mapProjection } from './map-picture.js';
+
+const MAP_POLL_MS = 2000; // sites, phone, migrations, latest report
+const MAP_RETRY_MS = 10000; // while the routes are missing, or the screen is off
+const DRAG_REPORT_MS = 2000;
+const REPORT_EVERY_MS = 5000; // keeps the position fresh once this page has set it
+
+const visible = () => document.visibilityState === 'visible';
+
+/** Starts the map (when the page has it and a token); `relayout()` refits the phone beside it. */
+export function startMap({ vmi, token, relayout }) {
+  const $ = (id) => document.getElementById(id);
+  const svg = $('map');
+  if (!svg || !token) return;
+  const ui = {
+    side: $('side'),
+    btn: $('map-btn'),
+    where: $('fm-where'),
+    rtt: $('fm-rtt'),
+    hint: $('fm-hint'),
+    sites: $('fm-sites').tBodies[0],
+    moves: $('fm-moves'),
+    empty: $('fm-empty'),
+    count: $('fm-count'),
+    banner: $('fm-banner'),
+  };
+  new FollowMe({ vmi, auth: bearer(token), relayout, svg, ui }).start();
+}
+
+class FollowMe {
+  constructor({ vmi, auth, relayout, svg, ui }) {
+    this.vmi = vmi;
+    this.auth = auth;
+    this.relayout = relayout;
+    this.svg = svg;
+    this.ui = ui;
+    // what the page shows (also read by tests through window.vmi.map)
+    this.map = {
+      available: false, // the serving site answers /v1/demo/*
+      user: null,
+      site: null, // the site running the phone
+      position: null, // {lat, lon}: where the user is
+      sites: [], // [{id, url, lat, lon, phones, healthy, draining, rtt_ms}]
+      migrations: 0, // migrations listed
+      reports: 0, // positions this page reported
+      lastMove: null, // the newest migration seen arrive while the page was open
+    };
+    vmi.map = this.map;
+    this.sites = [];
+    this.owns = false; // the user placed the marker in this page: it reports from now on
+    this.dragging = false;
+    this.posVersion = 0; // bumps on every change of position
+    this.reportedVersion = -1; // the position the control service (and so the proxies) has
+    this.lastReportAt = 0; // Date.now() when this page last reported
+    this.lastDragReport = 0;
+    this.drawQueued = false;
+    this.picture = new MapPicture(svg);
+    this.trips = new RoundTrips();
+    this.moves = new MoveLog(ui, svg, this.map);
+  }
+
+  start() {
+    setInterval(() => {
+      if (this.owns && !this.dragging && visible()) this.report(true);
+    }, REPORT_EVERY_MS);
+    setInterval(() => this.map.available && visible() && this.queueDraw(), 1000);
+    this.bindDrag();
+    const btn = this.ui.btn;
+    if (btn) {
+      btn.addEventListener('click', (ev) => {
+        ev.preventDefault();
+        btn.blur();
+        document.body.classList.toggle('map-open');
+        this.relayout();
+      });
+    }
+    this.poll();
+    this.probeLoop();
+  }
+
+  // ---- drawing ---------------------------------------------------------------------
+
+  draw() {
+    const { map, sites, ui } = this;
+    if (!map.available || !sites.length) return;
+    this.picture.show(sites);
+    const rtts = sites.map((s) => this.trips.rttOf(s.id, false));
+    map.sites = sites.map((s, i) => ({ ...s, rtt_ms: rtts[i] === null ? null : Math.round(rtts[i] * 10) / 10 }));
+    this.picture.draw(sites, map.position, rtts, map.site);
+    ui.sites.replaceChildren(this.siteTable(rtts));
+    ui.where.replaceChildren();
+    if (map.site) {
+      const b = document.createElement('b');
+      b.textContent = map.site;
+      ui.where.append(`${map.user}’s phone runs on `, b);
+    }
+    ui.rtt.textContent = this.vmi.latencyMs === null ? '–' : String(this.vmi.latencyMs);
+    this.hint(rtts);
+    this.moves.refreshTimes(Date.now());
+  }
+
+  /** The table of sites: name and tags, phones, round trip (the best one marked). */
+  siteTable(rtts) {
+    const known = rtts.filter((r) => r !== null);
+    const best = known.length ? Math.min(...known) : null;
+    const body = document.createDocumentFragment();
+    this.sites.forEach((s, i) => {
+      const state = siteState(s);
+      const home = s.id === this.map.site;
+      const ms = rtts[i];
+      const tr = document.createElement('tr');
+      if (home) tr.className = 'home';
+      const name = document.createElement('td');
+      const dot = document.createElement('span');
+      dot.className = `sdot ${state}`;
+      name.append(dot, s.id);
+      const tag = (text, cls) => {
+        const t = document.createElement('span');
+        t.className = `tag${cls ? ` ${cls}` : ''}`;
+        t.textContent = text;
+        name.append(t);
+      };
+      if (home) tag('your phone');
+      if (state === 'draining') tag('draining', 'warn');
+      if (state === 'down') tag('down', 'bad');
+      const count = document.createElement('td');
+      count.textContent = String(s.phones);
+      const rtt = document.createElement('td');
+      rtt.className = `num${ms !== null && ms === best && known.length > 1 ? ' best' : ''}`;
+      rtt.textContent = ms === null ? '–' : `${ms.toFixed(1)} ms`;
+      tr.append(name, count, rtt);
+      body.append(tr);
+    });
+    return body;
+  }
+
+  hint(rtts) {
+    const { sites, ui } = this;
+    const i = sites.findIndex((s) => s.id === this.map.site);
+    const here = i >= 0 ? rtts[i] : null;
+    let bestI = -1;
+    sites.forEach((s, j) => {
+      if (rtts[j] !== null && s.healthy && !s.draining && (bestI < 0 || rtts[j] < rtts[bestI])) bestI = j;
+    });
+    ui.hint.className = 'fm-hint';
+    if (here !== null && bestI >= 0 && bestI !== i) {
+      const gain = here - rtts[bestI];
+      // the placer's default margin: 2 ms and 20 %
+      if (gain >= 2 && gain >= 0.2 * here) {
+        ui.hint.className = 'fm-hint closer';
+        const b = document.createElement('b');
+        b.textContent = sites[bestI].id;
+        ui.hint.replaceChildren(
+          b,
+          ` is closer (${rtts[bestI].toFixed(0)} ms, against ${here.toFixed(0)} ms). Stay a while and your phone follows you there.`,
+        );
+        return;
+      }
+    }
+    if (!this.owns) {
+      ui.hint.textContent = 'Drag the blue dot: that is you. Walk toward another site and your phone follows, live.';
+    } else if (bestI === i && i >= 0) {
+      ui.hint.textContent = 'Your phone runs on the closest site.';
+    } else {
+      ui.hint.textContent = 'Measuring the round trip to each site…';
+    }
+  }
+
+  queueDraw() {
+    if (this.drawQueued) return;
+    this.drawQueued = true;
+    setTimeout(() => {
+      this.drawQueued = false;
+      this.draw();
+    }, 16);
+  }
+
+  // ---- position --------------------------------------------------------------------
+
+  setPosition(lat, lon) {
+    const p = this.map.position;
+    if (p && p.lat === lat && p.lon === lon) return;
+    this.map.position = { lat, lon };
+    this.posVersion++;
+    this.queueDraw();
+  }
+
+  onReport(r) {
+    // Another terminal of this user (or this page, echoed) reported after this page did:
+    // that is where the user is now. An older report must not undo a drop.
+    if (this.dragging || !r || typeof r.lat !== 'number' || typeof r.lon !== 'number') return;
+    if (r.at_ms < this.lastReportAt) return;
+    const before = this.posVersion;
+    this.setPosition(r.lat, r.lon);
+    // the proxies already follow this position
+    if (this.posVersion !== before) this.positionLanded(this.posVersion);
+  }
+
+  async report(withRtt) {
+    const p = this.map.position;
+    if (!p) return;
+    const body = { lat: Math.round(p.lat * 1e6) / 1e6, lon: Math.round(p.lon * 1e6) / 1e6 };
+    if (withRtt && this.reportedVersion === this.posVersion) {
+      const rtt = {};
+      for (const s of this.sites) {
+        const ms = this.trips.rttOf(s.id, true);
+        if (ms !== null) rtt[s.id] = Math.round(ms * 100) / 100;
+      }
+      if (Object.keys(rtt).length) body.rtt_ms = rtt;
+    }
+    const version = this.posVersion;
+    this.lastReportAt = Date.now();
+    try {
+      const r = await fetch('/v1/demo/report', {
+        method: 'POST',
+        headers: { ...this.auth, 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      if (!r.ok) return;
+      this.map.reports++;
+      if (this.reportedVersion !== version) this.positionLanded(version);
+    } catch {
+      // the next report tries again
+    }
+  }
+
+  /** The proxies now delay by the position the control service has. */
+  positionLanded(version) {
+    this.reportedVersion = version;
+    this.trips.settle();
+    setTimeout(() => this.probeOnce(), PROBE_SETTLE_MS + 20);
+  }
+
+  // ---- polling and probing ---------------------------------------------------------
+
+  async poll() {
+    let wait = this.map.available ? MAP_POLL_MS : MAP_RETRY_MS;
+    if (visible()) {
+      try {
+        await this.refresh();
+        wait = this.vmi.asleep ? MAP_RETRY_MS : MAP_POLL_MS;
+      } catch {
+        // no /v1/demo routes here, or the control service is away: try again later
+      }
+    }
+    setTimeout(() => this.poll(), wait);
+  }
+
+  /** Asks for the sites, the user's phone, migrations and latest report, and shows them. */
+  async refresh() {
+    const { map, auth } = this;
+    const [me, list] = await Promise.all([getJson('/v1/demo/me', auth), getJson('/v1/demo/sites')]);
+    map.user = me.user;
+    map.site = me.site;
+    this.sites = (Array.isArray(list) ? list : [])
+      .filter((s) => s && typeof s.id === 'string' && Number.isFinite(s.lat) && Number.isFinite(s.lon))
+      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const [moves, last] = await Promise.allSettled([
+      getJson(`/v1/demo/migrations?user=${encodeURIComponent(me.user)}`),
+      getJson('/v1/demo/report', auth),
+    ]);
+    const listed = moves.status === 'fulfilled' && Array.isArray(moves.value) ? moves.value : null;
+    if (listed) this.moves.update(listed);
+    this.sites = countMove(this.sites, listed ? listed[0] : null);
+    if (last.status === 'fulfilled') this.onReport(last.value);
+    // Until someone reports, the user stands at the first site (as the delay proxies assume).
+    if (!map.position && this.sites.length) this.setPosition(this.sites[0].lat, this.sites[0].lon);
+    if (!map.available && this.sites.length) {
+      map.available = true;
+      this.ui.side.hidden = false;
+      this.ui.btn.hidden = false;
+      document.body.classList.add('with-map');
+      this.relayout();
+    }
+    this.draw();
+  }
+
+  async probeOnce() {
+    if (this.trips.probing || !this.map.available || !visible() || this.vmi.asleep) return;
+    await this.trips.probe(this.sites);
+    this.queueDraw();
+  }
+
+  async probeLoop() {
+    await this.probeOnce();
+    setTimeout(() => this.probeLoop(), MAP_POLL_MS);
+  }
+
+  // ---- dragging --------------------------------------------------------------------
+
+  moveTo(ev) {
+    const p = this.picture.pointAt(ev);
+    if (!p) return;
+    this.setPosition(p.lat, p.lon);
+    this.draw();
+  }
+
+  bindDrag() {
+    const svg = this.svg;
+    svg.addEventListener('pointerdown', (ev) => {
+      if (!this.picture.proj || !ev.isPrimary || (ev.pointerType === 'mouse' && ev.button !== 0)) return;
+      ev.preventDefault();
+      this.dragging = true;
+      this.owns = true;
+      this.lastDragReport = performance.now();
+      try {
+        svg.setPointerCapture(ev.pointerId);
+      } catch {
+        // synthetic events cannot be captured
+      }
+      svg.classList.add('dragging');
+      this.moveTo(ev);
+    });
+    svg.addEventListener('pointermove', (ev) => {
+      if (!this.dragging) return;
+      this.moveTo(ev);
+      if (performance.now() - this.lastDragReport >= DRAG_REPORT_MS) {
+        this.lastDragReport = performance.now();
+        this.report(false);
+      }
+    });
+    const drop = (ev) => {
+      if (!this.dragging) return;
+      if (ev.type === 'pointerup') this.moveTo(ev);
+      this.dragging = false;
+      svg.classList.remove('dragging');
+      this.report(false);
+    };
+    svg.addEventListener('pointerup', drop);
+    svg.addEventListener('pointercancel', drop);
+  }
+}

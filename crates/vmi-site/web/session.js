@@ -1,0 +1,288 @@
+// One terminal session with the site (docs/PROTOCOL.md): Hello (with Resume when this
+// page has a screen), inputs kept until acknowledged and resent after a reconnect,
+// FrameAcks, Redirect to the site that runs the phone, reconnects with backoff, and the
+// end of the session on a refusal.
+
+import { PROTOCOL_VERSION, ProtocolError, decodeServer, encodeClient } from './codec.js';
+import { KeptInputs } from './kept-inputs.js';
+import { Pings } from './ping.js';
+import { saveSession } from './storage.js';
+
+const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000, 15000];
+/** After this many failed connections to a redirected site, go back to the serving one. */
+const REDIRECT_FAILURES = 3;
+
+const ERROR_TEXT = {
+  Unauthorized: 'This device is not allowed here.',
+  Version: 'The site does not speak this terminal’s protocol version.',
+  BadMessage: 'The site could not understand the terminal.',
+  NotHere: 'Your phone is not on this site.',
+  PhoneDown: 'Your phone is down.',
+  Internal: 'The site had an internal error.',
+};
+
+export class Session {
+  /**
+   * `vmi` holds the page's figures; `display` shows the screen, `status` the state and
+   * errors, `notifications` the phone's notifications; `saved` is the session this tab
+   * saved for `token`, or null.
+   */
+  constructor({ vmi, token, saved, display, status, notifications }) {
+    this.vmi = vmi;
+    this.token = token;
+    this.display = display;
+    this.status = status;
+    this.notifications = notifications;
+    this.defaultUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/terminal`;
+    this.ws = null;
+    this.welcomed = false;
+    this.fatal = false; // refused for good: no reconnect, no input
+    this.attempt = 0;
+    this.reconnectTimer = 0;
+    this.failuresSinceWelcome = 0;
+    this.inputs = new KeptInputs(saved);
+    this.pings = new Pings(vmi, (m) => this.send(m), () => this.welcomed);
+  }
+
+  // ---- sending ---------------------------------------------------------------------
+
+  send(m) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(encodeClient(m));
+    this.pings.sent();
+    return true;
+  }
+
+  /** Sends one input (touch or key) now if welcomed, and keeps it until acknowledged. */
+  sendInput(input) {
+    if (this.fatal) return;
+    const seq = this.inputs.add(input);
+    this.vmi.inputSeq = seq;
+    this.vmi.pendingInputs = this.inputs.length;
+    if (this.welcomed) this.send({ type: 'Input', seq, input });
+    this.persist();
+  }
+
+  /** The page went to sleep (`vmi.asleep` is set): the site stops sending frames. */
+  sleep() {
+    if (this.welcomed) {
+      this.send({ type: 'Sleep' });
+      this.status.setState('asleep');
+    } else {
+      this.status.queue();
+    }
+    this.pings.schedule();
+  }
+
+  /** The page woke (`vmi.asleep` is cleared): the site sends the screen again. */
+  wake() {
+    if (this.welcomed) {
+      this.send({ type: 'Wake' });
+      this.status.setState('connected');
+    } else {
+      this.status.queue();
+    }
+    this.pings.schedule(0);
+  }
+
+  /** Ends the session before it starts: `text` says why. */
+  refuse(text) {
+    this.fatal = true;
+    this.vmi.state = 'closed';
+    this.status.showError(text);
+  }
+
+  persist() {
+    const { vmi, inputs } = this;
+    saveSession({
+      token: this.token,
+      lastSeq: vmi.lastSeq,
+      width: vmi.width,
+      height: vmi.height,
+      kept: inputs.list,
+      nextSeq: inputs.nextSeq,
+    });
+  }
+
+  // ---- the connection --------------------------------------------------------------
+
+  /** Opens a connection to `url` (default: the site that served this page). */
+  connect(url = this.defaultUrl) {
+    clearTimeout(this.reconnectTimer);
+    this.vmi.url = url;
+    this.welcomed = false;
+    let sock;
+    try {
+      sock = new WebSocket(url);
+    } catch (e) {
+      this.status.showError(`cannot open ${url}: ${e.message}`);
+      this.scheduleReconnect();
+      return;
+    }
+    sock.binaryType = 'arraybuffer';
+    this.ws = sock;
+    sock.onopen = () => this.ws === sock && this.hello();
+    sock.onmessage = (ev) => this.ws === sock && this.received(ev.data);
+    sock.onclose = (ev) => this.ws === sock && this.closed(ev);
+  }
+
+  hello() {
+    const { vmi } = this;
+    const screen = this.display.screen;
+    const resume = vmi.lastSeq > 0 && screen ? { last_frame_seq: vmi.lastSeq, screen_hash: screen.hash() } : null;
+    this.send({ type: 'Hello', version: PROTOCOL_VERSION, token: this.token, resume, asleep: vmi.asleep });
+  }
+
+  received(data) {
+    if (typeof data === 'string') {
+      this.protocolFailure(new ProtocolError('BadValue', 'text frame'));
+      return;
+    }
+    this.vmi.bytes += data.byteLength;
+    try {
+      this.handle(decodeServer(data), data.byteLength);
+    } catch (e) {
+      if (e instanceof ProtocolError) this.protocolFailure(e);
+      else throw e;
+    }
+    this.status.queue();
+  }
+
+  closed(ev) {
+    const { vmi } = this;
+    this.ws = null;
+    this.pings.stop();
+    if (!this.welcomed) this.failuresSinceWelcome++;
+    this.welcomed = false;
+    if (this.fatal) {
+      this.status.setState('closed');
+      return;
+    }
+    if (!vmi.error && ev.code !== 1000 && ev.code !== 1005) {
+      vmi.error = `connection closed (${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`;
+    }
+    this.scheduleReconnect();
+  }
+
+  scheduleReconnect() {
+    if (this.fatal) return;
+    const { vmi } = this;
+    this.status.setState('reconnecting');
+    // after repeated failures at a redirected site, go back to the one that served us
+    if (vmi.url !== this.defaultUrl && this.failuresSinceWelcome >= REDIRECT_FAILURES) vmi.url = this.defaultUrl;
+    const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)] * (0.8 + Math.random() * 0.4);
+    this.attempt++;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => this.connect(vmi.url || this.defaultUrl), delay);
+  }
+
+  dropSocket() {
+    const s = this.ws;
+    this.ws = null;
+    this.pings.stop();
+    this.welcomed = false;
+    if (s) {
+      s.onopen = s.onmessage = s.onclose = s.onerror = null;
+      try {
+        s.close(1000);
+      } catch {
+        // already closing
+      }
+    }
+  }
+
+  protocolFailure(e) {
+    console.warn('vmi: protocol error, reconnecting', e);
+    this.status.showError(`protocol error: ${e.message}`);
+    if (e.kind === 'UnsupportedVersion') {
+      this.fatal = true;
+      this.status.showError(`this site speaks another protocol version (${e.message}); reload the page later`);
+      this.dropSocket();
+      this.status.setState('closed');
+      return;
+    }
+    this.dropSocket();
+    this.scheduleReconnect();
+  }
+
+  // ---- site messages ---------------------------------------------------------------
+
+  handle(m, size) {
+    // a site answers Hello with Welcome, Error, or Redirect (the phone is elsewhere)
+    if (!this.welcomed && m.type !== 'Welcome' && m.type !== 'Error' && m.type !== 'Redirect') {
+      throw new ProtocolError('BadValue', `${m.type} before Welcome`);
+    }
+    switch (m.type) {
+      case 'Welcome':
+        return this.onWelcome(m);
+      case 'FrameUpdate':
+        return this.onFrameUpdate(m, size);
+      case 'InputAck':
+        return this.onInputAck(m);
+      case 'Notification':
+        return this.notifications.notify({ title: m.title, body: m.body, at_ms: m.at_ms });
+      case 'Redirect':
+        return this.onRedirect(m);
+      case 'Pong':
+        return this.pings.pong(m.nonce);
+      case 'Error':
+        return this.onError(m);
+      default:
+        return undefined;
+    }
+  }
+
+  onWelcome(m) {
+    const { vmi } = this;
+    if (this.welcomed) throw new ProtocolError('BadValue', 'second Welcome');
+    this.welcomed = true;
+    this.attempt = 0;
+    this.failuresSinceWelcome = 0;
+    vmi.error = null;
+    this.display.resize(m.width, m.height);
+    // inputs: drop what the site already applied, resend the rest in order
+    const resend = this.inputs.welcomed(m.last_input_seq);
+    vmi.inputAcked = Math.max(vmi.inputAcked, m.last_input_seq);
+    for (const k of resend) this.send({ type: 'Input', seq: k.seq, input: k.input });
+    vmi.pendingInputs = this.inputs.length;
+    this.persist();
+    this.status.setState(vmi.asleep ? 'asleep' : 'connected');
+    this.pings.schedule(0);
+  }
+
+  onFrameUpdate(m, size) {
+    const { vmi } = this;
+    this.display.apply(m.tiles);
+    vmi.lastSeq = m.seq;
+    vmi.frames++;
+    vmi.frameBytes += size;
+    this.send({ type: 'FrameAck', seq: m.seq });
+    this.persist();
+  }
+
+  onInputAck(m) {
+    this.vmi.inputAcked = Math.max(this.vmi.inputAcked, m.seq);
+    this.inputs.acked(m.seq);
+    this.vmi.pendingInputs = this.inputs.length;
+    this.persist();
+  }
+
+  onRedirect(m) {
+    if (!/^wss?:\/\//i.test(m.url)) throw new ProtocolError('BadValue', `redirect to ${m.url}`);
+    this.dropSocket();
+    this.status.setState('reconnecting');
+    this.failuresSinceWelcome = 0;
+    this.connect(m.url);
+  }
+
+  onError(m) {
+    const what = ERROR_TEXT[m.codeName];
+    this.status.showError(m.message ? `${what} The site says: ${m.message}` : what);
+    if (m.codeName === 'Unauthorized' || m.codeName === 'Version') {
+      this.fatal = true;
+      clearTimeout(this.reconnectTimer);
+    }
+    // the site closes the session now; onclose reconnects unless fatal
+  }
+}
