@@ -21,13 +21,9 @@ use vmi_snapshot::SnapshotId;
 use crate::phone::PhoneError;
 use crate::{SiteError, SiteState};
 
-// The browser terminal's files; declared here so that lib.rs stays as it is.
-#[path = "web.rs"]
-mod web;
-
 /// The site's routes.
 pub fn router(state: Arc<SiteState>) -> Router {
-    web::routes()
+    crate::web::routes()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/terminal", get(terminal))
         .route("/v1/phones", get(list_phones).post(create_phone))

@@ -31,6 +31,7 @@ pub mod persist;
 pub mod phone;
 pub mod registry;
 mod session;
+mod web;
 
 pub use error::SiteError;
 pub use persist::PHONE_FILE;
