@@ -156,7 +156,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             print(json, crate::runtime()?.block_on(crate::bench_net::migrate(rounds.max(2), qemu_mib, qemu_runs))?)
         }
         BenchCmd::Display { json, keys, static_secs } => {
-            print(json, crate::runtime()?.block_on(crate::bench_net::display(keys.max(10), static_secs.clamp(1, 50)))?)
+            print(json, crate::runtime()?.block_on(crate::bench_net::display(keys.max(10), static_secs.clamp(1, 120)))?)
         }
         BenchCmd::Energy { json, active_min, asleep_h, mail_every_min } => print(
             json,

@@ -108,6 +108,7 @@ pub async fn display(keys: usize, static_secs: u64) -> Result<Value> {
 
     let mut latency_ms = Vec::with_capacity(keys);
     let mut frame_bytes = 0u64;
+    let mut key_bytes = Vec::with_capacity(keys);
     for i in 0..keys {
         let input = if (i / 30) % 2 == 0 {
             Input::Key { code: 0, text: Some(if i % 5 == 4 { ' ' } else { 'e' }) }
@@ -117,7 +118,10 @@ pub async fn display(keys: usize, static_secs: u64) -> Result<Value> {
         let t = Instant::now();
         term.send_input(input)?;
         match wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await? {
-            TerminalEvent::Frame { bytes, .. } => frame_bytes += bytes as u64,
+            TerminalEvent::Frame { bytes, .. } => {
+                frame_bytes += bytes as u64;
+                key_bytes.push(bytes as f64);
+            }
             _ => unreachable!("waited for a frame"),
         }
         latency_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -125,7 +129,8 @@ pub async fn display(keys: usize, static_secs: u64) -> Result<Value> {
     drain(&mut term).await;
 
     // A static screen: the only thing that moves is the status-bar clock, once a minute,
-    // so measure inside one minute.
+    // so a window under a minute is placed inside one minute (0 bytes), and a window of
+    // 61 s or more measures the clock's update.
     let second = (SystemClock::shared().wall_ns() / 1_000_000_000) % 60;
     if second + static_secs >= 59 {
         tokio::time::sleep(Duration::from_secs(61 - second)).await;
@@ -158,6 +163,9 @@ pub async fn display(keys: usize, static_secs: u64) -> Result<Value> {
         "input_to_frame_ms_p50": round(percentile(&mut latency_ms, 50.0), 3),
         "input_to_frame_ms_p99": round(percentile(&mut latency_ms, 99.0), 3),
         "bytes_per_keystroke": round(frame_bytes as f64 / keys as f64, 1),
+        "keystroke_bytes_min": round(percentile(&mut key_bytes, 0.0), 1),
+        "keystroke_bytes_p50": round(percentile(&mut key_bytes, 50.0), 1),
+        "keystroke_bytes_max": round(percentile(&mut key_bytes, 100.0), 1),
         "static_bytes_per_min": round(static_bytes as f64 * 60.0 / static_secs as f64, 1),
         "static_frames": static_frames,
         "encode_ms_per_mpixel": round(encode_ms / mpixels, 3),
