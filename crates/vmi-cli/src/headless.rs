@@ -51,6 +51,40 @@ pub struct Runner<'a> {
     pub clock: Arc<ManualClock>,
     /// Where screenshots and snapshots go.
     pub out_dir: PathBuf,
+    /// Screenshots show what a terminal would see (`--as-terminal`), not guest memory.
+    pub terminal: Option<TerminalView>,
+}
+
+/// What a terminal would show: the phone's damage run through the protocol's encoder and
+/// applied to a terminal's screen, exactly as a site and a terminal do. A guest that
+/// forgets to report damage (`fb_damage`) looks wrong here, as it would on a terminal.
+#[derive(Default)]
+pub struct TerminalView {
+    shown: Option<(vmi_protocol::display::Encoder, vmi_protocol::display::Screen)>,
+}
+
+impl TerminalView {
+    /// Sends what changed since the last call to the terminal's screen.
+    fn update(&mut self, phone: &mut dyn VirtualPhone) -> Result<()> {
+        let frame = phone.frame()?;
+        if frame.rgba.is_empty() {
+            return Ok(());
+        }
+        let size = (frame.width as u16, frame.height as u16);
+        let (encoder, screen) = match &mut self.shown {
+            Some((encoder, screen)) if (encoder.width(), encoder.height()) == size => (encoder, screen),
+            // The first frame of a session (or of a new framebuffer size) paints every tile.
+            shown => {
+                let mut encoder = vmi_protocol::display::Encoder::new(size.0, size.1);
+                let mut screen = vmi_protocol::display::Screen::new(size.0, size.1);
+                screen.apply(&encoder.full(frame.rgba)).context("applying the first frame")?;
+                *shown = Some((encoder, screen));
+                return Ok(());
+            }
+        };
+        let tiles = encoder.encode(frame.rgba, &frame.damage);
+        screen.apply(&tiles).context("applying an update to the terminal's screen")
+    }
 }
 
 impl Runner<'_> {
@@ -59,6 +93,9 @@ impl Runner<'_> {
         let mut reports = Vec::new();
         for line in lines {
             self.step(&line.command, &mut reports).with_context(|| format!("script line {}", line.number))?;
+            if let Some(view) = &mut self.terminal {
+                view.update(self.phone)?;
+            }
             for n in self.phone.take_notifications() {
                 reports.push(Report::Notification { title: n.title, body: n.body });
             }
@@ -81,7 +118,15 @@ impl Runner<'_> {
             }
             Command::Screenshot(name) => {
                 let path = self.out_dir.join(name);
-                let pixels = screenshot(self.phone, &path)?;
+                let pixels = match &mut self.terminal {
+                    Some(view) => {
+                        view.update(self.phone)?;
+                        let (_, screen) =
+                            view.shown.as_ref().context("the phone has not attached a framebuffer yet")?;
+                        write_png(screen.width().into(), screen.height().into(), screen.rgba(), &path)?
+                    }
+                    None => screenshot(self.phone, &path)?,
+                };
                 reports.push(Report::Screenshot { path: path.display().to_string(), pixels });
             }
             Command::Snapshot { file, incremental } => {
@@ -102,16 +147,21 @@ impl Runner<'_> {
     }
 }
 
-/// Writes the screen as PNG; returns a short hash of its pixels.
+/// Writes the screen (guest memory) as PNG; returns a short hash of its pixels.
 pub fn screenshot(phone: &mut dyn VirtualPhone, path: &Path) -> Result<String> {
     let frame = phone.frame()?;
     anyhow::ensure!(!frame.rgba.is_empty(), "the phone has not attached a framebuffer yet");
+    write_png(frame.width, frame.height, frame.rgba, path)
+}
+
+/// Writes RGBA pixels as PNG; returns a short hash of them.
+fn write_png(width: u32, height: u32, rgba: &[u8], path: &Path) -> Result<String> {
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), frame.width, frame.height);
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
     encoder.set_color(png::ColorType::Rgba);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header()?;
-    writer.write_image_data(frame.rgba)?;
+    writer.write_image_data(rgba)?;
     writer.finish()?;
-    Ok(blake3::hash(frame.rgba).to_hex()[..16].to_string())
+    Ok(blake3::hash(rgba).to_hex()[..16].to_string())
 }

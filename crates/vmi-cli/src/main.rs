@@ -119,6 +119,10 @@ struct PhoneArgs {
     /// Directory for screenshots and snapshots named in the script.
     #[arg(long, default_value = ".")]
     out_dir: PathBuf,
+    /// Screenshots show what a terminal would see: only the damage the guest reported
+    /// (fb_damage), sent through the protocol's encoder to a terminal's screen.
+    #[arg(long)]
+    as_terminal: bool,
 }
 
 #[derive(Subcommand)]
@@ -368,7 +372,8 @@ fn play(phone: &mut dyn vmi_engine::VirtualPhone, s: &Session, p: &PhoneArgs) ->
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let lines = script::parse(&text).with_context(|| format!("in {}", path.display()))?;
     std::fs::create_dir_all(&p.out_dir).with_context(|| format!("creating {}", p.out_dir.display()))?;
-    let mut runner = headless::Runner { phone, clock: s.clock.clone(), out_dir: p.out_dir.clone() };
+    let terminal = p.as_terminal.then(headless::TerminalView::default);
+    let mut runner = headless::Runner { phone, clock: s.clock.clone(), out_dir: p.out_dir.clone(), terminal };
     for report in runner.play(&lines)? {
         println!("{}", serde_json::to_string(&report)?);
     }
@@ -417,6 +422,16 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
             // Start the manual clock where the snapshot left off, plus the time away.
             let s = session(header.wall_ns + away_ns)?;
             let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;
+            if header.image_hash != image.hash.0 {
+                anyhow::bail!(
+                    "{} was taken on image {}, but {} is image {}: pass that snapshot's image with \
+                     --image FILE.wasm (`vmi image inspect FILE.wasm` prints an image's hash)",
+                    snapshots[0].display(),
+                    vmi_engine::ImageHash(header.image_hash).to_hex(),
+                    p.image.as_deref().map_or("the built-in phone".to_string(), |f| f.display().to_string()),
+                    image.hash.to_hex(),
+                );
+            }
             let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
             let mut phone = s.engine.restore(&image.hash, &refs, &vm_config(&p)).context("restoring the phone")?;
             // A terminal looks again: the phone repaints what went stale while it was

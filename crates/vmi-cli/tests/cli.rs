@@ -162,3 +162,53 @@ fn bad_scripts_name_the_line() {
     let err = fails(&["vm", "run", "--events", &dir.join("bad.events").display().to_string()]);
     assert!(err.contains("--headless"), "{err}");
 }
+
+/// A guest that paints on every touch but never reports damage (`fb_damage`): guest
+/// memory shows the paint, a terminal never gets it. `--as-terminal` shows what a terminal
+/// would see, so an app author finds the bug before a user does.
+const NO_DAMAGE_GUEST: &str = r#"(module
+  (import "vmi" "fb_attach" (func $fb_attach (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "vmi_init") (param $w i32) (param $h i32)
+    (call $fb_attach (i32.const 1024) (local.get $w) (local.get $h)))
+  (func (export "vmi_event") (param $kind i32) (param $a i32) (param $b i32) (param $c i32)
+    (if (i32.eq (local.get $kind) (i32.const 1))
+      (then (memory.fill (i32.const 1024) (i32.const 255) (i32.const 4096))))))"#;
+
+#[test]
+fn as_terminal_screenshots_show_only_reported_damage() {
+    let dir = scratch("as-terminal");
+    let d = |f: &str| dir.join(f).display().to_string();
+    std::fs::write(dir.join("guest.wasm"), wat::parse_str(NO_DAMAGE_GUEST).expect("guest parses")).expect("write");
+    // A first frame (the black screen a terminal gets), then a touch that paints white.
+    std::fs::write(dir.join("paint.events"), "wait 1ms\ntap 1 1\nscreenshot shot.png\n").expect("write");
+    let run = |extra: &[&str]| {
+        let (image, events, out_dir) = (d("guest.wasm"), d("paint.events"), d(""));
+        let mut args = vec!["vm", "run", "--headless", "--image", &image, "--width", "32", "--height", "32"];
+        args.extend(["--events", &events, "--out-dir", &out_dir]);
+        args.extend_from_slice(extra);
+        let refs = args;
+        ok(&refs);
+        let bytes = std::fs::read(dir.join("shot.png")).expect("screenshot written");
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().expect("png");
+        let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
+        reader.next_frame(&mut pixels).expect("pixels");
+        pixels
+    };
+    let memory = run(&[]);
+    let terminal = run(&["--as-terminal"]);
+    assert!(memory[..4096].iter().all(|&b| b == 255), "guest memory holds the paint");
+    assert!(terminal[..4096].iter().all(|&b| b == 0), "a terminal never got it: no damage was reported");
+}
+
+/// A snapshot restored on another image says which image it needs and how to pass it.
+#[test]
+fn restore_on_the_wrong_image_says_what_to_do() {
+    let dir = scratch("wrong-image");
+    let d = |f: &str| dir.join(f).display().to_string();
+    std::fs::write(dir.join("guest.wasm"), wat::parse_str(NO_DAMAGE_GUEST).expect("guest parses")).expect("write");
+    ok(&["vm", "snapshot", "--out", &d("phone.snap"), "--wall-start", "1763000000"]);
+    let err = fails(&["vm", "restore", &d("phone.snap"), "--image", &d("guest.wasm")]);
+    assert!(err.contains("--image") && err.contains("vmi image inspect"), "{err}");
+}
