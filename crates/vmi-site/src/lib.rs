@@ -36,7 +36,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use vmi_control::ControlClient;
+use vmi_control_api::ControlClient;
 use vmi_engine::{Clock, Engine, ImageHash, VirtualPhone, VmConfig};
 use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
 
@@ -62,7 +62,7 @@ pub enum SiteError {
     },
     /// The control service could not be reached or refused.
     #[error("control service")]
-    Control(#[from] vmi_control::ClientError),
+    Control(#[from] vmi_control_api::ClientError),
     /// The user already has a phone here.
     #[error("{0} already has a phone on this site")]
     Exists(String),
@@ -332,7 +332,7 @@ impl SiteState {
                 )));
             }
             Ok(_) => {}
-            Err(vmi_control::ClientError::Status { status: 404, .. }) => {
+            Err(vmi_control_api::ClientError::Status { status: 404, .. }) => {
                 return Err(SiteError::Migration(format!(
                     "{user} has no placement: place the phone on this site first (PUT /v1/users/{user}/placement)"
                 )));
@@ -557,7 +557,7 @@ pub struct SiteHandle {
 impl SiteHandle {
     /// WebSocket URL terminals connect to.
     pub fn ws_url(&self) -> String {
-        vmi_control::ws_url(&self.url)
+        vmi_control_api::ws_url(&self.url)
     }
 
     /// Fires every phone's due timers now and waits until their output is sent (for
@@ -614,7 +614,8 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
     checkout::spawn_expiry(&state);
     tracing::info!(site = %config.id, %url, restored, "site listening");
 
-    let spec = vmi_control::SiteSpec { url: url.clone(), lat: config.lat, lon: config.lon, capacity: config.capacity };
+    let spec =
+        vmi_control_api::SiteSpec { url: url.clone(), lat: config.lat, lon: config.lon, capacity: config.capacity };
     state.control.register_site(&config.id, &spec).await?;
     let (shutdown, mut stop) = watch::channel(false);
     let beat_state = state.clone();

@@ -68,7 +68,7 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         if let Ok(placement) = site.control.placement(&identity.user).await
             && placement.site != site.id
         {
-            let url = vmi_control::ws_url(&placement.site_url);
+            let url = vmi_control_api::ws_url(&placement.site_url);
             let _ = send(&mut socket, &ServerMessage::Redirect { url }).await;
             let _ = socket.close().await;
             return;
