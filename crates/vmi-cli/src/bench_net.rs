@@ -46,7 +46,7 @@ async fn world(clock: Arc<dyn Clock>) -> Result<World> {
         retention: Default::default(),
     })
     .await?;
-    let control = vmi_control::ControlClient::new(&control_url)?;
+    let control = vmi_control_api::ControlClient::new(&control_url)?;
     control.create_user("bench").await?;
     control.set_placement("bench", "site-a").await?;
     site.state.create_phone("bench").await?;
@@ -325,7 +325,7 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
         let (from, to) = (&sites[i % 2], &sites[(i + 1) % 2]);
         let body = json!({ "to": to.0, "to_url": to.1 });
         let url = format!("{}/v1/phones/bench/migrate", from.1);
-        let call = tokio::spawn(async move { vmi_control::post_json(&url, &body).await });
+        let call = tokio::spawn(async move { vmi_control_api::http_client::post_json(&url, &body).await });
         // Keep typing through the move; watch what the terminal sees.
         let mut last_frame: Option<Instant> = None;
         let mut redirected: Option<Instant> = None;

@@ -235,10 +235,11 @@ fn run(cli: Cli) -> Result<()> {
 
 /// `vmi vm checkout-cancel USER`: asks the phone's site to break the lease.
 async fn checkout_cancel(user: &str, control: &str) -> Result<()> {
-    let control = vmi_control::ControlClient::new(control)?;
+    let control = vmi_control_api::ControlClient::new(control)?;
     let placement = control.placement(user).await.with_context(|| format!("finding {user}'s phone"))?;
     let url = format!("{}/v1/phones/{user}/checkout/cancel", placement.site_url);
-    let (status, text) = vmi_control::post_json(&url, &serde_json::json!({})).await.context("asking the site")?;
+    let (status, text) =
+        vmi_control_api::http_client::post_json(&url, &serde_json::json!({})).await.context("asking the site")?;
     if status != 200 {
         bail!("{} did not cancel the checkout ({status}): {text}", placement.site);
     }

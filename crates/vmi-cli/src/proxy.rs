@@ -32,8 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use vmi_control::ControlClient;
 use vmi_control::placement::{PolicyParams, SiteView, estimate_rtt_ms};
+use vmi_control_api::ControlClient;
 
 /// How often the user's position is asked from the control service.
 pub const POLL_EVERY: Duration = Duration::from_millis(500);
@@ -166,7 +166,7 @@ async fn follow_user(control: ControlClient, user: String, home: (f64, f64), pat
         every.tick().await;
         match control.latest_report(&user).await {
             Ok(report) => position = report.position().unwrap_or(position),
-            Err(vmi_control::ClientError::Status { status: 404, .. }) => position = home,
+            Err(vmi_control_api::ClientError::Status { status: 404, .. }) => position = home,
             // Control away for a moment: keep the last known position.
             Err(e) => tracing::debug!("cannot read {user}'s position: {e}"),
         }

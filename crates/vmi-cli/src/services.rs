@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use vmi_control::ControlClient;
 use vmi_control::placement::PolicyParams;
+use vmi_control_api::ControlClient;
 
 /// `vmi control` arguments.
 #[derive(Args)]
@@ -446,21 +446,23 @@ async fn demo(control_url: &str, user: &str) -> Result<String> {
 pub async fn ensure_user_phone(control: &ControlClient, user: &str, default_site: &str) -> Result<()> {
     match control.create_user(user).await {
         Ok(_) => {}
-        Err(vmi_control::ClientError::Status { status: 409, .. }) => {}
+        Err(vmi_control_api::ClientError::Status { status: 409, .. }) => {}
         Err(e) => return Err(e).context("creating the user"),
     }
     let placement = match control.placement(user).await {
         Ok(p) => p,
-        Err(vmi_control::ClientError::Status { status: 404, .. }) => {
+        Err(vmi_control_api::ClientError::Status { status: 404, .. }) => {
             control.set_placement(user, default_site).await.context("placing the phone")?;
             control.placement(user).await.context("reading the placement")?
         }
         Err(e) => return Err(e).context("reading the placement"),
     };
-    let status =
-        vmi_control::post_json(&format!("{}/v1/phones", placement.site_url), &serde_json::json!({ "user": user }))
-            .await
-            .context("booting the phone")?;
+    let status = vmi_control_api::http_client::post_json(
+        &format!("{}/v1/phones", placement.site_url),
+        &serde_json::json!({ "user": user }),
+    )
+    .await
+    .context("booting the phone")?;
     if status.0 != 201 && status.0 != 409 {
         bail!("the site refused to boot the phone: {} {}", status.0, status.1);
     }
@@ -472,9 +474,10 @@ pub async fn mail(args: MailArgs) -> Result<()> {
     let control = ControlClient::new(&args.control)?;
     let placement = control.placement(&args.to).await.with_context(|| format!("finding {}'s phone", args.to))?;
     let body = serde_json::json!({ "from": args.from, "subject": args.subject, "body": args.body });
-    let (status, text) = vmi_control::post_json(&format!("{}/v1/phones/{}/mail", placement.site_url, args.to), &body)
-        .await
-        .context("delivering the mail")?;
+    let (status, text) =
+        vmi_control_api::http_client::post_json(&format!("{}/v1/phones/{}/mail", placement.site_url, args.to), &body)
+            .await
+            .context("delivering the mail")?;
     if status != 202 {
         bail!("the site refused the mail: {status} {text}");
     }
@@ -498,10 +501,12 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
     let placement = control.placement(&args.user).await.with_context(|| format!("finding {}'s phone", args.user))?;
     let to_url = site_url(&control, &args.to).await?;
     let body = serde_json::json!({ "to": args.to, "to_url": to_url });
-    let (status, text) =
-        vmi_control::post_json(&format!("{}/v1/phones/{}/migrate", placement.site_url, args.user), &body)
-            .await
-            .context("asking the site to migrate")?;
+    let (status, text) = vmi_control_api::http_client::post_json(
+        &format!("{}/v1/phones/{}/migrate", placement.site_url, args.user),
+        &body,
+    )
+    .await
+    .context("asking the site to migrate")?;
     let report: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::json!({ "error": text }));
     if status != 200 {
         bail!("migration did not happen ({status}): {report}");
@@ -523,7 +528,8 @@ pub async fn list(args: ListArgs) -> Result<()> {
     let control = ControlClient::new(&args.control)?;
     let mut rows = Vec::new();
     for s in control.list_sites().await.context("listing sites")? {
-        let (status, body) = vmi_control::get_bytes(&format!("{}/v1/phones", s.site.url)).await.unwrap_or_default();
+        let (status, body) =
+            vmi_control_api::http_client::get_bytes(&format!("{}/v1/phones", s.site.url)).await.unwrap_or_default();
         let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         for p in phones["phones"].as_array().into_iter().flatten() {
             rows.push(serde_json::json!({
@@ -561,7 +567,8 @@ pub async fn drain(site: &str, control_url: &str, timeout_s: u64) -> Result<()> 
     control.drain_site(site).await.context("marking the site draining")?;
     let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
     loop {
-        let (_, body) = vmi_control::get_bytes(&format!("{url}/v1/phones")).await.context("asking the site")?;
+        let (_, body) =
+            vmi_control_api::http_client::get_bytes(&format!("{url}/v1/phones")).await.context("asking the site")?;
         let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let left = phones["phones"].as_array().map(Vec::len).unwrap_or(0);
         if left == 0 {

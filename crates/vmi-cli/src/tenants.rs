@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use vmi_control::{ControlClient, Tenant, TenantRequest, format_bytes};
+use vmi_control_api::{ControlClient, Tenant, TenantRequest, format_bytes};
 use vmi_engine::Engine;
 
 const CONTROL: &str = "http://127.0.0.1:7800";
@@ -24,7 +24,7 @@ pub enum TenantCmd {
         #[arg(long, value_parser = parse_size)]
         max_memory: Option<u64>,
         /// The image its phones run.
-        #[arg(long, default_value = vmi_control::DEFAULT_IMAGE)]
+        #[arg(long, default_value = vmi_control_api::DEFAULT_IMAGE)]
         image: String,
         /// Control service URL.
         #[arg(long, default_value = CONTROL)]
@@ -272,7 +272,8 @@ pub async fn create_phone(args: PhoneArgs) -> Result<()> {
     let control = client(&args.control)?;
     // A user has one phone: never boot a second one beside a running one.
     if let Ok(p) = control.placement(&args.user).await {
-        let (_, body) = vmi_control::get_bytes(&format!("{}/v1/phones", p.site_url)).await.unwrap_or_default();
+        let (_, body) =
+            vmi_control_api::http_client::get_bytes(&format!("{}/v1/phones", p.site_url)).await.unwrap_or_default();
         let listed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let runs = listed["phones"].as_array().into_iter().flatten().any(|ph| ph["user"] == args.user.as_str());
         if runs {
@@ -288,9 +289,10 @@ pub async fn create_phone(args: PhoneArgs) -> Result<()> {
         }
     }
     let (site, url) = site_of(&control, &args.user, args.site.as_deref()).await?;
-    let (status, body) = vmi_control::post_json(&format!("{url}/v1/phones"), &serde_json::json!({ "user": args.user }))
-        .await
-        .context("asking the site")?;
+    let (status, body) =
+        vmi_control_api::http_client::post_json(&format!("{url}/v1/phones"), &serde_json::json!({ "user": args.user }))
+            .await
+            .context("asking the site")?;
     if status != 201 {
         bail!("{site} did not boot {}'s phone: {}", args.user, error_text(&body));
     }
@@ -302,10 +304,12 @@ pub async fn create_phone(args: PhoneArgs) -> Result<()> {
 pub async fn restart(args: PhoneArgs) -> Result<()> {
     let control = client(&args.control)?;
     let (site, url) = site_of(&control, &args.user, None).await?;
-    let (status, body) =
-        vmi_control::post_json(&format!("{url}/v1/phones/{}/restart", args.user), &serde_json::json!({}))
-            .await
-            .context("asking the site")?;
+    let (status, body) = vmi_control_api::http_client::post_json(
+        &format!("{url}/v1/phones/{}/restart", args.user),
+        &serde_json::json!({}),
+    )
+    .await
+    .context("asking the site")?;
     if status != 200 {
         bail!("{site} did not restart {}'s phone: {}", args.user, error_text(&body));
     }

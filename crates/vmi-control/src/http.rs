@@ -12,23 +12,22 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::{
-    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HeartbeatRequest, Identity, LoggedMigration,
-    MigrationRecord, NameRequest, NewDevice, PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest,
-    SiteSpec, SiteStatus, TerminalReport, User, validate_report,
+use vmi_control_api::http_client::post_json;
+use vmi_control_api::model::{
+    AuthRequest, CatalogedCheckpoint, CheckpointEntry, DEFAULT_MIGRATIONS_LISTED, Device, HeartbeatRequest, Identity,
+    LoggedMigration, MAX_MIGRATIONS_LISTED, MigrationRecord, NameRequest, NewDevice, PairCode, PairRequest,
+    PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport,
+    User,
 };
+use vmi_control_api::tenants::{
+    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, UserImage, UserRequest,
+};
+
+use crate::pairing::PairCodes;
 use crate::placement::PolicyParams;
 use crate::store::now_ms;
-use crate::tenants::{
-    Admission, AdmitRequest, ImageVersion, Tenant, TenantRequest, TenantStatus, UserImage, UserRequest,
-};
+use crate::validate::validate_report;
 use crate::{ControlError, Reports, Store, run_placer};
-
-/// Migrations listed by `GET /v1/migrations` without a `limit`.
-pub const DEFAULT_MIGRATIONS_LISTED: usize = 100;
-
-/// Largest `limit` accepted by `GET /v1/migrations`.
-pub const MAX_MIGRATIONS_LISTED: usize = 1000;
 
 type StoreRef = Arc<dyn Store>;
 type ApiResult<T> = Result<T, ControlError>;
@@ -38,10 +37,10 @@ type ApiResult<T> = Result<T, ControlError>;
 struct AppState {
     store: StoreRef,
     reports: Reports,
-    pair_codes: crate::PairCodes,
+    pair_codes: PairCodes,
 }
 
-impl FromRef<AppState> for crate::PairCodes {
+impl FromRef<AppState> for PairCodes {
     fn from_ref(state: &AppState) -> Self {
         state.pair_codes.clone()
     }
@@ -122,13 +121,13 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports) -> Router {
         .route("/v1/users/{user}/image", get(user_image))
         .route(
             "/v1/images/{name}/versions",
-            post(publish_image).layer(axum::extract::DefaultBodyLimit::max(crate::MAX_IMAGE_BYTES)),
+            post(publish_image).layer(axum::extract::DefaultBodyLimit::max(MAX_IMAGE_BYTES)),
         )
         .route("/v1/images", get(list_images))
         .route("/v1/images/{name}/versions/{version}", get(image_wasm))
         .route("/v1/images/{name}/rollback", post(rollback_image))
         .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
-        .with_state(AppState { store, reports, pair_codes: crate::PairCodes::new() })
+        .with_state(AppState { store, reports, pair_codes: PairCodes::new() })
 }
 
 /// How [`serve_with`] runs the service.
@@ -316,7 +315,7 @@ async fn revoke_device(State(store): State<StoreRef>, Path(id): Path<String>) ->
     for site in sites {
         tokio::spawn(async move {
             let url = format!("{}/v1/devices/{device_id}/revoked", site.url);
-            if let Err(e) = crate::client::post_json(&url, &serde_json::json!({})).await {
+            if let Err(e) = post_json(&url, &serde_json::json!({})).await {
                 tracing::warn!(site = %site.id, "could not tell the site about the revocation: {e}");
             }
         });
@@ -327,9 +326,9 @@ async fn revoke_device(State(store): State<StoreRef>, Path(id): Path<String>) ->
 /// `POST /v1/users/{user}/pair-code`: an operator issues a one-time pairing code.
 async fn user_pair_code(
     State(store): State<StoreRef>,
-    State(codes): State<crate::PairCodes>,
+    State(codes): State<PairCodes>,
     Path(user): Path<String>,
-) -> ApiResult<(StatusCode, Json<crate::PairCode>)> {
+) -> ApiResult<(StatusCode, Json<PairCode>)> {
     store.placement(&user)?; // the user must exist
     Ok((StatusCode::CREATED, Json(codes.issue(&user, now_ms())?)))
 }
@@ -337,9 +336,9 @@ async fn user_pair_code(
 /// `POST /v1/phone/pair-code`: a signed-in device issues a code for its own user.
 async fn device_pair_code(
     State(store): State<StoreRef>,
-    State(codes): State<crate::PairCodes>,
+    State(codes): State<PairCodes>,
     headers: HeaderMap,
-) -> ApiResult<(StatusCode, Json<crate::PairCode>)> {
+) -> ApiResult<(StatusCode, Json<PairCode>)> {
     let token = bearer_token(&headers).ok_or(ControlError::Unauthorized)?;
     let identity = store.authenticate(token)?.ok_or(ControlError::Unauthorized)?;
     Ok((StatusCode::CREATED, Json(codes.issue(&identity.user, now_ms())?)))
@@ -348,8 +347,8 @@ async fn device_pair_code(
 /// `POST /v1/pair {code, name}`: trades a valid code, once, for a new device token.
 async fn pair(
     State(store): State<StoreRef>,
-    State(codes): State<crate::PairCodes>,
-    ApiJson(req): ApiJson<crate::PairRequest>,
+    State(codes): State<PairCodes>,
+    ApiJson(req): ApiJson<PairRequest>,
 ) -> ApiResult<(StatusCode, Json<NewDevice>)> {
     let user = codes
         .redeem(&req.code, now_ms())

@@ -1,4 +1,7 @@
-//! Seed VMI control service: the registry of users, devices, sites and placements.
+//! Seed VMI control service: the registry of users, devices, sites and placements — the server.
+//!
+//! What crosses the wire (the model), the client ([`ControlClient`]) and the URL helpers are in the
+//! `vmi-control-api` crate, which sites and terminals link without this server.
 //!
 //! Every user's phone is a VM running on an edge *site*. Users hold *devices* (terminals), each with its own bearer
 //! token. This crate is the registry that ties them together:
@@ -15,7 +18,7 @@
 //! - **Migrations** are logged by the sites that carry them out (`POST /v1/migrations`).
 //! - **Tenants** group users under quotas (phones, memory) checked when a site admits a phone; **images** are
 //!   published in versions, and a user's phone moves to its image's current version on its next restart (see
-//!   the module docs of `tenants.rs` and docs/ARCHITECTURE.md, "Tenants and images").
+//!   the module docs of `vmi_control_api::tenants` and docs/ARCHITECTURE.md, "Tenants and images").
 //!
 //! # Phones follow their users
 //!
@@ -34,7 +37,7 @@
 //!   shutdown.
 //! - [`placement`]: the placement policy, a pure function ([`decide`]) tested over traces.
 //! - [`run_placer`]: the loop that feeds the policy and sends the migrate orders.
-//! - [`ControlClient`]: the async client used by sites, terminals and the `vmi` CLI.
+//! - `vmi_control_api::ControlClient`: the async client used by sites, terminals and the `vmi` CLI.
 //!
 //! # HTTP API
 //!
@@ -103,7 +106,8 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use vmi_control::{ControlClient, SiteSpec, SqliteStore, serve};
+//! use vmi_control::{SqliteStore, serve};
+//! use vmi_control_api::{ControlClient, SiteSpec};
 //!
 //! let store = Arc::new(SqliteStore::open("control.db")?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7000").await?;
@@ -125,34 +129,38 @@
 //! # }
 //! ```
 
-mod client;
+//!
+//! [`ControlClient`]: vmi_control_api::ControlClient
+//! [`Device`]: vmi_control_api::Device
+//! [`SiteStatus`]: vmi_control_api::SiteStatus
+//! [`TerminalReport`]: vmi_control_api::TerminalReport
+//! [`MigrationRecord`]: vmi_control_api::MigrationRecord
+//! [`LoggedMigration`]: vmi_control_api::LoggedMigration
+//! [`TenantRequest`]: vmi_control_api::TenantRequest
+//! [`Tenant`]: vmi_control_api::Tenant
+//! [`TenantStatus`]: vmi_control_api::TenantStatus
+//! [`Admission`]: vmi_control_api::Admission
+//! [`UserImage`]: vmi_control_api::UserImage
+//! [`ImageVersion`]: vmi_control_api::ImageVersion
+//! [`MigrateOrder`]: vmi_control_api::MigrateOrder
+//! [`HEALTHY_WITHIN_MS`]: vmi_control_api::HEALTHY_WITHIN_MS
+//! [`MAX_REPORT_SITES`]: vmi_control_api::MAX_REPORT_SITES
+//! [`DEFAULT_MIGRATIONS_LISTED`]: vmi_control_api::DEFAULT_MIGRATIONS_LISTED
+//! [`MAX_MIGRATIONS_LISTED`]: vmi_control_api::MAX_MIGRATIONS_LISTED
+
 mod error;
 mod http;
-mod model;
 mod pairing;
 pub mod placement;
 mod placer;
 mod reports;
 mod store;
-mod tenants;
+mod validate;
 
-pub use client::{
-    ClientError, ControlClient, DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, get_bytes, post_bytes, post_json, ws_url,
-};
 pub use error::ControlError;
-pub use http::{DEFAULT_MIGRATIONS_LISTED, MAX_MIGRATIONS_LISTED, ServeOptions, app, app_with, serve, serve_with};
-pub use model::{
-    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HEALTHY_WITHIN_MS, HeartbeatRequest, Identity,
-    LoggedMigration, MAX_CHECKPOINTS_REPORTED, MAX_NAME_LEN, MAX_REASON_LEN, MAX_REPORT_SITES, MigrateOrder,
-    MigrationRecord, NameRequest, NewDevice, OUTCOME_ABORTED, OUTCOME_COMMITTED, PhoneLocation, Placement,
-    PlacementInfo, PlacementRequest, ReportRequest, Site, SiteSpec, SiteStatus, TerminalReport, User,
-};
-pub use pairing::{PAIR_CODE_TTL_MS, PairCode, PairCodes, PairRequest};
+pub use http::{ServeOptions, app, app_with, serve, serve_with};
+pub use pairing::{PAIR_CODE_TTL_MS, PairCodes};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};
 pub use placer::{ORDER_TIMEOUT, run_placer};
 pub use reports::Reports;
-pub use store::{SCHEMA_VERSION, SqliteStore, Store, TOKEN_BYTES, generate_token, now_ms, token_hash};
-pub use tenants::{
-    Admission, AdmitRequest, DEFAULT_IMAGE, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus,
-    UserImage, UserRequest, format_bytes,
-};
+pub use store::{SCHEMA_VERSION, SqliteStore, Store, now_ms, token_hash};

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use vmi_control_api::model::PairCode;
 
 use crate::ControlError;
 
@@ -16,26 +16,6 @@ use crate::ControlError;
 pub const PAIR_CODE_TTL_MS: u64 = 10 * 60 * 1000;
 /// Most codes outstanding at once (old ones are dropped first).
 const MAX_CODES: usize = 10_000;
-
-/// A code just issued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PairCode {
-    /// The code to type on the new device, e.g. `4821-0937`.
-    pub code: String,
-    /// Whose phone it pairs with.
-    pub user: String,
-    /// When it stops working, ms since the Unix epoch.
-    pub expires_ms: u64,
-}
-
-/// `POST /v1/pair` body.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct PairRequest {
-    /// The code.
-    pub code: String,
-    /// A name for the new device.
-    pub name: String,
-}
 
 /// The codes outstanding; cheap to clone.
 #[derive(Clone, Default)]

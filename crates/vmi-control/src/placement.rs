@@ -36,7 +36,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use crate::model::TerminalReport;
+use vmi_control_api::model::TerminalReport;
 
 /// Mean Earth radius used for great-circle distances, in kilometres.
 pub const EARTH_RADIUS_KM: f64 = 6371.0;

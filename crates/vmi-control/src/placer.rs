@@ -8,8 +8,11 @@ use std::time::Duration;
 use tokio::task::{Id, JoinSet};
 use tokio::time::MissedTickBehavior;
 
-use crate::client::{ClientError, post_json_within, segment};
-use crate::model::MigrateOrder;
+use vmi_control_api::ClientError;
+use vmi_control_api::http_client::post_json_within;
+use vmi_control_api::model::MigrateOrder;
+use vmi_control_api::url::segment;
+
 use crate::placement::{Move, PhoneView, PolicyInput, PolicyParams, PolicyState, SiteView, decide};
 use crate::store::now_ms;
 use crate::{ControlError, Reports, Store};

@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::model::{ReportRequest, TerminalReport};
+use vmi_control_api::model::{ReportRequest, TerminalReport};
 
 /// The latest [`TerminalReport`] per user, shared by the HTTP layer (writer) and the placer (reader).
 ///
 /// Cheap to clone (one `Arc`); all clones see the same reports. Holds at most one report per user, each with at
-/// most [`MAX_REPORT_SITES`](crate::MAX_REPORT_SITES) RTTs, so its size is bounded by the number of users.
+/// most [`MAX_REPORT_SITES`](vmi_control_api::MAX_REPORT_SITES) RTTs, so its size is bounded by the number of users.
 #[derive(Debug, Clone, Default)]
 pub struct Reports {
     latest: Arc<Mutex<HashMap<String, TerminalReport>>>,

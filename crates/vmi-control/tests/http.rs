@@ -9,7 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use vmi_control::{ClientError, ControlClient, MigrationRecord, SiteSpec, SqliteStore, Store, serve};
+use vmi_control::{SqliteStore, Store, serve};
+use vmi_control_api::{ClientError, ControlClient, MigrationRecord, SiteSpec};
 
 /// A running control service; [`Server::stop`] shuts it down and checks that `serve` returned cleanly.
 struct Server {

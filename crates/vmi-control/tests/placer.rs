@@ -13,7 +13,8 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use vmi_control::{ControlClient, MigrateOrder, PolicyParams, ServeOptions, SiteSpec, SqliteStore, serve, serve_with};
+use vmi_control::{PolicyParams, ServeOptions, SqliteStore, serve, serve_with};
+use vmi_control_api::{ControlClient, MigrateOrder, SiteSpec};
 
 /// Berlin and Munich, about 504 km apart.
 const BERLIN: (f64, f64) = (52.520, 13.405);

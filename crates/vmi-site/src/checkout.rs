@@ -283,7 +283,7 @@ impl SiteState {
             site: self.id.clone(),
             site_url: self.url.clone(),
             device_id: device,
-            lease_id: match vmi_control::generate_token() {
+            lease_id: match vmi_control_api::generate_token() {
                 Ok(id) => id,
                 Err(e) => return Err(self.undo_checkout(user, saved, format!("no lease id: {e}"))),
             },

@@ -178,7 +178,7 @@ impl SiteState {
         let entries = match self.checkpoints_of(user).await {
             Ok(list) => list
                 .into_iter()
-                .map(|c| vmi_control::CheckpointEntry {
+                .map(|c| vmi_control_api::CheckpointEntry {
                     id: c.id,
                     at_ms: c.at_ms,
                     label: c.label,
@@ -336,7 +336,7 @@ impl SiteState {
             .iter()
             .filter(|s| s.site.id != self.id && s.healthy)
             .min_by(|a, b| {
-                let d = |s: &vmi_control::SiteStatus| (s.site.lat - lat).powi(2) + (s.site.lon - lon).powi(2);
+                let d = |s: &vmi_control_api::SiteStatus| (s.site.lat - lat).powi(2) + (s.site.lon - lon).powi(2);
                 d(a).total_cmp(&d(b)).then_with(|| a.site.id.cmp(&b.site.id))
             })
             .ok_or_else(|| SiteError::Replica("no other healthy site to copy checkpoints to".into()))?;
@@ -360,7 +360,7 @@ impl SiteState {
             let (s, u, keys) = (store.clone(), user.to_owned(), send.clone());
             let objects = self.in_store(move || s.export(&u, id, &keys)).await?;
             let body = import_body(&CheckpointView::from(info), &objects);
-            let (status, answer) = vmi_control::post_bytes(&format!("{base}/import"), body).await?;
+            let (status, answer) = vmi_control_api::http_client::post_bytes(&format!("{base}/import"), body).await?;
             match status {
                 200 => return Ok(replica.site.id.clone()),
                 // It lacks more than it said (it collected in between): send that too.
@@ -427,7 +427,8 @@ async fn ask_missing(base: &str, keys: Vec<String>) -> Result<Vec<String>, SiteE
         return Ok(keys);
     }
     let (status, body) =
-        vmi_control::post_json(&format!("{base}/missing"), &serde_json::json!({ "keys": keys })).await?;
+        vmi_control_api::http_client::post_json(&format!("{base}/missing"), &serde_json::json!({ "keys": keys }))
+            .await?;
     if status != 200 {
         return Err(SiteError::Replica(format!("replica refused: {body}")));
     }

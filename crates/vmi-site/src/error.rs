@@ -22,7 +22,7 @@ pub enum SiteError {
     },
     /// The control service could not be reached or refused.
     #[error("the control service did not answer as expected")]
-    Control(#[from] vmi_control::ClientError),
+    Control(#[from] vmi_control_api::ClientError),
     /// The user already has a phone here.
     #[error("{0} already has a phone on this site")]
     Exists(String),

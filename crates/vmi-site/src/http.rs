@@ -90,7 +90,7 @@ impl From<SiteError> for ApiError {
             },
             SiteError::Admission { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN),
             SiteError::Image { .. } | SiteError::Replica(_) => StatusCode::BAD_GATEWAY,
-            SiteError::Control(vmi_control::ClientError::Status { status: 404, body }) => {
+            SiteError::Control(vmi_control_api::ClientError::Status { status: 404, body }) => {
                 return ApiError(StatusCode::NOT_FOUND, body.clone());
             }
             SiteError::Checkpoint(c) => match c {
@@ -337,10 +337,10 @@ async fn migrate_in(ws: WebSocketUpgrade, State(site): State<Arc<SiteState>>) ->
 // forwards what the map needs. Each route is one control call (two for the report); the
 // control service's error status and message come back as they are.
 
-impl From<vmi_control::ClientError> for ApiError {
-    fn from(e: vmi_control::ClientError) -> Self {
+impl From<vmi_control_api::ClientError> for ApiError {
+    fn from(e: vmi_control_api::ClientError) -> Self {
         match e {
-            vmi_control::ClientError::Status { status, body } => {
+            vmi_control_api::ClientError::Status { status, body } => {
                 ApiError(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body)
             }
             e => {
@@ -409,7 +409,7 @@ async fn demo_latest_report(
     let phone = control.phone_for_token(&token).await?;
     match control.latest_report(&phone.user).await {
         Ok(report) => Ok(Json(report).into_response()),
-        Err(vmi_control::ClientError::Status { status: 404, .. }) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(vmi_control_api::ClientError::Status { status: 404, .. }) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(e) => Err(e.into()),
     }
 }
@@ -532,7 +532,8 @@ async fn my_checkpoints(
 ) -> Result<Response, ApiError> {
     let user = user_of(&site, &headers).await?;
     if let Some(url) = elsewhere(&site, &user).await? {
-        let (status, body) = vmi_control::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints")).await?;
+        let (status, body) =
+            vmi_control_api::http_client::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints")).await?;
         return Ok(relay(status, body));
     }
     list_checkpoints(State(site), Path(user)).await
@@ -547,7 +548,8 @@ async fn checkpoint_my_phone(
     let user = user_of(&site, &headers).await?;
     if let Some(url) = elsewhere(&site, &user).await? {
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({}));
-        let (status, body) = vmi_control::post_json(&format!("{url}/v1/phones/{user}/checkpoints"), &value).await?;
+        let (status, body) =
+            vmi_control_api::http_client::post_json(&format!("{url}/v1/phones/{user}/checkpoints"), &value).await?;
         return Ok(relay(status, body.into_bytes()));
     }
     take_checkpoint(State(site), Path(user), body).await
@@ -566,7 +568,8 @@ async fn restore_my_phone(
     if let Some(url) = elsewhere(&site, &user).await? {
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let (status, body) =
-            vmi_control::post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &value).await?;
+            vmi_control_api::http_client::post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &value)
+                .await?;
         return Ok(relay(status, body.into_bytes()));
     }
     if site.phone_link(&user).is_none() {

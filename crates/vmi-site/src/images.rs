@@ -60,9 +60,9 @@ pub struct RestartReport {
 }
 
 /// A control-service refusal to admit a phone, as a site error.
-pub(crate) fn admission_error(e: vmi_control::ClientError) -> SiteError {
+pub(crate) fn admission_error(e: vmi_control_api::ClientError) -> SiteError {
     match e {
-        vmi_control::ClientError::Status { status, body } if (400..500).contains(&status) => {
+        vmi_control_api::ClientError::Status { status, body } if (400..500).contains(&status) => {
             SiteError::Admission { status, message: body }
         }
         e => SiteError::Control(e),

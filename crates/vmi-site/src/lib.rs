@@ -45,7 +45,7 @@ use crate::registry::{NoRoom, PhoneRegistry};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use vmi_control::ControlClient;
+use vmi_control_api::ControlClient;
 use vmi_engine::{Clock, Engine, ImageHash, VirtualPhone, VmConfig};
 
 use crate::persist::{read_phone, write_phone};
@@ -210,7 +210,7 @@ impl SiteState {
                 return Err(SiteError::PlacedElsewhere { user: user.into(), site: p.site, here: self.id.clone() });
             }
             Ok(_) => {}
-            Err(vmi_control::ClientError::Status { status: 404, .. }) => {
+            Err(vmi_control_api::ClientError::Status { status: 404, .. }) => {
                 return Err(SiteError::NotPlaced(user.to_string()));
             }
             Err(e) => return Err(SiteError::Control(e)),
@@ -357,7 +357,7 @@ pub struct SiteHandle {
 impl SiteHandle {
     /// WebSocket URL terminals connect to.
     pub fn ws_url(&self) -> String {
-        vmi_control::ws_url(&self.url)
+        vmi_control_api::ws_url(&self.url)
     }
 
     /// Fires every phone's due timers now and waits until their output is sent (for
@@ -419,7 +419,8 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
     checkout::spawn_expiry(&state);
     tracing::info!(site = %config.id, %url, restored, "site listening");
 
-    let spec = vmi_control::SiteSpec { url: url.clone(), lat: config.lat, lon: config.lon, capacity: config.capacity };
+    let spec =
+        vmi_control_api::SiteSpec { url: url.clone(), lat: config.lat, lon: config.lon, capacity: config.capacity };
     state.control.register_site(&config.id, &spec).await?;
     let (shutdown, mut stop) = watch::channel(false);
     let beat_state = state.clone();

@@ -210,7 +210,7 @@ async fn not_here(mut socket: WebSocket, site: &SiteState, user: &str) {
     }
     match site.control.placement(user).await {
         Ok(placement) if placement.site != site.id => {
-            let redirect = ServerMessage::Redirect { url: vmi_control::ws_url(&placement.site_url) };
+            let redirect = ServerMessage::Redirect { url: vmi_control_api::ws_url(&placement.site_url) };
             let _ = send(&mut socket, &redirect).await;
             close(socket, close_frame(Some(&redirect))).await;
         }
@@ -218,7 +218,7 @@ async fn not_here(mut socket: WebSocket, site: &SiteState, user: &str) {
             let why = format!("{user}'s phone is placed on this site but is not running here now; retry shortly");
             refuse(socket, ErrorCode::NotHere, why).await
         }
-        Err(vmi_control::ClientError::Status { status: 404, .. }) => {
+        Err(vmi_control_api::ClientError::Status { status: 404, .. }) => {
             refuse(socket, ErrorCode::NotHere, format!("{user} has no phone on any site")).await
         }
         Err(e) => refuse(socket, ErrorCode::Internal, format!("cannot ask where the phone runs: {e}")).await,

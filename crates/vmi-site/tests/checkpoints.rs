@@ -21,7 +21,7 @@ async fn notes(site_url: &str, user: &str) -> String {
 }
 
 async fn post(url: &str, body: Value) -> (u16, Value) {
-    let (status, text) = vmi_control::post_json(url, &body).await.expect("post");
+    let (status, text) = vmi_control_api::http_client::post_json(url, &body).await.expect("post");
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 

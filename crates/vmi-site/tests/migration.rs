@@ -17,7 +17,9 @@ use vmi_terminal::{Terminal, TerminalEvent, TerminalOptions};
 async fn migrate(from: &SiteHandle, to: &SiteHandle, user: &str) -> serde_json::Value {
     let body = serde_json::json!({ "to": to.state.id, "to_url": to.url });
     let (status, text) =
-        vmi_control::post_json(&format!("{}/v1/phones/{user}/migrate", from.url), &body).await.expect("post");
+        vmi_control_api::http_client::post_json(&format!("{}/v1/phones/{user}/migrate", from.url), &body)
+            .await
+            .expect("post");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::json!({ "raw": text }));
     assert!(status == 200 || status == 502, "{status} {v}");
     v
@@ -67,7 +69,9 @@ async fn typing_through_a_migration_loses_and_doubles_nothing() {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(60)).await;
             let body = serde_json::json!({ "to": b_id, "to_url": b_url });
-            vmi_control::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
+            vmi_control_api::http_client::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body)
+                .await
+                .expect("migrate")
         })
     };
     let mut last = 0;
@@ -144,7 +148,9 @@ async fn twenty_moves_keep_notes_stopwatch_and_mail_timer() {
     // The background mail check still fires: a mail left without a push is found by
     // the phone's own timer.
     let mail = serde_json::json!({ "from": "ann@example.com", "subject": "Found by the timer", "push": false });
-    let (status, _) = vmi_control::post_json(&format!("{}/v1/phones/alice/mail", here.url), &mail).await.expect("post");
+    let (status, _) = vmi_control_api::http_client::post_json(&format!("{}/v1/phones/alice/mail", here.url), &mail)
+        .await
+        .expect("post");
     assert_eq!(status, 202);
     let mut term = Term::connect(&here.ws_url()).await;
     term.hello(&token, None, true).await;
@@ -201,7 +207,9 @@ async fn destination_dying_mid_copy_or_a_cut_link_leave_the_phone_at_the_source(
         let url = fake_destination(fail).await;
         let body = serde_json::json!({ "to": "site-x", "to_url": url });
         let (status, report) =
-            vmi_control::post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body).await.expect("post");
+            vmi_control_api::http_client::post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body)
+                .await
+                .expect("post");
         assert_eq!(status, 502, "{fail}: {report}");
         assert!(report.contains("aborted"), "{report}");
         assert_runs_at(&a, &control, &token, "alice").await;
@@ -226,7 +234,7 @@ async fn source_vanishing_right_after_the_handoff_leaves_the_destination_running
     let b = site(&control, "site-b", scratch("vanish-b")).await;
     control.client.create_user("alice").await.expect("user");
     // Site A is this test: registered, then gone after the handoff.
-    let spec = vmi_control::SiteSpec { url: "http://127.0.0.1:9".into(), lat: 60.0, lon: 24.0, capacity: 4 };
+    let spec = vmi_control_api::SiteSpec { url: "http://127.0.0.1:9".into(), lat: 60.0, lon: 24.0, capacity: 4 };
     control.client.register_site("site-a", &spec).await.expect("register");
     let placed = control.client.set_placement("alice", "site-a").await.expect("placement");
     let token = control.client.create_device("alice", "phone").await.expect("device").token;
@@ -309,7 +317,9 @@ async fn a_control_service_restarted_during_a_migration_and_a_long_outage() {
         let (a_url, b_id, b_url) = (a.url.clone(), b.state.id.clone(), b.url.clone());
         tokio::spawn(async move {
             let body = serde_json::json!({ "to": b_id, "to_url": b_url });
-            vmi_control::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
+            vmi_control_api::http_client::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body)
+                .await
+                .expect("migrate")
         })
     };
     tokio::time::sleep(Duration::from_millis(800)).await;

@@ -223,13 +223,15 @@ async fn a_cancelled_checkout_resumes_from_its_base_and_refuses_the_checkin() {
     run_offline(&dir, "tap 274 1090\ntype  gone\n").await;
 
     let cancel = format!("{}/v1/phones/alice/checkout/cancel", site.url);
-    let (status, body) = vmi_control::post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
+    let (status, body) =
+        vmi_control_api::http_client::post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
     assert_eq!(status, 200, "{body}");
     assert_eq!(notes(&site, "alice").await, (200, "Base".to_string()));
     let (status, message) = refused(checkin(&dir).await);
     assert_eq!(status, 409);
     assert!(message.contains("cancelled by an operator; the phone resumed on the site at"), "{message}");
-    let (status, body) = vmi_control::post_json(&cancel, &serde_json::json!({})).await.expect("cancel again");
+    let (status, body) =
+        vmi_control_api::http_client::post_json(&cancel, &serde_json::json!({})).await.expect("cancel again");
     assert_eq!(status, 404, "nothing to cancel: {body}");
     site.shutdown().await;
 }
@@ -278,7 +280,8 @@ async fn a_phone_placed_elsewhere_while_out_does_not_resume_on_the_old_site() {
     assert_eq!(status, 409);
     assert!(message.contains("now belongs to site-b"), "{message}");
     let cancel = format!("{}/v1/phones/alice/checkout/cancel", site_a.url);
-    let (status, body) = vmi_control::post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
+    let (status, body) =
+        vmi_control_api::http_client::post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
     assert_eq!(status, 409, "{body}");
     assert!(site_a.state.users().is_empty(), "not running on site-a");
     site_a.shutdown().await;

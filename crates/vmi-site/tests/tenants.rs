@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use vmi_control::TenantRequest;
+use vmi_control_api::TenantRequest;
 use vmi_protocol::ServerMessage;
 use vmi_site::SiteError;
 
@@ -52,10 +52,12 @@ async fn notes(site_url: &str, user: &str) -> String {
 }
 
 async fn restart(site_url: &str, user: &str) -> Value {
-    let (status, body) =
-        vmi_control::post_json(&format!("{site_url}/v1/phones/{user}/restart"), &serde_json::json!({}))
-            .await
-            .expect("restart");
+    let (status, body) = vmi_control_api::http_client::post_json(
+        &format!("{site_url}/v1/phones/{user}/restart"),
+        &serde_json::json!({}),
+    )
+    .await
+    .expect("restart");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("report")
 }
@@ -91,10 +93,12 @@ async fn a_tenant_over_its_phone_quota_gets_a_clear_error_and_no_phone() {
     assert_eq!(site.state.users(), ["ann", "bob"], "nothing was created");
 
     // The operator endpoint says the same, with 403.
-    let (status, body) =
-        vmi_control::post_json(&format!("{}/v1/phones", site.url), &serde_json::json!({ "user": "cat" }))
-            .await
-            .expect("post");
+    let (status, body) = vmi_control_api::http_client::post_json(
+        &format!("{}/v1/phones", site.url),
+        &serde_json::json!({ "user": "cat" }),
+    )
+    .await
+    .expect("post");
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("tenant \\\"acme\\\" is at its quota of 2 phones"), "{body}");
     let acme = &control.client.list_tenants().await.expect("tenants")[0];
@@ -187,8 +191,9 @@ async fn a_phone_on_a_published_version_migrates_to_a_site_that_never_had_it() {
     assert!(b.state.image_wasm(&hash).is_none(), "site-b has not seen the image yet");
 
     let order = serde_json::json!({ "to": "site-b", "to_url": b.url });
-    let (status, body) =
-        vmi_control::post_json(&format!("{}/v1/phones/alice/migrate", a.url), &order).await.expect("migrate");
+    let (status, body) = vmi_control_api::http_client::post_json(&format!("{}/v1/phones/alice/migrate", a.url), &order)
+        .await
+        .expect("migrate");
     assert_eq!(status, 200, "{body}");
     assert_eq!(listed(&b.url, "alice").await["image"]["hash"], hash.to_hex());
     assert_eq!(b.state.image_wasm(&hash).as_deref(), Some(v2.as_slice()), "fetched from the control service");

@@ -117,7 +117,7 @@ pub async fn resolve_ws_url(args: &TerminalArgs) -> Result<String, TerminalError
     match (&args.site_ws, control) {
         (Some(url), None) => Ok(url.clone()),
         (None, Some(control)) => {
-            let client = vmi_control::ControlClient::new(control).map_err(TerminalError::Control)?;
+            let client = vmi_control_api::ControlClient::new(control).map_err(TerminalError::Control)?;
             let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
             tracing::info!(user = %phone.user, site = %phone.site, url = %phone.ws_url, "found the phone");
             Ok(phone.ws_url)
@@ -541,7 +541,7 @@ pub fn load_route(path: &Path) -> Result<Route, TerminalError> {
 }
 
 /// `--route`, with the control service it reports to.
-fn load_route_args(args: &TerminalArgs) -> Result<Option<(vmi_control::ControlClient, Route)>, TerminalError> {
+fn load_route_args(args: &TerminalArgs) -> Result<Option<(vmi_control_api::ControlClient, Route)>, TerminalError> {
     let Some(path) = &args.route else { return Ok(None) };
     let route = load_route(path)?;
     let control = match (&args.control, &args.site_ws) {
@@ -551,7 +551,7 @@ fn load_route_args(args: &TerminalArgs) -> Result<Option<(vmi_control::ControlCl
             return Err(TerminalError::Usage("--route reports to the control service: give --control".into()));
         }
     };
-    let client = vmi_control::ControlClient::new(&control).map_err(TerminalError::Control)?;
+    let client = vmi_control_api::ControlClient::new(&control).map_err(TerminalError::Control)?;
     Ok(Some((client.with_timeout(Duration::from_secs(2)), route)))
 }
 
@@ -560,6 +560,7 @@ enum Probe<'a> {
     /// The session's own `Ping`/`Pong` (headless).
     Session(&'a Terminal),
     /// An HTTP request to the phone's site (when the window owns the session).
+    #[cfg_attr(not(feature = "window"), allow(dead_code))]
     Http,
 }
 
@@ -573,13 +574,13 @@ struct Measured {
 #[derive(Default)]
 struct ProbeState {
     /// The sites as last listed.
-    sites: Vec<vmi_control::SiteStatus>,
+    sites: Vec<vmi_control_api::SiteStatus>,
     /// The session's URL when the last ping went out.
     pinged: Option<String>,
 }
 
 impl Probe<'_> {
-    async fn measure(&self, control: &vmi_control::ControlClient, token: &str, state: &mut ProbeState) -> Measured {
+    async fn measure(&self, control: &vmi_control_api::ControlClient, token: &str, state: &mut ProbeState) -> Measured {
         match self {
             Probe::Session(terminal) => {
                 let stats = terminal.stats();
@@ -591,8 +592,8 @@ impl Probe<'_> {
                     .map(|us| us as f64 / 1000.0);
                 terminal.ping();
                 state.pinged = Some(stats.url.clone());
-                let site_of = |sites: &[vmi_control::SiteStatus]| {
-                    sites.iter().find(|s| vmi_control::ws_url(&s.site.url) == stats.url).map(|s| s.site.id.clone())
+                let site_of = |sites: &[vmi_control_api::SiteStatus]| {
+                    sites.iter().find(|s| vmi_control_api::ws_url(&s.site.url) == stats.url).map(|s| s.site.id.clone())
                 };
                 let mut site = site_of(&state.sites);
                 if site.is_none()
@@ -608,7 +609,7 @@ impl Probe<'_> {
                     return Measured { site: None, rtt_ms: None };
                 };
                 let started = std::time::Instant::now();
-                let answered = vmi_control::get_bytes(&format!("{}/healthz", phone.site_url)).await;
+                let answered = vmi_control_api::http_client::get_bytes(&format!("{}/healthz", phone.site_url)).await;
                 let rtt_ms = matches!(answered, Ok((200, _))).then(|| started.elapsed().as_secs_f64() * 1000.0);
                 Measured { site: Some(phone.site), rtt_ms }
             }
@@ -621,7 +622,7 @@ impl Probe<'_> {
 /// line to `lines`. Runs until dropped (or until `lines` is closed).
 async fn walk(
     route: Route,
-    control: vmi_control::ControlClient,
+    control: vmi_control_api::ControlClient,
     token: &str,
     probe: Probe<'_>,
     started: Instant,

@@ -56,7 +56,7 @@ pub enum TerminalError {
     },
     /// The control service could not say where the phone runs.
     #[error("cannot find the phone through the control service")]
-    Control(#[source] vmi_control::ClientError),
+    Control(#[source] vmi_control_api::ClientError),
     /// A file could not be read.
     #[error("cannot read {path}")]
     Read {
@@ -100,12 +100,13 @@ pub enum TerminalError {
     #[error("window failed: {0}")]
     Window(String),
     /// An HTTP exchange with a site failed (offline checkout and checkin).
-    #[error("cannot reach {url}: {reason}")]
+    #[error("cannot reach {url}")]
     Http {
         /// The URL.
         url: String,
         /// What failed.
-        reason: String,
+        #[source]
+        source: vmi_control_api::ClientError,
     },
     /// The site refused an offline checkout or checkin; its message says why.
     #[error("the site refused ({status}): {message}")]
@@ -119,9 +120,11 @@ pub enum TerminalError {
     #[error("{0}")]
     Offline(String),
     /// The engine could not load the image or restore the phone offline.
+    #[cfg(feature = "offline")]
     #[error("the phone cannot run here")]
     Engine(#[source] vmi_engine::EngineError),
     /// The phone failed while running offline (its last saved state is kept).
+    #[cfg(feature = "offline")]
     #[error("the phone failed offline")]
     Vm(#[source] vmi_engine::VmError),
 }
@@ -147,9 +150,9 @@ impl TerminalError {
             | TerminalError::Window(_)
             | TerminalError::Http { .. }
             | TerminalError::Refused { .. }
-            | TerminalError::Offline(_)
-            | TerminalError::Engine(_)
-            | TerminalError::Vm(_) => true,
+            | TerminalError::Offline(_) => true,
+            #[cfg(feature = "offline")]
+            TerminalError::Engine(_) | TerminalError::Vm(_) => true,
             TerminalError::Connect { .. }
             | TerminalError::Timeout(_)
             | TerminalError::WebSocket(_)

@@ -18,9 +18,11 @@
 //!   [`polling_phone_day`](energy::polling_phone_day), the phone that polls its own mail.
 //! - [`script`]: the line-oriented scripts a headless run plays (`tap`, `drag`, `type`,
 //!   `key`, `wait`, `sleep`, `wake`, `ping`, `screenshot`).
-//! - [`offline`]: `vmi terminal checkout | run-offline | checkin` (docs/OFFLINE.md): the
-//!   phone leaves its site under a lease, runs here on the sites' engine, and goes back
-//!   as deltas against the checkout.
+//! - `offline` (cargo feature `offline`, on by default): `vmi terminal checkout |
+//!   run-offline | checkin` (docs/OFFLINE.md): the phone leaves its site under a lease,
+//!   runs here on the sites' engine (wasmtime), and goes back as deltas against the
+//!   checkout. Without the feature the terminal links no engine: `--no-default-features
+//!   --features window` is the thin terminal.
 //! - [`cli`]: `vmi terminal`: [`TerminalArgs`] and [`cli::run`]; headless mode prints one
 //!   JSON object per event. The window (cargo feature `window`, a `minifb` X11 window
 //!   loaded with dlopen) shows the phone, maps the mouse to touches and the keyboard to
@@ -56,6 +58,7 @@
 pub mod cli;
 pub mod energy;
 mod error;
+#[cfg(feature = "offline")]
 pub mod offline;
 pub mod script;
 pub mod session;

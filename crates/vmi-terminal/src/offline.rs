@@ -21,12 +21,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::{Method, Request, header};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use vmi_control_api::http_client::{self, Method, RequestOptions};
 use vmi_engine::{Engine, Event, SnapshotId, SnapshotRequest, SystemClock, VirtualPhone, VmConfig};
 use vmi_protocol::offline::{Checkin, CheckinHeader, CheckoutRequest, OfflineLease};
 use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
@@ -271,43 +268,17 @@ fn find_dir(dir: Option<&Path>) -> Result<PathBuf, TerminalError> {
 }
 
 /// One POST to a site: the status and body, whatever the status.
-async fn post(url: &str, token: &str, content_type: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), TerminalError> {
-    let fail = |reason: String| TerminalError::Http { url: url.to_owned(), reason };
-    let rest = url.strip_prefix("http://").ok_or_else(|| fail("only http:// URLs are supported".into()))?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(path)
-        .header(header::HOST, authority)
-        .header(header::CONNECTION, "close")
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| fail(format!("cannot build the request: {e}")))?;
-    let exchange = async {
-        let stream =
-            tokio::net::TcpStream::connect(authority).await.map_err(|e| fail(format!("cannot connect: {e}")))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| fail(format!("handshake: {e}")))?;
-        let exchange = async move {
-            let response = sender.send_request(request).await.map_err(|e| fail(format!("request: {e}")))?;
-            let status = response.status().as_u16();
-            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| fail(format!("answer: {e}")))?
-                .to_bytes();
-            drop(sender);
-            Ok::<_, TerminalError>((status, body.to_vec()))
-        };
-        let (_, result) = tokio::join!(connection, exchange);
-        result
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange)
+async fn post(
+    url: &str,
+    token: &str,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), TerminalError> {
+    let options = RequestOptions { timeout: HTTP_TIMEOUT, max_response_bytes: MAX_ANSWER_BYTES, bearer: Some(token) };
+    let (status, answer) = http_client::send(Method::POST, url, Some((content_type, body)), options)
         .await
-        .map_err(|_| fail(format!("no answer within {HTTP_TIMEOUT:?}")))?
+        .map_err(|source| TerminalError::Http { url: url.to_owned(), source })?;
+    Ok((status, answer.to_vec()))
 }
 
 /// The `error` of a site's JSON error body, or the body as text.
@@ -331,7 +302,7 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
         return Err(not_empty(dir));
     }
     let control = args.control.as_deref().unwrap_or(DEFAULT_CONTROL);
-    let client = vmi_control::ControlClient::new(control).map_err(TerminalError::Control)?;
+    let client = vmi_control_api::ControlClient::new(control).map_err(TerminalError::Control)?;
     let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
     let dir = args.dir.clone().unwrap_or_else(|| Path::new(DEFAULT_ROOT).join(&phone.user));
     if dir.join(OFFLINE_FILE).exists() {
@@ -546,7 +517,7 @@ pub async fn checkin(args: &CheckinArgs) -> Result<serde_json::Value, TerminalEr
     let lease = &local.lease;
     // The lease's site, at the address the control service knows now (a site may come
     // back on another one); the lease's own address if the control service is away.
-    let located = match vmi_control::ControlClient::new(&local.control) {
+    let located = match vmi_control_api::ControlClient::new(&local.control) {
         Ok(client) => client.phone_for_token(&local.token).await.ok().filter(|p| p.site == lease.site),
         Err(_) => None,
     };

@@ -39,7 +39,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum MigrationError {
     /// The control service could not be reached or refused.
     #[error("the control service did not answer")]
-    Control(#[source] vmi_control::ClientError),
+    Control(#[source] vmi_control_api::ClientError),
     /// The placement names another site.
     #[error("this site does not own {user}'s phone ({owner} does)")]
     NotOwner {

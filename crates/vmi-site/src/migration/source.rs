@@ -86,7 +86,7 @@ pub async fn migrate_out(
         tracing::warn!(user, to = to_id, "migration aborted: {reason}");
         report.reason = Some(reason);
     }
-    let record = vmi_control::MigrationRecord {
+    let record = vmi_control_api::MigrationRecord {
         user: report.user.clone(),
         from: report.from.clone(),
         to: report.to.clone(),
@@ -126,7 +126,7 @@ async fn drive(
     if placement.site != site.id {
         return Err(MigrationError::NotOwner { user: user.into(), owner: placement.site });
     }
-    let url = format!("{}/v1/migrate", vmi_control::ws_url(to_url).trim_end_matches("/v1/terminal"));
+    let url = format!("{}/v1/migrate", vmi_control_api::ws_url(to_url).trim_end_matches("/v1/terminal"));
     let (mut ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
         .await
         .map_err(|_| MigrationError::Link(format!("connecting to {url} timed out")))?
@@ -202,7 +202,7 @@ async fn drive(
     report.downtime_us = stopped.elapsed().as_micros() as u64;
     report.epoch = Some(epoch);
     report.outcome = MigrationOutcome::Committed;
-    let new_ws = vmi_control::ws_url(to_url);
+    let new_ws = vmi_control_api::ws_url(to_url);
     phone.fence(new_ws).await;
     site.phones.remove(user);
     site.forget_saved(user);

@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use vmi_control::ControlClient;
+use vmi_control_api::ControlClient;
 use vmi_engine::{Clock, SystemClock};
 use vmi_protocol::{ClientMessage, Input, PROTOCOL_VERSION, Resume, ServerMessage, TouchPhase};
 use vmi_site::{SiteConfig, SiteHandle};
@@ -192,5 +192,5 @@ impl Term {
 }
 
 pub async fn http_get(url: &str) -> (u16, Vec<u8>) {
-    vmi_control::get_bytes(url).await.expect("GET")
+    vmi_control_api::http_client::get_bytes(url).await.expect("GET")
 }

@@ -1,14 +1,13 @@
 //! The registry's data model and the JSON bodies of the HTTP API.
 //!
-//! The same types are serialized by the server and deserialized by [`ControlClient`](crate::ControlClient), so the
-//! two cannot drift.
+//! The same types are serialized by the server (`vmi-control`) and deserialized by
+//! [`ControlClient`](crate::ControlClient), so the two cannot drift. Tenants and images are in
+//! [`tenants`](crate::tenants).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-use crate::ControlError;
 
 /// A site counts as healthy when its last heartbeat is at most this old.
 pub const HEALTHY_WITHIN_MS: u64 = 15_000;
@@ -21,6 +20,12 @@ pub const MAX_REPORT_SITES: usize = 64;
 
 /// Longest migration `reason` accepted, in characters.
 pub const MAX_REASON_LEN: usize = 256;
+
+/// Migrations listed by `GET /v1/migrations` without a `limit`.
+pub const DEFAULT_MIGRATIONS_LISTED: usize = 100;
+
+/// Largest `limit` accepted by `GET /v1/migrations`.
+pub const MAX_MIGRATIONS_LISTED: usize = 1000;
 
 /// A user: the owner of one phone and of any number of devices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +119,7 @@ impl Site {
 
     /// The WebSocket URL terminals connect to: the base URL with `http`→`ws` (`https`→`wss`) + `/v1/terminal`.
     pub fn ws_url(&self) -> String {
-        crate::client::ws_url(&self.url)
+        crate::url::ws_url(&self.url)
     }
 }
 
@@ -317,117 +322,24 @@ pub struct CatalogedCheckpoint {
     pub sites: Vec<String>,
 }
 
-/// Checks what a site reports of its checkpoints.
-pub(crate) fn validate_checkpoints(entries: &[CheckpointEntry]) -> Result<(), ControlError> {
-    if entries.len() > MAX_CHECKPOINTS_REPORTED {
-        return Err(ControlError::BadRequest(format!("more than {MAX_CHECKPOINTS_REPORTED} checkpoints")));
-    }
-    for e in entries {
-        if e.id.len() != 64 || !e.id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(ControlError::BadRequest(format!("checkpoint id {:?} is not 64 lowercase hex digits", e.id)));
-        }
-        if e.label.as_ref().is_some_and(|l| l.chars().count() > MAX_REASON_LEN) {
-            return Err(ControlError::BadRequest(format!("checkpoint label longer than {MAX_REASON_LEN} characters")));
-        }
-    }
-    Ok(())
+/// A one-time pairing code just issued (`POST /v1/users/{user}/pair-code`, `POST /v1/phone/pair-code`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairCode {
+    /// The code to type on the new device, e.g. `4821-0937`.
+    pub code: String,
+    /// Whose phone it pairs with.
+    pub user: String,
+    /// When it stops working, ms since the Unix epoch.
+    pub expires_ms: u64,
 }
 
-/// Checks a user name or site id: 1..=64 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
-pub(crate) fn validate_id(kind: &str, value: &str) -> Result<(), ControlError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if value.is_empty() || value.len() > MAX_NAME_LEN {
-        return Err(ControlError::BadRequest(format!("{kind} must be 1 to {MAX_NAME_LEN} characters")));
-    }
-    if !value.chars().all(ok_char) || value.starts_with(['.', '-']) {
-        return Err(ControlError::BadRequest(format!(
-            "{kind} may contain only letters, digits, '.', '_' and '-', and may not start with '.' or '-'"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks a position: latitude -90..=90 and longitude -180..=180 (NaN is neither).
-pub(crate) fn validate_position(lat: f64, lon: f64) -> Result<(), ControlError> {
-    if !(-90.0..=90.0).contains(&lat) {
-        return Err(ControlError::BadRequest("lat must be between -90 and 90".to_owned()));
-    }
-    if !(-180.0..=180.0).contains(&lon) {
-        return Err(ControlError::BadRequest("lon must be between -180 and 180".to_owned()));
-    }
-    Ok(())
-}
-
-/// Checks a terminal report: a whole position or none, at most [`MAX_REPORT_SITES`] RTTs, each finite and
-/// non-negative, keyed by well-formed site ids.
-pub(crate) fn validate_report(report: &ReportRequest) -> Result<(), ControlError> {
-    match (report.lat, report.lon) {
-        (Some(lat), Some(lon)) => validate_position(lat, lon)?,
-        (None, None) => {}
-        _ => return Err(ControlError::BadRequest("lat and lon must be given together".to_owned())),
-    }
-    if report.rtt_ms.len() > MAX_REPORT_SITES {
-        return Err(ControlError::BadRequest(format!("rtt_ms may name at most {MAX_REPORT_SITES} sites")));
-    }
-    for (site, rtt) in &report.rtt_ms {
-        validate_id("site id", site)?;
-        if !rtt.is_finite() || *rtt < 0.0 {
-            return Err(ControlError::BadRequest(format!("rtt_ms[{site:?}] must be a finite number >= 0")));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a migration record: well-formed ids, a known outcome, counters that fit SQLite's signed 64 bits, a
-/// finite non-negative duration, a bounded reason.
-pub(crate) fn validate_migration(record: &MigrationRecord) -> Result<(), ControlError> {
-    validate_id("user name", &record.user)?;
-    validate_id("from site id", &record.from)?;
-    validate_id("to site id", &record.to)?;
-    let limit = i64::MAX as u64;
-    if record.outcome != OUTCOME_COMMITTED && record.outcome != OUTCOME_ABORTED {
-        return Err(ControlError::BadRequest(format!("outcome must be {OUTCOME_COMMITTED:?} or {OUTCOME_ABORTED:?}")));
-    }
-    if !record.total_ms.is_finite() || record.total_ms < 0.0 {
-        return Err(ControlError::BadRequest("total_ms must be a finite number >= 0".to_owned()));
-    }
-    for (name, value) in [("epoch", record.epoch), ("downtime_us", record.downtime_us), ("bytes", record.bytes)] {
-        if value > limit {
-            return Err(ControlError::BadRequest(format!("{name} must be at most {limit}")));
-        }
-    }
-    if record.reason.chars().count() > MAX_REASON_LEN || record.reason.chars().any(char::is_control) {
-        return Err(ControlError::BadRequest(format!(
-            "reason must be at most {MAX_REASON_LEN} characters with no control characters"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks a device label: 1..=64 characters, no control characters.
-pub(crate) fn validate_label(kind: &str, value: &str) -> Result<(), ControlError> {
-    if value.is_empty() || value.chars().count() > MAX_NAME_LEN {
-        return Err(ControlError::BadRequest(format!("{kind} must be 1 to {MAX_NAME_LEN} characters")));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ControlError::BadRequest(format!("{kind} may not contain control characters")));
-    }
-    Ok(())
-}
-
-/// Validates a site spec and returns its URL normalised (no trailing slash).
-pub(crate) fn validate_site_spec(spec: &SiteSpec) -> Result<String, ControlError> {
-    let url = spec.url.strip_suffix('/').unwrap_or(&spec.url);
-    let authority = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| ControlError::BadRequest("site url must start with http:// or https://".to_owned()))?;
-    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) || authority.chars().any(char::is_control)
-    {
-        return Err(ControlError::BadRequest("site url must be scheme://host[:port] with no path".to_owned()));
-    }
-    validate_position(spec.lat, spec.lon)?;
-    Ok(url.to_owned())
+/// `POST /v1/pair` body.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PairRequest {
+    /// The code.
+    pub code: String,
+    /// A name for the new device.
+    pub name: String,
 }
 
 #[cfg(test)]
@@ -458,40 +370,5 @@ mod tests {
         assert!(!site("http://a:1", None).healthy_at(1_000));
         assert!(site("http://a:1", Some(1_000)).healthy_at(1_000 + HEALTHY_WITHIN_MS));
         assert!(!site("http://a:1", Some(1_000)).healthy_at(1_001 + HEALTHY_WITHIN_MS));
-    }
-
-    #[test]
-    fn ids_and_urls_are_validated() {
-        assert!(validate_id("user", "alice_01.x").is_ok());
-        for bad in ["", "-x", ".x", "a/b", "a b", &"x".repeat(65)] {
-            assert!(validate_id("user", bad).is_err(), "{bad:?}");
-        }
-        let spec = |url: &str| SiteSpec { url: url.into(), lat: 1.0, lon: 2.0, capacity: 3 };
-        assert_eq!(validate_site_spec(&spec("http://127.0.0.1:8080/")).ok().as_deref(), Some("http://127.0.0.1:8080"));
-        for bad in ["ftp://x", "http://", "http://a/b", "127.0.0.1:80"] {
-            assert!(validate_site_spec(&spec(bad)).is_err(), "{bad:?}");
-        }
-        assert!(validate_site_spec(&SiteSpec { lat: 91.0, ..spec("http://a:1") }).is_err());
-        assert!(validate_site_spec(&SiteSpec { lon: -181.0, ..spec("http://a:1") }).is_err());
-    }
-
-    #[test]
-    fn reports_are_validated() {
-        let ok = ReportRequest { lat: Some(48.1), lon: Some(11.6), rtt_ms: [("site-a".to_owned(), 3.5)].into() };
-        assert!(validate_report(&ok).is_ok());
-        assert!(validate_report(&ReportRequest::default()).is_ok());
-        let bad = [
-            ReportRequest { lat: Some(1.0), ..ReportRequest::default() },
-            ReportRequest { lat: Some(f64::NAN), lon: Some(0.0), ..ReportRequest::default() },
-            ReportRequest { rtt_ms: [("site-a".to_owned(), -1.0)].into(), ..ReportRequest::default() },
-            ReportRequest { rtt_ms: [("a/b".to_owned(), 1.0)].into(), ..ReportRequest::default() },
-            ReportRequest {
-                rtt_ms: (0..=MAX_REPORT_SITES).map(|i| (format!("s{i}"), 1.0)).collect(),
-                ..ReportRequest::default()
-            },
-        ];
-        for report in bad {
-            assert!(validate_report(&report).is_err(), "{report:?}");
-        }
     }
 }

@@ -1,0 +1,134 @@
+//! Placements: which site runs each user's phone, with the ownership epoch live migration hands over.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use vmi_control_api::model::Placement;
+
+use super::sites::load_site;
+use super::users::require_user;
+use crate::ControlError;
+
+fn load_placement(conn: &Connection, user: &str) -> Result<Option<Placement>, ControlError> {
+    let placement = conn
+        .query_row("SELECT site, epoch FROM placements WHERE user = ?1", [user], |row| {
+            Ok(Placement { site: row.get(0)?, epoch: row.get(1)? })
+        })
+        .optional()?;
+    Ok(placement)
+}
+
+pub(super) fn move_placement(
+    conn: &mut Connection,
+    user: &str,
+    site: &str,
+    expected_epoch: Option<u64>,
+) -> Result<Placement, ControlError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    require_user(&tx, user)?;
+    if load_site(&tx, site)?.is_none() {
+        return Err(ControlError::not_found("site", site));
+    }
+    if let Some(expected) = expected_epoch {
+        let current = load_placement(&tx, user)?.map_or(0, |p| p.epoch);
+        if current != expected {
+            return Err(ControlError::EpochMismatch { user: user.to_owned(), expected, current });
+        }
+    }
+    // A compare-and-set always raises the epoch, even to the same site: that is how a
+    // migration's source takes its phone back and makes a late commit of the
+    // destination (expecting the old epoch) fail. A plain set raises it on a change only.
+    let always = expected_epoch.is_some();
+    tx.execute(
+        "INSERT INTO placements (user, site, epoch) VALUES (?1, ?2, 1)
+         ON CONFLICT(user) DO UPDATE SET site = excluded.site, epoch = epoch + 1
+         WHERE site != excluded.site OR ?3",
+        params![user, site, always],
+    )?;
+    let placement = load_placement(&tx, user)?.ok_or_else(|| ControlError::not_found("placement", user))?;
+    tx.commit()?;
+    Ok(placement)
+}
+
+pub(super) fn placement(conn: &Connection, user: &str) -> Result<Option<Placement>, ControlError> {
+    require_user(conn, user)?;
+    load_placement(conn, user)
+}
+
+pub(super) fn list_placements(conn: &Connection) -> Result<Vec<(String, Placement)>, ControlError> {
+    let mut stmt = conn.prepare("SELECT user, site, epoch FROM placements ORDER BY user")?;
+    let placements = stmt
+        .query_map([], |row| Ok((row.get(0)?, Placement { site: row.get(1)?, epoch: row.get(2)? })))?
+        .collect::<Result<_, _>>()?;
+    Ok(placements)
+}
+
+#[cfg(test)]
+mod tests {
+    use vmi_control_api::model::{Placement, SiteSpec};
+
+    use crate::ControlError;
+    use crate::store::{SqliteStore, Store};
+
+    fn store() -> SqliteStore {
+        SqliteStore::in_memory().expect("in-memory store")
+    }
+
+    fn spec(port: u16) -> SiteSpec {
+        SiteSpec { url: format!("http://127.0.0.1:{port}"), lat: 52.5, lon: 13.4, capacity: 4 }
+    }
+
+    #[test]
+    fn placement_epoch_increments_on_change_only() {
+        let s = store();
+        s.create_user("alice").unwrap();
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.put_site("site-b", &spec(2)).unwrap();
+        assert_eq!(s.placement("alice").unwrap(), None);
+
+        assert_eq!(s.set_placement("alice", "site-a").unwrap(), Placement { site: "site-a".into(), epoch: 1 });
+        assert_eq!(s.set_placement("alice", "site-a").unwrap().epoch, 1, "same site is idempotent");
+        assert_eq!(s.set_placement("alice", "site-b").unwrap().epoch, 2);
+        assert_eq!(s.set_placement("alice", "site-a").unwrap().epoch, 3);
+        assert_eq!(s.placement("alice").unwrap(), Some(Placement { site: "site-a".into(), epoch: 3 }));
+
+        assert!(matches!(s.set_placement("alice", "site-z"), Err(ControlError::NotFound { what: "site", .. })));
+        assert!(matches!(s.set_placement("ghost", "site-a"), Err(ControlError::NotFound { what: "user", .. })));
+        assert!(matches!(s.placement("ghost"), Err(ControlError::NotFound { what: "user", .. })));
+    }
+
+    #[test]
+    fn move_placement_is_a_compare_and_set_on_the_epoch() {
+        let s = store();
+        s.create_user("alice").unwrap();
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.put_site("site-b", &spec(2)).unwrap();
+
+        let mismatch = s.move_placement("alice", "site-a", Some(1)).unwrap_err();
+        assert!(matches!(mismatch, ControlError::EpochMismatch { expected: 1, current: 0, .. }), "{mismatch:?}");
+        assert_eq!(s.placement("alice").unwrap(), None, "a failed compare-and-set changes nothing");
+        assert_eq!(s.move_placement("alice", "site-a", Some(0)).unwrap().epoch, 1, "0 means never placed");
+
+        assert_eq!(
+            s.move_placement("alice", "site-b", Some(1)).unwrap(),
+            Placement { site: "site-b".into(), epoch: 2 }
+        );
+        // A second destination committing with the same (now stale) epoch loses.
+        let stale = s.move_placement("alice", "site-a", Some(1)).unwrap_err();
+        assert!(matches!(stale, ControlError::EpochMismatch { expected: 1, current: 2, .. }), "{stale:?}");
+        assert_eq!(stale.to_string(), "placement of \"alice\" is at epoch 2, not the expected epoch 1");
+        assert_eq!(s.placement("alice").unwrap(), Some(Placement { site: "site-b".into(), epoch: 2 }));
+        // A compare-and-set to the same site still raises the epoch (a source taking its
+        // phone back fences out a late commit); a plain set to the same site does not.
+        assert_eq!(s.move_placement("alice", "site-b", Some(2)).unwrap().epoch, 3, "same-site CAS raises the epoch");
+        assert!(s.move_placement("alice", "site-a", Some(2)).is_err(), "the late commit with epoch 2 loses");
+        assert_eq!(s.move_placement("alice", "site-b", None).unwrap().epoch, 3, "plain same-site set keeps it");
+        assert_eq!(s.move_placement("alice", "site-a", None).unwrap().epoch, 4);
+
+        s.create_user("bob").unwrap();
+        s.set_placement("bob", "site-b").unwrap();
+        let all = s.list_placements().unwrap();
+        assert_eq!(
+            all.iter().map(|(u, p)| (u.as_str(), p.site.as_str(), p.epoch)).collect::<Vec<_>>(),
+            [("alice", "site-a", 4), ("bob", "site-b", 1)]
+        );
+    }
+}

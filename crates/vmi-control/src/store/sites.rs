@@ -1,0 +1,122 @@
+//! Sites: where they are reachable and stand, their capacity, heartbeats and the draining flag.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use vmi_control_api::model::{Site, SiteSpec};
+
+use crate::ControlError;
+use crate::validate::{validate_id, validate_site_spec};
+
+fn site_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Site> {
+    Ok(Site {
+        id: row.get(0)?,
+        url: row.get(1)?,
+        lat: row.get(2)?,
+        lon: row.get(3)?,
+        capacity: row.get(4)?,
+        phones: row.get(5)?,
+        last_heartbeat_ms: row.get(6)?,
+        draining: row.get(7)?,
+    })
+}
+
+const SITE_COLUMNS: &str = "id, url, lat, lon, capacity, phones, last_heartbeat_ms, draining";
+
+/// One site, if registered.
+pub(super) fn load_site(conn: &Connection, id: &str) -> Result<Option<Site>, ControlError> {
+    let sql = format!("SELECT {SITE_COLUMNS} FROM sites WHERE id = ?1");
+    Ok(conn.query_row(&sql, [id], site_row).optional()?)
+}
+
+pub(super) fn put_site(conn: &mut Connection, id: &str, spec: &SiteSpec) -> Result<Site, ControlError> {
+    validate_id("site id", id)?;
+    let url = validate_site_spec(spec)?;
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO sites (id, url, lat, lon, capacity) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(id) DO UPDATE SET url = excluded.url, lat = excluded.lat, lon = excluded.lon,
+                                       capacity = excluded.capacity",
+        params![id, url, spec.lat, spec.lon, spec.capacity],
+    )?;
+    let site = load_site(&tx, id)?.ok_or_else(|| ControlError::not_found("site", id))?;
+    tx.commit()?;
+    Ok(site)
+}
+
+pub(super) fn heartbeat(conn: &Connection, id: &str, phones: u32, at_ms: u64) -> Result<(), ControlError> {
+    let changed =
+        conn.execute("UPDATE sites SET phones = ?2, last_heartbeat_ms = ?3 WHERE id = ?1", params![id, phones, at_ms])?;
+    if changed == 0 {
+        return Err(ControlError::not_found("site", id));
+    }
+    Ok(())
+}
+
+pub(super) fn site(conn: &Connection, id: &str) -> Result<Option<Site>, ControlError> {
+    load_site(conn, id)
+}
+
+pub(super) fn list_sites(conn: &Connection) -> Result<Vec<Site>, ControlError> {
+    let mut stmt = conn.prepare(&format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY id"))?;
+    let sites = stmt.query_map([], site_row)?.collect::<Result<_, _>>()?;
+    Ok(sites)
+}
+
+pub(super) fn set_draining(conn: &mut Connection, id: &str, draining: bool) -> Result<Site, ControlError> {
+    let tx = conn.transaction()?;
+    if tx.execute("UPDATE sites SET draining = ?2 WHERE id = ?1", params![id, draining])? == 0 {
+        return Err(ControlError::not_found("site", id));
+    }
+    let site = load_site(&tx, id)?.ok_or_else(|| ControlError::not_found("site", id))?;
+    tx.commit()?;
+    Ok(site)
+}
+
+#[cfg(test)]
+mod tests {
+    use vmi_control_api::model::SiteSpec;
+
+    use crate::ControlError;
+    use crate::store::{SqliteStore, Store, now_ms};
+
+    fn store() -> SqliteStore {
+        SqliteStore::in_memory().expect("in-memory store")
+    }
+
+    fn spec(port: u16) -> SiteSpec {
+        SiteSpec { url: format!("http://127.0.0.1:{port}"), lat: 52.5, lon: 13.4, capacity: 4 }
+    }
+
+    #[test]
+    fn draining_is_a_stored_flag() {
+        let s = store();
+        assert!(!s.put_site("site-a", &spec(1)).unwrap().draining);
+        assert!(s.set_draining("site-a", true).unwrap().draining);
+        assert!(s.site("site-a").unwrap().unwrap().draining);
+        assert!(s.put_site("site-a", &spec(3)).unwrap().draining, "re-registering keeps the flag");
+        assert!(!s.set_draining("site-a", false).unwrap().draining);
+        assert!(matches!(s.set_draining("site-z", true), Err(ControlError::NotFound { what: "site", .. })));
+    }
+
+    #[test]
+    fn site_health_follows_heartbeats() {
+        let s = store();
+        let site = s.put_site("site-a", &spec(1)).unwrap();
+        assert_eq!(site.last_heartbeat_ms, None);
+        assert!(!site.healthy_at(now_ms()));
+
+        s.heartbeat("site-a", 3, 100_000).unwrap();
+        let site = s.site("site-a").unwrap().unwrap();
+        assert_eq!((site.phones, site.last_heartbeat_ms), (3, Some(100_000)));
+        assert!(site.healthy_at(110_000));
+        assert!(!site.healthy_at(100_000 + vmi_control_api::HEALTHY_WITHIN_MS + 1));
+
+        // Re-registering updates the spec and keeps the heartbeat state.
+        let updated = s.put_site("site-a", &SiteSpec { capacity: 9, ..spec(7) }).unwrap();
+        assert_eq!((updated.capacity, updated.url.as_str()), (9, "http://127.0.0.1:7"));
+        assert_eq!((updated.phones, updated.last_heartbeat_ms), (3, Some(100_000)));
+
+        assert!(matches!(s.heartbeat("site-z", 0, 1), Err(ControlError::NotFound { what: "site", .. })));
+        assert_eq!(s.list_sites().unwrap().len(), 1);
+        assert_eq!(s.site("site-z").unwrap(), None);
+    }
+}
