@@ -50,13 +50,27 @@ pub trait Engine: Send + Sync {
     ) -> Result<Box<dyn VirtualPhone>, EngineError>;
 
     /// Boots a phone on a new image version from its old snapshot chain: only the
-    /// persistent key-value store crosses (docs/GUEST_ABI.md); the new image starts fresh
-    /// and reads the user's data back from the store. Rolling back is the same call with
-    /// the older image.
+    /// persistent key-value store, the unread mail and the virtual clock cross
+    /// (docs/GUEST_ABI.md, see [`Carryover`]); the new image starts fresh and reads the
+    /// user's data back from the store. Rolling back is the same call with the older
+    /// image.
     fn upgrade(
         &self,
         image: &ImageHash,
         chain: &[&[u8]],
+        config: &VmConfig,
+    ) -> Result<Box<dyn VirtualPhone>, EngineError>;
+
+    /// Boots a fresh phone that continues an earlier life of the same user's phone: the
+    /// new phone gets a fresh memory and `vmi_init`, with `carried`'s key-value store and
+    /// unread mail, and a virtual clock that goes on from `carried.virtual_ns`. This is
+    /// [`Engine::upgrade`] without a snapshot: how a phone that crashed before any
+    /// snapshot of its image was taken is started again (take
+    /// [`VirtualPhone::carryover`] from the crashed phone).
+    fn create_from(
+        &self,
+        image: &ImageHash,
+        carried: &Carryover,
         config: &VmConfig,
     ) -> Result<Box<dyn VirtualPhone>, EngineError>;
 
@@ -121,8 +135,22 @@ pub trait VirtualPhone: Send {
     fn mailbox_len(&self) -> usize;
 
     /// A value of the phone's persistent key-value store (docs/GUEST_ABI.md), read on
-    /// the host side: for operators, support and image upgrades.
+    /// the host side: for operators, support and image upgrades. Works on a crashed
+    /// phone too.
     fn kv_get(&self, key: &[u8]) -> Option<Vec<u8>>;
+
+    /// What a next life of this phone keeps (its key-value store, unread mail and
+    /// virtual clock), for [`Engine::create_from`]. Works on a crashed phone too: the
+    /// host-side state a trap cannot corrupt is all there.
+    fn carryover(&self) -> Carryover;
+
+    /// Takes the lines the guest logged since the last call, oldest first. The engine
+    /// keeps a bounded queue, rate-limited per second of virtual time; lines it had to
+    /// drop are reported by one line saying how many (docs/GUEST_ABI.md, `log`). An
+    /// engine whose guests cannot log returns nothing.
+    fn take_logs(&mut self) -> Vec<LogLine> {
+        Vec::new()
+    }
 
     /// Takes a snapshot at this event boundary. `Incremental` holds only the pages
     /// written since this phone's previous snapshot (or since it was restored) and

@@ -76,8 +76,11 @@ pub struct VmConfig {
     pub memory_limit_bytes: u64,
     /// CPU budget per event, in engine units (wasm: fuel, about one per instruction).
     pub cpu_budget_per_event: u64,
-    /// Seed of the phone's RNG (a fresh phone only; a restored one keeps its state).
-    pub rng_seed: u64,
+    /// Seed of a fresh phone's RNG. `None` (the default, and what production uses): the
+    /// engine draws a new seed from the host's secure random source for every phone it
+    /// boots, so no two phones share a stream. `Some` is for deterministic tests and
+    /// benchmarks only. A restored phone ignores it and continues its saved stream.
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for VmConfig {
@@ -87,7 +90,7 @@ impl Default for VmConfig {
             height: 1280,
             memory_limit_bytes: 64 << 20,
             cpu_budget_per_event: 2_000_000_000,
-            rng_seed: 0x5eed_5eed,
+            rng_seed: None,
         }
     }
 }
@@ -289,6 +292,73 @@ pub struct Notification {
     pub body: String,
     /// Virtual time it was raised.
     pub at_ns: u64,
+}
+
+/// How much a guest log line matters (docs/GUEST_ABI.md, `log`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Level 0.
+    Error,
+    /// Level 1.
+    Warn,
+    /// Level 2.
+    Info,
+    /// Level 3.
+    Debug,
+    /// Level 4, and any level the ABI does not name.
+    Trace,
+}
+
+impl LogLevel {
+    /// The level of the ABI's number (0 error … 4 trace; anything else is trace).
+    pub fn from_abi(level: i32) -> LogLevel {
+        match level {
+            0 => LogLevel::Error,
+            1 => LogLevel::Warn,
+            2 => LogLevel::Info,
+            3 => LogLevel::Debug,
+            _ => LogLevel::Trace,
+        }
+    }
+
+    /// Lowercase name (`error`, `warn`, `info`, `debug`, `trace`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// A line the guest logged, as the engine hands it to the host (bounded and rate-limited,
+/// see docs/GUEST_ABI.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// Its level.
+    pub level: LogLevel,
+    /// Virtual time it was logged.
+    pub at_ns: u64,
+    /// The text: UTF-8 (invalid bytes replaced), control characters turned into spaces,
+    /// cut to the ABI's line limit.
+    pub text: String,
+}
+
+/// What crosses from one life of a phone to the next when its memory does not: an image
+/// upgrade or rollback, or a fresh start of a phone that crashed (docs/GUEST_ABI.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Carryover {
+    /// The persistent key-value store, sorted by key.
+    pub kv: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Mails the guest had not fetched yet, oldest first.
+    pub mailbox: Vec<Mail>,
+    /// The phone's virtual monotonic time when this was taken: the next life's clock goes
+    /// on from here (plus the wall time that passes until it boots), never back.
+    pub virtual_ns: u64,
+    /// Host wall time when this was taken.
+    pub wall_ns: u64,
 }
 
 /// A mail for the user's mailbox.

@@ -1,4 +1,4 @@
-//! Measures the dirty-page trackers of `src/dirty.rs` against each other.
+//! Measures the dirty-page trackers of `src/dirty/` against each other.
 //!
 //! Run with: `cargo run --release -p vmi-wasm-engine --example dirty_tracking` (as root on Linux 6.7+ to
 //! include the write-protect tracker; elsewhere only shadow compare is measured).
@@ -9,7 +9,7 @@
 //! on memory that is not tracked at all, for resident and for never-touched pages.
 
 // The tracker module is compiled into this example directly: the crate keeps it private.
-#[path = "../src/dirty.rs"]
+#[path = "../src/dirty/mod.rs"]
 #[allow(dead_code)]
 mod dirty;
 

@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use vmi_engine::{Clock, Mail, Notification, Rect, VirtualClock};
+use vmi_engine::{Carryover, Clock, LogLevel, Mail, Notification, Rect, VirtualClock};
 use wasmparser::ValType;
 use wasmtime::{Caller, Linker, Memory};
 
 use crate::WasmEngineError;
+use crate::guest_log::{GuestLog, MAX_LOG_LINE};
 use crate::persist::{Reader, Writer};
 
 /// Most timers a guest may arm.
@@ -36,8 +37,6 @@ pub const MAX_KV_KEY: usize = 256;
 pub const MAX_KV_VALUE: usize = 1 << 20;
 /// Largest key-value store.
 pub const MAX_KV_TOTAL: usize = 8 << 20;
-/// Longest log line.
-pub const MAX_LOG: usize = 4096;
 /// Most damage rectangles kept between frame reads before they are merged.
 const MAX_DAMAGE: usize = 32;
 
@@ -101,6 +100,8 @@ pub struct Host {
     pub memory_limit: u64,
     /// Set when the guest hit the memory cap, so the crash reason can say so.
     pub hit_memory_limit: bool,
+    /// Lines the guest logged, until the host takes them (not saved in snapshots).
+    pub logs: GuestLog,
 }
 
 impl Host {
@@ -122,12 +123,51 @@ impl Host {
             damage: Vec::new(),
             memory_limit,
             hit_memory_limit: false,
+            logs: GuestLog::default(),
         }
     }
 
     /// Virtual time now.
     pub fn now_ns(&self) -> u64 {
         self.vclock.now_ns(self.clock.as_ref())
+    }
+
+    /// What a next life of this phone keeps.
+    pub fn carryover(&self) -> Carryover {
+        Carryover {
+            kv: self.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            mailbox: self.mailbox.iter().cloned().collect(),
+            virtual_ns: self.now_ns(),
+            wall_ns: self.clock.wall_ns(),
+        }
+    }
+
+    /// Starts a next life from `carried`: its store, its mail, and its clock going on.
+    /// Refuses what a guest could never have put there (the limits of docs/GUEST_ABI.md).
+    pub fn take_over(&mut self, carried: &Carryover) -> Result<(), String> {
+        if let Some((k, v)) = carried.kv.iter().find(|(k, v)| k.len() > MAX_KV_KEY || v.len() > MAX_KV_VALUE) {
+            return Err(format!(
+                "key-value entry of {} + {} bytes is over the limits ({MAX_KV_KEY} per key, {MAX_KV_VALUE} per value)",
+                k.len(),
+                v.len()
+            ));
+        }
+        let kv_bytes: usize = carried.kv.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if kv_bytes > MAX_KV_TOTAL {
+            return Err(format!("key-value store of {kv_bytes} bytes is over the limit of {MAX_KV_TOTAL}"));
+        }
+        let mail_bytes: usize = carried.mailbox.iter().map(|m| m.from.len() + m.subject.len() + m.body.len()).sum();
+        if carried.mailbox.len() > MAX_MAILBOX || mail_bytes > MAX_MAILBOX_BYTES {
+            return Err(format!(
+                "mailbox of {} mails ({mail_bytes} bytes) is over the limits ({MAX_MAILBOX} mails, {MAX_MAILBOX_BYTES} bytes)",
+                carried.mailbox.len()
+            ));
+        }
+        self.kv = carried.kv.iter().cloned().collect();
+        self.kv_bytes = self.kv.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.mailbox = carried.mailbox.iter().cloned().collect();
+        self.vclock = VirtualClock::resume(self.clock.as_ref(), carried.virtual_ns, carried.wall_ns);
+        Ok(())
     }
 
     fn next_random(&mut self) -> u64 {
@@ -270,90 +310,140 @@ pub fn kv_of_host_state(blob: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, WasmE
     Ok(host.kv)
 }
 
+/// What a snapshot (its host-state blob and its header's clock readings) carries into a
+/// next life of the phone.
+pub fn carryover_of_host_state(blob: &[u8], virtual_ns: u64, wall_ns: u64) -> Result<Carryover, WasmEngineError> {
+    let mut host = Host::new(vmi_engine::SystemClock::shared(), 1, 0);
+    host.load(&mut Reader::new(blob))?;
+    Ok(Carryover { kv: host.kv.into_iter().collect(), mailbox: host.mailbox.into(), virtual_ns, wall_ns })
+}
+
 type HostResult<T> = wasmtime::Result<T>;
 
 fn guest_error(msg: String) -> wasmtime::Error {
     wasmtime::Error::msg(msg)
 }
 
-fn memory(caller: &Caller<'_, Host>) -> HostResult<Memory> {
-    caller.data().memory.ok_or_else(|| guest_error("host call before the memory was attached".into()))
+/// The guest's memory. It is set once instantiation is done, so a host call before that
+/// came from the module's start function, which runs again at every restore: its effects
+/// on host state would repeat, so it traps, saying why.
+fn memory(caller: &Caller<'_, Host>, import: &str) -> HostResult<Memory> {
+    caller.data().memory.ok_or_else(|| {
+        guest_error(format!(
+            "`vmi.{import}` was called outside an event (from the module's start function?); \
+             host functions may be called only from `vmi_init` and `vmi_event` (docs/GUEST_ABI.md)"
+        ))
+    })
 }
 
-/// Bounds-checked range of guest memory.
-fn span(len_total: usize, ptr: i32, len: i32, what: &str) -> HostResult<std::ops::Range<usize>> {
+/// Refuses a host call outside an event (see [`memory`]).
+fn in_event(caller: &Caller<'_, Host>, import: &str) -> HostResult<()> {
+    memory(caller, import).map(|_| ())
+}
+
+/// Bounds-checked range of guest memory. Lengths are unsigned: a negative one is a huge
+/// one, outside memory.
+fn span(memory_len: usize, ptr: i32, len: i32, import: &str, what: &str) -> HostResult<std::ops::Range<usize>> {
     let (p, l) = (ptr as u32 as usize, len as u32 as usize);
-    if len < 0 || p.checked_add(l).is_none_or(|end| end > len_total) {
-        return Err(guest_error(format!("{what}: pointer {p:#x}+{l} is outside guest memory")));
+    if p.checked_add(l).is_none_or(|end| end > memory_len) {
+        return Err(guest_error(format!(
+            "`vmi.{import}` {what}: {p:#x}+{l} is outside guest memory ({memory_len} bytes)"
+        )));
     }
     Ok(p..p + l)
 }
 
-fn read_bytes(caller: &Caller<'_, Host>, ptr: i32, len: i32, max: usize, what: &str) -> HostResult<Vec<u8>> {
-    if len as u32 as usize > max {
-        return Err(guest_error(format!("{what}: {len} bytes is over the limit of {max}")));
+/// Checks every pointer and length of a call against memory before the call does anything
+/// else, whatever it would have answered (docs/GUEST_ABI.md: an out-of-bounds pointer
+/// always traps).
+fn check_spans(caller: &Caller<'_, Host>, import: &str, spans: &[(i32, i32, &str)]) -> HostResult<Memory> {
+    let mem = memory(caller, import)?;
+    let len = mem.data_size(caller);
+    for &(ptr, l, what) in spans {
+        span(len, ptr, l, import, what)?;
     }
-    let mem = memory(caller)?;
-    let data = mem.data(caller);
-    let range = span(data.len(), ptr, len, what)?;
-    Ok(data[range].to_vec())
+    Ok(mem)
 }
 
-fn write_bytes(caller: &mut Caller<'_, Host>, ptr: i32, bytes: &[u8], what: &str) -> HostResult<()> {
-    let mem = memory(caller)?;
-    let data = mem.data_mut(caller);
-    let range = span(data.len(), ptr, bytes.len() as i32, what)?;
-    data[range].copy_from_slice(bytes);
-    Ok(())
+/// A length as the ABI means it: unsigned.
+fn ulen(len: i32) -> usize {
+    len as u32 as usize
+}
+
+/// Copies out guest bytes already checked by [`check_spans`].
+fn read(mem: Memory, caller: &Caller<'_, Host>, ptr: i32, len: usize) -> Vec<u8> {
+    let start = ptr as u32 as usize;
+    mem.data(caller)[start..start + len].to_vec()
+}
+
+/// Copies bytes into a guest buffer already checked by [`check_spans`] to hold them.
+fn write(mem: Memory, caller: &mut Caller<'_, Host>, ptr: i32, bytes: &[u8]) {
+    let start = ptr as u32 as usize;
+    mem.data_mut(caller)[start..start + bytes.len()].copy_from_slice(bytes);
 }
 
 /// Defines the `vmi` import module in a linker.
 pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
-    linker.func_wrap("vmi", "clock_monotonic_ns", |caller: Caller<'_, Host>| caller.data().now_ns() as i64)?;
-    linker.func_wrap("vmi", "clock_wall_ns", |caller: Caller<'_, Host>| caller.data().clock.wall_ns() as i64)?;
+    linker.func_wrap("vmi", "clock_monotonic_ns", |caller: Caller<'_, Host>| -> HostResult<i64> {
+        in_event(&caller, "clock_monotonic_ns")?;
+        Ok(caller.data().now_ns() as i64)
+    })?;
+    linker.func_wrap("vmi", "clock_wall_ns", |caller: Caller<'_, Host>| -> HostResult<i64> {
+        in_event(&caller, "clock_wall_ns")?;
+        Ok(caller.data().clock.wall_ns() as i64)
+    })?;
     linker.func_wrap("vmi", "timer_set", |mut caller: Caller<'_, Host>, id: i32, deadline: i64| -> HostResult<()> {
+        in_event(&caller, "timer_set")?;
+        // Ids are any i32 (kept as their bits); a deadline in the past fires at once.
         let timers = &mut caller.data_mut().timers;
         if timers.len() >= MAX_TIMERS && !timers.contains_key(&(id as u32)) {
-            return Err(guest_error(format!("timer_set: more than {MAX_TIMERS} timers")));
+            return Err(guest_error(format!(
+                "`vmi.timer_set`: timer {id} would be armed timer {}; at most {MAX_TIMERS} may be",
+                MAX_TIMERS + 1
+            )));
         }
         timers.insert(id as u32, deadline.max(0) as u64);
         Ok(())
     })?;
-    linker.func_wrap("vmi", "timer_cancel", |mut caller: Caller<'_, Host>, id: i32| {
+    linker.func_wrap("vmi", "timer_cancel", |mut caller: Caller<'_, Host>, id: i32| -> HostResult<()> {
+        in_event(&caller, "timer_cancel")?;
         caller.data_mut().timers.remove(&(id as u32));
+        Ok(())
     })?;
     linker.func_wrap("vmi", "random_fill", |mut caller: Caller<'_, Host>, ptr: i32, len: i32| -> HostResult<()> {
-        let mem = memory(&caller)?;
+        let mem = check_spans(&caller, "random_fill", &[(ptr, len, "buffer")])?;
         let (data, host) = mem.data_and_store_mut(&mut caller);
-        let range = span(data.len(), ptr, len, "random_fill")?;
+        let range = span(data.len(), ptr, len, "random_fill", "buffer")?;
         for chunk in data[range].chunks_mut(8) {
             let r = host.next_random().to_le_bytes();
             chunk.copy_from_slice(&r[..chunk.len()]);
         }
         Ok(())
     })?;
-    linker.func_wrap("vmi", "log", |caller: Caller<'_, Host>, level: i32, ptr: i32, len: i32| -> HostResult<()> {
-        let bytes = read_bytes(&caller, ptr, len.min(MAX_LOG as i32), MAX_LOG, "log")?;
-        let line = String::from_utf8_lossy(&bytes);
-        match level {
-            0 => tracing::error!(target: "guest", "{line}"),
-            1 => tracing::warn!(target: "guest", "{line}"),
-            2 => tracing::info!(target: "guest", "{line}"),
-            3 => tracing::debug!(target: "guest", "{line}"),
-            _ => tracing::trace!(target: "guest", "{line}"),
-        }
-        Ok(())
-    })?;
+    linker.func_wrap(
+        "vmi",
+        "log",
+        |mut caller: Caller<'_, Host>, level: i32, ptr: i32, len: i32| -> HostResult<()> {
+            let mem = check_spans(&caller, "log", &[(ptr, len, "text")])?;
+            // The whole line is in memory (checked); only the first MAX_LOG_LINE bytes are kept.
+            let bytes = read(mem, &caller, ptr, ulen(len).min(MAX_LOG_LINE));
+            let host = caller.data_mut();
+            let at_ns = host.now_ns();
+            host.logs.push(LogLevel::from_abi(level), at_ns, &bytes);
+            Ok(())
+        },
+    )?;
     linker.func_wrap(
         "vmi",
         "fb_attach",
         |mut caller: Caller<'_, Host>, ptr: i32, width: i32, height: i32| -> HostResult<()> {
+            in_event(&caller, "fb_attach")?;
             if width <= 0 || height <= 0 || width > 8192 || height > 8192 {
-                return Err(guest_error(format!("fb_attach: bad size {width}x{height}")));
+                return Err(guest_error(format!("`vmi.fb_attach`: bad size {width}x{height} (1..=8192 each)")));
             }
-            let len = memory(&caller)?.data(&caller).len();
-            let bytes = (width as usize) * (height as usize) * 4;
-            span(len, ptr, bytes as i32, "fb_attach")?;
+            // At most 8192*8192*4 = 2^28 bytes: fits an i32.
+            let bytes = width * height * 4;
+            check_spans(&caller, "fb_attach", &[(ptr, bytes, "framebuffer")])?;
             let fb = Framebuffer { ptr: ptr as u32, width: width as u32, height: height as u32 };
             let host = caller.data_mut();
             if host.framebuffer != Some(fb) {
@@ -363,15 +453,29 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             Ok(())
         },
     )?;
-    linker.func_wrap("vmi", "fb_damage", |mut caller: Caller<'_, Host>, x: i32, y: i32, w: i32, h: i32| {
-        caller.data_mut().add_damage(x, y, w, h);
-    })?;
+    linker.func_wrap(
+        "vmi",
+        "fb_damage",
+        |mut caller: Caller<'_, Host>, x: i32, y: i32, w: i32, h: i32| -> HostResult<()> {
+            in_event(&caller, "fb_damage")?;
+            caller.data_mut().add_damage(x, y, w, h);
+            Ok(())
+        },
+    )?;
     linker.func_wrap(
         "vmi",
         "notify",
         |mut caller: Caller<'_, Host>, tp: i32, tl: i32, bp: i32, bl: i32| -> HostResult<i32> {
-            let title = read_bytes(&caller, tp, tl, MAX_NOTIFICATION_FIELD, "notify title")?;
-            let body = read_bytes(&caller, bp, bl, MAX_NOTIFICATION_FIELD, "notify body")?;
+            let mem = check_spans(&caller, "notify", &[(tp, tl, "title"), (bp, bl, "body")])?;
+            for (len, what) in [(tl, "title"), (bl, "body")] {
+                if ulen(len) > MAX_NOTIFICATION_FIELD {
+                    return Err(guest_error(format!(
+                        "`vmi.notify` {what}: {len} bytes is over the limit of {MAX_NOTIFICATION_FIELD}"
+                    )));
+                }
+            }
+            let title = read(mem, &caller, tp, ulen(tl));
+            let body = read(mem, &caller, bp, ulen(bl));
             let host = caller.data_mut();
             if host.notifications.len() >= MAX_NOTIFICATIONS {
                 return Ok(-1);
@@ -389,12 +493,13 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         "vmi",
         "mailbox_fetch",
         |mut caller: Caller<'_, Host>, ptr: i32, len: i32| -> HostResult<i32> {
+            let mem = check_spans(&caller, "mailbox_fetch", &[(ptr, len, "buffer")])?;
             let Some(mail) = caller.data().mailbox.front() else { return Ok(0) };
             let record = format!("{}\n{}\n{}", mail.from, mail.subject, mail.body).into_bytes();
-            if record.len() > len.max(0) as usize {
+            if record.len() > ulen(len) {
                 return Ok(-(record.len() as i32));
             }
-            write_bytes(&mut caller, ptr, &record, "mailbox_fetch")?;
+            write(mem, &mut caller, ptr, &record);
             caller.data_mut().mailbox.pop_front();
             Ok(record.len() as i32)
         },
@@ -403,10 +508,15 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         "vmi",
         "kv_get",
         |mut caller: Caller<'_, Host>, kp: i32, kl: i32, bp: i32, bl: i32| -> HostResult<i32> {
-            let key = read_bytes(&caller, kp, kl, MAX_KV_KEY, "kv_get key")?;
+            let mem = check_spans(&caller, "kv_get", &[(kp, kl, "key"), (bp, bl, "buffer")])?;
+            // No key over the limit can be stored, so such a key is simply absent.
+            if ulen(kl) > MAX_KV_KEY {
+                return Ok(-1);
+            }
+            let key = read(mem, &caller, kp, ulen(kl));
             let Some(value) = caller.data().kv.get(&key).cloned() else { return Ok(-1) };
-            if value.len() <= bl.max(0) as usize {
-                write_bytes(&mut caller, bp, &value, "kv_get buffer")?;
+            if value.len() <= ulen(bl) {
+                write(mem, &mut caller, bp, &value);
             }
             Ok(value.len() as i32)
         },
@@ -415,11 +525,12 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         "vmi",
         "kv_set",
         |mut caller: Caller<'_, Host>, kp: i32, kl: i32, vp: i32, vl: i32| -> HostResult<i32> {
-            if kl as u32 as usize > MAX_KV_KEY || vl as u32 as usize > MAX_KV_VALUE {
+            let mem = check_spans(&caller, "kv_set", &[(kp, kl, "key"), (vp, vl, "value")])?;
+            if ulen(kl) > MAX_KV_KEY || ulen(vl) > MAX_KV_VALUE {
                 return Ok(-1);
             }
-            let key = read_bytes(&caller, kp, kl, MAX_KV_KEY, "kv_set key")?;
-            let value = read_bytes(&caller, vp, vl, MAX_KV_VALUE, "kv_set value")?;
+            let key = read(mem, &caller, kp, ulen(kl));
+            let value = read(mem, &caller, vp, ulen(vl));
             let host = caller.data_mut();
             let old = host.kv.get(&key).map(|v| key.len() + v.len()).unwrap_or(0);
             let total = host.kv_bytes - old + key.len() + value.len();
@@ -432,7 +543,11 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         },
     )?;
     linker.func_wrap("vmi", "kv_delete", |mut caller: Caller<'_, Host>, kp: i32, kl: i32| -> HostResult<()> {
-        let key = read_bytes(&caller, kp, kl, MAX_KV_KEY, "kv_delete key")?;
+        let mem = check_spans(&caller, "kv_delete", &[(kp, kl, "key")])?;
+        if ulen(kl) > MAX_KV_KEY {
+            return Ok(()); // never stored
+        }
+        let key = read(mem, &caller, kp, ulen(kl));
         let host = caller.data_mut();
         if let Some(v) = host.kv.remove(&key) {
             host.kv_bytes -= key.len() + v.len();

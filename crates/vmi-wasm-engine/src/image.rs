@@ -101,15 +101,28 @@ pub enum ImageCheckError {
         /// The instruction.
         op: &'static str,
     },
+    /// Atomic instructions (the threads proposal) are not supported, shared memory or not.
+    #[error("atomic instructions (the threads proposal) are not supported: {0}")]
+    Atomics(String),
     /// A mutable global of a type a snapshot cannot hold.
     #[error("global {0} is a mutable {1}; only i32, i64, f32 and f64 globals can be captured")]
     UncapturableGlobal(u32, &'static str),
     /// A data segment whose place in memory is not a constant.
     #[error("data segment {0} has a non-constant offset")]
     DataOffset(u32),
-    /// A required export is missing or has the wrong kind.
+    /// A required export is missing.
     #[error("missing export `{0}` (see docs/GUEST_ABI.md)")]
     MissingExport(&'static str),
+    /// An export of docs/GUEST_ABI.md is of the wrong kind or signature.
+    #[error("export `{name}` is {found}, expected {expected} (see docs/GUEST_ABI.md)")]
+    ExportType {
+        /// The export.
+        name: &'static str,
+        /// What the ABI says it is.
+        expected: String,
+        /// What the module exports under that name.
+        found: String,
+    },
     /// The guest uses a name the engine reserves.
     #[error("export `{0}` uses the reserved prefix `{GLOBAL_EXPORT_PREFIX}`")]
     ReservedExport(String),
@@ -151,10 +164,13 @@ pub fn prepare(bytes: &[u8]) -> Result<PreparedImage, ImageCheckError> {
     let mut globals = Vec::new();
     let mut exports_done = false;
     let mut existing_exports: Vec<(String, ExportKind, u32)> = Vec::new();
-    let mut export_names: Vec<(String, ExportKind)> = Vec::new();
     let mut data_ranges = Vec::new();
     let mut functions = 0u32;
     let mut func_index = 0u32;
+    // Type index of every function, imported ones first (the function index space).
+    let mut func_types: Vec<u32> = Vec::new();
+    // Type of every global, by index (none are imported).
+    let mut global_types: Vec<wasmparser::GlobalType> = Vec::new();
 
     let emit_exports =
         |out: &mut EncodedModule, existing: &[(String, ExportKind, u32)], globals: &[(String, GlobalKind, u32)]| {
@@ -198,6 +214,7 @@ pub fn prepare(bytes: &[u8]) -> Result<PreparedImage, ImageCheckError> {
                         TypeRef::Func(t) => {
                             let found = types.get(t as usize).ok_or_else(|| malformed("import type out of range"))?;
                             check_host_import(import.module, import.name, found)?;
+                            func_types.push(t);
                             imported_funcs += 1;
                             imports.push(import.name.to_string());
                             continue;
@@ -214,6 +231,11 @@ pub fn prepare(bytes: &[u8]) -> Result<PreparedImage, ImageCheckError> {
                     });
                 }
                 func_index = imported_funcs;
+            }
+            Payload::FunctionSection(reader) => {
+                for t in reader.clone() {
+                    func_types.push(t.map_err(malformed)?);
+                }
             }
             Payload::MemorySection(reader) => {
                 for memory in reader.clone() {
@@ -236,6 +258,7 @@ pub fn prepare(bytes: &[u8]) -> Result<PreparedImage, ImageCheckError> {
                 for (index, global) in reader.clone().into_iter().enumerate() {
                     let global = global.map_err(malformed)?;
                     let index = index as u32;
+                    global_types.push(global.ty);
                     if !global.ty.mutable {
                         continue;
                     }
@@ -264,7 +287,6 @@ pub fn prepare(bytes: &[u8]) -> Result<PreparedImage, ImageCheckError> {
                         ExternalKind::Global => ExportKind::Global,
                         ExternalKind::Tag => ExportKind::Tag,
                     };
-                    export_names.push((export.name.to_string(), kind));
                     existing_exports.push((export.name.to_string(), kind, export.index));
                 }
                 emit_exports(&mut out, &existing_exports, &captured);
@@ -308,13 +330,16 @@ pub fn prepare(bytes: &[u8]) -> Result<PreparedImage, ImageCheckError> {
     if memories == 0 {
         return Err(ImageCheckError::MemoryCount(0));
     }
-    for (name, kind) in
-        [("memory", ExportKind::Memory), ("vmi_init", ExportKind::Func), ("vmi_event", ExportKind::Func)]
-    {
-        if !export_names.contains(&(name.to_string(), kind)) {
-            return Err(ImageCheckError::MissingExport(name));
-        }
-    }
+    // The module is valid and shared memory is refused above, so a validator without the
+    // threads proposal fails only on an atomic instruction, and names where it is.
+    let no_threads = wasmparser::WasmFeatures::default()
+        - wasmparser::WasmFeatures::THREADS
+        - wasmparser::WasmFeatures::SHARED_EVERYTHING_THREADS;
+    wasmparser::Validator::new_with_features(no_threads)
+        .validate_all(bytes)
+        .map_err(|e| ImageCheckError::Atomics(e.to_string()))?;
+    let module = ModuleTypes { types: &types, func_types: &func_types, global_types: &global_types };
+    check_exports(&existing_exports, &module)?;
     Ok(PreparedImage {
         instrumented: out.finish(),
         globals,
@@ -324,6 +349,71 @@ pub fn prepare(bytes: &[u8]) -> Result<PreparedImage, ImageCheckError> {
         functions,
         imports,
     })
+}
+
+/// What the export check needs to know of a module's index spaces.
+struct ModuleTypes<'a> {
+    types: &'a [FuncType],
+    func_types: &'a [u32],
+    global_types: &'a [wasmparser::GlobalType],
+}
+
+impl ModuleTypes<'_> {
+    fn func(&self, index: u32) -> Option<&FuncType> {
+        self.func_types.get(index as usize).and_then(|t| self.types.get(*t as usize))
+    }
+
+    /// How an error names what a module exports.
+    fn describe(&self, kind: ExportKind, index: u32) -> String {
+        match kind {
+            ExportKind::Func => match self.func(index) {
+                Some(f) => format!("a function {}", signature(f)),
+                None => "a function".to_string(),
+            },
+            ExportKind::Global => match self.global_types.get(index as usize) {
+                Some(g) => {
+                    format!("a {}global of type {}", if g.mutable { "mutable " } else { "" }, val_name(&g.content_type))
+                }
+                None => "a global".to_string(),
+            },
+            ExportKind::Memory => "a memory".to_string(),
+            ExportKind::Table => "a table".to_string(),
+            ExportKind::Tag => "a tag".to_string(),
+        }
+    }
+}
+
+/// Checks every export docs/GUEST_ABI.md names: present when required, and of the kind
+/// and signature it documents, so that a wrong one is refused at load and not at boot.
+fn check_exports(exports: &[(String, ExportKind, u32)], module: &ModuleTypes<'_>) -> Result<(), ImageCheckError> {
+    const I32: WpValType = WpValType::I32;
+    let rules: [(&'static str, Option<FuncType>, bool); 4] = [
+        ("memory", None, true),
+        ("vmi_abi_version", Some(FuncType::new([], [I32])), false),
+        ("vmi_init", Some(FuncType::new([I32, I32], [])), true),
+        ("vmi_event", Some(FuncType::new([I32, I32, I32, I32], [])), true),
+    ];
+    for (name, function, required) in rules {
+        let Some((_, kind, index)) = exports.iter().find(|(n, _, _)| n == name) else {
+            if required {
+                return Err(ImageCheckError::MissingExport(name));
+            }
+            continue;
+        };
+        let fits = match (&function, kind) {
+            (None, ExportKind::Memory) => true,
+            (Some(f), ExportKind::Func) => module.func(*index) == Some(f),
+            _ => false,
+        };
+        if !fits {
+            let expected = match &function {
+                Some(f) => format!("a function {}", signature(f)),
+                None => "a memory".to_string(),
+            };
+            return Err(ImageCheckError::ExportType { name, expected, found: module.describe(*kind, *index) });
+        }
+    }
+    Ok(())
 }
 
 fn check_host_import(module: &str, name: &str, found: &FuncType) -> Result<(), ImageCheckError> {
@@ -429,11 +519,79 @@ mod tests {
     }
 
     #[test]
+    fn refuses_atomics_naming_them() {
+        let m = wat(r#"(module (memory (export "memory") 1)
+            (func (export "vmi_init") (param i32 i32) (drop (i32.atomic.rmw.add (i32.const 0) (i32.const 1))))
+            (func (export "vmi_event") (param i32 i32 i32 i32)))"#);
+        let err = prepare(&m).unwrap_err();
+        assert!(matches!(err, ImageCheckError::Atomics(_)), "{err}");
+        assert!(err.to_string().contains("threads support is not enabled"), "{err}");
+    }
+
+    #[test]
     fn refuses_table_mutation() {
         let m = wat(r#"(module (memory (export "memory") 1) (table 1 funcref)
             (func (export "vmi_init") (param i32 i32) (drop (table.grow 0 (ref.null func) (i32.const 1))))
             (func (export "vmi_event") (param i32 i32 i32 i32)))"#);
         assert_eq!(prepare(&m).unwrap_err(), ImageCheckError::ForbiddenInstruction { func: 0, op: "table.grow" });
+    }
+
+    /// A module with the given exports' definitions, the rest minimal and right.
+    fn with_exports(memory: &str, init: &str, event: &str, extra: &str) -> Vec<u8> {
+        wat(&format!(
+            r#"(module (import "vmi" "timer_cancel" (func $cancel (param i32)))
+            (memory $m 1) (global $g i32 (i32.const 1)) {memory} {init} {event} {extra})"#
+        ))
+    }
+    const MEMORY: &str = r#"(export "memory" (memory $m))"#;
+    const INIT: &str = r#"(func (export "vmi_init") (param i32 i32))"#;
+    const EVENT: &str = r#"(func (export "vmi_event") (param i32 i32 i32 i32))"#;
+
+    fn export_error(bytes: &[u8]) -> (ImageCheckError, String) {
+        let err = prepare(bytes).expect_err("must be refused");
+        let text = err.to_string();
+        (err, text)
+    }
+
+    #[test]
+    fn refuses_documented_exports_of_the_wrong_kind_or_signature() {
+        prepare(&with_exports(MEMORY, INIT, EVENT, "")).expect("the right exports are accepted");
+        let version = r#"(func (export "vmi_abi_version") (result i32) (i32.const 1))"#;
+        prepare(&with_exports(MEMORY, INIT, EVENT, version)).expect("a right vmi_abi_version is accepted");
+
+        let (err, text) =
+            export_error(&with_exports(MEMORY, INIT, r#"(func (export "vmi_event") (param i32 i32 i32))"#, ""));
+        assert_eq!(
+            err,
+            ImageCheckError::ExportType {
+                name: "vmi_event",
+                expected: "a function (i32, i32, i32, i32) -> ()".into(),
+                found: "a function (i32, i32, i32) -> ()".into(),
+            }
+        );
+        assert!(text.contains("`vmi_event`") && text.contains("expected a function (i32, i32, i32, i32)"), "{text}");
+
+        let (err, text) = export_error(&with_exports(MEMORY, INIT, EVENT, r#"(export "vmi_abi_version" (global $g))"#));
+        assert!(matches!(&err, ImageCheckError::ExportType { name: "vmi_abi_version", .. }), "{err:?}");
+        assert!(text.contains("is a global of type i32, expected a function () -> (i32)"), "{text}");
+
+        let wide = r#"(func (export "vmi_abi_version") (result i64) (i64.const 1))"#;
+        let (err, text) = export_error(&with_exports(MEMORY, INIT, EVENT, wide));
+        assert!(matches!(&err, ImageCheckError::ExportType { name: "vmi_abi_version", .. }), "{err:?}");
+        assert!(text.contains("a function () -> (i64)"), "{text}");
+
+        let (err, _) = export_error(&with_exports(MEMORY, r#"(func (export "vmi_init") (param i32))"#, EVENT, ""));
+        assert!(matches!(&err, ImageCheckError::ExportType { name: "vmi_init", .. }), "{err:?}");
+        // An imported function re-exported under an ABI name is checked like any other.
+        let (err, text) = export_error(&with_exports(MEMORY, r#"(export "vmi_init" (func $cancel))"#, EVENT, ""));
+        assert!(text.contains("`vmi_init` is a function (i32) -> ()"), "{err:?}");
+
+        let (err, text) = export_error(&with_exports(r#"(func (export "memory"))"#, INIT, EVENT, ""));
+        assert!(matches!(&err, ImageCheckError::ExportType { name: "memory", .. }), "{err:?}");
+        assert!(text.contains("expected a memory"), "{text}");
+        let (err, text) = export_error(&with_exports(MEMORY, INIT, r#"(export "vmi_event" (global $g))"#, ""));
+        assert!(matches!(&err, ImageCheckError::ExportType { name: "vmi_event", .. }), "{err:?}");
+        assert!(text.contains("is a global of type i32"), "{text}");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! the engine are separate stores and carry on.
 
 pub mod dirty;
+pub mod guest_log;
 pub mod host;
 pub mod image;
 mod persist;
@@ -34,11 +35,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use vmi_engine::{Clock, Engine, EngineError, ImageHash, ImageInfo, SystemClock, VirtualPhone, VmConfig};
+use vmi_engine::{Carryover, Clock, Engine, EngineError, ImageHash, ImageInfo, SystemClock, VirtualPhone, VmConfig};
 use wasmtime::{InstancePre, Linker, Module};
 
 pub use dirty::TrackerKind;
-pub use host::kv_of_host_state;
+pub use host::{carryover_of_host_state, kv_of_host_state};
 pub use phone::WasmPhone;
 pub use restore::WasmRestore;
 
@@ -169,6 +170,11 @@ fn build_wasmtime(config: &WasmEngineConfig) -> Result<wasmtime::Engine, EngineE
         .memory_init_cow(false)
         .wasm_multi_memory(false)
         .wasm_memory64(false)
+        // Fixed-width SIMD holds no state beyond locals and memory, so it snapshots like
+        // any code; relaxed SIMD must give the same answers on every host a phone may
+        // migrate to.
+        .wasm_simd(true)
+        .relaxed_simd_deterministic(true)
         .cranelift_opt_level(wasmtime::OptLevel::Speed);
     if config.max_vms > 0 {
         let mut pool = wasmtime::PoolingAllocationConfig::default();
@@ -192,6 +198,14 @@ impl Engine for WasmEngine {
             return Ok(image.info.clone());
         }
         let prepared = image::prepare(bytes).map_err(|e| EngineError::ImageRefused(e.to_string()))?;
+        let initial = prepared.memory_min_pages * 65536;
+        if initial > self.config.max_memory_bytes {
+            return Err(EngineError::ImageRefused(format!(
+                "the image's initial memory of {} is above this engine's memory cap of {}",
+                phone::mib(initial),
+                phone::mib(self.config.max_memory_bytes)
+            )));
+        }
         let module = self.compile(&hash, &prepared.instrumented)?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| EngineError::Compile(e.into()))?;
         let abi_version = phone::probe_abi_version(self, &pre)?;
@@ -246,6 +260,15 @@ impl Engine for WasmEngine {
         config: &VmConfig,
     ) -> Result<Box<dyn VirtualPhone>, EngineError> {
         Ok(Box::new(WasmPhone::upgrade(self, image, chain, config)?))
+    }
+
+    fn create_from(
+        &self,
+        image: &ImageHash,
+        carried: &Carryover,
+        config: &VmConfig,
+    ) -> Result<Box<dyn VirtualPhone>, EngineError> {
+        Ok(Box::new(WasmPhone::create_from(self, image, carried, config)?))
     }
 
     fn begin_restore(

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use vmi_engine::{
-    EncodedSnapshot, EngineError, Event, Frame, ImageHash, KeyCode, Mail, Notification, ResourceUsage, SnapshotRequest,
-    TouchPhase, VirtualClock, VirtualPhone, VmConfig, VmError, VmInfo, VmStatus,
+    Carryover, EncodedSnapshot, EngineError, Event, Frame, ImageHash, KeyCode, LogLine, Mail, Notification,
+    ResourceUsage, SnapshotRequest, TouchPhase, VirtualClock, VirtualPhone, VmConfig, VmError, VmInfo, VmStatus,
 };
 use vmi_snapshot::{GlobalValue, Header, Limits, PAGE_SIZE, SnapshotId, SnapshotKind, SnapshotView};
 use wasmtime::{Global, Instance, InstancePre, Memory, Store, Trap, TypedFunc, Val};
@@ -56,18 +56,22 @@ struct Instantiated {
     on_init: TypedFunc<(i32, i32), ()>,
 }
 
+/// Why instantiating failed: out of pool slots, or the guest's start function failed (the
+/// whole cause chain, so a host call's reason is not lost).
+fn instantiation_error(e: wasmtime::Error) -> EngineError {
+    let text = format!("{e:#}");
+    if text.contains("pooling") || text.contains("concurrent") {
+        EngineError::Exhausted(text)
+    } else {
+        EngineError::Start(VmError::Trap(format!("while instantiating (the start function): {text}")))
+    }
+}
+
 fn instantiate(engine: &WasmEngine, image: &LoadedImage, host: Host) -> Result<Instantiated, EngineError> {
-    let start = |e: wasmtime::Error| EngineError::Start(VmError::Trap(e.to_string()));
     let mut store = Store::new(&engine.wasmtime, host);
     store.limiter(|host| host);
-    store.set_fuel(u64::MAX / 2).map_err(start)?;
-    let instance: Instance = image.pre.instantiate(&mut store).map_err(|e| {
-        if format!("{e:?}").contains("pooling") || format!("{e:?}").contains("concurrent") {
-            EngineError::Exhausted(e.to_string())
-        } else {
-            start(e)
-        }
-    })?;
+    store.set_fuel(u64::MAX / 2).map_err(|e| EngineError::Config(e.to_string()))?;
+    let instance: Instance = image.pre.instantiate(&mut store).map_err(instantiation_error)?;
     let memory = instance
         .get_memory(&mut store, "memory")
         .ok_or_else(|| EngineError::ImageRefused("export `memory` missing".into()))?;
@@ -90,11 +94,18 @@ fn instantiate(engine: &WasmEngine, image: &LoadedImage, host: Host) -> Result<I
 pub(crate) fn probe_abi_version(engine: &WasmEngine, pre: &InstancePre<Host>) -> Result<u32, EngineError> {
     let mut store = Store::new(&engine.wasmtime, Host::new(engine.clock.clone(), 1, u64::MAX));
     store.set_fuel(10_000_000).map_err(|e| EngineError::Config(e.to_string()))?;
-    let instance = pre.instantiate(&mut store).map_err(|e| EngineError::Start(VmError::Trap(e.to_string())))?;
-    match instance.get_typed_func::<(), i32>(&mut store, "vmi_abi_version") {
-        Ok(f) => f.call(&mut store, ()).map(|v| v as u32).map_err(|e| EngineError::Start(VmError::Trap(e.to_string()))),
-        Err(_) => Ok(1),
+    let instance = pre.instantiate(&mut store).map_err(instantiation_error)?;
+    // Absent means version 1; its kind and signature were checked at load (`image::prepare`).
+    if instance.get_export(&mut store, "vmi_abi_version").is_none() {
+        return Ok(1);
     }
+    let version = instance
+        .get_typed_func::<(), i32>(&mut store, "vmi_abi_version")
+        .map_err(|e| EngineError::ImageRefused(format!("export `vmi_abi_version`: {e:#}")))?;
+    version
+        .call(&mut store, ())
+        .map(|v| v as u32)
+        .map_err(|e| EngineError::ImageRefused(format!("`vmi_abi_version` trapped: {e:#}")))
 }
 
 impl WasmPhone {
@@ -132,7 +143,17 @@ impl WasmPhone {
 
     /// Boots a new phone and runs its init event.
     pub fn create(engine: &WasmEngine, image: &ImageHash, config: &VmConfig) -> Result<WasmPhone, EngineError> {
-        WasmPhone::boot(engine, image, config, Default::default())
+        WasmPhone::boot(engine, image, config, None)
+    }
+
+    /// Boots a fresh phone that continues an earlier life ([`vmi_engine::Engine::create_from`]).
+    pub fn create_from(
+        engine: &WasmEngine,
+        image: &ImageHash,
+        carried: &Carryover,
+        config: &VmConfig,
+    ) -> Result<WasmPhone, EngineError> {
+        WasmPhone::boot(engine, image, config, Some(carried))
     }
 
     /// Boots a new image version for a phone whose old state is `chain`: only the
@@ -154,21 +175,27 @@ impl WasmPhone {
             }
             .into());
         }
-        let kv = crate::host::kv_of_host_state(view.host_state)?;
-        WasmPhone::boot(engine, image, config, kv)
+        let carried =
+            crate::host::carryover_of_host_state(view.host_state, view.header.virtual_ns, view.header.wall_ns)?;
+        WasmPhone::boot(engine, image, config, Some(&carried))
     }
 
     fn boot(
         engine: &WasmEngine,
         image: &ImageHash,
         config: &VmConfig,
-        kv: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+        carried: Option<&Carryover>,
     ) -> Result<WasmPhone, EngineError> {
-        check_config(config)?;
         let image = engine.loaded(image)?;
-        let mut host = Host::new(engine.clock.clone(), config.rng_seed, config.memory_limit_bytes);
-        host.kv_bytes = kv.iter().map(|(k, v)| k.len() + v.len()).sum();
-        host.kv = kv;
+        check_config(engine, config, &image)?;
+        let seed = match config.rng_seed {
+            Some(seed) => seed,
+            None => secure_seed()?,
+        };
+        let mut host = Host::new(engine.clock.clone(), seed, config.memory_limit_bytes);
+        if let Some(carried) = carried {
+            host.take_over(carried).map_err(|e| EngineError::Config(format!("carried state refused: {e}")))?;
+        }
         let inst = instantiate(engine, &image, host)?;
         let on_init = inst.on_init.clone();
         let mut phone = WasmPhone::assemble(engine, image, inst, config)?;
@@ -185,7 +212,7 @@ impl WasmPhone {
         chain: &[&[u8]],
         config: &VmConfig,
     ) -> Result<WasmPhone, EngineError> {
-        check_config(config)?;
+        check_config(engine, config, engine.loaded(image)?.as_ref())?;
         let Some(last_bytes) = chain.last() else { return Err(EngineError::EmptyChain) };
         // The last snapshot's id only names the restored state; nothing is checked against
         // it. Hashing it (a millisecond per few MiB) runs on another core while the pages
@@ -321,8 +348,8 @@ impl WasmPhone {
 
     /// Instantiates `image` for a restore, with host state to be loaded later.
     pub(crate) fn blank(engine: &WasmEngine, image: &ImageHash, config: &VmConfig) -> Result<WasmPhone, EngineError> {
-        check_config(config)?;
         let image = engine.loaded(image)?;
+        check_config(engine, config, &image)?;
         let host = Host::new(engine.clock.clone(), 1, config.memory_limit_bytes);
         let inst = instantiate(engine, &image, host)?;
         WasmPhone::assemble(engine, image, inst, config)
@@ -455,14 +482,48 @@ fn populate(memory: &mut [u8], runs: &[vmi_snapshot::PageRun]) {
     let _ = (memory, runs);
 }
 
-fn check_config(config: &VmConfig) -> Result<(), EngineError> {
+fn check_config(engine: &WasmEngine, config: &VmConfig, image: &LoadedImage) -> Result<(), EngineError> {
     if config.width == 0 || config.height == 0 || config.width > 8192 || config.height > 8192 {
         return Err(EngineError::Config(format!("screen {}x{} is outside 1..=8192", config.width, config.height)));
     }
     if config.cpu_budget_per_event == 0 {
         return Err(EngineError::Config("CPU budget per event must be above 0".into()));
     }
+    // Refused, never silently lowered: a phone must get the memory it was promised.
+    let cap = engine.config.max_memory_bytes;
+    if config.memory_limit_bytes > cap {
+        return Err(EngineError::Config(format!(
+            "memory limit of {} is above this engine's cap of {}",
+            mib(config.memory_limit_bytes),
+            mib(cap)
+        )));
+    }
+    let initial = image.info.initial_memory_bytes;
+    if initial > config.memory_limit_bytes {
+        return Err(EngineError::Config(format!(
+            "image {} starts with {} of memory, above this phone's memory limit of {}",
+            image.info.hash,
+            mib(initial),
+            mib(config.memory_limit_bytes)
+        )));
+    }
     Ok(())
+}
+
+/// A byte count for people: `"300 MiB (314572800 bytes)"`.
+pub(crate) fn mib(bytes: u64) -> String {
+    format!("{} MiB ({bytes} bytes)", bytes as f64 / (1 << 20) as f64)
+}
+
+/// A seed from the host's secure random source, so that no two fresh phones share an RNG
+/// stream (std has no public API for it; the kernel's device is ten lines).
+fn secure_seed() -> Result<u64, EngineError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| EngineError::Exhausted(format!("cannot seed the phone's RNG from /dev/urandom: {e}")))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 impl VirtualPhone for WasmPhone {
@@ -486,7 +547,10 @@ impl VirtualPhone for WasmPhone {
             }
             Event::Key { code, text } => {
                 let code = if code == KeyCode::Text { 0 } else { code as i32 };
-                (4, code, text.map(|c| c as i32).unwrap_or(0), 0)
+                // Events carry the text typed, not the keys held: a capital was typed with
+                // shift, so the guest sees shift for it (docs/GUEST_ABI.md).
+                let shift = i32::from(text.is_some_and(char::is_uppercase));
+                (4, code, text.map(|c| c as i32).unwrap_or(0), shift)
             }
             Event::Timer(id) => (5, id as i32, 0, 0),
             Event::MailArrived => (6, self.store.data().mailbox.len() as i32, 0, 0),
@@ -567,6 +631,16 @@ impl VirtualPhone for WasmPhone {
 
     fn kv_get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.store.data().kv.get(key).cloned()
+    }
+
+    fn carryover(&self) -> Carryover {
+        self.store.data().carryover()
+    }
+
+    fn take_logs(&mut self) -> Vec<LogLine> {
+        let host = self.store.data_mut();
+        let now = host.now_ns();
+        host.logs.take(now)
     }
 
     fn snapshot(&mut self, request: SnapshotRequest) -> Result<EncodedSnapshot, VmError> {
