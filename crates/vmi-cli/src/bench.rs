@@ -389,7 +389,7 @@ fn density(vms: usize) -> Result<Value> {
     let mut create_ms = Vec::with_capacity(vms);
     let started = Instant::now();
     for i in 0..vms {
-        let config = VmConfig { rng_seed: i as u64 + 1, ..VmConfig::default() };
+        let config = VmConfig { rng_seed: Some(i as u64 + 1), ..VmConfig::default() };
         let t = Instant::now();
         phones.push(engine.create(&image.hash, &config)?);
         create_ms.push(ms(t));

@@ -127,7 +127,7 @@ pub fn checkpoint(hours: u64, phones: usize) -> Result<Value> {
     let many = CheckpointStore::new(Arc::new(FsStore::open(&dir_many.0)?.with_sync(false)));
     let mut put_ms = Vec::new();
     for i in 0..phones {
-        let config = VmConfig { rng_seed: i as u64 + 1, ..VmConfig::default() };
+        let config = VmConfig { rng_seed: Some(i as u64 + 1), ..VmConfig::default() };
         let mut p = engine.create(&image.hash, &config)?;
         tap(p.as_mut(), layout::NOTES)?;
         type_text(p.as_mut(), &format!("user{i}: groceries, gym at 7"))?;

@@ -92,7 +92,7 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
                 let sites: Vec<&str> = c["sites"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
                 println!(
                     "{:<20} {:<16} {:>10}  {:<18} {}",
-                    vmi_site::checkpoints::describe_time(c["at_ms"].as_u64().unwrap_or(0)),
+                    vmi_control_api::time::describe_time(c["at_ms"].as_u64().unwrap_or(0)),
                     &id[..16.min(id.len())],
                     c["stored_bytes"],
                     if sites.is_empty() { "-".to_owned() } else { sites.join(",") },
@@ -144,8 +144,8 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
                 match oldest {
                     Some(oldest) => bail!(
                         "no checkpoint of {user} at or before {}: the oldest is from {}",
-                        vmi_site::checkpoints::describe_time(at_ms),
-                        vmi_site::checkpoints::describe_time(oldest)
+                        vmi_control_api::time::describe_time(at_ms),
+                        vmi_control_api::time::describe_time(oldest)
                     ),
                     None => bail!("{user} has no checkpoint yet"),
                 }
@@ -154,7 +154,7 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
             let r = &v["restored"];
             println!(
                 "{user}'s phone is back to {} (checkpoint {}{})",
-                vmi_site::checkpoints::describe_time(r["at_ms"].as_u64().unwrap_or(0)),
+                vmi_control_api::time::describe_time(r["at_ms"].as_u64().unwrap_or(0)),
                 r["id"].as_str().unwrap_or("?"),
                 r["label"].as_str().map(|l| format!(", {l}")).unwrap_or_default()
             );
@@ -280,20 +280,9 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64> {
     if t.next().is_some() || !(0..24).contains(&hh) || !(0..60).contains(&mm) || !(0..61).contains(&ss) {
         return Err(bad());
     }
-    let days = days_from_civil(y, m, day);
+    let days = vmi_control_api::time::days_from_civil(y, m, day);
     let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
     u64::try_from(secs).map(|s| s * 1000 + rest_ms).map_err(|_| bad())
-}
-
-/// Days since 1970-01-01 of a Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

@@ -34,6 +34,13 @@ pub enum Report {
         /// Full or incremental.
         incremental: bool,
     },
+    /// The guest logged a line.
+    Log {
+        /// `error`, `warn`, `info`, `debug` or `trace`.
+        level: &'static str,
+        /// The line.
+        text: String,
+    },
     /// The guest raised a notification.
     Notification {
         /// Title.
@@ -98,6 +105,9 @@ impl Runner<'_> {
             }
             for n in self.phone.take_notifications() {
                 reports.push(Report::Notification { title: n.title, body: n.body });
+            }
+            for l in self.phone.take_logs() {
+                reports.push(Report::Log { level: l.level.as_str(), text: l.text });
             }
         }
         Ok(reports)

@@ -175,8 +175,11 @@ enum VmCmd {
     Checkpoints(checkpoints::CheckpointsCmd),
     /// Boot a user's phone on a site (admitted against their tenant's quotas).
     Create(tenants::PhoneArgs),
-    /// Restart a user's phone: it moves to its image's current version, keeping the user's data.
+    /// Restart a user's phone: it moves to its image's current version, keeping the user's
+    /// data (a crashed phone restarts from its last good state, or afresh with its store).
     Restart(tenants::PhoneArgs),
+    /// A phone's recent log lines (what its apps wrote with the guest ABI's `log`).
+    Logs(services::LogsArgs),
     /// Break a phone's offline checkout (a lost terminal): the phone resumes on its site
     /// from the checkout base, and the lease's checkin is refused.
     CheckoutCancel {
@@ -388,6 +391,7 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
         VmCmd::Checkpoints(cmd) => runtime()?.block_on(checkpoints::run(cmd)),
         VmCmd::Create(args) => runtime()?.block_on(tenants::create_phone(args)),
         VmCmd::Restart(args) => runtime()?.block_on(tenants::restart(args)),
+        VmCmd::Logs(args) => runtime()?.block_on(services::logs(args)),
         VmCmd::CheckoutCancel { user, control } => runtime()?.block_on(checkout_cancel(&user, &control)),
         VmCmd::Run { phone: p, wall_start, .. } => {
             let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;

@@ -114,6 +114,19 @@ pub struct ListArgs {
     json: bool,
 }
 
+/// `vmi vm logs` arguments.
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Whose phone.
+    user: String,
+    /// Control service URL.
+    #[arg(long, default_value = "http://127.0.0.1:7800")]
+    control: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// `vmi up` arguments.
 #[derive(Args)]
 pub struct UpArgs {
@@ -554,6 +567,31 @@ pub async fn list(args: ListArgs) -> Result<()> {
             r["site"].as_str().unwrap_or("-"),
             terminals,
             r["status"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// `vmi vm logs`: asks the site that runs the phone for its recent log lines.
+pub async fn logs(args: LogsArgs) -> Result<()> {
+    let control = ControlClient::new(&args.control)?;
+    let placement = control.placement(&args.user).await.with_context(|| format!("where {}'s phone runs", args.user))?;
+    let url = format!("{}/v1/phones/{}/logs", placement.site_url.trim_end_matches('/'), args.user);
+    let (status, body) = vmi_control_api::http_client::get_bytes(&url).await.with_context(|| format!("GET {url}"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status != 200 {
+        bail!("{} answered {status}: {}", placement.site, answer["error"].as_str().unwrap_or("no reason given"));
+    }
+    if args.json {
+        println!("{answer}");
+        return Ok(());
+    }
+    for line in answer["lines"].as_array().into_iter().flatten() {
+        println!(
+            "{} {:<5} {}",
+            vmi_control_api::time::format_ms(line["at_ms"].as_u64().unwrap_or(0)),
+            line["level"].as_str().unwrap_or("?"),
+            line["text"].as_str().unwrap_or("")
         );
     }
     Ok(())

@@ -30,6 +30,7 @@ mod error;
 pub mod http_client;
 pub mod model;
 pub mod tenants;
+pub mod time;
 pub mod token;
 pub mod url;
 

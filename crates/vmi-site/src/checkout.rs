@@ -93,13 +93,7 @@ impl Leases {
     }
 }
 
-/// `ms` since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn format_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = crate::checkpoints::civil_from_days(days as i64);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest / 60 % 60, rest % 60)
-}
+use vmi_control_api::time::format_ms;
 
 fn refusal(user: &str, slot: &Slot) -> String {
     match slot {

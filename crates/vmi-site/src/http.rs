@@ -30,6 +30,7 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/phones/{user}/mail", post(send_mail))
         .route("/v1/phones/{user}/screen.png", get(screen_png))
         .route("/v1/phones/{user}/screen-hash", get(screen_hash))
+        .route("/v1/phones/{user}/logs", get(logs))
         .route("/v1/phones/{user}/kv/{key}", get(kv))
         .route("/v1/phones/{user}/migrate", post(migrate))
         .route("/v1/phones/{user}/restart", post(restart))
@@ -257,6 +258,12 @@ async fn kv(
         Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("{user}'s phone has no key {key:?}"))),
     }
+}
+
+/// `GET /v1/phones/{user}/logs`: the guest's recent log lines, oldest first.
+async fn logs(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    let lines = site.phone(&user)?.logs().await.map_err(|e| SiteError::phone(&user, e))?;
+    Ok(Json(serde_json::json!({ "user": user, "lines": lines })).into_response())
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@ use serde::Serialize;
 use vmi_engine::{ImageHash, VirtualPhone};
 
 use crate::persist::write_phone;
+use crate::phone::PhoneError;
 use crate::{SiteError, SiteState, valid_user};
 
 /// An image loaded on this site.
@@ -219,13 +220,46 @@ impl SiteState {
         self.restart_stopped(user, &phone).await
     }
 
+    /// Starts a crashed phone that has no snapshot again on its user's current image,
+    /// with what crosses from its crashed VM (key-value store, unread mail, clock), in
+    /// place: its terminals stay and get a full repaint.
+    async fn restart_fresh(
+        self: &Arc<Self>,
+        user: &str,
+        phone: &crate::phone::PhoneLink,
+        reason: String,
+    ) -> Result<RestartReport, SiteError> {
+        let carried = phone.carryover().await.map_err(|e| SiteError::phone(user, e))?;
+        let old = ImageHash::from_hex(&phone.status().await.map_err(|e| SiteError::phone(user, e))?.image)
+            .unwrap_or(self.builtin_image);
+        let image = self.current_image(user).await?;
+        let config = self.vm_config();
+        let site = self.clone();
+        let target = image;
+        let vm = self.blocking(move || site.engine.create_from(&target, &carried, &config)).await??;
+        phone.replace(vm).await.map_err(|e| SiteError::phone(user, e))?;
+        tracing::warn!(user, %reason, "crashed phone with no snapshot started afresh with its store");
+        Ok(RestartReport {
+            user: user.to_string(),
+            from: self.image_ref(&old),
+            to: self.image_ref(&image),
+            upgraded: image != old,
+            upgrade_error: None,
+        })
+    }
+
     async fn restart_stopped(
         self: &Arc<Self>,
         user: &str,
         phone: &crate::phone::PhoneLink,
     ) -> Result<RestartReport, SiteError> {
-        // Without a snapshot the task runs on: the restart is refused, nothing is lost.
-        let saved = phone.stop().await.map_err(|e| SiteError::phone(user, e))?;
+        // Without a snapshot the task runs on: the restart is refused, nothing is lost. A
+        // phone that crashed before any snapshot of it starts afresh with its store.
+        let saved = match phone.stop().await {
+            Ok(saved) => saved,
+            Err(PhoneError::NoGoodState { reason }) => return self.restart_fresh(user, phone, reason).await,
+            Err(e) => return Err(SiteError::phone(user, e)),
+        };
         self.phones.remove(user);
         if let Err(e) = write_phone(&self.phone_dir(user), &saved) {
             // The snapshot is still in memory and boots below; the file is only a safety net.

@@ -567,3 +567,72 @@ async fn notifications_raised_with_no_terminal_reach_the_next_hello() {
     assert!(matches!(note, ServerMessage::Notification { ref title, .. } if title == "ann@example.com"), "{note:?}");
     w.stop().await;
 }
+
+/// A guest that keeps a value on a key press, logs a line at boot, and traps on a touch.
+const CRASHING_GUEST: &str = r#"(module
+  (import "vmi" "fb_attach" (func $fb_attach (param i32 i32 i32)))
+  (import "vmi" "kv_set" (func $kv_set (param i32 i32 i32 i32) (result i32)))
+  (import "vmi" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 64)
+  (data (i32.const 0) "notes.text")
+  (data (i32.const 16) "kept")
+  (data (i32.const 32) "hello from the guest")
+  (func (export "vmi_init") (param $w i32) (param $h i32)
+    (call $fb_attach (i32.const 65536) (local.get $w) (local.get $h))
+    (call $log (i32.const 2) (i32.const 32) (i32.const 20)))
+  (func (export "vmi_event") (param $kind i32) (param $a i32) (param $b i32) (param $c i32)
+    (if (i32.eq (local.get $kind) (i32.const 4))
+      (then (drop (call $kv_set (i32.const 0) (i32.const 10) (i32.const 16) (i32.const 4)))))
+    (if (i32.eq (local.get $kind) (i32.const 1)) (then unreachable))))"#;
+
+/// A phone that crashes before any snapshot of it exists: its terminal is told
+/// (Error(PhoneDown), close 4005), a new Hello is refused the same way, the listing says
+/// crashed, and a restart brings it back afresh with its key-value store. Its log line
+/// reached the site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store() {
+    let control = control().await;
+    let wasm = wat::parse_str(CRASHING_GUEST).expect("guest parses");
+    control.client.publish_image("phone", &wasm).await.expect("publish");
+    let site = site(&control, "site-a", scratch("protocol-crash")).await;
+    let token = user_with_phone(&control, &site, "cat").await;
+
+    let mut t = Raw::connect(&site.ws_url()).await;
+    assert!(matches!(t.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
+    t.send(&ClientMessage::Input { seq: 1, input: key('k') }).await;
+    t.until(|m| matches!(m, ServerMessage::InputAck { seq: 1 })).await;
+    let (_, logs) = http_get(&format!("{}/v1/phones/cat/logs", site.url)).await;
+    let logs: serde_json::Value = serde_json::from_slice(&logs).expect("json");
+    assert_eq!(logs["lines"][0]["text"], "hello from the guest", "{logs}");
+    assert_eq!(logs["lines"][0]["level"], "info", "{logs}");
+
+    t.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 1 } }).await;
+    let heard = t.until_closed().await;
+    assert_closed_with(&heard, ErrorCode::PhoneDown);
+    let mut again = Raw::connect(&site.ws_url()).await;
+    again
+        .send(&ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            device_token: token.clone(),
+            resume: None,
+            asleep: false,
+        })
+        .await;
+    assert_closed_with(&again.until_closed().await, ErrorCode::PhoneDown);
+    let (_, listing) = http_get(&format!("{}/v1/phones", site.url)).await;
+    let listing: serde_json::Value = serde_json::from_slice(&listing).expect("json");
+    assert_eq!(listing["phones"][0]["phone"]["crashed"], true, "{listing}");
+
+    let (status, body) =
+        vmi_control_api::http_client::post_json(&format!("{}/v1/phones/cat/restart", site.url), &serde_json::json!({}))
+            .await
+            .expect("restart");
+    assert_eq!(status, 200, "{body}");
+    let (_, kept) = http_get(&format!("{}/v1/phones/cat/kv/notes.text", site.url)).await;
+    assert_eq!(kept, b"kept", "the store crossed to the fresh phone");
+    let mut back = Raw::connect(&site.ws_url()).await;
+    assert!(matches!(back.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
+    back.send(&ClientMessage::Input { seq: 2, input: key('k') }).await;
+    back.until(|m| matches!(m, ServerMessage::InputAck { seq: 2 })).await;
+    site.shutdown().await;
+}

@@ -247,6 +247,12 @@ pub enum LifecycleCommand {
         /// The snapshot's bytes.
         reply: oneshot::Sender<Result<Vec<u8>, PhoneError>>,
     },
+    /// What crosses to a fresh VM (its key-value store, unread mail, clock): how a phone
+    /// that crashed before any snapshot of it starts again.
+    Carryover {
+        /// What the VM holds.
+        reply: oneshot::Sender<vmi_engine::Carryover>,
+    },
     /// Put this VM (a restored checkpoint, a restart) in place of the running or crashed
     /// one; attached terminals stay and get a full repaint.
     Replace {
@@ -297,10 +303,12 @@ pub struct Screenshot {
 }
 
 /// One line the guest logged, as kept for `vmi vm logs`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LogLine {
-    /// When, ms since the Unix epoch (the site's clock).
+    /// When the site took it, ms since the Unix epoch (the site's clock).
     pub at_ms: u64,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: String,
     /// The line.
     pub text: String,
 }
@@ -422,6 +430,11 @@ impl PhoneLink {
     /// A snapshot for a checkpoint.
     pub async fn checkpoint(&self, parent: Option<vmi_snapshot::SnapshotId>) -> Result<Vec<u8>, PhoneError> {
         self.ask(|reply| PhoneCommand::Lifecycle(LifecycleCommand::Checkpoint { parent, reply })).await?
+    }
+
+    /// What would cross to a fresh VM.
+    pub async fn carryover(&self) -> Result<vmi_engine::Carryover, PhoneError> {
+        self.ask(|reply| PhoneCommand::Lifecycle(LifecycleCommand::Carryover { reply })).await
     }
 
     /// Puts `phone` in place of the running VM.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use vmi_engine::{Clock, Event, SnapshotRequest, VirtualPhone, VmStatus};
+use vmi_engine::{Clock, Event, LogLevel, SnapshotRequest, VirtualPhone, VmStatus};
 use vmi_protocol::{ErrorCode, Input, ServerMessage};
 
 use super::terminals::Terminals;
@@ -390,6 +390,9 @@ impl PhoneTask {
                 };
                 let _ = reply.send(r);
             }
+            LifecycleCommand::Carryover { reply } => {
+                let _ = reply.send(self.phone.carryover());
+            }
             LifecycleCommand::Replace { phone, reply } => {
                 self.phone = phone;
                 self.state = State::Running;
@@ -426,15 +429,33 @@ impl PhoneTask {
     }
 
     /// Takes what the guest produced besides pixels: notifications go to every attached
-    /// terminal (none attached: they wait in the VM), log lines to the site's log.
+    /// terminal (none attached: they wait in the VM, in its snapshots too), log lines to
+    /// the site's log with the user's name and to the lines kept for `vmi vm logs`. A
+    /// frozen phone's state is already on its way to another site: nothing is taken.
     fn collect_output(&mut self) {
+        if let State::Frozen { .. } = self.state {
+            return;
+        }
+        let now_ms = self.clock.wall_ns() / 1_000_000;
         if !self.terminals.is_empty() {
-            let now_ms = self.clock.wall_ns() / 1_000_000;
             for n in self.phone.take_notifications() {
                 self.terminals.broadcast(&ServerMessage::Notification { title: n.title, body: n.body, at_ms: now_ms });
             }
         }
-        let _ = KEPT_LOG_LINES;
+        for line in self.phone.take_logs() {
+            let user = self.user.as_str();
+            match line.level {
+                LogLevel::Error => tracing::error!(target: "guest", user, "{}", line.text),
+                LogLevel::Warn => tracing::warn!(target: "guest", user, "{}", line.text),
+                LogLevel::Info => tracing::info!(target: "guest", user, "{}", line.text),
+                LogLevel::Debug => tracing::debug!(target: "guest", user, "{}", line.text),
+                LogLevel::Trace => tracing::trace!(target: "guest", user, "{}", line.text),
+            }
+            if self.logs.len() == KEPT_LOG_LINES {
+                self.logs.pop_front();
+            }
+            self.logs.push_back(LogLine { at_ms: now_ms, level: line.level.as_str().to_string(), text: line.text });
+        }
     }
 
     /// Pushes what the guest produced to the terminals.

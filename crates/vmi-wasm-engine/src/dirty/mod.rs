@@ -73,10 +73,10 @@
 //!   and copy-on-write faults after the fork are tracked like any write. The userfaultfd is close-on-exec.
 
 use std::collections::TryReserveError;
-use std::error::Error;
-use std::fmt::Write as _;
 use std::io;
 use std::sync::OnceLock;
+
+use vmi_engine::error_chain;
 
 mod shadow;
 #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")))]
@@ -287,17 +287,6 @@ pub enum DirtyError {
         /// What the probe wrote.
         expected: Vec<u32>,
     },
-}
-
-/// Formats an error with its chain of causes, `outer: inner: innermost`, for log fields.
-fn error_chain(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let _ = write!(s, ": {c}");
-        cause = c.source();
-    }
-    s
 }
 
 /// Whether write-protect tracking works here: probed on first use, then cached for the process.

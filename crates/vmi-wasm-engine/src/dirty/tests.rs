@@ -1,5 +1,7 @@
 //! The tracker contract, checked against every mechanism this machine offers.
 
+use std::error::Error as _;
+
 use super::userfaultfd::Mapping;
 use super::*;
 
