@@ -149,7 +149,7 @@ pub use model::{
 };
 pub use pairing::{PAIR_CODE_TTL_MS, PairCode, PairCodes, PairRequest};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};
-pub use placer::{ORDER_TIMEOUT, run_placer};
+pub use placer::{ORDER_TIMEOUT, PlacerRounds, run_placer};
 pub use reports::Reports;
 pub use store::{SCHEMA_VERSION, SqliteStore, Store, TOKEN_BYTES, generate_token, now_ms, token_hash};
 pub use tenants::{
