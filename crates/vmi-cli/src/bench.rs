@@ -99,6 +99,21 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1000)]
         phones: usize,
     },
+    /// The delay proxy of `vmi up`: its own cost per round trip, and a burst through it paying the delay once.
+    Proxy {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// One-byte round trips to time, straight and through the proxy.
+        #[arg(long, default_value_t = 2000)]
+        round_trips: usize,
+        /// The proxy's one-way delay for the burst, ms.
+        #[arg(long, default_value_t = 20)]
+        delay_ms: u64,
+        /// Small writes in the burst.
+        #[arg(long, default_value_t = 200)]
+        chunks: usize,
+    },
     /// How many idle phones fit, and how fast each is created.
     Density {
         /// Print one JSON object.
@@ -158,6 +173,14 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Display { json, keys, static_secs } => {
             print(json, crate::runtime()?.block_on(crate::bench_net::display(keys.max(10), static_secs.clamp(1, 120)))?)
         }
+        BenchCmd::Proxy { json, round_trips, delay_ms, chunks } => print(
+            json,
+            crate::runtime()?.block_on(crate::proxy::bench(
+                round_trips.max(10),
+                std::time::Duration::from_millis(delay_ms),
+                chunks.max(1),
+            ))?,
+        ),
         BenchCmd::Energy { json, active_min, asleep_h, mail_every_min } => print(
             json,
             crate::runtime()?.block_on(crate::bench_net::energy(active_min, asleep_h, mail_every_min.max(1)))?,

@@ -18,6 +18,8 @@
 //! [`QUEUED_CHUNKS`] chunks of up to [`CHUNK_BYTES`] held per direction (the reader then
 //! stops reading, which is TCP's own back pressure). The poller and every connection are
 //! owned by [`run`] and stop with it on SIGINT/SIGTERM.
+//!
+//! What the proxy itself costs, and that a burst pays the delay once, is measured by `vmi bench proxy` ([`bench`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -208,7 +210,10 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay_us: Arc<Ato
     };
     let write = async move {
         while let Some((release, chunk)) = held.recv().await {
-            tokio::time::sleep_until(release).await;
+            // A chunk already due goes at once: the timer would round even a zero wait up to its next tick.
+            if release > Instant::now() {
+                tokio::time::sleep_until(release).await;
+            }
             match chunk {
                 Some(bytes) => to.write_all(&bytes).await?,
                 None => {
@@ -220,6 +225,95 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay_us: Arc<Ato
         Ok(())
     };
     tokio::try_join!(read, write).map(drop)
+}
+
+/// Echoes every connection's bytes back, on a loopback port of its own; returns its address.
+async fn echo() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A proxy in front of `to` with a fixed one-way delay, on a loopback port of its own; returns its address.
+async fn fixed_delay_proxy(to: SocketAddr, one_way: Duration) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let delay_us = Arc::new(AtomicU64::new(one_way.as_micros() as u64));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let delay = delay_us.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve(client, &to.to_string(), delay).await {
+                    tracing::debug!("proxied connection ended: {e}");
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Microseconds of each of `n` one-byte round trips to `to`.
+async fn round_trips_us(to: SocketAddr, n: usize) -> std::io::Result<Vec<f64>> {
+    let mut stream = TcpStream::connect(to).await?;
+    stream.set_nodelay(true)?;
+    let mut byte = [0u8; 1];
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        stream.write_all(b"x").await?;
+        stream.read_exact(&mut byte).await?;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(samples)
+}
+
+/// `vmi bench proxy`: what the delay proxy itself costs (one-byte round trips through it at zero delay, beside
+/// straight ones to the same echo server) and that a burst pays the delay once (`chunks` small writes in a row
+/// through it at `one_way` each way, timed until the last byte is back).
+pub async fn bench(round_trips: usize, one_way: Duration, chunks: usize) -> Result<serde_json::Value> {
+    use crate::bench::percentile;
+    let echo = echo().await.context("starting the echo server")?;
+    let mut straight = round_trips_us(echo, round_trips).await.context("straight round trips")?;
+    let zero = fixed_delay_proxy(echo, Duration::ZERO).await.context("starting the proxy")?;
+    let mut proxied = round_trips_us(zero, round_trips).await.context("round trips through the proxy")?;
+
+    let delayed = fixed_delay_proxy(echo, one_way).await.context("starting the delaying proxy")?;
+    let mut stream = TcpStream::connect(delayed).await?;
+    stream.set_nodelay(true)?;
+    let sent: Vec<u8> = (0..chunks as u32).flat_map(u32::to_le_bytes).collect();
+    let started = std::time::Instant::now();
+    for chunk in sent.chunks(4) {
+        stream.write_all(chunk).await?;
+    }
+    let mut back = vec![0u8; sent.len()];
+    stream.read_exact(&mut back).await?;
+    let burst_ms = started.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(back == sent, "the burst came back changed or out of order");
+
+    let (straight_p50, proxied_p50) = (percentile(&mut straight, 50.0), percentile(&mut proxied, 50.0));
+    let round_trip_ms = 2.0 * one_way.as_secs_f64() * 1e3;
+    Ok(serde_json::json!({
+        "bench": "proxy",
+        "round_trips": round_trips,
+        "straight_us_p50": straight_p50.round(),
+        "straight_us_p99": percentile(&mut straight, 99.0).round(),
+        "proxied_us_p50": proxied_p50.round(),
+        "proxied_us_p99": percentile(&mut proxied, 99.0).round(),
+        "proxy_overhead_us_p50": (proxied_p50 - straight_p50).round(),
+        "burst_chunks": chunks,
+        "burst_one_way_ms": one_way.as_secs_f64() * 1e3,
+        "burst_ms": (burst_ms * 10.0).round() / 10.0,
+        "burst_over_round_trip": (burst_ms / round_trip_ms * 100.0).round() / 100.0,
+    }))
 }
 
 #[cfg(test)]
@@ -243,40 +337,26 @@ mod tests {
         assert_eq!(path(100.0).one_way_us((60.1, 25.0)), 6560);
     }
 
-    #[tokio::test]
+    /// On tokio's paused clock: time moves only when every task waits for a timer, so the durations here are what
+    /// the proxy's own timers made of them, whatever this machine's speed (its speed is `vmi bench proxy`'s).
+    #[tokio::test(start_paused = true)]
     async fn bytes_arrive_in_order_after_the_delay_both_ways() {
-        let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let echo_addr = echo.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let (mut s, _) = echo.accept().await.expect("accept");
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let n = s.read(&mut buf).await.expect("read");
-                if n == 0 {
-                    break;
-                }
-                s.write_all(&buf[..n]).await.expect("write");
-            }
-        });
-        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let front_addr = front.local_addr().expect("addr");
-        let delay = Arc::new(AtomicU64::new(20_000));
-        tokio::spawn(async move {
-            let (client, _) = front.accept().await.expect("accept");
-            serve(client, &echo_addr.to_string(), delay).await.expect("proxied");
-        });
+        let one_way = Duration::from_millis(20);
+        let echo = echo().await.expect("echo server");
+        let front = fixed_delay_proxy(echo, one_way).await.expect("proxy");
 
-        let mut c = TcpStream::connect(front_addr).await.expect("connect");
-        let started = std::time::Instant::now();
+        let mut c = TcpStream::connect(front).await.expect("connect");
+        let started = Instant::now();
         c.write_all(b"ping").await.expect("write");
         let mut got = [0u8; 4];
         c.read_exact(&mut got).await.expect("read");
         assert_eq!(&got, b"ping");
         let rtt = started.elapsed();
-        assert!(rtt >= Duration::from_millis(40), "a round trip through the proxy took {rtt:?}");
+        assert!(rtt >= 2 * one_way, "a round trip through the proxy took {rtt:?}");
 
-        // Many small writes in a row: order kept, and the delay is paid once, not per chunk.
-        let started = std::time::Instant::now();
+        // Many small writes in a row: order kept, and the delay is paid once, not per chunk (200 chunks at 20 ms
+        // each would be seconds).
+        let started = Instant::now();
         let sent: Vec<u8> = (0..200u32).flat_map(|i| i.to_le_bytes()).collect();
         for chunk in sent.chunks(4) {
             c.write_all(chunk).await.expect("write");
@@ -284,7 +364,8 @@ mod tests {
         let mut back = vec![0u8; sent.len()];
         c.read_exact(&mut back).await.expect("read");
         assert_eq!(back, sent);
-        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        let burst = started.elapsed();
+        assert!(burst >= 2 * one_way && burst < 10 * one_way, "200 chunks came back after {burst:?}");
 
         // A half-close reaches the other side and its answer still comes back.
         c.shutdown().await.expect("shutdown");

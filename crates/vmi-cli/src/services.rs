@@ -134,7 +134,8 @@ pub struct UpArgs {
     #[arg(long, default_value = "vmi-data")]
     data_dir: PathBuf,
     /// Port of the control service; terminals reach the sites on the next three (delay
-    /// proxies, with the sites themselves on the three after those).
+    /// proxies, with the sites themselves on the three after those). 0: every service on a
+    /// port the system picks (see DATA_DIR/up.json for where each one is).
     #[arg(long, default_value_t = 7800)]
     port: u16,
     /// Name of the demo user.
@@ -301,10 +302,16 @@ pub const DEMO_SITES: [(&str, f64, f64); 3] =
 ///
 /// Ports: the control service on PORT; what terminals use on PORT+1..PORT+3 (the proxies,
 /// or the sites themselves with `--no-proxy`); the sites behind proxies on PORT+4..PORT+6.
+/// With PORT 0 every service listens on a port the system picks, and [`UP_FILE`] in the
+/// data directory says where each one is.
 pub async fn up(args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data = |p: &str| args.data_dir.join(p).display().to_string();
-    let local = |offset: usize| format!("127.0.0.1:{}", usize::from(args.port) + offset);
+    let any_port = args.port == 0;
+    let local = |offset: usize| {
+        let port = if any_port { 0 } else { usize::from(args.port) + offset };
+        format!("127.0.0.1:{port}")
+    };
     let mut children = Vec::new();
     let control = spawn_service(
         "control",
@@ -327,7 +334,17 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let mut routes = Vec::new();
     for (i, (id, lat, lon)) in DEMO_SITES.iter().enumerate() {
         let public = local(1 + i);
-        let listen = if args.no_proxy { public.clone() } else { local(1 + DEMO_SITES.len() + i) };
+        // The proxy must know where its site will listen before the site, which registers
+        // the proxy's URL, starts: with system-picked ports that port is reserved here until
+        // the site listens on it.
+        let (reserved, listen) = match (args.no_proxy, any_port) {
+            (true, _) => (None, public.clone()),
+            (false, false) => (None, local(1 + DEMO_SITES.len() + i)),
+            (false, true) => {
+                let (socket, addr) = reserve_port().context("reserving a port for a site")?;
+                (Some(socket), addr.to_string())
+            }
+        };
         let mut site_args = vec![
             "site".into(),
             "--id".into(),
@@ -375,6 +392,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             children.push(proxy);
         }
         let site = spawn_service(id, &site_args).await?;
+        drop(reserved);
         if args.no_proxy {
             routes.push((id.to_string(), site.url.clone(), None));
         }
@@ -382,6 +400,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
 
     let result = demo(&control_url, &args.user).await;
+    let result = match result {
+        Ok(url) => write_up_file(&args.data_dir, &control_url, &routes, &url).map(|()| url),
+        Err(e) => Err(e),
+    };
     match &result {
         Ok(url) => {
             println!("Seed VMI is up: a control service and {} sites.", DEMO_SITES.len());
@@ -431,6 +453,39 @@ pub async fn up(args: UpArgs) -> Result<()> {
         }
     }
     result.map(|_| ())
+}
+
+/// The file in `vmi up`'s data directory that says where each service listens (JSON:
+/// `control`, `sites` as `id`, `url` terminals use and `listen` where the site itself
+/// listens, and the demo user's browser `terminal` URL), for scripts and tests.
+pub const UP_FILE: &str = "up.json";
+
+fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], terminal: &str) -> Result<()> {
+    let sites: Vec<_> = routes
+        .iter()
+        .map(|(id, url, behind)| {
+            let listen = behind.clone().unwrap_or_else(|| url.trim_start_matches("http://").to_string());
+            serde_json::json!({ "id": id, "url": url, "listen": listen })
+        })
+        .collect();
+    let up = serde_json::json!({ "control": control, "sites": sites, "terminal": terminal });
+    let path = dir.join(UP_FILE);
+    std::fs::write(&path, format!("{up:#}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What terminals use to reach a site (id, URL) and, behind a proxy, where the site listens.
+type Route = (String, String, Option<String>);
+
+/// Holds a loopback port that the system picked, for a child that will listen on it: the
+/// socket is bound with SO_REUSEADDR and never listens, so the system gives the port to no
+/// one else while the child (whose listener also sets SO_REUSEADDR, as tokio's do) may
+/// bind and listen on it. Drop it once the child listens.
+fn reserve_port() -> std::io::Result<(tokio::net::TcpSocket, SocketAddr)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = socket.local_addr()?;
+    Ok((socket, addr))
 }
 
 async fn wait_any(children: &mut [Child]) -> String {
@@ -715,4 +770,26 @@ pub async fn device(cmd: DeviceCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reserved_port_goes_to_the_child_that_listens_on_it_and_to_no_one_else() {
+        let (reservation, addr) = reserve_port().expect("reserve");
+        assert_ne!(addr.port(), 0);
+        // Someone binding without SO_REUSEADDR is refused while the port is held.
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        assert_eq!(other.bind(addr).map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::AddrInUse));
+        // The site (a tokio listener) gets it.
+        let site = tokio::net::TcpListener::bind(addr).await.expect("the child binds the reserved port");
+        drop(reservation);
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = site.accept().await.expect("accept");
+        assert_eq!(accepted.peer_addr().expect("peer"), client.local_addr().expect("local"));
+        // Once it listens, nobody else can bind it, SO_REUSEADDR or not.
+        assert!(tokio::net::TcpListener::bind(addr).await.is_err());
+    }
 }

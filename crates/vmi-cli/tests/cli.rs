@@ -1,8 +1,10 @@
 //! The `vmi` command as a user runs it: headless runs with screenshots, snapshot and
 //! restore through files, image inspection, and clear errors on bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+
+use vmi_testkit::scratch_dir as scratch;
 
 fn vmi(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vmi")).args(args).output().expect("run vmi")
@@ -18,13 +20,6 @@ fn fails(args: &[&str]) -> String {
     let out = vmi(args);
     assert!(!out.status.success(), "vmi {args:?} should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmi-cli-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
 }
 
 fn repo(path: &str) -> String {

@@ -11,15 +11,11 @@ use common::*;
 
 #[test]
 fn the_phone_follows_a_terminal_that_walks_to_another_site() {
-    let data = std::env::temp_dir().join(format!("vmi-follow-me-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).expect("data dir");
-    let port = free_ports();
-    let control = format!("http://127.0.0.1:{port}");
-    let (proxy_a, proxy_c) = (format!("http://127.0.0.1:{}", port + 1), format!("http://127.0.0.1:{}", port + 3));
-    let (mut up, url) = up(&data, port, &["--placer-dwell-ms", "2000"]);
+    let data = scratch_dir("follow-me");
+    let up = up(&data, &["--placer-dwell-ms", "2000"]);
+    let (proxy_a, proxy_c) = (up.site("site-a").to_string(), up.site("site-c").to_string());
+    let (control, url, token) = (up.control.clone(), up.terminal.clone(), up.token().to_string());
     assert!(url.starts_with(&format!("{proxy_a}/?token=")), "the terminal URL is site-a's proxy: {url}");
-    let token = url.split("token=").nth(1).expect("token").to_string();
 
     // Control knows the sites by their proxies' URLs.
     let sites: serde_json::Value =
@@ -42,7 +38,7 @@ fn the_phone_follows_a_terminal_that_walks_to_another_site() {
     let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let redirect =
         events.iter().position(|e| e["event"] == "redirected").unwrap_or_else(|| panic!("no redirect in:\n{stdout}"));
-    assert_eq!(events[redirect]["url"], format!("ws://127.0.0.1:{}/v1/terminal", port + 3));
+    assert_eq!(events[redirect]["url"], format!("{}/v1/terminal", proxy_c.replace("http://", "ws://")));
 
     // Every second a position was reported, first near site-a, at last at site-c.
     let positions: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "position").collect();
@@ -78,7 +74,7 @@ fn the_phone_follows_a_terminal_that_walks_to_another_site() {
         serde_json::from_str(&fetch(&format!("{proxy_c}/v1/demo/me"), Some(&token))).expect("json");
     assert_eq!((&me["user"], &me["site"]), (&"demo".into(), &"site-c".into()));
 
-    interrupt(&mut up);
+    up.interrupt();
     assert!(data.join("site-c/phones/demo/phone.state").exists(), "the phone was saved on site-c");
     let _ = std::fs::remove_dir_all(&data);
 }

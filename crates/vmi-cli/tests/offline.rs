@@ -16,14 +16,10 @@ fn stderr(out: &std::process::Output) -> String {
 
 #[test]
 fn checkout_run_offline_checkin_and_cancel_from_the_command_line() {
-    let data = std::env::temp_dir().join(format!("vmi-offline-cli-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).expect("data dir");
-    let port = free_ports();
-    let control = format!("http://127.0.0.1:{port}");
-    let (mut up, url) = up(&data.join("sites"), port, &["--no-proxy"]);
-    let token = url.split("token=").nth(1).expect("token").to_string();
-    let site = url.split("/?token=").next().expect("site url").to_string();
+    let data = scratch_dir("offline");
+    let up = up(&data.join("sites"), &["--no-proxy"]);
+    let (control, token) = (up.control.clone(), up.token().to_string());
+    let site = up.site("site-a").to_string();
     let dir = data.join("offline").display().to_string();
 
     let out = run(&["terminal", "checkout", "--control", &control, "--token", &token, "--lease", "2h", "--dir", &dir]);
@@ -67,6 +63,6 @@ fn checkout_run_offline_checkin_and_cancel_from_the_command_line() {
     assert!(stderr(&out).contains("cancelled by an operator"), "{}", stderr(&out));
     assert_eq!(fetch(&format!("{site}/v1/phones/demo/kv/notes.text"), None), "Offline from the CLI");
 
-    interrupt(&mut up);
+    up.interrupt();
     let _ = std::fs::remove_dir_all(&data);
 }

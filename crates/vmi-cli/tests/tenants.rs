@@ -24,13 +24,9 @@ fn fails(args: &[&str]) -> String {
 
 #[test]
 fn a_tenant_quota_refuses_a_phone_on_the_command_line() {
-    let data = std::env::temp_dir().join(format!("vmi-tenants-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).expect("data dir");
-    let port = free_ports();
-    let control = format!("http://127.0.0.1:{port}");
-    let c = control.as_str();
-    let (mut up, _url) = up(&data, port, &["--no-proxy"]);
+    let data = scratch_dir("tenants");
+    let up = up(&data, &["--no-proxy"]);
+    let c = up.control.as_str();
 
     ok(&["tenant", "create", "acme", "--max-phones", "1", "--max-memory", "1GiB", "--control", c]);
     ok(&["user", "create", "ann", "--tenant", "acme", "--control", c]);
@@ -51,6 +47,6 @@ fn a_tenant_quota_refuses_a_phone_on_the_command_line() {
     assert!(refused.contains("no earlier version"), "{refused}");
     assert!(ok(&["image", "list", "--control", c]).contains("current"));
 
-    interrupt(&mut up);
+    up.interrupt();
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -8,14 +8,11 @@ use common::*;
 
 #[test]
 fn up_serves_a_phone_and_ctrl_c_saves_it() {
-    let data = std::env::temp_dir().join(format!("vmi-up-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).expect("data dir");
-    let port = free_ports();
-    let control = format!("http://127.0.0.1:{port}");
-    let (mut first, url) = up(&data, port, &[]);
-    assert!(url.starts_with(&format!("http://127.0.0.1:{}/?token=", port + 1)), "{url}");
-    let token = url.split("token=").nth(1).expect("token").to_string();
+    let data = scratch_dir("up");
+    let first = up(&data, &[]);
+    let (control, url) = (first.control.clone(), first.terminal.clone());
+    assert!(url.starts_with(&format!("{}/?token=", first.site("site-a"))), "{url}");
+    let token = first.token().to_string();
 
     // A native terminal types a note.
     let script = data.join("type.script");
@@ -65,13 +62,13 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     assert!(ok && restored.contains("undoes this"), "{restored}");
     assert_eq!(fetch(&format!("{site_url}/v1/phones/demo/kv/notes.text"), None), "Written before Ctrl-C");
 
-    interrupt(&mut first);
+    first.interrupt();
     assert!(data.join("site-a/phones/demo/phone.state").exists(), "the phone was saved on Ctrl-C");
 
     // The next `vmi up` brings the same phone back.
-    let (mut second, url) = up(&data, port, &[]);
-    let site = url.split("/?token=").next().expect("site url").to_string();
+    let second = up(&data, &[]);
+    let site = second.site("site-a").to_string();
     assert_eq!(fetch(&format!("{site}/v1/phones/demo/kv/notes.text"), None), "Written before Ctrl-C");
-    interrupt(&mut second);
+    second.interrupt();
     let _ = std::fs::remove_dir_all(&data);
 }

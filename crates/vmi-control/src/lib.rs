@@ -161,6 +161,6 @@ pub use error::ControlError;
 pub use http::{ServeOptions, app, app_with, serve, serve_with};
 pub use pairing::{PAIR_CODE_TTL_MS, PairCodes};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};
-pub use placer::{ORDER_TIMEOUT, run_placer};
+pub use placer::{ORDER_TIMEOUT, PlacerRounds, run_placer};
 pub use reports::Reports;
 pub use store::{SCHEMA_VERSION, SqliteStore, Store, now_ms, token_hash};

@@ -1,4 +1,5 @@
-//! The placer: the loop that makes phones follow their users ([`run_placer`]).
+//! The placer: the loop that makes phones follow their users ([`run_placer`]), and its rounds one at a time
+//! ([`PlacerRounds`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -59,13 +60,42 @@ pub async fn run_placer(
         tokio::select! {
             () = &mut shutdown => break,
             Some(done) = placer.orders.join_next_with_id() => placer.finish(done),
-            _ = tick.tick() => placer.round(now_ms()),
+            _ = tick.tick() => {
+                placer.round(now_ms());
+            }
         }
     }
     if !placer.orders.is_empty() {
         tracing::info!(orders = placer.orders.len(), "placer stopping; abandoning migrate orders in flight");
     }
     placer.orders.shutdown().await;
+}
+
+/// The placer driven one round at a time, as [`run_placer`] drives it every period: for tests (and tools) that must
+/// know a round ran, so that "no move" is the answer of a round and never the absence of one.
+pub struct PlacerRounds {
+    placer: Placer,
+}
+
+impl PlacerRounds {
+    /// A placer over `store` and `reports` (the [`Reports`] given to [`app_with`](crate::app_with), to see the
+    /// terminal reports it receives).
+    pub fn new(store: Arc<dyn Store>, reports: Reports, params: PolicyParams) -> Self {
+        PlacerRounds { placer: Placer::new(store, reports, params) }
+    }
+
+    /// One round at `now_ms` (milliseconds since the Unix epoch): reads the registry, decides, and starts a migrate
+    /// order for each move; returns the moves ordered.
+    pub fn round(&mut self, now_ms: u64) -> Vec<Move> {
+        self.placer.round(now_ms)
+    }
+
+    /// Waits until every order in flight has been answered and booked (a failed one then waits out its back-off).
+    pub async fn settle(&mut self) {
+        while let Some(done) = self.placer.orders.join_next_with_id().await {
+            self.placer.finish(done);
+        }
+    }
 }
 
 /// What an order task returns: the move and the site's status and body, or why there was none.
@@ -99,25 +129,28 @@ impl Placer {
         }
     }
 
-    /// One evaluation: read, decide, order.
-    fn round(&mut self, now: u64) {
+    /// One evaluation: read, decide, order. Returns the moves ordered.
+    fn round(&mut self, now: u64) -> Vec<Move> {
         self.retry_at.retain(|_, at| *at > now);
         let (input, urls) = match self.input(now) {
             Ok(built) => built,
             Err(err) => {
                 tracing::warn!(error = %err, "placer cannot read the registry; skipping this round");
-                return;
+                return Vec::new();
             }
         };
+        let mut ordered = Vec::new();
         for mv in decide(&mut self.state, &input, now, &self.params) {
             match (urls.get(&mv.from), urls.get(&mv.to)) {
                 (Some(from_url), Some(to_url)) => {
                     let (from_url, to_url) = (from_url.clone(), to_url.clone());
+                    ordered.push(mv.clone());
                     self.order(mv, &from_url, to_url);
                 }
                 _ => tracing::warn!(user = %mv.user, from = %mv.from, to = %mv.to, "placer move names an unknown site"),
             }
         }
+        ordered
     }
 
     /// The policy's view of the registry now, and each site's base URL.

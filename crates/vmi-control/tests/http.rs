@@ -76,14 +76,12 @@ fn status(result: Result<impl std::fmt::Debug, ClientError>) -> u16 {
 }
 
 fn temp_db(tag: &str) -> PathBuf {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_nanos();
-    std::env::temp_dir().join(format!("vmi-control-{tag}-{}-{nanos}.db", std::process::id()))
+    vmi_testkit::scratch_dir(&format!("control-{tag}")).join("control.db")
 }
 
 fn remove_db(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -470,10 +468,12 @@ async fn restart_on_the_same_file_keeps_users_devices_and_placements() {
 
 #[tokio::test]
 async fn client_reports_connect_failure_and_timeout() {
-    // A port that was just free: nothing listens there.
-    let free = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let control = ControlClient::new(&format!("http://{free}")).unwrap();
+    // A port held by a socket that never listens: connecting is refused, and no one else can take the port.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let control = ControlClient::new(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
     assert!(matches!(control.healthz().await, Err(ClientError::Connect { .. })));
+    drop(closed);
 
     // A listener that accepts but never answers.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();

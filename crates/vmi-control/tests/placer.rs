@@ -1,10 +1,13 @@
-//! The placer end to end: a real control service ([`serve`] / [`serve_with`]) and fake sites — tiny axum routers on
-//! 127.0.0.1 that record the migrate orders they receive and answer as told — with terminal reports sent through
-//! [`ControlClient`].
+//! The placer end to end: a real control service and fake sites — tiny axum routers on 127.0.0.1 that record the
+//! migrate orders they receive and answer as told — with terminal reports sent through [`ControlClient`].
+//!
+//! Most tests drive the placer round by round ([`PlacerRounds`], at times they choose) over the service's own store
+//! and reports, so "nothing moves" is what a round answered, never what a sleep failed to see; the last two run it
+//! as [`serve`] / [`serve_with`] do.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -13,8 +16,9 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use vmi_control::{PolicyParams, ServeOptions, SqliteStore, serve, serve_with};
+use vmi_control::{Move, PlacerRounds, PolicyParams, Reports, ServeOptions, SqliteStore, app_with, now_ms, serve, serve_with};
 use vmi_control_api::{ControlClient, MigrateOrder, SiteSpec};
+use vmi_testkit::{eventually, within};
 
 /// Berlin and Munich, about 504 km apart.
 const BERLIN: (f64, f64) = (52.520, 13.405);
@@ -44,11 +48,36 @@ impl Control {
         Control { client: ControlClient::new(&url).expect("client"), stop, task }
     }
 
+    /// The HTTP API without a placer of its own, and a placer over the same store and reports whose rounds the
+    /// test runs.
+    async fn driven(params: PolicyParams) -> (Control, PlacerRounds) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let store = Arc::new(SqliteStore::in_memory().expect("in-memory store"));
+        let reports = Reports::new();
+        let router = app_with(store.clone(), reports.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        let control = Control { client: ControlClient::new(&url).expect("client"), stop, task };
+        (control, PlacerRounds::new(store, reports, params))
+    }
+
     async fn stop(self) {
         self.stop.send(()).expect("control task alive");
-        let joined = tokio::time::timeout(Duration::from_secs(5), self.task).await.expect("serve stops within 5 s");
+        let joined = within(Duration::from_secs(5), "the service to stop", self.task).await;
         joined.expect("serve task did not panic").expect("serve returned Ok");
     }
+}
+
+/// `(user, from, to)` of each move, for comparisons.
+fn moves(moves: &[Move]) -> Vec<(&str, &str, &str)> {
+    moves.iter().map(|m| (m.user.as_str(), m.from.as_str(), m.to.as_str())).collect()
 }
 
 /// How a fake site answers a migrate order.
@@ -58,6 +87,8 @@ enum Answer {
     Commit,
     /// Wait, then answer 502 (an aborted migration) without touching the placement.
     Abort(Duration),
+    /// Never answer.
+    Never,
 }
 
 /// One migrate order as a fake site received it.
@@ -65,7 +96,8 @@ enum Answer {
 struct Order {
     user: String,
     order: MigrateOrder,
-    at: Instant,
+    /// When the site received it, ms since the Unix epoch (the placer's clock).
+    at_ms: u64,
 }
 
 #[derive(Clone)]
@@ -114,11 +146,7 @@ async fn migrate(
     Path(user): Path<String>,
     Json(order): Json<MigrateOrder>,
 ) -> StatusCode {
-    site.orders.lock().expect("orders lock").push(Order {
-        user: user.clone(),
-        order: order.clone(),
-        at: Instant::now(),
-    });
+    site.orders.lock().expect("orders lock").push(Order { user: user.clone(), order: order.clone(), at_ms: now_ms() });
     match site.answer {
         Answer::Commit => {
             let epoch = site.control.placement(&user).await.expect("placement").epoch;
@@ -129,19 +157,8 @@ async fn migrate(
             tokio::time::sleep(after).await;
             StatusCode::BAD_GATEWAY
         }
+        Answer::Never => std::future::pending().await,
     }
-}
-
-/// Polls `done` every 20 ms until it holds or `limit` passes; returns whether it held.
-async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    done()
 }
 
 fn fast(params: PolicyParams) -> Option<ServeOptions> {
@@ -150,9 +167,8 @@ fn fast(params: PolicyParams) -> Option<ServeOptions> {
 
 #[tokio::test]
 async fn a_report_near_another_site_moves_the_phone_there_after_the_dwell() {
-    let dwell = Duration::from_millis(400);
-    let params = PolicyParams { dwell_ms: dwell.as_millis() as u64, ..PolicyParams::default() };
-    let control = Control::start(fast(params)).await;
+    let dwell_ms = 400;
+    let (control, mut placer) = Control::driven(PolicyParams { dwell_ms, ..PolicyParams::default() }).await;
     let client = control.client.clone();
     let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Commit).await;
     let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
@@ -161,30 +177,27 @@ async fn a_report_near_another_site_moves_the_phone_there_after_the_dwell() {
     client.set_placement("alice", "site-berlin").await.unwrap();
 
     // No reports: the phone stays put.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(berlin.orders().is_empty() && munich.orders().is_empty());
+    assert_eq!(placer.round(now_ms()), []);
 
-    // Alice is in Munich now.
-    let reported = Instant::now();
+    // Alice is in Munich now: the first round to see it starts the dwell, and only a round a whole dwell later
+    // moves the phone.
     client.report(&token, Some(MUNICH.0), Some(MUNICH.1), BTreeMap::new()).await.unwrap();
-    assert!(eventually(Duration::from_secs(5), || !berlin.orders().is_empty()).await, "no order within 5 s");
+    let seen = now_ms();
+    assert_eq!(placer.round(seen), [], "the dwell starts");
+    assert_eq!(placer.round(seen + dwell_ms - 1), [], "1 ms short of the dwell");
+    assert_eq!(moves(&placer.round(seen + dwell_ms)), [("alice", "site-berlin", "site-munich")]);
+    placer.settle().await;
     let orders = berlin.orders();
     assert_eq!(orders.len(), 1);
     assert_eq!(orders[0].user, "alice");
     assert_eq!(orders[0].order, MigrateOrder { to: "site-munich".into(), to_url: munich.url.clone() });
-    assert!(
-        orders[0].at - reported >= dwell,
-        "ordered {:?} after the report, dwell is {dwell:?}",
-        orders[0].at - reported
-    );
-
     let placement = client.placement("alice").await.unwrap();
     assert_eq!((placement.site.as_str(), placement.epoch), ("site-munich", 2));
 
-    // Settled: more reports from Munich order nothing more.
-    for _ in 0..4 {
+    // Settled: more reports from Munich order nothing more, however long they keep coming.
+    for step in 0..4 {
         client.report(&token, Some(MUNICH.0), Some(MUNICH.1), BTreeMap::new()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(placer.round(now_ms() + step * dwell_ms), [], "round {step} after the move");
     }
     assert_eq!((berlin.orders().len(), munich.orders().len()), (1, 0));
 
@@ -193,10 +206,10 @@ async fn a_report_near_another_site_moves_the_phone_there_after_the_dwell() {
     munich.stop().await;
 }
 
-/// With plain [`serve`]: the placer is on by default, and draining needs no dwell.
+/// Draining needs no dwell: the first round after it moves every phone off the site.
 #[tokio::test]
 async fn draining_a_site_moves_all_its_phones_away() {
-    let control = Control::start(None).await;
+    let (control, mut placer) = Control::driven(PolicyParams::default()).await;
     let client = control.client.clone();
     let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Commit).await;
     let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
@@ -207,11 +220,14 @@ async fn draining_a_site_moves_all_its_phones_away() {
     client.create_user("dave").await.unwrap();
     client.set_placement("dave", "site-munich").await.unwrap();
 
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    assert!(berlin.orders().is_empty() && munich.orders().is_empty(), "no reports, healthy sites: nobody moves");
+    assert_eq!(placer.round(now_ms()), [], "no reports, healthy sites: nobody moves");
 
     assert!(client.drain_site(berlin.id).await.unwrap().site.draining);
-    assert!(eventually(Duration::from_secs(5), || berlin.orders().len() == 2).await, "{:?}", berlin.orders());
+    assert_eq!(
+        moves(&placer.round(now_ms())),
+        [("bob", "site-berlin", "site-munich"), ("carol", "site-berlin", "site-munich")]
+    );
+    placer.settle().await;
     let mut users: Vec<_> = berlin.orders().into_iter().map(|o| (o.user, o.order.to)).collect();
     users.sort();
     assert_eq!(users, [("bob".to_owned(), "site-munich".to_owned()), ("carol".to_owned(), "site-munich".to_owned())]);
@@ -219,54 +235,81 @@ async fn draining_a_site_moves_all_its_phones_away() {
         assert_eq!(client.placement(user).await.unwrap().site, "site-munich");
     }
     assert!(munich.orders().is_empty());
+    assert_eq!(placer.round(now_ms()), [], "drained: nothing left to move");
 
     control.stop().await;
     berlin.stop().await;
     munich.stop().await;
 }
 
-/// An order in flight counts as migrating (never sent twice); a failed one waits `retry_after_ms` before the
-/// next.
+/// An order in flight counts as migrating (never sent twice); a failed one waits `retry_after_ms` from its answer
+/// before the next.
 #[tokio::test]
 async fn a_failed_order_is_retried_only_after_the_back_off() {
-    let params = PolicyParams { retry_after_ms: 500, ..PolicyParams::default() };
-    let control = Control::start(fast(params)).await;
+    let retry_after_ms = 500;
+    let (control, mut placer) = Control::driven(PolicyParams { retry_after_ms, ..PolicyParams::default() }).await;
     let client = control.client.clone();
-    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Abort(Duration::from_millis(400))).await;
+    let answer_after = Duration::from_millis(400);
+    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Abort(answer_after)).await;
     let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
     client.create_user("erin").await.unwrap();
     client.set_placement("erin", "site-berlin").await.unwrap();
     client.drain_site(berlin.id).await.unwrap();
 
-    assert!(eventually(Duration::from_secs(5), || berlin.orders().len() >= 2).await, "no retry");
+    assert_eq!(moves(&placer.round(now_ms())), [("erin", "site-berlin", "site-munich")]);
+    assert_eq!(placer.round(now_ms()), [], "an order in flight is not sent again");
+    placer.settle().await;
     let orders = berlin.orders();
-    let gap = orders[1].at - orders[0].at;
-    assert!(
-        gap >= Duration::from_millis(900),
-        "retried {gap:?} after the first order (400 ms answer + 500 ms back-off)"
-    );
+    assert_eq!(orders.len(), 1);
     assert_eq!(client.placement("erin").await.unwrap().site, "site-berlin", "aborted: still on the source");
+
+    // The answer came at least `answer_after` after the order arrived, and the back-off runs from the answer.
+    let earliest_retry = orders[0].at_ms + answer_after.as_millis() as u64 + retry_after_ms;
+    assert_eq!(placer.round(earliest_retry - 1), [], "still backing off");
+    assert_eq!(moves(&placer.round(now_ms() + retry_after_ms)), [("erin", "site-berlin", "site-munich")]);
+    placer.settle().await;
+    assert_eq!(berlin.orders().len(), 2);
 
     control.stop().await;
     berlin.stop().await;
     munich.stop().await;
 }
 
-/// Shutting the service down does not wait for a site that takes its time to answer.
+/// With plain [`serve`]: the placer is on by default and runs by itself.
+#[tokio::test]
+async fn plain_serve_runs_the_placer() {
+    let control = Control::start(None).await;
+    let client = control.client.clone();
+    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Commit).await;
+    let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
+    client.create_user("bob").await.unwrap();
+    client.set_placement("bob", "site-berlin").await.unwrap();
+    client.drain_site(berlin.id).await.unwrap();
+    eventually(Duration::from_secs(10), "an order for bob's phone", async || !berlin.orders().is_empty()).await;
+    eventually(Duration::from_secs(10), "bob's phone on site-munich", async || {
+        client.placement("bob").await.is_ok_and(|p| p.site == "site-munich")
+    })
+    .await;
+
+    control.stop().await;
+    berlin.stop().await;
+    munich.stop().await;
+}
+
+/// Shutting the service down does not wait for a site that never answers.
 #[tokio::test]
 async fn shutdown_abandons_orders_in_flight() {
     let control = Control::start(fast(PolicyParams::default())).await;
     let client = control.client.clone();
-    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Abort(Duration::from_secs(60))).await;
+    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Never).await;
     let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
     client.create_user("frank").await.unwrap();
     client.set_placement("frank", "site-berlin").await.unwrap();
     client.drain_site(berlin.id).await.unwrap();
-    assert!(eventually(Duration::from_secs(5), || !berlin.orders().is_empty()).await);
+    eventually(Duration::from_secs(10), "an order in flight", async || !berlin.orders().is_empty()).await;
 
-    let stopping = Instant::now();
+    // Waiting for the answer would wait forever: stopping at all is the proof.
     control.stop().await;
-    assert!(stopping.elapsed() < Duration::from_secs(5));
     berlin.stop().await;
     munich.stop().await;
 }

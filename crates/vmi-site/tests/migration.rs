@@ -8,11 +8,15 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use vmi_engine::{Engine, ManualClock, SnapshotRequest, VmConfig};
 use vmi_protocol::Input;
 use vmi_protocol::migration::{MIGRATION_VERSION, MigrationMessage, decode_migration, encode_migration};
 use vmi_site::SiteHandle;
 use vmi_terminal::{Terminal, TerminalEvent, TerminalOptions};
+use vmi_testkit::{eventually, within};
 
 async fn migrate(from: &SiteHandle, to: &SiteHandle, user: &str) -> serde_json::Value {
     let body = serde_json::json!({ "to": to.state.id, "to_url": to.url });
@@ -49,48 +53,188 @@ async fn wait_event(term: &mut Terminal, want: impl Fn(&TerminalEvent) -> bool) 
     }
 }
 
+/// One point in a relayed migration where the relay holds the stream until the test opens it.
+struct Gate {
+    reached: oneshot::Receiver<()>,
+    open: oneshot::Sender<()>,
+}
+
+impl Gate {
+    /// Waits until the migration is held here; returns what opens the gate.
+    async fn reached(self, what: &str) -> oneshot::Sender<()> {
+        within(Duration::from_secs(30), what, self.reached).await.expect("the relay is alive");
+        self.open
+    }
+}
+
+/// The relay's side of a [`Gate`].
+struct Hold {
+    reached: oneshot::Sender<()>,
+    open: oneshot::Receiver<()>,
+}
+
+impl Hold {
+    async fn here(self) {
+        let _ = self.reached.send(());
+        let _ = self.open.await;
+    }
+}
+
+fn gate() -> (Gate, Hold) {
+    let (reached_tx, reached) = oneshot::channel();
+    let (open, open_rx) = oneshot::channel();
+    (Gate { reached, open }, Hold { reached: reached_tx, open: open_rx })
+}
+
+/// A WebSocket relay in front of a site: terminals and migrations reach the site through it unchanged, except that
+/// the first migration through it is held twice: when the destination acknowledged the first pre-copy round (the
+/// source has not heard it, so the phone is mid pre-copy and runs at the source), and when the source sent its final
+/// delta (the phone is stopped at the source; the destination has not seen it).
+struct Relay {
+    url: String,
+    pre_copy: Gate,
+    final_delta: Gate,
+}
+
+// The handshake callback's signature is tungstenite's, large error and all.
+#[allow(clippy::result_large_err)]
+async fn relay(site_url: &str) -> Relay {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let upstream = site_url.replace("http://", "ws://");
+    let (pre_copy, hold_pre_copy) = gate();
+    let (final_delta, hold_final) = gate();
+    tokio::spawn(async move {
+        let mut holds = Some((hold_pre_copy, hold_final));
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut path = String::new();
+            let Ok(client) = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
+                path = req.uri().to_string();
+                Ok::<_, ErrorResponse>(resp)
+            })
+            .await
+            else {
+                continue;
+            };
+            let (server, _) = tokio_tungstenite::connect_async(format!("{upstream}{path}")).await.expect("upstream");
+            let holds = if path.starts_with("/v1/migrate") { holds.take() } else { None };
+            tokio::spawn(forward(client, server, holds));
+        }
+    });
+    Relay { url, pre_copy, final_delta }
+}
+
+fn migration_message(m: &Message) -> Option<MigrationMessage> {
+    let Message::Binary(b) = m else { return None };
+    decode_migration(b).ok()
+}
+
+/// Copies messages both ways until either side ends, holding at the gates given.
+async fn forward(
+    client: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    server: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    holds: Option<(Hold, Hold)>,
+) {
+    let (mut pre_copy, mut final_delta) = holds.map_or((None, None), |(p, f)| (Some(p), Some(f)));
+    let (mut to_client, mut from_client) = client.split();
+    let (mut to_server, mut from_server) = server.split();
+    let up = async {
+        while let Some(Ok(m)) = from_client.next().await {
+            if matches!(migration_message(&m), Some(MigrationMessage::Final { .. }))
+                && let Some(hold) = final_delta.take()
+            {
+                hold.here().await;
+            }
+            if to_server.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_server.close().await;
+    };
+    let down = async {
+        while let Some(Ok(m)) = from_server.next().await {
+            if matches!(migration_message(&m), Some(MigrationMessage::RoundAck { .. }))
+                && let Some(hold) = pre_copy.take()
+            {
+                hold.here().await;
+            }
+            if to_client.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_client.close().await;
+    };
+    tokio::join!(up, down);
+}
+
+/// Types `text` key by key; returns the last input's number.
+fn type_keys(term: &Terminal, text: &str) -> u64 {
+    let mut last = 0;
+    for c in text.chars() {
+        last = term.send_input(Input::Key { code: 0, text: Some(c) }).expect("input");
+    }
+    last
+}
+
+/// Reads terminal events until input `seq` is acknowledged.
+async fn until_acked(term: &mut Terminal, seq: u64) {
+    eventually(Duration::from_secs(30), &format!("input {seq} acknowledged"), async || {
+        let _ = tokio::time::timeout(Duration::from_millis(20), term.next_event()).await;
+        term.stats().acked_input >= seq
+    })
+    .await;
+}
+
+/// Typing before, during and after a live migration: the relay holds the move mid pre-copy until what was typed
+/// then is acknowledged by the source (the two provably overlap), and holds the final delta while more is typed to
+/// the stopped phone; every character arrives once, in order, at the destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_through_a_migration_loses_and_doubles_nothing() {
     let control = control().await;
     let a = site(&control, "site-a", scratch("type-a")).await;
     let b = site(&control, "site-b", scratch("type-b")).await;
+    let relay = relay(&b.url).await;
     let token = user_with_phone(&control, &a, "alice").await;
     let mut term = Terminal::connect(&a.ws_url(), &token, TerminalOptions::default()).await.expect("terminal");
     wait_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
     let (x, y) = NOTES;
     term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Down, x, y }).expect("input");
     term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Up, x, y }).expect("input");
-
-    // Type continuously while the phone moves from A to B.
     let text: String = (0..300).map(|i| (b'a' + (i % 26) as u8) as char).collect();
-    let typing = text.clone();
+    let (before, rest) = text.split_at(100);
+    let (during, frozen) = rest.split_at(100);
+
+    // Typed before the move.
+    let last = type_keys(&term, before);
+    until_acked(&mut term, last).await;
+
     let mover = {
-        let (a_url, b_id, b_url) = (a.url.clone(), b.state.id.clone(), b.url.clone());
+        let (a_url, b_id, to_url) = (a.url.clone(), b.state.id.clone(), relay.url.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(60)).await;
-            let body = serde_json::json!({ "to": b_id, "to_url": b_url });
-            vmi_control_api::http_client::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body)
-                .await
-                .expect("migrate")
+            let body = serde_json::json!({ "to": b_id, "to_url": to_url });
+            vmi_control_api::http_client::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
         })
     };
-    let mut last = 0;
-    for c in typing.chars() {
-        last = term.send_input(Input::Key { code: 0, text: Some(c) }).expect("input");
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_micros(1), term.next_event()).await {}
-    }
+
+    // Mid pre-copy: the phone still runs at A, which acknowledges what is typed now.
+    let open = relay.pre_copy.reached("the first pre-copy round").await;
+    let last = type_keys(&term, during);
+    until_acked(&mut term, last).await;
+    assert_eq!(term.stats().url, a.ws_url(), "acknowledged by the source, mid pre-copy");
+    assert!(!mover.is_finished(), "the migration is still held");
+    let _ = open.send(());
+
+    // The phone is stopped at A for its final delta: what is typed now must reach B exactly once.
+    let open = relay.final_delta.reached("the final delta").await;
+    let last = type_keys(&term, frozen);
+    let _ = open.send(());
+
     let (status, report) = mover.await.expect("mover");
     assert_eq!(status, 200, "{report}");
-    for _ in 0..1000 {
-        if term.stats().acked_input >= last {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(20), term.next_event()).await;
-    }
+    until_acked(&mut term, last).await;
     assert_eq!(term.stats().acked_input, last, "every input acknowledged");
     assert_eq!(term.stats().pending_inputs, 0);
-    assert!(term.stats().url.contains(&b.url.replace("http://", "")), "terminal followed the phone");
+    assert!(term.stats().url.contains(&relay.url.replace("http://", "")), "terminal followed the phone");
     assert!(!hosts(&a, "alice") && hosts(&b, "alice"), "exactly one copy, on B");
     assert_eq!(notes(&b, "alice").await, text, "every character once, in order");
     let report: serde_json::Value = serde_json::from_str(&report).expect("json");
@@ -270,12 +414,7 @@ async fn source_vanishing_right_after_the_handoff_leaves_the_destination_running
 
     // The destination committed on its own and serves the phone; the terminal's input
     // numbering came along.
-    for _ in 0..100 {
-        if hosts(&b, "alice") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(30), "site-b hosting alice's phone", async || hosts(&b, "alice")).await;
     let placement = control.client.placement("alice").await.expect("placement");
     assert_eq!(placement.site, "site-b");
     assert_eq!(placement.epoch, placed.epoch + 1);
@@ -283,13 +422,59 @@ async fn source_vanishing_right_after_the_handoff_leaves_the_destination_running
     b.shutdown().await;
 }
 
+/// Stands in for a control service that is down, on the service's own listening socket: reads the first line of
+/// each request, notes it, and hangs up, as a dead service's address would fail the request.
+struct Outage {
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Outage {
+    fn start(listener: tokio::net::TcpListener) -> Outage {
+        use tokio::io::AsyncReadExt;
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let noted = asked.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = tokio::select! {
+                    _ = &mut stopped => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(_) => continue,
+                    },
+                };
+                let mut head = [0u8; 1024];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                let line = String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or_default().to_string();
+                noted.lock().expect("lock").push(line);
+            }
+        });
+        Outage { asked, stop, task }
+    }
+
+    /// How many requests for `path` were turned away.
+    fn asked(&self, path: &str) -> usize {
+        self.asked.lock().expect("lock").iter().filter(|line| line.contains(path)).count()
+    }
+
+    async fn end(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("outage task");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_service_restarted_during_a_migration_and_a_long_outage() {
-    let db = scratch("control-db");
-    std::fs::create_dir_all(&db).expect("dir");
-    let db = db.join("control.db");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let db = scratch("control-db").join("control.db");
+    // One socket for the service's address all test long (bound once): each service, and the outage between
+    // them, listens on a clone of it.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    socket.set_nonblocking(true).expect("non-blocking");
+    let addr = socket.local_addr().expect("addr");
+    let listener =
+        || tokio::net::TcpListener::from_std(socket.try_clone().expect("clone the socket")).expect("listener");
     let start_control = move |listener: tokio::net::TcpListener| {
         let store = Arc::new(vmi_control::SqliteStore::open(&db).expect("store"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -298,7 +483,7 @@ async fn a_control_service_restarted_during_a_migration_and_a_long_outage() {
         }));
         (stop, task)
     };
-    let (stop, task) = start_control(listener);
+    let (stop, task) = start_control(listener());
     let control = Control::attach(&format!("http://{addr}"));
     let a = site(&control, "site-a", scratch("outage-a")).await;
     let b = site(&control, "site-b", scratch("outage-b")).await;
@@ -307,12 +492,14 @@ async fn a_control_service_restarted_during_a_migration_and_a_long_outage() {
     // Down for longer than a migration waits: it aborts, the phone keeps running at A.
     let _ = stop.send(());
     let _ = task.await;
+    let outage = Outage::start(listener());
     let report = migrate(&a, &b, "alice").await;
     assert_eq!(report["outcome"], "aborted", "{report}");
     assert!(hosts(&a, "alice") && !hosts(&b, "alice"));
 
-    // Restarted (same database) while a migration waits for it: the move goes through
-    // with the stored epoch.
+    // Restarted (same database) while a migration waits for it: the move goes through with the stored epoch.
+    let placement = "/v1/users/alice/placement";
+    let asked_before = outage.asked(placement);
     let mover = {
         let (a_url, b_id, b_url) = (a.url.clone(), b.state.id.clone(), b.url.clone());
         tokio::spawn(async move {
@@ -322,9 +509,13 @@ async fn a_control_service_restarted_during_a_migration_and_a_long_outage() {
                 .expect("migrate")
         })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
-    let (_stop, _task) = start_control(listener);
+    eventually(Duration::from_secs(30), "the migration asking the control service in vain", async || {
+        outage.asked(placement) > asked_before
+    })
+    .await;
+    assert!(!mover.is_finished(), "the migration waits for the control service");
+    outage.end().await;
+    let (_stop, _task) = start_control(listener());
     let (status, report) = mover.await.expect("mover");
     assert_eq!(status, 200, "{report}");
     assert_runs_at(&b, &control, &token, "alice").await;
@@ -342,13 +533,7 @@ async fn a_drained_site_ends_with_zero_phones() {
     let _bob = user_with_phone(&control, &a, "bob").await;
     control.client.drain_site("site-a").await.expect("drain");
     // The control service's placer moves every phone off the draining site.
-    for _ in 0..300 {
-        if a.state.users().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(a.state.users().is_empty(), "site-a still has {:?}", a.state.users());
+    eventually(Duration::from_secs(60), "site-a without phones", async || a.state.users().is_empty()).await;
     assert_eq!(b.state.users(), vec!["alice".to_string(), "bob".to_string()]);
     assert_runs_at(&b, &control, &alice, "alice").await;
     let log = control.client.migrations(Some("alice")).await.expect("log");

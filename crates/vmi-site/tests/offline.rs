@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use vmi_protocol::offline::{Checkin, CheckinHeader};
@@ -14,6 +14,7 @@ use vmi_protocol::{ErrorCode, ServerMessage};
 use vmi_site::{SiteError, SiteHandle};
 use vmi_terminal::TerminalError;
 use vmi_terminal::offline::{self, CheckinArgs, CheckoutArgs, RunArgs};
+use vmi_testkit::eventually;
 
 fn checkout_args(control: &Control, token: &str, dir: &Path, lease: Option<&str>) -> CheckoutArgs {
     CheckoutArgs {
@@ -75,11 +76,8 @@ fn refused(result: Result<impl std::fmt::Debug, TerminalError>) -> (u16, String)
 
 /// Waits until the site runs `user`'s phone again (a lease ended).
 async fn until_running(site: &SiteHandle, user: &str) {
-    let started = Instant::now();
-    while !site.state.users().iter().any(|u| u == user) {
-        assert!(started.elapsed() < Duration::from_secs(15), "the phone did not resume");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("{user}'s phone running on {} again", site.state.id);
+    eventually(Duration::from_secs(30), &what, async || site.state.users().iter().any(|u| u == user)).await;
 }
 
 fn dir_of(name: &str) -> PathBuf {

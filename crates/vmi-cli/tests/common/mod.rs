@@ -1,70 +1,74 @@
-//! What the `vmi` process tests share: free ports, `vmi up` as a child process, Ctrl-C,
-//! and a tiny HTTP GET.
+//! What the `vmi` process tests share: `vmi up` as a child process on ports the system picks
+//! (killed with everything it started if the test panics), Ctrl-C, and a tiny HTTP GET.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vmi_testkit::ChildGuard;
+
+pub use vmi_testkit::scratch_dir;
 
 /// The `vmi` binary under test.
 pub fn vmi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vmi"))
 }
 
-/// A base port with the six after it free right now (control, three proxies, three sites).
-pub fn free_ports() -> u16 {
-    for _ in 0..200 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        if base > 60000 {
-            continue;
-        }
-        let all_free = (0..7).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no seven free ports in a row");
+/// A running `vmi up` and where its services are (from its `up.json`).
+pub struct Up {
+    process: ChildGuard,
+    /// The control service's URL.
+    pub control: String,
+    /// The demo user's browser terminal URL.
+    pub terminal: String,
+    /// Each site's id and the URL terminals use for it (its proxy's, unless `--no-proxy`).
+    pub sites: Vec<(String, String)>,
 }
 
-/// Starts `vmi up` with `extra` arguments; returns it and the browser terminal URL it printed.
-pub fn up(data: &std::path::Path, port: u16, extra: &[&str]) -> (Child, String) {
-    let mut child = vmi()
-        .args(["up", "--data-dir"])
-        .arg(data)
-        .args(["--port", &port.to_string()])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("vmi up starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let started = Instant::now();
-    let mut url = None;
-    while url.is_none() && started.elapsed() < Duration::from_secs(90) {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Some(rest) = line.split("Browser terminal for demo:").nth(1) {
-            url = Some(rest.trim().to_string());
-        }
+impl Up {
+    /// The URL terminals use for site `id`.
+    pub fn site(&self, id: &str) -> &str {
+        self.sites.iter().find(|(s, _)| s == id).map(|(_, url)| url.as_str()).unwrap_or_else(|| panic!("no {id}"))
     }
+
+    /// The demo device's token.
+    pub fn token(&self) -> &str {
+        self.terminal.split("token=").nth(1).expect("token")
+    }
+
+    /// Ctrl-C; asserts `vmi up` stops cleanly within a minute.
+    pub fn interrupt(mut self) {
+        let status = self.process.interrupt(Duration::from_secs(60));
+        assert!(status.success(), "vmi up exited with {status}");
+    }
+}
+
+/// Starts `vmi up --port 0` with `extra` arguments and waits until it printed the browser
+/// terminal's URL.
+pub fn up(data: &Path, extra: &[&str]) -> Up {
+    let mut process = ChildGuard::spawn(
+        vmi()
+            .args(["up", "--port", "0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    )
+    .expect("vmi up starts");
+    let stdout = process.child().stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    // `vmi up` gives up on its own after a minute per service; its stdout ending is the bound.
+    let started = lines.by_ref().map_while(Result::ok).any(|line| line.contains("Browser terminal for"));
+    assert!(started, "vmi up ended before printing the browser terminal URL");
     // Keep draining so the child never blocks on its pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, url.expect("vmi up printed the browser terminal URL"))
-}
-
-/// Ctrl-C to `vmi up`; asserts it stops cleanly within a minute.
-pub fn interrupt(child: &mut Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "vmi up exited with {status}");
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "vmi up did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let file = std::fs::read_to_string(data.join("up.json")).expect("vmi up wrote up.json");
+    let v: serde_json::Value = serde_json::from_str(&file).expect("up.json is JSON");
+    let text = |v: &serde_json::Value| v.as_str().expect("a string").to_string();
+    let sites = v["sites"].as_array().expect("sites").iter().map(|s| (text(&s["id"]), text(&s["url"]))).collect();
+    Up { process, control: text(&v["control"]), terminal: text(&v["terminal"]), sites }
 }
 
 /// A tiny HTTP GET on loopback (the body as text, status 200 asserted), with a bearer

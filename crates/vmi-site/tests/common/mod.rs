@@ -14,6 +14,7 @@ use vmi_control_api::ControlClient;
 use vmi_engine::{Clock, SystemClock};
 use vmi_protocol::{ClientMessage, Input, PROTOCOL_VERSION, Resume, ServerMessage, TouchPhase};
 use vmi_site::{SiteConfig, SiteHandle};
+pub use vmi_testkit::scratch_dir as scratch;
 
 pub const NOTES: (u16, u16) = (274, 1090);
 pub const MAIL: (u16, u16) = (102, 1090);
@@ -48,12 +49,6 @@ pub async fn control() -> Control {
         let _ = stopped.await;
     }));
     Control { client: ControlClient::new(&url).expect("url"), url, stop: Some(stop) }
-}
-
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmi-site-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 pub async fn site(control: &Control, id: &str, data_dir: PathBuf) -> SiteHandle {
