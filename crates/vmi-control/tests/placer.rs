@@ -16,7 +16,9 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use vmi_control::{Move, PlacerRounds, PolicyParams, Reports, ServeOptions, SqliteStore, app_with, now_ms, serve, serve_with};
+use vmi_control::{
+    Move, PlacerRounds, PolicyParams, Reports, ServeOptions, SqliteStore, app_with, now_ms, serve, serve_with,
+};
 use vmi_control_api::{ControlClient, MigrateOrder, SiteSpec};
 use vmi_testkit::{eventually, within};
 

@@ -458,3 +458,25 @@ fn parse_import_body(body: &[u8]) -> Result<(CheckpointView, Objects), SiteError
 }
 
 use vmi_control_api::time::describe_time;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_bodies_refuse_damage() {
+        let view = CheckpointView {
+            id: "ab".repeat(32),
+            at_ms: 5,
+            label: None,
+            memory_bytes: 0,
+            new_chunks: 0,
+            stored_bytes: 0,
+        };
+        let body = import_body(&view, &[("chunks/x".into(), vec![1])]);
+        assert_eq!(parse_import_body(&body).expect("parse").0, view);
+        for cut in [0, 3, 10, body.len() - 1] {
+            assert!(parse_import_body(&body[..cut]).is_err(), "cut {cut}");
+        }
+    }
+}

@@ -69,11 +69,14 @@ impl IntoResponse for ApiError {
 
 impl From<SiteError> for ApiError {
     /// The one place a site's errors become HTTP statuses. The answer carries the whole
-    /// chain of causes; a 500 is logged with it and answered generically.
+    /// chain of causes (these are operator and site-to-site routes: the cause is what an
+    /// operator needs); a 500 is also logged with it.
     fn from(e: SiteError) -> Self {
         let status = match &e {
             SiteError::NoPhone(_) | SiteError::NotPlaced(_) | SiteError::NotCheckedOut(_) => StatusCode::NOT_FOUND,
-            SiteError::BadUser(_) | SiteError::BadRequest(_) | SiteError::CorruptSnapshot(_) => StatusCode::BAD_REQUEST,
+            SiteError::BadUser(_) | SiteError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            // Damage in the site's own store, like a corrupt chunk.
+            SiteError::CorruptSnapshot(_) => StatusCode::UNPROCESSABLE_ENTITY,
             SiteError::Full(_) | SiteError::Closing => StatusCode::SERVICE_UNAVAILABLE,
             SiteError::Exists(_)
             | SiteError::Moving(_)
@@ -84,9 +87,10 @@ impl From<SiteError> for ApiError {
             | SiteError::LeaseRefused(_) => StatusCode::CONFLICT,
             SiteError::Phone { source, .. } => match source {
                 PhoneError::Gone => StatusCode::NOT_FOUND,
-                PhoneError::Moving | PhoneError::Crashed { .. } | PhoneError::NoGoodState { .. } => {
-                    StatusCode::CONFLICT
-                }
+                PhoneError::Moving
+                | PhoneError::Crashed { .. }
+                | PhoneError::NoGoodState { .. }
+                | PhoneError::NoScreen => StatusCode::CONFLICT,
                 PhoneError::Vm(_) | PhoneError::Chain(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             SiteError::Admission { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN),

@@ -49,7 +49,7 @@ use vmi_control_api::ControlClient;
 use vmi_engine::{Clock, Engine, ImageHash, VirtualPhone, VmConfig};
 
 use crate::persist::{read_phone, write_phone};
-use crate::phone::{PhoneLink, PhoneTask};
+use crate::phone::{PhoneError, PhoneLink, PhoneTask, SavedPhone};
 
 mod images;
 pub use images::{ImageRef, RestartReport};
@@ -141,10 +141,30 @@ impl SiteState {
         self.config.data_dir.join("phones").join(user)
     }
 
-    /// Starts the task of a phone that now runs here.
+    /// Starts the task of a phone that now runs here. On a site that is shutting down
+    /// (a migration's commit or a restore that finished late) the phone is saved to disk
+    /// instead: it must not run unsaved past the shutdown's save of every phone.
     pub(crate) fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
-        let task = PhoneTask::new(user.to_string(), phone, self.config.clock.clone(), input_seqs);
-        self.phones.insert(user, PhoneLink::spawn(task));
+        let clock = self.config.clock.clone();
+        let mut vm = Some((phone, input_seqs));
+        let started = self.phones.insert_unless_closing(user, || {
+            let (phone, seqs) = vm.take().expect("the phone is taken once");
+            PhoneLink::spawn(PhoneTask::new(user.to_string(), phone, clock, seqs))
+        });
+        if let (false, Some((mut phone, input_seqs))) = (started, vm) {
+            let saved = phone
+                .snapshot(vmi_engine::SnapshotRequest::Full)
+                .map_err(|e| SiteError::phone(user, e.into()))
+                .and_then(|s| write_phone(&self.phone_dir(user), &SavedPhone { snapshot: s.bytes, input_seqs }));
+            match saved {
+                Ok(()) => tracing::info!(user, "phone arrived while the site shuts down; saved for its next start"),
+                Err(e) => tracing::error!(
+                    user,
+                    "phone arrived while the site shuts down and cannot be saved: {}",
+                    vmi_engine::error_chain(&e)
+                ),
+            }
+        }
     }
 
     fn vm_config(&self) -> VmConfig {
@@ -323,15 +343,31 @@ impl SiteState {
     pub async fn save_all(&self) -> usize {
         let mut saved = 0;
         for (user, phone) in self.phones.close() {
-            match phone.stop().await {
-                Ok(s) => match write_phone(&self.phone_dir(&user), &s) {
-                    Ok(()) => saved += 1,
-                    Err(e) => tracing::error!(user, "cannot save phone: {}", vmi_engine::error_chain(&e)),
-                },
-                Err(e) => tracing::error!(user, "cannot snapshot phone: {}", vmi_engine::error_chain(&e)),
+            let stopped = match phone.stop().await {
+                // Crashed before any snapshot of it: what crosses to a fresh phone (its
+                // store, mail, clock) is saved as one, so the restart brings the data back.
+                Err(PhoneError::NoGoodState { .. }) => self.fresh_from_crashed(&user, &phone).await,
+                other => other.map_err(|e| SiteError::phone(&user, e)),
+            };
+            match stopped.and_then(|s| write_phone(&self.phone_dir(&user), &s)) {
+                Ok(()) => saved += 1,
+                Err(e) => tracing::error!(user, "cannot save phone: {}", vmi_engine::error_chain(&e)),
             }
         }
         saved
+    }
+}
+
+impl SiteState {
+    /// A fresh phone on the crashed one's image with what crosses from it, as saved.
+    async fn fresh_from_crashed(&self, user: &str, phone: &PhoneLink) -> Result<SavedPhone, SiteError> {
+        let carried = phone.carryover().await.map_err(|e| SiteError::phone(user, e))?;
+        let status = phone.status().await.map_err(|e| SiteError::phone(user, e))?;
+        let image = ImageHash::from_hex(&status.image).unwrap_or(self.builtin_image);
+        let mut fresh = self.engine.create_from(&image, &carried, &self.vm_config())?;
+        let snapshot =
+            fresh.snapshot(vmi_engine::SnapshotRequest::Full).map_err(|e| SiteError::phone(user, e.into()))?;
+        Ok(SavedPhone { snapshot: snapshot.bytes, input_seqs: HashMap::new() })
     }
 }
 

@@ -44,9 +44,22 @@ impl PhoneRegistry {
         self.running.read().unwrap_or_else(|p| p.into_inner()).get(user).cloned()
     }
 
-    /// Records a phone that now runs here.
+    /// Records a phone that now runs here (one whose stop failed goes back).
     pub fn insert(&self, user: &str, link: PhoneLink) {
         self.running.write().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), link);
+    }
+
+    /// Records a phone that starts running here, with the link `start` makes, unless the
+    /// site is closing: then `start` is not called and false is returned, so the caller
+    /// saves the phone instead. Asked under the same lock [`close`](Self::close) takes,
+    /// so no phone can start after the closing site collected the phones to save.
+    pub fn insert_unless_closing(&self, user: &str, start: impl FnOnce() -> PhoneLink) -> bool {
+        let mut running = self.running.write().unwrap_or_else(|p| p.into_inner());
+        if self.is_closing() {
+            return false;
+        }
+        running.insert(user.to_string(), start());
+        true
     }
 
     /// Takes `user`'s phone out (it moved, was checked out, or is being replaced).
@@ -68,8 +81,9 @@ impl PhoneRegistry {
 
     /// Marks the site as closing (no phone may arrive after it) and takes every phone out.
     pub fn close(&self) -> Vec<(String, PhoneLink)> {
+        let mut running = self.running.write().unwrap_or_else(|p| p.into_inner());
         self.closing.store(true, Ordering::SeqCst);
-        self.running.write().unwrap_or_else(|p| p.into_inner()).drain().collect()
+        running.drain().collect()
     }
 
     /// Whether the site is shutting down.
@@ -180,5 +194,14 @@ mod tests {
         assert_eq!(r.room_for_arrival("ann"), Err(NoRoom::Full(1)), "the other arrival takes the one place");
         drop(arriving);
         assert_eq!(r.room_for_new("ann"), Ok(()), "a new phone counts running phones only");
+    }
+
+    #[test]
+    fn no_phone_starts_once_the_site_is_closing() {
+        let r = PhoneRegistry::new(4);
+        assert!(r.close().is_empty());
+        let started = r.insert_unless_closing("ann", || unreachable!("a closing site starts no phone"));
+        assert!(!started, "the caller saves the phone instead");
+        assert!(r.users().is_empty());
     }
 }

@@ -63,7 +63,16 @@ async fn refuse(mut socket: WebSocket, code: ErrorCode, message: String) {
 
 /// Runs a session to its end.
 pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await {
+    // WebSocket pings and pongs before Hello are the transport's business.
+    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
+        loop {
+            match socket.recv().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    });
+    let hello = match first.await {
         Ok(Some(Ok(Message::Binary(bytes)))) => vmi_protocol::decode_client(&bytes),
         Ok(Some(Ok(Message::Text(_)))) => {
             return refuse(socket, ErrorCode::BadMessage, "a text frame: messages are binary".into()).await;
@@ -79,10 +88,11 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
                 let msg = format!("protocol version {version} is not supported; this site speaks {PROTOCOL_VERSION}");
                 return refuse(socket, ErrorCode::Version, msg).await;
             }
+            // The next update is numbered last_frame_seq + 1, which must not pass MAX_SEQ.
             if let Some(r) = resume
-                && r.last_frame_seq > MAX_SEQ
+                && r.last_frame_seq >= MAX_SEQ
             {
-                let msg = format!("resume.last_frame_seq {} is above {MAX_SEQ}", r.last_frame_seq);
+                let msg = format!("resume.last_frame_seq {} leaves no frame number below {MAX_SEQ}", r.last_frame_seq);
                 return refuse(socket, ErrorCode::BadMessage, msg).await;
             }
             (device_token, resume, asleep)
@@ -145,7 +155,19 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         }
         let _ = sink.send(Message::Close(Some(close_frame(last.as_ref())))).await;
     });
-    while let Some(message) = stream.next().await {
+    let mut writer = writer;
+    let mut writer_done = false;
+    loop {
+        // The reader also ends when the writer does (the phone task let go of the
+        // session): a terminal that never closes cannot keep the session alive.
+        let message = tokio::select! {
+            m = stream.next() => m,
+            _ = &mut writer, if !writer_done => {
+                writer_done = true;
+                break;
+            }
+        };
+        let Some(message) = message else { break };
         let failure = match message {
             Ok(Message::Binary(bytes)) => match forward(&phone, id, &bytes).await {
                 Ok(true) => continue,
@@ -165,8 +187,7 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
     phone.tell(TerminalCommand::Detach { session: id }).await;
     // Once the phone task lets go of the session the writer says its last words and
     // closes; then wait (briefly) for the terminal's close frame.
-    let mut writer = writer;
-    if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
+    if !writer_done && tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
         writer.abort();
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, async {

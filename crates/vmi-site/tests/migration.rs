@@ -212,7 +212,9 @@ async fn typing_through_a_migration_loses_and_doubles_nothing() {
         let (a_url, b_id, to_url) = (a.url.clone(), b.state.id.clone(), relay.url.clone());
         tokio::spawn(async move {
             let body = serde_json::json!({ "to": b_id, "to_url": to_url });
-            vmi_control_api::http_client::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
+            vmi_control_api::http_client::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body)
+                .await
+                .expect("migrate")
         })
     };
 

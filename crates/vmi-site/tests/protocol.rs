@@ -417,7 +417,7 @@ async fn rule_3_and_8_frame_numbers_and_resume() {
     bad.send(&ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         device_token: w.token.clone(),
-        resume: Some(Resume { last_frame_seq: MAX_SEQ + 1, screen_hash: 0 }),
+        resume: Some(Resume { last_frame_seq: MAX_SEQ, screen_hash: 0 }),
         asleep: false,
     })
     .await;
@@ -635,4 +635,28 @@ async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store
     back.send(&ClientMessage::Input { seq: 2, input: key('k') }).await;
     back.until(|m| matches!(m, ServerMessage::InputAck { seq: 2 })).await;
     site.shutdown().await;
+}
+
+/// A phone that crashed before any snapshot of it is saved at shutdown as a fresh phone
+/// with its store, and comes back with it at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_phone_with_no_snapshot_keeps_its_store_across_a_site_restart() {
+    let control = control().await;
+    let wasm = wat::parse_str(CRASHING_GUEST).expect("guest parses");
+    control.client.publish_image("phone", &wasm).await.expect("publish");
+    let dir = scratch("protocol-crash-saved");
+    let first = site(&control, "site-a", dir.clone()).await;
+    let token = user_with_phone(&control, &first, "dot").await;
+    let mut t = Raw::connect(&first.ws_url()).await;
+    assert!(matches!(t.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
+    t.send(&ClientMessage::Input { seq: 1, input: key('k') }).await;
+    t.until(|m| matches!(m, ServerMessage::InputAck { seq: 1 })).await;
+    t.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 1 } }).await;
+    assert_closed_with(&t.until_closed().await, ErrorCode::PhoneDown);
+    assert_eq!(first.shutdown().await, 1, "the crashed phone was saved");
+
+    let second = site(&control, "site-a", dir).await;
+    let (status, kept) = http_get(&format!("{}/v1/phones/dot/kv/notes.text", second.url)).await;
+    assert_eq!((status, kept.as_slice()), (200, b"kept".as_slice()));
+    second.shutdown().await;
 }

@@ -53,6 +53,9 @@ pub enum PhoneError {
     /// A crashed phone's last good snapshots could not be merged into one.
     #[error("the crashed phone's last good snapshots do not resolve into one")]
     Chain(#[source] vmi_checkpoint::CheckpointError),
+    /// The phone has no screen yet (its guest attached no framebuffer).
+    #[error("the phone has no screen yet")]
+    NoScreen,
     /// A crashed phone with no snapshot at all of its current image.
     #[error("the phone crashed ({reason}) before any snapshot of it was taken")]
     NoGoodState {
@@ -174,8 +177,8 @@ pub enum ServiceCommand {
     },
     /// The current screen.
     Screen {
-        /// The screen.
-        reply: oneshot::Sender<Screenshot>,
+        /// The screen, or why there is none (no framebuffer yet).
+        reply: oneshot::Sender<Result<Screenshot, PhoneError>>,
     },
     /// A value from the phone's key-value store.
     Kv {
@@ -254,12 +257,12 @@ pub enum LifecycleCommand {
         reply: oneshot::Sender<vmi_engine::Carryover>,
     },
     /// Put this VM (a restored checkpoint, a restart) in place of the running or crashed
-    /// one; attached terminals stay and get a full repaint.
+    /// one; attached terminals stay and get a full repaint. Refused while frozen.
     Replace {
         /// The new VM.
         phone: Box<dyn VirtualPhone>,
-        /// Done.
-        reply: oneshot::Sender<()>,
+        /// Done, or why not.
+        reply: oneshot::Sender<Result<(), PhoneError>>,
     },
 }
 
@@ -374,7 +377,7 @@ impl PhoneLink {
 
     /// The current screen.
     pub async fn screen(&self) -> Result<Screenshot, PhoneError> {
-        self.ask(|reply| PhoneCommand::Service(ServiceCommand::Screen { reply })).await
+        self.ask(|reply| PhoneCommand::Service(ServiceCommand::Screen { reply })).await?
     }
 
     /// A value of the phone's key-value store.
@@ -439,6 +442,6 @@ impl PhoneLink {
 
     /// Puts `phone` in place of the running VM.
     pub async fn replace(&self, phone: Box<dyn VirtualPhone>) -> Result<(), PhoneError> {
-        self.ask(|reply| PhoneCommand::Lifecycle(LifecycleCommand::Replace { phone, reply })).await
+        self.ask(|reply| PhoneCommand::Lifecycle(LifecycleCommand::Replace { phone, reply })).await?
     }
 }

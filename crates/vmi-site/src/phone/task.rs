@@ -262,14 +262,14 @@ impl PhoneTask {
                 let _ = reply.send(r);
             }
             ServiceCommand::Screen { reply } => {
-                let (width, height) = self.size();
                 let shot = match self.phone.frame() {
+                    Ok(frame) if frame.rgba.is_empty() => Err(PhoneError::NoScreen),
                     Ok(frame) => {
                         let shot = Screenshot { width: frame.width, height: frame.height, rgba: frame.rgba.to_vec() };
                         self.terminals.add_damage(&frame.damage);
-                        shot
+                        Ok(shot)
                     }
-                    Err(_) => Screenshot { width, height, rgba: Vec::new() },
+                    Err(e) => Err(PhoneError::Vm(e)),
                 };
                 let _ = reply.send(shot);
             }
@@ -362,7 +362,9 @@ impl PhoneTask {
                 let _ = reply.send(r);
             }
             LifecycleCommand::Thaw => {
-                if let State::Frozen { held } = std::mem::replace(&mut self.state, State::Running) {
+                if let State::Frozen { .. } = self.state
+                    && let State::Frozen { held } = std::mem::replace(&mut self.state, State::Running)
+                {
                     for h in held {
                         self.on_input(h.session, h.seq, h.input);
                     }
@@ -393,6 +395,9 @@ impl PhoneTask {
             LifecycleCommand::Carryover { reply } => {
                 let _ = reply.send(self.phone.carryover());
             }
+            LifecycleCommand::Replace { reply, .. } if matches!(self.state, State::Frozen { .. }) => {
+                let _ = reply.send(Err(PhoneError::Moving));
+            }
             LifecycleCommand::Replace { phone, reply } => {
                 self.phone = phone;
                 self.state = State::Running;
@@ -403,7 +408,7 @@ impl PhoneTask {
                 // Tell the new VM whether a screen is on, whatever it last knew.
                 self.told_awake = !self.terminals.any_awake();
                 tracing::info!(user = %self.user, "phone replaced (a restart or a restored checkpoint)");
-                let _ = reply.send(());
+                let _ = reply.send(Ok(()));
             }
         }
         Next::Continue
