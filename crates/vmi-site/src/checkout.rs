@@ -525,7 +525,7 @@ impl SiteState {
             let phone = s.restore_saved(&base, &[])?;
             let at_ms = s.now_ms();
             s.end_lease(&dir, &EndedLease { lease_id: l.lease_id.clone(), device_id: l.device_id, outcome: o, at_ms });
-            if !s.phones.is_closing() {
+            if !s.registry().is_closing() {
                 s.spawn_phone(&u, phone, seqs);
             }
             Ok(at_ms)
@@ -628,7 +628,7 @@ pub(crate) fn spawn_expiry(site: &Arc<SiteState>) {
         loop {
             every.tick().await;
             let Some(site) = weak.upgrade() else { return };
-            if site.phones.is_closing() {
+            if site.registry().is_closing() {
                 return;
             }
             site.expire_leases().await;

@@ -85,15 +85,15 @@ pub struct Restored {
 
 /// The site's checkpoint store and what it remembers of each phone's last checkpoint.
 pub(crate) struct Checkpoints {
-    pub store: Arc<CheckpointStore>,
+    store: Arc<CheckpointStore>,
     /// The last checkpoint taken here of each phone running here: the parent of its next
     /// incremental checkpoint.
     last: Mutex<HashMap<String, SnapshotId>>,
     /// One checkpoint or restore at a time per site: they are short, and this keeps a
     /// restore from racing the timer's checkpoint of the same phone.
-    pub busy: tokio::sync::Mutex<()>,
+    busy: tokio::sync::Mutex<()>,
     /// Retention applied after each timer round.
-    pub retention: Retention,
+    retention: Retention,
 }
 
 impl Checkpoints {

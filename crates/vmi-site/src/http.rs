@@ -375,13 +375,13 @@ fn unauthorized() -> ApiError {
 
 /// `GET /v1/demo/sites`: control's `GET /v1/sites`.
 async fn demo_sites(State(site): State<Arc<SiteState>>) -> Result<Response, ApiError> {
-    Ok(Json(site.control.list_sites().await?).into_response())
+    Ok(Json(site.control().list_sites().await?).into_response())
 }
 
 /// `GET /v1/demo/me` with a bearer token: control's `GET /v1/phone` (whose phone, where).
 async fn demo_me(State(site): State<Arc<SiteState>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
     let token = bearer(&headers).ok_or_else(unauthorized)?;
-    Ok(Json(site.control.phone_for_token(&token).await?).into_response())
+    Ok(Json(site.control().phone_for_token(&token).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -405,7 +405,7 @@ async fn demo_report(
 ) -> Result<Response, ApiError> {
     let report: DemoReport = json_body(&body)?;
     let token = bearer(&headers).or(report.token).ok_or_else(unauthorized)?;
-    site.control.report(&token, report.lat, report.lon, report.rtt_ms).await?;
+    site.control().report(&token, report.lat, report.lon, report.rtt_ms).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -435,7 +435,7 @@ async fn demo_migrations(
     State(site): State<Arc<SiteState>>,
     axum::extract::Query(q): axum::extract::Query<UserQuery>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(site.control.migrations(Some(&q.user)).await?).into_response())
+    Ok(Json(site.control().migrations(Some(&q.user)).await?).into_response())
 }
 
 /// The control service revoked a device: every phone here closes its terminals.
@@ -520,7 +520,7 @@ async fn restore_checkpoint(
 /// The user a bearer token belongs to, or 401.
 async fn user_of(site: &SiteState, headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
     let token = bearer(headers).ok_or_else(unauthorized)?;
-    match site.control.authenticate(&token).await? {
+    match site.control().authenticate(&token).await? {
         Some(identity) => Ok(identity.user),
         None => Err(unauthorized()),
     }
@@ -531,7 +531,7 @@ async fn elsewhere(site: &SiteState, user: &str) -> Result<Option<String>, ApiEr
     if site.phone_link(user).is_some() {
         return Ok(None);
     }
-    let placement = site.control.placement(user).await?;
+    let placement = site.control().placement(user).await?;
     Ok((placement.site != site.id).then_some(placement.site_url))
 }
 

@@ -137,6 +137,16 @@ impl SiteState {
         &self.phones
     }
 
+    /// The site's client of the control service.
+    pub fn control(&self) -> &ControlClient {
+        &self.control
+    }
+
+    /// Screen size of the phones this site runs.
+    pub fn screen(&self) -> (u32, u32) {
+        self.config.screen
+    }
+
     fn phone_dir(&self, user: &str) -> PathBuf {
         self.config.data_dir.join("phones").join(user)
     }

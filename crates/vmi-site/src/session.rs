@@ -105,7 +105,7 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         }
         Err(e) => return refuse(socket, ErrorCode::BadMessage, format!("undecodable Hello: {e}")).await,
     };
-    let identity = match site.control.authenticate(&token).await {
+    let identity = match site.control().authenticate(&token).await {
         Ok(Some(identity)) => identity,
         Ok(None) => {
             return refuse(socket, ErrorCode::Unauthorized, "unknown or revoked device token".into()).await;
@@ -229,7 +229,7 @@ async fn not_here(mut socket: WebSocket, site: &SiteState, user: &str) {
     if let Some(why) = site.checkout_refusal(user) {
         return refuse(socket, ErrorCode::NotHere, why).await;
     }
-    match site.control.placement(user).await {
+    match site.control().placement(user).await {
         Ok(placement) if placement.site != site.id => {
             let redirect = ServerMessage::Redirect { url: vmi_control_api::ws_url(&placement.site_url) };
             let _ = send(&mut socket, &redirect).await;

@@ -32,7 +32,7 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>) {
         return;
     };
     let refuse = |reason: String| MigrationMessage::Abort { reason };
-    let Some(_arriving) = site.phones.arrive(&user) else {
+    let Some(_arriving) = site.registry().arrive(&user) else {
         let _ = reply(&mut socket, &refuse(format!("{user}'s phone is already arriving here"))).await;
         return;
     };
@@ -45,8 +45,8 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>) {
         let _ = reply(&mut socket, &refuse(e.to_string())).await;
         return;
     }
-    if (width as u32, height as u32) != site.config.screen {
-        let reason = format!("screen {width}x{height} differs from this site's {:?}", site.config.screen);
+    if (width as u32, height as u32) != site.screen() {
+        let reason = format!("screen {width}x{height} differs from this site's {:?}", site.screen());
         let _ = reply(&mut socket, &refuse(reason)).await;
         return;
     }
@@ -95,7 +95,7 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>) {
                         return;
                     }
                 };
-                if site.phones.is_closing() {
+                if site.registry().is_closing() {
                     let _ = reply(&mut socket, &refuse("this site is shutting down".into())).await;
                     return;
                 }

@@ -118,11 +118,11 @@ pub struct MigrationReport {
 async fn commit(site: &SiteState, user: &str, epoch: u64) -> Result<u64, MigrationError> {
     let mut last_error = None;
     for _ in 0..CONTROL_RETRIES {
-        match site.control.move_placement(user, &site.id, Some(epoch)).await {
+        match site.control().move_placement(user, &site.id, Some(epoch)).await {
             Ok(p) => return Ok(p.epoch),
             Err(e) => last_error = Some(e),
         }
-        match site.control.placement(user).await {
+        match site.control().placement(user).await {
             Ok(p) if p.site == site.id && p.epoch > epoch => return Ok(p.epoch),
             Ok(p) if p.epoch != epoch => return Err(MigrationError::EpochMoved(p.epoch)),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -60,7 +60,7 @@ pub async fn migrate_out(
     let phone = site.phone(user)?;
     // Asked again under the leaving lock, which a checkout also takes: a phone is checked
     // out or migrated, never both at once.
-    let leaving = site.phones.leave(user, || match site.checkout_refusal(user) {
+    let leaving = site.registry().leave(user, || match site.checkout_refusal(user) {
         Some(why) => Err(SiteError::CheckedOut(why)),
         None => Ok(()),
     })?;
@@ -97,7 +97,7 @@ pub async fn migrate_out(
         outcome: report.outcome.as_str().to_string(),
         reason: report.reason.clone().unwrap_or_default(),
     };
-    if let Err(e) = site.control.record_migration(&record).await {
+    if let Err(e) = site.control().record_migration(&record).await {
         tracing::warn!("could not log the migration at the control service: {e}");
     }
     Ok(report)
@@ -114,7 +114,7 @@ async fn drive(
     // The control service may be restarting: give it a moment before giving up.
     let mut tries = 0;
     let placement = loop {
-        match site.control.placement(user).await {
+        match site.control().placement(user).await {
             Ok(p) => break p,
             Err(e) if tries >= CONTROL_RETRIES => return Err(MigrationError::Control(e)),
             Err(_) => {
@@ -131,7 +131,7 @@ async fn drive(
         .await
         .map_err(|_| MigrationError::Link(format!("connecting to {url} timed out")))?
         .map_err(|e| MigrationError::Link(format!("connecting to {url}: {e}")))?;
-    let (width, height) = site.config.screen;
+    let (width, height) = site.screen();
     // The image this phone runs now (phones of one site may run different versions).
     let status = phone.status().await?;
     let image = ImageHash::from_hex(&status.image)
@@ -204,7 +204,7 @@ async fn drive(
     report.outcome = MigrationOutcome::Committed;
     let new_ws = vmi_control_api::ws_url(to_url);
     phone.fence(new_ws).await;
-    site.phones.remove(user);
+    site.registry().remove(user);
     site.forget_saved(user);
     let _ = ws.close(None).await;
     tracing::info!(user, to = to_id, downtime_us = report.downtime_us, "phone migrated");
@@ -226,10 +226,10 @@ enum Settled {
 /// control service cannot be reached the phone stays stopped: never two live copies.
 async fn settle(site: &SiteState, user: &str, to_id: &str, epoch: u64, destination_aborted: bool) -> Settled {
     loop {
-        match site.control.placement(user).await {
+        match site.control().placement(user).await {
             Ok(p) if p.site == to_id && !destination_aborted => return Settled::Moved(p.epoch),
             Ok(p) if p.site == site.id && p.epoch != epoch => return Settled::Kept,
-            Ok(p) => match site.control.move_placement(user, &site.id, Some(p.epoch)).await {
+            Ok(p) => match site.control().move_placement(user, &site.id, Some(p.epoch)).await {
                 Ok(_) => return Settled::Kept,
                 Err(e) => tracing::info!(user, "taking the placement back raced: {e}; reading it again"),
             },
