@@ -30,6 +30,30 @@ use crate::persist::{read_phone, write_phone};
 use crate::phone::{PhoneError, SavedPhone};
 use crate::{PHONE_FILE, SiteError, SiteState, valid_user};
 
+/// Why an offline checkout, checkin or cancel was refused or failed (docs/OFFLINE.md).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// The phone is not checked out.
+    #[error("{0}'s phone is not checked out")]
+    NotCheckedOut(String),
+    /// A checkin's lease is not the one out (wrong, ended or expired); says which.
+    #[error("{0}")]
+    LeaseRefused(String),
+    /// No valid device token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The device may not do this (another user's phone, another device's lease).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A request that cannot be done as asked (a corrupt or foreign checkin, a bad lease
+    /// length).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The checkout or resume failed on the site's side; the phone is kept.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// The lease of a checked-out phone, JSON ([`OfflineLease`]), in the phone's directory.
 pub const LEASE_FILE: &str = "checkout.lease";
 /// How the phone's last lease ended, JSON ([`EndedLease`]), in the phone's directory.
@@ -152,11 +176,11 @@ impl SiteState {
     /// The device behind `token`, which must be one of `user`'s.
     async fn device_of(&self, token: &str, user: &str) -> Result<u64, SiteError> {
         match self.control.authenticate(token).await? {
-            None => Err(SiteError::Unauthorized("unknown or revoked device token".into())),
-            Some(identity) if identity.user != user => Err(SiteError::Forbidden(format!(
+            None => Err(SiteError::Checkout(CheckoutError::Unauthorized("unknown or revoked device token".into()))),
+            Some(identity) if identity.user != user => Err(SiteError::Checkout(CheckoutError::Forbidden(format!(
                 "device {} belongs to {}, not to {user}",
                 identity.device_id, identity.user
-            ))),
+            )))),
             Some(identity) => Ok(identity.device_id),
         }
     }
@@ -208,9 +232,9 @@ impl SiteState {
         }
         let lease_secs = request.lease_secs.unwrap_or(DEFAULT_LEASE_SECS);
         if !(1..=MAX_LEASE_SECS).contains(&lease_secs) {
-            return Err(SiteError::BadRequest(format!(
+            return Err(SiteError::Checkout(CheckoutError::BadRequest(format!(
                 "lease_secs {lease_secs} is out of range: 1 to {MAX_LEASE_SECS} (7 days)"
-            )));
+            ))));
         }
         let device = self.device_of(token, user).await?;
         // Marked as leaving, with the lease slot claimed under the same lock that a
@@ -310,12 +334,13 @@ impl SiteState {
                 tracing::error!(user, "and it cannot restart from its snapshot: {e}");
             }
         }
-        SiteError::CheckoutFailed(format!("cannot check {user}'s phone out: {why}"))
+        SiteError::Checkout(CheckoutError::Failed(format!("cannot check {user}'s phone out: {why}")))
     }
 
     /// A phone from a full snapshot and deltas on top of it.
     fn restore_saved(&self, base: &[u8], deltas: &[Vec<u8>]) -> Result<Box<dyn VirtualPhone>, SiteError> {
-        let header = Snapshot::peek_header(base).map_err(|e| SiteError::BadRequest(format!("base snapshot: {e}")))?;
+        let header = Snapshot::peek_header(base)
+            .map_err(|e| SiteError::Checkout(CheckoutError::BadRequest(format!("base snapshot: {e}"))))?;
         let mut chain: Vec<&[u8]> = vec![base];
         chain.extend(deltas.iter().map(Vec::as_slice));
         Ok(self.engine.restore(&ImageHash(header.image_hash), &chain, &self.vm_config())?)
@@ -337,31 +362,31 @@ impl SiteState {
         let lease = {
             let mut slots = self.leases.lock();
             match slots.get(user) {
-                None => return Err(SiteError::LeaseRefused(self.ended_refusal(user, &given))),
+                None => return Err(SiteError::Checkout(CheckoutError::LeaseRefused(self.ended_refusal(user, &given)))),
                 Some(Slot::Held(lease)) if lease.lease_id != given => {
-                    return Err(SiteError::LeaseRefused(format!(
+                    return Err(SiteError::Checkout(CheckoutError::LeaseRefused(format!(
                         "lease {given} is not the one out: {user}'s phone is out under lease {} to device {}",
                         lease.lease_id, lease.device_id
-                    )));
+                    ))));
                 }
                 Some(Slot::Held(lease)) if lease.device_id != device => {
-                    return Err(SiteError::Forbidden(format!(
+                    return Err(SiteError::Checkout(CheckoutError::Forbidden(format!(
                         "lease {given} was given to device {}, not to device {device}",
                         lease.device_id
-                    )));
+                    ))));
                 }
                 Some(Slot::Held(lease)) if now >= lease.expires_ms => {
-                    return Err(SiteError::LeaseRefused(format!(
+                    return Err(SiteError::Checkout(CheckoutError::LeaseRefused(format!(
                         "lease expired at {}; the phone resumes on the site from the checkout base",
                         format_ms(lease.expires_ms)
-                    )));
+                    ))));
                 }
                 Some(Slot::Held(lease)) => {
                     let lease = lease.clone();
                     slots.insert(user.to_string(), Slot::Busy(Some(lease.clone())));
                     lease
                 }
-                Some(slot) => return Err(SiteError::LeaseRefused(refusal(user, slot))),
+                Some(slot) => return Err(SiteError::Checkout(CheckoutError::LeaseRefused(refusal(user, slot)))),
             }
         };
         let s = self.clone();
@@ -370,7 +395,7 @@ impl SiteState {
             // Restoring and snapshotting a phone is CPU work: off the async workers.
             Ok(()) => tokio::task::spawn_blocking(move || s.checkin_claimed(&u, &l, checkin))
                 .await
-                .unwrap_or_else(|e| Err(SiteError::CheckoutFailed(format!("checkin failed: {e}")))),
+                .unwrap_or_else(|e| Err(SiteError::Checkout(CheckoutError::Failed(format!("checkin failed: {e}"))))),
             Err(e) => Err(e),
         };
         let mut slots = self.leases.lock();
@@ -392,33 +417,37 @@ impl SiteState {
         let dir = self.phone_dir(user);
         let path = dir.join(PHONE_FILE);
         let bytes = std::fs::read(&path).map_err(|source| SiteError::Io { path: path.clone(), source })?;
-        let (base, mut seqs) =
-            read_phone(&bytes).map_err(|e| SiteError::BadRequest(format!("the checkout base does not read: {e}")))?;
+        let (base, mut seqs) = read_phone(&bytes).map_err(|e| {
+            SiteError::Checkout(CheckoutError::BadRequest(format!("the checkout base does not read: {e}")))
+        })?;
         let base_id = SnapshotId::of(&base);
         if base_id.to_hex() != lease.base_id {
-            return Err(SiteError::BadRequest(format!(
+            return Err(SiteError::Checkout(CheckoutError::BadRequest(format!(
                 "the checkout base on this site ({}) is not the lease's ({})",
                 base_id.to_hex(),
                 lease.base_id
-            )));
+            ))));
         }
         // The first snapshot says what the chain is; the engine checks every link after it.
         let mut on_base = true;
         if let Some(first) = checkin.chain.first() {
-            let header = Snapshot::peek_header(first)
-                .map_err(|e| SiteError::BadRequest(format!("snapshot 1 of the checkin is corrupt: {e}")))?;
+            let header = Snapshot::peek_header(first).map_err(|e| {
+                SiteError::Checkout(CheckoutError::BadRequest(format!("snapshot 1 of the checkin is corrupt: {e}")))
+            })?;
             match header.kind {
                 SnapshotKind::Incremental { parent } if parent == base_id => {}
                 SnapshotKind::Full => on_base = false,
                 SnapshotKind::Incremental { parent } => {
-                    return Err(SiteError::BadRequest(format!(
+                    return Err(SiteError::Checkout(CheckoutError::BadRequest(format!(
                         "the delta's parent is {}, not the checkout base {}: it was not taken against this checkout",
                         parent.to_hex(),
                         base_id.to_hex()
-                    )));
+                    ))));
                 }
                 SnapshotKind::PreCopy { .. } => {
-                    return Err(SiteError::BadRequest("a pre-copy snapshot cannot be checked in".into()));
+                    return Err(SiteError::Checkout(CheckoutError::BadRequest(
+                        "a pre-copy snapshot cannot be checked in".into(),
+                    )));
                 }
             }
         }
@@ -428,16 +457,18 @@ impl SiteState {
             self.restore_saved(&checkin.chain[0], &checkin.chain[1..])
         }
         .map_err(|e| {
-            SiteError::BadRequest(format!("the checked-in state does not restore: {}", vmi_engine::error_chain(&e)))
+            SiteError::Checkout(CheckoutError::BadRequest(format!(
+                "the checked-in state does not restore: {}",
+                vmi_engine::error_chain(&e)
+            )))
         })?;
         // It must run, not just load: fire what is due and draw.
-        phone
-            .fire_due_timers()
-            .and_then(|_| phone.frame().map(|_| ()))
-            .map_err(|e| SiteError::BadRequest(format!("the checked-in phone does not run: {e}")))?;
-        let snapshot = phone
-            .snapshot(vmi_engine::SnapshotRequest::Full)
-            .map_err(|e| SiteError::BadRequest(format!("the checked-in phone cannot be snapshotted: {e}")))?;
+        phone.fire_due_timers().and_then(|_| phone.frame().map(|_| ())).map_err(|e| {
+            SiteError::Checkout(CheckoutError::BadRequest(format!("the checked-in phone does not run: {e}")))
+        })?;
+        let snapshot = phone.snapshot(vmi_engine::SnapshotRequest::Full).map_err(|e| {
+            SiteError::Checkout(CheckoutError::BadRequest(format!("the checked-in phone cannot be snapshotted: {e}")))
+        })?;
         for (device, seq) in &checkin.header.input_seqs {
             let known = seqs.entry(device.clone()).or_insert(0);
             *known = (*known).max(*seq);
@@ -481,10 +512,10 @@ impl SiteState {
     async fn owned_here(&self, user: &str) -> Result<(), SiteError> {
         match self.control.placement(user).await {
             Ok(p) if p.site == self.id => Ok(()),
-            Ok(p) => Err(SiteError::LeaseRefused(format!(
+            Ok(p) => Err(SiteError::Checkout(CheckoutError::LeaseRefused(format!(
                 "{user}'s phone now belongs to {} (placed there while it was out); it does not resume here",
                 p.site
-            ))),
+            )))),
             // Unknown is not yes: ask again later.
             Err(e) => Err(SiteError::Control(e)),
         }
@@ -520,8 +551,9 @@ impl SiteState {
             let dir = s.phone_dir(&u);
             let path = dir.join(PHONE_FILE);
             let bytes = std::fs::read(&path).map_err(|source| SiteError::Io { path: path.clone(), source })?;
-            let (base, seqs) = read_phone(&bytes)
-                .map_err(|e| SiteError::BadRequest(format!("the checkout base does not read: {e}")))?;
+            let (base, seqs) = read_phone(&bytes).map_err(|e| {
+                SiteError::Checkout(CheckoutError::BadRequest(format!("the checkout base does not read: {e}")))
+            })?;
             let phone = s.restore_saved(&base, &[])?;
             let at_ms = s.now_ms();
             s.end_lease(&dir, &EndedLease { lease_id: l.lease_id.clone(), device_id: l.device_id, outcome: o, at_ms });
@@ -531,7 +563,7 @@ impl SiteState {
             Ok(at_ms)
         })
         .await
-        .unwrap_or_else(|e| Err(SiteError::CheckoutFailed(format!("resume failed: {e}"))))
+        .unwrap_or_else(|e| Err(SiteError::Checkout(CheckoutError::Failed(format!("resume failed: {e}")))))
     }
 
     /// Operator: breaks `user`'s lease (a lost terminal); the phone resumes here from the
@@ -540,7 +572,7 @@ impl SiteState {
         let lease = {
             let mut slots = self.leases.lock();
             match slots.get(user) {
-                None => return Err(SiteError::NotCheckedOut(user.to_string())),
+                None => return Err(SiteError::Checkout(CheckoutError::NotCheckedOut(user.to_string()))),
                 Some(Slot::Busy(_)) => {
                     return Err(SiteError::CheckedOut(refusal(user, &Slot::Busy(None))));
                 }

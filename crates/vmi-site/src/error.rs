@@ -104,25 +104,9 @@ pub enum SiteError {
     /// which device and until when.
     #[error("{0}")]
     CheckedOut(String),
-    /// The phone is not checked out.
-    #[error("{0}'s phone is not checked out")]
-    NotCheckedOut(String),
-    /// A checkin's lease is not the one out (wrong, ended or expired).
-    #[error("{0}")]
-    LeaseRefused(String),
-    /// No valid device token.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// The device may not do this (another user's phone, another device's lease).
-    #[error("{0}")]
-    Forbidden(String),
-    /// A request that cannot be done as asked (a corrupt or foreign checkin, a bad lease
-    /// length).
-    #[error("{0}")]
-    BadRequest(String),
-    /// A checkout or resume failed on the site's side; the phone is kept.
-    #[error("{0}")]
-    CheckoutFailed(String),
+    /// An offline checkout, checkin or cancel was refused or failed.
+    #[error(transparent)]
+    Checkout(#[from] crate::checkout::CheckoutError),
     /// The site is shutting down.
     #[error("the site is shutting down")]
     Closing,

@@ -18,6 +18,7 @@ use vmi_engine::Mail;
 use vmi_checkpoint::{CheckpointError, Selector};
 use vmi_snapshot::SnapshotId;
 
+use crate::checkout::CheckoutError;
 use crate::phone::PhoneError;
 use crate::{SiteError, SiteState};
 
@@ -73,8 +74,8 @@ impl From<SiteError> for ApiError {
     /// operator needs); a 500 is also logged with it.
     fn from(e: SiteError) -> Self {
         let status = match &e {
-            SiteError::NoPhone(_) | SiteError::NotPlaced(_) | SiteError::NotCheckedOut(_) => StatusCode::NOT_FOUND,
-            SiteError::BadUser(_) | SiteError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            SiteError::NoPhone(_) | SiteError::NotPlaced(_) => StatusCode::NOT_FOUND,
+            SiteError::BadUser(_) => StatusCode::BAD_REQUEST,
             // Damage in the site's own store, like a corrupt chunk.
             SiteError::CorruptSnapshot(_) => StatusCode::UNPROCESSABLE_ENTITY,
             SiteError::Full(_) | SiteError::Closing => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,8 +84,15 @@ impl From<SiteError> for ApiError {
             | SiteError::PlacedElsewhere { .. }
             | SiteError::AlreadyThere { .. }
             | SiteError::WrongImage(_)
-            | SiteError::CheckedOut(_)
-            | SiteError::LeaseRefused(_) => StatusCode::CONFLICT,
+            | SiteError::CheckedOut(_) => StatusCode::CONFLICT,
+            SiteError::Checkout(c) => match c {
+                CheckoutError::NotCheckedOut(_) => StatusCode::NOT_FOUND,
+                CheckoutError::LeaseRefused(_) => StatusCode::CONFLICT,
+                CheckoutError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                CheckoutError::Forbidden(_) => StatusCode::FORBIDDEN,
+                CheckoutError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                CheckoutError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             SiteError::Phone { source, .. } => match source {
                 PhoneError::Gone => StatusCode::NOT_FOUND,
                 PhoneError::Moving
@@ -112,13 +120,9 @@ impl From<SiteError> for ApiError {
                 | CheckpointError::Incomplete { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            SiteError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            SiteError::Forbidden(_) => StatusCode::FORBIDDEN,
-            SiteError::CheckoutFailed(_)
-            | SiteError::Engine(_)
-            | SiteError::Io { .. }
-            | SiteError::Control(_)
-            | SiteError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SiteError::Engine(_) | SiteError::Io { .. } | SiteError::Control(_) | SiteError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         let words = vmi_engine::error_chain(&e);
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use vmi_protocol::offline::{Checkin, CheckinHeader};
 use vmi_protocol::{ErrorCode, ServerMessage};
+use vmi_site::checkout::CheckoutError;
 use vmi_site::{SiteError, SiteHandle};
 use vmi_terminal::TerminalError;
 use vmi_terminal::offline::{self, CheckinArgs, CheckoutArgs, RunArgs};
@@ -163,25 +164,31 @@ async fn bad_checkins_are_refused_and_the_base_is_kept() {
 
     let corrupt = Checkin { header: header(&lease.lease_id), chain: vec![b"not a snapshot".to_vec()] };
     let e = site.state.checkin(&token, "alice", corrupt).await.expect_err("corrupt");
-    assert!(matches!(&e, SiteError::BadRequest(m) if m.contains("corrupt")), "{e}");
+    assert!(matches!(&e, SiteError::Checkout(CheckoutError::BadRequest(m)) if m.contains("corrupt")), "{e}");
     let mut flipped = run("run-1.snap");
     let last = flipped.len() - 10;
     flipped[last] ^= 0xff;
     let damaged = Checkin { header: header(&lease.lease_id), chain: vec![flipped] };
     let e = site.state.checkin(&token, "alice", damaged).await.expect_err("damaged");
-    assert!(matches!(&e, SiteError::BadRequest(m) if m.contains("does not restore")), "{e}");
+    assert!(matches!(&e, SiteError::Checkout(CheckoutError::BadRequest(m)) if m.contains("does not restore")), "{e}");
     let skipped = Checkin { header: header(&lease.lease_id), chain: vec![run("run-2.snap")] };
     let e = site.state.checkin(&token, "alice", skipped).await.expect_err("not against the base");
-    assert!(matches!(&e, SiteError::BadRequest(m) if m.contains("not the checkout base")), "{e}");
+    assert!(
+        matches!(&e, SiteError::Checkout(CheckoutError::BadRequest(m)) if m.contains("not the checkout base")),
+        "{e}"
+    );
     let wrong = Checkin { header: header("0123"), chain: vec![run("run-1.snap")] };
     let e = site.state.checkin(&token, "alice", wrong).await.expect_err("wrong lease");
-    assert!(matches!(&e, SiteError::LeaseRefused(m) if m.contains("is not the one out")), "{e}");
+    assert!(
+        matches!(&e, SiteError::Checkout(CheckoutError::LeaseRefused(m)) if m.contains("is not the one out")),
+        "{e}"
+    );
     let stranger = control.client.create_user("bob").await.map(|_| ());
     stranger.expect("bob");
     let bobs = control.client.create_device("bob", "bob's").await.expect("device").token;
     let theirs = Checkin { header: header(&lease.lease_id), chain: vec![] };
     let e = site.state.checkin(&bobs, "alice", theirs).await.expect_err("another user's token");
-    assert!(matches!(e, SiteError::Forbidden(_)), "{e}");
+    assert!(matches!(e, SiteError::Checkout(CheckoutError::Forbidden(_))), "{e}");
     assert!(site.state.users().is_empty(), "still out after every refusal");
 
     // Nothing was lost: the real checkin still goes through.
