@@ -95,22 +95,33 @@ impl TerminalView {
 }
 
 impl Runner<'_> {
-    /// Plays the script; returns what happened.
-    pub fn play(&mut self, lines: &[Line]) -> Result<Vec<Report>> {
-        let mut reports = Vec::new();
+    /// Plays the script, handing each thing that happens to `emit` as it happens (so a run
+    /// that fails half way has told everything up to the failure).
+    pub fn play(&mut self, lines: &[Line], emit: &mut dyn FnMut(Report)) -> Result<()> {
+        // What the guest logged while booting comes first.
+        self.drain(emit);
         for line in lines {
-            self.step(&line.command, &mut reports).with_context(|| format!("script line {}", line.number))?;
+            let mut reports = Vec::new();
+            let stepped = self.step(&line.command, &mut reports);
+            // Logs and notifications of a step that failed (a crash) are told too.
+            self.drain(&mut |r| reports.push(r));
+            reports.into_iter().for_each(&mut *emit);
+            stepped.with_context(|| format!("script line {}", line.number))?;
             if let Some(view) = &mut self.terminal {
                 view.update(self.phone)?;
             }
-            for n in self.phone.take_notifications() {
-                reports.push(Report::Notification { title: n.title, body: n.body });
-            }
-            for l in self.phone.take_logs() {
-                reports.push(Report::Log { level: l.level.as_str(), text: l.text });
-            }
         }
-        Ok(reports)
+        Ok(())
+    }
+
+    /// Hands over the guest's log lines, then its notifications.
+    fn drain(&mut self, emit: &mut dyn FnMut(Report)) {
+        for l in self.phone.take_logs() {
+            emit(Report::Log { level: l.level.as_str(), text: l.text });
+        }
+        for n in self.phone.take_notifications() {
+            emit(Report::Notification { title: n.title, body: n.body });
+        }
     }
 
     fn step(&mut self, command: &Command, reports: &mut Vec<Report>) -> Result<()> {
@@ -164,14 +175,9 @@ pub fn screenshot(phone: &mut dyn VirtualPhone, path: &Path) -> Result<String> {
     write_png(frame.width, frame.height, frame.rgba, path)
 }
 
-/// Writes RGBA pixels as PNG; returns a short hash of them.
+/// Writes RGBA pixels as PNG (opaque, as every picture of a phone's screen); returns a short
+/// hash of the pixels as the guest drew them.
 fn write_png(width: u32, height: u32, rgba: &[u8], path: &Path) -> Result<String> {
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
-    encoder.set_color(png::ColorType::Rgba);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(rgba)?;
-    writer.finish()?;
+    vmi_terminal::session::write_png(path, width as u16, height as u16, rgba)?;
     Ok(blake3::hash(rgba).to_hex()[..16].to_string())
 }

@@ -378,10 +378,10 @@ fn play(phone: &mut dyn vmi_engine::VirtualPhone, s: &Session, p: &PhoneArgs) ->
     std::fs::create_dir_all(&p.out_dir).with_context(|| format!("creating {}", p.out_dir.display()))?;
     let terminal = p.as_terminal.then(headless::TerminalView::default);
     let mut runner = headless::Runner { phone, clock: s.clock.clone(), out_dir: p.out_dir.clone(), terminal };
-    for report in runner.play(&lines)? {
-        println!("{}", serde_json::to_string(&report)?);
-    }
-    Ok(())
+    runner.play(&lines, &mut |report| match serde_json::to_string(&report) {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("cannot print a report: {e}"),
+    })
 }
 
 fn vm_cmd(cmd: VmCmd) -> Result<()> {

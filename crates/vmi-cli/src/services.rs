@@ -641,7 +641,11 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
         println!("{answer}");
         return Ok(());
     }
-    for line in answer["lines"].as_array().into_iter().flatten() {
+    let lines = answer["lines"].as_array().cloned().unwrap_or_default();
+    if lines.is_empty() {
+        println!("{}'s phone has logged nothing since it started on {}", args.user, placement.site);
+    }
+    for line in &lines {
         println!(
             "{} {:<5} {}",
             vmi_control_api::time::format_ms(line["at_ms"].as_u64().unwrap_or(0)),

@@ -193,8 +193,11 @@ fn as_terminal_screenshots_show_only_reported_damage() {
     };
     let memory = run(&[]);
     let terminal = run(&["--as-terminal"]);
-    assert!(memory[..4096].iter().all(|&b| b == 255), "guest memory holds the paint");
-    assert!(terminal[..4096].iter().all(|&b| b == 0), "a terminal never got it: no damage was reported");
+    // Colour bytes only: pictures of the screen are opaque whatever alpha the guest wrote.
+    let rgb = |px: &[u8]| px.chunks(4).flat_map(|p| p[..3].to_vec()).collect::<Vec<u8>>();
+    assert!(rgb(&memory[..4096]).iter().all(|&b| b == 255), "guest memory holds the paint");
+    assert!(rgb(&terminal[..4096]).iter().all(|&b| b == 0), "a terminal never got it: no damage was reported");
+    assert!(terminal.chunks(4).all(|p| p[3] == 255), "the picture is opaque");
 }
 
 /// A snapshot restored on another image says which image it needs and how to pass it.
@@ -206,4 +209,30 @@ fn restore_on_the_wrong_image_says_what_to_do() {
     ok(&["vm", "snapshot", "--out", &d("phone.snap"), "--wall-start", "1763000000"]);
     let err = fails(&["vm", "restore", &d("phone.snap"), "--image", &d("guest.wasm")]);
     assert!(err.contains("--image") && err.contains("vmi image inspect"), "{err}");
+}
+
+/// A run that ends in a crash has still told everything up to it, in order: the guest's
+/// boot log line, then the failing line's error.
+#[test]
+fn a_run_that_crashes_still_prints_what_happened_before() {
+    let guest = r#"(module
+      (import "vmi" "log" (func $log (param i32 i32 i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "booted")
+      (func (export "vmi_init") (param i32 i32) (call $log (i32.const 2) (i32.const 0) (i32.const 6)))
+      (func (export "vmi_event") (param $kind i32) (param i32 i32 i32) (if (i32.eq (local.get $kind) (i32.const 1)) (then unreachable))))"#;
+    let dir = scratch("crash-run");
+    let d = |f: &str| dir.join(f).display().to_string();
+    std::fs::write(dir.join("guest.wasm"), wat::parse_str(guest).expect("guest parses")).expect("write");
+    std::fs::write(dir.join("crash.events"), "tap 1 1\n").expect("write");
+    let out = vmi(&["vm", "run", "--headless", "--image", &d("guest.wasm"), "--events", &d("crash.events")]);
+    assert!(!out.status.success(), "the trap fails the run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().expect("a line")).expect("json");
+    assert_eq!((first["kind"].as_str(), first["text"].as_str()), (Some("log"), Some("booted")), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("script line 1") && stderr.contains("unreachable") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
 }

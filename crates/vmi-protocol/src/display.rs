@@ -27,6 +27,14 @@ const PACKED_CAP: usize = block::get_maximum_output_size(TILE * TILE * 4);
 /// A damaged rectangle of the screen, in pixels (the engine's type: one home for both).
 pub use vmi_engine::Rect;
 
+/// A copy of RGBA pixels with every alpha byte 255: the screen is opaque (docs/PROTOCOL.md,
+/// "Display model"), whatever alpha the guest wrote. For pictures of the screen (PNG).
+pub fn opaque(rgba: &[u8]) -> Vec<u8> {
+    let mut out = rgba.to_vec();
+    out.iter_mut().skip(3).step_by(4).for_each(|a| *a = 255);
+    out
+}
+
 /// The site side: turns the phone's framebuffer into the tiles a terminal is missing.
 ///
 /// One encoder per terminal session. It owns a copy of the screen as last sent, so damage

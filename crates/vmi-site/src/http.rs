@@ -246,7 +246,8 @@ async fn screen_png(State(site): State<Arc<SiteState>>, Path(user): Path<String>
         encoder.set_depth(png::BitDepth::Eight);
         let mut writer =
             encoder.write_header().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        writer.write_image_data(&rgba).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let opaque = vmi_protocol::display::opaque(&rgba);
+        writer.write_image_data(&opaque).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     }
     Ok(([(header::CONTENT_TYPE, "image/png")], png_bytes).into_response())
 }

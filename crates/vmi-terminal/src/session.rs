@@ -407,7 +407,8 @@ impl Drop for Terminal {
     }
 }
 
-/// Writes RGBA8 pixels as a PNG file.
+/// Writes RGBA8 pixels of a phone's screen as a PNG file, opaque: the screen is, whatever
+/// alpha the guest wrote (docs/PROTOCOL.md, "Display model").
 pub fn write_png(path: &Path, width: u16, height: u16, rgba: &[u8]) -> Result<(), TerminalError> {
     let file = File::create(path).map_err(|source| TerminalError::Write { path: path.to_owned(), source })?;
     let png_err = |source| TerminalError::Png { path: path.to_owned(), source };
@@ -416,7 +417,7 @@ pub fn write_png(path: &Path, width: u16, height: u16, rgba: &[u8]) -> Result<()
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_compression(png::Compression::Fast);
     let mut writer = encoder.write_header().map_err(png_err)?;
-    writer.write_image_data(rgba).map_err(png_err)?;
+    writer.write_image_data(&vmi_protocol::display::opaque(rgba)).map_err(png_err)?;
     writer.finish().map_err(png_err)
 }
 

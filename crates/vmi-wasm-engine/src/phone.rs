@@ -395,9 +395,12 @@ impl WasmPhone {
                 } else if self.store.data().hit_memory_limit {
                     VmError::MemoryLimit { limit: self.store.data().memory_limit }
                 } else {
-                    VmError::Trap(format!("{e:#}"))
+                    // One line for listings and terminals (the trap or the host's reason);
+                    // the wasm backtrace goes to the log.
+                    VmError::Trap(e.root_cause().to_string().split_whitespace().collect::<Vec<_>>().join(" "))
                 };
                 tracing::warn!(image = %self.info.image, "phone crashed: {err}");
+                tracing::debug!(image = %self.info.image, "the crash in full: {e:#}");
                 self.status = VmStatus::Crashed { reason: err.to_string() };
                 Err(err)
             }
