@@ -264,8 +264,9 @@ function wsAccept(req, socket, onMessage, onClose) {
   };
   const conn = {
     send: (payload) => frame(2, payload),
-    close: () => {
-      frame(8, Buffer.from([0x03, 0xe8]));
+    // the close code says why (docs/PROTOCOL.md "Closing"): 1000 unless given
+    close: (code = 1000) => {
+      frame(8, Buffer.from([code >> 8, code & 255]));
       closed = true;
       socket.end();
     },
@@ -310,7 +311,7 @@ function wsAccept(req, socket, onMessage, onClose) {
 // ---- sessions ----------------------------------------------------------------------------
 
 const sessions = new Set();
-const stats = { frames: 0, frameBytes: 0, lz4: 0, solid: 0, raw: 0, sessions: 0, helloRedirects: 0, pings: 0, inputs: 0, helloResumes: [] };
+const stats = { frames: 0, frameBytes: 0, lz4: 0, solid: 0, raw: 0, sessions: 0, helloRedirects: 0, silentRefusals: 0, pings: 0, inputs: 0, helloResumes: [] };
 let redirectNextHello = false; // POST /mock/redirect-next-hello
 let stall = false; // POST /mock/stall: inputs are lost in flight until /mock/drop
 
@@ -437,9 +438,13 @@ function terminal(req, socket) {
           stats.helloRedirects++;
           conn.send(new Out().u8(0x85).str(`ws://127.0.0.1:${server.address().port}/v1/terminal`).done());
           conn.close();
+        } else if (m.token === 'silent-refusal') {
+          // a refusal whose Error message was lost: only the close code says Unauthorized
+          stats.silentRefusals++;
+          conn.close(4001);
         } else if (m.token !== opts.token) {
           conn.send(new Out().u8(0x87).u8(1).str('unknown or revoked device token').done());
-          conn.close();
+          conn.close(4001);
         } else {
           stats.sessions++;
           session = new Session(conn, m);

@@ -255,6 +255,26 @@ try {
     await p2.close();
   });
 
+  await test('a close code alone (4001, its Error lost) ends the session for good', async () => {
+    const p3 = await context.newPage();
+    await p3.goto(mock.url.replace('tok-alice', 'silent-refusal'));
+    const end = Date.now() + TIMEOUT;
+    let state;
+    while (Date.now() < end) {
+      state = await p3.evaluate(() => window.vmi.state);
+      if (state === 'closed') break;
+      await sleepMs(50);
+    }
+    check(state === 'closed', `state ${state}`);
+    const refusals = (await mock.state()).stats.silentRefusals;
+    check(refusals === 1, `refusals ${refusals}`);
+    // A reconnect would be another refusal; the first backoff step is well under this.
+    await sleepMs(1500);
+    const after = (await mock.state()).stats.silentRefusals;
+    check(after === refusals, `reconnected after close 4001: ${after} refusals`);
+    await p3.close();
+  });
+
   await test('no page errors', async () => {
     check(errors.length === 0, errors.join('\n'));
   });

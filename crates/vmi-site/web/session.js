@@ -155,6 +155,9 @@ export class Session {
     this.pings.stop();
     if (!this.welcomed) this.failuresSinceWelcome++;
     this.welcomed = false;
+    // The close code says why even if the Error before it was lost: 4001 Unauthorized,
+    // 4002 Version and 4003 BadMessage are final (docs/PROTOCOL.md "Closing").
+    if (ev.code >= 4001 && ev.code <= 4003) this.fatal = true;
     if (this.fatal) {
       this.status.setState('closed');
       return;
@@ -279,7 +282,8 @@ export class Session {
   onError(m) {
     const what = ERROR_TEXT[m.codeName];
     this.status.showError(m.message ? `${what} The site says: ${m.message}` : what);
-    if (m.codeName === 'Unauthorized' || m.codeName === 'Version') {
+    // docs/PROTOCOL.md "Closing": the same Hello would be refused again
+    if (m.codeName === 'Unauthorized' || m.codeName === 'Version' || m.codeName === 'BadMessage') {
       this.fatal = true;
       clearTimeout(this.reconnectTimer);
     }

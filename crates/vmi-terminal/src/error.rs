@@ -135,7 +135,10 @@ impl TerminalError {
     pub fn is_fatal(&self) -> bool {
         match self {
             TerminalError::Site { code, .. } => {
-                matches!(code, ErrorCode::Unauthorized | ErrorCode::Version | ErrorCode::NotHere)
+                matches!(
+                    code,
+                    ErrorCode::Unauthorized | ErrorCode::Version | ErrorCode::BadMessage | ErrorCode::NotHere
+                )
             }
             TerminalError::Protocol(ProtocolError::UnsupportedVersion { .. }) => true,
             TerminalError::Closed

@@ -43,7 +43,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use vmi_protocol::display::Screen;
-use vmi_protocol::{ClientMessage, Input, PROTOCOL_VERSION, Resume, ServerMessage, decode_server, encode_client};
+use vmi_protocol::{
+    ClientMessage, ErrorCode, Input, PROTOCOL_VERSION, Resume, ServerMessage, decode_server, encode_client,
+};
 
 use crate::TerminalError;
 use crate::energy::{Clock, Direction, EnergyMeter, EnergyReport, system_clock};
@@ -558,8 +560,15 @@ async fn read(shared: &Shared, ws: &mut Ws) -> Result<Option<(ServerMessage, usi
                 shared.record(Direction::Up, ws_wire_bytes(payload.len(), true));
             }
             Message::Pong(payload) => shared.record(Direction::Down, ws_wire_bytes(payload.len(), false)),
-            Message::Close(_) => {
+            Message::Close(frame) => {
                 shared.record(Direction::Down, ws_wire_bytes(2, false));
+                // The close code says why even if the Error before it was lost
+                // (docs/PROTOCOL.md "Closing").
+                if let Some(frame) = frame
+                    && let Some(code) = ErrorCode::from_close_code(u16::from(frame.code))
+                {
+                    return Err(TerminalError::Site { code, message: frame.reason.to_string() });
+                }
                 return Ok(None);
             }
             Message::Frame(_) => {}

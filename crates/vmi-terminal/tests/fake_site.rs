@@ -214,6 +214,24 @@ async fn a_refused_token_fails_connect() {
     server.await.expect("site");
 }
 
+/// A refusal whose Error message was lost: the close code alone (4001) says Unauthorized,
+/// which is final.
+#[tokio::test]
+async fn a_close_code_alone_says_why() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let (site, url) = listen().await;
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&site).await;
+        recv(&mut ws).await.expect("hello");
+        let frame = CloseFrame { code: 4001.into(), reason: "Unauthorized".into() };
+        let _ = ws.send(Message::Close(Some(frame))).await;
+    });
+    let e = Terminal::connect(&url, "bad", TerminalOptions::default()).await.unwrap_err();
+    assert!(matches!(&e, TerminalError::Site { code: ErrorCode::Unauthorized, .. }), "{e}");
+    assert!(e.is_fatal());
+    server.await.expect("site");
+}
+
 #[tokio::test]
 async fn asleep_terminal_gets_notifications_and_reconnects_after_a_drop() {
     let (site, url) = listen().await;

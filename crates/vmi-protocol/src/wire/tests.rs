@@ -412,3 +412,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn close_codes_stand_for_their_errors() {
+    for code in [
+        ErrorCode::Unauthorized,
+        ErrorCode::Version,
+        ErrorCode::BadMessage,
+        ErrorCode::NotHere,
+        ErrorCode::PhoneDown,
+        ErrorCode::Internal,
+    ] {
+        assert_eq!(code.close_code(), 4000 + u16::from(code.wire()));
+        assert_eq!(ErrorCode::from_close_code(code.close_code()), Some(code));
+    }
+    for other in [1000, 1001, 1005, 4000, 4007] {
+        assert_eq!(ErrorCode::from_close_code(other), None, "{other}");
+    }
+}
