@@ -9,7 +9,8 @@
 //! upgraded ([`Engine::upgrade`]: the new image boots fresh with the old key-value store);
 //! if that fails, it is restored on its old image as it was, and the error is reported.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use vmi_engine::{ImageHash, VirtualPhone};
@@ -20,16 +21,65 @@ use crate::{SiteError, SiteState, valid_user};
 
 /// An image loaded on this site.
 #[derive(Clone)]
-pub(crate) struct SiteImage {
+struct SiteImage {
     wasm: Arc<[u8]>,
     /// Name and version at the control service, once known (the built-in phone has none
     /// until the control service names it).
     published: Option<(String, u64)>,
 }
 
-impl SiteImage {
-    pub(crate) fn builtin() -> SiteImage {
-        SiteImage { wasm: Arc::from(vmi_phone_image::PHONE_WASM), published: None }
+/// The images loaded on this site, the built-in one first: what phones here can run.
+pub(crate) struct LoadedImages {
+    builtin: ImageHash,
+    by_hash: RwLock<HashMap<ImageHash, SiteImage>>,
+}
+
+impl LoadedImages {
+    /// Just the built-in phone ([`vmi_phone_image::PHONE_WASM`], loaded as `builtin`).
+    pub(crate) fn new(builtin: ImageHash) -> LoadedImages {
+        let image = SiteImage { wasm: Arc::from(vmi_phone_image::PHONE_WASM), published: None };
+        LoadedImages { builtin, by_hash: RwLock::new(HashMap::from([(builtin, image)])) }
+    }
+
+    /// The built-in phone's hash: what phones run when no version of their image is
+    /// published.
+    pub(crate) fn builtin(&self) -> ImageHash {
+        self.builtin
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ImageHash, SiteImage>> {
+        self.by_hash.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wasm(&self, hash: &ImageHash) -> Option<Arc<[u8]>> {
+        self.read().get(hash).map(|i| i.wasm.clone())
+    }
+
+    fn contains(&self, hash: &ImageHash) -> bool {
+        self.read().contains_key(hash)
+    }
+
+    fn published(&self, hash: &ImageHash) -> Option<(String, u64)> {
+        self.read().get(hash).and_then(|i| i.published.clone())
+    }
+
+    /// Records the name and version the control service gives a loaded image; false if
+    /// it is not loaded here.
+    fn name(&self, hash: &ImageHash, published: (String, u64)) -> bool {
+        match self.by_hash.write().unwrap_or_else(|p| p.into_inner()).get_mut(hash) {
+            Some(image) => {
+                image.published = Some(published);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&self, hash: ImageHash, wasm: Arc<[u8]>, published: (String, u64)) {
+        self.by_hash
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, SiteImage { wasm, published: Some(published) });
     }
 }
 
@@ -73,18 +123,17 @@ pub(crate) fn admission_error(e: vmi_control_api::ClientError) -> SiteError {
 impl SiteState {
     /// The wasm bytes of an image loaded on this site.
     pub fn image_wasm(&self, hash: &ImageHash) -> Option<Arc<[u8]>> {
-        self.images.read().unwrap_or_else(|p| p.into_inner()).get(hash).map(|i| i.wasm.clone())
+        self.images.wasm(hash)
     }
 
     /// Whether this site has the image loaded.
     pub fn has_image(&self, hash: &ImageHash) -> bool {
-        self.images.read().unwrap_or_else(|p| p.into_inner()).contains_key(hash)
+        self.images.contains(hash)
     }
 
     /// The image as listings show it: its hash, and its name and version once known.
     pub fn image_ref(&self, hash: &ImageHash) -> ImageRef {
-        let published =
-            self.images.read().unwrap_or_else(|p| p.into_inner()).get(hash).and_then(|i| i.published.clone());
+        let published = self.images.published(hash);
         ImageRef { hash: hash.to_hex(), name: published.as_ref().map(|p| p.0.clone()), version: published.map(|p| p.1) }
     }
 
@@ -102,14 +151,13 @@ impl SiteState {
     /// published.
     pub async fn current_image(self: &Arc<Self>, user: &str) -> Result<ImageHash, SiteError> {
         let Some(wanted) = self.control.user_image(user).await? else {
-            return Ok(self.builtin_image);
+            return Ok(self.images.builtin());
         };
         let hash = ImageHash::from_hex(&wanted.hash).ok_or_else(|| SiteError::Image {
             hash: wanted.hash.clone(),
             reason: "the control service named an image by a malformed hash".into(),
         })?;
-        if let Some(image) = self.images.write().unwrap_or_else(|p| p.into_inner()).get_mut(&hash) {
-            image.published = Some((wanted.name, wanted.version));
+        if self.images.name(&hash, (wanted.name.clone(), wanted.version)) {
             return Ok(hash);
         }
         let wasm = self.control.image_wasm(&wanted.name, wanted.version).await?;
@@ -149,10 +197,7 @@ impl SiteState {
             reason: format!("{} version {} does not load: {e}", published.0, published.1),
         })?;
         tracing::info!(site = %self.id, image = %published.0, version = published.1, %hash, "image loaded");
-        self.images
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, SiteImage { wasm, published: Some(published) });
+        self.images.insert(hash, wasm, published);
         Ok(())
     }
 
@@ -231,7 +276,7 @@ impl SiteState {
     ) -> Result<RestartReport, SiteError> {
         let carried = phone.carryover().await.map_err(|e| SiteError::phone(user, e))?;
         let old = ImageHash::from_hex(&phone.status().await.map_err(|e| SiteError::phone(user, e))?.image)
-            .unwrap_or(self.builtin_image);
+            .unwrap_or(self.images.builtin());
         let image = self.current_image(user).await?;
         let config = self.vm_config();
         let site = self.clone();

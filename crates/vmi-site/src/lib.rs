@@ -39,7 +39,7 @@ pub use persist::PHONE_FILE;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::registry::{NoRoom, PhoneRegistry};
 use std::time::Duration;
@@ -95,11 +95,8 @@ pub struct SiteState {
     pub url: String,
     /// The engine contract: any engine plugs in here.
     engine: Arc<dyn Engine>,
-    /// The image built into this binary ([`vmi_phone_image::PHONE_WASM`]): what phones run
-    /// when the control service has no version of their image published.
-    builtin_image: ImageHash,
-    /// Every image loaded here, by hash.
-    images: RwLock<HashMap<ImageHash, images::SiteImage>>,
+    /// The images loaded here (the built-in phone first): what phones here can run.
+    images: images::LoadedImages,
     /// Which phones run, arrive and leave here.
     phones: PhoneRegistry,
     /// Phones checked out to terminals (docs/OFFLINE.md).
@@ -373,7 +370,7 @@ impl SiteState {
     async fn fresh_from_crashed(&self, user: &str, phone: &PhoneLink) -> Result<SavedPhone, SiteError> {
         let carried = phone.carryover().await.map_err(|e| SiteError::phone(user, e))?;
         let status = phone.status().await.map_err(|e| SiteError::phone(user, e))?;
-        let image = ImageHash::from_hex(&status.image).unwrap_or(self.builtin_image);
+        let image = ImageHash::from_hex(&status.image).unwrap_or(self.images.builtin());
         let mut fresh = self.engine.create_from(&image, &carried, &self.vm_config())?;
         let snapshot =
             fresh.snapshot(vmi_engine::SnapshotRequest::Full).map_err(|e| SiteError::phone(user, e.into()))?;
@@ -453,8 +450,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         id: config.id.clone(),
         url: url.clone(),
         engine,
-        builtin_image,
-        images: RwLock::new(HashMap::from([(builtin_image, images::SiteImage::builtin())])),
+        images: images::LoadedImages::new(builtin_image),
         phones: PhoneRegistry::new(config.capacity),
         leases: checkout::Leases::default(),
         control,

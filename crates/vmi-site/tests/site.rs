@@ -227,3 +227,83 @@ async fn a_second_phone_for_a_user_placed_elsewhere_is_refused() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// An engine the site knows only through the `vmi-engine` contract: the default engine
+/// wrapped, counting the phones it boots. The site runs, serves and restarts phones on it.
+struct CountingEngine {
+    inner: vmi_wasm_engine::WasmEngine,
+    created: std::sync::atomic::AtomicUsize,
+}
+
+impl vmi_engine::Engine for CountingEngine {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn load_image(&self, bytes: &[u8]) -> Result<vmi_engine::ImageInfo, vmi_engine::EngineError> {
+        self.inner.load_image(bytes)
+    }
+    fn image(&self, hash: &vmi_engine::ImageHash) -> Option<vmi_engine::ImageInfo> {
+        self.inner.image(hash)
+    }
+    fn create(
+        &self,
+        image: &vmi_engine::ImageHash,
+        config: &vmi_engine::VmConfig,
+    ) -> Result<Box<dyn vmi_engine::VirtualPhone>, vmi_engine::EngineError> {
+        self.created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.create(image, config)
+    }
+    fn restore(
+        &self,
+        image: &vmi_engine::ImageHash,
+        chain: &[&[u8]],
+        config: &vmi_engine::VmConfig,
+    ) -> Result<Box<dyn vmi_engine::VirtualPhone>, vmi_engine::EngineError> {
+        self.inner.restore(image, chain, config)
+    }
+    fn upgrade(
+        &self,
+        image: &vmi_engine::ImageHash,
+        chain: &[&[u8]],
+        config: &vmi_engine::VmConfig,
+    ) -> Result<Box<dyn vmi_engine::VirtualPhone>, vmi_engine::EngineError> {
+        self.inner.upgrade(image, chain, config)
+    }
+    fn create_from(
+        &self,
+        image: &vmi_engine::ImageHash,
+        carried: &vmi_engine::Carryover,
+        config: &vmi_engine::VmConfig,
+    ) -> Result<Box<dyn vmi_engine::VirtualPhone>, vmi_engine::EngineError> {
+        self.inner.create_from(image, carried, config)
+    }
+    fn begin_restore(
+        &self,
+        image: &vmi_engine::ImageHash,
+        config: &vmi_engine::VmConfig,
+    ) -> Result<Box<dyn vmi_engine::RestoreStage>, vmi_engine::EngineError> {
+        self.inner.begin_restore(image, config)
+    }
+    fn clock(&self) -> std::sync::Arc<dyn vmi_engine::Clock> {
+        self.inner.clock()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_runs_phones_on_any_engine_behind_the_contract() {
+    let control = control().await;
+    let clock = vmi_engine::SystemClock::shared();
+    let inner = vmi_wasm_engine::WasmEngine::with_config(vmi_wasm_engine::WasmEngineConfig::default(), clock.clone())
+        .expect("engine");
+    let engine = std::sync::Arc::new(CountingEngine { inner, created: 0.into() });
+    let mut config = site_config(&control, "site-a", scratch("any-engine"));
+    config.clock = clock;
+    let site = vmi_site::start_with_engine(config, engine.clone()).await.expect("site starts");
+    let token = user_with_phone(&control, &site, "eve").await;
+    assert_eq!(engine.created.load(std::sync::atomic::Ordering::SeqCst), 1, "the phone was booted by the given engine");
+    let mut term = Term::connect(&site.ws_url()).await;
+    assert!(matches!(term.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
+    let last = term.type_text("hi").await;
+    term.acked(last).await;
+    site.shutdown().await;
+}

@@ -56,7 +56,12 @@ pub async fn site(control: &Control, id: &str, data_dir: PathBuf) -> SiteHandle 
 }
 
 pub async fn site_with_clock(control: &Control, id: &str, data_dir: PathBuf, clock: Arc<dyn Clock>) -> SiteHandle {
-    vmi_site::start(SiteConfig {
+    vmi_site::start(SiteConfig { clock, ..site_config(control, id, data_dir) }).await.expect("site starts")
+}
+
+/// How the tests run a site: port 0 (bound once, by the site), the system clock.
+pub fn site_config(control: &Control, id: &str, data_dir: PathBuf) -> SiteConfig {
+    SiteConfig {
         id: id.into(),
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir,
@@ -64,15 +69,13 @@ pub async fn site_with_clock(control: &Control, id: &str, data_dir: PathBuf, clo
         lat: 60.0,
         lon: 25.0,
         capacity: 16,
-        clock,
+        clock: SystemClock::shared(),
         heartbeat: Duration::from_secs(1),
         screen: (720, 1280),
         public_url: None,
         checkpoint_every: None,
         retention: vmi_checkpoint::Retention::default(),
-    })
-    .await
-    .expect("site starts")
+    }
 }
 
 /// Creates `user` with a phone on `site` and returns a device token.
