@@ -65,6 +65,21 @@ pub const MAX_LEASE_SECS: u64 = 7 * 24 * 3600;
 /// How often the site looks for expired leases.
 pub const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
+/// How a lease ended. Written as the words `checked in`, `expired`, `cancelled` (the
+/// `checkout.ended` file and the checkin answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseOutcome {
+    /// The terminal checked the phone back in.
+    #[serde(rename = "checked in")]
+    CheckedIn,
+    /// The lease ran out; the phone resumed on the site from the checkout base.
+    #[serde(rename = "expired")]
+    Expired,
+    /// An operator cancelled the lease; the phone resumed on the site from the base.
+    #[serde(rename = "cancelled")]
+    Cancelled,
+}
+
 /// How a lease ended, kept so that a late checkin of it gets a clear refusal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndedLease {
@@ -72,8 +87,8 @@ pub struct EndedLease {
     pub lease_id: String,
     /// Its device.
     pub device_id: u64,
-    /// `checked in`, `expired` or `cancelled`.
-    pub outcome: String,
+    /// Checked in, expired or cancelled.
+    pub outcome: LeaseOutcome,
     /// When it ended (site wall clock, ms since the Unix epoch).
     pub at_ms: u64,
 }
@@ -85,8 +100,8 @@ pub struct CheckinReport {
     pub user: String,
     /// The lease that ended.
     pub lease_id: String,
-    /// `checked in` or `cancelled`.
-    pub outcome: String,
+    /// Checked in or cancelled.
+    pub outcome: LeaseOutcome,
     /// Snapshots applied on top of the base (0 for a cancel or an unchanged checkin).
     pub applied: usize,
     /// When it ended (ms since the Unix epoch).
@@ -480,7 +495,7 @@ impl SiteState {
         let ended = EndedLease {
             lease_id: lease.lease_id.clone(),
             device_id: lease.device_id,
-            outcome: "checked in".into(),
+            outcome: LeaseOutcome::CheckedIn,
             at_ms,
         };
         self.end_lease(&dir, &ended);
@@ -524,13 +539,15 @@ impl SiteState {
     /// Why a checkin of `lease_id` is refused when no lease is out.
     fn ended_refusal(&self, user: &str, lease_id: &str) -> String {
         match read_json::<EndedLease>(&self.phone_dir(user).join(ENDED_FILE)) {
-            Ok(ended) if ended.lease_id == lease_id => match ended.outcome.as_str() {
-                "expired" => format!("lease expired; the phone resumed on the site at {}", format_ms(ended.at_ms)),
-                "cancelled" => format!(
+            Ok(ended) if ended.lease_id == lease_id => match ended.outcome {
+                LeaseOutcome::Expired => {
+                    format!("lease expired; the phone resumed on the site at {}", format_ms(ended.at_ms))
+                }
+                LeaseOutcome::Cancelled => format!(
                     "lease was cancelled by an operator; the phone resumed on the site at {}",
                     format_ms(ended.at_ms)
                 ),
-                other => format!("lease already ended ({other} at {})", format_ms(ended.at_ms)),
+                LeaseOutcome::CheckedIn => format!("lease already checked in at {}", format_ms(ended.at_ms)),
             },
             _ => format!("{user}'s phone is not checked out (no lease {lease_id} on this site)"),
         }
@@ -542,11 +559,11 @@ impl SiteState {
         self: &Arc<Self>,
         user: &str,
         lease: &OfflineLease,
-        outcome: &str,
+        outcome: LeaseOutcome,
     ) -> Result<u64, SiteError> {
         self.owned_here(user).await?;
         let s = self.clone();
-        let (u, l, o) = (user.to_string(), lease.clone(), outcome.to_string());
+        let (u, l, o) = (user.to_string(), lease.clone(), outcome);
         tokio::task::spawn_blocking(move || {
             let dir = s.phone_dir(&u);
             let path = dir.join(PHONE_FILE);
@@ -583,7 +600,7 @@ impl SiteState {
                 }
             }
         };
-        let result = self.resume_from_base(user, &lease, "cancelled").await;
+        let result = self.resume_from_base(user, &lease, LeaseOutcome::Cancelled).await;
         let mut slots = self.leases.lock();
         match result {
             Ok(at_ms) => {
@@ -592,7 +609,7 @@ impl SiteState {
                 Ok(CheckinReport {
                     user: user.to_string(),
                     lease_id: lease.lease_id,
-                    outcome: "cancelled".into(),
+                    outcome: LeaseOutcome::Cancelled,
                     applied: 0,
                     at_ms,
                 })
@@ -623,7 +640,7 @@ impl SiteState {
             due
         };
         for (user, lease) in due {
-            let result = self.resume_from_base(&user, &lease, "expired").await;
+            let result = self.resume_from_base(&user, &lease, LeaseOutcome::Expired).await;
             let mut slots = self.leases.lock();
             match result {
                 Ok(_) => {
