@@ -100,14 +100,7 @@ fn gen_server(rng: &mut Rng) -> ServerMessage {
         4 => ServerMessage::Notification { title: rng.string(), body: rng.string(), at_ms: rng.int() },
         5 => ServerMessage::Redirect { url: rng.string() },
         _ => {
-            let code = [
-                ErrorCode::Unauthorized,
-                ErrorCode::Version,
-                ErrorCode::BadMessage,
-                ErrorCode::NotHere,
-                ErrorCode::PhoneDown,
-                ErrorCode::Internal,
-            ][rng.below(6)];
+            let code = ErrorCode::ALL[rng.below(ErrorCode::ALL.len())];
             ServerMessage::Error { code, message: rng.string() }
         }
     }

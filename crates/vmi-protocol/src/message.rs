@@ -145,18 +145,19 @@ impl ErrorCode {
         4000 + u16::from(self.wire())
     }
 
+    /// Every error code, in wire order.
+    pub const ALL: [ErrorCode; 6] = [
+        ErrorCode::Unauthorized,
+        ErrorCode::Version,
+        ErrorCode::BadMessage,
+        ErrorCode::NotHere,
+        ErrorCode::PhoneDown,
+        ErrorCode::Internal,
+    ];
+
     /// The error a site's close code stands for (4001–4006), if it stands for one.
     pub fn from_close_code(code: u16) -> Option<ErrorCode> {
-        [
-            ErrorCode::Unauthorized,
-            ErrorCode::Version,
-            ErrorCode::BadMessage,
-            ErrorCode::NotHere,
-            ErrorCode::PhoneDown,
-            ErrorCode::Internal,
-        ]
-        .into_iter()
-        .find(|e| e.close_code() == code)
+        ErrorCode::ALL.into_iter().find(|e| e.close_code() == code)
     }
 
     /// The error's code on the wire.

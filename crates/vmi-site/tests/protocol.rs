@@ -48,9 +48,15 @@ impl Raw {
         self.ws.send(Message::Binary(bytes.into())).await.expect("send");
     }
 
-    async fn hello(&mut self, token: &str, resume: Option<Resume>, asleep: bool) -> ServerMessage {
+    /// Says Hello (awake, no resume unless given).
+    async fn say_hello(&mut self, token: &str, resume: Option<Resume>, asleep: bool) {
         self.send(&ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: token.into(), resume, asleep })
             .await;
+    }
+
+    /// Says Hello and returns the answer.
+    async fn hello(&mut self, token: &str, resume: Option<Resume>, asleep: bool) -> ServerMessage {
+        self.say_hello(token, resume, asleep).await;
         self.next().await.expect("an answer to Hello")
     }
 
@@ -310,23 +316,11 @@ async fn rule_1_hello_first_and_only_once() {
     assert_closed_with(&t.until_closed().await, ErrorCode::BadMessage);
 
     let mut t = w.welcomed().await;
-    t.send(&ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        device_token: w.token.clone(),
-        resume: None,
-        asleep: false,
-    })
-    .await;
+    t.say_hello(&w.token, None, false).await;
     assert_closed_with(&t.until_closed().await, ErrorCode::BadMessage);
 
     let mut t = Raw::connect(&w.site.ws_url()).await;
-    t.send(&ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        device_token: "nope".into(),
-        resume: None,
-        asleep: false,
-    })
-    .await;
+    t.say_hello("nope", None, false).await;
     assert_closed_with(&t.until_closed().await, ErrorCode::Unauthorized);
     w.stop().await;
 }
@@ -338,13 +332,7 @@ async fn rule_1_not_here_redirect_or_not_here() {
     let w = world("not-here").await;
     let b = site(&w.control, "site-b", scratch("protocol-not-here-b")).await;
     let mut t = Raw::connect(&b.ws_url()).await;
-    t.send(&ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        device_token: w.token.clone(),
-        resume: None,
-        asleep: false,
-    })
-    .await;
+    t.say_hello(&w.token, None, false).await;
     let heard = t.until_closed().await;
     assert_eq!(heard.messages, [ServerMessage::Redirect { url: w.site.ws_url() }]);
     assert_eq!(heard.close, Some(CLOSE_NORMAL));
@@ -353,7 +341,7 @@ async fn rule_1_not_here_redirect_or_not_here() {
     w.control.client.create_user("quinn").await.expect("user");
     let token = w.control.client.create_device("quinn", "t").await.expect("device").token;
     let mut t = Raw::connect(&b.ws_url()).await;
-    t.send(&ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: token, resume: None, asleep: false }).await;
+    t.say_hello(&token, None, false).await;
     assert_closed_with(&t.until_closed().await, ErrorCode::NotHere);
     b.shutdown().await;
     w.stop().await;
@@ -414,13 +402,7 @@ async fn rule_3_and_8_frame_numbers_and_resume() {
     assert_eq!(tiles.len(), 240, "every tile of a 720x1280 screen");
 
     let mut bad = Raw::connect(&w.site.ws_url()).await;
-    bad.send(&ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        device_token: w.token.clone(),
-        resume: Some(Resume { last_frame_seq: MAX_SEQ, screen_hash: 0 }),
-        asleep: false,
-    })
-    .await;
+    bad.say_hello(&w.token, Some(Resume { last_frame_seq: MAX_SEQ, screen_hash: 0 }), false).await;
     assert_closed_with(&bad.until_closed().await, ErrorCode::BadMessage);
     w.stop().await;
 }
@@ -610,14 +592,7 @@ async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store
     let heard = t.until_closed().await;
     assert_closed_with(&heard, ErrorCode::PhoneDown);
     let mut again = Raw::connect(&site.ws_url()).await;
-    again
-        .send(&ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            device_token: token.clone(),
-            resume: None,
-            asleep: false,
-        })
-        .await;
+    again.say_hello(&token, None, false).await;
     assert_closed_with(&again.until_closed().await, ErrorCode::PhoneDown);
     let (_, listing) = http_get(&format!("{}/v1/phones", site.url)).await;
     let listing: serde_json::Value = serde_json::from_slice(&listing).expect("json");

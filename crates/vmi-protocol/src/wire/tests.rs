@@ -24,14 +24,7 @@ fn every_client_message() -> Vec<ClientMessage> {
 }
 
 fn every_server_message() -> Vec<ServerMessage> {
-    let codes = [
-        ErrorCode::Unauthorized,
-        ErrorCode::Version,
-        ErrorCode::BadMessage,
-        ErrorCode::NotHere,
-        ErrorCode::PhoneDown,
-        ErrorCode::Internal,
-    ];
+    let codes = ErrorCode::ALL;
     let mut all = vec![
         ServerMessage::Welcome { version: 1, width: 720, height: 1280, last_input_seq: 3, resumed: true },
         ServerMessage::Welcome { version: 1, width: 0, height: 0, last_input_seq: 0, resumed: false },
@@ -415,14 +408,7 @@ proptest! {
 
 #[test]
 fn close_codes_stand_for_their_errors() {
-    for code in [
-        ErrorCode::Unauthorized,
-        ErrorCode::Version,
-        ErrorCode::BadMessage,
-        ErrorCode::NotHere,
-        ErrorCode::PhoneDown,
-        ErrorCode::Internal,
-    ] {
+    for code in ErrorCode::ALL {
         assert_eq!(code.close_code(), 4000 + u16::from(code.wire()));
         assert_eq!(ErrorCode::from_close_code(code.close_code()), Some(code));
     }
