@@ -82,14 +82,11 @@ pub(super) fn migrations(
 
 #[cfg(test)]
 mod tests {
+    use crate::store::test_support::store;
     use vmi_control_api::model::MigrationRecord;
 
     use crate::ControlError;
-    use crate::store::{SqliteStore, Store};
-
-    fn store() -> SqliteStore {
-        SqliteStore::in_memory().expect("in-memory store")
-    }
+    use crate::store::Store;
 
     #[test]
     fn migrations_are_logged_newest_first() {

@@ -299,3 +299,21 @@ impl Store for SqliteStore {
         tenants::user_image(&self.conn(), user)
     }
 }
+
+/// What the store's unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use vmi_control_api::model::SiteSpec;
+
+    use super::SqliteStore;
+
+    /// A fresh store in memory.
+    pub(crate) fn store() -> SqliteStore {
+        SqliteStore::in_memory().expect("in-memory store")
+    }
+
+    /// A site on loopback at `port`.
+    pub(crate) fn spec(port: u16) -> SiteSpec {
+        SiteSpec { url: format!("http://127.0.0.1:{port}"), lat: 52.5, lon: 13.4, capacity: 4 }
+    }
+}

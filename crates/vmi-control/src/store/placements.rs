@@ -63,18 +63,11 @@ pub(super) fn list_placements(conn: &Connection) -> Result<Vec<(String, Placemen
 
 #[cfg(test)]
 mod tests {
-    use vmi_control_api::model::{Placement, SiteSpec};
+    use crate::store::test_support::{spec, store};
+    use vmi_control_api::model::Placement;
 
     use crate::ControlError;
-    use crate::store::{SqliteStore, Store};
-
-    fn store() -> SqliteStore {
-        SqliteStore::in_memory().expect("in-memory store")
-    }
-
-    fn spec(port: u16) -> SiteSpec {
-        SiteSpec { url: format!("http://127.0.0.1:{port}"), lat: 52.5, lon: 13.4, capacity: 4 }
-    }
+    use crate::store::Store;
 
     #[test]
     fn placement_epoch_increments_on_change_only() {

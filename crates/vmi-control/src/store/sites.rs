@@ -73,18 +73,11 @@ pub(super) fn set_draining(conn: &mut Connection, id: &str, draining: bool) -> R
 
 #[cfg(test)]
 mod tests {
+    use crate::store::test_support::{spec, store};
     use vmi_control_api::model::SiteSpec;
 
     use crate::ControlError;
-    use crate::store::{SqliteStore, Store, now_ms};
-
-    fn store() -> SqliteStore {
-        SqliteStore::in_memory().expect("in-memory store")
-    }
-
-    fn spec(port: u16) -> SiteSpec {
-        SiteSpec { url: format!("http://127.0.0.1:{port}"), lat: 52.5, lon: 13.4, capacity: 4 }
-    }
+    use crate::store::{Store, now_ms};
 
     #[test]
     fn draining_is_a_stored_flag() {

@@ -256,16 +256,13 @@ pub(super) fn user_image(conn: &Connection, user: &str) -> Result<(String, Optio
 
 #[cfg(test)]
 mod tests {
+    use crate::store::test_support::store;
     use vmi_control_api::tenants::{DEFAULT_IMAGE, TenantRequest};
 
     use crate::ControlError;
-    use crate::store::{SqliteStore, Store};
+    use crate::store::Store;
 
     const MIB: u64 = 1 << 20;
-
-    fn store() -> SqliteStore {
-        SqliteStore::in_memory().expect("in-memory store")
-    }
 
     fn tenant(name: &str, max_phones: Option<u32>, max_memory_bytes: Option<u64>) -> TenantRequest {
         TenantRequest { name: name.into(), max_phones, max_memory_bytes, image: None }

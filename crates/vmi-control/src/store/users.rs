@@ -96,14 +96,11 @@ pub(super) fn authenticate(conn: &Connection, token: &str) -> Result<Option<Iden
 
 #[cfg(test)]
 mod tests {
+    use crate::store::test_support::store;
     use vmi_control_api::model::{Identity, User};
 
     use crate::ControlError;
-    use crate::store::{SqliteStore, Store, token_hash};
-
-    fn store() -> SqliteStore {
-        SqliteStore::in_memory().expect("in-memory store")
-    }
+    use crate::store::{Store, token_hash};
 
     #[test]
     fn users_are_unique_and_listed_by_name() {
