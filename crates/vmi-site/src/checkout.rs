@@ -224,7 +224,7 @@ impl SiteState {
         {
             tracing::warn!(user, lease = %lease.lease_id, "finishing a checkin cut short by a restart");
             if let Err(e) = std::fs::remove_file(&path) {
-                tracing::error!(user, "cannot remove the finished lease: {e}");
+                tracing::error!(user, "cannot remove the finished lease: {}", vmi_engine::error_chain(&e));
                 return true;
             }
             return false;
@@ -306,7 +306,13 @@ impl SiteState {
         };
         let image = match Snapshot::peek_header(&saved.snapshot) {
             Ok(header) => ImageHash(header.image_hash),
-            Err(e) => return Err(self.undo_checkout(user, saved, format!("its snapshot does not read back: {e}"))),
+            Err(e) => {
+                return Err(self.undo_checkout(
+                    user,
+                    saved,
+                    format!("its snapshot does not read back: {}", vmi_engine::error_chain(&e)),
+                ));
+            }
         };
         let Some(wasm) = self.image_wasm(&image) else {
             return Err(self.undo_checkout(user, saved, format!("this site has no bytes of image {}", image.to_hex())));
@@ -318,7 +324,13 @@ impl SiteState {
             device_id: device,
             lease_id: match vmi_control_api::generate_token() {
                 Ok(id) => id,
-                Err(e) => return Err(self.undo_checkout(user, saved, format!("no lease id: {e}"))),
+                Err(e) => {
+                    return Err(self.undo_checkout(
+                        user,
+                        saved,
+                        format!("no lease id: {}", vmi_engine::error_chain(&e)),
+                    ));
+                }
             },
             issued_ms,
             expires_ms,
@@ -333,7 +345,11 @@ impl SiteState {
         let written = write_phone(&dir, &saved).and_then(|()| write_json(&dir.join(LEASE_FILE), &lease));
         if let Err(e) = written {
             let _ = std::fs::remove_file(dir.join(LEASE_FILE));
-            return Err(self.undo_checkout(user, saved, format!("cannot keep the checkout base: {e}")));
+            return Err(self.undo_checkout(
+                user,
+                saved,
+                format!("cannot keep the checkout base: {}", vmi_engine::error_chain(&e)),
+            ));
         }
         Ok(CheckoutBundle { lease, snapshot: saved.snapshot, image: wasm.to_vec() })
     }
@@ -346,7 +362,7 @@ impl SiteState {
             Err(e) => {
                 // Kept on disk for the operator: a phone's state is never thrown away.
                 let _ = write_phone(&self.phone_dir(user), &saved);
-                tracing::error!(user, "and it cannot restart from its snapshot: {e}");
+                tracing::error!(user, "and it cannot restart from its snapshot: {}", vmi_engine::error_chain(&e));
             }
         }
         SiteError::Checkout(CheckoutError::Failed(format!("cannot check {user}'s phone out: {why}")))
@@ -354,8 +370,9 @@ impl SiteState {
 
     /// A phone from a full snapshot and deltas on top of it.
     fn restore_saved(&self, base: &[u8], deltas: &[Vec<u8>]) -> Result<Box<dyn VirtualPhone>, SiteError> {
-        let header = Snapshot::peek_header(base)
-            .map_err(|e| SiteError::Checkout(CheckoutError::BadRequest(format!("base snapshot: {e}"))))?;
+        let header = Snapshot::peek_header(base).map_err(|e| {
+            SiteError::Checkout(CheckoutError::BadRequest(format!("base snapshot: {}", vmi_engine::error_chain(&e))))
+        })?;
         let mut chain: Vec<&[u8]> = vec![base];
         chain.extend(deltas.iter().map(Vec::as_slice));
         Ok(self.engine.restore(&ImageHash(header.image_hash), &chain, &self.vm_config())?)
@@ -408,9 +425,14 @@ impl SiteState {
         let (u, l) = (user.to_string(), lease.clone());
         let result = match self.owned_here(user).await {
             // Restoring and snapshotting a phone is CPU work: off the async workers.
-            Ok(()) => tokio::task::spawn_blocking(move || s.checkin_claimed(&u, &l, checkin))
-                .await
-                .unwrap_or_else(|e| Err(SiteError::Checkout(CheckoutError::Failed(format!("checkin failed: {e}"))))),
+            Ok(()) => {
+                tokio::task::spawn_blocking(move || s.checkin_claimed(&u, &l, checkin)).await.unwrap_or_else(|e| {
+                    Err(SiteError::Checkout(CheckoutError::Failed(format!(
+                        "checkin failed: {}",
+                        vmi_engine::error_chain(&e)
+                    ))))
+                })
+            }
             Err(e) => Err(e),
         };
         let mut slots = self.leases.lock();
@@ -421,7 +443,7 @@ impl SiteState {
             }
             // The base and the lease are as they were: the terminal may try again.
             Err(e) => {
-                tracing::warn!(user, device, "checkin refused: {e}");
+                tracing::warn!(user, device, "checkin refused: {}", vmi_engine::error_chain(&e));
                 slots.insert(user.to_string(), Slot::Held(lease));
             }
         }
@@ -447,7 +469,10 @@ impl SiteState {
         let mut on_base = true;
         if let Some(first) = checkin.chain.first() {
             let header = Snapshot::peek_header(first).map_err(|e| {
-                SiteError::Checkout(CheckoutError::BadRequest(format!("snapshot 1 of the checkin is corrupt: {e}")))
+                SiteError::Checkout(CheckoutError::BadRequest(format!(
+                    "snapshot 1 of the checkin is corrupt: {}",
+                    vmi_engine::error_chain(&e)
+                )))
             })?;
             match header.kind {
                 SnapshotKind::Incremental { parent } if parent == base_id => {}
@@ -479,10 +504,16 @@ impl SiteState {
         })?;
         // It must run, not just load: fire what is due and draw.
         phone.fire_due_timers().and_then(|_| phone.frame().map(|_| ())).map_err(|e| {
-            SiteError::Checkout(CheckoutError::BadRequest(format!("the checked-in phone does not run: {e}")))
+            SiteError::Checkout(CheckoutError::BadRequest(format!(
+                "the checked-in phone does not run: {}",
+                vmi_engine::error_chain(&e)
+            )))
         })?;
         let snapshot = phone.snapshot(vmi_engine::SnapshotRequest::Full).map_err(|e| {
-            SiteError::Checkout(CheckoutError::BadRequest(format!("the checked-in phone cannot be snapshotted: {e}")))
+            SiteError::Checkout(CheckoutError::BadRequest(format!(
+                "the checked-in phone cannot be snapshotted: {}",
+                vmi_engine::error_chain(&e)
+            )))
         })?;
         for (device, seq) in &checkin.header.input_seqs {
             let known = seqs.entry(device.clone()).or_insert(0);
@@ -514,10 +545,10 @@ impl SiteState {
     /// Records how a lease ended and drops it.
     fn end_lease(&self, dir: &Path, ended: &EndedLease) {
         if let Err(e) = write_json(&dir.join(ENDED_FILE), ended) {
-            tracing::warn!(dir = %dir.display(), "cannot record how the lease ended: {e}");
+            tracing::warn!(dir = %dir.display(), "cannot record how the lease ended: {}", vmi_engine::error_chain(&e));
         }
         if let Err(e) = std::fs::remove_file(dir.join(LEASE_FILE)) {
-            tracing::error!(dir = %dir.display(), "cannot remove the ended lease: {e}");
+            tracing::error!(dir = %dir.display(), "cannot remove the ended lease: {}", vmi_engine::error_chain(&e));
         }
     }
 
@@ -580,7 +611,9 @@ impl SiteState {
             Ok(at_ms)
         })
         .await
-        .unwrap_or_else(|e| Err(SiteError::Checkout(CheckoutError::Failed(format!("resume failed: {e}")))))
+        .unwrap_or_else(|e| {
+            Err(SiteError::Checkout(CheckoutError::Failed(format!("resume failed: {}", vmi_engine::error_chain(&e)))))
+        })
     }
 
     /// Operator: breaks `user`'s lease (a lost terminal); the phone resumes here from the
@@ -615,7 +648,11 @@ impl SiteState {
                 })
             }
             Err(e) => {
-                tracing::error!(user, "cannot resume the phone from its checkout base: {e}");
+                tracing::error!(
+                    user,
+                    "cannot resume the phone from its checkout base: {}",
+                    vmi_engine::error_chain(&e)
+                );
                 slots.insert(user.to_string(), Slot::Stuck(lease, e.to_string()));
                 Err(e)
             }
@@ -655,11 +692,19 @@ impl SiteState {
                 }
                 // The control service did not answer who owns the phone: try again later.
                 Err(SiteError::Control(e)) => {
-                    tracing::warn!(user, "lease expired; resuming waits for the control service: {e}");
+                    tracing::warn!(
+                        user,
+                        "lease expired; resuming waits for the control service: {}",
+                        vmi_engine::error_chain(&e)
+                    );
                     slots.insert(user, Slot::Held(lease));
                 }
                 Err(e) => {
-                    tracing::error!(user, "lease expired but the phone cannot resume from its base: {e}");
+                    tracing::error!(
+                        user,
+                        "lease expired but the phone cannot resume from its base: {}",
+                        vmi_engine::error_chain(&e)
+                    );
                     slots.insert(user, Slot::Stuck(lease, e.to_string()));
                 }
             }

@@ -18,6 +18,34 @@ use vmi_snapshot::SnapshotId;
 
 use crate::{SiteError, SiteState};
 
+/// Why a checkpoint was not copied to a second site (it is kept here; the next round
+/// copies it).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// No other healthy site is registered.
+    #[error("no other healthy site to copy checkpoints to")]
+    NoOtherSite,
+    /// The second site failed earlier in this round: the rest of the round does not try.
+    #[error("the second site failed earlier in this round; the next round copies")]
+    SkippedThisRound,
+    /// The second site answered with a refusal.
+    #[error("{site} refused ({status}): {answer}")]
+    Refused {
+        /// Which site (id or URL).
+        site: String,
+        /// Its HTTP status.
+        status: u16,
+        /// What it said.
+        answer: String,
+    },
+    /// The second site still lacked objects after every round of sending.
+    #[error("{site} still lacks objects")]
+    StillLacking {
+        /// Which site.
+        site: String,
+    },
+}
+
 /// A checkpoint as the site's HTTP API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointView {
@@ -155,15 +183,11 @@ impl SiteState {
     /// After a checkpoint is stored: its copy on a second site (unless `copy` is off),
     /// and the catalogue.
     async fn publish(&self, user: &str, info: &CheckpointInfo, copy: bool) -> Taken {
-        let copied = if copy {
-            self.replicate(user, info).await
-        } else {
-            Err(SiteError::Replica("the second site failed earlier in this round; the next round copies".into()))
-        };
+        let copied = if copy { self.replicate(user, info).await } else { Err(ReplicaError::SkippedThisRound.into()) };
         let (replica, replica_error) = match copied {
             Ok(site) => (Some(site), None),
             Err(e) => {
-                tracing::warn!(site = %self.id, user, "checkpoint not copied to a second site: {e}");
+                tracing::warn!(site = %self.id, user, "checkpoint not copied to a second site: {}", vmi_engine::error_chain(&e));
                 (None, Some(e.to_string()))
             }
         };
@@ -186,12 +210,12 @@ impl SiteState {
                 })
                 .collect::<Vec<_>>(),
             Err(e) => {
-                tracing::warn!(site = %self.id, user, "cannot list checkpoints for the catalogue: {e}");
+                tracing::warn!(site = %self.id, user, "cannot list checkpoints for the catalogue: {}", vmi_engine::error_chain(&e));
                 return;
             }
         };
         if let Err(e) = self.control.put_site_checkpoints(user, &self.id, &entries).await {
-            tracing::warn!(site = %self.id, user, "checkpoint catalogue not updated: {e}");
+            tracing::warn!(site = %self.id, user, "checkpoint catalogue not updated: {}", vmi_engine::error_chain(&e));
         }
     }
 
@@ -297,7 +321,9 @@ impl SiteState {
         for user in self.users() {
             match self.checkpoint_copied(&user, Some("hourly".into()), copy).await {
                 Ok(taken) => copy &= taken.replica.is_some(),
-                Err(e) => tracing::warn!(site = %self.id, user, "scheduled checkpoint failed: {e}"),
+                Err(e) => {
+                    tracing::warn!(site = %self.id, user, "scheduled checkpoint failed: {}", vmi_engine::error_chain(&e))
+                }
             }
         }
         let store = self.checkpoints.store.clone();
@@ -323,7 +349,7 @@ impl SiteState {
                     self.report_catalogue(&user).await;
                 }
             }
-            Err(e) => tracing::error!(site = %self.id, "checkpoint retention failed: {e}"),
+            Err(e) => tracing::error!(site = %self.id, "checkpoint retention failed: {}", vmi_engine::error_chain(&e)),
         }
     }
 
@@ -339,7 +365,7 @@ impl SiteState {
                 let d = |s: &vmi_control_api::SiteStatus| (s.site.lat - lat).powi(2) + (s.site.lon - lon).powi(2);
                 d(a).total_cmp(&d(b)).then_with(|| a.site.id.cmp(&b.site.id))
             })
-            .ok_or_else(|| SiteError::Replica("no other healthy site to copy checkpoints to".into()))?;
+            .ok_or(ReplicaError::NoOtherSite)?;
         let base = format!("{}/v1/replicas/{user}", replica.site.url.trim_end_matches('/'));
         let store = self.checkpoints.store.clone();
 
@@ -365,27 +391,22 @@ impl SiteState {
                 200 => return Ok(replica.site.id.clone()),
                 // It lacks more than it said (it collected in between): send that too.
                 409 => {
-                    let lacking = serde_json::from_slice::<Missing>(&answer).map_err(|_| {
-                        SiteError::Replica(format!(
-                            "replica {} refused: {}",
-                            replica.site.id,
-                            String::from_utf8_lossy(&answer)
-                        ))
+                    let lacking = serde_json::from_slice::<Missing>(&answer).map_err(|_| ReplicaError::Refused {
+                        site: replica.site.id.clone(),
+                        status,
+                        answer: String::from_utf8_lossy(&answer).into_owned(),
                     })?;
                     send.extend(lacking.missing);
                     send.sort();
                     send.dedup();
                 }
                 _ => {
-                    return Err(SiteError::Replica(format!(
-                        "replica {} refused: {}",
-                        replica.site.id,
-                        String::from_utf8_lossy(&answer)
-                    )));
+                    let answer = String::from_utf8_lossy(&answer).into_owned();
+                    return Err(ReplicaError::Refused { site: replica.site.id.clone(), status, answer }.into());
                 }
             }
         }
-        Err(SiteError::Replica(format!("replica {} still lacks objects", replica.site.id)))
+        Err(ReplicaError::StillLacking { site: replica.site.id.clone() }.into())
     }
 
     /// Replica side: which of `keys` this site's store lacks.
@@ -430,9 +451,14 @@ async fn ask_missing(base: &str, keys: Vec<String>) -> Result<Vec<String>, SiteE
         vmi_control_api::http_client::post_json(&format!("{base}/missing"), &serde_json::json!({ "keys": keys }))
             .await?;
     if status != 200 {
-        return Err(SiteError::Replica(format!("replica refused: {body}")));
+        return Err(ReplicaError::Refused { site: base.to_string(), status, answer: body }.into());
     }
-    Ok(serde_json::from_str::<Missing>(&body).map_err(|e| SiteError::Replica(format!("replica answer: {e}")))?.missing)
+    let missing = serde_json::from_str::<Missing>(&body).map_err(|e| ReplicaError::Refused {
+        site: base.to_string(),
+        status,
+        answer: format!("{body} ({})", vmi_engine::error_chain(&e)),
+    })?;
+    Ok(missing.missing)
 }
 
 /// An import request: `u32` length of the checkpoint's JSON, the JSON, then the bundle.
@@ -452,8 +478,8 @@ fn parse_import_body(body: &[u8]) -> Result<(CheckpointView, Objects), SiteError
     let (len, rest) = body.split_first_chunk::<4>().ok_or_else(|| bad_bundle("body too short"))?;
     let len = u32::from_le_bytes(*len) as usize;
     let (json, bundle) = rest.split_at_checked(len).ok_or_else(|| bad_bundle("checkpoint JSON ends early"))?;
-    let view: CheckpointView =
-        serde_json::from_slice(json).map_err(|e| bad_bundle(&format!("checkpoint JSON: {e}")))?;
+    let view: CheckpointView = serde_json::from_slice(json)
+        .map_err(|e| bad_bundle(&format!("checkpoint JSON: {}", vmi_engine::error_chain(&e))))?;
     Ok((view, vmi_checkpoint::decode_bundle(bundle)?))
 }
 

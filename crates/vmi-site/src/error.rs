@@ -78,8 +78,8 @@ pub enum SiteError {
     #[error("the checkpoint store failed")]
     Checkpoint(#[from] vmi_checkpoint::CheckpointError),
     /// Copying checkpoints to the second site failed.
-    #[error("copying checkpoints to the second site: {0}")]
-    Replica(String),
+    #[error("copying checkpoints to the second site failed")]
+    Replica(#[from] crate::checkpoints::ReplicaError),
     /// The control service refused to admit a new phone (a tenant quota, an unknown user); `status` is its
     /// HTTP status, `message` its words.
     #[error("{message}")]
@@ -90,16 +90,11 @@ pub enum SiteError {
         message: String,
     },
     /// An image could not be fetched or loaded.
-    #[error("image {hash}: {reason}")]
-    Image {
-        /// The image's hash (hex).
-        hash: String,
-        /// What went wrong.
-        reason: String,
-    },
+    #[error("the image could not be had here")]
+    Image(#[from] crate::images::ImageError),
     /// A task running engine work ended without an answer.
-    #[error("a background task failed: {0}")]
-    Internal(String),
+    #[error("a background task failed")]
+    Background(#[source] tokio::task::JoinError),
     /// The phone is checked out to a terminal (docs/OFFLINE.md); the message says to
     /// which device and until when.
     #[error("{0}")]

@@ -102,7 +102,7 @@ impl From<SiteError> for ApiError {
                 PhoneError::Vm(_) | PhoneError::Chain(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             SiteError::Admission { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN),
-            SiteError::Image { .. } | SiteError::Replica(_) => StatusCode::BAD_GATEWAY,
+            SiteError::Image(_) | SiteError::Replica(_) => StatusCode::BAD_GATEWAY,
             SiteError::Control(vmi_control_api::ClientError::Status { status: 404, body }) => {
                 return ApiError(StatusCode::NOT_FOUND, body.clone());
             }
@@ -120,7 +120,7 @@ impl From<SiteError> for ApiError {
                 | CheckpointError::Incomplete { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            SiteError::Engine(_) | SiteError::Io { .. } | SiteError::Control(_) | SiteError::Internal(_) => {
+            SiteError::Engine(_) | SiteError::Io { .. } | SiteError::Control(_) | SiteError::Background(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };

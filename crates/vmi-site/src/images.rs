@@ -83,6 +83,35 @@ impl LoadedImages {
     }
 }
 
+/// Why an image could not be had here (fetched from the control service and loaded).
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The control service named an image by something that is not a hash.
+    #[error("the control service named image {0:?}, which is not a content hash")]
+    MalformedHash(String),
+    /// The bytes fetched for a version are not the image its hash names.
+    #[error("the bytes of {name} version {version} do not have hash {hash}")]
+    HashMismatch {
+        /// Image name.
+        name: String,
+        /// Its version.
+        version: u64,
+        /// The hash it should have (hex).
+        hash: String,
+    },
+    /// The engine refused the image (the guest ABI check names what is wrong).
+    #[error("{name} version {version} does not load")]
+    DoesNotLoad {
+        /// Image name.
+        name: String,
+        /// Its version.
+        version: u64,
+        /// What the engine said.
+        #[source]
+        source: vmi_engine::EngineError,
+    },
+}
+
 /// An image as listings and reports show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageRef {
@@ -143,7 +172,7 @@ impl SiteState {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, SiteError> {
-        tokio::task::spawn_blocking(work).await.map_err(|e| SiteError::Internal(format!("background task failed: {e}")))
+        tokio::task::spawn_blocking(work).await.map_err(SiteError::Background)
     }
 
     /// The image `user`'s phone should run now: the current version of their image at the
@@ -153,10 +182,7 @@ impl SiteState {
         let Some(wanted) = self.control.user_image(user).await? else {
             return Ok(self.images.builtin());
         };
-        let hash = ImageHash::from_hex(&wanted.hash).ok_or_else(|| SiteError::Image {
-            hash: wanted.hash.clone(),
-            reason: "the control service named an image by a malformed hash".into(),
-        })?;
+        let hash = ImageHash::from_hex(&wanted.hash).ok_or_else(|| ImageError::MalformedHash(wanted.hash.clone()))?;
         if self.images.name(&hash, (wanted.name.clone(), wanted.version)) {
             return Ok(hash);
         }
@@ -182,20 +208,16 @@ impl SiteState {
     /// Checks fetched bytes against the hash they were named by, and loads them.
     async fn load(self: &Arc<Self>, hash: ImageHash, wasm: Vec<u8>, published: (String, u64)) -> Result<(), SiteError> {
         if ImageHash::of(&wasm) != hash {
-            return Err(SiteError::Image {
-                hash: hash.to_hex(),
-                reason: format!("the bytes of {} version {} do not have that hash", published.0, published.1),
-            });
+            let (name, version) = published;
+            return Err(ImageError::HashMismatch { name, version, hash: hash.to_hex() }.into());
         }
         let wasm: Arc<[u8]> = wasm.into();
         let site = self.clone();
         let bytes = wasm.clone();
         // Compiling takes a while: off the async workers. The engine checks the image
         // against the guest ABI here and names what is wrong.
-        self.blocking(move || site.engine.load_image(&bytes)).await?.map_err(|e| SiteError::Image {
-            hash: hash.to_hex(),
-            reason: format!("{} version {} does not load: {e}", published.0, published.1),
-        })?;
+        let loaded = self.blocking(move || site.engine.load_image(&bytes)).await?;
+        loaded.map_err(|source| ImageError::DoesNotLoad { name: published.0.clone(), version: published.1, source })?;
         tracing::info!(site = %self.id, image = %published.0, version = published.1, %hash, "image loaded");
         self.images.insert(hash, wasm, published);
         Ok(())
@@ -223,8 +245,13 @@ impl SiteState {
             Err(e) => {
                 // The phone still boots, on what it ran: an unreachable control service or a
                 // bad new version must not keep it down.
-                tracing::error!(user, "cannot load the user's current image; the phone stays on {old}: {e}");
-                report.upgrade_error = Some(format!("cannot load the user's current image: {e}"));
+                tracing::error!(
+                    user,
+                    "cannot load the user's current image; the phone stays on {old}: {}",
+                    vmi_engine::error_chain(&e)
+                );
+                report.upgrade_error =
+                    Some(format!("cannot load the user's current image: {}", vmi_engine::error_chain(&e)));
                 old
             }
         };
@@ -240,8 +267,9 @@ impl SiteState {
                     return Ok((phone, report));
                 }
                 Err(e) => {
-                    tracing::error!(user, from = %old, to = %target, "image upgrade failed; the phone stays on its image: {e}");
-                    report.upgrade_error = Some(format!("the phone cannot move to image {target}: {e}"));
+                    tracing::error!(user, from = %old, to = %target, "image upgrade failed; the phone stays on its image: {}", vmi_engine::error_chain(&e));
+                    report.upgrade_error =
+                        Some(format!("the phone cannot move to image {target}: {}", vmi_engine::error_chain(&e)));
                 }
             }
         }
@@ -308,7 +336,7 @@ impl SiteState {
         self.phones.remove(user);
         if let Err(e) = write_phone(&self.phone_dir(user), &saved) {
             // The snapshot is still in memory and boots below; the file is only a safety net.
-            tracing::error!(user, "cannot save the phone before its restart: {e}");
+            tracing::error!(user, "cannot save the phone before its restart: {}", vmi_engine::error_chain(&e));
         }
         let (vm, report) = self.boot_saved(user, saved.snapshot.into()).await?;
         self.spawn_phone(user, vm, saved.input_seqs);
