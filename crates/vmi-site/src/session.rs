@@ -157,6 +157,7 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
     });
     let mut writer = writer;
     let mut writer_done = false;
+    let mut terminal_closed = false;
     loop {
         // The reader also ends when the writer does (the phone task let go of the
         // session): a terminal that never closes cannot keep the session alive.
@@ -175,7 +176,10 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
                 Err(failure) => failure,
             },
             Ok(Message::Text(_)) => (ErrorCode::BadMessage, "a text frame: messages are binary".to_string()),
-            Ok(Message::Close(_)) => break,
+            Ok(Message::Close(_)) => {
+                terminal_closed = true;
+                break;
+            }
             // WebSocket pings and pongs are the transport's business.
             Ok(_) => continue,
             Err(e) => (ErrorCode::BadMessage, unreadable(&e)),
@@ -186,9 +190,13 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
     }
     phone.tell(TerminalCommand::Detach { session: id }).await;
     // Once the phone task lets go of the session the writer says its last words and
-    // closes; then wait (briefly) for the terminal's close frame.
+    // closes; then wait (briefly) for the terminal's close frame, unless it came first.
     if !writer_done && tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
         writer.abort();
+    }
+    if terminal_closed {
+        tracing::info!(user = %identity.user, session = id, "terminal detached");
+        return;
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while let Some(Ok(m)) = stream.next().await {
