@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use vmi_control_api::{ControlClient, Tenant, TenantRequest, format_bytes};
+use vmi_control_api::{ControlClient, Tenant, TenantRequest, TenantUpdate, format_bytes};
 use vmi_engine::Engine;
 
 const CONTROL: &str = "http://127.0.0.1:7800";
@@ -179,18 +179,14 @@ pub async fn tenant(cmd: TenantCmd) -> Result<()> {
             describe(&control, &t).await;
         }
         TenantCmd::Set { name, max_phones, max_memory, image, control } => {
-            let control = client(&control)?;
-            let tenants = control.list_tenants().await.context("reading the tenant")?;
-            let now =
-                tenants.into_iter().find(|t| t.tenant.name == name).with_context(|| format!("no tenant {name}"))?;
-            let req = TenantRequest {
-                name: name.clone(),
-                max_phones: max_phones.map_or(now.tenant.max_phones, Limit::into_option),
-                max_memory_bytes: max_memory.map_or(now.tenant.max_memory_bytes, Limit::into_option),
-                image: Some(image.unwrap_or(now.tenant.image)),
+            let update = TenantUpdate {
+                max_phones: max_phones.map(Limit::into_option),
+                max_memory_bytes: max_memory.map(Limit::into_option),
+                image,
             };
-            check_memory_quota(req.max_memory_bytes)?;
-            let t = control.update_tenant(&name, &req).await.context("updating the tenant")?;
+            check_memory_quota(update.max_memory_bytes.flatten())?;
+            let control = client(&control)?;
+            let t = control.update_tenant(&name, &update).await.context("updating the tenant")?;
             describe(&control, &t).await;
         }
         TenantCmd::List { control } => {

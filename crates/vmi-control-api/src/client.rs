@@ -19,7 +19,8 @@ use crate::model::{
     PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport, User,
 };
 use crate::tenants::{
-    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, UserImage, UserRequest,
+    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
+    UserRequest,
 };
 use crate::url::segment;
 
@@ -226,9 +227,9 @@ impl ControlClient {
         self.json(Method::GET, "/v1/tenants".to_owned(), None::<&()>).await
     }
 
-    /// `PUT /v1/tenants/{name}`: replaces the tenant's quotas and image.
-    pub async fn update_tenant(&self, name: &str, quotas: &TenantRequest) -> Result<Tenant, ClientError> {
-        self.json(Method::PUT, format!("/v1/tenants/{}", segment(name)), Some(quotas)).await
+    /// `PUT /v1/tenants/{name}`: changes what `update` names of the tenant; the rest stays.
+    pub async fn update_tenant(&self, name: &str, update: &TenantUpdate) -> Result<Tenant, ClientError> {
+        self.json(Method::PUT, format!("/v1/tenants/{}", segment(name)), Some(update)).await
     }
 
     /// `POST /v1/users/{user}/admit`: asks to boot the user's phone with `memory_bytes` of memory; a refusal

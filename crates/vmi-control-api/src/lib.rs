@@ -6,6 +6,7 @@
 //! - [`model`]: the JSON bodies of the HTTP API: users, devices, sites, placements, terminal reports,
 //!   migrations, the checkpoint catalogue, pairing codes. The API itself is listed in `vmi-control`'s crate docs.
 //! - [`tenants`]: tenants, admission and image versions.
+//! - [`auth`]: principals, the audit log, site enrollment.
 //! - [`ControlClient`]: the async client of the control service; [`ClientError`] is why a request failed.
 //! - [`http_client`]: the small HTTP/1.1 client under it, and plain requests to any `http://` URL (a site's
 //!   operator endpoints, one site asking another, a terminal's offline checkout).
@@ -25,6 +26,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 mod client;
 mod error;
 pub mod http_client;
@@ -46,7 +48,7 @@ pub use model::{
 };
 pub use tenants::{
     Admission, AdmitRequest, DEFAULT_IMAGE, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus,
-    UserImage, UserRequest, format_bytes,
+    TenantUpdate, UserImage, UserRequest, format_bytes,
 };
 pub use token::{TOKEN_BYTES, generate_token};
 pub use url::ws_url;

@@ -48,12 +48,10 @@ pub struct TenantStatus {
     pub memory_bytes: u64,
 }
 
-/// Body of `POST /v1/tenants` (a new tenant) and `PUT /v1/tenants/{name}` (its quotas; `name` is ignored there).
-///
-/// `PUT` replaces every quota: an absent quota becomes unlimited, an absent image becomes [`DEFAULT_IMAGE`].
+/// Body of `POST /v1/tenants`: a new tenant. An absent quota is unlimited, an absent image [`DEFAULT_IMAGE`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantRequest {
-    /// The tenant's name (for `POST`).
+    /// The tenant's name.
     #[serde(default)]
     pub name: String,
     /// Most phones at once; absent or `null`: unlimited.
@@ -65,6 +63,39 @@ pub struct TenantRequest {
     /// Image name; absent: [`DEFAULT_IMAGE`].
     #[serde(default)]
     pub image: Option<String>,
+}
+
+/// Body of `PUT /v1/tenants/{name}`: what changes. A field not sent is not changed; a quota sent as `null`
+/// becomes unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantUpdate {
+    /// New most phones at once: `Some(None)` (JSON `null`) is unlimited.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub max_phones: Option<Option<u32>>,
+    /// New most memory of all phones together, bytes: `Some(None)` (JSON `null`) is unlimited.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<Option<u64>>,
+    /// New image name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+impl TenantUpdate {
+    /// `tenant` with this update applied.
+    pub fn apply(&self, tenant: &Tenant) -> Tenant {
+        Tenant {
+            name: tenant.name.clone(),
+            max_phones: self.max_phones.unwrap_or(tenant.max_phones),
+            max_memory_bytes: self.max_memory_bytes.unwrap_or(tenant.max_memory_bytes),
+            image: self.image.clone().unwrap_or_else(|| tenant.image.clone()),
+        }
+    }
+}
+
+/// A field that is present, `null` included: serde gives `None` for an absent field (via `default`) and this
+/// gives `Some(None)` for `null`, so "not sent" and "sent as null" differ.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Body of `POST /v1/users`: a name and, optionally, the tenant the user belongs to.

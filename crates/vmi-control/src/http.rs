@@ -20,7 +20,8 @@ use vmi_control_api::model::{
     User,
 };
 use vmi_control_api::tenants::{
-    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, UserImage, UserRequest,
+    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
+    UserRequest,
 };
 
 use crate::pairing::PairCodes;
@@ -220,9 +221,9 @@ async fn list_tenants(State(store): State<StoreRef>) -> ApiResult<Json<Vec<Tenan
 async fn update_tenant(
     State(store): State<StoreRef>,
     Path(name): Path<String>,
-    ApiJson(req): ApiJson<TenantRequest>,
+    ApiJson(update): ApiJson<TenantUpdate>,
 ) -> ApiResult<Json<Tenant>> {
-    let tenant = store.update_tenant(&name, &req)?;
+    let tenant = store.update_tenant(&name, &update)?;
     tracing::info!(tenant = %name, max_phones = ?tenant.max_phones, max_memory_bytes = ?tenant.max_memory_bytes,
         image = %tenant.image, "tenant updated");
     Ok(Json(tenant))

@@ -63,7 +63,7 @@
 //! | `GET /v1/migrations?user=U&limit=N`   |                                   | 200 list of [`LoggedMigration`]          |
 //! | `POST /v1/tenants`                    | [`TenantRequest`]                 | 201 [`Tenant`]; 409 if taken             |
 //! | `GET /v1/tenants`                     |                                   | 200 list of [`TenantStatus`]             |
-//! | `PUT /v1/tenants/{name}`              | [`TenantRequest`] (quotas, image) | 200 [`Tenant`]; 404                      |
+//! | `PUT /v1/tenants/{name}`              | [`TenantUpdate`] (what changes)    | 200 [`Tenant`]; 404                      |
 //! | `POST /v1/users/{user}/admit`         | `{"memory_bytes"}`                | 200 [`Admission`]; 403 over quota        |
 //! | `DELETE /v1/users/{user}/admit`       |                                   | 204 (the phone no longer counts)         |
 //! | `GET /v1/users/{user}/image`          |                                   | 200 [`UserImage`]; 404 none published    |
@@ -163,4 +163,4 @@ pub use pairing::{PAIR_CODE_TTL_MS, PairCodes};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};
 pub use placer::{ORDER_TIMEOUT, PlacerRounds, run_placer};
 pub use reports::Reports;
-pub use store::{SCHEMA_VERSION, SqliteStore, Store, now_ms, token_hash};
+pub use store::{DEFAULT_AUDIT_LISTED, SCHEMA_VERSION, SqliteStore, Store, now_ms, token_hash};

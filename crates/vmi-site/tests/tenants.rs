@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use vmi_control_api::TenantRequest;
+use vmi_control_api::{TenantRequest, TenantUpdate};
 use vmi_protocol::ServerMessage;
 use vmi_site::SiteError;
 
@@ -119,7 +119,7 @@ async fn a_tenant_over_its_memory_quota_gets_a_clear_error_and_no_phone() {
     assert_eq!(site.state.users(), ["ann"]);
 
     // More room: the same phone is admitted.
-    let more = TenantRequest { max_memory_bytes: Some(128 * MIB), ..TenantRequest::default() };
+    let more = TenantUpdate { max_memory_bytes: Some(Some(128 * MIB)), ..TenantUpdate::default() };
     control.client.update_tenant("tiny", &more).await.expect("raise the quota");
     site.state.create_phone("bob").await.expect("admitted now");
     site.shutdown().await;

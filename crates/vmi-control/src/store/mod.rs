@@ -10,6 +10,7 @@
 //! - `migration_log`: the live migrations the sites report.
 //! - `catalogue`: which checkpoints each site holds.
 //! - `tenants`: tenants, admission against their quotas, image versions.
+//! - `access`: operator and tenant-admin credentials, sites' join tokens, the audit log.
 //!
 //! Each concern module's functions take the connection (mutably when they open a transaction); [`SqliteStore`]
 //! hands them its one connection.
@@ -20,14 +21,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 use vmi_control_api::TOKEN_BYTES;
+use vmi_control_api::auth::{AuditEntry, AuditQuery, JoinToken, NewCredential, Principal};
 use vmi_control_api::model::{
     CatalogedCheckpoint, CheckpointEntry, Device, Identity, LoggedMigration, MigrationRecord, NewDevice, Placement,
     Site, SiteSpec, User,
 };
-use vmi_control_api::tenants::{Admission, ImageVersion, Tenant, TenantRequest, TenantStatus, UserImage};
+use vmi_control_api::tenants::{
+    Admission, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
+};
 
 use crate::ControlError;
 
+mod access;
 mod catalogue;
 mod migration_log;
 mod placements;
@@ -36,6 +41,7 @@ mod sites;
 mod tenants;
 mod users;
 
+pub use access::DEFAULT_AUDIT_LISTED;
 pub use schema::SCHEMA_VERSION;
 
 /// Storage for users, devices, sites and placements.
@@ -97,8 +103,8 @@ pub trait Store: Send + Sync {
 
     /// Creates a tenant; [`ControlError::Conflict`] if the name is taken.
     fn create_tenant(&self, req: &TenantRequest) -> Result<Tenant, ControlError>;
-    /// Replaces a tenant's quotas and image (`req.name` is ignored).
-    fn update_tenant(&self, name: &str, req: &TenantRequest) -> Result<Tenant, ControlError>;
+    /// Changes what `update` names of a tenant's quotas and image, in one transaction; the rest stays.
+    fn update_tenant(&self, name: &str, update: &TenantUpdate) -> Result<Tenant, ControlError>;
     /// All tenants by name, with what each uses now.
     fn tenants(&self) -> Result<Vec<TenantStatus>, ControlError>;
     /// Admits the user's phone with `memory_bytes` of memory, in one transaction: [`ControlError::Quota`] if
@@ -120,6 +126,25 @@ pub trait Store: Send + Sync {
     /// The image name the user's phone runs (their tenant's, else
     /// [`DEFAULT_IMAGE`](vmi_control_api::DEFAULT_IMAGE)) and its current version, if one is published.
     fn user_image(&self, user: &str) -> Result<(String, Option<UserImage>), ControlError>;
+
+    /// Creates an operator or tenant-admin credential (the tenant must exist) and returns its token, shown once.
+    fn create_credential(&self, principal: &Principal) -> Result<NewCredential, ControlError>;
+    /// Whether any operator credential exists (the service creates the first at install).
+    fn has_operator(&self) -> Result<bool, ControlError>;
+    /// Who a bearer token belongs to: a device, an operator or a tenant admin; `None` if nobody (or revoked).
+    fn principal(&self, token: &str) -> Result<Option<Principal>, ControlError>;
+    /// A one-time token with which site `site` enrolls until `now_ms + ttl_ms`.
+    fn create_join_token(&self, site: &str, now_ms: u64, ttl_ms: u64) -> Result<JoinToken, ControlError>;
+    /// Takes a join token: true, once, if it was made for `site` and has not expired at `now_ms`.
+    fn redeem_join_token(&self, site: &str, token: &str, now_ms: u64) -> Result<bool, ControlError>;
+    /// Appends entries to the audit log.
+    fn record_audit(&self, entries: &[AuditEntry]) -> Result<(), ControlError>;
+    /// Audit entries matching `query`, newest first.
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, ControlError>;
+    /// The user's tenant (`None`: no tenant); [`ControlError::NotFound`] if the user does not exist.
+    fn user_tenant(&self, user: &str) -> Result<Option<String>, ControlError>;
+    /// The user a device belongs to, revoked or not; `None` if there is no such device.
+    fn device_user(&self, device_id: u64) -> Result<Option<String>, ControlError>;
 }
 
 /// A [`Store`] in one SQLite database (WAL mode), one connection behind a mutex.
@@ -263,8 +288,8 @@ impl Store for SqliteStore {
         tenants::create_tenant(&self.conn(), req)
     }
 
-    fn update_tenant(&self, name: &str, req: &TenantRequest) -> Result<Tenant, ControlError> {
-        tenants::update_tenant(&self.conn(), name, req)
+    fn update_tenant(&self, name: &str, update: &TenantUpdate) -> Result<Tenant, ControlError> {
+        tenants::update_tenant(&mut self.conn(), name, update)
     }
 
     fn tenants(&self) -> Result<Vec<TenantStatus>, ControlError> {
@@ -297,6 +322,42 @@ impl Store for SqliteStore {
 
     fn user_image(&self, user: &str) -> Result<(String, Option<UserImage>), ControlError> {
         tenants::user_image(&self.conn(), user)
+    }
+
+    fn create_credential(&self, principal: &Principal) -> Result<NewCredential, ControlError> {
+        access::create_credential(&mut self.conn(), principal)
+    }
+
+    fn has_operator(&self) -> Result<bool, ControlError> {
+        access::has_operator(&self.conn())
+    }
+
+    fn principal(&self, token: &str) -> Result<Option<Principal>, ControlError> {
+        access::principal(&self.conn(), token)
+    }
+
+    fn create_join_token(&self, site: &str, now_ms: u64, ttl_ms: u64) -> Result<JoinToken, ControlError> {
+        access::create_join_token(&self.conn(), site, now_ms, ttl_ms)
+    }
+
+    fn redeem_join_token(&self, site: &str, token: &str, now_ms: u64) -> Result<bool, ControlError> {
+        access::redeem_join_token(&self.conn(), site, token, now_ms)
+    }
+
+    fn record_audit(&self, entries: &[AuditEntry]) -> Result<(), ControlError> {
+        access::record_audit(&mut self.conn(), entries)
+    }
+
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, ControlError> {
+        access::audit(&self.conn(), query)
+    }
+
+    fn user_tenant(&self, user: &str) -> Result<Option<String>, ControlError> {
+        access::user_tenant(&self.conn(), user)
+    }
+
+    fn device_user(&self, device_id: u64) -> Result<Option<String>, ControlError> {
+        access::device_user(&self.conn(), device_id)
     }
 }
 

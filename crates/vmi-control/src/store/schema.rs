@@ -89,6 +89,35 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX checkpoints_by_user ON checkpoints(user, at_ms);
 ",
+    // Who may call (store::access): operator and tenant-admin credentials, sites' join tokens, the audit log.
+    "
+    CREATE TABLE credentials (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('operator', 'tenant-admin')),
+        name TEXT NOT NULL,
+        tenant TEXT REFERENCES tenants(name),
+        token_hash BLOB NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE join_tokens (
+        token_hash BLOB PRIMARY KEY NOT NULL,
+        site TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        principal TEXT NOT NULL,
+        action TEXT NOT NULL,
+        user TEXT,
+        site TEXT,
+        from_addr TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit(at_ms);
+",
 ];
 
 /// The schema version this build writes.

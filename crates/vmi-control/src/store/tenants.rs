@@ -4,7 +4,8 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use vmi_control_api::tenants::{
-    Admission, DEFAULT_IMAGE, ImageVersion, Tenant, TenantRequest, TenantStatus, UserImage, format_bytes,
+    Admission, DEFAULT_IMAGE, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
+    format_bytes,
 };
 
 use super::now_ms;
@@ -69,16 +70,24 @@ pub(super) fn create_tenant(conn: &Connection, req: &TenantRequest) -> Result<Te
     Ok(Tenant { name: req.name.clone(), max_phones: req.max_phones, max_memory_bytes: req.max_memory_bytes, image })
 }
 
-pub(super) fn update_tenant(conn: &Connection, name: &str, req: &TenantRequest) -> Result<Tenant, ControlError> {
-    let image = validate_tenant(req, false)?;
-    let changed = conn.execute(
+/// Applies `update` to the tenant in one immediate transaction: what it does not name stays as it is.
+pub(super) fn update_tenant(conn: &mut Connection, name: &str, update: &TenantUpdate) -> Result<Tenant, ControlError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = tenant(&tx, name)?.ok_or_else(|| ControlError::not_found("tenant", name))?;
+    let next = update.apply(&now);
+    let request = TenantRequest {
+        name: next.name.clone(),
+        max_phones: next.max_phones,
+        max_memory_bytes: next.max_memory_bytes,
+        image: Some(next.image.clone()),
+    };
+    validate_tenant(&request, false)?;
+    tx.execute(
         "UPDATE tenants SET max_phones = ?2, max_memory_bytes = ?3, image = ?4 WHERE name = ?1",
-        params![name, req.max_phones, req.max_memory_bytes, image],
+        params![name, next.max_phones, next.max_memory_bytes, next.image],
     )?;
-    if changed == 0 {
-        return Err(ControlError::not_found("tenant", name));
-    }
-    Ok(Tenant { name: name.to_owned(), max_phones: req.max_phones, max_memory_bytes: req.max_memory_bytes, image })
+    tx.commit()?;
+    Ok(next)
 }
 
 /// Admitted phones and their memory of `tenant`, leaving out `except` (the user being admitted again).
@@ -257,7 +266,7 @@ pub(super) fn user_image(conn: &Connection, user: &str) -> Result<(String, Optio
 #[cfg(test)]
 mod tests {
     use crate::store::test_support::store;
-    use vmi_control_api::tenants::{DEFAULT_IMAGE, TenantRequest};
+    use vmi_control_api::tenants::{DEFAULT_IMAGE, TenantRequest, TenantUpdate};
 
     use crate::ControlError;
     use crate::store::Store;
@@ -289,11 +298,22 @@ mod tests {
         assert!(s.list_users().unwrap().iter().all(|u| u.name != "bob"), "nothing created for a missing tenant");
         s.admit("ann", 48 * MIB).unwrap();
 
-        let updated = s
-            .update_tenant("acme", &TenantRequest { image: Some("office".into()), ..tenant("", Some(5), None) })
-            .unwrap();
+        // An update changes what it names and nothing else: the memory quota, not sent, stays.
+        let update = TenantUpdate { max_phones: Some(Some(5)), image: Some("office".into()), ..Default::default() };
+        let updated = s.update_tenant("acme", &update).unwrap();
+        assert_eq!(
+            (updated.max_phones, updated.max_memory_bytes, updated.image.as_str()),
+            (Some(5), Some(64 * MIB), "office")
+        );
+        // Sent as null, a quota becomes unlimited; the image stays.
+        let unlimited: TenantUpdate = serde_json::from_str(r#"{"max_memory_bytes": null}"#).unwrap();
+        assert_eq!(unlimited.max_memory_bytes, Some(None));
+        let updated = s.update_tenant("acme", &unlimited).unwrap();
         assert_eq!((updated.max_phones, updated.max_memory_bytes, updated.image.as_str()), (Some(5), None, "office"));
-        assert!(matches!(s.update_tenant("ghost", &tenant("", None, None)), Err(ControlError::NotFound { .. })));
+        let bad = TenantUpdate { image: Some("no such/name".into()), ..Default::default() };
+        assert!(matches!(s.update_tenant("acme", &bad), Err(ControlError::BadRequest(_))));
+        assert_eq!(s.tenants().unwrap()[0].tenant, updated, "a refused update changes nothing");
+        assert!(matches!(s.update_tenant("ghost", &TenantUpdate::default()), Err(ControlError::NotFound { .. })));
         let listed = s.tenants().unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].phones, listed[0].memory_bytes), (1, 48 * MIB));
