@@ -4,7 +4,7 @@
 //! Every machine is named by a DNS-style identity that its certificate carries as CN and SAN:
 //! the control service is [`CONTROL_NAME`] (`control.vmi`), site `S` is [`site_name`]`(S)` =
 //! `S.site.vmi`. A service decides who called by asking whether the caller's CA-signed certificate
-//! names someone ([`peer_is`], [`Peer::is`]), never by parsing certificates itself.
+//! names someone ([`peer_is`], `Peer::is`), never by parsing certificates itself.
 //!
 //! # The provider CA
 //! [`Authority`] is the provider's CA, created on first start in a directory (`ca.pem`, `ca.key`
@@ -19,10 +19,10 @@
 //! peer expected: an identity name (`site-b.site.vmi`), or the IP or host of a URL.
 //!
 //! # Listen rules (feature `server`)
-//! [`serve`] serves an axum router behind: TLS with optional client certificates; plain HTTP only
+//! `serve` serves an axum router behind: TLS with optional client certificates; plain HTTP only
 //! for loopback peers (the browser demo on this machine; a plain connection from anywhere else is
 //! closed); caps on connections in total and per IP; a header-read timeout against slow clients;
-//! graceful shutdown. [`check_listen`] refuses at start a non-loopback address without TLS.
+//! graceful shutdown. `check_listen` refuses at start a non-loopback address without TLS.
 //!
 //! # Limits
 //! [`Lockout`] and [`RateLimit`] bound guesses and floods per key, with bounded memory and time

@@ -217,6 +217,18 @@ async fn half_a_header_is_cut_off_after_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_silent_connection_is_cut_off_after_the_handshake_timeout() {
+    let pki = pki();
+    let limits = ConnectionLimits { handshake_timeout: Duration::from_millis(200), ..Default::default() };
+    let server = start(Some(&pki.server), limits, Gate::default()).await;
+    let mut silent = TcpStream::connect(server.addr).await.expect("connect");
+    let mut nothing = Vec::new();
+    // Returns only when the server closes the connection (its default timeouts are far beyond PATIENCE).
+    let closed = tokio::time::timeout(PATIENCE, silent.read_to_end(&mut nothing)).await;
+    assert!(closed.is_ok(), "the server kept a silent connection open");
+}
+
+#[tokio::test]
 async fn connections_beyond_the_per_ip_cap_are_closed_while_the_first_still_work() {
     let limits = ConnectionLimits { max_connections_per_ip: 2, ..Default::default() };
     let server = start(None, limits, Gate::default()).await;
