@@ -64,6 +64,10 @@ pub struct SiteArgs {
     /// How often every phone is checkpointed (`30m`, `1h`, …; `off`: only on demand).
     #[arg(long, default_value = "1h", value_name = "DURATION")]
     checkpoint_every: String,
+    /// A join file (0600; from `vmi up` or an operator) to enroll with at the first start; later starts use the
+    /// certificate saved in DATA_DIR/tls.
+    #[arg(long, value_name = "FILE")]
+    join: Option<PathBuf>,
 }
 
 /// Operations on a site.
@@ -197,23 +201,72 @@ pub(crate) async fn stop_signal() {
 }
 
 /// Runs the control service until SIGINT/SIGTERM.
+///
+/// At its first start it creates the provider CA (beside the database, in `pki/`) and the first operator
+/// credential, written 0600 to `operator.json` beside the database: what the CLI reads (docs/SECURITY.md).
 pub async fn control(args: ControlArgs) -> Result<()> {
-    if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let dir = args.db.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let store = vmi_control::SqliteStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
+    let authority = vmi_trust::Authority::load_or_create(&dir.join("pki")).context("the provider CA")?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    let host = addr.ip().to_string();
+    let trust = vmi_control::ServiceTrust::new(Arc::new(authority), &[&host, "localhost"])?;
+    let url = format!("https://{addr}");
+    let credential_path = dir.join("operator.json");
+    use vmi_control::Store as _;
+    if !store.has_operator()? || !credential_path.exists() {
+        let new = store.create_credential(&vmi_control_api::auth::Principal::Operator { name: "admin".into() })?;
+        let credential = crate::credentials::OperatorCredential {
+            control: url.clone(),
+            token: new.token,
+            ca_pem: trust.control.authority.cert_pem().to_owned(),
+        };
+        crate::credentials::write_secret(&credential_path, &credential)?;
+        tracing::info!(path = %credential_path.display(), "operator credential written");
+    }
     announce("control", &url);
     let params = PolicyParams {
         dwell_ms: args.placer_dwell_ms,
         rtt_ms_per_100km: args.rtt_ms_per_100km,
         ..PolicyParams::default()
     };
-    let options = vmi_control::ServeOptions { placer: Some(params), ..vmi_control::ServeOptions::default() };
+    let options =
+        vmi_control::ServeOptions { placer: Some(params), trust: Some(trust), ..vmi_control::ServeOptions::default() };
     vmi_control::serve_with(listener, Arc::new(store), options, stop_signal()).await?;
     Ok(())
+}
+
+/// The site's certificate: the one saved in `data_dir/tls`, or a new one from enrolling with `join` (a key made
+/// here; only its public half leaves).
+async fn site_credentials(id: &str, data_dir: &std::path::Path, join: Option<&std::path::Path>, host: &str) -> Result<vmi_trust::Credentials> {
+    let dir = data_dir.join("tls");
+    if dir.join("cert.pem").exists() {
+        return vmi_trust::Credentials::load(&dir).context("the site's saved certificate");
+    }
+    let Some(join) = join else {
+        bail!("site {id} has no certificate yet: start it once with --join FILE (a join file from `vmi site join-token`)");
+    };
+    let join: crate::credentials::JoinFile = crate::credentials::read_secret(join)?;
+    if join.site != id {
+        bail!("the join file is for site {}, not {id}", join.site);
+    }
+    let key = vmi_trust::KeyPair::generate()?;
+    let public_key: String = key.public_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let control = ControlClient::new(&join.control, &vmi_control_api::Caller::trusting(&join.ca_pem)?)?;
+    let request = vmi_control_api::auth::EnrollRequest {
+        token: join.token.clone(),
+        public_key,
+        hosts: vec![host.to_owned(), "localhost".to_owned()],
+    };
+    let enrollment = control.enroll(id, &request).await.context("enrolling with the control service")?;
+    let credentials =
+        vmi_trust::Credentials { cert_pem: enrollment.cert_pem, key_pem: key.to_pem(), ca_pem: enrollment.ca_pem };
+    credentials.save(&dir)?;
+    tracing::info!(site = id, "enrolled; certificate saved");
+    Ok(credentials)
 }
 
 /// Runs a site until SIGINT/SIGTERM, then saves every phone (or runs a site subcommand).
@@ -221,7 +274,7 @@ pub async fn site(args: SiteArgs) -> Result<()> {
     match args.command {
         Some(SiteCmd::Drain { site, control, timeout }) => return drain(&site, &control, timeout).await,
         Some(SiteCmd::Undrain { site, control }) => {
-            ControlClient::new(&control)?.undrain_site(&site).await.context("undraining")?;
+            crate::credentials::control_client(&control)?.undrain_site(&site).await.context("undraining")?;
             println!("{site} takes phones again");
             return Ok(());
         }
@@ -230,7 +283,10 @@ pub async fn site(args: SiteArgs) -> Result<()> {
     let (Some(id), Some(data_dir)) = (args.id, args.data_dir) else {
         bail!("`vmi site` needs --id and --data-dir (or a subcommand: drain, undrain)");
     };
+    let credentials = site_credentials(&id, &data_dir, args.join.as_deref(), &args.listen.ip().to_string()).await?;
     let config = vmi_site::SiteConfig {
+        credentials,
+        limits: vmi_trust::ConnectionLimits::default(),
         id: id.clone(),
         listen: args.listen,
         data_dir,
@@ -502,7 +558,7 @@ async fn wait_any(children: &mut [Child]) -> String {
 /// Makes sure the demo user has a phone and a fresh browser device; returns the
 /// browser terminal URL.
 async fn demo(control_url: &str, user: &str) -> Result<String> {
-    let control = ControlClient::new(control_url)?;
+    let control = crate::credentials::control_client(control_url)?;
     ensure_user_phone(&control, user, DEMO_SITES[0].0).await?;
     let device = control.create_device(user, "browser").await.context("creating a device")?;
     let placement = control.placement(user).await.context("finding the phone")?;
@@ -525,7 +581,7 @@ pub async fn ensure_user_phone(control: &ControlClient, user: &str, default_site
         }
         Err(e) => return Err(e).context("reading the placement"),
     };
-    let status = vmi_control_api::http_client::post_json(
+    let status = crate::credentials::operator_caller()?.post_json(
         &format!("{}/v1/phones", placement.site_url),
         &serde_json::json!({ "user": user }),
     )
@@ -539,11 +595,11 @@ pub async fn ensure_user_phone(control: &ControlClient, user: &str, default_site
 
 /// `vmi mail send`: drops a mail in a user's mailbox on the site that runs their phone.
 pub async fn mail(args: MailArgs) -> Result<()> {
-    let control = ControlClient::new(&args.control)?;
+    let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.to).await.with_context(|| format!("finding {}'s phone", args.to))?;
     let body = serde_json::json!({ "from": args.from, "subject": args.subject, "body": args.body });
     let (status, text) =
-        vmi_control_api::http_client::post_json(&format!("{}/v1/phones/{}/mail", placement.site_url, args.to), &body)
+        crate::credentials::operator_caller()?.post_json(&format!("{}/v1/phones/{}/mail", placement.site_url, args.to), &body)
             .await
             .context("delivering the mail")?;
     if status != 202 {
@@ -565,11 +621,11 @@ pub(crate) async fn site_url(control: &ControlClient, id: &str) -> Result<String
 
 /// `vmi vm migrate`: live-migrates a phone now.
 pub async fn migrate(args: MigrateArgs) -> Result<()> {
-    let control = ControlClient::new(&args.control)?;
+    let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.user).await.with_context(|| format!("finding {}'s phone", args.user))?;
     let to_url = site_url(&control, &args.to).await?;
     let body = serde_json::json!({ "to": args.to, "to_url": to_url });
-    let (status, text) = vmi_control_api::http_client::post_json(
+    let (status, text) = crate::credentials::operator_caller()?.post_json(
         &format!("{}/v1/phones/{}/migrate", placement.site_url, args.user),
         &body,
     )
@@ -593,11 +649,11 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
 
 /// `vmi vm list`: where every phone runs.
 pub async fn list(args: ListArgs) -> Result<()> {
-    let control = ControlClient::new(&args.control)?;
+    let control = crate::credentials::control_client(&args.control)?;
     let mut rows = Vec::new();
     for s in control.list_sites().await.context("listing sites")? {
         let (status, body) =
-            vmi_control_api::http_client::get_bytes(&format!("{}/v1/phones", s.site.url)).await.unwrap_or_default();
+            crate::credentials::operator_caller()?.get_bytes(&format!("{}/v1/phones", s.site.url)).await.unwrap_or_default();
         let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         for p in phones["phones"].as_array().into_iter().flatten() {
             rows.push(serde_json::json!({
@@ -629,10 +685,10 @@ pub async fn list(args: ListArgs) -> Result<()> {
 
 /// `vmi vm logs`: asks the site that runs the phone for its recent log lines.
 pub async fn logs(args: LogsArgs) -> Result<()> {
-    let control = ControlClient::new(&args.control)?;
+    let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.user).await.with_context(|| format!("where {}'s phone runs", args.user))?;
     let url = format!("{}/v1/phones/{}/logs", placement.site_url.trim_end_matches('/'), args.user);
-    let (status, body) = vmi_control_api::http_client::get_bytes(&url).await.with_context(|| format!("GET {url}"))?;
+    let (status, body) = crate::credentials::operator_caller()?.get_bytes(&url).await.with_context(|| format!("GET {url}"))?;
     let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if status != 200 {
         bail!("{} answered {status}: {}", placement.site, answer["error"].as_str().unwrap_or("no reason given"));
@@ -659,13 +715,13 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
 /// `vmi site drain`: marks the site draining (the control service's placer moves its
 /// phones to the best other sites) and waits until it has none.
 pub async fn drain(site: &str, control_url: &str, timeout_s: u64) -> Result<()> {
-    let control = ControlClient::new(control_url)?;
+    let control = crate::credentials::control_client(control_url)?;
     let url = site_url(&control, site).await?;
     control.drain_site(site).await.context("marking the site draining")?;
     let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
     loop {
         let (_, body) =
-            vmi_control_api::http_client::get_bytes(&format!("{url}/v1/phones")).await.context("asking the site")?;
+            crate::credentials::operator_caller()?.get_bytes(&format!("{url}/v1/phones")).await.context("asking the site")?;
         let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let left = phones["phones"].as_array().map(Vec::len).unwrap_or(0);
         if left == 0 {
@@ -742,7 +798,7 @@ pub async fn user(cmd: UserCmd) -> Result<()> {
             crate::tenants::create_user(&name, tenant.as_deref(), &control).await?
         }
         UserCmd::PairCode { user, control } => {
-            let code = ControlClient::new(&control)?.pair_code(&user).await.context("issuing a pairing code")?;
+            let code = crate::credentials::control_client(&control)?.pair_code(&user).await.context("issuing a pairing code")?;
             println!("pairing code for {user}: {}  (valid 10 minutes, once)", code.code);
             println!("on the new device: vmi device pair {} --control {control}", code.code);
         }
@@ -754,18 +810,18 @@ pub async fn user(cmd: UserCmd) -> Result<()> {
 pub async fn device(cmd: DeviceCmd) -> Result<()> {
     match cmd {
         DeviceCmd::List { user, control } => {
-            let devices = ControlClient::new(&control)?.list_devices(&user).await.context("listing devices")?;
+            let devices = crate::credentials::control_client(&control)?.list_devices(&user).await.context("listing devices")?;
             println!("ID     REVOKED  NAME");
             for d in devices {
                 println!("{:<6} {:<8} {}", d.device_id, if d.revoked { "yes" } else { "no" }, d.name);
             }
         }
         DeviceCmd::Revoke { id, control } => {
-            ControlClient::new(&control)?.revoke_device(id).await.context("revoking")?;
+            crate::credentials::control_client(&control)?.revoke_device(id).await.context("revoking")?;
             println!("device {id} revoked: its sessions are closed and its token is refused");
         }
         DeviceCmd::Pair { code, name, control } => {
-            let client = ControlClient::new(&control)?;
+            let client = crate::credentials::control_client(&control)?;
             let device = client.pair(&code, &name).await.context("pairing (is the code right and fresh?)")?;
             let phone = client.phone_for_token(&device.token).await.context("finding the phone")?;
             println!("paired: this is device {} of user {}", device.device_id, phone.user);

@@ -148,6 +148,7 @@
 //! [`DEFAULT_MIGRATIONS_LISTED`]: vmi_control_api::DEFAULT_MIGRATIONS_LISTED
 //! [`MAX_MIGRATIONS_LISTED`]: vmi_control_api::MAX_MIGRATIONS_LISTED
 
+pub mod access;
 mod error;
 mod http;
 mod pairing;
@@ -158,7 +159,7 @@ mod store;
 mod validate;
 
 pub use error::ControlError;
-pub use http::{ServeOptions, app, app_with, serve, serve_with};
+pub use http::{ControlTrust, JOIN_TOKEN_TTL_MS, ServeOptions, ServiceTrust, app, app_with, serve, serve_with};
 pub use pairing::{PAIR_CODE_TTL_MS, PairCodes};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};
 pub use placer::{ORDER_TIMEOUT, PlacerRounds, run_placer};

@@ -117,7 +117,7 @@ pub async fn resolve_ws_url(args: &TerminalArgs) -> Result<String, TerminalError
     match (&args.site_ws, control) {
         (Some(url), None) => Ok(url.clone()),
         (None, Some(control)) => {
-            let client = vmi_control_api::ControlClient::new(control).map_err(TerminalError::Control)?;
+            let client = vmi_control_api::ControlClient::new(control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
             let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
             tracing::info!(user = %phone.user, site = %phone.site, url = %phone.ws_url, "found the phone");
             Ok(phone.ws_url)
@@ -551,7 +551,7 @@ fn load_route_args(args: &TerminalArgs) -> Result<Option<(vmi_control_api::Contr
             return Err(TerminalError::Usage("--route reports to the control service: give --control".into()));
         }
     };
-    let client = vmi_control_api::ControlClient::new(&control).map_err(TerminalError::Control)?;
+    let client = vmi_control_api::ControlClient::new(&control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
     Ok(Some((client.with_timeout(Duration::from_secs(2)), route)))
 }
 
@@ -609,7 +609,7 @@ impl Probe<'_> {
                     return Measured { site: None, rtt_ms: None };
                 };
                 let started = std::time::Instant::now();
-                let answered = vmi_control_api::http_client::get_bytes(&format!("{}/healthz", phone.site_url)).await;
+                let answered = control.caller().get_bytes(&format!("{}/healthz", phone.site_url)).await;
                 let rtt_ms = matches!(answered, Ok((200, _))).then(|| started.elapsed().as_secs_f64() * 1000.0);
                 Measured { site: Some(phone.site), rtt_ms }
             }

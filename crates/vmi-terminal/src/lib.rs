@@ -68,3 +68,18 @@ mod window;
 pub use cli::TerminalArgs;
 pub use error::TerminalError;
 pub use session::{SessionStats, Terminal, TerminalEvent, TerminalOptions};
+
+/// Environment variable naming the provider CA file (PEM) the terminal trusts for `https://` and `wss://`.
+pub const CA_ENV: &str = "VMI_CA_FILE";
+
+/// How the terminal calls the control service and sites: trusting the provider CA named by [`CA_ENV`], if set.
+pub fn terminal_caller() -> Result<vmi_control_api::Caller, TerminalError> {
+    match std::env::var_os(CA_ENV) {
+        None => Ok(vmi_control_api::Caller::anonymous()),
+        Some(path) => {
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| TerminalError::Usage(format!("{CA_ENV}={}: {e}", std::path::Path::new(&path).display())))?;
+            vmi_control_api::Caller::trusting(&pem).map_err(TerminalError::Control)
+        }
+    }
+}

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vmi_control_api::http_client::{self, Method, RequestOptions};
+use vmi_control_api::http_client::{Method, RequestOptions};
 use vmi_engine::{Engine, Event, SnapshotId, SnapshotRequest, SystemClock, VirtualPhone, VmConfig};
 use vmi_protocol::offline::{Checkin, CheckinHeader, CheckoutRequest, OfflineLease};
 use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
@@ -275,7 +275,8 @@ async fn post(
     body: Vec<u8>,
 ) -> Result<(u16, Vec<u8>), TerminalError> {
     let options = RequestOptions { timeout: HTTP_TIMEOUT, max_response_bytes: MAX_ANSWER_BYTES, bearer: Some(token) };
-    let (status, answer) = http_client::send(Method::POST, url, Some((content_type, body)), options)
+    let (status, answer) = crate::terminal_caller()?
+        .send(Method::POST, url, Some((content_type, body)), options)
         .await
         .map_err(|source| TerminalError::Http { url: url.to_owned(), source })?;
     Ok((status, answer.to_vec()))
@@ -302,7 +303,7 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
         return Err(not_empty(dir));
     }
     let control = args.control.as_deref().unwrap_or(DEFAULT_CONTROL);
-    let client = vmi_control_api::ControlClient::new(control).map_err(TerminalError::Control)?;
+    let client = vmi_control_api::ControlClient::new(control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
     let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
     let dir = args.dir.clone().unwrap_or_else(|| Path::new(DEFAULT_ROOT).join(&phone.user));
     if dir.join(OFFLINE_FILE).exists() {
@@ -517,7 +518,7 @@ pub async fn checkin(args: &CheckinArgs) -> Result<serde_json::Value, TerminalEr
     let lease = &local.lease;
     // The lease's site, at the address the control service knows now (a site may come
     // back on another one); the lease's own address if the control service is away.
-    let located = match vmi_control_api::ControlClient::new(&local.control) {
+    let located = match crate::terminal_caller().ok().map(|c| vmi_control_api::ControlClient::new(&local.control, &c)).unwrap_or(Err(vmi_control_api::ClientError::InvalidRequest("no CA"))) {
         Ok(client) => client.phone_for_token(&local.token).await.ok().filter(|p| p.site == lease.site),
         Err(_) => None,
     };
