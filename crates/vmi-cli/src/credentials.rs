@@ -68,8 +68,21 @@ pub fn read_secret<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not a credential file", path.display()))
 }
 
-/// The operator credential file's path: [`CREDENTIALS_ENV`], else [`DEFAULT_CREDENTIALS`].
+/// Set by `vmi up` for itself: the credential its own control service wrote.
+static CHOSEN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes this process use the operator credential at `path` (`vmi up`, which knows where its control service
+/// wrote it).
+pub fn use_credentials(path: PathBuf) {
+    let _ = CHOSEN.set(path);
+}
+
+/// The operator credential file's path: the one chosen by [`use_credentials`], else [`CREDENTIALS_ENV`], else
+/// [`DEFAULT_CREDENTIALS`].
 pub fn credentials_path() -> PathBuf {
+    if let Some(path) = CHOSEN.get() {
+        return path.clone();
+    }
     std::env::var_os(CREDENTIALS_ENV).map_or_else(|| PathBuf::from(DEFAULT_CREDENTIALS), PathBuf::from)
 }
 

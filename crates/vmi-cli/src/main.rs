@@ -242,8 +242,10 @@ async fn checkout_cancel(user: &str, control: &str) -> Result<()> {
     let control = crate::credentials::control_client(control)?;
     let placement = control.placement(user).await.with_context(|| format!("finding {user}'s phone"))?;
     let url = format!("{}/v1/phones/{user}/checkout/cancel", placement.site_url);
-    let (status, text) =
-        crate::credentials::operator_caller()?.post_json(&url, &serde_json::json!({})).await.context("asking the site")?;
+    let (status, text) = crate::credentials::operator_caller()?
+        .post_json(&url, &serde_json::json!({}))
+        .await
+        .context("asking the site")?;
     if status != 200 {
         bail!("{} did not cancel the checkout ({status}): {text}", placement.site);
     }

@@ -241,13 +241,20 @@ pub async fn control(args: ControlArgs) -> Result<()> {
 
 /// The site's certificate: the one saved in `data_dir/tls`, or a new one from enrolling with `join` (a key made
 /// here; only its public half leaves).
-async fn site_credentials(id: &str, data_dir: &std::path::Path, join: Option<&std::path::Path>, host: &str) -> Result<vmi_trust::Credentials> {
+async fn site_credentials(
+    id: &str,
+    data_dir: &std::path::Path,
+    join: Option<&std::path::Path>,
+    host: &str,
+) -> Result<vmi_trust::Credentials> {
     let dir = data_dir.join("tls");
     if dir.join("cert.pem").exists() {
         return vmi_trust::Credentials::load(&dir).context("the site's saved certificate");
     }
     let Some(join) = join else {
-        bail!("site {id} has no certificate yet: start it once with --join FILE (a join file from `vmi site join-token`)");
+        bail!(
+            "site {id} has no certificate yet: start it once with --join FILE (a join file from `vmi site join-token`)"
+        );
     };
     let join: crate::credentials::JoinFile = crate::credentials::read_secret(join)?;
     if join.site != id {
@@ -386,6 +393,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
     .await?;
     let control_url = control.url.clone();
     children.push(control);
+    // The control service wrote the operator credential beside its database: this process acts with it, and
+    // enrolls each new site with a one-time join file (0600) that only that site reads.
+    crate::credentials::use_credentials(args.data_dir.join("operator.json"));
+    let operator = crate::credentials::operator()?;
+    let control_client = crate::credentials::control_client(&control_url)?;
     let (_, home_lat, home_lon) = DEMO_SITES[0];
     let mut routes = Vec::new();
     for (i, (id, lat, lon)) in DEMO_SITES.iter().enumerate() {
@@ -416,6 +428,18 @@ pub async fn up(args: UpArgs) -> Result<()> {
             "--lon".into(),
             lon.to_string(),
         ];
+        if !args.data_dir.join(id).join("tls").join("cert.pem").exists() {
+            let token = control_client.join_token(id).await.with_context(|| format!("a join token for {id}"))?;
+            let join = crate::credentials::JoinFile {
+                site: id.to_string(),
+                token: token.token,
+                control: control_url.clone(),
+                ca_pem: operator.ca_pem.clone(),
+            };
+            let path = args.data_dir.join(format!("{id}.join"));
+            crate::credentials::write_secret(&path, &join)?;
+            site_args.extend(["--join".into(), path.display().to_string()]);
+        }
         if !args.no_proxy {
             // The proxy first: the site registers the proxy's URL, which must answer.
             let proxy = spawn_service(
@@ -581,12 +605,10 @@ pub async fn ensure_user_phone(control: &ControlClient, user: &str, default_site
         }
         Err(e) => return Err(e).context("reading the placement"),
     };
-    let status = crate::credentials::operator_caller()?.post_json(
-        &format!("{}/v1/phones", placement.site_url),
-        &serde_json::json!({ "user": user }),
-    )
-    .await
-    .context("booting the phone")?;
+    let status = crate::credentials::operator_caller()?
+        .post_json(&format!("{}/v1/phones", placement.site_url), &serde_json::json!({ "user": user }))
+        .await
+        .context("booting the phone")?;
     if status.0 != 201 && status.0 != 409 {
         bail!("the site refused to boot the phone: {} {}", status.0, status.1);
     }
@@ -598,10 +620,10 @@ pub async fn mail(args: MailArgs) -> Result<()> {
     let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.to).await.with_context(|| format!("finding {}'s phone", args.to))?;
     let body = serde_json::json!({ "from": args.from, "subject": args.subject, "body": args.body });
-    let (status, text) =
-        crate::credentials::operator_caller()?.post_json(&format!("{}/v1/phones/{}/mail", placement.site_url, args.to), &body)
-            .await
-            .context("delivering the mail")?;
+    let (status, text) = crate::credentials::operator_caller()?
+        .post_json(&format!("{}/v1/phones/{}/mail", placement.site_url, args.to), &body)
+        .await
+        .context("delivering the mail")?;
     if status != 202 {
         bail!("the site refused the mail: {status} {text}");
     }
@@ -624,13 +646,11 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
     let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.user).await.with_context(|| format!("finding {}'s phone", args.user))?;
     let to_url = site_url(&control, &args.to).await?;
-    let body = serde_json::json!({ "to": args.to, "to_url": to_url });
-    let (status, text) = crate::credentials::operator_caller()?.post_json(
-        &format!("{}/v1/phones/{}/migrate", placement.site_url, args.user),
-        &body,
-    )
-    .await
-    .context("asking the site to migrate")?;
+    let body = serde_json::json!({ "to": args.to });
+    let (status, text) = crate::credentials::operator_caller()?
+        .post_json(&format!("{}/v1/phones/{}/migrate", placement.site_url, args.user), &body)
+        .await
+        .context("asking the site to migrate")?;
     let report: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::json!({ "error": text }));
     if status != 200 {
         bail!("migration did not happen ({status}): {report}");
@@ -652,8 +672,10 @@ pub async fn list(args: ListArgs) -> Result<()> {
     let control = crate::credentials::control_client(&args.control)?;
     let mut rows = Vec::new();
     for s in control.list_sites().await.context("listing sites")? {
-        let (status, body) =
-            crate::credentials::operator_caller()?.get_bytes(&format!("{}/v1/phones", s.site.url)).await.unwrap_or_default();
+        let (status, body) = crate::credentials::operator_caller()?
+            .get_bytes(&format!("{}/v1/phones", s.site.url))
+            .await
+            .unwrap_or_default();
         let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         for p in phones["phones"].as_array().into_iter().flatten() {
             rows.push(serde_json::json!({
@@ -688,7 +710,8 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
     let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.user).await.with_context(|| format!("where {}'s phone runs", args.user))?;
     let url = format!("{}/v1/phones/{}/logs", placement.site_url.trim_end_matches('/'), args.user);
-    let (status, body) = crate::credentials::operator_caller()?.get_bytes(&url).await.with_context(|| format!("GET {url}"))?;
+    let (status, body) =
+        crate::credentials::operator_caller()?.get_bytes(&url).await.with_context(|| format!("GET {url}"))?;
     let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if status != 200 {
         bail!("{} answered {status}: {}", placement.site, answer["error"].as_str().unwrap_or("no reason given"));
@@ -720,8 +743,10 @@ pub async fn drain(site: &str, control_url: &str, timeout_s: u64) -> Result<()> 
     control.drain_site(site).await.context("marking the site draining")?;
     let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
     loop {
-        let (_, body) =
-            crate::credentials::operator_caller()?.get_bytes(&format!("{url}/v1/phones")).await.context("asking the site")?;
+        let (_, body) = crate::credentials::operator_caller()?
+            .get_bytes(&format!("{url}/v1/phones"))
+            .await
+            .context("asking the site")?;
         let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let left = phones["phones"].as_array().map(Vec::len).unwrap_or(0);
         if left == 0 {
@@ -798,7 +823,10 @@ pub async fn user(cmd: UserCmd) -> Result<()> {
             crate::tenants::create_user(&name, tenant.as_deref(), &control).await?
         }
         UserCmd::PairCode { user, control } => {
-            let code = crate::credentials::control_client(&control)?.pair_code(&user).await.context("issuing a pairing code")?;
+            let code = crate::credentials::control_client(&control)?
+                .pair_code(&user)
+                .await
+                .context("issuing a pairing code")?;
             println!("pairing code for {user}: {}  (valid 10 minutes, once)", code.code);
             println!("on the new device: vmi device pair {} --control {control}", code.code);
         }
@@ -810,7 +838,8 @@ pub async fn user(cmd: UserCmd) -> Result<()> {
 pub async fn device(cmd: DeviceCmd) -> Result<()> {
     match cmd {
         DeviceCmd::List { user, control } => {
-            let devices = crate::credentials::control_client(&control)?.list_devices(&user).await.context("listing devices")?;
+            let devices =
+                crate::credentials::control_client(&control)?.list_devices(&user).await.context("listing devices")?;
             println!("ID     REVOKED  NAME");
             for d in devices {
                 println!("{:<6} {:<8} {}", d.device_id, if d.revoked { "yes" } else { "no" }, d.name);

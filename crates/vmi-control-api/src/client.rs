@@ -12,19 +12,21 @@ use hyper::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{AdminRequest, AuditEntry, AuditQuery, EnrollRequest, Enrollment, JoinToken, NewCredential, Principal};
-use crate::{Caller, ClientError};
+use crate::auth::{
+    AdminRequest, AuditEntry, AuditQuery, EnrollRequest, Enrollment, JoinToken, NewCredential, Principal,
+};
 use crate::http_client::{DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, Origin, error_message};
 use crate::model::{
-    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HeartbeatRequest, LoggedMigration,
-    MigrationRecord, NameRequest, NewDevice, PairCode, PairRequest, PhoneLocation, Placement, PlacementInfo,
-    PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport, User,
+    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HeartbeatRequest, LoggedMigration, MigrationRecord,
+    NameRequest, NewDevice, PairCode, PairRequest, PhoneLocation, Placement, PlacementInfo, PlacementRequest,
+    ReportRequest, SiteSpec, SiteStatus, TerminalReport, User,
 };
 use crate::tenants::{
-    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
-    UserRequest,
+    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
+    UserImage, UserRequest,
 };
 use crate::url::segment;
+use crate::{Caller, ClientError};
 
 /// A client for one control service. Cheap to clone; holds no connection between calls.
 #[derive(Debug, Clone)]

@@ -92,10 +92,10 @@ impl Origin {
 
     /// Splits `http(s)://host:port/path` into its origin and its path (`/` when it has none).
     pub(crate) fn of_url(url: &str) -> Result<(Origin, String), ClientError> {
-        let scheme_end = url.find("://").map(|i| i + 3).ok_or_else(|| ClientError::InvalidUrl {
-            url: url.to_owned(),
-            reason: "expected http:// or https://",
-        })?;
+        let scheme_end = url
+            .find("://")
+            .map(|i| i + 3)
+            .ok_or_else(|| ClientError::InvalidUrl { url: url.to_owned(), reason: "expected http:// or https://" })?;
         let rest = &url[scheme_end..];
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),

@@ -144,7 +144,12 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Who the request's credentials name; 401 for a wrong secret or an unproven claim, 429 while locked out.
-fn principal_of(state: &AppState, headers: &HeaderMap, peer: Option<&Peer>, from: Option<IpAddr>) -> Result<Principal, ControlError> {
+fn principal_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<&Peer>,
+    from: Option<IpAddr>,
+) -> Result<Principal, ControlError> {
     if let Some(token) = bearer_token(headers) {
         state.guard.check(from)?;
         return match state.store.principal(token)? {

@@ -99,9 +99,7 @@ impl ControlError {
             ControlError::Store(_)
             | ControlError::UnsupportedSchema { .. }
             | ControlError::Entropy(_)
-            | ControlError::Trust(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            | ControlError::Trust(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -25,8 +25,8 @@ use vmi_control_api::model::{
     User,
 };
 use vmi_control_api::tenants::{
-    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
-    UserRequest,
+    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
+    UserImage, UserRequest,
 };
 
 use vmi_trust::{Authority, CONTROL_NAME, CertRequest, ConnectionLimits, PublicKey, site_name};
@@ -125,14 +125,7 @@ pub fn app(store: Arc<dyn Store>) -> Router {
 /// Every route is authenticated by [`access::authenticate`] and then authorized by the rule named beside it,
 /// before its handler reads a body (docs/SECURITY.md has the table of who may call what).
 pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTrust>, guard: Arc<Guard>) -> Router {
-    let state = AppState {
-        store,
-        reports,
-        pair_codes: PairCodes::new(),
-        guard,
-        now_ms: Arc::new(now_ms),
-        trust,
-    };
+    let state = AppState { store, reports, pair_codes: PairCodes::new(), guard, now_ms: Arc::new(now_ms), trust };
     use access::{
         admin, any_site, device, operator, signed_in, site_itself, site_or_operator, site_or_user_admin, user_admin,
         user_owner, user_reader,
@@ -144,8 +137,14 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
         .route("/v1/sites/{id}/enroll", post(enroll))
         // Operators and tenant admins.
         .route("/v1/users", post(create_user).get(list_users).route_layer(from_fn(admin)))
-        .route("/v1/users/{user}/devices", post(create_device).get(list_devices).route_layer(from_fn_with_state(state.clone(), user_admin)))
-        .route("/v1/users/{user}/pair-code", post(user_pair_code).route_layer(from_fn_with_state(state.clone(), user_admin)))
+        .route(
+            "/v1/users/{user}/devices",
+            post(create_device).get(list_devices).route_layer(from_fn_with_state(state.clone(), user_admin)),
+        )
+        .route(
+            "/v1/users/{user}/pair-code",
+            post(user_pair_code).route_layer(from_fn_with_state(state.clone(), user_admin)),
+        )
         .route("/v1/devices/{id}/revoke", post(revoke_device).route_layer(from_fn(signed_in)))
         .route("/v1/sites/{id}/drain", post(drain).route_layer(from_fn(operator)))
         .route("/v1/sites/{id}/undrain", post(undrain).route_layer(from_fn(operator)))
@@ -160,7 +159,10 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_IMAGE_BYTES)),
         )
         .route("/v1/images/{name}/rollback", post(rollback_image).route_layer(from_fn(operator)))
-        .route("/v1/audit", get(list_audit).route_layer(from_fn(operator)).merge(post(report_audit).route_layer(from_fn(any_site))))
+        .route(
+            "/v1/audit",
+            get(list_audit).route_layer(from_fn(operator)).merge(post(report_audit).route_layer(from_fn(any_site))),
+        )
         // Devices, for their own user (taken from the token).
         .route("/v1/phone", get(phone).route_layer(from_fn(device)))
         .route("/v1/phone/report", post(post_report).route_layer(from_fn(device)))
@@ -170,15 +172,31 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
         .route("/v1/auth", post(authenticate).route_layer(from_fn(any_site)))
         .route("/v1/sites/{id}", put(put_site).route_layer(from_fn_with_state(state.clone(), site_itself)))
         .route("/v1/sites/{id}/heartbeat", post(heartbeat).route_layer(from_fn_with_state(state.clone(), site_itself)))
-        .route("/v1/users/{user}/checkpoints/{site}", put(put_site_checkpoints).route_layer(from_fn_with_state(state.clone(), site_itself)))
+        .route(
+            "/v1/users/{user}/checkpoints/{site}",
+            put(put_site_checkpoints).route_layer(from_fn_with_state(state.clone(), site_itself)),
+        )
         .route("/v1/users/{user}/admit", post(admit).delete(release).route_layer(from_fn(any_site)))
-        .route("/v1/migrations", post(record_migration).route_layer(from_fn(any_site)).merge(get(list_migrations).route_layer(from_fn(signed_in))))
+        .route(
+            "/v1/migrations",
+            post(record_migration)
+                .route_layer(from_fn(any_site))
+                .merge(get(list_migrations).route_layer(from_fn(signed_in))),
+        )
         .route(
             "/v1/users/{user}/placement",
-            put(set_placement).route_layer(from_fn(site_or_operator)).merge(get(get_placement).route_layer(from_fn_with_state(state.clone(), user_reader))),
+            put(set_placement)
+                .route_layer(from_fn(site_or_operator))
+                .merge(get(get_placement).route_layer(from_fn_with_state(state.clone(), user_reader))),
         )
-        .route("/v1/users/{user}/checkpoints", get(list_checkpoints).route_layer(from_fn_with_state(state.clone(), user_reader)))
-        .route("/v1/users/{user}/image", get(user_image).route_layer(from_fn_with_state(state.clone(), site_or_user_admin)))
+        .route(
+            "/v1/users/{user}/checkpoints",
+            get(list_checkpoints).route_layer(from_fn_with_state(state.clone(), user_reader)),
+        )
+        .route(
+            "/v1/users/{user}/image",
+            get(user_image).route_layer(from_fn_with_state(state.clone(), site_or_user_admin)),
+        )
         .route("/v1/images/{name}/versions/{version}", get(image_wasm).route_layer(from_fn(site_or_operator)))
         // Anyone signed in.
         .route("/v1/sites", get(list_sites).route_layer(from_fn(signed_in)))
@@ -298,7 +316,9 @@ async fn create_user(
         Principal::TenantAdmin { tenant, .. } => match req.tenant.as_deref() {
             None => Some(tenant.as_str()),
             Some(named) if named == tenant => Some(tenant.as_str()),
-            Some(_) => return Err(ControlError::Forbidden(format!("{} may create users only in {tenant}", caller.principal))),
+            Some(_) => {
+                return Err(ControlError::Forbidden(format!("{} may create users only in {tenant}", caller.principal)));
+            }
         },
         _ => req.tenant.as_deref(),
     };
@@ -317,7 +337,10 @@ async fn create_tenant_admin(
 }
 
 /// `POST /v1/sites/{id}/join-token`: a one-time token for enrolling site `id`.
-async fn join_token(State(state): State<AppState>, Path(site): Path<String>) -> ApiResult<(StatusCode, Json<JoinToken>)> {
+async fn join_token(
+    State(state): State<AppState>,
+    Path(site): Path<String>,
+) -> ApiResult<(StatusCode, Json<JoinToken>)> {
     if state.trust.is_none() {
         return Err(ControlError::Refused("this control service runs without a CA: sites cannot enroll".to_owned()));
     }
@@ -338,9 +361,10 @@ async fn enroll(
         ControlError::Refused("this control service runs without a CA: sites cannot enroll".to_owned())
     })?;
     state.guard.check(caller.from)?;
-    let public_key = hex_bytes(&req.public_key)
-        .and_then(|bytes| PublicKey::from_bytes(&bytes).ok())
-        .ok_or_else(|| ControlError::BadRequest("public_key must be a P-256 public key (65 bytes) in hex".to_owned()))?;
+    let public_key =
+        hex_bytes(&req.public_key).and_then(|bytes| PublicKey::from_bytes(&bytes).ok()).ok_or_else(|| {
+            ControlError::BadRequest("public_key must be a P-256 public key (65 bytes) in hex".to_owned())
+        })?;
     let name = site_name(&site).map_err(|e| ControlError::BadRequest(e.to_string()))?;
     if req.hosts.len() > 8 || req.hosts.iter().any(|h| h.is_empty() || h.len() > 253) {
         return Err(ControlError::BadRequest("hosts: at most 8 names or addresses".to_owned()));
@@ -369,7 +393,10 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
 }
 
 /// `GET /v1/audit`: the audit log, newest first.
-async fn list_audit(State(store): State<StoreRef>, ApiQuery(query): ApiQuery<AuditQuery>) -> ApiResult<Json<Vec<AuditEntry>>> {
+async fn list_audit(
+    State(store): State<StoreRef>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
     Ok(Json(store.audit(&query)?))
 }
 

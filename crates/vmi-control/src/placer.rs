@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::task::{Id, JoinSet};
 use tokio::time::MissedTickBehavior;
 
-use vmi_control_api::ClientError;
 use vmi_control_api::Caller;
+use vmi_control_api::ClientError;
 use vmi_control_api::model::MigrateOrder;
 use vmi_control_api::url::segment;
 

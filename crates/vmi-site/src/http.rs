@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State, WebSocketUpgrade};
 use axum::http::{Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use axum::middleware::from_fn;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Extension;
 use serde::Deserialize;
 use vmi_control_api::auth::Principal;
 use vmi_engine::Mail;
@@ -394,19 +394,24 @@ impl From<vmi_control_api::ClientError> for ApiError {
     }
 }
 
-
 fn unauthorized() -> ApiError {
     ApiError(StatusCode::UNAUTHORIZED, "a device token is needed (Authorization: Bearer TOKEN)".into())
 }
 
 /// `GET /v1/demo/sites` (device): control's `GET /v1/sites`, asked as the device.
-async fn demo_sites(State(site): State<Arc<SiteState>>, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+async fn demo_sites(
+    State(site): State<Arc<SiteState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let token = caller.token.ok_or_else(unauthorized)?;
     Ok(Json(site.control().as_bearer(&token).list_sites().await?).into_response())
 }
 
 /// `GET /v1/demo/me` (device): control's `GET /v1/phone` (whose phone, where).
-async fn demo_me(State(site): State<Arc<SiteState>>, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+async fn demo_me(
+    State(site): State<Arc<SiteState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let token = caller.token.ok_or_else(unauthorized)?;
     Ok(Json(site.control().phone_for_token(&token).await?).into_response())
 }

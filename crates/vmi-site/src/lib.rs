@@ -22,16 +22,16 @@
 //! Only this crate speaks HTTP for a site; the engine and protocol crates know nothing
 //! of it.
 
+mod access;
 pub mod checkout;
 pub mod checkpoints;
-mod access;
 mod error;
 mod http;
 pub mod migration;
+mod peer_socket;
 pub mod persist;
 pub mod phone;
 pub mod registry;
-mod peer_socket;
 mod session;
 mod web;
 

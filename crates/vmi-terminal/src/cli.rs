@@ -117,7 +117,8 @@ pub async fn resolve_ws_url(args: &TerminalArgs) -> Result<String, TerminalError
     match (&args.site_ws, control) {
         (Some(url), None) => Ok(url.clone()),
         (None, Some(control)) => {
-            let client = vmi_control_api::ControlClient::new(control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
+            let client = vmi_control_api::ControlClient::new(control, &crate::terminal_caller()?)
+                .map_err(TerminalError::Control)?;
             let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
             tracing::info!(user = %phone.user, site = %phone.site, url = %phone.ws_url, "found the phone");
             Ok(phone.ws_url)
@@ -551,7 +552,8 @@ fn load_route_args(args: &TerminalArgs) -> Result<Option<(vmi_control_api::Contr
             return Err(TerminalError::Usage("--route reports to the control service: give --control".into()));
         }
     };
-    let client = vmi_control_api::ControlClient::new(&control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
+    let client =
+        vmi_control_api::ControlClient::new(&control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
     Ok(Some((client.with_timeout(Duration::from_secs(2)), route)))
 }
 

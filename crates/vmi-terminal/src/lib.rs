@@ -77,8 +77,9 @@ pub fn terminal_caller() -> Result<vmi_control_api::Caller, TerminalError> {
     match std::env::var_os(CA_ENV) {
         None => Ok(vmi_control_api::Caller::anonymous()),
         Some(path) => {
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| TerminalError::Usage(format!("{CA_ENV}={}: {e}", std::path::Path::new(&path).display())))?;
+            let pem = std::fs::read_to_string(&path).map_err(|e| {
+                TerminalError::Usage(format!("{CA_ENV}={}: {e}", std::path::Path::new(&path).display()))
+            })?;
             vmi_control_api::Caller::trusting(&pem).map_err(TerminalError::Control)
         }
     }

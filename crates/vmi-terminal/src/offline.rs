@@ -303,7 +303,8 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
         return Err(not_empty(dir));
     }
     let control = args.control.as_deref().unwrap_or(DEFAULT_CONTROL);
-    let client = vmi_control_api::ControlClient::new(control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
+    let client =
+        vmi_control_api::ControlClient::new(control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
     let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
     let dir = args.dir.clone().unwrap_or_else(|| Path::new(DEFAULT_ROOT).join(&phone.user));
     if dir.join(OFFLINE_FILE).exists() {
@@ -518,7 +519,11 @@ pub async fn checkin(args: &CheckinArgs) -> Result<serde_json::Value, TerminalEr
     let lease = &local.lease;
     // The lease's site, at the address the control service knows now (a site may come
     // back on another one); the lease's own address if the control service is away.
-    let located = match crate::terminal_caller().ok().map(|c| vmi_control_api::ControlClient::new(&local.control, &c)).unwrap_or(Err(vmi_control_api::ClientError::InvalidRequest("no CA"))) {
+    let located = match crate::terminal_caller()
+        .ok()
+        .map(|c| vmi_control_api::ControlClient::new(&local.control, &c))
+        .unwrap_or(Err(vmi_control_api::ClientError::InvalidRequest("no CA")))
+    {
         Ok(client) => client.phone_for_token(&local.token).await.ok().filter(|p| p.site == lease.site),
         Err(_) => None,
     };

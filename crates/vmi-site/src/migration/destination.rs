@@ -38,7 +38,8 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
         Ok(p) if p.site == from && p.epoch == epoch => {}
         Ok(p) => {
             tracing::warn!(user, from, epoch, owner = %p.site, owner_epoch = p.epoch, "refused a phone from a non-owner");
-            let reason = format!("{from} does not own {user}'s phone at epoch {epoch} ({} does, at {})", p.site, p.epoch);
+            let reason =
+                format!("{from} does not own {user}'s phone at epoch {epoch} ({} does, at {})", p.site, p.epoch);
             let _ = reply(&mut socket, &refuse(reason)).await;
             return;
         }

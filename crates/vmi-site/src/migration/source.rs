@@ -45,11 +45,7 @@ async fn recv(ws: &mut Ws) -> Result<MigrationMessage, MigrationError> {
 /// Moves `user`'s phone from this site to site `to_id` (its address from the control service's registry; the
 /// peer must prove it is `to_id` with its certificate). On any failure before the
 /// destination committed, the phone keeps running here.
-pub async fn migrate_out(
-    site: &Arc<SiteState>,
-    user: &str,
-    to_id: &str,
-) -> Result<MigrationReport, SiteError> {
+pub async fn migrate_out(site: &Arc<SiteState>, user: &str, to_id: &str) -> Result<MigrationReport, SiteError> {
     if to_id == site.id {
         return Err(SiteError::AlreadyThere { user: user.into(), site: to_id.into() });
     }
@@ -197,7 +193,12 @@ async fn drive(
         Ok(MigrationMessage::Committed { epoch }) => match settle(site, user, to_id, placement.epoch, false).await {
             Settled::Moved(confirmed) => {
                 if confirmed != epoch {
-                    tracing::warn!(user, claimed = epoch, confirmed, "the destination's epoch differs from the placement's");
+                    tracing::warn!(
+                        user,
+                        claimed = epoch,
+                        confirmed,
+                        "the destination's epoch differs from the placement's"
+                    );
                 }
                 confirmed
             }
