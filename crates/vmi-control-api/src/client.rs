@@ -19,8 +19,8 @@ use crate::model::{
     PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport, User,
 };
 use crate::tenants::{
-    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
-    UserRequest,
+    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
+    UserImage, UserRequest,
 };
 use crate::url::segment;
 

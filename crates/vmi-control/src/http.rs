@@ -20,8 +20,8 @@ use vmi_control_api::model::{
     User,
 };
 use vmi_control_api::tenants::{
-    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
-    UserRequest,
+    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
+    UserImage, UserRequest,
 };
 
 use crate::pairing::PairCodes;

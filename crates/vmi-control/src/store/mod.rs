@@ -26,9 +26,7 @@ use vmi_control_api::model::{
     CatalogedCheckpoint, CheckpointEntry, Device, Identity, LoggedMigration, MigrationRecord, NewDevice, Placement,
     Site, SiteSpec, User,
 };
-use vmi_control_api::tenants::{
-    Admission, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
-};
+use vmi_control_api::tenants::{Admission, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage};
 
 use crate::ControlError;
 

@@ -4,8 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use vmi_control_api::tenants::{
-    Admission, DEFAULT_IMAGE, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
-    format_bytes,
+    Admission, DEFAULT_IMAGE, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage, format_bytes,
 };
 
 use super::now_ms;
