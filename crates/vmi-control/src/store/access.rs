@@ -141,13 +141,6 @@ pub(super) fn audit(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditEn
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The tenant of `user`, which must exist.
-pub(super) fn user_tenant(conn: &Connection, user: &str) -> Result<Option<String>, ControlError> {
-    conn.query_row("SELECT tenant FROM users WHERE name = ?1", [user], |row| row.get(0))
-        .optional()?
-        .ok_or_else(|| ControlError::not_found("user", user))
-}
-
 /// The user a device belongs to, if the device exists.
 pub(super) fn device_user(conn: &Connection, device_id: u64) -> Result<Option<String>, ControlError> {
     Ok(conn.query_row("SELECT user FROM devices WHERE id = ?1", [device_id], |row| row.get(0)).optional()?)

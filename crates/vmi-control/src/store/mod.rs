@@ -351,7 +351,7 @@ impl Store for SqliteStore {
     }
 
     fn user_tenant(&self, user: &str) -> Result<Option<String>, ControlError> {
-        access::user_tenant(&self.conn(), user)
+        tenants::tenant_of(&self.conn(), user)
     }
 
     fn device_user(&self, device_id: u64) -> Result<Option<String>, ControlError> {

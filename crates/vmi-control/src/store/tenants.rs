@@ -112,7 +112,7 @@ fn tenants_now(conn: &Connection) -> Result<Vec<TenantStatus>, ControlError> {
 }
 
 /// The user's tenant; [`ControlError::NotFound`] if the user does not exist.
-fn tenant_of(conn: &Connection, user: &str) -> Result<Option<String>, ControlError> {
+pub(super) fn tenant_of(conn: &Connection, user: &str) -> Result<Option<String>, ControlError> {
     conn.query_row("SELECT tenant FROM users WHERE name = ?1", [user], |row| row.get(0))
         .optional()?
         .ok_or_else(|| ControlError::not_found("user", user))
