@@ -25,6 +25,7 @@ pub struct Caller {
     claim: Option<Arc<str>>,
     bearer: Option<Arc<str>>,
     expect: Option<Arc<str>>,
+    tls_only: bool,
 }
 
 impl fmt::Debug for Caller {
@@ -34,6 +35,7 @@ impl fmt::Debug for Caller {
             .field("claim", &self.claim)
             .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
             .field("expect", &self.expect)
+            .field("tls_only", &self.tls_only)
             .finish()
     }
 }
@@ -68,6 +70,13 @@ impl Caller {
         self
     }
 
+    /// The same caller, refusing plain `http://` and `ws://`: for a peer whose identity must be proven (a site
+    /// that receives a phone or a checkpoint copy).
+    pub fn tls_only(mut self) -> Caller {
+        self.tls_only = true;
+        self
+    }
+
     /// The claim sent in [`PEER_HEADER`](crate::auth::PEER_HEADER), if a machine.
     pub fn claim(&self) -> Option<&str> {
         self.claim.as_deref()
@@ -92,6 +101,9 @@ impl Caller {
     /// Opens a connection to `addr` (`host:port`), TLS when `tls`, checking the expected identity or `host`.
     pub async fn dial_addr(&self, tls: bool, addr: &str, host: &str) -> Result<Stream, ClientError> {
         let name = self.expect.as_deref().unwrap_or(host);
+        if !tls && self.tls_only {
+            return Err(ClientError::InvalidRequest("this peer must be reached over TLS (https:// or wss://)"));
+        }
         if tls && self.tls.is_none() {
             return Err(ClientError::InvalidRequest("https needs the provider CA (no CA configured)"));
         }
@@ -99,6 +111,18 @@ impl Caller {
             vmi_trust::TrustError::Connect { addr, source } => ClientError::Connect { addr, source },
             other => ClientError::Trust(other),
         })
+    }
+
+    /// Opens the connection a WebSocket to `url` (`ws://` plain, `wss://` TLS verified as [`Caller::dial_addr`])
+    /// runs over; the caller then does the upgrade on it.
+    pub async fn dial_ws(&self, url: &str) -> Result<Stream, ClientError> {
+        let http = match (url.strip_prefix("wss://"), url.strip_prefix("ws://")) {
+            (Some(rest), _) => format!("https://{rest}"),
+            (_, Some(rest)) => format!("http://{rest}"),
+            _ => return Err(ClientError::InvalidUrl { url: url.to_owned(), reason: "expected ws:// or wss://" }),
+        };
+        let (origin, _path) = Origin::of_url(&http)?;
+        self.dial(&origin).await
     }
 
     /// One request to any `http(s)://` URL with a body of the given content type (if any); the status and the

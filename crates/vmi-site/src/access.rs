@@ -7,6 +7,7 @@
 //!   actions are kept for the control service's audit log (sent with the heartbeat).
 //! - The rules below sit as `route_layer`s on the routes, so they run before any handler reads a body.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +28,11 @@ const LOCKOUT_BASE: Duration = Duration::from_secs(2);
 const LOCKOUT_MAX: Duration = Duration::from_secs(300);
 /// Addresses remembered by the guard.
 const GUARD_KEYS: usize = 100_000;
+/// How long a token the control service vouched for is still accepted while the control service cannot be
+/// reached (never while it can: then every token is asked afresh, so a revocation counts at once).
+pub const TOKEN_GRACE: Duration = Duration::from_secs(300);
+/// Tokens remembered for [`TOKEN_GRACE`].
+const TOKENS_KEPT: usize = 10_000;
 
 /// Who made a request to this site, and from where.
 #[derive(Debug, Clone)]
@@ -37,12 +43,14 @@ pub struct Caller {
     pub token: Option<String>,
 }
 
-/// The site's defences against guessing and its audit entries on their way to the control service.
+/// The site's defences against guessing, its audit entries on their way to the control service, and the tokens
+/// the control service vouched for lately.
 pub struct Guard {
     start: Instant,
     lockout: Mutex<Lockout<Option<IpAddr>>>,
     audited: Mutex<RateLimit<Option<IpAddr>>>,
     pending: Mutex<Vec<AuditEntry>>,
+    vouched: Mutex<HashMap<[u8; 32], (Principal, Duration)>>,
 }
 
 impl Default for Guard {
@@ -52,7 +60,63 @@ impl Default for Guard {
             lockout: Mutex::new(Lockout::new(LOCKOUT_THRESHOLD, LOCKOUT_BASE, LOCKOUT_MAX, GUARD_KEYS)),
             audited: Mutex::new(RateLimit::new(Duration::from_millis(100), 50, GUARD_KEYS)),
             pending: Mutex::new(Vec::new()),
+            vouched: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+/// What a token is remembered by (never the token itself).
+fn token_key(token: &str) -> [u8; 32] {
+    blake3::hash(token.as_bytes()).into()
+}
+
+impl SiteState {
+    /// Who `token` belongs to, as the control service says (`Ok(None)`: nobody, or revoked). While the control
+    /// service cannot be reached, a token it vouched for within [`TOKEN_GRACE`] still counts, so terminals and
+    /// operators keep working through a control outage; a device revocation pushed to this site forgets its
+    /// tokens at once.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, vmi_control_api::ClientError> {
+        let key = token_key(token);
+        let now = self.guard.now();
+        let vouched = |principal: Option<&Principal>| {
+            let mut kept = self.guard.vouched.lock().unwrap_or_else(|p| p.into_inner());
+            match principal {
+                Some(principal) => {
+                    if kept.len() >= TOKENS_KEPT {
+                        kept.retain(|_, (_, at)| now.saturating_sub(*at) < TOKEN_GRACE);
+                    }
+                    if kept.len() < TOKENS_KEPT {
+                        kept.insert(key, (principal.clone(), now));
+                    }
+                }
+                None => {
+                    kept.remove(&key);
+                }
+            }
+        };
+        match self.control().authenticate(token).await {
+            Ok(principal) => {
+                vouched(principal.as_ref());
+                Ok(principal)
+            }
+            Err(e) if e.status().is_none() => {
+                let kept = self.guard.vouched.lock().unwrap_or_else(|p| p.into_inner());
+                match kept.get(&key) {
+                    Some((principal, at)) if now.saturating_sub(*at) < TOKEN_GRACE => {
+                        tracing::info!(%principal, "control service unreachable: token vouched for lately");
+                        Ok(Some(principal.clone()))
+                    }
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forgets the tokens of device `device_id` (it was revoked).
+    pub(crate) fn forget_device(&self, device_id: u64) {
+        let mut kept = self.guard.vouched.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|_, (principal, _)| !matches!(principal, Principal::Device { device_id: d, .. } if *d == device_id));
     }
 }
 
@@ -136,7 +200,7 @@ async fn principal_of(
             refused.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after.as_secs().max(1)));
             return Err(refused);
         }
-        return match site.control().authenticate(&token).await {
+        return match site.authenticate(&token).await {
             Ok(Some(principal)) => Ok(principal),
             Ok(None) => {
                 site.guard.failure(from);

@@ -190,7 +190,7 @@ impl SiteState {
 
     /// The device behind `token`, which must be one of `user`'s.
     async fn device_of(&self, token: &str, user: &str) -> Result<u64, SiteError> {
-        match self.control.authenticate(token).await? {
+        match self.authenticate(token).await? {
             Some(vmi_control_api::auth::Principal::Device { user: owner, device_id }) if owner == user => Ok(device_id),
             Some(vmi_control_api::auth::Principal::Device { user: owner, device_id }) => Err(SiteError::Checkout(
                 CheckoutError::Forbidden(format!("device {device_id} belongs to {owner}, not to {user}")),

@@ -466,6 +466,9 @@ async fn demo_migrations(
 
 /// The control service revoked a device: every phone here closes its terminals.
 async fn device_revoked(State(site): State<Arc<SiteState>>, Path(id): Path<String>) -> StatusCode {
+    if let Ok(device_id) = id.parse::<u64>() {
+        site.forget_device(device_id);
+    }
     for user in site.users() {
         if let Some(phone) = site.phone_link(&user) {
             phone.revoke(id.clone()).await;

@@ -28,7 +28,7 @@ pub mod checkpoints;
 mod error;
 mod http;
 pub mod migration;
-mod peer_socket;
+pub mod peer_socket;
 pub mod persist;
 pub mod phone;
 pub mod registry;
@@ -150,10 +150,11 @@ impl SiteState {
         &self.control
     }
 
-    /// How this site calls site `site_id`: as itself, accepting only a peer whose certificate names `site_id`.
+    /// How this site calls site `site_id`: as itself, over TLS only, accepting only a peer whose certificate
+    /// names `site_id`.
     pub fn peer(&self, site_id: &str) -> Result<vmi_control_api::Caller, SiteError> {
         let name = vmi_trust::site_name(site_id).map_err(|e| SiteError::BadUser(e.to_string()))?;
-        Ok(self.caller.clone().expecting(&name))
+        Ok(self.caller.clone().expecting(&name).tls_only())
     }
 
     /// Screen size of the phones this site runs.
@@ -406,8 +407,10 @@ fn no_room(user: &str, e: NoRoom) -> SiteError {
 pub struct SiteHandle {
     /// Shared state (for in-process tests and benches).
     pub state: Arc<SiteState>,
-    /// Base URL, e.g. `http://127.0.0.1:7801`.
+    /// Base URL, e.g. `https://127.0.0.1:7801` (the public URL when one is configured).
     pub url: String,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
@@ -527,5 +530,5 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
             tracing::error!("site server failed: {e}");
         }
     });
-    Ok(SiteHandle { state, url, shutdown, server, heartbeat, checkpointer })
+    Ok(SiteHandle { state, url, addr, shutdown, server, heartbeat, checkpointer })
 }

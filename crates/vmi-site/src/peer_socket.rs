@@ -12,19 +12,7 @@ pub type PeerSocket = WebSocketStream<vmi_trust::Stream>;
 
 /// Opens a WebSocket to `url` (`ws://` or `wss://`) as `caller`.
 pub async fn connect(caller: &Caller, url: &str) -> Result<PeerSocket, String> {
-    let (tls, rest) = match (url.strip_prefix("wss://"), url.strip_prefix("ws://")) {
-        (Some(rest), _) => (true, rest),
-        (_, Some(rest)) => (false, rest),
-        _ => return Err(format!("{url} is not a ws:// or wss:// URL")),
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host_end = authority.rfind(']').map_or(0, |i| i + 1);
-    let (host, addr) = match authority[host_end..].rsplit_once(':') {
-        Some((_, port)) => (&authority[..authority.len() - port.len() - 1], authority.to_owned()),
-        None => (authority, format!("{authority}:{}", if tls { 443 } else { 80 })),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let stream = caller.dial_addr(tls, &addr, host).await.map_err(|e| vmi_engine::error_chain(&e))?;
+    let stream = caller.dial_ws(url).await.map_err(|e| vmi_engine::error_chain(&e))?;
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     if let Some(claim) = caller.claim() {
         let value = HeaderValue::from_str(claim).map_err(|e| e.to_string())?;

@@ -107,7 +107,7 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         }
         Err(e) => return refuse(socket, ErrorCode::BadMessage, format!("undecodable Hello: {e}")).await,
     };
-    let identity = match site.control().authenticate(&token).await {
+    let identity = match site.authenticate(&token).await {
         Ok(Some(Principal::Device { user, device_id })) => Identity { user, device_id },
         // Only a device holds a phone's screen: an operator's or admin's token is not a terminal's.
         Ok(Some(_)) | Ok(None) => {

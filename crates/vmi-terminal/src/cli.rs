@@ -48,6 +48,10 @@ pub struct TerminalArgs {
     /// The device token issued by the control service.
     #[arg(long, value_name = "TOKEN")]
     pub token: String,
+    /// The provider CA (PEM) `https://` and `wss://` answers are checked against (default: the file
+    /// `VMI_CA_FILE` names).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// No window: print one JSON object per event on stdout.
     #[arg(long)]
     pub headless: bool,
@@ -86,7 +90,7 @@ pub struct RunSummary {
 
 /// Runs `vmi terminal` with default session options, printing headless output on stdout.
 pub async fn run(args: TerminalArgs) -> Result<(), TerminalError> {
-    let options = options_for(&args);
+    let options = options_for(&args)?;
     if args.headless {
         let mut stdout = std::io::stdout();
         run_headless(&args, options, &mut stdout).await.map(|_| ())
@@ -95,13 +99,14 @@ pub async fn run(args: TerminalArgs) -> Result<(), TerminalError> {
     }
 }
 
-/// The session options the arguments ask for.
-pub fn options_for(args: &TerminalArgs) -> TerminalOptions {
-    TerminalOptions {
+/// The session options the arguments ask for, dialling with the CA the user configured ([`crate::CA_ENV`]).
+pub fn options_for(args: &TerminalArgs) -> Result<TerminalOptions, TerminalError> {
+    Ok(TerminalOptions {
         asleep: args.asleep,
         keepalive: args.keepalive.map(Duration::from_secs),
+        caller: crate::terminal_caller(args.ca.as_deref())?,
         ..TerminalOptions::default()
-    }
+    })
 }
 
 /// The control service `vmi up` starts, used when neither `--control` nor `--site-ws` is given.
@@ -117,7 +122,7 @@ pub async fn resolve_ws_url(args: &TerminalArgs) -> Result<String, TerminalError
     match (&args.site_ws, control) {
         (Some(url), None) => Ok(url.clone()),
         (None, Some(control)) => {
-            let client = vmi_control_api::ControlClient::new(control, &crate::terminal_caller()?)
+            let client = vmi_control_api::ControlClient::new(control, &crate::terminal_caller(args.ca.as_deref())?)
                 .map_err(TerminalError::Control)?;
             let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
             tracing::info!(user = %phone.user, site = %phone.site, url = %phone.ws_url, "found the phone");
@@ -553,7 +558,7 @@ fn load_route_args(args: &TerminalArgs) -> Result<Option<(vmi_control_api::Contr
         }
     };
     let client =
-        vmi_control_api::ControlClient::new(&control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
+        vmi_control_api::ControlClient::new(&control, &crate::terminal_caller(args.ca.as_deref())?).map_err(TerminalError::Control)?;
     Ok(Some((client.with_timeout(Duration::from_secs(2)), route)))
 }
 

@@ -72,15 +72,25 @@ pub use session::{SessionStats, Terminal, TerminalEvent, TerminalOptions};
 /// Environment variable naming the provider CA file (PEM) the terminal trusts for `https://` and `wss://`.
 pub const CA_ENV: &str = "VMI_CA_FILE";
 
-/// How the terminal calls the control service and sites: trusting the provider CA named by [`CA_ENV`], if set.
-pub fn terminal_caller() -> Result<vmi_control_api::Caller, TerminalError> {
-    match std::env::var_os(CA_ENV) {
+/// How the terminal calls the control service and sites: trusting the provider CA in the file `ca` (`--ca`), or
+/// else the one [`CA_ENV`] names; with neither, plain `http://`/`ws://` only (loopback).
+pub fn terminal_caller(ca: Option<&std::path::Path>) -> Result<vmi_control_api::Caller, TerminalError> {
+    match ca_pem(ca)? {
         None => Ok(vmi_control_api::Caller::anonymous()),
-        Some(path) => {
-            let pem = std::fs::read_to_string(&path).map_err(|e| {
-                TerminalError::Usage(format!("{CA_ENV}={}: {e}", std::path::Path::new(&path).display()))
-            })?;
-            vmi_control_api::Caller::trusting(&pem).map_err(TerminalError::Control)
-        }
+        Some(pem) => vmi_control_api::Caller::trusting(&pem).map_err(TerminalError::Control),
     }
+}
+
+/// The provider CA (PEM) from the file `ca`, or else from the file [`CA_ENV`] names, if either.
+pub fn ca_pem(ca: Option<&std::path::Path>) -> Result<Option<String>, TerminalError> {
+    let path = match ca {
+        Some(path) => path.to_owned(),
+        None => match std::env::var_os(CA_ENV) {
+            Some(path) => std::path::PathBuf::from(path),
+            None => return Ok(None),
+        },
+    };
+    std::fs::read_to_string(&path)
+        .map(Some)
+        .map_err(|e| TerminalError::Usage(format!("cannot read the CA file {}: {e}", path.display())))
 }

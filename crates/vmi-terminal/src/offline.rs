@@ -80,6 +80,9 @@ pub struct CheckoutArgs {
     /// The device token issued by the control service.
     #[arg(long, value_name = "TOKEN")]
     pub token: String,
+    /// The provider CA (PEM) `https://` answers are checked against (default: the file `VMI_CA_FILE` names).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// How long the phone may stay out: 90s, 30m, 24h, 3d (default: the site's, a day;
     /// at most 7 days).
     #[arg(long, value_name = "DURATION")]
@@ -131,6 +134,9 @@ pub struct LocalCheckout {
     /// The control service asked at checkout (checkin asks it where the phone's site is
     /// now, in case its address changed).
     pub control: String,
+    /// The provider CA trusted at checkout, trusted again at checkin.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
     /// Files of the offline state's snapshot chain: a full snapshot ([`BASE_FILE`] until
     /// an engine falls back to a full one), then deltas.
     pub chain: Vec<String>,
@@ -267,15 +273,24 @@ fn find_dir(dir: Option<&Path>) -> Result<PathBuf, TerminalError> {
     }
 }
 
-/// One POST to a site: the status and body, whatever the status.
+/// A caller trusting `ca_pem`, or plain-only without one.
+fn caller_for(ca_pem: Option<&str>) -> Result<vmi_control_api::Caller, TerminalError> {
+    match ca_pem {
+        Some(pem) => vmi_control_api::Caller::trusting(pem).map_err(TerminalError::Control),
+        None => Ok(vmi_control_api::Caller::anonymous()),
+    }
+}
+
+/// One POST to a site as `caller`: the status and body, whatever the status.
 async fn post(
+    caller: &vmi_control_api::Caller,
     url: &str,
     token: &str,
     content_type: &'static str,
     body: Vec<u8>,
 ) -> Result<(u16, Vec<u8>), TerminalError> {
     let options = RequestOptions { timeout: HTTP_TIMEOUT, max_response_bytes: MAX_ANSWER_BYTES, bearer: Some(token) };
-    let (status, answer) = crate::terminal_caller()?
+    let (status, answer) = caller
         .send(Method::POST, url, Some((content_type, body)), options)
         .await
         .map_err(|source| TerminalError::Http { url: url.to_owned(), source })?;
@@ -303,8 +318,9 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
         return Err(not_empty(dir));
     }
     let control = args.control.as_deref().unwrap_or(DEFAULT_CONTROL);
-    let client =
-        vmi_control_api::ControlClient::new(control, &crate::terminal_caller()?).map_err(TerminalError::Control)?;
+    let ca_pem = crate::ca_pem(args.ca.as_deref())?;
+    let caller = caller_for(ca_pem.as_deref())?;
+    let client = vmi_control_api::ControlClient::new(control, &caller).map_err(TerminalError::Control)?;
     let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
     let dir = args.dir.clone().unwrap_or_else(|| Path::new(DEFAULT_ROOT).join(&phone.user));
     if dir.join(OFFLINE_FILE).exists() {
@@ -312,7 +328,7 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
     }
     let body = serde_json::to_vec(&CheckoutRequest { lease_secs }).unwrap_or_default();
     let url = format!("{}/v1/phones/{}/checkout", phone.site_url.trim_end_matches('/'), phone.user);
-    let (status, answer) = post(&url, &args.token, "application/json", body).await?;
+    let (status, answer) = post(&caller, &url, &args.token, "application/json", body).await?;
     if status != 200 {
         return Err(TerminalError::Refused { status, message: error_text(&answer) });
     }
@@ -335,6 +351,7 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
         lease: bundle.lease.clone(),
         token: args.token.clone(),
         control: control.to_string(),
+        ca_pem,
         chain: vec![BASE_FILE.into()],
     };
     save_local(&dir, &local)?;
@@ -519,17 +536,14 @@ pub async fn checkin(args: &CheckinArgs) -> Result<serde_json::Value, TerminalEr
     let lease = &local.lease;
     // The lease's site, at the address the control service knows now (a site may come
     // back on another one); the lease's own address if the control service is away.
-    let located = match crate::terminal_caller()
-        .ok()
-        .map(|c| vmi_control_api::ControlClient::new(&local.control, &c))
-        .unwrap_or(Err(vmi_control_api::ClientError::InvalidRequest("no CA")))
-    {
+    let caller = caller_for(local.ca_pem.as_deref())?;
+    let located = match vmi_control_api::ControlClient::new(&local.control, &caller) {
         Ok(client) => client.phone_for_token(&local.token).await.ok().filter(|p| p.site == lease.site),
         Err(_) => None,
     };
     let site_url = located.map_or_else(|| lease.site_url.clone(), |p| p.site_url);
     let url = format!("{}/v1/phones/{}/checkin", site_url.trim_end_matches('/'), lease.user);
-    let (status, answer) = post(&url, &local.token, "application/octet-stream", body).await?;
+    let (status, answer) = post(&caller, &url, &local.token, "application/octet-stream", body).await?;
     if status != 200 {
         return Err(TerminalError::Refused { status, message: error_text(&answer) });
     }
