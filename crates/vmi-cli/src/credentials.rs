@@ -40,6 +40,11 @@ pub struct JoinFile {
 
 /// Writes `value` as JSON to `path`, readable by its owner only (0600), through a temporary file.
 pub fn write_secret<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_secret_bytes(path, &serde_json::to_vec_pretty(value)?)
+}
+
+/// Writes `bytes` to `path` readable by its owner only (0600, atomically).
+pub fn write_secret_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -51,7 +56,7 @@ pub fn write_secret<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(value)?)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
@@ -75,6 +80,11 @@ static CHOSEN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 /// wrote it).
 pub fn use_credentials(path: PathBuf) {
     let _ = CHOSEN.set(path);
+}
+
+/// The credential file [`use_credentials`] chose for this process, if any.
+pub fn chosen_credentials() -> Option<PathBuf> {
+    CHOSEN.get().cloned()
 }
 
 /// The operator credential file's path: the one chosen by [`use_credentials`], else [`CREDENTIALS_ENV`], else

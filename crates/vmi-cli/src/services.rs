@@ -200,6 +200,9 @@ pub(crate) async fn stop_signal() {
     }
 }
 
+/// The provider CA's certificate, written by `vmi control` beside its database for terminals to trust.
+pub const CA_FILE: &str = "ca.pem";
+
 /// Runs the control service until SIGINT/SIGTERM.
 ///
 /// At its first start it creates the provider CA (beside the database, in `pki/`) and the first operator
@@ -227,6 +230,10 @@ pub async fn control(args: ControlArgs) -> Result<()> {
         crate::credentials::write_secret(&credential_path, &credential)?;
         tracing::info!(path = %credential_path.display(), "operator credential written");
     }
+    // The CA certificate is public: terminals are told to trust it (`vmi terminal --ca`).
+    let ca_path = dir.join(CA_FILE);
+    std::fs::write(&ca_path, trust.control.authority.cert_pem())
+        .with_context(|| format!("writing {}", ca_path.display()))?;
     announce("control", &url);
     let params = PolicyParams {
         dwell_ms: args.placer_dwell_ms,
@@ -328,7 +335,12 @@ struct Child {
 
 async fn spawn_service(name: &str, args: &[String]) -> Result<Child> {
     let exe = std::env::current_exe().context("finding the vmi executable")?;
-    let mut process = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    if let Some(path) = crate::credentials::chosen_credentials() {
+        // The operator credential this process uses (vmi up's own): its children act with it too.
+        command.env(crate::credentials::CREDENTIALS_ENV, path);
+    }
+    let mut process = command
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -479,13 +491,13 @@ pub async fn up(args: UpArgs) -> Result<()> {
         children.push(site);
     }
 
-    let result = demo(&control_url, &args.user).await;
+    let result = demo(&control_url, &args.user, &args.data_dir).await;
     let result = match result {
-        Ok(url) => write_up_file(&args.data_dir, &control_url, &routes, &url).map(|()| url),
+        Ok(demo) => write_up_file(&args.data_dir, &control_url, &routes, &demo).map(|()| demo),
         Err(e) => Err(e),
     };
     match &result {
-        Ok(url) => {
+        Ok(demo) => {
             println!("Seed VMI is up: a control service and {} sites.", DEMO_SITES.len());
             println!("  {:<8} {control_url}", "control");
             for (id, url, behind) in &routes {
@@ -504,9 +516,22 @@ pub async fn up(args: UpArgs) -> Result<()> {
                 );
             }
             println!();
-            println!("Browser terminal for {}:  {url}", args.user);
+            // The link carries the device token: it goes to a file only its owner reads, never to this log.
             println!(
-                "Send a mail:               vmi mail send --control {control_url} --to {} --subject Hello --body Hi",
+                "Browser terminal for {}:  {} (open the address written in {}; it holds the device token)",
+                args.user,
+                demo.page,
+                demo.link_file.display()
+            );
+            println!(
+                "Native terminal:           vmi terminal --control {control_url} --ca {} --token-file {}",
+                args.data_dir.join(CA_FILE).display(),
+                demo.token_file.display()
+            );
+            println!(
+                "Send a mail:               VMI_CREDENTIALS={} vmi mail send --control {control_url} --to {} \\
+                 --subject Hello --body Hi",
+                args.data_dir.join("operator.json").display(),
                 args.user
             );
             println!("Stop with Ctrl-C (every phone is saved).");
@@ -540,7 +565,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
 /// listens, and the demo user's browser `terminal` URL), for scripts and tests.
 pub const UP_FILE: &str = "up.json";
 
-fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], terminal: &str) -> Result<()> {
+fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], demo: &Demo) -> Result<()> {
     let sites: Vec<_> = routes
         .iter()
         .map(|(id, url, behind)| {
@@ -548,7 +573,15 @@ fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], termina
             serde_json::json!({ "id": id, "url": url, "listen": listen })
         })
         .collect();
-    let up = serde_json::json!({ "control": control, "sites": sites, "terminal": terminal });
+    let up = serde_json::json!({
+        "control": control,
+        "sites": sites,
+        "terminal": demo.page,
+        "link_file": demo.link_file,
+        "token_file": demo.token_file,
+        "ca_file": dir.join(CA_FILE),
+        "credentials": dir.join("operator.json"),
+    });
     let path = dir.join(UP_FILE);
     std::fs::write(&path, format!("{up:#}\n")).with_context(|| format!("writing {}", path.display()))
 }
@@ -579,14 +612,41 @@ async fn wait_any(children: &mut [Child]) -> String {
     }
 }
 
-/// Makes sure the demo user has a phone and a fresh browser device; returns the
-/// browser terminal URL.
-async fn demo(control_url: &str, user: &str) -> Result<String> {
+/// The demo user's terminal: the browser page (without its token), and the 0600 files holding the device token
+/// and the page's address with it.
+struct Demo {
+    page: String,
+    token_file: PathBuf,
+    link_file: PathBuf,
+}
+
+/// Makes sure the demo user has a phone and a fresh device; writes its token and the browser link (the token in
+/// the fragment, which the browser never sends) to 0600 files in `dir`.
+async fn demo(control_url: &str, user: &str, dir: &std::path::Path) -> Result<Demo> {
     let control = crate::credentials::control_client(control_url)?;
     ensure_user_phone(&control, user, DEMO_SITES[0].0).await?;
     let device = control.create_device(user, "browser").await.context("creating a device")?;
     let placement = control.placement(user).await.context("finding the phone")?;
-    Ok(format!("{}/?token={}", placement.site_url, device.token))
+    let page = browser_page(&placement.site_url);
+    let token_file = dir.join(format!("{user}.token"));
+    crate::credentials::write_secret_bytes(&token_file, device.token.as_bytes())?;
+    let link_file = dir.join(format!("{user}.link"));
+    crate::credentials::write_secret_bytes(&link_file, format!("{page}#token={}\n", device.token).as_bytes())?;
+    Ok(Demo { page, token_file, link_file })
+}
+
+/// The address a browser on this machine opens a site's page at: plain HTTP on loopback (a browser does not
+/// trust the provider CA; sites answer plain HTTP from loopback only), the site's own HTTPS address otherwise.
+pub fn browser_page(site_url: &str) -> String {
+    let base = site_url.trim_end_matches('/');
+    let plain = base.strip_prefix("https://").filter(|rest| {
+        let host = rest.rsplit_once(':').map_or(*rest, |(h, _)| h);
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+    });
+    match plain {
+        Some(rest) => format!("http://{rest}/"),
+        None => format!("{base}/"),
+    }
 }
 
 /// Creates the user (if new), places the phone (if unplaced) and boots it on its site (if
@@ -645,7 +705,8 @@ pub(crate) async fn site_url(control: &ControlClient, id: &str) -> Result<String
 pub async fn migrate(args: MigrateArgs) -> Result<()> {
     let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.user).await.with_context(|| format!("finding {}'s phone", args.user))?;
-    let to_url = site_url(&control, &args.to).await?;
+    // An unknown destination is named here, before the site is asked.
+    site_url(&control, &args.to).await?;
     let body = serde_json::json!({ "to": args.to });
     let (status, text) = crate::credentials::operator_caller()?
         .post_json(&format!("{}/v1/phones/{}/migrate", placement.site_url, args.user), &body)
@@ -803,7 +864,7 @@ pub enum DeviceCmd {
         #[arg(long, default_value = "http://127.0.0.1:7800")]
         control: String,
     },
-    /// Pair this device with a code; prints its token and the browser terminal URL.
+    /// Pair this device with a code; keeps its token and the browser terminal link in 0600 files.
     Pair {
         /// The code from `vmi user pair-code` or another signed-in device.
         code: String,
@@ -813,6 +874,12 @@ pub enum DeviceCmd {
         /// Control service URL.
         #[arg(long, default_value = "http://127.0.0.1:7800")]
         control: String,
+        /// Where to keep the device token (written 0600); the browser link goes beside it, `.link`.
+        #[arg(long = "token-file", value_name = "FILE", default_value = "vmi-device.token")]
+        token_file: PathBuf,
+        /// The provider CA (PEM) to check an `https://` control service against.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -849,13 +916,20 @@ pub async fn device(cmd: DeviceCmd) -> Result<()> {
             crate::credentials::control_client(&control)?.revoke_device(id).await.context("revoking")?;
             println!("device {id} revoked: its sessions are closed and its token is refused");
         }
-        DeviceCmd::Pair { code, name, control } => {
-            let client = crate::credentials::control_client(&control)?;
+        DeviceCmd::Pair { code, name, control, token_file, ca } => {
+            // A new device holds no credential yet: the code is its proof.
+            let caller = vmi_terminal::terminal_caller(ca.as_deref())?;
+            let client = ControlClient::new(&control, &caller)?;
             let device = client.pair(&code, &name).await.context("pairing (is the code right and fresh?)")?;
             let phone = client.phone_for_token(&device.token).await.context("finding the phone")?;
+            crate::credentials::write_secret_bytes(&token_file, device.token.as_bytes())?;
+            let link_file = token_file.with_extension("link");
+            let link = format!("{}#token={}\n", browser_page(&phone.site_url), device.token);
+            crate::credentials::write_secret_bytes(&link_file, link.as_bytes())?;
             println!("paired: this is device {} of user {}", device.device_id, phone.user);
-            println!("token: {}", device.token);
-            println!("browser terminal: {}/?token={}", phone.site_url, device.token);
+            println!("token: in {} (0600)", token_file.display());
+            println!("browser terminal: the address in {} (0600)", link_file.display());
+            println!("native terminal: vmi terminal --control {control} --token-file {}", token_file.display());
         }
     }
     Ok(())

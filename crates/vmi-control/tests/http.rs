@@ -135,7 +135,8 @@ async fn users_are_created_once_and_listed() {
     let server = Server::in_memory().await;
     let control = server.client();
     assert_eq!(control.create_user("alice").await.unwrap().name, "alice");
-    let (code, body) = raw(server.addr, "POST", "/v1/users", &[JSON, &server.operator_header()], r#"{"name":"bob"}"#).await;
+    let (code, body) =
+        raw(server.addr, "POST", "/v1/users", &[JSON, &server.operator_header()], r#"{"name":"bob"}"#).await;
     assert_eq!((code, body.as_str()), (201, r#"{"name":"bob"}"#));
 
     let err = control.create_user("alice").await.unwrap_err();
@@ -168,12 +169,17 @@ async fn devices_are_listed_without_tokens_and_revocable() {
     );
 
     control.revoke_device(device.device_id).await.unwrap();
-    let (code, body) = raw(server.addr, "POST", &format!("/v1/devices/{}/revoke", device.device_id), &[&server.operator_header()], "").await;
+    let (code, body) =
+        raw(server.addr, "POST", &format!("/v1/devices/{}/revoke", device.device_id), &[&server.operator_header()], "")
+            .await;
     assert_eq!((code, body.as_str()), (204, ""), "revoking twice is fine");
     assert!(control.list_devices("alice").await.unwrap()[0].revoked);
 
     assert_eq!(status(control.revoke_device(9_999).await), 404);
-    assert_eq!(raw(server.addr, "POST", "/v1/devices/not-a-number/revoke", &[&server.operator_header()], "").await.0, 404);
+    assert_eq!(
+        raw(server.addr, "POST", "/v1/devices/not-a-number/revoke", &[&server.operator_header()], "").await.0,
+        404
+    );
     assert_eq!(status(control.create_device("ghost", "pixel").await), 404);
     assert_eq!(status(control.list_devices("ghost").await), 404);
     server.stop().await;
@@ -294,15 +300,33 @@ async fn placement_compare_and_set_refuses_a_stale_epoch() {
     let info = control.placement("alice").await.unwrap();
     assert_eq!((info.site.as_str(), info.epoch), ("site-b", 2), "nothing changed");
 
-    let (code, body) =
-        raw(server.addr, "PUT", "/v1/users/alice/placement", &[JSON, &server.operator_header()], r#"{"site":"site-a","expected_epoch":7}"#).await;
+    let (code, body) = raw(
+        server.addr,
+        "PUT",
+        "/v1/users/alice/placement",
+        &[JSON, &server.operator_header()],
+        r#"{"site":"site-a","expected_epoch":7}"#,
+    )
+    .await;
     assert_eq!(code, 409);
     assert!(body.contains("epoch 2") && body.contains("expected epoch 7"), "{body}");
-    let (code, body) =
-        raw(server.addr, "PUT", "/v1/users/alice/placement", &[JSON, &server.operator_header()], r#"{"site":"site-a","expected_epoch":2}"#).await;
+    let (code, body) = raw(
+        server.addr,
+        "PUT",
+        "/v1/users/alice/placement",
+        &[JSON, &server.operator_header()],
+        r#"{"site":"site-a","expected_epoch":2}"#,
+    )
+    .await;
     assert_eq!((code, body.as_str()), (200, r#"{"site":"site-a","epoch":3}"#));
-    let (code, _) =
-        raw(server.addr, "PUT", "/v1/users/alice/placement", &[JSON, &server.operator_header()], r#"{"site":"site-a","expected_epoch":-1}"#).await;
+    let (code, _) = raw(
+        server.addr,
+        "PUT",
+        "/v1/users/alice/placement",
+        &[JSON, &server.operator_header()],
+        r#"{"site":"site-a","expected_epoch":-1}"#,
+    )
+    .await;
     assert_eq!(code, 400);
 
     // Without an expected epoch the change is unconditional, as before.
@@ -400,7 +424,8 @@ async fn migrations_are_logged_and_listed_newest_first() {
     let everyone: Vec<_> = control.migrations(None).await.unwrap().into_iter().map(|m| m.record.user).collect();
     assert_eq!(everyone, ["alice", "bob", "alice"]);
 
-    let (code, body) = raw(server.addr, "GET", "/v1/migrations?user=alice&limit=1", &[&server.operator_header()], "").await;
+    let (code, body) =
+        raw(server.addr, "GET", "/v1/migrations?user=alice&limit=1", &[&server.operator_header()], "").await;
     assert_eq!(code, 200);
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
@@ -408,7 +433,8 @@ async fn migrations_are_logged_and_listed_newest_first() {
     assert_eq!(listed[0]["outcome"], "committed");
     assert_eq!(listed[0]["downtime_us"], 1_200);
     for bad in ["limit=0", "limit=1001", "limit=many"] {
-        let (code, body) = raw(server.addr, "GET", &format!("/v1/migrations?{bad}"), &[&server.operator_header()], "").await;
+        let (code, body) =
+            raw(server.addr, "GET", &format!("/v1/migrations?{bad}"), &[&server.operator_header()], "").await;
         assert_eq!(code, 400, "{bad}: {body}");
         assert!(body.contains(r#""error""#), "{body}");
     }
@@ -450,8 +476,7 @@ async fn malformed_json_is_a_400_naming_the_problem() {
     let server = Server::in_memory().await;
     let addr = server.addr;
     let operator = server.operator_header();
-    let cases: [(&str, &str); 2] =
-        [(r#"{"name":"#, "EOF"), (r#"{"nom":"alice"}"#, "missing field `name`")];
+    let cases: [(&str, &str); 2] = [(r#"{"name":"#, "EOF"), (r#"{"nom":"alice"}"#, "missing field `name`")];
     for (body, needle) in cases {
         let (code, response) = raw(addr, "POST", "/v1/users", &[JSON, &operator], body).await;
         assert_eq!(code, 400, "{body}: {response}");
@@ -469,8 +494,7 @@ async fn malformed_json_is_a_400_naming_the_problem() {
     for (method, path, body, needle) in cases {
         let url = format!("{}{path}", server.url());
         let sent = Some(("application/json", body.as_bytes().to_vec()));
-        let (code, response) =
-            site.caller().send(method.clone(), &url, sent, RequestOptions::default()).await.unwrap();
+        let (code, response) = site.caller().send(method.clone(), &url, sent, RequestOptions::default()).await.unwrap();
         let response = String::from_utf8_lossy(&response);
         assert_eq!(code, 400, "{method} {path} {body}: {response}");
         let error: serde_json::Value = serde_json::from_str(&response).unwrap();
@@ -520,7 +544,8 @@ async fn client_reports_connect_failure_and_timeout() {
     // A port held by a socket that never listens: connecting is refused, and no one else can take the port.
     let closed = tokio::net::TcpSocket::new_v4().unwrap();
     closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let control = ControlClient::new(&format!("http://{}", closed.local_addr().unwrap()), &Caller::anonymous()).unwrap();
+    let control =
+        ControlClient::new(&format!("http://{}", closed.local_addr().unwrap()), &Caller::anonymous()).unwrap();
     assert!(matches!(control.healthz().await, Err(ClientError::Connect { .. })));
     drop(closed);
 
@@ -535,7 +560,9 @@ async fn client_reports_connect_failure_and_timeout() {
             _ = stopped => {}
         }
     });
-    let control = ControlClient::new(&format!("http://{addr}"), &Caller::anonymous()).unwrap().with_timeout(Duration::from_millis(200));
+    let control = ControlClient::new(&format!("http://{addr}"), &Caller::anonymous())
+        .unwrap()
+        .with_timeout(Duration::from_millis(200));
     assert!(matches!(control.list_users().await, Err(ClientError::Timeout(_))));
     stop.send(()).unwrap();
     holder.await.unwrap();

@@ -23,8 +23,8 @@ use vmi_control::{
 };
 use vmi_control_api::auth::Principal;
 use vmi_control_api::{Caller, ControlClient, MigrateOrder, SiteSpec};
-use vmi_trust::{Authority, ConnectionLimits};
 use vmi_testkit::{eventually, within};
+use vmi_trust::{Authority, ConnectionLimits};
 
 /// Berlin and Munich, about 504 km apart.
 const BERLIN: (f64, f64) = (52.520, 13.405);
@@ -169,7 +169,9 @@ impl FakeSite {
         let state = FakeState {
             control_url: control.url.clone(),
             authority: control.authority.clone(),
-            answer, orders: orders.clone() };
+            answer,
+            orders: orders.clone(),
+        };
         let router = Router::new().route("/v1/phones/{user}/migrate", post(migrate)).with_state(state);
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.expect("fake site serves");

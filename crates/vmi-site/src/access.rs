@@ -116,7 +116,9 @@ impl SiteState {
     /// Forgets the tokens of device `device_id` (it was revoked).
     pub(crate) fn forget_device(&self, device_id: u64) {
         let mut kept = self.guard.vouched.lock().unwrap_or_else(|p| p.into_inner());
-        kept.retain(|_, (principal, _)| !matches!(principal, Principal::Device { device_id: d, .. } if *d == device_id));
+        kept.retain(
+            |_, (principal, _)| !matches!(principal, Principal::Device { device_id: d, .. } if *d == device_id),
+        );
     }
 }
 

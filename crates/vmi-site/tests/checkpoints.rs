@@ -47,7 +47,8 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
     term.acked(last).await;
 
     // On demand, with a label: stored here and copied to the other site.
-    let (status, taken) = post(&control, &format!("{}/v1/phones/alice/checkpoints", a.url), json!({ "label": "day 0" })).await;
+    let (status, taken) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints", a.url), json!({ "label": "day 0" })).await;
     assert_eq!(status, 200, "{taken}");
     assert_eq!(taken["replica"], "site-b", "{taken}");
     let day0 = taken["checkpoint"]["id"].as_str().expect("id").to_owned();
@@ -82,8 +83,12 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
     assert!(catalogue.iter().all(|c| c.sites == ["site-a", "site-b"]), "{catalogue:?}");
 
     // Back to three days ago, by time, with the terminal attached: it gets the old screen.
-    let (status, restored) =
-        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "at_ms": START_MS + 60_000 })).await;
+    let (status, restored) = post(
+        &control,
+        &format!("{}/v1/phones/alice/checkpoints/restore", a.url),
+        json!({ "at_ms": START_MS + 60_000 }),
+    )
+    .await;
     assert_eq!(status, 200, "{restored}");
     assert_eq!(restored["restored"]["id"], day0.as_str());
     assert_eq!(notes(&control, &a.url, "alice").await, "day zero");
@@ -101,7 +106,8 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
 
     // The state it left was checkpointed first: undo by restoring that.
     let before = restored["saved_before"]["id"].as_str().expect("saved before").to_owned();
-    let (status, undo) = post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": before })).await;
+    let (status, undo) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": before })).await;
     assert_eq!(status, 200, "{undo}");
     assert_eq!(notes(&control, &a.url, "alice").await, now_text);
     // Undo points are checkpoints like the others: copied, and in the catalogue.
@@ -114,10 +120,12 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
     assert!(undo_points.iter().all(|c| c.sites == ["site-a", "site-b"]), "{undo_points:?}");
 
     // Bad requests are named.
-    let (status, e) = post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": "nope" })).await;
+    let (status, e) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": "nope" })).await;
     assert_eq!(status, 400, "{e}");
     assert!(e["error"].as_str().expect("error").contains("64 hex digits"), "{e}");
-    let (status, e) = post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "at_ms": 5 })).await;
+    let (status, e) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "at_ms": 5 })).await;
     assert_eq!(status, 404, "{e}");
     let (status, e) = post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({})).await;
     assert_eq!(status, 400, "{e}");

@@ -21,9 +21,7 @@ use vmi_testkit::{eventually, within};
 async fn migrate(control: &Control, from: &SiteHandle, to: &SiteHandle, user: &str) -> serde_json::Value {
     let body = serde_json::json!({ "to": to.state.id });
     let (status, text) =
-        control.operator().post_json(&format!("{}/v1/phones/{user}/migrate", from.url), &body)
-            .await
-            .expect("post");
+        control.operator().post_json(&format!("{}/v1/phones/{user}/migrate", from.url), &body).await.expect("post");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::json!({ "raw": text }));
     assert!(status == 200 || status == 502, "{status} {v}");
     v
@@ -199,10 +197,8 @@ async fn typing_through_a_migration_loses_and_doubles_nothing() {
     // Site-b is known by the relay's address: the source dials it there, and terminals follow it there.
     let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let relay_url = format!("https://{}", relay_listener.local_addr().expect("addr"));
-    let b_config = vmi_site::SiteConfig {
-        public_url: Some(relay_url),
-        ..site_config(&control, "site-b", scratch("type-b"))
-    };
+    let b_config =
+        vmi_site::SiteConfig { public_url: Some(relay_url), ..site_config(&control, "site-b", scratch("type-b")) };
     let b = vmi_site::start(b_config).await.expect("site-b starts");
     let relay = relay(relay_listener, b.addr).await;
     let token = user_with_phone(&control, &a, "alice").await;
@@ -306,9 +302,8 @@ async fn twenty_moves_keep_notes_stopwatch_and_mail_timer() {
     // The background mail check still fires: a mail left without a push is found by
     // the phone's own timer.
     let mail = serde_json::json!({ "from": "ann@example.com", "subject": "Found by the timer", "push": false });
-    let (status, _) = control.operator().post_json(&format!("{}/v1/phones/alice/mail", here.url), &mail)
-        .await
-        .expect("post");
+    let (status, _) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/mail", here.url), &mail).await.expect("post");
     assert_eq!(status, 202);
     let mut term = Term::connect(&here.ws_url()).await;
     term.hello(&token, None, true).await;
@@ -368,9 +363,7 @@ async fn destination_dying_mid_copy_or_a_cut_link_leave_the_phone_at_the_source(
         fake_destination(&control, fail).await;
         let body = serde_json::json!({ "to": "site-x" });
         let (status, report) =
-            control.operator().post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body)
-                .await
-                .expect("post");
+            control.operator().post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body).await.expect("post");
         assert_eq!(status, 502, "{fail}: {report}");
         assert!(report.contains("aborted"), "{report}");
         assert_runs_at(&a, &control, &token, "alice").await;

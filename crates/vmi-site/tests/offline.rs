@@ -229,15 +229,13 @@ async fn a_cancelled_checkout_resumes_from_its_base_and_refuses_the_checkin() {
     run_offline(&dir, "tap 274 1090\ntype  gone\n").await;
 
     let cancel = format!("{}/v1/phones/alice/checkout/cancel", site.url);
-    let (status, body) =
-        control.operator().post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
+    let (status, body) = control.operator().post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
     assert_eq!(status, 200, "{body}");
     assert_eq!(notes(&control, &site, "alice").await, (200, "Base".to_string()));
     let (status, message) = refused(checkin(&dir).await);
     assert_eq!(status, 409);
     assert!(message.contains("cancelled by an operator; the phone resumed on the site at"), "{message}");
-    let (status, body) =
-        control.operator().post_json(&cancel, &serde_json::json!({})).await.expect("cancel again");
+    let (status, body) = control.operator().post_json(&cancel, &serde_json::json!({})).await.expect("cancel again");
     assert_eq!(status, 404, "nothing to cancel: {body}");
     site.shutdown().await;
 }
@@ -263,7 +261,11 @@ async fn a_site_restart_during_checkout_keeps_the_phone_checked_out() {
     assert_eq!(site_b.shutdown().await, 1);
 
     let site_c = site(&control, "site-a", data).await;
-    assert_eq!(notes(&control, &site_c, "alice").await.1, "Base and back", "the checked-in state is what the site keeps");
+    assert_eq!(
+        notes(&control, &site_c, "alice").await.1,
+        "Base and back",
+        "the checked-in state is what the site keeps"
+    );
     site_c.shutdown().await;
 }
 
@@ -286,8 +288,7 @@ async fn a_phone_placed_elsewhere_while_out_does_not_resume_on_the_old_site() {
     assert_eq!(status, 409);
     assert!(message.contains("now belongs to site-b"), "{message}");
     let cancel = format!("{}/v1/phones/alice/checkout/cancel", site_a.url);
-    let (status, body) =
-        control.operator().post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
+    let (status, body) = control.operator().post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
     assert_eq!(status, 409, "{body}");
     assert!(site_a.state.users().is_empty(), "not running on site-a");
     site_a.shutdown().await;

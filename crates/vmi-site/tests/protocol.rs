@@ -597,10 +597,11 @@ async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store
     let listing: serde_json::Value = serde_json::from_slice(&listing).expect("json");
     assert_eq!(listing["phones"][0]["phone"]["crashed"], true, "{listing}");
 
-    let (status, body) =
-        control.operator().post_json(&format!("{}/v1/phones/cat/restart", site.url), &serde_json::json!({}))
-            .await
-            .expect("restart");
+    let (status, body) = control
+        .operator()
+        .post_json(&format!("{}/v1/phones/cat/restart", site.url), &serde_json::json!({}))
+        .await
+        .expect("restart");
     assert_eq!(status, 200, "{body}");
     let (_, kept) = control.get(&format!("{}/v1/phones/cat/kv/notes.text", site.url)).await;
     assert_eq!(kept, b"kept", "the store crossed to the fresh phone");

@@ -57,9 +57,8 @@ async fn asleep_the_terminal_gets_the_notification_and_no_frame_bytes() {
     term.acked(ping).await;
     let bytes_before = term.frame_bytes;
     let mail = serde_json::json!({ "from": "ann@example.com", "subject": "Lunch?", "body": "Noon" });
-    let (status, _) = control.operator().post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail)
-        .await
-        .expect("post");
+    let (status, _) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail).await.expect("post");
     assert_eq!(status, 202);
     let (note, others) = term.until(|m| matches!(m, ServerMessage::Notification { .. })).await;
     assert_eq!(
@@ -136,9 +135,8 @@ async fn a_vanished_terminal_leaves_its_phone_running() {
 
     // The phone goes on: it takes mail and raises a notification for the next terminal.
     let mail = serde_json::json!({ "from": "ann@example.com", "subject": "After the drop", "body": "" });
-    let (status, _) = control.operator().post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail)
-        .await
-        .expect("post");
+    let (status, _) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail).await.expect("post");
     assert_eq!(status, 202);
     let (_, body) = control.get(&format!("{}/v1/phones", site.url)).await;
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");

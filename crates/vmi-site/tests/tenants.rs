@@ -52,12 +52,11 @@ async fn notes(control: &Control, site_url: &str, user: &str) -> String {
 }
 
 async fn restart(control: &Control, site_url: &str, user: &str) -> Value {
-    let (status, body) = control.operator().post_json(
-        &format!("{site_url}/v1/phones/{user}/restart"),
-        &serde_json::json!({}),
-    )
-    .await
-    .expect("restart");
+    let (status, body) = control
+        .operator()
+        .post_json(&format!("{site_url}/v1/phones/{user}/restart"), &serde_json::json!({}))
+        .await
+        .expect("restart");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("report")
 }
@@ -93,12 +92,11 @@ async fn a_tenant_over_its_phone_quota_gets_a_clear_error_and_no_phone() {
     assert_eq!(site.state.users(), ["ann", "bob"], "nothing was created");
 
     // The operator endpoint says the same, with 403.
-    let (status, body) = control.operator().post_json(
-        &format!("{}/v1/phones", site.url),
-        &serde_json::json!({ "user": "cat" }),
-    )
-    .await
-    .expect("post");
+    let (status, body) = control
+        .operator()
+        .post_json(&format!("{}/v1/phones", site.url), &serde_json::json!({ "user": "cat" }))
+        .await
+        .expect("post");
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("tenant \\\"acme\\\" is at its quota of 2 phones"), "{body}");
     let acme = &control.client.list_tenants().await.expect("tenants")[0];
@@ -147,7 +145,11 @@ async fn an_image_upgrade_keeps_the_users_notes_and_a_rollback_goes_back() {
     assert_eq!((phone["image"]["version"].clone(), phone["image"]["hash"].clone()), (2.into(), v2.hash.into()));
     assert_eq!(notes(&control, &site_a.url, "alice").await, "Kept across versions");
     type_note(&site_a.ws_url(), &token, "!").await;
-    assert_eq!(notes(&control, &site_a.url, "alice").await, "Kept across versions!", "the new version works on the notes");
+    assert_eq!(
+        notes(&control, &site_a.url, "alice").await,
+        "Kept across versions!",
+        "the new version works on the notes"
+    );
 
     // A version that does not load leaves the phone where it was, state intact.
     let bad = control.client.publish_image("phone", b"\0asm\x01\0\0\0").await.expect("control takes any module");
@@ -191,9 +193,8 @@ async fn a_phone_on_a_published_version_migrates_to_a_site_that_never_had_it() {
     assert!(b.state.image_wasm(&hash).is_none(), "site-b has not seen the image yet");
 
     let order = serde_json::json!({ "to": "site-b" });
-    let (status, body) = control.operator().post_json(&format!("{}/v1/phones/alice/migrate", a.url), &order)
-        .await
-        .expect("migrate");
+    let (status, body) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/migrate", a.url), &order).await.expect("migrate");
     assert_eq!(status, 200, "{body}");
     assert_eq!(listed(&control, &b.url, "alice").await["image"]["hash"], hash.to_hex());
     assert_eq!(b.state.image_wasm(&hash).as_deref(), Some(v2.as_slice()), "fetched from the control service");

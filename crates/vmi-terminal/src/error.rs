@@ -167,7 +167,10 @@ impl TerminalError {
             TerminalError::Engine(_) | TerminalError::Vm(_) => true,
             // A certificate that is not the provider's, or a URL that cannot work, will not get better.
             TerminalError::Dial { source, .. } => {
-                matches!(source, vmi_control_api::ClientError::Trust(_) | vmi_control_api::ClientError::InvalidUrl { .. })
+                matches!(
+                    source,
+                    vmi_control_api::ClientError::Trust(_) | vmi_control_api::ClientError::InvalidUrl { .. }
+                )
             }
             TerminalError::Connect { .. }
             | TerminalError::Timeout(_)

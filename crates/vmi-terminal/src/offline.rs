@@ -77,8 +77,9 @@ pub struct CheckoutArgs {
     /// Control service URL (the phone's site is looked up with the token).
     #[arg(long, value_name = "URL")]
     pub control: Option<String>,
-    /// The device token issued by the control service.
-    #[arg(long, value_name = "TOKEN")]
+    /// A file (0600) holding the device token issued by the control service (never the token itself in argv,
+    /// where `ps` shows it).
+    #[arg(long = "token-file", value_name = "FILE", value_parser = crate::token_from_file)]
     pub token: String,
     /// The provider CA (PEM) `https://` answers are checked against (default: the file `VMI_CA_FILE` names).
     #[arg(long, value_name = "FILE")]
@@ -309,7 +310,7 @@ fn error_text(body: &[u8]) -> String {
 /// returns the directory and the lease.
 pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), TerminalError> {
     if args.token.is_empty() {
-        return Err(TerminalError::Usage("--token is empty".into()));
+        return Err(TerminalError::Usage("the device token is empty".into()));
     }
     let lease_secs = args.lease.as_deref().map(parse_lease).transpose()?;
     if let Some(dir) = &args.dir
@@ -571,18 +572,19 @@ mod tests {
 
     #[test]
     fn sessions_and_offline_commands_parse() {
-        let session = parse(&["--token", "t", "--headless"]).expect("parses");
+        let t = crate::test_token_file("offline-args", "t");
+        let session = parse(&["--token-file", &t, "--headless"]).expect("parses");
         assert!(session.offline.is_none());
         assert_eq!(session.session.expect("a session").token, "t");
         assert!(parse(&[]).is_err(), "a session needs a token");
-        let c = parse(&["checkout", "--token", "t", "--lease", "2h"]).expect("parses");
+        let c = parse(&["checkout", "--token-file", &t, "--lease", "2h"]).expect("parses");
         assert!(
             matches!(c.offline, Some(OfflineCmd::Checkout(CheckoutArgs { ref lease, .. })) if lease.as_deref() == Some("2h"))
         );
         let r = parse(&["run-offline", "--cpu-slowdown", "4", "--dir", "d"]).expect("parses");
         assert!(matches!(r.offline, Some(OfflineCmd::RunOffline(RunArgs { cpu_slowdown: 4.0, .. }))));
         assert!(matches!(parse(&["checkin"]).expect("parses").offline, Some(OfflineCmd::Checkin(_))));
-        assert!(parse(&["--token", "t", "checkin"]).is_err(), "a session or a subcommand, not both");
+        assert!(parse(&["--token-file", &t, "checkin"]).is_err(), "a session or a subcommand, not both");
     }
 
     #[test]

@@ -38,9 +38,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::WebSocketStream;
 use vmi_protocol::display::Screen;
 use vmi_protocol::{
     ClientMessage, ErrorCode, Input, PROTOCOL_VERSION, Resume, ServerMessage, decode_server, encode_client,
@@ -470,11 +470,8 @@ enum Answer {
 async fn hello(shared: &Shared, url: &str, token: &str, resume: Option<Resume>) -> Result<Answer, TerminalError> {
     let config =
         WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let stream = shared
-        .caller
-        .dial_ws(url)
-        .await
-        .map_err(|source| TerminalError::Dial { url: url.to_owned(), source })?;
+    let stream =
+        shared.caller.dial_ws(url).await.map_err(|source| TerminalError::Dial { url: url.to_owned(), source })?;
     let (mut ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|source| TerminalError::Connect { url: url.to_owned(), source })?;

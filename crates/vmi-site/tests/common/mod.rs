@@ -10,15 +10,15 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::OnceLock;
 
 use tokio_tungstenite::tungstenite::Message;
+use vmi_control::Store;
 use vmi_control_api::auth::Principal;
 use vmi_control_api::{Caller, ControlClient};
-use vmi_control::Store;
-use vmi_site::peer_socket::PeerSocket;
-use vmi_trust::{Authority, Credentials};
 use vmi_engine::{Clock, SystemClock};
 use vmi_protocol::{ClientMessage, Input, PROTOCOL_VERSION, Resume, ServerMessage, TouchPhase};
+use vmi_site::peer_socket::PeerSocket;
 use vmi_site::{SiteConfig, SiteHandle};
 pub use vmi_testkit::scratch_dir as scratch;
+use vmi_trust::{Authority, Credentials};
 
 pub const NOTES: (u16, u16) = (274, 1090);
 pub const MAIL: (u16, u16) = (102, 1090);
