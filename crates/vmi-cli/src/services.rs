@@ -92,6 +92,31 @@ pub enum SiteCmd {
         #[arg(long, default_value = "http://127.0.0.1:7800")]
         control: String,
     },
+    /// Issue a one-time join file (0600, valid a day) with which a new site enrolls: `vmi site --join FILE`.
+    JoinToken {
+        /// The new site's id.
+        site: String,
+        /// Where to write it (default: SITE.join).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
+}
+
+/// Asks the control service for a join token for site `id` and writes the join file (0600) to `path`: the token,
+/// the control service's URL as the operator credential names it, and the provider CA.
+async fn write_join_file(control: &ControlClient, id: &str, path: &std::path::Path) -> Result<()> {
+    let operator = crate::credentials::operator()?;
+    let token = control.join_token(id).await.with_context(|| format!("a join token for {id}"))?;
+    let join = crate::credentials::JoinFile {
+        site: id.to_string(),
+        token: token.token,
+        control: operator.control.clone(),
+        ca_pem: operator.ca_pem.clone(),
+    };
+    crate::credentials::write_secret(path, &join)
 }
 
 /// `vmi vm migrate` arguments.
@@ -292,6 +317,13 @@ pub async fn site(args: SiteArgs) -> Result<()> {
             println!("{site} takes phones again");
             return Ok(());
         }
+        Some(SiteCmd::JoinToken { site, out, control }) => {
+            let path = out.unwrap_or_else(|| PathBuf::from(format!("{site}.join")));
+            write_join_file(&crate::credentials::control_client(&control)?, &site, &path).await?;
+            println!("join file for {site}: {} (0600, works once, for a day)", path.display());
+            println!("on the new site: vmi site --id {site} --join {} --data-dir DIR", path.display());
+            return Ok(());
+        }
         None => {}
     }
     let (Some(id), Some(data_dir)) = (args.id, args.data_dir) else {
@@ -408,7 +440,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     // The control service wrote the operator credential beside its database: this process acts with it, and
     // enrolls each new site with a one-time join file (0600) that only that site reads.
     crate::credentials::use_credentials(args.data_dir.join("operator.json"));
-    let operator = crate::credentials::operator()?;
+    crate::credentials::operator()?;
     let control_client = crate::credentials::control_client(&control_url)?;
     let (_, home_lat, home_lon) = DEMO_SITES[0];
     let mut routes = Vec::new();
@@ -441,15 +473,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
             lon.to_string(),
         ];
         if !args.data_dir.join(id).join("tls").join("cert.pem").exists() {
-            let token = control_client.join_token(id).await.with_context(|| format!("a join token for {id}"))?;
-            let join = crate::credentials::JoinFile {
-                site: id.to_string(),
-                token: token.token,
-                control: control_url.clone(),
-                ca_pem: operator.ca_pem.clone(),
-            };
             let path = args.data_dir.join(format!("{id}.join"));
-            crate::credentials::write_secret(&path, &join)?;
+            write_join_file(&control_client, id, &path).await?;
             site_args.extend(["--join".into(), path.display().to_string()]);
         }
         if !args.no_proxy {

@@ -55,7 +55,7 @@ impl Server {
 
     /// A client acting as the provider's operator.
     fn client(&self) -> ControlClient {
-        let caller = Caller::trusting(&self.authority.cert_pem()).expect("CA").with_bearer(&self.operator);
+        let caller = Caller::trusting(self.authority.cert_pem()).expect("CA").with_bearer(&self.operator);
         ControlClient::new(&self.url(), &caller).expect("client for server")
     }
 

@@ -93,7 +93,7 @@ impl Control {
         stop: oneshot::Sender<()>,
         task: JoinHandle<std::io::Result<()>>,
     ) -> Control {
-        let caller = Caller::trusting(&authority.cert_pem()).expect("CA").with_bearer(operator);
+        let caller = Caller::trusting(authority.cert_pem()).expect("CA").with_bearer(operator);
         let client = ControlClient::new(&url, &caller).expect("client");
         Control { client, url, authority, stop, task }
     }

@@ -271,12 +271,13 @@ fn path_user(path: &str) -> Option<String> {
     }
 }
 
-fn caller(req: &Request) -> Result<Caller, Response> {
-    let caller = req.extensions().get::<Caller>().cloned();
-    match caller {
-        Some(caller) if caller.principal != Principal::Anonymous => Ok(caller),
-        _ => Err(refuse(StatusCode::UNAUTHORIZED, "credentials needed (Authorization: Bearer TOKEN)")),
-    }
+/// The authenticated caller of `req`; `None` when anonymous (the rules then answer [`unauthenticated`]).
+fn caller(req: &Request) -> Option<Caller> {
+    req.extensions().get::<Caller>().filter(|c| c.principal != Principal::Anonymous).cloned()
+}
+
+fn unauthenticated() -> Response {
+    refuse(StatusCode::UNAUTHORIZED, "credentials needed (Authorization: Bearer TOKEN)")
 }
 
 fn forbidden(principal: &Principal, rule: &str) -> Response {
@@ -286,45 +287,45 @@ fn forbidden(principal: &Principal, rule: &str) -> Response {
 /// Rule: the provider's operator.
 pub(crate) async fn operator(req: Request, next: Next) -> Response {
     match caller(&req) {
-        Ok(c) if c.principal.is_operator() => next.run(req).await,
-        Ok(c) => forbidden(&c.principal, "only an operator may"),
-        Err(refused) => refused,
+        Some(c) if c.principal.is_operator() => next.run(req).await,
+        Some(c) => forbidden(&c.principal, "only an operator may"),
+        None => unauthenticated(),
     }
 }
 
 /// Rule: the operator, or the control service (its placer orders migrations).
 pub(crate) async fn operator_or_control(req: Request, next: Next) -> Response {
     match caller(&req) {
-        Ok(c) if c.principal.is_operator() || c.principal == Principal::Control => next.run(req).await,
-        Ok(c) => forbidden(&c.principal, "only an operator or the control service may"),
-        Err(refused) => refused,
+        Some(c) if c.principal.is_operator() || c.principal == Principal::Control => next.run(req).await,
+        Some(c) => forbidden(&c.principal, "only an operator or the control service may"),
+        None => unauthenticated(),
     }
 }
 
 /// Rule: the control service.
 pub(crate) async fn control(req: Request, next: Next) -> Response {
     match caller(&req) {
-        Ok(c) if c.principal == Principal::Control => next.run(req).await,
-        Ok(c) => forbidden(&c.principal, "only the control service may"),
-        Err(refused) => refused,
+        Some(c) if c.principal == Principal::Control => next.run(req).await,
+        Some(c) => forbidden(&c.principal, "only the control service may"),
+        None => unauthenticated(),
     }
 }
 
 /// Rule: another site.
 pub(crate) async fn peer_site(req: Request, next: Next) -> Response {
     match caller(&req) {
-        Ok(c) if matches!(c.principal, Principal::Site { .. }) => next.run(req).await,
-        Ok(c) => forbidden(&c.principal, "only a site may"),
-        Err(refused) => refused,
+        Some(c) if matches!(c.principal, Principal::Site { .. }) => next.run(req).await,
+        Some(c) => forbidden(&c.principal, "only a site may"),
+        None => unauthenticated(),
     }
 }
 
 /// Rule: a paired device (the handler acts for the device's own user).
 pub(crate) async fn device(req: Request, next: Next) -> Response {
     match caller(&req) {
-        Ok(c) if c.principal.device_user().is_some() => next.run(req).await,
-        Ok(c) => forbidden(&c.principal, "only a paired device may"),
-        Err(refused) => refused,
+        Some(c) if c.principal.device_user().is_some() => next.run(req).await,
+        Some(c) => forbidden(&c.principal, "only a paired device may"),
+        None => unauthenticated(),
     }
 }
 
@@ -332,9 +333,9 @@ pub(crate) async fn device(req: Request, next: Next) -> Response {
 pub(crate) async fn owner_device(Path(params): Path<Vec<(String, String)>>, req: Request, next: Next) -> Response {
     let named = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.as_str());
     match caller(&req) {
-        Ok(c) if c.principal.device_user().is_some() && c.principal.device_user() == named => next.run(req).await,
-        Ok(c) => forbidden(&c.principal, "a device may act only for its own user"),
-        Err(refused) => refused,
+        Some(c) if c.principal.device_user().is_some() && c.principal.device_user() == named => next.run(req).await,
+        Some(c) => forbidden(&c.principal, "a device may act only for its own user"),
+        None => unauthenticated(),
     }
 }
 

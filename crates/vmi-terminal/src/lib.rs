@@ -67,24 +67,6 @@ mod window;
 
 pub use cli::TerminalArgs;
 
-#[cfg(test)]
-mod token_file_tests {
-    use super::*;
-
-    #[test]
-    fn a_token_file_others_can_read_is_refused() {
-        let path = test_token_file("perm", "abc\n");
-        assert_eq!(token_from_file(&path).as_deref(), Ok("abc"));
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(token_from_file(&path).expect_err("0644").contains("readable by others"));
-        let empty = test_token_file("empty", "\n");
-        assert!(token_from_file(&empty).expect_err("empty").contains("does not hold a device token"));
-        assert!(token_from_file("/nonexistent/token").expect_err("missing").contains("cannot read"));
-        let _ = std::fs::remove_file(path);
-        let _ = std::fs::remove_file(empty);
-    }
-}
 pub use error::TerminalError;
 pub use session::{SessionStats, Terminal, TerminalEvent, TerminalOptions};
 
@@ -147,4 +129,23 @@ pub fn ca_pem(ca: Option<&std::path::Path>) -> Result<Option<String>, TerminalEr
     std::fs::read_to_string(&path)
         .map(Some)
         .map_err(|e| TerminalError::Usage(format!("cannot read the CA file {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod token_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        let path = test_token_file("perm", "abc\n");
+        assert_eq!(token_from_file(&path).as_deref(), Ok("abc"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(token_from_file(&path).expect_err("0644").contains("readable by others"));
+        let empty = test_token_file("empty", "\n");
+        assert!(token_from_file(&empty).expect_err("empty").contains("does not hold a device token"));
+        assert!(token_from_file("/nonexistent/token").expect_err("missing").contains("cannot read"));
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(empty);
+    }
 }

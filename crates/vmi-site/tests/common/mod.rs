@@ -31,7 +31,7 @@ pub fn test_ca() -> &'static Arc<Authority> {
 
 /// A caller that trusts the test CA and presents `token` (a device's or the operator's).
 pub fn bearer(token: &str) -> Caller {
-    Caller::trusting(&test_ca().cert_pem()).expect("CA").with_bearer(token)
+    Caller::trusting(test_ca().cert_pem()).expect("CA").with_bearer(token)
 }
 
 /// A control service over HTTPS from [`test_ca`], and its operator.
@@ -241,7 +241,7 @@ impl Term {
 
 /// A caller that trusts the test CA and presents nothing (a terminal before its Hello).
 pub fn bearer_less() -> Caller {
-    Caller::trusting(&test_ca().cert_pem()).expect("CA")
+    Caller::trusting(test_ca().cert_pem()).expect("CA")
 }
 
 /// A caller acting as site `id` (its certificate from [`test_ca`], its claim).
