@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // End-to-end drive of the Seed VMI browser terminal in Debian's Chromium.
 //
-//   node tests/browser/e2e.mjs --url http://127.0.0.1:PORT/?token=TOKEN \
+//   VMI_OPERATOR_TOKEN=… node tests/browser/e2e.mjs --url http://127.0.0.1:PORT/#token=TOKEN \
 //        --mail-url http://127.0.0.1:PORT/v1/phones/alice/mail --screenshot-dir DIR
 //
 // Options: --chromium PATH (default $CHROMIUM or /usr/bin/chromium), --timeout-ms N
@@ -19,7 +19,7 @@ import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 
 const USAGE =
-  'usage: node e2e.mjs --url http://HOST:PORT/?token=TOKEN --mail-url http://HOST:PORT/v1/phones/USER/mail ' +
+  'usage: VMI_OPERATOR_TOKEN=… node e2e.mjs --url http://HOST:PORT/#token=TOKEN --mail-url http://HOST:PORT/v1/phones/USER/mail ' +
   '[--screenshot-dir DIR] [--chromium /usr/bin/chromium] [--timeout-ms 20000] [--skip-history]';
 
 let opts;
@@ -265,7 +265,8 @@ async function run(context) {
   try {
     res = await fetch(opts['mail-url'], {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      // The mail route is the operator's: the test hands its token over in the environment, never in argv.
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${process.env.VMI_OPERATOR_TOKEN}` },
       body: JSON.stringify(mail),
     });
   } catch (e) {

@@ -6,7 +6,7 @@
 // blocks, an inbox). Its encoder is independent of the terminal's codec.js (own LZ4 compressor).
 //
 //   node tests/browser/mock-site.mjs [--port 0] [--token tok-alice]
-// prints {"url": "http://127.0.0.1:PORT/?token=…", "mail_url": …} and serves until killed.
+// prints {"url": "http://127.0.0.1:PORT/#token=…", "mail_url": …} and serves until killed.
 // Extra endpoints: GET /v1/phones/alice/screen-hash, POST /mock/redirect (sends every
 // terminal a Redirect to this same site), POST /mock/redirect-next-hello (answers the next
 // Hello with a Redirect instead of Welcome), POST /mock/stall (inputs are lost from now on),
@@ -532,7 +532,7 @@ server.listen(Number(opts.port), '127.0.0.1', () => {
   const port = server.address().port;
   console.log(
     JSON.stringify({
-      url: `http://127.0.0.1:${port}/?token=${opts.token}`,
+      url: `http://127.0.0.1:${port}/#token=${opts.token}`,
       mail_url: `http://127.0.0.1:${port}/v1/phones/alice/mail`,
       hash_url: `http://127.0.0.1:${port}/v1/phones/alice/screen-hash`,
     }),

@@ -19,16 +19,36 @@ struct World {
     token: String,
     _control_stop: tokio::sync::oneshot::Sender<()>,
     data_dir: std::path::PathBuf,
+    /// The provider CA of this in-process world (sites get their certificates from it).
+    authority: Arc<vmi_trust::Authority>,
+    /// The operator, as the benchmark calls the services.
+    operator: vmi_control_api::Caller,
+}
+
+impl World {
+    /// A site's credentials from this world's CA.
+    fn site_credentials(&self, id: &str) -> Result<vmi_trust::Credentials> {
+        Ok(self.authority.credentials_for(&vmi_trust::site_name(id)?, &["127.0.0.1"])?)
+    }
 }
 
 async fn world(clock: Arc<dyn Clock>) -> Result<World> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let control_url = format!("http://{}", listener.local_addr()?);
+    let control_url = format!("https://{}", listener.local_addr()?);
     let store = Arc::new(vmi_control::SqliteStore::in_memory()?);
+    let authority = Arc::new(vmi_trust::Authority::create(vmi_trust::AUTHORITY_NAME)?);
+    let trust = vmi_control::ServiceTrust::new(authority.clone(), &["127.0.0.1"])?;
+    let admin = vmi_control::Store::create_credential(
+        store.as_ref(),
+        &vmi_control_api::auth::Principal::Operator { name: "bench".into() },
+    )?;
+    let operator = vmi_control_api::Caller::trusting(authority.cert_pem())?.with_bearer(&admin.token);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(vmi_control::serve(listener, store, async move {
+    let options = vmi_control::ServeOptions { trust: Some(trust), ..vmi_control::ServeOptions::default() };
+    tokio::spawn(vmi_control::serve_with(listener, store, options, async move {
         let _ = stopped.await;
     }));
+    let site_credentials = authority.credentials_for(&vmi_trust::site_name("site-a")?, &["127.0.0.1"])?;
     let data_dir = std::env::temp_dir().join(format!("vmi-bench-{}", std::process::id()));
     let site = vmi_site::start(SiteConfig {
         id: "site-a".into(),
@@ -44,14 +64,16 @@ async fn world(clock: Arc<dyn Clock>) -> Result<World> {
         public_url: None,
         checkpoint_every: None,
         retention: Default::default(),
+        credentials: site_credentials,
+        limits: Default::default(),
     })
     .await?;
-    let control = vmi_control_api::ControlClient::new(&control_url)?;
+    let control = vmi_control_api::ControlClient::new(&control_url, &operator)?;
     control.create_user("bench").await?;
     control.set_placement("bench", "site-a").await?;
     site.state.create_phone("bench").await?;
     let token = control.create_device("bench", "bench terminal").await?.token;
-    Ok(World { site, token, _control_stop: stop, data_dir })
+    Ok(World { site, token, _control_stop: stop, data_dir, authority, operator })
 }
 
 impl World {
@@ -304,6 +326,8 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
         public_url: None,
         checkpoint_every: None,
         retention: Default::default(),
+        credentials: w.site_credentials("site-b")?,
+        limits: Default::default(),
     })
     .await?;
     let sites = [(w.site.state.id.clone(), w.site.url.clone()), (b.state.id.clone(), b.url.clone())];
@@ -323,9 +347,10 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
     let mut bytes_sent = Vec::new();
     for i in 0..rounds {
         let (from, to) = (&sites[i % 2], &sites[(i + 1) % 2]);
-        let body = json!({ "to": to.0, "to_url": to.1 });
+        let body = json!({ "to": to.0 });
         let url = format!("{}/v1/phones/bench/migrate", from.1);
-        let call = tokio::spawn(async move { vmi_control_api::http_client::post_json(&url, &body).await });
+        let operator = w.operator.clone();
+        let call = tokio::spawn(async move { operator.post_json(&url, &body).await });
         // Keep typing through the move; watch what the terminal sees.
         let mut last_frame: Option<Instant> = None;
         let mut redirected: Option<Instant> = None;

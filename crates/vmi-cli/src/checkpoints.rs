@@ -62,15 +62,15 @@ pub enum CheckpointsCmd {
 pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
     match cmd {
         CheckpointsCmd::List { user, site, control, json } => {
-            let control = ControlClient::new(&control)?;
+            let control = crate::credentials::control_client(&control)?;
             // One site's own store, or the control service's catalogue of every copy.
             let (title, list): (String, Vec<Value>) = match site {
                 Some(site) => {
                     let url = site_url(&control, &site).await?;
-                    let (status, body) =
-                        vmi_control_api::http_client::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints"))
-                            .await
-                            .context("asking the site")?;
+                    let (status, body) = crate::credentials::operator_caller()?
+                        .get_bytes(&format!("{url}/v1/phones/{user}/checkpoints"))
+                        .await
+                        .context("asking the site")?;
                     let v = answer(status, &body)?;
                     (format!("on {site}"), v["checkpoints"].as_array().cloned().unwrap_or_default())
                 }
@@ -102,14 +102,12 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
             Ok(())
         }
         CheckpointsCmd::Create { user, label, control } => {
-            let control = ControlClient::new(&control)?;
+            let control = crate::credentials::control_client(&control)?;
             let (site, url) = phone_site(&control, &user).await?;
-            let (status, text) = vmi_control_api::http_client::post_json(
-                &format!("{url}/v1/phones/{user}/checkpoints"),
-                &json!({ "label": label }),
-            )
-            .await
-            .context("asking the site")?;
+            let (status, text) = crate::credentials::operator_caller()?
+                .post_json(&format!("{url}/v1/phones/{user}/checkpoints"), &json!({ "label": label }))
+                .await
+                .context("asking the site")?;
             let v = answer(status, text.as_bytes())?;
             let c = &v["checkpoint"];
             let copy = match v["replica"].as_str() {
@@ -124,7 +122,7 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
             Ok(())
         }
         CheckpointsCmd::Restore { user, at, id, site, control } => {
-            let control = ControlClient::new(&control)?;
+            let control = crate::credentials::control_client(&control)?;
             let at_ms = at.as_deref().map(|at| parse_time(at, now_ms())).transpose()?;
             let body = match (&id, at_ms) {
                 (Some(id), _) => json!({ "id": full_id(&control, &user, site.as_deref(), id).await? }),
@@ -135,10 +133,10 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
                 None => phone_site(&control, &user).await?.1,
                 Some(to) => recover_on(&control, &user, &to).await?,
             };
-            let (status, text) =
-                vmi_control_api::http_client::post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &body)
-                    .await
-                    .context("asking the site")?;
+            let (status, text) = crate::credentials::operator_caller()?
+                .post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &body)
+                .await
+                .context("asking the site")?;
             if let (404, Some(at_ms)) = (status, at_ms) {
                 let oldest = control.checkpoints(&user).await.ok().and_then(|l| l.first().map(|c| c.entry.at_ms));
                 match oldest {
@@ -181,8 +179,9 @@ async fn full_id(control: &ControlClient, user: &str, site: Option<&str>, prefix
     let ids: Vec<String> = match site {
         Some(site) => {
             let url = site_url(control, site).await?;
-            let (status, body) =
-                vmi_control_api::http_client::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints")).await?;
+            let (status, body) = crate::credentials::operator_caller()?
+                .get_bytes(&format!("{url}/v1/phones/{user}/checkpoints"))
+                .await?;
             let v = answer(status, &body)?;
             v["checkpoints"]
                 .as_array()

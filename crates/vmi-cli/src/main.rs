@@ -4,6 +4,7 @@ mod bench;
 mod bench_checkpoint;
 mod bench_net;
 mod checkpoints;
+mod credentials;
 mod headless;
 mod proxy;
 mod qemu;
@@ -238,11 +239,13 @@ fn run(cli: Cli) -> Result<()> {
 
 /// `vmi vm checkout-cancel USER`: asks the phone's site to break the lease.
 async fn checkout_cancel(user: &str, control: &str) -> Result<()> {
-    let control = vmi_control_api::ControlClient::new(control)?;
+    let control = crate::credentials::control_client(control)?;
     let placement = control.placement(user).await.with_context(|| format!("finding {user}'s phone"))?;
     let url = format!("{}/v1/phones/{user}/checkout/cancel", placement.site_url);
-    let (status, text) =
-        vmi_control_api::http_client::post_json(&url, &serde_json::json!({})).await.context("asking the site")?;
+    let (status, text) = crate::credentials::operator_caller()?
+        .post_json(&url, &serde_json::json!({}))
+        .await
+        .context("asking the site")?;
     if status != 200 {
         bail!("{} did not cancel the checkout ({status}): {text}", placement.site);
     }

@@ -114,10 +114,11 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     let home = args.home_lat.zip(args.home_lon).unwrap_or((args.site_lat, args.site_lon));
     let path = Path { params, site };
     let delay_us = Arc::new(AtomicU64::new(path.one_way_us(home)));
-    let control = ControlClient::new(&args.control)?.with_timeout(Duration::from_secs(2));
+    let control = crate::credentials::control_client(&args.control)?.with_timeout(Duration::from_secs(2));
 
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
+    // The proxy carries bytes, not requests: TLS goes through it end to end, so it is reached as the site is.
+    let url = format!("https://{}", listener.local_addr()?);
     crate::services::announce("proxy", &url);
 
     let mut tasks = JoinSet::new();

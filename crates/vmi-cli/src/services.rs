@@ -64,6 +64,10 @@ pub struct SiteArgs {
     /// How often every phone is checkpointed (`30m`, `1h`, …; `off`: only on demand).
     #[arg(long, default_value = "1h", value_name = "DURATION")]
     checkpoint_every: String,
+    /// A join file (0600; from `vmi up` or an operator) to enroll with at the first start; later starts use the
+    /// certificate saved in DATA_DIR/tls.
+    #[arg(long, value_name = "FILE")]
+    join: Option<PathBuf>,
 }
 
 /// Operations on a site.
@@ -88,6 +92,31 @@ pub enum SiteCmd {
         #[arg(long, default_value = "http://127.0.0.1:7800")]
         control: String,
     },
+    /// Issue a one-time join file (0600, valid a day) with which a new site enrolls: `vmi site --join FILE`.
+    JoinToken {
+        /// The new site's id.
+        site: String,
+        /// Where to write it (default: SITE.join).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Control service URL.
+        #[arg(long, default_value = "http://127.0.0.1:7800")]
+        control: String,
+    },
+}
+
+/// Asks the control service for a join token for site `id` and writes the join file (0600) to `path`: the token,
+/// the control service's URL as the operator credential names it, and the provider CA.
+async fn write_join_file(control: &ControlClient, id: &str, path: &std::path::Path) -> Result<()> {
+    let operator = crate::credentials::operator()?;
+    let token = control.join_token(id).await.with_context(|| format!("a join token for {id}"))?;
+    let join = crate::credentials::JoinFile {
+        site: id.to_string(),
+        token: token.token,
+        control: operator.control.clone(),
+        ca_pem: operator.ca_pem.clone(),
+    };
+    crate::credentials::write_secret(path, &join)
 }
 
 /// `vmi vm migrate` arguments.
@@ -196,24 +225,87 @@ pub(crate) async fn stop_signal() {
     }
 }
 
+/// The provider CA's certificate, written by `vmi control` beside its database for terminals to trust.
+pub const CA_FILE: &str = "ca.pem";
+
 /// Runs the control service until SIGINT/SIGTERM.
+///
+/// At its first start it creates the provider CA (beside the database, in `pki/`) and the first operator
+/// credential, written 0600 to `operator.json` beside the database: what the CLI reads (docs/SECURITY.md).
 pub async fn control(args: ControlArgs) -> Result<()> {
-    if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let dir = args.db.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let store = vmi_control::SqliteStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
+    let authority = vmi_trust::Authority::load_or_create(&dir.join("pki")).context("the provider CA")?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    let host = addr.ip().to_string();
+    let trust = vmi_control::ServiceTrust::new(Arc::new(authority), &[&host, "localhost"])?;
+    let url = format!("https://{addr}");
+    let credential_path = dir.join("operator.json");
+    use vmi_control::Store as _;
+    if !store.has_operator()? || !credential_path.exists() {
+        let new = store.create_credential(&vmi_control_api::auth::Principal::Operator { name: "admin".into() })?;
+        let credential = crate::credentials::OperatorCredential {
+            control: url.clone(),
+            token: new.token,
+            ca_pem: trust.control.authority.cert_pem().to_owned(),
+        };
+        crate::credentials::write_secret(&credential_path, &credential)?;
+        tracing::info!(path = %credential_path.display(), "operator credential written");
+    }
+    // The CA certificate is public: terminals are told to trust it (`vmi terminal --ca`).
+    let ca_path = dir.join(CA_FILE);
+    std::fs::write(&ca_path, trust.control.authority.cert_pem())
+        .with_context(|| format!("writing {}", ca_path.display()))?;
     announce("control", &url);
     let params = PolicyParams {
         dwell_ms: args.placer_dwell_ms,
         rtt_ms_per_100km: args.rtt_ms_per_100km,
         ..PolicyParams::default()
     };
-    let options = vmi_control::ServeOptions { placer: Some(params), ..vmi_control::ServeOptions::default() };
+    let options =
+        vmi_control::ServeOptions { placer: Some(params), trust: Some(trust), ..vmi_control::ServeOptions::default() };
     vmi_control::serve_with(listener, Arc::new(store), options, stop_signal()).await?;
     Ok(())
+}
+
+/// The site's certificate: the one saved in `data_dir/tls`, or a new one from enrolling with `join` (a key made
+/// here; only its public half leaves).
+async fn site_credentials(
+    id: &str,
+    data_dir: &std::path::Path,
+    join: Option<&std::path::Path>,
+    host: &str,
+) -> Result<vmi_trust::Credentials> {
+    let dir = data_dir.join("tls");
+    if dir.join("cert.pem").exists() {
+        return vmi_trust::Credentials::load(&dir).context("the site's saved certificate");
+    }
+    let Some(join) = join else {
+        bail!(
+            "site {id} has no certificate yet: start it once with --join FILE (a join file from `vmi site join-token`)"
+        );
+    };
+    let join: crate::credentials::JoinFile = crate::credentials::read_secret(join)?;
+    if join.site != id {
+        bail!("the join file is for site {}, not {id}", join.site);
+    }
+    let key = vmi_trust::KeyPair::generate()?;
+    let public_key: String = key.public_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let control = ControlClient::new(&join.control, &vmi_control_api::Caller::trusting(&join.ca_pem)?)?;
+    let request = vmi_control_api::auth::EnrollRequest {
+        token: join.token.clone(),
+        public_key,
+        hosts: vec![host.to_owned(), "localhost".to_owned()],
+    };
+    let enrollment = control.enroll(id, &request).await.context("enrolling with the control service")?;
+    let credentials =
+        vmi_trust::Credentials { cert_pem: enrollment.cert_pem, key_pem: key.to_pem(), ca_pem: enrollment.ca_pem };
+    credentials.save(&dir)?;
+    tracing::info!(site = id, "enrolled; certificate saved");
+    Ok(credentials)
 }
 
 /// Runs a site until SIGINT/SIGTERM, then saves every phone (or runs a site subcommand).
@@ -221,8 +313,15 @@ pub async fn site(args: SiteArgs) -> Result<()> {
     match args.command {
         Some(SiteCmd::Drain { site, control, timeout }) => return drain(&site, &control, timeout).await,
         Some(SiteCmd::Undrain { site, control }) => {
-            ControlClient::new(&control)?.undrain_site(&site).await.context("undraining")?;
+            crate::credentials::control_client(&control)?.undrain_site(&site).await.context("undraining")?;
             println!("{site} takes phones again");
+            return Ok(());
+        }
+        Some(SiteCmd::JoinToken { site, out, control }) => {
+            let path = out.unwrap_or_else(|| PathBuf::from(format!("{site}.join")));
+            write_join_file(&crate::credentials::control_client(&control)?, &site, &path).await?;
+            println!("join file for {site}: {} (0600, works once, for a day)", path.display());
+            println!("on the new site: vmi site --id {site} --join {} --data-dir DIR", path.display());
             return Ok(());
         }
         None => {}
@@ -230,7 +329,10 @@ pub async fn site(args: SiteArgs) -> Result<()> {
     let (Some(id), Some(data_dir)) = (args.id, args.data_dir) else {
         bail!("`vmi site` needs --id and --data-dir (or a subcommand: drain, undrain)");
     };
+    let credentials = site_credentials(&id, &data_dir, args.join.as_deref(), &args.listen.ip().to_string()).await?;
     let config = vmi_site::SiteConfig {
+        credentials,
+        limits: vmi_trust::ConnectionLimits::default(),
         id: id.clone(),
         listen: args.listen,
         data_dir,
@@ -265,7 +367,12 @@ struct Child {
 
 async fn spawn_service(name: &str, args: &[String]) -> Result<Child> {
     let exe = std::env::current_exe().context("finding the vmi executable")?;
-    let mut process = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    if let Some(path) = crate::credentials::chosen_credentials() {
+        // The operator credential this process uses (vmi up's own): its children act with it too.
+        command.env(crate::credentials::CREDENTIALS_ENV, path);
+    }
+    let mut process = command
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -330,6 +437,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
     .await?;
     let control_url = control.url.clone();
     children.push(control);
+    // The control service wrote the operator credential beside its database: this process acts with it, and
+    // enrolls each new site with a one-time join file (0600) that only that site reads.
+    crate::credentials::use_credentials(args.data_dir.join("operator.json"));
+    crate::credentials::operator()?;
+    let control_client = crate::credentials::control_client(&control_url)?;
     let (_, home_lat, home_lon) = DEMO_SITES[0];
     let mut routes = Vec::new();
     for (i, (id, lat, lon)) in DEMO_SITES.iter().enumerate() {
@@ -360,6 +472,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
             "--lon".into(),
             lon.to_string(),
         ];
+        if !args.data_dir.join(id).join("tls").join("cert.pem").exists() {
+            let path = args.data_dir.join(format!("{id}.join"));
+            write_join_file(&control_client, id, &path).await?;
+            site_args.extend(["--join".into(), path.display().to_string()]);
+        }
         if !args.no_proxy {
             // The proxy first: the site registers the proxy's URL, which must answer.
             let proxy = spawn_service(
@@ -399,13 +516,13 @@ pub async fn up(args: UpArgs) -> Result<()> {
         children.push(site);
     }
 
-    let result = demo(&control_url, &args.user).await;
+    let result = demo(&control_url, &args.user, &args.data_dir).await;
     let result = match result {
-        Ok(url) => write_up_file(&args.data_dir, &control_url, &routes, &url).map(|()| url),
+        Ok(demo) => write_up_file(&args.data_dir, &control_url, &routes, &demo).map(|()| demo),
         Err(e) => Err(e),
     };
     match &result {
-        Ok(url) => {
+        Ok(demo) => {
             println!("Seed VMI is up: a control service and {} sites.", DEMO_SITES.len());
             println!("  {:<8} {control_url}", "control");
             for (id, url, behind) in &routes {
@@ -424,9 +541,22 @@ pub async fn up(args: UpArgs) -> Result<()> {
                 );
             }
             println!();
-            println!("Browser terminal for {}:  {url}", args.user);
+            // The link carries the device token: it goes to a file only its owner reads, never to this log.
             println!(
-                "Send a mail:               vmi mail send --control {control_url} --to {} --subject Hello --body Hi",
+                "Browser terminal for {}:  {} (open the address written in {}; it holds the device token)",
+                args.user,
+                demo.page,
+                demo.link_file.display()
+            );
+            println!(
+                "Native terminal:           vmi terminal --control {control_url} --ca {} --token-file {}",
+                args.data_dir.join(CA_FILE).display(),
+                demo.token_file.display()
+            );
+            println!(
+                "Send a mail:               VMI_CREDENTIALS={} vmi mail send --control {control_url} --to {} \\
+                 --subject Hello --body Hi",
+                args.data_dir.join("operator.json").display(),
                 args.user
             );
             println!("Stop with Ctrl-C (every phone is saved).");
@@ -460,7 +590,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
 /// listens, and the demo user's browser `terminal` URL), for scripts and tests.
 pub const UP_FILE: &str = "up.json";
 
-fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], terminal: &str) -> Result<()> {
+fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], demo: &Demo) -> Result<()> {
     let sites: Vec<_> = routes
         .iter()
         .map(|(id, url, behind)| {
@@ -468,7 +598,15 @@ fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], termina
             serde_json::json!({ "id": id, "url": url, "listen": listen })
         })
         .collect();
-    let up = serde_json::json!({ "control": control, "sites": sites, "terminal": terminal });
+    let up = serde_json::json!({
+        "control": control,
+        "sites": sites,
+        "terminal": demo.page,
+        "link_file": demo.link_file,
+        "token_file": demo.token_file,
+        "ca_file": dir.join(CA_FILE),
+        "credentials": dir.join("operator.json"),
+    });
     let path = dir.join(UP_FILE);
     std::fs::write(&path, format!("{up:#}\n")).with_context(|| format!("writing {}", path.display()))
 }
@@ -499,14 +637,41 @@ async fn wait_any(children: &mut [Child]) -> String {
     }
 }
 
-/// Makes sure the demo user has a phone and a fresh browser device; returns the
-/// browser terminal URL.
-async fn demo(control_url: &str, user: &str) -> Result<String> {
-    let control = ControlClient::new(control_url)?;
+/// The demo user's terminal: the browser page (without its token), and the 0600 files holding the device token
+/// and the page's address with it.
+struct Demo {
+    page: String,
+    token_file: PathBuf,
+    link_file: PathBuf,
+}
+
+/// Makes sure the demo user has a phone and a fresh device; writes its token and the browser link (the token in
+/// the fragment, which the browser never sends) to 0600 files in `dir`.
+async fn demo(control_url: &str, user: &str, dir: &std::path::Path) -> Result<Demo> {
+    let control = crate::credentials::control_client(control_url)?;
     ensure_user_phone(&control, user, DEMO_SITES[0].0).await?;
     let device = control.create_device(user, "browser").await.context("creating a device")?;
     let placement = control.placement(user).await.context("finding the phone")?;
-    Ok(format!("{}/?token={}", placement.site_url, device.token))
+    let page = browser_page(&placement.site_url);
+    let token_file = dir.join(format!("{user}.token"));
+    crate::credentials::write_secret_bytes(&token_file, device.token.as_bytes())?;
+    let link_file = dir.join(format!("{user}.link"));
+    crate::credentials::write_secret_bytes(&link_file, format!("{page}#token={}\n", device.token).as_bytes())?;
+    Ok(Demo { page, token_file, link_file })
+}
+
+/// The address a browser on this machine opens a site's page at: plain HTTP on loopback (a browser does not
+/// trust the provider CA; sites answer plain HTTP from loopback only), the site's own HTTPS address otherwise.
+pub fn browser_page(site_url: &str) -> String {
+    let base = site_url.trim_end_matches('/');
+    let plain = base.strip_prefix("https://").filter(|rest| {
+        let host = rest.rsplit_once(':').map_or(*rest, |(h, _)| h);
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+    });
+    match plain {
+        Some(rest) => format!("http://{rest}/"),
+        None => format!("{base}/"),
+    }
 }
 
 /// Creates the user (if new), places the phone (if unplaced) and boots it on its site (if
@@ -525,12 +690,10 @@ pub async fn ensure_user_phone(control: &ControlClient, user: &str, default_site
         }
         Err(e) => return Err(e).context("reading the placement"),
     };
-    let status = vmi_control_api::http_client::post_json(
-        &format!("{}/v1/phones", placement.site_url),
-        &serde_json::json!({ "user": user }),
-    )
-    .await
-    .context("booting the phone")?;
+    let status = crate::credentials::operator_caller()?
+        .post_json(&format!("{}/v1/phones", placement.site_url), &serde_json::json!({ "user": user }))
+        .await
+        .context("booting the phone")?;
     if status.0 != 201 && status.0 != 409 {
         bail!("the site refused to boot the phone: {} {}", status.0, status.1);
     }
@@ -539,13 +702,13 @@ pub async fn ensure_user_phone(control: &ControlClient, user: &str, default_site
 
 /// `vmi mail send`: drops a mail in a user's mailbox on the site that runs their phone.
 pub async fn mail(args: MailArgs) -> Result<()> {
-    let control = ControlClient::new(&args.control)?;
+    let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.to).await.with_context(|| format!("finding {}'s phone", args.to))?;
     let body = serde_json::json!({ "from": args.from, "subject": args.subject, "body": args.body });
-    let (status, text) =
-        vmi_control_api::http_client::post_json(&format!("{}/v1/phones/{}/mail", placement.site_url, args.to), &body)
-            .await
-            .context("delivering the mail")?;
+    let (status, text) = crate::credentials::operator_caller()?
+        .post_json(&format!("{}/v1/phones/{}/mail", placement.site_url, args.to), &body)
+        .await
+        .context("delivering the mail")?;
     if status != 202 {
         bail!("the site refused the mail: {status} {text}");
     }
@@ -565,16 +728,15 @@ pub(crate) async fn site_url(control: &ControlClient, id: &str) -> Result<String
 
 /// `vmi vm migrate`: live-migrates a phone now.
 pub async fn migrate(args: MigrateArgs) -> Result<()> {
-    let control = ControlClient::new(&args.control)?;
+    let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.user).await.with_context(|| format!("finding {}'s phone", args.user))?;
-    let to_url = site_url(&control, &args.to).await?;
-    let body = serde_json::json!({ "to": args.to, "to_url": to_url });
-    let (status, text) = vmi_control_api::http_client::post_json(
-        &format!("{}/v1/phones/{}/migrate", placement.site_url, args.user),
-        &body,
-    )
-    .await
-    .context("asking the site to migrate")?;
+    // An unknown destination is named here, before the site is asked.
+    site_url(&control, &args.to).await?;
+    let body = serde_json::json!({ "to": args.to });
+    let (status, text) = crate::credentials::operator_caller()?
+        .post_json(&format!("{}/v1/phones/{}/migrate", placement.site_url, args.user), &body)
+        .await
+        .context("asking the site to migrate")?;
     let report: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::json!({ "error": text }));
     if status != 200 {
         bail!("migration did not happen ({status}): {report}");
@@ -593,11 +755,13 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
 
 /// `vmi vm list`: where every phone runs.
 pub async fn list(args: ListArgs) -> Result<()> {
-    let control = ControlClient::new(&args.control)?;
+    let control = crate::credentials::control_client(&args.control)?;
     let mut rows = Vec::new();
     for s in control.list_sites().await.context("listing sites")? {
-        let (status, body) =
-            vmi_control_api::http_client::get_bytes(&format!("{}/v1/phones", s.site.url)).await.unwrap_or_default();
+        let (status, body) = crate::credentials::operator_caller()?
+            .get_bytes(&format!("{}/v1/phones", s.site.url))
+            .await
+            .unwrap_or_default();
         let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         for p in phones["phones"].as_array().into_iter().flatten() {
             rows.push(serde_json::json!({
@@ -629,10 +793,11 @@ pub async fn list(args: ListArgs) -> Result<()> {
 
 /// `vmi vm logs`: asks the site that runs the phone for its recent log lines.
 pub async fn logs(args: LogsArgs) -> Result<()> {
-    let control = ControlClient::new(&args.control)?;
+    let control = crate::credentials::control_client(&args.control)?;
     let placement = control.placement(&args.user).await.with_context(|| format!("where {}'s phone runs", args.user))?;
     let url = format!("{}/v1/phones/{}/logs", placement.site_url.trim_end_matches('/'), args.user);
-    let (status, body) = vmi_control_api::http_client::get_bytes(&url).await.with_context(|| format!("GET {url}"))?;
+    let (status, body) =
+        crate::credentials::operator_caller()?.get_bytes(&url).await.with_context(|| format!("GET {url}"))?;
     let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if status != 200 {
         bail!("{} answered {status}: {}", placement.site, answer["error"].as_str().unwrap_or("no reason given"));
@@ -659,13 +824,15 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
 /// `vmi site drain`: marks the site draining (the control service's placer moves its
 /// phones to the best other sites) and waits until it has none.
 pub async fn drain(site: &str, control_url: &str, timeout_s: u64) -> Result<()> {
-    let control = ControlClient::new(control_url)?;
+    let control = crate::credentials::control_client(control_url)?;
     let url = site_url(&control, site).await?;
     control.drain_site(site).await.context("marking the site draining")?;
     let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
     loop {
-        let (_, body) =
-            vmi_control_api::http_client::get_bytes(&format!("{url}/v1/phones")).await.context("asking the site")?;
+        let (_, body) = crate::credentials::operator_caller()?
+            .get_bytes(&format!("{url}/v1/phones"))
+            .await
+            .context("asking the site")?;
         let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let left = phones["phones"].as_array().map(Vec::len).unwrap_or(0);
         if left == 0 {
@@ -722,7 +889,7 @@ pub enum DeviceCmd {
         #[arg(long, default_value = "http://127.0.0.1:7800")]
         control: String,
     },
-    /// Pair this device with a code; prints its token and the browser terminal URL.
+    /// Pair this device with a code; keeps its token and the browser terminal link in 0600 files.
     Pair {
         /// The code from `vmi user pair-code` or another signed-in device.
         code: String,
@@ -732,6 +899,12 @@ pub enum DeviceCmd {
         /// Control service URL.
         #[arg(long, default_value = "http://127.0.0.1:7800")]
         control: String,
+        /// Where to keep the device token (written 0600); the browser link goes beside it, `.link`.
+        #[arg(long = "token-file", value_name = "FILE", default_value = "vmi-device.token")]
+        token_file: PathBuf,
+        /// The provider CA (PEM) to check an `https://` control service against.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -742,7 +915,10 @@ pub async fn user(cmd: UserCmd) -> Result<()> {
             crate::tenants::create_user(&name, tenant.as_deref(), &control).await?
         }
         UserCmd::PairCode { user, control } => {
-            let code = ControlClient::new(&control)?.pair_code(&user).await.context("issuing a pairing code")?;
+            let code = crate::credentials::control_client(&control)?
+                .pair_code(&user)
+                .await
+                .context("issuing a pairing code")?;
             println!("pairing code for {user}: {}  (valid 10 minutes, once)", code.code);
             println!("on the new device: vmi device pair {} --control {control}", code.code);
         }
@@ -754,23 +930,31 @@ pub async fn user(cmd: UserCmd) -> Result<()> {
 pub async fn device(cmd: DeviceCmd) -> Result<()> {
     match cmd {
         DeviceCmd::List { user, control } => {
-            let devices = ControlClient::new(&control)?.list_devices(&user).await.context("listing devices")?;
+            let devices =
+                crate::credentials::control_client(&control)?.list_devices(&user).await.context("listing devices")?;
             println!("ID     REVOKED  NAME");
             for d in devices {
                 println!("{:<6} {:<8} {}", d.device_id, if d.revoked { "yes" } else { "no" }, d.name);
             }
         }
         DeviceCmd::Revoke { id, control } => {
-            ControlClient::new(&control)?.revoke_device(id).await.context("revoking")?;
+            crate::credentials::control_client(&control)?.revoke_device(id).await.context("revoking")?;
             println!("device {id} revoked: its sessions are closed and its token is refused");
         }
-        DeviceCmd::Pair { code, name, control } => {
-            let client = ControlClient::new(&control)?;
+        DeviceCmd::Pair { code, name, control, token_file, ca } => {
+            // A new device holds no credential yet: the code is its proof.
+            let caller = vmi_terminal::terminal_caller(ca.as_deref())?;
+            let client = ControlClient::new(&control, &caller)?;
             let device = client.pair(&code, &name).await.context("pairing (is the code right and fresh?)")?;
             let phone = client.phone_for_token(&device.token).await.context("finding the phone")?;
+            crate::credentials::write_secret_bytes(&token_file, device.token.as_bytes())?;
+            let link_file = token_file.with_extension("link");
+            let link = format!("{}#token={}\n", browser_page(&phone.site_url), device.token);
+            crate::credentials::write_secret_bytes(&link_file, link.as_bytes())?;
             println!("paired: this is device {} of user {}", device.device_id, phone.user);
-            println!("token: {}", device.token);
-            println!("browser terminal: {}/?token={}", phone.site_url, device.token);
+            println!("token: in {} (0600)", token_file.display());
+            println!("browser terminal: the address in {} (0600)", link_file.display());
+            println!("native terminal: vmi terminal --control {control} --token-file {}", token_file.display());
         }
     }
     Ok(())

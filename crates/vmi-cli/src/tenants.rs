@@ -121,7 +121,7 @@ pub struct PhoneArgs {
 }
 
 fn client(url: &str) -> Result<ControlClient> {
-    ControlClient::new(url).with_context(|| format!("control service URL {url}"))
+    crate::credentials::control_client(url).with_context(|| format!("control service URL {url}"))
 }
 
 fn quota<T: std::fmt::Display>(limit: Option<T>) -> String {
@@ -268,8 +268,10 @@ pub async fn create_phone(args: PhoneArgs) -> Result<()> {
     let control = client(&args.control)?;
     // A user has one phone: never boot a second one beside a running one.
     if let Ok(p) = control.placement(&args.user).await {
-        let (_, body) =
-            vmi_control_api::http_client::get_bytes(&format!("{}/v1/phones", p.site_url)).await.unwrap_or_default();
+        let (_, body) = crate::credentials::operator_caller()?
+            .get_bytes(&format!("{}/v1/phones", p.site_url))
+            .await
+            .unwrap_or_default();
         let listed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let runs = listed["phones"].as_array().into_iter().flatten().any(|ph| ph["user"] == args.user.as_str());
         if runs {
@@ -285,10 +287,10 @@ pub async fn create_phone(args: PhoneArgs) -> Result<()> {
         }
     }
     let (site, url) = site_of(&control, &args.user, args.site.as_deref()).await?;
-    let (status, body) =
-        vmi_control_api::http_client::post_json(&format!("{url}/v1/phones"), &serde_json::json!({ "user": args.user }))
-            .await
-            .context("asking the site")?;
+    let (status, body) = crate::credentials::operator_caller()?
+        .post_json(&format!("{url}/v1/phones"), &serde_json::json!({ "user": args.user }))
+        .await
+        .context("asking the site")?;
     if status != 201 {
         bail!("{site} did not boot {}'s phone: {}", args.user, error_text(&body));
     }
@@ -300,12 +302,10 @@ pub async fn create_phone(args: PhoneArgs) -> Result<()> {
 pub async fn restart(args: PhoneArgs) -> Result<()> {
     let control = client(&args.control)?;
     let (site, url) = site_of(&control, &args.user, None).await?;
-    let (status, body) = vmi_control_api::http_client::post_json(
-        &format!("{url}/v1/phones/{}/restart", args.user),
-        &serde_json::json!({}),
-    )
-    .await
-    .context("asking the site")?;
+    let (status, body) = crate::credentials::operator_caller()?
+        .post_json(&format!("{url}/v1/phones/{}/restart", args.user), &serde_json::json!({}))
+        .await
+        .context("asking the site")?;
     if status != 200 {
         bail!("{site} did not restart {}'s phone: {}", args.user, error_text(&body));
     }

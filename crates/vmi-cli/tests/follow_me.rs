@@ -14,12 +14,12 @@ fn the_phone_follows_a_terminal_that_walks_to_another_site() {
     let data = scratch_dir("follow-me");
     let up = up(&data, &["--placer-dwell-ms", "2000"]);
     let (proxy_a, proxy_c) = (up.site("site-a").to_string(), up.site("site-c").to_string());
-    let (control, url, token) = (up.control.clone(), up.terminal.clone(), up.token().to_string());
-    assert!(url.starts_with(&format!("{proxy_a}/?token=")), "the terminal URL is site-a's proxy: {url}");
+    let (control, url, token) = (up.control.clone(), up.terminal.clone(), up.token());
+    assert_eq!(url, format!("{}/", proxy_a.replace("https://", "http://")), "the page is at site-a's proxy");
 
-    // Control knows the sites by their proxies' URLs.
+    // Control knows the sites by their proxies' URLs (the page asks as the demo device).
     let sites: serde_json::Value =
-        serde_json::from_str(&fetch(&format!("{proxy_a}/v1/demo/sites"), None)).expect("json");
+        serde_json::from_str(&fetch(&format!("{proxy_a}/v1/demo/sites"), Some(&token))).expect("json");
     let site_c = sites.as_array().expect("list").iter().find(|s| s["id"] == "site-c").expect("site-c");
     assert_eq!(site_c["url"], proxy_c.as_str());
 
@@ -28,7 +28,8 @@ fn the_phone_follows_a_terminal_that_walks_to_another_site() {
     std::fs::write(&route, "# site-a, then to site-c\n60.2055 24.6559 2\n60.2934 25.0378 3\n60.2934 25.0378 60\n")
         .expect("route");
     let out = vmi()
-        .args(["terminal", "--headless", "--control", &control, "--token", &token, "--route"])
+        .args(["terminal", "--headless", "--control", &control, "--ca", &up.ca_file])
+        .args(["--token-file", &up.token_file, "--route"])
         .arg(&route)
         .args(["--duration", "14"])
         .output()
@@ -38,7 +39,7 @@ fn the_phone_follows_a_terminal_that_walks_to_another_site() {
     let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let redirect =
         events.iter().position(|e| e["event"] == "redirected").unwrap_or_else(|| panic!("no redirect in:\n{stdout}"));
-    assert_eq!(events[redirect]["url"], format!("{}/v1/terminal", proxy_c.replace("http://", "ws://")));
+    assert_eq!(events[redirect]["url"], format!("{}/v1/terminal", proxy_c.replace("https://", "wss://")));
 
     // Every second a position was reported, first near site-a, at last at site-c.
     let positions: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "position").collect();
@@ -58,13 +59,13 @@ fn the_phone_follows_a_terminal_that_walks_to_another_site() {
     assert!(far.iter().any(|&ms| ms >= 20.0), "round trips to site-a from site-c: {far:?}\n{stdout}");
 
     // The phone runs on site-c now, and the migration is in the log the map shows.
-    let list = vmi().args(["vm", "list", "--json", "--control", &control]).output().expect("vm list");
+    let list = up.vmi().args(["vm", "list", "--json", "--control", &control]).output().expect("vm list");
     assert!(list.status.success());
     let phones: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
     let demo = phones.as_array().expect("list").iter().find(|p| p["user"] == "demo").expect("demo's phone");
     assert_eq!(demo["site"], "site-c", "{phones}");
     let moves: serde_json::Value =
-        serde_json::from_str(&fetch(&format!("{proxy_a}/v1/demo/migrations?user=demo"), None)).expect("json");
+        serde_json::from_str(&fetch(&format!("{proxy_a}/v1/demo/migrations?user=demo"), Some(&token))).expect("json");
     let newest = &moves[0];
     assert_eq!(
         (&newest["from"], &newest["to"], &newest["outcome"]),

@@ -11,8 +11,17 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     let data = scratch_dir("up");
     let first = up(&data, &[]);
     let (control, url) = (first.control.clone(), first.terminal.clone());
-    assert!(url.starts_with(&format!("{}/?token=", first.site("site-a"))), "{url}");
-    let token = first.token().to_string();
+    // The page at site-a's address, plain on loopback; the token only in the 0600 link file, in its fragment.
+    assert_eq!(url, format!("{}/", first.site("site-a").replace("https://", "http://")));
+    assert!(!url.contains("token"), "{url}");
+    let link = std::fs::read_to_string(&first.link_file).expect("link file");
+    assert_eq!(link.trim(), format!("{url}#token={}", first.token()));
+    use std::os::unix::fs::PermissionsExt;
+    for secret in [&first.link_file, &first.token_file, &first.credentials] {
+        let mode = std::fs::metadata(secret).expect("secret file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{secret}");
+    }
+    let operator = first.operator_token();
 
     // A native terminal types a note.
     let script = data.join("type.script");
@@ -22,7 +31,8 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     // Plays `script` in a headless native terminal.
     let play = |script: &std::path::Path| {
         let out = vmi()
-            .args(["terminal", "--headless", "--control", &control, "--token", &token, "--script"])
+            .args(["terminal", "--headless", "--control", &control, "--ca", &first.ca_file])
+            .args(["--token-file", &first.token_file, "--script"])
             .arg(script)
             .output()
             .expect("terminal runs");
@@ -32,7 +42,8 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     assert!(shot.exists());
 
     // Mail reaches the phone.
-    let out = vmi()
+    let out = first
+        .vmi()
         .args(["mail", "send", "--control", &control, "--to", "demo", "--subject", "Hi", "--body", "there"])
         .output()
         .expect("mail");
@@ -40,7 +51,7 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
 
     // A checkpoint on demand, copied to a second site; more typing; back to the checkpoint.
     let cli = |args: &[&str]| {
-        let out = vmi().args(args).args(["--control", &control]).output().expect("vmi runs");
+        let out = first.vmi().args(args).args(["--control", &control]).output().expect("vmi runs");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -51,8 +62,9 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     let id = created.split_whitespace().nth(1).expect("id").to_string();
     std::fs::write(&script, "type , and more\n").expect("script");
     play(&script);
-    let site_url = url.split("/?token=").next().expect("site url").to_string();
-    assert_eq!(fetch(&format!("{site_url}/v1/phones/demo/kv/notes.text"), None), "Written before Ctrl-C, and more");
+    let site_url = first.site("site-a").to_string();
+    let notes = |site: &str| fetch(&format!("{site}/v1/phones/demo/kv/notes.text"), Some(&operator));
+    assert_eq!(notes(&site_url), "Written before Ctrl-C, and more");
     let (ok, listed) = cli(&["vm", "checkpoints", "list", "demo"]);
     assert!(ok && listed.contains("typed") && listed.contains(&id[..16]), "{listed}");
     let (ok, e) = cli(&["vm", "checkpoints", "restore", "demo", "--at", "yesterday"]);
@@ -60,7 +72,7 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     // By the 16 digits `list` shows.
     let (ok, restored) = cli(&["vm", "checkpoints", "restore", "demo", "--id", &id[..16]]);
     assert!(ok && restored.contains("undoes this"), "{restored}");
-    assert_eq!(fetch(&format!("{site_url}/v1/phones/demo/kv/notes.text"), None), "Written before Ctrl-C");
+    assert_eq!(notes(&site_url), "Written before Ctrl-C");
 
     first.interrupt();
     assert!(data.join("site-a/phones/demo/phone.state").exists(), "the phone was saved on Ctrl-C");
@@ -68,7 +80,7 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     // The next `vmi up` brings the same phone back.
     let second = up(&data, &[]);
     let site = second.site("site-a").to_string();
-    assert_eq!(fetch(&format!("{site}/v1/phones/demo/kv/notes.text"), None), "Written before Ctrl-C");
+    assert_eq!(notes(&site), "Written before Ctrl-C", "the operator credential of the first run still works");
     second.interrupt();
     let _ = std::fs::remove_dir_all(&data);
 }

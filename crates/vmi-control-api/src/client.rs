@@ -1,7 +1,8 @@
 //! [`ControlClient`]: the async client that sites, terminals and the `vmi` CLI use to talk to the control service.
 //!
-//! Plain HTTP/1.1 over one TCP connection per request (no pooling, no TLS). Every call, connect included, is bounded
-//! by a timeout ([`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT) unless changed with [`ControlClient::with_timeout`]).
+//! HTTP/1.1 over one connection per request (no pooling), TLS for `https://` with the service's certificate
+//! checked for the name `control.vmi` (docs/SECURITY.md). Every call, connect included, is bounded by a timeout
+//! ([`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT) unless changed with [`ControlClient::with_timeout`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,30 +12,46 @@ use hyper::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::ClientError;
+use crate::auth::{
+    AdminRequest, AuditEntry, AuditQuery, EnrollRequest, Enrollment, JoinToken, NewCredential, Principal,
+};
 use crate::http_client::{DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, Origin, error_message};
 use crate::model::{
-    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HeartbeatRequest, Identity, LoggedMigration,
-    MigrationRecord, NameRequest, NewDevice, PairCode, PairRequest, PhoneLocation, Placement, PlacementInfo,
-    PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport, User,
+    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HeartbeatRequest, LoggedMigration, MigrationRecord,
+    NameRequest, NewDevice, PairCode, PairRequest, PhoneLocation, Placement, PlacementInfo, PlacementRequest,
+    ReportRequest, SiteSpec, SiteStatus, TerminalReport, User,
 };
 use crate::tenants::{
     Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
     UserImage, UserRequest,
 };
 use crate::url::segment;
+use crate::{Caller, ClientError};
 
 /// A client for one control service. Cheap to clone; holds no connection between calls.
 #[derive(Debug, Clone)]
 pub struct ControlClient {
     origin: Origin,
+    caller: Caller,
     timeout: Duration,
 }
 
 impl ControlClient {
-    /// A client for the service at `base_url`, which must be `http://host[:port]` (trailing `/` allowed).
-    pub fn new(base_url: &str) -> Result<Self, ClientError> {
-        Ok(ControlClient { origin: Origin::parse(base_url)?, timeout: DEFAULT_TIMEOUT })
+    /// A client for the service at `base_url` (`https://host[:port]`, or `http://` on this machine; trailing `/`
+    /// allowed), calling as `caller`.
+    pub fn new(base_url: &str, caller: &Caller) -> Result<Self, ClientError> {
+        let caller = caller.clone().expecting(vmi_trust::CONTROL_NAME);
+        Ok(ControlClient { origin: Origin::parse(base_url)?, caller, timeout: DEFAULT_TIMEOUT })
+    }
+
+    /// The same client calling as the holder of `token` (a site acting for the device that asked it).
+    pub fn as_bearer(&self, token: &str) -> ControlClient {
+        ControlClient { caller: self.caller.clone().with_bearer(token), ..self.clone() }
+    }
+
+    /// Who this client calls as.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
     }
 
     /// The same client with another per-request timeout.
@@ -43,9 +60,9 @@ impl ControlClient {
         self
     }
 
-    /// The base URL this client talks to, `http://host:port`.
+    /// The base URL this client talks to, `http(s)://host:port`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.origin.authority)
+        self.origin.base_url()
     }
 
     /// `POST /v1/users/{user}/pair-code`: a one-time code for a new device of `user`.
@@ -57,6 +74,53 @@ impl ControlClient {
     pub async fn pair_code_for_device(&self, token: &str) -> Result<PairCode, ClientError> {
         let bytes = self.call(Method::POST, "/v1/phone/pair-code".to_owned(), None::<&()>, Some(token)).await?;
         serde_json::from_slice(&bytes).map_err(ClientError::Decode)
+    }
+
+    /// `POST /v1/sites/{id}/join-token` (operator): a one-time token site `id` enrolls with.
+    pub async fn join_token(&self, site: &str) -> Result<JoinToken, ClientError> {
+        self.json(Method::POST, format!("/v1/sites/{}/join-token", segment(site)), None::<&()>).await
+    }
+
+    /// `POST /v1/sites/{id}/enroll`: trades a join token and the site's public key for its certificate.
+    pub async fn enroll(&self, site: &str, request: &EnrollRequest) -> Result<Enrollment, ClientError> {
+        self.json(Method::POST, format!("/v1/sites/{}/enroll", segment(site)), Some(request)).await
+    }
+
+    /// `POST /v1/tenants/{name}/admins` (operator): a new tenant-admin credential.
+    pub async fn create_tenant_admin(&self, tenant: &str, name: &str) -> Result<NewCredential, ClientError> {
+        let body = AdminRequest { name: name.to_owned() };
+        self.json(Method::POST, format!("/v1/tenants/{}/admins", segment(tenant)), Some(&body)).await
+    }
+
+    /// `GET /v1/audit` (operator): the audit log, newest first, filtered by `query`.
+    pub async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, ClientError> {
+        let mut params = BTreeMap::new();
+        if let Some(user) = &query.user {
+            params.insert("user", user.clone());
+        }
+        if let Some(site) = &query.site {
+            params.insert("site", site.clone());
+        }
+        if let Some(principal) = &query.principal {
+            params.insert("principal", principal.clone());
+        }
+        if let Some(since) = query.since_ms {
+            params.insert("since_ms", since.to_string());
+        }
+        if let Some(until) = query.until_ms {
+            params.insert("until_ms", until.to_string());
+        }
+        if let Some(limit) = query.limit {
+            params.insert("limit", limit.to_string());
+        }
+        let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", segment(v))).collect();
+        let path = if query.is_empty() { "/v1/audit".to_owned() } else { format!("/v1/audit?{}", query.join("&")) };
+        self.json(Method::GET, path, None::<&()>).await
+    }
+
+    /// `POST /v1/audit` (sites): entries this site recorded (operator actions and refusals at the site).
+    pub async fn report_audit(&self, entries: &[AuditEntry]) -> Result<(), ClientError> {
+        self.call(Method::POST, "/v1/audit".to_owned(), Some(&entries), None).await.map(drop)
     }
 
     /// `POST /v1/pair`: trades a code for a new device (token included).
@@ -96,11 +160,12 @@ impl ControlClient {
         self.call(Method::POST, format!("/v1/devices/{device_id}/revoke"), None::<&()>, None).await.map(drop)
     }
 
-    /// `POST /v1/auth`: who `token` belongs to; `Ok(None)` if the service says it is unknown or revoked (401).
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Identity>, ClientError> {
+    /// `POST /v1/auth` (sites only): who `token` belongs to; `Ok(None)` if the service says it is unknown or
+    /// revoked (401).
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, ClientError> {
         let body = AuthRequest { token: token.to_owned() };
         match self.json(Method::POST, "/v1/auth".to_owned(), Some(&body)).await {
-            Ok(identity) => Ok(Some(identity)),
+            Ok(principal) => Ok(Some(principal)),
             Err(ClientError::Status { status: 401, .. }) => Ok(None),
             Err(err) => Err(err),
         }
@@ -321,8 +386,8 @@ impl ControlClient {
         limit: usize,
     ) -> Result<Bytes, ClientError> {
         let body = body.map(|(bytes, content_type)| (content_type, bytes));
-        let request = self.origin.request(method, path, body, bearer, true)?;
-        let (status, body) = self.origin.exchange(request, self.timeout, limit).await?;
+        let request = self.origin.request(method, path, body, &self.caller, bearer, true)?;
+        let (status, body) = self.origin.exchange(&self.caller, request, self.timeout, limit).await?;
         if status.is_success() {
             Ok(body)
         } else {
@@ -337,7 +402,9 @@ mod tests {
 
     #[test]
     fn base_urls_are_parsed_strictly() {
-        assert_eq!(ControlClient::new("http://h:1/").expect("client").base_url(), "http://h:1");
-        assert!(matches!(ControlClient::new("https://h:1"), Err(ClientError::InvalidUrl { .. })));
+        let caller = Caller::anonymous();
+        assert_eq!(ControlClient::new("http://h:1/", &caller).expect("client").base_url(), "http://h:1");
+        assert_eq!(ControlClient::new("https://h:1", &caller).expect("client").base_url(), "https://h:1");
+        assert!(matches!(ControlClient::new("ftp://h:1", &caller), Err(ClientError::InvalidUrl { .. })));
     }
 }

@@ -17,6 +17,10 @@ pub enum ClientError {
     /// An argument cannot be put in a request (e.g. a token with characters not allowed in a header).
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    /// The connection could not be opened or its TLS handshake failed (a certificate not from the provider CA,
+    /// or not naming the expected identity).
+    #[error("cannot connect securely")]
+    Trust(#[source] vmi_trust::TrustError),
     /// The TCP connection could not be opened.
     #[error("cannot connect to {addr}")]
     Connect {

@@ -1,8 +1,8 @@
-//! The small HTTP/1.1 client under [`ControlClient`](crate::ControlClient), and requests to any `http://` URL:
-//! a site's operator endpoints, one site asking another (checkpoint copies, restores), a terminal's offline
-//! checkout.
+//! The small HTTP/1.1 client under [`ControlClient`](crate::ControlClient), and requests to any `http://` or
+//! `https://` URL: a site's operator endpoints, one site asking another (checkpoint copies, restores), a
+//! terminal's offline checkout. Every request goes out as a [`Caller`]: whom it trusts, who it is.
 //!
-//! One TCP connection per request (no pooling, no TLS), `Connection: close`, and every exchange, connect
+//! One connection per request (no pooling), `Connection: close`, and every exchange, connect and TLS handshake
 //! included, bounded by a timeout and by a most number of response bytes.
 
 use std::time::Duration;
@@ -12,10 +12,9 @@ pub use hyper::Method;
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
-use tokio::net::TcpStream;
 
 use crate::ClientError;
+use crate::caller::Caller;
 
 /// Timeout of [`post_json`] and [`post_bytes`] unless [`RequestOptions`] say otherwise.
 pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,7 +33,7 @@ pub struct RequestOptions<'a> {
     pub timeout: Duration,
     /// Most response bytes read; more is [`ClientError::ResponseTooLarge`].
     pub max_response_bytes: usize,
-    /// Sent as `Authorization: Bearer TOKEN`.
+    /// Sent as `Authorization: Bearer TOKEN` instead of the caller's own token (a site forwarding a device's).
     pub bearer: Option<&'a str>,
 }
 
@@ -47,17 +46,26 @@ impl Default for RequestOptions<'_> {
 /// Where requests go: an `http://host[:port]` origin, checked once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Origin {
+    /// `https://`: the connection is TLS.
+    pub(crate) tls: bool,
     /// `host[:port]` as given, for the `Host` header.
     pub(crate) authority: String,
     /// `host:port` to dial.
     pub(crate) addr: String,
+    /// The host alone (brackets of an IPv6 literal removed): the TLS name checked unless the caller expects an
+    /// identity.
+    pub(crate) host: String,
 }
 
 impl Origin {
-    /// Parses `http://host[:port]` (trailing `/` allowed; no path, query or user info).
+    /// Parses `http://host[:port]` or `https://host[:port]` (trailing `/` allowed; no path, query or user info).
     pub(crate) fn parse(base_url: &str) -> Result<Origin, ClientError> {
         let invalid = |reason| ClientError::InvalidUrl { url: base_url.to_owned(), reason };
-        let rest = base_url.strip_prefix("http://").ok_or_else(|| invalid("only http:// is supported"))?;
+        let (tls, rest) = match (base_url.strip_prefix("http://"), base_url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(invalid("expected http:// or https://")),
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty() {
             return Err(invalid("missing host"));
@@ -66,35 +74,44 @@ impl Origin {
             return Err(invalid("expected host[:port] with no path, query or user info"));
         }
         let host_end = authority.rfind(']').map_or(0, |i| i + 1);
-        let addr = match authority[host_end..].rsplit_once(':') {
+        let (host, addr) = match authority[host_end..].rsplit_once(':') {
             Some((_, port)) => {
                 port.parse::<u16>().map_err(|_| invalid("port is not a number from 0 to 65535"))?;
-                authority.to_owned()
+                (&authority[..authority.len() - port.len() - 1], authority.to_owned())
             }
-            None => format!("{authority}:80"),
+            None => (authority, format!("{authority}:{}", if tls { 443 } else { 80 })),
         };
-        Ok(Origin { authority: authority.to_owned(), addr })
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        Ok(Origin { tls, authority: authority.to_owned(), addr, host })
     }
 
-    /// Splits `http://host:port/path` into its origin and its path (`/` when it has none).
-    fn of_url(url: &str) -> Result<(Origin, String), ClientError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| ClientError::InvalidUrl { url: url.to_owned(), reason: "only http:// is supported" })?;
+    /// The base URL, `http(s)://host[:port]`.
+    pub(crate) fn base_url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.authority)
+    }
+
+    /// Splits `http(s)://host:port/path` into its origin and its path (`/` when it has none).
+    pub(crate) fn of_url(url: &str) -> Result<(Origin, String), ClientError> {
+        let scheme_end = url
+            .find("://")
+            .map(|i| i + 3)
+            .ok_or_else(|| ClientError::InvalidUrl { url: url.to_owned(), reason: "expected http:// or https://" })?;
+        let rest = &url[scheme_end..];
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        Ok((Origin::parse(&format!("http://{authority}"))?, path.to_owned()))
+        Ok((Origin::parse(&format!("{}{authority}", &url[..scheme_end]))?, path.to_owned()))
     }
 
-    /// A request to `path` here with a body of the given content type (if any), a bearer token (if any) and,
-    /// when `accept_json`, `Accept: application/json`.
+    /// A request to `path` here with a body of the given content type (if any), `caller`'s credentials (`bearer`
+    /// instead of its own token, when given) and, when `accept_json`, `Accept: application/json`.
     pub(crate) fn request(
         &self,
         method: Method,
         path: String,
         body: Option<(&'static str, Bytes)>,
+        caller: &Caller,
         bearer: Option<&str>,
         accept_json: bool,
     ) -> Result<Request<Full<Bytes>>, ClientError> {
@@ -106,7 +123,10 @@ impl Origin {
         if accept_json {
             builder = builder.header(header::ACCEPT, "application/json");
         }
-        if let Some(token) = bearer {
+        if let Some(claim) = caller.claim() {
+            builder = builder.header(crate::auth::PEER_HEADER, claim);
+        }
+        if let Some(token) = bearer.or(caller.bearer()) {
             let value = header::HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| ClientError::InvalidRequest("token contains characters not allowed in a header"))?;
             builder = builder.header(header::AUTHORIZATION, value);
@@ -121,26 +141,27 @@ impl Origin {
         builder.body(Full::new(payload)).map_err(|_| ClientError::InvalidRequest("cannot build request"))
     }
 
-    /// Sends `request` on a fresh connection within `timeout`; the status and at most `limit` bytes of body.
+    /// Sends `request` as `caller` on a fresh connection within `timeout`; the status and at most `limit` bytes
+    /// of body.
     pub(crate) async fn exchange(
         &self,
+        caller: &Caller,
         request: Request<Full<Bytes>>,
         timeout: Duration,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        tokio::time::timeout(timeout, self.exchange_unbounded(request, limit))
+        tokio::time::timeout(timeout, self.exchange_unbounded(caller, request, limit))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
     }
 
     async fn exchange_unbounded(
         &self,
+        caller: &Caller,
         request: Request<Full<Bytes>>,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let stream = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|source| ClientError::Connect { addr: self.addr.clone(), source })?;
+        let stream = caller.dial(self).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ClientError::Http)?;
         // Drive the connection in this task, beside the request: no spawned task to own, and the connection
@@ -171,55 +192,6 @@ impl Origin {
     }
 }
 
-/// One request to any `http://` URL with a body of the given content type (if any); the status and the body,
-/// whatever the status.
-pub async fn send(
-    method: Method,
-    url: &str,
-    body: Option<(&'static str, Vec<u8>)>,
-    options: RequestOptions<'_>,
-) -> Result<(u16, Bytes), ClientError> {
-    let (origin, path) = Origin::of_url(url)?;
-    let body = body.map(|(content_type, bytes)| (content_type, Bytes::from(bytes)));
-    let request = origin.request(method, path, body, options.bearer, false)?;
-    let (status, body) = origin.exchange(request, options.timeout, options.max_response_bytes).await?;
-    Ok((status.as_u16(), body))
-}
-
-/// POSTs a JSON body to any `http://` URL (a site's operator endpoints, say) and returns the status and the body
-/// as text, whatever the status; waits up to [`OPERATOR_TIMEOUT`].
-pub async fn post_json(url: &str, body: &serde_json::Value) -> Result<(u16, String), ClientError> {
-    post_json_within(url, body, OPERATOR_TIMEOUT).await
-}
-
-/// [`post_json`] with another timeout for the whole exchange.
-pub async fn post_json_within<B: Serialize>(
-    url: &str,
-    body: &B,
-    timeout: Duration,
-) -> Result<(u16, String), ClientError> {
-    let bytes = serde_json::to_vec(body).map_err(|_| ClientError::InvalidRequest("cannot encode request body"))?;
-    let options = RequestOptions { timeout, ..RequestOptions::default() };
-    let (status, body) = send(Method::POST, url, Some(("application/json", bytes)), options).await?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// POSTs bytes (`application/octet-stream`) to any `http://` URL and returns the status and body bytes, whatever
-/// the status; waits up to [`OPERATOR_TIMEOUT`].
-pub async fn post_bytes(url: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
-    let options = RequestOptions::default();
-    let (status, body) = send(Method::POST, url, Some(("application/octet-stream", body)), options).await?;
-    Ok((status, body.to_vec()))
-}
-
-/// GETs any `http://` URL and returns the status and body bytes, whatever the status; waits up to
-/// [`DEFAULT_TIMEOUT`].
-pub async fn get_bytes(url: &str) -> Result<(u16, Vec<u8>), ClientError> {
-    let options = RequestOptions { timeout: DEFAULT_TIMEOUT, ..RequestOptions::default() };
-    let (status, body) = send(Method::GET, url, None, options).await?;
-    Ok((status, body.to_vec()))
-}
-
 /// The `error` field of a JSON error body, or the body as text.
 pub fn error_message(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
@@ -243,7 +215,10 @@ mod tests {
         assert_eq!(Origin::parse("http://control").expect("origin").addr, "control:80");
         assert_eq!(Origin::parse("http://[::1]:9").expect("origin").addr, "[::1]:9");
         assert_eq!(Origin::parse("http://[::1]").expect("origin").addr, "[::1]:80");
-        for bad in ["https://h:1", "h:1", "http://", "http://h:1/v1", "http://h:99999", "http://u@h:1", "http://h:x"] {
+        let o = Origin::parse("https://[::1]:9").expect("origin");
+        assert_eq!((o.tls, o.host.as_str(), o.base_url().as_str()), (true, "::1", "https://[::1]:9"));
+        assert_eq!(Origin::parse("https://site.example").expect("origin").addr, "site.example:443");
+        for bad in ["ftp://h:1", "h:1", "http://", "http://h:1/v1", "http://h:99999", "http://u@h:1", "http://h:x"] {
             assert!(matches!(Origin::parse(bad), Err(ClientError::InvalidUrl { .. })), "{bad:?}");
         }
     }
@@ -253,7 +228,8 @@ mod tests {
         let (o, path) = Origin::of_url("http://h:1/v1/phones/a%20b?x=1").expect("url");
         assert_eq!((o.authority.as_str(), path.as_str()), ("h:1", "/v1/phones/a%20b?x=1"));
         assert_eq!(Origin::of_url("http://h:1").expect("url").1, "/");
-        assert!(matches!(Origin::of_url("https://h:1/x"), Err(ClientError::InvalidUrl { .. })));
+        assert!(Origin::of_url("https://h:1/x").expect("url").0.tls);
+        assert!(matches!(Origin::of_url("h:1/x"), Err(ClientError::InvalidUrl { .. })));
     }
 
     #[test]

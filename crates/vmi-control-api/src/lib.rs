@@ -19,7 +19,7 @@
 //! # async fn demo() -> Result<(), vmi_control_api::ClientError> {
 //! use vmi_control_api::ControlClient;
 //!
-//! let control = ControlClient::new("http://127.0.0.1:7000")?;
+//! let control = ControlClient::new("http://127.0.0.1:7000", &vmi_control_api::Caller::anonymous())?;
 //! let phone = control.phone_for_token("0123...").await?;
 //! println!("{} runs on {} ({})", phone.user, phone.site, phone.ws_url);
 //! # Ok(())
@@ -27,6 +27,7 @@
 //! ```
 
 pub mod auth;
+mod caller;
 mod client;
 mod error;
 pub mod http_client;
@@ -36,6 +37,7 @@ pub mod time;
 pub mod token;
 pub mod url;
 
+pub use caller::Caller;
 pub use client::ControlClient;
 pub use error::ClientError;
 pub use http_client::{DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES};

@@ -246,11 +246,11 @@ impl TerminalReport {
 ///
 /// The site answers once the migration committed (2xx) or aborted (non-2xx); the placer waits up to 30 s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MigrateOrder {
-    /// Destination site id.
+    /// Destination site id. The source finds its address in the registry and accepts only a peer whose
+    /// certificate names this site; there is no way to name a URL.
     pub to: String,
-    /// Destination site base URL.
-    pub to_url: String,
 }
 
 /// `outcome` of a migration whose destination took ownership (the placement moved to it).

@@ -43,9 +43,19 @@ pub enum ControlError {
     /// has no earlier version; the message says why.
     #[error("{0}")]
     Refused(String),
-    /// The bearer token is missing, unknown or revoked (401).
+    /// The bearer token is missing, unknown or revoked, or a machine's claim is not backed by its certificate
+    /// (401).
     #[error("missing, unknown or revoked token")]
     Unauthorized,
+    /// The caller is known but may not do this (403); the message says who may.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many failed attempts from this address (429); try again after the given time.
+    #[error("too many failed attempts from this address; try again in {} s", retry_after.as_secs().max(1))]
+    TooManyAttempts {
+        /// How long until the next attempt is considered.
+        retry_after: std::time::Duration,
+    },
     /// The request is malformed or a field is out of range (400); the message names the problem.
     #[error("{0}")]
     BadRequest(String),
@@ -60,6 +70,9 @@ pub enum ControlError {
         /// Newest version this build understands.
         supported: u32,
     },
+    /// The provider CA could not issue a certificate (500).
+    #[error("cannot issue the certificate")]
+    Trust(#[source] vmi_trust::TrustError),
     /// Reading random bytes for a device token failed (500).
     #[error("reading random bytes failed")]
     Entropy(#[source] std::io::Error),
@@ -79,12 +92,14 @@ impl ControlError {
             ControlError::Conflict { .. } | ControlError::EpochMismatch { .. } | ControlError::Refused(_) => {
                 StatusCode::CONFLICT
             }
-            ControlError::Quota(_) => StatusCode::FORBIDDEN,
+            ControlError::Quota(_) | ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControlError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ControlError::Unauthorized => StatusCode::UNAUTHORIZED,
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ControlError::Store(_) | ControlError::UnsupportedSchema { .. } | ControlError::Entropy(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ControlError::Store(_)
+            | ControlError::UnsupportedSchema { .. }
+            | ControlError::Entropy(_)
+            | ControlError::Trust(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -110,7 +125,14 @@ impl IntoResponse for ControlError {
         } else {
             self.to_string()
         };
+        let retry_after = match &self {
+            ControlError::TooManyAttempts { retry_after } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        };
         let mut response = (status, Json(ErrorBody { error: message })).into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -6,15 +6,20 @@ use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{StatusCode, Uri, header};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use vmi_control_api::http_client::post_json;
+use vmi_control_api::Caller as Outbound;
+use vmi_control_api::auth::{
+    AdminRequest, AuditEntry, AuditQuery, EnrollRequest, Enrollment, JoinToken, MAX_AUDIT_REPORTED, NewCredential,
+    Principal,
+};
 use vmi_control_api::model::{
-    AuthRequest, CatalogedCheckpoint, CheckpointEntry, DEFAULT_MIGRATIONS_LISTED, Device, HeartbeatRequest, Identity,
+    AuthRequest, CatalogedCheckpoint, CheckpointEntry, DEFAULT_MIGRATIONS_LISTED, Device, HeartbeatRequest,
     LoggedMigration, MAX_MIGRATIONS_LISTED, MigrationRecord, NameRequest, NewDevice, PairCode, PairRequest,
     PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport,
     User,
@@ -24,6 +29,9 @@ use vmi_control_api::tenants::{
     UserImage, UserRequest,
 };
 
+use vmi_trust::{Authority, CONTROL_NAME, CertRequest, ConnectionLimits, PublicKey, site_name};
+
+use crate::access::{self, Caller, Guard};
 use crate::pairing::PairCodes;
 use crate::placement::PolicyParams;
 use crate::store::now_ms;
@@ -31,14 +39,31 @@ use crate::validate::validate_report;
 use crate::{ControlError, Reports, Store, run_placer};
 
 type StoreRef = Arc<dyn Store>;
+
+/// How long a site join token works.
+pub const JOIN_TOKEN_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 type ApiResult<T> = Result<T, ControlError>;
 
-/// What every handler can reach: the durable registry and the in-memory terminal reports.
+/// What every handler can reach: the durable registry, the in-memory terminal reports and pairing codes, the
+/// guard against guessing, the provider CA, and how this service calls sites.
 #[derive(Clone)]
-struct AppState {
-    store: StoreRef,
+pub(crate) struct AppState {
+    pub(crate) store: StoreRef,
     reports: Reports,
     pair_codes: PairCodes,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) now_ms: Arc<dyn Fn() -> u64 + Send + Sync>,
+    trust: Option<ControlTrust>,
+}
+
+/// The control service's part in the provider's PKI: the CA it issues site certificates from, and how it calls
+/// sites (its own certificate, claiming `control`).
+#[derive(Clone)]
+pub struct ControlTrust {
+    /// The provider CA.
+    pub authority: Arc<Authority>,
+    /// How the service calls sites (revocations, migrate orders).
+    pub caller: Outbound,
 }
 
 impl FromRef<AppState> for PairCodes {
@@ -88,62 +113,142 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The control service's router with a fresh, empty [`Reports`]. Cheap to build, so tests build one per case.
+/// The control service's router with a fresh, empty [`Reports`], no CA (enrollment refused) and the system clock.
+/// Cheap to build, so tests build one per case.
 pub fn app(store: Arc<dyn Store>) -> Router {
-    app_with(store, Reports::new())
+    app_with(store, Reports::new(), None, Arc::new(Guard::new()))
 }
 
-/// The control service's router over `store` and `reports` (share `reports` with [`run_placer`]).
-pub fn app_with(store: Arc<dyn Store>, reports: Reports) -> Router {
+/// The control service's router over `store` and `reports` (share `reports` with [`run_placer`]), issuing site
+/// certificates from `trust`'s CA, with `guard` against guessing.
+///
+/// Every route is authenticated by [`access::authenticate`] and then authorized by the rule named beside it,
+/// before its handler reads a body (docs/SECURITY.md has the table of who may call what).
+pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTrust>, guard: Arc<Guard>) -> Router {
+    let state = AppState { store, reports, pair_codes: PairCodes::new(), guard, now_ms: Arc::new(now_ms), trust };
+    use access::{
+        admin, any_site, device, operator, signed_in, site_itself, site_or_operator, site_or_user_admin, user_admin,
+        user_owner, user_reader,
+    };
     Router::new()
+        // Anyone: health, and the exchanges whose secret is in the body (guarded against guessing).
         .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/users", post(create_user).get(list_users))
-        .route("/v1/users/{user}/devices", post(create_device).get(list_devices))
-        .route("/v1/devices/{id}/revoke", post(revoke_device))
-        .route("/v1/users/{user}/pair-code", post(user_pair_code))
-        .route("/v1/phone/pair-code", post(device_pair_code))
         .route("/v1/pair", post(pair))
-        .route("/v1/auth", post(authenticate))
-        .route("/v1/sites", get(list_sites))
-        .route("/v1/sites/{id}", put(put_site))
-        .route("/v1/sites/{id}/heartbeat", post(heartbeat))
-        .route("/v1/sites/{id}/drain", post(drain))
-        .route("/v1/sites/{id}/undrain", post(undrain))
-        .route("/v1/users/{user}/placement", put(set_placement).get(get_placement))
-        .route("/v1/users/{user}/report", get(get_report))
-        .route("/v1/phone", get(phone))
-        .route("/v1/phone/report", post(post_report))
-        .route("/v1/migrations", post(record_migration).get(list_migrations))
-        .route("/v1/users/{user}/checkpoints", get(list_checkpoints))
-        .route("/v1/users/{user}/checkpoints/{site}", put(put_site_checkpoints))
-        .route("/v1/tenants", post(create_tenant).get(list_tenants))
-        .route("/v1/tenants/{name}", put(update_tenant))
-        .route("/v1/users/{user}/admit", post(admit).delete(release))
-        .route("/v1/users/{user}/image", get(user_image))
+        .route("/v1/sites/{id}/enroll", post(enroll))
+        // Operators and tenant admins.
+        .route("/v1/users", post(create_user).get(list_users).route_layer(from_fn(admin)))
+        .route(
+            "/v1/users/{user}/devices",
+            post(create_device).get(list_devices).route_layer(from_fn_with_state(state.clone(), user_admin)),
+        )
+        .route(
+            "/v1/users/{user}/pair-code",
+            post(user_pair_code).route_layer(from_fn_with_state(state.clone(), user_admin)),
+        )
+        .route("/v1/devices/{id}/revoke", post(revoke_device).route_layer(from_fn(signed_in)))
+        .route("/v1/sites/{id}/drain", post(drain).route_layer(from_fn(operator)))
+        .route("/v1/sites/{id}/undrain", post(undrain).route_layer(from_fn(operator)))
+        .route("/v1/sites/{id}/join-token", post(join_token).route_layer(from_fn(operator)))
+        .route("/v1/tenants", post(create_tenant).get(list_tenants).route_layer(from_fn(operator)))
+        .route("/v1/tenants/{name}", put(update_tenant).route_layer(from_fn(operator)))
+        .route("/v1/tenants/{name}/admins", post(create_tenant_admin).route_layer(from_fn(operator)))
         .route(
             "/v1/images/{name}/versions",
-            post(publish_image).layer(axum::extract::DefaultBodyLimit::max(MAX_IMAGE_BYTES)),
+            post(publish_image)
+                .route_layer(from_fn(operator))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_IMAGE_BYTES)),
         )
-        .route("/v1/images", get(list_images))
-        .route("/v1/images/{name}/versions/{version}", get(image_wasm))
-        .route("/v1/images/{name}/rollback", post(rollback_image))
+        .route("/v1/images/{name}/rollback", post(rollback_image).route_layer(from_fn(operator)))
+        .route(
+            "/v1/audit",
+            get(list_audit).route_layer(from_fn(operator)).merge(post(report_audit).route_layer(from_fn(any_site))),
+        )
+        // Devices, for their own user (taken from the token).
+        .route("/v1/phone", get(phone).route_layer(from_fn(device)))
+        .route("/v1/phone/report", post(post_report).route_layer(from_fn(device)))
+        .route("/v1/phone/pair-code", post(device_pair_code).route_layer(from_fn(device)))
+        .route("/v1/users/{user}/report", get(get_report).route_layer(from_fn_with_state(state.clone(), user_owner)))
+        // Sites, each as itself.
+        .route("/v1/auth", post(authenticate).route_layer(from_fn(any_site)))
+        .route("/v1/sites/{id}", put(put_site).route_layer(from_fn_with_state(state.clone(), site_itself)))
+        .route("/v1/sites/{id}/heartbeat", post(heartbeat).route_layer(from_fn_with_state(state.clone(), site_itself)))
+        .route(
+            "/v1/users/{user}/checkpoints/{site}",
+            put(put_site_checkpoints).route_layer(from_fn_with_state(state.clone(), site_itself)),
+        )
+        .route("/v1/users/{user}/admit", post(admit).delete(release).route_layer(from_fn(any_site)))
+        .route(
+            "/v1/migrations",
+            post(record_migration)
+                .route_layer(from_fn(any_site))
+                .merge(get(list_migrations).route_layer(from_fn(signed_in))),
+        )
+        .route(
+            "/v1/users/{user}/placement",
+            put(set_placement)
+                .route_layer(from_fn(site_or_operator))
+                .merge(get(get_placement).route_layer(from_fn_with_state(state.clone(), user_reader))),
+        )
+        .route(
+            "/v1/users/{user}/checkpoints",
+            get(list_checkpoints).route_layer(from_fn_with_state(state.clone(), user_reader)),
+        )
+        .route(
+            "/v1/users/{user}/image",
+            get(user_image).route_layer(from_fn_with_state(state.clone(), site_or_user_admin)),
+        )
+        .route("/v1/images/{name}/versions/{version}", get(image_wasm).route_layer(from_fn(site_or_operator)))
+        // Anyone signed in.
+        .route("/v1/sites", get(list_sites).route_layer(from_fn(signed_in)))
+        .route("/v1/images", get(list_images).route_layer(from_fn(signed_in)))
         .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
-        .with_state(AppState { store, reports, pair_codes: PairCodes::new() })
+        .layer(from_fn_with_state(state.clone(), access::authenticate))
+        .with_state(state)
 }
 
 /// How [`serve_with`] runs the service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// Run the placer with these parameters; `None` turns it off (placements then only change by request).
     pub placer: Option<PolicyParams>,
     /// The placer's period.
     pub placer_every: Duration,
+    /// The provider CA and the service's certificate: serves HTTPS (plain HTTP only to loopback peers), issues
+    /// site certificates, calls sites over mutual TLS. `None`: plain HTTP on loopback, no enrollment.
+    pub trust: Option<ServiceTrust>,
+    /// Connection caps and timeouts of the listener.
+    pub limits: ConnectionLimits,
+}
+
+/// What a control service with TLS holds: its [`ControlTrust`] and the server configuration it listens with.
+#[derive(Clone)]
+pub struct ServiceTrust {
+    /// The CA and the caller towards sites.
+    pub control: ControlTrust,
+    /// The HTTPS server configuration (the service's certificate; client certificates optional, CA-checked).
+    pub server: Arc<vmi_trust::ServerConfig>,
+}
+
+impl ServiceTrust {
+    /// Trust from the CA in `authority`, with a fresh certificate for `control.vmi` and `hosts`.
+    pub fn new(authority: Arc<Authority>, hosts: &[&str]) -> Result<ServiceTrust, ControlError> {
+        let credentials = authority.credentials_for(CONTROL_NAME, hosts).map_err(ControlError::Trust)?;
+        let server = vmi_trust::server_config(&credentials).map_err(ControlError::Trust)?;
+        let caller = Outbound::machine(&credentials, "control")
+            .map_err(|e| ControlError::BadRequest(format!("cannot use the control certificate: {e}")))?;
+        Ok(ServiceTrust { control: ControlTrust { authority, caller }, server })
+    }
 }
 
 impl Default for ServeOptions {
-    /// The placer on, with [`PolicyParams::default`], every second.
+    /// The placer on, with [`PolicyParams::default`], every second; no TLS; default limits.
     fn default() -> Self {
-        ServeOptions { placer: Some(PolicyParams::default()), placer_every: Duration::from_secs(1) }
+        ServeOptions {
+            placer: Some(PolicyParams::default()),
+            placer_every: Duration::from_secs(1),
+            trust: None,
+            limits: ConnectionLimits::default(),
+        }
     }
 }
 
@@ -166,7 +271,8 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, placer = options.placer.is_some(), "control service listening");
+        vmi_trust::check_listen(addr, options.trust.is_some()).map_err(std::io::Error::other)?;
+        tracing::info!(%addr, placer = options.placer.is_some(), tls = options.trust.is_some(), "control service listening");
     }
     let reports = Reports::new();
     let (stopping, mut stop) = tokio::sync::watch::channel(false);
@@ -178,9 +284,12 @@ pub async fn serve_with(
             stopping.send_replace(true);
         }
     };
-    let router = app_with(store.clone(), reports.clone());
+    let control_trust = options.trust.as_ref().map(|t| t.control.clone());
+    let caller = control_trust.as_ref().map_or_else(Outbound::anonymous, |t| t.caller.clone());
+    let router = app_with(store.clone(), reports.clone(), control_trust, Arc::new(Guard::new()));
+    let tls = options.trust.as_ref().map(|t| t.server.clone());
     let server = async {
-        let result = axum::serve(listener, router).with_graceful_shutdown(signal).await;
+        let result = vmi_trust::serve(listener, router, tls, options.limits, signal).await;
         stopping.send_replace(true);
         result
     };
@@ -190,18 +299,127 @@ pub async fn serve_with(
                 // An error means the sender is gone, which also means stop.
                 let _ = stop.wait_for(|stopping| *stopping).await;
             };
-            run_placer(store, reports, params, options.placer_every, stopped).await;
+            run_placer(store, reports, caller, params, options.placer_every, stopped).await;
         }
     };
     let (result, ()) = tokio::join!(server, placer);
     result
 }
 
+/// `POST /v1/users`: an operator creates a user in any tenant; a tenant admin only in their own (the default).
 async fn create_user(
     State(store): State<StoreRef>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<UserRequest>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
-    Ok((StatusCode::CREATED, Json(store.create_user_in(&req.name, req.tenant.as_deref())?)))
+    let tenant = match &caller.principal {
+        Principal::TenantAdmin { tenant, .. } => match req.tenant.as_deref() {
+            None => Some(tenant.as_str()),
+            Some(named) if named == tenant => Some(tenant.as_str()),
+            Some(_) => {
+                return Err(ControlError::Forbidden(format!("{} may create users only in {tenant}", caller.principal)));
+            }
+        },
+        _ => req.tenant.as_deref(),
+    };
+    Ok((StatusCode::CREATED, Json(store.create_user_in(&req.name, tenant)?)))
+}
+
+/// `POST /v1/tenants/{name}/admins`: a credential for the tenant's administrator, shown once.
+async fn create_tenant_admin(
+    State(store): State<StoreRef>,
+    Path(tenant): Path<String>,
+    ApiJson(req): ApiJson<AdminRequest>,
+) -> ApiResult<(StatusCode, Json<NewCredential>)> {
+    let credential = store.create_credential(&Principal::TenantAdmin { tenant, name: req.name })?;
+    tracing::info!(principal = %credential.principal, "tenant admin credential created");
+    Ok((StatusCode::CREATED, Json(credential)))
+}
+
+/// `POST /v1/sites/{id}/join-token`: a one-time token for enrolling site `id`.
+async fn join_token(
+    State(state): State<AppState>,
+    Path(site): Path<String>,
+) -> ApiResult<(StatusCode, Json<JoinToken>)> {
+    if state.trust.is_none() {
+        return Err(ControlError::Refused("this control service runs without a CA: sites cannot enroll".to_owned()));
+    }
+    let token = state.store.create_join_token(&site, (state.now_ms)(), JOIN_TOKEN_TTL_MS)?;
+    tracing::info!(%site, expires_ms = token.expires_ms, "join token issued");
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+/// `POST /v1/sites/{id}/enroll`: a join token and a public key in, the site's certificate out. A wrong token
+/// counts against the caller's address like any wrong secret.
+async fn enroll(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(site): Path<String>,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> ApiResult<Json<Enrollment>> {
+    let trust = state.trust.as_ref().ok_or_else(|| {
+        ControlError::Refused("this control service runs without a CA: sites cannot enroll".to_owned())
+    })?;
+    state.guard.check(caller.from)?;
+    let public_key =
+        hex_bytes(&req.public_key).and_then(|bytes| PublicKey::from_bytes(&bytes).ok()).ok_or_else(|| {
+            ControlError::BadRequest("public_key must be a P-256 public key (65 bytes) in hex".to_owned())
+        })?;
+    let name = site_name(&site).map_err(|e| ControlError::BadRequest(e.to_string()))?;
+    if req.hosts.len() > 8 || req.hosts.iter().any(|h| h.is_empty() || h.len() > 253) {
+        return Err(ControlError::BadRequest("hosts: at most 8 names or addresses".to_owned()));
+    }
+    if !state.store.redeem_join_token(&site, &req.token, (state.now_ms)())? {
+        state.guard.failure(caller.from);
+        return Err(ControlError::Unauthorized);
+    }
+    let request = CertRequest {
+        name,
+        extra_hosts: req.hosts.clone(),
+        public_key,
+        validity_days: vmi_trust::DEFAULT_VALIDITY_DAYS,
+    };
+    let cert_pem = trust.authority.issue(&request).map_err(ControlError::Trust)?;
+    tracing::info!(%site, hosts = ?req.hosts, "site enrolled");
+    Ok(Json(Enrollment { cert_pem, ca_pem: trust.authority.cert_pem().to_owned() }))
+}
+
+/// Lowercase or uppercase hex to bytes; `None` if it is not hex.
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// `GET /v1/audit`: the audit log, newest first.
+async fn list_audit(
+    State(store): State<StoreRef>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    Ok(Json(store.audit(&query)?))
+}
+
+/// `POST /v1/audit`: a site's own entries (operator actions and refusals at the site), marked as reported by it.
+async fn report_audit(
+    State(store): State<StoreRef>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(entries): ApiJson<Vec<AuditEntry>>,
+) -> ApiResult<StatusCode> {
+    let site = caller.require_site()?.to_owned();
+    if entries.len() > MAX_AUDIT_REPORTED {
+        return Err(ControlError::BadRequest(format!("at most {MAX_AUDIT_REPORTED} entries at once")));
+    }
+    let entries: Vec<AuditEntry> = entries
+        .into_iter()
+        .map(|mut e| {
+            e.site = Some(site.clone());
+            e.detail = format!("reported by site {site}: {}", e.detail);
+            e
+        })
+        .collect();
+    store.record_audit(&entries)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create_tenant(
@@ -288,8 +506,15 @@ async fn rollback_image(State(store): State<StoreRef>, Path(name): Path<String>)
     Ok(Json(now))
 }
 
-async fn list_users(State(store): State<StoreRef>) -> ApiResult<Json<Vec<User>>> {
-    Ok(Json(store.list_users()?))
+/// `GET /v1/users`: every user for an operator, the tenant's own for a tenant admin.
+async fn list_users(State(store): State<StoreRef>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Vec<User>>> {
+    let users = store.list_users()?;
+    Ok(Json(match &caller.principal {
+        Principal::TenantAdmin { tenant, .. } => {
+            users.into_iter().filter(|u| u.tenant.as_deref() == Some(tenant.as_str())).collect()
+        }
+        _ => users,
+    }))
 }
 
 async fn create_device(
@@ -306,17 +531,29 @@ async fn list_devices(State(store): State<StoreRef>, Path(user): Path<String>) -
     Ok(Json(store.list_devices(&user)?))
 }
 
-async fn revoke_device(State(store): State<StoreRef>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let device_id: u64 = id.parse().map_err(|_| ControlError::not_found("device", id))?;
+/// `POST /v1/devices/{id}/revoke`: by an administrator of the device's user, or by another device of that user
+/// (the lost-phone case: the new terminal revokes the old).
+async fn revoke_device(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let store = state.store.clone();
+    let device_id: u64 = id.parse().map_err(|_| ControlError::not_found("device", id.clone()))?;
+    let user = store.device_user(device_id)?.ok_or_else(|| ControlError::not_found("device", id))?;
+    caller.require_owner_of(store.as_ref(), &user)?;
     store.revoke_device(device_id)?;
     tracing::info!(device_id, "device revoked");
     // Cut its live sessions at once: every site drops the device's terminals. (A site
     // that misses this still refuses the token at its next Hello.)
     let sites = store.list_sites()?;
+    let outbound = state.trust.as_ref().map_or_else(Outbound::anonymous, |t| t.caller.clone());
     for site in sites {
+        let caller = outbound.clone();
         tokio::spawn(async move {
             let url = format!("{}/v1/devices/{device_id}/revoked", site.url);
-            if let Err(e) = post_json(&url, &serde_json::json!({})).await {
+            let Ok(name) = site_name(&site.id) else { return };
+            if let Err(e) = caller.clone().expecting(&name).post_json(&url, &serde_json::json!({})).await {
                 tracing::warn!(site = %site.id, "could not tell the site about the revocation: {e}");
             }
         });
@@ -336,31 +573,37 @@ async fn user_pair_code(
 
 /// `POST /v1/phone/pair-code`: a signed-in device issues a code for its own user.
 async fn device_pair_code(
-    State(store): State<StoreRef>,
     State(codes): State<PairCodes>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<(StatusCode, Json<PairCode>)> {
-    let token = bearer_token(&headers).ok_or(ControlError::Unauthorized)?;
-    let identity = store.authenticate(token)?.ok_or(ControlError::Unauthorized)?;
-    Ok((StatusCode::CREATED, Json(codes.issue(&identity.user, now_ms())?)))
+    let user = caller.principal.device_user().ok_or(ControlError::Unauthorized)?;
+    Ok((StatusCode::CREATED, Json(codes.issue(user, now_ms())?)))
 }
 
 /// `POST /v1/pair {code, name}`: trades a valid code, once, for a new device token.
+///
+/// Codes are guessable in principle (10 digits), so a wrong code counts against the caller's address: after a
+/// few, the address is locked out (429) for a doubling while; the right code works again once it ends.
 async fn pair(
-    State(store): State<StoreRef>,
-    State(codes): State<PairCodes>,
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<PairRequest>,
 ) -> ApiResult<(StatusCode, Json<NewDevice>)> {
-    let user = codes
-        .redeem(&req.code, now_ms())
-        .ok_or_else(|| ControlError::not_found("pairing code (unknown, already used or expired)", &req.code))?;
+    let store = state.store.clone();
+    state.guard.check(caller.from)?;
+    let Some(user) = state.pair_codes.redeem(&req.code, (state.now_ms)()) else {
+        state.guard.failure(caller.from);
+        return Err(ControlError::not_found("pairing code (unknown, already used or expired)", &req.code));
+    };
     let device = store.create_device(&user, &req.name)?;
     tracing::info!(user, device_id = device.device_id, "device paired");
     Ok((StatusCode::CREATED, Json(device)))
 }
 
-async fn authenticate(State(store): State<StoreRef>, ApiJson(req): ApiJson<AuthRequest>) -> ApiResult<Json<Identity>> {
-    store.authenticate(&req.token)?.map(Json).ok_or(ControlError::Unauthorized)
+/// `POST /v1/auth` (sites): who a token a terminal or an operator presented to the site belongs to. Wrong
+/// tokens do not count against the site's address: the site guards its own callers.
+async fn authenticate(State(store): State<StoreRef>, ApiJson(req): ApiJson<AuthRequest>) -> ApiResult<Json<Principal>> {
+    store.principal(&req.token)?.map(Json).ok_or(ControlError::Unauthorized)
 }
 
 async fn put_site(
@@ -400,11 +643,22 @@ async fn list_sites(State(store): State<StoreRef>) -> ApiResult<Json<Vec<SiteSta
     Ok(Json(sites.collect()))
 }
 
+/// `PUT /v1/users/{user}/placement`: an operator places a phone anywhere; a site only on itself and only by
+/// compare-and-set (the ownership handoff of a migration it is the destination of, or a fence of its own).
 async fn set_placement(
     State(store): State<StoreRef>,
+    Extension(caller): Extension<Caller>,
     Path(user): Path<String>,
     ApiJson(req): ApiJson<PlacementRequest>,
 ) -> ApiResult<Json<Placement>> {
+    if let Principal::Site { id } = &caller.principal
+        && (req.site != *id || req.expected_epoch.is_none())
+    {
+        return Err(ControlError::Forbidden(format!(
+            "{} may place a phone only on itself and only with an expected epoch",
+            caller.principal
+        )));
+    }
     let placement = store.move_placement(&user, &req.site, req.expected_epoch)?;
     tracing::info!(%user, site = %placement.site, epoch = placement.epoch, expected_epoch = ?req.expected_epoch,
         "placement set");
@@ -418,26 +672,22 @@ async fn get_placement(State(store): State<StoreRef>, Path(user): Path<String>) 
 }
 
 /// `GET /v1/phone`: the caller's token decides whose phone; there is no way to name another user.
-async fn phone(State(store): State<StoreRef>, headers: HeaderMap) -> ApiResult<Json<PhoneLocation>> {
-    let token = bearer_token(&headers).ok_or(ControlError::Unauthorized)?;
-    let identity = store.authenticate(token)?.ok_or(ControlError::Unauthorized)?;
-    let placement =
-        store.placement(&identity.user)?.ok_or_else(|| ControlError::not_found("placement", &identity.user))?;
+async fn phone(State(store): State<StoreRef>, Extension(caller): Extension<Caller>) -> ApiResult<Json<PhoneLocation>> {
+    let user = caller.principal.device_user().ok_or(ControlError::Unauthorized)?.to_owned();
+    let placement = store.placement(&user)?.ok_or_else(|| ControlError::not_found("placement", &user))?;
     let site = store.site(&placement.site)?.ok_or_else(|| ControlError::not_found("site", &placement.site))?;
-    Ok(Json(PhoneLocation { user: identity.user, ws_url: site.ws_url(), site: site.id, site_url: site.url }))
+    Ok(Json(PhoneLocation { user, ws_url: site.ws_url(), site: site.id, site_url: site.url }))
 }
 
 /// `POST /v1/phone/report`: like `GET /v1/phone`, the token alone says whose report it is.
 async fn post_report(
-    State(store): State<StoreRef>,
     State(reports): State<Reports>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ReportRequest>,
 ) -> ApiResult<StatusCode> {
-    let token = bearer_token(&headers).ok_or(ControlError::Unauthorized)?;
-    let identity = store.authenticate(token)?.ok_or(ControlError::Unauthorized)?;
+    let user = caller.principal.device_user().ok_or(ControlError::Unauthorized)?;
     validate_report(&req)?;
-    reports.record(&identity.user, req, now_ms());
+    reports.record(user, req, now_ms());
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -445,10 +695,16 @@ async fn get_report(State(reports): State<Reports>, Path(user): Path<String>) ->
     reports.latest(&user).map(Json).ok_or_else(|| ControlError::not_found("report", user))
 }
 
+/// `POST /v1/migrations`: a site logs a migration it took part in.
 async fn record_migration(
     State(store): State<StoreRef>,
+    Extension(caller): Extension<Caller>,
     ApiJson(record): ApiJson<MigrationRecord>,
 ) -> ApiResult<(StatusCode, Json<LoggedMigration>)> {
+    let site = caller.require_site()?;
+    if record.from != site && record.to != site {
+        return Err(ControlError::Forbidden(format!("{} may log only migrations it took part in", caller.principal)));
+    }
     let logged = store.record_migration(&record, now_ms())?;
     tracing::info!(user = %record.user, from = %record.from, to = %record.to, epoch = record.epoch,
         outcome = %record.outcome, downtime_us = record.downtime_us, "migration logged");
@@ -481,20 +737,24 @@ struct MigrationsQuery {
     limit: Option<usize>,
 }
 
+/// `GET /v1/migrations`: all for an operator; one user's for a device (its own) or a tenant admin (their users).
 async fn list_migrations(
     State(store): State<StoreRef>,
-    ApiQuery(query): ApiQuery<MigrationsQuery>,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(mut query): ApiQuery<MigrationsQuery>,
 ) -> ApiResult<Json<Vec<LoggedMigration>>> {
+    match &caller.principal {
+        Principal::Operator { .. } => {}
+        Principal::Device { user, .. } if query.user.is_none() => query.user = Some(user.clone()),
+        Principal::Device { .. } | Principal::TenantAdmin { .. } => match &query.user {
+            Some(user) => caller.require_owner_of(store.as_ref(), user)?,
+            None => return Err(ControlError::BadRequest("name the user: ?user=NAME".to_owned())),
+        },
+        other => return Err(ControlError::Forbidden(format!("{other} may not read the migration log"))),
+    }
     let limit = query.limit.unwrap_or(DEFAULT_MIGRATIONS_LISTED);
     if !(1..=MAX_MIGRATIONS_LISTED).contains(&limit) {
         return Err(ControlError::BadRequest(format!("limit must be 1 to {MAX_MIGRATIONS_LISTED}")));
     }
     Ok(Json(store.migrations(query.user.as_deref(), limit)?))
-}
-
-/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

@@ -22,10 +22,11 @@
 //!
 //! # Phones follow their users
 //!
-//! The *placer* ([`run_placer`], started by [`serve`]) runs the [`placement`] policy every second over the sites,
+//! The *placer* ([`run_placer`], started by [`serve_with`]) runs the [`placement`] policy every second over the sites,
 //! the placements and the fresh terminal reports. When a phone should live somewhere else (its user has had a
 //! clearly closer site for a while, or its site died or is draining) the placer orders the phone's current site to
-//! live-migrate it: `POST {site_url}/v1/phones/{user}/migrate` with a [`MigrateOrder`]. The destination takes
+//! live-migrate it: `POST {site_url}/v1/phones/{user}/migrate` with a [`MigrateOrder`], over mutual TLS as the
+//! control service; the source looks the destination up in the registry and dials it expecting its certificate. The destination takes
 //! ownership with a compare-and-set on the placement epoch ([`Store::move_placement`], `"expected_epoch"` in
 //! `PUT /v1/users/{user}/placement`), so exactly one site owns a phone; a stale commit gets 409.
 //!
@@ -41,37 +42,51 @@
 //!
 //! # HTTP API
 //!
-//! | Method and path                       | Body                              | Success                                  |
-//! |---------------------------------------|-----------------------------------|------------------------------------------|
-//! | `POST /v1/users`                      | `{"name","tenant"?}`              | 201 `{"name","tenant"?}`; 409 if taken   |
-//! | `GET /v1/users`                       |                                   | 200 `[{"name"}]`                         |
-//! | `POST /v1/users/{user}/devices`       | `{"name"}`                        | 201 `{"device_id","token"}`              |
-//! | `GET /v1/users/{user}/devices`        |                                   | 200 list of [`Device`] (no tokens)       |
-//! | `POST /v1/devices/{id}/revoke`        |                                   | 204                                      |
-//! | `POST /v1/auth`                       | `{"token"}`                       | 200 `{"user","device_id"}`; 401          |
-//! | `PUT /v1/sites/{id}`                  | `{"url","lat","lon","capacity"}`  | 200 [`SiteStatus`]                       |
-//! | `POST /v1/sites/{id}/heartbeat`       | `{"phones"}`                      | 204                                      |
-//! | `POST /v1/sites/{id}/drain`           |                                   | 200 [`SiteStatus`] (`"draining":true`)   |
-//! | `POST /v1/sites/{id}/undrain`         |                                   | 200 [`SiteStatus`]                       |
-//! | `GET /v1/sites`                       |                                   | 200 list of [`SiteStatus`]               |
-//! | `PUT /v1/users/{user}/placement`      | `{"site","expected_epoch"?}`      | 200 `{"site","epoch"}`; 409 stale epoch  |
-//! | `GET /v1/users/{user}/placement`      |                                   | 200 `{"site","site_url","epoch"}`        |
-//! | `GET /v1/phone` + `Authorization: Bearer TOKEN` |                         | 200 `{"user","site","site_url","ws_url"}`|
-//! | `POST /v1/phone/report` + bearer      | `{"lat"?,"lon"?,"rtt_ms"?}`       | 204; 401 bad token                       |
-//! | `GET /v1/users/{user}/report`         |                                   | 200 [`TerminalReport`]; 404 none yet     |
-//! | `POST /v1/migrations`                 | [`MigrationRecord`]               | 201 [`LoggedMigration`]                  |
-//! | `GET /v1/migrations?user=U&limit=N`   |                                   | 200 list of [`LoggedMigration`]          |
-//! | `POST /v1/tenants`                    | [`TenantRequest`]                 | 201 [`Tenant`]; 409 if taken             |
-//! | `GET /v1/tenants`                     |                                   | 200 list of [`TenantStatus`]             |
-//! | `PUT /v1/tenants/{name}`              | [`TenantUpdate`] (what changes)    | 200 [`Tenant`]; 404                      |
-//! | `POST /v1/users/{user}/admit`         | `{"memory_bytes"}`                | 200 [`Admission`]; 403 over quota        |
-//! | `DELETE /v1/users/{user}/admit`       |                                   | 204 (the phone no longer counts)         |
-//! | `GET /v1/users/{user}/image`          |                                   | 200 [`UserImage`]; 404 none published    |
-//! | `POST /v1/images/{name}/versions`     | the wasm bytes                    | 201 [`ImageVersion`] (next version)      |
-//! | `GET /v1/images`                      |                                   | 200 list of [`ImageVersion`]             |
-//! | `GET /v1/images/{name}/versions/{v}`  |                                   | 200 `application/wasm`; 404              |
-//! | `POST /v1/images/{name}/rollback`     |                                   | 200 [`ImageVersion`] now current; 409    |
-//! | `GET /healthz`                        |                                   | 200 `ok`                                 |
+//! Every request is authenticated, then authorized, before its body is read ([`access`], docs/SECURITY.md):
+//! people and devices send `Authorization: Bearer TOKEN`; a site or control replica presents its TLS client
+//! certificate from the provider CA and names itself in the `vmi-peer` header. "Admin" is the operator, or a
+//! tenant admin for the users of their tenant; "owner" is the user's own device or an admin of the user.
+//! 401 is a missing or wrong credential (five from one address lock it out: 429 with `Retry-After`, doubling),
+//! 403 a caller who may not.
+//!
+//! | Method and path                       | Who                  | Body                              | Success                                  |
+//! |---------------------------------------|----------------------|-----------------------------------|------------------------------------------|
+//! | `POST /v1/users`                      | admin                | `{"name","tenant"?}`              | 201 `{"name","tenant"?}`; 409 if taken   |
+//! | `GET /v1/users`                       | admin                |                                   | 200 `[{"name"}]`                         |
+//! | `POST /v1/users/{user}/devices`       | admin of user        | `{"name"}`                        | 201 `{"device_id","token"}`              |
+//! | `GET /v1/users/{user}/devices`        | admin of user        |                                   | 200 list of [`Device`] (no tokens)       |
+//! | `POST /v1/users/{user}/pair-code`     | admin of user        |                                   | 201 a one-time code                      |
+//! | `POST /v1/phone/pair-code`            | device               |                                   | 201 a code for the device's user         |
+//! | `POST /v1/pair`                       | anyone (code)        | `{"code","name"}`                 | 201 `{"device_id","token"}`; lockout     |
+//! | `POST /v1/devices/{id}/revoke`        | admin, or the device's user | | 204                                       |
+//! | `POST /v1/auth`                       | site                 | `{"token"}`                       | 200 the token's principal; 401           |
+//! | `PUT /v1/sites/{id}`                  | site `id` itself     | `{"url","lat","lon","capacity"}`  | 200 [`SiteStatus`]                       |
+//! | `POST /v1/sites/{id}/heartbeat`       | site `id` itself     | `{"phones","audit"?}`             | 204                                      |
+//! | `POST /v1/sites/{id}/join-token`      | operator             |                                   | 201 a one-time join token (a day)        |
+//! | `POST /v1/sites/{id}/enroll`          | anyone (join token)  | `{"token","public_key"}`          | 200 the site's certificate and the CA    |
+//! | `POST /v1/sites/{id}/drain`, `undrain`| operator             |                                   | 200 [`SiteStatus`]                       |
+//! | `GET /v1/sites`                       | signed in            |                                   | 200 list of [`SiteStatus`]               |
+//! | `PUT /v1/users/{user}/placement`      | operator; a site only onto itself, with `expected_epoch` | `{"site","expected_epoch"?}` | 200 `{"site","epoch"}`; 409 stale |
+//! | `GET /v1/users/{user}/placement`      | owner, or a site     |                                   | 200 `{"site","site_url","epoch"}`        |
+//! | `GET /v1/phone`                       | device               |                                   | 200 `{"user","site","site_url","ws_url"}`|
+//! | `POST /v1/phone/report`               | device               | `{"lat"?,"lon"?,"rtt_ms"?}`       | 204                                      |
+//! | `GET /v1/users/{user}/report`         | owner                |                                   | 200 [`TerminalReport`]; 404 none yet     |
+//! | `POST /v1/migrations`                 | a site party to it   | [`MigrationRecord`]               | 201 [`LoggedMigration`]                  |
+//! | `GET /v1/migrations?user=U&limit=N`   | signed in (devices: their own) |                         | 200 list of [`LoggedMigration`]          |
+//! | `PUT /v1/users/{user}/checkpoints/{site}` | site `site` itself | its checkpoint list              | 204                                      |
+//! | `GET /v1/users/{user}/checkpoints`    | owner, or a site     |                                   | 200 the catalogue                        |
+//! | `POST /v1/tenants`, `GET /v1/tenants` | operator             | [`TenantRequest`]                 | 201 [`Tenant`] / 200 [`TenantStatus`]s   |
+//! | `PUT /v1/tenants/{name}`              | operator             | [`TenantUpdate`] (what changes)   | 200 [`Tenant`]; 404                      |
+//! | `POST /v1/tenants/{name}/admins`      | operator             | `{"name"}`                        | 201 the tenant admin's token, once       |
+//! | `POST /v1/users/{user}/admit`, `DELETE` | site               | `{"memory_bytes"}`                | 200 [`Admission`]; 403 over quota / 204  |
+//! | `GET /v1/users/{user}/image`          | site, or admin of user |                                 | 200 [`UserImage`]; 404 none published    |
+//! | `POST /v1/images/{name}/versions`     | operator             | the wasm bytes                    | 201 [`ImageVersion`] (next version)      |
+//! | `GET /v1/images`                      | signed in            |                                   | 200 list of [`ImageVersion`]             |
+//! | `GET /v1/images/{name}/versions/{v}`  | site or operator     |                                   | 200 `application/wasm`; 404              |
+//! | `POST /v1/images/{name}/rollback`     | operator             |                                   | 200 [`ImageVersion`] now current; 409    |
+//! | `GET /v1/audit?user&site&principal&since_ms&until_ms&limit` | operator |                         | 200 audit entries, newest first          |
+//! | `POST /v1/audit`                      | site                 | its entries                       | 204                                      |
+//! | `GET /healthz`                        | anyone               |                                   | 200 `ok`                                 |
 //!
 //! `expected_epoch` makes the placement change a compare-and-set: it applies only if the placement is at that
 //! epoch now (0 for a user never placed); otherwise 409 with a message naming both epochs. Terminal reports are
@@ -88,40 +103,36 @@
 //!
 //! # Known limitations
 //!
-//! - **Operator endpoints have no authentication.** Anyone who can reach the service can create users and devices,
-//!   revoke devices, register sites, drain them, move placements and write the migration log. This is acceptable
-//!   only for the loopback demo: bind the service to `127.0.0.1`. Only `/v1/phone`, `/v1/phone/report` (bearer
-//!   token) and `/v1/auth` (token in the body) check tokens.
-//! - The placer's migrate orders are plain HTTP POSTs to the site, equally unauthenticated.
 //! - Terminal reports live in memory: a restart forgets them (the placer then keeps phones put until new ones
-//!   arrive). The migration log grows without bound.
-//! - Plain HTTP only, for the server and [`ControlClient`]; no TLS.
+//!   arrive). The migration log and the audit log grow without bound.
 //! - Image versions are kept as blobs in the database for ever (withdrawn ones too). An admission is released
 //!   only when a phone fails to boot or by `DELETE /v1/users/{user}/admit`: sites have no "delete phone" yet.
-//! - The client opens one connection per request.
-//! - The server does not cap concurrent connections.
+//! - The client opens one connection (and one TLS handshake) per request.
 //!
 //! # Example
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use vmi_control::{SqliteStore, serve};
-//! use vmi_control_api::{ControlClient, SiteSpec};
+//! use vmi_control::{ServeOptions, ServiceTrust, SqliteStore, Store, serve_with};
+//! use vmi_control_api::auth::Principal;
+//! use vmi_control_api::{Caller, ControlClient};
 //!
 //! let store = Arc::new(SqliteStore::open("control.db")?);
+//! let operator = store.create_credential(&Principal::Operator { name: "admin".into() })?.token;
+//! let authority = Arc::new(vmi_trust::Authority::load_or_create(std::path::Path::new("pki"))?);
+//! let trust = ServiceTrust::new(authority.clone(), &["127.0.0.1"])?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7000").await?;
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! let server = tokio::spawn(serve(listener, store, async { stopped.await.unwrap_or(()) }));
+//! let options = ServeOptions { trust: Some(trust), ..ServeOptions::default() };
+//! let server = tokio::spawn(serve_with(listener, store, options, async { stopped.await.unwrap_or(()) }));
 //!
-//! let control = ControlClient::new("http://127.0.0.1:7000")?;
+//! let caller = Caller::trusting(authority.cert_pem())?.with_bearer(&operator);
+//! let control = ControlClient::new("https://127.0.0.1:7000", &caller)?;
 //! control.create_user("alice").await?;
 //! let device = control.create_device("alice", "pixel").await?;
-//! let spec = SiteSpec { url: "http://127.0.0.1:7100".into(), lat: 52.5, lon: 13.4, capacity: 8 };
-//! control.register_site("site-a", &spec).await?;
-//! control.set_placement("alice", "site-a").await?;
-//! let phone = control.phone_for_token(&device.token).await?;
-//! assert_eq!(phone.ws_url, "ws://127.0.0.1:7100/v1/terminal");
+//! let phone = control.as_bearer(&device.token).phone_for_token(&device.token).await;
+//! assert!(phone.is_err(), "not placed yet: 404");
 //!
 //! let _ = stop.send(());
 //! server.await??;
@@ -137,6 +148,7 @@
 //! [`MigrationRecord`]: vmi_control_api::MigrationRecord
 //! [`LoggedMigration`]: vmi_control_api::LoggedMigration
 //! [`TenantRequest`]: vmi_control_api::TenantRequest
+//! [`TenantUpdate`]: vmi_control_api::tenants::TenantUpdate
 //! [`Tenant`]: vmi_control_api::Tenant
 //! [`TenantStatus`]: vmi_control_api::TenantStatus
 //! [`Admission`]: vmi_control_api::Admission
@@ -148,6 +160,7 @@
 //! [`DEFAULT_MIGRATIONS_LISTED`]: vmi_control_api::DEFAULT_MIGRATIONS_LISTED
 //! [`MAX_MIGRATIONS_LISTED`]: vmi_control_api::MAX_MIGRATIONS_LISTED
 
+pub mod access;
 mod error;
 mod http;
 mod pairing;
@@ -158,7 +171,7 @@ mod store;
 mod validate;
 
 pub use error::ControlError;
-pub use http::{ServeOptions, app, app_with, serve, serve_with};
+pub use http::{ControlTrust, JOIN_TOKEN_TTL_MS, ServeOptions, ServiceTrust, app, app_with, serve, serve_with};
 pub use pairing::{PAIR_CODE_TTL_MS, PairCodes};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};
 pub use placer::{ORDER_TIMEOUT, PlacerRounds, run_placer};

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::task::{Id, JoinSet};
 use tokio::time::MissedTickBehavior;
 
+use vmi_control_api::Caller;
 use vmi_control_api::ClientError;
-use vmi_control_api::http_client::post_json_within;
 use vmi_control_api::model::MigrateOrder;
 use vmi_control_api::url::segment;
 
@@ -48,11 +48,12 @@ pub const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run_placer(
     store: Arc<dyn Store>,
     reports: Reports,
+    caller: Caller,
     params: PolicyParams,
     every: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut placer = Placer::new(store, reports, params);
+    let mut placer = Placer::new(store, reports, caller, params);
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -80,8 +81,9 @@ pub struct PlacerRounds {
 impl PlacerRounds {
     /// A placer over `store` and `reports` (the [`Reports`] given to [`app_with`](crate::app_with), to see the
     /// terminal reports it receives).
-    pub fn new(store: Arc<dyn Store>, reports: Reports, params: PolicyParams) -> Self {
-        PlacerRounds { placer: Placer::new(store, reports, params) }
+    /// Orders go out as `caller` (the control service's certificate).
+    pub fn new(store: Arc<dyn Store>, reports: Reports, caller: Caller, params: PolicyParams) -> Self {
+        PlacerRounds { placer: Placer::new(store, reports, caller, params) }
     }
 
     /// One round at `now_ms` (milliseconds since the Unix epoch): reads the registry, decides, and starts a migrate
@@ -104,6 +106,7 @@ type OrderResult = (Move, Result<(u16, String), ClientError>);
 struct Placer {
     store: Arc<dyn Store>,
     reports: Reports,
+    caller: Caller,
     params: PolicyParams,
     state: PolicyState,
     orders: JoinSet<OrderResult>,
@@ -116,8 +119,9 @@ struct Placer {
 }
 
 impl Placer {
-    fn new(store: Arc<dyn Store>, reports: Reports, params: PolicyParams) -> Self {
+    fn new(store: Arc<dyn Store>, reports: Reports, caller: Caller, params: PolicyParams) -> Self {
         Placer {
+            caller,
             store,
             reports,
             params,
@@ -141,11 +145,11 @@ impl Placer {
         };
         let mut ordered = Vec::new();
         for mv in decide(&mut self.state, &input, now, &self.params) {
-            match (urls.get(&mv.from), urls.get(&mv.to)) {
-                (Some(from_url), Some(to_url)) => {
-                    let (from_url, to_url) = (from_url.clone(), to_url.clone());
+            match (urls.get(&mv.from), urls.contains_key(&mv.to)) {
+                (Some(from_url), true) => {
+                    let from_url = from_url.clone();
                     ordered.push(mv.clone());
-                    self.order(mv, &from_url, to_url);
+                    self.order(mv, &from_url);
                 }
                 _ => tracing::warn!(user = %mv.user, from = %mv.from, to = %mv.to, "placer move names an unknown site"),
             }
@@ -188,14 +192,18 @@ impl Placer {
     }
 
     /// Starts the migrate order for `mv` as a task of the placer.
-    fn order(&mut self, mv: Move, from_url: &str, to_url: String) {
+    fn order(&mut self, mv: Move, from_url: &str) {
         tracing::info!(user = %mv.user, from = %mv.from, to = %mv.to, reason = %mv.reason, "ordering migration");
         let url = format!("{from_url}/v1/phones/{}/migrate", segment(&mv.user));
-        let body = MigrateOrder { to: mv.to.clone(), to_url };
+        let body = MigrateOrder { to: mv.to.clone() };
         let user = mv.user.clone();
         self.in_flight.insert(user.clone(), mv.to.clone());
+        let caller = match vmi_trust::site_name(&mv.from) {
+            Ok(name) => self.caller.clone().expecting(&name),
+            Err(_) => self.caller.clone(),
+        };
         let task = self.orders.spawn(async move {
-            let answer = post_json_within(&url, &body, ORDER_TIMEOUT).await;
+            let answer = caller.post_json_within(&url, &body, ORDER_TIMEOUT).await;
             (mv, answer)
         });
         self.order_users.insert(task.id(), user);

@@ -5,37 +5,71 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use vmi_control::{SqliteStore, Store, serve};
-use vmi_control_api::{ClientError, ControlClient, MigrationRecord, SiteSpec};
+use vmi_control::{ServeOptions, ServiceTrust, SqliteStore, Store, serve_with};
+use vmi_control_api::auth::Principal;
+use vmi_control_api::http_client::RequestOptions;
+use vmi_control_api::{Caller, ClientError, ControlClient, MigrationRecord, SiteSpec};
+use vmi_trust::Authority;
 
-/// A running control service; [`Server::stop`] shuts it down and checks that `serve` returned cleanly.
+/// A running control service over HTTPS from a test CA, with an operator credential; [`Server::stop`] shuts it
+/// down and checks that `serve` returned cleanly.
 struct Server {
     addr: std::net::SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    authority: Arc<Authority>,
+    operator: String,
 }
 
 impl Server {
     async fn start(store: Arc<dyn Store>) -> Server {
+        Server::start_with_ca(store, Arc::new(Authority::create("test CA").expect("test CA"))).await
+    }
+
+    /// A server whose CA is `authority` (a restart keeps the CA, as `vmi control` keeps `pki/`).
+    async fn start_with_ca(store: Arc<dyn Store>, authority: Arc<Authority>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
+        let operator = store.create_credential(&Principal::Operator { name: "test".into() }).expect("operator").token;
+        let trust = ServiceTrust::new(authority.clone(), &["127.0.0.1"]).expect("service certificate");
+        let options = ServeOptions { trust: Some(trust), ..ServeOptions::default() };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, store, async {
+        let task = tokio::spawn(serve_with(listener, store, options, async {
             let _ = stopped.await;
         }));
-        Server { addr, stop, task }
+        Server { addr, stop, task, authority, operator }
     }
 
     async fn in_memory() -> Server {
         Server::start(Arc::new(SqliteStore::in_memory().expect("in-memory store"))).await
     }
 
+    fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// A client acting as the provider's operator.
     fn client(&self) -> ControlClient {
-        ControlClient::new(&format!("http://{}", self.addr)).expect("client for server")
+        let caller = Caller::trusting(self.authority.cert_pem()).expect("CA").with_bearer(&self.operator);
+        ControlClient::new(&self.url(), &caller).expect("client for server")
+    }
+
+    /// A client acting as site `id`, with a certificate from the CA naming it.
+    fn site(&self, id: &str) -> ControlClient {
+        let name = vmi_trust::site_name(id).expect("site id");
+        let credentials = self.authority.credentials_for(&name, &[]).expect("site certificate");
+        let caller = Caller::machine(&credentials, &format!("site/{id}")).expect("site caller");
+        ControlClient::new(&self.url(), &caller).expect("client for server")
+    }
+
+    /// The operator's `Authorization` header, for raw requests.
+    fn operator_header(&self) -> String {
+        format!("Authorization: Bearer {}", self.operator)
     }
 
     async fn stop(self) {
@@ -101,7 +135,8 @@ async fn users_are_created_once_and_listed() {
     let server = Server::in_memory().await;
     let control = server.client();
     assert_eq!(control.create_user("alice").await.unwrap().name, "alice");
-    let (code, body) = raw(server.addr, "POST", "/v1/users", &[JSON], r#"{"name":"bob"}"#).await;
+    let (code, body) =
+        raw(server.addr, "POST", "/v1/users", &[JSON, &server.operator_header()], r#"{"name":"bob"}"#).await;
     assert_eq!((code, body.as_str()), (201, r#"{"name":"bob"}"#));
 
     let err = control.create_user("alice").await.unwrap_err();
@@ -122,7 +157,7 @@ async fn devices_are_listed_without_tokens_and_revocable() {
     assert_eq!(device.token.len(), 64);
     assert!(device.token.bytes().all(|b| b.is_ascii_hexdigit()));
 
-    let (code, body) = raw(server.addr, "GET", "/v1/users/alice/devices", &[], "").await;
+    let (code, body) = raw(server.addr, "GET", "/v1/users/alice/devices", &[&server.operator_header()], "").await;
     assert_eq!(code, 200);
     assert!(!body.contains("token") && !body.contains(&device.token), "{body}");
 
@@ -134,12 +169,17 @@ async fn devices_are_listed_without_tokens_and_revocable() {
     );
 
     control.revoke_device(device.device_id).await.unwrap();
-    let (code, body) = raw(server.addr, "POST", &format!("/v1/devices/{}/revoke", device.device_id), &[], "").await;
+    let (code, body) =
+        raw(server.addr, "POST", &format!("/v1/devices/{}/revoke", device.device_id), &[&server.operator_header()], "")
+            .await;
     assert_eq!((code, body.as_str()), (204, ""), "revoking twice is fine");
     assert!(control.list_devices("alice").await.unwrap()[0].revoked);
 
     assert_eq!(status(control.revoke_device(9_999).await), 404);
-    assert_eq!(raw(server.addr, "POST", "/v1/devices/not-a-number/revoke", &[], "").await.0, 404);
+    assert_eq!(
+        raw(server.addr, "POST", "/v1/devices/not-a-number/revoke", &[&server.operator_header()], "").await.0,
+        404
+    );
     assert_eq!(status(control.create_device("ghost", "pixel").await), 404);
     assert_eq!(status(control.list_devices("ghost").await), 404);
     server.stop().await;
@@ -150,16 +190,16 @@ async fn revoked_token_is_refused_by_auth_and_phone() {
     let server = Server::in_memory().await;
     let control = server.client();
     control.create_user("alice").await.unwrap();
-    control.register_site("site-a", &site(9001)).await.unwrap();
+    server.site("site-a").register_site("site-a", &site(9001)).await.unwrap();
     control.set_placement("alice", "site-a").await.unwrap();
     let device = control.create_device("alice", "pixel").await.unwrap();
 
-    let identity = control.authenticate(&device.token).await.unwrap().unwrap();
-    assert_eq!((identity.user.as_str(), identity.device_id), ("alice", device.device_id));
+    let identity = server.site("site-a").authenticate(&device.token).await.unwrap().unwrap();
+    assert_eq!(identity, Principal::Device { user: "alice".into(), device_id: device.device_id });
     assert_eq!(control.phone_for_token(&device.token).await.unwrap().user, "alice");
 
     control.revoke_device(device.device_id).await.unwrap();
-    assert_eq!(control.authenticate(&device.token).await.unwrap(), None);
+    assert_eq!(server.site("site-a").authenticate(&device.token).await.unwrap(), None);
     let auth_body = format!(r#"{{"token":"{}"}}"#, device.token);
     let (code, body) = raw(server.addr, "POST", "/v1/auth", &[JSON], &auth_body).await;
     assert_eq!(code, 401);
@@ -175,7 +215,7 @@ async fn phone_lookup_needs_a_valid_bearer_token() {
     assert_eq!(status(control.phone_for_token(&"ab".repeat(32)).await), 401);
     assert_eq!(status(control.phone_for_token("short").await), 401);
     assert!(matches!(control.phone_for_token("bad\ntoken").await, Err(ClientError::InvalidRequest(_))));
-    assert_eq!(control.authenticate("nonsense").await.unwrap(), None);
+    assert_eq!(server.site("site-a").authenticate("nonsense").await.unwrap(), None);
 
     let (code, _) = raw(server.addr, "GET", "/v1/phone", &[], "").await;
     assert_eq!(code, 401, "no Authorization header");
@@ -191,8 +231,8 @@ async fn terminal_finds_its_phone_and_only_its_own() {
     for user in ["alice", "bob"] {
         control.create_user(user).await.unwrap();
     }
-    control.register_site("site-a", &site(9001)).await.unwrap();
-    control.register_site("site-b", &site(9002)).await.unwrap();
+    server.site("site-a").register_site("site-a", &site(9001)).await.unwrap();
+    server.site("site-b").register_site("site-b", &site(9002)).await.unwrap();
     let alice = control.create_device("alice", "pixel").await.unwrap();
     let bob = control.create_device("bob", "iphone").await.unwrap();
 
@@ -220,8 +260,8 @@ async fn placement_epoch_increments_on_every_move() {
     let server = Server::in_memory().await;
     let control = server.client();
     control.create_user("alice").await.unwrap();
-    control.register_site("site-a", &site(9001)).await.unwrap();
-    control.register_site("site-b", &site(9002)).await.unwrap();
+    server.site("site-a").register_site("site-a", &site(9001)).await.unwrap();
+    server.site("site-b").register_site("site-b", &site(9002)).await.unwrap();
 
     assert_eq!(status(control.placement("alice").await), 404);
     assert_eq!(control.set_placement("alice", "site-a").await.unwrap().epoch, 1);
@@ -243,8 +283,8 @@ async fn placement_compare_and_set_refuses_a_stale_epoch() {
     let server = Server::in_memory().await;
     let control = server.client();
     control.create_user("alice").await.unwrap();
-    control.register_site("site-a", &site(9001)).await.unwrap();
-    control.register_site("site-b", &site(9002)).await.unwrap();
+    server.site("site-a").register_site("site-a", &site(9001)).await.unwrap();
+    server.site("site-b").register_site("site-b", &site(9002)).await.unwrap();
 
     assert_eq!(control.move_placement("alice", "site-a", Some(0)).await.unwrap().epoch, 1, "0 = never placed");
     let moved = control.move_placement("alice", "site-b", Some(1)).await.unwrap();
@@ -260,15 +300,33 @@ async fn placement_compare_and_set_refuses_a_stale_epoch() {
     let info = control.placement("alice").await.unwrap();
     assert_eq!((info.site.as_str(), info.epoch), ("site-b", 2), "nothing changed");
 
-    let (code, body) =
-        raw(server.addr, "PUT", "/v1/users/alice/placement", &[JSON], r#"{"site":"site-a","expected_epoch":7}"#).await;
+    let (code, body) = raw(
+        server.addr,
+        "PUT",
+        "/v1/users/alice/placement",
+        &[JSON, &server.operator_header()],
+        r#"{"site":"site-a","expected_epoch":7}"#,
+    )
+    .await;
     assert_eq!(code, 409);
     assert!(body.contains("epoch 2") && body.contains("expected epoch 7"), "{body}");
-    let (code, body) =
-        raw(server.addr, "PUT", "/v1/users/alice/placement", &[JSON], r#"{"site":"site-a","expected_epoch":2}"#).await;
+    let (code, body) = raw(
+        server.addr,
+        "PUT",
+        "/v1/users/alice/placement",
+        &[JSON, &server.operator_header()],
+        r#"{"site":"site-a","expected_epoch":2}"#,
+    )
+    .await;
     assert_eq!((code, body.as_str()), (200, r#"{"site":"site-a","epoch":3}"#));
-    let (code, _) =
-        raw(server.addr, "PUT", "/v1/users/alice/placement", &[JSON], r#"{"site":"site-a","expected_epoch":-1}"#).await;
+    let (code, _) = raw(
+        server.addr,
+        "PUT",
+        "/v1/users/alice/placement",
+        &[JSON, &server.operator_header()],
+        r#"{"site":"site-a","expected_epoch":-1}"#,
+    )
+    .await;
     assert_eq!(code, 400);
 
     // Without an expected epoch the change is unconditional, as before.
@@ -318,10 +376,10 @@ async fn drain_flag_is_stored_listed_and_survives_a_restart() {
     let path = temp_db("drain");
     let server = Server::start(Arc::new(SqliteStore::open(&path).unwrap())).await;
     let control = server.client();
-    assert!(!control.register_site("site-a", &site(9001)).await.unwrap().site.draining);
-    control.register_site("site-b", &site(9002)).await.unwrap();
+    assert!(!server.site("site-a").register_site("site-a", &site(9001)).await.unwrap().site.draining);
+    server.site("site-b").register_site("site-b", &site(9002)).await.unwrap();
     assert!(control.drain_site("site-a").await.unwrap().site.draining);
-    let (code, body) = raw(server.addr, "GET", "/v1/sites", &[], "").await;
+    let (code, body) = raw(server.addr, "GET", "/v1/sites", &[&server.operator_header()], "").await;
     assert_eq!(code, 200);
     assert!(body.contains(r#""id":"site-a","url":"http://127.0.0.1:9001""#) && body.contains(r#""draining":true"#));
     assert_eq!(status(control.drain_site("site-z").await), 404);
@@ -355,9 +413,9 @@ async fn migrations_are_logged_and_listed_newest_first() {
         outcome: outcome.into(),
         reason: "closer: 9.0 ms -> 3.0 ms".into(),
     };
-    let first = control.record_migration(&record("alice", "site-b", "aborted")).await.unwrap();
-    control.record_migration(&record("bob", "site-b", "committed")).await.unwrap();
-    let third = control.record_migration(&record("alice", "site-c", "committed")).await.unwrap();
+    let first = server.site("site-a").record_migration(&record("alice", "site-b", "aborted")).await.unwrap();
+    server.site("site-a").record_migration(&record("bob", "site-b", "committed")).await.unwrap();
+    let third = server.site("site-a").record_migration(&record("alice", "site-c", "committed")).await.unwrap();
     assert_eq!(third.record, record("alice", "site-c", "committed"));
     assert!(third.id > first.id && third.at_ms >= first.at_ms);
 
@@ -366,7 +424,8 @@ async fn migrations_are_logged_and_listed_newest_first() {
     let everyone: Vec<_> = control.migrations(None).await.unwrap().into_iter().map(|m| m.record.user).collect();
     assert_eq!(everyone, ["alice", "bob", "alice"]);
 
-    let (code, body) = raw(server.addr, "GET", "/v1/migrations?user=alice&limit=1", &[], "").await;
+    let (code, body) =
+        raw(server.addr, "GET", "/v1/migrations?user=alice&limit=1", &[&server.operator_header()], "").await;
     assert_eq!(code, 200);
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
@@ -374,14 +433,15 @@ async fn migrations_are_logged_and_listed_newest_first() {
     assert_eq!(listed[0]["outcome"], "committed");
     assert_eq!(listed[0]["downtime_us"], 1_200);
     for bad in ["limit=0", "limit=1001", "limit=many"] {
-        let (code, body) = raw(server.addr, "GET", &format!("/v1/migrations?{bad}"), &[], "").await;
+        let (code, body) =
+            raw(server.addr, "GET", &format!("/v1/migrations?{bad}"), &[&server.operator_header()], "").await;
         assert_eq!(code, 400, "{bad}: {body}");
         assert!(body.contains(r#""error""#), "{body}");
     }
 
     assert_eq!(status(control.migrations(Some("ghost")).await), 404);
-    assert_eq!(status(control.record_migration(&record("ghost", "site-b", "committed")).await), 404);
-    assert_eq!(status(control.record_migration(&record("alice", "site-b", "maybe")).await), 400);
+    assert_eq!(status(server.site("site-a").record_migration(&record("ghost", "site-b", "committed")).await), 404);
+    assert_eq!(status(server.site("site-a").record_migration(&record("alice", "site-b", "maybe")).await), 400);
     server.stop().await;
 }
 
@@ -389,25 +449,25 @@ async fn migrations_are_logged_and_listed_newest_first() {
 async fn sites_register_heartbeat_and_report_health() {
     let server = Server::in_memory().await;
     let control = server.client();
-    let registered = control.register_site("site-a", &site(9001)).await.unwrap();
+    let registered = server.site("site-a").register_site("site-a", &site(9001)).await.unwrap();
     assert!(!registered.healthy);
     assert_eq!((registered.site.capacity, registered.site.phones), (4, 0));
-    control.register_site("site-b", &site(9002)).await.unwrap();
+    server.site("site-b").register_site("site-b", &site(9002)).await.unwrap();
 
-    control.heartbeat("site-a", 3).await.unwrap();
+    server.site("site-a").heartbeat("site-a", 3).await.unwrap();
     let sites = control.list_sites().await.unwrap();
     let ids: Vec<_> = sites.iter().map(|s| (s.site.id.as_str(), s.healthy, s.site.phones)).collect();
     assert_eq!(ids, [("site-a", true, 3), ("site-b", false, 0)]);
 
-    let (code, body) = raw(server.addr, "GET", "/v1/sites", &[], "").await;
+    let (code, body) = raw(server.addr, "GET", "/v1/sites", &[&server.operator_header()], "").await;
     assert_eq!(code, 200);
     assert!(body.contains(r#""healthy":true"#) && body.contains(r#""url":"http://127.0.0.1:9001""#), "{body}");
 
-    assert_eq!(status(control.heartbeat("site-z", 1).await), 404);
+    assert_eq!(status(server.site("site-z").heartbeat("site-z", 1).await), 404);
     let bad_url = SiteSpec { url: "ftp://x".into(), ..site(1) };
-    assert_eq!(status(control.register_site("site-c", &bad_url).await), 400);
+    assert_eq!(status(server.site("site-c").register_site("site-c", &bad_url).await), 400);
     let bad_lat = SiteSpec { lat: 100.0, ..site(1) };
-    assert_eq!(status(control.register_site("site-c", &bad_lat).await), 400);
+    assert_eq!(status(server.site("site-c").register_site("site-c", &bad_lat).await), 400);
     server.stop().await;
 }
 
@@ -415,21 +475,33 @@ async fn sites_register_heartbeat_and_report_health() {
 async fn malformed_json_is_a_400_naming_the_problem() {
     let server = Server::in_memory().await;
     let addr = server.addr;
-    let cases: [(&str, &str, &str, &str); 5] = [
-        ("POST", "/v1/users", r#"{"name":"#, "EOF"),
-        ("POST", "/v1/users", r#"{"nom":"alice"}"#, "missing field `name`"),
-        ("POST", "/v1/auth", r#"{"token":42}"#, "invalid type"),
-        ("PUT", "/v1/sites/site-a", r#"{"url":"http://a:1","lat":1,"lon":2,"capacity":-1}"#, "capacity"),
-        ("POST", "/v1/sites/site-a/heartbeat", "not json", "expected"),
+    let operator = server.operator_header();
+    let cases: [(&str, &str); 2] = [(r#"{"name":"#, "EOF"), (r#"{"nom":"alice"}"#, "missing field `name`")];
+    for (body, needle) in cases {
+        let (code, response) = raw(addr, "POST", "/v1/users", &[JSON, &operator], body).await;
+        assert_eq!(code, 400, "{body}: {response}");
+        let error: serde_json::Value = serde_json::from_str(&response).unwrap();
+        let message = error["error"].as_str().unwrap();
+        assert!(message.contains(needle), "{body}: {message:?} lacks {needle:?}");
+    }
+    // Site routes, as the site itself (a certificate is needed, so through the client's raw send).
+    let site = server.site("site-a");
+    let cases: [(Method, &str, &str, &str); 3] = [
+        (Method::POST, "/v1/auth", r#"{"token":42}"#, "invalid type"),
+        (Method::PUT, "/v1/sites/site-a", r#"{"url":"http://a:1","lat":1,"lon":2,"capacity":-1}"#, "capacity"),
+        (Method::POST, "/v1/sites/site-a/heartbeat", "not json", "expected"),
     ];
     for (method, path, body, needle) in cases {
-        let (code, response) = raw(addr, method, path, &[JSON], body).await;
+        let url = format!("{}{path}", server.url());
+        let sent = Some(("application/json", body.as_bytes().to_vec()));
+        let (code, response) = site.caller().send(method.clone(), &url, sent, RequestOptions::default()).await.unwrap();
+        let response = String::from_utf8_lossy(&response);
         assert_eq!(code, 400, "{method} {path} {body}: {response}");
         let error: serde_json::Value = serde_json::from_str(&response).unwrap();
         let message = error["error"].as_str().unwrap();
         assert!(message.contains(needle), "{method} {path} {body}: {message:?} lacks {needle:?}");
     }
-    let (code, response) = raw(addr, "POST", "/v1/users", &[], r#"{"name":"alice"}"#).await;
+    let (code, response) = raw(addr, "POST", "/v1/users", &[&operator], r#"{"name":"alice"}"#).await;
     assert_eq!(code, 400, "missing content type");
     assert!(response.contains("Content-Type"), "{response}");
     server.stop().await;
@@ -441,8 +513,8 @@ async fn restart_on_the_same_file_keeps_users_devices_and_placements() {
     let server = Server::start(Arc::new(SqliteStore::open(&path).unwrap())).await;
     let control = server.client();
     control.create_user("alice").await.unwrap();
-    control.register_site("site-a", &site(9001)).await.unwrap();
-    control.register_site("site-b", &site(9002)).await.unwrap();
+    server.site("site-a").register_site("site-a", &site(9001)).await.unwrap();
+    server.site("site-b").register_site("site-b", &site(9002)).await.unwrap();
     control.set_placement("alice", "site-a").await.unwrap();
     control.set_placement("alice", "site-b").await.unwrap();
     let kept = control.create_device("alice", "pixel").await.unwrap();
@@ -456,8 +528,9 @@ async fn restart_on_the_same_file_keeps_users_devices_and_placements() {
     assert_eq!(status(control.create_user("alice").await), 409);
     let devices = control.list_devices("alice").await.unwrap();
     assert_eq!(devices.iter().map(|d| d.revoked).collect::<Vec<_>>(), [false, true]);
-    assert_eq!(control.authenticate(&kept.token).await.unwrap().unwrap().device_id, kept.device_id);
-    assert_eq!(control.authenticate(&revoked.token).await.unwrap(), None);
+    let principal = server.site("site-a").authenticate(&kept.token).await.unwrap().unwrap();
+    assert_eq!(principal.device_user(), Some("alice"));
+    assert_eq!(server.site("site-a").authenticate(&revoked.token).await.unwrap(), None);
     let info = control.placement("alice").await.unwrap();
     assert_eq!((info.site.as_str(), info.epoch), ("site-b", 2));
     assert_eq!(control.set_placement("alice", "site-a").await.unwrap().epoch, 3);
@@ -471,7 +544,8 @@ async fn client_reports_connect_failure_and_timeout() {
     // A port held by a socket that never listens: connecting is refused, and no one else can take the port.
     let closed = tokio::net::TcpSocket::new_v4().unwrap();
     closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let control = ControlClient::new(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
+    let control =
+        ControlClient::new(&format!("http://{}", closed.local_addr().unwrap()), &Caller::anonymous()).unwrap();
     assert!(matches!(control.healthz().await, Err(ClientError::Connect { .. })));
     drop(closed);
 
@@ -486,7 +560,9 @@ async fn client_reports_connect_failure_and_timeout() {
             _ = stopped => {}
         }
     });
-    let control = ControlClient::new(&format!("http://{addr}")).unwrap().with_timeout(Duration::from_millis(200));
+    let control = ControlClient::new(&format!("http://{addr}"), &Caller::anonymous())
+        .unwrap()
+        .with_timeout(Duration::from_millis(200));
     assert!(matches!(control.list_users().await, Err(ClientError::Timeout(_))));
     stop.send(()).unwrap();
     holder.await.unwrap();

@@ -3,7 +3,7 @@
 //!
 //! Most tests drive the placer round by round ([`PlacerRounds`], at times they choose) over the service's own store
 //! and reports, so "nothing moves" is what a round answered, never what a sleep failed to see; the last two run it
-//! as [`serve`] / [`serve_with`] do.
+//! as [`serve_with`] does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,58 +16,91 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use vmi_control::access::Guard;
 use vmi_control::{
-    Move, PlacerRounds, PolicyParams, Reports, ServeOptions, SqliteStore, app_with, now_ms, serve, serve_with,
+    Move, PlacerRounds, PolicyParams, Reports, ServeOptions, ServiceTrust, SqliteStore, Store, app_with, now_ms,
+    serve_with,
 };
-use vmi_control_api::{ControlClient, MigrateOrder, SiteSpec};
+use vmi_control_api::auth::Principal;
+use vmi_control_api::{Caller, ControlClient, MigrateOrder, SiteSpec};
 use vmi_testkit::{eventually, within};
+use vmi_trust::{Authority, ConnectionLimits};
 
 /// Berlin and Munich, about 504 km apart.
 const BERLIN: (f64, f64) = (52.520, 13.405);
 const MUNICH: (f64, f64) = (48.137, 11.575);
 
-/// A running control service.
+/// A running control service over HTTPS from a test CA; its client acts as the operator.
 struct Control {
     client: ControlClient,
+    url: String,
+    authority: Arc<Authority>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
+/// A store with an operator credential, and that credential.
+fn store_with_operator() -> (Arc<SqliteStore>, String) {
+    let store = Arc::new(SqliteStore::in_memory().expect("in-memory store"));
+    let operator = store.create_credential(&Principal::Operator { name: "test".into() }).expect("operator").token;
+    (store, operator)
+}
+
 impl Control {
-    /// Starts the service with `options`, or with plain [`serve`] (placer at its defaults) when `None`.
-    async fn start(options: Option<ServeOptions>) -> Control {
+    /// Starts the service with `options` (their `trust` replaced by a fresh test CA).
+    async fn start(mut options: ServeOptions) -> Control {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let url = format!("http://{}", listener.local_addr().expect("local addr"));
-        let store = Arc::new(SqliteStore::in_memory().expect("in-memory store"));
+        let url = format!("https://{}", listener.local_addr().expect("local addr"));
+        let (store, operator) = store_with_operator();
+        let authority = Arc::new(Authority::create("test CA").expect("test CA"));
+        options.trust = Some(ServiceTrust::new(authority.clone(), &["127.0.0.1"]).expect("service certificate"));
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async {
             let _ = stopped.await;
         };
-        let task = match options {
-            Some(options) => tokio::spawn(serve_with(listener, store, options, shutdown)),
-            None => tokio::spawn(serve(listener, store, shutdown)),
-        };
-        Control { client: ControlClient::new(&url).expect("client"), stop, task }
+        let task = tokio::spawn(serve_with(listener, store, options, shutdown));
+        Control::new(url, authority, &operator, stop, task)
     }
 
     /// The HTTP API without a placer of its own, and a placer over the same store and reports whose rounds the
     /// test runs.
     async fn driven(params: PolicyParams) -> (Control, PlacerRounds) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let url = format!("http://{}", listener.local_addr().expect("local addr"));
-        let store = Arc::new(SqliteStore::in_memory().expect("in-memory store"));
+        let url = format!("https://{}", listener.local_addr().expect("local addr"));
+        let (store, operator) = store_with_operator();
         let reports = Reports::new();
-        let router = app_with(store.clone(), reports.clone());
+        let authority = Arc::new(Authority::create("test CA").expect("test CA"));
+        let trust = ServiceTrust::new(authority.clone(), &["127.0.0.1"]).expect("service certificate");
+        let router = app_with(store.clone(), reports.clone(), Some(trust.control.clone()), Arc::new(Guard::new()));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        let control = Control { client: ControlClient::new(&url).expect("client"), stop, task };
-        (control, PlacerRounds::new(store, reports, params))
+        let task = tokio::spawn(vmi_trust::serve(
+            listener,
+            router,
+            Some(trust.server.clone()),
+            ConnectionLimits::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let control = Control::new(url, authority, &operator, stop, task);
+        (control, PlacerRounds::new(store, reports, trust.control.caller.clone(), params))
+    }
+
+    fn new(
+        url: String,
+        authority: Arc<Authority>,
+        operator: &str,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<std::io::Result<()>>,
+    ) -> Control {
+        let caller = Caller::trusting(authority.cert_pem()).expect("CA").with_bearer(operator);
+        let client = ControlClient::new(&url, &caller).expect("client");
+        Control { client, url, authority, stop, task }
+    }
+
+    /// A client acting as site `id`.
+    fn site(&self, id: &str) -> ControlClient {
+        site_client(&self.url, &self.authority, id)
     }
 
     async fn stop(self) {
@@ -75,6 +108,14 @@ impl Control {
         let joined = within(Duration::from_secs(5), "the service to stop", self.task).await;
         joined.expect("serve task did not panic").expect("serve returned Ok");
     }
+}
+
+/// A client of the service at `url` acting as site `id`, with a certificate from `authority` naming it.
+fn site_client(url: &str, authority: &Authority, id: &str) -> ControlClient {
+    let name = vmi_trust::site_name(id).expect("site id");
+    let credentials = authority.credentials_for(&name, &[]).expect("site certificate");
+    let caller = Caller::machine(&credentials, &format!("site/{id}")).expect("site caller");
+    ControlClient::new(url, &caller).expect("client for server")
 }
 
 /// `(user, from, to)` of each move, for comparisons.
@@ -85,7 +126,8 @@ fn moves(moves: &[Move]) -> Vec<(&str, &str, &str)> {
 /// How a fake site answers a migrate order.
 #[derive(Clone, Copy)]
 enum Answer {
-    /// Commit like a real migration would (the placement moves to the destination with a compare-and-set), 200.
+    /// Commit like a real migration would (the destination moves the placement to itself with a compare-and-set),
+    /// 200.
     Commit,
     /// Wait, then answer 502 (an aborted migration) without touching the placement.
     Abort(Duration),
@@ -104,7 +146,9 @@ struct Order {
 
 #[derive(Clone)]
 struct FakeState {
-    control: ControlClient,
+    /// The service's URL and CA, to act as the destination when committing.
+    control_url: String,
+    authority: Arc<Authority>,
     answer: Answer,
     orders: Arc<Mutex<Vec<Order>>>,
 }
@@ -112,25 +156,30 @@ struct FakeState {
 /// A fake site: registered and heartbeating once (healthy for 15 s, longer than any test here).
 struct FakeSite {
     id: &'static str,
-    url: String,
     orders: Arc<Mutex<Vec<Order>>>,
     task: JoinHandle<()>,
 }
 
 impl FakeSite {
-    async fn start(control: &ControlClient, id: &'static str, at: (f64, f64), answer: Answer) -> FakeSite {
+    async fn start(control: &Control, id: &'static str, at: (f64, f64), answer: Answer) -> FakeSite {
+        let site = control.site(id);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let orders = Arc::new(Mutex::new(Vec::new()));
-        let state = FakeState { control: control.clone(), answer, orders: orders.clone() };
+        let state = FakeState {
+            control_url: control.url.clone(),
+            authority: control.authority.clone(),
+            answer,
+            orders: orders.clone(),
+        };
         let router = Router::new().route("/v1/phones/{user}/migrate", post(migrate)).with_state(state);
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.expect("fake site serves");
         });
         let spec = SiteSpec { url: url.clone(), lat: at.0, lon: at.1, capacity: 8 };
-        control.register_site(id, &spec).await.expect("register fake site");
-        control.heartbeat(id, 0).await.expect("heartbeat");
-        FakeSite { id, url, orders, task }
+        site.register_site(id, &spec).await.expect("register fake site");
+        site.heartbeat(id, 0).await.expect("heartbeat");
+        FakeSite { id, orders, task }
     }
 
     fn orders(&self) -> Vec<Order> {
@@ -151,8 +200,10 @@ async fn migrate(
     site.orders.lock().expect("orders lock").push(Order { user: user.clone(), order: order.clone(), at_ms: now_ms() });
     match site.answer {
         Answer::Commit => {
-            let epoch = site.control.placement(&user).await.expect("placement").epoch;
-            site.control.move_placement(&user, &order.to, Some(epoch)).await.expect("commit");
+            // The destination takes ownership, as a real one does after the phone arrived.
+            let destination = site_client(&site.control_url, &site.authority, &order.to);
+            let epoch = destination.placement(&user).await.expect("placement").epoch;
+            destination.move_placement(&user, &order.to, Some(epoch)).await.expect("commit");
             StatusCode::OK
         }
         Answer::Abort(after) => {
@@ -163,8 +214,8 @@ async fn migrate(
     }
 }
 
-fn fast(params: PolicyParams) -> Option<ServeOptions> {
-    Some(ServeOptions { placer: Some(params), placer_every: Duration::from_millis(50) })
+fn fast(params: PolicyParams) -> ServeOptions {
+    ServeOptions { placer: Some(params), placer_every: Duration::from_millis(50), ..ServeOptions::default() }
 }
 
 #[tokio::test]
@@ -172,8 +223,8 @@ async fn a_report_near_another_site_moves_the_phone_there_after_the_dwell() {
     let dwell_ms = 400;
     let (control, mut placer) = Control::driven(PolicyParams { dwell_ms, ..PolicyParams::default() }).await;
     let client = control.client.clone();
-    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Commit).await;
-    let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
+    let berlin = FakeSite::start(&control, "site-berlin", BERLIN, Answer::Commit).await;
+    let munich = FakeSite::start(&control, "site-munich", MUNICH, Answer::Commit).await;
     client.create_user("alice").await.unwrap();
     let token = client.create_device("alice", "pixel").await.unwrap().token;
     client.set_placement("alice", "site-berlin").await.unwrap();
@@ -192,7 +243,7 @@ async fn a_report_near_another_site_moves_the_phone_there_after_the_dwell() {
     let orders = berlin.orders();
     assert_eq!(orders.len(), 1);
     assert_eq!(orders[0].user, "alice");
-    assert_eq!(orders[0].order, MigrateOrder { to: "site-munich".into(), to_url: munich.url.clone() });
+    assert_eq!(orders[0].order, MigrateOrder { to: "site-munich".into() });
     let placement = client.placement("alice").await.unwrap();
     assert_eq!((placement.site.as_str(), placement.epoch), ("site-munich", 2));
 
@@ -213,8 +264,8 @@ async fn a_report_near_another_site_moves_the_phone_there_after_the_dwell() {
 async fn draining_a_site_moves_all_its_phones_away() {
     let (control, mut placer) = Control::driven(PolicyParams::default()).await;
     let client = control.client.clone();
-    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Commit).await;
-    let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
+    let berlin = FakeSite::start(&control, "site-berlin", BERLIN, Answer::Commit).await;
+    let munich = FakeSite::start(&control, "site-munich", MUNICH, Answer::Commit).await;
     for user in ["bob", "carol"] {
         client.create_user(user).await.unwrap();
         client.set_placement(user, "site-berlin").await.unwrap();
@@ -252,8 +303,8 @@ async fn a_failed_order_is_retried_only_after_the_back_off() {
     let (control, mut placer) = Control::driven(PolicyParams { retry_after_ms, ..PolicyParams::default() }).await;
     let client = control.client.clone();
     let answer_after = Duration::from_millis(400);
-    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Abort(answer_after)).await;
-    let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
+    let berlin = FakeSite::start(&control, "site-berlin", BERLIN, Answer::Abort(answer_after)).await;
+    let munich = FakeSite::start(&control, "site-munich", MUNICH, Answer::Commit).await;
     client.create_user("erin").await.unwrap();
     client.set_placement("erin", "site-berlin").await.unwrap();
     client.drain_site(berlin.id).await.unwrap();
@@ -277,13 +328,13 @@ async fn a_failed_order_is_retried_only_after_the_back_off() {
     munich.stop().await;
 }
 
-/// With plain [`serve`]: the placer is on by default and runs by itself.
+/// With [`ServeOptions::default`]: the placer is on by default and runs by itself.
 #[tokio::test]
-async fn plain_serve_runs_the_placer() {
-    let control = Control::start(None).await;
+async fn default_options_run_the_placer() {
+    let control = Control::start(ServeOptions::default()).await;
     let client = control.client.clone();
-    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Commit).await;
-    let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
+    let berlin = FakeSite::start(&control, "site-berlin", BERLIN, Answer::Commit).await;
+    let munich = FakeSite::start(&control, "site-munich", MUNICH, Answer::Commit).await;
     client.create_user("bob").await.unwrap();
     client.set_placement("bob", "site-berlin").await.unwrap();
     client.drain_site(berlin.id).await.unwrap();
@@ -303,8 +354,8 @@ async fn plain_serve_runs_the_placer() {
 async fn shutdown_abandons_orders_in_flight() {
     let control = Control::start(fast(PolicyParams::default())).await;
     let client = control.client.clone();
-    let berlin = FakeSite::start(&client, "site-berlin", BERLIN, Answer::Never).await;
-    let munich = FakeSite::start(&client, "site-munich", MUNICH, Answer::Commit).await;
+    let berlin = FakeSite::start(&control, "site-berlin", BERLIN, Answer::Never).await;
+    let munich = FakeSite::start(&control, "site-munich", MUNICH, Answer::Commit).await;
     client.create_user("frank").await.unwrap();
     client.set_placement("frank", "site-berlin").await.unwrap();
     client.drain_site(berlin.id).await.unwrap();

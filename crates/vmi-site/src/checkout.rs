@@ -190,13 +190,12 @@ impl SiteState {
 
     /// The device behind `token`, which must be one of `user`'s.
     async fn device_of(&self, token: &str, user: &str) -> Result<u64, SiteError> {
-        match self.control.authenticate(token).await? {
-            None => Err(SiteError::Checkout(CheckoutError::Unauthorized("unknown or revoked device token".into()))),
-            Some(identity) if identity.user != user => Err(SiteError::Checkout(CheckoutError::Forbidden(format!(
-                "device {} belongs to {}, not to {user}",
-                identity.device_id, identity.user
-            )))),
-            Some(identity) => Ok(identity.device_id),
+        match self.authenticate(token).await? {
+            Some(vmi_control_api::auth::Principal::Device { user: owner, device_id }) if owner == user => Ok(device_id),
+            Some(vmi_control_api::auth::Principal::Device { user: owner, device_id }) => Err(SiteError::Checkout(
+                CheckoutError::Forbidden(format!("device {device_id} belongs to {owner}, not to {user}")),
+            )),
+            _ => Err(SiteError::Checkout(CheckoutError::Unauthorized("unknown or revoked device token".into()))),
         }
     }
 

@@ -374,19 +374,20 @@ impl SiteState {
             let s = store.clone();
             self.in_store(move || s.top_keys(&u, id)).await?
         };
-        let lacking = ask_missing(&base, top).await?;
+        let peer = self.peer(&replica.site.id)?;
+        let lacking = ask_missing(&peer, &base, top).await?;
         let chunks = {
             let s = store.clone();
             let l = lacking.clone();
             self.in_store(move || s.chunks_of(&l)).await?
         };
         let mut send = lacking;
-        send.extend(ask_missing(&base, chunks).await?);
+        send.extend(ask_missing(&peer, &base, chunks).await?);
         for _attempt in 0..2 {
             let (s, u, keys) = (store.clone(), user.to_owned(), send.clone());
             let objects = self.in_store(move || s.export(&u, id, &keys)).await?;
             let body = import_body(&CheckpointView::from(info), &objects);
-            let (status, answer) = vmi_control_api::http_client::post_bytes(&format!("{base}/import"), body).await?;
+            let (status, answer) = peer.post_bytes(&format!("{base}/import"), body).await?;
             match status {
                 200 => return Ok(replica.site.id.clone()),
                 // It lacks more than it said (it collected in between): send that too.
@@ -443,13 +444,11 @@ pub(crate) struct Missing {
     pub missing: Vec<String>,
 }
 
-async fn ask_missing(base: &str, keys: Vec<String>) -> Result<Vec<String>, SiteError> {
+async fn ask_missing(peer: &vmi_control_api::Caller, base: &str, keys: Vec<String>) -> Result<Vec<String>, SiteError> {
     if keys.is_empty() {
         return Ok(keys);
     }
-    let (status, body) =
-        vmi_control_api::http_client::post_json(&format!("{base}/missing"), &serde_json::json!({ "keys": keys }))
-            .await?;
+    let (status, body) = peer.post_json(&format!("{base}/missing"), &serde_json::json!({ "keys": keys })).await?;
     if status != 200 {
         return Err(ReplicaError::Refused { site: base.to_string(), status, answer: body }.into());
     }

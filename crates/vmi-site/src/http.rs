@@ -1,61 +1,80 @@
 //! The site's HTTP surface: the browser terminal, the terminal WebSocket, and operator
 //! endpoints (phones, mail, screen, key-value reads).
 //!
-//! Operator endpoints carry no authentication yet: sites listen on loopback in this
-//! repository. A deployment puts them behind the operator network.
+//! Every route names who may call it (`router`); docs/SECURITY.md has the table.
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State, WebSocketUpgrade};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use vmi_control_api::auth::Principal;
 use vmi_engine::Mail;
 
 use vmi_checkpoint::{CheckpointError, Selector};
 use vmi_snapshot::SnapshotId;
 
+use crate::access::{self, Caller};
 use crate::checkout::CheckoutError;
 use crate::phone::PhoneError;
 use crate::{SiteError, SiteState};
 
-/// The site's routes.
+/// The site's routes, each behind the rule of who may call it (docs/SECURITY.md); every request is
+/// authenticated first ([`access::authenticate`]).
 pub fn router(state: Arc<SiteState>) -> Router {
+    use access::{control, device, operator, operator_or_control, owner_device, peer_site};
     crate::web::routes()
+        // Anyone: health, the page, and the terminal WebSocket (its Hello carries the device token).
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/terminal", get(terminal))
-        .route("/v1/phones", get(list_phones).post(create_phone))
-        .route("/v1/phones/{user}/mail", post(send_mail))
-        .route("/v1/phones/{user}/screen.png", get(screen_png))
-        .route("/v1/phones/{user}/screen-hash", get(screen_hash))
-        .route("/v1/phones/{user}/logs", get(logs))
-        .route("/v1/phones/{user}/kv/{key}", get(kv))
-        .route("/v1/phones/{user}/migrate", post(migrate))
-        .route("/v1/phones/{user}/restart", post(restart))
-        .route("/v1/phones/{user}/checkout", post(checkout))
-        .route("/v1/phones/{user}/checkout/cancel", post(cancel_checkout))
+        // The operator.
+        .route("/v1/phones", get(list_phones).post(create_phone).route_layer(from_fn(operator)))
+        .route("/v1/phones/{user}/mail", post(send_mail).route_layer(from_fn(operator)))
+        .route("/v1/phones/{user}/screen.png", get(screen_png).route_layer(from_fn(operator)))
+        .route("/v1/phones/{user}/screen-hash", get(screen_hash).route_layer(from_fn(operator)))
+        .route("/v1/phones/{user}/logs", get(logs).route_layer(from_fn(operator)))
+        .route("/v1/phones/{user}/kv/{key}", get(kv).route_layer(from_fn(operator)))
+        .route("/v1/phones/{user}/restart", post(restart).route_layer(from_fn(operator)))
+        .route("/v1/phones/{user}/checkout/cancel", post(cancel_checkout).route_layer(from_fn(operator)))
+        .route(
+            "/v1/phones/{user}/checkpoints",
+            get(list_checkpoints).post(take_checkpoint).route_layer(from_fn(operator)),
+        )
+        .route("/v1/phones/{user}/checkpoints/restore", post(restore_checkpoint).route_layer(from_fn(operator)))
+        // The operator or the control service's placer.
+        .route("/v1/phones/{user}/migrate", post(migrate).route_layer(from_fn(operator_or_control)))
+        // The control service.
+        .route("/v1/devices/{id}/revoked", post(device_revoked).route_layer(from_fn(control)))
+        // The user's own devices.
+        .route("/v1/phones/{user}/checkout", post(checkout).route_layer(from_fn(owner_device)))
         .route(
             "/v1/phones/{user}/checkin",
-            post(checkin).layer(axum::extract::DefaultBodyLimit::max(vmi_protocol::offline::MAX_CHECKIN_BYTES)),
+            post(checkin)
+                .route_layer(from_fn(owner_device))
+                .layer(axum::extract::DefaultBodyLimit::max(vmi_protocol::offline::MAX_CHECKIN_BYTES)),
         )
-        .route("/v1/devices/{id}/revoked", post(device_revoked))
-        .route("/v1/migrate", get(migrate_in))
-        .route("/v1/phones/{user}/checkpoints", get(list_checkpoints).post(take_checkpoint))
-        .route("/v1/phones/{user}/checkpoints/restore", post(restore_checkpoint))
-        .route("/v1/me/checkpoints", get(my_checkpoints).post(checkpoint_my_phone))
-        .route("/v1/me/checkpoints/restore", post(restore_my_phone))
-        .route("/v1/replicas/{user}/missing", post(replica_missing))
+        .route("/v1/me/checkpoints", get(my_checkpoints).post(checkpoint_my_phone).route_layer(from_fn(device)))
+        .route("/v1/me/checkpoints/restore", post(restore_my_phone).route_layer(from_fn(device)))
+        .route("/v1/demo/sites", get(demo_sites).route_layer(from_fn(device)))
+        .route("/v1/demo/me", get(demo_me).route_layer(from_fn(device)))
+        .route("/v1/demo/report", get(demo_latest_report).post(demo_report).route_layer(from_fn(device)))
+        .route("/v1/demo/migrations", get(demo_migrations).route_layer(from_fn(device)))
+        // Other sites: migrations in, checkpoint copies.
+        .route("/v1/migrate", get(migrate_in).route_layer(from_fn(peer_site)))
+        .route("/v1/replicas/{user}/missing", post(replica_missing).route_layer(from_fn(peer_site)))
         .route(
             "/v1/replicas/{user}/import",
-            post(replica_import).layer(axum::extract::DefaultBodyLimit::max(vmi_checkpoint::MAX_BUNDLE_BYTES + 4096)),
+            post(replica_import)
+                .route_layer(from_fn(peer_site))
+                .layer(axum::extract::DefaultBodyLimit::max(vmi_checkpoint::MAX_BUNDLE_BYTES + 4096)),
         )
-        .route("/v1/demo/sites", get(demo_sites))
-        .route("/v1/demo/me", get(demo_me))
-        .route("/v1/demo/report", get(demo_latest_report).post(demo_report))
-        .route("/v1/demo/migrations", get(demo_migrations))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate))
         .with_state(state)
 }
 
@@ -275,10 +294,11 @@ async fn logs(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> R
     Ok(Json(serde_json::json!({ "user": user, "lines": lines })).into_response())
 }
 
+/// Body of `POST /v1/phones/{user}/migrate`: the destination by id, never by address.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MigrateRequest {
     to: String,
-    to_url: String,
 }
 
 /// Moves a phone to another site; answers when it committed or aborted.
@@ -287,10 +307,10 @@ async fn migrate(
     Path(user): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let MigrateRequest { to, to_url } = json_body(&body)?;
+    let MigrateRequest { to } = json_body(&body)?;
     // The migration runs in its own task: a caller that goes away (a restarting control
     // service, say) must not cut a migration off halfway with the phone frozen.
-    let report = detached(async move { crate::migration::migrate_out(&site, &user, &to, &to_url).await }).await?;
+    let report = detached(async move { crate::migration::migrate_out(&site, &user, &to).await }).await?;
     let status = if report.outcome == crate::migration::MigrationOutcome::Committed {
         StatusCode::OK
     } else {
@@ -309,10 +329,10 @@ async fn migrate(
 async fn checkout(
     State(site): State<Arc<SiteState>>,
     Path(user): Path<String>,
-    headers: axum::http::HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers).ok_or_else(unauthorized)?;
+    let token = caller.token.ok_or_else(unauthorized)?;
     let request: vmi_protocol::offline::CheckoutRequest =
         if body.iter().all(u8::is_ascii_whitespace) { Default::default() } else { json_body(&body)? };
     let bundle = detached(async move { site.checkout(&token, &user, request).await }).await?;
@@ -324,10 +344,10 @@ async fn checkout(
 async fn checkin(
     State(site): State<Arc<SiteState>>,
     Path(user): Path<String>,
-    headers: axum::http::HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers).ok_or_else(unauthorized)?;
+    let token = caller.token.ok_or_else(unauthorized)?;
     let checkin = vmi_protocol::offline::decode_checkin(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad checkin body: {e}")))?;
     let report = detached(async move { site.checkin(&token, &user, checkin).await }).await?;
@@ -341,10 +361,17 @@ async fn cancel_checkout(State(site): State<Arc<SiteState>>, Path(user): Path<St
     Ok(Json(report).into_response())
 }
 
-async fn migrate_in(ws: WebSocketUpgrade, State(site): State<Arc<SiteState>>) -> Response {
+/// `GET /v1/migrate` (a site): a phone arriving; the sender's identity (its certificate) goes with it, and the
+/// phone is taken only from the site the placement names as its owner.
+async fn migrate_in(
+    ws: WebSocketUpgrade,
+    State(site): State<Arc<SiteState>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let Principal::Site { id: from } = caller.principal else { return StatusCode::FORBIDDEN.into_response() };
     ws.max_message_size(vmi_protocol::migration::MAX_SNAPSHOT_BYTES + 1024)
         .max_frame_size(vmi_protocol::migration::MAX_SNAPSHOT_BYTES + 1024)
-        .on_upgrade(move |socket| crate::migration::migrate_in(socket, site))
+        .on_upgrade(move |socket| crate::migration::migrate_in(socket, site, from))
 }
 
 // ---- the browser terminal's map: the control service's answers, from the page's origin ----
@@ -367,33 +394,30 @@ impl From<vmi_control_api::ClientError> for ApiError {
     }
 }
 
-/// The token of an `Authorization: Bearer …` header.
-fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
-    (!token.is_empty()).then(|| token.to_string())
-}
-
 fn unauthorized() -> ApiError {
     ApiError(StatusCode::UNAUTHORIZED, "a device token is needed (Authorization: Bearer TOKEN)".into())
 }
 
-/// `GET /v1/demo/sites`: control's `GET /v1/sites`.
-async fn demo_sites(State(site): State<Arc<SiteState>>) -> Result<Response, ApiError> {
-    Ok(Json(site.control().list_sites().await?).into_response())
+/// `GET /v1/demo/sites` (device): control's `GET /v1/sites`, asked as the device.
+async fn demo_sites(
+    State(site): State<Arc<SiteState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let token = caller.token.ok_or_else(unauthorized)?;
+    Ok(Json(site.control().as_bearer(&token).list_sites().await?).into_response())
 }
 
-/// `GET /v1/demo/me` with a bearer token: control's `GET /v1/phone` (whose phone, where).
-async fn demo_me(State(site): State<Arc<SiteState>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
-    let token = bearer(&headers).ok_or_else(unauthorized)?;
+/// `GET /v1/demo/me` (device): control's `GET /v1/phone` (whose phone, where).
+async fn demo_me(
+    State(site): State<Arc<SiteState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let token = caller.token.ok_or_else(unauthorized)?;
     Ok(Json(site.control().phone_for_token(&token).await?).into_response())
 }
 
 #[derive(Deserialize)]
 struct DemoReport {
-    /// The device token, when not in an `Authorization` header.
-    #[serde(default)]
-    token: Option<String>,
     #[serde(default)]
     lat: Option<f64>,
     #[serde(default)]
@@ -402,14 +426,14 @@ struct DemoReport {
     rtt_ms: std::collections::BTreeMap<String, f64>,
 }
 
-/// `POST /v1/demo/report` (token as bearer or in the body): control's `POST /v1/phone/report`.
+/// `POST /v1/demo/report` (device): control's `POST /v1/phone/report`.
 async fn demo_report(
     State(site): State<Arc<SiteState>>,
-    headers: axum::http::HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let report: DemoReport = json_body(&body)?;
-    let token = bearer(&headers).or(report.token).ok_or_else(unauthorized)?;
+    let token = caller.token.ok_or_else(unauthorized)?;
     site.control().report(&token, report.lat, report.lon, report.rtt_ms).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -418,10 +442,10 @@ async fn demo_report(
 /// any of their terminals), control's `GET /v1/users/{user}/report`; 204 while there is none.
 async fn demo_latest_report(
     State(site): State<Arc<SiteState>>,
-    headers: axum::http::HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers).ok_or_else(unauthorized)?;
-    let control = &site.control;
+    let token = caller.token.ok_or_else(unauthorized)?;
+    let control = site.control.as_bearer(&token);
     let phone = control.phone_for_token(&token).await?;
     match control.latest_report(&phone.user).await {
         Ok(report) => Ok(Json(report).into_response()),
@@ -430,21 +454,21 @@ async fn demo_latest_report(
     }
 }
 
-#[derive(Deserialize)]
-struct UserQuery {
-    user: String,
-}
-
-/// `GET /v1/demo/migrations?user=U`: control's `GET /v1/migrations?user=U`, newest first.
+/// `GET /v1/demo/migrations` (device): control's `GET /v1/migrations` of the device's own user, newest first.
 async fn demo_migrations(
     State(site): State<Arc<SiteState>>,
-    axum::extract::Query(q): axum::extract::Query<UserQuery>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(site.control().migrations(Some(&q.user)).await?).into_response())
+    let user = caller.principal.device_user().ok_or_else(unauthorized)?.to_owned();
+    let token = caller.token.ok_or_else(unauthorized)?;
+    Ok(Json(site.control().as_bearer(&token).migrations(Some(&user)).await?).into_response())
 }
 
 /// The control service revoked a device: every phone here closes its terminals.
 async fn device_revoked(State(site): State<Arc<SiteState>>, Path(id): Path<String>) -> StatusCode {
+    if let Ok(device_id) = id.parse::<u64>() {
+        site.forget_device(device_id);
+    }
     for user in site.users() {
         if let Some(phone) = site.phone_link(&user) {
             phone.revoke(id.clone()).await;
@@ -523,34 +547,45 @@ async fn restore_checkpoint(
 }
 
 /// The user a bearer token belongs to, or 401.
-async fn user_of(site: &SiteState, headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
-    let token = bearer(headers).ok_or_else(unauthorized)?;
-    match site.control().authenticate(&token).await? {
-        Some(identity) => Ok(identity.user),
-        None => Err(unauthorized()),
-    }
+fn user_of(caller: &Caller) -> Result<String, ApiError> {
+    caller.principal.device_user().map(str::to_owned).ok_or_else(unauthorized)
 }
 
 /// Where `user`'s phone runs, if not here: its site's base URL.
-async fn elsewhere(site: &SiteState, user: &str) -> Result<Option<String>, ApiError> {
+async fn elsewhere(site: &SiteState, user: &str) -> Result<Option<(String, String)>, ApiError> {
     if site.phone_link(user).is_some() {
         return Ok(None);
     }
     let placement = site.control().placement(user).await?;
-    Ok((placement.site != site.id).then_some(placement.site_url))
+    Ok((placement.site != site.id).then_some((placement.site, placement.site_url)))
+}
+
+/// Asks the site that runs the caller's phone instead, as the caller (their token; that site checks it).
+async fn relay_to(
+    site: &SiteState,
+    caller: &Caller,
+    (peer, url): (String, String),
+    method: vmi_control_api::http_client::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Response, ApiError> {
+    let token = caller.token.as_deref().ok_or_else(unauthorized)?;
+    let peer = site.peer(&peer)?;
+    let body = body.map(|b| ("application/json", b));
+    let options = vmi_control_api::http_client::RequestOptions { bearer: Some(token), ..Default::default() };
+    let (status, answer) = peer.send(method, &format!("{url}{path}"), body, options).await?;
+    Ok(relay(status, answer.to_vec()))
 }
 
 /// `GET /v1/me/checkpoints` (device token): the checkpoints of the token's phone, from
 /// the site it runs on (the browser terminal's "restore my phone to…" view).
 async fn my_checkpoints(
     State(site): State<Arc<SiteState>>,
-    headers: axum::http::HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&site, &headers).await?;
-    if let Some(url) = elsewhere(&site, &user).await? {
-        let (status, body) =
-            vmi_control_api::http_client::get_bytes(&format!("{url}/v1/phones/{user}/checkpoints")).await?;
-        return Ok(relay(status, body));
+    let user = user_of(&caller)?;
+    if let Some(there) = elsewhere(&site, &user).await? {
+        return relay_to(&site, &caller, there, Method::GET, "/v1/me/checkpoints", None).await;
     }
     list_checkpoints(State(site), Path(user)).await
 }
@@ -558,15 +593,12 @@ async fn my_checkpoints(
 /// `POST /v1/me/checkpoints` (device token) `{label?}`: the user checkpoints their phone.
 async fn checkpoint_my_phone(
     State(site): State<Arc<SiteState>>,
-    headers: axum::http::HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&site, &headers).await?;
-    if let Some(url) = elsewhere(&site, &user).await? {
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({}));
-        let (status, body) =
-            vmi_control_api::http_client::post_json(&format!("{url}/v1/phones/{user}/checkpoints"), &value).await?;
-        return Ok(relay(status, body.into_bytes()));
+    let user = user_of(&caller)?;
+    if let Some(there) = elsewhere(&site, &user).await? {
+        return relay_to(&site, &caller, there, Method::POST, "/v1/me/checkpoints", Some(body.to_vec())).await;
     }
     take_checkpoint(State(site), Path(user), body).await
 }
@@ -575,18 +607,15 @@ async fn checkpoint_my_phone(
 /// phone (on whichever site runs it).
 async fn restore_my_phone(
     State(site): State<Arc<SiteState>>,
-    headers: axum::http::HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&site, &headers).await?;
+    let user = user_of(&caller)?;
     let request: RestoreRequest = json_body(&body)?;
     let selector = request.selector()?;
-    if let Some(url) = elsewhere(&site, &user).await? {
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let (status, body) =
-            vmi_control_api::http_client::post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &value)
-                .await?;
-        return Ok(relay(status, body.into_bytes()));
+    if let Some(there) = elsewhere(&site, &user).await? {
+        let path = "/v1/me/checkpoints/restore";
+        return relay_to(&site, &caller, there, Method::POST, path, Some(body.to_vec())).await;
     }
     if site.phone_link(&user).is_none() {
         return Err(SiteError::NoPhone(user).into());

@@ -22,11 +22,13 @@
 //! Only this crate speaks HTTP for a site; the engine and protocol crates know nothing
 //! of it.
 
+mod access;
 pub mod checkout;
 pub mod checkpoints;
 mod error;
 mod http;
 pub mod migration;
+pub mod peer_socket;
 pub mod persist;
 pub mod phone;
 pub mod registry;
@@ -85,6 +87,11 @@ pub struct SiteConfig {
     pub checkpoint_every: Option<Duration>,
     /// Which checkpoints are kept as they age.
     pub retention: vmi_checkpoint::Retention,
+    /// The site's certificate (naming `{id}.site.vmi`) and key, and the provider CA: it serves HTTPS/WSS with
+    /// them and proves who it is to the control service and other sites (docs/SECURITY.md).
+    pub credentials: vmi_trust::Credentials,
+    /// Connection caps and timeouts of the listener.
+    pub limits: vmi_trust::ConnectionLimits,
 }
 
 /// Shared state of a running site.
@@ -102,6 +109,10 @@ pub struct SiteState {
     /// Phones checked out to terminals (docs/OFFLINE.md).
     leases: checkout::Leases,
     control: ControlClient,
+    /// How this site calls others: its certificate, claiming `site/{id}`.
+    caller: vmi_control_api::Caller,
+    /// Lockout of addresses guessing tokens, and audit entries on their way to the control service.
+    guard: access::Guard,
     config: SiteConfig,
     checkpoints: checkpoints::Checkpoints,
 }
@@ -137,6 +148,13 @@ impl SiteState {
     /// The site's client of the control service.
     pub fn control(&self) -> &ControlClient {
         &self.control
+    }
+
+    /// How this site calls site `site_id`: as itself, over TLS only, accepting only a peer whose certificate
+    /// names `site_id`.
+    pub fn peer(&self, site_id: &str) -> Result<vmi_control_api::Caller, SiteError> {
+        let name = vmi_trust::site_name(site_id).map_err(|e| SiteError::BadUser(e.to_string()))?;
+        Ok(self.caller.clone().expecting(&name).tls_only())
     }
 
     /// Screen size of the phones this site runs.
@@ -389,8 +407,10 @@ fn no_room(user: &str, e: NoRoom) -> SiteError {
 pub struct SiteHandle {
     /// Shared state (for in-process tests and benches).
     pub state: Arc<SiteState>,
-    /// Base URL, e.g. `http://127.0.0.1:7801`.
+    /// Base URL, e.g. `https://127.0.0.1:7801` (the public URL when one is configured).
     pub url: String,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
@@ -444,8 +464,11 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
     let addr = listener
         .local_addr()
         .map_err(|source| SiteError::Io { path: PathBuf::from(config.listen.to_string()), source })?;
-    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-    let control = ControlClient::new(&config.control_url)?;
+    let url = config.public_url.clone().unwrap_or_else(|| format!("https://{addr}"));
+    let caller = vmi_control_api::Caller::machine(&config.credentials, &format!("site/{}", config.id))?;
+    let tls = vmi_trust::server_config(&config.credentials)
+        .map_err(|e| SiteError::Io { path: PathBuf::from("site certificate"), source: std::io::Error::other(e) })?;
+    let control = ControlClient::new(&config.control_url, &caller)?;
     let state = Arc::new(SiteState {
         id: config.id.clone(),
         url: url.clone(),
@@ -454,6 +477,8 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         phones: PhoneRegistry::new(config.capacity),
         leases: checkout::Leases::default(),
         control,
+        caller,
+        guard: access::Guard::default(),
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         config: config.clone(),
     });
@@ -474,6 +499,13 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
             if let Err(e) = beat_state.control.heartbeat(&beat_state.id, phones).await {
                 tracing::warn!(site = %beat_state.id, "heartbeat failed: {e}");
             }
+            let audit = beat_state.guard.take_pending();
+            if !audit.is_empty()
+                && let Err(e) = beat_state.control.report_audit(&audit).await
+            {
+                tracing::warn!(site = %beat_state.id, "cannot send the audit log: {e}");
+                beat_state.guard.put_back(audit);
+            }
         }
     });
     let checkpointer = config.checkpoint_every.map(|every| {
@@ -488,18 +520,15 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         })
     });
     let app = http::router(state.clone());
+    let limits = config.limits;
     let server = tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        // Inputs and frames are small and latency-bound: no Nagle delay on any socket.
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        // HTTPS for everyone; plain HTTP only for peers on this machine (the browser demo).
+        if let Err(e) = vmi_trust::serve(listener, app, Some(tls), limits, stopped).await {
             tracing::error!("site server failed: {e}");
         }
     });
-    Ok(SiteHandle { state, url, shutdown, server, heartbeat, checkpointer })
+    Ok(SiteHandle { state, url, addr, shutdown, server, heartbeat, checkpointer })
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use vmi_control_api::Identity;
+use vmi_control_api::auth::Principal;
 use vmi_protocol::{
     CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientMessage, ErrorCode, MAX_SEQ, PROTOCOL_VERSION, ServerMessage,
 };
@@ -105,9 +107,10 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         }
         Err(e) => return refuse(socket, ErrorCode::BadMessage, format!("undecodable Hello: {e}")).await,
     };
-    let identity = match site.control().authenticate(&token).await {
-        Ok(Some(identity)) => identity,
-        Ok(None) => {
+    let identity = match site.authenticate(&token).await {
+        Ok(Some(Principal::Device { user, device_id })) => Identity { user, device_id },
+        // Only a device holds a phone's screen: an operator's or admin's token is not a terminal's.
+        Ok(Some(_)) | Ok(None) => {
             return refuse(socket, ErrorCode::Unauthorized, "unknown or revoked device token".into()).await;
         }
         Err(e) => return refuse(socket, ErrorCode::Internal, format!("cannot check the token: {e}")).await,

@@ -14,19 +14,19 @@ const HOUR_NS: u64 = 3_600_000_000_000;
 /// retention keeps once it is more than two days old.
 const START_MS: u64 = 1_795_044_600_000;
 
-async fn notes(site_url: &str, user: &str) -> String {
-    let (status, body) = http_get(&format!("{site_url}/v1/phones/{user}/kv/notes.text")).await;
+async fn notes(control: &Control, site_url: &str, user: &str) -> String {
+    let (status, body) = control.get(&format!("{site_url}/v1/phones/{user}/kv/notes.text")).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     String::from_utf8(body).expect("utf-8")
 }
 
-async fn post(url: &str, body: Value) -> (u16, Value) {
-    let (status, text) = vmi_control_api::http_client::post_json(url, &body).await.expect("post");
+async fn post(control: &Control, url: &str, body: Value) -> (u16, Value) {
+    let (status, text) = control.operator().post_json(url, &body).await.expect("post");
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-async fn list(site_url: &str, user: &str) -> Vec<Value> {
-    let (status, body) = http_get(&format!("{site_url}/v1/phones/{user}/checkpoints")).await;
+async fn list(control: &Control, site_url: &str, user: &str) -> Vec<Value> {
+    let (status, body) = control.get(&format!("{site_url}/v1/phones/{user}/checkpoints")).await;
     assert_eq!(status, 200);
     let v: Value = serde_json::from_slice(&body).expect("json");
     v["checkpoints"].as_array().expect("array").clone()
@@ -47,7 +47,8 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
     term.acked(last).await;
 
     // On demand, with a label: stored here and copied to the other site.
-    let (status, taken) = post(&format!("{}/v1/phones/alice/checkpoints", a.url), json!({ "label": "day 0" })).await;
+    let (status, taken) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints", a.url), json!({ "label": "day 0" })).await;
     assert_eq!(status, 200, "{taken}");
     assert_eq!(taken["replica"], "site-b", "{taken}");
     let day0 = taken["checkpoint"]["id"].as_str().expect("id").to_owned();
@@ -64,9 +65,9 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
             b.state.checkpoint_round().await;
         }
     }
-    let now_text = notes(&a.url, "alice").await;
+    let now_text = notes(&control, &a.url, "alice").await;
     assert_eq!(now_text, "day zero, day 1, day 2, day 3");
-    let here = list(&a.url, "alice").await;
+    let here = list(&control, &a.url, "alice").await;
     // Retention: every checkpoint of the last two days, the last of each day before
     // that (day 0's, and the 23:30 one of day 1).
     assert_eq!(here.len(), 1 + 1 + 48, "{here:?}");
@@ -75,19 +76,23 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
     // Light use: every hourly checkpoint is small (the typing ones included).
     let most = here[1..].iter().map(|c| c["stored_bytes"].as_u64().expect("bytes")).max().expect("some");
     assert!(most < 100 * 1024, "an hourly checkpoint stored {most} bytes");
-    assert_eq!(list(&b.url, "alice").await, here, "the second site holds the same checkpoints");
+    assert_eq!(list(&control, &b.url, "alice").await, here, "the second site holds the same checkpoints");
     // The control service's catalogue knows both copies of each.
     let catalogue = control.client.checkpoints("alice").await.expect("catalogue");
     assert_eq!(catalogue.len(), here.len());
     assert!(catalogue.iter().all(|c| c.sites == ["site-a", "site-b"]), "{catalogue:?}");
 
     // Back to three days ago, by time, with the terminal attached: it gets the old screen.
-    let (status, restored) =
-        post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "at_ms": START_MS + 60_000 })).await;
+    let (status, restored) = post(
+        &control,
+        &format!("{}/v1/phones/alice/checkpoints/restore", a.url),
+        json!({ "at_ms": START_MS + 60_000 }),
+    )
+    .await;
     assert_eq!(status, 200, "{restored}");
     assert_eq!(restored["restored"]["id"], day0.as_str());
-    assert_eq!(notes(&a.url, "alice").await, "day zero");
-    let (_, hash) = http_get(&format!("{}/v1/phones/alice/screen-hash", a.url)).await;
+    assert_eq!(notes(&control, &a.url, "alice").await, "day zero");
+    let (_, hash) = control.get(&format!("{}/v1/phones/alice/screen-hash", a.url)).await;
     let want: Value = serde_json::from_slice(&hash).expect("json");
     let want = want["hash"].as_str().expect("hash").to_owned();
     let shown = |term: &Term| format!("{:016x}", term.screen.as_ref().expect("screen").hash());
@@ -101,9 +106,10 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
 
     // The state it left was checkpointed first: undo by restoring that.
     let before = restored["saved_before"]["id"].as_str().expect("saved before").to_owned();
-    let (status, undo) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": before })).await;
+    let (status, undo) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": before })).await;
     assert_eq!(status, 200, "{undo}");
-    assert_eq!(notes(&a.url, "alice").await, now_text);
+    assert_eq!(notes(&control, &a.url, "alice").await, now_text);
     // Undo points are checkpoints like the others: copied, and in the catalogue.
     let catalogue = control.client.checkpoints("alice").await.expect("catalogue");
     let undo_points: Vec<_> = catalogue
@@ -114,19 +120,21 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
     assert!(undo_points.iter().all(|c| c.sites == ["site-a", "site-b"]), "{undo_points:?}");
 
     // Bad requests are named.
-    let (status, e) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": "nope" })).await;
+    let (status, e) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "id": "nope" })).await;
     assert_eq!(status, 400, "{e}");
     assert!(e["error"].as_str().expect("error").contains("64 hex digits"), "{e}");
-    let (status, e) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "at_ms": 5 })).await;
+    let (status, e) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "at_ms": 5 })).await;
     assert_eq!(status, 404, "{e}");
-    let (status, e) = post(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({})).await;
+    let (status, e) = post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({})).await;
     assert_eq!(status, 400, "{e}");
-    let (status, _) = post(&format!("{}/v1/phones/ghost/checkpoints", a.url), json!({})).await;
+    let (status, _) = post(&control, &format!("{}/v1/phones/ghost/checkpoints", a.url), json!({})).await;
     assert_eq!(status, 404);
 
     // One more checkpoint after the undo (full: the restored VM shares no snapshot with
     // the last one), then site-a is lost with everything on its disk.
-    let (status, taken) = post(&format!("{}/v1/phones/alice/checkpoints", a.url), json!({})).await;
+    let (status, taken) = post(&control, &format!("{}/v1/phones/alice/checkpoints", a.url), json!({})).await;
     assert_eq!(status, 200, "{taken}");
     assert_eq!(taken["replica"], "site-b");
     term.vanish();
@@ -135,13 +143,13 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
 
     // The operator places the phone on site-b; site-b brings it back from its copy.
     let (status, e) =
-        post(&format!("{}/v1/phones/alice/checkpoints/restore", b.url), json!({ "at_ms": u64::MAX })).await;
+        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", b.url), json!({ "at_ms": u64::MAX })).await;
     assert_eq!(status, 409, "not placed there yet: {e}");
     control.client.set_placement("alice", "site-b").await.expect("placement");
     let (status, restored) =
-        post(&format!("{}/v1/phones/alice/checkpoints/restore", b.url), json!({ "at_ms": u64::MAX })).await;
+        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", b.url), json!({ "at_ms": u64::MAX })).await;
     assert_eq!(status, 200, "{restored}");
-    assert_eq!(notes(&b.url, "alice").await, now_text, "nothing typed before the last checkpoint is lost");
+    assert_eq!(notes(&control, &b.url, "alice").await, now_text, "nothing typed before the last checkpoint is lost");
     let mut term = Term::connect(&b.ws_url()).await;
     assert!(matches!(term.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
     term.close().await;

@@ -19,7 +19,7 @@ async fn revoke_cuts_the_old_device_and_a_pairing_code_brings_the_phone_back() {
     old.tap(NOTES).await;
     let last = old.type_text("before the loss").await;
     old.acked(last).await;
-    let (_, before) = http_get(&format!("{}/v1/phones/alice/screen-hash", site.url)).await;
+    let (_, before) = control.get(&format!("{}/v1/phones/alice/screen-hash", site.url)).await;
 
     // Lost: the operator revokes it. The live session is closed at once, with the reason.
     control.client.revoke_device(old_device).await.expect("revoke");
@@ -37,14 +37,14 @@ async fn revoke_cuts_the_old_device_and_a_pairing_code_brings_the_phone_back() {
     let mut term = Term::connect(&site.ws_url()).await;
     assert!(matches!(term.hello(&new.token, None, false).await, ServerMessage::Welcome { .. }));
     term.until(|m| matches!(m, ServerMessage::FrameUpdate { .. })).await;
-    let (_, after) = http_get(&format!("{}/v1/phones/alice/screen-hash", site.url)).await;
+    let (_, after) = control.get(&format!("{}/v1/phones/alice/screen-hash", site.url)).await;
     assert_eq!(after, before, "the same screen");
     assert_eq!(
         format!("{:016x}", term.screen.as_ref().expect("screen").hash()),
         serde_json::from_slice::<serde_json::Value>(&after).expect("json")["hash"].as_str().expect("hash"),
         "and the new terminal shows it"
     );
-    let (_, notes) = http_get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
+    let (_, notes) = control.get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
     assert_eq!(notes, b"before the loss");
 
     // A signed-in device can issue a code too; a made-up code is refused.

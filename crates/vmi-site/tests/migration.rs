@@ -15,22 +15,20 @@ use vmi_engine::{Engine, ManualClock, SnapshotRequest, VmConfig};
 use vmi_protocol::Input;
 use vmi_protocol::migration::{MIGRATION_VERSION, MigrationMessage, decode_migration, encode_migration};
 use vmi_site::SiteHandle;
-use vmi_terminal::{Terminal, TerminalEvent, TerminalOptions};
+use vmi_terminal::{Terminal, TerminalEvent};
 use vmi_testkit::{eventually, within};
 
-async fn migrate(from: &SiteHandle, to: &SiteHandle, user: &str) -> serde_json::Value {
-    let body = serde_json::json!({ "to": to.state.id, "to_url": to.url });
+async fn migrate(control: &Control, from: &SiteHandle, to: &SiteHandle, user: &str) -> serde_json::Value {
+    let body = serde_json::json!({ "to": to.state.id });
     let (status, text) =
-        vmi_control_api::http_client::post_json(&format!("{}/v1/phones/{user}/migrate", from.url), &body)
-            .await
-            .expect("post");
+        control.operator().post_json(&format!("{}/v1/phones/{user}/migrate", from.url), &body).await.expect("post");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::json!({ "raw": text }));
     assert!(status == 200 || status == 502, "{status} {v}");
     v
 }
 
-async fn notes(site: &SiteHandle, user: &str) -> String {
-    let (status, body) = http_get(&format!("{}/v1/phones/{user}/kv/notes.text", site.url)).await;
+async fn notes(control: &Control, site: &SiteHandle, user: &str) -> String {
+    let (status, body) = control.get(&format!("{}/v1/phones/{user}/kv/notes.text", site.url)).await;
     if status != 200 {
         return String::new();
     }
@@ -96,17 +94,20 @@ struct Relay {
     final_delta: Gate,
 }
 
+/// Starts the relay on `listener`, in front of site-b listening at `upstream`. It holds site-b's certificate (a
+/// stand-in for site-b on the network) and dials site-b as site-a, so it sees the messages it holds.
 // The handshake callback's signature is tungstenite's, large error and all.
 #[allow(clippy::result_large_err)]
-async fn relay(site_url: &str) -> Relay {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let upstream = site_url.replace("http://", "ws://");
+async fn relay(listener: tokio::net::TcpListener, upstream: std::net::SocketAddr) -> Relay {
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let acceptor = tls_acceptor(&site_credentials("site-b"));
+    let caller = site_caller("site-a").expecting(&vmi_trust::site_name("site-b").expect("name"));
     let (pre_copy, hold_pre_copy) = gate();
     let (final_delta, hold_final) = gate();
     tokio::spawn(async move {
         let mut holds = Some((hold_pre_copy, hold_final));
         while let Ok((stream, _)) = listener.accept().await {
+            let Ok(stream) = acceptor.accept(stream).await else { continue };
             let mut path = String::new();
             let Ok(client) = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
                 path = req.uri().to_string();
@@ -116,7 +117,8 @@ async fn relay(site_url: &str) -> Relay {
             else {
                 continue;
             };
-            let (server, _) = tokio_tungstenite::connect_async(format!("{upstream}{path}")).await.expect("upstream");
+            let server =
+                vmi_site::peer_socket::connect(&caller, &format!("wss://{upstream}{path}")).await.expect("upstream");
             let holds = if path.starts_with("/v1/migrate") { holds.take() } else { None };
             tokio::spawn(forward(client, server, holds));
         }
@@ -131,8 +133,8 @@ fn migration_message(m: &Message) -> Option<MigrationMessage> {
 
 /// Copies messages both ways until either side ends, holding at the gates given.
 async fn forward(
-    client: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    server: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    client: tokio_tungstenite::WebSocketStream<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    server: vmi_site::peer_socket::PeerSocket,
     holds: Option<(Hold, Hold)>,
 ) {
     let (mut pre_copy, mut final_delta) = holds.map_or((None, None), |(p, f)| (Some(p), Some(f)));
@@ -192,10 +194,15 @@ async fn until_acked(term: &mut Terminal, seq: u64) {
 async fn typing_through_a_migration_loses_and_doubles_nothing() {
     let control = control().await;
     let a = site(&control, "site-a", scratch("type-a")).await;
-    let b = site(&control, "site-b", scratch("type-b")).await;
-    let relay = relay(&b.url).await;
+    // Site-b is known by the relay's address: the source dials it there, and terminals follow it there.
+    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let relay_url = format!("https://{}", relay_listener.local_addr().expect("addr"));
+    let b_config =
+        vmi_site::SiteConfig { public_url: Some(relay_url), ..site_config(&control, "site-b", scratch("type-b")) };
+    let b = vmi_site::start(b_config).await.expect("site-b starts");
+    let relay = relay(relay_listener, b.addr).await;
     let token = user_with_phone(&control, &a, "alice").await;
-    let mut term = Terminal::connect(&a.ws_url(), &token, TerminalOptions::default()).await.expect("terminal");
+    let mut term = Terminal::connect(&a.ws_url(), &token, terminal_options()).await.expect("terminal");
     wait_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
     let (x, y) = NOTES;
     term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Down, x, y }).expect("input");
@@ -209,12 +216,10 @@ async fn typing_through_a_migration_loses_and_doubles_nothing() {
     until_acked(&mut term, last).await;
 
     let mover = {
-        let (a_url, b_id, to_url) = (a.url.clone(), b.state.id.clone(), relay.url.clone());
+        let (a_url, b_id, operator) = (a.url.clone(), b.state.id.clone(), control.operator());
         tokio::spawn(async move {
-            let body = serde_json::json!({ "to": b_id, "to_url": to_url });
-            vmi_control_api::http_client::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body)
-                .await
-                .expect("migrate")
+            let body = serde_json::json!({ "to": b_id });
+            operator.post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
         })
     };
 
@@ -236,9 +241,11 @@ async fn typing_through_a_migration_loses_and_doubles_nothing() {
     until_acked(&mut term, last).await;
     assert_eq!(term.stats().acked_input, last, "every input acknowledged");
     assert_eq!(term.stats().pending_inputs, 0);
-    assert!(term.stats().url.contains(&relay.url.replace("http://", "")), "terminal followed the phone");
+    assert!(term.stats().url.contains(&relay.url.replace("https://", "")), "terminal followed the phone");
     assert!(!hosts(&a, "alice") && hosts(&b, "alice"), "exactly one copy, on B");
-    assert_eq!(notes(&b, "alice").await, text, "every character once, in order");
+    // Read at site-b's own address (the relay carries only WebSockets).
+    let (_, typed) = control.get(&format!("https://{}/v1/phones/alice/kv/notes.text", b.addr)).await;
+    assert_eq!(String::from_utf8_lossy(&typed), text, "every character once, in order");
     let report: serde_json::Value = serde_json::from_str(&report).expect("json");
     assert_eq!(report["outcome"], "committed");
     term.close().await;
@@ -269,17 +276,18 @@ async fn twenty_moves_keep_notes_stopwatch_and_mail_timer() {
     for i in 0..20 {
         clock.advance(250_000_000);
         here.tick().await;
-        let report = migrate(here, there, "alice").await;
+        let report = migrate(&control, here, there, "alice").await;
         assert_eq!(report["outcome"], "committed", "move {i}: {report}");
         std::mem::swap(&mut here, &mut there);
     }
     assert!(hosts(here, "alice") && !hosts(there, "alice"));
-    assert_eq!(notes(here, "alice").await, "kept through twenty moves");
+    assert_eq!(notes(&control, here, "alice").await, "kept through twenty moves");
 
     // The stopwatch still runs: with a terminal watching, its digits move with time.
     let hash = |s: &SiteHandle| {
         let url = format!("{}/v1/phones/alice/screen-hash", s.url);
-        async move { http_get(&url).await.1 }
+        let control = &control;
+        async move { control.get(&url).await.1 }
     };
     let mut watcher = Term::connect(&here.ws_url()).await;
     watcher.hello(&token, None, false).await;
@@ -294,9 +302,8 @@ async fn twenty_moves_keep_notes_stopwatch_and_mail_timer() {
     // The background mail check still fires: a mail left without a push is found by
     // the phone's own timer.
     let mail = serde_json::json!({ "from": "ann@example.com", "subject": "Found by the timer", "push": false });
-    let (status, _) = vmi_control_api::http_client::post_json(&format!("{}/v1/phones/alice/mail", here.url), &mail)
-        .await
-        .expect("post");
+    let (status, _) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/mail", here.url), &mail).await.expect("post");
     assert_eq!(status, 202);
     let mut term = Term::connect(&here.ws_url()).await;
     term.hello(&token, None, true).await;
@@ -310,12 +317,16 @@ async fn twenty_moves_keep_notes_stopwatch_and_mail_timer() {
     b.shutdown().await;
 }
 
-/// A destination that accepts Begin and then fails as told.
-async fn fake_destination(fail: &'static str) -> String {
+/// A registered site, `site-x`, with a certificate naming it, that accepts Begin and then fails as told.
+async fn fake_destination(control: &Control, fail: &'static str) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let spec = vmi_control_api::SiteSpec { url, lat: 60.0, lon: 24.0, capacity: 4 };
+    site_client(control, "site-x").register_site("site-x", &spec).await.expect("register site-x");
+    let acceptor = tls_acceptor(&site_credentials("site-x"));
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("accept");
+        let stream = acceptor.accept(stream).await.expect("tls");
         let mut ws = tokio_tungstenite::accept_async(stream).await.expect("ws");
         let send = |m: MigrationMessage| tokio_tungstenite::tungstenite::Message::Binary(encode_migration(&m).into());
         while let Some(Ok(msg)) = ws.next().await {
@@ -331,7 +342,6 @@ async fn fake_destination(fail: &'static str) -> String {
             }
         }
     });
-    url
 }
 
 async fn assert_runs_at(site: &SiteHandle, control: &Control, token: &str, user: &str) {
@@ -350,23 +360,21 @@ async fn destination_dying_mid_copy_or_a_cut_link_leave_the_phone_at_the_source(
     let a = site(&control, "site-a", scratch("fault-a")).await;
     let token = user_with_phone(&control, &a, "alice").await;
     for fail in ["mid-copy", "cut-before-commit"] {
-        let url = fake_destination(fail).await;
-        let body = serde_json::json!({ "to": "site-x", "to_url": url });
+        fake_destination(&control, fail).await;
+        let body = serde_json::json!({ "to": "site-x" });
         let (status, report) =
-            vmi_control_api::http_client::post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body)
-                .await
-                .expect("post");
+            control.operator().post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body).await.expect("post");
         assert_eq!(status, 502, "{fail}: {report}");
         assert!(report.contains("aborted"), "{report}");
         assert_runs_at(&a, &control, &token, "alice").await;
     }
-    assert_eq!(notes(&a, "alice").await, "", "the phone answered, nothing else changed");
+    assert_eq!(notes(&control, &a, "alice").await, "", "the phone answered, nothing else changed");
     // Taking the phone back raised the epoch past what the fake destinations were given,
     // so a late commit of theirs could never win.
     assert_eq!(control.client.placement("alice").await.expect("placement").epoch, 2);
     // And after aborted attempts, a real migration still goes through (a fresh pre-copy).
     let b = site(&control, "site-b", scratch("fault-b")).await;
-    let report = migrate(&a, &b, "alice").await;
+    let report = migrate(&control, &a, &b, "alice").await;
     assert_eq!(report["outcome"], "committed", "{report}");
     assert_runs_at(&b, &control, &token, "alice").await;
     assert!(!hosts(&a, "alice"));
@@ -380,8 +388,8 @@ async fn source_vanishing_right_after_the_handoff_leaves_the_destination_running
     let b = site(&control, "site-b", scratch("vanish-b")).await;
     control.client.create_user("alice").await.expect("user");
     // Site A is this test: registered, then gone after the handoff.
-    let spec = vmi_control_api::SiteSpec { url: "http://127.0.0.1:9".into(), lat: 60.0, lon: 24.0, capacity: 4 };
-    control.client.register_site("site-a", &spec).await.expect("register");
+    let spec = vmi_control_api::SiteSpec { url: "https://127.0.0.1:9".into(), lat: 60.0, lon: 24.0, capacity: 4 };
+    site_client(&control, "site-a").register_site("site-a", &spec).await.expect("register");
     let placed = control.client.set_placement("alice", "site-a").await.expect("placement");
     let token = control.client.create_device("alice", "phone").await.expect("device").token;
 
@@ -393,8 +401,9 @@ async fn source_vanishing_right_after_the_handoff_leaves_the_destination_running
     let round = phone.snapshot(SnapshotRequest::PreCopy).expect("round");
     phone.deliver(vmi_engine::Event::text('z')).expect("key");
     let last = phone.snapshot(SnapshotRequest::Incremental).expect("final");
-    let ws_url = format!("{}/v1/migrate", b.url.replace("http://", "ws://"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await.expect("connect");
+    let ws_url = format!("{}/v1/migrate", b.url.replace("https://", "wss://"));
+    let as_site_a = site_caller("site-a").expecting(&vmi_trust::site_name("site-b").expect("name"));
+    let mut ws = vmi_site::peer_socket::connect(&as_site_a, &ws_url).await.expect("connect");
     let send = |m: MigrationMessage| tokio_tungstenite::tungstenite::Message::Binary(encode_migration(&m).into());
     ws.send(send(MigrationMessage::Begin {
         version: MIGRATION_VERSION,
@@ -424,8 +433,9 @@ async fn source_vanishing_right_after_the_handoff_leaves_the_destination_running
     b.shutdown().await;
 }
 
-/// Stands in for a control service that is down, on the service's own listening socket: reads the first line of
-/// each request, notes it, and hangs up, as a dead service's address would fail the request.
+/// Stands in for a control service that is down, on the service's own listening socket: completes the TLS
+/// handshake (with the service's certificate), reads the first line of each request, notes it, and hangs up, as a
+/// dead service's address would fail the request.
 struct Outage {
     asked: Arc<std::sync::Mutex<Vec<String>>>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -438,15 +448,19 @@ impl Outage {
         let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
         let noted = asked.clone();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let credentials =
+            test_ca().credentials_for(vmi_trust::CONTROL_NAME, &["127.0.0.1"]).expect("control certificate");
+        let acceptor = tls_acceptor(&credentials);
         let task = tokio::spawn(async move {
             loop {
-                let (mut stream, _) = tokio::select! {
+                let (stream, _) = tokio::select! {
                     _ = &mut stopped => return,
                     accepted = listener.accept() => match accepted {
                         Ok(accepted) => accepted,
                         Err(_) => continue,
                     },
                 };
+                let Ok(mut stream) = acceptor.accept(stream).await else { continue };
                 let mut head = [0u8; 1024];
                 let n = stream.read(&mut head).await.unwrap_or(0);
                 let line = String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or_default().to_string();
@@ -477,25 +491,36 @@ async fn a_control_service_restarted_during_a_migration_and_a_long_outage() {
     let addr = socket.local_addr().expect("addr");
     let listener =
         || tokio::net::TcpListener::from_std(socket.try_clone().expect("clone the socket")).expect("listener");
+    let operator = {
+        use vmi_control::Store;
+        let store = vmi_control::SqliteStore::open(&db).expect("store");
+        let principal = vmi_control_api::auth::Principal::Operator { name: "test".into() };
+        store.create_credential(&principal).expect("operator").token
+    };
     let start_control = move |listener: tokio::net::TcpListener| {
         let store = Arc::new(vmi_control::SqliteStore::open(&db).expect("store"));
+        let trust = vmi_control::ServiceTrust::new(test_ca().clone(), &["127.0.0.1"]).expect("certificate");
+        let options = vmi_control::ServeOptions { trust: Some(trust), ..vmi_control::ServeOptions::default() };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(vmi_control::serve(listener, store, async move {
+        let task = tokio::spawn(vmi_control::serve_with(listener, store, options, async move {
             let _ = stopped.await;
         }));
         (stop, task)
     };
     let (stop, task) = start_control(listener());
-    let control = Control::attach(&format!("http://{addr}"));
+    let control = Control::attach(&format!("https://{addr}"), &operator);
     let a = site(&control, "site-a", scratch("outage-a")).await;
     let b = site(&control, "site-b", scratch("outage-b")).await;
     let token = user_with_phone(&control, &a, "alice").await;
+
+    // The operator's token, checked a moment ago, is what site-a accepts during the outage (it cannot ask).
+    assert_eq!(control.get(&format!("{}/v1/phones", a.url)).await.0, 200);
 
     // Down for longer than a migration waits: it aborts, the phone keeps running at A.
     let _ = stop.send(());
     let _ = task.await;
     let outage = Outage::start(listener());
-    let report = migrate(&a, &b, "alice").await;
+    let report = migrate(&control, &a, &b, "alice").await;
     assert_eq!(report["outcome"], "aborted", "{report}");
     assert!(hosts(&a, "alice") && !hosts(&b, "alice"));
 
@@ -503,12 +528,10 @@ async fn a_control_service_restarted_during_a_migration_and_a_long_outage() {
     let placement = "/v1/users/alice/placement";
     let asked_before = outage.asked(placement);
     let mover = {
-        let (a_url, b_id, b_url) = (a.url.clone(), b.state.id.clone(), b.url.clone());
+        let (a_url, b_id, operator) = (a.url.clone(), b.state.id.clone(), control.operator());
         tokio::spawn(async move {
-            let body = serde_json::json!({ "to": b_id, "to_url": b_url });
-            vmi_control_api::http_client::post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body)
-                .await
-                .expect("migrate")
+            let body = serde_json::json!({ "to": b_id });
+            operator.post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
         })
     };
     eventually(Duration::from_secs(30), "the migration asking the control service in vain", async || {

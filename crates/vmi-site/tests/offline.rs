@@ -21,6 +21,7 @@ fn checkout_args(control: &Control, token: &str, dir: &Path, lease: Option<&str>
     CheckoutArgs {
         control: Some(control.url.clone()),
         token: token.into(),
+        ca: Some(test_ca_file()),
         lease: lease.map(str::to_owned),
         dir: Some(dir.to_owned()),
     }
@@ -41,8 +42,8 @@ async fn checkin(dir: &Path) -> Result<serde_json::Value, TerminalError> {
     offline::checkin(&CheckinArgs { dir: Some(dir.to_owned()) }).await
 }
 
-async fn notes(site: &SiteHandle, user: &str) -> (u16, String) {
-    let (status, body) = http_get(&format!("{}/v1/phones/{user}/kv/notes.text", site.url)).await;
+async fn notes(control: &Control, site: &SiteHandle, user: &str) -> (u16, String) {
+    let (status, body) = control.get(&format!("{}/v1/phones/{user}/kv/notes.text", site.url)).await;
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -119,7 +120,7 @@ async fn checkout_edit_offline_checkin_and_the_site_shows_the_edits() {
     assert_eq!(status, 409);
     assert!(message.contains(&format!("checked out to device {}", lease.device_id)), "{message}");
     assert!(matches!(site.state.create_phone("alice").await, Err(SiteError::CheckedOut(_))));
-    let migrated = vmi_site::migration::migrate_out(&site.state, "alice", "site-b", "http://127.0.0.1:9").await;
+    let migrated = vmi_site::migration::migrate_out(&site.state, "alice", "site-b").await;
     assert!(matches!(migrated, Err(SiteError::CheckedOut(_))), "{:?}", migrated.err());
     let same_dir = offline::checkout(&checkout_args(&control, &token, &dir, None)).await;
     assert!(matches!(same_dir, Err(TerminalError::Usage(_))), "a directory holds one checkout");
@@ -133,7 +134,7 @@ async fn checkout_edit_offline_checkin_and_the_site_shows_the_edits() {
     assert_eq!(report["outcome"], "checked in");
     assert_eq!(report["applied"], 2);
 
-    assert_eq!(notes(&site, "alice").await, (200, "Online. Offline edits".to_string()));
+    assert_eq!(notes(&control, &site, "alice").await, (200, "Online. Offline edits".to_string()));
     assert!(hello_refusal(&site, &token).await.is_none(), "terminals are welcome again");
     assert!(dir.join("checked-in.json").exists() && !dir.join("offline.json").exists());
     let (status, message) = refused(checkin(&dir).await.map_err(|e| match e {
@@ -145,7 +146,7 @@ async fn checkout_edit_offline_checkin_and_the_site_shows_the_edits() {
     // The directory takes a new checkout, and the phone goes out again.
     offline::checkout(&checkout_args(&control, &token, &dir, None)).await.expect("second checkout after checkin");
     checkin(&dir).await.expect("an unchanged checkin");
-    assert_eq!(notes(&site, "alice").await.1, "Online. Offline edits");
+    assert_eq!(notes(&control, &site, "alice").await.1, "Online. Offline edits");
     site.shutdown().await;
 }
 
@@ -193,7 +194,7 @@ async fn bad_checkins_are_refused_and_the_base_is_kept() {
 
     // Nothing was lost: the real checkin still goes through.
     checkin(&dir).await.expect("checkin after the refusals");
-    assert_eq!(notes(&site, "alice").await.1, "Base one two");
+    assert_eq!(notes(&control, &site, "alice").await.1, "Base one two");
     site.shutdown().await;
 }
 
@@ -208,7 +209,7 @@ async fn an_expired_lease_resumes_the_phone_from_its_base_and_refuses_the_late_c
     run_offline(&dir, "tap 274 1090\ntype  lost\n").await;
     until_running(&site, "alice").await;
 
-    assert_eq!(notes(&site, "alice").await.1, "Base", "resumed from the checkout base");
+    assert_eq!(notes(&control, &site, "alice").await.1, "Base", "resumed from the checkout base");
     let (status, message) = refused(checkin(&dir).await);
     assert_eq!(status, 409);
     assert!(message.contains("lease expired; the phone resumed on the site at"), "{message}");
@@ -228,15 +229,13 @@ async fn a_cancelled_checkout_resumes_from_its_base_and_refuses_the_checkin() {
     run_offline(&dir, "tap 274 1090\ntype  gone\n").await;
 
     let cancel = format!("{}/v1/phones/alice/checkout/cancel", site.url);
-    let (status, body) =
-        vmi_control_api::http_client::post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
+    let (status, body) = control.operator().post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(notes(&site, "alice").await, (200, "Base".to_string()));
+    assert_eq!(notes(&control, &site, "alice").await, (200, "Base".to_string()));
     let (status, message) = refused(checkin(&dir).await);
     assert_eq!(status, 409);
     assert!(message.contains("cancelled by an operator; the phone resumed on the site at"), "{message}");
-    let (status, body) =
-        vmi_control_api::http_client::post_json(&cancel, &serde_json::json!({})).await.expect("cancel again");
+    let (status, body) = control.operator().post_json(&cancel, &serde_json::json!({})).await.expect("cancel again");
     assert_eq!(status, 404, "nothing to cancel: {body}");
     site.shutdown().await;
 }
@@ -258,11 +257,15 @@ async fn a_site_restart_during_checkout_keeps_the_phone_checked_out() {
     assert!(message.contains(&format!("checked out to device {}", lease.device_id)), "{message}");
     run_offline(&dir, "tap 274 1090\ntype  and back\n").await;
     checkin(&dir).await.expect("checkin to the restarted site (found through the control service)");
-    assert_eq!(notes(&site_b, "alice").await.1, "Base and back");
+    assert_eq!(notes(&control, &site_b, "alice").await.1, "Base and back");
     assert_eq!(site_b.shutdown().await, 1);
 
     let site_c = site(&control, "site-a", data).await;
-    assert_eq!(notes(&site_c, "alice").await.1, "Base and back", "the checked-in state is what the site keeps");
+    assert_eq!(
+        notes(&control, &site_c, "alice").await.1,
+        "Base and back",
+        "the checked-in state is what the site keeps"
+    );
     site_c.shutdown().await;
 }
 
@@ -285,8 +288,7 @@ async fn a_phone_placed_elsewhere_while_out_does_not_resume_on_the_old_site() {
     assert_eq!(status, 409);
     assert!(message.contains("now belongs to site-b"), "{message}");
     let cancel = format!("{}/v1/phones/alice/checkout/cancel", site_a.url);
-    let (status, body) =
-        vmi_control_api::http_client::post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
+    let (status, body) = control.operator().post_json(&cancel, &serde_json::json!({})).await.expect("cancel");
     assert_eq!(status, 409, "{body}");
     assert!(site_a.state.users().is_empty(), "not running on site-a");
     site_a.shutdown().await;

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
 use vmi_protocol::{
     CLOSE_NORMAL, ClientMessage, ErrorCode, Input, MAX_SEQ, PROTOCOL_VERSION, Resume, ServerMessage, TouchPhase,
 };
@@ -31,12 +30,12 @@ struct Heard {
 
 /// A terminal that speaks raw WebSocket frames and decodes what comes back.
 struct Raw {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: vmi_site::peer_socket::PeerSocket,
 }
 
 impl Raw {
     async fn connect(url: &str) -> Raw {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket");
+        let ws = vmi_site::peer_socket::connect(&bearer_less(), url).await.expect("websocket");
         Raw { ws }
     }
 
@@ -499,7 +498,7 @@ async fn rule_7_input_numbers() {
     t.send(&ClientMessage::Input { seq: 10, input: key('c') }).await;
     let (_, ack) = t.until(|m| matches!(m, ServerMessage::InputAck { .. })).await;
     assert_eq!(ack, ServerMessage::InputAck { seq: 10 }, "a gap is applied");
-    let (_, body) = http_get(&format!("{}/v1/phones/pat/kv/notes.text", w.site.url)).await;
+    let (_, body) = w.control.get(&format!("{}/v1/phones/pat/kv/notes.text", w.site.url)).await;
     assert_eq!(String::from_utf8_lossy(&body), "ac", "the duplicate and the old number were not applied");
 
     t.send(&ClientMessage::Input { seq: MAX_SEQ + 1, input: key('d') }).await;
@@ -583,7 +582,7 @@ async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store
     assert!(matches!(t.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
     t.send(&ClientMessage::Input { seq: 1, input: key('k') }).await;
     t.until(|m| matches!(m, ServerMessage::InputAck { seq: 1 })).await;
-    let (_, logs) = http_get(&format!("{}/v1/phones/cat/logs", site.url)).await;
+    let (_, logs) = control.get(&format!("{}/v1/phones/cat/logs", site.url)).await;
     let logs: serde_json::Value = serde_json::from_slice(&logs).expect("json");
     assert_eq!(logs["lines"][0]["text"], "hello from the guest", "{logs}");
     assert_eq!(logs["lines"][0]["level"], "info", "{logs}");
@@ -594,16 +593,17 @@ async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store
     let mut again = Raw::connect(&site.ws_url()).await;
     again.say_hello(&token, None, false).await;
     assert_closed_with(&again.until_closed().await, ErrorCode::PhoneDown);
-    let (_, listing) = http_get(&format!("{}/v1/phones", site.url)).await;
+    let (_, listing) = control.get(&format!("{}/v1/phones", site.url)).await;
     let listing: serde_json::Value = serde_json::from_slice(&listing).expect("json");
     assert_eq!(listing["phones"][0]["phone"]["crashed"], true, "{listing}");
 
-    let (status, body) =
-        vmi_control_api::http_client::post_json(&format!("{}/v1/phones/cat/restart", site.url), &serde_json::json!({}))
-            .await
-            .expect("restart");
+    let (status, body) = control
+        .operator()
+        .post_json(&format!("{}/v1/phones/cat/restart", site.url), &serde_json::json!({}))
+        .await
+        .expect("restart");
     assert_eq!(status, 200, "{body}");
-    let (_, kept) = http_get(&format!("{}/v1/phones/cat/kv/notes.text", site.url)).await;
+    let (_, kept) = control.get(&format!("{}/v1/phones/cat/kv/notes.text", site.url)).await;
     assert_eq!(kept, b"kept", "the store crossed to the fresh phone");
     let mut back = Raw::connect(&site.ws_url()).await;
     assert!(matches!(back.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
@@ -631,7 +631,7 @@ async fn a_crashed_phone_with_no_snapshot_keeps_its_store_across_a_site_restart(
     assert_eq!(first.shutdown().await, 1, "the crashed phone was saved");
 
     let second = site(&control, "site-a", dir).await;
-    let (status, kept) = http_get(&format!("{}/v1/phones/dot/kv/notes.text", second.url)).await;
+    let (status, kept) = control.get(&format!("{}/v1/phones/dot/kv/notes.text", second.url)).await;
     assert_eq!((status, kept.as_slice()), (200, b"kept".as_slice()));
     second.shutdown().await;
 }

@@ -29,7 +29,7 @@ async fn a_site_restart_keeps_the_notes_typed_before_it() {
 
     // A new site process on the same data directory brings the phone back.
     let site_b = site(&control, "site-a", dir.clone()).await;
-    let (status, body) = http_get(&format!("{}/v1/phones/alice/kv/notes.text", site_b.url)).await;
+    let (status, body) = control.get(&format!("{}/v1/phones/alice/kv/notes.text", site_b.url)).await;
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8_lossy(&body), "Kept across restarts");
     // The terminal's input numbering carries over, so nothing is applied twice.
@@ -57,9 +57,8 @@ async fn asleep_the_terminal_gets_the_notification_and_no_frame_bytes() {
     term.acked(ping).await;
     let bytes_before = term.frame_bytes;
     let mail = serde_json::json!({ "from": "ann@example.com", "subject": "Lunch?", "body": "Noon" });
-    let (status, _) = vmi_control_api::http_client::post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail)
-        .await
-        .expect("post");
+    let (status, _) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail).await.expect("post");
     assert_eq!(status, 202);
     let (note, others) = term.until(|m| matches!(m, ServerMessage::Notification { .. })).await;
     assert_eq!(
@@ -79,7 +78,7 @@ async fn asleep_the_terminal_gets_the_notification_and_no_frame_bytes() {
     // Wake: exactly one up-to-date frame; the terminal's screen then equals the phone's.
     term.send(&ClientMessage::Wake).await;
     term.until(|m| matches!(m, ServerMessage::FrameUpdate { .. })).await;
-    let (_, body) = http_get(&format!("{}/v1/phones/alice/screen-hash", site.url)).await;
+    let (_, body) = control.get(&format!("{}/v1/phones/alice/screen-hash", site.url)).await;
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     let ours = format!("{:016x}", term.screen.as_ref().expect("screen").hash());
     assert_eq!(v["hash"], ours.as_str());
@@ -101,9 +100,9 @@ async fn one_users_terminal_never_reaches_another_users_phone() {
     let last = term.type_text("bob was here").await;
     term.acked(last).await;
     term.close().await;
-    let (_, bobs) = http_get(&format!("{}/v1/phones/bob/kv/notes.text", site.url)).await;
+    let (_, bobs) = control.get(&format!("{}/v1/phones/bob/kv/notes.text", site.url)).await;
     assert_eq!(bobs, b"bob was here");
-    let (status, _) = http_get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
+    let (status, _) = control.get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
     assert_eq!(status, 404, "alice's notes untouched");
     let _ = alice;
 
@@ -136,16 +135,15 @@ async fn a_vanished_terminal_leaves_its_phone_running() {
 
     // The phone goes on: it takes mail and raises a notification for the next terminal.
     let mail = serde_json::json!({ "from": "ann@example.com", "subject": "After the drop", "body": "" });
-    let (status, _) = vmi_control_api::http_client::post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail)
-        .await
-        .expect("post");
+    let (status, _) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/mail", site.url), &mail).await.expect("post");
     assert_eq!(status, 202);
-    let (_, body) = http_get(&format!("{}/v1/phones", site.url)).await;
+    let (_, body) = control.get(&format!("{}/v1/phones", site.url)).await;
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["phones"][0]["phone"]["status"], "running");
     let mut term = Term::connect(&site.ws_url()).await;
     term.hello(&token, None, false).await;
-    let (_, body) = http_get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
+    let (_, body) = control.get(&format!("{}/v1/phones/alice/kv/notes.text", site.url)).await;
     assert_eq!(body, b"still here");
     term.close().await;
     site.shutdown().await;

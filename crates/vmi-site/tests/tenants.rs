@@ -38,26 +38,25 @@ async fn member(control: &Control, site: &vmi_site::SiteHandle, user: &str, tena
 }
 
 /// The phone listing's entry for `user`.
-async fn listed(site_url: &str, user: &str) -> Value {
-    let (status, body) = http_get(&format!("{site_url}/v1/phones")).await;
+async fn listed(control: &Control, site_url: &str, user: &str) -> Value {
+    let (status, body) = control.get(&format!("{site_url}/v1/phones")).await;
     assert_eq!(status, 200);
     let phones: Value = serde_json::from_slice(&body).expect("json");
     phones["phones"].as_array().expect("phones").iter().find(|p| p["user"] == user).cloned().expect("listed")
 }
 
-async fn notes(site_url: &str, user: &str) -> String {
-    let (status, body) = http_get(&format!("{site_url}/v1/phones/{user}/kv/notes.text")).await;
+async fn notes(control: &Control, site_url: &str, user: &str) -> String {
+    let (status, body) = control.get(&format!("{site_url}/v1/phones/{user}/kv/notes.text")).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     String::from_utf8(body).expect("utf-8 notes")
 }
 
-async fn restart(site_url: &str, user: &str) -> Value {
-    let (status, body) = vmi_control_api::http_client::post_json(
-        &format!("{site_url}/v1/phones/{user}/restart"),
-        &serde_json::json!({}),
-    )
-    .await
-    .expect("restart");
+async fn restart(control: &Control, site_url: &str, user: &str) -> Value {
+    let (status, body) = control
+        .operator()
+        .post_json(&format!("{site_url}/v1/phones/{user}/restart"), &serde_json::json!({}))
+        .await
+        .expect("restart");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("report")
 }
@@ -93,12 +92,11 @@ async fn a_tenant_over_its_phone_quota_gets_a_clear_error_and_no_phone() {
     assert_eq!(site.state.users(), ["ann", "bob"], "nothing was created");
 
     // The operator endpoint says the same, with 403.
-    let (status, body) = vmi_control_api::http_client::post_json(
-        &format!("{}/v1/phones", site.url),
-        &serde_json::json!({ "user": "cat" }),
-    )
-    .await
-    .expect("post");
+    let (status, body) = control
+        .operator()
+        .post_json(&format!("{}/v1/phones", site.url), &serde_json::json!({ "user": "cat" }))
+        .await
+        .expect("post");
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("tenant \\\"acme\\\" is at its quota of 2 phones"), "{body}");
     let acme = &control.client.list_tenants().await.expect("tenants")[0];
@@ -134,29 +132,33 @@ async fn an_image_upgrade_keeps_the_users_notes_and_a_rollback_goes_back() {
     let v1 = control.client.publish_image("phone", builtin).await.expect("publish v1");
     assert_eq!(v1.version, 1);
     let token = user_with_phone(&control, &site_a, "alice").await;
-    assert_eq!(listed(&site_a.url, "alice").await["image"]["version"], 1);
+    assert_eq!(listed(&control, &site_a.url, "alice").await["image"]["version"], 1);
     type_note(&site_a.ws_url(), &token, "Kept across versions").await;
 
     // Version 2 reaches the phone on its restart, notes kept.
     let v2 = control.client.publish_image("phone", &next_version(builtin, 2)).await.expect("publish v2");
     assert_eq!(v2.version, 2);
-    assert_eq!(listed(&site_a.url, "alice").await["image"]["version"], 1, "nothing changes before a restart");
-    let report = restart(&site_a.url, "alice").await;
+    assert_eq!(listed(&control, &site_a.url, "alice").await["image"]["version"], 1, "nothing changes before a restart");
+    let report = restart(&control, &site_a.url, "alice").await;
     assert_eq!((report["upgraded"].clone(), report["to"]["version"].clone()), (true.into(), 2.into()), "{report}");
-    let phone = listed(&site_a.url, "alice").await;
+    let phone = listed(&control, &site_a.url, "alice").await;
     assert_eq!((phone["image"]["version"].clone(), phone["image"]["hash"].clone()), (2.into(), v2.hash.into()));
-    assert_eq!(notes(&site_a.url, "alice").await, "Kept across versions");
+    assert_eq!(notes(&control, &site_a.url, "alice").await, "Kept across versions");
     type_note(&site_a.ws_url(), &token, "!").await;
-    assert_eq!(notes(&site_a.url, "alice").await, "Kept across versions!", "the new version works on the notes");
+    assert_eq!(
+        notes(&control, &site_a.url, "alice").await,
+        "Kept across versions!",
+        "the new version works on the notes"
+    );
 
     // A version that does not load leaves the phone where it was, state intact.
     let bad = control.client.publish_image("phone", b"\0asm\x01\0\0\0").await.expect("control takes any module");
     assert_eq!(bad.version, 3);
-    let report = restart(&site_a.url, "alice").await;
+    let report = restart(&control, &site_a.url, "alice").await;
     assert_eq!(report["upgraded"], false, "{report}");
     assert!(report["upgrade_error"].as_str().is_some_and(|e| e.contains("version 3")), "{report}");
-    assert_eq!(listed(&site_a.url, "alice").await["image"]["version"], 2);
-    assert_eq!(notes(&site_a.url, "alice").await, "Kept across versions!");
+    assert_eq!(listed(&control, &site_a.url, "alice").await["image"]["version"], 2);
+    assert_eq!(notes(&control, &site_a.url, "alice").await, "Kept across versions!");
 
     // Roll back the bad version, then version 2: the phone goes back to version 1 on its
     // restart, with what was typed on version 2.
@@ -164,17 +166,17 @@ async fn an_image_upgrade_keeps_the_users_notes_and_a_rollback_goes_back() {
     assert_eq!(control.client.rollback_image("phone").await.expect("withdraw v2").version, 1);
     let refused = control.client.rollback_image("phone").await.expect_err("v1 is the only one left");
     assert_eq!(refused.status(), Some(409));
-    let report = restart(&site_a.url, "alice").await;
+    let report = restart(&control, &site_a.url, "alice").await;
     assert_eq!((report["upgraded"].clone(), report["to"]["version"].clone()), (true.into(), 1.into()), "{report}");
-    assert_eq!(notes(&site_a.url, "alice").await, "Kept across versions!");
+    assert_eq!(notes(&control, &site_a.url, "alice").await, "Kept across versions!");
 
     // A version published while the site is down reaches the phone when the site starts.
     assert_eq!(site_a.shutdown().await, 1);
     let v4 = control.client.publish_image("phone", &next_version(builtin, 4)).await.expect("publish v4");
     let site_a = site(&control, "site-a", dir).await;
-    let phone = listed(&site_a.url, "alice").await;
+    let phone = listed(&control, &site_a.url, "alice").await;
     assert_eq!((phone["image"]["version"].clone(), phone["image"]["hash"].clone()), (4.into(), v4.hash.into()));
-    assert_eq!(notes(&site_a.url, "alice").await, "Kept across versions!");
+    assert_eq!(notes(&control, &site_a.url, "alice").await, "Kept across versions!");
     site_a.shutdown().await;
 }
 
@@ -190,14 +192,13 @@ async fn a_phone_on_a_published_version_migrates_to_a_site_that_never_had_it() {
     let hash = vmi_engine::ImageHash::of(&v2);
     assert!(b.state.image_wasm(&hash).is_none(), "site-b has not seen the image yet");
 
-    let order = serde_json::json!({ "to": "site-b", "to_url": b.url });
-    let (status, body) = vmi_control_api::http_client::post_json(&format!("{}/v1/phones/alice/migrate", a.url), &order)
-        .await
-        .expect("migrate");
+    let order = serde_json::json!({ "to": "site-b" });
+    let (status, body) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/migrate", a.url), &order).await.expect("migrate");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(listed(&b.url, "alice").await["image"]["hash"], hash.to_hex());
+    assert_eq!(listed(&control, &b.url, "alice").await["image"]["hash"], hash.to_hex());
     assert_eq!(b.state.image_wasm(&hash).as_deref(), Some(v2.as_slice()), "fetched from the control service");
-    assert_eq!(notes(&b.url, "alice").await, "Travels");
+    assert_eq!(notes(&control, &b.url, "alice").await, "Travels");
     a.shutdown().await;
     b.shutdown().await;
 }

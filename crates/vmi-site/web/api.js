@@ -23,3 +23,18 @@ export async function postJson(path, headers, body) {
 export function bearer(token) {
   return { Authorization: `Bearer ${token}` };
 }
+
+/**
+ * `url` as this page can reach it. A page served over plain HTTP on loopback (how `vmi up`
+ * serves the browser demo: the provider CA is not one the browser trusts) reaches the other
+ * loopback sites the same way, plain: each site answers plain HTTP and WebSockets from
+ * loopback only. Anything else is left as it is.
+ */
+export function reachable(url) {
+  if (location.protocol !== 'http:') return url;
+  const u = new URL(url);
+  if (!['127.0.0.1', 'localhost', '[::1]'].includes(u.hostname)) return url;
+  if (u.protocol === 'wss:') u.protocol = 'ws:';
+  else if (u.protocol === 'https:') u.protocol = 'http:';
+  return u.toString();
+}

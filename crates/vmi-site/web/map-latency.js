@@ -1,3 +1,5 @@
+import { reachable } from './api.js';
+
 // The round trip from this page to each site, measured by fetching its /healthz. After
 // the user's position lands at the control service (and so at the delay proxies), only
 // samples taken since count.
@@ -40,7 +42,7 @@ export class RoundTrips {
     const at = performance.now();
     try {
       // an opaque answer is enough: only the time matters
-      await fetch(`${s.url}/healthz`, { mode: 'no-cors', cache: 'no-store' });
+      await fetch(reachable(`${s.url}/healthz`), { mode: 'no-cors', cache: 'no-store' });
     } catch {
       return;
     }

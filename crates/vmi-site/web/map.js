@@ -264,14 +264,14 @@ class FollowMe {
   /** Asks for the sites, the user's phone, migrations and latest report, and shows them. */
   async refresh() {
     const { map, auth } = this;
-    const [me, list] = await Promise.all([getJson('/v1/demo/me', auth), getJson('/v1/demo/sites')]);
+    const [me, list] = await Promise.all([getJson('/v1/demo/me', auth), getJson('/v1/demo/sites', auth)]);
     map.user = me.user;
     map.site = me.site;
     this.sites = (Array.isArray(list) ? list : [])
       .filter((s) => s && typeof s.id === 'string' && Number.isFinite(s.lat) && Number.isFinite(s.lon))
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     const [moves, last] = await Promise.allSettled([
-      getJson(`/v1/demo/migrations?user=${encodeURIComponent(me.user)}`),
+      getJson(`/v1/demo/migrations?user=${encodeURIComponent(me.user)}`, auth),
       getJson('/v1/demo/report', auth),
     ]);
     const listed = moves.status === 'fulfilled' && Array.isArray(moves.value) ? moves.value : null;

@@ -6,6 +6,7 @@
 import { PROTOCOL_VERSION, ProtocolError, decodeServer, encodeClient } from './codec.js';
 import { KeptInputs } from './kept-inputs.js';
 import { Pings } from './ping.js';
+import { reachable } from './api.js';
 import { saveSession } from './storage.js';
 
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000, 15000];
@@ -276,7 +277,7 @@ export class Session {
     this.dropSocket();
     this.status.setState('reconnecting');
     this.failuresSinceWelcome = 0;
-    this.connect(m.url);
+    this.connect(reachable(m.url));
   }
 
   onError(m) {

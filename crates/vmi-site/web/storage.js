@@ -5,21 +5,18 @@ const TOKEN_KEY = 'vmi.token';
 const SESSION_KEY = 'vmi.session';
 
 /**
- * The device token: from the page's address (`?token=` or `#token=`, then removed from
- * it and remembered), or else the one remembered. Null when there is none.
+ * The device token: from the page's address fragment (`#token=`, which browsers never send
+ * to a server; then removed from the address bar and remembered), or else the one
+ * remembered. Null when there is none.
  */
 export function takeToken() {
   const url = new URL(location.href);
-  let token = url.searchParams.get('token');
+  let token = null;
   let changed = false;
-  if (token !== null) {
-    url.searchParams.delete('token');
-    changed = true;
-  }
   if (url.hash.length > 1) {
     const h = new URLSearchParams(url.hash.slice(1));
     if (h.has('token')) {
-      token = token ?? h.get('token');
+      token = h.get('token');
       h.delete('token');
       const rest = h.toString();
       url.hash = rest ? `#${rest}` : '';

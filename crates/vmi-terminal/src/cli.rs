@@ -45,9 +45,14 @@ pub struct TerminalArgs {
     /// The site's terminal endpoint (ws://host:port/v1/terminal), without the control service.
     #[arg(long = "site-ws", value_name = "URL")]
     pub site_ws: Option<String>,
-    /// The device token issued by the control service.
-    #[arg(long, value_name = "TOKEN")]
+    /// A file (0600) holding the device token issued by the control service (never the token itself in argv,
+    /// where `ps` shows it).
+    #[arg(long = "token-file", value_name = "FILE", value_parser = crate::token_from_file)]
     pub token: String,
+    /// The provider CA (PEM) `https://` and `wss://` answers are checked against (default: the file
+    /// `VMI_CA_FILE` names).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// No window: print one JSON object per event on stdout.
     #[arg(long)]
     pub headless: bool,
@@ -86,7 +91,7 @@ pub struct RunSummary {
 
 /// Runs `vmi terminal` with default session options, printing headless output on stdout.
 pub async fn run(args: TerminalArgs) -> Result<(), TerminalError> {
-    let options = options_for(&args);
+    let options = options_for(&args)?;
     if args.headless {
         let mut stdout = std::io::stdout();
         run_headless(&args, options, &mut stdout).await.map(|_| ())
@@ -95,13 +100,14 @@ pub async fn run(args: TerminalArgs) -> Result<(), TerminalError> {
     }
 }
 
-/// The session options the arguments ask for.
-pub fn options_for(args: &TerminalArgs) -> TerminalOptions {
-    TerminalOptions {
+/// The session options the arguments ask for, dialling with the CA the user configured ([`crate::CA_ENV`]).
+pub fn options_for(args: &TerminalArgs) -> Result<TerminalOptions, TerminalError> {
+    Ok(TerminalOptions {
         asleep: args.asleep,
         keepalive: args.keepalive.map(Duration::from_secs),
+        caller: crate::terminal_caller(args.ca.as_deref())?,
         ..TerminalOptions::default()
-    }
+    })
 }
 
 /// The control service `vmi up` starts, used when neither `--control` nor `--site-ws` is given.
@@ -117,7 +123,8 @@ pub async fn resolve_ws_url(args: &TerminalArgs) -> Result<String, TerminalError
     match (&args.site_ws, control) {
         (Some(url), None) => Ok(url.clone()),
         (None, Some(control)) => {
-            let client = vmi_control_api::ControlClient::new(control).map_err(TerminalError::Control)?;
+            let client = vmi_control_api::ControlClient::new(control, &crate::terminal_caller(args.ca.as_deref())?)
+                .map_err(TerminalError::Control)?;
             let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
             tracing::info!(user = %phone.user, site = %phone.site, url = %phone.ws_url, "found the phone");
             Ok(phone.ws_url)
@@ -134,7 +141,7 @@ fn check_args(args: &TerminalArgs) -> Result<(), TerminalError> {
         return Err(TerminalError::Usage(format!("--duration {secs} is not a number of seconds")));
     }
     if args.token.is_empty() {
-        return Err(TerminalError::Usage("--token is empty".into()));
+        return Err(TerminalError::Usage("the device token is empty".into()));
     }
     Ok(())
 }
@@ -551,7 +558,9 @@ fn load_route_args(args: &TerminalArgs) -> Result<Option<(vmi_control_api::Contr
             return Err(TerminalError::Usage("--route reports to the control service: give --control".into()));
         }
     };
-    let client = vmi_control_api::ControlClient::new(&control).map_err(TerminalError::Control)?;
+    // As the device: it reads the sites' list and reports its own position.
+    let caller = crate::terminal_caller(args.ca.as_deref())?.with_bearer(&args.token);
+    let client = vmi_control_api::ControlClient::new(&control, &caller).map_err(TerminalError::Control)?;
     Ok(Some((client.with_timeout(Duration::from_secs(2)), route)))
 }
 
@@ -609,7 +618,7 @@ impl Probe<'_> {
                     return Measured { site: None, rtt_ms: None };
                 };
                 let started = std::time::Instant::now();
-                let answered = vmi_control_api::http_client::get_bytes(&format!("{}/healthz", phone.site_url)).await;
+                let answered = control.caller().get_bytes(&format!("{}/healthz", phone.site_url)).await;
                 let rtt_ms = matches!(answered, Ok((200, _))).then(|| started.elapsed().as_secs_f64() * 1000.0);
                 Measured { site: Some(phone.site), rtt_ms }
             }
@@ -694,13 +703,16 @@ mod tests {
 
     #[test]
     fn arguments_parse() {
-        let a = parse(&["--site-ws", "ws://h:1/v1/terminal", "--token", "t", "--headless", "--duration", "2.5"])
+        let t = crate::test_token_file("cli-args", "t");
+        let a = parse(&["--site-ws", "ws://h:1/v1/terminal", "--token-file", &t, "--headless", "--duration", "2.5"])
             .expect("parses");
+        assert_eq!(a.token, "t");
         assert_eq!(a.site_ws.as_deref(), Some("ws://h:1/v1/terminal"));
         assert!(a.headless);
         assert_eq!(a.duration, Some(2.5));
-        assert!(parse(&["--control", "http://c", "--site-ws", "ws://s", "--token", "t"]).is_err());
+        assert!(parse(&["--control", "http://c", "--site-ws", "ws://s", "--token-file", &t]).is_err());
         assert!(parse(&["--control", "http://c"]).is_err(), "token is required");
+        assert!(parse(&["--control", "http://c", "--token", "t"]).is_err(), "never a token in argv");
     }
 
     #[tokio::test]
@@ -747,8 +759,9 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("walk.route");
         std::fs::write(&path, "60 25 1\n").expect("route");
+        let t = crate::test_token_file("cli-route", "t");
         let args =
-            parse(&["--site-ws", "ws://h:1/v1/terminal", "--token", "t", "--route", path.to_str().expect("utf-8")])
+            parse(&["--site-ws", "ws://h:1/v1/terminal", "--token-file", &t, "--route", path.to_str().expect("utf-8")])
                 .expect("parses");
         assert!(matches!(load_route_args(&args), Err(TerminalError::Usage(_))));
         let args = TerminalArgs { site_ws: None, control: Some("http://127.0.0.1:9".into()), ..args };

@@ -13,6 +13,15 @@ use crate::script::ScriptError;
 /// Messages are short; the cause is in `#[source]`.
 #[derive(Debug, thiserror::Error)]
 pub enum TerminalError {
+    /// The connection to a site could not be made or its certificate was not the provider's.
+    #[error("cannot reach {url}")]
+    Dial {
+        /// The URL dialled.
+        url: String,
+        /// Why.
+        #[source]
+        source: vmi_control_api::ClientError,
+    },
     /// The WebSocket connection to a site could not be opened.
     #[error("cannot connect to {url}")]
     Connect {
@@ -156,6 +165,13 @@ impl TerminalError {
             | TerminalError::Offline(_) => true,
             #[cfg(feature = "offline")]
             TerminalError::Engine(_) | TerminalError::Vm(_) => true,
+            // A certificate that is not the provider's, or a URL that cannot work, will not get better.
+            TerminalError::Dial { source, .. } => {
+                matches!(
+                    source,
+                    vmi_control_api::ClientError::Trust(_) | vmi_control_api::ClientError::InvalidUrl { .. }
+                )
+            }
             TerminalError::Connect { .. }
             | TerminalError::Timeout(_)
             | TerminalError::WebSocket(_)

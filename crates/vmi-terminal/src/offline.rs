@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vmi_control_api::http_client::{self, Method, RequestOptions};
+use vmi_control_api::http_client::{Method, RequestOptions};
 use vmi_engine::{Engine, Event, SnapshotId, SnapshotRequest, SystemClock, VirtualPhone, VmConfig};
 use vmi_protocol::offline::{Checkin, CheckinHeader, CheckoutRequest, OfflineLease};
 use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
@@ -77,9 +77,13 @@ pub struct CheckoutArgs {
     /// Control service URL (the phone's site is looked up with the token).
     #[arg(long, value_name = "URL")]
     pub control: Option<String>,
-    /// The device token issued by the control service.
-    #[arg(long, value_name = "TOKEN")]
+    /// A file (0600) holding the device token issued by the control service (never the token itself in argv,
+    /// where `ps` shows it).
+    #[arg(long = "token-file", value_name = "FILE", value_parser = crate::token_from_file)]
     pub token: String,
+    /// The provider CA (PEM) `https://` answers are checked against (default: the file `VMI_CA_FILE` names).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// How long the phone may stay out: 90s, 30m, 24h, 3d (default: the site's, a day;
     /// at most 7 days).
     #[arg(long, value_name = "DURATION")]
@@ -131,6 +135,9 @@ pub struct LocalCheckout {
     /// The control service asked at checkout (checkin asks it where the phone's site is
     /// now, in case its address changed).
     pub control: String,
+    /// The provider CA trusted at checkout, trusted again at checkin.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
     /// Files of the offline state's snapshot chain: a full snapshot ([`BASE_FILE`] until
     /// an engine falls back to a full one), then deltas.
     pub chain: Vec<String>,
@@ -267,15 +274,25 @@ fn find_dir(dir: Option<&Path>) -> Result<PathBuf, TerminalError> {
     }
 }
 
-/// One POST to a site: the status and body, whatever the status.
+/// A caller trusting `ca_pem`, or plain-only without one.
+fn caller_for(ca_pem: Option<&str>) -> Result<vmi_control_api::Caller, TerminalError> {
+    match ca_pem {
+        Some(pem) => vmi_control_api::Caller::trusting(pem).map_err(TerminalError::Control),
+        None => Ok(vmi_control_api::Caller::anonymous()),
+    }
+}
+
+/// One POST to a site as `caller`: the status and body, whatever the status.
 async fn post(
+    caller: &vmi_control_api::Caller,
     url: &str,
     token: &str,
     content_type: &'static str,
     body: Vec<u8>,
 ) -> Result<(u16, Vec<u8>), TerminalError> {
     let options = RequestOptions { timeout: HTTP_TIMEOUT, max_response_bytes: MAX_ANSWER_BYTES, bearer: Some(token) };
-    let (status, answer) = http_client::send(Method::POST, url, Some((content_type, body)), options)
+    let (status, answer) = caller
+        .send(Method::POST, url, Some((content_type, body)), options)
         .await
         .map_err(|source| TerminalError::Http { url: url.to_owned(), source })?;
     Ok((status, answer.to_vec()))
@@ -293,7 +310,7 @@ fn error_text(body: &[u8]) -> String {
 /// returns the directory and the lease.
 pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), TerminalError> {
     if args.token.is_empty() {
-        return Err(TerminalError::Usage("--token is empty".into()));
+        return Err(TerminalError::Usage("the device token is empty".into()));
     }
     let lease_secs = args.lease.as_deref().map(parse_lease).transpose()?;
     if let Some(dir) = &args.dir
@@ -302,7 +319,9 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
         return Err(not_empty(dir));
     }
     let control = args.control.as_deref().unwrap_or(DEFAULT_CONTROL);
-    let client = vmi_control_api::ControlClient::new(control).map_err(TerminalError::Control)?;
+    let ca_pem = crate::ca_pem(args.ca.as_deref())?;
+    let caller = caller_for(ca_pem.as_deref())?;
+    let client = vmi_control_api::ControlClient::new(control, &caller).map_err(TerminalError::Control)?;
     let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
     let dir = args.dir.clone().unwrap_or_else(|| Path::new(DEFAULT_ROOT).join(&phone.user));
     if dir.join(OFFLINE_FILE).exists() {
@@ -310,7 +329,7 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
     }
     let body = serde_json::to_vec(&CheckoutRequest { lease_secs }).unwrap_or_default();
     let url = format!("{}/v1/phones/{}/checkout", phone.site_url.trim_end_matches('/'), phone.user);
-    let (status, answer) = post(&url, &args.token, "application/json", body).await?;
+    let (status, answer) = post(&caller, &url, &args.token, "application/json", body).await?;
     if status != 200 {
         return Err(TerminalError::Refused { status, message: error_text(&answer) });
     }
@@ -333,6 +352,7 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
         lease: bundle.lease.clone(),
         token: args.token.clone(),
         control: control.to_string(),
+        ca_pem,
         chain: vec![BASE_FILE.into()],
     };
     save_local(&dir, &local)?;
@@ -517,13 +537,14 @@ pub async fn checkin(args: &CheckinArgs) -> Result<serde_json::Value, TerminalEr
     let lease = &local.lease;
     // The lease's site, at the address the control service knows now (a site may come
     // back on another one); the lease's own address if the control service is away.
-    let located = match vmi_control_api::ControlClient::new(&local.control) {
+    let caller = caller_for(local.ca_pem.as_deref())?;
+    let located = match vmi_control_api::ControlClient::new(&local.control, &caller) {
         Ok(client) => client.phone_for_token(&local.token).await.ok().filter(|p| p.site == lease.site),
         Err(_) => None,
     };
     let site_url = located.map_or_else(|| lease.site_url.clone(), |p| p.site_url);
     let url = format!("{}/v1/phones/{}/checkin", site_url.trim_end_matches('/'), lease.user);
-    let (status, answer) = post(&url, &local.token, "application/octet-stream", body).await?;
+    let (status, answer) = post(&caller, &url, &local.token, "application/octet-stream", body).await?;
     if status != 200 {
         return Err(TerminalError::Refused { status, message: error_text(&answer) });
     }
@@ -551,18 +572,19 @@ mod tests {
 
     #[test]
     fn sessions_and_offline_commands_parse() {
-        let session = parse(&["--token", "t", "--headless"]).expect("parses");
+        let t = crate::test_token_file("offline-args", "t");
+        let session = parse(&["--token-file", &t, "--headless"]).expect("parses");
         assert!(session.offline.is_none());
         assert_eq!(session.session.expect("a session").token, "t");
         assert!(parse(&[]).is_err(), "a session needs a token");
-        let c = parse(&["checkout", "--token", "t", "--lease", "2h"]).expect("parses");
+        let c = parse(&["checkout", "--token-file", &t, "--lease", "2h"]).expect("parses");
         assert!(
             matches!(c.offline, Some(OfflineCmd::Checkout(CheckoutArgs { ref lease, .. })) if lease.as_deref() == Some("2h"))
         );
         let r = parse(&["run-offline", "--cpu-slowdown", "4", "--dir", "d"]).expect("parses");
         assert!(matches!(r.offline, Some(OfflineCmd::RunOffline(RunArgs { cpu_slowdown: 4.0, .. }))));
         assert!(matches!(parse(&["checkin"]).expect("parses").offline, Some(OfflineCmd::Checkin(_))));
-        assert!(parse(&["--token", "t", "checkin"]).is_err(), "a session or a subcommand, not both");
+        assert!(parse(&["--token-file", &t, "checkin"]).is_err(), "a session or a subcommand, not both");
     }
 
     #[test]

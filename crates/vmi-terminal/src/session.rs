@@ -35,13 +35,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use vmi_protocol::display::Screen;
 use vmi_protocol::{
     ClientMessage, ErrorCode, Input, PROTOCOL_VERSION, Resume, ServerMessage, decode_server, encode_client,
@@ -64,7 +63,7 @@ pub const MAX_REDIRECTS: u32 = 4;
 /// How many pings may wait for their pong; older ones are forgotten.
 const MAX_PINGS_IN_FLIGHT: usize = 8;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<vmi_trust::Stream>;
 
 /// How a session behaves. `TerminalOptions::default()` suits an interactive terminal.
 #[derive(Clone)]
@@ -88,6 +87,9 @@ pub struct TerminalOptions {
     /// Reconnection attempts after a lost connection or a redirect (default 5), with
     /// backoff from 250 ms doubling.
     pub reconnect_attempts: u32,
+    /// How sites are dialled: the provider CA `wss://` certificates are checked against (default: none, so only
+    /// `ws://` works; [`crate::terminal_caller`] reads the CA the user configured).
+    pub caller: vmi_control_api::Caller,
 }
 
 impl Default for TerminalOptions {
@@ -100,6 +102,7 @@ impl Default for TerminalOptions {
             keepalive: None,
             connect_timeout: Duration::from_secs(10),
             reconnect_attempts: 5,
+            caller: vmi_control_api::Caller::anonymous(),
         }
     }
 }
@@ -222,6 +225,8 @@ struct Shared {
     state: Mutex<State>,
     wake: Notify,
     close: watch::Sender<bool>,
+    /// How sites are dialled (the CA `wss://` is checked against).
+    caller: vmi_control_api::Caller,
 }
 
 impl Shared {
@@ -250,8 +255,8 @@ impl fmt::Debug for Terminal {
 }
 
 impl Terminal {
-    /// Connects to a site's terminal endpoint (`ws://host:port/v1/terminal`; `wss://` is
-    /// not supported by this build), says `Hello` with `token`, waits for `Welcome` and
+    /// Connects to a site's terminal endpoint (`wss://host:port/v1/terminal`, its certificate checked against
+    /// the CA in `options.caller`; or `ws://` on loopback), says `Hello` with `token`, waits for `Welcome` and
     /// starts the session task. The first event is [`TerminalEvent::Connected`].
     pub async fn connect(ws_url: &str, token: &str, options: TerminalOptions) -> Result<Terminal, TerminalError> {
         let energy = EnergyMeter::new(options.clock.clone());
@@ -276,6 +281,7 @@ impl Terminal {
             }),
             wake: Notify::new(),
             close,
+            caller: options.caller.clone(),
         });
         let link = open(&shared, ws_url, token, None, options.connect_timeout).await?;
         let (tx, rx) = mpsc::channel(options.event_capacity.max(1));
@@ -464,7 +470,9 @@ enum Answer {
 async fn hello(shared: &Shared, url: &str, token: &str, resume: Option<Resume>) -> Result<Answer, TerminalError> {
     let config =
         WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let (mut ws, _response) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    let stream =
+        shared.caller.dial_ws(url).await.map_err(|source| TerminalError::Dial { url: url.to_owned(), source })?;
+    let (mut ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|source| TerminalError::Connect { url: url.to_owned(), source })?;
     shared.record(Direction::Up, HANDSHAKE_REQUEST_BYTES + url.len());

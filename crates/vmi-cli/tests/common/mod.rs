@@ -16,15 +16,23 @@ pub fn vmi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vmi"))
 }
 
-/// A running `vmi up` and where its services are (from its `up.json`).
+/// A running `vmi up` and where its services and files are (from its `up.json`).
 pub struct Up {
     process: ChildGuard,
     /// The control service's URL.
     pub control: String,
-    /// The demo user's browser terminal URL.
+    /// The demo user's browser page (without the token).
     pub terminal: String,
     /// Each site's id and the URL terminals use for it (its proxy's, unless `--no-proxy`).
     pub sites: Vec<(String, String)>,
+    /// The 0600 file with the demo device's token.
+    pub token_file: String,
+    /// The 0600 file with the browser page's address and the token in its fragment.
+    pub link_file: String,
+    /// The provider CA's certificate.
+    pub ca_file: String,
+    /// The operator credential `vmi up` acts with.
+    pub credentials: String,
 }
 
 impl Up {
@@ -34,8 +42,22 @@ impl Up {
     }
 
     /// The demo device's token.
-    pub fn token(&self) -> &str {
-        self.terminal.split("token=").nth(1).expect("token")
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(&self.token_file).expect("token file").trim().to_owned()
+    }
+
+    /// The operator's token.
+    pub fn operator_token(&self) -> String {
+        let text = std::fs::read_to_string(&self.credentials).expect("operator credential");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["token"].as_str().expect("token").to_owned()
+    }
+
+    /// `vmi` acting as this cluster's operator (its credential named in the environment, not in argv).
+    pub fn vmi(&self) -> Command {
+        let mut command = vmi();
+        command.env("VMI_CREDENTIALS", &self.credentials);
+        command
     }
 
     /// Ctrl-C; asserts `vmi up` stops cleanly within a minute.
@@ -68,14 +90,23 @@ pub fn up(data: &Path, extra: &[&str]) -> Up {
     let v: serde_json::Value = serde_json::from_str(&file).expect("up.json is JSON");
     let text = |v: &serde_json::Value| v.as_str().expect("a string").to_string();
     let sites = v["sites"].as_array().expect("sites").iter().map(|s| (text(&s["id"]), text(&s["url"]))).collect();
-    Up { process, control: text(&v["control"]), terminal: text(&v["terminal"]), sites }
+    Up {
+        process,
+        control: text(&v["control"]),
+        terminal: text(&v["terminal"]),
+        sites,
+        token_file: text(&v["token_file"]),
+        link_file: text(&v["link_file"]),
+        ca_file: text(&v["ca_file"]),
+        credentials: text(&v["credentials"]),
+    }
 }
 
 /// A tiny HTTP GET on loopback (the body as text, status 200 asserted), with a bearer
-/// token if given.
+/// token if given. An `https://` loopback URL is asked in plain HTTP, as services answer it from loopback.
 pub fn fetch(url: &str, token: Option<&str>) -> String {
     use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("http url");
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).expect("http(s) url");
     let (host, path) = rest.split_at(rest.find('/').expect("path"));
     let mut stream = std::net::TcpStream::connect(host).expect("connect");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();

@@ -25,13 +25,29 @@ async fn next(socket: &mut WebSocket) -> Option<MigrationMessage> {
     }
 }
 
-/// The destination side of one migration, on the `/v1/migrate` WebSocket.
-pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>) {
+/// The destination side of one migration, on the `/v1/migrate` WebSocket, from site `from` (proven by its
+/// certificate). The phone is taken only from the site the placement names as its owner, at the epoch the
+/// source gives: nobody else can push a phone in.
+pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: String) {
     let Some(MigrationMessage::Begin { user, image, epoch, width, height, .. }) = next(&mut socket).await else {
         let _ = reply(&mut socket, &MigrationMessage::Abort { reason: "expected Begin".into() }).await;
         return;
     };
     let refuse = |reason: String| MigrationMessage::Abort { reason };
+    match site.control().placement(&user).await {
+        Ok(p) if p.site == from && p.epoch == epoch => {}
+        Ok(p) => {
+            tracing::warn!(user, from, epoch, owner = %p.site, owner_epoch = p.epoch, "refused a phone from a non-owner");
+            let reason =
+                format!("{from} does not own {user}'s phone at epoch {epoch} ({} does, at {})", p.site, p.epoch);
+            let _ = reply(&mut socket, &refuse(reason)).await;
+            return;
+        }
+        Err(e) => {
+            let _ = reply(&mut socket, &refuse(format!("cannot check the placement: {e}"))).await;
+            return;
+        }
+    }
     let Some(_arriving) = site.registry().arrive(&user) else {
         let _ = reply(&mut socket, &refuse(format!("{user}'s phone is already arriving here"))).await;
         return;

@@ -15,7 +15,7 @@ use super::{
 use crate::phone::PhoneLink;
 use crate::{SiteError, SiteState};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = crate::peer_socket::PeerSocket;
 
 async fn send(ws: &mut Ws, m: &MigrationMessage) -> Result<(), MigrationError> {
     tokio::time::timeout(STEP_TIMEOUT, ws.send(WsMessage::Binary(encode_migration(m).into())))
@@ -42,14 +42,10 @@ async fn recv(ws: &mut Ws) -> Result<MigrationMessage, MigrationError> {
     }
 }
 
-/// Moves `user`'s phone from this site to `to_id` at `to_url`. On any failure before the
+/// Moves `user`'s phone from this site to site `to_id` (its address from the control service's registry; the
+/// peer must prove it is `to_id` with its certificate). On any failure before the
 /// destination committed, the phone keeps running here.
-pub async fn migrate_out(
-    site: &Arc<SiteState>,
-    user: &str,
-    to_id: &str,
-    to_url: &str,
-) -> Result<MigrationReport, SiteError> {
+pub async fn migrate_out(site: &Arc<SiteState>, user: &str, to_id: &str) -> Result<MigrationReport, SiteError> {
     if to_id == site.id {
         return Err(SiteError::AlreadyThere { user: user.into(), site: to_id.into() });
     }
@@ -78,7 +74,7 @@ pub async fn migrate_out(
         total_ms: 0.0,
         epoch: None,
     };
-    let result = drive(site, &phone, user, to_id, to_url, &mut report).await;
+    let result = drive(site, &phone, user, to_id, &mut report).await;
     drop(leaving);
     report.total_ms = started.elapsed().as_secs_f64() * 1e3;
     if let Err(e) = result {
@@ -108,7 +104,6 @@ async fn drive(
     phone: &PhoneLink,
     user: &str,
     to_id: &str,
-    to_url: &str,
     report: &mut MigrationReport,
 ) -> Result<(), MigrationError> {
     // The control service may be restarting: give it a moment before giving up.
@@ -126,8 +121,20 @@ async fn drive(
     if placement.site != site.id {
         return Err(MigrationError::NotOwner { user: user.into(), owner: placement.site });
     }
-    let url = format!("{}/v1/migrate", vmi_control_api::ws_url(to_url).trim_end_matches("/v1/terminal"));
-    let (mut ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
+    // Only a registered site: its address from the registry, its identity from its certificate. The TLS
+    // handshake happens here, before the phone is touched.
+    let to_url = site
+        .control()
+        .list_sites()
+        .await
+        .map_err(MigrationError::Control)?
+        .into_iter()
+        .find(|s| s.site.id == to_id)
+        .map(|s| s.site.url)
+        .ok_or_else(|| MigrationError::Refused(format!("{to_id} is not a registered site")))?;
+    let peer = site.peer(to_id).map_err(|e| MigrationError::Refused(e.to_string()))?;
+    let url = format!("{}/v1/migrate", vmi_control_api::ws_url(&to_url).trim_end_matches("/v1/terminal"));
+    let mut ws = tokio::time::timeout(STEP_TIMEOUT, crate::peer_socket::connect(&peer, &url))
         .await
         .map_err(|_| MigrationError::Link(format!("connecting to {url} timed out")))?
         .map_err(|e| MigrationError::Link(format!("connecting to {url}: {e}")))?;
@@ -181,7 +188,26 @@ async fn drive(
         Err(e) => Err(e),
     };
     let epoch = match answer {
-        Ok(MigrationMessage::Committed { epoch }) => epoch,
+        // The peer's word is not enough: the phone is dropped here only once the control service's placement
+        // names the destination (a forged Committed leaves it running here).
+        Ok(MigrationMessage::Committed { epoch }) => match settle(site, user, to_id, placement.epoch, false).await {
+            Settled::Moved(confirmed) => {
+                if confirmed != epoch {
+                    tracing::warn!(
+                        user,
+                        claimed = epoch,
+                        confirmed,
+                        "the destination's epoch differs from the placement's"
+                    );
+                }
+                confirmed
+            }
+            Settled::Kept => {
+                tracing::warn!(user, to = to_id, "the destination said Committed but the placement does not name it");
+                phone.thaw().await;
+                return Err(MigrationError::NotCommitted);
+            }
+        },
         Ok(MigrationMessage::Abort { reason }) => {
             settle_kept(site, user, to_id, true).await;
             phone.thaw().await;
@@ -202,7 +228,7 @@ async fn drive(
     report.downtime_us = stopped.elapsed().as_micros() as u64;
     report.epoch = Some(epoch);
     report.outcome = MigrationOutcome::Committed;
-    let new_ws = vmi_control_api::ws_url(to_url);
+    let new_ws = vmi_control_api::ws_url(&to_url);
     phone.fence(new_ws).await;
     site.registry().remove(user);
     site.forget_saved(user);

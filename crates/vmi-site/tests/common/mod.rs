@@ -7,21 +7,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use std::sync::OnceLock;
+
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use vmi_control_api::ControlClient;
+use vmi_control::Store;
+use vmi_control_api::auth::Principal;
+use vmi_control_api::{Caller, ControlClient};
 use vmi_engine::{Clock, SystemClock};
 use vmi_protocol::{ClientMessage, Input, PROTOCOL_VERSION, Resume, ServerMessage, TouchPhase};
+use vmi_site::peer_socket::PeerSocket;
 use vmi_site::{SiteConfig, SiteHandle};
 pub use vmi_testkit::scratch_dir as scratch;
+use vmi_trust::{Authority, Credentials};
 
 pub const NOTES: (u16, u16) = (274, 1090);
 pub const MAIL: (u16, u16) = (102, 1090);
 
+/// The provider CA every control service and site of this test binary trusts.
+pub fn test_ca() -> &'static Arc<Authority> {
+    static CA: OnceLock<Arc<Authority>> = OnceLock::new();
+    CA.get_or_init(|| Arc::new(Authority::create("vmi test CA").expect("test CA")))
+}
+
+/// A caller that trusts the test CA and presents `token` (a device's or the operator's).
+pub fn bearer(token: &str) -> Caller {
+    Caller::trusting(test_ca().cert_pem()).expect("CA").with_bearer(token)
+}
+
+/// A control service over HTTPS from [`test_ca`], and its operator.
 pub struct Control {
     pub url: String,
+    /// Acts as the operator.
     pub client: ControlClient,
+    /// The operator's token.
+    pub operator_token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -34,21 +53,43 @@ impl Drop for Control {
 }
 
 impl Control {
-    /// A handle on a control service started elsewhere in the test.
-    pub fn attach(url: &str) -> Control {
-        Control { client: ControlClient::new(url).expect("url"), url: url.to_string(), stop: None }
+    /// A handle on a control service started elsewhere in the test, with the operator token it was given.
+    pub fn attach(url: &str, operator_token: &str) -> Control {
+        let client = ControlClient::new(url, &bearer(operator_token)).expect("url");
+        Control { client, url: url.to_string(), operator_token: operator_token.to_owned(), stop: None }
+    }
+
+    /// The operator, for calls to sites.
+    pub fn operator(&self) -> Caller {
+        bearer(&self.operator_token)
+    }
+
+    /// `GET url` as the operator: the status and the body.
+    pub async fn get(&self, url: &str) -> (u16, Vec<u8>) {
+        self.operator().get_bytes(url).await.expect("GET")
+    }
+
+    /// `POST url` with a JSON body as the operator: the status and the body as text.
+    pub async fn post<B: serde::Serialize>(&self, url: &str, body: &B) -> (u16, String) {
+        self.operator().post_json(url, body).await.expect("POST")
     }
 }
 
+/// Starts a control service on a free loopback port, with an operator credential.
 pub async fn control() -> Control {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
     let store = Arc::new(vmi_control::SqliteStore::in_memory().expect("store"));
+    let operator = store.create_credential(&Principal::Operator { name: "test".into() }).expect("operator").token;
+    let trust = vmi_control::ServiceTrust::new(test_ca().clone(), &["127.0.0.1"]).expect("certificate");
+    let options = vmi_control::ServeOptions { trust: Some(trust), ..vmi_control::ServeOptions::default() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(vmi_control::serve(listener, store, async move {
+    tokio::spawn(vmi_control::serve_with(listener, store, options, async move {
         let _ = stopped.await;
     }));
-    Control { client: ControlClient::new(&url).expect("url"), url, stop: Some(stop) }
+    let mut control = Control::attach(&url, &operator);
+    control.stop = Some(stop);
+    control
 }
 
 pub async fn site(control: &Control, id: &str, data_dir: PathBuf) -> SiteHandle {
@@ -57,6 +98,12 @@ pub async fn site(control: &Control, id: &str, data_dir: PathBuf) -> SiteHandle 
 
 pub async fn site_with_clock(control: &Control, id: &str, data_dir: PathBuf, clock: Arc<dyn Clock>) -> SiteHandle {
     vmi_site::start(SiteConfig { clock, ..site_config(control, id, data_dir) }).await.expect("site starts")
+}
+
+/// A certificate from [`test_ca`] naming site `id` (and 127.0.0.1, the address terminals dial).
+pub fn site_credentials(id: &str) -> Credentials {
+    let name = vmi_trust::site_name(id).expect("site id");
+    test_ca().credentials_for(&name, &["127.0.0.1"]).expect("site certificate")
 }
 
 /// How the tests run a site: port 0 (bound once, by the site), the system clock.
@@ -75,6 +122,8 @@ pub fn site_config(control: &Control, id: &str, data_dir: PathBuf) -> SiteConfig
         public_url: None,
         checkpoint_every: None,
         retention: vmi_checkpoint::Retention::default(),
+        credentials: site_credentials(id),
+        limits: vmi_trust::ConnectionLimits::default(),
     }
 }
 
@@ -87,7 +136,7 @@ pub async fn user_with_phone(control: &Control, site: &SiteHandle, user: &str) -
 }
 
 pub struct Term {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: PeerSocket,
     pub seq: u64,
     pub frame_bytes: usize,
     pub screen: Option<vmi_protocol::display::Screen>,
@@ -95,8 +144,9 @@ pub struct Term {
 }
 
 impl Term {
+    /// Connects to `ws_url` (`wss://` verified against [`test_ca`], or `ws://` on loopback).
     pub async fn connect(ws_url: &str) -> Term {
-        let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.expect("websocket");
+        let ws = vmi_site::peer_socket::connect(&bearer_less(), ws_url).await.expect("websocket");
         Term { ws, seq: 0, frame_bytes: 0, screen: None, last_frame: 0 }
     }
 
@@ -189,6 +239,38 @@ impl Term {
     }
 }
 
-pub async fn http_get(url: &str) -> (u16, Vec<u8>) {
-    vmi_control_api::http_client::get_bytes(url).await.expect("GET")
+/// A caller that trusts the test CA and presents nothing (a terminal before its Hello).
+pub fn bearer_less() -> Caller {
+    Caller::trusting(test_ca().cert_pem()).expect("CA")
+}
+
+/// A caller acting as site `id` (its certificate from [`test_ca`], its claim).
+pub fn site_caller(id: &str) -> Caller {
+    Caller::machine(&site_credentials(id), &format!("site/{id}")).expect("site caller")
+}
+
+/// A client of `control` acting as site `id`.
+pub fn site_client(control: &Control, id: &str) -> ControlClient {
+    ControlClient::new(&control.url, &site_caller(id)).expect("client")
+}
+
+/// Terminal options that trust [`test_ca`] for `wss://`.
+pub fn terminal_options() -> vmi_terminal::TerminalOptions {
+    vmi_terminal::TerminalOptions { caller: bearer_less(), ..vmi_terminal::TerminalOptions::default() }
+}
+
+/// Accepts TLS as the holder of `credentials` (a stand-in for a site or the control service).
+pub fn tls_acceptor(credentials: &Credentials) -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(vmi_trust::server_config(credentials).expect("server config"))
+}
+
+/// A file holding [`test_ca`]'s certificate (what a terminal is told to trust with `--ca`).
+pub fn test_ca_file() -> PathBuf {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = scratch("test-ca").join("ca.pem");
+        std::fs::write(&path, test_ca().cert_pem()).expect("write the CA file");
+        path
+    })
+    .clone()
 }
