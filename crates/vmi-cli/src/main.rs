@@ -202,6 +202,10 @@ fn main() -> ExitCode {
     // Unix tool, instead of panicking.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // Everything this program writes (phone state, checkpoints, keys, tokens) is its owner's alone: files 0600,
+    // directories 0700, whatever the caller's umask.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0o077) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VMI_LOG")

@@ -76,6 +76,11 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
 
     first.interrupt();
     assert!(data.join("site-a/phones/demo/phone.state").exists(), "the phone was saved on Ctrl-C");
+    // Phone data is the owner's alone.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&data.join("site-a/phones/demo/phone.state")), 0o600);
+    assert_eq!(mode(&data.join("site-a/phones/demo")), 0o700);
+    assert_eq!(mode(&data.join("site-a")), 0o700);
 
     // The next `vmi up` brings the same phone back.
     let second = up(&data, &[]);

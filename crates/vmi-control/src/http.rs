@@ -611,6 +611,13 @@ async fn put_site(
     Path(id): Path<String>,
     ApiJson(spec): ApiJson<SiteSpec>,
 ) -> ApiResult<Json<SiteStatus>> {
+    // Peers and terminals check a site by the certificate it serves: an address without TLS could not prove it.
+    if !spec.url.starts_with("https://") {
+        return Err(ControlError::BadRequest(format!(
+            "site URL {:?}: a site is reached over TLS, so its URL is https://",
+            spec.url
+        )));
+    }
     let site = store.put_site(&id, &spec)?;
     let healthy = site.healthy_at(now_ms());
     Ok(Json(SiteStatus { site, healthy }))

@@ -99,7 +99,7 @@ async fn raw(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[&s
 const JSON: &str = "Content-Type: application/json";
 
 fn site(port: u16) -> SiteSpec {
-    SiteSpec { url: format!("http://127.0.0.1:{port}"), lat: 48.1, lon: 11.6, capacity: 4 }
+    SiteSpec { url: format!("https://127.0.0.1:{port}"), lat: 48.1, lon: 11.6, capacity: 4 }
 }
 
 fn status(result: Result<impl std::fmt::Debug, ClientError>) -> u16 {
@@ -244,13 +244,13 @@ async fn terminal_finds_its_phone_and_only_its_own() {
     let phone = control.phone_for_token(&alice.token).await.unwrap();
     assert_eq!(phone.user, "alice");
     assert_eq!(phone.site, "site-a");
-    assert_eq!(phone.site_url, "http://127.0.0.1:9001");
-    assert_eq!(phone.ws_url, "ws://127.0.0.1:9001/v1/terminal");
+    assert_eq!(phone.site_url, "https://127.0.0.1:9001");
+    assert_eq!(phone.ws_url, "wss://127.0.0.1:9001/v1/terminal");
 
     control.set_placement("bob", "site-b").await.unwrap();
     let phone = control.phone_for_token(&bob.token).await.unwrap();
     assert_eq!((phone.user.as_str(), phone.site.as_str()), ("bob", "site-b"));
-    assert_eq!(phone.ws_url, "ws://127.0.0.1:9002/v1/terminal");
+    assert_eq!(phone.ws_url, "wss://127.0.0.1:9002/v1/terminal");
     assert_eq!(control.phone_for_token(&alice.token).await.unwrap().site, "site-a");
     server.stop().await;
 }
@@ -270,7 +270,7 @@ async fn placement_epoch_increments_on_every_move() {
     assert_eq!((moved.site.as_str(), moved.epoch), ("site-b", 2));
 
     let info = control.placement("alice").await.unwrap();
-    assert_eq!((info.site.as_str(), info.site_url.as_str(), info.epoch), ("site-b", "http://127.0.0.1:9002", 2));
+    assert_eq!((info.site.as_str(), info.site_url.as_str(), info.epoch), ("site-b", "https://127.0.0.1:9002", 2));
 
     assert_eq!(status(control.set_placement("alice", "site-z").await), 404);
     assert_eq!(status(control.set_placement("ghost", "site-a").await), 404);
@@ -381,7 +381,7 @@ async fn drain_flag_is_stored_listed_and_survives_a_restart() {
     assert!(control.drain_site("site-a").await.unwrap().site.draining);
     let (code, body) = raw(server.addr, "GET", "/v1/sites", &[&server.operator_header()], "").await;
     assert_eq!(code, 200);
-    assert!(body.contains(r#""id":"site-a","url":"http://127.0.0.1:9001""#) && body.contains(r#""draining":true"#));
+    assert!(body.contains(r#""id":"site-a","url":"https://127.0.0.1:9001""#) && body.contains(r#""draining":true"#));
     assert_eq!(status(control.drain_site("site-z").await), 404);
     server.stop().await;
 
@@ -461,11 +461,13 @@ async fn sites_register_heartbeat_and_report_health() {
 
     let (code, body) = raw(server.addr, "GET", "/v1/sites", &[&server.operator_header()], "").await;
     assert_eq!(code, 200);
-    assert!(body.contains(r#""healthy":true"#) && body.contains(r#""url":"http://127.0.0.1:9001""#), "{body}");
+    assert!(body.contains(r#""healthy":true"#) && body.contains(r#""url":"https://127.0.0.1:9001""#), "{body}");
 
     assert_eq!(status(server.site("site-z").heartbeat("site-z", 1).await), 404);
-    let bad_url = SiteSpec { url: "ftp://x".into(), ..site(1) };
-    assert_eq!(status(server.site("site-c").register_site("site-c", &bad_url).await), 400);
+    for bad in ["ftp://x", "http://127.0.0.1:9003"] {
+        let bad_url = SiteSpec { url: bad.into(), ..site(1) };
+        assert_eq!(status(server.site("site-c").register_site("site-c", &bad_url).await), 400, "{bad}");
+    }
     let bad_lat = SiteSpec { lat: 100.0, ..site(1) };
     assert_eq!(status(server.site("site-c").register_site("site-c", &bad_lat).await), 400);
     server.stop().await;
@@ -488,7 +490,7 @@ async fn malformed_json_is_a_400_naming_the_problem() {
     let site = server.site("site-a");
     let cases: [(Method, &str, &str, &str); 3] = [
         (Method::POST, "/v1/auth", r#"{"token":42}"#, "invalid type"),
-        (Method::PUT, "/v1/sites/site-a", r#"{"url":"http://a:1","lat":1,"lon":2,"capacity":-1}"#, "capacity"),
+        (Method::PUT, "/v1/sites/site-a", r#"{"url":"https://a:1","lat":1,"lon":2,"capacity":-1}"#, "capacity"),
         (Method::POST, "/v1/sites/site-a/heartbeat", "not json", "expected"),
     ];
     for (method, path, body, needle) in cases {
@@ -534,7 +536,7 @@ async fn restart_on_the_same_file_keeps_users_devices_and_placements() {
     let info = control.placement("alice").await.unwrap();
     assert_eq!((info.site.as_str(), info.epoch), ("site-b", 2));
     assert_eq!(control.set_placement("alice", "site-a").await.unwrap().epoch, 3);
-    assert_eq!(control.phone_for_token(&kept.token).await.unwrap().ws_url, "ws://127.0.0.1:9001/v1/terminal");
+    assert_eq!(control.phone_for_token(&kept.token).await.unwrap().ws_url, "wss://127.0.0.1:9001/v1/terminal");
     server.stop().await;
     remove_db(&path);
 }

@@ -164,7 +164,7 @@ impl FakeSite {
     async fn start(control: &Control, id: &'static str, at: (f64, f64), answer: Answer) -> FakeSite {
         let site = control.site(id);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let url = format!("https://{}", listener.local_addr().expect("local addr"));
         let orders = Arc::new(Mutex::new(Vec::new()));
         let state = FakeState {
             control_url: control.url.clone(),
@@ -173,8 +173,14 @@ impl FakeSite {
             orders: orders.clone(),
         };
         let router = Router::new().route("/v1/phones/{user}/migrate", post(migrate)).with_state(state);
+        // Over TLS with a certificate naming the site, as the placer checks.
+        let name = vmi_trust::site_name(id).expect("site id");
+        let credentials = control.authority.credentials_for(&name, &["127.0.0.1"]).expect("site certificate");
+        let tls = vmi_trust::server_config(&credentials).expect("server config");
         let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("fake site serves");
+            let serving =
+                vmi_trust::serve(listener, router, Some(tls), ConnectionLimits::default(), std::future::pending());
+            serving.await.expect("fake site serves");
         });
         let spec = SiteSpec { url: url.clone(), lat: at.0, lon: at.1, capacity: 8 };
         site.register_site(id, &spec).await.expect("register fake site");

@@ -135,30 +135,145 @@ impl WasmEngine {
     fn compile(&self, hash: &ImageHash, instrumented: &[u8]) -> Result<Module, EngineError> {
         let compile = || Module::new(&self.wasmtime, instrumented).map_err(|e| EngineError::Compile(e.into()));
         let Some(dir) = &self.config.cache_dir else { return compile() };
+        let key = match compiled_cache::key(dir) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "not using the compiled-image cache: {e}");
+                return compile();
+            }
+        };
         let mut fingerprint = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&self.wasmtime.precompile_compatibility_hash(), &mut fingerprint);
         let path = dir.join(format!("{}-{:016x}.cwasm", hash.to_hex(), std::hash::Hasher::finish(&fingerprint)));
         // Read into memory rather than mapped: a file changed under a mapping would fault.
-        if let Ok(bytes) = std::fs::read(&path) {
-            // SAFETY: the file is named by the image's content hash and the engine's
-            // compatibility hash and was written by `Module::serialize` below into a
-            // directory this engine owns; wasmtime checks its header and version first.
-            match unsafe { Module::deserialize(&self.wasmtime, &bytes) } {
-                Ok(module) => return Ok(module),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled image: {e}"),
+        if let Ok(sealed) = std::fs::read(&path) {
+            match compiled_cache::open(&key, hash, &sealed) {
+                // SAFETY: the bytes carry a MAC, keyed by a secret only this user can read, over this image's
+                // hash and the bytes `Module::serialize` wrote below: they are this engine's own compilation of
+                // this image, not code planted in the directory; wasmtime checks its header and version too.
+                Some(bytes) => match unsafe { Module::deserialize(&self.wasmtime, bytes) } {
+                    Ok(module) => return Ok(module),
+                    Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled image: {e}"),
+                },
+                None => tracing::warn!(path = %path.display(), "ignoring a compiled image whose MAC does not match"),
             }
         }
         let module = compile()?;
         if let Ok(bytes) = module.serialize() {
             let tmp = path.with_extension("tmp");
-            let written = std::fs::create_dir_all(dir)
-                .and_then(|_| std::fs::write(&tmp, bytes))
+            let written = std::fs::write(&tmp, compiled_cache::seal(&key, hash, bytes))
                 .and_then(|_| std::fs::rename(&tmp, &path));
             if let Err(e) = written {
                 tracing::warn!(path = %path.display(), "could not cache compiled image: {e}");
             }
         }
         Ok(module)
+    }
+}
+
+/// The compiled-image cache's integrity: native code is loaded from it only with a valid MAC (blake3, keyed by a
+/// random key in the cache directory that only its owner can read), over the image hash and the code. A file
+/// someone else put there, a file of another image renamed, or a damaged one is recompiled instead.
+mod compiled_cache {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::path::Path;
+
+    use vmi_engine::ImageHash;
+
+    const KEY_FILE: &str = "cache.key";
+    const MAC_BYTES: usize = 32;
+
+    /// The cache's key, created (0600, in a 0700 directory) on first use. Refused when the directory is
+    /// writable by others or the key readable by them.
+    pub(crate) fn key(dir: &Path) -> Result<[u8; 32], String> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| e.to_string())?;
+        let dir_mode = std::fs::metadata(dir).map_err(|e| e.to_string())?.permissions().mode();
+        if dir_mode & 0o022 != 0 {
+            return Err(format!("the directory is writable by others (mode {:o})", dir_mode & 0o777));
+        }
+        let path = dir.join(KEY_FILE);
+        match std::fs::metadata(&path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(format!("{KEY_FILE} is readable by others (mode {mode:o})"));
+                }
+                let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+                bytes.try_into().map_err(|_| format!("{KEY_FILE} is not a 32-byte key"))
+            }
+            Err(_) => {
+                let mut key = [0u8; 32];
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+                    .map_err(|e| format!("no randomness for the key: {e}"))?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|e| e.to_string())?;
+                file.write_all(&key).map_err(|e| e.to_string())?;
+                Ok(key)
+            }
+        }
+    }
+
+    fn mac(key: &[u8; 32], image: &ImageHash, code: &[u8]) -> blake3::Hash {
+        let mut hasher = blake3::Hasher::new_keyed(key);
+        hasher.update(&image.0);
+        hasher.update(code);
+        hasher.finalize()
+    }
+
+    /// `code` followed by its MAC.
+    pub(crate) fn seal(key: &[u8; 32], image: &ImageHash, mut code: Vec<u8>) -> Vec<u8> {
+        let tag = mac(key, image, &code);
+        code.extend_from_slice(tag.as_bytes());
+        code
+    }
+
+    /// The code of `sealed` if its MAC is right for `image` (compared in constant time).
+    pub(crate) fn open<'a>(key: &[u8; 32], image: &ImageHash, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        let split = sealed.len().checked_sub(MAC_BYTES)?;
+        let (code, tag) = sealed.split_at(split);
+        let tag: [u8; MAC_BYTES] = tag.try_into().ok()?;
+        (mac(key, image, code) == blake3::Hash::from(tag)).then_some(code)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_sealed_module_opens_only_for_its_image_and_key() {
+            let (key, other_key) = ([1u8; 32], [2u8; 32]);
+            let (image, other_image) = (ImageHash([3; 32]), ImageHash([4; 32]));
+            let sealed = seal(&key, &image, b"native code".to_vec());
+            assert_eq!(open(&key, &image, &sealed), Some(&b"native code"[..]));
+            assert_eq!(open(&key, &other_image, &sealed), None, "another image's code");
+            assert_eq!(open(&other_key, &image, &sealed), None, "another key");
+            let mut flipped = sealed.clone();
+            flipped[0] ^= 1;
+            assert_eq!(open(&key, &image, &flipped), None, "changed code");
+            assert_eq!(open(&key, &image, b"short"), None);
+        }
+
+        #[test]
+        fn a_key_others_can_read_or_a_directory_others_can_write_is_refused() {
+            let dir = std::env::temp_dir().join(format!("vmi-cache-key-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let first = key(&dir).expect("created");
+            assert_eq!(key(&dir).expect("read back"), first);
+            let key_path = dir.join(KEY_FILE);
+            assert_eq!(std::fs::metadata(&key_path).expect("key").permissions().mode() & 0o777, 0o600);
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            assert!(key(&dir).expect_err("0644 key").contains("readable by others"));
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            assert!(key(&dir).expect_err("0777 dir").contains("writable by others"));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
 

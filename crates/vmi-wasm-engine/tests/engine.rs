@@ -236,11 +236,19 @@ fn bad_snapshots_are_refused_with_the_right_error() {
 fn compiled_images_are_cached_and_reused() {
     let dir = std::env::temp_dir().join(format!("vmi-compiled-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = WasmEngineConfig { max_vms: 4, cache_dir: Some(dir.clone()), ..WasmEngineConfig::default() };
+    let config_for = |dir: &std::path::Path| WasmEngineConfig {
+        max_vms: 4,
+        cache_dir: Some(dir.into()),
+        ..WasmEngineConfig::default()
+    };
+    let config = config_for(&dir);
     let first = WasmEngine::with_config(config.clone(), ManualClock::new(0)).expect("engine");
     let image = first.load_image(&wat(COUNTER)).expect("compile");
-    let cached: Vec<_> = std::fs::read_dir(&dir).expect("cache dir").collect();
-    assert_eq!(cached.len(), 1, "one compiled image is cached");
+    let cached = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let entries = std::fs::read_dir(dir).expect("cache dir").map(|e| e.expect("entry").path());
+        entries.filter(|p| p.extension().is_some_and(|x| x == "cwasm")).collect()
+    };
+    assert_eq!(cached(&dir).len(), 1, "one compiled image is cached");
 
     // A second engine loads the compiled image and runs it the same way.
     let second = WasmEngine::with_config(config, ManualClock::new(0)).expect("engine");
@@ -253,9 +261,23 @@ fn compiled_images_are_cached_and_reused() {
     b.deliver(key('k')).expect("key");
     assert_eq!(pixels(a.as_mut()), pixels(b.as_mut()));
 
+    // Code planted under another image's name is not run: the engine's own compilation of COUNTER, copied to the
+    // file of a different image, is refused by its MAC and that image is compiled afresh.
+    let counter_file = cached(&dir).pop().expect("counter's file");
+    let other = vmi_phone_image::PHONE_WASM;
+    let other_hash = vmi_engine::ImageHash::of(other);
+    let other_file = counter_file.with_file_name(
+        counter_file.file_name().expect("name").to_string_lossy().replace(&image.hash.to_hex(), &other_hash.to_hex()),
+    );
+    std::fs::copy(&counter_file, &other_file).expect("plant");
+    let fourth = WasmEngine::with_config(config_for(&dir), ManualClock::new(0)).expect("engine");
+    assert_eq!(fourth.load_image(other).expect("the phone image, compiled afresh").hash, other_hash);
+    let rewritten = std::fs::read(&other_file).expect("the other image's file");
+    let planted = std::fs::read(&counter_file).expect("counter's file");
+    assert!(rewritten != planted, "the planted code was replaced by a fresh compilation");
     // A damaged cache file is ignored (recompiled), not trusted.
-    for entry in std::fs::read_dir(&dir).expect("cache dir") {
-        std::fs::write(entry.expect("entry").path(), b"not a compiled module").expect("damage");
+    for path in cached(&dir) {
+        std::fs::write(path, b"not a compiled module").expect("damage");
     }
     let third = WasmEngine::with_config(
         WasmEngineConfig { max_vms: 4, cache_dir: Some(dir.clone()), ..WasmEngineConfig::default() },
