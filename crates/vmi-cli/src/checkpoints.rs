@@ -241,7 +241,8 @@ fn answer(status: u16, body: &[u8]) -> Result<Value> {
     Ok(v)
 }
 
-fn now_ms() -> u64 {
+/// Now, ms since the Unix epoch.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

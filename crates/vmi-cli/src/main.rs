@@ -1,5 +1,6 @@
 //! `vmi`: the Seed VMI command line.
 
+mod audit;
 mod bench;
 mod bench_checkpoint;
 mod bench_net;
@@ -64,6 +65,8 @@ enum Top {
     /// Run a native terminal (a window, or --headless for scripts); or take the phone
     /// offline: checkout, run-offline, checkin.
     Terminal(vmi_terminal::offline::TerminalCommand),
+    /// The audit log: every operator action and every refusal, by user, site, principal and time.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Subcommand)]
@@ -238,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Device(cmd) => runtime()?.block_on(services::device(cmd)),
         Top::Tenant(cmd) => runtime()?.block_on(tenants::tenant(cmd)),
         Top::Terminal(cmd) => runtime()?.block_on(vmi_terminal::offline::run_command(cmd)).map_err(Into::into),
+        Top::Audit(args) => runtime()?.block_on(audit::audit(args)),
     }
 }
 
