@@ -64,6 +64,8 @@ pub struct ControlTrust {
     pub authority: Arc<Authority>,
     /// How the service calls sites (revocations, migrate orders).
     pub caller: Outbound,
+    /// The host names the service's certificate names besides `control.vmi` (what it answers to).
+    pub hosts: Vec<String>,
 }
 
 impl FromRef<AppState> for PairCodes {
@@ -125,6 +127,7 @@ pub fn app(store: Arc<dyn Store>) -> Router {
 /// Every route is authenticated by [`access::authenticate`] and then authorized by the rule named beside it,
 /// before its handler reads a body (docs/SECURITY.md has the table of who may call what).
 pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTrust>, guard: Arc<Guard>) -> Router {
+    let trust_hosts = trust.as_ref().map(|t| t.hosts.clone());
     let state = AppState { store, reports, pair_codes: PairCodes::new(), guard, now_ms: Arc::new(now_ms), trust };
     use access::{
         admin, any_site, device, operator, signed_in, site_itself, site_or_operator, site_or_user_admin, user_admin,
@@ -203,6 +206,13 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
         .route("/v1/images", get(list_images).route_layer(from_fn(signed_in)))
         .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
         .layer(from_fn_with_state(state.clone(), access::authenticate))
+        // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
+        .layer(from_fn_with_state(
+            vmi_trust::browser::BrowserPolicy::new(
+                std::iter::once(CONTROL_NAME.to_owned()).chain(trust_hosts.into_iter().flatten()),
+            ),
+            vmi_trust::browser::browser_hygiene,
+        ))
         .with_state(state)
 }
 
@@ -236,7 +246,8 @@ impl ServiceTrust {
         let server = vmi_trust::server_config(&credentials).map_err(ControlError::Trust)?;
         let caller = Outbound::machine(&credentials, "control")
             .map_err(|e| ControlError::BadRequest(format!("cannot use the control certificate: {e}")))?;
-        Ok(ServiceTrust { control: ControlTrust { authority, caller }, server })
+        let hosts = hosts.iter().map(|h| h.to_string()).collect();
+        Ok(ServiceTrust { control: ControlTrust { authority, caller, hosts }, server })
     }
 }
 

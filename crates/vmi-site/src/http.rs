@@ -25,8 +25,8 @@ use crate::checkout::CheckoutError;
 use crate::phone::PhoneError;
 use crate::{SiteError, SiteState};
 
-/// The site's routes, each behind the rule of who may call it (docs/SECURITY.md); every request is
-/// authenticated first ([`access::authenticate`]).
+/// The site's routes, each behind the rule of who may call it (docs/SECURITY.md); every request passes the
+/// browser policy ([`vmi_trust::browser`]), then is authenticated ([`access::authenticate`]).
 pub fn router(state: Arc<SiteState>) -> Router {
     use access::{control, device, operator, operator_or_control, owner_device, peer_site};
     crate::web::routes()
@@ -75,6 +75,8 @@ pub fn router(state: Arc<SiteState>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(vmi_checkpoint::MAX_BUNDLE_BYTES + 4096)),
         )
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate))
+        // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
+        .layer(axum::middleware::from_fn_with_state(state.browser_policy(), vmi_trust::browser::browser_hygiene))
         .with_state(state)
 }
 

@@ -157,6 +157,17 @@ impl SiteState {
         Ok(self.caller.clone().expecting(&name).tls_only())
     }
 
+    /// The host names this site answers to: its certificate name and its public URL's host.
+    pub fn browser_policy(&self) -> vmi_trust::browser::BrowserPolicy {
+        let mut names = vec![vmi_trust::site_name(&self.id).unwrap_or_default()];
+        if let Some(rest) = self.url.split_once("://").map(|(_, rest)| rest) {
+            let authority = rest.split('/').next().unwrap_or_default();
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+            names.push(host.to_owned());
+        }
+        vmi_trust::browser::BrowserPolicy::new(names)
+    }
+
     /// Screen size of the phones this site runs.
     pub fn screen(&self) -> (u32, u32) {
         self.config.screen

@@ -28,6 +28,8 @@
 //! [`Lockout`] and [`RateLimit`] bound guesses and floods per key, with bounded memory and time
 //! passed in by the caller.
 
+#[cfg(feature = "server")]
+pub mod browser;
 mod error;
 mod identity;
 mod limits;
