@@ -532,6 +532,36 @@ async fn closing_a_revoked_device_is_told_mid_session() {
     w.stop().await;
 }
 
+/// A phone serves 16 terminals at once; the 17th gets in, and the terminal idle the longest (not the one that
+/// typed last) is closed with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_idlest_terminal_makes_room_for_a_new_one() {
+    let w = world("room").await;
+    let mut terminals = Vec::new();
+    for _ in 0..vmi_site::phone::MAX_SESSIONS {
+        let mut t = Raw::connect(&w.site.ws_url()).await;
+        assert!(matches!(t.hello(&w.token, None, true).await, ServerMessage::Welcome { .. }));
+        terminals.push(t);
+    }
+    // The first one attached is busy: it types. The second is now the one idle the longest.
+    terminals[0].send(&ClientMessage::Input { seq: 1, input: key('x') }).await;
+    terminals[0].until(|m| matches!(m, ServerMessage::InputAck { seq: 1 })).await;
+
+    let mut newest = Raw::connect(&w.site.ws_url()).await;
+    assert!(matches!(newest.hello(&w.token, None, true).await, ServerMessage::Welcome { .. }), "the 17th gets in");
+    let heard = terminals[1].until_closed().await;
+    assert_closed_with(&heard, ErrorCode::Internal);
+    let said = heard.messages.iter().find_map(|m| match m {
+        ServerMessage::Error { message, .. } => Some(message.clone()),
+        _ => None,
+    });
+    assert!(said.as_deref().is_some_and(|m| m.contains("idle the longest")), "{said:?}");
+    // The busy one is still served.
+    terminals[0].send(&ClientMessage::Input { seq: 2, input: key('y') }).await;
+    terminals[0].until(|m| matches!(m, ServerMessage::InputAck { seq: 2 })).await;
+    w.stop().await;
+}
+
 /// A notification raised while no terminal is attached reaches the next terminal that
 /// says Hello, asleep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,15 +179,17 @@ impl PhoneTask {
                     State::Crashed { reason } => {
                         Some(AttachRefusal { code: ErrorCode::PhoneDown, message: crashed_words(reason) })
                     }
-                    _ if !self.terminals.has_room() => Some(AttachRefusal {
-                        code: ErrorCode::Internal,
-                        message: format!("{} terminals are attached to this phone already", super::MAX_SESSIONS),
-                    }),
                     _ => None,
                 };
                 if let Some(refusal) = refusal {
                     let _ = reply.send(Err(refusal));
                     return;
+                }
+                // Full: the newcomer is someone using the phone now; the terminal idle the longest makes room.
+                if !self.terminals.has_room()
+                    && let Some(evicted) = self.terminals.evict_idlest()
+                {
+                    tracing::info!(user = %self.user, session = evicted, "idle terminal closed to make room");
                 }
                 let size = self.size();
                 let last_input_seq = self.input_seqs.get(&attachment.device_id).copied().unwrap_or(0);
@@ -201,12 +203,16 @@ impl PhoneTask {
                 let _ = reply.send(Ok(attached));
             }
             TerminalCommand::Detach { session } => self.terminals.detach(session),
-            TerminalCommand::Input { session, seq, input } => self.on_input(session, seq, input),
+            TerminalCommand::Input { session, seq, input } => {
+                self.terminals.touch(session);
+                self.on_input(session, seq, input)
+            }
             TerminalCommand::FrameAck { session, seq } => self.terminals.ack_frames(session, seq),
             TerminalCommand::Ping { session, nonce } => self.terminals.send(session, ServerMessage::Pong { nonce }),
             TerminalCommand::Fail { session, code, message } => self.terminals.fail(session, code, message),
             TerminalCommand::Sleep { session } => self.terminals.sleep(session),
             TerminalCommand::Wake { session } => {
+                self.terminals.touch(session);
                 let size = self.size();
                 self.terminals.wake(session, size);
             }

@@ -28,6 +28,8 @@ struct Terminal {
     seq: u64,
     /// The next frame repaints every tile (a terminal that did not resume).
     owe_full: bool,
+    /// When this terminal last did something (attached, typed, touched, woke), in [`Terminals::activity`] ticks.
+    last_active: u64,
 }
 
 impl Terminal {
@@ -48,6 +50,8 @@ impl Terminal {
 #[derive(Default)]
 pub(super) struct Terminals {
     by_session: HashMap<u64, Terminal>,
+    /// A counter that orders the terminals' activity.
+    activity: u64,
 }
 
 impl Terminals {
@@ -88,9 +92,30 @@ impl Terminals {
                 owe_frame: false,
                 seq: a.resume.map(|r| r.last_frame_seq).unwrap_or(0),
                 owe_full: !resumed,
+                last_active: self.activity + 1,
             },
         );
+        self.activity += 1;
         Attached { width: width as u16, height: height as u16, last_input_seq, resumed }
+    }
+
+    /// Notes that `session` did something: it is the last to be evicted for room.
+    pub fn touch(&mut self, session: u64) {
+        self.activity += 1;
+        if let Some(t) = self.by_session.get_mut(&session) {
+            t.last_active = self.activity;
+        }
+    }
+
+    /// Makes room for one more terminal by closing the one idle the longest, with the reason; which one.
+    pub fn evict_idlest(&mut self) -> Option<u64> {
+        let (&session, _) = self.by_session.iter().min_by_key(|(_, t)| t.last_active)?;
+        let message = format!(
+            "closed to make room for a newer terminal: this phone serves {MAX_SESSIONS} at once, and this one was \
+             idle the longest"
+        );
+        self.fail(session, ErrorCode::Internal, message);
+        Some(session)
     }
 
     /// Lets go of a session (its queue closes, so its socket closes).
