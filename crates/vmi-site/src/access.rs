@@ -33,6 +33,10 @@ const GUARD_KEYS: usize = 100_000;
 pub const TOKEN_GRACE: Duration = Duration::from_secs(300);
 /// Tokens remembered for [`TOKEN_GRACE`].
 const TOKENS_KEPT: usize = 10_000;
+/// Mails one sender may drop in one user's mailbox at once; then one per [`MAIL_INTERVAL`].
+pub const MAIL_BURST: u32 = 20;
+/// The pace of a sender past [`MAIL_BURST`].
+pub const MAIL_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Who made a request to this site, and from where.
 #[derive(Debug, Clone)]
@@ -51,6 +55,7 @@ pub struct Guard {
     audited: Mutex<RateLimit<Option<IpAddr>>>,
     pending: Mutex<Vec<AuditEntry>>,
     vouched: Mutex<HashMap<[u8; 32], (Principal, Duration)>>,
+    mail: Mutex<RateLimit<(String, String)>>,
 }
 
 impl Default for Guard {
@@ -61,6 +66,7 @@ impl Default for Guard {
             audited: Mutex::new(RateLimit::new(Duration::from_millis(100), 50, GUARD_KEYS)),
             pending: Mutex::new(Vec::new()),
             vouched: Mutex::new(HashMap::new()),
+            mail: Mutex::new(RateLimit::new(MAIL_INTERVAL, MAIL_BURST, GUARD_KEYS)),
         }
     }
 }
@@ -125,6 +131,13 @@ impl SiteState {
 impl Guard {
     fn now(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// `Err(retry_after)` when `sender` has dropped too many mails in `user`'s mailbox lately.
+    pub fn allow_mail(&self, user: &str, sender: &str) -> Result<(), Duration> {
+        let now = self.now();
+        let key = (user.to_owned(), sender.to_ascii_lowercase());
+        self.mail.lock().unwrap_or_else(|p| p.into_inner()).allow(&key, now)
     }
 
     /// `Err(retry_after)` while `from` is locked out.

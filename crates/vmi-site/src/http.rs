@@ -167,11 +167,17 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
 
-async fn terminal(ws: WebSocketUpgrade, State(site): State<Arc<SiteState>>) -> Response {
+async fn terminal(
+    ws: WebSocketUpgrade,
+    State(site): State<Arc<SiteState>>,
+    peer: Option<Extension<vmi_trust::Peer>>,
+) -> Response {
     // One limit, the document's (docs/PROTOCOL.md, "Transport"): a bigger message is
     // answered with Error(BadMessage) by the session.
     let limit = vmi_protocol::wire::MAX_MESSAGE_LEN;
-    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| crate::session::run(socket, site))
+    // Wrong tokens in Hello count against the address, as wrong bearer tokens do.
+    let from = peer.map(|Extension(p)| p.addr.ip().to_canonical());
+    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| crate::session::run(socket, site, from))
 }
 
 async fn list_phones(State(site): State<Arc<SiteState>>) -> Json<serde_json::Value> {
@@ -241,6 +247,13 @@ async fn send_mail(
     let mail: NewMail = json_body(&body)?;
     if let Some(why) = site.checkout_refusal(&user) {
         return Err(ApiError(StatusCode::CONFLICT, format!("{why}: mail waits until it is back")));
+    }
+    if let Err(retry_after) = site.guard.allow_mail(&user, &mail.from) {
+        let why = format!("too many mails from {} to {user} lately; try again later", mail.from);
+        let mut refused = ApiError(StatusCode::TOO_MANY_REQUESTS, why).into_response();
+        let secs = axum::http::HeaderValue::from(retry_after.as_secs().max(1));
+        refused.headers_mut().insert(axum::http::header::RETRY_AFTER, secs);
+        return Ok(refused);
     }
     let push = mail.push;
     let mail = Mail { from: mail.from, subject: mail.subject, body: mail.body };

@@ -22,7 +22,7 @@
 //! Only this crate speaks HTTP for a site; the engine and protocol crates know nothing
 //! of it.
 
-mod access;
+pub mod access;
 pub mod checkout;
 pub mod checkpoints;
 mod error;

@@ -64,7 +64,7 @@ async fn refuse(mut socket: WebSocket, code: ErrorCode, message: String) {
 }
 
 /// Runs a session to its end.
-pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
+pub async fn run(mut socket: WebSocket, site: Arc<SiteState>, from: Option<std::net::IpAddr>) {
     // WebSocket pings and pongs before Hello are the transport's business.
     let first = tokio::time::timeout(HELLO_TIMEOUT, async {
         loop {
@@ -107,10 +107,18 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>) {
         }
         Err(e) => return refuse(socket, ErrorCode::BadMessage, format!("undecodable Hello: {e}")).await,
     };
+    if let Err(retry_after) = site.guard.check(from) {
+        let why = format!("too many wrong tokens from this address: try again in {} s", retry_after.as_secs().max(1));
+        return refuse(socket, ErrorCode::Unauthorized, why).await;
+    }
     let identity = match site.authenticate(&token).await {
         Ok(Some(Principal::Device { user, device_id })) => Identity { user, device_id },
         // Only a device holds a phone's screen: an operator's or admin's token is not a terminal's.
-        Ok(Some(_)) | Ok(None) => {
+        Ok(Some(_)) => {
+            return refuse(socket, ErrorCode::Unauthorized, "not a device token".into()).await;
+        }
+        Ok(None) => {
+            site.guard.failure(from);
             return refuse(socket, ErrorCode::Unauthorized, "unknown or revoked device token".into()).await;
         }
         Err(e) => return refuse(socket, ErrorCode::Internal, format!("cannot check the token: {e}")).await,

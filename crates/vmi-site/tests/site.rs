@@ -305,3 +305,24 @@ async fn the_site_runs_phones_on_any_engine_behind_the_contract() {
     term.acked(last).await;
     site.shutdown().await;
 }
+
+/// One sender may drop a burst of mails in a mailbox, then is told to wait (429 with Retry-After); another
+/// sender is not held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_flooding_a_mailbox_is_slowed_down() {
+    let control = control().await;
+    let site = site(&control, "site-a", scratch("mail-flood")).await;
+    user_with_phone(&control, &site, "alice").await;
+    let url = format!("{}/v1/phones/alice/mail", site.url);
+    let mail = |from: &str| serde_json::json!({ "from": from, "subject": "hi", "body": "", "push": false });
+    for i in 0..vmi_site::access::MAIL_BURST {
+        let (status, body) = control.operator().post_json(&url, &mail("spam@example.com")).await.expect("post");
+        assert_eq!(status, 202, "mail {i}: {body}");
+    }
+    let (status, body) = control.operator().post_json(&url, &mail("SPAM@example.com")).await.expect("post");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too many mails from"), "{body}");
+    let (status, body) = control.operator().post_json(&url, &mail("ann@example.com")).await.expect("post");
+    assert_eq!(status, 202, "another sender: {body}");
+    site.shutdown().await;
+}
