@@ -53,12 +53,7 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/devices/{id}/revoked", post(device_revoked).route_layer(from_fn(control)))
         // The user's own devices.
         .route("/v1/phones/{user}/checkout", post(checkout).route_layer(from_fn(owner_device)))
-        .route(
-            "/v1/phones/{user}/checkin",
-            post(checkin)
-                .route_layer(from_fn(owner_device))
-                .layer(axum::extract::DefaultBodyLimit::max(vmi_protocol::offline::MAX_CHECKIN_BYTES)),
-        )
+        .route("/v1/phones/{user}/checkin", post(checkin).route_layer(from_fn(owner_device)))
         .route("/v1/me/checkpoints", get(my_checkpoints).post(checkpoint_my_phone).route_layer(from_fn(device)))
         .route("/v1/me/checkpoints/restore", post(restore_my_phone).route_layer(from_fn(device)))
         .route("/v1/demo/sites", get(demo_sites).route_layer(from_fn(device)))
@@ -68,12 +63,7 @@ pub fn router(state: Arc<SiteState>) -> Router {
         // Other sites: migrations in, checkpoint copies.
         .route("/v1/migrate", get(migrate_in).route_layer(from_fn(peer_site)))
         .route("/v1/replicas/{user}/missing", post(replica_missing).route_layer(from_fn(peer_site)))
-        .route(
-            "/v1/replicas/{user}/import",
-            post(replica_import)
-                .route_layer(from_fn(peer_site))
-                .layer(axum::extract::DefaultBodyLimit::max(vmi_checkpoint::MAX_BUNDLE_BYTES + 4096)),
-        )
+        .route("/v1/replicas/{user}/import", post(replica_import).route_layer(from_fn(peer_site)))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate))
         // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
         .layer(axum::middleware::from_fn_with_state(state.browser_policy(), vmi_trust::browser::browser_hygiene))
@@ -360,9 +350,10 @@ async fn checkin(
     State(site): State<Arc<SiteState>>,
     Path(user): Path<String>,
     Extension(caller): Extension<Caller>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let token = caller.token.ok_or_else(unauthorized)?;
+    let body = spool(&site, body, vmi_protocol::offline::MAX_CHECKIN_BYTES, "checkin").await?;
     let checkin = vmi_protocol::offline::decode_checkin(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad checkin body: {e}")))?;
     let report = detached(async move { site.checkin(&token, &user, checkin).await }).await?;
@@ -490,6 +481,68 @@ async fn device_revoked(State(site): State<Arc<SiteState>>, Path(id): Path<Strin
         }
     }
     StatusCode::NO_CONTENT
+}
+
+/// Concurrent large uploads (checkins, checkpoint copies) a site takes; more wait for their turn.
+pub const UPLOADS_AT_ONCE: usize = 2;
+
+/// An upload on disk while it arrives, removed when dropped.
+struct Spooled(std::path::PathBuf);
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Receives an upload's `body` into a file under the site's data directory, chunk by chunk, refusing it (413)
+/// as soon as it passes `cap` bytes (at once when its Content-Length says so), then reads it back. At most
+/// [`UPLOADS_AT_ONCE`] are taken at a time, so memory holds at most that many finished bodies however many
+/// arrive; a body never sits in memory while it trickles in.
+async fn spool(site: &SiteState, body: axum::body::Body, cap: usize, what: &str) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    /// Bytes gathered before they go to the file (off the async threads).
+    const FLUSH_AT: usize = 1 << 20;
+    let too_big = || ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("a {what} is at most {cap} bytes"));
+    if axum::body::HttpBody::size_hint(&body).lower() > cap as u64 {
+        return Err(too_big());
+    }
+    let stopping = |_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "the site is stopping".into());
+    let _turn = site.uploads.acquire().await.map_err(stopping)?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let spooled = Spooled(site.config.data_dir.join(format!("upload-{}-{n}.part", std::process::id())));
+    let io = |e: std::io::Error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot receive the {what}: {e}"));
+    let mut file = Some(std::fs::File::create(&spooled.0).map_err(io)?);
+    let write = |mut f: std::fs::File, buf: Vec<u8>| async move {
+        tokio::task::spawn_blocking(move || f.write_all(&buf).map(|()| f))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    };
+    let (mut received, mut buf) = (0usize, Vec::new());
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the {what} was cut off: {e}")))?;
+        received += chunk.len();
+        if received > cap {
+            return Err(too_big());
+        }
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= FLUSH_AT
+            && let Some(f) = file.take()
+        {
+            file = Some(write(f, std::mem::take(&mut buf)).await.map_err(io)?);
+        }
+    }
+    if let Some(f) = file.take() {
+        drop(write(f, buf).await.map_err(io)?);
+    }
+    let path = spooled.0.clone();
+    tokio::task::spawn_blocking(move || std::fs::read(path))
+        .await
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?
+        .map_err(io)
 }
 
 fn checked_user(user: &str) -> Result<(), ApiError> {
@@ -672,9 +725,10 @@ async fn replica_missing(
 async fn replica_import(
     State(site): State<Arc<SiteState>>,
     Path(user): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     checked_user(&user)?;
+    let body = spool(&site, body, vmi_checkpoint::MAX_BUNDLE_BYTES + 4096, "checkpoint copy").await?;
     match site.replica_import(&user, &body).await? {
         None => Ok(Json(serde_json::json!({ "stored": true })).into_response()),
         Some(missing) => Ok((StatusCode::CONFLICT, Json(crate::checkpoints::Missing { missing })).into_response()),

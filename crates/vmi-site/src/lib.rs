@@ -113,6 +113,8 @@ pub struct SiteState {
     caller: vmi_control_api::Caller,
     /// Lockout of addresses guessing tokens, and audit entries on their way to the control service.
     guard: access::Guard,
+    /// Turns for large uploads ([`http::UPLOADS_AT_ONCE`]).
+    uploads: tokio::sync::Semaphore,
     config: SiteConfig,
     checkpoints: checkpoints::Checkpoints,
 }
@@ -490,6 +492,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         control,
         caller,
         guard: access::Guard::default(),
+        uploads: tokio::sync::Semaphore::new(http::UPLOADS_AT_ONCE),
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         config: config.clone(),
     });
