@@ -158,11 +158,9 @@ async fn every_attack_is_refused_and_changes_nothing() {
     );
 
     // Pushing a forged phone into another site: its migration endpoint takes only a site with a certificate.
-    let head = format!(
-        "GET /v1/migrate HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nvmi-peer: site/site-a\r\n\r\n"
-    );
-    let answer = raw_head(&site_b, &head);
+    let head = "GET /v1/migrate HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nvmi-peer: site/site-a\r\n\r\n";
+    let answer = raw_head(&site_b, head);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 
     // Impersonating a site: registering its URL, spoofing its heartbeat, writing its checkpoint catalogue.

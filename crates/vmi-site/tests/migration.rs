@@ -337,6 +337,12 @@ async fn fake_destination(control: &Control, fail: &'static str) {
                 MigrationMessage::Round { .. } => {
                     ws.send(send(MigrationMessage::RoundAck { applied: 1 })).await.expect("send")
                 }
+                // A destination that lies: it says Committed without having taken the placement.
+                MigrationMessage::Final { .. } if fail == "forged-commit" => {
+                    let _ = ws.send(send(MigrationMessage::Committed { epoch: 999 })).await;
+                    let _ = ws.next().await;
+                    return;
+                }
                 MigrationMessage::Final { .. } => return, // link cut before any commit
                 _ => {}
             }
@@ -372,6 +378,17 @@ async fn destination_dying_mid_copy_or_a_cut_link_leave_the_phone_at_the_source(
     // Taking the phone back raised the epoch past what the fake destinations were given,
     // so a late commit of theirs could never win.
     assert_eq!(control.client.placement("alice").await.expect("placement").epoch, 2);
+    // A forged Committed: the source reads the placement back, finds it does not name the destination, and the
+    // phone goes on running at the source, its saved state kept.
+    let inbox_before = control.get(&format!("{}/v1/phones/alice/kv/mail.inbox", a.url)).await;
+    fake_destination(&control, "forged-commit").await;
+    let body = serde_json::json!({ "to": "site-x" });
+    let (status, report) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body).await.expect("post");
+    assert_eq!(status, 502, "forged commit: {report}");
+    assert_runs_at(&a, &control, &token, "alice").await;
+    let inbox_after = control.get(&format!("{}/v1/phones/alice/kv/mail.inbox", a.url)).await;
+    assert_eq!(inbox_after, inbox_before, "its state is the same");
     // And after aborted attempts, a real migration still goes through (a fresh pre-copy).
     let b = site(&control, "site-b", scratch("fault-b")).await;
     let report = migrate(&control, &a, &b, "alice").await;
