@@ -54,6 +54,9 @@ pub enum BenchCmd {
         /// Seconds to watch a static screen.
         #[arg(long, default_value_t = 20)]
         static_secs: u64,
+        /// Plain WebSocket on loopback instead of TLS (to see what TLS costs).
+        #[arg(long)]
+        plain: bool,
     },
     /// The terminal's radio energy over a scripted day, against a phone polling its mail.
     Energy {
@@ -170,9 +173,10 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Migrate { json, rounds, qemu_mib, qemu_runs } => {
             print(json, crate::runtime()?.block_on(crate::bench_net::migrate(rounds.max(2), qemu_mib, qemu_runs))?)
         }
-        BenchCmd::Display { json, keys, static_secs } => {
-            print(json, crate::runtime()?.block_on(crate::bench_net::display(keys.max(10), static_secs.clamp(1, 120)))?)
-        }
+        BenchCmd::Display { json, keys, static_secs, plain } => print(
+            json,
+            crate::runtime()?.block_on(crate::bench_net::display(keys.max(10), static_secs.clamp(1, 120), plain))?,
+        ),
         BenchCmd::Proxy { json, round_trips, delay_ms, chunks } => print(
             json,
             crate::runtime()?.block_on(crate::proxy::bench(

@@ -26,6 +26,12 @@ struct World {
 }
 
 impl World {
+    /// Terminal options trusting this world's CA (sites answer `wss://`).
+    fn terminal_options(&self) -> TerminalOptions {
+        let caller = vmi_control_api::Caller::trusting(self.authority.cert_pem()).unwrap_or_default();
+        TerminalOptions { caller, ..TerminalOptions::default() }
+    }
+
     /// A site's credentials from this world's CA.
     fn site_credentials(&self, id: &str) -> Result<vmi_trust::Credentials> {
         Ok(self.authority.credentials_for(&vmi_trust::site_name(id)?, &["127.0.0.1"])?)
@@ -119,10 +125,12 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * f).round() / f
 }
 
-/// `vmi bench display`.
-pub async fn display(keys: usize, static_secs: u64) -> Result<Value> {
+/// `vmi bench display`: over WSS (TLS 1.3, the provider CA), or with `plain` over plain WebSocket on loopback,
+/// which sites still answer there (the figure TLS is compared with).
+pub async fn display(keys: usize, static_secs: u64, plain: bool) -> Result<Value> {
     let w = world(SystemClock::shared()).await?;
-    let mut term = Terminal::connect(&w.site.ws_url(), &w.token, TerminalOptions::default()).await?;
+    let url = if plain { w.site.ws_url().replace("wss://", "ws://") } else { w.site.ws_url() };
+    let mut term = Terminal::connect(&url, &w.token, w.terminal_options()).await?;
     wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?;
     tap(&mut term, layout::NOTES).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -181,7 +189,8 @@ pub async fn display(keys: usize, static_secs: u64) -> Result<Value> {
     w.finish().await;
     Ok(json!({
         "bench": "display",
-        "conditions": format!("site and terminal in one process over loopback WebSocket; default phone 720x1280 in Notes; {keys} keys (typing and erasing); static window {static_secs} s"),
+        "conditions": format!("site and terminal in one process over loopback WebSocket ({}); default phone 720x1280 in Notes; {keys} keys (typing and erasing); static window {static_secs} s", if plain { "plain" } else { "TLS 1.3" }),
+        "tls": !plain,
         "input_to_frame_ms_p50": round(percentile(&mut latency_ms, 50.0), 3),
         "input_to_frame_ms_p99": round(percentile(&mut latency_ms, 99.0), 3),
         "bytes_per_keystroke": round(frame_bytes as f64 / keys as f64, 1),
@@ -202,8 +211,7 @@ pub async fn energy(active_min: u64, asleep_h: u64, mail_every_min: u64) -> Resu
     let clock = ManualClock::new(start_wall);
     let w = world(clock.clone()).await?;
     let ms_clock = clock.clone();
-    let options =
-        TerminalOptions { clock: Arc::new(move || ms_clock.wall_ns() / 1_000_000), ..TerminalOptions::default() };
+    let options = TerminalOptions { clock: Arc::new(move || ms_clock.wall_ns() / 1_000_000), ..w.terminal_options() };
     let mut term = Terminal::connect(&w.site.ws_url(), &w.token, options).await?;
     wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?;
 
@@ -331,7 +339,7 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
     })
     .await?;
     let sites = [(w.site.state.id.clone(), w.site.url.clone()), (b.state.id.clone(), b.url.clone())];
-    let mut term = Terminal::connect(&w.site.ws_url(), &w.token, TerminalOptions::default()).await?;
+    let mut term = Terminal::connect(&w.site.ws_url(), &w.token, w.terminal_options()).await?;
     wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?;
     tap(&mut term, layout::NOTES).await?;
 
@@ -414,7 +422,8 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
     let mean_bytes = bytes_sent.iter().sum::<f64>() / bytes_sent.len().max(1) as f64;
     let mut out = json!({
         "bench": "migrate",
-        "conditions": format!("{rounds} live migrations back and forth between two sites in one process over loopback, a terminal typing in Notes throughout; default phone {sw}x{sh}"),
+        "conditions": format!("{rounds} live migrations back and forth between two sites in one process over loopback (mutual TLS 1.3 between the sites, the terminal over WSS), a terminal typing in Notes throughout; default phone {sw}x{sh}"),
+        "tls": true,
         "memory_mib": round(nonzero as f64 / (1 << 20) as f64, 2),
         "downtime_ms_p50": round(percentile(&mut downtime_ms, 50.0), 3),
         "downtime_ms_p99": round(percentile(&mut downtime_ms, 99.0), 3),

@@ -28,6 +28,29 @@ use crate::tenants::{
 use crate::url::segment;
 use crate::{Caller, ClientError};
 
+/// How long a connection from [`ControlClient::dial_ahead`] is used; an older one is replaced by a new one
+/// (services close a silent connection after their header timeout, 10 s by default).
+pub const DIALED_FRESH_FOR: Duration = Duration::from_secs(5);
+
+/// A connection to the control service opened ahead of the request that will use it.
+pub struct Dialed {
+    stream: vmi_trust::Stream,
+    at: std::time::Instant,
+}
+
+impl Dialed {
+    /// How long ago it was opened.
+    pub fn age(&self) -> Duration {
+        self.at.elapsed()
+    }
+}
+
+impl std::fmt::Debug for Dialed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialed").field("age", &self.at.elapsed()).finish_non_exhaustive()
+    }
+}
+
 /// A client for one control service. Cheap to clone; holds no connection between calls.
 #[derive(Debug, Clone)]
 pub struct ControlClient {
@@ -203,6 +226,42 @@ impl ControlClient {
     ) -> Result<Placement, ClientError> {
         let path = format!("/v1/users/{}/placement", segment(user));
         self.json(Method::PUT, path, Some(&PlacementRequest { site: site.to_owned(), expected_epoch })).await
+    }
+
+    /// Opens a connection to the service now (TCP and, for `https://`, the TLS handshake) for one later request
+    /// that must be quick: a migration's commit, made while the phone is stopped.
+    pub async fn dial_ahead(&self) -> Result<Dialed, ClientError> {
+        let stream = self.caller.dial(&self.origin).await?;
+        Ok(Dialed { stream, at: std::time::Instant::now() })
+    }
+
+    /// [`ControlClient::move_placement`] over `dialed`, a connection opened ahead of time, if it is fresh (the
+    /// service closes a connection that sends nothing for its header timeout); on a new one otherwise.
+    pub async fn move_placement_over(
+        &self,
+        dialed: Option<Dialed>,
+        user: &str,
+        site: &str,
+        expected_epoch: Option<u64>,
+    ) -> Result<Placement, ClientError> {
+        let stream = dialed.filter(|d| d.at.elapsed() < DIALED_FRESH_FOR).map(|d| d.stream);
+        let path = format!("/v1/users/{}/placement", segment(user));
+        let body = serde_json::to_vec(&PlacementRequest { site: site.to_owned(), expected_epoch })
+            .map_err(|_| ClientError::InvalidRequest("cannot encode request body"))?;
+        let request = self.origin.request(
+            Method::PUT,
+            path,
+            Some(("application/json", Bytes::from(body))),
+            &self.caller,
+            None,
+            true,
+        )?;
+        let (status, body) =
+            self.origin.exchange_over(&self.caller, stream, request, self.timeout, MAX_RESPONSE_BYTES).await?;
+        if !status.is_success() {
+            return Err(ClientError::Status { status: status.as_u16(), body: error_message(&body) });
+        }
+        serde_json::from_slice(&body).map_err(ClientError::Decode)
     }
 
     /// `GET /v1/users/{user}/placement` (404 if the user has none).

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::ClientError;
 use crate::caller::Caller;
+use vmi_trust::Stream;
 
 /// Timeout of [`post_json`] and [`post_bytes`] unless [`RequestOptions`] say otherwise.
 pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -150,7 +151,19 @@ impl Origin {
         timeout: Duration,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        tokio::time::timeout(timeout, self.exchange_unbounded(caller, request, limit))
+        self.exchange_over(caller, None, request, timeout, limit).await
+    }
+
+    /// As [`Origin::exchange`], over `dialed` when given (a connection opened ahead of time) instead of a new one.
+    pub(crate) async fn exchange_over(
+        &self,
+        caller: &Caller,
+        dialed: Option<Stream>,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        tokio::time::timeout(timeout, self.exchange_unbounded(caller, dialed, request, limit))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
     }
@@ -158,10 +171,14 @@ impl Origin {
     async fn exchange_unbounded(
         &self,
         caller: &Caller,
+        dialed: Option<Stream>,
         request: Request<Full<Bytes>>,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let stream = caller.dial(self).await?;
+        let stream = match dialed {
+            Some(stream) => stream,
+            None => caller.dial(self).await?,
+        };
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ClientError::Http)?;
         // Drive the connection in this task, beside the request: no spawned task to own, and the connection

@@ -38,7 +38,7 @@ pub mod token;
 pub mod url;
 
 pub use caller::Caller;
-pub use client::ControlClient;
+pub use client::{ControlClient, DIALED_FRESH_FOR, Dialed};
 pub use error::ClientError;
 pub use http_client::{DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES};
 pub use model::{

@@ -73,6 +73,10 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
             return;
         }
     };
+    // The connection the commit will use, opened (TLS handshake included) before the source stops the phone,
+    // and again before a round is acknowledged if the last one is getting old: handshakes stay out of the
+    // downtime.
+    let mut dialed = site.control().dial_ahead().await.ok();
     if !reply(&mut socket, &MigrationMessage::Ready).await {
         return;
     }
@@ -98,6 +102,9 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                     let _ = reply(&mut socket, &refuse(format!("round refused: {e}"))).await;
                     return;
                 }
+                if dialed.as_ref().is_none_or(|d| d.age() > vmi_control_api::DIALED_FRESH_FOR / 2) {
+                    dialed = site.control().dial_ahead().await.ok();
+                }
                 let applied = stage.applied() as u32;
                 if !reply(&mut socket, &MigrationMessage::RoundAck { applied }).await {
                     return;
@@ -117,7 +124,7 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                 }
                 // The commit: ownership moves here only if the source still owned it
                 // under the epoch it told us.
-                match commit(&site, &user, epoch).await {
+                match commit(&site, &user, epoch, dialed.take()).await {
                     Ok(new_epoch) => {
                         site.spawn_phone(&user, phone, input_seqs.into_iter().collect());
                         tracing::info!(user, epoch = new_epoch, "phone arrived and runs here");

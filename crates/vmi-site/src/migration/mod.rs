@@ -115,10 +115,17 @@ pub struct MigrationReport {
 
 /// Moves the placement to this site if it is still at `epoch`. A lost answer is settled
 /// by reading the placement back: if it names this site, the move happened.
-async fn commit(site: &SiteState, user: &str, epoch: u64) -> Result<u64, MigrationError> {
+async fn commit(
+    site: &SiteState,
+    user: &str,
+    epoch: u64,
+    mut dialed: Option<vmi_control_api::Dialed>,
+) -> Result<u64, MigrationError> {
     let mut last_error = None;
     for _ in 0..CONTROL_RETRIES {
-        match site.control().move_placement(user, &site.id, Some(epoch)).await {
+        // The first try over the connection opened before the phone stopped (no handshake now); a failure is
+        // settled by reading the placement back, so a commit that did land is never taken for a failed one.
+        match site.control().move_placement_over(dialed.take(), user, &site.id, Some(epoch)).await {
             Ok(p) => return Ok(p.epoch),
             Err(e) => last_error = Some(e),
         }

@@ -187,6 +187,9 @@ async fn drive(
         Ok(()) => recv(&mut ws).await,
         Err(e) => Err(e),
     };
+    // The phone runs at the destination once it says Committed: the downtime ends there, if the read-back below
+    // confirms it (which takes a round trip to the control service while the phone already runs).
+    let mut downtime = stopped.elapsed();
     let epoch = match answer {
         // The peer's word is not enough: the phone is dropped here only once the control service's placement
         // names the destination (a forged Committed leaves it running here).
@@ -217,7 +220,11 @@ async fn drive(
             // No clear answer: the control service decides who owns the phone.
             tracing::warn!("no commit answer from the destination: {other:?}");
             match settle(site, user, to_id, placement.epoch, false).await {
-                Settled::Moved(epoch) => epoch,
+                Settled::Moved(epoch) => {
+                    // Without an answer, when it started running there is known only from here.
+                    downtime = stopped.elapsed();
+                    epoch
+                }
                 Settled::Kept => {
                     phone.thaw().await;
                     return Err(MigrationError::NotCommitted);
@@ -225,7 +232,7 @@ async fn drive(
             }
         }
     };
-    report.downtime_us = stopped.elapsed().as_micros() as u64;
+    report.downtime_us = downtime.as_micros() as u64;
     report.epoch = Some(epoch);
     report.outcome = MigrationOutcome::Committed;
     let new_ws = vmi_control_api::ws_url(&to_url);
