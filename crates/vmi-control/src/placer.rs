@@ -28,7 +28,7 @@ pub const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// ```text
 /// placer                    source site                        destination site
-///   | POST {src}/v1/phones/{user}/migrate {"to","to_url"}              |
+///   | POST {src}/v1/phones/{user}/migrate {"to"}                       |
 ///   |------------------------->| live migration stream --------------->|
 ///   |                          |                                      | PUT /v1/users/{user}/placement
 ///   |                          |                                      | {"site":dst,"expected_epoch":e}

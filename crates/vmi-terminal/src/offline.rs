@@ -181,7 +181,7 @@ pub async fn run_command(command: TerminalCommand) -> Result<(), TerminalError> 
             Ok(())
         }
         (None, Some(args)) => crate::cli::run(args).await,
-        (None, None) => Err(TerminalError::Usage("give --token TOKEN, or a subcommand (see --help)".into())),
+        (None, None) => Err(TerminalError::Usage("give --token-file FILE, or a subcommand (see --help)".into())),
     }
 }
 
