@@ -284,6 +284,35 @@ pub(crate) async fn site_itself(
     }
 }
 
+/// Who may act on the path's `{user}` under a user rule.
+#[derive(Clone, Copy)]
+enum UserNeed {
+    /// An administrator of the user (operator, or an admin of the user's tenant).
+    Admin,
+    /// The user themself (their device) or an administrator of them.
+    Owner,
+}
+
+/// The user rules: `need` of the path's `{user}`, or (when `sites_too`) any site.
+async fn user_rule(
+    state: &AppState,
+    params: &[(String, String)],
+    req: Request,
+    next: Next,
+    need: UserNeed,
+    sites_too: bool,
+) -> Result<Response, ControlError> {
+    let caller = authenticated(&req)?;
+    if !(sites_too && matches!(caller.principal, Principal::Site { .. })) {
+        let (store, user) = (state.store.as_ref(), path_user(params)?);
+        match need {
+            UserNeed::Admin => caller.require_admin_of(store, user)?,
+            UserNeed::Owner => caller.require_owner_of(store, user)?,
+        }
+    }
+    Ok(next.run(req).await)
+}
+
 /// Rule: an administrator of the path's `{user}` (operator, or an admin of the user's tenant).
 pub(crate) async fn user_admin(
     State(state): State<AppState>,
@@ -291,9 +320,7 @@ pub(crate) async fn user_admin(
     req: Request,
     next: Next,
 ) -> Result<Response, ControlError> {
-    let caller = authenticated(&req)?;
-    caller.require_admin_of(state.store.as_ref(), path_user(&params)?)?;
-    Ok(next.run(req).await)
+    user_rule(&state, &params, req, next, UserNeed::Admin, false).await
 }
 
 /// Rule: the path's `{user}` themself (their device) or an administrator of them.
@@ -303,9 +330,7 @@ pub(crate) async fn user_owner(
     req: Request,
     next: Next,
 ) -> Result<Response, ControlError> {
-    let caller = authenticated(&req)?;
-    caller.require_owner_of(state.store.as_ref(), path_user(&params)?)?;
-    Ok(next.run(req).await)
+    user_rule(&state, &params, req, next, UserNeed::Owner, false).await
 }
 
 /// Rule: as [`user_owner`], or any site (sites read placements and the checkpoint catalogue of the phones
@@ -316,11 +341,7 @@ pub(crate) async fn user_reader(
     req: Request,
     next: Next,
 ) -> Result<Response, ControlError> {
-    let caller = authenticated(&req)?;
-    if !matches!(caller.principal, Principal::Site { .. }) {
-        caller.require_owner_of(state.store.as_ref(), path_user(&params)?)?;
-    }
-    Ok(next.run(req).await)
+    user_rule(&state, &params, req, next, UserNeed::Owner, true).await
 }
 
 /// Rule: a site, or an administrator of the path's `{user}`.
@@ -330,11 +351,7 @@ pub(crate) async fn site_or_user_admin(
     req: Request,
     next: Next,
 ) -> Result<Response, ControlError> {
-    let caller = authenticated(&req)?;
-    if !matches!(caller.principal, Principal::Site { .. }) {
-        caller.require_admin_of(state.store.as_ref(), path_user(&params)?)?;
-    }
-    Ok(next.run(req).await)
+    user_rule(&state, &params, req, next, UserNeed::Admin, true).await
 }
 
 /// Rule: a site or the operator.

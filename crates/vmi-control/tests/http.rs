@@ -578,3 +578,36 @@ async fn serve_stops_when_the_shutdown_future_completes() {
     server.stop().await;
     assert!(TcpStream::connect(addr).await.is_err(), "listener is closed after shutdown");
 }
+
+/// A tenant admin acts only within their tenant: users, devices and pairing codes of their own users; another
+/// tenant's users, the operator's routes and the audit log are refused with 403, and nothing is created.
+#[tokio::test]
+async fn a_tenant_admin_acts_only_within_the_tenant() {
+    let server = Server::in_memory().await;
+    let operator = server.client();
+    for name in ["acme", "beta"] {
+        let req =
+            vmi_control_api::TenantRequest { name: name.into(), max_phones: None, max_memory_bytes: None, image: None };
+        operator.create_tenant(&req).await.unwrap();
+    }
+    operator.create_user_in("bea", Some("beta")).await.unwrap();
+    let admin = operator.create_tenant_admin("acme", "it").await.unwrap();
+    assert_eq!(admin.principal, Principal::TenantAdmin { tenant: "acme".into(), name: "it".into() });
+    let acme = operator.as_bearer(&admin.token);
+
+    assert_eq!(acme.create_user("ann").await.unwrap().tenant.as_deref(), Some("acme"), "in their tenant by default");
+    assert_eq!(status(acme.create_user_in("bob", Some("beta")).await), 403);
+    acme.create_device("ann", "pixel").await.unwrap();
+    acme.pair_code("ann").await.unwrap();
+    assert_eq!(status(acme.create_device("bea", "pixel").await), 403, "another tenant's user");
+    assert_eq!(status(acme.list_devices("bea").await), 403);
+    assert_eq!(status(acme.pair_code("bea").await), 403);
+    assert_eq!(status(acme.drain_site("site-a").await), 403, "an operator's route");
+    assert_eq!(status(acme.audit(&Default::default()).await), 403);
+    assert_eq!(status(acme.join_token("site-z").await), 403);
+
+    let users: Vec<_> = operator.list_users().await.unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(users, ["ann", "bea"], "bob was not created");
+    assert!(operator.list_devices("bea").await.unwrap().is_empty(), "no device minted for bea");
+    server.stop().await;
+}
