@@ -187,6 +187,12 @@ async fn every_attack_is_refused_and_changes_nothing() {
     }));
     assert_eq!(call(&as_b, Method::POST, &format!("{control}/v1/migrations"), Some((JSON, &record))).await.0, 403);
     assert_eq!(call(&anonymous, Method::POST, &format!("{control}/v1/migrations"), Some((JSON, &record))).await.0, 401);
+    // Nor slip a made-up checkpoint into demo's history on another site: only the phone's owner copies them.
+    let keys = json(serde_json::json!({ "keys": [] }));
+    let url = format!("{}/v1/replicas/demo/missing", c.site("site-c"));
+    let (status, body) = call(&as_b, Method::POST, &url, Some((JSON, &keys))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("only the owner copies"), "{body}");
     let sites = operator_control.list_sites().await.expect("sites");
     let a = sites.iter().find(|s| s.site.id == "site-a").expect("site-a");
     assert_eq!(a.site.url, site_a, "site-a's address is its own");

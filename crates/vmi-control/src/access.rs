@@ -284,6 +284,18 @@ pub(crate) async fn site_itself(
     }
 }
 
+/// Rule: as [`site_itself`], or the operator (who sets where a site is and what it holds).
+pub(crate) async fn site_itself_or_operator(
+    Path(params): Path<Vec<(String, String)>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ControlError> {
+    if authenticated(&req)?.principal.is_operator() {
+        return Ok(next.run(req).await);
+    }
+    site_itself(Path(params), req, next).await
+}
+
 /// Who may act on the path's `{user}` under a user rule.
 #[derive(Clone, Copy)]
 enum UserNeed {

@@ -130,8 +130,8 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
     let trust_hosts = trust.as_ref().map(|t| t.hosts.clone());
     let state = AppState { store, reports, pair_codes: PairCodes::new(), guard, now_ms: Arc::new(now_ms), trust };
     use access::{
-        admin, any_site, device, operator, signed_in, site_itself, site_or_operator, site_or_user_admin, user_admin,
-        user_owner, user_reader,
+        admin, any_site, device, operator, signed_in, site_itself, site_itself_or_operator, site_or_operator,
+        site_or_user_admin, user_admin, user_owner, user_reader,
     };
     Router::new()
         // Anyone: health, and the exchanges whose secret is in the body (guarded against guessing).
@@ -173,7 +173,7 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
         .route("/v1/users/{user}/report", get(get_report).route_layer(from_fn_with_state(state.clone(), user_owner)))
         // Sites, each as itself.
         .route("/v1/auth", post(authenticate).route_layer(from_fn(any_site)))
-        .route("/v1/sites/{id}", put(put_site).route_layer(from_fn_with_state(state.clone(), site_itself)))
+        .route("/v1/sites/{id}", put(put_site).route_layer(from_fn(site_itself_or_operator)))
         .route("/v1/sites/{id}/heartbeat", post(heartbeat).route_layer(from_fn_with_state(state.clone(), site_itself)))
         .route(
             "/v1/users/{user}/checkpoints/{site}",
@@ -379,6 +379,10 @@ async fn enroll(
     let name = site_name(&site).map_err(|e| ControlError::BadRequest(e.to_string()))?;
     if req.hosts.len() > 8 || req.hosts.iter().any(|h| h.is_empty() || h.len() > 253) {
         return Err(ControlError::BadRequest("hosts: at most 8 names or addresses".to_owned()));
+    }
+    // Checked before the token is spent: a site's certificate names it and its addresses, never another machine.
+    if let Some(reserved) = req.hosts.iter().find(|h| vmi_trust::is_identity_name(h)) {
+        return Err(ControlError::BadRequest(format!("hosts: {reserved:?} is a machine identity name (*.vmi)")));
     }
     if !state.store.redeem_join_token(&site, &req.token, (state.now_ms)())? {
         state.guard.failure(caller.from);
@@ -620,8 +624,21 @@ async fn authenticate(State(store): State<StoreRef>, ApiJson(req): ApiJson<AuthR
 async fn put_site(
     State(store): State<StoreRef>,
     Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
     ApiJson(spec): ApiJson<SiteSpec>,
 ) -> ApiResult<Json<SiteStatus>> {
+    // Where a site is and how much it holds decide which phones and checkpoint copies come to it: after its first
+    // registration only the operator changes them; the site itself may only say where it is reached.
+    if !caller.principal.is_operator()
+        && let Some(known) = store.site(&id)?
+        && (known.lat != spec.lat || known.lon != spec.lon || known.capacity != spec.capacity)
+    {
+        return Err(ControlError::Forbidden(format!(
+            "{id} is registered at ({}, {}) with capacity {}: only an operator changes a site's position and \
+             capacity",
+            known.lat, known.lon, known.capacity
+        )));
+    }
     // Peers and terminals check a site by the certificate it serves: an address without TLS could not prove it.
     if !spec.url.starts_with("https://") {
         return Err(ControlError::BadRequest(format!(

@@ -464,6 +464,15 @@ async fn sites_register_heartbeat_and_report_health() {
     assert!(body.contains(r#""healthy":true"#) && body.contains(r#""url":"https://127.0.0.1:9001""#), "{body}");
 
     assert_eq!(status(server.site("site-z").heartbeat("site-z", 1).await), 404);
+    // Re-registering, a site may move its URL but not its position or capacity (they steer phones and checkpoint
+    // copies to it); the operator may.
+    let moved_url = SiteSpec { url: "https://127.0.0.1:9011".into(), ..site(9001) };
+    assert_eq!(server.site("site-a").register_site("site-a", &moved_url).await.unwrap().site.url, moved_url.url);
+    let nearer = SiteSpec { lat: 52.5, ..moved_url.clone() };
+    assert_eq!(status(server.site("site-a").register_site("site-a", &nearer).await), 403);
+    let bigger = SiteSpec { capacity: 4000, ..moved_url.clone() };
+    assert_eq!(status(server.site("site-a").register_site("site-a", &bigger).await), 403);
+    assert_eq!(control.register_site("site-a", &nearer).await.unwrap().site.lat, 52.5, "the operator may");
     for bad in ["ftp://x", "http://127.0.0.1:9003"] {
         let bad_url = SiteSpec { url: bad.into(), ..site(1) };
         assert_eq!(status(server.site("site-c").register_site("site-c", &bad_url).await), 400, "{bad}");
@@ -609,5 +618,30 @@ async fn a_tenant_admin_acts_only_within_the_tenant() {
     let users: Vec<_> = operator.list_users().await.unwrap().into_iter().map(|u| u.name).collect();
     assert_eq!(users, ["ann", "bea"], "bob was not created");
     assert!(operator.list_devices("bea").await.unwrap().is_empty(), "no device minted for bea");
+    server.stop().await;
+}
+
+/// A site enrolling with a join token gets a certificate naming it and its addresses, never another machine: a
+/// host in the identity namespace (`control.vmi`, another site) is refused, and the token is not spent by it.
+#[tokio::test]
+async fn an_enrolling_site_cannot_have_itself_certified_as_another_machine() {
+    let server = Server::in_memory().await;
+    let operator = server.client();
+    let join = operator.join_token("site-m").await.unwrap();
+    let key = vmi_trust::KeyPair::generate().unwrap();
+    let public_key: String = key.public_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let anonymous = ControlClient::new(&server.url(), &Caller::trusting(server.authority.cert_pem()).unwrap()).unwrap();
+    for reserved in ["control.vmi", "site-a.site.vmi"] {
+        let request = vmi_control_api::auth::EnrollRequest {
+            token: join.token.clone(),
+            public_key: public_key.clone(),
+            hosts: vec!["127.0.0.1".into(), reserved.into()],
+        };
+        assert_eq!(status(anonymous.enroll("site-m", &request).await), 400, "{reserved}");
+    }
+    let request =
+        vmi_control_api::auth::EnrollRequest { token: join.token, public_key, hosts: vec!["127.0.0.1".into()] };
+    let enrolled = anonymous.enroll("site-m", &request).await.expect("the token still works");
+    assert!(enrolled.cert_pem.contains("BEGIN CERTIFICATE"));
     server.stop().await;
 }

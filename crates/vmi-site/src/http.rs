@@ -706,12 +706,33 @@ struct Keys {
 const MAX_KEYS: usize = 1 << 20;
 
 /// `POST /v1/replicas/{user}/missing` `{keys}` (site to site): which objects this site lacks.
+/// A checkpoint copy of `user`'s phone is taken only from the site that runs it (the placement's owner): no other
+/// site can slip a made-up state into the user's history here.
+async fn from_owner(site: &SiteState, caller: &Caller, user: &str) -> Result<(), ApiError> {
+    let Principal::Site { id } = &caller.principal else {
+        return Err(ApiError(StatusCode::FORBIDDEN, "sites only".into()));
+    };
+    let owner = site.control().placement(user).await.map_err(|e| match e.status() {
+        Some(404) => ApiError(StatusCode::FORBIDDEN, format!("{user} has no phone placed anywhere")),
+        _ => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("cannot check {user}'s placement: {e}")),
+    })?;
+    if &owner.site != id {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("{id} does not run {user}'s phone ({} does): only the owner copies its checkpoints", owner.site),
+        ));
+    }
+    Ok(())
+}
+
 async fn replica_missing(
     State(site): State<Arc<SiteState>>,
     Path(user): Path<String>,
+    Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     checked_user(&user)?;
+    from_owner(&site, &caller, &user).await?;
     let request: Keys = json_body(&body)?;
     if request.keys.len() > MAX_KEYS {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("more than {MAX_KEYS} keys")));
@@ -725,9 +746,11 @@ async fn replica_missing(
 async fn replica_import(
     State(site): State<Arc<SiteState>>,
     Path(user): Path<String>,
+    Extension(caller): Extension<Caller>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     checked_user(&user)?;
+    from_owner(&site, &caller, &user).await?;
     let body = spool(&site, body, vmi_checkpoint::MAX_BUNDLE_BYTES + 4096, "checkpoint copy").await?;
     match site.replica_import(&user, &body).await? {
         None => Ok(Json(serde_json::json!({ "stored": true })).into_response()),

@@ -55,6 +55,12 @@ pub enum TrustError {
         /// The name as given.
         name: String,
     },
+    /// An extra host that is a machine identity name (`*.vmi`): only the name a certificate is issued for may be one.
+    #[error("{name:?} is a machine identity name (*.vmi) and cannot be an extra host of a certificate")]
+    ReservedName {
+        /// The name as given.
+        name: String,
+    },
     /// rcgen refused to build a key or a certificate.
     #[error("certificate generation failed")]
     Certificate(#[from] rcgen::Error),

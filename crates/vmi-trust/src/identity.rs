@@ -8,6 +8,14 @@ pub const CONTROL_NAME: &str = "control.vmi";
 /// The domain under which every site's identity name lives.
 const SITE_DOMAIN: &str = "site.vmi";
 
+/// Whether `host` is in the namespace of machine identities (`vmi` or `*.vmi`, any case, trailing dot or not):
+/// such a name may be only the name a certificate is issued for, never one of its extra hosts, or a site could
+/// have itself certified as `control.vmi` or as another site.
+pub fn is_identity_name(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "vmi" || host.ends_with(".vmi")
+}
+
 /// The identity name of site `site_id`: `"{site_id}.site.vmi"`.
 ///
 /// The id becomes one DNS label, so it must be 1..=63 characters of `[a-z0-9-]`, not starting or
@@ -38,6 +46,12 @@ mod tests {
     fn site_names_are_labels_under_site_vmi() {
         assert_eq!(site_name("site-a").ok().as_deref(), Some("site-a.site.vmi"));
         assert_eq!(site_name("a").ok().as_deref(), Some("a.site.vmi"));
+        for reserved in ["control.vmi", "SITE-A.site.vmi", "site-a.site.vmi.", "vmi", "x.VMI."] {
+            assert!(is_identity_name(reserved), "{reserved}");
+        }
+        for free in ["127.0.0.1", "edge.example.com", "vmi.example", "localhost", "notvmi"] {
+            assert!(!is_identity_name(free), "{free}");
+        }
         let longest = "a".repeat(63);
         assert_eq!(site_name(&longest).ok(), Some(format!("{longest}.site.vmi")));
     }

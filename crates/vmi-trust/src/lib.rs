@@ -39,7 +39,7 @@ mod server;
 mod tls;
 
 pub use error::TrustError;
-pub use identity::{CONTROL_NAME, site_name};
+pub use identity::{CONTROL_NAME, is_identity_name, site_name};
 pub use limits::{Lockout, RateLimit};
 pub use pki::{AUTHORITY_NAME, Authority, CertRequest, Credentials, DEFAULT_VALIDITY_DAYS, KeyPair, PublicKey};
 #[cfg(feature = "server")]

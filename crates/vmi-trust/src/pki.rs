@@ -236,9 +236,14 @@ impl Authority {
     ///
     /// The certificate is good for both ends of mutual TLS (EKU serverAuth and clientAuth), is not a
     /// CA, has CN = name and SANs = name plus the extra hosts.
+    ///
+    /// An extra host in the identity namespace (`*.vmi`) is refused: a certificate names exactly one identity.
     pub fn issue(&self, request: &CertRequest) -> Result<String, TrustError> {
         DnsName::try_from(request.name.as_str())
             .map_err(|_| TrustError::InvalidServerName { name: request.name.clone() })?;
+        if let Some(reserved) = request.extra_hosts.iter().find(|h| crate::identity::is_identity_name(h)) {
+            return Err(TrustError::ReservedName { name: reserved.clone() });
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, request.name.as_str());
@@ -445,6 +450,18 @@ mod tests {
                 None,
             )
             .expect("chains to the first CA");
+    }
+
+    #[test]
+    fn a_certificate_names_one_identity_only() {
+        let ca = Authority::create("test").expect("CA");
+        for reserved in ["control.vmi", "site-b.site.vmi", "Site-B.Site.VMI."] {
+            match ca.credentials_for("site-a.site.vmi", &["127.0.0.1", reserved]) {
+                Err(TrustError::ReservedName { name }) => assert_eq!(name, reserved),
+                other => panic!("{reserved}: {other:?}"),
+            }
+        }
+        ca.credentials_for("site-a.site.vmi", &["127.0.0.1", "edge-a.example.net"]).expect("plain hosts");
     }
 
     #[test]
