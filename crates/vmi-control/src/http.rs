@@ -40,6 +40,9 @@ use crate::{ControlError, Reports, Store, run_placer};
 
 type StoreRef = Arc<dyn Store>;
 
+/// How many times a site is told of a revocation before giving up (backing off from 250 ms to 30 s).
+const REVOCATION_TRIES: u32 = 10;
+
 /// How long a site join token works.
 pub const JOIN_TOKEN_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 type ApiResult<T> = Result<T, ControlError>;
@@ -559,8 +562,9 @@ async fn revoke_device(
     caller.require_owner_of(store.as_ref(), &user)?;
     store.revoke_device(device_id)?;
     tracing::info!(device_id, "device revoked");
-    // Cut its live sessions at once: every site drops the device's terminals. (A site
-    // that misses this still refuses the token at its next Hello.)
+    // Cut its live sessions at once: every site drops the device's terminals. A site that does not answer is
+    // told again, backing off, for about two minutes: a lost push must not leave a thief's session open. (A site
+    // refuses the token at the next Hello in any case.)
     let sites = store.list_sites()?;
     let outbound = state.trust.as_ref().map_or_else(Outbound::anonymous, |t| t.caller.clone());
     for site in sites {
@@ -568,9 +572,22 @@ async fn revoke_device(
         tokio::spawn(async move {
             let url = format!("{}/v1/devices/{device_id}/revoked", site.url);
             let Ok(name) = site_name(&site.id) else { return };
-            if let Err(e) = caller.clone().expecting(&name).post_json(&url, &serde_json::json!({})).await {
-                tracing::warn!(site = %site.id, "could not tell the site about the revocation: {e}");
+            let caller = caller.expecting(&name);
+            let mut wait = Duration::from_millis(250);
+            for attempt in 1..=REVOCATION_TRIES {
+                match caller.post_json(&url, &serde_json::json!({})).await {
+                    Ok((status, _)) if status < 300 => return,
+                    Ok((status, body)) => {
+                        tracing::warn!(site = %site.id, status, attempt, "revocation refused: {body}")
+                    }
+                    Err(e) => {
+                        tracing::warn!(site = %site.id, attempt, "could not tell the site about the revocation: {e}")
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
             }
+            tracing::error!(site = %site.id, device_id, "the site never confirmed the revocation");
         });
     }
     Ok(StatusCode::NO_CONTENT)

@@ -377,6 +377,25 @@ impl SiteState {
         Ok(self.engine.restore(&ImageHash(header.image_hash), &chain, &self.vm_config())?)
     }
 
+    /// Whether `token`'s device may upload a checkin of `user`'s phone at all (one of the user's devices, and the
+    /// one the lease went to if one is out), asked before the upload is received: a stranger does not get to hold
+    /// an upload slot.
+    pub async fn may_check_in(&self, token: &str, user: &str) -> Result<(), SiteError> {
+        if !valid_user(user) {
+            return Err(SiteError::BadUser(user.to_string()));
+        }
+        let device = self.device_of(token, user).await?;
+        match self.leases.lock().get(user) {
+            Some(Slot::Held(lease)) if lease.device_id == device => Ok(()),
+            Some(Slot::Held(lease)) => Err(SiteError::Checkout(CheckoutError::Forbidden(format!(
+                "{user}'s phone is out to device {}, not to device {device}",
+                lease.device_id
+            )))),
+            // No lease out (ended, cancelled, never taken): the checkin itself says which, from its lease id.
+            _ => Ok(()),
+        }
+    }
+
     /// Takes the phone back from the terminal holding lease `checkin.header.lease_id`.
     pub async fn checkin(
         self: &Arc<Self>,

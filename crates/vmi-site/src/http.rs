@@ -353,6 +353,7 @@ async fn checkin(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let token = caller.token.ok_or_else(unauthorized)?;
+    site.may_check_in(&token, &user).await?;
     let body = spool(&site, body, vmi_protocol::offline::MAX_CHECKIN_BYTES, "checkin").await?;
     let checkin = vmi_protocol::offline::decode_checkin(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad checkin body: {e}")))?;
@@ -485,6 +486,8 @@ async fn device_revoked(State(site): State<Arc<SiteState>>, Path(id): Path<Strin
 
 /// Concurrent large uploads (checkins, checkpoint copies) a site takes; more wait for their turn.
 pub const UPLOADS_AT_ONCE: usize = 2;
+/// The longest an upload may send nothing before it is dropped.
+pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// An upload on disk while it arrives, removed when dropped.
 struct Spooled(std::path::PathBuf);
@@ -522,7 +525,12 @@ async fn spool(site: &SiteState, body: axum::body::Body, cap: usize, what: &str)
     };
     let (mut received, mut buf) = (0usize, Vec::new());
     let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
+    loop {
+        // A sender that stops sending gives its turn up: a trickle cannot hold the upload slots.
+        let next = tokio::time::timeout(UPLOAD_IDLE, chunks.next()).await.map_err(|_| {
+            ApiError(StatusCode::REQUEST_TIMEOUT, format!("the {what} stalled for {} s", UPLOAD_IDLE.as_secs()))
+        })?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the {what} was cut off: {e}")))?;
         received += chunk.len();
         if received > cap {
