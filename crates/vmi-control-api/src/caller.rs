@@ -104,6 +104,9 @@ impl Caller {
         if !tls && self.tls_only {
             return Err(ClientError::InvalidRequest("this peer must be reached over TLS (https:// or wss://)"));
         }
+        if !tls && (self.bearer.is_some() || self.claim.is_some()) && !is_loopback(host) {
+            return Err(ClientError::InvalidRequest(CLEAR_TEXT));
+        }
         if tls && self.tls.is_none() {
             return Err(ClientError::InvalidRequest("https needs the provider CA (no CA configured)"));
         }
@@ -135,6 +138,9 @@ impl Caller {
         options: RequestOptions<'_>,
     ) -> Result<(u16, Bytes), ClientError> {
         let (origin, path) = Origin::of_url(url)?;
+        if options.bearer.is_some() && !origin.tls && !is_loopback(&origin.host) {
+            return Err(ClientError::InvalidRequest(CLEAR_TEXT));
+        }
         let body = body.map(|(content_type, bytes)| (content_type, Bytes::from(bytes)));
         let request = origin.request(method, path, body, self, options.bearer, false)?;
         let (status, body) = origin.exchange(self, request, options.timeout, options.max_response_bytes).await?;
@@ -173,5 +179,34 @@ impl Caller {
         let options = RequestOptions { timeout: DEFAULT_TIMEOUT, ..RequestOptions::default() };
         let (status, body) = self.send(Method::GET, url, None, options).await?;
         Ok((status, body.to_vec()))
+    }
+}
+
+/// Why a credential is not sent: plain HTTP to another machine would show it to the network.
+const CLEAR_TEXT: &str = "a credential goes in clear text only to this machine (loopback): use https://";
+
+/// Whether `host` (a name or an IP literal, brackets off) is this machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod clear_text_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn credentials_never_go_in_clear_text_to_another_machine() {
+        let device = Caller::anonymous().with_bearer("secret");
+        for url in ["http://192.0.2.7:7800/v1/phone", "http://edge.example:80/x"] {
+            let sent = device.send(Method::GET, url, None, RequestOptions::default()).await;
+            assert!(matches!(sent, Err(ClientError::InvalidRequest(m)) if m == CLEAR_TEXT), "{url}");
+        }
+        let relaying = Caller::anonymous();
+        let options = RequestOptions { bearer: Some("secret"), ..RequestOptions::default() };
+        let sent = relaying.send(Method::GET, "http://192.0.2.7:7800/x", None, options).await;
+        assert!(matches!(sent, Err(ClientError::InvalidRequest(m)) if m == CLEAR_TEXT));
+        assert!(is_loopback("127.0.0.1") && is_loopback("[::1]") && is_loopback("LOCALHOST"));
+        assert!(!is_loopback("192.0.2.7") && !is_loopback("localhost.evil.example"));
     }
 }

@@ -425,6 +425,7 @@ async fn report_audit(
     ApiJson(entries): ApiJson<Vec<AuditEntry>>,
 ) -> ApiResult<StatusCode> {
     let site = caller.require_site()?.to_owned();
+    let now = now_ms();
     if entries.len() > MAX_AUDIT_REPORTED {
         return Err(ControlError::BadRequest(format!("at most {MAX_AUDIT_REPORTED} entries at once")));
     }
@@ -433,6 +434,8 @@ async fn report_audit(
         .map(|mut e| {
             e.site = Some(site.clone());
             e.detail = format!("reported by site {site}: {}", e.detail);
+            // A site cannot date an entry in the future (where a newest-first listing would keep it on top).
+            e.at_ms = e.at_ms.min(now);
             e
         })
         .collect();

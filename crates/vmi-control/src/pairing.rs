@@ -16,6 +16,9 @@ use crate::ControlError;
 pub const PAIR_CODE_TTL_MS: u64 = 10 * 60 * 1000;
 /// Most codes outstanding at once (old ones are dropped first).
 const MAX_CODES: usize = 10_000;
+/// Most codes outstanding for one user: a user's own oldest goes first, so no one user's requests can push
+/// everyone else's codes out.
+pub const MAX_CODES_PER_USER: usize = 5;
 
 /// The codes outstanding; cheap to clone.
 #[derive(Clone, Default)]
@@ -40,6 +43,14 @@ impl PairCodes {
         let expires_ms = now_ms + PAIR_CODE_TTL_MS;
         let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
         codes.retain(|_, (_, expires)| *expires > now_ms);
+        let mut own: Vec<(String, u64)> =
+            codes.iter().filter(|(_, (u, _))| u == user).map(|(c, (_, e))| (c.clone(), *e)).collect();
+        if own.len() >= MAX_CODES_PER_USER {
+            own.sort_by_key(|(_, expires)| *expires);
+            for (old, _) in &own[..=own.len() - MAX_CODES_PER_USER] {
+                codes.remove(old);
+            }
+        }
         if codes.len() >= MAX_CODES
             && let Some(oldest) = codes.iter().min_by_key(|(_, (_, e))| *e).map(|(c, _)| c.clone())
         {
@@ -67,6 +78,20 @@ impl PairCodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_user_asking_many_codes_drops_only_their_own_oldest() {
+        let codes = PairCodes::new();
+        let bobs = codes.issue("bob", 1_000).expect("code");
+        let first = codes.issue("mallory", 1_000).expect("code");
+        let mut last = first.clone();
+        for i in 0..50 {
+            last = codes.issue("mallory", 1_001 + i).expect("code");
+        }
+        assert_eq!(codes.redeem(&first.code, 2_000), None, "mallory's oldest went");
+        assert_eq!(codes.redeem(&last.code, 2_000), Some("mallory".into()));
+        assert_eq!(codes.redeem(&bobs.code, 2_000), Some("bob".into()), "bob's code is untouched");
+    }
 
     #[test]
     fn a_code_works_once_and_only_before_it_expires() {
