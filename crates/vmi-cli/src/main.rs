@@ -11,6 +11,7 @@ mod proxy;
 mod qemu;
 mod script;
 mod services;
+mod supervisor;
 mod tenants;
 
 use std::path::{Path, PathBuf};

@@ -119,7 +119,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     // The proxy carries bytes, not requests: TLS goes through it end to end, so it is reached as the site is.
     let url = format!("https://{}", listener.local_addr()?);
-    crate::services::announce("proxy", &url);
+    crate::services::announce("proxy", &url, listener.local_addr()?);
 
     let mut tasks = JoinSet::new();
     tasks.spawn(follow_user(control, args.user, home, path, delay_us.clone()));

@@ -3,13 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use tokio::io::{AsyncBufReadExt, BufReader};
+
 use vmi_control::placement::PolicyParams;
 use vmi_control_api::ControlClient;
 
@@ -207,8 +206,9 @@ pub struct MailArgs {
 }
 
 /// Prints the line that parent processes (and tests) wait for.
-pub(crate) fn announce(kind: &str, url: &str) {
-    println!("{}", serde_json::json!({ "event": "listening", "service": kind, "url": url }));
+pub(crate) fn announce(kind: &str, url: &str, listen: SocketAddr) {
+    let event = serde_json::json!({ "event": "listening", "service": kind, "url": url, "listen": listen.to_string() });
+    println!("{event}");
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -259,7 +259,7 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     let ca_path = dir.join(CA_FILE);
     std::fs::write(&ca_path, trust.control.authority.cert_pem())
         .with_context(|| format!("writing {}", ca_path.display()))?;
-    announce("control", &url);
+    announce("control", &url, addr);
     let params = PolicyParams {
         dwell_ms: args.placer_dwell_ms,
         rtt_ms_per_100km: args.rtt_ms_per_100km,
@@ -351,52 +351,11 @@ pub async fn site(args: SiteArgs) -> Result<()> {
         retention: Default::default(),
     };
     let site = vmi_site::start(config).await.context("starting the site")?;
-    announce("site", &site.url);
+    announce("site", &site.url, site.addr);
     stop_signal().await;
     let saved = site.shutdown().await;
     eprintln!("{id}: saved {saved} phone{}", if saved == 1 { "" } else { "s" });
     Ok(())
-}
-
-/// A child service process and the URL it announced.
-struct Child {
-    name: String,
-    process: tokio::process::Child,
-    url: String,
-}
-
-async fn spawn_service(name: &str, args: &[String]) -> Result<Child> {
-    let exe = std::env::current_exe().context("finding the vmi executable")?;
-    let mut command = tokio::process::Command::new(exe);
-    if let Some(path) = crate::credentials::chosen_credentials() {
-        // The operator credential this process uses (vmi up's own): its children act with it too.
-        command.env(crate::credentials::CREDENTIALS_ENV, path);
-    }
-    let mut process = command
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    let stdout = process.stdout.take().context("child stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["event"] == "listening"
-            {
-                return Ok::<_, std::io::Error>(v["url"].as_str().map(str::to_string));
-            }
-        }
-        Ok(None)
-    })
-    .await
-    .with_context(|| format!("{name} did not start within 60 s"))??
-    .with_context(|| format!("{name} exited before listening"))?;
-    // Keep draining its stdout so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Child { name: name.to_string(), process, url })
 }
 
 /// The demo sites of `vmi up`: three places around Helsinki.
@@ -419,10 +378,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
         let port = if any_port { 0 } else { usize::from(args.port) + offset };
         format!("127.0.0.1:{port}")
     };
-    let mut children = Vec::new();
-    let control = spawn_service(
+    let mut services = crate::supervisor::Supervisor::default();
+    let control = crate::supervisor::Service::start(
         "control",
-        &[
+        vec![
             "control".into(),
             "--listen".into(),
             local(0),
@@ -436,7 +395,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     )
     .await?;
     let control_url = control.url.clone();
-    children.push(control);
+    services.add(control);
     // The control service wrote the operator credential beside its database: this process acts with it, and
     // enrolls each new site with a one-time join file (0600) that only that site reads.
     crate::credentials::use_credentials(args.data_dir.join("operator.json"));
@@ -479,9 +438,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
         }
         if !args.no_proxy {
             // The proxy first: the site registers the proxy's URL, which must answer.
-            let proxy = spawn_service(
+            let proxy = crate::supervisor::Service::start(
                 &format!("{id}-proxy"),
-                &[
+                vec![
                     "proxy".into(),
                     "--listen".into(),
                     public,
@@ -506,14 +465,14 @@ pub async fn up(args: UpArgs) -> Result<()> {
             .await?;
             site_args.extend(["--public-url".into(), proxy.url.clone()]);
             routes.push((id.to_string(), proxy.url.clone(), Some(listen)));
-            children.push(proxy);
+            services.add(proxy);
         }
-        let site = spawn_service(id, &site_args).await?;
+        let site = crate::supervisor::Service::start(id, site_args).await?;
         drop(reserved);
         if args.no_proxy {
             routes.push((id.to_string(), site.url.clone(), None));
         }
-        children.push(site);
+        services.add(site);
     }
 
     let result = demo(&control_url, &args.user, &args.data_dir).await;
@@ -564,23 +523,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
         Err(e) => eprintln!("error: {e:#}"),
     }
     if result.is_ok() {
-        tokio::select! {
-            _ = stop_signal() => {}
-            exited = wait_any(&mut children) => eprintln!("{exited} stopped; shutting the rest down"),
-        }
+        // A service that dies is started again; Ctrl-C (or SIGTERM) stops them all.
+        services.run(stop_signal()).await;
     }
-    for c in &children {
-        if let Some(pid) = c.process.id() {
-            // SAFETY: sending SIGTERM to our own child process by its pid.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-    }
-    for c in &mut children {
-        match tokio::time::timeout(Duration::from_secs(30), c.process.wait()).await {
-            Ok(Ok(status)) if status.success() => {}
-            Ok(Ok(status)) => eprintln!("{} exited with {status}", c.name),
-            _ => eprintln!("{} did not stop in time", c.name),
-        }
+    if !services.stop_all().await && result.is_ok() {
+        bail!("not every service stopped cleanly (see above): some phones may not have been saved");
     }
     result.map(|_| ())
 }
@@ -624,17 +571,6 @@ fn reserve_port() -> std::io::Result<(tokio::net::TcpSocket, SocketAddr)> {
     socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let addr = socket.local_addr()?;
     Ok((socket, addr))
-}
-
-async fn wait_any(children: &mut [Child]) -> String {
-    loop {
-        for c in children.iter_mut() {
-            if let Ok(Some(_)) = c.process.try_wait() {
-                return c.name.clone();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// The demo user's terminal: the browser page (without its token), and the 0600 files holding the device token

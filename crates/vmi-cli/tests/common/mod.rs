@@ -105,14 +105,25 @@ pub fn up(data: &Path, extra: &[&str]) -> Up {
 /// A tiny HTTP GET on loopback (the body as text, status 200 asserted), with a bearer
 /// token if given. An `https://` loopback URL is asked in plain HTTP, as services answer it from loopback.
 pub fn fetch(url: &str, token: Option<&str>) -> String {
+    match try_fetch(url, token) {
+        Ok(body) => body,
+        Err(why) => panic!("{url}: {why}"),
+    }
+}
+
+/// As [`fetch`], with what went wrong (no answer, or a status other than 200) as the error.
+pub fn try_fetch(url: &str, token: Option<&str>) -> Result<String, String> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).expect("http(s) url");
     let (host, path) = rest.split_at(rest.find('/').expect("path"));
-    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    let mut stream = std::net::TcpStream::connect(host).map_err(|e| format!("connect: {e}"))?;
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").expect("request");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{url}: {response}");
-    response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(response);
+    }
+    Ok(response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
 }

@@ -1,0 +1,190 @@
+//! `vmi up`'s supervisor: the services it started (control service, sites, proxies), each a `vmi` child process.
+//! A service that dies is started again, on the same address, after a back-off that doubles while it keeps
+//! dying; the others keep running. A stop signal stops them all, each given time to save its phones.
+
+use std::future::Future;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The first wait before restarting a service that died.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between restarts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A service that ran this long before dying is restarted after [`FIRST_BACKOFF`] again.
+pub const STEADY_AFTER: Duration = Duration::from_secs(60);
+/// How long a service is given to stop (and save its phones) after SIGTERM.
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// One child service: how it was started, and the process running it now.
+pub struct Service {
+    /// Its name in messages (`control`, `site-a`, `site-a-proxy`).
+    pub name: String,
+    /// The URL it announced.
+    pub url: String,
+    args: Vec<String>,
+    process: tokio::process::Child,
+    started: Instant,
+    backoff: Duration,
+}
+
+impl Service {
+    /// Starts `vmi ARGS` and waits (a minute at most) until it announces where it listens. Its later restarts
+    /// listen on that same address, so everyone who knows it finds it again.
+    pub async fn start(name: &str, args: Vec<String>) -> Result<Service> {
+        let (process, url, listen) = spawn(name, &args).await?;
+        let args = pin_listen(args, listen.as_deref());
+        Ok(Service { name: name.to_owned(), url, args, process, started: Instant::now(), backoff: FIRST_BACKOFF })
+    }
+}
+
+/// The services of one `vmi up`.
+#[derive(Default)]
+pub struct Supervisor {
+    services: Vec<Service>,
+}
+
+impl Supervisor {
+    /// Takes `service` under supervision.
+    pub fn add(&mut self, service: Service) {
+        self.services.push(service);
+    }
+
+    /// Keeps every service running until `stop` completes: one that exits is reported and started again after
+    /// its back-off (the back-off doubles while it keeps dying, up to [`MAX_BACKOFF`], and starts over once it
+    /// has run [`STEADY_AFTER`]).
+    pub async fn run(&mut self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let (i, status) = tokio::select! {
+                () = &mut stop => return,
+                exited = self.next_exit() => exited,
+            };
+            let service = &mut self.services[i];
+            if service.started.elapsed() >= STEADY_AFTER {
+                service.backoff = FIRST_BACKOFF;
+            }
+            let wait = service.backoff;
+            service.backoff = (service.backoff * 2).min(MAX_BACKOFF);
+            eprintln!("{} exited ({status}); starting it again in {:.1} s", service.name, wait.as_secs_f64());
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match spawn(&service.name, &service.args).await {
+                Ok((process, url, _)) => {
+                    eprintln!("{} is running again at {url}", service.name);
+                    service.process = process;
+                    service.url = url;
+                    service.started = Instant::now();
+                }
+                // Still exited: the next round finds it at once and tries again, after a longer wait.
+                Err(e) => eprintln!("{} did not start again: {e:#}", service.name),
+            }
+        }
+    }
+
+    /// The first service found exited, and how it ended.
+    async fn next_exit(&mut self) -> (usize, String) {
+        loop {
+            for (i, service) in self.services.iter_mut().enumerate() {
+                match service.process.try_wait() {
+                    Ok(Some(status)) => return (i, status.to_string()),
+                    Ok(None) => {}
+                    Err(e) => return (i, format!("cannot be waited for: {e}")),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sends SIGTERM to every service and waits (up to [`STOP_GRACE`] each) for it to save and exit; whether all
+    /// of them exited cleanly (each failure is reported).
+    pub async fn stop_all(&mut self) -> bool {
+        for service in &self.services {
+            if let Some(pid) = service.process.id() {
+                // SAFETY: sending SIGTERM to our own child process by its pid.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+        let mut clean = true;
+        for service in &mut self.services {
+            match tokio::time::timeout(STOP_GRACE, service.process.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => {
+                    eprintln!("{} exited with {status}", service.name);
+                    clean = false;
+                }
+                _ => {
+                    eprintln!("{} did not stop in time", service.name);
+                    clean = false;
+                }
+            }
+        }
+        clean
+    }
+}
+
+/// Starts `vmi ARGS` and reads its stdout until the `listening` event: the process, the URL it announced and the
+/// address it listens on (`listen` in the event, if it says).
+async fn spawn(name: &str, args: &[String]) -> Result<(tokio::process::Child, String, Option<String>)> {
+    let exe = std::env::current_exe().context("finding the vmi executable")?;
+    let mut command = tokio::process::Command::new(exe);
+    if let Some(path) = crate::credentials::chosen_credentials() {
+        // The operator credential this process uses (vmi up's own): its children act with it too.
+        command.env(crate::credentials::CREDENTIALS_ENV, path);
+    }
+    let mut process = command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = process.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let announced = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["event"] == "listening"
+            {
+                let text = |key: &str| v[key].as_str().map(str::to_string);
+                return Ok::<_, std::io::Error>(text("url").map(|url| (url, text("listen"))));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .with_context(|| format!("{name} did not start within 60 s"))??
+    .with_context(|| format!("{name} exited before listening"))?;
+    // Keep draining its stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((process, announced.0, announced.1))
+}
+
+/// `args` with the value of `--listen` replaced by `listen` (where the first run did listen: a port 0 became a
+/// real one).
+fn pin_listen(mut args: Vec<String>, listen: Option<&str>) -> Vec<String> {
+    if let Some(listen) = listen
+        && let Some(i) = args.iter().position(|a| a == "--listen")
+        && let Some(value) = args.get_mut(i + 1)
+    {
+        *value = listen.to_owned();
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_listens_where_the_first_run_did() {
+        let args: Vec<String> = ["control", "--listen", "127.0.0.1:0", "--db", "x"].map(String::from).to_vec();
+        let pinned = pin_listen(args.clone(), Some("127.0.0.1:40123"));
+        assert_eq!(pinned[2], "127.0.0.1:40123");
+        assert_eq!(pin_listen(args.clone(), None), args, "nothing said: nothing changed");
+    }
+}

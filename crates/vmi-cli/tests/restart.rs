@@ -1,0 +1,60 @@
+//! `vmi up` as a supervisor: a site killed with SIGKILL is started again on the same address while the control
+//! service and the other sites keep running, and Ctrl-C still stops everything cleanly.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The pid of the `vmi` process whose command line has all of `parts` (the data directory makes it this test's).
+fn pid_of(parts: &[&str]) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if parts.iter().all(|p| args.iter().any(|a| a == p)) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn site_pid(data: &Path, id: &str) -> Option<u32> {
+    let dir = data.join(id).display().to_string();
+    pid_of(&["site", "--id", id, &dir])
+}
+
+#[test]
+fn a_killed_site_is_started_again_and_the_rest_keep_running() {
+    let data = scratch_dir("restart");
+    let up = up(&data, &["--no-proxy"]);
+    let control_db = data.join("control.db").display().to_string();
+    let control = pid_of(&["control", &control_db]).expect("the control service runs");
+    let (a, b) = (site_pid(&data, "site-a").expect("site-a runs"), site_pid(&data, "site-b").expect("site-b runs"));
+
+    let killed = std::process::Command::new("kill").args(["-9", &a.to_string()]).status().expect("kill");
+    assert!(killed.success());
+    // Started again (after half a second's back-off), on the same address.
+    let site_a = up.site("site-a").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let restarted = loop {
+        if let Some(pid) = site_pid(&data, "site-a").filter(|&p| p != a)
+            && try_fetch(&format!("{site_a}/healthz"), None).is_ok_and(|body| body == "ok")
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "site-a was not started again within a minute");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_ne!(restarted, a);
+    assert_eq!(pid_of(&["control", &control_db]), Some(control), "the control service kept running");
+    assert_eq!(site_pid(&data, "site-b"), Some(b), "site-b kept running");
+    // It is a site in good standing again: the operator lists its phones through it.
+    let listed = fetch(&format!("{site_a}/v1/phones"), Some(&up.operator_token()));
+    assert!(listed.contains("phones"), "{listed}");
+
+    up.interrupt();
+    let _ = std::fs::remove_dir_all(&data);
+}
