@@ -353,8 +353,15 @@ pub async fn site(args: SiteArgs) -> Result<()> {
     let site = vmi_site::start(config).await.context("starting the site")?;
     announce("site", &site.url, site.addr);
     stop_signal().await;
-    let saved = site.shutdown().await;
-    eprintln!("{id}: saved {saved} phone{}", if saved == 1 { "" } else { "s" });
+    let report = site.shutdown().await;
+    eprintln!("{id}: saved {} phone{}", report.saved, if report.saved == 1 { "" } else { "s" });
+    if !report.failed.is_empty() {
+        for (user, why) in &report.failed {
+            eprintln!("{id}: could not save {user}'s phone: {why}");
+        }
+        let users: Vec<&str> = report.failed.iter().map(|(u, _)| u.as_str()).collect();
+        bail!("{id} could not save the phones of {}", users.join(", "));
+    }
     Ok(())
 }
 

@@ -58,3 +58,16 @@ fn a_killed_site_is_started_again_and_the_rest_keep_running() {
     up.interrupt();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Stopping with a phone that cannot be written is a failure, not "saved 0 phones" and success.
+#[test]
+fn a_phone_that_cannot_be_saved_makes_the_stop_fail() {
+    let data = scratch_dir("unsaveable");
+    let up = up(&data, &["--no-proxy"]);
+    // Where the demo phone's state would be written is taken by a directory (root ignores file modes).
+    std::fs::create_dir_all(data.join("site-a/phones/demo/phone.state.tmp/in-the-way")).expect("an obstacle");
+    let status = up.stop();
+    assert!(!status.success(), "vmi up said it stopped cleanly");
+    assert!(!data.join("site-a/phones/demo/phone.state").exists());
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -378,8 +378,8 @@ impl SiteState {
     }
 
     /// Stops every phone and writes its snapshot; returns how many were saved.
-    pub async fn save_all(&self) -> usize {
-        let mut saved = 0;
+    pub async fn save_all(&self) -> ShutdownReport {
+        let mut report = ShutdownReport::default();
         for (user, phone) in self.phones.close() {
             let stopped = match phone.stop().await {
                 // Crashed before any snapshot of it: what crosses to a fresh phone (its
@@ -388,11 +388,15 @@ impl SiteState {
                 other => other.map_err(|e| SiteError::phone(&user, e)),
             };
             match stopped.and_then(|s| write_phone(&self.phone_dir(&user), &s)) {
-                Ok(()) => saved += 1,
-                Err(e) => tracing::error!(user, "cannot save phone: {}", vmi_engine::error_chain(&e)),
+                Ok(()) => report.saved += 1,
+                Err(e) => {
+                    let why = vmi_engine::error_chain(&e);
+                    tracing::error!(user, "cannot save phone: {why}");
+                    report.failed.push((user, why));
+                }
             }
         }
-        saved
+        report
     }
 }
 
@@ -414,6 +418,15 @@ fn no_room(user: &str, e: NoRoom) -> SiteError {
         NoRoom::Exists => SiteError::Exists(user.to_string()),
         NoRoom::Full(capacity) => SiteError::Full(capacity),
     }
+}
+
+/// What a site's shutdown saved, and which phones it could not save (with why).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Phones written to disk.
+    pub saved: usize,
+    /// Users whose phones could not be written, and why.
+    pub failed: Vec<(String, String)>,
 }
 
 /// A running site.
@@ -447,16 +460,16 @@ impl SiteHandle {
     }
 
     /// Stops serving, saves every phone to the data directory, and returns how many.
-    pub async fn shutdown(self) -> usize {
+    pub async fn shutdown(self) -> ShutdownReport {
         let _ = self.shutdown.send(true);
         self.heartbeat.abort();
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.abort();
         }
-        let saved = self.state.save_all().await;
+        let report = self.state.save_all().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
-        tracing::info!(site = %self.state.id, saved, "site stopped");
-        saved
+        tracing::info!(site = %self.state.id, saved = report.saved, failed = report.failed.len(), "site stopped");
+        report
     }
 }
 

@@ -29,9 +29,17 @@ pub fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
     bytes.extend_from_slice(&saved.snapshot);
     let tmp = dir.join(format!("{PHONE_FILE}.tmp"));
     let path = dir.join(PHONE_FILE);
-    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))
+    let written = std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .map_err(io(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(io(&path)));
+    if written.is_err() {
+        // A half-written file is never left behind to be mistaken for state.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    // The rename is durable only once the directory is.
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 /// Reads what [`write_phone`] wrote: the snapshot and the input numbering.

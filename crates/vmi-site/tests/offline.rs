@@ -249,7 +249,7 @@ async fn a_site_restart_during_checkout_keeps_the_phone_checked_out() {
     type_online(&site_a, &token, "Base").await;
     let dir = dir_of("restart");
     let (_, lease) = offline::checkout(&checkout_args(&control, &token, &dir, None)).await.expect("checkout");
-    assert_eq!(site_a.shutdown().await, 0, "nothing running to save");
+    assert_eq!(site_a.shutdown().await.saved, 0, "nothing running to save");
 
     let site_b = site(&control, "site-a", data.clone()).await;
     assert!(site_b.state.users().is_empty(), "not restored: it is out");
@@ -258,7 +258,7 @@ async fn a_site_restart_during_checkout_keeps_the_phone_checked_out() {
     run_offline(&dir, "tap 274 1090\ntype  and back\n").await;
     checkin(&dir).await.expect("checkin to the restarted site (found through the control service)");
     assert_eq!(notes(&control, &site_b, "alice").await.1, "Base and back");
-    assert_eq!(site_b.shutdown().await, 1);
+    assert_eq!(site_b.shutdown().await.saved, 1);
 
     let site_c = site(&control, "site-a", data).await;
     assert_eq!(

@@ -658,7 +658,7 @@ async fn a_crashed_phone_with_no_snapshot_keeps_its_store_across_a_site_restart(
     t.until(|m| matches!(m, ServerMessage::InputAck { seq: 1 })).await;
     t.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 1 } }).await;
     assert_closed_with(&t.until_closed().await, ErrorCode::PhoneDown);
-    assert_eq!(first.shutdown().await, 1, "the crashed phone was saved");
+    assert_eq!(first.shutdown().await.saved, 1, "the crashed phone was saved");
 
     let second = site(&control, "site-a", dir).await;
     let (status, kept) = control.get(&format!("{}/v1/phones/dot/kv/notes.text", second.url)).await;

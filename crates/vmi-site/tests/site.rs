@@ -24,7 +24,7 @@ async fn a_site_restart_keeps_the_notes_typed_before_it() {
     let last = term.type_text("Kept across restarts").await;
     term.acked(last).await;
     term.close().await;
-    assert_eq!(site_a.shutdown().await, 1, "the phone was saved");
+    assert_eq!(site_a.shutdown().await.saved, 1, "the phone was saved");
     assert!(dir.join("phones/alice/phone.state").exists());
 
     // A new site process on the same data directory brings the phone back.
@@ -325,4 +325,26 @@ async fn a_sender_flooding_a_mailbox_is_slowed_down() {
     let (status, body) = control.operator().post_json(&url, &mail("ann@example.com")).await.expect("post");
     assert_eq!(status, 202, "another sender: {body}");
     site.shutdown().await;
+}
+
+/// A phone that cannot be written at shutdown is named, never counted as saved, and nothing half-written is left
+/// to be mistaken for its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_cannot_be_saved_is_named_at_shutdown() {
+    let control = control().await;
+    let dir = scratch("unsaveable");
+    let site = site(&control, "site-a", dir.clone()).await;
+    user_with_phone(&control, &site, "alice").await;
+    user_with_phone(&control, &site, "bob").await;
+    // Where alice's state would be written is taken by a directory: the write fails, as on a broken disk (the
+    // tests run as root, which file modes do not stop).
+    let alice = dir.join("phones").join("alice");
+    std::fs::create_dir_all(alice.join("phone.state.tmp").join("in-the-way")).expect("an obstacle");
+    let report = site.shutdown().await;
+    assert_eq!(report.saved, 1, "bob's phone was saved");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].0, "alice");
+    assert!(report.failed[0].1.contains("phone.state.tmp"), "the reason names the file: {report:?}");
+    assert!(!alice.join("phone.state").exists(), "no state claims to be alice's");
+    assert!(dir.join("phones").join("bob").join("phone.state").exists());
 }

@@ -171,7 +171,7 @@ async fn an_image_upgrade_keeps_the_users_notes_and_a_rollback_goes_back() {
     assert_eq!(notes(&control, &site_a.url, "alice").await, "Kept across versions!");
 
     // A version published while the site is down reaches the phone when the site starts.
-    assert_eq!(site_a.shutdown().await, 1);
+    assert_eq!(site_a.shutdown().await.saved, 1);
     let v4 = control.client.publish_image("phone", &next_version(builtin, 4)).await.expect("publish v4");
     let site_a = site(&control, "site-a", dir).await;
     let phone = listed(&control, &site_a.url, "alice").await;

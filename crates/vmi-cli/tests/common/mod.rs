@@ -61,9 +61,14 @@ impl Up {
     }
 
     /// Ctrl-C; asserts `vmi up` stops cleanly within a minute.
-    pub fn interrupt(mut self) {
-        let status = self.process.interrupt(Duration::from_secs(60));
+    pub fn interrupt(self) {
+        let status = self.stop();
         assert!(status.success(), "vmi up exited with {status}");
+    }
+
+    /// Ctrl-C; how `vmi up` ended (within a minute).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.process.interrupt(Duration::from_secs(60))
     }
 }
 
