@@ -1,5 +1,6 @@
 //! `vmi up` as a supervisor: a site killed with SIGKILL is started again on the same address while the control
-//! service and the other sites keep running, and Ctrl-C still stops everything cleanly.
+//! service and the other sites keep running, its phone back with what was typed before the kill (each phone's
+//! state is kept durable while it runs), and Ctrl-C still stops everything cleanly.
 
 mod common;
 
@@ -34,6 +35,26 @@ fn a_killed_site_is_started_again_and_the_rest_keep_running() {
     let control = pid_of(&["control", &control_db]).expect("the control service runs");
     let (a, b) = (site_pid(&data, "site-a").expect("site-a runs"), site_pid(&data, "site-b").expect("site-b runs"));
 
+    // Typed on the demo phone, then made durable by the site within about a second (no clean stop ever ran).
+    let script = data.join("type.script");
+    std::fs::write(&script, "tap 274 1090\ntype Typed before the crash\n").expect("script");
+    let out = up
+        .vmi()
+        .args(["terminal", "--headless", "--control", &up.control, "--ca", &up.ca_file])
+        .args(["--token-file", &up.token_file, "--script"])
+        .arg(&script)
+        .output()
+        .expect("terminal runs");
+    assert!(out.status.success(), "terminal: {}", String::from_utf8_lossy(&out.stderr));
+    let typed = std::time::SystemTime::now();
+    let state = data.join("site-a/phones/demo/phone.state");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Written after the typing was acknowledged (an earlier write, say for a timer, would not hold it).
+    while !std::fs::metadata(&state).and_then(|m| m.modified()).is_ok_and(|at| at > typed) {
+        assert!(Instant::now() < deadline, "the phone's state never reached the disk");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let killed = std::process::Command::new("kill").args(["-9", &a.to_string()]).status().expect("kill");
     assert!(killed.success());
     // Started again (after half a second's back-off), on the same address.
@@ -51,9 +72,12 @@ fn a_killed_site_is_started_again_and_the_rest_keep_running() {
     assert_ne!(restarted, a);
     assert_eq!(pid_of(&["control", &control_db]), Some(control), "the control service kept running");
     assert_eq!(site_pid(&data, "site-b"), Some(b), "site-b kept running");
-    // It is a site in good standing again: the operator lists its phones through it.
-    let listed = fetch(&format!("{site_a}/v1/phones"), Some(&up.operator_token()));
-    assert!(listed.contains("phones"), "{listed}");
+    // The phone came back with what was typed before the kill.
+    let operator = up.operator_token();
+    let listed = fetch(&format!("{site_a}/v1/phones"), Some(&operator));
+    assert!(listed.contains("\"user\":\"demo\""), "{listed}");
+    let notes = fetch(&format!("{site_a}/v1/phones/demo/kv/notes.text"), Some(&operator));
+    assert_eq!(notes, "Typed before the crash");
 
     up.interrupt();
     let _ = std::fs::remove_dir_all(&data);

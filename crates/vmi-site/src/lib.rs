@@ -184,10 +184,11 @@ impl SiteState {
     /// instead: it must not run unsaved past the shutdown's save of every phone.
     pub(crate) fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
         let clock = self.config.clock.clone();
+        let dir = self.phone_dir(user);
         let mut vm = Some((phone, input_seqs));
         let started = self.phones.insert_unless_closing(user, || {
             let (phone, seqs) = vm.take().expect("the phone is taken once");
-            PhoneLink::spawn(PhoneTask::new(user.to_string(), phone, clock, seqs))
+            PhoneLink::spawn(PhoneTask::new(user.to_string(), phone, clock, seqs).durable_in(dir))
         });
         if let (false, Some((mut phone, input_seqs))) = (started, vm) {
             let saved = phone

@@ -21,8 +21,9 @@
 //! says Hello.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use vmi_engine::{Clock, Event, LogLevel, SnapshotRequest, VirtualPhone, VmStatus};
@@ -70,6 +71,26 @@ pub struct PhoneTask {
     /// Whether the VM was last told a screen is on.
     told_awake: bool,
     logs: VecDeque<LogLine>,
+    /// Where the phone's state is kept durable while it runs, if anywhere.
+    durable: Option<Durable>,
+}
+
+/// How often, at most, a phone that changed writes its state to disk: what a crash of the site can cost.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// How long after a pre-copy round no state is written (a full snapshot would restart the migration's rounds).
+const PRE_COPY_QUIET: Duration = Duration::from_secs(30);
+
+/// The phone's durable state on this site's disk (`phones/USER/phone.state`), rewritten at most every
+/// [`DURABLE_EVERY`] while the phone changes, so a crash of the site loses about a second of the phone's time.
+struct Durable {
+    dir: PathBuf,
+    /// Something reached the VM since the last write.
+    changed: bool,
+    written_at: Instant,
+    /// The last pre-copy round of a migration, if one is under way.
+    pre_copy_at: Option<Instant>,
+    /// The write in flight (one at a time, in order).
+    pending: Option<tokio::task::JoinHandle<Result<(), crate::SiteError>>>,
 }
 
 impl PhoneTask {
@@ -92,8 +113,16 @@ impl PhoneTask {
             terminals: Terminals::default(),
             input_seqs,
             told_awake: false,
+            durable: None,
             logs: VecDeque::new(),
         }
+    }
+
+    /// The same task, keeping the phone's state durable in `dir` while it runs ([`DURABLE_EVERY`]).
+    pub fn durable_in(mut self, dir: PathBuf) -> PhoneTask {
+        self.durable =
+            Some(Durable { dir, changed: false, written_at: Instant::now(), pre_copy_at: None, pending: None });
+        self
     }
 
     /// Runs until stopped, fenced or checked out, or until every sender is gone.
@@ -101,7 +130,7 @@ impl PhoneTask {
         // The first flush starts from a clean damage slate: terminals get full frames.
         let _ = self.phone.frame();
         loop {
-            let wait = self.until_next_timer();
+            let wait = self.until_next_timer().min(self.until_durable());
             let command = tokio::select! {
                 c = rx.recv() => match c {
                     Some(c) => Some(c),
@@ -122,15 +151,82 @@ impl PhoneTask {
                     self.on_service(c);
                     Next::Continue
                 }
-                Some(PhoneCommand::Lifecycle(c)) => self.on_lifecycle(c),
+                Some(PhoneCommand::Lifecycle(c)) => {
+                    // Whatever a lifecycle step writes or hands over comes after the write in flight, never
+                    // before it: a late write must not overwrite a clean stop's state or outlive a move away.
+                    self.finish_write().await;
+                    self.on_lifecycle(c)
+                }
             };
             if let Next::End = next {
                 return;
             }
             self.note_crash();
             self.flush();
+            self.keep_durable();
         }
         tracing::debug!(user = %self.user, "phone task ends");
+    }
+
+    /// How long until the phone's changes are due on disk (an hour when there is nothing to write).
+    fn until_durable(&self) -> Duration {
+        match &self.durable {
+            Some(d) if d.changed => DURABLE_EVERY.saturating_sub(d.written_at.elapsed()),
+            _ => Duration::from_secs(3600),
+        }
+    }
+
+    /// Notes that the VM changed (an input, a mail, a timer, a new VM): its state is due on disk.
+    fn changed(&mut self) {
+        if let Some(d) = &mut self.durable {
+            d.changed = true;
+        }
+    }
+
+    /// Waits for the write in flight, if any; a failure is logged (the next write tries again).
+    async fn finish_write(&mut self) {
+        let Some(pending) = self.durable.as_mut().and_then(|d| d.pending.take()) else { return };
+        match pending.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(user = %self.user, "cannot keep the phone durable: {}", vmi_engine::error_chain(&e));
+                self.changed();
+            }
+            Err(e) => tracing::error!(user = %self.user, "the durable write did not finish: {e}"),
+        }
+    }
+
+    /// Writes the phone's state when it changed and [`DURABLE_EVERY`] has passed: a full snapshot taken here,
+    /// written and synced off the async workers, one write at a time. Not while a migration's pre-copy runs
+    /// (a full snapshot would restart its rounds), nor while frozen or crashed.
+    fn keep_durable(&mut self) {
+        let running = matches!(self.state, State::Running);
+        let Some(d) = &mut self.durable else { return };
+        let migrating = d.pre_copy_at.is_some_and(|at| at.elapsed() < PRE_COPY_QUIET);
+        if !d.changed || !running || migrating || d.written_at.elapsed() < DURABLE_EVERY {
+            return;
+        }
+        if d.pending.as_ref().is_some_and(|p| !p.is_finished()) {
+            return; // the disk is slower than once a second: the next tick writes the newer state
+        }
+        let snapshot = match self.phone.snapshot(SnapshotRequest::Full) {
+            Ok(s) => s.bytes,
+            Err(e) => {
+                tracing::warn!(user = %self.user, "cannot take the phone's durable snapshot: {e}");
+                return;
+            }
+        };
+        let saved = SavedPhone { snapshot, input_seqs: self.input_seqs.clone() };
+        let dir = d.dir.clone();
+        // The previous write has finished (checked above): its result, without waiting.
+        if let Some(done) = d.pending.take()
+            && let Some(Ok(Err(e))) = futures_util::FutureExt::now_or_never(done)
+        {
+            tracing::error!(user = %self.user, "cannot keep the phone durable: {}", vmi_engine::error_chain(&e));
+        }
+        d.pending = Some(tokio::task::spawn_blocking(move || crate::persist::write_phone(&dir, &saved)));
+        d.changed = false;
+        d.written_at = Instant::now();
     }
 
     fn until_next_timer(&self) -> Duration {
@@ -152,6 +248,7 @@ impl PhoneTask {
         if let Err(e) = self.phone.fire_due_timers() {
             tracing::warn!(user = %self.user, "timer event failed: {e}");
         }
+        self.changed();
     }
 
     /// A VM that crashed while running: its terminals are told and let go, new ones are
@@ -242,6 +339,7 @@ impl PhoneTask {
                 return;
             }
             self.input_seqs.insert(device, seq);
+            self.changed();
         }
         // Acknowledge duplicates too: the terminal resent because it missed the ack.
         self.terminals.send(session, ServerMessage::InputAck { seq: seq.max(last) });
@@ -265,6 +363,7 @@ impl PhoneTask {
                         .and_then(|()| if push { self.phone.deliver(Event::MailArrived) } else { Ok(()) })
                         .map_err(PhoneError::from),
                 };
+                self.changed();
                 let _ = reply.send(r);
             }
             ServiceCommand::Screen { reply } => {
@@ -343,6 +442,9 @@ impl PhoneTask {
                 }
             },
             LifecycleCommand::PreCopy { first, reply } => {
+                if let Some(d) = &mut self.durable {
+                    d.pre_copy_at = Some(Instant::now());
+                }
                 let request = if first { SnapshotRequest::PreCopyStart } else { SnapshotRequest::PreCopy };
                 let r = match &self.state {
                     State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
@@ -370,6 +472,10 @@ impl PhoneTask {
                 let _ = reply.send(r);
             }
             LifecycleCommand::Thaw => {
+                // A migration that did not happen: its pre-copy is over, and the phone is durable again.
+                if let Some(d) = &mut self.durable {
+                    d.pre_copy_at = None;
+                }
                 if let State::Frozen { .. } = self.state
                     && let State::Frozen { held } = std::mem::replace(&mut self.state, State::Running)
                 {
@@ -415,6 +521,7 @@ impl PhoneTask {
                 self.terminals.repaint_all(size);
                 // Tell the new VM whether a screen is on, whatever it last knew.
                 self.told_awake = !self.terminals.any_awake();
+                self.changed();
                 tracing::info!(user = %self.user, "phone replaced (a restart or a restored checkpoint)");
                 let _ = reply.send(Ok(()));
             }
