@@ -201,8 +201,14 @@ impl ControlClient {
 
     /// `POST /v1/sites/{id}/heartbeat`: reports the site alive with `phones` phones running.
     pub async fn heartbeat(&self, id: &str, phones: u32) -> Result<(), ClientError> {
+        self.heartbeat_degraded(id, phones, None).await
+    }
+
+    /// `POST /v1/sites/{id}/heartbeat`, saying what is wrong with the site (`degraded`), if anything.
+    pub async fn heartbeat_degraded(&self, id: &str, phones: u32, degraded: Option<&str>) -> Result<(), ClientError> {
         let path = format!("/v1/sites/{}/heartbeat", segment(id));
-        self.call(Method::POST, path, Some(&HeartbeatRequest { phones }), None).await.map(drop)
+        let body = HeartbeatRequest { phones, degraded: degraded.map(str::to_owned) };
+        self.call(Method::POST, path, Some(&body), None).await.map(drop)
     }
 
     /// `GET /v1/sites`, each with its health.

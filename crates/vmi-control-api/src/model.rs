@@ -109,6 +109,10 @@ pub struct Site {
     /// Set by `POST /v1/sites/{id}/drain`: the placer moves every phone away and places none here.
     #[serde(default)]
     pub draining: bool,
+    /// What the site said in its last heartbeat is wrong with it (it cannot keep phones durable): the placer
+    /// moves its phones away and places none there, as for a draining site, until it says it is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 impl Site {
@@ -194,6 +198,9 @@ impl fmt::Debug for AuthRequest {
 pub struct HeartbeatRequest {
     /// Phones running on the site now.
     pub phones: u32,
+    /// Why the site cannot be trusted with phones now (it cannot write their state), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// Body of `PUT /v1/users/{user}/placement`.
@@ -356,6 +363,7 @@ mod tests {
             phones: 0,
             last_heartbeat_ms: last,
             draining: false,
+            degraded: None,
         }
     }
 

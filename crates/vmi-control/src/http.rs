@@ -676,7 +676,13 @@ async fn heartbeat(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> ApiResult<StatusCode> {
-    store.heartbeat(&id, req.phones, now_ms())?;
+    if let Some(why) = &req.degraded {
+        if why.len() > 1000 {
+            return Err(ControlError::BadRequest("degraded: at most 1000 bytes".to_owned()));
+        }
+        tracing::warn!(site = %id, why, "site degraded: its phones move away");
+    }
+    store.heartbeat(&id, req.phones, req.degraded.as_deref(), now_ms())?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -177,7 +177,8 @@ impl Placer {
                 capacity: site.capacity,
                 phones: site.phones.max(placed.get(site.id.as_str()).copied().unwrap_or(0)),
                 healthy: site.healthy_at(now),
-                draining: site.draining,
+                // A degraded site (it cannot keep phones durable) is evacuated as a draining one is.
+                draining: site.draining || site.degraded.is_some(),
             })
             .collect();
         let phones = placements

@@ -115,6 +115,8 @@ pub struct SiteState {
     guard: access::Guard,
     /// Turns for large uploads ([`http::UPLOADS_AT_ONCE`]).
     uploads: tokio::sync::Semaphore,
+    /// Phones whose state cannot be written: the heartbeat says the site is degraded while there are any.
+    disk: Arc<persist::DiskHealth>,
     config: SiteConfig,
     checkpoints: checkpoints::Checkpoints,
 }
@@ -185,10 +187,11 @@ impl SiteState {
     pub(crate) fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
         let clock = self.config.clock.clone();
         let dir = self.phone_dir(user);
+        let health = self.disk.clone();
         let mut vm = Some((phone, input_seqs));
         let started = self.phones.insert_unless_closing(user, || {
             let (phone, seqs) = vm.take().expect("the phone is taken once");
-            PhoneLink::spawn(PhoneTask::new(user.to_string(), phone, clock, seqs).durable_in(dir))
+            PhoneLink::spawn(PhoneTask::new(user.to_string(), phone, clock, seqs).durable_in(dir, health))
         });
         if let (false, Some((mut phone, input_seqs))) = (started, vm) {
             let saved = phone
@@ -507,6 +510,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         caller,
         guard: access::Guard::default(),
         uploads: tokio::sync::Semaphore::new(http::UPLOADS_AT_ONCE),
+        disk: Arc::default(),
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         config: config.clone(),
     });
@@ -524,7 +528,8 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         loop {
             every.tick().await;
             let phones = beat_state.users().len() as u32;
-            if let Err(e) = beat_state.control.heartbeat(&beat_state.id, phones).await {
+            let degraded = beat_state.disk.degraded();
+            if let Err(e) = beat_state.control.heartbeat_degraded(&beat_state.id, phones, degraded.as_deref()).await {
                 tracing::warn!(site = %beat_state.id, "heartbeat failed: {e}");
             }
             let audit = beat_state.guard.take_pending();

@@ -42,6 +42,32 @@ pub fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Which phones' state this site could not write lately, and why: what its heartbeat reports as degraded, so
+/// the control service moves its phones away before a crash could lose them.
+#[derive(Default)]
+pub struct DiskHealth {
+    failing: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl DiskHealth {
+    /// `user`'s state could not be written, because `why`.
+    pub fn failed(&self, user: &str, why: String) {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_owned(), why);
+    }
+
+    /// `user`'s state was written, or `user`'s phone left: nothing failing for it.
+    pub fn clear(&self, user: &str) {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+    }
+
+    /// What is wrong, if anything: how many phones cannot be kept durable, and the first reason.
+    pub fn degraded(&self) -> Option<String> {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let (user, why) = failing.iter().next()?;
+        Some(format!("cannot write the state of {} phone(s) ({user}: {why})", failing.len()))
+    }
+}
+
 /// Reads what [`write_phone`] wrote: the snapshot and the input numbering.
 pub fn read_phone(bytes: &[u8]) -> Result<(Vec<u8>, HashMap<String, u64>), String> {
     let rest = bytes.strip_prefix(PHONE_MAGIC).ok_or("not a saved phone (bad magic)")?;

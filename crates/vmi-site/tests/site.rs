@@ -348,3 +348,36 @@ async fn a_phone_that_cannot_be_saved_is_named_at_shutdown() {
     assert!(!alice.join("phone.state").exists(), "no state claims to be alice's");
     assert!(dir.join("phones").join("bob").join("phone.state").exists());
 }
+
+/// A site that cannot write a phone's state says so in its heartbeat (degraded, naming why), and the control
+/// service moves its phones to a site that can, with what was typed on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_cannot_keep_phones_durable_says_so_and_its_phones_move_away() {
+    let control = control().await;
+    let dir = scratch("degraded-a");
+    let a = site(&control, "site-a", dir.clone()).await;
+    let b = site(&control, "site-b", scratch("degraded-b")).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+    // Where alice's state would be written is taken by a directory: every write fails, as on a broken disk.
+    std::fs::create_dir_all(dir.join("phones/alice/phone.state.tmp/in-the-way")).expect("an obstacle");
+    let mut term = Term::connect(&a.ws_url()).await;
+    term.hello(&token, None, false).await;
+    term.tap(NOTES).await;
+    let last = term.type_text("kept anyway").await;
+    term.acked(last).await;
+
+    vmi_testkit::eventually(std::time::Duration::from_secs(30), "site-a reported degraded", async || {
+        let sites = control.client.list_sites().await.expect("sites");
+        sites.iter().any(|s| s.site.id == "site-a" && s.site.degraded.as_deref().is_some_and(|w| w.contains("alice")))
+    })
+    .await;
+    vmi_testkit::eventually(std::time::Duration::from_secs(60), "alice's phone on site-b", async || {
+        b.state.users().iter().any(|u| u == "alice")
+    })
+    .await;
+    assert!(!a.state.users().iter().any(|u| u == "alice"), "one copy");
+    let (status, notes) = control.get(&format!("{}/v1/phones/alice/kv/notes.text", b.url)).await;
+    assert_eq!((status, String::from_utf8_lossy(&notes).into_owned()), (200, "kept anyway".to_owned()));
+    b.shutdown().await;
+    a.shutdown().await;
+}

@@ -66,7 +66,7 @@ pub trait Store: Send + Sync {
     /// Registers a site or updates its URL, position and capacity (heartbeat state is kept).
     fn put_site(&self, id: &str, spec: &SiteSpec) -> Result<Site, ControlError>;
     /// Records a heartbeat from a registered site at `at_ms` (milliseconds since the Unix epoch).
-    fn heartbeat(&self, id: &str, phones: u32, at_ms: u64) -> Result<(), ControlError>;
+    fn heartbeat(&self, id: &str, phones: u32, degraded: Option<&str>, at_ms: u64) -> Result<(), ControlError>;
     /// One site, if registered.
     fn site(&self, id: &str) -> Result<Option<Site>, ControlError>;
     /// All sites, by id.
@@ -238,8 +238,8 @@ impl Store for SqliteStore {
         sites::put_site(&mut self.conn(), id, spec)
     }
 
-    fn heartbeat(&self, id: &str, phones: u32, at_ms: u64) -> Result<(), ControlError> {
-        sites::heartbeat(&self.conn(), id, phones, at_ms)
+    fn heartbeat(&self, id: &str, phones: u32, degraded: Option<&str>, at_ms: u64) -> Result<(), ControlError> {
+        sites::heartbeat(&self.conn(), id, phones, degraded, at_ms)
     }
 
     fn site(&self, id: &str) -> Result<Option<Site>, ControlError> {

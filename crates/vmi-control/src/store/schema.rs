@@ -118,6 +118,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_time ON audit(at_ms);
 ",
+    // What a site says is wrong with it (it cannot keep its phones durable), from its last heartbeat.
+    "ALTER TABLE sites ADD COLUMN degraded TEXT;",
 ];
 
 /// The schema version this build writes.

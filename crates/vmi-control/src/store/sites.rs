@@ -16,10 +16,11 @@ fn site_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Site> {
         phones: row.get(5)?,
         last_heartbeat_ms: row.get(6)?,
         draining: row.get(7)?,
+        degraded: row.get(8)?,
     })
 }
 
-const SITE_COLUMNS: &str = "id, url, lat, lon, capacity, phones, last_heartbeat_ms, draining";
+const SITE_COLUMNS: &str = "id, url, lat, lon, capacity, phones, last_heartbeat_ms, draining, degraded";
 
 /// One site, if registered.
 pub(super) fn load_site(conn: &Connection, id: &str) -> Result<Option<Site>, ControlError> {
@@ -42,9 +43,17 @@ pub(super) fn put_site(conn: &mut Connection, id: &str, spec: &SiteSpec) -> Resu
     Ok(site)
 }
 
-pub(super) fn heartbeat(conn: &Connection, id: &str, phones: u32, at_ms: u64) -> Result<(), ControlError> {
-    let changed =
-        conn.execute("UPDATE sites SET phones = ?2, last_heartbeat_ms = ?3 WHERE id = ?1", params![id, phones, at_ms])?;
+pub(super) fn heartbeat(
+    conn: &Connection,
+    id: &str,
+    phones: u32,
+    degraded: Option<&str>,
+    at_ms: u64,
+) -> Result<(), ControlError> {
+    let changed = conn.execute(
+        "UPDATE sites SET phones = ?2, last_heartbeat_ms = ?3, degraded = ?4 WHERE id = ?1",
+        params![id, phones, at_ms, degraded],
+    )?;
     if changed == 0 {
         return Err(ControlError::not_found("site", id));
     }
@@ -97,7 +106,7 @@ mod tests {
         assert_eq!(site.last_heartbeat_ms, None);
         assert!(!site.healthy_at(now_ms()));
 
-        s.heartbeat("site-a", 3, 100_000).unwrap();
+        s.heartbeat("site-a", 3, None, 100_000).unwrap();
         let site = s.site("site-a").unwrap().unwrap();
         assert_eq!((site.phones, site.last_heartbeat_ms), (3, Some(100_000)));
         assert!(site.healthy_at(110_000));
@@ -108,7 +117,7 @@ mod tests {
         assert_eq!((updated.capacity, updated.url.as_str()), (9, "http://127.0.0.1:7"));
         assert_eq!((updated.phones, updated.last_heartbeat_ms), (3, Some(100_000)));
 
-        assert!(matches!(s.heartbeat("site-z", 0, 1), Err(ControlError::NotFound { what: "site", .. })));
+        assert!(matches!(s.heartbeat("site-z", 0, None, 1), Err(ControlError::NotFound { what: "site", .. })));
         assert_eq!(s.list_sites().unwrap().len(), 1);
         assert_eq!(s.site("site-z").unwrap(), None);
     }

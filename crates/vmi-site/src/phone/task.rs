@@ -91,6 +91,8 @@ struct Durable {
     pre_copy_at: Option<Instant>,
     /// The write in flight (one at a time, in order).
     pending: Option<tokio::task::JoinHandle<Result<(), crate::SiteError>>>,
+    /// The site's record of phones it cannot keep durable (its heartbeat says so).
+    health: Arc<crate::persist::DiskHealth>,
 }
 
 impl PhoneTask {
@@ -118,10 +120,11 @@ impl PhoneTask {
         }
     }
 
-    /// The same task, keeping the phone's state durable in `dir` while it runs ([`DURABLE_EVERY`]).
-    pub fn durable_in(mut self, dir: PathBuf) -> PhoneTask {
-        self.durable =
-            Some(Durable { dir, changed: false, written_at: Instant::now(), pre_copy_at: None, pending: None });
+    /// The same task, keeping the phone's state durable in `dir` while it runs ([`DURABLE_EVERY`]), and saying
+    /// in `health` when it cannot.
+    pub fn durable_in(mut self, dir: PathBuf, health: Arc<crate::persist::DiskHealth>) -> PhoneTask {
+        let written_at = Instant::now();
+        self.durable = Some(Durable { dir, changed: false, written_at, pre_copy_at: None, pending: None, health });
         self
     }
 
@@ -159,6 +162,7 @@ impl PhoneTask {
                 }
             };
             if let Next::End = next {
+                self.forget_health();
                 return;
             }
             self.note_crash();
@@ -166,13 +170,23 @@ impl PhoneTask {
             self.keep_durable();
         }
         tracing::debug!(user = %self.user, "phone task ends");
+        self.forget_health();
     }
 
     /// How long until the phone's changes are due on disk (an hour when there is nothing to write).
     fn until_durable(&self) -> Duration {
         match &self.durable {
+            // A write in flight is looked at again shortly, for its outcome.
+            Some(d) if d.pending.is_some() => Duration::from_millis(50),
             Some(d) if d.changed => DURABLE_EVERY.saturating_sub(d.written_at.elapsed()),
             _ => Duration::from_secs(3600),
+        }
+    }
+
+    /// The phone leaves this site (stopped, moved, checked out): whatever failed for it is no longer the site's.
+    fn forget_health(&self) {
+        if let Some(d) = &self.durable {
+            d.health.clear(&self.user);
         }
     }
 
@@ -183,23 +197,39 @@ impl PhoneTask {
         }
     }
 
-    /// Waits for the write in flight, if any; a failure is logged (the next write tries again).
+    /// Waits for the write in flight, if any, and notes how it went.
     async fn finish_write(&mut self) {
         let Some(pending) = self.durable.as_mut().and_then(|d| d.pending.take()) else { return };
-        match pending.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(user = %self.user, "cannot keep the phone durable: {}", vmi_engine::error_chain(&e));
-                self.changed();
+        let result = pending.await.map_err(|e| e.to_string());
+        self.note_write(result);
+    }
+
+    /// A write's outcome: a failure is logged and told to the site's health (its heartbeat then says the site is
+    /// degraded), and the state stays due; a success clears it.
+    fn note_write(&mut self, result: Result<Result<(), crate::SiteError>, String>) {
+        let Some(d) = &mut self.durable else { return };
+        let why = match result {
+            Ok(Ok(())) => {
+                d.health.clear(&self.user);
+                return;
             }
-            Err(e) => tracing::error!(user = %self.user, "the durable write did not finish: {e}"),
-        }
+            Ok(Err(e)) => vmi_engine::error_chain(&e),
+            Err(e) => format!("the write did not finish: {e}"),
+        };
+        tracing::error!(user = %self.user, "cannot keep the phone durable: {why}");
+        d.health.failed(&self.user, why);
+        d.changed = true;
     }
 
     /// Writes the phone's state when it changed and [`DURABLE_EVERY`] has passed: a full snapshot taken here,
     /// written and synced off the async workers, one write at a time. Not while a migration's pre-copy runs
     /// (a full snapshot would restart its rounds), nor while frozen or crashed.
     fn keep_durable(&mut self) {
+        // A write that finished: its outcome first (a failure makes the state due again and the site degraded).
+        let finished = self.durable.as_mut().filter(|d| d.pending.as_ref().is_some_and(|p| p.is_finished()));
+        if let Some(result) = finished.and_then(|d| d.pending.take()).and_then(futures_util::FutureExt::now_or_never) {
+            self.note_write(result.map_err(|e| e.to_string()));
+        }
         let running = matches!(self.state, State::Running);
         let Some(d) = &mut self.durable else { return };
         let migrating = d.pre_copy_at.is_some_and(|at| at.elapsed() < PRE_COPY_QUIET);
@@ -218,15 +248,9 @@ impl PhoneTask {
         };
         let saved = SavedPhone { snapshot, input_seqs: self.input_seqs.clone() };
         let dir = d.dir.clone();
-        // The previous write has finished (checked above): its result, without waiting.
-        if let Some(done) = d.pending.take()
-            && let Some(Ok(Err(e))) = futures_util::FutureExt::now_or_never(done)
-        {
-            tracing::error!(user = %self.user, "cannot keep the phone durable: {}", vmi_engine::error_chain(&e));
-        }
-        d.pending = Some(tokio::task::spawn_blocking(move || crate::persist::write_phone(&dir, &saved)));
         d.changed = false;
         d.written_at = Instant::now();
+        d.pending = Some(tokio::task::spawn_blocking(move || crate::persist::write_phone(&dir, &saved)));
     }
 
     fn until_next_timer(&self) -> Duration {
@@ -243,6 +267,10 @@ impl PhoneTask {
 
     fn fire_timers(&mut self) {
         if !matches!(self.state, State::Running) {
+            return;
+        }
+        // Woken for something else (a write's outcome, the idle minute): nothing due, nothing changes.
+        if self.phone.next_timer_ns().is_none_or(|t| t > self.phone.now_ns()) {
             return;
         }
         if let Err(e) = self.phone.fire_due_timers() {
