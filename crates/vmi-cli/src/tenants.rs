@@ -327,6 +327,9 @@ pub async fn restart(args: PhoneArgs) -> Result<()> {
     if let Some(e) = report["upgrade_error"].as_str() {
         bail!("the phone stays on {}: {e}", name(&report["to"]));
     }
+    if let Some(e) = report["not_saved"].as_str() {
+        bail!("the phone runs, but its state could not be written to the site's disk: {e}");
+    }
     Ok(())
 }
 

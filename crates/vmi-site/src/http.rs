@@ -131,12 +131,14 @@ impl From<SiteError> for ApiError {
                 | CheckpointError::Incomplete { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            SiteError::Engine(_) | SiteError::Io { .. } | SiteError::Control(_) | SiteError::Background(_) => {
+            // The disk would not take it: said as such, with the file and the reason.
+            SiteError::Io { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            SiteError::Engine(_) | SiteError::Control(_) | SiteError::Background(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
         let words = vmi_engine::error_chain(&e);
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
+        if status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::INSUFFICIENT_STORAGE {
             tracing::error!("site error: {words}");
         }
         ApiError(status, words)

@@ -137,6 +137,10 @@ pub struct RestartReport {
     /// Why it could not move to its user's current version, if it could not: it then runs
     /// its old image, state unchanged.
     pub upgrade_error: Option<String>,
+    /// Why its state could not be written before the restart, if it could not: it runs, but a crash of the
+    /// site now would lose it (the site reports itself degraded, and the placer moves it away).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_saved: Option<String>,
 }
 
 /// A control-service refusal to admit a phone, as a site error.
@@ -239,6 +243,7 @@ impl SiteState {
             to: self.image_ref(&old),
             upgraded: false,
             upgrade_error: None,
+            not_saved: None,
         };
         let target = match self.current_image(user).await {
             Ok(target) => target,
@@ -318,6 +323,7 @@ impl SiteState {
             to: self.image_ref(&image),
             upgraded: image != old,
             upgrade_error: None,
+            not_saved: None,
         })
     }
 
@@ -334,11 +340,15 @@ impl SiteState {
             Err(e) => return Err(SiteError::phone(user, e)),
         };
         self.phones.remove(user);
-        if let Err(e) = write_phone(&self.phone_dir(user), &saved) {
-            // The snapshot is still in memory and boots below; the file is only a safety net.
-            tracing::error!(user, "cannot save the phone before its restart: {}", vmi_engine::error_chain(&e));
-        }
-        let (vm, report) = self.boot_saved(user, saved.snapshot.into()).await?;
+        // The snapshot is still in memory and boots below; the file is the safety net, and its failure is said.
+        let not_saved = write_phone(&self.phone_dir(user), &saved).err().map(|e| {
+            let why = vmi_engine::error_chain(&e);
+            tracing::error!(user, "cannot save the phone before its restart: {why}");
+            self.disk.failed(user, why.clone());
+            why
+        });
+        let (vm, mut report) = self.boot_saved(user, saved.snapshot.into()).await?;
+        report.not_saved = not_saved;
         self.spawn_phone(user, vm, saved.input_seqs);
         tracing::info!(user, upgraded = report.upgraded, "phone restarted");
         Ok(report)

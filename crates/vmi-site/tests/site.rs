@@ -381,3 +381,20 @@ async fn a_site_that_cannot_keep_phones_durable_says_so_and_its_phones_move_away
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// A restart whose save fails says so (the phone runs on, from memory), and the site counts itself degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_cannot_save_says_so() {
+    let control = control().await;
+    let dir = scratch("restart-unsaved");
+    let site = site(&control, "site-a", dir.clone()).await;
+    user_with_phone(&control, &site, "alice").await;
+    std::fs::create_dir_all(dir.join("phones/alice/phone.state.tmp/in-the-way")).expect("an obstacle");
+    let url = format!("{}/v1/phones/alice/restart", site.url);
+    let (status, body) = control.post(&url, &serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(report["not_saved"].as_str().is_some_and(|w| w.contains("phone.state.tmp")), "{report}");
+    assert!(site.state.users().iter().any(|u| u == "alice"), "it runs on");
+    site.shutdown().await;
+}
