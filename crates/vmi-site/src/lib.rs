@@ -340,15 +340,49 @@ impl SiteState {
                 continue;
             }
             let state_path = entry.path().join(PHONE_FILE);
-            let (bytes, input_seqs) =
-                match std::fs::read(&state_path).map_err(|e| e.to_string()).and_then(|b| read_phone(&b)) {
-                    Ok(saved) => saved,
-                    Err(e) => {
-                        // Kept where it is for an operator: a phone's state is never thrown away.
-                        tracing::error!(path = %state_path.display(), "skipping a phone that cannot be read: {e}");
-                        continue;
-                    }
+            let saved = std::fs::read(&state_path).map_err(|e| e.to_string()).and_then(|b| read_phone(&b));
+            // Never silently back from an older state: a checkpoint newer than the saved state (or a saved state
+            // that cannot be read) brings the phone back from that checkpoint instead.
+            let state_ms = saved
+                .as_ref()
+                .ok()
+                .and_then(|(bytes, _)| vmi_snapshot::Snapshot::peek_header(bytes).ok())
+                .map(|h| h.wall_ns / 1_000_000);
+            let newest_checkpoint = match self.checkpoints_of(&user).await {
+                Ok(list) => list.iter().map(|c| c.at_ms).max(),
+                Err(_) => None,
+            };
+            let from_checkpoint = match (&saved, newest_checkpoint) {
+                (Ok(_), Some(at)) => state_ms.is_some_and(|s| at > s),
+                (Err(_), Some(_)) => true,
+                (_, None) => false,
+            };
+            if from_checkpoint {
+                let why = match &saved {
+                    Ok(_) => "the newest checkpoint is newer than the saved state".to_owned(),
+                    Err(e) => format!("the saved state cannot be read ({e})"),
                 };
+                match self.restore_checkpoint(&user, vmi_checkpoint::Selector::AtOrBefore(u64::MAX)).await {
+                    Ok(done) => {
+                        tracing::warn!(user, checkpoint = %done.restored.id, at_ms = done.restored.at_ms, "{why}: restored from the checkpoint");
+                        restored += 1;
+                    }
+                    Err(e) => tracing::error!(
+                        user,
+                        "{why}, and the checkpoint cannot be restored: {}",
+                        vmi_engine::error_chain(&e)
+                    ),
+                }
+                continue;
+            }
+            let (bytes, input_seqs) = match saved {
+                Ok(saved) => saved,
+                Err(e) => {
+                    // Kept where it is for an operator: a phone's state is never thrown away.
+                    tracing::error!(path = %state_path.display(), "skipping a phone that cannot be read: {e}");
+                    continue;
+                }
+            };
             // Only a phone this site still owns comes back: one that moved away while the
             // site was down runs elsewhere now (its file is kept for the operator).
             match self.control.placement(&user).await {

@@ -155,3 +155,48 @@ async fn three_days_back_under_a_live_terminal_and_back_again_from_the_copy_afte
     term.close().await;
     b.shutdown().await;
 }
+
+/// A site never comes back silently from a saved state older than its newest checkpoint: the checkpoint wins,
+/// and a phone whose saved state cannot be read at all comes back from its checkpoint too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_restarts_a_phone_from_whichever_is_newer_its_saved_state_or_a_checkpoint() {
+    let control = control().await;
+    let dir = scratch("newest-state");
+    let a = site(&control, "site-a", dir.clone()).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+    let mut term = Term::connect(&a.ws_url()).await;
+    term.hello(&token, None, false).await;
+    term.tap(NOTES).await;
+    let seq = term.type_text("old").await;
+    term.acked(seq).await;
+    term.close().await;
+    // A saved state with "old" in it (the site writes one within a second of a change).
+    let state = dir.join("phones/alice/phone.state");
+    vmi_testkit::eventually(std::time::Duration::from_secs(10), "a saved state", async || state.exists()).await;
+    let stale = std::fs::read(&state).expect("saved state");
+
+    let mut term = Term::connect(&a.ws_url()).await;
+    let welcome = term.hello(&token, None, false).await;
+    if let ServerMessage::Welcome { last_input_seq, .. } = welcome {
+        term.seq = last_input_seq;
+    }
+    let seq = term.type_text(" and new").await;
+    term.acked(seq).await;
+    term.close().await;
+    let (status, _) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints", a.url), json!({ "label": "new" })).await;
+    assert_eq!(status, 200);
+    assert_eq!(a.shutdown().await.saved, 1);
+
+    // The newest saved state is replaced by the stale one: the checkpoint is newer, and wins.
+    std::fs::write(&state, &stale).expect("stale state back");
+    let a = site(&control, "site-a", dir.clone()).await;
+    assert_eq!(notes(&control, &a.url, "alice").await, "old and new", "not the stale saved state");
+    assert_eq!(a.shutdown().await.saved, 1);
+
+    // A saved state that cannot be read: the checkpoint brings the phone back.
+    std::fs::write(&state, b"not a phone").expect("damage");
+    let a = site(&control, "site-a", dir).await;
+    assert_eq!(notes(&control, &a.url, "alice").await, "old and new");
+    a.shutdown().await;
+}
