@@ -386,6 +386,9 @@ async fn destination_dying_mid_copy_or_a_cut_link_leave_the_phone_at_the_source(
     let (status, report) =
         control.operator().post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body).await.expect("post");
     assert_eq!(status, 502, "forged commit: {report}");
+    // The phone was stopped for the final delta and the read-back: an abort reports that downtime too.
+    let aborted: serde_json::Value = serde_json::from_str(&report).expect("a report");
+    assert!(aborted["downtime_us"].as_u64().is_some_and(|us| us > 0), "{aborted}");
     assert_runs_at(&a, &control, &token, "alice").await;
     let inbox_after = control.get(&format!("{}/v1/phones/alice/kv/mail.inbox", a.url)).await;
     assert_eq!(inbox_after, inbox_before, "its state is the same");

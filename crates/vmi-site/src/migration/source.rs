@@ -207,12 +207,16 @@ async fn drive(
             }
             Settled::Kept => {
                 tracing::warn!(user, to = to_id, "the destination said Committed but the placement does not name it");
+                // The phone was stopped until now, aborted or not: that is its downtime.
+                report.downtime_us = stopped.elapsed().as_micros() as u64;
                 phone.thaw().await;
                 return Err(MigrationError::NotCommitted);
             }
         },
         Ok(MigrationMessage::Abort { reason }) => {
             settle_kept(site, user, to_id, true).await;
+            // The phone was stopped until now, aborted or not: that is its downtime.
+            report.downtime_us = stopped.elapsed().as_micros() as u64;
             phone.thaw().await;
             return Err(MigrationError::Refused(reason));
         }
@@ -226,6 +230,8 @@ async fn drive(
                     epoch
                 }
                 Settled::Kept => {
+                    // The phone was stopped until now, aborted or not: that is its downtime.
+                    report.downtime_us = stopped.elapsed().as_micros() as u64;
                     phone.thaw().await;
                     return Err(MigrationError::NotCommitted);
                 }
