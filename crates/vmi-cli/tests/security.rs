@@ -209,6 +209,18 @@ async fn every_attack_is_refused_and_changes_nothing() {
     assert!(raw_head(&site_a, &head).starts_with("HTTP/1.1 403"), "a cross-origin mutation, even with a token");
     let head = "POST /v1/phones/demo/mail HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}";
     assert!(raw_head(&site_a, head).starts_with("HTTP/1.1 415"), "a form-typed body");
+    // A page elsewhere opening the terminal WebSocket (to feed the lockout with wrong Hellos) is refused; a page
+    // served on this machine (the demo, by any site) may open it.
+    let upgrade = |origin: &str| {
+        format!(
+            "GET /v1/terminal HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {origin}\r\n\r\n"
+        )
+    };
+    let answer = raw_head(&site_a, &upgrade("https://evil.example"));
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let answer = raw_head(&site_a, &upgrade("http://127.0.0.1:7802"));
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
     let answer = raw_head(&site_a, "GET / HTTP/1.1\r\nHost: rebind.evil.example\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
     let page = raw_head(&site_a, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").to_ascii_lowercase();

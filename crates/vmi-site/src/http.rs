@@ -163,13 +163,39 @@ async fn terminal(
     ws: WebSocketUpgrade,
     State(site): State<Arc<SiteState>>,
     peer: Option<Extension<vmi_trust::Peer>>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
+    // A web page may open a terminal only if it was served by a site (this one, or another the phone came from):
+    // a page elsewhere must not feed this site's lockout with wrong Hellos from the user's own address.
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        if !terminal_origin_allowed(&site, origin.to_str().unwrap_or("null"), host).await {
+            let why = format!("a page from {origin:?} may not open a terminal here");
+            return ApiError(StatusCode::FORBIDDEN, why).into_response();
+        }
+    }
     // One limit, the document's (docs/PROTOCOL.md, "Transport"): a bigger message is
     // answered with Error(BadMessage) by the session.
     let limit = vmi_protocol::wire::MAX_MESSAGE_LEN;
     // Wrong tokens in Hello count against the address, as wrong bearer tokens do.
     let from = peer.map(|Extension(p)| p.addr.ip().to_canonical());
     ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| crate::session::run(socket, site, from))
+}
+
+/// Whether a page of `origin` may open a terminal WebSocket on this site (whose `Host` was `host`): its own
+/// pages, pages served on this machine (the loopback demo), and pages of registered sites.
+async fn terminal_origin_allowed(site: &SiteState, origin: &str, host: &str) -> bool {
+    let Some((_, authority)) = origin.split_once("://") else { return false };
+    if authority.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    let origin_host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']']);
+    if origin_host.eq_ignore_ascii_case("localhost")
+        || origin_host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    {
+        return true;
+    }
+    site.registered_origins().await.iter().any(|o| o.eq_ignore_ascii_case(origin))
 }
 
 async fn list_phones(State(site): State<Arc<SiteState>>) -> Json<serde_json::Value> {

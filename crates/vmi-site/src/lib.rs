@@ -117,6 +117,8 @@ pub struct SiteState {
     uploads: tokio::sync::Semaphore,
     /// Phones whose state cannot be written: the heartbeat says the site is degraded while there are any.
     disk: Arc<persist::DiskHealth>,
+    /// The registered sites' origins and when they were asked (pages of those may open terminals here).
+    origins: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
     config: SiteConfig,
     checkpoints: checkpoints::Checkpoints,
 }
@@ -159,6 +161,23 @@ impl SiteState {
     pub fn peer(&self, site_id: &str) -> Result<vmi_control_api::Caller, SiteError> {
         let name = vmi_trust::site_name(site_id).map_err(|e| SiteError::BadUser(e.to_string()))?;
         Ok(self.caller.clone().expecting(&name).tls_only())
+    }
+
+    /// The origins (`https://host:port`) of the registered sites, as the control service listed them within the
+    /// last 30 s (none while it cannot be asked).
+    pub async fn registered_origins(&self) -> Vec<String> {
+        const FRESH: Duration = Duration::from_secs(30);
+        if let Some((at, origins)) = &*self.origins.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < FRESH
+        {
+            return origins.clone();
+        }
+        let origins: Vec<String> = match self.control.list_sites().await {
+            Ok(sites) => sites.into_iter().map(|s| s.site.url.trim_end_matches('/').to_owned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        *self.origins.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), origins.clone()));
+        origins
     }
 
     /// The host names this site answers to: its certificate name and its public URL's host.
@@ -545,6 +564,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         guard: access::Guard::default(),
         uploads: tokio::sync::Semaphore::new(http::UPLOADS_AT_ONCE),
         disk: Arc::default(),
+        origins: std::sync::Mutex::new(None),
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         config: config.clone(),
     });
