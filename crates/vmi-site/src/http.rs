@@ -179,7 +179,14 @@ async fn terminal(
     let limit = vmi_protocol::wire::MAX_MESSAGE_LEN;
     // Wrong tokens in Hello count against the address, as wrong bearer tokens do.
     let from = peer.map(|Extension(p)| p.addr.ip().to_canonical());
-    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| crate::session::run(socket, site, from))
+    // Before its Hello a caller is unknown, yet may send a message up to the limit: only so many at once.
+    let Ok(greeting) = site.greeting.clone().try_acquire_owned() else {
+        let why = format!("{HELLOS_AT_ONCE} terminals are saying Hello already; try again in a moment");
+        return ApiError(StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    };
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| crate::session::run(socket, site, from, greeting))
 }
 
 /// Whether a page of `origin` may open a terminal WebSocket on this site (whose `Host` was `host`): its own
@@ -511,6 +518,10 @@ async fn device_revoked(State(site): State<Arc<SiteState>>, Path(id): Path<Strin
     }
     StatusCode::NO_CONTENT
 }
+
+/// Terminals a site lets say Hello at once (each may send a message up to the protocol's limit before it is
+/// known); more are answered 503 until one has said it.
+pub const HELLOS_AT_ONCE: usize = 32;
 
 /// Concurrent large uploads (checkins, checkpoint copies) a site takes; more wait for their turn.
 pub const UPLOADS_AT_ONCE: usize = 2;

@@ -36,6 +36,7 @@ mod session;
 mod web;
 
 pub use error::SiteError;
+pub use http::HELLOS_AT_ONCE;
 pub use persist::PHONE_FILE;
 
 use std::collections::HashMap;
@@ -115,6 +116,8 @@ pub struct SiteState {
     guard: access::Guard,
     /// Turns for large uploads ([`http::UPLOADS_AT_ONCE`]).
     uploads: tokio::sync::Semaphore,
+    /// Turns for terminals that have not said Hello yet ([`http::HELLOS_AT_ONCE`]).
+    greeting: Arc<tokio::sync::Semaphore>,
     /// Phones whose state cannot be written: the heartbeat says the site is degraded while there are any.
     disk: Arc<persist::DiskHealth>,
     /// The registered sites' origins and when they were asked (pages of those may open terminals here).
@@ -563,6 +566,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         caller,
         guard: access::Guard::default(),
         uploads: tokio::sync::Semaphore::new(http::UPLOADS_AT_ONCE),
+        greeting: Arc::new(tokio::sync::Semaphore::new(http::HELLOS_AT_ONCE)),
         disk: Arc::default(),
         origins: std::sync::Mutex::new(None),
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,

@@ -64,7 +64,12 @@ async fn refuse(mut socket: WebSocket, code: ErrorCode, message: String) {
 }
 
 /// Runs a session to its end.
-pub async fn run(mut socket: WebSocket, site: Arc<SiteState>, from: Option<std::net::IpAddr>) {
+pub async fn run(
+    mut socket: WebSocket,
+    site: Arc<SiteState>,
+    from: Option<std::net::IpAddr>,
+    greeting: tokio::sync::OwnedSemaphorePermit,
+) {
     // WebSocket pings and pongs before Hello are the transport's business.
     let first = tokio::time::timeout(HELLO_TIMEOUT, async {
         loop {
@@ -84,6 +89,8 @@ pub async fn run(mut socket: WebSocket, site: Arc<SiteState>, from: Option<std::
         Ok(Some(Err(e))) => return refuse(socket, ErrorCode::BadMessage, unreadable(&e)).await,
         Err(_) => return refuse(socket, ErrorCode::BadMessage, "no Hello within 10 s".into()).await,
     };
+    // The Hello is read: what an unknown caller could make the site hold (a message up to the limit) is gone.
+    drop(greeting);
     let (token, resume, asleep) = match hello {
         Ok(ClientMessage::Hello { version, device_token, resume, asleep }) => {
             if version != PROTOCOL_VERSION {

@@ -562,6 +562,23 @@ async fn closing_the_idlest_terminal_makes_room_for_a_new_one() {
     w.stop().await;
 }
 
+/// Before their Hello, callers are unknown and may each send a large message: only so many at once. One more is
+/// told 503; once one has said Hello, there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_so_many_terminals_may_be_saying_hello_at_once() {
+    let w = world("greeting").await;
+    let mut waiting = Vec::new();
+    for _ in 0..vmi_site::HELLOS_AT_ONCE {
+        waiting.push(Raw::connect(&w.site.ws_url()).await);
+    }
+    let refused = vmi_site::peer_socket::connect(&bearer_less(), &w.site.ws_url()).await.err().expect("refused");
+    assert!(refused.contains("503"), "{refused}");
+    assert!(matches!(waiting[0].hello(&w.token, None, true).await, ServerMessage::Welcome { .. }));
+    let mut next = Raw::connect(&w.site.ws_url()).await;
+    assert!(matches!(next.hello(&w.token, None, true).await, ServerMessage::Welcome { .. }), "room again");
+    w.stop().await;
+}
+
 /// A notification raised while no terminal is attached reaches the next terminal that
 /// says Hello, asleep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
