@@ -571,7 +571,10 @@ async fn only_so_many_terminals_may_be_saying_hello_at_once() {
     for _ in 0..vmi_site::HELLOS_AT_ONCE {
         waiting.push(Raw::connect(&w.site.ws_url()).await);
     }
-    let refused = vmi_site::peer_socket::connect(&bearer_less(), &w.site.ws_url()).await.err().expect("refused");
+    let refused = match vmi_site::peer_socket::connect(&bearer_less(), &w.site.ws_url()).await {
+        Ok(_) => panic!("a caller past the limit was let in"),
+        Err(why) => why,
+    };
     assert!(refused.contains("503"), "{refused}");
     assert!(matches!(waiting[0].hello(&w.token, None, true).await, ServerMessage::Welcome { .. }));
     let mut next = Raw::connect(&w.site.ws_url()).await;
