@@ -72,6 +72,25 @@ impl fmt::Display for Principal {
     }
 }
 
+/// The principal a machine claims in [`PEER_HEADER`], and the identity name its TLS certificate must carry for
+/// the claim to count: `control` → `control.vmi`, `site/ID` → `ID.site.vmi`. `None` for anything else.
+pub fn claimed_machine(claim: &str) -> Option<(Principal, String)> {
+    if claim == "control" {
+        return Some((Principal::Control, vmi_trust::CONTROL_NAME.to_owned()));
+    }
+    let id = claim.strip_prefix("site/")?;
+    let name = vmi_trust::site_name(id).ok()?;
+    Some((Principal::Site { id: id.to_owned() }, name))
+}
+
+/// The token of an `Authorization` header's value `Bearer TOKEN` (the scheme in any case); `None` for another
+/// scheme or an empty token.
+pub fn bearer_of(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// One line of the audit log: an operator's action or a refusal for security reasons.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -208,5 +227,26 @@ mod tests {
         assert!(!format!("{token:?}").contains("secret-123"));
         let cred = NewCredential { principal: Principal::Control, token: "secret-456".into() };
         assert!(!format!("{cred:?}").contains("secret-456"));
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    #[test]
+    fn claims_name_the_identity_a_certificate_must_carry() {
+        assert_eq!(claimed_machine("control"), Some((Principal::Control, "control.vmi".into())));
+        assert_eq!(
+            claimed_machine("site/site-a"),
+            Some((Principal::Site { id: "site-a".into() }, "site-a.site.vmi".into()))
+        );
+        for bad in ["site/", "site/a.b", "operator", "Control", ""] {
+            assert_eq!(claimed_machine(bad), None, "{bad:?}");
+        }
+        assert_eq!(bearer_of("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_of("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_of("Basic abc"), None);
+        assert_eq!(bearer_of("Bearer "), None);
     }
 }

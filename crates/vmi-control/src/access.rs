@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use vmi_control_api::auth::{AuditEntry, PEER_HEADER, Principal};
-use vmi_trust::{CONTROL_NAME, Lockout, Peer, RateLimit, site_name};
+use vmi_trust::{Lockout, Peer, RateLimit};
 
 use crate::http::AppState;
 use crate::{ControlError, Store};
@@ -138,9 +138,7 @@ impl Default for Guard {
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    vmi_control_api::auth::bearer_of(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// Who the request's credentials name; 401 for a wrong secret or an unproven claim, 429 while locked out.
@@ -162,14 +160,7 @@ fn principal_of(
     }
     let Some(claim) = headers.get(PEER_HEADER) else { return Ok(Principal::Anonymous) };
     let claim = claim.to_str().map_err(|_| ControlError::Unauthorized)?;
-    let (principal, name) = if claim == "control" {
-        (Principal::Control, CONTROL_NAME.to_owned())
-    } else if let Some(id) = claim.strip_prefix("site/") {
-        let name = site_name(id).map_err(|_| ControlError::Unauthorized)?;
-        (Principal::Site { id: id.to_owned() }, name)
-    } else {
-        return Err(ControlError::Unauthorized);
-    };
+    let (principal, name) = vmi_control_api::auth::claimed_machine(claim).ok_or(ControlError::Unauthorized)?;
     if peer.is_some_and(|peer| peer.is(&name)) { Ok(principal) } else { Err(ControlError::Unauthorized) }
 }
 

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use vmi_control_api::auth::{AuditEntry, MAX_AUDIT_REPORTED, PEER_HEADER, Principal};
-use vmi_trust::{CONTROL_NAME, Lockout, Peer, RateLimit, site_name};
+use vmi_trust::{Lockout, Peer, RateLimit};
 
 use crate::SiteState;
 
@@ -187,10 +187,7 @@ impl Guard {
 
 /// The token of an `Authorization: Bearer …` header.
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+    vmi_control_api::auth::bearer_of(headers.get(header::AUTHORIZATION)?.to_str().ok()?).map(str::to_owned)
 }
 
 /// A refusal as an answer: status and a JSON body naming why.
@@ -230,13 +227,7 @@ async fn principal_of(
     let Some(claim) = headers.get(PEER_HEADER) else { return Ok(Principal::Anonymous) };
     let unproven = || refuse(StatusCode::UNAUTHORIZED, "the peer's certificate does not back its claim");
     let claim = claim.to_str().map_err(|_| unproven())?;
-    let (principal, name) = if claim == "control" {
-        (Principal::Control, CONTROL_NAME.to_owned())
-    } else if let Some(id) = claim.strip_prefix("site/") {
-        (Principal::Site { id: id.to_owned() }, site_name(id).map_err(|_| unproven())?)
-    } else {
-        return Err(unproven());
-    };
+    let (principal, name) = vmi_control_api::auth::claimed_machine(claim).ok_or_else(unproven)?;
     if peer.is_some_and(|peer| peer.is(&name)) { Ok(principal) } else { Err(unproven()) }
 }
 
