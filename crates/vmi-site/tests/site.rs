@@ -336,10 +336,8 @@ async fn a_phone_that_cannot_be_saved_is_named_at_shutdown() {
     let site = site(&control, "site-a", dir.clone()).await;
     user_with_phone(&control, &site, "alice").await;
     user_with_phone(&control, &site, "bob").await;
-    // Where alice's state would be written is taken by a directory: the write fails, as on a broken disk (the
-    // tests run as root, which file modes do not stop).
     let alice = dir.join("phones").join("alice");
-    std::fs::create_dir_all(alice.join("phone.state.tmp").join("in-the-way")).expect("an obstacle");
+    break_state_writes(&dir, "alice");
     let report = site.shutdown().await;
     assert_eq!(report.saved, 1, "bob's phone was saved");
     assert_eq!(report.failed.len(), 1, "{report:?}");
@@ -358,8 +356,7 @@ async fn a_site_that_cannot_keep_phones_durable_says_so_and_its_phones_move_away
     let a = site(&control, "site-a", dir.clone()).await;
     let b = site(&control, "site-b", scratch("degraded-b")).await;
     let token = user_with_phone(&control, &a, "alice").await;
-    // Where alice's state would be written is taken by a directory: every write fails, as on a broken disk.
-    std::fs::create_dir_all(dir.join("phones/alice/phone.state.tmp/in-the-way")).expect("an obstacle");
+    break_state_writes(&dir, "alice");
     let mut term = Term::connect(&a.ws_url()).await;
     term.hello(&token, None, false).await;
     term.tap(NOTES).await;
@@ -389,7 +386,7 @@ async fn a_restart_that_cannot_save_says_so() {
     let dir = scratch("restart-unsaved");
     let site = site(&control, "site-a", dir.clone()).await;
     user_with_phone(&control, &site, "alice").await;
-    std::fs::create_dir_all(dir.join("phones/alice/phone.state.tmp/in-the-way")).expect("an obstacle");
+    break_state_writes(&dir, "alice");
     let url = format!("{}/v1/phones/alice/restart", site.url);
     let (status, body) = control.post(&url, &serde_json::json!({})).await;
     assert_eq!(status, 200, "{body}");
@@ -397,4 +394,11 @@ async fn a_restart_that_cannot_save_says_so() {
     assert!(report["not_saved"].as_str().is_some_and(|w| w.contains("phone.state.tmp")), "{report}");
     assert!(site.state.users().iter().any(|u| u == "alice"), "it runs on");
     site.shutdown().await;
+}
+
+/// Makes every write of `user`'s state under the site directory `dir` fail, as on a broken disk: a directory
+/// stands where the temporary file goes (the tests run as root, which file modes do not stop).
+fn break_state_writes(dir: &std::path::Path, user: &str) {
+    let obstacle = dir.join("phones").join(user).join(format!("{}.tmp", vmi_site::PHONE_FILE)).join("in-the-way");
+    std::fs::create_dir_all(obstacle).expect("an obstacle");
 }
