@@ -202,10 +202,6 @@ enum VmCmd {
 }
 
 fn main() -> ExitCode {
-    // Printing into a closed pipe (`vmi … | head`) ends the program quietly, as for any
-    // Unix tool, instead of panicking.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // Everything this program writes (phone state, checkpoints, keys, tokens) is its owner's alone: files 0600,
     // directories 0700, whatever the caller's umask.
     // SAFETY: umask only changes this process's file creation mask.
@@ -219,7 +215,15 @@ fn main() -> ExitCode {
         // Colour only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // Printing into a closed pipe (`vmi … | head`) ends a command quietly, as for any Unix tool, instead of
+    // panicking. Not the services: a peer that hangs up mid-answer must not kill a site (a vectored write to a
+    // closed socket raises SIGPIPE), and Rust's default (ignored) turns it into an error on that connection.
+    if !matches!(cli.command, Top::Up(_) | Top::Control(_) | Top::Site(_) | Top::Proxy(_)) {
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
