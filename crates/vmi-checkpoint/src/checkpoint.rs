@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use vmi_snapshot::{Header, Limits, PAGE_SIZE, SnapshotId, SnapshotKind, SnapshotView, encode_full, is_zero_page};
 
 use crate::manifest::{Hash, Manifest, Meta, SEGMENT_PAGES, Table, from_hex, hex, segments_of};
-use crate::{CheckpointError, ObjectStore, Result, Retention};
+use crate::{CheckpointError, ObjectStore, Result, Retention, validate_key};
 
 pub(crate) const CHUNKS: &str = "chunks/";
 pub(crate) const TABLES: &str = "tables/";
@@ -553,6 +553,50 @@ fn info(id: SnapshotId, e: &IndexEntry) -> CheckpointInfo {
         memory_bytes: e.memory_bytes,
         new_chunks: e.new_chunks,
         stored_bytes: e.stored_bytes,
+    }
+}
+
+impl CheckpointStore {
+    /// A chunk or page table (`chunks/HASH`, `tables/HASH`) as stored, if here: what another site's copy repairs
+    /// its damaged one from. Other keys are refused.
+    pub fn object(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        validate_key(key)?;
+        if !(key.starts_with(CHUNKS) || key.starts_with(TABLES)) {
+            return Err(CheckpointError::InvalidKey(key.to_owned()));
+        }
+        self.objects.get(key)
+    }
+
+    /// Puts back a chunk or page table that is damaged or missing here (`chunks/HASH` or `tables/HASH`, as
+    /// [`CheckpointError::damaged_object`] names it) from `bytes` another store holds: checked first, never
+    /// trusted (a table must hash to its name and decode; a chunk must decode to content with its hash).
+    pub fn repair(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        validate_key(key)?;
+        let bad = |detail: String| CheckpointError::BadBundle(format!("{key}: {detail}"));
+        if let Some(hex_hash) = key.strip_prefix(TABLES) {
+            let hash = from_hex(hex_hash).ok_or_else(|| bad("not a hash".into()))?;
+            if blake3::hash(bytes).as_bytes() != &hash {
+                return Err(bad("does not match its hash".into()));
+            }
+            Table::decode(bytes).map_err(bad)?;
+        } else if let Some(hex_hash) = key.strip_prefix(CHUNKS) {
+            let hash = from_hex(hex_hash).ok_or_else(|| bad("not a hash".into()))?;
+            let raw = match bytes.split_first() {
+                Some((&RAW, body)) => body.to_vec(),
+                Some((&LZ4, body)) => {
+                    // LZ4 expands at most about 255 times; a chunk is a page or a host state, far below the cap.
+                    let cap = (body.len() * 255 + 16).min(64 << 20);
+                    lz4_flex::block::decompress(body, cap).map_err(|e| bad(format!("does not decompress: {e}")))?
+                }
+                _ => return Err(bad("not a chunk".into())),
+            };
+            if blake3::hash(&raw).as_bytes() != &hash {
+                return Err(bad("content does not match its hash".into()));
+            }
+        } else {
+            return Err(bad("neither a chunk nor a page table".into()));
+        }
+        self.objects.put(key, bytes)
     }
 }
 

@@ -109,3 +109,16 @@ pub enum CheckpointError {
 
 /// Result with a [`CheckpointError`].
 pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+impl CheckpointError {
+    /// The keys (`chunks/HASH`, `tables/HASH`) of the object this error finds damaged or missing, if it is a chunk
+    /// or page table: what a copy on another site can repair ([`CheckpointStore::repair`](crate::CheckpointStore::repair)).
+    pub fn damaged_object(&self) -> Option<[String; 2]> {
+        match self {
+            CheckpointError::CorruptChunk { hash, .. } | CheckpointError::MissingChunk { hash, .. } => {
+                Some([format!("chunks/{hash}"), format!("tables/{hash}")])
+            }
+            _ => None,
+        }
+    }
+}

@@ -333,6 +333,12 @@ fn damaged_objects_give_precise_errors() {
         objects.put(&key, bad).expect("put");
         assert!(matches!(store.restore("erin", Selector::Id(info.id)), Err(CheckpointError::CorruptChunk { .. })));
     }
+    // Repaired from a good copy (one that does not hash to its name is refused), and the restore works again.
+    let named = CheckpointError::CorruptChunk { hash: chunk.clone(), detail: String::new() }.damaged_object();
+    assert_eq!(named.as_ref().map(|keys| keys[0].as_str()), Some(key.as_str()));
+    assert!(store.repair(&key, &bad_copy(&good)).is_err(), "a bad copy is refused");
+    store.repair(&key, &good).expect("repair");
+    assert!(store.restore("erin", Selector::Id(info.id)).is_ok(), "restores again after the repair");
     // Missing.
     objects.delete(&key).expect("delete");
     match store.restore("erin", Selector::Id(info.id)) {
@@ -677,4 +683,13 @@ fn decoders_survive_damaged_and_random_input() {
     }
     // Most damage is caught (a flipped bit in a JSON string or a hash can still decode).
     assert!(decoded < 60_000 * 4 / 2, "{decoded} damaged inputs decoded");
+}
+
+/// `good` with its last byte flipped.
+fn bad_copy(good: &[u8]) -> Vec<u8> {
+    let mut bad = good.to_vec();
+    if let Some(last) = bad.last_mut() {
+        *last ^= 0x55;
+    }
+    bad
 }

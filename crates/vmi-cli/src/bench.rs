@@ -117,6 +117,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 200)]
         chunks: usize,
     },
+    /// Failover: the site running a phone is killed or stopped while a terminal types, again and again; time until
+    /// the phone answers on another site, inputs lost, two sites applying input at once.
+    Failover {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Faults to inject (alternately SIGKILL and SIGSTOP of the site running the phone).
+        #[arg(long, default_value_t = 100)]
+        faults: usize,
+    },
     /// How many idle phones fit, and how fast each is created.
     Density {
         /// Print one JSON object.
@@ -185,6 +195,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
                 chunks.max(1),
             ))?,
         ),
+        BenchCmd::Failover { json, faults } => {
+            print(json, crate::runtime()?.block_on(crate::bench_failover::failover(faults.max(1)))?)
+        }
         BenchCmd::Energy { json, active_min, asleep_h, mail_every_min } => print(
             json,
             crate::runtime()?.block_on(crate::bench_net::energy(active_min, asleep_h, mail_every_min.max(1)))?,

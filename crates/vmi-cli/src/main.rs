@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod bench_checkpoint;
+mod bench_failover;
 mod bench_net;
 mod checkpoints;
 mod credentials;
@@ -217,9 +218,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     // Printing into a closed pipe (`vmi … | head`) ends a command quietly, as for any Unix tool, instead of
-    // panicking. Not the services: a peer that hangs up mid-answer must not kill a site (a vectored write to a
-    // closed socket raises SIGPIPE), and Rust's default (ignored) turns it into an error on that connection.
-    if !matches!(cli.command, Top::Up(_) | Top::Control(_) | Top::Site(_) | Top::Proxy(_)) {
+    // panicking. Not the services, the terminal or the benches, which hold connections open: a peer that hangs
+    // up mid-answer (a killed site) must not kill them (a vectored write to a closed socket raises SIGPIPE), and
+    // Rust's default (ignored) turns it into an error on that connection.
+    let long_connections = matches!(
+        cli.command,
+        Top::Up(_) | Top::Control(_) | Top::Site(_) | Top::Proxy(_) | Top::Terminal(_) | Top::Bench(_)
+    );
+    if !long_connections {
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }

@@ -341,7 +341,7 @@ pub async fn site(args: SiteArgs) -> Result<()> {
         lon: args.lon,
         capacity: args.capacity,
         clock: vmi_engine::SystemClock::shared(),
-        heartbeat: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(1),
         screen: (720, 1280),
         public_url: args.public_url,
         checkpoint_every: match args.checkpoint_every.as_str() {
@@ -710,6 +710,7 @@ pub async fn list(args: ListArgs) -> Result<()> {
             rows.push(serde_json::json!({
                 "user": p["user"], "site": s.site.id, "status": p["phone"]["status"],
                 "terminals": p["phone"]["terminals"], "healthy": s.healthy, "draining": s.site.draining,
+                "standby": p["phone"]["standby"], "standby_lag_ms": p["phone"]["standby_lag_ms"],
             }));
         }
         if status == 0 {
@@ -720,14 +721,20 @@ pub async fn list(args: ListArgs) -> Result<()> {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!("{:<16} {:<10} {:<10} STATUS", "USER", "SITE", "TERMINALS");
+    println!("{:<16} {:<10} {:<10} {:<20} STATUS", "USER", "SITE", "TERMINALS", "STANDBY (LAG)");
     for r in rows {
         let terminals = r["terminals"].as_u64().map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+        let standby = match (r["standby"].as_str(), r["standby_lag_ms"].as_u64()) {
+            (Some(site), Some(lag)) => format!("{site} ({lag} ms)"),
+            (Some(site), None) => site.to_owned(),
+            _ => "-".to_owned(),
+        };
         println!(
-            "{:<16} {:<10} {:<10} {}",
+            "{:<16} {:<10} {:<10} {:<20} {}",
             r["user"].as_str().unwrap_or("-"),
             r["site"].as_str().unwrap_or("-"),
             terminals,
+            standby,
             r["status"].as_str().unwrap_or("-")
         );
     }

@@ -17,9 +17,9 @@ use crate::auth::{
 };
 use crate::http_client::{DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, Origin, error_message};
 use crate::model::{
-    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HeartbeatRequest, LoggedMigration, MigrationRecord,
-    NameRequest, NewDevice, PairCode, PairRequest, PhoneLocation, Placement, PlacementInfo, PlacementRequest,
-    ReportRequest, SiteSpec, SiteStatus, TerminalReport, User,
+    AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HeartbeatReply, HeartbeatRequest, LoggedMigration,
+    MigrationRecord, NameRequest, NewDevice, PairCode, PairRequest, PhoneLocation, Placement, PlacementInfo,
+    PlacementRequest, ReportRequest, SiteSpec, SiteStatus, StandbyRequest, TerminalReport, User,
 };
 use crate::tenants::{
     Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
@@ -200,15 +200,29 @@ impl ControlClient {
     }
 
     /// `POST /v1/sites/{id}/heartbeat`: reports the site alive with `phones` phones running.
-    pub async fn heartbeat(&self, id: &str, phones: u32) -> Result<(), ClientError> {
+    pub async fn heartbeat(&self, id: &str, phones: u32) -> Result<HeartbeatReply, ClientError> {
         self.heartbeat_degraded(id, phones, None).await
     }
 
-    /// `POST /v1/sites/{id}/heartbeat`, saying what is wrong with the site (`degraded`), if anything.
-    pub async fn heartbeat_degraded(&self, id: &str, phones: u32, degraded: Option<&str>) -> Result<(), ClientError> {
+    /// `POST /v1/sites/{id}/heartbeat`, saying what is wrong with the site (`degraded`), if anything; the answer
+    /// is the site's lease and the phones placed on it.
+    pub async fn heartbeat_degraded(
+        &self,
+        id: &str,
+        phones: u32,
+        degraded: Option<&str>,
+    ) -> Result<HeartbeatReply, ClientError> {
         let path = format!("/v1/sites/{}/heartbeat", segment(id));
         let body = HeartbeatRequest { phones, degraded: degraded.map(str::to_owned) };
-        self.call(Method::POST, path, Some(&body), None).await.map(drop)
+        self.json(Method::POST, path, Some(&body)).await
+    }
+
+    /// `PUT /v1/users/{user}/standby` (the phone's owner site): `site` holds the standby copy of the phone placed
+    /// at `epoch`.
+    pub async fn set_standby(&self, user: &str, site: &str, epoch: u64) -> Result<(), ClientError> {
+        let path = format!("/v1/users/{}/standby", segment(user));
+        let body = StandbyRequest { site: site.to_owned(), epoch };
+        self.call(Method::PUT, path, Some(&body), None).await.map(drop)
     }
 
     /// `GET /v1/sites`, each with its health.

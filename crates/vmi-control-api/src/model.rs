@@ -116,6 +116,11 @@ pub struct Site {
 }
 
 impl Site {
+    /// Whether the site's lease is live at `now_ms`: a heartbeat within [`LEASE_MS`].
+    pub fn leased_at(&self, now_ms: u64) -> bool {
+        self.last_heartbeat_ms.is_some_and(|at| now_ms.saturating_sub(at) <= LEASE_MS)
+    }
+
     /// Whether the site sent a heartbeat within [`HEALTHY_WITHIN_MS`] of `now_ms`.
     pub fn healthy_at(&self, now_ms: u64) -> bool {
         self.last_heartbeat_ms.is_some_and(|at| now_ms.saturating_sub(at) <= HEALTHY_WITHIN_MS)
@@ -135,6 +140,9 @@ pub struct SiteStatus {
     pub site: Site,
     /// Heartbeat within [`HEALTHY_WITHIN_MS`].
     pub healthy: bool,
+    /// Heartbeat within [`LEASE_MS`]: the site holds its lease (it runs its phones; it may stand by for others).
+    #[serde(default)]
+    pub leased: bool,
 }
 
 /// Where a user's phone runs.
@@ -201,6 +209,34 @@ pub struct HeartbeatRequest {
     /// Why the site cannot be trusted with phones now (it cannot write their state), if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+}
+
+/// How long a heartbeat's lease lasts at the control service, counted from when it received the heartbeat: a site
+/// whose last heartbeat is older has lost its lease, and its phones with a standby copy are failed over
+/// (docs/FAILOVER.md).
+pub const LEASE_MS: u64 = 3_000;
+/// How much sooner than [`LEASE_MS`] after *sending* a heartbeat a site stops its phones when no newer one was
+/// answered: room for clock rate differences and for the time between a site's check and its action.
+pub const LEASE_MARGIN_MS: u64 = 1_000;
+
+/// Answer to `POST /v1/sites/{id}/heartbeat`: the site's lease, and which phones are placed on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// How long the lease lasts from when the heartbeat was sent, ms (the site takes off [`LEASE_MARGIN_MS`]).
+    pub lease_ms: u64,
+    /// Users whose phones are placed on this site now: a site back from a lapsed lease runs only those, and
+    /// starts those it holds a standby copy of.
+    pub placed: Vec<String>,
+}
+
+/// Body of `PUT /v1/users/{user}/standby`: the phone's owner says which site holds its standby copy, for
+/// which placement epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyRequest {
+    /// The site holding the copy.
+    pub site: String,
+    /// The placement epoch the copy belongs to (the owner's).
+    pub epoch: u64,
 }
 
 /// Body of `PUT /v1/users/{user}/placement`.

@@ -19,10 +19,10 @@ use vmi_control_api::auth::{
     Principal,
 };
 use vmi_control_api::model::{
-    AuthRequest, CatalogedCheckpoint, CheckpointEntry, DEFAULT_MIGRATIONS_LISTED, Device, HeartbeatRequest,
-    LoggedMigration, MAX_MIGRATIONS_LISTED, MigrationRecord, NameRequest, NewDevice, PairCode, PairRequest,
-    PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, SiteSpec, SiteStatus, TerminalReport,
-    User,
+    AuthRequest, CatalogedCheckpoint, CheckpointEntry, DEFAULT_MIGRATIONS_LISTED, Device, HeartbeatReply,
+    HeartbeatRequest, LEASE_MS, LoggedMigration, MAX_MIGRATIONS_LISTED, MigrationRecord, NameRequest, NewDevice,
+    PairCode, PairRequest, PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, SiteSpec,
+    SiteStatus, StandbyRequest, TerminalReport, User,
 };
 use vmi_control_api::tenants::{
     Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
@@ -183,6 +183,7 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
             put(put_site_checkpoints).route_layer(from_fn_with_state(state.clone(), site_itself)),
         )
         .route("/v1/users/{user}/admit", post(admit).delete(release).route_layer(from_fn(any_site)))
+        .route("/v1/users/{user}/standby", put(set_standby).route_layer(from_fn(any_site)))
         .route(
             "/v1/migrations",
             post(record_migration)
@@ -668,14 +669,15 @@ async fn put_site(
     }
     let site = store.put_site(&id, &spec)?;
     let healthy = site.healthy_at(now_ms());
-    Ok(Json(SiteStatus { site, healthy }))
+    let leased = site.leased_at(now_ms());
+    Ok(Json(SiteStatus { site, healthy, leased }))
 }
 
 async fn heartbeat(
     State(store): State<StoreRef>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<HeartbeatReply>> {
     if let Some(why) = &req.degraded {
         if why.len() > 1000 {
             return Err(ControlError::BadRequest("degraded: at most 1000 bytes".to_owned()));
@@ -683,24 +685,45 @@ async fn heartbeat(
         tracing::warn!(site = %id, why, "site degraded: its phones move away");
     }
     store.heartbeat(&id, req.phones, req.degraded.as_deref(), now_ms())?;
+    let placed = store.list_placements()?.into_iter().filter(|(_, p)| p.site == id).map(|(user, _)| user).collect();
+    Ok(Json(HeartbeatReply { lease_ms: LEASE_MS, placed }))
+}
+
+/// `PUT /v1/users/{user}/standby` `{site, epoch}`: the site running the phone says which site holds its standby
+/// copy (docs/FAILOVER.md). Only the owner at the placement's current epoch may.
+async fn set_standby(
+    State(store): State<StoreRef>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+    ApiJson(req): ApiJson<StandbyRequest>,
+) -> ApiResult<StatusCode> {
+    let Principal::Site { id } = &caller.principal else {
+        return Err(ControlError::Forbidden("only the site running the phone names its standby".into()));
+    };
+    store.set_standby(&user, id, &req.site, req.epoch)?;
+    tracing::debug!(%user, owner = %id, standby = %req.site, epoch = req.epoch, "standby copy recorded");
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn drain(State(store): State<StoreRef>, Path(id): Path<String>) -> ApiResult<Json<SiteStatus>> {
     let site = store.set_draining(&id, true)?;
     tracing::info!(site = %id, "site draining");
-    Ok(Json(SiteStatus { healthy: site.healthy_at(now_ms()), site }))
+    Ok(Json(SiteStatus { healthy: site.healthy_at(now_ms()), leased: site.leased_at(now_ms()), site }))
 }
 
 async fn undrain(State(store): State<StoreRef>, Path(id): Path<String>) -> ApiResult<Json<SiteStatus>> {
     let site = store.set_draining(&id, false)?;
     tracing::info!(site = %id, "site no longer draining");
-    Ok(Json(SiteStatus { healthy: site.healthy_at(now_ms()), site }))
+    Ok(Json(SiteStatus { healthy: site.healthy_at(now_ms()), leased: site.leased_at(now_ms()), site }))
 }
 
 async fn list_sites(State(store): State<StoreRef>) -> ApiResult<Json<Vec<SiteStatus>>> {
     let now = now_ms();
-    let sites = store.list_sites()?.into_iter().map(|site| SiteStatus { healthy: site.healthy_at(now), site });
+    let sites = store.list_sites()?.into_iter().map(|site| SiteStatus {
+        healthy: site.healthy_at(now),
+        leased: site.leased_at(now),
+        site,
+    });
     Ok(Json(sites.collect()))
 }
 

@@ -11,7 +11,7 @@ use tokio::time::MissedTickBehavior;
 
 use vmi_control_api::Caller;
 use vmi_control_api::ClientError;
-use vmi_control_api::model::MigrateOrder;
+use vmi_control_api::model::{LEASE_MS, MigrateOrder};
 use vmi_control_api::url::segment;
 
 use crate::placement::{Move, PhoneView, PolicyInput, PolicyParams, PolicyState, SiteView, decide};
@@ -62,7 +62,9 @@ pub async fn run_placer(
             () = &mut shutdown => break,
             Some(done) = placer.orders.join_next_with_id() => placer.finish(done),
             _ = tick.tick() => {
-                placer.round(now_ms());
+                let now = now_ms();
+                placer.failover(now);
+                placer.round(now);
             }
         }
     }
@@ -92,6 +94,12 @@ impl PlacerRounds {
         self.placer.round(now_ms)
     }
 
+    /// Fails over the phones of sites whose lease expired at `now_ms` (see [`run_placer`]); returns them as
+    /// `(user, from, to)`.
+    pub fn failover(&mut self, now_ms: u64) -> Vec<(String, String, String)> {
+        self.placer.failover(now_ms)
+    }
+
     /// Waits until every order in flight has been answered and booked (a failed one then waits out its back-off).
     pub async fn settle(&mut self) {
         while let Some(done) = self.placer.orders.join_next_with_id().await {
@@ -116,6 +124,8 @@ struct Placer {
     in_flight: HashMap<String, String>,
     /// User → time (ms) before which a failed move is not retried.
     retry_at: HashMap<String, u64>,
+    /// When this placer started (ms): no site's lease counts as expired before it had a lease's time to renew.
+    started_ms: u64,
 }
 
 impl Placer {
@@ -130,7 +140,73 @@ impl Placer {
             order_users: HashMap::new(),
             in_flight: HashMap::new(),
             retry_at: HashMap::new(),
+            started_ms: now_ms(),
         }
+    }
+
+    /// The failover of phones whose site lost its lease: a site whose last heartbeat is more than [`LEASE_MS`] old
+    /// has stopped its phones (it fences itself [`LEASE_MARGIN_MS`](vmi_control_api::model::LEASE_MARGIN_MS) sooner), so each of its phones with a standby
+    /// copy of the current epoch on a site that holds its lease is placed there with a compare-and-set (the epoch
+    /// rises: the old site, back, sees its phone placed elsewhere and drops its copy), and that site is told to
+    /// start it (it also starts it when its next heartbeat lists it). docs/FAILOVER.md has the timing.
+    ///
+    /// A service that just started gives every site a lease's time first: heartbeats it never received are no
+    /// evidence that a site is gone.
+    fn failover(&mut self, now: u64) -> Vec<(String, String, String)> {
+        let (sites, standbys) = match (self.store.list_sites(), self.store.list_standbys()) {
+            (Ok(sites), Ok(standbys)) => (sites, standbys),
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!(error = %err, "failover cannot read the registry; skipping this round");
+                return Vec::new();
+            }
+        };
+        let by_id: HashMap<&str, &vmi_control_api::model::Site> = sites.iter().map(|s| (s.id.as_str(), s)).collect();
+        let live =
+            |s: &vmi_control_api::model::Site| s.last_heartbeat_ms.is_some_and(|t| now.saturating_sub(t) <= LEASE_MS);
+        let expired = |s: &vmi_control_api::model::Site| {
+            s.last_heartbeat_ms.is_some_and(|t| now.saturating_sub(t.max(self.started_ms)) > LEASE_MS)
+        };
+        let mut moved = Vec::new();
+        for (user, placement, standby) in standbys {
+            let Some(owner) = by_id.get(placement.site.as_str()) else { continue };
+            if !expired(owner) {
+                continue;
+            }
+            let Some(target) = standby.as_deref().and_then(|id| by_id.get(id)) else {
+                tracing::warn!(%user, site = %placement.site, "the site lost its lease and the phone has no standby copy");
+                continue;
+            };
+            if !live(target) || target.draining || target.degraded.is_some() {
+                continue;
+            }
+            match self.store.move_placement(&user, &target.id, Some(placement.epoch)) {
+                Ok(now_placed) => {
+                    tracing::warn!(%user, from = %placement.site, to = %target.id, epoch = now_placed.epoch,
+                        "failover: the site lost its lease; the phone starts from its standby copy");
+                    self.promote(&user, &target.id, &target.url);
+                    moved.push((user, placement.site.clone(), target.id.clone()));
+                }
+                Err(err) => tracing::warn!(%user, error = %err, "failover did not move the placement"),
+            }
+        }
+        moved
+    }
+
+    /// Tells site `id` at `url` to start `user`'s phone from its standby copy (its next heartbeat would too).
+    fn promote(&self, user: &str, id: &str, url: &str) {
+        let url = format!("{url}/v1/standby/{}/promote", segment(user));
+        let caller = match vmi_trust::site_name(id) {
+            Ok(name) => self.caller.clone().expecting(&name),
+            Err(_) => self.caller.clone(),
+        };
+        let user = user.to_owned();
+        tokio::spawn(async move {
+            match caller.post_json_within(&url, &serde_json::json!({}), ORDER_TIMEOUT).await {
+                Ok((status, _)) if (200..300).contains(&status) => {}
+                Ok((status, body)) => tracing::warn!(%user, status, body, "the standby site did not start the phone"),
+                Err(err) => tracing::warn!(%user, error = %err, "cannot reach the standby site"),
+            }
+        });
     }
 
     /// One evaluation: read, decide, order. Returns the moves ordered.

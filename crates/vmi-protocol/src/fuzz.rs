@@ -96,6 +96,7 @@ fn gen_server(rng: &mut Rng) -> ServerMessage {
         1 | 2 => {
             ServerMessage::FrameUpdate { seq: rng.int(), tiles: (0..rng.below(5)).map(|_| gen_tile(rng)).collect() }
         }
+        3 if rng.chance(2) => ServerMessage::InputDurable { seq: rng.int() },
         3 => ServerMessage::InputAck { seq: rng.int() },
         4 => ServerMessage::Notification { title: rng.string(), body: rng.string(), at_ms: rng.int() },
         5 => ServerMessage::Redirect { url: rng.string() },

@@ -100,7 +100,7 @@ mod test_rng;
 
 pub use error::ProtocolError;
 pub use message::{
-    CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientMessage, ErrorCode, Input, MAX_SEQ, PROTOCOL_VERSION, Resume, ServerMessage,
-    Tile, TileData, TouchPhase,
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientMessage, ErrorCode, Input, MAX_SEQ, OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, Resume, ServerMessage, Tile, TileData, TouchPhase,
 };
 pub use wire::{SUPPORTED_VERSIONS, check_version, decode_client, decode_server, encode_client, encode_server};

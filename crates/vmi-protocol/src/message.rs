@@ -3,7 +3,10 @@
 //! [`crate::encode_server`].
 
 /// Version of the protocol this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version a site still speaks: a version-1 terminal gets no [`ServerMessage::InputDurable`]
+/// and forgets an input once it is applied.
+pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 
 /// A touch phase (the engine's type: one home for both).
 pub use vmi_engine::TouchPhase;
@@ -203,6 +206,13 @@ pub enum ServerMessage {
     },
     /// Input `seq` (and every one before it) has been applied.
     InputAck {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Input `seq` (and every one before it) is durable: kept where a failover of the phone's site brings it back
+    /// (the phone's standby copy on another site, else the site's disk). Until then the terminal keeps the input
+    /// and resends it after any reconnect above `Welcome.last_input_seq`. Version 2 on.
+    InputDurable {
         /// Sequence number.
         seq: u64,
     },

@@ -11,7 +11,8 @@ use std::ops::RangeInclusive;
 
 use crate::error::ProtocolError;
 use crate::message::{
-    ClientMessage, ErrorCode, Input, PROTOCOL_VERSION, Resume, ServerMessage, Tile, TileData, TouchPhase,
+    ClientMessage, ErrorCode, Input, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Resume, ServerMessage, Tile, TileData,
+    TouchPhase,
 };
 
 /// Largest message, in bytes (16 MiB).
@@ -25,7 +26,7 @@ pub const MAX_TILE_SIDE: u16 = 4096;
 /// Largest number of tiles in one frame update.
 pub const MAX_TILES: usize = 65536;
 /// Protocol versions this crate speaks.
-pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = PROTOCOL_VERSION..=PROTOCOL_VERSION;
+pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION;
 
 /// Largest LZ4 block accepted for a tile of `raw_len` uncompressed bytes: the LZ4 worst
 /// case, `raw_len + raw_len / 255 + 16`.
@@ -58,6 +59,7 @@ const NOTIFICATION: u8 = 0x84;
 const REDIRECT: u8 = 0x85;
 const PONG: u8 = 0x86;
 const ERROR: u8 = 0x87;
+const INPUT_DURABLE: u8 = 0x88;
 
 const INPUT_TOUCH: u8 = 0;
 const INPUT_KEY: u8 = 1;
@@ -177,6 +179,10 @@ pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
             w.u8(INPUT_ACK);
             w.u64(*seq);
         }
+        ServerMessage::InputDurable { seq } => {
+            w.u8(INPUT_DURABLE);
+            w.u64(*seq);
+        }
         ServerMessage::Notification { title, body, at_ms } => {
             w.u8(NOTIFICATION);
             w.string(title, MAX_STRING_LEN);
@@ -294,6 +300,7 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
             ServerMessage::FrameUpdate { seq, tiles }
         }
         INPUT_ACK => ServerMessage::InputAck { seq: r.u64("input ack seq")? },
+        INPUT_DURABLE => ServerMessage::InputDurable { seq: r.u64("input durable seq")? },
         NOTIFICATION => ServerMessage::Notification {
             title: r.string("notification title", MAX_STRING_LEN)?,
             body: r.string("notification body", MAX_STRING_LEN)?,

@@ -18,6 +18,9 @@ use vmi_snapshot::SnapshotId;
 
 use crate::{SiteError, SiteState};
 
+/// Damaged objects one restore repairs from copies at most (each costs a round trip to another site).
+pub const MAX_REPAIRS: usize = 64;
+
 /// Why a checkpoint was not copied to a second site (it is kept here; the next round
 /// copies it).
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +153,69 @@ impl Checkpoints {
 
 impl SiteState {
     /// Runs a store operation off the async workers (see [`SiteState::blocking`]).
+    /// A checkpoint's snapshot from the store; a chunk or page table found damaged or missing is repaired from a
+    /// copy on another site that holds the user's checkpoints (each repair logged), up to [`MAX_REPAIRS`] of them.
+    async fn restore_repairing(&self, user: &str, which: Selector) -> Result<(CheckpointInfo, Vec<u8>), SiteError> {
+        for _ in 0..=MAX_REPAIRS {
+            let store = self.checkpoints.store.clone();
+            let u = user.to_owned();
+            let error = match self.blocking(move || store.restore_with_info(&u, which)).await? {
+                Ok(restored) => return Ok(restored),
+                Err(e) => e,
+            };
+            let Some(keys) = error.damaged_object() else { return Err(error.into()) };
+            if !self.repair_from_copy(user, &keys).await {
+                tracing::error!(user, object = %keys[0], "damaged in this site's checkpoint store, and no copy repairs it");
+                return Err(error.into());
+            }
+        }
+        Err(SiteError::CorruptSnapshot(vmi_snapshot::SnapshotError::Corrupt(format!(
+            "{user}'s checkpoints needed more than {MAX_REPAIRS} repairs"
+        ))))
+    }
+
+    /// Fetches one of `keys` (the same hash as a chunk or a page table) from a site that holds a copy of `user`'s
+    /// checkpoints and puts it back here, checked; whether it worked.
+    async fn repair_from_copy(&self, user: &str, keys: &[String; 2]) -> bool {
+        let copies: std::collections::BTreeSet<String> = match self.control.checkpoints(user).await {
+            Ok(list) => list.into_iter().flat_map(|c| c.sites).filter(|s| *s != self.id).collect(),
+            Err(e) => {
+                tracing::warn!(user, "cannot ask where copies of the checkpoints are: {e}");
+                return false;
+            }
+        };
+        let urls: HashMap<String, String> = match self.control.list_sites().await {
+            Ok(sites) => sites.into_iter().map(|s| (s.site.id, s.site.url)).collect(),
+            Err(_) => return false,
+        };
+        for site in copies {
+            let (Some(url), Ok(peer)) = (urls.get(&site), self.peer(&site)) else { continue };
+            for key in keys {
+                let Ok((200, bytes)) = peer.get_bytes(&format!("{url}/v1/replicas/{user}/objects/{key}")).await else {
+                    continue;
+                };
+                let store = self.checkpoints.store.clone();
+                let k = key.clone();
+                match self.blocking(move || store.repair(&k, &bytes)).await {
+                    Ok(Ok(())) => {
+                        tracing::warn!(user, object = %key, from = %site, "repaired a damaged checkpoint object from the copy");
+                        return true;
+                    }
+                    Ok(Err(e)) => tracing::warn!(user, object = %key, from = %site, "the copy is no good either: {e}"),
+                    Err(e) => tracing::warn!(user, "repair did not finish: {e}"),
+                }
+            }
+        }
+        false
+    }
+
+    /// A chunk or page table of this site's checkpoint store, as stored (for another site's repair).
+    pub(crate) async fn checkpoint_object(&self, key: &str) -> Result<Option<Vec<u8>>, SiteError> {
+        let store = self.checkpoints.store.clone();
+        let key = key.to_owned();
+        self.in_store(move || store.object(&key)).await
+    }
+
     async fn in_store<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, CheckpointError> + Send + 'static,
@@ -267,9 +333,7 @@ impl SiteState {
             }
             _arrival = Some(self.phones.arrive(user).ok_or_else(|| SiteError::Exists(user.to_owned()))?);
         }
-        let store = self.checkpoints.store.clone();
-        let u = user.to_owned();
-        let (info, bytes) = self.in_store(move || store.restore_with_info(&u, which)).await?;
+        let (info, bytes) = self.restore_repairing(user, which).await?;
 
         let saved_before = if running {
             let label = format!("before restoring to {}", crate::checkpoints::describe_time(info.at_ms));

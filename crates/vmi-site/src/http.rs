@@ -64,6 +64,10 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/migrate", get(migrate_in).route_layer(from_fn(peer_site)))
         .route("/v1/replicas/{user}/missing", post(replica_missing).route_layer(from_fn(peer_site)))
         .route("/v1/replicas/{user}/import", post(replica_import).route_layer(from_fn(peer_site)))
+        .route("/v1/replicas/{user}/objects/{kind}/{hash}", get(replica_object).route_layer(from_fn(peer_site)))
+        // Other sites: standby records of their phones; the control service: start one here (a failover).
+        .route("/v1/standby/{user}", post(standby_record).route_layer(from_fn(peer_site)))
+        .route("/v1/standby/{user}/promote", post(standby_promote).route_layer(from_fn(control)))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate))
         // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
         .layer(axum::middleware::from_fn_with_state(state.browser_policy(), vmi_trust::browser::browser_hygiene))
@@ -802,5 +806,62 @@ async fn replica_import(
     match site.replica_import(&user, &body).await? {
         None => Ok(Json(serde_json::json!({ "stored": true })).into_response()),
         Some(missing) => Ok((StatusCode::CONFLICT, Json(crate::checkpoints::Missing { missing })).into_response()),
+    }
+}
+
+/// Largest standby record (a full state, compressed): a phone's memory cap and then some.
+const MAX_STANDBY_RECORD: usize = 1 << 30;
+
+/// `POST /v1/standby/{user}?epoch=E&full=0|1` (site to site): one record of the sender's phone for its standby copy
+/// here (crate::standby). 204 once synced here; 403 if the sender does not own the phone at `epoch`; 409 when a
+/// full state must come first.
+async fn standby_record(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    checked_user(&user)?;
+    let Principal::Site { id } = &caller.principal else {
+        return Err(ApiError(StatusCode::FORBIDDEN, "sites only".into()));
+    };
+    let Some((epoch, full)) = query.as_deref().and_then(crate::standby::parse_query) else {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "give ?epoch=N&full=0|1".into()));
+    };
+    let body = spool(&site, body, MAX_STANDBY_RECORD, "standby record").await?;
+    use crate::standby::Refusal;
+    match site.take_standby_record(id, &user, epoch, full, body).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(Refusal::NotOwner(why)) => Err(ApiError(StatusCode::FORBIDDEN, why)),
+        Err(Refusal::NeedsFull(why) | Refusal::RunsHere(why)) => Err(ApiError(StatusCode::CONFLICT, why)),
+        Err(Refusal::Failed(e)) => Err(e.into()),
+    }
+}
+
+/// `POST /v1/standby/{user}/promote` (the control service, after moving the placement here): starts the phone
+/// from its standby copy. 200 `{"started": bool}` (false: it runs here already).
+async fn standby_promote(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    checked_user(&user)?;
+    let started = site.promote_standby(&user).await?;
+    Ok(Json(serde_json::json!({ "started": started })).into_response())
+}
+
+/// `GET /v1/replicas/{user}/objects/{chunks|tables}/{hash}` (site to site): one chunk or page table as stored here,
+/// for the site running `user`'s phone to repair its damaged one (crate::checkpoints). Only that site may ask.
+async fn replica_object(
+    State(site): State<Arc<SiteState>>,
+    Path((user, kind, hash)): Path<(String, String, String)>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    checked_user(&user)?;
+    from_owner(&site, &caller, &user).await?;
+    if !matches!(kind.as_str(), "chunks" | "tables") || vmi_snapshot::SnapshotId::from_hex(&hash).is_none() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "objects are chunks/HASH or tables/HASH".into()));
+    }
+    let key = format!("{kind}/{hash}");
+    match site.checkpoint_object(&key).await? {
+        Some(bytes) => Ok(bytes.into_response()),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no {key} here"))),
     }
 }

@@ -33,6 +33,7 @@ pub mod persist;
 pub mod phone;
 pub mod registry;
 mod session;
+pub mod standby;
 mod web;
 
 pub use error::SiteError;
@@ -51,7 +52,7 @@ use tokio::sync::watch;
 use vmi_control_api::ControlClient;
 use vmi_engine::{Clock, Engine, ImageHash, VirtualPhone, VmConfig};
 
-use crate::persist::{read_phone, write_phone};
+use crate::persist::write_phone;
 use crate::phone::{PhoneError, PhoneLink, PhoneTask, SavedPhone};
 
 mod images;
@@ -120,6 +121,10 @@ pub struct SiteState {
     greeting: Arc<tokio::sync::Semaphore>,
     /// Phones whose state cannot be written: the heartbeat says the site is degraded while there are any.
     disk: Arc<persist::DiskHealth>,
+    /// Standby copies of this site's phones on other sites, and its lease.
+    replication: Arc<standby::Replication>,
+    /// The standby copies this site holds of other sites' phones.
+    standby: standby::Copies,
     /// The registered sites' origins and when they were asked (pages of those may open terminals here).
     origins: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
     config: SiteConfig,
@@ -207,13 +212,28 @@ impl SiteState {
     /// (a migration's commit or a restore that finished late) the phone is saved to disk
     /// instead: it must not run unsaved past the shutdown's save of every phone.
     pub(crate) fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
+        self.spawn_phone_guarded(user, phone, input_seqs, false)
+    }
+
+    /// [`spawn_phone`](Self::spawn_phone); `guarded`: a standby copy of this phone may exist already, so it runs
+    /// only while the site holds its lease (docs/FAILOVER.md).
+    pub(crate) fn spawn_phone_guarded(
+        &self,
+        user: &str,
+        phone: Box<dyn VirtualPhone>,
+        input_seqs: HashMap<String, u64>,
+        guarded: bool,
+    ) {
         let clock = self.config.clock.clone();
         let dir = self.phone_dir(user);
         let health = self.disk.clone();
+        let replication = self.replication.clone();
         let mut vm = Some((phone, input_seqs));
         let started = self.phones.insert_unless_closing(user, || {
             let (phone, seqs) = vm.take().expect("the phone is taken once");
-            PhoneLink::spawn(PhoneTask::new(user.to_string(), phone, clock, seqs).durable_in(dir, health))
+            let task =
+                PhoneTask::new(user.to_string(), phone, clock, seqs).durable_in(dir, health, replication, guarded);
+            PhoneLink::spawn(task)
         });
         if let (false, Some((mut phone, input_seqs))) = (started, vm) {
             let saved = phone
@@ -362,14 +382,18 @@ impl SiteState {
                 continue;
             }
             let state_path = entry.path().join(PHONE_FILE);
-            let saved = std::fs::read(&state_path).map_err(|e| e.to_string()).and_then(|b| read_phone(&b));
+            // The saved state and the journal records after it.
+            let durable = persist::read_durable(&entry.path());
+            if let Ok(d) = &durable
+                && d.torn_bytes > 0
+            {
+                tracing::warn!(user, bytes = d.torn_bytes, "the journal ends in a record a crash cut short: ignored");
+            }
+            let state_ms = durable.as_ref().ok().and_then(persist::DurableState::at_ms);
+            let records = durable.as_ref().map_or(0, |d| d.chain.len().saturating_sub(1));
+            let saved = durable.and_then(|d| Ok((d.flatten()?, d.input_seqs)));
             // Never silently back from an older state: a checkpoint newer than the saved state (or a saved state
             // that cannot be read) brings the phone back from that checkpoint instead.
-            let state_ms = saved
-                .as_ref()
-                .ok()
-                .and_then(|(bytes, _)| vmi_snapshot::Snapshot::peek_header(bytes).ok())
-                .map(|h| h.wall_ns / 1_000_000);
             let newest_checkpoint = match self.checkpoints_of(&user).await {
                 Ok(list) => list.iter().map(|c| c.at_ms).max(),
                 Err(_) => None,
@@ -422,7 +446,11 @@ impl SiteState {
             // version (or back after a rollback) here.
             match self.boot_saved(&user, bytes.into()).await {
                 Ok((phone, _report)) => {
-                    self.spawn_phone(&user, phone, input_seqs);
+                    if records > 0 {
+                        tracing::info!(user, records, "restored the saved state and the journal after it");
+                    }
+                    // Its last life may have had a standby copy: it runs under the lease from the start.
+                    self.spawn_phone_guarded(&user, phone, input_seqs, true);
                     restored += 1;
                 }
                 // The file stays where it is: a phone's state is never thrown away.
@@ -555,6 +583,8 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
     let tls = vmi_trust::server_config(&config.credentials)
         .map_err(|e| SiteError::Io { path: PathBuf::from("site certificate"), source: std::io::Error::other(e) })?;
     let control = ControlClient::new(&config.control_url, &caller)?;
+    let position = (config.lat, config.lon);
+    let replication = Arc::new(standby::Replication::new(&config.id, position, caller.clone(), control.clone()));
     let state = Arc::new(SiteState {
         id: config.id.clone(),
         url: url.clone(),
@@ -568,6 +598,8 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         uploads: tokio::sync::Semaphore::new(http::UPLOADS_AT_ONCE),
         greeting: Arc::new(tokio::sync::Semaphore::new(http::HELLOS_AT_ONCE)),
         disk: Arc::default(),
+        replication,
+        standby: standby::Copies::default(),
         origins: std::sync::Mutex::new(None),
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         config: config.clone(),
@@ -587,8 +619,10 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
             every.tick().await;
             let phones = beat_state.users().len() as u32;
             let degraded = beat_state.disk.degraded();
-            if let Err(e) = beat_state.control.heartbeat_degraded(&beat_state.id, phones, degraded.as_deref()).await {
-                tracing::warn!(site = %beat_state.id, "heartbeat failed: {e}");
+            let sent = std::time::Instant::now();
+            match beat_state.control.heartbeat_degraded(&beat_state.id, phones, degraded.as_deref()).await {
+                Ok(reply) => beat_state.after_heartbeat(sent, reply).await,
+                Err(e) => tracing::warn!(site = %beat_state.id, "heartbeat failed: {e}"),
             }
             let audit = beat_state.guard.take_pending();
             if !audit.is_empty()

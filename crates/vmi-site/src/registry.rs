@@ -115,6 +115,11 @@ impl PhoneRegistry {
         self.leaving.lock().unwrap_or_else(|p| p.into_inner()).contains(user)
     }
 
+    /// Whether `user`'s phone is arriving right now (a migration or a restore staging it).
+    pub fn is_arriving(&self, user: &str) -> bool {
+        self.arriving.lock().unwrap_or_else(|p| p.into_inner()).contains(user)
+    }
+
     /// Marks `user`'s phone as arriving; None if it already is.
     pub fn arrive(&self, user: &str) -> Option<ArrivalMark<'_>> {
         let mut arriving = self.arriving.lock().unwrap_or_else(|p| p.into_inner());

@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use vmi_control_api::Identity;
 use vmi_control_api::auth::Principal;
 use vmi_protocol::{
-    CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientMessage, ErrorCode, MAX_SEQ, PROTOCOL_VERSION, ServerMessage,
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientMessage, ErrorCode, MAX_SEQ, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ServerMessage,
 };
 
 use crate::SiteState;
@@ -91,10 +92,12 @@ pub async fn run(
     };
     // The Hello is read: what an unknown caller could make the site hold (a message up to the limit) is gone.
     drop(greeting);
-    let (token, resume, asleep) = match hello {
+    let (version, token, resume, asleep) = match hello {
         Ok(ClientMessage::Hello { version, device_token, resume, asleep }) => {
-            if version != PROTOCOL_VERSION {
-                let msg = format!("protocol version {version} is not supported; this site speaks {PROTOCOL_VERSION}");
+            if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+                let msg = format!(
+                    "protocol version {version} is not supported; this site speaks {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+                );
                 return refuse(socket, ErrorCode::Version, msg).await;
             }
             // The next update is numbered last_frame_seq + 1, which must not pass MAX_SEQ.
@@ -104,7 +107,7 @@ pub async fn run(
                 let msg = format!("resume.last_frame_seq {} leaves no frame number below {MAX_SEQ}", r.last_frame_seq);
                 return refuse(socket, ErrorCode::BadMessage, msg).await;
             }
-            (device_token, resume, asleep)
+            (version, device_token, resume, asleep)
         }
         Ok(other) => {
             return refuse(socket, ErrorCode::BadMessage, format!("expected Hello, got {}", kind(&other))).await;
@@ -136,7 +139,9 @@ pub async fn run(
 
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<ServerMessage>(SESSION_QUEUE);
-    let attachment = Attachment { id, device_id: identity.device_id.to_string(), tx, resume, asleep };
+    // Version 2 terminals keep their inputs until told they are durable (docs/PROTOCOL.md, rule 7).
+    let durable_acks = version >= 2;
+    let attachment = Attachment { id, device_id: identity.device_id.to_string(), tx, resume, asleep, durable_acks };
     let attached = match phone.attach(attachment).await {
         Ok(Ok(attached)) => attached,
         Ok(Err(refusal)) => return refuse(socket, refusal.code, refusal.message).await,
@@ -146,7 +151,7 @@ pub async fn run(
     };
     tracing::info!(user = %identity.user, device = %identity.device_id, session = id, "terminal attached");
     let welcome = ServerMessage::Welcome {
-        version: PROTOCOL_VERSION,
+        version,
         width: attached.width,
         height: attached.height,
         last_input_seq: attached.last_input_seq,

@@ -200,3 +200,50 @@ async fn a_site_restarts_a_phone_from_whichever_is_newer_its_saved_state_or_a_ch
     assert_eq!(notes(&control, &a.url, "alice").await, "old and new");
     a.shutdown().await;
 }
+
+/// One flipped byte in a stored chunk (chunks are shared by checkpoints, and by users): the restore finds it, fetches
+/// the chunk from the copy on the other site, checks it, puts it back, and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_chunk_is_repaired_from_the_copy() {
+    let control = control().await;
+    let (dir_a, dir_b) = (scratch("repair-a"), scratch("repair-b"));
+    let a = site(&control, "site-a", dir_a.clone()).await;
+    let b = site(&control, "site-b", dir_b.clone()).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+    let mut term = Term::connect(&a.ws_url()).await;
+    term.hello(&token, None, false).await;
+    term.tap(NOTES).await;
+    let last = term.type_text("kept safe").await;
+    term.acked(last).await;
+    term.close().await;
+    let (status, taken) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints", a.url), json!({ "label": "good" })).await;
+    assert_eq!(status, 200, "{taken}");
+    assert_eq!(taken["replica"], "site-b", "{taken}");
+
+    // Damage one chunk in site-a's store (the first, by name).
+    let chunks = |dir: &std::path::Path| {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join("checkpoints/chunks"))
+            .expect("chunks")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        files
+    };
+    let damaged = chunks(&dir_a).into_iter().next().expect("a chunk");
+    let good = std::fs::read(&damaged).expect("chunk");
+    let mut bad = good.clone();
+    let end = bad.len() - 1;
+    bad[end] ^= 0x55;
+    std::fs::write(&damaged, &bad).expect("damage");
+
+    let (status, restored) =
+        post(&control, &format!("{}/v1/phones/alice/checkpoints/restore", a.url), json!({ "at_ms": u64::MAX })).await;
+    assert_eq!(status, 200, "restored after the repair: {restored}");
+    assert_eq!(std::fs::read(&damaged).expect("chunk"), good, "the chunk is whole again");
+    assert_eq!(notes(&control, &a.url, "alice").await, "kept safe");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -358,7 +358,7 @@ async fn rule_2_an_unsupported_version_is_refused() {
         resume: None,
         asleep: false,
     });
-    hello[1] = 2;
+    hello[1] = 3;
     t.binary(hello).await;
     assert_closed_with(&t.until_closed().await, ErrorCode::Version);
     w.stop().await;
@@ -631,7 +631,8 @@ async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store
     let mut t = Raw::connect(&site.ws_url()).await;
     assert!(matches!(t.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
     t.send(&ClientMessage::Input { seq: 1, input: key('k') }).await;
-    t.until(|m| matches!(m, ServerMessage::InputAck { seq: 1 })).await;
+    // Durable, so a restart from the last good state has it.
+    t.until(|m| matches!(m, ServerMessage::InputDurable { seq: 1 })).await;
     let (_, logs) = control.get(&format!("{}/v1/phones/cat/logs", site.url)).await;
     let logs: serde_json::Value = serde_json::from_slice(&logs).expect("json");
     assert_eq!(logs["lines"][0]["text"], "hello from the guest", "{logs}");
@@ -662,10 +663,10 @@ async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store
     site.shutdown().await;
 }
 
-/// A phone that crashed before any snapshot of it is saved at shutdown as a fresh phone
-/// with its store, and comes back with it at the next start.
+/// A phone that crashed is saved at shutdown from its last good state (its last durable record), and comes back
+/// with its store at the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_phone_with_no_snapshot_keeps_its_store_across_a_site_restart() {
+async fn a_crashed_phone_keeps_its_durable_store_across_a_site_restart() {
     let control = control().await;
     let wasm = wat::parse_str(CRASHING_GUEST).expect("guest parses");
     control.client.publish_image("phone", &wasm).await.expect("publish");
@@ -675,7 +676,7 @@ async fn a_crashed_phone_with_no_snapshot_keeps_its_store_across_a_site_restart(
     let mut t = Raw::connect(&first.ws_url()).await;
     assert!(matches!(t.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
     t.send(&ClientMessage::Input { seq: 1, input: key('k') }).await;
-    t.until(|m| matches!(m, ServerMessage::InputAck { seq: 1 })).await;
+    t.until(|m| matches!(m, ServerMessage::InputDurable { seq: 1 })).await;
     t.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 1 } }).await;
     assert_closed_with(&t.until_closed().await, ErrorCode::PhoneDown);
     assert_eq!(first.shutdown().await.saved, 1, "the crashed phone was saved");

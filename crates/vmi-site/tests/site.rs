@@ -343,7 +343,9 @@ async fn a_phone_that_cannot_be_saved_is_named_at_shutdown() {
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert_eq!(report.failed[0].0, "alice");
     assert!(report.failed[0].1.contains("phone.state.tmp"), "the reason names the file: {report:?}");
-    assert!(!alice.join("phone.state").exists(), "no state claims to be alice's");
+    // What is on disk is whole: alice's last durable state, not a half-written one.
+    let state = std::fs::read(alice.join(vmi_site::PHONE_FILE)).expect("alice's last durable state");
+    assert!(vmi_site::persist::read_phone(&state).is_ok(), "alice's last durable state is whole");
     assert!(dir.join("phones").join("bob").join("phone.state").exists());
 }
 
@@ -398,7 +400,18 @@ async fn a_restart_that_cannot_save_says_so() {
 
 /// Makes every write of `user`'s state under the site directory `dir` fail, as on a broken disk: a directory
 /// stands where the temporary file goes (the tests run as root, which file modes do not stop).
+/// Both kinds of write fail: a full state (its temporary file) and a journal record (the journal is a directory).
 fn break_state_writes(dir: &std::path::Path, user: &str) {
-    let obstacle = dir.join("phones").join(user).join(format!("{}.tmp", vmi_site::PHONE_FILE)).join("in-the-way");
-    std::fs::create_dir_all(obstacle).expect("an obstacle");
+    let phone = dir.join("phones").join(user);
+    let tmp = phone.join(format!("{}.tmp", vmi_site::PHONE_FILE));
+    let journal = phone.join(vmi_site::persist::JOURNAL_FILE);
+    // A write in flight has a file there for a moment: each obstacle goes in once it is gone.
+    for _ in 0..1000 {
+        let _ = std::fs::remove_file(&journal);
+        if std::fs::create_dir_all(tmp.join("in-the-way")).is_ok() && std::fs::create_dir_all(&journal).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("no obstacle could be put at {}", phone.display());
 }

@@ -101,12 +101,36 @@ pub async fn run(args: TerminalArgs) -> Result<(), TerminalError> {
 }
 
 /// The session options the arguments ask for, dialling with the CA the user configured ([`crate::CA_ENV`]).
+/// With the control service (`--control`, or the default one when no `--site-ws` is given), a lost site is not
+/// the end: the session asks the control service where the phone runs now (after a failover, another site).
 pub fn options_for(args: &TerminalArgs) -> Result<TerminalOptions, TerminalError> {
+    let caller = crate::terminal_caller(args.ca.as_deref())?;
+    let control = match (&args.control, &args.site_ws) {
+        (Some(control), _) => Some(control.clone()),
+        (None, None) => Some(DEFAULT_CONTROL.to_string()),
+        (None, Some(_)) => None,
+    };
+    let locate = match control {
+        Some(control) => {
+            let client = vmi_control_api::ControlClient::new(&control, &caller).map_err(TerminalError::Control)?;
+            Some(locate_with(client, args.token.clone()))
+        }
+        None => None,
+    };
     Ok(TerminalOptions {
         asleep: args.asleep,
         keepalive: args.keepalive.map(Duration::from_secs),
-        caller: crate::terminal_caller(args.ca.as_deref())?,
+        caller,
+        locate,
         ..TerminalOptions::default()
+    })
+}
+
+/// Asks `control` where the phone of the device holding `token` runs now.
+pub fn locate_with(control: vmi_control_api::ControlClient, token: String) -> crate::session::Locate {
+    std::sync::Arc::new(move || {
+        let (control, token) = (control.clone(), token.clone());
+        Box::pin(async move { control.phone_for_token(&token).await.ok().map(|p| p.ws_url) })
     })
 }
 
@@ -162,6 +186,7 @@ pub fn event_json(event: &TerminalEvent) -> serde_json::Value {
             "event": "frame", "seq": seq, "tiles": tiles, "bytes": bytes
         }),
         TerminalEvent::InputAcked { seq } => json!({"event": "input_acked", "seq": seq}),
+        TerminalEvent::InputDurable { seq } => json!({"event": "input_durable", "seq": seq}),
         TerminalEvent::Notification { title, body, at_ms } => {
             json!({"event": "notification", "title": title, "body": body, "at_ms": at_ms})
         }
@@ -277,12 +302,15 @@ impl Printer<'_> {
         }
     }
 
-    /// Waits (at most 5 s) until every input is acknowledged, then until frames stop for
-    /// 250 ms (at most 3 s), so a screenshot shows what the inputs did.
+    /// Waits (at most 5 s) until every input is acknowledged (and durable, from a version-2
+    /// site), then until frames stop for 250 ms (at most 3 s), so a screenshot shows what the
+    /// inputs did.
     async fn settle(&mut self, terminal: &Terminal) -> Stop {
         let acks_by = Instant::now() + Duration::from_secs(5);
         while terminal.stats().pending_inputs > 0 {
-            let stop = self.pump(Some(acks_by), |e| matches!(e, TerminalEvent::InputAcked { .. })).await;
+            let acked =
+                |e: &TerminalEvent| matches!(e, TerminalEvent::InputAcked { .. } | TerminalEvent::InputDurable { .. });
+            let stop = self.pump(Some(acks_by), acked).await;
             if stop != Stop::Matched {
                 return stop;
             }

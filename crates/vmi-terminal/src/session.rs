@@ -7,13 +7,15 @@
 //! - applies every `FrameUpdate` to its [`Screen`] and answers `FrameAck` (so the site's
 //!   flow control sees how fast this terminal really is);
 //! - numbers inputs 1, 2, 3, … ([`Terminal::send_input`]), keeps each until the site's
-//!   cumulative `InputAck` covers it, and after any reconnect resends those above
-//!   `Welcome.last_input_seq`;
+//!   cumulative `InputDurable` covers it (`InputAck` from a version-1 site), and after any
+//!   reconnect resends those above `Welcome.last_input_seq`: after a failover of the phone
+//!   to another site, that is what the user typed since its last durable state;
 //! - follows `Redirect` by itself: closes, connects to the new URL with
 //!   `Resume{last_frame_seq, screen_hash}` and carries on with the same screen and inputs
 //!   (also when a site answers `Hello` with `Redirect` instead of `Welcome`);
 //! - reconnects (with `Resume`) after a lost connection, a bad message or a retryable site
-//!   error, a few times with backoff;
+//!   error, a few times with backoff, asking [`TerminalOptions::locate`] (when set) where the
+//!   phone runs now: after its site failed, on another one;
 //! - records every message in its [`EnergyMeter`].
 //!
 //! What happens is reported as [`TerminalEvent`]s on a bounded channel. **Read it**: when
@@ -60,6 +62,13 @@ const HANDSHAKE_RESPONSE_BYTES: usize = 160;
 /// Redirects followed in a row while saying Hello (a site may redirect instead of welcoming).
 pub const MAX_REDIRECTS: u32 = 4;
 
+/// How long an input may go unacknowledged before the connection counts as lost (a site applies an input in
+/// milliseconds; one that does not answer for this long is stopped or cut off, however open its socket looks).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// Time allowed to reconnect and be welcomed when the control service can be asked where the phone is: a site
+/// that takes longer (stopped, cut off) is passed for wherever the control service says next.
+const LOCATED_CONNECT_WITHIN: Duration = Duration::from_secs(2);
+
 /// How many pings may wait for their pong; older ones are forgotten.
 const MAX_PINGS_IN_FLIGHT: usize = 8;
 
@@ -90,7 +99,19 @@ pub struct TerminalOptions {
     /// How sites are dialled: the provider CA `wss://` certificates are checked against (default: none, so only
     /// `ws://` works; [`crate::terminal_caller`] reads the CA the user configured).
     pub caller: vmi_control_api::Caller,
+    /// Where the phone runs now (its site's WebSocket URL), asked after a reconnect attempt failed (default:
+    /// none, so the session retries the same site). With one, reconnecting goes on for
+    /// [`LOCATED_RECONNECT_FOR`]: a failover takes seconds.
+    pub locate: Option<Locate>,
 }
+
+/// Asks the control service where a terminal's phone runs now (see [`TerminalOptions::locate`]).
+pub type Locate =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>> + Send + Sync>;
+
+/// How long a session with [`TerminalOptions::locate`] keeps trying to reconnect (a site's lease, the control
+/// service's failover, the new site's restore, with room to spare).
+pub const LOCATED_RECONNECT_FOR: Duration = Duration::from_secs(60);
 
 impl Default for TerminalOptions {
     fn default() -> Self {
@@ -103,6 +124,7 @@ impl Default for TerminalOptions {
             connect_timeout: Duration::from_secs(10),
             reconnect_attempts: 5,
             caller: vmi_control_api::Caller::anonymous(),
+            locate: None,
         }
     }
 }
@@ -144,6 +166,12 @@ pub enum TerminalEvent {
     /// Every input up to `seq` has been applied by the phone.
     InputAcked {
         /// Highest input applied.
+        seq: u64,
+    },
+    /// Every input up to `seq` is durable where a failover of the phone brings it back (the terminal forgets
+    /// them).
+    InputDurable {
+        /// Highest input durable.
         seq: u64,
     },
     /// A notification from the phone (these arrive while asleep too).
@@ -194,6 +222,8 @@ pub struct SessionStats {
     pub last_frame_seq: u64,
     /// Highest input acknowledged.
     pub acked_input: u64,
+    /// Highest input the site said is durable.
+    pub durable_input: u64,
     /// Inputs sent or queued but not yet acknowledged.
     pub pending_inputs: usize,
     /// Connections opened after the first (redirects and reconnects).
@@ -209,6 +239,10 @@ struct State {
     next_seq: u64,
     pending: VecDeque<(u64, Input)>,
     acked: u64,
+    /// Highest input the site said is durable.
+    durable: u64,
+    /// The site tells when inputs are durable (protocol version 2): inputs are kept until then, not until applied.
+    durable_acks: bool,
     asleep: bool,
     /// A ping is wanted (several requests before the next send make one ping).
     ping_wanted: bool,
@@ -268,6 +302,8 @@ impl Terminal {
                 frames: 0,
                 next_seq: 1,
                 pending: VecDeque::new(),
+                durable: 0,
+                durable_acks: false,
                 acked: 0,
                 asleep: options.asleep,
                 ping_wanted: false,
@@ -386,6 +422,7 @@ impl Terminal {
             last_frame_seq: s.last_frame_seq,
             acked_input: s.acked,
             pending_inputs: s.pending.len(),
+            durable_input: s.durable,
             reconnects: s.reconnects,
             latency_us: s.latency_us,
         }
@@ -448,6 +485,8 @@ struct Link {
     asleep_sent: bool,
     /// Highest input seq sent on this connection.
     sent_upto: u64,
+    /// When the oldest input not yet acknowledged on this connection was sent.
+    input_sent_at: Option<Instant>,
     /// When this terminal last sent anything (keepalive).
     last_sent: Instant,
 }
@@ -461,7 +500,15 @@ async fn send(shared: &Shared, ws: &mut Ws, msg: &ClientMessage) -> Result<(), T
 /// The answer to a Hello.
 enum Answer {
     /// The session is open.
-    Welcome { ws: Box<Ws>, asleep_sent: bool, width: u16, height: u16, last_input_seq: u64, resumed: bool },
+    Welcome {
+        ws: Box<Ws>,
+        version: u16,
+        asleep_sent: bool,
+        width: u16,
+        height: u16,
+        last_input_seq: u64,
+        resumed: bool,
+    },
     /// The phone is elsewhere: say Hello there.
     Redirect(String),
 }
@@ -481,9 +528,15 @@ async fn hello(shared: &Shared, url: &str, token: &str, resume: Option<Resume>) 
     let hello = ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: token.to_owned(), resume, asleep };
     send(shared, &mut ws, &hello).await?;
     match read(shared, &mut ws).await? {
-        Some((ServerMessage::Welcome { version: _, width, height, last_input_seq, resumed }, _)) => {
-            Ok(Answer::Welcome { ws: Box::new(ws), asleep_sent: asleep, width, height, last_input_seq, resumed })
-        }
+        Some((ServerMessage::Welcome { version, width, height, last_input_seq, resumed }, _)) => Ok(Answer::Welcome {
+            ws: Box::new(ws),
+            version,
+            asleep_sent: asleep,
+            width,
+            height,
+            last_input_seq,
+            resumed,
+        }),
         Some((ServerMessage::Redirect { url }, _)) => {
             let _ = ws.close(None).await;
             Ok(Answer::Redirect(url))
@@ -509,13 +562,13 @@ async fn open(
     let mut events = Vec::new();
     let mut url = url.to_owned();
     let mut hops = 0;
-    let (ws, asleep_sent, width, height, last_input_seq, resumed) = loop {
+    let (ws, version, asleep_sent, width, height, last_input_seq, resumed) = loop {
         let answer = tokio::time::timeout(timeout, hello(shared, &url, token, resume))
             .await
             .map_err(|_| TerminalError::Timeout("waiting for Welcome"))??;
         match answer {
-            Answer::Welcome { ws, asleep_sent, width, height, last_input_seq, resumed } => {
-                break (ws, asleep_sent, width, height, last_input_seq, resumed);
+            Answer::Welcome { ws, version, asleep_sent, width, height, last_input_seq, resumed } => {
+                break (ws, version, asleep_sent, width, height, last_input_seq, resumed);
             }
             Answer::Redirect(next) if hops < MAX_REDIRECTS => {
                 hops += 1;
@@ -531,9 +584,15 @@ async fn open(
         if (s.screen.width(), s.screen.height()) != (width, height) {
             s.screen = Screen::new(width, height);
         }
-        // Inputs up to last_input_seq are applied: drop them; resend the rest.
-        while s.pending.front().is_some_and(|&(seq, _)| seq <= last_input_seq) {
+        // Inputs up to last_input_seq are applied: resend only the rest. A version-1 site's applied inputs are
+        // forgotten; a version-2 site's are kept until it says they are durable (a failover before then brings
+        // back a phone without them, and they are resent to it).
+        s.durable_acks = version >= 2;
+        let forget = if s.durable_acks { s.durable } else { last_input_seq };
+        while s.pending.front().is_some_and(|&(seq, _)| seq <= forget) {
             s.pending.pop_front();
+        }
+        if last_input_seq > s.acked {
             applied = Some(last_input_seq);
         }
         if s.pending.is_empty() {
@@ -543,7 +602,8 @@ async fn open(
         s.connected = true;
         s.url.clone_from(&url);
     }
-    let link = Link { ws: *ws, url, asleep_sent, sent_upto: last_input_seq, last_sent: Instant::now() };
+    let link =
+        Link { ws: *ws, url, asleep_sent, sent_upto: last_input_seq, input_sent_at: None, last_sent: Instant::now() };
     events.push(TerminalEvent::Connected { width, height, resumed });
     events.extend(applied.map(|seq| TerminalEvent::InputAcked { seq }));
     Ok((link, events))
@@ -625,11 +685,11 @@ impl Session {
             let outcome = self.serve(&mut link).await;
             self.shared.lock().connected = false;
             let _ = tokio::time::timeout(Duration::from_secs(1), link.ws.close(None)).await;
-            let url = match outcome {
+            let (url, lost) = match outcome {
                 Outcome::Closed => break,
                 Outcome::Redirect(url) => {
                     self.emit(TerminalEvent::Redirected { url: url.clone() }).await;
-                    url
+                    (url, false)
                 }
                 Outcome::Lost(error) => {
                     let fatal = error.is_fatal();
@@ -638,10 +698,10 @@ impl Session {
                     if fatal {
                         break;
                     }
-                    link.url.clone()
+                    (link.url.clone(), true)
                 }
             };
-            match self.reconnect(&url).await {
+            match self.reconnect(&url, lost).await {
                 Some(next) => link = next,
                 None => break,
             }
@@ -656,17 +716,34 @@ impl Session {
     }
 
     /// Opens a new connection to `url` with the current resume state, retrying with backoff.
-    async fn reconnect(&mut self, url: &str) -> Option<Link> {
+    /// `lost`: the connection was lost (not redirected), so where the phone runs is asked first, when it can be.
+    async fn reconnect(&mut self, url: &str, lost: bool) -> Option<Link> {
         let mut backoff = Duration::from_millis(250);
-        for attempt in 1..=self.options.reconnect_attempts.max(1) {
+        let mut target = url.to_owned();
+        let located_until = self.options.locate.as_ref().map(|_| Instant::now() + LOCATED_RECONNECT_FOR);
+        if lost
+            && let Some(locate) = &self.options.locate
+            && let Some(now) = locate().await
+        {
+            target = now;
+        }
+        // With the control service to ask, a site that does not welcome promptly is passed for its answer.
+        let within = match located_until {
+            Some(_) => self.options.connect_timeout.min(LOCATED_CONNECT_WITHIN),
+            None => self.options.connect_timeout,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             if self.closing() {
                 return None;
             }
+            let url = target.as_str();
             let resume = {
                 let s = self.shared.lock();
                 Resume { last_frame_seq: s.last_frame_seq, screen_hash: s.screen.hash() }
             };
-            match open(&self.shared, url, &self.token, Some(resume), self.options.connect_timeout).await {
+            match open(&self.shared, url, &self.token, Some(resume), within).await {
                 Ok((link, connected)) => {
                     self.shared.lock().reconnects += 1;
                     for event in connected {
@@ -675,7 +752,14 @@ impl Session {
                     return Some(link);
                 }
                 Err(error) => {
-                    let fatal = error.is_fatal() || attempt == self.options.reconnect_attempts.max(1);
+                    let out_of_time = match located_until {
+                        Some(until) => Instant::now() >= until,
+                        None => attempt >= self.options.reconnect_attempts.max(1),
+                    };
+                    // Told the phone is not there (yet): with the control service to ask, it is somewhere soon.
+                    let located = self.options.locate.is_some()
+                        && matches!(error, TerminalError::Site { code: ErrorCode::NotHere, .. });
+                    let fatal = (error.is_fatal() && !located) || out_of_time;
                     tracing::warn!(url, attempt, error = %error_chain(&error), "reconnect failed");
                     if fatal {
                         self.emit(TerminalEvent::Error { message: error_chain(&error), fatal: true }).await;
@@ -687,9 +771,17 @@ impl Session {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = self.close.wait_for(|closing| *closing) => return None,
             }
-            backoff *= 2;
+            match &self.options.locate {
+                // The phone may run elsewhere now (its site failed): ask, and retry soon rather than back off far.
+                Some(locate) => {
+                    if let Some(now) = locate().await {
+                        target = now;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                None => backoff *= 2,
+            }
         }
-        None
     }
 
     /// Runs one connection until it ends.
@@ -710,8 +802,23 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
+            // An input the site does not acknowledge within ANSWER_WITHIN: the site is gone (a stopped process, a
+            // partition) even if its connection looks open.
+            let unanswered_at = {
+                let s = self.shared.lock();
+                (s.acked < link.sent_upto).then(|| link.input_sent_at.map(|at| at + ANSWER_WITHIN)).flatten()
+            };
+            let unanswered = async move {
+                match unanswered_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let shared = self.shared.clone();
             tokio::select! {
+                () = unanswered => {
+                    return Outcome::Lost(TerminalError::Timeout("the site did not acknowledge an input"));
+                }
                 message = read(&shared, &mut link.ws) => {
                     let (message, bytes) = match message {
                         Ok(Some(message)) => message,
@@ -748,6 +855,9 @@ impl Session {
                 out.push(ClientMessage::Input { seq: *seq, input: input.clone() });
             }
             if let Some((seq, _)) = s.pending.back() {
+                if *seq > link.sent_upto && s.acked >= link.sent_upto {
+                    link.input_sent_at = Some(Instant::now());
+                }
                 link.sent_upto = link.sent_upto.max(*seq);
             }
             if std::mem::take(&mut s.ping_wanted) {
@@ -804,12 +914,26 @@ impl Session {
             ServerMessage::InputAck { seq } => {
                 {
                     let mut s = self.shared.lock();
+                    if !s.durable_acks {
+                        while s.pending.front().is_some_and(|&(pending, _)| pending <= seq) {
+                            s.pending.pop_front();
+                        }
+                    }
+                    s.acked = s.acked.max(seq);
+                    // Progress: the site is there; the clock for what is still unanswered starts again.
+                    link.input_sent_at = (s.acked < link.sent_upto).then(Instant::now);
+                }
+                self.emit(TerminalEvent::InputAcked { seq }).await;
+            }
+            ServerMessage::InputDurable { seq } => {
+                {
+                    let mut s = self.shared.lock();
                     while s.pending.front().is_some_and(|&(pending, _)| pending <= seq) {
                         s.pending.pop_front();
                     }
-                    s.acked = s.acked.max(seq);
+                    s.durable = s.durable.max(seq);
                 }
-                self.emit(TerminalEvent::InputAcked { seq }).await;
+                self.emit(TerminalEvent::InputDurable { seq }).await;
             }
             ServerMessage::Notification { title, body, at_ms } => {
                 self.emit(TerminalEvent::Notification { title, body, at_ms }).await;

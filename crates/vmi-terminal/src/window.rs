@@ -143,7 +143,7 @@ fn show(terminal: &mut Terminal, mut screenshot: Option<PathBuf>) -> Result<(), 
                     tracing::info!(%title, %body, "notification");
                     status = format!("notification: {title}");
                 }
-                Ok(TerminalEvent::InputAcked { .. }) => {}
+                Ok(TerminalEvent::InputAcked { .. } | TerminalEvent::InputDurable { .. }) => {}
                 Ok(TerminalEvent::Closed) | Err(TryRecvError::Disconnected) => {
                     ended = Some(status.clone());
                     break;

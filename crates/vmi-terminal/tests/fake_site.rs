@@ -47,8 +47,9 @@ async fn send(ws: &mut Server, msg: ServerMessage) {
     ws.send(Message::binary(encode_server(&msg))).await.expect("send to terminal");
 }
 
+/// A version-1 site's Welcome: inputs are forgotten once applied (most tests here are of that).
 fn welcome(last_input_seq: u64, resumed: bool) -> ServerMessage {
-    ServerMessage::Welcome { version: PROTOCOL_VERSION, width: W, height: H, last_input_seq, resumed }
+    ServerMessage::Welcome { version: 1, width: W, height: H, last_input_seq, resumed }
 }
 
 /// A full screen in two solid tiles of one colour.
@@ -353,6 +354,57 @@ async fn headless_run_plays_a_script_and_prints_json_lines() {
     assert!(got.contains(&ClientMessage::Input { seq: 3, input: Input::Key { code: 8, text: None } }));
     assert!(got.contains(&ClientMessage::Input { seq: 4, input: Input::Key { code: 0, text: Some('h') } }));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Version 2: an input applied but not yet durable is kept, and after a failover to a site whose phone came back
+/// without it (a lower `last_input_seq`), it is sent again; it goes only once `InputDurable` covers it.
+#[tokio::test]
+async fn inputs_are_kept_until_durable_and_resent_after_a_failover() {
+    let (site_a, url_a) = listen().await;
+    let (site_b, url_b) = listen().await;
+    let redirect_to = url_b.clone();
+    let welcome_v2 = |last_input_seq| ServerMessage::Welcome {
+        version: PROTOCOL_VERSION,
+        width: W,
+        height: H,
+        last_input_seq,
+        resumed: true,
+    };
+    let a = tokio::spawn(async move {
+        let mut ws = accept(&site_a).await;
+        recv(&mut ws).await.expect("hello");
+        send(&mut ws, welcome_v2(0)).await;
+        for _ in 0..2 {
+            assert!(matches!(recv(&mut ws).await, Some(ClientMessage::Input { .. })));
+        }
+        // Both applied, only the first durable; then the site is gone.
+        send(&mut ws, ServerMessage::InputAck { seq: 2 }).await;
+        send(&mut ws, ServerMessage::InputDurable { seq: 1 }).await;
+        send(&mut ws, ServerMessage::Redirect { url: redirect_to }).await;
+        while recv(&mut ws).await.is_some() {}
+    });
+    let b = tokio::spawn(async move {
+        let mut ws = accept(&site_b).await;
+        recv(&mut ws).await.expect("hello");
+        // The phone came back from its standby copy with input 1 only.
+        send(&mut ws, welcome_v2(1)).await;
+        let resent = recv(&mut ws).await;
+        send(&mut ws, ServerMessage::InputAck { seq: 2 }).await;
+        send(&mut ws, ServerMessage::InputDurable { seq: 2 }).await;
+        while recv(&mut ws).await.is_some() {}
+        resent
+    });
+    let mut t = Terminal::connect(&url_a, TOKEN, TerminalOptions::default()).await.expect("connects");
+    t.send_input(Input::Key { code: 2, text: None }).expect("queued");
+    t.send_input(Input::Key { code: 3, text: None }).expect("queued");
+    until(&mut t, |e| matches!(e, TerminalEvent::InputDurable { seq: 1 })).await;
+    until(&mut t, |e| matches!(e, TerminalEvent::InputDurable { seq: 2 })).await;
+    let stats = t.stats();
+    assert_eq!((stats.pending_inputs, stats.durable_input, stats.acked_input), (0, 2, 2));
+    t.close().await;
+    a.await.expect("site a");
+    let resent = b.await.expect("site b");
+    assert_eq!(resent, Some(ClientMessage::Input { seq: 2, input: Input::Key { code: 3, text: None } }));
 }
 
 #[tokio::test]

@@ -88,6 +88,12 @@ pub trait Store: Send + Sync {
     fn placement(&self, user: &str) -> Result<Option<Placement>, ControlError>;
     /// Every placement as `(user, placement)`, by user.
     fn list_placements(&self) -> Result<Vec<(String, Placement)>, ControlError>;
+    /// Records that site `standby` holds the standby copy of `user`'s phone, which `owner` runs at placement
+    /// `epoch`; [`ControlError::EpochMismatch`] unless the placement names `owner` at `epoch` now.
+    fn set_standby(&self, user: &str, owner: &str, standby: &str, epoch: u64) -> Result<(), ControlError>;
+    /// Every placement as `(user, placement, standby)`, by user: the standby site only if its copy is of the
+    /// placement's current epoch (a failover target).
+    fn list_standbys(&self) -> Result<Vec<(String, Placement, Option<String>)>, ControlError>;
     /// Sets or clears a site's `draining` flag and returns the site.
     fn set_draining(&self, id: &str, draining: bool) -> Result<Site, ControlError>;
     /// Appends a migration to the log, received at `at_ms`; the user must exist.
@@ -260,6 +266,14 @@ impl Store for SqliteStore {
 
     fn list_placements(&self) -> Result<Vec<(String, Placement)>, ControlError> {
         placements::list_placements(&self.conn())
+    }
+
+    fn set_standby(&self, user: &str, owner: &str, standby: &str, epoch: u64) -> Result<(), ControlError> {
+        placements::set_standby(&mut self.conn(), user, owner, standby, epoch)
+    }
+
+    fn list_standbys(&self) -> Result<Vec<(String, Placement, Option<String>)>, ControlError> {
+        placements::list_standbys(&self.conn())
     }
 
     fn set_draining(&self, id: &str, draining: bool) -> Result<Site, ControlError> {

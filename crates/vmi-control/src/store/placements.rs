@@ -48,6 +48,45 @@ pub(super) fn move_placement(
     Ok(placement)
 }
 
+/// Records that `standby` holds the standby copy of `user`'s phone as `owner` runs it at `epoch`: refused unless the
+/// placement names `owner` at `epoch` now (a copy of an older life is never a failover target).
+pub(super) fn set_standby(
+    conn: &mut Connection,
+    user: &str,
+    owner: &str,
+    standby: &str,
+    epoch: u64,
+) -> Result<(), ControlError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if load_site(&tx, standby)?.is_none() {
+        return Err(ControlError::not_found("site", standby));
+    }
+    if standby == owner {
+        return Err(ControlError::BadRequest(format!("{owner} cannot stand by for its own phone")));
+    }
+    let current = load_placement(&tx, user)?.ok_or_else(|| ControlError::not_found("placement", user))?;
+    if current.site != owner || current.epoch != epoch {
+        return Err(ControlError::EpochMismatch { user: user.to_owned(), expected: epoch, current: current.epoch });
+    }
+    tx.execute(
+        "UPDATE placements SET standby = ?2, standby_epoch = ?3 WHERE user = ?1",
+        params![user, standby, epoch],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Every placement with its standby copy, if one is recorded for its current epoch.
+pub(super) fn list_standbys(conn: &Connection) -> Result<Vec<(String, Placement, Option<String>)>, ControlError> {
+    let mut stmt = conn.prepare(
+        "SELECT user, site, epoch, CASE WHEN standby_epoch = epoch THEN standby END FROM placements ORDER BY user",
+    )?;
+    let rows = stmt
+        .query_map([], |row| Ok((row.get(0)?, Placement { site: row.get(1)?, epoch: row.get(2)? }, row.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 pub(super) fn placement(conn: &Connection, user: &str) -> Result<Option<Placement>, ControlError> {
     require_user(conn, user)?;
     load_placement(conn, user)
@@ -123,5 +162,28 @@ mod tests {
             all.iter().map(|(u, p)| (u.as_str(), p.site.as_str(), p.epoch)).collect::<Vec<_>>(),
             [("alice", "site-a", 4), ("bob", "site-b", 1)]
         );
+    }
+
+    #[test]
+    fn a_standby_is_recorded_only_by_the_owner_at_its_epoch_and_counts_only_for_that_epoch() {
+        let s = store();
+        s.create_user("alice").unwrap();
+        for (i, id) in ["site-a", "site-b", "site-c"].into_iter().enumerate() {
+            s.put_site(id, &spec(i as u16 + 1)).unwrap();
+        }
+        let placed = s.set_placement("alice", "site-a").unwrap();
+        let standby = |s: &dyn Store| s.list_standbys().unwrap().into_iter().map(|(_, _, sb)| sb).collect::<Vec<_>>();
+        assert!(matches!(
+            s.set_standby("alice", "site-c", "site-b", placed.epoch),
+            Err(ControlError::EpochMismatch { .. })
+        ));
+        assert!(s.set_standby("alice", "site-a", "site-b", placed.epoch + 1).is_err(), "a wrong epoch");
+        assert!(s.set_standby("alice", "site-a", "site-a", placed.epoch).is_err(), "not its own standby");
+        assert_eq!(standby(&s), [None]);
+        s.set_standby("alice", "site-a", "site-b", placed.epoch).unwrap();
+        assert_eq!(standby(&s), [Some("site-b".to_string())]);
+        // The phone moves on: the old copy is no failover target any more.
+        s.move_placement("alice", "site-c", Some(placed.epoch)).unwrap();
+        assert_eq!(standby(&s), [None]);
     }
 }

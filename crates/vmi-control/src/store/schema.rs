@@ -120,6 +120,9 @@ const MIGRATIONS: &[&str] = &[
 ",
     // What a site says is wrong with it (it cannot keep its phones durable), from its last heartbeat.
     "ALTER TABLE sites ADD COLUMN degraded TEXT;",
+    // Which site holds each phone's standby copy, and for which placement epoch (docs/FAILOVER.md).
+    "ALTER TABLE placements ADD COLUMN standby TEXT;
+     ALTER TABLE placements ADD COLUMN standby_epoch INTEGER;",
 ];
 
 /// The schema version this build writes.

@@ -38,6 +38,7 @@ fn every_server_message() -> Vec<ServerMessage> {
             ],
         },
         ServerMessage::InputAck { seq: 5 },
+        ServerMessage::InputDurable { seq: 5 },
         ServerMessage::Notification { title: "Alice".into(), body: "Lunch? 🍕".into(), at_ms: 1_700_000_000_000 },
         ServerMessage::Redirect { url: "wss://site-b.example/ws".into() },
         ServerMessage::Pong { nonce: 42 },
@@ -113,7 +114,7 @@ fn empty_and_unknown_types() {
     assert_eq!(decode_server(&[0x04]), Err(ProtocolError::UnknownType(0x04)));
     assert_eq!(decode_client(&[0x00]), Err(ProtocolError::UnknownType(0x00)));
     assert_eq!(decode_client(&[0x07]), Err(ProtocolError::UnknownType(0x07)));
-    assert_eq!(decode_server(&[0x88]), Err(ProtocolError::UnknownType(0x88)));
+    assert_eq!(decode_server(&[0x89]), Err(ProtocolError::UnknownType(0x89)));
 }
 
 #[test]
@@ -268,18 +269,22 @@ fn bad_utf8_and_bad_values() {
 #[test]
 fn unsupported_versions() {
     let hello =
-        encode_client(&ClientMessage::Hello { version: 2, device_token: "t".into(), resume: None, asleep: false });
+        encode_client(&ClientMessage::Hello { version: 3, device_token: "t".into(), resume: None, asleep: false });
     let err = decode_client(&hello).unwrap_err();
-    assert_eq!(err, ProtocolError::UnsupportedVersion { found: 2, supported: 1..=1 });
+    assert_eq!(err, ProtocolError::UnsupportedVersion { found: 3, supported: 1..=2 });
+    // Version 1 is still spoken (a terminal that forgets inputs once applied).
+    let old =
+        encode_client(&ClientMessage::Hello { version: 1, device_token: "t".into(), resume: None, asleep: false });
+    assert!(decode_client(&old).is_ok());
     assert_eq!(err.error_code(), ErrorCode::Version);
     // The version is checked before the rest, whose layout may differ in other versions.
     assert_eq!(
         decode_client(&[HELLO, 0, 0, 0xFF]),
-        Err(ProtocolError::UnsupportedVersion { found: 0, supported: 1..=1 })
+        Err(ProtocolError::UnsupportedVersion { found: 0, supported: 1..=2 })
     );
     let welcome =
         encode_server(&ServerMessage::Welcome { version: 9, width: 1, height: 1, last_input_seq: 0, resumed: false });
-    assert_eq!(decode_server(&welcome), Err(ProtocolError::UnsupportedVersion { found: 9, supported: 1..=1 }));
+    assert_eq!(decode_server(&welcome), Err(ProtocolError::UnsupportedVersion { found: 9, supported: 1..=2 }));
     assert_eq!(check_version(PROTOCOL_VERSION), Ok(()));
     assert_eq!(ProtocolError::Empty.error_code(), ErrorCode::BadMessage);
 }
@@ -359,6 +364,7 @@ pub(crate) fn arb_server() -> impl Strategy<Value = ServerMessage> {
         (any::<u64>(), proptest::collection::vec(arb_tile(), 0..6))
             .prop_map(|(seq, tiles)| ServerMessage::FrameUpdate { seq, tiles }),
         any::<u64>().prop_map(|seq| ServerMessage::InputAck { seq }),
+        any::<u64>().prop_map(|seq| ServerMessage::InputDurable { seq }),
         (arb_string(60), arb_string(200), any::<u64>()).prop_map(|(title, body, at_ms)| ServerMessage::Notification {
             title,
             body,

@@ -12,7 +12,7 @@
 mod task;
 mod terminals;
 
-pub use task::PhoneTask;
+pub use task::{DURABLE_EVERY, PhoneTask};
 
 use std::collections::HashMap;
 
@@ -76,6 +76,8 @@ pub struct Attachment {
     pub resume: Option<Resume>,
     /// Whether it starts with its screen off.
     pub asleep: bool,
+    /// Whether it is told when its inputs are durable (`InputDurable`, protocol version 2).
+    pub durable_acks: bool,
 }
 
 /// What the Welcome message needs.
@@ -333,12 +335,20 @@ pub struct PhoneStatus {
     pub events: u64,
     /// The image it runs (content hash, hex).
     pub image: String,
+    /// The site holding its standby copy, if one holds it now (docs/FAILOVER.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
+    /// How far behind the phone its last record reached the standby copy: from the record's snapshot to the
+    /// standby's answer, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_lag_ms: Option<u64>,
 }
 
 /// Handle to a phone task: one method per command.
 #[derive(Clone)]
 pub struct PhoneLink {
     tx: mpsc::Sender<PhoneCommand>,
+    started: std::time::Instant,
 }
 
 impl PhoneLink {
@@ -346,7 +356,12 @@ impl PhoneLink {
     pub fn spawn(task: PhoneTask) -> PhoneLink {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(task.run(rx));
-        PhoneLink { tx }
+        PhoneLink { tx, started: std::time::Instant::now() }
+    }
+
+    /// When this phone's task started here.
+    pub fn started(&self) -> std::time::Instant {
+        self.started
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> PhoneCommand) -> Result<T, PhoneError> {

@@ -14,6 +14,11 @@
 //!  Stop / CheckOut (from any state): a snapshot first, then the task ends.
 //! ```
 //!
+//! Fenced is not a state but a condition: a phone that could have been failed over to its standby copy (one was
+//! made) runs only while the site holds its lease from the control service ([`crate::standby::Lease`]). Without
+//! it, no input is applied, no timer fires, no frame or state leaves, and terminals are told to go; the state is
+//! kept, and runs on once the lease is back and the placement still names this site.
+//!
 //! After every command or timer the task collects what the guest produced (damage,
 //! notifications, log lines) and pushes it to the attached terminals: frames only to
 //! awake terminals with credit, notifications to all. Notifications raised while no
@@ -53,6 +58,13 @@ struct HeldInput {
     input: Input,
 }
 
+/// What woke the task.
+enum Woke {
+    Command(Option<PhoneCommand>),
+    Written(Result<crate::standby::Written, String>),
+    Timer,
+}
+
 /// Whether the task goes on after a command.
 enum Next {
     Continue,
@@ -73,15 +85,22 @@ pub struct PhoneTask {
     logs: VecDeque<LogLine>,
     /// Where the phone's state is kept durable while it runs, if anywhere.
     durable: Option<Durable>,
+    /// Per device, the highest input kept durable (the terminals are told: docs/PROTOCOL.md, `InputDurable`).
+    durable_seqs: HashMap<String, u64>,
 }
 
-/// How often, at most, a phone that changed writes its state to disk: what a crash of the site can cost.
-pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// How often, at most, a phone that changed writes a journal record (to its disk and its standby copy): what a
+/// crash of the site can cost, and about how long terminals wait to hear their inputs are durable.
+pub const DURABLE_EVERY: Duration = Duration::from_millis(200);
+/// Journal records after a full state before the next record is a full state again (bounded replay at restore,
+/// and a bounded chain in the engine).
+const MAX_DELTAS: u32 = 300;
 /// How long after a pre-copy round no state is written (a full snapshot would restart the migration's rounds).
 const PRE_COPY_QUIET: Duration = Duration::from_secs(30);
 
-/// The phone's durable state on this site's disk (`phones/USER/phone.state`), rewritten at most every
-/// [`DURABLE_EVERY`] while the phone changes, so a crash of the site loses about a second of the phone's time.
+/// The phone's durable state: a full state and a journal of incremental records on this site's disk
+/// (`phones/USER/`, see [`crate::persist`]), the same records streamed to a standby copy on another site, one
+/// record at most every [`DURABLE_EVERY`] while the phone changes.
 struct Durable {
     dir: PathBuf,
     /// Something reached the VM since the last write.
@@ -90,9 +109,24 @@ struct Durable {
     /// The last pre-copy round of a migration, if one is under way.
     pre_copy_at: Option<Instant>,
     /// The write in flight (one at a time, in order).
-    pending: Option<tokio::task::JoinHandle<Result<(), crate::SiteError>>>,
+    pending: Option<tokio::task::JoinHandle<crate::standby::Written>>,
     /// The site's record of phones it cannot keep durable (its heartbeat says so).
     health: Arc<crate::persist::DiskHealth>,
+    /// The snapshot the local journal ends at (None: the next record must be a full state).
+    journal_last: Option<vmi_engine::SnapshotId>,
+    /// Records since the last full state.
+    deltas: u32,
+    /// The site whose standby copy ends at `journal_last`, if any.
+    standby_at: Option<String>,
+    /// Streams records to a standby site, and says whether this site holds its lease.
+    standby: Arc<crate::standby::Replication>,
+    /// A standby copy was made (or may have been, by this phone's last life): the control service may fail the
+    /// phone over, so it runs only while the site holds its lease.
+    guarded: bool,
+    /// Terminals were told to go because the lease lapsed.
+    fenced: bool,
+    /// From the last record's snapshot to the standby's answer.
+    standby_lag: Option<Duration>,
 }
 
 impl PhoneTask {
@@ -116,16 +150,59 @@ impl PhoneTask {
             input_seqs,
             told_awake: false,
             durable: None,
+            durable_seqs: HashMap::new(),
             logs: VecDeque::new(),
         }
     }
 
-    /// The same task, keeping the phone's state durable in `dir` while it runs ([`DURABLE_EVERY`]), and saying
-    /// in `health` when it cannot.
-    pub fn durable_in(mut self, dir: PathBuf, health: Arc<crate::persist::DiskHealth>) -> PhoneTask {
+    /// The same task, keeping the phone's state durable in `dir` and on a standby site while it runs
+    /// ([`DURABLE_EVERY`]), and saying in `health` when it cannot. `guarded`: a standby copy may exist already
+    /// (a phone restored at the site's start), so the phone runs only under the site's lease from the start.
+    pub fn durable_in(
+        mut self,
+        dir: PathBuf,
+        health: Arc<crate::persist::DiskHealth>,
+        standby: Arc<crate::standby::Replication>,
+        guarded: bool,
+    ) -> PhoneTask {
         let written_at = Instant::now();
-        self.durable = Some(Durable { dir, changed: false, written_at, pre_copy_at: None, pending: None, health });
+        self.durable = Some(Durable {
+            dir,
+            // The first record is a full state (in this task's chain), so the phone is durable as it is now.
+            changed: true,
+            written_at: written_at.checked_sub(DURABLE_EVERY).unwrap_or(written_at),
+            pre_copy_at: None,
+            pending: None,
+            health,
+            journal_last: None,
+            deltas: 0,
+            standby_at: None,
+            standby,
+            guarded,
+            fenced: false,
+            standby_lag: None,
+        });
         self
+    }
+
+    /// Whether the phone must not run now: it could have been failed over, and the site's lease lapsed.
+    fn fenced(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| d.guarded && !d.standby.lease().live())
+    }
+
+    /// Tells the terminals to go when the lease lapses (once), and notes when it is back.
+    fn note_fence(&mut self) {
+        let fenced = self.fenced();
+        let Some(d) = &mut self.durable else { return };
+        if fenced && !d.fenced {
+            d.fenced = true;
+            tracing::warn!(user = %self.user, "the site's lease lapsed: the phone is fenced (nothing runs)");
+            self.terminals
+                .close_all(&ServerMessage::Error { code: ErrorCode::PhoneDown, message: FENCED_WORDS.into() });
+        } else if !fenced && d.fenced {
+            d.fenced = false;
+            tracing::info!(user = %self.user, "the site's lease is back: the phone runs");
+        }
     }
 
     /// Runs until stopped, fenced or checked out, or until every sender is gone.
@@ -133,14 +210,32 @@ impl PhoneTask {
         // The first flush starts from a clean damage slate: terminals get full frames.
         let _ = self.phone.frame();
         loop {
-            let wait = self.until_next_timer().min(self.until_durable());
-            let command = tokio::select! {
-                c = rx.recv() => match c {
-                    Some(c) => Some(c),
-                    None => break,
-                },
-                _ = tokio::time::sleep(wait) => None,
+            let wait = self.until_next_timer().min(self.until_durable()).min(self.until_lease_check());
+            let pending = self.durable.as_mut().and_then(|d| d.pending.as_mut());
+            let written = async move {
+                match pending {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
             };
+            let woke = tokio::select! {
+                c = rx.recv() => Woke::Command(c),
+                w = written => Woke::Written(w.map_err(|e| e.to_string())),
+                _ = tokio::time::sleep(wait) => Woke::Timer,
+            };
+            let command = match woke {
+                Woke::Command(None) => break,
+                Woke::Command(Some(c)) => Some(c),
+                Woke::Written(w) => {
+                    if let Some(d) = self.durable.as_mut() {
+                        d.pending = None;
+                    }
+                    self.note_write(w);
+                    None
+                }
+                Woke::Timer => None,
+            };
+            self.note_fence();
             let next = match command {
                 None => {
                     self.fire_timers();
@@ -173,12 +268,21 @@ impl PhoneTask {
         self.forget_health();
     }
 
-    /// How long until the phone's changes are due on disk (an hour when there is nothing to write).
+    /// How long until the phone's changes are due on disk (an hour when there is nothing to write; a write in
+    /// flight wakes the task when it ends).
     fn until_durable(&self) -> Duration {
         match &self.durable {
-            // A write in flight is looked at again shortly, for its outcome.
-            Some(d) if d.pending.is_some() => Duration::from_millis(50),
+            Some(d) if d.pending.is_some() => Duration::from_secs(3600),
             Some(d) if d.changed => DURABLE_EVERY.saturating_sub(d.written_at.elapsed()),
+            _ => Duration::from_secs(3600),
+        }
+    }
+
+    /// A guarded phone looks at the lease often: it must stop before the lease can expire at the control service,
+    /// and run again soon after it is back.
+    fn until_lease_check(&self) -> Duration {
+        match &self.durable {
+            Some(d) if d.guarded => Duration::from_millis(100),
             _ => Duration::from_secs(3600),
         }
     }
@@ -204,53 +308,87 @@ impl PhoneTask {
         self.note_write(result);
     }
 
-    /// A write's outcome: a failure is logged and told to the site's health (its heartbeat then says the site is
-    /// degraded), and the state stays due; a success clears it.
-    fn note_write(&mut self, result: Result<Result<(), crate::SiteError>, String>) {
+    /// A record's outcome. On this site's disk: a failure is logged and told to the site's health (its heartbeat
+    /// then says the site is degraded), the state stays due and the next record is a full state; a success clears
+    /// it. On the standby: a failure makes the next record a full state (to that site or another). The inputs
+    /// the record holds are durable once both hold it (or only the disk, when there is no other site to stand
+    /// by): the terminals are told.
+    fn note_write(&mut self, result: Result<crate::standby::Written, String>) {
         let Some(d) = &mut self.durable else { return };
-        let why = match result {
-            Ok(Ok(())) => {
-                d.health.clear(&self.user);
-                return;
-            }
-            Ok(Err(e)) => vmi_engine::error_chain(&e),
-            Err(e) => format!("the write did not finish: {e}"),
+        let written = match result {
+            Ok(w) => w,
+            Err(e) => crate::standby::Written::lost(format!("the write did not finish: {e}")),
         };
-        tracing::error!(user = %self.user, "cannot keep the phone durable: {why}");
-        d.health.failed(&self.user, why);
-        d.changed = true;
+        match &written.local {
+            Ok(()) => {
+                d.health.clear(&self.user);
+                d.journal_last = Some(written.id);
+                d.deltas = if written.full { 0 } else { d.deltas + 1 };
+            }
+            Err(why) => {
+                tracing::error!(user = %self.user, "cannot keep the phone durable: {why}");
+                d.health.failed(&self.user, why.clone());
+                d.changed = true;
+                d.journal_last = None;
+            }
+        }
+        match &written.standby {
+            Ok(Some(site)) => {
+                d.standby_at = Some(site.clone());
+                d.guarded = true;
+                d.standby_lag = Some(written.taken.elapsed());
+            }
+            Ok(None) => d.standby_at = None,
+            Err(why) => {
+                tracing::warn!(user = %self.user, "the standby copy did not take the record: {why}");
+                d.standby_at = None;
+                d.changed = true;
+            }
+        }
+        if written.local.is_ok() && written.standby.is_ok() {
+            for (device, seq) in written.input_seqs {
+                let durable = self.durable_seqs.entry(device).or_default();
+                *durable = (*durable).max(seq);
+            }
+            self.terminals.tell_durable(&self.durable_seqs);
+        }
     }
 
     /// Writes the phone's state when it changed and [`DURABLE_EVERY`] has passed: a full snapshot taken here,
     /// written and synced off the async workers, one write at a time. Not while a migration's pre-copy runs
     /// (a full snapshot would restart its rounds), nor while frozen or crashed.
     fn keep_durable(&mut self) {
-        // A write that finished: its outcome first (a failure makes the state due again and the site degraded).
-        let finished = self.durable.as_mut().filter(|d| d.pending.as_ref().is_some_and(|p| p.is_finished()));
-        if let Some(result) = finished.and_then(|d| d.pending.take()).and_then(futures_util::FutureExt::now_or_never) {
-            self.note_write(result.map_err(|e| e.to_string()));
-        }
-        let running = matches!(self.state, State::Running);
+        let running = matches!(self.state, State::Running) && !self.fenced();
         let Some(d) = &mut self.durable else { return };
         let migrating = d.pre_copy_at.is_some_and(|at| at.elapsed() < PRE_COPY_QUIET);
-        if !d.changed || !running || migrating || d.written_at.elapsed() < DURABLE_EVERY {
-            return;
+        if !d.changed || !running || migrating || d.written_at.elapsed() < DURABLE_EVERY || d.pending.is_some() {
+            return; // (a disk slower than DURABLE_EVERY: the record after the one in flight holds the newer state)
         }
-        if d.pending.as_ref().is_some_and(|p| !p.is_finished()) {
-            return; // the disk is slower than once a second: the next tick writes the newer state
-        }
-        let snapshot = match self.phone.snapshot(SnapshotRequest::Full) {
-            Ok(s) => s.bytes,
+        // A record continues the chain when the journal (and the standby copy) end at the VM's last snapshot; a
+        // checkpoint or a migration's rounds in between, a failed write or a new standby need a full state.
+        let last = self.phone.last_good_chain().last().map(|s| s.id);
+        let delta = d.journal_last.is_some()
+            && d.journal_last == last
+            && d.deltas < MAX_DELTAS
+            && d.standby.target_is(d.standby_at.as_deref());
+        let request = if delta { SnapshotRequest::Incremental } else { SnapshotRequest::Full };
+        let snapshot = match self.phone.snapshot(request) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(user = %self.user, "cannot take the phone's durable snapshot: {e}");
                 return;
             }
         };
-        let saved = SavedPhone { snapshot, input_seqs: self.input_seqs.clone() };
-        let dir = d.dir.clone();
+        let record = crate::standby::Record {
+            user: self.user.clone(),
+            id: snapshot.id,
+            full: snapshot.parent.is_none(),
+            saved: SavedPhone { snapshot: snapshot.bytes, input_seqs: self.input_seqs.clone() },
+            standby_at: d.standby_at.clone(),
+        };
         d.changed = false;
         d.written_at = Instant::now();
-        d.pending = Some(tokio::task::spawn_blocking(move || crate::persist::write_phone(&dir, &saved)));
+        d.pending = Some(tokio::spawn(d.standby.clone().write(d.dir.clone(), record)));
     }
 
     fn until_next_timer(&self) -> Duration {
@@ -266,7 +404,7 @@ impl PhoneTask {
     }
 
     fn fire_timers(&mut self) {
-        if !matches!(self.state, State::Running) {
+        if !matches!(self.state, State::Running) || self.fenced() {
             return;
         }
         // Woken for something else (a write's outcome, the idle minute): nothing due, nothing changes.
@@ -304,6 +442,9 @@ impl PhoneTask {
                     State::Crashed { reason } => {
                         Some(AttachRefusal { code: ErrorCode::PhoneDown, message: crashed_words(reason) })
                     }
+                    _ if self.fenced() => {
+                        Some(AttachRefusal { code: ErrorCode::PhoneDown, message: FENCED_WORDS.into() })
+                    }
                     _ => None,
                 };
                 if let Some(refusal) = refusal {
@@ -325,6 +466,8 @@ impl PhoneTask {
                 // Damage read here is owed to the terminals already attached.
                 self.terminals.add_damage(&damage);
                 let attached = self.terminals.attach(attachment, size, screen.as_deref(), last_input_seq);
+                // What is durable already (all of it, for a phone that just came back from its durable state).
+                self.terminals.tell_durable(&self.durable_seqs);
                 let _ = reply.send(Ok(attached));
             }
             TerminalCommand::Detach { session } => self.terminals.detach(session),
@@ -356,7 +499,8 @@ impl PhoneTask {
             return;
         }
         let Some(device) = self.terminals.device_of(session).map(str::to_string) else { return };
-        if matches!(self.state, State::Crashed { .. }) {
+        // Fenced: not applied, not acknowledged (the terminal resends it, to wherever the phone runs next).
+        if matches!(self.state, State::Crashed { .. }) || self.fenced() {
             return;
         }
         let last = self.input_seqs.get(&device).copied().unwrap_or(0);
@@ -430,6 +574,8 @@ impl PhoneTask {
                     memory_bytes: usage.memory_bytes,
                     events: usage.events,
                     image: self.phone.info().image.to_hex(),
+                    standby: self.durable.as_ref().and_then(|d| d.standby_at.clone()),
+                    standby_lag_ms: self.durable.as_ref().and_then(|d| d.standby_lag).map(|l| l.as_millis() as u64),
                 });
             }
             ServiceCommand::Logs { reply } => {
@@ -608,6 +754,9 @@ impl PhoneTask {
 
     /// Pushes what the guest produced to the terminals.
     fn flush(&mut self) {
+        if self.fenced() {
+            return;
+        }
         if let State::Running = self.state {
             // Sleep and wake of the phone follow its terminals: awake if any screen is on.
             let awake = self.terminals.any_awake();
@@ -628,6 +777,10 @@ impl PhoneTask {
         self.terminals.send_frames(&frame);
     }
 }
+
+/// What a terminal hears when its phone's site lost its lease.
+const FENCED_WORDS: &str =
+    "this site lost touch with the control service; your phone goes on here or on another site in a few seconds";
 
 /// What a terminal shows when its phone crashed.
 fn crashed_words(reason: &str) -> String {

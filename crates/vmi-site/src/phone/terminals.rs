@@ -30,6 +30,9 @@ struct Terminal {
     owe_full: bool,
     /// When this terminal last did something (attached, typed, touched, woke), in [`Terminals::activity`] ticks.
     last_active: u64,
+    /// Whether it is told when its inputs are durable (protocol version 2), and the last number it was told.
+    durable_acks: bool,
+    durable_told: u64,
 }
 
 impl Terminal {
@@ -93,10 +96,26 @@ impl Terminals {
                 seq: a.resume.map(|r| r.last_frame_seq).unwrap_or(0),
                 owe_full: !resumed,
                 last_active: self.activity + 1,
+                durable_acks: a.durable_acks,
+                durable_told: 0,
             },
         );
         self.activity += 1;
         Attached { width: width as u16, height: height as u16, last_input_seq, resumed }
+    }
+
+    /// Tells each terminal that keeps its inputs until they are durable the highest of its device's inputs that is
+    /// (`durable` maps device → input number), when that moved since it was last told.
+    pub fn tell_durable(&mut self, durable: &HashMap<String, u64>) {
+        for t in self.by_session.values_mut() {
+            let Some(&seq) = durable.get(&t.device_id) else { continue };
+            if t.durable_acks && seq > t.durable_told {
+                // A full queue drops this one: a later one covers it (the number is cumulative).
+                if t.tx.try_send(ServerMessage::InputDurable { seq }).is_ok() {
+                    t.durable_told = seq;
+                }
+            }
+        }
     }
 
     /// Notes that `session` did something: it is the last to be evicted for room.

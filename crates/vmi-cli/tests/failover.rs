@@ -1,0 +1,196 @@
+//! Failover on `vmi up`: the site running a phone stops answering while a terminal types: a stopped process (its
+//! sockets stay open, it does nothing), or a site killed with SIGKILL that nobody restarts (a site of its own,
+//! started by the test beside `vmi up`'s). The control service fails the phone over to its standby copy on another
+//! site within the lease time; the terminal finds it there and resends what was not durable; every typed character
+//! is there once and in order. The stopped site, let go again, finds its lease lapsed and the phone placed
+//! elsewhere, and drops its copy instead of running it. The control service and the other sites keep running.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use vmi_testkit::ChildGuard;
+
+/// The pid of site `id` of the `vmi up` in `data`.
+fn site_pid(data: &Path, id: &str) -> Option<u32> {
+    let dir = data.join(id).display().to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if ["site", "--id", id, dir.as_str()].iter().all(|p| args.iter().any(|a| a == p)) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Sends SIGCONT when dropped, so a failing test never leaves a stopped process behind.
+struct Stopped(u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A terminal that types one character every 100 ms for about 12 s into the demo phone's notes, and the text.
+fn typing_terminal(up: &Up, data: &Path) -> (ChildGuard, String) {
+    let text: String = (0..120).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let mut script = String::from("tap 274 1090\n");
+    for c in text.chars() {
+        script.push_str(&format!("type {c}\nwait 100ms\n"));
+    }
+    let script_file = data.join("type.script");
+    std::fs::write(&script_file, script).expect("script");
+    let terminal = ChildGuard::spawn(
+        up.vmi()
+            .args(["terminal", "--headless", "--control", &up.control, "--ca", &up.ca_file])
+            .args(["--token-file", &up.token_file, "--script"])
+            .arg(&script_file)
+            .stdout(Stdio::null()),
+    )
+    .expect("terminal starts");
+    (terminal, text)
+}
+
+/// The demo phone's placement: site and epoch.
+fn placement(up: &Up) -> (String, u64) {
+    let body = fetch(&format!("{}/v1/users/demo/placement", up.control), Some(&up.operator_token()));
+    let v: serde_json::Value = serde_json::from_str(&body).expect("placement JSON");
+    (v["site"].as_str().expect("site").to_owned(), v["epoch"].as_u64().expect("epoch"))
+}
+
+/// The URL of site `id` as the control service lists it.
+fn site_url(up: &Up, id: &str) -> Option<String> {
+    let body = fetch(&format!("{}/v1/sites", up.control), Some(&up.operator_token()));
+    let sites: serde_json::Value = serde_json::from_str(&body).expect("sites JSON");
+    let site = sites.as_array()?.iter().find(|s| s["id"] == id)?;
+    site["healthy"].as_bool().filter(|h| *h).and(site["url"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn a_killed_site_fails_over_and_the_terminal_loses_no_input() {
+    let data = scratch_dir("failover-kill");
+    let up = up(&data, &["--no-proxy"]);
+    let operator = up.operator_token();
+    // A fourth site, the test's own process: nobody restarts it when it is killed.
+    let join = data.join("site-d.join");
+    let made = up.vmi().args(["site", "join-token", "site-d", "--control", &up.control, "--out"]).arg(&join).output();
+    assert!(made.expect("vmi runs").status.success(), "join token");
+    let mut site_d = ChildGuard::spawn(
+        up.vmi()
+            .args([
+                "site",
+                "--id",
+                "site-d",
+                "--control",
+                &up.control,
+                "--lat",
+                "60.17",
+                "--lon",
+                "24.94",
+                "--data-dir",
+            ])
+            .arg(data.join("site-d"))
+            .arg("--join")
+            .arg(&join)
+            .stdout(Stdio::null()),
+    )
+    .expect("site-d starts");
+    wait_until(Duration::from_secs(30), "site-d registered and healthy", || site_url(&up, "site-d").is_some());
+    let moved = up.vmi().args(["vm", "migrate", "demo", "--to", "site-d", "--control", &up.control]).output();
+    let moved = moved.expect("vmi runs");
+    assert!(moved.status.success(), "migrate: {}", String::from_utf8_lossy(&moved.stderr));
+    let (owner, epoch) = placement(&up);
+    assert_eq!(owner, "site-d");
+    let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).collect();
+    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
+    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+
+    let (mut terminal, text) = typing_terminal(&up, &data);
+    std::thread::sleep(Duration::from_secs(2));
+    signal(site_d.id(), "-KILL");
+    let killed_at = Instant::now();
+    let _ = site_d.child().wait();
+    wait_until(Duration::from_secs(30), "the placement moving to the standby site", || placement(&up).0 != owner);
+    eprintln!("failed over from site-d to {} in {:?}", placement(&up).0, killed_at.elapsed());
+    let (now_at, now_epoch) = placement(&up);
+    assert!(now_epoch > epoch && others.contains(&now_at), "placed on {now_at} at epoch {now_epoch}");
+    let status = terminal.child().wait().expect("terminal ends");
+    assert!(status.success(), "the terminal ended with {status}");
+    let notes = fetch(&format!("{}/v1/phones/demo/kv/notes.text", up.site(&now_at)), Some(&operator));
+    assert_eq!(notes, text, "every typed character once and in order");
+    up.interrupt();
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn a_stopped_site_fails_over_and_the_terminal_loses_no_input() {
+    let data = scratch_dir("failover");
+    let up = up(&data, &["--no-proxy"]);
+    let operator = up.operator_token();
+    let (owner, epoch) = placement(&up);
+    let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).filter(|id| *id != owner).collect();
+    let owner_pid = site_pid(&data, &owner).expect("the owner runs");
+    let other_pids: Vec<u32> = others.iter().map(|id| site_pid(&data, id).expect("site runs")).collect();
+
+    // A standby copy of the demo phone is on another site before anything else happens.
+    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
+    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+
+    let (mut terminal, text) = typing_terminal(&up, &data);
+    std::thread::sleep(Duration::from_secs(2));
+    signal(owner_pid, "-STOP");
+    let stopped = Stopped(owner_pid);
+    let stopped_at = Instant::now();
+
+    // Failed over: placed on the standby site with a higher epoch, within the lease and a few seconds.
+    wait_until(Duration::from_secs(30), "the placement moving to the standby site", || placement(&up).0 != owner);
+    let failover = stopped_at.elapsed();
+    let (now_at, now_epoch) = placement(&up);
+    assert!(now_epoch > epoch, "the epoch rose ({epoch} → {now_epoch})");
+    assert!(others.contains(&now_at));
+    eprintln!("failed over from {owner} to {now_at} in {failover:?}");
+
+    let status = terminal.child().wait().expect("terminal ends");
+    assert!(status.success(), "the terminal ended with {status}");
+    let site_url = up.site(&now_at).to_string();
+    let notes = fetch(&format!("{site_url}/v1/phones/demo/kv/notes.text"), Some(&operator));
+    assert_eq!(notes, text, "every typed character once and in order");
+
+    // The stopped site goes on: its lease lapsed, the phone is placed elsewhere, so it drops its copy.
+    drop(stopped);
+    let owner_url = up.site(&owner).to_string();
+    // Its state of the phone removed too (the copy elsewhere is the phone).
+    wait_until(Duration::from_secs(30), "the old site dropping its copy", || {
+        try_fetch(&format!("{owner_url}/v1/phones"), Some(&operator))
+            .is_ok_and(|list| !list.contains("\"user\":\"demo\""))
+            && !data.join(&owner).join("phones/demo").exists()
+    });
+    // Still the same text: the old copy never ran again.
+    let notes = fetch(&format!("{site_url}/v1/phones/demo/kv/notes.text"), Some(&operator));
+    assert_eq!(notes, text);
+    assert_eq!(site_pid(&data, &owner), Some(owner_pid), "the stopped site was not restarted");
+    for (id, pid) in others.iter().zip(&other_pids) {
+        assert_eq!(site_pid(&data, id), Some(*pid), "{id} kept running");
+    }
+    up.interrupt();
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -1,0 +1,479 @@
+//! Standby copies, the site's lease, and failover (docs/FAILOVER.md).
+//!
+//! - **Records.** While a phone changes, its task takes a record at most every
+//!   [`DURABLE_EVERY`](crate::phone::DURABLE_EVERY): an incremental snapshot (the pages written since the record
+//!   before) with the input numbering, or a full state when the chain must start again. [`Replication::write`]
+//!   appends it to the phone's journal on this site's disk and, at the same time, sends it to the phone's standby
+//!   site: the nearest other healthy site. Once both hold it, the inputs it holds are durable, and the terminals
+//!   are told (`InputDurable`).
+//! - **The standby side** keeps the same files under `standby/USER/` and takes a full state only from the site the
+//!   placement names at the epoch it claims (asked of the control service), then records from that site in chain
+//!   order; the owner names it to the control service as the phone's standby for that epoch.
+//! - **The lease.** Each heartbeat answered renews the site's lease: valid until the heartbeat's *sending* time
+//!   plus [`LEASE_MS`] minus [`LEASE_MARGIN_MS`]. A phone that has a standby copy runs only while the lease is
+//!   valid (the phone task checks before each input, timer, frame and record), so it has stopped before the control
+//!   service, counting [`LEASE_MS`] from when it *received* the heartbeat, fails it over.
+//! - **Failover.** The control service moves the placement (compare-and-set, the epoch rises) to the standby site and
+//!   tells it to start the phone ([`SiteState::promote_standby`], also run for every phone a heartbeat lists as
+//!   placed here that does not run here). A site back from a lapsed lease keeps only the phones still placed on it
+//!   and drops the rest ([`SiteState::after_heartbeat`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmi_control_api::model::{LEASE_MARGIN_MS, LEASE_MS, SiteStatus};
+use vmi_control_api::url::segment;
+use vmi_control_api::{Caller, ControlClient};
+use vmi_engine::SnapshotId;
+
+use crate::persist::{append_journal, read_durable, read_phone, write_phone};
+use crate::phone::SavedPhone;
+use crate::{SiteError, SiteState};
+
+/// Where standby copies live in a site's data directory.
+pub const STANDBY_DIR: &str = "standby";
+/// How long the list of sites a standby is chosen from is used before it is asked again.
+const SITES_FRESH: Duration = Duration::from_secs(5);
+/// How long a site that did not take a record is passed over when choosing the standby.
+const PASS_OVER: Duration = Duration::from_secs(10);
+/// Time allowed for one record to reach the standby site.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The site's lease at the control service.
+#[derive(Default)]
+pub struct Lease {
+    /// Until when this site may run phones that have a standby copy (`None`: no heartbeat answered yet).
+    valid_until: Mutex<Option<Instant>>,
+}
+
+impl Lease {
+    /// Whether the site holds its lease now.
+    pub fn live(&self) -> bool {
+        self.valid_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| Instant::now() < until)
+    }
+
+    /// A heartbeat sent at `sent` was answered with a lease of `lease_ms`; returns whether the lease had lapsed
+    /// (or was never held) before.
+    pub fn renewed(&self, sent: Instant, lease_ms: u64) -> bool {
+        let mut until = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        let lapsed = until.is_none_or(|u| Instant::now() >= u);
+        // Never longer than this build's own idea of the lease, whatever the answer says.
+        let lease = lease_ms.min(LEASE_MS).saturating_sub(LEASE_MARGIN_MS);
+        let next = sent + Duration::from_millis(lease);
+        *until = Some(until.map_or(next, |u| u.max(next)));
+        lapsed
+    }
+}
+
+/// One record on its way: to this site's journal and to the standby copy.
+pub struct Record {
+    /// Whose phone.
+    pub user: String,
+    /// The snapshot's id.
+    pub id: SnapshotId,
+    /// A full state (else an incremental snapshot, the child of the last record).
+    pub full: bool,
+    /// The snapshot and the input numbering after it.
+    pub saved: SavedPhone,
+    /// The site whose copy ends at this record's parent (an incremental record goes only there).
+    pub standby_at: Option<String>,
+}
+
+/// How a record went.
+pub struct Written {
+    /// The record's snapshot.
+    pub id: SnapshotId,
+    /// Whether it was a full state.
+    pub full: bool,
+    /// The input numbering it holds.
+    pub input_seqs: HashMap<String, u64>,
+    /// On this site's disk.
+    pub local: Result<(), String>,
+    /// On the standby site (which one), or no standby to send it to (`Ok(None)`).
+    pub standby: Result<Option<String>, String>,
+    /// When the record's snapshot was taken (the phone's state it holds).
+    pub taken: Instant,
+}
+
+impl Written {
+    /// A record that was lost on its way (its task failed).
+    pub fn lost(why: String) -> Written {
+        Written {
+            id: SnapshotId([0; 32]),
+            full: false,
+            input_seqs: HashMap::new(),
+            local: Err(why.clone()),
+            standby: Err(why),
+            taken: Instant::now(),
+        }
+    }
+}
+
+/// The owner side of standby copies: which site stands by, and sending records there. One per site, shared by its
+/// phone tasks.
+pub struct Replication {
+    site_id: String,
+    position: (f64, f64),
+    caller: Caller,
+    control: ControlClient,
+    lease: Lease,
+    /// The registered sites, when asked.
+    sites: Mutex<Option<(Instant, Vec<SiteStatus>)>>,
+    /// The placement epoch each phone runs at here, as the control service said at its last full record.
+    epochs: Mutex<HashMap<String, u64>>,
+    /// Sites that did not take a record lately, and until when they are passed over.
+    failing: Mutex<HashMap<String, Instant>>,
+}
+
+impl Replication {
+    /// Replication for site `site_id` at `position`, calling other sites as `caller` and the control service
+    /// through `control`.
+    pub fn new(site_id: &str, position: (f64, f64), caller: Caller, control: ControlClient) -> Replication {
+        Replication {
+            site_id: site_id.to_owned(),
+            position,
+            caller,
+            control,
+            lease: Lease::default(),
+            sites: Mutex::new(None),
+            epochs: Mutex::new(HashMap::new()),
+            failing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The site's lease.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The site that should stand by now: the nearest other site that holds its lease, is not draining or degraded
+    /// and did not fail to take a record in the last [`PASS_OVER`], by the list last asked.
+    fn target(&self) -> Option<(String, String)> {
+        let sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, sites) = sites.as_ref()?;
+        let (lat, lon) = self.position;
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.retain(|_, until| Instant::now() < *until);
+        sites
+            .iter()
+            .filter(|s| s.site.id != self.site_id && s.leased && !s.site.draining && s.site.degraded.is_none())
+            .filter(|s| !failing.contains_key(&s.site.id))
+            .min_by(|a, b| {
+                let d = |s: &SiteStatus| (s.site.lat - lat).powi(2) + (s.site.lon - lon).powi(2);
+                d(a).total_cmp(&d(b)).then_with(|| a.site.id.cmp(&b.site.id))
+            })
+            .map(|s| (s.site.id.clone(), s.site.url.clone()))
+    }
+
+    /// Whether `site` is the site that should stand by now (an incremental record may go there).
+    pub fn target_is(&self, site: Option<&str>) -> bool {
+        self.target().map(|(id, _)| id).as_deref() == site
+    }
+
+    /// Asks the control service for the sites again when the list is stale (kept when it cannot answer).
+    async fn refresh_sites(&self) {
+        let fresh = self
+            .sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < SITES_FRESH);
+        if fresh {
+            return;
+        }
+        match self.control.list_sites().await {
+            Ok(sites) => *self.sites.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), sites)),
+            Err(e) => tracing::debug!("cannot list the sites for standby copies: {e}"),
+        }
+    }
+
+    /// Writes `record` to this site's journal in `dir` and to the standby site, at the same time.
+    pub async fn write(self: Arc<Self>, dir: PathBuf, record: Record) -> Written {
+        let taken = Instant::now();
+        let Record { user, id, full, saved, standby_at } = record;
+        let body = crate::persist::encode_saved(&saved);
+        let input_seqs = saved.input_seqs.clone();
+        let local =
+            tokio::task::spawn_blocking(
+                move || {
+                    if full { write_phone(&dir, &saved) } else { append_journal(&dir, &saved) }
+                },
+            );
+        let remote = self.push(&user, full, standby_at.as_deref(), body);
+        let (local, standby) = tokio::join!(local, remote);
+        let local = match local {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(vmi_engine::error_chain(&e)),
+            Err(e) => Err(format!("the write did not finish: {e}")),
+        };
+        Written { id, full, input_seqs, local, standby, taken }
+    }
+
+    /// Sends one record to the standby site; a full state there is named to the control service as the phone's
+    /// standby copy for its epoch.
+    async fn push(
+        &self,
+        user: &str,
+        full: bool,
+        standby_at: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Option<String>, String> {
+        self.refresh_sites().await;
+        let Some((site, url)) = self.target() else { return Ok(None) };
+        if !full && standby_at != Some(site.as_str()) {
+            return Err(format!("the standby is {site} now: it needs a full state first"));
+        }
+        let epoch = if full {
+            let placement =
+                self.control.placement(user).await.map_err(|e| format!("cannot ask for the placement: {e}"))?;
+            if placement.site != self.site_id {
+                return Err(format!("the phone is placed on {}, not here", placement.site));
+            }
+            self.epochs.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_owned(), placement.epoch);
+            placement.epoch
+        } else {
+            let epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            *epochs.get(user).ok_or("no epoch known: a full state first")?
+        };
+        let peer = vmi_trust::site_name(&site).map_err(|e| e.to_string())?;
+        let caller = self.caller.clone().expecting(&peer).tls_only();
+        let path = format!("{url}/v1/standby/{}?epoch={epoch}&full={}", segment(user), u8::from(full));
+        let sent = tokio::time::timeout(PUSH_TIMEOUT, caller.post_bytes(&path, body)).await;
+        let failed = match sent {
+            Ok(Ok((204, _))) => None,
+            // It wants a full state: the next record is one, to the same site.
+            Ok(Ok((409, body))) => {
+                return Err(format!("{site} needs a full state: {}", String::from_utf8_lossy(&body)));
+            }
+            Ok(Ok((status, body))) => Some(format!(
+                "{site} answered {status}: {}",
+                String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
+            )),
+            Ok(Err(e)) => Some(format!("cannot reach {site}: {e}")),
+            Err(_) => Some(format!("{site} did not answer within {} s", PUSH_TIMEOUT.as_secs())),
+        };
+        if let Some(why) = failed {
+            // Another site stands by meanwhile (a full state to it next), rather than none.
+            self.failing.lock().unwrap_or_else(|p| p.into_inner()).insert(site, Instant::now() + PASS_OVER);
+            return Err(why);
+        }
+        if full {
+            self.control
+                .set_standby(user, &site, epoch)
+                .await
+                .map_err(|e| format!("cannot name {site} as the standby: {e}"))?;
+        }
+        Ok(Some(site))
+    }
+
+    /// Forgets what is known of `user`'s phone here (it left).
+    pub fn forget(&self, user: &str) {
+        self.epochs.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+    }
+}
+
+/// The standby copies this site holds: whose, from which site, at which epoch, ending at which snapshot.
+#[derive(Default)]
+pub struct Copies {
+    held: tokio::sync::Mutex<HashMap<String, Copy>>,
+}
+
+struct Copy {
+    owner: String,
+    epoch: u64,
+    last: SnapshotId,
+}
+
+/// Why a standby record was refused (the HTTP layer turns it into a status).
+#[derive(Debug)]
+pub enum Refusal {
+    /// The sender does not own the phone at that epoch (403).
+    NotOwner(String),
+    /// The record does not follow what is held here: send a full state (409).
+    NeedsFull(String),
+    /// The phone runs here (409).
+    RunsHere(String),
+    /// The site could not store it or ask about it (507 / 503).
+    Failed(SiteError),
+}
+
+impl SiteState {
+    fn standby_dir(&self, user: &str) -> PathBuf {
+        self.config.data_dir.join(STANDBY_DIR).join(user)
+    }
+
+    /// Takes one record of `user`'s phone from site `from`, which says it runs the phone at `epoch` (see the
+    /// module's doc).
+    pub(crate) async fn take_standby_record(
+        &self,
+        from: &str,
+        user: &str,
+        epoch: u64,
+        full: bool,
+        body: Vec<u8>,
+    ) -> Result<(), Refusal> {
+        if self.phones.get(user).is_some() {
+            return Err(Refusal::RunsHere(format!("{user}'s phone runs on this site")));
+        }
+        let (snapshot, seqs) = read_phone(&body).map_err(|e| Refusal::NeedsFull(format!("not a record: {e}")))?;
+        let header = vmi_snapshot::Snapshot::peek_header(&snapshot)
+            .map_err(|e| Refusal::NeedsFull(format!("not a snapshot: {e}")))?;
+        if full != header.kind.parent().is_none() {
+            return Err(Refusal::NeedsFull("the record's kind and its snapshot disagree".into()));
+        }
+        let id = SnapshotId::of(&snapshot);
+        let mut held = self.standby.held.lock().await;
+        if full {
+            let placement = self.control.placement(user).await.map_err(|e| Refusal::Failed(SiteError::Control(e)))?;
+            if placement.site != from || placement.epoch != epoch {
+                return Err(Refusal::NotOwner(format!(
+                    "{from} does not run {user}'s phone at epoch {epoch} ({} does, at {})",
+                    placement.site, placement.epoch
+                )));
+            }
+        } else {
+            match held.get(user) {
+                Some(c) if c.owner == from && c.epoch == epoch && header.kind.parent() == Some(c.last) => {}
+                _ => {
+                    return Err(Refusal::NeedsFull(format!(
+                        "this site's copy of {user}'s phone does not end at the record's parent"
+                    )));
+                }
+            }
+        }
+        let dir = self.standby_dir(user);
+        let saved = SavedPhone { snapshot, input_seqs: seqs };
+        let written =
+            tokio::task::spawn_blocking(
+                move || if full { write_phone(&dir, &saved) } else { append_journal(&dir, &saved) },
+            )
+            .await
+            .map_err(|e| {
+                Refusal::Failed(SiteError::Io {
+                    path: self.standby_dir(user),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?;
+        if let Err(e) = written {
+            held.remove(user);
+            return Err(Refusal::Failed(e));
+        }
+        held.insert(user.to_owned(), Copy { owner: from.to_owned(), epoch, last: id });
+        Ok(())
+    }
+
+    /// Starts `user`'s phone from the standby copy held here, now that the placement names this site (a
+    /// failover). Nothing happens if it runs here already; [`SiteError::NoPhone`] if no copy is held.
+    pub async fn promote_standby(self: &Arc<Self>, user: &str) -> Result<bool, SiteError> {
+        if self.phones.get(user).is_some() {
+            return Ok(false);
+        }
+        let dir = self.standby_dir(user);
+        if !dir.join(crate::PHONE_FILE).exists() {
+            return Err(SiteError::NoPhone(user.to_owned()));
+        }
+        let Some(_arriving) = self.phones.arrive(user) else { return Ok(false) };
+        match self.control.placement(user).await {
+            Ok(p) if p.site == self.id => {}
+            Ok(p) => return Err(SiteError::PlacedElsewhere { user: user.into(), site: p.site, here: self.id.clone() }),
+            Err(e) => return Err(SiteError::Control(e)),
+        }
+        let held = self.standby.held.lock().await;
+        let read = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                read_durable(&dir).and_then(|d| Ok((d.flatten()?, d.input_seqs, d.chain.len())))
+            })
+            .await
+            .map_err(|e| SiteError::CorruptSnapshot(vmi_snapshot::SnapshotError::Corrupt(e.to_string())))?
+        };
+        let (bytes, input_seqs, records) =
+            read.map_err(|e| SiteError::CorruptSnapshot(vmi_snapshot::SnapshotError::Corrupt(e)))?;
+        let (phone, _report) = self.boot_saved(user, bytes.into()).await?;
+        // The copy becomes the phone's state here: the files move, then the phone runs.
+        let phones_dir = self.phone_dir(user);
+        let _ = std::fs::remove_dir_all(&phones_dir);
+        if let Some(parent) = phones_dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| SiteError::Io { path: parent.to_path_buf(), source })?;
+        }
+        std::fs::rename(&dir, &phones_dir).map_err(|source| SiteError::Io { path: dir.clone(), source })?;
+        drop(held);
+        self.standby.held.lock().await.remove(user);
+        tracing::warn!(site = %self.id, user, records, "failover: the phone runs here from its standby copy");
+        drop(_arriving);
+        self.spawn_phone_guarded(user, phone, input_seqs, false);
+        Ok(true)
+    }
+
+    /// What a heartbeat's answer means for the phones here: the lease is renewed; phones placed here that do not
+    /// run start from their standby copy; and after a lapse, phones that run here but are placed elsewhere now (a
+    /// failover happened meanwhile) are dropped, never resumed.
+    pub(crate) async fn after_heartbeat(
+        self: &Arc<Self>,
+        sent: Instant,
+        reply: vmi_control_api::model::HeartbeatReply,
+    ) {
+        let lapsed = self.replication.lease().renewed(sent, reply.lease_ms);
+        let placed: std::collections::HashSet<&str> = reply.placed.iter().map(String::as_str).collect();
+        if lapsed {
+            for user in self.users() {
+                // A phone that started here after the heartbeat was sent (a migration, a failover) is not on a list
+                // made before it came: only phones older than the question are judged by its answer.
+                let older = self.phones.get(&user).is_some_and(|p| p.started() < sent);
+                if placed.contains(user.as_str()) || self.phones.is_leaving(&user) || !older {
+                    continue;
+                }
+                self.drop_superseded(&user).await;
+            }
+        }
+        for user in &reply.placed {
+            if self.phones.get(user).is_none()
+                && !self.phones.is_arriving(user)
+                && self.standby_dir(user).join(crate::PHONE_FILE).exists()
+            {
+                let site = self.clone();
+                let user = user.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = site.promote_standby(&user).await {
+                        tracing::error!(
+                            user,
+                            "cannot start the phone from its standby copy: {}",
+                            vmi_engine::error_chain(&e)
+                        );
+                    }
+                });
+            }
+        }
+    }
+
+    /// Drops `user`'s phone here: while this site had no lease it was failed over and runs elsewhere now. Its
+    /// terminals are sent where it runs; its state here is removed (the copy elsewhere is the phone).
+    async fn drop_superseded(&self, user: &str) {
+        let Some(phone) = self.phones.remove(user) else { return };
+        let url = match self.control.placement(user).await {
+            Ok(p) => vmi_control_api::ws_url(&p.site_url),
+            Err(_) => String::new(),
+        };
+        phone.fence(url).await;
+        self.replication.forget(user);
+        self.forget_saved(user);
+        tracing::warn!(site = %self.id, user, "the phone was failed over while this site had no lease: its copy here is dropped");
+    }
+}
+
+/// `full` as the query says it.
+pub(crate) fn parse_query(query: &str) -> Option<(u64, bool)> {
+    let mut epoch = None;
+    let mut full = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("epoch", v)) => epoch = v.parse().ok(),
+            Some(("full", "1")) => full = Some(true),
+            Some(("full", "0")) => full = Some(false),
+            _ => {}
+        }
+    }
+    Some((epoch?, full?))
+}
