@@ -258,7 +258,7 @@ await test('encode: Hello with Resume, keys, FrameAck, big numbers', () => {
   });
   assert.equal(
     toHex(hello),
-    '01 01 00 04 00 74 C3 B6 6B 01 03 00 00 00 00 01 00 00 C5 9D 1C 81 B9 79 37 9E 01',
+    '01 02 00 04 00 74 C3 B6 6B 01 03 00 00 00 00 01 00 00 C5 9D 1C 81 B9 79 37 9E 01',
   );
   assert.equal(
     toHex(encodeClient({ type: 'Input', seq: 300, input: { kind: 'key', code: 8, text: null } })),
@@ -310,6 +310,9 @@ await test('decode: every site message', () => {
   // also from an ArrayBuffer, as a WebSocket delivers it
   assert.equal(decodeServer(welcome.slice().buffer).width, 720);
   assert.deepEqual(decodeServer(new B().u8(0x83).u64(2 ** 33 + 7).done()), { type: 'InputAck', seq: 2 ** 33 + 7 });
+  assert.deepEqual(decodeServer(new B().u8(0x88).u64(12).done()), { type: 'InputDurable', seq: 12 });
+  const v2welcome = new B().u8(0x81).u16(2).u16(1).u16(1).u64(0).u8(0).done();
+  assert.equal(decodeServer(v2welcome).version, 2);
   assert.deepEqual(
     decodeServer(new B().u8(0x84).str('ann@example.com').str('Lunch? ☕').u64(1764000000123).done()),
     { type: 'Notification', title: 'ann@example.com', body: 'Lunch? ☕', at_ms: 1764000000123 },
@@ -346,11 +349,11 @@ await test('decode: every site message', () => {
 await test('decode: errors of PROTOCOL.md', () => {
   throwsKind(() => decodeServer(new Uint8Array(0)), 'Empty');
   throwsKind(() => decodeServer(Uint8Array.of(0x01)), 'UnknownType'); // a client tag
-  throwsKind(() => decodeServer(Uint8Array.of(0x88)), 'UnknownType');
+  throwsKind(() => decodeServer(Uint8Array.of(0x89)), 'UnknownType');
   throwsKind(() => decodeServer(new Uint8Array(16 * 1024 * 1024 + 1)), 'TooLarge');
   throwsKind(() => decodeServer(hex('86 01 00 00')), 'Truncated');
   throwsKind(() => decodeServer(hex('86 01 00 00 00 00 00 00 00 00')), 'TrailingBytes');
-  throwsKind(() => decodeServer(new B().u8(0x81).u16(2).done()), 'UnsupportedVersion');
+  throwsKind(() => decodeServer(new B().u8(0x81).u16(3).done()), 'UnsupportedVersion');
   throwsKind(() => decodeServer(new B().u8(0x81).u16(1).u16(720).u16(1280).u64(0).u8(2).done()), 'BadValue');
   throwsKind(() => decodeServer(new B().u8(0x87).u8(0).str('').done()), 'BadValue');
   throwsKind(() => decodeServer(new B().u8(0x87).u8(7).str('').done()), 'BadValue');
@@ -506,6 +509,15 @@ await test('kept inputs: acks forget, Welcome keeps the unapplied for a resend i
   k.acked(4);
   assert.equal(k.welcomed(10).length, 0);
   assert.equal(k.add({ kind: 'key', code: 2, text: null }), 11);
+  // version 2: applied inputs stay until durable; after a failover the new site has fewer applied
+  const v2 = new KeptInputs(null);
+  for (const t of ['a', 'b', 'c']) v2.add({ kind: 'key', code: 0, text: t });
+  assert.deepEqual(v2.welcomed(3, true).map((x) => x.seq), [], 'all applied: nothing to resend');
+  assert.equal(v2.length, 3, 'but kept until durable');
+  assert.deepEqual(v2.welcomed(1, true).map((x) => x.seq), [2, 3], 'the failed-over phone lacks 2 and 3');
+  v2.acked(3);
+  assert.equal(v2.length, 0);
+  assert.equal(v2.add({ kind: 'key', code: 0, text: 'd' }), 4);
   // a saved session resumes its numbers; at most MAX_KEPT_INPUTS are kept, the oldest go
   const saved = new KeptInputs({ kept: [{ seq: 7, input: { kind: 'key', code: 1, text: null } }], nextSeq: 8 });
   assert.equal(saved.length, 1);

@@ -1,11 +1,13 @@
-// The message codec of docs/PROTOCOL.md (version 1), byte for byte: decodeServer reads
+// The message codec of docs/PROTOCOL.md (version 2; Welcome of version 1 too), byte for byte: decodeServer reads
 // what a site sends, encodeClient writes what the terminal sends. Pure: no DOM.
 
 import { ProtocolError } from './protocol-error.js';
 
 export { ProtocolError };
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+/** The oldest version a Welcome may carry (a version-1 site sends no InputDurable). */
+export const OLDEST_PROTOCOL_VERSION = 1;
 /** Largest message either side may send (PROTOCOL.md "Limits"). */
 export const MAX_MESSAGE = 16 * 1024 * 1024;
 const MAX_STRING = 4096;
@@ -146,8 +148,11 @@ export function decodeServer(data) {
   switch (tag) {
     case 0x81: {
       const version = r.u16('version');
-      if (version !== PROTOCOL_VERSION) {
-        throw new ProtocolError('UnsupportedVersion', `found ${version}, supported ${PROTOCOL_VERSION}`);
+      if (version < OLDEST_PROTOCOL_VERSION || version > PROTOCOL_VERSION) {
+        throw new ProtocolError(
+          'UnsupportedVersion',
+          `found ${version}, supported ${OLDEST_PROTOCOL_VERSION}..${PROTOCOL_VERSION}`,
+        );
       }
       m = {
         type: 'Welcome',
@@ -173,6 +178,9 @@ export function decodeServer(data) {
     }
     case 0x83:
       m = { type: 'InputAck', seq: r.u64('seq') };
+      break;
+    case 0x88:
+      m = { type: 'InputDurable', seq: r.u64('seq') };
       break;
     case 0x84:
       m = {

@@ -1,5 +1,6 @@
-// Inputs kept until the site acknowledges them, so that a new connection resends exactly
-// those the site has not applied, in order, under their first sequence numbers. Pure.
+// Inputs kept until the site says they are durable (InputDurable; InputAck from a version-1
+// site), so that a new connection resends exactly those the phone, wherever it runs now,
+// has not applied, in order, under their first sequence numbers. Pure.
 
 /** Inputs kept at most (the oldest go first). */
 export const MAX_KEPT_INPUTS = 4000;
@@ -23,15 +24,19 @@ export class KeptInputs {
     return seq;
   }
 
-  /** The site applied every input up to `seq`. */
+  /** Every input up to `seq` is done with (durable; applied, from a version-1 site): forget it. */
   acked(seq) {
     this.list = this.list.filter((k) => k.seq > seq);
   }
 
-  /** A Welcome said the site applied up to `lastInputSeq`: returns the inputs to resend. */
-  welcomed(lastInputSeq) {
-    this.acked(lastInputSeq);
-    if (this.list.length === 0) this.nextSeq = lastInputSeq + 1;
-    return this.list;
+  /**
+   * A Welcome said the phone applied up to `lastInputSeq`: returns the inputs to resend. Those
+   * applied are forgotten, unless `keepApplied` (a version-2 site: kept until durable, since a
+   * failover may bring back a phone without them).
+   */
+  welcomed(lastInputSeq, keepApplied = false) {
+    if (!keepApplied) this.acked(lastInputSeq);
+    if (this.list.length === 0) this.nextSeq = Math.max(this.nextSeq, lastInputSeq + 1);
+    return this.list.filter((k) => k.seq > lastInputSeq);
   }
 }

@@ -224,6 +224,8 @@ export class Session {
         return this.onFrameUpdate(m, size);
       case 'InputAck':
         return this.onInputAck(m);
+      case 'InputDurable':
+        return this.onInputDurable(m);
       case 'Notification':
         return this.notifications.notify({ title: m.title, body: m.body, at_ms: m.at_ms });
       case 'Redirect':
@@ -245,8 +247,10 @@ export class Session {
     this.failuresSinceWelcome = 0;
     vmi.error = null;
     this.display.resize(m.width, m.height);
-    // inputs: drop what the site already applied, resend the rest in order
-    const resend = this.inputs.welcomed(m.last_input_seq);
+    // inputs: resend, in order, what the phone has not applied; a version-2 site says later
+    // when the rest is durable (until then it is kept: a failover may need it again)
+    this.durableAcks = m.version >= 2;
+    const resend = this.inputs.welcomed(m.last_input_seq, this.durableAcks);
     vmi.inputAcked = Math.max(vmi.inputAcked, m.last_input_seq);
     for (const k of resend) this.send({ type: 'Input', seq: k.seq, input: k.input });
     vmi.pendingInputs = this.inputs.length;
@@ -267,6 +271,13 @@ export class Session {
 
   onInputAck(m) {
     this.vmi.inputAcked = Math.max(this.vmi.inputAcked, m.seq);
+    if (!this.durableAcks) this.inputs.acked(m.seq);
+    this.vmi.pendingInputs = this.inputs.length;
+    this.persist();
+  }
+
+  onInputDurable(m) {
+    this.vmi.inputDurable = Math.max(this.vmi.inputDurable || 0, m.seq);
     this.inputs.acked(m.seq);
     this.vmi.pendingInputs = this.inputs.length;
     this.persist();

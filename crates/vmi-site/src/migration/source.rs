@@ -193,26 +193,35 @@ async fn drive(
     let epoch = match answer {
         // The peer's word is not enough: the phone is dropped here only once the control service's placement
         // names the destination (a forged Committed leaves it running here).
-        Ok(MigrationMessage::Committed { epoch }) => match settle(site, user, to_id, placement.epoch, false).await {
-            Settled::Moved(confirmed) => {
-                if confirmed != epoch {
+        Ok(MigrationMessage::Committed { epoch }) => {
+            // The terminals go to the destination now, while the control service is asked (it may be briefly
+            // away): their gap is the handover, not the read-back. The copy here stays frozen until it answers.
+            phone.redirect(vmi_control_api::ws_url(&to_url)).await;
+            match settle(site, user, to_id, placement.epoch, false).await {
+                Settled::Moved(confirmed) => {
+                    if confirmed != epoch {
+                        tracing::warn!(
+                            user,
+                            claimed = epoch,
+                            confirmed,
+                            "the destination's epoch differs from the placement's"
+                        );
+                    }
+                    confirmed
+                }
+                Settled::Kept => {
                     tracing::warn!(
                         user,
-                        claimed = epoch,
-                        confirmed,
-                        "the destination's epoch differs from the placement's"
+                        to = to_id,
+                        "the destination said Committed but the placement does not name it"
                     );
+                    // The phone was stopped until now, aborted or not: that is its downtime.
+                    report.downtime_us = stopped.elapsed().as_micros() as u64;
+                    phone.thaw().await;
+                    return Err(MigrationError::NotCommitted);
                 }
-                confirmed
             }
-            Settled::Kept => {
-                tracing::warn!(user, to = to_id, "the destination said Committed but the placement does not name it");
-                // The phone was stopped until now, aborted or not: that is its downtime.
-                report.downtime_us = stopped.elapsed().as_micros() as u64;
-                phone.thaw().await;
-                return Err(MigrationError::NotCommitted);
-            }
-        },
+        }
         Ok(MigrationMessage::Abort { reason }) => {
             settle_kept(site, user, to_id, true).await;
             // The phone was stopped until now, aborted or not: that is its downtime.

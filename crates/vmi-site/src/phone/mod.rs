@@ -236,6 +236,13 @@ pub enum LifecycleCommand {
     },
     /// The migration is off: run again, applying the inputs held while frozen.
     Thaw,
+    /// The destination says it owns the phone (a frozen one): send the terminals there now, while this site
+    /// confirms it with the control service before it drops its copy (a Fence), or thaws it (the placement did
+    /// not move: the terminals are redirected back).
+    Redirect {
+        /// The destination's terminal URL.
+        url: String,
+    },
     /// The destination owns the phone: redirect every terminal there and end the task
     /// (the VM is dropped: exactly one live copy).
     Fence {
@@ -438,6 +445,11 @@ impl PhoneLink {
     /// Runs the phone again after a migration was called off.
     pub async fn thaw(&self) {
         let _ = self.tx.send(PhoneCommand::Lifecycle(LifecycleCommand::Thaw)).await;
+    }
+
+    /// Sends the terminals of a frozen phone to `url` (see [`LifecycleCommand::Redirect`]).
+    pub async fn redirect(&self, url: String) {
+        let _ = self.tx.send(PhoneCommand::Lifecycle(LifecycleCommand::Redirect { url })).await;
     }
 
     /// Redirects the terminals to `url` and ends the task.

@@ -658,6 +658,11 @@ impl PhoneTask {
                     }
                 }
             }
+            LifecycleCommand::Redirect { url } => {
+                if let State::Frozen { .. } = self.state {
+                    self.terminals.close_all(&ServerMessage::Redirect { url });
+                }
+            }
             LifecycleCommand::Fence { url, reply } => {
                 self.terminals.close_all(&ServerMessage::Redirect { url: url.clone() });
                 tracing::info!(user = %self.user, %url, "phone moved away; fenced");
