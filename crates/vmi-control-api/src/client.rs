@@ -217,6 +217,12 @@ impl ControlClient {
         self.json(Method::POST, path, Some(&body)).await
     }
 
+    /// `DELETE /v1/users/{user}/standby` (the phone's owner site): the phone has no standby copy any more.
+    pub async fn clear_standby(&self, user: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/users/{}/standby", segment(user));
+        self.call(Method::DELETE, path, None::<&()>, None).await.map(drop)
+    }
+
     /// `PUT /v1/users/{user}/standby` (the phone's owner site): `site` holds the standby copy of the phone placed
     /// at `epoch`.
     pub async fn set_standby(&self, user: &str, site: &str, epoch: u64) -> Result<(), ClientError> {

@@ -183,7 +183,7 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
             put(put_site_checkpoints).route_layer(from_fn_with_state(state.clone(), site_itself)),
         )
         .route("/v1/users/{user}/admit", post(admit).delete(release).route_layer(from_fn(any_site)))
-        .route("/v1/users/{user}/standby", put(set_standby).route_layer(from_fn(any_site)))
+        .route("/v1/users/{user}/standby", put(set_standby).delete(clear_standby).route_layer(from_fn(any_site)))
         .route(
             "/v1/migrations",
             post(record_migration)
@@ -684,8 +684,7 @@ async fn heartbeat(
         }
         tracing::warn!(site = %id, why, "site degraded: its phones move away");
     }
-    store.heartbeat(&id, req.phones, req.degraded.as_deref(), now_ms())?;
-    let placed = store.list_placements()?.into_iter().filter(|(_, p)| p.site == id).map(|(user, _)| user).collect();
+    let placed = store.heartbeat(&id, req.phones, req.degraded.as_deref(), now_ms())?;
     Ok(Json(HeartbeatReply { lease_ms: LEASE_MS, placed }))
 }
 
@@ -702,6 +701,20 @@ async fn set_standby(
     };
     store.set_standby(&user, id, &req.site, req.epoch)?;
     tracing::debug!(%user, owner = %id, standby = %req.site, epoch = req.epoch, "standby copy recorded");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/users/{user}/standby`: the site running the phone says it has no standby copy any more (it was
+/// checked out to a terminal, or stopped): no failover may start the old copy.
+async fn clear_standby(
+    State(store): State<StoreRef>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> ApiResult<StatusCode> {
+    let Principal::Site { id } = &caller.principal else {
+        return Err(ControlError::Forbidden("only the site running the phone clears its standby".into()));
+    };
+    store.clear_standby(&user, id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

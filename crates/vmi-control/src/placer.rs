@@ -179,11 +179,16 @@ impl Placer {
             if !live(target) || target.draining || target.degraded.is_some() {
                 continue;
             }
-            match self.store.move_placement(&user, &target.id, Some(placement.epoch)) {
+            // Checked again in the move's own transaction: a heartbeat that lands meanwhile keeps the phone where
+            // it is (the site was told it is still placed there).
+            let expired_before = now.saturating_sub(LEASE_MS);
+            let live_since = now.saturating_sub(LEASE_MS);
+            match self.store.fail_over(&user, &placement.site, &target.id, placement.epoch, expired_before, live_since)
+            {
                 Ok(now_placed) => {
                     tracing::warn!(%user, from = %placement.site, to = %target.id, epoch = now_placed.epoch,
                         "failover: the site lost its lease; the phone starts from its standby copy");
-                    self.promote(&user, &target.id, &target.url);
+                    self.promote(&user, &target.id, &target.url, placement.epoch);
                     moved.push((user, placement.site.clone(), target.id.clone()));
                 }
                 Err(err) => tracing::warn!(%user, error = %err, "failover did not move the placement"),
@@ -192,19 +197,30 @@ impl Placer {
         moved
     }
 
-    /// Tells site `id` at `url` to start `user`'s phone from its standby copy (its next heartbeat would too).
-    fn promote(&self, user: &str, id: &str, url: &str) {
+    /// Tells site `id` at `url` to start `user`'s phone from its standby copy of placement epoch `from_epoch`,
+    /// retrying (every second, for a minute) until it answers.
+    fn promote(&self, user: &str, id: &str, url: &str, from_epoch: u64) {
         let url = format!("{url}/v1/standby/{}/promote", segment(user));
         let caller = match vmi_trust::site_name(id) {
             Ok(name) => self.caller.clone().expecting(&name),
             Err(_) => self.caller.clone(),
         };
         let user = user.to_owned();
+        let body = serde_json::json!({ "from_epoch": from_epoch });
         tokio::spawn(async move {
-            match caller.post_json_within(&url, &serde_json::json!({}), ORDER_TIMEOUT).await {
-                Ok((status, _)) if (200..300).contains(&status) => {}
-                Ok((status, body)) => tracing::warn!(%user, status, body, "the standby site did not start the phone"),
-                Err(err) => tracing::warn!(%user, error = %err, "cannot reach the standby site"),
+            for _ in 0..60 {
+                match caller.post_json_within(&url, &body, ORDER_TIMEOUT).await {
+                    Ok((status, _)) if (200..300).contains(&status) => return,
+                    Ok((status, body)) => {
+                        tracing::warn!(%user, status, body, "the standby site did not start the phone");
+                        // It answered: only a transient refusal (503) is worth another try.
+                        if status != 503 {
+                            return;
+                        }
+                    }
+                    Err(err) => tracing::warn!(%user, error = %err, "cannot reach the standby site"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
     }

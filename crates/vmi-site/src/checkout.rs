@@ -288,6 +288,9 @@ impl SiteState {
         device: u64,
         lease_secs: u64,
     ) -> Result<CheckoutBundle, SiteError> {
+        // No failover may start the phone's standby copy while the user runs it on their device: unnamed first (no
+        // checkout without it).
+        self.replication.unname(user).await.map_err(SiteError::Control)?;
         // Out of the map first: no new terminal finds the phone while it stops.
         let link = self.phones.remove(user).ok_or_else(|| SiteError::NoPhone(user.to_string()))?;
         let issued_ms = self.now_ms();

@@ -839,11 +839,20 @@ async fn standby_record(
     }
 }
 
-/// `POST /v1/standby/{user}/promote` (the control service, after moving the placement here): starts the phone
-/// from its standby copy. 200 `{"started": bool}` (false: it runs here already).
-async fn standby_promote(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+/// `POST /v1/standby/{user}/promote` `{"from_epoch": E}` (the control service, after moving the placement here from
+/// epoch E): starts the phone from its standby copy of epoch E. 200 `{"started": bool}` (false: it runs here
+/// already).
+async fn standby_promote(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
     checked_user(&user)?;
-    let started = site.promote_standby(&user).await?;
+    let request: serde_json::Value = json_body(&body)?;
+    let Some(from_epoch) = request["from_epoch"].as_u64() else {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "give {\"from_epoch\": N}".into()));
+    };
+    let started = site.promote_standby(&user, from_epoch).await?;
     Ok(Json(serde_json::json!({ "started": started })).into_response())
 }
 

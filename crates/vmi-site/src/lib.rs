@@ -204,26 +204,22 @@ impl SiteState {
         self.config.screen
     }
 
-    fn phone_dir(&self, user: &str) -> PathBuf {
+    pub(crate) fn phone_dir(&self, user: &str) -> PathBuf {
         self.config.data_dir.join("phones").join(user)
     }
 
     /// Starts the task of a phone that now runs here. On a site that is shutting down
     /// (a migration's commit or a restore that finished late) the phone is saved to disk
     /// instead: it must not run unsaved past the shutdown's save of every phone.
+    /// The phone runs only while the site holds its lease (docs/FAILOVER.md). A standby copy this site held of it
+    /// (from when another site ran it) is stale from now on and goes.
     pub(crate) fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
-        self.spawn_phone_guarded(user, phone, input_seqs, false)
-    }
-
-    /// [`spawn_phone`](Self::spawn_phone); `guarded`: a standby copy of this phone may exist already, so it runs
-    /// only while the site holds its lease (docs/FAILOVER.md).
-    pub(crate) fn spawn_phone_guarded(
-        &self,
-        user: &str,
-        phone: Box<dyn VirtualPhone>,
-        input_seqs: HashMap<String, u64>,
-        guarded: bool,
-    ) {
+        let stale = self.config.data_dir.join(standby::STANDBY_DIR).join(user);
+        if stale.exists()
+            && let Err(e) = std::fs::remove_dir_all(&stale)
+        {
+            tracing::warn!(user, path = %stale.display(), "cannot remove a stale standby copy: {e}");
+        }
         let clock = self.config.clock.clone();
         let dir = self.phone_dir(user);
         let health = self.disk.clone();
@@ -231,8 +227,7 @@ impl SiteState {
         let mut vm = Some((phone, input_seqs));
         let started = self.phones.insert_unless_closing(user, || {
             let (phone, seqs) = vm.take().expect("the phone is taken once");
-            let task =
-                PhoneTask::new(user.to_string(), phone, clock, seqs).durable_in(dir, health, replication, guarded);
+            let task = PhoneTask::new(user.to_string(), phone, clock, seqs).durable_in(dir, health, replication);
             PhoneLink::spawn(task)
         });
         if let (false, Some((mut phone, input_seqs))) = (started, vm) {
@@ -449,8 +444,7 @@ impl SiteState {
                     if records > 0 {
                         tracing::info!(user, records, "restored the saved state and the journal after it");
                     }
-                    // Its last life may have had a standby copy: it runs under the lease from the start.
-                    self.spawn_phone_guarded(&user, phone, input_seqs, true);
+                    self.spawn_phone(&user, phone, input_seqs);
                     restored += 1;
                 }
                 // The file stays where it is: a phone's state is never thrown away.
@@ -621,15 +615,19 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
             let degraded = beat_state.disk.degraded();
             let sent = std::time::Instant::now();
             match beat_state.control.heartbeat_degraded(&beat_state.id, phones, degraded.as_deref()).await {
-                Ok(reply) => beat_state.after_heartbeat(sent, reply).await,
+                Ok(reply) => beat_state.after_heartbeat(sent, reply),
                 Err(e) => tracing::warn!(site = %beat_state.id, "heartbeat failed: {e}"),
             }
+            // Off the heartbeat's loop: a slow audit report must not delay the next heartbeat (the lease).
             let audit = beat_state.guard.take_pending();
-            if !audit.is_empty()
-                && let Err(e) = beat_state.control.report_audit(&audit).await
-            {
-                tracing::warn!(site = %beat_state.id, "cannot send the audit log: {e}");
-                beat_state.guard.put_back(audit);
+            if !audit.is_empty() {
+                let site = beat_state.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = site.control.report_audit(&audit).await {
+                        tracing::warn!(site = %site.id, "cannot send the audit log: {e}");
+                        site.guard.put_back(audit);
+                    }
+                });
             }
         }
     });

@@ -42,13 +42,16 @@ pub fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
         let _ = std::fs::remove_file(&tmp);
     }
     written?;
+    // The rename is durable only once the directory is; only then may the journal (whose records the new state
+    // holds) go, and its removal is made durable too.
+    let sync_dir = || std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir));
+    sync_dir()?;
     let journal = dir.join(JOURNAL_FILE);
     match std::fs::remove_file(&journal) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&journal)(e)),
-        _ => {}
+        Ok(()) => sync_dir(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(&journal)(e)),
     }
-    // The rename is durable only once the directory is.
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SiteError + use<> {

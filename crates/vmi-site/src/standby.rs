@@ -14,9 +14,10 @@
 //!   valid (the phone task checks before each input, timer, frame and record), so it has stopped before the control
 //!   service, counting [`LEASE_MS`] from when it *received* the heartbeat, fails it over.
 //! - **Failover.** The control service moves the placement (compare-and-set, the epoch rises) to the standby site and
-//!   tells it to start the phone ([`SiteState::promote_standby`], also run for every phone a heartbeat lists as
-//!   placed here that does not run here). A site back from a lapsed lease keeps only the phones still placed on it
-//!   and drops the rest ([`SiteState::after_heartbeat`]).
+//!   tells it to start the phone from the copy of the epoch it moved it from ([`SiteState::promote_standby`],
+//!   retried until the site answers). Every heartbeat answer lists the phones placed on the site: one that runs
+//!   here but is not listed was failed over while this site had no lease, and is dropped, its state set aside
+//!   ([`SiteState::after_heartbeat`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -125,6 +126,8 @@ pub struct Replication {
     epochs: Mutex<HashMap<String, u64>>,
     /// Sites that did not take a record lately, and until when they are passed over.
     failing: Mutex<HashMap<String, Instant>>,
+    /// The standby site named to the control service for each phone: a failover would start that copy.
+    named: Mutex<HashMap<String, String>>,
 }
 
 impl Replication {
@@ -140,6 +143,7 @@ impl Replication {
             sites: Mutex::new(None),
             epochs: Mutex::new(HashMap::new()),
             failing: Mutex::new(HashMap::new()),
+            named: Mutex::new(HashMap::new()),
         }
     }
 
@@ -221,7 +225,20 @@ impl Replication {
         body: Vec<u8>,
     ) -> Result<Option<String>, String> {
         self.refresh_sites().await;
-        let Some((site, url)) = self.target() else { return Ok(None) };
+        let Some((site, url)) = self.target() else {
+            // No site can stand by. Only the disk holds the record then, and that is durable enough only if no
+            // older copy is named for a failover (it would come back without this record): unname it first.
+            let named = self.named.lock().unwrap_or_else(|p| p.into_inner()).get(user).cloned();
+            if let Some(old) = named {
+                self.control
+                    .clear_standby(user)
+                    .await
+                    .map_err(|e| format!("{old} cannot take records and cannot be unnamed as the standby: {e}"))?;
+                self.named.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+                tracing::warn!(user, standby = %old, "no site can stand by: the phone is durable on this disk only");
+            }
+            return Ok(None);
+        };
         if !full && standby_at != Some(site.as_str()) {
             return Err(format!("the standby is {site} now: it needs a full state first"));
         }
@@ -264,6 +281,7 @@ impl Replication {
                 .set_standby(user, &site, epoch)
                 .await
                 .map_err(|e| format!("cannot name {site} as the standby: {e}"))?;
+            self.named.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_owned(), site.clone());
         }
         Ok(Some(site))
     }
@@ -271,6 +289,15 @@ impl Replication {
     /// Forgets what is known of `user`'s phone here (it left).
     pub fn forget(&self, user: &str) {
         self.epochs.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+        self.named.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+    }
+
+    /// Unnames `user`'s standby copy at the control service (the phone is checked out: no failover may start the
+    /// copy while the user runs the phone on their device).
+    pub async fn unname(&self, user: &str) -> Result<(), vmi_control_api::ClientError> {
+        self.control.clear_standby(user).await?;
+        self.named.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+        Ok(())
     }
 }
 
@@ -360,13 +387,21 @@ impl SiteState {
             held.remove(user);
             return Err(Refusal::Failed(e));
         }
+        if full {
+            let label = serde_json::json!({ "owner": from, "epoch": epoch }).to_string();
+            let path = self.standby_dir(user).join(COPY_LABEL);
+            if let Err(source) = std::fs::write(&path, label) {
+                held.remove(user);
+                return Err(Refusal::Failed(SiteError::Io { path, source }));
+            }
+        }
         held.insert(user.to_owned(), Copy { owner: from.to_owned(), epoch, last: id });
         Ok(())
     }
 
     /// Starts `user`'s phone from the standby copy held here, now that the placement names this site (a
     /// failover). Nothing happens if it runs here already; [`SiteError::NoPhone`] if no copy is held.
-    pub async fn promote_standby(self: &Arc<Self>, user: &str) -> Result<bool, SiteError> {
+    pub async fn promote_standby(self: &Arc<Self>, user: &str, from_epoch: u64) -> Result<bool, SiteError> {
         if self.phones.get(user).is_some() {
             return Ok(false);
         }
@@ -374,9 +409,22 @@ impl SiteState {
         if !dir.join(crate::PHONE_FILE).exists() {
             return Err(SiteError::NoPhone(user.to_owned()));
         }
+        // Only the copy the control service failed over to: the one of the epoch it moved the phone from.
+        match read_copy_label(&dir) {
+            Some((_, epoch)) if epoch == from_epoch => {}
+            other => {
+                return Err(SiteError::CorruptSnapshot(vmi_snapshot::SnapshotError::Corrupt(format!(
+                    "the standby copy here is of epoch {:?}, not the failed-over epoch {from_epoch}",
+                    other.map(|(_, e)| e)
+                ))));
+            }
+        }
+        if let Some(why) = self.checkout_refusal(user) {
+            return Err(SiteError::CheckedOut(why));
+        }
         let Some(_arriving) = self.phones.arrive(user) else { return Ok(false) };
         match self.control.placement(user).await {
-            Ok(p) if p.site == self.id => {}
+            Ok(p) if p.site == self.id && p.epoch == from_epoch + 1 => {}
             Ok(p) => return Err(SiteError::PlacedElsewhere { user: user.into(), site: p.site, here: self.id.clone() }),
             Err(e) => return Err(SiteError::Control(e)),
         }
@@ -392,9 +440,10 @@ impl SiteState {
         let (bytes, input_seqs, records) =
             read.map_err(|e| SiteError::CorruptSnapshot(vmi_snapshot::SnapshotError::Corrupt(e)))?;
         let (phone, _report) = self.boot_saved(user, bytes.into()).await?;
-        // The copy becomes the phone's state here: the files move, then the phone runs.
+        // The copy becomes the phone's state here: the files move, then the phone runs. Whatever state of the phone
+        // this site had (an older life) is set aside, not deleted.
         let phones_dir = self.phone_dir(user);
-        let _ = std::fs::remove_dir_all(&phones_dir);
+        self.set_aside(user, &phones_dir);
         if let Some(parent) = phones_dir.parent() {
             std::fs::create_dir_all(parent).map_err(|source| SiteError::Io { path: parent.to_path_buf(), source })?;
         }
@@ -403,48 +452,43 @@ impl SiteState {
         self.standby.held.lock().await.remove(user);
         tracing::warn!(site = %self.id, user, records, "failover: the phone runs here from its standby copy");
         drop(_arriving);
-        self.spawn_phone_guarded(user, phone, input_seqs, false);
+        self.spawn_phone(user, phone, input_seqs);
         Ok(true)
     }
 
-    /// What a heartbeat's answer means for the phones here: the lease is renewed; phones placed here that do not
-    /// run start from their standby copy; and after a lapse, phones that run here but are placed elsewhere now (a
-    /// failover happened meanwhile) are dropped, never resumed.
-    pub(crate) async fn after_heartbeat(
-        self: &Arc<Self>,
-        sent: Instant,
-        reply: vmi_control_api::model::HeartbeatReply,
-    ) {
-        let lapsed = self.replication.lease().renewed(sent, reply.lease_ms);
-        let placed: std::collections::HashSet<&str> = reply.placed.iter().map(String::as_str).collect();
-        if lapsed {
-            for user in self.users() {
-                // A phone that started here after the heartbeat was sent (a migration, a failover) is not on a list
-                // made before it came: only phones older than the question are judged by its answer.
-                let older = self.phones.get(&user).is_some_and(|p| p.started() < sent);
-                if placed.contains(user.as_str()) || self.phones.is_leaving(&user) || !older {
-                    continue;
-                }
-                self.drop_superseded(&user).await;
-            }
+    /// Moves `dir` (a phone's state that must not run again, but may be all that is left of something) to
+    /// `superseded/USER-MS` for an operator.
+    pub(crate) fn set_aside(&self, user: &str, dir: &std::path::Path) {
+        if !dir.exists() {
+            return;
         }
-        for user in &reply.placed {
-            if self.phones.get(user).is_none()
-                && !self.phones.is_arriving(user)
-                && self.standby_dir(user).join(crate::PHONE_FILE).exists()
+        let aside = self.config.data_dir.join("superseded").join(format!("{user}-{}", self.now_ms()));
+        let moved = aside.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::rename(dir, &aside));
+        match moved {
+            Ok(()) => tracing::warn!(user, path = %aside.display(), "a superseded state of the phone is kept aside"),
+            Err(e) => tracing::error!(user, path = %dir.display(), "cannot set a superseded state aside: {e}"),
+        }
+    }
+
+    /// What a heartbeat's answer means for the phones here: the lease is renewed, and every phone that runs here
+    /// but is placed elsewhere now (a failover happened while this site had no lease) is dropped, never resumed.
+    /// Only phones that started here before the heartbeat was sent are judged by its answer (one that arrived
+    /// since is not on a list made before it came), and none that is arriving or leaving (a migration decides).
+    pub(crate) fn after_heartbeat(self: &Arc<Self>, sent: Instant, reply: vmi_control_api::model::HeartbeatReply) {
+        self.replication.lease().renewed(sent, reply.lease_ms);
+        let placed: std::collections::HashSet<&str> = reply.placed.iter().map(String::as_str).collect();
+        for user in self.users() {
+            let older = self.phones.get(&user).is_some_and(|p| p.started() < sent);
+            if placed.contains(user.as_str())
+                || !older
+                || self.phones.is_leaving(&user)
+                || self.phones.is_arriving(&user)
             {
-                let site = self.clone();
-                let user = user.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = site.promote_standby(&user).await {
-                        tracing::error!(
-                            user,
-                            "cannot start the phone from its standby copy: {}",
-                            vmi_engine::error_chain(&e)
-                        );
-                    }
-                });
+                continue;
             }
+            // Off the heartbeat's loop: the next heartbeat must not wait for this.
+            let site = self.clone();
+            tokio::spawn(async move { site.drop_superseded(&user).await });
         }
     }
 
@@ -458,9 +502,19 @@ impl SiteState {
         };
         phone.fence(url).await;
         self.replication.forget(user);
-        self.forget_saved(user);
+        // Set aside, not deleted: until the new owner has shown it runs, this may be the only bootable copy.
+        self.set_aside(user, &self.phone_dir(user));
         tracing::warn!(site = %self.id, user, "the phone was failed over while this site had no lease: its copy here is dropped");
     }
+}
+
+/// Whose copy a standby directory holds, and of which placement epoch: `copy.json`, written with each full state.
+const COPY_LABEL: &str = "copy.json";
+
+/// The owner and epoch a standby directory's copy belongs to, if it says.
+fn read_copy_label(dir: &std::path::Path) -> Option<(String, u64)> {
+    let label: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(COPY_LABEL)).ok()?).ok()?;
+    Some((label["owner"].as_str()?.to_owned(), label["epoch"].as_u64()?))
 }
 
 /// `full` as the query says it.

@@ -358,8 +358,16 @@ async fn fake_destination(control: &Control, fail: &'static str) {
 async fn assert_runs_at(site: &SiteHandle, control: &Control, token: &str, user: &str) {
     assert!(hosts(site, user));
     assert_eq!(control.client.placement(user).await.expect("placement").site, site.state.id);
-    let mut term = Term::connect(&site.ws_url()).await;
-    term.hello(token, None, false).await;
+    // A site that just got its lease back (the control service was away) runs the phone within a heartbeat.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut term = loop {
+        let mut term = Term::connect(&site.ws_url()).await;
+        if matches!(term.hello(token, None, false).await, vmi_protocol::ServerMessage::Welcome { .. }) {
+            break term;
+        }
+        assert!(std::time::Instant::now() < deadline, "the phone never ran at {}", site.state.id);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let seq = term.type_text("!").await;
     term.acked(seq).await;
     term.close().await;

@@ -66,7 +66,9 @@ pub trait Store: Send + Sync {
     /// Registers a site or updates its URL, position and capacity (heartbeat state is kept).
     fn put_site(&self, id: &str, spec: &SiteSpec) -> Result<Site, ControlError>;
     /// Records a heartbeat from a registered site at `at_ms` (milliseconds since the Unix epoch).
-    fn heartbeat(&self, id: &str, phones: u32, degraded: Option<&str>, at_ms: u64) -> Result<(), ControlError>;
+    /// Returns the users whose phones are placed on the site, read in the same transaction.
+    fn heartbeat(&self, id: &str, phones: u32, degraded: Option<&str>, at_ms: u64)
+    -> Result<Vec<String>, ControlError>;
     /// One site, if registered.
     fn site(&self, id: &str) -> Result<Option<Site>, ControlError>;
     /// All sites, by id.
@@ -91,6 +93,20 @@ pub trait Store: Send + Sync {
     /// Records that site `standby` holds the standby copy of `user`'s phone, which `owner` runs at placement
     /// `epoch`; [`ControlError::EpochMismatch`] unless the placement names `owner` at `epoch` now.
     fn set_standby(&self, user: &str, owner: &str, standby: &str, epoch: u64) -> Result<(), ControlError>;
+    /// Forgets `user`'s standby copy (its owner `owner` checked it out, or stopped it); only the owner may.
+    fn clear_standby(&self, user: &str, owner: &str) -> Result<(), ControlError>;
+    /// A failover in one transaction: `user`'s phone moves from `from` (placed there at `epoch`) to `to` only if
+    /// `from`'s last heartbeat is older than `expired_before_ms` and `to`'s is at least `live_since_ms`; the epoch
+    /// rises. [`ControlError::EpochMismatch`] or [`ControlError::Refused`] otherwise.
+    fn fail_over(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        epoch: u64,
+        expired_before_ms: u64,
+        live_since_ms: u64,
+    ) -> Result<Placement, ControlError>;
     /// Every placement as `(user, placement, standby)`, by user: the standby site only if its copy is of the
     /// placement's current epoch (a failover target).
     fn list_standbys(&self) -> Result<Vec<(String, Placement, Option<String>)>, ControlError>;
@@ -244,8 +260,14 @@ impl Store for SqliteStore {
         sites::put_site(&mut self.conn(), id, spec)
     }
 
-    fn heartbeat(&self, id: &str, phones: u32, degraded: Option<&str>, at_ms: u64) -> Result<(), ControlError> {
-        sites::heartbeat(&self.conn(), id, phones, degraded, at_ms)
+    fn heartbeat(
+        &self,
+        id: &str,
+        phones: u32,
+        degraded: Option<&str>,
+        at_ms: u64,
+    ) -> Result<Vec<String>, ControlError> {
+        sites::heartbeat(&mut self.conn(), id, phones, degraded, at_ms)
     }
 
     fn site(&self, id: &str) -> Result<Option<Site>, ControlError> {
@@ -270,6 +292,22 @@ impl Store for SqliteStore {
 
     fn set_standby(&self, user: &str, owner: &str, standby: &str, epoch: u64) -> Result<(), ControlError> {
         placements::set_standby(&mut self.conn(), user, owner, standby, epoch)
+    }
+
+    fn clear_standby(&self, user: &str, owner: &str) -> Result<(), ControlError> {
+        placements::clear_standby(&self.conn(), user, owner)
+    }
+
+    fn fail_over(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        epoch: u64,
+        expired_before_ms: u64,
+        live_since_ms: u64,
+    ) -> Result<Placement, ControlError> {
+        placements::fail_over(&mut self.conn(), user, from, to, epoch, expired_before_ms, live_since_ms)
     }
 
     fn list_standbys(&self) -> Result<Vec<(String, Placement, Option<String>)>, ControlError> {

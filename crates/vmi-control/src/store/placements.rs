@@ -76,6 +76,49 @@ pub(super) fn set_standby(
     Ok(())
 }
 
+/// Forgets `user`'s standby copy; only the site the placement names may.
+pub(super) fn clear_standby(conn: &Connection, user: &str, owner: &str) -> Result<(), ControlError> {
+    let current = load_placement(conn, user)?.ok_or_else(|| ControlError::not_found("placement", user))?;
+    if current.site != owner {
+        return Err(ControlError::Forbidden(format!("{owner} does not run {user}'s phone ({} does)", current.site)));
+    }
+    conn.execute("UPDATE placements SET standby = NULL, standby_epoch = NULL WHERE user = ?1", [user])?;
+    Ok(())
+}
+
+/// See [`Store::fail_over`](super::Store::fail_over).
+pub(super) fn fail_over(
+    conn: &mut Connection,
+    user: &str,
+    from: &str,
+    to: &str,
+    epoch: u64,
+    expired_before_ms: u64,
+    live_since_ms: u64,
+) -> Result<Placement, ControlError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let beat = |site: &str| -> Result<Option<u64>, ControlError> {
+        Ok(load_site(&tx, site)?.ok_or_else(|| ControlError::not_found("site", site))?.last_heartbeat_ms)
+    };
+    if beat(from)?.is_none_or(|at| at >= expired_before_ms) {
+        return Err(ControlError::Refused(format!("{from} renewed its lease: no failover")));
+    }
+    if beat(to)?.is_none_or(|at| at < live_since_ms) {
+        return Err(ControlError::Refused(format!("{to} holds no lease: no failover there")));
+    }
+    let current = load_placement(&tx, user)?.ok_or_else(|| ControlError::not_found("placement", user))?;
+    if current.site != from || current.epoch != epoch {
+        return Err(ControlError::EpochMismatch { user: user.to_owned(), expected: epoch, current: current.epoch });
+    }
+    tx.execute(
+        "UPDATE placements SET site = ?2, epoch = epoch + 1, standby = NULL, standby_epoch = NULL WHERE user = ?1",
+        params![user, to],
+    )?;
+    let placement = load_placement(&tx, user)?.ok_or_else(|| ControlError::not_found("placement", user))?;
+    tx.commit()?;
+    Ok(placement)
+}
+
 /// Every placement with its standby copy, if one is recorded for its current epoch.
 pub(super) fn list_standbys(conn: &Connection) -> Result<Vec<(String, Placement, Option<String>)>, ControlError> {
     let mut stmt = conn.prepare(

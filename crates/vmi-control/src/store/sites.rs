@@ -43,21 +43,29 @@ pub(super) fn put_site(conn: &mut Connection, id: &str, spec: &SiteSpec) -> Resu
     Ok(site)
 }
 
+/// Records a heartbeat and lists the users whose phones are placed on the site, in one transaction: a failover
+/// (which checks the lease in its own transaction) is wholly before or wholly after it.
 pub(super) fn heartbeat(
-    conn: &Connection,
+    conn: &mut Connection,
     id: &str,
     phones: u32,
     degraded: Option<&str>,
     at_ms: u64,
-) -> Result<(), ControlError> {
-    let changed = conn.execute(
+) -> Result<Vec<String>, ControlError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let changed = tx.execute(
         "UPDATE sites SET phones = ?2, last_heartbeat_ms = ?3, degraded = ?4 WHERE id = ?1",
         params![id, phones, at_ms, degraded],
     )?;
     if changed == 0 {
         return Err(ControlError::not_found("site", id));
     }
-    Ok(())
+    let placed = {
+        let mut stmt = tx.prepare("SELECT user FROM placements WHERE site = ?1 ORDER BY user")?;
+        stmt.query_map([id], |row| row.get(0))?.collect::<Result<Vec<String>, _>>()?
+    };
+    tx.commit()?;
+    Ok(placed)
 }
 
 pub(super) fn site(conn: &Connection, id: &str) -> Result<Option<Site>, ControlError> {

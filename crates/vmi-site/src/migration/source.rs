@@ -223,10 +223,16 @@ async fn drive(
             }
         }
         Ok(MigrationMessage::Abort { reason }) => {
-            settle_kept(site, user, to_id, true).await;
+            let settled = settle(site, user, to_id, u64::MAX, true).await;
             // The phone was stopped until now, aborted or not: that is its downtime.
             report.downtime_us = stopped.elapsed().as_micros() as u64;
-            phone.thaw().await;
+            match settled {
+                Settled::Kept => phone.thaw().await,
+                // Failed over to a third site while this one waited without its lease: that copy is the phone.
+                Settled::Moved(_) => {
+                    drop_failed_over(site, user, phone).await;
+                }
+            }
             return Err(MigrationError::Refused(reason));
         }
         other => {
@@ -277,6 +283,9 @@ async fn settle(site: &SiteState, user: &str, to_id: &str, epoch: u64, destinati
         match site.control().placement(user).await {
             Ok(p) if p.site == to_id && !destination_aborted => return Settled::Moved(p.epoch),
             Ok(p) if p.site == site.id && p.epoch != epoch => return Settled::Kept,
+            // A third site: the phone was failed over while this site waited (its lease lapsed). That copy is the
+            // phone now; the one here goes, never taken back.
+            Ok(p) if p.site != site.id && p.site != to_id => return Settled::Moved(p.epoch),
             Ok(p) => match site.control().move_placement(user, &site.id, Some(p.epoch)).await {
                 Ok(_) => return Settled::Kept,
                 Err(e) => tracing::info!(user, "taking the placement back raced: {e}; reading it again"),
@@ -289,8 +298,15 @@ async fn settle(site: &SiteState, user: &str, to_id: &str, epoch: u64, destinati
     }
 }
 
-/// [`settle`] after the destination said it aborted: it dropped its copy, so this site
-/// keeps the phone whatever the placement says, and makes the placement say so.
-async fn settle_kept(site: &SiteState, user: &str, to_id: &str, aborted: bool) {
-    let _ = settle(site, user, to_id, u64::MAX, aborted).await;
+/// Drops the frozen copy here of a phone that was failed over to a third site while this site waited: its
+/// terminals go where the placement says, its state here is set aside.
+async fn drop_failed_over(site: &SiteState, user: &str, phone: &crate::phone::PhoneLink) {
+    let url = match site.control().placement(user).await {
+        Ok(p) => vmi_control_api::ws_url(&p.site_url),
+        Err(_) => String::new(),
+    };
+    phone.fence(url).await;
+    site.registry().remove(user);
+    site.set_aside(user, &site.phone_dir(user));
+    tracing::warn!(user, "the phone was failed over elsewhere during the migration: the copy here is dropped");
 }

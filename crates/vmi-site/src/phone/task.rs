@@ -120,9 +120,6 @@ struct Durable {
     standby_at: Option<String>,
     /// Streams records to a standby site, and says whether this site holds its lease.
     standby: Arc<crate::standby::Replication>,
-    /// A standby copy was made (or may have been, by this phone's last life): the control service may fail the
-    /// phone over, so it runs only while the site holds its lease.
-    guarded: bool,
     /// Terminals were told to go because the lease lapsed.
     fenced: bool,
     /// From the last record's snapshot to the standby's answer.
@@ -156,14 +153,13 @@ impl PhoneTask {
     }
 
     /// The same task, keeping the phone's state durable in `dir` and on a standby site while it runs
-    /// ([`DURABLE_EVERY`]), and saying in `health` when it cannot. `guarded`: a standby copy may exist already
-    /// (a phone restored at the site's start), so the phone runs only under the site's lease from the start.
+    /// ([`DURABLE_EVERY`]), and saying in `health` when it cannot. From then on the phone runs only while the site
+    /// holds its lease (`standby`'s): a copy of it elsewhere may be started when the lease runs out.
     pub fn durable_in(
         mut self,
         dir: PathBuf,
         health: Arc<crate::persist::DiskHealth>,
         standby: Arc<crate::standby::Replication>,
-        guarded: bool,
     ) -> PhoneTask {
         let written_at = Instant::now();
         self.durable = Some(Durable {
@@ -178,16 +174,15 @@ impl PhoneTask {
             deltas: 0,
             standby_at: None,
             standby,
-            guarded,
             fenced: false,
             standby_lag: None,
         });
         self
     }
 
-    /// Whether the phone must not run now: it could have been failed over, and the site's lease lapsed.
+    /// Whether the phone must not run now: the site's lease lapsed (the phone may be failed over).
     fn fenced(&self) -> bool {
-        self.durable.as_ref().is_some_and(|d| d.guarded && !d.standby.lease().live())
+        self.durable.as_ref().is_some_and(|d| !d.standby.lease().live())
     }
 
     /// Tells the terminals to go when the lease lapses (once), and notes when it is back.
@@ -278,12 +273,12 @@ impl PhoneTask {
         }
     }
 
-    /// A guarded phone looks at the lease often: it must stop before the lease can expire at the control service,
+    /// A phone under a lease looks at it often: it must stop before the lease can expire at the control service,
     /// and run again soon after it is back.
     fn until_lease_check(&self) -> Duration {
         match &self.durable {
-            Some(d) if d.guarded => Duration::from_millis(100),
-            _ => Duration::from_secs(3600),
+            Some(_) => Duration::from_millis(100),
+            None => Duration::from_secs(3600),
         }
     }
 
@@ -335,7 +330,6 @@ impl PhoneTask {
         match &written.standby {
             Ok(Some(site)) => {
                 d.standby_at = Some(site.clone());
-                d.guarded = true;
                 d.standby_lag = Some(written.taken.elapsed());
             }
             Ok(None) => d.standby_at = None,
@@ -527,6 +521,8 @@ impl PhoneTask {
             }
             ServiceCommand::Mail { mail, push, reply } => {
                 let r = match &self.state {
+                    // The copy here may be failed over: the sender asks again, wherever the phone runs then.
+                    _ if self.fenced() => Err(PhoneError::Moving),
                     State::Frozen { .. } => Err(PhoneError::Moving),
                     State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
                     State::Running => self
