@@ -208,6 +208,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failover_moves_a_phone_only_while_the_old_lease_is_expired_and_the_new_one_live() {
+        let s = store();
+        s.create_user("alice").unwrap();
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.put_site("site-b", &spec(2)).unwrap();
+        s.set_placement("alice", "site-a").unwrap();
+        s.heartbeat("site-a", 1, None, 10_000).unwrap();
+        s.heartbeat("site-b", 0, None, 10_000).unwrap();
+        // site-a's last heartbeat (10 s) is not older than 9 s: its lease holds.
+        let refused = s.fail_over("alice", "site-a", "site-b", 1, 9_000, 9_000).unwrap_err();
+        assert!(matches!(refused, ControlError::Refused(_)), "{refused:?}");
+        // Expired before 20 s, but site-b has not been heard from since 20 s either.
+        assert!(matches!(s.fail_over("alice", "site-a", "site-b", 1, 20_000, 20_000), Err(ControlError::Refused(_))));
+        s.heartbeat("site-b", 0, None, 21_000).unwrap();
+        assert!(matches!(
+            s.fail_over("alice", "site-a", "site-b", 7, 20_000, 20_000),
+            Err(ControlError::EpochMismatch { current: 1, .. })
+        ));
+        let moved = s.fail_over("alice", "site-a", "site-b", 1, 20_000, 20_000).unwrap();
+        assert_eq!(moved, Placement { site: "site-b".into(), epoch: 2 });
+        // Each site's next heartbeat says where the phone is now.
+        assert!(s.heartbeat("site-a", 1, None, 22_000).unwrap().is_empty());
+        assert_eq!(s.heartbeat("site-b", 1, None, 22_000).unwrap(), ["alice"]);
+        // A second failover of the same epoch (a retry) is refused.
+        assert!(s.fail_over("alice", "site-a", "site-b", 1, 30_000, 20_000).is_err());
+    }
+
+    #[test]
     fn a_standby_is_recorded_only_by_the_owner_at_its_epoch_and_counts_only_for_that_epoch() {
         let s = store();
         s.create_user("alice").unwrap();
@@ -225,6 +253,11 @@ mod tests {
         assert_eq!(standby(&s), [None]);
         s.set_standby("alice", "site-a", "site-b", placed.epoch).unwrap();
         assert_eq!(standby(&s), [Some("site-b".to_string())]);
+        // Unnamed by the owner only (a checkout): no failover target.
+        assert!(s.clear_standby("alice", "site-c").is_err(), "not the owner");
+        s.clear_standby("alice", "site-a").unwrap();
+        assert_eq!(standby(&s), [None]);
+        s.set_standby("alice", "site-a", "site-b", placed.epoch).unwrap();
         // The phone moves on: the old copy is no failover target any more.
         s.move_placement("alice", "site-c", Some(placed.epoch)).unwrap();
         assert_eq!(standby(&s), [None]);
