@@ -18,9 +18,23 @@ pub struct ControlArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7800")]
     listen: SocketAddr,
-    /// SQLite database file.
+    /// SQLite database file (the single-machine store; its directory also holds the CA and operator credential).
     #[arg(long, default_value = "vmi-data/control.db")]
     db: PathBuf,
+    /// Keep the control plane in this etcd cluster instead of SQLite (comma-separated client URLs): any number of
+    /// replicas then serve the same state, and one, elected through etcd, runs the placer.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The prefix of every key this control plane keeps in etcd.
+    #[arg(long, default_value = vmi_control::DEFAULT_ETCD_PREFIX, requires = "etcd")]
+    etcd_prefix: String,
+    /// This replica's name in the leader election (default: the listening address).
+    #[arg(long, requires = "etcd")]
+    replica: Option<String>,
+    /// Where the provider CA (pki/), ca.pem and operator.json live (default: --db's directory). Replicas of one
+    /// control plane share the CA: copy pki/ to each, or point them at one directory on one machine.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// How long a better site must stay better before the placer moves a phone, ms.
     #[arg(long, default_value_t = PolicyParams::default().dwell_ms)]
     placer_dwell_ms: u64,
@@ -233,18 +247,37 @@ pub const CA_FILE: &str = "ca.pem";
 /// At its first start it creates the provider CA (beside the database, in `pki/`) and the first operator
 /// credential, written 0600 to `operator.json` beside the database: what the CLI reads (docs/SECURITY.md).
 pub async fn control(args: ControlArgs) -> Result<()> {
-    let dir = args.db.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            args.db.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from)
+        }
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let store = vmi_control::SqliteStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
-    let authority = vmi_trust::Authority::load_or_create(&dir.join("pki")).context("the provider CA")?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let replica = args.replica.clone().unwrap_or_else(|| addr.to_string());
+    let (store, leadership, reports): (Arc<dyn vmi_control::Store>, _, _) = if args.etcd.is_empty() {
+        let store =
+            vmi_control::SqliteStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
+        (Arc::new(store), vmi_control::Leadership::alone(), vmi_control::Reports::new())
+    } else {
+        let (endpoints, prefix) = (args.etcd.clone(), args.etcd_prefix.clone());
+        // Connecting blocks (the client has a runtime of its own): off this runtime's workers.
+        let store = tokio::task::spawn_blocking(move || vmi_control::EtcdStore::connect(&endpoints, &prefix))
+            .await?
+            .with_context(|| format!("connecting to etcd at {}", args.etcd.join(",")))?;
+        let leadership = store.campaign(&replica)?;
+        let reports = store.shared_reports();
+        tracing::info!(replica, etcd = %args.etcd.join(","), "control replica on etcd");
+        (Arc::new(store), leadership, reports)
+    };
+    let authority = vmi_trust::Authority::load_or_create(&dir.join("pki")).context("the provider CA")?;
     let host = addr.ip().to_string();
     let trust = vmi_control::ServiceTrust::new(Arc::new(authority), &[&host, "localhost"])?;
     let url = format!("https://{addr}");
     let credential_path = dir.join("operator.json");
-    use vmi_control::Store as _;
     if !store.has_operator()? || !credential_path.exists() {
         let new = store.create_credential(&vmi_control_api::auth::Principal::Operator { name: "admin".into() })?;
         let credential = crate::credentials::OperatorCredential {
@@ -265,9 +298,15 @@ pub async fn control(args: ControlArgs) -> Result<()> {
         rtt_ms_per_100km: args.rtt_ms_per_100km,
         ..PolicyParams::default()
     };
-    let options =
-        vmi_control::ServeOptions { placer: Some(params), trust: Some(trust), ..vmi_control::ServeOptions::default() };
-    vmi_control::serve_with(listener, Arc::new(store), options, stop_signal()).await?;
+    let options = vmi_control::ServeOptions {
+        placer: Some(params),
+        trust: Some(trust),
+        leadership,
+        reports,
+        replica,
+        ..vmi_control::ServeOptions::default()
+    };
+    vmi_control::serve_with(listener, store, options, stop_signal()).await?;
     Ok(())
 }
 

@@ -92,8 +92,14 @@ fn a_killed_site_is_started_again_and_the_rest_keep_running() {
 fn a_phone_that_cannot_be_saved_makes_the_stop_fail() {
     let data = scratch_dir("unsaveable");
     let up = up(&data, &["--no-proxy"]);
-    // Where the demo phone's state would be written is taken by a directory (root ignores file modes).
-    std::fs::create_dir_all(data.join("site-a/phones/demo/phone.state.tmp/in-the-way")).expect("an obstacle");
+    // Where the demo phone's state would be written is taken by a directory (root ignores file modes). A write in
+    // flight has the temporary file there for a moment: the obstacle goes in once it is gone.
+    let obstacle = data.join("site-a/phones/demo/phone.state.tmp/in-the-way");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::create_dir_all(&obstacle).is_err() {
+        assert!(Instant::now() < deadline, "no obstacle could be put at {}", obstacle.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let status = up.stop();
     assert!(!status.success(), "vmi up said it stopped cleanly");
     let _ = std::fs::remove_dir_all(&data);

@@ -5,6 +5,8 @@
 //! ([`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT) unless changed with [`ControlClient::with_timeout`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::Method;
@@ -51,20 +53,40 @@ impl std::fmt::Debug for Dialed {
     }
 }
 
-/// A client for one control service. Cheap to clone; holds no connection between calls.
+/// A client for the control service: one replica, or several sharing one store. Cheap to clone (clones share
+/// which replica answers); holds no connection between calls.
+///
+/// With several replicas a call goes to the one that answered last; if it cannot be reached (no connection, or
+/// 503: its store is unavailable), the call goes to the next, and so on once round. A request that timed out
+/// after it was sent is retried elsewhere only if it is a `GET` (another method may have taken effect).
 #[derive(Debug, Clone)]
 pub struct ControlClient {
-    origin: Origin,
+    origins: Arc<[Origin]>,
+    /// The index in `origins` of the replica that answered last.
+    preferred: Arc<AtomicUsize>,
     caller: Caller,
     timeout: Duration,
 }
 
 impl ControlClient {
     /// A client for the service at `base_url` (`https://host[:port]`, or `http://` on this machine; trailing `/`
-    /// allowed), calling as `caller`.
+    /// allowed), calling as `caller`. Several replicas are given comma-separated:
+    /// `https://10.0.0.1:7800,https://10.0.0.2:7800`.
     pub fn new(base_url: &str, caller: &Caller) -> Result<Self, ClientError> {
         let caller = caller.clone().expecting(vmi_trust::CONTROL_NAME);
-        Ok(ControlClient { origin: Origin::parse(base_url)?, caller, timeout: DEFAULT_TIMEOUT })
+        let origins = base_url.split(',').map(|url| Origin::parse(url.trim())).collect::<Result<Vec<_>, _>>()?;
+        Ok(ControlClient {
+            origins: origins.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
+            caller,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// The replica calls go to first.
+    fn origin(&self) -> &Origin {
+        let i = self.preferred.load(Ordering::Relaxed) % self.origins.len().max(1);
+        &self.origins[i]
     }
 
     /// The same client calling as the holder of `token` (a site acting for the device that asked it).
@@ -83,9 +105,14 @@ impl ControlClient {
         self
     }
 
-    /// The base URL this client talks to, `http(s)://host:port`.
+    /// The base URL of the replica this client talks to now, `http(s)://host:port`.
     pub fn base_url(&self) -> String {
-        self.origin.base_url()
+        self.origin().base_url()
+    }
+
+    /// Every replica's base URL, comma-separated (what [`ControlClient::new`] takes).
+    pub fn base_urls(&self) -> String {
+        self.origins.iter().map(Origin::base_url).collect::<Vec<_>>().join(",")
     }
 
     /// `POST /v1/users/{user}/pair-code`: a one-time code for a new device of `user`.
@@ -257,7 +284,7 @@ impl ControlClient {
     /// Opens a connection to the service now (TCP and, for `https://`, the TLS handshake) for one later request
     /// that must be quick: a migration's commit, made while the phone is stopped.
     pub async fn dial_ahead(&self) -> Result<Dialed, ClientError> {
-        let stream = self.caller.dial(&self.origin).await?;
+        let stream = self.caller.dial(self.origin()).await?;
         Ok(Dialed { stream, at: std::time::Instant::now() })
     }
 
@@ -274,7 +301,8 @@ impl ControlClient {
         let path = format!("/v1/users/{}/placement", segment(user));
         let body = serde_json::to_vec(&PlacementRequest { site: site.to_owned(), expected_epoch })
             .map_err(|_| ClientError::InvalidRequest("cannot encode request body"))?;
-        let request = self.origin.request(
+        let origin = self.origin();
+        let request = origin.request(
             Method::PUT,
             path,
             Some(("application/json", Bytes::from(body))),
@@ -283,7 +311,7 @@ impl ControlClient {
             true,
         )?;
         let (status, body) =
-            self.origin.exchange_over(&self.caller, stream, request, self.timeout, MAX_RESPONSE_BYTES).await?;
+            origin.exchange_over(&self.caller, stream, request, self.timeout, MAX_RESPONSE_BYTES).await?;
         if !status.is_success() {
             return Err(ClientError::Status { status: status.as_u16(), body: error_message(&body) });
         }
@@ -471,13 +499,34 @@ impl ControlClient {
         limit: usize,
     ) -> Result<Bytes, ClientError> {
         let body = body.map(|(bytes, content_type)| (content_type, bytes));
-        let request = self.origin.request(method, path, body, &self.caller, bearer, true)?;
-        let (status, body) = self.origin.exchange(&self.caller, request, self.timeout, limit).await?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(ClientError::Status { status: status.as_u16(), body: error_message(&body) })
+        let first = self.preferred.load(Ordering::Relaxed);
+        let n = self.origins.len();
+        let mut last = None;
+        for attempt in 0..n {
+            let i = (first + attempt) % n;
+            let origin = &self.origins[i];
+            let request = origin.request(method.clone(), path.clone(), body.clone(), &self.caller, bearer, true)?;
+            let answer = match origin.exchange(&self.caller, request, self.timeout, limit).await {
+                Ok((status, body)) if status.is_success() => Ok(body),
+                Ok((status, body)) => Err(ClientError::Status { status: status.as_u16(), body: error_message(&body) }),
+                Err(e) => Err(e),
+            };
+            let try_next = match &answer {
+                Err(ClientError::Connect { .. }) => true,
+                Err(ClientError::Status { status: 503, .. }) => true,
+                Err(ClientError::Timeout(_)) => method == Method::GET,
+                _ => false,
+            };
+            if !try_next || attempt + 1 == n {
+                if answer.is_ok() || !try_next {
+                    self.preferred.store(i, Ordering::Relaxed);
+                }
+                return answer;
+            }
+            tracing::debug!(replica = %origin.base_url(), error = ?answer.as_ref().err(), "control replica unreachable; trying the next");
+            last = Some(answer);
         }
+        last.unwrap_or(Err(ClientError::InvalidRequest("no control URL")))
     }
 }
 
@@ -491,5 +540,8 @@ mod tests {
         assert_eq!(ControlClient::new("http://h:1/", &caller).expect("client").base_url(), "http://h:1");
         assert_eq!(ControlClient::new("https://h:1", &caller).expect("client").base_url(), "https://h:1");
         assert!(matches!(ControlClient::new("ftp://h:1", &caller), Err(ClientError::InvalidUrl { .. })));
+        let both = ControlClient::new("https://a:1, https://b:2/", &caller).expect("client");
+        assert_eq!((both.base_url().as_str(), both.base_urls().as_str()), ("https://a:1", "https://a:1,https://b:2"));
+        assert!(matches!(ControlClient::new("https://a:1,", &caller), Err(ClientError::InvalidUrl { .. })));
     }
 }

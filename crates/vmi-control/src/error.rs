@@ -62,6 +62,9 @@ pub enum ControlError {
     /// The database failed (500).
     #[error("store failure")]
     Store(#[source] rusqlite::Error),
+    /// The distributed store cannot answer now (no quorum, unreachable, or too contended); try again.
+    #[error("the control plane's store is unavailable: {0}")]
+    Unavailable(String),
     /// The database was written by a newer version of this crate (500 at open time).
     #[error("database schema version {found} is newer than the supported version {supported}")]
     UnsupportedSchema {
@@ -96,6 +99,7 @@ impl ControlError {
             ControlError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ControlError::Unauthorized => StatusCode::UNAUTHORIZED,
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Store(_)
             | ControlError::UnsupportedSchema { .. }
             | ControlError::Entropy(_)
@@ -121,12 +125,17 @@ impl IntoResponse for ControlError {
             // Logged here and only here; the caller gets a generic body.
             let source = std::error::Error::source(&self).map(ToString::to_string);
             tracing::error!(error = %self, source = ?source, "control request failed");
-            "internal error".to_owned()
+            if matches!(self, ControlError::Unavailable(_)) {
+                "the control plane's store is unavailable; try again".to_owned()
+            } else {
+                "internal error".to_owned()
+            }
         } else {
             self.to_string()
         };
         let retry_after = match &self {
             ControlError::TooManyAttempts { retry_after } => Some(retry_after.as_secs().max(1)),
+            ControlError::Unavailable(_) => Some(1),
             _ => None,
         };
         let mut response = (status, Json(ErrorBody { error: message })).into_response();

@@ -36,7 +36,7 @@ use crate::pairing::PairCodes;
 use crate::placement::PolicyParams;
 use crate::store::now_ms;
 use crate::validate::validate_report;
-use crate::{ControlError, Reports, Store, run_placer};
+use crate::{ControlError, Leadership, Reports, Store, run_placer};
 
 type StoreRef = Arc<dyn Store>;
 
@@ -232,6 +232,13 @@ pub struct ServeOptions {
     pub trust: Option<ServiceTrust>,
     /// Connection caps and timeouts of the listener.
     pub limits: ConnectionLimits,
+    /// Whether this replica runs the placer now ([`Leadership::alone`]: the only replica).
+    pub leadership: Leadership,
+    /// Where terminal reports are kept: this replica's memory ([`Reports::new`]) or, for replicas sharing etcd,
+    /// [`EtcdStore::shared_reports`](crate::EtcdStore::shared_reports).
+    pub reports: Reports,
+    /// This replica's name, as `GET /v1/replica` says it.
+    pub replica: String,
 }
 
 /// What a control service with TLS holds: its [`ControlTrust`] and the server configuration it listens with.
@@ -263,6 +270,9 @@ impl Default for ServeOptions {
             placer_every: Duration::from_secs(1),
             trust: None,
             limits: ConnectionLimits::default(),
+            leadership: Leadership::alone(),
+            reports: Reports::new(),
+            replica: "control".to_owned(),
         }
     }
 }
@@ -289,7 +299,7 @@ pub async fn serve_with(
         vmi_trust::check_listen(addr, options.trust.is_some()).map_err(std::io::Error::other)?;
         tracing::info!(%addr, placer = options.placer.is_some(), tls = options.trust.is_some(), "control service listening");
     }
-    let reports = Reports::new();
+    let reports = options.reports.clone();
     let (stopping, mut stop) = tokio::sync::watch::channel(false);
     let stopping = Arc::new(stopping);
     let signal = {
@@ -301,7 +311,16 @@ pub async fn serve_with(
     };
     let control_trust = options.trust.as_ref().map(|t| t.control.clone());
     let caller = control_trust.as_ref().map_or_else(Outbound::anonymous, |t| t.caller.clone());
-    let router = app_with(store.clone(), reports.clone(), control_trust, Arc::new(Guard::new()));
+    let replica =
+        ReplicaStatus { replica: options.replica.clone(), elected: options.leadership.is_elected(), leading: false };
+    let leadership = options.leadership.clone();
+    let router = app_with(store.clone(), reports.clone(), control_trust, Arc::new(Guard::new())).route(
+        "/v1/replica",
+        get(move || {
+            let status = ReplicaStatus { leading: leadership.is_leading(), ..replica.clone() };
+            async move { Json(status) }
+        }),
+    );
     let tls = options.trust.as_ref().map(|t| t.server.clone());
     let server = async {
         let result = vmi_trust::serve(listener, router, tls, options.limits, signal).await;
@@ -314,11 +333,21 @@ pub async fn serve_with(
                 // An error means the sender is gone, which also means stop.
                 let _ = stop.wait_for(|stopping| *stopping).await;
             };
-            run_placer(store, reports, caller, params, options.placer_every, stopped).await;
+            let leadership = options.leadership.clone();
+            run_placer(store, reports, caller, params, options.placer_every, leadership, stopped).await;
         }
     };
     let (result, ()) = tokio::join!(server, placer);
     result
+}
+
+/// `GET /v1/replica`: which control replica answered and whether it runs the placer (public, as `/healthz`).
+#[derive(Debug, Clone, serde::Serialize)]
+struct ReplicaStatus {
+    replica: String,
+    /// Whether replicas elect a leader (false: this one leads alone).
+    elected: bool,
+    leading: bool,
 }
 
 /// `POST /v1/users`: an operator creates a user in any tenant; a tenant admin only in their own (the default).

@@ -163,6 +163,7 @@
 pub mod access;
 mod error;
 mod http;
+mod leadership;
 mod pairing;
 pub mod placement;
 mod placer;
@@ -172,8 +173,12 @@ mod validate;
 
 pub use error::ControlError;
 pub use http::{ControlTrust, JOIN_TOKEN_TTL_MS, ServeOptions, ServiceTrust, app, app_with, serve, serve_with};
+pub use leadership::Leadership;
 pub use pairing::{PAIR_CODE_TTL_MS, PairCodes};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};
 pub use placer::{ORDER_TIMEOUT, PlacerRounds, run_placer};
 pub use reports::Reports;
-pub use store::{DEFAULT_AUDIT_LISTED, SCHEMA_VERSION, SqliteStore, Store, now_ms, token_hash};
+pub use store::{
+    DEFAULT_AUDIT_LISTED, DEFAULT_ETCD_PREFIX, EtcdStore, LEADER_TTL, SCHEMA_VERSION, SqliteStore, Store, now_ms,
+    token_hash,
+};

@@ -16,7 +16,7 @@ use vmi_control_api::url::segment;
 
 use crate::placement::{Move, PhoneView, PolicyInput, PolicyParams, PolicyState, SiteView, decide};
 use crate::store::now_ms;
-use crate::{ControlError, Reports, Store};
+use crate::{ControlError, Leadership, Reports, Store};
 
 /// How long the placer waits for a site to answer a migrate order (the answer comes when the migration ends).
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +44,10 @@ pub const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The loop owns its order tasks: on shutdown it stops deciding and abandons orders still in flight (the
 /// connection closes; the site decides what that means for its migration).
 ///
+/// Rounds run only while `leadership` says this replica leads (always, for a replica alone); a replica that stops
+/// leading lets its orders in flight finish (each migration commits by compare-and-set, so a second leader's
+/// orders cannot make two owners) and decides nothing new.
+///
 /// Store failures are logged and the round skipped; nothing here ends the loop but `shutdown`.
 pub async fn run_placer(
     store: Arc<dyn Store>,
@@ -51,6 +55,7 @@ pub async fn run_placer(
     caller: Caller,
     params: PolicyParams,
     every: Duration,
+    leadership: Leadership,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut placer = Placer::new(store, reports, caller, params);
@@ -62,6 +67,9 @@ pub async fn run_placer(
             () = &mut shutdown => break,
             Some(done) = placer.orders.join_next_with_id() => placer.finish(done),
             _ = tick.tick() => {
+                if !leadership.is_leading() {
+                    continue;
+                }
                 let now = now_ms();
                 placer.failover(now);
                 placer.round(now);

@@ -1,12 +1,16 @@
-//! [`Reports`]: the latest terminal report of each user, kept in memory only.
+//! [`Reports`]: the latest terminal report of each user, in memory, and in etcd when control replicas share one.
 //!
 //! Reports are soft state: a terminal sends one every few seconds, the placer only trusts recent ones, and losing
-//! them all on a restart costs one report period. So they never touch SQLite.
+//! them all on a restart costs one report period. So they never touch SQLite. Replicas over etcd write each report
+//! to `reports/{user}` as well (without waiting for it), because the replica that received it may not be the one
+//! whose placer reads it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vmi_control_api::model::{ReportRequest, TerminalReport};
+
+use crate::store::EtcdKv;
 
 /// The latest [`TerminalReport`] per user, shared by the HTTP layer (writer) and the placer (reader).
 ///
@@ -15,6 +19,12 @@ use vmi_control_api::model::{ReportRequest, TerminalReport};
 #[derive(Debug, Clone, Default)]
 pub struct Reports {
     latest: Arc<Mutex<HashMap<String, TerminalReport>>>,
+    /// Where every replica's reports meet, if replicas share an etcd cluster.
+    shared: Option<Arc<EtcdKv>>,
+}
+
+fn report_key(user: &str) -> String {
+    format!("reports/{user}")
 }
 
 impl Reports {
@@ -23,27 +33,76 @@ impl Reports {
         Self::default()
     }
 
+    /// An empty registry that also writes to (and reads from) etcd.
+    pub(crate) fn shared(kv: Arc<EtcdKv>) -> Self {
+        Reports { latest: Arc::default(), shared: Some(kv) }
+    }
+
     /// Keeps `report` as `user`'s latest, received at `at_ms`, replacing the previous one; returns it.
     pub fn record(&self, user: &str, report: ReportRequest, at_ms: u64) -> TerminalReport {
         let report =
             TerminalReport { user: user.to_owned(), at_ms, lat: report.lat, lon: report.lon, rtt_ms: report.rtt_ms };
         self.lock().insert(user.to_owned(), report.clone());
+        if let Some(kv) = &self.shared
+            && let (Some(handle), Ok(value)) = (kv.handle(), serde_json::to_vec(&report))
+        {
+            let (mut client, key) = (kv.client(), kv.full(&report_key(user)));
+            // Soft state: a lost write costs one report period, so the terminal does not wait for etcd.
+            handle.spawn(async move {
+                if let Err(e) = client.put(key, value, None).await {
+                    tracing::debug!(error = %e, "terminal report not shared");
+                }
+            });
+        }
         report
     }
 
     /// The user's latest report, however old.
     pub fn latest(&self, user: &str) -> Option<TerminalReport> {
-        self.lock().get(user).cloned()
+        let local = self.lock().get(user).cloned();
+        let shared = self.shared.as_ref().and_then(|kv| match kv.get(&report_key(user)) {
+            Ok(entry) => entry.and_then(|e| serde_json::from_slice::<TerminalReport>(&e.value).ok()),
+            Err(e) => {
+                tracing::debug!(error = %e, "shared terminal reports unreadable; using this replica's");
+                None
+            }
+        });
+        newest(local, shared)
     }
 
     /// A copy of every user's latest report.
     pub fn snapshot(&self) -> HashMap<String, TerminalReport> {
-        self.lock().clone()
+        let mut all = self.lock().clone();
+        if let Some(kv) = &self.shared {
+            match kv.range("reports/", false, 0, None) {
+                Ok((entries, _)) => {
+                    for entry in entries {
+                        if let Ok(report) = serde_json::from_slice::<TerminalReport>(&entry.value) {
+                            let mine = all.remove(&report.user);
+                            let user = report.user.clone();
+                            if let Some(best) = newest(mine, Some(report)) {
+                                all.insert(user, best);
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "shared terminal reports unreadable; using this replica's"),
+            }
+        }
+        all
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, TerminalReport>> {
         // Every critical section is a single map operation: a panic cannot leave the map half-updated.
         self.latest.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The later of two reports.
+fn newest(a: Option<TerminalReport>, b: Option<TerminalReport>) -> Option<TerminalReport> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.at_ms > a.at_ms { b } else { a }),
+        (a, b) => a.or(b),
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`eventually`]: poll a condition until a deadline; a timeout names what was awaited.
 //! - [`ChildGuard`]: a spawned process (and every process it starts) that never outlives its test, panic or not.
 //! - [`scratch_dir`]: a fresh, empty directory per test and process.
+//! - [`etcd::EtcdCluster`]: a real etcd cluster of several members, each on its own loopback address.
 //!
 //! A dev-dependency only: nothing here is linked into a shipped binary.
 
@@ -11,6 +12,8 @@ use std::io;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
+
+pub mod etcd;
 
 /// Polls `check` until it returns true; panics after `within` with a message naming `what`.
 ///
@@ -85,6 +88,12 @@ impl ChildGuard {
         let Ok(pid) = libc::pid_t::try_from(self.child.id()) else { return };
         // SAFETY: kill(2) takes no pointers; the pid is our own child's.
         unsafe { libc::kill(pid, signal) };
+    }
+}
+
+impl std::fmt::Debug for ChildGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildGuard").field("pid", &self.id()).finish()
     }
 }
 

@@ -147,17 +147,15 @@ pub(super) fn device_user(conn: &Connection, device_id: u64) -> Result<Option<St
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use vmi_control_api::auth::{AuditEntry, AuditQuery, Principal};
     use vmi_control_api::tenants::TenantRequest;
 
     use crate::ControlError;
     use crate::store::Store;
-    use crate::store::test_support::store;
 
-    #[test]
-    fn operator_and_tenant_admin_tokens_name_their_principal() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn operator_and_tenant_admin_tokens_name_their_principal(s: &dyn Store) {
         assert!(!s.has_operator().unwrap());
         let op = s.create_credential(&Principal::Operator { name: "admin".into() }).unwrap();
         assert!(s.has_operator().unwrap());
@@ -177,9 +175,8 @@ mod tests {
         assert_eq!(s.principal("short").unwrap(), None);
     }
 
-    #[test]
-    fn a_join_token_works_once_for_its_site_before_it_expires() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn a_join_token_works_once_for_its_site_before_it_expires(s: &dyn Store) {
         let t = s.create_join_token("site-a", 1_000, 500).unwrap();
         assert!(!s.redeem_join_token("site-b", &t.token, 1_100).unwrap(), "another site");
         assert!(!s.redeem_join_token("site-a", &t.token, 1_500).unwrap(), "expired");
@@ -188,9 +185,8 @@ mod tests {
         assert!(!s.redeem_join_token("site-a", &t.token, 2_100).unwrap(), "used");
     }
 
-    #[test]
-    fn the_audit_log_filters_by_user_site_principal_and_time() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn the_audit_log_filters_by_user_site_principal_and_time(s: &dyn Store) {
         let entry = |at_ms, principal: &str, user: Option<&str>, site: Option<&str>| AuditEntry {
             id: 0,
             at_ms,

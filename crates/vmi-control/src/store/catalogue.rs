@@ -56,15 +56,14 @@ pub(super) fn checkpoints(conn: &Connection, user: &str) -> Result<Vec<Cataloged
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use vmi_control_api::model::{CheckpointEntry, SiteSpec};
 
     use crate::ControlError;
-    use crate::store::{SqliteStore, Store};
+    use crate::store::Store;
 
-    #[test]
-    fn the_checkpoint_catalogue_lists_each_copy_once_with_its_sites() {
-        let s = SqliteStore::in_memory().unwrap();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn the_checkpoint_catalogue_lists_each_copy_once_with_its_sites(s: &dyn Store) {
         s.create_user("alice").unwrap();
         for site in ["site-a", "site-b"] {
             s.put_site(site, &SiteSpec { url: "http://127.0.0.1:1".into(), lat: 0.0, lon: 0.0, capacity: 1 }).unwrap();

@@ -81,16 +81,15 @@ pub(super) fn migrations(
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::store::test_support::store;
+pub(super) mod tests {
+
     use vmi_control_api::model::MigrationRecord;
 
     use crate::ControlError;
     use crate::store::Store;
 
-    #[test]
-    fn migrations_are_logged_newest_first() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn migrations_are_logged_newest_first(s: &dyn Store) {
         s.create_user("alice").unwrap();
         s.create_user("bob").unwrap();
         let record = |user: &str, to: &str, outcome: &str| MigrationRecord {

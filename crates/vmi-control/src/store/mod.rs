@@ -11,6 +11,7 @@
 //! - `catalogue`: which checkpoints each site holds.
 //! - `tenants`: tenants, admission against their quotas, image versions.
 //! - `access`: operator and tenant-admin credentials, sites' join tokens, the audit log.
+//! - `etcd`: [`EtcdStore`], the same trait on an etcd cluster (past one machine).
 //!
 //! Each concern module's functions take the connection (mutably when they open a transaction); [`SqliteStore`]
 //! hands them its one connection.
@@ -32,6 +33,9 @@ use crate::ControlError;
 
 mod access;
 mod catalogue;
+#[cfg(test)]
+mod conformance;
+mod etcd;
 mod migration_log;
 mod placements;
 mod schema;
@@ -40,6 +44,8 @@ mod tenants;
 mod users;
 
 pub use access::DEFAULT_AUDIT_LISTED;
+pub(crate) use etcd::EtcdKv;
+pub use etcd::{DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX, EtcdStore, LEADER_TTL};
 pub use schema::SCHEMA_VERSION;
 
 /// Storage for users, devices, sites and placements.

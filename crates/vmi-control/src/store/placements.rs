@@ -144,16 +144,15 @@ pub(super) fn list_placements(conn: &Connection) -> Result<Vec<(String, Placemen
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::store::test_support::{spec, store};
+pub(super) mod tests {
+    use crate::store::test_support::spec;
     use vmi_control_api::model::Placement;
 
     use crate::ControlError;
     use crate::store::Store;
 
-    #[test]
-    fn placement_epoch_increments_on_change_only() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn placement_epoch_increments_on_change_only(s: &dyn Store) {
         s.create_user("alice").unwrap();
         s.put_site("site-a", &spec(1)).unwrap();
         s.put_site("site-b", &spec(2)).unwrap();
@@ -170,9 +169,8 @@ mod tests {
         assert!(matches!(s.placement("ghost"), Err(ControlError::NotFound { what: "user", .. })));
     }
 
-    #[test]
-    fn move_placement_is_a_compare_and_set_on_the_epoch() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn move_placement_is_a_compare_and_set_on_the_epoch(s: &dyn Store) {
         s.create_user("alice").unwrap();
         s.put_site("site-a", &spec(1)).unwrap();
         s.put_site("site-b", &spec(2)).unwrap();
@@ -207,9 +205,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_failover_moves_a_phone_only_while_the_old_lease_is_expired_and_the_new_one_live() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn a_failover_moves_a_phone_only_while_the_old_lease_is_expired_and_the_new_one_live(s: &dyn Store) {
         s.create_user("alice").unwrap();
         s.put_site("site-a", &spec(1)).unwrap();
         s.put_site("site-b", &spec(2)).unwrap();
@@ -235,9 +232,8 @@ mod tests {
         assert!(s.fail_over("alice", "site-a", "site-b", 1, 30_000, 20_000).is_err());
     }
 
-    #[test]
-    fn a_standby_is_recorded_only_by_the_owner_at_its_epoch_and_counts_only_for_that_epoch() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn a_standby_is_recorded_only_by_the_owner_at_its_epoch_and_counts_only_for_that_epoch(s: &dyn Store) {
         s.create_user("alice").unwrap();
         for (i, id) in ["site-a", "site-b", "site-c"].into_iter().enumerate() {
             s.put_site(id, &spec(i as u16 + 1)).unwrap();
@@ -250,16 +246,78 @@ mod tests {
         ));
         assert!(s.set_standby("alice", "site-a", "site-b", placed.epoch + 1).is_err(), "a wrong epoch");
         assert!(s.set_standby("alice", "site-a", "site-a", placed.epoch).is_err(), "not its own standby");
-        assert_eq!(standby(&s), [None]);
+        assert_eq!(standby(s), [None]);
         s.set_standby("alice", "site-a", "site-b", placed.epoch).unwrap();
-        assert_eq!(standby(&s), [Some("site-b".to_string())]);
+        assert_eq!(standby(s), [Some("site-b".to_string())]);
         // Unnamed by the owner only (a checkout): no failover target.
         assert!(s.clear_standby("alice", "site-c").is_err(), "not the owner");
         s.clear_standby("alice", "site-a").unwrap();
-        assert_eq!(standby(&s), [None]);
+        assert_eq!(standby(s), [None]);
         s.set_standby("alice", "site-a", "site-b", placed.epoch).unwrap();
         // The phone moves on: the old copy is no failover target any more.
         s.move_placement("alice", "site-c", Some(placed.epoch)).unwrap();
-        assert_eq!(standby(&s), [None]);
+        assert_eq!(standby(s), [None]);
+    }
+
+    /// Conformance case: of moves racing with the same expected epoch, exactly one wins; the rest are told the
+    /// epoch moved on.
+    pub(crate) fn racing_compare_and_sets_on_one_epoch_have_exactly_one_winner(s: &dyn Store) {
+        s.create_user("alice").unwrap();
+        for (port, site) in [(1, "site-a"), (2, "site-b"), (3, "site-c")] {
+            s.put_site(site, &spec(port)).unwrap();
+        }
+        s.set_placement("alice", "site-a").unwrap();
+        let results = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..6)
+                .map(|i| {
+                    let to = if i % 2 == 0 { "site-b" } else { "site-c" };
+                    scope.spawn(move || s.move_placement("alice", to, Some(1)))
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().expect("racer")).collect::<Vec<_>>()
+        });
+        let won: Vec<&Placement> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        assert_eq!(won[0].epoch, 2);
+        for lost in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(matches!(lost, ControlError::EpochMismatch { expected: 1, current: 2, .. }), "{lost:?}");
+        }
+        assert_eq!(s.placement("alice").unwrap().as_ref(), Some(won[0]));
+    }
+
+    /// Conformance case: a heartbeat racing a failover of its site never leaves two owners. Either the failover
+    /// commits first (and the heartbeat's answer no longer names the phone) or the heartbeat does (and the
+    /// failover is refused): never both the phone moved and its old site told it still runs it.
+    pub(crate) fn a_heartbeat_racing_a_failover_never_leaves_two_owners(s: &dyn Store) {
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.put_site("site-b", &spec(2)).unwrap();
+        s.heartbeat("site-b", 0, None, 10_000).unwrap();
+        for round in 0..12 {
+            let user = format!("user-{round}");
+            s.create_user(&user).unwrap();
+            let placed = s.set_placement(&user, "site-a").unwrap();
+            // site-a's lease expired (last heartbeat at 1 s, expiry before 5 s) ...
+            s.heartbeat("site-a", 1, None, 1_000).unwrap();
+            // ... and now it renews (at 10 s) while the placer fails its phone over.
+            let (answer, failover) = std::thread::scope(|scope| {
+                let beat = scope.spawn(|| s.heartbeat("site-a", 1, None, 10_000));
+                let failover = scope.spawn(|| s.fail_over(&user, "site-a", "site-b", placed.epoch, 5_000, 0));
+                (beat.join().expect("heartbeat"), failover.join().expect("failover"))
+            });
+            let still_owner = answer.unwrap().contains(&user);
+            match failover {
+                Ok(p) => {
+                    assert!(!still_owner, "round {round}: {user} failed over to {p:?} and site-a still owns it");
+                    assert_eq!(p.site, "site-b");
+                }
+                Err(e) => {
+                    assert!(matches!(e, ControlError::Refused(_)), "round {round}: {e:?}");
+                    assert!(
+                        still_owner,
+                        "round {round}: the failover was refused yet site-a was not told it owns {user}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -263,8 +263,8 @@ pub(super) fn user_image(conn: &Connection, user: &str) -> Result<(String, Optio
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::store::test_support::store;
+pub(super) mod tests {
+
     use vmi_control_api::tenants::{DEFAULT_IMAGE, TenantRequest, TenantUpdate};
 
     use crate::ControlError;
@@ -281,9 +281,8 @@ mod tests {
         vec![0, b'a', b's', b'm', 1, 0, 0, 0, 0, 2, 1, marker]
     }
 
-    #[test]
-    fn tenants_are_created_once_updated_and_listed_with_usage() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn tenants_are_created_once_updated_and_listed_with_usage(s: &dyn Store) {
         let acme = s.create_tenant(&tenant("acme", Some(2), Some(64 * MIB))).unwrap();
         assert_eq!(acme.image, DEFAULT_IMAGE);
         assert!(matches!(s.create_tenant(&tenant("acme", None, None)), Err(ControlError::Conflict { .. })));
@@ -319,9 +318,8 @@ mod tests {
         assert_eq!(listed[0].tenant, updated);
     }
 
-    #[test]
-    fn admission_refuses_past_the_phone_quota_with_a_clear_message() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn admission_refuses_past_the_phone_quota_with_a_clear_message(s: &dyn Store) {
         s.create_tenant(&tenant("acme", Some(2), None)).unwrap();
         for user in ["ann", "bob", "cat"] {
             s.create_user_in(user, Some("acme")).unwrap();
@@ -342,9 +340,8 @@ mod tests {
         assert!(matches!(s.release("ghost"), Err(ControlError::NotFound { what: "user", .. })));
     }
 
-    #[test]
-    fn admission_refuses_past_the_memory_quota_and_users_without_tenant_are_unlimited() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn admission_refuses_past_the_memory_quota_and_users_without_tenant_are_unlimited(s: &dyn Store) {
         s.create_tenant(&tenant("tiny", None, Some(96 * MIB))).unwrap();
         s.create_user_in("ann", Some("tiny")).unwrap();
         s.create_user_in("bob", Some("tiny")).unwrap();
@@ -360,9 +357,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn image_versions_increase_and_roll_back_to_the_previous_one() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn image_versions_increase_and_roll_back_to_the_previous_one(s: &dyn Store) {
         assert!(matches!(s.rollback_image("phone"), Err(ControlError::NotFound { what: "image", .. })));
         assert!(matches!(s.publish_image("phone", b"not wasm"), Err(ControlError::BadRequest(_))));
         let v1 = s.publish_image("phone", &wasm(1)).unwrap();
@@ -393,9 +389,8 @@ mod tests {
         assert_eq!(s.publish_image("phone", &wasm(2)).unwrap().version, 3);
     }
 
-    #[test]
-    fn a_user_runs_their_tenants_image_or_the_default() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn a_user_runs_their_tenants_image_or_the_default(s: &dyn Store) {
         s.create_tenant(&TenantRequest { image: Some("office".into()), ..tenant("acme", None, None) }).unwrap();
         s.create_user_in("ann", Some("acme")).unwrap();
         s.create_user("bob").unwrap();
@@ -405,5 +400,22 @@ mod tests {
         let office = s.publish_image("office", &wasm(7)).unwrap();
         assert_eq!(s.user_image("ann").unwrap().1.map(|i| i.hash), Some(office.hash));
         assert!(matches!(s.user_image("ghost"), Err(ControlError::NotFound { what: "user", .. })));
+    }
+
+    /// Conformance case: admissions racing for a tenant's last places never go past its quota.
+    pub(crate) fn racing_admissions_never_pass_the_quota(s: &dyn Store) {
+        s.create_tenant(&tenant("acme", Some(3), None)).unwrap();
+        let users: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
+        for user in &users {
+            s.create_user_in(user, Some("acme")).unwrap();
+        }
+        let results = std::thread::scope(|scope| {
+            let racers: Vec<_> = users.iter().map(|u| scope.spawn(move || s.admit(u, MIB))).collect();
+            racers.into_iter().map(|r| r.join().expect("racer")).collect::<Vec<_>>()
+        });
+        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(admitted, 3, "{results:?}");
+        assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, ControlError::Quota(_))));
+        assert_eq!(s.tenants().unwrap()[0].phones, 3);
     }
 }

@@ -95,16 +95,15 @@ pub(super) fn authenticate(conn: &Connection, token: &str) -> Result<Option<Iden
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use crate::store::test_support::store;
     use vmi_control_api::model::{Identity, User};
 
     use crate::ControlError;
     use crate::store::{Store, token_hash};
 
-    #[test]
-    fn users_are_unique_and_listed_by_name() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn users_are_unique_and_listed_by_name(s: &dyn Store) {
         assert_eq!(s.create_user("bob").unwrap(), User { name: "bob".into(), tenant: None });
         s.create_user("alice").unwrap();
         assert!(matches!(s.create_user("bob"), Err(ControlError::Conflict { what: "user", .. })));
@@ -113,9 +112,8 @@ mod tests {
         assert_eq!(names, ["alice", "bob"]);
     }
 
-    #[test]
-    fn device_tokens_authenticate_until_revoked() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn device_tokens_authenticate_until_revoked(s: &dyn Store) {
         s.create_user("alice").unwrap();
         let phone = s.create_device("alice", "pixel").unwrap();
         let laptop = s.create_device("alice", "laptop").unwrap();
@@ -154,18 +152,16 @@ mod tests {
         assert_eq!(as_text, 0);
     }
 
-    #[test]
-    fn unknown_and_malformed_tokens_do_not_authenticate() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn unknown_and_malformed_tokens_do_not_authenticate(s: &dyn Store) {
         assert_eq!(s.authenticate(&"0".repeat(64)).unwrap(), None);
         assert_eq!(s.authenticate("").unwrap(), None);
         assert_eq!(s.authenticate(&"zz".repeat(32)).unwrap(), None);
         assert_eq!(s.authenticate(&"é".repeat(32)).unwrap(), None);
     }
 
-    #[test]
-    fn devices_need_an_existing_user() {
-        let s = store();
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn devices_need_an_existing_user(s: &dyn Store) {
         assert!(matches!(s.create_device("ghost", "x"), Err(ControlError::NotFound { what: "user", .. })));
         assert!(matches!(s.list_devices("ghost"), Err(ControlError::NotFound { what: "user", .. })));
         assert!(matches!(s.revoke_device(42), Err(ControlError::NotFound { what: "device", .. })));

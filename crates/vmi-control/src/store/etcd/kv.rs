@@ -1,0 +1,364 @@
+//! A blocking face on an etcd cluster: one tokio runtime of its own runs the gRPC client, and every call waits
+//! for its answer on a plain channel, so the synchronous [`Store`](crate::Store) methods can call it from any
+//! thread (an async handler's included) without nesting runtimes.
+//!
+//! [`Tx`] is an optimistic transaction over it: reads remember each key's revision, writes are buffered, and the
+//! commit is one etcd transaction that applies the writes only if nothing read has changed since (else the whole
+//! closure runs again). That makes every store operation serializable, the same as SQLite's `IMMEDIATE`
+//! transactions, without a lock held across round trips.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::ControlError;
+
+/// How long one request to etcd may take before the caller gets [`ControlError::Unavailable`].
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many times an optimistic transaction runs again after losing a race before it gives up.
+const MAX_ATTEMPTS: usize = 64;
+
+/// A connected etcd client with its own runtime: one client per member, the one that answered last first.
+///
+/// etcd-client balances requests over every endpoint and fails those sent to a dead member; a client per member
+/// lets a request go to the next member instead when one cannot be reached or has no leader (a member cut off
+/// from the majority answers "no leader" at once, because requests require one).
+pub(crate) struct EtcdKv {
+    runtime: Option<tokio::runtime::Runtime>,
+    clients: Vec<Client>,
+    preferred: AtomicUsize,
+    /// Every key this store writes starts with it (so one cluster can hold several stores, e.g. per test).
+    prefix: String,
+}
+
+impl std::fmt::Debug for EtcdKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdKv").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Drop for EtcdKv {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which tokio forbids inside another runtime; nothing of ours is pending.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// One stored value with the revision it was last written at.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// The key without the store's prefix.
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+pub(crate) fn unavailable(err: etcd_client::Error) -> ControlError {
+    ControlError::Unavailable(format!("etcd: {err}"))
+}
+
+impl EtcdKv {
+    /// Connects to the cluster at `endpoints` (`http://host:port` each); keys live under `prefix`.
+    pub(crate) fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdKv, ControlError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vmi-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| ControlError::Unavailable(format!("cannot start the etcd client's runtime: {e}")))?;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_require_leader(true);
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let (endpoint, options) = (endpoint.clone(), options.clone());
+            // Lazy: a member down now is only skipped, not an error.
+            let client = run_on(&runtime, async move { Client::connect([endpoint], Some(options)).await })?
+                .map_err(unavailable)?;
+            clients.push(client);
+        }
+        Ok(EtcdKv { runtime: Some(runtime), clients, preferred: AtomicUsize::new(0), prefix: prefix.to_owned() })
+    }
+
+    /// Runs `work` with a client on this store's runtime and waits for it, trying each member once round while
+    /// they cannot be reached. `timeouts_retried`: whether a request that timed out may be sent again (not for
+    /// a write, which may have been applied).
+    pub(crate) fn call<T, F, Fut>(&self, timeouts_retried: bool, work: F) -> Result<T, ControlError>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let runtime = self.runtime.as_ref().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
+        let first = self.preferred.load(Ordering::Relaxed);
+        let n = self.clients.len();
+        let mut last = None;
+        for attempt in 0..n {
+            let i = (first + attempt) % n;
+            match run_on(runtime, work(self.clients[i].clone()))? {
+                Ok(value) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Err(e) if unreachable(&e, timeouts_retried) => {
+                    tracing::debug!(member = i, error = %e, "etcd member unreachable; trying the next");
+                    last = Some(e);
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(last.map_or_else(|| ControlError::Unavailable("no etcd endpoint".into()), unavailable))
+    }
+
+    /// The runtime the client runs on (for long-lived tasks such as lease keep-alives and watches).
+    pub(crate) fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime.as_ref().map(|r| r.handle().clone())
+    }
+
+    /// The client of the member that answered last (cheap to clone).
+    pub(crate) fn client(&self) -> Client {
+        self.clients[self.preferred.load(Ordering::Relaxed) % self.clients.len()].clone()
+    }
+
+    /// Prefers the next member (after the preferred one failed a long-lived call such as a lease keep-alive).
+    pub(crate) fn prefer_next(&self) {
+        self.preferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `key` with the store's prefix.
+    pub(crate) fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn strip(&self, key: &[u8]) -> String {
+        let key = String::from_utf8_lossy(key);
+        key.strip_prefix(self.prefix.as_str()).unwrap_or(&key).to_owned()
+    }
+
+    /// One key, if present.
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Entry>, ControlError> {
+        let full = self.full(key);
+        let resp = self.call(true, |mut c| {
+            let full = full.clone();
+            async move { c.get(full, None).await }
+        })?;
+        Ok(resp.kvs().first().map(|kv| Entry {
+            key: key.to_owned(),
+            value: kv.value().to_vec(),
+            mod_revision: kv.mod_revision(),
+        }))
+    }
+
+    /// Every key under `prefix` (by key, or newest key first with `descending`), at most `limit` (0: all), and
+    /// the cluster revision the answer was read at.
+    pub(crate) fn range(
+        &self,
+        prefix: &str,
+        descending: bool,
+        limit: i64,
+        before: Option<&str>,
+    ) -> Result<(Vec<Entry>, i64), ControlError> {
+        let full = self.full(prefix);
+        let end = prefix_end(full.as_bytes());
+        // `before` narrows a descending scan to keys below it (paging).
+        let (start, end) = match before {
+            Some(b) => (full.clone().into_bytes(), self.full(b).into_bytes()),
+            None => (full.clone().into_bytes(), end),
+        };
+        let order = if descending { SortOrder::Descend } else { SortOrder::Ascend };
+        let options = GetOptions::new().with_range(end).with_sort(SortTarget::Key, order).with_limit(limit);
+        let mut resp = self.call(true, |mut c| {
+            let (start, options) = (start.clone(), options.clone());
+            async move { c.get(start, Some(options)).await }
+        })?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let entries = resp
+            .take_kvs()
+            .into_iter()
+            .map(|kv| Entry { key: self.strip(kv.key()), value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
+            .collect();
+        Ok((entries, revision))
+    }
+
+    /// Puts one key outside any transaction (content-addressed blobs, which are never rewritten).
+    pub(crate) fn put_raw(&self, key: &str, value: Vec<u8>) -> Result<(), ControlError> {
+        let full = self.full(key);
+        // Content-addressed: writing the same bytes twice is harmless, so a timed-out put may be sent again.
+        self.call(true, |mut c| {
+            let (full, value) = (full.clone(), value.clone());
+            async move { c.put(full, value, None).await }
+        })?;
+        Ok(())
+    }
+
+    /// Runs `body` as an optimistic transaction until it commits, fails, or loses [`MAX_ATTEMPTS`] races.
+    pub(crate) fn atomically<T>(
+        &self,
+        mut body: impl FnMut(&mut Tx<'_>) -> Result<T, ControlError>,
+    ) -> Result<T, ControlError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut tx = Tx { kv: self, reads: BTreeMap::new(), ranges: Vec::new(), writes: BTreeMap::new() };
+            let value = body(&mut tx)?;
+            if tx.commit()? {
+                return Ok(value);
+            }
+        }
+        Err(ControlError::Unavailable(format!("etcd: gave up after {MAX_ATTEMPTS} conflicting transactions")))
+    }
+}
+
+/// Whether `e` says the member could not be reached or has no leader (so another member may answer).
+fn unreachable(e: &etcd_client::Error, timeouts_retried: bool) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            tonic::Code::Unavailable => true,
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => timeouts_retried,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Runs `fut` on `runtime` and blocks this thread (not a runtime worker of `runtime`) until it ends.
+fn run_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T, ControlError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().map_err(|_| ControlError::Unavailable("etcd client stopped".into()))
+}
+
+/// The first key after every key starting with `prefix` (etcd's range end for a prefix).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A write buffered until commit: a value, or a deletion.
+type Write = Option<Vec<u8>>;
+
+/// An optimistic transaction (see the module doc).
+pub(crate) struct Tx<'a> {
+    kv: &'a EtcdKv,
+    /// Each key read and the revision it was at (0: absent).
+    reads: BTreeMap<String, i64>,
+    /// Each prefix listed and the cluster revision of the listing.
+    ranges: Vec<(String, i64)>,
+    writes: BTreeMap<String, Write>,
+}
+
+impl Tx<'_> {
+    /// The raw value of `key`, as this transaction would leave it.
+    pub(crate) fn get_raw(&mut self, key: &str) -> Result<Option<Vec<u8>>, ControlError> {
+        if let Some(write) = self.writes.get(key) {
+            return Ok(write.clone());
+        }
+        let entry = self.kv.get(key)?;
+        self.reads.insert(key.to_owned(), entry.as_ref().map_or(0, |e| e.mod_revision));
+        Ok(entry.map(|e| e.value))
+    }
+
+    /// The JSON value of `key`.
+    pub(crate) fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ControlError> {
+        self.get_raw(key)?.map(|bytes| decode(key, &bytes)).transpose()
+    }
+
+    /// Every `(key, value)` under `prefix`, by key, as this transaction would leave them. A later change under
+    /// the prefix (a new or rewritten key) makes the commit fail; deletions under a listed prefix are not
+    /// watched, so the store never deletes under a prefix it lists for a decision.
+    pub(crate) fn list<T: DeserializeOwned>(&mut self, prefix: &str) -> Result<Vec<(String, T)>, ControlError> {
+        let (entries, revision) = self.kv.range(prefix, false, 0, None)?;
+        self.ranges.push((prefix.to_owned(), revision));
+        let mut merged: BTreeMap<String, Vec<u8>> = entries.into_iter().map(|e| (e.key, e.value)).collect();
+        for (key, write) in self.writes.range(prefix.to_owned()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            match write {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        merged.into_iter().map(|(k, v)| decode(&k, &v).map(|t| (k, t))).collect()
+    }
+
+    /// Writes `value` as JSON at commit.
+    pub(crate) fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), ControlError> {
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| ControlError::Unavailable(format!("cannot encode {key}: {e}")))?;
+        self.writes.insert(key.to_owned(), Some(bytes));
+        Ok(())
+    }
+
+    /// Deletes `key` at commit.
+    pub(crate) fn delete(&mut self, key: &str) {
+        self.writes.insert(key.to_owned(), None);
+    }
+
+    /// Applies the writes if nothing read changed; false if something did (run again).
+    fn commit(self) -> Result<bool, ControlError> {
+        if self.writes.is_empty() {
+            // A read-only transaction saw each key as it was when read; nothing to apply.
+            return Ok(true);
+        }
+        let kv = self.kv;
+        let mut compares: Vec<Compare> =
+            self.reads.iter().map(|(key, rev)| Compare::mod_revision(kv.full(key), CompareOp::Equal, *rev)).collect();
+        for (prefix, revision) in &self.ranges {
+            let full = kv.full(prefix);
+            let end = prefix_end(full.as_bytes());
+            compares.push(Compare::mod_revision(full, CompareOp::Less, revision + 1).with_range(end));
+        }
+        let ops: Vec<TxnOp> = self
+            .writes
+            .into_iter()
+            .map(|(key, write)| match write {
+                Some(value) => TxnOp::put(kv.full(&key), value, None),
+                None => TxnOp::delete(kv.full(&key), None),
+            })
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = kv.call(false, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })?;
+        Ok(resp.succeeded())
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ControlError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ControlError::Unavailable(format!("etcd holds a bad value at {key}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_ends_at_its_last_byte_plus_one() {
+        assert_eq!(prefix_end(b"vmi/users/"), b"vmi/users0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+}

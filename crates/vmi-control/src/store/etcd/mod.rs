@@ -1,0 +1,952 @@
+//! A [`Store`] in an etcd cluster: the control plane's state for more than one machine.
+//!
+//! Every operation is one optimistic etcd transaction ([`kv::Tx`]): the keys it read must be at the revisions it
+//! read them at, else it runs again. So a placement move is a compare-and-set on the placement key's revision
+//! (which carries the epoch), and a failover, which reads both sites' heartbeat records and the placement, commits
+//! only if no heartbeat and no other move slipped in between: the same serial order SQLite's `IMMEDIATE`
+//! transactions give. docs/CONTROL-PLANE.md draws the keys.
+//!
+//! Keys under the store's prefix (`vmi/` by default), values JSON unless noted:
+//!
+//! | key | value |
+//! |---|---|
+//! | `users/{name}` | tenant, created, admitted memory |
+//! | `devices/{id:020}` | user, name, created, revoked, token hash |
+//! | `device-tokens/{hash}` | device id |
+//! | `user-devices/{user}` | the user's device ids |
+//! | `credentials/{hash}` | operator or tenant-admin credential |
+//! | `sites/{id}` | the [`Site`] with its last heartbeat |
+//! | `placed/{site}` | users placed on the site (what a heartbeat answers) |
+//! | `placements/{user}` | site, epoch, standby site and the epoch of its copy |
+//! | `migrations/{id:020}`, `audit/{id:020}` | logs, numbered by `seq/migrations`, `seq/audit` |
+//! | `checkpoints/{user}/{site}` | what the site holds of the user's checkpoints |
+//! | `tenants/{name}` | the [`Tenant`] |
+//! | `images/{name}/{version:020}` | an image version; its bytes in `blobs/{hash}/{n:04}` (raw, 512 KiB each) |
+//! | `join-tokens/{hash}` | site and expiry of a one-time join token |
+//! | `control/leader` | the control replica running the placer (held by an etcd lease) |
+
+mod kv;
+mod leader;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vmi_control_api::auth::{AuditEntry, AuditQuery, JoinToken, MAX_AUDIT_LISTED, NewCredential, Principal};
+use vmi_control_api::model::{
+    CatalogedCheckpoint, CheckpointEntry, Device, Identity, LoggedMigration, MigrationRecord, NewDevice, Placement,
+    Site, SiteSpec, User,
+};
+use vmi_control_api::tenants::{
+    Admission, DEFAULT_IMAGE, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage, format_bytes,
+};
+
+pub(crate) use kv::EtcdKv;
+pub use leader::LEADER_TTL;
+
+use super::{DEFAULT_AUDIT_LISTED, Store, generate_token, now_ms, token_hash};
+use crate::validate::{
+    validate_checkpoints, validate_id, validate_label, validate_migration, validate_site_spec, validate_tenant,
+    validate_wasm,
+};
+use crate::{ControlError, Leadership};
+
+/// The key prefix of a store nobody named.
+pub const DEFAULT_PREFIX: &str = "vmi/";
+/// Image bytes are cut into values of this size (etcd refuses requests over 1.5 MiB).
+const BLOB_CHUNK: usize = 512 << 10;
+/// Audit entries written per etcd transaction (etcd allows 128 operations in one).
+const AUDIT_BATCH: usize = 100;
+/// Log entries read per page of a filtered scan.
+const PAGE: i64 = 256;
+
+/// A [`Store`] in etcd (see the module doc).
+#[derive(Debug)]
+pub struct EtcdStore {
+    kv: Arc<EtcdKv>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UserRecord {
+    tenant: Option<String>,
+    created_ms: u64,
+    /// The memory of the admitted phone; `None` while the user's phone is not admitted.
+    #[serde(default)]
+    phone_memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeviceRecord {
+    user: String,
+    name: String,
+    created_ms: u64,
+    revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CredentialRecord {
+    kind: String,
+    name: String,
+    tenant: Option<String>,
+    created_ms: u64,
+    #[serde(default)]
+    revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PlacementRecord {
+    site: String,
+    epoch: u64,
+    #[serde(default)]
+    standby: Option<String>,
+    #[serde(default)]
+    standby_epoch: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ImageRecord {
+    hash: String,
+    size_bytes: u64,
+    published_ms: u64,
+    withdrawn: bool,
+    chunks: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JoinRecord {
+    site: String,
+    expires_ms: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn numbered(kind: &str, id: u64) -> String {
+    format!("{kind}/{id:020}")
+}
+
+fn user_key(name: &str) -> String {
+    format!("users/{name}")
+}
+
+fn site_key(id: &str) -> String {
+    format!("sites/{id}")
+}
+
+fn placement_key(user: &str) -> String {
+    format!("placements/{user}")
+}
+
+fn placed_key(site: &str) -> String {
+    format!("placed/{site}")
+}
+
+fn tenant_key(name: &str) -> String {
+    format!("tenants/{name}")
+}
+
+fn image_key(name: &str, version: u64) -> String {
+    format!("images/{name}/{version:020}")
+}
+
+fn blob_key(hash: &str, chunk: u32) -> String {
+    format!("blobs/{hash}/{chunk:04}")
+}
+
+/// The next number of a counter, written back when the transaction commits.
+fn next_number(tx: &mut kv::Tx<'_>, counter: &str) -> Result<u64, ControlError> {
+    let next = tx.get::<u64>(counter)?.unwrap_or(0) + 1;
+    tx.put(counter, &next)?;
+    Ok(next)
+}
+
+fn require_user(tx: &mut kv::Tx<'_>, name: &str) -> Result<UserRecord, ControlError> {
+    tx.get::<UserRecord>(&user_key(name))?.ok_or_else(|| ControlError::not_found("user", name))
+}
+
+fn require_site(tx: &mut kv::Tx<'_>, id: &str) -> Result<Site, ControlError> {
+    tx.get::<Site>(&site_key(id))?.ok_or_else(|| ControlError::not_found("site", id))
+}
+
+/// Moves `user` between the sites' placed lists (what their heartbeats answer).
+fn move_placed(tx: &mut kv::Tx<'_>, user: &str, from: Option<&str>, to: &str) -> Result<(), ControlError> {
+    if from == Some(to) {
+        return Ok(());
+    }
+    if let Some(from) = from {
+        let mut list: Vec<String> = tx.get(&placed_key(from))?.unwrap_or_default();
+        list.retain(|u| u != user);
+        tx.put(&placed_key(from), &list)?;
+    }
+    let mut list: Vec<String> = tx.get(&placed_key(to))?.unwrap_or_default();
+    if let Err(at) = list.binary_search_by(|u| u.as_str().cmp(user)) {
+        list.insert(at, user.to_owned());
+    }
+    tx.put(&placed_key(to), &list)
+}
+
+fn phones_text(n: u64) -> String {
+    if n == 1 { "1 phone".to_owned() } else { format!("{n} phones") }
+}
+
+/// `(phones, memory)` admitted in `tenant` among `users`, leaving out `except`.
+fn usage(users: &[(String, UserRecord)], tenant: &str, except: &str) -> (u64, u64) {
+    users
+        .iter()
+        .filter(|(key, u)| u.tenant.as_deref() == Some(tenant) && key.strip_prefix("users/") != Some(except))
+        .filter_map(|(_, u)| u.phone_memory_bytes)
+        .fold((0, 0), |(n, m), bytes| (n + 1, m.saturating_add(bytes)))
+}
+
+/// Every version of every image, by name and version, with `current` set.
+fn image_versions(tx: &mut kv::Tx<'_>, prefix: &str) -> Result<Vec<(ImageVersion, u32)>, ControlError> {
+    let mut versions: Vec<(ImageVersion, u32)> = tx
+        .list::<ImageRecord>(prefix)?
+        .into_iter()
+        .filter_map(|(key, r)| {
+            let rest = key.strip_prefix("images/")?;
+            let (name, version) = rest.rsplit_once('/')?;
+            let version = version.parse().ok()?;
+            Some((
+                ImageVersion {
+                    name: name.to_owned(),
+                    version,
+                    hash: r.hash,
+                    size_bytes: r.size_bytes,
+                    published_ms: r.published_ms,
+                    withdrawn: r.withdrawn,
+                    current: false,
+                },
+                r.chunks,
+            ))
+        })
+        .collect();
+    versions.sort_by(|(a, _), (b, _)| (a.name.as_str(), a.version).cmp(&(b.name.as_str(), b.version)));
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    for (i, (v, _)) in versions.iter().enumerate() {
+        if !v.withdrawn {
+            latest.insert(v.name.clone(), i);
+        }
+    }
+    for i in latest.into_values() {
+        versions[i].0.current = true;
+    }
+    Ok(versions)
+}
+
+fn versions_of(tx: &mut kv::Tx<'_>, name: &str) -> Result<Vec<ImageVersion>, ControlError> {
+    Ok(image_versions(tx, &format!("images/{name}/"))?.into_iter().map(|(v, _)| v).collect())
+}
+
+fn tenant_of(tx: &mut kv::Tx<'_>, user: &str) -> Result<Option<String>, ControlError> {
+    Ok(require_user(tx, user)?.tenant)
+}
+
+impl EtcdStore {
+    /// Connects to the etcd cluster at `endpoints` (each `http://host:port`); keys live under `prefix`.
+    pub fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore, ControlError> {
+        if endpoints.is_empty() {
+            return Err(ControlError::BadRequest("no etcd endpoint given".into()));
+        }
+        let kv = EtcdKv::connect(endpoints, prefix)?;
+        // One read proves the cluster answers (and has a leader) before the service says it is up.
+        kv.get("seq/devices")?;
+        Ok(EtcdStore { kv: Arc::new(kv) })
+    }
+
+    /// Campaigns, as replica `replica`, to lead the control plane (run the placer and the failover loop), for as
+    /// long as the returned [`Leadership`] or a clone of it lives.
+    pub fn campaign(&self, replica: &str) -> Result<Leadership, ControlError> {
+        let handle = self.kv.handle().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
+        Ok(leader::campaign(&handle, self.kv.clone(), self.kv.full("control/leader"), replica.to_owned()))
+    }
+
+    /// Terminal reports kept in etcd, so that whichever replica leads sees the reports every replica received.
+    pub fn shared_reports(&self) -> crate::Reports {
+        crate::Reports::shared(self.kv.clone())
+    }
+
+    fn write_blob(&self, wasm: &[u8]) -> Result<(String, u32), ControlError> {
+        let hash = blake3::hash(wasm).to_hex().to_string();
+        let mut chunks = 0u32;
+        for (i, chunk) in wasm.chunks(BLOB_CHUNK).enumerate() {
+            let n = u32::try_from(i).map_err(|_| ControlError::BadRequest("image too large".into()))?;
+            // Content-addressed and written before the version that names it: rewriting is harmless and a
+            // version never points at missing bytes.
+            self.kv.put_raw(&blob_key(&hash, n), chunk.to_vec())?;
+            chunks = n + 1;
+        }
+        Ok((hash, chunks))
+    }
+
+    /// Newest-first entries of a numbered log that pass `keep`, at most `limit`.
+    fn scan_log<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+        limit: usize,
+        mut keep: impl FnMut(&T) -> bool,
+    ) -> Result<Vec<T>, ControlError> {
+        let mut out = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let (page, _) = self.kv.range(&format!("{kind}/"), true, PAGE, before.as_deref())?;
+            let full = i64::try_from(page.len()).unwrap_or(i64::MAX) == PAGE;
+            for entry in &page {
+                let value: T = serde_json::from_slice(&entry.value)
+                    .map_err(|e| ControlError::Unavailable(format!("etcd holds a bad value at {}: {e}", entry.key)))?;
+                if keep(&value) {
+                    out.push(value);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match (full, page.last()) {
+                (true, Some(last)) => before = Some(last.key.clone()),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn create_user_in(&self, name: &str, tenant: Option<&str>) -> Result<User, ControlError> {
+        validate_id("user name", name)?;
+        self.kv.atomically(|tx| {
+            if let Some(tenant) = tenant
+                && tx.get::<Tenant>(&tenant_key(tenant))?.is_none()
+            {
+                return Err(ControlError::not_found("tenant", tenant));
+            }
+            if tx.get::<UserRecord>(&user_key(name))?.is_some() {
+                return Err(ControlError::Conflict { what: "user", id: name.to_owned() });
+            }
+            let record =
+                UserRecord { tenant: tenant.map(str::to_owned), created_ms: now_ms(), phone_memory_bytes: None };
+            tx.put(&user_key(name), &record)
+        })?;
+        Ok(User { name: name.to_owned(), tenant: tenant.map(str::to_owned) })
+    }
+
+    fn list_users(&self) -> Result<Vec<User>, ControlError> {
+        self.kv.atomically(|tx| {
+            Ok(tx
+                .list::<UserRecord>("users/")?
+                .into_iter()
+                .filter_map(|(key, r)| Some(User { name: key.strip_prefix("users/")?.to_owned(), tenant: r.tenant }))
+                .collect())
+        })
+    }
+
+    fn create_device(&self, user: &str, name: &str) -> Result<NewDevice, ControlError> {
+        validate_label("device name", name)?;
+        let token = generate_token()?;
+        let hash = hex(&token_hash(&token).ok_or_else(|| ControlError::BadRequest("malformed token".into()))?);
+        let device_id = self.kv.atomically(|tx| {
+            require_user(tx, user)?;
+            let id = next_number(tx, "seq/devices")?;
+            let record =
+                DeviceRecord { user: user.to_owned(), name: name.to_owned(), created_ms: now_ms(), revoked: false };
+            tx.put(&numbered("devices", id), &record)?;
+            tx.put(&format!("device-tokens/{hash}"), &id)?;
+            let mut ids: Vec<u64> = tx.get(&format!("user-devices/{user}"))?.unwrap_or_default();
+            ids.push(id);
+            tx.put(&format!("user-devices/{user}"), &ids)?;
+            Ok(id)
+        })?;
+        Ok(NewDevice { device_id, token })
+    }
+
+    fn list_devices(&self, user: &str) -> Result<Vec<Device>, ControlError> {
+        self.kv.atomically(|tx| {
+            require_user(tx, user)?;
+            let ids: Vec<u64> = tx.get(&format!("user-devices/{user}"))?.unwrap_or_default();
+            let mut devices = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(d) = tx.get::<DeviceRecord>(&numbered("devices", id))? {
+                    devices.push(Device {
+                        device_id: id,
+                        user: d.user,
+                        name: d.name,
+                        created_ms: d.created_ms,
+                        revoked: d.revoked,
+                    });
+                }
+            }
+            Ok(devices)
+        })
+    }
+
+    fn revoke_device(&self, device_id: u64) -> Result<(), ControlError> {
+        self.kv.atomically(|tx| {
+            let key = numbered("devices", device_id);
+            let mut device: DeviceRecord =
+                tx.get(&key)?.ok_or_else(|| ControlError::not_found("device", device_id.to_string()))?;
+            if !device.revoked {
+                device.revoked = true;
+                tx.put(&key, &device)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn authenticate(&self, token: &str) -> Result<Option<Identity>, ControlError> {
+        let Some(hash) = token_hash(token) else { return Ok(None) };
+        self.kv.atomically(|tx| {
+            let Some(id) = tx.get::<u64>(&format!("device-tokens/{}", hex(&hash)))? else { return Ok(None) };
+            Ok(tx
+                .get::<DeviceRecord>(&numbered("devices", id))?
+                .filter(|d| !d.revoked)
+                .map(|d| Identity { user: d.user, device_id: id }))
+        })
+    }
+
+    fn put_site(&self, id: &str, spec: &SiteSpec) -> Result<Site, ControlError> {
+        validate_id("site id", id)?;
+        let url = validate_site_spec(spec)?;
+        self.kv.atomically(|tx| {
+            let site = match tx.get::<Site>(&site_key(id))? {
+                Some(site) => Site { url: url.clone(), lat: spec.lat, lon: spec.lon, capacity: spec.capacity, ..site },
+                None => Site {
+                    id: id.to_owned(),
+                    url: url.clone(),
+                    lat: spec.lat,
+                    lon: spec.lon,
+                    capacity: spec.capacity,
+                    phones: 0,
+                    last_heartbeat_ms: None,
+                    draining: false,
+                    degraded: None,
+                },
+            };
+            tx.put(&site_key(id), &site)?;
+            Ok(site)
+        })
+    }
+
+    fn heartbeat(
+        &self,
+        id: &str,
+        phones: u32,
+        degraded: Option<&str>,
+        at_ms: u64,
+    ) -> Result<Vec<String>, ControlError> {
+        self.kv.atomically(|tx| {
+            let site = require_site(tx, id)?;
+            // Read in the same transaction: a failover that moved a phone away either committed before (and the
+            // list no longer names it) or fails its compare on this site's record and sees this heartbeat.
+            let placed: Vec<String> = tx.get(&placed_key(id))?.unwrap_or_default();
+            let site = Site { phones, last_heartbeat_ms: Some(at_ms), degraded: degraded.map(str::to_owned), ..site };
+            tx.put(&site_key(id), &site)?;
+            Ok(placed)
+        })
+    }
+
+    fn site(&self, id: &str) -> Result<Option<Site>, ControlError> {
+        self.kv.atomically(|tx| tx.get(&site_key(id)))
+    }
+
+    fn list_sites(&self) -> Result<Vec<Site>, ControlError> {
+        self.kv.atomically(|tx| Ok(tx.list::<Site>("sites/")?.into_iter().map(|(_, s)| s).collect()))
+    }
+
+    fn move_placement(&self, user: &str, site: &str, expected_epoch: Option<u64>) -> Result<Placement, ControlError> {
+        self.kv.atomically(|tx| {
+            require_user(tx, user)?;
+            require_site(tx, site)?;
+            let current: Option<PlacementRecord> = tx.get(&placement_key(user))?;
+            if let Some(expected) = expected_epoch {
+                let now = current.as_ref().map_or(0, |p| p.epoch);
+                if now != expected {
+                    return Err(ControlError::EpochMismatch { user: user.to_owned(), expected, current: now });
+                }
+            }
+            let next = match &current {
+                None => PlacementRecord { site: site.to_owned(), epoch: 1, standby: None, standby_epoch: None },
+                Some(p) if p.site != site || expected_epoch.is_some() => {
+                    PlacementRecord { site: site.to_owned(), epoch: p.epoch + 1, ..p.clone() }
+                }
+                Some(p) => return Ok(Placement { site: p.site.clone(), epoch: p.epoch }),
+            };
+            move_placed(tx, user, current.as_ref().map(|p| p.site.as_str()), site)?;
+            tx.put(&placement_key(user), &next)?;
+            Ok(Placement { site: next.site, epoch: next.epoch })
+        })
+    }
+
+    fn placement(&self, user: &str) -> Result<Option<Placement>, ControlError> {
+        self.kv.atomically(|tx| {
+            require_user(tx, user)?;
+            Ok(tx.get::<PlacementRecord>(&placement_key(user))?.map(|p| Placement { site: p.site, epoch: p.epoch }))
+        })
+    }
+
+    fn list_placements(&self) -> Result<Vec<(String, Placement)>, ControlError> {
+        Ok(self.list_standbys()?.into_iter().map(|(user, p, _)| (user, p)).collect())
+    }
+
+    fn set_standby(&self, user: &str, owner: &str, standby: &str, epoch: u64) -> Result<(), ControlError> {
+        self.kv.atomically(|tx| {
+            require_site(tx, standby)?;
+            if standby == owner {
+                return Err(ControlError::BadRequest(format!("{owner} cannot stand by for its own phone")));
+            }
+            let mut current: PlacementRecord =
+                tx.get(&placement_key(user))?.ok_or_else(|| ControlError::not_found("placement", user))?;
+            if current.site != owner || current.epoch != epoch {
+                return Err(ControlError::EpochMismatch {
+                    user: user.to_owned(),
+                    expected: epoch,
+                    current: current.epoch,
+                });
+            }
+            current.standby = Some(standby.to_owned());
+            current.standby_epoch = Some(epoch);
+            tx.put(&placement_key(user), &current)
+        })
+    }
+
+    fn clear_standby(&self, user: &str, owner: &str) -> Result<(), ControlError> {
+        self.kv.atomically(|tx| {
+            let mut current: PlacementRecord =
+                tx.get(&placement_key(user))?.ok_or_else(|| ControlError::not_found("placement", user))?;
+            if current.site != owner {
+                return Err(ControlError::Forbidden(format!(
+                    "{owner} does not run {user}'s phone ({} does)",
+                    current.site
+                )));
+            }
+            current.standby = None;
+            current.standby_epoch = None;
+            tx.put(&placement_key(user), &current)
+        })
+    }
+
+    fn fail_over(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        epoch: u64,
+        expired_before_ms: u64,
+        live_since_ms: u64,
+    ) -> Result<Placement, ControlError> {
+        self.kv.atomically(|tx| {
+            // Both sites' records are read here, so a heartbeat from either that lands before the commit makes
+            // the commit fail and this decision is taken again on the new heartbeat.
+            if require_site(tx, from)?.last_heartbeat_ms.is_none_or(|at| at >= expired_before_ms) {
+                return Err(ControlError::Refused(format!("{from} renewed its lease: no failover")));
+            }
+            if require_site(tx, to)?.last_heartbeat_ms.is_none_or(|at| at < live_since_ms) {
+                return Err(ControlError::Refused(format!("{to} holds no lease: no failover there")));
+            }
+            let current: PlacementRecord =
+                tx.get(&placement_key(user))?.ok_or_else(|| ControlError::not_found("placement", user))?;
+            if current.site != from || current.epoch != epoch {
+                return Err(ControlError::EpochMismatch {
+                    user: user.to_owned(),
+                    expected: epoch,
+                    current: current.epoch,
+                });
+            }
+            let next = PlacementRecord { site: to.to_owned(), epoch: epoch + 1, standby: None, standby_epoch: None };
+            move_placed(tx, user, Some(from), to)?;
+            tx.put(&placement_key(user), &next)?;
+            Ok(Placement { site: next.site, epoch: next.epoch })
+        })
+    }
+
+    fn list_standbys(&self) -> Result<Vec<(String, Placement, Option<String>)>, ControlError> {
+        self.kv.atomically(|tx| {
+            Ok(tx
+                .list::<PlacementRecord>("placements/")?
+                .into_iter()
+                .filter_map(|(key, p)| {
+                    let user = key.strip_prefix("placements/")?.to_owned();
+                    let standby = p.standby.filter(|_| p.standby_epoch == Some(p.epoch));
+                    Some((user, Placement { site: p.site, epoch: p.epoch }, standby))
+                })
+                .collect())
+        })
+    }
+
+    fn set_draining(&self, id: &str, draining: bool) -> Result<Site, ControlError> {
+        self.kv.atomically(|tx| {
+            let site = Site { draining, ..require_site(tx, id)? };
+            tx.put(&site_key(id), &site)?;
+            Ok(site)
+        })
+    }
+
+    fn record_migration(&self, record: &MigrationRecord, at_ms: u64) -> Result<LoggedMigration, ControlError> {
+        validate_migration(record)?;
+        self.kv.atomically(|tx| {
+            require_user(tx, &record.user)?;
+            let id = next_number(tx, "seq/migrations")?;
+            let logged = LoggedMigration { id, at_ms, record: record.clone() };
+            tx.put(&numbered("migrations", id), &logged)?;
+            Ok(logged)
+        })
+    }
+
+    fn migrations(&self, user: Option<&str>, limit: usize) -> Result<Vec<LoggedMigration>, ControlError> {
+        if let Some(user) = user {
+            self.kv.atomically(|tx| require_user(tx, user).map(drop))?;
+        }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.scan_log("migrations", limit, |m: &LoggedMigration| user.is_none_or(|u| m.record.user == u))
+    }
+
+    fn put_site_checkpoints(&self, user: &str, site: &str, entries: &[CheckpointEntry]) -> Result<(), ControlError> {
+        validate_checkpoints(entries)?;
+        // One entry per id, the last reported winning (as SQLite's primary key keeps it).
+        let mut by_id: BTreeMap<&str, &CheckpointEntry> = BTreeMap::new();
+        for e in entries {
+            by_id.insert(e.id.as_str(), e);
+        }
+        let unique: Vec<&CheckpointEntry> = by_id.into_values().collect();
+        self.kv.atomically(|tx| {
+            require_user(tx, user)?;
+            require_site(tx, site)?;
+            // An empty list rather than a deletion: the catalogue's listing only notices writes.
+            tx.put(&format!("checkpoints/{user}/{site}"), &unique)
+        })
+    }
+
+    fn checkpoints(&self, user: &str) -> Result<Vec<CatalogedCheckpoint>, ControlError> {
+        let held = self.kv.atomically(|tx| {
+            require_user(tx, user)?;
+            tx.list::<Vec<CheckpointEntry>>(&format!("checkpoints/{user}/"))
+        })?;
+        let prefix = format!("checkpoints/{user}/");
+        let mut rows: Vec<(CheckpointEntry, String)> = held
+            .into_iter()
+            .filter_map(|(key, entries)| Some((key.strip_prefix(&prefix)?.to_owned(), entries)))
+            .flat_map(|(site, entries)| entries.into_iter().map(move |e| (e, site.clone())))
+            .collect();
+        rows.sort_by(|(a, sa), (b, sb)| (a.at_ms, &a.id, sa).cmp(&(b.at_ms, &b.id, sb)));
+        let mut out: Vec<CatalogedCheckpoint> = Vec::new();
+        for (entry, site) in rows {
+            match out.last_mut() {
+                Some(last) if last.entry.id == entry.id => last.sites.push(site),
+                _ => out.push(CatalogedCheckpoint { entry, sites: vec![site] }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn create_tenant(&self, req: &TenantRequest) -> Result<Tenant, ControlError> {
+        let image = validate_tenant(req, true)?;
+        let tenant = Tenant {
+            name: req.name.clone(),
+            max_phones: req.max_phones,
+            max_memory_bytes: req.max_memory_bytes,
+            image,
+        };
+        self.kv.atomically(|tx| {
+            if tx.get::<Tenant>(&tenant_key(&req.name))?.is_some() {
+                return Err(ControlError::Conflict { what: "tenant", id: req.name.clone() });
+            }
+            tx.put(&tenant_key(&req.name), &tenant)
+        })?;
+        Ok(tenant)
+    }
+
+    fn update_tenant(&self, name: &str, update: &TenantUpdate) -> Result<Tenant, ControlError> {
+        self.kv.atomically(|tx| {
+            let now: Tenant = tx.get(&tenant_key(name))?.ok_or_else(|| ControlError::not_found("tenant", name))?;
+            let next = update.apply(&now);
+            let request = TenantRequest {
+                name: next.name.clone(),
+                max_phones: next.max_phones,
+                max_memory_bytes: next.max_memory_bytes,
+                image: Some(next.image.clone()),
+            };
+            validate_tenant(&request, false)?;
+            tx.put(&tenant_key(name), &next)?;
+            Ok(next)
+        })
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantStatus>, ControlError> {
+        self.kv.atomically(|tx| {
+            let tenants = tx.list::<Tenant>("tenants/")?;
+            let users = tx.list::<UserRecord>("users/")?;
+            Ok(tenants
+                .into_iter()
+                .map(|(_, tenant)| {
+                    let (phones, memory_bytes) = usage(&users, &tenant.name, "");
+                    TenantStatus { tenant, phones: u32::try_from(phones).unwrap_or(u32::MAX), memory_bytes }
+                })
+                .collect())
+        })
+    }
+
+    fn admit(&self, user: &str, memory_bytes: u64) -> Result<Admission, ControlError> {
+        if memory_bytes > i64::MAX as u64 {
+            return Err(ControlError::BadRequest(format!("memory_bytes must be at most {}", i64::MAX)));
+        }
+        self.kv.atomically(|tx| {
+            let mut record = require_user(tx, user)?;
+            let (phones, memory) = match &record.tenant {
+                Some(name) => {
+                    let tenant: Tenant =
+                        tx.get(&tenant_key(name))?.ok_or_else(|| ControlError::not_found("tenant", name))?;
+                    // The whole user list is read, so an admission racing this one makes one of them run again.
+                    let users = tx.list::<UserRecord>("users/")?;
+                    let (phones, memory) = usage(&users, name, user);
+                    if let Some(max) = tenant.max_phones
+                        && phones + 1 > u64::from(max)
+                    {
+                        return Err(ControlError::Quota(format!(
+                            "tenant {name:?} is at its quota of {}",
+                            phones_text(u64::from(max))
+                        )));
+                    }
+                    let wanted = memory.saturating_add(memory_bytes);
+                    if let Some(max) = tenant.max_memory_bytes
+                        && wanted > max
+                    {
+                        return Err(ControlError::Quota(format!(
+                            "tenant {name:?} would use {} of its {} memory quota",
+                            format_bytes(wanted),
+                            format_bytes(max)
+                        )));
+                    }
+                    (phones + 1, wanted)
+                }
+                None => (1, memory_bytes),
+            };
+            let tenant = record.tenant.clone();
+            record.phone_memory_bytes = Some(memory_bytes);
+            tx.put(&user_key(user), &record)?;
+            Ok(Admission {
+                user: user.to_owned(),
+                tenant,
+                phones: u32::try_from(phones).unwrap_or(u32::MAX),
+                memory_bytes: memory,
+            })
+        })
+    }
+
+    fn release(&self, user: &str) -> Result<(), ControlError> {
+        self.kv.atomically(|tx| {
+            let mut record = require_user(tx, user)?;
+            if record.phone_memory_bytes.is_some() {
+                record.phone_memory_bytes = None;
+                tx.put(&user_key(user), &record)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn publish_image(&self, name: &str, wasm: &[u8]) -> Result<ImageVersion, ControlError> {
+        validate_id("image name", name)?;
+        validate_wasm(wasm)?;
+        let (hash, chunks) = self.write_blob(wasm)?;
+        self.kv.atomically(|tx| {
+            let versions = versions_of(tx, name)?;
+            if let Some(current) = versions.iter().find(|v| v.current)
+                && current.hash == hash
+            {
+                return Ok(current.clone());
+            }
+            let next = versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            let record = ImageRecord {
+                hash: hash.clone(),
+                size_bytes: wasm.len() as u64,
+                published_ms: now_ms(),
+                withdrawn: false,
+                chunks,
+            };
+            tx.put(&image_key(name, next), &record)?;
+            Ok(ImageVersion {
+                name: name.to_owned(),
+                version: next,
+                hash: record.hash,
+                size_bytes: record.size_bytes,
+                published_ms: record.published_ms,
+                withdrawn: false,
+                current: true,
+            })
+        })
+    }
+
+    fn images(&self) -> Result<Vec<ImageVersion>, ControlError> {
+        self.kv.atomically(|tx| Ok(image_versions(tx, "images/")?.into_iter().map(|(v, _)| v).collect()))
+    }
+
+    fn image_wasm(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>, ControlError> {
+        let Some(record) = self.kv.atomically(|tx| tx.get::<ImageRecord>(&image_key(name, version)))? else {
+            return Ok(None);
+        };
+        let mut wasm = Vec::with_capacity(usize::try_from(record.size_bytes).unwrap_or(0));
+        for n in 0..record.chunks {
+            let chunk = self.kv.get(&blob_key(&record.hash, n))?.ok_or_else(|| {
+                ControlError::Unavailable(format!("etcd lost chunk {n} of image {name:?} version {version}"))
+            })?;
+            wasm.extend_from_slice(&chunk.value);
+        }
+        Ok(Some(wasm))
+    }
+
+    fn rollback_image(&self, name: &str) -> Result<ImageVersion, ControlError> {
+        self.kv.atomically(|tx| {
+            let versions = versions_of(tx, name)?;
+            let current = versions.iter().find(|v| v.current).ok_or_else(|| ControlError::not_found("image", name))?;
+            let left = versions.iter().filter(|v| !v.withdrawn).count();
+            if left < 2 {
+                return Err(ControlError::Refused(format!(
+                    "image {name:?} has no earlier version to roll back to (version {} is the only one left)",
+                    current.version
+                )));
+            }
+            let key = image_key(name, current.version);
+            let mut record: ImageRecord = tx.get(&key)?.ok_or_else(|| ControlError::not_found("image", name))?;
+            record.withdrawn = true;
+            tx.put(&key, &record)?;
+            let now = versions
+                .iter()
+                .filter(|v| !v.withdrawn && v.version != current.version)
+                .max_by_key(|v| v.version)
+                .ok_or_else(|| ControlError::not_found("image", name))?;
+            Ok(ImageVersion { current: true, ..now.clone() })
+        })
+    }
+
+    fn user_image(&self, user: &str) -> Result<(String, Option<UserImage>), ControlError> {
+        self.kv.atomically(|tx| {
+            let image = match tenant_of(tx, user)? {
+                Some(t) => tx.get::<Tenant>(&tenant_key(&t))?.map_or_else(|| DEFAULT_IMAGE.to_owned(), |t| t.image),
+                None => DEFAULT_IMAGE.to_owned(),
+            };
+            let found = versions_of(tx, &image)?.into_iter().find(|v| v.current).map(|v| UserImage {
+                name: image.clone(),
+                version: v.version,
+                hash: v.hash,
+            });
+            Ok((image, found))
+        })
+    }
+
+    fn create_credential(&self, principal: &Principal) -> Result<NewCredential, ControlError> {
+        let (kind, name, tenant) = match principal {
+            Principal::Operator { name } => ("operator", name, None),
+            Principal::TenantAdmin { tenant, name } => ("tenant-admin", name, Some(tenant)),
+            other => {
+                return Err(ControlError::BadRequest(format!("{other} is not a principal with a bearer credential")));
+            }
+        };
+        validate_label("credential name", name)?;
+        let token = generate_token()?;
+        let hash = hex(&token_hash(&token).ok_or_else(|| ControlError::BadRequest("malformed token".into()))?);
+        self.kv.atomically(|tx| {
+            if let Some(tenant) = tenant
+                && tx.get::<Tenant>(&tenant_key(tenant))?.is_none()
+            {
+                return Err(ControlError::not_found("tenant", tenant));
+            }
+            let record = CredentialRecord {
+                kind: kind.to_owned(),
+                name: name.clone(),
+                tenant: tenant.cloned(),
+                created_ms: now_ms(),
+                revoked: false,
+            };
+            tx.put(&format!("credentials/{hash}"), &record)
+        })?;
+        Ok(NewCredential { principal: principal.clone(), token })
+    }
+
+    fn has_operator(&self) -> Result<bool, ControlError> {
+        self.kv.atomically(|tx| {
+            Ok(tx.list::<CredentialRecord>("credentials/")?.iter().any(|(_, c)| c.kind == "operator" && !c.revoked))
+        })
+    }
+
+    fn principal(&self, token: &str) -> Result<Option<Principal>, ControlError> {
+        if let Some(identity) = self.authenticate(token)? {
+            return Ok(Some(Principal::Device { user: identity.user, device_id: identity.device_id }));
+        }
+        let Some(hash) = token_hash(token) else { return Ok(None) };
+        let record = self.kv.atomically(|tx| tx.get::<CredentialRecord>(&format!("credentials/{}", hex(&hash))))?;
+        Ok(record.filter(|c| !c.revoked).and_then(|c| match (c.kind.as_str(), c.tenant) {
+            ("operator", _) => Some(Principal::Operator { name: c.name }),
+            ("tenant-admin", Some(tenant)) => Some(Principal::TenantAdmin { tenant, name: c.name }),
+            _ => None,
+        }))
+    }
+
+    fn create_join_token(&self, site: &str, now_ms: u64, ttl_ms: u64) -> Result<JoinToken, ControlError> {
+        validate_id("site id", site)?;
+        let token = generate_token()?;
+        let hash = hex(&token_hash(&token).ok_or_else(|| ControlError::BadRequest("malformed token".into()))?);
+        let expires_ms = now_ms.saturating_add(ttl_ms);
+        self.kv.atomically(|tx| {
+            for (key, old) in tx.list::<JoinRecord>("join-tokens/")? {
+                if old.expires_ms <= now_ms {
+                    tx.delete(&key);
+                }
+            }
+            tx.put(&format!("join-tokens/{hash}"), &JoinRecord { site: site.to_owned(), expires_ms })
+        })?;
+        Ok(JoinToken { site: site.to_owned(), token, expires_ms })
+    }
+
+    fn redeem_join_token(&self, site: &str, token: &str, now_ms: u64) -> Result<bool, ControlError> {
+        let Some(hash) = token_hash(token) else { return Ok(false) };
+        let key = format!("join-tokens/{}", hex(&hash));
+        self.kv.atomically(|tx| match tx.get::<JoinRecord>(&key)? {
+            Some(j) if j.site == site && j.expires_ms > now_ms => {
+                // The compare on this key's revision makes the token work once even with two racing redeems.
+                tx.delete(&key);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+    }
+
+    fn record_audit(&self, entries: &[AuditEntry]) -> Result<(), ControlError> {
+        for batch in entries.chunks(AUDIT_BATCH) {
+            self.kv.atomically(|tx| {
+                for e in batch {
+                    let id = next_number(tx, "seq/audit")?;
+                    tx.put(&numbered("audit", id), &AuditEntry { id, ..e.clone() })?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, ControlError> {
+        let limit = query.limit.unwrap_or(DEFAULT_AUDIT_LISTED);
+        if !(1..=MAX_AUDIT_LISTED).contains(&limit) {
+            return Err(ControlError::BadRequest(format!("limit must be 1 to {MAX_AUDIT_LISTED}")));
+        }
+        // As SQLite's LIKE: ASCII case folded, a trailing ':' or '/' matches as a prefix.
+        let principal = query.principal.as_ref().map(|p| p.to_ascii_lowercase());
+        let prefix = query.principal.as_ref().is_some_and(|p| p.ends_with(':') || p.ends_with('/'));
+        self.scan_log("audit", limit, |e: &AuditEntry| {
+            query.user.as_ref().is_none_or(|u| e.user.as_ref() == Some(u))
+                && query.site.as_ref().is_none_or(|s| e.site.as_ref() == Some(s))
+                && principal.as_ref().is_none_or(|p| {
+                    let who = e.principal.to_ascii_lowercase();
+                    if prefix { who.starts_with(p.as_str()) } else { who == *p }
+                })
+                && query.since_ms.is_none_or(|t| e.at_ms >= t)
+                && query.until_ms.is_none_or(|t| e.at_ms < t)
+        })
+    }
+
+    fn user_tenant(&self, user: &str) -> Result<Option<String>, ControlError> {
+        self.kv.atomically(|tx| tenant_of(tx, user))
+    }
+
+    fn device_user(&self, device_id: u64) -> Result<Option<String>, ControlError> {
+        self.kv.atomically(|tx| Ok(tx.get::<DeviceRecord>(&numbered("devices", device_id))?.map(|d| d.user)))
+    }
+}
