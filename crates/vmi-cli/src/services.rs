@@ -194,6 +194,14 @@ pub struct UpArgs {
     /// walking across town then costs tens of ms, enough to feel and to move the phone.
     #[arg(long, default_value_t = DEMO_RTT_MS_PER_100KM)]
     rtt_ms_per_100km: f64,
+    /// Keep the control plane in this etcd cluster (comma-separated client URLs) instead of SQLite
+    /// (docs/CONTROL-PLANE.md).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// How many control replicas to run on --etcd; one of them, elected through etcd, runs the placer. The first
+    /// listens on PORT, the others on PORT+7, PORT+8, ...
+    #[arg(long, default_value_t = 1, requires = "etcd", value_parser = clap::value_parser!(u16).range(1..=4))]
+    replicas: u16,
 }
 
 /// The demo network's slope (see `vmi up --rtt-ms-per-100km`).
@@ -425,23 +433,31 @@ pub async fn up(args: UpArgs) -> Result<()> {
         format!("127.0.0.1:{port}")
     };
     let mut services = crate::supervisor::Supervisor::default();
-    let control = crate::supervisor::Service::start(
-        "control",
-        vec![
+    let mut control_urls = Vec::new();
+    // One after the other: the first creates the CA and the operator credential the others then use.
+    for replica in 0..usize::from(args.replicas) {
+        let listen = if replica == 0 { local(0) } else { local(2 * DEMO_SITES.len() + replica) };
+        let mut control_args = vec![
             "control".into(),
             "--listen".into(),
-            local(0),
+            listen,
             "--db".into(),
             data("control.db"),
             "--placer-dwell-ms".into(),
             args.placer_dwell_ms.to_string(),
             "--rtt-ms-per-100km".into(),
             args.rtt_ms_per_100km.to_string(),
-        ],
-    )
-    .await?;
-    let control_url = control.url.clone();
-    services.add(control);
+        ];
+        let name = if replica == 0 { "control".to_owned() } else { format!("control-{}", replica + 1) };
+        if !args.etcd.is_empty() {
+            control_args.extend(["--etcd".into(), args.etcd.join(","), "--replica".into(), name.clone()]);
+        }
+        let control = crate::supervisor::Service::start(&name, control_args).await?;
+        control_urls.push(control.url.clone());
+        services.add(control);
+    }
+    // Every client of the control plane gets every replica.
+    let control_url = control_urls.join(",");
     // The control service wrote the operator credential beside its database: this process acts with it, and
     // enrolls each new site with a one-time join file (0600) that only that site reads.
     crate::credentials::use_credentials(args.data_dir.join("operator.json"));
@@ -528,8 +544,20 @@ pub async fn up(args: UpArgs) -> Result<()> {
     };
     match &result {
         Ok(demo) => {
-            println!("Seed VMI is up: a control service and {} sites.", DEMO_SITES.len());
-            println!("  {:<8} {control_url}", "control");
+            match args.replicas {
+                1 if args.etcd.is_empty() => {
+                    println!("Seed VMI is up: a control service and {} sites.", DEMO_SITES.len());
+                }
+                n => println!(
+                    "Seed VMI is up: {n} control replica{} on etcd ({}) and {} sites.",
+                    if n == 1 { "" } else { "s" },
+                    args.etcd.join(","),
+                    DEMO_SITES.len()
+                ),
+            }
+            for url in &control_urls {
+                println!("  {:<8} {url}", "control");
+            }
             for (id, url, behind) in &routes {
                 match behind {
                     Some(site) => println!("  {id:<8} {url}  (delay proxy; the site listens on {site})"),
@@ -591,8 +619,10 @@ fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], demo: &
             serde_json::json!({ "id": id, "url": url, "listen": listen })
         })
         .collect();
+    let controls: Vec<&str> = control.split(',').collect();
     let up = serde_json::json!({
         "control": control,
+        "controls": controls,
         "sites": sites,
         "terminal": demo.page,
         "link_file": demo.link_file,

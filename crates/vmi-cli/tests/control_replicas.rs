@@ -1,6 +1,9 @@
 //! Control replicas on etcd: two `vmi control` processes on one 3-member etcd cluster serve the same state, one of
 //! them (elected through etcd) leads; when the leader is killed the other takes over within seconds, and the CLI,
 //! given both URLs, keeps working; an etcd member killed (quorum kept) changes nothing the CLI sees.
+//!
+//! Then `vmi up --etcd --replicas 2` with a terminal typing: the leader killed in the middle of a failover and of
+//! a migration, and an etcd member killed, leave the phone in one place with every typed character.
 
 mod common;
 
@@ -9,7 +12,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{fetch, scratch_dir, try_fetch, vmi};
+use common::*;
 use vmi_testkit::ChildGuard;
 use vmi_testkit::etcd::EtcdCluster;
 
@@ -105,4 +108,108 @@ fn two_replicas_share_state_and_the_survivor_takes_over_the_placer() {
     assert_eq!(leading(&second.url), Some(true));
     etcd.restart(0);
     drop(second);
+}
+
+/// The pid of the `vmi up` control replica named `name` whose database is `db`.
+fn replica_pid(db: &Path, name: &str) -> Option<u32> {
+    let db = db.display().to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if ["control", "--replica", name, db.as_str()].iter().all(|p| args.iter().any(|a| a == p)) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// The leading replica's name and URL.
+fn leader(up: &Up) -> Option<(String, String)> {
+    up.controls.iter().find_map(|url| {
+        let body = try_fetch(&format!("{url}/v1/replica"), None).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["leading"].as_bool()?.then(|| (v["replica"].as_str().unwrap_or_default().to_owned(), url.clone()))
+    })
+}
+
+/// The sites whose phone list names the demo phone.
+fn hosts(up: &Up, operator: &str) -> Vec<String> {
+    up.sites
+        .iter()
+        .filter(|(_, url)| {
+            try_fetch(&format!("{url}/v1/phones"), Some(operator)).is_ok_and(|l| l.contains("\"user\":\"demo\""))
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+fn notes(up: &Up, site: &str, operator: &str) -> String {
+    fetch(&format!("{}/v1/phones/demo/kv/notes.text", up.site(site)), Some(operator))
+}
+
+#[test]
+fn the_leader_killed_mid_failover_and_mid_migration_and_an_etcd_member_lost_leave_one_phone_and_every_key() {
+    let mut etcd = EtcdCluster::start("up", 3);
+    let data = scratch_dir("up-etcd");
+    let db = data.join("control.db");
+    let up = up(&data, &["--no-proxy", "--etcd", &etcd.endpoints().join(","), "--replicas", "2"]);
+    assert_eq!(up.controls.len(), 2);
+    let operator = up.operator_token();
+    wait_until(Duration::from_secs(20), "a leading replica", || leader(&up).is_some());
+
+    // Mid-failover: the phone's site stops answering and, at once, the leading replica (the one running the
+    // failover loop) is killed. The other replica takes over and fails the phone over to its standby copy.
+    let (owner, epoch) = placement(&up);
+    let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).filter(|id| *id != owner).collect();
+    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
+    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+    let (mut terminal, text) = typing_terminal(&up, &data);
+    std::thread::sleep(Duration::from_secs(2));
+    let owner_pid = site_pid(&data, &owner).expect("the owner runs");
+    let (name, _) = leader(&up).expect("a leader");
+    let leader_pid = replica_pid(&db, &name).expect("the leader runs");
+    signal(owner_pid, "-STOP");
+    let stopped = Stopped(owner_pid);
+    signal(leader_pid, "-KILL");
+    let at = Instant::now();
+    wait_until(Duration::from_secs(30), "the placement moving to the standby site", || placement(&up).0 != owner);
+    eprintln!("leader {name} killed with {owner} stopped: failed over in {:?}", at.elapsed());
+    let (now_at, now_epoch) = placement(&up);
+    assert!(now_epoch > epoch && others.contains(&now_at), "placed on {now_at} at epoch {now_epoch}");
+    let status = terminal.child().wait().expect("terminal ends");
+    assert!(status.success(), "the terminal ended with {status}");
+    assert_eq!(notes(&up, &now_at, &operator), text, "every typed character once and in order");
+    drop(stopped);
+    wait_until(Duration::from_secs(30), "the old site dropping its copy", || hosts(&up, &operator) == [now_at.clone()]);
+
+    // Mid-migration: a move to the third site is under way when the leader (maybe the restarted replica) is
+    // killed. It commits through whichever replica answers, or aborts; either way the phone is in one place.
+    wait_until(Duration::from_secs(30), "a leader again", || leader(&up).is_some());
+    let third = up.sites.iter().map(|(id, _)| id.clone()).find(|id| *id != now_at && *id != owner).expect("a third");
+    let mut mover = ChildGuard::spawn(
+        up.vmi().args(["vm", "migrate", "demo", "--to", &third, "--control", &up.control]).stdout(Stdio::null()),
+    )
+    .expect("vmi vm migrate starts");
+    let (name, _) = leader(&up).expect("a leader");
+    signal(replica_pid(&db, &name).expect("the leader runs"), "-KILL");
+    let moved = mover.child().wait().expect("migrate ends");
+    let (placed, _) = placement(&up);
+    eprintln!("migration with the leader {name} killed: {moved}, placed on {placed}");
+    assert!(placed == third || placed == now_at, "placed on {placed}");
+    wait_until(Duration::from_secs(30), "the phone in exactly its placed site", || {
+        hosts(&up, &operator) == [placed.clone()]
+    });
+    assert_eq!(notes(&up, &placed, &operator), text, "nothing lost or doubled by the move");
+
+    // One etcd member of three lost while the terminal types: nothing the terminal notices.
+    let (mut terminal, more) = typing_terminal(&up, &data);
+    std::thread::sleep(Duration::from_secs(2));
+    etcd.kill(1);
+    let status = terminal.child().wait().expect("terminal ends");
+    assert!(status.success(), "the terminal ended with {status}");
+    let (placed_now, _) = placement(&up);
+    assert_eq!(notes(&up, &placed_now, &operator), format!("{text}{more}"));
+    up.interrupt();
+    let _ = std::fs::remove_dir_all(&data);
 }

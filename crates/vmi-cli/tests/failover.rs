@@ -7,83 +7,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use vmi_testkit::ChildGuard;
-
-/// The pid of site `id` of the `vmi up` in `data`.
-fn site_pid(data: &Path, id: &str) -> Option<u32> {
-    let dir = data.join(id).display().to_string();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if ["site", "--id", id, dir.as_str()].iter().all(|p| args.iter().any(|a| a == p)) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-fn signal(pid: u32, signal: &str) {
-    let sent = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
-    assert!(sent.success(), "kill {signal} {pid}");
-}
-
-/// Sends SIGCONT when dropped, so a failing test never leaves a stopped process behind.
-struct Stopped(u32);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        signal(self.0, "-CONT");
-    }
-}
-
-fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A terminal that types one character every 100 ms for about 12 s into the demo phone's notes, and the text.
-fn typing_terminal(up: &Up, data: &Path) -> (ChildGuard, String) {
-    let text: String = (0..120).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-    let mut script = String::from("tap 274 1090\n");
-    for c in text.chars() {
-        script.push_str(&format!("type {c}\nwait 100ms\n"));
-    }
-    let script_file = data.join("type.script");
-    std::fs::write(&script_file, script).expect("script");
-    let terminal = ChildGuard::spawn(
-        up.vmi()
-            .args(["terminal", "--headless", "--control", &up.control, "--ca", &up.ca_file])
-            .args(["--token-file", &up.token_file, "--script"])
-            .arg(&script_file)
-            .stdout(Stdio::null()),
-    )
-    .expect("terminal starts");
-    (terminal, text)
-}
-
-/// The demo phone's placement: site and epoch.
-fn placement(up: &Up) -> (String, u64) {
-    let body = fetch(&format!("{}/v1/users/demo/placement", up.control), Some(&up.operator_token()));
-    let v: serde_json::Value = serde_json::from_str(&body).expect("placement JSON");
-    (v["site"].as_str().expect("site").to_owned(), v["epoch"].as_u64().expect("epoch"))
-}
-
-/// The URL of site `id` as the control service lists it.
-fn site_url(up: &Up, id: &str) -> Option<String> {
-    let body = fetch(&format!("{}/v1/sites", up.control), Some(&up.operator_token()));
-    let sites: serde_json::Value = serde_json::from_str(&body).expect("sites JSON");
-    let site = sites.as_array()?.iter().find(|s| s["id"] == id)?;
-    site["healthy"].as_bool().filter(|h| *h).and(site["url"].as_str().map(str::to_owned))
-}
 
 #[test]
 fn a_killed_site_fails_over_and_the_terminal_loses_no_input() {

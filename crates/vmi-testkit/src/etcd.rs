@@ -43,7 +43,7 @@ impl EtcdCluster {
         let base = free_net();
         let members: Vec<Member> = (0..size)
             .map(|i| {
-                let [a, b, _, _] = base.octets();
+                let [_, a, b, _] = base.octets();
                 let ip = Ipv4Addr::new(127, a, b, u8::try_from(i + 1).expect("at most 254 members"));
                 let dir = root.join(format!("m{i}"));
                 Member { name: format!("{name}-{i}"), ip, dir, process: None }

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmi_testkit::ChildGuard;
 
@@ -19,8 +19,10 @@ pub fn vmi() -> Command {
 /// A running `vmi up` and where its services and files are (from its `up.json`).
 pub struct Up {
     process: ChildGuard,
-    /// The control service's URL.
+    /// The control service's URL (every replica's, comma-separated, with `--replicas`).
     pub control: String,
+    /// Each control replica's URL.
+    pub controls: Vec<String>,
     /// The demo user's browser page (without the token).
     pub terminal: String,
     /// Each site's id and the URL terminals use for it (its proxy's, unless `--no-proxy`).
@@ -58,6 +60,19 @@ impl Up {
         let mut command = vmi();
         command.env("VMI_CREDENTIALS", &self.credentials);
         command
+    }
+
+    /// `GET path` as the operator from the first control replica that answers it.
+    pub fn control_get(&self, path: &str) -> String {
+        let token = self.operator_token();
+        let mut errors = Vec::new();
+        for url in &self.controls {
+            match try_fetch(&format!("{url}{path}"), Some(&token)) {
+                Ok(body) => return body,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("no control replica answered {path}: {errors:?}")
     }
 
     /// Ctrl-C; asserts `vmi up` stops cleanly within a minute.
@@ -98,6 +113,7 @@ pub fn up(data: &Path, extra: &[&str]) -> Up {
     Up {
         process,
         control: text(&v["control"]),
+        controls: v["controls"].as_array().expect("controls").iter().map(text).collect(),
         terminal: text(&v["terminal"]),
         sites,
         token_file: text(&v["token_file"]),
@@ -131,4 +147,75 @@ pub fn try_fetch(url: &str, token: Option<&str>) -> Result<String, String> {
         return Err(response);
     }
     Ok(response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+/// The pid of site `id` of the `vmi up` in `data`.
+pub fn site_pid(data: &Path, id: &str) -> Option<u32> {
+    let dir = data.join(id).display().to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if ["site", "--id", id, dir.as_str()].iter().all(|p| args.iter().any(|a| a == p)) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+pub fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Sends SIGCONT when dropped, so a failing test never leaves a stopped process behind.
+pub struct Stopped(pub u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A terminal that types one character every 100 ms for about 12 s into the demo phone's notes, and the text.
+pub fn typing_terminal(up: &Up, data: &Path) -> (ChildGuard, String) {
+    let text: String = (0..120).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let mut script = String::from("tap 274 1090\n");
+    for c in text.chars() {
+        script.push_str(&format!("type {c}\nwait 100ms\n"));
+    }
+    let script_file = data.join("type.script");
+    std::fs::write(&script_file, script).expect("script");
+    let terminal = ChildGuard::spawn(
+        up.vmi()
+            .args(["terminal", "--headless", "--control", &up.control, "--ca", &up.ca_file])
+            .args(["--token-file", &up.token_file, "--script"])
+            .arg(&script_file)
+            .stdout(Stdio::null()),
+    )
+    .expect("terminal starts");
+    (terminal, text)
+}
+
+/// The demo phone's placement: site and epoch.
+pub fn placement(up: &Up) -> (String, u64) {
+    let body = up.control_get("/v1/users/demo/placement");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("placement JSON");
+    (v["site"].as_str().expect("site").to_owned(), v["epoch"].as_u64().expect("epoch"))
+}
+
+/// The URL of site `id` as the control service lists it.
+pub fn site_url(up: &Up, id: &str) -> Option<String> {
+    let body = up.control_get("/v1/sites");
+    let sites: serde_json::Value = serde_json::from_str(&body).expect("sites JSON");
+    let site = sites.as_array()?.iter().find(|s| s["id"] == id)?;
+    site["healthy"].as_bool().filter(|h| *h).and(site["url"].as_str().map(str::to_owned))
 }
