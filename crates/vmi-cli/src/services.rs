@@ -247,6 +247,9 @@ pub(crate) async fn stop_signal() {
     }
 }
 
+/// How long `vmi control --etcd` waits for the etcd cluster to answer at start.
+const ETCD_WAIT: Duration = Duration::from_secs(30);
+
 /// The provider CA's certificate, written by `vmi control` beside its database for terminals to trust.
 pub const CA_FILE: &str = "ca.pem";
 
@@ -271,11 +274,22 @@ pub async fn control(args: ControlArgs) -> Result<()> {
             vmi_control::SqliteStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
         (Arc::new(store), vmi_control::Leadership::alone(), vmi_control::Reports::new())
     } else {
-        let (endpoints, prefix) = (args.etcd.clone(), args.etcd_prefix.clone());
-        // Connecting blocks (the client has a runtime of its own): off this runtime's workers.
-        let store = tokio::task::spawn_blocking(move || vmi_control::EtcdStore::connect(&endpoints, &prefix))
-            .await?
-            .with_context(|| format!("connecting to etcd at {}", args.etcd.join(",")))?;
+        // Connecting blocks (the client has a runtime of its own): off this runtime's workers. A cluster that
+        // is starting too (no leader elected yet) is waited for, a while.
+        let deadline = std::time::Instant::now() + ETCD_WAIT;
+        let store = loop {
+            let (endpoints, prefix) = (args.etcd.clone(), args.etcd_prefix.clone());
+            match tokio::task::spawn_blocking(move || vmi_control::EtcdStore::connect(&endpoints, &prefix)).await? {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for etcd");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("connecting to etcd at {}", args.etcd.join(",")));
+                }
+            }
+        };
         let leadership = store.campaign(&replica)?;
         let reports = store.shared_reports();
         tracing::info!(replica, etcd = %args.etcd.join(","), "control replica on etcd");

@@ -213,3 +213,54 @@ fn the_leader_killed_mid_failover_and_mid_migration_and_an_etcd_member_lost_leav
     up.interrupt();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn etcd_without_quorum_freezes_placements_while_phones_keep_running_and_everything_resumes() {
+    assert!(
+        vmi_testkit::netns::Net::available(),
+        "this test partitions etcd members in network namespaces: run it as root"
+    );
+    let mut net = vmi_testkit::netns::Net::new();
+    let etcd = EtcdCluster::start_in(&mut net, "frozen", 3);
+    let data = scratch_dir("up-frozen");
+    let up = up(&data, &["--no-proxy", "--etcd", &etcd.endpoints().join(","), "--replicas", "2"]);
+    let operator = up.operator_token();
+    let (owner, epoch) = placement(&up);
+    let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).filter(|id| *id != owner).collect();
+    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
+    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+    let (mut terminal, text) = typing_terminal(&up, &data);
+    std::thread::sleep(Duration::from_secs(2));
+    // The site checks the operator's token now, so it still knows it while the control plane cannot answer.
+    let before = notes(&up, &owner, &operator).len();
+
+    // Every etcd member cut off from the others: nothing can be written; the control replicas still answer.
+    etcd.partition_all();
+    let cut = Instant::now();
+    wait_until(Duration::from_secs(10), "the control plane to lose its store", || {
+        up.controls.iter().all(|u| try_fetch(&format!("{u}/v1/users/demo/placement"), Some(&operator)).is_err())
+    });
+    // Well past a lease without quorum, the phone still runs where it was, taking the keys the terminal types.
+    let lease = Duration::from_millis(vmi_control_api::model::LEASE_MS);
+    std::thread::sleep((cut + lease + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
+    let during = notes(&up, &owner, &operator).len();
+    std::thread::sleep(Duration::from_secs(2));
+    let later = notes(&up, &owner, &operator).len();
+    let still_cut =
+        up.controls.iter().all(|u| try_fetch(&format!("{u}/v1/users/demo/placement"), Some(&operator)).is_err());
+    assert!(still_cut, "the store was without quorum all along");
+    assert!(before < during && during < later, "the phone kept taking keys: {before} -> {during} -> {later}");
+    eprintln!("no quorum for {:?}: the phone ran on", cut.elapsed());
+
+    etcd.heal_all();
+    let status = terminal.child().wait().expect("terminal ends");
+    assert!(status.success(), "the terminal ended with {status}");
+    wait_until(Duration::from_secs(30), "the control plane answering again", || {
+        up.controls.iter().any(|u| try_fetch(&format!("{u}/v1/users/demo/placement"), Some(&operator)).is_ok())
+    });
+    assert_eq!(placement(&up), (owner.clone(), epoch), "no placement changed");
+    assert_eq!(hosts(&up, &operator), std::slice::from_ref(&owner));
+    assert_eq!(notes(&up, &owner, &operator), text, "every typed character once and in order");
+    up.interrupt();
+    let _ = std::fs::remove_dir_all(&data);
+}

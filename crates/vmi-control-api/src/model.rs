@@ -227,6 +227,10 @@ pub struct HeartbeatReply {
     /// Users whose phones are placed on this site now: a site back from a lapsed lease runs only those, and
     /// starts those it holds a standby copy of.
     pub placed: Vec<String>,
+    /// The control plane cannot change any placement now (its store lost its quorum, proven by a majority of
+    /// its members): a lease still held is extended, `placed` is empty and means nothing, and nothing is dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub frozen: bool,
 }
 
 /// Body of `PUT /v1/users/{user}/standby`: the phone's owner says which site holds its standby copy, for

@@ -150,7 +150,7 @@ fn principal_of(
 ) -> Result<Principal, ControlError> {
     if let Some(token) = bearer_token(headers) {
         state.guard.check(from)?;
-        return match state.store.principal(token)? {
+        return match crate::off_the_runtime(|| state.store.principal(token))? {
             Some(principal) => Ok(principal),
             None => {
                 state.guard.failure(from);
@@ -198,7 +198,7 @@ pub(crate) async fn authenticate(State(state): State<AppState>, mut req: Request
             status: status.as_u16(),
             detail: if refused { "refused".to_owned() } else { "done".to_owned() },
         };
-        if let Err(e) = state.store.record_audit(std::slice::from_ref(&entry)) {
+        if let Err(e) = crate::off_the_runtime(|| state.store.record_audit(std::slice::from_ref(&entry))) {
             tracing::error!(error = %e, ?entry, "cannot write the audit log");
         }
     }

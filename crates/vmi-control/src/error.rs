@@ -124,7 +124,11 @@ impl IntoResponse for ControlError {
         let message = if status.is_server_error() {
             // Logged here and only here; the caller gets a generic body.
             let source = std::error::Error::source(&self).map(ToString::to_string);
-            tracing::error!(error = %self, source = ?source, "control request failed");
+            if matches!(self, ControlError::Unavailable(_)) {
+                tracing::warn!(error = %self, "control request refused: store unavailable");
+            } else {
+                tracing::error!(error = %self, source = ?source, "control request failed");
+            }
             if matches!(self, ControlError::Unavailable(_)) {
                 "the control plane's store is unavailable; try again".to_owned()
             } else {

@@ -327,17 +327,21 @@ pub async fn serve_with(
         stopping.send_replace(true);
         result
     };
-    let placer = async {
-        if let Some(params) = options.placer {
-            let stopped = async move {
-                // An error means the sender is gone, which also means stop.
-                let _ = stop.wait_for(|stopping| *stopping).await;
-            };
-            let leadership = options.leadership.clone();
-            run_placer(store, reports, caller, params, options.placer_every, leadership, stopped).await;
-        }
-    };
-    let (result, ()) = tokio::join!(server, placer);
+    // A task of its own: its rounds call the store, which may block for a while, and must not hold up the
+    // server's accept loop.
+    let placer = options.placer.map(|params| {
+        let stopped = async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        };
+        let (leadership, every) = (options.leadership.clone(), options.placer_every);
+        tokio::spawn(run_placer(store, reports, caller, params, every, leadership, stopped))
+    });
+    let result = server.await;
+    if let Some(placer) = placer {
+        // It stops when `stopping` is set, which the server did on its way out.
+        let _ = placer.await;
+    }
     result
 }
 
@@ -668,7 +672,7 @@ async fn pair(
 /// `POST /v1/auth` (sites): who a token a terminal or an operator presented to the site belongs to. Wrong
 /// tokens do not count against the site's address: the site guards its own callers.
 async fn authenticate(State(store): State<StoreRef>, ApiJson(req): ApiJson<AuthRequest>) -> ApiResult<Json<Principal>> {
-    store.principal(&req.token)?.map(Json).ok_or(ControlError::Unauthorized)
+    crate::off_the_runtime(|| store.principal(&req.token))?.map(Json).ok_or(ControlError::Unauthorized)
 }
 
 async fn put_site(
@@ -713,9 +717,36 @@ async fn heartbeat(
         }
         tracing::warn!(site = %id, why, "site degraded: its phones move away");
     }
-    let placed = store.heartbeat(&id, req.phones, req.degraded.as_deref(), now_ms())?;
-    Ok(Json(HeartbeatReply { lease_ms: LEASE_MS, placed }))
+    // Bounded: the site's lease runs out two heartbeats after its last renewal, so an answer must come quickly
+    // even while the store hangs (a write waits for a leader that is gone); the write may still land later.
+    let write = {
+        let (store, id, degraded) = (store.clone(), id.clone(), req.degraded.clone());
+        tokio::task::spawn_blocking(move || store.heartbeat(&id, req.phones, degraded.as_deref(), now_ms()))
+    };
+    let written = match tokio::time::timeout(HEARTBEAT_WRITE_WITHIN, write).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(ControlError::Unavailable("the heartbeat's write stopped".into())),
+        Err(_) => Err(ControlError::Unavailable("the heartbeat's write did not finish in time".into())),
+    };
+    match written {
+        Ok(placed) => Ok(Json(HeartbeatReply { lease_ms: LEASE_MS, placed, frozen: false })),
+        // The heartbeat could not be written: if that is because nothing can be written anywhere (no quorum,
+        // proven), no failover can happen either, and the site is told it may go on.
+        Err(ControlError::Unavailable(why)) => {
+            match tokio::task::spawn_blocking(move || store.placements_frozen()).await {
+                Ok(Ok(true)) => {
+                    tracing::debug!(site = %id, "store without quorum: placements frozen; the site keeps its lease");
+                    Ok(Json(HeartbeatReply { lease_ms: LEASE_MS, placed: Vec::new(), frozen: true }))
+                }
+                _ => Err(ControlError::Unavailable(why)),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
+
+/// How long a heartbeat's write may take before the answer says whether placements are frozen instead.
+const HEARTBEAT_WRITE_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// `PUT /v1/users/{user}/standby` `{site, epoch}`: the site running the phone says which site holds its standby
 /// copy (docs/FAILOVER.md). Only the owner at the placement's current epoch may.

@@ -171,6 +171,16 @@ mod reports;
 mod store;
 mod validate;
 
+/// Runs `work`, a synchronous store call that may wait on the network (etcd), without stalling the runtime:
+/// on a multi-threaded runtime the worker hands its other tasks on first (tokio's `block_in_place`), so a store
+/// that hangs for a while (etcd without a leader) cannot starve heartbeats and health checks.
+pub(crate) fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 pub use error::ControlError;
 pub use http::{ControlTrust, JOIN_TOKEN_TTL_MS, ServeOptions, ServiceTrust, app, app_with, serve, serve_with};
 pub use leadership::Leadership;

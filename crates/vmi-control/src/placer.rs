@@ -71,8 +71,10 @@ pub async fn run_placer(
                     continue;
                 }
                 let now = now_ms();
-                placer.failover(now);
-                placer.round(now);
+                crate::off_the_runtime(|| {
+                    placer.failover(now);
+                    placer.round(now);
+                });
             }
         }
     }

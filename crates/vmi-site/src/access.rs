@@ -78,7 +78,7 @@ fn token_key(token: &str) -> [u8; 32] {
 
 impl SiteState {
     /// Who `token` belongs to, as the control service says (`Ok(None)`: nobody, or revoked). While the control
-    /// service cannot be reached, a token it vouched for within [`TOKEN_GRACE`] still counts, so terminals and
+    /// service cannot be reached (or answers that its store is unavailable), a token it vouched for within [`TOKEN_GRACE`] still counts, so terminals and
     /// operators keep working through a control outage; a device revocation pushed to this site forgets its
     /// tokens at once.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, vmi_control_api::ClientError> {
@@ -105,7 +105,8 @@ impl SiteState {
                 vouched(principal.as_ref());
                 Ok(principal)
             }
-            Err(e) if e.status().is_none() => {
+            // Unreachable, or reachable without its store (503: no quorum behind it): the same outage.
+            Err(e) if e.status().is_none_or(|status| status == 503) => {
                 let kept = self.guard.vouched.lock().unwrap_or_else(|p| p.into_inner());
                 match kept.get(&key) {
                     Some((principal, at)) if now.saturating_sub(*at) < TOKEN_GRACE => {

@@ -58,6 +58,9 @@ use crate::phone::{PhoneError, PhoneLink, PhoneTask, SavedPhone};
 mod images;
 pub use images::{ImageRef, RestartReport};
 
+/// How soon a heartbeat that failed (or was answered "placements frozen") is sent again.
+const HEARTBEAT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How to run a site.
 #[derive(Clone)]
 pub struct SiteConfig {
@@ -615,8 +618,18 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
             let degraded = beat_state.disk.degraded();
             let sent = std::time::Instant::now();
             match beat_state.control.heartbeat_degraded(&beat_state.id, phones, degraded.as_deref()).await {
-                Ok(reply) => beat_state.after_heartbeat(sent, reply),
-                Err(e) => tracing::warn!(site = %beat_state.id, "heartbeat failed: {e}"),
+                Ok(reply) => {
+                    // A frozen answer extends the lease only a little at a time: ask again soon.
+                    if reply.frozen {
+                        every.reset_after(HEARTBEAT_RETRY);
+                    }
+                    beat_state.after_heartbeat(sent, reply);
+                }
+                Err(e) => {
+                    tracing::warn!(site = %beat_state.id, "heartbeat failed: {e}");
+                    // The lease runs out in two heartbeats: try again before the next one is due.
+                    every.reset_after(HEARTBEAT_RETRY);
+                }
             }
             // Off the heartbeat's loop: a slow audit report must not delay the next heartbeat (the lease).
             let audit = beat_state.guard.take_pending();

@@ -47,7 +47,15 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Lease {
     /// Until when this site may run phones that have a standby copy (`None`: no heartbeat answered yet).
     valid_until: Mutex<Option<Instant>>,
+    /// When the last heartbeat that renewed the lease was sent.
+    renewal_sent: Mutex<Option<Instant>>,
+    /// Whether the last answer was "placements frozen" (to say so once, not on every heartbeat).
+    frozen: std::sync::atomic::AtomicBool,
 }
+
+/// Of the lease's time, what a "placements frozen" answer may not use: it must arrive while the lease cannot
+/// have expired at the control plane's store, whose clock may run a little apart from this site's.
+const FROZEN_SLACK_MS: u64 = 500;
 
 impl Lease {
     /// Whether the site holds its lease now.
@@ -64,7 +72,38 @@ impl Lease {
         let lease = lease_ms.min(LEASE_MS).saturating_sub(LEASE_MARGIN_MS);
         let next = sent + Duration::from_millis(lease);
         *until = Some(until.map_or(next, |u| u.max(next)));
+        let mut renewal = self.renewal_sent.lock().unwrap_or_else(|p| p.into_inner());
+        *renewal = Some(renewal.map_or(sent, |r| r.max(sent)));
+        self.frozen.store(false, std::sync::atomic::Ordering::Relaxed);
         lapsed
+    }
+
+    /// Marks the lease as held through frozen placements; true if it was not already.
+    fn newly_frozen(&self) -> bool {
+        !self.frozen.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A heartbeat sent at `sent` was answered "placements frozen": a majority of the store's members said they
+    /// have no leader, so no failover can commit until a new leader is elected, and a new leader first renews
+    /// every site's lease for its full time. So the lease is extended as [`Lease::renewed`] does, if the answer
+    /// came while the store could not yet have let the lease expire (within the lease's time of the last renewal,
+    /// less [`FROZEN_SLACK_MS`] for clocks): a lease that lapsed before stays lapsed, since the site's phones may
+    /// have been failed over before the quorum was lost. Returns whether it was extended.
+    pub fn extended_while_frozen(&self, sent: Instant, lease_ms: u64) -> bool {
+        let renewal = *self.renewal_sent.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(renewal) = renewal else { return false };
+        if renewal.elapsed() >= Duration::from_millis(LEASE_MS.saturating_sub(FROZEN_SLACK_MS)) {
+            return false;
+        }
+        let mut until = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        let lease = lease_ms.min(LEASE_MS).saturating_sub(LEASE_MARGIN_MS);
+        let next = sent + Duration::from_millis(lease);
+        *until = Some(until.map_or(next, |u| u.max(next)));
+        // The proof behind this answer was gathered after `sent`, while no leader could let the lease expire,
+        // and any new leader renews it for its full time: the next frozen answer may count from here.
+        let mut renewal = self.renewal_sent.lock().unwrap_or_else(|p| p.into_inner());
+        *renewal = Some(renewal.map_or(sent, |r| r.max(sent)));
+        true
     }
 }
 
@@ -475,6 +514,18 @@ impl SiteState {
     /// Only phones that started here before the heartbeat was sent are judged by its answer (one that arrived
     /// since is not on a list made before it came), and none that is arriving or leaving (a migration decides).
     pub(crate) fn after_heartbeat(self: &Arc<Self>, sent: Instant, reply: vmi_control_api::model::HeartbeatReply) {
+        if reply.frozen {
+            // No list of placements comes with it (the store cannot be read): nothing is dropped or started.
+            let lease = self.replication.lease();
+            if lease.extended_while_frozen(sent, reply.lease_ms) {
+                if lease.newly_frozen() {
+                    tracing::warn!(site = %self.id, "the control plane's store has no quorum: placements are frozen, phones here keep running");
+                }
+            } else {
+                tracing::warn!(site = %self.id, "placements are frozen but this site's lease had lapsed: its phones stay stopped");
+            }
+            return;
+        }
         self.replication.lease().renewed(sent, reply.lease_ms);
         let placed: std::collections::HashSet<&str> = reply.placed.iter().map(String::as_str).collect();
         for user in self.users() {

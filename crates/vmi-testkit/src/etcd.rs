@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::netns::{Net, Node};
 use crate::{ChildGuard, scratch_dir};
 
 /// Where Debian's `etcd-server` package puts etcd (`scripts/setup` installs it).
@@ -24,6 +25,8 @@ struct Member {
     ip: Ipv4Addr,
     dir: PathBuf,
     process: Option<ChildGuard>,
+    /// The namespace it runs in (`None`: this process's, on a loopback address).
+    node: Option<Node>,
 }
 
 /// A running etcd cluster that stops (every member killed) when dropped.
@@ -38,15 +41,38 @@ impl EtcdCluster {
     /// Starts `size` members named `{name}-0`, ... and waits until each accepts client connections.
     /// Panics (naming the log to read) if etcd is missing or a member does not come up within 30 s.
     pub fn start(name: &str, size: usize) -> EtcdCluster {
-        assert!(std::path::Path::new(ETCD).exists(), "{ETCD} is missing: run ./scripts/setup (Debian's etcd-server)");
-        let root = scratch_dir(&format!("etcd-{name}"));
         let base = free_net();
-        let members: Vec<Member> = (0..size)
+        let members = (0..size)
             .map(|i| {
                 let [_, a, b, _] = base.octets();
-                let ip = Ipv4Addr::new(127, a, b, u8::try_from(i + 1).expect("at most 254 members"));
+                (Ipv4Addr::new(127, a, b, u8::try_from(i + 1).expect("at most 254 members")), None)
+            })
+            .collect();
+        EtcdCluster::launch(name, members)
+    }
+
+    /// Starts `size` members, each on a node of its own in `net` (its own namespace and link): partitions
+    /// between members are then real ([`EtcdCluster::partition_all`]).
+    pub fn start_in(net: &mut Net, name: &str, size: usize) -> EtcdCluster {
+        let members = (0..size)
+            .map(|i| {
+                let node = net.node(&format!("{name}{i}"));
+                (node.ip, Some(node))
+            })
+            .collect();
+        EtcdCluster::launch(name, members)
+    }
+
+    fn launch(name: &str, addresses: Vec<(Ipv4Addr, Option<Node>)>) -> EtcdCluster {
+        assert!(std::path::Path::new(ETCD).exists(), "{ETCD} is missing: run ./scripts/setup (Debian's etcd-server)");
+        let root = scratch_dir(&format!("etcd-{name}"));
+        let size = addresses.len();
+        let members: Vec<Member> = addresses
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ip, node))| {
                 let dir = root.join(format!("m{i}"));
-                Member { name: format!("{name}-{i}"), ip, dir, process: None }
+                Member { name: format!("{name}-{i}"), ip, dir, process: None, node }
             })
             .collect();
         let initial_cluster =
@@ -83,6 +109,27 @@ impl EtcdCluster {
         self.wait_listening(i);
     }
 
+    /// Cuts every member off from every other (each keeps answering clients, alone): the cluster has no
+    /// quorum, and every member can say so. Only for a cluster started with [`EtcdCluster::start_in`].
+    pub fn partition_all(&self) {
+        self.each_pair(Node::partition_from);
+    }
+
+    /// Undoes [`EtcdCluster::partition_all`].
+    pub fn heal_all(&self) {
+        self.each_pair(Node::heal_from);
+    }
+
+    fn each_pair(&self, act: impl Fn(&Node, &Node)) {
+        let nodes: Vec<&Node> =
+            self.members.iter().map(|m| m.node.as_ref().expect("a cluster started in a Net")).collect();
+        for (i, a) in nodes.iter().enumerate() {
+            for b in &nodes[i + 1..] {
+                act(a, b);
+            }
+        }
+    }
+
     /// Where member `i` writes its log.
     pub fn log(&self, i: usize) -> PathBuf {
         self.members[i].dir.with_extension("log")
@@ -94,7 +141,10 @@ impl EtcdCluster {
         let log = std::fs::File::create(m.dir.with_extension("log")).expect("etcd log file");
         let client = format!("http://{}:{CLIENT_PORT}", m.ip);
         let peer = format!("http://{}:{PEER_PORT}", m.ip);
-        let mut command = Command::new(ETCD);
+        let mut command = match &m.node {
+            Some(node) => node.command(ETCD),
+            None => Command::new(ETCD),
+        };
         command
             .arg("--name")
             .arg(&m.name)

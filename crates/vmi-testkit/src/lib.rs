@@ -3,7 +3,8 @@
 //! - [`eventually`]: poll a condition until a deadline; a timeout names what was awaited.
 //! - [`ChildGuard`]: a spawned process (and every process it starts) that never outlives its test, panic or not.
 //! - [`scratch_dir`]: a fresh, empty directory per test and process.
-//! - [`etcd::EtcdCluster`]: a real etcd cluster of several members, each on its own loopback address.
+//! - [`etcd::EtcdCluster`]: a real etcd cluster of several members, each on its own loopback address, or each in
+//!   a network namespace of its own ([`netns::Net`]) where partitions are real.
 //!
 //! A dev-dependency only: nothing here is linked into a shipped binary.
 
@@ -14,6 +15,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 pub mod etcd;
+pub mod netns;
 
 /// Polls `check` until it returns true; panics after `within` with a message naming `what`.
 ///

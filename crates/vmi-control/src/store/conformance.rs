@@ -112,7 +112,7 @@ fn the_etcd_store_passes_the_conformance_suite_on_a_three_member_cluster() {
     // Each case gets a prefix of its own on the one cluster: a fresh, empty store.
     run(&|| {
         let prefix = format!("case-{}/", case.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        Box::new(connect(&endpoints, &prefix))
+        Box::new(connect(&endpoints, &prefix).with_clock_leases())
     });
 }
 

@@ -171,6 +171,14 @@ pub trait Store: Send + Sync {
     fn user_tenant(&self, user: &str) -> Result<Option<String>, ControlError>;
     /// The user a device belongs to, revoked or not; `None` if there is no such device.
     fn device_user(&self, device_id: u64) -> Result<Option<String>, ControlError>;
+
+    /// Whether no placement can change now, proven: a distributed store that lost its quorum (a majority of its
+    /// members say they have no leader) can commit nothing, failovers included, until a new leader renews every
+    /// site's lease. A site whose lease holds may then keep running its phones (docs/CONTROL-PLANE.md). Asked
+    /// only after a write failed; a store on one machine never is.
+    fn placements_frozen(&self) -> Result<bool, ControlError> {
+        Ok(false)
+    }
 }
 
 /// A [`Store`] in one SQLite database (WAL mode), one connection behind a mutex.

@@ -13,14 +13,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::ControlError;
 
-/// How long one request to etcd may take before the caller gets [`ControlError::Unavailable`].
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one request to etcd may take before the next member is asked (or the caller gets
+/// [`ControlError::Unavailable`]). A request takes milliseconds; one waits longer only while the cluster elects a
+/// leader (about a second), and a site's lease leaves no time for long waits.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one call may spend trying members in turn.
+const CALL_DEADLINE: Duration = Duration::from_millis(1500);
 /// How many times an optimistic transaction runs again after losing a race before it gives up.
 const MAX_ATTEMPTS: usize = 64;
 
@@ -32,6 +38,8 @@ const MAX_ATTEMPTS: usize = 64;
 pub(crate) struct EtcdKv {
     runtime: Option<tokio::runtime::Runtime>,
     clients: Vec<Client>,
+    /// The same members without "requires a leader": to ask a member whether it has one.
+    status_clients: Vec<Client>,
     preferred: AtomicUsize,
     /// Every key this store writes starts with it (so one cluster can hold several stores, e.g. per test).
     prefix: String,
@@ -80,14 +88,53 @@ impl EtcdKv {
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_require_leader(true);
         let mut clients = Vec::with_capacity(endpoints.len());
+        let mut status_clients = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let (endpoint, options) = (endpoint.clone(), options.clone());
-            // Lazy: a member down now is only skipped, not an error.
-            let client = run_on(&runtime, async move { Client::connect([endpoint], Some(options)).await })?
-                .map_err(unavailable)?;
-            clients.push(client);
+            for (list, options) in
+                [(&mut clients, options.clone()), (&mut status_clients, options.clone().with_require_leader(false))]
+            {
+                let endpoint = endpoint.clone();
+                // Lazy: a member down now is only skipped, not an error.
+                let client = run_on(&runtime, async move { Client::connect([endpoint], Some(options)).await })?
+                    .map_err(unavailable)?;
+                list.push(client);
+            }
         }
-        Ok(EtcdKv { runtime: Some(runtime), clients, preferred: AtomicUsize::new(0), prefix: prefix.to_owned() })
+        Ok(EtcdKv {
+            runtime: Some(runtime),
+            clients,
+            status_clients,
+            preferred: AtomicUsize::new(0),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Whether a majority of the members (every endpoint given is taken for a member) answered, within
+    /// `within`, that they have no leader: then no write, and no lease expiry, can commit until a new leader is
+    /// elected, which renews every lease for its time to live.
+    pub(crate) fn majority_without_leader(&self, within: Duration) -> Result<bool, ControlError> {
+        let runtime = self.runtime.as_ref().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
+        let clients = self.status_clients.clone();
+        let members = clients.len();
+        let leaderless = run_on(runtime, async move {
+            // All members asked at once, so the answers describe one moment (as nearly as they can).
+            let asks: Vec<_> = clients
+                .into_iter()
+                .map(|mut c| {
+                    tokio::spawn(async move {
+                        matches!(tokio::time::timeout(within, c.status()).await, Ok(Ok(s)) if s.leader() == 0)
+                    })
+                })
+                .collect();
+            let mut leaderless = 0;
+            for ask in asks {
+                if ask.await.unwrap_or(false) {
+                    leaderless += 1;
+                }
+            }
+            leaderless
+        })?;
+        Ok(leaderless * 2 > members)
     }
 
     /// Runs `work` with a client on this store's runtime and waits for it, trying each member once round while
@@ -99,25 +146,49 @@ impl EtcdKv {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
+        self.call_raw(timeouts_retried, work)?.map_err(unavailable)
+    }
+
+    /// As [`EtcdKv::call`], with etcd's own error when every member failed (the caller may need to know whether
+    /// the request could have been applied).
+    fn call_raw<T, F, Fut>(
+        &self,
+        timeouts_retried: bool,
+        work: F,
+    ) -> Result<Result<T, etcd_client::Error>, ControlError>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
         let runtime = self.runtime.as_ref().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
         let first = self.preferred.load(Ordering::Relaxed);
         let n = self.clients.len();
         let mut last = None;
+        let started = std::time::Instant::now();
         for attempt in 0..n {
+            if attempt > 0 && started.elapsed() >= CALL_DEADLINE {
+                break;
+            }
             let i = (first + attempt) % n;
             match run_on(runtime, work(self.clients[i].clone()))? {
                 Ok(value) => {
                     self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(value);
+                    return Ok(Ok(value));
                 }
                 Err(e) if unreachable(&e, timeouts_retried) => {
                     tracing::debug!(member = i, error = %e, "etcd member unreachable; trying the next");
+                    // The next call starts at the next member too.
+                    self.preferred.store(i + 1, Ordering::Relaxed);
                     last = Some(e);
                 }
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => {
+                    self.preferred.store(i + 1, Ordering::Relaxed);
+                    return Ok(Err(e));
+                }
             }
         }
-        Err(last.map_or_else(|| ControlError::Unavailable("no etcd endpoint".into()), unavailable))
+        last.map(Err).ok_or_else(|| ControlError::Unavailable("no etcd endpoint".into()))
     }
 
     /// The runtime the client runs on (for long-lived tasks such as lease keep-alives and watches).
@@ -223,9 +294,19 @@ fn unreachable(e: &etcd_client::Error, timeouts_retried: bool) -> bool {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         etcd_client::Error::GRpcStatus(status) => match status.code() {
             tonic::Code::Unavailable => true,
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => timeouts_retried,
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => timeouts_retried,
             _ => false,
         },
+        _ => false,
+    }
+}
+
+/// Whether `e` leaves open whether a request that was sent was applied (its connection broke, or it timed out).
+fn outcome_unknown(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(status.code(), tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+        }
         _ => false,
     }
 }
@@ -254,8 +335,8 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// A write buffered until commit: a value, or a deletion.
-type Write = Option<Vec<u8>>;
+/// A write buffered until commit: a value (attached to an etcd lease, if one is given), or a deletion.
+type Write = Option<(Vec<u8>, Option<i64>)>;
 
 /// An optimistic transaction (see the module doc).
 pub(crate) struct Tx<'a> {
@@ -271,7 +352,7 @@ impl Tx<'_> {
     /// The raw value of `key`, as this transaction would leave it.
     pub(crate) fn get_raw(&mut self, key: &str) -> Result<Option<Vec<u8>>, ControlError> {
         if let Some(write) = self.writes.get(key) {
-            return Ok(write.clone());
+            return Ok(write.as_ref().map(|(value, _)| value.clone()));
         }
         let entry = self.kv.get(key)?;
         self.reads.insert(key.to_owned(), entry.as_ref().map_or(0, |e| e.mod_revision));
@@ -295,7 +376,7 @@ impl Tx<'_> {
                 break;
             }
             match write {
-                Some(value) => merged.insert(key.clone(), value.clone()),
+                Some((value, _)) => merged.insert(key.clone(), value.clone()),
                 None => merged.remove(key),
             };
         }
@@ -306,7 +387,15 @@ impl Tx<'_> {
     pub(crate) fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), ControlError> {
         let bytes =
             serde_json::to_vec(value).map_err(|e| ControlError::Unavailable(format!("cannot encode {key}: {e}")))?;
-        self.writes.insert(key.to_owned(), Some(bytes));
+        self.writes.insert(key.to_owned(), Some((bytes, None)));
+        Ok(())
+    }
+
+    /// Writes `value` as JSON at commit, attached to etcd lease `lease` (etcd deletes it when the lease expires).
+    pub(crate) fn put_leased<T: Serialize>(&mut self, key: &str, value: &T, lease: i64) -> Result<(), ControlError> {
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| ControlError::Unavailable(format!("cannot encode {key}: {e}")))?;
+        self.writes.insert(key.to_owned(), Some((bytes, Some(lease))));
         Ok(())
     }
 
@@ -322,6 +411,9 @@ impl Tx<'_> {
             return Ok(true);
         }
         let kv = self.kv;
+        // What each key holds once this transaction applied (for an answer that never came).
+        let written: Vec<(String, Option<Vec<u8>>)> =
+            self.writes.iter().map(|(key, w)| (key.clone(), w.as_ref().map(|(value, _)| value.clone()))).collect();
         let mut compares: Vec<Compare> =
             self.reads.iter().map(|(key, rev)| Compare::mod_revision(kv.full(key), CompareOp::Equal, *rev)).collect();
         for (prefix, revision) in &self.ranges {
@@ -333,16 +425,29 @@ impl Tx<'_> {
             .writes
             .into_iter()
             .map(|(key, write)| match write {
-                Some(value) => TxnOp::put(kv.full(&key), value, None),
+                Some((value, lease)) => {
+                    TxnOp::put(kv.full(&key), value, lease.map(|l| PutOptions::new().with_lease(l)))
+                }
                 None => TxnOp::delete(kv.full(&key), None),
             })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let resp = kv.call(false, |mut c| {
+        match kv.call_raw(false, |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
-        })?;
-        Ok(resp.succeeded())
+        })? {
+            Ok(resp) => Ok(resp.succeeded()),
+            // Sent, and no answer: it may have been applied. Look (on any member) whether every write landed.
+            Err(e) if outcome_unknown(&e) => {
+                let landed = written.iter().try_fold(true, |all, (key, value)| {
+                    let now = kv.get(key)?;
+                    Ok::<_, ControlError>(all && now.map(|e| e.value) == *value)
+                })?;
+                tracing::debug!(error = %e, landed, "etcd transaction without an answer; looked whether it landed");
+                Ok(landed)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 }
 

@@ -30,7 +30,7 @@ pub(crate) fn campaign(handle: &tokio::runtime::Handle, kv: Arc<EtcdKv>, key: St
         loop {
             let mut client = kv.client();
             if let Err(e) = lead_once(&mut client, &key, &replica, &tx).await {
-                tracing::warn!(error = %e, replica, "leader election: etcd member unreachable; not leading");
+                tracing::debug!(error = %e, replica, "leader election: etcd member unreachable; not leading");
                 kv.prefer_next();
             }
             if tx.send_replace(false) {
@@ -69,6 +69,8 @@ async fn lead_once(
     let mut valid_until = granted + LEADER_TTL - margin;
     leading.send_replace(true);
     tracing::info!(replica, "leading the control plane (placer and failover)");
+    // Opening the stream sends the first keep-alive and reads its answer (etcd-client does), so each later
+    // answer is the one for the keep-alive sent just before it.
     let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
     while !leading.is_closed() {
         tokio::time::sleep(margin).await;

@@ -23,6 +23,7 @@
 //! | `tenants/{name}` | the [`Tenant`] |
 //! | `images/{name}/{version:020}` | an image version; its bytes in `blobs/{hash}/{n:04}` (raw, 512 KiB each) |
 //! | `join-tokens/{hash}` | site and expiry of a one-time join token |
+//! | `site-leases/{id}` | the site's etcd lease id, attached to that lease (gone once etcd expired it) |
 //! | `control/leader` | the control replica running the placer (held by an etcd lease) |
 
 mod kv;
@@ -64,6 +65,16 @@ const PAGE: i64 = 256;
 #[derive(Debug)]
 pub struct EtcdStore {
     kv: Arc<EtcdKv>,
+    /// Whether each site's lease is also an etcd lease (`site-leases/{id}`), which a failover needs expired. Off
+    /// only for the conformance suite, whose clocks are the test's.
+    site_leases: bool,
+}
+
+/// How long a status round may wait for the members' answers.
+const STATUS_WITHIN: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn site_lease_key(id: &str) -> String {
+    format!("site-leases/{id}")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,7 +263,38 @@ impl EtcdStore {
         let kv = EtcdKv::connect(endpoints, prefix)?;
         // One read proves the cluster answers (and has a leader) before the service says it is up.
         kv.get("seq/devices")?;
-        Ok(EtcdStore { kv: Arc::new(kv) })
+        Ok(EtcdStore { kv: Arc::new(kv), site_leases: true })
+    }
+
+    /// The same store judging site leases only by the heartbeat times it is given, as the SQLite store does (so
+    /// the conformance suite can drive time by hand).
+    #[cfg(test)]
+    pub(crate) fn with_clock_leases(self) -> EtcdStore {
+        EtcdStore { site_leases: false, ..self }
+    }
+
+    /// Renews site `id`'s etcd lease; `Some(lease)` when there was none live and a new one was granted (the
+    /// heartbeat's transaction then writes `site-leases/{id}` with it).
+    fn renew_site_lease(&self, id: &str) -> Result<Option<i64>, ControlError> {
+        if let Some(entry) = self.kv.get(&site_lease_key(id))?
+            && let Ok(lease) = serde_json::from_slice::<i64>(&entry.value)
+        {
+            // Opening a keep-alive stream renews the lease once and reads etcd's answer; a lease etcd no longer
+            // knows (it expired) is an error of its own, and a new one is granted below.
+            let renewed = self.kv.call(true, move |mut c| async move {
+                match c.lease_keep_alive(lease).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })?;
+            if renewed {
+                return Ok(None);
+            }
+        }
+        let ttl = i64::try_from(vmi_control_api::model::LEASE_MS / 1000).unwrap_or(3);
+        let granted = self.kv.call(false, move |mut c| async move { c.lease_grant(ttl, None).await })?;
+        Ok(Some(granted.id()))
     }
 
     /// Campaigns, as replica `replica`, to lead the control plane (run the placer and the failover loop), for as
@@ -432,8 +474,13 @@ impl Store for EtcdStore {
         degraded: Option<&str>,
         at_ms: u64,
     ) -> Result<Vec<String>, ControlError> {
+        // Renewed first: a lease renewed without its heartbeat recorded only delays a failover, never hastens one.
+        let new_lease = if self.site_leases { self.renew_site_lease(id)? } else { None };
         self.kv.atomically(|tx| {
             let site = require_site(tx, id)?;
+            if let Some(lease) = new_lease {
+                tx.put_leased(&site_lease_key(id), &lease, lease)?;
+            }
             // Read in the same transaction: a failover that moved a phone away either committed before (and the
             // list no longer names it) or fails its compare on this site's record and sees this heartbeat.
             let placed: Vec<String> = tx.get(&placed_key(id))?.unwrap_or_default();
@@ -540,6 +587,16 @@ impl Store for EtcdStore {
             }
             if require_site(tx, to)?.last_heartbeat_ms.is_none_or(|at| at < live_since_ms) {
                 return Err(ControlError::Refused(format!("{to} holds no lease: no failover there")));
+            }
+            // And by etcd's clock: `from`'s lease key is gone only once etcd expired the lease (a new etcd leader
+            // first renews every lease for its time to live), `to`'s is there while it lives.
+            if self.site_leases {
+                if tx.get_raw(&site_lease_key(from))?.is_some() {
+                    return Err(ControlError::Refused(format!("{from}'s etcd lease is live: no failover")));
+                }
+                if tx.get_raw(&site_lease_key(to))?.is_none() {
+                    return Err(ControlError::Refused(format!("{to}'s etcd lease expired: no failover there")));
+                }
             }
             let current: PlacementRecord =
                 tx.get(&placement_key(user))?.ok_or_else(|| ControlError::not_found("placement", user))?;
@@ -946,7 +1003,90 @@ impl Store for EtcdStore {
         self.kv.atomically(|tx| tenant_of(tx, user))
     }
 
+    fn placements_frozen(&self) -> Result<bool, ControlError> {
+        self.kv.majority_without_leader(STATUS_WITHIN)
+    }
+
     fn device_user(&self, device_id: u64) -> Result<Option<String>, ControlError> {
         self.kv.atomically(|tx| Ok(tx.get::<DeviceRecord>(&numbered("devices", device_id))?.map(|d| d.user)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use vmi_testkit::etcd::EtcdCluster;
+    use vmi_testkit::netns::Net;
+
+    use super::{EtcdStore, site_lease_key};
+    use crate::ControlError;
+    use crate::store::Store;
+    use crate::store::conformance::connect;
+    use crate::store::test_support::spec;
+
+    fn until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !check() {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The etcd lease of `site`, revoked as its expiry would: what a site that stopped renewing ends with.
+    fn expire_lease(s: &EtcdStore, site: &str) {
+        let entry = s.kv.get(&site_lease_key(site)).unwrap().expect("a lease key");
+        let lease: i64 = serde_json::from_slice(&entry.value).unwrap();
+        s.kv.call(false, move |mut c| async move { c.lease_revoke(lease).await }).unwrap();
+    }
+
+    #[test]
+    fn a_failover_also_needs_the_old_sites_etcd_lease_expired_and_the_new_ones_live() {
+        let cluster = EtcdCluster::start("site-leases", 3);
+        let s = connect(&cluster.endpoints(), "site-leases/");
+        s.create_user("alice").unwrap();
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.put_site("site-b", &spec(2)).unwrap();
+        s.set_placement("alice", "site-a").unwrap();
+        s.heartbeat("site-a", 1, None, 1_000).unwrap();
+        s.heartbeat("site-b", 0, None, 10_000).unwrap();
+        // By the clocks given, site-a's lease expired (last heartbeat 1 s, expiry before 5 s); etcd says it lives.
+        let refused = s.fail_over("alice", "site-a", "site-b", 1, 5_000, 0).unwrap_err();
+        assert!(matches!(&refused, ControlError::Refused(why) if why.contains("etcd lease is live")), "{refused:?}");
+        // Expired at etcd too: now it moves. And a heartbeat renews a lease etcd expired with a new one.
+        expire_lease(&s, "site-a");
+        expire_lease(&s, "site-b");
+        let refused = s.fail_over("alice", "site-a", "site-b", 1, 5_000, 0).unwrap_err();
+        assert!(matches!(&refused, ControlError::Refused(why) if why.contains("site-b's etcd lease")), "{refused:?}");
+        s.heartbeat("site-b", 0, None, 10_000).unwrap();
+        assert_eq!(s.fail_over("alice", "site-a", "site-b", 1, 5_000, 0).unwrap().site, "site-b");
+    }
+
+    #[test]
+    fn placements_freeze_only_while_a_majority_of_members_say_they_have_no_leader() {
+        assert!(Net::available(), "this test partitions etcd members in network namespaces: run it as root");
+        let mut net = Net::new();
+        let mut cluster = EtcdCluster::start_in(&mut net, "quorum", 3);
+        let s = connect(&cluster.endpoints(), "quorum/");
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.heartbeat("site-a", 0, None, 1_000).unwrap();
+        assert!(!s.placements_frozen().unwrap());
+        // One member dead: the two others have a leader; nothing is frozen (and writes go on).
+        cluster.kill(2);
+        s.heartbeat("site-a", 0, None, 2_000).unwrap();
+        assert!(!s.placements_frozen().unwrap());
+        cluster.restart(2);
+        // Every member cut off from the others: no quorum anywhere, and each says it has no leader.
+        cluster.partition_all();
+        let cut = Instant::now();
+        until(Duration::from_secs(10), "the members to lose their leader", || s.placements_frozen().unwrap());
+        eprintln!("no leader proven {:?} after the cut", cut.elapsed());
+        let asked = Instant::now();
+        let beat = s.heartbeat("site-a", 0, None, 3_000);
+        eprintln!("a heartbeat without quorum fails in {:?}", asked.elapsed());
+        assert!(matches!(beat, Err(ControlError::Unavailable(_))));
+        cluster.heal_all();
+        until(Duration::from_secs(20), "writes to work again", || s.heartbeat("site-a", 0, None, 4_000).is_ok());
+        assert!(!s.placements_frozen().unwrap());
     }
 }
