@@ -202,7 +202,20 @@ pub struct UpArgs {
     /// listens on PORT, the others on PORT+7, PORT+8, ...
     #[arg(long, default_value_t = 1, requires = "etcd", value_parser = clap::value_parser!(u16).range(1..=4))]
     replicas: u16,
+    /// Many machines simulated on this one (needs root): 3 etcd members, 2 control replicas and the 3 sites, each
+    /// in a network namespace of its own with its own address and a link to a shared bridge, so a partition is a
+    /// link taken down. Terminals reach the sites over HTTPS across those links (no delay proxies, no browser
+    /// page: the native terminal). docs/CONTROL-PLANE.md.
+    #[arg(long, conflicts_with_all = ["etcd", "replicas", "no_proxy"])]
+    cluster: bool,
 }
+
+/// The control replicas of `vmi up --cluster`.
+const CLUSTER_REPLICAS: usize = 2;
+/// The etcd members of `vmi up --cluster`.
+const CLUSTER_ETCD_MEMBERS: usize = 3;
+/// The port every service of `vmi up --cluster` listens on, each on its own machine's address.
+const CLUSTER_PORT: u16 = 7800;
 
 /// The demo network's slope (see `vmi up --rtt-ms-per-100km`).
 pub const DEMO_RTT_MS_PER_100KM: f64 = 100.0;
@@ -246,6 +259,10 @@ pub(crate) async fn stop_signal() {
         _ = int.recv() => {}
     }
 }
+
+/// How often a site renews its lease. Four times in the 2 s the site may use a lease: an etcd leader change (about
+/// a second without writes) then costs no lease.
+const SITE_HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// How long `vmi control --etcd` waits for the etcd cluster to answer at start.
 const ETCD_WAIT: Duration = Duration::from_secs(30);
@@ -402,7 +419,7 @@ pub async fn site(args: SiteArgs) -> Result<()> {
         lon: args.lon,
         capacity: args.capacity,
         clock: vmi_engine::SystemClock::shared(),
-        heartbeat: Duration::from_secs(1),
+        heartbeat: SITE_HEARTBEAT,
         screen: (720, 1280),
         public_url: args.public_url,
         checkpoint_every: match args.checkpoint_every.as_str() {
@@ -438,8 +455,16 @@ pub const DEMO_SITES: [(&str, f64, f64); 3] =
 /// or the sites themselves with `--no-proxy`); the sites behind proxies on PORT+4..PORT+6.
 /// With PORT 0 every service listens on a port the system picks, and [`UP_FILE`] in the
 /// data directory says where each one is.
-pub async fn up(args: UpArgs) -> Result<()> {
+pub async fn up(mut args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // The simulated machines, if any: kept until every service stopped, then removed.
+    let cluster = if args.cluster { Some(SimulatedCluster::start(&args.data_dir)?) } else { None };
+    if let Some(c) = &cluster {
+        args.etcd = c.etcd.endpoints();
+        args.replicas = u16::try_from(CLUSTER_REPLICAS).unwrap_or(2);
+        args.no_proxy = true;
+    }
+    let node_of = |name: &str| cluster.as_ref().and_then(|c| c.nodes.iter().find(|n| n.name == name)).cloned();
     let data = |p: &str| args.data_dir.join(p).display().to_string();
     let any_port = args.port == 0;
     let local = |offset: usize| {
@@ -450,7 +475,13 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let mut control_urls = Vec::new();
     // One after the other: the first creates the CA and the operator credential the others then use.
     for replica in 0..usize::from(args.replicas) {
-        let listen = if replica == 0 { local(0) } else { local(2 * DEMO_SITES.len() + replica) };
+        let name = if replica == 0 { "control".to_owned() } else { format!("control-{}", replica + 1) };
+        let node = node_of(&name);
+        let listen = match &node {
+            Some(node) => format!("{}:{CLUSTER_PORT}", node.ip),
+            None if replica == 0 => local(0),
+            None => local(2 * DEMO_SITES.len() + replica),
+        };
         let mut control_args = vec![
             "control".into(),
             "--listen".into(),
@@ -462,11 +493,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
             "--rtt-ms-per-100km".into(),
             args.rtt_ms_per_100km.to_string(),
         ];
-        let name = if replica == 0 { "control".to_owned() } else { format!("control-{}", replica + 1) };
         if !args.etcd.is_empty() {
             control_args.extend(["--etcd".into(), args.etcd.join(","), "--replica".into(), name.clone()]);
         }
-        let control = crate::supervisor::Service::start(&name, control_args).await?;
+        let control =
+            crate::supervisor::Service::start_in(&name, node.as_ref().map(|n| n.ns.as_str()), control_args).await?;
         control_urls.push(control.url.clone());
         services.add(control);
     }
@@ -484,7 +515,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
         // The proxy must know where its site will listen before the site, which registers
         // the proxy's URL, starts: with system-picked ports that port is reserved here until
         // the site listens on it.
+        let node = node_of(id);
         let (reserved, listen) = match (args.no_proxy, any_port) {
+            _ if node.is_some() => {
+                (None, format!("{}:{CLUSTER_PORT}", node.as_ref().map_or(String::new(), |n| n.ip.to_string())))
+            }
             (true, _) => (None, public.clone()),
             (false, false) => (None, local(1 + DEMO_SITES.len() + i)),
             (false, true) => {
@@ -543,7 +578,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             routes.push((id.to_string(), proxy.url.clone(), Some(listen)));
             services.add(proxy);
         }
-        let site = crate::supervisor::Service::start(id, site_args).await?;
+        let site = crate::supervisor::Service::start_in(id, node.as_ref().map(|n| n.ns.as_str()), site_args).await?;
         drop(reserved);
         if args.no_proxy {
             routes.push((id.to_string(), site.url.clone(), None));
@@ -553,12 +588,18 @@ pub async fn up(args: UpArgs) -> Result<()> {
 
     let result = demo(&control_url, &args.user, &args.data_dir).await;
     let result = match result {
-        Ok(demo) => write_up_file(&args.data_dir, &control_url, &routes, &demo).map(|()| demo),
+        Ok(demo) => write_up_file(&args.data_dir, &control_url, &routes, &demo, cluster.as_ref()).map(|()| demo),
         Err(e) => Err(e),
     };
     match &result {
         Ok(demo) => {
             match args.replicas {
+                _ if args.cluster => println!(
+                    "Seed VMI is up as a simulated cluster: {CLUSTER_ETCD_MEMBERS} etcd members, {CLUSTER_REPLICAS} \
+                     control replicas and {} sites, each in a network namespace of its own on bridge {}.",
+                    DEMO_SITES.len(),
+                    cluster.as_ref().map_or(String::new(), |c| c.net.bridge())
+                ),
                 1 if args.etcd.is_empty() => {
                     println!("Seed VMI is up: a control service and {} sites.", DEMO_SITES.len());
                 }
@@ -589,12 +630,20 @@ pub async fn up(args: UpArgs) -> Result<()> {
             }
             println!();
             // The link carries the device token: it goes to a file only its owner reads, never to this log.
-            println!(
-                "Browser terminal for {}:  {} (open the address written in {}; it holds the device token)",
-                args.user,
-                demo.page,
-                demo.link_file.display()
-            );
+            if args.cluster {
+                println!(
+                    "Browser terminal: the sites speak HTTPS with the provider CA ({}) across the bridge; a browser \
+                     must trust it first. The native terminal below needs nothing more.",
+                    args.data_dir.join(CA_FILE).display()
+                );
+            } else {
+                println!(
+                    "Browser terminal for {}:  {} (open the address written in {}; it holds the device token)",
+                    args.user,
+                    demo.page,
+                    demo.link_file.display()
+                );
+            }
             println!(
                 "Native terminal:           vmi terminal --control {control_url} --ca {} --token-file {}",
                 args.data_dir.join(CA_FILE).display(),
@@ -614,10 +663,55 @@ pub async fn up(args: UpArgs) -> Result<()> {
         // A service that dies is started again; Ctrl-C (or SIGTERM) stops them all.
         services.run(stop_signal()).await;
     }
-    if !services.stop_all().await && result.is_ok() {
+    let clean = services.stop_all().await;
+    // Only now: the services ran in its namespaces and needed etcd to save.
+    drop(cluster);
+    if !clean && result.is_ok() {
         bail!("not every service stopped cleanly (see above): some phones may not have been saved");
     }
     result.map(|_| ())
+}
+
+/// The machines of `vmi up --cluster`: a bridge, a node (network namespace) per etcd member, control replica and
+/// site, and the etcd members running on theirs.
+struct SimulatedCluster {
+    /// Dropped last (fields drop in order): the members run in its namespaces.
+    etcd: vmi_cluster::EtcdMembers,
+    nodes: Vec<vmi_cluster::Node>,
+    net: vmi_cluster::Net,
+}
+
+impl SimulatedCluster {
+    fn start(data_dir: &std::path::Path) -> Result<SimulatedCluster> {
+        let mut net = vmi_cluster::Net::new().map_err(|e| match e {
+            vmi_cluster::ClusterError::NotRoot => anyhow::anyhow!(
+                "vmi up --cluster needs root: it makes a network namespace, with its own address and link, for each \
+                 simulated machine (ip netns); run it as root, or run vmi up without --cluster"
+            ),
+            other => anyhow::Error::new(other).context("making the simulated network"),
+        })?;
+        let mut members = Vec::new();
+        for i in 0..CLUSTER_ETCD_MEMBERS {
+            let node = net.node(&format!("etcd-{i}"))?;
+            members.push((node.ip, Some(node)));
+        }
+        let mut nodes: Vec<vmi_cluster::Node> = Vec::new();
+        for i in 0..CLUSTER_REPLICAS {
+            let name = if i == 0 { "control".to_owned() } else { format!("control-{}", i + 1) };
+            nodes.push(net.node(&name)?);
+        }
+        for (id, _, _) in DEMO_SITES {
+            nodes.push(net.node(id)?);
+        }
+        let etcd = vmi_cluster::EtcdMembers::start("etcd", &data_dir.join("etcd"), members).context("starting etcd")?;
+        eprintln!(
+            "simulated cluster: bridge {} ({}/24); etcd at {}",
+            net.bridge(),
+            net.host_ip(),
+            etcd.endpoints().join(",")
+        );
+        Ok(SimulatedCluster { etcd, nodes, net })
+    }
 }
 
 /// The file in `vmi up`'s data directory that says where each service listens (JSON:
@@ -625,7 +719,13 @@ pub async fn up(args: UpArgs) -> Result<()> {
 /// listens, and the demo user's browser `terminal` URL), for scripts and tests.
 pub const UP_FILE: &str = "up.json";
 
-fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], demo: &Demo) -> Result<()> {
+fn write_up_file(
+    dir: &std::path::Path,
+    control: &str,
+    routes: &[Route],
+    demo: &Demo,
+    cluster: Option<&SimulatedCluster>,
+) -> Result<()> {
     let sites: Vec<_> = routes
         .iter()
         .map(|(id, url, behind)| {
@@ -634,7 +734,16 @@ fn write_up_file(dir: &std::path::Path, control: &str, routes: &[Route], demo: &
         })
         .collect();
     let controls: Vec<&str> = control.split(',').collect();
+    // Where each simulated machine is, for tools (and tests) that cut its link.
+    let machines = cluster.map(|c| {
+        let etcd = (0..c.etcd.len()).filter_map(|i| c.etcd.node(i));
+        etcd.chain(&c.nodes)
+            .map(|n| serde_json::json!({ "name": n.name, "netns": n.ns, "ip": n.ip.to_string(), "link": n.link }))
+            .collect::<Vec<_>>()
+    });
     let up = serde_json::json!({
+        "machines": machines,
+        "etcd": cluster.map(|c| c.etcd.endpoints()),
         "control": control,
         "controls": controls,
         "sites": sites,

@@ -25,6 +25,8 @@ pub struct Service {
     /// The URL it announced.
     pub url: String,
     args: Vec<String>,
+    /// The network namespace it runs in (`vmi up --cluster`), if not this process's.
+    netns: Option<String>,
     process: tokio::process::Child,
     started: Instant,
     backoff: Duration,
@@ -34,9 +36,23 @@ impl Service {
     /// Starts `vmi ARGS` and waits (a minute at most) until it announces where it listens. Its later restarts
     /// listen on that same address, so everyone who knows it finds it again.
     pub async fn start(name: &str, args: Vec<String>) -> Result<Service> {
-        let (process, url, listen) = spawn(name, &args).await?;
+        Service::start_in(name, None, args).await
+    }
+
+    /// As [`Service::start`], inside network namespace `netns` when given (a simulated machine of its own).
+    pub async fn start_in(name: &str, netns: Option<&str>, args: Vec<String>) -> Result<Service> {
+        let netns = netns.map(str::to_owned);
+        let (process, url, listen) = spawn(name, netns.as_deref(), &args).await?;
         let args = pin_listen(args, listen.as_deref());
-        Ok(Service { name: name.to_owned(), url, args, process, started: Instant::now(), backoff: FIRST_BACKOFF })
+        Ok(Service {
+            name: name.to_owned(),
+            url,
+            args,
+            netns,
+            process,
+            started: Instant::now(),
+            backoff: FIRST_BACKOFF,
+        })
     }
 }
 
@@ -73,7 +89,7 @@ impl Supervisor {
                 () = &mut stop => return,
                 () = tokio::time::sleep(wait) => {}
             }
-            match spawn(&service.name, &service.args).await {
+            match spawn(&service.name, service.netns.as_deref(), &service.args).await {
                 Ok((process, url, _)) => {
                     eprintln!("{} is running again at {url}", service.name);
                     service.process = process;
@@ -129,9 +145,21 @@ impl Supervisor {
 
 /// Starts `vmi ARGS` and reads its stdout until the `listening` event: the process, the URL it announced and the
 /// address it listens on (`listen` in the event, if it says).
-async fn spawn(name: &str, args: &[String]) -> Result<(tokio::process::Child, String, Option<String>)> {
+async fn spawn(
+    name: &str,
+    netns: Option<&str>,
+    args: &[String],
+) -> Result<(tokio::process::Child, String, Option<String>)> {
     let exe = std::env::current_exe().context("finding the vmi executable")?;
-    let mut command = tokio::process::Command::new(exe);
+    // `ip netns exec` enters the namespace and then becomes the program (same pid), so signals reach it.
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(exe);
+            c
+        }
+        None => tokio::process::Command::new(exe),
+    };
     if let Some(path) = crate::credentials::chosen_credentials() {
         // The operator credential this process uses (vmi up's own): its children act with it too.
         command.env(crate::credentials::CREDENTIALS_ENV, path);

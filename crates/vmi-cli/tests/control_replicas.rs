@@ -220,7 +220,7 @@ fn etcd_without_quorum_freezes_placements_while_phones_keep_running_and_everythi
         vmi_testkit::netns::Net::available(),
         "this test partitions etcd members in network namespaces: run it as root"
     );
-    let mut net = vmi_testkit::netns::Net::new();
+    let mut net = vmi_testkit::netns::Net::new().expect("a bridge for the etcd members");
     let etcd = EtcdCluster::start_in(&mut net, "frozen", 3);
     let data = scratch_dir("up-frozen");
     let up = up(&data, &["--no-proxy", "--etcd", &etcd.endpoints().join(","), "--replicas", "2"]);

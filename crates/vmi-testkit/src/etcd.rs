@@ -1,185 +1,79 @@
-//! A real etcd cluster for a test: Debian's `etcd` binary, one process per member, each on an address of its own
-//! in 127.0.0.0/8 (all of it is loopback on Linux) with etcd's usual ports, so clusters of tests running at the same
-//! time never share a port and nothing has to guess a free one.
+//! A real etcd cluster for a test ([`vmi_cluster::EtcdMembers`]): Debian's `etcd`, one process per member, each on
+//! an address of its own in 127.0.0.0/8 (all of it is loopback on Linux) with etcd's usual ports, so clusters of
+//! tests running at the same time never share a port and nothing has to guess a free one; or each member on a node
+//! of a [`Net`], where partitions between members are real.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
 
-use crate::netns::{Net, Node};
-use crate::{ChildGuard, scratch_dir};
+use vmi_cluster::{CLIENT_PORT, EtcdMembers, Net, PEER_PORT};
 
-/// Where Debian's `etcd-server` package puts etcd (`scripts/setup` installs it).
-pub const ETCD: &str = "/usr/bin/etcd";
-const CLIENT_PORT: u16 = 2379;
-const PEER_PORT: u16 = 2380;
+use crate::scratch_dir;
 
 static NEXT_NET: AtomicU8 = AtomicU8::new(0);
 
-/// One member: its name, addresses and process (none while killed).
-#[derive(Debug)]
-struct Member {
-    name: String,
-    ip: Ipv4Addr,
-    dir: PathBuf,
-    process: Option<ChildGuard>,
-    /// The namespace it runs in (`None`: this process's, on a loopback address).
-    node: Option<Node>,
-}
-
-/// A running etcd cluster that stops (every member killed) when dropped.
+/// A running etcd cluster that stops (every member killed) when dropped. Panics where the product would return an
+/// error: a test has nothing better to do.
 #[derive(Debug)]
 pub struct EtcdCluster {
-    members: Vec<Member>,
-    initial_cluster: String,
-    token: String,
+    members: EtcdMembers,
 }
 
 impl EtcdCluster {
-    /// Starts `size` members named `{name}-0`, ... and waits until each accepts client connections.
-    /// Panics (naming the log to read) if etcd is missing or a member does not come up within 30 s.
+    /// Starts `size` members named `{name}-0`, ... on loopback addresses and waits until each accepts clients.
     pub fn start(name: &str, size: usize) -> EtcdCluster {
-        let base = free_net();
-        let members = (0..size)
-            .map(|i| {
-                let [_, a, b, _] = base.octets();
-                (Ipv4Addr::new(127, a, b, u8::try_from(i + 1).expect("at most 254 members")), None)
-            })
-            .collect();
-        EtcdCluster::launch(name, members)
+        let [_, a, b, _] = free_net().octets();
+        let at =
+            (0..size).map(|i| (Ipv4Addr::new(127, a, b, u8::try_from(i + 1).expect("few members")), None)).collect();
+        EtcdCluster::launch(name, at)
     }
 
-    /// Starts `size` members, each on a node of its own in `net` (its own namespace and link): partitions
-    /// between members are then real ([`EtcdCluster::partition_all`]).
+    /// Starts `size` members, each on a node of its own in `net`.
     pub fn start_in(net: &mut Net, name: &str, size: usize) -> EtcdCluster {
-        let members = (0..size)
+        let at = (0..size)
             .map(|i| {
-                let node = net.node(&format!("{name}{i}"));
+                let node = net.node(&format!("{name}{i}")).expect("a node for an etcd member");
                 (node.ip, Some(node))
             })
             .collect();
-        EtcdCluster::launch(name, members)
+        EtcdCluster::launch(name, at)
     }
 
-    fn launch(name: &str, addresses: Vec<(Ipv4Addr, Option<Node>)>) -> EtcdCluster {
-        assert!(std::path::Path::new(ETCD).exists(), "{ETCD} is missing: run ./scripts/setup (Debian's etcd-server)");
-        let root = scratch_dir(&format!("etcd-{name}"));
-        let size = addresses.len();
-        let members: Vec<Member> = addresses
-            .into_iter()
-            .enumerate()
-            .map(|(i, (ip, node))| {
-                let dir = root.join(format!("m{i}"));
-                Member { name: format!("{name}-{i}"), ip, dir, process: None, node }
-            })
-            .collect();
-        let initial_cluster =
-            members.iter().map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip)).collect::<Vec<_>>().join(",");
-        let mut cluster = EtcdCluster { members, initial_cluster, token: format!("vmi-{name}-{}", std::process::id()) };
-        for i in 0..size {
-            cluster.spawn(i);
-        }
-        for i in 0..size {
-            cluster.wait_listening(i);
-        }
-        cluster
+    fn launch(name: &str, at: Vec<(Ipv4Addr, Option<vmi_cluster::Node>)>) -> EtcdCluster {
+        let dir = scratch_dir(&format!("etcd-{name}"));
+        let members = EtcdMembers::start(name, &dir, at).unwrap_or_else(|e| panic!("starting etcd: {e}"));
+        EtcdCluster { members }
     }
 
     /// Every member's client URL (`http://ip:2379`), live or not.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://{}:{CLIENT_PORT}", m.ip)).collect()
-    }
-
-    /// Member `i`'s client URL.
-    pub fn endpoint(&self, i: usize) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.members[i].ip)
+        self.members.endpoints()
     }
 
     /// Kills member `i` with SIGKILL (its data stays for [`EtcdCluster::restart`]).
     pub fn kill(&mut self, i: usize) {
-        drop(self.members[i].process.take());
+        self.members.kill(i);
     }
 
     /// Starts member `i` again on its data and waits until it accepts connections.
     pub fn restart(&mut self, i: usize) {
-        assert!(self.members[i].process.is_none(), "member {i} is running");
-        self.spawn(i);
-        self.wait_listening(i);
+        self.members.restart(i).unwrap_or_else(|e| panic!("restarting etcd member {i}: {e}"));
     }
 
-    /// Cuts every member off from every other (each keeps answering clients, alone): the cluster has no
-    /// quorum, and every member can say so. Only for a cluster started with [`EtcdCluster::start_in`].
+    /// Cuts every member off from every other: no quorum, and every member can say so.
     pub fn partition_all(&self) {
-        self.each_pair(Node::partition_from);
+        self.members.partition_all().unwrap_or_else(|e| panic!("partitioning etcd: {e}"));
     }
 
     /// Undoes [`EtcdCluster::partition_all`].
     pub fn heal_all(&self) {
-        self.each_pair(Node::heal_from);
-    }
-
-    fn each_pair(&self, act: impl Fn(&Node, &Node)) {
-        let nodes: Vec<&Node> =
-            self.members.iter().map(|m| m.node.as_ref().expect("a cluster started in a Net")).collect();
-        for (i, a) in nodes.iter().enumerate() {
-            for b in &nodes[i + 1..] {
-                act(a, b);
-            }
-        }
+        self.members.heal_all().unwrap_or_else(|e| panic!("healing etcd: {e}"));
     }
 
     /// Where member `i` writes its log.
     pub fn log(&self, i: usize) -> PathBuf {
-        self.members[i].dir.with_extension("log")
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let m = &self.members[i];
-        let state = if m.dir.exists() { "existing" } else { "new" };
-        let log = std::fs::File::create(m.dir.with_extension("log")).expect("etcd log file");
-        let client = format!("http://{}:{CLIENT_PORT}", m.ip);
-        let peer = format!("http://{}:{PEER_PORT}", m.ip);
-        let mut command = match &m.node {
-            Some(node) => node.command(ETCD),
-            None => Command::new(ETCD),
-        };
-        command
-            .arg("--name")
-            .arg(&m.name)
-            .arg("--data-dir")
-            .arg(&m.dir)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
-            .args(["--initial-cluster-token", &self.token])
-            // Quick elections for quick tests: loopback answers in microseconds.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("etcd log file"))
-            .stderr(log);
-        let process = ChildGuard::spawn(&mut command).unwrap_or_else(|e| panic!("starting {ETCD}: {e}"));
-        self.members[i].process = Some(process);
-    }
-
-    fn wait_listening(&mut self, i: usize) {
-        let addr = SocketAddr::from((self.members[i].ip, CLIENT_PORT));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(p) = self.members[i].process.as_mut()
-                && let Ok(Some(status)) = p.child().try_wait()
-            {
-                panic!("etcd member {i} exited ({status}); its log: {}", self.log(i).display());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd member {i} did not listen within 30 s; log: {}",
-                self.log(i).display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.members.log(i)
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Up {
     pub ca_file: String,
     /// The operator credential `vmi up` acts with.
     pub credentials: String,
+    /// Its data directory.
+    pub data: std::path::PathBuf,
 }
 
 impl Up {
@@ -64,15 +66,50 @@ impl Up {
 
     /// `GET path` as the operator from the first control replica that answers it.
     pub fn control_get(&self, path: &str) -> String {
-        let token = self.operator_token();
         let mut errors = Vec::new();
         for url in &self.controls {
-            match try_fetch(&format!("{url}{path}"), Some(&token)) {
+            match self.get(&format!("{url}{path}")) {
                 Ok(body) => return body,
                 Err(e) => errors.push(e),
             }
         }
         panic!("no control replica answered {path}: {errors:?}")
+    }
+
+    /// `GET url` as the operator: plain HTTP on loopback, else HTTPS trusting this cluster's CA (the services of
+    /// `vmi up --cluster` are on addresses of their own). The body of a 200 answer, or what went wrong.
+    pub fn get(&self, url: &str) -> Result<String, String> {
+        if url.contains("://127.0.0.1:") || url.contains("://localhost:") {
+            return try_fetch(url, Some(&self.operator_token()));
+        }
+        let ca = std::fs::read_to_string(&self.ca_file).map_err(|e| e.to_string())?;
+        let caller =
+            vmi_control_api::Caller::trusting(&ca).map_err(|e| e.to_string())?.with_bearer(&self.operator_token());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        match runtime.block_on(caller.get_bytes(url)) {
+            Ok((200, body)) => String::from_utf8(body).map_err(|e| e.to_string()),
+            Ok((status, body)) => Err(format!("{status}: {}", String::from_utf8_lossy(&body))),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Each simulated machine of `vmi up --cluster` as `(name, link)`: the host end of its link.
+    pub fn machines(&self) -> Vec<(String, String)> {
+        let file = std::fs::read_to_string(self.data.join("up.json")).expect("up.json");
+        let v: serde_json::Value = serde_json::from_str(&file).expect("up.json is JSON");
+        v["machines"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| {
+                        (
+                            m["name"].as_str().unwrap_or_default().to_owned(),
+                            m["link"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Ctrl-C; asserts `vmi up` stops cleanly within a minute.
@@ -102,8 +139,8 @@ pub fn up(data: &Path, extra: &[&str]) -> Up {
     let stdout = process.child().stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     // `vmi up` gives up on its own after a minute per service; its stdout ending is the bound.
-    let started = lines.by_ref().map_while(Result::ok).any(|line| line.contains("Browser terminal for"));
-    assert!(started, "vmi up ended before printing the browser terminal URL");
+    let started = lines.by_ref().map_while(Result::ok).any(|line| line.contains("Stop with Ctrl-C"));
+    assert!(started, "vmi up ended before saying it is up");
     // Keep draining so the child never blocks on its pipe.
     std::thread::spawn(move || for _ in lines {});
     let file = std::fs::read_to_string(data.join("up.json")).expect("vmi up wrote up.json");
@@ -120,6 +157,7 @@ pub fn up(data: &Path, extra: &[&str]) -> Up {
         link_file: text(&v["link_file"]),
         ca_file: text(&v["ca_file"]),
         credentials: text(&v["credentials"]),
+        data: data.to_path_buf(),
     }
 }
 

@@ -1065,7 +1065,7 @@ mod tests {
     #[test]
     fn placements_freeze_only_while_a_majority_of_members_say_they_have_no_leader() {
         assert!(Net::available(), "this test partitions etcd members in network namespaces: run it as root");
-        let mut net = Net::new();
+        let mut net = Net::new().expect("a bridge for the etcd members");
         let mut cluster = EtcdCluster::start_in(&mut net, "quorum", 3);
         let s = connect(&cluster.endpoints(), "quorum/");
         s.put_site("site-a", &spec(1)).unwrap();

@@ -1,0 +1,76 @@
+//! `vmi up --cluster`: 3 etcd members, 2 control replicas and 3 sites, each in a network namespace of its own with
+//! a link to a shared bridge. A terminal in the host's namespace types into the demo phone across those links; the
+//! link of the site running it is taken down (a real partition: the site runs on, cut off) and the phone fails over
+//! to its standby copy with every typed character; an etcd member cut off from the others changes nothing the
+//! terminal sees; the cut-off site, linked again, drops its copy.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn link(name: &str, up: bool) {
+    let state = if up { "up" } else { "down" };
+    let done = std::process::Command::new("ip").args(["link", "set", name, state]).status().expect("ip runs");
+    assert!(done.success(), "ip link set {name} {state}");
+}
+
+/// The host end of machine `name`'s link.
+fn link_of(up: &Up, name: &str) -> String {
+    up.machines().into_iter().find(|(n, _)| n == name).map(|(_, l)| l).unwrap_or_else(|| panic!("no machine {name}"))
+}
+
+/// Brings a link up again when dropped, so a failing test leaves no machine cut off.
+struct Cut(String);
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        link(&self.0, true);
+    }
+}
+
+#[test]
+fn a_site_cut_off_by_its_link_fails_over_and_the_terminal_across_the_bridge_loses_no_key() {
+    assert!(vmi_cluster::Net::available(), "vmi up --cluster needs root (network namespaces): run the tests as root");
+    let data = scratch_dir("cluster");
+    let up = up(&data, &["--cluster"]);
+    assert_eq!((up.controls.len(), up.sites.len(), up.machines().len()), (2, 3, 8));
+    assert!(up.sites.iter().all(|(_, url)| url.starts_with("https://10.")), "sites on their own addresses");
+    let (owner, epoch) = placement(&up);
+    let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).filter(|id| *id != owner).collect();
+    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
+    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+
+    let (mut terminal, text) = typing_terminal(&up, &data);
+    std::thread::sleep(Duration::from_secs(2));
+    // One etcd member cut off from the two others: they keep the quorum; nobody notices.
+    let etcd_0 = link_of(&up, "etcd-0");
+    let cut_etcd = Cut(etcd_0.clone());
+    link(&etcd_0, false);
+    std::thread::sleep(Duration::from_secs(1));
+    // The owner's link down: it cannot reach the control plane, the other sites or its terminal.
+    let owner_link = link_of(&up, &owner);
+    let cut = Cut(owner_link.clone());
+    link(&owner_link, false);
+    let at = Instant::now();
+    wait_until(Duration::from_secs(30), "the placement moving to the standby site", || placement(&up).0 != owner);
+    eprintln!("{owner} cut off: failed over in {:?}", at.elapsed());
+    let (now_at, now_epoch) = placement(&up);
+    assert!(now_epoch > epoch && others.contains(&now_at), "placed on {now_at} at epoch {now_epoch}");
+    let status = terminal.child().wait().expect("terminal ends");
+    assert!(status.success(), "the terminal ended with {status}");
+    let notes = |site: &str| up.get(&format!("{}/v1/phones/demo/kv/notes.text", up.site(site)));
+    assert_eq!(notes(&now_at).as_deref(), Ok(text.as_str()), "every typed character once and in order");
+
+    // Linked again: the old owner hears that the phone is placed elsewhere and drops its copy.
+    drop(cut);
+    drop(cut_etcd);
+    let owner_url = up.site(&owner).to_string();
+    wait_until(Duration::from_secs(30), "the old owner dropping its copy", || {
+        up.get(&format!("{owner_url}/v1/phones")).is_ok_and(|list| !list.contains("\"user\":\"demo\""))
+    });
+    assert_eq!(notes(&now_at).as_deref(), Ok(text.as_str()));
+    up.interrupt();
+    let _ = std::fs::remove_dir_all(&data);
+}
