@@ -126,6 +126,10 @@ pub enum BenchCmd {
         /// Faults to inject (alternately SIGKILL and SIGSTOP of the site running the phone).
         #[arg(long, default_value_t = 100)]
         faults: usize,
+        /// The control plane as 2 replicas on a 3-member etcd cluster (the leader also killed at every fifth
+        /// fault): adds leader_failover_ms and etcd_writes_per_migration.
+        #[arg(long)]
+        cluster: bool,
     },
     /// How many idle phones fit, and how fast each is created.
     Density {
@@ -195,8 +199,8 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
                 chunks.max(1),
             ))?,
         ),
-        BenchCmd::Failover { json, faults } => {
-            print(json, crate::runtime()?.block_on(crate::bench_failover::failover(faults.max(1)))?)
+        BenchCmd::Failover { json, faults, cluster } => {
+            print(json, crate::runtime()?.block_on(crate::bench_failover::failover(faults.max(1), cluster))?)
         }
         BenchCmd::Energy { json, active_min, asleep_h, mail_every_min } => print(
             json,

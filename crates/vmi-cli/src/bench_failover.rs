@@ -6,6 +6,11 @@
 //! as `vmi site` processes of this binary, close together so each is the others' nearest standby. After each fault
 //! the faulted site is repaired (started again after a kill, continued after a stop) before the next one, which
 //! hits whichever site runs the phone then.
+//!
+//! With `--cluster` the control plane is two `vmi control` replicas on a 3-member etcd cluster (loopback
+//! addresses), and every fifth fault also kills the leading replica at the same moment (the failover then waits
+//! for the other to lead: `leader_failover_ms`); after the faults, the phone is migrated a few times and the
+//! replicas' etcd transactions per migration are counted (heartbeats left out).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,6 +29,8 @@ use crate::bench::{layout, percentile};
 const SITES: [&str; 3] = ["site-x", "site-y", "site-z"];
 /// One keystroke this often, all run long.
 const TYPE_EVERY: Duration = Duration::from_millis(50);
+/// Migrations made to count etcd writes (`--cluster`).
+const MIGRATIONS: usize = 5;
 /// Most time one failover may take before the run gives up.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(60);
 
@@ -81,35 +88,124 @@ struct Seen {
     probe_acks: Vec<(Instant, String)>,
 }
 
-/// Runs `faults` faults (alternately SIGKILL and SIGSTOP) and reports the figures.
-pub async fn failover(faults: usize) -> Result<Value> {
+/// Runs `faults` faults (alternately SIGKILL and SIGSTOP) and reports the figures; `cluster`: on control replicas
+/// over etcd.
+pub async fn failover(faults: usize, cluster: bool) -> Result<Value> {
     let dir = std::env::temp_dir().join(format!("vmi-bench-failover-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let result = run(faults, &dir).await;
+    let result = run(faults, cluster, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn run(faults: usize, dir: &Path) -> Result<Value> {
-    // The control service, in this process, with TLS and its placer (which also fails phones over).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let control_url = format!("https://{}", listener.local_addr()?);
-    let store = Arc::new(vmi_control::SqliteStore::open(dir.join("control.db"))?);
-    let authority = Arc::new(vmi_trust::Authority::create(vmi_trust::AUTHORITY_NAME)?);
-    let trust = vmi_control::ServiceTrust::new(authority.clone(), &["127.0.0.1"])?;
-    let operator_token = vmi_control::Store::create_credential(
-        store.as_ref(),
-        &vmi_control_api::auth::Principal::Operator { name: "bench".into() },
-    )?
-    .token;
+/// The control plane of a run: one service in this process, or replicas over etcd.
+enum ControlPlane {
+    InProcess { stop: tokio::sync::oneshot::Sender<()>, server: tokio::task::JoinHandle<std::io::Result<()>> },
+    Replicated { replicas: Vec<Replica>, _etcd: vmi_cluster::EtcdMembers },
+}
+
+/// One `vmi control --etcd` process of a run.
+struct Replica {
+    name: String,
+    listen: String,
+    url: String,
+    process: Option<vmi_cluster::Process>,
+}
+
+impl Replica {
+    /// Starts `vmi control` as replica `name` on `listen` and waits until it announces its URL.
+    fn start(name: &str, listen: &str, etcd: &str, dir: &Path) -> Result<Replica> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().context("this binary")?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let mut command = Command::new(exe);
+        command
+            .args(["control", "--listen", listen, "--etcd", etcd, "--replica", name, "--state-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut process = vmi_cluster::Process::spawn(&mut command)?;
+        let stdout = process.take_stdout().context("the replica's stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let event = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("\"listening\""))
+            .with_context(|| format!("replica {name} exited before listening (see {name}.log)"))?;
+        std::thread::spawn(move || for _ in lines {});
+        let v: Value = serde_json::from_str(&event)?;
+        let url = v["url"].as_str().context("the replica's url")?.to_owned();
+        let listen = v["listen"].as_str().unwrap_or(listen).to_owned();
+        Ok(Replica { name: name.to_owned(), listen, url, process: Some(process) })
+    }
+}
+
+/// `(leading, transactions, heartbeats)` as replica `url` says, if it answers.
+async fn replica_status(operator: &Caller, url: &str) -> Option<(bool, u64, u64)> {
+    let (status, body) = operator.get_bytes(&format!("{url}/v1/replica")).await.ok()?;
+    let v: Value = serde_json::from_slice(&body).ok().filter(|_| status == 200)?;
+    let writes = &v["writes"];
+    Some((
+        v["leading"].as_bool()?,
+        writes["transactions"].as_u64().unwrap_or(0),
+        writes["heartbeats"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Three etcd members on loopback addresses of their own (127.a.b.1..3 with etcd's ports free).
+pub(crate) fn loopback_etcd(dir: &Path) -> Result<vmi_cluster::EtcdMembers> {
+    let a = u8::try_from(std::process::id() % 200).unwrap_or(0) + 20;
+    for b in 200..=u8::MAX {
+        let ip = |i: u8| std::net::Ipv4Addr::new(127, a, b, i);
+        if std::net::TcpListener::bind((ip(1), vmi_cluster::CLIENT_PORT)).is_ok() {
+            let at = (1..=3).map(|i| (ip(i), None)).collect();
+            return Ok(vmi_cluster::EtcdMembers::start("bench", &dir.join("etcd"), at)?);
+        }
+    }
+    bail!("no free loopback address for etcd")
+}
+
+async fn run(faults: usize, cluster: bool, dir: &Path) -> Result<Value> {
+    let (control_url, authority, operator_token, mut plane) = if cluster {
+        let etcd = loopback_etcd(dir)?;
+        let endpoints = etcd.endpoints().join(",");
+        // One after the other: the first makes the CA and the operator credential in `dir`, the second uses them.
+        let mut replicas = Vec::new();
+        for name in ["r1", "r2"] {
+            let (dir, endpoints) = (dir.to_path_buf(), endpoints.clone());
+            replicas.push(
+                tokio::task::spawn_blocking(move || Replica::start(name, "127.0.0.1:0", &endpoints, &dir)).await??,
+            );
+        }
+        let authority = Arc::new(vmi_trust::Authority::load_or_create(&dir.join("pki"))?);
+        let credential: Value = serde_json::from_slice(&std::fs::read(dir.join("operator.json"))?)?;
+        let token = credential["token"].as_str().context("the operator's token")?.to_owned();
+        let url = replicas.iter().map(|r| r.url.clone()).collect::<Vec<_>>().join(",");
+        (url, authority, token, ControlPlane::Replicated { replicas, _etcd: etcd })
+    } else {
+        // The control service, in this process, with TLS and its placer (which also fails phones over).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let control_url = format!("https://{}", listener.local_addr()?);
+        let store = Arc::new(vmi_control::SqliteStore::open(dir.join("control.db"))?);
+        let authority = Arc::new(vmi_trust::Authority::create(vmi_trust::AUTHORITY_NAME)?);
+        let trust = vmi_control::ServiceTrust::new(authority.clone(), &["127.0.0.1"])?;
+        let operator_token = vmi_control::Store::create_credential(
+            store.as_ref(),
+            &vmi_control_api::auth::Principal::Operator { name: "bench".into() },
+        )?
+        .token;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = vmi_control::ServeOptions { trust: Some(trust), ..vmi_control::ServeOptions::default() };
+        let server = tokio::spawn(vmi_control::serve_with(listener, store, options, async move {
+            let _ = stopped.await;
+        }));
+        (control_url, authority, operator_token, ControlPlane::InProcess { stop, server })
+    };
     let operator = Caller::trusting(authority.cert_pem())?.with_bearer(&operator_token);
     let control = ControlClient::new(&control_url, &operator)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = vmi_control::ServeOptions { trust: Some(trust), ..vmi_control::ServeOptions::default() };
-    let server = tokio::spawn(vmi_control::serve_with(listener, store, options, async move {
-        let _ = stopped.await;
-    }));
+    let mut leader_ms: Vec<f64> = Vec::new();
 
     let mut sites: BTreeMap<&'static str, SiteProcess> = BTreeMap::new();
     for (i, id) in SITES.into_iter().enumerate() {
@@ -181,6 +277,38 @@ async fn run(faults: usize, dir: &Path) -> Result<Value> {
         let at = Instant::now();
         let site = sites.get_mut(owner).context("the owner's process")?;
         site.signal(if kind == "kill" { libc::SIGKILL } else { libc::SIGSTOP });
+        // Every fifth fault, the leading control replica dies at the same moment: the other must take over the
+        // failover loop first.
+        let leader_killed = match &mut plane {
+            ControlPlane::Replicated { replicas, .. } if fault % 5 == 4 => {
+                let mut leading = None;
+                for (i, r) in replicas.iter().enumerate() {
+                    if replica_status(&operator, &r.url).await.is_some_and(|(l, _, _)| l) {
+                        leading = Some(i);
+                    }
+                }
+                leading.inspect(|&i| drop(replicas[i].process.take()))
+            }
+            _ => None,
+        };
+        if let (Some(dead), ControlPlane::Replicated { replicas, .. }) = (leader_killed, &plane) {
+            // How long until another replica leads (measured beside the failover, which needs it).
+            let others: Vec<String> =
+                replicas.iter().enumerate().filter(|(i, _)| *i != dead).map(|(_, r)| r.url.clone()).collect();
+            let (operator, at) = (operator.clone(), at);
+            let took = tokio::spawn(async move {
+                loop {
+                    for url in &others {
+                        if replica_status(&operator, url).await.is_some_and(|(l, _, _)| l) {
+                            return at.elapsed();
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            let took = tokio::time::timeout(FAILOVER_WITHIN, took).await.context("no replica took the lead")??;
+            leader_ms.push(took.as_secs_f64() * 1000.0);
+        }
         // The phone answers on another site: the first acknowledgement from another URL after the fault.
         let answered = loop {
             if at.elapsed() > FAILOVER_WITHIN {
@@ -207,6 +335,14 @@ async fn run(faults: usize, dir: &Path) -> Result<Value> {
             *site = SiteProcess::start(site.id, dir, &control_url, lat)?;
         } else {
             site.signal(libc::SIGCONT);
+        }
+        if let ControlPlane::Replicated { replicas, _etcd: etcd } = &mut plane {
+            let endpoints = etcd.endpoints().join(",");
+            for r in replicas.iter_mut().filter(|r| r.process.is_none()) {
+                let (name, listen, dir, endpoints) =
+                    (r.name.clone(), r.listen.clone(), dir.to_path_buf(), endpoints.clone());
+                *r = tokio::task::spawn_blocking(move || Replica::start(&name, &listen, &endpoints, &dir)).await??;
+            }
         }
         leased_sites(&control, SITES.len()).await?;
         seen.lock().unwrap_or_else(|p| p.into_inner()).faulted.push((at, Instant::now()));
@@ -236,9 +372,41 @@ async fn run(faults: usize, dir: &Path) -> Result<Value> {
     let notes = String::from_utf8_lossy(&notes).into_owned();
     let inputs_lost = lost(&typed, &notes);
     reader.abort();
+    // etcd transactions per migration: the phone moved a few times while nothing else happens but heartbeats.
+    let mut per_migration = None;
+    if let ControlPlane::Replicated { replicas, .. } = &plane {
+        let writes = async || {
+            let mut sum = (0u64, 0u64);
+            for r in replicas.iter() {
+                if let Some((_, t, h)) = replica_status(&operator, &r.url).await {
+                    sum = (sum.0 + t, sum.1 + h);
+                }
+            }
+            sum
+        };
+        let before = writes().await;
+        for _ in 0..MIGRATIONS {
+            let (owner, _) = placement(&control).await?;
+            let urls = urls_now(&control).await?;
+            let to = SITES.into_iter().find(|s| *s != owner).context("another site")?;
+            let (status, body) = operator
+                .clone()
+                .expecting(&vmi_trust::site_name(&owner)?)
+                .post_json(&format!("{}/v1/phones/bench/migrate", urls[owner.as_str()]), &json!({ "to": to }))
+                .await?;
+            if status != 200 {
+                bail!("migration from {owner} to {to}: {status} {body}");
+            }
+        }
+        let after = writes().await;
+        let transactions = (after.0 - before.0).saturating_sub(after.1 - before.1);
+        per_migration = Some(transactions as f64 / MIGRATIONS as f64);
+    }
     drop(sites);
-    let _ = stop.send(());
-    let _ = server.await;
+    if let ControlPlane::InProcess { stop, server } = plane {
+        let _ = stop.send(());
+        let _ = server.await;
+    }
 
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
     // Steady state: inputs sent while no fault was being handled.
@@ -246,10 +414,23 @@ async fn run(faults: usize, dir: &Path) -> Result<Value> {
     let mut durable: Vec<f64> = seen.durable_ms.iter().filter(|(t, _)| quiet(t)).map(|(_, ms)| *ms).collect();
     let mut kill = by_kind.remove("kill").unwrap_or_default();
     let mut stop_ms = by_kind.remove("stop").unwrap_or_default();
+    let control_plane = if cluster {
+        "2 `vmi control` replicas on a 3-member etcd cluster (loopback addresses), the leading one also killed at \
+         every fifth fault"
+    } else {
+        "control service in this process (SQLite)"
+    };
     Ok(json!({
         "bench": "failover",
+        "cluster": cluster,
+        "leader_failover_ms_p50": (!leader_ms.is_empty()).then(|| percentile(&mut leader_ms.clone(), 50.0)),
+        "leader_failover_ms_max": leader_ms.iter().copied().reduce(f64::max),
+        "leader_kills": leader_ms.len(),
+        "etcd_writes_per_migration": per_migration,
+        "etcd_writes_note": cluster.then_some("etcd transactions the control replicas committed per migration (the \
+            destination's compare-and-set, the migration log, the standby it names), heartbeats left out"),
         "conditions": format!(
-            "control service in this process (placer and failover every 1 s), 3 `vmi site` processes on loopback \
+            "{control_plane} (placer and failover every 1 s), 3 `vmi site` processes on loopback \
              with TLS; lease {} ms (sites stop {} ms sooner); records every {} ms; a terminal types a letter every \
              {} ms; faults alternate SIGKILL (site started again afterwards) and SIGSTOP (continued afterwards)",
             vmi_control_api::model::LEASE_MS,

@@ -23,6 +23,8 @@ struct World {
     authority: Arc<vmi_trust::Authority>,
     /// The operator, as the benchmark calls the services.
     operator: vmi_control_api::Caller,
+    /// The etcd cluster the control service keeps its state in, if not SQLite (kept running as long as this).
+    _etcd: Option<vmi_cluster::EtcdMembers>,
 }
 
 impl World {
@@ -39,9 +41,35 @@ impl World {
 }
 
 async fn world(clock: Arc<dyn Clock>) -> Result<World> {
+    world_on(clock, false).await
+}
+
+/// The world with its control service on SQLite, or (`etcd`) on a 3-member etcd cluster on loopback.
+async fn world_on(clock: Arc<dyn Clock>, etcd: bool) -> Result<World> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control_url = format!("https://{}", listener.local_addr()?);
-    let store = Arc::new(vmi_control::SqliteStore::in_memory()?);
+    let data_dir = std::env::temp_dir().join(format!("vmi-bench-{}", std::process::id()));
+    let (store, etcd): (Arc<dyn vmi_control::Store>, _) = if etcd {
+        let members = crate::bench_failover::loopback_etcd(&data_dir)?;
+        let endpoints = members.endpoints();
+        let store = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match vmi_control::EtcdStore::connect(&endpoints, vmi_control::DEFAULT_ETCD_PREFIX) {
+                    Ok(store) => return Ok(store),
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "waiting for etcd");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await??;
+        (Arc::new(store), Some(members))
+    } else {
+        (Arc::new(vmi_control::SqliteStore::in_memory()?), None)
+    };
     let authority = Arc::new(vmi_trust::Authority::create(vmi_trust::AUTHORITY_NAME)?);
     let trust = vmi_control::ServiceTrust::new(authority.clone(), &["127.0.0.1"])?;
     let admin = vmi_control::Store::create_credential(
@@ -55,7 +83,6 @@ async fn world(clock: Arc<dyn Clock>) -> Result<World> {
         let _ = stopped.await;
     }));
     let site_credentials = authority.credentials_for(&vmi_trust::site_name("site-a")?, &["127.0.0.1"])?;
-    let data_dir = std::env::temp_dir().join(format!("vmi-bench-{}", std::process::id()));
     let site = vmi_site::start(SiteConfig {
         id: "site-a".into(),
         listen: "127.0.0.1:0".parse()?,
@@ -79,7 +106,7 @@ async fn world(clock: Arc<dyn Clock>) -> Result<World> {
     control.set_placement("bench", "site-a").await?;
     site.state.create_phone("bench").await?;
     let token = control.create_device("bench", "bench terminal").await?.token;
-    Ok(World { site, token, _control_stop: stop, data_dir, authority, operator })
+    Ok(World { site, token, _control_stop: stop, data_dir, authority, operator, _etcd: etcd })
 }
 
 impl World {
@@ -316,10 +343,52 @@ pub async fn energy(active_min: u64, asleep_h: u64, mail_every_min: u64) -> Resu
     }))
 }
 
+/// What one series of migrations measured.
+struct MigrationSeries {
+    downtime_ms: Vec<f64>,
+    total_ms: Vec<f64>,
+    gap_ms: Vec<f64>,
+    bytes_sent: Vec<f64>,
+    memory_bytes: u64,
+    screen: (u32, u32),
+}
+
 /// `vmi bench migrate`: live migrations back and forth between two sites while a
-/// terminal types, plus (where KVM and QEMU exist) a QEMU guest migrated the same way.
+/// terminal types, with the control service on SQLite and then on etcd, plus (where KVM and
+/// QEMU exist) a QEMU guest migrated the same way.
 pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<Value> {
-    let w = world(SystemClock::shared()).await?;
+    let MigrationSeries {
+        mut downtime_ms,
+        mut total_ms,
+        mut gap_ms,
+        bytes_sent,
+        memory_bytes: nonzero,
+        screen: (sw, sh),
+    } = migration_series(rounds, false).await?;
+    let mut on_etcd = migration_series(rounds, true).await?;
+    let etcd = json!({
+        "downtime_ms_p50": round(percentile(&mut on_etcd.downtime_ms, 50.0), 3),
+        "downtime_ms_p99": round(percentile(&mut on_etcd.downtime_ms, 99.0), 3),
+        "total_ms": round(percentile(&mut on_etcd.total_ms, 50.0), 2),
+        "terminal_gap_ms_p50": round(percentile(&mut on_etcd.gap_ms, 50.0), 2),
+        "conditions": "the same, the control service's state in a 3-member etcd cluster on loopback addresses \
+            (the destination's compare-and-set goes through etcd's consensus, inside the downtime window)",
+    });
+    let out = migrate_report(rounds, qemu_mib, qemu_runs, nonzero, (sw, sh), &bytes_sent);
+    let mut out = out;
+    out["downtime_ms_p50"] = json!(round(percentile(&mut downtime_ms, 50.0), 3));
+    out["downtime_ms_p99"] = json!(round(percentile(&mut downtime_ms, 99.0), 3));
+    out["total_ms"] = json!(round(percentile(&mut total_ms, 50.0), 2));
+    out["terminal_gap_ms_p50"] = json!(round(percentile(&mut gap_ms, 50.0), 2));
+    out["terminal_gap_ms_p99"] = json!(round(percentile(&mut gap_ms, 99.0), 2));
+    out["etcd"] = etcd;
+    Ok(out)
+}
+
+/// `rounds` migrations back and forth between two sites while a terminal types; the control service on SQLite
+/// or on etcd.
+async fn migration_series(rounds: usize, etcd: bool) -> Result<MigrationSeries> {
+    let w = world_on(SystemClock::shared(), etcd).await?;
     let b = vmi_site::start(SiteConfig {
         id: "site-b".into(),
         listen: "127.0.0.1:0".parse()?,
@@ -398,7 +467,18 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
     term.close().await;
     b.shutdown().await;
     w.finish().await;
+    Ok(MigrationSeries { downtime_ms, total_ms, gap_ms, bytes_sent, memory_bytes: nonzero, screen: (sw, sh) })
+}
 
+/// The report's conditions, sizes and the QEMU comparison (the series' times are filled in by the caller).
+fn migrate_report(
+    rounds: usize,
+    qemu_mib: u64,
+    qemu_runs: usize,
+    nonzero: u64,
+    (sw, sh): (u32, u32),
+    bytes_sent: &[f64],
+) -> Value {
     let measured = if qemu_runs == 0 {
         Err("not asked (--qemu-runs 0)".to_string())
     } else {
@@ -425,16 +505,11 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
         "conditions": format!("{rounds} live migrations back and forth between two sites in one process over loopback (mutual TLS 1.3 between the sites, the terminal over WSS), a terminal typing in Notes throughout; default phone {sw}x{sh}"),
         "tls": true,
         "memory_mib": round(nonzero as f64 / (1 << 20) as f64, 2),
-        "downtime_ms_p50": round(percentile(&mut downtime_ms, 50.0), 3),
-        "downtime_ms_p99": round(percentile(&mut downtime_ms, 99.0), 3),
-        "total_ms": round(percentile(&mut total_ms, 50.0), 2),
         "bytes_sent": mean_bytes.round(),
         "bytes_sent_per_memory_byte": round(mean_bytes / nonzero.max(1) as f64, 3),
-        "terminal_gap_ms_p50": round(percentile(&mut gap_ms, 50.0), 2),
-        "terminal_gap_ms_p99": round(percentile(&mut gap_ms, 99.0), 2),
     });
     if let (Value::Object(o), Value::Object(q)) = (&mut out, qemu) {
         o.extend(q);
     }
-    Ok(out)
+    out
 }

@@ -264,3 +264,17 @@ fn etcd_without_quorum_freezes_placements_while_phones_keep_running_and_everythi
     up.interrupt();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn the_cluster_failover_bench_loses_nothing_when_the_leader_dies_mid_failover() {
+    // Five faults: the fifth also kills the leading replica at the moment the owner site dies.
+    let out = vmi().args(["bench", "failover", "--json", "--cluster", "--faults", "5"]).output().expect("vmi runs");
+    assert!(out.status.success(), "bench: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["faults"], 5, "{report}");
+    assert_eq!(report["leader_kills"], 1, "{report}");
+    assert_eq!(report["inputs_lost"], 0, "{report}");
+    assert_eq!(report["double_owner"], 0, "{report}");
+    let writes = report["etcd_writes_per_migration"].as_f64().expect("counted");
+    assert!((1.0..10.0).contains(&writes), "{report}");
+}

@@ -21,6 +21,11 @@ impl Process {
         Ok(Process { child })
     }
 
+    /// Its standard output, if it was piped (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// The process id (also the group's).
     pub fn id(&self) -> u32 {
         self.child.id()

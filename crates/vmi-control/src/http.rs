@@ -311,13 +311,19 @@ pub async fn serve_with(
     };
     let control_trust = options.trust.as_ref().map(|t| t.control.clone());
     let caller = control_trust.as_ref().map_or_else(Outbound::anonymous, |t| t.caller.clone());
-    let replica =
-        ReplicaStatus { replica: options.replica.clone(), elected: options.leadership.is_elected(), leading: false };
+    let replica = ReplicaStatus {
+        replica: options.replica.clone(),
+        elected: options.leadership.is_elected(),
+        leading: false,
+        writes: None,
+    };
     let leadership = options.leadership.clone();
+    let counted = store.clone();
     let router = app_with(store.clone(), reports.clone(), control_trust, Arc::new(Guard::new())).route(
         "/v1/replica",
         get(move || {
-            let status = ReplicaStatus { leading: leadership.is_leading(), ..replica.clone() };
+            let writes = counted.writes().map(|(transactions, heartbeats)| StoreWrites { transactions, heartbeats });
+            let status = ReplicaStatus { leading: leadership.is_leading(), writes, ..replica.clone() };
             async move { Json(status) }
         }),
     );
@@ -352,6 +358,16 @@ struct ReplicaStatus {
     /// Whether replicas elect a leader (false: this one leads alone).
     elected: bool,
     leading: bool,
+    /// What this replica wrote to its store, if the store counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writes: Option<StoreWrites>,
+}
+
+/// Writing transactions a replica committed since it started, heartbeats among them.
+#[derive(Debug, Clone, serde::Serialize)]
+struct StoreWrites {
+    transactions: u64,
+    heartbeats: u64,
 }
 
 /// `POST /v1/users`: an operator creates a user in any tenant; a tenant admin only in their own (the default).

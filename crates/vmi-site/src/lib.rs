@@ -142,7 +142,12 @@ fn valid_user(user: &str) -> bool {
 }
 
 impl SiteState {
-    /// The control service this site reports to.
+    /// Whether this site holds its lease now (its phones may run).
+    pub fn holds_lease(&self) -> bool {
+        self.replication.lease().live()
+    }
+
+    /// The control service's URL (every replica's, comma-separated).
     pub fn control_url(&self) -> &str {
         &self.config.control_url
     }

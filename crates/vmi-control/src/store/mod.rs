@@ -179,6 +179,12 @@ pub trait Store: Send + Sync {
     fn placements_frozen(&self) -> Result<bool, ControlError> {
         Ok(false)
     }
+
+    /// How many writing transactions this store committed since it opened, and how many of them were heartbeats
+    /// (for benchmarks: etcd writes per migration); `None` if it does not count.
+    fn writes(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// A [`Store`] in one SQLite database (WAL mode), one connection behind a mutex.

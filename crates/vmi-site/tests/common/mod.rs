@@ -96,8 +96,15 @@ pub async fn site(control: &Control, id: &str, data_dir: PathBuf) -> SiteHandle 
     site_with_clock(control, id, data_dir, SystemClock::shared()).await
 }
 
+/// A site, once it holds its lease: a (re)started site runs its phones only after its first heartbeat is answered,
+/// and a test that talks to it at once must not race that answer.
 pub async fn site_with_clock(control: &Control, id: &str, data_dir: PathBuf, clock: Arc<dyn Clock>) -> SiteHandle {
-    vmi_site::start(SiteConfig { clock, ..site_config(control, id, data_dir) }).await.expect("site starts")
+    let site = vmi_site::start(SiteConfig { clock, ..site_config(control, id, data_dir) }).await.expect("site starts");
+    vmi_testkit::eventually(Duration::from_secs(30), "the site's first heartbeat answered", async || {
+        site.state.holds_lease()
+    })
+    .await;
+    site
 }
 
 /// A certificate from [`test_ca`] naming site `id` (and 127.0.0.1, the address terminals dial).

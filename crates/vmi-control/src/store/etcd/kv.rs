@@ -41,6 +41,8 @@ pub(crate) struct EtcdKv {
     /// The same members without "requires a leader": to ask a member whether it has one.
     status_clients: Vec<Client>,
     preferred: AtomicUsize,
+    /// Writing transactions committed.
+    commits: std::sync::atomic::AtomicU64,
     /// Every key this store writes starts with it (so one cluster can hold several stores, e.g. per test).
     prefix: String,
 }
@@ -105,6 +107,7 @@ impl EtcdKv {
             clients,
             status_clients,
             preferred: AtomicUsize::new(0),
+            commits: std::sync::atomic::AtomicU64::new(0),
             prefix: prefix.to_owned(),
         })
     }
@@ -272,6 +275,11 @@ impl EtcdKv {
         Ok(())
     }
 
+    /// Writing transactions committed so far.
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
     /// Runs `body` as an optimistic transaction until it commits, fails, or loses [`MAX_ATTEMPTS`] races.
     pub(crate) fn atomically<T>(
         &self,
@@ -436,7 +444,12 @@ impl Tx<'_> {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })? {
-            Ok(resp) => Ok(resp.succeeded()),
+            Ok(resp) => {
+                if resp.succeeded() {
+                    kv.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(resp.succeeded())
+            }
             // Sent, and no answer: it may have been applied. Look (on any member) whether every write landed.
             Err(e) if outcome_unknown(&e) => {
                 let landed = written.iter().try_fold(true, |all, (key, value)| {

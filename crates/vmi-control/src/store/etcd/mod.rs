@@ -65,6 +65,8 @@ const PAGE: i64 = 256;
 #[derive(Debug)]
 pub struct EtcdStore {
     kv: Arc<EtcdKv>,
+    /// Heartbeats written (of the kv's commits).
+    heartbeats: std::sync::atomic::AtomicU64,
     /// Whether each site's lease is also an etcd lease (`site-leases/{id}`), which a failover needs expired. Off
     /// only for the conformance suite, whose clocks are the test's.
     site_leases: bool,
@@ -263,7 +265,7 @@ impl EtcdStore {
         let kv = EtcdKv::connect(endpoints, prefix)?;
         // One read proves the cluster answers (and has a leader) before the service says it is up.
         kv.get("seq/devices")?;
-        Ok(EtcdStore { kv: Arc::new(kv), site_leases: true })
+        Ok(EtcdStore { kv: Arc::new(kv), heartbeats: std::sync::atomic::AtomicU64::new(0), site_leases: true })
     }
 
     /// The same store judging site leases only by the heartbeat times it is given, as the SQLite store does (so
@@ -476,18 +478,23 @@ impl Store for EtcdStore {
     ) -> Result<Vec<String>, ControlError> {
         // Renewed first: a lease renewed without its heartbeat recorded only delays a failover, never hastens one.
         let new_lease = if self.site_leases { self.renew_site_lease(id)? } else { None };
-        self.kv.atomically(|tx| {
-            let site = require_site(tx, id)?;
-            if let Some(lease) = new_lease {
-                tx.put_leased(&site_lease_key(id), &lease, lease)?;
-            }
-            // Read in the same transaction: a failover that moved a phone away either committed before (and the
-            // list no longer names it) or fails its compare on this site's record and sees this heartbeat.
-            let placed: Vec<String> = tx.get(&placed_key(id))?.unwrap_or_default();
-            let site = Site { phones, last_heartbeat_ms: Some(at_ms), degraded: degraded.map(str::to_owned), ..site };
-            tx.put(&site_key(id), &site)?;
-            Ok(placed)
-        })
+        self.kv
+            .atomically(|tx| {
+                let site = require_site(tx, id)?;
+                if let Some(lease) = new_lease {
+                    tx.put_leased(&site_lease_key(id), &lease, lease)?;
+                }
+                // Read in the same transaction: a failover that moved a phone away either committed before (and the
+                // list no longer names it) or fails its compare on this site's record and sees this heartbeat.
+                let placed: Vec<String> = tx.get(&placed_key(id))?.unwrap_or_default();
+                let site =
+                    Site { phones, last_heartbeat_ms: Some(at_ms), degraded: degraded.map(str::to_owned), ..site };
+                tx.put(&site_key(id), &site)?;
+                Ok(placed)
+            })
+            .inspect(|_| {
+                self.heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
     }
 
     fn site(&self, id: &str) -> Result<Option<Site>, ControlError> {
@@ -1005,6 +1012,10 @@ impl Store for EtcdStore {
 
     fn placements_frozen(&self) -> Result<bool, ControlError> {
         self.kv.majority_without_leader(STATUS_WITHIN)
+    }
+
+    fn writes(&self) -> Option<(u64, u64)> {
+        Some((self.kv.commits(), self.heartbeats.load(std::sync::atomic::Ordering::Relaxed)))
     }
 
     fn device_user(&self, device_id: u64) -> Result<Option<String>, ControlError> {
