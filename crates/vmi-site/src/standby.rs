@@ -526,21 +526,32 @@ impl SiteState {
             }
             return;
         }
-        self.replication.lease().renewed(sent, reply.lease_ms);
         let placed: std::collections::HashSet<&str> = reply.placed.iter().map(String::as_str).collect();
-        for user in self.users() {
-            let older = self.phones.get(&user).is_some_and(|p| p.started() < sent);
-            if placed.contains(user.as_str())
-                || !older
-                || self.phones.is_leaving(&user)
-                || self.phones.is_arriving(&user)
-            {
-                continue;
-            }
-            // Off the heartbeat's loop: the next heartbeat must not wait for this.
-            let site = self.clone();
-            tokio::spawn(async move { site.drop_superseded(&user).await });
+        let superseded: Vec<String> = self
+            .users()
+            .into_iter()
+            .filter(|user| {
+                let older = self.phones.get(user).is_some_and(|p| p.started() < sent);
+                older
+                    && !placed.contains(user.as_str())
+                    && !self.phones.is_leaving(user)
+                    && !self.phones.is_arriving(user)
+            })
+            .collect();
+        if superseded.is_empty() {
+            self.replication.lease().renewed(sent, reply.lease_ms);
+            return;
         }
+        // The lease is renewed only once those phones are gone: renewed first, a phone placed elsewhere would run
+        // again (and take inputs) until its drop came round. Off the heartbeat's loop: the next heartbeat must not
+        // wait for this.
+        let site = self.clone();
+        tokio::spawn(async move {
+            for user in superseded {
+                site.drop_superseded(&user).await;
+            }
+            site.replication.lease().renewed(sent, reply.lease_ms);
+        });
     }
 
     /// Drops `user`'s phone here: while this site had no lease it was failed over and runs elsewhere now. Its

@@ -110,6 +110,14 @@ pub(super) fn fail_over(
     if current.site != from || current.epoch != epoch {
         return Err(ControlError::EpochMismatch { user: user.to_owned(), expected: epoch, current: current.epoch });
     }
+    // Only to the copy the owner names now, of this epoch: a copy it stopped naming may be stale.
+    let standby: (Option<String>, Option<u64>) =
+        tx.query_row("SELECT standby, standby_epoch FROM placements WHERE user = ?1", [user], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    if standby != (Some(to.to_owned()), Some(epoch)) {
+        return Err(ControlError::Refused(format!("{to} holds no standby copy of {user}'s phone at epoch {epoch}")));
+    }
     tx.execute(
         "UPDATE placements SET site = ?2, epoch = epoch + 1, standby = NULL, standby_epoch = NULL WHERE user = ?1",
         params![user, to],
@@ -211,6 +219,7 @@ pub(super) mod tests {
         s.put_site("site-a", &spec(1)).unwrap();
         s.put_site("site-b", &spec(2)).unwrap();
         s.set_placement("alice", "site-a").unwrap();
+        s.set_standby("alice", "site-a", "site-b", 1).unwrap();
         s.heartbeat("site-a", 1, None, 10_000).unwrap();
         s.heartbeat("site-b", 0, None, 10_000).unwrap();
         // site-a's last heartbeat (10 s) is not older than 9 s: its lease holds.
@@ -223,6 +232,14 @@ pub(super) mod tests {
             s.fail_over("alice", "site-a", "site-b", 7, 20_000, 20_000),
             Err(ControlError::EpochMismatch { current: 1, .. })
         ));
+        // Only to the copy the owner names: not after it named another (or none).
+        s.put_site("site-c", &spec(3)).unwrap();
+        s.heartbeat("site-c", 0, None, 21_000).unwrap();
+        s.set_standby("alice", "site-a", "site-c", 1).unwrap();
+        assert!(matches!(s.fail_over("alice", "site-a", "site-b", 1, 20_000, 20_000), Err(ControlError::Refused(_))));
+        s.clear_standby("alice", "site-a").unwrap();
+        assert!(matches!(s.fail_over("alice", "site-a", "site-c", 1, 20_000, 20_000), Err(ControlError::Refused(_))));
+        s.set_standby("alice", "site-a", "site-b", 1).unwrap();
         let moved = s.fail_over("alice", "site-a", "site-b", 1, 20_000, 20_000).unwrap();
         assert_eq!(moved, Placement { site: "site-b".into(), epoch: 2 });
         // Each site's next heartbeat says where the phone is now.
@@ -296,6 +313,7 @@ pub(super) mod tests {
             let user = format!("user-{round}");
             s.create_user(&user).unwrap();
             let placed = s.set_placement(&user, "site-a").unwrap();
+            s.set_standby(&user, "site-a", "site-b", placed.epoch).unwrap();
             // site-a's lease expired (last heartbeat at 1 s, expiry before 5 s) ...
             s.heartbeat("site-a", 1, None, 1_000).unwrap();
             // ... and now it renews (at 10 s) while the placer fails its phone over.

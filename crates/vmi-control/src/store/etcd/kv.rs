@@ -112,32 +112,52 @@ impl EtcdKv {
         })
     }
 
-    /// Whether a majority of the members (every endpoint given is taken for a member) answered, within
-    /// `within`, that they have no leader: then no write, and no lease expiry, can commit until a new leader is
-    /// elected, which renews every lease for its time to live.
+    /// Whether a majority of the cluster's voting members answered, within `within`, that they have no leader:
+    /// then no write, and no lease expiry, can commit until a new leader is elected, which renews every lease for
+    /// its time to live. The voters come from the cluster's member list (not from the endpoints given, which may
+    /// be fewer, or one name for many). This needs etcd without pre-vote (3.4's default): a follower that lost its
+    /// leader then campaigns in a new term, so the old leader cannot take it back without an election; with
+    /// pre-vote it could, and the proof would not hold (etcd 3.4 does not report a candidate's term in its status,
+    /// so this cannot be checked from here).
     pub(crate) fn majority_without_leader(&self, within: Duration) -> Result<bool, ControlError> {
         let runtime = self.runtime.as_ref().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
         let clients = self.status_clients.clone();
-        let members = clients.len();
-        let leaderless = run_on(runtime, async move {
+        let (voters, statuses) = run_on(runtime, async move {
+            let mut voters: Option<std::collections::HashSet<u64>> = None;
+            for client in &clients {
+                let mut client = client.clone();
+                if let Ok(Ok(list)) = tokio::time::timeout(within, client.member_list()).await {
+                    voters = Some(list.members().iter().filter(|m| !m.is_learner()).map(|m| m.id()).collect());
+                    break;
+                }
+            }
             // All members asked at once, so the answers describe one moment (as nearly as they can).
             let asks: Vec<_> = clients
                 .into_iter()
                 .map(|mut c| {
                     tokio::spawn(async move {
-                        matches!(tokio::time::timeout(within, c.status()).await, Ok(Ok(s)) if s.leader() == 0)
+                        match tokio::time::timeout(within, c.status()).await {
+                            Ok(Ok(s)) => s.header().map(|h| (h.member_id(), s.leader(), s.raft_term())),
+                            _ => None,
+                        }
                     })
                 })
                 .collect();
-            let mut leaderless = 0;
+            let mut statuses = Vec::new();
             for ask in asks {
-                if ask.await.unwrap_or(false) {
-                    leaderless += 1;
+                if let Ok(Some(status)) = ask.await {
+                    statuses.push(status);
                 }
             }
-            leaderless
+            (voters, statuses)
         })?;
-        Ok(leaderless * 2 > members)
+        let Some(voters) = voters else { return Ok(false) };
+        let leaderless: std::collections::HashSet<u64> = statuses
+            .iter()
+            .filter(|(id, leader, _)| *leader == 0 && voters.contains(id))
+            .map(|(id, _, _)| *id)
+            .collect();
+        Ok(!voters.is_empty() && leaderless.len() * 2 > voters.len())
     }
 
     /// Runs `work` with a client on this store's runtime and waits for it, trying each member once round while

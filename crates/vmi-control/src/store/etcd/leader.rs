@@ -53,8 +53,9 @@ async fn lead_once(
     leading: &watch::Sender<bool>,
 ) -> Result<(), etcd_client::Error> {
     let ttl = i64::try_from(LEADER_TTL.as_secs()).unwrap_or(3);
-    let lease = client.lease_grant(ttl, None).await?.id();
+    // Counted from before the grant was asked: the lease at etcd cannot have started earlier.
     let granted = Instant::now();
+    let lease = client.lease_grant(ttl, None).await?.id();
     let take = Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
         key,
         replica,

@@ -481,7 +481,11 @@ impl Store for EtcdStore {
         self.kv
             .atomically(|tx| {
                 let site = require_site(tx, id)?;
-                if let Some(lease) = new_lease {
+                // Only where no live lease is recorded: a slow heartbeat landing after a newer one must not point
+                // the key at its own lease, which nobody renews.
+                if let Some(lease) = new_lease
+                    && tx.get_raw(&site_lease_key(id))?.is_none()
+                {
                     tx.put_leased(&site_lease_key(id), &lease, lease)?;
                 }
                 // Read in the same transaction: a failover that moved a phone away either committed before (and the
@@ -613,6 +617,12 @@ impl Store for EtcdStore {
                     expected: epoch,
                     current: current.epoch,
                 });
+            }
+            // Only to the copy the owner names now, of this epoch: a copy it stopped naming may be stale.
+            if current.standby.as_deref() != Some(to) || current.standby_epoch != Some(epoch) {
+                return Err(ControlError::Refused(format!(
+                    "{to} holds no standby copy of {user}'s phone at epoch {epoch}"
+                )));
             }
             let next = PlacementRecord { site: to.to_owned(), epoch: epoch + 1, standby: None, standby_epoch: None };
             move_placed(tx, user, Some(from), to)?;
@@ -1059,6 +1069,7 @@ mod tests {
         s.put_site("site-a", &spec(1)).unwrap();
         s.put_site("site-b", &spec(2)).unwrap();
         s.set_placement("alice", "site-a").unwrap();
+        s.set_standby("alice", "site-a", "site-b", 1).unwrap();
         s.heartbeat("site-a", 1, None, 1_000).unwrap();
         s.heartbeat("site-b", 0, None, 10_000).unwrap();
         // By the clocks given, site-a's lease expired (last heartbeat 1 s, expiry before 5 s); etcd says it lives.
