@@ -12,14 +12,28 @@ use crate::validate::{validate_id, validate_label};
 /// Entries `GET /v1/audit` lists when the query names no limit.
 pub const DEFAULT_AUDIT_LISTED: usize = 100;
 
+/// How a bearer credential for `principal` is stored: its kind, name and tenant (both stores keep these).
+pub(super) fn credential_parts(
+    principal: &Principal,
+) -> Result<(&'static str, &String, Option<&String>), ControlError> {
+    match principal {
+        Principal::Operator { name } => Ok(("operator", name, None)),
+        Principal::TenantAdmin { tenant, name } => Ok(("tenant-admin", name, Some(tenant))),
+        other => Err(ControlError::BadRequest(format!("{other} is not a principal with a bearer credential"))),
+    }
+}
+
+/// The principal a stored credential of `kind` names (`None` for a kind this build does not know).
+pub(super) fn credential_principal(kind: &str, name: String, tenant: Option<String>) -> Option<Principal> {
+    match (kind, tenant) {
+        ("operator", _) => Some(Principal::Operator { name }),
+        ("tenant-admin", Some(tenant)) => Some(Principal::TenantAdmin { tenant, name }),
+        _ => None,
+    }
+}
+
 pub(super) fn create_credential(conn: &mut Connection, principal: &Principal) -> Result<NewCredential, ControlError> {
-    let (kind, name, tenant) = match principal {
-        Principal::Operator { name } => ("operator", name, None),
-        Principal::TenantAdmin { tenant, name } => ("tenant-admin", name, Some(tenant)),
-        other => {
-            return Err(ControlError::BadRequest(format!("{other} is not a principal with a bearer credential")));
-        }
-    };
+    let (kind, name, tenant) = credential_parts(principal)?;
     validate_label("credential name", name)?;
     let token = generate_token()?;
     let hash = token_hash(&token).expect("generated tokens are well-formed");
@@ -55,11 +69,7 @@ pub(super) fn principal(conn: &Connection, token: &str) -> Result<Option<Princip
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?;
-    Ok(row.and_then(|(kind, name, tenant)| match (kind.as_str(), tenant) {
-        ("operator", _) => Some(Principal::Operator { name }),
-        ("tenant-admin", Some(tenant)) => Some(Principal::TenantAdmin { tenant, name }),
-        _ => None,
-    }))
+    Ok(row.and_then(|(kind, name, tenant)| credential_principal(&kind, name, tenant)))
 }
 
 pub(super) fn create_join_token(

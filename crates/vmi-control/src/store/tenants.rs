@@ -118,6 +118,33 @@ pub(super) fn tenant_of(conn: &Connection, user: &str) -> Result<Option<String>,
         .ok_or_else(|| ControlError::not_found("user", user))
 }
 
+/// The tenant's phones and memory once one more phone of `memory_bytes` is admitted beside the `phones` others using
+/// `memory`, or [`ControlError::Quota`] naming the quota it would pass (both stores admit with it).
+pub(super) fn within_quota(
+    tenant: &Tenant,
+    phones: u64,
+    memory: u64,
+    memory_bytes: u64,
+) -> Result<(u64, u64), ControlError> {
+    let name = &tenant.name;
+    if let Some(max) = tenant.max_phones
+        && phones + 1 > u64::from(max)
+    {
+        return Err(ControlError::Quota(format!("tenant {name:?} is at its quota of {}", phones_text(u64::from(max)))));
+    }
+    let wanted = memory.saturating_add(memory_bytes);
+    if let Some(max) = tenant.max_memory_bytes
+        && wanted > max
+    {
+        return Err(ControlError::Quota(format!(
+            "tenant {name:?} would use {} of its {} memory quota",
+            format_bytes(wanted),
+            format_bytes(max)
+        )));
+    }
+    Ok((phones + 1, wanted))
+}
+
 fn admit_now(conn: &Connection, user: &str, memory_bytes: u64) -> Result<Admission, ControlError> {
     if memory_bytes > i64::MAX as u64 {
         return Err(ControlError::BadRequest(format!("memory_bytes must be at most {}", i64::MAX)));
@@ -127,25 +154,7 @@ fn admit_now(conn: &Connection, user: &str, memory_bytes: u64) -> Result<Admissi
         Some(name) => {
             let tenant = tenant(conn, name)?.ok_or_else(|| ControlError::not_found("tenant", name))?;
             let (phones, memory) = usage(conn, name, user)?;
-            if let Some(max) = tenant.max_phones
-                && phones + 1 > u64::from(max)
-            {
-                return Err(ControlError::Quota(format!(
-                    "tenant {name:?} is at its quota of {}",
-                    phones_text(u64::from(max))
-                )));
-            }
-            let wanted = memory.saturating_add(memory_bytes);
-            if let Some(max) = tenant.max_memory_bytes
-                && wanted > max
-            {
-                return Err(ControlError::Quota(format!(
-                    "tenant {name:?} would use {} of its {} memory quota",
-                    format_bytes(wanted),
-                    format_bytes(max)
-                )));
-            }
-            (phones + 1, wanted)
+            within_quota(&tenant, phones, memory, memory_bytes)?
         }
         None => (1, memory_bytes),
     };

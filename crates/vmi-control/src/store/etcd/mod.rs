@@ -39,7 +39,7 @@ use vmi_control_api::model::{
     Site, SiteSpec, User,
 };
 use vmi_control_api::tenants::{
-    Admission, DEFAULT_IMAGE, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage, format_bytes,
+    Admission, DEFAULT_IMAGE, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
 };
 
 pub(crate) use kv::EtcdKv;
@@ -197,10 +197,6 @@ fn move_placed(tx: &mut kv::Tx<'_>, user: &str, from: Option<&str>, to: &str) ->
         list.insert(at, user.to_owned());
     }
     tx.put(&placed_key(to), &list)
-}
-
-fn phones_text(n: u64) -> String {
-    if n == 1 { "1 phone".to_owned() } else { format!("{n} phones") }
 }
 
 /// `(phones, memory)` admitted in `tenant` among `users`, leaving out `except`.
@@ -772,25 +768,7 @@ impl Store for EtcdStore {
                     // The whole user list is read, so an admission racing this one makes one of them run again.
                     let users = tx.list::<UserRecord>("users/")?;
                     let (phones, memory) = usage(&users, name, user);
-                    if let Some(max) = tenant.max_phones
-                        && phones + 1 > u64::from(max)
-                    {
-                        return Err(ControlError::Quota(format!(
-                            "tenant {name:?} is at its quota of {}",
-                            phones_text(u64::from(max))
-                        )));
-                    }
-                    let wanted = memory.saturating_add(memory_bytes);
-                    if let Some(max) = tenant.max_memory_bytes
-                        && wanted > max
-                    {
-                        return Err(ControlError::Quota(format!(
-                            "tenant {name:?} would use {} of its {} memory quota",
-                            format_bytes(wanted),
-                            format_bytes(max)
-                        )));
-                    }
-                    (phones + 1, wanted)
+                    super::tenants::within_quota(&tenant, phones, memory, memory_bytes)?
                 }
                 None => (1, memory_bytes),
             };
@@ -907,13 +885,7 @@ impl Store for EtcdStore {
     }
 
     fn create_credential(&self, principal: &Principal) -> Result<NewCredential, ControlError> {
-        let (kind, name, tenant) = match principal {
-            Principal::Operator { name } => ("operator", name, None),
-            Principal::TenantAdmin { tenant, name } => ("tenant-admin", name, Some(tenant)),
-            other => {
-                return Err(ControlError::BadRequest(format!("{other} is not a principal with a bearer credential")));
-            }
-        };
+        let (kind, name, tenant) = super::access::credential_parts(principal)?;
         validate_label("credential name", name)?;
         let token = generate_token()?;
         let hash = hex(&token_hash(&token).ok_or_else(|| ControlError::BadRequest("malformed token".into()))?);
@@ -947,11 +919,7 @@ impl Store for EtcdStore {
         }
         let Some(hash) = token_hash(token) else { return Ok(None) };
         let record = self.kv.atomically(|tx| tx.get::<CredentialRecord>(&format!("credentials/{}", hex(&hash))))?;
-        Ok(record.filter(|c| !c.revoked).and_then(|c| match (c.kind.as_str(), c.tenant) {
-            ("operator", _) => Some(Principal::Operator { name: c.name }),
-            ("tenant-admin", Some(tenant)) => Some(Principal::TenantAdmin { tenant, name: c.name }),
-            _ => None,
-        }))
+        Ok(record.filter(|c| !c.revoked).and_then(|c| super::access::credential_principal(&c.kind, c.name, c.tenant)))
     }
 
     fn create_join_token(&self, site: &str, now_ms: u64, ttl_ms: u64) -> Result<JoinToken, ControlError> {
