@@ -38,9 +38,8 @@ fn a_site_cut_off_by_its_link_fails_over_and_the_terminal_across_the_bridge_lose
     assert_eq!((up.controls.len(), up.sites.len(), up.machines().len()), (2, 3, 8));
     assert!(up.sites.iter().all(|(_, url)| url.starts_with("https://10.")), "sites on their own addresses");
     let (owner, epoch) = placement(&up);
-    let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).filter(|id| *id != owner).collect();
-    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
-    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+    let others = sites_but(&up, &owner);
+    wait_for_standby(&up, &others);
 
     let (mut terminal, text) = typing_terminal(&up, &data);
     std::thread::sleep(Duration::from_secs(2));

@@ -161,9 +161,8 @@ fn the_leader_killed_mid_failover_and_mid_migration_and_an_etcd_member_lost_leav
     // Mid-failover: the phone's site stops answering and, at once, the leading replica (the one running the
     // failover loop) is killed. The other replica takes over and fails the phone over to its standby copy.
     let (owner, epoch) = placement(&up);
-    let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).filter(|id| *id != owner).collect();
-    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
-    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+    let others = sites_but(&up, &owner);
+    wait_for_standby(&up, &others);
     let (mut terminal, text) = typing_terminal(&up, &data);
     std::thread::sleep(Duration::from_secs(2));
     let owner_pid = site_pid(&data, &owner).expect("the owner runs");
@@ -226,9 +225,8 @@ fn etcd_without_quorum_freezes_placements_while_phones_keep_running_and_everythi
     let up = up(&data, &["--no-proxy", "--etcd", &etcd.endpoints().join(","), "--replicas", "2"]);
     let operator = up.operator_token();
     let (owner, epoch) = placement(&up);
-    let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).filter(|id| *id != owner).collect();
-    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
-    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+    let others = sites_but(&up, &owner);
+    wait_for_standby(&up, &others);
     let (mut terminal, text) = typing_terminal(&up, &data);
     std::thread::sleep(Duration::from_secs(2));
     // The site checks the operator's token now, so it still knows it while the control plane cannot answer.

@@ -49,8 +49,7 @@ fn a_killed_site_fails_over_and_the_terminal_loses_no_input() {
     let (owner, epoch) = placement(&up);
     assert_eq!(owner, "site-d");
     let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).collect();
-    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
-    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+    wait_for_standby(&up, &others);
 
     let (mut terminal, text) = typing_terminal(&up, &data);
     std::thread::sleep(Duration::from_secs(2));
@@ -75,13 +74,12 @@ fn a_stopped_site_fails_over_and_the_terminal_loses_no_input() {
     let up = up(&data, &["--no-proxy"]);
     let operator = up.operator_token();
     let (owner, epoch) = placement(&up);
-    let others: Vec<String> = up.sites.iter().map(|(id, _)| id.clone()).filter(|id| *id != owner).collect();
+    let others = sites_but(&up, &owner);
     let owner_pid = site_pid(&data, &owner).expect("the owner runs");
     let other_pids: Vec<u32> = others.iter().map(|id| site_pid(&data, id).expect("site runs")).collect();
 
     // A standby copy of the demo phone is on another site before anything else happens.
-    let standby = || others.iter().find(|id| data.join(id).join("standby/demo/phone.state").exists()).cloned();
-    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+    wait_for_standby(&up, &others);
 
     let (mut terminal, text) = typing_terminal(&up, &data);
     std::thread::sleep(Duration::from_secs(2));

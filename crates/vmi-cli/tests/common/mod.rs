@@ -257,3 +257,15 @@ pub fn site_url(up: &Up, id: &str) -> Option<String> {
     let site = sites.as_array()?.iter().find(|s| s["id"] == id)?;
     site["healthy"].as_bool().filter(|h| *h).and(site["url"].as_str().map(str::to_owned))
 }
+
+/// The `vmi up` sites other than `owner`.
+pub fn sites_but(up: &Up, owner: &str) -> Vec<String> {
+    up.sites.iter().map(|(id, _)| id.clone()).filter(|id| id != owner).collect()
+}
+
+/// Waits until one of the sites `among` holds a standby copy of the demo phone, and returns it.
+pub fn wait_for_standby(up: &Up, among: &[String]) -> String {
+    let standby = || among.iter().find(|id| up.data.join(id).join("standby/demo/phone.state").exists()).cloned();
+    wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
+    standby().expect("found above")
+}
