@@ -69,11 +69,9 @@ pub(super) fn create_tenant(conn: &Connection, req: &TenantRequest) -> Result<Te
     Ok(Tenant { name: req.name.clone(), max_phones: req.max_phones, max_memory_bytes: req.max_memory_bytes, image })
 }
 
-/// Applies `update` to the tenant in one immediate transaction: what it does not name stays as it is.
-pub(super) fn update_tenant(conn: &mut Connection, name: &str, update: &TenantUpdate) -> Result<Tenant, ControlError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now = tenant(&tx, name)?.ok_or_else(|| ControlError::not_found("tenant", name))?;
-    let next = update.apply(&now);
+/// `now` with `update` applied, checked as a tenant request (both stores update with it).
+pub(super) fn updated(now: &Tenant, update: &TenantUpdate) -> Result<Tenant, ControlError> {
+    let next = update.apply(now);
     let request = TenantRequest {
         name: next.name.clone(),
         max_phones: next.max_phones,
@@ -81,6 +79,14 @@ pub(super) fn update_tenant(conn: &mut Connection, name: &str, update: &TenantUp
         image: Some(next.image.clone()),
     };
     validate_tenant(&request, false)?;
+    Ok(next)
+}
+
+/// Applies `update` to the tenant in one immediate transaction: what it does not name stays as it is.
+pub(super) fn update_tenant(conn: &mut Connection, name: &str, update: &TenantUpdate) -> Result<Tenant, ControlError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = tenant(&tx, name)?.ok_or_else(|| ControlError::not_found("tenant", name))?;
+    let next = updated(&now, update)?;
     tx.execute(
         "UPDATE tenants SET max_phones = ?2, max_memory_bytes = ?3, image = ?4 WHERE name = ?1",
         params![name, next.max_phones, next.max_memory_bytes, next.image],

@@ -728,14 +728,7 @@ impl Store for EtcdStore {
     fn update_tenant(&self, name: &str, update: &TenantUpdate) -> Result<Tenant, ControlError> {
         self.kv.atomically(|tx| {
             let now: Tenant = tx.get(&tenant_key(name))?.ok_or_else(|| ControlError::not_found("tenant", name))?;
-            let next = update.apply(&now);
-            let request = TenantRequest {
-                name: next.name.clone(),
-                max_phones: next.max_phones,
-                max_memory_bytes: next.max_memory_bytes,
-                image: Some(next.image.clone()),
-            };
-            validate_tenant(&request, false)?;
+            let next = super::tenants::updated(&now, update)?;
             tx.put(&tenant_key(name), &next)?;
             Ok(next)
         })
