@@ -8,6 +8,7 @@ mod bench_net;
 mod checkpoints;
 mod credentials;
 mod headless;
+mod nemesis;
 mod proxy;
 mod qemu;
 mod script;
@@ -69,6 +70,9 @@ enum Top {
     Terminal(vmi_terminal::offline::TerminalCommand),
     /// The audit log: every operator action and every refusal, by user, site, principal and time.
     Audit(audit::AuditArgs),
+    /// A fault checker in the style of Jepsen: faults injected into `vmi up --cluster` while terminals type, then
+    /// the histories checked (needs root; docs/CONTROL-PLANE.md).
+    Nemesis(nemesis::NemesisArgs),
 }
 
 #[derive(Subcommand)]
@@ -223,7 +227,13 @@ fn main() -> ExitCode {
     // Rust's default (ignored) turns it into an error on that connection.
     let long_connections = matches!(
         cli.command,
-        Top::Up(_) | Top::Control(_) | Top::Site(_) | Top::Proxy(_) | Top::Terminal(_) | Top::Bench(_)
+        Top::Up(_)
+            | Top::Control(_)
+            | Top::Site(_)
+            | Top::Proxy(_)
+            | Top::Terminal(_)
+            | Top::Bench(_)
+            | Top::Nemesis(_)
     );
     if !long_connections {
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
@@ -253,6 +263,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::Tenant(cmd) => runtime()?.block_on(tenants::tenant(cmd)),
         Top::Terminal(cmd) => runtime()?.block_on(vmi_terminal::offline::run_command(cmd)).map_err(Into::into),
         Top::Audit(args) => runtime()?.block_on(audit::audit(args)),
+        Top::Nemesis(args) => runtime()?.block_on(nemesis::nemesis(args)),
     }
 }
 

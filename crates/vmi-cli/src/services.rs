@@ -41,6 +41,10 @@ pub struct ControlArgs {
     /// The placer's distance estimate: round trip added per 100 km, ms.
     #[arg(long, default_value_t = PolicyParams::default().rtt_ms_per_100km)]
     rtt_ms_per_100km: f64,
+    /// Record every placement move this replica makes (invocation, completion, outcome) to FILE, one JSON object a
+    /// line, for the fault checker (`vmi nemesis`).
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
 }
 
 /// `vmi site` arguments: run a site, or (with a subcommand) act on one.
@@ -81,6 +85,10 @@ pub struct SiteArgs {
     /// certificate saved in DATA_DIR/tls.
     #[arg(long, value_name = "FILE")]
     join: Option<PathBuf>,
+    /// Record every input applied (with its phone's placement epoch) to FILE, one JSON object a line, for the fault
+    /// checker (`vmi nemesis`).
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
 }
 
 /// Operations on a site.
@@ -208,6 +216,10 @@ pub struct UpArgs {
     /// page: the native terminal). docs/CONTROL-PLANE.md.
     #[arg(long, conflicts_with_all = ["etcd", "replicas", "no_proxy"])]
     cluster: bool,
+    /// Each control replica and site records its history to DIR/NAME.jsonl (`vmi control --history`, `vmi site
+    /// --history`), for the fault checker.
+    #[arg(long, value_name = "DIR")]
+    history: Option<PathBuf>,
 }
 
 /// The control replicas of `vmi up --cluster`.
@@ -286,6 +298,11 @@ pub async fn control(args: ControlArgs) -> Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let replica = args.replica.clone().unwrap_or_else(|| addr.to_string());
+    if let Some(path) = &args.history {
+        let history = vmi_control_api::history::History::open(path, &replica)
+            .with_context(|| format!("opening the history {}", path.display()))?;
+        vmi_control::history::record_to(Arc::new(history));
+    }
     let (store, leadership, reports): (Arc<dyn vmi_control::Store>, _, _) = if args.etcd.is_empty() {
         let store =
             vmi_control::SqliteStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
@@ -408,6 +425,13 @@ pub async fn site(args: SiteArgs) -> Result<()> {
         bail!("`vmi site` needs --id and --data-dir (or a subcommand: drain, undrain)");
     };
     let credentials = site_credentials(&id, &data_dir, args.join.as_deref(), &args.listen.ip().to_string()).await?;
+    let history = match &args.history {
+        Some(path) => Some(Arc::new(
+            vmi_control_api::history::History::open(path, &id)
+                .with_context(|| format!("opening the history {}", path.display()))?,
+        )),
+        None => None,
+    };
     let config = vmi_site::SiteConfig {
         credentials,
         limits: vmi_trust::ConnectionLimits::default(),
@@ -427,6 +451,7 @@ pub async fn site(args: SiteArgs) -> Result<()> {
             every => Some(crate::script::parse_duration(every).context("--checkpoint-every")?).filter(|d| !d.is_zero()),
         },
         retention: Default::default(),
+        history,
     };
     let site = vmi_site::start(config).await.context("starting the site")?;
     announce("site", &site.url, site.addr);
@@ -496,6 +521,9 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
         if !args.etcd.is_empty() {
             control_args.extend(["--etcd".into(), args.etcd.join(","), "--replica".into(), name.clone()]);
         }
+        if let Some(dir) = &args.history {
+            control_args.extend(["--history".into(), dir.join(format!("{name}.jsonl")).display().to_string()]);
+        }
         let control =
             crate::supervisor::Service::start_in(&name, node.as_ref().map(|n| n.ns.as_str()), control_args).await?;
         control_urls.push(control.url.clone());
@@ -542,6 +570,9 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
             "--lon".into(),
             lon.to_string(),
         ];
+        if let Some(dir) = &args.history {
+            site_args.extend(["--history".into(), dir.join(format!("{id}.jsonl")).display().to_string()]);
+        }
         if !args.data_dir.join(id).join("tls").join("cert.pem").exists() {
             let path = args.data_dir.join(format!("{id}.join"));
             write_join_file(&control_client, id, &path).await?;

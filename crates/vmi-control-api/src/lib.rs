@@ -12,6 +12,7 @@
 //!   operator endpoints, one site asking another, a terminal's offline checkout).
 //! - [`url`]: [`ws_url`] (where a site's terminals connect) and path-segment encoding.
 //! - [`token`]: random bearer tokens and ids.
+//! - [`history`]: a process's history of operations for the fault checker (`vmi nemesis`).
 //!
 //! # Example
 //!
@@ -30,6 +31,7 @@ pub mod auth;
 mod caller;
 mod client;
 mod error;
+pub mod history;
 pub mod http_client;
 pub mod model;
 pub mod tenants;

@@ -832,7 +832,10 @@ async fn set_placement(
             caller.principal
         )));
     }
-    let placement = store.move_placement(&user, &req.site, req.expected_epoch)?;
+    let request = serde_json::json!({ "site": req.site, "expected_epoch": req.expected_epoch });
+    let placement = crate::history::placement_move("move", &user, request, || {
+        store.move_placement(&user, &req.site, req.expected_epoch)
+    })?;
     tracing::info!(%user, site = %placement.site, epoch = placement.epoch, expected_epoch = ?req.expected_epoch,
         "placement set");
     Ok(Json(placement))

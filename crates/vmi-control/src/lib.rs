@@ -162,6 +162,7 @@
 
 pub mod access;
 mod error;
+pub mod history;
 mod http;
 mod leadership;
 mod pairing;

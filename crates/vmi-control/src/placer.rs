@@ -193,8 +193,11 @@ impl Placer {
             // it is (the site was told it is still placed there).
             let expired_before = now.saturating_sub(LEASE_MS);
             let live_since = now.saturating_sub(LEASE_MS);
-            match self.store.fail_over(&user, &placement.site, &target.id, placement.epoch, expired_before, live_since)
-            {
+            let request = serde_json::json!({ "from": placement.site, "to": target.id, "epoch": placement.epoch });
+            let moved_over = crate::history::placement_move("failover", &user, request, || {
+                self.store.fail_over(&user, &placement.site, &target.id, placement.epoch, expired_before, live_since)
+            });
+            match moved_over {
                 Ok(now_placed) => {
                     tracing::warn!(%user, from = %placement.site, to = %target.id, epoch = now_placed.epoch,
                         "failover: the site lost its lease; the phone starts from its standby copy");

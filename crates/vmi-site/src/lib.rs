@@ -97,6 +97,9 @@ pub struct SiteConfig {
     pub credentials: vmi_trust::Credentials,
     /// Connection caps and timeouts of the listener.
     pub limits: vmi_trust::ConnectionLimits,
+    /// Where every input applied is recorded, with its phone's placement epoch, for the fault checker (`vmi
+    /// nemesis`); `None`: nowhere.
+    pub history: Option<Arc<vmi_control_api::history::History>>,
 }
 
 /// Shared state of a running site.
@@ -232,10 +235,13 @@ impl SiteState {
         let dir = self.phone_dir(user);
         let health = self.disk.clone();
         let replication = self.replication.clone();
+        let history = self.config.history.clone();
         let mut vm = Some((phone, input_seqs));
         let started = self.phones.insert_unless_closing(user, || {
             let (phone, seqs) = vm.take().expect("the phone is taken once");
-            let task = PhoneTask::new(user.to_string(), phone, clock, seqs).durable_in(dir, health, replication);
+            let task = PhoneTask::new(user.to_string(), phone, clock, seqs)
+                .durable_in(dir, health, replication)
+                .recording_to(history.clone());
             PhoneLink::spawn(task)
         });
         if let (false, Some((mut phone, input_seqs))) = (started, vm) {

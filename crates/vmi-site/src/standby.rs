@@ -186,6 +186,11 @@ impl Replication {
         }
     }
 
+    /// The placement epoch `user`'s phone runs at here, as the control service said at its last full record.
+    pub fn epoch_of(&self, user: &str) -> Option<u64> {
+        self.epochs.lock().unwrap_or_else(|p| p.into_inner()).get(user).copied()
+    }
+
     /// The site's lease.
     pub fn lease(&self) -> &Lease {
         &self.lease

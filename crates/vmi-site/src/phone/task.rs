@@ -87,6 +87,8 @@ pub struct PhoneTask {
     durable: Option<Durable>,
     /// Per device, the highest input kept durable (the terminals are told: docs/PROTOCOL.md, `InputDurable`).
     durable_seqs: HashMap<String, u64>,
+    /// Where every applied input is recorded, with the placement epoch it was applied at (`vmi nemesis`).
+    history: Option<Arc<vmi_control_api::history::History>>,
 }
 
 /// How often, at most, a phone that changed writes a journal record (to its disk and its standby copy): what a
@@ -149,6 +151,7 @@ impl PhoneTask {
             durable: None,
             durable_seqs: HashMap::new(),
             logs: VecDeque::new(),
+            history: None,
         }
     }
 
@@ -177,6 +180,12 @@ impl PhoneTask {
             fenced: false,
             standby_lag: None,
         });
+        self
+    }
+
+    /// The same task, recording every input it applies to `history` (off: `None`).
+    pub fn recording_to(mut self, history: Option<Arc<vmi_control_api::history::History>>) -> PhoneTask {
+        self.history = history;
         self
     }
 
@@ -503,6 +512,11 @@ impl PhoneTask {
                 // Not applied: not acknowledged either.
                 tracing::warn!(user = %self.user, "input failed: {e}");
                 return;
+            }
+            if let Some(history) = &self.history {
+                let epoch = self.durable.as_ref().and_then(|d| d.standby.epoch_of(&self.user));
+                let fields = serde_json::json!({ "user": self.user, "device": device, "seq": seq, "epoch": epoch });
+                history.record("apply", fields);
             }
             self.input_seqs.insert(device, seq);
             self.changed();

@@ -131,6 +131,7 @@ pub fn site_config(control: &Control, id: &str, data_dir: PathBuf) -> SiteConfig
         retention: vmi_checkpoint::Retention::default(),
         credentials: site_credentials(id),
         limits: vmi_trust::ConnectionLimits::default(),
+        history: None,
     }
 }
 

@@ -253,6 +253,28 @@ impl EtcdKv {
         }))
     }
 
+    /// Every value `key` held, oldest first, as etcd's revisions keep them (until compacted; the stores here never
+    /// compact): each version read at the revision before the next one's.
+    pub(crate) fn versions(&self, key: &str) -> Result<Vec<Entry>, ControlError> {
+        let mut versions = Vec::new();
+        let mut at = 0; // 0: now
+        loop {
+            let full = self.full(key);
+            let resp = self.call(true, |mut c| {
+                let full = full.clone();
+                async move { c.get(full, Some(GetOptions::new().with_revision(at))).await }
+            })?;
+            let Some(kv) = resp.kvs().first() else { break };
+            versions.push(Entry { key: key.to_owned(), value: kv.value().to_vec(), mod_revision: kv.mod_revision() });
+            if kv.version() <= 1 {
+                break;
+            }
+            at = kv.mod_revision() - 1;
+        }
+        versions.reverse();
+        Ok(versions)
+    }
+
     /// Every key under `prefix` (by key, or newest key first with `descending`), at most `limit` (0: all), and
     /// the cluster revision the answer was read at.
     pub(crate) fn range(
@@ -484,7 +506,7 @@ impl Tx<'_> {
     }
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ControlError> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ControlError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ControlError::Unavailable(format!("etcd holds a bad value at {key}: {e}")))
 }

@@ -302,6 +302,19 @@ impl EtcdStore {
         Ok(leader::campaign(&handle, self.kv.clone(), self.kv.full("control/leader"), replica.to_owned()))
     }
 
+    /// Every placement `user`'s phone ever had, oldest first, with the etcd revision that wrote it: the ground
+    /// truth the fault checker (`vmi nemesis`) holds the services' histories against.
+    pub fn placement_history(&self, user: &str) -> Result<Vec<(i64, Placement)>, ControlError> {
+        let versions = self.kv.versions(&placement_key(user))?;
+        versions
+            .into_iter()
+            .map(|e| {
+                let p: PlacementRecord = kv::decode(&e.key, &e.value)?;
+                Ok((e.mod_revision, Placement { site: p.site, epoch: p.epoch }))
+            })
+            .collect()
+    }
+
     /// Terminal reports kept in etcd, so that whichever replica leads sees the reports every replica received.
     pub fn shared_reports(&self) -> crate::Reports {
         crate::Reports::shared(self.kv.clone())
@@ -1043,6 +1056,13 @@ mod tests {
         assert!(matches!(&refused, ControlError::Refused(why) if why.contains("site-b's etcd lease")), "{refused:?}");
         s.heartbeat("site-b", 0, None, 10_000).unwrap();
         assert_eq!(s.fail_over("alice", "site-a", "site-b", 1, 5_000, 0).unwrap().site, "site-b");
+        // etcd's history of the placement, what the fault checker holds the services to: every version in order
+        // (naming the standby rewrote it at the same epoch).
+        let history = s.placement_history("alice").unwrap();
+        assert!(history.windows(2).all(|w| w[0].0 < w[1].0), "revisions rise: {history:?}");
+        let mut seen: Vec<(String, u64)> = history.into_iter().map(|(_, p)| (p.site, p.epoch)).collect();
+        seen.dedup();
+        assert_eq!(seen, [("site-a".to_owned(), 1), ("site-b".to_owned(), 2)]);
     }
 
     #[test]
