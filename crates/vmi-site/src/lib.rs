@@ -236,6 +236,7 @@ impl SiteState {
         let health = self.disk.clone();
         let replication = self.replication.clone();
         let history = self.config.history.clone();
+        replication.epoch_unknown(user);
         let mut vm = Some((phone, input_seqs));
         let started = self.phones.insert_unless_closing(user, || {
             let (phone, seqs) = vm.take().expect("the phone is taken once");

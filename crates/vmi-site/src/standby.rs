@@ -330,6 +330,12 @@ impl Replication {
         Ok(Some(site))
     }
 
+    /// Forgets the epoch `user`'s phone ran at here: it starts here again (a restart, an arrival), at an epoch its
+    /// next full record asks the control service for.
+    pub fn epoch_unknown(&self, user: &str) {
+        self.epochs.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+    }
+
     /// Forgets what is known of `user`'s phone here (it left).
     pub fn forget(&self, user: &str) {
         self.epochs.lock().unwrap_or_else(|p| p.into_inner()).remove(user);

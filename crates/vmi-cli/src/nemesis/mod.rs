@@ -56,6 +56,11 @@ pub struct NemesisArgs {
     /// Seed for the choice of targets and durations (default: from the clock); printed in the report.
     #[arg(long)]
     seed: Option<u64>,
+    /// Only these kinds of fault, in this order (comma-separated: kill-site, pause-site, isolate-site,
+    /// site-from-control, site-from-sites, site-from-terminals, etcd-minority, etcd-no-quorum, kill-leader,
+    /// disk-full, corrupt-chunk); default: every kind in turn.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    only: Vec<String>,
     /// Keep the data directory even when every check passed.
     #[arg(long)]
     keep: bool,
@@ -246,7 +251,7 @@ impl UpProcess {
             .arg(dir)
             .arg("--history")
             .arg(dir.join("history"))
-            .env("VMI_LOG", "warn")
+            .env("VMI_LOG", std::env::var("VMI_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::piped())
             .stderr(log);
         // If this process dies first (killed by a test that failed), vmi up is told to stop, as by Ctrl-C, and
@@ -387,6 +392,15 @@ async fn run(args: &NemesisArgs, dir: &Path, seed: u64) -> Result<Value> {
     let up = UpProcess::start(dir)?;
     let outcome = drive(args, dir, &mut rng).await;
     tokio::task::spawn_blocking(move || up.stop()).await?;
+    // What each site's disk held, kept beside the histories (its tmpfs goes with the run): a failure's evidence.
+    for (id, _, _) in crate::services::DEMO_SITES {
+        let kept = dir.join("disks").join(id);
+        let _ = std::fs::create_dir_all(&kept);
+        let copied = std::process::Command::new("cp").arg("-a").arg(dir.join(id).join(".")).arg(&kept).status();
+        if !copied.is_ok_and(|s| s.success()) {
+            tracing::warn!(site = id, "could not keep a copy of the site's disk");
+        }
+    }
     drop(disks);
     let (observed, mut facts) = outcome?;
     let histories: Vec<PathBuf> = std::fs::read_dir(dir.join("history"))?
@@ -396,6 +410,9 @@ async fn run(args: &NemesisArgs, dir: &Path, seed: u64) -> Result<Value> {
         .collect();
     let (records, unreadable) = vmi_control_api::history::read(&histories)?;
     let observed = checker::Observed { records, ..observed };
+    // The end state and etcd's placement histories beside the report: what a failure is judged against.
+    let evidence = json!({ "finals": observed.finals, "placements": observed.placements });
+    std::fs::write(dir.join("observed.json"), format!("{evidence:#}\n"))?;
     let report = checker::check(&observed);
     // A phone that cannot come back from its checkpoints after a chunk was damaged has lost state: a failure too.
     let restores_failed = facts["corrupt_chunk_restores_failed"].as_u64().unwrap_or(0);
@@ -424,11 +441,21 @@ async fn drive(args: &NemesisArgs, dir: &Path, rng: &mut Rng) -> Result<(checker
     // Every phone with a standby copy before the first fault (else its first failover has nowhere to go).
     wait_for_standbys(&cluster, &users).await?;
 
+    let kinds: Vec<FaultKind> = if args.only.is_empty() {
+        FaultKind::ALL.to_vec()
+    } else {
+        args.only
+            .iter()
+            .map(|name| {
+                FaultKind::ALL.into_iter().find(|k| k.name() == name).with_context(|| format!("no fault kind {name:?}"))
+            })
+            .collect::<Result<_>>()?
+    };
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     let mut corrupted: BTreeMap<String, String> = BTreeMap::new();
     let mut skipped: BTreeMap<&str, usize> = BTreeMap::new();
     for n in 0..args.faults {
-        let kind = FaultKind::ALL[n % FaultKind::ALL.len()];
+        let kind = kinds[n % kinds.len()];
         let user = &users[rng.below(users.len())];
         // Site faults hit the site running a phone, where they matter most (any site if none answers).
         let target = match cluster.placement(user).await {
