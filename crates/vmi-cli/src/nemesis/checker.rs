@@ -97,6 +97,12 @@ fn at(r: &Value) -> u64 {
     r["at_us"].as_u64().unwrap_or(0)
 }
 
+/// The earliest an operation may have happened: its invocation, when recorded (a site's apply records the time
+/// before it, and the record's own time after it; a process paused in between records the apply late).
+fn invoked(r: &Value) -> u64 {
+    r["invoked_us"].as_u64().unwrap_or_else(|| at(r))
+}
+
 fn text<'a>(r: &'a Value, field: &str) -> &'a str {
     r[field].as_str().unwrap_or("")
 }
@@ -155,15 +161,35 @@ fn one_owner(observed: &Observed) -> Verdict {
                 }
             }
             match highest {
-                Some((h, by)) if epoch < h => violations.push(format!(
+                // Only if the higher epoch's apply surely came first (it completed before this one began).
+                Some((h, by)) if epoch < h && at(by) < invoked(r) => violations.push(format!(
                     "{user}: {site} applied seq {} at epoch {epoch} ({} µs) after {} applied at epoch {h} ({} µs)",
                     r["seq"],
                     at(r),
                     text(by, "process"),
                     at(by)
                 )),
-                Some((h, _)) if epoch == h => {}
+                Some((h, _)) if epoch <= h => {}
                 _ => highest = Some((epoch, r)),
+            }
+        }
+        // One site, one phone task at a time: two tasks of the phone applying input in overlapping spans would be
+        // two owners inside one site.
+        let mut spans: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+        for r in &applies {
+            if let Some(task) = r["task"].as_str() {
+                let span = spans.entry((text(r, "process"), task)).or_insert((invoked(r), at(r)));
+                span.1 = at(r);
+            }
+        }
+        let spans: Vec<_> = spans.into_iter().collect();
+        for (i, ((site, a), (a0, a1))) in spans.iter().enumerate() {
+            for ((other_site, b), (b0, b1)) in &spans[i + 1..] {
+                if site == other_site && a0 < b1 && b0 < a1 {
+                    violations.push(format!(
+                        "{user}: two phone tasks on {site} ({a}: {a0}..{a1} µs, {b}: {b0}..{b1} µs) applied input at once"
+                    ));
+                }
             }
         }
         // Every change of the applying site has a move to the new site committed in between.
@@ -174,8 +200,10 @@ fn one_owner(observed: &Observed) -> Verdict {
                 continue;
             }
             handoffs += 1;
+            // Somewhere in the spans: the move after the old site's last apply began, before the new one's first
+            // ended.
             let moved = moves_to(observed, &user)
-                .any(|(invoked, completed, site)| site == to && invoked < at(first) && completed > at(last));
+                .any(|(from_us, until_us, site)| site == to && from_us < at(first) && until_us > invoked(last));
             if !moved {
                 violations.push(format!(
                     "{user}: {to} applied seq {} at {} µs after {from} applied seq {} at {} µs, with no placement \
@@ -378,6 +406,24 @@ mod tests {
     }
 
     #[test]
+    fn two_tasks_of_one_phone_on_one_site_at_once_are_caught() {
+        let mut o = clean();
+        let with_task = |mut r: Value, task: &str| {
+            r["task"] = task.into();
+            r
+        };
+        o.records.retain(|r| r["op"] != "apply");
+        o.records.extend([
+            with_task(apply("site-a", 11, 1, Some(1)), "7-1"),
+            with_task(apply("site-a", 21, 2, Some(1)), "7-2"),
+            with_task(apply("site-a", 22, 3, Some(1)), "7-1"),
+        ]);
+        o.records.sort_by_key(at);
+        let report = check(&o);
+        assert!(report.one_owner.violations.iter().any(|v| v.contains("two phone tasks on site-a")), "{report:#?}");
+    }
+
+    #[test]
     fn a_handoff_without_a_move_committed_in_between_is_caught() {
         let mut o = clean();
         // The move completed only after site-b already applied input.
@@ -387,6 +433,17 @@ mod tests {
         let report = check(&o);
         assert!(!report.one_owner.passed);
         assert!(report.one_owner.violations[0].contains("no placement move to site-b"), "{report:#?}");
+
+        // A site paused between applying an input and recording it records it late: applied before the move
+        // began (its invocation says so), it is no violation.
+        let mut o = clean();
+        o.records.retain(|r| !(r["op"] == "apply" && r["seq"] == 2));
+        let mut late = apply("site-a", 29, 2, Some(1));
+        late["invoked_us"] = 20.into();
+        o.records.push(late);
+        o.records.sort_by_key(at);
+        let report = check(&o);
+        assert!(report.one_owner.passed, "{report:#?}");
     }
 
     #[test]

@@ -454,8 +454,14 @@ async fn drive(args: &NemesisArgs, dir: &Path, rng: &mut Rng) -> Result<(checker
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     let mut corrupted: BTreeMap<String, String> = BTreeMap::new();
     let mut skipped: BTreeMap<&str, usize> = BTreeMap::new();
-    for n in 0..args.faults {
-        let kind = kinds[n % kinds.len()];
+    // A fault with nothing to hit (no leader answering, no chunk yet) is skipped and its kind tried again next:
+    // the run injects `faults` faults, trying at most twice as many times.
+    let (mut injected, mut next_kind) = (0usize, 0usize);
+    for n in 0..args.faults * 2 {
+        if injected == args.faults {
+            break;
+        }
+        let kind = kinds[next_kind % kinds.len()];
         let user = &users[rng.below(users.len())];
         // Site faults hit the site running a phone, where they matter most (any site if none answers).
         let target = match cluster.placement(user).await {
@@ -467,6 +473,7 @@ async fn drive(args: &NemesisArgs, dir: &Path, rng: &mut Rng) -> Result<(checker
             Ok(Some(done)) => done,
             Ok(None) => {
                 *skipped.entry(kind.name()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
             Err(e) => {
@@ -483,6 +490,8 @@ async fn drive(args: &NemesisArgs, dir: &Path, rng: &mut Rng) -> Result<(checker
             "hold_ms": hold.as_millis() as u64 }),
         );
         *by_kind.entry(kind.name()).or_default() += 1;
+        injected += 1;
+        next_kind += 1;
         tokio::time::sleep(hold).await;
         for change in changes.iter().rev() {
             if let Err(e) = change.heal() {
@@ -694,14 +703,18 @@ async fn restore_where_corrupted(cluster: &Cluster, user: &str, site: &str, expe
         }
         let newest: Value = serde_json::from_str(&body)?;
         let newest = newest["checkpoint"]["id"].as_str().context("the new checkpoint's id")?.to_owned();
-        let (_, list) = caller.get_bytes(&format!("{url}/v1/phones/{user}/checkpoints")).await?;
-        let list: Value = serde_json::from_slice(&list)?;
-        let oldest = list["checkpoints"]
-            .as_array()
-            .and_then(|l| l.first())
-            .and_then(|c| c["id"].as_str())
-            .context("no checkpoint listed")?
-            .to_owned();
+        // The oldest checkpoint held here that a copy elsewhere can repair: one damaged chunk is one fault, and
+        // a checkpoint whose copy never got out (copies fail while sites are cut off) has nothing to repair from.
+        let catalogue = cluster.control.checkpoints(user).await?;
+        let here = catalogue.iter().filter(|c| c.sites.iter().any(|s| s == site));
+        let uncopied = here.clone().filter(|c| c.sites.len() < 2).count();
+        let oldest = here
+            .filter(|c| c.sites.len() >= 2)
+            .min_by_key(|c| c.entry.at_ms)
+            .context("no checkpoint held here has a copy elsewhere")?
+            .entry
+            .id
+            .clone();
         for id in [&oldest, &newest] {
             let (status, body) =
                 caller.post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &json!({ "id": id })).await?;
@@ -717,11 +730,11 @@ async fn restore_where_corrupted(cluster: &Cluster, user: &str, site: &str, expe
                 expected.map_or(0, |n| n.chars().count())
             );
         }
-        Ok(())
+        Ok::<_, anyhow::Error>(uncopied)
     }
     .await;
     match outcome {
-        Ok(()) => json!({ "user": user, "site": site, "ok": true }),
+        Ok(uncopied) => json!({ "user": user, "site": site, "ok": true, "uncopied_checkpoints": uncopied }),
         Err(e) => json!({ "user": user, "site": site, "ok": false, "error": format!("{e:#}") }),
     }
 }

@@ -89,7 +89,13 @@ pub struct PhoneTask {
     durable_seqs: HashMap<String, u64>,
     /// Where every applied input is recorded, with the placement epoch it was applied at (`vmi nemesis`).
     history: Option<Arc<vmi_control_api::history::History>>,
+    /// This task among every phone task of the process (`{pid}-{n}` in the history): two tasks of one phone
+    /// running at once on one site would be two owners too.
+    task: u64,
 }
+
+/// Numbers the phone tasks of this process.
+static TASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// How often, at most, a phone that changed writes a journal record (to its disk and its standby copy): what a
 /// crash of the site can cost, and about how long terminals wait to hear their inputs are durable.
@@ -152,6 +158,7 @@ impl PhoneTask {
             durable_seqs: HashMap::new(),
             logs: VecDeque::new(),
             history: None,
+            task: TASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -508,6 +515,9 @@ impl PhoneTask {
         }
         let last = self.input_seqs.get(&device).copied().unwrap_or(0);
         if seq > last {
+            // The time before and after: a process paused in between (SIGSTOP) records the apply late, and the
+            // checker must know it happened somewhere in that span.
+            let invoked_us = self.history.as_ref().map(|_| vmi_control_api::history::now_us());
             if let Err(e) = self.phone.deliver(input.to_event()) {
                 // Not applied: not acknowledged either.
                 tracing::warn!(user = %self.user, "input failed: {e}");
@@ -515,7 +525,9 @@ impl PhoneTask {
             }
             if let Some(history) = &self.history {
                 let epoch = self.durable.as_ref().and_then(|d| d.standby.epoch_of(&self.user));
-                let fields = serde_json::json!({ "user": self.user, "device": device, "seq": seq, "epoch": epoch });
+                let task = format!("{}-{}", std::process::id(), self.task);
+                let fields = serde_json::json!({ "user": self.user, "device": device, "seq": seq, "epoch": epoch,
+                    "task": task, "invoked_us": invoked_us });
                 history.record("apply", fields);
             }
             self.input_seqs.insert(device, seq);
