@@ -165,13 +165,13 @@ impl TerminalError {
             | TerminalError::Offline(_) => true,
             #[cfg(feature = "offline")]
             TerminalError::Engine(_) | TerminalError::Vm(_) => true,
-            // A certificate that is not the provider's, or a URL that cannot work, will not get better.
-            TerminalError::Dial { source, .. } => {
-                matches!(
-                    source,
-                    vmi_control_api::ClientError::Trust(_) | vmi_control_api::ClientError::InvalidUrl { .. }
-                )
-            }
+            // A certificate that is not the provider's, or a URL that cannot work, will not get better; a
+            // connection that broke during the handshake (the site died in the middle of it) may.
+            TerminalError::Dial { source, .. } => match source {
+                vmi_control_api::ClientError::Trust(trust) => !trust.is_transient(),
+                vmi_control_api::ClientError::InvalidUrl { .. } => true,
+                _ => false,
+            },
             TerminalError::Connect { .. }
             | TerminalError::Timeout(_)
             | TerminalError::WebSocket(_)
@@ -211,6 +211,18 @@ mod tests {
         assert!(site(ErrorCode::Unauthorized).is_fatal());
         assert!(!site(ErrorCode::PhoneDown).is_fatal());
         assert!(!TerminalError::Timeout("x").is_fatal());
+        // A site that died in the middle of the TLS handshake may be back soon; a certificate refused will not be.
+        let handshake = |kind| TerminalError::Dial {
+            url: "wss://10.0.0.5:7800/v1/terminal".into(),
+            source: vmi_control_api::ClientError::Trust(vmi_trust::TrustError::Handshake {
+                addr: "10.0.0.5:7800".into(),
+                server_name: "10.0.0.5".into(),
+                source: std::io::Error::new(kind, "x"),
+            }),
+        };
+        assert!(!handshake(std::io::ErrorKind::ConnectionReset).is_fatal());
+        assert!(!handshake(std::io::ErrorKind::UnexpectedEof).is_fatal());
+        assert!(handshake(std::io::ErrorKind::InvalidData).is_fatal());
         assert_eq!(site(ErrorCode::Unauthorized).exit_code(), 3);
         assert_eq!(TerminalError::Usage("x".into()).exit_code(), 2);
         assert_eq!(TerminalError::Closed.exit_code(), 1);

@@ -114,3 +114,16 @@ pub enum TrustError {
         addr: SocketAddr,
     },
 }
+
+impl TrustError {
+    /// Whether the network failed rather than trust: the connection could not be made, or it broke during the
+    /// handshake (reset, closed, timed out). Dialling again may work; a certificate rustls refused will not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TrustError::Connect { .. } => true,
+            // rustls reports what it refuses as InvalidData; everything else is the transport's.
+            TrustError::Handshake { source, .. } => source.kind() != std::io::ErrorKind::InvalidData,
+            _ => false,
+        }
+    }
+}
