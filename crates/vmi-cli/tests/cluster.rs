@@ -52,11 +52,7 @@ fn a_site_cut_off_by_its_link_fails_over_and_the_terminal_across_the_bridge_lose
     let owner_link = link_of(&up, &owner);
     let cut = Cut(owner_link.clone());
     link(&owner_link, false);
-    let at = Instant::now();
-    wait_until(Duration::from_secs(30), "the placement moving to the standby site", || placement(&up).0 != owner);
-    eprintln!("{owner} cut off: failed over in {:?}", at.elapsed());
-    let (now_at, now_epoch) = placement(&up);
-    assert!(now_epoch > epoch && others.contains(&now_at), "placed on {now_at} at epoch {now_epoch}");
+    let now_at = wait_for_failover(&up, &owner, epoch, &others, Instant::now(), "link cut");
     let status = terminal.child().wait().expect("terminal ends");
     assert!(status.success(), "the terminal ended with {status}");
     let notes = |site: &str| up.get(&format!("{}/v1/phones/demo/kv/notes.text", up.site(site)));

@@ -171,11 +171,8 @@ fn the_leader_killed_mid_failover_and_mid_migration_and_an_etcd_member_lost_leav
     signal(owner_pid, "-STOP");
     let stopped = Stopped(owner_pid);
     signal(leader_pid, "-KILL");
-    let at = Instant::now();
-    wait_until(Duration::from_secs(30), "the placement moving to the standby site", || placement(&up).0 != owner);
-    eprintln!("leader {name} killed with {owner} stopped: failed over in {:?}", at.elapsed());
-    let (now_at, now_epoch) = placement(&up);
-    assert!(now_epoch > epoch && others.contains(&now_at), "placed on {now_at} at epoch {now_epoch}");
+    let what = format!("leader {name} killed with {owner} stopped");
+    let now_at = wait_for_failover(&up, &owner, epoch, &others, Instant::now(), &what);
     let status = terminal.child().wait().expect("terminal ends");
     assert!(status.success(), "the terminal ended with {status}");
     assert_eq!(notes(&up, &now_at, &operator), text, "every typed character once and in order");

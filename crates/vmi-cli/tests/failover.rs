@@ -56,10 +56,7 @@ fn a_killed_site_fails_over_and_the_terminal_loses_no_input() {
     signal(site_d.id(), "-KILL");
     let killed_at = Instant::now();
     let _ = site_d.child().wait();
-    wait_until(Duration::from_secs(30), "the placement moving to the standby site", || placement(&up).0 != owner);
-    eprintln!("failed over from site-d to {} in {:?}", placement(&up).0, killed_at.elapsed());
-    let (now_at, now_epoch) = placement(&up);
-    assert!(now_epoch > epoch && others.contains(&now_at), "placed on {now_at} at epoch {now_epoch}");
+    let now_at = wait_for_failover(&up, &owner, epoch, &others, killed_at, "SIGKILL");
     let status = terminal.child().wait().expect("terminal ends");
     assert!(status.success(), "the terminal ended with {status}");
     let notes = fetch(&format!("{}/v1/phones/demo/kv/notes.text", up.site(&now_at)), Some(&operator));
@@ -88,12 +85,7 @@ fn a_stopped_site_fails_over_and_the_terminal_loses_no_input() {
     let stopped_at = Instant::now();
 
     // Failed over: placed on the standby site with a higher epoch, within the lease and a few seconds.
-    wait_until(Duration::from_secs(30), "the placement moving to the standby site", || placement(&up).0 != owner);
-    let failover = stopped_at.elapsed();
-    let (now_at, now_epoch) = placement(&up);
-    assert!(now_epoch > epoch, "the epoch rose ({epoch} → {now_epoch})");
-    assert!(others.contains(&now_at));
-    eprintln!("failed over from {owner} to {now_at} in {failover:?}");
+    let now_at = wait_for_failover(&up, &owner, epoch, &others, stopped_at, "SIGSTOP");
 
     let status = terminal.child().wait().expect("terminal ends");
     assert!(status.success(), "the terminal ended with {status}");

@@ -222,18 +222,21 @@ impl Cluster {
 
     /// Users whose phones site `id` at `url` runs, if it answers.
     async fn running_on(&self, id: &str, url: &str) -> Option<Vec<String>> {
+        let phones = self.phones_on(id, url).await?;
+        let running = phones.iter().filter(|p| p["phone"]["status"] == "running");
+        Some(running.filter_map(|p| p["user"].as_str().map(str::to_owned)).collect())
+    }
+
+    /// Site `id`'s listing of its phones (`GET /v1/phones`), if it answers within 3 s.
+    async fn phones_on(&self, id: &str, url: &str) -> Option<Vec<Value>> {
         let caller = self.site_caller(id).ok()?;
         let path = format!("{url}/v1/phones");
         let (status, body) = tokio::time::timeout(Duration::from_secs(3), caller.get_bytes(&path)).await.ok()?.ok()?;
-        let listing: Value = serde_json::from_slice(&body).ok().filter(|_| status == 200)?;
-        Some(
-            listing["phones"]
-                .as_array()?
-                .iter()
-                .filter(|p| p["phone"]["status"] == "running")
-                .filter_map(|p| p["user"].as_str().map(str::to_owned))
-                .collect(),
-        )
+        let mut listing: Value = serde_json::from_slice(&body).ok().filter(|_| status == 200)?;
+        match listing["phones"].take() {
+            Value::Array(phones) => Some(phones),
+            _ => None,
+        }
     }
 }
 
@@ -601,13 +604,15 @@ async fn inject(
         FaultKind::DiskFull => (vec![faults::fill_disk(&cluster.dir.join(site))?], site.to_owned()),
         FaultKind::CorruptChunk => {
             // A checkpoint first, so the site's store holds the user's chunks; then one of its chunks damaged.
-            let Some((site, url)) = cluster.placement(user).await else { return Ok(None) };
-            let caller = cluster.site_caller(&site)?;
+            let Some((now_at, url)) = cluster.placement(user).await.filter(|(s, _)| s == site) else {
+                return Ok(None);
+            };
+            let caller = cluster.site_caller(&now_at)?;
             let taken = caller.post_json(&format!("{url}/v1/phones/{user}/checkpoints"), &json!({})).await;
             if !matches!(taken, Ok((200, _))) {
                 return Ok(None);
             }
-            let Some(chunk) = faults::corrupt_chunk(&cluster.dir.join(&site), rng.next())? else { return Ok(None) };
+            let Some(chunk) = faults::corrupt_chunk(&cluster.dir.join(site), rng.next())? else { return Ok(None) };
             (Vec::new(), format!("{site}: {}", chunk.display()))
         }
     }))
@@ -635,18 +640,11 @@ async fn wait_for_standbys(cluster: &Cluster, users: &[String]) -> Result<()> {
     let by = Instant::now() + Duration::from_secs(60);
     for user in users {
         loop {
-            if let Some((site, url)) = cluster.placement(user).await {
-                let caller = cluster.site_caller(&site)?;
-                if let Ok((200, body)) = caller.get_bytes(&format!("{url}/v1/phones")).await
-                    && let Ok(listing) = serde_json::from_slice::<Value>(&body)
-                    && listing["phones"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|p| p["user"] == user.as_str() && p["phone"]["standby"].is_string())
-                {
-                    break;
-                }
+            if let Some((site, url)) = cluster.placement(user).await
+                && let Some(phones) = cluster.phones_on(&site, &url).await
+                && phones.iter().any(|p| p["user"] == user.as_str() && p["phone"]["standby"].is_string())
+            {
+                break;
             }
             if Instant::now() > by {
                 bail!("{user}'s phone had no standby copy within a minute of starting");

@@ -269,3 +269,15 @@ pub fn wait_for_standby(up: &Up, among: &[String]) -> String {
     wait_until(Duration::from_secs(30), "a standby copy of the demo phone", || standby().is_some());
     standby().expect("found above")
 }
+
+/// Waits (30 s at most) until the demo phone's placement leaves `owner`, asserts it moved to one of `others` at an
+/// epoch above `epoch`, says how long it took since `fault` (`what` names the fault), and returns the new site and
+/// epoch.
+pub fn wait_for_failover(up: &Up, owner: &str, epoch: u64, others: &[String], fault: Instant, what: &str) -> String {
+    wait_until(Duration::from_secs(30), "the placement moving to the standby site", || placement(up).0 != owner);
+    let took = fault.elapsed();
+    let (now_at, now_epoch) = placement(up);
+    assert!(now_epoch > epoch && others.contains(&now_at), "placed on {now_at} at epoch {now_epoch}");
+    eprintln!("{what}: failed over from {owner} to {now_at} in {took:?}");
+    now_at
+}
