@@ -4,6 +4,8 @@
 //! site within the lease time; the terminal finds it there and resends what was not durable; every typed character
 //! is there once and in order. The stopped site, let go again, finds its lease lapsed and the phone placed
 //! elsewhere, and drops its copy instead of running it. The control service and the other sites keep running.
+//! A site restarted while no other site can stand by keeps its phone durable on its own disk, and a failover
+//! later never starts the copy its earlier life had sent.
 
 mod common;
 
@@ -111,4 +113,69 @@ fn a_stopped_site_fails_over_and_the_terminal_loses_no_input() {
     }
     up.interrupt();
     let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn a_site_restarted_with_no_standby_never_lets_a_failover_start_its_earlier_copy() {
+    let data = scratch_dir("failover-restarted");
+    let up = up(&data, &["--no-proxy"]);
+    let operator = up.operator_token();
+    let (owner, _) = placement(&up);
+    let others = sites_but(&up, &owner);
+    // The owner's current process names a standby copy on another site.
+    wait_for_standby(&up, &others);
+    let owner_pid = site_pid(&data, &owner).expect("the owner runs");
+
+    let (mut terminal, text) = typing_terminal_of(&up, &data, 300);
+    std::thread::sleep(Duration::from_secs(2));
+    // No other site can take a record: both stop. The control service sees their leases lapse within 3 s; the
+    // owner's record to the standby hangs for its 5 s timeout meanwhile.
+    let others_stopped: Vec<Stopped> = others
+        .iter()
+        .map(|id| {
+            let pid = site_pid(&data, id).expect("site runs");
+            signal(pid, "-STOP");
+            Stopped(pid)
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "the other sites' leases lapsing", || others.iter().all(|id| !leased(&up, id)));
+    // Killed before it gave up on the standby: `vmi up` starts it again, a process that never named a standby, while
+    // the control service still names the copy the killed one sent.
+    signal(owner_pid, "-KILL");
+    wait_until(Duration::from_secs(30), "the owner started again", || {
+        site_pid(&data, &owner).is_some_and(|pid| pid != owner_pid)
+    });
+    let restarted = site_pid(&data, &owner).expect("restarted");
+    // It runs the phone again and keeps it durable on its own disk: its first full state, then journal records, each
+    // acknowledged to the terminal as durable (no other site to stand by).
+    let journal = data.join(&owner).join("phones/demo/journal");
+    wait_until(Duration::from_secs(30), "records on the restarted owner's disk", || journal.exists());
+    let records_at = journal.metadata().map(|m| m.len()).unwrap_or(0);
+    wait_until(Duration::from_secs(10), "more records on the restarted owner's disk", || {
+        journal.metadata().is_ok_and(|m| m.len() > records_at)
+    });
+
+    // The other sites come back and the owner stops: its lease lapses. A failover to the copy the earlier life
+    // named would bring the phone back without what was typed since the restart.
+    signal(restarted, "-STOP");
+    let owner_stopped = Stopped(restarted);
+    drop(others_stopped);
+    wait_until(Duration::from_secs(10), "the owner's lease lapsing", || !leased(&up, &owner));
+    // Two placer rounds past the lapse: the placer has looked at the owner's phones.
+    std::thread::sleep(Duration::from_secs(2));
+    drop(owner_stopped);
+
+    let status = terminal.child().wait().expect("terminal ends");
+    assert!(status.success(), "the terminal ended with {status}");
+    let (now_at, _) = placement(&up);
+    let notes = fetch(&format!("{}/v1/phones/demo/kv/notes.text", up.site(&now_at)), Some(&operator));
+    assert_eq!(notes, text, "every typed character once and in order (placed on {now_at})");
+    up.interrupt();
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Whether site `id` holds its lease, as the control service sees it.
+fn leased(up: &Up, id: &str) -> bool {
+    let sites: serde_json::Value = serde_json::from_str(&up.control_get("/v1/sites")).expect("sites JSON");
+    sites.as_array().into_iter().flatten().any(|s| s["id"] == id && s["leased"] == true)
 }

@@ -7,8 +7,6 @@ mod common;
 use common::*;
 
 #[test]
-#[ignore = "fails about one run in five: a restarted site's phone lost 8 durable characters (docs/CONTROL-PLANE.md, \
-            'What the checker found'); run by hand with --ignored until that is fixed"]
 fn a_hundred_faults_of_every_kind_leave_one_owner_per_epoch_and_every_durable_key_once_in_order() {
     assert!(vmi_cluster::Net::available(), "vmi nemesis needs root (network namespaces): run the tests as root");
     let data = scratch_dir("nemesis");

@@ -165,8 +165,11 @@ pub struct Replication {
     epochs: Mutex<HashMap<String, u64>>,
     /// Sites that did not take a record lately, and until when they are passed over.
     failing: Mutex<HashMap<String, Instant>>,
-    /// The standby site named to the control service for each phone: a failover would start that copy.
-    named: Mutex<HashMap<String, String>>,
+    /// The standby site named to the control service for each phone (a failover would start that copy), or
+    /// `None` once this process unnamed it. A phone with no entry may still have a copy named by an earlier life
+    /// of this site (before a crash or a restart) or of the phone here: unknown, so it is unnamed before the disk
+    /// alone may make an input durable.
+    named: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl Replication {
@@ -272,13 +275,16 @@ impl Replication {
         let Some((site, url)) = self.target() else {
             // No site can stand by. Only the disk holds the record then, and that is durable enough only if no
             // older copy is named for a failover (it would come back without this record): unname it first.
+            // Unknown (no entry) counts as named: after a restart the control service may still name the copy the
+            // site's earlier life sent, and a failover would bring the phone back without what the disk holds since.
             let named = self.named.lock().unwrap_or_else(|p| p.into_inner()).get(user).cloned();
-            if let Some(old) = named {
+            if named != Some(None) {
+                let old = named.flatten().unwrap_or_else(|| "a copy named before this site started".to_owned());
                 self.control
                     .clear_standby(user)
                     .await
                     .map_err(|e| format!("{old} cannot take records and cannot be unnamed as the standby: {e}"))?;
-                self.named.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+                self.named.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_owned(), None);
                 tracing::warn!(user, standby = %old, "no site can stand by: the phone is durable on this disk only");
             }
             return Ok(None);
@@ -325,15 +331,17 @@ impl Replication {
                 .set_standby(user, &site, epoch)
                 .await
                 .map_err(|e| format!("cannot name {site} as the standby: {e}"))?;
-            self.named.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_owned(), site.clone());
+            self.named.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_owned(), Some(site.clone()));
         }
         Ok(Some(site))
     }
 
     /// Forgets the epoch `user`'s phone ran at here: it starts here again (a restart, an arrival), at an epoch its
-    /// next full record asks the control service for.
+    /// next full record asks the control service for. Which standby copy the control service names is unknown from
+    /// then on too (see `named`).
     pub fn epoch_unknown(&self, user: &str) {
         self.epochs.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+        self.named.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
     }
 
     /// Forgets what is known of `user`'s phone here (it left).
@@ -346,7 +354,7 @@ impl Replication {
     /// copy while the user runs the phone on their device).
     pub async fn unname(&self, user: &str) -> Result<(), vmi_control_api::ClientError> {
         self.control.clear_standby(user).await?;
-        self.named.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+        self.named.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_owned(), None);
         Ok(())
     }
 }

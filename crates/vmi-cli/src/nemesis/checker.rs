@@ -248,10 +248,26 @@ fn durable_inputs(observed: &Observed) -> Verdict {
         let held = notes.chars().count();
         if common < held {
             let near: String = notes.chars().skip(common.saturating_sub(5)).take(15).collect();
-            violations.push(format!(
-                "{user}: the notes part from what was typed at character {common} (…{near}…): a character lost, \
-                 doubled or out of order"
-            ));
+            // Input numbers of the typed characters, in order: to name what went wrong by the terminal's numbers.
+            let seqs: Vec<u64> = typed.iter().filter(|(_, c)| c.is_some()).map(|(s, _)| *s).collect();
+            let seq = |i: usize| seqs.get(i).map_or_else(|| "?".to_owned(), u64::to_string);
+            let what = match resumes_at(&all, notes, common) {
+                Some(p) if p > common => format!(
+                    "typed characters {common}..{p} are missing (inputs {}..={}, {} characters)",
+                    seq(common),
+                    seq(p - 1),
+                    p - common
+                ),
+                Some(p) if p < common => format!(
+                    "typed characters {p}..{common} are there twice (inputs {}..={}, {} characters)",
+                    seq(p),
+                    seq(common - 1),
+                    common - p
+                ),
+                _ => "a character lost, doubled or out of order".to_owned(),
+            };
+            violations
+                .push(format!("{user}: the notes part from what was typed at character {common} (…{near}…): {what}"));
         } else if held < durable_chars {
             violations.push(format!(
                 "{user}: the notes hold {held} characters, but {durable_chars} were acknowledged as durable"
@@ -259,6 +275,17 @@ fn durable_inputs(observed: &Observed) -> Verdict {
         }
     }
     Verdict::new(json!({ "typed": typed_total, "durable": durable_total }), violations)
+}
+
+/// Where in `typed` the notes carry on after they part from it at character `at`: the first place the next
+/// characters of the notes (up to 16) were typed, if any.
+fn resumes_at(typed: &str, notes: &str, at: usize) -> Option<usize> {
+    let typed: Vec<char> = typed.chars().collect();
+    let next: Vec<char> = notes.chars().skip(at).take(16).collect();
+    if next.is_empty() {
+        return None;
+    }
+    typed.windows(next.len()).position(|w| w == next.as_slice())
 }
 
 fn phones_live(observed: &Observed) -> Verdict {
@@ -448,7 +475,12 @@ mod tests {
 
     #[test]
     fn a_lost_doubled_or_reordered_character_is_caught() {
-        for (notes, words) in [("ab", "were acknowledged as durable"), ("abbc", "lost, doubled"), ("acb", "lost")] {
+        for (notes, words) in [
+            ("ab", "were acknowledged as durable"),
+            ("abbc", "typed characters 1..2 are there twice (inputs 3..=3, 1 characters)"),
+            ("ac", "typed characters 1..2 are missing (inputs 3..=3, 1 characters)"),
+            ("acb", "lost, doubled or out of order"),
+        ] {
             let mut o = clean();
             o.finals.get_mut("u").expect("u").notes = Some(notes.into());
             let report = check(&o);

@@ -225,7 +225,12 @@ pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool)
 
 /// A terminal that types one character every 100 ms for about 12 s into the demo phone's notes, and the text.
 pub fn typing_terminal(up: &Up, data: &Path) -> (ChildGuard, String) {
-    let text: String = (0..120).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    typing_terminal_of(up, data, 120)
+}
+
+/// A terminal that types `chars` characters, one every 100 ms, into the demo phone's notes, and the text.
+pub fn typing_terminal_of(up: &Up, data: &Path, chars: usize) -> (ChildGuard, String) {
+    let text: String = (0..chars).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
     let mut script = String::from("tap 274 1090\n");
     for c in text.chars() {
         script.push_str(&format!("type {c}\nwait 100ms\n"));
