@@ -31,6 +31,17 @@ pub struct ControlArgs {
     /// This replica's name in the leader election (default: the listening address).
     #[arg(long, requires = "etcd")]
     replica: Option<String>,
+    /// The CA that signed the etcd members' certificates, for `https://` members (default: the provider CA, in
+    /// pki/ under --state-dir).
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    etcd_ca: Option<PathBuf>,
+    /// The client certificate to present to `https://` etcd members (default: one the provider CA issues to this
+    /// replica at start; with --etcd-key).
+    #[arg(long, value_name = "FILE", requires_all = ["etcd", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (with --etcd-cert).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Where the provider CA (pki/), ca.pem and operator.json live (default: --db's directory). Replicas of one
     /// control plane share the CA: copy pki/ to each, or point them at one directory on one machine.
     #[arg(long, value_name = "DIR")]
@@ -303,6 +314,7 @@ pub async fn control(args: ControlArgs) -> Result<()> {
             .with_context(|| format!("opening the history {}", path.display()))?;
         vmi_control::history::record_to(Arc::new(history));
     }
+    let authority = Arc::new(vmi_trust::Authority::load_or_create(&dir.join("pki")).context("the provider CA")?);
     let (store, leadership, reports): (Arc<dyn vmi_control::Store>, _, _) = if args.etcd.is_empty() {
         let store =
             vmi_control::SqliteStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
@@ -311,9 +323,16 @@ pub async fn control(args: ControlArgs) -> Result<()> {
         // Connecting blocks (the client has a runtime of its own): off this runtime's workers. A cluster that
         // is starting too (no leader elected yet) is waited for, a while.
         let deadline = std::time::Instant::now() + ETCD_WAIT;
+        let tls = etcd_tls_for_control(&args, &authority, &replica)?;
         let store = loop {
-            let (endpoints, prefix) = (args.etcd.clone(), args.etcd_prefix.clone());
-            match tokio::task::spawn_blocking(move || vmi_control::EtcdStore::connect(&endpoints, &prefix)).await? {
+            let (endpoints, prefix, tls) = (args.etcd.clone(), args.etcd_prefix.clone(), tls.clone());
+            let connected =
+                tokio::task::spawn_blocking(move || vmi_control::EtcdStore::connect_with(&endpoints, &prefix, tls));
+            match connected.await? {
+                // A wrong scheme or file does not mend itself by waiting.
+                Err(e @ vmi_control::ControlError::BadRequest(_)) => {
+                    return Err(e).with_context(|| format!("connecting to etcd at {}", args.etcd.join(",")));
+                }
                 Ok(store) => break store,
                 Err(e) if std::time::Instant::now() < deadline => {
                     tracing::info!(error = %e, "waiting for etcd");
@@ -329,9 +348,8 @@ pub async fn control(args: ControlArgs) -> Result<()> {
         tracing::info!(replica, etcd = %args.etcd.join(","), "control replica on etcd");
         (Arc::new(store), leadership, reports)
     };
-    let authority = vmi_trust::Authority::load_or_create(&dir.join("pki")).context("the provider CA")?;
     let host = addr.ip().to_string();
-    let trust = vmi_control::ServiceTrust::new(Arc::new(authority), &[&host, "localhost"])?;
+    let trust = vmi_control::ServiceTrust::new(authority, &[&host, "localhost"])?;
     let url = format!("https://{addr}");
     let credential_path = dir.join("operator.json");
     if !store.has_operator()? || !credential_path.exists() {
@@ -364,6 +382,60 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     };
     vmi_control::serve_with(listener, store, options, stop_signal()).await?;
     Ok(())
+}
+
+/// How a control replica speaks TLS to its etcd members: none for `http://` members (one machine's loopback),
+/// else the CA and client certificate given, or by default the provider CA and a client certificate it issues to
+/// the replica now.
+fn etcd_tls_for_control(
+    args: &ControlArgs,
+    authority: &vmi_trust::Authority,
+    replica: &str,
+) -> Result<Option<vmi_control::EtcdTls>> {
+    if !args.etcd.iter().any(|e| e.starts_with("https://")) {
+        return Ok(None);
+    }
+    let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+    let ca_pem = match &args.etcd_ca {
+        Some(path) => read(path)?,
+        None => authority.cert_pem().to_owned(),
+    };
+    let (cert_pem, key_pem) = match (&args.etcd_cert, &args.etcd_key) {
+        (Some(cert), Some(key)) => (read(cert)?, read(key)?),
+        _ => {
+            let issued = etcd_client_credentials(authority, replica)?;
+            (issued.cert_pem, issued.key_pem)
+        }
+    };
+    Ok(Some(vmi_control::EtcdTls { ca_pem, cert_pem, key_pem }))
+}
+
+/// A client certificate from the provider CA for talking to etcd members as `who` (a replica, the fault checker).
+pub(crate) fn etcd_client_credentials(authority: &vmi_trust::Authority, who: &str) -> Result<vmi_trust::Credentials> {
+    // A DNS label of the name (a replica may be named by its address): etcd does not check client names.
+    let label: String =
+        who.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
+    let name = format!("{}.etcd-client.vmi", label.trim_matches('-'));
+    authority.credentials_for(&name, &[]).context("issuing a client certificate for etcd")
+}
+
+/// The etcd TLS a process on this machine uses for `endpoints` of `vmi up`'s cluster in `data_dir` (the provider
+/// CA in `data_dir/pki` issues it a client certificate), or none for `http://` members.
+pub(crate) fn etcd_tls_in(
+    data_dir: &std::path::Path,
+    endpoints: &[String],
+    who: &str,
+) -> Result<Option<vmi_control::EtcdTls>> {
+    if !endpoints.iter().any(|e| e.starts_with("https://")) {
+        return Ok(None);
+    }
+    let authority = vmi_trust::Authority::load_or_create(&data_dir.join("pki")).context("the provider CA")?;
+    let issued = etcd_client_credentials(&authority, who)?;
+    Ok(Some(vmi_control::EtcdTls {
+        ca_pem: authority.cert_pem().to_owned(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    }))
 }
 
 /// The site's certificate: the one saved in `data_dir/tls`, or a new one from enrolling with `join` (a key made
@@ -734,7 +806,24 @@ impl SimulatedCluster {
         for (id, _, _) in DEMO_SITES {
             nodes.push(net.node(id)?);
         }
-        let etcd = vmi_cluster::EtcdMembers::start("etcd", &data_dir.join("etcd"), members).context("starting etcd")?;
+        // The members speak TLS to each other and to the control replicas (they are machines of their own): each
+        // gets a certificate naming its address from the provider CA, made here before the control service starts.
+        let authority =
+            vmi_trust::Authority::load_or_create(&data_dir.join("pki")).context("the provider CA for etcd")?;
+        let mut with_tls = Vec::new();
+        for (i, (ip, node)) in members.into_iter().enumerate() {
+            let dir = data_dir.join("etcd").join(format!("tls-{i}"));
+            let ip_text = ip.to_string();
+            authority
+                .credentials_for(&format!("etcd-{i}.etcd.vmi"), &[ip_text.as_str()])
+                .and_then(|c| c.save(&dir))
+                .with_context(|| format!("a certificate for etcd member {i}"))?;
+            let files =
+                vmi_cluster::MemberTls { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+            with_tls.push((ip, node, Some(files)));
+        }
+        let etcd =
+            vmi_cluster::EtcdMembers::start_with("etcd", &data_dir.join("etcd"), with_tls).context("starting etcd")?;
         eprintln!(
             "simulated cluster: bridge {} ({}/24); etcd at {}",
             net.bridge(),

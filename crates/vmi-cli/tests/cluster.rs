@@ -2,7 +2,8 @@
 //! a link to a shared bridge. A terminal in the host's namespace types into the demo phone across those links; the
 //! link of the site running it is taken down (a real partition: the site runs on, cut off) and the phone fails over
 //! to its standby copy with every typed character; an etcd member cut off from the others changes nothing the
-//! terminal sees; the cut-off site, linked again, drops its copy.
+//! terminal sees; the cut-off site, linked again, drops its copy. The etcd members speak only mutual TLS: a client
+//! without a certificate from the provider CA, or in plain text, is refused.
 
 mod common;
 
@@ -40,6 +41,7 @@ fn a_site_cut_off_by_its_link_fails_over_and_the_terminal_across_the_bridge_lose
     let (owner, epoch) = placement(&up);
     let others = sites_but(&up, &owner);
     wait_for_standby(&up, &others);
+    etcd_speaks_only_mutual_tls(&data);
 
     let (mut terminal, text) = typing_terminal(&up, &data);
     std::thread::sleep(Duration::from_secs(2));
@@ -68,4 +70,36 @@ fn a_site_cut_off_by_its_link_fails_over_and_the_terminal_across_the_bridge_lose
     assert_eq!(notes(&now_at).as_deref(), Ok(text.as_str()));
     up.interrupt();
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Between machines etcd speaks TLS, and only to clients with a certificate from the provider CA.
+fn etcd_speaks_only_mutual_tls(data: &std::path::Path) {
+    let up: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("up.json")).expect("up.json")).expect("JSON");
+    let endpoints: Vec<&str> =
+        up["etcd"].as_array().expect("etcd endpoints").iter().filter_map(|e| e.as_str()).collect();
+    assert!(!endpoints.is_empty() && endpoints.iter().all(|e| e.starts_with("https://10.")), "{endpoints:?}");
+    let etcdctl = |endpoint: &str, args: &[&str]| {
+        std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint, "--dial-timeout", "2s", "--command-timeout", "3s"])
+            .args(args)
+            .args(["endpoint", "health"])
+            .output()
+            .expect("etcdctl runs (scripts/setup installs it)")
+    };
+    let ca = data.join("pki/ca.pem").display().to_string();
+    // A certificate the provider CA issued (the member's own; it is good for clients too).
+    let (cert, key) = (data.join("etcd/tls-0/cert.pem"), data.join("etcd/tls-0/key.pem"));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let with_cert = etcdctl(endpoints[0], &["--cacert", &ca, "--cert", &cert, "--key", &key]);
+    assert!(
+        with_cert.status.success(),
+        "a client with a provider certificate: {}",
+        String::from_utf8_lossy(&with_cert.stderr)
+    );
+    let without_cert = etcdctl(endpoints[0], &["--cacert", &ca]);
+    assert!(!without_cert.status.success(), "a TLS client without a certificate is refused");
+    let plain = endpoints[0].replace("https://", "http://");
+    assert!(!etcdctl(&plain, &[]).status.success(), "a plain-text client is refused");
 }

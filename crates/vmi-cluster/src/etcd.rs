@@ -23,6 +23,28 @@ struct Member {
     dir: PathBuf,
     process: Option<Process>,
     node: Option<Node>,
+    tls: Option<MemberTls>,
+}
+
+impl Member {
+    /// The member's URL at `port`: `https://` when it speaks TLS.
+    fn url(&self, port: u16) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{port}", self.ip)
+    }
+}
+
+/// One member's TLS files (PEM): its certificate, which must name its address (it serves clients and its peers
+/// with it, and presents it to its peers), its key, and the CA it requires every client and peer to present a
+/// certificate from.
+#[derive(Debug, Clone)]
+pub struct MemberTls {
+    /// The CA's certificate.
+    pub ca: PathBuf,
+    /// The member's certificate.
+    pub cert: PathBuf,
+    /// The member's private key.
+    pub key: PathBuf,
 }
 
 /// A running etcd cluster; every member is killed when this is dropped (their data stays in the directory).
@@ -38,6 +60,16 @@ impl EtcdMembers {
     /// `{name}-0`, ..., with data and logs under `dir`, and waits until each accepts client connections. Elections
     /// are quick (50 ms heartbeats, 500 ms election timeout): the members are one machine's processes.
     pub fn start(name: &str, dir: &Path, at: Vec<(Ipv4Addr, Option<Node>)>) -> Result<EtcdMembers, ClusterError> {
+        EtcdMembers::start_with(name, dir, at.into_iter().map(|(ip, node)| (ip, node, None)).collect())
+    }
+
+    /// As [`start`](Self::start), each member with its TLS files or none: a member with them speaks only TLS, to
+    /// clients and peers alike, and requires their certificates (mutual TLS); its URLs are `https://`.
+    pub fn start_with(
+        name: &str,
+        dir: &Path,
+        at: Vec<(Ipv4Addr, Option<Node>, Option<MemberTls>)>,
+    ) -> Result<EtcdMembers, ClusterError> {
         if !Path::new(ETCD).exists() {
             return Err(ClusterError::NoEtcd(ETCD));
         }
@@ -45,16 +77,17 @@ impl EtcdMembers {
         let members: Vec<Member> = at
             .into_iter()
             .enumerate()
-            .map(|(i, (ip, node))| Member {
+            .map(|(i, (ip, node, tls))| Member {
                 name: format!("{name}-{i}"),
                 ip,
                 dir: dir.join(format!("m{i}")),
                 process: None,
                 node,
+                tls,
             })
             .collect();
         let initial_cluster =
-            members.iter().map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip)).collect::<Vec<_>>().join(",");
+            members.iter().map(|m| format!("{}={}", m.name, m.url(PEER_PORT))).collect::<Vec<_>>().join(",");
         let mut cluster = EtcdMembers { members, initial_cluster, token: format!("vmi-{name}-{}", std::process::id()) };
         for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
@@ -65,9 +98,9 @@ impl EtcdMembers {
         Ok(cluster)
     }
 
-    /// Every member's client URL (`http://ip:2379`), running or not.
+    /// Every member's client URL (`http://ip:2379`, `https://` with TLS), running or not.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://{}:{CLIENT_PORT}", m.ip)).collect()
+        self.members.iter().map(|m| m.url(CLIENT_PORT)).collect()
     }
 
     /// How many members there are.
@@ -174,8 +207,8 @@ impl EtcdMembers {
             .open(&log_path)
             .map_err(|e| ClusterError::io(format!("opening {}", log_path.display()), e))?;
         let log2 = log.try_clone().map_err(|e| ClusterError::io("cloning the log", e))?;
-        let client = format!("http://{}:{CLIENT_PORT}", m.ip);
-        let peer = format!("http://{}:{PEER_PORT}", m.ip);
+        let client = m.url(CLIENT_PORT);
+        let peer = m.url(PEER_PORT);
         let mut command = match &m.node {
             Some(node) => node.command(ETCD),
             None => Command::new(ETCD),
@@ -190,10 +223,25 @@ impl EtcdMembers {
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(["--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if let Some(tls) = &m.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth")
+                .arg("--peer-cert-file")
+                .arg(&tls.cert)
+                .arg("--peer-key-file")
+                .arg(&tls.key)
+                .arg("--peer-trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--peer-client-cert-auth");
+        }
+        command.stdin(Stdio::null()).stdout(log).stderr(log2);
         let process = Process::spawn(&mut command)?;
         self.members[i].process = Some(process);
         Ok(())

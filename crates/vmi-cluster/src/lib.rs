@@ -16,6 +16,6 @@ mod net;
 mod process;
 
 pub use error::ClusterError;
-pub use etcd::{CLIENT_PORT, ETCD, EtcdMembers, PEER_PORT};
+pub use etcd::{CLIENT_PORT, ETCD, EtcdMembers, MemberTls, PEER_PORT};
 pub use net::{Net, Node};
 pub use process::Process;

@@ -190,6 +190,6 @@ pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, de
 pub use placer::{ORDER_TIMEOUT, PlacerRounds, run_placer};
 pub use reports::Reports;
 pub use store::{
-    DEFAULT_AUDIT_LISTED, DEFAULT_ETCD_PREFIX, EtcdStore, LEADER_TTL, SCHEMA_VERSION, SqliteStore, Store, now_ms,
-    token_hash,
+    DEFAULT_AUDIT_LISTED, DEFAULT_ETCD_PREFIX, EtcdStore, EtcdTls, LEADER_TTL, SCHEMA_VERSION, SqliteStore, Store,
+    now_ms, token_hash,
 };

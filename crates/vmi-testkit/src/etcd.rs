@@ -18,6 +18,19 @@ static NEXT_NET: AtomicU8 = AtomicU8::new(0);
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: EtcdMembers,
+    dir: PathBuf,
+}
+
+impl Drop for EtcdCluster {
+    /// Kills every member and removes the data, unless the test failed (its logs are the evidence).
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.members.kill(i);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 impl EtcdCluster {
@@ -43,7 +56,7 @@ impl EtcdCluster {
     fn launch(name: &str, at: Vec<(Ipv4Addr, Option<vmi_cluster::Node>)>) -> EtcdCluster {
         let dir = scratch_dir(&format!("etcd-{name}"));
         let members = EtcdMembers::start(name, &dir, at).unwrap_or_else(|e| panic!("starting etcd: {e}"));
-        EtcdCluster { members }
+        EtcdCluster { members, dir }
     }
 
     /// Every member's client URL (`http://ip:2379`), live or not.

@@ -758,8 +758,9 @@ async fn placement_histories(
     users: &[String],
 ) -> Result<BTreeMap<String, Vec<(i64, vmi_control_api::model::Placement)>>> {
     let (endpoints, users) = (cluster.etcd.clone(), users.to_vec());
+    let tls = crate::services::etcd_tls_in(&cluster.dir, &endpoints, "nemesis")?;
     tokio::task::spawn_blocking(move || {
-        let store = vmi_control::EtcdStore::connect(&endpoints, vmi_control::DEFAULT_ETCD_PREFIX)?;
+        let store = vmi_control::EtcdStore::connect_with(&endpoints, vmi_control::DEFAULT_ETCD_PREFIX, tls)?;
         let mut histories = BTreeMap::new();
         for user in users {
             histories.insert(user.clone(), store.placement_history(&user)?);

@@ -45,7 +45,7 @@ mod users;
 
 pub use access::DEFAULT_AUDIT_LISTED;
 pub(crate) use etcd::EtcdKv;
-pub use etcd::{DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX, EtcdStore, LEADER_TTL};
+pub use etcd::{DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX, EtcdStore, EtcdTls, LEADER_TTL};
 pub use schema::SCHEMA_VERSION;
 
 /// Storage for users, devices, sites and placements.

@@ -77,7 +77,11 @@ pub(crate) fn unavailable(err: etcd_client::Error) -> ControlError {
 
 impl EtcdKv {
     /// Connects to the cluster at `endpoints` (`http://host:port` each); keys live under `prefix`.
-    pub(crate) fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdKv, ControlError> {
+    pub(crate) fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<super::EtcdTls>,
+    ) -> Result<EtcdKv, ControlError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("vmi-etcd")
@@ -89,6 +93,14 @@ impl EtcdKv {
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_require_leader(true);
+        let options = match tls {
+            Some(tls) => options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(tls.ca_pem))
+                    .identity(etcd_client::Identity::from_pem(tls.cert_pem, tls.key_pem)),
+            ),
+            None => options,
+        };
         let mut clients = Vec::with_capacity(endpoints.len());
         let mut status_clients = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {

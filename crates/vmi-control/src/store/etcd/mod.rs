@@ -252,13 +252,45 @@ fn tenant_of(tx: &mut kv::Tx<'_>, user: &str) -> Result<Option<String>, ControlE
     Ok(require_user(tx, user)?.tenant)
 }
 
+/// How a client speaks TLS to etcd members (`https://` endpoints): the root it trusts for the members'
+/// certificates, and the certificate and key it presents (the members require one: mutual TLS).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA that signed the members' certificates (PEM).
+    pub ca_pem: String,
+    /// This client's certificate (PEM).
+    pub cert_pem: String,
+    /// This client's private key (PEM).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
+    }
+}
+
 impl EtcdStore {
-    /// Connects to the etcd cluster at `endpoints` (each `http://host:port`); keys live under `prefix`.
+    /// Connects to the etcd cluster at `endpoints` (each `http://host:port`, plain: loopback only); keys live
+    /// under `prefix`.
     pub fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore, ControlError> {
+        EtcdStore::connect_with(endpoints, prefix, None)
+    }
+
+    /// Connects to the etcd cluster at `endpoints`: `https://host:port` each with `tls` (mutual TLS, what crosses
+    /// between machines), or `http://host:port` each without it. A mix, or a scheme that does not match, is refused.
+    pub fn connect_with(endpoints: &[String], prefix: &str, tls: Option<EtcdTls>) -> Result<EtcdStore, ControlError> {
         if endpoints.is_empty() {
             return Err(ControlError::BadRequest("no etcd endpoint given".into()));
         }
-        let kv = EtcdKv::connect(endpoints, prefix)?;
+        let scheme = if tls.is_some() { "https://" } else { "http://" };
+        if let Some(odd) = endpoints.iter().find(|e| !e.starts_with(scheme)) {
+            return Err(ControlError::BadRequest(match tls {
+                Some(_) => format!("etcd endpoint {odd} is not https:// (TLS is configured for etcd)"),
+                None => format!("etcd endpoint {odd} is not http:// (give the etcd TLS files for https://)"),
+            }));
+        }
+        let kv = EtcdKv::connect(endpoints, prefix, tls)?;
         // One read proves the cluster answers (and has a leader) before the service says it is up.
         kv.get("seq/devices")?;
         Ok(EtcdStore { kv: Arc::new(kv), heartbeats: std::sync::atomic::AtomicU64::new(0), site_leases: true })
@@ -1074,9 +1106,14 @@ mod tests {
         s.put_site("site-a", &spec(1)).unwrap();
         s.heartbeat("site-a", 0, None, 1_000).unwrap();
         assert!(!s.placements_frozen().unwrap());
-        // One member dead: the two others have a leader; nothing is frozen (and writes go on).
+        // One member dead: the two others have a leader (after an election, if it led); nothing is frozen, and
+        // writes go on.
         cluster.kill(2);
-        s.heartbeat("site-a", 0, None, 2_000).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Err(e) = s.heartbeat("site-a", 0, None, 2_000) {
+            assert!(std::time::Instant::now() < deadline, "no write within 10 s of losing one member: {e:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         assert!(!s.placements_frozen().unwrap());
         cluster.restart(2);
         // Every member cut off from the others: no quorum anywhere, and each says it has no leader.
