@@ -58,6 +58,10 @@ pub enum MigrationMessage {
     Committed {
         /// The placement epoch after the move.
         epoch: u64,
+        /// How long the phone had run at the destination (provisionally, nothing leaving it) when the commit
+        /// landed, µs: the source's downtime ends that much before this answer. 0 from a destination that does
+        /// not say (an older one: the field is absent on the wire).
+        ran_us: u64,
     },
     /// Either way: the migration is off; the source keeps (or resumes) the phone.
     Abort {
@@ -120,9 +124,10 @@ pub fn encode_migration(m: &MigrationMessage) -> Vec<u8> {
                 out.extend_from_slice(&seq.to_le_bytes());
             }
         }
-        MigrationMessage::Committed { epoch } => {
+        MigrationMessage::Committed { epoch, ran_us } => {
             out.push(COMMITTED);
             out.extend_from_slice(&epoch.to_le_bytes());
+            out.extend_from_slice(&ran_us.to_le_bytes());
         }
         MigrationMessage::Abort { reason } => {
             out.push(ABORT);
@@ -218,7 +223,12 @@ pub fn decode_migration(bytes: &[u8]) -> Result<MigrationMessage, ProtocolError>
             }
             MigrationMessage::Final { snapshot, input_seqs }
         }
-        COMMITTED => MigrationMessage::Committed { epoch: c.u64("epoch")? },
+        COMMITTED => {
+            let epoch = c.u64("epoch")?;
+            // Absent from an older destination's answer.
+            let ran_us = if c.buf.is_empty() { 0 } else { c.u64("ran_us")? };
+            MigrationMessage::Committed { epoch, ran_us }
+        }
         ABORT => MigrationMessage::Abort { reason: c.text("reason")? },
         other => return Err(ProtocolError::UnknownType(other)),
     };
@@ -246,7 +256,7 @@ mod tests {
             MigrationMessage::Round { snapshot: vec![1, 2, 3] },
             MigrationMessage::RoundAck { applied: 2 },
             MigrationMessage::Final { snapshot: vec![9; 100], input_seqs: vec![("1".into(), 17), ("ü".into(), 0)] },
-            MigrationMessage::Committed { epoch: 43 },
+            MigrationMessage::Committed { epoch: 43, ran_us: 2_700 },
             MigrationMessage::Abort { reason: "destination full".into() },
         ]
     }
@@ -256,6 +266,13 @@ mod tests {
         for m in all() {
             assert_eq!(decode_migration(&encode_migration(&m)).expect("decodes"), m);
         }
+    }
+
+    #[test]
+    fn a_commit_from_an_older_destination_reads_as_no_time_run() {
+        let mut old = vec![COMMITTED];
+        old.extend_from_slice(&43u64.to_le_bytes());
+        assert_eq!(decode_migration(&old), Ok(MigrationMessage::Committed { epoch: 43, ran_us: 0 }));
     }
 
     #[test]
@@ -281,7 +298,9 @@ mod tests {
         for m in all() {
             let bytes = encode_migration(&m);
             for cut in 0..bytes.len() {
-                assert!(decode_migration(&bytes[..cut]).is_err(), "prefix {cut} of {m:?}");
+                // An older destination's Committed is this one without its last field.
+                let old_commit = matches!(m, MigrationMessage::Committed { .. }) && cut == 9;
+                assert!(decode_migration(&bytes[..cut]).is_err() != old_commit, "prefix {cut} of {m:?}");
             }
             for _ in 0..2000 {
                 x ^= x << 13;

@@ -225,39 +225,79 @@ impl SiteState {
     /// The phone runs only while the site holds its lease (docs/FAILOVER.md). A standby copy this site held of it
     /// (from when another site ran it) is stale from now on and goes.
     pub(crate) fn spawn_phone(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) {
+        let mut vm = Some((phone, input_seqs));
+        let started = self.phones.insert_unless_closing(user, || {
+            let (phone, seqs) = vm.take().expect("the phone is taken once");
+            PhoneLink::spawn(self.phone_task(user, phone, seqs))
+        });
+        if started {
+            self.now_running_here(user);
+        } else if let Some((mut phone, input_seqs)) = vm {
+            let saved = phone
+                .snapshot(vmi_engine::SnapshotRequest::Full)
+                .map_err(|e| SiteError::phone(user, e.into()))
+                .and_then(|s| write_phone(&self.phone_dir(user), &SavedPhone { snapshot: s.bytes, input_seqs }));
+            Self::log_saved_at_shutdown(user, saved);
+        }
+    }
+
+    /// Starts a migration's arrival before its ownership commits: the VM runs, but nothing it does leaves its task,
+    /// and it is in no registry, so no terminal or service reaches it (docs/MIGRATION.md). Then
+    /// [`register_arrival`](Self::register_arrival) once the placement names this site, or `stop` and drop it.
+    pub(crate) fn spawn_provisional(
+        &self,
+        user: &str,
+        phone: Box<dyn VirtualPhone>,
+        input_seqs: HashMap<String, u64>,
+    ) -> PhoneLink {
+        PhoneLink::spawn(self.phone_task(user, phone, input_seqs).provisional())
+    }
+
+    /// A provisional arrival whose ownership committed: it runs as any phone here from now on (or, on a site that is
+    /// shutting down, is saved for its next start).
+    pub(crate) async fn register_arrival(&self, user: &str, link: PhoneLink) {
+        let mut pending = Some(link.clone());
+        if self.phones.insert_unless_closing(user, || pending.take().expect("the link is taken once")) {
+            link.commit().await;
+            self.now_running_here(user);
+            return;
+        }
+        link.commit().await;
+        let saved = link
+            .stop()
+            .await
+            .map_err(|e| SiteError::phone(user, e))
+            .and_then(|s| write_phone(&self.phone_dir(user), &s));
+        Self::log_saved_at_shutdown(user, saved);
+    }
+
+    /// The task of `user`'s phone here: durable in its directory while the site holds its lease, recording its
+    /// inputs when the site keeps a history. The epoch it runs at is asked again (its first full record does).
+    fn phone_task(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) -> PhoneTask {
+        self.replication.epoch_unknown(user);
+        PhoneTask::new(user.to_string(), phone, self.config.clock.clone(), input_seqs)
+            .durable_in(self.phone_dir(user), self.disk.clone(), self.replication.clone())
+            .recording_to(self.config.history.clone())
+    }
+
+    /// A phone now runs here: any standby copy of it this site held (from when another site ran it) is stale.
+    fn now_running_here(&self, user: &str) {
         let stale = self.config.data_dir.join(standby::STANDBY_DIR).join(user);
         if stale.exists()
             && let Err(e) = std::fs::remove_dir_all(&stale)
         {
             tracing::warn!(user, path = %stale.display(), "cannot remove a stale standby copy: {e}");
         }
-        let clock = self.config.clock.clone();
-        let dir = self.phone_dir(user);
-        let health = self.disk.clone();
-        let replication = self.replication.clone();
-        let history = self.config.history.clone();
-        replication.epoch_unknown(user);
-        let mut vm = Some((phone, input_seqs));
-        let started = self.phones.insert_unless_closing(user, || {
-            let (phone, seqs) = vm.take().expect("the phone is taken once");
-            let task = PhoneTask::new(user.to_string(), phone, clock, seqs)
-                .durable_in(dir, health, replication)
-                .recording_to(history.clone());
-            PhoneLink::spawn(task)
-        });
-        if let (false, Some((mut phone, input_seqs))) = (started, vm) {
-            let saved = phone
-                .snapshot(vmi_engine::SnapshotRequest::Full)
-                .map_err(|e| SiteError::phone(user, e.into()))
-                .and_then(|s| write_phone(&self.phone_dir(user), &SavedPhone { snapshot: s.bytes, input_seqs }));
-            match saved {
-                Ok(()) => tracing::info!(user, "phone arrived while the site shuts down; saved for its next start"),
-                Err(e) => tracing::error!(
-                    user,
-                    "phone arrived while the site shuts down and cannot be saved: {}",
-                    vmi_engine::error_chain(&e)
-                ),
-            }
+    }
+
+    fn log_saved_at_shutdown(user: &str, saved: Result<(), SiteError>) {
+        match saved {
+            Ok(()) => tracing::info!(user, "phone arrived while the site shuts down; saved for its next start"),
+            Err(e) => tracing::error!(
+                user,
+                "phone arrived while the site shuts down and cannot be saved: {}",
+                vmi_engine::error_chain(&e)
+            ),
         }
     }
 

@@ -258,6 +258,57 @@ async fn typing_through_a_migration_loses_and_doubles_nothing() {
     b.shutdown().await;
 }
 
+/// The destination starts the phone provisionally before its compare-and-set (out of the downtime). When the
+/// placement moved meanwhile (here an operator takes it back while the final delta is held on its way), the
+/// commit is refused: the provisional copy goes with nothing of it written or reachable, and the phone runs on at
+/// the source, every character once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_commit_drops_the_destinations_provisional_copy() {
+    let control = control().await;
+    let a = site(&control, "site-a", scratch("refused-a")).await;
+    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let relay_url = format!("https://{}", relay_listener.local_addr().expect("addr"));
+    let b_dir = scratch("refused-b");
+    let b_config =
+        vmi_site::SiteConfig { public_url: Some(relay_url), ..site_config(&control, "site-b", b_dir.clone()) };
+    let b = vmi_site::start(b_config).await.expect("site-b starts");
+    let relay = relay(relay_listener, b.addr).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+    let mut term = Terminal::connect(&a.ws_url(), &token, terminal_options()).await.expect("terminal");
+    wait_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
+    let (x, y) = NOTES;
+    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Down, x, y }).expect("input");
+    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Up, x, y }).expect("input");
+    let last = type_keys(&term, "before");
+    until_acked(&mut term, last).await;
+
+    let mover = {
+        let (a_url, b_id, operator) = (a.url.clone(), b.state.id.clone(), control.operator());
+        tokio::spawn(async move {
+            let body = serde_json::json!({ "to": b_id });
+            operator.post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
+        })
+    };
+    let _ = relay.pre_copy.reached("the first pre-copy round").await.send(());
+    let open = relay.final_delta.reached("the final delta").await;
+    let epoch = control.client.placement("alice").await.expect("placement").epoch;
+    control.client.move_placement("alice", "site-a", Some(epoch)).await.expect("the operator moves it");
+    let _ = open.send(());
+
+    let (status, report) = mover.await.expect("mover");
+    assert_eq!(status, 502, "{report}");
+    assert!(report.contains("ownership did not move"), "{report}");
+    assert!(!hosts(&b, "alice"), "no copy at the destination");
+    assert!(!b_dir.join("phones/alice").exists(), "nothing of the provisional copy written");
+    assert_runs_at(&a, &control, &token, "alice").await;
+    let last = type_keys(&term, "after");
+    until_acked(&mut term, last).await;
+    assert_eq!(notes(&control, &a, "alice").await, "beforeafter", "every character once, at the source");
+    term.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_moves_keep_notes_stopwatch_and_mail_timer() {
     let control = control().await;
@@ -344,7 +395,7 @@ async fn fake_destination(control: &Control, fail: &'static str) {
                 }
                 // A destination that lies: it says Committed without having taken the placement.
                 MigrationMessage::Final { .. } if fail == "forged-commit" => {
-                    let _ = ws.send(send(MigrationMessage::Committed { epoch: 999 })).await;
+                    let _ = ws.send(send(MigrationMessage::Committed { epoch: 999, ran_us: 0 })).await;
                     let _ = ws.next().await;
                     return;
                 }

@@ -122,15 +122,23 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                     let _ = reply(&mut socket, &refuse("this site is shutting down".into())).await;
                     return;
                 }
+                // The phone runs here at once, provisionally: the source is frozen, so this is the one running
+                // copy, and nothing it does leaves it before the commit (no record, no terminal, no service can
+                // reach it). The compare-and-set, a round of consensus on etcd, is then out of the downtime.
+                let resumed = std::time::Instant::now();
+                let arrival = site.spawn_provisional(&user, phone, input_seqs.into_iter().collect());
                 // The commit: ownership moves here only if the source still owned it
                 // under the epoch it told us.
                 match commit(&site, &user, epoch, dialed.take()).await {
                     Ok(new_epoch) => {
-                        site.spawn_phone(&user, phone, input_seqs.into_iter().collect());
-                        tracing::info!(user, epoch = new_epoch, "phone arrived and runs here");
-                        let _ = reply(&mut socket, &MigrationMessage::Committed { epoch: new_epoch }).await;
+                        let ran_us = resumed.elapsed().as_micros() as u64;
+                        site.register_arrival(&user, arrival).await;
+                        tracing::info!(user, epoch = new_epoch, ran_us, "phone arrived and runs here");
+                        let _ = reply(&mut socket, &MigrationMessage::Committed { epoch: new_epoch, ran_us }).await;
                     }
                     Err(e) => {
+                        // Not ours: the provisional copy goes (the source thaws its own).
+                        let _ = arrival.stop().await;
                         let reason = format!("ownership did not move: {}", vmi_engine::error_chain(&e));
                         let _ = reply(&mut socket, &refuse(reason)).await;
                     }

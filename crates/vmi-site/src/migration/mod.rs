@@ -107,6 +107,9 @@ pub struct MigrationReport {
     pub bytes: u64,
     /// From the phone stopping at the source to running at the destination, µs.
     pub downtime_us: u64,
+    /// How long the destination's compare-and-set of the placement took while the phone already ran there
+    /// provisionally (after the downtime; the terminals are sent there once it lands), µs.
+    pub commit_us: u64,
     /// The whole migration, ms.
     pub total_ms: f64,
     /// Placement epoch after the move.

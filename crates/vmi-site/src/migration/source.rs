@@ -71,6 +71,7 @@ pub async fn migrate_out(site: &Arc<SiteState>, user: &str, to_id: &str) -> Resu
         rounds: 0,
         bytes: 0,
         downtime_us: 0,
+        commit_us: 0,
         total_ms: 0.0,
         epoch: None,
     };
@@ -193,7 +194,11 @@ async fn drive(
     let epoch = match answer {
         // The peer's word is not enough: the phone is dropped here only once the control service's placement
         // names the destination (a forged Committed leaves it running here).
-        Ok(MigrationMessage::Committed { epoch }) => {
+        Ok(MigrationMessage::Committed { epoch, ran_us }) => {
+            // It ran there (provisionally, through the compare-and-set) before it said so.
+            let ran = Duration::from_micros(ran_us).min(downtime);
+            downtime -= ran;
+            report.commit_us = ran_us;
             // The terminals go to the destination now, while the control service is asked (it may be briefly
             // away): their gap is the handover, not the read-back. The copy here stays frozen until it answers.
             phone.redirect(vmi_control_api::ws_url(&to_url)).await;

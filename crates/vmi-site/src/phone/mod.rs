@@ -251,6 +251,9 @@ pub enum LifecycleCommand {
         /// Done.
         reply: oneshot::Sender<()>,
     },
+    /// The ownership of a provisional arrival committed: from now on it runs as any phone (its state kept
+    /// durable).
+    Commit,
     /// A snapshot for a checkpoint: incremental when the phone's last snapshot is
     /// `parent` (the last checkpoint stored), else full. The phone keeps running.
     Checkpoint {
@@ -450,6 +453,11 @@ impl PhoneLink {
     /// Sends the terminals of a frozen phone to `url` (see [`LifecycleCommand::Redirect`]).
     pub async fn redirect(&self, url: String) {
         let _ = self.tx.send(PhoneCommand::Lifecycle(LifecycleCommand::Redirect { url })).await;
+    }
+
+    /// Tells a provisional arrival its ownership committed (see [`LifecycleCommand::Commit`]).
+    pub async fn commit(&self) {
+        let _ = self.tx.send(PhoneCommand::Lifecycle(LifecycleCommand::Commit)).await;
     }
 
     /// Redirects the terminals to `url` and ends the task.

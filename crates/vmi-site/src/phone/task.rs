@@ -92,6 +92,10 @@ pub struct PhoneTask {
     /// This task among every phone task of the process (`{pid}-{n}` in the history): two tasks of one phone
     /// running at once on one site would be two owners too.
     task: u64,
+    /// A migration's arrival running before its ownership committed: the VM runs, but nothing it does leaves the
+    /// task (no record is written; no terminal or service can reach it until the site registers it) until
+    /// [`LifecycleCommand::Commit`]. If the commit fails the task is stopped and its state dropped.
+    provisional: bool,
 }
 
 /// Numbers the phone tasks of this process.
@@ -159,6 +163,7 @@ impl PhoneTask {
             logs: VecDeque::new(),
             history: None,
             task: TASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            provisional: false,
         }
     }
 
@@ -187,6 +192,12 @@ impl PhoneTask {
             fenced: false,
             standby_lag: None,
         });
+        self
+    }
+
+    /// The same task, running provisionally until [`LifecycleCommand::Commit`] (see `provisional`).
+    pub fn provisional(mut self) -> PhoneTask {
+        self.provisional = true;
         self
     }
 
@@ -283,6 +294,8 @@ impl PhoneTask {
     /// flight wakes the task when it ends).
     fn until_durable(&self) -> Duration {
         match &self.durable {
+            // Nothing is written before the commit, which wakes the task itself.
+            Some(_) if self.provisional => Duration::from_secs(3600),
             Some(d) if d.pending.is_some() => Duration::from_secs(3600),
             Some(d) if d.changed => DURABLE_EVERY.saturating_sub(d.written_at.elapsed()),
             _ => Duration::from_secs(3600),
@@ -368,7 +381,7 @@ impl PhoneTask {
     /// written and synced off the async workers, one write at a time. Not while a migration's pre-copy runs
     /// (a full snapshot would restart its rounds), nor while frozen or crashed.
     fn keep_durable(&mut self) {
-        let running = matches!(self.state, State::Running) && !self.fenced();
+        let running = matches!(self.state, State::Running) && !self.fenced() && !self.provisional;
         let Some(d) = &mut self.durable else { return };
         let migrating = d.pre_copy_at.is_some_and(|at| at.elapsed() < PRE_COPY_QUIET);
         if !d.changed || !running || migrating || d.written_at.elapsed() < DURABLE_EVERY || d.pending.is_some() {
@@ -706,6 +719,10 @@ impl PhoneTask {
                     }
                 };
                 let _ = reply.send(r);
+            }
+            LifecycleCommand::Commit => {
+                // Its first record follows at once (`changed` is still set): a full state, in this task's chain.
+                self.provisional = false;
             }
             LifecycleCommand::Carryover { reply } => {
                 let _ = reply.send(self.phone.carryover());
