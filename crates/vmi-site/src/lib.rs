@@ -253,14 +253,14 @@ impl SiteState {
         PhoneLink::spawn(self.phone_task(user, phone, input_seqs).provisional())
     }
 
-    /// A provisional arrival whose ownership committed: it runs as any phone here from now on (or, on a site that is
-    /// shutting down, is saved for its next start).
-    pub(crate) async fn register_arrival(&self, user: &str, link: PhoneLink) {
+    /// A provisional arrival whose ownership committed: terminals and services reach it here from now on; true.
+    /// The caller then tells it [`PhoneLink::commit`] (its state is kept durable from then on). On a site that is
+    /// shutting down it is saved for its next start instead; false.
+    pub(crate) async fn register_arrival(&self, user: &str, link: &PhoneLink) -> bool {
         let mut pending = Some(link.clone());
         if self.phones.insert_unless_closing(user, || pending.take().expect("the link is taken once")) {
-            link.commit().await;
             self.now_running_here(user);
-            return;
+            return true;
         }
         link.commit().await;
         let saved = link
@@ -269,6 +269,7 @@ impl SiteState {
             .map_err(|e| SiteError::phone(user, e))
             .and_then(|s| write_phone(&self.phone_dir(user), &s));
         Self::log_saved_at_shutdown(user, saved);
+        false
     }
 
     /// The task of `user`'s phone here: durable in its directory while the site holds its lease, recording its

@@ -132,9 +132,14 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                 match commit(&site, &user, epoch, dialed.take()).await {
                     Ok(new_epoch) => {
                         let ran_us = resumed.elapsed().as_micros() as u64;
-                        site.register_arrival(&user, arrival).await;
+                        let registered = site.register_arrival(&user, &arrival).await;
                         tracing::info!(user, epoch = new_epoch, ran_us, "phone arrived and runs here");
                         let _ = reply(&mut socket, &MigrationMessage::Committed { epoch: new_epoch, ran_us }).await;
+                        // Only now its first record (a full state, a millisecond or more of a core): the handover
+                        // goes first.
+                        if registered {
+                            arrival.commit().await;
+                        }
                     }
                     Err(e) => {
                         // Not ours: the provisional copy goes (the source thaws its own).
