@@ -7,8 +7,8 @@
 //
 //   node tests/browser/mock-site.mjs [--port 0] [--token tok-alice]
 // prints {"url": "http://127.0.0.1:PORT/#token=…", "mail_url": …} and serves until killed.
-// Extra endpoints: GET /v1/phones/alice/screen-hash, POST /mock/redirect (sends every
-// terminal a Redirect to this same site), POST /mock/redirect-next-hello (answers the next
+// Extra endpoints: GET /v1/phones/alice/screen-hash, POST /mock/redirect[?welcome_after_ms=N] (sends every
+// terminal a Redirect to this same site, whose next Welcome then comes N ms after its Hello), POST /mock/redirect-next-hello (answers the next
 // Hello with a Redirect instead of Welcome), POST /mock/stall (inputs are lost from now on),
 // POST /mock/drop (ends the stall and closes every WebSocket).
 import { createHash } from 'node:crypto';
@@ -313,6 +313,7 @@ function wsAccept(req, socket, onMessage, onClose) {
 const sessions = new Set();
 const stats = { frames: 0, frameBytes: 0, lz4: 0, solid: 0, raw: 0, sessions: 0, helloRedirects: 0, silentRefusals: 0, pings: 0, inputs: 0, helloResumes: [] };
 let redirectNextHello = false; // POST /mock/redirect-next-hello
+let welcomeAfterMs = 0; // POST /mock/redirect?welcome_after_ms=N: the next Welcome comes N ms after its Hello
 let stall = false; // POST /mock/stall: inputs are lost in flight until /mock/drop
 
 function tilesFor(sent, full) {
@@ -445,6 +446,15 @@ function terminal(req, socket) {
         } else if (m.token !== opts.token) {
           conn.send(new Out().u8(0x87).u8(1).str('unknown or revoked device token').done());
           conn.close(4001);
+        } else if (welcomeAfterMs > 0) {
+          // a slow new site: the terminal waits for its Welcome (nothing is sent before it)
+          const after = welcomeAfterMs;
+          welcomeAfterMs = 0;
+          stats.sessions++;
+          setTimeout(() => {
+            session = new Session(conn, m);
+            sessions.add(session);
+          }, after);
         } else {
           stats.sessions++;
           session = new Session(conn, m);
@@ -493,6 +503,7 @@ const server = createServer((req, res) => {
     return;
   }
   if (req.method === 'POST' && url.pathname === '/mock/redirect') {
+    welcomeAfterMs = Number(url.searchParams.get('welcome_after_ms') || 0);
     const port = server.address().port;
     for (const s of sessions) {
       s.conn.send(new Out().u8(0x85).str(`ws://127.0.0.1:${port}/v1/terminal`).done());

@@ -3,7 +3,8 @@
 // against the mock, then the behaviours e2e.mjs does not reach: inputs lost with a
 // dropped connection are resent, Redirect resumes without a full frame, a reload
 // resumes from sessionStorage with the token from localStorage, latency pings stop
-// while asleep, and an unknown token ends in 'closed' with the error shown.
+// while asleep, and an unknown token ends in 'closed' with the error shown (the token this
+// browser keeps left as it was).
 //
 //   node tests/browser/mock-test.mjs [--chromium /usr/bin/chromium]
 import { spawn } from 'node:child_process';
@@ -166,11 +167,24 @@ try {
     check(hello.resume > 0 && hello.resumed, `resume ${JSON.stringify(hello)}`);
   });
 
-  await test('Redirect: reconnects with Resume; a current screen is not resent', async () => {
+  await test('Redirect: reconnects with Resume; a current screen is not resent; no overlay over a planned move', async () => {
     const before = await vmi();
     const frameBytes = (await mock.state()).stats.frameBytes;
-    await mock.post('/mock/redirect');
+    // Every change of the outage overlay from now on (a planned move must not show it, even for a frame).
+    await page.evaluate(() => {
+      window.overlayShown = 0;
+      const overlay = document.getElementById('conn-overlay');
+      new MutationObserver(() => {
+        if (!overlay.hidden) window.overlayShown++;
+      }).observe(overlay, { attributes: true, attributeFilter: ['hidden'] });
+    });
+    // The new site takes 400 ms to welcome: long enough for the page to show what it shows while moving.
+    await mock.post('/mock/redirect?welcome_after_ms=400');
+    await waitFor('the move shown', (v) => v.state === 'moving');
+    await page.waitForSelector('#move-chip', { state: 'visible', timeout: 2000 });
     await waitFor('the redirected session', (v) => v.state === 'connected' && v.url !== null);
+    check((await page.evaluate(() => window.overlayShown)) === 0, 'the outage overlay showed over a planned move');
+    await page.waitForSelector('#move-chip', { state: 'hidden', timeout: 2000 });
     await sleepMs(500);
     const s = await mock.state();
     check(s.stats.helloResumes.at(-1).resumed === true, 'not resumed');
@@ -249,6 +263,9 @@ try {
     check(v.state === 'closed', `state ${v.state}`);
     check(/not allowed/.test(v.error), `error ${v.error}`);
     await p2.waitForSelector('#error', { state: 'visible', timeout: 2000 }); // the DOM follows within 50 ms
+    // The bad link did not replace the device this browser keeps, and the page says how to get back to it.
+    check((await p2.evaluate(() => localStorage.getItem('vmi.token'))) === 'tok-alice', 'a bad link replaced the token');
+    check(/own device still works/.test(v.error || ''), `error ${v.error}`);
     const sessions = (await mock.state()).stats.sessions;
     await sleepMs(1500);
     check((await mock.state()).stats.sessions === sessions, 'reconnected after Unauthorized');

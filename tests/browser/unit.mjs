@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { ProtocolError, decodeServer, encodeClient } from '../../crates/vmi-site/web/codec.js';
 import { KeptInputs, MAX_KEPT_INPUTS } from '../../crates/vmi-site/web/kept-inputs.js';
 import { lz4DecodeBlock } from '../../crates/vmi-site/web/lz4.js';
+import { countOf, localLabel, when } from '../../crates/vmi-site/web/history.js';
 import { countMove } from '../../crates/vmi-site/web/map-moves.js';
 import { mapProjection } from '../../crates/vmi-site/web/map-picture.js';
 import { Screen, hashHex, screenHashParts } from '../../crates/vmi-site/web/screen.js';
@@ -551,6 +552,23 @@ await test('map: the projection maps places to pixels and back; moves count wher
   assert.deepEqual(countMove(before.map((s) => ({ ...s, last_heartbeat_ms: 300 })), moved).map((s) => s.phones), [1, 0, 5]);
   assert.equal(countMove(before, { ...moved, outcome: 'aborted' }), before);
   assert.equal(countMove(before, null), before);
+});
+
+await test('checkpoint times: seconds, one time zone, one count word', () => {
+  // Two checkpoints 20 s apart read differently, with seconds, on a 24-hour clock; a label's UTC time reads in
+  // the user's zone (whatever this machine's is).
+  const at = Date.UTC(2026, 11, 5, 20, 32, 10);
+  assert.notEqual(when(at, at).text, when(at + 20000, at).text);
+  const local = new Date(at);
+  const hms = [local.getHours(), local.getMinutes(), local.getSeconds()].map((n) => String(n).padStart(2, '0'));
+  assert.ok(when(at, at).text.includes(hms.join(':')), `${when(at, at).text} has ${hms.join(':')}`);
+  assert.equal(when(at, at + 30 * 60000).ago, '30 min ago');
+  const label = localLabel('before restoring to 2026-12-05 20:32 UTC');
+  assert.ok(!label.includes('UTC') && label.startsWith('before restoring to '), label);
+  assert.ok(label.includes(`${hms[0]}:${hms[1]}`), `${label} has ${hms[0]}:${hms[1]}`);
+  assert.equal(localLabel('hourly'), 'hourly');
+  assert.equal(countOf(1, 'checkpoint', 'checkpoints'), '1 checkpoint');
+  assert.equal(countOf(3, 'checkpoint', 'checkpoints'), '3 checkpoints');
 });
 
 console.log(`unit: ${passed} passed, ${failed} failed`);

@@ -18,6 +18,9 @@ const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 /// ES modules must come with a JavaScript type, or the browser refuses to run them.
 const JS: &str = "text/javascript; charset=utf-8";
+/// What makes the page installable as a web app.
+const MANIFEST: &str = "application/manifest+json";
+const SVG: &str = "image/svg+xml";
 
 macro_rules! web_file {
     ($path:literal, $file:literal, $content_type:expr) => {
@@ -30,6 +33,8 @@ macro_rules! web_file {
 const FILES: &[WebFile] = &[
     web_file!("/", "index.html", HTML),
     web_file!("/style.css", "style.css", CSS),
+    web_file!("/manifest.webmanifest", "manifest.webmanifest", MANIFEST),
+    web_file!("/icon.svg", "icon.svg", SVG),
     web_file!("/terminal.js", "terminal.js", JS),
     web_file!("/api.js", "api.js", JS),
     web_file!("/codec.js", "codec.js", JS),
@@ -86,7 +91,7 @@ mod tests {
         let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
             .expect("read web/")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|n| [".html", ".css", ".js"].iter().any(|ext| n.ends_with(ext)))
+            .filter(|n| [".html", ".css", ".js", ".webmanifest", ".svg"].iter().any(|ext| n.ends_with(ext)))
             .collect();
         let served: BTreeSet<String> = FILES.iter().map(|f| served_name(f).to_owned()).collect();
         assert_eq!(served, on_disk);

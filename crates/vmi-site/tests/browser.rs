@@ -73,6 +73,43 @@ async fn browser_terminal_types_sleeps_is_notified_and_wakes() {
     site.shutdown().await;
 }
 
+/// On a phone (Chromium emulating one: 390×844, device pixel ratio 3, touch) the terminal is the phone's screen,
+/// at least 95% of the viewport's width, installable (a web app manifest), with a keyboard button; text typed
+/// as a phone keyboard and an input method send it (`beforeinput`, composition) lands in Notes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_terminal_on_a_phone_fills_the_screen_and_types_accents_symbols_and_composed_text() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let driver = repo.join("tests/browser/phone.mjs");
+    assert!(
+        repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
+    );
+    let control = control().await;
+    let site = site(&control, "site-a", scratch("phone")).await;
+    let token = user_with_phone(&control, &site, "pat").await;
+    let shots = scratch("phone-shots");
+    let url = format!("http://{}/#token={token}", site.addr);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(driver).args(["--url", &url, "--screenshot-dir"]).arg(&shots).output().expect("node")
+    })
+    .await
+    .expect("driver task");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "phone.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let steps: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let step = |name: &str| steps.iter().find(|s| s["step"] == name).cloned().unwrap_or_else(|| panic!("no {name}"));
+    let layout = step("layout");
+    assert!(layout["width_share"].as_f64().is_some_and(|w| w >= 0.95), "{layout}");
+    assert_eq!(layout["dpr"], 3, "{layout}");
+    let typed = step("typed");
+    let (status, notes) = control.get(&format!("{}/v1/phones/pat/kv/notes.text", site.url)).await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&notes), typed["text"].as_str().expect("text"));
+    assert_eq!(String::from_utf8_lossy(&notes), "héllo € 日本");
+    step("done");
+    site.shutdown().await;
+}
+
 /// The browser terminal's own codec tests (LZ4 blocks from the reference C library, the
 /// PROTOCOL.md examples, the screen hash vectors, a session encoded by `vmi-protocol`) and
 /// its behaviour against a scripted site (reconnect resends inputs, Redirect resumes

@@ -58,14 +58,27 @@ export class Display {
     const { canvas, ui, vmi } = this;
     const w = vmi.width || 720;
     const h = vmi.height || 1280;
-    const bezel = ui.phone.offsetWidth - canvas.offsetWidth;
-    const bezelV = ui.phone.offsetHeight - canvas.offsetHeight;
-    const availW = Math.max(80, ui.stage.clientWidth - 24 - bezel);
-    const availH = Math.max(80, ui.stage.clientHeight - 24 - bezelV);
-    let scale = Math.min(availW / w, availH / h);
+    const phoneFirst = document.body.classList.contains('phone-first');
+    let scale;
+    if (phoneFirst) {
+      // The screen is the terminal: as large as the viewport allows beside the bar, at any scale (the bar is
+      // below it in portrait, beside it in landscape).
+      const bar = ui.bar ? ui.bar.getBoundingClientRect() : { width: 0, height: 0 };
+      const landscape = window.innerWidth > window.innerHeight;
+      const availW = Math.max(80, ui.stage.clientWidth - (landscape ? bar.width : 0));
+      const availH = Math.max(80, ui.stage.clientHeight - (landscape ? 0 : bar.height));
+      scale = Math.min(availW / w, availH / h);
+    } else {
+      const bezel = ui.phone.offsetWidth - canvas.offsetWidth;
+      const bezelV = ui.phone.offsetHeight - canvas.offsetHeight;
+      const availW = Math.max(80, ui.stage.clientWidth - 24 - bezel);
+      const availH = Math.max(80, ui.stage.clientHeight - 24 - bezelV);
+      scale = Math.min(availW / w, availH / h);
+    }
     const dpr = window.devicePixelRatio || 1;
-    // crisp: when enlarging, snap to a whole number of device pixels per phone pixel
-    if (scale * dpr >= 1) {
+    // crisp on a desktop: when enlarging, snap to a whole number of device pixels per phone pixel (phone first,
+    // the viewport decides: smoothed)
+    if (!phoneFirst && scale * dpr >= 1) {
       scale = Math.floor(scale * dpr + 1e-6) / dpr;
       canvas.style.imageRendering = 'pixelated';
     } else {

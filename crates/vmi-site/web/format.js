@@ -22,5 +22,5 @@ export function formatAgo(atMs, nowMs) {
   if (s < 5) return 'just now';
   if (s < 60) return `${s} s ago`;
   if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  return new Date(atMs).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  return new Date(atMs).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
 }

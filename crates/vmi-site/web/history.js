@@ -6,14 +6,30 @@ import { bearer, getJson, postJson } from './api.js';
 
 const HISTORY_POLL_MS = 30000;
 
+/** How the page writes a time: the user's time zone, with seconds (two checkpoints a minute apart differ), 24-hour
+ * like the phone's own clock. */
+export const TIME_FORMAT = { dateStyle: 'medium', timeStyle: 'medium', hourCycle: 'h23' };
+
 /** A checkpoint's time: {text: the date and time, ago: "12 min ago"}. */
-function when(ms) {
+export function when(ms, now = Date.now()) {
   const d = new Date(ms);
-  const age = Math.max(0, Date.now() - ms);
+  const age = Math.max(0, now - ms);
   const mins = Math.round(age / 60000);
   const ago = mins < 1 ? 'just now' : mins < 60 ? `${mins} min ago`
     : mins < 48 * 60 ? `${Math.round(mins / 60)} h ago` : `${Math.round(mins / 1440)} days ago`;
-  return { text: d.toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' }), ago };
+  return { text: d.toLocaleString([], TIME_FORMAT), ago };
+}
+
+/** A label as the user reads it: a time the site wrote in UTC ("2026-11-25 13:05 UTC") in the user's zone. */
+export function localLabel(label) {
+  return (label || '').replace(/(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d) UTC/g, (_, y, mo, d, h, mi) =>
+    new Date(Date.UTC(+y, +mo - 1, +d, +h, +mi)).toLocaleString([], { dateStyle: 'medium', timeStyle: 'short', hourCycle: 'h23' }),
+  );
+}
+
+/** "1 checkpoint", "2 checkpoints". */
+export function countOf(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
 }
 
 /** Starts the view (when the page has it and a token). `vmi.history` shows what it shows. */
@@ -48,9 +64,16 @@ class CheckpointHistory {
     ui.list.replaceChildren(...[...history.checkpoints].reverse().map((c) => this.row(c)));
     ui.empty.hidden = history.checkpoints.length > 0;
     ui.sub.textContent = history.checkpoints.length
-      ? `${history.checkpoints.length} checkpoints, oldest ${when(history.checkpoints[0].at_ms).ago}`
+      ? `${countOf(history.checkpoints.length, 'checkpoint', 'checkpoints')}, oldest ${when(history.checkpoints[0].at_ms).ago}`
       : 'Checkpoints of your phone';
     ui.save.disabled = this.busy;
+    // What was just saved or restored, in view (the newest is first; the card may be below the fold).
+    const shown = history.saved || history.restored;
+    const row = shown && ui.list.querySelector(`li[data-id="${CSS.escape(shown)}"]`);
+    if (row && this.reveal) {
+      row.scrollIntoView({ block: 'nearest' });
+      this.reveal = false;
+    }
   }
 
   /** One checkpoint's line: when, its label, and its restore button. */
@@ -66,17 +89,18 @@ class CheckpointHistory {
     const a = document.createElement('span');
     a.className = 'ago';
     a.textContent = w.ago;
-    info.append(t, a);
     const label = document.createElement('span');
     label.className = 'hist-label';
-    label.textContent = c.label || '';
+    label.textContent = localLabel(c.label);
+    // The label on a line of its own under the time, never over it.
+    info.append(t, label, a);
     const b = document.createElement('button');
     b.className = 'btn small' + (this.armed === c.id ? ' confirm' : '');
     b.textContent = this.armed === c.id ? 'Sure?' : 'Restore';
     b.title = 'Bring the phone back to this moment (what it has now is saved first)';
     b.disabled = this.busy;
     b.addEventListener('click', () => this.onRestore(c));
-    li.append(info, label, b);
+    li.append(info, b);
     return li;
   }
 
@@ -97,6 +121,11 @@ class CheckpointHistory {
     if (this.busy) return;
     if (this.armed !== c.id) {
       this.armed = c.id;
+      // What the second press does, before it is pressed: the undo point.
+      this.banner(
+        `Restore your phone to ${when(c.at_ms).text}? What it has now is saved first as a checkpoint, ` +
+          'so you can come back to it. Press Sure? to go ahead.',
+      );
       this.render();
       return;
     }
@@ -120,6 +149,7 @@ class CheckpointHistory {
   /** Runs `work` (which returns the banner's text) with the buttons disabled, then reloads. */
   async act(what, work) {
     this.busy = true;
+    this.reveal = true;
     this.render();
     try {
       this.banner(await work());

@@ -26,8 +26,23 @@ const PASTE_LIMIT = 2000;
 export function bindInput({ vmi, canvas, ui, display, session, power }) {
   const send = (input) => session.sendInput(input);
   const key = (code) => send({ kind: 'key', code, text: null });
-  bindPointer({ vmi, canvas, display, send, power });
-  bindKeys({ vmi, display, send, key, power });
+  const keys = ui.keys;
+  // On a desktop the text field holds the focus whenever the phone is used; on a touch device focusing it opens
+  // the on-screen keyboard, so only the keyboard button does.
+  const touch = () => document.body.classList.contains('phone-first') && matchMedia('(pointer: coarse)').matches;
+  const focusKeys = () => keys && !touch() && keys.focus({ preventScroll: true });
+  bindPointer({ vmi, canvas, display, send, power, focusKeys });
+  bindKeys({ vmi, display, send, key, power, keys });
+  if (keys) bindText({ vmi, display, send, key, keys });
+  focusKeys();
+  if (ui.keyboardBtn) {
+    ui.keyboardBtn.addEventListener('pointerdown', (ev) => {
+      // Focused in the same gesture (a phone opens its keyboard only then), and not taken away by the button.
+      ev.preventDefault();
+      if (document.activeElement === keys) keys.blur();
+      else keys.focus({ preventScroll: true });
+    });
+  }
   ui.sleepOverlay.addEventListener('pointerdown', (ev) => {
     ev.preventDefault();
     power.wake();
@@ -45,7 +60,7 @@ export function bindInput({ vmi, canvas, ui, display, session, power }) {
 }
 
 /** Touches: the primary pointer on the canvas, in phone pixels. */
-function bindPointer({ vmi, canvas, display, send, power }) {
+function bindPointer({ vmi, canvas, display, send, power, focusKeys }) {
   function phonePoint(ev) {
     const r = canvas.getBoundingClientRect();
     const w = vmi.width || canvas.width;
@@ -60,6 +75,7 @@ function bindPointer({ vmi, canvas, display, send, power }) {
   canvas.addEventListener('pointerdown', (ev) => {
     if (!ev.isPrimary || (ev.pointerType === 'mouse' && ev.button !== 0)) return;
     ev.preventDefault();
+    focusKeys();
     if (vmi.asleep) {
       power.wake();
       return;
@@ -92,22 +108,40 @@ function bindPointer({ vmi, canvas, display, send, power }) {
   canvas.addEventListener('contextmenu', (ev) => ev.preventDefault());
 }
 
-/** Keys and pastes, page-wide. Asleep, Enter and Space wake the phone. */
-function bindKeys({ vmi, display, send, key, power }) {
+/**
+ * Keys and pastes, page-wide. Asleep, Enter and Space wake the phone. Text typed into the text field comes through
+ * its input events (`bindText`): here only the keys that are not text, and text typed while something else of the
+ * page has the focus (it is sent to the text field first).
+ */
+function bindKeys({ vmi, display, send, key, power, keys }) {
+  const field = (el) => el && (el.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(el.tagName));
   window.addEventListener('keydown', (ev) => {
-    if (ev.isComposing || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    // An input method owns the keys while it composes (keyCode 229: a phone keyboard or an IME).
+    if (ev.isComposing || ev.keyCode === 229) return;
+    const inKeys = keys && ev.target === keys;
+    if (!inKeys && field(ev.target)) return; // another field of the page (none today) types for itself
+    if (ev.ctrlKey || ev.metaKey || (ev.altKey && !ev.getModifierState('AltGraph'))) return;
     const code = KEY_CODES[ev.key];
     const chars = [...ev.key];
-    const printable = code === undefined && chars.length === 1 && ev.key >= ' ';
+    const printable = code === undefined && (ev.key === 'Dead' || (chars.length === 1 && ev.key >= ' '));
     if (code === undefined && !printable) return;
-    ev.preventDefault();
     if (vmi.asleep) {
+      ev.preventDefault();
       if (code === KEY_ENTER || ev.key === ' ') power.wake();
       return;
     }
-    if (!display.screen) return;
-    if (printable) send({ kind: 'key', code: KEY_TEXT, text: ev.key });
-    else key(code);
+    if (printable) {
+      // Text: the field's input events say what was meant (an accent, AltGr, a composed character). Focused now,
+      // it receives this very key.
+      if (keys && !inKeys) keys.focus({ preventScroll: true });
+      else if (!keys && display.screen && chars.length === 1) {
+        ev.preventDefault();
+        send({ kind: 'key', code: KEY_TEXT, text: ev.key });
+      }
+      return;
+    }
+    ev.preventDefault();
+    if (display.screen) key(code);
   });
   window.addEventListener('paste', (ev) => {
     if (vmi.asleep || !display.screen) return;
@@ -118,5 +152,57 @@ function bindKeys({ vmi, display, send, key, power }) {
       if (ch === '\n') key(KEY_ENTER);
       else if (ch >= ' ') send({ kind: 'key', code: KEY_TEXT, text: ch });
     }
+  });
+}
+
+/** What goes into the text field reaches the phone as the text meant, and the field stays empty. */
+function bindText({ vmi, display, send, key, keys }) {
+  const ready = () => !vmi.asleep && display.screen;
+  const sendText = (text) => {
+    for (const ch of text.slice(0, PASTE_LIMIT)) {
+      if (ch === '\n') key(KEY_ENTER);
+      else if (ch >= ' ') send({ kind: 'key', code: KEY_TEXT, text: ch });
+    }
+  };
+  let composing = false;
+  keys.addEventListener('compositionstart', () => {
+    composing = true;
+  });
+  keys.addEventListener('compositionend', (ev) => {
+    composing = false;
+    if (ready() && ev.data) sendText(ev.data);
+    keys.value = '';
+  });
+  keys.addEventListener('beforeinput', (ev) => {
+    // While an input method composes, the field shows the draft; the text goes at compositionend.
+    if (composing || ev.isComposing || ev.inputType === 'insertCompositionText' || ev.inputType === 'insertFromComposition') {
+      return;
+    }
+    ev.preventDefault();
+    if (!ready()) return;
+    switch (ev.inputType) {
+      case 'insertText':
+      case 'insertReplacementText':
+        sendText(ev.data ?? (ev.dataTransfer ? ev.dataTransfer.getData('text/plain') : ''));
+        break;
+      case 'insertLineBreak':
+      case 'insertParagraph':
+        key(KEY_ENTER);
+        break;
+      case 'deleteContentBackward':
+      case 'deleteWordBackward':
+      case 'deleteSoftLineBackward':
+        key(KEY_CODES.Backspace);
+        break;
+      case 'deleteContentForward':
+      case 'deleteWordForward':
+        key(KEY_CODES.Delete);
+        break;
+      default:
+        break;
+    }
+  });
+  keys.addEventListener('input', () => {
+    if (!composing) keys.value = '';
   });
 }

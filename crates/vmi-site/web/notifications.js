@@ -13,7 +13,7 @@ function noteElement(n, cls) {
   const when = document.createElement('span');
   when.className = 'note-time';
   const d = new Date(n.at_ms || Date.now());
-  when.textContent = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  when.textContent = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
   t.appendChild(when);
   const b = document.createElement('div');
   b.className = 'note-body';
@@ -66,6 +66,6 @@ export class Notifications {
   }
 
   updateLockClock() {
-    this.ui.lockClock.textContent = new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    this.ui.lockClock.textContent = new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
   }
 }

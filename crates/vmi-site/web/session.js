@@ -7,7 +7,7 @@ import { PROTOCOL_VERSION, ProtocolError, decodeServer, encodeClient } from './c
 import { KeptInputs } from './kept-inputs.js';
 import { Pings } from './ping.js';
 import { reachable } from './api.js';
-import { saveSession } from './storage.js';
+import { rememberToken, saveSession } from './storage.js';
 
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000, 15000];
 /** After this many failed connections to a redirected site, go back to the serving one. */
@@ -31,6 +31,7 @@ export class Session {
   constructor({ vmi, token, saved, display, status, notifications }) {
     this.vmi = vmi;
     this.token = token;
+    this.savedOther = null; // the device this browser keeps, when this page came with another token's link
     this.display = display;
     this.status = status;
     this.notifications = notifications;
@@ -160,6 +161,12 @@ export class Session {
     // 4002 Version and 4003 BadMessage are final (docs/PROTOCOL.md "Closing").
     if (ev.code >= 4001 && ev.code <= 4003) this.fatal = true;
     if (this.fatal) {
+      if (this.savedOther) {
+        // A link that does not work did not replace the device this browser keeps: say how to get back to it.
+        const back = `${location.origin}${location.pathname}`;
+        this.status.showError(`${vmi.error || 'This link was refused'}. This browser's own device still works: open ${back}`);
+        vmi.savedDevice = back;
+      }
       this.status.setState('closed');
       return;
     }
@@ -243,6 +250,10 @@ export class Session {
     const { vmi } = this;
     if (this.welcomed) throw new ProtocolError('BadValue', 'second Welcome');
     this.welcomed = true;
+    vmi.movingTo = null;
+    // Accepted: from now on this is the device this browser opens.
+    rememberToken(this.token);
+    this.savedOther = null;
     this.attempt = 0;
     this.failuresSinceWelcome = 0;
     vmi.error = null;
@@ -286,9 +297,19 @@ export class Session {
   onRedirect(m) {
     if (!/^wss?:\/\//i.test(m.url)) throw new ProtocolError('BadValue', `redirect to ${m.url}`);
     this.dropSocket();
-    this.status.setState('reconnecting');
+    // A planned move (a migration, or the phone found elsewhere): the screen stays as it is, with a small chip,
+    // not the outage overlay; a failure to reach the new site is an outage again (`closed`).
+    const to = reachable(m.url);
+    let host = to;
+    try {
+      host = new URL(to.replace(/^ws/i, 'http')).host;
+    } catch {
+      // shown as given
+    }
+    this.vmi.movingTo = host;
+    this.status.setState('moving');
     this.failuresSinceWelcome = 0;
-    this.connect(reachable(m.url));
+    this.connect(to);
   }
 
   onError(m) {

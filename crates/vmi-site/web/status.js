@@ -17,6 +17,7 @@ export class Status {
     this.queued = false;
     ui.stateText.textContent = vmi.state;
     ui.stateDot.dataset.state = vmi.state;
+    if (ui.pfDot) ui.pfDot.dataset.state = vmi.state;
     document.body.dataset.state = vmi.state;
     ui.rtt.textContent = vmi.latencyMs === null ? '–' : `${vmi.latencyMs} ms`;
     ui.bytes.textContent = formatBytes(vmi.bytes);
@@ -24,7 +25,12 @@ export class Status {
     ui.sleepBtn.hidden = vmi.asleep;
     ui.wakeBtn.hidden = !vmi.asleep;
     ui.sleepOverlay.hidden = !vmi.asleep;
-    const showConn = !vmi.asleep && vmi.state !== 'connected';
+    // A planned move shows a chip over the last frame, never the overlay.
+    if (ui.moveChip) {
+      ui.moveChip.hidden = vmi.state !== 'moving';
+      ui.moveChip.textContent = vmi.state === 'moving' ? `Moving to ${vmi.movingTo || 'another site'}…` : '';
+    }
+    const showConn = !vmi.asleep && vmi.state !== 'connected' && vmi.state !== 'moving';
     ui.connOverlay.hidden = !showConn;
     if (showConn) {
       ui.connText.textContent =
@@ -43,7 +49,7 @@ export class Status {
     }
   }
 
-  /** The session's state: connecting | connected | asleep | reconnecting | closed. */
+  /** The session's state: connecting | connected | asleep | moving | reconnecting | closed. */
   setState(s) {
     this.vmi.state = s;
     this.queue();

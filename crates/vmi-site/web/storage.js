@@ -5,14 +5,14 @@ const TOKEN_KEY = 'vmi.token';
 const SESSION_KEY = 'vmi.session';
 
 /**
- * The device token: from the page's address fragment (`#token=`, which browsers never send
- * to a server; then removed from the address bar and remembered), or else the one
- * remembered. Null when there is none.
+ * The device token: from the page's address fragment (`#token=`, which browsers never send to a server; then
+ * removed from the address bar), or else the one this browser remembers. `{token, saved}`: the token to use (null
+ * when there is none) and the remembered one. A token from a link is remembered only once a site accepted it
+ * (`rememberToken`), so a bad link never replaces a device that works.
  */
 export function takeToken() {
   const url = new URL(location.href);
   let token = null;
-  let changed = false;
   if (url.hash.length > 1) {
     const h = new URLSearchParams(url.hash.slice(1));
     if (h.has('token')) {
@@ -20,17 +20,25 @@ export function takeToken() {
       h.delete('token');
       const rest = h.toString();
       url.hash = rest ? `#${rest}` : '';
-      changed = true;
+      history.replaceState(history.state, '', url.pathname + url.search + url.hash);
     }
   }
-  if (changed) history.replaceState(history.state, '', url.pathname + url.search + url.hash);
+  let saved = null;
   try {
-    if (token) localStorage.setItem(TOKEN_KEY, token);
-    else token = localStorage.getItem(TOKEN_KEY);
+    saved = localStorage.getItem(TOKEN_KEY);
   } catch {
     // storage unavailable (privacy mode): the token lives only in this page
   }
-  return token || null;
+  return { token: token || saved || null, saved };
+}
+
+/** Remembers `token` as this browser's device: a site accepted it. */
+export function rememberToken(token) {
+  try {
+    localStorage.setItem(TOKEN_KEY, token);
+  } catch {
+    // storage unavailable: the token lives only in this page
+  }
 }
 
 /** The session saved by this tab for `token`, or null. */

@@ -42,7 +42,51 @@ function pageElements() {
     connText: $('conn-text'),
     toasts: $('toasts'),
     error: $('error'),
+    keys: $('keys'),
+    bar: document.querySelector('.bezel-bottom'),
+    keyboardBtn: $('keyboard-btn'),
+    fullscreenBtn: $('fullscreen-btn'),
+    menuBtn: $('menu-btn'),
+    side: $('side'),
+    pfDot: $('pf-dot'),
+    moveChip: $('move-chip'),
   };
+}
+
+/** Phone first on a touch device or a narrow window (style.css draws it): the screen is the terminal. */
+const PHONE_FIRST = '(max-width: 600px), (pointer: coarse) and (max-width: 1100px)';
+
+/** Follows the layout the device wants, refitting the screen on every change (a rotation, a resize). */
+function bindLayout(ui, display) {
+  const query = matchMedia(PHONE_FIRST);
+  const apply = () => {
+    document.body.classList.toggle('phone-first', query.matches);
+    display.fit();
+  };
+  query.addEventListener('change', apply);
+  apply();
+  if (ui.fullscreenBtn) {
+    ui.fullscreenBtn.hidden = !document.fullscreenEnabled;
+    ui.fullscreenBtn.addEventListener('click', (ev) => {
+      ev.preventDefault();
+      if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
+      else document.documentElement.requestFullscreen({ navigationUI: 'hide' }).catch(() => {});
+    });
+    document.addEventListener('fullscreenchange', () => display.fit());
+  }
+  if (ui.menuBtn && ui.side) {
+    // The menu holds what the side panel holds (the map, migrations, checkpoints) once there is any.
+    const shown = () => {
+      ui.menuBtn.hidden = ui.side.hidden;
+    };
+    new MutationObserver(shown).observe(ui.side, { attributes: true, attributeFilter: ['hidden'] });
+    shown();
+    ui.menuBtn.addEventListener('click', (ev) => {
+      ev.preventDefault();
+      document.body.classList.toggle('map-open');
+      display.fit();
+    });
+  }
 }
 
 /** Starts the terminal in this page. Returns its figures (also `window.vmi`, read by tests). */
@@ -50,7 +94,8 @@ export function start() {
   const canvas = document.getElementById('screen');
   const ui = pageElements();
   const vmi = {
-    state: 'connecting', // connecting | connected | asleep | reconnecting | closed
+    state: 'connecting', // connecting | connected | asleep | moving (a planned Redirect) | reconnecting | closed
+    movingTo: null, // where a planned move goes (host), while moving
     frames: 0, // FrameUpdates applied
     bytes: 0, // all bytes received (message payloads)
     frameBytes: 0, // bytes of FrameUpdate messages received
@@ -71,17 +116,20 @@ export function start() {
   };
   window.vmi = vmi;
 
-  const token = takeToken();
+  const { token, saved: savedToken } = takeToken();
   const saved = token ? loadSession(token) : null;
   const display = new Display(canvas, ui, vmi);
   const status = new Status(vmi, ui);
   const notifications = new Notifications(vmi, ui);
   const session = new Session({ vmi, token, saved, display, status, notifications });
+  // A link's token that differs from the device this browser keeps: if it is refused, that device is still there.
+  session.savedOther = savedToken && savedToken !== token ? savedToken : null;
   if (saved) {
     vmi.lastSeq = saved.lastSeq || 0;
     if (saved.width && saved.height) display.resize(saved.width, saved.height);
   }
   const power = bindSleep({ vmi, session, notifications });
+  bindLayout(ui, display);
   bindInput({ vmi, canvas, ui, display, session, power });
 
   display.fit();

@@ -180,14 +180,18 @@ pub fn signal(pid: u32, signal: libc::c_int) {
     }
 }
 
-/// The pid of the `vmi` process whose arguments include every one of `args`, if one runs.
+/// The pid of the process of this program (`vmi`, under whatever name it was installed or copied as) whose
+/// arguments include every one of `args`, if one runs.
 pub fn pid_with_args(args: &[&str]) -> Option<u32> {
+    let exe = std::env::current_exe().ok()?;
+    let program = exe.file_name()?.to_owned();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let argv: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         // The program itself, not an `ip netns exec` about to become it.
-        if argv.first().is_some_and(|p| p.ends_with("vmi")) && args.iter().all(|a| argv.iter().any(|v| v == a)) {
+        let ours = argv.first().is_some_and(|p| Path::new(p).file_name() == Some(program.as_os_str()));
+        if ours && args.iter().all(|a| argv.iter().any(|v| v == a)) {
             return Some(pid);
         }
     }
