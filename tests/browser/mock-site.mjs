@@ -10,7 +10,8 @@
 // Extra endpoints: GET /v1/phones/alice/screen-hash, POST /mock/redirect[?welcome_after_ms=N] (sends every
 // terminal a Redirect to this same site, whose next Welcome then comes N ms after its Hello), POST /mock/redirect-next-hello (answers the next
 // Hello with a Redirect instead of Welcome), POST /mock/stall (inputs are lost from now on),
-// POST /mock/drop (ends the stall and closes every WebSocket).
+// POST /mock/drop (ends the stall and closes every WebSocket), POST /mock/down and /mock/up (the site
+// unreachable: every WebSocket closed and new ones refused, until up).
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -313,6 +314,7 @@ function wsAccept(req, socket, onMessage, onClose) {
 const sessions = new Set();
 const stats = { frames: 0, frameBytes: 0, lz4: 0, solid: 0, raw: 0, sessions: 0, helloRedirects: 0, silentRefusals: 0, pings: 0, inputs: 0, helloResumes: [] };
 let redirectNextHello = false; // POST /mock/redirect-next-hello
+let down = false; // POST /mock/down: every terminal connection refused until POST /mock/up
 let welcomeAfterMs = 0; // POST /mock/redirect?welcome_after_ms=N: the next Welcome comes N ms after its Hello
 let stall = false; // POST /mock/stall: inputs are lost in flight until /mock/drop
 
@@ -517,6 +519,17 @@ const server = createServer((req, res) => {
     json(200, {});
     return;
   }
+  if (req.method === 'POST' && url.pathname === '/mock/down') {
+    down = true;
+    for (const s of sessions) s.conn.close();
+    json(200, {});
+    return;
+  }
+  if (req.method === 'POST' && url.pathname === '/mock/up') {
+    down = false;
+    json(200, {});
+    return;
+  }
   if (req.method === 'POST' && url.pathname === '/mock/stall') {
     stall = true;
     json(200, {});
@@ -531,7 +544,7 @@ const server = createServer((req, res) => {
   json(404, { error: 'not found' });
 });
 server.on('upgrade', (req, socket) => {
-  if (new URL(req.url, 'http://x').pathname !== '/v1/terminal') {
+  if (down || new URL(req.url, 'http://x').pathname !== '/v1/terminal') {
     socket.destroy();
     return;
   }

@@ -225,6 +225,28 @@ try {
     check((await vmi()).lastSeq > seq, 'frame seq continues after the resume');
   });
 
+  await test('an outage says what happens (tries, the next one, the phone safe) and Retry now reconnects', async () => {
+    await mock.post('/mock/down');
+    await waitFor('reconnecting', (v) => v.state === 'reconnecting' && v.attempts >= 3);
+    await page.waitForSelector('#retry-btn', { state: 'visible', timeout: 5000 });
+    const said = await page.evaluate(() => ({
+      detail: document.getElementById('conn-detail').textContent,
+      safe: document.getElementById('conn-safe').textContent,
+      text: document.getElementById('conn-text').textContent,
+    }));
+    check(/tries so far/.test(said.detail), `detail ${JSON.stringify(said)}`);
+    check(/phone is safe/.test(said.safe), `safe ${JSON.stringify(said)}`);
+    // Back, with the next try seconds away: Retry now connects at once.
+    const waiting = await waitFor('a back-off of a second or more', (v) => v.nextRetryAt && v.nextRetryAt - Date.now() > 1000);
+    await mock.post('/mock/up');
+    const before = (await mock.state()).stats.sessions;
+    await page.click('#retry-btn');
+    await waitFor('connected again', (v) => v.state === 'connected');
+    check(Date.now() < waiting.nextRetryAt, 'connected only when the back-off ran out, not by Retry now');
+    check((await mock.state()).stats.sessions === before + 1, 'Retry now did not connect');
+    await page.waitForSelector('#retry-btn', { state: 'hidden', timeout: 2000 });
+  });
+
   await test('a Redirect in answer to Hello (phone elsewhere) is followed', async () => {
     await mock.post('/mock/redirect-next-hello');
     await page.reload();

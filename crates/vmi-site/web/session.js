@@ -184,8 +184,18 @@ export class Session {
     if (vmi.url !== this.defaultUrl && this.failuresSinceWelcome >= REDIRECT_FAILURES) vmi.url = this.defaultUrl;
     const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)] * (0.8 + Math.random() * 0.4);
     this.attempt++;
+    // What the outage panel says: how many tries, and when the next one goes.
+    vmi.attempts = this.attempt;
+    vmi.nextRetryAt = Date.now() + delay;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = setTimeout(() => this.connect(vmi.url || this.defaultUrl), delay);
+  }
+
+  /** "Retry now": the next try at once instead of at the end of the back-off. */
+  retryNow() {
+    if (this.fatal || this.ws) return;
+    this.vmi.nextRetryAt = null;
+    this.connect(this.vmi.url || this.defaultUrl);
   }
 
   dropSocket() {
@@ -251,6 +261,8 @@ export class Session {
     if (this.welcomed) throw new ProtocolError('BadValue', 'second Welcome');
     this.welcomed = true;
     vmi.movingTo = null;
+    vmi.attempts = 0;
+    vmi.nextRetryAt = null;
     // Accepted: from now on this is the device this browser opens.
     rememberToken(this.token);
     this.savedOther = null;

@@ -34,10 +34,35 @@ export class Status {
     ui.connOverlay.hidden = !showConn;
     if (showConn) {
       ui.connText.textContent =
-        vmi.state === 'closed' ? 'Disconnected' : vmi.state === 'reconnecting' ? 'Reconnecting…' : 'Connecting…';
+        vmi.state === 'closed' ? 'Disconnected' : vmi.state === 'reconnecting' ? 'Cannot reach your phone’s site' : 'Connecting…';
     }
-    ui.error.hidden = !vmi.error;
+    // A real outage says what is happening: the tries, the next one, a way to try now, and that the phone is safe.
+    const outage = showConn && vmi.state === 'reconnecting';
+    if (ui.connDetail) {
+      ui.connDetail.hidden = !outage;
+      ui.retryBtn.hidden = !outage;
+      ui.connSafe.hidden = !outage;
+      if (outage) {
+        const left = vmi.nextRetryAt ? Math.max(0, Math.ceil((vmi.nextRetryAt - Date.now()) / 1000)) : 0;
+        const tries = vmi.attempts === 1 ? '1 try' : `${vmi.attempts || 0} tries`;
+        ui.connDetail.textContent = left > 0 ? `${tries} so far; the next in ${left} s` : `${tries} so far; trying now…`;
+        ui.connSafe.textContent =
+          'Your phone is safe: it keeps running on its site, or starts on another within seconds if that site is ' +
+          'down. What you typed is kept here until the phone has it.';
+        // the countdown moves on its own
+        this.queueIn(500);
+      }
+    }
+    // During an outage the panel says it in plain words; the raw close reason ("closed (1006)") would only repeat it.
+    const explained = !vmi.asleep && vmi.state === 'reconnecting' && !!ui.connDetail;
+    ui.error.hidden = !vmi.error || explained;
     ui.error.textContent = vmi.error || '';
+  }
+
+  /** Shows `vmi` again in `ms` (a countdown). */
+  queueIn(ms) {
+    clearTimeout(this.later);
+    this.later = setTimeout(() => this.queue(), ms);
   }
 
   /** Shows `vmi` soon (once for many changes). */

@@ -50,6 +50,9 @@ function pageElements() {
     side: $('side'),
     pfDot: $('pf-dot'),
     moveChip: $('move-chip'),
+    connDetail: $('conn-detail'),
+    retryBtn: $('retry-btn'),
+    connSafe: $('conn-safe'),
   };
 }
 
@@ -96,6 +99,8 @@ export function start() {
   const vmi = {
     state: 'connecting', // connecting | connected | asleep | moving (a planned Redirect) | reconnecting | closed
     movingTo: null, // where a planned move goes (host), while moving
+    attempts: 0, // failed tries since the last Welcome (the outage panel says so)
+    nextRetryAt: null, // Date.now() of the next try, while reconnecting
     frames: 0, // FrameUpdates applied
     bytes: 0, // all bytes received (message payloads)
     frameBytes: 0, // bytes of FrameUpdate messages received
@@ -127,6 +132,12 @@ export function start() {
   if (saved) {
     vmi.lastSeq = saved.lastSeq || 0;
     if (saved.width && saved.height) display.resize(saved.width, saved.height);
+  }
+  if (ui.retryBtn) {
+    ui.retryBtn.addEventListener('click', (ev) => {
+      ev.preventDefault();
+      session.retryNow();
+    });
   }
   const power = bindSleep({ vmi, session, notifications });
   bindLayout(ui, display);

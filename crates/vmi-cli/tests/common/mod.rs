@@ -93,6 +93,19 @@ impl Up {
         }
     }
 
+    /// GET `url` (https, trusting the provider CA) as the operator: the body's bytes (status 200), or what went wrong.
+    pub fn get_bytes(&self, url: &str) -> Result<Vec<u8>, String> {
+        let ca = std::fs::read_to_string(&self.ca_file).map_err(|e| e.to_string())?;
+        let caller =
+            vmi_control_api::Caller::trusting(&ca).map_err(|e| e.to_string())?.with_bearer(&self.operator_token());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        match runtime.block_on(caller.get_bytes(url)) {
+            Ok((200, body)) => Ok(body),
+            Ok((status, body)) => Err(format!("{status}: {}", String::from_utf8_lossy(&body))),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Each simulated machine of `vmi up --cluster` as `(name, link)`: the host end of its link.
     pub fn machines(&self) -> Vec<(String, String)> {
         let file = std::fs::read_to_string(self.data.join("up.json")).expect("up.json");
