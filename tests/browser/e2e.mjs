@@ -11,12 +11,12 @@
 //   {"step":"inbox","screen_hash":H} {"step":"done"}
 // (H: the page's screen hash, docs/PROTOCOL.md, as 16 lowercase hex digits.) On any
 // failure it says what and where on stderr and exits 1 (2 for bad arguments).
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const USAGE =
   'usage: VMI_OPERATOR_TOKEN=… node e2e.mjs --url http://HOST:PORT/#token=TOKEN --mail-url http://HOST:PORT/v1/phones/USER/mail ' +
@@ -71,38 +71,19 @@ function fail(msg) {
 }
 
 async function main() {
-  const userDataDir = mkdtempSync(join(tmpdir(), 'vmi-e2e-chromium-'));
-  let context;
+  let browser;
   try {
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--disable-quic',
-      ],
-      viewport: { width: 1000, height: 1400 },
-      deviceScaleFactor: 1,
-      timeout: 30000,
-    });
+    browser = await launchChromium(executablePath, { viewport: { width: 1000, height: 1400 }, deviceScaleFactor: 1, });
   } catch (e) {
-    rmSync(userDataDir, { recursive: true, force: true });
-    fail(`cannot start Chromium at ${executablePath}: ${e.message.split('\n')[0]} (run scripts/setup)`);
+    fail(e.message);
   }
   try {
-    await run(context);
+    await run(browser.context);
   } catch (e) {
     if (thePage) await thePage.screenshot({ path: join(shotDir, 'failure.png') }).catch(() => {});
     throw e;
   } finally {
-    await context.close().catch(() => {});
-    rmSync(userDataDir, { recursive: true, force: true });
+    await browser.close();
   }
 }
 

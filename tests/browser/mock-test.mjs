@@ -16,6 +16,8 @@ import { parseArgs } from 'node:util';
 
 import { chromium } from 'playwright-core';
 
+import { CHROMIUM_FLAGS } from './chromium.mjs';
+
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: opts } = parseArgs({ options: { chromium: { type: 'string' } } });
 const executablePath = opts.chromium || process.env.CHROMIUM || '/usr/bin/chromium';
@@ -97,7 +99,7 @@ try {
   context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
     headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic'],
+    args: CHROMIUM_FLAGS,
     viewport: { width: 900, height: 1200 },
   });
   const page = context.pages()[0] || (await context.newPage());

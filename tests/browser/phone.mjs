@@ -7,12 +7,12 @@
 //
 // Prints one JSON line per step on stdout: {"step":"layout",...} {"step":"typed",...} {"step":"done"}.
 // On any failure it says what and where on stderr and exits 1 (2 for bad arguments).
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const USAGE = 'usage: node phone.mjs --url http://HOST:PORT/#token=TOKEN [--screenshot-dir DIR] [--chromium PATH]';
 let opts;
@@ -49,39 +49,19 @@ let thePage = null;
 const pageErrors = [];
 
 async function main() {
-  const userDataDir = mkdtempSync(join(tmpdir(), 'vmi-phone-chromium-'));
-  let context;
+  let browser;
   try {
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-      viewport: { width: 390, height: 844 },
-      deviceScaleFactor: 3,
-      isMobile: true,
-      hasTouch: true,
-      timeout: 30000,
-    });
+    browser = await launchChromium(executablePath, { viewport: { width: 390, height: 844 }, deviceScaleFactor: 3, isMobile: true, hasTouch: true, });
   } catch (e) {
-    rmSync(userDataDir, { recursive: true, force: true });
-    fail(`cannot start Chromium at ${executablePath}: ${e.message.split('\n')[0]} (run scripts/setup)`);
+    fail(e.message);
   }
   try {
-    await run(context);
+    await run(browser.context);
   } catch (e) {
     if (thePage) await thePage.screenshot({ path: join(shotDir, 'failure.png') }).catch(() => {});
     throw e;
   } finally {
-    await context.close().catch(() => {});
-    rmSync(userDataDir, { recursive: true, force: true });
+    await browser.close();
   }
 }
 

@@ -225,21 +225,17 @@ impl EtcdMembers {
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-outputs", "stderr"]);
         if let Some(tls) = &m.tls {
-            command
-                .arg("--cert-file")
-                .arg(&tls.cert)
-                .arg("--key-file")
-                .arg(&tls.key)
-                .arg("--trusted-ca-file")
-                .arg(&tls.ca)
-                .arg("--client-cert-auth")
-                .arg("--peer-cert-file")
-                .arg(&tls.cert)
-                .arg("--peer-key-file")
-                .arg(&tls.key)
-                .arg("--peer-trusted-ca-file")
-                .arg(&tls.ca)
-                .arg("--peer-client-cert-auth");
+            // The same files towards clients and towards peers, each side requiring the other's certificate.
+            for side in ["", "peer-"] {
+                command
+                    .arg(format!("--{side}cert-file"))
+                    .arg(&tls.cert)
+                    .arg(format!("--{side}key-file"))
+                    .arg(&tls.key)
+                    .arg(format!("--{side}trusted-ca-file"))
+                    .arg(&tls.ca)
+                    .arg(format!("--{side}client-cert-auth"));
+            }
         }
         command.stdin(Stdio::null()).stdout(log).stderr(log2);
         let process = Process::spawn(&mut command)?;

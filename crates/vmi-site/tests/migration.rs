@@ -126,6 +126,39 @@ async fn relay(listener: tokio::net::TcpListener, upstream: std::net::SocketAddr
     Relay { url, pre_copy, final_delta }
 }
 
+/// Site `id` started behind a [`relay`]: it is known by the relay's address, so a source dials it there and
+/// terminals follow it there.
+async fn site_behind_relay(control: &Control, id: &str, data_dir: std::path::PathBuf) -> (SiteHandle, Relay) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let config = vmi_site::SiteConfig { public_url: Some(url), ..site_config(control, id, data_dir) };
+    let site = vmi_site::start(config).await.expect("the site starts");
+    let relay = relay(listener, site.addr).await;
+    (site, relay)
+}
+
+/// A terminal on `site` with `token`, past its first frame, with Notes open.
+async fn terminal_in_notes(site: &SiteHandle, token: &str) -> Terminal {
+    let mut term = Terminal::connect(&site.ws_url(), token, terminal_options()).await.expect("terminal");
+    wait_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
+    let (x, y) = NOTES;
+    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Down, x, y }).expect("input");
+    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Up, x, y }).expect("input");
+    term
+}
+
+/// Asks `from` (as the operator) to migrate `user`'s phone to `to`, in the background: the status and report.
+fn start_migration(
+    control: &Control,
+    from: &SiteHandle,
+    to: &SiteHandle,
+    user: &str,
+) -> tokio::task::JoinHandle<(u16, String)> {
+    let (url, to, operator) =
+        (format!("{}/v1/phones/{user}/migrate", from.url), to.state.id.clone(), control.operator());
+    tokio::spawn(async move { operator.post_json(&url, &serde_json::json!({ "to": to })).await.expect("migrate") })
+}
+
 fn migration_message(m: &Message) -> Option<MigrationMessage> {
     let Message::Binary(b) = m else { return None };
     decode_migration(b).ok()
@@ -194,19 +227,9 @@ async fn until_acked(term: &mut Terminal, seq: u64) {
 async fn typing_through_a_migration_loses_and_doubles_nothing() {
     let control = control().await;
     let a = site(&control, "site-a", scratch("type-a")).await;
-    // Site-b is known by the relay's address: the source dials it there, and terminals follow it there.
-    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let relay_url = format!("https://{}", relay_listener.local_addr().expect("addr"));
-    let b_config =
-        vmi_site::SiteConfig { public_url: Some(relay_url), ..site_config(&control, "site-b", scratch("type-b")) };
-    let b = vmi_site::start(b_config).await.expect("site-b starts");
-    let relay = relay(relay_listener, b.addr).await;
+    let (b, relay) = site_behind_relay(&control, "site-b", scratch("type-b")).await;
     let token = user_with_phone(&control, &a, "alice").await;
-    let mut term = Terminal::connect(&a.ws_url(), &token, terminal_options()).await.expect("terminal");
-    wait_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
-    let (x, y) = NOTES;
-    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Down, x, y }).expect("input");
-    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Up, x, y }).expect("input");
+    let mut term = terminal_in_notes(&a, &token).await;
     let text: String = (0..300).map(|i| (b'a' + (i % 26) as u8) as char).collect();
     let (before, rest) = text.split_at(100);
     let (during, frozen) = rest.split_at(100);
@@ -215,13 +238,7 @@ async fn typing_through_a_migration_loses_and_doubles_nothing() {
     let last = type_keys(&term, before);
     until_acked(&mut term, last).await;
 
-    let mover = {
-        let (a_url, b_id, operator) = (a.url.clone(), b.state.id.clone(), control.operator());
-        tokio::spawn(async move {
-            let body = serde_json::json!({ "to": b_id });
-            operator.post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
-        })
-    };
+    let mover = start_migration(&control, &a, &b, "alice");
 
     // Mid pre-copy: the phone still runs at A, which acknowledges what is typed now.
     let open = relay.pre_copy.reached("the first pre-copy round").await;
@@ -266,29 +283,14 @@ async fn typing_through_a_migration_loses_and_doubles_nothing() {
 async fn a_refused_commit_drops_the_destinations_provisional_copy() {
     let control = control().await;
     let a = site(&control, "site-a", scratch("refused-a")).await;
-    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let relay_url = format!("https://{}", relay_listener.local_addr().expect("addr"));
     let b_dir = scratch("refused-b");
-    let b_config =
-        vmi_site::SiteConfig { public_url: Some(relay_url), ..site_config(&control, "site-b", b_dir.clone()) };
-    let b = vmi_site::start(b_config).await.expect("site-b starts");
-    let relay = relay(relay_listener, b.addr).await;
+    let (b, relay) = site_behind_relay(&control, "site-b", b_dir.clone()).await;
     let token = user_with_phone(&control, &a, "alice").await;
-    let mut term = Terminal::connect(&a.ws_url(), &token, terminal_options()).await.expect("terminal");
-    wait_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
-    let (x, y) = NOTES;
-    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Down, x, y }).expect("input");
-    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Up, x, y }).expect("input");
+    let mut term = terminal_in_notes(&a, &token).await;
     let last = type_keys(&term, "before");
     until_acked(&mut term, last).await;
 
-    let mover = {
-        let (a_url, b_id, operator) = (a.url.clone(), b.state.id.clone(), control.operator());
-        tokio::spawn(async move {
-            let body = serde_json::json!({ "to": b_id });
-            operator.post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
-        })
-    };
+    let mover = start_migration(&control, &a, &b, "alice");
     let _ = relay.pre_copy.reached("the first pre-copy round").await.send(());
     let open = relay.final_delta.reached("the final delta").await;
     let epoch = control.client.placement("alice").await.expect("placement").epoch;
@@ -611,13 +613,7 @@ async fn a_control_service_restarted_during_a_migration_and_a_long_outage() {
     // Restarted (same database) while a migration waits for it: the move goes through with the stored epoch.
     let placement = "/v1/users/alice/placement";
     let asked_before = outage.asked(placement);
-    let mover = {
-        let (a_url, b_id, operator) = (a.url.clone(), b.state.id.clone(), control.operator());
-        tokio::spawn(async move {
-            let body = serde_json::json!({ "to": b_id });
-            operator.post_json(&format!("{a_url}/v1/phones/alice/migrate"), &body).await.expect("migrate")
-        })
-    };
+    let mover = start_migration(&control, &a, &b, "alice");
     eventually(Duration::from_secs(30), "the migration asking the control service in vain", async || {
         outage.asked(placement) > asked_before
     })
