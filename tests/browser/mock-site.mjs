@@ -218,12 +218,18 @@ function decodeClient(b) {
     const token = b.subarray(p, p + tl).toString('utf8');
     p += tl;
     const resume = u8() ? { last_frame_seq: u64(), hash: [u32(), u32()] } : null;
-    m = { type: 'Hello', version, token, resume, asleep: u8() === 1 };
+    const asleep = u8() === 1;
+    // Version 3: the display the phone follows.
+    const display = version >= 3 && u8() ? { width: u16(), height: u16(), density: u16() } : null;
+    m = { type: 'Hello', version, token, resume, asleep, display };
   } else if (tag === 2) {
     const seq = u64();
     const kind = u8();
-    if (kind === 0) m = { type: 'Input', seq, input: { kind: 'touch', phase: u8(), x: u16(), y: u16() } };
-    else {
+    if (kind === 0 || kind === 2) {
+      const input = { kind: 'touch', phase: u8(), x: u16(), y: u16(), pointer: 0 };
+      if (kind === 2) input.pointer = u8();
+      m = { type: 'Input', seq, input };
+    } else {
       const code = u8();
       const text = u8() ? String.fromCodePoint(u32()) : null;
       m = { type: 'Input', seq, input: { kind: 'key', code, text } };
@@ -232,6 +238,7 @@ function decodeClient(b) {
   else if (tag === 4) m = { type: 'Sleep' };
   else if (tag === 5) m = { type: 'Wake' };
   else if (tag === 6) m = { type: 'Ping', nonce: u64() };
+  else if (tag === 7) m = { type: 'Display', display: { width: u16(), height: u16(), density: u16() } };
   else throw new Error(`UnknownType ${tag}`);
   if (p !== b.length) throw new Error('TrailingBytes');
   return m;

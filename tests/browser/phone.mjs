@@ -1,11 +1,14 @@
 #!/usr/bin/env node
 // The browser terminal on a phone, in Debian's Chromium emulating one (390×844 CSS px, device pixel ratio 3,
-// touch): the screen fills the viewport, and text typed through the text field (as a phone keyboard and an
-// input method send it: `beforeinput` and composition events) lands in Notes as typed.
+// touch): the screen fills the viewport and the phone lays out for it; text typed through the text field (as a
+// phone keyboard and an input method send it: `beforeinput` and composition events) lands in Notes as typed;
+// Copy in Notes reaches the page's clipboard; two fingers draw two strokes in Paint; a rotation reaches the phone
+// and the page's screen after it equals the phone's framebuffer.
 //
-//   node tests/browser/phone.mjs --url http://127.0.0.1:PORT/#token=TOKEN --screenshot-dir DIR
+//   node tests/browser/phone.mjs --url http://127.0.0.1:PORT/#token=TOKEN --operator-token OP --screenshot-dir DIR
 //
-// Prints one JSON line per step on stdout: {"step":"layout",...} {"step":"typed",...} {"step":"done"}.
+// Prints one JSON line per step on stdout: {"step":"layout",...} {"step":"typed",...} {"step":"clipboard",...}
+// {"step":"two_fingers",...} {"step":"rotated",...} {"step":"done"}.
 // On any failure it says what and where on stderr and exits 1 (2 for bad arguments).
 import { mkdtempSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,24 +17,48 @@ import { parseArgs } from 'node:util';
 
 import { launchChromium } from './chromium.mjs';
 
-const USAGE = 'usage: node phone.mjs --url http://HOST:PORT/#token=TOKEN [--screenshot-dir DIR] [--chromium PATH]';
+const USAGE =
+  'usage: node phone.mjs --url http://HOST:PORT/#token=TOKEN --operator-token OP [--user NAME] [--screenshot-dir DIR] [--chromium PATH]';
 let opts;
 try {
   ({ values: opts } = parseArgs({
-    options: { url: { type: 'string' }, 'screenshot-dir': { type: 'string' }, chromium: { type: 'string' } },
+    options: {
+      url: { type: 'string' },
+      'operator-token': { type: 'string' },
+      user: { type: 'string', default: 'pat' },
+      'screenshot-dir': { type: 'string' },
+      chromium: { type: 'string' },
+    },
   }));
 } catch (e) {
   console.error(`phone: ${e.message}\n${USAGE}`);
   process.exit(2);
 }
-if (!opts.url) {
-  console.error(`phone: --url is required\n${USAGE}`);
+if (!opts.url || !opts['operator-token']) {
+  console.error(`phone: --url and --operator-token are required\n${USAGE}`);
   process.exit(2);
 }
 
 const TIMEOUT = 20000;
 const QUIET_MS = 600;
-const NOTES = [274, 1090];
+/**
+ * Where the default phone (guest/vmi-phone) puts things on a `w × h` screen laid out at 2 pixels per CSS pixel
+ * (theme.rs: the 720-pixel design at scale min(1, short side / 640)): the centre of app `i`'s cell in the dock,
+ * the Notes Copy button, and the Paint paper.
+ */
+function phoneLayout(w, h) {
+  const s = Math.min(1, Math.min(w, h) / 640);
+  const d = (px) => Math.round(px * s);
+  const pad = d(32);
+  const dockH = d(214);
+  const dockY = h - d(48) - dockH - d(12);
+  const cell = Math.trunc((w - pad) / 4);
+  return {
+    app: (i) => [Math.trunc(pad / 2) + cell * i + Math.trunc(cell / 2), dockY + Math.trunc(dockH / 2)],
+    copy: [w - d(100), d(48) + d(56)],
+    paper: { top: d(48) + d(112), bottom: h - d(48) },
+  };
+}
 /** What is typed: a keyboard's accents and AltGr symbol, then two characters through an input method. */
 const TYPED = 'héllo € ';
 const COMPOSED = '日本';
@@ -105,8 +132,12 @@ async function run(context) {
 
   // 1. The screen is the terminal: it fills the viewport's width, no bezel, no bars.
   currentStep = 'layout';
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: new URL(opts.url).origin });
   await page.goto(opts.url, { waitUntil: 'load', timeout: TIMEOUT });
   let v = await settle('the first screen');
+  // The phone laid its screen out for this display: 2 pixels per CSS pixel of the room the page gives it.
+  if (v.width < 700 || v.height <= v.width) fail(`the phone did not follow the display: ${JSON.stringify(v)}`);
+  let at = phoneLayout(v.width, v.height);
   const layout = await page.evaluate(() => {
     const r = document.getElementById('screen').getBoundingClientRect();
     const visible = (id) => {
@@ -134,7 +165,7 @@ async function run(context) {
 
   // 2. Notes, the keyboard button, then text as a phone keyboard sends it and through an input method.
   currentStep = 'typed';
-  await tapPhone(NOTES);
+  await tapPhone(at.app(1));
   v = await settle('Notes to open', v.frames);
   const box = await page.locator('#keyboard-btn').boundingBox();
   await page.touchscreen.tap(box.x + box.width / 2, box.y + box.height / 2);
@@ -151,6 +182,89 @@ async function run(context) {
   if (left !== '') fail(`the text field kept ${JSON.stringify(left)}`);
   await page.screenshot({ path: join(shotDir, 'phone-notes.png') });
   emit({ step: 'typed', text: TYPED + COMPOSED, frames: v.frames });
+
+  // 3. Copy in Notes puts the note on this device's clipboard.
+  currentStep = 'clipboard';
+  await page.evaluate(() => document.getElementById('keys').blur());
+  await tapPhone(at.copy);
+  const deadline = Date.now() + TIMEOUT;
+  while (!(await page.evaluate(() => window.vmi.clipboard && window.vmi.clipboard.onDevice))) {
+    if (Date.now() > deadline) fail(`no copy reached the page: ${JSON.stringify(await page.evaluate(() => window.vmi.clipboard))}`);
+    await sleepMs(50);
+  }
+  const clip = await page.evaluate(() => navigator.clipboard.readText());
+  if (clip !== TYPED + COMPOSED) fail(`the clipboard holds ${JSON.stringify(clip)}`);
+  emit({ step: 'clipboard', text: clip });
+
+  // 4. Paint: two fingers at once draw two strokes.
+  currentStep = 'two_fingers';
+  v = await settle('Copied', v.frames);
+  await page.locator('#home-btn').tap();
+  v = await settle('home', v.frames);
+  await tapPhone(at.app(2));
+  v = await settle('Paint', v.frames);
+  const toPage = ([px, py]) =>
+    page.evaluate(
+      ([x, y]) => {
+        const r = document.getElementById('screen').getBoundingClientRect();
+        return { x: r.left + ((x + 0.5) * r.width) / window.vmi.width, y: r.top + ((y + 0.5) * r.height) / window.vmi.height };
+      },
+      [px, py],
+    );
+  const xs = [Math.round(v.width * 0.3), Math.round(v.width * 0.7)];
+  const ys = [at.paper.top + 100, at.paper.top + 500];
+  const touch = async (type, y) => {
+    const points = [];
+    if (type !== 'touchEnd') {
+      for (const [id, x] of xs.entries()) {
+        const p = await toPage([x, y]);
+        points.push({ x: p.x, y: p.y, id });
+      }
+    }
+    await cdp.send('Input.dispatchTouchEvent', { type, touchPoints: points });
+  };
+  await touch('touchStart', ys[0]);
+  for (let k = 1; k <= 10; k++) await touch('touchMove', ys[0] + ((ys[1] - ys[0]) * k) / 10);
+  await touch('touchEnd', ys[1]);
+  v = await settle('the strokes', v.frames);
+  const ink = await page.evaluate(
+    ([xs, y]) => {
+      const ctx = document.getElementById('screen').getContext('2d');
+      return [...xs, Math.round((xs[0] + xs[1]) / 2)].map((x) => [...ctx.getImageData(x, y, 1, 1).data.slice(0, 3)]);
+    },
+    [xs, Math.round((ys[0] + ys[1]) / 2)],
+  );
+  const paper = JSON.stringify(ink[2]);
+  if (JSON.stringify(ink[0]) === paper || JSON.stringify(ink[1]) === paper) {
+    fail(`two fingers did not draw two strokes: ink ${JSON.stringify(ink)}`);
+  }
+  await page.screenshot({ path: join(shotDir, 'phone-two-fingers.png') });
+  emit({ step: 'two_fingers', ink });
+
+  // 5. A rotation: the phone lays out for landscape, and the page shows exactly the phone's framebuffer.
+  currentStep = 'rotated';
+  await page.setViewportSize({ width: 844, height: 390 });
+  const turned = Date.now() + TIMEOUT;
+  while (!((v = await vmi()) && v.width > v.height)) {
+    if (Date.now() > turned) fail(`the phone did not turn: ${JSON.stringify(v)}`);
+    await sleepMs(50);
+  }
+  v = await settle('the landscape screen', 0);
+  let hashes = null;
+  for (let tries = 0; tries < 5; tries++) {
+    hashes = await page.evaluate(
+      async ([op, user]) => {
+        const site = await (await fetch(`v1/phones/${user}/screen-hash`, { headers: { authorization: `Bearer ${op}` } })).json();
+        return { page: window.vmi.screenHash(), site: site.hash, size: [site.width, site.height] };
+      },
+      [opts['operator-token'], opts.user],
+    );
+    if (hashes.page === hashes.site) break;
+    await sleepMs(300);
+  }
+  await page.screenshot({ path: join(shotDir, 'phone-landscape.png') });
+  if (hashes.page !== hashes.site) fail(`after the rotation the page shows another screen: ${JSON.stringify(hashes)}`);
+  emit({ step: 'rotated', width: v.width, height: v.height, ...hashes, screens: await page.evaluate(() => window.vmi.screens) });
 
   currentStep = 'done';
   emit({ step: 'done' });

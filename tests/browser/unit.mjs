@@ -259,7 +259,23 @@ await test('encode: Hello with Resume, keys, FrameAck, big numbers', () => {
   });
   assert.equal(
     toHex(hello),
-    '01 02 00 04 00 74 C3 B6 6B 01 03 00 00 00 00 01 00 00 C5 9D 1C 81 B9 79 37 9E 01',
+    '01 03 00 04 00 74 C3 B6 6B 01 03 00 00 00 00 01 00 00 C5 9D 1C 81 B9 79 37 9E 01 00',
+  );
+  // Version 3: the display the phone follows, a rotation, a second finger.
+  const display = { width: 390, height: 844, density: 300 };
+  assert.equal(
+    toHex(encodeClient({ type: 'Hello', token: 'ab', resume: null, asleep: false, display })),
+    '01 03 00 02 00 61 62 00 00 01 86 01 4C 03 2C 01',
+  );
+  assert.equal(toHex(encodeClient({ type: 'Display', display })), '07 86 01 4C 03 2C 01');
+  assert.equal(
+    toHex(encodeClient({ type: 'Input', seq: 4, input: { kind: 'touch', phase: 1, x: 1, y: 2, pointer: 1 } })),
+    '02 04 00 00 00 00 00 00 00 02 01 01 00 02 00 01',
+  );
+  // A version-2 Hello has no display field, even when one is given.
+  assert.equal(
+    toHex(encodeClient({ type: 'Hello', version: 2, token: 'ab', resume: null, asleep: false, display })),
+    '01 02 00 02 00 61 62 00 00',
   );
   assert.equal(
     toHex(encodeClient({ type: 'Input', seq: 300, input: { kind: 'key', code: 8, text: null } })),
@@ -323,6 +339,8 @@ await test('decode: every site message', () => {
     url: 'ws://10.0.0.2:8080/v1/terminal',
   });
   assert.deepEqual(decodeServer(new B().u8(0x86).u64(99).done()), { type: 'Pong', nonce: 99 });
+  assert.deepEqual(decodeServer(new B().u8(0x89).u16(1688).u16(780).done()), { type: 'Screen', width: 1688, height: 780 });
+  assert.deepEqual(decodeServer(new B().u8(0x8a).str('héllo € 日本').done()), { type: 'Clipboard', text: 'héllo € 日本' });
   for (const [code, name] of [[1, 'Unauthorized'], [2, 'Version'], [4, 'NotHere'], [5, 'PhoneDown'], [6, 'Internal']]) {
     assert.equal(decodeServer(new B().u8(0x87).u8(code).str('').done()).codeName, name);
   }
@@ -350,11 +368,11 @@ await test('decode: every site message', () => {
 await test('decode: errors of PROTOCOL.md', () => {
   throwsKind(() => decodeServer(new Uint8Array(0)), 'Empty');
   throwsKind(() => decodeServer(Uint8Array.of(0x01)), 'UnknownType'); // a client tag
-  throwsKind(() => decodeServer(Uint8Array.of(0x89)), 'UnknownType');
+  throwsKind(() => decodeServer(Uint8Array.of(0x8b)), 'UnknownType');
   throwsKind(() => decodeServer(new Uint8Array(16 * 1024 * 1024 + 1)), 'TooLarge');
   throwsKind(() => decodeServer(hex('86 01 00 00')), 'Truncated');
   throwsKind(() => decodeServer(hex('86 01 00 00 00 00 00 00 00 00')), 'TrailingBytes');
-  throwsKind(() => decodeServer(new B().u8(0x81).u16(3).done()), 'UnsupportedVersion');
+  throwsKind(() => decodeServer(new B().u8(0x81).u16(4).done()), 'UnsupportedVersion');
   throwsKind(() => decodeServer(new B().u8(0x81).u16(1).u16(720).u16(1280).u64(0).u8(2).done()), 'BadValue');
   throwsKind(() => decodeServer(new B().u8(0x87).u8(0).str('').done()), 'BadValue');
   throwsKind(() => decodeServer(new B().u8(0x87).u8(7).str('').done()), 'BadValue');

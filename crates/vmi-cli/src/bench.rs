@@ -223,8 +223,8 @@ fn engine(max_vms: u32, tracking: Option<Tracking>) -> Result<WasmEngine> {
 }
 
 fn tap(phone: &mut dyn VirtualPhone, (x, y): (i32, i32)) -> Result<()> {
-    phone.deliver(Event::Touch { phase: TouchPhase::Down, x, y })?;
-    phone.deliver(Event::Touch { phase: TouchPhase::Up, x, y })?;
+    phone.deliver(Event::Touch { phase: TouchPhase::Down, x, y, pointer: 0 })?;
+    phone.deliver(Event::Touch { phase: TouchPhase::Up, x, y, pointer: 0 })?;
     Ok(())
 }
 
@@ -396,7 +396,7 @@ fn input(events: usize) -> Result<Value> {
             _ => TouchPhase::Move,
         };
         let t = Instant::now();
-        phone.deliver(Event::Touch { phase, x: 100 + k * 5, y: 400 + (i as i32 / 100 % 10) * 60 })?;
+        phone.deliver(Event::Touch { phase, x: 100 + k * 5, y: 400 + (i as i32 / 100 % 10) * 60, pointer: 0 })?;
         phone.frame()?;
         touch_us.push(t.elapsed().as_secs_f64() * 1e6);
     }

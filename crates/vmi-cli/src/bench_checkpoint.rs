@@ -34,8 +34,8 @@ fn type_text(phone: &mut dyn VirtualPhone, text: &str) -> Result<()> {
 
 fn tap(phone: &mut dyn VirtualPhone, (x, y): (i32, i32)) -> Result<()> {
     use vmi_engine::TouchPhase;
-    phone.deliver(Event::Touch { phase: TouchPhase::Down, x, y })?;
-    phone.deliver(Event::Touch { phase: TouchPhase::Up, x, y })?;
+    phone.deliver(Event::Touch { phase: TouchPhase::Down, x, y, pointer: 0 })?;
+    phone.deliver(Event::Touch { phase: TouchPhase::Up, x, y, pointer: 0 })?;
     phone.frame()?;
     Ok(())
 }

@@ -240,7 +240,7 @@ async fn run(faults: usize, cluster: bool, dir: &Path) -> Result<Value> {
     // Open the notes and type a letter every TYPE_EVERY, all run long.
     let (x, y) = (layout::NOTES.0 as u16, layout::NOTES.1 as u16);
     for phase in [TouchPhase::Down, TouchPhase::Up] {
-        let seq = terminal.send_input(Input::Touch { phase, x, y })?;
+        let seq = terminal.send_input(Input::Touch { phase, x, y, pointer: 0 })?;
         seen.lock().unwrap_or_else(|p| p.into_inner()).sent.insert(seq, Instant::now());
     }
     let typed = Arc::new(Mutex::new(String::new()));

@@ -142,8 +142,8 @@ async fn drain(term: &mut Terminal) {
 
 async fn tap(term: &mut Terminal, (x, y): (i32, i32)) -> Result<()> {
     let (x, y) = (x as u16, y as u16);
-    term.send_input(Input::Touch { phase: TouchPhase::Down, x, y })?;
-    let seq = term.send_input(Input::Touch { phase: TouchPhase::Up, x, y })?;
+    term.send_input(Input::Touch { phase: TouchPhase::Down, x, y, pointer: 0 })?;
+    let seq = term.send_input(Input::Touch { phase: TouchPhase::Up, x, y, pointer: 0 })?;
     wait_for(term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::InputAcked { seq: s } if *s >= seq)).await?;
     Ok(())
 }
@@ -213,6 +213,37 @@ pub async fn display(keys: usize, static_secs: u64, plain: bool) -> Result<Value
     let encode_ms = t.elapsed().as_secs_f64() * 1e3 / rounds as f64;
     let mpixels = (sw * sh) as f64 / 1e6;
 
+    // A display change (a rotation, each way, over and over) to the first frame that shows the phone's new
+    // screen whole at the terminal, checked against the phone's own framebuffer once per direction.
+    let mut resize_ms = Vec::new();
+    let turns = [
+        vmi_protocol::Display { width: 844, height: 390, density: 300 },
+        vmi_protocol::Display { width: 390, height: 844, density: 300 },
+    ];
+    for i in 0..20 {
+        let display = turns[i % 2];
+        let want = display.phone_screen();
+        let t = Instant::now();
+        term.set_display(display);
+        wait_for(&mut term, Duration::from_secs(10), |e| {
+            matches!(e, TerminalEvent::Screen { width, height } if (u32::from(*width), u32::from(*height)) == (want.width, want.height))
+        })
+        .await?;
+        wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?;
+        resize_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if i < 2 {
+            let shot = w.site.state.phone("bench")?.screen().await?;
+            let (tw, th, rgba) = term.screen();
+            anyhow::ensure!(
+                (u32::from(tw), u32::from(th)) == (shot.width, shot.height) && rgba == shot.rgba,
+                "after a display change the terminal's screen ({tw}x{th}) is not the phone's ({}x{})",
+                shot.width,
+                shot.height
+            );
+        }
+    }
+    drain(&mut term).await;
+
     term.close().await;
     w.finish().await;
     Ok(json!({
@@ -229,6 +260,9 @@ pub async fn display(keys: usize, static_secs: u64, plain: bool) -> Result<Value
         "static_frames": static_frames,
         "encode_ms_per_mpixel": round(encode_ms / mpixels, 3),
         "encode_full_frame_ms": round(encode_ms, 3),
+        "resize_to_frame_ms_p50": round(percentile(&mut resize_ms, 50.0), 3),
+        "resize_to_frame_ms_p99": round(percentile(&mut resize_ms, 99.0), 3),
+        "resize_conditions": "20 display changes between 390x844 and 844x390 CSS px at DPR 3 (phone screens 780x1688 and 1688x780), in Notes; display change sent to the first frame update after Screen",
     }))
 }
 

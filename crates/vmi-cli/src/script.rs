@@ -75,7 +75,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 }
 
 fn touch(phase: TouchPhase, x: i32, y: i32) -> Command {
-    Command::Event(Event::Touch { phase, x, y })
+    Command::Event(Event::Touch { phase, x, y, pointer: 0 })
 }
 
 /// Parses a whole script; errors name the line.

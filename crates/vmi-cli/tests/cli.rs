@@ -139,7 +139,8 @@ fn images_are_built_inspected_and_bad_ones_refused() {
     ok(&["image", "build", "--out", &image]);
     let info = ok(&["image", "inspect", &image, "--json"]);
     let v: serde_json::Value = serde_json::from_str(info.trim()).expect("json");
-    assert_eq!(v["abi_version"], 1);
+    assert_eq!(v["abi_version"], 2);
+    assert!(v["imports"].as_array().is_some_and(|i| i.iter().any(|n| n == "clipboard_set")), "{v}");
     assert!(v["captured_globals"].as_u64().unwrap_or(0) >= 1, "the stack pointer is captured: {v}");
     assert!(v["imports"].as_array().is_some_and(|i| i.iter().any(|n| n == "fb_damage")));
 

@@ -127,6 +127,12 @@ pub trait VirtualPhone: Send {
     /// Notifications the guest raised since the last call.
     fn take_notifications(&mut self) -> Vec<Notification>;
 
+    /// The text the guest last copied to the clipboard since the last call (`clipboard_set`), for the user's
+    /// terminals. An engine whose guests cannot copy returns nothing.
+    fn take_clipboard(&mut self) -> Option<String> {
+        None
+    }
+
     /// Puts a mail in the user's mailbox (host side); the guest fetches it on its own
     /// schedule, or at once after an [`Event::MailArrived`].
     fn push_mail(&mut self, mail: Mail) -> Result<(), VmError>;

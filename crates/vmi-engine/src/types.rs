@@ -118,6 +118,9 @@ pub enum VmStatus {
     },
 }
 
+/// Largest screen side, in pixels, a phone may have (configured, attached by its guest or asked by a terminal).
+pub const MAX_SCREEN_SIDE: u32 = 8192;
+
 /// Phase of a touch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TouchPhase {
@@ -152,6 +155,10 @@ pub enum KeyCode {
     Home = 8,
     /// Erase forwards.
     Delete = 9,
+    /// The volume-up hardware key.
+    VolumeUp = 10,
+    /// The volume-down hardware key.
+    VolumeDown = 11,
 }
 
 impl KeyCode {
@@ -168,6 +175,8 @@ impl KeyCode {
             7 => KeyCode::Down,
             8 => KeyCode::Home,
             9 => KeyCode::Delete,
+            10 => KeyCode::VolumeUp,
+            11 => KeyCode::VolumeDown,
             _ => KeyCode::Text,
         }
     }
@@ -184,6 +193,8 @@ impl KeyCode {
             "down" => KeyCode::Down,
             "home" => KeyCode::Home,
             "delete" | "del" => KeyCode::Delete,
+            "volume-up" | "volumeup" => KeyCode::VolumeUp,
+            "volume-down" | "volumedown" => KeyCode::VolumeDown,
             _ => return None,
         })
     }
@@ -200,6 +211,9 @@ pub enum Event {
         x: i32,
         /// Pixel row.
         y: i32,
+        /// Which finger (0 for the first or only one, 1 for a second one held at the same time…): a guest
+        /// tracks each finger's strokes apart.
+        pointer: u8,
     },
     /// A key press.
     Key {
@@ -217,6 +231,17 @@ pub enum Event {
     Wake,
     /// No terminal is watching.
     Sleep,
+    /// The terminal's display changed (a rotation, a resized window, another device): the guest lays its screen
+    /// out again for `width × height` pixels at `density` (pixels per CSS pixel, × 100) and attaches a framebuffer
+    /// of that size. Guests of ABI version 1 never get it (docs/GUEST_ABI.md).
+    Display {
+        /// Screen width in pixels.
+        width: u32,
+        /// Screen height in pixels.
+        height: u32,
+        /// Pixels per CSS pixel (point), × 100: 200 on a typical phone.
+        density: u32,
+    },
 }
 
 impl Event {

@@ -13,7 +13,7 @@ use lz4_flex::block;
 
 use crate::display::Screen;
 use crate::message::{
-    ClientMessage, ErrorCode, Input, PROTOCOL_VERSION, Resume, ServerMessage, Tile, TileData, TouchPhase,
+    ClientMessage, Display, ErrorCode, Input, PROTOCOL_VERSION, Resume, ServerMessage, Tile, TileData, TouchPhase,
 };
 use crate::{decode_client, decode_server, encode_client, encode_server};
 
@@ -44,17 +44,28 @@ impl Rng {
 }
 
 fn gen_client(rng: &mut Rng) -> ClientMessage {
-    match rng.below(6) {
+    match rng.below(7) {
+        5 => ClientMessage::Display(Display {
+            width: rng.int() as u16,
+            height: rng.int() as u16,
+            density: rng.int() as u16,
+        }),
         0 => ClientMessage::Hello {
             version: PROTOCOL_VERSION,
             device_token: rng.string(),
             resume: rng.chance(2).then(|| Resume { last_frame_seq: rng.int(), screen_hash: rng.next() }),
             asleep: rng.chance(2),
+            display: rng.chance(2).then(|| Display {
+                width: rng.int() as u16,
+                height: rng.int() as u16,
+                density: rng.int() as u16,
+            }),
         },
         1 => {
             let input = if rng.chance(2) {
                 let phase = [TouchPhase::Down, TouchPhase::Move, TouchPhase::Up][rng.below(3)];
-                Input::Touch { phase, x: rng.int() as u16, y: rng.int() as u16 }
+                let pointer = if rng.chance(2) { 0 } else { rng.below(10) as u8 };
+                Input::Touch { phase, x: rng.int() as u16, y: rng.int() as u16, pointer }
             } else {
                 let text = rng.chance(2).then(|| char::from_u32(rng.below(0x11_0000) as u32).unwrap_or('x'));
                 Input::Key { code: rng.below(10) as u8, text }
@@ -99,6 +110,8 @@ fn gen_server(rng: &mut Rng) -> ServerMessage {
         3 if rng.chance(2) => ServerMessage::InputDurable { seq: rng.int() },
         3 => ServerMessage::InputAck { seq: rng.int() },
         4 => ServerMessage::Notification { title: rng.string(), body: rng.string(), at_ms: rng.int() },
+        5 if rng.chance(3) => ServerMessage::Screen { width: rng.int() as u16, height: rng.int() as u16 },
+        5 if rng.chance(2) => ServerMessage::Clipboard { text: rng.string() },
         5 => ServerMessage::Redirect { url: rng.string() },
         _ => {
             let code = ErrorCode::ALL[rng.below(ErrorCode::ALL.len())];

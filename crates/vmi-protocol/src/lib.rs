@@ -38,7 +38,7 @@
 //! ```
 //! use vmi_protocol::{ClientMessage, Input, TouchPhase, decode_client, encode_client};
 //!
-//! let msg = ClientMessage::Input { seq: 1, input: Input::Touch { phase: TouchPhase::Down, x: 100, y: 200 } };
+//! let msg = ClientMessage::Input { seq: 1, input: Input::Touch { phase: TouchPhase::Down, x: 100, y: 200, pointer: 0 } };
 //! let bytes = encode_client(&msg);
 //! assert_eq!(bytes, [0x02, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 100, 0, 200, 0]);
 //! assert_eq!(decode_client(&bytes)?, msg);
@@ -100,7 +100,10 @@ mod test_rng;
 
 pub use error::ProtocolError;
 pub use message::{
-    CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientMessage, ErrorCode, Input, MAX_SEQ, OLDEST_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, Resume, ServerMessage, Tile, TileData, TouchPhase,
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, ClientMessage, DISPLAY_DENSITIES, DISPLAY_SIDES, Display, ErrorCode, Input,
+    MAX_PHONE_SIDE, MAX_SEQ, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, PhoneScreen, Resume, ServerMessage, Tile,
+    TileData, TouchPhase,
 };
-pub use wire::{SUPPORTED_VERSIONS, check_version, decode_client, decode_server, encode_client, encode_server};
+pub use wire::{
+    MAX_CLIPBOARD_LEN, SUPPORTED_VERSIONS, check_version, decode_client, decode_server, encode_client, encode_server,
+};

@@ -2,8 +2,9 @@
 //! message carries exactly one, encoded by [`crate::encode_client`] /
 //! [`crate::encode_server`].
 
-/// Version of the protocol this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version of the protocol this crate speaks. Version 3 added the terminal's display (Hello, `Display`, the
+/// site's `Screen`), touch pointers, the volume keys and `Clipboard`.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version a site still speaks: a version-1 terminal gets no [`ServerMessage::InputDurable`]
 /// and forgets an input once it is applied.
 pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
@@ -22,6 +23,8 @@ pub enum Input {
         x: u16,
         /// Pixel row.
         y: u16,
+        /// Which finger: 0 for the first (and a mouse), 1 for a second held at the same time, … (version 3 on).
+        pointer: u8,
     },
     /// A key: a code from docs/GUEST_ABI.md ("Key codes"), with the text it types.
     Key {
@@ -37,7 +40,9 @@ impl Input {
     /// events, shared by the site and the offline terminal.
     pub fn to_event(&self) -> vmi_engine::Event {
         match *self {
-            Input::Touch { phase, x, y } => vmi_engine::Event::Touch { phase, x: i32::from(x), y: i32::from(y) },
+            Input::Touch { phase, x, y, pointer } => {
+                vmi_engine::Event::Touch { phase, x: i32::from(x), y: i32::from(y), pointer }
+            }
             Input::Key { code, text } => vmi_engine::Event::Key { code: vmi_engine::KeyCode::from_code(code), text },
         }
     }
@@ -58,6 +63,70 @@ pub struct Resume {
     pub screen_hash: u64,
 }
 
+/// The terminal's display, as the device measures it (version 3 on): the phone's screen follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Display {
+    /// Width in CSS pixels (points): what the terminal has for the phone's screen.
+    pub width: u16,
+    /// Height in CSS pixels.
+    pub height: u16,
+    /// Device pixels per CSS pixel × 100 (`devicePixelRatio`: 300 on many phones).
+    pub density: u16,
+}
+
+/// Sides a display may have, in CSS pixels.
+pub const DISPLAY_SIDES: std::ops::RangeInclusive<u16> = 64..=4096;
+/// Densities a display may have (× 100).
+pub const DISPLAY_DENSITIES: std::ops::RangeInclusive<u16> = 50..=1000;
+/// The longest side, in pixels, a phone's screen gets from a display.
+pub const MAX_PHONE_SIDE: u32 = 2048;
+
+/// The screen a phone gets for a display, in the one place both ends agree on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhoneScreen {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// The phone's pixels per CSS pixel × 100 (the guest sizes text and targets by it).
+    pub density: u32,
+}
+
+impl Display {
+    /// Whether each field is within its range; else what is wrong, for the error a site answers.
+    pub fn check(&self) -> Result<(), String> {
+        if !DISPLAY_SIDES.contains(&self.width) || !DISPLAY_SIDES.contains(&self.height) {
+            return Err(format!(
+                "display {}x{} CSS px: each side must be within {}..={}",
+                self.width,
+                self.height,
+                DISPLAY_SIDES.start(),
+                DISPLAY_SIDES.end()
+            ));
+        }
+        if !DISPLAY_DENSITIES.contains(&self.density) {
+            return Err(format!(
+                "display density {} (x100): must be within {}..={}",
+                self.density,
+                DISPLAY_DENSITIES.start(),
+                DISPLAY_DENSITIES.end()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The phone's screen for this display: the display's CSS pixels at its density, but at most 2 pixels per
+    /// CSS pixel (sharp on any phone; past that a frame costs more than the eye gains) and at least 1, with the
+    /// longest side at most [`MAX_PHONE_SIDE`].
+    pub fn phone_screen(&self) -> PhoneScreen {
+        let mut scale = (f64::from(self.density) / 100.0).clamp(1.0, 2.0);
+        let long = f64::from(self.width.max(self.height).max(1));
+        scale = scale.min(f64::from(MAX_PHONE_SIDE) / long);
+        let px = |css: u16| ((f64::from(css) * scale).round() as u32).clamp(1, MAX_PHONE_SIDE);
+        PhoneScreen { width: px(self.width), height: px(self.height), density: (scale * 100.0).round() as u32 }
+    }
+}
+
 /// Messages from a terminal to a site.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientMessage {
@@ -71,7 +140,13 @@ pub enum ClientMessage {
         resume: Option<Resume>,
         /// Start asleep (screen off): only notifications are sent.
         asleep: bool,
+        /// The terminal's display, when the phone's screen should follow it (version 3 on; none: the phone keeps
+        /// its screen and the terminal scales it).
+        display: Option<Display>,
     },
+    /// The terminal's display changed (a rotation, a resized window): the phone lays its screen out again and
+    /// the site answers with [`ServerMessage::Screen`] and a full frame (version 3 on).
+    Display(Display),
     /// An input, numbered by the terminal (1, 2, …); the site acknowledges each once it
     /// has been applied, and ignores a number it has already applied.
     Input {
@@ -234,6 +309,19 @@ pub enum ServerMessage {
     Pong {
         /// The ping's nonce.
         nonce: u64,
+    },
+    /// The phone's screen is now `width × height`: the next frame update repaints all of it (version 3 on; an
+    /// older terminal is closed to reconnect and read the size in `Welcome`).
+    Screen {
+        /// Width in pixels.
+        width: u16,
+        /// Height in pixels.
+        height: u16,
+    },
+    /// The phone copied text: put it on the terminal's clipboard (version 3 on).
+    Clipboard {
+        /// The text (at most [`crate::MAX_CLIPBOARD_LEN`] bytes).
+        text: String,
     },
     /// Something went wrong; the site closes the session after this.
     Error {

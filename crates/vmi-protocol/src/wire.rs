@@ -11,14 +11,16 @@ use std::ops::RangeInclusive;
 
 use crate::error::ProtocolError;
 use crate::message::{
-    ClientMessage, ErrorCode, Input, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Resume, ServerMessage, Tile, TileData,
-    TouchPhase,
+    ClientMessage, Display, ErrorCode, Input, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Resume, ServerMessage, Tile,
+    TileData, TouchPhase,
 };
 
 /// Largest message, in bytes (16 MiB).
 pub const MAX_MESSAGE_LEN: usize = 16 << 20;
 /// Largest string field, in bytes of UTF-8.
 pub const MAX_STRING_LEN: usize = 4096;
+/// Largest clipboard text, in bytes of UTF-8 (a string's length is a `u16`).
+pub const MAX_CLIPBOARD_LEN: usize = u16::MAX as usize;
 /// Largest device token, in bytes of UTF-8.
 pub const MAX_TOKEN_LEN: usize = 512;
 /// Largest tile width or height, in pixels.
@@ -51,6 +53,7 @@ const FRAME_ACK: u8 = 0x03;
 const SLEEP: u8 = 0x04;
 const WAKE: u8 = 0x05;
 const PING: u8 = 0x06;
+const DISPLAY: u8 = 0x07;
 // Type tags: site → terminal.
 const WELCOME: u8 = 0x81;
 const FRAME_UPDATE: u8 = 0x82;
@@ -60,9 +63,13 @@ const REDIRECT: u8 = 0x85;
 const PONG: u8 = 0x86;
 const ERROR: u8 = 0x87;
 const INPUT_DURABLE: u8 = 0x88;
+const SCREEN: u8 = 0x89;
+const CLIPBOARD: u8 = 0x8a;
 
 const INPUT_TOUCH: u8 = 0;
 const INPUT_KEY: u8 = 1;
+/// A touch of a finger other than the first (version 3): pointer 0 is always sent as [`INPUT_TOUCH`].
+const INPUT_TOUCH_POINTER: u8 = 2;
 const TILE_SOLID: u8 = 0;
 const TILE_LZ4: u8 = 1;
 const TILE_RAW: u8 = 2;
@@ -78,7 +85,7 @@ pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
         32 + if let ClientMessage::Hello { device_token, .. } = msg { device_token.len() } else { 0 },
     ));
     match msg {
-        ClientMessage::Hello { version, device_token, resume, asleep } => {
+        ClientMessage::Hello { version, device_token, resume, asleep, display } => {
             w.u8(HELLO);
             w.u16(*version);
             w.string(device_token, MAX_TOKEN_LEN);
@@ -91,13 +98,27 @@ pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
                 }
             }
             w.bool(*asleep);
+            // Versions before 3 have no display field: a display cannot be said to them.
+            if *version >= 3 {
+                match display {
+                    None => w.u8(0),
+                    Some(d) => {
+                        w.u8(1);
+                        w.display(d);
+                    }
+                }
+            }
+        }
+        ClientMessage::Display(d) => {
+            w.u8(DISPLAY);
+            w.display(d);
         }
         ClientMessage::Input { seq, input } => {
             w.u8(INPUT);
             w.u64(*seq);
             match input {
-                Input::Touch { phase, x, y } => {
-                    w.u8(INPUT_TOUCH);
+                Input::Touch { phase, x, y, pointer } => {
+                    w.u8(if *pointer == 0 { INPUT_TOUCH } else { INPUT_TOUCH_POINTER });
                     w.u8(match phase {
                         TouchPhase::Down => 0,
                         TouchPhase::Move => 1,
@@ -105,6 +126,9 @@ pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
                     });
                     w.u16(*x);
                     w.u16(*y);
+                    if *pointer != 0 {
+                        w.u8(*pointer);
+                    }
                 }
                 Input::Key { code, text } => {
                     w.u8(INPUT_KEY);
@@ -197,6 +221,15 @@ pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
             w.u8(PONG);
             w.u64(*nonce);
         }
+        ServerMessage::Screen { width, height } => {
+            w.u8(SCREEN);
+            w.u16(*width);
+            w.u16(*height);
+        }
+        ServerMessage::Clipboard { text } => {
+            w.u8(CLIPBOARD);
+            w.string(text, MAX_CLIPBOARD_LEN);
+        }
         ServerMessage::Error { code, message } => {
             w.u8(ERROR);
             w.u8(code.wire());
@@ -226,19 +259,27 @@ pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
                 None
             };
             let asleep = r.bool("Hello asleep")?;
-            ClientMessage::Hello { version, device_token, resume, asleep }
+            let display = if version >= 3 && r.option("Hello display")? { Some(r.display()?) } else { None };
+            ClientMessage::Hello { version, device_token, resume, asleep, display }
         }
+        DISPLAY => ClientMessage::Display(r.display()?),
         INPUT => {
             let seq = r.u64("input seq")?;
             let input = match r.u8("input kind")? {
-                INPUT_TOUCH => {
+                kind @ (INPUT_TOUCH | INPUT_TOUCH_POINTER) => {
                     let phase = match r.u8("touch phase")? {
                         0 => TouchPhase::Down,
                         1 => TouchPhase::Move,
                         2 => TouchPhase::Up,
                         other => return Err(bad("touch phase", other)),
                     };
-                    Input::Touch { phase, x: r.u16("touch x")?, y: r.u16("touch y")? }
+                    let (x, y) = (r.u16("touch x")?, r.u16("touch y")?);
+                    let pointer = if kind == INPUT_TOUCH_POINTER { r.u8("touch pointer")? } else { 0 };
+                    // Canonical: the first finger is always a plain touch.
+                    if kind == INPUT_TOUCH_POINTER && pointer == 0 {
+                        return Err(bad("touch pointer (0 is sent as a plain touch)", 0u8));
+                    }
+                    Input::Touch { phase, x, y, pointer }
                 }
                 INPUT_KEY => {
                     let code = r.u8("key code")?;
@@ -308,6 +349,8 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
         },
         REDIRECT => ServerMessage::Redirect { url: r.string("redirect url", MAX_STRING_LEN)? },
         PONG => ServerMessage::Pong { nonce: r.u64("pong nonce")? },
+        SCREEN => ServerMessage::Screen { width: r.u16("screen width")?, height: r.u16("screen height")? },
+        CLIPBOARD => ServerMessage::Clipboard { text: r.string("clipboard text", MAX_CLIPBOARD_LEN)? },
         ERROR => {
             let code = match r.u8("error code")? {
                 1 => ErrorCode::Unauthorized,
@@ -364,6 +407,11 @@ struct Writer(Vec<u8>);
 impl Writer {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
+    }
+    fn display(&mut self, d: &Display) {
+        self.u16(d.width);
+        self.u16(d.height);
+        self.u16(d.density);
     }
     fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_le_bytes());
@@ -449,6 +497,16 @@ impl<'a> Reader<'a> {
     /// The presence byte of an `Option`.
     fn option(&mut self, what: &'static str) -> Result<bool, ProtocolError> {
         self.bool(what)
+    }
+
+    /// A display's fields as sent; whether they are in range is the site's to check ([`Display::check`]), so it
+    /// can say which is wrong.
+    fn display(&mut self) -> Result<Display, ProtocolError> {
+        Ok(Display {
+            width: self.u16("display width")?,
+            height: self.u16("display height")?,
+            density: self.u16("display density")?,
+        })
     }
 
     fn string(&mut self, what: &'static str, limit: usize) -> Result<String, ProtocolError> {

@@ -92,8 +92,8 @@ pub async fn run(
     };
     // The Hello is read: what an unknown caller could make the site hold (a message up to the limit) is gone.
     drop(greeting);
-    let (version, token, resume, asleep) = match hello {
-        Ok(ClientMessage::Hello { version, device_token, resume, asleep }) => {
+    let (version, token, resume, asleep, display) = match hello {
+        Ok(ClientMessage::Hello { version, device_token, resume, asleep, display }) => {
             if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
                 let msg = format!(
                     "protocol version {version} is not supported; this site speaks {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
@@ -107,7 +107,10 @@ pub async fn run(
                 let msg = format!("resume.last_frame_seq {} leaves no frame number below {MAX_SEQ}", r.last_frame_seq);
                 return refuse(socket, ErrorCode::BadMessage, msg).await;
             }
-            (version, device_token, resume, asleep)
+            if let Some(Err(why)) = display.map(|d| d.check()) {
+                return refuse(socket, ErrorCode::BadMessage, format!("Hello: {why}")).await;
+            }
+            (version, device_token, resume, asleep, display)
         }
         Ok(other) => {
             return refuse(socket, ErrorCode::BadMessage, format!("expected Hello, got {}", kind(&other))).await;
@@ -141,7 +144,16 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<ServerMessage>(SESSION_QUEUE);
     // Version 2 terminals keep their inputs until told they are durable (docs/PROTOCOL.md, rule 7).
     let durable_acks = version >= 2;
-    let attachment = Attachment { id, device_id: identity.device_id.to_string(), tx, resume, asleep, durable_acks };
+    let attachment = Attachment {
+        id,
+        device_id: identity.device_id.to_string(),
+        tx,
+        resume,
+        asleep,
+        durable_acks,
+        screen_messages: version >= 3,
+        display,
+    };
     let attached = match phone.attach(attachment).await {
         Ok(Ok(attached)) => attached,
         Ok(Err(refusal)) => return refuse(socket, refusal.code, refusal.message).await,
@@ -247,6 +259,10 @@ async fn forward(phone: &PhoneLink, session: u64, bytes: &[u8]) -> Result<bool, 
         Ok(ClientMessage::Sleep) => TerminalCommand::Sleep { session },
         Ok(ClientMessage::Wake) => TerminalCommand::Wake { session },
         Ok(ClientMessage::Ping { nonce }) => TerminalCommand::Ping { session, nonce },
+        Ok(ClientMessage::Display(display)) => {
+            display.check().map_err(|why| (ErrorCode::BadMessage, why))?;
+            TerminalCommand::Display { session, display }
+        }
         Ok(ClientMessage::Hello { .. }) => return Err((ErrorCode::BadMessage, "a second Hello".into())),
         Err(e) => return Err((e.error_code(), e.to_string())),
     };
@@ -292,6 +308,7 @@ fn kind(m: &ClientMessage) -> &'static str {
         ClientMessage::Hello { .. } => "Hello",
         ClientMessage::Input { .. } => "Input",
         ClientMessage::FrameAck { .. } => "FrameAck",
+        ClientMessage::Display(_) => "Display",
         ClientMessage::Sleep => "Sleep",
         ClientMessage::Wake => "Wake",
         ClientMessage::Ping { .. } => "Ping",

@@ -74,10 +74,12 @@ async fn browser_terminal_types_sleeps_is_notified_and_wakes() {
 }
 
 /// On a phone (Chromium emulating one: 390×844, device pixel ratio 3, touch) the terminal is the phone's screen,
-/// at least 95% of the viewport's width, installable (a web app manifest), with a keyboard button; text typed
-/// as a phone keyboard and an input method send it (`beforeinput`, composition) lands in Notes exactly.
+/// at least 95% of the viewport's width, installable (a web app manifest), with a keyboard button, and the phone
+/// lays out for it; text typed as a phone keyboard and an input method send it (`beforeinput`, composition) lands
+/// in Notes exactly; Copy in Notes reaches the page's clipboard; two fingers draw two strokes in Paint; a rotation
+/// reaches the phone, and the frame after it equals the phone's framebuffer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_terminal_on_a_phone_fills_the_screen_and_types_accents_symbols_and_composed_text() {
+async fn browser_terminal_on_a_phone_fills_the_screen_types_copies_draws_with_two_fingers_and_rotates() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let driver = repo.join("tests/browser/phone.mjs");
     assert!(
@@ -89,8 +91,14 @@ async fn browser_terminal_on_a_phone_fills_the_screen_and_types_accents_symbols_
     let token = user_with_phone(&control, &site, "pat").await;
     let shots = scratch("phone-shots");
     let url = format!("http://{}/#token={token}", site.addr);
+    let operator = control.operator_token.clone();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg(driver).args(["--url", &url, "--screenshot-dir"]).arg(&shots).output().expect("node")
+        Command::new("node")
+            .arg(driver)
+            .args(["--url", &url, "--operator-token", &operator, "--user", "pat", "--screenshot-dir"])
+            .arg(&shots)
+            .output()
+            .expect("node")
     })
     .await
     .expect("driver task");
@@ -106,6 +114,20 @@ async fn browser_terminal_on_a_phone_fills_the_screen_and_types_accents_symbols_
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8_lossy(&notes), typed["text"].as_str().expect("text"));
     assert_eq!(String::from_utf8_lossy(&notes), "héllo € 日本");
+    // Copy in Notes reached the page's clipboard.
+    assert_eq!(step("clipboard")["text"], "héllo € 日本");
+    // Two fingers drew two strokes (ink under each, paper between).
+    let ink = step("two_fingers");
+    assert_ne!(ink["ink"][0], ink["ink"][2], "{ink}");
+    assert_ne!(ink["ink"][1], ink["ink"][2], "{ink}");
+    // The rotation reached the phone, which laid out for landscape; the page shows its framebuffer exactly.
+    let rotated = step("rotated");
+    assert!(rotated["width"].as_u64() > rotated["height"].as_u64(), "{rotated}");
+    assert_eq!(rotated["page"], rotated["site"], "{rotated}");
+    let (status, hash) = control.get(&format!("{}/v1/phones/pat/screen-hash", site.url)).await;
+    assert_eq!(status, 200);
+    let hash: serde_json::Value = serde_json::from_slice(&hash).expect("json");
+    assert!(hash["width"].as_u64() > hash["height"].as_u64(), "the phone itself is in landscape: {hash}");
     step("done");
     site.shutdown().await;
 }

@@ -142,8 +142,8 @@ async fn terminal_in_notes(site: &SiteHandle, token: &str) -> Terminal {
     let mut term = Terminal::connect(&site.ws_url(), token, terminal_options()).await.expect("terminal");
     wait_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
     let (x, y) = NOTES;
-    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Down, x, y }).expect("input");
-    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Up, x, y }).expect("input");
+    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Down, x, y, pointer: 0 }).expect("input");
+    term.send_input(Input::Touch { phase: vmi_protocol::TouchPhase::Up, x, y, pointer: 0 }).expect("input");
     term
 }
 

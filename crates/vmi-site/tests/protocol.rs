@@ -49,8 +49,14 @@ impl Raw {
 
     /// Says Hello (awake, no resume unless given).
     async fn say_hello(&mut self, token: &str, resume: Option<Resume>, asleep: bool) {
-        self.send(&ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: token.into(), resume, asleep })
-            .await;
+        self.send(&ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            device_token: token.into(),
+            resume,
+            asleep,
+            display: None,
+        })
+        .await;
     }
 
     /// Says Hello and returns the answer.
@@ -172,11 +178,14 @@ impl World {
         let mut t = self.welcomed().await;
         t.send(&ClientMessage::Input {
             seq: 1,
-            input: Input::Touch { phase: TouchPhase::Down, x: NOTES.0, y: NOTES.1 },
+            input: Input::Touch { phase: TouchPhase::Down, x: NOTES.0, y: NOTES.1, pointer: 0 },
         })
         .await;
-        t.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Up, x: NOTES.0, y: NOTES.1 } })
-            .await;
+        t.send(&ClientMessage::Input {
+            seq: 2,
+            input: Input::Touch { phase: TouchPhase::Up, x: NOTES.0, y: NOTES.1, pointer: 0 },
+        })
+        .await;
         let mut acked = 0;
         let mut last_frame = 0;
         while acked < 2 {
@@ -275,6 +284,7 @@ async fn transport_a_message_split_over_two_frames_is_one_message() {
         device_token: w.token.clone(),
         resume: None,
         asleep: false,
+        display: None,
     });
     let (a, b) = hello.split_at(5);
     let first = Frame::from_payload(
@@ -357,8 +367,9 @@ async fn rule_2_an_unsupported_version_is_refused() {
         device_token: w.token.clone(),
         resume: None,
         asleep: false,
+        display: None,
     });
-    hello[1] = 3;
+    hello[1] = 4;
     t.binary(hello).await;
     assert_closed_with(&t.until_closed().await, ErrorCode::Version);
     w.stop().await;
@@ -385,10 +396,16 @@ async fn rule_3_and_8_frame_numbers_and_resume() {
     let welcome = r.hello(&w.token, Some(resume), false).await;
     assert!(matches!(welcome, ServerMessage::Welcome { resumed: true, .. }), "{welcome:?}");
     assert!(frames(&r.sync(5).await).is_empty(), "a resumed terminal gets no resend");
-    r.send(&ClientMessage::Input { seq: 1, input: Input::Touch { phase: TouchPhase::Down, x: NOTES.0, y: NOTES.1 } })
-        .await;
-    r.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Up, x: NOTES.0, y: NOTES.1 } })
-        .await;
+    r.send(&ClientMessage::Input {
+        seq: 1,
+        input: Input::Touch { phase: TouchPhase::Down, x: NOTES.0, y: NOTES.1, pointer: 0 },
+    })
+    .await;
+    r.send(&ClientMessage::Input {
+        seq: 2,
+        input: Input::Touch { phase: TouchPhase::Up, x: NOTES.0, y: NOTES.1, pointer: 0 },
+    })
+    .await;
     let (_, update) = r.until(|m| matches!(m, ServerMessage::FrameUpdate { .. })).await;
     assert!(matches!(update, ServerMessage::FrameUpdate { seq: 42, .. }), "{update:?}");
 
@@ -638,7 +655,8 @@ async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store
     assert_eq!(logs["lines"][0]["text"], "hello from the guest", "{logs}");
     assert_eq!(logs["lines"][0]["level"], "info", "{logs}");
 
-    t.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 1 } }).await;
+    t.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 1, pointer: 0 } })
+        .await;
     let heard = t.until_closed().await;
     assert_closed_with(&heard, ErrorCode::PhoneDown);
     let mut again = Raw::connect(&site.ws_url()).await;
@@ -677,7 +695,8 @@ async fn a_crashed_phone_keeps_its_durable_store_across_a_site_restart() {
     assert!(matches!(t.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
     t.send(&ClientMessage::Input { seq: 1, input: key('k') }).await;
     t.until(|m| matches!(m, ServerMessage::InputDurable { seq: 1 })).await;
-    t.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 1 } }).await;
+    t.send(&ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 1, pointer: 0 } })
+        .await;
     assert_closed_with(&t.until_closed().await, ErrorCode::PhoneDown);
     assert_eq!(first.shutdown().await.saved, 1, "the crashed phone was saved");
 
@@ -685,4 +704,70 @@ async fn a_crashed_phone_keeps_its_durable_store_across_a_site_restart() {
     let (status, kept) = control.get(&format!("{}/v1/phones/dot/kv/notes.text", second.url)).await;
     assert_eq!((status, kept.as_slice()), (200, b"kept".as_slice()));
     second.shutdown().await;
+}
+
+// ---- Rules 11 and 12: the display and the clipboard (version 3) ----------------------------
+
+/// A display in Hello shapes the phone before Welcome; a `Display` later is answered with `Screen` and then a
+/// full update at the new size; a version-2 terminal is closed to reconnect instead; a display out of range is
+/// refused naming it; Copy in Notes reaches a version-3 terminal as `Clipboard`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_11_and_12_the_display_and_the_clipboard() {
+    let w = world("display").await;
+    let (mut t, seq) = w.in_notes().await;
+    let mut old = Raw::connect(&w.site.ws_url()).await;
+    old.send(&ClientMessage::Hello {
+        version: 2,
+        device_token: w.token.clone(),
+        resume: None,
+        asleep: false,
+        display: None,
+    })
+    .await;
+    assert!(matches!(old.next().await, Some(ServerMessage::Welcome { width: 720, height: 1280, .. })));
+
+    // A rotation of a 390x844 phone at DPR 3: 1688x780 pixels.
+    t.send(&ClientMessage::Display(vmi_protocol::Display { width: 844, height: 390, density: 300 })).await;
+    let (before, screen) = t.until(|m| matches!(m, ServerMessage::Screen { .. })).await;
+    assert!(before.iter().all(|m| !matches!(m, ServerMessage::Error { .. })), "{before:?}");
+    assert_eq!(screen, ServerMessage::Screen { width: 1688, height: 780 });
+    let Some(ServerMessage::FrameUpdate { tiles, .. }) = t.next().await else { panic!("a full update follows") };
+    let mut painted = vmi_protocol::display::Screen::new(1688, 780);
+    painted.apply(&tiles).expect("tiles of the new size");
+    let covered: u64 = tiles.iter().map(|t| u64::from(t.w) * u64::from(t.h)).sum();
+    assert_eq!(covered, 1688 * 780, "every tile of the new screen");
+    let (status, hash) = w.control.get(&format!("{}/v1/phones/pat/screen-hash", w.site.url)).await;
+    assert_eq!(status, 200);
+    let hash: serde_json::Value = serde_json::from_slice(&hash).expect("json");
+    assert_eq!(hash["hash"], format!("{:016x}", vmi_protocol::display::screen_hash(painted.rgba())));
+    // The version-2 terminal cannot read Screen: it is closed to reconnect (1001) and reads the size in Welcome.
+    assert_eq!(old.until_closed().await.close, Some(vmi_protocol::CLOSE_GOING_AWAY));
+    let mut again = Raw::connect(&w.site.ws_url()).await;
+    again
+        .send(&ClientMessage::Hello {
+            version: 2,
+            device_token: w.token.clone(),
+            resume: None,
+            asleep: false,
+            display: None,
+        })
+        .await;
+    assert!(matches!(again.next().await, Some(ServerMessage::Welcome { width: 1688, height: 780, .. })));
+
+    // Copy in Notes (the right of the app bar at this scale).
+    for (i, phase) in [TouchPhase::Down, TouchPhase::Up].into_iter().enumerate() {
+        let input = Input::Touch { phase, x: 1688 - 100, y: 48 + 56, pointer: 0 };
+        t.send(&ClientMessage::Input { seq: seq + 1 + i as u64, input }).await;
+    }
+    let (_, clip) = t.until(|m| matches!(m, ServerMessage::Clipboard { .. })).await;
+    assert_eq!(clip, ServerMessage::Clipboard { text: String::new() }, "the note is empty: an empty copy");
+
+    // Out of range: refused, naming the field.
+    t.send(&ClientMessage::Display(vmi_protocol::Display { width: 844, height: 390, density: 0 })).await;
+    let heard = t.until_closed().await;
+    assert!(
+        heard.messages.iter().any(|m| matches!(m, ServerMessage::Error { code: ErrorCode::BadMessage, message } if message.contains("density 0"))),
+        "{heard:?}"
+    );
+    w.stop().await;
 }

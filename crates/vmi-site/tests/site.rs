@@ -165,6 +165,7 @@ async fn bad_hellos_are_refused_precisely_and_misplaced_terminals_redirected() {
         device_token: token.clone(),
         resume: None,
         asleep: false,
+        display: None,
     });
     hello[1] = 99;
     term.send_raw(hello).await;

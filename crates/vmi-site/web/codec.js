@@ -1,17 +1,18 @@
-// The message codec of docs/PROTOCOL.md (version 2; Welcome of version 1 too), byte for byte: decodeServer reads
+// The message codec of docs/PROTOCOL.md (version 3; Welcome of versions 1 and 2 too), byte for byte: decodeServer reads
 // what a site sends, encodeClient writes what the terminal sends. Pure: no DOM.
 
 import { ProtocolError } from './protocol-error.js';
 
 export { ProtocolError };
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** The oldest version a Welcome may carry (a version-1 site sends no InputDurable). */
 export const OLDEST_PROTOCOL_VERSION = 1;
 /** Largest message either side may send (PROTOCOL.md "Limits"). */
 export const MAX_MESSAGE = 16 * 1024 * 1024;
 const MAX_STRING = 4096;
 const MAX_TOKEN = 512;
+const MAX_CLIPBOARD = 65535;
 const MAX_TILES = 65536;
 const MAX_TILE_SIDE = 4096;
 const TWO32 = 0x100000000;
@@ -196,6 +197,12 @@ export function decodeServer(data) {
     case 0x86:
       m = { type: 'Pong', nonce: r.u64('nonce') };
       break;
+    case 0x89:
+      m = { type: 'Screen', width: r.u16('screen width'), height: r.u16('screen height') };
+      break;
+    case 0x8a:
+      m = { type: 'Clipboard', text: r.string('clipboard text', MAX_CLIPBOARD) };
+      break;
     case 0x87: {
       const code = r.u8('error code');
       if (!ERROR_CODES[code]) throw new ProtocolError('BadValue', `error code ${code}`);
@@ -258,10 +265,17 @@ class Writer {
   }
 }
 
+function writeDisplay(w, d) {
+  w.u16(d.width);
+  w.u16(d.height);
+  w.u16(d.density);
+}
+
 /**
  * Encodes one terminal -> site message. `m` is one of
- *   {type:'Hello', version?, token, resume?: {last_frame_seq, screen_hash:[lo,hi]}, asleep}
- *   {type:'Input', seq, input: {kind:'touch', phase:0|1|2, x, y} | {kind:'key', code, text?}}
+ *   {type:'Hello', version?, token, resume?: {last_frame_seq, screen_hash:[lo,hi]}, asleep, display?}
+ *   {type:'Display', display: {width, height, density}}   (CSS px, devicePixelRatio x 100)
+ *   {type:'Input', seq, input: {kind:'touch', phase:0|1|2, x, y, pointer?} | {kind:'key', code, text?}}
  *   {type:'FrameAck', seq}  {type:'Sleep'}  {type:'Wake'}  {type:'Ping', nonce}
  * Returns a Uint8Array.
  */
@@ -281,16 +295,32 @@ export function encodeClient(m) {
         w.u8(0);
       }
       w.u8(m.asleep ? 1 : 0);
+      // Versions before 3 have no display field.
+      if ((m.version ?? PROTOCOL_VERSION) >= 3) {
+        if (m.display) {
+          w.u8(1);
+          writeDisplay(w, m.display);
+        } else {
+          w.u8(0);
+        }
+      }
+      break;
+    case 'Display':
+      w.u8(0x07);
+      writeDisplay(w, m.display);
       break;
     case 'Input': {
       w.u8(0x02);
       w.u64(m.seq);
       const inp = m.input;
       if (inp.kind === 'touch') {
-        w.u8(0);
+        // The first finger is a plain touch; another carries its pointer (version 3).
+        const pointer = inp.pointer ?? 0;
+        w.u8(pointer === 0 ? 0 : 2);
         w.u8(inp.phase);
         w.u16(inp.x);
         w.u16(inp.y);
+        if (pointer !== 0) w.u8(pointer);
       } else if (inp.kind === 'key') {
         w.u8(1);
         w.u8(inp.code);

@@ -53,6 +53,30 @@ export class Display {
     }
   }
 
+  /** Room for the phone's screen in phone-first layout, in CSS pixels: the stage beside or above the bar. */
+  room() {
+    const { ui } = this;
+    const bar = ui.bar ? ui.bar.getBoundingClientRect() : { width: 0, height: 0 };
+    const landscape = window.innerWidth > window.innerHeight;
+    return {
+      width: Math.max(80, ui.stage.clientWidth - (landscape ? bar.width : 0)),
+      height: Math.max(80, ui.stage.clientHeight - (landscape ? 0 : bar.height)),
+    };
+  }
+
+  /**
+   * The display the phone's screen should follow (docs/PROTOCOL.md `Display`): phone first, the room the screen has
+   * at this device's pixel ratio, so the phone lays out for it and its pixels map to the device's; on a desktop
+   * none (the phone keeps its shape and the page scales it).
+   */
+  wanted() {
+    if (!document.body.classList.contains('phone-first')) return null;
+    const { width, height } = this.room();
+    const side = (v) => Math.min(4096, Math.max(64, Math.floor(v)));
+    const density = Math.min(1000, Math.max(50, Math.round((window.devicePixelRatio || 1) * 100)));
+    return { width: side(width), height: side(height), density };
+  }
+
   /** Scales the canvas to the stage. */
   fit() {
     const { canvas, ui, vmi } = this;
@@ -63,11 +87,8 @@ export class Display {
     if (phoneFirst) {
       // The screen is the terminal: as large as the viewport allows beside the bar, at any scale (the bar is
       // below it in portrait, beside it in landscape).
-      const bar = ui.bar ? ui.bar.getBoundingClientRect() : { width: 0, height: 0 };
-      const landscape = window.innerWidth > window.innerHeight;
-      const availW = Math.max(80, ui.stage.clientWidth - (landscape ? bar.width : 0));
-      const availH = Math.max(80, ui.stage.clientHeight - (landscape ? 0 : bar.height));
-      scale = Math.min(availW / w, availH / h);
+      const room = this.room();
+      scale = Math.min(room.width / w, room.height / h);
     } else {
       const bezel = ui.phone.offsetWidth - canvas.offsetWidth;
       const bezelV = ui.phone.offsetHeight - canvas.offsetHeight;
@@ -86,5 +107,6 @@ export class Display {
     }
     canvas.style.width = `${Math.round(w * scale * 100) / 100}px`;
     canvas.style.height = `${Math.round(h * scale * 100) / 100}px`;
+    if (this.onFit) this.onFit();
   }
 }

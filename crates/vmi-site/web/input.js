@@ -12,11 +12,19 @@ const KEY_CODES = {
   ArrowDown: 7,
   Home: 8,
   Delete: 9,
+  AudioVolumeUp: 10,
+  AudioVolumeDown: 11,
+  PageUp: 10,
+  PageDown: 11,
 };
 const KEY_TEXT = 0;
 const KEY_ENTER = 2;
 const KEY_BACK = 3;
 const KEY_HOME = 8;
+const KEY_VOLUME_UP = 10;
+const KEY_VOLUME_DOWN = 11;
+/** Fingers sent at once (the phone draws with each); more are ignored until one lifts. */
+const MAX_POINTERS = 5;
 const PASTE_LIMIT = 2000;
 
 /**
@@ -57,9 +65,13 @@ export function bindInput({ vmi, canvas, ui, display, session, power }) {
   button(ui.wakeBtn, () => power.wake());
   button(ui.backBtn, () => !vmi.asleep && display.screen && key(KEY_BACK));
   button(ui.homeBtn, () => (vmi.asleep ? power.wake() : display.screen && key(KEY_HOME)));
+  // The phone's hardware keys: volume, and power (the screen off and on, as a phone's side button).
+  if (ui.volUpBtn) button(ui.volUpBtn, () => !vmi.asleep && display.screen && key(KEY_VOLUME_UP));
+  if (ui.volDownBtn) button(ui.volDownBtn, () => !vmi.asleep && display.screen && key(KEY_VOLUME_DOWN));
+  if (ui.powerBtn) button(ui.powerBtn, () => (vmi.asleep ? power.wake() : power.sleep(false)));
 }
 
-/** Touches: the primary pointer on the canvas, in phone pixels. */
+/** Touches: every finger on the canvas (or the mouse), in phone pixels. */
 function bindPointer({ vmi, canvas, display, send, power, focusKeys }) {
   function phonePoint(ev) {
     const r = canvas.getBoundingClientRect();
@@ -70,38 +82,47 @@ function bindPointer({ vmi, canvas, display, send, power, focusKeys }) {
     return { x: Math.min(w - 1, Math.max(0, x)), y: Math.min(h - 1, Math.max(0, y)) };
   }
 
-  let pointerId = null;
-  let last = null;
+  // Each finger on the glass, by the browser's pointer id: the phone's pointer number (0 for the first one down,
+  // then the lowest free) and where it was last sent.
+  const fingers = new Map();
+  const freePointer = () => {
+    for (let i = 0; i < MAX_POINTERS; i++) if (![...fingers.values()].some((f) => f.pointer === i)) return i;
+    return -1;
+  };
   canvas.addEventListener('pointerdown', (ev) => {
-    if (!ev.isPrimary || (ev.pointerType === 'mouse' && ev.button !== 0)) return;
+    if (ev.pointerType === 'mouse' && ev.button !== 0) return;
     ev.preventDefault();
     focusKeys();
     if (vmi.asleep) {
-      power.wake();
+      if (ev.isPrimary) power.wake();
       return;
     }
-    if (!display.screen) return;
-    pointerId = ev.pointerId;
+    if (!display.screen || fingers.has(ev.pointerId)) return;
+    const pointer = freePointer();
+    if (pointer < 0) return;
     try {
       canvas.setPointerCapture(ev.pointerId);
     } catch {
       // not capturable (synthetic events)
     }
-    last = phonePoint(ev);
-    send({ kind: 'touch', phase: 0, x: last.x, y: last.y });
+    const last = phonePoint(ev);
+    fingers.set(ev.pointerId, { pointer, last });
+    send({ kind: 'touch', phase: 0, x: last.x, y: last.y, pointer });
   });
   canvas.addEventListener('pointermove', (ev) => {
-    if (ev.pointerId !== pointerId) return;
+    const f = fingers.get(ev.pointerId);
+    if (!f) return;
     const p = phonePoint(ev);
-    if (p.x === last.x && p.y === last.y) return;
-    last = p;
-    send({ kind: 'touch', phase: 1, x: p.x, y: p.y });
+    if (p.x === f.last.x && p.y === f.last.y) return;
+    f.last = p;
+    send({ kind: 'touch', phase: 1, x: p.x, y: p.y, pointer: f.pointer });
   });
   const up = (ev) => {
-    if (ev.pointerId !== pointerId) return;
-    pointerId = null;
-    const p = ev.type === 'pointercancel' ? last : phonePoint(ev);
-    send({ kind: 'touch', phase: 2, x: p.x, y: p.y });
+    const f = fingers.get(ev.pointerId);
+    if (!f) return;
+    fingers.delete(ev.pointerId);
+    const p = ev.type === 'pointercancel' ? f.last : phonePoint(ev);
+    send({ kind: 'touch', phase: 2, x: p.x, y: p.y, pointer: f.pointer });
   };
   canvas.addEventListener('pointerup', up);
   canvas.addEventListener('pointercancel', up);

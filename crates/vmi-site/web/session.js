@@ -133,7 +133,21 @@ export class Session {
     const { vmi } = this;
     const screen = this.display.screen;
     const resume = vmi.lastSeq > 0 && screen ? { last_frame_seq: vmi.lastSeq, screen_hash: screen.hash() } : null;
-    this.send({ type: 'Hello', version: PROTOCOL_VERSION, token: this.token, resume, asleep: vmi.asleep });
+    // The display the phone's screen follows (phone first), or none (the phone keeps its screen, scaled here).
+    const display = this.display.wanted();
+    this.sentDisplay = display;
+    this.send({ type: 'Hello', version: PROTOCOL_VERSION, token: this.token, resume, asleep: vmi.asleep, display });
+  }
+
+  /** The page's display changed (a rotation, a resized window): the phone lays its screen out again. */
+  displayChanged() {
+    const display = this.display.wanted();
+    if (!display || !this.welcomed || this.siteVersion < 3) return;
+    const was = this.sentDisplay;
+    if (was && was.width === display.width && was.height === display.height && was.density === display.density) return;
+    this.sentDisplay = display;
+    this.vmi.displayChanges = (this.vmi.displayChanges || 0) + 1;
+    this.send({ type: 'Display', display });
   }
 
   received(data) {
@@ -247,6 +261,13 @@ export class Session {
         return this.notifications.notify({ title: m.title, body: m.body, at_ms: m.at_ms });
       case 'Redirect':
         return this.onRedirect(m);
+      case 'Screen':
+        // The phone's screen changed size: blank at the new size until the full frame that follows.
+        this.vmi.screens = (this.vmi.screens || 0) + 1;
+        this.display.resize(m.width, m.height);
+        return this.persist();
+      case 'Clipboard':
+        return this.onClipboard && this.onClipboard(m.text);
       case 'Pong':
         return this.pings.pong(m.nonce);
       case 'Error':
@@ -270,6 +291,7 @@ export class Session {
     this.failuresSinceWelcome = 0;
     vmi.error = null;
     this.display.resize(m.width, m.height);
+    this.siteVersion = m.version;
     // inputs: resend, in order, what the phone has not applied; a version-2 site says later
     // when the rest is durable (until then it is kept: a failover may need it again)
     this.durableAcks = m.version >= 2;

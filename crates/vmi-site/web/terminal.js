@@ -53,6 +53,12 @@ function pageElements() {
     connDetail: $('conn-detail'),
     retryBtn: $('retry-btn'),
     connSafe: $('conn-safe'),
+    volUpBtn: $('vol-up-btn'),
+    volDownBtn: $('vol-down-btn'),
+    powerBtn: $('power-btn'),
+    clipChip: $('clip-chip'),
+    clipText: $('clip-text'),
+    clipCopy: $('clip-copy'),
   };
 }
 
@@ -88,6 +94,43 @@ function bindLayout(ui, display) {
       ev.preventDefault();
       document.body.classList.toggle('map-open');
       display.fit();
+    });
+  }
+}
+
+/**
+ * Text the phone copied goes on this device's clipboard. Browsers allow that without a gesture only to a focused
+ * page they trust (Chromium: the clipboard-write permission); otherwise a chip offers the text and a Copy button,
+ * whose tap is the gesture the browser asks for.
+ */
+function bindClipboard(ui, vmi, session) {
+  const write = (text) =>
+    navigator.clipboard && navigator.clipboard.writeText ? navigator.clipboard.writeText(text) : Promise.reject(new Error('no clipboard'));
+  const shown = { text: '' };
+  session.onClipboard = (text) => {
+    vmi.clipboard = { text, onDevice: false };
+    write(text).then(
+      () => {
+        vmi.clipboard.onDevice = true;
+        if (ui.clipChip) ui.clipChip.hidden = true;
+      },
+      () => {
+        if (!ui.clipChip) return;
+        shown.text = text;
+        ui.clipText.textContent = `Your phone copied “${text.length > 40 ? `${text.slice(0, 40)}…` : text}”`;
+        ui.clipChip.hidden = false;
+      },
+    );
+  };
+  if (ui.clipCopy) {
+    ui.clipCopy.addEventListener('click', (ev) => {
+      ev.preventDefault();
+      write(shown.text).then(() => {
+        if (vmi.clipboard) vmi.clipboard.onDevice = true;
+        ui.clipChip.hidden = true;
+      }, () => {
+        ui.clipText.textContent = 'This browser does not allow the page to copy: select the text in the phone instead';
+      });
     });
   }
 }
@@ -142,6 +185,13 @@ export function start() {
   const power = bindSleep({ vmi, session, notifications });
   bindLayout(ui, display);
   bindInput({ vmi, canvas, ui, display, session, power });
+  bindClipboard(ui, vmi, session);
+  // A rotation or a resized window reaches the phone once the layout settles.
+  let settle = null;
+  display.onFit = () => {
+    clearTimeout(settle);
+    settle = setTimeout(() => session.displayChanged(), 120);
+  };
 
   display.fit();
   status.render();

@@ -191,6 +191,8 @@ pub fn event_json(event: &TerminalEvent) -> serde_json::Value {
             json!({"event": "notification", "title": title, "body": body, "at_ms": at_ms})
         }
         TerminalEvent::Redirected { url } => json!({"event": "redirected", "url": url}),
+        TerminalEvent::Screen { width, height } => json!({"event": "screen", "width": width, "height": height}),
+        TerminalEvent::Clipboard { text } => json!({"event": "clipboard", "text": text}),
         TerminalEvent::Latency { rtt_us } => json!({"event": "latency", "rtt_us": rtt_us}),
         TerminalEvent::Error { message, fatal } => json!({"event": "error", "message": message, "fatal": fatal}),
         TerminalEvent::Closed => json!({"event": "closed"}),

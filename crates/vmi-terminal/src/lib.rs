@@ -38,8 +38,8 @@
 //! let mut t = Terminal::connect("ws://127.0.0.1:7100/v1/terminal", "token", TerminalOptions::default()).await?;
 //! while let Some(event) = t.next_event().await {
 //!     if let TerminalEvent::Frame { .. } = event {
-//!         t.send_input(Input::Touch { phase: TouchPhase::Down, x: 360, y: 640 })?;
-//!         t.send_input(Input::Touch { phase: TouchPhase::Up, x: 360, y: 640 })?;
+//!         t.send_input(Input::Touch { phase: TouchPhase::Down, x: 360, y: 640, pointer: 0 })?;
+//!         t.send_input(Input::Touch { phase: TouchPhase::Up, x: 360, y: 640, pointer: 0 })?;
 //!         t.save_png("screen.png")?;
 //!         break;
 //!     }

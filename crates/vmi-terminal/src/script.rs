@@ -100,7 +100,7 @@ fn coord(arg: Option<&str>, what: &str) -> Result<u16, String> {
 }
 
 fn touch(phase: TouchPhase, x: u16, y: u16) -> Step {
-    Step::Input(Input::Touch { phase, x, y })
+    Step::Input(Input::Touch { phase, x, y, pointer: 0 })
 }
 
 fn lerp(a: u16, b: u16, k: u32, n: u32) -> u16 {
@@ -199,7 +199,7 @@ mod tests {
             "# a comment\n\ntap 10 20\ndrag 0 0 10 100 2\ntype Hi #1\nkey Enter\nkey back # go back\n\
              wait 500ms\nwait 2s\nsleep\nwake\nping\nscreenshot out dir/a.png\n",
         );
-        let t = |phase, x, y| Step::Input(Input::Touch { phase, x, y });
+        let t = |phase, x, y| Step::Input(Input::Touch { phase, x, y, pointer: 0 });
         let k = |c| Step::Input(Input::Key { code: 0, text: Some(c) });
         assert_eq!(
             s,
@@ -231,7 +231,7 @@ mod tests {
     fn drag_defaults_to_eight_moves_and_runs_backwards() {
         let s = steps("drag 100 900 100 100");
         assert_eq!(s.len(), 2 + DEFAULT_DRAG_STEPS as usize);
-        assert_eq!(s[1], Step::Input(Input::Touch { phase: TouchPhase::Move, x: 100, y: 800 }));
+        assert_eq!(s[1], Step::Input(Input::Touch { phase: TouchPhase::Move, x: 100, y: 800, pointer: 0 }));
     }
 
     #[test]

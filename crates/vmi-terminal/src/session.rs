@@ -188,6 +188,19 @@ pub enum TerminalEvent {
         /// The new site's WebSocket URL.
         url: String,
     },
+    /// The phone's screen changed size (another terminal's display, a rotation): the screen is blank at the new
+    /// size until the full frame that follows.
+    Screen {
+        /// Width in pixels.
+        width: u16,
+        /// Height in pixels.
+        height: u16,
+    },
+    /// The phone copied text to the clipboard.
+    Clipboard {
+        /// The text.
+        text: String,
+    },
     /// Round trip of a `Ping`.
     Latency {
         /// Microseconds from sending the ping to reading the pong.
@@ -246,6 +259,8 @@ struct State {
     asleep: bool,
     /// A ping is wanted (several requests before the next send make one ping).
     ping_wanted: bool,
+    /// The display the phone's screen should follow (None: the phone keeps its screen).
+    display: Option<vmi_protocol::Display>,
     closing: bool,
     ended: bool,
     connected: bool,
@@ -307,6 +322,7 @@ impl Terminal {
                 acked: 0,
                 asleep: options.asleep,
                 ping_wanted: false,
+                display: None,
                 closing: false,
                 ended: false,
                 connected: false,
@@ -375,6 +391,13 @@ impl Terminal {
     /// Whether the terminal asked to sleep.
     pub fn is_asleep(&self) -> bool {
         self.shared.lock().asleep
+    }
+
+    /// Says this terminal's display (a window resized, a device rotated): the phone lays its screen out for it
+    /// and the site answers with [`TerminalEvent::Screen`] and a full frame. Said again after every reconnect.
+    pub fn set_display(&self, display: vmi_protocol::Display) {
+        self.shared.lock().display = Some(display);
+        self.shared.wake.notify_one();
     }
 
     /// Sends a latency probe; the answer is a [`TerminalEvent::Latency`].
@@ -483,6 +506,8 @@ struct Link {
     url: String,
     /// What the site was last told: asleep or awake.
     asleep_sent: bool,
+    /// The display the site was last told.
+    display_sent: Option<vmi_protocol::Display>,
     /// Highest input seq sent on this connection.
     sent_upto: u64,
     /// When the oldest input not yet acknowledged on this connection was sent.
@@ -504,6 +529,8 @@ enum Answer {
         ws: Box<Ws>,
         version: u16,
         asleep_sent: bool,
+        /// The display said in Hello.
+        display_sent: Option<vmi_protocol::Display>,
         width: u16,
         height: u16,
         last_input_seq: u64,
@@ -525,13 +552,16 @@ async fn hello(shared: &Shared, url: &str, token: &str, resume: Option<Resume>) 
     shared.record(Direction::Up, HANDSHAKE_REQUEST_BYTES + url.len());
     shared.record(Direction::Down, HANDSHAKE_RESPONSE_BYTES);
     let asleep = shared.lock().asleep;
-    let hello = ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: token.to_owned(), resume, asleep };
+    let display = shared.lock().display;
+    let hello =
+        ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: token.to_owned(), resume, asleep, display };
     send(shared, &mut ws, &hello).await?;
     match read(shared, &mut ws).await? {
         Some((ServerMessage::Welcome { version, width, height, last_input_seq, resumed }, _)) => Ok(Answer::Welcome {
             ws: Box::new(ws),
             version,
             asleep_sent: asleep,
+            display_sent: display,
             width,
             height,
             last_input_seq,
@@ -562,13 +592,13 @@ async fn open(
     let mut events = Vec::new();
     let mut url = url.to_owned();
     let mut hops = 0;
-    let (ws, version, asleep_sent, width, height, last_input_seq, resumed) = loop {
+    let (ws, version, asleep_sent, display_sent, width, height, last_input_seq, resumed) = loop {
         let answer = tokio::time::timeout(timeout, hello(shared, &url, token, resume))
             .await
             .map_err(|_| TerminalError::Timeout("waiting for Welcome"))??;
         match answer {
-            Answer::Welcome { ws, version, asleep_sent, width, height, last_input_seq, resumed } => {
-                break (ws, version, asleep_sent, width, height, last_input_seq, resumed);
+            Answer::Welcome { ws, version, asleep_sent, display_sent, width, height, last_input_seq, resumed } => {
+                break (ws, version, asleep_sent, display_sent, width, height, last_input_seq, resumed);
             }
             Answer::Redirect(next) if hops < MAX_REDIRECTS => {
                 hops += 1;
@@ -602,8 +632,15 @@ async fn open(
         s.connected = true;
         s.url.clone_from(&url);
     }
-    let link =
-        Link { ws: *ws, url, asleep_sent, sent_upto: last_input_seq, input_sent_at: None, last_sent: Instant::now() };
+    let link = Link {
+        ws: *ws,
+        url,
+        asleep_sent,
+        display_sent,
+        sent_upto: last_input_seq,
+        input_sent_at: None,
+        last_sent: Instant::now(),
+    };
     events.push(TerminalEvent::Connected { width, height, resumed });
     events.extend(applied.map(|seq| TerminalEvent::InputAcked { seq }));
     Ok((link, events))
@@ -851,6 +888,12 @@ impl Session {
                 out.push(if s.asleep { ClientMessage::Sleep } else { ClientMessage::Wake });
                 link.asleep_sent = s.asleep;
             }
+            if let Some(display) = s.display
+                && link.display_sent != Some(display)
+            {
+                out.push(ClientMessage::Display(display));
+                link.display_sent = Some(display);
+            }
             for (seq, input) in s.pending.iter().filter(|(seq, _)| *seq > link.sent_upto) {
                 out.push(ClientMessage::Input { seq: *seq, input: input.clone() });
             }
@@ -939,6 +982,11 @@ impl Session {
                 self.emit(TerminalEvent::Notification { title, body, at_ms }).await;
             }
             ServerMessage::Redirect { url } => return Some(Outcome::Redirect(url)),
+            ServerMessage::Screen { width, height } => {
+                self.shared.lock().screen = Screen::new(width, height);
+                self.emit(TerminalEvent::Screen { width, height }).await;
+            }
+            ServerMessage::Clipboard { text } => self.emit(TerminalEvent::Clipboard { text }).await,
             ServerMessage::Pong { nonce } => {
                 if let Some(i) = pings.iter().position(|&(n, _)| n == nonce) {
                     let (_, sent) = pings.remove(i)?;

@@ -43,6 +43,9 @@ fn key_code(key: Key) -> Option<u8> {
         Key::Down => 7,
         Key::Home => 8,
         Key::Delete => 9,
+        // The phone's volume keys.
+        Key::PageUp => 10,
+        Key::PageDown => 11,
         _ => return None,
     })
 }
@@ -125,6 +128,18 @@ fn show(terminal: &mut Terminal, mut screenshot: Option<PathBuf>) -> Result<(), 
                         terminal.save_png(&path)?;
                     }
                 }
+                Ok(TerminalEvent::Screen { width: w, height: h }) => {
+                    if (w, h) != view.phone {
+                        view = View::open(w, h)?;
+                        view.window.set_input_callback(Box::new(Typed(typed.clone())));
+                    }
+                    dirty = true;
+                }
+                Ok(TerminalEvent::Clipboard { text }) => {
+                    // minifb owns no X selection: the copy is said in the log and the title, for the user to take.
+                    tracing::info!(%text, "the phone copied");
+                    status = format!("copied {} characters", text.chars().count());
+                }
                 Ok(TerminalEvent::Connected { width: w, height: h, .. }) => {
                     status = "connected".into();
                     if (w, h) != view.phone {
@@ -169,15 +184,15 @@ fn show(terminal: &mut Terminal, mut screenshot: Option<PathBuf>) -> Result<(), 
         let down = view.window.get_mouse_down(MouseButton::Left) && !asleep;
         match (touching, down, view.mouse()) {
             (None, true, Some((x, y))) => {
-                terminal.send_input(Input::Touch { phase: TouchPhase::Down, x, y })?;
+                terminal.send_input(Input::Touch { phase: TouchPhase::Down, x, y, pointer: 0 })?;
                 touching = Some((x, y));
             }
             (Some(at), true, Some((x, y))) if at != (x, y) => {
-                terminal.send_input(Input::Touch { phase: TouchPhase::Move, x, y })?;
+                terminal.send_input(Input::Touch { phase: TouchPhase::Move, x, y, pointer: 0 })?;
                 touching = Some((x, y));
             }
             (Some((x, y)), false, _) => {
-                terminal.send_input(Input::Touch { phase: TouchPhase::Up, x, y })?;
+                terminal.send_input(Input::Touch { phase: TouchPhase::Up, x, y, pointer: 0 })?;
                 touching = None;
             }
             _ => {}

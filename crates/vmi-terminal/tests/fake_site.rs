@@ -62,7 +62,7 @@ fn full_screen(rgba: [u8; 4]) -> Vec<Tile> {
 }
 
 fn touch(phase: TouchPhase, x: u16, y: u16) -> Input {
-    Input::Touch { phase, x, y }
+    Input::Touch { phase, x, y, pointer: 0 }
 }
 
 async fn next(t: &mut Terminal) -> TerminalEvent {
@@ -98,7 +98,13 @@ async fn frames_inputs_and_a_redirect_with_resume() {
         let hello = recv(&mut ws).await.expect("hello");
         assert_eq!(
             hello,
-            ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: TOKEN.into(), resume: None, asleep: false }
+            ClientMessage::Hello {
+                version: PROTOCOL_VERSION,
+                device_token: TOKEN.into(),
+                resume: None,
+                asleep: false,
+                display: None
+            }
         );
         send(&mut ws, welcome(0, false)).await;
         send(&mut ws, ServerMessage::FrameUpdate { seq: 1, tiles: first_tiles }).await;
@@ -192,6 +198,7 @@ async fn frames_inputs_and_a_redirect_with_resume() {
             device_token: TOKEN.into(),
             resume: Some(Resume { last_frame_seq: 1, screen_hash: expected_hash }),
             asleep: false,
+            display: None,
         }
     );
     // Input 1 was acknowledged by site A and Welcome said 1 is applied: only 2 is resent.

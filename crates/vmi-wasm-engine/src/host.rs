@@ -59,7 +59,11 @@ pub const HOST_FUNCTIONS: &[(&str, &[ValType], &[ValType])] = &[
     ("kv_get", &[I32, I32, I32, I32], &[I32]),
     ("kv_set", &[I32, I32, I32, I32], &[I32]),
     ("kv_delete", &[I32, I32], &[]),
+    ("clipboard_set", &[I32, I32], &[]),
 ];
+
+/// Largest text a guest may copy to the clipboard (`clipboard_set`), in bytes.
+pub const MAX_CLIPBOARD: usize = 65_535;
 
 /// Where the guest's framebuffer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +106,8 @@ pub struct Host {
     pub hit_memory_limit: bool,
     /// Lines the guest logged, until the host takes them (not saved in snapshots).
     pub logs: GuestLog,
+    /// Text the guest copied, until the host takes it (output, like logs: not saved in snapshots).
+    pub clipboard: Option<String>,
 }
 
 impl Host {
@@ -124,6 +130,7 @@ impl Host {
             memory_limit,
             hit_memory_limit: false,
             logs: GuestLog::default(),
+            clipboard: None,
         }
     }
 
@@ -462,6 +469,17 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             Ok(())
         },
     )?;
+    linker.func_wrap("vmi", "clipboard_set", |mut caller: Caller<'_, Host>, ptr: i32, len: i32| -> HostResult<()> {
+        in_event(&caller, "clipboard_set")?;
+        let mem = check_spans(&caller, "clipboard_set", &[(ptr, len, "text")])?;
+        if ulen(len) > MAX_CLIPBOARD {
+            return Err(guest_error(format!("`vmi.clipboard_set`: {len} bytes is over the limit of {MAX_CLIPBOARD}")));
+        }
+        let text = String::from_utf8_lossy(&read(mem, &caller, ptr, ulen(len))).into_owned();
+        // Only the latest copy matters: a terminal's clipboard holds one text.
+        caller.data_mut().clipboard = Some(text);
+        Ok(())
+    })?;
     linker.func_wrap(
         "vmi",
         "notify",

@@ -302,6 +302,9 @@ fn build_wasmtime(config: &WasmEngineConfig) -> Result<wasmtime::Engine, EngineE
     wasmtime::Engine::new(&c).map_err(|e| EngineError::Config(e.to_string()))
 }
 
+/// The newest guest ABI version this engine speaks (docs/GUEST_ABI.md); it runs every older one too.
+pub const GUEST_ABI_VERSION: u32 = 2;
+
 impl Engine for WasmEngine {
     fn name(&self) -> &'static str {
         ENGINE_NAME
@@ -324,9 +327,9 @@ impl Engine for WasmEngine {
         let module = self.compile(&hash, &prepared.instrumented)?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| EngineError::Compile(e.into()))?;
         let abi_version = phone::probe_abi_version(self, &pre)?;
-        if abi_version != 1 {
+        if !(1..=GUEST_ABI_VERSION).contains(&abi_version) {
             return Err(EngineError::ImageRefused(format!(
-                "image speaks guest ABI version {abi_version}; this engine speaks version 1"
+                "image speaks guest ABI version {abi_version}; this engine speaks versions 1 to {GUEST_ABI_VERSION}"
             )));
         }
         let info = ImageInfo {

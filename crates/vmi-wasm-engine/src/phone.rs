@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use vmi_engine::{
-    Carryover, EncodedSnapshot, EngineError, Event, Frame, ImageHash, KeyCode, LogLine, Mail, Notification,
-    ResourceUsage, SnapshotRequest, TouchPhase, VirtualClock, VirtualPhone, VmConfig, VmError, VmInfo, VmStatus,
+    Carryover, EncodedSnapshot, EngineError, Event, Frame, ImageHash, KeyCode, LogLine, MAX_SCREEN_SIDE, Mail,
+    Notification, ResourceUsage, SnapshotRequest, TouchPhase, VirtualClock, VirtualPhone, VmConfig, VmError, VmInfo,
+    VmStatus,
 };
 use vmi_snapshot::{GlobalValue, Header, Limits, PAGE_SIZE, SnapshotId, SnapshotKind, SnapshotView};
 use wasmtime::{Global, Instance, InstancePre, Memory, Store, Trap, TypedFunc, Val};
@@ -486,8 +487,9 @@ fn populate(memory: &mut [u8], runs: &[vmi_snapshot::PageRun]) {
 }
 
 fn check_config(engine: &WasmEngine, config: &VmConfig, image: &LoadedImage) -> Result<(), EngineError> {
-    if config.width == 0 || config.height == 0 || config.width > 8192 || config.height > 8192 {
-        return Err(EngineError::Config(format!("screen {}x{} is outside 1..=8192", config.width, config.height)));
+    if config.width == 0 || config.height == 0 || config.width > MAX_SCREEN_SIDE || config.height > MAX_SCREEN_SIDE {
+        let (w, h) = (config.width, config.height);
+        return Err(EngineError::Config(format!("screen {w}x{h} is outside 1..={MAX_SCREEN_SIDE}")));
     }
     if config.cpu_budget_per_event == 0 {
         return Err(EngineError::Config("CPU budget per event must be above 0".into()));
@@ -540,13 +542,13 @@ impl VirtualPhone for WasmPhone {
 
     fn deliver(&mut self, event: Event) -> Result<(), VmError> {
         let (kind, a, b, c) = match event {
-            Event::Touch { phase, x, y } => {
+            Event::Touch { phase, x, y, pointer } => {
                 let kind = match phase {
                     TouchPhase::Down => 1,
                     TouchPhase::Move => 2,
                     TouchPhase::Up => 3,
                 };
-                (kind, x, y, 0)
+                (kind, x, y, i32::from(pointer))
             }
             Event::Key { code, text } => {
                 let code = if code == KeyCode::Text { 0 } else { code as i32 };
@@ -559,6 +561,12 @@ impl VirtualPhone for WasmPhone {
             Event::MailArrived => (6, self.store.data().mailbox.len() as i32, 0, 0),
             Event::Wake => (7, 0, 0, 0),
             Event::Sleep => (8, 0, 0, 0),
+            // A version-1 guest was never promised this kind: its screen stays as it is (terminals scale it).
+            Event::Display { .. } if self.image.info.abi_version < 2 => return Ok(()),
+            Event::Display { width, height, density } => {
+                let side = |v: u32| v.clamp(1, MAX_SCREEN_SIDE) as i32;
+                (9, side(width), side(height), density.min(10_000) as i32)
+            }
         };
         self.deliver_raw(kind, a, b, c)
     }
@@ -609,6 +617,10 @@ impl VirtualPhone for WasmPhone {
 
     fn take_notifications(&mut self) -> Vec<Notification> {
         self.store.data_mut().notifications.drain(..).collect()
+    }
+
+    fn take_clipboard(&mut self) -> Option<String> {
+        self.store.data_mut().clipboard.take()
     }
 
     fn push_mail(&mut self, mail: Mail) -> Result<(), VmError> {

@@ -23,17 +23,17 @@ fn engine(clock: Arc<ManualClock>) -> WasmEngine {
 }
 
 fn tap(phone: &mut dyn VirtualPhone, (x, y): (i32, i32)) {
-    phone.deliver(Event::Touch { phase: TouchPhase::Down, x, y }).expect("touch");
-    phone.deliver(Event::Touch { phase: TouchPhase::Up, x, y }).expect("touch");
+    phone.deliver(Event::Touch { phase: TouchPhase::Down, x, y, pointer: 0 }).expect("touch");
+    phone.deliver(Event::Touch { phase: TouchPhase::Up, x, y, pointer: 0 }).expect("touch");
 }
 
 fn drag(phone: &mut dyn VirtualPhone, from: (i32, i32), to: (i32, i32)) {
-    phone.deliver(Event::Touch { phase: TouchPhase::Down, x: from.0, y: from.1 }).expect("touch");
+    phone.deliver(Event::Touch { phase: TouchPhase::Down, x: from.0, y: from.1, pointer: 0 }).expect("touch");
     for k in 1..=10 {
         let (x, y) = (from.0 + (to.0 - from.0) * k / 10, from.1 + (to.1 - from.1) * k / 10);
-        phone.deliver(Event::Touch { phase: TouchPhase::Move, x, y }).expect("touch");
+        phone.deliver(Event::Touch { phase: TouchPhase::Move, x, y, pointer: 0 }).expect("touch");
     }
-    phone.deliver(Event::Touch { phase: TouchPhase::Up, x: to.0, y: to.1 }).expect("touch");
+    phone.deliver(Event::Touch { phase: TouchPhase::Up, x: to.0, y: to.1, pointer: 0 }).expect("touch");
 }
 
 fn type_text(phone: &mut dyn VirtualPhone, text: &str) {
@@ -204,4 +204,54 @@ fn an_image_upgrade_keeps_the_users_notes_and_can_be_rolled_back() {
     let back = e.upgrade(&v1, &[&snap2.bytes], &VmConfig::default()).expect("roll back");
     assert_eq!(back.info().image, v1);
     assert_eq!(back.kv_get(b"notes.text").as_deref(), Some(b"survives upgrades!".as_slice()));
+}
+
+/// A display event (guest ABI version 2): the default phone lays out for landscape, attaches a framebuffer of
+/// the new size and reports all of it; a snapshot keeps the size; Copy in Notes reaches the host's clipboard.
+#[test]
+fn a_display_change_resizes_the_phone_and_copy_reaches_the_clipboard() {
+    let clock = ManualClock::new(1_763_000_000 * SECOND);
+    let e = engine(clock.clone());
+    let image = e.image(&vmi_engine::ImageHash::of(vmi_phone_image::PHONE_WASM)).expect("loaded");
+    assert_eq!(image.abi_version, 2);
+    let mut phone = e.create(&image.hash, &VmConfig::default()).expect("boot");
+    tap(phone.as_mut(), NOTES);
+    type_text(phone.as_mut(), "héllo");
+    let _ = phone.frame().expect("frame");
+
+    phone.deliver(Event::Display { width: 1688, height: 780, density: 200 }).expect("display");
+    let frame = phone.frame().expect("frame");
+    assert_eq!((frame.width, frame.height), (1688, 780));
+    assert_eq!(frame.damage, vec![vmi_engine::Rect { x: 0, y: 0, w: 1688, h: 780 }], "the whole new screen");
+    assert_eq!(frame.rgba.len(), 1688 * 780 * 4);
+
+    // Notes' Copy button: at the right of the app bar (status 48 + bar 112 at this density's scale of 1).
+    tap(phone.as_mut(), (1688 - 100, 48 + 56));
+    assert_eq!(phone.take_clipboard().as_deref(), Some("héllo"));
+    assert_eq!(phone.take_clipboard(), None, "taken once");
+
+    let snap = phone.snapshot(SnapshotRequest::Full).expect("snapshot");
+    let mut restored = e.restore(&image.hash, &[&snap.bytes], &VmConfig::default()).expect("restore");
+    let frame = restored.frame().expect("frame");
+    assert_eq!((frame.width, frame.height), (1688, 780), "the size is the guest's, kept in the snapshot");
+}
+
+/// A version-1 guest never gets the display event (it was never promised it): its screen stays as it is.
+#[test]
+fn a_version_1_guest_never_sees_a_display_event() {
+    let clock = ManualClock::new(1_763_000_000 * SECOND);
+    let e = engine(clock);
+    // Traps on any event kind above 8.
+    let wasm = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (func (export "vmi_init") (param i32 i32))
+             (func (export "vmi_event") (param i32 i32 i32 i32)
+               (if (i32.gt_s (local.get 0) (i32.const 8)) (then unreachable))))"#,
+    )
+    .expect("wat");
+    let info = e.load_image(&wasm).expect("loads");
+    assert_eq!(info.abi_version, 1);
+    let mut phone = e.create(&info.hash, &VmConfig::default()).expect("boot");
+    phone.deliver(Event::Display { width: 1688, height: 780, density: 200 }).expect("not delivered");
+    assert_eq!(*phone.status(), vmi_engine::VmStatus::Running);
 }

@@ -31,7 +31,7 @@ pub mod gfx;
 pub mod sys;
 
 /// The ABI version this SDK speaks (docs/GUEST_ABI.md).
-pub const ABI_VERSION: i32 = 1;
+pub const ABI_VERSION: i32 = 2;
 
 /// A key on the terminal's keyboard (GUEST_ABI.md, "Key codes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub enum Key {
     Home,
     /// Erase after the cursor.
     Delete,
+    /// The volume-up hardware key.
+    VolumeUp,
+    /// The volume-down hardware key.
+    VolumeDown,
     /// A code this SDK does not know.
     Other(i32),
 }
@@ -74,6 +78,8 @@ impl Key {
             7 => Key::Down,
             8 => Key::Home,
             9 => Key::Delete,
+            10 => Key::VolumeUp,
+            11 => Key::VolumeDown,
             other => Key::Other(other),
         }
     }
@@ -88,6 +94,8 @@ pub enum Event {
         x: i32,
         /// Pixel row.
         y: i32,
+        /// Which finger: 0 for the first, 1 for a second held at the same time, …
+        pointer: u32,
     },
     /// A finger moved while down.
     TouchMove {
@@ -95,6 +103,8 @@ pub enum Event {
         x: i32,
         /// Pixel row.
         y: i32,
+        /// Which finger: 0 for the first, 1 for a second held at the same time, …
+        pointer: u32,
     },
     /// A finger lifted.
     TouchUp {
@@ -102,6 +112,8 @@ pub enum Event {
         x: i32,
         /// Pixel row.
         y: i32,
+        /// Which finger: 0 for the first, 1 for a second held at the same time, …
+        pointer: u32,
     },
     /// A key press, with the text it types if any.
     Key {
@@ -120,6 +132,16 @@ pub enum Event {
     Wake,
     /// No terminal is watching.
     Sleep,
+    /// The display changed (rotation, a resized window, another device): lay the screen out again for
+    /// `width × height` pixels and attach a framebuffer of that size ([`gfx::Canvas::resize`]).
+    Display {
+        /// Screen width in pixels.
+        width: u32,
+        /// Screen height in pixels.
+        height: u32,
+        /// Pixels per CSS pixel (point), × 100 (200 on a typical phone).
+        density: u32,
+    },
     /// An event kind this SDK does not know; ignore it.
     Unknown(i32),
 }
@@ -128,9 +150,9 @@ impl Event {
     /// Decodes the arguments of `vmi_event`.
     pub fn from_abi(kind: i32, a: i32, b: i32, c: i32) -> Event {
         match kind {
-            1 => Event::TouchDown { x: a, y: b },
-            2 => Event::TouchMove { x: a, y: b },
-            3 => Event::TouchUp { x: a, y: b },
+            1 => Event::TouchDown { x: a, y: b, pointer: c.max(0) as u32 },
+            2 => Event::TouchMove { x: a, y: b, pointer: c.max(0) as u32 },
+            3 => Event::TouchUp { x: a, y: b, pointer: c.max(0) as u32 },
             4 => Event::Key {
                 key: Key::from_code(a),
                 text: if b == 0 { None } else { char::from_u32(b as u32) },
@@ -140,6 +162,7 @@ impl Event {
             6 => Event::MailArrived(a as u32),
             7 => Event::Wake,
             8 => Event::Sleep,
+            9 => Event::Display { width: a.max(1) as u32, height: b.max(1) as u32, density: c.max(0) as u32 },
             other => Event::Unknown(other),
         }
     }
@@ -285,6 +308,17 @@ pub fn notify(title: &str, body: &str) -> bool {
     unsafe { sys::notify(ptr(title.as_ptr()), title.len() as i32, ptr(body.as_ptr()), body.len() as i32) == 0 }
 }
 
+/// Longest text [`clipboard_set`] hands the host, in bytes.
+pub const MAX_CLIPBOARD: usize = 65_535;
+
+/// Copies `text` to the user's clipboard: the host hands it to the terminals watching (text longer than
+/// [`MAX_CLIPBOARD`] is cut).
+pub fn clipboard_set(text: &str) {
+    let text = truncate(text, MAX_CLIPBOARD);
+    // SAFETY: the host reads the text within its length.
+    unsafe { sys::clipboard_set(ptr(text.as_ptr()), text.len() as i32) }
+}
+
 /// One mail from the user's mailbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mail {
@@ -368,7 +402,10 @@ mod tests {
 
     #[test]
     fn decodes_events() {
-        assert_eq!(Event::from_abi(1, 3, 4, 0), Event::TouchDown { x: 3, y: 4 });
+        assert_eq!(Event::from_abi(1, 3, 4, 0), Event::TouchDown { x: 3, y: 4, pointer: 0 });
+        assert_eq!(Event::from_abi(2, 3, 4, 1), Event::TouchMove { x: 3, y: 4, pointer: 1 });
+        assert_eq!(Event::from_abi(9, 780, 1688, 200), Event::Display { width: 780, height: 1688, density: 200 });
+        assert_eq!(Event::from_abi(4, 10, 0, 0), Event::Key { key: Key::VolumeUp, text: None, modifiers: 0 });
         assert_eq!(Event::from_abi(4, 0, 'é' as i32, 1), Event::Key { key: Key::Text, text: Some('é'), modifiers: 1 });
         assert_eq!(Event::from_abi(5, 7, 0, 0), Event::Timer(7));
         assert_eq!(Event::from_abi(99, 0, 0, 0), Event::Unknown(99));

@@ -18,6 +18,7 @@ unsafe extern "C" {
     pub fn kv_get(key_ptr: i32, key_len: i32, buf_ptr: i32, buf_len: i32) -> i32;
     pub fn kv_set(key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> i32;
     pub fn kv_delete(key_ptr: i32, key_len: i32);
+    pub fn clipboard_set(ptr: i32, len: i32);
 }
 
 /// Off wasm32 there is no host: the app's pure logic still compiles and unit-tests on the
@@ -66,6 +67,9 @@ mod off_host {
     }
     pub unsafe fn kv_delete(_: i32, _: i32) {
         no_host("kv_delete")
+    }
+    pub unsafe fn clipboard_set(_: i32, _: i32) {
+        no_host("clipboard_set")
     }
 }
 #[cfg(not(target_arch = "wasm32"))]

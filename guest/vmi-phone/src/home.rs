@@ -84,8 +84,16 @@ pub fn widget_rect(t: &Theme) -> Rect {
 /// The card with the newest mail (a tap opens Mail).
 pub fn card_rect(t: &Theme) -> Rect {
     let w = widget_rect(t);
-    let h = t.d(84.0) + CARD_ROWS as i32 * card_row_h(t) + t.d(12.0);
+    let h = t.d(84.0) + card_rows(t) as i32 * card_row_h(t) + t.d(12.0);
     Rect::new(t.pad, w.bottom() + t.d(40.0), t.w - 2 * t.pad, h)
+}
+
+/// Mail rows the card shows: [`CARD_ROWS`], fewer when the card would reach the dock (a landscape screen), at
+/// least one.
+fn card_rows(t: &Theme) -> usize {
+    let top = widget_rect(t).bottom() + t.d(40.0) + t.d(84.0) + t.d(12.0);
+    let room = dock(t).y - t.d(24.0) - top;
+    ((room / card_row_h(t).max(1)).max(1) as usize).min(CARD_ROWS)
 }
 
 fn card_row_h(t: &Theme) -> i32 {
@@ -177,10 +185,11 @@ fn draw_card(c: &mut Canvas, t: &Theme, card: Rect, data: &HomeData<'_>) {
     ui::envelope(c, Rect::new(x, head_mid - eh / 2, ew, eh), t.f(2.6), theme::WHITE);
     ui::text_centered_v(c, x + ew + t.d(14.0), head_mid, "Mail", &t.strong, theme::WHITE);
 
-    let messages: Vec<&Message> = data.inbox.messages().iter().take(CARD_ROWS).collect();
+    let rows = card_rows(t);
+    let messages: Vec<&Message> = data.inbox.messages().iter().take(rows).collect();
     let top = card.y + t.d(84.0);
     if messages.is_empty() {
-        let mid = top + CARD_ROWS as i32 * card_row_h(t) / 2 - t.d(12.0);
+        let mid = top + rows as i32 * card_row_h(t) / 2 - t.d(12.0);
         c.draw_text_centered(
             card.x + card.w / 2,
             ui::cap_top(mid, &t.body),
@@ -283,7 +292,7 @@ mod tests {
     #[test]
     fn icons_are_where_taps_land() {
         for (w, h) in [(720, 1280), (480, 800)] {
-            let t = Theme::new(w, h);
+            let t = Theme::new(w, h, 0);
             for (i, &app) in APPS.iter().enumerate() {
                 let (x, y) = icon_rect(&t, i).center();
                 assert_eq!(app_at(&t, x, y), Some(app));

@@ -24,6 +24,8 @@ pub trait Host {
     fn kv_set(&mut self, key: &str, value: &[u8]) -> bool;
     /// Hands the frame's damage to the display.
     fn present(&mut self, canvas: &mut Canvas);
+    /// Copies text to the user's clipboard (the terminals watching get it).
+    fn clipboard_set(&mut self, text: &str);
 }
 
 /// The VMI host: every call is a `vmi` import (panics off wasm32).
@@ -57,5 +59,8 @@ impl Host for VmiHost {
     }
     fn present(&mut self, canvas: &mut Canvas) {
         canvas.present()
+    }
+    fn clipboard_set(&mut self, text: &str) {
+        vmi_guest_sdk::clipboard_set(text)
     }
 }

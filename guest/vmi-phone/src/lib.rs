@@ -68,7 +68,14 @@ pub mod timers {
     pub const MAIL: u32 = 2;
     /// Refresh the stopwatch digits (cosmetic: only while visible, running and awake).
     pub const STOPWATCH: u32 = 3;
+    /// Hide the volume level shown after a volume key.
+    pub const VOLUME: u32 = 4;
 }
+
+/// How long the volume level stays in the status bar after a volume key, in virtual ns.
+pub const VOLUME_SHOWN_NS: u64 = 2_000_000_000;
+/// Volume steps (0 is silent).
+pub const VOLUME_STEPS: u8 = 10;
 
 /// How often the phone checks the mailbox without being told, in virtual ns.
 pub const MAIL_REFRESH_NS: u64 = 60_000_000_000;
@@ -95,9 +102,10 @@ enum Screen {
     Stopwatch,
 }
 
-/// A finger on the glass (not drawing in Paint).
+/// The finger that taps and scrolls (the first one down; others only draw in Paint).
 #[derive(Clone, Copy, Debug)]
 struct Touch {
+    pointer: u32,
     x0: i32,
     y0: i32,
     last_y: i32,
@@ -128,6 +136,13 @@ pub struct Phone<H: Host = VmiHost> {
     stopwatch: Stopwatch,
     sw_drawn: String,
     touch: Option<Touch>,
+    /// Pixels per CSS pixel × 100 the screen was laid out for (0: unknown).
+    density: u32,
+    /// Volume, 0..=[`VOLUME_STEPS`], and whether the status bar shows it now.
+    volume: u8,
+    volume_shown: bool,
+    /// Notes' text was copied and not changed since: its bar says "Copied".
+    notes_copied: bool,
 }
 
 impl<H: Host> std::fmt::Debug for Phone<H> {
@@ -149,7 +164,7 @@ impl<H: Host> Phone<H> {
     /// keeps, draws the home screen, arms the clock and mail timers and fetches waiting
     /// mail.
     pub fn start(mut host: H, width: u32, height: u32) -> Phone<H> {
-        let t = Theme::new(width, height);
+        let t = Theme::new(width, height, 0);
         let tz_min = host
             .kv_get(TZ_KEY)
             .and_then(|v| String::from_utf8_lossy(&v).trim().parse::<i32>().ok())
@@ -178,6 +193,10 @@ impl<H: Host> Phone<H> {
             stopwatch: Stopwatch::new(),
             sw_drawn: String::new(),
             touch: None,
+            density: 0,
+            volume: 6,
+            volume_shown: false,
+            notes_copied: false,
         };
         phone.redraw(phone.t.screen());
         phone.arm_clock();
@@ -193,16 +212,11 @@ impl<H: Host> Phone<H> {
         // Coordinates far off screen mean nothing more than "off screen"; bounding them
         // keeps every later computation far from overflow.
         let at = |v: i32| v.clamp(-COORD_LIMIT, COORD_LIMIT);
-        let event = match event {
-            Event::TouchDown { x, y } => Event::TouchDown { x: at(x), y: at(y) },
-            Event::TouchMove { x, y } => Event::TouchMove { x: at(x), y: at(y) },
-            Event::TouchUp { x, y } => Event::TouchUp { x: at(x), y: at(y) },
-            other => other,
-        };
         match event {
-            Event::TouchDown { x, y } => self.touch_down(x, y),
-            Event::TouchMove { x, y } => self.touch_move(x, y),
-            Event::TouchUp { x, y } => self.touch_up(x, y),
+            Event::TouchDown { x, y, pointer } => self.touch_down(at(x), at(y), pointer),
+            Event::TouchMove { x, y, pointer } => self.touch_move(at(x), at(y), pointer),
+            Event::TouchUp { x, y, pointer } => self.touch_up(at(x), at(y), pointer),
+            Event::Display { width, height, density } => self.display(width, height, density),
             Event::Key { key, text, modifiers } => self.key(key, text, modifiers),
             Event::Timer(timers::CLOCK) => {
                 if self.awake {
@@ -216,6 +230,10 @@ impl<H: Host> Phone<H> {
                 self.fetch_mail();
             }
             Event::Timer(timers::STOPWATCH) => self.stopwatch_tick(),
+            Event::Timer(timers::VOLUME) => {
+                self.volume_shown = false;
+                self.redraw(status::volume_rect(&self.t));
+            }
             Event::MailArrived(_) => self.fetch_mail(),
             Event::Sleep => {
                 self.awake = false;
@@ -257,7 +275,8 @@ impl<H: Host> Phone<H> {
         if self.screen == Screen::Home {
             home::wallpaper(c, t);
         }
-        status::draw(c, t, &clock, unread, self.screen == Screen::Home);
+        let volume = self.volume_shown.then_some((self.volume, VOLUME_STEPS));
+        status::draw(c, t, &status::Status { clock: &clock, unread, volume }, self.screen == Screen::Home);
         match self.screen {
             Screen::Home => {
                 let data =
@@ -269,7 +288,7 @@ impl<H: Host> Phone<H> {
                 Some(m) => mail::draw_message(c, t, m, self.msg_scroll, self.now_s, self.tz_min),
                 None => mail::draw_list(c, t, &self.inbox, self.list_scroll, self.now_s, self.tz_min),
             },
-            Screen::Notes => notes::draw(c, t, &self.editor),
+            Screen::Notes => notes::draw(c, t, &self.editor, self.notes_copied),
             Screen::Paint => paint::draw(c, t, &self.paint),
             Screen::Stopwatch => stopwatch::draw(c, t, &self.stopwatch, &self.sw_drawn),
         }
@@ -284,7 +303,7 @@ impl<H: Host> Phone<H> {
         }
         self.screen = screen;
         self.touch = None;
-        self.paint.up();
+        self.paint.up_all();
         match screen {
             Screen::Notes => self.notes_drawn = self.editor.rows(),
             Screen::Stopwatch => {
@@ -319,22 +338,27 @@ impl<H: Host> Phone<H> {
 
     // ---- input -----------------------------------------------------------------------------
 
-    fn touch_down(&mut self, x: i32, y: i32) {
-        self.touch = Some(Touch { x0: x, y0: y, last_y: y, scrolling: false, carry: 0 });
+    fn touch_down(&mut self, x: i32, y: i32, pointer: u32) {
         if self.screen == Screen::Paint && paint::paper(&self.t).contains(x, y) {
-            let seg = self.paint.down(x, y);
-            paint::draw_segment(&mut self.canvas, &self.t, seg);
-        }
-    }
-
-    fn touch_move(&mut self, x: i32, y: i32) {
-        if self.paint.drawing() {
-            if let Some(seg) = self.paint.drag(x, y) {
+            if let Some(seg) = self.paint.down(pointer, x, y) {
                 paint::draw_segment(&mut self.canvas, &self.t, seg);
             }
             return;
         }
-        let Some(mut touch) = self.touch else {
+        // One finger taps and scrolls; a second one held with it does nothing outside the paper.
+        if self.touch.is_none_or(|t| t.pointer == pointer) {
+            self.touch = Some(Touch { pointer, x0: x, y0: y, last_y: y, scrolling: false, carry: 0 });
+        }
+    }
+
+    fn touch_move(&mut self, x: i32, y: i32, pointer: u32) {
+        if self.paint.drawing(pointer) {
+            if let Some(seg) = self.paint.drag(pointer, x, y) {
+                paint::draw_segment(&mut self.canvas, &self.t, seg);
+            }
+            return;
+        }
+        let Some(mut touch) = self.touch.filter(|t| t.pointer == pointer) else {
             return;
         };
         if !touch.scrolling && (y - touch.y0).abs() > self.t.d(16.0) {
@@ -348,19 +372,19 @@ impl<H: Host> Phone<H> {
         self.touch = Some(touch);
     }
 
-    fn touch_up(&mut self, x: i32, y: i32) {
-        if self.paint.drawing() {
-            if let Some(seg) = self.paint.drag(x, y) {
+    fn touch_up(&mut self, x: i32, y: i32, pointer: u32) {
+        if self.paint.drawing(pointer) {
+            if let Some(seg) = self.paint.drag(pointer, x, y) {
                 paint::draw_segment(&mut self.canvas, &self.t, seg);
             }
-            self.paint.up();
-            self.touch = None;
+            self.paint.up(pointer);
             return;
         }
-        if let Some(touch) = self.touch.take()
-            && !touch.scrolling
-        {
-            self.tap(touch.x0, touch.y0);
+        if let Some(touch) = self.touch.filter(|t| t.pointer == pointer) {
+            self.touch = None;
+            if !touch.scrolling {
+                self.tap(touch.x0, touch.y0);
+            }
         }
     }
 
@@ -427,7 +451,13 @@ impl<H: Host> Phone<H> {
                 }
             }
             Screen::Notes => {
-                if let Some(row) = notes::row_at(t, y) {
+                if notes::copy_button(t).contains(x, y) {
+                    self.host.clipboard_set(self.editor.text());
+                    if !self.notes_copied {
+                        self.notes_copied = true;
+                        self.redraw(self.t.appbar());
+                    }
+                } else if let Some(row) = notes::row_at(t, y) {
                     let x = x - notes::text_area(t).x;
                     let change = self.editor.click(x, row);
                     self.notes_changed(change);
@@ -461,6 +491,7 @@ impl<H: Host> Phone<H> {
 
     fn key(&mut self, key: Key, text: Option<char>, modifiers: u32) {
         match (key, self.screen) {
+            (Key::VolumeUp | Key::VolumeDown, _) => self.change_volume(key == Key::VolumeUp),
             (Key::Home, Screen::Home) | (Key::Escape, Screen::Home) => {}
             (Key::Home, _) => self.show(Screen::Home),
             (Key::Escape, Screen::Message(_)) => self.show(Screen::Inbox),
@@ -506,6 +537,9 @@ impl<H: Host> Phone<H> {
         if change == Change::Text {
             let text = self.editor.text().as_bytes().to_vec();
             self.host.kv_set(notes::KEY, &text);
+            if std::mem::take(&mut self.notes_copied) && self.screen == Screen::Notes {
+                self.redraw(self.t.appbar());
+            }
         }
         if self.screen != Screen::Notes {
             return;
@@ -517,6 +551,43 @@ impl<H: Host> Phone<H> {
             }
         }
         self.notes_drawn = rows;
+    }
+
+    // ---- display and hardware keys --------------------------------------------------------
+
+    /// The display changed: lay every screen out again for `width × height` at `density`, move what is drawn in
+    /// screen pixels (Paint's strokes) to the new layout, keep the text, the caret and the scroll positions, and
+    /// repaint the whole screen on a framebuffer of the new size.
+    fn display(&mut self, width: u32, height: u32, density: u32) {
+        let (width, height) = (width.max(1), height.max(1));
+        if (width as i32, height as i32, density) == (self.t.w, self.t.h, self.density) {
+            return;
+        }
+        let old = std::mem::replace(&mut self.t, Theme::new(width, height, density));
+        self.density = density;
+        let (from, to) = (paint::paper(&old), paint::paper(&self.t));
+        self.paint.relayout((from.x, from.y), (to.x, to.y), self.t.s / old.s);
+        self.editor = notes::relayout(&self.t, &self.editor);
+        self.notes_drawn = self.editor.rows();
+        self.list_scroll = self.list_scroll.clamp(0, mail::list_max_scroll(&self.t, &self.inbox));
+        if let Screen::Message(id) = self.screen {
+            let max = self.inbox.get(id).map_or(0, |m| mail::message_max_scroll(&self.t, m));
+            self.msg_scroll = self.msg_scroll.clamp(0, max);
+        }
+        self.touch = None;
+        if self.screen == Screen::Stopwatch {
+            self.sw_drawn = stopwatch::format(self.stopwatch.elapsed(self.host.monotonic_ns()));
+        }
+        self.canvas = Canvas::new(width, height);
+        self.redraw(self.t.screen());
+    }
+
+    fn change_volume(&mut self, up: bool) {
+        self.volume = if up { (self.volume + 1).min(VOLUME_STEPS) } else { self.volume.saturating_sub(1) };
+        self.volume_shown = true;
+        self.redraw(status::volume_rect(&self.t));
+        let mono = self.host.monotonic_ns();
+        self.host.timer_set(timers::VOLUME, mono + VOLUME_SHOWN_NS);
     }
 
     // ---- clock -----------------------------------------------------------------------------

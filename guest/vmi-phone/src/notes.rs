@@ -63,6 +63,15 @@ impl Editor {
         e
     }
 
+    /// The same text, caret and first visible line, wrapped again for another screen.
+    pub fn relaid(&self, style: TextStyle, width: i32, rows: usize) -> Editor {
+        let mut e = Editor::new(self.text.clone(), style, width, rows);
+        e.caret = self.caret;
+        e.scroll = self.scroll.min(e.layout.line_of(e.text.len()));
+        e.follow_caret();
+        e
+    }
+
     /// The text.
     pub fn text(&self) -> &str {
         &self.text
@@ -249,6 +258,19 @@ pub fn editor(t: &Theme, text: String) -> Editor {
     Editor::new(text, t.writing(), area.w - t.d(4.0), visible_rows(t))
 }
 
+/// `editor` laid out again for this screen (a display change).
+pub fn relayout(t: &Theme, editor: &Editor) -> Editor {
+    let area = text_area(t);
+    editor.relaid(t.writing(), area.w - t.d(4.0), visible_rows(t))
+}
+
+/// The Copy button at the right of the bar: copies the whole note to the clipboard.
+pub fn copy_button(t: &Theme) -> Rect {
+    let bar = t.appbar();
+    let w = t.d(200.0);
+    Rect::new(t.w - w, bar.y, w, bar.h)
+}
+
 /// The screen rectangle of visible row `i`.
 pub fn row_rect(t: &Theme, i: usize) -> Rect {
     let area = text_area(t);
@@ -263,9 +285,16 @@ pub fn row_at(t: &Theme, y: i32) -> Option<usize> {
     (y >= area.y && y < t.content().bottom()).then(|| ((y - area.y) / lh) as usize)
 }
 
-/// Draws the Notes screen: app bar, then the visible rows.
-pub fn draw(c: &mut Canvas, t: &Theme, editor: &Editor) {
+/// Draws the Notes screen: app bar (with Copy, or "Copied" once the text is on the clipboard), then the visible
+/// rows.
+pub fn draw(c: &mut Canvas, t: &Theme, editor: &Editor, copied: bool) {
     ui::app_bar(c, t, "Notes", false, "");
+    if t.appbar().intersects(c.clip()) {
+        let b = copy_button(t);
+        let (label, ink) = if copied { ("Copied", theme::TEXT_2) } else { ("Copy", theme::ACCENT) };
+        let f = &t.strong;
+        ui::text_centered_v(c, b.right() - t.pad - f.measure(label), b.y + b.h / 2, label, f, ink);
+    }
     let content = t.content();
     c.fill(content, theme::BG);
     let area = text_area(t);

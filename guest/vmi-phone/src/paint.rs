@@ -22,6 +22,14 @@ pub struct Stroke {
     points: Vec<(i16, i16)>,
 }
 
+impl Stroke {
+    /// Points kept of it.
+    #[cfg(test)]
+    pub fn points_len(&self) -> usize {
+        self.points.len()
+    }
+}
+
 /// A segment of a stroke to draw now.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Segment {
@@ -33,16 +41,24 @@ pub struct Segment {
     pub color: Color,
 }
 
-/// The drawing and the pen.
+/// Fingers drawing at once; a further finger draws nothing until one lifts.
+pub const MAX_PENS: usize = 5;
+
+/// One finger drawing: where it was last, and the kept stroke it extends (None: past [`MAX_POINTS`]).
+#[derive(Clone, Copy, Debug)]
+struct Pen {
+    pointer: u32,
+    at: (i32, i32),
+    stroke: Option<usize>,
+}
+
+/// The drawing and the fingers drawing it (each finger its own stroke).
 #[derive(Clone, Debug, Default)]
 pub struct Paint {
     strokes: Vec<Stroke>,
     points: usize,
     color: usize,
-    /// Last point of the stroke in progress.
-    pen: Option<(i32, i32)>,
-    /// The stroke in progress is being kept.
-    keeping: bool,
+    pens: Vec<Pen>,
 }
 
 impl Paint {
@@ -74,49 +90,71 @@ impl Paint {
     pub fn clear(&mut self) {
         self.strokes.clear();
         self.points = 0;
-        self.pen = None;
+        self.pens.clear();
     }
 
-    fn keep(&mut self, x: i32, y: i32) {
-        if self.keeping
-            && self.points < MAX_POINTS
-            && let Some(s) = self.strokes.last_mut()
+    fn keep(&mut self, stroke: Option<usize>, x: i32, y: i32) {
+        if self.points < MAX_POINTS
+            && let Some(s) = stroke.and_then(|i| self.strokes.get_mut(i))
         {
             s.points.push((x as i16, y as i16));
             self.points += 1;
         }
     }
 
-    /// The finger touched the paper: a dot.
-    pub fn down(&mut self, x: i32, y: i32) -> Segment {
-        self.keeping = self.points < MAX_POINTS;
-        if self.keeping {
-            self.strokes.push(Stroke { color: self.color, points: Vec::new() });
+    /// Finger `pointer` touched the paper: a dot, the start of its stroke (None: too many fingers).
+    pub fn down(&mut self, pointer: u32, x: i32, y: i32) -> Option<Segment> {
+        self.up(pointer);
+        if self.pens.len() >= MAX_PENS {
+            return None;
         }
-        self.keep(x, y);
-        self.pen = Some((x, y));
-        Segment { from: (x, y), to: (x, y), color: PALETTE[self.color] }
+        let stroke = (self.points < MAX_POINTS).then(|| {
+            self.strokes.push(Stroke { color: self.color, points: Vec::new() });
+            self.strokes.len() - 1
+        });
+        self.keep(stroke, x, y);
+        self.pens.push(Pen { pointer, at: (x, y), stroke });
+        Some(Segment { from: (x, y), to: (x, y), color: PALETTE[self.color] })
     }
 
-    /// The finger moved: the segment from the last point, if a stroke is in progress.
-    pub fn drag(&mut self, x: i32, y: i32) -> Option<Segment> {
-        let from = self.pen?;
+    /// Finger `pointer` moved: the segment from its last point, if it is drawing.
+    pub fn drag(&mut self, pointer: u32, x: i32, y: i32) -> Option<Segment> {
+        let i = self.pens.iter().position(|p| p.pointer == pointer)?;
+        let Pen { at: from, stroke, .. } = self.pens[i];
         if from == (x, y) {
             return None;
         }
-        self.keep(x, y);
-        self.pen = Some((x, y));
-        Some(Segment { from, to: (x, y), color: PALETTE[self.color] })
+        self.keep(stroke, x, y);
+        self.pens[i].at = (x, y);
+        let color = stroke.and_then(|s| self.strokes.get(s)).map_or(self.color, |s| s.color);
+        Some(Segment { from, to: (x, y), color: PALETTE[color] })
     }
 
-    /// The finger lifted.
-    pub fn up(&mut self) {
-        self.pen = None;
+    /// Finger `pointer` lifted.
+    pub fn up(&mut self, pointer: u32) {
+        self.pens.retain(|p| p.pointer != pointer);
     }
 
-    /// True while a stroke is in progress.
-    pub fn drawing(&self) -> bool {
-        self.pen.is_some()
+    /// Every finger lifted (the app was left).
+    pub fn up_all(&mut self) {
+        self.pens.clear();
+    }
+
+    /// True while finger `pointer` draws a stroke.
+    pub fn drawing(&self, pointer: u32) -> bool {
+        self.pens.iter().any(|p| p.pointer == pointer)
+    }
+
+    /// Moves the drawing to a paper laid out again (a display change): `from` is the old paper's top-left corner,
+    /// `to` the new one's, `scale` the new layout's size over the old one's. Strokes in progress end.
+    pub fn relayout(&mut self, from: (i32, i32), to: (i32, i32), scale: f32) {
+        self.pens.clear();
+        let map = |v: i16, o: i32, n: i32| (n as f32 + (i32::from(v) - o) as f32 * scale).round() as i16;
+        for s in &mut self.strokes {
+            for p in &mut s.points {
+                *p = (map(p.0, from.0, to.0), map(p.1, from.1, to.1));
+            }
+        }
     }
 }
 
@@ -220,17 +258,17 @@ mod tests {
     #[test]
     fn strokes_are_kept_and_cleared() {
         let mut p = Paint::new();
-        assert_eq!(p.drag(1, 1), None);
-        let dot = p.down(10, 10);
+        assert_eq!(p.drag(0, 1, 1), None);
+        let dot = p.down(0, 10, 10).expect("a pen");
         assert_eq!(dot.from, dot.to);
         assert!(p.select(2));
         assert!(!p.select(2));
         assert!(!p.select(99));
-        let seg = p.drag(20, 10).expect("a stroke is in progress");
+        let seg = p.drag(0, 20, 10).expect("a stroke is in progress");
         assert_eq!(seg.from, (10, 10));
-        assert_eq!(p.drag(20, 10), None);
-        p.up();
-        assert!(!p.drawing());
+        assert_eq!(p.drag(0, 20, 10), None);
+        p.up(0);
+        assert!(!p.drawing(0));
         assert_eq!(p.strokes().len(), 1);
         assert_eq!(p.strokes()[0].points.len(), 2);
         p.clear();
@@ -238,8 +276,25 @@ mod tests {
     }
 
     #[test]
+    fn two_fingers_draw_two_strokes() {
+        let mut p = Paint::new();
+        p.down(0, 10, 10).expect("first finger");
+        p.down(1, 100, 10).expect("second finger");
+        assert_eq!(p.drag(0, 10, 50).map(|s| s.from), Some((10, 10)));
+        assert_eq!(p.drag(1, 100, 50).map(|s| s.from), Some((100, 10)));
+        p.up(0);
+        assert!(p.drawing(1) && !p.drawing(0));
+        assert_eq!(p.drag(1, 100, 90).map(|s| s.from), Some((100, 50)));
+        p.up(1);
+        let strokes: Vec<_> = p.strokes().iter().map(|s| s.points.clone()).collect();
+        assert_eq!(strokes, vec![vec![(10, 10), (10, 50)], vec![(100, 10), (100, 50), (100, 90)]]);
+        p.relayout((0, 100), (0, 50), 2.0);
+        assert_eq!(p.strokes()[0].points, vec![(20, -130), (20, -50)]);
+    }
+
+    #[test]
     fn swatches_and_button_are_hittable() {
-        let t = Theme::new(720, 1280);
+        let t = Theme::new(720, 1280, 0);
         for i in 0..PALETTE.len() {
             let (cx, cy, _) = swatch(&t, i);
             assert_eq!(swatch_at(&t, cx as i32, cy as i32), Some(i));
@@ -247,7 +302,7 @@ mod tests {
         let clear = clear_button(&t);
         let last = swatch(&t, PALETTE.len() - 1).0 as i32 + 40;
         assert!(last < clear.x, "palette and button do not overlap");
-        let small = Theme::new(480, 800);
+        let small = Theme::new(480, 800, 0);
         assert!(swatch(&small, PALETTE.len() - 1).0 as i32 + 40 < clear_button(&small).x);
     }
 }

@@ -20,9 +20,27 @@ pub fn badge_rect(t: &Theme) -> Rect {
     Rect::new(clock.right() + t.d(8.0), 0, t.d(120.0), t.status_h)
 }
 
+/// The box of the volume level shown after a volume key, centered in the bar.
+pub fn volume_rect(t: &Theme) -> Rect {
+    let w = t.d(200.0);
+    Rect::new((t.w - w) / 2, 0, w, t.status_h)
+}
+
+/// What the status bar shows.
+#[derive(Clone, Copy, Debug)]
+pub struct Status<'a> {
+    /// The time, as the phone's clock setting writes it.
+    pub clock: &'a str,
+    /// Unread mails.
+    pub unread: usize,
+    /// The volume and its most, while shown.
+    pub volume: Option<(u8, u8)>,
+}
+
 /// Draws the status bar. `on_wallpaper`: transparent over the home screen (the caller has
 /// painted the wallpaper); otherwise on the app bar color.
-pub fn draw(c: &mut Canvas, t: &Theme, clock: &str, unread: usize, on_wallpaper: bool) {
+pub fn draw(c: &mut Canvas, t: &Theme, status: &Status<'_>, on_wallpaper: bool) {
+    let Status { clock, unread, volume } = *status;
     let bar = t.status();
     if !bar.intersects(c.clip()) {
         return;
@@ -42,6 +60,24 @@ pub fn draw(c: &mut Canvas, t: &Theme, clock: &str, unread: usize, on_wallpaper:
         ui::envelope(c, env, t.f(2.6), ink);
         let count = if unread > 99 { "99+".to_string() } else { unread.to_string() };
         ui::text_centered_v(c, env.right() + t.d(8.0), mid, &count, &t.caption, ink);
+    }
+
+    if let Some((level, most)) = volume {
+        // A speaker and a track filled to the level.
+        let r = volume_rect(t);
+        let (sx, sh) = (r.x + t.d(6.0), t.d(16.0));
+        c.fill(Rect::new(sx, mid - sh / 4, t.d(6.0), sh / 2), ink);
+        let (cone_x, cone_w) = (sx + t.d(6.0), t.d(9.0).max(1));
+        for i in 0..cone_w {
+            let half = sh / 4 + sh / 4 * i / cone_w;
+            c.fill(Rect::new(cone_x + i, mid - half, 1, 2 * half), ink);
+        }
+        let track = Rect::new(sx + t.d(30.0), mid - t.d(3.0), r.right() - t.d(8.0) - (sx + t.d(30.0)), t.d(6.0).max(2));
+        c.fill_rounded_rect(track, t.f(3.0), with_alpha(ink, 0x50));
+        let filled = track.w * i32::from(level) / i32::from(most.max(1));
+        if filled > 0 {
+            c.fill_rounded_rect(Rect::new(track.x, track.y, filled, track.h), t.f(3.0), ink);
+        }
     }
 
     // Battery: an outlined cell, mostly full, with its terminal nub.

@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn ticks_repaint_only_changed_digits() {
-        let t = Theme::new(720, 1280);
+        let t = Theme::new(720, 1280, 0);
         assert_eq!(changed(&t, "00:01.23", "00:01.23"), None);
         let one = changed(&t, "00:01.23", "00:01.24").expect("a digit changed");
         let cells = cells(&t, "00:01.24");

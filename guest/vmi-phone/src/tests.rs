@@ -24,6 +24,7 @@ struct FakeHost {
     kv_writes: Vec<String>,
     /// Damage of each present that had any.
     frames: Vec<Vec<Rect>>,
+    clipboard: Option<String>,
 }
 
 impl Host for FakeHost {
@@ -60,6 +61,9 @@ impl Host for FakeHost {
             self.frames.push(d);
         }
     }
+    fn clipboard_set(&mut self, text: &str) {
+        self.clipboard = Some(text.to_string());
+    }
 }
 
 fn host() -> FakeHost {
@@ -78,8 +82,8 @@ fn send(p: &mut Phone<FakeHost>, event: Event) -> Vec<Rect> {
 }
 
 fn tap(p: &mut Phone<FakeHost>, x: i32, y: i32) -> Vec<Rect> {
-    let mut d = send(p, Event::TouchDown { x, y });
-    d.extend(send(p, Event::TouchUp { x, y }));
+    let mut d = send(p, Event::TouchDown { x, y, pointer: 0 });
+    d.extend(send(p, Event::TouchUp { x, y, pointer: 0 }));
     d
 }
 
@@ -241,11 +245,11 @@ fn mail_app_lists_opens_and_goes_back() {
 
     // Drag to scroll, without opening anything.
     let c = p.t.content();
-    send(&mut p, Event::TouchDown { x: 300, y: c.bottom() - 50 });
+    send(&mut p, Event::TouchDown { x: 300, y: c.bottom() - 50, pointer: 0 });
     for step in 1..=10 {
-        send(&mut p, Event::TouchMove { x: 300, y: c.bottom() - 50 - step * 40 });
+        send(&mut p, Event::TouchMove { x: 300, y: c.bottom() - 50 - step * 40, pointer: 0 });
     }
-    send(&mut p, Event::TouchUp { x: 300, y: c.bottom() - 450 });
+    send(&mut p, Event::TouchUp { x: 300, y: c.bottom() - 450, pointer: 0 });
     assert_eq!(p.screen, Screen::Inbox);
     assert!(p.list_scroll > 0);
     shot(&p, "mail_inbox_scrolled");
@@ -340,15 +344,15 @@ fn paint_strokes_damage_only_their_segments() {
 
     // A wave in ink.
     let (x0, y0) = (100, paper.y + 200);
-    send(&mut p, Event::TouchDown { x: x0, y: y0 });
+    send(&mut p, Event::TouchDown { x: x0, y: y0, pointer: 0 });
     for i in 1..=40 {
         let x = x0 + i * 13;
         let y = y0 + ((i as f32 * 0.35).sin() * 90.0) as i32;
-        let d = send(&mut p, Event::TouchMove { x, y });
+        let d = send(&mut p, Event::TouchMove { x, y, pointer: 0 });
         assert_eq!(d.len(), 1);
         assert!(d[0].w < 60 && d[0].h < 80, "a segment's box: {d:?}");
     }
-    send(&mut p, Event::TouchUp { x: x0 + 520, y: y0 });
+    send(&mut p, Event::TouchUp { x: x0 + 520, y: y0, pointer: 0 });
 
     // Colors.
     let mut strokes = 0;
@@ -357,11 +361,11 @@ fn paint_strokes_damage_only_their_segments() {
         let cx = (p.t.pad as f32 + p.t.f(24.0) + p.t.f(74.0) * i as f32) as i32;
         let d = tap(&mut p, cx, bar.y + bar.h / 2);
         assert!(within(&d, bar));
-        send(&mut p, Event::TouchDown { x: 120, y: paper.y + dy });
+        send(&mut p, Event::TouchDown { x: 120, y: paper.y + dy, pointer: 0 });
         for k in 1..=12 {
-            send(&mut p, Event::TouchMove { x: 120 + k * 40, y: paper.y + dy + (k % 3 - 1) * 20 });
+            send(&mut p, Event::TouchMove { x: 120 + k * 40, y: paper.y + dy + (k % 3 - 1) * 20, pointer: 0 });
         }
-        send(&mut p, Event::TouchUp { x: 600, y: paper.y + dy });
+        send(&mut p, Event::TouchUp { x: 600, y: paper.y + dy, pointer: 0 });
         strokes += 1;
     }
     assert_eq!(p.paint.strokes().len(), strokes + 1);
@@ -482,9 +486,9 @@ fn small_screen_renders_every_screen() {
         tap(&mut p, x, y);
         if i == 2 {
             let paper = paint::paper(&p.t);
-            send(&mut p, Event::TouchDown { x: 60, y: paper.y + 60 });
-            send(&mut p, Event::TouchMove { x: 300, y: paper.y + 200 });
-            send(&mut p, Event::TouchUp { x: 300, y: paper.y + 200 });
+            send(&mut p, Event::TouchDown { x: 60, y: paper.y + 60, pointer: 0 });
+            send(&mut p, Event::TouchMove { x: 300, y: paper.y + 200, pointer: 0 });
+            send(&mut p, Event::TouchUp { x: 300, y: paper.y + 200, pointer: 0 });
         }
         shot(&p, name);
         if i == 0 {
@@ -518,9 +522,9 @@ fn odd_screen_sizes_work_everywhere() {
             let (x, y) = center(home::icon_rect(&p.t, i));
             tap(&mut p, x, y);
             type_text(&mut p, "Hello\nworld");
-            send(&mut p, Event::TouchDown { x: w as i32 / 2, y: h as i32 / 2 });
-            send(&mut p, Event::TouchMove { x: w as i32 / 3, y: h as i32 / 3 });
-            send(&mut p, Event::TouchUp { x: 0, y: 0 });
+            send(&mut p, Event::TouchDown { x: w as i32 / 2, y: h as i32 / 2, pointer: 0 });
+            send(&mut p, Event::TouchMove { x: w as i32 / 3, y: h as i32 / 3, pointer: 0 });
+            send(&mut p, Event::TouchUp { x: 0, y: 0, pointer: 0 });
             tap(&mut p, w as i32 / 2, h as i32 / 3);
             key(&mut p, Key::Escape, None);
             key(&mut p, Key::Home, None);
@@ -529,9 +533,9 @@ fn odd_screen_sizes_work_everywhere() {
             for i in 0..4 {
                 let (x, y) = center(home::icon_rect(&p.t, i));
                 tap(&mut p, x, y);
-                send(&mut p, Event::TouchDown { x: v, y: v / 2 });
-                send(&mut p, Event::TouchMove { x: v / 3, y: v });
-                send(&mut p, Event::TouchUp { x: v, y: v });
+                send(&mut p, Event::TouchDown { x: v, y: v / 2, pointer: 0 });
+                send(&mut p, Event::TouchMove { x: v / 3, y: v, pointer: 0 });
+                send(&mut p, Event::TouchUp { x: v, y: v, pointer: 0 });
                 key(&mut p, Key::Home, None);
             }
         }
@@ -540,4 +544,99 @@ fn odd_screen_sizes_work_everywhere() {
             shot(&p, "landscape_home");
         }
     }
+}
+
+/// Every screen, laid out again after a rotation to landscape and back: the framebuffer takes the new size, the
+/// whole screen is repainted, the note and the drawing survive (the strokes moved with the paper), and nothing
+/// is drawn outside the new screen.
+#[test]
+fn a_rotation_lays_every_screen_out_again() {
+    let mut h = host();
+    h.mailbox.extend(sample_mail());
+    h.kv.insert(notes::KEY.into(), b"Rotate me: the text wraps again.".to_vec());
+    let mut p = boot(720, 1280, h);
+    send(&mut p, Event::Display { width: 780, height: 1688, density: 200 });
+    assert_eq!((p.canvas().width(), p.canvas().height()), (780, 1688));
+    let (x, y) = center(home::icon_rect(&p.t, 2));
+    tap(&mut p, x, y);
+    let paper = paint::paper(&p.t);
+    send(&mut p, Event::TouchDown { x: 100, y: paper.y + 100, pointer: 0 });
+    send(&mut p, Event::TouchMove { x: 400, y: paper.y + 100, pointer: 0 });
+    send(&mut p, Event::TouchUp { x: 400, y: paper.y + 100, pointer: 0 });
+    for (i, name) in ["mail", "notes", "paint", "stopwatch"].iter().enumerate() {
+        key(&mut p, Key::Home, None);
+        let (x, y) = center(home::icon_rect(&p.t, i));
+        tap(&mut p, x, y);
+        let d = send(&mut p, Event::Display { width: 1688, height: 780, density: 200 });
+        assert_eq!(d, vec![Rect::new(0, 0, 1688, 780)], "{name}: the whole new screen is repainted");
+        assert!(p.t.content().h > 300, "{name}: room for content");
+        shot(&p, &format!("landscape_{name}"));
+        let d = send(&mut p, Event::Display { width: 780, height: 1688, density: 200 });
+        assert_eq!(d, vec![Rect::new(0, 0, 780, 1688)]);
+        shot(&p, &format!("portrait_{name}"));
+    }
+    key(&mut p, Key::Home, None);
+    send(&mut p, Event::Display { width: 1688, height: 780, density: 200 });
+    shot(&p, "landscape_home");
+    assert_eq!(p.editor.text(), "Rotate me: the text wraps again.");
+    assert_eq!(p.paint.strokes()[0].points_len(), 2);
+    // The same display again changes nothing and presents nothing.
+    assert!(send(&mut p, Event::Display { width: 1688, height: 780, density: 200 }).is_empty());
+}
+
+#[test]
+fn two_fingers_draw_two_strokes_at_once() {
+    let mut p = boot(720, 1280, host());
+    let (x, y) = center(home::icon_rect(&p.t, 2));
+    tap(&mut p, x, y);
+    let paper = paint::paper(&p.t);
+    let (y0, y1) = (paper.y + 100, paper.y + 500);
+    send(&mut p, Event::TouchDown { x: 150, y: y0, pointer: 0 });
+    send(&mut p, Event::TouchDown { x: 550, y: y0, pointer: 1 });
+    for k in 1..=8 {
+        let y = y0 + (y1 - y0) * k / 8;
+        let a = send(&mut p, Event::TouchMove { x: 150, y, pointer: 0 });
+        let b = send(&mut p, Event::TouchMove { x: 550, y, pointer: 1 });
+        assert!(within(&a, Rect::new(100, 0, 100, 1280)) && within(&b, Rect::new(500, 0, 100, 1280)), "{a:?} {b:?}");
+    }
+    send(&mut p, Event::TouchUp { x: 150, y: y1, pointer: 0 });
+    send(&mut p, Event::TouchUp { x: 550, y: y1, pointer: 1 });
+    shot(&p, "paint_two_fingers");
+    let strokes = p.paint.strokes();
+    assert_eq!(strokes.len(), 2, "one stroke per finger");
+    assert!(strokes.iter().all(|s| s.points_len() == 9));
+    // Ink on both lines, paper between them.
+    let px = |x: i32, y: i32| p.canvas().pixel(x, y);
+    let paper_px = px(350, (y0 + y1) / 2);
+    assert_ne!(px(150, (y0 + y1) / 2), paper_px);
+    assert_ne!(px(550, (y0 + y1) / 2), paper_px);
+}
+
+#[test]
+fn copy_in_notes_reaches_the_clipboard_and_volume_keys_show_the_level() {
+    let mut h = host();
+    h.kv.insert(notes::KEY.into(), "héllo € 日本".as_bytes().to_vec());
+    let mut p = boot(720, 1280, h);
+    let (x, y) = center(home::icon_rect(&p.t, 1));
+    tap(&mut p, x, y);
+    let (x, y) = center(notes::copy_button(&p.t));
+    let d = tap(&mut p, x, y);
+    assert_eq!(p.host().clipboard.as_deref(), Some("héllo € 日本"));
+    assert!(within(&d, p.t.appbar()), "only the bar says Copied: {d:?}");
+    shot(&p, "notes_copied");
+    // Typing makes it say Copy again.
+    let d = key(&mut p, Key::Text, Some('!'));
+    assert!(d.iter().any(|r| r.intersects(p.t.appbar())));
+
+    let before = p.volume;
+    let d = key(&mut p, Key::VolumeUp, None);
+    assert_eq!(p.volume, before + 1);
+    assert!(within(&d, status::volume_rect(&p.t)), "{d:?}");
+    shot(&p, "volume_shown");
+    let d = fire(&mut p, timers::VOLUME);
+    assert!(!p.volume_shown && within(&d, status::volume_rect(&p.t)));
+    for _ in 0..20 {
+        key(&mut p, Key::VolumeDown, None);
+    }
+    assert_eq!(p.volume, 0);
 }

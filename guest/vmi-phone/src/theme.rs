@@ -72,10 +72,16 @@ pub struct Theme {
 }
 
 impl Theme {
-    /// The theme for a `width × height` screen.
-    pub fn new(width: u32, height: u32) -> Theme {
+    /// The theme for a `width × height` screen at `density` pixels per CSS pixel × 100 (0: unknown, so the
+    /// 720×1280 design is fitted to the screen).
+    pub fn new(width: u32, height: u32, density: u32) -> Theme {
         let (w, h) = (width as i32, height as i32);
-        let s = (w as f32 / 720.0).min(h as f32 / 1280.0).max(0.25);
+        let fitted = (w as f32 / 720.0).min(h as f32 / 1280.0);
+        // The design is drawn at 2 pixels per point, so a known density sets the scale (text and touch targets
+        // keep their size in the hand whatever the orientation); the short side must still hold a 640-pixel
+        // design across.
+        let s = if density == 0 { fitted } else { (density as f32 / 200.0).min(w.min(h) as f32 / 640.0) };
+        let s = s.max(0.25);
         let sz = |px: f32| (px * s).round().max(1.0) as u32;
         let d = |px: f32| (px * s).round() as i32;
         Theme {
@@ -150,12 +156,23 @@ mod tests {
 
     #[test]
     fn geometry_scales_with_the_screen() {
-        let big = Theme::new(720, 1280);
+        let big = Theme::new(720, 1280, 0);
         assert_eq!((big.status_h, big.pad), (48, 32));
         assert_eq!(big.content().bottom(), 1280 - 48);
-        let small = Theme::new(480, 800);
+        let small = Theme::new(480, 800, 0);
         assert!(small.status_h < big.status_h);
         assert!(small.title.px() < big.title.px());
         assert!(small.content().h > 0);
+    }
+
+    #[test]
+    fn a_known_density_keeps_sizes_across_a_rotation() {
+        let portrait = Theme::new(780, 1688, 200);
+        let landscape = Theme::new(1688, 780, 200);
+        assert_eq!((portrait.s, landscape.s), (1.0, 1.0));
+        assert_eq!(portrait.body.px(), landscape.body.px());
+        assert!(landscape.content().h > 400, "room for content in landscape");
+        // A small window at a high density still fits the design across its short side.
+        assert!(Theme::new(480, 800, 300).s <= 0.75);
     }
 }

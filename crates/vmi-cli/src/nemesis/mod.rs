@@ -362,7 +362,7 @@ impl Typist {
         // Open the notes, then a letter every TYPE_EVERY until stopped.
         let (x, y) = (crate::bench::layout::NOTES.0 as u16, crate::bench::layout::NOTES.1 as u16);
         for phase in [TouchPhase::Down, TouchPhase::Up] {
-            let seq = terminal.send_input(Input::Touch { phase, x, y })?;
+            let seq = terminal.send_input(Input::Touch { phase, x, y, pointer: 0 })?;
             history.record("type", json!({ "user": user, "seq": seq, "char": null }));
         }
         let typing = {

@@ -1,19 +1,35 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::message::{MAX_PHONE_SIDE, PhoneScreen};
 
 fn every_client_message() -> Vec<ClientMessage> {
     vec![
-        ClientMessage::Hello { version: 1, device_token: "tok-ü".into(), resume: None, asleep: false },
+        ClientMessage::Hello { version: 1, device_token: "tok-ü".into(), resume: None, asleep: false, display: None },
         ClientMessage::Hello {
             version: 1,
             device_token: String::new(),
             resume: Some(Resume { last_frame_seq: 7, screen_hash: u64::MAX }),
             asleep: true,
+            display: None,
         },
-        ClientMessage::Input { seq: 1, input: Input::Touch { phase: TouchPhase::Down, x: 0, y: 1279 } },
-        ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Move, x: 719, y: 5 } },
-        ClientMessage::Input { seq: 3, input: Input::Touch { phase: TouchPhase::Up, x: u16::MAX, y: u16::MAX } },
+        ClientMessage::Hello {
+            version: 3,
+            device_token: "t".into(),
+            resume: None,
+            asleep: false,
+            display: Some(Display { width: 390, height: 844, density: 300 }),
+        },
+        ClientMessage::Hello { version: 3, device_token: "t".into(), resume: None, asleep: true, display: None },
+        ClientMessage::Display(Display { width: 844, height: 390, density: 300 }),
+        ClientMessage::Input { seq: 5, input: Input::Touch { phase: TouchPhase::Move, x: 9, y: 8, pointer: 1 } },
+        ClientMessage::Input { seq: 6, input: Input::Key { code: 10, text: None } },
+        ClientMessage::Input { seq: 1, input: Input::Touch { phase: TouchPhase::Down, x: 0, y: 1279, pointer: 0 } },
+        ClientMessage::Input { seq: 2, input: Input::Touch { phase: TouchPhase::Move, x: 719, y: 5, pointer: 0 } },
+        ClientMessage::Input {
+            seq: 3,
+            input: Input::Touch { phase: TouchPhase::Up, x: u16::MAX, y: u16::MAX, pointer: 0 },
+        },
         ClientMessage::Input { seq: 4, input: Input::Key { code: 0, text: Some('😀') } },
         ClientMessage::Input { seq: u64::MAX, input: Input::Key { code: 2, text: None } },
         ClientMessage::FrameAck { seq: 9 },
@@ -26,6 +42,8 @@ fn every_client_message() -> Vec<ClientMessage> {
 fn every_server_message() -> Vec<ServerMessage> {
     let codes = ErrorCode::ALL;
     let mut all = vec![
+        ServerMessage::Screen { width: 1688, height: 780 },
+        ServerMessage::Clipboard { text: "héllo € 日本".into() },
         ServerMessage::Welcome { version: 1, width: 720, height: 1280, last_input_seq: 3, resumed: true },
         ServerMessage::Welcome { version: 1, width: 0, height: 0, last_input_seq: 0, resumed: false },
         ServerMessage::FrameUpdate { seq: 1, tiles: vec![] },
@@ -67,7 +85,10 @@ fn documented_example_bytes() {
         (ClientMessage::Ping { nonce: 5 }, "06 05 00 00 00 00 00 00 00"),
         (ClientMessage::Sleep, "04"),
         (
-            ClientMessage::Input { seq: 1, input: Input::Touch { phase: TouchPhase::Down, x: 100, y: 200 } },
+            ClientMessage::Input {
+                seq: 1,
+                input: Input::Touch { phase: TouchPhase::Down, x: 100, y: 200, pointer: 0 },
+            },
             "02 01 00 00 00 00 00 00 00 00 00 64 00 C8 00",
         ),
         (
@@ -75,7 +96,7 @@ fn documented_example_bytes() {
             "02 02 00 00 00 00 00 00 00 01 00 01 E9 00 00 00",
         ),
         (
-            ClientMessage::Hello { version: 1, device_token: "ab".into(), resume: None, asleep: false },
+            ClientMessage::Hello { version: 1, device_token: "ab".into(), resume: None, asleep: false, display: None },
             "01 01 00 02 00 61 62 00 00",
         ),
     ];
@@ -113,8 +134,8 @@ fn empty_and_unknown_types() {
     assert_eq!(decode_client(&[0x81]), Err(ProtocolError::UnknownType(0x81)));
     assert_eq!(decode_server(&[0x04]), Err(ProtocolError::UnknownType(0x04)));
     assert_eq!(decode_client(&[0x00]), Err(ProtocolError::UnknownType(0x00)));
-    assert_eq!(decode_client(&[0x07]), Err(ProtocolError::UnknownType(0x07)));
-    assert_eq!(decode_server(&[0x89]), Err(ProtocolError::UnknownType(0x89)));
+    assert_eq!(decode_client(&[0x08]), Err(ProtocolError::UnknownType(0x08)));
+    assert_eq!(decode_server(&[0x8b]), Err(ProtocolError::UnknownType(0x8b)));
 }
 
 #[test]
@@ -245,7 +266,7 @@ fn bad_utf8_and_bad_values() {
     assert_eq!(decode_client(&[HELLO, 1, 0, 0, 0, 7]), Err(ProtocolError::BadValue { what: "Hello resume", value: 7 }));
     // Input kind, touch phase, char not a scalar value.
     let input = |rest: &[u8]| [&[INPUT, 1, 0, 0, 0, 0, 0, 0, 0][..], rest].concat();
-    assert_eq!(decode_client(&input(&[2])), Err(ProtocolError::BadValue { what: "input kind", value: 2 }));
+    assert_eq!(decode_client(&input(&[3])), Err(ProtocolError::BadValue { what: "input kind", value: 3 }));
     assert_eq!(
         decode_client(&input(&[0, 3, 0, 0, 0, 0])),
         Err(ProtocolError::BadValue { what: "touch phase", value: 3 })
@@ -268,23 +289,33 @@ fn bad_utf8_and_bad_values() {
 
 #[test]
 fn unsupported_versions() {
-    let hello =
-        encode_client(&ClientMessage::Hello { version: 3, device_token: "t".into(), resume: None, asleep: false });
+    let hello = encode_client(&ClientMessage::Hello {
+        version: 4,
+        device_token: "t".into(),
+        resume: None,
+        asleep: false,
+        display: None,
+    });
     let err = decode_client(&hello).unwrap_err();
-    assert_eq!(err, ProtocolError::UnsupportedVersion { found: 3, supported: 1..=2 });
+    assert_eq!(err, ProtocolError::UnsupportedVersion { found: 4, supported: 1..=3 });
     // Version 1 is still spoken (a terminal that forgets inputs once applied).
-    let old =
-        encode_client(&ClientMessage::Hello { version: 1, device_token: "t".into(), resume: None, asleep: false });
+    let old = encode_client(&ClientMessage::Hello {
+        version: 1,
+        device_token: "t".into(),
+        resume: None,
+        asleep: false,
+        display: None,
+    });
     assert!(decode_client(&old).is_ok());
     assert_eq!(err.error_code(), ErrorCode::Version);
     // The version is checked before the rest, whose layout may differ in other versions.
     assert_eq!(
         decode_client(&[HELLO, 0, 0, 0xFF]),
-        Err(ProtocolError::UnsupportedVersion { found: 0, supported: 1..=2 })
+        Err(ProtocolError::UnsupportedVersion { found: 0, supported: 1..=3 })
     );
     let welcome =
         encode_server(&ServerMessage::Welcome { version: 9, width: 1, height: 1, last_input_seq: 0, resumed: false });
-    assert_eq!(decode_server(&welcome), Err(ProtocolError::UnsupportedVersion { found: 9, supported: 1..=2 }));
+    assert_eq!(decode_server(&welcome), Err(ProtocolError::UnsupportedVersion { found: 9, supported: 1..=3 }));
     assert_eq!(check_version(PROTOCOL_VERSION), Ok(()));
     assert_eq!(ProtocolError::Empty.error_code(), ErrorCode::BadMessage);
 }
@@ -298,7 +329,7 @@ fn long_strings_are_cut_at_a_char_boundary() {
     };
     assert_eq!(got, "é".repeat(2048));
     let token = format!("x{}", "é".repeat(300)); // 601 bytes; 512 would split an 'é'
-    let msg = ClientMessage::Hello { version: 1, device_token: token, resume: None, asleep: false };
+    let msg = ClientMessage::Hello { version: 1, device_token: token, resume: None, asleep: false, display: None };
     let Ok(ClientMessage::Hello { device_token, .. }) = decode_client(&encode_client(&msg)) else {
         panic!("does not decode");
     };
@@ -313,18 +344,31 @@ fn arb_string(max_chars: usize) -> impl Strategy<Value = String> {
 pub(crate) fn arb_client() -> impl Strategy<Value = ClientMessage> {
     let phase = prop_oneof![Just(TouchPhase::Down), Just(TouchPhase::Move), Just(TouchPhase::Up)];
     let input = prop_oneof![
-        (phase, any::<u16>(), any::<u16>()).prop_map(|(phase, x, y)| Input::Touch { phase, x, y }),
+        (phase, any::<u16>(), any::<u16>(), any::<u8>()).prop_map(|(phase, x, y, pointer)| Input::Touch {
+            phase,
+            x,
+            y,
+            pointer
+        }),
         (any::<u8>(), any::<Option<char>>()).prop_map(|(code, text)| Input::Key { code, text }),
     ];
     let resume = any::<Option<(u64, u64)>>()
         .prop_map(|r| r.map(|(last_frame_seq, screen_hash)| Resume { last_frame_seq, screen_hash }));
     prop_oneof![
-        (arb_string(100), resume, any::<bool>()).prop_map(|(device_token, resume, asleep)| ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            device_token,
-            resume,
-            asleep
-        }),
+        (arb_string(100), resume, any::<bool>(), any::<Option<(u16, u16, u16)>>()).prop_map(
+            |(device_token, resume, asleep, display)| ClientMessage::Hello {
+                version: PROTOCOL_VERSION,
+                device_token,
+                resume,
+                asleep,
+                display: display.map(|(width, height, density)| Display { width, height, density }),
+            }
+        ),
+        any::<(u16, u16, u16)>().prop_map(|(width, height, density)| ClientMessage::Display(Display {
+            width,
+            height,
+            density
+        })),
         (any::<u64>(), input).prop_map(|(seq, input)| ClientMessage::Input { seq, input }),
         any::<u64>().prop_map(|seq| ClientMessage::FrameAck { seq }),
         Just(ClientMessage::Sleep),
@@ -372,8 +416,67 @@ pub(crate) fn arb_server() -> impl Strategy<Value = ServerMessage> {
         }),
         arb_string(100).prop_map(|url| ServerMessage::Redirect { url }),
         any::<u64>().prop_map(|nonce| ServerMessage::Pong { nonce }),
+        any::<(u16, u16)>().prop_map(|(width, height)| ServerMessage::Screen { width, height }),
+        arb_string(300).prop_map(|text| ServerMessage::Clipboard { text }),
         (code, arb_string(100)).prop_map(|(code, message)| ServerMessage::Error { code, message }),
     ]
+}
+
+#[test]
+fn a_second_finger_is_its_own_kind_and_the_first_never_is() {
+    let first =
+        ClientMessage::Input { seq: 1, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 2, pointer: 0 } };
+    let second =
+        ClientMessage::Input { seq: 1, input: Input::Touch { phase: TouchPhase::Down, x: 1, y: 2, pointer: 1 } };
+    let (a, b) = (encode_client(&first), encode_client(&second));
+    assert_eq!(b.len(), a.len() + 1, "one byte more, for the pointer");
+    // A pointer-kind touch naming finger 0 is not canonical.
+    let mut forged = b.clone();
+    *forged.last_mut().expect("bytes") = 0;
+    assert!(decode_client(&forged).is_err());
+}
+
+/// The version-3 example bytes of docs/PROTOCOL.md (tests/browser/unit.mjs checks the browser's codec on the same).
+#[test]
+fn version_3_example_bytes() {
+    let hex = |b: Vec<u8>| b.iter().map(|x| format!("{x:02X}")).collect::<Vec<_>>().join(" ");
+    let display = Some(Display { width: 390, height: 844, density: 300 });
+    let hello = ClientMessage::Hello { version: 3, device_token: "ab".into(), resume: None, asleep: false, display };
+    assert_eq!(hex(encode_client(&hello)), "01 03 00 02 00 61 62 00 00 01 86 01 4C 03 2C 01");
+    let rotated = ClientMessage::Display(Display { width: 390, height: 844, density: 300 });
+    assert_eq!(hex(encode_client(&rotated)), "07 86 01 4C 03 2C 01");
+    let second = Input::Touch { phase: TouchPhase::Move, x: 1, y: 2, pointer: 1 };
+    assert_eq!(
+        hex(encode_client(&ClientMessage::Input { seq: 4, input: second })),
+        "02 04 00 00 00 00 00 00 00 02 01 01 00 02 00 01"
+    );
+    assert_eq!(hex(encode_server(&ServerMessage::Screen { width: 1688, height: 780 })), "89 98 06 0C 03");
+    assert_eq!(hex(encode_server(&ServerMessage::Clipboard { text: "hi".into() })), "8A 02 00 68 69");
+}
+
+#[test]
+fn a_version_2_hello_has_no_display_field() {
+    let display = Some(Display { width: 390, height: 844, density: 300 });
+    let v2 = ClientMessage::Hello { version: 2, device_token: "t".into(), resume: None, asleep: false, display };
+    let decoded = decode_client(&encode_client(&v2)).expect("decodes");
+    assert_eq!(
+        decoded,
+        ClientMessage::Hello { version: 2, device_token: "t".into(), resume: None, asleep: false, display: None }
+    );
+}
+
+#[test]
+fn a_display_maps_to_a_sharp_bounded_phone_screen() {
+    let phone = Display { width: 390, height: 844, density: 300 }.phone_screen();
+    assert_eq!(phone, PhoneScreen { width: 780, height: 1688, density: 200 });
+    let rotated = Display { width: 844, height: 390, density: 300 }.phone_screen();
+    assert_eq!((rotated.width, rotated.height, rotated.density), (1688, 780, 200));
+    let desktop = Display { width: 337, height: 600, density: 100 }.phone_screen();
+    assert_eq!((desktop.width, desktop.height, desktop.density), (337, 600, 100));
+    let huge = Display { width: 4096, height: 2160, density: 200 }.phone_screen();
+    assert_eq!(huge.width, MAX_PHONE_SIDE);
+    assert!(Display { width: 10, height: 844, density: 300 }.check().unwrap_err().contains("10x844"));
+    assert!(Display { width: 390, height: 844, density: 0 }.check().unwrap_err().contains("density 0"));
 }
 
 proptest! {

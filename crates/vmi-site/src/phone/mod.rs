@@ -78,6 +78,11 @@ pub struct Attachment {
     pub asleep: bool,
     /// Whether it is told when its inputs are durable (`InputDurable`, protocol version 2).
     pub durable_acks: bool,
+    /// Whether it reads `Screen` and `Clipboard` (protocol version 3): an older terminal is closed to reconnect
+    /// when the screen changes size, and gets no clipboard.
+    pub screen_messages: bool,
+    /// The display it said at Hello: the phone's screen follows it before the Welcome.
+    pub display: Option<vmi_protocol::Display>,
 }
 
 /// What the Welcome message needs.
@@ -157,6 +162,13 @@ pub enum TerminalCommand {
     Wake {
         /// Its session.
         session: u64,
+    },
+    /// The terminal's display changed (rotation, a resized window): the phone's screen follows it.
+    Display {
+        /// Its session.
+        session: u64,
+        /// The display, already checked ([`vmi_protocol::Display::check`]).
+        display: vmi_protocol::Display,
     },
 }
 

@@ -82,6 +82,10 @@ pub struct PhoneTask {
     input_seqs: HashMap<String, u64>,
     /// Whether the VM was last told a screen is on.
     told_awake: bool,
+    /// The phone's screen as its last frame had it (the guest may attach another size than configured).
+    screen: (u32, u32),
+    /// The phone screen last asked of the guest for a terminal's display (None: none asked in this task).
+    display: Option<vmi_protocol::PhoneScreen>,
     logs: VecDeque<LogLine>,
     /// Where the phone's state is kept durable while it runs, if anywhere.
     durable: Option<Durable>,
@@ -150,6 +154,7 @@ impl PhoneTask {
             VmStatus::Running => State::Running,
             VmStatus::Crashed { reason } => State::Crashed { reason: reason.clone() },
         };
+        let screen = (phone.info().width, phone.info().height);
         PhoneTask {
             user,
             phone,
@@ -158,6 +163,8 @@ impl PhoneTask {
             terminals: Terminals::default(),
             input_seqs,
             told_awake: false,
+            screen,
+            display: None,
             durable: None,
             durable_seqs: HashMap::new(),
             logs: VecDeque::new(),
@@ -455,7 +462,26 @@ impl PhoneTask {
     }
 
     fn size(&self) -> (u32, u32) {
-        (self.phone.info().width, self.phone.info().height)
+        self.screen
+    }
+
+    /// A terminal's display: the guest lays its screen out for it (a version-1 guest keeps its screen). Its
+    /// frames then carry the new size, and [`Terminals::send_frames`] tells each terminal.
+    fn follow_display(&mut self, display: vmi_protocol::Display) {
+        if !matches!(self.state, State::Running) || self.fenced() {
+            return;
+        }
+        let screen = display.phone_screen();
+        if self.display == Some(screen) {
+            return;
+        }
+        self.display = Some(screen);
+        let event = Event::Display { width: screen.width, height: screen.height, density: screen.density };
+        if let Err(e) = self.phone.deliver(event) {
+            tracing::warn!(user = %self.user, "display change failed: {e}");
+        }
+        self.note_crash();
+        self.changed();
     }
 
     fn on_terminal(&mut self, command: TerminalCommand) {
@@ -480,12 +506,25 @@ impl PhoneTask {
                 {
                     tracing::info!(user = %self.user, session = evicted, "idle terminal closed to make room");
                 }
-                let size = self.size();
+                if let Some(display) = attachment.display {
+                    self.follow_display(display);
+                    if let State::Crashed { reason } = &self.state {
+                        let refusal = AttachRefusal { code: ErrorCode::PhoneDown, message: crashed_words(reason) };
+                        let _ = reply.send(Err(refusal));
+                        return;
+                    }
+                }
                 let last_input_seq = self.input_seqs.get(&attachment.device_id).copied().unwrap_or(0);
                 let (screen, damage) = match self.phone.frame() {
-                    Ok(frame) => (Some(frame.rgba.to_vec()), frame.damage),
+                    Ok(frame) => {
+                        if !frame.rgba.is_empty() {
+                            self.screen = (frame.width, frame.height);
+                        }
+                        (Some(frame.rgba.to_vec()), frame.damage)
+                    }
                     Err(_) => (None, Vec::new()),
                 };
+                let size = self.size();
                 // Damage read here is owed to the terminals already attached.
                 self.terminals.add_damage(&damage);
                 let attached = self.terminals.attach(attachment, size, screen.as_deref(), last_input_seq);
@@ -506,6 +545,10 @@ impl PhoneTask {
                 self.terminals.touch(session);
                 let size = self.size();
                 self.terminals.wake(session, size);
+            }
+            TerminalCommand::Display { session, display } => {
+                self.terminals.touch(session);
+                self.follow_display(display);
             }
         }
     }
@@ -775,6 +818,10 @@ impl PhoneTask {
             return;
         }
         let now_ms = self.clock.wall_ns() / 1_000_000;
+        // A copy reaches the terminals watching now; with none, there is no clipboard to put it on.
+        if let Some(text) = self.phone.take_clipboard() {
+            self.terminals.send_clipboard(&text);
+        }
         if !self.terminals.is_empty() {
             for n in self.phone.take_notifications() {
                 self.terminals.broadcast(&ServerMessage::Notification { title: n.title, body: n.body, at_ms: now_ms });
@@ -818,6 +865,7 @@ impl PhoneTask {
         if frame.rgba.is_empty() {
             return;
         }
+        self.screen = (frame.width, frame.height);
         self.terminals.send_frames(&frame);
     }
 }

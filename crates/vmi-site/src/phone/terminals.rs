@@ -33,6 +33,8 @@ struct Terminal {
     /// Whether it is told when its inputs are durable (protocol version 2), and the last number it was told.
     durable_acks: bool,
     durable_told: u64,
+    /// Whether it reads `Screen` and `Clipboard` (protocol version 3).
+    screen_messages: bool,
 }
 
 impl Terminal {
@@ -98,6 +100,7 @@ impl Terminals {
                 last_active: self.activity + 1,
                 durable_acks: a.durable_acks,
                 durable_told: 0,
+                screen_messages: a.screen_messages,
             },
         );
         self.activity += 1;
@@ -226,6 +229,14 @@ impl Terminals {
         }
     }
 
+    /// Puts text the phone copied on every terminal's clipboard that can take it (protocol version 3).
+    pub fn send_clipboard(&mut self, text: &str) {
+        let readers: Vec<u64> = self.by_session.iter().filter(|(_, t)| t.screen_messages).map(|(id, _)| *id).collect();
+        for id in readers {
+            self.send(id, ServerMessage::Clipboard { text: text.to_string() });
+        }
+    }
+
     /// Whether any screen is on.
     pub fn any_awake(&self) -> bool {
         self.by_session.values().any(|t| !t.asleep)
@@ -254,10 +265,20 @@ impl Terminals {
         let mut dead = Vec::new();
         for (id, t) in self.by_session.iter_mut() {
             t.add_damage(&damage);
-            // A guest may attach a framebuffer of another size than configured.
+            // The screen changed size (a display change, or a guest attaching another size than configured): a
+            // terminal that reads `Screen` hears the size, then gets every tile; an older one reconnects and reads
+            // it in `Welcome`.
             if (frame.width, frame.height) != (u32::from(t.encoder.width()), u32::from(t.encoder.height())) {
-                t.encoder = Encoder::new(frame.width as u16, frame.height as u16);
+                let (width, height) = (frame.width as u16, frame.height as u16);
+                if !t.screen_messages || t.tx.try_send(ServerMessage::Screen { width, height }).is_err() {
+                    dead.push(*id);
+                    continue;
+                }
+                t.encoder = Encoder::new(width, height);
                 t.repaint(frame.width, frame.height);
+                // Frames in flight are of the old size: the new one goes out whatever the credit (rule 4 still
+                // bounds what follows).
+                t.unacked.clear();
             }
             if t.asleep || t.unacked.len() >= MAX_UNACKED_FRAMES || (t.pending.is_empty() && !t.owe_frame) {
                 continue;

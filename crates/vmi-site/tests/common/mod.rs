@@ -191,8 +191,14 @@ impl Term {
     }
 
     pub async fn hello(&mut self, token: &str, resume: Option<Resume>, asleep: bool) -> ServerMessage {
-        self.send(&ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: token.into(), resume, asleep })
-            .await;
+        self.send(&ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            device_token: token.into(),
+            resume,
+            asleep,
+            display: None,
+        })
+        .await;
         let m = self.recv().await.expect("an answer to Hello");
         if let ServerMessage::Welcome { width, height, .. } = &m {
             self.screen = Some(vmi_protocol::display::Screen::new(*width, *height));
@@ -220,8 +226,8 @@ impl Term {
     }
 
     pub async fn tap(&mut self, (x, y): (u16, u16)) -> u64 {
-        self.input(Input::Touch { phase: TouchPhase::Down, x, y }).await;
-        self.input(Input::Touch { phase: TouchPhase::Up, x, y }).await
+        self.input(Input::Touch { phase: TouchPhase::Down, x, y, pointer: 0 }).await;
+        self.input(Input::Touch { phase: TouchPhase::Up, x, y, pointer: 0 }).await
     }
 
     pub async fn type_text(&mut self, text: &str) -> u64 {
