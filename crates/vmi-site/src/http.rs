@@ -33,6 +33,8 @@ pub fn router(state: Arc<SiteState>) -> Router {
         // Anyone: health, the page, and the terminal WebSocket (its Hello carries the device token).
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/terminal", get(terminal))
+        // Anyone with a pairing code: a new device for the code's user (the page pairs a browser with it).
+        .route("/v1/pair", post(pair))
         // The operator.
         .route("/v1/phones", get(list_phones).post(create_phone).route_layer(from_fn(operator)))
         .route("/v1/phones/{user}/mail", post(send_mail).route_layer(from_fn(operator)))
@@ -56,6 +58,7 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/phones/{user}/checkin", post(checkin).route_layer(from_fn(owner_device)))
         .route("/v1/me/checkpoints", get(my_checkpoints).post(checkpoint_my_phone).route_layer(from_fn(device)))
         .route("/v1/me/checkpoints/restore", post(restore_my_phone).route_layer(from_fn(device)))
+        .route("/v1/me/pair-code", post(my_pair_code).route_layer(from_fn(device)))
         .route("/v1/demo/sites", get(demo_sites).route_layer(from_fn(device)))
         .route("/v1/demo/me", get(demo_me).route_layer(from_fn(device)))
         .route("/v1/demo/report", get(demo_latest_report).post(demo_report).route_layer(from_fn(device)))
@@ -451,6 +454,51 @@ async fn demo_sites(
 ) -> Result<Response, ApiError> {
     let token = caller.token.ok_or_else(unauthorized)?;
     Ok(Json(site.control().as_bearer(&token).list_sites().await?).into_response())
+}
+
+/// Body of `POST /v1/pair`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairBody {
+    code: String,
+    name: String,
+}
+
+/// `POST /v1/pair {code, name}` (anyone): control's `POST /v1/pair`, so a page this site served can pair its
+/// browser. A wrong code counts against the caller's address here, as a wrong token in Hello does (the control
+/// service does not count a site's calls: it would lock every user of the site out at once).
+async fn pair(
+    State(site): State<Arc<SiteState>>,
+    peer: Option<Extension<vmi_trust::Peer>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let from = peer.map(|Extension(p)| p.addr.ip().to_canonical());
+    if let Err(retry_after) = site.guard.check(from) {
+        let why = format!("too many wrong codes from this address: try again in {} s", retry_after.as_secs().max(1));
+        return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, why));
+    }
+    let req: PairBody = json_body(&body)?;
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "name: 1 to 100 bytes, e.g. \"Ann's phone\"".into()));
+    }
+    match site.control().pair(req.code.trim(), name).await {
+        Ok(device) => Ok((StatusCode::CREATED, Json(device)).into_response()),
+        Err(e @ vmi_control_api::ClientError::Status { status: 404, .. }) => {
+            site.guard.failure(from);
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /v1/me/pair-code` (device): control's `POST /v1/phone/pair-code`, a code to pair another device with.
+async fn my_pair_code(
+    State(site): State<Arc<SiteState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let token = caller.token.ok_or_else(unauthorized)?;
+    Ok((StatusCode::CREATED, Json(site.control().pair_code_for_device(&token).await?)).into_response())
 }
 
 /// `GET /v1/demo/me` (device): control's `GET /v1/phone` (whose phone, where).

@@ -49,6 +49,7 @@ const FILES: &[WebFile] = &[
     web_file!("/map-moves.js", "map-moves.js", JS),
     web_file!("/map-picture.js", "map-picture.js", JS),
     web_file!("/notifications.js", "notifications.js", JS),
+    web_file!("/pairing.js", "pairing.js", JS),
     web_file!("/ping.js", "ping.js", JS),
     web_file!("/protocol-error.js", "protocol-error.js", JS),
     web_file!("/screen.js", "screen.js", JS),

@@ -54,3 +54,55 @@ async fn revoke_cuts_the_old_device_and_a_pairing_code_brings_the_phone_back() {
     term.close().await;
     site.shutdown().await;
 }
+
+/// The page pairs a browser through the site that served it: a signed-in device asks the site for a code, a
+/// caller with no credential trades it at the site for a new device, which then opens the phone. Wrong codes
+/// count against the caller's address at the site (the control service does not count the site's calls: one
+/// guesser must not lock every user of the site out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_pairs_a_new_device_through_its_site() {
+    let control = control().await;
+    let site = site(&control, "site-a", scratch("pair-page")).await;
+    let token = user_with_phone(&control, &site, "bo").await;
+
+    let (status, body) = bearer(&token).post_json(&format!("{}/v1/me/pair-code", site.url), &()).await.expect("POST");
+    assert_eq!(status, 201, "{body}");
+    let code: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(code["user"], "bo");
+    let code = code["code"].as_str().expect("code").to_owned();
+
+    let anyone = bearer_less();
+    let pair = |code: String, name: &str| {
+        let anyone = anyone.clone();
+        let url = format!("{}/v1/pair", site.url);
+        let body = serde_json::json!({ "code": code, "name": name });
+        async move { anyone.post_json(&url, &body).await.expect("POST") }
+    };
+    let (status, body) = pair(code.clone(), "").await;
+    assert_eq!(status, 400, "a device needs a name: {body}");
+    let (status, body) = pair(code.clone(), "bo's tablet").await;
+    assert_eq!(status, 201, "{body}");
+    let device: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let new_token = device["token"].as_str().expect("token").to_owned();
+    let mut term = Term::connect(&site.ws_url()).await;
+    assert!(matches!(term.hello(&new_token, None, false).await, ServerMessage::Welcome { .. }));
+    term.close().await;
+
+    // Used once; then wrong codes from this address are locked out at the site.
+    let (status, body) = pair(code, "thief").await;
+    assert_eq!(status, 404, "{body}");
+    let mut locked = false;
+    for _ in 0..20 {
+        let (status, _) = pair("00000-00000".into(), "guess").await;
+        if status == 429 {
+            locked = true;
+            break;
+        }
+        assert_eq!(status, 404);
+    }
+    assert!(locked, "guessing is locked out at the site");
+    // The control service did not count the site's calls: an operator's code still pairs directly.
+    let code = control.client.pair_code("bo").await.expect("code");
+    assert!(control.client.pair(&code.code, "desk").await.is_ok());
+    site.shutdown().await;
+}

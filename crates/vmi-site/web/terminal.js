@@ -13,6 +13,7 @@ import { startHistory } from './history.js';
 import { bindInput } from './input.js';
 import { startMap } from './map.js';
 import { Notifications } from './notifications.js';
+import { bindPairCode, showPairForm } from './pairing.js';
 import { hashHex, screenHashParts } from './screen.js';
 import { Session } from './session.js';
 import { bindSleep } from './sleep.js';
@@ -59,6 +60,14 @@ function pageElements() {
     clipChip: $('clip-chip'),
     clipText: $('clip-text'),
     clipCopy: $('clip-copy'),
+    pairPanel: $('pair-panel'),
+    pairForm: $('pair-panel'),
+    pairCode: $('pair-code'),
+    pairName: $('pair-name'),
+    pairSubmit: $('pair-submit'),
+    pairError: $('pair-error'),
+    pairNewBtn: $('pair-new-btn'),
+    pairNewCode: $('pair-new-code'),
   };
 }
 
@@ -196,9 +205,11 @@ export function start() {
   display.fit();
   status.render();
   if (!token) {
-    session.refuse('No device token. Open the link your control service gave this device (…/?token=…).');
+    session.refuse('This browser is not paired with a phone yet: type a pairing code, or open the link your operator gave you.');
+    showPairForm(ui, vmi);
     return vmi;
   }
+  bindPairCode(ui, token);
   session.connect();
   startMap({ vmi, token, relayout: () => display.fit() });
   startHistory({ vmi, token });
