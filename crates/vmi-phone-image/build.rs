@@ -1,6 +1,8 @@
-//! Builds `guest/vmi-phone` for wasm32-unknown-unknown with a nested cargo, in its own
-//! target directory (so it never waits on the outer build's lock), and hands the module's
-//! path to the crate through `VMI_PHONE_WASM`.
+//! Builds, for wasm32-unknown-unknown, `guest/vmi-phone` (the default phone image) and
+//! `crates/vmi-browser-phone` (what the page runs a checked-out phone with), with one
+//! nested cargo in its own target directory (so it never waits on the outer build's
+//! lock), and hands the modules' paths to the crate through `VMI_PHONE_WASM` and
+//! `VMI_BROWSER_PHONE_WASM`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +12,8 @@ const TARGET: &str = "wasm32-unknown-unknown";
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
-    for dir in ["guest", "assets/fonts"] {
+    let crates = ["vmi-browser-phone", "vmi-guest-abi", "vmi-engine", "vmi-snapshot", "vmi-protocol"];
+    for dir in ["guest", "assets/fonts"].into_iter().map(String::from).chain(crates.map(|c| format!("crates/{c}"))) {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
@@ -21,7 +24,7 @@ fn main() {
     let target_dir = root.join("target").join("guest");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "-p", "vmi-phone", "--target", TARGET])
+        .args(["build", "--release", "-p", "vmi-phone", "-p", "vmi-browser-phone", "--target", TARGET])
         .arg("--target-dir")
         .arg(&target_dir);
     // The outer build's flags and wrappers (clippy, coverage, host RUSTFLAGS) are not for
@@ -42,13 +45,17 @@ fn main() {
     }
     let status = cmd.status().expect("run cargo for the guest image");
     if !status.success() {
-        panic!("building the phone image (guest/vmi-phone) for {TARGET} failed; see the errors above");
+        panic!(
+            "building the phone image (guest/vmi-phone) and the browser's offline phone for {TARGET} failed; see the errors above"
+        );
     }
-    let wasm = target_dir.join(TARGET).join("release").join("vmi_phone.wasm");
-    assert!(wasm.exists(), "the guest build did not produce {}", wasm.display());
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("vmi_phone.wasm");
-    std::fs::copy(&wasm, &out).expect("copy the phone image into OUT_DIR");
-    println!("cargo:rustc-env=VMI_PHONE_WASM={}", out.display());
+    for (file, var) in [("vmi_phone.wasm", "VMI_PHONE_WASM"), ("vmi_browser_phone.wasm", "VMI_BROWSER_PHONE_WASM")] {
+        let wasm = target_dir.join(TARGET).join("release").join(file);
+        assert!(wasm.exists(), "the wasm32 build did not produce {}", wasm.display());
+        let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join(file);
+        std::fs::copy(&wasm, &out).expect("copy the module into OUT_DIR");
+        println!("cargo:rustc-env={var}={}", out.display());
+    }
 }
 
 /// Installs the wasm32 target through rustup when it is missing, or stops with a message

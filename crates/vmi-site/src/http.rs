@@ -59,6 +59,7 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/me/checkpoints", get(my_checkpoints).post(checkpoint_my_phone).route_layer(from_fn(device)))
         .route("/v1/me/checkpoints/restore", post(restore_my_phone).route_layer(from_fn(device)))
         .route("/v1/me/pair-code", post(my_pair_code).route_layer(from_fn(device)))
+        .route("/v1/me/checkout", post(checkout_my_phone).route_layer(from_fn(device)))
         .route("/v1/demo/sites", get(demo_sites).route_layer(from_fn(device)))
         .route("/v1/demo/me", get(demo_me).route_layer(from_fn(device)))
         .route("/v1/demo/report", get(demo_latest_report).post(demo_report).route_layer(from_fn(device)))
@@ -385,6 +386,22 @@ async fn checkout(
     let bundle = detached(async move { site.checkout(&token, &user, request).await }).await?;
     let bytes = vmi_protocol::offline::encode_bundle(&bundle);
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// `POST /v1/me/checkout` (device token): the token's phone, checked out as by
+/// `POST /v1/phones/{user}/checkout` (the page's "Take offline"). A phone
+/// running on another site is checked out there: the answer names it.
+async fn checkout_my_phone(
+    State(site): State<Arc<SiteState>>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let user = user_of(&caller)?;
+    if let Some((there, url)) = elsewhere(&site, &user).await? {
+        let why = format!("your phone runs on {there}: open {url} to take it offline from there");
+        return Err(ApiError(StatusCode::CONFLICT, why));
+    }
+    checkout(State(site), Path(user), Extension(caller), body).await
 }
 
 /// `POST /v1/phones/{user}/checkin` with the device token and a checkin body.

@@ -1,6 +1,7 @@
-//! The browser terminal's files (`web/`): the page, its style sheet and its ES modules,
-//! embedded in the binary and served as they are (the browser loads the modules itself,
-//! no build step).
+//! The browser terminal's files (`web/`): the page, its style sheet, its ES modules and its
+//! service worker, embedded in the binary and served as they are (the browser loads the
+//! modules itself, no build step); and `/offline-phone.wasm`, the module a page runs a
+//! checked-out phone with (`vmi-browser-phone`, built for wasm32 with the phone image).
 
 use axum::Router;
 use axum::http::{StatusCode, Uri, header};
@@ -21,6 +22,8 @@ const JS: &str = "text/javascript; charset=utf-8";
 /// What makes the page installable as a web app.
 const MANIFEST: &str = "application/manifest+json";
 const SVG: &str = "image/svg+xml";
+/// `WebAssembly.instantiateStreaming` wants this type.
+const WASM: &str = "application/wasm";
 
 macro_rules! web_file {
     ($path:literal, $file:literal, $content_type:expr) => {
@@ -57,11 +60,25 @@ const FILES: &[WebFile] = &[
     web_file!("/sleep.js", "sleep.js", JS),
     web_file!("/status.js", "status.js", JS),
     web_file!("/storage.js", "storage.js", JS),
+    web_file!("/offline.js", "offline.js", JS),
+    web_file!("/offline-phone.js", "offline-phone.js", JS),
+    web_file!("/sw.js", "sw.js", JS),
 ];
+
+/// Where the page's offline module is served.
+const OFFLINE_PHONE_PATH: &str = "/offline-phone.wasm";
 
 /// Routes serving the browser terminal's files, one route per file.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    FILES.iter().fold(Router::new(), |router, file| router.route(file.path, get(serve)))
+    FILES
+        .iter()
+        .fold(Router::new(), |router, file| router.route(file.path, get(serve)))
+        .route(OFFLINE_PHONE_PATH, get(offline_phone))
+}
+
+/// `GET /offline-phone.wasm`.
+async fn offline_phone() -> Response {
+    ([(header::CONTENT_TYPE, WASM)], vmi_phone_image::BROWSER_PHONE_WASM).into_response()
 }
 
 /// The embedded file at `uri`'s path.
@@ -125,5 +142,7 @@ mod tests {
             assert_eq!(response.headers()[header::CONTENT_TYPE], want, "{path}");
         }
         assert_eq!(serve(Uri::from_static("/package.json")).await.status(), StatusCode::NOT_FOUND);
+        let wasm = offline_phone().await;
+        assert_eq!(wasm.headers()[header::CONTENT_TYPE], WASM);
     }
 }

@@ -132,6 +132,96 @@ async fn browser_terminal_on_a_phone_fills_the_screen_types_copies_draws_with_tw
     site.shutdown().await;
 }
 
+/// Offline in the browser: the page checks the phone out and runs it itself; with the site stopped it types in
+/// Notes, reloads (its service worker serves the page, the browser's storage the phone) and shows the same screen;
+/// with the site back (same address: the browser's storage belongs to the page's origin) it checks the phone in, and
+/// the site's phone has the text typed offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_terminal_runs_the_phone_offline_across_a_reload_and_checks_it_in() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
+    );
+    let control = control().await;
+    let data = scratch("offline-browser");
+    let site = site(&control, "site-a", data.clone()).await;
+    let token = user_with_phone(&control, &site, "olga").await;
+    let shots = scratch("offline-shots");
+    let addr = site.addr;
+    let mut driver = tokio::process::Command::new("node")
+        .arg(repo.join("tests/browser/offline.mjs"))
+        .args(["--url", &format!("http://{addr}/#token={token}"), "--screenshot-dir"])
+        .arg(&shots)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node");
+    let mut to_driver = driver.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(driver.stdout.take().expect("stdout")).lines();
+    let mut steps = Vec::new();
+    let mut next_step = async |want: &str| -> serde_json::Value {
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(180), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no step {want} within 3 minutes"))
+                .expect("read the driver's output");
+            let Some(line) = line else { return serde_json::Value::Null };
+            steps.push(line.clone());
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["step"] == want
+            {
+                return v;
+            }
+        }
+    };
+
+    let out = next_step("checked_out").await;
+    if out.is_null() {
+        let output = driver.wait_with_output().await.expect("driver");
+        panic!("offline.mjs failed before the checkout:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(out["user"], "olga", "{out}");
+    // The site holds the lease and refuses to run the phone meanwhile.
+    let (status, _) = control.get(&format!("{}/v1/phones/olga/kv/notes.text", site.url)).await;
+    assert_ne!(status, 200, "a checked-out phone is not run on the site");
+
+    site.shutdown().await;
+    to_driver.write_all(b"site-down\n").await.expect("tell the driver");
+    let typed = next_step("typed_offline").await;
+    let reloaded = next_step("reloaded").await;
+    assert!(!reloaded.is_null(), "offline.mjs stopped before the reload: {steps:?}");
+    assert_eq!(reloaded["before"], reloaded["after"], "the page shows the same screen after a reload offline");
+
+    let config = vmi_site::SiteConfig { listen: addr, ..site_config(&control, "site-a", data) };
+    let site = vmi_site::start(config).await.expect("the site starts again at its address");
+    vmi_testkit::eventually(std::time::Duration::from_secs(30), "the site's first heartbeat answered", async || {
+        site.state.holds_lease()
+    })
+    .await;
+    to_driver.write_all(b"site-up\n").await.expect("tell the driver");
+    let back = next_step("checked_in").await;
+    let done = next_step("done").await;
+    let output = driver.wait_with_output().await.expect("driver");
+    assert!(
+        output.status.success() && !done.is_null(),
+        "offline.mjs failed:\n{}\n{}",
+        steps.join("\n"),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (status, notes) = control.get(&format!("{}/v1/phones/olga/kv/notes.text", site.url)).await;
+    assert_eq!(status, 200, "the phone runs on its site again");
+    assert_eq!(String::from_utf8_lossy(&notes), typed["text"].as_str().expect("text"));
+    let (_, body) = control.get(&format!("{}/v1/phones/olga/screen-hash", site.url)).await;
+    let phone: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(back["screen_hash"], phone["hash"], "the page shows the site's phone again");
+    site.shutdown().await;
+}
+
 /// The browser terminal's own codec tests (LZ4 blocks from the reference C library, the
 /// PROTOCOL.md examples, the screen hash vectors, a session encoded by `vmi-protocol`) and
 /// its behaviour against a scripted site (reconnect resends inputs, Redirect resumes

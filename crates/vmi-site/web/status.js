@@ -30,7 +30,8 @@ export class Status {
       ui.moveChip.hidden = vmi.state !== 'moving';
       ui.moveChip.textContent = vmi.state === 'moving' ? `Moving to ${vmi.movingTo || 'another site'}…` : '';
     }
-    const showConn = !vmi.asleep && vmi.state !== 'connected' && vmi.state !== 'moving';
+    // Offline, the phone runs in this page: nothing to connect to (offline.js says so on the screen).
+    const showConn = !vmi.asleep && !['connected', 'moving', 'offline'].includes(vmi.state);
     ui.connOverlay.hidden = !showConn;
     if (showConn) {
       ui.connText.textContent =
@@ -74,7 +75,7 @@ export class Status {
     }
   }
 
-  /** The session's state: connecting | connected | asleep | moving | reconnecting | closed. */
+  /** The session's state: connecting | connected | asleep | moving | reconnecting | closed | offline. */
   setState(s) {
     this.vmi.state = s;
     this.queue();

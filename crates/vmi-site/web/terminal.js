@@ -7,12 +7,14 @@
 //   session.js                   the session: Hello/Resume, inputs and acks, Redirect, reconnect
 //   display.js, status.js, notifications.js, input.js, sleep.js   the page around it
 //   map.js, history.js           the follow-me map and "Restore my phone to…"
+//   offline.js, offline-phone.js  the phone checked out and run in this page; sw.js keeps the page for offline
 
 import { Display } from './display.js';
 import { startHistory } from './history.js';
 import { bindInput } from './input.js';
 import { startMap } from './map.js';
 import { Notifications } from './notifications.js';
+import { OfflineSession, bindOffline, storedCheckout } from './offline.js';
 import { bindPairCode, showPairForm } from './pairing.js';
 import { hashHex, screenHashParts } from './screen.js';
 import { Session } from './session.js';
@@ -68,6 +70,11 @@ function pageElements() {
     pairError: $('pair-error'),
     pairNewBtn: $('pair-new-btn'),
     pairNewCode: $('pair-new-code'),
+    offlineChip: $('offline-chip'),
+    offlineText: $('offline-text'),
+    checkinBtn: $('checkin-btn'),
+    offlineBtn: $('offline-btn'),
+    offlineNote: $('offline-note'),
   };
 }
 
@@ -168,8 +175,8 @@ export function start() {
     inputAcked: 0, // highest input seq acknowledged
     pendingInputs: 0, // inputs kept until acknowledged
     screenHash: () => hashHex(display.screen ? display.screen.hash() : screenHashParts(new Uint8Array(0))),
-    sleep: () => power.sleep(false),
-    wake: () => power.wake(),
+    sleep: () => power && power.sleep(false),
+    wake: () => power && power.wake(),
   };
   window.vmi = vmi;
 
@@ -178,39 +185,62 @@ export function start() {
   const display = new Display(canvas, ui, vmi);
   const status = new Status(vmi, ui);
   const notifications = new Notifications(vmi, ui);
-  const session = new Session({ vmi, token, saved, display, status, notifications });
-  // A link's token that differs from the device this browser keeps: if it is refused, that device is still there.
-  session.savedOther = savedToken && savedToken !== token ? savedToken : null;
   if (saved) {
     vmi.lastSeq = saved.lastSeq || 0;
     if (saved.width && saved.height) display.resize(saved.width, saved.height);
   }
-  if (ui.retryBtn) {
-    ui.retryBtn.addEventListener('click', (ev) => {
-      ev.preventDefault();
-      session.retryNow();
-    });
-  }
-  const power = bindSleep({ vmi, session, notifications });
-  bindLayout(ui, display);
-  bindInput({ vmi, canvas, ui, display, session, power });
-  bindClipboard(ui, vmi, session);
-  // A rotation or a resized window reaches the phone once the layout settles.
-  let settle = null;
-  display.onFit = () => {
-    clearTimeout(settle);
-    settle = setTimeout(() => session.displayChanged(), 120);
+  let session = null;
+  let power = null;
+  /** Binds the page to `s`: the site's session, or the phone running in this page. */
+  const bindSession = (s) => {
+    session = s;
+    if (ui.retryBtn) {
+      ui.retryBtn.addEventListener('click', (ev) => {
+        ev.preventDefault();
+        s.retryNow();
+      });
+    }
+    power = bindSleep({ vmi, session: s, notifications });
+    bindLayout(ui, display);
+    bindInput({ vmi, canvas, ui, display, session: s, power });
+    bindClipboard(ui, vmi, s);
+    // A rotation or a resized window reaches the phone once the layout settles.
+    let settle = null;
+    display.onFit = () => {
+      clearTimeout(settle);
+      settle = setTimeout(() => s.displayChanged(), 120);
+    };
+    display.fit();
+    status.render();
+  };
+  const online = () => {
+    const s = new Session({ vmi, token, saved, display, status, notifications });
+    // A link's token that differs from the device this browser keeps: if it is refused, that device is still there.
+    s.savedOther = savedToken && savedToken !== token ? savedToken : null;
+    return s;
   };
 
-  display.fit();
-  status.render();
   if (!token) {
+    bindSession(online());
     session.refuse('This browser is not paired with a phone yet: type a pairing code, or open the link your operator gave you.');
     showPairForm(ui, vmi);
     return vmi;
   }
   bindPairCode(ui, token);
-  session.connect();
+  bindOffline({ ui, token, getSession: () => session });
+  if ('serviceWorker' in navigator) navigator.serviceWorker.register('sw.js').catch(() => {});
+  // A phone checked out to this browser runs here (also with no network); otherwise the site runs it.
+  storedCheckout(token)
+    .catch(() => null)
+    .then((record) => {
+      if (record) {
+        bindSession(new OfflineSession({ vmi, token, record, display, status, notifications, ui }));
+        session.start();
+      } else {
+        bindSession(online());
+        session.connect();
+      }
+    });
   startMap({ vmi, token, relayout: () => display.fit() });
   startHistory({ vmi, token });
   return vmi;

@@ -9,7 +9,7 @@
 //!   (or the binary types of uploads), which a foreign page can only send after a CORS preflight this service
 //!   never grants.
 //! - **Headers on every answer**: a Content-Security-Policy allowing only this origin's own scripts and styles
-//!   (the page has no inline script), `frame-ancestors 'none'`, `nosniff`, `no-referrer`.
+//!   (the page has no inline script; WebAssembly may be compiled, JavaScript `eval` may not), `frame-ancestors 'none'`, `nosniff`, `no-referrer`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,8 +20,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// The Content-Security-Policy of every answer. `connect-src` allows the other sites a page follows its phone
-/// to (over TLS, or plain on loopback).
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+/// to (over TLS, or plain on loopback). `'wasm-unsafe-eval'` lets the page compile WebAssembly (a phone checked
+/// out to the browser) and nothing else: JavaScript `eval` stays refused.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
      img-src 'self' data: blob:; font-src 'self'; manifest-src 'self'; \
      connect-src 'self' https: wss: http://127.0.0.1:* ws://127.0.0.1:* http://localhost:* ws://localhost:*; \
      frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'";

@@ -8,7 +8,7 @@
 //! ## State capture
 //! A phone's whole state is its linear memory, its mutable globals (exported at load time
 //! by the instrumentation, so the stack pointer is included) and the host state in
-//! [`host::Host`]. Tables are never mutated (the load-time check refuses images that
+//! [`vmi_guest_abi::host::Host`]. Tables are never mutated (the load-time check refuses images that
 //! could), so instantiating the image rebuilds them exactly. Snapshots are taken between
 //! events, when no guest code runs.
 //!
@@ -24,10 +24,7 @@
 //! the engine are separate stores and carry on.
 
 pub mod dirty;
-pub mod guest_log;
 pub mod host;
-pub mod image;
-mod persist;
 mod phone;
 mod restore;
 
@@ -39,20 +36,16 @@ use vmi_engine::{Carryover, Clock, Engine, EngineError, ImageHash, ImageInfo, Sy
 use wasmtime::{InstancePre, Linker, Module};
 
 pub use dirty::TrackerKind;
-pub use host::{carryover_of_host_state, kv_of_host_state};
 pub use phone::WasmPhone;
 pub use restore::WasmRestore;
+pub use vmi_guest_abi::{carryover_of_host_state, guest_log, image, kv_of_host_state};
 
-/// Name recorded in snapshots made by this engine.
-pub const ENGINE_NAME: &str = "wasm";
+pub use vmi_guest_abi::ENGINE_NAME;
 
 /// Errors inside this engine; they surface through [`EngineError`] and
 /// [`vmi_engine::VmError`].
 #[derive(Debug, thiserror::Error)]
 pub enum WasmEngineError {
-    /// The host-state blob of a snapshot is malformed.
-    #[error("host state: {0}")]
-    HostState(String),
     /// wasmtime could not be configured.
     #[error("engine setup failed: {0}")]
     Setup(String),
@@ -61,7 +54,6 @@ pub enum WasmEngineError {
 impl From<WasmEngineError> for EngineError {
     fn from(e: WasmEngineError) -> Self {
         match e {
-            WasmEngineError::HostState(m) => EngineError::Snapshot(vmi_snapshot::SnapshotError::Corrupt(m)),
             WasmEngineError::Setup(m) => EngineError::Config(m),
         }
     }
@@ -90,7 +82,7 @@ impl Default for WasmEngineConfig {
 /// A loaded image: checked, instrumented, compiled and linked.
 pub(crate) struct LoadedImage {
     pub info: ImageInfo,
-    pub pre: InstancePre<host::Host>,
+    pub pre: InstancePre<host::StoreData>,
     pub globals: Vec<(String, image::GlobalKind)>,
     pub data_ranges: Vec<std::ops::Range<u64>>,
 }
@@ -98,7 +90,7 @@ pub(crate) struct LoadedImage {
 /// The WebAssembly micro-VM engine.
 pub struct WasmEngine {
     pub(crate) wasmtime: wasmtime::Engine,
-    linker: Linker<host::Host>,
+    linker: Linker<host::StoreData>,
     images: Mutex<HashMap<ImageHash, Arc<LoadedImage>>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: WasmEngineConfig,

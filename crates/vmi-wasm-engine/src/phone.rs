@@ -3,17 +3,19 @@
 use std::sync::Arc;
 
 use vmi_engine::{
-    Carryover, EncodedSnapshot, EngineError, Event, Frame, ImageHash, KeyCode, LogLine, MAX_SCREEN_SIDE, Mail,
-    Notification, ResourceUsage, SnapshotRequest, TouchPhase, VirtualClock, VirtualPhone, VmConfig, VmError, VmInfo,
-    VmStatus,
+    Carryover, EncodedSnapshot, EngineError, Event, Frame, ImageHash, LogLine, MAX_SCREEN_SIDE, Mail, Notification,
+    ResourceUsage, SnapshotRequest, VirtualClock, VirtualPhone, VmConfig, VmError, VmInfo, VmStatus,
 };
 use vmi_snapshot::{GlobalValue, Header, Limits, PAGE_SIZE, SnapshotId, SnapshotKind, SnapshotView};
 use wasmtime::{Global, Instance, InstancePre, Memory, Store, Trap, TypedFunc, Val};
 
 use crate::dirty::{self, DirtyTracker};
-use crate::host::{Host, MAX_MAILBOX};
-use crate::image::GlobalKind;
-use crate::persist::{Reader, Writer};
+use vmi_guest_abi::event::{TIMER_EVENT, raw_event};
+use vmi_guest_abi::host::{Host, MAX_MAILBOX};
+use vmi_guest_abi::image::GlobalKind;
+use vmi_guest_abi::persist::{Reader, Writer};
+
+use crate::host::StoreData;
 use crate::{ENGINE_NAME, LoadedImage, WasmEngine};
 
 /// Most timers fired by one [`VirtualPhone::fire_due_timers`] call: a guest that keeps
@@ -27,7 +29,7 @@ const RESTORE_THREADS: usize = 2;
 pub struct WasmPhone {
     // Dropped before the store: the tracker's userfaultfd unregisters the memory first.
     tracker: Box<dyn DirtyTracker>,
-    store: Store<Host>,
+    store: Store<StoreData>,
     memory: Memory,
     globals: Vec<(Global, GlobalKind)>,
     on_event: TypedFunc<(i32, i32, i32, i32), ()>,
@@ -50,7 +52,7 @@ pub struct WasmPhone {
 }
 
 struct Instantiated {
-    store: Store<Host>,
+    store: Store<StoreData>,
     memory: Memory,
     globals: Vec<(Global, GlobalKind)>,
     on_event: TypedFunc<(i32, i32, i32, i32), ()>,
@@ -69,7 +71,7 @@ fn instantiation_error(e: wasmtime::Error) -> EngineError {
 }
 
 fn instantiate(engine: &WasmEngine, image: &LoadedImage, host: Host) -> Result<Instantiated, EngineError> {
-    let mut store = Store::new(&engine.wasmtime, host);
+    let mut store = Store::new(&engine.wasmtime, StoreData::new(host));
     store.limiter(|host| host);
     store.set_fuel(u64::MAX / 2).map_err(|e| EngineError::Config(e.to_string()))?;
     let instance: Instance = image.pre.instantiate(&mut store).map_err(instantiation_error)?;
@@ -77,6 +79,7 @@ fn instantiate(engine: &WasmEngine, image: &LoadedImage, host: Host) -> Result<I
         .get_memory(&mut store, "memory")
         .ok_or_else(|| EngineError::ImageRefused("export `memory` missing".into()))?;
     store.data_mut().memory = Some(memory);
+    store.data_mut().host.instantiated = true;
     let mut globals = Vec::with_capacity(image.globals.len());
     for (name, kind) in &image.globals {
         let g = instance
@@ -92,8 +95,8 @@ fn instantiate(engine: &WasmEngine, image: &LoadedImage, host: Host) -> Result<I
 }
 
 /// Instantiates an image once in a scratch store to read its ABI version.
-pub(crate) fn probe_abi_version(engine: &WasmEngine, pre: &InstancePre<Host>) -> Result<u32, EngineError> {
-    let mut store = Store::new(&engine.wasmtime, Host::new(engine.clock.clone(), 1, u64::MAX));
+pub(crate) fn probe_abi_version(engine: &WasmEngine, pre: &InstancePre<StoreData>) -> Result<u32, EngineError> {
+    let mut store = Store::new(&engine.wasmtime, StoreData::new(Host::new(engine.clock.clone(), 1, u64::MAX)));
     store.set_fuel(10_000_000).map_err(|e| EngineError::Config(e.to_string()))?;
     let instance = pre.instantiate(&mut store).map_err(instantiation_error)?;
     // Absent means version 1; its kind and signature were checked at load (`image::prepare`).
@@ -177,7 +180,7 @@ impl WasmPhone {
             .into());
         }
         let carried =
-            crate::host::carryover_of_host_state(view.host_state, view.header.virtual_ns, view.header.wall_ns)?;
+            vmi_guest_abi::carryover_of_host_state(view.host_state, view.header.virtual_ns, view.header.wall_ns)?;
         WasmPhone::boot(engine, image, config, Some(&carried))
     }
 
@@ -364,8 +367,8 @@ impl WasmPhone {
         header: &Header,
         chain: Vec<EncodedSnapshot>,
     ) -> Result<(), EngineError> {
-        let clock = self.store.data().clock.clone();
-        let host = self.store.data_mut();
+        let clock = self.store.data().host.clock.clone();
+        let host = &mut self.store.data_mut().host;
         host.load(&mut Reader::new(host_state))?;
         host.vclock = VirtualClock::resume(clock.as_ref(), header.virtual_ns, header.wall_ns);
         self.last_snapshot = chain.last().map(|s| s.id);
@@ -377,7 +380,7 @@ impl WasmPhone {
     }
 
     /// Runs one guest call under the CPU budget; on a trap the phone is marked crashed.
-    fn run(&mut self, call: impl FnOnce(&mut Store<Host>) -> wasmtime::Result<()>) -> Result<(), VmError> {
+    fn run(&mut self, call: impl FnOnce(&mut Store<StoreData>) -> wasmtime::Result<()>) -> Result<(), VmError> {
         if let VmStatus::Crashed { reason } = &self.status {
             return Err(VmError::Crashed(reason.clone()));
         }
@@ -393,8 +396,8 @@ impl WasmPhone {
             Err(e) => {
                 let err = if e.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
                     VmError::CpuBudget { budget: self.budget }
-                } else if self.store.data().hit_memory_limit {
-                    VmError::MemoryLimit { limit: self.store.data().memory_limit }
+                } else if self.store.data().host.hit_memory_limit {
+                    VmError::MemoryLimit { limit: self.store.data().host.memory_limit }
                 } else {
                     // One line for listings and terminals (the trap or the host's reason);
                     // the wasm backtrace goes to the log.
@@ -541,67 +544,34 @@ impl VirtualPhone for WasmPhone {
     }
 
     fn deliver(&mut self, event: Event) -> Result<(), VmError> {
-        let (kind, a, b, c) = match event {
-            Event::Touch { phase, x, y, pointer } => {
-                let kind = match phase {
-                    TouchPhase::Down => 1,
-                    TouchPhase::Move => 2,
-                    TouchPhase::Up => 3,
-                };
-                (kind, x, y, i32::from(pointer))
-            }
-            Event::Key { code, text } => {
-                let code = if code == KeyCode::Text { 0 } else { code as i32 };
-                // Events carry the text typed, not the keys held: a capital was typed with
-                // shift, so the guest sees shift for it (docs/GUEST_ABI.md).
-                let shift = i32::from(text.is_some_and(char::is_uppercase));
-                (4, code, text.map(|c| c as i32).unwrap_or(0), shift)
-            }
-            Event::Timer(id) => (5, id as i32, 0, 0),
-            Event::MailArrived => (6, self.store.data().mailbox.len() as i32, 0, 0),
-            Event::Wake => (7, 0, 0, 0),
-            Event::Sleep => (8, 0, 0, 0),
-            // A version-1 guest was never promised this kind: its screen stays as it is (terminals scale it).
-            Event::Display { .. } if self.image.info.abi_version < 2 => return Ok(()),
-            Event::Display { width, height, density } => {
-                let side = |v: u32| v.clamp(1, MAX_SCREEN_SIDE) as i32;
-                (9, side(width), side(height), density.min(10_000) as i32)
-            }
-        };
-        self.deliver_raw(kind, a, b, c)
+        let mailbox_len = self.store.data().host.mailbox.len();
+        match raw_event(event, mailbox_len, self.image.info.abi_version) {
+            Some([kind, a, b, c]) => self.deliver_raw(kind, a, b, c),
+            None => Ok(()),
+        }
     }
 
     fn next_timer_ns(&self) -> Option<u64> {
-        self.store.data().timers.values().copied().min()
+        self.store.data().host.timers.values().copied().min()
     }
 
     fn fire_due_timers(&mut self) -> Result<usize, VmError> {
         let mut fired = 0;
         while fired < MAX_TIMERS_PER_CALL {
-            let now = self.store.data().now_ns();
-            let due = self
-                .store
-                .data()
-                .timers
-                .iter()
-                .filter(|(_, d)| **d <= now)
-                .min_by_key(|(id, d)| (**d, **id))
-                .map(|(id, _)| *id);
-            let Some(id) = due else { break };
-            self.store.data_mut().timers.remove(&id);
-            self.deliver_raw(5, id as i32, 0, 0)?;
+            let Some(id) = self.store.data_mut().host.take_due_timer() else { break };
+            self.deliver_raw(TIMER_EVENT, id as i32, 0, 0)?;
             fired += 1;
         }
         Ok(fired)
     }
 
     fn now_ns(&self) -> u64 {
-        self.store.data().now_ns()
+        self.store.data().host.now_ns()
     }
 
     fn frame(&mut self) -> Result<Frame<'_>, VmError> {
         let (width, height) = (self.info.width, self.info.height);
-        let host = self.store.data_mut();
+        let host = &mut self.store.data_mut().host;
         let damage = std::mem::take(&mut host.damage);
         let Some(fb) = host.framebuffer else {
             return Ok(Frame { width, height, rgba: &[], damage: Vec::new() });
@@ -616,21 +586,21 @@ impl VirtualPhone for WasmPhone {
     }
 
     fn take_notifications(&mut self) -> Vec<Notification> {
-        self.store.data_mut().notifications.drain(..).collect()
+        self.store.data_mut().host.notifications.drain(..).collect()
     }
 
     fn take_clipboard(&mut self) -> Option<String> {
-        self.store.data_mut().clipboard.take()
+        self.store.data_mut().host.clipboard.take()
     }
 
     fn push_mail(&mut self, mail: Mail) -> Result<(), VmError> {
-        use crate::host::{MAX_MAIL_BODY, MAX_MAIL_FIELD, MAX_MAILBOX_BYTES};
+        use vmi_guest_abi::host::{MAX_MAIL_BODY, MAX_MAIL_FIELD, MAX_MAILBOX_BYTES};
         if mail.from.len() > MAX_MAIL_FIELD || mail.subject.len() > MAX_MAIL_FIELD || mail.body.len() > MAX_MAIL_BODY {
             return Err(VmError::TooLarge(format!(
                 "mail fields are limited to {MAX_MAIL_FIELD} bytes (sender, subject) and {MAX_MAIL_BODY} (body)"
             )));
         }
-        let mailbox = &mut self.store.data_mut().mailbox;
+        let mailbox = &mut self.store.data_mut().host.mailbox;
         let size = |m: &Mail| m.from.len() + m.subject.len() + m.body.len();
         let waiting: usize = mailbox.iter().map(size).sum();
         if mailbox.len() >= MAX_MAILBOX || waiting + size(&mail) > MAX_MAILBOX_BYTES {
@@ -641,19 +611,19 @@ impl VirtualPhone for WasmPhone {
     }
 
     fn mailbox_len(&self) -> usize {
-        self.store.data().mailbox.len()
+        self.store.data().host.mailbox.len()
     }
 
     fn kv_get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.store.data().kv.get(key).cloned()
+        self.store.data().host.kv.get(key).cloned()
     }
 
     fn carryover(&self) -> Carryover {
-        self.store.data().carryover()
+        self.store.data().host.carryover()
     }
 
     fn take_logs(&mut self) -> Vec<LogLine> {
-        let host = self.store.data_mut();
+        let host = &mut self.store.data_mut().host;
         let now = host.now_ns();
         host.logs.take(now)
     }
@@ -680,7 +650,7 @@ impl VirtualPhone for WasmPhone {
             }
         };
         let globals = self.capture_globals();
-        let host = self.store.data();
+        let host = &self.store.data().host;
         let mut w = Writer::default();
         host.save(&mut w);
         let host_state = w.into_inner();
@@ -727,7 +697,7 @@ impl VirtualPhone for WasmPhone {
     }
 
     fn usage(&self) -> ResourceUsage {
-        let host = self.store.data();
+        let host = &self.store.data().host;
         ResourceUsage {
             memory_bytes: self.memory.data_size(&self.store) as u64,
             events: self.events,

@@ -3,7 +3,7 @@
 //! Little-endian integers, byte strings prefixed by a u32 length. The reader checks every
 //! length against the bytes left before it allocates, so hostile input costs nothing.
 
-use crate::WasmEngineError;
+use crate::GuestAbiError;
 
 /// Appends values to a buffer.
 #[derive(Default, Debug)]
@@ -45,8 +45,8 @@ pub struct Reader<'a> {
     buf: &'a [u8],
 }
 
-fn short(what: &str) -> WasmEngineError {
-    WasmEngineError::HostState(format!("host state ends inside {what}"))
+fn short(what: &str) -> GuestAbiError {
+    GuestAbiError::HostState(format!("host state ends inside {what}"))
 }
 
 impl<'a> Reader<'a> {
@@ -54,7 +54,7 @@ impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Reader<'a> {
         Reader { buf }
     }
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], WasmEngineError> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], GuestAbiError> {
         if self.buf.len() < n {
             return Err(short(what));
         }
@@ -63,45 +63,45 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     /// A `u8`.
-    pub fn u8(&mut self) -> Result<u8, WasmEngineError> {
+    pub fn u8(&mut self) -> Result<u8, GuestAbiError> {
         Ok(self.take(1, "a byte")?[0])
     }
     /// A `u32`.
-    pub fn u32(&mut self) -> Result<u32, WasmEngineError> {
+    pub fn u32(&mut self) -> Result<u32, GuestAbiError> {
         let b = self.take(4, "a u32")?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     /// A `u64`.
-    pub fn u64(&mut self) -> Result<u64, WasmEngineError> {
+    pub fn u64(&mut self) -> Result<u64, GuestAbiError> {
         let b = self.take(8, "a u64")?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
     /// Length-prefixed bytes.
-    pub fn bytes(&mut self) -> Result<&'a [u8], WasmEngineError> {
+    pub fn bytes(&mut self) -> Result<&'a [u8], GuestAbiError> {
         let n = self.u32()? as usize;
         self.take(n, "a byte string")
     }
     /// Length-prefixed UTF-8.
-    pub fn string(&mut self) -> Result<String, WasmEngineError> {
+    pub fn string(&mut self) -> Result<String, GuestAbiError> {
         let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| WasmEngineError::HostState("text is not UTF-8".into()))
+        String::from_utf8(b.to_vec()).map_err(|_| GuestAbiError::HostState("text is not UTF-8".into()))
     }
     /// An element count, refused above `max`.
-    pub fn count(&mut self, max: usize, what: &str) -> Result<usize, WasmEngineError> {
+    pub fn count(&mut self, max: usize, what: &str) -> Result<usize, GuestAbiError> {
         let n = self.u32()? as usize;
         if n > max {
-            return Err(WasmEngineError::HostState(format!("{n} {what}, at most {max} allowed")));
+            return Err(GuestAbiError::HostState(format!("{n} {what}, at most {max} allowed")));
         }
         Ok(n)
     }
     /// Checks that nothing is left over.
-    pub fn finish(&self) -> Result<(), WasmEngineError> {
+    pub fn finish(&self) -> Result<(), GuestAbiError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(WasmEngineError::HostState(format!("{} unexpected bytes after host state", self.buf.len())))
+            Err(GuestAbiError::HostState(format!("{} unexpected bytes after host state", self.buf.len())))
         }
     }
 }
