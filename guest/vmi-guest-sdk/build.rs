@@ -14,6 +14,12 @@
 //! `NUMERALS` tables: a full face covers printable ASCII (0x20..=0x7E), Latin-1
 //! (0xA0..=0xFF) and `EXTRAS`; a numerals face (large sizes, for clocks and timers) covers
 //! only `NUMERALS`.
+//!
+//! Chinese and Japanese come from one more face, `DroidSansFallback-CJK.ttf` (a subset:
+//! common hanzi and kanji, kana, CJK punctuation, fullwidth forms; assets/fonts/LICENSE-Droid.txt)
+//! at [`CJK_PX`] only: every full face draws those characters from it (`CJK_CHARS`,
+//! `CJK_GLYPHS`). One size keeps the atlas, which every phone holds in memory, near a
+//! megabyte more rather than seven.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -34,6 +40,8 @@ const REGULAR: &[u16] = &[14, 16, 18, 21, 24, 28, 32];
 const BOLD: &[u16] = &[16, 18, 21, 24, 28, 32, 40];
 /// Pixel sizes of the regular numerals faces.
 const NUMERAL_SIZES: &[u16] = &[64, 88, 128];
+/// Pixel size of the CJK face (body text's size on a phone's default screen).
+const CJK_PX: u16 = 24;
 
 /// Appends `mask` (one byte per pixel, `width` per row) as 4-bit coverage.
 fn pack_nibbles(mask: &[u8], width: usize, out: &mut Vec<u8>) {
@@ -66,8 +74,10 @@ fn main() {
     let fonts = manifest.join("../../assets/fonts");
     let regular_path = fonts.join("DejaVuSans.ttf");
     let bold_path = fonts.join("DejaVuSans-Bold.ttf");
-    println!("cargo:rerun-if-changed={}", regular_path.display());
-    println!("cargo:rerun-if-changed={}", bold_path.display());
+    let cjk_path = fonts.join("DroidSansFallback-CJK.ttf");
+    for path in [&regular_path, &bold_path, &cjk_path] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
     println!("cargo:rerun-if-changed=build.rs");
 
     let load = |path: &PathBuf| {
@@ -77,6 +87,7 @@ fn main() {
     };
     let regular = load(&regular_path);
     let bold = load(&bold_path);
+    let cjk = load(&cjk_path);
 
     let mut faces = Vec::new();
     for &px in REGULAR {
@@ -130,6 +141,24 @@ fn main() {
         .expect("write to string");
     }
 
+    // The CJK face: every character of the subset from U+3000 on, in order (the runtime finds one by binary search).
+    let mut cjk_chars: Vec<char> = cjk.chars().keys().copied().filter(|&c| c >= '\u{3000}').collect();
+    cjk_chars.sort_unstable();
+    let mut cjk_rows = String::new();
+    for &c in &cjk_chars {
+        let (m, mask) = cjk.rasterize(c, f32::from(CJK_PX));
+        let (x, y, w, h, offset) = if m.width == 0 || m.height == 0 {
+            (0, 0, 0, 0, 0)
+        } else {
+            let offset = bitmaps.len();
+            pack_nibbles(&mask, m.width, &mut bitmaps);
+            (m.xmin, -(m.ymin + m.height as i32), m.width, m.height, offset)
+        };
+        let advance = (m.advance_width * 64.0).round() as u32;
+        writeln!(cjk_rows, "    GlyphDesc {{ advance: {advance}, x: {x}, y: {y}, w: {w}, h: {h}, offset: {offset} }},")
+            .expect("write to string");
+    }
+
     let kern_table = |font: &fontdue::Font| -> String {
         let upem = font.units_per_em();
         let mut rows = String::new();
@@ -158,6 +187,8 @@ fn main() {
     let kb = kern_table(&bold);
     writeln!(rs, "pub(crate) static KERN_REGULAR: &[(u16, i16)] = &[\n{kr}];").expect("write");
     writeln!(rs, "pub(crate) static KERN_BOLD: &[(u16, i16)] = &[\n{kb}];").expect("write");
+    writeln!(rs, "pub(crate) static CJK_CHARS: [char; {}] = {:?};", cjk_chars.len(), cjk_chars).expect("write");
+    writeln!(rs, "pub(crate) static CJK_GLYPHS: [GlyphDesc; {}] = [\n{cjk_rows}];", cjk_chars.len()).expect("write");
 
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out.join("font_atlas.bin"), &bitmaps).expect("write font_atlas.bin");

@@ -3,6 +3,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 
 import { chromium } from 'playwright-core';
 
@@ -44,4 +45,27 @@ export async function launchChromium(executablePath, options) {
     remove();
   };
   return { context, close };
+}
+
+/**
+ * The lines a test writes on the driver's stdin, one at a time: `awaitLine(want)` resolves when the next line is
+ * `want` and throws an Error naming what came instead (another line, or the end of stdin).
+ */
+export function stdinLines() {
+  const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  return async (want) => {
+    const { value, done } = await lines.next();
+    if (done || value.trim() !== want) throw new Error(`expected "${want}" on stdin, got ${done ? 'its end' : `"${value}"`}`);
+  };
+}
+
+/** Where the phone's pixel (`px`, `py`) is on the page: the centre of that pixel of the screen canvas, in CSS px. */
+export function phonePoint(page, [px, py]) {
+  return page.evaluate(
+    ([x, y]) => {
+      const r = document.getElementById('screen').getBoundingClientRect();
+      return { x: r.left + ((x + 0.5) * r.width) / window.vmi.width, y: r.top + ((y + 0.5) * r.height) / window.vmi.height };
+    },
+    [px, py],
+  );
 }

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { launchChromium } from './chromium.mjs';
+import { launchChromium, phonePoint } from './chromium.mjs';
 
 const USAGE =
   'usage: VMI_OPERATOR_TOKEN=… node e2e.mjs --url http://HOST:PORT/#token=TOKEN --mail-url http://HOST:PORT/v1/phones/USER/mail ' +
@@ -156,17 +156,8 @@ async function run(context) {
     }
   }
 
-  async function tapPhone([px, py]) {
-    const p = await page.evaluate(
-      ([x, y]) => {
-        const c = document.getElementById('screen');
-        const r = c.getBoundingClientRect();
-        const w = window.vmi.width;
-        const h = window.vmi.height;
-        return { x: r.left + ((x + 0.5) * r.width) / w, y: r.top + ((y + 0.5) * r.height) / h };
-      },
-      [px, py],
-    );
+  async function tapPhone(at) {
+    const p = await phonePoint(page, at);
     await page.mouse.click(p.x, p.y);
   }
 
@@ -278,13 +269,15 @@ async function run(context) {
   currentStep = 'inbox';
   await page.click('#wake-btn');
   await waitFor("state 'connected' after Wake", (s) => s.state === 'connected');
+  // the notification was seen on the lock screen: waking does not show it again
+  const toastsOnWake = await page.evaluate(() => document.querySelectorAll('#toasts .toast').length);
   v = await settle('the frame answering Wake', asleep.frames);
   await page.keyboard.press('Home');
   v = await settle('the home screen');
   await tapPhone(ICONS.mail);
   v = await settle('Mail to open', v.frames);
   await shot('inbox.png');
-  emit({ step: 'inbox', screen_hash: await hash(), frames: v.frames });
+  emit({ step: 'inbox', screen_hash: await hash(), frames: v.frames, toasts_on_wake: toastsOnWake });
 
   currentStep = 'done';
   checkErrors();

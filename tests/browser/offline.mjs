@@ -12,10 +12,9 @@
 import { mkdtempSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
-import { launchChromium } from './chromium.mjs';
+import { launchChromium, phonePoint, stdinLines } from './chromium.mjs';
 
 const USAGE = 'usage: node offline.mjs --url http://HOST:PORT/#token=TOKEN [--screenshot-dir DIR] [--chromium PATH]';
 let opts;
@@ -50,11 +49,7 @@ let thePage = null;
 const pageErrors = [];
 
 /** The lines the test writes on stdin, one at a time. */
-const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function awaitLine(want) {
-  const { value, done } = await stdinLines.next();
-  if (done || value.trim() !== want) fail(`expected "${want}" on stdin, got ${done ? 'its end' : `"${value}"`}`);
-}
+const awaitLine = stdinLines();
 
 async function main() {
   let browser;
@@ -112,11 +107,8 @@ async function run(context) {
       await sleepMs(50);
     }
   }
-  async function tapPhone([px, py]) {
-    const p = await page.evaluate(([x, y]) => {
-      const r = document.getElementById('screen').getBoundingClientRect();
-      return { x: r.left + ((x + 0.5) * r.width) / window.vmi.width, y: r.top + ((y + 0.5) * r.height) / window.vmi.height };
-    }, [px, py]);
+  async function tapPhone(at) {
+    const p = await phonePoint(page, at);
     await page.mouse.click(p.x, p.y);
   }
   const shot = (name) => page.screenshot({ path: join(shotDir, name) });
@@ -157,16 +149,23 @@ async function run(context) {
   v = await waitFor('the state saved in the browser', (s) => s.offline.saves > saves || s.offline.saves > 0);
   const before = await hash();
   await shot('offline-typed.png');
-  emit({ step: 'typed_offline', text: TYPED, screen_hash: before, saves: v.offline.saves });
+  emit({
+    step: 'typed_offline',
+    text: TYPED,
+    screen_hash: before,
+    saves: v.offline.saves,
+    save_ms: v.offline.saveMs,
+    saved_bytes: v.offline.savedBytes,
+  });
 
   // 4. Reload with the site still down: the service worker serves the page, the browser's storage the phone.
   currentStep = 'reloaded';
   await page.reload({ waitUntil: 'load', timeout: TIMEOUT });
   await waitFor("state 'offline' after the reload", (s) => s.state === 'offline' && s.frames >= 1 && s.offline && s.offline.user);
-  await settle('the phone after the reload', 'offline');
+  v = await settle('the phone after the reload', 'offline');
   const after = await hash();
   await shot('offline-reloaded.png');
-  emit({ step: 'reloaded', before, after });
+  emit({ step: 'reloaded', before, after, start_ms: v.offline.startMs });
 
   // 5. The site is back: "Check in" returns the phone, and the page connects to it there.
   await awaitLine('site-up');

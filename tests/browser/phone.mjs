@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { launchChromium } from './chromium.mjs';
+import { launchChromium, phonePoint } from './chromium.mjs';
 
 const USAGE =
   'usage: node phone.mjs --url http://HOST:PORT/#token=TOKEN --operator-token OP [--user NAME] [--screenshot-dir DIR] [--chromium PATH]';
@@ -119,14 +119,8 @@ async function run(context) {
       await sleepMs(50);
     }
   }
-  async function tapPhone([px, py]) {
-    const p = await page.evaluate(
-      ([x, y]) => {
-        const r = document.getElementById('screen').getBoundingClientRect();
-        return { x: r.left + ((x + 0.5) * r.width) / window.vmi.width, y: r.top + ((y + 0.5) * r.height) / window.vmi.height };
-      },
-      [px, py],
-    );
+  async function tapPhone(at) {
+    const p = await phonePoint(page, at);
     await page.touchscreen.tap(p.x, p.y);
   }
 

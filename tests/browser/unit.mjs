@@ -13,7 +13,10 @@ import { ProtocolError, decodeServer, encodeClient } from '../../crates/vmi-site
 import { KeptInputs, MAX_KEPT_INPUTS } from '../../crates/vmi-site/web/kept-inputs.js';
 import { lz4DecodeBlock } from '../../crates/vmi-site/web/lz4.js';
 import { countOf, localLabel, when } from '../../crates/vmi-site/web/history.js';
+import { followHint } from '../../crates/vmi-site/web/follow-hint.js';
+import { RoundTrips } from '../../crates/vmi-site/web/map-latency.js';
 import { countMove } from '../../crates/vmi-site/web/map-moves.js';
+import { qualityLevel } from '../../crates/vmi-site/web/status.js';
 import { mapProjection } from '../../crates/vmi-site/web/map-picture.js';
 import { Screen, hashHex, screenHashParts } from '../../crates/vmi-site/web/screen.js';
 
@@ -587,6 +590,45 @@ await test('checkpoint times: seconds, one time zone, one count word', () => {
   assert.equal(localLabel('hourly'), 'hourly');
   assert.equal(countOf(1, 'checkpoint', 'checkpoints'), '1 checkpoint');
   assert.equal(countOf(3, 'checkpoint', 'checkpoints'), '3 checkpoints');
+});
+
+await test('follow-me hint: the placer’s margin and dwell, a countdown only while the page reports', () => {
+  const sites = [
+    { id: 'a', healthy: true, draining: false },
+    { id: 'b', healthy: true, draining: false },
+    { id: 'c', healthy: false, draining: false },
+  ];
+  const rules = { min_gain_ms: 2, min_gain_ratio: 0.2, dwell_ms: 10000, report_max_age_ms: 60000 };
+  const at = (now, closer, more) => followHint({ sites, rtts: [40, 12, 1], home: 'a', rules, reporting: true, closer, now, ...more });
+  // b is closer by the margin (c is faster but down): the phone moves there after the dwell, counted down
+  let h = at(1000, null);
+  assert.equal(h.best, 'b');
+  assert.ok(h.text.includes('(12 ms, against 40 ms)') && h.text.includes('in about 10 s'), h.text);
+  h = at(7500, h.closer);
+  assert.equal(h.closer.since, 1000);
+  assert.ok(h.text.includes('in about 4 s'), h.text);
+  assert.ok(at(11000, h.closer).text.includes('moving there now'));
+  // not reporting: no promise the placer could not keep; the placer off: said so
+  assert.ok(at(1000, null, { reporting: false }).text.includes('drag the blue dot'));
+  assert.ok(at(1000, null, { rules: null }).text.includes('the placer is off'));
+  // within the margin (38 against 40 ms): no move, and no countdown left over
+  h = followHint({ sites, rtts: [40, 38, null], home: 'a', rules, reporting: true, closer: { site: 'b', since: 0 }, now: 5 });
+  assert.equal(h.best, null);
+  assert.equal(h.closer, null);
+  assert.ok(h.text.includes('stays on a'), h.text);
+  assert.equal(followHint({ sites, rtts: [5, 9, null], home: 'a', rules, reporting: true, closer: null, now: 0 }).text,
+    'Your phone runs on the closest site.');
+});
+
+await test('round trips: a site that stops answering shows no figure, and one indicator level', () => {
+  const trips = new RoundTrips();
+  trips.freshSince = 0;
+  trips.probes.set('a', [{ ms: 12, at: 1 }, { ms: 9, at: 2 }]);
+  assert.equal(trips.rttOf('a', false), 9);
+  trips.probes.get('a').push({ ms: null, at: 3 });
+  assert.equal(trips.silent('a'), true);
+  assert.equal(trips.rttOf('a', false), null, 'no old figure for a site that does not answer');
+  assert.deepEqual([null, 20, 100, 400].map(qualityLevel), ['unknown', 'good', 'fair', 'poor']);
 });
 
 console.log(`unit: ${passed} passed, ${failed} failed`);

@@ -169,7 +169,7 @@ pub struct PlacementInfo {
 }
 
 /// Where a terminal finds its phone, as returned by `GET /v1/phone`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhoneLocation {
     /// The token's user.
     pub user: String,
@@ -179,6 +179,23 @@ pub struct PhoneLocation {
     pub site_url: String,
     /// WebSocket URL of the site's terminal endpoint.
     pub ws_url: String,
+    /// The rules the placer follows the user by, when it runs: a terminal's hint says what it will do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowRules>,
+}
+
+/// How the placer follows a user (docs/CONTROL-PLANE.md): another site must answer faster by the margin, for
+/// the dwell, in reports no older than the age limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowRules {
+    /// The better site must beat the current one by at least this many milliseconds ...
+    pub min_gain_ms: f64,
+    /// ... and by at least this fraction of the current round trip.
+    pub min_gain_ratio: f64,
+    /// How long it must keep being better before the phone moves.
+    pub dwell_ms: u64,
+    /// Reports older than this count as none.
+    pub report_max_age_ms: u64,
 }
 
 /// Body of `POST /v1/users` and `POST /v1/users/{user}/devices`.

@@ -19,7 +19,7 @@ use vmi_control_api::auth::{
     Principal,
 };
 use vmi_control_api::model::{
-    AuthRequest, CatalogedCheckpoint, CheckpointEntry, DEFAULT_MIGRATIONS_LISTED, Device, HeartbeatReply,
+    AuthRequest, CatalogedCheckpoint, CheckpointEntry, DEFAULT_MIGRATIONS_LISTED, Device, FollowRules, HeartbeatReply,
     HeartbeatRequest, LEASE_MS, LoggedMigration, MAX_MIGRATIONS_LISTED, MigrationRecord, NameRequest, NewDevice,
     PairCode, PairRequest, PhoneLocation, Placement, PlacementInfo, PlacementRequest, ReportRequest, SiteSpec,
     SiteStatus, StandbyRequest, TerminalReport, User,
@@ -327,6 +327,11 @@ pub async fn serve_with(
             async move { Json(status) }
         }),
     );
+    // With the placer on, `GET /v1/phone` says its rules (every replica: a follower may lead next).
+    let router = match &options.placer {
+        Some(params) => router.layer(Extension(follow_rules(params))),
+        None => router,
+    };
     let tls = options.trust.as_ref().map(|t| t.server.clone());
     let server = async {
         let result = vmi_trust::serve(listener, router, tls, options.limits, signal).await;
@@ -855,11 +860,26 @@ async fn get_placement(State(store): State<StoreRef>, Path(user): Path<String>) 
 }
 
 /// `GET /v1/phone`: the caller's token decides whose phone; there is no way to name another user.
-async fn phone(State(store): State<StoreRef>, Extension(caller): Extension<Caller>) -> ApiResult<Json<PhoneLocation>> {
+async fn phone(
+    State(store): State<StoreRef>,
+    Extension(caller): Extension<Caller>,
+    follow: Option<Extension<FollowRules>>,
+) -> ApiResult<Json<PhoneLocation>> {
     let user = caller.principal.device_user().ok_or(ControlError::Unauthorized)?.to_owned();
     let placement = store.placement(&user)?.ok_or_else(|| ControlError::not_found("placement", &user))?;
     let site = store.site(&placement.site)?.ok_or_else(|| ControlError::not_found("site", &placement.site))?;
-    Ok(Json(PhoneLocation { user, ws_url: site.ws_url(), site: site.id, site_url: site.url }))
+    let follow = follow.map(|Extension(rules)| rules);
+    Ok(Json(PhoneLocation { user, ws_url: site.ws_url(), site: site.id, site_url: site.url, follow }))
+}
+
+/// The placer's rules as a terminal reads them.
+fn follow_rules(params: &PolicyParams) -> FollowRules {
+    FollowRules {
+        min_gain_ms: params.min_gain_ms,
+        min_gain_ratio: params.min_gain_ratio,
+        dwell_ms: params.dwell_ms,
+        report_max_age_ms: params.report_max_age_ms,
+    }
 }
 
 /// `POST /v1/phone/report`: like `GET /v1/phone`, the token alone says whose report it is.

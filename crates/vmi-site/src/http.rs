@@ -473,6 +473,9 @@ async fn demo_sites(
     Ok(Json(site.control().as_bearer(&token).list_sites().await?).into_response())
 }
 
+/// Largest body of `POST /v1/pair`.
+const PAIR_BODY_LIMIT: usize = 4096;
+
 /// Body of `POST /v1/pair`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -487,13 +490,17 @@ struct PairBody {
 async fn pair(
     State(site): State<Arc<SiteState>>,
     peer: Option<Extension<vmi_trust::Peer>>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let from = peer.map(|Extension(p)| p.addr.ip().to_canonical());
+    // A locked-out address is refused before its body is read; a body is a code and a name, so a few KiB at most.
     if let Err(retry_after) = site.guard.check(from) {
         let why = format!("too many wrong codes from this address: try again in {} s", retry_after.as_secs().max(1));
         return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, why));
     }
+    let body = axum::body::to_bytes(body, PAIR_BODY_LIMIT).await.map_err(|_| {
+        ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("a pairing body is at most {PAIR_BODY_LIMIT} bytes"))
+    })?;
     let req: PairBody = json_body(&body)?;
     let name = req.name.trim();
     if name.is_empty() || name.len() > 100 {

@@ -42,6 +42,7 @@ const FILES: &[WebFile] = &[
     web_file!("/api.js", "api.js", JS),
     web_file!("/codec.js", "codec.js", JS),
     web_file!("/display.js", "display.js", JS),
+    web_file!("/follow-hint.js", "follow-hint.js", JS),
     web_file!("/format.js", "format.js", JS),
     web_file!("/history.js", "history.js", JS),
     web_file!("/input.js", "input.js", JS),

@@ -69,6 +69,7 @@ async fn browser_terminal_types_sleeps_is_notified_and_wakes() {
     let (_, body) = control.get(&format!("{}/v1/phones/alice/screen-hash", site.url)).await;
     let phone: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(inbox["screen_hash"], phone["hash"], "browser screen == phone framebuffer");
+    assert_eq!(inbox["toasts_on_wake"], 0, "a notification seen on the lock screen is not toasted again on wake");
     step("done");
     site.shutdown().await;
 }
@@ -196,6 +197,10 @@ async fn browser_terminal_runs_the_phone_offline_across_a_reload_and_checks_it_i
     let reloaded = next_step("reloaded").await;
     assert!(!reloaded.is_null(), "offline.mjs stopped before the reload: {steps:?}");
     assert_eq!(reloaded["before"], reloaded["after"], "the page shows the same screen after a reload offline");
+    eprintln!(
+        "offline in the browser: start {} ms after a reload, save {} ms ({} bytes)",
+        reloaded["start_ms"], typed["save_ms"], typed["saved_bytes"]
+    );
 
     let config = vmi_site::SiteConfig { listen: addr, ..site_config(&control, "site-a", data) };
     let site = vmi_site::start(config).await.expect("the site starts again at its address");
@@ -219,6 +224,111 @@ async fn browser_terminal_runs_the_phone_offline_across_a_reload_and_checks_it_i
     let (_, body) = control.get(&format!("{}/v1/phones/olga/screen-hash", site.url)).await;
     let phone: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(back["screen_hash"], phone["hash"], "the page shows the site's phone again");
+    site.shutdown().await;
+}
+
+/// The page's figures and site states: one round trip for the phone's site everywhere on the page (the connection
+/// indicator, the map's header, its table row); a stopped site shown down as the control plane says, with no round
+/// trip; with the control plane gone, the states shown say how old they are instead of looking live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_terminal_shows_one_round_trip_and_the_control_planes_site_states() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
+    );
+    let mut control = control().await;
+    let site_a = site(&control, "site-a", scratch("sites-a")).await;
+    let site_b = site(&control, "site-b", scratch("sites-b")).await;
+    let token = user_with_phone(&control, &site_a, "sam").await;
+    let shots = scratch("sites-shots");
+    let mut driver = tokio::process::Command::new("node")
+        .arg(repo.join("tests/browser/sites.mjs"))
+        .args(["--url", &format!("http://{}/#token={token}", site_a.addr), "--other", "site-b", "--screenshot-dir"])
+        .arg(&shots)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node");
+    let mut to_driver = driver.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(driver.stdout.take().expect("stdout")).lines();
+    let mut next_step = async |want: &str| -> serde_json::Value {
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(120), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no step {want} within 2 minutes"))
+                .expect("read the driver's output");
+            let Some(line) = line else { return serde_json::Value::Null };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["step"] == want
+            {
+                return v;
+            }
+        }
+    };
+    let figures = next_step("figures").await;
+    if figures.is_null() {
+        let output = driver.wait_with_output().await.expect("driver");
+        panic!("sites.mjs failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(figures["home"], "site-a", "{figures}");
+    site_b.shutdown().await;
+    to_driver.write_all(b"other-down\n").await.expect("tell the driver");
+    let down = next_step("other_down").await;
+    assert!(!down.is_null(), "sites.mjs stopped before site-b was shown down");
+    control.stop();
+    to_driver.write_all(b"control-down\n").await.expect("tell the driver");
+    let stale = next_step("control_down").await;
+    let done = next_step("done").await;
+    let output = driver.wait_with_output().await.expect("driver");
+    assert!(
+        output.status.success() && !stale.is_null() && !done.is_null(),
+        "sites.mjs failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    site_a.shutdown().await;
+}
+
+/// Pairing from the page: a browser with no device shows the pairing form, refuses a wrong code in plain words,
+/// and with the right one pairs itself (a new device of the user, under the name typed) and opens the phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_terminal_pairs_itself_by_code_and_opens_the_phone() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
+    );
+    let control = control().await;
+    let site = site(&control, "site-a", scratch("pair-browser")).await;
+    user_with_phone(&control, &site, "pia").await;
+    let code = control.client.pair_code("pia").await.expect("a pairing code").code;
+    let shots = scratch("pair-shots");
+    let url = format!("http://{}/", site.addr);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .env("VMI_PAIR_CODE", code)
+            .arg(repo.join("tests/browser/pair.mjs"))
+            .args(["--url", &url, "--screenshot-dir"])
+            .arg(&shots)
+            .output()
+            .expect("node")
+    })
+    .await
+    .expect("driver task");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "pair.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let steps: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let step = |name: &str| steps.iter().find(|s| s["step"] == name).cloned().unwrap_or_else(|| panic!("no {name}"));
+    let refused = step("refused");
+    assert!(refused["error"].as_str().is_some_and(|e| e.contains("not valid")), "{refused}");
+    let paired = step("paired");
+    assert_eq!(paired["form_hidden"], true, "{paired}");
+    let devices = control.client.list_devices("pia").await.expect("devices");
+    assert!(devices.iter().any(|d| d.name == "Test browser"), "{devices:?}");
     site.shutdown().await;
 }
 

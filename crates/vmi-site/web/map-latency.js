@@ -20,9 +20,11 @@ export class RoundTrips {
     this.freshSince = performance.now() + PROBE_SETTLE_MS;
   }
 
-  /** The round trip to a site: the least of the fresh samples (`freshOnly`), or else the newest sample. */
+  /** The round trip to a site: the least of the fresh samples (`freshOnly`), or else the newest sample; null when
+   * the site did not answer the last probe (an old figure would say it is there). */
   rttOf(id, freshOnly) {
-    const all = this.probes.get(id) || [];
+    if (this.silent(id)) return null;
+    const all = (this.probes.get(id) || []).filter((p) => p.ms !== null);
     const fresh = all.filter((p) => p.at >= this.freshSince);
     if (fresh.length) return Math.min(...fresh.map((p) => p.ms));
     return freshOnly || !all.length ? null : all[all.length - 1].ms;
@@ -38,16 +40,24 @@ export class RoundTrips {
     }
   }
 
+  /** Whether the site did not answer its last probe. */
+  silent(id) {
+    const all = this.probes.get(id) || [];
+    return all.length > 0 && all[all.length - 1].ms === null;
+  }
+
   async probeSite(s) {
     const at = performance.now();
+    let ms = null;
     try {
       // an opaque answer is enough: only the time matters
       await fetch(reachable(`${s.url}/healthz`), { mode: 'no-cors', cache: 'no-store' });
+      ms = performance.now() - at;
     } catch {
-      return;
+      // no answer: recorded, so the page stops showing the last figure
     }
     const list = this.probes.get(s.id) || [];
-    list.push({ ms: performance.now() - at, at });
+    list.push({ ms, at });
     if (list.length > PROBES_KEPT) list.shift();
     this.probes.set(s.id, list);
   }

@@ -50,6 +50,7 @@ export function niceStep(min) {
 
 /** A site's state as the map shows it: 'ok', 'draining' or 'down'. */
 export function siteState(s) {
+  if (s.stale) return 'unknown';
   return !s.healthy ? 'down' : s.draining ? 'draining' : 'ok';
 }
 
@@ -212,7 +213,8 @@ export class MapPicture {
     m.g.setAttribute('class', `site ${state}${home ? ' home' : ''}`);
     m.area.setAttribute('fill', `url(#fm-area-${state})`);
     const phones = `${s.phones} phone${s.phones === 1 ? '' : 's'}`;
-    m.meta.textContent = state === 'ok' ? phones : `${phones} · ${state === 'down' ? 'down' : 'draining'}`;
+    const word = { down: 'down', draining: 'draining', unknown: 'state unknown' }[state];
+    m.meta.textContent = state === 'ok' ? phones : `${phones} · ${word}`;
     placeLabel(m, sx, sy, ux, uy);
     m.link.setAttribute('x1', ux);
     m.link.setAttribute('y1', uy);

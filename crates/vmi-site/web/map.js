@@ -9,6 +9,7 @@
 // makes the terminal follow.
 
 import { bearer, getJson } from './api.js';
+import { followHint } from './follow-hint.js';
 import { PROBE_SETTLE_MS, RoundTrips } from './map-latency.js';
 import { MoveLog, countMove } from './map-moves.js';
 import { MapPicture, siteState } from './map-picture.js';
@@ -56,6 +57,9 @@ class FollowMe {
       site: null, // the site running the phone
       position: null, // {lat, lon}: where the user is
       sites: [], // [{id, url, lat, lon, phones, healthy, draining, rtt_ms}]
+      stale: null, // Date.now() since when the control plane could not be asked (the states shown are older)
+      follow: null, // the placer's rules ({min_gain_ms, min_gain_ratio, dwell_ms, report_max_age_ms}), null when off
+      closer: null, // {site, since}: a site answering faster by the placer's margin, since when (Date.now())
       migrations: 0, // migrations listed
       reports: 0, // positions this page reported
       lastMove: null, // the newest migration seen arrive while the page was open
@@ -99,9 +103,13 @@ class FollowMe {
     const { map, sites, ui } = this;
     if (!map.available || !sites.length) return;
     this.picture.show(sites);
-    const rtts = sites.map((s) => this.trips.rttOf(s.id, false));
-    map.sites = sites.map((s, i) => ({ ...s, rtt_ms: rtts[i] === null ? null : Math.round(rtts[i] * 10) / 10 }));
-    this.picture.draw(sites, map.position, rtts, map.site);
+    const rtts = sites.map((s) => this.rttOf(s, false));
+    map.sites = sites.map((s, i) => ({
+      ...s,
+      stale: !!map.stale,
+      rtt_ms: rtts[i] === null ? null : Math.round(rtts[i] * 10) / 10,
+    }));
+    this.picture.draw(map.sites, map.position, rtts, map.site);
     ui.sites.replaceChildren(this.siteTable(rtts));
     ui.where.replaceChildren();
     if (map.site) {
@@ -109,9 +117,23 @@ class FollowMe {
       b.textContent = map.site;
       ui.where.append(`${map.user}’s phone runs on `, b);
     }
-    ui.rtt.textContent = this.vmi.latencyMs === null ? '–' : String(this.vmi.latencyMs);
+    if (map.stale) {
+      const at = new Date(map.stale).toLocaleTimeString([], { hourCycle: 'h23' });
+      ui.where.append(` (as of ${at}: the control plane cannot be asked now)`);
+    }
+    const home = sites.findIndex((s) => s.id === map.site);
+    ui.rtt.textContent = home >= 0 && rtts[home] !== null ? rtts[home].toFixed(1) : '–';
     this.hint(rtts);
     this.moves.refreshTimes(Date.now());
+  }
+
+  /**
+   * The round trip to a site, one figure per site for the whole page: for the site running the phone, the session's
+   * own (`vmi.latencyMs`: the connection indicator shows it too), for the others their /healthz probes.
+   */
+  rttOf(s, freshOnly) {
+    if (s.id === this.map.site && this.vmi.latencyMs !== null && this.vmi.state === 'connected') return this.vmi.latencyMs;
+    return this.trips.rttOf(s.id, freshOnly);
   }
 
   /** The table of sites: name and tags, phones, round trip (the best one marked). */
@@ -120,7 +142,7 @@ class FollowMe {
     const best = known.length ? Math.min(...known) : null;
     const body = document.createDocumentFragment();
     this.sites.forEach((s, i) => {
-      const state = siteState(s);
+      const state = siteState({ ...s, stale: !!this.map.stale });
       const home = s.id === this.map.site;
       const ms = rtts[i];
       const tr = document.createElement('tr');
@@ -138,6 +160,8 @@ class FollowMe {
       if (home) tag('your phone');
       if (state === 'draining') tag('draining', 'warn');
       if (state === 'down') tag('down', 'bad');
+      if (state === 'unknown') tag('state unknown', 'warn');
+      else if (this.trips.silent(s.id) && state !== 'down') tag('no answer', 'bad');
       const count = document.createElement('td');
       count.textContent = String(s.phones);
       const rtt = document.createElement('td');
@@ -149,35 +173,26 @@ class FollowMe {
     return body;
   }
 
+  /** What the placer will do, in its own terms (follow-hint.js), under the map. */
   hint(rtts) {
-    const { sites, ui } = this;
-    const i = sites.findIndex((s) => s.id === this.map.site);
-    const here = i >= 0 ? rtts[i] : null;
-    let bestI = -1;
-    sites.forEach((s, j) => {
-      if (rtts[j] !== null && s.healthy && !s.draining && (bestI < 0 || rtts[j] < rtts[bestI])) bestI = j;
+    const { ui, map } = this;
+    const h = followHint({
+      sites: this.sites,
+      rtts,
+      home: map.site,
+      rules: map.follow,
+      reporting: this.owns,
+      closer: map.closer,
+      now: Date.now(),
     });
-    ui.hint.className = 'fm-hint';
-    if (here !== null && bestI >= 0 && bestI !== i) {
-      const gain = here - rtts[bestI];
-      // the placer's default margin: 2 ms and 20 %
-      if (gain >= 2 && gain >= 0.2 * here) {
-        ui.hint.className = 'fm-hint closer';
-        const b = document.createElement('b');
-        b.textContent = sites[bestI].id;
-        ui.hint.replaceChildren(
-          b,
-          ` is closer (${rtts[bestI].toFixed(0)} ms, against ${here.toFixed(0)} ms). Stay a while and your phone follows you there.`,
-        );
-        return;
-      }
-    }
-    if (!this.owns) {
-      ui.hint.textContent = 'Drag the blue dot: that is you. Walk toward another site and your phone follows, live.';
-    } else if (bestI === i && i >= 0) {
-      ui.hint.textContent = 'Your phone runs on the closest site.';
+    map.closer = h.closer;
+    ui.hint.className = h.best ? 'fm-hint closer' : 'fm-hint';
+    if (h.best) {
+      const b = document.createElement('b');
+      b.textContent = h.best;
+      ui.hint.replaceChildren(b, h.text);
     } else {
-      ui.hint.textContent = 'Measuring the round trip to each site…';
+      ui.hint.textContent = h.text;
     }
   }
 
@@ -218,7 +233,7 @@ class FollowMe {
     if (withRtt && this.reportedVersion === this.posVersion) {
       const rtt = {};
       for (const s of this.sites) {
-        const ms = this.trips.rttOf(s.id, true);
+        const ms = this.rttOf(s, true);
         if (ms !== null) rtt[s.id] = Math.round(ms * 100) / 100;
       }
       if (Object.keys(rtt).length) body.rtt_ms = rtt;
@@ -264,9 +279,20 @@ class FollowMe {
   /** Asks for the sites, the user's phone, migrations and latest report, and shows them. */
   async refresh() {
     const { map, auth } = this;
-    const [me, list] = await Promise.all([getJson('/v1/demo/me', auth), getJson('/v1/demo/sites', auth)]);
+    let me;
+    let list;
+    try {
+      [me, list] = await Promise.all([getJson('/v1/demo/me', auth), getJson('/v1/demo/sites', auth)]);
+    } catch (e) {
+      // The states shown are as old as the last answer: say so, and stop showing them as live.
+      if (map.available && !map.stale) map.stale = Date.now();
+      if (map.available) this.draw();
+      throw e;
+    }
+    map.stale = null;
     map.user = me.user;
     map.site = me.site;
+    map.follow = me.follow || null;
     this.sites = (Array.isArray(list) ? list : [])
       .filter((s) => s && typeof s.id === 'string' && Number.isFinite(s.lat) && Number.isFinite(s.lon))
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));

@@ -1,5 +1,5 @@
 // The phone's notifications: a toast while awake, the lock screen's list while asleep
-// (toasted again on wake), and the lock screen's clock.
+// (toasted on wake only if the tab was hidden, so nobody saw the lock screen), and the lock screen's clock.
 
 const LOCK_NOTES_KEPT = 20;
 const TOASTS_SHOWN = 3;
@@ -27,7 +27,7 @@ export class Notifications {
   constructor(vmi, ui) {
     this.vmi = vmi;
     this.ui = ui;
-    this.unseen = []; // notifications that came while asleep: toasted again on wake
+    this.unseen = []; // notifications that came while asleep in a hidden tab: toasted on wake
     setInterval(() => {
       if (vmi.asleep) this.updateLockClock();
     }, 15000);
@@ -39,8 +39,9 @@ export class Notifications {
     vmi.notifications.push(n);
     ui.lockList.prepend(noteElement(n, 'lock-note'));
     while (ui.lockList.children.length > LOCK_NOTES_KEPT) ui.lockList.lastChild.remove();
-    if (vmi.asleep) this.unseen.push(n);
-    else this.toast(n);
+    // Asleep in sight, the lock screen shows it: seen, so waking does not replay it.
+    if (!vmi.asleep) this.toast(n);
+    else if (document.visibilityState !== 'visible') this.unseen.push(n);
   }
 
   toast(n) {
@@ -58,7 +59,7 @@ export class Notifications {
     this.updateLockClock();
   }
 
-  /** The page woke: the lock screen empties, the last few unseen are toasted. */
+  /** The page woke: the lock screen empties, the last few nobody saw are toasted. */
   awake() {
     this.ui.lockList.replaceChildren();
     for (const n of this.unseen.slice(-TOASTS_SHOWN)) this.toast(n);

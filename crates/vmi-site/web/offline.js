@@ -86,8 +86,11 @@ export class OfflineSession {
     vmi.state = 'offline';
     vmi.offline = { user: null, saves: 0, checkedIn: false, error: null };
     this.showChip('Starting your phone on this device…');
+    const t0 = performance.now();
     try {
       this.phone = await PagePhone.start({ bundle: record.bundle, saved: record.saved, moduleBytes: await moduleBytes() });
+      // what starting costs here: fetching the module, checking and instrumenting the image, restoring (tests report it)
+      vmi.offline.startMs = Math.round(performance.now() - t0);
     } catch (e) {
       this.fail(`Your phone could not start on this device: ${e.message}`);
       return;
@@ -206,7 +209,10 @@ export class OfflineSession {
   saveNow() {
     clearTimeout(this.saveTimer);
     if (!this.phone || this.phone.crashed || this.vmi.offline.checkedIn) return Promise.resolve();
+    const t0 = performance.now();
     this.record.saved = this.phone.save();
+    this.vmi.offline.saveMs = Math.round(performance.now() - t0);
+    this.vmi.offline.savedBytes = this.record.saved.length;
     this.record.savedAt = Date.now();
     const done = keep(this.record).then(() => {
       this.vmi.offline.saves++;

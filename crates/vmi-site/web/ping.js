@@ -4,6 +4,8 @@
 const PING_EVERY_MS = 2000;
 const KEEPALIVE_MS = 170 * 1000;
 const PINGS_IN_FLIGHT = 16;
+/** The round trip the page shows is the least of the last few (one slow answer is the network's noise, not its distance). */
+const SAMPLES_KEPT = 3;
 
 export class Pings {
   /** `send(message)` sends on the session; `welcomed()` says whether it is welcomed. */
@@ -15,6 +17,7 @@ export class Pings {
     this.lastSentAt = 0; // performance.now() of the last message sent, ping or not
     this.nonce = 0;
     this.inFlight = new Map(); // nonce -> performance.now() when sent
+    this.samples = []; // the last round trips, ms
   }
 
   /** Notes that the session sent a message now. */
@@ -27,6 +30,8 @@ export class Pings {
     clearTimeout(this.timer);
     this.timer = 0;
     this.inFlight.clear();
+    // the next connection may be to another site: its round trips start afresh
+    this.samples = [];
   }
 
   /** Pings after `delay` ms (default: the usual period), or a keepalive when asleep or hidden. */
@@ -55,12 +60,18 @@ export class Pings {
     this.send({ type: 'Ping', nonce });
   }
 
-  /** A Pong: its round trip becomes `vmi.latencyMs`. */
+  /**
+   * A Pong: `vmi.latencyMs` becomes the least of the last few round trips, the one figure the whole page shows for
+   * the site that runs the phone (the connection indicator, the map, and what the page reports to the placer).
+   */
   pong(nonce) {
     const sent = this.inFlight.get(nonce);
     if (sent !== undefined) {
       this.inFlight.delete(nonce);
-      this.vmi.latencyMs = Math.round(performance.now() - sent);
+      this.samples.push(performance.now() - sent);
+      if (this.samples.length > SAMPLES_KEPT) this.samples.shift();
+      this.vmi.latencyMs = Math.round(Math.min(...this.samples) * 10) / 10;
     }
   }
+
 }

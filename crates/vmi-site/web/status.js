@@ -3,23 +3,65 @@
 
 import { formatBytes } from './format.js';
 
+/** Frame and byte rates are over this long. */
+const RATE_WINDOW_MS = 3000;
+
+/** good | fair | poor | unknown, by the round trip (a screen that answers a touch within a frame or two is good). */
+export function qualityLevel(rttMs) {
+  if (rttMs === null || rttMs === undefined) return 'unknown';
+  return rttMs <= 60 ? 'good' : rttMs <= 150 ? 'fair' : 'poor';
+}
+
 export class Status {
   /** `vmi` holds the page's figures; `ui` the elements that show them. */
   constructor(vmi, ui) {
     this.vmi = vmi;
     this.ui = ui;
     this.queued = false;
+    this.samples = []; // {at, frames, bytes}, the last RATE_WINDOW_MS
+    setInterval(() => this.sample(), 1000);
+  }
+
+  /** Notes the counters now; the rates are over the samples kept. */
+  sample() {
+    const { vmi } = this;
+    const now = performance.now();
+    this.samples.push({ at: now, frames: vmi.frames, bytes: vmi.bytes });
+    while (this.samples.length > 2 && now - this.samples[0].at > RATE_WINDOW_MS) this.samples.shift();
+    this.queue();
+  }
+
+  /** The one connection indicator: round trip, frames and bytes per second (a still screen: 0 and 0). */
+  quality() {
+    const { vmi, samples } = this;
+    const first = samples[0];
+    const last = samples[samples.length - 1];
+    const secs = first && last && last.at > first.at ? (last.at - first.at) / 1000 : 0;
+    const online = vmi.state === 'connected' || vmi.state === 'moving' || vmi.state === 'asleep';
+    const rttMs = online ? vmi.latencyMs : null;
+    const fps = secs ? Math.round(((last.frames - first.frames) / secs) * 10) / 10 : 0;
+    const bytesPerSecond = secs ? Math.round((last.bytes - first.bytes) / secs) : 0;
+    return { rttMs, fps, bytesPerSecond, level: qualityLevel(rttMs) };
   }
 
   /** Shows `vmi` now. */
   render() {
     const { vmi, ui } = this;
     this.queued = false;
+    const q = this.quality();
+    vmi.quality = q;
+    const rttText = q.rttMs === null ? '–' : `${q.rttMs.toFixed(1)} ms`;
+    if (ui.quality) {
+      ui.quality.dataset.quality = q.level;
+      ui.fps.textContent = `${q.fps} fps`;
+      ui.rate.textContent = `${formatBytes(q.bytesPerSecond)}/s`;
+    }
+    if (ui.pfDot) ui.pfDot.title = `${vmi.state}: ${rttText} · ${q.fps} fps · ${formatBytes(q.bytesPerSecond)}/s`;
     ui.stateText.textContent = vmi.state;
     ui.stateDot.dataset.state = vmi.state;
     if (ui.pfDot) ui.pfDot.dataset.state = vmi.state;
     document.body.dataset.state = vmi.state;
-    ui.rtt.textContent = vmi.latencyMs === null ? '–' : `${vmi.latencyMs} ms`;
+    ui.rtt.textContent = rttText;
     ui.bytes.textContent = formatBytes(vmi.bytes);
     ui.frames.textContent = String(vmi.frames);
     ui.sleepBtn.hidden = vmi.asleep;
@@ -30,8 +72,8 @@ export class Status {
       ui.moveChip.hidden = vmi.state !== 'moving';
       ui.moveChip.textContent = vmi.state === 'moving' ? `Moving to ${vmi.movingTo || 'another site'}…` : '';
     }
-    // Offline, the phone runs in this page: nothing to connect to (offline.js says so on the screen).
-    const showConn = !vmi.asleep && !['connected', 'moving', 'offline'].includes(vmi.state);
+    // Offline, the phone runs in this page; pairing, the form says what to do: nothing to connect to.
+    const showConn = !vmi.asleep && !['connected', 'moving', 'offline', 'pairing'].includes(vmi.state);
     ui.connOverlay.hidden = !showConn;
     if (showConn) {
       ui.connText.textContent =
@@ -75,7 +117,7 @@ export class Status {
     }
   }
 
-  /** The session's state: connecting | connected | asleep | moving | reconnecting | closed | offline. */
+  /** The session's state: connecting | connected | asleep | moving | reconnecting | closed | offline | pairing. */
   setState(s) {
     this.vmi.state = s;
     this.queue();

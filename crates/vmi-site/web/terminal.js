@@ -31,6 +31,9 @@ function pageElements() {
     stateDot: $('state-dot'),
     stateText: $('state-text'),
     rtt: $('m-rtt'),
+    quality: $('m-quality'),
+    fps: $('m-fps'),
+    rate: $('m-rate'),
     bytes: $('m-bytes'),
     frames: $('m-frames'),
     size: $('m-size'),
@@ -165,7 +168,8 @@ export function start() {
     frameBytes: 0, // bytes of FrameUpdate messages received
     notifications: [], // {title, body, at_ms}
     lastSeq: 0, // seq of the last FrameUpdate applied
-    latencyMs: null, // last Ping -> Pong round trip
+    latencyMs: null, // round trip to the phone's site: the least of the last three Ping -> Pong
+    quality: null, // {rttMs, fps, bytesPerSecond, level}: the connection indicator (status.js)
     width: 0,
     height: 0,
     asleep: false,
@@ -222,7 +226,9 @@ export function start() {
 
   if (!token) {
     bindSession(online());
-    session.refuse('This browser is not paired with a phone yet: type a pairing code, or open the link your operator gave you.');
+    // The pairing form says what to do; no error line or "Disconnected" over it.
+    session.fatal = true;
+    status.setState('pairing');
     showPairForm(ui, vmi);
     return vmi;
   }

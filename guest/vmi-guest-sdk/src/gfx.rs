@@ -29,7 +29,9 @@
 //! [`Font`] picks a pre-rasterized face of DejaVu Sans by pixel size and [`Weight`];
 //! [`Canvas::draw_text`] draws one line with kerning, and [`TextLayout`] wraps paragraphs
 //! for [`Canvas::draw_layout`]. Faces cover printable ASCII, Latin-1 and a little common
-//! punctuation (dashes, curly quotes, bullet, ellipsis, euro, arrows, check mark); any
+//! punctuation (dashes, curly quotes, bullet, ellipsis, euro, arrows, check mark), and
+//! every full face draws Chinese and Japanese (common hanzi and kanji, kana, CJK
+//! punctuation, fullwidth forms) from one CJK face of Droid Sans Fallback at 24 px; any
 //! other character draws as U+FFFD (�).
 
 mod canvas;

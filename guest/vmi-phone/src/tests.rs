@@ -308,7 +308,7 @@ fn notes_edit_persist_and_repaint_only_changed_lines() {
         &mut p,
         "\n\nThe quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs! \
          Zoë's café serves crème brûlée.\n\
-         “AVATAR” To: Wally — €5 → ✓ … 漢字",
+         “AVATAR” To: Wally — €5 → ✓ … 漢字 日本語 ひらがな カタカナ。",
     );
     shot(&p, "notes_typed");
 

@@ -59,6 +59,13 @@ impl Control {
         Control { client, url: url.to_string(), operator_token: operator_token.to_owned(), stop: None }
     }
 
+    /// Stops the control service (a test of what sites and pages do without it).
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// The operator, for calls to sites.
     pub fn operator(&self) -> Caller {
         bearer(&self.operator_token)

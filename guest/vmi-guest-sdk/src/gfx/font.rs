@@ -1,4 +1,4 @@
-//! Faces of DejaVu Sans rasterized at build time (see `build.rs`), and text metrics.
+//! Faces of DejaVu Sans rasterized at build time (see `build.rs`), a CJK face, and text metrics.
 
 /// One face of the atlas: a font file at one pixel size.
 #[derive(Debug)]
@@ -44,6 +44,9 @@ pub(crate) static ATLAS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/font_
 /// Slots 0..95 are ASCII 0x20..=0x7E, then 96 of Latin-1 0xA0..=0xFF, then `EXTRAS`.
 const LATIN1_SLOT: usize = 95;
 const EXTRAS_SLOT: usize = 95 + 96;
+/// Slots from here on are CJK characters, `CJK_CHARS[slot - CJK_SLOT]`, drawn from the one CJK
+/// face whatever the face asked for (build.rs says why one size).
+const CJK_SLOT: usize = 1 << 16;
 
 /// Font weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,7 +149,8 @@ impl Font {
         match c as u32 {
             0x20..=0x7e => Some(c as usize - 0x20),
             0xa0..=0xff => Some(c as usize - 0xa0 + LATIN1_SLOT),
-            _ => EXTRAS.iter().position(|&e| e == c).map(|i| i + EXTRAS_SLOT),
+            _ => (EXTRAS.iter().position(|&e| e == c).map(|i| i + EXTRAS_SLOT))
+                .or_else(|| CJK_CHARS.binary_search(&c).ok().map(|i| i + CJK_SLOT)),
         }
     }
 
@@ -160,7 +164,10 @@ impl Font {
     }
 
     pub(crate) fn glyph(&self, slot: usize) -> &'static GlyphDesc {
-        &GLYPHS[self.desc().first_glyph + slot]
+        match slot.checked_sub(CJK_SLOT) {
+            Some(i) => &CJK_GLYPHS[i],
+            None => &GLYPHS[self.desc().first_glyph + slot],
+        }
     }
 
     /// Kerning between two slots, in 1/64 pixel.
@@ -250,8 +257,14 @@ mod tests {
         assert!(f.measure("W") > f.measure("i"));
         assert_eq!(f.measure(""), 0);
         assert!(f.measure("AV") < f.measure("A") + f.measure("V"), "DejaVu kerns A-V");
-        assert!(f.has_glyph('é') && f.has_glyph('…') && !f.has_glyph('漢'));
-        assert!(f.measure("漢") > 0, "unknown characters still take room");
+        assert!(f.has_glyph('é') && f.has_glyph('…') && !f.has_glyph('\u{0710}'));
+        assert!(f.measure("\u{0710}") > 0, "unknown characters still take room");
+        // Chinese and Japanese from the CJK face, in every full face; a numerals face has none.
+        for c in ['日', '本', '漢', 'あ', 'カ', '。'] {
+            assert!(f.has_glyph(c) && Font::new(40, Weight::Bold).has_glyph(c), "{c}");
+        }
+        assert!(!Font::numerals(88).has_glyph('日'));
+        assert!(f.measure("日本") > f.measure("日"));
         let n = Font::numerals(88);
         let digits: Vec<i32> = "0123456789".chars().map(|c| n.measure(&c.to_string())).collect();
         assert!(digits.iter().all(|&w| w == digits[0]), "tabular digits");
