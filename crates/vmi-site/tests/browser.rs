@@ -10,15 +10,85 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_terminal_types_sleeps_is_notified_and_wakes() {
+/// The repository, with Chromium and playwright-core checked for (scripts/setup installs them).
+fn browser_repo() -> std::path::PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let driver = repo.join("tests/browser/e2e.mjs");
     assert!(
         repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
         "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
     );
+    repo
+}
+
+/// A browser driver (`tests/browser/NAME.mjs`) the test talks to while it runs: it prints one JSON step per line
+/// and waits for lines on stdin where the test must act (stop a site, migrate); killed if the test ends first.
+struct Driver {
+    name: String,
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl Driver {
+    fn start(name: &str, args: &[&str], shots: &Path) -> Driver {
+        let mut child = tokio::process::Command::new("node")
+            .arg(browser_repo().join(format!("tests/browser/{name}.mjs")))
+            .args(args)
+            .arg("--screenshot-dir")
+            .arg(shots)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run node");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Driver { name: name.to_owned(), child, stdin, lines, seen: Vec::new() }
+    }
+
+    /// The next step named `want`; if the driver ends first, its stderr in the panic.
+    async fn step(&mut self, want: &str) -> serde_json::Value {
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(180), self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{}.mjs: no step {want} within 3 minutes", self.name))
+                .expect("read the driver's output");
+            let Some(line) = line else {
+                let mut err = String::new();
+                if let Some(mut stderr) = self.child.stderr.take() {
+                    let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err).await;
+                }
+                panic!("{}.mjs ended before step {want}:\n{}\n{err}", self.name, self.seen.join("\n"));
+            };
+            self.seen.push(line.clone());
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["step"] == want
+            {
+                return v;
+            }
+        }
+    }
+
+    /// Tells the driver the test did what it waits for.
+    async fn tell(&mut self, line: &str) {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await.expect("tell the driver");
+    }
+
+    /// Waits for the driver's `done` and its clean exit.
+    async fn finish(mut self) {
+        self.step("done").await;
+        let status = self.child.wait().await.expect("driver");
+        assert!(status.success(), "{}.mjs exited with {status}", self.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_terminal_types_sleeps_is_notified_and_wakes() {
+    let driver = browser_repo().join("tests/browser/e2e.mjs");
     let control = control().await;
     let site = site(&control, "site-a", scratch("browser")).await;
     let token = user_with_phone(&control, &site, "alice").await;
@@ -81,12 +151,7 @@ async fn browser_terminal_types_sleeps_is_notified_and_wakes() {
 /// reaches the phone, and the frame after it equals the phone's framebuffer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_terminal_on_a_phone_fills_the_screen_types_copies_draws_with_two_fingers_and_rotates() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let driver = repo.join("tests/browser/phone.mjs");
-    assert!(
-        repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
-    );
+    let driver = browser_repo().join("tests/browser/phone.mjs");
     let control = control().await;
     let site = site(&control, "site-a", scratch("phone")).await;
     let token = user_with_phone(&control, &site, "pat").await;
@@ -139,63 +204,24 @@ async fn browser_terminal_on_a_phone_fills_the_screen_types_copies_draws_with_tw
 /// the site's phone has the text typed offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_terminal_runs_the_phone_offline_across_a_reload_and_checks_it_in() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    assert!(
-        repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
-    );
     let control = control().await;
     let data = scratch("offline-browser");
     let site = site(&control, "site-a", data.clone()).await;
     let token = user_with_phone(&control, &site, "olga").await;
-    let shots = scratch("offline-shots");
     let addr = site.addr;
-    let mut driver = tokio::process::Command::new("node")
-        .arg(repo.join("tests/browser/offline.mjs"))
-        .args(["--url", &format!("http://{addr}/#token={token}"), "--screenshot-dir"])
-        .arg(&shots)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run node");
-    let mut to_driver = driver.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(driver.stdout.take().expect("stdout")).lines();
-    let mut steps = Vec::new();
-    let mut next_step = async |want: &str| -> serde_json::Value {
-        loop {
-            let line = tokio::time::timeout(std::time::Duration::from_secs(180), lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("no step {want} within 3 minutes"))
-                .expect("read the driver's output");
-            let Some(line) = line else { return serde_json::Value::Null };
-            steps.push(line.clone());
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["step"] == want
-            {
-                return v;
-            }
-        }
-    };
+    let mut driver =
+        Driver::start("offline", &["--url", &format!("http://{addr}/#token={token}")], &scratch("offline-shots"));
 
-    let out = next_step("checked_out").await;
-    if out.is_null() {
-        let output = driver.wait_with_output().await.expect("driver");
-        panic!("offline.mjs failed before the checkout:\n{}", String::from_utf8_lossy(&output.stderr));
-    }
+    let out = driver.step("checked_out").await;
     assert_eq!(out["user"], "olga", "{out}");
     // The site holds the lease and refuses to run the phone meanwhile.
     let (status, _) = control.get(&format!("{}/v1/phones/olga/kv/notes.text", site.url)).await;
     assert_ne!(status, 200, "a checked-out phone is not run on the site");
 
     site.shutdown().await;
-    to_driver.write_all(b"site-down\n").await.expect("tell the driver");
-    let typed = next_step("typed_offline").await;
-    let reloaded = next_step("reloaded").await;
-    assert!(!reloaded.is_null(), "offline.mjs stopped before the reload: {steps:?}");
+    driver.tell("site-down").await;
+    let typed = driver.step("typed_offline").await;
+    let reloaded = driver.step("reloaded").await;
     assert_eq!(reloaded["before"], reloaded["after"], "the page shows the same screen after a reload offline");
     eprintln!(
         "offline in the browser: start {} ms after a reload, save {} ms ({} bytes)",
@@ -208,16 +234,9 @@ async fn browser_terminal_runs_the_phone_offline_across_a_reload_and_checks_it_i
         site.state.holds_lease()
     })
     .await;
-    to_driver.write_all(b"site-up\n").await.expect("tell the driver");
-    let back = next_step("checked_in").await;
-    let done = next_step("done").await;
-    let output = driver.wait_with_output().await.expect("driver");
-    assert!(
-        output.status.success() && !done.is_null(),
-        "offline.mjs failed:\n{}\n{}",
-        steps.join("\n"),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    driver.tell("site-up").await;
+    let back = driver.step("checked_in").await;
+    driver.finish().await;
     let (status, notes) = control.get(&format!("{}/v1/phones/olga/kv/notes.text", site.url)).await;
     assert_eq!(status, 200, "the phone runs on its site again");
     assert_eq!(String::from_utf8_lossy(&notes), typed["text"].as_str().expect("text"));
@@ -232,76 +251,65 @@ async fn browser_terminal_runs_the_phone_offline_across_a_reload_and_checks_it_i
 /// trip; with the control plane gone, the states shown say how old they are instead of looking live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_terminal_shows_one_round_trip_and_the_control_planes_site_states() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    assert!(
-        repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
-    );
     let mut control = control().await;
     let site_a = site(&control, "site-a", scratch("sites-a")).await;
     let site_b = site(&control, "site-b", scratch("sites-b")).await;
     let token = user_with_phone(&control, &site_a, "sam").await;
-    let shots = scratch("sites-shots");
-    let mut driver = tokio::process::Command::new("node")
-        .arg(repo.join("tests/browser/sites.mjs"))
-        .args(["--url", &format!("http://{}/#token={token}", site_a.addr), "--other", "site-b", "--screenshot-dir"])
-        .arg(&shots)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run node");
-    let mut to_driver = driver.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(driver.stdout.take().expect("stdout")).lines();
-    let mut next_step = async |want: &str| -> serde_json::Value {
-        loop {
-            let line = tokio::time::timeout(std::time::Duration::from_secs(120), lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("no step {want} within 2 minutes"))
-                .expect("read the driver's output");
-            let Some(line) = line else { return serde_json::Value::Null };
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["step"] == want
-            {
-                return v;
-            }
-        }
-    };
-    let figures = next_step("figures").await;
-    if figures.is_null() {
-        let output = driver.wait_with_output().await.expect("driver");
-        panic!("sites.mjs failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    }
+    let url = format!("http://{}/#token={token}", site_a.addr);
+    let mut driver = Driver::start("sites", &["--url", &url, "--other", "site-b"], &scratch("sites-shots"));
+    let figures = driver.step("figures").await;
     assert_eq!(figures["home"], "site-a", "{figures}");
     site_b.shutdown().await;
-    to_driver.write_all(b"other-down\n").await.expect("tell the driver");
-    let down = next_step("other_down").await;
-    assert!(!down.is_null(), "sites.mjs stopped before site-b was shown down");
+    driver.tell("other-down").await;
+    driver.step("other_down").await;
     control.stop();
-    to_driver.write_all(b"control-down\n").await.expect("tell the driver");
-    let stale = next_step("control_down").await;
-    let done = next_step("done").await;
-    let output = driver.wait_with_output().await.expect("driver");
+    driver.tell("control-down").await;
+    driver.step("control_down").await;
+    driver.finish().await;
+    site_a.shutdown().await;
+}
+
+/// A live migration in the browser: the stopwatch runs, the phone moves to another site, and the page shows no
+/// outage overlay and no frame gap longer than the move's own terminal gap (Redirect → first frame from the new
+/// site) plus one frame interval (the longest in the second before the move); the map names the new site and gives it
+/// the connection's own round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_terminal_follows_a_live_migration_without_an_overlay_or_an_extra_frame_gap() {
+    let control = control().await;
+    let site_a = site(&control, "site-a", scratch("move-a")).await;
+    let site_b = site(&control, "site-b", scratch("move-b")).await;
+    let token = user_with_phone(&control, &site_a, "max").await;
+    let url = format!("http://{}/#token={token}", site_a.addr);
+    let mut driver = Driver::start("move", &["--url", &url, "--to", "site-b"], &scratch("move-shots"));
+    driver.step("running").await;
+    let body = serde_json::json!({ "to": "site-b" });
+    let (status, report) =
+        control.operator().post_json(&format!("{}/v1/phones/max/migrate", site_a.url), &body).await.expect("post");
+    assert_eq!(status, 200, "{report}");
+    driver.tell("migrated").await;
+    let moved = driver.step("moved").await;
+    driver.finish().await;
+    assert_eq!(moved["overlay_shown"], 0, "no outage overlay over a planned move: {moved}");
+    assert!(moved["url"].as_str().is_some_and(|u| u.contains(&site_b.addr.port().to_string())), "{moved}");
+    let terminal_gap = moved["move"]["terminalGapMs"].as_f64().expect("terminal gap");
+    let frame_gap = moved["move"]["frameGapMs"].as_f64().expect("frame gap");
+    let frame = moved["interval_max_ms"].as_f64().expect("frame interval");
+    eprintln!(
+        "migration in the browser: frame gap {frame_gap:.1} ms, terminal gap {terminal_gap:.1} ms, frame {frame:.1} ms"
+    );
     assert!(
-        output.status.success() && !stale.is_null() && !done.is_null(),
-        "sites.mjs failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        frame_gap <= terminal_gap + frame,
+        "frame gap {frame_gap} ms > terminal gap {terminal_gap} ms + one frame {frame} ms"
     );
     site_a.shutdown().await;
+    site_b.shutdown().await;
 }
 
 /// Pairing from the page: a browser with no device shows the pairing form, refuses a wrong code in plain words,
 /// and with the right one pairs itself (a new device of the user, under the name typed) and opens the phone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_terminal_pairs_itself_by_code_and_opens_the_phone() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    assert!(
-        repo.join("tests/browser/node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs Chromium and playwright-core: run ./scripts/setup first"
-    );
+    let repo = browser_repo();
     let control = control().await;
     let site = site(&control, "site-a", scratch("pair-browser")).await;
     user_with_phone(&control, &site, "pia").await;

@@ -8,7 +8,7 @@
 // placer moves the phone when another site stays closer, and the session's Redirect
 // makes the terminal follow.
 
-import { bearer, getJson } from './api.js';
+import { bearer, getJson, reachable } from './api.js';
 import { followHint } from './follow-hint.js';
 import { PROBE_SETTLE_MS, RoundTrips } from './map-latency.js';
 import { MoveLog, countMove } from './map-moves.js';
@@ -102,6 +102,12 @@ class FollowMe {
   draw() {
     const { map, sites, ui } = this;
     if (!map.available || !sites.length) return;
+    // The session moved (a Redirect): ask where the phone runs now rather than wait for the next poll.
+    const here = this.vmi.state === 'connected' ? sites.find((s) => this.isSessionSite(s)) : null;
+    if (here && here.id !== map.site && this.askedAfterMove !== this.vmi.url) {
+      this.askedAfterMove = this.vmi.url;
+      this.refresh().catch(() => {});
+    }
     this.picture.show(sites);
     const rtts = sites.map((s) => this.rttOf(s, false));
     map.sites = sites.map((s, i) => ({
@@ -132,8 +138,17 @@ class FollowMe {
    * own (`vmi.latencyMs`: the connection indicator shows it too), for the others their /healthz probes.
    */
   rttOf(s, freshOnly) {
-    if (s.id === this.map.site && this.vmi.latencyMs !== null && this.vmi.state === 'connected') return this.vmi.latencyMs;
+    if (this.vmi.latencyMs !== null && this.vmi.state === 'connected' && this.isSessionSite(s)) return this.vmi.latencyMs;
     return this.trips.rttOf(s.id, freshOnly);
+  }
+
+  /** Whether the session is connected to site `s` (by address: the map's idea of where the phone runs may lag). */
+  isSessionSite(s) {
+    try {
+      return new URL(this.vmi.url.replace(/^ws/i, 'http')).host === new URL(reachable(s.url)).host;
+    } catch {
+      return false;
+    }
   }
 
   /** The table of sites: name and tags, phones, round trip (the best one marked). */

@@ -306,6 +306,21 @@ export class Session {
 
   onFrameUpdate(m, size) {
     const { vmi } = this;
+    const now = performance.now();
+    if (this.move) {
+      // The first frame from the site the phone moved to: what the move cost, as this page saw it (tests read it).
+      const { redirectAt, lastFrameAt } = this.move;
+      this.move = null;
+      this.moved = true; // the gap across the move is counted there, not as a frame interval
+      vmi.moves = (vmi.moves || []).slice(-9);
+      vmi.moves.push({ terminalGapMs: now - redirectAt, frameGapMs: lastFrameAt === null ? null : now - lastFrameAt });
+    }
+    if (vmi.lastFrameAt !== undefined && !this.moved) {
+      vmi.frameIntervals = (vmi.frameIntervals || []).slice(-19);
+      vmi.frameIntervals.push(now - vmi.lastFrameAt);
+    }
+    this.moved = false;
+    vmi.lastFrameAt = now;
     this.display.apply(m.tiles);
     vmi.lastSeq = m.seq;
     vmi.frames++;
@@ -330,6 +345,7 @@ export class Session {
 
   onRedirect(m) {
     if (!/^wss?:\/\//i.test(m.url)) throw new ProtocolError('BadValue', `redirect to ${m.url}`);
+    this.move = { redirectAt: performance.now(), lastFrameAt: this.vmi.lastFrameAt ?? null };
     this.dropSocket();
     // A planned move (a migration, or the phone found elsewhere): the screen stays as it is, with a small chip,
     // not the outage overlay; a failure to reach the new site is an outage again (`closed`).
