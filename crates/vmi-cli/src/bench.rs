@@ -139,6 +139,9 @@ pub enum BenchCmd {
         /// Phones to create.
         #[arg(long, default_value_t = 1000)]
         vms: usize,
+        /// Also this many hibernated phones (each hibernated after boot), with wake times, beside the resident ones.
+        #[arg(long, value_name = "N")]
+        hibernated: Option<usize>,
     },
 }
 
@@ -180,7 +183,13 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Snapshot { json, rounds, dirty_tracking } => print(json, snapshot(rounds.max(3), dirty_tracking)?),
         BenchCmd::Input { json, events } => print(json, input(events.max(10))?),
-        BenchCmd::Density { json, vms } => print(json, density(vms.max(1))?),
+        BenchCmd::Density { json, vms, hibernated } => {
+            let mut figures = density(vms.max(1))?;
+            if let Some(n) = hibernated {
+                figures["hibernated"] = density_hibernated(n.max(1))?;
+            }
+            print(json, figures)
+        }
         BenchCmd::Checkpoint { json, hours, phones } => {
             print(json, crate::bench_checkpoint::checkpoint(hours.max(1), phones.max(1))?)
         }
@@ -420,6 +429,52 @@ pub fn rss_bytes() -> Result<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS in /proc/self/status")?;
     let kib: u64 = line.split_whitespace().nth(1).context("malformed VmRSS")?.parse()?;
     Ok(kib * 1024)
+}
+
+/// `n` phones that hibernate right after boot (at most one resident at a time while they are made), then a wake
+/// of a sample of them: what a hibernated phone costs, and how long an event waits for its phone to wake.
+fn density_hibernated(n: usize) -> Result<Value> {
+    const WAKES: usize = 500;
+    let engine = engine(16, None)?;
+    let image = engine.load_image(vmi_phone_image::PHONE_WASM)?;
+    let warm = engine.create(&image.hash, &VmConfig::default())?;
+    let before = rss_bytes()?;
+    let started = Instant::now();
+    let mut phones = Vec::with_capacity(n);
+    for i in 0..n {
+        let config = VmConfig { rng_seed: Some(i as u64 + 1), ..VmConfig::default() };
+        let mut phone = engine.create(&image.hash, &config)?;
+        phone.hibernate()?;
+        phones.push(phone);
+    }
+    let made_s = started.elapsed().as_secs_f64();
+    let after = rss_bytes()?;
+    let store = engine.page_store_stats();
+    // An event for a hibernated phone: wake, deliver, and back to sleep; the wake and the event are timed together.
+    let (mut wake_ms, mut sleep_ms) = (Vec::with_capacity(WAKES), Vec::with_capacity(WAKES));
+    let step = (n / WAKES).max(1);
+    for phone in phones.iter_mut().step_by(step).take(WAKES) {
+        let t = Instant::now();
+        phone.deliver(Event::Wake)?;
+        wake_ms.push(ms(t));
+        let t = Instant::now();
+        phone.hibernate()?;
+        sleep_ms.push(ms(t));
+    }
+    drop(warm);
+    Ok(json!({
+        "conditions": format!("{n} default phones 720x1280, each hibernated after boot, one process; {} of them woken by an event and hibernated again", wake_ms.len()),
+        "phones": n,
+        "rss_mib": round(after as f64 / (1 << 20) as f64, 1),
+        "kib_per_hibernated_phone": round(after.saturating_sub(before) as f64 / n as f64 / 1024.0, 2),
+        "page_store_pages": store.pages,
+        "page_store_mib": round(store.bytes as f64 / (1 << 20) as f64, 2),
+        "create_and_hibernate_s": round(made_s, 2),
+        "wake_ms_p50": round(percentile(&mut wake_ms, 50.0), 3),
+        "wake_ms_p99": round(percentile(&mut wake_ms, 99.0), 3),
+        "hibernate_ms_p50": round(percentile(&mut sleep_ms, 50.0), 3),
+        "hibernate_ms_p99": round(percentile(&mut sleep_ms, 99.0), 3),
+    }))
 }
 
 fn density(vms: usize) -> Result<Value> {

@@ -100,6 +100,7 @@ async fn world_on(clock: Arc<dyn Clock>, etcd: bool) -> Result<World> {
         credentials: site_credentials,
         limits: Default::default(),
         history: None,
+        hibernation: None,
     })
     .await?;
     let control = vmi_control_api::ControlClient::new(&control_url, &operator)?;
@@ -448,6 +449,7 @@ async fn migration_series(rounds: usize, etcd: bool) -> Result<MigrationSeries> 
         credentials: w.site_credentials("site-b")?,
         limits: Default::default(),
         history: None,
+        hibernation: None,
     })
     .await?;
     let sites = [(w.site.state.id.clone(), w.site.url.clone()), (b.state.id.clone(), b.url.clone())];

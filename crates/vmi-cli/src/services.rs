@@ -92,6 +92,13 @@ pub struct SiteArgs {
     /// How often every phone is checkpointed (`30m`, `1h`, …; `off`: only on demand).
     #[arg(long, default_value = "1h", value_name = "DURATION")]
     checkpoint_every: String,
+    /// How long a phone with no awake terminal and no timer due stays resident before it hibernates (`30s`, `5m`,
+    /// …; `off`: never). A hibernated phone gives back its memory; anything that needs it wakes it.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    hibernate_after: String,
+    /// Above this many resident phones, idle ones hibernate after a second already (memory pressure).
+    #[arg(long, value_name = "N")]
+    max_resident: Option<usize>,
     /// A join file (0600; from `vmi up` or an operator) to enroll with at the first start; later starts use the
     /// certificate saved in DATA_DIR/tls.
     #[arg(long, value_name = "FILE")]
@@ -524,6 +531,13 @@ pub async fn site(args: SiteArgs) -> Result<()> {
         },
         retention: Default::default(),
         history,
+        hibernation: match args.hibernate_after.as_str() {
+            "off" | "0" => None,
+            after => Some(vmi_site::hibernation::HibernationPolicy {
+                idle: crate::script::parse_duration(after).context("--hibernate-after")?,
+                max_resident: args.max_resident,
+            }),
+        },
     };
     let site = vmi_site::start(config).await.context("starting the site")?;
     announce("site", &site.url, site.addr);
@@ -1023,6 +1037,7 @@ pub async fn list(args: ListArgs) -> Result<()> {
                 "user": p["user"], "site": s.site.id, "status": p["phone"]["status"],
                 "terminals": p["phone"]["terminals"], "healthy": s.healthy, "draining": s.site.draining,
                 "standby": p["phone"]["standby"], "standby_lag_ms": p["phone"]["standby_lag_ms"],
+                "resident": p["phone"]["resident"], "memory_bytes": p["phone"]["memory_bytes"],
             }));
         }
         if status == 0 {
@@ -1033,7 +1048,7 @@ pub async fn list(args: ListArgs) -> Result<()> {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!("{:<16} {:<10} {:<10} {:<20} STATUS", "USER", "SITE", "TERMINALS", "STANDBY (LAG)");
+    println!("{:<16} {:<10} {:<10} {:<20} {:<12} STATUS", "USER", "SITE", "TERMINALS", "STANDBY (LAG)", "MEMORY");
     for r in rows {
         let terminals = r["terminals"].as_u64().map(|t| t.to_string()).unwrap_or_else(|| "-".into());
         let standby = match (r["standby"].as_str(), r["standby_lag_ms"].as_u64()) {
@@ -1041,12 +1056,19 @@ pub async fn list(args: ListArgs) -> Result<()> {
             (Some(site), None) => site.to_owned(),
             _ => "-".to_owned(),
         };
+        // A hibernated phone holds no memory: its pages wait in the site's shared store until something wakes it.
+        let memory = match (r["resident"].as_bool(), r["memory_bytes"].as_u64()) {
+            (Some(false), _) => "hibernated".to_owned(),
+            (_, Some(bytes)) => format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20)),
+            _ => "-".to_owned(),
+        };
         println!(
-            "{:<16} {:<10} {:<10} {:<20} {}",
+            "{:<16} {:<10} {:<10} {:<20} {:<12} {}",
             r["user"].as_str().unwrap_or("-"),
             r["site"].as_str().unwrap_or("-"),
             terminals,
             standby,
+            memory,
             r["status"].as_str().unwrap_or("-")
         );
     }

@@ -29,6 +29,12 @@ pub trait Engine: Send + Sync {
     /// Short name recorded in snapshots (e.g. `"wasm"`).
     fn name(&self) -> &'static str;
 
+    /// What the hibernated phones' shared page store holds: distinct pages and their bytes (`None`: this engine
+    /// does not hibernate phones).
+    fn page_store(&self) -> Option<(usize, usize)> {
+        None
+    }
+
     /// Validates and compiles an image once; later VMs of it are cheap. Loading the same
     /// bytes again returns the same image.
     fn load_image(&self, bytes: &[u8]) -> Result<ImageInfo, EngineError>;
@@ -169,6 +175,18 @@ pub trait VirtualPhone: Send {
 
     /// What the phone uses.
     fn usage(&self) -> ResourceUsage;
+
+    /// Gives back the phone's instance and memory while it is idle, keeping what it is (its engine's page store
+    /// holds its pages); anything that needs the guest wakes it first, transparently. Returns whether it did (an
+    /// engine without hibernation, or a crashed or already hibernated phone, does nothing).
+    fn hibernate(&mut self) -> Result<bool, VmError> {
+        Ok(false)
+    }
+
+    /// Whether the phone has its instance and memory now (not hibernated).
+    fn resident(&self) -> bool {
+        true
+    }
 }
 
 /// Moves a manual clock forward by `ns`, stopping at each of `phone`'s timer deadlines on

@@ -228,7 +228,10 @@ async fn list_phones(State(site): State<Arc<SiteState>>) -> Json<serde_json::Val
         let status = serde_json::json!({ "status": "checked out", "detail": why, "terminals": 0 });
         phones.push(serde_json::json!({ "user": user, "site": site.id, "phone": status }));
     }
-    Json(serde_json::json!({ "site": site.id, "phones": phones }))
+    // The site's residency: how many phones hold memory now, and what the hibernated ones share.
+    let resident = phones.iter().filter(|p| p["phone"]["resident"] == true).count();
+    let hibernation = site.residency_summary(resident);
+    Json(serde_json::json!({ "site": site.id, "phones": phones, "hibernation": hibernation }))
 }
 
 #[derive(Deserialize)]

@@ -26,6 +26,7 @@ pub mod access;
 pub mod checkout;
 pub mod checkpoints;
 mod error;
+pub mod hibernation;
 mod http;
 pub mod migration;
 pub mod peer_socket;
@@ -100,6 +101,8 @@ pub struct SiteConfig {
     /// Where every input applied is recorded, with its phone's placement epoch, for the fault checker (`vmi
     /// nemesis`); `None`: nowhere.
     pub history: Option<Arc<vmi_control_api::history::History>>,
+    /// When idle phones hibernate (docs/ARCHITECTURE.md, "Hibernation"); `None`: never.
+    pub hibernation: Option<hibernation::HibernationPolicy>,
 }
 
 /// Shared state of a running site.
@@ -135,6 +138,8 @@ pub struct SiteState {
     origins: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
     config: SiteConfig,
     checkpoints: checkpoints::Checkpoints,
+    /// The hibernation policy and the count of resident phones, when phones hibernate here.
+    residency: Option<Arc<hibernation::Residency>>,
 }
 
 fn valid_user(user: &str) -> bool {
@@ -272,6 +277,20 @@ impl SiteState {
         false
     }
 
+    /// What `GET /v1/phones` says of hibernation here: the policy, the phones resident now (`resident`, as the phone
+    /// listing counts them) and the page store the hibernated ones share.
+    pub(crate) fn residency_summary(&self, resident: usize) -> serde_json::Value {
+        let pages = self.engine.page_store();
+        serde_json::json!({
+            "policy": self.residency.as_ref().map(|r| serde_json::json!({
+                "idle_secs": r.policy.idle.as_secs_f64(),
+                "max_resident": r.policy.max_resident,
+            })),
+            "resident": resident,
+            "page_store": pages.map(|p| serde_json::json!({ "pages": p.0, "bytes": p.1 })),
+        })
+    }
+
     /// The task of `user`'s phone here: durable in its directory while the site holds its lease, recording its
     /// inputs when the site keeps a history. The epoch it runs at is asked again (its first full record does).
     fn phone_task(&self, user: &str, phone: Box<dyn VirtualPhone>, input_seqs: HashMap<String, u64>) -> PhoneTask {
@@ -279,6 +298,7 @@ impl SiteState {
         PhoneTask::new(user.to_string(), phone, self.config.clock.clone(), input_seqs)
             .durable_in(self.phone_dir(user), self.disk.clone(), self.replication.clone())
             .recording_to(self.config.history.clone())
+            .hibernating(self.residency.clone())
     }
 
     /// A phone now runs here: any standby copy of it this site held (from when another site ran it) is stale.
@@ -652,6 +672,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         standby: standby::Copies::default(),
         origins: std::sync::Mutex::new(None),
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
+        residency: config.hibernation.map(|policy| Arc::new(hibernation::Residency::new(policy))),
         config: config.clone(),
     });
     let restored = state.restore_all().await?;

@@ -24,6 +24,7 @@
 //! the engine are separate stores and carry on.
 
 pub mod dirty;
+pub mod hibernate;
 pub mod host;
 mod phone;
 mod restore;
@@ -94,6 +95,8 @@ pub struct WasmEngine {
     images: Mutex<HashMap<ImageHash, Arc<LoadedImage>>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: WasmEngineConfig,
+    /// Where hibernated phones keep their pages.
+    pub(crate) pages: Arc<hibernate::PageStore>,
 }
 
 impl WasmEngine {
@@ -112,7 +115,13 @@ impl WasmEngine {
         })?;
         let mut linker = Linker::new(&wasmtime);
         host::link(&mut linker).map_err(|e| EngineError::Config(e.to_string()))?;
-        Ok(WasmEngine { wasmtime, linker, images: Mutex::new(HashMap::new()), clock, config })
+        let pages = Arc::new(hibernate::PageStore::new());
+        Ok(WasmEngine { wasmtime, linker, images: Mutex::new(HashMap::new()), clock, config, pages })
+    }
+
+    /// What the hibernated phones' page store holds.
+    pub fn page_store_stats(&self) -> hibernate::PageStoreStats {
+        self.pages.stats()
     }
 
     pub(crate) fn loaded(&self, hash: &ImageHash) -> Result<Arc<LoadedImage>, EngineError> {
@@ -300,6 +309,11 @@ pub const GUEST_ABI_VERSION: u32 = 2;
 impl Engine for WasmEngine {
     fn name(&self) -> &'static str {
         ENGINE_NAME
+    }
+
+    fn page_store(&self) -> Option<(usize, usize)> {
+        let stats = self.pages.stats();
+        Some((stats.pages, stats.bytes))
     }
 
     fn load_image(&self, bytes: &[u8]) -> Result<ImageInfo, EngineError> {

@@ -15,6 +15,8 @@ use vmi_guest_abi::host::{Host, MAX_MAILBOX};
 use vmi_guest_abi::image::GlobalKind;
 use vmi_guest_abi::persist::{Reader, Writer};
 
+use crate::dirty::TrackerKind;
+use crate::hibernate::{Asleep, PageStore, ZERO_PAGE};
 use crate::host::StoreData;
 use crate::{ENGINE_NAME, LoadedImage, WasmEngine};
 
@@ -49,6 +51,23 @@ pub struct WasmPhone {
     cpu_last: u64,
     cpu_total: u64,
     dirty_scratch: Vec<u32>,
+    /// How this phone finds written pages (the engine's choice; None: the best this machine has).
+    tracker_kind: Option<TrackerKind>,
+    /// Where a hibernated phone's pages go (the engine's, shared by its phones).
+    pages: Arc<PageStore>,
+    /// Set while hibernated: `store` then holds only the host state, and `memory`, `globals`, `on_event` name
+    /// nothing until [`WasmPhone::wake`].
+    asleep: Option<Asleep>,
+    /// Pages written before the phone last hibernated and not yet in a snapshot.
+    carried_dirty: Vec<u32>,
+}
+
+impl Drop for WasmPhone {
+    fn drop(&mut self) {
+        if let Some(asleep) = self.asleep.take() {
+            self.pages.release(&asleep.pages);
+        }
+    }
 }
 
 struct Instantiated {
@@ -72,26 +91,37 @@ fn instantiation_error(e: wasmtime::Error) -> EngineError {
 
 fn instantiate(engine: &WasmEngine, image: &LoadedImage, host: Host) -> Result<Instantiated, EngineError> {
     let mut store = Store::new(&engine.wasmtime, StoreData::new(host));
+    let parts = instantiate_in(&mut store, image)?;
+    let (memory, globals, on_event, on_init) = parts;
+    Ok(Instantiated { store, memory, globals, on_event, on_init })
+}
+
+type Parts = (Memory, Vec<(Global, GlobalKind)>, TypedFunc<(i32, i32, i32, i32), ()>, TypedFunc<(i32, i32), ()>);
+
+/// Instantiates `image` in `store` (whose host state it keeps, whatever happens).
+fn instantiate_in(store: &mut Store<StoreData>, image: &LoadedImage) -> Result<Parts, EngineError> {
+    // A call from the start function is refused (it runs again at every restore and every wake).
+    store.data_mut().host.instantiated = false;
     store.limiter(|host| host);
     store.set_fuel(u64::MAX / 2).map_err(|e| EngineError::Config(e.to_string()))?;
-    let instance: Instance = image.pre.instantiate(&mut store).map_err(instantiation_error)?;
+    let instance: Instance = image.pre.instantiate(&mut *store).map_err(instantiation_error)?;
     let memory = instance
-        .get_memory(&mut store, "memory")
+        .get_memory(&mut *store, "memory")
         .ok_or_else(|| EngineError::ImageRefused("export `memory` missing".into()))?;
     store.data_mut().memory = Some(memory);
     store.data_mut().host.instantiated = true;
     let mut globals = Vec::with_capacity(image.globals.len());
     for (name, kind) in &image.globals {
         let g = instance
-            .get_global(&mut store, name)
+            .get_global(&mut *store, name)
             .ok_or_else(|| EngineError::ImageRefused(format!("instrumented export `{name}` missing")))?;
         globals.push((g, *kind));
     }
     let on_event =
-        instance.get_typed_func(&mut store, "vmi_event").map_err(|e| EngineError::ImageRefused(e.to_string()))?;
+        instance.get_typed_func(&mut *store, "vmi_event").map_err(|e| EngineError::ImageRefused(e.to_string()))?;
     let on_init =
-        instance.get_typed_func(&mut store, "vmi_init").map_err(|e| EngineError::ImageRefused(e.to_string()))?;
-    Ok(Instantiated { store, memory, globals, on_event, on_init })
+        instance.get_typed_func(&mut *store, "vmi_init").map_err(|e| EngineError::ImageRefused(e.to_string()))?;
+    Ok((memory, globals, on_event, on_init))
 }
 
 /// Instantiates an image once in a scratch store to read its ABI version.
@@ -123,6 +153,7 @@ impl WasmPhone {
             Some(kind) => dirty::new_tracker(kind).map_err(|e| EngineError::Config(e.to_string()))?,
             None => dirty::best_tracker(),
         };
+        let (tracker_kind, pages) = (engine.config.dirty_tracking, engine.pages.clone());
         Ok(WasmPhone {
             tracker,
             store: inst.store,
@@ -142,6 +173,10 @@ impl WasmPhone {
             cpu_last: 0,
             cpu_total: 0,
             dirty_scratch: Vec::new(),
+            tracker_kind,
+            pages,
+            asleep: None,
+            carried_dirty: Vec::new(),
         })
     }
 
@@ -438,6 +473,7 @@ impl WasmPhone {
     }
 
     fn deliver_raw(&mut self, kind: i32, a: i32, b: i32, c: i32) -> Result<(), VmError> {
+        self.wake()?;
         let f = self.on_event.clone();
         let r = self.run(|store| f.call(store, (kind, a, b, c)));
         if r.is_ok() {
@@ -458,6 +494,77 @@ impl WasmPhone {
                 (_, other) => unreachable!("global of unexpected type {other:?}"),
             })
             .collect()
+    }
+
+    /// A fresh tracker of this phone's kind, watching nothing yet.
+    fn fresh_tracker(&self) -> Box<dyn DirtyTracker> {
+        match self.tracker_kind {
+            Some(kind) => dirty::new_tracker(kind).unwrap_or_else(|_| dirty::best_tracker()),
+            None => dirty::best_tracker(),
+        }
+    }
+
+    /// An empty store of this engine keeping `host`: what a hibernated phone holds.
+    fn store_of(&self, host: Host) -> Store<StoreData> {
+        Store::new(self.store.engine(), StoreData::new(host))
+    }
+
+    /// Takes the host state out of the store, leaving an empty one.
+    fn take_host(&mut self) -> Host {
+        let placeholder = Host::new(self.store.data().host.clock.clone(), 1, 0);
+        let empty = self.store_of(placeholder);
+        std::mem::replace(&mut self.store, empty).into_data().host
+    }
+
+    /// Brings a hibernated phone back: a fresh instance of its image, its pages and globals laid back, its
+    /// host state as it was. A phone that is not asleep is left alone. If it cannot be woken (no instance slot
+    /// free), it stays asleep, intact, and the error says why.
+    fn wake(&mut self) -> Result<(), VmError> {
+        let Some(asleep) = self.asleep.take() else { return Ok(()) };
+        let host = self.take_host();
+        let mut store = self.store_of(host);
+        match instantiate_in(&mut store, &self.image) {
+            Ok((memory, globals, on_event, _)) => {
+                self.store = store;
+                self.memory = memory;
+                self.globals = globals;
+                self.on_event = on_event;
+            }
+            Err(e) => {
+                let host = store.into_data().host;
+                self.store = self.store_of(host);
+                self.asleep = Some(asleep);
+                return Err(VmError::Abi(format!("cannot wake the phone: {e}")));
+            }
+        }
+        let laid = self.lay_back(&asleep);
+        self.pages.release(&asleep.pages);
+        laid?;
+        self.carried_dirty = asleep.dirty;
+        self.tracked = (0, 0);
+        self.retrack();
+        Ok(())
+    }
+
+    /// Lays a hibernated phone's pages and globals into its fresh instance.
+    fn lay_back(&mut self, asleep: &Asleep) -> Result<(), VmError> {
+        let want = (asleep.pages.len() * PAGE_SIZE) as u64;
+        self.grow_to(want).map_err(|e| VmError::Abi(format!("cannot wake the phone: {e}")))?;
+        let memory = self.memory.data_mut(&mut self.store);
+        // What instantiation wrote (the data segments) goes; every other page of a fresh memory is zero already.
+        for range in &self.image.data_ranges {
+            let (start, end) = (range.start as usize, (range.end as usize).min(memory.len()));
+            if start < end {
+                memory[start..end].fill(0);
+            }
+        }
+        for (i, &key) in asleep.pages.iter().enumerate() {
+            if key != ZERO_PAGE && !self.pages.read(key, &mut memory[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
+                return Err(VmError::Abi(format!("cannot wake the phone: page {i} is missing from the page store")));
+            }
+        }
+        self.store.data_mut().host.instantiated = true;
+        self.set_globals(&asleep.globals).map_err(|e| VmError::Abi(format!("cannot wake the phone: {e}")))
     }
 
     /// The mechanism finding written pages ("uffd-wp+pagemap-scan", "shadow-compare").
@@ -570,6 +677,7 @@ impl VirtualPhone for WasmPhone {
     }
 
     fn frame(&mut self) -> Result<Frame<'_>, VmError> {
+        self.wake()?;
         let (width, height) = (self.info.width, self.info.height);
         let host = &mut self.store.data_mut().host;
         let damage = std::mem::take(&mut host.damage);
@@ -632,10 +740,17 @@ impl VirtualPhone for WasmPhone {
         if let VmStatus::Crashed { reason } = &self.status {
             return Err(VmError::Crashed(reason.clone()));
         }
+        self.wake()?;
         self.retrack();
         let mut dirty = std::mem::take(&mut self.dirty_scratch);
         dirty.clear();
         let collected = self.tracker.collect(&mut dirty);
+        if !self.carried_dirty.is_empty() {
+            // Written before the phone hibernated, and not yet in a snapshot.
+            dirty.append(&mut self.carried_dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+        }
         // A delta is only possible when every write since the last snapshot was seen.
         let parent = if !self.untracked && collected.is_ok() { self.last_snapshot } else { None };
         let kind = match (request, parent, self.precopy_round) {
@@ -699,7 +814,8 @@ impl VirtualPhone for WasmPhone {
     fn usage(&self) -> ResourceUsage {
         let host = &self.store.data().host;
         ResourceUsage {
-            memory_bytes: self.memory.data_size(&self.store) as u64,
+            // A hibernated phone holds no memory of its own (its pages are in the engine's store).
+            memory_bytes: if self.asleep.is_some() { 0 } else { self.memory.data_size(&self.store) as u64 },
             events: self.events,
             cpu_last_event: self.cpu_last,
             cpu_total: self.cpu_total,
@@ -707,6 +823,40 @@ impl VirtualPhone for WasmPhone {
             pending_notifications: host.notifications.len() as u32,
             kv_bytes: host.kv_bytes as u64,
         }
+    }
+
+    fn hibernate(&mut self) -> Result<bool, VmError> {
+        if self.asleep.is_some() || matches!(self.status, VmStatus::Crashed { .. }) {
+            return Ok(false);
+        }
+        // Pages written since the last snapshot must still reach the next one.
+        let mut dirty = std::mem::take(&mut self.carried_dirty);
+        if !self.untracked {
+            let mut since = Vec::new();
+            match self.tracker.collect(&mut since) {
+                Ok(()) => dirty.extend(since),
+                Err(e) => {
+                    tracing::warn!("dirty tracking failed at hibernation, the next snapshot is full: {e}");
+                    self.untracked = true;
+                }
+            }
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
+        let globals = self.capture_globals();
+        let memory = self.memory.data(&self.store);
+        let pages: Vec<u32> = memory.chunks(PAGE_SIZE).map(|page| self.pages.intern(page)).collect();
+        // The tracker watched this memory: a fresh one goes first (field order), then the instance with its store.
+        self.tracker = self.fresh_tracker();
+        self.tracked = (0, 0);
+        let host = self.take_host();
+        self.store = self.store_of(host);
+        self.asleep = Some(Asleep { pages, globals, dirty });
+        Ok(true)
+    }
+
+    fn resident(&self) -> bool {
+        self.asleep.is_none()
     }
 }
 

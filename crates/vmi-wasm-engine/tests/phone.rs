@@ -255,3 +255,112 @@ fn a_version_1_guest_never_sees_a_display_event() {
     phone.deliver(Event::Display { width: 1688, height: 780, density: 200 }).expect("not delivered");
     assert_eq!(*phone.status(), vmi_engine::VmStatus::Running);
 }
+
+/// Hibernation is invisible to the phone: a twin that never hibernates, given the same events at the same
+/// virtual times, shows the same frames and ends in the same state; a hibernated phone's timers, store and mailbox
+/// answer without waking it, and a due timer wakes it on time.
+#[test]
+fn a_hibernated_phone_wakes_exactly_as_it_was_and_its_timers_fire_on_time() {
+    let wall = 1_763_000_000 * SECOND;
+    let (clock, twin_clock) = (ManualClock::new(wall), ManualClock::new(wall));
+    let (e, twin_engine) = (engine(clock.clone()), engine(twin_clock.clone()));
+    let hash = vmi_engine::ImageHash::of(vmi_phone_image::PHONE_WASM);
+    let config = VmConfig { rng_seed: Some(9), ..VmConfig::default() };
+    let mut sleeper = e.create(&hash, &config).expect("boot");
+    let mut twin = twin_engine.create(&hash, &config).expect("boot");
+    for phone in [sleeper.as_mut(), twin.as_mut()] {
+        tap(phone, NOTES);
+        type_text(phone, "before the nap");
+        home(phone);
+        tap(phone, STOPWATCH);
+        tap(phone, STOPWATCH_START);
+    }
+    assert_eq!(e.page_store_stats().pages, 0, "nothing is stored while every phone is resident");
+
+    assert!(sleeper.hibernate().expect("hibernates"));
+    assert!(!sleeper.resident() && sleeper.usage().memory_bytes == 0, "its memory is given back");
+    assert!(!sleeper.hibernate().expect("a second time"), "already asleep: nothing to do");
+    let stored = e.page_store_stats();
+    assert!(stored.pages > 0 && stored.refs >= stored.pages as u64, "{stored:?}");
+    // Its host state answers asleep.
+    assert_eq!(sleeper.kv_get(b"notes.text").as_deref(), Some(&b"before the nap"[..]));
+    assert_eq!(sleeper.next_timer_ns(), twin.next_timer_ns(), "the stopwatch's timer is still armed");
+    assert!(!sleeper.resident(), "reading host state does not wake it");
+
+    // Time passes: the due timers wake it, at their virtual times, exactly as the twin's fire.
+    let mut frames = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        advance_phone(sleeper.as_mut(), &clock, 250_000_000).expect("sleeper runs");
+        advance_phone(twin.as_mut(), &twin_clock, 250_000_000).expect("twin runs");
+        assert!(sleeper.resident(), "a due timer woke it");
+        frames.0.push(screen_hash(sleeper.as_mut()));
+        frames.1.push(screen_hash(twin.as_mut()));
+        assert!(sleeper.hibernate().expect("back to sleep"));
+    }
+    assert_eq!(frames.0, frames.1, "the same frames");
+
+    // Mail while asleep; a frame read (what a terminal's Hello does) wakes it with the exact screen it had.
+    let mail = Mail { from: "ann@example.com".into(), subject: "Lunch?".into(), body: String::new() };
+    sleeper.push_mail(mail.clone()).expect("mail while asleep");
+    twin.push_mail(mail).expect("mail");
+    assert_eq!(sleeper.mailbox_len(), 1);
+    assert_eq!(screen_hash(sleeper.as_mut()), screen_hash(twin.as_mut()));
+    for phone in [sleeper.as_mut(), twin.as_mut()] {
+        phone.deliver(Event::MailArrived).expect("mail arrives");
+    }
+    assert_eq!(sleeper.take_notifications(), twin.take_notifications());
+    let a = sleeper.snapshot(SnapshotRequest::Full).expect("full");
+    let b = twin.snapshot(SnapshotRequest::Full).expect("full");
+    assert_eq!(a.bytes, b.bytes, "the same state, byte for byte");
+
+    assert!(sleeper.hibernate().expect("asleep again"));
+    drop(sleeper);
+    assert_eq!(e.page_store_stats(), Default::default(), "a dropped phone's pages are released");
+}
+
+/// A phone hibernated between two snapshots: its next incremental snapshot still carries the pages written
+/// before it slept, so [full, incremental] restores to what it was.
+#[test]
+fn an_incremental_snapshot_after_a_nap_carries_what_was_written_before_it() {
+    let clock = ManualClock::new(1_763_000_000 * SECOND);
+    let e = engine(clock.clone());
+    let hash = vmi_engine::ImageHash::of(vmi_phone_image::PHONE_WASM);
+    let config = VmConfig { rng_seed: Some(3), ..VmConfig::default() };
+    let mut phone = e.create(&hash, &config).expect("boot");
+    tap(phone.as_mut(), NOTES);
+    let base = phone.snapshot(SnapshotRequest::Full).expect("full");
+    type_text(phone.as_mut(), "written, then a nap");
+    assert!(phone.hibernate().expect("hibernates"));
+    let delta = phone.snapshot(SnapshotRequest::Incremental).expect("wakes for a snapshot");
+    assert_eq!(delta.parent, Some(base.id), "still a delta of the same chain");
+    let shown = screen_hash(phone.as_mut());
+
+    let other = engine(ManualClock::new(1_763_000_000 * SECOND + clock.elapsed_ns()));
+    let mut back = other.restore(&hash, &[&base.bytes, &delta.bytes], &config).expect("restores");
+    assert_eq!(back.kv_get(b"notes.text").as_deref(), Some(&b"written, then a nap"[..]));
+    assert_eq!(screen_hash(back.as_mut()), shown);
+}
+
+/// Phones of one image share their pages while they sleep: the second costs far less than the first.
+#[test]
+fn hibernated_phones_of_one_image_share_their_pages() {
+    let e = engine(ManualClock::new(1_763_000_000 * SECOND));
+    let hash = vmi_engine::ImageHash::of(vmi_phone_image::PHONE_WASM);
+    let mut phones: Vec<_> = (0..3)
+        .map(|i| e.create(&hash, &VmConfig { rng_seed: Some(i), ..VmConfig::default() }).expect("boot"))
+        .collect();
+    phones[0].hibernate().expect("first");
+    let one = e.page_store_stats();
+    for p in &mut phones[1..] {
+        p.hibernate().expect("next");
+    }
+    let three = e.page_store_stats();
+    assert!(three.bytes < one.bytes + one.bytes / 5, "three phones store {} bytes, one {}", three.bytes, one.bytes);
+    eprintln!(
+        "page store: one phone {} pages {} KiB; three phones {} pages {} KiB",
+        one.pages,
+        one.bytes / 1024,
+        three.pages,
+        three.bytes / 1024
+    );
+}

@@ -351,8 +351,10 @@ pub struct PhoneStatus {
     pub terminals: usize,
     /// Of which awake.
     pub awake: usize,
-    /// Linear memory in bytes.
+    /// Linear memory in bytes (0 while hibernated).
     pub memory_bytes: u64,
+    /// Whether it holds its instance and memory now (false: hibernated; anything that needs it wakes it).
+    pub resident: bool,
     /// Events delivered.
     pub events: u64,
     /// The image it runs (content hash, hex).

@@ -100,6 +100,12 @@ pub struct PhoneTask {
     /// task (no record is written; no terminal or service can reach it until the site registers it) until
     /// [`LifecycleCommand::Commit`]. If the commit fails the task is stopped and its state dropped.
     provisional: bool,
+    /// The site's hibernation policy and resident count, when phones hibernate here.
+    residency: Option<Arc<crate::hibernation::Residency>>,
+    /// Whether this phone counts in `residency` as resident now.
+    counted_resident: bool,
+    /// When something last happened to the phone (an input, a mail, a timer, a terminal).
+    last_active: Instant,
 }
 
 /// Numbers the phone tasks of this process.
@@ -171,6 +177,9 @@ impl PhoneTask {
             history: None,
             task: TASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             provisional: false,
+            residency: None,
+            counted_resident: false,
+            last_active: Instant::now(),
         }
     }
 
@@ -214,6 +223,57 @@ impl PhoneTask {
         self
     }
 
+    /// The same task, hibernating its phone by the site's policy when idle (`None`: never).
+    pub fn hibernating(mut self, residency: Option<Arc<crate::hibernation::Residency>>) -> PhoneTask {
+        self.residency = residency;
+        self.note_residency();
+        self
+    }
+
+    /// Keeps the site's count of resident phones right: the engine wakes a phone on its own when something needs it.
+    fn note_residency(&mut self) {
+        let Some(r) = &self.residency else { return };
+        let resident = self.phone.resident();
+        if resident && !self.counted_resident {
+            r.arrived();
+        } else if !resident && self.counted_resident {
+            r.left();
+        }
+        self.counted_resident = resident;
+    }
+
+    /// How long until the phone may hibernate, if it may at all now: a running phone with no awake terminal, its
+    /// state durable, nothing done for the policy's idle time, and no timer due within it.
+    fn until_hibernate(&self) -> Option<Duration> {
+        let r = self.residency.as_ref()?;
+        if !self.phone.resident() || !matches!(self.state, State::Running) || self.provisional {
+            return None;
+        }
+        if self.terminals.any_awake() || self.durable.as_ref().is_some_and(|d| d.changed || d.pending.is_some()) {
+            return None;
+        }
+        let idle = r.idle_needed();
+        let next_timer =
+            self.phone.next_timer_ns().map(|t| Duration::from_nanos(t.saturating_sub(self.phone.now_ns())));
+        if next_timer.is_some_and(|t| t < idle) {
+            return None;
+        }
+        Some(idle.saturating_sub(self.last_active.elapsed()))
+    }
+
+    /// Hibernates the phone if it may now ([`PhoneTask::until_hibernate`]).
+    fn maybe_hibernate(&mut self) {
+        if self.until_hibernate() != Some(Duration::ZERO) {
+            return;
+        }
+        match self.phone.hibernate() {
+            Ok(true) => tracing::debug!(user = %self.user, "phone hibernated"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(user = %self.user, "cannot hibernate the phone: {e}"),
+        }
+        self.note_residency();
+    }
+
     /// Whether the phone must not run now: the site's lease lapsed (the phone may be failed over).
     fn fenced(&self) -> bool {
         self.durable.as_ref().is_some_and(|d| !d.standby.lease().live())
@@ -240,6 +300,7 @@ impl PhoneTask {
         let _ = self.phone.frame();
         loop {
             let wait = self.until_next_timer().min(self.until_durable()).min(self.until_lease_check());
+            let wait = self.until_hibernate().map_or(wait, |h| wait.min(h));
             let pending = self.durable.as_mut().and_then(|d| d.pending.as_mut());
             let written = async move {
                 match pending {
@@ -271,6 +332,7 @@ impl PhoneTask {
                     Next::Continue
                 }
                 Some(PhoneCommand::Terminal(c)) => {
+                    self.last_active = Instant::now();
                     self.on_terminal(c);
                     Next::Continue
                 }
@@ -287,14 +349,26 @@ impl PhoneTask {
             };
             if let Next::End = next {
                 self.forget_health();
+                self.leave_residency();
                 return;
             }
             self.note_crash();
             self.flush();
             self.keep_durable();
+            self.note_residency();
+            self.maybe_hibernate();
         }
         tracing::debug!(user = %self.user, "phone task ends");
         self.forget_health();
+        self.leave_residency();
+    }
+
+    /// The task ends: its phone no longer counts among the site's resident ones.
+    fn leave_residency(&mut self) {
+        if let (Some(r), true) = (&self.residency, self.counted_resident) {
+            r.left();
+        }
+        self.counted_resident = false;
     }
 
     /// How long until the phone's changes are due on disk (an hour when there is nothing to write; a write in
@@ -327,6 +401,7 @@ impl PhoneTask {
 
     /// Notes that the VM changed (an input, a mail, a timer, a new VM): its state is due on disk.
     fn changed(&mut self) {
+        self.last_active = Instant::now();
         if let Some(d) = &mut self.durable {
             d.changed = true;
         }
@@ -650,6 +725,7 @@ impl PhoneTask {
                     terminals: self.terminals.len(),
                     awake: self.terminals.awake_count(),
                     memory_bytes: usage.memory_bytes,
+                    resident: self.phone.resident(),
                     events: usage.events,
                     image: self.phone.info().image.to_hex(),
                     standby: self.durable.as_ref().and_then(|d| d.standby_at.clone()),

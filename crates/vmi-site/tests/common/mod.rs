@@ -139,6 +139,7 @@ pub fn site_config(control: &Control, id: &str, data_dir: PathBuf) -> SiteConfig
         credentials: site_credentials(id),
         limits: vmi_trust::ConnectionLimits::default(),
         history: None,
+        hibernation: None,
     }
 }
 

@@ -1,0 +1,139 @@
+//! Hibernation on a site: an idle phone with no awake terminal gives back its memory, and everything still reaches
+//! it: a terminal's Hello gets the exact screen it had, its timer fires on time and its notification reaches a
+//! sleeping terminal, and it can be checkpointed, migrated and checked out as it sleeps.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use vmi_engine::{Clock, ManualClock};
+use vmi_protocol::ServerMessage;
+use vmi_site::hibernation::HibernationPolicy;
+use vmi_site::{SiteConfig, SiteHandle};
+use vmi_terminal::{Terminal, TerminalEvent};
+use vmi_testkit::eventually;
+
+const NOTES: (u16, u16) = (274, 1090);
+const SECOND: u64 = 1_000_000_000;
+
+/// A site whose idle phones hibernate after 300 ms.
+async fn hibernating_site(control: &Control, id: &str, clock: Arc<dyn Clock>) -> SiteHandle {
+    let policy = HibernationPolicy { idle: Duration::from_millis(300), max_resident: None };
+    let config = SiteConfig { clock, hibernation: Some(policy), ..site_config(control, id, scratch(id)) };
+    let site = vmi_site::start(config).await.expect("site starts");
+    eventually(Duration::from_secs(30), "the site's first heartbeat answered", async || site.state.holds_lease()).await;
+    site
+}
+
+/// `user`'s entry in the site's phone list, and the list's hibernation summary.
+async fn listing(control: &Control, site: &SiteHandle, user: &str) -> (serde_json::Value, serde_json::Value) {
+    let (status, body) = control.get(&format!("{}/v1/phones", site.url)).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let phone = v["phones"].as_array().into_iter().flatten().find(|p| p["user"] == user).cloned();
+    (phone.unwrap_or_default(), v["hibernation"].clone())
+}
+
+async fn hibernated(control: &Control, site: &SiteHandle, user: &str) {
+    eventually(Duration::from_secs(20), &format!("{user}'s phone hibernated"), async || {
+        listing(control, site, user).await.0["phone"]["resident"] == false
+    })
+    .await;
+}
+
+async fn next_event(term: &mut Terminal, want: impl Fn(&TerminalEvent) -> bool) -> TerminalEvent {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), term.next_event())
+            .await
+            .expect("terminal event in time")
+            .expect("session alive");
+        if want(&e) {
+            return e;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernated_phone_greets_with_its_exact_screen_and_its_timer_fires_on_time() {
+    let wall = 1_764_000_000 * SECOND;
+    let clock = ManualClock::new(wall);
+    let control = control().await;
+    let site = hibernating_site(&control, "site-a", clock.clone()).await;
+    let token = user_with_phone(&control, &site, "hana").await;
+
+    // A terminal sees the phone, then goes: the phone hibernates, and the site says so.
+    let mut first = Terminal::connect(&site.ws_url(), &token, terminal_options()).await.expect("terminal");
+    next_event(&mut first, |e| matches!(e, TerminalEvent::Frame { .. })).await;
+    let seen = first.screen_hash();
+    first.close().await;
+    hibernated(&control, &site, "hana").await;
+    let (phone, summary) = listing(&control, &site, "hana").await;
+    assert_eq!(phone["phone"]["memory_bytes"], 0, "{phone}");
+    assert!(summary["page_store"]["pages"].as_u64().is_some_and(|p| p > 0), "{summary}");
+    assert_eq!(summary["resident"], 0, "{summary}");
+
+    // A Hello wakes it with the exact screen it had.
+    let mut term = Terminal::connect(&site.ws_url(), &token, terminal_options()).await.expect("terminal");
+    next_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
+    assert_eq!(term.screen_hash(), seen, "the screen it had");
+    assert_eq!(listing(&control, &site, "hana").await.0["phone"]["resident"], true);
+
+    // Its terminal's screen off, the phone hibernates again; a mail left for its next check waits in the mailbox.
+    term.sleep();
+    hibernated(&control, &site, "hana").await;
+    let mail = serde_json::json!({ "from": "ann@example.com", "subject": "Lunch?", "push": false });
+    let (status, body) = control.post(&format!("{}/v1/phones/hana/mail", site.url), &mail).await;
+    assert!(status < 300, "{status} {body}");
+
+    // A minute of the phone's time: its mail check timer fires then, on the phone's clock, and the notification
+    // reaches the sleeping terminal.
+    clock.advance(61 * SECOND);
+    let e = next_event(&mut term, |e| matches!(e, TerminalEvent::Notification { .. })).await;
+    let TerminalEvent::Notification { title, at_ms, .. } = e else { unreachable!() };
+    assert_eq!(title, "ann@example.com");
+    assert_eq!(at_ms, (wall + 61 * SECOND) / 1_000_000, "fired when its time came on the phone's clock");
+    term.close().await;
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernated_phone_is_checkpointed_migrated_and_checked_out_as_it_sleeps() {
+    let control = control().await;
+    let clock = vmi_engine::SystemClock::shared();
+    let a = hibernating_site(&control, "site-a", clock.clone()).await;
+    let b = hibernating_site(&control, "site-b", clock).await;
+    let token = user_with_phone(&control, &a, "ivo").await;
+    let mut term = Term::connect(&a.ws_url()).await;
+    assert!(matches!(term.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
+    term.tap(NOTES).await;
+    let seq = term.type_text("kept while asleep").await;
+    term.acked(seq).await;
+    term.close().await;
+
+    // Checkpointed asleep.
+    hibernated(&control, &a, "ivo").await;
+    let (status, body) = control.post(&format!("{}/v1/phones/ivo/checkpoints", a.url), &serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Migrated asleep: on the other site it has its note.
+    hibernated(&control, &a, "ivo").await;
+    let (status, body) =
+        control.post(&format!("{}/v1/phones/ivo/migrate", a.url), &serde_json::json!({ "to": "site-b" })).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, notes) = control.get(&format!("{}/v1/phones/ivo/kv/notes.text", b.url)).await;
+    assert_eq!((status, String::from_utf8_lossy(&notes).into_owned()), (200, "kept while asleep".to_owned()));
+
+    // Checked out asleep: the bundle's base has the note.
+    hibernated(&control, &b, "ivo").await;
+    let (status, bundle) =
+        bearer(&token).post_bytes(&format!("{}/v1/phones/ivo/checkout", b.url), Vec::new()).await.expect("POST");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bundle));
+    let bundle = vmi_protocol::offline::decode_bundle(&bundle).expect("a bundle");
+    let view = vmi_snapshot::SnapshotView::parse(&bundle.snapshot, &vmi_snapshot::Limits::default()).expect("base");
+    let kv = vmi_wasm_engine::kv_of_host_state(view.host_state).expect("host state");
+    assert_eq!(kv.get(b"notes.text".as_slice()).map(Vec::as_slice), Some(&b"kept while asleep"[..]));
+    a.shutdown().await;
+    b.shutdown().await;
+}
