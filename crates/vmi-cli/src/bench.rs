@@ -3,7 +3,7 @@
 //! Each bench prints one JSON object (with `--json`) or a readable table, and says what
 //! it measured under which conditions. Times are wall-clock on this machine.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
@@ -450,6 +450,7 @@ fn density_hibernated(n: usize) -> Result<Value> {
     let made_s = started.elapsed().as_secs_f64();
     let after = rss_bytes()?;
     let store = engine.page_store_stats();
+    let load = timer_load(&mut phones, LOAD_SECS)?;
     // An event for a hibernated phone: wake, deliver, and back to sleep; the wake and the event are timed together.
     let (mut wake_ms, mut sleep_ms) = (Vec::with_capacity(WAKES), Vec::with_capacity(WAKES));
     let step = (n / WAKES).max(1);
@@ -474,6 +475,58 @@ fn density_hibernated(n: usize) -> Result<Value> {
         "wake_ms_p99": round(percentile(&mut wake_ms, 99.0), 3),
         "hibernate_ms_p50": round(percentile(&mut sleep_ms, 50.0), 3),
         "hibernate_ms_p99": round(percentile(&mut sleep_ms, 99.0), 3),
+        "timer_load": load,
+    }))
+}
+
+/// How long the timer load runs.
+const LOAD_SECS: u64 = 10;
+/// Every phone checks its mail this often, the checks spread evenly over the interval.
+const MAIL_CHECK_SECS: u64 = 15 * 60;
+
+/// CPU seconds this process has used (user + system), from /proc.
+fn cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').context("malformed /proc/self/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc/self/stat")?.parse::<f64>()?) };
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let hz = 100.0; // USER_HZ on Linux
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// Hibernated phones checking their mail every [`MAIL_CHECK_SECS`], spread evenly: each second, the phones whose
+/// turn it is wake (a mail-arrived event: the check), and hibernate again. Runs `secs` seconds of real time and
+/// says what that load costs: the wakes a second, the CPU cores used, and how long each check waited for its phone.
+fn timer_load(phones: &mut [Box<dyn VirtualPhone>], secs: u64) -> Result<Value> {
+    let per_second = phones.len() as f64 / MAIL_CHECK_SECS as f64;
+    let mut due_ms = Vec::new();
+    let cpu_before = cpu_seconds()?;
+    let started = Instant::now();
+    let mut next = 0usize;
+    for second in 0..secs {
+        let until = ((second + 1) as f64 * per_second).round() as usize;
+        while next < until.min(phones.len()) {
+            let phone = &mut phones[next % phones.len()];
+            let t = Instant::now();
+            phone.deliver(Event::MailArrived)?;
+            due_ms.push(ms(t));
+            phone.hibernate()?;
+            next += 1;
+        }
+        let second_ends = started + Duration::from_secs(second + 1);
+        std::thread::sleep(second_ends.saturating_duration_since(Instant::now()));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()? - cpu_before;
+    Ok(json!({
+        "conditions": format!("each phone checks its mail every {MAIL_CHECK_SECS} s, spread evenly; {secs} s of real time"),
+        "wakes_per_s": round(due_ms.len() as f64 / wall, 1),
+        "cpu_cores_used": round(cpu / wall, 3),
+        "check_ms_p50": round(percentile(&mut due_ms, 50.0), 3),
+        "check_ms_p99": round(percentile(&mut due_ms, 99.0), 3),
+        "resident_after": phones.iter().filter(|p| p.resident()).count(),
     }))
 }
 

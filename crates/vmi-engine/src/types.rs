@@ -444,4 +444,6 @@ pub struct ResourceUsage {
     pub pending_notifications: u32,
     /// Bytes in the persistent key-value store.
     pub kv_bytes: u64,
+    /// Times the phone was woken from hibernation in this process.
+    pub wakes: u64,
 }

@@ -73,12 +73,26 @@ async fn a_hibernated_phone_greets_with_its_exact_screen_and_its_timer_fires_on_
     assert_eq!(phone["phone"]["memory_bytes"], 0, "{phone}");
     assert!(summary["page_store"]["pages"].as_u64().is_some_and(|p| p > 0), "{summary}");
     assert_eq!(summary["resident"], 0, "{summary}");
+    // Asking about it does not wake it.
+    for _ in 0..5 {
+        let (phone, _) = listing(&control, &site, "hana").await;
+        assert_eq!(
+            (phone["phone"]["resident"].clone(), phone["phone"]["wakes"].clone()),
+            (false.into(), 0.into()),
+            "{phone}"
+        );
+    }
 
     // A Hello wakes it with the exact screen it had.
     let mut term = Terminal::connect(&site.ws_url(), &token, terminal_options()).await.expect("terminal");
     next_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
     assert_eq!(term.screen_hash(), seen, "the screen it had");
-    assert_eq!(listing(&control, &site, "hana").await.0["phone"]["resident"], true);
+    let (phone, _) = listing(&control, &site, "hana").await;
+    assert_eq!(
+        (phone["phone"]["resident"].clone(), phone["phone"]["wakes"].clone()),
+        (true.into(), 1.into()),
+        "{phone}"
+    );
 
     // Its terminal's screen off, the phone hibernates again; a mail left for its next check waits in the mailbox.
     term.sleep();

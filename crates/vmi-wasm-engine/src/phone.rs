@@ -60,12 +60,22 @@ pub struct WasmPhone {
     asleep: Option<Asleep>,
     /// Pages written before the phone last hibernated and not yet in a snapshot.
     carried_dirty: Vec<u32>,
+    /// The page keys the phone woke from, still held: the pages not written since need no hashing at the next
+    /// hibernation.
+    kept_pages: Option<Vec<u32>>,
+    /// Pages written since the phone woke, while every write was seen (`None`: not known, hash them all).
+    written_since_wake: Option<Vec<u32>>,
+    /// Times woken from hibernation.
+    wakes: u64,
 }
 
 impl Drop for WasmPhone {
     fn drop(&mut self) {
         if let Some(asleep) = self.asleep.take() {
             self.pages.release(&asleep.pages);
+        }
+        if let Some(kept) = self.kept_pages.take() {
+            self.pages.release(&kept);
         }
     }
 }
@@ -177,6 +187,9 @@ impl WasmPhone {
             pages,
             asleep: None,
             carried_dirty: Vec::new(),
+            kept_pages: None,
+            written_since_wake: None,
+            wakes: 0,
         })
     }
 
@@ -456,6 +469,7 @@ impl WasmPhone {
         if base != self.tracked.0 && self.tracked != (0, 0) {
             // Memory moved: anything may have changed since the last snapshot.
             self.untracked = true;
+            self.written_since_wake = None;
         }
         // SAFETY: `base..base+len` is this phone's linear memory: private anonymous pages
         // (copy-on-write init is off) that stay mapped while the store lives, which
@@ -468,6 +482,7 @@ impl WasmPhone {
                 tracing::warn!("dirty tracking lost, next snapshot is full: {e}");
                 self.untracked = true;
                 self.tracked = (0, 0);
+                self.written_since_wake = None;
             }
         }
     }
@@ -537,12 +552,21 @@ impl WasmPhone {
                 return Err(VmError::Abi(format!("cannot wake the phone: {e}")));
             }
         }
-        let laid = self.lay_back(&asleep);
-        self.pages.release(&asleep.pages);
-        laid?;
+        if let Err(e) = self.lay_back(&asleep) {
+            // Half laid back, the guest is not what it was: it must not run. Its last good chain (and the site's
+            // durable copy) still brings it back, as after a crash.
+            self.pages.release(&asleep.pages);
+            tracing::error!(image = %self.info.image, "phone could not be woken: {e}");
+            self.status = VmStatus::Crashed { reason: e.to_string() };
+            return Err(e);
+        }
         self.carried_dirty = asleep.dirty;
+        self.kept_pages = Some(asleep.pages);
+        self.tracker = self.fresh_tracker();
         self.tracked = (0, 0);
         self.retrack();
+        self.written_since_wake = (self.tracked != (0, 0)).then(Vec::new);
+        self.wakes += 1;
         Ok(())
     }
 
@@ -565,6 +589,40 @@ impl WasmPhone {
         }
         self.store.data_mut().host.instantiated = true;
         self.set_globals(&asleep.globals).map_err(|e| VmError::Abi(format!("cannot wake the phone: {e}")))
+    }
+
+    /// The keys of every page of memory now, for hibernation. When every write since the phone woke was seen
+    /// (`since`: the writes since the last collect), only the pages written are hashed again; the others keep the
+    /// keys the phone woke from. New keys are taken before old ones are given back, so an unchanged page is never
+    /// dropped and stored again.
+    fn page_keys(&mut self, since: Option<Vec<u32>>) -> Vec<u32> {
+        let memory = self.memory.data(&self.store);
+        let page = |i: usize| &memory[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+        match (self.kept_pages.take(), self.written_since_wake.take(), since) {
+            (Some(mut keys), Some(mut written), Some(since)) => {
+                written.extend(since);
+                written.sort_unstable();
+                written.dedup();
+                let held = keys.len();
+                let mut stale = Vec::with_capacity(written.len());
+                for i in written.into_iter().map(|i| i as usize).filter(|&i| i < held) {
+                    stale.push(keys[i]);
+                    keys[i] = self.pages.intern(page(i));
+                }
+                for i in held..memory.len() / PAGE_SIZE {
+                    keys.push(self.pages.intern(page(i)));
+                }
+                self.pages.release(&stale);
+                keys
+            }
+            (kept, _, _) => {
+                let keys = (0..memory.len() / PAGE_SIZE).map(|i| self.pages.intern(page(i))).collect();
+                if let Some(kept) = kept {
+                    self.pages.release(&kept);
+                }
+                keys
+            }
+        }
     }
 
     /// The mechanism finding written pages ("uffd-wp+pagemap-scan", "shadow-compare").
@@ -745,6 +803,10 @@ impl VirtualPhone for WasmPhone {
         let mut dirty = std::mem::take(&mut self.dirty_scratch);
         dirty.clear();
         let collected = self.tracker.collect(&mut dirty);
+        match (&collected, self.written_since_wake.as_mut()) {
+            (Ok(()), Some(written)) => written.extend_from_slice(&dirty),
+            _ => self.written_since_wake = None,
+        }
         if !self.carried_dirty.is_empty() {
             // Written before the phone hibernated, and not yet in a snapshot.
             dirty.append(&mut self.carried_dirty);
@@ -822,6 +884,7 @@ impl VirtualPhone for WasmPhone {
             timers: host.timers.len() as u32,
             pending_notifications: host.notifications.len() as u32,
             kv_bytes: host.kv_bytes as u64,
+            wakes: self.wakes,
         }
     }
 
@@ -831,23 +894,21 @@ impl VirtualPhone for WasmPhone {
         }
         // Pages written since the last snapshot must still reach the next one.
         let mut dirty = std::mem::take(&mut self.carried_dirty);
-        if !self.untracked {
-            let mut since = Vec::new();
-            match self.tracker.collect(&mut since) {
-                Ok(()) => dirty.extend(since),
-                Err(e) => {
-                    tracing::warn!("dirty tracking failed at hibernation, the next snapshot is full: {e}");
-                    self.untracked = true;
-                }
-            }
+        let mut since = Vec::new();
+        let seen = !self.untracked && self.tracker.collect(&mut since).is_ok();
+        if seen {
+            dirty.extend_from_slice(&since);
+        } else if !self.untracked {
+            tracing::warn!("dirty tracking failed at hibernation, the next snapshot is full");
+            self.untracked = true;
         }
         dirty.sort_unstable();
         dirty.dedup();
         let globals = self.capture_globals();
-        let memory = self.memory.data(&self.store);
-        let pages: Vec<u32> = memory.chunks(PAGE_SIZE).map(|page| self.pages.intern(page)).collect();
-        // The tracker watched this memory: a fresh one goes first (field order), then the instance with its store.
-        self.tracker = self.fresh_tracker();
+        let pages = self.page_keys(seen.then_some(since));
+        // The tracker watched this memory: it goes first (field order), for one that holds nothing while the phone
+        // sleeps; then the instance with its store.
+        self.tracker = dirty::idle_tracker();
         self.tracked = (0, 0);
         let host = self.take_host();
         self.store = self.store_of(host);

@@ -355,6 +355,8 @@ pub struct PhoneStatus {
     pub memory_bytes: u64,
     /// Whether it holds its instance and memory now (false: hibernated; anything that needs it wakes it).
     pub resident: bool,
+    /// Times it was woken from hibernation on this site.
+    pub wakes: u64,
     /// Events delivered.
     pub events: u64,
     /// The image it runs (content hash, hex).

@@ -383,12 +383,13 @@ impl PhoneTask {
         }
     }
 
-    /// A phone under a lease looks at it often: it must stop before the lease can expire at the control service,
-    /// and run again soon after it is back.
+    /// A phone under a lease with terminals attached looks at it often, to tell them at once when it lapses (and to
+    /// run again soon after it is back). Without terminals there is no one to tell: every input, mail, timer and
+    /// command checks the lease when it comes, so an idle phone (a hibernated one above all) costs no wakeups.
     fn until_lease_check(&self) -> Duration {
         match &self.durable {
-            Some(_) => Duration::from_millis(100),
-            None => Duration::from_secs(3600),
+            Some(_) if !self.terminals.is_empty() => Duration::from_millis(100),
+            _ => Duration::from_secs(3600),
         }
     }
 
@@ -501,6 +502,10 @@ impl PhoneTask {
         // runs at wall speed; an idle phone with no timer still wakes once a minute
         // (cheaply) in case the clock is a manual one that moved.
         let idle = Duration::from_secs(60);
+        if self.fenced() {
+            // Its timers wait for the lease: look again soon, without spinning on a timer already due.
+            return Duration::from_millis(100);
+        }
         match (&self.state, self.phone.next_timer_ns()) {
             (State::Running, Some(t)) => Duration::from_nanos(t.saturating_sub(self.phone.now_ns())).min(idle),
             (State::Running, None) => idle,
@@ -726,6 +731,7 @@ impl PhoneTask {
                     awake: self.terminals.awake_count(),
                     memory_bytes: usage.memory_bytes,
                     resident: self.phone.resident(),
+                    wakes: usage.wakes,
                     events: usage.events,
                     image: self.phone.info().image.to_hex(),
                     standby: self.durable.as_ref().and_then(|d| d.standby_at.clone()),
@@ -937,6 +943,10 @@ impl PhoneTask {
             }
         }
         self.collect_output();
+        // A hibernated phone has drawn nothing since it slept; only a screen that is on is worth waking it for.
+        if !self.phone.resident() && !self.terminals.any_awake() {
+            return;
+        }
         let Ok(frame) = self.phone.frame() else { return };
         if frame.rgba.is_empty() {
             return;

@@ -158,6 +158,12 @@ pub fn new_tracker(kind: TrackerKind) -> Result<Box<dyn DirtyTracker>, DirtyErro
     }
 }
 
+/// A tracker watching nothing, holding nothing (no file descriptor, no shadow copy) until it is told to track:
+/// what a hibernated phone keeps, so that a hundred thousand of them cost no kernel objects.
+pub fn idle_tracker() -> Box<dyn DirtyTracker> {
+    Box::new(ShadowTracker::new())
+}
+
 /// Builds the best tracker this machine offers: write-protect when the kernel supports it, else shadow
 /// compare.
 ///
