@@ -3,7 +3,9 @@
 //! terminal's Hello, an operator, a migration, a checkpoint, a checkout) wakes it, transparently, in the engine.
 //!
 //! The policy is the site's ([`HibernationPolicy`], `vmi site --hibernate-after`, `--max-resident`): how long a
-//! phone stays resident once idle, and how many may be resident before idle ones go at once (memory pressure).
+//! phone stays resident once nothing came to it from outside (a terminal, a mail, an operator), and how many may be
+//! resident before idle ones go at once (memory pressure). A phone's own timers are its background work: between
+//! them it sleeps, unless the next is due within [`TIMER_SOON`].
 //! [`Residency`] counts the resident phones for that, and for `GET /v1/phones` and `vmi vm list`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +23,10 @@ pub struct HibernationPolicy {
 /// How long a phone must be idle before it hibernates under memory pressure: not while a user is in the middle of
 /// something.
 pub const PRESSURE_IDLE: Duration = Duration::from_secs(1);
+
+/// A phone whose next timer is due sooner than this stays resident: a wake costs a few milliseconds, not worth
+/// it for a nap this short. Its own timers do not otherwise keep it resident: it sleeps between them.
+pub const TIMER_SOON: Duration = Duration::from_secs(5);
 
 impl Default for HibernationPolicy {
     /// Idle for 30 s; no cap on resident phones.

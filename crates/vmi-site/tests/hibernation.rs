@@ -108,6 +108,19 @@ async fn a_hibernated_phone_greets_with_its_exact_screen_and_its_timer_fires_on_
     let TerminalEvent::Notification { title, at_ms, .. } = e else { unreachable!() };
     assert_eq!(title, "ann@example.com");
     assert_eq!(at_ms, (wall + 61 * SECOND) / 1_000_000, "fired when its time came on the phone's clock");
+
+    // Its own timers are its background work, not activity: with a minute of its time passing every 100 ms, it
+    // runs each tick and sleeps between them (the idle time counts from the last thing from outside).
+    let wakes_before = listing(&control, &site, "hana").await.0["phone"]["wakes"].as_u64().expect("wakes");
+    let mut seen_asleep_between_ticks = false;
+    for _ in 0..30 {
+        clock.advance(60 * SECOND);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen_asleep_between_ticks |= listing(&control, &site, "hana").await.0["phone"]["resident"] == false;
+    }
+    let wakes_after = listing(&control, &site, "hana").await.0["phone"]["wakes"].as_u64().expect("wakes");
+    assert!(wakes_after >= wakes_before + 3, "its timers woke it: {wakes_before} -> {wakes_after}");
+    assert!(seen_asleep_between_ticks, "it slept between its own timers");
     term.close().await;
     site.shutdown().await;
 }

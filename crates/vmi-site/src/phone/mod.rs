@@ -218,6 +218,14 @@ pub enum ServiceCommand {
     },
 }
 
+impl ServiceCommand {
+    /// Whether this comes to the phone from outside and keeps it awake for the site's idle time (a mail, an
+    /// operator looking at its screen, a revoked device); a status or log query does not.
+    pub fn is_activity(&self) -> bool {
+        matches!(self, ServiceCommand::Revoked { .. } | ServiceCommand::Mail { .. } | ServiceCommand::Screen { .. })
+    }
+}
+
 /// What moves a phone through its life.
 pub enum LifecycleCommand {
     /// Take a full snapshot and end the task; the reply carries the snapshot and the

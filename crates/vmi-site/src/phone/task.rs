@@ -104,7 +104,8 @@ pub struct PhoneTask {
     residency: Option<Arc<crate::hibernation::Residency>>,
     /// Whether this phone counts in `residency` as resident now.
     counted_resident: bool,
-    /// When something last happened to the phone (an input, a mail, a timer, a terminal).
+    /// When something last came to the phone from outside (a terminal, a mail, an operator); its own timers do
+    /// not count.
     last_active: Instant,
 }
 
@@ -252,10 +253,12 @@ impl PhoneTask {
         if self.terminals.any_awake() || self.durable.as_ref().is_some_and(|d| d.changed || d.pending.is_some()) {
             return None;
         }
+        // Idle means nothing from outside (a terminal, a mail, an operator) for the policy's time; the phone's own
+        // timers are its background work: it sleeps between them unless the next one is due too soon to bother.
         let idle = r.idle_needed();
         let next_timer =
             self.phone.next_timer_ns().map(|t| Duration::from_nanos(t.saturating_sub(self.phone.now_ns())));
-        if next_timer.is_some_and(|t| t < idle) {
+        if next_timer.is_some_and(|t| t < crate::hibernation::TIMER_SOON.min(idle)) {
             return None;
         }
         Some(idle.saturating_sub(self.last_active.elapsed()))
@@ -337,6 +340,9 @@ impl PhoneTask {
                     Next::Continue
                 }
                 Some(PhoneCommand::Service(c)) => {
+                    if c.is_activity() {
+                        self.last_active = Instant::now();
+                    }
                     self.on_service(c);
                     Next::Continue
                 }
@@ -402,7 +408,6 @@ impl PhoneTask {
 
     /// Notes that the VM changed (an input, a mail, a timer, a new VM): its state is due on disk.
     fn changed(&mut self) {
-        self.last_active = Instant::now();
         if let Some(d) = &mut self.durable {
             d.changed = true;
         }
