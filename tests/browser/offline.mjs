@@ -144,6 +144,13 @@ async function run(context) {
   v = await settle('Notes to open offline', 'offline', v.frames);
   await page.keyboard.type(TYPED, { delay: 15 });
   v = await settle('the typed text to show offline', 'offline', v.frames);
+  // The status bar's clock changes at each minute: the screens before and after the reload are compared within one
+  // minute, so this waits out a minute that is about to turn (then the tick, its frame and its save settle).
+  const secondOfMinute = new Date().getSeconds();
+  if (secondOfMinute >= 45) {
+    await sleepMs((61 - secondOfMinute) * 1000);
+    v = await settle('the minute tick', 'offline');
+  }
   const saves = v.offline.saves;
   await page.evaluate(() => new Promise((r) => setTimeout(r, 400)));
   v = await waitFor('the state saved in the browser', (s) => s.offline.saves > saves || s.offline.saves > 0);
