@@ -69,3 +69,20 @@ export function phonePoint(page, [px, py]) {
     [px, py],
   );
 }
+
+/**
+ * Runs `run(page)` on the first page of a fresh Chromium with a 1280×1000 desktop viewport, and closes it after; a
+ * failure leaves `failure.png` in `shotDir` and is thrown on.
+ */
+export async function onDesktopPage(executablePath, shotDir, run) {
+  const browser = await launchChromium(executablePath, { viewport: { width: 1280, height: 1000 }, deviceScaleFactor: 1 });
+  const page = browser.context.pages()[0] || (await browser.context.newPage());
+  try {
+    await run(page);
+  } catch (e) {
+    await page.screenshot({ path: join(shotDir, 'failure.png') }).catch(() => {});
+    throw e;
+  } finally {
+    await browser.close();
+  }
+}

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { launchChromium, phonePoint, stdinLines } from './chromium.mjs';
+import { onDesktopPage, phonePoint, stdinLines } from './chromium.mjs';
 
 const USAGE = 'usage: node move.mjs --url http://HOST:PORT/#token=TOKEN --to SITE [--screenshot-dir DIR] [--chromium PATH]';
 let opts;
@@ -101,18 +101,7 @@ async function run(page) {
   emit({ step: 'done' });
 }
 
-async function main() {
-  const browser = await launchChromium(executablePath, { viewport: { width: 1280, height: 1000 }, deviceScaleFactor: 1 });
-  const page = browser.context.pages()[0] || (await browser.context.newPage());
-  try {
-    await run(page);
-  } catch (e) {
-    await page.screenshot({ path: join(shotDir, 'failure.png') }).catch(() => {});
-    throw e;
-  } finally {
-    await browser.close();
-  }
-}
+const main = () => onDesktopPage(executablePath, shotDir, run);
 
 main().then(
   () => process.exit(0),

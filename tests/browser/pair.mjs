@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { launchChromium } from './chromium.mjs';
+import { onDesktopPage } from './chromium.mjs';
 
 const USAGE = 'usage: VMI_PAIR_CODE=CODE node pair.mjs --url http://HOST:PORT/ [--screenshot-dir DIR] [--chromium PATH]';
 let opts;
@@ -61,18 +61,7 @@ async function run(page) {
   emit({ step: 'done' });
 }
 
-async function main() {
-  const browser = await launchChromium(executablePath, { viewport: { width: 1280, height: 1000 }, deviceScaleFactor: 1 });
-  const page = browser.context.pages()[0] || (await browser.context.newPage());
-  try {
-    await run(page);
-  } catch (e) {
-    await page.screenshot({ path: join(shotDir, 'failure.png') }).catch(() => {});
-    throw e;
-  } finally {
-    await browser.close();
-  }
-}
+const main = () => onDesktopPage(executablePath, shotDir, run);
 
 main().then(
   () => process.exit(0),

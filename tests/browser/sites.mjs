@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { launchChromium, stdinLines } from './chromium.mjs';
+import { onDesktopPage, stdinLines } from './chromium.mjs';
 
 const USAGE = 'usage: node sites.mjs --url http://HOST:PORT/#token=TOKEN --other SITE [--screenshot-dir DIR] [--chromium PATH]';
 let opts;
@@ -45,18 +45,7 @@ const sleepMs = (ms) => new Promise((r) => setTimeout(r, ms));
 const awaitLine = stdinLines();
 let currentStep = 'launch';
 
-async function main() {
-  const browser = await launchChromium(executablePath, { viewport: { width: 1280, height: 1000 }, deviceScaleFactor: 1 });
-  const page = browser.context.pages()[0] || (await browser.context.newPage());
-  try {
-    await run(page);
-  } catch (e) {
-    await page.screenshot({ path: join(shotDir, 'failure.png') }).catch(() => {});
-    throw e;
-  } finally {
-    await browser.close();
-  }
-}
+const main = () => onDesktopPage(executablePath, shotDir, run);
 
 /** What the page shows: the indicator, the map's header, and each table row (site, tags, round trip text). */
 function shown(page) {
