@@ -3,12 +3,13 @@
 // touch): the screen fills the viewport and the phone lays out for it; text typed through the text field (as a
 // phone keyboard and an input method send it: `beforeinput` and composition events) lands in Notes as typed;
 // Copy in Notes reaches the page's clipboard; two fingers draw two strokes in Paint; a rotation reaches the phone
-// and the page's screen after it equals the phone's framebuffer.
+// and the page's screen after it equals the phone's framebuffer; a flick on a long inbox glides, travels as copies
+// (protocol version 4) and leaves the page's screen equal to the phone's framebuffer.
 //
 //   node tests/browser/phone.mjs --url http://127.0.0.1:PORT/#token=TOKEN --operator-token OP --screenshot-dir DIR
 //
 // Prints one JSON line per step on stdout: {"step":"layout",...} {"step":"typed",...} {"step":"clipboard",...}
-// {"step":"two_fingers",...} {"step":"rotated",...} {"step":"done"}.
+// {"step":"two_fingers",...} {"step":"fling",...} {"step":"rotated",...} {"step":"done"}.
 // On any failure it says what and where on stderr and exits 1 (2 for bad arguments).
 import { mkdtempSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -100,7 +101,17 @@ async function run(context) {
   const vmi = () =>
     page.evaluate(() => {
       const v = window.vmi;
-      return v && { state: v.state, frames: v.frames, pendingInputs: v.pendingInputs, width: v.width, height: v.height };
+      return (
+        v && {
+          state: v.state,
+          frames: v.frames,
+          copies: v.copies,
+          frameBytes: v.frameBytes,
+          pendingInputs: v.pendingInputs,
+          width: v.width,
+          height: v.height,
+        }
+      );
     });
   async function settle(what, after) {
     const deadline = Date.now() + TIMEOUT;
@@ -122,6 +133,22 @@ async function run(context) {
   async function tapPhone(at) {
     const p = await phonePoint(page, at);
     await page.touchscreen.tap(p.x, p.y);
+  }
+  /** The page's screen hash beside the phone's own (asked of the site), once they agree or after 5 tries. */
+  async function sameScreen() {
+    let hashes = null;
+    for (let tries = 0; tries < 5; tries++) {
+      hashes = await page.evaluate(
+        async ([op, user]) => {
+          const site = await (await fetch(`v1/phones/${user}/screen-hash`, { headers: { authorization: `Bearer ${op}` } })).json();
+          return { page: window.vmi.screenHash(), site: site.hash, size: [site.width, site.height] };
+        },
+        [opts['operator-token'], opts.user],
+      );
+      if (hashes.page === hashes.site) break;
+      await sleepMs(300);
+    }
+    return hashes;
   }
 
   // 1. The screen is the terminal: it fills the viewport's width, no bezel, no bars.
@@ -235,7 +262,39 @@ async function run(context) {
   await page.screenshot({ path: join(shotDir, 'phone-two-fingers.png') });
   emit({ step: 'two_fingers', ink });
 
-  // 5. A rotation: the phone lays out for landscape, and the page shows exactly the phone's framebuffer.
+  // 5. A flick on the inbox (the test filled it): the list glides on the phone's timer, each frame a copy of what
+  // the page already shows and the strip it uncovered; once it stops the page shows the phone's framebuffer.
+  currentStep = 'fling';
+  await page.locator('#home-btn').tap();
+  v = await settle('home', v.frames);
+  await tapPhone(at.app(0));
+  v = await settle('Inbox', v.frames);
+  const beforeFling = { frames: v.frames, copies: v.copies, frameBytes: v.frameBytes };
+  const flingX = Math.round(v.width / 2);
+  const y0 = Math.round(v.height * 0.75);
+  const finger = async (type, y) => {
+    const p = type === 'touchEnd' ? null : await toPage([flingX, y]);
+    await cdp.send('Input.dispatchTouchEvent', { type, touchPoints: p ? [{ x: p.x, y: p.y, id: 0 }] : [] });
+  };
+  await finger('touchStart', y0);
+  for (let k = 1; k <= 6; k++) {
+    await sleepMs(16);
+    await finger('touchMove', y0 - 40 * k);
+  }
+  await finger('touchEnd', y0 - 240);
+  v = await settle('the end of the glide', beforeFling.frames);
+  await page.screenshot({ path: join(shotDir, 'phone-fling.png') });
+  const flung = await sameScreen();
+  if (flung.page !== flung.site) fail(`after the glide the page shows another screen: ${JSON.stringify(flung)}`);
+  emit({
+    step: 'fling',
+    frames: v.frames - beforeFling.frames,
+    copies: v.copies - beforeFling.copies,
+    bytes: v.frameBytes - beforeFling.frameBytes,
+    ...flung,
+  });
+
+  // 6. A rotation: the phone lays out for landscape, and the page shows exactly the phone's framebuffer.
   currentStep = 'rotated';
   await page.setViewportSize({ width: 844, height: 390 });
   const turned = Date.now() + TIMEOUT;
@@ -244,18 +303,7 @@ async function run(context) {
     await sleepMs(50);
   }
   v = await settle('the landscape screen', 0);
-  let hashes = null;
-  for (let tries = 0; tries < 5; tries++) {
-    hashes = await page.evaluate(
-      async ([op, user]) => {
-        const site = await (await fetch(`v1/phones/${user}/screen-hash`, { headers: { authorization: `Bearer ${op}` } })).json();
-        return { page: window.vmi.screenHash(), site: site.hash, size: [site.width, site.height] };
-      },
-      [opts['operator-token'], opts.user],
-    );
-    if (hashes.page === hashes.site) break;
-    await sleepMs(300);
-  }
+  const hashes = await sameScreen();
   await page.screenshot({ path: join(shotDir, 'phone-landscape.png') });
   if (hashes.page !== hashes.site) fail(`after the rotation the page shows another screen: ${JSON.stringify(hashes)}`);
   emit({ step: 'rotated', width: v.width, height: v.height, ...hashes, screens: await page.evaluate(() => window.vmi.screens) });

@@ -262,13 +262,13 @@ await test('encode: Hello with Resume, keys, FrameAck, big numbers', () => {
   });
   assert.equal(
     toHex(hello),
-    '01 03 00 04 00 74 C3 B6 6B 01 03 00 00 00 00 01 00 00 C5 9D 1C 81 B9 79 37 9E 01 00',
+    '01 04 00 04 00 74 C3 B6 6B 01 03 00 00 00 00 01 00 00 C5 9D 1C 81 B9 79 37 9E 01 00',
   );
   // Version 3: the display the phone follows, a rotation, a second finger.
   const display = { width: 390, height: 844, density: 300 };
   assert.equal(
     toHex(encodeClient({ type: 'Hello', token: 'ab', resume: null, asleep: false, display })),
-    '01 03 00 02 00 61 62 00 00 01 86 01 4C 03 2C 01',
+    '01 04 00 02 00 61 62 00 00 01 86 01 4C 03 2C 01',
   );
   assert.equal(toHex(encodeClient({ type: 'Display', display })), '07 86 01 4C 03 2C 01');
   assert.equal(
@@ -375,7 +375,7 @@ await test('decode: errors of PROTOCOL.md', () => {
   throwsKind(() => decodeServer(new Uint8Array(16 * 1024 * 1024 + 1)), 'TooLarge');
   throwsKind(() => decodeServer(hex('86 01 00 00')), 'Truncated');
   throwsKind(() => decodeServer(hex('86 01 00 00 00 00 00 00 00 00')), 'TrailingBytes');
-  throwsKind(() => decodeServer(new B().u8(0x81).u16(4).done()), 'UnsupportedVersion');
+  throwsKind(() => decodeServer(new B().u8(0x81).u16(5).done()), 'UnsupportedVersion');
   throwsKind(() => decodeServer(new B().u8(0x81).u16(1).u16(720).u16(1280).u64(0).u8(2).done()), 'BadValue');
   throwsKind(() => decodeServer(new B().u8(0x87).u8(0).str('').done()), 'BadValue');
   throwsKind(() => decodeServer(new B().u8(0x87).u8(7).str('').done()), 'BadValue');
@@ -388,7 +388,7 @@ await test('decode: errors of PROTOCOL.md', () => {
   throwsKind(() => decodeServer(fu().u32(2).u16(0).u16(0).u16(1).u16(1).u8(0).raw([1, 2, 3, 4]).done()), 'Truncated');
   throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(0).u16(1).u8(0).raw([1, 2, 3, 4]).done()), 'BadValue');
   throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(4097).u8(0).raw([1, 2, 3, 4]).done()), 'TooLarge');
-  throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(3).raw([1, 2, 3, 4]).done()), 'BadValue');
+  throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(4).raw([1, 2, 3, 4]).done()), 'BadValue');
   throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(1).u8(2).u32(3).raw([1, 2, 3]).done()), 'BadValue');
   throwsKind(() => decodeServer(fu().u32(1).u16(0).u16(0).u16(1).u16(2).u8(2).u32(8).raw([1, 2, 3]).done()), 'Truncated');
   // Lz4 length limit: n + n/255 + 16 with n = 4 -> 20
@@ -465,6 +465,33 @@ await test('screen: a tile off the screen paints nothing; a bad Lz4 tile is an e
   );
   assert.ok(s.rgba.every((b) => b === 0), 'nothing painted');
   throwsKind(() => s.apply([{ x: 0, y: 0, w: 1, h: 1, kind: 'lz4', data: Uint8Array.from([0x30, 1, 2, 3]) }]), 'BadValue');
+});
+
+await test('screen: copy tiles (version 4) move rows both ways, overlapping; a source off the screen is an error', () => {
+  const W = 8;
+  const H = 6;
+  const pixels = Uint8Array.from({ length: W * H * 4 }, (_, i) => (i >> 2) & 255);
+  // a FrameUpdate: the screen from raw bytes, then one copy (encoding 3, source x and y)
+  for (const [sx, sy, dx, dy, w] of [[2, 0, 1, 2, 6], [2, 2, 1, 0, 6], [0, 1, 0, 3, 8], [0, 3, 0, 0, 8]]) {
+    const m = new B().u8(0x82).u64(5).u32(2);
+    m.u16(0).u16(0).u16(W).u16(H).u8(2).u32(pixels.length).raw(pixels);
+    m.u16(dx).u16(dy).u16(w).u16(3).u8(3).u16(sx).u16(sy);
+    const msg = decodeServer(m.done());
+    assert.deepEqual(msg.tiles[1], { x: dx, y: dy, w, h: 3, kind: 'copy', sx, sy });
+    const s = new Screen(W, H);
+    s.apply(msg.tiles);
+    const want = pixels.slice();
+    for (let r = 0; r < 3; r++) {
+      const from = ((sy + r) * W + sx) * 4;
+      want.set(pixels.subarray(from, from + w * 4), ((dy + r) * W + dx) * 4);
+    }
+    assert.ok(Buffer.from(s.rgba).equals(Buffer.from(want)), `copy from (${sx},${sy}) to (${dx},${dy})`);
+  }
+  const s = new Screen(W, H);
+  throwsKind(() => s.apply([{ x: 0, y: 0, w: 4, h: 2, kind: 'copy', sx: 5, sy: 0 }]), 'BadValue');
+  throwsKind(() => s.apply([{ x: 0, y: 0, w: 4, h: 2, kind: 'copy', sx: 0, sy: 5 }]), 'BadValue');
+  const bad = new B().u8(0x82).u64(1).u32(1).u16(0).u16(0).u16(1).u16(1).u8(4).u32(0).done();
+  throwsKind(() => decodeServer(bad), 'BadValue');
 });
 
 await test('screen: decode + apply of a whole FrameUpdate message', () => {

@@ -13,6 +13,8 @@ use vmi_wasm_engine::{TrackerKind, WasmEngine, WasmEngineConfig};
 
 /// Where the default phone's home-screen icons are, for driving it in benches.
 pub mod layout {
+    /// Centre of the Mail icon on a 720×1280 screen.
+    pub const MAIL: (i32, i32) = (102, 1090);
     /// Centre of the Notes icon on a 720×1280 screen.
     pub const NOTES: (i32, i32) = (274, 1090);
     /// Centre of the Paint icon on a 720×1280 screen.

@@ -270,6 +270,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 vmi_protocol::TileData::Solid(_) => solid += 1,
                 vmi_protocol::TileData::Lz4(_) => lz4 += 1,
                 vmi_protocol::TileData::Raw(_) => raw += 1,
+                vmi_protocol::TileData::Copy { .. } => {}
             }
         }
         let start = Instant::now();

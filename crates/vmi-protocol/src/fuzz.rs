@@ -87,9 +87,13 @@ fn gen_tile(rng: &mut Rng) -> Tile {
     let y = if rng.chance(8) { rng.int() as u16 } else { rng.below(usize::from(SCREEN_H - h) + 1) as u16 };
     let n = usize::from(w) * usize::from(h) * 4;
     let pixels: Vec<u8> = (0..n).map(|i| if rng.chance(4) { rng.next() as u8 } else { (i / 7) as u8 }).collect();
-    let data = match rng.below(3) {
+    let data = match rng.below(4) {
         0 => TileData::Solid(rng.next() as u32),
         1 => TileData::Lz4(block::compress(&pixels)),
+        2 => TileData::Copy {
+            src_x: rng.below(usize::from(SCREEN_W)) as u16,
+            src_y: rng.below(usize::from(SCREEN_H)) as u16,
+        },
         _ => TileData::Raw(pixels),
     };
     Tile { x, y, w, h, data }

@@ -3,8 +3,9 @@
 //! [`crate::encode_server`].
 
 /// Version of the protocol this crate speaks. Version 3 added the terminal's display (Hello, `Display`, the
-/// site's `Screen`), touch pointers, the volume keys and `Clipboard`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// site's `Screen`), touch pointers, the volume keys and `Clipboard`; version 4 the copy tile
+/// ([`TileData::Copy`]: a scrolled region moves on the terminal, only the strip it uncovers is sent).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest protocol version a site still speaks: a version-1 terminal gets no [`ServerMessage::InputDurable`]
 /// and forgets an input once it is applied.
 pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
@@ -181,6 +182,14 @@ pub enum TileData {
     Lz4(Vec<u8>),
     /// `w*h*4` RGBA bytes as they are (when compression does not pay).
     Raw(Vec<u8>),
+    /// The tile's rectangle takes the pixels the screen has at (`src_x`, `src_y`), same size, as they are when
+    /// this tile is applied (source and destination may overlap: a scroll). Version 4 on.
+    Copy {
+        /// Left column of the source.
+        src_x: u16,
+        /// Top row of the source.
+        src_y: u16,
+    },
 }
 
 /// A rectangle of the screen with its new pixels.
@@ -276,7 +285,7 @@ pub enum ServerMessage {
     FrameUpdate {
         /// Sequence number, increasing by one per update sent on this phone.
         seq: u64,
-        /// The tiles, in any order, not overlapping.
+        /// The tiles, applied in order: a [`TileData::Copy`] reads the screen as the tiles before it left it.
         tiles: Vec<Tile>,
     },
     /// Input `seq` (and every one before it) has been applied.

@@ -73,6 +73,8 @@ const INPUT_TOUCH_POINTER: u8 = 2;
 const TILE_SOLID: u8 = 0;
 const TILE_LZ4: u8 = 1;
 const TILE_RAW: u8 = 2;
+/// A copy of a rectangle of the screen (version 4).
+const TILE_COPY: u8 = 3;
 /// x, y, w, h, encoding, and the smallest payload (a Solid colour).
 const MIN_TILE_LEN: usize = 2 * 4 + 1 + 4;
 
@@ -195,6 +197,11 @@ pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
                     TileData::Raw(bytes) => {
                         w.u8(TILE_RAW);
                         w.bytes(bytes);
+                    }
+                    TileData::Copy { src_x, src_y } => {
+                        w.u8(TILE_COPY);
+                        w.u16(*src_x);
+                        w.u16(*src_y);
                     }
                 }
             }
@@ -376,7 +383,7 @@ fn server_len_hint(msg: &ServerMessage) -> usize {
             13 + tiles
                 .iter()
                 .map(|t| match &t.data {
-                    TileData::Solid(_) => MIN_TILE_LEN,
+                    TileData::Solid(_) | TileData::Copy { .. } => MIN_TILE_LEN,
                     TileData::Lz4(b) | TileData::Raw(b) => MIN_TILE_LEN + b.len(),
                 })
                 .sum::<usize>()
@@ -553,6 +560,7 @@ impl<'a> Reader<'a> {
                 }
                 TileData::Raw(self.take(raw_len, "raw tile data")?.to_vec())
             }
+            TILE_COPY => TileData::Copy { src_x: self.u16("copy source x")?, src_y: self.u16("copy source y")? },
             other => return Err(bad("tile encoding", other)),
         };
         Ok(Tile { x, y, w, h, data })

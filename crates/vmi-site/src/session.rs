@@ -152,6 +152,7 @@ pub async fn run(
         asleep,
         durable_acks,
         screen_messages: version >= 3,
+        copies: version >= 4,
         display,
     };
     let attached = match phone.attach(attachment).await {

@@ -155,6 +155,16 @@ async fn browser_terminal_on_a_phone_fills_the_screen_types_copies_draws_with_tw
     let control = control().await;
     let site = site(&control, "site-a", scratch("phone")).await;
     let token = user_with_phone(&control, &site, "pat").await;
+    // A long inbox to flick through.
+    let phone = site.state.phone("pat").expect("phone");
+    for i in 0..60 {
+        let mail = vmi_engine::Mail {
+            from: format!("Sender {i} <s{i}@example.com>"),
+            subject: format!("Message number {i}"),
+            body: format!("The body of message {i}, long enough to fill its snippet line."),
+        };
+        phone.mail(mail, true).await.expect("mail");
+    }
     let shots = scratch("phone-shots");
     let url = format!("http://{}/#token={token}", site.addr);
     let operator = control.operator_token.clone();
@@ -186,6 +196,11 @@ async fn browser_terminal_on_a_phone_fills_the_screen_types_copies_draws_with_tw
     let ink = step("two_fingers");
     assert_ne!(ink["ink"][0], ink["ink"][2], "{ink}");
     assert_ne!(ink["ink"][1], ink["ink"][2], "{ink}");
+    // A flick glided over many frames, nearly all of them copies, and left the page showing the phone's screen.
+    let fling = step("fling");
+    let (frames, copies) = (fling["frames"].as_u64().unwrap_or(0), fling["copies"].as_u64().unwrap_or(0));
+    assert!(frames >= 10 && copies * 10 >= frames * 8, "{fling}");
+    assert_eq!(fling["page"], fling["site"], "{fling}");
     // The rotation reached the phone, which laid out for landscape; the page shows its framebuffer exactly.
     let rotated = step("rotated");
     assert!(rotated["width"].as_u64() > rotated["height"].as_u64(), "{rotated}");

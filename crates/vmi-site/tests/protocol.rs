@@ -369,7 +369,7 @@ async fn rule_2_an_unsupported_version_is_refused() {
         asleep: false,
         display: None,
     });
-    hello[1] = 4;
+    hello[1] = (PROTOCOL_VERSION + 1) as u8;
     t.binary(hello).await;
     assert_closed_with(&t.until_closed().await, ErrorCode::Version);
     w.stop().await;

@@ -1,11 +1,11 @@
-// The message codec of docs/PROTOCOL.md (version 3; Welcome of versions 1 and 2 too), byte for byte: decodeServer reads
+// The message codec of docs/PROTOCOL.md (version 4; Welcome of versions 1 to 3 too), byte for byte: decodeServer reads
 // what a site sends, encodeClient writes what the terminal sends. Pure: no DOM.
 
 import { ProtocolError } from './protocol-error.js';
 
 export { ProtocolError };
 
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 /** The oldest version a Welcome may carry (a version-1 site sends no InputDurable). */
 export const OLDEST_PROTOCOL_VERSION = 1;
 /** Largest message either side may send (PROTOCOL.md "Limits"). */
@@ -128,6 +128,12 @@ function readTile(r, i) {
     const len = r.u32('raw length');
     if (len !== n) throw new ProtocolError('BadValue', `raw tile ${i}: length ${len}, expected ${n}`);
     return { x, y, w, h, kind: 'raw', data: r.bytes(len, 'raw data') };
+  }
+  if (enc === 3) {
+    // version 4: the rectangle takes the screen's pixels at (sx, sy) (a scroll)
+    const sx = r.u16('copy source x');
+    const sy = r.u16('copy source y');
+    return { x, y, w, h, kind: 'copy', sx, sy };
   }
   throw new ProtocolError('BadValue', `tile ${i} encoding ${enc}`);
 }

@@ -40,8 +40,9 @@ export class Screen {
   }
 
   /**
-   * Applies one update's tiles in order. Every tile's rectangle is checked before any
-   * is painted. Returns the rectangles painted, [{x, y, w, h}]. Throws ProtocolError.
+   * Applies one update's tiles in order (a copy reads the screen as the tiles before it left
+   * it). Every tile's rectangle is checked before any is painted. Returns the rectangles
+   * painted, [{x, y, w, h}]. Throws ProtocolError.
    */
   apply(tiles) {
     const W = this.width;
@@ -51,11 +52,28 @@ export class Screen {
       if (t.x + t.w > W || t.y + t.h > H) {
         throw new ProtocolError('BadValue', `tile ${i} (${t.x},${t.y} ${t.w}x${t.h}) off the ${W}x${H} screen`);
       }
+      if (t.kind === 'copy' && (t.sx + t.w > W || t.sy + t.h > H)) {
+        throw new ProtocolError('BadValue', `copy ${i} from (${t.sx},${t.sy} ${t.w}x${t.h}) off the ${W}x${H} screen`);
+      }
     }
     const px = this.rgba;
     const rows = new Uint32Array(px.buffer, px.byteOffset, W * H);
     for (const t of tiles) {
       const rowBytes = t.w * 4;
+      if (t.kind === 'copy') {
+        if (t.sx === 0 && t.x === 0 && t.w === W) {
+          // full-width rows are contiguous: one move (copyWithin reads before it writes)
+          px.copyWithin(t.y * W * 4, t.sy * W * 4, (t.sy + t.h) * W * 4);
+          continue;
+        }
+        // row by row, in the order that reads each source row before it is overwritten
+        for (let k = 0; k < t.h; k++) {
+          const r = t.sy >= t.y ? k : t.h - 1 - k;
+          const s = ((t.sy + r) * W + t.sx) * 4;
+          px.copyWithin(((t.y + r) * W + t.x) * 4, s, s + rowBytes);
+        }
+        continue;
+      }
       if (t.kind === 'solid') {
         this.color[0] = t.r;
         this.color[1] = t.g;

@@ -324,6 +324,7 @@ export class Session {
     this.display.apply(m.tiles);
     vmi.lastSeq = m.seq;
     vmi.frames++;
+    for (const t of m.tiles) if (t.kind === 'copy') vmi.copies++;
     vmi.frameBytes += size;
     this.send({ type: 'FrameAck', seq: m.seq });
     this.persist();

@@ -164,6 +164,7 @@ export function start() {
     attempts: 0, // failed tries since the last Welcome (the outage panel says so)
     nextRetryAt: null, // Date.now() of the next try, while reconnecting
     frames: 0, // FrameUpdates applied
+    copies: 0, // Copy tiles applied (a scroll moved on this screen instead of being sent again)
     bytes: 0, // all bytes received (message payloads)
     frameBytes: 0, // bytes of FrameUpdate messages received
     notifications: [], // {title, body, at_ms}

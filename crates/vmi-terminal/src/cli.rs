@@ -182,8 +182,8 @@ pub fn event_json(event: &TerminalEvent) -> serde_json::Value {
         TerminalEvent::Connected { width, height, resumed } => {
             json!({"event": "connected", "width": width, "height": height, "resumed": resumed})
         }
-        TerminalEvent::Frame { seq, tiles, bytes } => json!({
-            "event": "frame", "seq": seq, "tiles": tiles, "bytes": bytes
+        TerminalEvent::Frame { seq, tiles, copies, bytes } => json!({
+            "event": "frame", "seq": seq, "tiles": tiles, "copies": copies, "bytes": bytes
         }),
         TerminalEvent::InputAcked { seq } => json!({"event": "input_acked", "seq": seq}),
         TerminalEvent::InputDurable { seq } => json!({"event": "input_durable", "seq": seq}),
@@ -802,8 +802,8 @@ mod tests {
 
     #[test]
     fn events_print_as_json() {
-        let frame = TerminalEvent::Frame { seq: 3, tiles: 5, bytes: 1234 };
-        assert_eq!(event_json(&frame), json!({"event": "frame", "seq": 3, "tiles": 5, "bytes": 1234}));
+        let frame = TerminalEvent::Frame { seq: 3, tiles: 5, copies: 1, bytes: 1234 };
+        assert_eq!(event_json(&frame), json!({"event": "frame", "seq": 3, "tiles": 5, "copies": 1, "bytes": 1234}));
         let n = TerminalEvent::Notification { title: "a".into(), body: "b".into(), at_ms: 7 };
         assert_eq!(event_json(&n)["event"], "notification");
         assert_eq!(event_json(&TerminalEvent::Latency { rtt_us: 9 })["rtt_us"], 9);

@@ -103,6 +103,9 @@ pub struct TerminalOptions {
     /// none, so the session retries the same site). With one, reconnecting goes on for
     /// [`LOCATED_RECONNECT_FOR`]: a failover takes seconds.
     pub locate: Option<Locate>,
+    /// The protocol version said in Hello (default: [`PROTOCOL_VERSION`], the newest). An older one makes the
+    /// site send only what that version has (benchmarks compare versions with it; compatibility tests use it).
+    pub protocol_version: u16,
 }
 
 /// Asks the control service where a terminal's phone runs now (see [`TerminalOptions::locate`]).
@@ -125,6 +128,7 @@ impl Default for TerminalOptions {
             reconnect_attempts: 5,
             caller: vmi_control_api::Caller::anonymous(),
             locate: None,
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -160,6 +164,8 @@ pub enum TerminalEvent {
         seq: u64,
         /// Tiles in it (0 for the update that answers `Wake` with nothing changed).
         tiles: usize,
+        /// Of those, copies of pixels the screen had (a scroll; protocol version 4).
+        copies: usize,
         /// Size of the message, bytes.
         bytes: usize,
     },
@@ -276,6 +282,8 @@ struct Shared {
     close: watch::Sender<bool>,
     /// How sites are dialled (the CA `wss://` is checked against).
     caller: vmi_control_api::Caller,
+    /// The protocol version said in Hello.
+    protocol_version: u16,
 }
 
 impl Shared {
@@ -334,6 +342,7 @@ impl Terminal {
             wake: Notify::new(),
             close,
             caller: options.caller.clone(),
+            protocol_version: options.protocol_version,
         });
         let link = open(&shared, ws_url, token, None, options.connect_timeout).await?;
         let (tx, rx) = mpsc::channel(options.event_capacity.max(1));
@@ -553,8 +562,13 @@ async fn hello(shared: &Shared, url: &str, token: &str, resume: Option<Resume>) 
     shared.record(Direction::Down, HANDSHAKE_RESPONSE_BYTES);
     let asleep = shared.lock().asleep;
     let display = shared.lock().display;
-    let hello =
-        ClientMessage::Hello { version: PROTOCOL_VERSION, device_token: token.to_owned(), resume, asleep, display };
+    let hello = ClientMessage::Hello {
+        version: shared.protocol_version,
+        device_token: token.to_owned(),
+        resume,
+        asleep,
+        display,
+    };
     send(shared, &mut ws, &hello).await?;
     match read(shared, &mut ws).await? {
         Some((ServerMessage::Welcome { version, width, height, last_input_seq, resumed }, _)) => Ok(Answer::Welcome {
@@ -952,7 +966,8 @@ impl Session {
                     return Some(Outcome::Lost(error));
                 }
                 link.last_sent = Instant::now();
-                self.emit(TerminalEvent::Frame { seq, tiles: tiles.len(), bytes }).await;
+                let copies = tiles.iter().filter(|t| matches!(t.data, vmi_protocol::TileData::Copy { .. })).count();
+                self.emit(TerminalEvent::Frame { seq, tiles: tiles.len(), copies, bytes }).await;
             }
             ServerMessage::InputAck { seq } => {
                 {

@@ -140,7 +140,7 @@ async fn frames_inputs_and_a_redirect_with_resume() {
     let mut t = Terminal::connect(&url_a, TOKEN, TerminalOptions::default()).await.expect("connects");
     assert_eq!(next(&mut t).await, TerminalEvent::Connected { width: W, height: H, resumed: false });
     match next(&mut t).await {
-        TerminalEvent::Frame { seq: 1, tiles: 2, bytes } => {
+        TerminalEvent::Frame { seq: 1, tiles: 2, copies: 0, bytes } => {
             assert!(bytes > 0);
         }
         other => panic!("expected frame 1, got {other:?}"),

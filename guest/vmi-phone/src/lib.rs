@@ -26,6 +26,8 @@
 //! | 1 | [`timers::CLOCK`] | at each wall-clock minute boundary, while awake |
 //! | 2 | [`timers::MAIL`] | every [`MAIL_REFRESH_NS`] (60 s), always |
 //! | 3 | [`timers::STOPWATCH`] | every 50 ms while the running stopwatch is on screen and awake |
+//! | 4 | [`timers::VOLUME`] | once, 2 s after a volume key |
+//! | 5 | [`timers::FLING`] | every [`FLING_FRAME_NS`] while a list glides after a flick |
 //!
 //! ## Testing
 //!
@@ -70,7 +72,20 @@ pub mod timers {
     pub const STOPWATCH: u32 = 3;
     /// Hide the volume level shown after a volume key.
     pub const VOLUME: u32 = 4;
+    /// Move a list that glides after a flick (cosmetic: only while awake).
+    pub const FLING: u32 = 5;
 }
+
+/// A gliding list moves once per this many virtual ns (60 frames a second).
+pub const FLING_FRAME_NS: u64 = 16_666_667;
+/// A glide slows by a factor e each this many seconds (close to the platforms' feel).
+const FLING_TIME_CONSTANT_S: f32 = 0.325;
+/// A flick starts a glide at this speed or more, in design pixels (theme.rs) per second; a glide stops below
+/// the second.
+const FLING_START_PX_S: f32 = 500.0;
+const FLING_STOP_PX_S: f32 = 40.0;
+/// A finger held still this long before it lifts starts no glide.
+const FLING_HOLD_NS: u64 = 100_000_000;
 
 /// How long the volume level stays in the status bar after a volume key, in virtual ns.
 pub const VOLUME_SHOWN_NS: u64 = 2_000_000_000;
@@ -112,6 +127,22 @@ struct Touch {
     scrolling: bool,
     /// Pixels dragged in Notes not yet turned into whole lines.
     carry: i32,
+    /// When the finger last moved, virtual ns, and how fast the content followed it (px/s,
+    /// positive: further down the content).
+    moved_ns: u64,
+    velocity: f32,
+}
+
+/// A list gliding after a flick.
+#[derive(Clone, Copy, Debug)]
+struct Fling {
+    /// Pixels per second, positive: further down the content.
+    velocity: f32,
+    /// When it last moved, virtual ns.
+    at_ns: u64,
+    /// Distance travelled but not yet drawn (whole pixels are drawn; Notes draws whole lines).
+    rest: f32,
+    carry: i32,
 }
 
 /// The phone: state, screen and host. `Phone` alone is the image's app (on [`VmiHost`]).
@@ -136,6 +167,7 @@ pub struct Phone<H: Host = VmiHost> {
     stopwatch: Stopwatch,
     sw_drawn: String,
     touch: Option<Touch>,
+    fling: Option<Fling>,
     /// Pixels per CSS pixel × 100 the screen was laid out for (0: unknown).
     density: u32,
     /// Volume, 0..=[`VOLUME_STEPS`], and whether the status bar shows it now.
@@ -193,6 +225,7 @@ impl<H: Host> Phone<H> {
             stopwatch: Stopwatch::new(),
             sw_drawn: String::new(),
             touch: None,
+            fling: None,
             density: 0,
             volume: 6,
             volume_shown: false,
@@ -230,6 +263,7 @@ impl<H: Host> Phone<H> {
                 self.fetch_mail();
             }
             Event::Timer(timers::STOPWATCH) => self.stopwatch_tick(),
+            Event::Timer(timers::FLING) => self.fling_step(),
             Event::Timer(timers::VOLUME) => {
                 self.volume_shown = false;
                 self.redraw(status::volume_rect(&self.t));
@@ -239,6 +273,7 @@ impl<H: Host> Phone<H> {
                 self.awake = false;
                 self.host.timer_cancel(timers::CLOCK);
                 self.host.timer_cancel(timers::STOPWATCH);
+                self.stop_fling();
             }
             Event::Wake => self.wake(),
             Event::Timer(_) | Event::Unknown(_) => {}
@@ -303,6 +338,7 @@ impl<H: Host> Phone<H> {
         }
         self.screen = screen;
         self.touch = None;
+        self.stop_fling();
         self.paint.up_all();
         match screen {
             Screen::Notes => self.notes_drawn = self.editor.rows(),
@@ -347,7 +383,12 @@ impl<H: Host> Phone<H> {
         }
         // One finger taps and scrolls; a second one held with it does nothing outside the paper.
         if self.touch.is_none_or(|t| t.pointer == pointer) {
-            self.touch = Some(Touch { pointer, x0: x, y0: y, last_y: y, scrolling: false, carry: 0 });
+            // A finger on a gliding list stops it (and is not a tap on what glides under it).
+            let caught = self.stop_fling();
+            let moved_ns = self.host.monotonic_ns();
+            let touch =
+                Touch { pointer, x0: x, y0: y, last_y: y, scrolling: caught, carry: 0, moved_ns, velocity: 0.0 };
+            self.touch = Some(touch);
         }
     }
 
@@ -367,7 +408,15 @@ impl<H: Host> Phone<H> {
         if touch.scrolling {
             let dy = touch.last_y - y;
             touch.last_y = y;
-            touch.carry = self.scroll_by(dy, touch.carry);
+            touch.carry = self.scroll_by(dy, touch.carry).0;
+            // The finger's speed, smoothed over the last few moves (one move says little).
+            let now = self.host.monotonic_ns();
+            let dt = now.saturating_sub(touch.moved_ns);
+            if dt > 0 {
+                let speed = dy as f32 * 1e9 / dt as f32;
+                touch.velocity = if dt > FLING_HOLD_NS { speed } else { 0.6 * speed + 0.4 * touch.velocity };
+                touch.moved_ns = now;
+            }
         }
         self.touch = Some(touch);
     }
@@ -384,44 +433,77 @@ impl<H: Host> Phone<H> {
             self.touch = None;
             if !touch.scrolling {
                 self.tap(touch.x0, touch.y0);
+                return;
+            }
+            let now = self.host.monotonic_ns();
+            let start = self.t.f(FLING_START_PX_S);
+            if now.saturating_sub(touch.moved_ns) < FLING_HOLD_NS && touch.velocity.abs() >= start && self.awake {
+                self.fling = Some(Fling { velocity: touch.velocity, at_ns: now, rest: 0.0, carry: touch.carry });
+                self.host.timer_set(timers::FLING, now + FLING_FRAME_NS);
             }
         }
     }
 
+    /// Stops a glide; true if one was going.
+    fn stop_fling(&mut self) -> bool {
+        self.host.timer_cancel(timers::FLING);
+        self.fling.take().is_some()
+    }
+
+    /// Moves a gliding list by what it travelled since its last step: speed decays
+    /// exponentially, so the distance is `v·τ·(1 − e^(−dt/τ))`, whatever the timer's lateness.
+    fn fling_step(&mut self) {
+        let Some(mut f) = self.fling.take() else {
+            return;
+        };
+        let now = self.host.monotonic_ns();
+        let dt = now.saturating_sub(f.at_ns) as f32 / 1e9;
+        let decay = (-dt / FLING_TIME_CONSTANT_S).exp();
+        f.rest += f.velocity * FLING_TIME_CONSTANT_S * (1.0 - decay);
+        f.velocity *= decay;
+        f.at_ns = now;
+        let step = f.rest.trunc();
+        f.rest -= step;
+        let (carry, stuck) = self.scroll_by(step as i32, f.carry);
+        f.carry = carry;
+        if stuck || f.velocity.abs() < self.t.f(FLING_STOP_PX_S) {
+            return;
+        }
+        self.fling = Some(f);
+        self.host.timer_set(timers::FLING, now + FLING_FRAME_NS);
+    }
+
     /// Scrolls the current screen's content by `dy` pixels (positive: further down the
-    /// content); returns the pixels not yet applied (Notes scrolls by whole lines).
-    fn scroll_by(&mut self, dy: i32, carry: i32) -> i32 {
+    /// content); returns the pixels not yet applied (Notes scrolls by whole lines) and
+    /// whether the content is at its end that way (a glide stops there).
+    fn scroll_by(&mut self, dy: i32, carry: i32) -> (i32, bool) {
         let t = &self.t;
-        match self.screen {
-            Screen::Inbox => {
-                let next = (self.list_scroll + dy).clamp(0, mail::list_max_scroll(t, &self.inbox));
-                if next != self.list_scroll {
-                    self.list_scroll = next;
-                    self.redraw(self.t.content());
-                }
-                0
-            }
+        let (position, max) = match self.screen {
+            Screen::Inbox => (&mut self.list_scroll, mail::list_max_scroll(t, &self.inbox)),
             Screen::Message(id) => {
-                let max = self.inbox.get(id).map_or(0, |m| mail::message_max_scroll(t, m));
-                let next = (self.msg_scroll + dy).clamp(0, max);
-                if next != self.msg_scroll {
-                    self.msg_scroll = next;
-                    self.redraw(self.t.content());
-                }
-                0
+                (&mut self.msg_scroll, self.inbox.get(id).map_or(0, |m| mail::message_max_scroll(t, m)))
             }
             Screen::Notes => {
                 let lh = t.writing().line_height.max(1);
                 let total = carry + dy;
                 let lines = total / lh;
+                let mut stuck = false;
                 if lines != 0 {
                     let change = self.editor.scroll_by(lines);
+                    stuck = change == notes::Change::None;
                     self.notes_changed(change);
                 }
-                total - lines * lh
+                return (total - lines * lh, stuck);
             }
-            _ => 0,
+            _ => return (0, true),
+        };
+        let next = (*position + dy).clamp(0, max);
+        let stuck = dy != 0 && (next == 0 || next == max);
+        if next != *position {
+            *position = next;
+            self.redraw(self.t.content());
         }
+        (0, stuck)
     }
 
     fn tap(&mut self, x: i32, y: i32) {

@@ -229,6 +229,64 @@ fn mail_arrives_notifies_persists_and_badges() {
     assert_eq!(q.inbox, p.inbox);
 }
 
+/// Drags the content up by `moves` × `step` px, one move per 16 ms of virtual time, and lifts the finger.
+fn flick(p: &mut Phone<FakeHost>, y0: i32, moves: i32, step: i32) {
+    send(p, Event::TouchDown { x: 300, y: y0, pointer: 0 });
+    for i in 1..=moves {
+        p.host_mut().mono += 16_000_000;
+        send(p, Event::TouchMove { x: 300, y: y0 - i * step, pointer: 0 });
+    }
+    send(p, Event::TouchUp { x: 300, y: y0 - moves * step, pointer: 0 });
+}
+
+#[test]
+fn a_flick_glides_slows_and_stops_and_a_finger_catches_it() {
+    let mut h = host();
+    for i in 0..80 {
+        h.mailbox.push_back(mail(&format!("Sender {i}"), &format!("Message {i}"), "Body text."));
+    }
+    let mut p = boot(720, 1280, h);
+    let (x, y) = center(home::icon_rect(&p.t, 0));
+    tap(&mut p, x, y);
+    let c = p.t.content();
+    flick(&mut p, c.bottom() - 50, 6, 30);
+    let after_drag = p.list_scroll;
+    assert_eq!(after_drag, 180, "the list followed the finger");
+    // The list glides on, a frame at a time, each step shorter, until it stops by itself.
+    let mut steps = Vec::new();
+    while p.fling.is_some() {
+        let before = p.list_scroll;
+        let damage = fire(&mut p, timers::FLING);
+        assert!(within(&damage, c), "a glide repaints the list only");
+        steps.push(p.list_scroll - before);
+        assert!(steps.len() < 400, "a glide ends");
+    }
+    assert!(steps.len() > 20, "it glided for {} frames", steps.len());
+    assert!(steps[0] >= 25, "it starts at the finger's speed: {steps:?}");
+    assert!(steps.windows(2).all(|w| w[1] <= w[0] + 1), "it slows down: {steps:?}");
+    assert!(p.list_scroll > after_drag + 300);
+    // A second flick, caught by a finger: the glide stops there, and the touch opens nothing.
+    flick(&mut p, c.bottom() - 50, 6, 30);
+    fire(&mut p, timers::FLING);
+    let caught_at = p.list_scroll;
+    tap(&mut p, 300, c.y + 200);
+    assert_eq!(p.screen, Screen::Inbox, "catching a glide is not a tap");
+    assert!(!p.host().timers.contains_key(&timers::FLING));
+    assert_eq!(p.list_scroll, caught_at);
+    // A glide towards the top stops at the top; a slow drag (or a finger held still) starts none.
+    flick(&mut p, c.y + 100, 8, -60);
+    while p.fling.is_some() {
+        fire(&mut p, timers::FLING);
+    }
+    assert_eq!(p.list_scroll, 0);
+    flick(&mut p, c.bottom() - 50, 10, 5);
+    assert!(p.fling.is_none(), "a slow drag does not glide");
+    flick(&mut p, c.bottom() - 50, 6, 30);
+    assert!(p.host().timers.contains_key(&timers::FLING));
+    send(&mut p, Event::Sleep);
+    assert!(!p.host().timers.contains_key(&timers::FLING), "the screen going off stops a glide");
+}
+
 #[test]
 fn mail_app_lists_opens_and_goes_back() {
     let mut h = host();

@@ -53,6 +53,7 @@ fn every_server_message() -> Vec<ServerMessage> {
                 Tile { x: 0, y: 0, w: 64, h: 64, data: TileData::Solid(0xFF30_2010) },
                 Tile { x: 64, y: 0, w: 2, h: 1, data: TileData::Raw(vec![1, 2, 3, 4, 5, 6, 7, 8]) },
                 Tile { x: 704, y: 1216, w: 16, h: 64, data: TileData::Lz4(vec![0x1f, 0, 1, 0, 0]) },
+                Tile { x: 0, y: 100, w: 720, h: 900, data: TileData::Copy { src_x: 0, src_y: 140 } },
             ],
         },
         ServerMessage::InputAck { seq: 5 },
@@ -119,6 +120,13 @@ fn documented_example_bytes() {
             "82 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 40 00 40 00 00 10 20 30 FF",
         ),
         (ServerMessage::Error { code: ErrorCode::BadMessage, message: "x".into() }, "87 03 01 00 78"),
+        (
+            ServerMessage::FrameUpdate {
+                seq: 2,
+                tiles: vec![Tile { x: 0, y: 100, w: 720, h: 900, data: TileData::Copy { src_x: 0, src_y: 140 } }],
+            },
+            "82 02 00 00 00 00 00 00 00 01 00 00 00 00 00 64 00 D0 02 84 03 03 00 00 8C 00",
+        ),
     ];
     for (msg, bytes) in server {
         assert_eq!(encode_server(&msg), hex(bytes), "{msg:?}");
@@ -279,25 +287,25 @@ fn bad_utf8_and_bad_values() {
         decode_client(&input(&[1, 0, 1, 0x00, 0x00, 0x11, 0])),
         Err(ProtocolError::BadValue { what: "key text char", value: 0x11_0000 })
     );
-    // Error codes 1..=6 only; tile encodings 0..=2 only.
+    // Error codes 1..=6 only; tile encodings 0..=3 only.
     assert_eq!(decode_server(&[ERROR, 0, 0, 0]), Err(ProtocolError::BadValue { what: "error code", value: 0 }));
     assert_eq!(decode_server(&[ERROR, 7, 0, 0]), Err(ProtocolError::BadValue { what: "error code", value: 7 }));
     let mut m = vec![FRAME_UPDATE, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
-    m.extend([0, 0, 0, 0, 1, 0, 1, 0, 3, 0, 0, 0, 0]);
-    assert_eq!(decode_server(&m), Err(ProtocolError::BadValue { what: "tile encoding", value: 3 }));
+    m.extend([0, 0, 0, 0, 1, 0, 1, 0, 4, 0, 0, 0, 0]);
+    assert_eq!(decode_server(&m), Err(ProtocolError::BadValue { what: "tile encoding", value: 4 }));
 }
 
 #[test]
 fn unsupported_versions() {
     let hello = encode_client(&ClientMessage::Hello {
-        version: 4,
+        version: 5,
         device_token: "t".into(),
         resume: None,
         asleep: false,
         display: None,
     });
     let err = decode_client(&hello).unwrap_err();
-    assert_eq!(err, ProtocolError::UnsupportedVersion { found: 4, supported: 1..=3 });
+    assert_eq!(err, ProtocolError::UnsupportedVersion { found: 5, supported: 1..=4 });
     // Version 1 is still spoken (a terminal that forgets inputs once applied).
     let old = encode_client(&ClientMessage::Hello {
         version: 1,
@@ -311,11 +319,11 @@ fn unsupported_versions() {
     // The version is checked before the rest, whose layout may differ in other versions.
     assert_eq!(
         decode_client(&[HELLO, 0, 0, 0xFF]),
-        Err(ProtocolError::UnsupportedVersion { found: 0, supported: 1..=3 })
+        Err(ProtocolError::UnsupportedVersion { found: 0, supported: 1..=4 })
     );
     let welcome =
         encode_server(&ServerMessage::Welcome { version: 9, width: 1, height: 1, last_input_seq: 0, resumed: false });
-    assert_eq!(decode_server(&welcome), Err(ProtocolError::UnsupportedVersion { found: 9, supported: 1..=3 }));
+    assert_eq!(decode_server(&welcome), Err(ProtocolError::UnsupportedVersion { found: 9, supported: 1..=4 }));
     assert_eq!(check_version(PROTOCOL_VERSION), Ok(()));
     assert_eq!(ProtocolError::Empty.error_code(), ErrorCode::BadMessage);
 }
@@ -378,11 +386,12 @@ pub(crate) fn arb_client() -> impl Strategy<Value = ClientMessage> {
 }
 
 fn arb_tile() -> impl Strategy<Value = Tile> {
-    (any::<u16>(), any::<u16>(), 1u16..=9, 1u16..=9, 0u8..3, any::<u32>()).prop_flat_map(|(x, y, w, h, kind, c)| {
+    (any::<u16>(), any::<u16>(), 1u16..=9, 1u16..=9, 0u8..4, any::<u32>()).prop_flat_map(|(x, y, w, h, kind, c)| {
         let n = usize::from(w) * usize::from(h) * 4;
         let data = match kind {
             0 => Just(TileData::Solid(c)).boxed(),
             1 => proptest::collection::vec(any::<u8>(), 0..=lz4_max_len(n)).prop_map(TileData::Lz4).boxed(),
+            2 => Just(TileData::Copy { src_x: c as u16, src_y: (c >> 16) as u16 }).boxed(),
             _ => proptest::collection::vec(any::<u8>(), n).prop_map(TileData::Raw).boxed(),
         };
         data.prop_map(move |data| Tile { x, y, w, h, data })

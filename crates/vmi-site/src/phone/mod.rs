@@ -81,6 +81,8 @@ pub struct Attachment {
     /// Whether it reads `Screen` and `Clipboard` (protocol version 3): an older terminal is closed to reconnect
     /// when the screen changes size, and gets no clipboard.
     pub screen_messages: bool,
+    /// Whether it applies copy tiles, so a scroll is sent as a copy (protocol version 4).
+    pub copies: bool,
     /// The display it said at Hello: the phone's screen follows it before the Welcome.
     pub display: Option<vmi_protocol::Display>,
 }

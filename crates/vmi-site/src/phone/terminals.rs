@@ -35,6 +35,8 @@ struct Terminal {
     durable_told: u64,
     /// Whether it reads `Screen` and `Clipboard` (protocol version 3).
     screen_messages: bool,
+    /// Whether it applies copy tiles (protocol version 4).
+    copies: bool,
 }
 
 impl Terminal {
@@ -73,7 +75,7 @@ impl Terminals {
         screen: Option<&[u8]>,
         last_input_seq: u64,
     ) -> Attached {
-        let mut encoder = Encoder::new(width as u16, height as u16);
+        let mut encoder = Encoder::new(width as u16, height as u16).with_copies(a.copies);
         // A terminal whose screen already equals ours gets no full resend (rule 8).
         let resumed = match (a.resume, screen) {
             (Some(resume), Some(rgba))
@@ -101,6 +103,7 @@ impl Terminals {
                 durable_acks: a.durable_acks,
                 durable_told: 0,
                 screen_messages: a.screen_messages,
+                copies: a.copies,
             },
         );
         self.activity += 1;
@@ -274,7 +277,7 @@ impl Terminals {
                     dead.push(*id);
                     continue;
                 }
-                t.encoder = Encoder::new(width, height);
+                t.encoder = Encoder::new(width, height).with_copies(t.copies);
                 t.repaint(frame.width, frame.height);
                 // Frames in flight are of the old size: the new one goes out whatever the credit (rule 4 still
                 // bounds what follows).
