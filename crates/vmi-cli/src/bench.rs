@@ -60,17 +60,18 @@ pub enum BenchCmd {
         #[arg(long)]
         plain: bool,
     },
-    /// The terminal's radio energy over a scripted day, against a phone polling its mail.
+    /// A whole day of the terminal (radio, screen, decoding) against a phone polling its mail (radio, screen,
+    /// running its apps), through a real site in virtual time.
     Energy {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
-        /// Minutes of active use.
+        /// Minutes of typing (a minute of scrolling follows).
         #[arg(long, default_value_t = 30)]
         active_min: u64,
-        /// Hours asleep.
-        #[arg(long, default_value_t = 8)]
-        asleep_h: u64,
+        /// Hours in the day (the screen is off for the rest of it).
+        #[arg(long, default_value_t = 24)]
+        day_h: u64,
         /// Minutes between mails while asleep.
         #[arg(long, default_value_t = 20)]
         mail_every_min: u64,
@@ -213,10 +214,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Failover { json, faults, cluster } => {
             print(json, crate::runtime()?.block_on(crate::bench_failover::failover(faults.max(1), cluster))?)
         }
-        BenchCmd::Energy { json, active_min, asleep_h, mail_every_min } => print(
-            json,
-            crate::runtime()?.block_on(crate::bench_net::energy(active_min, asleep_h, mail_every_min.max(1)))?,
-        ),
+        BenchCmd::Energy { json, active_min, day_h, mail_every_min } => {
+            print(json, crate::runtime()?.block_on(crate::bench_net::energy(active_min, day_h, mail_every_min.max(1)))?)
+        }
     }
     Ok(())
 }

@@ -42,6 +42,22 @@
 //!
 //! Everything here is radio power above the phone's screen-off base (11.4 mW in the
 //! paper's table), which a phone pays whatever it does and which is left out.
+//!
+//! **Fast dormancy.** A device that knows its burst is over may ask the network to release
+//! the radio instead of waiting out the tail (3GPP Release 8 fast dormancy, the UE's
+//! "signalling connection release indication"; in LTE the UE's assistance information,
+//! Release 11). [`LteAccount::release_after`] models it: the tail of the current and later
+//! bursts ends after the given quiet time, and the next packet pays a promotion. The
+//! terminal's [`RadioPolicy`] releases after 1 s of quiet with the screen off and 3 s with a
+//! static screen on (long enough that typing, a key every second or two, never pays a
+//! promotion's 260 ms). Published savings of the technique: up to 17 % of radio energy and
+//! 60 % of tail time (TOP, Qian et al., ICNP 2010), 67 % on LTE with burst prediction (Deng
+//! and Balakrishnan, CoNEXT 2012).
+//!
+//! **The rest of the device** ([`DeviceParams`], [`DeviceEnergy`]): the screen and the
+//! application processor, priced with the vendor-measured constants of a phone of the same
+//! years, so the terminal's whole day (radio, screen, decoding) can be set beside a polling
+//! phone's (radio, screen, computing its apps locally, waking for each sync).
 
 use std::fmt;
 use std::sync::Arc;
@@ -234,6 +250,8 @@ pub struct EnergyReport {
     pub idle_j: f64,
     /// Packets that found the radio idle (= promotions).
     pub wakeups: u64,
+    /// Bursts whose tail the device cut short (fast dormancy).
+    pub releases: u64,
     /// Packets sent by the terminal.
     pub packets_up: u64,
     /// Packets received by the terminal.
@@ -280,12 +298,46 @@ pub struct LteAccount {
     busy_until: Option<f64>,
     /// Totals up to `busy_until` (or `start_ms` before the first packet).
     done: EnergyReport,
+    /// How long the current burst's tail lasts: `T_tail`, or less once the device asked for
+    /// an early release ([`LteAccount::release_after`]).
+    tail_ms: f64,
+    /// The quiet time after which bursts are released early (`None`: the network's timer).
+    release: Option<f64>,
 }
 
 impl LteAccount {
     /// An account starting at `start_ms` with the radio idle.
     pub fn new(params: LteParams, start_ms: u64) -> LteAccount {
-        LteAccount { params, start_ms, last_at_ms: start_ms, busy_until: None, done: EnergyReport::default() }
+        LteAccount {
+            params,
+            start_ms,
+            last_at_ms: start_ms,
+            busy_until: None,
+            done: EnergyReport::default(),
+            tail_ms: params.tail_ms,
+            release: None,
+        }
+    }
+
+    /// From `now_ms` on, the device releases the radio after `quiet_ms` without traffic (fast
+    /// dormancy), or (`None`) leaves the tail to the network's inactivity timer. A tail
+    /// already running longer than `quiet_ms` ends at `now_ms`.
+    pub fn release_after(&mut self, now_ms: u64, quiet_ms: Option<u64>) {
+        self.release = quiet_ms.map(|q| (q as f64).min(self.params.tail_ms));
+        let now = now_ms.max(self.last_at_ms) as f64;
+        self.tail_ms = match (self.release, self.busy_until) {
+            (None, _) => self.params.tail_ms,
+            (Some(q), Some(end)) if now - end < self.tail_ms => q.max(now - end),
+            (Some(q), _) => q,
+        };
+    }
+
+    /// Charges the whole tail of the burst that ended at `end`.
+    fn close_tail(&mut self) {
+        self.done.tail_j += self.params.tail_j(self.tail_ms);
+        if self.tail_ms < self.params.tail_ms {
+            self.done.releases += 1;
+        }
     }
 
     /// The model's constants.
@@ -297,14 +349,14 @@ impl LteAccount {
     pub fn would_wake(&self, at_ms: u64) -> bool {
         match self.busy_until {
             None => true,
-            Some(end) => at_ms.max(self.last_at_ms) as f64 - end > self.params.tail_ms,
+            Some(end) => at_ms.max(self.last_at_ms) as f64 - end > self.tail_ms,
         }
     }
 
     /// Adds one packet; a time before the previous packet's counts as the previous time.
     /// Returns whether it woke the radio.
     pub fn push(&mut self, packet: Packet) -> bool {
-        let p = &self.params;
+        let p = self.params;
         let at_ms = packet.at_ms.max(self.last_at_ms);
         self.last_at_ms = at_ms;
         let t = at_ms as f64;
@@ -312,8 +364,8 @@ impl LteAccount {
         let start = if woke {
             let idle_from = match self.busy_until {
                 Some(end) => {
-                    self.done.tail_j += p.tail_j(p.tail_ms);
-                    end + p.tail_ms
+                    self.close_tail();
+                    end + self.tail_ms
                 }
                 None => self.start_ms as f64,
             };
@@ -329,6 +381,8 @@ impl LteAccount {
         let (ms, joules) = p.transfer(packet.direction, packet.bytes);
         self.done.transfer_j += joules;
         self.busy_until = Some(start + ms);
+        // A new burst's tail follows the device's release policy again.
+        self.tail_ms = self.release.unwrap_or(self.params.tail_ms);
         match packet.direction {
             Direction::Up => {
                 self.done.packets_up += 1;
@@ -357,8 +411,11 @@ impl LteAccount {
             None => r.idle_j += p.idle_mw() * (now - self.start_ms as f64).max(0.0) / 1e6,
             Some(end) if now > end => {
                 let gap = now - end;
-                r.tail_j += p.tail_j(gap);
-                r.idle_j += p.idle_mw() * (gap - p.tail_ms).max(0.0) / 1e6;
+                r.tail_j += p.tail_j(gap.min(self.tail_ms));
+                r.idle_j += p.idle_mw() * (gap - self.tail_ms).max(0.0) / 1e6;
+                if gap >= self.tail_ms && self.tail_ms < p.tail_ms {
+                    r.releases += 1;
+                }
             }
             Some(_) => {}
         }
@@ -370,7 +427,7 @@ impl LteAccount {
     /// When the radio would be idle again if nothing else is sent (ms); `None` before the
     /// first packet.
     pub fn quiet_at_ms(&self) -> Option<u64> {
-        self.busy_until.map(|end| (end + self.params.tail_ms).ceil() as u64)
+        self.busy_until.map(|end| (end + self.tail_ms).ceil() as u64)
     }
 }
 
@@ -383,7 +440,7 @@ pub fn lte_energy(trace: &[Packet]) -> EnergyReport {
     };
     let account = account_of(trace, LteParams::HUANG_2012, start);
     match account.busy_until {
-        Some(end) => account.report_at_exact(end + account.params.tail_ms),
+        Some(end) => account.report_at_exact(end + account.tail_ms),
         None => account.report_at(start),
     }
 }
@@ -393,6 +450,24 @@ pub fn lte_energy(trace: &[Packet]) -> EnergyReport {
 /// sent at `start_ms`.
 pub fn lte_energy_span(trace: &[Packet], start_ms: u64, end_ms: u64, params: LteParams) -> EnergyReport {
     account_of(trace, params, start_ms).report_at(end_ms.max(start_ms))
+}
+
+/// [`lte_energy_span`] for a device that lets the radio go after `release_ms` of quiet (fast
+/// dormancy; `None`: the network's tail).
+pub fn lte_energy_span_releasing(
+    trace: &[Packet],
+    (start_ms, end_ms): (u64, u64),
+    params: LteParams,
+    release_ms: Option<u64>,
+) -> EnergyReport {
+    let mut sorted = trace.to_vec();
+    sorted.sort_by_key(|p| p.at_ms);
+    let mut account = LteAccount::new(params, start_ms);
+    account.release_after(start_ms, release_ms);
+    for packet in sorted {
+        account.push(packet);
+    }
+    account.report_at(end_ms.max(start_ms))
 }
 
 fn account_of(trace: &[Packet], params: LteParams, start_ms: u64) -> LteAccount {
@@ -417,6 +492,10 @@ pub struct Polling {
     /// Time from request to response, ms (default 100 ms; it only moves the response
     /// within the same tail, so its value barely matters).
     pub rtt_ms: u64,
+    /// Fast dormancy after each poll: release the radio after this much quiet (default
+    /// `None`: mail clients leave the tail to the network, as the terminal's comparison
+    /// assumed so far; `Some` gives the polling phone the same technique as the terminal).
+    pub release_after_ms: Option<u64>,
 }
 
 impl Default for Polling {
@@ -432,7 +511,13 @@ impl Default for Polling {
     /// transfer, while each poll's promotion and tail cost about 12.8 J (a day of polls
     /// ≈ 5.35 kJ, of which ≈ 1.66 kJ is RRC_IDLE paging that any phone pays).
     fn default() -> Self {
-        Polling { interval_ms: 5 * 60 * 1000, request_bytes: 1024, response_bytes: 2048, rtt_ms: 100 }
+        Polling {
+            interval_ms: 5 * 60 * 1000,
+            request_bytes: 1024,
+            response_bytes: 2048,
+            rtt_ms: 100,
+            release_after_ms: None,
+        }
     }
 }
 
@@ -441,6 +526,7 @@ impl Default for Polling {
 /// `24 * 3600 * 1000`.
 pub fn polling_phone_day(span_ms: u64, poll: Polling) -> EnergyReport {
     let mut account = LteAccount::new(LteParams::HUANG_2012, 0);
+    account.release_after(0, poll.release_after_ms);
     let interval = poll.interval_ms.max(1);
     let mut at = 0;
     while at < span_ms {
@@ -449,6 +535,96 @@ pub fn polling_phone_day(span_ms: u64, poll: Polling) -> EnergyReport {
         at += interval;
     }
     account.report_at(span_ms)
+}
+
+/// When the terminal lets the radio go early (fast dormancy; see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RadioPolicy {
+    /// Screen off: release after this much quiet (a notification's burst is over).
+    pub asleep_release_ms: Option<u64>,
+    /// Screen on: release after this much quiet (no frame, no input: the screen is static).
+    pub static_release_ms: Option<u64>,
+}
+
+impl RadioPolicy {
+    /// 1 s with the screen off, 3 s with a static screen on: a typist's next key (a second
+    /// or two later) still finds the radio connected, a screen left alone lets it go.
+    pub const FAST_DORMANCY: RadioPolicy =
+        RadioPolicy { asleep_release_ms: Some(1_000), static_release_ms: Some(3_000) };
+    /// No early release: every burst pays the network's whole tail.
+    pub const NETWORK_TIMER: RadioPolicy = RadioPolicy { asleep_release_ms: None, static_release_ms: None };
+
+    /// The quiet time after which the radio goes, for a screen that is off (`asleep`) or on.
+    pub fn release_ms(&self, asleep: bool) -> Option<u64> {
+        if asleep { self.asleep_release_ms } else { self.static_release_ms }
+    }
+}
+
+impl Default for RadioPolicy {
+    fn default() -> Self {
+        RadioPolicy::FAST_DORMANCY
+    }
+}
+
+/// The phone's non-radio power: screen and application processor.
+///
+/// Carroll and Heiser (USENIX ATC 2010) measured these per component on the Openmoko
+/// Freerunner, but no readable copy of their tables could be checked, so the constants are
+/// those Google ships for the **Nexus 5** in AOSP (`power_profile.xml` of
+/// `device/lge/hammerhead`, whose commit says the values "were measured with Vout 4.0V"):
+/// currents in mA, times 4.0 V here. Vendor measurements, not peer-reviewed; a phone of
+/// the same years as the LTE radio model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceParams {
+    /// Screen on at half brightness: `screen.on` 82.75 mA (lowest brightness) plus half of
+    /// `screen.full` 201.16 mA (extra at full), at 4.0 V: 733.3 mW.
+    pub screen_mw: f64,
+    /// Application processor awake but idle (a wake lock held): `cpu.awake` 17.4 mA: 69.6 mW.
+    pub cpu_awake_mw: f64,
+    /// Application processor running: `cpu.active` 256.5 mA at 1497.6 MHz (one of its 14
+    /// steps): 1026 mW on top of awake.
+    pub cpu_active_mw: f64,
+    /// Instructions a second the running processor retires (1497.6 MHz at one per cycle).
+    pub cpu_ips: f64,
+    /// How long the processor stays awake for a background wake (a sync, a notification
+    /// shown): an assumption, 1 s, enough for the radio's promotion, the exchange and the
+    /// app's work; the same for both phones.
+    pub wake_ms: f64,
+}
+
+impl DeviceParams {
+    /// The Nexus 5 constants above.
+    pub const NEXUS_5: DeviceParams = DeviceParams {
+        screen_mw: (82.75 + 201.16 / 2.0) * 4.0,
+        cpu_awake_mw: 17.4 * 4.0,
+        cpu_active_mw: 256.5 * 4.0,
+        cpu_ips: 1.4976e9,
+        wake_ms: 1_000.0,
+    };
+
+    /// What a device spends besides its radio: `screen_on_ms` with the screen on (the
+    /// processor awake all that time), `instructions` run for the user (apps, decoding), and
+    /// `background_wakes` wakes with the screen off.
+    pub fn energy(&self, screen_on_ms: f64, instructions: f64, background_wakes: u64) -> DeviceEnergy {
+        let screen_j = self.screen_mw * screen_on_ms / 1e6;
+        let awake_ms = screen_on_ms + self.wake_ms * background_wakes as f64;
+        let compute_s = instructions / self.cpu_ips;
+        let cpu_j = (self.cpu_awake_mw * awake_ms / 1e3 + self.cpu_active_mw * compute_s) / 1e3;
+        DeviceEnergy { screen_j, cpu_j, compute_s, background_wakes }
+    }
+}
+
+/// A device's screen and processor energy over a span ([`DeviceParams::energy`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct DeviceEnergy {
+    /// Screen, joules.
+    pub screen_j: f64,
+    /// Application processor (awake and running), joules.
+    pub cpu_j: f64,
+    /// Seconds of processor time spent computing.
+    pub compute_s: f64,
+    /// Background wakes paid for.
+    pub background_wakes: u64,
 }
 
 /// Keeps at most this many packets of a live trace by default.
@@ -465,6 +641,8 @@ pub struct EnergyMeter {
     trace: Vec<Packet>,
     trace_limit: usize,
     trace_dropped: u64,
+    policy: RadioPolicy,
+    asleep: bool,
 }
 
 impl fmt::Debug for EnergyMeter {
@@ -478,7 +656,8 @@ impl fmt::Debug for EnergyMeter {
 }
 
 impl EnergyMeter {
-    /// A meter reading `clock`, starting now with the radio idle, with the paper's model.
+    /// A meter reading `clock`, starting now with the radio idle, with the paper's model and
+    /// the terminal's [`RadioPolicy::FAST_DORMANCY`], screen on.
     pub fn new(clock: Clock) -> EnergyMeter {
         EnergyMeter::with_params(clock, LteParams::HUANG_2012, DEFAULT_TRACE_LIMIT)
     }
@@ -486,7 +665,30 @@ impl EnergyMeter {
     /// A meter with other model constants and trace limit (0 keeps no packets).
     pub fn with_params(clock: Clock, params: LteParams, trace_limit: usize) -> EnergyMeter {
         let start = clock();
-        EnergyMeter { clock, account: LteAccount::new(params, start), trace: Vec::new(), trace_limit, trace_dropped: 0 }
+        let mut meter = EnergyMeter {
+            clock,
+            account: LteAccount::new(params, start),
+            trace: Vec::new(),
+            trace_limit,
+            trace_dropped: 0,
+            policy: RadioPolicy::default(),
+            asleep: false,
+        };
+        meter.set_policy(RadioPolicy::default());
+        meter
+    }
+
+    /// When the radio is let go early from now on.
+    pub fn set_policy(&mut self, policy: RadioPolicy) {
+        self.policy = policy;
+        let now = (self.clock)();
+        self.account.release_after(now, policy.release_ms(self.asleep));
+    }
+
+    /// The screen went off (`true`) or on: the radio policy follows.
+    pub fn set_asleep(&mut self, asleep: bool) {
+        self.asleep = asleep;
+        self.set_policy(self.policy);
     }
 
     /// Records a packet now; returns whether it woke the radio.
@@ -636,5 +838,77 @@ mod tests {
         assert_eq!(m.trace().len(), 2);
         assert_eq!(m.trace_dropped(), 1);
         assert_eq!(r.span_ms, 59_000);
+    }
+
+    #[test]
+    fn fast_dormancy_cuts_the_tail_and_the_next_packet_pays_a_promotion() {
+        let mut a = LteAccount::new(P, 0);
+        a.release_after(0, Some(1_000));
+        assert!(a.push(up(0, 10)));
+        // Quiet for 1 s: released; a packet 5 s later wakes the radio again.
+        assert!(a.would_wake(5_000));
+        assert!(a.push(up(5_000, 10)));
+        let r = a.report_at(20_000);
+        assert_eq!((r.wakeups, r.releases), (2, 2));
+        assert!(r.tail_j < 2.0 * P.tail_j(1_001.0) && r.tail_j > 2.0 * P.tail_j(999.0), "{r}");
+        // Without it the second packet rides the first one's tail.
+        let plain = lte_energy_span(&[up(0, 10), up(5_000, 10)], 0, 20_000, P);
+        assert_eq!((plain.wakeups, plain.releases), (1, 0));
+        assert!(r.total_j < plain.total_j, "{r} against {plain}");
+        // Packets closer than the quiet time stay in one burst.
+        let mut b = LteAccount::new(P, 0);
+        b.release_after(0, Some(3_000));
+        b.push(up(0, 10));
+        assert!(!b.push(up(2_000, 10)));
+        // A policy change mid-tail releases at once if the tail already ran longer.
+        let mut c = LteAccount::new(P, 0);
+        c.push(up(0, 10));
+        c.release_after(5_000, Some(1_000));
+        assert!(c.would_wake(5_001));
+        let r = c.report_at(60_000);
+        // (The transfer began after the 260 ms promotion: its tail had run 4.74 s at 5 s.)
+        assert!((r.tail_j - P.tail_j(5_000.0 - P.promotion_ms)).abs() < 0.01, "{r}");
+        assert_eq!(r.releases, 1);
+    }
+
+    #[test]
+    fn a_polling_phone_with_fast_dormancy_wakes_as_often_for_less() {
+        let day = 86_400_000;
+        let plain = polling_phone_day(day, Polling::default());
+        let fd = polling_phone_day(day, Polling { release_after_ms: Some(1_000), ..Polling::default() });
+        assert_eq!(fd.wakeups, plain.wakeups);
+        assert_eq!(fd.releases, 288);
+        assert!(fd.total_j < plain.total_j / 2.0, "{fd} against {plain}");
+    }
+
+    #[test]
+    fn the_meter_releases_sooner_with_the_screen_off() {
+        let now = Arc::new(AtomicU64::new(0));
+        let clock: Clock = {
+            let now = now.clone();
+            Arc::new(move || now.load(Ordering::Relaxed))
+        };
+        let mut m = EnergyMeter::with_params(clock, P, 0);
+        m.record(Direction::Down, 100);
+        now.store(2_000, Ordering::Relaxed);
+        assert!(!m.record(Direction::Down, 100), "screen on: 2 s of quiet keep the radio");
+        m.set_asleep(true);
+        now.store(3_500, Ordering::Relaxed);
+        assert!(m.record(Direction::Down, 100), "screen off: 1.5 s of quiet released it");
+        m.set_policy(RadioPolicy::NETWORK_TIMER);
+        now.store(10_000, Ordering::Relaxed);
+        assert!(!m.record(Direction::Down, 100), "the network's timer: 6.5 s is within the tail");
+    }
+
+    #[test]
+    fn device_energy_adds_screen_awake_time_work_and_wakes() {
+        let d = DeviceParams::NEXUS_5;
+        assert!((d.screen_mw - 733.32).abs() < 0.01);
+        let e = d.energy(60_000.0, d.cpu_ips, 10);
+        assert!((e.screen_j - 44.0).abs() < 0.01, "{e:?}");
+        // 70 s awake at 69.6 mW plus one second of work at 1026 mW.
+        assert!((e.cpu_j - (0.0696 * 70.0 + 1.026)).abs() < 1e-9, "{e:?}");
+        assert_eq!(e.background_wakes, 10);
+        assert_eq!(d.energy(0.0, 0.0, 0), DeviceEnergy::default());
     }
 }

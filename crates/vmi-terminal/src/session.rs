@@ -49,7 +49,7 @@ use vmi_protocol::{
 };
 
 use crate::TerminalError;
-use crate::energy::{Clock, Direction, EnergyMeter, EnergyReport, system_clock};
+use crate::energy::{Clock, Direction, EnergyMeter, EnergyReport, RadioPolicy, system_clock};
 
 /// Largest message accepted from a site (docs/PROTOCOL.md, "Limits").
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -106,6 +106,9 @@ pub struct TerminalOptions {
     /// The protocol version said in Hello (default: [`PROTOCOL_VERSION`], the newest). An older one makes the
     /// site send only what that version has (benchmarks compare versions with it; compatibility tests use it).
     pub protocol_version: u16,
+    /// When the radio is let go early, as the energy account prices it (default:
+    /// [`RadioPolicy::FAST_DORMANCY`]).
+    pub radio: RadioPolicy,
 }
 
 /// Asks the control service where a terminal's phone runs now (see [`TerminalOptions::locate`]).
@@ -129,6 +132,7 @@ impl Default for TerminalOptions {
             caller: vmi_control_api::Caller::anonymous(),
             locate: None,
             protocol_version: PROTOCOL_VERSION,
+            radio: RadioPolicy::FAST_DORMANCY,
         }
     }
 }
@@ -249,12 +253,16 @@ pub struct SessionStats {
     pub reconnects: u64,
     /// Last measured round trip, microseconds.
     pub latency_us: Option<u64>,
+    /// Time spent decoding and applying frame updates, ns of this machine (what the energy account's
+    /// decoding figure is made from).
+    pub decode_ns: u64,
 }
 
 struct State {
     screen: Screen,
     last_frame_seq: u64,
     frames: u64,
+    decode_ns: u64,
     next_seq: u64,
     pending: VecDeque<(u64, Input)>,
     acked: u64,
@@ -316,13 +324,16 @@ impl Terminal {
     /// the CA in `options.caller`; or `ws://` on loopback), says `Hello` with `token`, waits for `Welcome` and
     /// starts the session task. The first event is [`TerminalEvent::Connected`].
     pub async fn connect(ws_url: &str, token: &str, options: TerminalOptions) -> Result<Terminal, TerminalError> {
-        let energy = EnergyMeter::new(options.clock.clone());
+        let mut energy = EnergyMeter::new(options.clock.clone());
+        energy.set_policy(options.radio);
+        energy.set_asleep(options.asleep);
         let (close, close_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 screen: Screen::new(0, 0),
                 last_frame_seq: 0,
                 frames: 0,
+                decode_ns: 0,
                 next_seq: 1,
                 pending: VecDeque::new(),
                 durable: 0,
@@ -393,7 +404,12 @@ impl Terminal {
     }
 
     fn set_asleep(&self, asleep: bool) {
-        self.shared.lock().asleep = asleep;
+        {
+            let mut s = self.shared.lock();
+            s.asleep = asleep;
+            // The radio may go sooner with the screen off (fast dormancy; energy::RadioPolicy).
+            s.energy.set_asleep(asleep);
+        }
         self.shared.wake.notify_one();
     }
 
@@ -457,6 +473,7 @@ impl Terminal {
             durable_input: s.durable,
             reconnects: s.reconnects,
             latency_us: s.latency_us,
+            decode_ns: s.decode_ns,
         }
     }
 
@@ -947,8 +964,10 @@ impl Session {
             ServerMessage::FrameUpdate { seq, tiles } => {
                 let applied = {
                     let mut s = self.shared.lock();
+                    let started = Instant::now();
                     match s.screen.apply(&tiles) {
                         Ok(()) => {
+                            s.decode_ns += started.elapsed().as_nanos() as u64;
                             s.last_frame_seq = seq;
                             s.frames += 1;
                             Ok(())

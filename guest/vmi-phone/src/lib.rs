@@ -28,6 +28,7 @@
 //! | 3 | [`timers::STOPWATCH`] | every 50 ms while the running stopwatch is on screen and awake |
 //! | 4 | [`timers::VOLUME`] | once, 2 s after a volume key |
 //! | 5 | [`timers::FLING`] | every [`FLING_FRAME_NS`] while a list glides after a flick |
+//! | 6 | [`timers::ALERTS`] | at the top of the hour, while mail alerts are held (Mail's "Alerts: hourly") |
 //!
 //! ## Testing
 //!
@@ -74,6 +75,8 @@ pub mod timers {
     pub const VOLUME: u32 = 4;
     /// Move a list that glides after a flick (cosmetic: only while awake).
     pub const FLING: u32 = 5;
+    /// Raise the mail alerts held back (background: runs asleep).
+    pub const ALERTS: u32 = 6;
 }
 
 /// A gliding list moves once per this many virtual ns (60 frames a second).
@@ -101,6 +104,8 @@ pub const TZ_KEY: &str = "clock.utc_offset_min";
 /// inside an event's CPU budget.
 pub const FETCH_BATCH: usize = 64;
 
+/// Most mail alerts held for the next hour (the summary counts them; the rest are in the inbox).
+const MAX_HELD: usize = 256;
 /// The host refuses (traps on) notification fields longer than this (GUEST_ABI.md).
 const NOTIFY_MAX: usize = 1024;
 /// Touch coordinates are clamped to ±this.
@@ -159,6 +164,9 @@ pub struct Phone<H: Host = VmiHost> {
     now: Civil,
     now_s: i64,
     inbox: Inbox,
+    /// When mail alerts a sleeping screen, and the alerts held for the next hour (sender, subject).
+    alerts: mail::Alerts,
+    held: Vec<(String, String)>,
     list_scroll: i32,
     msg_scroll: i32,
     editor: Editor,
@@ -204,6 +212,7 @@ impl<H: Host> Phone<H> {
         let mut text = host.kv_get(notes::KEY).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
         text.truncate(clip_utf8(&text, notes::MAX_LEN).len());
         let inbox = host.kv_get(mail::KEY).map(|v| Inbox::decode(&v)).unwrap_or_default();
+        let alerts = host.kv_get(mail::ALERTS_KEY).map_or(mail::Alerts::Now, |v| mail::Alerts::parse(&v));
         let wall = host.wall_ns();
         let editor = notes::editor(&t, text);
         let mut phone = Phone {
@@ -217,6 +226,8 @@ impl<H: Host> Phone<H> {
             mail_stale: false,
             tz_min,
             inbox,
+            alerts,
+            held: Vec::new(),
             list_scroll: 0,
             msg_scroll: 0,
             editor,
@@ -264,6 +275,7 @@ impl<H: Host> Phone<H> {
             }
             Event::Timer(timers::STOPWATCH) => self.stopwatch_tick(),
             Event::Timer(timers::FLING) => self.fling_step(),
+            Event::Timer(timers::ALERTS) => self.raise_held(),
             Event::Timer(timers::VOLUME) => {
                 self.volume_shown = false;
                 self.redraw(status::volume_rect(&self.t));
@@ -318,10 +330,12 @@ impl<H: Host> Phone<H> {
                     home::HomeData { today: self.now, inbox: &self.inbox, now_s: self.now_s, tz_min: self.tz_min };
                 home::draw(c, t, &data);
             }
-            Screen::Inbox => mail::draw_list(c, t, &self.inbox, self.list_scroll, self.now_s, self.tz_min),
+            Screen::Inbox => {
+                mail::draw_list(c, t, &self.inbox, self.list_scroll, self.alerts, (self.now_s, self.tz_min))
+            }
             Screen::Message(id) => match self.inbox.get(id) {
                 Some(m) => mail::draw_message(c, t, m, self.msg_scroll, self.now_s, self.tz_min),
-                None => mail::draw_list(c, t, &self.inbox, self.list_scroll, self.now_s, self.tz_min),
+                None => mail::draw_list(c, t, &self.inbox, self.list_scroll, self.alerts, (self.now_s, self.tz_min)),
             },
             Screen::Notes => notes::draw(c, t, &self.editor, self.notes_copied),
             Screen::Paint => paint::draw(c, t, &self.paint),
@@ -523,7 +537,14 @@ impl<H: Host> Phone<H> {
                 }
             }
             Screen::Inbox => {
-                if let Some(id) = mail::list_hit(t, &self.inbox, self.list_scroll, x, y) {
+                if mail::alerts_button(t).contains(x, y) {
+                    self.alerts = self.alerts.toggled();
+                    self.host.kv_set(mail::ALERTS_KEY, self.alerts.as_str().as_bytes());
+                    if self.alerts == mail::Alerts::Now {
+                        self.raise_held();
+                    }
+                    self.redraw(self.t.appbar());
+                } else if let Some(id) = mail::list_hit(t, &self.inbox, self.list_scroll, x, y) {
                     self.open_message(id);
                 }
             }
@@ -706,6 +727,8 @@ impl<H: Host> Phone<H> {
 
     fn wake(&mut self) {
         self.awake = true;
+        // The screen is on: what was held for the hour can be said now.
+        self.raise_held();
         self.refresh_clock();
         self.arm_clock();
         if self.mail_stale {
@@ -731,7 +754,11 @@ impl<H: Host> Phone<H> {
             let s = *received_s.get_or_insert_with(|| (self.host.wall_ns() / 1_000_000_000) as i64);
             let title = if m.from.trim().is_empty() { "New mail" } else { m.from.trim() };
             let body = if m.subject.trim().is_empty() { "(no subject)" } else { m.subject.trim() };
-            self.host.notify(clip_utf8(title, NOTIFY_MAX), clip_utf8(body, NOTIFY_MAX));
+            if self.awake || self.alerts == mail::Alerts::Now {
+                self.host.notify(clip_utf8(title, NOTIFY_MAX), clip_utf8(body, NOTIFY_MAX));
+            } else {
+                self.hold_alert(title, body);
+            }
             self.inbox.add(m, s);
             fetched += 1;
         }
@@ -754,6 +781,29 @@ impl<H: Host> Phone<H> {
             } else {
                 self.mail_stale = true;
             }
+        }
+    }
+
+    /// Keeps a mail's alert for the top of the hour (the timer is armed for the first).
+    fn hold_alert(&mut self, title: &str, body: &str) {
+        if self.held.is_empty() {
+            let wall = self.host.wall_ns();
+            let hour = 3_600 * 1_000_000_000u64;
+            let until = hour - wall % hour;
+            let mono = self.host.monotonic_ns();
+            self.host.timer_set(timers::ALERTS, mono + until);
+        }
+        // Only the summary's senders and count need them all; a day of mail stays small.
+        if self.held.len() < MAX_HELD {
+            self.held.push((clip_utf8(title, NOTIFY_MAX).to_string(), clip_utf8(body, NOTIFY_MAX).to_string()));
+        }
+    }
+
+    /// Raises the held alerts as one notification.
+    fn raise_held(&mut self) {
+        self.host.timer_cancel(timers::ALERTS);
+        if let Some((title, body)) = mail::summary(&std::mem::take(&mut self.held)) {
+            self.host.notify(clip_utf8(&title, NOTIFY_MAX), clip_utf8(&body, NOTIFY_MAX));
         }
     }
 

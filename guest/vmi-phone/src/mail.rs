@@ -21,6 +21,69 @@ use crate::ui;
 
 /// Persistent store key of the inbox.
 pub const KEY: &str = "mail.inbox";
+/// Persistent store key of when Mail alerts a sleeping screen: `now` or `hourly`.
+pub const ALERTS_KEY: &str = "mail.alerts";
+
+/// When new mail raises a notification while the screen is off. Each notification wakes the
+/// terminal's radio (a promotion and a tail, about 1.5–13 J in the LTE model); held ones go
+/// out together once an hour, as one. With the screen on, mail alerts at once either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alerts {
+    /// Every mail at once (the default).
+    Now,
+    /// Held, then one summary at the top of each hour.
+    Hourly,
+}
+
+impl Alerts {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alerts::Now => "now",
+            Alerts::Hourly => "hourly",
+        }
+    }
+
+    /// Reads the stored form; anything else is the default.
+    pub fn parse(bytes: &[u8]) -> Alerts {
+        if bytes == b"hourly" { Alerts::Hourly } else { Alerts::Now }
+    }
+
+    /// The other choice (the app bar's button toggles).
+    pub fn toggled(self) -> Alerts {
+        match self {
+            Alerts::Now => Alerts::Hourly,
+            Alerts::Hourly => Alerts::Now,
+        }
+    }
+
+    /// What the app bar's button says.
+    pub fn label(self) -> &'static str {
+        match self {
+            Alerts::Now => "Alerts: now",
+            Alerts::Hourly => "Alerts: hourly",
+        }
+    }
+}
+
+/// The notification that stands for mails held back (sender, subject each), or `None`.
+pub fn summary(held: &[(String, String)]) -> Option<(String, String)> {
+    match held {
+        [] => None,
+        [(from, subject)] => Some((from.clone(), subject.clone())),
+        many => {
+            let mut senders: Vec<&str> = Vec::new();
+            for (from, _) in many {
+                if !senders.contains(&from.as_str()) {
+                    senders.push(from);
+                }
+            }
+            let shown = senders.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+            let more = if senders.len() > 3 { format!(" and {} more", senders.len() - 3) } else { String::new() };
+            Some((format!("{} new messages", many.len()), format!("From {shown}{more}")))
+        }
+    }
+}
 /// The inbox keeps at most this many messages (the oldest go first).
 pub const MAX_MESSAGES: usize = 200;
 /// The stored inbox stays under this many bytes (the store takes values up to 1 MiB).
@@ -258,9 +321,28 @@ pub fn unread_label(inbox: &Inbox) -> String {
     }
 }
 
-/// Draws the inbox list (app bar included) scrolled by `scroll` pixels.
-pub fn draw_list(c: &mut Canvas, t: &Theme, inbox: &Inbox, scroll: i32, now_s: i64, tz_min: i32) {
-    ui::app_bar(c, t, "Inbox", false, &unread_label(inbox));
+/// The alerts button at the right of the inbox's bar (toggles [`Alerts`]).
+pub fn alerts_button(t: &Theme) -> Rect {
+    let bar = t.appbar();
+    let w = t.d(230.0);
+    Rect::new(t.w - w, bar.y, w, bar.h)
+}
+
+/// Draws the inbox list (app bar included, with the unread count and the alerts button)
+/// scrolled by `scroll` pixels.
+pub fn draw_list(c: &mut Canvas, t: &Theme, inbox: &Inbox, scroll: i32, alerts: Alerts, when: (i64, i32)) {
+    let (now_s, tz_min) = when;
+    ui::app_bar(c, t, "Inbox", false, "");
+    if t.appbar().intersects(c.clip()) {
+        let b = alerts_button(t);
+        let (f, mid) = (&t.label, b.y + b.h / 2);
+        let x = b.right() - t.pad - f.measure(alerts.label());
+        ui::text_centered_v(c, x, mid, alerts.label(), f, theme::ACCENT);
+        let unread = unread_label(inbox);
+        if !unread.is_empty() {
+            c.draw_text_right(b.x, mid - f.line_height() / 2, &unread, f, theme::TEXT_2);
+        }
+    }
     let area = t.content();
     c.with_clip(area, |c| {
         c.fill(area, theme::BG);

@@ -288,6 +288,54 @@ fn a_flick_glides_slows_and_stops_and_a_finger_catches_it() {
 }
 
 #[test]
+fn hourly_mail_alerts_wait_for_the_hour_while_the_screen_is_off_and_say_it_once() {
+    let mut p = boot(720, 1280, host());
+    let (x, y) = center(home::icon_rect(&p.t, 0));
+    tap(&mut p, x, y);
+    assert_eq!(p.alerts, mail::Alerts::Now);
+    let (bx, by) = center(mail::alerts_button(&p.t));
+    let d = tap(&mut p, bx, by);
+    assert!(within(&d, p.t.appbar()), "the bar says the new choice");
+    assert_eq!(p.alerts, mail::Alerts::Hourly);
+    assert_eq!(p.host().kv[mail::ALERTS_KEY], b"hourly");
+    shot(&p, "mail_alerts_hourly");
+
+    // Screen off: three mails come, no notification yet; the alert timer is at the top of the hour.
+    send(&mut p, Event::Sleep);
+    let before = p.host().notifications.len();
+    p.host_mut().mailbox.extend([mail("Ann", "One", "a"), mail("Bob", "Two", "b")]);
+    send(&mut p, Event::MailArrived(2));
+    p.host_mut().mono += 60 * SEC;
+    p.host_mut().mailbox.push_back(mail("Ann", "Three", "c"));
+    send(&mut p, Event::MailArrived(1));
+    assert_eq!(p.host().notifications.len(), before, "held while the screen is off");
+    assert_eq!(p.inbox.messages().len(), 3, "the mail itself is in the inbox at once");
+    let at = p.host().timers[&timers::ALERTS];
+    let wall_at = T0_WALL + at;
+    assert_eq!(wall_at % (3600 * SEC), 0, "the top of an hour");
+    assert!(at - p.host().mono <= 3600 * SEC);
+    fire(&mut p, timers::ALERTS);
+    assert_eq!(
+        p.host().notifications[before..],
+        [("3 new messages".to_string(), "From Ann, Bob".to_string())],
+        "one alert says them all"
+    );
+    // Nothing held: the hour passes quietly. One mail held, then the screen goes on: it is said at once.
+    p.host_mut().mailbox.push_back(mail("Cyd", "Four", "d"));
+    send(&mut p, Event::MailArrived(1));
+    assert_eq!(p.host().notifications.len(), before + 1);
+    send(&mut p, Event::Wake);
+    assert_eq!(p.host().notifications.last(), Some(&("Cyd".to_string(), "Four".to_string())));
+    // Screen on, or alerts "now": at once. The choice survives a restart (it is in the store).
+    p.host_mut().mailbox.push_back(mail("Dee", "Five", "e"));
+    send(&mut p, Event::MailArrived(1));
+    assert_eq!(p.host().notifications.last(), Some(&("Dee".to_string(), "Five".to_string())));
+    let mut h = host();
+    h.kv = p.host().kv.clone();
+    assert_eq!(boot(720, 1280, h).alerts, mail::Alerts::Hourly);
+}
+
+#[test]
 fn mail_app_lists_opens_and_goes_back() {
     let mut h = host();
     h.mailbox.extend(sample_mail());

@@ -369,6 +369,8 @@ pub struct PhoneStatus {
     pub wakes: u64,
     /// Events delivered.
     pub events: u64,
+    /// CPU units (the engine's: fuel, about one WebAssembly instruction each) its events used on this site.
+    pub cpu_units: u64,
     /// The image it runs (content hash, hex).
     pub image: String,
     /// The site holding its standby copy, if one holds it now (docs/FAILOVER.md).

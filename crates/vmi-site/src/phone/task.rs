@@ -738,6 +738,7 @@ impl PhoneTask {
                     resident: self.phone.resident(),
                     wakes: usage.wakes,
                     events: usage.events,
+                    cpu_units: usage.cpu_total,
                     image: self.phone.info().image.to_hex(),
                     standby: self.durable.as_ref().and_then(|d| d.standby_at.clone()),
                     standby_lag_ms: self.durable.as_ref().and_then(|d| d.standby_lag).map(|l| l.as_millis() as u64),
