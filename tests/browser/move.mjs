@@ -51,6 +51,7 @@ async function run(page) {
     url: window.vmi.url,
     moves: window.vmi.moves || [],
     intervals: window.vmi.frameIntervals || [],
+    preparedHandoffs: window.vmi.preparedHandoffs || 0,
   }));
   const tap = async (at) => {
     const p = await phonePoint(page, at);
@@ -97,6 +98,8 @@ async function run(page) {
     interval_max_ms: Math.max(...before.intervals),
     overlay_shown: overlayShown,
     map_followed_ms: mapFollowedMs,
+    // the Hello went on the connection the page opened while the phone's copy ran (make before break)
+    prepared_handoffs: after.preparedHandoffs - before.preparedHandoffs,
   });
   emit({ step: 'done' });
 }

@@ -371,7 +371,7 @@ await test('decode: every site message', () => {
 await test('decode: errors of PROTOCOL.md', () => {
   throwsKind(() => decodeServer(new Uint8Array(0)), 'Empty');
   throwsKind(() => decodeServer(Uint8Array.of(0x01)), 'UnknownType'); // a client tag
-  throwsKind(() => decodeServer(Uint8Array.of(0x8b)), 'UnknownType');
+  throwsKind(() => decodeServer(Uint8Array.of(0x8d)), 'UnknownType');
   throwsKind(() => decodeServer(new Uint8Array(16 * 1024 * 1024 + 1)), 'TooLarge');
   throwsKind(() => decodeServer(hex('86 01 00 00')), 'Truncated');
   throwsKind(() => decodeServer(hex('86 01 00 00 00 00 00 00 00 00')), 'TrailingBytes');
@@ -465,6 +465,15 @@ await test('screen: a tile off the screen paints nothing; a bad Lz4 tile is an e
   );
   assert.ok(s.rgba.every((b) => b === 0), 'nothing painted');
   throwsKind(() => s.apply([{ x: 0, y: 0, w: 1, h: 1, kind: 'lz4', data: Uint8Array.from([0x30, 1, 2, 3]) }]), 'BadValue');
+});
+
+await test('codec: the handoff messages of version 4 (Prepare, Joined; Join, Prepared)', () => {
+  const prepare = new B().u8(0x8b).str('wss://b.example/v1/terminal').str('t1c').done();
+  assert.deepEqual(decodeServer(prepare), { type: 'Prepare', url: 'wss://b.example/v1/terminal', ticket: 't1c' });
+  assert.deepEqual(decodeServer(Uint8Array.from([0x8c])), { type: 'Joined' });
+  throwsKind(() => decodeServer(Uint8Array.from([0x8c, 0])), 'TrailingBytes');
+  assert.equal(toHex(encodeClient({ type: 'Join', token: 'ab', ticket: 'c' })), '08 04 00 02 00 61 62 01 00 63');
+  assert.equal(toHex(encodeClient({ type: 'Prepared' })), '09');
 });
 
 await test('screen: copy tiles (version 4) move rows both ways, overlapping; a source off the screen is an error', () => {

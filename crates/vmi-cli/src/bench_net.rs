@@ -731,7 +731,7 @@ async fn migration_series(rounds: usize, etcd: bool) -> Result<MigrationSeries> 
         while gap.is_none() && started.elapsed() < Duration::from_secs(20) {
             let seq = term.send_input(Input::Key { code: 0, text: Some(if typed % 2 == 0 { 'm' } else { ' ' }) })?;
             typed += 1;
-            let until = tokio::time::Instant::now() + Duration::from_millis(5);
+            let until = tokio::time::Instant::now() + Duration::from_millis(2);
             while let Ok(Some(event)) = tokio::time::timeout_at(until, term.next_event()).await {
                 match event {
                     TerminalEvent::Frame { .. } if redirected.is_none() => last_frame = Some(Instant::now()),

@@ -72,7 +72,11 @@ fn gen_client(rng: &mut Rng) -> ClientMessage {
             };
             ClientMessage::Input { seq: rng.int(), input }
         }
+        2 if rng.chance(3) => {
+            ClientMessage::Join { version: PROTOCOL_VERSION, device_token: rng.string(), ticket: rng.string() }
+        }
         2 => ClientMessage::FrameAck { seq: rng.int() },
+        3 if rng.chance(3) => ClientMessage::Prepared,
         3 => ClientMessage::Sleep,
         4 => ClientMessage::Wake,
         _ => ClientMessage::Ping { nonce: rng.next() },
@@ -116,6 +120,8 @@ fn gen_server(rng: &mut Rng) -> ServerMessage {
         4 => ServerMessage::Notification { title: rng.string(), body: rng.string(), at_ms: rng.int() },
         5 if rng.chance(3) => ServerMessage::Screen { width: rng.int() as u16, height: rng.int() as u16 },
         5 if rng.chance(2) => ServerMessage::Clipboard { text: rng.string() },
+        5 if rng.chance(2) => ServerMessage::Prepare { url: rng.string(), ticket: rng.string() },
+        5 if rng.chance(2) => ServerMessage::Joined,
         5 => ServerMessage::Redirect { url: rng.string() },
         _ => {
             let code = ErrorCode::ALL[rng.below(ErrorCode::ALL.len())];

@@ -4,7 +4,8 @@
 
 /// Version of the protocol this crate speaks. Version 3 added the terminal's display (Hello, `Display`, the
 /// site's `Screen`), touch pointers, the volume keys and `Clipboard`; version 4 the copy tile
-/// ([`TileData::Copy`]: a scrolled region moves on the terminal, only the strip it uncovers is sent).
+/// ([`TileData::Copy`]: a scrolled region moves on the terminal, only the strip it uncovers is sent) and the
+/// prepared handoff of a moving phone ([`ServerMessage::Prepare`], [`ClientMessage::Join`]).
 pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest protocol version a site still speaks: a version-1 terminal gets no [`ServerMessage::InputDurable`]
 /// and forgets an input once it is applied.
@@ -145,6 +146,18 @@ pub enum ClientMessage {
         /// its screen and the terminal scales it).
         display: Option<Display>,
     },
+    /// First message of a connection prepared for a phone that is moving to this site (version 4 on): the site
+    /// checks the token and the `ticket` (from [`ServerMessage::Prepare`]) and holds the connection, answering
+    /// nothing, until the terminal's `Hello` on it (after the old site's `Redirect`), which needs no second
+    /// check of the token. If the move is called off the site answers `Error(NotHere)` and closes.
+    Join {
+        /// Protocol version the terminal speaks (4 or later).
+        version: u16,
+        /// The device's token.
+        device_token: String,
+        /// The ticket of this one move.
+        ticket: String,
+    },
     /// The terminal's display changed (a rotation, a resized window): the phone lays its screen out again and
     /// the site answers with [`ServerMessage::Screen`] and a full frame (version 3 on).
     Display(Display),
@@ -166,6 +179,9 @@ pub enum ClientMessage {
     Sleep,
     /// The screen is on again: send one up-to-date frame.
     Wake,
+    /// The connection this terminal prepared for a move (after [`ServerMessage::Prepare`]) is joined: the old
+    /// site may stop the phone for its handoff now (version 4 on).
+    Prepared,
     /// Latency probe; answered by [`ServerMessage::Pong`] with the same nonce.
     Ping {
         /// Echoed back.
@@ -327,6 +343,18 @@ pub enum ServerMessage {
         /// Height in pixels.
         height: u16,
     },
+    /// The phone is moving to the site at `url` (a live migration has begun): open a connection there now and
+    /// say [`ClientMessage::Join`] with `ticket`, then keep using this one until its `Redirect` (version 4 on).
+    /// The ticket is good for this one move only; a terminal that prepares nothing follows the `Redirect` as
+    /// before.
+    Prepare {
+        /// WebSocket URL of the site the phone is moving to.
+        url: String,
+        /// The move's ticket.
+        ticket: String,
+    },
+    /// Answer to a good [`ClientMessage::Join`]: the connection is held for the move (version 4 on).
+    Joined,
     /// The phone copied text: put it on the terminal's clipboard (version 3 on).
     Clipboard {
         /// The text (at most [`crate::MAX_CLIPBOARD_LEN`] bytes).

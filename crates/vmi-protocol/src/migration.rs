@@ -34,6 +34,10 @@ pub enum MigrationMessage {
         width: u16,
         /// Screen height.
         height: u16,
+        /// The ticket of this move: the source tells its terminals to prepare a session at the destination with
+        /// it (terminal protocol `Prepare`/`Join`), and the destination holds such a session for this move only.
+        /// Empty: no prepared sessions (absent from an older source).
+        ticket: String,
     },
     /// Destination → source: staged, send the rounds.
     Ready,
@@ -53,6 +57,10 @@ pub enum MigrationMessage {
         snapshot: Vec<u8>,
         /// Last applied input sequence number per device, so no input is applied twice.
         input_seqs: Vec<(String, u64)>,
+        /// Per device, the frame update after which its terminal's screen is the frozen screen (all it was sent;
+        /// nothing drawn since): a Hello at the destination resuming from that frame is current without hashing
+        /// the screen, which keeps the handoff short. Absent from an older source: every Hello is hashed.
+        screens: Vec<(String, u64)>,
     },
     /// Destination → source: the destination owns and runs the phone now.
     Committed {
@@ -78,6 +86,14 @@ const FINAL: u8 = 0x45;
 const COMMITTED: u8 = 0x46;
 const ABORT: u8 = 0x47;
 
+fn put_device_list(out: &mut Vec<u8>, list: &[(String, u64)]) {
+    out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+    for (device, n) in list {
+        put_str(out, device);
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     let mut end = s.len().min(MAX_TEXT);
     while !s.is_char_boundary(end) {
@@ -96,7 +112,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 pub fn encode_migration(m: &MigrationMessage) -> Vec<u8> {
     let mut out = Vec::new();
     match m {
-        MigrationMessage::Begin { version, user, image, epoch, width, height } => {
+        MigrationMessage::Begin { version, user, image, epoch, width, height, ticket } => {
             out.push(BEGIN);
             out.extend_from_slice(&version.to_le_bytes());
             put_str(&mut out, user);
@@ -104,6 +120,9 @@ pub fn encode_migration(m: &MigrationMessage) -> Vec<u8> {
             out.extend_from_slice(&epoch.to_le_bytes());
             out.extend_from_slice(&width.to_le_bytes());
             out.extend_from_slice(&height.to_le_bytes());
+            if !ticket.is_empty() {
+                put_str(&mut out, ticket);
+            }
         }
         MigrationMessage::Ready => out.push(READY),
         MigrationMessage::Round { snapshot } => {
@@ -115,13 +134,13 @@ pub fn encode_migration(m: &MigrationMessage) -> Vec<u8> {
             out.push(ROUND_ACK);
             out.extend_from_slice(&applied.to_le_bytes());
         }
-        MigrationMessage::Final { snapshot, input_seqs } => {
+        MigrationMessage::Final { snapshot, input_seqs, screens } => {
             out.push(FINAL);
             put_bytes(&mut out, snapshot);
-            out.extend_from_slice(&(input_seqs.len() as u32).to_le_bytes());
-            for (device, seq) in input_seqs {
-                put_str(&mut out, device);
-                out.extend_from_slice(&seq.to_le_bytes());
+            put_device_list(&mut out, input_seqs);
+            // No screens, no list: an older destination reads the message as before.
+            if !screens.is_empty() {
+                put_device_list(&mut out, screens);
             }
         }
         MigrationMessage::Committed { epoch, ran_us } => {
@@ -164,6 +183,21 @@ impl<'a> Cursor<'a> {
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
+    /// A list of (device id, number).
+    fn device_list(&mut self, what: &'static str) -> Result<Vec<(String, u64)>, ProtocolError> {
+        let n = self.u32("device count")? as usize;
+        // Each entry is at least 10 bytes: a count beyond what is left is a lie.
+        if n > MAX_DEVICES || n > self.buf.len() / 10 {
+            return Err(ProtocolError::TooLarge { what: "device count", limit: MAX_DEVICES, found: n });
+        }
+        let mut list = Vec::with_capacity(n);
+        for _ in 0..n {
+            let device = self.text("device id")?;
+            list.push((device, self.u64(what)?));
+        }
+        Ok(list)
+    }
+
     fn text(&mut self, what: &'static str) -> Result<String, ProtocolError> {
         let n = self.u16(what)? as usize;
         if n > MAX_TEXT {
@@ -197,31 +231,20 @@ pub fn decode_migration(bytes: &[u8]) -> Result<MigrationMessage, ProtocolError>
             let user = c.text("user")?;
             let mut image = [0u8; 32];
             image.copy_from_slice(c.take(32, "image hash")?);
-            MigrationMessage::Begin {
-                version,
-                user,
-                image,
-                epoch: c.u64("epoch")?,
-                width: c.u16("width")?,
-                height: c.u16("height")?,
-            }
+            let (epoch, width, height) = (c.u64("epoch")?, c.u16("width")?, c.u16("height")?);
+            // Absent from an older source's Begin.
+            let ticket = if c.buf.is_empty() { String::new() } else { c.text("ticket")? };
+            MigrationMessage::Begin { version, user, image, epoch, width, height, ticket }
         }
         READY => MigrationMessage::Ready,
         ROUND => MigrationMessage::Round { snapshot: c.bytes("round snapshot")? },
         ROUND_ACK => MigrationMessage::RoundAck { applied: c.u32("rounds applied")? },
         FINAL => {
             let snapshot = c.bytes("final snapshot")?;
-            let n = c.u32("device count")? as usize;
-            // Each entry is at least 10 bytes: a count beyond what is left is a lie.
-            if n > MAX_DEVICES || n > c.buf.len() / 10 {
-                return Err(ProtocolError::TooLarge { what: "device count", limit: MAX_DEVICES, found: n });
-            }
-            let mut input_seqs = Vec::with_capacity(n);
-            for _ in 0..n {
-                let device = c.text("device id")?;
-                input_seqs.push((device, c.u64("input seq")?));
-            }
-            MigrationMessage::Final { snapshot, input_seqs }
+            let input_seqs = c.device_list("input seq")?;
+            // Absent from an older source.
+            let screens = if c.buf.is_empty() { Vec::new() } else { c.device_list("screen frame seq")? };
+            MigrationMessage::Final { snapshot, input_seqs, screens }
         }
         COMMITTED => {
             let epoch = c.u64("epoch")?;
@@ -251,11 +274,16 @@ mod tests {
                 epoch: 42,
                 width: 720,
                 height: 1280,
+                ticket: "5f3a".into(),
             },
             MigrationMessage::Ready,
             MigrationMessage::Round { snapshot: vec![1, 2, 3] },
             MigrationMessage::RoundAck { applied: 2 },
-            MigrationMessage::Final { snapshot: vec![9; 100], input_seqs: vec![("1".into(), 17), ("ü".into(), 0)] },
+            MigrationMessage::Final {
+                snapshot: vec![9; 100],
+                input_seqs: vec![("1".into(), 17), ("ü".into(), 0)],
+                screens: vec![("1".into(), 40)],
+            },
             MigrationMessage::Committed { epoch: 43, ran_us: 2_700 },
             MigrationMessage::Abort { reason: "destination full".into() },
         ]
@@ -298,9 +326,14 @@ mod tests {
         for m in all() {
             let bytes = encode_migration(&m);
             for cut in 0..bytes.len() {
-                // An older destination's Committed is this one without its last field.
+                // An older destination's Committed is this one without its last field, an older source's Begin
+                // this one without its ticket.
                 let old_commit = matches!(m, MigrationMessage::Committed { .. }) && cut == 9;
-                assert!(decode_migration(&bytes[..cut]).is_err() != old_commit, "prefix {cut} of {m:?}");
+                let old_begin = matches!(m, MigrationMessage::Begin { .. }) && cut == bytes.len() - 6;
+                // An older source's Final: this one without its screens (4 + 2 + 1 + 8 bytes).
+                let old_final = matches!(m, MigrationMessage::Final { .. }) && cut == bytes.len() - 15;
+                let old = old_commit || old_begin || old_final;
+                assert!(decode_migration(&bytes[..cut]).is_err() != old, "prefix {cut} of {m:?}");
             }
             for _ in 0..2000 {
                 x ^= x << 13;

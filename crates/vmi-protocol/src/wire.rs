@@ -54,6 +54,8 @@ const SLEEP: u8 = 0x04;
 const WAKE: u8 = 0x05;
 const PING: u8 = 0x06;
 const DISPLAY: u8 = 0x07;
+const JOIN: u8 = 0x08;
+const PREPARED: u8 = 0x09;
 // Type tags: site → terminal.
 const WELCOME: u8 = 0x81;
 const FRAME_UPDATE: u8 = 0x82;
@@ -65,6 +67,8 @@ const ERROR: u8 = 0x87;
 const INPUT_DURABLE: u8 = 0x88;
 const SCREEN: u8 = 0x89;
 const CLIPBOARD: u8 = 0x8a;
+const PREPARE: u8 = 0x8b;
+const JOINED: u8 = 0x8c;
 
 const INPUT_TOUCH: u8 = 0;
 const INPUT_KEY: u8 = 1;
@@ -84,7 +88,11 @@ const MIN_TILE_LEN: usize = 2 * 4 + 1 + 4;
 /// [`MAX_STRING_LEN`] otherwise) is cut at a character boundary to fit.
 pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(
-        32 + if let ClientMessage::Hello { device_token, .. } = msg { device_token.len() } else { 0 },
+        32 + match msg {
+            ClientMessage::Hello { device_token, .. } => device_token.len(),
+            ClientMessage::Join { device_token, ticket, .. } => device_token.len() + ticket.len(),
+            _ => 0,
+        },
     ));
     match msg {
         ClientMessage::Hello { version, device_token, resume, asleep, display } => {
@@ -110,6 +118,12 @@ pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
                     }
                 }
             }
+        }
+        ClientMessage::Join { version, device_token, ticket } => {
+            w.u8(JOIN);
+            w.u16(*version);
+            w.string(device_token, MAX_TOKEN_LEN);
+            w.string(ticket, MAX_TOKEN_LEN);
         }
         ClientMessage::Display(d) => {
             w.u8(DISPLAY);
@@ -150,6 +164,7 @@ pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
             w.u64(*seq);
         }
         ClientMessage::Sleep => w.u8(SLEEP),
+        ClientMessage::Prepared => w.u8(PREPARED),
         ClientMessage::Wake => w.u8(WAKE),
         ClientMessage::Ping { nonce } => {
             w.u8(PING);
@@ -237,6 +252,12 @@ pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
             w.u8(CLIPBOARD);
             w.string(text, MAX_CLIPBOARD_LEN);
         }
+        ServerMessage::Joined => w.u8(JOINED),
+        ServerMessage::Prepare { url, ticket } => {
+            w.u8(PREPARE);
+            w.string(url, MAX_STRING_LEN);
+            w.string(ticket, MAX_TOKEN_LEN);
+        }
         ServerMessage::Error { code, message } => {
             w.u8(ERROR);
             w.u8(code.wire());
@@ -268,6 +289,16 @@ pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
             let asleep = r.bool("Hello asleep")?;
             let display = if version >= 3 && r.option("Hello display")? { Some(r.display()?) } else { None };
             ClientMessage::Hello { version, device_token, resume, asleep, display }
+        }
+        JOIN => {
+            let version = r.u16("Join version")?;
+            check_version(version)?;
+            if version < 4 {
+                return Err(bad("Join version (4 or later)", version));
+            }
+            let device_token = r.string("device token", MAX_TOKEN_LEN)?;
+            let ticket = r.string("Join ticket", MAX_TOKEN_LEN)?;
+            ClientMessage::Join { version, device_token, ticket }
         }
         DISPLAY => ClientMessage::Display(r.display()?),
         INPUT => {
@@ -304,6 +335,7 @@ pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
         }
         FRAME_ACK => ClientMessage::FrameAck { seq: r.u64("frame ack seq")? },
         SLEEP => ClientMessage::Sleep,
+        PREPARED => ClientMessage::Prepared,
         WAKE => ClientMessage::Wake,
         PING => ClientMessage::Ping { nonce: r.u64("ping nonce")? },
         other => return Err(ProtocolError::UnknownType(other)),
@@ -358,6 +390,11 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
         PONG => ServerMessage::Pong { nonce: r.u64("pong nonce")? },
         SCREEN => ServerMessage::Screen { width: r.u16("screen width")?, height: r.u16("screen height")? },
         CLIPBOARD => ServerMessage::Clipboard { text: r.string("clipboard text", MAX_CLIPBOARD_LEN)? },
+        JOINED => ServerMessage::Joined,
+        PREPARE => ServerMessage::Prepare {
+            url: r.string("prepare url", MAX_STRING_LEN)?,
+            ticket: r.string("prepare ticket", MAX_TOKEN_LEN)?,
+        },
         ERROR => {
             let code = match r.u8("error code")? {
                 1 => ErrorCode::Unauthorized,

@@ -26,6 +26,7 @@ pub mod access;
 pub mod checkout;
 pub mod checkpoints;
 mod error;
+pub mod handoff;
 pub mod hibernation;
 mod http;
 pub mod migration;
@@ -140,6 +141,8 @@ pub struct SiteState {
     checkpoints: checkpoints::Checkpoints,
     /// The hibernation policy and the count of resident phones, when phones hibernate here.
     residency: Option<Arc<hibernation::Residency>>,
+    /// Moves arriving here that terminals may join ahead of the handoff.
+    pub(crate) handoffs: handoff::Handoffs,
 }
 
 fn valid_user(user: &str) -> bool {
@@ -254,8 +257,9 @@ impl SiteState {
         user: &str,
         phone: Box<dyn VirtualPhone>,
         input_seqs: HashMap<String, u64>,
+        vouched: HashMap<String, u64>,
     ) -> PhoneLink {
-        PhoneLink::spawn(self.phone_task(user, phone, input_seqs).provisional())
+        PhoneLink::spawn(self.phone_task(user, phone, input_seqs).provisional(vouched))
     }
 
     /// A provisional arrival whose ownership committed: terminals and services reach it here from now on; true.
@@ -673,6 +677,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         origins: std::sync::Mutex::new(None),
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         residency: config.hibernation.map(|policy| Arc::new(hibernation::Residency::new(policy))),
+        handoffs: handoff::Handoffs::default(),
         config: config.clone(),
     });
     let restored = state.restore_all().await?;

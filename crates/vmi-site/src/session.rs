@@ -17,12 +17,15 @@ use vmi_protocol::{
 };
 
 use crate::SiteState;
+use crate::handoff::Move;
 use crate::phone::{Attachment, PhoneLink, SESSION_QUEUE, TerminalCommand};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// How long a terminal has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection that joined a move is held for its Hello: pre-copy of a large phone takes seconds.
+const JOIN_HOLD: Duration = Duration::from_secs(120);
 /// How long a closing site waits for the terminal's close frame, so that its last words
 /// (an `Error`, a `Redirect`) are read before the connection goes.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -64,6 +67,89 @@ async fn refuse(mut socket: WebSocket, code: ErrorCode, message: String) {
     close(socket, close_frame(Some(&error))).await;
 }
 
+/// Who `token` is, as a terminal: a device's token (checked with the control service), else why not.
+async fn check_token(
+    site: &SiteState,
+    from: Option<std::net::IpAddr>,
+    token: &str,
+) -> Result<Identity, (ErrorCode, String)> {
+    if let Err(retry_after) = site.guard.check(from) {
+        let why = format!("too many wrong tokens from this address: try again in {} s", retry_after.as_secs().max(1));
+        return Err((ErrorCode::Unauthorized, why));
+    }
+    match site.authenticate(token).await {
+        Ok(Some(Principal::Device { user, device_id })) => Ok(Identity { user, device_id }),
+        // Only a device holds a phone's screen: an operator's or admin's token is not a terminal's.
+        Ok(Some(_)) => Err((ErrorCode::Unauthorized, "not a device token".into())),
+        Ok(None) => {
+            site.guard.failure(from);
+            Err((ErrorCode::Unauthorized, "unknown or revoked device token".into()))
+        }
+        Err(e) => Err((ErrorCode::Internal, format!("cannot check the token: {e}"))),
+    }
+}
+
+/// A connection that joined a phone's move here (docs/MIGRATION.md, "The terminal's handoff"): the token is
+/// checked and the ticket must be the move's; then the connection is held, reaching no phone, until the
+/// terminal's first message after the Join (its Hello, once the old site redirected it), which is returned with
+/// who joined. `Err(None)`: the terminal went away; `Err(Some(..))`: refused, and why.
+async fn join(
+    socket: &mut WebSocket,
+    site: &SiteState,
+    from: Option<std::net::IpAddr>,
+    token: &str,
+    ticket: &str,
+) -> Result<(Identity, Result<ClientMessage, vmi_protocol::ProtocolError>), Option<(ErrorCode, String)>> {
+    let identity = check_token(site, from, token).await.map_err(Some)?;
+    let Some(mut state) = site.handoffs.join(&identity.user, ticket) else {
+        let why = "no move of this phone to this site is under way with that ticket".to_string();
+        return Err(Some((ErrorCode::NotHere, why)));
+    };
+    // Held: the terminal tells the old site, which may stop the phone for its handoff now.
+    if !send(socket, &ServerMessage::Joined).await {
+        return Err(None);
+    }
+    let called_off = || Some((ErrorCode::NotHere, "the move of this phone here was called off".to_string()));
+    let deadline = tokio::time::Instant::now() + JOIN_HOLD;
+    // Until the move settles, the connection also listens to it.
+    let mut settled = false;
+    let hello = loop {
+        tokio::select! {
+            m = socket.recv() => match m {
+                Some(Ok(Message::Binary(bytes))) => break vmi_protocol::decode_client(&bytes),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(_))) => {
+                    return Err(Some((ErrorCode::BadMessage, "a text frame: messages are binary".into())));
+                }
+                _ => return Err(None),
+            },
+            changed = state.changed(), if !settled => {
+                match *state.borrow_and_update() {
+                    Move::CalledOff => return Err(called_off()),
+                    Move::Committed => settled = true,
+                    // The move ended without a word (its guard dropped after a commit): it said Committed before.
+                    Move::Arriving => settled = changed.is_err(),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let why = format!("no Hello within {} s of joining the move", JOIN_HOLD.as_secs());
+                return Err(Some((ErrorCode::NotHere, why)));
+            }
+        }
+    };
+    // A Hello before the commit (it comes after the old site's Redirect, so only a terminal out of turn sends
+    // one) waits for the move to settle.
+    while *state.borrow() == Move::Arriving {
+        if tokio::time::timeout_at(deadline, state.changed()).await.map_or(true, |r| r.is_err()) {
+            break;
+        }
+    }
+    if *state.borrow() == Move::CalledOff {
+        return Err(called_off());
+    }
+    Ok((identity, hello))
+}
+
 /// Runs a session to its end.
 pub async fn run(
     mut socket: WebSocket,
@@ -92,6 +178,17 @@ pub async fn run(
     };
     // The Hello is read: what an unknown caller could make the site hold (a message up to the limit) is gone.
     drop(greeting);
+    // A connection prepared for a phone moving here: checked now, held until its Hello.
+    let (hello, joined) = match hello {
+        Ok(ClientMessage::Join { device_token, ticket, .. }) => {
+            match join(&mut socket, &site, from, &device_token, &ticket).await {
+                Ok((identity, hello)) => (hello, Some((identity, device_token))),
+                Err(Some((code, why))) => return refuse(socket, code, why).await,
+                Err(None) => return,
+            }
+        }
+        other => (other, None),
+    };
     let (version, token, resume, asleep, display) = match hello {
         Ok(ClientMessage::Hello { version, device_token, resume, asleep, display }) => {
             if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
@@ -120,21 +217,17 @@ pub async fn run(
         }
         Err(e) => return refuse(socket, ErrorCode::BadMessage, format!("undecodable Hello: {e}")).await,
     };
-    if let Err(retry_after) = site.guard.check(from) {
-        let why = format!("too many wrong tokens from this address: try again in {} s", retry_after.as_secs().max(1));
-        return refuse(socket, ErrorCode::Unauthorized, why).await;
-    }
-    let identity = match site.authenticate(&token).await {
-        Ok(Some(Principal::Device { user, device_id })) => Identity { user, device_id },
-        // Only a device holds a phone's screen: an operator's or admin's token is not a terminal's.
-        Ok(Some(_)) => {
-            return refuse(socket, ErrorCode::Unauthorized, "not a device token".into()).await;
+    let identity = match joined {
+        // The token was checked at the Join; the Hello on that connection must carry the same one.
+        Some((identity, joined_token)) if joined_token == token => identity,
+        Some(_) => {
+            return refuse(socket, ErrorCode::Unauthorized, "the Hello's token is not the one that joined".into())
+                .await;
         }
-        Ok(None) => {
-            site.guard.failure(from);
-            return refuse(socket, ErrorCode::Unauthorized, "unknown or revoked device token".into()).await;
-        }
-        Err(e) => return refuse(socket, ErrorCode::Internal, format!("cannot check the token: {e}")).await,
+        None => match check_token(&site, from, &token).await {
+            Ok(identity) => identity,
+            Err((code, why)) => return refuse(socket, code, why).await,
+        },
     };
     let Some(phone) = site.phone_link(&identity.user) else {
         return not_here(socket, &site, &identity.user).await;
@@ -260,11 +353,13 @@ async fn forward(phone: &PhoneLink, session: u64, bytes: &[u8]) -> Result<bool, 
         Ok(ClientMessage::Sleep) => TerminalCommand::Sleep { session },
         Ok(ClientMessage::Wake) => TerminalCommand::Wake { session },
         Ok(ClientMessage::Ping { nonce }) => TerminalCommand::Ping { session, nonce },
+        Ok(ClientMessage::Prepared) => TerminalCommand::Prepared { session },
         Ok(ClientMessage::Display(display)) => {
             display.check().map_err(|why| (ErrorCode::BadMessage, why))?;
             TerminalCommand::Display { session, display }
         }
         Ok(ClientMessage::Hello { .. }) => return Err((ErrorCode::BadMessage, "a second Hello".into())),
+        Ok(ClientMessage::Join { .. }) => return Err((ErrorCode::BadMessage, "a Join after Hello".into())),
         Err(e) => return Err((e.error_code(), e.to_string())),
     };
     Ok(phone.tell(command).await)
@@ -307,6 +402,8 @@ fn unreadable(e: &axum::Error) -> String {
 fn kind(m: &ClientMessage) -> &'static str {
     match m {
         ClientMessage::Hello { .. } => "Hello",
+        ClientMessage::Join { .. } => "Join",
+        ClientMessage::Prepared => "Prepared",
         ClientMessage::Input { .. } => "Input",
         ClientMessage::FrameAck { .. } => "FrameAck",
         ClientMessage::Display(_) => "Display",

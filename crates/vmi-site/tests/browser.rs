@@ -305,6 +305,7 @@ async fn browser_terminal_follows_a_live_migration_without_an_overlay_or_an_extr
     let moved = driver.step("moved").await;
     driver.finish().await;
     assert_eq!(moved["overlay_shown"], 0, "no outage overlay over a planned move: {moved}");
+    assert_eq!(moved["prepared_handoffs"], 1, "the page joined the move ahead of its handoff: {moved}");
     assert!(moved["url"].as_str().is_some_and(|u| u.contains(&site_b.addr.port().to_string())), "{moved}");
     let terminal_gap = moved["move"]["terminalGapMs"].as_f64().expect("terminal gap");
     let frame_gap = moved["move"]["frameGapMs"].as_f64().expect("frame gap");

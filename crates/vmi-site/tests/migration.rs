@@ -264,6 +264,7 @@ async fn typing_through_a_migration_loses_and_doubles_nothing() {
     })
     .await;
     assert!(term.stats().url.contains(&relay.url.replace("https://", "")), "terminal followed the phone");
+    assert_eq!(term.stats().prepared_handoffs, 1, "on the connection it opened during pre-copy");
     assert!(!hosts(&a, "alice") && hosts(&b, "alice"), "exactly one copy, on B");
     // Read at site-b's own address (the relay carries only WebSockets).
     let (_, typed) = control.get(&format!("https://{}/v1/phones/alice/kv/notes.text", b.addr)).await;
@@ -306,6 +307,8 @@ async fn a_refused_commit_drops_the_destinations_provisional_copy() {
     let last = type_keys(&term, "after");
     until_acked(&mut term, last).await;
     assert_eq!(notes(&control, &a, "alice").await, "beforeafter", "every character once, at the source");
+    assert_eq!(term.stats().url, a.ws_url(), "the terminal stays on the source");
+    assert_eq!(term.stats().prepared_handoffs, 0, "its prepared connection was dropped with the move");
     term.close().await;
     a.shutdown().await;
     b.shutdown().await;
@@ -498,13 +501,14 @@ async fn source_vanishing_right_after_the_handoff_leaves_the_destination_running
         epoch: placed.epoch,
         width: 720,
         height: 1280,
+        ticket: String::new(),
     }))
     .await
     .expect("begin");
     ws.next().await.expect("ready").expect("ready");
     ws.send(send(MigrationMessage::Round { snapshot: round.bytes })).await.expect("round");
     ws.next().await.expect("ack").expect("ack");
-    ws.send(send(MigrationMessage::Final { snapshot: last.bytes, input_seqs: vec![("1".into(), 5)] }))
+    ws.send(send(MigrationMessage::Final { snapshot: last.bytes, input_seqs: vec![("1".into(), 5)], screens: vec![] }))
         .await
         .expect("final");
     drop(ws); // the source is gone

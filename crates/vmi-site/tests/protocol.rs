@@ -375,6 +375,37 @@ async fn rule_2_an_unsupported_version_is_refused() {
     w.stop().await;
 }
 
+/// A Join is for a move of the joiner's own phone to this site, with that move's ticket, from version 4 on: without
+/// a move under way (or with another ticket) it is `NotHere`, with a bad token `Unauthorized`, as version 3
+/// `BadMessage`; after a Hello it is out of turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_13_a_join_without_its_move_is_refused() {
+    let w = world("join").await;
+    let join = |token: &str, version: u16| {
+        let mut bytes = vmi_protocol::encode_client(&ClientMessage::Join {
+            version: PROTOCOL_VERSION,
+            device_token: token.into(),
+            ticket: "no-such-ticket".into(),
+        });
+        bytes[1..3].copy_from_slice(&version.to_le_bytes());
+        bytes
+    };
+    let mut t = Raw::connect(&w.site.ws_url()).await;
+    t.binary(join(&w.token, PROTOCOL_VERSION)).await;
+    assert_closed_with(&t.until_closed().await, ErrorCode::NotHere);
+    let mut t = Raw::connect(&w.site.ws_url()).await;
+    t.binary(join("not-a-token", PROTOCOL_VERSION)).await;
+    assert_closed_with(&t.until_closed().await, ErrorCode::Unauthorized);
+    let mut t = Raw::connect(&w.site.ws_url()).await;
+    t.binary(join(&w.token, 3)).await;
+    assert_closed_with(&t.until_closed().await, ErrorCode::BadMessage);
+    let mut t = Raw::connect(&w.site.ws_url()).await;
+    t.hello(&w.token, None, false).await;
+    t.binary(join(&w.token, PROTOCOL_VERSION)).await;
+    assert_closed_with(&t.until_closed().await, ErrorCode::BadMessage);
+    w.stop().await;
+}
+
 // ---- Rules 3 and 8: frame numbering and resume ----------------------------------------
 
 /// The first update is 1 without a resume and `last_frame_seq + 1` with one; a resume

@@ -209,6 +209,13 @@ export function decodeServer(data) {
     case 0x8a:
       m = { type: 'Clipboard', text: r.string('clipboard text', MAX_CLIPBOARD) };
       break;
+    case 0x8b:
+      // version 4: the phone is moving to url; open a connection there now and Join it with the ticket
+      m = { type: 'Prepare', url: r.string('prepare url'), ticket: r.string('prepare ticket', MAX_TOKEN) };
+      break;
+    case 0x8c:
+      m = { type: 'Joined' };
+      break;
     case 0x87: {
       const code = r.u8('error code');
       if (!ERROR_CODES[code]) throw new ProtocolError('BadValue', `error code ${code}`);
@@ -283,6 +290,7 @@ function writeDisplay(w, d) {
  *   {type:'Display', display: {width, height, density}}   (CSS px, devicePixelRatio x 100)
  *   {type:'Input', seq, input: {kind:'touch', phase:0|1|2, x, y, pointer?} | {kind:'key', code, text?}}
  *   {type:'FrameAck', seq}  {type:'Sleep'}  {type:'Wake'}  {type:'Ping', nonce}
+ *   {type:'Join', version?, token, ticket}  {type:'Prepared'}   (version 4: the handoff of a moving phone)
  * Returns a Uint8Array.
  */
 export function encodeClient(m) {
@@ -356,6 +364,15 @@ export function encodeClient(m) {
     case 'Ping':
       w.u8(0x06);
       w.u64(m.nonce);
+      break;
+    case 'Join':
+      w.u8(0x08);
+      w.u16(m.version ?? PROTOCOL_VERSION);
+      w.string(m.token, MAX_TOKEN);
+      w.string(m.ticket, MAX_TOKEN);
+      break;
+    case 'Prepared':
+      w.u8(0x09);
       break;
     default:
       throw new RangeError(`unknown message type ${m.type}`);

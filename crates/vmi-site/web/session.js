@@ -132,7 +132,11 @@ export class Session {
   hello() {
     const { vmi } = this;
     const screen = this.display.screen;
-    const resume = vmi.lastSeq > 0 && screen ? { last_frame_seq: vmi.lastSeq, screen_hash: screen.hash() } : null;
+    // A handoff's Hello uses the hash taken while the move was prepared (hashing a whole screen takes a while).
+    const kept = this.hashed && this.hashed.seq === vmi.lastSeq ? this.hashed.hash : null;
+    this.hashed = null;
+    const resume =
+      vmi.lastSeq > 0 && screen ? { last_frame_seq: vmi.lastSeq, screen_hash: kept || screen.hash() } : null;
     // The display the phone's screen follows (phone first), or none (the phone keeps its screen, scaled here).
     const display = this.display.wanted();
     this.sentDisplay = display;
@@ -261,6 +265,10 @@ export class Session {
         return this.notifications.notify({ title: m.title, body: m.body, at_ms: m.at_ms });
       case 'Redirect':
         return this.onRedirect(m);
+      case 'Prepare':
+        return this.prepare(m);
+      case 'Joined':
+        throw new ProtocolError('BadValue', 'Joined on a session that joined nothing');
       case 'Screen':
         // The phone's screen changed size: blank at the new size until the full frame that follows.
         this.vmi.screens = (this.vmi.screens || 0) + 1;
@@ -323,6 +331,7 @@ export class Session {
     vmi.lastFrameAt = now;
     this.display.apply(m.tiles);
     vmi.lastSeq = m.seq;
+    if (this.prepared) this.hashed = { seq: m.seq, hash: this.display.screen.hash() };
     vmi.frames++;
     for (const t of m.tiles) if (t.kind === 'copy') vmi.copies++;
     vmi.frameBytes += size;
@@ -344,9 +353,85 @@ export class Session {
     this.persist();
   }
 
+  /**
+   * The phone is moving (a live migration has begun): open the connection to its next site now and Join the move,
+   * so the handoff needs no new connection (make before break). Once joined, the old site hears `Prepared`.
+   */
+  prepare(m) {
+    if (!/^wss?:\/\//i.test(m.url)) throw new ProtocolError('BadValue', `prepare at ${m.url}`);
+    this.dropPrepared();
+    const url = reachable(m.url);
+    let sock;
+    try {
+      sock = new WebSocket(url);
+    } catch {
+      return; // the Redirect reconnects as before
+    }
+    sock.binaryType = 'arraybuffer';
+    const prepared = { url, sock, joined: false };
+    this.prepared = prepared;
+    // The handoff's Hello carries the screen's hash: take it now, and after each frame until then.
+    if (this.display.screen) this.hashed = { seq: this.vmi.lastSeq, hash: this.display.screen.hash() };
+    sock.onopen = () => {
+      if (this.prepared !== prepared) return;
+      sock.send(encodeClient({ type: 'Join', token: this.token, ticket: m.ticket }));
+    };
+    sock.onmessage = (ev) => {
+      if (this.prepared !== prepared) return;
+      let answer = null;
+      try {
+        answer = typeof ev.data === 'string' ? null : decodeServer(ev.data);
+      } catch {
+        // not joined: dropped below
+      }
+      if (answer && answer.type === 'Joined' && !prepared.joined) {
+        prepared.joined = true;
+        if (this.welcomed) this.send({ type: 'Prepared' });
+      } else {
+        this.dropPrepared();
+      }
+    };
+    sock.onclose = () => {
+      if (this.prepared === prepared) this.prepared = null;
+    };
+  }
+
+  dropPrepared() {
+    const p = this.prepared;
+    this.prepared = null;
+    if (p) {
+      p.sock.onopen = p.sock.onmessage = p.sock.onclose = null;
+      try {
+        p.sock.close(1000);
+      } catch {
+        // already closing
+      }
+    }
+  }
+
   onRedirect(m) {
     if (!/^wss?:\/\//i.test(m.url)) throw new ProtocolError('BadValue', `redirect to ${m.url}`);
     this.move = { redirectAt: performance.now(), lastFrameAt: this.vmi.lastFrameAt ?? null };
+    const p = this.prepared;
+    this.prepared = null;
+    if (p && p.joined && p.url === reachable(m.url) && p.sock.readyState === WebSocket.OPEN) {
+      // Make before break: the Hello goes on the connection opened while the phone's copy ran; the old one closes.
+      this.dropSocket();
+      this.vmi.url = p.url;
+      this.vmi.preparedHandoffs = (this.vmi.preparedHandoffs || 0) + 1;
+      this.welcomed = false;
+      this.ws = p.sock;
+      p.sock.onmessage = (ev) => this.ws === p.sock && this.received(ev.data);
+      p.sock.onclose = (ev) => this.ws === p.sock && this.closed(ev);
+      this.status.setState('moving');
+      this.failuresSinceWelcome = 0;
+      this.hello();
+      return;
+    }
+    if (p) {
+      this.prepared = p;
+      this.dropPrepared();
+    }
     this.dropSocket();
     // A planned move (a migration, or the phone found elsewhere): the screen stays as it is, with a small chip,
     // not the outage overlay; a failure to reach the new site is an outage again (`closed`).

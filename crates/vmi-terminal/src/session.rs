@@ -256,6 +256,9 @@ pub struct SessionStats {
     /// Time spent decoding and applying frame updates, ns of this machine (what the energy account's
     /// decoding figure is made from).
     pub decode_ns: u64,
+    /// Moves of the phone this session followed on a connection prepared while the phone's copy ran (make
+    /// before break), without a new connection at the handoff.
+    pub prepared_handoffs: u64,
 }
 
 struct State {
@@ -263,6 +266,12 @@ struct State {
     last_frame_seq: u64,
     frames: u64,
     decode_ns: u64,
+    prepared_handoffs: u64,
+    /// A connection prepared for a move was joined: tell the site on the session's connection.
+    tell_prepared: bool,
+    /// The screen hash after frame `.0`, kept while a move is prepared: the Hello of the handoff then needs no
+    /// hash of a whole screen (milliseconds) when it counts.
+    hashed: Option<(u64, u64)>,
     next_seq: u64,
     pending: VecDeque<(u64, Input)>,
     acked: u64,
@@ -334,6 +343,9 @@ impl Terminal {
                 last_frame_seq: 0,
                 frames: 0,
                 decode_ns: 0,
+                prepared_handoffs: 0,
+                tell_prepared: false,
+                hashed: None,
                 next_seq: 1,
                 pending: VecDeque::new(),
                 durable: 0,
@@ -358,7 +370,14 @@ impl Terminal {
         let link = open(&shared, ws_url, token, None, options.connect_timeout).await?;
         let (tx, rx) = mpsc::channel(options.event_capacity.max(1));
         let max_pending_inputs = options.max_pending_inputs;
-        let session = Session { shared: shared.clone(), events: tx, close: close_rx, token: token.to_owned(), options };
+        let session = Session {
+            shared: shared.clone(),
+            events: tx,
+            close: close_rx,
+            token: token.to_owned(),
+            options,
+            prepared: None,
+        };
         let task = tokio::spawn(session.run(link));
         Ok(Terminal { shared, events: Some(rx), task: Some(task), max_pending_inputs })
     }
@@ -474,6 +493,7 @@ impl Terminal {
             reconnects: s.reconnects,
             latency_us: s.latency_us,
             decode_ns: s.decode_ns,
+            prepared_handoffs: s.prepared_handoffs,
         }
     }
 
@@ -566,17 +586,28 @@ enum Answer {
     Redirect(String),
 }
 
-/// Connects to `url`, says Hello and reads the answer.
-async fn hello(shared: &Shared, url: &str, token: &str, resume: Option<Resume>) -> Result<Answer, TerminalError> {
+/// Opens a WebSocket to `url` (the TLS and WebSocket handshakes), counting its bytes.
+async fn dial(shared: &Shared, url: &str) -> Result<Ws, TerminalError> {
     let config =
         WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES));
     let stream =
         shared.caller.dial_ws(url).await.map_err(|source| TerminalError::Dial { url: url.to_owned(), source })?;
-    let (mut ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+    let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|source| TerminalError::Connect { url: url.to_owned(), source })?;
     shared.record(Direction::Up, HANDSHAKE_REQUEST_BYTES + url.len());
     shared.record(Direction::Down, HANDSHAKE_RESPONSE_BYTES);
+    Ok(ws)
+}
+
+/// Connects to `url`, says Hello and reads the answer.
+async fn hello(shared: &Shared, url: &str, token: &str, resume: Option<Resume>) -> Result<Answer, TerminalError> {
+    let ws = dial(shared, url).await?;
+    greet(shared, ws, token, resume).await
+}
+
+/// Says Hello on an open connection and reads the answer.
+async fn greet(shared: &Shared, mut ws: Ws, token: &str, resume: Option<Resume>) -> Result<Answer, TerminalError> {
     let asleep = shared.lock().asleep;
     let display = shared.lock().display;
     let hello = ClientMessage::Hello {
@@ -608,6 +639,37 @@ async fn hello(shared: &Shared, url: &str, token: &str, resume: Option<Resume>) 
     }
 }
 
+/// A connection opened ahead of a handoff: dialled and joined to the move while the phone's copy runs
+/// (docs/MIGRATION.md, "The terminal's handoff").
+struct Prepared {
+    /// The destination's terminal URL (the Redirect that uses this connection names it).
+    url: String,
+    /// The connection once dialled and joined.
+    task: tokio::task::JoinHandle<Result<Ws, TerminalError>>,
+}
+
+/// Dials `url` and joins the move with `ticket`, in the background.
+fn prepare(shared: &Arc<Shared>, url: String, token: String, ticket: String) -> Prepared {
+    let shared = shared.clone();
+    let target = url.clone();
+    let task = tokio::spawn(async move {
+        let mut ws = dial(&shared, &target).await?;
+        let join = ClientMessage::Join { version: shared.protocol_version, device_token: token, ticket };
+        send(&shared, &mut ws, &join).await?;
+        match read(&shared, &mut ws).await? {
+            Some((ServerMessage::Joined, _)) => {
+                // The old site may stop the phone for its handoff now: say so on the session's connection.
+                shared.lock().tell_prepared = true;
+                shared.wake.notify_one();
+                Ok(ws)
+            }
+            Some((ServerMessage::Error { code, message }, _)) => Err(TerminalError::Site { code, message }),
+            _ => Err(TerminalError::Unexpected("no Joined for a Join")),
+        }
+    });
+    Prepared { url, task }
+}
+
 /// Connects, says Hello (with `resume` when reconnecting) and waits for Welcome, following
 /// at most [`MAX_REDIRECTS`] redirects sent instead of Welcome; updates the screen size and
 /// the input queue from the Welcome. Returns the events to report: a `Redirected` per
@@ -620,13 +682,27 @@ async fn open(
     resume: Option<Resume>,
     timeout: Duration,
 ) -> Result<(Link, Vec<TerminalEvent>), TerminalError> {
+    open_on(shared, None, url, token, resume, timeout).await
+}
+
+/// [`open`], saying the first Hello on `ready` (a connection prepared for a handoff) when there is one.
+async fn open_on(
+    shared: &Shared,
+    mut ready: Option<Ws>,
+    url: &str,
+    token: &str,
+    resume: Option<Resume>,
+    timeout: Duration,
+) -> Result<(Link, Vec<TerminalEvent>), TerminalError> {
     let mut events = Vec::new();
     let mut url = url.to_owned();
     let mut hops = 0;
     let (ws, version, asleep_sent, display_sent, width, height, last_input_seq, resumed) = loop {
-        let answer = tokio::time::timeout(timeout, hello(shared, &url, token, resume))
-            .await
-            .map_err(|_| TerminalError::Timeout("waiting for Welcome"))??;
+        let answer = match ready.take() {
+            Some(ws) => tokio::time::timeout(timeout, greet(shared, ws, token, resume)).await,
+            None => tokio::time::timeout(timeout, hello(shared, &url, token, resume)).await,
+        };
+        let answer = answer.map_err(|_| TerminalError::Timeout("waiting for Welcome"))??;
         match answer {
             Answer::Welcome { ws, version, asleep_sent, display_sent, width, height, last_input_seq, resumed } => {
                 break (ws, version, asleep_sent, display_sent, width, height, last_input_seq, resumed);
@@ -728,6 +804,8 @@ struct Session {
     close: watch::Receiver<bool>,
     token: String,
     options: TerminalOptions,
+    /// The connection opened ahead of a move the site announced, until its Redirect uses it.
+    prepared: Option<Prepared>,
 }
 
 impl Session {
@@ -752,13 +830,23 @@ impl Session {
         loop {
             let outcome = self.serve(&mut link).await;
             self.shared.lock().connected = false;
+            // Make before break: after a Redirect, the connection opened while the phone's copy ran carries the
+            // Hello at once, and the old one closes after.
+            if let Outcome::Redirect(url) = &outcome {
+                self.emit(TerminalEvent::Redirected { url: url.clone() }).await;
+                if let Some(next) = self.switch(url).await {
+                    let old = std::mem::replace(&mut link, next);
+                    tokio::spawn(async move {
+                        let mut ws = old.ws;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    });
+                    continue;
+                }
+            }
             let _ = tokio::time::timeout(Duration::from_secs(1), link.ws.close(None)).await;
             let (url, lost) = match outcome {
                 Outcome::Closed => break,
-                Outcome::Redirect(url) => {
-                    self.emit(TerminalEvent::Redirected { url: url.clone() }).await;
-                    (url, false)
-                }
+                Outcome::Redirect(url) => (url, false),
                 Outcome::Lost(error) => {
                     let fatal = error.is_fatal();
                     tracing::warn!(error = %error_chain(&error), fatal, "terminal session lost");
@@ -781,6 +869,49 @@ impl Session {
         }
         // Never wait here: a reader that stopped reading still sees the channel end.
         let _ = self.events.try_send(TerminalEvent::Closed);
+    }
+
+    /// The session on the connection prepared for a move to `url`, if there is one and the site welcomes it there
+    /// (else the caller reconnects as for any Redirect).
+    async fn switch(&mut self, url: &str) -> Option<Link> {
+        let prepared = self.prepared.take().filter(|p| p.url == url)?;
+        let timeout = self.options.connect_timeout;
+        let ws = match tokio::time::timeout(timeout, prepared.task).await {
+            Ok(Ok(Ok(ws))) => ws,
+            Ok(Ok(Err(error))) => {
+                tracing::info!(error = %error_chain(&error), "the prepared connection failed; reconnecting");
+                return None;
+            }
+            _ => return None,
+        };
+        let resume = self.resume_state();
+        match open_on(&self.shared, Some(ws), url, &self.token, resume, timeout).await {
+            Ok((link, events)) => {
+                {
+                    let mut s = self.shared.lock();
+                    s.reconnects += 1;
+                    s.prepared_handoffs += 1;
+                }
+                for event in events {
+                    self.emit(event).await;
+                }
+                Some(link)
+            }
+            Err(error) => {
+                tracing::info!(error = %error_chain(&error), "the prepared connection was not welcomed; reconnecting");
+                None
+            }
+        }
+    }
+
+    /// What this terminal's screen holds, for a Hello on a new connection.
+    fn resume_state(&self) -> Option<Resume> {
+        let s = self.shared.lock();
+        let screen_hash = match s.hashed {
+            Some((seq, hash)) if seq == s.last_frame_seq => hash,
+            _ => s.screen.hash(),
+        };
+        Some(Resume { last_frame_seq: s.last_frame_seq, screen_hash })
     }
 
     /// Opens a new connection to `url` with the current resume state, retrying with backoff.
@@ -807,11 +938,8 @@ impl Session {
                 return None;
             }
             let url = target.as_str();
-            let resume = {
-                let s = self.shared.lock();
-                Resume { last_frame_seq: s.last_frame_seq, screen_hash: s.screen.hash() }
-            };
-            match open(&self.shared, url, &self.token, Some(resume), within).await {
+            let resume = self.resume_state();
+            match open(&self.shared, url, &self.token, resume, within).await {
                 Ok((link, connected)) => {
                     self.shared.lock().reconnects += 1;
                     for event in connected {
@@ -938,6 +1066,9 @@ impl Session {
                 *nonce += 1;
                 out.push(ClientMessage::Ping { nonce: *nonce });
             }
+            if std::mem::take(&mut s.tell_prepared) {
+                out.push(ClientMessage::Prepared);
+            }
         }
         for msg in &out {
             if let ClientMessage::Ping { nonce } = msg {
@@ -970,6 +1101,7 @@ impl Session {
                             s.decode_ns += started.elapsed().as_nanos() as u64;
                             s.last_frame_seq = seq;
                             s.frames += 1;
+                            s.hashed = self.prepared.is_some().then(|| (seq, s.screen.hash()));
                             Ok(())
                         }
                         Err(error) => Err(error),
@@ -1016,6 +1148,16 @@ impl Session {
                 self.emit(TerminalEvent::Notification { title, body, at_ms }).await;
             }
             ServerMessage::Redirect { url } => return Some(Outcome::Redirect(url)),
+            ServerMessage::Prepare { url, ticket } => {
+                // A later move replaces an earlier one's connection (which its site closes when that move ends).
+                if let Some(old) = self.prepared.take() {
+                    old.task.abort();
+                }
+                self.prepared = Some(prepare(&self.shared, url, self.token.clone(), ticket));
+                // The handoff's Hello will carry the screen's hash: take it now, and after each frame until then.
+                let mut s = self.shared.lock();
+                s.hashed = Some((s.last_frame_seq, s.screen.hash()));
+            }
             ServerMessage::Screen { width, height } => {
                 self.shared.lock().screen = Screen::new(width, height);
                 self.emit(TerminalEvent::Screen { width, height }).await;
@@ -1034,6 +1176,9 @@ impl Session {
             }
             ServerMessage::Welcome { .. } => {
                 return Some(Outcome::Lost(TerminalError::Unexpected("second Welcome")));
+            }
+            ServerMessage::Joined => {
+                return Some(Outcome::Lost(TerminalError::Unexpected("Joined on a session that joined nothing")));
             }
         }
         None

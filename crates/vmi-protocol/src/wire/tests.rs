@@ -21,6 +21,8 @@ fn every_client_message() -> Vec<ClientMessage> {
             display: Some(Display { width: 390, height: 844, density: 300 }),
         },
         ClientMessage::Hello { version: 3, device_token: "t".into(), resume: None, asleep: true, display: None },
+        ClientMessage::Join { version: 4, device_token: "tok".into(), ticket: "0f1e2d".into() },
+        ClientMessage::Prepared,
         ClientMessage::Display(Display { width: 844, height: 390, density: 300 }),
         ClientMessage::Input { seq: 5, input: Input::Touch { phase: TouchPhase::Move, x: 9, y: 8, pointer: 1 } },
         ClientMessage::Input { seq: 6, input: Input::Key { code: 10, text: None } },
@@ -44,6 +46,8 @@ fn every_server_message() -> Vec<ServerMessage> {
     let mut all = vec![
         ServerMessage::Screen { width: 1688, height: 780 },
         ServerMessage::Clipboard { text: "héllo € 日本".into() },
+        ServerMessage::Prepare { url: "wss://site-b.example/v1/terminal".into(), ticket: "0f1e2d".into() },
+        ServerMessage::Joined,
         ServerMessage::Welcome { version: 1, width: 720, height: 1280, last_input_seq: 3, resumed: true },
         ServerMessage::Welcome { version: 1, width: 0, height: 0, last_input_seq: 0, resumed: false },
         ServerMessage::FrameUpdate { seq: 1, tiles: vec![] },
@@ -142,8 +146,8 @@ fn empty_and_unknown_types() {
     assert_eq!(decode_client(&[0x81]), Err(ProtocolError::UnknownType(0x81)));
     assert_eq!(decode_server(&[0x04]), Err(ProtocolError::UnknownType(0x04)));
     assert_eq!(decode_client(&[0x00]), Err(ProtocolError::UnknownType(0x00)));
-    assert_eq!(decode_client(&[0x08]), Err(ProtocolError::UnknownType(0x08)));
-    assert_eq!(decode_server(&[0x8b]), Err(ProtocolError::UnknownType(0x8b)));
+    assert_eq!(decode_client(&[0x0a]), Err(ProtocolError::UnknownType(0x0a)));
+    assert_eq!(decode_server(&[0x8d]), Err(ProtocolError::UnknownType(0x8d)));
 }
 
 #[test]
@@ -372,6 +376,12 @@ pub(crate) fn arb_client() -> impl Strategy<Value = ClientMessage> {
                 display: display.map(|(width, height, density)| Display { width, height, density }),
             }
         ),
+        Just(ClientMessage::Prepared),
+        (arb_string(100), arb_string(64)).prop_map(|(device_token, ticket)| ClientMessage::Join {
+            version: PROTOCOL_VERSION,
+            device_token,
+            ticket
+        }),
         any::<(u16, u16, u16)>().prop_map(|(width, height, density)| ClientMessage::Display(Display {
             width,
             height,
@@ -427,6 +437,8 @@ pub(crate) fn arb_server() -> impl Strategy<Value = ServerMessage> {
         any::<u64>().prop_map(|nonce| ServerMessage::Pong { nonce }),
         any::<(u16, u16)>().prop_map(|(width, height)| ServerMessage::Screen { width, height }),
         arb_string(300).prop_map(|text| ServerMessage::Clipboard { text }),
+        (arb_string(100), arb_string(64)).prop_map(|(url, ticket)| ServerMessage::Prepare { url, ticket }),
+        Just(ServerMessage::Joined),
         (code, arb_string(100)).prop_map(|(code, message)| ServerMessage::Error { code, message }),
     ]
 }

@@ -29,7 +29,8 @@ async fn next(socket: &mut WebSocket) -> Option<MigrationMessage> {
 /// certificate). The phone is taken only from the site the placement names as its owner, at the epoch the
 /// source gives: nobody else can push a phone in.
 pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: String) {
-    let Some(MigrationMessage::Begin { user, image, epoch, width, height, .. }) = next(&mut socket).await else {
+    let Some(MigrationMessage::Begin { user, image, epoch, width, height, ticket, .. }) = next(&mut socket).await
+    else {
         let _ = reply(&mut socket, &MigrationMessage::Abort { reason: "expected Begin".into() }).await;
         return;
     };
@@ -77,6 +78,9 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
     // and again before a round is acknowledged if the last one is getting old: handshakes stay out of the
     // downtime.
     let mut dialed = site.control().dial_ahead().await.ok();
+    // From Ready on, the phone's terminals may join this move (make before break); the move is called off for
+    // them whenever this ends without a commit.
+    let mut handoff = site.handoffs.open(&user, &ticket);
     if !reply(&mut socket, &MigrationMessage::Ready).await {
         return;
     }
@@ -110,7 +114,7 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                     return;
                 }
             }
-            MigrationMessage::Final { snapshot, input_seqs } => {
+            MigrationMessage::Final { snapshot, input_seqs, screens } => {
                 let phone = match stage.apply(&snapshot).and_then(|()| stage.finish()) {
                     Ok(phone) => phone,
                     Err(e) => {
@@ -126,13 +130,21 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                 // copy, and nothing it does leaves it before the commit (no record, no terminal, no service can
                 // reach it). The compare-and-set, a round of consensus on etcd, is then out of the downtime.
                 let resumed = std::time::Instant::now();
-                let arrival = site.spawn_provisional(&user, phone, input_seqs.into_iter().collect());
+                let arrival = site.spawn_provisional(
+                    &user,
+                    phone,
+                    input_seqs.into_iter().collect(),
+                    screens.into_iter().collect(),
+                );
                 // The commit: ownership moves here only if the source still owned it
                 // under the epoch it told us.
                 match commit(&site, &user, epoch, dialed.take()).await {
                     Ok(new_epoch) => {
                         let ran_us = resumed.elapsed().as_micros() as u64;
                         let registered = site.register_arrival(&user, &arrival).await;
+                        if let Some(handoff) = handoff.take() {
+                            handoff.committed();
+                        }
                         tracing::info!(user, epoch = new_epoch, ran_us, "phone arrived and runs here");
                         let _ = reply(&mut socket, &MigrationMessage::Committed { epoch: new_epoch, ran_us }).await;
                         // Only now its first record (a full state, a millisecond or more of a core): the handover

@@ -17,6 +17,12 @@ use crate::{SiteError, SiteState};
 
 type Ws = crate::peer_socket::PeerSocket;
 
+/// Longest the stop waits for the terminals to join the destination (a TLS handshake over a mobile network, with
+/// room to spare); past it, a terminal not yet prepared reconnects after the Redirect as before.
+const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+/// A wait this long for the terminals gets its own pre-copy round before the stop.
+const CATCH_UP_AFTER: Duration = Duration::from_millis(5);
+
 async fn send(ws: &mut Ws, m: &MigrationMessage) -> Result<(), MigrationError> {
     tokio::time::timeout(STEP_TIMEOUT, ws.send(WsMessage::Binary(encode_migration(m).into())))
         .await
@@ -144,6 +150,8 @@ async fn drive(
     let status = phone.status().await?;
     let image = ImageHash::from_hex(&status.image)
         .ok_or_else(|| MigrationError::Link(format!("the phone names image {:?}", status.image)))?;
+    // The move's ticket: the destination holds terminal sessions prepared with it, for this move only.
+    let ticket = vmi_control_api::token::generate_token().unwrap_or_default();
     send(
         &mut ws,
         &MigrationMessage::Begin {
@@ -153,6 +161,7 @@ async fn drive(
             epoch: placement.epoch,
             width: width as u16,
             height: height as u16,
+            ticket: ticket.clone(),
         },
     )
     .await?;
@@ -160,6 +169,11 @@ async fn drive(
         MigrationMessage::Ready => {}
         MigrationMessage::Abort { reason } => return Err(MigrationError::Refused(reason)),
         other => return Err(MigrationError::OutOfTurn(format!("{other:?} (expected Ready)"))),
+    }
+    // Make before break: the terminals open their sessions at the destination while the copy runs.
+    let preparing = Instant::now();
+    if !ticket.is_empty() {
+        phone.prepare(vmi_control_api::ws_url(&to_url), ticket).await;
     }
 
     // Pre-copy: the phone keeps running and serving terminals between rounds.
@@ -177,13 +191,31 @@ async fn drive(
             break;
         }
     }
+    // The stop waits (a bounded time) for every terminal's session at the destination to be joined, so the
+    // handoff needs no new connection; a terminal that cannot prepare follows the Redirect as before. What the
+    // phone wrote meanwhile goes in one more round, not in the stop.
+    let waited = tokio::time::timeout(HANDOFF_WAIT.saturating_sub(preparing.elapsed()), phone.prepared()).await;
+    if waited.is_err() {
+        tracing::info!(user, to = to_id, "not every terminal prepared its session at the destination in time");
+    }
+    if report.rounds < MAX_ROUNDS && preparing.elapsed() > CATCH_UP_AFTER {
+        let crate::phone::PreCopyRound { bytes, .. } = phone.pre_copy(false).await?;
+        report.bytes += bytes.len() as u64;
+        report.rounds += 1;
+        send(&mut ws, &MigrationMessage::Round { snapshot: bytes }).await?;
+        match recv(&mut ws).await? {
+            MigrationMessage::RoundAck { .. } => {}
+            MigrationMessage::Abort { reason } => return Err(MigrationError::Refused(reason)),
+            other => return Err(MigrationError::OutOfTurn(format!("{other:?} (expected RoundAck)"))),
+        }
+    }
 
     // Stop, send the rest, and let the destination commit.
     let stopped = Instant::now();
-    let saved = phone.freeze().await?;
+    let crate::phone::FrozenPhone { saved, screens } = phone.freeze().await?;
     report.bytes += saved.snapshot.len() as u64;
     let input_seqs = saved.input_seqs.into_iter().collect();
-    let sent = send(&mut ws, &MigrationMessage::Final { snapshot: saved.snapshot, input_seqs }).await;
+    let sent = send(&mut ws, &MigrationMessage::Final { snapshot: saved.snapshot, input_seqs, screens }).await;
     let answer = match sent {
         Ok(()) => recv(&mut ws).await,
         Err(e) => Err(e),

@@ -81,7 +81,8 @@ pub struct Attachment {
     /// Whether it reads `Screen` and `Clipboard` (protocol version 3): an older terminal is closed to reconnect
     /// when the screen changes size, and gets no clipboard.
     pub screen_messages: bool,
-    /// Whether it applies copy tiles, so a scroll is sent as a copy (protocol version 4).
+    /// Whether it applies copy tiles, so a scroll is sent as a copy, and prepares its session at a migration's
+    /// destination when told (protocol version 4).
     pub copies: bool,
     /// The display it said at Hello: the phone's screen follows it before the Welcome.
     pub display: Option<vmi_protocol::Display>,
@@ -138,6 +139,11 @@ pub enum TerminalCommand {
         session: u64,
         /// Highest update applied.
         seq: u64,
+    },
+    /// The terminal's session at a migration's destination is joined (it was told to prepare one).
+    Prepared {
+        /// Its session.
+        session: u64,
     },
     /// A latency probe, answered through the phone task so a pong never overtakes a frame.
     Ping {
@@ -254,10 +260,23 @@ pub enum LifecycleCommand {
     /// dirty rest with the input numbering.
     Freeze {
         /// The rest, or why the phone runs on.
-        reply: oneshot::Sender<Result<SavedPhone, PhoneError>>,
+        reply: oneshot::Sender<Result<FrozenPhone, PhoneError>>,
     },
     /// The migration is off: run again, applying the inputs held while frozen.
     Thaw,
+    /// A migration to `url` has begun: tell each terminal that can prepare (protocol version 4) to open its
+    /// session there now with `ticket`, so the handoff needs no new connection.
+    Prepare {
+        /// The destination's terminal URL.
+        url: String,
+        /// The move's ticket (the destination holds prepared sessions for it only).
+        ticket: String,
+    },
+    /// Answers once every terminal told to prepare has joined the destination (or gone).
+    AwaitPrepared {
+        /// Done.
+        reply: oneshot::Sender<()>,
+    },
     /// The destination says it owns the phone (a frozen one): send the terminals there now, while this site
     /// confirms it with the control service before it drops its copy (a Fence), or thaws it (the placement did
     /// not move: the terminals are redirected back).
@@ -317,6 +336,15 @@ pub struct SavedPhone {
     pub snapshot: Vec<u8>,
     /// Last applied input sequence per device.
     pub input_seqs: HashMap<String, u64>,
+}
+
+/// A phone stopped for a migration's last step.
+#[derive(Debug)]
+pub struct FrozenPhone {
+    /// The dirty rest and the input numbering.
+    pub saved: SavedPhone,
+    /// Per device, the frame update after which its terminal shows exactly the frozen screen.
+    pub screens: Vec<(String, u64)>,
 }
 
 /// One pre-copy round of a live migration.
@@ -469,13 +497,23 @@ impl PhoneLink {
     }
 
     /// Stops the phone for a migration's last step and takes the dirty rest.
-    pub async fn freeze(&self) -> Result<SavedPhone, PhoneError> {
+    pub async fn freeze(&self) -> Result<FrozenPhone, PhoneError> {
         self.ask(|reply| PhoneCommand::Lifecycle(LifecycleCommand::Freeze { reply })).await?
     }
 
     /// Runs the phone again after a migration was called off.
     pub async fn thaw(&self) {
         let _ = self.tx.send(PhoneCommand::Lifecycle(LifecycleCommand::Thaw)).await;
+    }
+
+    /// Tells the terminals to prepare a session at `url` (see [`LifecycleCommand::Prepare`]).
+    pub async fn prepare(&self, url: String, ticket: String) {
+        let _ = self.tx.send(PhoneCommand::Lifecycle(LifecycleCommand::Prepare { url, ticket })).await;
+    }
+
+    /// Waits until every terminal told to prepare has joined the destination (or gone): the caller bounds it.
+    pub async fn prepared(&self) {
+        let _ = self.ask(|reply| PhoneCommand::Lifecycle(LifecycleCommand::AwaitPrepared { reply })).await;
     }
 
     /// Sends the terminals of a frozen phone to `url` (see [`LifecycleCommand::Redirect`]).

@@ -36,8 +36,8 @@ use vmi_protocol::{ErrorCode, Input, ServerMessage};
 
 use super::terminals::Terminals;
 use super::{
-    AttachRefusal, KEPT_LOG_LINES, LifecycleCommand, LogLine, MAX_HELD_INPUTS, PhoneCommand, PhoneError, PhoneStatus,
-    PreCopyRound, SavedPhone, Screenshot, ServiceCommand, TerminalCommand,
+    AttachRefusal, FrozenPhone, KEPT_LOG_LINES, LifecycleCommand, LogLine, MAX_HELD_INPUTS, PhoneCommand, PhoneError,
+    PhoneStatus, PreCopyRound, SavedPhone, Screenshot, ServiceCommand, TerminalCommand,
 };
 
 /// Where the phone is in its life.
@@ -107,6 +107,14 @@ pub struct PhoneTask {
     /// When something last came to the phone from outside (a terminal, a mail, an operator); its own timers do
     /// not count.
     last_active: Instant,
+    /// The screen hash of the framebuffer while nothing was drawn since it was taken (a resuming terminal's
+    /// Hello compares with it): a migration's arrival takes it at once, so its terminals' handoff does not.
+    screen_hash: Option<u64>,
+    /// A migration's arrival writes its first record after this (its terminals' handoff goes first).
+    first_record_after: Option<Instant>,
+    /// An arrival's terminals whose screens the source vouched for: device → the frame update after which it
+    /// showed exactly the screen restored here. Good while nothing is drawn here.
+    vouched: HashMap<String, u64>,
 }
 
 /// Numbers the phone tasks of this process.
@@ -115,6 +123,9 @@ static TASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1
 /// How often, at most, a phone that changed writes a journal record (to its disk and its standby copy): what a
 /// crash of the site can cost, and about how long terminals wait to hear their inputs are durable.
 pub const DURABLE_EVERY: Duration = Duration::from_millis(200);
+/// How long an arrived phone's first record waits after its commit, for its terminals' handoff (a millisecond or
+/// two) to come first: the full state it takes holds the task for milliseconds.
+const FIRST_RECORD_GRACE: Duration = Duration::from_millis(10);
 /// Journal records after a full state before the next record is a full state again (bounded replay at restore,
 /// and a bounded chain in the engine).
 const MAX_DELTAS: u32 = 300;
@@ -178,6 +189,9 @@ impl PhoneTask {
             history: None,
             task: TASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             provisional: false,
+            screen_hash: None,
+            first_record_after: None,
+            vouched: HashMap::new(),
             residency: None,
             counted_resident: false,
             last_active: Instant::now(),
@@ -212,9 +226,11 @@ impl PhoneTask {
         self
     }
 
-    /// The same task, running provisionally until [`LifecycleCommand::Commit`] (see `provisional`).
-    pub fn provisional(mut self) -> PhoneTask {
+    /// The same task, running provisionally until [`LifecycleCommand::Commit`] (see `provisional`), with the
+    /// terminals' screens its source vouched for.
+    pub fn provisional(mut self, vouched: HashMap<String, u64>) -> PhoneTask {
         self.provisional = true;
+        self.vouched = vouched;
         self
     }
 
@@ -301,6 +317,7 @@ impl PhoneTask {
     pub async fn run(mut self, mut rx: mpsc::Receiver<PhoneCommand>) {
         // The first flush starts from a clean damage slate: terminals get full frames.
         let _ = self.phone.frame();
+
         loop {
             let wait = self.until_next_timer().min(self.until_durable()).min(self.until_lease_check());
             let wait = self.until_hibernate().map_or(wait, |h| wait.min(h));
@@ -383,6 +400,7 @@ impl PhoneTask {
         match &self.durable {
             // Nothing is written before the commit, which wakes the task itself.
             Some(_) if self.provisional => Duration::from_secs(3600),
+            Some(_) if let Some(after) = self.first_record_after => after.saturating_duration_since(Instant::now()),
             Some(d) if d.pending.is_some() => Duration::from_secs(3600),
             Some(d) if d.changed => DURABLE_EVERY.saturating_sub(d.written_at.elapsed()),
             _ => Duration::from_secs(3600),
@@ -470,6 +488,12 @@ impl PhoneTask {
     /// (a full snapshot would restart its rounds), nor while frozen or crashed.
     fn keep_durable(&mut self) {
         let running = matches!(self.state, State::Running) && !self.fenced() && !self.provisional;
+        if let Some(after) = self.first_record_after {
+            if Instant::now() < after {
+                return;
+            }
+            self.first_record_after = None;
+        }
         let Some(d) = &mut self.durable else { return };
         let migrating = d.pre_copy_at.is_some_and(|at| at.elapsed() < PRE_COPY_QUIET);
         if !d.changed || !running || migrating || d.written_at.elapsed() < DURABLE_EVERY || d.pending.is_some() {
@@ -609,15 +633,34 @@ impl PhoneTask {
                     }
                     Err(_) => (None, Vec::new()),
                 };
+                if !damage.is_empty() {
+                    // Drawn on: the kept hash and the vouched screens no longer hold.
+                    self.screen_hash = None;
+                    self.vouched.clear();
+                }
+                // Only a resuming terminal needs the hash (a full screen's worth of work: kept while it holds). One
+                // the source vouched for (its screen is exactly this one, after that frame) needs none.
+                let vouched = attachment
+                    .resume
+                    .is_some_and(|r| self.vouched.get(&attachment.device_id) == Some(&r.last_frame_seq));
+                let hash = match (&screen, attachment.resume) {
+                    (Some(rgba), Some(r)) if !rgba.is_empty() && vouched => Some(r.screen_hash),
+                    (Some(rgba), Some(_)) if !rgba.is_empty() => {
+                        Some(*self.screen_hash.get_or_insert_with(|| vmi_protocol::display::screen_hash(rgba)))
+                    }
+                    _ => None,
+                };
                 let size = self.size();
                 // Damage read here is owed to the terminals already attached.
                 self.terminals.add_damage(&damage);
-                let attached = self.terminals.attach(attachment, size, screen.as_deref(), last_input_seq);
+                let screen = screen.as_deref().zip(hash);
+                let attached = self.terminals.attach(attachment, size, screen, last_input_seq);
                 // What is durable already (all of it, for a phone that just came back from its durable state).
                 self.terminals.tell_durable(&self.durable_seqs);
                 let _ = reply.send(Ok(attached));
             }
             TerminalCommand::Detach { session } => self.terminals.detach(session),
+            TerminalCommand::Prepared { session } => self.terminals.prepared(session),
             TerminalCommand::Input { session, seq, input } => {
                 self.terminals.touch(session);
                 self.on_input(session, seq, input)
@@ -706,6 +749,11 @@ impl PhoneTask {
                     Ok(frame) if frame.rgba.is_empty() => Err(PhoneError::NoScreen),
                     Ok(frame) => {
                         let shot = Screenshot { width: frame.width, height: frame.height, rgba: frame.rgba.to_vec() };
+                        if !frame.damage.is_empty() {
+                            // Drawn on: the kept hash and the vouched screens no longer hold.
+                            self.screen_hash = None;
+                            self.vouched.clear();
+                        }
                         self.terminals.add_damage(&frame.damage);
                         Ok(shot)
                     }
@@ -797,11 +845,24 @@ impl PhoneTask {
                 let _ = reply.send(r);
             }
             LifecycleCommand::Freeze { reply } => {
+                // What was drawn and not yet read is owed to the terminals: their screens are not current.
+                if let Ok(frame) = self.phone.frame()
+                    && !frame.damage.is_empty()
+                {
+                    // Drawn on: the kept hash and the vouched screens no longer hold.
+                    self.screen_hash = None;
+                    self.vouched.clear();
+                    self.terminals.add_damage(&frame.damage);
+                }
+                let screens = self.terminals.current_screens(self.size());
                 let r = match &self.state {
                     State::Running => self
                         .phone
                         .snapshot(SnapshotRequest::Incremental)
-                        .map(|s| SavedPhone { snapshot: s.bytes, input_seqs: self.input_seqs.clone() })
+                        .map(|s| FrozenPhone {
+                            saved: SavedPhone { snapshot: s.bytes, input_seqs: self.input_seqs.clone() },
+                            screens,
+                        })
                         .map_err(PhoneError::from),
                     State::Frozen { .. } => Err(PhoneError::Moving),
                     State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
@@ -824,6 +885,8 @@ impl PhoneTask {
                     }
                 }
             }
+            LifecycleCommand::Prepare { url, ticket } => self.terminals.prepare(&url, &ticket),
+            LifecycleCommand::AwaitPrepared { reply } => self.terminals.await_prepared(reply),
             LifecycleCommand::Redirect { url } => {
                 if let State::Frozen { .. } = self.state {
                     self.terminals.close_all(&ServerMessage::Redirect { url });
@@ -852,8 +915,10 @@ impl PhoneTask {
                 let _ = reply.send(r);
             }
             LifecycleCommand::Commit => {
-                // Its first record follows at once (`changed` is still set): a full state, in this task's chain.
+                // Its first record follows (`changed` is still set): a full state, in this task's chain, taken a
+                // moment later so the terminals joining the move attach first.
                 self.provisional = false;
+                self.first_record_after = Some(Instant::now() + FIRST_RECORD_GRACE);
             }
             LifecycleCommand::Carryover { reply } => {
                 let _ = reply.send(self.phone.carryover());
@@ -864,6 +929,9 @@ impl PhoneTask {
             LifecycleCommand::Replace { phone, reply } => {
                 self.phone = phone;
                 self.state = State::Running;
+                // Drawn on: the kept hash and the vouched screens no longer hold.
+                self.screen_hash = None;
+                self.vouched.clear();
                 // The new VM's damage starts from nothing: repaint every terminal fully.
                 let _ = self.phone.frame();
                 let size = self.size();
@@ -956,6 +1024,11 @@ impl PhoneTask {
         let Ok(frame) = self.phone.frame() else { return };
         if frame.rgba.is_empty() {
             return;
+        }
+        if !frame.damage.is_empty() {
+            // Drawn on: the kept hash and the vouched screens no longer hold.
+            self.screen_hash = None;
+            self.vouched.clear();
         }
         self.screen = (frame.width, frame.height);
         self.terminals.send_frames(&frame);

@@ -35,8 +35,10 @@ struct Terminal {
     durable_told: u64,
     /// Whether it reads `Screen` and `Clipboard` (protocol version 3).
     screen_messages: bool,
-    /// Whether it applies copy tiles (protocol version 4).
+    /// Whether it applies copy tiles and prepares handoffs (protocol version 4).
     copies: bool,
+    /// Told to prepare a session at a migration's destination, and not yet joined there.
+    preparing: bool,
 }
 
 impl Terminal {
@@ -57,6 +59,8 @@ impl Terminal {
 #[derive(Default)]
 pub(super) struct Terminals {
     by_session: HashMap<u64, Terminal>,
+    /// A migration waiting for the terminals told to prepare to have joined its destination.
+    handoff_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     /// A counter that orders the terminals' activity.
     activity: u64,
 }
@@ -67,20 +71,19 @@ impl Terminals {
         self.by_session.len() < MAX_SESSIONS
     }
 
-    /// Attaches a terminal to a phone whose screen is `frame` (None if it has none yet).
+    /// Attaches a terminal to a phone whose screen is `screen` with its screen hash (None if it has none yet, or
+    /// the terminal does not resume).
     pub fn attach(
         &mut self,
         a: Attachment,
         (width, height): (u32, u32),
-        screen: Option<&[u8]>,
+        screen: Option<(&[u8], u64)>,
         last_input_seq: u64,
     ) -> Attached {
         let mut encoder = Encoder::new(width as u16, height as u16).with_copies(a.copies);
         // A terminal whose screen already equals ours gets no full resend (rule 8).
         let resumed = match (a.resume, screen) {
-            (Some(resume), Some(rgba))
-                if !rgba.is_empty() && resume.screen_hash == vmi_protocol::display::screen_hash(rgba) =>
-            {
+            (Some(resume), Some((rgba, hash))) if !rgba.is_empty() && resume.screen_hash == hash => {
                 encoder.assume_sent(rgba);
                 true
             }
@@ -104,6 +107,7 @@ impl Terminals {
                 durable_told: 0,
                 screen_messages: a.screen_messages,
                 copies: a.copies,
+                preparing: false,
             },
         );
         self.activity += 1;
@@ -146,6 +150,7 @@ impl Terminals {
     /// Lets go of a session (its queue closes, so its socket closes).
     pub fn detach(&mut self, session: u64) {
         self.by_session.remove(&session);
+        self.settle_handoff();
     }
 
     /// Whether no terminal is attached.
@@ -237,6 +242,60 @@ impl Terminals {
         let readers: Vec<u64> = self.by_session.iter().filter(|(_, t)| t.screen_messages).map(|(id, _)| *id).collect();
         for id in readers {
             self.send(id, ServerMessage::Clipboard { text: text.to_string() });
+        }
+    }
+
+    /// Tells every terminal that can (protocol version 4) to prepare its session at a migration's destination.
+    pub fn prepare(&mut self, url: &str, ticket: &str) {
+        let preparers: Vec<u64> = self.by_session.iter().filter(|(_, t)| t.copies).map(|(id, _)| *id).collect();
+        for id in preparers {
+            if let Some(t) = self.by_session.get_mut(&id) {
+                t.preparing = true;
+            }
+            self.send(id, ServerMessage::Prepare { url: url.to_string(), ticket: ticket.to_string() });
+        }
+    }
+
+    /// Per device with one terminal, the frame update after which that terminal shows exactly the phone's
+    /// screen of `size` (everything drawn was sent to it): what a migration's source vouches for.
+    pub fn current_screens(&self, (width, height): (u32, u32)) -> Vec<(String, u64)> {
+        let mut per_device: HashMap<&str, Vec<&Terminal>> = HashMap::new();
+        for t in self.by_session.values() {
+            per_device.entry(t.device_id.as_str()).or_default().push(t);
+        }
+        per_device
+            .into_iter()
+            .filter_map(|(device, ts)| match ts.as_slice() {
+                [t] if t.pending.is_empty()
+                    && !t.owe_full
+                    && (u32::from(t.encoder.width()), u32::from(t.encoder.height())) == (width, height) =>
+                {
+                    Some((device.to_string(), t.seq))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A terminal's session at the destination is joined.
+    pub fn prepared(&mut self, session: u64) {
+        if let Some(t) = self.by_session.get_mut(&session) {
+            t.preparing = false;
+        }
+        self.settle_handoff();
+    }
+
+    /// Answers `reply` once no terminal told to prepare is still preparing.
+    pub fn await_prepared(&mut self, reply: tokio::sync::oneshot::Sender<()>) {
+        self.handoff_waiters.push(reply);
+        self.settle_handoff();
+    }
+
+    fn settle_handoff(&mut self) {
+        if !self.handoff_waiters.is_empty() && self.by_session.values().all(|t| !t.preparing) {
+            for waiter in self.handoff_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
         }
     }
 
