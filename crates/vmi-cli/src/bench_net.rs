@@ -627,6 +627,53 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
     }))
 }
 
+/// A phone for the migration bench whose whole memory is in use: 16 MiB, every page non-zero (a quarter
+/// incompressible, the rest repetitive, like a heap), with its framebuffer in it; a key paints a small square
+/// and says so (each key its own colour, so every key is a frame), so the terminal sees frames while it types.
+const FILLED_PHONE: &str = r#"(module
+  (import "vmi" "fb_attach" (func $fb_attach (param i32 i32 i32)))
+  (import "vmi" "fb_damage" (func $fb_damage (param i32 i32 i32 i32)))
+  (memory (export "memory") 256 256)
+  (global $w (mut i32) (i32.const 0))
+  (global $keys (mut i32) (i32.const 0))
+  (func (export "vmi_init") (param $w i32) (param $h i32) (local $i i32) (local $x i32)
+    (local.set $x (i32.const 0x9e3779b9))
+    (loop $fill
+      (local.set $x (i32.xor (local.get $x) (i32.shl (local.get $x) (i32.const 13))))
+      (local.set $x (i32.xor (local.get $x) (i32.shr_u (local.get $x) (i32.const 17))))
+      (local.set $x (i32.xor (local.get $x) (i32.shl (local.get $x) (i32.const 5))))
+      (i32.store (local.get $i)
+        (select (local.get $x) (i32.or (i32.const 0x10203040) (i32.and (local.get $i) (i32.const 0xff00)))
+          (i32.lt_u (local.get $i) (i32.const 0x400000))))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br_if $fill (i32.lt_u (local.get $i) (i32.const 0x1000000))))
+    (global.set $w (local.get $w))
+    (call $fb_attach (i32.const 0) (local.get $w) (local.get $h)))
+  (func (export "vmi_event") (param $kind i32) (param $a i32) (param $b i32) (param $c i32)
+    (local $x i32) (local $row i32) (local $col i32)
+    (if (i32.ne (local.get $kind) (i32.const 4)) (then (return)))
+    (global.set $keys (i32.add (global.get $keys) (i32.const 1)))
+    (local.set $x (i32.mul (i32.rem_u (global.get $keys) (i32.const 40)) (i32.const 16)))
+    (loop $rows
+      (local.set $col (i32.const 0))
+      (loop $cols
+        (i32.store
+          (i32.shl (i32.add (i32.mul (i32.add (i32.const 100) (local.get $row)) (global.get $w))
+            (i32.add (local.get $x) (local.get $col))) (i32.const 2))
+          (i32.or (i32.const 0xff000000) (i32.mul (global.get $keys) (i32.const 0x010203))))
+        (local.set $col (i32.add (local.get $col) (i32.const 1)))
+        (br_if $cols (i32.lt_u (local.get $col) (i32.const 16))))
+      (local.set $row (i32.add (local.get $row) (i32.const 1)))
+      (br_if $rows (i32.lt_u (local.get $row) (i32.const 16))))
+    (call $fb_damage (local.get $x) (i32.const 100) (i32.const 16) (i32.const 16))))"#;
+
+/// Whose phone a migration series moves: the bench user's default phone, or a 16 MiB filled one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SeriesPhone {
+    Default,
+    Filled16,
+}
+
 /// What one series of migrations measured.
 struct MigrationSeries {
     downtime_ms: Vec<f64>,
@@ -642,6 +689,7 @@ struct MigrationSeries {
 /// terminal types, with the control service on SQLite and then on etcd, plus (where KVM and
 /// QEMU exist) a QEMU guest migrated the same way.
 pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<Value> {
+    // Like with like: a phone of 16 MiB with every page in use, beside a QEMU guest of that size.
     let MigrationSeries {
         mut downtime_ms,
         mut commit_ms,
@@ -650,8 +698,21 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
         bytes_sent,
         memory_bytes: nonzero,
         screen: (sw, sh),
-    } = migration_series(rounds, false).await?;
-    let mut on_etcd = migration_series(rounds, true).await?;
+    } = migration_series(rounds, false, SeriesPhone::Filled16).await?;
+    let mut default = migration_series(rounds, false, SeriesPhone::Default).await?;
+    let default_mean_bytes = default.bytes_sent.iter().sum::<f64>() / default.bytes_sent.len().max(1) as f64;
+    let default_phone = json!({
+        "memory_mib": round(default.memory_bytes as f64 / (1 << 20) as f64, 2),
+        "downtime_ms_p50": round(percentile(&mut default.downtime_ms, 50.0), 3),
+        "downtime_ms_p99": round(percentile(&mut default.downtime_ms, 99.0), 3),
+        "commit_ms_p50": round(percentile(&mut default.commit_ms, 50.0), 3),
+        "total_ms": round(percentile(&mut default.total_ms, 50.0), 2),
+        "bytes_sent": default_mean_bytes.round(),
+        "terminal_gap_ms_p50": round(percentile(&mut default.gap_ms, 50.0), 2),
+        "terminal_gap_ms_p99": round(percentile(&mut default.gap_ms, 99.0), 2),
+        "conditions": "the same moves of the default phone (its pages in use, typing in Notes)",
+    });
+    let mut on_etcd = migration_series(rounds, true, SeriesPhone::Default).await?;
     let etcd = json!({
         "downtime_ms_p50": round(percentile(&mut on_etcd.downtime_ms, 50.0), 3),
         "downtime_ms_p99": round(percentile(&mut on_etcd.downtime_ms, 99.0), 3),
@@ -672,13 +733,17 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
     out["total_ms"] = json!(round(percentile(&mut total_ms, 50.0), 2));
     out["terminal_gap_ms_p50"] = json!(round(percentile(&mut gap_ms, 50.0), 2));
     out["terminal_gap_ms_p99"] = json!(round(percentile(&mut gap_ms, 99.0), 2));
+    if let (Some(q), Some(d)) = (out["qemu_downtime_ms"].as_f64(), out["downtime_ms_p50"].as_f64()) {
+        out["qemu_downtime_over_phone_downtime"] = json!(round(q / d.max(1e-9), 1));
+    }
+    out["default_phone"] = default_phone;
     out["etcd"] = etcd;
     Ok(out)
 }
 
 /// `rounds` migrations back and forth between two sites while a terminal types; the control service on SQLite
 /// or on etcd.
-async fn migration_series(rounds: usize, etcd: bool) -> Result<MigrationSeries> {
+async fn migration_series(rounds: usize, etcd: bool, which: SeriesPhone) -> Result<MigrationSeries> {
     let w = world_on(SystemClock::shared(), etcd).await?;
     let b = vmi_site::start(SiteConfig {
         id: "site-b".into(),
@@ -701,12 +766,35 @@ async fn migration_series(rounds: usize, etcd: bool) -> Result<MigrationSeries> 
     })
     .await?;
     let sites = [(w.site.state.id.clone(), w.site.url.clone()), (b.state.id.clone(), b.url.clone())];
-    let mut term = Terminal::connect(&w.site.ws_url(), &w.token, w.terminal_options()).await?;
+    let (user, token) = match which {
+        SeriesPhone::Default => ("bench", w.token.clone()),
+        SeriesPhone::Filled16 => {
+            // Its own image, published like any tenant's: the phone's engine and image come from the control
+            // service; both sites run it.
+            let control = vmi_control_api::ControlClient::new(w.site.state.control_url(), &w.operator)?;
+            let wasm = wat::parse_str(FILLED_PHONE).context("the filled phone")?;
+            control.publish_image("filled-16mib", &wasm).await?;
+            let tenant = vmi_control_api::tenants::TenantRequest {
+                name: "bench16".into(),
+                max_phones: None,
+                max_memory_bytes: None,
+                image: Some("filled-16mib".into()),
+            };
+            control.create_tenant(&tenant).await?;
+            control.create_user_in("big", Some("bench16")).await?;
+            control.set_placement("big", "site-a").await?;
+            w.site.state.create_phone("big").await?;
+            ("big", control.create_device("big", "bench terminal").await?.token)
+        }
+    };
+    let mut term = Terminal::connect(&w.site.ws_url(), &token, w.terminal_options()).await?;
     wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?;
-    tap(&mut term, layout::NOTES).await?;
+    if which == SeriesPhone::Default {
+        tap(&mut term, layout::NOTES).await?;
+    }
 
     // What the phone holds: its non-zero memory, from a full snapshot.
-    let phone = w.site.state.phone("bench")?;
+    let phone = w.site.state.phone(user)?;
     let shot = phone.screen().await?;
     let (sw, sh) = (shot.width, shot.height);
     let status = phone.status().await?;
@@ -719,7 +807,7 @@ async fn migration_series(rounds: usize, etcd: bool) -> Result<MigrationSeries> 
     for i in 0..rounds {
         let (from, to) = (&sites[i % 2], &sites[(i + 1) % 2]);
         let body = json!({ "to": to.0 });
-        let url = format!("{}/v1/phones/bench/migrate", from.1);
+        let url = format!("{}/v1/phones/{user}/migrate", from.1);
         let operator = w.operator.clone();
         let call = tokio::spawn(async move { operator.post_json(&url, &body).await });
         // Keep typing through the move; watch what the terminal sees.
@@ -805,7 +893,7 @@ fn migrate_report(
     let mean_bytes = bytes_sent.iter().sum::<f64>() / bytes_sent.len().max(1) as f64;
     let mut out = json!({
         "bench": "migrate",
-        "conditions": format!("{rounds} live migrations back and forth between two sites in one process over loopback (mutual TLS 1.3 between the sites, the terminal over WSS), a terminal typing in Notes throughout; default phone {sw}x{sh}"),
+        "conditions": format!("{rounds} live migrations back and forth between two sites in one process over loopback (mutual TLS 1.3 between the sites, the terminal over WSS), a terminal typing a key every 2 ms throughout; a phone of 16 MiB with every page in use and its {sw}x{sh} framebuffer in it (each key paints a square), beside a QEMU guest of the same memory; default_phone: the same moves of the default phone typing in Notes"),
         "tls": true,
         "memory_mib": round(nonzero as f64 / (1 << 20) as f64, 2),
         "bytes_sent": mean_bytes.round(),

@@ -421,7 +421,9 @@ impl WasmPhone {
         host.vclock = VirtualClock::resume(clock.as_ref(), header.virtual_ns, header.wall_ns);
         self.last_snapshot = chain.last().map(|s| s.id);
         self.last_good = chain;
-        self.tracked = (0, 0);
+        // Tracking armed while the chain was laid (a staged restore arms it at its first piece) stays armed:
+        // re-arming over the whole memory is a long step of a migration's downtime. The pages laid count as
+        // written, a superset the next snapshot sends again.
         self.retrack();
         self.untracked = self.tracked == (0, 0);
         Ok(())
@@ -460,7 +462,7 @@ impl WasmPhone {
     }
 
     /// Points the dirty tracker at the memory as it is now.
-    fn retrack(&mut self) {
+    pub(crate) fn retrack(&mut self) {
         let base = self.memory.data_ptr(&self.store) as usize;
         let len = self.memory.data_size(&self.store);
         if (base, len) == self.tracked {

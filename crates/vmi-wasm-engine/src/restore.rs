@@ -41,6 +41,8 @@ impl RestoreStage for WasmRestore {
         headers.push((id, &view.header));
         vmi_snapshot::check_chain(&headers)?;
         self.phone.grow_to(view.header.memory_bytes)?;
+        // Dirty tracking is armed before the pages are laid, out of the downtime (it covers the whole memory).
+        self.phone.retrack();
         if self.chain.is_empty() {
             self.phone.clear_image_data(view.pages.runs());
         }
