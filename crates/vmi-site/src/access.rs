@@ -56,6 +56,8 @@ pub struct Guard {
     pending: Mutex<Vec<AuditEntry>>,
     vouched: Mutex<HashMap<[u8; 32], (Principal, Duration)>>,
     mail: Mutex<RateLimit<(String, String)>>,
+    /// Devices revoked so far: a connection checked before a revocation checks its token again.
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Guard {
@@ -67,6 +69,7 @@ impl Default for Guard {
             pending: Mutex::new(Vec::new()),
             vouched: Mutex::new(HashMap::new()),
             mail: Mutex::new(RateLimit::new(MAIL_INTERVAL, MAIL_BURST, GUARD_KEYS)),
+            revocations: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -122,6 +125,7 @@ impl SiteState {
 
     /// Forgets the tokens of device `device_id` (it was revoked).
     pub(crate) fn forget_device(&self, device_id: u64) {
+        self.guard.revocations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut kept = self.guard.vouched.lock().unwrap_or_else(|p| p.into_inner());
         kept.retain(
             |_, (principal, _)| !matches!(principal, Principal::Device { device_id: d, .. } if *d == device_id),
@@ -130,6 +134,11 @@ impl SiteState {
 }
 
 impl Guard {
+    /// How many devices were revoked so far (compare two readings to learn whether one was in between).
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn now(&self) -> Duration {
         self.start.elapsed()
     }

@@ -9,8 +9,9 @@
 //! and when the move is called off every connection joined with it is told `NotHere` and closed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::watch;
 
@@ -25,15 +26,27 @@ pub enum Move {
     CalledOff,
 }
 
+/// Most connections one move holds (the phone's own terminals: as many as may attach to it).
+pub const MAX_JOINS: usize = crate::phone::MAX_SESSIONS;
+
 /// The moves arriving at this site that terminals may join, by user.
 #[derive(Default)]
 pub struct Handoffs {
-    /// User → (ticket, the move's state, which opening it is).
+    /// User → (ticket, the move's state, which opening it is, connections joined so far).
     moves: Mutex<HashMap<String, Opened>>,
     opened: AtomicU64,
 }
 
-type Opened = (String, watch::Receiver<Move>, u64);
+type Opened = (String, watch::Receiver<Move>, u64, Arc<AtomicUsize>);
+
+/// One connection joined to a move; dropping it frees its place.
+pub struct Joined(Arc<AtomicUsize>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Handoffs {
     /// Opens `ticket` for `user`'s arriving phone (none for an empty ticket: a source that prepares nothing).
@@ -44,15 +57,23 @@ impl Handoffs {
         }
         let (tx, rx) = watch::channel(Move::Arriving);
         let id = self.opened.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(user.to_string(), (ticket.to_string(), rx, id));
+        self.lock().insert(user.to_string(), (ticket.to_string(), rx, id, Arc::new(AtomicUsize::new(0))));
         Some(Handoff { book: self, user: user.to_string(), tx, id })
     }
 
-    /// How `user`'s move stands, for a terminal that joins with `ticket`; `None` when no such move arrives.
-    pub fn join(&self, user: &str, ticket: &str) -> Option<watch::Receiver<Move>> {
+    /// How `user`'s move stands, for a terminal that joins with `ticket`, and its place among the move's
+    /// connections; `None` when no such move arrives, or it holds [`MAX_JOINS`] connections already.
+    pub fn join(&self, user: &str, ticket: &str) -> Option<(watch::Receiver<Move>, Joined)> {
         let moves = self.lock();
-        let (open, state, _) = moves.get(user)?;
-        same(open.as_bytes(), ticket.as_bytes()).then(|| state.clone())
+        let (open, state, _, joined) = moves.get(user)?;
+        if !same(open.as_bytes(), ticket.as_bytes()) {
+            return None;
+        }
+        if joined.fetch_add(1, Ordering::SeqCst) >= MAX_JOINS {
+            joined.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some((state.clone(), Joined(joined.clone())))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Opened>> {
@@ -91,7 +112,7 @@ impl Drop for Handoff<'_> {
         });
         let mut moves = self.book.lock();
         // Only this move's entry: a later move of the same phone may have opened its own meanwhile.
-        if moves.get(&self.user).is_some_and(|(_, _, id)| *id == self.id) {
+        if moves.get(&self.user).is_some_and(|(_, _, id, _)| *id == self.id) {
             moves.remove(&self.user);
         }
     }
@@ -109,14 +130,18 @@ mod tests {
         assert!(book.join("ann", "t2").is_none(), "another ticket");
         assert!(book.join("bob", "t1").is_none(), "another user");
         assert!(book.join("ann", "t").is_none(), "a prefix");
-        let joined = book.join("ann", "t1").expect("joins");
+        let (joined, _place) = book.join("ann", "t1").expect("joins");
         assert_eq!(*joined.borrow(), Move::Arriving);
+        let places: Vec<_> = (1..MAX_JOINS).map(|_| book.join("ann", "t1").expect("room")).collect();
+        assert!(book.join("ann", "t1").is_none(), "a move holds at most MAX_JOINS connections");
+        drop(places);
+        assert!(book.join("ann", "t1").is_some(), "a place freed is taken again");
         move_in.committed();
         assert_eq!(*joined.borrow(), Move::Committed, "a joined connection hears the commit");
         assert!(book.join("ann", "t1").is_none(), "spent once the move is over");
 
         let called_off = book.open("ann", "t3").expect("open");
-        let joined = book.join("ann", "t3").expect("joins");
+        let (joined, _place) = book.join("ann", "t3").expect("joins");
         drop(called_off);
         assert_eq!(*joined.borrow(), Move::CalledOff);
         assert!(book.join("ann", "t3").is_none());

@@ -26,6 +26,8 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection that joined a move is held for its Hello: pre-copy of a large phone takes seconds.
 const JOIN_HOLD: Duration = Duration::from_secs(120);
+/// Once the move committed, the Hello comes right after the old site's Redirect.
+const JOIN_HOLD_AFTER_COMMIT: Duration = Duration::from_secs(10);
 /// How long a closing site waits for the terminal's close frame, so that its last words
 /// (an `Error`, a `Redirect`) are read before the connection goes.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -101,8 +103,10 @@ async fn join(
     ticket: &str,
 ) -> Result<(Identity, Result<ClientMessage, vmi_protocol::ProtocolError>), Option<(ErrorCode, String)>> {
     let identity = check_token(site, from, token).await.map_err(Some)?;
-    let Some(mut state) = site.handoffs.join(&identity.user, ticket) else {
-        let why = "no move of this phone to this site is under way with that ticket".to_string();
+    let Some((mut state, _joined)) = site.handoffs.join(&identity.user, ticket) else {
+        let why = "no move of this phone to this site is under way with that ticket (or it has all the \
+            connections it may hold)"
+            .to_string();
         return Err(Some((ErrorCode::NotHere, why)));
     };
     // Held: the terminal tells the old site, which may stop the phone for its handoff now.
@@ -110,7 +114,7 @@ async fn join(
         return Err(None);
     }
     let called_off = || Some((ErrorCode::NotHere, "the move of this phone here was called off".to_string()));
-    let deadline = tokio::time::Instant::now() + JOIN_HOLD;
+    let mut deadline = tokio::time::Instant::now() + JOIN_HOLD;
     // Until the move settles, the connection also listens to it.
     let mut settled = false;
     let hello = loop {
@@ -129,6 +133,10 @@ async fn join(
                     Move::Committed => settled = true,
                     // The move ended without a word (its guard dropped after a commit): it said Committed before.
                     Move::Arriving => settled = changed.is_err(),
+                }
+                // Committed: the Hello follows the old site's Redirect within moments.
+                if settled {
+                    deadline = deadline.min(tokio::time::Instant::now() + JOIN_HOLD_AFTER_COMMIT);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -181,8 +189,9 @@ pub async fn run(
     // A connection prepared for a phone moving here: checked now, held until its Hello.
     let (hello, joined) = match hello {
         Ok(ClientMessage::Join { device_token, ticket, .. }) => {
+            let revocations = site.guard.revocations();
             match join(&mut socket, &site, from, &device_token, &ticket).await {
-                Ok((identity, hello)) => (hello, Some((identity, device_token))),
+                Ok((identity, hello)) => (hello, Some((identity, device_token, revocations))),
                 Err(Some((code, why))) => return refuse(socket, code, why).await,
                 Err(None) => return,
             }
@@ -218,8 +227,18 @@ pub async fn run(
         Err(e) => return refuse(socket, ErrorCode::BadMessage, format!("undecodable Hello: {e}")).await,
     };
     let identity = match joined {
-        // The token was checked at the Join; the Hello on that connection must carry the same one.
-        Some((identity, joined_token)) if joined_token == token => identity,
+        // The token was checked at the Join; the Hello on that connection must carry the same one. A device
+        // revoked meanwhile (any device: the site only counts them) has it checked again.
+        Some((identity, joined_token, revocations)) if joined_token == token => {
+            if site.guard.revocations() == revocations {
+                identity
+            } else {
+                match check_token(&site, from, &token).await {
+                    Ok(identity) => identity,
+                    Err((code, why)) => return refuse(socket, code, why).await,
+                }
+            }
+        }
         Some(_) => {
             return refuse(socket, ErrorCode::Unauthorized, "the Hello's token is not the one that joined".into())
                 .await;

@@ -269,6 +269,8 @@ struct State {
     prepared_handoffs: u64,
     /// A connection prepared for a move was joined: tell the site on the session's connection.
     tell_prepared: bool,
+    /// The connection prepared for the current move is joined (its site holds it for the handoff).
+    prepare_joined: bool,
     /// The screen hash after frame `.0`, kept while a move is prepared: the Hello of the handoff then needs no
     /// hash of a whole screen (milliseconds) when it counts.
     hashed: Option<(u64, u64)>,
@@ -345,6 +347,7 @@ impl Terminal {
                 decode_ns: 0,
                 prepared_handoffs: 0,
                 tell_prepared: false,
+                prepare_joined: false,
                 hashed: None,
                 next_seq: 1,
                 pending: VecDeque::new(),
@@ -644,6 +647,8 @@ async fn greet(shared: &Shared, mut ws: Ws, token: &str, resume: Option<Resume>)
 struct Prepared {
     /// The destination's terminal URL (the Redirect that uses this connection names it).
     url: String,
+    /// When the site said Prepare: past [`PREPARED_FOR`] the move is over one way or the other.
+    at: Instant,
     /// The connection once dialled and joined.
     task: tokio::task::JoinHandle<Result<Ws, TerminalError>>,
 }
@@ -659,7 +664,11 @@ fn prepare(shared: &Arc<Shared>, url: String, token: String, ticket: String) -> 
         match read(&shared, &mut ws).await? {
             Some((ServerMessage::Joined, _)) => {
                 // The old site may stop the phone for its handoff now: say so on the session's connection.
-                shared.lock().tell_prepared = true;
+                {
+                    let mut s = shared.lock();
+                    s.tell_prepared = true;
+                    s.prepare_joined = true;
+                }
                 shared.wake.notify_one();
                 Ok(ws)
             }
@@ -667,8 +676,12 @@ fn prepare(shared: &Arc<Shared>, url: String, token: String, ticket: String) -> 
             _ => Err(TerminalError::Unexpected("no Joined for a Join")),
         }
     });
-    Prepared { url, task }
+    Prepared { url, at: Instant::now(), task }
 }
+
+/// How long a prepared connection is kept for its move's Redirect (a site holds a joined connection 120 s; a move
+/// called off says nothing to the terminal, whose connection its site closes).
+const PREPARED_FOR: Duration = Duration::from_secs(120);
 
 /// Connects, says Hello (with `resume` when reconnecting) and waits for Welcome, following
 /// at most [`MAX_REDIRECTS`] redirects sent instead of Welcome; updates the screen size and
@@ -1101,7 +1114,11 @@ impl Session {
                             s.decode_ns += started.elapsed().as_nanos() as u64;
                             s.last_frame_seq = seq;
                             s.frames += 1;
-                            s.hashed = self.prepared.is_some().then(|| (seq, s.screen.hash()));
+                            // Kept only while a prepared connection may still carry the handoff.
+                            let live = self.prepared.as_ref().is_some_and(|p| {
+                                p.at.elapsed() < PREPARED_FOR && (!p.task.is_finished() || s.prepare_joined)
+                            });
+                            s.hashed = live.then(|| (seq, s.screen.hash()));
                             Ok(())
                         }
                         Err(error) => Err(error),
@@ -1153,6 +1170,7 @@ impl Session {
                 if let Some(old) = self.prepared.take() {
                     old.task.abort();
                 }
+                self.shared.lock().prepare_joined = false;
                 self.prepared = Some(prepare(&self.shared, url, self.token.clone(), ticket));
                 // The handoff's Hello will carry the screen's hash: take it now, and after each frame until then.
                 let mut s = self.shared.lock();

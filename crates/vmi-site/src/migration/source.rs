@@ -20,6 +20,8 @@ type Ws = crate::peer_socket::PeerSocket;
 /// Longest the stop waits for the terminals to join the destination (a TLS handshake over a mobile network, with
 /// room to spare); past it, a terminal not yet prepared reconnects after the Redirect as before.
 const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+/// However long pre-copy took, the terminals get this long to say they are ready (most are by then).
+const HANDOFF_WAIT_AT_LEAST: Duration = Duration::from_millis(50);
 /// A wait this long for the terminals gets its own pre-copy round before the stop.
 const CATCH_UP_AFTER: Duration = Duration::from_millis(5);
 
@@ -151,22 +153,35 @@ async fn drive(
     let image = ImageHash::from_hex(&status.image)
         .ok_or_else(|| MigrationError::Link(format!("the phone names image {:?}", status.image)))?;
     // The move's ticket: the destination holds terminal sessions prepared with it, for this move only.
-    let ticket = vmi_control_api::token::generate_token().unwrap_or_default();
-    send(
-        &mut ws,
-        &MigrationMessage::Begin {
-            version: MIGRATION_VERSION,
-            user: user.into(),
-            image: image.0,
-            epoch: placement.epoch,
-            width: width as u16,
-            height: height as u16,
-            ticket: ticket.clone(),
-        },
-    )
-    .await?;
+    let mut ticket = vmi_control_api::token::generate_token().unwrap_or_default();
+    let begin = |ticket: &str| MigrationMessage::Begin {
+        version: MIGRATION_VERSION,
+        user: user.into(),
+        image: image.0,
+        epoch: placement.epoch,
+        width: width as u16,
+        height: height as u16,
+        ticket: ticket.to_string(),
+    };
+    send(&mut ws, &begin(&ticket)).await?;
     match recv(&mut ws).await? {
         MigrationMessage::Ready => {}
+        // A destination older than prepared handoffs reads no ticket in a Begin: once more without one (its
+        // terminals then follow the Redirect as before).
+        MigrationMessage::Abort { reason } if reason == "expected Begin" && !ticket.is_empty() => {
+            tracing::info!(user, to = to_id, "the destination prepares no terminal sessions: moving without");
+            ticket.clear();
+            ws = tokio::time::timeout(STEP_TIMEOUT, crate::peer_socket::connect(&peer, &url))
+                .await
+                .map_err(|_| MigrationError::Link(format!("connecting to {url} timed out")))?
+                .map_err(|e| MigrationError::Link(format!("connecting to {url}: {e}")))?;
+            send(&mut ws, &begin(&ticket)).await?;
+            match recv(&mut ws).await? {
+                MigrationMessage::Ready => {}
+                MigrationMessage::Abort { reason } => return Err(MigrationError::Refused(reason)),
+                other => return Err(MigrationError::OutOfTurn(format!("{other:?} (expected Ready)"))),
+            }
+        }
         MigrationMessage::Abort { reason } => return Err(MigrationError::Refused(reason)),
         other => return Err(MigrationError::OutOfTurn(format!("{other:?} (expected Ready)"))),
     }
@@ -194,11 +209,12 @@ async fn drive(
     // The stop waits (a bounded time) for every terminal's session at the destination to be joined, so the
     // handoff needs no new connection; a terminal that cannot prepare follows the Redirect as before. What the
     // phone wrote meanwhile goes in one more round, not in the stop.
-    let waited = tokio::time::timeout(HANDOFF_WAIT.saturating_sub(preparing.elapsed()), phone.prepared()).await;
-    if waited.is_err() {
+    let waiting = Instant::now();
+    let limit = HANDOFF_WAIT.saturating_sub(preparing.elapsed()).max(HANDOFF_WAIT_AT_LEAST);
+    if tokio::time::timeout(limit, phone.prepared()).await.is_err() {
         tracing::info!(user, to = to_id, "not every terminal prepared its session at the destination in time");
     }
-    if report.rounds < MAX_ROUNDS && preparing.elapsed() > CATCH_UP_AFTER {
+    if report.rounds < MAX_ROUNDS && waiting.elapsed() > CATCH_UP_AFTER {
         let crate::phone::PreCopyRound { bytes, .. } = phone.pre_copy(false).await?;
         report.bytes += bytes.len() as u64;
         report.rounds += 1;

@@ -315,8 +315,11 @@ impl PhoneTask {
 
     /// Runs until stopped, fenced or checked out, or until every sender is gone.
     pub async fn run(mut self, mut rx: mpsc::Receiver<PhoneCommand>) {
-        // The first flush starts from a clean damage slate: terminals get full frames.
-        let _ = self.phone.frame();
+        // The first flush starts from a clean damage slate: terminals get full frames. Damage there means the screen
+        // is not the one the source froze: nothing it vouched for holds.
+        if self.phone.frame().is_ok_and(|frame| !frame.damage.is_empty()) {
+            self.vouched.clear();
+        }
 
         loop {
             let wait = self.until_next_timer().min(self.until_durable()).min(self.until_lease_check());
@@ -640,9 +643,11 @@ impl PhoneTask {
                 }
                 // Only a resuming terminal needs the hash (a full screen's worth of work: kept while it holds). One
                 // the source vouched for (its screen is exactly this one, after that frame) needs none.
-                let vouched = attachment
-                    .resume
-                    .is_some_and(|r| self.vouched.get(&attachment.device_id) == Some(&r.last_frame_seq));
+                // Good once: a later Hello of the device (another of its windows) is hashed as usual.
+                let vouched = attachment.resume.is_some_and(|r| {
+                    self.vouched.get(&attachment.device_id) == Some(&r.last_frame_seq)
+                        && self.vouched.remove(&attachment.device_id).is_some()
+                });
                 let hash = match (&screen, attachment.resume) {
                     (Some(rgba), Some(r)) if !rgba.is_empty() && vouched => Some(r.screen_hash),
                     (Some(rgba), Some(_)) if !rgba.is_empty() => {
@@ -845,16 +850,18 @@ impl PhoneTask {
                 let _ = reply.send(r);
             }
             LifecycleCommand::Freeze { reply } => {
-                // What was drawn and not yet read is owed to the terminals: their screens are not current.
-                if let Ok(frame) = self.phone.frame()
-                    && !frame.damage.is_empty()
+                // What was drawn and not yet read is owed to the terminals: their screens are not current. A screen
+                // that cannot be read is vouched for by nobody.
+                let readable = self.phone.frame().map(|frame| frame.damage.to_vec());
+                if let Ok(damage) = &readable
+                    && !damage.is_empty()
                 {
                     // Drawn on: the kept hash and the vouched screens no longer hold.
                     self.screen_hash = None;
                     self.vouched.clear();
-                    self.terminals.add_damage(&frame.damage);
+                    self.terminals.add_damage(damage);
                 }
-                let screens = self.terminals.current_screens(self.size());
+                let screens = if readable.is_ok() { self.terminals.current_screens(self.size()) } else { Vec::new() };
                 let r = match &self.state {
                     State::Running => self
                         .phone
