@@ -897,11 +897,13 @@ fn migrate_report(
         crate::qemu::measure_linux(qemu_runs)
     };
     let linux = match linux {
-        Ok(runs) => {
+        Ok(crate::qemu::LinuxRuns { migrations: runs, failed }) => {
             let mut d: Vec<f64> = runs.iter().map(|r| r.downtime_ms).collect();
             let mut t: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
             let mut b: Vec<f64> = runs.iter().map(|r| r.transferred_bytes as f64).collect();
             json!({
+                "qemu_linux_failed_runs": failed.len(),
+                "qemu_linux_failures": failed,
                 "qemu_linux_memory_mib": crate::qemu::LINUX_MEMORY_MIB,
                 "qemu_linux_downtime_ms_p50": round(percentile(&mut d, 50.0), 1),
                 "qemu_linux_downtime_ms_max": round(percentile(&mut d, 100.0), 1),
