@@ -411,6 +411,62 @@ async fn fake_destination(control: &Control, fail: &'static str) {
     });
 }
 
+/// A registered site, `site-y`, as a destination older than prepared handoffs: a Begin with a ticket is, to it, a
+/// Begin with trailing bytes (it answers "expected Begin" and closes); it takes a Begin without one, then dies in
+/// the copy. Says each Begin's ticket.
+async fn older_destination(control: &Control) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let spec = vmi_control_api::SiteSpec { url, lat: 60.0, lon: 24.0, capacity: 4 };
+    site_client(control, "site-y").register_site("site-y", &spec).await.expect("register site-y");
+    let acceptor = tls_acceptor(&site_credentials("site-y"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let send = |m: MigrationMessage| tokio_tungstenite::tungstenite::Message::Binary(encode_migration(&m).into());
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let stream = acceptor.accept(stream).await.expect("tls");
+            let mut ws = tokio_tungstenite::accept_async(stream).await.expect("ws");
+            while let Some(Ok(msg)) = ws.next().await {
+                let tokio_tungstenite::tungstenite::Message::Binary(b) = msg else { continue };
+                match decode_migration(&b).expect("valid") {
+                    MigrationMessage::Begin { ticket, .. } => {
+                        let old = ticket.is_empty();
+                        let _ = tx.send(ticket);
+                        if !old {
+                            let abort = MigrationMessage::Abort { reason: "expected Begin".into() };
+                            let _ = ws.send(send(abort)).await;
+                            break;
+                        }
+                        ws.send(send(MigrationMessage::Ready)).await.expect("send");
+                    }
+                    _ => return, // dies in the copy
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// A destination older than prepared handoffs refuses a Begin with a ticket: the source moves without one (its
+/// terminals follow the Redirect as before); here that destination then dies, and the phone runs on at the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_destination_gets_a_begin_without_a_ticket() {
+    let control = control().await;
+    let a = site(&control, "site-a", scratch("older-a")).await;
+    let token = user_with_phone(&control, &a, "alice").await;
+    let mut begins = older_destination(&control).await;
+    let body = serde_json::json!({ "to": "site-y" });
+    let (status, report) =
+        control.operator().post_json(&format!("{}/v1/phones/alice/migrate", a.url), &body).await.expect("post");
+    assert_eq!(status, 502, "{report}");
+    let first = begins.recv().await.expect("a first Begin");
+    assert_eq!(first.len(), 64, "the first Begin carries the move's ticket: {first:?}");
+    assert_eq!(begins.recv().await.expect("a second Begin"), "", "the second carries none");
+    assert_runs_at(&a, &control, &token, "alice").await;
+    a.shutdown().await;
+}
+
 async fn assert_runs_at(site: &SiteHandle, control: &Control, token: &str, user: &str) {
     assert!(hosts(site, user));
     assert_eq!(control.client.placement(user).await.expect("placement").site, site.state.id);
