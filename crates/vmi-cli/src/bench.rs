@@ -255,11 +255,11 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// A guest whose whole memory is in use: 16 MiB, every page non-zero (a quarter
-/// incompressible, the rest repetitive, like a framebuffer and heap). A key writes one word.
-const FILLED_GUEST: &str = r#"(module
-  (memory (export "memory") 256 256)
-  (func (export "vmi_init") (param i32 i32) (local $i i32) (local $x i32)
+/// WebAssembly text that writes every word of the first 16 MiB (locals `$i` and `$x`, both 0 at the start): the
+/// first quarter xorshift noise, the rest a repeating pattern. Shared by the benches' filled guests.
+macro_rules! fill_16mib_wat {
+    () => {
+        r#"
     (local.set $x (i32.const 0x9e3779b9))
     (loop $fill
       (local.set $x (i32.xor (local.get $x) (i32.shl (local.get $x) (i32.const 13))))
@@ -269,10 +269,23 @@ const FILLED_GUEST: &str = r#"(module
         (select (local.get $x) (i32.or (i32.const 0x10203040) (i32.and (local.get $i) (i32.const 0xff00)))
           (i32.lt_u (local.get $i) (i32.const 0x400000))))
       (local.set $i (i32.add (local.get $i) (i32.const 4)))
-      (br_if $fill (i32.lt_u (local.get $i) (i32.const 0x1000000)))))
+      (br_if $fill (i32.lt_u (local.get $i) (i32.const 0x1000000))))"#
+    };
+}
+pub(crate) use fill_16mib_wat;
+
+/// A guest whose whole memory is in use: 16 MiB, every page non-zero (a quarter
+/// incompressible, the rest repetitive, like a framebuffer and heap). A key writes one word.
+const FILLED_GUEST: &str = concat!(
+    r#"(module
+  (memory (export "memory") 256 256)
+  (func (export "vmi_init") (param i32 i32) (local $i i32) (local $x i32)"#,
+    fill_16mib_wat!(),
+    r#")
   (func (export "vmi_event") (param i32 i32 i32 i32)
     (i32.store (i32.and (i32.mul (local.get 2) (i32.const 4099)) (i32.const 0xfffffc))
-      (local.get 2))))"#;
+      (local.get 2))))"#
+);
 
 struct SnapshotFigures {
     memory_bytes: u64,

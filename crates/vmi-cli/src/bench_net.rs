@@ -300,13 +300,9 @@ impl Received {
     }
 }
 
-/// Flicks through a long inbox (the phone glides on its own 60 Hz timer) while two terminals watch: `term`
-/// (protocol version 4: a scroll travels as a copy and the uncovered strip) and one speaking version 3 (tiles
-/// only), in the same run on the same frames.
-async fn scroll(w: &World, term: &mut Terminal, url: &str) -> Result<Value> {
-    const FLICKS: usize = 6;
-    let phone = w.site.state.phone("bench")?;
-    for i in 0..80 {
+/// Gives the phone `n` mails (an inbox with a history to scroll through).
+async fn fill_inbox(phone: &vmi_site::phone::PhoneLink, n: usize) -> Result<()> {
+    for i in 0..n {
         let mail = vmi_engine::Mail {
             from: format!("Sender {i} <sender{i}@example.com>"),
             subject: format!("Quarterly figures, part {i}"),
@@ -314,6 +310,16 @@ async fn scroll(w: &World, term: &mut Terminal, url: &str) -> Result<Value> {
         };
         phone.mail(mail, true).await?;
     }
+    Ok(())
+}
+
+/// Flicks through a long inbox (the phone glides on its own 60 Hz timer) while two terminals watch: `term`
+/// (protocol version 4: a scroll travels as a copy and the uncovered strip) and one speaking version 3 (tiles
+/// only), in the same run on the same frames.
+async fn scroll(w: &World, term: &mut Terminal, url: &str) -> Result<Value> {
+    const FLICKS: usize = 6;
+    let phone = w.site.state.phone("bench")?;
+    fill_inbox(&phone, 80).await?;
     term.send_input(Input::Key { code: 8, text: None })?;
     tap(term, layout::MAIL).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -411,14 +417,7 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
     let w = world(clock.clone()).await?;
     let phone = w.site.state.phone("bench")?;
     // An inbox with a history to scroll through (its alerts reach the terminal when it attaches).
-    for i in 0..80 {
-        let mail = vmi_engine::Mail {
-            from: format!("Sender {i} <sender{i}@example.com>"),
-            subject: format!("Quarterly figures, part {i}"),
-            body: format!("Message {i}: the numbers you asked for are attached, with a summary of each region."),
-        };
-        phone.mail(mail, true).await?;
-    }
+    fill_inbox(&phone, 80).await?;
     let ms_clock = clock.clone();
     let options = TerminalOptions { clock: Arc::new(move || ms_clock.wall_ns() / 1_000_000), ..w.terminal_options() };
     let mut term = Terminal::connect(&w.site.ws_url(), &w.token, options).await?;
@@ -630,23 +629,16 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
 /// A phone for the migration bench whose whole memory is in use: 16 MiB, every page non-zero (a quarter
 /// incompressible, the rest repetitive, like a heap), with its framebuffer in it; a key paints a small square
 /// and says so (each key its own colour, so every key is a frame), so the terminal sees frames while it types.
-const FILLED_PHONE: &str = r#"(module
+const FILLED_PHONE: &str = concat!(
+    r#"(module
   (import "vmi" "fb_attach" (func $fb_attach (param i32 i32 i32)))
   (import "vmi" "fb_damage" (func $fb_damage (param i32 i32 i32 i32)))
   (memory (export "memory") 256 256)
   (global $w (mut i32) (i32.const 0))
   (global $keys (mut i32) (i32.const 0))
-  (func (export "vmi_init") (param $w i32) (param $h i32) (local $i i32) (local $x i32)
-    (local.set $x (i32.const 0x9e3779b9))
-    (loop $fill
-      (local.set $x (i32.xor (local.get $x) (i32.shl (local.get $x) (i32.const 13))))
-      (local.set $x (i32.xor (local.get $x) (i32.shr_u (local.get $x) (i32.const 17))))
-      (local.set $x (i32.xor (local.get $x) (i32.shl (local.get $x) (i32.const 5))))
-      (i32.store (local.get $i)
-        (select (local.get $x) (i32.or (i32.const 0x10203040) (i32.and (local.get $i) (i32.const 0xff00)))
-          (i32.lt_u (local.get $i) (i32.const 0x400000))))
-      (local.set $i (i32.add (local.get $i) (i32.const 4)))
-      (br_if $fill (i32.lt_u (local.get $i) (i32.const 0x1000000))))
+  (func (export "vmi_init") (param $w i32) (param $h i32) (local $i i32) (local $x i32)"#,
+    crate::bench::fill_16mib_wat!(),
+    r#"
     (global.set $w (local.get $w))
     (call $fb_attach (i32.const 0) (local.get $w) (local.get $h)))
   (func (export "vmi_event") (param $kind i32) (param $a i32) (param $b i32) (param $c i32)
@@ -665,7 +657,8 @@ const FILLED_PHONE: &str = r#"(module
         (br_if $cols (i32.lt_u (local.get $col) (i32.const 16))))
       (local.set $row (i32.add (local.get $row) (i32.const 1)))
       (br_if $rows (i32.lt_u (local.get $row) (i32.const 16))))
-    (call $fb_damage (local.get $x) (i32.const 100) (i32.const 16) (i32.const 16))))"#;
+    (call $fb_damage (local.get $x) (i32.const 100) (i32.const 16) (i32.const 16))))"#
+);
 
 /// Whose phone a migration series moves: the bench user's default phone, or a 16 MiB filled one.
 #[derive(Clone, Copy, PartialEq, Eq)]

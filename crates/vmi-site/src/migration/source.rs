@@ -50,6 +50,16 @@ async fn recv(ws: &mut Ws) -> Result<MigrationMessage, MigrationError> {
     }
 }
 
+/// Sends one pre-copy round and reads its acknowledgement.
+async fn send_round(ws: &mut Ws, snapshot: Vec<u8>) -> Result<(), MigrationError> {
+    send(ws, &MigrationMessage::Round { snapshot }).await?;
+    match recv(ws).await? {
+        MigrationMessage::RoundAck { .. } => Ok(()),
+        MigrationMessage::Abort { reason } => Err(MigrationError::Refused(reason)),
+        other => Err(MigrationError::OutOfTurn(format!("{other:?} (expected RoundAck)"))),
+    }
+}
+
 /// Moves `user`'s phone from this site to site `to_id` (its address from the control service's registry; the
 /// peer must prove it is `to_id` with its certificate). On any failure before the
 /// destination committed, the phone keeps running here.
@@ -196,12 +206,7 @@ async fn drive(
         let crate::phone::PreCopyRound { bytes, pages } = phone.pre_copy(round == 0).await?;
         report.bytes += bytes.len() as u64;
         report.rounds += 1;
-        send(&mut ws, &MigrationMessage::Round { snapshot: bytes }).await?;
-        match recv(&mut ws).await? {
-            MigrationMessage::RoundAck { .. } => {}
-            MigrationMessage::Abort { reason } => return Err(MigrationError::Refused(reason)),
-            other => return Err(MigrationError::OutOfTurn(format!("{other:?} (expected RoundAck)"))),
-        }
+        send_round(&mut ws, bytes).await?;
         if round > 0 && pages <= SMALL_ROUND_PAGES {
             break;
         }
@@ -218,12 +223,7 @@ async fn drive(
         let crate::phone::PreCopyRound { bytes, .. } = phone.pre_copy(false).await?;
         report.bytes += bytes.len() as u64;
         report.rounds += 1;
-        send(&mut ws, &MigrationMessage::Round { snapshot: bytes }).await?;
-        match recv(&mut ws).await? {
-            MigrationMessage::RoundAck { .. } => {}
-            MigrationMessage::Abort { reason } => return Err(MigrationError::Refused(reason)),
-            other => return Err(MigrationError::OutOfTurn(format!("{other:?} (expected RoundAck)"))),
-        }
+        send_round(&mut ws, bytes).await?;
     }
 
     // Stop, send the rest, and let the destination commit.
