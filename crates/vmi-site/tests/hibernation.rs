@@ -43,18 +43,6 @@ async fn hibernated(control: &Control, site: &SiteHandle, user: &str) {
     .await;
 }
 
-async fn next_event(term: &mut Terminal, want: impl Fn(&TerminalEvent) -> bool) -> TerminalEvent {
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(20), term.next_event())
-            .await
-            .expect("terminal event in time")
-            .expect("session alive");
-        if want(&e) {
-            return e;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hibernated_phone_greets_with_its_exact_screen_and_its_timer_fires_on_time() {
     let wall = 1_764_000_000 * SECOND;
@@ -65,7 +53,7 @@ async fn a_hibernated_phone_greets_with_its_exact_screen_and_its_timer_fires_on_
 
     // A terminal sees the phone, then goes: the phone hibernates, and the site says so.
     let mut first = Terminal::connect(&site.ws_url(), &token, terminal_options()).await.expect("terminal");
-    next_event(&mut first, |e| matches!(e, TerminalEvent::Frame { .. })).await;
+    wait_event(&mut first, |e| matches!(e, TerminalEvent::Frame { .. })).await;
     let seen = first.screen_hash();
     first.close().await;
     hibernated(&control, &site, "hana").await;
@@ -85,7 +73,7 @@ async fn a_hibernated_phone_greets_with_its_exact_screen_and_its_timer_fires_on_
 
     // A Hello wakes it with the exact screen it had.
     let mut term = Terminal::connect(&site.ws_url(), &token, terminal_options()).await.expect("terminal");
-    next_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
+    wait_event(&mut term, |e| matches!(e, TerminalEvent::Frame { .. })).await;
     assert_eq!(term.screen_hash(), seen, "the screen it had");
     let (phone, _) = listing(&control, &site, "hana").await;
     assert_eq!(
@@ -104,7 +92,7 @@ async fn a_hibernated_phone_greets_with_its_exact_screen_and_its_timer_fires_on_
     // A minute of the phone's time: its mail check timer fires then, on the phone's clock, and the notification
     // reaches the sleeping terminal.
     clock.advance(61 * SECOND);
-    let e = next_event(&mut term, |e| matches!(e, TerminalEvent::Notification { .. })).await;
+    let e = wait_event(&mut term, |e| matches!(e, TerminalEvent::Notification { .. })).await;
     let TerminalEvent::Notification { title, at_ms, .. } = e else { unreachable!() };
     assert_eq!(title, "ann@example.com");
     assert_eq!(at_ms, (wall + 61 * SECOND) / 1_000_000, "fired when its time came on the phone's clock");

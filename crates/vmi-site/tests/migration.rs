@@ -39,18 +39,6 @@ fn hosts(site: &SiteHandle, user: &str) -> bool {
     site.state.users().iter().any(|u| u == user)
 }
 
-async fn wait_event(term: &mut Terminal, want: impl Fn(&TerminalEvent) -> bool) -> TerminalEvent {
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(20), term.next_event())
-            .await
-            .expect("terminal event in time")
-            .expect("session alive");
-        if want(&e) {
-            return e;
-        }
-    }
-}
-
 /// One point in a relayed migration where the relay holds the stream until the test opens it.
 struct Gate {
     reached: oneshot::Receiver<()>,

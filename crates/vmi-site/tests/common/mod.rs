@@ -276,6 +276,22 @@ pub fn site_client(control: &Control, id: &str) -> ControlClient {
     ControlClient::new(&control.url, &site_caller(id)).expect("client")
 }
 
+/// The terminal's next event that `want` accepts (the others are passed over), within 20 s.
+pub async fn wait_event(
+    term: &mut vmi_terminal::Terminal,
+    want: impl Fn(&vmi_terminal::TerminalEvent) -> bool,
+) -> vmi_terminal::TerminalEvent {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), term.next_event())
+            .await
+            .expect("terminal event in time")
+            .expect("session alive");
+        if want(&e) {
+            return e;
+        }
+    }
+}
+
 /// Terminal options that trust [`test_ca`] for `wss://`.
 pub fn terminal_options() -> vmi_terminal::TerminalOptions {
     vmi_terminal::TerminalOptions { caller: bearer_less(), ..vmi_terminal::TerminalOptions::default() }
