@@ -376,6 +376,25 @@ impl CheckpointStore {
         Ok(report)
     }
 
+    /// Deletes one of the user's checkpoints (its index entry, then its manifest; the index too when it was the
+    /// last), without a collection; `false` if there was none. A store that keeps one state per key (a site's saved
+    /// phones) replaces it this way.
+    pub fn remove(&self, user: &str, id: SnapshotId) -> Result<bool> {
+        validate_user(user)?;
+        let _guard = self.lock();
+        let index = self.load_index(user)?;
+        let Some(at) = index.position(id) else { return Ok(false) };
+        let mut entries = index.entries;
+        entries.remove(at);
+        if entries.is_empty() {
+            self.objects.delete(&format!("{INDEX}{user}"))?;
+        } else {
+            self.save_index(user, &entries)?;
+        }
+        self.objects.delete(&manifest_key(user, id))?;
+        Ok(true)
+    }
+
     /// Deletes every chunk no manifest of any user references (mark and sweep). If any
     /// manifest cannot be read, nothing is deleted.
     pub fn gc(&self) -> Result<GcReport> {

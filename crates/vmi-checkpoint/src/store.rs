@@ -100,7 +100,7 @@ impl FsStore {
     fn walk(&self, dir: &Path, key: &str, prefix: &str, out: &mut Vec<ObjectInfo>) -> Result<()> {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(()),
             Err(e) => return Err(io_err("list", key, e)),
         };
         for entry in entries {
@@ -110,10 +110,14 @@ impl FsStore {
                 continue;
             }
             let child = if key.is_empty() { name } else { format!("{key}/{name}") };
+            let as_dir = format!("{child}/");
+            let may_match = child.starts_with(prefix) || prefix.starts_with(&as_dir);
+            if !may_match {
+                continue;
+            }
             let meta = entry.metadata().map_err(|e| io_err("list", &child, e))?;
             if meta.is_dir() {
                 // Only descend where keys can still match the prefix.
-                let as_dir = format!("{child}/");
                 if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
                     self.walk(&entry.path(), &child, prefix, out)?;
                 }
@@ -173,7 +177,12 @@ impl ObjectStore for FsStore {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         validate_prefix(prefix)?;
         let mut out = Vec::new();
-        self.walk(&self.dir, "", prefix, &mut out)?;
+        // Start in the deepest directory the prefix names whole: a listing of one user's manifests never reads
+        // the other users' directories.
+        match prefix.rsplit_once('/') {
+            Some((dir, _)) if !dir.is_empty() => self.walk(&self.path(dir), dir, prefix, &mut out)?,
+            _ => self.walk(&self.dir, "", prefix, &mut out)?,
+        }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }

@@ -145,6 +145,13 @@ pub enum BenchCmd {
         /// Also this many hibernated phones (each hibernated after boot), with wake times, beside the resident ones.
         #[arg(long, value_name = "N")]
         hibernated: Option<usize>,
+        /// Also this many phones through one site process (made by the control service and the site, durable,
+        /// hibernating, each on its own 15-minute mail check), with the site's memory, disk, wakes and CPU.
+        #[arg(long, value_name = "N")]
+        site: Option<usize>,
+        /// Seconds of the site's timer load watched after its phones are made.
+        #[arg(long, default_value_t = 60)]
+        load_secs: u64,
     },
 }
 
@@ -186,10 +193,14 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Snapshot { json, rounds, dirty_tracking } => print(json, snapshot(rounds.max(3), dirty_tracking)?),
         BenchCmd::Input { json, events } => print(json, input(events.max(10))?),
-        BenchCmd::Density { json, vms, hibernated } => {
+        BenchCmd::Density { json, vms, hibernated, site, load_secs } => {
             let mut figures = density(vms.max(1))?;
             if let Some(n) = hibernated {
                 figures["hibernated"] = density_hibernated(n.max(1))?;
+            }
+            if let Some(n) = site {
+                figures["site"] =
+                    crate::runtime()?.block_on(crate::bench_density::site_density(n.max(1), load_secs))?;
             }
             print(json, figures)
         }
@@ -500,7 +511,7 @@ const LOAD_SECS: u64 = 10;
 const MAIL_CHECK_SECS: u64 = 15 * 60;
 
 /// CPU seconds this process has used (user + system), from /proc.
-fn cpu_seconds() -> Result<f64> {
+pub(crate) fn cpu_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').context("malformed /proc/self/stat")?.1;

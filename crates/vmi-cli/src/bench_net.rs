@@ -14,15 +14,15 @@ use vmi_terminal::{Terminal, TerminalEvent, TerminalOptions};
 
 use crate::bench::{layout, percentile};
 
-struct World {
-    site: SiteHandle,
+pub(crate) struct World {
+    pub(crate) site: SiteHandle,
     token: String,
     _control_stop: tokio::sync::oneshot::Sender<()>,
-    data_dir: std::path::PathBuf,
+    pub(crate) data_dir: std::path::PathBuf,
     /// The provider CA of this in-process world (sites get their certificates from it).
     authority: Arc<vmi_trust::Authority>,
     /// The operator, as the benchmark calls the services.
-    operator: vmi_control_api::Caller,
+    pub(crate) operator: vmi_control_api::Caller,
     /// The etcd cluster the control service keeps its state in, if not SQLite (kept running as long as this).
     _etcd: Option<vmi_cluster::EtcdMembers>,
 }
@@ -46,6 +46,15 @@ async fn world(clock: Arc<dyn Clock>) -> Result<World> {
 
 /// The world with its control service on SQLite, or (`etcd`) on a 3-member etcd cluster on loopback.
 async fn world_on(clock: Arc<dyn Clock>, etcd: bool) -> Result<World> {
+    world_with(clock, etcd, |c| c).await
+}
+
+/// [`world_on`] with the site's configuration changed by `tune`.
+pub(crate) async fn world_with(
+    clock: Arc<dyn Clock>,
+    etcd: bool,
+    tune: impl FnOnce(SiteConfig) -> SiteConfig,
+) -> Result<World> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control_url = format!("https://{}", listener.local_addr()?);
     let data_dir = std::env::temp_dir().join(format!("vmi-bench-{}", std::process::id()));
@@ -83,7 +92,7 @@ async fn world_on(clock: Arc<dyn Clock>, etcd: bool) -> Result<World> {
         let _ = stopped.await;
     }));
     let site_credentials = authority.credentials_for(&vmi_trust::site_name("site-a")?, &["127.0.0.1"])?;
-    let site = vmi_site::start(SiteConfig {
+    let site = vmi_site::start(tune(SiteConfig {
         id: "site-a".into(),
         listen: "127.0.0.1:0".parse()?,
         data_dir: data_dir.clone(),
@@ -101,7 +110,7 @@ async fn world_on(clock: Arc<dyn Clock>, etcd: bool) -> Result<World> {
         limits: Default::default(),
         history: None,
         hibernation: None,
-    })
+    }))
     .await?;
     let control = vmi_control_api::ControlClient::new(&control_url, &operator)?;
     control.create_user("bench").await?;

@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod bench_checkpoint;
+mod bench_density;
 mod bench_failover;
 mod bench_net;
 mod checkpoints;
@@ -206,11 +207,26 @@ enum VmCmd {
     },
 }
 
+/// A site makes and frees megabyte buffers all day (snapshots, records, a phone's memory at hibernation). glibc's
+/// malloc would serve them from its arenas after the first few are freed (its mmap threshold rises to the largest
+/// block freed) and keep the freed space resident: a site of hibernated phones measured 1.3 GiB held by arenas for
+/// 1,000 phones whose live state was a few MiB. Large blocks are mapped and unmapped on their own instead (a fixed
+/// threshold), and at most a few arenas exist (two cores).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 fn main() -> ExitCode {
     // Everything this program writes (phone state, checkpoints, keys, tokens) is its owner's alone: files 0600,
     // directories 0700, whatever the caller's umask.
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0o077) };
+    give_back_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VMI_LOG")

@@ -169,9 +169,14 @@ pub trait VirtualPhone: Send {
     /// names that snapshot as its parent.
     fn snapshot(&mut self, kind: SnapshotRequest) -> Result<EncodedSnapshot, VmError>;
 
-    /// The chain (a full snapshot and the incremental ones after it) ending at the last
-    /// snapshot that completed: kept through a crash so the phone can be brought back.
-    fn last_good_chain(&self) -> &[EncodedSnapshot];
+    /// The id of the last snapshot that completed (the end of the last good chain), if any: the parent an
+    /// incremental snapshot taken now names.
+    fn last_snapshot_id(&self) -> Option<SnapshotId>;
+
+    /// The chain (a full snapshot and the incremental ones after it) ending at the last snapshot that completed:
+    /// kept through a crash so the phone can be brought back. An engine may keep it compactly (a hibernated phone's
+    /// pages) and build its bytes here.
+    fn last_good_chain(&self) -> Result<Vec<Vec<u8>>, VmError>;
 
     /// What the phone uses.
     fn usage(&self) -> ResourceUsage;

@@ -26,9 +26,8 @@ use vmi_protocol::offline::{Checkin, CheckoutBundle, CheckoutRequest, OfflineLea
 use vmi_protocol::{ErrorCode, ServerMessage};
 use vmi_snapshot::{Snapshot, SnapshotKind};
 
-use crate::persist::{read_phone, write_phone};
 use crate::phone::{PhoneError, SavedPhone};
-use crate::{PHONE_FILE, SiteError, SiteState, valid_user};
+use crate::{SiteError, SiteState, valid_user};
 
 /// Why an offline checkout, checkin or cancel was refused or failed (docs/OFFLINE.md).
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +216,7 @@ impl SiteState {
         };
         // A checkin writes the new state before it drops the lease: a state that is not
         // the lease's base means the checkin finished and only the drop was lost.
-        let state = std::fs::read(dir.join(PHONE_FILE)).map_err(|e| e.to_string()).and_then(|b| read_phone(&b));
+        let state = self.states.read_phone(dir);
         if let Ok((snapshot, _)) = &state
             && SnapshotId::of(snapshot).to_hex() != lease.base_id
         {
@@ -344,7 +343,7 @@ impl SiteState {
         // The base is durable before the lease names it: a crash in between leaves a
         // phone that is simply not out.
         let dir = self.phone_dir(user);
-        let written = write_phone(&dir, &saved).and_then(|()| write_json(&dir.join(LEASE_FILE), &lease));
+        let written = self.states.write_phone(&dir, &saved).and_then(|()| write_json(&dir.join(LEASE_FILE), &lease));
         if let Err(e) = written {
             let _ = std::fs::remove_file(dir.join(LEASE_FILE));
             return Err(self.undo_checkout(
@@ -363,7 +362,7 @@ impl SiteState {
             Ok(phone) => self.spawn_phone(user, phone, saved.input_seqs),
             Err(e) => {
                 // Kept on disk for the operator: a phone's state is never thrown away.
-                let _ = write_phone(&self.phone_dir(user), &saved);
+                let _ = self.states.write_phone(&self.phone_dir(user), &saved);
                 tracing::error!(user, "and it cannot restart from its snapshot: {}", vmi_engine::error_chain(&e));
             }
         }
@@ -473,9 +472,7 @@ impl SiteState {
 
     fn checkin_claimed(&self, user: &str, lease: &OfflineLease, checkin: Checkin) -> Result<CheckinReport, SiteError> {
         let dir = self.phone_dir(user);
-        let path = dir.join(PHONE_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| SiteError::Io { path: path.clone(), source })?;
-        let (base, mut seqs) = read_phone(&bytes).map_err(|e| {
+        let (base, mut seqs) = self.states.read_phone(&dir).map_err(|e| {
             SiteError::Checkout(CheckoutError::BadRequest(format!("the checkout base does not read: {e}")))
         })?;
         let base_id = SnapshotId::of(&base);
@@ -542,7 +539,7 @@ impl SiteState {
         }
         let saved = SavedPhone { snapshot: snapshot.bytes, input_seqs: seqs };
         // New state first, then the lease goes (adopt_lease finishes a checkin cut there).
-        write_phone(&dir, &saved)?;
+        self.states.write_phone(&dir, &saved)?;
         let at_ms = self.now_ms();
         let ended = EndedLease {
             lease_id: lease.lease_id.clone(),
@@ -618,9 +615,7 @@ impl SiteState {
         let (u, l, o) = (user.to_string(), lease.clone(), outcome);
         tokio::task::spawn_blocking(move || {
             let dir = s.phone_dir(&u);
-            let path = dir.join(PHONE_FILE);
-            let bytes = std::fs::read(&path).map_err(|source| SiteError::Io { path: path.clone(), source })?;
-            let (base, seqs) = read_phone(&bytes).map_err(|e| {
+            let (base, seqs) = s.states.read_phone(&dir).map_err(|e| {
                 SiteError::Checkout(CheckoutError::BadRequest(format!("the checkout base does not read: {e}")))
             })?;
             let phone = s.restore_saved(&base, &[])?;

@@ -41,12 +41,37 @@ pub struct Residency {
     /// The policy.
     pub policy: HibernationPolicy,
     resident: AtomicUsize,
+    wakes: std::sync::Mutex<TimerWakes>,
+}
+
+/// How long hibernated phones' timers waited for their guest: the last [`WAKE_SAMPLES`] and a count.
+#[derive(Debug, Default)]
+struct TimerWakes {
+    recent: std::collections::VecDeque<Duration>,
+    count: u64,
+}
+
+/// Timer wakes remembered for their percentiles.
+const WAKE_SAMPLES: usize = 10_000;
+
+/// What [`Residency::timer_wakes`] says: hibernated phones woken by their own timers, and how long from the timer's
+/// due time to the guest having run it (the wake included), over the last [`WAKE_SAMPLES`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct TimerWakeFigures {
+    /// Wakes since the site started.
+    pub count: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Longest, ms.
+    pub max_ms: f64,
 }
 
 impl Residency {
     /// A count at zero under `policy`.
     pub fn new(policy: HibernationPolicy) -> Residency {
-        Residency { policy, resident: AtomicUsize::new(0) }
+        Residency { policy, resident: AtomicUsize::new(0), wakes: Default::default() }
     }
 
     /// Phones resident now.
@@ -63,6 +88,25 @@ impl Residency {
     pub(crate) fn left(&self) {
         // Never below zero, whatever order tasks report in.
         let _ = self.resident.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// A hibernated phone's timer, due `waited` ago, has run in its woken guest.
+    pub(crate) fn timer_woke(&self, waited: Duration) {
+        let mut wakes = self.wakes.lock().unwrap_or_else(|p| p.into_inner());
+        if wakes.recent.len() == WAKE_SAMPLES {
+            wakes.recent.pop_front();
+        }
+        wakes.recent.push_back(waited);
+        wakes.count += 1;
+    }
+
+    /// Hibernated phones woken by their timers, and how long each timer waited for its guest.
+    pub fn timer_wakes(&self) -> TimerWakeFigures {
+        let wakes = self.wakes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ms: Vec<f64> = wakes.recent.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+        TimerWakeFigures { count: wakes.count, p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0) }
     }
 
     /// How long a phone must be idle before it hibernates now.

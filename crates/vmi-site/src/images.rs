@@ -15,7 +15,6 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use vmi_engine::{ImageHash, VirtualPhone};
 
-use crate::persist::write_phone;
 use crate::phone::PhoneError;
 use crate::{SiteError, SiteState, valid_user};
 
@@ -341,7 +340,7 @@ impl SiteState {
         };
         self.phones.remove(user);
         // The snapshot is still in memory and boots below; the file is the safety net, and its failure is said.
-        let not_saved = write_phone(&self.phone_dir(user), &saved).err().map(|e| {
+        let not_saved = self.states.write_phone(&self.phone_dir(user), &saved).err().map(|e| {
             let why = vmi_engine::error_chain(&e);
             tracing::error!(user, "cannot save the phone before its restart: {why}");
             self.disk.failed(user, why.clone());

@@ -54,7 +54,6 @@ use tokio::sync::watch;
 use vmi_control_api::ControlClient;
 use vmi_engine::{Clock, Engine, ImageHash, VirtualPhone, VmConfig};
 
-use crate::persist::write_phone;
 use crate::phone::{PhoneError, PhoneLink, PhoneTask, SavedPhone};
 
 mod images;
@@ -131,6 +130,8 @@ pub struct SiteState {
     greeting: Arc<tokio::sync::Semaphore>,
     /// Phones whose state cannot be written: the heartbeat says the site is degraded while there are any.
     disk: Arc<persist::DiskHealth>,
+    /// The phones' saved states, content-addressed (`DATA/state/`).
+    pub(crate) states: Arc<persist::StateStore>,
     /// Standby copies of this site's phones on other sites, and its lease.
     replication: Arc<standby::Replication>,
     /// The standby copies this site holds of other sites' phones.
@@ -244,7 +245,9 @@ impl SiteState {
             let saved = phone
                 .snapshot(vmi_engine::SnapshotRequest::Full)
                 .map_err(|e| SiteError::phone(user, e.into()))
-                .and_then(|s| write_phone(&self.phone_dir(user), &SavedPhone { snapshot: s.bytes, input_seqs }));
+                .and_then(|s| {
+                    self.states.write_phone(&self.phone_dir(user), &SavedPhone { snapshot: s.bytes, input_seqs })
+                });
             Self::log_saved_at_shutdown(user, saved);
         }
     }
@@ -276,9 +279,24 @@ impl SiteState {
             .stop()
             .await
             .map_err(|e| SiteError::phone(user, e))
-            .and_then(|s| write_phone(&self.phone_dir(user), &s));
+            .and_then(|s| self.states.write_phone(&self.phone_dir(user), &s));
         Self::log_saved_at_shutdown(user, saved);
         false
+    }
+
+    /// The site's hibernation policy and figures (resident phones, timer wakes), when its phones hibernate.
+    pub fn residency(&self) -> Option<&hibernation::Residency> {
+        self.residency.as_deref()
+    }
+
+    /// The distinct pages hibernated phones share here, and their compressed bytes (if the engine keeps any).
+    pub fn page_store(&self) -> Option<(usize, usize)> {
+        self.engine.page_store()
+    }
+
+    /// Where the phones' saved states live.
+    pub fn state_store(&self) -> &persist::StateStore {
+        &self.states
     }
 
     /// What `GET /v1/phones` says of hibernation here: the policy, the phones resident now (`resident`, as the phone
@@ -292,6 +310,7 @@ impl SiteState {
             })),
             "resident": resident,
             "page_store": pages.map(|p| serde_json::json!({ "pages": p.0, "bytes": p.1 })),
+            "timer_wakes": self.residency.as_ref().map(|r| r.timer_wakes()),
         })
     }
 
@@ -309,7 +328,7 @@ impl SiteState {
     fn now_running_here(&self, user: &str) {
         let stale = self.config.data_dir.join(standby::STANDBY_DIR).join(user);
         if stale.exists()
-            && let Err(e) = std::fs::remove_dir_all(&stale)
+            && let Err(e) = self.states.remove_dir(&stale)
         {
             tracing::warn!(user, path = %stale.display(), "cannot remove a stale standby copy: {e}");
         }
@@ -350,7 +369,7 @@ impl SiteState {
     pub(crate) fn forget_saved(&self, user: &str) {
         let dir = self.phone_dir(user);
         if dir.exists()
-            && let Err(e) = std::fs::remove_dir_all(&dir)
+            && let Err(e) = self.states.remove_dir(&dir)
         {
             tracing::error!(user, path = %dir.display(), "cannot remove the moved phone's old snapshot: {e}");
         }
@@ -458,7 +477,7 @@ impl SiteState {
             }
             let state_path = entry.path().join(PHONE_FILE);
             // The saved state and the journal records after it.
-            let durable = persist::read_durable(&entry.path());
+            let durable = persist::read_durable(&self.states, &entry.path());
             if let Ok(d) = &durable
                 && d.torn_bytes > 0
             {
@@ -549,7 +568,7 @@ impl SiteState {
                 Err(PhoneError::NoGoodState { .. }) => self.fresh_from_crashed(&user, &phone).await,
                 other => other.map_err(|e| SiteError::phone(&user, e)),
             };
-            match stopped.and_then(|s| write_phone(&self.phone_dir(&user), &s)) {
+            match stopped.and_then(|s| self.states.write_phone(&self.phone_dir(&user), &s)) {
                 Ok(()) => report.saved += 1,
                 Err(e) => {
                     let why = vmi_engine::error_chain(&e);
@@ -635,9 +654,16 @@ impl SiteHandle {
     }
 }
 
+/// Most phones a site runs with a pooled instance allocator (above it, instances are made on demand).
+pub const POOLED_PHONES: u32 = 2048;
+
 /// Starts a site on the default engine (WebAssembly micro-VMs, `vmi-wasm-engine`).
 pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
-    let engine_config = vmi_wasm_engine::WasmEngineConfig { max_vms: config.capacity + 8, ..Default::default() };
+    // The pooling allocator reserves address space for a slot per phone that may run at once (a few GiB each,
+    // mostly guard): right for a site that runs every phone it holds. A site holding more phones than that, most
+    // of them hibernated, makes each instance when it wakes instead (measured alike for wakes and boots).
+    let max_vms = if config.capacity <= POOLED_PHONES { config.capacity + 8 } else { 0 };
+    let engine_config = vmi_wasm_engine::WasmEngineConfig { max_vms, ..Default::default() };
     let engine = vmi_wasm_engine::WasmEngine::with_config(engine_config, config.clock.clone())?;
     start_with_engine(config, Arc::new(engine)).await
 }
@@ -658,7 +684,22 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         .map_err(|e| SiteError::Io { path: PathBuf::from("site certificate"), source: std::io::Error::other(e) })?;
     let control = ControlClient::new(&config.control_url, &caller)?;
     let position = (config.lat, config.lon);
-    let replication = Arc::new(standby::Replication::new(&config.id, position, caller.clone(), control.clone()));
+    // The saved states: what a crash between a state and the file naming it left is swept before anything runs.
+    let states = {
+        let data_dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let states = persist::StateStore::open(&data_dir)?;
+            states.sweep(&data_dir)?;
+            Ok::<_, SiteError>(Arc::new(states))
+        })
+        .await
+        .map_err(|e| SiteError::Io {
+            path: config.data_dir.join(persist::STATE_DIR),
+            source: std::io::Error::other(e),
+        })??
+    };
+    let replication =
+        Arc::new(standby::Replication::new(&config.id, position, caller.clone(), control.clone(), states.clone()));
     let state = Arc::new(SiteState {
         id: config.id.clone(),
         url: url.clone(),
@@ -672,6 +713,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         uploads: tokio::sync::Semaphore::new(http::UPLOADS_AT_ONCE),
         greeting: Arc::new(tokio::sync::Semaphore::new(http::HELLOS_AT_ONCE)),
         disk: Arc::default(),
+        states,
         replication,
         standby: standby::Copies::default(),
         origins: std::sync::Mutex::new(None),

@@ -1,7 +1,8 @@
 //! A phone saved on this site's disk: the one module that knows the files.
 //!
-//! - `phones/USER/phone.state`: a full snapshot with the input numbering, written at a clean stop, before a
-//!   restart, and as the base of the journal;
+//! - `phones/USER/phone.state`: the phone's last full state with the input numbering, written at a clean stop,
+//!   before a restart, and as the base of the journal. The state itself lives in the site's [`StateStore`]
+//!   (`state/`, content-addressed: a page every phone of an image holds is on disk once); the file names it;
 //! - `phones/USER/journal`: the records appended while the phone runs (docs/ARCHITECTURE.md, "A phone that
 //!   outlives its site's crash"), each an incremental snapshot (the pages written since the record before) with the
 //!   input numbering, checksummed and synced. A record counts only if its snapshot is the child of the one before it
@@ -9,8 +10,12 @@
 //!
 //! A standby copy on another site (`standby/USER/`) has the same two files.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vmi_checkpoint::{CheckpointError, CheckpointStore, FsStore, MemStore, ObjectStore, Selector};
+use vmi_engine::SnapshotId;
 
 use crate::SiteError;
 use crate::phone::SavedPhone;
@@ -24,16 +29,21 @@ const MAX_RECORD: usize = 1 << 30;
 const PHONE_MAGIC: &[u8; 8] = b"VMIPHONE";
 const MAX_INPUTS_JSON: usize = 1 << 20;
 
-/// Writes a saved phone atomically, snapshot and input numbering in one file (so a crash
-/// can never pair a snapshot with another moment's numbering): `VMIPHONE`, u32 length of
-/// the input numbering as JSON, that JSON, then the snapshot (docs/SNAPSHOT_FORMAT.md).
-/// The journal, whose records followed the old state, goes: the new state is their sum.
+/// Writes a saved phone atomically with its state inline, snapshot and input numbering in one file (so a crash
+/// can never pair a snapshot with another moment's numbering): `VMIPHONE`, u32 length of the input numbering as
+/// JSON, that JSON, then the snapshot (docs/SNAPSHOT_FORMAT.md). What a site without a [`StateStore`] wrote, and
+/// what a checked-out phone's base is; a site reads both.
 pub fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
+    write_state_file(dir, &encode_saved(saved))
+}
+
+/// Puts `bytes` in `dir`'s `phone.state` atomically. The journal, whose records followed the old state, goes: the
+/// new state is their sum.
+fn write_state_file(dir: &Path, bytes: &[u8]) -> Result<(), SiteError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let bytes = encode_saved(saved);
     let tmp = dir.join(format!("{PHONE_FILE}.tmp"));
     let path = dir.join(PHONE_FILE);
-    let written = std::fs::write(&tmp, &bytes)
+    let written = std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
         .map_err(io(&tmp))
         .and_then(|()| std::fs::rename(&tmp, &path).map_err(io(&path)));
@@ -52,6 +62,188 @@ pub fn write_phone(dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(&journal)(e)),
     }
+}
+
+/// Where the full states of this site's phones live (`DATA/state/`): the checkpoint store's layout (4 KiB pages
+/// as LZ4 chunks named by their blake3, 64 KiB page tables, one manifest per state), shared by every phone here,
+/// so a page every phone of an image holds (the code's data, a blank screen's rows) is on disk once and a phone
+/// costs the pages it alone has. A phone's `phone.state` names its state here: a key of the directory's own
+/// (random, kept across renames: a promoted standby copy, a state set aside) and the snapshot's id.
+///
+/// Writes are ordered so a crash leaves garbage, never a dangling name: the state, then the file naming it, then
+/// the state it replaced goes. [`StateStore::sweep`] (at the site's start) removes states no file names and the
+/// pages no state needs.
+pub struct StateStore {
+    store: CheckpointStore,
+}
+
+/// Where a site's [`StateStore`] lives, under its data directory.
+pub const STATE_DIR: &str = "state";
+const REF_MAGIC: &[u8; 8] = b"VMIPHREF";
+/// The directories whose `phone.state` files name states in the store.
+const STATE_AREAS: [&str; 3] = ["phones", crate::standby::STANDBY_DIR, "superseded"];
+
+/// What a `phone.state` file holds: the state inline, or its name in the store.
+enum StateFile {
+    Inline(Vec<u8>, HashMap<String, u64>),
+    Named { seqs: HashMap<String, u64>, key: String, id: SnapshotId },
+}
+
+impl StateStore {
+    /// The store of the site whose data directory is `data_dir` (created if need be).
+    pub fn open(data_dir: &Path) -> Result<StateStore, SiteError> {
+        let objects = FsStore::open(data_dir.join(STATE_DIR))?;
+        Ok(StateStore::on(Arc::new(objects)))
+    }
+
+    /// A store in memory (tests).
+    pub fn in_memory() -> StateStore {
+        StateStore::on(Arc::new(MemStore::new()))
+    }
+
+    fn on(objects: Arc<dyn ObjectStore>) -> StateStore {
+        StateStore { store: CheckpointStore::new(objects) }
+    }
+
+    /// Saves `saved` as `dir`'s state: its pages in the store (only those not there yet are written), then
+    /// `phone.state` naming it, atomically; the journal and the state it replaces go.
+    pub fn write_phone(&self, dir: &Path, saved: &SavedPhone) -> Result<(), SiteError> {
+        let before = match read_state_file(dir) {
+            Ok(Some(StateFile::Named { key, id, .. })) => Some((key, id)),
+            _ => None,
+        };
+        let key = before.as_ref().map_or_else(|| fresh_key(dir), |(key, _)| key.clone());
+        let id = SnapshotId::of(&saved.snapshot);
+        let at_ms = vmi_snapshot::Snapshot::peek_header(&saved.snapshot).map_err(SiteError::CorruptSnapshot)?.wall_ns
+            / 1_000_000;
+        match self.store.put(&key, &saved.snapshot, at_ms, None) {
+            // The same state again (a write retried after its file failed): it is there.
+            Ok(_) | Err(CheckpointError::Duplicate { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        write_state_file(dir, &encode_named(&saved.input_seqs, &key, id))?;
+        if let Some((key, old)) = before
+            && old != id
+            && let Err(e) = self.store.remove(&key, old)
+        {
+            // Garbage only: the next sweep takes it.
+            tracing::warn!(dir = %dir.display(), "cannot remove the state the new one replaced: {e}");
+        }
+        Ok(())
+    }
+
+    /// `dir`'s saved state: the full snapshot and the input numbering.
+    pub fn read_phone(&self, dir: &Path) -> Result<(Vec<u8>, HashMap<String, u64>), String> {
+        match read_state_file(dir)? {
+            None => Err(format!("{}: no saved state", dir.join(PHONE_FILE).display())),
+            Some(StateFile::Inline(snapshot, seqs)) => Ok((snapshot, seqs)),
+            Some(StateFile::Named { seqs, key, id }) => {
+                let snapshot = self.store.restore(&key, Selector::Id(id)).map_err(|e| {
+                    format!("{}: its state {key}/{id} cannot be read: {}", dir.display(), vmi_engine::error_chain(&e))
+                })?;
+                Ok((snapshot, seqs))
+            }
+        }
+    }
+
+    /// Removes `dir` (a phone's state that is no longer this site's to keep) and its state in the store.
+    pub fn remove_dir(&self, dir: &Path) -> std::io::Result<()> {
+        let named = match read_state_file(dir) {
+            Ok(Some(StateFile::Named { key, id, .. })) => Some((key, id)),
+            _ => None,
+        };
+        std::fs::remove_dir_all(dir)?;
+        if let Some((key, id)) = named
+            && let Err(e) = self.store.remove(&key, id)
+        {
+            tracing::warn!(dir = %dir.display(), "cannot remove the state of a removed phone: {e}");
+        }
+        Ok(())
+    }
+
+    /// At the site's start, nothing running yet: removes the states no `phone.state` under `data_dir` names (a
+    /// crash between a state and its file, a directory an operator deleted), then the pages no state needs.
+    pub fn sweep(&self, data_dir: &Path) -> Result<vmi_checkpoint::GcReport, SiteError> {
+        let mut named: HashSet<(String, SnapshotId)> = HashSet::new();
+        for area in STATE_AREAS {
+            let Ok(entries) = std::fs::read_dir(data_dir.join(area)) else { continue };
+            for entry in entries.flatten() {
+                match read_state_file(&entry.path()) {
+                    Ok(Some(StateFile::Named { key, id, .. })) => {
+                        named.insert((key, id));
+                    }
+                    Ok(_) => {}
+                    // A file that cannot be read might name anything: nothing is collected.
+                    Err(e) => {
+                        tracing::error!(dir = %entry.path().display(), "not sweeping the state store: {e}");
+                        return Ok(vmi_checkpoint::GcReport::default());
+                    }
+                }
+            }
+        }
+        let mut removed = 0;
+        for key in self.store.users()? {
+            for state in self.store.list(&key)? {
+                if !named.contains(&(key.clone(), state.id)) && self.store.remove(&key, state.id)? {
+                    removed += 1;
+                }
+            }
+        }
+        let report = self.store.gc()?;
+        tracing::info!(states = named.len(), removed, pages_freed = report.chunks_deleted, "state store swept");
+        Ok(vmi_checkpoint::GcReport { manifests_deleted: removed, ..report })
+    }
+
+    /// What the store holds.
+    pub fn stats(&self) -> Result<vmi_checkpoint::Stats, SiteError> {
+        Ok(self.store.stats()?)
+    }
+}
+
+/// A key no other directory has: a state's key stays with its directory's file, so two directories never remove
+/// each other's states.
+fn fresh_key(dir: &Path) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = format!("{}|{nanos}|{}|{n}", dir.display(), std::process::id());
+    blake3::hash(seed.as_bytes()).to_hex()[..32].to_string()
+}
+
+/// `VMIPHREF`, u32 length of the input numbering as JSON, that JSON, u8 length of the key, the key, the state's
+/// 32-byte snapshot id.
+fn encode_named(seqs: &HashMap<String, u64>, key: &str, id: SnapshotId) -> Vec<u8> {
+    let seqs = serde_json::to_vec(seqs).unwrap_or_default();
+    let mut bytes = Vec::with_capacity(45 + seqs.len() + key.len());
+    bytes.extend_from_slice(REF_MAGIC);
+    bytes.extend_from_slice(&(seqs.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&seqs);
+    bytes.push(key.len() as u8);
+    bytes.extend_from_slice(key.as_bytes());
+    bytes.extend_from_slice(&id.0);
+    bytes
+}
+
+/// What `dir`'s `phone.state` holds, `None` if there is none.
+fn read_state_file(dir: &Path) -> Result<Option<StateFile>, String> {
+    let path: PathBuf = dir.join(PHONE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let bad = |e: String| format!("{}: {e}", path.display());
+    let Some(rest) = bytes.strip_prefix(REF_MAGIC) else {
+        let (snapshot, seqs) = read_phone(&bytes).map_err(bad)?;
+        return Ok(Some(StateFile::Inline(snapshot, seqs)));
+    };
+    let (seqs, rest) = split_seqs(rest).map_err(bad)?;
+    let (&len, rest) = rest.split_first().ok_or_else(|| bad("ends before its key".into()))?;
+    let (key, rest) = rest.split_at_checked(usize::from(len)).ok_or_else(|| bad("ends in its key".into()))?;
+    let key = std::str::from_utf8(key).map_err(|_| bad("its key is not text".into()))?.to_owned();
+    vmi_checkpoint::validate_user(&key).map_err(|e| bad(e.to_string()))?;
+    let id: [u8; 32] = rest.try_into().map_err(|_| bad(format!("a state id of {} bytes", rest.len())))?;
+    Ok(Some(StateFile::Named { seqs, key, id: SnapshotId(id) }))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SiteError + use<> {
@@ -123,10 +315,8 @@ impl DurableState {
 }
 
 /// Reads `dir`'s saved state and the journal records that follow it (see the module's doc).
-pub fn read_durable(dir: &Path) -> Result<DurableState, String> {
-    let state_path = dir.join(PHONE_FILE);
-    let base = std::fs::read(&state_path).map_err(|e| format!("{}: {e}", state_path.display()))?;
-    let (snapshot, input_seqs) = read_phone(&base)?;
+pub fn read_durable(states: &StateStore, dir: &Path) -> Result<DurableState, String> {
+    let (snapshot, input_seqs) = states.read_phone(dir)?;
     let mut state = DurableState { chain: vec![snapshot], input_seqs, torn_bytes: 0 };
     let journal = match std::fs::read(dir.join(JOURNAL_FILE)) {
         Ok(bytes) => bytes,
@@ -190,17 +380,23 @@ impl DiskHealth {
     }
 }
 
-/// Reads what [`write_phone`] wrote: the snapshot and the input numbering.
+/// Reads what [`write_phone`] wrote (and what a record's body is): the snapshot and the input numbering.
 pub fn read_phone(bytes: &[u8]) -> Result<(Vec<u8>, HashMap<String, u64>), String> {
     let rest = bytes.strip_prefix(PHONE_MAGIC).ok_or("not a saved phone (bad magic)")?;
-    let (len, rest) = rest.split_first_chunk::<4>().ok_or("saved phone ends early")?;
+    let (seqs, snapshot) = split_seqs(rest)?;
+    Ok((snapshot.to_vec(), seqs))
+}
+
+/// The input numbering (u32 length, JSON) at the start of `bytes`, and what follows it.
+fn split_seqs(bytes: &[u8]) -> Result<(HashMap<String, u64>, &[u8]), String> {
+    let (len, rest) = bytes.split_first_chunk::<4>().ok_or("saved phone ends early")?;
     let len = u32::from_le_bytes(*len) as usize;
     if len > MAX_INPUTS_JSON || len > rest.len() {
         return Err(format!("input numbering of {len} bytes does not fit"));
     }
-    let (json, snapshot) = rest.split_at(len);
+    let (json, rest) = rest.split_at(len);
     let seqs = serde_json::from_slice(json).map_err(|e| format!("input numbering: {e}"))?;
-    Ok((snapshot.to_vec(), seqs))
+    Ok((seqs, rest))
 }
 
 #[cfg(test)]
@@ -234,14 +430,17 @@ mod tests {
         let image = engine.load_image(vmi_phone_image::PHONE_WASM).expect("image").hash;
         let mut phone = engine.create(&image, &VmConfig::default()).expect("phone");
         let base = phone.snapshot(SnapshotRequest::Full).expect("full");
-        write_phone(&dir, &SavedPhone { snapshot: base.bytes.clone(), input_seqs: HashMap::new() }).expect("base");
+        let states = StateStore::in_memory();
+        states
+            .write_phone(&dir, &SavedPhone { snapshot: base.bytes.clone(), input_seqs: HashMap::new() })
+            .expect("base");
         for (i, c) in "hi".chars().enumerate() {
             phone.deliver(Event::text(c)).expect("key");
             let delta = phone.snapshot(SnapshotRequest::Incremental).expect("delta");
             let seqs = HashMap::from([("d".to_string(), i as u64 + 1)]);
             append_journal(&dir, &SavedPhone { snapshot: delta.bytes, input_seqs: seqs }).expect("append");
         }
-        let read = read_durable(&dir).expect("read");
+        let read = read_durable(&states, &dir).expect("read");
         assert_eq!((read.chain.len(), read.input_seqs.get("d"), read.torn_bytes), (3, Some(&2), 0));
         let full = read.flatten().expect("flatten");
         let mut back = engine.restore(&image, &[&full], &VmConfig::default()).expect("restore");
@@ -254,20 +453,97 @@ mod tests {
         let whole = bytes.len();
         bytes.extend_from_slice(&[7; 20]);
         std::fs::write(&journal, &bytes).expect("tear");
-        let read = read_durable(&dir).expect("read torn");
+        let read = read_durable(&states, &dir).expect("read torn");
         assert_eq!((read.chain.len(), read.torn_bytes), (3, 20));
         // A flipped byte in the last record: its checksum fails, the first record still counts.
         bytes.truncate(whole);
         let last = bytes.len() - 10;
         bytes[last] ^= 0xff;
         std::fs::write(&journal, &bytes).expect("flip");
-        assert_eq!(read_durable(&dir).expect("read flipped").chain.len(), 2);
+        assert_eq!(read_durable(&states, &dir).expect("read flipped").chain.len(), 2);
         // A new base: the old records do not follow it and are gone.
         std::fs::write(&journal, &bytes[..whole]).expect("restore journal");
         let fresh = phone.snapshot(SnapshotRequest::Full).expect("full again");
-        write_phone(&dir, &SavedPhone { snapshot: fresh.bytes, input_seqs: HashMap::new() }).expect("new base");
+        states.write_phone(&dir, &SavedPhone { snapshot: fresh.bytes, input_seqs: HashMap::new() }).expect("new base");
         assert!(!journal.exists(), "a new base removes the journal");
-        assert_eq!(read_durable(&dir).expect("read new").chain.len(), 1);
+        assert_eq!(read_durable(&states, &dir).expect("read new").chain.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn saved_states_share_their_pages_and_the_store_keeps_only_what_files_name() {
+        use vmi_engine::{Engine, Event, SnapshotRequest, VmConfig};
+        let data = std::env::temp_dir().join(format!("vmi-site-states-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let states = StateStore::open(&data).expect("store");
+        let engine = vmi_wasm_engine::WasmEngine::new().expect("engine");
+        let image = engine.load_image(vmi_phone_image::PHONE_WASM).expect("image").hash;
+        let stored = |states: &StateStore| {
+            let s = states.stats().expect("stats");
+            s.chunk_bytes + s.table_bytes + s.manifest_bytes
+        };
+        let mut phones = Vec::new();
+        let mut sizes = Vec::new();
+        for (i, user) in ["alice", "bob"].into_iter().enumerate() {
+            let config = VmConfig { rng_seed: Some(i as u64 + 1), ..VmConfig::default() };
+            let mut phone = engine.create(&image, &config).expect("phone");
+            let snapshot = phone.snapshot(SnapshotRequest::Full).expect("full").bytes;
+            let before = stored(&states);
+            let seqs = HashMap::from([("t".to_string(), 7)]);
+            let dir = data.join("phones").join(user);
+            states
+                .write_phone(&dir, &SavedPhone { snapshot: snapshot.clone(), input_seqs: seqs.clone() })
+                .expect("write");
+            sizes.push((snapshot.len() as u64, stored(&states) - before));
+            assert_eq!(states.read_phone(&dir).expect("read"), (snapshot, seqs), "{user}'s state reads back whole");
+            phones.push(phone);
+        }
+        // The second phone of the image costs the pages it alone has: a small share of its snapshot.
+        assert!(
+            sizes[1].1 * 10 < sizes[1].0,
+            "the second phone stored {} bytes of a {}-byte state",
+            sizes[1].1,
+            sizes[1].0
+        );
+        assert!(
+            sizes[1].1 * 4 < sizes[0].1,
+            "the second phone ({}) shares the first's ({}) pages",
+            sizes[1].1,
+            sizes[0].1
+        );
+
+        // A new state replaces the old one in the store: one state per directory.
+        let alice = data.join("phones").join("alice");
+        phones[0].deliver(Event::text('x')).expect("key");
+        let newer = phones[0].snapshot(SnapshotRequest::Full).expect("full").bytes;
+        states.write_phone(&alice, &SavedPhone { snapshot: newer.clone(), input_seqs: HashMap::new() }).expect("again");
+        assert_eq!(states.stats().expect("stats").manifests, 2, "alice's older state went");
+        assert_eq!(states.read_phone(&alice).expect("read").0, newer);
+
+        // A directory renamed (a promoted copy, a state set aside) keeps its state; a new one in its place gets its own.
+        let aside = data.join("superseded").join("alice-1");
+        std::fs::create_dir_all(aside.parent().expect("parent")).expect("mkdir");
+        std::fs::rename(&alice, &aside).expect("rename");
+        phones[0].deliver(Event::text('y')).expect("key");
+        let first = phones[0].snapshot(SnapshotRequest::Full).expect("full").bytes;
+        states.write_phone(&alice, &SavedPhone { snapshot: first, input_seqs: HashMap::new() }).expect("fresh");
+        assert_eq!(states.read_phone(&aside).expect("aside").0, newer, "the renamed directory's state is kept");
+
+        // The site's start sweeps what no file names (a crash between a state and its file, a removed directory).
+        let bob = data.join("phones").join("bob");
+        std::fs::remove_dir_all(&bob).expect("operator removes bob");
+        let swept = states.sweep(&data).expect("sweep");
+        assert_eq!(swept.manifests_deleted, 1, "bob's state is no one's now");
+        assert!(swept.chunks_deleted > 0, "the pages only bob had went with it");
+        assert_eq!(states.read_phone(&aside).expect("aside after sweep").0, newer);
+        assert!(states.read_phone(&alice).is_ok());
+
+        // A removed phone takes its state with it; a state file written inline (an older site) still reads.
+        states.remove_dir(&alice).expect("remove");
+        assert_eq!(states.stats().expect("stats").manifests, 1);
+        let inline = SavedPhone { snapshot: newer.clone(), input_seqs: HashMap::new() };
+        write_phone(&alice, &inline).expect("inline");
+        assert_eq!(states.read_phone(&alice).expect("inline read").0, newer);
+        let _ = std::fs::remove_dir_all(&data);
     }
 }

@@ -29,7 +29,7 @@ use vmi_control_api::url::segment;
 use vmi_control_api::{Caller, ControlClient};
 use vmi_engine::SnapshotId;
 
-use crate::persist::{append_journal, read_durable, read_phone, write_phone};
+use crate::persist::{StateStore, append_journal, read_durable, read_phone};
 use crate::phone::SavedPhone;
 use crate::{SiteError, SiteState};
 
@@ -170,13 +170,22 @@ pub struct Replication {
     /// of this site (before a crash or a restart) or of the phone here: unknown, so it is unnamed before the disk
     /// alone may make an input durable.
     named: Mutex<HashMap<String, Option<String>>>,
+    /// Where full states are written.
+    states: Arc<StateStore>,
 }
 
 impl Replication {
     /// Replication for site `site_id` at `position`, calling other sites as `caller` and the control service
     /// through `control`.
-    pub fn new(site_id: &str, position: (f64, f64), caller: Caller, control: ControlClient) -> Replication {
+    pub fn new(
+        site_id: &str,
+        position: (f64, f64),
+        caller: Caller,
+        control: ControlClient,
+        states: Arc<StateStore>,
+    ) -> Replication {
         Replication {
+            states,
             site_id: site_id.to_owned(),
             position,
             caller,
@@ -246,12 +255,10 @@ impl Replication {
         let Record { user, id, full, saved, standby_at } = record;
         let body = crate::persist::encode_saved(&saved);
         let input_seqs = saved.input_seqs.clone();
-        let local =
-            tokio::task::spawn_blocking(
-                move || {
-                    if full { write_phone(&dir, &saved) } else { append_journal(&dir, &saved) }
-                },
-            );
+        let states = self.states.clone();
+        let local = tokio::task::spawn_blocking(move || {
+            if full { states.write_phone(&dir, &saved) } else { append_journal(&dir, &saved) }
+        });
         let remote = self.push(&user, full, standby_at.as_deref(), body);
         let (local, standby) = tokio::join!(local, remote);
         let local = match local {
@@ -430,17 +437,17 @@ impl SiteState {
         }
         let dir = self.standby_dir(user);
         let saved = SavedPhone { snapshot, input_seqs: seqs };
-        let written =
-            tokio::task::spawn_blocking(
-                move || if full { write_phone(&dir, &saved) } else { append_journal(&dir, &saved) },
-            )
-            .await
-            .map_err(|e| {
-                Refusal::Failed(SiteError::Io {
-                    path: self.standby_dir(user),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })?;
+        let states = self.states.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            if full { states.write_phone(&dir, &saved) } else { append_journal(&dir, &saved) }
+        })
+        .await
+        .map_err(|e| {
+            Refusal::Failed(SiteError::Io {
+                path: self.standby_dir(user),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
         if let Err(e) = written {
             held.remove(user);
             return Err(Refusal::Failed(e));
@@ -488,9 +495,9 @@ impl SiteState {
         }
         let held = self.standby.held.lock().await;
         let read = {
-            let dir = dir.clone();
+            let (dir, states) = (dir.clone(), self.states.clone());
             tokio::task::spawn_blocking(move || {
-                read_durable(&dir).and_then(|d| Ok((d.flatten()?, d.input_seqs, d.chain.len())))
+                read_durable(&states, &dir).and_then(|d| Ok((d.flatten()?, d.input_seqs, d.chain.len())))
             })
             .await
             .map_err(|e| SiteError::CorruptSnapshot(vmi_snapshot::SnapshotError::Corrupt(e.to_string())))?

@@ -173,7 +173,10 @@ async fn a_site_restarts_a_phone_from_whichever_is_newer_its_saved_state_or_a_ch
     // A saved state with "old" in it (the site writes one within a second of a change).
     let state = dir.join("phones/alice/phone.state");
     vmi_testkit::eventually(std::time::Duration::from_secs(10), "a saved state", async || state.exists()).await;
-    let stale = std::fs::read(&state).expect("saved state");
+    let alice_dir = dir.join("phones/alice");
+    let (snapshot, input_seqs) =
+        vmi_site::persist::StateStore::open(&dir).expect("state store").read_phone(&alice_dir).expect("saved state");
+    let stale = vmi_site::phone::SavedPhone { snapshot, input_seqs };
 
     let mut term = Term::connect(&a.ws_url()).await;
     let welcome = term.hello(&token, None, false).await;
@@ -189,7 +192,7 @@ async fn a_site_restarts_a_phone_from_whichever_is_newer_its_saved_state_or_a_ch
     assert_eq!(a.shutdown().await.saved, 1);
 
     // The newest saved state is replaced by the stale one: the checkpoint is newer, and wins.
-    std::fs::write(&state, &stale).expect("stale state back");
+    vmi_site::persist::write_phone(&alice_dir, &stale).expect("stale state back");
     let a = site(&control, "site-a", dir.clone()).await;
     assert_eq!(notes(&control, &a.url, "alice").await, "old and new", "not the stale saved state");
     assert_eq!(a.shutdown().await.saved, 1);

@@ -338,6 +338,9 @@ async fn a_phone_that_cannot_be_saved_is_named_at_shutdown() {
     user_with_phone(&control, &site, "alice").await;
     user_with_phone(&control, &site, "bob").await;
     let alice = dir.join("phones").join("alice");
+    // Its first durable state is written before its disk breaks.
+    let first = alice.join(vmi_site::PHONE_FILE);
+    vmi_testkit::eventually(std::time::Duration::from_secs(10), "alice's first state", async || first.exists()).await;
     break_state_writes(&dir, "alice");
     let report = site.shutdown().await;
     assert_eq!(report.saved, 1, "bob's phone was saved");
@@ -345,8 +348,10 @@ async fn a_phone_that_cannot_be_saved_is_named_at_shutdown() {
     assert_eq!(report.failed[0].0, "alice");
     assert!(report.failed[0].1.contains("phone.state.tmp"), "the reason names the file: {report:?}");
     // What is on disk is whole: alice's last durable state, not a half-written one.
-    let state = std::fs::read(alice.join(vmi_site::PHONE_FILE)).expect("alice's last durable state");
-    assert!(vmi_site::persist::read_phone(&state).is_ok(), "alice's last durable state is whole");
+    let states = vmi_site::persist::StateStore::open(&dir).expect("state store");
+    if let Err(e) = states.read_phone(&alice) {
+        panic!("alice's last durable state is whole: {e}");
+    }
     assert!(dir.join("phones").join("bob").join("phone.state").exists());
 }
 

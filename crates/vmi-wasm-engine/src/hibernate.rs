@@ -99,6 +99,16 @@ impl PageStore {
         matches!(lz4_flex::block::decompress_into(&slot.bytes, out), Ok(n) if n == PAGE_SIZE)
     }
 
+    /// Takes one more reference to each of `keys` (held elsewhere already).
+    pub fn retain(&self, keys: &[u32]) {
+        let mut inner = self.lock();
+        for &key in keys.iter().filter(|&&k| k != ZERO_PAGE) {
+            if let Some(Some(slot)) = inner.slots.get_mut(key as usize) {
+                slot.refs += 1;
+            }
+        }
+    }
+
     /// Drops one reference to each of `keys`; a page nobody refers to any more is freed.
     pub fn release(&self, keys: &[u32]) {
         let mut inner = self.lock();
@@ -125,8 +135,9 @@ impl PageStore {
 
 /// A hibernated phone's guest state: its memory as page keys, and its globals.
 pub(crate) struct Asleep {
-    /// One key per 4 KiB page of linear memory ([`ZERO_PAGE`] for a page of zeros).
-    pub pages: Vec<u32>,
+    /// One key per 4 KiB page of linear memory ([`ZERO_PAGE`] for a page of zeros); shared with the phone's kept
+    /// last good state when that is the same memory.
+    pub pages: std::sync::Arc<[u32]>,
     /// The mutable globals, in the image's order.
     pub globals: Vec<GlobalValue>,
     /// Pages written since the phone's last snapshot and before it hibernated: its next incremental snapshot

@@ -46,7 +46,10 @@ pub struct WasmPhone {
     last_snapshot: Option<SnapshotId>,
     /// Round of the last pre-copy snapshot, while a pre-copy sequence is open.
     precopy_round: Option<u32>,
+    /// The last good chain (the snapshots after `last_good_base`, or the whole chain without one).
     last_good: Vec<EncodedSnapshot>,
+    /// The chain's start as page keys instead of bytes: a hibernated phone gives back its snapshot bytes too.
+    last_good_base: Option<KeptSnapshot>,
     events: u64,
     cpu_last: u64,
     cpu_total: u64,
@@ -77,7 +80,21 @@ impl Drop for WasmPhone {
         if let Some(kept) = self.kept_pages.take() {
             self.pages.release(&kept);
         }
+        if let Some(base) = self.last_good_base.take() {
+            self.pages.release(&base.pages);
+        }
     }
+}
+
+/// A snapshot kept as page keys into the engine's [`PageStore`] (sharing the pages the hibernated phone holds)
+/// with what else it said: the last good state of a hibernated phone, rebuilt as a full snapshot only if needed
+/// (a crash before its next snapshot).
+struct KeptSnapshot {
+    id: SnapshotId,
+    header: Header,
+    globals: Vec<GlobalValue>,
+    host_state: Vec<u8>,
+    pages: Arc<[u32]>,
 }
 
 struct Instantiated {
@@ -179,6 +196,7 @@ impl WasmPhone {
             last_snapshot: None,
             precopy_round: None,
             last_good: Vec::new(),
+            last_good_base: None,
             events: 0,
             cpu_last: 0,
             cpu_total: 0,
@@ -563,7 +581,7 @@ impl WasmPhone {
             return Err(e);
         }
         self.carried_dirty = asleep.dirty;
-        self.kept_pages = Some(asleep.pages);
+        self.kept_pages = Some(asleep.pages.to_vec());
         self.tracker = self.fresh_tracker();
         self.tracked = (0, 0);
         self.retrack();
@@ -625,6 +643,38 @@ impl WasmPhone {
                 keys
             }
         }
+    }
+
+    /// At hibernation: when memory is what the last snapshot holds (nothing written since it, every write seen),
+    /// the last good chain becomes that state's page keys (the hibernating phone's own, shared) and the little
+    /// else it said: its bytes, megabytes for a full snapshot, are given back with the rest of the phone.
+    fn keep_last_good_as_pages(&mut self, dirty: &[u32], pages: &Arc<[u32]>) {
+        let Some(last) = self.last_good.last() else { return };
+        if !dirty.is_empty() || self.untracked || self.precopy_round.is_some() {
+            return;
+        }
+        let view = match vmi_snapshot::SnapshotView::parse(&last.bytes, &vmi_snapshot::Limits::default()) {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!("the last snapshot does not parse, it stays as bytes: {e}");
+                return;
+            }
+        };
+        if view.header.memory_bytes != (pages.len() * PAGE_SIZE) as u64 {
+            return;
+        }
+        let kept = KeptSnapshot {
+            id: last.id,
+            header: view.header.clone(),
+            globals: view.globals.clone(),
+            host_state: view.host_state.to_vec(),
+            pages: pages.clone(),
+        };
+        self.pages.retain(&kept.pages);
+        if let Some(old) = self.last_good_base.replace(kept) {
+            self.pages.release(&old.pages);
+        }
+        self.last_good.clear();
     }
 
     /// The mechanism finding written pages ("uffd-wp+pagemap-scan", "shadow-compare").
@@ -859,6 +909,9 @@ impl VirtualPhone for WasmPhone {
         let parent = kind.parent();
         if parent.is_none() {
             self.last_good.clear();
+            if let Some(base) = self.last_good_base.take() {
+                self.pages.release(&base.pages);
+            }
         }
         self.precopy_round = match kind {
             SnapshotKind::PreCopy { round, .. } => Some(round),
@@ -871,8 +924,35 @@ impl VirtualPhone for WasmPhone {
         Ok(encoded)
     }
 
-    fn last_good_chain(&self) -> &[EncodedSnapshot] {
-        &self.last_good
+    fn last_snapshot_id(&self) -> Option<SnapshotId> {
+        self.last_good.last().map(|s| s.id).or(self.last_good_base.as_ref().map(|b| b.id))
+    }
+
+    fn last_good_chain(&self) -> Result<Vec<Vec<u8>>, VmError> {
+        let Some(base) = &self.last_good_base else {
+            return Ok(self.last_good.iter().map(|s| s.bytes.clone()).collect());
+        };
+        // The kept state with the snapshots after it laid on, as one full snapshot (the kept state's own bytes
+        // are gone, so the chain could not name it as their parent).
+        let bad = |e: String| VmError::Snapshot(format!("the last good state cannot be rebuilt: {e}"));
+        let mut memory = vec![0u8; base.pages.len() * PAGE_SIZE];
+        for (i, &key) in base.pages.iter().enumerate() {
+            if !self.pages.read(key, &mut memory[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
+                return Err(bad(format!("page {i} is missing from the page store")));
+            }
+        }
+        let (mut header, mut globals, mut host_state) =
+            (base.header.clone(), base.globals.clone(), base.host_state.clone());
+        for snapshot in &self.last_good {
+            let view = SnapshotView::parse(&snapshot.bytes, &Limits::default()).map_err(|e| bad(e.to_string()))?;
+            memory.resize(usize::try_from(view.header.memory_bytes).map_err(|e| bad(e.to_string()))?, 0);
+            view.pages.to_pages().and_then(|p| p.apply_to(&mut memory)).map_err(|e| bad(e.to_string()))?;
+            (header, globals, host_state) = (view.header, view.globals, view.host_state.to_vec());
+        }
+        header.kind = SnapshotKind::Full;
+        let full =
+            vmi_snapshot::encode_full(&header, &globals, &host_state, &memory).map_err(|e| bad(e.to_string()))?;
+        Ok(vec![full.bytes])
     }
 
     fn usage(&self) -> ResourceUsage {
@@ -907,7 +987,10 @@ impl VirtualPhone for WasmPhone {
         dirty.sort_unstable();
         dirty.dedup();
         let globals = self.capture_globals();
-        let pages = self.page_keys(seen.then_some(since));
+        let pages: Arc<[u32]> = self.page_keys(seen.then_some(since)).into();
+        self.keep_last_good_as_pages(&dirty, &pages);
+        // A scratch list sized for a whole memory's pages goes with the memory.
+        self.dirty_scratch = Vec::new();
         // The tracker watched this memory: it goes first (field order), for one that holds nothing while the phone
         // sleeps; then the instance with its store.
         self.tracker = dirty::idle_tracker();

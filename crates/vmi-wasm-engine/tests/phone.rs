@@ -76,7 +76,8 @@ fn continue_session(phone: &mut dyn VirtualPhone, clock: &ManualClock) -> Vec<bl
     phone
         .push_mail(Mail { from: "ann@example.com".into(), subject: "Still there?".into(), body: "Yes".into() })
         .expect("mail");
-    advance_phone(phone, clock, 61 * SECOND).expect("mail timer fires");
+    // The background check comes within its period (15 minutes, `vmi_phone::MAIL_REFRESH_NS`).
+    advance_phone(phone, clock, 15 * 60 * SECOND + SECOND).expect("mail timer fires");
     frames.push(screen_hash(phone)); // home with the badge
     tap(phone, MAIL);
     frames.push(screen_hash(phone));
@@ -339,6 +340,47 @@ fn an_incremental_snapshot_after_a_nap_carries_what_was_written_before_it() {
     let mut back = other.restore(&hash, &[&base.bytes, &delta.bytes], &config).expect("restores");
     assert_eq!(back.kv_get(b"notes.text").as_deref(), Some(&b"written, then a nap"[..]));
     assert_eq!(screen_hash(back.as_mut()), shown);
+}
+
+/// A hibernating phone gives back its last good chain's bytes (megabytes for a full snapshot) when its memory is
+/// what the chain ends at: the state is kept as page keys, rebuilt as one full snapshot only if asked (a crash),
+/// and the next delta still names the chain's last snapshot as its parent.
+#[test]
+fn a_hibernated_phone_keeps_its_last_good_state_as_pages() {
+    let clock = ManualClock::new(1_763_000_000 * SECOND);
+    let e = engine(clock.clone());
+    let hash = vmi_engine::ImageHash::of(vmi_phone_image::PHONE_WASM);
+    let config = VmConfig { rng_seed: Some(5), ..VmConfig::default() };
+    let mut phone = e.create(&hash, &config).expect("boot");
+    tap(phone.as_mut(), NOTES);
+    phone.snapshot(SnapshotRequest::Full).expect("full");
+    type_text(phone.as_mut(), "abc");
+    let d1 = phone.snapshot(SnapshotRequest::Incremental).expect("delta");
+    assert_eq!(phone.last_good_chain().expect("chain").len(), 2, "awake: the chain as taken");
+    assert!(phone.hibernate().expect("hibernates"));
+    assert_eq!(phone.last_snapshot_id(), Some(d1.id));
+    let notes_in = |chain: Vec<Vec<u8>>| {
+        let parts: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+        let back = engine(ManualClock::new(1_763_000_000 * SECOND + clock.elapsed_ns()))
+            .restore(&hash, &parts, &config)
+            .expect("restores");
+        String::from_utf8(back.kv_get(b"notes.text").unwrap_or_default()).expect("text")
+    };
+    let kept = phone.last_good_chain().expect("rebuilt");
+    assert_eq!(kept.len(), 1, "asleep: one full state rebuilt from the kept pages");
+    assert_eq!(notes_in(kept), "abc");
+
+    // Awake again: the next delta continues the chain; the rebuilt state lays it on.
+    type_text(phone.as_mut(), "d");
+    let d2 = phone.snapshot(SnapshotRequest::Incremental).expect("delta after the nap");
+    assert_eq!(d2.parent, Some(d1.id), "the same chain");
+    assert_eq!(notes_in(phone.last_good_chain().expect("chain")), "abcd");
+
+    // Written to since the last snapshot when it sleeps: the chain stays what it was (the last snapshot's state).
+    type_text(phone.as_mut(), "e");
+    assert!(phone.hibernate().expect("hibernates"));
+    assert_eq!(notes_in(phone.last_good_chain().expect("chain")), "abcd");
+    assert_eq!(phone.last_snapshot_id(), Some(d2.id));
 }
 
 /// Phones of one image share their pages while they sleep: the second costs far less than the first.

@@ -26,6 +26,8 @@ pub trait Host {
     fn present(&mut self, canvas: &mut Canvas);
     /// Copies text to the user's clipboard (the terminals watching get it).
     fn clipboard_set(&mut self, text: &str);
+    /// A random number from the VM's generator.
+    fn random_u64(&mut self) -> u64;
 }
 
 /// The VMI host: every call is a `vmi` import (panics off wasm32).
@@ -62,5 +64,8 @@ impl Host for VmiHost {
     }
     fn clipboard_set(&mut self, text: &str) {
         vmi_guest_sdk::clipboard_set(text)
+    }
+    fn random_u64(&mut self) -> u64 {
+        vmi_guest_sdk::random_u64()
     }
 }

@@ -24,7 +24,7 @@
 //! | id | name | period |
 //! | --- | --- | --- |
 //! | 1 | [`timers::CLOCK`] | at each wall-clock minute boundary, while awake |
-//! | 2 | [`timers::MAIL`] | every [`MAIL_REFRESH_NS`] (60 s), always |
+//! | 2 | [`timers::MAIL`] | every [`MAIL_REFRESH_NS`] (15 min; the first at a random point of the first period, a minute at least), always |
 //! | 3 | [`timers::STOPWATCH`] | every 50 ms while the running stopwatch is on screen and awake |
 //! | 4 | [`timers::VOLUME`] | once, 2 s after a volume key |
 //! | 5 | [`timers::FLING`] | every [`FLING_FRAME_NS`] while a list glides after a flick |
@@ -95,8 +95,13 @@ pub const VOLUME_SHOWN_NS: u64 = 2_000_000_000;
 /// Volume steps (0 is silent).
 pub const VOLUME_STEPS: u8 = 10;
 
-/// How often the phone checks the mailbox without being told, in virtual ns.
-pub const MAIL_REFRESH_NS: u64 = 60_000_000_000;
+/// How often the phone checks the mailbox without being told, in virtual ns: mail that matters is pushed
+/// (`MailArrived`); this background check is the fallback, at the period mobile platforms allow background sync
+/// (Android's WorkManager: 15 minutes at most often). Each phone's first check falls at a random point of the first
+/// period, so a site's phones spread their checks instead of waking together.
+pub const MAIL_REFRESH_NS: u64 = 15 * 60 * 1_000_000_000;
+/// The first background check comes no sooner than this after boot (a new phone fetched its mail at boot).
+pub const MAIL_FIRST_NS: u64 = 60 * 1_000_000_000;
 /// Store key holding the local time's offset from UTC in minutes (decimal text, e.g.
 /// "120"); absent means UTC.
 pub const TZ_KEY: &str = "clock.utc_offset_min";
@@ -245,7 +250,8 @@ impl<H: Host> Phone<H> {
         phone.redraw(phone.t.screen());
         phone.arm_clock();
         let mono = phone.host.monotonic_ns();
-        phone.host.timer_set(timers::MAIL, mono + MAIL_REFRESH_NS);
+        let phase = MAIL_FIRST_NS + phone.host.random_u64() % (MAIL_REFRESH_NS - MAIL_FIRST_NS);
+        phone.host.timer_set(timers::MAIL, mono + phase);
         phone.fetch_mail();
         phone.host.present(&mut phone.canvas);
         phone

@@ -12,6 +12,8 @@ use super::*;
 /// 2024-05-14 09:41:30 UTC, a Tuesday.
 const T0_WALL: u64 = 1_715_679_690_000_000_000;
 const SEC: u64 = 1_000_000_000;
+/// What the fake host's random generator always says.
+const RANDOM: u64 = 0x9e37_79b9_7f4a_7c15;
 
 #[derive(Default)]
 struct FakeHost {
@@ -61,9 +63,17 @@ impl Host for FakeHost {
             self.frames.push(d);
         }
     }
+    fn random_u64(&mut self) -> u64 {
+        RANDOM
+    }
     fn clipboard_set(&mut self, text: &str) {
         self.clipboard = Some(text.to_string());
     }
+}
+
+/// When the fake host's phone first checks its mail.
+fn first_mail_check() -> u64 {
+    MAIL_FIRST_NS + RANDOM % (MAIL_REFRESH_NS - MAIL_FIRST_NS)
 }
 
 fn host() -> FakeHost {
@@ -167,9 +177,10 @@ fn boots_to_home_with_timers_armed() {
     let p = boot(720, 1280, host());
     assert_eq!(p.host().frames.len(), 1);
     assert_eq!(p.host().frames[0], vec![Rect::new(0, 0, 720, 1280)]);
-    // The clock ticks at the next minute boundary (30 s after 09:41:30), mail every 60 s.
+    // The clock ticks at the next minute boundary (30 s after 09:41:30); mail first at a random point of its
+    // 15-minute period.
     assert_eq!(p.host().timers.get(&timers::CLOCK), Some(&(30 * SEC)));
-    assert_eq!(p.host().timers.get(&timers::MAIL), Some(&(60 * SEC)));
+    assert_eq!(p.host().timers.get(&timers::MAIL), Some(&(first_mail_check())));
     assert!(p.host().notifications.is_empty());
     shot(&p, "home_empty");
 }
@@ -213,7 +224,7 @@ fn mail_arrives_notifies_persists_and_badges() {
     // The periodic refresh with nothing new draws nothing and re-arms.
     let d = fire(&mut p, timers::MAIL);
     assert!(d.is_empty());
-    assert_eq!(p.host().timers.get(&timers::MAIL), Some(&(120 * SEC)));
+    assert_eq!(p.host().timers.get(&timers::MAIL), Some(&(first_mail_check() + MAIL_REFRESH_NS)));
     // A refresh with news while in another app repaints only the status badge.
     let (x, y) = center(home::icon_rect(&p.t, 3));
     tap(&mut p, x, y);

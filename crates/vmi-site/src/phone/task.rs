@@ -180,7 +180,9 @@ impl PhoneTask {
             state,
             terminals: Terminals::default(),
             input_seqs,
-            told_awake: false,
+            // Unknown (a fresh guest starts awake; a saved one is as it was): with no screen on, the first flush
+            // tells it to sleep, or its screen-only timers (the clock's minute) would wake it for nothing.
+            told_awake: true,
             screen,
             display: None,
             durable: None,
@@ -231,6 +233,9 @@ impl PhoneTask {
     pub fn provisional(mut self, vouched: HashMap<String, u64>) -> PhoneTask {
         self.provisional = true;
         self.vouched = vouched;
+        // The source told it what its screens were; the terminals joining the move say the rest (nothing may
+        // reach the arrival before its commit).
+        self.told_awake = false;
         self
     }
 
@@ -504,7 +509,7 @@ impl PhoneTask {
         }
         // A record continues the chain when the journal (and the standby copy) end at the VM's last snapshot; a
         // checkpoint or a migration's rounds in between, a failed write or a new standby need a full state.
-        let last = self.phone.last_good_chain().last().map(|s| s.id);
+        let last = self.phone.last_snapshot_id();
         let delta = d.journal_last.is_some()
             && d.journal_last == last
             && d.deltas < MAX_DELTAS
@@ -550,11 +555,16 @@ impl PhoneTask {
             return;
         }
         // Woken for something else (a write's outcome, the idle minute): nothing due, nothing changes.
-        if self.phone.next_timer_ns().is_none_or(|t| t > self.phone.now_ns()) {
-            return;
-        }
+        let now = self.phone.now_ns();
+        let Some(due) = self.phone.next_timer_ns().filter(|&t| t <= now) else { return };
+        let asleep = !self.phone.resident();
+        let started = Instant::now();
         if let Err(e) = self.phone.fire_due_timers() {
             tracing::warn!(user = %self.user, "timer event failed: {e}");
+        }
+        if asleep && let Some(r) = &self.residency {
+            // From the timer's due time (on the phone's clock) to the guest having run it: the wake included.
+            r.timer_woke(Duration::from_nanos(now - due) + started.elapsed());
         }
         self.changed();
     }
@@ -910,7 +920,7 @@ impl PhoneTask {
                     State::Frozen { .. } => Err(PhoneError::Moving),
                     State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
                     State::Running => {
-                        let last = self.phone.last_good_chain().last().map(|s| s.id);
+                        let last = self.phone.last_snapshot_id();
                         let request = if parent.is_some() && last == parent {
                             SnapshotRequest::Incremental
                         } else {
@@ -960,7 +970,8 @@ impl PhoneTask {
             VmStatus::Running => self.phone.snapshot(SnapshotRequest::Full).map(|s| s.bytes)?,
             VmStatus::Crashed { reason } => {
                 let reason = reason.clone();
-                let chain: Vec<&[u8]> = self.phone.last_good_chain().iter().map(|s| s.bytes.as_slice()).collect();
+                let chain = self.phone.last_good_chain()?;
+                let chain: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
                 match chain.as_slice() {
                     [] => return Err(PhoneError::NoGoodState { reason }),
                     [full] => full.to_vec(),
