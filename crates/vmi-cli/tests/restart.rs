@@ -100,6 +100,13 @@ fn a_phone_that_cannot_be_saved_makes_the_stop_fail() {
         assert!(Instant::now() < deadline, "no obstacle could be put at {}", obstacle.display());
         std::thread::sleep(Duration::from_millis(5));
     }
+    // A change the broken disk cannot take (a phone whose journal holds its state has nothing to write at a stop).
+    let mailed = up
+        .vmi()
+        .args(["mail", "send", "--to", "demo", "--subject", "after the disk broke", "--control", &up.control])
+        .status()
+        .expect("vmi mail send");
+    assert!(mailed.success());
     let status = up.stop();
     assert!(!status.success(), "vmi up said it stopped cleanly");
     let _ = std::fs::remove_dir_all(&data);

@@ -294,6 +294,11 @@ impl SiteState {
         self.engine.page_store()
     }
 
+    /// The site's data directory (phones, standby copies, state store, checkpoints).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
     /// Where the phones' saved states live.
     pub fn state_store(&self) -> &persist::StateStore {
         &self.states
@@ -558,17 +563,22 @@ impl SiteState {
         Ok(restored)
     }
 
-    /// Stops every phone and writes its snapshot; returns how many were saved.
+    /// Stops every phone and writes its snapshot (unless its journal here holds its state already); returns how
+    /// many are saved.
     pub async fn save_all(&self) -> ShutdownReport {
         let mut report = ShutdownReport::default();
         for (user, phone) in self.phones.close() {
-            let stopped = match phone.stop().await {
+            let stopped = match phone.shut_down().await {
                 // Crashed before any snapshot of it: what crosses to a fresh phone (its
                 // store, mail, clock) is saved as one, so the restart brings the data back.
-                Err(PhoneError::NoGoodState { .. }) => self.fresh_from_crashed(&user, &phone).await,
+                Err(PhoneError::NoGoodState { .. }) => self.fresh_from_crashed(&user, &phone).await.map(Some),
                 other => other.map_err(|e| SiteError::phone(&user, e)),
             };
-            match stopped.and_then(|s| self.states.write_phone(&self.phone_dir(&user), &s)) {
+            let written = stopped.and_then(|s| match s {
+                Some(saved) => self.states.write_phone(&self.phone_dir(&user), &saved),
+                None => Ok(()),
+            });
+            match written {
                 Ok(()) => report.saved += 1,
                 Err(e) => {
                     let why = vmi_engine::error_chain(&e);

@@ -154,3 +154,74 @@ async fn a_hibernated_phone_is_checkpointed_migrated_and_checked_out_as_it_sleep
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A phone no terminal ever looked at is told its screen is off: only its background work (the mail check, every
+/// 15 minutes) wakes it, not the clock's minute, which repaints a screen nobody sees. (A site of 100,000 such phones
+/// woke each of them every minute before.) Its full state is in the site's state store, named by its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_nobody_looks_at_wakes_only_for_its_background_work() {
+    let clock = ManualClock::new(1_764_000_000 * SECOND);
+    let control = control().await;
+    let site = hibernating_site(&control, "site-n", clock.clone()).await;
+    user_with_phone(&control, &site, "nadia").await;
+    hibernated(&control, &site, "nadia").await;
+    let wakes = |v: &serde_json::Value| v["phone"]["wakes"].as_u64().expect("wakes");
+    let before = wakes(&listing(&control, &site, "nadia").await.0);
+
+    // Half an hour of its clock, a minute at a time: two mail checks at most, never thirty.
+    for _ in 0..30 {
+        clock.advance(60 * SECOND);
+        site.tick().await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    eventually(Duration::from_secs(10), "nadia asleep again", async || {
+        listing(&control, &site, "nadia").await.0["phone"]["resident"] == false
+    })
+    .await;
+    let (phone, summary) = listing(&control, &site, "nadia").await;
+    let woke = wakes(&phone) - before;
+    assert!((1..=2).contains(&woke), "its mail checks woke it, and nothing else: {woke} wakes in 30 minutes");
+    assert_eq!(summary["timer_wakes"]["count"].as_u64(), Some(woke), "{summary}");
+
+    // Its saved state is a name in the site's state store, which reads back whole.
+    let dir = site.state.data_dir().join("phones").join("nadia");
+    let file = std::fs::read(dir.join(vmi_site::PHONE_FILE)).expect("phone.state");
+    assert!(file.len() < 1024, "the file names the state ({} bytes)", file.len());
+    let (snapshot, _) = site.state.state_store().read_phone(&dir).expect("the state reads back");
+    assert!(vmi_snapshot::Snapshot::peek_header(&snapshot).is_ok());
+    site.shutdown().await;
+}
+
+/// A site whose phones sleep stops without waking them (their journals hold their state: nothing to write) and
+/// comes back from those journals with everything they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_stops_without_waking_its_sleeping_phones_and_comes_back_from_their_journals() {
+    let control = control().await;
+    let clock = vmi_engine::SystemClock::shared();
+    let site = hibernating_site(&control, "site-j", clock.clone()).await;
+    let dir = site.state.data_dir().to_path_buf();
+    let token = user_with_phone(&control, &site, "jun").await;
+    let mut term = Term::connect(&site.ws_url()).await;
+    assert!(matches!(term.hello(&token, None, false).await, ServerMessage::Welcome { .. }));
+    term.tap(NOTES).await;
+    let seq = term.type_text("in the journal").await;
+    term.acked(seq).await;
+    term.close().await;
+    hibernated(&control, &site, "jun").await;
+
+    let phone_dir = dir.join("phones").join("jun");
+    let state_file = std::fs::read(phone_dir.join(vmi_site::PHONE_FILE)).expect("phone.state");
+    let journal = std::fs::read(phone_dir.join(vmi_site::persist::JOURNAL_FILE)).expect("journal");
+    assert!(!journal.is_empty(), "the typing is in the journal");
+    let report = site.shutdown().await;
+    assert_eq!((report.saved, report.failed.len()), (1, 0), "{report:?}");
+    assert_eq!(std::fs::read(phone_dir.join(vmi_site::PHONE_FILE)).expect("phone.state"), state_file, "not rewritten");
+    assert_eq!(std::fs::read(phone_dir.join(vmi_site::persist::JOURNAL_FILE)).expect("journal"), journal);
+
+    let policy = HibernationPolicy { idle: Duration::from_millis(300), max_resident: None };
+    let config = SiteConfig { clock, hibernation: Some(policy), ..site_config(&control, "site-j", dir) };
+    let again = vmi_site::start(config).await.expect("the site starts again");
+    let (status, notes) = control.get(&format!("{}/v1/phones/jun/kv/notes.text", again.url)).await;
+    assert_eq!((status, String::from_utf8_lossy(&notes).into_owned()), (200, "in the journal".to_owned()));
+    again.shutdown().await;
+}

@@ -342,6 +342,11 @@ async fn a_phone_that_cannot_be_saved_is_named_at_shutdown() {
     let first = alice.join(vmi_site::PHONE_FILE);
     vmi_testkit::eventually(std::time::Duration::from_secs(10), "alice's first state", async || first.exists()).await;
     break_state_writes(&dir, "alice");
+    // A change the broken disk cannot take (a phone whose journal holds its state has nothing to write at a stop).
+    let mail = serde_json::json!({ "from": "ann@example.com", "subject": "after the disk broke", "body": "" });
+    let url = format!("{}/v1/phones/alice/mail", site.url);
+    let (status, body) = control.operator().post_json(&url, &mail).await.expect("post");
+    assert_eq!(status, 202, "{body}");
     let report = site.shutdown().await;
     assert_eq!(report.saved, 1, "bob's phone was saved");
     assert_eq!(report.failed.len(), 1, "{report:?}");

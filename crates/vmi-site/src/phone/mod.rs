@@ -242,6 +242,13 @@ pub enum LifecycleCommand {
         /// The saved phone, or why it keeps running.
         reply: oneshot::Sender<Result<SavedPhone, PhoneError>>,
     },
+    /// The site shuts down: like `Stop`, but a phone whose state this site's disk holds already (its journal ends at
+    /// its last snapshot and nothing happened since, a hibernated phone above all) ends without a snapshot
+    /// (`None`): a site of many phones stops in moments, and comes back from the same journal.
+    Shutdown {
+        /// The saved phone, `None` if its durable state is current, or why it keeps running.
+        reply: oneshot::Sender<Result<Option<SavedPhone>, PhoneError>>,
+    },
     /// Offline checkout (docs/OFFLINE.md): like `Stop`, telling every terminal why.
     CheckOut {
         /// What the terminals are told.
@@ -484,6 +491,11 @@ impl PhoneLink {
     /// Stops the phone with a full snapshot.
     pub async fn stop(&self) -> Result<SavedPhone, PhoneError> {
         self.ask(|reply| PhoneCommand::Lifecycle(LifecycleCommand::Stop { reply })).await?
+    }
+
+    /// Stops the phone as the site shuts down: its snapshot, or `None` when the disk holds its state already.
+    pub async fn shut_down(&self) -> Result<Option<SavedPhone>, PhoneError> {
+        self.ask(|reply| PhoneCommand::Lifecycle(LifecycleCommand::Shutdown { reply })).await?
     }
 
     /// Stops the phone for an offline checkout.

@@ -432,6 +432,18 @@ impl PhoneTask {
         }
     }
 
+    /// Whether this site's disk holds the phone's state as it is: running, nothing happened since its last record,
+    /// no write in flight, and the journal ends at the phone's last snapshot.
+    fn durable_is_current(&self) -> bool {
+        let Some(d) = &self.durable else { return false };
+        matches!(self.state, State::Running)
+            && !self.provisional
+            && !d.changed
+            && d.pending.is_none()
+            && d.journal_last.is_some()
+            && d.journal_last == self.phone.last_snapshot_id()
+    }
+
     /// Notes that the VM changed (an input, a mail, a timer, a new VM): its state is due on disk.
     fn changed(&mut self) {
         if let Some(d) = &mut self.durable {
@@ -824,6 +836,21 @@ impl PhoneTask {
                 // No snapshot, no stop: the phone keeps running rather than vanish (the
                 // caller decides what that means: a crashed phone with no snapshot restarts
                 // afresh).
+                Err(e) => {
+                    tracing::info!(user = %self.user, "the phone cannot stop with a snapshot: {e}");
+                    let _ = reply.send(Err(e));
+                }
+            },
+            LifecycleCommand::Shutdown { reply } if self.durable_is_current() => {
+                tracing::debug!(user = %self.user, "stopped; its journal holds its state");
+                let _ = reply.send(Ok(None));
+                return Next::End;
+            }
+            LifecycleCommand::Shutdown { reply } => match self.save() {
+                Ok(saved) => {
+                    let _ = reply.send(Ok(Some(saved)));
+                    return Next::End;
+                }
                 Err(e) => {
                     tracing::info!(user = %self.user, "the phone cannot stop with a snapshot: {e}");
                     let _ = reply.send(Err(e));
