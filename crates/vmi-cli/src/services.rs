@@ -84,7 +84,7 @@ pub struct SiteArgs {
     lon: f64,
     /// Most phones this site hosts.
     #[arg(long, default_value_t = 1000)]
-    capacity: u32,
+    pub(crate) capacity: u32,
     /// The URL terminals and other sites reach this site at, when not the listening
     /// address (a proxy in front of it).
     #[arg(long, value_name = "URL")]

@@ -333,7 +333,7 @@ impl SiteState {
     fn now_running_here(&self, user: &str) {
         let stale = self.config.data_dir.join(standby::STANDBY_DIR).join(user);
         if stale.exists()
-            && let Err(e) = self.states.remove_dir(&stale)
+            && let Err(e) = self.discard_dir(&stale)
         {
             tracing::warn!(user, path = %stale.display(), "cannot remove a stale standby copy: {e}");
         }
@@ -374,10 +374,30 @@ impl SiteState {
     pub(crate) fn forget_saved(&self, user: &str) {
         let dir = self.phone_dir(user);
         if dir.exists()
-            && let Err(e) = self.states.remove_dir(&dir)
+            && let Err(e) = self.discard_dir(&dir)
         {
             tracing::error!(user, path = %dir.display(), "cannot remove the moved phone's old snapshot: {e}");
         }
+    }
+
+    /// Removes a phone's directory that is no longer this site's: moved aside at once (a rename; the phone may
+    /// come straight back and write there), then removed with its state in the store off the async workers (files
+    /// and syncs there held the terminals of the phones here up; a crash in between leaves it to the next start).
+    fn discard_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        static DISCARDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let trash = self.config.data_dir.join(persist::TRASH_DIR);
+        std::fs::create_dir_all(&trash)?;
+        let n = DISCARDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let aside = trash.join(format!("{name}-{}-{n}", std::process::id()));
+        std::fs::rename(dir, &aside)?;
+        let states = self.states.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = states.remove_dir(&aside) {
+                tracing::warn!(path = %aside.display(), "cannot remove a discarded phone directory: {e}");
+            }
+        });
+        Ok(())
     }
 
     /// Whether this site can take `user`'s phone of `image` (a migration's destination,
@@ -699,6 +719,8 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         let data_dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || {
             let states = persist::StateStore::open(&data_dir)?;
+            // What an earlier life discarded and did not finish removing goes first; the sweep then takes its states.
+            let _ = std::fs::remove_dir_all(data_dir.join(persist::TRASH_DIR));
             states.sweep(&data_dir)?;
             Ok::<_, SiteError>(Arc::new(states))
         })

@@ -79,6 +79,8 @@ pub struct StateStore {
 
 /// Where a site's [`StateStore`] lives, under its data directory.
 pub const STATE_DIR: &str = "state";
+/// Where phone directories no longer the site's wait to be removed (their states are no one's).
+pub const TRASH_DIR: &str = "discarded";
 const REF_MAGIC: &[u8; 8] = b"VMIPHREF";
 /// The directories whose `phone.state` files name states in the store.
 const STATE_AREAS: [&str; 3] = ["phones", crate::standby::STANDBY_DIR, "superseded"];

@@ -107,6 +107,14 @@ pub struct MigrationReport {
     pub bytes: u64,
     /// From the phone stopping at the source to running at the destination, µs.
     pub downtime_us: u64,
+    /// Of the downtime: stopping the phone at an event boundary and taking its final delta at the source, µs.
+    pub freeze_us: u64,
+    /// Of the downtime: the final delta's bytes.
+    pub final_bytes: u64,
+    /// From the stop to the final delta flushed to the destination's connection, µs: the part of the downtime the
+    /// source alone sees, which is what QEMU's `query-migrate` reports as its downtime (the destination's load and
+    /// start are not in QEMU's figure; they are in `downtime_us`).
+    pub final_sent_us: u64,
     /// How long the destination's compare-and-set of the placement took while the phone already ran there
     /// provisionally (after the downtime; the terminals are sent there once it lands), µs.
     pub commit_us: u64,

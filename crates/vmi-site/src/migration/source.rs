@@ -89,6 +89,9 @@ pub async fn migrate_out(site: &Arc<SiteState>, user: &str, to_id: &str) -> Resu
         rounds: 0,
         bytes: 0,
         downtime_us: 0,
+        freeze_us: 0,
+        final_bytes: 0,
+        final_sent_us: 0,
         commit_us: 0,
         total_ms: 0.0,
         epoch: None,
@@ -229,9 +232,12 @@ async fn drive(
     // Stop, send the rest, and let the destination commit.
     let stopped = Instant::now();
     let crate::phone::FrozenPhone { saved, screens } = phone.freeze().await?;
+    report.freeze_us = stopped.elapsed().as_micros() as u64;
+    report.final_bytes = saved.snapshot.len() as u64;
     report.bytes += saved.snapshot.len() as u64;
     let input_seqs = saved.input_seqs.into_iter().collect();
     let sent = send(&mut ws, &MigrationMessage::Final { snapshot: saved.snapshot, input_seqs, screens }).await;
+    report.final_sent_us = stopped.elapsed().as_micros() as u64;
     let answer = match sent {
         Ok(()) => recv(&mut ws).await,
         Err(e) => Err(e),
