@@ -232,7 +232,8 @@ fn free_bytes(dir: &Path) -> Result<u64> {
 /// the chunk's path, or `None` if the store has no chunk yet.
 pub fn corrupt_chunk(site_dir: &Path, pick: u64) -> Result<Option<PathBuf>> {
     let mut chunks = Vec::new();
-    collect_chunks(site_dir, &mut chunks, 0);
+    // The checkpoint store's (which repairs a chunk from its copy on another site), not the state store's.
+    collect_chunks(&site_dir.join("checkpoints"), &mut chunks, 0);
     chunks.sort();
     if chunks.is_empty() {
         return Ok(None);
