@@ -108,6 +108,7 @@ pub async fn site_density(n: usize, load_secs: u64) -> Result<Value> {
     let resident_settled = residency.resident();
 
     // The timer load: nothing but the phones' own checks (and the site's heartbeats) for `load_secs`.
+    eprintln!("{n} phones made in {made_s:.0} s; watching {load_secs} s of their timers");
     let wakes_before = residency.timer_wakes().count;
     let cpu_before = cpu_seconds()?;
     let load_started = Instant::now();
@@ -118,7 +119,7 @@ pub async fn site_density(n: usize, load_secs: u64) -> Result<Value> {
     }
     let load_wall = load_started.elapsed().as_secs_f64();
     let cpu = cpu_seconds()? - cpu_before;
-    let wakes = residency.timer_wakes();
+    let wakes = residency.timer_wakes_since(wakes_before);
     let rss_after = rss_bytes()?;
     let resident_at_end = residency.resident();
 
@@ -150,7 +151,7 @@ pub async fn site_density(n: usize, load_secs: u64) -> Result<Value> {
         "wake_ms_p50": round(wakes.p50_ms, 3),
         "wake_ms_p99": round(wakes.p99_ms, 3),
         "wake_ms_max": round(wakes.max_ms, 3),
-        "wake_samples": wakes.count.min(10_000),
+        "wake_samples": (wakes.count - wakes_before).min(10_000),
         "disk_mib": mib(disk_blocks),
         "disk_file_mib": mib(disk_bytes),
         "disk_kib_per_phone": round(disk_blocks as f64 / n as f64 / 1024.0, 1),
@@ -162,7 +163,7 @@ pub async fn site_density(n: usize, load_secs: u64) -> Result<Value> {
             "manifests": store.manifests,
             "manifest_mib": mib(store.manifest_bytes),
         },
-        "wake_is": "a hibernated phone's timer: from its due time on the phone's clock to the guest having run it (the wake included), the site's last 10,000",
+        "wake_is": "a hibernated phone's timer: from its due time on the phone's clock to the guest having run it (the wake included), the load's (its last 10,000)",
         "cpu_is": "the whole process (site, control service, heartbeats) over the load, divided by its wall time",
     });
     // The phones are not saved one by one at the end: their state is durable already; the run's files go.

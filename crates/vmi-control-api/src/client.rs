@@ -239,9 +239,17 @@ impl ControlClient {
         phones: u32,
         degraded: Option<&str>,
     ) -> Result<HeartbeatReply, ClientError> {
+        self.heartbeat_with(
+            id,
+            &HeartbeatRequest { phones, degraded: degraded.map(str::to_owned), placed_version: None },
+        )
+        .await
+    }
+
+    /// `POST /v1/sites/{id}/heartbeat` with the whole request (a site holding its placed list names its version).
+    pub async fn heartbeat_with(&self, id: &str, body: &HeartbeatRequest) -> Result<HeartbeatReply, ClientError> {
         let path = format!("/v1/sites/{}/heartbeat", segment(id));
-        let body = HeartbeatRequest { phones, degraded: degraded.map(str::to_owned) };
-        self.json(Method::POST, path, Some(&body)).await
+        self.json(Method::POST, path, Some(body)).await
     }
 
     /// `DELETE /v1/users/{user}/standby` (the phone's owner site): the phone has no standby copy any more.

@@ -226,6 +226,10 @@ pub struct HeartbeatRequest {
     /// Why the site cannot be trusted with phones now (it cannot write their state), if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// The version of the list of placed users the site holds (a [`HeartbeatReply::placed_version`]): if the
+    /// list has not changed since, the answer does not repeat it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_version: Option<u64>,
 }
 
 /// How long a heartbeat's lease lasts at the control service, counted from when it received the heartbeat: a site
@@ -244,6 +248,12 @@ pub struct HeartbeatReply {
     /// Users whose phones are placed on this site now: a site back from a lapsed lease runs only those, and
     /// starts those it holds a standby copy of.
     pub placed: Vec<String>,
+    /// The version of that list (0: unversioned); a site sends it back with its next heartbeat.
+    #[serde(default)]
+    pub placed_version: u64,
+    /// `placed` is empty because the list is the one at the version the heartbeat named: unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placed_unchanged: bool,
     /// The control plane cannot change any placement now (its store lost its quorum, proven by a majority of
     /// its members): a lease still held is extended, `placed` is empty and means nothing, and nothing is dropped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

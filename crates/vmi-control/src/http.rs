@@ -749,7 +749,10 @@ async fn heartbeat(
     // even while the store hangs (a write waits for a leader that is gone); the write may still land later.
     let write = {
         let (store, id, degraded) = (store.clone(), id.clone(), req.degraded.clone());
-        tokio::task::spawn_blocking(move || store.heartbeat(&id, req.phones, degraded.as_deref(), now_ms()))
+        let known = req.placed_version;
+        tokio::task::spawn_blocking(move || {
+            store.heartbeat_since(&id, req.phones, degraded.as_deref(), now_ms(), known)
+        })
     };
     let written = match tokio::time::timeout(HEARTBEAT_WRITE_WITHIN, write).await {
         Ok(Ok(result)) => result,
@@ -757,14 +760,26 @@ async fn heartbeat(
         Err(_) => Err(ControlError::Unavailable("the heartbeat's write did not finish in time".into())),
     };
     match written {
-        Ok(placed) => Ok(Json(HeartbeatReply { lease_ms: LEASE_MS, placed, frozen: false })),
+        Ok(placed) => Ok(Json(HeartbeatReply {
+            lease_ms: LEASE_MS,
+            placed_unchanged: placed.users.is_none(),
+            placed: placed.users.unwrap_or_default(),
+            placed_version: placed.version,
+            frozen: false,
+        })),
         // The heartbeat could not be written: if that is because nothing can be written anywhere (no quorum,
         // proven), no failover can happen either, and the site is told it may go on.
         Err(ControlError::Unavailable(why)) => {
             match tokio::task::spawn_blocking(move || store.placements_frozen()).await {
                 Ok(Ok(true)) => {
                     tracing::debug!(site = %id, "store without quorum: placements frozen; the site keeps its lease");
-                    Ok(Json(HeartbeatReply { lease_ms: LEASE_MS, placed: Vec::new(), frozen: true }))
+                    Ok(Json(HeartbeatReply {
+                        lease_ms: LEASE_MS,
+                        placed: Vec::new(),
+                        placed_version: 0,
+                        placed_unchanged: false,
+                        frozen: true,
+                    }))
                 }
                 _ => Err(ControlError::Unavailable(why)),
             }

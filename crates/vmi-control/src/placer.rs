@@ -14,7 +14,7 @@ use vmi_control_api::ClientError;
 use vmi_control_api::model::{LEASE_MS, MigrateOrder};
 use vmi_control_api::url::segment;
 
-use crate::placement::{Move, PhoneView, PolicyInput, PolicyParams, PolicyState, SiteView, decide};
+use crate::placement::{Move, PhoneView, PolicyInput, PolicyParams, PolicyState, SiteView, decide, settled};
 use crate::store::now_ms;
 use crate::{ControlError, Leadership, Reports, Store};
 
@@ -118,6 +118,9 @@ impl PlacerRounds {
     }
 }
 
+/// What a round decides on: the policy's view, and each site's base URL.
+type RoundInput = (PolicyInput, HashMap<String, String>);
+
 /// What an order task returns: the move and the site's status and body, or why there was none.
 type OrderResult = (Move, Result<(u16, String), ClientError>);
 
@@ -163,9 +166,17 @@ impl Placer {
     /// A service that just started gives every site a lease's time first: heartbeats it never received are no
     /// evidence that a site is gone.
     fn failover(&mut self, now: u64) -> Vec<(String, String, String)> {
-        let (sites, standbys) = match (self.store.list_sites(), self.store.list_standbys()) {
-            (Ok(sites), Ok(standbys)) => (sites, standbys),
-            (Err(err), _) | (_, Err(err)) => {
+        let expired = |s: &vmi_control_api::model::Site| {
+            s.last_heartbeat_ms.is_some_and(|t| now.saturating_sub(t.max(self.started_ms)) > LEASE_MS)
+        };
+        // Every phone and its standby are read only when some site lost its lease: most seconds none did.
+        let standbys = self.store.list_sites().and_then(|sites| {
+            let any_expired = sites.iter().any(expired);
+            Ok((sites, if any_expired { self.store.list_standbys()? } else { Vec::new() }))
+        });
+        let (sites, standbys) = match standbys {
+            Ok(read) => read,
+            Err(err) => {
                 tracing::warn!(error = %err, "failover cannot read the registry; skipping this round");
                 return Vec::new();
             }
@@ -173,9 +184,6 @@ impl Placer {
         let by_id: HashMap<&str, &vmi_control_api::model::Site> = sites.iter().map(|s| (s.id.as_str(), s)).collect();
         let live =
             |s: &vmi_control_api::model::Site| s.last_heartbeat_ms.is_some_and(|t| now.saturating_sub(t) <= LEASE_MS);
-        let expired = |s: &vmi_control_api::model::Site| {
-            s.last_heartbeat_ms.is_some_and(|t| now.saturating_sub(t.max(self.started_ms)) > LEASE_MS)
-        };
         let mut moved = Vec::new();
         for (user, placement, standby) in standbys {
             let Some(owner) = by_id.get(placement.site.as_str()) else { continue };
@@ -242,7 +250,8 @@ impl Placer {
     fn round(&mut self, now: u64) -> Vec<Move> {
         self.retry_at.retain(|_, at| *at > now);
         let (input, urls) = match self.input(now) {
-            Ok(built) => built,
+            Ok(Some(built)) => built,
+            Ok(None) => return Vec::new(),
             Err(err) => {
                 tracing::warn!(error = %err, "placer cannot read the registry; skipping this round");
                 return Vec::new();
@@ -262,9 +271,26 @@ impl Placer {
         ordered
     }
 
-    /// The policy's view of the registry now, and each site's base URL.
-    fn input(&self, now: u64) -> Result<(PolicyInput, HashMap<String, String>), ControlError> {
+    /// The policy's view of the registry now, and each site's base URL; `None` when it is [`settled`] (no phone can
+    /// move, so the phones are not read) and the round's work is done.
+    fn input(&mut self, now: u64) -> Result<Option<RoundInput>, ControlError> {
         let sites = self.store.list_sites()?;
+        let reports = self.reports.snapshot();
+        let site_view = |site: &vmi_control_api::model::Site, phones: u32| SiteView {
+            id: site.id.clone(),
+            lat: site.lat,
+            lon: site.lon,
+            capacity: site.capacity,
+            phones,
+            healthy: site.healthy_at(now),
+            // A degraded site (it cannot keep phones durable) is evacuated as a draining one is.
+            draining: site.draining || site.degraded.is_some(),
+        };
+        let views: Vec<SiteView> = sites.iter().map(|site| site_view(site, site.phones)).collect();
+        if settled(&views, &reports, now, &self.params) {
+            self.state.forget_all();
+            return Ok(None);
+        }
         let placements = self.store.list_placements()?;
         let mut placed: HashMap<&str, u32> = HashMap::new();
         for (_, placement) in &placements {
@@ -275,16 +301,7 @@ impl Placer {
         }
         let views = sites
             .iter()
-            .map(|site| SiteView {
-                id: site.id.clone(),
-                lat: site.lat,
-                lon: site.lon,
-                capacity: site.capacity,
-                phones: site.phones.max(placed.get(site.id.as_str()).copied().unwrap_or(0)),
-                healthy: site.healthy_at(now),
-                // A degraded site (it cannot keep phones durable) is evacuated as a draining one is.
-                draining: site.draining || site.degraded.is_some(),
-            })
+            .map(|site| site_view(site, site.phones.max(placed.get(site.id.as_str()).copied().unwrap_or(0))))
             .collect();
         let phones = placements
             .into_iter()
@@ -294,7 +311,7 @@ impl Placer {
             })
             .collect();
         let urls = sites.into_iter().map(|site| (site.id, site.url)).collect();
-        Ok((PolicyInput { sites: views, phones, reports: self.reports.snapshot() }, urls))
+        Ok(Some((PolicyInput { sites: views, phones, reports }, urls)))
     }
 
     /// Starts the migrate order for `mv` as a task of the placer.

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use vmi_control::{ServeOptions, ServiceTrust, SqliteStore, Store, serve_with};
 use vmi_control_api::auth::Principal;
 use vmi_control_api::http_client::RequestOptions;
+use vmi_control_api::model::HeartbeatRequest;
 use vmi_control_api::{Caller, ClientError, ControlClient, MigrationRecord, SiteSpec};
 use vmi_trust::Authority;
 
@@ -464,6 +465,19 @@ async fn sites_register_heartbeat_and_report_health() {
     assert!(body.contains(r#""healthy":true"#) && body.contains(r#""url":"https://127.0.0.1:9001""#), "{body}");
 
     assert_eq!(status(server.site("site-z").heartbeat("site-z", 1).await), 404);
+    // A site names the version of the list of placed users it holds: the answer repeats the list only once it
+    // changed (a site of 100,000 phones heartbeats every second).
+    control.create_user("alice").await.unwrap();
+    control.set_placement("alice", "site-a").await.unwrap();
+    let beat = |placed_version| HeartbeatRequest { phones: 1, degraded: None, placed_version };
+    let full = server.site("site-a").heartbeat_with("site-a", &beat(None)).await.unwrap();
+    assert_eq!((full.placed.as_slice(), full.placed_unchanged), (&["alice".to_owned()][..], false));
+    let same = server.site("site-a").heartbeat_with("site-a", &beat(Some(full.placed_version))).await.unwrap();
+    assert!(same.placed_unchanged && same.placed.is_empty(), "{same:?}");
+    assert_eq!(same.placed_version, full.placed_version);
+    control.set_placement("alice", "site-b").await.unwrap();
+    let moved = server.site("site-a").heartbeat_with("site-a", &beat(Some(full.placed_version))).await.unwrap();
+    assert!(!moved.placed_unchanged && moved.placed.is_empty() && moved.placed_version != full.placed_version);
     // Re-registering, a site may move its URL but not its position or capacity (they steer phones and checkpoint
     // copies to it); the operator may.
     let moved_url = SiteSpec { url: "https://127.0.0.1:9011".into(), ..site(9001) };

@@ -102,8 +102,16 @@ impl Residency {
 
     /// Hibernated phones woken by their timers, and how long each timer waited for its guest.
     pub fn timer_wakes(&self) -> TimerWakeFigures {
+        self.timer_wakes_since(0)
+    }
+
+    /// [`Residency::timer_wakes`] with the percentiles over the wakes after the first `count` only (those still
+    /// remembered): a benchmark's figures for the load it watched.
+    pub fn timer_wakes_since(&self, count: u64) -> TimerWakeFigures {
         let wakes = self.wakes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ms: Vec<f64> = wakes.recent.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        let newer = usize::try_from(wakes.count.saturating_sub(count)).unwrap_or(usize::MAX).min(wakes.recent.len());
+        let skip = wakes.recent.len() - newer;
+        let mut ms: Vec<f64> = wakes.recent.iter().skip(skip).map(|d| d.as_secs_f64() * 1000.0).collect();
         ms.sort_by(f64::total_cmp);
         let at = |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
         TimerWakeFigures { count: wakes.count, p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0) }
@@ -136,5 +144,18 @@ mod tests {
         r.left();
         r.left();
         assert_eq!(r.resident(), 0, "never below zero");
+    }
+
+    #[test]
+    fn wake_figures_can_leave_out_the_wakes_before_a_count() {
+        let r = Residency::new(HibernationPolicy::default());
+        for ms in [100, 100, 100, 2, 4] {
+            r.timer_woke(Duration::from_millis(ms));
+        }
+        assert_eq!(r.timer_wakes().p50_ms, 100.0);
+        let last_two = r.timer_wakes_since(3);
+        assert_eq!((last_two.count, last_two.max_ms), (5, 4.0));
+        assert_eq!(last_two.p50_ms, 4.0, "the upper of two");
+        assert_eq!(r.timer_wakes_since(5).max_ms, 0.0, "none since");
     }
 }

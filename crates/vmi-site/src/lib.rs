@@ -138,6 +138,9 @@ pub struct SiteState {
     standby: standby::Copies,
     /// The registered sites' origins and when they were asked (pages of those may open terminals here).
     origins: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
+    /// The last list of users placed here the control service sent (a heartbeat names its version, and the list
+    /// is sent again only when it changed).
+    placed: std::sync::Mutex<Option<standby::PlacedList>>,
     config: SiteConfig,
     checkpoints: checkpoints::Checkpoints,
     /// The hibernation policy and the count of resident phones, when phones hibernate here.
@@ -749,6 +752,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         replication,
         standby: standby::Copies::default(),
         origins: std::sync::Mutex::new(None),
+        placed: std::sync::Mutex::new(None),
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         residency: config.hibernation.map(|policy| Arc::new(hibernation::Residency::new(policy))),
         handoffs: handoff::Handoffs::default(),
@@ -767,10 +771,13 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         let mut every = tokio::time::interval(beat_state.config.heartbeat);
         loop {
             every.tick().await;
-            let phones = beat_state.users().len() as u32;
-            let degraded = beat_state.disk.degraded();
+            let beat = vmi_control_api::model::HeartbeatRequest {
+                phones: u32::try_from(beat_state.phones.count()).unwrap_or(u32::MAX),
+                degraded: beat_state.disk.degraded(),
+                placed_version: beat_state.placed_version(),
+            };
             let sent = std::time::Instant::now();
-            match beat_state.control.heartbeat_degraded(&beat_state.id, phones, degraded.as_deref()).await {
+            match beat_state.control.heartbeat_with(&beat_state.id, &beat).await {
                 Ok(reply) => {
                     // A frozen answer extends the lease only a little at a time: ask again soon.
                     if reply.frozen {

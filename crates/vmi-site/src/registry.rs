@@ -16,6 +16,8 @@ pub struct PhoneRegistry {
     leaving: Mutex<HashSet<String>>,
     arriving: Mutex<HashSet<String>>,
     closing: AtomicBool,
+    /// See [`PhoneRegistry::last_insert`].
+    last_insert: Mutex<Option<std::time::Instant>>,
 }
 
 /// Why no phone more fits here.
@@ -36,7 +38,18 @@ impl PhoneRegistry {
             leaving: Mutex::new(HashSet::new()),
             arriving: Mutex::new(HashSet::new()),
             closing: AtomicBool::new(false),
+            last_insert: Mutex::new(None),
         }
+    }
+
+    /// When a phone last started running here (or came back after a failed stop): a list of placed users that
+    /// judged every phone after that still judges them all.
+    pub fn last_insert(&self) -> Option<std::time::Instant> {
+        *self.last_insert.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note_insert(&self) {
+        *self.last_insert.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
     }
 
     /// The link to `user`'s phone, if it runs here.
@@ -47,6 +60,7 @@ impl PhoneRegistry {
     /// Records a phone that now runs here (one whose stop failed goes back).
     pub fn insert(&self, user: &str, link: PhoneLink) {
         self.running.write().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), link);
+        self.note_insert();
     }
 
     /// Records a phone that starts running here, with the link `start` makes, unless the
@@ -59,6 +73,7 @@ impl PhoneRegistry {
             return false;
         }
         running.insert(user.to_string(), start());
+        self.note_insert();
         true
     }
 
@@ -70,6 +85,19 @@ impl PhoneRegistry {
     /// Users whose phones run here, sorted.
     pub fn users(&self) -> Vec<String> {
         let mut users: Vec<String> = self.running.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        users.sort();
+        users
+    }
+
+    /// Users whose phones started here before `before` and are not in `placed`, sorted: what a heartbeat's list
+    /// of placed users judges (one read of the map, nothing copied for the phones that are placed here).
+    pub fn started_before_and_not_in(&self, before: std::time::Instant, placed: &HashSet<String>) -> Vec<String> {
+        let running = self.running.read().unwrap_or_else(|p| p.into_inner());
+        let mut users: Vec<String> = running
+            .iter()
+            .filter(|(user, link)| link.started() < before && !placed.contains(user.as_str()))
+            .map(|(user, _)| user.clone())
+            .collect();
         users.sort();
         users
     }

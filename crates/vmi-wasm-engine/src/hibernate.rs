@@ -16,6 +16,9 @@ use vmi_snapshot::{GlobalValue, PAGE_SIZE};
 pub const ZERO_PAGE: u32 = u32::MAX;
 
 /// Pages of hibernated phones, each distinct page once, lz4-compressed, counted by reference.
+///
+/// A page many phones share (the image's data, a blank screen's rows) is also kept plain, up to
+/// [`PLAIN_BUDGET`]: every wake lays it back, and a copy costs a tenth of decompressing it.
 #[derive(Default)]
 pub struct PageStore {
     inner: Mutex<Inner>,
@@ -27,12 +30,48 @@ struct Inner {
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     stored_bytes: usize,
+    plain_bytes: usize,
 }
 
 struct Slot {
     hash: [u8; 32],
     refs: u32,
     bytes: Box<[u8]>,
+    /// The page as it is, once [`PLAIN_AT_REFS`] phones refer to it (within [`PLAIN_BUDGET`]).
+    plain: Option<Box<[u8]>>,
+}
+
+/// References from which a page is also kept plain.
+pub const PLAIN_AT_REFS: u32 = 4;
+/// Most bytes of plain pages a store keeps: 32,768 distinct shared pages, far more than an image's phones share.
+pub const PLAIN_BUDGET: usize = 128 << 20;
+
+impl Inner {
+    /// One more reference to the page in `key`'s slot (present), kept plain once shared widely enough.
+    fn refer(&mut self, key: u32) {
+        let Inner { slots, plain_bytes, .. } = self;
+        let Some(Some(slot)) = slots.get_mut(key as usize) else { return };
+        slot.refs += 1;
+        if slot.refs >= PLAIN_AT_REFS && slot.plain.is_none() && *plain_bytes + PAGE_SIZE <= PLAIN_BUDGET {
+            let mut page = vec![0u8; PAGE_SIZE].into_boxed_slice();
+            if matches!(lz4_flex::block::decompress_into(&slot.bytes, &mut page), Ok(n) if n == PAGE_SIZE) {
+                slot.plain = Some(page);
+                *plain_bytes += PAGE_SIZE;
+            }
+        }
+    }
+
+    /// Copies the page of `key` into `out`; false if there is none.
+    fn copy_out(&self, key: u32, out: &mut [u8]) -> bool {
+        let Some(Some(slot)) = self.slots.get(key as usize) else { return false };
+        match &slot.plain {
+            Some(plain) => {
+                out.copy_from_slice(plain);
+                true
+            }
+            None => matches!(lz4_flex::block::decompress_into(&slot.bytes, out), Ok(n) if n == PAGE_SIZE),
+        }
+    }
 }
 
 /// What a [`PageStore`] holds.
@@ -44,6 +83,8 @@ pub struct PageStoreStats {
     pub bytes: usize,
     /// References to them from hibernated phones.
     pub refs: u64,
+    /// Bytes of the pages also kept plain (shared by [`PLAIN_AT_REFS`] references or more).
+    pub plain_bytes: usize,
 }
 
 impl PageStore {
@@ -66,14 +107,12 @@ impl PageStore {
         let hash = *blake3::hash(page).as_bytes();
         let mut inner = self.lock();
         if let Some(&key) = inner.index.get(&hash) {
-            if let Some(slot) = inner.slots[key as usize].as_mut() {
-                slot.refs += 1;
-            }
+            inner.refer(key);
             return key;
         }
         let bytes = lz4_flex::block::compress(page).into_boxed_slice();
         inner.stored_bytes += bytes.len();
-        let slot = Some(Slot { hash, refs: 1, bytes });
+        let slot = Some(Slot { hash, refs: 1, bytes, plain: None });
         let key = match inner.free.pop() {
             Some(key) => {
                 inner.slots[key as usize] = slot;
@@ -94,18 +133,26 @@ impl PageStore {
             out.fill(0);
             return true;
         }
+        self.lock().copy_out(key, out)
+    }
+
+    /// Lays the pages of `keys` into `memory` (one page per key, from its start), under one lock; the zero
+    /// pages are left as they are (a fresh memory is zero). `Err(i)`: page `i` is not in the store.
+    pub fn lay_out(&self, keys: &[u32], memory: &mut [u8]) -> Result<(), usize> {
         let inner = self.lock();
-        let Some(Some(slot)) = inner.slots.get(key as usize) else { return false };
-        matches!(lz4_flex::block::decompress_into(&slot.bytes, out), Ok(n) if n == PAGE_SIZE)
+        for ((i, &key), out) in keys.iter().enumerate().zip(memory.chunks_exact_mut(PAGE_SIZE)) {
+            if key != ZERO_PAGE && !inner.copy_out(key, out) {
+                return Err(i);
+            }
+        }
+        Ok(())
     }
 
     /// Takes one more reference to each of `keys` (held elsewhere already).
     pub fn retain(&self, keys: &[u32]) {
         let mut inner = self.lock();
         for &key in keys.iter().filter(|&&k| k != ZERO_PAGE) {
-            if let Some(Some(slot)) = inner.slots.get_mut(key as usize) {
-                slot.refs += 1;
-            }
+            inner.refer(key);
         }
     }
 
@@ -116,10 +163,13 @@ impl PageStore {
             let Some(Some(slot)) = inner.slots.get_mut(key as usize) else { continue };
             slot.refs -= 1;
             if slot.refs == 0 {
-                let (hash, len) = (slot.hash, slot.bytes.len());
+                let (hash, len, plain) = (slot.hash, slot.bytes.len(), slot.plain.is_some());
                 inner.slots[key as usize] = None;
                 inner.index.remove(&hash);
                 inner.stored_bytes -= len;
+                if plain {
+                    inner.plain_bytes -= PAGE_SIZE;
+                }
                 inner.free.push(key);
             }
         }
@@ -129,7 +179,7 @@ impl PageStore {
     pub fn stats(&self) -> PageStoreStats {
         let inner = self.lock();
         let refs = inner.slots.iter().flatten().map(|s| u64::from(s.refs)).sum();
-        PageStoreStats { pages: inner.index.len(), bytes: inner.stored_bytes, refs }
+        PageStoreStats { pages: inner.index.len(), bytes: inner.stored_bytes, refs, plain_bytes: inner.plain_bytes }
     }
 }
 
@@ -175,5 +225,26 @@ mod tests {
         assert!(!store.read(a, &mut out), "a freed key reads nothing");
         // A freed slot is reused.
         assert!([a, c].contains(&store.intern(&page)));
+    }
+
+    #[test]
+    fn a_widely_shared_page_is_also_kept_plain_and_reads_the_same() {
+        let store = PageStore::new();
+        let page: Vec<u8> = (0..PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+        let key = store.intern(&page);
+        store.retain(&vec![key; PLAIN_AT_REFS as usize - 2]);
+        assert_eq!(store.stats().plain_bytes, 0, "not yet shared widely enough");
+        assert_eq!(store.intern(&page), key);
+        assert_eq!(store.stats().plain_bytes, PAGE_SIZE);
+        // Laid out as it was, beside a zero page left alone and another copy.
+        let mut memory = vec![9u8; 3 * PAGE_SIZE];
+        memory[PAGE_SIZE..2 * PAGE_SIZE].fill(0);
+        store.lay_out(&[key, ZERO_PAGE, key], &mut memory).expect("laid out");
+        assert_eq!(&memory[..PAGE_SIZE], &page[..]);
+        assert!(memory[PAGE_SIZE..2 * PAGE_SIZE].iter().all(|&b| b == 0));
+        assert_eq!(&memory[2 * PAGE_SIZE..], &page[..]);
+        assert_eq!(store.lay_out(&[key, 12345], &mut memory), Err(1), "a key not in the store is named");
+        store.release(&vec![key; PLAIN_AT_REFS as usize]);
+        assert_eq!(store.stats(), PageStoreStats::default(), "the plain copy goes with the page");
     }
 }

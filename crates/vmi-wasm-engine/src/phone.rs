@@ -16,7 +16,7 @@ use vmi_guest_abi::image::GlobalKind;
 use vmi_guest_abi::persist::{Reader, Writer};
 
 use crate::dirty::TrackerKind;
-use crate::hibernate::{Asleep, PageStore, ZERO_PAGE};
+use crate::hibernate::{Asleep, PageStore};
 use crate::host::StoreData;
 use crate::{ENGINE_NAME, LoadedImage, WasmEngine};
 
@@ -602,10 +602,9 @@ impl WasmPhone {
                 memory[start..end].fill(0);
             }
         }
-        for (i, &key) in asleep.pages.iter().enumerate() {
-            if key != ZERO_PAGE && !self.pages.read(key, &mut memory[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
-                return Err(VmError::Abi(format!("cannot wake the phone: page {i} is missing from the page store")));
-            }
+        populate_keyed(memory, &asleep.pages);
+        if let Err(i) = self.pages.lay_out(&asleep.pages, memory) {
+            return Err(VmError::Abi(format!("cannot wake the phone: page {i} is missing from the page store")));
         }
         self.store.data_mut().host.instantiated = true;
         self.set_globals(&asleep.globals).map_err(|e| VmError::Abi(format!("cannot wake the phone: {e}")))
@@ -704,6 +703,27 @@ fn populate(memory: &mut [u8], runs: &[vmi_snapshot::PageRun]) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (memory, runs);
+}
+
+/// [`populate`] for a waking phone: the runs of pages `keys` fills (one key per page; zero pages stay unbacked).
+fn populate_keyed(memory: &mut [u8], keys: &[u32]) {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < keys.len() {
+        let start = i;
+        let zero = keys[i] == crate::hibernate::ZERO_PAGE;
+        while i < keys.len() && (keys[i] == crate::hibernate::ZERO_PAGE) == zero {
+            i += 1;
+        }
+        if !zero {
+            runs.push(vmi_snapshot::PageRun {
+                first: start as u32,
+                count: (i - start) as u32,
+                kind: vmi_snapshot::RunKind::Data,
+            });
+        }
+    }
+    populate(memory, &runs);
 }
 
 fn check_config(engine: &WasmEngine, config: &VmConfig, image: &LoadedImage) -> Result<(), EngineError> {
@@ -936,10 +956,8 @@ impl VirtualPhone for WasmPhone {
         // are gone, so the chain could not name it as their parent).
         let bad = |e: String| VmError::Snapshot(format!("the last good state cannot be rebuilt: {e}"));
         let mut memory = vec![0u8; base.pages.len() * PAGE_SIZE];
-        for (i, &key) in base.pages.iter().enumerate() {
-            if !self.pages.read(key, &mut memory[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
-                return Err(bad(format!("page {i} is missing from the page store")));
-            }
+        if let Err(i) = self.pages.lay_out(&base.pages, &mut memory) {
+            return Err(bad(format!("page {i} is missing from the page store")));
         }
         let (mut header, mut globals, mut host_state) =
             (base.header.clone(), base.globals.clone(), base.host_state.clone());

@@ -59,6 +59,10 @@ pub(crate) const CASES: &[(&str, Case)] = &[
     ("sites::draining_is_a_stored_flag", super::sites::tests::draining_is_a_stored_flag),
     ("sites::site_health_follows_heartbeats", super::sites::tests::site_health_follows_heartbeats),
     (
+        "sites::a_heartbeat_sends_the_placed_list_again_only_when_it_changed",
+        super::sites::tests::a_heartbeat_sends_the_placed_list_again_only_when_it_changed,
+    ),
+    (
         "tenants::tenants_are_created_once_updated_and_listed_with_usage",
         super::tenants::tests::tenants_are_created_once_updated_and_listed_with_usage,
     ),

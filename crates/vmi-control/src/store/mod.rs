@@ -73,8 +73,26 @@ pub trait Store: Send + Sync {
     fn put_site(&self, id: &str, spec: &SiteSpec) -> Result<Site, ControlError>;
     /// Records a heartbeat from a registered site at `at_ms` (milliseconds since the Unix epoch).
     /// Returns the users whose phones are placed on the site, read in the same transaction.
-    fn heartbeat(&self, id: &str, phones: u32, degraded: Option<&str>, at_ms: u64)
-    -> Result<Vec<String>, ControlError>;
+    fn heartbeat(
+        &self,
+        id: &str,
+        phones: u32,
+        degraded: Option<&str>,
+        at_ms: u64,
+    ) -> Result<Vec<String>, ControlError> {
+        Ok(self.heartbeat_since(id, phones, degraded, at_ms, None)?.users.unwrap_or_default())
+    }
+    /// [`Store::heartbeat`] for a site that holds the list of its placed users at version `known`: the list is
+    /// read (in the same transaction) only if it changed since. A version is never reused for another list of
+    /// the site (it only grows), and 0 means unversioned.
+    fn heartbeat_since(
+        &self,
+        id: &str,
+        phones: u32,
+        degraded: Option<&str>,
+        at_ms: u64,
+        known: Option<u64>,
+    ) -> Result<PlacedUsers, ControlError>;
     /// One site, if registered.
     fn site(&self, id: &str) -> Result<Option<Site>, ControlError>;
     /// All sites, by id.
@@ -187,6 +205,16 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// The users placed on a site, as a heartbeat reads them: the list's version, and the list unless the site holds
+/// that version already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedUsers {
+    /// The list's version (see [`Store::heartbeat_since`]).
+    pub version: u64,
+    /// The users, by name; `None` when the caller's version is this one.
+    pub users: Option<Vec<String>>,
+}
+
 /// A [`Store`] in one SQLite database (WAL mode), one connection behind a mutex.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -280,14 +308,15 @@ impl Store for SqliteStore {
         sites::put_site(&mut self.conn(), id, spec)
     }
 
-    fn heartbeat(
+    fn heartbeat_since(
         &self,
         id: &str,
         phones: u32,
         degraded: Option<&str>,
         at_ms: u64,
-    ) -> Result<Vec<String>, ControlError> {
-        sites::heartbeat(&mut self.conn(), id, phones, degraded, at_ms)
+        known: Option<u64>,
+    ) -> Result<PlacedUsers, ControlError> {
+        sites::heartbeat(&mut self.conn(), id, phones, degraded, at_ms, known)
     }
 
     fn site(&self, id: &str) -> Result<Option<Site>, ControlError> {

@@ -123,6 +123,26 @@ const MIGRATIONS: &[&str] = &[
     // Which site holds each phone's standby copy, and for which placement epoch (docs/FAILOVER.md).
     "ALTER TABLE placements ADD COLUMN standby TEXT;
      ALTER TABLE placements ADD COLUMN standby_epoch INTEGER;",
+    // The version of each site's list of placed users (what its heartbeat answers): a site holding the list at
+    // its version is not sent it again. Every change of who is placed on a site takes the next number of one
+    // counter, so a version never names two lists; the counter starts at the time in microseconds, so a new
+    // database (an in-memory one restarted) does not repeat the versions an old one gave out.
+    "CREATE TABLE placed_counter (next INTEGER NOT NULL);
+     INSERT INTO placed_counter (next) VALUES (CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER));
+     ALTER TABLE sites ADD COLUMN placed_version INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX placements_by_site ON placements(site, user);
+     CREATE TRIGGER placed_after_insert AFTER INSERT ON placements BEGIN
+         UPDATE placed_counter SET next = next + 1;
+         UPDATE sites SET placed_version = (SELECT next FROM placed_counter) WHERE id = NEW.site;
+     END;
+     CREATE TRIGGER placed_after_move AFTER UPDATE OF site ON placements WHEN OLD.site IS NOT NEW.site BEGIN
+         UPDATE placed_counter SET next = next + 1;
+         UPDATE sites SET placed_version = (SELECT next FROM placed_counter) WHERE id IN (OLD.site, NEW.site);
+     END;
+     CREATE TRIGGER placed_after_delete AFTER DELETE ON placements BEGIN
+         UPDATE placed_counter SET next = next + 1;
+         UPDATE sites SET placed_version = (SELECT next FROM placed_counter) WHERE id = OLD.site;
+     END;",
 ];
 
 /// The schema version this build writes.

@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use vmi_control_api::model::{Site, SiteSpec};
 
+use super::PlacedUsers;
 use crate::ControlError;
 use crate::validate::{validate_id, validate_site_spec};
 
@@ -51,21 +52,27 @@ pub(super) fn heartbeat(
     phones: u32,
     degraded: Option<&str>,
     at_ms: u64,
-) -> Result<Vec<String>, ControlError> {
+    known: Option<u64>,
+) -> Result<PlacedUsers, ControlError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let changed = tx.execute(
-        "UPDATE sites SET phones = ?2, last_heartbeat_ms = ?3, degraded = ?4 WHERE id = ?1",
-        params![id, phones, at_ms, degraded],
-    )?;
-    if changed == 0 {
-        return Err(ControlError::not_found("site", id));
-    }
-    let placed = {
+    let version: Option<u64> = tx
+        .query_row(
+            "UPDATE sites SET phones = ?2, last_heartbeat_ms = ?3, degraded = ?4 WHERE id = ?1 RETURNING placed_version",
+            params![id, phones, at_ms, degraded],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(version) = version else { return Err(ControlError::not_found("site", id)) };
+    // The triggers of schema.rs give the site a new version from one counter at every change of who is placed
+    // on it, so an equal version is an equal list (0: none recorded yet, always read).
+    let users = if version != 0 && known == Some(version) {
+        None
+    } else {
         let mut stmt = tx.prepare("SELECT user FROM placements WHERE site = ?1 ORDER BY user")?;
-        stmt.query_map([id], |row| row.get(0))?.collect::<Result<Vec<String>, _>>()?
+        Some(stmt.query_map([id], |row| row.get(0))?.collect::<Result<Vec<String>, _>>()?)
     };
     tx.commit()?;
-    Ok(placed)
+    Ok(PlacedUsers { version, users })
 }
 
 pub(super) fn site(conn: &Connection, id: &str) -> Result<Option<Site>, ControlError> {
@@ -94,7 +101,7 @@ pub(super) mod tests {
     use vmi_control_api::model::SiteSpec;
 
     use crate::ControlError;
-    use crate::store::{Store, now_ms};
+    use crate::store::{PlacedUsers, Store, now_ms};
 
     /// Conformance case (store/conformance.rs).
     pub(crate) fn draining_is_a_stored_flag(s: &dyn Store) {
@@ -104,6 +111,51 @@ pub(super) mod tests {
         assert!(s.put_site("site-a", &spec(3)).unwrap().draining, "re-registering keeps the flag");
         assert!(!s.set_draining("site-a", false).unwrap().draining);
         assert!(matches!(s.set_draining("site-z", true), Err(ControlError::NotFound { what: "site", .. })));
+    }
+
+    /// Conformance case (store/conformance.rs).
+    pub(crate) fn a_heartbeat_sends_the_placed_list_again_only_when_it_changed(s: &dyn Store) {
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.put_site("site-b", &spec(2)).unwrap();
+        // Nothing placed yet: no version to hold, the (empty) list every time.
+        let empty = s.heartbeat_since("site-a", 0, None, 1_000, None).unwrap();
+        assert_eq!(empty.users.as_deref(), Some(&[][..]));
+        assert_eq!(s.heartbeat_since("site-a", 0, None, 1_000, Some(empty.version)).unwrap().users, Some(vec![]));
+
+        for user in ["alice", "bob"] {
+            s.create_user(user).unwrap();
+            s.set_placement(user, "site-a").unwrap();
+        }
+        let first = s.heartbeat_since("site-a", 2, None, 2_000, Some(empty.version)).unwrap();
+        assert_eq!(first.users.as_deref(), Some(&["alice".to_owned(), "bob".to_owned()][..]));
+        assert_ne!(first.version, 0);
+        // Held at its version: not sent again, however often asked, while nothing changes for the site.
+        let same = s.heartbeat_since("site-a", 2, None, 3_000, Some(first.version)).unwrap();
+        assert_eq!(same, PlacedUsers { version: first.version, users: None });
+        assert_eq!(s.site("site-a").unwrap().unwrap().last_heartbeat_ms, Some(3_000), "still a heartbeat");
+        // Changes elsewhere, or a placement set again to the same site, are no change for it.
+        s.create_user("carol").unwrap();
+        s.set_placement("carol", "site-b").unwrap();
+        s.set_placement("alice", "site-a").unwrap();
+        assert_eq!(s.heartbeat_since("site-a", 2, None, 4_000, Some(first.version)).unwrap().users, None);
+        // A phone moving away changes both sites' lists; an old version (or none) gets the whole list.
+        let moved = s.move_placement("bob", "site-b", Some(1)).unwrap();
+        assert_eq!(moved.site, "site-b");
+        let after = s.heartbeat_since("site-a", 1, None, 5_000, Some(first.version)).unwrap();
+        assert_eq!(after.users.as_deref(), Some(&["alice".to_owned()][..]));
+        assert_ne!(after.version, first.version);
+        let b = s.heartbeat_since("site-b", 2, None, 5_000, Some(first.version)).unwrap();
+        assert_eq!(b.users.as_deref(), Some(&["bob".to_owned(), "carol".to_owned()][..]));
+        assert_eq!(s.heartbeat_since("site-a", 1, None, 6_000, None).unwrap().users.map(|u| u.len()), Some(1));
+        // And back: a new version, never the old one again.
+        s.move_placement("bob", "site-a", Some(2)).unwrap();
+        let back = s.heartbeat_since("site-a", 2, None, 7_000, Some(after.version)).unwrap();
+        assert_eq!(back.users.map(|u| u.len()), Some(2));
+        assert!(back.version != first.version && back.version != after.version);
+        assert!(matches!(
+            s.heartbeat_since("site-z", 0, None, 1, Some(back.version)),
+            Err(ControlError::NotFound { what: "site", .. })
+        ));
     }
 
     /// Conformance case (store/conformance.rs).

@@ -421,6 +421,19 @@ impl Tx<'_> {
         Ok(entry.map(|e| e.value))
     }
 
+    /// The revision `key` was last written at (0: absent), without its value; a read like [`Tx::get_raw`]'s (a
+    /// change before commit makes the commit fail). Not for a key this transaction writes.
+    pub(crate) fn revision(&mut self, key: &str) -> Result<i64, ControlError> {
+        let full = self.kv.full(key);
+        let resp = self.kv.call(true, |mut c| {
+            let full = full.clone();
+            async move { c.get(full, Some(GetOptions::new().with_keys_only())).await }
+        })?;
+        let revision = resp.kvs().first().map_or(0, |kv| kv.mod_revision());
+        self.reads.insert(key.to_owned(), revision);
+        Ok(revision)
+    }
+
     /// The JSON value of `key`.
     pub(crate) fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ControlError> {
         self.get_raw(key)?.map(|bytes| decode(key, &bytes)).transpose()

@@ -45,7 +45,7 @@ use vmi_control_api::tenants::{
 pub(crate) use kv::EtcdKv;
 pub use leader::LEADER_TTL;
 
-use super::{DEFAULT_AUDIT_LISTED, Store, generate_token, now_ms, token_hash};
+use super::{DEFAULT_AUDIT_LISTED, PlacedUsers, Store, generate_token, now_ms, token_hash};
 use crate::validate::{
     validate_checkpoints, validate_id, validate_label, validate_migration, validate_site_spec, validate_tenant,
     validate_wasm,
@@ -510,13 +510,14 @@ impl Store for EtcdStore {
         })
     }
 
-    fn heartbeat(
+    fn heartbeat_since(
         &self,
         id: &str,
         phones: u32,
         degraded: Option<&str>,
         at_ms: u64,
-    ) -> Result<Vec<String>, ControlError> {
+        known: Option<u64>,
+    ) -> Result<PlacedUsers, ControlError> {
         // Renewed first: a lease renewed without its heartbeat recorded only delays a failover, never hastens one.
         let new_lease = if self.site_leases { self.renew_site_lease(id)? } else { None };
         self.kv
@@ -530,12 +531,18 @@ impl Store for EtcdStore {
                     tx.put_leased(&site_lease_key(id), &lease, lease)?;
                 }
                 // Read in the same transaction: a failover that moved a phone away either committed before (and the
-                // list no longer names it) or fails its compare on this site's record and sees this heartbeat.
-                let placed: Vec<String> = tx.get(&placed_key(id))?.unwrap_or_default();
+                // list no longer names it) or fails its compare on this site's record and sees this heartbeat. The
+                // list's version is the revision of its key (etcd's revisions only grow: never one for two lists).
+                let version = u64::try_from(tx.revision(&placed_key(id))?).unwrap_or(0);
+                let users = if version != 0 && known == Some(version) {
+                    None
+                } else {
+                    Some(tx.get::<Vec<String>>(&placed_key(id))?.unwrap_or_default())
+                };
                 let site =
                     Site { phones, last_heartbeat_ms: Some(at_ms), degraded: degraded.map(str::to_owned), ..site };
                 tx.put(&site_key(id), &site)?;
-                Ok(placed)
+                Ok(PlacedUsers { version, users })
             })
             .inspect(|_| {
                 self.heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
