@@ -552,22 +552,27 @@ impl SiteState {
             }
             return;
         }
-        let Some(placed) = self.placed_list(&reply, sent) else {
+        let Some(placed) = self.placed_list(&reply) else {
             // "Unchanged" from a list this site does not hold (it never should): no lease without a list to judge
             // by; the next heartbeat names no version and gets the whole list.
             tracing::warn!(site = %self.id, version = reply.placed_version, "heartbeat answered with an unknown list version");
             return;
         };
-        // The same list judged every phone here already (none started since): the same verdict, without looking
-        // at 100,000 phones every second.
+        // The same list found every phone here placed here already (none started since): the same verdict,
+        // without looking at 100,000 phones every second.
         let superseded: Vec<String> = match placed {
             Judged::Already => Vec::new(),
-            Judged::Now(placed) => self
-                .phones
-                .started_before_and_not_in(sent, &placed)
-                .into_iter()
-                .filter(|user| !self.phones.is_leaving(user) && !self.phones.is_arriving(user))
-                .collect(),
+            Judged::Now(placed) => {
+                let not_placed = self.phones.started_before_and_not_in(sent, &placed);
+                // Only "every phone is on the list" stands for the next unchanged lists: a phone not on it (being
+                // dropped, or passed over while it arrives or leaves) is looked at by every heartbeat until it is
+                // gone or placed here, and the lease waits for its drop each time.
+                self.judged(reply.placed_version, sent, not_placed.is_empty());
+                not_placed
+                    .into_iter()
+                    .filter(|user| !self.phones.is_leaving(user) && !self.phones.is_arriving(user))
+                    .collect()
+            }
         };
         if superseded.is_empty() {
             self.replication.lease().renewed(sent, reply.lease_ms);
@@ -590,29 +595,36 @@ impl SiteState {
         self.placed.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|kept| kept.version)
     }
 
-    /// The users placed here as `reply` (to a heartbeat sent at `sent`) says: its list, kept with its version; the
-    /// one kept if unchanged, or [`Judged::Already`] if that one judged every phone here already. `None` if it says
-    /// "unchanged" from a version not kept here.
-    fn placed_list(&self, reply: &vmi_control_api::model::HeartbeatReply, sent: Instant) -> Option<Judged> {
+    /// The users placed here as `reply` says: its list, kept with its version; the one kept if unchanged, or
+    /// [`Judged::Already`] if that one found every phone here placed here, and none started since. `None` if it
+    /// says "unchanged" from a version not kept here.
+    fn placed_list(&self, reply: &vmi_control_api::model::HeartbeatReply) -> Option<Judged> {
         let mut kept = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         if reply.placed_unchanged {
             let Some(list) = kept.as_mut().filter(|k| k.version == reply.placed_version) else {
                 *kept = None;
                 return None;
             };
-            if list.judged_before.is_some_and(|judged| self.phones.last_insert().is_none_or(|at| at < judged)) {
+            if list.all_placed_before.is_some_and(|judged| self.phones.last_insert().is_none_or(|at| at < judged)) {
                 return Some(Judged::Already);
             }
-            list.judged_before = Some(sent);
             return Some(Judged::Now(list.users.clone()));
         }
         let users = Arc::new(reply.placed.iter().cloned().collect::<std::collections::HashSet<_>>());
         *kept = (reply.placed_version != 0).then(|| PlacedList {
             version: reply.placed_version,
             users: users.clone(),
-            judged_before: Some(sent),
+            all_placed_before: None,
         });
         Some(Judged::Now(users))
+    }
+
+    /// Records what the list at `version` found of the phones that started before `sent`: all placed here, or not.
+    fn judged(&self, version: u64, sent: Instant, all_placed: bool) {
+        let mut kept = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = kept.as_mut().filter(|k| k.version == version) {
+            list.all_placed_before = all_placed.then_some(sent);
+        }
     }
 
     /// Drops `user`'s phone here: while this site had no lease it was failed over and runs elsewhere now. Its
@@ -636,13 +648,13 @@ pub(crate) struct PlacedList {
     /// The list's version (the control service's).
     version: u64,
     users: Arc<std::collections::HashSet<String>>,
-    /// Every phone that started here before this instant has been judged by this list.
-    judged_before: Option<Instant>,
+    /// Every phone that started here before this instant is on this list (it found none to drop or pass over).
+    all_placed_before: Option<Instant>,
 }
 
 /// What a heartbeat's list says about the phones here.
 enum Judged {
-    /// Nothing new: the list and the phones are those judged already.
+    /// Nothing new: the list and the phones are those found all placed here already.
     Already,
     /// Judge the phones that started before the heartbeat by this list.
     Now(Arc<std::collections::HashSet<String>>),

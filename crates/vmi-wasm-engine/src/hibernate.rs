@@ -139,6 +139,10 @@ impl PageStore {
     /// Lays the pages of `keys` into `memory` (one page per key, from its start), under one lock; the zero
     /// pages are left as they are (a fresh memory is zero). `Err(i)`: page `i` is not in the store.
     pub fn lay_out(&self, keys: &[u32], memory: &mut [u8]) -> Result<(), usize> {
+        // A memory too short for the keys is missing the first page it has no room for.
+        if memory.len() / PAGE_SIZE < keys.len() {
+            return Err(memory.len() / PAGE_SIZE);
+        }
         let inner = self.lock();
         for ((i, &key), out) in keys.iter().enumerate().zip(memory.chunks_exact_mut(PAGE_SIZE)) {
             if key != ZERO_PAGE && !inner.copy_out(key, out) {
@@ -244,6 +248,7 @@ mod tests {
         assert!(memory[PAGE_SIZE..2 * PAGE_SIZE].iter().all(|&b| b == 0));
         assert_eq!(&memory[2 * PAGE_SIZE..], &page[..]);
         assert_eq!(store.lay_out(&[key, 12345], &mut memory), Err(1), "a key not in the store is named");
+        assert_eq!(store.lay_out(&[key; 4], &mut memory), Err(3), "and a page the memory has no room for");
         store.release(&vec![key; PLAIN_AT_REFS as usize]);
         assert_eq!(store.stats(), PageStoreStats::default(), "the plain copy goes with the page");
     }

@@ -125,8 +125,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE placements ADD COLUMN standby_epoch INTEGER;",
     // The version of each site's list of placed users (what its heartbeat answers): a site holding the list at
     // its version is not sent it again. Every change of who is placed on a site takes the next number of one
-    // counter, so a version never names two lists; the counter starts at the time in microseconds, so a new
-    // database (an in-memory one restarted) does not repeat the versions an old one gave out.
+    // counter, so a version never names two lists; the counter is never behind the time in microseconds when the
+    // database opens, so a new or restored database does not repeat the versions an old one gave out.
     "CREATE TABLE placed_counter (next INTEGER NOT NULL);
      INSERT INTO placed_counter (next) VALUES (CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER));
      ALTER TABLE sites ADD COLUMN placed_version INTEGER NOT NULL DEFAULT 0;
@@ -168,6 +168,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), ControlError> {
         tracing::info!(from, to = from + 1, "migrated control database schema");
     }
     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
+    // Never behind the clock at open either: a database restored from an older copy must not give out again a
+    // version it gave out after that copy (for another list).
+    tx.execute(
+        "UPDATE placed_counter SET next = max(next, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER))",
+        [],
+    )?;
     tx.commit()?;
     Ok(())
 }
