@@ -43,7 +43,7 @@ impl PhoneRegistry {
     }
 
     /// When a phone last started running here (or came back after a failed stop): a list of placed users that
-    /// judged every phone after that still judges them all.
+    /// found every phone here on it after that instant still finds them all (no phone is new to it).
     pub fn last_insert(&self) -> Option<std::time::Instant> {
         *self.last_insert.lock().unwrap_or_else(|p| p.into_inner())
     }
