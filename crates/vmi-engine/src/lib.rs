@@ -14,10 +14,12 @@
 //! HTTP, async runtimes or terminals.
 
 mod clock;
+mod engines;
 mod error;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock, VirtualClock};
+pub use engines::Engines;
 pub use error::{EngineError, VmError, error_chain};
 pub use types::*;
 pub use vmi_snapshot::{Header as SnapshotHeader, Limits as SnapshotLimits, SnapshotId};
@@ -33,6 +35,13 @@ pub trait Engine: Send + Sync {
     /// does not hibernate phones).
     fn page_store(&self) -> Option<(usize, usize)> {
         None
+    }
+
+    /// Whether `bytes` look like an image of this engine (by its magic): how a site with several engines
+    /// ([`Engines`]) picks the one an image belongs to. An engine alone takes whatever it is given.
+    fn accepts(&self, bytes: &[u8]) -> bool {
+        let _ = bytes;
+        true
     }
 
     /// Validates and compiles an image once; later VMs of it are cheap. Loading the same
@@ -191,6 +200,30 @@ pub trait VirtualPhone: Send {
     /// Whether the phone has its instance and memory now (not hibernated).
     fn resident(&self) -> bool {
         true
+    }
+
+    /// Stops the guest where it is (a migration's freeze: nothing may run here while the destination may take
+    /// over). A phone that runs only inside this trait's calls (the WebAssembly engine's) is stopped already.
+    fn pause(&mut self) -> Result<(), VmError> {
+        Ok(())
+    }
+
+    /// Lets a paused guest run again (an aborted migration's source, a committed arrival).
+    fn resume(&mut self) -> Result<(), VmError> {
+        Ok(())
+    }
+
+    /// Asks the phone to call `listener` when something changed on its own, outside any call of this trait: a
+    /// guest that runs by itself (a full-system VM) drew, raised a notification, or died. Its owner then looks
+    /// ([`VirtualPhone::frame`], [`VirtualPhone::take_notifications`], [`VirtualPhone::status`]). The listener
+    /// must be quick and must not call back into the phone. Phones that change only inside calls ignore it.
+    fn set_activity_listener(&mut self, listener: Arc<dyn Fn() + Send + Sync>) {
+        let _ = listener;
+    }
+
+    /// Which engine runs this phone (its snapshots' engine name).
+    fn engine(&self) -> &'static str {
+        "wasm"
     }
 }
 

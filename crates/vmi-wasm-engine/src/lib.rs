@@ -311,6 +311,10 @@ impl Engine for WasmEngine {
         ENGINE_NAME
     }
 
+    fn accepts(&self, bytes: &[u8]) -> bool {
+        bytes.starts_with(b"\0asm")
+    }
+
     fn page_store(&self) -> Option<(usize, usize)> {
         let stats = self.pages.stats();
         Some((stats.pages, stats.bytes))

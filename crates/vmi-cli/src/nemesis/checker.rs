@@ -25,6 +25,8 @@ use vmi_control_api::model::Placement;
 pub struct Final {
     /// The phone's notes, read from the site it is placed on (`None`: none answered).
     pub notes: Option<String>,
+    /// Why the notes could not be read, when they could not.
+    pub notes_unread: Option<String>,
     /// The site the placement names.
     pub placed_on: Option<String>,
     /// The site whose phone list has it running.
@@ -241,7 +243,9 @@ fn durable_inputs(observed: &Observed) -> Verdict {
         typed_total += all.chars().count();
         durable_total += durable_chars;
         let Some(notes) = &end.notes else {
-            violations.push(format!("{user}: the final notes could not be read ({durable_chars} characters durable)"));
+            let why = end.notes_unread.as_deref().unwrap_or("no placement");
+            violations
+                .push(format!("{user}: the final notes could not be read ({durable_chars} characters durable): {why}"));
             continue;
         };
         let common = all.chars().zip(notes.chars()).take_while(|(a, b)| a == b).count();
@@ -396,6 +400,7 @@ mod tests {
         records.sort_by_key(at);
         let end = Final {
             notes: Some("abc".into()),
+            notes_unread: None,
             placed_on: Some("site-b".into()),
             running_on: Some("site-b".into()),
             terminal_on: Some("site-b".into()),

@@ -680,16 +680,47 @@ async fn final_state(cluster: &Cluster, typist: &Typist) -> checker::Final {
     if cluster.running_on(&site, &url).await.is_some_and(|users| users.contains(user)) {
         end.running_on = Some(site.clone());
     }
-    end.notes = notes(cluster, &site, &url, user).await;
+    // A read can meet the phone between two states (waking, or moved by the placer since): it is asked again, on
+    // the site the placement names then, for a while; what stopped the last try is kept for the report.
+    let by = Instant::now() + NOTES_READ_WITHIN;
+    let (mut at, mut at_url) = (site.clone(), url);
+    loop {
+        match read_notes(cluster, &at, &at_url, user).await {
+            Ok(text) => {
+                end.notes = Some(text);
+                end.notes_unread = None;
+                break;
+            }
+            Err(why) => end.notes_unread = Some(format!("{at}: {why}")),
+        }
+        if Instant::now() > by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some((now_at, now_url)) = cluster.placement(user).await {
+            (at, at_url) = (now_at, now_url);
+        }
+    }
     end.placed_on = Some(site);
     end
 }
 
+/// How long the final read of a phone's notes is tried again.
+const NOTES_READ_WITHIN: Duration = Duration::from_secs(10);
+
 async fn notes(cluster: &Cluster, site: &str, url: &str, user: &str) -> Option<String> {
-    let caller = cluster.site_caller(site).ok()?;
+    read_notes(cluster, site, url, user).await.ok()
+}
+
+/// The phone's notes as its site answers them, or why not.
+async fn read_notes(cluster: &Cluster, site: &str, url: &str, user: &str) -> Result<String, String> {
+    let caller = cluster.site_caller(site).map_err(|e| e.to_string())?;
     match caller.get_bytes(&format!("{url}/v1/phones/{user}/kv/notes.text")).await {
-        Ok((200, body)) => String::from_utf8(body).ok(),
-        _ => None,
+        Ok((200, body)) => String::from_utf8(body).map_err(|_| "the notes are not UTF-8".to_owned()),
+        Ok((status, body)) => {
+            Err(format!("{status} {}", String::from_utf8_lossy(&body).chars().take(200).collect::<String>()))
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 

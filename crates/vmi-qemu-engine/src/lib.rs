@@ -1,0 +1,521 @@
+//! # vmi-qemu-engine: full-system Linux phones on QEMU
+//!
+//! The second engine behind the [`vmi_engine::Engine`] contract: each phone is a `qemu-system-x86_64` process
+//! running an unmodified Linux guest (Debian's kernel, a read-only root shared by every phone of the image, every
+//! change in guest RAM), built from Debian's packages by `scripts/build-linux-image` (docs/LINUX-PHONES.md).
+//!
+//! - **Control**: QMP on a Unix socket ([`qmp`]): input (an absolute tablet and a keyboard), stop and continue,
+//!   device state.
+//! - **Screen**: QEMU's VNC server on a Unix socket ([`display`]): damage comes as rectangles, and nothing comes
+//!   while nothing changes.
+//! - **Agent**: a virtio-serial port ([`agent`]): the guest says its session is up and raises notifications; the
+//!   host reads files and sets the guest's clock.
+//! - **Snapshots**: guest RAM is a file both QEMU and the engine map ([`ram`]); a snapshot is the changed pages
+//!   in the `vmi-snapshot` format plus QEMU's device state taken with `x-ignore-shared` ([`state`]), so
+//!   checkpoints, standbys and live migration carry Linux phones the way they carry WebAssembly ones.
+//! - **Confinement**: QEMU's seccomp sandbox, no network unless the image asks, an unprivileged user when the site
+//!   runs as root, killed with the site ([`Settings`]).
+
+mod agent;
+pub mod display;
+mod error;
+pub mod image;
+mod phone;
+pub mod qmp;
+mod ram;
+mod state;
+
+pub use error::QemuError;
+pub use phone::{ENGINE_NAME, QemuPhone};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use vmi_engine::{
+    Carryover, Clock, Engine, EngineError, ImageHash, ImageInfo, RestoreStage, SystemClock, VirtualPhone, VmConfig,
+};
+use vmi_snapshot::{Limits, SnapshotId, SnapshotKind, SnapshotView};
+
+use crate::display::lock;
+use crate::phone::Start;
+use crate::ram::RamFile;
+
+/// Which accelerator QEMU uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// QEMU's own translator: works everywhere, slower.
+    Tcg,
+    /// The kernel's hypervisor.
+    Kvm,
+}
+
+impl Accel {
+    /// QEMU's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// Where and how the engine runs QEMU.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// Where loaded images are unpacked (one directory per image hash; kept across restarts).
+    pub images_dir: PathBuf,
+    /// Where each phone's directory goes: its RAM file and sockets. Best on a tmpfs (RAM is read from here).
+    pub run_dir: PathBuf,
+    /// The accelerator, or `None` to probe once: KVM if it boots the image's kernel, TCG otherwise.
+    pub accel: Option<Accel>,
+    /// The user and group QEMU runs as when the engine runs as root (`None`: the engine's own).
+    pub run_as: Option<(u32, u32)>,
+}
+
+impl Settings {
+    /// Debian's QEMU, images under `state_dir`, phones under /dev/shm (or `state_dir` when there is none).
+    pub fn under(state_dir: &Path) -> Settings {
+        let shm = Path::new("/dev/shm");
+        let run_base = if shm.is_dir() { shm.to_path_buf() } else { state_dir.to_path_buf() };
+        Settings {
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            images_dir: state_dir.join("linux-images"),
+            run_dir: run_base.join(format!("vmi-qemu-{}", std::process::id())),
+            accel: None,
+            run_as: None,
+        }
+    }
+
+    /// Confines a QEMU about to start: killed when the engine's thread dies, as `run_as` when set.
+    fn confine(&self, cmd: &mut Command, dir: &Path) -> Result<(), QemuError> {
+        use std::os::unix::process::CommandExt;
+        if let Some((uid, gid)) = self.run_as {
+            chown(dir, uid, gid)?;
+            for entry in std::fs::read_dir(dir).map_err(QemuError::io("phone directory"))?.flatten() {
+                chown(&entry.path(), uid, gid)?;
+            }
+            cmd.uid(uid).gid(gid);
+        }
+        // SAFETY: only async-signal-safe calls (prctl, setpriority) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A QEMU must never outlive its site: a phone runs in exactly one place.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Below the site's own threads: terminals and durability come first.
+                libc::setpriority(libc::PRIO_PROCESS, 0, 5);
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
+    /// Lets QEMU (as `run_as`) reach a socket the engine made.
+    fn give(&self, path: &Path) {
+        if let Some((uid, gid)) = self.run_as
+            && let Err(e) = chown(path, uid, gid)
+        {
+            tracing::warn!("cannot hand {} to QEMU's user: {e}", path.display());
+        }
+    }
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), QemuError> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(QemuError::io(format!("chown {}", path.display())))
+}
+
+/// An image unpacked on this site.
+#[derive(Debug)]
+pub struct LoadedImage {
+    /// Its content hash.
+    pub hash: ImageHash,
+    /// How to run it.
+    pub manifest: image::Manifest,
+    /// Where its parts are.
+    pub dir: PathBuf,
+    /// Size of the image file.
+    pub size_bytes: u64,
+}
+
+impl LoadedImage {
+    /// The path of one of its parts.
+    pub fn part(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// Guest RAM of its phones.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.manifest.memory_mib) << 20
+    }
+}
+
+/// The QEMU engine.
+pub struct QemuEngine {
+    settings: Arc<Settings>,
+    images: Mutex<HashMap<ImageHash, Arc<LoadedImage>>>,
+    accel: OnceLock<Accel>,
+    clock: Arc<dyn Clock>,
+    next_phone: AtomicU64,
+}
+
+impl QemuEngine {
+    /// An engine with `settings`, on the system clock.
+    pub fn new(settings: Settings) -> Result<QemuEngine, EngineError> {
+        for dir in [&settings.images_dir, &settings.run_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| EngineError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        if let Some((uid, gid)) = settings.run_as {
+            chown(&settings.run_dir, uid, gid).map_err(|e| EngineError::Config(e.to_string()))?;
+        }
+        Ok(QemuEngine {
+            settings: Arc::new(settings),
+            images: Mutex::default(),
+            accel: OnceLock::new(),
+            clock: SystemClock::shared(),
+            next_phone: AtomicU64::new(0),
+        })
+    }
+
+    /// The same engine, its phones' clocks read from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> QemuEngine {
+        self.clock = clock;
+        self
+    }
+
+    /// The accelerator phones run on: the one configured, or probed once (with `image`'s kernel) and kept.
+    pub fn accel(&self, image: &LoadedImage) -> Accel {
+        if let Some(a) = self.settings.accel {
+            return a;
+        }
+        *self.accel.get_or_init(|| probe_accel(&self.settings, image))
+    }
+
+    /// The accelerator, if known yet (configured or probed).
+    pub fn known_accel(&self) -> Option<Accel> {
+        self.settings.accel.or_else(|| self.accel.get().copied())
+    }
+
+    fn loaded(&self, hash: &ImageHash) -> Result<Arc<LoadedImage>, EngineError> {
+        lock(&self.images).get(hash).cloned().ok_or_else(|| EngineError::UnknownImage(hash.to_hex()))
+    }
+
+    fn phone_dir(&self) -> Result<PathBuf, EngineError> {
+        let n = self.next_phone.fetch_add(1, Ordering::Relaxed);
+        let dir = self.settings.run_dir.join(format!("phone-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| EngineError::Exhausted(format!("phone directory: {e}")))?;
+        Ok(dir)
+    }
+
+    /// Boots a new phone and returns it as its own type (tests and benchmarks reach the guest agent through it).
+    pub fn boot(&self, image: &ImageHash, config: &VmConfig, virtual_ns: u64) -> Result<QemuPhone, EngineError> {
+        let loaded = self.loaded(image)?;
+        check_config(config)?;
+        let accel = self.accel(&loaded);
+        let dir = self.phone_dir()?;
+        QemuPhone::launch(
+            loaded,
+            self.settings.clone(),
+            accel,
+            config,
+            dir,
+            Start::Boot,
+            self.clock.clone(),
+            virtual_ns,
+        )
+        .map_err(start_error)
+    }
+
+    /// Restores a phone from a chain and returns it as its own type, running unless `paused`.
+    pub fn restore_phone(
+        &self,
+        image: &ImageHash,
+        chain: &[&[u8]],
+        config: &VmConfig,
+        paused: bool,
+    ) -> Result<QemuPhone, EngineError> {
+        let mut stage = self.stage(image, config)?;
+        for snapshot in chain {
+            stage.apply(snapshot)?;
+        }
+        stage.finish_phone(paused)
+    }
+
+    fn stage(&self, image: &ImageHash, config: &VmConfig) -> Result<QemuRestore, EngineError> {
+        let loaded = self.loaded(image)?;
+        check_config(config)?;
+        let dir = self.phone_dir()?;
+        let ram = RamFile::create(&dir.join("ram"), loaded.memory_bytes()).map_err(start_error)?;
+        Ok(QemuRestore {
+            accel: self.accel(&loaded),
+            image: loaded,
+            settings: self.settings.clone(),
+            clock: self.clock.clone(),
+            config: config.clone(),
+            dir: Some(dir),
+            ram: Some(ram),
+            chain: Vec::new(),
+            last: None,
+        })
+    }
+}
+
+fn check_config(config: &VmConfig) -> Result<(), EngineError> {
+    if !(64..=4096).contains(&config.width) || !(64..=4096).contains(&config.height) {
+        return Err(EngineError::Config(format!(
+            "a Linux phone's screen is 64 to 4096 pixels a side, not {}x{}",
+            config.width, config.height
+        )));
+    }
+    Ok(())
+}
+
+fn start_error(e: QemuError) -> EngineError {
+    EngineError::Start(vmi_engine::VmError::Crashed(e.to_string()))
+}
+
+/// Boots the image's kernel under KVM with `seed.probe` (its initramfs answers and powers off at once): KVM is
+/// used only where it really boots Linux (on some hosts /dev/kvm exists and the guest resets at once).
+fn probe_accel(settings: &Settings, image: &LoadedImage) -> Accel {
+    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
+    if let Err(e) = kvm {
+        tracing::info!("Linux phones run on TCG: /dev/kvm cannot be opened ({e})");
+        return Accel::Tcg;
+    }
+    let started = Instant::now();
+    let child = Command::new(&settings.qemu)
+        .args(["-accel", "kvm", "-cpu", "max", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-no-reboot", "-serial", "stdio", "-kernel", &image.part("vmlinuz"), "-initrd", &image.part("initrd")])
+        .args(["-append", "console=ttyS0 seed.probe"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        tracing::info!("Linux phones run on TCG: QEMU would not start for the KVM probe");
+        return Accel::Tcg;
+    };
+    let mut out = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = std::io::Read::read_to_string(o, &mut text);
+        }
+        text
+    });
+    let by = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < by && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = reader.join().unwrap_or_default();
+    if said.contains("SEED-PROBE-OK") {
+        tracing::info!("Linux phones run on KVM (it booted the image's kernel in {:?})", started.elapsed());
+        Accel::Kvm
+    } else {
+        tracing::info!("Linux phones run on TCG: KVM did not boot the image's kernel ({:?})", started.elapsed());
+        Accel::Tcg
+    }
+}
+
+impl Engine for QemuEngine {
+    fn name(&self) -> &'static str {
+        ENGINE_NAME
+    }
+
+    fn accepts(&self, bytes: &[u8]) -> bool {
+        image::is_linux_image(bytes)
+    }
+
+    fn load_image(&self, bytes: &[u8]) -> Result<ImageInfo, EngineError> {
+        let file = image::parse(bytes).map_err(|e| EngineError::ImageRefused(e.to_string()))?;
+        let hash = ImageHash::of(bytes);
+        let dir = self.settings.images_dir.join(hash.to_hex());
+        if !dir.join("complete").exists() {
+            // Unpacked beside, then renamed: a half-written image is never taken for a whole one.
+            let tmp = self.settings.images_dir.join(format!(".{}.{}", hash.to_hex(), std::process::id()));
+            let write = || -> std::io::Result<()> {
+                let _ = std::fs::remove_dir_all(&tmp);
+                std::fs::create_dir_all(&tmp)?;
+                for (name, data) in &file.parts {
+                    std::fs::write(tmp.join(name), data)?;
+                }
+                std::fs::write(tmp.join("complete"), b"")?;
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::rename(&tmp, &dir)
+            };
+            write().map_err(|e| EngineError::Exhausted(format!("unpacking the image: {e}")))?;
+        }
+        let loaded = Arc::new(LoadedImage { hash, manifest: file.manifest, dir, size_bytes: bytes.len() as u64 });
+        let info = info_of(&loaded);
+        lock(&self.images).insert(hash, loaded);
+        Ok(info)
+    }
+
+    fn image(&self, hash: &ImageHash) -> Option<ImageInfo> {
+        lock(&self.images).get(hash).map(|i| info_of(i))
+    }
+
+    fn create(&self, image: &ImageHash, config: &VmConfig) -> Result<Box<dyn VirtualPhone>, EngineError> {
+        Ok(Box::new(self.boot(image, config, 0)?))
+    }
+
+    fn restore(
+        &self,
+        image: &ImageHash,
+        chain: &[&[u8]],
+        config: &VmConfig,
+    ) -> Result<Box<dyn VirtualPhone>, EngineError> {
+        Ok(Box::new(self.restore_phone(image, chain, config, false)?))
+    }
+
+    fn upgrade(
+        &self,
+        image: &ImageHash,
+        chain: &[&[u8]],
+        config: &VmConfig,
+    ) -> Result<Box<dyn VirtualPhone>, EngineError> {
+        // A new image boots afresh; the phone's clock goes on. (Carrying the user's files across is the image
+        // upgrade's part still to build, docs/LINUX-PHONES.md.)
+        let last = chain.last().ok_or(EngineError::EmptyChain)?;
+        let header = vmi_snapshot::Snapshot::peek_header(last)?;
+        Ok(Box::new(self.boot(image, config, header.virtual_ns)?))
+    }
+
+    fn create_from(
+        &self,
+        image: &ImageHash,
+        carried: &Carryover,
+        config: &VmConfig,
+    ) -> Result<Box<dyn VirtualPhone>, EngineError> {
+        Ok(Box::new(self.boot(image, config, carried.virtual_ns)?))
+    }
+
+    fn begin_restore(&self, image: &ImageHash, config: &VmConfig) -> Result<Box<dyn RestoreStage>, EngineError> {
+        Ok(Box::new(self.stage(image, config)?))
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+}
+
+fn info_of(image: &LoadedImage) -> ImageInfo {
+    ImageInfo {
+        hash: image.hash,
+        size_bytes: image.size_bytes,
+        abi_version: 0,
+        initial_memory_bytes: image.memory_bytes(),
+        max_memory_bytes: Some(image.memory_bytes()),
+        captured_globals: 0,
+        functions: 0,
+        imports: Vec::new(),
+        engine: ENGINE_NAME,
+    }
+}
+
+/// A restore in progress: pages laid into a fresh RAM file as snapshots arrive (a migration's pre-copy rounds
+/// while the source still runs), QEMU started only at the end with the last snapshot's device state.
+struct QemuRestore {
+    image: Arc<LoadedImage>,
+    settings: Arc<Settings>,
+    accel: Accel,
+    clock: Arc<dyn Clock>,
+    config: VmConfig,
+    dir: Option<PathBuf>,
+    ram: Option<RamFile>,
+    chain: Vec<Vec<u8>>,
+    /// The last snapshot applied: its id, kind, device state and clock.
+    last: Option<(SnapshotId, SnapshotKind, Vec<u8>, u64)>,
+}
+
+impl QemuRestore {
+    fn finish_phone(mut self, paused: bool) -> Result<QemuPhone, EngineError> {
+        let (id, kind, device, virtual_ns) = self.last.take().ok_or(EngineError::EmptyChain)?;
+        if device.is_empty() {
+            return Err(EngineError::Config("the chain ends in a pre-copy round, not a consistent state".into()));
+        }
+        drop(self.ram.take());
+        let dir = self.dir.take().ok_or(EngineError::EmptyChain)?;
+        let mut phone = QemuPhone::launch(
+            self.image.clone(),
+            self.settings.clone(),
+            self.accel,
+            &self.config,
+            dir,
+            Start::Incoming,
+            self.clock.clone(),
+            virtual_ns,
+        )
+        .map_err(start_error)?;
+        phone.load_device_state(&device).map_err(start_error)?;
+        let round = match kind {
+            SnapshotKind::PreCopy { round, .. } => Some(round),
+            _ => None,
+        };
+        phone.adopt_chain(std::mem::take(&mut self.chain), id, round);
+        if !paused {
+            vmi_engine::VirtualPhone::resume(&mut phone).map_err(EngineError::Start)?;
+        }
+        phone.set_guest_time();
+        Ok(phone)
+    }
+}
+
+impl Drop for QemuRestore {
+    fn drop(&mut self) {
+        drop(self.ram.take());
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl RestoreStage for QemuRestore {
+    fn apply(&mut self, snapshot: &[u8]) -> Result<(), EngineError> {
+        let view = SnapshotView::parse(snapshot, &Limits::default())?;
+        let header = &view.header;
+        header.check_compat(ENGINE_NAME, &self.image.hash.0)?;
+        if header.memory_bytes != self.image.memory_bytes() {
+            return Err(EngineError::Config(format!(
+                "a snapshot of {} bytes of RAM for an image of {}",
+                header.memory_bytes,
+                self.image.memory_bytes()
+            )));
+        }
+        let id = SnapshotId::of(snapshot);
+        // The chain so far is known by its last link: this one must be its base or follow it.
+        match &self.last {
+            None => vmi_snapshot::check_chain(&[(id, header)])?,
+            Some((prev, prev_kind, ..)) => {
+                let prev_header = vmi_snapshot::Header { kind: *prev_kind, ..header.clone() };
+                vmi_snapshot::check_chain(&[(*prev, &prev_header), (id, header)])?;
+            }
+        }
+        let (device, virtual_ns) = state::decode(view.host_state)
+            .ok_or_else(|| EngineError::Config("the snapshot's host state is not a Linux phone's".into()))?;
+        let ram = self.ram.as_mut().ok_or(EngineError::EmptyChain)?;
+        view.pages.apply_to(ram.bytes_mut())?;
+        self.chain.push(snapshot.to_vec());
+        self.last = Some((id, header.kind, device.to_vec(), virtual_ns));
+        Ok(())
+    }
+
+    fn applied(&self) -> usize {
+        self.chain.len()
+    }
+
+    fn finish(self: Box<Self>) -> Result<Box<dyn VirtualPhone>, EngineError> {
+        // Paused: a migration's arrival runs only once the control service has moved the phone here.
+        Ok(Box::new((*self).finish_phone(true)?))
+    }
+}

@@ -1,0 +1,146 @@
+//! A real Linux phone under QEMU, through the engine contract alone: it boots Debian's kernel and the image's
+//! session, a typed shell command writes a file the guest agent reads back, a notification raised in the guest
+//! reaches the host, a snapshot restored in a new QEMU still has the file and the shell, and a QEMU killed from
+//! outside marks its phone crashed. The image is built from Debian's packages by scripts/build-linux-image (its
+//! parts cached by the script).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use vmi_engine::{Engine, Event, KeyCode, SnapshotRequest, VirtualPhone, VmConfig, VmStatus};
+use vmi_qemu_engine::{QemuEngine, QemuPhone, Settings, image};
+
+/// Under TCG on two cores the session takes some seconds; this bounds it generously.
+const SESSION_WITHIN: Duration = Duration::from_secs(180);
+
+fn image_bytes() -> &'static [u8] {
+    static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let work = vmi_testkit::scratch_dir("linux-image");
+        let bytes = image::build(image::Manifest { memory_mib: 384, ..image::Manifest::default() }, &work)
+            .unwrap_or_else(|e| panic!("building the Linux image: {e}"));
+        let _ = std::fs::remove_dir_all(work);
+        bytes
+    })
+}
+
+fn engine(name: &str) -> (QemuEngine, vmi_engine::ImageHash, std::path::PathBuf) {
+    let dir = vmi_testkit::scratch_dir(name);
+    let mut settings = Settings::under(&dir);
+    settings.run_dir = dir.join("run");
+    let engine = QemuEngine::new(settings).expect("engine");
+    let info = engine.load_image(image_bytes()).expect("the image loads");
+    assert_eq!(info.engine, "qemu");
+    (engine, info.hash, dir)
+}
+
+fn type_text(phone: &mut dyn VirtualPhone, text: &str) {
+    for c in text.chars() {
+        let event = if c == '\n' { Event::Key { code: KeyCode::Enter, text: None } } else { Event::text(c) };
+        phone.deliver(event).expect("key delivered");
+    }
+}
+
+/// Waits for the guest to have written `path` with `want` (the shell runs at its own pace under TCG).
+fn wait_file(phone: &QemuPhone, path: &str, want: &[u8]) {
+    let by = Instant::now() + Duration::from_secs(60);
+    loop {
+        match phone.read_guest_file(path, Duration::from_secs(10)) {
+            Ok(bytes) if bytes == want => return,
+            other if Instant::now() > by => panic!("{path} never held {want:?}: last {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+fn save_png(frame: &vmi_engine::Frame<'_>, name: &str) {
+    let path = std::env::temp_dir().join(name);
+    let file = std::fs::File::create(&path).expect("png file");
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), frame.width, frame.height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header().and_then(|mut w| w.write_image_data(frame.rgba)).expect("png written");
+    eprintln!("screen saved to {}", path.display());
+}
+
+#[test]
+fn a_linux_phone_boots_types_notifies_snapshots_restores_and_crashes_alone() {
+    let (engine, hash, dir) = engine("linux-phone");
+    let config = VmConfig::default();
+    let mut phone = engine.boot(&hash, &config, 0).expect("the phone boots");
+    let activity = Arc::new(AtomicUsize::new(0));
+    let seen = activity.clone();
+    phone.set_activity_listener(Arc::new(move || {
+        seen.fetch_add(1, Ordering::SeqCst);
+    }));
+    assert!(phone.wait_session(SESSION_WITHIN), "the session came up (console: {})", console(&phone));
+    eprintln!("accel: {:?}", phone.accel());
+
+    // The screen is drawn, with damage, and the listener heard of it.
+    let by = Instant::now() + Duration::from_secs(30);
+    let mut painted = false;
+    while Instant::now() < by && !painted {
+        let frame = phone.frame().expect("frame");
+        painted = frame.rgba.chunks_exact(4).any(|p| p[..3] != [0, 0, 0]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(painted, "the session drew something");
+    assert!(activity.load(Ordering::SeqCst) > 0, "the activity listener was called");
+
+    type_text(&mut phone, "echo hello > hello.txt && cat hello.txt\n");
+    wait_file(&phone, "/home/phone/hello.txt", b"hello\n");
+    // What the shell echoed reaches the screen: the frame has damage after the command.
+    std::thread::sleep(Duration::from_millis(500));
+    save_png(&phone.frame().expect("frame"), "linux-phone-hello.png");
+
+    type_text(&mut phone, "notify-send 'Build done' 'all green'\n");
+    let by = Instant::now() + Duration::from_secs(60);
+    let mut raised = Vec::new();
+    while Instant::now() < by && raised.is_empty() {
+        raised = phone.take_notifications();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(raised.first().map(|n| (n.title.as_str(), n.body.as_str())), Some(("Build done", "all green")));
+
+    // A snapshot, restored in a new QEMU: the file, and the shell's history, are still there.
+    let full = phone.snapshot(SnapshotRequest::Full).expect("full snapshot");
+    type_text(&mut phone, "echo more >> hello.txt\n");
+    wait_file(&phone, "/home/phone/hello.txt", b"hello\nmore\n");
+    let delta = phone.snapshot(SnapshotRequest::Incremental).expect("incremental snapshot");
+    assert_eq!(delta.parent, Some(full.id));
+    assert!(delta.bytes.len() < full.bytes.len() / 4, "{} vs {}", delta.bytes.len(), full.bytes.len());
+    eprintln!("full snapshot {} bytes, incremental {} bytes", full.bytes.len(), delta.bytes.len());
+    drop(phone);
+
+    let started = Instant::now();
+    let mut back =
+        engine.restore_phone(&hash, &[&full.bytes, &delta.bytes], &config, false).expect("the chain restores");
+    eprintln!("restored in {:?}", started.elapsed());
+    wait_file(&back, "/home/phone/hello.txt", b"hello\nmore\n");
+    // The shell's history: the up arrow brings back the last command, which appends once more.
+    back.deliver(Event::Key { code: KeyCode::Up, text: None }).expect("up");
+    back.deliver(Event::Key { code: KeyCode::Enter, text: None }).expect("enter");
+    wait_file(&back, "/home/phone/hello.txt", b"hello\nmore\nmore\n");
+
+    // QEMU killed from outside: this phone, and only it, is crashed.
+    let other = engine.boot(&hash, &config, 0).expect("a second phone");
+    // SAFETY: kill(2) with a pid of a child this test started.
+    unsafe { libc::kill(back.pid() as i32, libc::SIGKILL) };
+    let by = Instant::now() + Duration::from_secs(10);
+    while back.fire_due_timers().is_ok() && Instant::now() < by {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(matches!(back.status(), VmStatus::Crashed { .. }), "{:?}", back.status());
+    assert!(back.deliver(Event::text('x')).is_err());
+    let mut other = other;
+    assert_eq!(*other.status(), VmStatus::Running);
+    other.fire_due_timers().expect("the other phone runs on");
+    drop((back, other));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn console(phone: &QemuPhone) -> String {
+    let text = std::fs::read_to_string(phone.dir().join("console.log")).unwrap_or_default();
+    text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+}
