@@ -24,7 +24,7 @@ use crate::model::{
     PlacementRequest, ReportRequest, SiteSpec, SiteStatus, StandbyRequest, TerminalReport, User,
 };
 use crate::tenants::{
-    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
+    Admission, AdmitRequest, ImageVersion, MAX_LINUX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
     UserImage, UserRequest,
 };
 use crate::url::segment;
@@ -456,7 +456,7 @@ impl ControlClient {
     /// `GET /v1/images/{name}/versions/{version}`: the wasm bytes of one version.
     pub async fn image_wasm(&self, name: &str, version: u64) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/images/{}/versions/{version}", segment(name));
-        let bytes = self.call_raw(Method::GET, path, None, None, MAX_IMAGE_BYTES).await?;
+        let bytes = self.call_raw(Method::GET, path, None, None, MAX_LINUX_IMAGE_BYTES).await?;
         Ok(bytes.to_vec())
     }
 

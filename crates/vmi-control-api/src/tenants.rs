@@ -20,8 +20,11 @@ use serde::{Deserialize, Serialize};
 /// The image a user without a tenant runs, and a new tenant's image unless it names another.
 pub const DEFAULT_IMAGE: &str = "phone";
 
-/// Largest image accepted by `POST /v1/images/{name}/versions`, in bytes.
+/// Largest WebAssembly image accepted by `POST /v1/images/{name}/versions`, in bytes.
 pub const MAX_IMAGE_BYTES: usize = 32 << 20;
+
+/// Largest Linux image (`VMILINUX` magic: a kernel, an initramfs and a root filesystem) accepted there.
+pub const MAX_LINUX_IMAGE_BYTES: usize = 512 << 20;
 
 /// A tenant and its quotas.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ use vmi_control_api::model::{
     SiteStatus, StandbyRequest, TerminalReport, User,
 };
 use vmi_control_api::tenants::{
-    Admission, AdmitRequest, ImageVersion, MAX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
+    Admission, AdmitRequest, ImageVersion, MAX_LINUX_IMAGE_BYTES, Tenant, TenantRequest, TenantStatus, TenantUpdate,
     UserImage, UserRequest,
 };
 
@@ -162,7 +162,7 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
             "/v1/images/{name}/versions",
             post(publish_image)
                 .route_layer(from_fn(operator))
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_IMAGE_BYTES)),
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_LINUX_IMAGE_BYTES)),
         )
         .route("/v1/images/{name}/rollback", post(rollback_image).route_layer(from_fn(operator)))
         .route(

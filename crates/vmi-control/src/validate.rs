@@ -6,7 +6,7 @@ use vmi_control_api::model::{
     CheckpointEntry, MAX_CHECKPOINTS_REPORTED, MAX_NAME_LEN, MAX_REASON_LEN, MAX_REPORT_SITES, MigrationRecord,
     OUTCOME_ABORTED, OUTCOME_COMMITTED, ReportRequest, SiteSpec,
 };
-use vmi_control_api::tenants::{DEFAULT_IMAGE, MAX_IMAGE_BYTES, TenantRequest};
+use vmi_control_api::tenants::{DEFAULT_IMAGE, MAX_IMAGE_BYTES, MAX_LINUX_IMAGE_BYTES, TenantRequest};
 
 use crate::ControlError;
 
@@ -138,15 +138,26 @@ pub(crate) fn validate_tenant(req: &TenantRequest, check_name: bool) -> Result<S
     Ok(image)
 }
 
-/// Checks that `wasm` could be a WebAssembly module: not empty, not too large, magic and version 1. What it
-/// contains (the guest ABI) is checked by the sites' engine when it loads the image.
+/// Checks that `wasm` could be a phone image: a WebAssembly module (magic and version 1, at most
+/// [`MAX_IMAGE_BYTES`]) or a Linux image (`VMILINUX` magic, at most [`MAX_LINUX_IMAGE_BYTES`]). What it contains
+/// (the guest ABI; a Linux image's parts and their hashes) is checked by the sites' engine when it loads it.
 pub(crate) fn validate_wasm(wasm: &[u8]) -> Result<(), ControlError> {
+    if wasm.starts_with(b"VMILINUX") {
+        if wasm.len() > MAX_LINUX_IMAGE_BYTES {
+            return Err(ControlError::BadRequest(format!(
+                "a Linux image may be at most {MAX_LINUX_IMAGE_BYTES} bytes"
+            )));
+        }
+        return Ok(());
+    }
     if wasm.len() > MAX_IMAGE_BYTES {
         return Err(ControlError::BadRequest(format!("an image may be at most {MAX_IMAGE_BYTES} bytes")));
     }
     if wasm.len() < 8 || wasm[..4] != *b"\0asm" || wasm[4..8] != [1, 0, 0, 0] {
         return Err(ControlError::BadRequest(
-            "the body is not a WebAssembly module (expected the \\0asm magic and version 1)".to_owned(),
+            "the body is not a phone image (expected a WebAssembly module: the \\0asm magic and version 1; or a \
+             Linux image: the VMILINUX magic)"
+                .to_owned(),
         ));
     }
     Ok(())

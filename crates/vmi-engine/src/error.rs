@@ -64,6 +64,9 @@ pub enum VmError {
     /// Taking the snapshot failed.
     #[error("snapshot failed: {0}")]
     Snapshot(String),
+    /// The phone's engine has no such capability (a Linux phone has no host mailbox, a WebAssembly one no files).
+    #[error("this phone cannot {0}")]
+    Unsupported(String),
 }
 
 /// An error with every cause after it, `: `-separated: what logs and answers show, so a

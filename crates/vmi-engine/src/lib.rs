@@ -160,6 +160,12 @@ pub trait VirtualPhone: Send {
     /// phone too.
     fn kv_get(&self, key: &[u8]) -> Option<Vec<u8>>;
 
+    /// A file of the guest (at most 48 KiB; a full-system guest's, through its agent), for operators, support and
+    /// tests. It may take a moment: the guest answers at its own pace.
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, VmError> {
+        Err(VmError::Unsupported(format!("read files (asked for {path:?}): its engine keeps a key-value store")))
+    }
+
     /// What a next life of this phone keeps (its key-value store, unread mail and
     /// virtual clock), for [`Engine::create_from`]. Works on a crashed phone too: the
     /// host-side state a trap cannot corrupt is all there.

@@ -74,38 +74,73 @@ pub struct Settings {
     pub run_dir: PathBuf,
     /// The accelerator, or `None` to probe once: KVM if it boots the image's kernel, TCG otherwise.
     pub accel: Option<Accel>,
-    /// The user and group QEMU runs as when the engine runs as root (`None`: the engine's own).
-    pub run_as: Option<(u32, u32)>,
+    /// When the engine runs as root: each phone's QEMU runs as its own unprivileged user and group id, this
+    /// plus the phone's number (as Firecracker's jailer gives each microVM its own uid), so one QEMU cannot read
+    /// another's RAM file. `None`: QEMU runs as the engine's user.
+    pub uids_from: Option<u32>,
 }
+
+/// Engines made in this process: each gets its own run directory (a test runs several sites in one process).
+static ENGINES: AtomicU64 = AtomicU64::new(0);
+
+/// The first of the user ids phones' QEMUs run as, by default: far above any account's.
+pub const DEFAULT_UIDS_FROM: u32 = 0x2000_0000;
 
 impl Settings {
     /// Debian's QEMU, images under `state_dir`, phones under /dev/shm (or `state_dir` when there is none).
     pub fn under(state_dir: &Path) -> Settings {
         let shm = Path::new("/dev/shm");
         let run_base = if shm.is_dir() { shm.to_path_buf() } else { state_dir.to_path_buf() };
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         Settings {
             qemu: PathBuf::from("qemu-system-x86_64"),
             images_dir: state_dir.join("linux-images"),
-            run_dir: run_base.join(format!("vmi-qemu-{}", std::process::id())),
+            run_dir: run_base.join(format!(
+                "vmi-qemu-{}-{}",
+                std::process::id(),
+                ENGINES.fetch_add(1, Ordering::Relaxed)
+            )),
             accel: None,
-            run_as: None,
+            uids_from: root.then_some(DEFAULT_UIDS_FROM),
         }
     }
 
-    /// Confines a QEMU about to start: killed when the engine's thread dies, as `run_as` when set.
-    fn confine(&self, cmd: &mut Command, dir: &Path) -> Result<(), QemuError> {
+    /// The user and group phone number `n`'s QEMU runs as, if not the engine's.
+    fn uid_of(&self, n: u64) -> Option<u32> {
+        self.uids_from.map(|base| base.wrapping_add((n % 0x1000_0000) as u32))
+    }
+
+    /// Confines a QEMU about to start: as its own user (see `uids_from`), killed when the engine goes.
+    fn confine(
+        &self,
+        cmd: &mut Command,
+        dir: &Path,
+        uid: Option<u32>,
+        inherited: &[std::fs::File],
+    ) -> Result<(), QemuError> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
-        if let Some((uid, gid)) = self.run_as {
-            chown(dir, uid, gid)?;
+        if let Some(uid) = uid {
+            chown(dir, uid, uid)?;
             for entry in std::fs::read_dir(dir).map_err(QemuError::io("phone directory"))?.flatten() {
-                chown(&entry.path(), uid, gid)?;
+                chown(&entry.path(), uid, uid)?;
             }
-            cmd.uid(uid).gid(gid);
+            cmd.uid(uid).gid(uid);
         }
-        // SAFETY: only async-signal-safe calls (prctl, setpriority) between fork and exec.
+        let fds: Vec<i32> = inherited.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: only async-signal-safe calls (fcntl, prctl, setpriority) between fork and exec; std runs this
+        // after the change of user, which would clear the death signal.
         unsafe {
-            cmd.pre_exec(|| {
-                // A QEMU must never outlive its site: a phone runs in exactly one place.
+            cmd.pre_exec(move || {
+                // The image's files, open for QEMU across exec.
+                for &fd in &fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // A QEMU must never outlive its site: a phone runs in exactly one place. (The signal follows the
+                // thread that started QEMU: the engine's launcher thread, which lives as long as the process.)
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -117,18 +152,54 @@ impl Settings {
         Ok(())
     }
 
-    /// Lets QEMU (as `run_as`) reach a socket the engine made.
-    fn give(&self, path: &Path) {
-        if let Some((uid, gid)) = self.run_as
-            && let Err(e) = chown(path, uid, gid)
+    /// Lets QEMU (as `uid`) reach a socket the engine made.
+    fn give(&self, path: &Path, uid: Option<u32>) {
+        if let Some(uid) = uid
+            && let Err(e) = chown(path, uid, uid)
         {
             tracing::warn!("cannot hand {} to QEMU's user: {e}", path.display());
         }
     }
 }
 
+/// A spawn request to the launcher thread.
+type Launch = (Command, std::sync::mpsc::Sender<std::io::Result<std::process::Child>>);
+
+/// Starts QEMUs from one long-lived thread: a child's death signal fires when the thread that forked it ends, and
+/// the threads that create phones (a runtime's blocking pool) come and go.
+pub(crate) struct Launcher {
+    tx: Mutex<std::sync::mpsc::Sender<Launch>>,
+}
+
+impl Launcher {
+    fn new() -> Result<Launcher, std::io::Error> {
+        let (tx, rx) = std::sync::mpsc::channel::<Launch>();
+        std::thread::Builder::new().name("qemu-launcher".into()).spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        })?;
+        Ok(Launcher { tx: Mutex::new(tx) })
+    }
+
+    /// Starts `cmd` on the launcher thread.
+    pub(crate) fn spawn(&self, cmd: Command) -> std::io::Result<std::process::Child> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let gone = || std::io::Error::other("the QEMU launcher thread is gone");
+        lock(&self.tx).send((cmd, reply)).map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+}
+
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), QemuError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(QemuError::io(format!("chown {}", path.display())))
+}
+
+/// Where a phone lives and who its QEMU runs as.
+pub(crate) struct PhoneDir {
+    pub(crate) path: PathBuf,
+    pub(crate) uid: Option<u32>,
+    pub(crate) launcher: Arc<Launcher>,
 }
 
 /// An image unpacked on this site.
@@ -159,6 +230,7 @@ impl LoadedImage {
 /// The QEMU engine.
 pub struct QemuEngine {
     settings: Arc<Settings>,
+    launcher: Arc<Launcher>,
     images: Mutex<HashMap<ImageHash, Arc<LoadedImage>>>,
     accel: OnceLock<Accel>,
     clock: Arc<dyn Clock>,
@@ -168,15 +240,11 @@ pub struct QemuEngine {
 impl QemuEngine {
     /// An engine with `settings`, on the system clock.
     pub fn new(settings: Settings) -> Result<QemuEngine, EngineError> {
-        for dir in [&settings.images_dir, &settings.run_dir] {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| EngineError::Config(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        if let Some((uid, gid)) = settings.run_as {
-            chown(&settings.run_dir, uid, gid).map_err(|e| EngineError::Config(e.to_string()))?;
-        }
+        // Its directories are made when first needed: a site that runs no Linux phone has none.
+        let launcher = Launcher::new().map_err(|e| EngineError::Config(format!("the QEMU launcher thread: {e}")))?;
         Ok(QemuEngine {
             settings: Arc::new(settings),
+            launcher: Arc::new(launcher),
             images: Mutex::default(),
             accel: OnceLock::new(),
             clock: SystemClock::shared(),
@@ -207,12 +275,23 @@ impl QemuEngine {
         lock(&self.images).get(hash).cloned().ok_or_else(|| EngineError::UnknownImage(hash.to_hex()))
     }
 
-    fn phone_dir(&self) -> Result<PathBuf, EngineError> {
+    /// A fresh directory for a phone, and the user its QEMU runs as.
+    fn phone_dir(&self) -> Result<PhoneDir, EngineError> {
         let n = self.next_phone.fetch_add(1, Ordering::Relaxed);
-        let dir = self.settings.run_dir.join(format!("phone-{n}"));
+        let run = &self.settings.run_dir;
+        if !run.is_dir() {
+            std::fs::create_dir_all(run).map_err(|e| EngineError::Config(format!("{}: {e}", run.display())))?;
+            if self.settings.uids_from.is_some() {
+                // Each QEMU reaches its own directory inside, and nothing else there.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o711))
+                    .map_err(|e| EngineError::Config(format!("{}: {e}", run.display())))?;
+            }
+        }
+        let dir = run.join(format!("phone-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::Exhausted(format!("phone directory: {e}")))?;
-        Ok(dir)
+        Ok(PhoneDir { path: dir, uid: self.settings.uid_of(n), launcher: self.launcher.clone() })
     }
 
     /// Boots a new phone and returns it as its own type (tests and benchmarks reach the guest agent through it).
@@ -253,7 +332,7 @@ impl QemuEngine {
         let loaded = self.loaded(image)?;
         check_config(config)?;
         let dir = self.phone_dir()?;
-        let ram = RamFile::create(&dir.join("ram"), loaded.memory_bytes()).map_err(start_error)?;
+        let ram = RamFile::create(&dir.path.join("ram"), loaded.memory_bytes()).map_err(start_error)?;
         Ok(QemuRestore {
             accel: self.accel(&loaded),
             image: loaded,
@@ -345,6 +424,7 @@ impl Engine for QemuEngine {
             let tmp = self.settings.images_dir.join(format!(".{}.{}", hash.to_hex(), std::process::id()));
             let write = || -> std::io::Result<()> {
                 let _ = std::fs::remove_dir_all(&tmp);
+                std::fs::create_dir_all(&self.settings.images_dir)?;
                 std::fs::create_dir_all(&tmp)?;
                 for (name, data) in &file.parts {
                     std::fs::write(tmp.join(name), data)?;
@@ -409,6 +489,13 @@ impl Engine for QemuEngine {
     }
 }
 
+impl Drop for QemuEngine {
+    fn drop(&mut self) {
+        // Its phones are gone (each removes its own directory); the run directory goes with them.
+        let _ = std::fs::remove_dir(&self.settings.run_dir);
+    }
+}
+
 fn info_of(image: &LoadedImage) -> ImageInfo {
     ImageInfo {
         hash: image.hash,
@@ -431,7 +518,7 @@ struct QemuRestore {
     accel: Accel,
     clock: Arc<dyn Clock>,
     config: VmConfig,
-    dir: Option<PathBuf>,
+    dir: Option<PhoneDir>,
     ram: Option<RamFile>,
     chain: Vec<Vec<u8>>,
     /// The last snapshot applied: its id, kind, device state and clock.
@@ -475,7 +562,7 @@ impl Drop for QemuRestore {
     fn drop(&mut self) {
         drop(self.ram.take());
         if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_dir_all(dir.path);
         }
     }
 }
@@ -496,10 +583,7 @@ impl RestoreStage for QemuRestore {
         // The chain so far is known by its last link: this one must be its base or follow it.
         match &self.last {
             None => vmi_snapshot::check_chain(&[(id, header)])?,
-            Some((prev, prev_kind, ..)) => {
-                let prev_header = vmi_snapshot::Header { kind: *prev_kind, ..header.clone() };
-                vmi_snapshot::check_chain(&[(*prev, &prev_header), (id, header)])?;
-            }
+            Some((prev, prev_kind, ..)) => check_link(*prev, *prev_kind, header.kind)?,
         }
         let (device, virtual_ns) = state::decode(view.host_state)
             .ok_or_else(|| EngineError::Config("the snapshot's host state is not a Linux phone's".into()))?;
@@ -518,4 +602,25 @@ impl RestoreStage for QemuRestore {
         // Paused: a migration's arrival runs only once the control service has moved the phone here.
         Ok(Box::new((*self).finish_phone(true)?))
     }
+}
+
+/// Checks that a snapshot of `kind` follows the one before (`prev`, of `prev_kind`) as `check_chain` would: a
+/// delta naming it as parent, a pre-copy round numbered one more than a pre-copy round before it (0 after another).
+fn check_link(prev: SnapshotId, prev_kind: SnapshotKind, kind: SnapshotKind) -> Result<(), EngineError> {
+    use vmi_snapshot::SnapshotError;
+    let position = 1;
+    let Some(parent) = kind.parent() else { return Err(SnapshotError::NotADelta { position }.into()) };
+    if parent != prev {
+        return Err(SnapshotError::ParentMismatch { position, expected: prev, found: parent }.into());
+    }
+    if let SnapshotKind::PreCopy { round, .. } = kind {
+        let expected = match prev_kind {
+            SnapshotKind::PreCopy { round, .. } => round.wrapping_add(1),
+            _ => 0,
+        };
+        if round != expected {
+            return Err(SnapshotError::RoundMismatch { position, expected, found: round }.into());
+        }
+    }
+    Ok(())
 }

@@ -29,6 +29,8 @@ pub const ENGINE_NAME: &str = "qemu";
 const SOCKETS_WITHIN: Duration = Duration::from_secs(20);
 /// How long QEMU gets to write or read its device state.
 const STATE_WITHIN: Duration = Duration::from_secs(60);
+/// How long the guest agent gets to answer for a file.
+const FILE_WITHIN: Duration = Duration::from_secs(3);
 /// More damage rectangles than this in one frame are sent as their bounding box.
 const MAX_RECTS: usize = 64;
 
@@ -48,6 +50,8 @@ pub struct QemuPhone {
     settings: Arc<Settings>,
     accel: Accel,
     dir: PathBuf,
+    /// The user QEMU runs as, if not the engine's.
+    uid: Option<u32>,
     child: Child,
     qmp: crate::qmp::Qmp,
     screen: SharedScreen,
@@ -81,22 +85,37 @@ impl QemuPhone {
         settings: Arc<Settings>,
         accel: Accel,
         config: &VmConfig,
-        dir: PathBuf,
+        home: crate::PhoneDir,
         start: Start,
         clock: Arc<dyn Clock>,
         virtual_base_ns: u64,
     ) -> Result<QemuPhone, QemuError> {
+        let crate::PhoneDir { path: dir, uid, launcher } = home;
         let memory = image.memory_bytes();
         let ram = match start {
             Start::Boot => RamFile::create(&dir.join("ram"), memory)?,
             Start::Incoming => RamFile::open(&dir.join("ram"), memory)?,
         };
-        let mut cmd = qemu_command(&image, &settings, accel, config, &dir, &start);
+        // QEMU as its own user may not traverse the site's directories to the image: it gets the image's files
+        // open, by descriptor, and opens them again through /proc/self/fd (their own modes allow reading).
+        let mut inherited = Vec::new();
+        let mut parts = Vec::new();
+        for name in crate::image::PARTS {
+            if uid.is_some() {
+                use std::os::fd::AsRawFd;
+                let file = std::fs::File::open(image.part(name)).map_err(QemuError::io(format!("opening {name}")))?;
+                parts.push(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                inherited.push(file);
+            } else {
+                parts.push(image.part(name));
+            }
+        }
+        let mut cmd = qemu_command(&image, &parts, &settings, accel, config, &dir, &start);
         let log = std::fs::File::create(dir.join("qemu.log")).map_err(QemuError::io("creating qemu.log"))?;
         let log2 = log.try_clone().map_err(QemuError::io("qemu.log"))?;
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-        settings.confine(&mut cmd, &dir)?;
-        let child = cmd.spawn().map_err(QemuError::io(format!("starting {}", settings.qemu.display())))?;
+        settings.confine(&mut cmd, &dir, uid, &inherited)?;
+        let child = launcher.spawn(cmd).map_err(QemuError::io(format!("starting {}", settings.qemu.display())))?;
         let started = Instant::now();
         let listener: Arc<Mutex<Option<ActivityListener>>> = Arc::default();
         let screen: SharedScreen = Arc::new(Mutex::new(Screen::default()));
@@ -115,6 +134,7 @@ impl QemuPhone {
             settings,
             accel,
             dir,
+            uid,
             child: phone_child.take(),
             qmp,
             screen,
@@ -240,7 +260,7 @@ impl QemuPhone {
         let path = self.dir.join("state-out.sock");
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(|e| VmError::Snapshot(format!("state socket: {e}")))?;
-        self.settings.give(&path);
+        self.settings.give(&path, self.uid);
         self.qmp("migrate-set-capabilities", ignore_shared())?;
         self.qmp("migrate", json!({ "uri": format!("unix:{}", path.display()) }))?;
         let (mut stream, _) = accept_within(&listener, STATE_WITHIN).map_err(|e| VmError::Snapshot(e.to_string()))?;
@@ -392,6 +412,7 @@ fn accept_within(
 
 fn qemu_command(
     image: &LoadedImage,
+    parts: &[String],
     settings: &Settings,
     accel: Accel,
     config: &VmConfig,
@@ -408,8 +429,8 @@ fn qemu_command(
         "-object",
         &format!("memory-backend-file,id=ram,size={}M,mem-path={},share=on", m.memory_mib, path("ram")),
     ]);
-    cmd.args(["-kernel", &image.part("vmlinuz"), "-initrd", &image.part("initrd"), "-append", &m.cmdline]);
-    cmd.args(["-drive", &format!("file={},format=raw,if=virtio,readonly=on", image.part("rootfs.sqfs"))]);
+    cmd.args(["-kernel", &parts[0], "-initrd", &parts[1], "-append", &m.cmdline]);
+    cmd.args(["-drive", &format!("file={},format=raw,if=virtio,readonly=on", parts[2])]);
     cmd.args(["-device", &format!("virtio-gpu-pci,xres={},yres={}", config.width, config.height)]);
     cmd.args(["-device", "virtio-tablet-pci", "-device", "virtio-keyboard-pci", "-device", "virtio-serial-pci"]);
     cmd.args(["-chardev", &format!("socket,path={},server=on,wait=off,id=agent", path("agent.sock"))]);
@@ -619,7 +640,11 @@ impl VirtualPhone for QemuPhone {
 
     fn push_mail(&mut self, _mail: Mail) -> Result<(), VmError> {
         // A Linux phone fetches its own mail, with its own software.
-        Err(VmError::Abi("a Linux phone has no host mailbox (its own software fetches mail)".into()))
+        Err(VmError::Unsupported("take host mail: a Linux phone's own software fetches its mail".into()))
+    }
+
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, VmError> {
+        self.read_guest_file(path, FILE_WITHIN)
     }
 
     fn mailbox_len(&self) -> usize {

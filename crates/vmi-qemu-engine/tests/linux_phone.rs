@@ -76,6 +76,13 @@ fn a_linux_phone_boots_types_notifies_snapshots_restores_and_crashes_alone() {
     }));
     assert!(phone.wait_session(SESSION_WITHIN), "the session came up (console: {})", console(&phone));
     eprintln!("accel: {:?}", phone.accel());
+    // Run as root, the engine starts each QEMU as its own unprivileged user.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", phone.pid())).expect("QEMU's status");
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).expect("a Uid line");
+        assert!(!uid.split_whitespace().skip(1).any(|id| id == "0"), "QEMU runs as root: {uid}");
+    }
 
     // The screen is drawn, with damage, and the listener heard of it.
     let by = Instant::now() + Duration::from_secs(30);

@@ -42,6 +42,7 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .route("/v1/phones/{user}/screen-hash", get(screen_hash).route_layer(from_fn(operator)))
         .route("/v1/phones/{user}/logs", get(logs).route_layer(from_fn(operator)))
         .route("/v1/phones/{user}/kv/{key}", get(kv).route_layer(from_fn(operator)))
+        .route("/v1/phones/{user}/file", get(guest_file).route_layer(from_fn(operator)))
         .route("/v1/phones/{user}/restart", post(restart).route_layer(from_fn(operator)))
         .route("/v1/phones/{user}/checkout/cancel", post(cancel_checkout).route_layer(from_fn(operator)))
         .route(
@@ -336,6 +337,21 @@ async fn kv(
     match site.phone(&user)?.kv(key.clone()).await.map_err(|e| SiteError::phone(&user, e))? {
         Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("{user}'s phone has no key {key:?}"))),
+    }
+}
+
+/// `GET /v1/phones/{user}/file?path=P`: a file of a Linux phone's guest (at most 48 KiB), read by its agent.
+async fn guest_file(
+    State(site): State<Arc<SiteState>>,
+    Path(user): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let Some(path) = query.get("path").filter(|p| p.starts_with('/') && !p.contains('\n')) else {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "name the file: ?path=/an/absolute/path".into()));
+    };
+    match site.phone(&user)?.file(path.clone()).await.map_err(|e| SiteError::phone(&user, e))? {
+        Ok(bytes) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
+        Err(why) => Err(ApiError(StatusCode::NOT_FOUND, format!("{user}'s phone: {why}"))),
     }
 }
 

@@ -698,7 +698,17 @@ pub async fn start(config: SiteConfig) -> Result<SiteHandle, SiteError> {
     let max_vms = if config.capacity <= POOLED_PHONES { config.capacity + 8 } else { 0 };
     let engine_config = vmi_wasm_engine::WasmEngineConfig { max_vms, ..Default::default() };
     let engine = vmi_wasm_engine::WasmEngine::with_config(engine_config, config.clock.clone())?;
-    start_with_engine(config, Arc::new(engine)).await
+    // Linux phones beside them, on QEMU (used once a Linux image is loaded; docs/LINUX-PHONES.md).
+    let linux = vmi_qemu_engine::QemuEngine::new(vmi_qemu_engine::Settings::under(&config.data_dir))
+        .map(|e| e.with_clock(config.clock.clone()));
+    let engine: Arc<dyn Engine> = match linux {
+        Ok(linux) => Arc::new(vmi_engine::Engines::new(Arc::new(engine), vec![Arc::new(linux)])),
+        Err(e) => {
+            tracing::warn!("this site runs no Linux phones: {e}");
+            Arc::new(engine)
+        }
+    };
+    start_with_engine(config, engine).await
 }
 
 /// Starts a site on `engine` (any engine behind the contract of `vmi-engine`): restores

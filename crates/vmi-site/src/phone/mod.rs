@@ -202,6 +202,13 @@ pub enum ServiceCommand {
         /// The screen, or why there is none (no framebuffer yet).
         reply: oneshot::Sender<Result<Screenshot, PhoneError>>,
     },
+    /// A file of the guest (a Linux phone's, through its agent).
+    File {
+        /// Its path in the guest.
+        path: String,
+        /// Its bytes, or why not.
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
     /// A value from the phone's key-value store.
     Kv {
         /// Key.
@@ -466,6 +473,11 @@ impl PhoneLink {
     /// The current screen.
     pub async fn screen(&self) -> Result<Screenshot, PhoneError> {
         self.ask(|reply| PhoneCommand::Service(ServiceCommand::Screen { reply })).await?
+    }
+
+    /// A file of the guest, or why it cannot be read.
+    pub async fn file(&self, path: String) -> Result<Result<Vec<u8>, String>, PhoneError> {
+        self.ask(|reply| PhoneCommand::Service(ServiceCommand::File { path, reply })).await
     }
 
     /// A value of the phone's key-value store.

@@ -107,6 +107,8 @@ pub struct PhoneTask {
     /// When something last came to the phone from outside (a terminal, a mail, an operator); its own timers do
     /// not count.
     last_active: Instant,
+    /// The phone was replaced (a restart, a restored checkpoint): the new one is told whom to wake.
+    phone_replaced: bool,
     /// The screen hash of the framebuffer while nothing was drawn since it was taken (a resuming terminal's
     /// Hello compares with it): a migration's arrival takes it at once, so its terminals' handoff does not.
     screen_hash: Option<u64>,
@@ -197,6 +199,7 @@ impl PhoneTask {
             residency: None,
             counted_resident: false,
             last_active: Instant::now(),
+            phone_replaced: false,
         }
     }
 
@@ -325,6 +328,9 @@ impl PhoneTask {
         if self.phone.frame().is_ok_and(|frame| !frame.damage.is_empty()) {
             self.vouched.clear();
         }
+        // A guest that runs by itself (a Linux phone) draws, notifies or dies between commands: it wakes the task.
+        let activity = Arc::new(tokio::sync::Notify::new());
+        self.listen_to_phone(&activity);
 
         loop {
             let wait = self.until_next_timer().min(self.until_durable()).min(self.until_lease_check());
@@ -340,6 +346,7 @@ impl PhoneTask {
                 c = rx.recv() => Woke::Command(c),
                 w = written => Woke::Written(w.map_err(|e| e.to_string())),
                 _ = tokio::time::sleep(wait) => Woke::Timer,
+                _ = activity.notified() => Woke::Timer,
             };
             let command = match woke {
                 Woke::Command(None) => break,
@@ -383,6 +390,10 @@ impl PhoneTask {
                 self.leave_residency();
                 return;
             }
+            if self.phone_replaced {
+                self.phone_replaced = false;
+                self.listen_to_phone(&activity);
+            }
             self.note_crash();
             self.flush();
             self.keep_durable();
@@ -392,6 +403,12 @@ impl PhoneTask {
         tracing::debug!(user = %self.user, "phone task ends");
         self.forget_health();
         self.leave_residency();
+    }
+
+    /// Has the phone wake `activity` when it changes on its own.
+    fn listen_to_phone(&mut self, activity: &Arc<tokio::sync::Notify>) {
+        let activity = activity.clone();
+        self.phone.set_activity_listener(Arc::new(move || activity.notify_one()));
     }
 
     /// The task ends: its phone no longer counts among the site's resident ones.
@@ -788,6 +805,9 @@ impl PhoneTask {
                 };
                 let _ = reply.send(shot);
             }
+            ServiceCommand::File { path, reply } => {
+                let _ = reply.send(self.phone.read_file(&path).map_err(|e| e.to_string()));
+            }
             ServiceCommand::Kv { key, reply } => {
                 let _ = reply.send(self.phone.kv_get(key.as_bytes()));
             }
@@ -900,12 +920,17 @@ impl PhoneTask {
                 }
                 let screens = if readable.is_ok() { self.terminals.current_screens(self.size()) } else { Vec::new() };
                 let r = match &self.state {
+                    // Stopped, and kept stopped: nothing may run here while the destination may take over.
                     State::Running => self
                         .phone
-                        .snapshot(SnapshotRequest::Incremental)
+                        .pause()
+                        .and_then(|()| self.phone.snapshot(SnapshotRequest::Incremental))
                         .map(|s| FrozenPhone {
                             saved: SavedPhone { snapshot: s.bytes, input_seqs: self.input_seqs.clone() },
                             screens,
+                        })
+                        .inspect_err(|_| {
+                            let _ = self.phone.resume();
                         })
                         .map_err(PhoneError::from),
                     State::Frozen { .. } => Err(PhoneError::Moving),
@@ -924,6 +949,9 @@ impl PhoneTask {
                 if let State::Frozen { .. } = self.state
                     && let State::Frozen { held } = std::mem::replace(&mut self.state, State::Running)
                 {
+                    if let Err(e) = self.phone.resume() {
+                        tracing::warn!(user = %self.user, "the phone cannot run again after the move failed: {e}");
+                    }
                     for h in held {
                         self.on_input(h.session, h.seq, h.input);
                     }
@@ -963,6 +991,10 @@ impl PhoneTask {
                 // moment later so the terminals joining the move attach first.
                 self.provisional = false;
                 self.first_record_after = Some(Instant::now() + FIRST_RECORD_GRACE);
+                // The control service moved the phone here: an arrival kept stopped until now (a Linux phone) runs.
+                if let Err(e) = self.phone.resume() {
+                    tracing::warn!(user = %self.user, "the arrived phone cannot run: {e}");
+                }
             }
             LifecycleCommand::Carryover { reply } => {
                 let _ = reply.send(self.phone.carryover());
@@ -972,6 +1004,7 @@ impl PhoneTask {
             }
             LifecycleCommand::Replace { phone, reply } => {
                 self.phone = phone;
+                self.phone_replaced = true;
                 self.state = State::Running;
                 // Drawn on: the kept hash and the vouched screens no longer hold.
                 self.screen_hash = None;
