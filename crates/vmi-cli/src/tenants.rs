@@ -78,7 +78,7 @@ impl<T> Limit<T> {
 pub struct PublishArgs {
     /// Image name, e.g. "phone" (what tenants name).
     name: String,
-    /// The .wasm image to publish as the next version.
+    /// The image to publish as the next version: a .wasm phone, or a Linux image (`vmi image build --linux`).
     #[arg(required_unless_present = "built_in", conflicts_with = "built_in")]
     file: Option<PathBuf>,
     /// Publish the phone built into this `vmi` instead of a file.
@@ -218,8 +218,12 @@ pub async fn publish(args: PublishArgs) -> Result<()> {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         None => vmi_phone_image::PHONE_WASM.to_vec(),
     };
-    let engine = vmi_wasm_engine::WasmEngine::new()?;
-    engine.load_image(&wasm).context("not a valid phone image")?;
+    if vmi_qemu_engine::image::is_linux_image(&wasm) {
+        vmi_qemu_engine::image::parse(&wasm).context("not a valid Linux phone image")?;
+    } else {
+        let engine = vmi_wasm_engine::WasmEngine::new()?;
+        engine.load_image(&wasm).context("not a valid phone image")?;
+    }
     let v = client(&args.control)?.publish_image(&args.name, &wasm).await.context("publishing")?;
     println!(
         "{} version {} ({}, {} bytes): phones move to it on their next restart",
