@@ -92,6 +92,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         qemu_runs: usize,
     },
+    /// The WebAssembly phone and the Linux phone (QEMU) side by side: boot, input to frame, idle memory,
+    /// snapshot and restore, checkpoint bytes, live migration between two sites, beside plain QEMU's migration.
+    Engines {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Rounds of each timed figure.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Plain QEMU migrations of the Linux anchor guest (0: skip).
+        #[arg(long, default_value_t = 3)]
+        qemu_runs: usize,
+    },
     /// Checkpoint storage (full, after typing, per phone-day of light use, per phone
     /// among many of one image) and restore time.
     Checkpoint {
@@ -225,6 +238,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Failover { json, faults, cluster } => {
             print(json, crate::runtime()?.block_on(crate::bench_failover::failover(faults.max(1), cluster))?)
         }
+        BenchCmd::Engines { json, rounds, qemu_runs } => {
+            print(json, crate::runtime()?.block_on(crate::bench_engines::engines(rounds.max(2), qemu_runs))?)
+        }
         BenchCmd::Energy { json, active_min, day_h, mail_every_min } => {
             print(json, crate::runtime()?.block_on(crate::bench_net::energy(active_min, day_h, mail_every_min.max(1)))?)
         }
@@ -244,7 +260,7 @@ fn engine(max_vms: u32, tracking: Option<Tracking>) -> Result<WasmEngine> {
     Ok(WasmEngine::with_config(config, SystemClock::shared())?)
 }
 
-fn tap(phone: &mut dyn VirtualPhone, (x, y): (i32, i32)) -> Result<()> {
+pub(crate) fn tap_phone(phone: &mut dyn VirtualPhone, (x, y): (i32, i32)) -> Result<()> {
     phone.deliver(Event::Touch { phase: TouchPhase::Down, x, y, pointer: 0 })?;
     phone.deliver(Event::Touch { phase: TouchPhase::Up, x, y, pointer: 0 })?;
     Ok(())
@@ -254,7 +270,7 @@ fn tap(phone: &mut dyn VirtualPhone, (x, y): (i32, i32)) -> Result<()> {
 fn phone_in_notes(engine: &WasmEngine) -> Result<Box<dyn VirtualPhone>> {
     let image = engine.load_image(vmi_phone_image::PHONE_WASM)?;
     let mut phone = engine.create(&image.hash, &VmConfig::default())?;
-    tap(phone.as_mut(), layout::NOTES)?;
+    tap_phone(phone.as_mut(), layout::NOTES)?;
     for c in "Meeting notes: the edge site keeps my phone warm while the screen sleeps. ".chars() {
         phone.deliver(Event::text(c))?;
     }
@@ -420,7 +436,7 @@ fn input(events: usize) -> Result<Value> {
     }
     // Touch: strokes in Paint.
     phone.deliver(Event::Key { code: vmi_engine::KeyCode::Home, text: None })?;
-    tap(phone.as_mut(), layout::PAINT)?;
+    tap_phone(phone.as_mut(), layout::PAINT)?;
     phone.frame()?;
     let mut touch_us = Vec::with_capacity(events);
     for i in 0..events {
@@ -556,7 +572,7 @@ fn timer_load(phones: &mut [Box<dyn VirtualPhone>], secs: u64) -> Result<Value> 
     }))
 }
 
-fn density(vms: usize) -> Result<Value> {
+pub(crate) fn density(vms: usize) -> Result<Value> {
     let engine = engine(vms as u32 + 4, None)?;
     let image = engine.load_image(vmi_phone_image::PHONE_WASM)?;
     // One phone first, so one-time costs (compiled code, pool metadata) are not counted

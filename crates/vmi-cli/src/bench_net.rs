@@ -669,27 +669,29 @@ const FILLED_PHONE: &str = concat!(
     (call $fb_damage (local.get $x) (i32.const 100) (i32.const 16) (i32.const 16))))"#
 );
 
-/// Whose phone a migration series moves: the bench user's default phone, or a 16 MiB filled one.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum SeriesPhone {
+/// Whose phone a migration series moves: the bench user's default phone, a 16 MiB filled one, or a Linux phone
+/// of this image.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum SeriesPhone {
     Default,
     Filled16,
+    Linux(Arc<Vec<u8>>),
 }
 
 /// What one series of migrations measured.
-struct MigrationSeries {
-    downtime_ms: Vec<f64>,
+pub(crate) struct MigrationSeries {
+    pub(crate) downtime_ms: Vec<f64>,
     /// Of the downtime: stopping the phone and taking its final delta at the source.
-    freeze_ms: Vec<f64>,
-    final_bytes: Vec<f64>,
+    pub(crate) freeze_ms: Vec<f64>,
+    pub(crate) final_bytes: Vec<f64>,
     /// Stop to the final delta flushed (what QEMU counts as its downtime).
-    sent_ms: Vec<f64>,
-    commit_ms: Vec<f64>,
-    total_ms: Vec<f64>,
-    gap_ms: Vec<f64>,
-    bytes_sent: Vec<f64>,
-    memory_bytes: u64,
-    screen: (u32, u32),
+    pub(crate) sent_ms: Vec<f64>,
+    pub(crate) commit_ms: Vec<f64>,
+    pub(crate) total_ms: Vec<f64>,
+    pub(crate) gap_ms: Vec<f64>,
+    pub(crate) bytes_sent: Vec<f64>,
+    pub(crate) memory_bytes: u64,
+    pub(crate) screen: (u32, u32),
 }
 
 /// `vmi bench migrate`: live migrations back and forth between two sites while a
@@ -762,7 +764,7 @@ pub async fn migrate(rounds: usize, qemu_mib: u64, qemu_runs: usize) -> Result<V
 
 /// `rounds` migrations back and forth between two sites while a terminal types; the control service on SQLite
 /// or on etcd.
-async fn migration_series(rounds: usize, etcd: bool, which: SeriesPhone) -> Result<MigrationSeries> {
+pub(crate) async fn migration_series(rounds: usize, etcd: bool, which: SeriesPhone) -> Result<MigrationSeries> {
     let w = world_on(SystemClock::shared(), etcd).await?;
     let b = vmi_site::start(SiteConfig {
         id: "site-b".into(),
@@ -785,8 +787,33 @@ async fn migration_series(rounds: usize, etcd: bool, which: SeriesPhone) -> Resu
     })
     .await?;
     let sites = [(w.site.state.id.clone(), w.site.url.clone()), (b.state.id.clone(), b.url.clone())];
-    let (user, token) = match which {
+    let (user, token) = match &which {
         SeriesPhone::Default => ("bench", w.token.clone()),
+        SeriesPhone::Linux(image) => {
+            // Published like any tenant's image; both sites run it on their QEMU engine.
+            let control = vmi_control_api::ControlClient::new(w.site.state.control_url(), &w.operator)?;
+            control.publish_image("linux", image).await?;
+            let tenant = vmi_control_api::tenants::TenantRequest {
+                name: "benchlinux".into(),
+                max_phones: None,
+                max_memory_bytes: None,
+                image: Some("linux".into()),
+            };
+            control.create_tenant(&tenant).await?;
+            control.create_user_in("tux", Some("benchlinux")).await?;
+            control.set_placement("tux", "site-a").await?;
+            w.site.state.create_phone("tux").await?;
+            // Its session up before it moves: a phone in use, not one booting.
+            let phone = w.site.state.phone("tux")?;
+            let by = Instant::now() + Duration::from_secs(180);
+            while phone.file("/run/user/1000/seed-ready".into()).await?.is_err() {
+                if Instant::now() > by {
+                    bail!("the Linux phone's session did not come up within 3 minutes");
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            ("tux", control.create_device("tux", "bench terminal").await?.token)
+        }
         SeriesPhone::Filled16 => {
             // Its own image, published like any tenant's: the phone's engine and image come from the control
             // service; both sites run it.
@@ -811,6 +838,7 @@ async fn migration_series(rounds: usize, etcd: bool, which: SeriesPhone) -> Resu
     if which == SeriesPhone::Default {
         tap(&mut term, layout::NOTES).await?;
     }
+    // A Linux phone types into its shell's prompt: 'm' and space, as the others.
 
     // What the phone holds: its non-zero memory, from a full snapshot.
     let phone = w.site.state.phone(user)?;

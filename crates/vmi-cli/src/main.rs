@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bench_checkpoint;
 mod bench_density;
+mod bench_engines;
 mod bench_failover;
 mod bench_net;
 mod checkpoints;

@@ -1038,6 +1038,7 @@ pub async fn list(args: ListArgs) -> Result<()> {
                 "terminals": p["phone"]["terminals"], "healthy": s.healthy, "draining": s.site.draining,
                 "standby": p["phone"]["standby"], "standby_lag_ms": p["phone"]["standby_lag_ms"],
                 "resident": p["phone"]["resident"], "memory_bytes": p["phone"]["memory_bytes"],
+                "engine": p["phone"]["engine"],
             }));
         }
         if status == 0 {
@@ -1048,7 +1049,10 @@ pub async fn list(args: ListArgs) -> Result<()> {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!("{:<16} {:<10} {:<10} {:<20} {:<12} STATUS", "USER", "SITE", "TERMINALS", "STANDBY (LAG)", "MEMORY");
+    println!(
+        "{:<16} {:<10} {:<10} {:<10} {:<20} {:<12} STATUS",
+        "USER", "SITE", "ENGINE", "TERMINALS", "STANDBY (LAG)", "MEMORY"
+    );
     for r in rows {
         let terminals = r["terminals"].as_u64().map(|t| t.to_string()).unwrap_or_else(|| "-".into());
         let standby = match (r["standby"].as_str(), r["standby_lag_ms"].as_u64()) {
@@ -1063,9 +1067,10 @@ pub async fn list(args: ListArgs) -> Result<()> {
             _ => "-".to_owned(),
         };
         println!(
-            "{:<16} {:<10} {:<10} {:<20} {:<12} {}",
+            "{:<16} {:<10} {:<10} {:<10} {:<20} {:<12} {}",
             r["user"].as_str().unwrap_or("-"),
             r["site"].as_str().unwrap_or("-"),
+            r["engine"].as_str().unwrap_or("-"),
             terminals,
             standby,
             memory,

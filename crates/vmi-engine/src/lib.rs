@@ -231,6 +231,24 @@ pub trait VirtualPhone: Send {
     fn engine(&self) -> &'static str {
         "wasm"
     }
+
+    /// How often at most the site should record this phone's state while it changes, when the engine asks for less
+    /// often than the site's own pace (`None`): a snapshot that stops a full-system guest and reads all its RAM
+    /// costs far more than one of a micro-VM. It is what a crash of the site can cost this phone.
+    fn record_every(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Whether the guest runs by itself between calls (a full-system VM): its state changes without any event,
+    /// so its site treats what it draws or raises as change to record.
+    fn runs_by_itself(&self) -> bool {
+        false
+    }
+
+    /// The hardware accelerator under the guest, for engines that have one (`"kvm"`, or `"tcg"`: none).
+    fn accelerator(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Moves a manual clock forward by `ns`, stopping at each of `phone`'s timer deadlines on

@@ -17,6 +17,8 @@ use crate::error::QemuError;
 
 /// Longest line the guest may send (a file answer: 48 KiB in base64 and its framing).
 const MAX_LINE: usize = 80 << 10;
+/// Largest packed home carried across an image upgrade, in base64 characters (about 48 MiB of gzipped tar).
+const MAX_HOME_BASE64: usize = 64 << 20;
 /// Most notifications held for the site before the oldest are dropped.
 const MAX_NOTIFICATIONS: usize = 256;
 
@@ -31,6 +33,12 @@ pub struct Inbox {
     pub files: HashMap<String, Result<Vec<u8>, String>>,
     /// Answers to `ping`.
     pub pongs: Vec<String>,
+    /// A packed home (`pack-home`): its base64 lines so far, and whether it ended.
+    pub home: Vec<String>,
+    /// The packed home is whole.
+    pub home_end: bool,
+    /// How `home-done` went.
+    pub home_unpacked: Option<bool>,
     /// Why the channel ended, if it did.
     pub closed: Option<String>,
 }
@@ -102,6 +110,40 @@ impl Agent {
         }
     }
 
+    /// Packs the user's home in the guest (a gzipped tar) and returns it, waiting up to `within`.
+    pub fn pack_home(&self, within: Duration) -> Result<Vec<u8>, QemuError> {
+        self.with_inbox(|i| {
+            i.home.clear();
+            i.home_end = false;
+        });
+        self.send("pack-home")?;
+        let lines = self
+            .wait_for(within, |i| i.home_end.then(|| std::mem::take(&mut i.home)))
+            .ok_or_else(|| QemuError::Qemu(format!("the guest did not pack its home within {within:?}")))?;
+        if lines.first().is_some_and(|l| l.starts_with('!')) {
+            return Err(QemuError::Qemu(format!("the home is over {MAX_HOME_BASE64} bytes of base64")));
+        }
+        let mut tar = Vec::new();
+        for line in &lines {
+            tar.extend(base64_decode(line).ok_or_else(|| QemuError::Qemu("the packed home is not base64".into()))?);
+        }
+        Ok(tar)
+    }
+
+    /// Unpacks a home packed by [`Agent::pack_home`] into the guest's /home, waiting up to `within`.
+    pub fn unpack_home(&self, tar: &[u8], within: Duration) -> Result<(), QemuError> {
+        self.with_inbox(|i| i.home_unpacked = None);
+        for chunk in tar.chunks(36 << 10) {
+            self.send(&format!("home-chunk {}", base64_encode(chunk)))?;
+        }
+        self.send("home-done")?;
+        match self.wait_for(within, |i| i.home_unpacked.take()) {
+            Some(true) => Ok(()),
+            Some(false) => Err(QemuError::Qemu("the guest could not unpack the carried home".into())),
+            None => Err(QemuError::Qemu(format!("the guest did not unpack the home within {within:?}"))),
+        }
+    }
+
     /// Asks the guest for a file (at most 48 KiB) and waits up to `within` for it.
     pub fn read_file(&self, path: &str, within: Duration) -> Result<Vec<u8>, QemuError> {
         self.with_inbox(|i| i.files.remove(path));
@@ -169,10 +211,47 @@ fn take(inbox: &mut Inbox, message: &Value) -> bool {
         inbox.files.insert(path, answer);
         return false;
     }
+    if let Some(chunk) = message.get("home").and_then(Value::as_str) {
+        if inbox.home.iter().map(String::len).sum::<usize>() + chunk.len() <= MAX_HOME_BASE64 {
+            inbox.home.push(chunk.to_owned());
+        } else {
+            inbox.home_end = true;
+            inbox.home.clear();
+            inbox.home.push(String::from("!too large"));
+        }
+        return false;
+    }
+    if message["home_end"] == true {
+        inbox.home_end = true;
+        return false;
+    }
+    if let Some(done) = message.get("home_unpacked").and_then(Value::as_bool) {
+        inbox.home_unpacked = Some(done);
+        return false;
+    }
     if let Some(p) = message.get("pong") {
         inbox.pongs.push(text(p, 64));
     }
     false
+}
+
+/// Standard base64 with padding, as coreutils' `base64 -d` reads it.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for three in bytes.chunks(3) {
+        let n = (u32::from(three[0]) << 16)
+            | (u32::from(*three.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*three.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= three.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Standard base64 (with padding), as `base64 -w0` writes it.
@@ -220,6 +299,10 @@ mod tests {
         assert_eq!(base64_decode("").as_deref(), Some(&b""[..]));
         assert_eq!(base64_decode("a*=="), None);
         assert_eq!(base64_decode("abc"), None);
+        for sample in [&b""[..], b"h", b"hi", b"hello", b"\xff\x00\x10binary"] {
+            assert_eq!(base64_decode(&base64_encode(sample)).as_deref(), Some(sample), "{sample:?}");
+        }
+        assert_eq!(base64_encode(b"hello\n"), "aGVsbG8K");
     }
 
     #[test]

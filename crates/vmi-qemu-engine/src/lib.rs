@@ -17,6 +17,7 @@
 //!   runs as root, killed with the site ([`Settings`]).
 
 mod agent;
+pub mod cgroup;
 pub mod display;
 mod error;
 pub mod image;
@@ -464,11 +465,26 @@ impl Engine for QemuEngine {
         chain: &[&[u8]],
         config: &VmConfig,
     ) -> Result<Box<dyn VirtualPhone>, EngineError> {
-        // A new image boots afresh; the phone's clock goes on. (Carrying the user's files across is the image
-        // upgrade's part still to build, docs/LINUX-PHONES.md.)
+        // What crosses an image version: the user's home directory and the phone's clock. Everything else (the
+        // running programs, /tmp, system files changed in the overlay) belongs to the old image and stays.
         let last = chain.last().ok_or(EngineError::EmptyChain)?;
         let header = vmi_snapshot::Snapshot::peek_header(last)?;
-        Ok(Box::new(self.boot(image, config, header.virtual_ns)?))
+        let from = ImageHash(header.image_hash);
+        if self.image(&from).is_none() {
+            return Err(EngineError::UnknownImage(format!(
+                "{} (the phone's old image, whose guest packs the user's home)",
+                from.to_hex()
+            )));
+        }
+        let old = self.restore_phone(&from, chain, config, false)?;
+        let home = old.pack_home().map_err(|e| EngineError::Config(format!("packing the user's home: {e}")))?;
+        drop(old);
+        let new = self.boot(image, config, header.virtual_ns)?;
+        if !new.wait_session(Duration::from_secs(180)) {
+            return Err(start_error(QemuError::Qemu("the new image's session did not come up".into())));
+        }
+        new.unpack_home(&home).map_err(|e| EngineError::Config(format!("unpacking the user's home: {e}")))?;
+        Ok(Box::new(new))
     }
 
     fn create_from(

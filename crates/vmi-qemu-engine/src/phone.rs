@@ -29,6 +29,13 @@ pub const ENGINE_NAME: &str = "qemu";
 const SOCKETS_WITHIN: Duration = Duration::from_secs(20);
 /// How long QEMU gets to write or read its device state.
 const STATE_WITHIN: Duration = Duration::from_secs(60);
+/// How often at most a site records a Linux phone's state while it changes: each record stops the guest for its
+/// device state and fingerprints all its RAM (about a tenth of a second at 384 MiB here).
+const RECORD_EVERY: Duration = Duration::from_secs(5);
+/// What QEMU itself may use above guest RAM (its code, device models, VNC buffers) under its memory cap.
+const QEMU_OVERHEAD: u64 = 256 << 20;
+/// How long the guest gets to pack or unpack the user's home.
+const HOME_WITHIN: Duration = Duration::from_secs(120);
 /// How long the guest agent gets to answer for a file.
 const FILE_WITHIN: Duration = Duration::from_secs(3);
 /// More damage rectangles than this in one frame are sent as their bounding box.
@@ -53,6 +60,8 @@ pub struct QemuPhone {
     /// The user QEMU runs as, if not the engine's.
     uid: Option<u32>,
     child: Child,
+    /// Its memory cap and CPU share (removed after the process, when the phone is dropped).
+    cgroup: Option<crate::cgroup::Cgroup>,
     qmp: crate::qmp::Qmp,
     screen: SharedScreen,
     agent: Agent,
@@ -116,6 +125,18 @@ impl QemuPhone {
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         settings.confine(&mut cmd, &dir, uid, &inherited)?;
         let child = launcher.spawn(cmd).map_err(QemuError::io(format!("starting {}", settings.qemu.display())))?;
+        // Its memory cap (guest RAM and QEMU's own) and CPU share, where the host lets the engine set them.
+        let group_name = format!(
+            "{}.{}",
+            dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        );
+        let cgroup = crate::cgroup::for_phone(&group_name, memory + QEMU_OVERHEAD);
+        if let Some(group) = &cgroup
+            && let Err(e) = group.add(child.id())
+        {
+            tracing::warn!("QEMU runs outside its cgroup: {e}");
+        }
         let started = Instant::now();
         let listener: Arc<Mutex<Option<ActivityListener>>> = Arc::default();
         let screen: SharedScreen = Arc::new(Mutex::new(Screen::default()));
@@ -136,6 +157,7 @@ impl QemuPhone {
             dir,
             uid,
             child: phone_child.take(),
+            cgroup,
             qmp,
             screen,
             agent,
@@ -173,6 +195,21 @@ impl QemuPhone {
     /// Asks the guest agent for a file of at most 48 KiB: how tests and operators read a phone's files.
     pub fn read_guest_file(&self, path: &str, within: Duration) -> Result<Vec<u8>, VmError> {
         self.agent.read_file(path, within).map_err(|e| VmError::Abi(e.to_string()))
+    }
+
+    /// The user's home, packed by the guest (a gzipped tar): what an image upgrade carries.
+    pub fn pack_home(&self) -> Result<Vec<u8>, QemuError> {
+        self.agent.pack_home(HOME_WITHIN)
+    }
+
+    /// Unpacks a home packed by [`QemuPhone::pack_home`] into this phone's /home.
+    pub fn unpack_home(&self, tar: &[u8]) -> Result<(), QemuError> {
+        self.agent.unpack_home(tar, HOME_WITHIN)
+    }
+
+    /// The cgroup directories holding its memory cap and CPU share, if the host let the engine make them.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup.as_ref().map(|g| g.dirs().to_vec()).unwrap_or_default()
     }
 
     /// QEMU's process id.
@@ -716,6 +753,18 @@ impl VirtualPhone for QemuPhone {
 
     fn engine(&self) -> &'static str {
         ENGINE_NAME
+    }
+
+    fn accelerator(&self) -> Option<&'static str> {
+        Some(self.accel.as_str())
+    }
+
+    fn record_every(&self) -> Option<Duration> {
+        Some(RECORD_EVERY)
+    }
+
+    fn runs_by_itself(&self) -> bool {
+        true
     }
 }
 

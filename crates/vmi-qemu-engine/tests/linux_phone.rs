@@ -25,6 +25,12 @@ fn image_bytes() -> &'static [u8] {
     })
 }
 
+/// One Linux phone test at a time: two guests under TCG on two cores starve each other's sessions.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn engine(name: &str) -> (QemuEngine, vmi_engine::ImageHash, std::path::PathBuf) {
     let dir = vmi_testkit::scratch_dir(name);
     let mut settings = Settings::under(&dir);
@@ -66,6 +72,7 @@ fn save_png(frame: &vmi_engine::Frame<'_>, name: &str) {
 
 #[test]
 fn a_linux_phone_boots_types_notifies_snapshots_restores_and_crashes_alone() {
+    let _one = one_at_a_time();
     let (engine, hash, dir) = engine("linux-phone");
     let config = VmConfig::default();
     let mut phone = engine.boot(&hash, &config, 0).expect("the phone boots");
@@ -74,7 +81,7 @@ fn a_linux_phone_boots_types_notifies_snapshots_restores_and_crashes_alone() {
     phone.set_activity_listener(Arc::new(move || {
         seen.fetch_add(1, Ordering::SeqCst);
     }));
-    assert!(phone.wait_session(SESSION_WITHIN), "the session came up (console: {})", console(&phone));
+    ready(&mut phone);
     eprintln!("accel: {:?}", phone.accel());
     // Run as root, the engine starts each QEMU as its own unprivileged user.
     // SAFETY: geteuid has no preconditions.
@@ -82,17 +89,20 @@ fn a_linux_phone_boots_types_notifies_snapshots_restores_and_crashes_alone() {
         let status = std::fs::read_to_string(format!("/proc/{}/status", phone.pid())).expect("QEMU's status");
         let uid = status.lines().find(|l| l.starts_with("Uid:")).expect("a Uid line");
         assert!(!uid.split_whitespace().skip(1).any(|id| id == "0"), "QEMU runs as root: {uid}");
+        // Its memory cap: guest RAM and QEMU's own share, in its cgroup (v2 memory.max or v1 limit_in_bytes).
+        let dirs = phone.cgroup_dirs();
+        assert!(!dirs.is_empty(), "root puts QEMU in a cgroup of its own");
+        let procs = std::fs::read_to_string(dirs[0].join("cgroup.procs")).expect("the cgroup's processes");
+        assert!(procs.lines().any(|p| p == phone.pid().to_string()), "QEMU is in its cgroup: {procs}");
+        let cap = ["memory.max", "memory.limit_in_bytes"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(dirs[0].join(f)).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("a memory cap");
+        assert!(((384 << 20)..=((384 + 512) << 20)).contains(&cap), "a cap of guest RAM and a little more: {cap}");
     }
 
-    // The screen is drawn, with damage, and the listener heard of it.
-    let by = Instant::now() + Duration::from_secs(30);
-    let mut painted = false;
-    while Instant::now() < by && !painted {
-        let frame = phone.frame().expect("frame");
-        painted = frame.rgba.chunks_exact(4).any(|p| p[..3] != [0, 0, 0]);
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(painted, "the session drew something");
+    // The screen was drawn (the prompt, `ready`), and the listener heard of it.
     assert!(activity.load(Ordering::SeqCst) > 0, "the activity listener was called");
 
     type_text(&mut phone, "echo hello > hello.txt && cat hello.txt\n");
@@ -150,4 +160,57 @@ fn a_linux_phone_boots_types_notifies_snapshots_restores_and_crashes_alone() {
 fn console(phone: &QemuPhone) -> String {
     let text = std::fs::read_to_string(phone.dir().join("console.log")).unwrap_or_default();
     text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// Waits for the session and for its prompt on the screen (keys typed before would reach no window).
+fn ready(phone: &mut QemuPhone) {
+    assert!(phone.wait_session(SESSION_WITHIN), "the session came up (console: {})", console(phone));
+    let by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let frame = phone.frame().expect("frame");
+        let row = frame.width as usize * 4;
+        if frame.rgba[..row * 40].chunks_exact(4).any(|p| p[0] > 0xa0 && p[1] > 0xa0) {
+            return;
+        }
+        assert!(Instant::now() < by, "the prompt never showed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_image_upgrade_carries_the_users_home_and_a_rollback_carries_it_back() {
+    let _one = one_at_a_time();
+    let (engine, v1, dir) = engine("linux-upgrade");
+    // Version 2: the same parts under another name (another file, so another image).
+    let file = image::parse(image_bytes()).expect("the image parses");
+    let manifest = image::Manifest { name: "version 2".into(), ..file.manifest.clone() };
+    let v2 = engine.load_image(&image::pack(manifest, &file.parts).expect("pack v2")).expect("load v2").hash;
+    assert_ne!(v1, v2);
+    let config = VmConfig::default();
+    let mut phone = engine.boot(&v1, &config, 0).expect("boot v1");
+    ready(&mut phone);
+    type_text(&mut phone, "echo kept > kept.txt && echo left > /tmp/left.txt\n");
+    wait_file(&phone, "/home/phone/kept.txt", b"kept\n");
+    wait_file(&phone, "/tmp/left.txt", b"left\n");
+    let saved = phone.snapshot(SnapshotRequest::Full).expect("snapshot");
+    drop(phone);
+
+    let mut upgraded = engine.upgrade(&v2, &[&saved.bytes], &config).expect("upgrade to v2");
+    assert_eq!(upgraded.info().image, v2);
+    assert_eq!(upgraded.read_file("/home/phone/kept.txt").expect("the home came along"), b"kept\n");
+    assert!(upgraded.read_file("/tmp/left.txt").is_err(), "what is outside the home stays with the old image");
+    assert!(upgraded.now_ns() >= saved_ns(&saved.bytes), "the phone's clock goes on");
+
+    // Rolling back is the same call with the older image.
+    let again = upgraded.snapshot(SnapshotRequest::Full).expect("snapshot v2");
+    drop(upgraded);
+    let back = engine.upgrade(&v1, &[&again.bytes], &config).expect("roll back to v1");
+    assert_eq!(back.info().image, v1);
+    assert_eq!(back.read_file("/home/phone/kept.txt").expect("the home came back"), b"kept\n");
+    drop(back);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn saved_ns(snapshot: &[u8]) -> u64 {
+    vmi_snapshot::Snapshot::peek_header(snapshot).expect("header").virtual_ns
 }

@@ -415,6 +415,8 @@ pub struct PhoneStatus {
     pub cpu_units: u64,
     /// The image it runs (content hash, hex).
     pub image: String,
+    /// The engine that runs it, with its accelerator if it has one: `wasm`, `qemu/tcg`, `qemu/kvm`.
+    pub engine: String,
     /// The site holding its standby copy, if one holds it now (docs/FAILOVER.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub standby: Option<String>,

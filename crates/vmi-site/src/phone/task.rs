@@ -63,6 +63,8 @@ enum Woke {
     Command(Option<PhoneCommand>),
     Written(Result<crate::standby::Written, String>),
     Timer,
+    /// The phone changed on its own (a guest that runs by itself drew, notified or died).
+    Activity,
 }
 
 /// Whether the task goes on after a command.
@@ -131,6 +133,9 @@ const FIRST_RECORD_GRACE: Duration = Duration::from_millis(10);
 /// Journal records after a full state before the next record is a full state again (bounded replay at restore,
 /// and a bounded chain in the engine).
 const MAX_DELTAS: u32 = 300;
+/// Journal bytes after a full state before the next record is a full state again (a full-system guest's deltas
+/// are megabytes: the journal, and a restore's replay, stay bounded in bytes too).
+const MAX_JOURNAL_BYTES: u64 = 256 << 20;
 /// How long after a pre-copy round no state is written (a full snapshot would restart the migration's rounds).
 const PRE_COPY_QUIET: Duration = Duration::from_secs(30);
 
@@ -152,6 +157,8 @@ struct Durable {
     journal_last: Option<vmi_engine::SnapshotId>,
     /// Records since the last full state.
     deltas: u32,
+    /// Bytes of the records since the last full state.
+    journal_bytes: u64,
     /// The site whose standby copy ends at `journal_last`, if any.
     standby_at: Option<String>,
     /// Streams records to a standby site, and says whether this site holds its lease.
@@ -223,6 +230,7 @@ impl PhoneTask {
             health,
             journal_last: None,
             deltas: 0,
+            journal_bytes: 0,
             standby_at: None,
             standby,
             fenced: false,
@@ -346,7 +354,7 @@ impl PhoneTask {
                 c = rx.recv() => Woke::Command(c),
                 w = written => Woke::Written(w.map_err(|e| e.to_string())),
                 _ = tokio::time::sleep(wait) => Woke::Timer,
-                _ = activity.notified() => Woke::Timer,
+                _ = activity.notified() => Woke::Activity,
             };
             let command = match woke {
                 Woke::Command(None) => break,
@@ -359,6 +367,13 @@ impl PhoneTask {
                     None
                 }
                 Woke::Timer => None,
+                Woke::Activity => {
+                    // A guest that runs by itself changed on its own: that is state to record.
+                    if self.phone.runs_by_itself() {
+                        self.changed();
+                    }
+                    None
+                }
             };
             self.note_fence();
             let next = match command {
@@ -427,7 +442,7 @@ impl PhoneTask {
             Some(_) if self.provisional => Duration::from_secs(3600),
             Some(_) if let Some(after) = self.first_record_after => after.saturating_duration_since(Instant::now()),
             Some(d) if d.pending.is_some() => Duration::from_secs(3600),
-            Some(d) if d.changed => DURABLE_EVERY.saturating_sub(d.written_at.elapsed()),
+            Some(d) if d.changed => self.record_every().saturating_sub(d.written_at.elapsed()),
             _ => Duration::from_secs(3600),
         }
     }
@@ -462,6 +477,12 @@ impl PhoneTask {
     }
 
     /// Notes that the VM changed (an input, a mail, a timer, a new VM): its state is due on disk.
+    /// How often at most the phone's state is recorded while it changes: the site's pace, or its engine's when
+    /// slower.
+    fn record_every(&self) -> Duration {
+        self.phone.record_every().map_or(DURABLE_EVERY, |e| e.max(DURABLE_EVERY))
+    }
+
     fn changed(&mut self) {
         if let Some(d) = &mut self.durable {
             d.changed = true;
@@ -531,9 +552,10 @@ impl PhoneTask {
             }
             self.first_record_after = None;
         }
+        let every = self.record_every();
         let Some(d) = &mut self.durable else { return };
         let migrating = d.pre_copy_at.is_some_and(|at| at.elapsed() < PRE_COPY_QUIET);
-        if !d.changed || !running || migrating || d.written_at.elapsed() < DURABLE_EVERY || d.pending.is_some() {
+        if !d.changed || !running || migrating || d.written_at.elapsed() < every || d.pending.is_some() {
             return; // (a disk slower than DURABLE_EVERY: the record after the one in flight holds the newer state)
         }
         // A record continues the chain when the journal (and the standby copy) end at the VM's last snapshot; a
@@ -542,6 +564,7 @@ impl PhoneTask {
         let delta = d.journal_last.is_some()
             && d.journal_last == last
             && d.deltas < MAX_DELTAS
+            && d.journal_bytes < MAX_JOURNAL_BYTES
             && d.standby.target_is(d.standby_at.as_deref());
         let request = if delta { SnapshotRequest::Incremental } else { SnapshotRequest::Full };
         let snapshot = match self.phone.snapshot(request) {
@@ -551,6 +574,7 @@ impl PhoneTask {
                 return;
             }
         };
+        d.journal_bytes = if snapshot.parent.is_none() { 0 } else { d.journal_bytes + snapshot.bytes.len() as u64 };
         let record = crate::standby::Record {
             user: self.user.clone(),
             id: snapshot.id,
@@ -835,6 +859,10 @@ impl PhoneTask {
                     events: usage.events,
                     cpu_units: usage.cpu_total,
                     image: self.phone.info().image.to_hex(),
+                    engine: match self.phone.accelerator() {
+                        Some(accel) => format!("{}/{accel}", self.phone.engine()),
+                        None => self.phone.engine().to_owned(),
+                    },
                     standby: self.durable.as_ref().and_then(|d| d.standby_at.clone()),
                     standby_lag_ms: self.durable.as_ref().and_then(|d| d.standby_lag).map(|l| l.as_millis() as u64),
                 });

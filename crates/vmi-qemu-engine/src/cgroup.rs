@@ -1,0 +1,98 @@
+//! A Linux phone's control group: its QEMU's memory cap and CPU share. The unified hierarchy (cgroup v2) where the
+//! host has it, else the v1 `memory` and `cpu` hierarchies; a host where neither can be written runs phones
+//! without (said once in the log).
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// The share of CPU a phone's QEMU gets next to a process of default weight (v2 `cpu.weight` 100, v1
+/// `cpu.shares` 1024): half, so the site's own threads (terminals, durability) come first under load.
+const CPU_WEIGHT: u32 = 50;
+const CPU_SHARES: u32 = 512;
+
+/// A QEMU's cgroup, removed when dropped (after its process is gone).
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    /// Makes cgroup `name` under `vmi-qemu` with `memory_max` bytes and the phones' CPU share, or says why not.
+    pub fn create(name: &str, memory_max: u64) -> Result<Cgroup, String> {
+        let root = Path::new("/sys/fs/cgroup");
+        let unified = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let made = if unified.contains("memory") && unified.contains("cpu") {
+            let parent = root.join("vmi-qemu");
+            mkdir(&parent)?;
+            // Controllers reach a group only when every ancestor hands them down.
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu");
+            write(&parent.join("cgroup.subtree_control"), "+memory +cpu")?;
+            let dir = parent.join(name);
+            mkdir(&dir)?;
+            let group = Cgroup { dirs: vec![dir.clone()] };
+            write(&dir.join("memory.max"), &memory_max.to_string())?;
+            write(&dir.join("memory.swap.max"), "0").ok();
+            write(&dir.join("cpu.weight"), &CPU_WEIGHT.to_string())?;
+            group
+        } else {
+            let memory = root.join("memory/vmi-qemu").join(name);
+            let cpu = root.join("cpu/vmi-qemu").join(name);
+            for dir in [&memory, &cpu] {
+                if let Some(parent) = dir.parent() {
+                    mkdir(parent)?;
+                }
+                mkdir(dir)?;
+            }
+            let group = Cgroup { dirs: vec![memory.clone(), cpu.clone()] };
+            write(&memory.join("memory.limit_in_bytes"), &memory_max.to_string())?;
+            write(&cpu.join("cpu.shares"), &CPU_SHARES.to_string())?;
+            group
+        };
+        Ok(made)
+    }
+
+    /// Moves process `pid` (and its threads) into the group.
+    pub fn add(&self, pid: u32) -> Result<(), String> {
+        for dir in &self.dirs {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Where the memory cap is written (for operators and tests).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Makes a cgroup for a QEMU, or logs once why phones run without one.
+pub fn for_phone(name: &str, memory_max: u64) -> Option<Cgroup> {
+    static SAID: Once = Once::new();
+    match Cgroup::create(name, memory_max) {
+        Ok(group) => Some(group),
+        Err(why) => {
+            SAID.call_once(|| tracing::warn!("Linux phones run without a memory cap or CPU share: {why}"));
+            None
+        }
+    }
+}
+
+fn mkdir(dir: &Path) -> Result<(), String> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), String> {
+    std::fs::write(path, value).map_err(|e| format!("cannot write {} to {}: {e}", value, path.display()))
+}
