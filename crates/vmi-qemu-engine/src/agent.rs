@@ -3,7 +3,7 @@
 //! `{"notify":{"title":..,"body":..}}`, `{"file":{..}}`, `{"pong":..}`); the host sends one command a line
 //! (`cat PATH`, `time EPOCH`, `ping N`). The guest side is `guest/seed-agent`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -17,6 +17,12 @@ use crate::error::QemuError;
 
 /// Longest line the guest may send (a file answer: 48 KiB in base64 and its framing).
 const MAX_LINE: usize = 80 << 10;
+/// Longest path the host asks the agent for.
+const MAX_PATH: usize = 4096;
+/// Answers to `ping` kept.
+const MAX_PONGS: usize = 16;
+/// How long a write to the guest may block before the channel is taken for stuck.
+const WRITE_WITHIN: Duration = Duration::from_secs(5);
 /// Largest packed home carried across an image upgrade, in base64 characters (about 48 MiB of gzipped tar).
 const MAX_HOME_BASE64: usize = 64 << 20;
 /// Most notifications held for the site before the oldest are dropped.
@@ -31,8 +37,12 @@ pub struct Inbox {
     pub notifications: Vec<(String, String)>,
     /// Answers to `cat`: path → contents or the guest's error.
     pub files: HashMap<String, Result<Vec<u8>, String>>,
-    /// Answers to `ping`.
+    /// Answers to `ping` (the last few).
     pub pongs: Vec<String>,
+    /// Files asked for and not yet answered: only their answers are kept (a guest cannot fill the host).
+    pub wanted_files: HashSet<String>,
+    /// A packed home is asked for: only then are its lines kept.
+    pub home_wanted: bool,
     /// A packed home (`pack-home`): its base64 lines so far, and whether it ended.
     pub home: Vec<String>,
     /// The packed home is whole.
@@ -67,6 +77,8 @@ impl Agent {
                 Err(e) => return Err(QemuError::io(format!("connecting to the agent at {}", path.display()))(e)),
             }
         };
+        // A guest that stops reading its port must not hold the site: writes give up after a while.
+        stream.set_write_timeout(Some(WRITE_WITHIN)).map_err(QemuError::io("agent socket"))?;
         let reader = stream.try_clone().map_err(QemuError::io("agent socket"))?;
         let inbox: Arc<(Mutex<Inbox>, Condvar)> = Arc::default();
         let shared = inbox.clone();
@@ -115,11 +127,16 @@ impl Agent {
         self.with_inbox(|i| {
             i.home.clear();
             i.home_end = false;
+            i.home_wanted = true;
         });
-        self.send("pack-home")?;
-        let lines = self
-            .wait_for(within, |i| i.home_end.then(|| std::mem::take(&mut i.home)))
-            .ok_or_else(|| QemuError::Qemu(format!("the guest did not pack its home within {within:?}")))?;
+        let packed =
+            self.send("pack-home").map(|()| self.wait_for(within, |i| i.home_end.then(|| std::mem::take(&mut i.home))));
+        self.with_inbox(|i| {
+            i.home_wanted = false;
+            i.home.clear();
+        });
+        let lines =
+            packed?.ok_or_else(|| QemuError::Qemu(format!("the guest did not pack its home within {within:?}")))?;
         if lines.first().is_some_and(|l| l.starts_with('!')) {
             return Err(QemuError::Qemu(format!("the home is over {MAX_HOME_BASE64} bytes of base64")));
         }
@@ -133,6 +150,7 @@ impl Agent {
     /// Unpacks a home packed by [`Agent::pack_home`] into the guest's /home, waiting up to `within`.
     pub fn unpack_home(&self, tar: &[u8], within: Duration) -> Result<(), QemuError> {
         self.with_inbox(|i| i.home_unpacked = None);
+        self.send("home-reset")?;
         for chunk in tar.chunks(36 << 10) {
             self.send(&format!("home-chunk {}", base64_encode(chunk)))?;
         }
@@ -146,9 +164,19 @@ impl Agent {
 
     /// Asks the guest for a file (at most 48 KiB) and waits up to `within` for it.
     pub fn read_file(&self, path: &str, within: Duration) -> Result<Vec<u8>, QemuError> {
-        self.with_inbox(|i| i.files.remove(path));
-        self.send(&format!("cat {path}"))?;
-        match self.wait_for(within, |i| i.files.remove(path)) {
+        if path.len() > MAX_PATH || path.contains('\n') {
+            return Err(QemuError::Qemu(format!("a path of at most {MAX_PATH} bytes on one line")));
+        }
+        self.with_inbox(|i| {
+            i.files.remove(path);
+            i.wanted_files.insert(path.to_owned());
+        });
+        let answer = self.send(&format!("cat {path}")).map(|()| self.wait_for(within, |i| i.files.remove(path)));
+        self.with_inbox(|i| {
+            i.wanted_files.remove(path);
+            i.files.remove(path);
+        });
+        match answer? {
             Some(Ok(bytes)) => Ok(bytes),
             Some(Err(why)) => Err(QemuError::Qemu(format!("the guest agent could not read {path}: {why}"))),
             None => Err(QemuError::Qemu(format!("the guest agent did not answer for {path} within {within:?}"))),
@@ -168,7 +196,14 @@ fn read_lines(
         // Bounded: a guest cannot make the host buffer an endless line.
         match Read::take(&mut reader, MAX_LINE as u64 + 1).read_until(b'\n', &mut line) {
             Ok(0) => return "QEMU closed the agent channel".into(),
-            Ok(_) if line.len() > MAX_LINE => return format!("the guest sent a line over {MAX_LINE} bytes"),
+            Ok(_) if line.len() > MAX_LINE => {
+                // Skipped to its end, not fatal: the channel goes on.
+                tracing::debug!("the guest agent sent a line over {MAX_LINE} bytes: skipped");
+                if let Err(e) = reader.skip_until(b'\n') {
+                    return format!("reading the agent channel: {e}");
+                }
+                continue;
+            }
             Ok(_) => {}
             Err(e) => return format!("reading the agent channel: {e}"),
         }
@@ -202,7 +237,10 @@ fn take(inbox: &mut Inbox, message: &Value) -> bool {
         return true;
     }
     if let Some(f) = message.get("file") {
-        let path = text(&f["path"], 4096);
+        let path = text(&f["path"], MAX_PATH);
+        if !inbox.wanted_files.remove(&path) {
+            return false;
+        }
         let answer = match (f["data"].as_str(), f["error"].as_str()) {
             (Some(data), _) => base64_decode(data).ok_or_else(|| "the agent's answer is not base64".to_owned()),
             (None, Some(why)) => Err(why.to_owned()),
@@ -212,6 +250,9 @@ fn take(inbox: &mut Inbox, message: &Value) -> bool {
         return false;
     }
     if let Some(chunk) = message.get("home").and_then(Value::as_str) {
+        if !inbox.home_wanted {
+            return false;
+        }
         if inbox.home.iter().map(String::len).sum::<usize>() + chunk.len() <= MAX_HOME_BASE64 {
             inbox.home.push(chunk.to_owned());
         } else {
@@ -221,7 +262,7 @@ fn take(inbox: &mut Inbox, message: &Value) -> bool {
         }
         return false;
     }
-    if message["home_end"] == true {
+    if message["home_end"] == true && inbox.home_wanted {
         inbox.home_end = true;
         return false;
     }
@@ -230,6 +271,9 @@ fn take(inbox: &mut Inbox, message: &Value) -> bool {
         return false;
     }
     if let Some(p) = message.get("pong") {
+        if inbox.pongs.len() >= MAX_PONGS {
+            inbox.pongs.remove(0);
+        }
         inbox.pongs.push(text(p, 64));
     }
     false
@@ -310,8 +354,17 @@ mod tests {
         let mut inbox = Inbox::default();
         assert!(take(&mut inbox, &serde_json::json!({"ready": true})));
         assert!(take(&mut inbox, &serde_json::json!({"notify": {"title": "Mail", "body": "from Ann"}})));
+        // Answers nobody asked for are not kept.
+        assert!(!take(&mut inbox, &serde_json::json!({"file": {"path": "/unasked", "data": "aGk="}})));
+        assert!(!take(&mut inbox, &serde_json::json!({"home": "aGk="})));
+        assert!(inbox.files.is_empty() && inbox.home.is_empty());
+        inbox.wanted_files.extend(["/h".to_owned(), "/x".to_owned()]);
         assert!(!take(&mut inbox, &serde_json::json!({"file": {"path": "/h", "data": "aGk="}})));
         assert!(!take(&mut inbox, &serde_json::json!({"file": {"path": "/x", "error": "no such file"}})));
+        for n in 0..100 {
+            take(&mut inbox, &serde_json::json!({"pong": n.to_string()}));
+        }
+        assert_eq!(inbox.pongs.len(), MAX_PONGS);
         assert!(inbox.ready);
         assert_eq!(inbox.notifications, vec![("Mail".to_owned(), "from Ann".to_owned())]);
         assert_eq!(inbox.files["/h"], Ok(b"hi".to_vec()));

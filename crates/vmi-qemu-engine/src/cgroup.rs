@@ -1,14 +1,12 @@
-//! A Linux phone's control group: its QEMU's memory cap and CPU share. The unified hierarchy (cgroup v2) where the
+//! A Linux phone's control group: its QEMU's memory cap and CPU cap (no more cores than its virtual CPUs). The unified hierarchy (cgroup v2) where the
 //! host has it, else the v1 `memory` and `cpu` hierarchies; a host where neither can be written runs phones
 //! without (said once in the log).
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-/// The share of CPU a phone's QEMU gets next to a process of default weight (v2 `cpu.weight` 100, v1
-/// `cpu.shares` 1024): half, so the site's own threads (terminals, durability) come first under load.
-const CPU_WEIGHT: u32 = 50;
-const CPU_SHARES: u32 = 512;
+/// The scheduler's period the CPU cap is counted in, µs.
+const PERIOD_US: u64 = 100_000;
 
 /// A QEMU's cgroup, removed when dropped (after its process is gone).
 #[derive(Debug)]
@@ -17,8 +15,10 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Makes cgroup `name` under `vmi-qemu` with `memory_max` bytes and the phones' CPU share, or says why not.
-    pub fn create(name: &str, memory_max: u64) -> Result<Cgroup, String> {
+    /// Makes cgroup `name` under `vmi-qemu` with `memory_max` bytes and at most `cpus` cores, or says why not.
+    /// (Its weight stays the default: a guest starved of CPU under TCG falls behind its own input.)
+    pub fn create(name: &str, memory_max: u64, cpus: u32) -> Result<Cgroup, String> {
+        let quota = u64::from(cpus.max(1)) * PERIOD_US;
         let root = Path::new("/sys/fs/cgroup");
         let unified = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         let made = if unified.contains("memory") && unified.contains("cpu") {
@@ -32,7 +32,7 @@ impl Cgroup {
             let group = Cgroup { dirs: vec![dir.clone()] };
             write(&dir.join("memory.max"), &memory_max.to_string())?;
             write(&dir.join("memory.swap.max"), "0").ok();
-            write(&dir.join("cpu.weight"), &CPU_WEIGHT.to_string())?;
+            write(&dir.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
             group
         } else {
             let memory = root.join("memory/vmi-qemu").join(name);
@@ -45,7 +45,8 @@ impl Cgroup {
             }
             let group = Cgroup { dirs: vec![memory.clone(), cpu.clone()] };
             write(&memory.join("memory.limit_in_bytes"), &memory_max.to_string())?;
-            write(&cpu.join("cpu.shares"), &CPU_SHARES.to_string())?;
+            write(&cpu.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+            write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
             group
         };
         Ok(made)
@@ -74,12 +75,12 @@ impl Drop for Cgroup {
 }
 
 /// Makes a cgroup for a QEMU, or logs once why phones run without one.
-pub fn for_phone(name: &str, memory_max: u64) -> Option<Cgroup> {
+pub fn for_phone(name: &str, memory_max: u64, cpus: u32) -> Option<Cgroup> {
     static SAID: Once = Once::new();
-    match Cgroup::create(name, memory_max) {
+    match Cgroup::create(name, memory_max, cpus) {
         Ok(group) => Some(group),
         Err(why) => {
-            SAID.call_once(|| tracing::warn!("Linux phones run without a memory cap or CPU share: {why}"));
+            SAID.call_once(|| tracing::warn!("Linux phones run without a memory cap or CPU cap: {why}"));
             None
         }
     }

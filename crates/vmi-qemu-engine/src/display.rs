@@ -13,6 +13,9 @@ use vmi_engine::Rect;
 
 use crate::error::QemuError;
 
+/// Largest screen side the display channel accepts (a hostile QEMU could ask for gigabytes).
+const MAX_SIDE: u32 = 4096;
+
 /// Called when something of the phone changed on its own (screen, agent, process): the site looks at it.
 pub type ActivityListener = Arc<dyn Fn() + Send + Sync>;
 
@@ -118,8 +121,12 @@ fn handshake(s: &mut UnixStream) -> Result<(u32, u32), QemuError> {
     read(s, &mut init)?;
     let width = u16::from_be_bytes([init[0], init[1]]) as u32;
     let height = u16::from_be_bytes([init[2], init[3]]) as u32;
+    check_size(width, height)?;
     let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
-    let mut name = vec![0u8; name_len.min(4096)];
+    if name_len > 4096 {
+        return Err(QemuError::Display(format!("a desktop name of {name_len} bytes")));
+    }
+    let mut name = vec![0u8; name_len];
     read(s, &mut name)?;
     // SetPixelFormat: 32 bpp, depth 24, little-endian, true colour, red at bit 0, green 8, blue 16: bytes R G B x.
     let mut format = vec![0u8, 0, 0, 0, 32, 24, 0, 1];
@@ -135,6 +142,13 @@ fn handshake(s: &mut UnixStream) -> Result<(u32, u32), QemuError> {
     encodings.extend_from_slice(&(-223i32).to_be_bytes());
     write(s, &encodings)?;
     Ok((width, height))
+}
+
+fn check_size(width: u32, height: u32) -> Result<(), QemuError> {
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(QemuError::Display(format!("a screen of {width}x{height} (at most {MAX_SIDE} a side)")));
+    }
+    Ok(())
 }
 
 fn request(s: &mut UnixStream, incremental: bool, width: u32, height: u32) -> Result<(), QemuError> {
@@ -173,11 +187,13 @@ fn read_updates(
                     let encoding = i32::from_be_bytes([r[8], r[9], r[10], r[11]]);
                     match encoding {
                         0 => {
-                            row.resize(w as usize * 4, 0);
+                            check_size(w, h)?;
+                            // Read whole, then copied under the lock: a stalled QEMU never holds the screen.
+                            row.resize(w as usize * h as usize * 4, 0);
+                            read(s, &mut row)?;
                             let mut shared = lock(screen);
                             let (sw, sh) = (shared.width, shared.height);
-                            for line in 0..h {
-                                read(s, &mut row)?;
+                            for (line, pixels) in (0..h).zip(row.chunks_exact(w as usize * 4)) {
                                 let yy = y + line;
                                 if yy >= sh || x >= sw {
                                     continue;
@@ -185,13 +201,14 @@ fn read_updates(
                                 let cols = w.min(sw - x) as usize;
                                 let at = (yy as usize * sw as usize + x as usize) * 4;
                                 let dst = &mut shared.rgba[at..at + cols * 4];
-                                for (d, p) in dst.chunks_exact_mut(4).zip(row.chunks_exact(4)) {
+                                for (d, p) in dst.chunks_exact_mut(4).zip(pixels.chunks_exact(4)) {
                                     d.copy_from_slice(&[p[0], p[1], p[2], 255]);
                                 }
                             }
                             changed.push(Rect::new(x, y, w, h));
                         }
                         -223 => {
+                            check_size(w, h)?;
                             let mut shared = lock(screen);
                             shared.width = w;
                             shared.height = h;

@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod display;
 mod error;
 pub mod image;
+mod input;
 mod phone;
 pub mod qmp;
 mod ram;
@@ -97,19 +98,18 @@ impl Settings {
         Settings {
             qemu: PathBuf::from("qemu-system-x86_64"),
             images_dir: state_dir.join("linux-images"),
-            run_dir: run_base.join(format!(
-                "vmi-qemu-{}-{}",
-                std::process::id(),
-                ENGINES.fetch_add(1, Ordering::Relaxed)
-            )),
+            run_dir: run_base.join(format!("vmi-qemu-{}-{}", std::process::id(), ENGINES.load(Ordering::Relaxed))),
             accel: None,
             uids_from: root.then_some(DEFAULT_UIDS_FROM),
         }
     }
 
-    /// The user and group phone number `n`'s QEMU runs as, if not the engine's.
-    fn uid_of(&self, n: u64) -> Option<u32> {
-        self.uids_from.map(|base| base.wrapping_add((n % 0x1000_0000) as u32))
+    /// The user and group phone number `n` of engine `engine`'s QEMU runs as, if not the engine's: apart for
+    /// every process, engine and phone (4096 of each before one repeats).
+    fn uid_of(&self, engine: u64, n: u64) -> Option<u32> {
+        let pid = u64::from(std::process::id());
+        let slot = ((pid & 0xfff) << 16) | ((engine & 0xf) << 12) | (n & 0xfff);
+        self.uids_from.map(|base| base.wrapping_add(slot as u32))
     }
 
     /// Confines a QEMU about to start: as its own user (see `uids_from`), killed when the engine goes.
@@ -123,14 +123,18 @@ impl Settings {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
         if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
             chown(dir, uid, uid)?;
             for entry in std::fs::read_dir(dir).map_err(QemuError::io("phone directory"))?.flatten() {
                 chown(&entry.path(), uid, uid)?;
             }
+            // Its own, and no one else's (whatever the process's umask).
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(QemuError::io("phone directory"))?;
             cmd.uid(uid).gid(uid);
         }
         let fds: Vec<i32> = inherited.iter().map(|f| f.as_raw_fd()).collect();
-        // SAFETY: only async-signal-safe calls (fcntl, prctl, setpriority) between fork and exec; std runs this
+        // SAFETY: only async-signal-safe calls (fcntl, prctl) between fork and exec; std runs this
         // after the change of user, which would clear the death signal.
         unsafe {
             cmd.pre_exec(move || {
@@ -145,8 +149,6 @@ impl Settings {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // Below the site's own threads: terminals and durability come first.
-                libc::setpriority(libc::PRIO_PROCESS, 0, 5);
                 Ok(())
             });
         }
@@ -192,8 +194,9 @@ impl Launcher {
     }
 }
 
+/// Hands `path` itself to `uid` (never what a link there points at: the folder belongs to QEMU's user).
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), QemuError> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(QemuError::io(format!("chown {}", path.display())))
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(QemuError::io(format!("chown {}", path.display())))
 }
 
 /// Where a phone lives and who its QEMU runs as.
@@ -236,6 +239,8 @@ pub struct QemuEngine {
     accel: OnceLock<Accel>,
     clock: Arc<dyn Clock>,
     next_phone: AtomicU64,
+    /// This engine's number in the process (its run directory and its QEMUs' user ids are apart).
+    number: u64,
 }
 
 impl QemuEngine {
@@ -250,6 +255,7 @@ impl QemuEngine {
             accel: OnceLock::new(),
             clock: SystemClock::shared(),
             next_phone: AtomicU64::new(0),
+            number: ENGINES.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -280,19 +286,11 @@ impl QemuEngine {
     fn phone_dir(&self) -> Result<PhoneDir, EngineError> {
         let n = self.next_phone.fetch_add(1, Ordering::Relaxed);
         let run = &self.settings.run_dir;
-        if !run.is_dir() {
-            std::fs::create_dir_all(run).map_err(|e| EngineError::Config(format!("{}: {e}", run.display())))?;
-            if self.settings.uids_from.is_some() {
-                // Each QEMU reaches its own directory inside, and nothing else there.
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o711))
-                    .map_err(|e| EngineError::Config(format!("{}: {e}", run.display())))?;
-            }
-        }
+        ensure_run_dir(run).map_err(|e| EngineError::Config(format!("{}: {e}", run.display())))?;
         let dir = run.join(format!("phone-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::Exhausted(format!("phone directory: {e}")))?;
-        Ok(PhoneDir { path: dir, uid: self.settings.uid_of(n), launcher: self.launcher.clone() })
+        Ok(PhoneDir { path: dir, uid: self.settings.uid_of(self.number, n), launcher: self.launcher.clone() })
     }
 
     /// Boots a new phone and returns it as its own type (tests and benchmarks reach the guest agent through it).
@@ -346,6 +344,27 @@ impl QemuEngine {
             last: None,
         })
     }
+}
+
+/// Makes the run directory, or takes it if it is this process's own: made by this user, a directory and no link,
+/// that others may only pass through (0711: each QEMU reaches its own phone directory in it, nothing else).
+fn ensure_run_dir(run: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Some(parent) = run.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(run) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(run)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(std::io::Error::other("is not a directory of this user (made by someone else?)"));
+    }
+    std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o711))
 }
 
 fn check_config(config: &VmConfig) -> Result<(), EngineError> {
@@ -427,8 +446,12 @@ impl Engine for QemuEngine {
                 let _ = std::fs::remove_dir_all(&tmp);
                 std::fs::create_dir_all(&self.settings.images_dir)?;
                 std::fs::create_dir_all(&tmp)?;
+                use std::os::unix::fs::PermissionsExt;
+                // Readable by every phone's QEMU user, whatever the process's umask.
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
                 for (name, data) in &file.parts {
                     std::fs::write(tmp.join(name), data)?;
+                    std::fs::set_permissions(tmp.join(name), std::fs::Permissions::from_mode(0o644))?;
                 }
                 std::fs::write(tmp.join("complete"), b"")?;
                 let _ = std::fs::remove_dir_all(&dir);

@@ -27,13 +27,17 @@ use crate::{Accel, LoadedImage, Settings};
 pub const ENGINE_NAME: &str = "qemu";
 /// How long QEMU gets to open its sockets after it starts.
 const SOCKETS_WITHIN: Duration = Duration::from_secs(20);
+/// Largest device state read from QEMU (guest RAM is not in it: a few hundred KiB to a few MiB).
+const MAX_DEVICE_STATE: u64 = 256 << 20;
 /// How long QEMU gets to write or read its device state.
 const STATE_WITHIN: Duration = Duration::from_secs(60);
 /// How often at most a site records a Linux phone's state while it changes: each record stops the guest for its
 /// device state and fingerprints all its RAM (about a tenth of a second at 384 MiB here).
 const RECORD_EVERY: Duration = Duration::from_secs(5);
 /// What QEMU itself may use above guest RAM (its code, device models, VNC buffers) under its memory cap.
-const QEMU_OVERHEAD: u64 = 256 << 20;
+const QEMU_OVERHEAD: u64 = 512 << 20;
+/// TCG's translated-code cache, MiB: QEMU's default (a gigabyte) would grow past the phone's memory cap.
+const TCG_CACHE_MIB: u32 = 128;
 /// How long the guest gets to pack or unpack the user's home.
 const HOME_WITHIN: Duration = Duration::from_secs(120);
 /// How long the guest agent gets to answer for a file.
@@ -60,9 +64,11 @@ pub struct QemuPhone {
     /// The user QEMU runs as, if not the engine's.
     uid: Option<u32>,
     child: Child,
-    /// Its memory cap and CPU share (removed after the process, when the phone is dropped).
+    /// Its memory cap and CPU cap (removed after the process, when the phone is dropped).
     cgroup: Option<crate::cgroup::Cgroup>,
     qmp: crate::qmp::Qmp,
+    /// Keys and touches, paced (a second QMP session).
+    input: crate::input::InputPacer,
     screen: SharedScreen,
     agent: Agent,
     listener: Arc<Mutex<Option<ActivityListener>>>,
@@ -100,6 +106,28 @@ impl QemuPhone {
         virtual_base_ns: u64,
     ) -> Result<QemuPhone, QemuError> {
         let crate::PhoneDir { path: dir, uid, launcher } = home;
+        let started =
+            QemuPhone::start(image, settings, accel, config, &dir, uid, launcher, start, clock, virtual_base_ns);
+        if started.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        started
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        image: Arc<LoadedImage>,
+        settings: Arc<Settings>,
+        accel: Accel,
+        config: &VmConfig,
+        dir: &Path,
+        uid: Option<u32>,
+        launcher: Arc<crate::Launcher>,
+        start: Start,
+        clock: Arc<dyn Clock>,
+        virtual_base_ns: u64,
+    ) -> Result<QemuPhone, QemuError> {
+        let dir = dir.to_path_buf();
         let memory = image.memory_bytes();
         let ram = match start {
             Start::Boot => RamFile::create(&dir.join("ram"), memory)?,
@@ -125,13 +153,13 @@ impl QemuPhone {
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         settings.confine(&mut cmd, &dir, uid, &inherited)?;
         let child = launcher.spawn(cmd).map_err(QemuError::io(format!("starting {}", settings.qemu.display())))?;
-        // Its memory cap (guest RAM and QEMU's own) and CPU share, where the host lets the engine set them.
+        // Its memory cap (guest RAM and QEMU's own) and CPU cap, where the host lets the engine set them.
         let group_name = format!(
             "{}.{}",
             dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         );
-        let cgroup = crate::cgroup::for_phone(&group_name, memory + QEMU_OVERHEAD);
+        let cgroup = crate::cgroup::for_phone(&group_name, memory + QEMU_OVERHEAD, image.manifest.cpus);
         if let Some(group) = &cgroup
             && let Err(e) = group.add(child.id())
         {
@@ -143,6 +171,7 @@ impl QemuPhone {
         let mut phone_child = ChildGuard(Some(child));
         let qmp = crate::qmp::Qmp::connect(&dir.join("qmp.sock"), SOCKETS_WITHIN)
             .map_err(|e| with_log(e, &dir, phone_child.0.as_mut()))?;
+        let input = crate::input::InputPacer::start(&dir.join("input.sock"), SOCKETS_WITHIN)?;
         display::start(&dir.join("vnc.sock"), SOCKETS_WITHIN, screen.clone(), listener.clone())?;
         let agent = Agent::start(&dir.join("agent.sock"), SOCKETS_WITHIN, listener.clone())?;
         tracing::debug!(dir = %dir.display(), "QEMU up in {:?}", started.elapsed());
@@ -159,6 +188,7 @@ impl QemuPhone {
             child: phone_child.take(),
             cgroup,
             qmp,
+            input,
             screen,
             agent,
             listener,
@@ -207,7 +237,7 @@ impl QemuPhone {
         self.agent.unpack_home(tar, HOME_WITHIN)
     }
 
-    /// The cgroup directories holding its memory cap and CPU share, if the host let the engine make them.
+    /// The cgroup directories holding its memory cap and CPU cap, if the host let the engine make them.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         self.cgroup.as_ref().map(|g| g.dirs().to_vec()).unwrap_or_default()
     }
@@ -289,7 +319,14 @@ impl QemuPhone {
     }
 
     fn input(&mut self, events: Vec<Value>) -> Result<(), VmError> {
-        self.qmp("input-send-event", json!({ "events": events })).map(|_| ())
+        match self.input.send(events) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(VmError::Full("the phone's input queue")),
+            Err(e) => {
+                self.refresh();
+                Err(VmError::Crashed(e.to_string()))
+            }
+        }
     }
 
     /// Writes QEMU's device state (guest RAM left out: it is in the file) and returns it; QEMU must be stopped.
@@ -300,10 +337,26 @@ impl QemuPhone {
         self.settings.give(&path, self.uid);
         self.qmp("migrate-set-capabilities", ignore_shared())?;
         self.qmp("migrate", json!({ "uri": format!("unix:{}", path.display()) }))?;
-        let (mut stream, _) = accept_within(&listener, STATE_WITHIN).map_err(|e| VmError::Snapshot(e.to_string()))?;
-        let mut state = Vec::new();
-        stream.read_to_end(&mut state).map_err(|e| VmError::Snapshot(format!("reading device state: {e}")))?;
-        self.wait_migration("outgoing").map_err(|e| VmError::Snapshot(e.to_string()))?;
+        let read = accept_within(&listener, STATE_WITHIN).and_then(|(stream, _)| {
+            stream.set_read_timeout(Some(STATE_WITHIN)).map_err(QemuError::io("state socket"))?;
+            let mut state = Vec::new();
+            stream
+                .take(MAX_DEVICE_STATE + 1)
+                .read_to_end(&mut state)
+                .map_err(QemuError::io("reading QEMU's device state"))?;
+            if state.len() as u64 > MAX_DEVICE_STATE {
+                return Err(QemuError::Qemu(format!("device state over {MAX_DEVICE_STATE} bytes")));
+            }
+            Ok(state)
+        });
+        let state = match read.and_then(|state| self.wait_migration("outgoing").map(|()| state)) {
+            Ok(state) => state,
+            Err(e) => {
+                // QEMU's side ends too, so the guest can run on.
+                let _ = self.qmp.execute("migrate_cancel", Value::Null);
+                return Err(VmError::Snapshot(e.to_string()));
+            }
+        };
         let _ = std::fs::remove_file(&path);
         Ok(state)
     }
@@ -407,9 +460,20 @@ fn with_log(e: QemuError, dir: &Path, child: Option<&mut Child>) -> QemuError {
         let _ = c.kill();
         let _ = c.wait();
     }
-    let log = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+    let log = read_tail(&dir.join("qemu.log"), 16 << 10);
     let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("; ");
     if tail.is_empty() { e } else { QemuError::Qemu(format!("{e}; QEMU said: {tail}")) }
+}
+
+/// The last `max` bytes of a file QEMU wrote, as text.
+fn read_tail(path: &Path, max: u64) -> String {
+    use std::io::Seek;
+    let Ok(mut file) = std::fs::File::open(path) else { return String::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(std::io::SeekFrom::Start(len.saturating_sub(max)));
+    let mut tail = Vec::new();
+    let _ = file.take(max).read_to_end(&mut tail);
+    String::from_utf8_lossy(&tail).into_owned()
 }
 
 fn ignore_shared() -> Value {
@@ -460,7 +524,11 @@ fn qemu_command(
     let mut cmd = Command::new(&settings.qemu);
     let path = |name: &str| dir.join(name).display().to_string();
     cmd.args(["-name", "seed-phone", "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none"]);
-    cmd.args(["-accel", accel.as_str(), "-machine", "q35,memory-backend=ram"]);
+    let accel_arg = match accel {
+        Accel::Tcg => format!("tcg,tb-size={TCG_CACHE_MIB}"),
+        Accel::Kvm => "kvm".to_owned(),
+    };
+    cmd.args(["-accel", &accel_arg, "-machine", "q35,memory-backend=ram"]);
     cmd.args(["-m", &format!("{}M", m.memory_mib), "-smp", &m.cpus.to_string()]);
     cmd.args([
         "-object",
@@ -474,13 +542,10 @@ fn qemu_command(
     cmd.args(["-device", "virtserialport,chardev=agent,name=org.seed.agent"]);
     cmd.args(["-vnc", &format!("unix:{}", path("vnc.sock"))]);
     cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", path("qmp.sock"))]);
+    cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", path("input.sock"))]);
     cmd.args(["-serial", &format!("file:{}", path("console.log"))]);
-    if m.network {
-        // User-mode networking, with the site's own addresses out of reach (`restrict` would cut everything).
-        cmd.args(["-nic", "user,model=virtio-net-pci,ipv6=off,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3"]);
-    } else {
-        cmd.args(["-nic", "none"]);
-    }
+    // No network: an image asking for one is refused at load (`image::Manifest::network`).
+    cmd.args(["-nic", "none"]);
     // QEMU's own seccomp filter: no new processes, no privilege changes, no obsolete system calls.
     cmd.args(["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
     if matches!(start, Start::Incoming) {
@@ -702,6 +767,11 @@ impl VirtualPhone for QemuPhone {
         // A consistent snapshot stops the guest for its device state and pages; a pre-copy round reads the pages
         // while it runs (the stopped final delta carries whatever changed after).
         let stop = !pre_copy && !self.paused;
+        // Every input delivered before the snapshot is in it: sent into the guest's queue (guest RAM) first.
+        if !pre_copy && let Err(e) = self.input.flush() {
+            self.refresh();
+            return Err(VmError::Crashed(e.to_string()));
+        }
         if stop {
             self.qmp("stop", Value::Null)?;
         }
@@ -732,6 +802,11 @@ impl VirtualPhone for QemuPhone {
     fn pause(&mut self) -> Result<(), VmError> {
         self.alive()?;
         if !self.paused {
+            // What was delivered before the stop reaches the guest's queue first.
+            if let Err(e) = self.input.flush() {
+                self.refresh();
+                return Err(VmError::Crashed(e.to_string()));
+            }
             self.qmp("stop", Value::Null)?;
             self.paused = true;
         }

@@ -16,8 +16,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
-    /// Asynchronous events QEMU sent while a command was waited for, oldest first.
-    events: Vec<Value>,
+    /// The id of the next command: a late reply (after a timeout) is never taken for another command's.
+    next_id: u64,
 }
 
 impl Qmp {
@@ -36,7 +36,7 @@ impl Qmp {
         };
         stream.set_read_timeout(Some(COMMAND_TIMEOUT)).map_err(QemuError::io("QMP socket"))?;
         let writer = stream.try_clone().map_err(QemuError::io("QMP socket"))?;
-        let mut qmp = Qmp { reader: BufReader::new(stream), writer, events: Vec::new() };
+        let mut qmp = Qmp { reader: BufReader::new(stream), writer, next_id: 0 };
         let greeting = qmp.read_message()?;
         if greeting.get("QMP").is_none() {
             return Err(QemuError::Qemu(format!("QMP greeting expected, got {greeting}")));
@@ -47,16 +47,22 @@ impl Qmp {
 
     /// Runs `command` with `arguments` (`Null`: none) and returns its `return` value.
     pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QemuError> {
+        self.next_id += 1;
+        let id = self.next_id;
         let request = if arguments.is_null() {
-            json!({ "execute": command })
+            json!({ "execute": command, "id": id })
         } else {
-            json!({ "execute": command, "arguments": arguments })
+            json!({ "execute": command, "arguments": arguments, "id": id })
         };
         let mut line = request.to_string();
         line.push('\n');
         self.writer.write_all(line.as_bytes()).map_err(QemuError::io(format!("sending QMP {command}")))?;
         loop {
             let message = self.read_message()?;
+            // Events (STOP, RESUME, ...) are not needed: the engine asks for what it wants to know.
+            if message.get("event").is_some() || message.get("id").is_some_and(|i| *i != id) {
+                continue;
+            }
             if let Some(ret) = message.get("return") {
                 return Ok(ret.clone());
             }
@@ -64,15 +70,7 @@ impl Qmp {
                 let message = error["desc"].as_str().unwrap_or("no description").to_owned();
                 return Err(QemuError::Qmp { command: command.to_owned(), message });
             }
-            if message.get("event").is_some() {
-                self.events.push(message);
-            }
         }
-    }
-
-    /// Takes the asynchronous events received so far.
-    pub fn take_events(&mut self) -> Vec<Value> {
-        std::mem::take(&mut self.events)
     }
 
     fn read_message(&mut self) -> Result<Value, QemuError> {

@@ -28,9 +28,11 @@ unsafe impl Send for RamFile {}
 impl RamFile {
     /// Creates a zeroed RAM file of `len` bytes at `path`.
     pub fn create(path: &Path, len: u64) -> Result<RamFile, QemuError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .mode(0o600)
             .create_new(true)
             .open(path)
             .map_err(QemuError::io(format!("creating {}", path.display())))?;

@@ -140,6 +140,21 @@ fn a_linux_phone_boots_types_notifies_snapshots_restores_and_crashes_alone() {
     back.deliver(Event::Key { code: KeyCode::Enter, text: None }).expect("enter");
     wait_file(&back, "/home/phone/hello.txt", b"hello\nmore\nmore\n");
 
+    // The web browser renders a page: its background colour (#f4f1ea) fills the screen, drawn by dillo through
+    // Xwayland inside the kiosk compositor.
+    type_text(&mut back, "dillo /usr/share/seed/welcome.html &\n");
+    let by = Instant::now() + Duration::from_secs(120);
+    loop {
+        let frame = back.frame().expect("frame");
+        let page = frame.rgba.chunks_exact(4).filter(|p| p[..3] == [0xf4, 0xf1, 0xea]).count();
+        if page > frame.rgba.len() / 4 / 2 {
+            save_png(&frame, "linux-phone-dillo.png");
+            break;
+        }
+        assert!(Instant::now() < by, "the browser never showed the page ({page} pixels of its colour)");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     // QEMU killed from outside: this phone, and only it, is crashed.
     let other = engine.boot(&hash, &config, 0).expect("a second phone");
     // SAFETY: kill(2) with a pid of a child this test started.

@@ -287,6 +287,15 @@ impl SiteState {
         device: u64,
         lease_secs: u64,
     ) -> Result<CheckoutBundle, SiteError> {
+        // A terminal runs WebAssembly phones only: a Linux phone stays on its sites.
+        if let Ok(status) = self.phone(user)?.status().await
+            && status.engine != "wasm"
+        {
+            return Err(SiteError::Checkout(CheckoutError::BadRequest(format!(
+                "{user}'s phone runs on the {} engine: only WebAssembly phones can be checked out to a terminal",
+                status.engine
+            ))));
+        }
         // No failover may start the phone's standby copy while the user runs it on their device: unnamed first (no
         // checkout without it).
         self.replication.unname(user).await.map_err(SiteError::Control)?;
@@ -492,6 +501,18 @@ impl SiteState {
                     vmi_engine::error_chain(&e)
                 )))
             })?;
+            // The checkin runs what was checked out: the base's engine and image, nothing the user names.
+            let base_header = Snapshot::peek_header(&base).map_err(|e| {
+                SiteError::Checkout(CheckoutError::BadRequest(format!(
+                    "the checkout base: {}",
+                    vmi_engine::error_chain(&e)
+                )))
+            })?;
+            if header.engine != base_header.engine || header.image_hash != base_header.image_hash {
+                return Err(SiteError::Checkout(CheckoutError::BadRequest(
+                    "the checkin names another engine or image than its checkout".into(),
+                )));
+            }
             match header.kind {
                 SnapshotKind::Incremental { parent } if parent == base_id => {}
                 SnapshotKind::Full => on_base = false,

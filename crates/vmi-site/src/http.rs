@@ -346,8 +346,8 @@ async fn guest_file(
     Path(user): Path<String>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let Some(path) = query.get("path").filter(|p| p.starts_with('/') && !p.contains('\n')) else {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "name the file: ?path=/an/absolute/path".into()));
+    let Some(path) = query.get("path").filter(|p| p.starts_with('/') && !p.contains('\n') && p.len() <= 4096) else {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "name the file: ?path=/an/absolute/path (4 KiB at most)".into()));
     };
     match site.phone(&user)?.file(path.clone()).await.map_err(|e| SiteError::phone(&user, e))? {
         Ok(bytes) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),

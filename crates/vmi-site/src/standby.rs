@@ -39,8 +39,16 @@ pub const STANDBY_DIR: &str = "standby";
 const SITES_FRESH: Duration = Duration::from_secs(5);
 /// How long a site that did not take a record is passed over when choosing the standby.
 const PASS_OVER: Duration = Duration::from_secs(10);
-/// Time allowed for one record to reach the standby site.
+/// Time allowed for one record to reach the standby site, plus [`push_timeout`]'s share for its size.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The rate a record is allowed to take on its way, bytes per second: any link between sites keeps it, and a full
+/// state of a full-system guest (tens of megabytes) gets the time it needs.
+const PUSH_RATE: f64 = 10e6;
+
+/// Time allowed for a record of `bytes` to reach the standby site.
+fn push_timeout(bytes: usize) -> Duration {
+    PUSH_TIMEOUT + Duration::from_secs_f64(bytes as f64 / PUSH_RATE)
+}
 
 /// The site's lease at the control service.
 #[derive(Default)]
@@ -314,7 +322,8 @@ impl Replication {
         let peer = vmi_trust::site_name(&site).map_err(|e| e.to_string())?;
         let caller = self.caller.clone().expecting(&peer).tls_only();
         let path = format!("{url}/v1/standby/{}?epoch={epoch}&full={}", segment(user), u8::from(full));
-        let sent = tokio::time::timeout(PUSH_TIMEOUT, caller.post_bytes(&path, body)).await;
+        let allowed = push_timeout(body.len());
+        let sent = tokio::time::timeout(allowed, caller.post_bytes(&path, body)).await;
         let failed = match sent {
             Ok(Ok((204, _))) => None,
             // It wants a full state: the next record is one, to the same site.
@@ -326,7 +335,7 @@ impl Replication {
                 String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
             )),
             Ok(Err(e)) => Some(format!("cannot reach {site}: {e}")),
-            Err(_) => Some(format!("{site} did not answer within {} s", PUSH_TIMEOUT.as_secs())),
+            Err(_) => Some(format!("{site} did not answer within {:.1} s", allowed.as_secs_f64())),
         };
         if let Some(why) = failed {
             // Another site stands by meanwhile (a full state to it next), rather than none.

@@ -57,6 +57,20 @@ async fn prompt_shown(term: &mut Term) {
     }
 }
 
+/// Waits until the guest file at `path` is gone (the agent cannot read it).
+async fn file_gone(control: &Control, site: &vmi_site::SiteHandle, user: &str, path: &str) {
+    let url = format!("{}/v1/phones/{user}/file?path={path}", site.url);
+    let by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = control.operator().get_bytes(&url).await.unwrap_or_else(|e| (0, e.to_string().into()));
+        if status == 404 && String::from_utf8_lossy(&body).contains("no readable file") {
+            return;
+        }
+        assert!(Instant::now() < by, "{path} is still there: {status} {:?}", String::from_utf8_lossy(&body));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 fn save_png(screen: &vmi_protocol::display::Screen, name: &str) {
     let path = std::env::temp_dir().join(name);
     let file = std::fs::File::create(&path).expect("png file");
@@ -70,6 +84,10 @@ fn save_png(screen: &vmi_protocol::display::Screen, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linux_phone_types_through_a_terminal_migrates_with_its_files_and_notifies_a_sleeping_terminal() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let image = tokio::task::spawn_blocking(linux_image).await.expect("image build");
     let control = control().await;
     let dirs = [scratch("linux-site-a"), scratch("linux-site-b")];
@@ -96,6 +114,35 @@ async fn a_linux_phone_types_through_a_terminal_migrates_with_its_files_and_noti
     let last = term.type_text("echo hello > hello.txt && cat hello.txt\n").await;
     term.acked(last).await;
     file_becomes(&control, &a, "alice", "/home/phone/hello.txt", b"hello\n").await;
+    // A checkpoint (pages through the content-addressed store, QEMU's device state beside them), the file
+    // removed, the checkpoint restored: the file is back.
+    let (status, taken) = control
+        .operator()
+        .post_json(&format!("{}/v1/phones/alice/checkpoints", a.url), &serde_json::json!({}))
+        .await
+        .expect("checkpoint");
+    assert_eq!(status, 200, "{taken}");
+    let taken: serde_json::Value = serde_json::from_str(&taken).expect("json");
+    let id = taken["checkpoint"]["id"].as_str().unwrap_or_else(|| panic!("a checkpoint id in {taken}")).to_owned();
+    let last = term.type_text("rm hello.txt\n").await;
+    term.acked(last).await;
+    file_gone(&control, &a, "alice", "/home/phone/hello.txt").await;
+    let (status, restored) = control
+        .operator()
+        .post_json(&format!("{}/v1/phones/alice/checkpoints/restore", a.url), &serde_json::json!({ "id": id }))
+        .await
+        .expect("restore");
+    assert_eq!(status, 200, "{restored}");
+    file_becomes(&control, &a, "alice", "/home/phone/hello.txt", b"hello\n").await;
+    // The terminal is repainted from the restored phone; it types on into the same shell.
+    term.close().await;
+    let mut term = Term::connect(&a.ws_url()).await;
+    match term.hello(&token, None, false).await {
+        ServerMessage::Welcome { last_input_seq, .. } => term.seq = last_input_seq,
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    prompt_shown(&mut term).await;
+
     let last = term.type_text("echo again >> hello.txt\n").await;
     term.acked(last).await;
     file_becomes(&control, &a, "alice", "/home/phone/hello.txt", b"hello\nagain\n").await;

@@ -321,11 +321,22 @@ impl PhoneTask {
         if fenced && !d.fenced {
             d.fenced = true;
             tracing::warn!(user = %self.user, "the site's lease lapsed: the phone is fenced (nothing runs)");
+            // A guest that runs by itself is stopped: its standby copy may be started elsewhere.
+            if let Err(e) = self.phone.pause() {
+                tracing::warn!(user = %self.user, "cannot stop the fenced phone: {e}");
+            }
             self.terminals
                 .close_all(&ServerMessage::Error { code: ErrorCode::PhoneDown, message: FENCED_WORDS.into() });
         } else if !fenced && d.fenced {
             d.fenced = false;
             tracing::info!(user = %self.user, "the site's lease is back: the phone runs");
+            // Only a phone that runs here: not one frozen for a move, nor an arrival before its commit.
+            if matches!(self.state, State::Running)
+                && !self.provisional
+                && let Err(e) = self.phone.resume()
+            {
+                tracing::warn!(user = %self.user, "the phone cannot run again after the lease came back: {e}");
+            }
         }
     }
 
@@ -1021,7 +1032,8 @@ impl PhoneTask {
                 self.first_record_after = Some(Instant::now() + FIRST_RECORD_GRACE);
                 // The control service moved the phone here: an arrival kept stopped until now (a Linux phone) runs.
                 if let Err(e) = self.phone.resume() {
-                    tracing::warn!(user = %self.user, "the arrived phone cannot run: {e}");
+                    tracing::error!(user = %self.user, "the arrived phone cannot run: {e}");
+                    self.state = State::Crashed { reason: format!("it cannot run after its move: {e}") };
                 }
             }
             LifecycleCommand::Carryover { reply } => {
