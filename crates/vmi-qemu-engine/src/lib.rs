@@ -286,7 +286,8 @@ impl QemuEngine {
     fn phone_dir(&self) -> Result<PhoneDir, EngineError> {
         let n = self.next_phone.fetch_add(1, Ordering::Relaxed);
         let run = &self.settings.run_dir;
-        ensure_run_dir(run).map_err(|e| EngineError::Config(format!("{}: {e}", run.display())))?;
+        ensure_run_dir(run, self.settings.uids_from.is_some())
+            .map_err(|e| EngineError::Config(format!("{}: {e}", run.display())))?;
         let dir = run.join(format!("phone-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::Exhausted(format!("phone directory: {e}")))?;
@@ -348,10 +349,23 @@ impl QemuEngine {
 
 /// Makes the run directory, or takes it if it is this process's own: made by this user, a directory and no link,
 /// that others may only pass through (0711: each QEMU reaches its own phone directory in it, nothing else).
-fn ensure_run_dir(run: &Path) -> std::io::Result<()> {
+fn ensure_run_dir(run: &Path, other_users: bool) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if let Some(parent) = run.parent() {
         std::fs::create_dir_all(parent)?;
+        // QEMU's own users must pass through every folder above it.
+        if other_users {
+            for ancestor in parent.ancestors() {
+                let mode = std::fs::metadata(ancestor)?.mode();
+                if mode & 0o001 == 0 {
+                    return Err(std::io::Error::other(format!(
+                        "QEMU's users cannot reach it: {} is not searchable by others (choose a run directory \
+                         under /dev/shm or /run)",
+                        ancestor.display()
+                    )));
+                }
+            }
+        }
     }
     match std::fs::create_dir(run) {
         Ok(()) => {}
