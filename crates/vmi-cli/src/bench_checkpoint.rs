@@ -41,7 +41,7 @@ fn tap(phone: &mut dyn VirtualPhone, (x, y): (i32, i32)) -> Result<()> {
 }
 
 /// A scratch directory removed on drop.
-struct Scratch(std::path::PathBuf);
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -50,7 +50,12 @@ impl Drop for Scratch {
 }
 
 fn scratch(name: &str) -> Result<Scratch> {
-    let dir = std::env::temp_dir().join(format!("vmi-bench-checkpoint-{}-{name}", std::process::id()));
+    scratch_for("checkpoint", name)
+}
+
+/// A fresh scratch directory `name` of bench `bench`, removed on drop.
+pub(crate) fn scratch_for(bench: &str, name: &str) -> Result<Scratch> {
+    let dir = std::env::temp_dir().join(format!("vmi-bench-{bench}-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(Scratch(dir))

@@ -10,36 +10,16 @@ use serde_json::{Value, json};
 use vmi_checkpoint::{CheckpointStore, FsStore};
 use vmi_engine::{Engine, Event, KeyCode, SnapshotRequest, VirtualPhone, VmConfig};
 
-use crate::bench::{layout, percentile};
+use crate::bench::{layout, ms, percentile, round};
+use crate::bench_checkpoint::Scratch;
 
 /// The Linux image's RAM in this bench (the image's default is 512 MiB; the session needs less).
 const LINUX_MIB: u32 = 384;
 /// How long the Linux phone's session gets to come up under TCG.
 const SESSION_WITHIN: Duration = Duration::from_secs(180);
 
-fn round(v: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (v * f).round() / f
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}
-
-/// A scratch directory removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn scratch(name: &str) -> Result<Scratch> {
-    let dir = std::env::temp_dir().join(format!("vmi-bench-engines-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(Scratch(dir))
+    crate::bench_checkpoint::scratch_for("engines", name)
 }
 
 /// Runs the bench: `rounds` of each timed figure, `qemu_runs` plain QEMU migrations of the Linux anchor.

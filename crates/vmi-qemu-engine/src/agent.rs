@@ -66,17 +66,7 @@ impl Agent {
         within: Duration,
         listener: Arc<Mutex<Option<ActivityListener>>>,
     ) -> Result<Agent, QemuError> {
-        let by = Instant::now() + within;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < by => {
-                    tracing::trace!("agent socket not there yet: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(QemuError::io(format!("connecting to the agent at {}", path.display()))(e)),
-            }
-        };
+        let stream = crate::qmp::connect_within(path, within, "the agent")?;
         // A guest that stops reading its port must not hold the site: writes give up after a while.
         stream.set_write_timeout(Some(WRITE_WITHIN)).map_err(QemuError::io("agent socket"))?;
         let reader = stream.try_clone().map_err(QemuError::io("agent socket"))?;

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmi_engine::Rect;
 
@@ -47,17 +47,7 @@ pub fn start(
     screen: SharedScreen,
     listener: Arc<Mutex<Option<ActivityListener>>>,
 ) -> Result<(), QemuError> {
-    let by = Instant::now() + within;
-    let mut stream = loop {
-        match UnixStream::connect(path) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < by => {
-                tracing::trace!("VNC socket not there yet: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(QemuError::io(format!("connecting to VNC at {}", path.display()))(e)),
-        }
-    };
+    let mut stream = crate::qmp::connect_within(path, within, "VNC")?;
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(QemuError::io("VNC socket"))?;
     let (width, height) = handshake(&mut stream)?;
     {

@@ -258,7 +258,7 @@ impl QemuPhone {
         let path = self.dir.join("state-in.sock");
         let _ = std::fs::remove_file(&path);
         self.qmp.execute("migrate-incoming", json!({ "uri": format!("unix:{}", path.display()) }))?;
-        let mut stream = connect_retry(&path)?;
+        let mut stream = crate::qmp::connect_within(&path, SOCKETS_WITHIN, "the device state")?;
         stream.write_all(state).map_err(QemuError::io("sending device state to QEMU"))?;
         drop(stream);
         self.wait_migration("incoming")?;
@@ -478,17 +478,6 @@ fn read_tail(path: &Path, max: u64) -> String {
 
 fn ignore_shared() -> Value {
     json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })
-}
-
-fn connect_retry(path: &Path) -> Result<std::os::unix::net::UnixStream, QemuError> {
-    let by = Instant::now() + SOCKETS_WITHIN;
-    loop {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(s) => return Ok(s),
-            Err(_) if Instant::now() < by => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => return Err(QemuError::io(format!("connecting to {}", path.display()))(e)),
-        }
-    }
 }
 
 fn accept_within(

@@ -23,17 +23,7 @@ pub struct Qmp {
 impl Qmp {
     /// Connects to QEMU's QMP socket at `path`, waiting up to `within` for QEMU to create it.
     pub fn connect(path: &Path, within: Duration) -> Result<Qmp, QemuError> {
-        let by = Instant::now() + within;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < by => {
-                    tracing::trace!("QMP socket not there yet: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(QemuError::io(format!("connecting to QMP at {}", path.display()))(e)),
-            }
-        };
+        let stream = connect_within(path, within, "QMP")?;
         stream.set_read_timeout(Some(COMMAND_TIMEOUT)).map_err(QemuError::io("QMP socket"))?;
         let writer = stream.try_clone().map_err(QemuError::io("QMP socket"))?;
         let mut qmp = Qmp { reader: BufReader::new(stream), writer, next_id: 0 };
@@ -80,5 +70,21 @@ impl Qmp {
             return Err(QemuError::Qemu("QEMU closed its QMP socket (it has exited)".into()));
         }
         serde_json::from_str(&line).map_err(|e| QemuError::Qemu(format!("QMP sent something not JSON: {e}")))
+    }
+}
+
+/// Connects to the Unix socket QEMU serves `what` on at `path`, waiting up to `within` for QEMU to create it (it
+/// does so a few milliseconds after it starts).
+pub(crate) fn connect_within(path: &Path, within: Duration, what: &str) -> Result<UnixStream, QemuError> {
+    let by = Instant::now() + within;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() < by => {
+                tracing::trace!("{what} socket not there yet: {e}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(QemuError::io(format!("connecting to {what} at {}", path.display()))(e)),
+        }
     }
 }
