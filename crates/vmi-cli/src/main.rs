@@ -102,6 +102,10 @@ enum ImageCmd {
         /// A Linux image's guest RAM per phone, MiB.
         #[arg(long, default_value_t = 512, requires = "linux")]
         memory_mib: u32,
+        /// Give a Linux image's phones a network: QEMU's user-mode network, fenced off the site's own addresses
+        /// (sites run such phones only as root, with cgroup v2; docs/LINUX-PHONES.md).
+        #[arg(long, requires = "linux")]
+        network: bool,
     },
     /// Check an image against the guest ABI and print what the engine sees.
     Inspect {
@@ -337,9 +341,9 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
         ImageCmd::Publish(args) => runtime()?.block_on(tenants::publish(args)),
         ImageCmd::List(args) => runtime()?.block_on(tenants::list(args)),
         ImageCmd::Rollback(args) => runtime()?.block_on(tenants::rollback(args)),
-        ImageCmd::Build { out, linux: true, memory_mib, .. } => {
+        ImageCmd::Build { out, linux: true, memory_mib, network, .. } => {
             let work = std::env::temp_dir().join(format!("vmi-linux-image-{}", std::process::id()));
-            let manifest = vmi_qemu_engine::image::Manifest { memory_mib, ..Default::default() };
+            let manifest = vmi_qemu_engine::image::Manifest { memory_mib, network, ..Default::default() };
             let built = vmi_qemu_engine::image::build(manifest, &work);
             let _ = std::fs::remove_dir_all(&work);
             let bytes = built.context("building the Linux image")?;

@@ -49,6 +49,8 @@ pub struct Inbox {
     pub home_end: bool,
     /// How `home-done` went.
     pub home_unpacked: Option<bool>,
+    /// Whether the guest last said it was idle (its CPUs quiet), if it has said.
+    pub idle: Option<bool>,
     /// Why the channel ended, if it did.
     pub closed: Option<String>,
 }
@@ -226,6 +228,11 @@ fn take(inbox: &mut Inbox, message: &Value) -> bool {
         inbox.notifications.push((text(&n["title"], 256), text(&n["body"], 4096)));
         return true;
     }
+    if let Some(idle) = message.get("idle").and_then(Value::as_bool) {
+        inbox.idle = Some(idle);
+        // A busy guest changes by itself: the site records it (a quiet one leaves nothing new to record).
+        return !idle;
+    }
     if let Some(f) = message.get("file") {
         let path = text(&f["path"], MAX_PATH);
         if !inbox.wanted_files.remove(&path) {
@@ -356,6 +363,9 @@ mod tests {
         }
         assert_eq!(inbox.pongs.len(), MAX_PONGS);
         assert!(inbox.ready);
+        assert!(take(&mut inbox, &serde_json::json!({"idle": false})), "a busy guest is activity");
+        assert!(!take(&mut inbox, &serde_json::json!({"idle": true})), "a quiet one is not");
+        assert_eq!(inbox.idle, Some(true));
         assert_eq!(inbox.notifications, vec![("Mail".to_owned(), "from Ann".to_owned())]);
         assert_eq!(inbox.files["/h"], Ok(b"hi".to_vec()));
         assert_eq!(inbox.files["/x"], Err("no such file".to_owned()));

@@ -52,6 +52,27 @@ impl Cgroup {
         Ok(made)
     }
 
+    /// Fences the group's network off the site (see `network`): in the unified hierarchy (cgroup v2), the group
+    /// itself or, on a host that mounts v2 beside v1, a group `name` made there too.
+    pub fn fence_network(&mut self, name: &str) -> Result<(), String> {
+        let unified = Path::new("/sys/fs/cgroup");
+        let v2 = if unified.join("cgroup.controllers").exists() {
+            self.dirs.first().filter(|d| d.starts_with(unified)).cloned().ok_or("no group in cgroup v2")?
+        } else {
+            let beside = unified.join("unified");
+            if !beside.join("cgroup.procs").exists() {
+                return Err("the host mounts no cgroup v2 hierarchy".into());
+            }
+            let parent = beside.join("vmi-qemu");
+            mkdir(&parent)?;
+            let dir = parent.join(name);
+            mkdir(&dir)?;
+            self.dirs.push(dir.clone());
+            dir
+        };
+        crate::network::fence(&v2, &crate::network::blocked_networks())
+    }
+
     /// Moves process `pid` (and its threads) into the group.
     pub fn add(&self, pid: u32) -> Result<(), String> {
         for dir in &self.dirs {

@@ -22,6 +22,7 @@ pub mod display;
 mod error;
 pub mod image;
 mod input;
+pub mod network;
 mod phone;
 pub mod qmp;
 mod ram;
@@ -236,7 +237,6 @@ pub struct QemuEngine {
     settings: Arc<Settings>,
     launcher: Arc<Launcher>,
     images: Mutex<HashMap<ImageHash, Arc<LoadedImage>>>,
-    accel: OnceLock<Accel>,
     clock: Arc<dyn Clock>,
     next_phone: AtomicU64,
     /// This engine's number in the process (its run directory and its QEMUs' user ids are apart).
@@ -252,7 +252,6 @@ impl QemuEngine {
             settings: Arc::new(settings),
             launcher: Arc::new(launcher),
             images: Mutex::default(),
-            accel: OnceLock::new(),
             clock: SystemClock::shared(),
             next_phone: AtomicU64::new(0),
             number: ENGINES.fetch_add(1, Ordering::Relaxed),
@@ -270,12 +269,12 @@ impl QemuEngine {
         if let Some(a) = self.settings.accel {
             return a;
         }
-        *self.accel.get_or_init(|| probe_accel(&self.settings, image))
+        *PROBED.get_or_init(|| probe_accel(&self.settings, image))
     }
 
     /// The accelerator, if known yet (configured or probed).
     pub fn known_accel(&self) -> Option<Accel> {
-        self.settings.accel.or_else(|| self.accel.get().copied())
+        self.settings.accel.or_else(|| PROBED.get().copied())
     }
 
     fn loaded(&self, hash: &ImageHash) -> Result<Arc<LoadedImage>, EngineError> {
@@ -332,15 +331,23 @@ impl QemuEngine {
         let loaded = self.loaded(image)?;
         check_config(config)?;
         let dir = self.phone_dir()?;
-        let ram = RamFile::create(&dir.path.join("ram"), loaded.memory_bytes()).map_err(start_error)?;
+        let ram = match RamFile::create(&dir.path.join("ram"), loaded.memory_bytes()) {
+            Ok(ram) => ram,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir.path);
+                return Err(start_error(e));
+            }
+        };
         Ok(QemuRestore {
             accel: self.accel(&loaded),
+            hashes: RamFile::zero_hashes(ram.pages()),
             image: loaded,
             settings: self.settings.clone(),
             clock: self.clock.clone(),
             config: config.clone(),
             dir: Some(dir),
             ram: Some(ram),
+            phone: None,
             chain: Vec::new(),
             last: None,
         })
@@ -395,6 +402,13 @@ fn start_error(e: QemuError) -> EngineError {
     EngineError::Start(vmi_engine::VmError::Crashed(e.to_string()))
 }
 
+/// What the probe found: a property of the machine, probed once in a process (every site's engine shares it).
+static PROBED: OnceLock<Accel> = OnceLock::new();
+
+/// Longest the KVM probe waits for the image's kernel to reach its init (under working KVM it takes a second or
+/// two; here KVM hangs or resets the guest).
+const PROBE_WITHIN: Duration = Duration::from_secs(12);
+
 /// Boots the image's kernel under KVM with `seed.probe` (its initramfs answers and powers off at once): KVM is
 /// used only where it really boots Linux (on some hosts /dev/kvm exists and the guest resets at once).
 fn probe_accel(settings: &Settings, image: &LoadedImage) -> Accel {
@@ -424,7 +438,7 @@ fn probe_accel(settings: &Settings, image: &LoadedImage) -> Accel {
         }
         text
     });
-    let by = Instant::now() + Duration::from_secs(30);
+    let by = Instant::now() + PROBE_WITHIN;
     while Instant::now() < by && matches!(child.try_wait(), Ok(None)) {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -474,6 +488,9 @@ impl Engine for QemuEngine {
             write().map_err(|e| EngineError::Exhausted(format!("unpacking the image: {e}")))?;
         }
         let loaded = Arc::new(LoadedImage { hash, manifest: file.manifest, dir, size_bytes: bytes.len() as u64 });
+        // The accelerator is probed here, where loading may take its time (a site loads images off its async
+        // workers), not when a phone must start or arrive.
+        self.accel(&loaded);
         let info = info_of(&loaded);
         lock(&self.images).insert(hash, loaded);
         Ok(info)
@@ -564,45 +581,62 @@ fn info_of(image: &LoadedImage) -> ImageInfo {
 }
 
 /// A restore in progress: pages laid into a fresh RAM file as snapshots arrive (a migration's pre-copy rounds
-/// while the source still runs), QEMU started only at the end with the last snapshot's device state.
+/// while the source still runs), with QEMU started on that file at the first of them and waiting for its device
+/// state, which only the last snapshot brings. A migration's stop then holds the final delta and the device state,
+/// not QEMU's start nor a pass over every page (each page's fingerprint is taken as it lands).
 struct QemuRestore {
     image: Arc<LoadedImage>,
     settings: Arc<Settings>,
     accel: Accel,
     clock: Arc<dyn Clock>,
     config: VmConfig,
+    /// The phone's directory until QEMU takes it.
     dir: Option<PhoneDir>,
     ram: Option<RamFile>,
+    /// QEMU, started on the RAM file with `-incoming defer`, guest not running.
+    phone: Option<QemuPhone>,
+    /// Every page's fingerprint as laid down so far.
+    hashes: Vec<ram::PageHash>,
     chain: Vec<Vec<u8>>,
     /// The last snapshot applied: its id, kind, device state and clock.
     last: Option<(SnapshotId, SnapshotKind, Vec<u8>, u64)>,
 }
 
 impl QemuRestore {
+    /// Starts QEMU on the RAM file if it has not started yet.
+    fn start_qemu(&mut self) -> Result<&mut QemuPhone, EngineError> {
+        if self.phone.is_none() {
+            let dir = self.dir.take().ok_or(EngineError::EmptyChain)?;
+            let phone = QemuPhone::launch(
+                self.image.clone(),
+                self.settings.clone(),
+                self.accel,
+                &self.config,
+                dir,
+                Start::Incoming,
+                self.clock.clone(),
+                0,
+            )
+            .map_err(start_error)?;
+            self.phone = Some(phone);
+        }
+        self.phone.as_mut().ok_or(EngineError::EmptyChain)
+    }
+
     fn finish_phone(mut self, paused: bool) -> Result<QemuPhone, EngineError> {
         let (id, kind, device, virtual_ns) = self.last.take().ok_or(EngineError::EmptyChain)?;
         if device.is_empty() {
             return Err(EngineError::Config("the chain ends in a pre-copy round, not a consistent state".into()));
         }
         drop(self.ram.take());
-        let dir = self.dir.take().ok_or(EngineError::EmptyChain)?;
-        let mut phone = QemuPhone::launch(
-            self.image.clone(),
-            self.settings.clone(),
-            self.accel,
-            &self.config,
-            dir,
-            Start::Incoming,
-            self.clock.clone(),
-            virtual_ns,
-        )
-        .map_err(start_error)?;
+        self.start_qemu()?;
+        let mut phone = self.phone.take().ok_or(EngineError::EmptyChain)?;
         phone.load_device_state(&device).map_err(start_error)?;
         let round = match kind {
             SnapshotKind::PreCopy { round, .. } => Some(round),
             _ => None,
         };
-        phone.adopt_chain(std::mem::take(&mut self.chain), id, round);
+        phone.adopt_chain(std::mem::take(&mut self.chain), std::mem::take(&mut self.hashes), id, round, virtual_ns);
         if !paused {
             vmi_engine::VirtualPhone::resume(&mut phone).map_err(EngineError::Start)?;
         }
@@ -614,6 +648,8 @@ impl QemuRestore {
 impl Drop for QemuRestore {
     fn drop(&mut self) {
         drop(self.ram.take());
+        // A started QEMU removes its directory as it goes.
+        drop(self.phone.take());
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir.path);
         }
@@ -638,10 +674,19 @@ impl RestoreStage for QemuRestore {
             None => vmi_snapshot::check_chain(&[(id, header)])?,
             Some((prev, prev_kind, ..)) => check_link(*prev, *prev_kind, header.kind)?,
         }
-        let (device, virtual_ns) = state::decode(view.host_state)
-            .ok_or_else(|| EngineError::Config("the snapshot's host state is not a Linux phone's".into()))?;
+        let (device, virtual_ns) = state::decode(view.host_state).ok_or_else(|| {
+            EngineError::Config("the snapshot's host state is not a Linux phone's, or does not unpack".into())
+        })?;
+        // QEMU starts at the first round (a migration's first is while the source still runs), waiting for the
+        // device state; the pages are laid into the file it maps, each page's fingerprint taken as it lands.
+        self.start_qemu()?;
         let ram = self.ram.as_mut().ok_or(EngineError::EmptyChain)?;
         view.pages.apply_to(ram.bytes_mut())?;
+        for run in view.pages.runs() {
+            for i in run.first..run.first + run.count {
+                self.hashes[i as usize] = ram.page_hash(i as usize);
+            }
+        }
         self.chain.push(snapshot.to_vec());
         self.last = Some((id, header.kind, device.to_vec(), virtual_ns));
         Ok(())

@@ -27,8 +27,8 @@ use crate::{Accel, LoadedImage, Settings};
 pub const ENGINE_NAME: &str = "qemu";
 /// How long QEMU gets to open its sockets after it starts.
 const SOCKETS_WITHIN: Duration = Duration::from_secs(20);
-/// Largest device state read from QEMU (guest RAM is not in it: a few hundred KiB to a few MiB).
-const MAX_DEVICE_STATE: u64 = 256 << 20;
+/// Largest device state read from QEMU (guest RAM is not in it; virtio-gpu's copies of the display buffers are).
+const MAX_DEVICE_STATE: u64 = crate::state::MAX_DEVICE_STATE as u64;
 /// How long QEMU gets to write or read its device state.
 const STATE_WITHIN: Duration = Duration::from_secs(60);
 /// How often at most a site records a Linux phone's state while it changes: each record stops the guest for its
@@ -152,23 +152,39 @@ impl QemuPhone {
         let log2 = log.try_clone().map_err(QemuError::io("qemu.log"))?;
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         settings.confine(&mut cmd, &dir, uid, &inherited)?;
-        let child = launcher.spawn(cmd).map_err(QemuError::io(format!("starting {}", settings.qemu.display())))?;
-        // Its memory cap (guest RAM and QEMU's own) and CPU cap, where the host lets the engine set them.
+        // Its memory cap (guest RAM and QEMU's own) and CPU cap, where the host lets the engine set them; and for
+        // an image with a network, the fence that keeps it off the site's own addresses (no fence, no phone).
         let group_name = format!(
             "{}.{}",
             dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         );
-        let cgroup = crate::cgroup::for_phone(&group_name, memory + QEMU_OVERHEAD, image.manifest.cpus);
+        let mut cgroup = crate::cgroup::for_phone(&group_name, memory + QEMU_OVERHEAD, image.manifest.cpus);
+        if image.manifest.network {
+            let fenced = match cgroup.as_mut() {
+                Some(group) => group.fence_network(&group_name),
+                None => Err("no cgroup could be made for it".to_owned()),
+            };
+            if let Err(why) = fenced {
+                return Err(QemuError::Qemu(format!(
+                    "the image asks for a network, and this site cannot fence a phone off its own addresses: {why} \
+                     (network phones need cgroup v2 and a site run as root)"
+                )));
+            }
+        }
+        let child = launcher.spawn(cmd).map_err(QemuError::io(format!("starting {}", settings.qemu.display())))?;
+        let mut phone_child = ChildGuard(Some(child));
         if let Some(group) = &cgroup
-            && let Err(e) = group.add(child.id())
+            && let Err(e) = group.add(phone_child.pid())
         {
+            if image.manifest.network {
+                return Err(QemuError::Qemu(format!("QEMU cannot join its fenced cgroup: {e}")));
+            }
             tracing::warn!("QEMU runs outside its cgroup: {e}");
         }
         let started = Instant::now();
         let listener: Arc<Mutex<Option<ActivityListener>>> = Arc::default();
         let screen: SharedScreen = Arc::new(Mutex::new(Screen::default()));
-        let mut phone_child = ChildGuard(Some(child));
         let qmp = crate::qmp::Qmp::connect(&dir.join("qmp.sock"), SOCKETS_WITHIN)
             .map_err(|e| with_log(e, &dir, phone_child.0.as_mut()))?;
         let input = crate::input::InputPacer::start(&dir.join("input.sock"), SOCKETS_WITHIN)?;
@@ -215,6 +231,11 @@ impl QemuPhone {
     /// Whether the guest's session is up (its terminal emulator's shell started).
     pub fn session_ready(&self) -> bool {
         self.agent.with_inbox(|i| i.ready)
+    }
+
+    /// Waits up to `within` until the guest says it is idle (`true`) or busy (`false`) as `want`; whether it did.
+    pub fn wait_idle(&self, want: bool, within: Duration) -> bool {
+        self.agent.wait_for(within, |i| (i.idle == Some(want)).then_some(())).is_some()
     }
 
     /// Waits up to `within` for the session to be up.
@@ -265,9 +286,19 @@ impl QemuPhone {
         Ok(())
     }
 
-    /// Makes `chain` (just laid down into this phone's RAM) its last good chain: the next delta is against it.
-    pub(crate) fn adopt_chain(&mut self, chain: Vec<Vec<u8>>, last: SnapshotId, pre_copy_round: Option<u32>) {
-        self.page_hashes = Some(self.ram.hashes());
+    /// Makes `chain` (just laid down into this phone's RAM, whose pages' fingerprints are `hashes`) its last good
+    /// chain, the next delta against it; the phone's clock goes on from `virtual_ns`, the chain's last.
+    pub(crate) fn adopt_chain(
+        &mut self,
+        chain: Vec<Vec<u8>>,
+        hashes: Vec<PageHash>,
+        last: SnapshotId,
+        pre_copy_round: Option<u32>,
+        virtual_ns: u64,
+    ) {
+        self.virtual_base_ns = virtual_ns;
+        self.started_ns = self.clock.monotonic_ns();
+        self.page_hashes = Some(hashes);
         self.last_snapshot = Some(last);
         self.precopy_round = pre_copy_round;
         self.chain = chain;
@@ -440,6 +471,10 @@ impl Drop for QemuPhone {
 struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
     fn take(&mut self) -> Child {
         self.0.take().expect("taken once")
     }
@@ -533,8 +568,8 @@ fn qemu_command(
     cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", path("qmp.sock"))]);
     cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", path("input.sock"))]);
     cmd.args(["-serial", &format!("file:{}", path("console.log"))]);
-    // No network: an image asking for one is refused at load (`image::Manifest::network`).
-    cmd.args(["-nic", "none"]);
+    // No network unless the image asks for one; then user-mode, fenced off the site (`network`).
+    cmd.args(crate::network::qemu_args(m.network));
     // QEMU's own seccomp filter: no new processes, no privilege changes, no obsolete system calls.
     cmd.args(["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
     if matches!(start, Start::Incoming) {

@@ -120,6 +120,15 @@ fn a_linux_phone_boots_types_notifies_snapshots_restores_and_crashes_alone() {
     }
     assert_eq!(raised.first().map(|n| (n.title.as_str(), n.body.as_str())), Some(("Build done", "all green")));
 
+    // The guest tells the host when it is idle: quiet at its prompt, busy while a loop runs (and the site hears
+    // of it as activity: a guest that changes by itself gets recorded), quiet again once the loop ends.
+    assert!(phone.wait_idle(true, Duration::from_secs(60)), "the guest never said it was idle");
+    let before = activity.load(Ordering::SeqCst);
+    type_text(&mut phone, "timeout 8 sh -c 'while :; do :; done'\n");
+    assert!(phone.wait_idle(false, Duration::from_secs(60)), "the guest never said it was busy");
+    assert!(activity.load(Ordering::SeqCst) > before, "a busy guest is activity");
+    assert!(phone.wait_idle(true, Duration::from_secs(60)), "the guest never said it was idle again");
+
     // A snapshot, restored in a new QEMU: the file, and the shell's history, are still there.
     let full = phone.snapshot(SnapshotRequest::Full).expect("full snapshot");
     type_text(&mut phone, "echo more >> hello.txt\n");
@@ -228,4 +237,116 @@ fn an_image_upgrade_carries_the_users_home_and_a_rollback_carries_it_back() {
 
 fn saved_ns(snapshot: &[u8]) -> u64 {
     vmi_snapshot::Snapshot::peek_header(snapshot).expect("header").virtual_ns
+}
+
+/// The world outside the site for one test: a network namespace behind a veth pair (the site's end
+/// `10.213.N.1`, the outside's `10.213.N.2`), with a TCP server there that says one line to its first caller.
+/// Removed when dropped.
+struct Outside {
+    name: String,
+    site_end: std::net::Ipv4Addr,
+    server: std::net::SocketAddr,
+}
+
+impl Outside {
+    fn new() -> Outside {
+        let pid = std::process::id();
+        let name = format!("vmi-out-{pid}");
+        let n = (pid % 250) as u8;
+        let (site_end, far_end) = (std::net::Ipv4Addr::new(10, 213, n, 1), std::net::Ipv4Addr::new(10, 213, n, 2));
+        let (here, there) = (format!("vmo{pid}"), format!("vmi{pid}"));
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().expect("run ip (iproute2)");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let mut outside = Outside { name: name.clone(), site_end, server: (far_end, 0).into() };
+        ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+        ip(&["link", "set", &there, "netns", &name]);
+        ip(&["addr", "add", &format!("{site_end}/30"), "dev", &here]);
+        ip(&["link", "set", &here, "up"]);
+        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{far_end}/30"), "dev", &there]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &there, "up"]);
+        // The server: a thread of this test that enters the namespace (a thread's network namespace is its own).
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let netns = std::fs::File::open(format!("/run/netns/{name}")).expect("the namespace");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a namespace file this thread holds open; it moves only this thread.
+            assert_eq!(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "enter the namespace");
+            let listener = std::net::TcpListener::bind((far_end, 0)).expect("listen outside");
+            port_tx.send(listener.local_addr().expect("port").port()).expect("port sent");
+            if let Ok((mut caller, _)) = listener.accept() {
+                let _ = caller.write_all(b"hello from outside\n");
+            }
+        });
+        let port = port_rx.recv_timeout(Duration::from_secs(10)).expect("the server listens");
+        outside.server = (far_end, port).into();
+        outside
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace.
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// An image that asks for a network: its phone reaches a server outside the site (in a network namespace behind
+/// a veth pair), and none of the site's own addresses: neither its loopback (QEMU's gateway, 10.0.2.2, is the
+/// site's 127.0.0.1) nor its address on that link; a listener on every address of the site is never called.
+/// Not as root, the site cannot fence such a phone and refuses to start it, saying why.
+#[test]
+fn a_phone_with_a_network_reaches_outside_and_not_its_site() {
+    let _one = one_at_a_time();
+    let (engine, _, dir) = engine("linux-network");
+    let file = image::parse(image_bytes()).expect("the image parses");
+    let manifest = image::Manifest { name: "with a network".into(), network: true, ..file.manifest.clone() };
+    let hash = engine.load_image(&image::pack(manifest, &file.parts).expect("pack")).expect("load").hash;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let refused = engine.boot(&hash, &VmConfig::default(), 0).err().expect("no fence, no phone");
+        assert!(refused.to_string().contains("cannot fence"), "{refused}");
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    let outside = Outside::new();
+    let site = std::net::TcpListener::bind("0.0.0.0:0").expect("a listener on the site");
+    site.set_nonblocking(true).expect("nonblocking");
+    let port = site.local_addr().expect("port").port();
+    let mut phone = engine.boot(&hash, &VmConfig::default(), 0).expect("the phone boots");
+    ready(&mut phone);
+    let (far, far_port) = (outside.server.ip(), outside.server.port());
+    type_text(
+        &mut phone,
+        &format!(
+            "cat </dev/tcp/{far}/{far_port} >out.txt; for a in 10.0.2.2 {site_end}; do \
+             timeout 5 bash -c \"exec 3<>/dev/tcp/$a/{port}\"; echo \"$a $?\"; done >site.txt\n",
+            site_end = outside.site_end
+        ),
+    );
+    wait_file(&phone, "/home/phone/out.txt", b"hello from outside\n");
+    let by = Instant::now() + Duration::from_secs(60);
+    let tried = loop {
+        let text = phone.read_guest_file("/home/phone/site.txt", Duration::from_secs(10)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text).into_owned();
+        if text.lines().count() == 2 {
+            break text;
+        }
+        assert!(Instant::now() < by, "the guest never tried the site's addresses: {text:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for line in tried.lines() {
+        assert!(!line.ends_with(" 0"), "the guest reached the site: {tried}");
+    }
+    match site.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a connection reached the site's listener: {other:?}"),
+    }
+    drop(phone);
+    drop(outside);
+    let _ = std::fs::remove_dir_all(dir);
 }

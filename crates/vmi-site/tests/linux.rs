@@ -1,12 +1,14 @@
 //! A Linux phone on sites, the way a provider's customer gets one: the operator publishes a Linux image built
 //! from Debian's packages, a tenant runs it, a terminal shows the phone and types into its terminal emulator, the
 //! phone migrates live to another site mid-session with its files and its shell's history, and a notification
-//! raised in the guest reaches the user's sleeping terminal.
+//! raised in the guest reaches the user's sleeping terminal; the browser terminal (Chromium) shows it, types into
+//! it, and receives nothing while its screen is still.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::browser::Driver;
 use common::*;
 use vmi_control_api::tenants::TenantRequest;
 use vmi_protocol::{Input, ServerMessage};
@@ -69,6 +71,15 @@ async fn file_gone(control: &Control, site: &vmi_site::SiteHandle, user: &str, p
         assert!(Instant::now() < by, "{path} is still there: {status} {:?}", String::from_utf8_lossy(&body));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// The guest's uptime in seconds, its own clock, read through its agent.
+async fn guest_uptime(control: &Control, site: &vmi_site::SiteHandle, user: &str) -> f64 {
+    let url = format!("{}/v1/phones/{user}/file?path=/proc/uptime", site.url);
+    let (status, body) = control.operator().get_bytes(&url).await.expect("read /proc/uptime");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8_lossy(&body);
+    text.split_whitespace().next().and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("uptime {text:?}"))
 }
 
 fn save_png(screen: &vmi_protocol::display::Screen, name: &str) {
@@ -157,6 +168,30 @@ async fn a_linux_phone_types_through_a_terminal_migrates_with_its_files_and_noti
     }
     term.close().await;
 
+    // The browser terminal, in Chromium: it shows the guest's desktop, its keyboard types into the guest's shell,
+    // and once the screen is still it receives no frame bytes while the guest runs on (the guest's own clock,
+    // read through its agent, advances five seconds meanwhile). Screenshots looked at: the prompt, the command.
+    let shots = scratch("linux-shots");
+    let url = format!("http://{}/#token={token}", a.addr);
+    let mut page = Driver::start("linux", &["--url", &url], &shots);
+    let shown = page.step("shown").await;
+    assert!(shown["light_pixels"].as_u64().is_some_and(|n| n > 0), "the page shows the prompt: {shown}");
+    page.step("typed").await;
+    file_becomes(&control, &a, "alice", "/home/phone/web.txt", b"hello from chromium\n").await;
+    page.step("still").await;
+    let began = guest_uptime(&control, &a, "alice").await;
+    let by = Instant::now() + Duration::from_secs(120);
+    while guest_uptime(&control, &a, "alice").await < began + 5.0 {
+        assert!(Instant::now() < by, "the guest's clock did not advance five seconds");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    page.tell("ran").await;
+    let still = page.step("static").await;
+    assert_eq!((still["frames"].as_u64(), still["frame_bytes"].as_u64()), (Some(0), Some(0)), "{still}");
+    assert_eq!(still["state"], "connected", "{still}");
+    page.finish().await;
+    eprintln!("the browser's screenshots are in {}", shots.display());
+
     // Live migration to site-b: the destination resumes the guest only once the placement names it.
     let order = serde_json::json!({ "to": "site-b" });
     let (status, report) =
@@ -166,7 +201,8 @@ async fn a_linux_phone_types_through_a_terminal_migrates_with_its_files_and_noti
     assert_eq!(control.client.placement("alice").await.expect("placement").site, "site-b");
     file_becomes(&control, &b, "alice", "/home/phone/hello.txt", b"hello\nagain\n").await;
 
-    // The shell's history came along: the up arrow brings back the last command, which appends once more.
+    // The shell's history came along: the up arrow brings back the last command (the one typed in the browser),
+    // which appends once more.
     let mut term = Term::connect(&b.ws_url()).await;
     match term.hello(&token, None, false).await {
         ServerMessage::Welcome { last_input_seq, .. } => term.seq = last_input_seq,
@@ -175,7 +211,7 @@ async fn a_linux_phone_types_through_a_terminal_migrates_with_its_files_and_noti
     term.input(Input::Key { code: 6, text: None }).await; // up
     let last = term.input(Input::Key { code: 2, text: None }).await; // enter
     term.acked(last).await;
-    file_becomes(&control, &b, "alice", "/home/phone/hello.txt", b"hello\nagain\nagain\n").await;
+    file_becomes(&control, &b, "alice", "/home/phone/web.txt", b"hello from chromium\nhello from chromium\n").await;
     term.close().await;
 
     // A notification raised in the guest reaches the user's terminal that sleeps (attached, screen off).

@@ -115,7 +115,14 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                 }
             }
             MigrationMessage::Final { snapshot, input_seqs, screens } => {
-                let phone = match stage.apply(&snapshot).and_then(|()| stage.finish()) {
+                // Off the async workers: a Linux phone's device state loads into its QEMU here.
+                let finished =
+                    tokio::task::spawn_blocking(move || stage.apply(&snapshot).and_then(|()| stage.finish()))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(vmi_engine::EngineError::Config("restoring the phone panicked".into()))
+                        });
+                let phone = match finished {
                     Ok(phone) => phone,
                     Err(e) => {
                         let _ = reply(&mut socket, &refuse(format!("final delta refused: {e}"))).await;
@@ -129,6 +136,9 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                 // The phone runs here at once, provisionally: the source is frozen, so this is the one running
                 // copy, and nothing it does leaves it before the commit (no record, no terminal, no service can
                 // reach it). The compare-and-set, a round of consensus on etcd, is then out of the downtime.
+                // A guest that runs by itself (a Linux phone) is kept stopped until the commit instead: nothing of
+                // its downtime is then hidden as time it ran here.
+                let kept_stopped = phone.runs_by_itself();
                 let resumed = std::time::Instant::now();
                 let arrival = site.spawn_provisional(
                     &user,
@@ -140,16 +150,20 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                 // under the epoch it told us.
                 match commit(&site, &user, epoch, dialed.take()).await {
                     Ok(new_epoch) => {
-                        let ran_us = resumed.elapsed().as_micros() as u64;
+                        let ran_us = if kept_stopped { 0 } else { resumed.elapsed().as_micros() as u64 };
                         let registered = site.register_arrival(&user, &arrival).await;
                         if let Some(handoff) = handoff.take() {
                             handoff.committed();
+                        }
+                        // A phone kept stopped runs from its commit, and the downtime the source counts ends there.
+                        if registered && kept_stopped {
+                            arrival.commit().await;
                         }
                         tracing::info!(user, epoch = new_epoch, ran_us, "phone arrived and runs here");
                         let _ = reply(&mut socket, &MigrationMessage::Committed { epoch: new_epoch, ran_us }).await;
                         // Only now its first record (a full state, a millisecond or more of a core): the handover
                         // goes first.
-                        if registered {
+                        if registered && !kept_stopped {
                             arrival.commit().await;
                         }
                     }

@@ -578,7 +578,8 @@ impl PhoneTask {
             && d.journal_bytes < MAX_JOURNAL_BYTES
             && d.standby.target_is(d.standby_at.as_deref());
         let request = if delta { SnapshotRequest::Incremental } else { SnapshotRequest::Full };
-        let snapshot = match self.phone.snapshot(request) {
+        let by_itself = self.phone.runs_by_itself();
+        let snapshot = match long(by_itself, || self.phone.snapshot(request)) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(user = %self.user, "cannot take the phone's durable snapshot: {e}");
@@ -841,7 +842,9 @@ impl PhoneTask {
                 let _ = reply.send(shot);
             }
             ServiceCommand::File { path, reply } => {
-                let _ = reply.send(self.phone.read_file(&path).map_err(|e| e.to_string()));
+                let by_itself = self.phone.runs_by_itself();
+                let read = long(by_itself, || self.phone.read_file(&path));
+                let _ = reply.send(read.map_err(|e| e.to_string()));
             }
             ServiceCommand::Kv { key, reply } => {
                 let _ = reply.send(self.phone.kv_get(key.as_bytes()));
@@ -935,11 +938,10 @@ impl PhoneTask {
                     d.pre_copy_at = Some(Instant::now());
                 }
                 let request = if first { SnapshotRequest::PreCopyStart } else { SnapshotRequest::PreCopy };
+                let by_itself = self.phone.runs_by_itself();
                 let r = match &self.state {
                     State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
-                    _ => self
-                        .phone
-                        .snapshot(request)
+                    _ => long(by_itself, || self.phone.snapshot(request))
                         .map(|s| PreCopyRound { bytes: s.bytes, pages: s.pages })
                         .map_err(PhoneError::from),
                 };
@@ -960,18 +962,17 @@ impl PhoneTask {
                 let screens = if readable.is_ok() { self.terminals.current_screens(self.size()) } else { Vec::new() };
                 let r = match &self.state {
                     // Stopped, and kept stopped: nothing may run here while the destination may take over.
-                    State::Running => self
-                        .phone
-                        .pause()
-                        .and_then(|()| self.phone.snapshot(SnapshotRequest::Incremental))
-                        .map(|s| FrozenPhone {
-                            saved: SavedPhone { snapshot: s.bytes, input_seqs: self.input_seqs.clone() },
-                            screens,
-                        })
-                        .inspect_err(|_| {
-                            let _ = self.phone.resume();
-                        })
-                        .map_err(PhoneError::from),
+                    State::Running => long(self.phone.runs_by_itself(), || {
+                        self.phone.pause().and_then(|()| self.phone.snapshot(SnapshotRequest::Incremental))
+                    })
+                    .map(|s| FrozenPhone {
+                        saved: SavedPhone { snapshot: s.bytes, input_seqs: self.input_seqs.clone() },
+                        screens,
+                    })
+                    .inspect_err(|_| {
+                        let _ = self.phone.resume();
+                    })
+                    .map_err(PhoneError::from),
                     State::Frozen { .. } => Err(PhoneError::Moving),
                     State::Crashed { reason } => Err(PhoneError::Crashed { reason: reason.clone() }),
                 };
@@ -1020,7 +1021,8 @@ impl PhoneTask {
                         } else {
                             SnapshotRequest::Full
                         };
-                        self.phone.snapshot(request).map(|s| s.bytes).map_err(PhoneError::from)
+                        let by_itself = self.phone.runs_by_itself();
+                        long(by_itself, || self.phone.snapshot(request)).map(|s| s.bytes).map_err(PhoneError::from)
                     }
                 };
                 let _ = reply.send(r);
@@ -1067,7 +1069,10 @@ impl PhoneTask {
     /// last good state.
     fn save(&mut self) -> Result<SavedPhone, PhoneError> {
         let snapshot = match self.phone.status() {
-            VmStatus::Running => self.phone.snapshot(SnapshotRequest::Full).map(|s| s.bytes)?,
+            VmStatus::Running => {
+                let by_itself = self.phone.runs_by_itself();
+                long(by_itself, || self.phone.snapshot(SnapshotRequest::Full)).map(|s| s.bytes)?
+            }
             VmStatus::Crashed { reason } => {
                 let reason = reason.clone();
                 let chain = self.phone.last_good_chain()?;
@@ -1160,4 +1165,13 @@ const FENCED_WORDS: &str =
 /// What a terminal shows when its phone crashed.
 fn crashed_words(reason: &str) -> String {
     format!("your phone stopped ({reason}); nothing saved is lost, and it runs again once restarted")
+}
+
+/// Calls into the phone for work that may take a while when the phone runs by itself (a Linux phone's snapshot,
+/// tens of milliseconds to a second, or a read through its guest agent), letting the runtime hand this worker's
+/// other tasks to another worker meanwhile. A WebAssembly phone's calls take microseconds and run as they are.
+fn long<T>(by_itself: bool, f: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if by_itself && multi_thread { tokio::task::block_in_place(f) } else { f() }
 }

@@ -2,6 +2,8 @@
 //! protocol-level terminal over a real WebSocket.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
