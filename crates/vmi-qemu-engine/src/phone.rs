@@ -74,7 +74,7 @@ pub struct QemuPhone {
     listener: Arc<Mutex<Option<ActivityListener>>>,
     /// The screen as the site last took it.
     rgba: Vec<u8>,
-    ram: RamFile,
+    ram: Arc<RamFile>,
     clock: Arc<dyn Clock>,
     /// Virtual time at `started_ns` of the clock: the phone's clock goes on across restores.
     virtual_base_ns: u64,
@@ -129,10 +129,10 @@ impl QemuPhone {
     ) -> Result<QemuPhone, QemuError> {
         let dir = dir.to_path_buf();
         let memory = image.memory_bytes();
-        let ram = match start {
+        let ram = Arc::new(match start {
             Start::Boot => RamFile::create(&dir.join("ram"), memory)?,
             Start::Incoming => RamFile::open(&dir.join("ram"), memory)?,
-        };
+        });
         // QEMU as its own user may not traverse the site's directories to the image: it gets the image's files
         // open, by descriptor, and opens them again through /proc/self/fd (their own modes allow reading).
         let mut inherited = Vec::new();
@@ -410,7 +410,6 @@ impl QemuPhone {
 
     /// Takes a snapshot of the guest as it is (stopped, unless `pre_copy`).
     fn take_snapshot(&mut self, request: SnapshotRequest, pre_copy: bool) -> Result<EncodedSnapshot, VmError> {
-        let device = if pre_copy { Vec::new() } else { self.save_device_state()? };
         let parent = self.last_snapshot.filter(|_| self.page_hashes.is_some());
         let kind = match (request, parent, self.precopy_round) {
             (SnapshotRequest::Full, _, _) => SnapshotKind::Full,
@@ -423,14 +422,25 @@ impl QemuPhone {
                 SnapshotKind::PreCopy { round: 0, parent: None }
             }
         };
-        let since = kind.parent().and(self.page_hashes.as_deref());
-        let (pages, hashes) = self.ram.collect(since);
-        let snapshot = vmi_snapshot::Snapshot {
-            header: self.header(kind),
-            globals: Vec::new(),
-            host_state: crate::state::encode(&device, self.now_ns()),
-            pages,
+        // The pages are read on other threads while QEMU writes its device state (and it is compressed): a
+        // migration's stop holds the longer of the two, not their sum.
+        let ram = Arc::clone(&self.ram);
+        let old = self.page_hashes.take();
+        let (collected, host_state) = std::thread::scope(|scope| {
+            let collecting = scope.spawn(|| ram.collect(kind.parent().and(old.as_deref())));
+            let device = if pre_copy { Ok(Vec::new()) } else { self.save_device_state() };
+            let host_state = device.map(|d| crate::state::encode(&d, self.now_ns()));
+            (collecting.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), host_state)
+        });
+        let host_state = match host_state {
+            Ok(h) => h,
+            Err(e) => {
+                self.page_hashes = old;
+                return Err(e);
+            }
         };
+        let (pages, hashes) = collected;
+        let snapshot = vmi_snapshot::Snapshot { header: self.header(kind), globals: Vec::new(), host_state, pages };
         let bytes = snapshot.try_encode().map_err(|e| VmError::Snapshot(e.to_string()))?;
         let id = SnapshotId::of(&bytes);
         let parent = kind.parent();
