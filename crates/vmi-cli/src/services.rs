@@ -1243,7 +1243,16 @@ pub async fn device(cmd: DeviceCmd) -> Result<()> {
             println!("paired: this is device {} of user {}", device.device_id, phone.user);
             println!("token: in {} (0600)", token_file.display());
             println!("browser terminal: the address in {} (0600)", link_file.display());
-            println!("native terminal: vmi terminal --control {control} --token-file {}", token_file.display());
+            // The sites speak TLS under the provider's CA: the native terminal needs it (a browser is shown it).
+            let ca_arg = match &ca {
+                Some(ca) => format!(" --ca {}", ca.display()),
+                None if phone.site_url.starts_with("https:") => " --ca PROVIDER-CA.pem".to_owned(),
+                None => String::new(),
+            };
+            println!("native terminal: vmi terminal --control {control}{ca_arg} --token-file {}", token_file.display());
+            if ca.is_none() && phone.site_url.starts_with("https:") {
+                println!("  (PROVIDER-CA.pem: the provider's CA certificate; under vmi up, vmi-data/ca.pem)");
+            }
         }
     }
     Ok(())
