@@ -70,7 +70,7 @@ impl Cgroup {
             self.dirs.push(dir.clone());
             dir
         };
-        crate::network::fence(&v2, &crate::network::blocked_networks())
+        crate::network::fence(&v2, &crate::network::blocked_networks()?)
     }
 
     /// Moves process `pid` (and its threads) into the group.

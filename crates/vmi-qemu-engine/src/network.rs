@@ -2,9 +2,10 @@
 //! QEMU's own sockets on the site: no device on the host, no route into its networks), fenced off the site itself.
 //! The fence is BPF programs on the phone's cgroup (cgroup v2), run by the kernel on every `connect` and every
 //! datagram QEMU sends: IPv4 to loopback (QEMU's gateway address 10.0.2.2 is the site's loopback), "this host",
-//! link-local (cloud metadata services), multicast, broadcast or any of the site's own addresses is refused with
-//! `EPERM`, and IPv6 is refused whole (it is off in the guest). Anything else, the Internet, is reached as the
-//! site reaches it. The site's addresses are read when the phone starts.
+//! link-local (cloud metadata services), the private and shared ranges (a provider's own machines: 10/8,
+//! 172.16/12, 192.168/16, 100.64/10), multicast and the other reserved ranges, or any of the site's own networks
+//! is refused with `EPERM`, and IPv6 is refused whole (it is off in the guest). Only the Internet is reached, as
+//! the site reaches it. The site's networks are read when the phone starts.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -23,22 +24,29 @@ pub(crate) fn qemu_args(network: bool) -> Vec<String> {
     ]
 }
 
-/// The IPv4 networks a phone's QEMU may not reach: loopback and the other special ranges, and each of the site's
-/// own addresses (as they are now).
-pub fn blocked_networks() -> Vec<(Ipv4Addr, u8)> {
+/// The IPv4 networks a phone's QEMU may not reach: everything that is not the Internet (loopback, the private and
+/// shared ranges a provider's own machines live on, link-local, multicast, the other reserved ranges) and each of
+/// the site's own networks (its interfaces' subnets), as they are now. Fails (and the phone is not started) if the
+/// site's addresses cannot be read.
+pub fn blocked_networks() -> Result<Vec<(Ipv4Addr, u8)>, String> {
     let mut blocked = vec![
         (Ipv4Addr::new(0, 0, 0, 0), 8),
+        (Ipv4Addr::new(10, 0, 0, 0), 8),
+        (Ipv4Addr::new(100, 64, 0, 0), 10),
         (Ipv4Addr::new(127, 0, 0, 0), 8),
         (Ipv4Addr::new(169, 254, 0, 0), 16),
-        (Ipv4Addr::new(224, 0, 0, 0), 4),
-        (Ipv4Addr::new(255, 255, 255, 255), 32),
+        (Ipv4Addr::new(172, 16, 0, 0), 12),
+        (Ipv4Addr::new(192, 0, 0, 0), 24),
+        (Ipv4Addr::new(192, 168, 0, 0), 16),
+        (Ipv4Addr::new(198, 18, 0, 0), 15),
+        (Ipv4Addr::new(224, 0, 0, 0), 3),
     ];
-    for address in site_addresses() {
-        if !blocked.iter().any(|&(net, prefix)| within(address, net, prefix)) {
-            blocked.push((address, 32));
+    for (address, prefix) in site_networks()? {
+        if !blocked.iter().any(|&(net, p)| p <= prefix && within(address, net, p)) {
+            blocked.push((address, prefix));
         }
     }
-    blocked
+    Ok(blocked)
 }
 
 fn within(address: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
@@ -50,28 +58,33 @@ fn mask_of(prefix: u8) -> u32 {
     if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) }
 }
 
-/// Every IPv4 address on the site's interfaces.
-fn site_addresses() -> Vec<Ipv4Addr> {
+/// Every IPv4 network on the site's interfaces: each address with its prefix.
+fn site_networks() -> Result<Vec<(Ipv4Addr, u8)>, String> {
     let mut out = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs; each entry is read only while the list lives.
     unsafe {
         if libc::getifaddrs(&mut list) != 0 {
-            tracing::warn!("cannot list the site's addresses: {}", std::io::Error::last_os_error());
-            return out;
+            return Err(format!("cannot list the site's addresses: {}", std::io::Error::last_os_error()));
         }
         let mut at = list;
         while !at.is_null() {
             let addr = (*at).ifa_addr;
             if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
                 let v4 = &*(addr as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)));
+                let mask = (*at).ifa_netmask;
+                let prefix = if mask.is_null() {
+                    32
+                } else {
+                    u32::from_be((*(mask as *const libc::sockaddr_in)).sin_addr.s_addr).leading_ones() as u8
+                };
+                out.push((Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)), prefix));
             }
             at = (*at).ifa_next;
         }
         libc::freeifaddrs(list);
     }
-    out
+    Ok(out)
 }
 
 /// Attaches the fence to the cgroup v2 directory `group`: its processes reach none of `blocked` and no IPv6.
@@ -200,14 +213,18 @@ mod tests {
 
     #[test]
     fn the_blocked_networks_hold_loopback_and_the_sites_own_addresses() {
-        let blocked = blocked_networks();
+        let blocked = blocked_networks().expect("blocked networks");
         let hit = |a: Ipv4Addr| blocked.iter().any(|&(n, p)| within(a, n, p));
         assert!(hit(Ipv4Addr::new(127, 0, 0, 1)) && hit(Ipv4Addr::new(127, 9, 9, 9)));
         assert!(hit(Ipv4Addr::new(169, 254, 169, 254)), "cloud metadata");
-        for own in site_addresses() {
+        assert!(hit(Ipv4Addr::new(100, 100, 100, 200)), "shared address space (another cloud's metadata)");
+        assert!(hit(Ipv4Addr::new(172, 17, 0, 2)) && hit(Ipv4Addr::new(192, 168, 1, 10)), "private networks");
+        for (own, prefix) in site_networks().expect("the site's networks") {
             assert!(hit(own), "{own}");
+            let last = Ipv4Addr::from(u32::from(own) | !mask_of(prefix));
+            assert!(hit(last), "{own}/{prefix}: the whole subnet");
         }
-        assert!(!hit(Ipv4Addr::new(192, 0, 2, 1)), "TEST-NET-1 is elsewhere");
+        assert!(!hit(Ipv4Addr::new(8, 8, 8, 8)), "the Internet is not fenced off");
     }
 
     #[test]

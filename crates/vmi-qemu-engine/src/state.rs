@@ -12,7 +12,7 @@ const MAGIC_RAW: &[u8; 8] = b"QEMUHS01";
 const MAGIC: &[u8; 8] = b"QEMUHS02";
 
 /// Largest device state a blob may unpack to (a crafted length cannot make the site allocate more).
-pub const MAX_DEVICE_STATE: usize = 256 << 20;
+pub const MAX_DEVICE_STATE: usize = 64 << 20;
 
 /// Writes the blob.
 pub fn encode(device: &[u8], virtual_ns: u64) -> Vec<u8> {

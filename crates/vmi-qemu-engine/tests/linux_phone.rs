@@ -240,8 +240,9 @@ fn saved_ns(snapshot: &[u8]) -> u64 {
 }
 
 /// The world outside the site for one test: a network namespace behind a veth pair (the site's end
-/// `10.213.N.1`, the outside's `10.213.N.2`), with a TCP server there that says one line to its first caller.
-/// Removed when dropped.
+/// `198.51.100.1`, the outside's `198.51.100.2`: documentation addresses, outside every range the fence blocks,
+/// each a /32 with a route to the other so the site's own network is its one address), with a TCP server there
+/// that says one line to its first caller. Removed when dropped.
 struct Outside {
     name: String,
     site_end: std::net::Ipv4Addr,
@@ -252,8 +253,7 @@ impl Outside {
     fn new() -> Outside {
         let pid = std::process::id();
         let name = format!("vmi-out-{pid}");
-        let n = (pid % 250) as u8;
-        let (site_end, far_end) = (std::net::Ipv4Addr::new(10, 213, n, 1), std::net::Ipv4Addr::new(10, 213, n, 2));
+        let (site_end, far_end) = (std::net::Ipv4Addr::new(198, 51, 100, 1), std::net::Ipv4Addr::new(198, 51, 100, 2));
         let (here, there) = (format!("vmo{pid}"), format!("vmi{pid}"));
         let ip = |args: &[&str]| {
             let out = std::process::Command::new("ip").args(args).output().expect("run ip (iproute2)");
@@ -264,10 +264,12 @@ impl Outside {
         let mut outside = Outside { name: name.clone(), site_end, server: (far_end, 0).into() };
         ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
         ip(&["link", "set", &there, "netns", &name]);
-        ip(&["addr", "add", &format!("{site_end}/30"), "dev", &here]);
+        ip(&["addr", "add", &format!("{site_end}/32"), "dev", &here]);
         ip(&["link", "set", &here, "up"]);
-        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{far_end}/30"), "dev", &there]);
+        ip(&["route", "add", &format!("{far_end}/32"), "dev", &here]);
+        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{far_end}/32"), "dev", &there]);
         ip(&["netns", "exec", &name, "ip", "link", "set", &there, "up"]);
+        ip(&["netns", "exec", &name, "ip", "route", "add", &format!("{site_end}/32"), "dev", &there]);
         // The server: a thread of this test that enters the namespace (a thread's network namespace is its own).
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let netns = std::fs::File::open(format!("/run/netns/{name}")).expect("the namespace");
