@@ -20,6 +20,19 @@ use crate::{SiteError, SiteState};
 
 /// Damaged objects one restore repairs from copies at most (each costs a round trip to another site).
 pub const MAX_REPAIRS: usize = 64;
+/// Sites beyond those holding a user's checkpoint copies asked for a damaged state-store object: the nearest ones
+/// (the standby copy is chosen near; a page shared by an image's phones is on any site that runs them).
+const MAX_SITES_ASKED: usize = 8;
+
+/// Which store a repair puts an object back into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repairing {
+    /// The checkpoint store: copies of the user's checkpoints on other sites hold it.
+    Checkpoints,
+    /// The state store of the site's phones and standby copies: this site's checkpoints, the sites holding the
+    /// user's checkpoint copies, then the nearest healthy sites (the standby copy's among them).
+    States,
+}
 
 /// Why a checkpoint was not copied to a second site (it is kept here; the next round
 /// copies it).
@@ -164,7 +177,7 @@ impl SiteState {
                 Err(e) => e,
             };
             let Some(keys) = error.damaged_object() else { return Err(error.into()) };
-            if !self.repair_from_copy(user, &keys).await {
+            if !self.repair_from_copy(user, &keys, Repairing::Checkpoints).await {
                 tracing::error!(user, object = %keys[0], "damaged in this site's checkpoint store, and no copy repairs it");
                 return Err(error.into());
             }
@@ -174,31 +187,87 @@ impl SiteState {
         ))))
     }
 
-    /// Fetches one of `keys` (the same hash as a chunk or a page table) from a site that holds a copy of `user`'s
-    /// checkpoints and puts it back here, checked; whether it worked.
-    async fn repair_from_copy(&self, user: &str, keys: &[String; 2]) -> bool {
-        let copies: std::collections::BTreeSet<String> = match self.control.checkpoints(user).await {
+    /// `dir`'s saved state and the journal records after it (a phone of `user`, here or its standby copy), a stored
+    /// object found damaged or missing in the site's state store repaired first (each repair logged), up to
+    /// [`MAX_REPAIRS`] of them: from this site's checkpoint store (the same pages, named the same way), else from
+    /// another site (see [`Repairing::States`]). A state is never given up for one bad page another disk holds.
+    pub(crate) async fn read_durable_repairing(
+        &self,
+        user: &str,
+        dir: &std::path::Path,
+    ) -> Result<crate::persist::DurableState, String> {
+        for _ in 0..=MAX_REPAIRS {
+            let (states, d) = (self.states.clone(), dir.to_path_buf());
+            let failure = match self.blocking(move || crate::persist::read_durable_checked(&states, &d)).await {
+                Ok(Ok(durable)) => return Ok(durable),
+                Ok(Err(failure)) => failure,
+                Err(e) => return Err(e.to_string()),
+            };
+            let Some(keys) = failure.damaged else { return Err(failure.message) };
+            if !self.repair_from_copy(user, &keys, Repairing::States).await {
+                tracing::error!(user, object = %keys[0], "damaged in this site's state store, and no copy repairs it");
+                return Err(failure.message);
+            }
+        }
+        Err(format!("{user}'s saved state needed more than {MAX_REPAIRS} repairs"))
+    }
+
+    /// Puts one of `keys` (the same hash as a chunk or a page table) back into `into`, damaged or missing there,
+    /// from a copy that checks against its name; whether it worked.
+    async fn repair_from_copy(&self, user: &str, keys: &[String; 2], into: Repairing) -> bool {
+        if into == Repairing::States {
+            for key in keys {
+                let (checkpoints, states, k) = (self.checkpoints.store.clone(), self.states.clone(), key.clone());
+                let local = self.blocking(move || match checkpoints.object(&k) {
+                    Ok(Some(bytes)) => states.repair(&k, &bytes).is_ok(),
+                    _ => false,
+                });
+                if let Ok(true) = local.await {
+                    tracing::warn!(user, object = %key, "repaired a damaged state-store object from this site's checkpoints");
+                    return true;
+                }
+            }
+        }
+        let mut sites: Vec<String> = match self.control.checkpoints(user).await {
             Ok(list) => list.into_iter().flat_map(|c| c.sites).filter(|s| *s != self.id).collect(),
             Err(e) => {
                 tracing::warn!(user, "cannot ask where copies of the checkpoints are: {e}");
-                return false;
+                Vec::new()
             }
         };
-        let urls: HashMap<String, String> = match self.control.list_sites().await {
-            Ok(sites) => sites.into_iter().map(|s| (s.site.id, s.site.url)).collect(),
+        let listed = match self.control.list_sites().await {
+            Ok(listed) => listed,
             Err(_) => return false,
         };
-        for site in copies {
+        if into == Repairing::States {
+            // The standby copy's site holds the same state; any healthy site near may hold a shared page.
+            let mut near: Vec<_> =
+                listed.iter().filter(|s| s.healthy && s.site.id != self.id && !sites.contains(&s.site.id)).collect();
+            let (lat, lon) = (self.config.lat, self.config.lon);
+            near.sort_by(|a, b| {
+                let d =
+                    |s: &vmi_control_api::model::SiteStatus| (s.site.lat - lat).powi(2) + (s.site.lon - lon).powi(2);
+                d(a).total_cmp(&d(b))
+            });
+            sites.extend(near.into_iter().take(MAX_SITES_ASKED).map(|s| s.site.id.clone()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        sites.retain(|s| seen.insert(s.clone()));
+        let urls: HashMap<String, String> = listed.into_iter().map(|s| (s.site.id, s.site.url)).collect();
+        for site in sites {
             let (Some(url), Ok(peer)) = (urls.get(&site), self.peer(&site)) else { continue };
             for key in keys {
                 let Ok((200, bytes)) = peer.get_bytes(&format!("{url}/v1/replicas/{user}/objects/{key}")).await else {
                     continue;
                 };
-                let store = self.checkpoints.store.clone();
-                let k = key.clone();
-                match self.blocking(move || store.repair(&k, &bytes)).await {
+                let (checkpoints, states, k) = (self.checkpoints.store.clone(), self.states.clone(), key.clone());
+                let put = self.blocking(move || match into {
+                    Repairing::Checkpoints => checkpoints.repair(&k, &bytes),
+                    Repairing::States => states.repair(&k, &bytes),
+                });
+                match put.await {
                     Ok(Ok(())) => {
-                        tracing::warn!(user, object = %key, from = %site, "repaired a damaged checkpoint object from the copy");
+                        tracing::warn!(user, object = %key, from = %site, store = ?into, "repaired a damaged object from a copy");
                         return true;
                     }
                     Ok(Err(e)) => tracing::warn!(user, object = %key, from = %site, "the copy is no good either: {e}"),
@@ -209,11 +278,16 @@ impl SiteState {
         false
     }
 
-    /// A chunk or page table of this site's checkpoint store, as stored (for another site's repair).
-    pub(crate) async fn checkpoint_object(&self, key: &str) -> Result<Option<Vec<u8>>, SiteError> {
-        let store = self.checkpoints.store.clone();
+    /// A chunk or page table of this site's checkpoint store, or else of its state store, as stored (for another
+    /// site's repair).
+    pub(crate) async fn stored_object(&self, key: &str) -> Result<Option<Vec<u8>>, SiteError> {
+        let (checkpoints, states) = (self.checkpoints.store.clone(), self.states.clone());
         let key = key.to_owned();
-        self.in_store(move || store.object(&key)).await
+        self.in_store(move || match checkpoints.object(&key)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => states.object(&key),
+        })
+        .await
     }
 
     async fn in_store<T: Send + 'static>(

@@ -947,8 +947,10 @@ async fn standby_promote(
     Ok(Json(serde_json::json!({ "started": started })).into_response())
 }
 
-/// `GET /v1/replicas/{user}/objects/{chunks|tables}/{hash}` (site to site): one chunk or page table as stored here,
-/// for the site running `user`'s phone to repair its damaged one (crate::checkpoints). Only that site may ask.
+/// `GET /v1/replicas/{user}/objects/{chunks|tables}/{hash}` (site to site): one chunk or page table as stored here
+/// (checkpoint store, else state store), for the site running `user`'s phone to repair its damaged one
+/// (crate::checkpoints). Only that site may ask; a page is asked for by its content's hash, so a caller learns at
+/// most that a page it can already name is stored here.
 async fn replica_object(
     State(site): State<Arc<SiteState>>,
     Path((user, kind, hash)): Path<(String, String, String)>,
@@ -960,7 +962,7 @@ async fn replica_object(
         return Err(ApiError(StatusCode::BAD_REQUEST, "objects are chunks/HASH or tables/HASH".into()));
     }
     let key = format!("{kind}/{hash}");
-    match site.checkpoint_object(&key).await? {
+    match site.stored_object(&key).await? {
         Some(bytes) => Ok(bytes.into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no {key} here"))),
     }

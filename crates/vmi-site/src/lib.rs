@@ -505,7 +505,7 @@ impl SiteState {
             }
             let state_path = entry.path().join(PHONE_FILE);
             // The saved state and the journal records after it.
-            let durable = persist::read_durable(&self.states, &entry.path());
+            let durable = self.read_durable_repairing(&user, &entry.path()).await;
             if let Ok(d) = &durable
                 && d.torn_bytes > 0
             {

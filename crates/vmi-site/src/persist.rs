@@ -136,16 +136,38 @@ impl StateStore {
 
     /// `dir`'s saved state: the full snapshot and the input numbering.
     pub fn read_phone(&self, dir: &Path) -> Result<(Vec<u8>, HashMap<String, u64>), String> {
+        self.read_phone_checked(dir).map_err(|e| e.message)
+    }
+
+    /// [`StateStore::read_phone`], saying which stored object is damaged or missing when that is why it failed
+    /// (what a copy elsewhere can repair: [`StateStore::repair`]).
+    pub fn read_phone_checked(&self, dir: &Path) -> Result<(Vec<u8>, HashMap<String, u64>), Unreadable> {
         match read_state_file(dir)? {
-            None => Err(format!("{}: no saved state", dir.join(PHONE_FILE).display())),
+            None => Err(format!("{}: no saved state", dir.join(PHONE_FILE).display()).into()),
             Some(StateFile::Inline(snapshot, seqs)) => Ok((snapshot, seqs)),
             Some(StateFile::Named { seqs, key, id }) => {
-                let snapshot = self.store.restore(&key, Selector::Id(id)).map_err(|e| {
-                    format!("{}: its state {key}/{id} cannot be read: {}", dir.display(), vmi_engine::error_chain(&e))
+                let snapshot = self.store.restore(&key, Selector::Id(id)).map_err(|e| Unreadable {
+                    message: format!(
+                        "{}: its state {key}/{id} cannot be read: {}",
+                        dir.display(),
+                        vmi_engine::error_chain(&e)
+                    ),
+                    damaged: e.damaged_object(),
                 })?;
                 Ok((snapshot, seqs))
             }
         }
+    }
+
+    /// A page chunk or page table (`chunks/HASH`, `tables/HASH`) as stored here, if here: the same objects, named
+    /// the same way, as a checkpoint store's, so either kind of store repairs the other.
+    pub fn object(&self, key: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
+        self.store.object(key)
+    }
+
+    /// Puts back a damaged or missing object from `bytes` another store holds, checked against its name first.
+    pub fn repair(&self, key: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
+        self.store.repair(key, bytes)
     }
 
     /// Removes `dir` (a phone's state that is no longer this site's to keep) and its state in the store.
@@ -316,14 +338,35 @@ impl DurableState {
     }
 }
 
+/// Why a phone's saved state could not be read, and which stored object is damaged or missing when that is why
+/// (`chunks/HASH` or `tables/HASH`: either, as the store cannot tell a chunk's hash from a table's).
+#[derive(Debug)]
+pub struct Unreadable {
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The object a copy elsewhere could repair, if that is what failed.
+    pub damaged: Option<[String; 2]>,
+}
+
+impl From<String> for Unreadable {
+    fn from(message: String) -> Unreadable {
+        Unreadable { message, damaged: None }
+    }
+}
+
 /// Reads `dir`'s saved state and the journal records that follow it (see the module's doc).
 pub fn read_durable(states: &StateStore, dir: &Path) -> Result<DurableState, String> {
-    let (snapshot, input_seqs) = states.read_phone(dir)?;
+    read_durable_checked(states, dir).map_err(|e| e.message)
+}
+
+/// [`read_durable`], saying which stored object is damaged or missing when that is why it failed.
+pub fn read_durable_checked(states: &StateStore, dir: &Path) -> Result<DurableState, Unreadable> {
+    let (snapshot, input_seqs) = states.read_phone_checked(dir)?;
     let mut state = DurableState { chain: vec![snapshot], input_seqs, torn_bytes: 0 };
     let journal = match std::fs::read(dir.join(JOURNAL_FILE)) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
-        Err(e) => return Err(format!("{}: {e}", dir.join(JOURNAL_FILE).display())),
+        Err(e) => return Err(format!("{}: {e}", dir.join(JOURNAL_FILE).display()).into()),
     };
     let mut rest = journal.as_slice();
     while !rest.is_empty() {
@@ -546,6 +589,47 @@ mod tests {
         let inline = SavedPhone { snapshot: newer.clone(), input_seqs: HashMap::new() };
         write_phone(&alice, &inline).expect("inline");
         assert_eq!(states.read_phone(&alice).expect("inline read").0, newer);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    /// A damaged page of a saved state is named by the read, and a good copy of it (here: another store holding the
+    /// same page) puts it back; a bad copy is refused.
+    #[test]
+    fn a_damaged_page_of_a_state_is_named_and_repaired_from_a_copy() {
+        use vmi_engine::{Engine, SnapshotRequest, VmConfig};
+        let data = std::env::temp_dir().join(format!("vmi-site-state-repair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let (states, copy) = (StateStore::open(&data).expect("store"), StateStore::in_memory());
+        let engine = vmi_wasm_engine::WasmEngine::new().expect("engine");
+        let image = engine.load_image(vmi_phone_image::PHONE_WASM).expect("image").hash;
+        let mut phone = engine.create(&image, &VmConfig::default()).expect("phone");
+        let snapshot = phone.snapshot(SnapshotRequest::Full).expect("full").bytes;
+        let saved = SavedPhone { snapshot: snapshot.clone(), input_seqs: HashMap::new() };
+        let dir = data.join("phones").join("alice");
+        states.write_phone(&dir, &saved).expect("write");
+        copy.write_phone(&data.join("elsewhere"), &saved).expect("copy");
+
+        let mut chunks: Vec<_> = std::fs::read_dir(data.join(STATE_DIR).join("chunks"))
+            .expect("chunks")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        chunks.retain(|p| p.is_file());
+        chunks.sort();
+        let damaged = chunks.first().expect("a chunk").clone();
+        let mut bytes = std::fs::read(&damaged).expect("read chunk");
+        let end = bytes.len() - 1;
+        bytes[end] ^= 0x55;
+        std::fs::write(&damaged, &bytes).expect("damage");
+
+        let failure = read_durable_checked(&states, &dir).err().expect("a damaged page is found");
+        let keys = failure.damaged.expect("the damaged object is named");
+        let name = damaged.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(keys[0].ends_with(name), "{keys:?} names {name}");
+        assert!(states.repair(&keys[0], &bytes).is_err(), "a damaged copy is refused");
+        let good = copy.object(&keys[0]).expect("copy reads").expect("the copy holds the page");
+        states.repair(&keys[0], &good).expect("repair");
+        assert_eq!(read_durable(&states, &dir).expect("whole again").chain, vec![snapshot]);
         let _ = std::fs::remove_dir_all(&data);
     }
 }

@@ -29,7 +29,7 @@ use vmi_control_api::url::segment;
 use vmi_control_api::{Caller, ControlClient};
 use vmi_engine::SnapshotId;
 
-use crate::persist::{StateStore, append_journal, read_durable, read_phone};
+use crate::persist::{StateStore, append_journal, read_phone};
 use crate::phone::SavedPhone;
 use crate::{SiteError, SiteState};
 
@@ -503,13 +503,12 @@ impl SiteState {
             Err(e) => return Err(SiteError::Control(e)),
         }
         let held = self.standby.held.lock().await;
-        let read = {
-            let (dir, states) = (dir.clone(), self.states.clone());
-            tokio::task::spawn_blocking(move || {
-                read_durable(&states, &dir).and_then(|d| Ok((d.flatten()?, d.input_seqs, d.chain.len())))
-            })
-            .await
-            .map_err(|e| SiteError::CorruptSnapshot(vmi_snapshot::SnapshotError::Corrupt(e.to_string())))?
+        let read = match self.read_durable_repairing(user, &dir).await {
+            Ok(d) => self
+                .blocking(move || d.flatten().map(|bytes| (bytes, d.input_seqs, d.chain.len())))
+                .await
+                .map_err(|e| SiteError::CorruptSnapshot(vmi_snapshot::SnapshotError::Corrupt(e.to_string())))?,
+            Err(e) => Err(e),
         };
         let (bytes, input_seqs, records) =
             read.map_err(|e| SiteError::CorruptSnapshot(vmi_snapshot::SnapshotError::Corrupt(e)))?;
