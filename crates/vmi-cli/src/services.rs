@@ -584,6 +584,7 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
     };
     let mut services = crate::supervisor::Supervisor::default();
     let mut control_urls = Vec::new();
+    let mut controls = Vec::new();
     // One after the other: the first creates the CA and the operator credential the others then use.
     for replica in 0..usize::from(args.replicas) {
         let name = if replica == 0 { "control".to_owned() } else { format!("control-{}", replica + 1) };
@@ -613,7 +614,7 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
         let control =
             crate::supervisor::Service::start_in(&name, node.as_ref().map(|n| n.ns.as_str()), control_args).await?;
         control_urls.push(control.url.clone());
-        services.add(control);
+        controls.push(control);
     }
     // Every client of the control plane gets every replica.
     let control_url = control_urls.join(",");
@@ -621,6 +622,11 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
     // enrolls each new site with a one-time join file (0600) that only that site reads.
     crate::credentials::use_credentials(args.data_dir.join("operator.json"));
     crate::credentials::operator()?;
+    let prober = crate::credentials::operator_caller()?;
+    for control in controls {
+        control.wait_ready(&prober).await?;
+        services.add(control.probed(prober.clone()));
+    }
     let control_client = crate::credentials::control_client(&control_url)?;
     let (_, home_lat, home_lon) = DEMO_SITES[0];
     let mut routes = Vec::new();
@@ -700,7 +706,8 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
         if args.no_proxy {
             routes.push((id.to_string(), site.url.clone(), None));
         }
-        services.add(site);
+        site.wait_ready(&prober).await?;
+        services.add(site.probed(prober.clone()));
     }
 
     let result = demo(&control_url, &args.user, &args.data_dir).await;

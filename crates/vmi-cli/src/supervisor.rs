@@ -1,6 +1,9 @@
 //! `vmi up`'s supervisor: the services it started (control service, sites, proxies), each a `vmi` child process.
 //! A service that dies is started again, on the same address, after a back-off that doubles while it keeps
-//! dying; the others keep running. A stop signal stops them all, each given time to save its phones.
+//! dying; the others keep running. A service that stops answering its `GET /healthz` ([`MISSED_PROBES`] probes
+//! in a row, one every [`PROBE_EVERY`]) is hung: it is killed, and started again the same way. `vmi up` waits for
+//! each service's `GET /readyz` ([`Service::wait_ready`]) before it goes on. A stop signal stops them all, each
+//! given time to save its phones.
 
 use std::future::Future;
 use std::process::Stdio;
@@ -17,6 +20,14 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const STEADY_AFTER: Duration = Duration::from_secs(60);
 /// How long a service is given to stop (and save its phones) after SIGTERM.
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How often each probed service is asked whether it answers.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How long one probe waits for the answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Probes in a row a service may miss before it counts as hung and is killed.
+pub const MISSED_PROBES: u32 = 3;
+/// How long `vmi up` waits for a service to say it is ready.
+pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
 /// One child service: how it was started, and the process running it now.
 pub struct Service {
@@ -30,6 +41,10 @@ pub struct Service {
     process: tokio::process::Child,
     started: Instant,
     backoff: Duration,
+    /// How to ask it `GET /healthz` (the provider CA and the operator's token), if it is probed.
+    probe: Option<vmi_control_api::Caller>,
+    /// Probes missed in a row.
+    missed: u32,
 }
 
 impl Service {
@@ -52,7 +67,36 @@ impl Service {
             process,
             started: Instant::now(),
             backoff: FIRST_BACKOFF,
+            probe: None,
+            missed: 0,
         })
+    }
+
+    /// Probes the service's `GET /healthz` as `caller` from now on (a service that serves it: the control service,
+    /// a site).
+    pub fn probed(mut self, caller: vmi_control_api::Caller) -> Service {
+        self.probe = Some(caller);
+        self
+    }
+
+    /// Waits until the service's `GET /readyz` answers 200 (a site: its lease held; the control service: its store
+    /// read), at most [`READY_WITHIN`]; the last answer says why not.
+    pub async fn wait_ready(&self, caller: &vmi_control_api::Caller) -> Result<()> {
+        let url = format!("{}/readyz", self.url);
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, caller.get_bytes(&url)).await;
+            let why = match answer {
+                Ok(Ok((200, _))) => return Ok(()),
+                Ok(Ok((status, body))) => format!("{status} {}", String::from_utf8_lossy(&body)),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer in time".to_owned(),
+            };
+            if Instant::now() >= deadline {
+                anyhow::bail!("{} was not ready within {} s: {why}", self.name, READY_WITHIN.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -73,10 +117,16 @@ impl Supervisor {
     /// has run [`STEADY_AFTER`]).
     pub async fn run(&mut self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
+        let mut probes = tokio::time::interval(PROBE_EVERY);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (i, status) = tokio::select! {
                 () = &mut stop => return,
                 exited = self.next_exit() => exited,
+                _ = probes.tick() => {
+                    self.probe_all().await;
+                    continue;
+                }
             };
             let service = &mut self.services[i];
             if service.started.elapsed() >= STEADY_AFTER {
@@ -98,6 +148,27 @@ impl Supervisor {
                 }
                 // Still exited: the next round finds it at once and tries again, after a longer wait.
                 Err(e) => eprintln!("{} did not start again: {e:#}", service.name),
+            }
+        }
+    }
+
+    /// Asks every probed service whether it answers; kills one that missed [`MISSED_PROBES`] in a row (it is then
+    /// found exited and started again).
+    async fn probe_all(&mut self) {
+        for service in &mut self.services {
+            let Some(caller) = &service.probe else { continue };
+            let url = format!("{}/healthz", service.url);
+            match tokio::time::timeout(PROBE_TIMEOUT, caller.get_bytes(&url)).await {
+                Ok(Ok((200, _))) => service.missed = 0,
+                _ => service.missed += 1,
+            }
+            if service.missed >= MISSED_PROBES {
+                eprintln!(
+                    "{} did not answer {MISSED_PROBES} health checks in a row: it is hung; killing it",
+                    service.name
+                );
+                service.missed = 0;
+                let _ = service.process.start_kill();
             }
         }
     }

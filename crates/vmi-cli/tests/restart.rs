@@ -83,6 +83,23 @@ fn a_killed_site_is_started_again_and_the_rest_keep_running() {
     let notes = fetch(&format!("{site_a}/v1/phones/demo/kv/notes.text"), Some(&operator));
     assert_eq!(notes, "Typed before the crash");
 
+    // A hung site (stopped: alive, answering nothing) misses its health checks, and is killed and started again.
+    let site_b = up.site("site-b").to_string();
+    let stopped = std::process::Command::new("kill").args(["-STOP", &b.to_string()]).status().expect("kill");
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if site_pid(&data, "site-b").is_some_and(|p| p != b)
+            && try_fetch(&format!("{site_b}/healthz"), None).is_ok_and(|body| body == "ok")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hung site-b was not started again within a minute");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!std::path::Path::new(&format!("/proc/{b}")).exists(), "the hung process is gone");
+    assert_eq!(pid_of(&["control", &control_db]), Some(control), "the control service kept running");
+
     up.interrupt();
     let _ = std::fs::remove_dir_all(&data);
 }

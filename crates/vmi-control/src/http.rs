@@ -8,6 +8,7 @@ use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
 use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
@@ -32,6 +33,7 @@ use vmi_control_api::tenants::{
 use vmi_trust::{Authority, CONTROL_NAME, CertRequest, ConnectionLimits, PublicKey, site_name};
 
 use crate::access::{self, Caller, Guard};
+use crate::metrics::ControlMetrics;
 use crate::pairing::PairCodes;
 use crate::placement::PolicyParams;
 use crate::store::now_ms;
@@ -57,6 +59,13 @@ pub(crate) struct AppState {
     pub(crate) guard: Arc<Guard>,
     pub(crate) now_ms: Arc<dyn Fn() -> u64 + Send + Sync>,
     trust: Option<ControlTrust>,
+    metrics: Arc<ControlMetrics>,
+}
+
+impl FromRef<AppState> for Arc<ControlMetrics> {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
 }
 
 /// The control service's part in the provider's PKI: the CA it issues site certificates from, and how it calls
@@ -130,8 +139,21 @@ pub fn app(store: Arc<dyn Store>) -> Router {
 /// Every route is authenticated by [`access::authenticate`] and then authorized by the rule named beside it,
 /// before its handler reads a body (docs/SECURITY.md has the table of who may call what).
 pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTrust>, guard: Arc<Guard>) -> Router {
+    app_measured(store, reports, trust, guard, Arc::new(ControlMetrics::new()))
+}
+
+/// [`app_with`], counting in `metrics` (shared with [`run_placer`]).
+pub fn app_measured(
+    store: Arc<dyn Store>,
+    reports: Reports,
+    trust: Option<ControlTrust>,
+    guard: Arc<Guard>,
+    metrics: Arc<ControlMetrics>,
+) -> Router {
     let trust_hosts = trust.as_ref().map(|t| t.hosts.clone());
-    let state = AppState { store, reports, pair_codes: PairCodes::new(), guard, now_ms: Arc::new(now_ms), trust };
+    let http = metrics.http.clone();
+    let state =
+        AppState { store, reports, pair_codes: PairCodes::new(), guard, now_ms: Arc::new(now_ms), trust, metrics };
     use access::{
         admin, any_site, device, operator, signed_in, site_itself, site_itself_or_operator, site_or_operator,
         site_or_user_admin, user_admin, user_owner, user_reader,
@@ -139,6 +161,8 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
     Router::new()
         // Anyone: health, and the exchanges whose secret is in the body (guarded against guessing).
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(scrape).route_layer(from_fn(operator)))
         .route("/v1/pair", post(pair))
         .route("/v1/sites/{id}/enroll", post(enroll))
         // Operators and tenant admins.
@@ -217,7 +241,34 @@ pub fn app_with(store: Arc<dyn Store>, reports: Reports, trust: Option<ControlTr
             ),
             vmi_trust::browser::browser_hygiene,
         ))
+        // Every request counted by its route and answer, refusals included.
+        .layer(from_fn_with_state(http, vmi_telemetry::track))
         .with_state(state)
+}
+
+/// `GET /readyz` (anyone): 200 when the service can read its store (so it can answer what it is asked), 503
+/// naming why not. `GET /healthz` says only that the process answers.
+async fn readyz(State(store): State<StoreRef>) -> Response {
+    let store = store.clone();
+    let read = tokio::task::spawn_blocking(move || store.list_sites().map(|sites| sites.len())).await;
+    match read {
+        Ok(Ok(sites)) => Json(serde_json::json!({ "ready": true, "sites": sites })).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "why": format!("the store cannot be read: {e}") })),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "why": e.to_string() })))
+            .into_response(),
+    }
+}
+
+/// `GET /metrics` (the operator): the service's metrics in the Prometheus (OpenMetrics) text format.
+async fn scrape(State(state): State<AppState>) -> Response {
+    let (metrics, store, now) = (state.metrics.clone(), state.store.clone(), (state.now_ms)());
+    tokio::task::spawn_blocking(move || metrics.exposition(store.as_ref(), now))
+        .await
+        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }
 
 /// How [`serve_with`] runs the service.
@@ -319,14 +370,17 @@ pub async fn serve_with(
     };
     let leadership = options.leadership.clone();
     let counted = store.clone();
-    let router = app_with(store.clone(), reports.clone(), control_trust, Arc::new(Guard::new())).route(
-        "/v1/replica",
-        get(move || {
-            let writes = counted.writes().map(|(transactions, heartbeats)| StoreWrites { transactions, heartbeats });
-            let status = ReplicaStatus { leading: leadership.is_leading(), writes, ..replica.clone() };
-            async move { Json(status) }
-        }),
-    );
+    let metrics = Arc::new(ControlMetrics::new());
+    let router = app_measured(store.clone(), reports.clone(), control_trust, Arc::new(Guard::new()), metrics.clone())
+        .route(
+            "/v1/replica",
+            get(move || {
+                let writes =
+                    counted.writes().map(|(transactions, heartbeats)| StoreWrites { transactions, heartbeats });
+                let status = ReplicaStatus { leading: leadership.is_leading(), writes, ..replica.clone() };
+                async move { Json(status) }
+            }),
+        );
     // With the placer on, `GET /v1/phone` says its rules (every replica: a follower may lead next).
     let router = match &options.placer {
         Some(params) => router.layer(Extension(follow_rules(params))),
@@ -346,7 +400,7 @@ pub async fn serve_with(
             let _ = stop.wait_for(|stopping| *stopping).await;
         };
         let (leadership, every) = (options.leadership.clone(), options.placer_every);
-        tokio::spawn(run_placer(store, reports, caller, params, every, leadership, stopped))
+        tokio::spawn(run_placer(store, reports, caller, (params, every), leadership, stopped, metrics))
     });
     let result = server.await;
     if let Some(placer) = placer {
@@ -526,10 +580,13 @@ async fn update_tenant(
 /// `POST /v1/users/{user}/admit`: a site asks before it boots a phone; 403 with the quota's words if refused.
 async fn admit(
     State(store): State<StoreRef>,
+    State(metrics): State<Arc<ControlMetrics>>,
     Path(user): Path<String>,
     ApiJson(req): ApiJson<AdmitRequest>,
 ) -> ApiResult<Json<Admission>> {
-    match store.admit(&user, req.memory_bytes) {
+    let admitted = store.admit(&user, req.memory_bytes);
+    metrics.admission(admitted.is_ok());
+    match admitted {
         Ok(admission) => Ok(Json(admission)),
         Err(e) => {
             if matches!(e, ControlError::Quota(_)) {
@@ -736,6 +793,7 @@ async fn put_site(
 
 async fn heartbeat(
     State(store): State<StoreRef>,
+    State(metrics): State<Arc<ControlMetrics>>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> ApiResult<Json<HeartbeatReply>> {
@@ -759,6 +817,7 @@ async fn heartbeat(
         Ok(Err(_)) => Err(ControlError::Unavailable("the heartbeat's write stopped".into())),
         Err(_) => Err(ControlError::Unavailable("the heartbeat's write did not finish in time".into())),
     };
+    metrics.heartbeat();
     match written {
         Ok(placed) => Ok(Json(HeartbeatReply {
             lease_ms: LEASE_MS,
@@ -900,11 +959,13 @@ fn follow_rules(params: &PolicyParams) -> FollowRules {
 /// `POST /v1/phone/report`: like `GET /v1/phone`, the token alone says whose report it is.
 async fn post_report(
     State(reports): State<Reports>,
+    State(metrics): State<Arc<ControlMetrics>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ReportRequest>,
 ) -> ApiResult<StatusCode> {
     let user = caller.principal.device_user().ok_or(ControlError::Unauthorized)?;
     validate_report(&req)?;
+    metrics.report();
     reports.record(user, req, now_ms());
     Ok(StatusCode::NO_CONTENT)
 }
@@ -916,6 +977,7 @@ async fn get_report(State(reports): State<Reports>, Path(user): Path<String>) ->
 /// `POST /v1/migrations`: a site logs a migration it took part in.
 async fn record_migration(
     State(store): State<StoreRef>,
+    State(metrics): State<Arc<ControlMetrics>>,
     Extension(caller): Extension<Caller>,
     ApiJson(record): ApiJson<MigrationRecord>,
 ) -> ApiResult<(StatusCode, Json<LoggedMigration>)> {
@@ -924,6 +986,7 @@ async fn record_migration(
         return Err(ControlError::Forbidden(format!("{} may log only migrations it took part in", caller.principal)));
     }
     let logged = store.record_migration(&record, now_ms())?;
+    metrics.migration(&record);
     tracing::info!(user = %record.user, from = %record.from, to = %record.to, epoch = record.epoch,
         outcome = %record.outcome, downtime_us = record.downtime_us, "migration logged");
     Ok((StatusCode::CREATED, Json(logged)))

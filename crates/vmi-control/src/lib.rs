@@ -165,6 +165,7 @@ mod error;
 pub mod history;
 mod http;
 mod leadership;
+pub mod metrics;
 mod pairing;
 pub mod placement;
 mod placer;
@@ -183,7 +184,9 @@ pub(crate) fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
 }
 
 pub use error::ControlError;
-pub use http::{ControlTrust, JOIN_TOKEN_TTL_MS, ServeOptions, ServiceTrust, app, app_with, serve, serve_with};
+pub use http::{
+    ControlTrust, JOIN_TOKEN_TTL_MS, ServeOptions, ServiceTrust, app, app_measured, app_with, serve, serve_with,
+};
 pub use leadership::Leadership;
 pub use pairing::{PAIR_CODE_TTL_MS, PairCodes};
 pub use placement::{Move, MoveReason, PolicyInput, PolicyParams, PolicyState, decide};

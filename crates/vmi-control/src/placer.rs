@@ -48,17 +48,19 @@ pub const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
 /// leading lets its orders in flight finish (each migration commits by compare-and-set, so a second leader's
 /// orders cannot make two owners) and decides nothing new.
 ///
-/// Store failures are logged and the round skipped; nothing here ends the loop but `shutdown`.
+/// Store failures are logged and the round skipped; nothing here ends the loop but `shutdown`. Orders and
+/// failovers are counted in `metrics`.
 pub async fn run_placer(
     store: Arc<dyn Store>,
     reports: Reports,
     caller: Caller,
-    params: PolicyParams,
-    every: Duration,
+    (params, every): (PolicyParams, Duration),
     leadership: Leadership,
     shutdown: impl Future<Output = ()>,
+    metrics: Arc<crate::metrics::ControlMetrics>,
 ) {
     let mut placer = Placer::new(store, reports, caller, params);
+    placer.metrics = Some(metrics);
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -72,7 +74,10 @@ pub async fn run_placer(
                 }
                 let now = now_ms();
                 crate::off_the_runtime(|| {
-                    placer.failover(now);
+                    let failed_over = placer.failover(now).len();
+                    if let Some(m) = &placer.metrics {
+                        m.failed_over(failed_over);
+                    }
                     placer.round(now);
                 });
             }
@@ -139,6 +144,8 @@ struct Placer {
     retry_at: HashMap<String, u64>,
     /// When this placer started (ms): no site's lease counts as expired before it had a lease's time to renew.
     started_ms: u64,
+    /// Where orders and failovers are counted, if anywhere.
+    metrics: Option<Arc<crate::metrics::ControlMetrics>>,
 }
 
 impl Placer {
@@ -154,6 +161,7 @@ impl Placer {
             in_flight: HashMap::new(),
             retry_at: HashMap::new(),
             started_ms: now_ms(),
+            metrics: None,
         }
     }
 
@@ -352,6 +360,9 @@ impl Placer {
                 Ok(Some(placement)) if placement.site == mv.to => {
                     tracing::info!(user = %mv.user, from = %mv.from, to = %mv.to, epoch = placement.epoch,
                         "migration committed");
+                    if let Some(m) = &self.metrics {
+                        m.order(true);
+                    }
                     return;
                 }
                 Ok(placement) => {
@@ -364,6 +375,9 @@ impl Placer {
         };
         tracing::warn!(user = %mv.user, from = %mv.from, to = %mv.to, %failure,
             retry_in_ms = self.params.retry_after_ms, "migration not done");
+        if let Some(m) = &self.metrics {
+            m.order(false);
+        }
         self.retry_later(&mv.user);
     }
 

@@ -659,3 +659,68 @@ async fn an_enrolling_site_cannot_have_itself_certified_as_another_machine() {
     assert!(enrolled.cert_pem.contains("BEGIN CERTIFICATE"));
     server.stop().await;
 }
+
+/// The value of the sample whose line starts with `name` (labels included), if there is one.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_service_saw_and_only_the_operator_reads_them() {
+    let server = Server::in_memory().await;
+    let control = server.client();
+    let tenant =
+        vmi_control_api::tenants::TenantRequest { name: "acme".into(), max_phones: Some(1), ..Default::default() };
+    control.create_tenant(&tenant).await.unwrap();
+    control.create_user_in("alice", Some("acme")).await.unwrap();
+    control.create_user_in("bob", Some("acme")).await.unwrap();
+    let site_a = server.site("site-a");
+    site_a.register_site("site-a", &site(9)).await.unwrap();
+    site_a.heartbeat("site-a", 1).await.unwrap();
+    site_a.admit("alice", 1 << 20).await.unwrap();
+    assert_eq!(status(site_a.admit("bob", 1 << 20).await), 403, "over acme's quota");
+    let record = MigrationRecord {
+        user: "alice".into(),
+        from: "site-a".into(),
+        to: "site-b".into(),
+        epoch: 2,
+        downtime_us: 1_500,
+        total_ms: 80.0,
+        bytes: 1 << 20,
+        outcome: "committed".into(),
+        reason: String::new(),
+    };
+    site_a.record_migration(&record).await.unwrap();
+
+    let (code, text) = raw(server.addr, "GET", "/metrics", &[&server.operator_header()], "").await;
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(sample(&text, r#"vmi_control_admissions_total{outcome="admitted"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(&text, r#"vmi_control_admissions_total{outcome="refused"}"#), Some(1.0));
+    assert_eq!(sample(&text, "vmi_control_heartbeats_total"), Some(1.0));
+    assert_eq!(sample(&text, r#"vmi_control_migrations_total{outcome="committed"}"#), Some(1.0));
+    assert_eq!(sample(&text, "vmi_control_migration_downtime_seconds_count"), Some(1.0));
+    assert_eq!(sample(&text, "vmi_control_migration_downtime_seconds_sum"), Some(0.0015));
+    // 1.5 ms lands in the bucket up to 1.6 ms, not the one below.
+    assert_eq!(sample(&text, r#"vmi_control_migration_downtime_seconds_bucket{le="0.0008"}"#), Some(0.0));
+    assert_eq!(sample(&text, r#"vmi_control_migration_downtime_seconds_bucket{le="0.0016"}"#), Some(1.0));
+    assert_eq!(sample(&text, r#"vmi_control_sites{state="healthy"}"#), Some(1.0));
+    assert_eq!(sample(&text, r#"vmi_control_site_phones{site="site-a"}"#), Some(1.0));
+    assert_eq!(sample(&text, r#"vmi_control_tenant_phones{tenant="acme"}"#), Some(1.0));
+    assert!(
+        sample(&text, r#"vmi_http_requests_total{route="/v1/users/{user}/admit",method="POST",status="403"}"#)
+            == Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("alice") && !text.contains("bob"), "no user in any label");
+    assert!(sample(&text, "process_cpu_seconds_total").is_some());
+
+    // Nobody else reads them: no credentials, a site.
+    let (code, _) = raw(server.addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(code, 401);
+    let (code, _) = site_a.caller().get_bytes(&format!("{}/metrics", server.url())).await.unwrap();
+    assert_eq!(code, 403);
+    // Ready: the store answers.
+    let (code, body) = raw(server.addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(code, 200, "{body}");
+    server.stop().await;
+}

@@ -313,7 +313,10 @@ impl SiteState {
             if self.phones.is_leaving(user) {
                 return Err(SiteError::Moving(user.to_string()));
             }
-            self.checkpoint_locked(user, label).await?
+            let started = std::time::Instant::now();
+            let taken = self.checkpoint_locked(user, label).await;
+            self.metrics.checkpointed(taken.as_ref().ok().map(|i| i.stored_bytes), started.elapsed());
+            taken?
         };
         // Copied without the lock: a slow replica delays no restore. The newest
         // checkpoint is never expired, so collection cannot take what is being sent.
@@ -323,7 +326,11 @@ impl SiteState {
     /// After a checkpoint is stored: its copy on a second site (unless `copy` is off),
     /// and the catalogue.
     async fn publish(&self, user: &str, info: &CheckpointInfo, copy: bool) -> Taken {
+        let started = std::time::Instant::now();
         let copied = if copy { self.replicate(user, info).await } else { Err(ReplicaError::SkippedThisRound.into()) };
+        if copy {
+            self.metrics.checkpoint_copied(copied.is_ok(), started.elapsed());
+        }
         let (replica, replica_error) = match copied {
             Ok(site) => (Some(site), None),
             Err(e) => {

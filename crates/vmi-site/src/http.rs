@@ -30,12 +30,14 @@ use crate::{SiteError, SiteState};
 pub fn router(state: Arc<SiteState>) -> Router {
     use access::{control, device, operator, operator_or_control, owner_device, peer_site};
     crate::web::routes()
-        // Anyone: health, the page, and the terminal WebSocket (its Hello carries the device token).
+        // Anyone: health and readiness, the page, and the terminal WebSocket (its Hello carries the device token).
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/v1/terminal", get(terminal))
         // Anyone with a pairing code: a new device for the code's user (the page pairs a browser with it).
         .route("/v1/pair", post(pair))
         // The operator.
+        .route("/metrics", get(metrics).route_layer(from_fn(operator)))
         .route("/v1/phones", get(list_phones).post(create_phone).route_layer(from_fn(operator)))
         .route("/v1/phones/{user}/mail", post(send_mail).route_layer(from_fn(operator)))
         .route("/v1/phones/{user}/screen.png", get(screen_png).route_layer(from_fn(operator)))
@@ -76,7 +78,34 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate))
         // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
         .layer(axum::middleware::from_fn_with_state(state.browser_policy(), vmi_trust::browser::browser_hygiene))
+        // Every request counted by its route and answer, refusals included.
+        .layer(axum::middleware::from_fn_with_state(state.metrics.http.clone(), vmi_telemetry::track))
         .with_state(state)
+}
+
+/// `GET /readyz` (anyone): 200 once the site may run phones (its lease held: the control service answered a
+/// heartbeat lately) and it is not shutting down; 503 saying which not. `GET /healthz` says only that the process
+/// answers.
+async fn readyz(State(site): State<Arc<SiteState>>) -> Response {
+    let why = if site.registry().is_closing() {
+        Some("the site is shutting down")
+    } else if !site.holds_lease() {
+        Some("no lease: the control service has not answered a heartbeat lately")
+    } else {
+        None
+    };
+    match why {
+        None => Json(serde_json::json!({ "ready": true, "site": site.id })).into_response(),
+        Some(why) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "site": site.id, "why": why })))
+                .into_response()
+        }
+    }
+}
+
+/// `GET /metrics` (the operator): the site's metrics in the Prometheus (OpenMetrics) text format.
+async fn metrics(State(site): State<Arc<SiteState>>) -> Response {
+    site.metrics.exposition(site.checked_out().len())
 }
 
 /// An error as an HTTP answer: status and a JSON body naming the problem.

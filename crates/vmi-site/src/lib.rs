@@ -29,6 +29,7 @@ mod error;
 pub mod handoff;
 pub mod hibernation;
 mod http;
+pub mod metrics;
 pub mod migration;
 pub mod peer_socket;
 pub mod persist;
@@ -147,6 +148,8 @@ pub struct SiteState {
     residency: Option<Arc<hibernation::Residency>>,
     /// Moves arriving here that terminals may join ahead of the handoff.
     pub(crate) handoffs: handoff::Handoffs,
+    /// What `GET /metrics` tells operators.
+    pub(crate) metrics: Arc<metrics::SiteMetrics>,
 }
 
 fn valid_user(user: &str) -> bool {
@@ -330,6 +333,7 @@ impl SiteState {
             .durable_in(self.phone_dir(user), self.disk.clone(), self.replication.clone())
             .recording_to(self.config.history.clone())
             .hibernating(self.residency.clone())
+            .counted_in(self.metrics.clone())
     }
 
     /// A phone now runs here: any standby copy of it this site held (from when another site ran it) is stale.
@@ -443,7 +447,10 @@ impl SiteState {
         }
         // The engine seeds each new VM from the host's secure random source.
         let config = self.vm_config();
-        self.control.admit(user, config.memory_limit_bytes).await.map_err(images::admission_error)?;
+        if let Err(e) = self.control.admit(user, config.memory_limit_bytes).await {
+            self.metrics.admission_refused();
+            return Err(images::admission_error(e));
+        }
         let booted = async {
             let image = self.current_image(user).await?;
             let site = self.clone();
@@ -743,8 +750,15 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
             source: std::io::Error::other(e),
         })??
     };
-    let replication =
-        Arc::new(standby::Replication::new(&config.id, position, caller.clone(), control.clone(), states.clone()));
+    let metrics = Arc::new(metrics::SiteMetrics::new());
+    let replication = Arc::new(standby::Replication::new(
+        &config.id,
+        position,
+        caller.clone(),
+        control.clone(),
+        states.clone(),
+        metrics.clone(),
+    ));
     let state = Arc::new(SiteState {
         id: config.id.clone(),
         url: url.clone(),
@@ -766,6 +780,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         checkpoints: checkpoints::Checkpoints::open(&config.data_dir.join("checkpoints"), config.retention)?,
         residency: config.hibernation.map(|policy| Arc::new(hibernation::Residency::new(policy))),
         handoffs: handoff::Handoffs::default(),
+        metrics,
         config: config.clone(),
     });
     let restored = state.restore_all().await?;

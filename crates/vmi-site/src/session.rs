@@ -292,12 +292,17 @@ pub async fn run(
     let (mut sink, mut stream) = socket.split();
     // The writer sends what the phone task queues for this terminal; when the task lets
     // go of the session it closes, with the code that says why.
+    let metrics = site.metrics.clone();
     let writer = tokio::spawn(async move {
         let mut last = None;
         while let Some(message) = rx.recv().await {
             let bytes = vmi_protocol::encode_server(&message);
+            let frame = matches!(message, ServerMessage::FrameUpdate { .. }).then_some(bytes.len());
             if sink.send(Message::Binary(bytes.into())).await.is_err() {
                 return;
+            }
+            if let Some(len) = frame {
+                metrics.frame_sent(len);
             }
             last = Some(message);
         }

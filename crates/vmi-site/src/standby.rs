@@ -180,6 +180,8 @@ pub struct Replication {
     named: Mutex<HashMap<String, Option<String>>>,
     /// Where full states are written.
     states: Arc<StateStore>,
+    /// Where records' outcomes are counted.
+    metrics: Arc<crate::metrics::SiteMetrics>,
 }
 
 impl Replication {
@@ -191,9 +193,11 @@ impl Replication {
         caller: Caller,
         control: ControlClient,
         states: Arc<StateStore>,
+        metrics: Arc<crate::metrics::SiteMetrics>,
     ) -> Replication {
         Replication {
             states,
+            metrics,
             site_id: site_id.to_owned(),
             position,
             caller,
@@ -274,6 +278,7 @@ impl Replication {
             Ok(Err(e)) => Err(vmi_engine::error_chain(&e)),
             Err(e) => Err(format!("the write did not finish: {e}")),
         };
+        self.metrics.record_written(&standby, taken.elapsed());
         Written { id, full, input_seqs, local, standby, taken }
     }
 
@@ -583,7 +588,8 @@ impl SiteState {
             }
         };
         if superseded.is_empty() {
-            self.replication.lease().renewed(sent, reply.lease_ms);
+            let lapsed = self.replication.lease().renewed(sent, reply.lease_ms);
+            self.metrics.lease_renewed(lapsed);
             return;
         }
         // The lease is renewed only once those phones are gone: renewed first, a phone placed elsewhere would run
@@ -593,8 +599,10 @@ impl SiteState {
         tokio::spawn(async move {
             for user in superseded {
                 site.drop_superseded(&user).await;
+                site.metrics.fenced_drop();
             }
-            site.replication.lease().renewed(sent, reply.lease_ms);
+            let lapsed = site.replication.lease().renewed(sent, reply.lease_ms);
+            site.metrics.lease_renewed(lapsed);
         });
     }
 

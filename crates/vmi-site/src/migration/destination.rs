@@ -152,6 +152,7 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                     Ok(new_epoch) => {
                         let ran_us = if kept_stopped { 0 } else { resumed.elapsed().as_micros() as u64 };
                         let registered = site.register_arrival(&user, &arrival).await;
+                        site.metrics.arrived(true);
                         if let Some(handoff) = handoff.take() {
                             handoff.committed();
                         }
@@ -170,6 +171,7 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
                     Err(e) => {
                         // Not ours: the provisional copy goes (the source thaws its own).
                         let _ = arrival.stop().await;
+                        site.metrics.arrived(false);
                         let reason = format!("ownership did not move: {}", vmi_engine::error_chain(&e));
                         let _ = reply(&mut socket, &refuse(reason)).await;
                     }

@@ -68,6 +68,22 @@ pub enum MigrationError {
     EpochMoved(u64),
 }
 
+impl MigrationError {
+    /// The reason as one word of a few (the `reason` label of `vmi_site_migration_aborts_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MigrationError::Control(_) => "control",
+            MigrationError::NotOwner { .. } => "not_owner",
+            MigrationError::Link(_) => "link",
+            MigrationError::Refused(_) => "refused",
+            MigrationError::OutOfTurn(_) => "out_of_turn",
+            MigrationError::Phone(_) => "phone",
+            MigrationError::NotCommitted => "not_committed",
+            MigrationError::EpochMoved(_) => "epoch_moved",
+        }
+    }
+}
+
 /// How a migration ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -99,11 +99,12 @@ pub async fn migrate_out(site: &Arc<SiteState>, user: &str, to_id: &str) -> Resu
     let result = drive(site, &phone, user, to_id, &mut report).await;
     drop(leaving);
     report.total_ms = started.elapsed().as_secs_f64() * 1e3;
-    if let Err(e) = result {
-        let reason = vmi_engine::error_chain(&e);
+    if let Err(e) = &result {
+        let reason = vmi_engine::error_chain(e);
         tracing::warn!(user, to = to_id, "migration aborted: {reason}");
         report.reason = Some(reason);
     }
+    site.metrics.migrated(&report, result.as_ref().err().map(MigrationError::kind));
     let record = vmi_control_api::MigrationRecord {
         user: report.user.clone(),
         from: report.from.clone(),

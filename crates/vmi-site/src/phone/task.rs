@@ -119,7 +119,15 @@ pub struct PhoneTask {
     /// An arrival's terminals whose screens the source vouched for: device → the frame update after which it
     /// showed exactly the screen restored here. Good while nothing is drawn here.
     vouched: HashMap<String, u64>,
+    /// The phone's place in the site's phone and terminal gauges, when the site counts them.
+    gauge: Option<crate::metrics::PhoneGauge>,
+    /// When the oldest input not yet followed by a display update reached the task (the input-to-frame figure).
+    input_at: Option<Instant>,
 }
+
+/// How long an input waits for a display update to count in the input-to-frame figure: one that changed nothing
+/// on the screen is forgotten then, not matched with an unrelated frame later.
+const INPUT_SHOWS_WITHIN: Duration = Duration::from_secs(1);
 
 /// Numbers the phone tasks of this process.
 static TASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -203,6 +211,8 @@ impl PhoneTask {
             screen_hash: None,
             first_record_after: None,
             vouched: HashMap::new(),
+            gauge: None,
+            input_at: None,
             residency: None,
             counted_resident: false,
             last_active: Instant::now(),
@@ -261,6 +271,28 @@ impl PhoneTask {
         self.residency = residency;
         self.note_residency();
         self
+    }
+
+    /// Counts the phone, and its terminals, in the site's gauges from now on.
+    pub fn counted_in(mut self, metrics: Arc<crate::metrics::SiteMetrics>) -> PhoneTask {
+        self.gauge = Some(crate::metrics::PhoneGauge::new(metrics));
+        self.note_census();
+        self
+    }
+
+    /// Keeps the phone's place in the site's gauges right (a provisional arrival is not the site's yet).
+    fn note_census(&mut self) {
+        use crate::metrics::Census;
+        let state = match self.state {
+            _ if self.provisional => None,
+            State::Crashed { .. } => Some(Census::Crashed),
+            _ if self.phone.resident() => Some(Census::Resident),
+            _ => Some(Census::Hibernated),
+        };
+        let (awake, all) = (self.terminals.awake_count(), self.terminals.len());
+        if let Some(gauge) = &mut self.gauge {
+            gauge.set(state, awake, all - awake);
+        }
     }
 
     /// Keeps the site's count of resident phones right: the engine wakes a phone on its own when something needs it.
@@ -424,6 +456,7 @@ impl PhoneTask {
             self.flush();
             self.keep_durable();
             self.note_residency();
+            self.note_census();
             self.maybe_hibernate();
         }
         tracing::debug!(user = %self.user, "phone task ends");
@@ -795,6 +828,7 @@ impl PhoneTask {
                 history.record("apply", fields);
             }
             self.input_seqs.insert(device, seq);
+            self.input_at.get_or_insert_with(Instant::now);
             self.changed();
         }
         // Acknowledge duplicates too: the terminal resent because it missed the ack.
@@ -1154,7 +1188,17 @@ impl PhoneTask {
             self.vouched.clear();
         }
         self.screen = (frame.width, frame.height);
-        self.terminals.send_frames(&frame);
+        let sent = self.terminals.send_frames(&frame);
+        if let Some(at) = self.input_at {
+            if sent > 0 {
+                self.input_at = None;
+                if let Some(gauge) = &self.gauge {
+                    gauge.metrics().input_shown(at.elapsed());
+                }
+            } else if at.elapsed() > INPUT_SHOWS_WITHIN {
+                self.input_at = None;
+            }
+        }
     }
 }
 

@@ -321,8 +321,9 @@ impl Terminals {
         }
     }
 
-    /// Sends each awake terminal with credit the tiles it lacks of `frame`.
-    pub fn send_frames(&mut self, frame: &Frame<'_>) {
+    /// Sends each awake terminal with credit the tiles it lacks of `frame`; how many display updates went out.
+    pub fn send_frames(&mut self, frame: &Frame<'_>) -> usize {
+        let mut sent = 0;
         let damage: Vec<Rect> = frame.damage.clone();
         let mut dead = Vec::new();
         for (id, t) in self.by_session.iter_mut() {
@@ -362,11 +363,13 @@ impl Terminals {
                 dead.push(*id);
             } else {
                 t.unacked.push(seq);
+                sent += 1;
             }
         }
         for id in dead {
             self.by_session.remove(&id);
         }
+        sent
     }
 }
 
