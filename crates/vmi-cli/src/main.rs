@@ -75,6 +75,27 @@ enum Top {
     /// A fault checker in the style of Jepsen: faults injected into `vmi up --cluster` while terminals type, then
     /// the histories checked (needs root; docs/CONTROL-PLANE.md).
     Nemesis(nemesis::NemesisArgs),
+    /// Print a service's HTTP API as OpenAPI 3.1 (what its GET /openapi.json serves).
+    Openapi {
+        /// Which service.
+        #[arg(value_enum)]
+        service: ApiService,
+    },
+    /// Print a shell's completion script for vmi: `source <(vmi completions bash)`.
+    Completions {
+        /// Which shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// A service with an HTTP API.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ApiService {
+    /// The control service.
+    Control,
+    /// An edge site.
+    Site,
 }
 
 #[derive(Subcommand)]
@@ -306,6 +327,19 @@ fn run(cli: Cli) -> Result<()> {
         Top::Terminal(cmd) => runtime()?.block_on(vmi_terminal::offline::run_command(cmd)).map_err(Into::into),
         Top::Audit(args) => runtime()?.block_on(audit::audit(args)),
         Top::Nemesis(args) => runtime()?.block_on(nemesis::nemesis(args)),
+        Top::Openapi { service } => {
+            let document = match service {
+                ApiService::Control => vmi_control::openapi()?,
+                ApiService::Site => vmi_site::openapi(),
+            };
+            println!("{}", serde_json::to_string_pretty(&document)?);
+            Ok(())
+        }
+        Top::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "vmi", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

@@ -237,3 +237,33 @@ fn a_run_that_crashes_still_prints_what_happened_before() {
         "{stderr}"
     );
 }
+
+/// The API reference in docs/api is what the services serve: `vmi openapi` builds it from the routers, and the
+/// checked-in copy must be the same (regenerate with `vmi openapi control > docs/api/control.openapi.json`).
+#[test]
+fn the_checked_in_api_reference_is_what_the_routers_describe() {
+    for service in ["control", "site"] {
+        let printed: serde_json::Value = serde_json::from_str(&ok(&["openapi", service])).expect("json");
+        let file = repo(&format!("docs/api/{service}.openapi.json"));
+        let kept: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("checked in")).expect("json");
+        assert!(
+            printed == kept,
+            "{file} is out of date: run `vmi openapi {service} > docs/api/{service}.openapi.json`"
+        );
+        assert_eq!(printed["openapi"], "3.1.0");
+    }
+    assert!(fails(&["openapi", "nothing"]).contains("invalid value 'nothing'"));
+}
+
+#[test]
+fn completions_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&["completions", shell]);
+        assert!(script.contains("checkpoints") && script.contains("completions"), "{shell}: {script}");
+    }
+    let script = scratch("completions").join("vmi.bash");
+    std::fs::write(&script, ok(&["completions", "bash"])).expect("write");
+    let parsed = Command::new("bash").arg("-n").arg(&script).status().expect("bash");
+    assert!(parsed.success(), "bash reads the script");
+}

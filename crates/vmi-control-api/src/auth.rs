@@ -11,7 +11,7 @@ pub const PEER_HEADER: &str = "vmi-peer";
 
 /// Who made a request, as the service that received it established (authentication), before it decides
 /// whether the caller may do it (authorization).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Principal {
     /// The provider's operator: every site, tenant and user.
@@ -92,7 +92,7 @@ pub fn bearer_of(value: &str) -> Option<&str> {
 }
 
 /// One line of the audit log: an operator's action or a refusal for security reasons.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     /// Position in the log (0 in an entry a site reports; the control service numbers it).
     #[serde(default)]
@@ -124,7 +124,7 @@ pub const MAX_AUDIT_LISTED: usize = 1000;
 pub const MAX_AUDIT_REPORTED: usize = 500;
 
 /// Filters of `GET /v1/audit` (all optional, all must match).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditQuery {
     /// Entries naming this user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,7 +147,7 @@ pub struct AuditQuery {
 }
 
 /// Answer of `POST /v1/sites/{id}/join-token`: a one-time token a new site enrolls with.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JoinToken {
     /// The site it enrolls.
     pub site: String,
@@ -165,7 +165,7 @@ impl fmt::Debug for JoinToken {
 
 /// Body of `POST /v1/sites/{id}/enroll`: the join token and the site's public key (its private key never
 /// leaves it).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EnrollRequest {
     /// The one-time join token.
     pub token: String,
@@ -177,7 +177,7 @@ pub struct EnrollRequest {
 }
 
 /// Answer of `POST /v1/sites/{id}/enroll`: the site's certificate and the provider CA.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Enrollment {
     /// The site's certificate, PEM.
     pub cert_pem: String,
@@ -186,14 +186,14 @@ pub struct Enrollment {
 }
 
 /// Body of `POST /v1/tenants/{name}/admins`: a name for the new tenant-admin credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AdminRequest {
     /// The credential's name.
     pub name: String,
 }
 
 /// A new operator or tenant-admin credential: its token, shown once.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NewCredential {
     /// Who it makes its holder.
     pub principal: Principal,

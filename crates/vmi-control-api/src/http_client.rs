@@ -211,7 +211,7 @@ impl Origin {
 
 /// The `error` field of a JSON error body, or the body as text.
 pub fn error_message(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
     struct ErrorBody {
         error: String,
     }

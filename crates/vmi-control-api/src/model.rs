@@ -28,7 +28,7 @@ pub const DEFAULT_MIGRATIONS_LISTED: usize = 100;
 pub const MAX_MIGRATIONS_LISTED: usize = 1000;
 
 /// A user: the owner of one phone and of any number of devices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct User {
     /// Unique name, e.g. "alice".
     pub name: String,
@@ -38,7 +38,7 @@ pub struct User {
 }
 
 /// A device (terminal) registered to a user. Its token is never part of this record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Device {
     /// Registry-wide device id; never reused.
     pub device_id: u64,
@@ -53,7 +53,7 @@ pub struct Device {
 }
 
 /// A freshly created device and its bearer token. The token is shown this once and only its hash is kept.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NewDevice {
     /// Id of the new device.
     pub device_id: u64,
@@ -68,7 +68,7 @@ impl fmt::Debug for NewDevice {
 }
 
 /// Who a valid token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Identity {
     /// The device's user.
     pub user: String,
@@ -77,7 +77,7 @@ pub struct Identity {
 }
 
 /// What a site registers: where it is reachable, where it stands, how many phones it can run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SiteSpec {
     /// Base URL, `http://host:port` (`https://` is accepted and stored but the bundled client cannot speak it).
     pub url: String,
@@ -90,7 +90,7 @@ pub struct SiteSpec {
 }
 
 /// A registered site as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Site {
     /// Site id, e.g. "site-a".
     pub id: String,
@@ -133,7 +133,7 @@ impl Site {
 }
 
 /// A site as listed by `GET /v1/sites`: the stored record plus its health at the time of the request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SiteStatus {
     /// The stored record.
     #[serde(flatten)]
@@ -149,7 +149,7 @@ pub struct SiteStatus {
 ///
 /// `epoch` starts at 1 and increments every time the placement changes to a different site; setting the same site
 /// again leaves it unchanged. Whoever holds the newest epoch owns the phone (used by live migration).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Placement {
     /// Site id.
     pub site: String,
@@ -158,7 +158,7 @@ pub struct Placement {
 }
 
 /// A placement with the site's base URL, as returned by `GET /v1/users/{user}/placement`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlacementInfo {
     /// Site id.
     pub site: String,
@@ -169,7 +169,7 @@ pub struct PlacementInfo {
 }
 
 /// Where a terminal finds its phone, as returned by `GET /v1/phone`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PhoneLocation {
     /// The token's user.
     pub user: String,
@@ -186,7 +186,7 @@ pub struct PhoneLocation {
 
 /// How the placer follows a user (docs/CONTROL-PLANE.md): another site must answer faster by the margin, for
 /// the dwell, in reports no older than the age limit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FollowRules {
     /// The better site must beat the current one by at least this many milliseconds ...
     pub min_gain_ms: f64,
@@ -199,14 +199,14 @@ pub struct FollowRules {
 }
 
 /// Body of `POST /v1/users` and `POST /v1/users/{user}/devices`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NameRequest {
     /// The name to create.
     pub name: String,
 }
 
 /// Body of `POST /v1/auth`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuthRequest {
     /// The bearer token to check.
     pub token: String,
@@ -219,7 +219,7 @@ impl fmt::Debug for AuthRequest {
 }
 
 /// Body of `POST /v1/sites/{id}/heartbeat`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeartbeatRequest {
     /// Phones running on the site now.
     pub phones: u32,
@@ -241,7 +241,7 @@ pub const LEASE_MS: u64 = 3_000;
 pub const LEASE_MARGIN_MS: u64 = 1_000;
 
 /// Answer to `POST /v1/sites/{id}/heartbeat`: the site's lease, and which phones are placed on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeartbeatReply {
     /// How long the lease lasts from when the heartbeat was sent, ms (the site takes off [`LEASE_MARGIN_MS`]).
     pub lease_ms: u64,
@@ -262,7 +262,7 @@ pub struct HeartbeatReply {
 
 /// Body of `PUT /v1/users/{user}/standby`: the phone's owner says which site holds its standby copy, for
 /// which placement epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StandbyRequest {
     /// The site holding the copy.
     pub site: String,
@@ -271,7 +271,7 @@ pub struct StandbyRequest {
 }
 
 /// Body of `PUT /v1/users/{user}/placement`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlacementRequest {
     /// Site id to place the user's phone on.
     pub site: String,
@@ -281,7 +281,7 @@ pub struct PlacementRequest {
 }
 
 /// Body of `POST /v1/phone/report`: what a terminal sees of the network. Both parts are optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReportRequest {
     /// Latitude of the terminal in degrees, -90..=90 (given together with `lon`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,7 +295,7 @@ pub struct ReportRequest {
 }
 
 /// The latest terminal report of a user, as kept in memory and returned by `GET /v1/users/{user}/report`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TerminalReport {
     /// The reporting token's user.
     pub user: String,
@@ -319,7 +319,7 @@ impl TerminalReport {
 /// Body of the order the placer POSTs to `{source_site_url}/v1/phones/{user}/migrate`.
 ///
 /// The site answers once the migration committed (2xx) or aborted (non-2xx); the placer waits up to 30 s.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateOrder {
     /// Destination site id. The source finds its address in the registry and accepts only a peer whose
@@ -334,7 +334,7 @@ pub const OUTCOME_COMMITTED: &str = "committed";
 pub const OUTCOME_ABORTED: &str = "aborted";
 
 /// One live migration as a site reports it (`POST /v1/migrations`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MigrationRecord {
     /// Whose phone moved.
     pub user: String,
@@ -357,7 +357,7 @@ pub struct MigrationRecord {
 }
 
 /// A [`MigrationRecord`] as stored and listed by `GET /v1/migrations`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoggedMigration {
     /// Log id, increasing with time.
     pub id: u64,
@@ -372,7 +372,7 @@ pub struct LoggedMigration {
 pub const MAX_CHECKPOINTS_REPORTED: usize = 10_000;
 
 /// One checkpoint a site holds, as it reports it to the catalogue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CheckpointEntry {
     /// Snapshot id, 64 lowercase hex digits.
     pub id: String,
@@ -387,7 +387,7 @@ pub struct CheckpointEntry {
 }
 
 /// A checkpoint in the catalogue, with every site holding a copy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CatalogedCheckpoint {
     /// The checkpoint.
     #[serde(flatten)]
@@ -397,7 +397,7 @@ pub struct CatalogedCheckpoint {
 }
 
 /// A one-time pairing code just issued (`POST /v1/users/{user}/pair-code`, `POST /v1/phone/pair-code`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PairCode {
     /// The code to type on the new device, e.g. `4821-0937`.
     pub code: String,
@@ -408,7 +408,7 @@ pub struct PairCode {
 }
 
 /// `POST /v1/pair` body.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 pub struct PairRequest {
     /// The code.
     pub code: String,

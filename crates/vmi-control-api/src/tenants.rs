@@ -27,7 +27,7 @@ pub const MAX_IMAGE_BYTES: usize = 32 << 20;
 pub const MAX_LINUX_IMAGE_BYTES: usize = 512 << 20;
 
 /// A tenant and its quotas.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tenant {
     /// Unique name, e.g. "acme".
     pub name: String,
@@ -40,7 +40,7 @@ pub struct Tenant {
 }
 
 /// A tenant with what it uses now, as listed by `GET /v1/tenants`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TenantStatus {
     /// The tenant.
     #[serde(flatten)]
@@ -52,7 +52,7 @@ pub struct TenantStatus {
 }
 
 /// Body of `POST /v1/tenants`: a new tenant. An absent quota is unlimited, an absent image [`DEFAULT_IMAGE`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TenantRequest {
     /// The tenant's name.
     #[serde(default)]
@@ -70,7 +70,7 @@ pub struct TenantRequest {
 
 /// Body of `PUT /v1/tenants/{name}`: what changes. A field not sent is not changed; a quota sent as `null`
 /// becomes unlimited.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TenantUpdate {
     /// New most phones at once: `Some(None)` (JSON `null`) is unlimited.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
@@ -102,7 +102,7 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resul
 }
 
 /// Body of `POST /v1/users`: a name and, optionally, the tenant the user belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UserRequest {
     /// The user's name.
     pub name: String,
@@ -112,14 +112,14 @@ pub struct UserRequest {
 }
 
 /// Body of `POST /v1/users/{user}/admit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AdmitRequest {
     /// The memory limit the phone will run with, in bytes.
     pub memory_bytes: u64,
 }
 
 /// A phone admitted: what its tenant uses now, this phone included.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Admission {
     /// The admitted user.
     pub user: String,
@@ -132,7 +132,7 @@ pub struct Admission {
 }
 
 /// One published version of an image, without its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ImageVersion {
     /// Image name, e.g. "phone".
     pub name: String,
@@ -151,7 +151,7 @@ pub struct ImageVersion {
 }
 
 /// The image version a user's phone should run now, as returned by `GET /v1/users/{user}/image`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UserImage {
     /// Image name.
     pub name: String,

@@ -39,6 +39,7 @@ use crate::placement::PolicyParams;
 use crate::store::now_ms;
 use crate::validate::validate_report;
 use crate::{ControlError, Leadership, Reports, Store, run_placer};
+use vmi_openapi::{ApiDoc, ApiRouter, Op};
 
 type StoreRef = Arc<dyn Store>;
 
@@ -150,6 +151,44 @@ pub fn app_measured(
     guard: Arc<Guard>,
     metrics: Arc<ControlMetrics>,
 ) -> Router {
+    documented(store, reports, trust, guard, metrics, |api| api).0
+}
+
+/// The service's OpenAPI document (`GET /openapi.json` serves the same), built from its routes.
+pub fn openapi() -> Result<serde_json::Value, ControlError> {
+    let store: Arc<dyn Store> = Arc::new(crate::SqliteStore::in_memory()?);
+    let extra = replica_route(store.clone(), &ServeOptions::default());
+    let metrics = Arc::new(ControlMetrics::new());
+    Ok(documented(store, Reports::new(), None, Arc::new(Guard::new()), metrics, extra).1.to_json())
+}
+
+/// Who may call a route, in the words of docs/SECURITY.md's table.
+mod who {
+    pub(super) const OPERATOR: &str = "operator";
+    pub(super) const ADMIN: &str = "operator or tenant admin";
+    pub(super) const USER_ADMIN: &str = "admin of {user} (the operator, or an admin of the user's tenant)";
+    pub(super) const SIGNED_IN: &str = "any signed-in caller";
+    pub(super) const DEVICE: &str = "a device (its own user, taken from the token)";
+    pub(super) const USER_OWNER: &str = "a device of {user}, or an admin of {user}";
+    pub(super) const USER_READER: &str = "any site, a device of {user}, or an admin of {user}";
+    pub(super) const ANY_SITE: &str = "any site (its certificate)";
+    pub(super) const OWNER_SITE: &str = "the site the placement names as {user}'s owner";
+    pub(super) const SITE_ITSELF: &str = "the site {id} itself";
+    pub(super) const SITE_OR_OPERATOR: &str = "a site or the operator";
+    pub(super) const SITE_ITSELF_OR_OPERATOR: &str = "the site {id} itself, or the operator";
+    pub(super) const SITE_OR_USER_ADMIN: &str = "any site, or an admin of {user}";
+}
+
+/// The router over `store` and its description: every route through [`ApiRouter::route`], `extra` routes after
+/// them (the replica status of [`serve_with`]), then `GET /openapi.json`, then the layers every route passes.
+fn documented(
+    store: Arc<dyn Store>,
+    reports: Reports,
+    trust: Option<ControlTrust>,
+    guard: Arc<Guard>,
+    metrics: Arc<ControlMetrics>,
+    extra: impl FnOnce(ApiRouter<AppState>) -> ApiRouter<AppState>,
+) -> (Router, ApiDoc) {
     let trust_hosts = trust.as_ref().map(|t| t.hosts.clone());
     let http = metrics.http.clone();
     let state =
@@ -158,80 +197,338 @@ pub fn app_measured(
         admin, any_site, device, operator, signed_in, site_itself, site_itself_or_operator, site_or_operator,
         site_or_user_admin, user_admin, user_owner, user_reader,
     };
-    Router::new()
-        // Anyone: health, and the exchanges whose secret is in the body (guarded against guessing).
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(scrape).route_layer(from_fn(operator)))
-        .route("/v1/pair", post(pair))
-        .route("/v1/sites/{id}/enroll", post(enroll))
-        // Operators and tenant admins.
-        .route("/v1/users", post(create_user).get(list_users).route_layer(from_fn(admin)))
-        .route(
-            "/v1/users/{user}/devices",
-            post(create_device).get(list_devices).route_layer(from_fn_with_state(state.clone(), user_admin)),
-        )
-        .route(
-            "/v1/users/{user}/pair-code",
-            post(user_pair_code).route_layer(from_fn_with_state(state.clone(), user_admin)),
-        )
-        .route("/v1/devices/{id}/revoke", post(revoke_device).route_layer(from_fn(signed_in)))
-        .route("/v1/sites/{id}/drain", post(drain).route_layer(from_fn(operator)))
-        .route("/v1/sites/{id}/undrain", post(undrain).route_layer(from_fn(operator)))
-        .route("/v1/sites/{id}/join-token", post(join_token).route_layer(from_fn(operator)))
-        .route("/v1/tenants", post(create_tenant).get(list_tenants).route_layer(from_fn(operator)))
-        .route("/v1/tenants/{name}", put(update_tenant).route_layer(from_fn(operator)))
-        .route("/v1/tenants/{name}/admins", post(create_tenant_admin).route_layer(from_fn(operator)))
-        .route(
-            "/v1/images/{name}/versions",
-            post(publish_image)
-                .route_layer(from_fn(operator))
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_LINUX_IMAGE_BYTES)),
-        )
-        .route("/v1/images/{name}/rollback", post(rollback_image).route_layer(from_fn(operator)))
-        .route(
-            "/v1/audit",
-            get(list_audit).route_layer(from_fn(operator)).merge(post(report_audit).route_layer(from_fn(any_site))),
-        )
-        // Devices, for their own user (taken from the token).
-        .route("/v1/phone", get(phone).route_layer(from_fn(device)))
-        .route("/v1/phone/report", post(post_report).route_layer(from_fn(device)))
-        .route("/v1/phone/pair-code", post(device_pair_code).route_layer(from_fn(device)))
-        .route("/v1/users/{user}/report", get(get_report).route_layer(from_fn_with_state(state.clone(), user_owner)))
-        // Sites, each as itself.
-        .route("/v1/auth", post(authenticate).route_layer(from_fn(any_site)))
-        .route("/v1/sites/{id}", put(put_site).route_layer(from_fn(site_itself_or_operator)))
-        .route("/v1/sites/{id}/heartbeat", post(heartbeat).route_layer(from_fn_with_state(state.clone(), site_itself)))
-        .route(
-            "/v1/users/{user}/checkpoints/{site}",
-            put(put_site_checkpoints).route_layer(from_fn_with_state(state.clone(), site_itself)),
-        )
-        .route("/v1/users/{user}/admit", post(admit).delete(release).route_layer(from_fn(any_site)))
-        .route("/v1/users/{user}/standby", put(set_standby).delete(clear_standby).route_layer(from_fn(any_site)))
-        .route(
-            "/v1/migrations",
-            post(record_migration)
-                .route_layer(from_fn(any_site))
-                .merge(get(list_migrations).route_layer(from_fn(signed_in))),
-        )
-        .route(
-            "/v1/users/{user}/placement",
-            put(set_placement)
-                .route_layer(from_fn(site_or_operator))
-                .merge(get(get_placement).route_layer(from_fn_with_state(state.clone(), user_reader))),
-        )
-        .route(
-            "/v1/users/{user}/checkpoints",
-            get(list_checkpoints).route_layer(from_fn_with_state(state.clone(), user_reader)),
-        )
-        .route(
-            "/v1/users/{user}/image",
-            get(user_image).route_layer(from_fn_with_state(state.clone(), site_or_user_admin)),
-        )
-        .route("/v1/images/{name}/versions/{version}", get(image_wasm).route_layer(from_fn(site_or_operator)))
-        // Anyone signed in.
-        .route("/v1/sites", get(list_sites).route_layer(from_fn(signed_in)))
-        .route("/v1/images", get(list_images).route_layer(from_fn(signed_in)))
+    use who::*;
+    let api = ApiRouter::new(
+        "Seed VMI control service",
+        "Users, devices and their tokens, tenants and images, sites and their leases, placements, migrations and the \
+         checkpoint catalogue. Who may call each route is its x-vmi-access (docs/SECURITY.md); errors are JSON, \
+         {\"error\": \"what was wrong\"}.",
+    )
+    // Anyone: health, the dashboard's files, and the exchanges whose secret is in the body (guarded against guessing).
+    .route(
+        "/healthz",
+        get(|| async { "ok" }),
+        [Op::get("Says the process answers").answers(200, Some("text/plain"), "ok")],
+    )
+    .route(
+        "/readyz",
+        get(readyz),
+        [Op::get("Says whether the service can answer: its store reads")
+            .answers(200, Some("application/json"), "ready")
+            .answers(503, Some("application/json"), "not ready, and why")],
+    )
+    .route(
+        "/metrics",
+        get(scrape).route_layer(from_fn(operator)),
+        [Op::get("The service's metrics in the Prometheus (OpenMetrics) text format").access(OPERATOR).answers(
+            200,
+            Some(vmi_telemetry::CONTENT_TYPE),
+            "the metrics",
+        )],
+    )
+    .route(
+        "/dashboard",
+        get(crate::dashboard::index),
+        [Op::get("The operator dashboard's page (its data is read with the operator's token)").answers(
+            200,
+            Some("text/html"),
+            "the page",
+        )],
+    )
+    .route(
+        "/dashboard/{file}",
+        get(crate::dashboard::file),
+        [Op::get("One of the dashboard's files").answers(200, None, "the file").answers(404, None, "no such file")],
+    )
+    .route(
+        "/v1/pair",
+        post(pair),
+        [Op::post("Pairs a new device with the pairing code's user (codes are one-time; wrong ones lock out)")
+            .json::<PairRequest>()
+            .returns::<NewDevice>(201, "the device and its token, shown once")
+            .answers(429, Some("application/json"), "too many wrong codes from this address")],
+    )
+    .route(
+        "/v1/sites/{id}/enroll",
+        post(enroll),
+        [Op::post("Enrolls a site: its join token buys a certificate for its key")
+            .json::<EnrollRequest>()
+            .returns::<Enrollment>(200, "the site's certificate and the provider CA")],
+    )
+    // Operators and tenant admins.
+    .route(
+        "/v1/users",
+        post(create_user).get(list_users).route_layer(from_fn(admin)),
+        [
+            Op::post("Creates a user (a tenant admin: in their tenant)")
+                .access(ADMIN)
+                .json::<UserRequest>()
+                .returns::<User>(201, "the user"),
+            Op::get("Lists users (a tenant admin: their tenant's)").access(ADMIN).returns::<Vec<User>>(200, "users"),
+        ],
+    )
+    .route(
+        "/v1/users/{user}/devices",
+        post(create_device).get(list_devices).route_layer(from_fn_with_state(state.clone(), user_admin)),
+        [
+            Op::post("Adds a device for the user")
+                .access(USER_ADMIN)
+                .json::<NameRequest>()
+                .returns::<NewDevice>(201, "the device and its token, shown once"),
+            Op::get("Lists the user's devices (no tokens)").access(USER_ADMIN).returns::<Vec<Device>>(200, "devices"),
+        ],
+    )
+    .route(
+        "/v1/users/{user}/pair-code",
+        post(user_pair_code).route_layer(from_fn_with_state(state.clone(), user_admin)),
+        [Op::post("Makes a one-time pairing code for the user")
+            .access(USER_ADMIN)
+            .returns::<PairCode>(201, "the code")],
+    )
+    .route(
+        "/v1/devices/{id}/revoke",
+        post(revoke_device).route_layer(from_fn(signed_in)),
+        [Op::post("Revokes a device: its token stops working and its sessions close")
+            .access("an admin of the device's user, or a device of the same user")
+            .answers(204, None, "revoked")],
+    )
+    .route(
+        "/v1/sites/{id}/drain",
+        post(drain).route_layer(from_fn(operator)),
+        [Op::post("Drains a site: the placer moves its phones away and places none there")
+            .access(OPERATOR)
+            .returns::<SiteStatus>(200, "the site")],
+    )
+    .route(
+        "/v1/sites/{id}/undrain",
+        post(undrain).route_layer(from_fn(operator)),
+        [Op::post("Ends a site's drain").access(OPERATOR).returns::<SiteStatus>(200, "the site")],
+    )
+    .route(
+        "/v1/sites/{id}/join-token",
+        post(join_token).route_layer(from_fn(operator)),
+        [Op::post("Makes a one-time join token for a new site")
+            .access(OPERATOR)
+            .returns::<JoinToken>(201, "the token")],
+    )
+    .route(
+        "/v1/tenants",
+        post(create_tenant).get(list_tenants).route_layer(from_fn(operator)),
+        [
+            Op::post("Creates a tenant with its quotas and image")
+                .access(OPERATOR)
+                .json::<TenantRequest>()
+                .returns::<Tenant>(201, "the tenant"),
+            Op::get("Lists tenants with what each uses now")
+                .access(OPERATOR)
+                .returns::<Vec<TenantStatus>>(200, "tenants"),
+        ],
+    )
+    .route(
+        "/v1/tenants/{name}",
+        put(update_tenant).route_layer(from_fn(operator)),
+        [Op::put("Changes a tenant's quotas or image (fields left out stay)")
+            .access(OPERATOR)
+            .json::<TenantUpdate>()
+            .returns::<Tenant>(200, "the tenant")],
+    )
+    .route(
+        "/v1/tenants/{name}/admins",
+        post(create_tenant_admin).route_layer(from_fn(operator)),
+        [Op::post("Makes an admin credential for a tenant")
+            .access(OPERATOR)
+            .json::<AdminRequest>()
+            .returns::<NewCredential>(201, "the credential, its token shown once")],
+    )
+    .route(
+        "/v1/images/{name}/versions",
+        post(publish_image)
+            .route_layer(from_fn(operator))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_LINUX_IMAGE_BYTES)),
+        [Op::post("Publishes a new version of an image (a phone image's WebAssembly, or a Linux image)")
+            .access(OPERATOR)
+            .body("application/octet-stream")
+            .returns::<ImageVersion>(201, "the version")],
+    )
+    .route(
+        "/v1/images/{name}/rollback",
+        post(rollback_image).route_layer(from_fn(operator)),
+        [Op::post("Makes the image's previous version current again")
+            .access(OPERATOR)
+            .returns::<ImageVersion>(200, "the version now current")],
+    )
+    .route(
+        "/v1/audit",
+        get(list_audit).route_layer(from_fn(operator)).merge(post(report_audit).route_layer(from_fn(any_site))),
+        [
+            Op::get("Reads the audit log: who did what, where, when")
+                .access(OPERATOR)
+                .query("user", "only entries about this user")
+                .query("site", "only entries from this site")
+                .query("principal", "only entries by this caller")
+                .query("since_ms", "only entries at or after this time (ms since the Unix epoch)")
+                .query("until_ms", "only entries before this time")
+                .returns::<Vec<AuditEntry>>(200, "entries"),
+            Op::post("Reports a site's audit entries (stamped with the caller's site)")
+                .access(ANY_SITE)
+                .json::<Vec<AuditEntry>>()
+                .answers(204, None, "kept"),
+        ],
+    )
+    // Devices, for their own user (taken from the token).
+    .route(
+        "/v1/phone",
+        get(phone).route_layer(from_fn(device)),
+        [Op::get("Where the device's phone runs now, and the rules the placer follows it by")
+            .access(DEVICE)
+            .returns::<PhoneLocation>(200, "the phone's site and terminal URL")],
+    )
+    .route(
+        "/v1/phone/report",
+        post(post_report).route_layer(from_fn(device)),
+        [Op::post("Reports the terminal's position and round trips (the placer follows them)")
+            .access(DEVICE)
+            .json::<ReportRequest>()
+            .answers(204, None, "kept")],
+    )
+    .route(
+        "/v1/phone/pair-code",
+        post(device_pair_code).route_layer(from_fn(device)),
+        [Op::post("Makes a pairing code for another device of the same user")
+            .access(DEVICE)
+            .returns::<PairCode>(201, "the code")],
+    )
+    .route(
+        "/v1/users/{user}/report",
+        get(get_report).route_layer(from_fn_with_state(state.clone(), user_owner)),
+        [Op::get("The user's latest terminal report").access(USER_OWNER).returns::<TerminalReport>(200, "the report")],
+    )
+    // Sites, each as itself.
+    .route(
+        "/v1/auth",
+        post(authenticate).route_layer(from_fn(any_site)),
+        [Op::post("Says whose a token is (a site checks a terminal's token)")
+            .access(ANY_SITE)
+            .json::<AuthRequest>()
+            .returns::<Principal>(200, "the token's principal")],
+    )
+    .route(
+        "/v1/sites/{id}",
+        put(put_site).route_layer(from_fn(site_itself_or_operator)),
+        [Op::put("Registers a site, or changes its URL")
+            .access(SITE_ITSELF_OR_OPERATOR)
+            .json::<SiteSpec>()
+            .returns::<SiteStatus>(200, "the site")],
+    )
+    .route(
+        "/v1/sites/{id}/heartbeat",
+        post(heartbeat).route_layer(from_fn_with_state(state.clone(), site_itself)),
+        [Op::post("A site's heartbeat: renews its lease; the answer lists the users placed on it when that changed")
+            .access(SITE_ITSELF)
+            .json::<HeartbeatRequest>()
+            .returns::<HeartbeatReply>(200, "the lease and the placements")],
+    )
+    .route(
+        "/v1/users/{user}/checkpoints/{site}",
+        put(put_site_checkpoints).route_layer(from_fn_with_state(state.clone(), site_itself)),
+        [Op::put("What a site holds of the user's checkpoints (the whole list)")
+            .access("the site {site} itself")
+            .json::<Vec<CheckpointEntry>>()
+            .answers(204, None, "kept")],
+    )
+    .route(
+        "/v1/users/{user}/admit",
+        post(admit).delete(release).route_layer(from_fn(any_site)),
+        [
+            Op::post("Admits a new phone against its tenant's quotas")
+                .access(ANY_SITE)
+                .json::<AdmitRequest>()
+                .returns::<Admission>(200, "admitted")
+                .answers(403, Some("application/json"), "over a quota, said in words"),
+            Op::delete("Releases the phone's admission").access(ANY_SITE).answers(204, None, "released"),
+        ],
+    )
+    .route(
+        "/v1/users/{user}/standby",
+        put(set_standby).delete(clear_standby).route_layer(from_fn(any_site)),
+        [
+            Op::put("Names the site holding the phone's standby copy at an epoch")
+                .access(OWNER_SITE)
+                .json::<StandbyRequest>()
+                .answers(204, None, "named"),
+            Op::delete("Unnames the phone's standby copy").access(OWNER_SITE).answers(204, None, "unnamed"),
+        ],
+    )
+    .route(
+        "/v1/migrations",
+        post(record_migration)
+            .route_layer(from_fn(any_site))
+            .merge(get(list_migrations).route_layer(from_fn(signed_in))),
+        [
+            Op::post("Logs a migration the calling site took part in")
+                .access("a site, the record's from or to")
+                .json::<MigrationRecord>()
+                .returns::<LoggedMigration>(201, "the logged record"),
+            Op::get("Lists migrations, newest first")
+                .access("the operator: all; a device: its own user's; a tenant admin: a user of their tenant")
+                .query("user", "only this user's")
+                .query("limit", "at most this many (1 to 1000)")
+                .returns::<Vec<LoggedMigration>>(200, "migrations"),
+        ],
+    )
+    .route(
+        "/v1/users/{user}/placement",
+        put(set_placement)
+            .route_layer(from_fn(site_or_operator))
+            .merge(get(get_placement).route_layer(from_fn_with_state(state.clone(), user_reader))),
+        [
+            Op::put("Places the user's phone on a site (a site: only onto itself, with the expected epoch)")
+                .access(SITE_OR_OPERATOR)
+                .json::<PlacementRequest>()
+                .returns::<Placement>(200, "the new placement and its epoch")
+                .answers(409, Some("application/json"), "the epoch moved meanwhile"),
+            Op::get("Where the user's phone is placed").access(USER_READER).returns::<PlacementInfo>(200, "it"),
+        ],
+    )
+    .route(
+        "/v1/users/{user}/checkpoints",
+        get(list_checkpoints).route_layer(from_fn_with_state(state.clone(), user_reader)),
+        [Op::get("The catalogue of the user's checkpoints, each with the sites holding it")
+            .access(USER_READER)
+            .returns::<Vec<CatalogedCheckpoint>>(200, "checkpoints")],
+    )
+    .route(
+        "/v1/users/{user}/image",
+        get(user_image).route_layer(from_fn_with_state(state.clone(), site_or_user_admin)),
+        [Op::get("The image version the user's phone should run now")
+            .access(SITE_OR_USER_ADMIN)
+            .returns::<UserImage>(200, "the version")
+            .answers(404, Some("application/json"), "none published: sites run their built-in phone")],
+    )
+    .route(
+        "/v1/images/{name}/versions/{version}",
+        get(image_wasm).route_layer(from_fn(site_or_operator)),
+        [Op::get("One version of an image, as published").access(SITE_OR_OPERATOR).answers(
+            200,
+            Some("application/octet-stream"),
+            "the image",
+        )],
+    )
+    // Anyone signed in.
+    .route(
+        "/v1/sites",
+        get(list_sites).route_layer(from_fn(signed_in)),
+        [Op::get("Lists the registered sites with their load and health")
+            .access(SIGNED_IN)
+            .returns::<Vec<SiteStatus>>(200, "sites")],
+    )
+    .route(
+        "/v1/images",
+        get(list_images).route_layer(from_fn(signed_in)),
+        [Op::get("Lists the images' current versions").access(SIGNED_IN).returns::<Vec<ImageVersion>>(200, "images")],
+    );
+    let (router, doc) = extra(api).finish();
+    let router = router
         .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
         .layer(from_fn_with_state(state.clone(), access::authenticate))
         // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
@@ -243,7 +540,35 @@ pub fn app_measured(
         ))
         // Every request counted by its route and answer, refusals included.
         .layer(from_fn_with_state(http, vmi_telemetry::track))
-        .with_state(state)
+        .with_state(state);
+    (router, doc)
+}
+
+/// `GET /v1/replica` (anyone), which [`serve_with`] adds: which replica answered, whether it runs the placer, and
+/// its store writes.
+fn replica_route(
+    store: Arc<dyn Store>,
+    options: &ServeOptions,
+) -> impl FnOnce(ApiRouter<AppState>) -> ApiRouter<AppState> + use<> {
+    let replica = ReplicaStatus {
+        replica: options.replica.clone(),
+        elected: options.leadership.is_elected(),
+        leading: false,
+        writes: None,
+    };
+    let leadership = options.leadership.clone();
+    move |api| {
+        api.route(
+            "/v1/replica",
+            get(move || {
+                let writes = store.writes().map(|(transactions, heartbeats)| StoreWrites { transactions, heartbeats });
+                let status = ReplicaStatus { leading: leadership.is_leading(), writes, ..replica.clone() };
+                async move { Json(status) }
+            }),
+            [Op::get("Which control replica answered, whether it runs the placer, and its store writes")
+                .returns::<ReplicaStatus>(200, "the replica")],
+        )
+    }
 }
 
 /// `GET /readyz` (anyone): 200 when the service can read its store (so it can answer what it is asked), 503
@@ -362,25 +687,10 @@ pub async fn serve_with(
     };
     let control_trust = options.trust.as_ref().map(|t| t.control.clone());
     let caller = control_trust.as_ref().map_or_else(Outbound::anonymous, |t| t.caller.clone());
-    let replica = ReplicaStatus {
-        replica: options.replica.clone(),
-        elected: options.leadership.is_elected(),
-        leading: false,
-        writes: None,
-    };
-    let leadership = options.leadership.clone();
-    let counted = store.clone();
     let metrics = Arc::new(ControlMetrics::new());
-    let router = app_measured(store.clone(), reports.clone(), control_trust, Arc::new(Guard::new()), metrics.clone())
-        .route(
-            "/v1/replica",
-            get(move || {
-                let writes =
-                    counted.writes().map(|(transactions, heartbeats)| StoreWrites { transactions, heartbeats });
-                let status = ReplicaStatus { leading: leadership.is_leading(), writes, ..replica.clone() };
-                async move { Json(status) }
-            }),
-        );
+    let extra = replica_route(store.clone(), &options);
+    let (router, _) =
+        documented(store.clone(), reports.clone(), control_trust, Arc::new(Guard::new()), metrics.clone(), extra);
     // With the placer on, `GET /v1/phone` says its rules (every replica: a follower may lead next).
     let router = match &options.placer {
         Some(params) => router.layer(Extension(follow_rules(params))),
@@ -411,7 +721,7 @@ pub async fn serve_with(
 }
 
 /// `GET /v1/replica`: which control replica answered and whether it runs the placer (public, as `/healthz`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 struct ReplicaStatus {
     replica: String,
     /// Whether replicas elect a leader (false: this one leads alone).
@@ -423,7 +733,7 @@ struct ReplicaStatus {
 }
 
 /// Writing transactions a replica committed since it started, heartbeats among them.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 struct StoreWrites {
     transactions: u64,
     heartbeats: u64,
@@ -1012,7 +1322,7 @@ async fn list_checkpoints(
 }
 
 /// Query of `GET /v1/migrations`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct MigrationsQuery {
     user: Option<String>,
     limit: Option<usize>,

@@ -161,6 +161,7 @@
 //! [`MAX_MIGRATIONS_LISTED`]: vmi_control_api::MAX_MIGRATIONS_LISTED
 
 pub mod access;
+mod dashboard;
 mod error;
 pub mod history;
 mod http;
@@ -185,7 +186,8 @@ pub(crate) fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
 
 pub use error::ControlError;
 pub use http::{
-    ControlTrust, JOIN_TOKEN_TTL_MS, ServeOptions, ServiceTrust, app, app_measured, app_with, serve, serve_with,
+    ControlTrust, JOIN_TOKEN_TTL_MS, ServeOptions, ServiceTrust, app, app_measured, app_with, openapi, serve,
+    serve_with,
 };
 pub use leadership::Leadership;
 pub use pairing::{PAIR_CODE_TTL_MS, PairCodes};

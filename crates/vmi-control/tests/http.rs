@@ -724,3 +724,37 @@ async fn metrics_count_what_the_service_saw_and_only_the_operator_reads_them() {
     assert_eq!(code, 200, "{body}");
     server.stop().await;
 }
+
+/// The API reference walks the router: every operation `GET /openapi.json` describes is served at its path with its
+/// method (no 405, no fallback 404), and the document served is the one the code builds.
+#[tokio::test]
+async fn every_route_the_reference_describes_is_served() {
+    let server = Server::in_memory().await;
+    let (code, body) = raw(server.addr, "GET", "/openapi.json", &[], "").await;
+    assert_eq!(code, 200);
+    let served: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(served, vmi_control::openapi().expect("document"), "served as built");
+    let paths = served["paths"].as_object().expect("paths");
+    let mut operations = 0;
+    for (path, item) in paths {
+        for method in item.as_object().expect("item").keys() {
+            operations += 1;
+            let concrete = vmi_openapi::concrete(path, "x1");
+            let (code, body) = raw(server.addr, &method.to_ascii_uppercase(), &concrete, &[], "").await;
+            assert_ne!(code, 405, "{method} {path}: not served with this method");
+            assert!(
+                !(code == 404 && body.contains("endpoint")),
+                "{method} {path}: fell through to the fallback: {body}"
+            );
+            let access = item[method]["x-vmi-access"].as_str().expect("access");
+            if access != "anyone" {
+                assert_eq!(code, 401, "{method} {path} ({access}) refuses a caller without credentials: {body}");
+            }
+        }
+    }
+    assert!(operations >= 45, "{operations} operations");
+    // A path no route serves is the fallback's 404.
+    let (code, body) = raw(server.addr, "GET", "/v1/nothing-here", &[], "").await;
+    assert!(code == 404 && body.contains("endpoint"), "{code} {body}");
+    server.stop().await;
+}

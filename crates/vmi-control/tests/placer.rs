@@ -5,6 +5,9 @@
 //! and reports, so "nothing moves" is what a round answered, never what a sleep failed to see; the last two run it
 //! as [`serve_with`] does.
 
+// A test's stand-in router, not a service's: nothing for the API reference to describe.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

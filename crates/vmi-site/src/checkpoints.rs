@@ -63,7 +63,7 @@ pub enum ReplicaError {
 }
 
 /// A checkpoint as the site's HTTP API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CheckpointView {
     /// Snapshot id, 64 hex digits.
     pub id: String,
@@ -107,7 +107,7 @@ impl CheckpointView {
 }
 
 /// A checkpoint just taken, and where its copy went.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Taken {
     /// The checkpoint.
     pub checkpoint: CheckpointView,
@@ -118,7 +118,7 @@ pub struct Taken {
 }
 
 /// A phone brought back to a checkpoint.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Restored {
     /// The checkpoint it now runs from.
     pub restored: CheckpointView,
@@ -584,7 +584,7 @@ fn bad_bundle(detail: &str) -> SiteError {
 }
 
 /// Keys a replica lacks, as it answers.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct Missing {
     pub missing: Vec<String>,
 }

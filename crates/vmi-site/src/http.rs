@@ -24,63 +24,335 @@ use crate::access::{self, Caller};
 use crate::checkout::CheckoutError;
 use crate::phone::PhoneError;
 use crate::{SiteError, SiteState};
+use vmi_openapi::{ApiDoc, ApiRouter, Op};
 
 /// The site's routes, each behind the rule of who may call it (docs/SECURITY.md); every request passes the
 /// browser policy ([`vmi_trust::browser`]), then is authenticated ([`access::authenticate`]).
 pub fn router(state: Arc<SiteState>) -> Router {
-    use access::{control, device, operator, operator_or_control, owner_device, peer_site};
-    crate::web::routes()
-        // Anyone: health and readiness, the page, and the terminal WebSocket (its Hello carries the device token).
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/v1/terminal", get(terminal))
-        // Anyone with a pairing code: a new device for the code's user (the page pairs a browser with it).
-        .route("/v1/pair", post(pair))
-        // The operator.
-        .route("/metrics", get(metrics).route_layer(from_fn(operator)))
-        .route("/v1/phones", get(list_phones).post(create_phone).route_layer(from_fn(operator)))
-        .route("/v1/phones/{user}/mail", post(send_mail).route_layer(from_fn(operator)))
-        .route("/v1/phones/{user}/screen.png", get(screen_png).route_layer(from_fn(operator)))
-        .route("/v1/phones/{user}/screen-hash", get(screen_hash).route_layer(from_fn(operator)))
-        .route("/v1/phones/{user}/logs", get(logs).route_layer(from_fn(operator)))
-        .route("/v1/phones/{user}/kv/{key}", get(kv).route_layer(from_fn(operator)))
-        .route("/v1/phones/{user}/file", get(guest_file).route_layer(from_fn(operator)))
-        .route("/v1/phones/{user}/restart", post(restart).route_layer(from_fn(operator)))
-        .route("/v1/phones/{user}/checkout/cancel", post(cancel_checkout).route_layer(from_fn(operator)))
-        .route(
-            "/v1/phones/{user}/checkpoints",
-            get(list_checkpoints).post(take_checkpoint).route_layer(from_fn(operator)),
-        )
-        .route("/v1/phones/{user}/checkpoints/restore", post(restore_checkpoint).route_layer(from_fn(operator)))
-        // The operator or the control service's placer.
-        .route("/v1/phones/{user}/migrate", post(migrate).route_layer(from_fn(operator_or_control)))
-        // The control service.
-        .route("/v1/devices/{id}/revoked", post(device_revoked).route_layer(from_fn(control)))
-        // The user's own devices.
-        .route("/v1/phones/{user}/checkout", post(checkout).route_layer(from_fn(owner_device)))
-        .route("/v1/phones/{user}/checkin", post(checkin).route_layer(from_fn(owner_device)))
-        .route("/v1/me/checkpoints", get(my_checkpoints).post(checkpoint_my_phone).route_layer(from_fn(device)))
-        .route("/v1/me/checkpoints/restore", post(restore_my_phone).route_layer(from_fn(device)))
-        .route("/v1/me/pair-code", post(my_pair_code).route_layer(from_fn(device)))
-        .route("/v1/me/checkout", post(checkout_my_phone).route_layer(from_fn(device)))
-        .route("/v1/demo/sites", get(demo_sites).route_layer(from_fn(device)))
-        .route("/v1/demo/me", get(demo_me).route_layer(from_fn(device)))
-        .route("/v1/demo/report", get(demo_latest_report).post(demo_report).route_layer(from_fn(device)))
-        .route("/v1/demo/migrations", get(demo_migrations).route_layer(from_fn(device)))
-        // Other sites: migrations in, checkpoint copies.
-        .route("/v1/migrate", get(migrate_in).route_layer(from_fn(peer_site)))
-        .route("/v1/replicas/{user}/missing", post(replica_missing).route_layer(from_fn(peer_site)))
-        .route("/v1/replicas/{user}/import", post(replica_import).route_layer(from_fn(peer_site)))
-        .route("/v1/replicas/{user}/objects/{kind}/{hash}", get(replica_object).route_layer(from_fn(peer_site)))
-        // Other sites: standby records of their phones; the control service: start one here (a failover).
-        .route("/v1/standby/{user}", post(standby_record).route_layer(from_fn(peer_site)))
-        .route("/v1/standby/{user}/promote", post(standby_promote).route_layer(from_fn(control)))
+    let http = state.metrics.http.clone();
+    let (router, _) = documented();
+    router
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate))
         // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
         .layer(axum::middleware::from_fn_with_state(state.browser_policy(), vmi_trust::browser::browser_hygiene))
         // Every request counted by its route and answer, refusals included.
-        .layer(axum::middleware::from_fn_with_state(state.metrics.http.clone(), vmi_telemetry::track))
+        .layer(axum::middleware::from_fn_with_state(http, vmi_telemetry::track))
         .with_state(state)
+}
+
+/// A site's OpenAPI document (`GET /openapi.json` serves the same), built from its routes.
+pub fn openapi() -> serde_json::Value {
+    documented().1.to_json()
+}
+
+/// Who may call a route, in the words of docs/SECURITY.md's table.
+mod who {
+    pub(super) const OPERATOR: &str = "operator";
+    pub(super) const DEVICE: &str = "a device (its own user's phone, taken from the token)";
+    pub(super) const OWNER_DEVICE: &str = "a device of {user}";
+    pub(super) const CONTROL: &str = "the control service (its certificate)";
+    pub(super) const PEER: &str = "a site (its certificate); then only the one the placement names as {user}'s owner";
+}
+
+/// Every route with its description, and `GET /openapi.json`; no state or layer yet.
+fn documented() -> (Router<Arc<SiteState>>, ApiDoc) {
+    use access::{control, device, operator, operator_or_control, owner_device, peer_site};
+    use who::*;
+    const JSON: Option<&str> = Some("application/json");
+    let api = ApiRouter::new(
+        "Seed VMI site",
+        "An edge site: the browser terminal, the terminal WebSocket (docs/PROTOCOL.md), phones for the operator, \
+         checkouts and checkpoints for a user's devices, migrations, checkpoint copies and standby records between \
+         sites. Who may call each route is its x-vmi-access (docs/SECURITY.md); errors are JSON, \
+         {\"error\": \"what was wrong\"}.",
+    );
+    let api = crate::web::routes(api)
+        // Anyone: health and readiness, the page, and the terminal WebSocket (its Hello carries the device token).
+        .route(
+            "/healthz",
+            get(|| async { "ok" }),
+            [Op::get("Says the process answers").answers(200, Some("text/plain"), "ok")],
+        )
+        .route(
+            "/readyz",
+            get(readyz),
+            [Op::get("Says whether the site may run phones: its lease held, not shutting down")
+                .answers(200, JSON, "ready")
+                .answers(503, JSON, "not ready, and why")],
+        )
+        .route(
+            "/v1/terminal",
+            get(terminal),
+            [Op::get("The terminal WebSocket: Hello with a device token, then frames out and inputs in")
+                .describe("docs/PROTOCOL.md. The Hello's token is checked at the control service.")
+                .websocket()],
+        )
+        // Anyone with a pairing code: a new device for the code's user (the page pairs a browser with it).
+        .route(
+            "/v1/pair",
+            post(pair),
+            [Op::post("Pairs this browser with the pairing code's user, through the control service")
+                .json::<PairBody>()
+                .answers(201, JSON, "the device and its token")],
+        )
+        // The operator.
+        .route(
+            "/metrics",
+            get(metrics).route_layer(from_fn(operator)),
+            [Op::get("The site's metrics in the Prometheus (OpenMetrics) text format").access(OPERATOR).answers(
+                200,
+                Some(vmi_telemetry::CONTENT_TYPE),
+                "the metrics",
+            )],
+        )
+        .route(
+            "/v1/phones",
+            get(list_phones).post(create_phone).route_layer(from_fn(operator)),
+            [
+                Op::get("Lists the phones here with their state, and the site's residency")
+                    .access(OPERATOR)
+                    .answers(200, JSON, "phones"),
+                Op::post("Boots a new phone for a user (admitted by the control service first)")
+                    .access(OPERATOR)
+                    .json::<NewPhone>()
+                    .answers(201, JSON, "created")
+                    .answers(403, JSON, "refused by the tenant's quota, said in words"),
+            ],
+        )
+        .route(
+            "/v1/phones/{user}/mail",
+            post(send_mail).route_layer(from_fn(operator)),
+            [Op::post("Delivers a mail to the phone (pushed: the phone is woken)")
+                .access(OPERATOR)
+                .json::<NewMail>()
+                .answers(202, JSON, "delivered")],
+        )
+        .route(
+            "/v1/phones/{user}/screen.png",
+            get(screen_png).route_layer(from_fn(operator)),
+            [Op::get("The phone's screen now").access(OPERATOR).answers(200, Some("image/png"), "the screen")],
+        )
+        .route(
+            "/v1/phones/{user}/screen-hash",
+            get(screen_hash).route_layer(from_fn(operator)),
+            [Op::get("A hash of the phone's framebuffer (tests compare terminals with it)")
+                .access(OPERATOR)
+                .answers(200, JSON, "the hash")],
+        )
+        .route(
+            "/v1/phones/{user}/logs",
+            get(logs).route_layer(from_fn(operator)),
+            [Op::get("The phone's recent log lines").access(OPERATOR).answers(200, JSON, "log lines")],
+        )
+        .route(
+            "/v1/phones/{user}/kv/{key}",
+            get(kv).route_layer(from_fn(operator)),
+            [Op::get("One value of the phone's key-value store").access(OPERATOR).answers(
+                200,
+                Some("application/octet-stream"),
+                "the value",
+            )],
+        )
+        .route(
+            "/v1/phones/{user}/file",
+            get(guest_file).route_layer(from_fn(operator)),
+            [Op::get("A file of a Linux phone's guest, read through its agent")
+                .access(OPERATOR)
+                .query("path", "the file's path in the guest")
+                .answers(200, Some("application/octet-stream"), "the file")],
+        )
+        .route(
+            "/v1/phones/{user}/restart",
+            post(restart).route_layer(from_fn(operator)),
+            [Op::post("Restarts the phone on its user's current image version").access(OPERATOR).answers(
+                200,
+                JSON,
+                "what happened",
+            )],
+        )
+        .route(
+            "/v1/phones/{user}/checkout/cancel",
+            post(cancel_checkout).route_layer(from_fn(operator)),
+            [Op::post("Ends a checkout without its checkin: the phone runs here again from its last state")
+                .access(OPERATOR)
+                .answers(200, JSON, "cancelled")],
+        )
+        .route(
+            "/v1/phones/{user}/checkpoints",
+            get(list_checkpoints).post(take_checkpoint).route_layer(from_fn(operator)),
+            [
+                Op::get("Lists the phone's checkpoints held here").access(OPERATOR).returns::<Vec<
+                    crate::checkpoints::CheckpointView,
+                >>(
+                    200, "checkpoints, oldest first"
+                ),
+                Op::post("Checkpoints the phone now, and copies it to a second site")
+                    .access(OPERATOR)
+                    .json::<NewCheckpoint>()
+                    .returns::<crate::checkpoints::Taken>(200, "the checkpoint and its copy"),
+            ],
+        )
+        .route(
+            "/v1/phones/{user}/checkpoints/restore",
+            post(restore_checkpoint).route_layer(from_fn(operator)),
+            [Op::post("Brings the phone back to a checkpoint (its terminals stay attached)")
+                .access(OPERATOR)
+                .json::<RestoreRequest>()
+                .returns::<crate::checkpoints::Restored>(200, "the checkpoint restored, and one to undo it")],
+        )
+        // The operator or the control service's placer.
+        .route(
+            "/v1/phones/{user}/migrate",
+            post(migrate).route_layer(from_fn(operator_or_control)),
+            [Op::post("Live-migrates the phone to another site")
+                .access("the operator, or the control service (the placer)")
+                .json::<MigrateRequest>()
+                .returns::<crate::migration::MigrationReport>(200, "the migration, committed or aborted")],
+        )
+        // The control service.
+        .route(
+            "/v1/devices/{id}/revoked",
+            post(device_revoked).route_layer(from_fn(control)),
+            [Op::post("Closes a revoked device's sessions at once").access(CONTROL).answers(204, None, "closed")],
+        )
+        // The user's own devices.
+        .route(
+            "/v1/phones/{user}/checkout",
+            post(checkout).route_layer(from_fn(owner_device)),
+            [Op::post("Checks the phone out to the calling device (docs/OFFLINE.md)").access(OWNER_DEVICE).answers(
+                200,
+                Some("application/octet-stream"),
+                "the bundle: lease, base state, image",
+            )],
+        )
+        .route(
+            "/v1/phones/{user}/checkin",
+            post(checkin).route_layer(from_fn(owner_device)),
+            [Op::post("Checks the phone back in from the device that holds it")
+                .access(OWNER_DEVICE)
+                .body("application/octet-stream")
+                .answers(200, JSON, "checked in")],
+        )
+        .route(
+            "/v1/me/checkpoints",
+            get(my_checkpoints).post(checkpoint_my_phone).route_layer(from_fn(device)),
+            [
+                Op::get("Lists the checkpoints of the token's phone").access(DEVICE).answers(200, JSON, "checkpoints"),
+                Op::post("Checkpoints the token's phone now").access(DEVICE).json::<NewCheckpoint>().answers(
+                    200,
+                    JSON,
+                    "the checkpoint",
+                ),
+            ],
+        )
+        .route(
+            "/v1/me/checkpoints/restore",
+            post(restore_my_phone).route_layer(from_fn(device)),
+            [Op::post("Brings the token's phone back to a checkpoint")
+                .access(DEVICE)
+                .json::<RestoreRequest>()
+                .answers(200, JSON, "restored")],
+        )
+        .route(
+            "/v1/me/pair-code",
+            post(my_pair_code).route_layer(from_fn(device)),
+            [Op::post("Makes a pairing code for another device of the token's user")
+                .access(DEVICE)
+                .answers(201, JSON, "the code")],
+        )
+        .route(
+            "/v1/me/checkout",
+            post(checkout_my_phone).route_layer(from_fn(device)),
+            [Op::post("Checks the token's phone out to this device").access(DEVICE).answers(
+                200,
+                Some("application/octet-stream"),
+                "the bundle",
+            )],
+        )
+        .route(
+            "/v1/demo/sites",
+            get(demo_sites).route_layer(from_fn(device)),
+            [Op::get("The sites, as the control service lists them (asked with the device's token)")
+                .access(DEVICE)
+                .answers(200, JSON, "sites")],
+        )
+        .route(
+            "/v1/demo/me",
+            get(demo_me).route_layer(from_fn(device)),
+            [Op::get("Whose phone the token is for, and where it runs").access(DEVICE).answers(200, JSON, "the phone")],
+        )
+        .route(
+            "/v1/demo/report",
+            get(demo_latest_report).post(demo_report).route_layer(from_fn(device)),
+            [
+                Op::get("The token's user's latest terminal report").access(DEVICE).answers(200, JSON, "the report"),
+                Op::post("Reports the terminal's position and round trips to the control service")
+                    .access(DEVICE)
+                    .json::<DemoReport>()
+                    .answers(204, None, "sent"),
+            ],
+        )
+        .route(
+            "/v1/demo/migrations",
+            get(demo_migrations).route_layer(from_fn(device)),
+            [Op::get("The token's user's migrations").access(DEVICE).answers(200, JSON, "migrations")],
+        )
+        // Other sites: migrations in, checkpoint copies.
+        .route(
+            "/v1/migrate",
+            get(migrate_in).route_layer(from_fn(peer_site)),
+            [Op::get("A live migration into this site (docs/MIGRATION.md)")
+                .access("a site (its certificate); then the placement check")
+                .websocket()],
+        )
+        .route(
+            "/v1/replicas/{user}/missing",
+            post(replica_missing).route_layer(from_fn(peer_site)),
+            [Op::post("Which of a checkpoint's objects this site lacks").access(PEER).json::<Keys>().answers(
+                200,
+                JSON,
+                "the missing keys",
+            )],
+        )
+        .route(
+            "/v1/replicas/{user}/import",
+            post(replica_import).route_layer(from_fn(peer_site)),
+            [Op::post("A checkpoint copied here")
+                .access(PEER)
+                .body("application/octet-stream")
+                .answers(200, JSON, "stored")
+                .answers(409, JSON, "objects still missing")],
+        )
+        .route(
+            "/v1/replicas/{user}/objects/{kind}/{hash}",
+            get(replica_object).route_layer(from_fn(peer_site)),
+            [Op::get("One chunk or page table as stored here, to repair the owner's damaged one")
+                .access(PEER)
+                .answers(200, Some("application/octet-stream"), "the object")
+                .answers(404, JSON, "not here")],
+        )
+        // Other sites: standby records of their phones; the control service: start one here (a failover).
+        .route(
+            "/v1/standby/{user}",
+            post(standby_record).route_layer(from_fn(peer_site)),
+            [Op::post("One record of the sender's phone for its standby copy here")
+                .access("a site (its certificate); then only the phone's owner at the epoch")
+                .query("epoch", "the placement epoch the sender owns the phone at")
+                .query("full", "1 for a full state, 0 for an incremental record")
+                .body("application/octet-stream")
+                .answers(204, None, "synced here")
+                .answers(409, JSON, "a full state must come first")],
+        )
+        .route(
+            "/v1/standby/{user}/promote",
+            post(standby_promote).route_layer(from_fn(control)),
+            [Op::post("Starts the phone from its standby copy here (a failover)").access(CONTROL).answers(
+                200,
+                JSON,
+                "whether it started",
+            )],
+        );
+    api.finish()
 }
 
 /// `GET /readyz` (anyone): 200 once the site may run phones (its lease held: the control service answered a
@@ -264,7 +536,7 @@ async fn list_phones(State(site): State<Arc<SiteState>>) -> Json<serde_json::Val
     Json(serde_json::json!({ "site": site.id, "phones": phones, "hibernation": hibernation }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct NewPhone {
     user: String,
 }
@@ -285,7 +557,7 @@ async fn restart(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -
     Ok(Json(report).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct NewMail {
     #[serde(default = "default_from")]
     from: String,
@@ -391,7 +663,7 @@ async fn logs(State(site): State<Arc<SiteState>>, Path(user): Path<String>) -> R
 }
 
 /// Body of `POST /v1/phones/{user}/migrate`: the destination by id, never by address.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct MigrateRequest {
     to: String,
@@ -525,7 +797,7 @@ async fn demo_sites(
 const PAIR_BODY_LIMIT: usize = 4096;
 
 /// Body of `POST /v1/pair`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PairBody {
     code: String,
@@ -582,7 +854,7 @@ async fn demo_me(
     Ok(Json(site.control().phone_for_token(&token).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct DemoReport {
     #[serde(default)]
     lat: Option<f64>,
@@ -727,7 +999,7 @@ async fn list_checkpoints(State(site): State<Arc<SiteState>>, Path(user): Path<S
     Ok(Json(serde_json::json!({ "site": site.id, "user": user, "checkpoints": list })).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 struct NewCheckpoint {
     #[serde(default)]
     label: Option<String>,
@@ -751,7 +1023,7 @@ async fn take_checkpoint(
 }
 
 /// Which checkpoint a restore asks for.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RestoreRequest {
     /// A checkpoint id (64 hex digits).
@@ -868,7 +1140,7 @@ fn relay(status: u16, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct Keys {
     keys: Vec<String>,
 }

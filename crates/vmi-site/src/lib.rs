@@ -40,7 +40,7 @@ pub mod standby;
 mod web;
 
 pub use error::SiteError;
-pub use http::HELLOS_AT_ONCE;
+pub use http::{HELLOS_AT_ONCE, openapi};
 pub use persist::PHONE_FILE;
 
 use std::collections::HashMap;

@@ -3,10 +3,10 @@
 //! modules itself, no build step); and `/offline-phone.wasm`, the module a page runs a
 //! checked-out phone with (`vmi-browser-phone`, built for wasm32 with the phone image).
 
-use axum::Router;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use vmi_openapi::{ApiRouter, Op};
 
 /// One embedded file: the URL path it is served at, its content type and its text.
 struct WebFile {
@@ -69,12 +69,19 @@ const FILES: &[WebFile] = &[
 /// Where the page's offline module is served.
 const OFFLINE_PHONE_PATH: &str = "/offline-phone.wasm";
 
-/// Routes serving the browser terminal's files, one route per file.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+/// `api` with a route serving each of the browser terminal's files.
+pub fn routes<S: Clone + Send + Sync + 'static>(api: ApiRouter<S>) -> ApiRouter<S> {
     FILES
         .iter()
-        .fold(Router::new(), |router, file| router.route(file.path, get(serve)))
-        .route(OFFLINE_PHONE_PATH, get(offline_phone))
+        .fold(api, |api, file| {
+            let op = Op::get("A file of the browser terminal's page").answers(200, Some(file.content_type), "the file");
+            api.route(file.path, get(serve), [op])
+        })
+        .route(
+            OFFLINE_PHONE_PATH,
+            get(offline_phone),
+            [Op::get("The module a page runs a checked-out phone with").answers(200, Some(WASM), "the module")],
+        )
 }
 
 /// `GET /offline-phone.wasm`.

@@ -95,3 +95,38 @@ async fn metrics_count_a_scripted_session_once_each_and_only_the_operator_reads_
     assert!(bearer("").get_bytes(&format!("{url}/readyz")).await.is_err(), "gone");
     b.shutdown().await;
 }
+
+/// The API reference walks the router: every operation the site's `GET /openapi.json` describes is served at its
+/// path with its method (no 405, no fallback 404), refuses a caller without credentials unless anyone may call
+/// it, and the document served is the one the code builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_the_reference_describes_is_served() {
+    let control = control().await;
+    let a = site(&control, "site-a", scratch("operate-api")).await;
+    let anonymous = bearer("");
+    let (status, body) = anonymous.get_bytes(&format!("{}/openapi.json", a.url)).await.expect("document");
+    assert_eq!(status, 200);
+    let served: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(served, vmi_site::openapi(), "served as built");
+    let mut operations = 0;
+    for (path, item) in served["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            operations += 1;
+            let url = format!("{}{}", a.url, vmi_openapi::concrete(path, "x1"));
+            let method = vmi_control_api::http_client::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .expect("a method");
+            let options = vmi_control_api::http_client::RequestOptions::default();
+            let (status, body) = anonymous.send(method.clone(), &url, None, options).await.expect("request");
+            let body = String::from_utf8_lossy(&body);
+            assert_ne!(status, 405, "{method:?} {path}: not served with this method");
+            assert!(!(status == 404 && body.is_empty()), "{method:?} {path}: fell through to the fallback");
+            if op["x-vmi-access"] != "anyone" {
+                assert_eq!(status, 401, "{method:?} {path} refuses a caller without credentials: {body}");
+            }
+        }
+    }
+    assert!(operations >= 60, "{operations} operations");
+    let (status, _) = anonymous.get_bytes(&format!("{}/v1/nothing-here", a.url)).await.expect("fallback");
+    assert_eq!(status, 404);
+    a.shutdown().await;
+}

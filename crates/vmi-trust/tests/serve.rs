@@ -2,6 +2,9 @@
 //! loopback, foreign CAs refused, WebSockets over both, the header-read timeout, the per-IP cap and
 //! graceful shutdown.
 
+// A test's stand-in router, not a service's: nothing for the API reference to describe.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -85,7 +85,7 @@ impl MigrationError {
 }
 
 /// How a migration ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MigrationOutcome {
     /// The phone runs on the destination now.
@@ -105,7 +105,7 @@ impl MigrationOutcome {
 }
 
 /// What one migration did, as the source saw it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct MigrationReport {
     /// The user whose phone moved.
     pub user: String,
