@@ -63,6 +63,15 @@ fn a_killed_site_fails_over_and_the_terminal_loses_no_input() {
     assert!(status.success(), "the terminal ended with {status}");
     let notes = fetch(&format!("{}/v1/phones/demo/kv/notes.text", up.site(&now_at)), Some(&operator));
     assert_eq!(notes, text, "every typed character once and in order");
+    // The failover is in the audit log (where the operator's dashboard shows it), and counted.
+    let audit = fetch(&format!("{}/v1/audit?user=demo", up.control), Some(&operator));
+    let audit: serde_json::Value = serde_json::from_str(&audit).expect("json");
+    assert!(
+        audit.as_array().expect("entries").iter().any(|e| e["action"] == "FAILOVER" && e["site"] == now_at.as_str()),
+        "{audit}"
+    );
+    let metrics = fetch(&format!("{}/metrics", up.control), Some(&operator));
+    assert!(metrics.contains("vmi_control_failovers_total 1\n"), "{metrics}");
     up.interrupt();
     let _ = std::fs::remove_dir_all(&data);
 }

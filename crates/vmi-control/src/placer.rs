@@ -217,6 +217,24 @@ impl Placer {
                 Ok(now_placed) => {
                     tracing::warn!(%user, from = %placement.site, to = %target.id, epoch = now_placed.epoch,
                         "failover: the site lost its lease; the phone starts from its standby copy");
+                    // In the audit log, where an operator (and the dashboard) sees failovers as they happen.
+                    let entry = vmi_control_api::auth::AuditEntry {
+                        id: 0,
+                        at_ms: now,
+                        principal: "control".to_owned(),
+                        action: "FAILOVER".to_owned(),
+                        user: Some(user.clone()),
+                        site: Some(target.id.clone()),
+                        from: "in-process".to_owned(),
+                        status: 200,
+                        detail: format!(
+                            "{} lost its lease; the phone starts on {} from its standby copy (epoch {})",
+                            placement.site, target.id, now_placed.epoch
+                        ),
+                    };
+                    if let Err(e) = self.store.record_audit(&[entry]) {
+                        tracing::warn!(%user, "the failover is not in the audit log: {e}");
+                    }
                     self.promote(&user, &target.id, &target.url, placement.epoch);
                     moved.push((user, placement.site.clone(), target.id.clone()));
                 }

@@ -124,7 +124,7 @@ pub struct SiteState {
     /// How this site calls others: its certificate, claiming `site/{id}`.
     caller: vmi_control_api::Caller,
     /// Lockout of addresses guessing tokens, and audit entries on their way to the control service.
-    guard: access::Guard,
+    guard: Arc<access::Guard>,
     /// Turns for large uploads ([`http::UPLOADS_AT_ONCE`]).
     uploads: tokio::sync::Semaphore,
     /// Turns for terminals that have not said Hello yet ([`http::HELLOS_AT_ONCE`]).
@@ -334,6 +334,7 @@ impl SiteState {
             .recording_to(self.config.history.clone())
             .hibernating(self.residency.clone())
             .counted_in(self.metrics.clone())
+            .reporting_crashes(self.id.clone(), self.guard.clone())
     }
 
     /// A phone now runs here: any standby copy of it this site held (from when another site ran it) is stale.
@@ -768,7 +769,7 @@ pub async fn start_with_engine(config: SiteConfig, engine: Arc<dyn Engine>) -> R
         leases: checkout::Leases::default(),
         control,
         caller,
-        guard: access::Guard::default(),
+        guard: Arc::default(),
         uploads: tokio::sync::Semaphore::new(http::UPLOADS_AT_ONCE),
         greeting: Arc::new(tokio::sync::Semaphore::new(http::HELLOS_AT_ONCE)),
         disk: Arc::default(),

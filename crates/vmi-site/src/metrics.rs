@@ -79,6 +79,7 @@ pub struct SiteMetrics {
     lease_lapses: Counter,
     fenced_drops: Counter,
     admission_refusals: Counter,
+    crashes: Counter,
     checked_out: Gauge,
 }
 
@@ -113,6 +114,7 @@ impl SiteMetrics {
             lease_lapses: Counter::default(),
             fenced_drops: Counter::default(),
             admission_refusals: Counter::default(),
+            crashes: Counter::default(),
             checked_out: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("vmi_site");
@@ -175,6 +177,7 @@ impl SiteMetrics {
             "New phones the control service refused (a tenant's quota, an unknown user)",
             m.admission_refusals.clone(),
         );
+        r.register("phone_crashes", "Phones that crashed here (each also in the control service's audit log)", m.crashes.clone());
         SiteMetrics { registry, ..m }
     }
 
@@ -262,6 +265,11 @@ impl SiteMetrics {
     /// A phone failed over while this site had no lease was dropped here.
     pub fn fenced_drop(&self) {
         self.fenced_drops.inc();
+    }
+
+    /// A phone crashed.
+    pub fn crashed(&self) {
+        self.crashes.inc();
     }
 
     /// The control service refused a new phone.

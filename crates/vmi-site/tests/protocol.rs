@@ -696,6 +696,19 @@ async fn closing_a_crashed_phone_tells_its_terminals_and_restarts_with_its_store
     let (_, listing) = control.get(&format!("{}/v1/phones", site.url)).await;
     let listing: serde_json::Value = serde_json::from_slice(&listing).expect("json");
     assert_eq!(listing["phones"][0]["phone"]["crashed"], true, "{listing}");
+    // The crash is counted, and reaches the control service's audit log with the next heartbeat.
+    let (_, metrics) = control.get(&format!("{}/metrics", site.url)).await;
+    let metrics = String::from_utf8(metrics).expect("text");
+    assert!(metrics.contains("vmi_site_phone_crashes_total 1\n"), "{metrics}");
+    assert!(metrics.contains("vmi_site_phones{state=\"crashed\"} 1\n"), "{metrics}");
+    vmi_testkit::eventually(std::time::Duration::from_secs(10), "the crash in the audit log", async || {
+        let (_, audit) = control.get(&format!("{}/v1/audit?user=cat", control.url)).await;
+        let audit: serde_json::Value = serde_json::from_slice(&audit).expect("json");
+        audit.as_array().is_some_and(|entries| {
+            entries.iter().any(|e| e["action"] == "CRASH" && e["site"] == "site-a" && e["detail"] != "")
+        })
+    })
+    .await;
 
     let (status, body) = control
         .operator()

@@ -123,6 +123,8 @@ pub struct PhoneTask {
     gauge: Option<crate::metrics::PhoneGauge>,
     /// When the oldest input not yet followed by a display update reached the task (the input-to-frame figure).
     input_at: Option<Instant>,
+    /// Where a crash is told, for the control service's audit log (this site's id, and its pending entries).
+    crash_report: Option<(String, Arc<crate::access::Guard>)>,
 }
 
 /// How long an input waits for a display update to count in the input-to-frame figure: one that changed nothing
@@ -213,6 +215,7 @@ impl PhoneTask {
             vouched: HashMap::new(),
             gauge: None,
             input_at: None,
+            crash_report: None,
             residency: None,
             counted_resident: false,
             last_active: Instant::now(),
@@ -277,6 +280,13 @@ impl PhoneTask {
     pub fn counted_in(mut self, metrics: Arc<crate::metrics::SiteMetrics>) -> PhoneTask {
         self.gauge = Some(crate::metrics::PhoneGauge::new(metrics));
         self.note_census();
+        self
+    }
+
+    /// Tells every crash of the phone to the control service's audit log (action `CRASH`, the reason in its
+    /// detail), as site `site`, through `guard`'s entries sent with the heartbeat.
+    pub fn reporting_crashes(mut self, site: String, guard: Arc<crate::access::Guard>) -> PhoneTask {
+        self.crash_report = Some((site, guard));
         self
     }
 
@@ -676,6 +686,23 @@ impl PhoneTask {
         }
         let reason = reason.clone();
         tracing::error!(user = %self.user, %reason, "phone crashed");
+        if let Some((site, guard)) = &self.crash_report {
+            let entry = vmi_control_api::auth::AuditEntry {
+                id: 0,
+                at_ms: self.clock.wall_ns() / 1_000_000,
+                principal: format!("site/{site}"),
+                action: "CRASH".to_owned(),
+                user: Some(self.user.clone()),
+                site: Some(site.clone()),
+                from: "in-process".to_owned(),
+                status: 500,
+                detail: reason.chars().take(500).collect(),
+            };
+            guard.record(entry, false, None);
+        }
+        if let Some(gauge) = &self.gauge {
+            gauge.metrics().crashed();
+        }
         self.collect_output();
         self.terminals.close_all(&ServerMessage::Error { code: ErrorCode::PhoneDown, message: crashed_words(&reason) });
         self.state = State::Crashed { reason };
