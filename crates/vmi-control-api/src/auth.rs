@@ -101,7 +101,7 @@ pub struct AuditEntry {
     pub at_ms: u64,
     /// Who ([`Principal`]'s display form, or `anonymous`).
     pub principal: String,
-    /// What: `METHOD /path` of the request.
+    /// What: `METHOD /path` of the request, or an event: `FAILOVER` (the placer moved a phone to its standby copy), `CRASH` (a phone crashed on `site`).
     pub action: String,
     /// The user acted on, when the request names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
