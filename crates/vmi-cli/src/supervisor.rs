@@ -1,7 +1,8 @@
 //! `vmi up`'s supervisor: the services it started (control service, sites, proxies), each a `vmi` child process.
 //! A service that dies is started again, on the same address, after a back-off that doubles while it keeps
 //! dying; the others keep running. A service that stops answering its `GET /healthz` ([`MISSED_PROBES`] probes
-//! in a row, one every [`PROBE_EVERY`]) is hung: it is killed, and started again the same way. `vmi up` waits for
+//! in a row, one every [`PROBE_EVERY`], and nothing for [`HUNG_AFTER`]) is hung: it is killed, and started again
+//! the same way. `vmi up` waits for
 //! each service's `GET /readyz` ([`Service::wait_ready`]) before it goes on. A stop signal stops them all, each
 //! given time to save its phones.
 
@@ -26,6 +27,9 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Probes in a row a service may miss before it counts as hung and is killed.
 pub const MISSED_PROBES: u32 = 3;
+/// How long a service must have answered nothing before it counts as hung: longer than a pause or a cut link
+/// that `vmi nemesis` injects (4.5 s at most), so those stay what they are and do not become kills.
+pub const HUNG_AFTER: Duration = Duration::from_secs(10);
 /// How long `vmi up` waits for a service to say it is ready.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
@@ -45,6 +49,8 @@ pub struct Service {
     probe: Option<vmi_control_api::Caller>,
     /// Probes missed in a row.
     missed: u32,
+    /// When it last answered a probe (or was started).
+    answered: Instant,
 }
 
 impl Service {
@@ -69,6 +75,7 @@ impl Service {
             backoff: FIRST_BACKOFF,
             probe: None,
             missed: 0,
+            answered: Instant::now(),
         })
     }
 
@@ -145,6 +152,8 @@ impl Supervisor {
                     service.process = process;
                     service.url = url;
                     service.started = Instant::now();
+                    service.answered = Instant::now();
+                    service.missed = 0;
                 }
                 // Still exited: the next round finds it at once and tries again, after a longer wait.
                 Err(e) => eprintln!("{} did not start again: {e:#}", service.name),
@@ -155,17 +164,29 @@ impl Supervisor {
     /// Asks every probed service whether it answers; kills one that missed [`MISSED_PROBES`] in a row (it is then
     /// found exited and started again).
     async fn probe_all(&mut self) {
-        for service in &mut self.services {
-            let Some(caller) = &service.probe else { continue };
+        // All at once: one hung service's timeout must not hold up the others' probes.
+        let mut probes = tokio::task::JoinSet::new();
+        for (i, service) in self.services.iter().enumerate() {
+            let Some(caller) = service.probe.clone() else { continue };
             let url = format!("{}/healthz", service.url);
-            match tokio::time::timeout(PROBE_TIMEOUT, caller.get_bytes(&url)).await {
-                Ok(Ok((200, _))) => service.missed = 0,
-                _ => service.missed += 1,
+            probes.spawn(async move {
+                let answered = tokio::time::timeout(PROBE_TIMEOUT, caller.get_bytes(&url)).await;
+                (i, matches!(answered, Ok(Ok((200, _)))))
+            });
+        }
+        while let Some(Ok((i, answered))) = probes.join_next().await {
+            let service = &mut self.services[i];
+            if answered {
+                service.missed = 0;
+                service.answered = Instant::now();
+                continue;
             }
-            if service.missed >= MISSED_PROBES {
+            service.missed += 1;
+            if service.missed >= MISSED_PROBES && service.answered.elapsed() >= HUNG_AFTER {
                 eprintln!(
-                    "{} did not answer {MISSED_PROBES} health checks in a row: it is hung; killing it",
-                    service.name
+                    "{} answered no health check for {} s: it is hung; killing it",
+                    service.name,
+                    service.answered.elapsed().as_secs()
                 );
                 service.missed = 0;
                 let _ = service.process.start_kill();
