@@ -177,7 +177,11 @@ impl SiteMetrics {
             "New phones the control service refused (a tenant's quota, an unknown user)",
             m.admission_refusals.clone(),
         );
-        r.register("phone_crashes", "Phones that crashed here (each also in the control service's audit log)", m.crashes.clone());
+        r.register(
+            "phone_crashes",
+            "Phones that crashed here (each also in the control service's audit log)",
+            m.crashes.clone(),
+        );
         SiteMetrics { registry, ..m }
     }
 
