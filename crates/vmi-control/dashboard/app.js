@@ -1,12 +1,22 @@
 // The operator dashboard: sign-in with the operator token, then the control service polled for what the views show
-// (the migration log every 250 ms so a migration is on screen well within a second, the sites every second, the
-// tenants and users every few seconds, /metrics every 5 s for the graphs and the failover counter).
+// (the migration log every 250 ms so a migration is on screen well within a second, the audit log's failovers and
+// crashes every 500 ms, the sites every second, the tenants and users every few seconds, /metrics every 5 s for
+// the graphs).
 import { HttpError, Refused, forgetToken, get, seg, storeToken, storedToken, tokenFrom } from './api.js';
 import { Charts } from './charts.js';
 import { ARC_MS, SiteMap, ago, loadOf, siteState } from './map.js';
 import { Scrapes, figuresOf, parseMetrics } from './metrics.js';
 
 const MIGRATIONS_EVERY_MS = 250;
+const AUDIT_EVERY_MS = 500;
+/**
+ * Newest audit entries read by each poll (by id, which the service's store reads cheaply; a time filter would scan
+ * the whole log). More entries than this within one poll (a flood of refusals) can hide a failover or a crash from
+ * the live list; the phone history asks by user and still shows it.
+ */
+const AUDIT_PAGE = 200;
+/** How long a failover the counter shows waits for its audit entry before it is shown as a bare count. */
+const FAILOVER_GRACE_MS = 2000;
 const SITES_EVERY_MS = 1000;
 const TENANTS_EVERY_MS = 5000;
 const USERS_EVERY_MS = 15000;
@@ -22,7 +32,11 @@ const state = {
   sites: [],
   siteStates: null, // Map id -> state word, after the first listing
   lastMigration: null, // newest migration id seen; null until the first poll
-  lastFailovers: null,
+  lastFailovers: null, // the failover counter at the last scrape
+  lastAudit: null, // newest audit entry id seen; null until the first poll
+  failoversAudited: 0, // FAILOVER entries seen since sign-in
+  failoversCounted: 0, // the counter's increase since sign-in
+  failoversUnlogged: 0, // of those, shown from the counter alone
   users: [],
   tenants: [],
   lastOk: 0,
@@ -46,6 +60,10 @@ window.vmiDashboard = {
   },
   get lastMigration() {
     return state.lastMigration;
+  },
+  /** Failovers: the counter's increase since sign-in, those the audit log named, those shown from the count alone. */
+  get failovers() {
+    return { counted: state.failoversCounted, audited: state.failoversAudited, unlogged: state.failoversUnlogged };
   },
   /** The newest point of each graph's main line. */
   get lastFigures() {
@@ -145,10 +163,20 @@ function signOut(reason) {
   sessionStorage.removeItem(SCRAPES_KEY);
   Object.assign(state, {
     sites: [], siteStates: null, lastMigration: null, lastFailovers: null, users: [], tenants: [],
+    lastAudit: null, failoversAudited: 0, failoversCounted: 0, failoversUnlogged: 0,
     phoneUser: null, scrapes: new Scrapes(), scrapeCount: 0, lastOk: 0, failingSince: 0,
   });
+  // Nothing of this session stays in the page for whoever signs in next.
   $('live').replaceChildren();
   $('live-empty').hidden = false;
+  for (const id of ['sites-table', 'tenants-table', 'phone-migrations', 'phone-checkpoints', 'phone-audit']) {
+    $(id).tBodies[0].replaceChildren();
+  }
+  $('phone-result').hidden = true;
+  $('phone-note').textContent = '';
+  $('users').replaceChildren();
+  map.update([]);
+  charts.clear();
   showLogin(reason);
 }
 
@@ -216,7 +244,7 @@ function showStatus() {
     words.textContent = 'retrying…';
   } else {
     dot.className = 'dot live';
-    const phones = state.sites.reduce((n, s) => n + s.phones, 0);
+    const phones = livePhones(state.sites);
     words.textContent = `live · ${count(state.sites.length, 'site')} · ${count(phones, 'phone')} · ${clock(state.lastOk)}`;
   }
 }
@@ -233,6 +261,7 @@ function start() {
   route();
   every(SITES_EVERY_MS, pollSites);
   every(MIGRATIONS_EVERY_MS, pollMigrations);
+  every(AUDIT_EVERY_MS, pollAudit);
   every(TENANTS_EVERY_MS, pollTenants);
   every(USERS_EVERY_MS, pollUsers);
   every(METRICS_EVERY_MS, pollMetrics);
@@ -248,6 +277,7 @@ function liveEvent({ kind, badge, atMs, text, figure, title, data, fresh }) {
   const li = node('li', fresh ? 'fresh' : '');
   li.dataset.kind = kind;
   li.dataset.shownMs = String(Date.now());
+  li.dataset.at = String(atMs);
   for (const [k, v] of Object.entries(data || {})) li.dataset[k] = String(v);
   if (title) li.title = title;
   const time = node('span', 'time', clock(atMs));
@@ -256,8 +286,10 @@ function liveEvent({ kind, badge, atMs, text, figure, title, data, fresh }) {
   const what = node('span', 'what');
   for (const part of text) what.append(typeof part === 'string' ? part : node('b', '', part.b));
   li.append(what, node('span', 'figure', figure || ''));
+  // In time order, newest first: a site's entries (crashes) arrive with its heartbeat, after newer events.
   const list = $('live');
-  list.prepend(li);
+  const after = [...list.children].find((other) => Number(other.dataset.at) <= atMs);
+  list.insertBefore(li, after || null);
   while (list.children.length > LIVE_KEPT) list.lastElementChild.remove();
   $('live-empty').hidden = true;
 }
@@ -299,6 +331,71 @@ async function pollMigrations() {
   state.lastMigration = Math.max(state.lastMigration ?? 0, newest);
 }
 
+/** The site a FAILOVER audit entry says the phone left (its detail: "SITE lost its lease; ..."), or null. */
+function failedFrom(entry) {
+  const m = /^(?:reported by site \S+: )?(\S+) lost its lease/.exec(entry.detail || '');
+  return m ? m[1] : null;
+}
+
+/** The audit log's failovers (written by the placer) and crashes (reported by sites), as they come. */
+async function pollAudit() {
+  const entries = await get(`/v1/audit?limit=${state.lastAudit === null ? 1000 : AUDIT_PAGE}`);
+  const seen = state.lastAudit;
+  // At sign-in, the last hour's; then each entry once, by id (a site's crash comes with its heartbeat, dated
+  // before it arrives, but numbered when it does).
+  const hourAgo = Date.now() - 3_600_000;
+  const news = entries.filter((e) => (seen === null ? e.at_ms >= hourAgo : e.id > seen)).sort((a, b) => a.id - b.id);
+  for (const e of news) {
+    const fresh = seen !== null;
+    if (e.action === 'FAILOVER') {
+      const from = failedFrom(e);
+      if (fresh) state.failoversAudited++;
+      liveEvent({
+        kind: 'failover',
+        atMs: e.at_ms,
+        text: [{ b: e.user || '?' }, from ? ` ${from} → ${e.site}` : ` → ${e.site}`],
+        title: e.detail,
+        data: { user: e.user || '', from: from || '', to: e.site || '', source: 'audit', id: e.id },
+        fresh,
+      });
+      if (fresh && from && Date.now() - e.at_ms < ARC_MS) map.failover(e.id, e.user, from, e.site);
+    } else if (e.action === 'CRASH') {
+      liveEvent({
+        kind: 'crash',
+        atMs: e.at_ms,
+        text: [{ b: e.user || '?' }, ` crashed on ${e.site}`],
+        title: e.detail,
+        data: { user: e.user || '', site: e.site || '', id: e.id },
+        fresh,
+      });
+    }
+    if (fresh && state.phoneUser === e.user && (e.action === 'FAILOVER' || e.action === 'CRASH') && !$('view-phone').hidden) {
+      loadPhone(state.phoneUser, false);
+    }
+  }
+  state.lastAudit = entries.reduce((n, e) => Math.max(n, e.id), state.lastAudit ?? 0);
+}
+
+/**
+ * Failovers the counter shows that no audit entry explained within [`FAILOVER_GRACE_MS`] (the placer could not
+ * write one): shown as a count, since which phones moved is not known here.
+ */
+function unloggedFailovers() {
+  const n = state.failoversCounted - state.failoversAudited - state.failoversUnlogged;
+  if (n <= 0) return;
+  state.failoversUnlogged += n;
+  const lost = state.sites.filter((s) => siteState(s) === 'unhealthy').map((s) => s.id);
+  liveEvent({
+    kind: 'failover',
+    atMs: Date.now(),
+    text: [{ b: count(n, 'phone') }, ` failed over${lost.length ? ` (${lost.join(', ')} lost the lease)` : ''}`],
+    figure: `+${n}`,
+    title: 'Counted by vmi_control_failovers_total, with no entry in the audit log: which phones moved is not known here.',
+    data: { count: n, source: 'counter' },
+    fresh: true,
+  });
+}
+
 async function pollSites() {
   const sites = await get('/v1/sites');
   sites.sort((a, b) => a.id.localeCompare(b.id));
@@ -322,12 +419,23 @@ async function pollSites() {
   state.siteStates = states;
   state.sites = sites;
   map.update(sites, now);
-  const phones = sites.reduce((n, s) => n + s.phones, 0);
+  const phones = livePhones(sites);
   const capacity = sites.reduce((n, s) => n + s.capacity, 0);
   const healthy = sites.filter((s) => states.get(s.id) === 'healthy').length;
-  $('map-summary').textContent = `${count(sites.length, 'site')} · ${healthy} healthy · ${count(phones, 'phone')}`;
+  const silent = sites.filter((s) => states.get(s.id) === 'unhealthy').reduce((n, s) => n + s.phones, 0);
+  $('map-summary').textContent = `${count(sites.length, 'site')} · ${healthy} healthy · ${count(phones, 'phone')}` +
+    (silent ? ` · ${silent} unconfirmed` : '');
+  $('map-summary').title = silent ? `${count(silent, 'phone')} on unhealthy sites, as they last said` : '';
   $('sites-total').textContent = `${phones} of ${capacity} places used`;
   fillTable($('sites-table'), sites.map((s) => siteRow(s, states.get(s.id), now)), 'No site has registered yet.');
+}
+
+/**
+ * Phones on the sites that hold their lease: an unhealthy site's count is what it said last, and its phones may
+ * have failed over elsewhere and be counted there too.
+ */
+function livePhones(sites) {
+  return sites.filter((s) => siteState(s) !== 'unhealthy').reduce((n, s) => n + s.phones, 0);
 }
 
 function siteRow(s, st, now) {
@@ -344,11 +452,11 @@ function siteRow(s, st, now) {
   const tr = row([
     s.id,
     stateCell,
-    [`${s.phones} / ${s.capacity}`, 'num'],
+    [`${s.phones} / ${s.capacity}`, st === 'unhealthy' ? 'num muted' : 'num'],
     loadCell,
     [s.last_heartbeat_ms ? `${ago(now - s.last_heartbeat_ms)} ago` : 'never', 'num'],
   ]);
-  tr.title = s.url;
+  tr.title = st === 'unhealthy' ? `${s.url}\nphones: as its last heartbeat said` : s.url;
   tr.dataset.site = s.id;
   tr.dataset.phones = s.phones;
   return tr;
@@ -407,20 +515,13 @@ function renderTenants() {
 
 async function pollMetrics() {
   const text = await get('/metrics', { text: true });
-  const fig = figuresOf(parseMetrics(text), Date.now() / 1000);
-  // Failovers are counted, not logged, by the control service: an increase of the counter is the event.
+  const silent = new Set(state.sites.filter((s) => siteState(s) === 'unhealthy').map((s) => s.id));
+  const fig = figuresOf(parseMetrics(text), Date.now() / 1000, silent);
+  // Each failover is in the audit log; the counter catches one whose entry could not be written.
   if (state.lastFailovers !== null && fig.failovers > state.lastFailovers) {
-    const n = fig.failovers - state.lastFailovers;
-    const lost = state.sites.filter((s) => siteState(s) === 'unhealthy').map((s) => s.id);
-    liveEvent({
-      kind: 'failover',
-      atMs: Date.now(),
-      text: [{ b: count(n, 'phone') }, ` failed over to standby copies${lost.length ? ` (no lease: ${lost.join(', ')})` : ''}`],
-      figure: `+${n}`,
-      title: 'From the vmi_control_failovers_total counter (the control service keeps no failover log): which phones moved is not known here.',
-      data: { count: n },
-      fresh: true,
-    });
+    state.failoversCounted += fig.failovers - state.lastFailovers;
+    const generation = state.generation;
+    setTimeout(() => generation === state.generation && unloggedFailovers(), FAILOVER_GRACE_MS);
   }
   state.lastFailovers = fig.failovers;
   state.scrapes.add(fig);
@@ -466,7 +567,7 @@ async function loadPhone(user, announce = true) {
       maybe(`/v1/users/${seg(user)}/placement`),
       get(`/v1/migrations?user=${seg(user)}&limit=200`),
       maybe(`/v1/users/${seg(user)}/checkpoints`),
-      get(`/v1/audit?user=${seg(user)}&limit=50`),
+      get(`/v1/audit?user=${seg(user)}&limit=200`),
     ]);
   } catch (e) {
     if (e instanceof Refused) throw e;
@@ -485,14 +586,26 @@ async function loadPhone(user, announce = true) {
   $('phone-result').dataset.user = user;
   $('phone-title').textContent = `${user}’s phone`;
   checkpoints = checkpoints || [];
+  // Placements change by migration (the migration log) and by failover (the audit log, written by the placer).
+  const failovers = audit.filter((a) => a.action === 'FAILOVER').map((a) => ({
+    at_ms: a.at_ms,
+    from: failedFrom(a),
+    to: a.site,
+    epoch: Number((/epoch (\d+)/.exec(a.detail || '') || [])[1]) || null,
+    detail: a.detail,
+  }));
+  const crashes = audit.filter((a) => a.action === 'CRASH');
   const committed = moves.filter((m) => m.outcome === 'committed');
   const site = placement && state.sites.find((s) => s.id === placement.site);
+  const lastChange = Math.max(0, ...committed.map((m) => m.at_ms), ...failovers.map((f) => f.at_ms));
   const facts = [
     ['Tenant', known ? known.tenant || '(none)' : '?'],
     ['Runs on', placement ? `${placement.site}${site ? ` (${siteState(site)})` : ''}` : 'not placed'],
     ['Placement epoch', placement ? String(placement.epoch) : '–'],
     ['Moves', `${committed.length} committed, ${moves.length - committed.length} aborted`],
-    ['Last move', committed.length ? `${ago(Date.now() - committed[0].at_ms)} ago` : 'never'],
+    ['Last placement change', lastChange ? `${ago(Date.now() - lastChange)} ago` : 'none logged'],
+    ['Failovers', String(failovers.length)],
+    ['Crashes', String(crashes.length)],
     ['Checkpoints', String(checkpoints.length)],
     ['Newest checkpoint', checkpoints.length ? `${ago(Date.now() - Math.max(...checkpoints.map((c) => c.at_ms)))} ago` : '–'],
     ['Median downtime', committed.length ? downtime(median(committed.map((m) => m.downtime_us))) : '–'],
@@ -503,7 +616,29 @@ async function loadPhone(user, announce = true) {
     return d;
   }));
   $('phone-now').dataset.site = placement ? placement.site : '';
-  fillTable($('phone-migrations'), moves.map((m) => {
+  const newest = crashes[0];
+  const why = newest ? (newest.detail || '').replace(/^reported by site \S+: /, '') : '';
+  $('phone-crashes').textContent = newest
+    ? `Crashes: ${crashes.length} in the audit log; the newest ${dateTime(newest.at_ms)} on ${newest.site}: ${why}`
+    : 'Crashes: none in the audit log (sites report each crash there).';
+  $('phone-crashes').className = `crash-note${newest ? ' crashed' : ' muted'}`;
+  const rows = [
+    ...moves.map((m) => ({ at: m.at_ms, m })),
+    ...failovers.map((f) => ({ at: f.at_ms, f })),
+  ].sort((a, b) => b.at - a.at);
+  fillTable($('phone-migrations'), rows.map(({ m, f }) => {
+    if (f) {
+      const tr = row([
+        [dateTime(f.at_ms), 'nowrap'],
+        `${f.from || '?'} → ${f.to}`,
+        [f.epoch ? String(f.epoch) : '', 'num'],
+        ['–', 'num'], ['–', 'num'], ['–', 'num'],
+        ['failed over', 'outcome-failover'],
+        f.detail || '',
+      ]);
+      tr.dataset.kind = 'failover';
+      return tr;
+    }
     const tr = row([
       [dateTime(m.at_ms), 'nowrap'],
       `${m.from} → ${m.to}`,
@@ -515,10 +650,12 @@ async function loadPhone(user, announce = true) {
       m.reason || '',
     ]);
     tr.dataset.id = m.id;
+    tr.dataset.kind = 'migration';
     return tr;
-  }), 'No migrations logged for this phone.');
-  $('timeline-note').textContent = moves.length === 200 ? 'the newest 200 migrations' : `${count(moves.length, 'migration')} logged`;
-  drawTimeline(placement, moves, checkpoints);
+  }), 'No migrations or failovers logged for this phone.');
+  $('timeline-note').textContent = `${count(moves.length, 'migration')}, ${count(failovers.length, 'failover')}` +
+    (moves.length === 200 ? ' (the newest 200 migrations)' : '');
+  drawTimeline(placement, moves, failovers, checkpoints, crashes);
   const newestFirst = checkpoints.slice().sort((a, b) => b.at_ms - a.at_ms);
   $('checkpoints-note').textContent = `${checkpoints.length} in the catalogue`;
   fillTable($('phone-checkpoints'), newestFirst.map((c) => row([
@@ -528,7 +665,7 @@ async function loadPhone(user, announce = true) {
     [bytes(c.stored_bytes), 'num'],
     c.sites.join(', '),
   ])), 'No checkpoints in the catalogue.');
-  fillTable($('phone-audit'), audit.map((a) => row([
+  fillTable($('phone-audit'), audit.slice(0, 50).map((a) => row([
     [dateTime(a.at_ms), 'nowrap'],
     a.principal,
     a.action + (a.detail && a.detail !== 'done' && a.detail !== 'refused' ? ` — ${a.detail}` : ''),
@@ -544,11 +681,11 @@ function median(xs) {
 const SITE_COLOURS = ['#2760d0', '#1f9d63', '#c98300', '#7c3aed', '#0e8a9a', '#b8458f', '#64748b', '#8a6d3b'];
 
 /**
- * Where the phone ran over time, from the migration log: a strip of one segment per stay (coloured by site),
- * aborted attempts as red ticks, checkpoints as dots under it. Before the oldest logged move it was on that move's
- * source site (since when, the log does not say).
+ * Where the phone ran over time: a strip of one segment per stay (coloured by site) from the committed migrations
+ * and the failovers, aborted migrations as red ticks above it, crashes as red crosses, checkpoints as dots under
+ * it. Before the oldest logged change it was on that change's source site (since when, the logs do not say).
  */
-function drawTimeline(placement, moves, checkpoints) {
+function drawTimeline(placement, moves, failovers, checkpoints, crashes) {
   const svg = $('timeline');
   svg.replaceChildren();
   const NS = 'http://www.w3.org/2000/svg';
@@ -560,21 +697,24 @@ function drawTimeline(placement, moves, checkpoints) {
   };
   const [W, X0, X1] = [1160, 4, 1156];
   const now = Date.now();
-  const ordered = moves.slice().sort((a, b) => a.at_ms - b.at_ms);
-  const committed = ordered.filter((m) => m.outcome === 'committed');
-  const times = [...ordered.map((m) => m.at_ms), ...checkpoints.map((c) => c.at_ms)];
+  const changes = [
+    ...moves.filter((m) => m.outcome === 'committed').map((m) => ({ at: m.at_ms, from: m.from, to: m.to })),
+    ...failovers.map((f) => ({ at: f.at_ms, from: f.from, to: f.to, failover: true })),
+  ].sort((a, b) => a.at - b.at);
+  const times = [...moves.map((m) => m.at_ms), ...failovers.map((f) => f.at_ms), ...checkpoints.map((c) => c.at_ms),
+    ...crashes.map((c) => c.at_ms)];
   const first = times.length ? Math.min(...times) : now - 60_000;
   const start = first - Math.max(5_000, (now - first) * 0.08);
   const x = (t) => X0 + ((t - start) / Math.max(1, now - start)) * (X1 - X0);
-  const siteIds = [...new Set([...state.sites.map((s) => s.id), ...ordered.flatMap((m) => [m.from, m.to])])].sort();
+  const siteIds = [...new Set([...state.sites.map((s) => s.id), ...changes.flatMap((c) => [c.from, c.to])])].sort();
   const colour = (id) => SITE_COLOURS[Math.max(0, siteIds.indexOf(id)) % SITE_COLOURS.length];
   const stays = [];
   let from = start;
-  let on = committed.length ? committed[0].from : placement ? placement.site : null;
-  for (const m of committed) {
-    stays.push({ site: on, from, to: m.at_ms });
-    on = m.to;
-    from = m.at_ms;
+  let on = changes.length ? changes[0].from : placement ? placement.site : null;
+  for (const c of changes) {
+    stays.push({ site: on, from, to: c.at });
+    on = c.to;
+    from = c.at;
   }
   stays.push({ site: placement ? placement.site : on, from, to: now });
   for (const s of stays) {
@@ -586,13 +726,23 @@ function drawTimeline(placement, moves, checkpoints) {
     r.appendChild(t);
     if (b - a > 60) el('text', { x: a + 6, y: 24, class: 'seg-label' }).textContent = s.site;
   }
-  for (const m of ordered.filter((m) => m.outcome !== 'committed')) {
-    el('line', { x1: x(m.at_ms), y1: 4, x2: x(m.at_ms), y2: 36, class: 'abort-mark' });
+  for (const c of changes.filter((c) => c.failover)) {
+    el('line', { x1: x(c.at), y1: 2, x2: x(c.at), y2: 38, class: 'failover-mark' });
+  }
+  for (const m of moves.filter((m) => m.outcome !== 'committed')) {
+    el('line', { x1: x(m.at_ms), y1: 2, x2: x(m.at_ms), y2: 38, class: 'abort-mark' });
+  }
+  for (const c of crashes) {
+    const cx = x(c.at_ms);
+    const d = `M${cx - 5},15 L${cx + 5},25 M${cx + 5},15 L${cx - 5},25`;
+    el('path', { d, class: 'crash-halo' });
+    el('path', { d, class: 'crash-mark' });
   }
   for (const c of checkpoints) el('circle', { cx: x(c.at_ms), cy: 41, r: 3, class: 'ckpt-mark' });
   el('text', { x: X0, y: 58, class: 'axis' }).textContent = dateTime(start);
   el('text', { x: X1, y: 58, class: 'axis', 'text-anchor': 'end' }).textContent = `now (${clock(now)})`;
-  if (checkpoints.length) el('text', { x: W / 2, y: 58, class: 'axis', 'text-anchor': 'middle' }).textContent = '● checkpoints   | aborted moves';
+  el('text', { x: W / 2, y: 58, class: 'axis', 'text-anchor': 'middle' }).textContent =
+    '● checkpoint   ✕ crash   | aborted move   ¦ failover';
 }
 
 // ---- views ----

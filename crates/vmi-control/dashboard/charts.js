@@ -19,7 +19,7 @@ const GRAPHS = [
   {
     id: 'phones',
     title: 'Phones running',
-    sub: 'sum of the sites’ heartbeats, and each site',
+    sub: 'as the sites’ heartbeats say; sites without a lease left out',
     lines: (s) => [
       { label: 'all sites', data: s.phones, width: 2.5, stepped: true },
       ...Object.entries(s.sites).map(([id, data]) => ({ label: id, data, width: 1.2, stepped: true })),
@@ -164,6 +164,14 @@ export class Charts {
     const entry = { plot, labels, holder };
     this.plots.set(g.id, entry);
     return entry;
+  }
+
+  /** Removes the charts and what they drew (a sign-out). */
+  clear() {
+    for (const { plot } of this.plots.values()) plot.destroy();
+    this.plots.clear();
+    this.box.replaceChildren();
+    this.last = null;
   }
 
   /** Fits the charts to their boxes (the view was shown, or the window resized), and draws what is kept. */

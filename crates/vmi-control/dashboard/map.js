@@ -7,7 +7,7 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 export const MAP_W = 800;
 export const MAP_H = 380;
 /** Room around the sites, in pixels: labels go to the right of each circle. */
-const PAD = { left: 100, right: 190, top: 60, bottom: 60 };
+const PAD = { left: 100, right: 210, top: 60, bottom: 60 };
 /** How long an arc stays on the map, ms (its fading is the stylesheet's). */
 export const ARC_MS = 12000;
 
@@ -86,7 +86,7 @@ export class SiteMap {
     this.svg = svg;
     svg.setAttribute('viewBox', `0 0 ${MAP_W} ${MAP_H}`);
     const defs = el('defs', {}, svg);
-    for (const kind of ['committed', 'aborted']) {
+    for (const kind of ['committed', 'aborted', 'failover']) {
       const m = el('marker', {
         id: `arrow-${kind}`, viewBox: '0 0 10 10', refX: 8, refY: 5, markerWidth: 5, markerHeight: 5,
         orient: 'auto-start-reverse', markerUnits: 'strokeWidth',
@@ -186,10 +186,14 @@ export class SiteMap {
     text(g, { class: 'count' }, String(s.phones));
     const lx = ring + 8;
     text(g, { x: lx, y: -5, class: 'name' }, s.id);
-    text(g, { x: lx, y: 10, class: 'detail' }, `${s.phones} / ${s.capacity} phones · ${Math.round(load * 100)} %`);
+    // A site without a lease may be gone: its count is what it last said, not what runs there now.
+    const detail = state === 'unhealthy'
+      ? `${s.phones} / ${s.capacity} phones (last heard)`
+      : `${s.phones} / ${s.capacity} phones · ${Math.round(load * 100)} %`;
+    text(g, { x: lx, y: 10, class: 'detail' }, detail);
     let word = '';
     if (state === 'unhealthy') {
-      word = s.last_heartbeat_ms ? `unhealthy · heartbeat ${ago(now - s.last_heartbeat_ms)} ago` : 'unhealthy · no heartbeat yet';
+      word = s.last_heartbeat_ms ? `unhealthy · silent ${ago(now - s.last_heartbeat_ms)}` : 'unhealthy · never heard';
     } else if (state === 'degraded') {
       word = `degraded: ${s.degraded}`;
     } else if (state === 'draining') {
@@ -203,9 +207,20 @@ export class SiteMap {
    * user and the downtime; it fades and is removed after [`ARC_MS`]. False if a site is not on the map.
    */
   migration(m) {
-    const a = this.at.get(m.from);
-    const b = this.at.get(m.to);
-    if (!a || !b || m.from === m.to) return false;
+    const kind = m.outcome === 'committed' ? 'committed' : 'aborted';
+    const label = kind === 'committed' ? `${m.user} · ${(m.downtime_us / 1000).toFixed(1)} ms` : `${m.user} · aborted`;
+    return this.arc({ id: `m${m.id}`, from: m.from, to: m.to, kind, label });
+  }
+
+  /** Draws a failover of `user` from site `from` to site `to` (an audit entry's `id`) like a migration. */
+  failover(id, user, from, to) {
+    return this.arc({ id: `f${id}`, from, to, kind: 'failover', label: `${user} · failed over` });
+  }
+
+  arc({ id, from, to, kind, label }) {
+    const a = this.at.get(from);
+    const b = this.at.get(to);
+    if (!a || !b || from === to) return false;
     const dx = b.x - a.x;
     const dy = b.y - a.y;
     const d = Math.hypot(dx, dy) || 1;
@@ -215,8 +230,7 @@ export class SiteMap {
     const p2 = { x: b.x - ux * (b.r + 4), y: b.y - uy * (b.r + 4) };
     const bow = Math.min(80, 0.25 * d);
     const p1 = { x: (a.x + b.x) / 2 - uy * bow, y: (a.y + b.y) / 2 + ux * bow };
-    const kind = m.outcome === 'committed' ? 'committed' : 'aborted';
-    const g = el('g', { class: `arc ${kind}`, 'data-migration': m.id }, this.arcs);
+    const g = el('g', { class: `arc ${kind}`, 'data-arc': id }, this.arcs);
     el('path', {
       d: `M${p0.x.toFixed(1)},${p0.y.toFixed(1)} Q${p1.x.toFixed(1)},${p1.y.toFixed(1)} ${p2.x.toFixed(1)},${p2.y.toFixed(1)}`,
       'marker-end': `url(#arrow-${kind})`,
@@ -225,7 +239,6 @@ export class SiteMap {
     const mid = { x: 0.25 * p0.x + 0.5 * p1.x + 0.25 * p2.x, y: 0.25 * p0.y + 0.5 * p1.y + 0.25 * p2.y };
     const [nx, ny] = [-uy, ux];
     const anchor = nx > 0.3 ? 'start' : nx < -0.3 ? 'end' : 'middle';
-    const label = kind === 'committed' ? `${m.user} · ${(m.downtime_us / 1000).toFixed(1)} ms` : `${m.user} · aborted`;
     text(g, { x: (mid.x + nx * 10).toFixed(1), y: (mid.y + ny * 10 + 4 + (ny > 0 ? 6 : 0)).toFixed(1), 'text-anchor': anchor }, label);
     setTimeout(() => g.remove(), ARC_MS);
     return true;

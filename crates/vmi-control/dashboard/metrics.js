@@ -85,10 +85,16 @@ export function total(families, name, match = {}) {
   return any ? sum : null;
 }
 
-/** One scrape reduced to what the graphs draw, stamped `t` (seconds since the Unix epoch). */
-export function figuresOf(families, t) {
+/**
+ * One scrape reduced to what the graphs draw, stamped `t` (seconds since the Unix epoch). Sites in `silent` (no
+ * lease now) are left out of the phones: their gauge holds what they said last, and those phones may be running
+ * elsewhere after a failover, counted there too.
+ */
+export function figuresOf(families, t, silent = new Set()) {
   const sitePhones = {};
-  for (const s of families.get('vmi_control_site_phones') || []) sitePhones[s.labels.site] = s.value;
+  for (const s of families.get('vmi_control_site_phones') || []) {
+    if (!silent.has(s.labels.site)) sitePhones[s.labels.site] = s.value;
+  }
   const http = { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 };
   for (const s of families.get('vmi_http_requests_total') || []) {
     const cls = `${String(s.labels.status || '')[0] || '?'}xx`;

@@ -690,7 +690,7 @@ impl PhoneTask {
             let entry = vmi_control_api::auth::AuditEntry {
                 id: 0,
                 at_ms: self.clock.wall_ns() / 1_000_000,
-                principal: format!("site/{site}"),
+                principal: vmi_control_api::auth::Principal::Site { id: site.clone() }.to_string(),
                 action: "CRASH".to_owned(),
                 user: Some(self.user.clone()),
                 site: Some(site.clone()),

@@ -27,9 +27,15 @@ pub struct Driver {
 
 impl Driver {
     pub fn start(name: &str, args: &[&str], shots: &Path) -> Driver {
+        Driver::start_with_env(name, args, &[], shots)
+    }
+
+    /// [`Driver::start`] with `env` added to the driver's environment (secrets such as tokens: never in argv).
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)], shots: &Path) -> Driver {
         let mut child = tokio::process::Command::new("node")
             .arg(browser_repo().join(format!("tests/browser/{name}.mjs")))
             .args(args)
+            .envs(env.iter().copied())
             .arg("--screenshot-dir")
             .arg(shots)
             .stdin(std::process::Stdio::piped())
