@@ -26,9 +26,6 @@ pub struct AuditArgs {
     /// Most entries, newest first.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
-    /// One JSON object per entry instead of a table.
-    #[arg(long)]
-    pub json: bool,
     /// Control service URL.
     #[arg(long, default_value = "http://127.0.0.1:7800")]
     pub control: String,
@@ -39,7 +36,8 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
     let query = query(&args, crate::checkpoints::now_ms())?;
     let entries =
         crate::credentials::control_client(&args.control)?.audit(&query).await.context("reading the audit log")?;
-    if args.json {
+    // One object a line, as the log is kept: a program reads it as it comes.
+    if crate::output::json() {
         for entry in &entries {
             println!("{}", serde_json::to_string(entry)?);
         }
@@ -106,7 +104,6 @@ mod tests {
             since: None,
             until: None,
             limit: 100,
-            json: false,
             control: String::new(),
         }
     }

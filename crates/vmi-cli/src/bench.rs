@@ -1,6 +1,6 @@
 //! `vmi bench …`: the engine's speed and density figures.
 //!
-//! Each bench prints one JSON object (with `--json`) or a readable table, and says what
+//! Each bench prints one JSON object (with the global `--json`) or a readable table, and says what
 //! it measured under which conditions. Times are wall-clock on this machine.
 
 use std::time::{Duration, Instant};
@@ -25,9 +25,6 @@ pub mod layout {
 pub enum BenchCmd {
     /// Snapshot, restore and incremental snapshot times of one phone.
     Snapshot {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// Rounds per figure.
         #[arg(long, default_value_t = 200)]
         rounds: usize,
@@ -37,9 +34,6 @@ pub enum BenchCmd {
     },
     /// Time from a key or touch to its frame damage being ready.
     Input {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// Events to time.
         #[arg(long, default_value_t = 2000)]
         events: usize,
@@ -47,9 +41,6 @@ pub enum BenchCmd {
     /// Input-to-frame latency, bytes per keystroke and of a static screen, through a real
     /// site and terminal over loopback.
     Display {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// Keystrokes to time.
         #[arg(long, default_value_t = 400)]
         keys: usize,
@@ -63,9 +54,6 @@ pub enum BenchCmd {
     /// A whole day of the terminal (radio, screen, decoding) against a phone polling its mail (radio, screen,
     /// running its apps), through a real site in virtual time.
     Energy {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// Minutes of typing (a minute of scrolling follows).
         #[arg(long, default_value_t = 30)]
         active_min: u64,
@@ -79,9 +67,6 @@ pub enum BenchCmd {
     /// Live migration between two sites (downtime, bytes, the terminal's gap), beside a
     /// QEMU/KVM guest migrated over loopback where KVM and QEMU exist.
     Migrate {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// Migrations to time.
         #[arg(long, default_value_t = 20)]
         rounds: usize,
@@ -95,9 +80,6 @@ pub enum BenchCmd {
     /// The WebAssembly phone and the Linux phone (QEMU) side by side: boot, input to frame, idle memory,
     /// snapshot and restore, checkpoint bytes, live migration between two sites, beside plain QEMU's migration.
     Engines {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// Rounds of each timed figure.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
@@ -108,9 +90,6 @@ pub enum BenchCmd {
     /// Checkpoint storage (full, after typing, per phone-day of light use, per phone
     /// among many of one image) and restore time.
     Checkpoint {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// Virtual hours of light use, one checkpoint each.
         #[arg(long, default_value_t = 24)]
         hours: u64,
@@ -120,9 +99,6 @@ pub enum BenchCmd {
     },
     /// The delay proxy of `vmi up`: its own cost per round trip, and a burst through it paying the delay once.
     Proxy {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// One-byte round trips to time, straight and through the proxy.
         #[arg(long, default_value_t = 2000)]
         round_trips: usize,
@@ -136,9 +112,6 @@ pub enum BenchCmd {
     /// Failover: the site running a phone is killed or stopped while a terminal types, again and again; time until
     /// the phone answers on another site, inputs lost, two sites applying input at once.
     Failover {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// Faults to inject (alternately SIGKILL and SIGSTOP of the site running the phone).
         #[arg(long, default_value_t = 100)]
         faults: usize,
@@ -149,9 +122,6 @@ pub enum BenchCmd {
     },
     /// How many idle phones fit, and how fast each is created.
     Density {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
         /// Phones to create.
         #[arg(long, default_value_t = 1000)]
         vms: usize,
@@ -192,21 +162,21 @@ pub(crate) fn round(v: f64, digits: i32) -> f64 {
     (v * f).round() / f
 }
 
-fn print(json_out: bool, v: Value) {
-    if json_out {
-        println!("{v}");
-    } else if let Value::Object(map) = v {
-        for (k, v) in map {
-            println!("{k:<28} {v}");
+fn print(v: Value) -> Result<()> {
+    crate::output::emit(&v, || {
+        if let Value::Object(map) = &v {
+            for (k, v) in map {
+                println!("{k:<28} {v}");
+            }
         }
-    }
+    })
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
-        BenchCmd::Snapshot { json, rounds, dirty_tracking } => print(json, snapshot(rounds.max(3), dirty_tracking)?),
-        BenchCmd::Input { json, events } => print(json, input(events.max(10))?),
-        BenchCmd::Density { json, vms, hibernated, site, load_secs } => {
+        BenchCmd::Snapshot { rounds, dirty_tracking } => print(snapshot(rounds.max(3), dirty_tracking)?),
+        BenchCmd::Input { events } => print(input(events.max(10))?),
+        BenchCmd::Density { vms, hibernated, site, load_secs } => {
             let mut figures = density(vms.max(1))?;
             if let Some(n) = hibernated {
                 figures["hibernated"] = density_hibernated(n.max(1))?;
@@ -215,37 +185,32 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
                 figures["site"] =
                     crate::runtime()?.block_on(crate::bench_density::site_density(n.max(1), load_secs))?;
             }
-            print(json, figures)
+            print(figures)
         }
-        BenchCmd::Checkpoint { json, hours, phones } => {
-            print(json, crate::bench_checkpoint::checkpoint(hours.max(1), phones.max(1))?)
+        BenchCmd::Checkpoint { hours, phones } => {
+            print(crate::bench_checkpoint::checkpoint(hours.max(1), phones.max(1))?)
         }
-        BenchCmd::Migrate { json, rounds, qemu_mib, qemu_runs } => {
-            print(json, crate::runtime()?.block_on(crate::bench_net::migrate(rounds.max(2), qemu_mib, qemu_runs))?)
+        BenchCmd::Migrate { rounds, qemu_mib, qemu_runs } => {
+            print(crate::runtime()?.block_on(crate::bench_net::migrate(rounds.max(2), qemu_mib, qemu_runs))?)
         }
-        BenchCmd::Display { json, keys, static_secs, plain } => print(
-            json,
+        BenchCmd::Display { keys, static_secs, plain } => print(
             crate::runtime()?.block_on(crate::bench_net::display(keys.max(10), static_secs.clamp(1, 120), plain))?,
         ),
-        BenchCmd::Proxy { json, round_trips, delay_ms, chunks } => print(
-            json,
-            crate::runtime()?.block_on(crate::proxy::bench(
-                round_trips.max(10),
-                std::time::Duration::from_millis(delay_ms),
-                chunks.max(1),
-            ))?,
-        ),
-        BenchCmd::Failover { json, faults, cluster } => {
-            print(json, crate::runtime()?.block_on(crate::bench_failover::failover(faults.max(1), cluster))?)
+        BenchCmd::Proxy { round_trips, delay_ms, chunks } => print(crate::runtime()?.block_on(crate::proxy::bench(
+            round_trips.max(10),
+            std::time::Duration::from_millis(delay_ms),
+            chunks.max(1),
+        ))?),
+        BenchCmd::Failover { faults, cluster } => {
+            print(crate::runtime()?.block_on(crate::bench_failover::failover(faults.max(1), cluster))?)
         }
-        BenchCmd::Engines { json, rounds, qemu_runs } => {
-            print(json, crate::runtime()?.block_on(crate::bench_engines::engines(rounds.max(2), qemu_runs))?)
+        BenchCmd::Engines { rounds, qemu_runs } => {
+            print(crate::runtime()?.block_on(crate::bench_engines::engines(rounds.max(2), qemu_runs))?)
         }
-        BenchCmd::Energy { json, active_min, day_h, mail_every_min } => {
-            print(json, crate::runtime()?.block_on(crate::bench_net::energy(active_min, day_h, mail_every_min.max(1)))?)
+        BenchCmd::Energy { active_min, day_h, mail_every_min } => {
+            print(crate::runtime()?.block_on(crate::bench_net::energy(active_min, day_h, mail_every_min.max(1)))?)
         }
     }
-    Ok(())
 }
 
 fn engine(max_vms: u32, tracking: Option<Tracking>) -> Result<WasmEngine> {

@@ -21,9 +21,6 @@ pub enum CheckpointsCmd {
         /// Control service URL.
         #[arg(long, default_value = "http://127.0.0.1:7800")]
         control: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Checkpoint a phone now.
     Create {
@@ -61,7 +58,7 @@ pub enum CheckpointsCmd {
 /// Runs a checkpoints command.
 pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
     match cmd {
-        CheckpointsCmd::List { user, site, control, json } => {
+        CheckpointsCmd::List { user, site, control } => {
             let control = crate::credentials::control_client(&control)?;
             // One site's own store, or the control service's catalogue of every copy.
             let (title, list): (String, Vec<Value>) = match site {
@@ -80,7 +77,7 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
                     ("(all sites)".into(), list.iter().map(|c| serde_json::to_value(c).unwrap_or_default()).collect())
                 }
             };
-            if json {
+            if crate::output::json() {
                 println!("{}", Value::Array(list));
                 return Ok(());
             }
@@ -114,12 +111,13 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
                 Some(replica) => format!("copied to {replica}"),
                 None => format!("NOT copied to a second site: {}", v["replica_error"].as_str().unwrap_or("?")),
             };
-            println!(
-                "checkpoint {} of {user} on {site}: {} bytes stored, {copy}",
-                c["id"].as_str().unwrap_or("?"),
-                c["stored_bytes"]
-            );
-            Ok(())
+            crate::output::emit(&v, || {
+                println!(
+                    "checkpoint {} of {user} on {site}: {} bytes stored, {copy}",
+                    c["id"].as_str().unwrap_or("?"),
+                    c["stored_bytes"]
+                );
+            })
         }
         CheckpointsCmd::Restore { user, at, id, site, control } => {
             let control = crate::credentials::control_client(&control)?;
@@ -129,14 +127,21 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
                 (None, Some(at_ms)) => json!({ "at_ms": at_ms }),
                 (None, None) => bail!("say which checkpoint: --at TIME or --id ID"),
             };
-            let url = match site {
-                None => phone_site(&control, &user).await?.1,
-                Some(to) => recover_on(&control, &user, &to).await?,
+            let (site, url) = match site {
+                None => phone_site(&control, &user).await?,
+                Some(to) => (to.clone(), recover_on(&control, &user, &to).await?),
             };
-            let (status, text) = crate::credentials::operator_caller()?
-                .post_json(&format!("{url}/v1/phones/{user}/checkpoints/restore"), &body)
+            // The site checkpoints the phone as it is, then brings the checkpoint (from its store, or another
+            // site's) back: seconds for a large phone.
+            let progress = crate::output::progress();
+            let (caller, restore_url) =
+                (crate::credentials::operator_caller()?, format!("{url}/v1/phones/{user}/checkpoints/restore"));
+            let asked = caller.post_json(&restore_url, &body);
+            let (status, text) = progress
+                .while_waiting(&format!("{site} restores {user}'s phone"), asked)
                 .await
                 .context("asking the site")?;
+            progress.clear();
             if let (404, Some(at_ms)) = (status, at_ms) {
                 let oldest = control.checkpoints(&user).await.ok().and_then(|l| l.first().map(|c| c.entry.at_ms));
                 match oldest {
@@ -149,19 +154,20 @@ pub async fn run(cmd: CheckpointsCmd) -> Result<()> {
                 }
             }
             let v = answer(status, text.as_bytes())?;
-            let r = &v["restored"];
-            println!(
-                "{user}'s phone is back to {} (checkpoint {}{})",
-                vmi_control_api::time::describe_time(r["at_ms"].as_u64().unwrap_or(0)),
-                r["id"].as_str().unwrap_or("?"),
-                r["label"].as_str().map(|l| format!(", {l}")).unwrap_or_default()
-            );
-            if let Some(before) = v["saved_before"]["id"].as_str() {
+            crate::output::emit(&v, || {
+                let r = &v["restored"];
                 println!(
-                    "the state it left is checkpoint {before}: `vmi vm checkpoints restore {user} --id {before}` undoes this"
+                    "{user}'s phone is back to {} (checkpoint {}{})",
+                    vmi_control_api::time::describe_time(r["at_ms"].as_u64().unwrap_or(0)),
+                    r["id"].as_str().unwrap_or("?"),
+                    r["label"].as_str().map(|l| format!(", {l}")).unwrap_or_default()
                 );
-            }
-            Ok(())
+                if let Some(before) = v["saved_before"]["id"].as_str() {
+                    println!(
+                        "the state it left is checkpoint {before}: `vmi vm checkpoints restore {user} --id {before}` undoes this"
+                    );
+                }
+            })
         }
     }
 }

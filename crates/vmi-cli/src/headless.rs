@@ -50,6 +50,18 @@ pub enum Report {
     },
 }
 
+impl Report {
+    /// Its `kind` in JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Report::Screenshot { .. } => "screenshot",
+            Report::Snapshot { .. } => "snapshot",
+            Report::Log { .. } => "log",
+            Report::Notification { .. } => "notification",
+        }
+    }
+}
+
 /// Runs `phone` through `lines`, advancing `clock` on `wait`.
 pub struct Runner<'a> {
     /// The phone.

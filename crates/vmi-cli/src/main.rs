@@ -11,6 +11,7 @@ mod checkpoints;
 mod credentials;
 mod headless;
 mod nemesis;
+mod output;
 mod proxy;
 mod qemu;
 mod script;
@@ -34,6 +35,10 @@ use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
 struct Cli {
     #[command(subcommand)]
     command: Top,
+    /// Print only JSON on stdout, for programs: one document, or one object a line where a command streams
+    /// (`vm run`, `audit`, `terminal --headless`, the services). No progress lines; errors still go to stderr.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -44,7 +49,7 @@ enum Top {
     /// Run, snapshot and restore phones.
     #[command(subcommand)]
     Vm(VmCmd),
-    /// Measure speed and density; prints figures (JSON with --json).
+    /// Measure speed and density; prints figures (one JSON object with --json).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
     /// Start a control service and three edge sites on this machine, with a demo phone.
@@ -132,9 +137,6 @@ enum ImageCmd {
     Inspect {
         /// The .wasm image.
         image: PathBuf,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Publish an image as its next version at the control service (phones move to it on restart).
     Publish(tenants::PublishArgs),
@@ -281,6 +283,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    output::set_json(cli.json);
     if runs_a_dense_site(&cli) {
         give_back_freed_memory();
     }
@@ -324,7 +327,9 @@ fn run(cli: Cli) -> Result<()> {
         Top::User(cmd) => runtime()?.block_on(services::user(cmd)),
         Top::Device(cmd) => runtime()?.block_on(services::device(cmd)),
         Top::Tenant(cmd) => runtime()?.block_on(tenants::tenant(cmd)),
-        Top::Terminal(cmd) => runtime()?.block_on(vmi_terminal::offline::run_command(cmd)).map_err(Into::into),
+        Top::Terminal(cmd) => {
+            runtime()?.block_on(vmi_terminal::offline::run_command(cmd, output::progress())).map_err(Into::into)
+        }
         Top::Audit(args) => runtime()?.block_on(audit::audit(args)),
         Top::Nemesis(args) => runtime()?.block_on(nemesis::nemesis(args)),
         Top::Openapi { service } => {
@@ -337,8 +342,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Top::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "vmi", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "vmi", &mut script);
+            let script = String::from_utf8(script).context("the completion script is not UTF-8")?;
+            output::emit(&serde_json::json!({ "shell": shell.to_string(), "script": script }), || print!("{script}"))
         }
     }
 }
@@ -355,8 +362,9 @@ async fn checkout_cancel(user: &str, control: &str) -> Result<()> {
     if status != 200 {
         bail!("{} did not cancel the checkout ({status}): {text}", placement.site);
     }
-    println!("{text}");
-    Ok(())
+    let answer: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "user": user, "cancelled": true }));
+    output::emit(&answer, || println!("{text}"))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -378,13 +386,13 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
         ImageCmd::Build { out, linux: true, memory_mib, network, .. } => {
             let work = std::env::temp_dir().join(format!("vmi-linux-image-{}", std::process::id()));
             let manifest = vmi_qemu_engine::image::Manifest { memory_mib, network, ..Default::default() };
-            let built = vmi_qemu_engine::image::build(manifest, &work);
+            let built = build_linux_image(manifest, &work, &output::progress());
             let _ = std::fs::remove_dir_all(&work);
             let bytes = built.context("building the Linux image")?;
             std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-            let hash = vmi_engine::ImageHash::of(&bytes);
-            println!("{} {} bytes, Linux image {}", out.display(), bytes.len(), hash.to_hex());
-            Ok(())
+            let hash = vmi_engine::ImageHash::of(&bytes).to_hex();
+            let built = serde_json::json!({ "out": out, "bytes": bytes.len(), "image": hash, "engine": "qemu" });
+            output::emit(&built, || println!("{} {} bytes, Linux image {hash}", out.display(), bytes.len()))
         }
         ImageCmd::Build { out, source, .. } => {
             let bytes = match source {
@@ -394,14 +402,15 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
             let engine = WasmEngine::new()?;
             let info = engine.load_image(&bytes).context("the built image is not a valid phone image")?;
             std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-            println!("{} {} bytes, image {}", out.display(), bytes.len(), info.hash.to_hex());
-            Ok(())
+            let hash = info.hash.to_hex();
+            let built = serde_json::json!({ "out": out, "bytes": bytes.len(), "image": hash, "engine": info.engine });
+            output::emit(&built, || println!("{} {} bytes, image {hash}", out.display(), bytes.len()))
         }
-        ImageCmd::Inspect { image, json } => {
+        ImageCmd::Inspect { image } => {
             let bytes = read_image(Some(&image))?;
             let engine = WasmEngine::new()?;
             let info = engine.load_image(&bytes)?;
-            if json {
+            if output::json() {
                 let v = serde_json::json!({
                     "hash": info.hash.to_hex(), "bytes": info.size_bytes, "abi_version": info.abi_version,
                     "initial_memory_bytes": info.initial_memory_bytes, "max_memory_bytes": info.max_memory_bytes,
@@ -428,6 +437,77 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
     }
 }
 
+/// The prefix of the Linux image build script's step lines on its stderr.
+const BUILD_STEP: &str = "build-linux-image: ";
+
+/// Builds a Linux image's parts with the build script (`vmi_qemu_engine::image::build_script`) in `work` and packs
+/// them with `manifest`, as `vmi_qemu_engine::image::build` does, showing the script's steps on `progress`.
+fn build_linux_image(
+    manifest: vmi_qemu_engine::image::Manifest,
+    work: &Path,
+    progress: &output::Progress,
+) -> Result<Vec<u8>> {
+    let script = vmi_qemu_engine::image::build_script();
+    let mut command = std::process::Command::new(&script);
+    command.arg(work);
+    if progress.is_shown() {
+        // Read here, so that nothing it prints lands in the middle of the progress line.
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    } else {
+        // What its tools print is for a person: stdout stays this command's (JSON with --json).
+        command.stdout(std::io::stderr());
+    }
+    let mut child = command.spawn().with_context(|| format!("running {}", script.display()))?;
+    if let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) {
+        let last = show_build_steps(vec![Box::new(stdout), Box::new(stderr)], progress);
+        progress.clear();
+        // The last step stays on the screen: how it ended ("done: kernel …", or why it failed).
+        eprintln!("{BUILD_STEP}{last}");
+    }
+    let status = child.wait().with_context(|| format!("waiting for {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status}); its output says why", script.display());
+    }
+    Ok(vmi_qemu_engine::image::pack_dir(manifest, work)?)
+}
+
+/// Shows the build script's steps (its [`BUILD_STEP`] lines) on `progress`, with the time taken so far, until it
+/// closes `outputs`; prints its other lines (warnings, a failure's log) as they come. Returns the last step.
+fn show_build_steps(outputs: Vec<Box<dyn std::io::Read + Send>>, progress: &output::Progress) -> String {
+    use std::io::BufRead;
+    use std::sync::mpsc::RecvTimeoutError;
+    let (send, lines) = std::sync::mpsc::channel();
+    for output in outputs {
+        let send = send.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(output).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    // Only the readers hold senders now: the channel closes when the script has closed both.
+    drop(send);
+    let started = std::time::Instant::now();
+    let mut step = "starting".to_owned();
+    loop {
+        // A step can take a minute (the root filesystem): the clock moves every second meanwhile.
+        match lines.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(line) => match line.strip_prefix(BUILD_STEP) {
+                Some(next) => step = next.to_owned(),
+                None => {
+                    progress.clear();
+                    eprintln!("{line}");
+                }
+            },
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return step,
+        }
+        progress.step(format!("[{} s] {step}", started.elapsed().as_secs()));
+    }
+}
+
 /// Builds a guest crate for wasm32 with cargo and returns its module.
 fn build_guest(dir: &Path) -> Result<Vec<u8>> {
     let manifest = dir.join("Cargo.toml");
@@ -437,6 +517,8 @@ fn build_guest(dir: &Path) -> Result<Vec<u8>> {
     let status = std::process::Command::new("cargo")
         .args(["build", "--release", "--target", "wasm32-unknown-unknown", "--message-format=short", "--manifest-path"])
         .arg(&manifest)
+        // Whatever cargo says is for a person: stdout stays this command's (JSON with --json).
+        .stdout(std::io::stderr())
         .status()
         .context("running cargo")?;
     if !status.success() {
@@ -491,17 +573,48 @@ fn vm_config(p: &PhoneArgs) -> VmConfig {
     VmConfig { width: p.width, height: p.height, memory_limit_bytes: p.memory_mib << 20, ..VmConfig::default() }
 }
 
-fn play(phone: &mut dyn vmi_engine::VirtualPhone, s: &Session, p: &PhoneArgs) -> Result<()> {
-    let Some(path) = &p.events else { return Ok(()) };
+/// Plays the event script of `p` (if any) on `phone`, printing each report as a JSON line; returns how many
+/// reports of each kind it printed.
+fn play(
+    phone: &mut dyn vmi_engine::VirtualPhone,
+    s: &Session,
+    p: &PhoneArgs,
+) -> Result<std::collections::BTreeMap<&'static str, u64>> {
+    let mut reported = std::collections::BTreeMap::new();
+    let Some(path) = &p.events else { return Ok(reported) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let lines = script::parse(&text).with_context(|| format!("in {}", path.display()))?;
     std::fs::create_dir_all(&p.out_dir).with_context(|| format!("creating {}", p.out_dir.display()))?;
     let terminal = p.as_terminal.then(headless::TerminalView::default);
     let mut runner = headless::Runner { phone, clock: s.clock.clone(), out_dir: p.out_dir.clone(), terminal };
     runner.play(&lines, &mut |report| match serde_json::to_string(&report) {
-        Ok(line) => println!("{line}"),
+        Ok(line) => {
+            *reported.entry(report.kind()).or_insert(0) += 1;
+            println!("{line}");
+        }
         Err(e) => eprintln!("cannot print a report: {e}"),
-    })
+    })?;
+    Ok(reported)
+}
+
+/// With `--json`, the last line of a headless run: what ran, where its clock ended, and what it reported.
+fn print_run_summary(
+    kind: &str,
+    phone: &dyn vmi_engine::VirtualPhone,
+    image: &vmi_engine::ImageHash,
+    reported: &std::collections::BTreeMap<&'static str, u64>,
+    extra: serde_json::Value,
+) {
+    if !output::json() {
+        return;
+    }
+    let mut summary = serde_json::json!({
+        "kind": kind, "image": image.to_hex(), "virtual_ns": phone.now_ns(), "reports": reported,
+    });
+    if let (Some(summary), serde_json::Value::Object(extra)) = (summary.as_object_mut(), extra) {
+        summary.extend(extra);
+    }
+    println!("{summary}");
 }
 
 fn vm_cmd(cmd: VmCmd) -> Result<()> {
@@ -517,7 +630,9 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
             let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;
             let image = s.engine.load_image(&read_image(p.image.as_deref())?)?;
             let mut phone = s.engine.create(&image.hash, &vm_config(&p))?;
-            play(phone.as_mut(), &s, &p)
+            let reported = play(phone.as_mut(), &s, &p)?;
+            print_run_summary("ran", phone.as_ref(), &image.hash, &reported, serde_json::json!({}));
+            Ok(())
         }
         VmCmd::Snapshot { phone: p, out, wall_start } => {
             let s = session(wall_start.unwrap_or_else(now_secs) * 1_000_000_000)?;
@@ -526,6 +641,7 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
             play(phone.as_mut(), &s, &p)?;
             let snap = phone.snapshot(vmi_engine::SnapshotRequest::Full)?;
             std::fs::write(&out, &snap.bytes).with_context(|| format!("writing {}", out.display()))?;
+            // Already one JSON line: the summary with or without --json.
             println!(
                 "{}",
                 serde_json::json!({"kind": "snapshot", "path": out.display().to_string(), "id": snap.id.to_string(), "bytes": snap.bytes.len(), "pages": snap.pages})
@@ -562,11 +678,16 @@ fn vm_cmd(cmd: VmCmd) -> Result<()> {
             // A terminal looks again: the phone repaints what went stale while it was
             // stored (the clock after `--away`).
             phone.deliver(vmi_engine::Event::Wake)?;
-            play(phone.as_mut(), &s, &p)?;
+            let reported = play(phone.as_mut(), &s, &p)?;
+            let mut written = None;
             if let Some(out) = snapshot_out {
                 let snap = phone.snapshot(vmi_engine::SnapshotRequest::Full)?;
                 std::fs::write(&out, &snap.bytes).with_context(|| format!("writing {}", out.display()))?;
+                written =
+                    Some(serde_json::json!({ "path": out, "id": snap.id.to_string(), "bytes": snap.bytes.len() }));
             }
+            let restored = serde_json::json!({ "from": snapshots, "away_ns": away_ns, "snapshot_out": written });
+            print_run_summary("restored", phone.as_ref(), &image.hash, &reported, restored);
             Ok(())
         }
         VmCmd::Inspect { snapshot } => {

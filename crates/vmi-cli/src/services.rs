@@ -119,9 +119,12 @@ pub enum SiteCmd {
         /// Control service URL.
         #[arg(long, default_value = "http://127.0.0.1:7800")]
         control: String,
-        /// Give up after this many seconds.
+        /// Give up waiting after this many seconds (the site stays draining).
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Return once the site is marked draining, without waiting for its phones to move.
+        #[arg(long, conflicts_with = "timeout")]
+        no_wait: bool,
     },
     /// Take a drained site back into service.
     Undrain {
@@ -177,9 +180,6 @@ pub struct ListArgs {
     /// Control service URL.
     #[arg(long, default_value = "http://127.0.0.1:7800")]
     control: String,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// `vmi vm logs` arguments.
@@ -190,9 +190,6 @@ pub struct LogsArgs {
     /// Control service URL.
     #[arg(long, default_value = "http://127.0.0.1:7800")]
     control: String,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// `vmi up` arguments.
@@ -485,18 +482,24 @@ async fn site_credentials(
 /// Runs a site until SIGINT/SIGTERM, then saves every phone (or runs a site subcommand).
 pub async fn site(args: SiteArgs) -> Result<()> {
     match args.command {
-        Some(SiteCmd::Drain { site, control, timeout }) => return drain(&site, &control, timeout).await,
+        Some(SiteCmd::Drain { site, control, timeout, no_wait }) => {
+            let wait = (!no_wait).then_some(Duration::from_secs(timeout));
+            return drain(&site, &control, wait).await;
+        }
         Some(SiteCmd::Undrain { site, control }) => {
-            crate::credentials::control_client(&control)?.undrain_site(&site).await.context("undraining")?;
-            println!("{site} takes phones again");
-            return Ok(());
+            let status =
+                crate::credentials::control_client(&control)?.undrain_site(&site).await.context("undraining")?;
+            return crate::output::emit(&status, || println!("{site} takes phones again"));
         }
         Some(SiteCmd::JoinToken { site, out, control }) => {
             let path = out.unwrap_or_else(|| PathBuf::from(format!("{site}.join")));
             write_join_file(&crate::credentials::control_client(&control)?, &site, &path).await?;
-            println!("join file for {site}: {} (0600, works once, for a day)", path.display());
-            println!("on the new site: vmi site --id {site} --join {} --data-dir DIR", path.display());
-            return Ok(());
+            // The file holds a secret: its name is printed, never what is in it.
+            let written = serde_json::json!({ "site": site, "join_file": path });
+            return crate::output::emit(&written, || {
+                println!("join file for {site}: {} (0600, works once, for a day)", path.display());
+                println!("on the new site: vmi site --id {site} --join {} --data-dir DIR", path.display());
+            });
         }
         None => {}
     }
@@ -712,11 +715,13 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
 
     let result = demo(&control_url, &args.user, &args.data_dir).await;
     let result = match result {
-        Ok(demo) => write_up_file(&args.data_dir, &control_url, &routes, &demo, cluster.as_ref()).map(|()| demo),
+        Ok(demo) => write_up_file(&args.data_dir, &control_url, &routes, &demo, cluster.as_ref()).map(|up| (demo, up)),
         Err(e) => Err(e),
     };
     match &result {
-        Ok(demo) => {
+        // For programs: where everything is, as in up.json, instead of the words.
+        Ok((_, up)) if crate::output::json() => println!("{up}"),
+        Ok((demo, _)) => {
             match args.replicas {
                 _ if args.cluster => println!(
                     "Seed VMI is up as a simulated cluster: {CLUSTER_ETCD_MEMBERS} etcd members, {CLUSTER_REPLICAS} \
@@ -860,13 +865,14 @@ impl SimulatedCluster {
 /// listens, and the demo user's browser `terminal` URL), for scripts and tests.
 pub const UP_FILE: &str = "up.json";
 
+/// Writes [`UP_FILE`] and returns what it holds.
 fn write_up_file(
     dir: &std::path::Path,
     control: &str,
     routes: &[Route],
     demo: &Demo,
     cluster: Option<&SimulatedCluster>,
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     let sites: Vec<_> = routes
         .iter()
         .map(|(id, url, behind)| {
@@ -895,7 +901,8 @@ fn write_up_file(
         "credentials": dir.join("operator.json"),
     });
     let path = dir.join(UP_FILE);
-    std::fs::write(&path, format!("{up:#}\n")).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(&path, format!("{up:#}\n")).with_context(|| format!("writing {}", path.display()))?;
+    Ok(up)
 }
 
 /// What terminals use to reach a site (id, URL) and, behind a proxy, where the site listens.
@@ -988,8 +995,8 @@ pub async fn mail(args: MailArgs) -> Result<()> {
     if status != 202 {
         bail!("the site refused the mail: {status} {text}");
     }
-    println!("mail delivered to {}'s phone on {}", args.to, placement.site);
-    Ok(())
+    let delivered = serde_json::json!({ "user": args.to, "site": placement.site, "delivered": true });
+    crate::output::emit(&delivered, || println!("mail delivered to {}'s phone on {}", args.to, placement.site))
 }
 
 /// The base URL of a registered site.
@@ -1017,16 +1024,17 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
     if status != 200 {
         bail!("migration did not happen ({status}): {report}");
     }
-    println!(
-        "{} moved {} → {} in {:.1} ms, downtime {} µs, {} bytes",
-        args.user,
-        report["from"],
-        report["to"],
-        report["total_ms"].as_f64().unwrap_or(0.0),
-        report["downtime_us"],
-        report["bytes"]
-    );
-    Ok(())
+    crate::output::emit(&report, || {
+        println!(
+            "{} moved {} → {} in {:.1} ms, downtime {} µs, {} bytes",
+            args.user,
+            report["from"],
+            report["to"],
+            report["total_ms"].as_f64().unwrap_or(0.0),
+            report["downtime_us"],
+            report["bytes"]
+        );
+    })
 }
 
 /// `vmi vm list`: where every phone runs.
@@ -1052,7 +1060,7 @@ pub async fn list(args: ListArgs) -> Result<()> {
             rows.push(serde_json::json!({ "site": s.site.id, "status": "unreachable" }));
         }
     }
-    if args.json {
+    if crate::output::json() {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
@@ -1098,7 +1106,7 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
     if status != 200 {
         bail!("{} answered {status}: {}", placement.site, answer["error"].as_str().unwrap_or("no reason given"));
     }
-    if args.json {
+    if crate::output::json() {
         println!("{answer}");
         return Ok(());
     }
@@ -1117,14 +1125,20 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
     Ok(())
 }
 
-/// `vmi site drain`: marks the site draining (the control service's placer moves its
-/// phones to the best other sites) and waits until it has none.
-pub async fn drain(site: &str, control_url: &str, timeout_s: u64) -> Result<()> {
+/// `vmi site drain`: marks the site draining (the control service's placer moves its phones to the best other
+/// sites) and, given `wait`, waits that long at most until it has none, showing how many are left.
+pub async fn drain(site: &str, control_url: &str, wait: Option<Duration>) -> Result<()> {
     let control = crate::credentials::control_client(control_url)?;
     let url = site_url(&control, site).await?;
-    control.drain_site(site).await.context("marking the site draining")?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+    let marked = control.drain_site(site).await.context("marking the site draining")?;
+    let Some(wait) = wait else {
+        let words = || println!("{site} is draining: its {} phones move away (see vmi vm list)", marked.site.phones);
+        return crate::output::emit(&marked, words);
+    };
+    let progress = crate::output::progress();
+    let started = std::time::Instant::now();
     loop {
+        // The site's own list, not the count in its last heartbeat: a phone that just left is gone from it.
         let (_, body) = crate::credentials::operator_caller()?
             .get_bytes(&format!("{url}/v1/phones"))
             .await
@@ -1132,12 +1146,18 @@ pub async fn drain(site: &str, control_url: &str, timeout_s: u64) -> Result<()> 
         let phones: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let left = phones["phones"].as_array().map(Vec::len).unwrap_or(0);
         if left == 0 {
-            println!("{site} is drained: 0 phones");
-            return Ok(());
+            progress.clear();
+            let drained = serde_json::json!({
+                "site": site, "draining": true, "phones": 0, "seconds": started.elapsed().as_secs_f64(),
+            });
+            return crate::output::emit(&drained, || println!("{site} is drained: 0 phones"));
         }
-        if std::time::Instant::now() > deadline {
-            bail!("{site} still has {left} phones after {timeout_s} s");
+        if started.elapsed() > wait {
+            progress.clear();
+            bail!("{site} still has {left} phones after {} s (it stays draining)", wait.as_secs());
         }
+        let plural = if left == 1 { "" } else { "s" };
+        progress.step(format!("draining {site}: {left} phone{plural} left ({} s)", started.elapsed().as_secs()));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -1215,8 +1235,10 @@ pub async fn user(cmd: UserCmd) -> Result<()> {
                 .pair_code(&user)
                 .await
                 .context("issuing a pairing code")?;
-            println!("pairing code for {user}: {}  (valid 10 minutes, once)", code.code);
-            println!("on the new device: vmi device pair {} --control {control}", code.code);
+            crate::output::emit(&code, || {
+                println!("pairing code for {user}: {}  (valid 10 minutes, once)", code.code);
+                println!("on the new device: vmi device pair {} --control {control}", code.code);
+            })?;
         }
     }
     Ok(())
@@ -1228,14 +1250,18 @@ pub async fn device(cmd: DeviceCmd) -> Result<()> {
         DeviceCmd::List { user, control } => {
             let devices =
                 crate::credentials::control_client(&control)?.list_devices(&user).await.context("listing devices")?;
-            println!("ID     REVOKED  NAME");
-            for d in devices {
-                println!("{:<6} {:<8} {}", d.device_id, if d.revoked { "yes" } else { "no" }, d.name);
-            }
+            crate::output::emit(&devices, || {
+                println!("ID     REVOKED  NAME");
+                for d in &devices {
+                    println!("{:<6} {:<8} {}", d.device_id, if d.revoked { "yes" } else { "no" }, d.name);
+                }
+            })?;
         }
         DeviceCmd::Revoke { id, control } => {
             crate::credentials::control_client(&control)?.revoke_device(id).await.context("revoking")?;
-            println!("device {id} revoked: its sessions are closed and its token is refused");
+            crate::output::emit(&serde_json::json!({ "device_id": id, "revoked": true }), || {
+                println!("device {id} revoked: its sessions are closed and its token is refused");
+            })?;
         }
         DeviceCmd::Pair { code, name, control, token_file, ca } => {
             // A new device holds no credential yet: the code is its proof.
@@ -1247,6 +1273,15 @@ pub async fn device(cmd: DeviceCmd) -> Result<()> {
             let link_file = token_file.with_extension("link");
             let link = format!("{}#token={}\n", browser_page(&phone.site_url), device.token);
             crate::credentials::write_secret_bytes(&link_file, link.as_bytes())?;
+            if crate::output::json() {
+                // The token stays in its 0600 file, as without --json: stdout ends up in logs and terminals.
+                let paired = serde_json::json!({
+                    "device_id": device.device_id, "user": phone.user, "site": phone.site,
+                    "token_file": token_file, "link_file": link_file,
+                });
+                println!("{paired}");
+                return Ok(());
+            }
             println!("paired: this is device {} of user {}", device.device_id, phone.user);
             println!("token: in {} (0600)", token_file.display());
             println!("browser terminal: the address in {} (0600)", link_file.display());

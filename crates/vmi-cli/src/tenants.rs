@@ -144,16 +144,20 @@ fn check_memory_quota(bytes: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-/// Prints a tenant's quotas and image, and whether that image is published.
-async fn describe(control: &ControlClient, t: &Tenant) {
-    println!(
-        "tenant {}: {}, {}, image {}",
-        t.name,
-        limit_phrase(t.max_phones, "phones"),
-        limit_phrase(t.max_memory_bytes.map(format_bytes), "memory"),
-        t.image
-    );
+/// Prints a tenant's quotas and image (the tenant as the API answered, with `--json`), and whether that image is
+/// published.
+async fn describe(control: &ControlClient, t: &Tenant) -> Result<()> {
+    crate::output::emit(t, || {
+        println!(
+            "tenant {}: {}, {}, image {}",
+            t.name,
+            limit_phrase(t.max_phones, "phones"),
+            limit_phrase(t.max_memory_bytes.map(format_bytes), "memory"),
+            t.image
+        );
+    })?;
     note_unpublished(control, &t.image).await;
+    Ok(())
 }
 
 /// Says so when no version of `image` is published: its phones run the built-in phone.
@@ -176,7 +180,7 @@ pub async fn tenant(cmd: TenantCmd) -> Result<()> {
             let req = TenantRequest { name, max_phones, max_memory_bytes: max_memory, image: Some(image) };
             let control = client(&control)?;
             let t = control.create_tenant(&req).await.context("creating the tenant")?;
-            describe(&control, &t).await;
+            describe(&control, &t).await?;
         }
         TenantCmd::Set { name, max_phones, max_memory, image, control } => {
             let update = TenantUpdate {
@@ -187,16 +191,22 @@ pub async fn tenant(cmd: TenantCmd) -> Result<()> {
             check_memory_quota(update.max_memory_bytes.flatten())?;
             let control = client(&control)?;
             let t = control.update_tenant(&name, &update).await.context("updating the tenant")?;
-            describe(&control, &t).await;
+            describe(&control, &t).await?;
         }
         TenantCmd::List { control } => {
-            println!("{:<16} {:<14} {:<22} IMAGE", "TENANT", "PHONES", "MEMORY");
-            for t in client(&control)?.list_tenants().await.context("listing tenants")? {
-                let phones = format!("{}/{}", t.phones, quota(t.tenant.max_phones));
-                let memory =
-                    format!("{}/{}", format_bytes(t.memory_bytes), quota(t.tenant.max_memory_bytes.map(format_bytes)));
-                println!("{:<16} {:<14} {:<22} {}", t.tenant.name, phones, memory, t.tenant.image);
-            }
+            let tenants = client(&control)?.list_tenants().await.context("listing tenants")?;
+            crate::output::emit(&tenants, || {
+                println!("{:<16} {:<14} {:<22} IMAGE", "TENANT", "PHONES", "MEMORY");
+                for t in &tenants {
+                    let phones = format!("{}/{}", t.phones, quota(t.tenant.max_phones));
+                    let memory = format!(
+                        "{}/{}",
+                        format_bytes(t.memory_bytes),
+                        quota(t.tenant.max_memory_bytes.map(format_bytes))
+                    );
+                    println!("{:<16} {:<14} {:<22} {}", t.tenant.name, phones, memory, t.tenant.image);
+                }
+            })?;
         }
     }
     Ok(())
@@ -205,57 +215,71 @@ pub async fn tenant(cmd: TenantCmd) -> Result<()> {
 /// `vmi user create NAME [--tenant T]`.
 pub async fn create_user(name: &str, tenant: Option<&str>, control: &str) -> Result<()> {
     let user = client(control)?.create_user_in(name, tenant).await.context("creating the user")?;
-    match user.tenant {
+    crate::output::emit(&user, || match &user.tenant {
         Some(t) => println!("user {} created in tenant {t}", user.name),
         None => println!("user {} created (no tenant: no quotas)", user.name),
-    }
-    Ok(())
+    })
 }
 
-/// `vmi image publish`: checks the image against the guest ABI here, then publishes it.
+/// `vmi image publish`: checks the image against the guest ABI here, then publishes it (the upload shown on a
+/// terminal).
 pub async fn publish(args: PublishArgs) -> Result<()> {
+    let progress = crate::output::progress();
     let wasm = match &args.file {
-        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            progress.step(format!("reading {}", path.display()));
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
         None => vmi_phone_image::PHONE_WASM.to_vec(),
     };
+    progress.step("checking the image");
     if vmi_qemu_engine::image::is_linux_image(&wasm) {
         vmi_qemu_engine::image::parse(&wasm).context("not a valid Linux phone image")?;
     } else {
         let engine = vmi_wasm_engine::WasmEngine::new()?;
         engine.load_image(&wasm).context("not a valid phone image")?;
     }
-    let v = client(&args.control)?.publish_image(&args.name, &wasm).await.context("publishing")?;
-    println!(
-        "{} version {} ({}, {} bytes): phones move to it on their next restart",
-        v.name, v.version, v.hash, v.size_bytes
-    );
-    Ok(())
+    let mut control = client(&args.control)?;
+    if let Some(observer) = progress.transfer(&format!("publishing {}", args.name), "") {
+        control = control.with_observer(observer);
+    }
+    let v = control.publish_image(&args.name, &wasm).await.context("publishing")?;
+    progress.clear();
+    crate::output::emit(&v, || {
+        println!(
+            "{} version {} ({}, {} bytes): phones move to it on their next restart",
+            v.name, v.version, v.hash, v.size_bytes
+        );
+    })
 }
 
 /// `vmi image list`.
 pub async fn list(args: ControlArg) -> Result<()> {
-    println!("{:<16} {:<8} {:<10} {:<12} HASH", "IMAGE", "VERSION", "BYTES", "STATE");
-    for v in client(&args.control)?.list_images().await.context("listing images")? {
-        let state = if v.current {
-            "current"
-        } else if v.withdrawn {
-            "withdrawn"
-        } else {
-            "older"
-        };
-        println!("{:<16} {:<8} {:<10} {:<12} {}", v.name, v.version, v.size_bytes, state, v.hash);
-    }
-    Ok(())
+    let versions = client(&args.control)?.list_images().await.context("listing images")?;
+    crate::output::emit(&versions, || {
+        println!("{:<16} {:<8} {:<10} {:<12} HASH", "IMAGE", "VERSION", "BYTES", "STATE");
+        for v in &versions {
+            let state = if v.current {
+                "current"
+            } else if v.withdrawn {
+                "withdrawn"
+            } else {
+                "older"
+            };
+            println!("{:<16} {:<8} {:<10} {:<12} {}", v.name, v.version, v.size_bytes, state, v.hash);
+        }
+    })
 }
 
 /// `vmi image rollback`.
 pub async fn rollback(args: ImageNameArgs) -> Result<()> {
     let v = client(&args.control)?.rollback_image(&args.name).await.context("rolling back")?;
-    println!(
-        "{} is back on version {}: phones move to it on their next restart (vmi vm restart USER)",
-        v.name, v.version
-    );
-    Ok(())
+    crate::output::emit(&v, || {
+        println!(
+            "{} is back on version {}: phones move to it on their next restart (vmi vm restart USER)",
+            v.name, v.version
+        );
+    })
 }
 
 /// The base URL of the site running (or to run) `user`'s phone.
@@ -298,8 +322,8 @@ pub async fn create_phone(args: PhoneArgs) -> Result<()> {
     if status != 201 {
         bail!("{site} did not boot {}'s phone: {}", args.user, error_text(&body));
     }
-    println!("{}'s phone runs on {site}", args.user);
-    Ok(())
+    let created = serde_json::json!({ "user": args.user, "site": site, "created": true });
+    crate::output::emit(&created, || println!("{}'s phone runs on {site}", args.user))
 }
 
 /// `vmi vm restart USER`: the phone moves to its image's current version, keeping the user's data.
@@ -318,16 +342,18 @@ pub async fn restart(args: PhoneArgs) -> Result<()> {
         (Some(n), Some(v)) => format!("{n} version {v}"),
         _ => "the built-in image".to_owned(),
     };
-    if report["upgraded"] == true {
-        println!(
-            "{}'s phone restarted on {} (was {}), data kept",
-            args.user,
-            name(&report["to"]),
-            name(&report["from"])
-        );
-    } else {
-        println!("{}'s phone restarted on {}", args.user, name(&report["to"]));
-    }
+    crate::output::emit(&report, || {
+        if report["upgraded"] == true {
+            println!(
+                "{}'s phone restarted on {} (was {}), data kept",
+                args.user,
+                name(&report["to"]),
+                name(&report["from"])
+            );
+        } else {
+            println!("{}'s phone restarted on {}", args.user, name(&report["to"]));
+        }
+    })?;
     if let Some(e) = report["upgrade_error"].as_str() {
         bail!("the phone stays on {}: {e}", name(&report["to"]));
     }

@@ -267,3 +267,123 @@ fn completions_for_each_shell() {
     let parsed = Command::new("bash").arg("-n").arg(&script).status().expect("bash");
     assert!(parsed.success(), "bash reads the script");
 }
+
+/// Every command and subcommand of `vmi` under `path`, `path` first, as each one's `--help` lists them.
+fn commands(path: &[String]) -> Vec<Vec<String>> {
+    let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+    args.push("--help");
+    let help = ok(&args);
+    let mut found = vec![path.to_vec()];
+    let listed = help.split("\nCommands:\n").nth(1).and_then(|rest| rest.split("\n\n").next()).unwrap_or("");
+    // A command's line: its name two spaces in, then what it does.
+    for line in listed.lines().filter(|l| l.starts_with("  ") && !l[2..].starts_with(' ')) {
+        let name = line.split_whitespace().next().expect("a name");
+        if name != "help" {
+            found.extend(commands(&[path, &[name.to_owned()]].concat()));
+        }
+    }
+    found
+}
+
+/// `--json` is global: every command takes it, before or after its name, and none defines another.
+#[test]
+fn every_command_takes_json() {
+    let all = commands(&[]);
+    assert!(all.len() > 60, "the walk found the command tree: {all:?}");
+    for path in &all {
+        let args: Vec<&str> = path.iter().map(String::as_str).chain(["--help"]).collect();
+        let help = ok(&args);
+        let flags = help.lines().filter(|l| l.trim_start().starts_with("--json")).count();
+        assert_eq!(flags, 1, "vmi {} --help lists --json once:\n{help}", path.join(" "));
+        // Before the command's name too.
+        let args: Vec<&str> = ["--json"].into_iter().chain(args).collect();
+        assert!(vmi(&args).status.success(), "vmi {args:?}");
+    }
+    for must in
+        [&["site", "drain"][..], &["terminal", "checkout"], &["vm", "checkpoints", "restore"], &["bench", "snapshot"]]
+    {
+        assert!(all.iter().any(|p| p == must), "{must:?} is in the tree");
+    }
+}
+
+/// Runs `vmi ARGS`, asserts it succeeded with no progress line on stderr (not a terminal), and returns what it
+/// printed on stdout: JSON values (one a line, or a pretty document), nothing else.
+fn json_lines(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = vmi(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "vmi {args:?} failed: {stderr}");
+    assert!(!stderr.contains('\r'), "no progress line when stderr is not a terminal: {stderr:?}");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 output");
+    assert!(!stdout.trim().is_empty(), "vmi {args:?} printed something");
+    serde_json::Deserializer::from_str(&stdout)
+        .into_iter()
+        .map(|value| value.unwrap_or_else(|e| panic!("vmi {args:?} printed more than JSON: {e}: {stdout}")))
+        .collect()
+}
+
+/// With `--json` the local commands print JSON and nothing else on stdout; an error stays on stderr.
+#[test]
+fn json_output_of_local_commands_parses() {
+    let dir = scratch("json");
+    let d = |f: &str| dir.join(f).display().to_string();
+    let built = json_lines(&["--json", "image", "build", "--out", &d("phone.wasm")]);
+    assert_eq!((built.len(), built[0]["engine"].as_str()), (1, Some("wasm")), "{built:?}");
+    let inspected = json_lines(&["--json", "image", "inspect", &d("phone.wasm")]);
+    assert_eq!(inspected[0]["hash"], built[0]["image"], "{inspected:?}");
+
+    std::fs::write(dir.join("short.events"), "tap 274 1090\ntype hi\nscreenshot notes.png\n").expect("write");
+    let run = json_lines(&[
+        "--json",
+        "vm",
+        "run",
+        "--headless",
+        "--events",
+        &d("short.events"),
+        "--out-dir",
+        &d(""),
+        "--wall-start",
+        "1763000000",
+    ]);
+    let summary = run.last().expect("a summary");
+    assert_eq!((run[0]["kind"].as_str(), summary["kind"].as_str()), (Some("screenshot"), Some("ran")), "{run:?}");
+    assert_eq!(summary["reports"]["screenshot"], 1, "{summary}");
+    assert_eq!(summary["image"], built[0]["image"]);
+
+    let snapshot = json_lines(&["vm", "snapshot", "--out", &d("phone.snap"), "--json"]);
+    assert_eq!(snapshot.last().expect("a line")["kind"], "snapshot");
+    let restored = json_lines(&["vm", "restore", &d("phone.snap"), "--snapshot-out", &d("again.snap"), "--json"]);
+    let summary = restored.last().expect("a summary");
+    assert_eq!(summary["kind"], "restored", "{summary}");
+    assert!(summary["snapshot_out"]["bytes"].as_u64().is_some_and(|b| b > 0), "{summary}");
+    assert_eq!(json_lines(&["--json", "vm", "inspect", &d("again.snap")])[0]["kind"], "full");
+
+    let completions = json_lines(&["--json", "completions", "fish"]);
+    assert!(completions[0]["script"].as_str().is_some_and(|s| s.contains("checkpoints")), "{completions:?}");
+    assert_eq!(json_lines(&["--json", "openapi", "site"])[0]["openapi"], "3.1.0");
+
+    // A Linux image's build script (here a stand-in) says what it does on stdout and stderr: all of it goes to
+    // stderr, and stdout holds the one JSON document.
+    let script = dir.join("build-linux-image");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'build-linux-image: packing' >&2\necho chatter\nmkdir -p \"$1\" && cd \"$1\" && printf k >vmlinuz && \
+         printf i >initrd && printf r >rootfs.sqfs\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let out = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .args(["--json", "image", "build", "--linux", "--out", &d("linux.img")])
+        .env("VMI_LINUX_IMAGE_SCRIPT", &script)
+        .output()
+        .expect("run vmi");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("chatter") && stderr.contains("packing") && !stderr.contains('\r'), "{stderr:?}");
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(built["engine"], "qemu", "{built}");
+
+    // An error: words on stderr, nothing on stdout, a failed exit.
+    let out = vmi(&["--json", "image", "inspect", &d("missing.wasm")]);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.wasm"));
+}

@@ -26,6 +26,7 @@ fn checkout_run_offline_checkin_and_cancel_from_the_command_line() {
     let out = run(
         &up,
         &[
+            "--json",
             "terminal",
             "checkout",
             "--control",
@@ -41,7 +42,9 @@ fn checkout_run_offline_checkin_and_cancel_from_the_command_line() {
         ],
     );
     assert!(out.status.success(), "checkout: {}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"event\":\"checked_out\""));
+    let checked_out: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(checked_out["event"], "checked_out");
+    assert!(!stderr(&out).contains('\r'), "no progress line when stderr is not a terminal");
 
     // One live copy: a second checkout is refused while the first is out.
     let other = data.join("other").display().to_string();
@@ -72,8 +75,11 @@ fn checkout_run_offline_checkin_and_cancel_from_the_command_line() {
     );
     assert!(out.status.success(), "run-offline: {}", stderr(&out));
     assert!(shot.exists(), "the offline screen was saved");
-    let out = run(&up, &["terminal", "checkin", "--dir", &dir]);
+    let out = run(&up, &["terminal", "checkin", "--dir", &dir, "--json"]);
     assert!(out.status.success(), "checkin: {}", stderr(&out));
+    let checked_in: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(checked_in["event"], "checked_in");
+    assert!(!stderr(&out).contains('\r'), "no progress line when stderr is not a terminal");
     assert_eq!(fetch(&format!("{site}/v1/phones/demo/kv/notes.text"), Some(&operator)), "Offline from the CLI");
 
     // A lost terminal: the operator breaks the lease and the phone resumes on its site.

@@ -72,6 +72,7 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     // By the 16 digits `list` shows.
     let (ok, restored) = cli(&["vm", "checkpoints", "restore", "demo", "--id", &id[..16]]);
     assert!(ok && restored.contains("undoes this"), "{restored}");
+    assert!(!restored.contains('\r'), "no progress line when stderr is not a terminal: {restored:?}");
     assert_eq!(notes(&site_url), "Written before Ctrl-C");
 
     first.interrupt();
@@ -82,8 +83,8 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
     assert_eq!(mode(&data.join("site-a/phones/demo")), 0o700);
     assert_eq!(mode(&data.join("site-a")), 0o700);
 
-    // The next `vmi up` brings the same phone back.
-    let second = up(&data, &[]);
+    // The next `vmi up` brings the same phone back (this time telling a program where everything is).
+    let second = up(&data, &["--json"]);
     let site = second.site("site-a").to_string();
     assert_eq!(notes(&site), "Written before Ctrl-C", "the operator credential of the first run still works");
     second.interrupt();

@@ -143,7 +143,9 @@ impl Caller {
         }
         let body = body.map(|(content_type, bytes)| (content_type, Bytes::from(bytes)));
         let request = origin.request(method, path, body, self, options.bearer, false)?;
-        let (status, body) = origin.exchange(self, request, options.timeout, options.max_response_bytes).await?;
+        let (status, body) = origin
+            .exchange(self, request, options.timeout, options.max_response_bytes, options.observer.as_ref())
+            .await?;
         Ok((status.as_u16(), body))
     }
 

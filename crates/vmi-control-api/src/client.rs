@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::{
     AdminRequest, AuditEntry, AuditQuery, EnrollRequest, Enrollment, JoinToken, NewCredential, Principal,
 };
-use crate::http_client::{DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, Origin, error_message};
+use crate::http_client::{DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, Origin, TransferObserver, error_message};
 use crate::model::{
     AuthRequest, CatalogedCheckpoint, CheckpointEntry, Device, HeartbeatReply, HeartbeatRequest, LoggedMigration,
     MigrationRecord, NameRequest, NewDevice, PairCode, PairRequest, PhoneLocation, Placement, PlacementInfo,
@@ -66,6 +66,8 @@ pub struct ControlClient {
     preferred: Arc<AtomicUsize>,
     caller: Caller,
     timeout: Duration,
+    /// Told how far each request's body and answer have got (a progress display), if anyone asked.
+    observer: Option<TransferObserver>,
 }
 
 impl ControlClient {
@@ -80,6 +82,7 @@ impl ControlClient {
             preferred: Arc::new(AtomicUsize::new(0)),
             caller,
             timeout: DEFAULT_TIMEOUT,
+            observer: None,
         })
     }
 
@@ -102,6 +105,12 @@ impl ControlClient {
     /// The same client with another per-request timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The same client telling `observer` how far each request's body and answer have got (an image's upload).
+    pub fn with_observer(mut self, observer: TransferObserver) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -319,7 +328,7 @@ impl ControlClient {
             true,
         )?;
         let (status, body) =
-            origin.exchange_over(&self.caller, stream, request, self.timeout, MAX_RESPONSE_BYTES).await?;
+            origin.exchange_over(&self.caller, stream, request, self.timeout, MAX_RESPONSE_BYTES, None).await?;
         if !status.is_success() {
             return Err(ClientError::Status { status: status.as_u16(), body: error_message(&body) });
         }
@@ -514,7 +523,8 @@ impl ControlClient {
             let i = (first + attempt) % n;
             let origin = &self.origins[i];
             let request = origin.request(method.clone(), path.clone(), body.clone(), &self.caller, bearer, true)?;
-            let answer = match origin.exchange(&self.caller, request, self.timeout, limit).await {
+            let answer = match origin.exchange(&self.caller, request, self.timeout, limit, self.observer.as_ref()).await
+            {
                 Ok((status, body)) if status.is_success() => Ok(body),
                 Ok((status, body)) => Err(ClientError::Status { status: status.as_u16(), body: error_message(&body) }),
                 Err(e) => Err(e),

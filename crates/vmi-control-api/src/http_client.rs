@@ -3,13 +3,18 @@
 //! terminal's offline checkout. Every request goes out as a [`Caller`]: whom it trusts, who it is.
 //!
 //! One connection per request (no pooling), `Connection: close`, and every exchange, connect and TLS handshake
-//! included, bounded by a timeout and by a most number of response bytes.
+//! included, bounded by a timeout and by a most number of response bytes. A [`TransferObserver`] may watch a
+//! request's body go out and its answer come in (a progress display for a large upload or download).
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::BodyExt;
 pub use hyper::Method;
-use hyper::body::Bytes;
+use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 
@@ -28,7 +33,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
 
 /// What goes with one request of [`send`] besides its method, URL and body.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RequestOptions<'a> {
     /// Bound on the whole exchange, connect included.
     pub timeout: Duration,
@@ -36,11 +41,106 @@ pub struct RequestOptions<'a> {
     pub max_response_bytes: usize,
     /// Sent as `Authorization: Bearer TOKEN` instead of the caller's own token (a site forwarding a device's).
     pub bearer: Option<&'a str>,
+    /// Told how far the request's body and its answer have got.
+    pub observer: Option<TransferObserver>,
 }
 
 impl Default for RequestOptions<'_> {
     fn default() -> Self {
-        RequestOptions { timeout: OPERATOR_TIMEOUT, max_response_bytes: MAX_RESPONSE_BYTES, bearer: None }
+        RequestOptions {
+            timeout: OPERATOR_TIMEOUT,
+            max_response_bytes: MAX_RESPONSE_BYTES,
+            bearer: None,
+            observer: None,
+        }
+    }
+}
+
+/// How far one request has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// `done` of the request body's `total` bytes handed to the connection.
+    Sent {
+        /// Bytes handed over so far.
+        done: u64,
+        /// The body's length.
+        total: u64,
+    },
+    /// `done` bytes of the answer's body received, of `total` when the answer said how many (`Content-Length`).
+    Received {
+        /// Bytes received so far.
+        done: u64,
+        /// The answer's length, if it said.
+        total: Option<u64>,
+    },
+}
+
+/// Told of each step of a request's [`Transfer`] (a progress display). Cheap to clone.
+#[derive(Clone)]
+pub struct TransferObserver(Arc<dyn Fn(Transfer) + Send + Sync>);
+
+impl TransferObserver {
+    /// An observer calling `f` with every step.
+    pub fn new(f: impl Fn(Transfer) + Send + Sync + 'static) -> TransferObserver {
+        TransferObserver(Arc::new(f))
+    }
+
+    fn tell(&self, transfer: Transfer) {
+        (self.0)(transfer);
+    }
+}
+
+impl std::fmt::Debug for TransferObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransferObserver")
+    }
+}
+
+/// The piece an observed body goes out in: small enough for a progress display to move, large enough to cost
+/// nothing.
+const OBSERVED_PIECE: usize = 256 << 10;
+
+/// A request's body: its bytes in one frame, or, watched by an observer, in pieces of [`OBSERVED_PIECE`] with the
+/// observer told as each is handed to the connection (which takes the next once it has room: bytes handed over
+/// are close to bytes sent).
+pub(crate) struct RequestBody {
+    rest: Bytes,
+    total: u64,
+    observer: Option<TransferObserver>,
+}
+
+impl RequestBody {
+    fn new(bytes: Bytes) -> RequestBody {
+        RequestBody { total: bytes.len() as u64, rest: bytes, observer: None }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let piece = match &self.observer {
+            Some(_) => OBSERVED_PIECE.min(self.rest.len()),
+            None => self.rest.len(),
+        };
+        let frame = self.rest.split_to(piece);
+        if let Some(observer) = &self.observer {
+            observer.tell(Transfer::Sent { done: self.total - self.rest.len() as u64, total: self.total });
+        }
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Exact: the request goes with a Content-Length, as a body of known bytes should.
+        SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -115,7 +215,7 @@ impl Origin {
         caller: &Caller,
         bearer: Option<&str>,
         accept_json: bool,
-    ) -> Result<Request<Full<Bytes>>, ClientError> {
+    ) -> Result<Request<RequestBody>, ClientError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
@@ -139,19 +239,20 @@ impl Origin {
             }
             None => Bytes::new(),
         };
-        builder.body(Full::new(payload)).map_err(|_| ClientError::InvalidRequest("cannot build request"))
+        builder.body(RequestBody::new(payload)).map_err(|_| ClientError::InvalidRequest("cannot build request"))
     }
 
     /// Sends `request` as `caller` on a fresh connection within `timeout`; the status and at most `limit` bytes
-    /// of body.
+    /// of body. `observer`, if any, is told how far the request's body and the answer have got.
     pub(crate) async fn exchange(
         &self,
         caller: &Caller,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
         timeout: Duration,
         limit: usize,
+        observer: Option<&TransferObserver>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        self.exchange_over(caller, None, request, timeout, limit).await
+        self.exchange_over(caller, None, request, timeout, limit, observer).await
     }
 
     /// As [`Origin::exchange`], over `dialed` when given (a connection opened ahead of time) instead of a new one.
@@ -159,11 +260,13 @@ impl Origin {
         &self,
         caller: &Caller,
         dialed: Option<Stream>,
-        request: Request<Full<Bytes>>,
+        mut request: Request<RequestBody>,
         timeout: Duration,
         limit: usize,
+        observer: Option<&TransferObserver>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        tokio::time::timeout(timeout, self.exchange_unbounded(caller, dialed, request, limit))
+        request.body_mut().observer = observer.cloned();
+        tokio::time::timeout(timeout, self.exchange_unbounded(caller, dialed, request, limit, observer))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
     }
@@ -172,8 +275,9 @@ impl Origin {
         &self,
         caller: &Caller,
         dialed: Option<Stream>,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
         limit: usize,
+        observer: Option<&TransferObserver>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let stream = match dialed {
             Some(stream) => stream,
@@ -186,18 +290,28 @@ impl Origin {
         let exchange = async move {
             let response = sender.send_request(request).await.map_err(ClientError::Http)?;
             let status = response.status();
-            let collected = Limited::new(response.into_body(), limit).collect().await;
-            drop(sender);
-            let body = match collected {
-                Ok(collected) => collected.to_bytes(),
-                Err(err) => {
-                    return Err(match err.downcast::<hyper::Error>() {
-                        Ok(err) => ClientError::Http(*err),
-                        Err(_) => ClientError::ResponseTooLarge(limit),
-                    });
+            let total = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if total.is_some_and(|total| total > limit as u64) {
+                return Err(ClientError::ResponseTooLarge(limit));
+            }
+            let mut incoming = response.into_body();
+            let mut body = Vec::with_capacity(total.map_or(0, |t| t as usize));
+            while let Some(frame) = incoming.frame().await {
+                let Ok(data) = frame.map_err(ClientError::Http)?.into_data() else { continue };
+                if body.len() + data.len() > limit {
+                    return Err(ClientError::ResponseTooLarge(limit));
                 }
-            };
-            Ok((status, body))
+                body.extend_from_slice(&data);
+                if let Some(observer) = observer {
+                    observer.tell(Transfer::Received { done: body.len() as u64, total });
+                }
+            }
+            drop(sender);
+            Ok((status, Bytes::from(body)))
         };
         let (connection_result, result) = tokio::join!(connection, exchange);
         let response = result?;

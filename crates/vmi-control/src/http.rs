@@ -179,8 +179,9 @@ mod who {
     pub(super) const SITE_OR_USER_ADMIN: &str = "any site, or an admin of {user}";
 }
 
-/// The router over `store` and its description: every route through [`ApiRouter::route`], `extra` routes after
-/// them (the replica status of [`serve_with`]), then `GET /openapi.json`, then the layers every route passes.
+/// The router over `store` and its description: every route through [`ApiRouter::route`] behind authentication
+/// and the browser policy, then `extra` routes (the replica status of [`serve_with`]) and `GET /openapi.json`
+/// outside them, then the request counter around everything.
 fn documented(
     store: Arc<dyn Store>,
     reports: Reports,
@@ -527,20 +528,23 @@ fn documented(
         get(list_images).route_layer(from_fn(signed_in)),
         [Op::get("Lists the images' current versions").access(SIGNED_IN).returns::<Vec<ImageVersion>>(200, "images")],
     );
+    // The layers wrap the routes added so far; `extra` and the document come after them, outside authentication
+    // and the audit log: they need no store (a replica answers `GET /v1/replica` while etcd has no quorum).
+    let api = api.map(|router| {
+        router
+            .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
+            .layer(from_fn_with_state(state.clone(), access::authenticate))
+            // What a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
+            .layer(from_fn_with_state(
+                vmi_trust::browser::BrowserPolicy::new(
+                    std::iter::once(CONTROL_NAME.to_owned()).chain(trust_hosts.into_iter().flatten()),
+                ),
+                vmi_trust::browser::browser_hygiene,
+            ))
+    });
     let (router, doc) = extra(api).finish();
-    let router = router
-        .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
-        .layer(from_fn_with_state(state.clone(), access::authenticate))
-        // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
-        .layer(from_fn_with_state(
-            vmi_trust::browser::BrowserPolicy::new(
-                std::iter::once(CONTROL_NAME.to_owned()).chain(trust_hosts.into_iter().flatten()),
-            ),
-            vmi_trust::browser::browser_hygiene,
-        ))
-        // Every request counted by its route and answer, refusals included.
-        .layer(from_fn_with_state(http, vmi_telemetry::track))
-        .with_state(state);
+    // Outermost: every request counted by its route and answer, refusals included.
+    let router = router.layer(from_fn_with_state(http, vmi_telemetry::track)).with_state(state);
     (router, doc)
 }
 

@@ -60,6 +60,7 @@ pub mod energy;
 mod error;
 #[cfg(feature = "offline")]
 pub mod offline;
+pub mod progress;
 pub mod script;
 pub mod session;
 #[cfg(feature = "window")]

@@ -30,6 +30,7 @@ use vmi_wasm_engine::{WasmEngine, WasmEngineConfig};
 
 use crate::TerminalError;
 use crate::cli::{DEFAULT_CONTROL, TerminalArgs};
+use crate::progress::Progress;
 use crate::script::Step;
 
 /// The checkout's state in its directory.
@@ -156,12 +157,14 @@ pub struct RunReport {
     pub throttled: Duration,
 }
 
-/// Runs `vmi terminal …`: an offline command, or a session.
-pub async fn run_command(command: TerminalCommand) -> Result<(), TerminalError> {
+/// Runs `vmi terminal …`: an offline command, or a session. Checkout and checkin show their transfer on
+/// `progress`.
+pub async fn run_command(command: TerminalCommand, progress: Progress) -> Result<(), TerminalError> {
     let mut stdout = std::io::stdout();
     match (command.offline, command.session) {
         (Some(OfflineCmd::Checkout(args)), _) => {
-            let (dir, lease) = checkout(&args).await?;
+            let (dir, lease) = checkout_showing(&args, &progress).await?;
+            progress.clear();
             let line = json!({
                 "event": "checked_out", "user": lease.user, "site": lease.site, "device": lease.device_id,
                 "lease": lease.lease_id, "expires_ms": lease.expires_ms, "dir": dir.display().to_string(),
@@ -176,7 +179,8 @@ pub async fn run_command(command: TerminalCommand) -> Result<(), TerminalError> 
                 .map(|_| ())
         }
         (Some(OfflineCmd::Checkin(args)), _) => {
-            let report = checkin(&args).await?;
+            let report = checkin_showing(&args, &progress).await?;
+            progress.clear();
             let _ = writeln!(stdout, "{}", json!({"event": "checked_in", "site": report}));
             Ok(())
         }
@@ -282,15 +286,17 @@ fn caller_for(ca_pem: Option<&str>) -> Result<vmi_control_api::Caller, TerminalE
     }
 }
 
-/// One POST to a site as `caller`: the status and body, whatever the status.
+/// One POST to a site as `caller`: the status and body, whatever the status; `observer` told how far it got.
 async fn post(
     caller: &vmi_control_api::Caller,
     url: &str,
     token: &str,
     content_type: &'static str,
     body: Vec<u8>,
+    observer: Option<vmi_control_api::http_client::TransferObserver>,
 ) -> Result<(u16, Vec<u8>), TerminalError> {
-    let options = RequestOptions { timeout: HTTP_TIMEOUT, max_response_bytes: MAX_ANSWER_BYTES, bearer: Some(token) };
+    let options =
+        RequestOptions { timeout: HTTP_TIMEOUT, max_response_bytes: MAX_ANSWER_BYTES, bearer: Some(token), observer };
     let (status, answer) = caller
         .send(Method::POST, url, Some((content_type, body)), options)
         .await
@@ -309,6 +315,14 @@ fn error_text(body: &[u8]) -> String {
 /// `vmi terminal checkout`: asks the phone's site for it and keeps it in a directory;
 /// returns the directory and the lease.
 pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), TerminalError> {
+    checkout_showing(args, &Progress::hidden()).await
+}
+
+/// [`checkout`], showing its steps and the download on `progress`.
+pub async fn checkout_showing(
+    args: &CheckoutArgs,
+    progress: &Progress,
+) -> Result<(PathBuf, OfflineLease), TerminalError> {
     if args.token.is_empty() {
         return Err(TerminalError::Usage("the device token is empty".into()));
     }
@@ -322,6 +336,7 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
     let ca_pem = crate::ca_pem(args.ca.as_deref())?;
     let caller = caller_for(ca_pem.as_deref())?;
     let client = vmi_control_api::ControlClient::new(control, &caller).map_err(TerminalError::Control)?;
+    progress.step("finding the phone");
     let phone = client.phone_for_token(&args.token).await.map_err(TerminalError::Control)?;
     let dir = args.dir.clone().unwrap_or_else(|| Path::new(DEFAULT_ROOT).join(&phone.user));
     if dir.join(OFFLINE_FILE).exists() {
@@ -329,10 +344,15 @@ pub async fn checkout(args: &CheckoutArgs) -> Result<(PathBuf, OfflineLease), Te
     }
     let body = serde_json::to_vec(&CheckoutRequest { lease_secs }).unwrap_or_default();
     let url = format!("{}/v1/phones/{}/checkout", phone.site_url.trim_end_matches('/'), phone.user);
-    let (status, answer) = post(&caller, &url, &args.token, "application/json", body).await?;
+    // The site saves the phone before it answers: a while for a large one.
+    progress.step(format!("{} saves {}'s phone", phone.site, phone.user));
+    let downloading = format!("downloading {}'s phone from {}", phone.user, phone.site);
+    let observer = progress.transfer("", &downloading);
+    let (status, answer) = post(&caller, &url, &args.token, "application/json", body, observer).await?;
     if status != 200 {
         return Err(TerminalError::Refused { status, message: error_text(&answer) });
     }
+    progress.step(format!("writing {}", dir.display()));
     let bundle = vmi_protocol::offline::decode_bundle(&answer).map_err(TerminalError::Protocol)?;
     if SnapshotId::of(&bundle.snapshot).to_hex() != bundle.lease.base_id {
         return Err(TerminalError::Offline("the site's snapshot is not the lease's base (damaged in transit?)".into()));
@@ -520,6 +540,11 @@ pub fn run_offline(args: &RunArgs, out: &mut (dyn Write + Send)) -> Result<RunRe
 
 /// `vmi terminal checkin`: uploads the offline state; returns the site's report.
 pub async fn checkin(args: &CheckinArgs) -> Result<serde_json::Value, TerminalError> {
+    checkin_showing(args, &Progress::hidden()).await
+}
+
+/// [`checkin`], showing the upload on `progress`.
+pub async fn checkin_showing(args: &CheckinArgs, progress: &Progress) -> Result<serde_json::Value, TerminalError> {
     let dir = find_dir(args.dir.as_deref())?;
     let local = load_local(&dir)?;
     // The base is the site's already: only what came after it travels.
@@ -538,13 +563,16 @@ pub async fn checkin(args: &CheckinArgs) -> Result<serde_json::Value, TerminalEr
     // The lease's site, at the address the control service knows now (a site may come
     // back on another one); the lease's own address if the control service is away.
     let caller = caller_for(local.ca_pem.as_deref())?;
+    progress.step(format!("finding {}", lease.site));
     let located = match vmi_control_api::ControlClient::new(&local.control, &caller) {
         Ok(client) => client.phone_for_token(&local.token).await.ok().filter(|p| p.site == lease.site),
         Err(_) => None,
     };
     let site_url = located.map_or_else(|| lease.site_url.clone(), |p| p.site_url);
     let url = format!("{}/v1/phones/{}/checkin", site_url.trim_end_matches('/'), lease.user);
-    let (status, answer) = post(&caller, &url, &local.token, "application/octet-stream", body).await?;
+    let uploading = format!("uploading {}'s phone to {}", lease.user, lease.site);
+    let observer = progress.transfer(&uploading, "");
+    let (status, answer) = post(&caller, &url, &local.token, "application/octet-stream", body, observer).await?;
     if status != 200 {
         return Err(TerminalError::Refused { status, message: error_text(&answer) });
     }

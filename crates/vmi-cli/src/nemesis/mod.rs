@@ -64,9 +64,6 @@ pub struct NemesisArgs {
     /// Keep the data directory even when every check passed.
     #[arg(long)]
     keep: bool,
-    /// Print the report as one JSON object.
-    #[arg(long)]
-    json: bool,
 }
 
 /// A small xorshift generator: the run's choices, reproducible from its seed.
@@ -124,11 +121,7 @@ pub async fn nemesis(args: NemesisArgs) -> Result<()> {
     report["seconds"] = json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
     report["data_dir"] = json!(dir);
     std::fs::write(dir.join("report.json"), format!("{report:#}\n"))?;
-    if args.json {
-        println!("{report}");
-    } else {
-        print_summary(&report);
-    }
+    crate::output::emit(&report, || print_summary(&report))?;
     if !passed {
         bail!("the checker found violations: histories and logs kept in {}", dir.display());
     }

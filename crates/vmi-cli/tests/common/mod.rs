@@ -138,7 +138,7 @@ impl Up {
 }
 
 /// Starts `vmi up --port 0` with `extra` arguments and waits until it printed the browser
-/// terminal's URL.
+/// terminal's URL (with `--json`: where everything is, as one JSON document, asserted to be its up.json).
 pub fn up(data: &Path, extra: &[&str]) -> Up {
     let mut process = ChildGuard::spawn(
         vmi()
@@ -151,13 +151,24 @@ pub fn up(data: &Path, extra: &[&str]) -> Up {
     .expect("vmi up starts");
     let stdout = process.child().stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let json = extra.contains(&"--json");
+    let mut printed = Vec::new();
     // `vmi up` gives up on its own after a minute per service; its stdout ending is the bound.
-    let started = lines.by_ref().map_while(Result::ok).any(|line| line.contains("Stop with Ctrl-C"));
-    assert!(started, "vmi up ended before saying it is up");
+    let started = lines.by_ref().map_while(Result::ok).any(|line| {
+        let up = line.contains("Stop with Ctrl-C") || (json && line.starts_with('{'));
+        printed.push(line);
+        up
+    });
+    assert!(started, "vmi up ended before saying it is up: {printed:?}");
     // Keep draining so the child never blocks on its pipe.
     std::thread::spawn(move || for _ in lines {});
     let file = std::fs::read_to_string(data.join("up.json")).expect("vmi up wrote up.json");
     let v: serde_json::Value = serde_json::from_str(&file).expect("up.json is JSON");
+    if json {
+        assert_eq!(printed.len(), 1, "with --json, only JSON on stdout: {printed:?}");
+        let document: serde_json::Value = serde_json::from_str(&printed[0]).expect("a JSON document");
+        assert_eq!(document, v, "vmi up --json prints its up.json");
+    }
     let text = |v: &serde_json::Value| v.as_str().expect("a string").to_string();
     let sites = v["sites"].as_array().expect("sites").iter().map(|s| (text(&s["id"]), text(&s["url"]))).collect();
     Up {
