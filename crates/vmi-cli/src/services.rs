@@ -235,6 +235,10 @@ pub struct UpArgs {
     /// --history`), for the fault checker.
     #[arg(long, value_name = "DIR")]
     history: Option<PathBuf>,
+    /// A service that answers no health check for this long is hung: it is killed and started again. Long by
+    /// default, so a process stopped on purpose (a debugger, SIGSTOP) is a fault of its own and stays one.
+    #[arg(long, value_name = "SECS", default_value_t = crate::supervisor::HUNG_AFTER.as_secs())]
+    hung_after_secs: u64,
 }
 
 /// The control replicas of `vmi up --cluster`.
@@ -585,7 +589,7 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
         let port = if any_port { 0 } else { usize::from(args.port) + offset };
         format!("127.0.0.1:{port}")
     };
-    let mut services = crate::supervisor::Supervisor::default();
+    let mut services = crate::supervisor::Supervisor::hung_after(Duration::from_secs(args.hung_after_secs.max(1)));
     let mut control_urls = Vec::new();
     let mut controls = Vec::new();
     // One after the other: the first creates the CA and the operator credential the others then use.

@@ -1,7 +1,7 @@
 //! `vmi up`'s supervisor: the services it started (control service, sites, proxies), each a `vmi` child process.
 //! A service that dies is started again, on the same address, after a back-off that doubles while it keeps
 //! dying; the others keep running. A service that stops answering its `GET /healthz` ([`MISSED_PROBES`] probes
-//! in a row, one every [`PROBE_EVERY`], and nothing for [`HUNG_AFTER`]) is hung: it is killed, and started again
+//! in a row, one every [`PROBE_EVERY`], and nothing for [`HUNG_AFTER`] or as `vmi up --hung-after-secs` says) is hung: it is killed, and started again
 //! the same way. `vmi up` waits for
 //! each service's `GET /readyz` ([`Service::wait_ready`]) before it goes on. A stop signal stops them all, each
 //! given time to save its phones.
@@ -27,9 +27,10 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Probes in a row a service may miss before it counts as hung and is killed.
 pub const MISSED_PROBES: u32 = 3;
-/// How long a service must have answered nothing before it counts as hung: longer than a pause or a cut link
-/// that `vmi nemesis` injects (4.5 s at most), so those stay what they are and do not become kills.
-pub const HUNG_AFTER: Duration = Duration::from_secs(10);
+/// How long a service must have answered nothing before it counts as hung, by default (`vmi up --hung-after-secs`):
+/// far longer than a pause, a cut link or a stop that `vmi nemesis` and the failover tests inject on purpose, so
+/// those stay what they are and do not become kills.
+pub const HUNG_AFTER: Duration = Duration::from_secs(120);
 /// How long `vmi up` waits for a service to say it is ready.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
@@ -108,12 +109,18 @@ impl Service {
 }
 
 /// The services of one `vmi up`.
-#[derive(Default)]
 pub struct Supervisor {
     services: Vec<Service>,
+    /// How long a service may answer nothing before it is killed as hung.
+    hung_after: Duration,
 }
 
 impl Supervisor {
+    /// No services yet; one that answers no health check for `hung_after` is killed and started again.
+    pub fn hung_after(hung_after: Duration) -> Supervisor {
+        Supervisor { services: Vec::new(), hung_after }
+    }
+
     /// Takes `service` under supervision.
     pub fn add(&mut self, service: Service) {
         self.services.push(service);
@@ -182,7 +189,7 @@ impl Supervisor {
                 continue;
             }
             service.missed += 1;
-            if service.missed >= MISSED_PROBES && service.answered.elapsed() >= HUNG_AFTER {
+            if service.missed >= MISSED_PROBES && service.answered.elapsed() >= self.hung_after {
                 eprintln!(
                     "{} answered no health check for {} s: it is hung; killing it",
                     service.name,

@@ -30,7 +30,8 @@ fn site_pid(data: &Path, id: &str) -> Option<u32> {
 #[test]
 fn a_killed_site_is_started_again_and_the_rest_keep_running() {
     let data = scratch_dir("restart");
-    let up = up(&data, &["--no-proxy"]);
+    // A hung service is killed after 5 s here (2 minutes by default).
+    let up = up(&data, &["--no-proxy", "--hung-after-secs", "5"]);
     let control_db = data.join("control.db").display().to_string();
     let control = pid_of(&["control", &control_db]).expect("the control service runs");
     let (a, b) = (site_pid(&data, "site-a").expect("site-a runs"), site_pid(&data, "site-b").expect("site-b runs"));
