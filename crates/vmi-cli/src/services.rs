@@ -782,6 +782,14 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
                 args.data_dir.join(CA_FILE).display(),
                 demo.token_file.display()
             );
+            if let (false, Some(url)) = (args.cluster, control_urls.first()) {
+                // Plain HTTP, as the terminal's page: the control service answers it from loopback peers only.
+                println!(
+                    "Operator dashboard:        {}/dashboard (sign in with the token in {})",
+                    url.replacen("https://", "http://", 1),
+                    args.data_dir.join("operator.json").display()
+                );
+            }
             println!(
                 "Send a mail:               VMI_CREDENTIALS={} vmi mail send --control {control_url} --to {} \\
                  --subject Hello --body Hi",

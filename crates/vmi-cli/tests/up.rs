@@ -22,6 +22,9 @@ fn up_serves_a_phone_and_ctrl_c_saves_it() {
         assert_eq!(mode, 0o600, "{secret}");
     }
     let operator = first.operator_token();
+    // The operator dashboard's page, as the banner names it (plain HTTP from this machine).
+    let page = fetch(&format!("{}/dashboard", control.replacen("https://", "http://", 1)), None);
+    assert!(page.contains("<title>Seed VMI · operator dashboard</title>"), "{page}");
 
     // A native terminal types a note.
     let script = data.join("type.script");
