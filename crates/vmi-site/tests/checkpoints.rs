@@ -275,7 +275,9 @@ async fn a_damaged_page_of_a_saved_state_is_repaired_from_another_site() {
     assert_eq!(a.shutdown().await.saved, 1);
     assert!(list(&control, &b.url, "alice").await.is_empty(), "no checkpoint to fall back on");
 
-    // Damage three pages of site-a's state store (alice is its only phone: every page is hers).
+    // Pages only an older state needed go first (as the site's next start would sweep them), so each page left is
+    // one the saved state needs. Then damage three of them (alice is site-a's only phone: every page is hers).
+    vmi_site::persist::StateStore::open(&dir_a).expect("state store").sweep(&dir_a).expect("sweep");
     let mut pages: Vec<_> = std::fs::read_dir(dir_a.join("state/chunks"))
         .expect("state chunks")
         .flatten()
