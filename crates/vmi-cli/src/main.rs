@@ -39,6 +39,45 @@ struct Cli {
     /// (`vm run`, `audit`, `terminal --headless`, the services). No progress lines; errors still go to stderr.
     #[arg(long, global = true)]
     json: bool,
+    /// Append this process's traces (OpenTelemetry spans: migrations, checkpoints, failovers) to FILE as OTLP
+    /// JSON, one export a line; `vmi up` passes it to the services it starts, which share the file.
+    #[arg(long, global = true, env = "VMI_TRACE_FILE", value_name = "FILE")]
+    trace_file: Option<PathBuf>,
+    /// Send this process's traces to an OTLP/gRPC endpoint (an OpenTelemetry Collector, Jaeger, Tempo), e.g.
+    /// http://127.0.0.1:4317; `vmi up` passes it on too.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+}
+
+/// Where this process's traces go (see `--trace-file`, `--otlp-endpoint`): the services `vmi up` starts send
+/// theirs to the same place.
+static TRACE_EXPORT: std::sync::OnceLock<vmi_telemetry::trace::TraceExport> = std::sync::OnceLock::new();
+
+/// The arguments giving a child process this one's trace export.
+fn trace_args() -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    if let Some(export) = TRACE_EXPORT.get() {
+        if let Some(file) = &export.file {
+            args.push("--trace-file".into());
+            args.push(file.clone().into_os_string());
+        }
+        if let Some(endpoint) = &export.otlp_endpoint {
+            args.push("--otlp-endpoint".into());
+            args.push(endpoint.into());
+        }
+    }
+    args
+}
+
+/// Who this process is in its traces.
+fn traced_service(command: &Top) -> vmi_telemetry::trace::TracedService {
+    use vmi_telemetry::trace::TracedService;
+    match command {
+        Top::Control(_) => TracedService { name: "vmi-control", instance: None },
+        Top::Site(args) => TracedService { name: "vmi-site", instance: args.id.clone() },
+        Top::Up(_) => TracedService { name: "vmi-up", instance: None },
+        _ => TracedService { name: "vmi", instance: None },
+    }
 }
 
 #[derive(Subcommand)]
@@ -273,16 +312,24 @@ fn main() -> ExitCode {
     // directories 0700, whatever the caller's umask.
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0o077) };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VMI_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    let log_filter = tracing_subscriber::EnvFilter::try_from_env("VMI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let export = vmi_telemetry::trace::TraceExport {
+        // An empty value (`VMI_TRACE_FILE=`) is no export, as an unset one.
+        file: cli.trace_file.clone().filter(|f| !f.as_os_str().is_empty()),
+        otlp_endpoint: cli.otlp_endpoint.clone().filter(|e| !e.is_empty()),
+    };
+    // Colour only for a person at a terminal, not in log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _tracing = match vmi_telemetry::trace::install(log_filter, ansi, &traced_service(&cli.command), &export) {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = TRACE_EXPORT.set(export);
     output::set_json(cli.json);
     if runs_a_dense_site(&cli) {
         give_back_freed_memory();
@@ -305,6 +352,13 @@ fn main() -> ExitCode {
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    // A command (`vmi vm migrate`, `vmi checkpoint create`) is the root of its trace when traces are exported;
+    // the services are not (a day-long span would make every request of theirs one trace).
+    let command_span = (!long_connections && vmi_telemetry::trace::exporting()).then(|| {
+        let words: Vec<String> = std::env::args().skip(1).take_while(|a| !a.starts_with('-')).take(2).collect();
+        tracing::info_span!("vmi.command", otel.name = %format!("vmi {}", words.join(" ")))
+    });
+    let _in_command = command_span.as_ref().map(tracing::Span::enter);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -66,7 +66,7 @@ pub struct SiteArgs {
     command: Option<SiteCmd>,
     /// Site id.
     #[arg(long)]
-    id: Option<String>,
+    pub(crate) id: Option<String>,
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,

@@ -264,6 +264,7 @@ async fn spawn(
         command.env(crate::credentials::CREDENTIALS_ENV, path);
     }
     let mut process = command
+        .args(crate::trace_args())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

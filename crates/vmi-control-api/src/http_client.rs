@@ -4,7 +4,8 @@
 //!
 //! One connection per request (no pooling), `Connection: close`, and every exchange, connect and TLS handshake
 //! included, bounded by a timeout and by a most number of response bytes. A [`TransferObserver`] may watch a
-//! request's body go out and its answer come in (a progress display for a large upload or download).
+//! request's body go out and its answer come in (a progress display for a large upload or download). In a trace
+//! (`vmi_telemetry::trace`), each exchange is a client span whose context goes with the request (`traceparent`).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::ClientError;
 use crate::caller::Caller;
+use vmi_telemetry::trace;
 use vmi_trust::Stream;
 
 /// Timeout of [`post_json`] and [`post_bytes`] unless [`RequestOptions`] say otherwise.
@@ -266,9 +268,17 @@ impl Origin {
         observer: Option<&TransferObserver>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         request.body_mut().observer = observer.cloned();
-        tokio::time::timeout(timeout, self.exchange_unbounded(caller, dialed, request, limit, observer))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))?
+        // In a trace, the exchange is a client span and the site or service asked continues the trace from it.
+        let span = trace::client_span(request.method().as_str(), request.uri().path());
+        trace::in_span(span, async move {
+            if let Some(value) = trace::traceparent().and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+                request.headers_mut().insert(trace::TRACEPARENT, value);
+            }
+            tokio::time::timeout(timeout, self.exchange_unbounded(caller, dialed, request, limit, observer))
+                .await
+                .map_err(|_| ClientError::Timeout(timeout))?
+        })
+        .await
     }
 
     async fn exchange_unbounded(

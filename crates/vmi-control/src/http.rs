@@ -543,8 +543,12 @@ fn documented(
             ))
     });
     let (router, doc) = extra(api).finish();
-    // Outermost: every request counted by its route and answer, refusals included.
-    let router = router.layer(from_fn_with_state(http, vmi_telemetry::track)).with_state(state);
+    // Outermost: every request counted by its route and answer, refusals included; a request in a trace
+    // continues it (vmi_telemetry::trace).
+    let router = router
+        .layer(from_fn(vmi_telemetry::trace::accept))
+        .layer(from_fn_with_state(http, vmi_telemetry::track))
+        .with_state(state);
     (router, doc)
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::task::{Id, JoinSet};
 use tokio::time::MissedTickBehavior;
@@ -209,6 +210,15 @@ impl Placer {
             // it is (the site was told it is still placed there).
             let expired_before = now.saturating_sub(LEASE_MS);
             let live_since = now.saturating_sub(LEASE_MS);
+            // One trace per failover: the move here, the standby site's start of the phone.
+            let span = tracing::info_span!(
+                "failover",
+                vmi.user = %user,
+                vmi.from = %placement.site,
+                vmi.to = %target.id,
+                vmi.epoch = tracing::field::Empty,
+            );
+            let _entered = span.enter();
             let request = serde_json::json!({ "from": placement.site, "to": target.id, "epoch": placement.epoch });
             let moved_over = crate::history::placement_move("failover", &user, request, || {
                 self.store.fail_over(&user, &placement.site, &target.id, placement.epoch, expired_before, live_since)
@@ -235,6 +245,7 @@ impl Placer {
                     if let Err(e) = self.store.record_audit(&[entry]) {
                         tracing::warn!(%user, "the failover is not in the audit log: {e}");
                     }
+                    span.record("vmi.epoch", now_placed.epoch as i64);
                     self.promote(&user, &target.id, &target.url, placement.epoch);
                     moved.push((user, placement.site.clone(), target.id.clone()));
                 }
@@ -254,7 +265,9 @@ impl Placer {
         };
         let user = user.to_owned();
         let body = serde_json::json!({ "from_epoch": from_epoch });
-        tokio::spawn(async move {
+        // The current span (the failover's) goes with the task: the order is in its trace.
+        let span = tracing::Span::current();
+        let task = async move {
             for _ in 0..60 {
                 match caller.post_json_within(&url, &body, ORDER_TIMEOUT).await {
                     Ok((status, _)) if (200..300).contains(&status) => return,
@@ -269,7 +282,8 @@ impl Placer {
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        });
+        };
+        tokio::spawn(task.instrument(span));
     }
 
     /// One evaluation: read, decide, order. Returns the moves ordered.
@@ -351,10 +365,21 @@ impl Placer {
             Ok(name) => self.caller.clone().expecting(&name),
             Err(_) => self.caller.clone(),
         };
-        let task = self.orders.spawn(async move {
-            let answer = caller.post_json_within(&url, &body, ORDER_TIMEOUT).await;
-            (mv, answer)
-        });
+        // One trace per ordered migration: this order, the site's migration, the destination's arrival.
+        let span = tracing::info_span!(
+            "placer.migrate",
+            vmi.user = %mv.user,
+            vmi.from = %mv.from,
+            vmi.to = %mv.to,
+            vmi.reason = %mv.reason,
+        );
+        let task = self.orders.spawn(
+            async move {
+                let answer = caller.post_json_within(&url, &body, ORDER_TIMEOUT).await;
+                (mv, answer)
+            }
+            .instrument(span),
+        );
         self.order_users.insert(task.id(), user);
     }
 

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 use serde::{Deserialize, Serialize};
 use vmi_checkpoint::{CheckpointError, CheckpointInfo, CheckpointStore, FsStore, Retention, Selector};
@@ -305,6 +306,21 @@ impl SiteState {
 
     /// [`checkpoint`](Self::checkpoint), with or without the copy to a second site.
     async fn checkpoint_copied(&self, user: &str, label: Option<String>, copy: bool) -> Result<Taken, SiteError> {
+        // One trace per checkpoint: this span (a child of the request's when it carried one), its copy and the
+        // replica site's import, the catalogue's update at the control service.
+        let span = tracing::info_span!(
+            "checkpoint",
+            vmi.site = %self.id,
+            vmi.user = %user,
+            vmi.label = label.as_deref().unwrap_or(""),
+            vmi.checkpoint = tracing::field::Empty,
+            vmi.stored_bytes = tracing::field::Empty,
+            vmi.replica = tracing::field::Empty,
+        );
+        self.checkpoint_traced(user, label, copy).instrument(span).await
+    }
+
+    async fn checkpoint_traced(&self, user: &str, label: Option<String>, copy: bool) -> Result<Taken, SiteError> {
         let info = {
             let _busy = self.checkpoints.busy.lock().await;
             if let Some(why) = self.checkout_refusal(user) {
@@ -327,12 +343,22 @@ impl SiteState {
     /// and the catalogue.
     async fn publish(&self, user: &str, info: &CheckpointInfo, copy: bool) -> Taken {
         let started = std::time::Instant::now();
-        let copied = if copy { self.replicate(user, info).await } else { Err(ReplicaError::SkippedThisRound.into()) };
+        let copied = if copy {
+            let span = tracing::info_span!("checkpoint.copy", vmi.replica = tracing::field::Empty);
+            self.replicate(user, info).instrument(span).await
+        } else {
+            Err(ReplicaError::SkippedThisRound.into())
+        };
         if copy {
             self.metrics.checkpoint_copied(copied.is_ok(), started.elapsed());
         }
+        let span = tracing::Span::current();
+        span.record("vmi.checkpoint", info.id.to_string()).record("vmi.stored_bytes", info.stored_bytes as i64);
         let (replica, replica_error) = match copied {
-            Ok(site) => (Some(site), None),
+            Ok(site) => {
+                span.record("vmi.replica", site.as_str());
+                (Some(site), None)
+            }
             Err(e) => {
                 tracing::warn!(site = %self.id, user, "checkpoint not copied to a second site: {}", vmi_engine::error_chain(&e));
                 (None, Some(e.to_string()))
@@ -511,6 +537,7 @@ impl SiteState {
                 d(a).total_cmp(&d(b)).then_with(|| a.site.id.cmp(&b.site.id))
             })
             .ok_or(ReplicaError::NoOtherSite)?;
+        tracing::Span::current().record("vmi.replica", replica.site.id.as_str());
         let base = format!("{}/v1/replicas/{user}", replica.site.url.trim_end_matches('/'));
         let store = self.checkpoints.store.clone();
 
@@ -564,6 +591,11 @@ impl SiteState {
     /// Replica side: takes in a checkpoint another site sent. `Ok(None)`: stored;
     /// `Ok(Some(keys))`: still missing these.
     pub(crate) async fn replica_import(&self, user: &str, body: &[u8]) -> Result<Option<Vec<String>>, SiteError> {
+        let span = tracing::info_span!("checkpoint.import", vmi.site = %self.id, vmi.user = %user, vmi.bytes = body.len() as i64);
+        self.replica_import_traced(user, body).instrument(span).await
+    }
+
+    async fn replica_import_traced(&self, user: &str, body: &[u8]) -> Result<Option<Vec<String>>, SiteError> {
         let (view, objects) = parse_import_body(body)?;
         let info = view.to_info().ok_or_else(|| bad_bundle("checkpoint id is not 64 hex digits"))?;
         let store = self.checkpoints.store.clone();

@@ -14,6 +14,7 @@ use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use tracing::Instrument;
 use vmi_control_api::auth::Principal;
 use vmi_engine::Mail;
 
@@ -35,6 +36,8 @@ pub fn router(state: Arc<SiteState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate))
         // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
         .layer(axum::middleware::from_fn_with_state(state.browser_policy(), vmi_trust::browser::browser_hygiene))
+        // A request in a trace continues it (vmi_telemetry::trace).
+        .layer(from_fn(vmi_telemetry::trace::accept))
         // Every request counted by its route and answer, refusals included.
         .layer(axum::middleware::from_fn_with_state(http, vmi_telemetry::track))
         .with_state(state)
@@ -457,11 +460,13 @@ impl From<SiteError> for ApiError {
 
 /// Runs `work` in a task of its own: a client that goes away mid-request cannot cut it
 /// off halfway (a migration with the phone frozen, a checkout between stopping the phone
-/// and keeping its base).
+/// and keeping its base). The task stays in the request's span (and trace).
 async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, SiteError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let result = tokio::spawn(work).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let result = tokio::spawn(work.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(result?)
 }
 
@@ -755,9 +760,12 @@ async fn migrate_in(
     Extension(caller): Extension<Caller>,
 ) -> Response {
     let Principal::Site { id: from } = caller.principal else { return StatusCode::FORBIDDEN.into_response() };
+    // The arrival runs after this answer, in a task of its own: its span, made here, is a child of this
+    // request's (a child of the sender's migration span when the sender is in a trace).
+    let span = tracing::info_span!("migration.in", vmi.from = %from, vmi.user = tracing::field::Empty);
     ws.max_message_size(vmi_protocol::migration::MAX_SNAPSHOT_BYTES + 1024)
         .max_frame_size(vmi_protocol::migration::MAX_SNAPSHOT_BYTES + 1024)
-        .on_upgrade(move |socket| crate::migration::migrate_in(socket, site, from))
+        .on_upgrade(move |socket| crate::migration::migrate_in(socket, site, from).instrument(span))
 }
 
 // ---- the browser terminal's map: the control service's answers, from the page's origin ----

@@ -18,6 +18,10 @@ pub async fn connect(caller: &Caller, url: &str) -> Result<PeerSocket, String> {
         let value = HeaderValue::from_str(claim).map_err(|e| e.to_string())?;
         request.headers_mut().insert(PEER_HEADER, value);
     }
+    // The migration's trace goes on at the destination (vmi_telemetry::trace).
+    if let Some(value) = vmi_telemetry::trace::traceparent().and_then(|v| HeaderValue::from_str(&v).ok()) {
+        request.headers_mut().insert(vmi_telemetry::trace::TRACEPARENT, value);
+    }
     let (socket, _) = tokio_tungstenite::client_async(request, stream).await.map_err(|e| e.to_string())?;
     Ok(socket)
 }

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use vmi_control_api::model::{LEASE_MARGIN_MS, LEASE_MS, SiteStatus};
 use vmi_control_api::url::segment;
@@ -481,6 +482,22 @@ impl SiteState {
     /// Starts `user`'s phone from the standby copy held here, now that the placement names this site (a
     /// failover). Nothing happens if it runs here already; [`SiteError::NoPhone`] if no copy is held.
     pub async fn promote_standby(self: &Arc<Self>, user: &str, from_epoch: u64) -> Result<bool, SiteError> {
+        // In the failover's trace when the control service's order carried it.
+        let span = tracing::info_span!(
+            "failover.promote",
+            vmi.site = %self.id,
+            vmi.user = %user,
+            vmi.from_epoch = from_epoch as i64,
+            vmi.started = tracing::field::Empty,
+        );
+        let started = self.promote_standby_traced(user, from_epoch).instrument(span.clone()).await;
+        if let Ok(started) = &started {
+            span.record("vmi.started", *started);
+        }
+        started
+    }
+
+    async fn promote_standby_traced(self: &Arc<Self>, user: &str, from_epoch: u64) -> Result<bool, SiteError> {
         if self.phones.get(user).is_some() {
             return Ok(false);
         }

@@ -1,4 +1,4 @@
-//! What every Seed VMI service tells its operators about itself: Prometheus metrics.
+//! What every Seed VMI service tells its operators about itself: Prometheus metrics, and traces ([`trace`]).
 //!
 //! A service builds one [`Registry`] with [`registry`] (the process's own figures come with it), registers its
 //! families under its prefix (`vmi_site_…`, `vmi_control_…`), counts its HTTP requests with [`HttpMetrics`] (a
@@ -22,6 +22,8 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+pub mod trace;
 
 pub use prometheus_client;
 pub use prometheus_client::registry::Registry;

@@ -5,6 +5,7 @@
 //! - [`scratch_dir`]: a fresh, empty directory per test and process.
 //! - [`etcd::EtcdCluster`]: a real etcd cluster of several members, each on its own loopback address, or each in
 //!   a network namespace of its own ([`netns::Net`]) where partitions are real.
+//! - [`otlp`]: exported traces (OTLP JSON) read back as spans.
 //!
 //! A dev-dependency only: nothing here is linked into a shipped binary.
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub mod etcd;
 pub mod netns;
+pub mod otlp;
 
 /// Polls `check` until it returns true; panics after `within` with a message naming `what`.
 ///

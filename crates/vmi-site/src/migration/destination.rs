@@ -34,6 +34,7 @@ pub async fn migrate_in(mut socket: WebSocket, site: Arc<SiteState>, from: Strin
         let _ = reply(&mut socket, &MigrationMessage::Abort { reason: "expected Begin".into() }).await;
         return;
     };
+    tracing::Span::current().record("vmi.user", user.as_str());
     let refuse = |reason: String| MigrationMessage::Abort { reason };
     match site.control().placement(&user).await {
         Ok(p) if p.site == from && p.epoch == epoch => {}

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::Instrument;
+use tracing::field::Empty;
 use vmi_engine::ImageHash;
 use vmi_protocol::migration::{MIGRATION_VERSION, MigrationMessage, decode_migration, encode_migration};
 
@@ -64,6 +66,23 @@ async fn send_round(ws: &mut Ws, snapshot: Vec<u8>) -> Result<(), MigrationError
 /// peer must prove it is `to_id` with its certificate). On any failure before the
 /// destination committed, the phone keeps running here.
 pub async fn migrate_out(site: &Arc<SiteState>, user: &str, to_id: &str) -> Result<MigrationReport, SiteError> {
+    // One trace per migration: this span (a child of the order's when the control service or an operator's
+    // request carried one), the destination's arrival, the commit at the control service.
+    let span = tracing::info_span!(
+        "migration.out",
+        vmi.user = %user,
+        vmi.from = %site.id,
+        vmi.to = %to_id,
+        vmi.outcome = Empty,
+        vmi.rounds = Empty,
+        vmi.bytes = Empty,
+        vmi.downtime_us = Empty,
+        vmi.epoch = Empty,
+    );
+    migrate_out_traced(site, user, to_id).instrument(span).await
+}
+
+async fn migrate_out_traced(site: &Arc<SiteState>, user: &str, to_id: &str) -> Result<MigrationReport, SiteError> {
     if to_id == site.id {
         return Err(SiteError::AlreadyThere { user: user.into(), site: to_id.into() });
     }
@@ -105,6 +124,14 @@ pub async fn migrate_out(site: &Arc<SiteState>, user: &str, to_id: &str) -> Resu
         report.reason = Some(reason);
     }
     site.metrics.migrated(&report, result.as_ref().err().map(MigrationError::kind));
+    let span = tracing::Span::current();
+    span.record("vmi.outcome", report.outcome.as_str());
+    span.record("vmi.rounds", report.rounds as i64);
+    span.record("vmi.bytes", report.bytes as i64);
+    span.record("vmi.downtime_us", report.downtime_us as i64);
+    if let Some(epoch) = report.epoch {
+        span.record("vmi.epoch", epoch as i64);
+    }
     let record = vmi_control_api::MigrationRecord {
         user: report.user.clone(),
         from: report.from.clone(),
@@ -207,10 +234,18 @@ async fn drive(
 
     // Pre-copy: the phone keeps running and serving terminals between rounds.
     for round in 0..MAX_ROUNDS {
-        let crate::phone::PreCopyRound { bytes, pages } = phone.pre_copy(round == 0).await?;
-        report.bytes += bytes.len() as u64;
-        report.rounds += 1;
-        send_round(&mut ws, bytes).await?;
+        let span =
+            tracing::info_span!("migration.round", vmi.round = round as i64, vmi.pages = Empty, vmi.bytes = Empty);
+        let pages = async {
+            let crate::phone::PreCopyRound { bytes, pages } = phone.pre_copy(round == 0).await?;
+            tracing::Span::current().record("vmi.pages", pages as i64).record("vmi.bytes", bytes.len() as i64);
+            report.bytes += bytes.len() as u64;
+            report.rounds += 1;
+            send_round(&mut ws, bytes).await?;
+            Ok::<_, MigrationError>(pages)
+        }
+        .instrument(span)
+        .await?;
         if round > 0 && pages <= SMALL_ROUND_PAGES {
             break;
         }
@@ -230,19 +265,24 @@ async fn drive(
         send_round(&mut ws, bytes).await?;
     }
 
-    // Stop, send the rest, and let the destination commit.
+    // Stop, send the rest, and let the destination commit. The stop's span lasts until the phone runs in one
+    // place again (it ends wherever this returns).
+    let stop = tracing::info_span!("migration.stop");
     let stopped = Instant::now();
-    let crate::phone::FrozenPhone { saved, screens } = phone.freeze().await?;
+    let crate::phone::FrozenPhone { saved, screens } = phone.freeze().instrument(stop.clone()).await?;
     report.freeze_us = stopped.elapsed().as_micros() as u64;
     report.final_bytes = saved.snapshot.len() as u64;
     report.bytes += saved.snapshot.len() as u64;
     let input_seqs = saved.input_seqs.into_iter().collect();
-    let sent = send(&mut ws, &MigrationMessage::Final { snapshot: saved.snapshot, input_seqs, screens }).await;
+    let sent = send(&mut ws, &MigrationMessage::Final { snapshot: saved.snapshot, input_seqs, screens })
+        .instrument(stop.clone())
+        .await;
     report.final_sent_us = stopped.elapsed().as_micros() as u64;
     let answer = match sent {
-        Ok(()) => recv(&mut ws).await,
+        Ok(()) => recv(&mut ws).instrument(stop.clone()).await,
         Err(e) => Err(e),
     };
+
     // The phone runs at the destination once it says Committed: the downtime ends there, if the read-back below
     // confirms it (which takes a round trip to the control service while the phone already runs).
     let mut downtime = stopped.elapsed();
@@ -257,7 +297,7 @@ async fn drive(
             // The terminals go to the destination now, while the control service is asked (it may be briefly
             // away): their gap is the handover, not the read-back. The copy here stays frozen until it answers.
             phone.redirect(vmi_control_api::ws_url(&to_url)).await;
-            match settle(site, user, to_id, placement.epoch, false).await {
+            match settle(site, user, to_id, placement.epoch, false).instrument(stop.clone()).await {
                 Settled::Moved(confirmed) => {
                     if confirmed != epoch {
                         tracing::warn!(
@@ -283,7 +323,7 @@ async fn drive(
             }
         }
         Ok(MigrationMessage::Abort { reason }) => {
-            let settled = settle(site, user, to_id, u64::MAX, true).await;
+            let settled = settle(site, user, to_id, u64::MAX, true).instrument(stop.clone()).await;
             // The phone was stopped until now, aborted or not: that is its downtime.
             report.downtime_us = stopped.elapsed().as_micros() as u64;
             match settled {
@@ -298,7 +338,7 @@ async fn drive(
         other => {
             // No clear answer: the control service decides who owns the phone.
             tracing::warn!("no commit answer from the destination: {other:?}");
-            match settle(site, user, to_id, placement.epoch, false).await {
+            match settle(site, user, to_id, placement.epoch, false).instrument(stop.clone()).await {
                 Settled::Moved(epoch) => {
                     // Without an answer, when it started running there is known only from here.
                     downtime = stopped.elapsed();
