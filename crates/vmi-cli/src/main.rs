@@ -43,9 +43,9 @@ struct Cli {
     /// JSON, one export a line; `vmi up` passes it to the services it starts, which share the file.
     #[arg(long, global = true, env = "VMI_TRACE_FILE", value_name = "FILE")]
     trace_file: Option<PathBuf>,
-    /// Send this process's traces to an OTLP/gRPC endpoint (an OpenTelemetry Collector, Jaeger, Tempo), e.g.
-    /// http://127.0.0.1:4317; `vmi up` passes it on too.
-    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    /// Send this process's traces to an OTLP/gRPC endpoint (an OpenTelemetry Collector, Jaeger, Tempo) in plain
+    /// gRPC, e.g. http://127.0.0.1:4317 (a Collector beside the process); `vmi up` passes it on too.
+    #[arg(long, global = true, env = "VMI_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
 }
 
@@ -312,7 +312,11 @@ fn main() -> ExitCode {
     // directories 0700, whatever the caller's umask.
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0o077) };
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let log_filter = tracing_subscriber::EnvFilter::try_from_env("VMI_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let export = vmi_telemetry::trace::TraceExport {
@@ -355,8 +359,14 @@ fn main() -> ExitCode {
     // A command (`vmi vm migrate`, `vmi checkpoint create`) is the root of its trace when traces are exported;
     // the services are not (a day-long span would make every request of theirs one trace).
     let command_span = (!long_connections && vmi_telemetry::trace::exporting()).then(|| {
-        let words: Vec<String> = std::env::args().skip(1).take_while(|a| !a.starts_with('-')).take(2).collect();
-        tracing::info_span!("vmi.command", otel.name = %format!("vmi {}", words.join(" ")))
+        // `vmi vm migrate`: the command's words, never its arguments (a user, a token file).
+        let mut words = vec!["vmi"];
+        let mut at = &matches;
+        while let Some((word, next)) = at.subcommand().filter(|_| words.len() < 3) {
+            words.push(word);
+            at = next;
+        }
+        tracing::info_span!("vmi.command", otel.name = %words.join(" "))
     });
     let _in_command = command_span.as_ref().map(tracing::Span::enter);
     match run(cli) {

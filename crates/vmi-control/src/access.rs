@@ -174,6 +174,10 @@ pub(crate) async fn authenticate(State(state): State<AppState>, mut req: Request
     let mutation = req.method() != Method::GET && req.method() != Method::HEAD;
     let (principal, response) = match principal_of(&state, req.headers(), peer.as_ref(), from) {
         Ok(principal) => {
+            if matches!(principal, Principal::Operator { .. } | Principal::Site { .. } | Principal::Control) {
+                // May continue a trace here (vmi_telemetry::trace::accept).
+                req.extensions_mut().insert(vmi_telemetry::trace::Trusted);
+            }
             req.extensions_mut().insert(Caller { principal: principal.clone(), from });
             (principal, next.run(req).await)
         }

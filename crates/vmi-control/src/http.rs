@@ -533,6 +533,8 @@ fn documented(
     let api = api.map(|router| {
         router
             .fallback(|uri: Uri| async move { ControlError::not_found("endpoint", uri.path()) })
+            // A request of a trusted caller in a trace continues it (vmi_telemetry::trace), once authenticated.
+            .layer(from_fn(vmi_telemetry::trace::accept))
             .layer(from_fn_with_state(state.clone(), access::authenticate))
             // What a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
             .layer(from_fn_with_state(
@@ -543,12 +545,8 @@ fn documented(
             ))
     });
     let (router, doc) = extra(api).finish();
-    // Outermost: every request counted by its route and answer, refusals included; a request in a trace
-    // continues it (vmi_telemetry::trace).
-    let router = router
-        .layer(from_fn(vmi_telemetry::trace::accept))
-        .layer(from_fn_with_state(http, vmi_telemetry::track))
-        .with_state(state);
+    // Outermost: every request counted by its route and answer, refusals included.
+    let router = router.layer(from_fn_with_state(http, vmi_telemetry::track)).with_state(state);
     (router, doc)
 }
 

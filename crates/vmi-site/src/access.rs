@@ -252,6 +252,10 @@ pub(crate) async fn authenticate(State(site): State<Arc<SiteState>>, mut req: Re
     let token = bearer(req.headers());
     let (principal, response) = match principal_of(&site, req.headers(), peer.as_ref(), from).await {
         Ok(principal) => {
+            if matches!(principal, Principal::Operator { .. } | Principal::Site { .. } | Principal::Control) {
+                // May continue a trace here (vmi_telemetry::trace::accept).
+                req.extensions_mut().insert(vmi_telemetry::trace::Trusted);
+            }
             req.extensions_mut().insert(Caller { principal: principal.clone(), token });
             (principal, next.run(req).await)
         }

@@ -33,11 +33,11 @@ pub fn router(state: Arc<SiteState>) -> Router {
     let http = state.metrics.http.clone();
     let (router, _) = documented();
     router
+        // A request of a trusted caller in a trace continues it (vmi_telemetry::trace), once authenticated.
+        .layer(from_fn(vmi_telemetry::trace::accept))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate))
         // Outermost: what a browser elsewhere must not do here (docs/SECURITY.md, "Browsers").
         .layer(axum::middleware::from_fn_with_state(state.browser_policy(), vmi_trust::browser::browser_hygiene))
-        // A request in a trace continues it (vmi_telemetry::trace).
-        .layer(from_fn(vmi_telemetry::trace::accept))
         // Every request counted by its route and answer, refusals included.
         .layer(axum::middleware::from_fn_with_state(http, vmi_telemetry::track))
         .with_state(state)

@@ -8,9 +8,11 @@
 //!
 //! Across processes the W3C Trace Context travels in the `traceparent` header: the HTTP client and the
 //! migration WebSocket put the current span's context in it ([`traceparent`]), and [`accept`], a middleware on
-//! both services, continues the trace in a server span. A request that carries no `traceparent` gets no span
-//! (heartbeats and polls would bury the traces worth reading); the operations worth a trace start their own root
-//! span where they begin.
+//! both services, continues the trace in a server span, for callers the service marked [`Trusted`] once it
+//! authenticated them (the operator, a site, the control service): a device or an anonymous caller cannot write
+//! into the operator's traces, or switch a trace's sampling off. A request that carries no `traceparent` gets
+//! no span (heartbeats and polls would bury the traces worth reading); the operations worth a trace start their
+//! own root span where they begin.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,6 +43,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// The header W3C Trace Context travels in.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// How long a process's end waits for its last spans to go out: an unreachable collector must not hold up a
+/// command's exit for long.
+const LAST_SPANS_WAIT: Duration = Duration::from_secs(2);
+
+/// Put in a request's extensions by a service's authentication when the caller may continue a trace there (the
+/// operator, a site, the control service): see [`accept`].
+#[derive(Debug, Clone, Copy)]
+pub struct Trusted;
 
 /// Whether spans are exported: set once by [`install`], read by every outgoing request.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
@@ -110,7 +121,7 @@ impl Drop for Tracing {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
             EXPORTING.store(false, Ordering::Relaxed);
-            if let Err(e) = provider.shutdown() {
+            if let Err(e) = provider.shutdown_with_timeout(LAST_SPANS_WAIT) {
                 eprintln!("traces: the last spans may be lost: {e}");
             }
         }
@@ -164,27 +175,37 @@ pub fn install(
         .with_location(false)
         .with_target(false)
         .with_tracked_inactivity(false)
-        .with_filter(FilterFn::new(|meta| {
-            // This project's spans, and its warnings and errors as events on them; not its dependencies'.
-            meta.target().starts_with("vmi")
-                && if meta.is_span() {
-                    *meta.level() <= tracing::Level::INFO
-                } else {
-                    *meta.level() <= tracing::Level::WARN
-                }
-        }));
+        .with_filter(
+            FilterFn::new(|meta| {
+                // This project's spans, and its warnings and errors as events on them; not its dependencies'.
+                meta.target().starts_with("vmi")
+                    && if meta.is_span() {
+                        *meta.level() <= tracing::Level::INFO
+                    } else {
+                        *meta.level() <= tracing::Level::WARN
+                    }
+            })
+            .with_max_level_hint(tracing::level_filters::LevelFilter::INFO),
+        );
     tracing_subscriber::registry().with(log).with(spans).try_init().map_err(|_| TraceError::AlreadySet)?;
     EXPORTING.store(true, Ordering::Relaxed);
     Ok(Tracing { provider: Some(provider), _runtime: runtime })
 }
 
 fn resource(service: &TracedService) -> Resource {
-    // `Resource::builder` also reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, as every OpenTelemetry SDK.
-    let mut resource = Resource::builder().with_service_name(service.name);
+    // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, win over this process's own names, as in every
+    // OpenTelemetry SDK.
+    let name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|n| !n.is_empty());
+    let mut resource = Resource::builder_empty().with_service_name(name.unwrap_or_else(|| service.name.to_owned()));
     if let Some(instance) = &service.instance {
         resource = resource.with_attribute(opentelemetry::KeyValue::new("service.instance.id", instance.clone()));
     }
-    resource.build()
+    resource
+        .with_detectors(&[
+            Box::new(opentelemetry_sdk::resource::TelemetryResourceDetector),
+            Box::new(opentelemetry_sdk::resource::EnvResourceDetector::new()),
+        ])
+        .build()
 }
 
 /// Whether spans are being exported by this process.
@@ -208,21 +229,26 @@ pub fn traceparent() -> Option<String> {
 }
 
 /// A span for an outgoing request (`otel.kind = client`) when the caller is in a trace; `None` otherwise, so
-/// heartbeats and polls outside a trace start none.
+/// heartbeats and polls outside a trace start none. Named by the method alone, as OpenTelemetry's HTTP
+/// conventions name a client span without a route template; the path (without its query) is `url.path`.
 pub fn client_span(method: &str, url_path: &str) -> Option<tracing::Span> {
     if !exporting() || !tracing::Span::current().context().span().span_context().is_valid() {
         return None;
     }
-    // The path without its query; ids in it are a request's, as in any HTTP trace.
     let path = url_path.split('?').next().unwrap_or(url_path);
     Some(tracing::info_span!(
         target: "vmi_telemetry::http",
         "http.client",
-        otel.name = %format!("{method} {path}"),
+        otel.name = %method,
         otel.kind = "client",
         http.request.method = %method,
         url.path = %path,
     ))
+}
+
+/// Marks the current span as failed (`otel.status_code = error`), for a span that declared the field.
+pub fn failed(span: &tracing::Span) {
+    span.record("otel.status_code", "error");
 }
 
 /// Runs `future` in `span` when there is one.
@@ -233,10 +259,11 @@ pub async fn in_span<F: std::future::Future>(span: Option<tracing::Span>, future
     }
 }
 
-/// The middleware continuing a trace a request carries (`traceparent`): the handler runs in a server span, a
-/// child of the caller's. Requests without one run as before.
+/// The middleware continuing a trace a request carries (`traceparent`) when the service's authentication marked
+/// its caller [`Trusted`]: the handler runs in a server span, a child of the caller's. Other requests run as
+/// before. Goes inside the service's authentication.
 pub async fn accept(request: Request, next: Next) -> Response {
-    if !exporting() {
+    if !exporting() || request.extensions().get::<Trusted>().is_none() {
         return next.run(request).await;
     }
     let Some(parent) = remote_context(request.headers()) else {
@@ -252,18 +279,23 @@ pub async fn accept(request: Request, next: Next) -> Response {
         http.request.method = %method,
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     let _ = span.set_parent(parent);
     let response = next.run(request).instrument(span.clone()).await;
     // As an integer attribute (a u64 would be written as text).
     span.record("http.response.status_code", i64::from(response.status().as_u16()));
+    if response.status().is_server_error() {
+        failed(&span);
+    }
     response
 }
 
-/// The trace context `headers` carry, if a valid one.
+/// The trace context `headers` carry, if a valid and sampled one (a caller cannot switch a trace off).
 pub fn remote_context(headers: &HeaderMap) -> Option<opentelemetry::Context> {
     let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    context.span().span_context().is_valid().then_some(context)
+    let span = context.span().span_context().clone();
+    (span.is_valid() && span.is_sampled()).then_some(context)
 }
 
 /// Holds the one header the W3C propagator writes.
@@ -317,8 +349,8 @@ impl OtlpJsonFile {
             ExportTraceServiceRequest { resource_spans: group_spans_by_resource_and_scope(batch, &self.resource) };
         let mut line = serde_json::to_vec(&request).map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
         line.push(b'\n');
-        // One write of a whole line to a file opened for appending: processes sharing the file never interleave
-        // their lines.
+        // One write of a whole line to a file opened for appending: processes sharing the file on a local file
+        // system do not interleave their lines (a write cut short by a full disk can leave a line unended).
         let mut file = self.file.lock().map_err(|_| OTelSdkError::InternalFailure("trace file lock".into()))?;
         file.write_all(&line)
             .map_err(|e| OTelSdkError::InternalFailure(format!("writing {}: {e}", self.path.display())))

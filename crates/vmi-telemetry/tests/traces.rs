@@ -1,7 +1,8 @@
 //! Traces out of a process, both ways an operator configures them: an OTLP/gRPC endpoint (a receiver started
 //! here, as a Collector would be) and an OTLP JSON file. A client span's context travels in `traceparent` to a
-//! service, whose middleware continues the trace in a server span; a request without one starts none; spans of
-//! other crates stay out. One test: the subscriber is the process's, set once.
+//! service, whose middleware continues the trace in a server span for a trusted caller; a request without one,
+//! an untrusted caller's and an unsampled context start none; spans of other crates stay out. One test: the
+//! subscriber is the process's, set once.
 
 // A test's stand-in router, not a service's: nothing for the API reference to describe.
 #![allow(clippy::disallowed_methods)]
@@ -58,15 +59,25 @@ fn spans_cross_processes_in_traceparent_and_reach_the_file_and_the_collector() {
     let tracing = trace::install(tracing_subscriber::EnvFilter::new("off"), false, &service, &export).expect("install");
     assert!(trace::exporting());
 
-    // The service side: a route answering with the context its handler runs in.
+    // The service side: a route answering with the context its handler runs in, behind a stand-in for a
+    // service's authentication (which marks the callers it trusts).
     let mut app: Router = Router::new()
         .route("/v1/phones/{user}/mail", get(|| async { trace::traceparent().unwrap_or_default() }))
-        .layer(axum::middleware::from_fn(trace::accept));
+        .layer(axum::middleware::from_fn(trace::accept))
+        .layer(axum::middleware::from_fn(|mut request: axum::extract::Request, next: axum::middleware::Next| async {
+            if request.headers().contains_key("x-trusted") {
+                request.extensions_mut().insert(trace::Trusted);
+            }
+            next.run(request).await
+        }));
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    let mut call = |traceparent: Option<&str>| {
+    let mut call_as = |traceparent: Option<&str>, trusted: bool| {
         let mut request = axum::http::Request::builder().uri("/v1/phones/alice/mail?x=1");
         if let Some(value) = traceparent {
             request = request.header(trace::TRACEPARENT, value);
+        }
+        if trusted {
+            request = request.header("x-trusted", "1");
         }
         let response = runtime.block_on(app.call(request.body(Body::empty()).expect("request"))).expect("answered");
         let body = runtime.block_on(axum::body::to_bytes(response.into_body(), 1 << 10)).expect("body");
@@ -75,7 +86,7 @@ fn spans_cross_processes_in_traceparent_and_reach_the_file_and_the_collector() {
 
     // Outside any span: no client span, no header, and a request without one starts no server span.
     assert!(trace::client_span("GET", "/v1/phones/alice/mail").is_none());
-    assert_eq!(call(None), "", "a request carrying no trace runs in none");
+    assert_eq!(call_as(None, true), "", "a request carrying no trace runs in none");
     let (sent, answered) = {
         let root = tracing::info_span!(target: "vmi_test", "test.root");
         let _in_root = root.enter();
@@ -84,13 +95,17 @@ fn spans_cross_processes_in_traceparent_and_reach_the_file_and_the_collector() {
         let client = trace::client_span("GET", "/v1/phones/alice/mail?x=1").expect("in a trace: a client span");
         let _in_client = client.enter();
         let sent = trace::traceparent().expect("the client span's context");
-        (sent.clone(), call(Some(&sent)))
+        // In this process the handler sees the caller's own span; a server span would be a new one.
+        assert_eq!(call_as(Some(&sent), false), sent, "an untrusted caller's trace is not continued");
+        (sent.clone(), call_as(Some(&sent), true))
     };
     // 00-TRACEID-SPANID-01: the same trace, the server's own span.
     let part = |v: &str, i: usize| v.split('-').nth(i).map(str::to_owned).expect("traceparent has four parts");
     assert_eq!(part(&answered, 1), part(&sent, 1), "the service continued the caller's trace: {answered}");
     assert_ne!(part(&answered, 2), part(&sent, 2), "in a span of its own");
-    assert_eq!(call(Some("00-not-a-context-01")), "", "a malformed traceparent is no trace");
+    assert_eq!(call_as(Some("00-not-a-context-01"), true), "", "a malformed traceparent is no trace");
+    let unsampled = format!("00-{}-{}-00", part(&sent, 1), part(&sent, 2));
+    assert_eq!(call_as(Some(&unsampled), true), "", "a caller cannot switch a trace's sampling off");
 
     // Shutting down sends what is buffered, to both.
     drop(tracing);
@@ -105,11 +120,8 @@ fn spans_cross_processes_in_traceparent_and_reach_the_file_and_the_collector() {
     for (how, requests) in [("collector", collected), ("file", lines)] {
         let spans = spans_of(&requests);
         assert_eq!(spans.len(), 3, "{how}: the root, the client and the server span only: {spans:#?}");
-        let (root, client, server) = (
-            one(&spans, "test.root"),
-            one(&spans, "GET /v1/phones/alice/mail"),
-            one(&spans, "GET /v1/phones/{user}/mail"),
-        );
+        let (root, client, server) =
+            (one(&spans, "test.root"), one(&spans, "GET"), one(&spans, "GET /v1/phones/{user}/mail"));
         assert!(spans.iter().all(|s| s.service == "vmi-test" && s.instance.as_deref() == Some("site-t")), "{how}");
         assert!(spans.iter().all(|s| s.trace_id == root.trace_id), "{how}: one trace: {spans:#?}");
         assert_eq!((client.parent.as_str(), server.parent.as_str()), (root.span_id.as_str(), client.span_id.as_str()));

@@ -78,6 +78,7 @@ pub async fn migrate_out(site: &Arc<SiteState>, user: &str, to_id: &str) -> Resu
         vmi.bytes = Empty,
         vmi.downtime_us = Empty,
         vmi.epoch = Empty,
+        otel.status_code = Empty,
     );
     migrate_out_traced(site, user, to_id).instrument(span).await
 }
@@ -126,6 +127,9 @@ async fn migrate_out_traced(site: &Arc<SiteState>, user: &str, to_id: &str) -> R
     site.metrics.migrated(&report, result.as_ref().err().map(MigrationError::kind));
     let span = tracing::Span::current();
     span.record("vmi.outcome", report.outcome.as_str());
+    if result.is_err() {
+        vmi_telemetry::trace::failed(&span);
+    }
     span.record("vmi.rounds", report.rounds as i64);
     span.record("vmi.bytes", report.bytes as i64);
     span.record("vmi.downtime_us", report.downtime_us as i64);
