@@ -120,6 +120,23 @@ pub enum BenchCmd {
         #[arg(long)]
         cluster: bool,
     },
+    /// The placement policy at an operator's scale: the incremental placer over ten thousand sites and a million
+    /// users (a full round, a report and its round, a second of reports), beside the full recomputation on a
+    /// smaller world.
+    Placer {
+        /// Sites.
+        #[arg(long, default_value_t = 10_000)]
+        sites: usize,
+        /// Users, each with a phone and a report.
+        #[arg(long, default_value_t = 1_000_000)]
+        users: usize,
+        /// Single reports to time.
+        #[arg(long, default_value_t = 200_000)]
+        reports: usize,
+        /// Sites and users of the full recomputation's world.
+        #[arg(long, num_args = 2, value_names = ["SITES", "USERS"], default_values_t = [1_000, 100_000])]
+        reference: Vec<usize>,
+    },
     /// How many idle phones fit, and how fast each is created.
     Density {
         /// Phones to create.
@@ -201,6 +218,12 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             std::time::Duration::from_millis(delay_ms),
             chunks.max(1),
         ))?),
+        BenchCmd::Placer { sites, users, reports, reference } => print(crate::bench_placer::placer(
+            sites.max(2),
+            users.max(1),
+            reports.max(100),
+            (reference.first().copied().unwrap_or(1_000).max(2), reference.get(1).copied().unwrap_or(100_000).max(1)),
+        )?),
         BenchCmd::Failover { faults, cluster } => {
             print(crate::runtime()?.block_on(crate::bench_failover::failover(faults.max(1), cluster))?)
         }

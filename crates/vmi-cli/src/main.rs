@@ -7,6 +7,7 @@ mod bench_density;
 mod bench_engines;
 mod bench_failover;
 mod bench_net;
+mod bench_placer;
 mod checkpoints;
 mod credentials;
 mod headless;

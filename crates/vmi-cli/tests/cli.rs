@@ -387,3 +387,23 @@ fn json_output_of_local_commands_parses() {
     assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.wasm"));
 }
+
+/// `vmi bench placer` at a small scale: every figure is there, and on its reference world (phones to evacuate) the
+/// incremental placer moved the same phones to the same sites as the full recomputation (the bench fails if not).
+#[test]
+fn the_placer_bench_reports_its_figures_and_agrees_with_the_full_recomputation() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .args(["bench", "placer", "--json", "--sites", "300", "--users", "30000", "--reports", "3000"])
+        .args(["--reference", "200", "8000"])
+        .output()
+        .expect("run vmi");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!((figures["sites"].as_u64(), figures["users"].as_u64()), (Some(300), Some(30_000)), "{figures}");
+    for key in ["full_round_ms", "incremental_us_per_report_p50", "incremental_us_per_report_p99", "rss_mib"] {
+        assert!(figures[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {figures}");
+    }
+    let reference = &figures["reference"];
+    assert_eq!(reference["same_moves"], true, "{figures}");
+    assert!(reference["moves"].as_u64().is_some_and(|m| m > 0), "the reference world moved phones: {figures}");
+}

@@ -15,17 +15,28 @@ use vmi_control_api::ClientError;
 use vmi_control_api::model::{LEASE_MS, MigrateOrder};
 use vmi_control_api::url::segment;
 
-use crate::placement::{Move, PhoneView, PolicyInput, PolicyParams, PolicyState, SiteView, decide, settled};
+use crate::placement::{Move, PolicyParams, SiteView, World};
 use crate::store::now_ms;
 use crate::{ControlError, Leadership, Reports, Store};
 
 /// How long the placer waits for a site to answer a migrate order (the answer comes when the migration ends).
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often the placer lists every placement once listing them takes longer than [`QUICK_LISTING`]: placements
+/// its own orders and failovers change are known at once; those that change otherwise (a new phone, an
+/// operator's migration) are seen within this time.
+pub const PLACEMENT_SYNC_MS: u64 = 10_000;
+
+/// A listing of the placements this quick is done every round.
+const QUICK_LISTING: Duration = Duration::from_millis(20);
+
 /// Runs the placer every `every` until `shutdown` completes: makes phones follow their users.
 ///
-/// Every period it builds a [`PolicyInput`] from the [`Store`] and the [`Reports`], runs [`decide`], and for each
-/// [`Move`] orders the *source* site to live-migrate the phone:
+/// Every period it brings its [`World`] up to date from the [`Store`] and the [`Reports`] (the sites every round;
+/// the reports received since the last; the placements every round while listing them is quick, every
+/// [`PLACEMENT_SYNC_MS`] once it is not, its own orders and failovers at once), lets it decide (the policy of
+/// [`decide`](crate::placement::decide), looking only at the users whose decision can have changed), and for
+/// each [`Move`] orders the *source* site to live-migrate the phone:
 ///
 /// ```text
 /// placer                    source site                        destination site
@@ -124,9 +135,6 @@ impl PlacerRounds {
     }
 }
 
-/// What a round decides on: the policy's view, and each site's base URL.
-type RoundInput = (PolicyInput, HashMap<String, String>);
-
 /// What an order task returns: the move and the site's status and body, or why there was none.
 type OrderResult = (Move, Result<(u16, String), ClientError>);
 
@@ -135,7 +143,6 @@ struct Placer {
     reports: Reports,
     caller: Caller,
     params: PolicyParams,
-    state: PolicyState,
     orders: JoinSet<OrderResult>,
     /// Order task id → user, to clean up even if a task panics.
     order_users: HashMap<Id, String>,
@@ -145,6 +152,12 @@ struct Placer {
     retry_at: HashMap<String, u64>,
     /// When this placer started (ms): no site's lease counts as expired before it had a lease's time to renew.
     started_ms: u64,
+    /// The policy's inputs and memory, kept up to date.
+    world: World,
+    /// Each site's base URL, as the last round listed them.
+    urls: HashMap<String, String>,
+    /// When the placements were last listed (ms), and whether listing them was quick.
+    placements_listed: Option<(u64, bool)>,
     /// Where orders and failovers are counted, if anywhere.
     metrics: Option<Arc<crate::metrics::ControlMetrics>>,
 }
@@ -154,9 +167,11 @@ impl Placer {
         Placer {
             caller,
             store,
-            reports,
+            reports: reports.watched(),
+            world: World::new(params.clone()),
+            urls: HashMap::new(),
+            placements_listed: None,
             params,
-            state: PolicyState::new(),
             orders: JoinSet::new(),
             order_users: HashMap::new(),
             in_flight: HashMap::new(),
@@ -246,6 +261,7 @@ impl Placer {
                         tracing::warn!(%user, "the failover is not in the audit log: {e}");
                     }
                     span.record("vmi.epoch", now_placed.epoch as i64);
+                    self.world.set_phone(&user, &target.id, false);
                     self.promote(&user, &target.id, &target.url, placement.epoch);
                     moved.push((user, placement.site.clone(), target.id.clone()));
                 }
@@ -286,20 +302,29 @@ impl Placer {
         tokio::spawn(task.instrument(span));
     }
 
-    /// One evaluation: read, decide, order. Returns the moves ordered.
+    /// One evaluation: bring the world up to date, decide, order. Returns the moves ordered.
     fn round(&mut self, now: u64) -> Vec<Move> {
-        self.retry_at.retain(|_, at| *at > now);
-        let (input, urls) = match self.input(now) {
-            Ok(Some(built)) => built,
-            Ok(None) => return Vec::new(),
-            Err(err) => {
-                tracing::warn!(error = %err, "placer cannot read the registry; skipping this round");
-                return Vec::new();
+        // Phones whose failed move waited out its back-off may move again.
+        let mut again = Vec::new();
+        self.retry_at.retain(|user, at| {
+            let waiting = *at > now;
+            if !waiting {
+                again.push(user.clone());
             }
-        };
+            waiting
+        });
+        for user in again {
+            if let Some(site) = self.world.site_of(&user).map(str::to_owned) {
+                self.world.set_phone(&user, &site, self.in_flight.contains_key(&user));
+            }
+        }
+        if let Err(err) = self.sync(now) {
+            tracing::warn!(error = %err, "placer cannot read the registry; skipping this round");
+            return Vec::new();
+        }
         let mut ordered = Vec::new();
-        for mv in decide(&mut self.state, &input, now, &self.params) {
-            match (urls.get(&mv.from), urls.contains_key(&mv.to)) {
+        for mv in self.world.decide(now) {
+            match (self.urls.get(&mv.from), self.urls.contains_key(&mv.to)) {
                 (Some(from_url), true) => {
                     let from_url = from_url.clone();
                     ordered.push(mv.clone());
@@ -311,47 +336,57 @@ impl Placer {
         ordered
     }
 
-    /// The policy's view of the registry now, and each site's base URL; `None` when it is [`settled`] (no phone can
-    /// move, so the phones are not read) and the round's work is done.
-    fn input(&mut self, now: u64) -> Result<Option<RoundInput>, ControlError> {
-        let sites = self.store.list_sites()?;
-        let reports = self.reports.snapshot();
-        let site_view = |site: &vmi_control_api::model::Site, phones: u32| SiteView {
-            id: site.id.clone(),
-            lat: site.lat,
-            lon: site.lon,
-            capacity: site.capacity,
-            phones,
-            healthy: site.healthy_at(now),
-            // A degraded site (it cannot keep phones durable) is evacuated as a draining one is.
-            draining: site.draining || site.degraded.is_some(),
+    /// Brings the world up to date: every site (its phones: the larger of its heartbeat's count and the phones
+    /// placed or moving there), the reports received since the last round, and the placements (every round while
+    /// listing them is quick, else every [`PLACEMENT_SYNC_MS`]).
+    fn sync(&mut self, now: u64) -> Result<(), ControlError> {
+        let due = match self.placements_listed {
+            None => true,
+            Some((at, quick)) => quick || now.saturating_sub(at) >= PLACEMENT_SYNC_MS || now < at,
         };
-        let views: Vec<SiteView> = sites.iter().map(|site| site_view(site, site.phones)).collect();
-        if settled(&views, &reports, now, &self.params) {
-            self.state.forget_all();
-            return Ok(None);
+        if due {
+            let listing = std::time::Instant::now();
+            let placements = self.store.list_placements()?;
+            let quick = listing.elapsed() <= QUICK_LISTING;
+            let mut listed = std::collections::HashSet::with_capacity(placements.len());
+            for (user, placement) in &placements {
+                let migrating = self.in_flight.contains_key(user) || self.retry_at.contains_key(user);
+                if self.world.site_of(user) != Some(placement.site.as_str()) || self.world.migrating(user) != migrating
+                {
+                    self.world.set_phone(user, &placement.site, migrating);
+                }
+                listed.insert(user.as_str());
+            }
+            let gone: Vec<String> =
+                self.world.placed_users().filter(|u| !listed.contains(u)).map(str::to_owned).collect();
+            for user in gone {
+                self.world.remove_phone(&user);
+            }
+            self.placements_listed = Some((now, quick));
         }
-        let placements = self.store.list_placements()?;
-        let mut placed: HashMap<&str, u32> = HashMap::new();
-        for (_, placement) in &placements {
-            *placed.entry(placement.site.as_str()).or_default() += 1;
+        for report in self.reports.take_changed() {
+            self.world.report(&report);
         }
+        let sites = self.store.list_sites()?;
+        let mut moving_to: HashMap<&str, u32> = HashMap::new();
         for to in self.in_flight.values() {
-            *placed.entry(to.as_str()).or_default() += 1;
+            *moving_to.entry(to.as_str()).or_default() += 1;
         }
-        let views = sites
-            .iter()
-            .map(|site| site_view(site, site.phones.max(placed.get(site.id.as_str()).copied().unwrap_or(0))))
-            .collect();
-        let phones = placements
-            .into_iter()
-            .map(|(user, placement)| {
-                let migrating = self.in_flight.contains_key(&user) || self.retry_at.contains_key(&user);
-                PhoneView { user, site: placement.site, migrating }
-            })
-            .collect();
-        let urls = sites.into_iter().map(|site| (site.id, site.url)).collect();
-        Ok(Some((PolicyInput { sites: views, phones, reports }, urls)))
+        for site in &sites {
+            let placed = self.world.placed_on(&site.id) + moving_to.get(site.id.as_str()).copied().unwrap_or(0);
+            self.world.set_site(SiteView {
+                id: site.id.clone(),
+                lat: site.lat,
+                lon: site.lon,
+                capacity: site.capacity,
+                phones: site.phones.max(placed),
+                healthy: site.healthy_at(now),
+                // A degraded site (it cannot keep phones durable) is evacuated as a draining one is.
+                draining: site.draining || site.degraded.is_some(),
+            });
+        }
+        self.urls = sites.into_iter().map(|site| (site.id, site.url)).collect();
+        Ok(())
     }
 
     /// Starts the migrate order for `mv` as a task of the placer.
@@ -361,6 +396,8 @@ impl Placer {
         let body = MigrateOrder { to: mv.to.clone() };
         let user = mv.user.clone();
         self.in_flight.insert(user.clone(), mv.to.clone());
+        // Counted as migrating (left alone) until its order is answered.
+        self.world.set_phone(&user, &mv.from, true);
         let caller = match vmi_trust::site_name(&mv.from) {
             Ok(name) => self.caller.clone().expecting(&name),
             Err(_) => self.caller.clone(),
@@ -403,6 +440,7 @@ impl Placer {
                 Ok(Some(placement)) if placement.site == mv.to => {
                     tracing::info!(user = %mv.user, from = %mv.from, to = %mv.to, epoch = placement.epoch,
                         "migration committed");
+                    self.world.set_phone(&mv.user, &placement.site, false);
                     if let Some(m) = &self.metrics {
                         m.order(true);
                     }

@@ -5,7 +5,7 @@
 //! to `reports/{user}` as well (without waiting for it), because the replica that received it may not be the one
 //! whose placer reads it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vmi_control_api::model::{ReportRequest, TerminalReport};
@@ -21,6 +21,11 @@ pub struct Reports {
     latest: Arc<Mutex<HashMap<String, TerminalReport>>>,
     /// Where every replica's reports meet, if replicas share an etcd cluster.
     shared: Option<Arc<EtcdKv>>,
+    /// The users whose report changed since the placer last took them ([`Reports::take_changed`]); `None` until
+    /// a placer watches ([`Reports::watched`]). At most one entry per user.
+    changed: Arc<Mutex<Option<HashSet<String>>>>,
+    /// Shared reports: the time of each user's report the placer took last.
+    taken: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 fn report_key(user: &str) -> String {
@@ -35,7 +40,7 @@ impl Reports {
 
     /// An empty registry that also writes to (and reads from) etcd.
     pub(crate) fn shared(kv: Arc<EtcdKv>) -> Self {
-        Reports { latest: Arc::default(), shared: Some(kv) }
+        Reports { shared: Some(kv), ..Reports::default() }
     }
 
     /// Keeps `report` as `user`'s latest, received at `at_ms`, replacing the previous one; returns it.
@@ -43,6 +48,9 @@ impl Reports {
         let report =
             TerminalReport { user: user.to_owned(), at_ms, lat: report.lat, lon: report.lon, rtt_ms: report.rtt_ms };
         self.lock().insert(user.to_owned(), report.clone());
+        if let Some(changed) = self.changed.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            changed.insert(user.to_owned());
+        }
         if let Some(kv) = &self.shared
             && let (Some(handle), Ok(value)) = (kv.handle(), serde_json::to_vec(&report))
         {
@@ -92,6 +100,36 @@ impl Reports {
         all
     }
 
+    /// These reports, with the users whose report changes kept for [`Reports::take_changed`] (every user with a
+    /// report now counts as changed: the first take has them all).
+    pub fn watched(&self) -> Reports {
+        let latest = self.lock();
+        let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+        changed.get_or_insert_with(|| latest.keys().cloned().collect());
+        drop((changed, latest));
+        self.clone()
+    }
+
+    /// The reports received since the last call (every report at the first): those of the users whose report
+    /// changed, as [`Reports::watched`] kept them; with shared reports, every replica's whose time changed.
+    pub fn take_changed(&self) -> Vec<TerminalReport> {
+        if self.shared.is_some() {
+            // Another replica may have received them: every report, those not taken yet.
+            let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
+            return self
+                .snapshot()
+                .into_values()
+                .filter(|r| taken.insert(r.user.clone(), r.at_ms) != Some(r.at_ms))
+                .collect();
+        }
+        let users = self.changed.lock().unwrap_or_else(PoisonError::into_inner).as_mut().map(std::mem::take);
+        let latest = self.lock();
+        match users {
+            Some(users) => users.iter().filter_map(|u| latest.get(u).cloned()).collect(),
+            None => latest.values().cloned().collect(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, TerminalReport>> {
         // Every critical section is a single map operation: a panic cannot leave the map half-updated.
         self.latest.lock().unwrap_or_else(PoisonError::into_inner)
@@ -121,5 +159,21 @@ mod tests {
         let latest = reports.latest("alice").expect("recorded");
         assert_eq!((latest.at_ms, latest.position(), latest.rtt_ms.get("site-a")), (20, None, Some(&4.0)));
         assert_eq!(reports.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn a_watcher_takes_each_changed_report_once() {
+        let reports = Reports::new();
+        reports.record("early", ReportRequest::default(), 5);
+        let watched = reports.watched();
+        let first = watched.take_changed();
+        assert_eq!(first.iter().map(|r| r.user.as_str()).collect::<Vec<_>>(), ["early"], "the first take has them all");
+        reports.record("alice", ReportRequest { lat: Some(1.0), ..ReportRequest::default() }, 10);
+        reports.record("alice", ReportRequest { lat: Some(2.0), ..ReportRequest::default() }, 11);
+        reports.record("bob", ReportRequest::default(), 12);
+        let mut taken = watched.take_changed();
+        taken.sort_by(|a, b| a.user.cmp(&b.user));
+        assert_eq!(taken.iter().map(|r| (r.user.as_str(), r.at_ms)).collect::<Vec<_>>(), [("alice", 11), ("bob", 12)]);
+        assert_eq!(watched.take_changed(), Vec::new(), "each once");
     }
 }

@@ -32,6 +32,17 @@
 //!    under the same margin; with no eligible site there is no move.
 //!
 //! Ties break by site id, and phones are considered in user order, so a decision is reproducible.
+//!
+//! # At scale
+//!
+//! [`decide`] looks at every phone and every site each call. The placer runs the same policy through a
+//! [`World`], which is told what changed and looks only at the users whose decision can have changed, with the
+//! sites in a spatial index; it decides exactly what [`decide`] decides (a property test checks it on random
+//! worlds). docs/PLACEMENT.md has the design and the figures.
+
+mod world;
+
+pub use world::World;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -177,6 +188,14 @@ impl PolicyState {
     /// Since when `user` has continuously had a better site, if they have one now.
     pub fn candidate_since(&self, user: &str) -> Option<u64> {
         self.candidates.get(user).map(|c| c.since_ms)
+    }
+
+    /// Every running dwell clock, sorted: user, the site it started on, since when.
+    pub fn clocks(&self) -> Vec<(String, String, u64)> {
+        let mut clocks: Vec<_> =
+            self.candidates.iter().map(|(user, c)| (user.clone(), c.from.clone(), c.since_ms)).collect();
+        clocks.sort();
+        clocks
     }
 }
 
