@@ -246,27 +246,6 @@ fn best_site<'a>(
         })
 }
 
-/// Whether [`decide`] can move no phone, whichever phones there are: no report is fresh and every site is healthy
-/// and not draining (every phone is on a registered site: sites are never removed). `decide` would then return no
-/// move and forget every candidate, which [`PolicyState::forget_all`] does without the phones: a placer need not
-/// list a site's 100,000 idle phones every second to learn that none moves.
-pub fn settled(
-    sites: &[SiteView],
-    reports: &HashMap<String, TerminalReport>,
-    now_ms: u64,
-    params: &PolicyParams,
-) -> bool {
-    sites.iter().all(|s| s.healthy && !s.draining)
-        && reports.values().all(|r| now_ms.saturating_sub(r.at_ms) > params.report_max_age_ms)
-}
-
-impl PolicyState {
-    /// What [`decide`] leaves when [`settled`] holds: no candidate.
-    pub fn forget_all(&mut self) {
-        self.candidates.clear();
-    }
-}
-
 /// Decides which phones move where at `now_ms` (milliseconds since the Unix epoch). See the module docs for the
 /// rules; `state` carries the dwell clocks from one call to the next and must be the same value every call.
 pub fn decide(state: &mut PolicyState, input: &PolicyInput, now_ms: u64, params: &PolicyParams) -> Vec<Move> {
@@ -627,53 +606,5 @@ mod tests {
         // A report whose RTTs name only other sites gives no score for the current one: no move.
         sim.drive("u", 201, 260, |_| rtts(&[("b", 1.0)]));
         assert!(sim.moves.is_empty(), "{:?}", sim.hops());
-    }
-
-    /// Where [`settled`] holds, [`decide`] moves nothing and forgets every candidate, on worlds of every shape: sites
-    /// near and far, phones anywhere, reports stale by a little or a lot, candidates from fresh reports before.
-    #[test]
-    fn a_settled_world_is_one_decide_leaves_unmoved_and_without_candidates() {
-        let params = PolicyParams::default();
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        let mut settled_worlds = 0;
-        for _ in 0..200 {
-            let sites: Vec<SiteView> = (0..1 + next(5))
-                .map(|i| site(&format!("s{i}"), next(2000) as f64 / 10.0, 1 + next(50) as u32))
-                .collect();
-            let phones: Vec<(String, String)> =
-                (0..next(40)).map(|u| (format!("u{u}"), format!("s{}", next(sites.len() as u64)))).collect();
-            let pairs: Vec<(&str, &str)> = phones.iter().map(|(u, s)| (u.as_str(), s.as_str())).collect();
-            let mut sim = Sim::new(sites, &pairs);
-            sim.apply = false;
-            // Fresh reports first (candidates start their dwell), then time passes past their age.
-            for (user, _) in &phones {
-                sim.report(user, 0, at(next(2000) as f64 / 10.0));
-            }
-            sim.step(0);
-            let later = params.report_max_age_ms + 1 + next(3) * 10 * SECOND;
-            if next(4) == 0 {
-                sim.site_mut("s0").draining = true;
-            }
-            let now = T0 + later;
-            let is_settled = settled(&sim.input.sites, &sim.input.reports, now, &params);
-            assert_eq!(is_settled, !sim.input.sites[0].draining, "stale reports, healthy sites");
-            if is_settled {
-                settled_worlds += 1;
-                assert_eq!(decide(&mut sim.state, &sim.input, now, &params), Vec::new());
-                assert!(sim.state.candidates.is_empty());
-            }
-            // A report fresh again unsettles it.
-            if let Some((user, _)) = phones.first() {
-                sim.report(user, later, at(1.0));
-                assert!(!settled(&sim.input.sites, &sim.input.reports, now, &params));
-            }
-        }
-        assert!(settled_worlds > 100, "{settled_worlds}");
     }
 }
