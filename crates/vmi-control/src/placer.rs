@@ -158,6 +158,8 @@ struct Placer {
     urls: HashMap<String, String>,
     /// When the placements were last listed (ms), and whether listing them was quick.
     placements_listed: Option<(u64, bool)>,
+    /// The time of the last round (ms).
+    last_round_ms: u64,
     /// Where orders and failovers are counted, if anywhere.
     metrics: Option<Arc<crate::metrics::ControlMetrics>>,
 }
@@ -171,6 +173,7 @@ impl Placer {
             world: World::new(params.clone()),
             urls: HashMap::new(),
             placements_listed: None,
+            last_round_ms: 0,
             params,
             orders: JoinSet::new(),
             order_users: HashMap::new(),
@@ -261,7 +264,8 @@ impl Placer {
                         tracing::warn!(%user, "the failover is not in the audit log: {e}");
                     }
                     span.record("vmi.epoch", now_placed.epoch as i64);
-                    self.world.set_phone(&user, &target.id, false);
+                    let migrating = self.in_flight.contains_key(&user) || self.retry_at.contains_key(&user);
+                    self.world.set_phone(&user, &target.id, migrating);
                     self.promote(&user, &target.id, &target.url, placement.epoch);
                     moved.push((user, placement.site.clone(), target.id.clone()));
                 }
@@ -304,6 +308,10 @@ impl Placer {
 
     /// One evaluation: bring the world up to date, decide, order. Returns the moves ordered.
     fn round(&mut self, now: u64) -> Vec<Move> {
+        // Time only goes forward here: a wall clock stepped back must not make stale reports fresh again for
+        // the users the world would not look at.
+        let now = now.max(self.last_round_ms);
+        self.last_round_ms = now;
         // Phones whose failed move waited out its back-off may move again.
         let mut again = Vec::new();
         self.retry_at.retain(|user, at| {

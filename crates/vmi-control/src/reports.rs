@@ -48,7 +48,10 @@ impl Reports {
         let report =
             TerminalReport { user: user.to_owned(), at_ms, lat: report.lat, lon: report.lon, rtt_ms: report.rtt_ms };
         self.lock().insert(user.to_owned(), report.clone());
-        if let Some(changed) = self.changed.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        // Shared reports are taken from etcd, every replica's: nothing to keep here.
+        if self.shared.is_none()
+            && let Some(changed) = self.changed.lock().unwrap_or_else(PoisonError::into_inner).as_mut()
+        {
             changed.insert(user.to_owned());
         }
         if let Some(kv) = &self.shared

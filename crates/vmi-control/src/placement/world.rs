@@ -98,6 +98,9 @@ struct Report {
     position: Option<(f64, f64)>,
     /// Valid measured round-trip times (finite, not negative), by site.
     rtt_ms: Vec<(u32, f64)>,
+    /// Valid measured times to site ids nobody has named yet: resolved if such a site appears (kept apart, so
+    /// that ids a terminal makes up do not grow the world's sites).
+    unresolved: Vec<(Box<str>, f64)>,
 }
 
 impl Report {
@@ -201,6 +204,12 @@ pub struct World {
     loaded: Vec<u32>,
     /// Whether the index must be built again (a site was added or moved).
     reindex: bool,
+    /// Whether every user is looked at next round (a site was added or moved).
+    everyone: bool,
+    /// Sites eligible now.
+    eligible_sites: usize,
+    /// Users whose report names sites nobody has named yet.
+    unresolved: HashSet<u32>,
     /// Rounds so far (the queue's stamps).
     rounds: u32,
     /// The queue's stamps, kept from round to round.
@@ -225,6 +234,9 @@ impl World {
             evacuees: HashSet::new(),
             loaded: Vec::new(),
             reindex: false,
+            everyone: false,
+            eligible_sites: 0,
+            unresolved: HashSet::new(),
             rounds: 0,
             stamps: Vec::new(),
             ranked: Vec::new(),
@@ -245,6 +257,17 @@ impl World {
         });
         self.site_ids.insert(id.to_owned(), i);
         self.site_names.push(Arc::from(id));
+        // Reports that measured a time to this site before anyone named it.
+        let waiting: Vec<u32> = self.unresolved.iter().copied().collect();
+        for u in waiting {
+            let Some(report) = self.users[u as usize].report.as_mut() else { continue };
+            let (named, rest): (Vec<_>, Vec<_>) = report.unresolved.drain(..).partition(|(s, _)| &**s == id);
+            report.unresolved = rest;
+            report.rtt_ms.extend(named.into_iter().map(|(_, rtt)| (i, rtt)));
+            if report.unresolved.is_empty() {
+                self.unresolved.remove(&u);
+            }
+        }
         i
     }
 
@@ -275,9 +298,9 @@ impl World {
         let kept = old.as_ref().is_some_and(|o| o.healthy && !o.draining);
         site.load = view.phones;
         if moved {
-            // A new or moved site may be anyone's better site: everyone is looked at once.
+            // A new or moved site may be anyone's better site: everyone is looked at, once, next round.
             self.reindex = true;
-            self.dirty.extend(0..self.users.len() as u32);
+            self.everyone = true;
         }
         if kept != site.keeps_phones() {
             let placed: Vec<u32> = site.placed.iter().copied().collect();
@@ -327,13 +350,20 @@ impl World {
     /// `user`'s latest report (replacing any before it).
     pub fn report(&mut self, report: &TerminalReport) {
         let u = self.user_index(&report.user);
-        let rtt_ms = report
-            .rtt_ms
-            .iter()
-            .filter(|(_, rtt)| rtt.is_finite() && **rtt >= 0.0)
-            .map(|(site, rtt)| (self.site_index(site), *rtt))
-            .collect();
-        self.users[u as usize].report = Some(Report { at_ms: report.at_ms, position: report.position(), rtt_ms });
+        let (mut rtt_ms, mut unresolved) = (Vec::new(), Vec::new());
+        for (site, &rtt) in report.rtt_ms.iter().filter(|(_, rtt)| rtt.is_finite() && **rtt >= 0.0) {
+            match self.site_ids.get(site.as_str()) {
+                Some(&s) => rtt_ms.push((s, rtt)),
+                None => unresolved.push((Box::from(site.as_str()), rtt)),
+            }
+        }
+        if unresolved.is_empty() {
+            self.unresolved.remove(&u);
+        } else {
+            self.unresolved.insert(u);
+        }
+        let position = report.position();
+        self.users[u as usize].report = Some(Report { at_ms: report.at_ms, position, rtt_ms, unresolved });
         self.dirty.insert(u);
     }
 
@@ -387,6 +417,9 @@ impl World {
             let site = &mut self.sites[i as usize];
             site.load = site.view.as_ref().map_or(0, |v| v.phones);
             self.eligibility_may_change(i, None);
+        }
+        if std::mem::take(&mut self.everyone) {
+            self.dirty.extend(0..self.users.len() as u32);
         }
         let due: Vec<u64> = self.timers.range(..=now_ms).map(|(&t, _)| t).collect();
         for t in due {
@@ -443,6 +476,11 @@ impl World {
             return;
         }
         site.eligible = eligible;
+        if eligible {
+            self.eligible_sites += 1;
+        } else {
+            self.eligible_sites -= 1;
+        }
         let dependents: Vec<u32> = site.dependents.iter().copied().collect();
         match during {
             None => self.dirty.extend(dependents),
@@ -504,6 +542,10 @@ impl World {
         let current = user.site?;
         self.users[u as usize].candidate = None;
         self.set_depends_on(u, Vec::new());
+        if self.eligible_sites == 0 {
+            // Nowhere to go (every site down, draining or full): stays until a site has room.
+            return None;
+        }
         let report = self.fresh_report(u, now_ms).cloned();
         let origin = self.sites[current as usize].view.as_ref().map(|v| (v.lat, v.lon));
         let position = report.as_ref().and_then(|r| r.position).or(origin);
@@ -612,7 +654,7 @@ impl World {
             return Some(Move { user: name.to_string(), from, to: self.id(to).to_owned(), reason });
         }
         // Looked at again when the clock comes due, or when the report goes stale (which stops the clock).
-        self.schedule(since + self.params.dwell_ms, u);
+        self.schedule(since.saturating_add(self.params.dwell_ms), u);
         self.schedule(report_at.saturating_add(self.params.report_max_age_ms).saturating_add(1), u);
         None
     }
@@ -649,16 +691,33 @@ impl World {
             } else {
                 -1.0
             };
-            if reach_km >= 0.0 {
-                for p in self.index.locate_within_distance(unit(lat, lon), chord_2_of_km(reach_km)) {
-                    if p.site == current || report.measured(p.site).is_some() {
-                        continue;
+            let mut consider = |p: &SitePoint| {
+                if p.site == current || report.measured(p.site).is_some() {
+                    return None;
+                }
+                let site = self.sites[p.site as usize].view.as_ref().expect("indexed sites are registered");
+                let to_ms = estimate_rtt_ms(params, lat, lon, site);
+                passes(to_ms).then(|| {
+                    ranked.push((to_ms, p.site));
+                    self.sites[p.site as usize].eligible
+                })
+            };
+            if reach_km >= 0.0 && params.rtt_ms_per_100km > 0.0 {
+                // Nearest first, up to the first eligible site (and any as near as it): the sites beyond it
+                // cannot rank before it.
+                let (reach_2, mut edge) = (chord_2_of_km(reach_km), None);
+                for (p, d2) in self.index.nearest_neighbor_iter_with_distance_2(unit(lat, lon)) {
+                    if d2 > reach_2 || edge.is_some_and(|e| d2 > e) {
+                        break;
                     }
-                    let site = self.sites[p.site as usize].view.as_ref().expect("indexed sites are registered");
-                    let to_ms = estimate_rtt_ms(params, lat, lon, site);
-                    if passes(to_ms) {
-                        ranked.push((to_ms, p.site));
+                    if consider(p) == Some(true) && edge.is_none() {
+                        edge = Some(d2 * (1.0 + 1e-9) + 1e-15);
                     }
+                }
+            } else if reach_km >= 0.0 {
+                // A flat estimate: every site scores the same, ties by id.
+                for p in self.index.iter() {
+                    consider(p);
                 }
             }
         }
@@ -761,6 +820,43 @@ mod tests {
         // Not in index order (user order is by name), and one name per user (7 and 31 are coprime; fewer than
         // 31 users).
         format!("u{}", (i * 7) % 31)
+    }
+
+    /// Times a terminal measured to sites nobody registered do not become sites (a device cannot grow the
+    /// world), and are taken up if such a site registers: then they rank it as `decide` does.
+    #[test]
+    fn made_up_site_ids_in_reports_are_kept_apart_until_a_site_registers() {
+        let site = |id: &str, lon: f64| SiteView {
+            id: id.into(),
+            lat: 0.0,
+            lon,
+            capacity: 10,
+            phones: 0,
+            healthy: true,
+            draining: false,
+        };
+        let params = PolicyParams { dwell_ms: 0, ..PolicyParams::default() };
+        let mut world = World::new(params.clone());
+        world.set_site(site("a", 0.0));
+        world.set_phone("u", "a", false);
+        let rtt: BTreeMap<String, f64> = (0..64).map(|i| (format!("made-up-{i}"), 1.0)).collect();
+        let mut report = TerminalReport { user: "u".into(), at_ms: T0, lat: None, lon: None, rtt_ms: rtt };
+        report.rtt_ms.insert("a".into(), 40.0);
+        world.report(&report);
+        assert_eq!(world.decide(T0), Vec::new());
+        assert_eq!(world.sites.len(), 1, "no site made of a report's ids");
+        let mut input = PolicyInput {
+            sites: vec![site("a", 0.0)],
+            phones: vec![PhoneView { user: "u".into(), site: "a".into(), migrating: false }],
+            reports: [("u".to_owned(), report)].into(),
+        };
+        // One of them registers, far away: only the measured time can make it better.
+        world.set_site(site("made-up-7", 90.0));
+        input.sites.push(site("made-up-7", 90.0));
+        let expected = decide(&mut PolicyState::new(), &input, T0 + 1, &params);
+        assert_eq!(expected.len(), 1, "{expected:?}");
+        assert_eq!(world.decide(T0 + 1), expected);
+        assert_eq!(world.sites.len(), 2);
     }
 
     proptest! {
