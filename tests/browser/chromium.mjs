@@ -86,3 +86,33 @@ export async function onDesktopPage(executablePath, shotDir, run) {
     await browser.close();
   }
 }
+
+/** A step's failure worth its message alone (no stack): what the page showed against what the step expected. */
+export class StepError extends Error {}
+
+/** Fails the current step with `msg`. */
+export function fail(msg) {
+  throw new StepError(msg);
+}
+
+/**
+ * Runs a driver's `main` under a watchdog and exits: 0 when it ends; 1 when it throws or runs longer than
+ * `limitMs`, naming the step it was at (`step()`); `onFailure()` then prints what else helps (page errors,
+ * screenshots).
+ */
+export function runSteps(name, main, { limitMs, step, onFailure = () => {} }) {
+  const watchdog = setTimeout(() => {
+    console.error(`${name}: FAILED at step '${step()}': the whole run took over ${limitMs / 1000} s`);
+    process.exit(1);
+  }, limitMs);
+  watchdog.unref();
+  main().then(
+    () => process.exit(0),
+    (e) => {
+      const why = e instanceof StepError ? e.message : (e && e.stack) || String(e);
+      console.error(`${name}: FAILED at step '${step()}': ${why}`);
+      onFailure();
+      process.exit(1);
+    },
+  );
+}

@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { launchChromium, stdinLines } from './chromium.mjs';
+import { launchChromium, runSteps, stdinLines } from './chromium.mjs';
 import { Scrapes, figuresOf, parseMetrics, quantileBetween } from '../../crates/vmi-control/dashboard/metrics.js';
 import { niceStep, projection, siteState } from '../../crates/vmi-control/dashboard/map.js';
 
@@ -363,17 +363,4 @@ async function main() {
   }
 }
 
-const watchdog = setTimeout(() => {
-  console.error(`dashboard: no progress for 4 minutes (step ${currentStep})`);
-  process.exit(1);
-}, 240000);
-main().then(
-  () => {
-    clearTimeout(watchdog);
-    process.exit(0);
-  },
-  (e) => {
-    console.error(`dashboard: step ${currentStep}: ${e.stack || e}`);
-    process.exit(1);
-  },
-);
+runSteps('dashboard', main, { limitMs: 240000, step: () => currentStep });

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { launchChromium, phonePoint } from './chromium.mjs';
+import { fail, launchChromium, phonePoint, runSteps } from './chromium.mjs';
 
 const USAGE =
   'usage: VMI_OPERATOR_TOKEN=… node e2e.mjs --url http://HOST:PORT/#token=TOKEN --mail-url http://HOST:PORT/v1/phones/USER/mail ' +
@@ -65,10 +65,6 @@ let thePage = null; // for a screenshot on failure
 const pageLog = [];
 const pageErrors = [];
 
-class StepError extends Error {}
-function fail(msg) {
-  throw new StepError(msg);
-}
 
 async function main() {
   let browser;
@@ -284,20 +280,12 @@ async function run(context) {
   emit({ step: 'done' });
 }
 
-const watchdog = setTimeout(() => {
-  console.error(`e2e: FAILED at step '${currentStep}': the whole run took over 180 s`);
-  process.exit(1);
-}, 180000);
-watchdog.unref();
-
-try {
-  await main();
-  process.exit(0);
-} catch (e) {
-  const msg = e instanceof StepError ? e.message : (e && e.stack) || String(e);
-  console.error(`e2e: FAILED at step '${currentStep}': ${msg}`);
-  if (pageErrors.length) console.error(`e2e: page errors:\n  ${pageErrors.join('\n  ')}`);
-  if (pageLog.length) console.error(`e2e: page console (last 30):\n  ${pageLog.slice(-30).join('\n  ')}`);
-  console.error(`e2e: screenshots in ${shotDir} (failure.png: the page when it failed)`);
-  process.exit(1);
-}
+runSteps('e2e', main, {
+  limitMs: 180000,
+  step: () => currentStep,
+  onFailure: () => {
+    if (pageErrors.length) console.error(`e2e: page errors:\n  ${pageErrors.join('\n  ')}`);
+    if (pageLog.length) console.error(`e2e: page console (last 30):\n  ${pageLog.slice(-30).join('\n  ')}`);
+    console.error(`e2e: screenshots in ${shotDir} (failure.png: the page when it failed)`);
+  },
+});

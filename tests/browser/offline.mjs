@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { launchChromium, phonePoint, stdinLines } from './chromium.mjs';
+import { fail, launchChromium, phonePoint, runSteps, stdinLines } from './chromium.mjs';
 
 const USAGE = 'usage: node offline.mjs --url http://HOST:PORT/#token=TOKEN [--screenshot-dir DIR] [--chromium PATH]';
 let opts;
@@ -40,10 +40,6 @@ const shotDir = resolve(opts['screenshot-dir'] || mkdtempSync(join(tmpdir(), 'vm
 mkdirSync(shotDir, { recursive: true });
 const emit = (obj) => console.log(JSON.stringify(obj));
 const sleepMs = (ms) => new Promise((r) => setTimeout(r, ms));
-class StepError extends Error {}
-const fail = (msg) => {
-  throw new StepError(msg);
-};
 let currentStep = 'launch';
 let thePage = null;
 const pageErrors = [];
@@ -185,17 +181,4 @@ async function run(context) {
   emit({ step: 'done' });
 }
 
-const watchdog = setTimeout(() => {
-  console.error(`offline: no progress for 4 minutes (step ${currentStep})`);
-  process.exit(1);
-}, 240000);
-main().then(
-  () => {
-    clearTimeout(watchdog);
-    process.exit(0);
-  },
-  (e) => {
-    console.error(`offline: step ${currentStep}: ${e instanceof StepError ? e.message : e.stack || e}`);
-    process.exit(1);
-  },
-);
+runSteps('offline', main, { limitMs: 240000, step: () => currentStep });

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { launchChromium, phonePoint } from './chromium.mjs';
+import { fail, launchChromium, phonePoint, runSteps } from './chromium.mjs';
 
 const USAGE =
   'usage: node phone.mjs --url http://HOST:PORT/#token=TOKEN --operator-token OP [--user NAME] [--screenshot-dir DIR] [--chromium PATH]';
@@ -68,10 +68,6 @@ const shotDir = resolve(opts['screenshot-dir'] || mkdtempSync(join(tmpdir(), 'vm
 mkdirSync(shotDir, { recursive: true });
 const emit = (obj) => console.log(JSON.stringify(obj));
 const sleepMs = (ms) => new Promise((r) => setTimeout(r, ms));
-class StepError extends Error {}
-const fail = (msg) => {
-  throw new StepError(msg);
-};
 let currentStep = 'launch';
 let thePage = null;
 const pageErrors = [];
@@ -312,18 +308,11 @@ async function run(context) {
   emit({ step: 'done' });
 }
 
-const watchdog = setTimeout(() => {
-  console.error(`phone: FAILED at step '${currentStep}': the whole run took over 120 s`);
-  process.exit(1);
-}, 120000);
-watchdog.unref();
-
-try {
-  await main();
-  process.exit(0);
-} catch (e) {
-  console.error(`phone: FAILED at step '${currentStep}': ${e instanceof StepError ? e.message : (e && e.stack) || e}`);
-  if (pageErrors.length) console.error(`phone: page errors:\n  ${pageErrors.join('\n  ')}`);
-  console.error(`phone: screenshots in ${shotDir}`);
-  process.exit(1);
-}
+runSteps('phone', main, {
+  limitMs: 120000,
+  step: () => currentStep,
+  onFailure: () => {
+    if (pageErrors.length) console.error(`phone: page errors:\n  ${pageErrors.join('\n  ')}`);
+    console.error(`phone: screenshots in ${shotDir}`);
+  },
+});

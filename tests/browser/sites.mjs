@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { onDesktopPage, stdinLines } from './chromium.mjs';
+import { onDesktopPage, runSteps, stdinLines } from './chromium.mjs';
 
 const USAGE = 'usage: node sites.mjs --url http://HOST:PORT/#token=TOKEN --other SITE [--screenshot-dir DIR] [--chromium PATH]';
 let opts;
@@ -111,17 +111,4 @@ async function run(page) {
   emit({ step: 'done' });
 }
 
-const watchdog = setTimeout(() => {
-  console.error(`sites: no progress for 3 minutes (step ${currentStep})`);
-  process.exit(1);
-}, 180000);
-main().then(
-  () => {
-    clearTimeout(watchdog);
-    process.exit(0);
-  },
-  (e) => {
-    console.error(`sites: step ${currentStep}: ${e.stack || e}`);
-    process.exit(1);
-  },
-);
+runSteps('sites', main, { limitMs: 180000, step: () => currentStep });

@@ -16,27 +16,7 @@ use vmi_control::placement::{
 use vmi_control_api::model::TerminalReport;
 
 use crate::bench::{percentile, round, rss_bytes};
-
-/// A small deterministic generator (xorshift64): the same world every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::rng::Rng;
 
 /// Sites over the region, and each user's site and position (within about 3 km of it).
 struct Layout {

@@ -15,6 +15,7 @@ mod nemesis;
 mod output;
 mod proxy;
 mod qemu;
+mod rng;
 mod script;
 mod services;
 mod supervisor;

@@ -18,6 +18,7 @@
 pub mod checker;
 pub mod faults;
 
+use crate::rng::Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,29 +65,6 @@ pub struct NemesisArgs {
     /// Keep the data directory even when every check passed.
     #[arg(long)]
     keep: bool,
-}
-
-/// A small xorshift generator: the run's choices, reproducible from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
-    }
-
-    fn between(&mut self, (low, high): (Duration, Duration)) -> Duration {
-        let span = u64::try_from(high.saturating_sub(low).as_millis()).unwrap_or(0);
-        low + Duration::from_millis(if span == 0 { 0 } else { self.next() % (span + 1) })
-    }
 }
 
 /// Runs the nemesis and the checker; fails if a check failed.
