@@ -136,6 +136,18 @@ pub enum BenchCmd {
         /// Sites and users of the full recomputation's world.
         #[arg(long, num_args = 2, value_names = ["SITES", "USERS"], default_values_t = [1_000, 100_000])]
         reference: Vec<usize>,
+        /// Seconds of terminal reports sent to a control service on the embedded store (0: none).
+        #[arg(long, default_value_t = 5.0)]
+        ingest_secs: f64,
+        /// Paired devices sending them, each with its own token.
+        #[arg(long, default_value_t = 20_000)]
+        ingest_devices: usize,
+        /// Kept-alive connections carrying them.
+        #[arg(long, default_value_t = 64)]
+        ingest_connections: usize,
+        /// Also send them to control replicas over a 3-member etcd cluster.
+        #[arg(long)]
+        etcd: bool,
     },
     /// How many idle phones fit, and how fast each is created.
     Density {
@@ -218,12 +230,38 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             std::time::Duration::from_millis(delay_ms),
             chunks.max(1),
         ))?),
-        BenchCmd::Placer { sites, users, reports, reference } => print(crate::bench_placer::placer(
-            sites.max(2),
-            users.max(1),
-            reports.max(100),
-            (reference.first().copied().unwrap_or(1_000).max(2), reference.get(1).copied().unwrap_or(100_000).max(1)),
-        )?),
+        BenchCmd::Placer {
+            sites,
+            users,
+            reports,
+            reference,
+            ingest_secs,
+            ingest_devices,
+            ingest_connections,
+            etcd,
+        } => {
+            let mut figures = crate::bench_placer::placer(
+                sites.max(2),
+                users.max(1),
+                reports.max(100),
+                (
+                    reference.first().copied().unwrap_or(1_000).max(2),
+                    reference.get(1).copied().unwrap_or(100_000).max(1),
+                ),
+            )?;
+            let run = |store| {
+                crate::bench_ingest::ingest(store, ingest_devices.max(1), ingest_connections.max(1), ingest_secs)
+            };
+            if ingest_secs > 0.0 {
+                let embedded = run(crate::bench_ingest::IngestStore::Embedded)?;
+                figures["reports_per_s"] = embedded["reports_per_s"].clone();
+                figures["ingest"] = serde_json::json!({ "embedded": embedded });
+                if etcd {
+                    figures["ingest"]["etcd"] = run(crate::bench_ingest::IngestStore::Etcd)?;
+                }
+            }
+            print(figures)
+        }
         BenchCmd::Failover { faults, cluster } => {
             print(crate::runtime()?.block_on(crate::bench_failover::failover(faults.max(1), cluster))?)
         }

@@ -6,6 +6,7 @@ mod bench_checkpoint;
 mod bench_density;
 mod bench_engines;
 mod bench_failover;
+mod bench_ingest;
 mod bench_net;
 mod bench_placer;
 mod checkpoints;

@@ -394,7 +394,17 @@ fn json_output_of_local_commands_parses() {
 fn the_placer_bench_reports_its_figures_and_agrees_with_the_full_recomputation() {
     let out = Command::new(env!("CARGO_BIN_EXE_vmi"))
         .args(["bench", "placer", "--json", "--sites", "300", "--users", "30000", "--reports", "3000"])
-        .args(["--reference", "200", "8000"])
+        .args([
+            "--reference",
+            "200",
+            "8000",
+            "--ingest-secs",
+            "1",
+            "--ingest-devices",
+            "300",
+            "--ingest-connections",
+            "4",
+        ])
         .output()
         .expect("run vmi");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -406,4 +416,9 @@ fn the_placer_bench_reports_its_figures_and_agrees_with_the_full_recomputation()
     let reference = &figures["reference"];
     assert_eq!(reference["same_moves"], true, "{figures}");
     assert!(reference["moves"].as_u64().is_some_and(|m| m > 0), "the reference world moved phones: {figures}");
+    // Reports sent to a real control service, every device's held once.
+    let ingest = &figures["ingest"]["embedded"];
+    assert!(figures["reports_per_s"].as_f64().is_some_and(|r| r > 0.0), "{figures}");
+    assert!(ingest["reports"].as_u64().is_some_and(|r| r >= 300), "{figures}");
+    assert_eq!(ingest["users_with_a_report"], 300, "{figures}");
 }

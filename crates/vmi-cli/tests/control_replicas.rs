@@ -58,6 +58,24 @@ fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) -> Du
     start.elapsed()
 }
 
+/// A raw POST on loopback with a bearer token: the status and the body.
+fn post(url: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).expect("http(s) url");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("answer");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    (status, response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
 fn users(url: &str, token: &str) -> Vec<String> {
     let body = fetch(&format!("{url}/v1/users"), Some(token));
     let v: Vec<serde_json::Value> = serde_json::from_str(&body).expect("users");
@@ -91,6 +109,24 @@ fn two_replicas_share_state_and_the_survivor_takes_over_the_placer() {
     // Written through one replica, read through the other: one state.
     cli(&["user", "create", "alice", "--control", &second.url]);
     assert_eq!(users(&first.url, &token), ["alice"]);
+
+    // A terminal's report to one replica reaches the other's memory (batched through etcd), and a device revoked
+    // through one is refused by the other as soon as its watch hears of it, though the other had its token cached.
+    let (status, body) = post(&second.url, "/v1/users/alice/devices", &token, r#"{"name":"pixel"}"#);
+    assert_eq!(status, 201, "{body}");
+    let device: serde_json::Value = serde_json::from_str(&body).expect("a device");
+    let device_token = device["token"].as_str().expect("its token");
+    let report = r#"{"lat":60.17,"lon":24.94}"#;
+    assert_eq!(post(&first.url, "/v1/phone/report", device_token, report).0, 204);
+    wait_for(Duration::from_secs(5), "the report at the other replica", || {
+        try_fetch(&format!("{}/v1/users/alice/report", second.url), Some(&token)).is_ok_and(|r| r.contains("60.17"))
+    });
+    let revoke = format!("/v1/devices/{}/revoke", device["device_id"]);
+    assert_eq!(post(&second.url, &revoke, &token, "").0, 204);
+    let refused = wait_for(Duration::from_secs(5), "the other replica to refuse the revoked token", || {
+        post(&first.url, "/v1/phone/report", device_token, report).0 == 401
+    });
+    eprintln!("revoked at r2 -> refused at r1 after {} ms", refused.as_millis());
 
     // The leader dies: the other replica leads within seconds, and the CLI, given both URLs, still works.
     let Replica { process: leader, url: dead_url } = first;

@@ -150,8 +150,21 @@ fn principal_of(
 ) -> Result<Principal, ControlError> {
     if let Some(token) = bearer_token(headers) {
         state.guard.check(from)?;
+        // Read before the lookup: a revocation after it voids what the lookup finds.
+        let revocations = state.store.device_revocations();
+        let hash = crate::store::token_hash(token);
+        if let (Some(revocations), Some(hash)) = (revocations, &hash)
+            && let Some(device) = state.devices.get(hash, revocations)
+        {
+            return Ok(device);
+        }
         return match crate::off_the_runtime(|| state.store.principal(token))? {
-            Some(principal) => Ok(principal),
+            Some(principal) => {
+                if let (Some(revocations), Some(hash)) = (revocations, hash) {
+                    state.devices.put(hash, &principal, revocations);
+                }
+                Ok(principal)
+            }
             None => {
                 state.guard.failure(from);
                 Err(ControlError::Unauthorized)

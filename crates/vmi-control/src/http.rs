@@ -33,6 +33,7 @@ use vmi_control_api::tenants::{
 use vmi_trust::{Authority, CONTROL_NAME, CertRequest, ConnectionLimits, PublicKey, site_name};
 
 use crate::access::{self, Caller, Guard};
+use crate::device_cache::DeviceCache;
 use crate::metrics::ControlMetrics;
 use crate::pairing::PairCodes;
 use crate::placement::PolicyParams;
@@ -50,14 +51,28 @@ const REVOCATION_TRIES: u32 = 10;
 pub const JOIN_TOKEN_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 type ApiResult<T> = Result<T, ControlError>;
 
-/// What every handler can reach: the durable registry, the in-memory terminal reports and pairing codes, the
-/// guard against guessing, the provider CA, and how this service calls sites.
+/// What every handler can reach ([`Services`]), behind one `Arc`: a request clones it a few times (middleware,
+/// extractors), and one reference count costs less than one per field on two cores.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The durable registry, the in-memory terminal reports and pairing codes, the guard against guessing, the
+/// provider CA, and how this service calls sites.
+pub(crate) struct Services {
     pub(crate) store: StoreRef,
     reports: Reports,
     pair_codes: PairCodes,
     pub(crate) guard: Arc<Guard>,
+    /// Device tokens that authenticated lately (a terminal's reports need no store lookup each).
+    pub(crate) devices: DeviceCache,
     pub(crate) now_ms: Arc<dyn Fn() -> u64 + Send + Sync>,
     trust: Option<ControlTrust>,
     metrics: Arc<ControlMetrics>,
@@ -192,8 +207,16 @@ fn documented(
 ) -> (Router, ApiDoc) {
     let trust_hosts = trust.as_ref().map(|t| t.hosts.clone());
     let http = metrics.http.clone();
-    let state =
-        AppState { store, reports, pair_codes: PairCodes::new(), guard, now_ms: Arc::new(now_ms), trust, metrics };
+    let state = AppState(Arc::new(Services {
+        store,
+        reports,
+        pair_codes: PairCodes::new(),
+        guard,
+        devices: DeviceCache::new(),
+        now_ms: Arc::new(now_ms),
+        trust,
+        metrics,
+    }));
     use access::{
         admin, any_site, device, operator, signed_in, site_itself, site_itself_or_operator, site_or_operator,
         site_or_user_admin, user_admin, user_owner, user_reader,

@@ -162,6 +162,7 @@
 
 pub mod access;
 mod dashboard;
+mod device_cache;
 mod error;
 pub mod history;
 mod http;

@@ -1,35 +1,41 @@
-//! [`Reports`]: the latest terminal report of each user, in memory, and in etcd when control replicas share one.
+//! [`Reports`]: the latest terminal report of each user, in memory, and shared through etcd when control replicas
+//! share one.
 //!
-//! Reports are soft state: a terminal sends one every few seconds, the placer only trusts recent ones, and losing
-//! them all on a restart costs one report period. So they never touch SQLite. Replicas over etcd write each report
-//! to `reports/{user}` as well (without waiting for it), because the replica that received it may not be the one
-//! whose placer reads it.
+//! Reports are soft state: a terminal sends one every few seconds (or every 30 s, or on a cell change, at an
+//! operator's scale), the placer only trusts recent ones, and losing them all on a restart costs one report period.
+//! So they never touch SQLite, and nothing waits for them to be durable. Replicas over etcd must still see each
+//! other's (the replica that received a report may not be the one whose placer reads it): each replica gathers the
+//! reports it received and writes them as one batch every [`FLUSH_EVERY`] to its own key under
+//! `report-batches/`, and every replica watches that prefix and keeps every batch's reports in memory. One etcd
+//! write per replica per flush, whatever the rate (at 50,000 reports a second, ten writes of about 400 KB).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use vmi_control_api::model::{ReportRequest, TerminalReport};
 
-use crate::store::EtcdKv;
+use crate::now_ms;
+use crate::store::{EtcdKv, Watched};
+
+/// How often a replica writes the reports it received to etcd (shared reports only).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// The most reports in one etcd write: about 100 bytes each, under etcd's 1.5 MiB request limit.
+const BATCH_MAX: usize = 8_000;
 
 /// The latest [`TerminalReport`] per user, shared by the HTTP layer (writer) and the placer (reader).
 ///
-/// Cheap to clone (one `Arc`); all clones see the same reports. Holds at most one report per user, each with at
-/// most [`MAX_REPORT_SITES`](vmi_control_api::MAX_REPORT_SITES) RTTs, so its size is bounded by the number of users.
+/// Cheap to clone (one `Arc` each); all clones see the same reports. Holds at most one report per user (and, when
+/// shared, at most one more per user waiting for the next flush), each with at most
+/// [`MAX_REPORT_SITES`](vmi_control_api::MAX_REPORT_SITES) RTTs, so its size is bounded by the number of users.
 #[derive(Debug, Clone, Default)]
 pub struct Reports {
     latest: Arc<Mutex<HashMap<String, TerminalReport>>>,
-    /// Where every replica's reports meet, if replicas share an etcd cluster.
-    shared: Option<Arc<EtcdKv>>,
+    /// Reports received here and not yet written to etcd, if replicas share one; the latest per user.
+    unsent: Option<Arc<Mutex<HashMap<String, TerminalReport>>>>,
     /// The users whose report changed since the placer last took them ([`Reports::take_changed`]); `None` until
     /// a placer watches ([`Reports::watched`]). At most one entry per user.
     changed: Arc<Mutex<Option<HashSet<String>>>>,
-    /// Shared reports: the time of each user's report the placer took last.
-    taken: Arc<Mutex<HashMap<String, u64>>>,
-}
-
-fn report_key(user: &str) -> String {
-    format!("reports/{user}")
 }
 
 impl Reports {
@@ -38,104 +44,124 @@ impl Reports {
         Self::default()
     }
 
-    /// An empty registry that also writes to (and reads from) etcd.
-    pub(crate) fn shared(kv: Arc<EtcdKv>) -> Self {
-        Reports { shared: Some(kv), ..Reports::default() }
+    /// An empty registry that also shares its reports through etcd: it writes the reports received here in
+    /// batches and takes in every replica's (its own included) from a watch, for as long as `kv` lives.
+    pub(crate) fn shared(kv: &Arc<EtcdKv>) -> Self {
+        let reports = Reports { unsent: Some(Arc::default()), ..Reports::default() };
+        let (latest, changed) = (reports.latest.clone(), reports.changed.clone());
+        kv.watch_prefix("report-batches/", move |seen| {
+            if let Watched::Events(events) = seen {
+                for event in events {
+                    let Some(batch) = event.kv().filter(|_| event.event_type() == etcd_client::EventType::Put) else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<Vec<TerminalReport>>(batch.value()) {
+                        Ok(batch) => take_in(&latest, &changed, batch),
+                        Err(e) => tracing::warn!(error = %e, "a batch of terminal reports is unreadable; skipped"),
+                    }
+                }
+            }
+        });
+        if let (Some(handle), Some(unsent)) = (kv.handle(), &reports.unsent) {
+            // A key per process: replicas never overwrite each other's batch before it is seen.
+            let id = crate::store::generate_token().unwrap_or_else(|_| format!("{}-{}", std::process::id(), now_ms()));
+            let key = kv.full(&format!("report-batches/{}", id.chars().take(16).collect::<String>()));
+            handle.spawn(flush(Arc::downgrade(kv), Arc::downgrade(unsent), key));
+        }
+        reports
     }
 
     /// Keeps `report` as `user`'s latest, received at `at_ms`, replacing the previous one; returns it.
     pub fn record(&self, user: &str, report: ReportRequest, at_ms: u64) -> TerminalReport {
         let report =
             TerminalReport { user: user.to_owned(), at_ms, lat: report.lat, lon: report.lon, rtt_ms: report.rtt_ms };
-        self.lock().insert(user.to_owned(), report.clone());
-        // Shared reports are taken from etcd, every replica's: nothing to keep here.
-        if self.shared.is_none()
-            && let Some(changed) = self.changed.lock().unwrap_or_else(PoisonError::into_inner).as_mut()
-        {
-            changed.insert(user.to_owned());
-        }
-        if let Some(kv) = &self.shared
-            && let (Some(handle), Ok(value)) = (kv.handle(), serde_json::to_vec(&report))
-        {
-            let (mut client, key) = (kv.client(), kv.full(&report_key(user)));
-            // Soft state: a lost write costs one report period, so the terminal does not wait for etcd.
-            handle.spawn(async move {
-                if let Err(e) = client.put(key, value, None).await {
-                    tracing::debug!(error = %e, "terminal report not shared");
-                }
-            });
+        match &self.unsent {
+            // Taken in, here as at every replica, when the batch comes back from etcd.
+            Some(unsent) => {
+                lock(unsent).insert(user.to_owned(), report.clone());
+            }
+            None => take_in(&self.latest, &self.changed, [report.clone()]),
         }
         report
     }
 
     /// The user's latest report, however old.
     pub fn latest(&self, user: &str) -> Option<TerminalReport> {
-        let local = self.lock().get(user).cloned();
-        let shared = self.shared.as_ref().and_then(|kv| match kv.get(&report_key(user)) {
-            Ok(entry) => entry.and_then(|e| serde_json::from_slice::<TerminalReport>(&e.value).ok()),
-            Err(e) => {
-                tracing::debug!(error = %e, "shared terminal reports unreadable; using this replica's");
-                None
-            }
-        });
-        newest(local, shared)
+        let unsent = self.unsent.as_ref().and_then(|u| lock(u).get(user).cloned());
+        newest(lock(&self.latest).get(user).cloned(), unsent)
     }
 
     /// A copy of every user's latest report.
     pub fn snapshot(&self) -> HashMap<String, TerminalReport> {
-        let mut all = self.lock().clone();
-        if let Some(kv) = &self.shared {
-            match kv.range("reports/", false, 0, None) {
-                Ok((entries, _)) => {
-                    for entry in entries {
-                        if let Ok(report) = serde_json::from_slice::<TerminalReport>(&entry.value) {
-                            let mine = all.remove(&report.user);
-                            let user = report.user.clone();
-                            if let Some(best) = newest(mine, Some(report)) {
-                                all.insert(user, best);
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "shared terminal reports unreadable; using this replica's"),
-            }
-        }
-        all
+        lock(&self.latest).clone()
     }
 
     /// These reports, with the users whose report changes kept for [`Reports::take_changed`] (every user with a
     /// report now counts as changed: the first take has them all).
     pub fn watched(&self) -> Reports {
-        let latest = self.lock();
-        let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
-        changed.get_or_insert_with(|| latest.keys().cloned().collect());
-        drop((changed, latest));
+        let latest = lock(&self.latest);
+        lock(&self.changed).get_or_insert_with(|| latest.keys().cloned().collect());
+        drop(latest);
         self.clone()
     }
 
-    /// The reports received since the last call (every report at the first): those of the users whose report
-    /// changed, as [`Reports::watched`] kept them; with shared reports, every replica's whose time changed.
+    /// The reports received since the last call (every report at the first), as [`Reports::watched`] kept them;
+    /// with shared reports, every replica's.
     pub fn take_changed(&self) -> Vec<TerminalReport> {
-        if self.shared.is_some() {
-            // Another replica may have received them: every report, those not taken yet.
-            let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
-            return self
-                .snapshot()
-                .into_values()
-                .filter(|r| taken.insert(r.user.clone(), r.at_ms) != Some(r.at_ms))
-                .collect();
-        }
-        let users = self.changed.lock().unwrap_or_else(PoisonError::into_inner).as_mut().map(std::mem::take);
-        let latest = self.lock();
+        let users = lock(&self.changed).as_mut().map(std::mem::take);
+        let latest = lock(&self.latest);
         match users {
             Some(users) => users.iter().filter_map(|u| latest.get(u).cloned()).collect(),
             None => latest.values().cloned().collect(),
         }
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, TerminalReport>> {
-        // Every critical section is a single map operation: a panic cannot leave the map half-updated.
-        self.latest.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single map operation: a panic cannot leave the map half-updated.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps each of `reports` that is newer than the one held for its user, marking the user changed.
+fn take_in(
+    latest: &Mutex<HashMap<String, TerminalReport>>,
+    changed: &Mutex<Option<HashSet<String>>>,
+    reports: impl IntoIterator<Item = TerminalReport>,
+) {
+    let mut kept = Vec::new();
+    {
+        let mut latest = lock(latest);
+        for report in reports {
+            if latest.get(&report.user).is_some_and(|held| held.at_ms > report.at_ms) {
+                continue;
+            }
+            kept.push(report.user.clone());
+            latest.insert(report.user.clone(), report);
+        }
+    }
+    if let Some(changed) = lock(changed).as_mut() {
+        changed.extend(kept);
+    }
+}
+
+/// Writes the reports received here to `key`, a batch every [`FLUSH_EVERY`], until the store or the reports go.
+async fn flush(kv: Weak<EtcdKv>, unsent: Weak<Mutex<HashMap<String, TerminalReport>>>, key: String) {
+    let mut every = tokio::time::interval(FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (Some(kv), Some(unsent)) = (kv.upgrade(), unsent.upgrade()) else { return };
+        let reports: Vec<TerminalReport> = std::mem::take(&mut *lock(&unsent)).into_values().collect();
+        let client = kv.client();
+        drop(kv);
+        for batch in reports.chunks(BATCH_MAX) {
+            let Ok(value) = serde_json::to_vec(batch) else { continue };
+            // Soft state: a lost batch costs its users one report period; the next batch is not held up.
+            if let Err(e) = client.clone().put(key.clone(), value, None).await {
+                tracing::warn!(error = %e, reports = batch.len(), "terminal reports not shared");
+                break;
+            }
+        }
     }
 }
 

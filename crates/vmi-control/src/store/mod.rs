@@ -17,6 +17,7 @@
 //! hands them its one connection.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,8 +45,8 @@ mod tenants;
 mod users;
 
 pub use access::DEFAULT_AUDIT_LISTED;
-pub(crate) use etcd::EtcdKv;
 pub use etcd::{DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX, EtcdStore, EtcdTls, LEADER_TTL};
+pub(crate) use etcd::{EtcdKv, Watched};
 pub use schema::SCHEMA_VERSION;
 
 /// Storage for users, devices, sites and placements.
@@ -198,6 +199,14 @@ pub trait Store: Send + Sync {
         Ok(false)
     }
 
+    /// A count that changes whenever a device's token stops authenticating (its revocation): at once for a
+    /// revocation made through this store, as soon as it hears of it for one made elsewhere (another replica of a
+    /// shared store). `None` while it cannot tell (its watch is down): nothing may then come from a cache of device
+    /// tokens. The default, for a store that does not count, is `None`.
+    fn device_revocations(&self) -> Option<u64> {
+        None
+    }
+
     /// How many writing transactions this store committed since it opened, and how many of them were heartbeats
     /// (for benchmarks: etcd writes per migration); `None` if it does not count.
     fn writes(&self) -> Option<(u64, u64)> {
@@ -218,6 +227,8 @@ pub struct PlacedUsers {
 /// A [`Store`] in one SQLite database (WAL mode), one connection behind a mutex.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Devices revoked since the store opened (the service is the database's only writer).
+    revocations: AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -243,7 +254,7 @@ impl SqliteStore {
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         schema::migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), revocations: AtomicU64::new(0) })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -297,7 +308,14 @@ impl Store for SqliteStore {
     }
 
     fn revoke_device(&self, device_id: u64) -> Result<(), ControlError> {
-        users::revoke_device(&self.conn(), device_id)
+        let revoked = users::revoke_device(&self.conn(), device_id);
+        // Counted even if it failed: a cache is only ever emptied for nothing.
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        revoked
+    }
+
+    fn device_revocations(&self) -> Option<u64> {
+        Some(self.revocations.load(Ordering::SeqCst))
     }
 
     fn authenticate(&self, token: &str) -> Result<Option<Identity>, ControlError> {

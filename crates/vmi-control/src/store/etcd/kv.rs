@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -61,6 +61,19 @@ impl Drop for EtcdKv {
         }
     }
 }
+
+/// What a prefix watch ([`EtcdKv::watch_prefix`]) saw.
+pub(crate) enum Watched<'a> {
+    /// The watch (re)started; changes made while none ran were not seen.
+    Started,
+    /// Changes under the prefix, in commit order.
+    Events(&'a [etcd_client::Event]),
+    /// The watch broke (a member went away or lost its leader); it starts again, on the next member.
+    Lost,
+}
+
+/// How long a broken watch waits before it starts again.
+const WATCH_RETRY: Duration = Duration::from_millis(500);
 
 /// One stored value with the revision it was last written at.
 #[derive(Debug, Clone)]
@@ -229,6 +242,35 @@ impl EtcdKv {
     /// The runtime the client runs on (for long-lived tasks such as lease keep-alives and watches).
     pub(crate) fn handle(&self) -> Option<tokio::runtime::Handle> {
         self.runtime.as_ref().map(|r| r.handle().clone())
+    }
+
+    /// Watches every key under `prefix` for as long as this store lives, telling `seen` what happens, on the
+    /// store's runtime (so `seen` must not block). A broken watch is [`Watched::Lost`], then started again on the
+    /// next member.
+    pub(crate) fn watch_prefix(&self, prefix: &str, mut seen: impl FnMut(Watched<'_>) + Send + 'static) {
+        let Some(handle) = self.handle() else { return };
+        // Not the store itself: the task must not keep it alive (it ends with the store's runtime).
+        let (clients, full, first) = (self.clients.clone(), self.full(prefix), self.preferred.load(Ordering::Relaxed));
+        handle.spawn(async move {
+            for i in first.. {
+                let mut client = clients[i % clients.len()].clone();
+                if let Ok(mut stream) = client.watch(full.clone(), Some(WatchOptions::new().with_prefix())).await {
+                    while let Ok(Some(response)) = stream.message().await {
+                        if response.created() {
+                            seen(Watched::Started);
+                        }
+                        if !response.events().is_empty() {
+                            seen(Watched::Events(response.events()));
+                        }
+                        if response.canceled() {
+                            break;
+                        }
+                    }
+                }
+                seen(Watched::Lost);
+                tokio::time::sleep(WATCH_RETRY).await;
+            }
+        });
     }
 
     /// The client of the member that answered last (cheap to clone).

@@ -31,6 +31,7 @@ mod leader;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use vmi_control_api::auth::{AuditEntry, AuditQuery, JoinToken, MAX_AUDIT_LISTED, NewCredential, Principal};
@@ -42,7 +43,7 @@ use vmi_control_api::tenants::{
     Admission, DEFAULT_IMAGE, ImageVersion, Tenant, TenantRequest, TenantStatus, TenantUpdate, UserImage,
 };
 
-pub(crate) use kv::EtcdKv;
+pub(crate) use kv::{EtcdKv, Watched};
 pub use leader::LEADER_TTL;
 
 use super::{DEFAULT_AUDIT_LISTED, PlacedUsers, Store, generate_token, now_ms, token_hash};
@@ -66,10 +67,41 @@ const PAGE: i64 = 256;
 pub struct EtcdStore {
     kv: Arc<EtcdKv>,
     /// Heartbeats written (of the kv's commits).
-    heartbeats: std::sync::atomic::AtomicU64,
+    heartbeats: AtomicU64,
     /// Whether each site's lease is also an etcd lease (`site-leases/{id}`), which a failover needs expired. Off
     /// only for the conformance suite, whose clocks are the test's.
     site_leases: bool,
+    /// Device revocations seen (here, or by the watch on `devices/` from any replica), and whether that watch
+    /// runs now: see [`Store::device_revocations`].
+    revocations: Arc<(AtomicU64, AtomicBool)>,
+}
+
+/// What the watch on `devices/` does: counts every revocation (a device written revoked, or deleted), and every
+/// start and loss of the watch itself (what happened meanwhile is unknown), and says whether it runs.
+fn watch_revocations(revocations: Arc<(AtomicU64, AtomicBool)>) -> impl FnMut(kv::Watched<'_>) + Send + 'static {
+    move |seen| {
+        let (count, watching) = &*revocations;
+        let revoked = match seen {
+            kv::Watched::Started => {
+                count.fetch_add(1, Ordering::SeqCst);
+                watching.store(true, Ordering::SeqCst);
+                return;
+            }
+            kv::Watched::Lost => {
+                watching.store(false, Ordering::SeqCst);
+                true
+            }
+            kv::Watched::Events(events) => events.iter().any(|e| match (e.event_type(), e.kv()) {
+                (etcd_client::EventType::Put, Some(kv)) => {
+                    serde_json::from_slice::<DeviceRecord>(kv.value()).map_or(true, |d| d.revoked)
+                }
+                _ => true,
+            }),
+        };
+        if revoked {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// How long a status round may wait for the members' answers.
@@ -293,7 +325,9 @@ impl EtcdStore {
         let kv = EtcdKv::connect(endpoints, prefix, tls)?;
         // One read proves the cluster answers (and has a leader) before the service says it is up.
         kv.get("seq/devices")?;
-        Ok(EtcdStore { kv: Arc::new(kv), heartbeats: std::sync::atomic::AtomicU64::new(0), site_leases: true })
+        let revocations = Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
+        kv.watch_prefix("devices/", watch_revocations(revocations.clone()));
+        Ok(EtcdStore { kv: Arc::new(kv), heartbeats: AtomicU64::new(0), site_leases: true, revocations })
     }
 
     /// The same store judging site leases only by the heartbeat times it is given, as the SQLite store does (so
@@ -349,7 +383,7 @@ impl EtcdStore {
 
     /// Terminal reports kept in etcd, so that whichever replica leads sees the reports every replica received.
     pub fn shared_reports(&self) -> crate::Reports {
-        crate::Reports::shared(self.kv.clone())
+        crate::Reports::shared(&self.kv)
     }
 
     fn write_blob(&self, wasm: &[u8]) -> Result<(String, u32), ControlError> {
@@ -473,7 +507,15 @@ impl Store for EtcdStore {
                 tx.put(&key, &device)?;
             }
             Ok(())
-        })
+        })?;
+        // At once here; other replicas hear of it through their watch.
+        self.revocations.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn device_revocations(&self) -> Option<u64> {
+        let (count, watching) = &*self.revocations;
+        watching.load(Ordering::SeqCst).then(|| count.load(Ordering::SeqCst))
     }
 
     fn authenticate(&self, token: &str) -> Result<Option<Identity>, ControlError> {
@@ -545,7 +587,7 @@ impl Store for EtcdStore {
                 Ok(PlacedUsers { version, users })
             })
             .inspect(|_| {
-                self.heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.heartbeats.fetch_add(1, Ordering::Relaxed);
             })
     }
 
@@ -1038,7 +1080,7 @@ impl Store for EtcdStore {
     }
 
     fn writes(&self) -> Option<(u64, u64)> {
-        Some((self.kv.commits(), self.heartbeats.load(std::sync::atomic::Ordering::Relaxed)))
+        Some((self.kv.commits(), self.heartbeats.load(Ordering::Relaxed)))
     }
 
     fn device_user(&self, device_id: u64) -> Result<Option<String>, ControlError> {
