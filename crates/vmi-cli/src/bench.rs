@@ -191,7 +191,8 @@ pub(crate) fn round(v: f64, digits: i32) -> f64 {
     (v * f).round() / f
 }
 
-fn print(v: Value) -> Result<()> {
+/// Prints figures: one JSON object with `--json`, else a line each.
+pub(crate) fn print(v: Value) -> Result<()> {
     crate::output::emit(&v, || {
         if let Value::Object(map) = &v {
             for (k, v) in map {

@@ -432,6 +432,8 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
     let mut term = Terminal::connect(&w.site.ws_url(), &w.token, options).await?;
     wait_for(&mut term, Duration::from_secs(10), |e| matches!(e, TerminalEvent::Frame { .. })).await?;
     let cpu_at_start = phone.status().await?.cpu_units;
+    // The terminal's position reports, due every REPORT_PERIOD_MS all day, each sent only on a radio already up.
+    let mut reports = PositionReports::default();
 
     // Active use: Notes open, a key every two seconds (typing, then erasing).
     tap(&mut term, layout::NOTES).await?;
@@ -455,6 +457,7 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
         {
             active_bytes += bytes as u64;
         }
+        reports.tick(&term);
         clock.advance(2 * SECOND_NS);
         w.site.tick().await;
         drain(&mut term).await;
@@ -495,6 +498,7 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
             w.site.tick().await;
             drain(&mut term).await;
         }
+        reports.tick(&term);
     }
     let scroll_bytes = term.energy().bytes_down - down_before;
 
@@ -527,6 +531,7 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
                 announced += mails_in(&title);
             }
         }
+        reports.tick(&term);
     }
     let asleep_frames = term.stats().frames - frames_before;
     let decode_s = term.stats().decode_ns as f64 / 1e9;
@@ -545,11 +550,30 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
     }
 
     // The terminal's radio, part by part, with fast dormancy (as the terminal runs) and without.
-    let part = |from: u64, to: u64, release: Option<u64>| {
+    let part_of = |trace: &[Packet], from: u64, to: u64, release: Option<u64>| {
         let lo = trace.partition_point(|p| p.at_ms < from);
         let hi = trace.partition_point(|p| p.at_ms < to);
         lte_energy_span_releasing(&trace[lo..hi], (from, to), params, release)
     };
+    let part = |from: u64, to: u64, release: Option<u64>| part_of(&trace, from, to, release);
+    // The day with its position reports, without them, and with them sent every period whatever the radio.
+    let day = |trace: &[Packet]| {
+        [
+            part_of(trace, start_ms, scroll_from_ms, policy.static_release_ms),
+            part_of(trace, scroll_from_ms, asleep_from_ms, policy.static_release_ms),
+            part_of(trace, asleep_from_ms, end_ms + 1, policy.asleep_release_ms),
+        ]
+        .iter()
+        .fold((0u64, 0.0), |(w, j), e| (w + e.wakeups, j + e.total_j))
+    };
+    let without_reports = reports.removed_from(&trace);
+    let regardless = reports.sent_every_period(&without_reports);
+    let (with_wakeups, with_j) = day(&trace);
+    let (without_wakeups, without_j) = day(&without_reports);
+    let (regardless_wakeups, regardless_j) = day(&regardless);
+    if with_wakeups != without_wakeups {
+        bail!("position reports added {} radio wakeups", with_wakeups as i64 - without_wakeups as i64);
+    }
     let active = part(start_ms, scroll_from_ms, policy.static_release_ms);
     let scroll = part(scroll_from_ms, asleep_from_ms, policy.static_release_ms);
     let asleep = part(asleep_from_ms, end_ms + 1, policy.asleep_release_ms);
@@ -606,6 +630,18 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
         "notifications": notifications,
         "mails_announced": announced,
         "frames_while_asleep": asleep_frames,
+        "position_reports": {
+            "due_every_s": REPORT_PERIOD_MS / 1000,
+            "sent": reports.sent.len(),
+            "held_for_a_radio_up": reports.held,
+            "wakeups_added": with_wakeups - without_wakeups,
+            "energy_added_j": round(with_j - without_j, 2),
+            "if_sent_every_period_regardless": {
+                "sent": reports.due.len(),
+                "wakeups_added": regardless_wakeups - without_wakeups,
+                "energy_added_j": round(regardless_j - without_j, 1),
+            },
+        },
         "active_frame_bytes": active_bytes,
         "scroll_frame_bytes": scroll_bytes,
         "terminal": {
@@ -633,6 +669,74 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
             "terminal_vs_polling_with_fast_dormancy": round(radio_j / polling_fd.total_j.max(1e-9), 3),
         },
     }))
+}
+
+/// How often the energy bench's terminal has a position report due.
+const REPORT_PERIOD_MS: u64 = 30_000;
+
+/// The energy bench's position reports: one due every [`REPORT_PERIOD_MS`], sent with
+/// [`Terminal::ride_along`] (only on a radio already up), else held until the radio is up.
+#[derive(Default)]
+struct PositionReports {
+    /// When each report fell due.
+    due: Vec<u64>,
+    /// When each was sent.
+    sent: Vec<u64>,
+    /// Reports that waited for the radio.
+    held: u64,
+    pending: bool,
+}
+
+impl PositionReports {
+    /// At the terminal's now: a report falls due each period; a due one goes if it can ride along.
+    fn tick(&mut self, term: &Terminal) {
+        let now = term.with_energy_meter(|m| m.now_ms());
+        if self.due.last().is_none_or(|&last| now >= last + REPORT_PERIOD_MS) {
+            self.due.push(now);
+            self.pending = true;
+        }
+        if self.pending {
+            if term.ride_along(vmi_terminal::cli::REPORT_UP_BYTES, vmi_terminal::cli::REPORT_DOWN_BYTES) {
+                self.sent.push(now);
+                self.pending = false;
+            } else if self.due.last() == Some(&now) {
+                self.held += 1;
+            }
+        }
+    }
+
+    /// `trace` without the reports' packets (one up and one down of the report's sizes at each sending).
+    fn removed_from(&self, trace: &[vmi_terminal::energy::Packet]) -> Vec<vmi_terminal::energy::Packet> {
+        use vmi_terminal::energy::Direction;
+        let mut left: Vec<(u64, Direction, u32)> = Vec::new();
+        for &at in &self.sent {
+            left.push((at, Direction::Up, vmi_terminal::cli::REPORT_UP_BYTES as u32));
+            left.push((at, Direction::Down, vmi_terminal::cli::REPORT_DOWN_BYTES as u32));
+        }
+        trace
+            .iter()
+            .filter(|p| match left.iter().position(|&(at, d, b)| at == p.at_ms && d == p.direction && b == p.bytes) {
+                Some(i) => {
+                    left.swap_remove(i);
+                    false
+                }
+                None => true,
+            })
+            .copied()
+            .collect()
+    }
+
+    /// `trace` with a report sent at each due time, whatever the radio (what a naive terminal would do).
+    fn sent_every_period(&self, trace: &[vmi_terminal::energy::Packet]) -> Vec<vmi_terminal::energy::Packet> {
+        use vmi_terminal::energy::{Direction, Packet};
+        let mut all = trace.to_vec();
+        for &at_ms in &self.due {
+            all.push(Packet { at_ms, direction: Direction::Up, bytes: vmi_terminal::cli::REPORT_UP_BYTES as u32 });
+            all.push(Packet { at_ms, direction: Direction::Down, bytes: vmi_terminal::cli::REPORT_DOWN_BYTES as u32 });
+        }
+        all.sort_by_key(|p| p.at_ms);
+        all
+    }
 }
 
 /// A phone for the migration bench whose whole memory is in use: 16 MiB, every page non-zero (a quarter

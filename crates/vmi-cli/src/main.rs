@@ -19,6 +19,7 @@ mod qemu;
 mod rng;
 mod script;
 mod services;
+mod sim;
 mod supervisor;
 mod tenants;
 
@@ -122,6 +123,9 @@ enum Top {
     /// A fault checker in the style of Jepsen: faults injected into `vmi up --cluster` while terminals type, then
     /// the histories checked (needs root; docs/CONTROL-PLANE.md).
     Nemesis(nemesis::NemesisArgs),
+    /// The placer on real mobility: SUMO drives cars through a generated city, pedestrians walk, and the placer
+    /// places their phones beside three baselines (docs/PLACEMENT.md).
+    Sim(sim::SimCliArgs),
     /// Print a service's HTTP API as OpenAPI 3.1 (what its GET /openapi.json serves).
     Openapi {
         /// Which service.
@@ -399,6 +403,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Top::Audit(args) => runtime()?.block_on(audit::audit(args)),
         Top::Nemesis(args) => runtime()?.block_on(nemesis::nemesis(args)),
+        Top::Sim(args) => sim::run(args),
         Top::Openapi { service } => {
             let document = match service {
                 ApiService::Control => vmi_control::openapi()?,

@@ -422,3 +422,65 @@ fn the_placer_bench_reports_its_figures_and_agrees_with_the_full_recomputation()
     assert!(ingest["reports"].as_u64().is_some_and(|r| r >= 300), "{figures}");
     assert_eq!(ingest["users_with_a_report"], 300, "{figures}");
 }
+
+#[test]
+fn the_energy_bench_shows_position_reports_add_no_radio_wakeups() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .args(["bench", "energy", "--json", "--active-min", "2", "--day-h", "3", "--mail-every-min", "20"])
+        .output()
+        .expect("run vmi");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let reports = &figures["position_reports"];
+    // Reports ride on traffic the terminal has anyway: some sent, none waking the radio, though one is due every
+    // 30 s and sending each when due would wake it for most.
+    assert!(reports["sent"].as_u64().is_some_and(|n| n > 0), "{reports}");
+    assert_eq!(reports["wakeups_added"], 0, "{reports}");
+    assert!(reports["held_for_a_radio_up"].as_u64().is_some_and(|n| n > 0), "{reports}");
+    let regardless = &reports["if_sent_every_period_regardless"];
+    assert!(regardless["wakeups_added"].as_u64().is_some_and(|n| n > 100), "{reports}");
+}
+
+#[test]
+fn the_simulator_runs_a_small_sumo_city_within_the_placement_goals() {
+    // SUMO generates the city here (its own cache, so the test runs SUMO for real).
+    let cache = std::env::temp_dir().join(format!("vmi-test-sim-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .env("XDG_CACHE_HOME", &cache)
+        .args(["sim", "--json", "--junctions", "600", "--trips", "200", "--minutes", "30", "--pedestrians", "100"])
+        .output()
+        .expect("run vmi");
+    let _ = std::fs::remove_dir_all(&cache);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let scenario = &figures["scenario"];
+    assert!(scenario["drivers"].as_u64().is_some_and(|n| n >= 150), "SUMO drove the trips: {scenario}");
+    assert!(scenario["sites"].as_u64().is_some_and(|n| n >= 8), "{scenario}");
+    let policy = |name: &str, figure: &str| {
+        figures["policies"][name][figure].as_f64().unwrap_or_else(|| panic!("{name}.{figure} in {figures}"))
+    };
+    // The goals, for the placer.
+    assert!(policy("ours", "on_best_site_fraction") >= 0.95, "{figures}");
+    assert!(policy("ours", "pingpong_fraction") < 0.01, "{figures}");
+    assert_eq!(figures["goals_met"], true);
+    // Beside the baselines: the nearest site always is on the best site but moves far more and ping-pongs;
+    // placing once per session moves more; never moving leaves users on far sites.
+    assert!(policy("nearest_always", "migrations_per_user_hour") > 3.0 * policy("ours", "migrations_per_user_hour"));
+    assert!(policy("nearest_always", "pingpong_fraction") > policy("ours", "pingpong_fraction"));
+    assert!(policy("placed_once", "migrations_per_user_hour") > policy("ours", "migrations_per_user_hour"));
+    assert!(policy("never_moved", "on_best_site_fraction") < policy("ours", "on_best_site_fraction"));
+    assert_eq!(policy("never_moved", "migrations"), 0.0);
+}
+
+#[test]
+fn the_simulator_names_a_trace_it_cannot_read() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .args(["sim", "--net", "/nonexistent/city.net.xml", "--fcd", "/nonexistent/fcd.xml"])
+        .output()
+        .expect("run vmi");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/city.net.xml"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_vmi")).args(["sim", "--net", "x.xml"]).output().expect("run vmi");
+    assert!(!out.status.success(), "--net without --fcd is refused");
+}

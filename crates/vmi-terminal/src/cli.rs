@@ -10,7 +10,7 @@
 //! {"event":"input_acked","seq":2}
 //! {"event":"notification","title":"ann@example.com","body":"Lunch?","at_ms":1700000000000}
 //! {"event":"screenshot","file":"home.png"}
-//! {"event":"position","t_s":3.0,"lat":60.2,"lon":24.7,"site":"site-a","rtt_ms":2.4,"reported":true}
+//! {"event":"position","t_s":3.0,"lat":60.2,"lon":24.7,"site":"site-a","rtt_ms":2.4,"reported":true,"held":false}
 //! {"event":"summary","frames":3,"bytes_up":512,"bytes_down":60210,"wakeups":1,...}
 //! ```
 //!
@@ -495,8 +495,12 @@ async fn run_window(_args: &TerminalArgs, _options: TerminalOptions) -> Result<(
 
 // ---- routes ---------------------------------------------------------------------------
 
-/// How often a terminal walking a route reports where it is.
+/// How often a terminal walking a route reports where it is (when the report can ride on a radio already up).
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// What a position report sends, as the radio sees it: the HTTPS request with its token and body in a TLS record.
+pub const REPORT_UP_BYTES: usize = 450;
+/// What comes back: a `204` in a TLS record, and TCP's acknowledgement.
+pub const REPORT_DOWN_BYTES: usize = 200;
 
 /// A walk for `--route`: waypoints in degrees, each reached `secs` after the one before,
 /// in a straight line at even speed; the first waypoint's `secs` is spent standing there.
@@ -621,6 +625,9 @@ struct ProbeState {
 impl Probe<'_> {
     async fn measure(&self, control: &vmi_control_api::ControlClient, token: &str, state: &mut ProbeState) -> Measured {
         match self {
+            // Screen off: no probe of its own (a ping would wake the radio); the round trip is measured again
+            // when the session's traffic flows.
+            Probe::Session(terminal) if terminal.is_asleep() => Measured { site: None, rtt_ms: None },
             Probe::Session(terminal) => {
                 let stats = terminal.stats();
                 // The last pong answers the ping sent a tick ago, if the session has not
@@ -658,7 +665,10 @@ impl Probe<'_> {
 
 /// Walks `route` from `started` on: every [`REPORT_EVERY`], reports the position (and the
 /// round trip measured to the current site) to the control service and sends a `position`
-/// line to `lines`. Runs until dropped (or until `lines` is closed).
+/// line to `lines`. A report goes only on a radio already up for the session's own traffic
+/// ([`Terminal::ride_along`]); with the radio idle (the screen off, nothing arriving) it is held,
+/// and the next tick with the radio up sends the position then. Runs until dropped (or until
+/// `lines` is closed).
 async fn walk(
     route: Route,
     control: vmi_control_api::ControlClient,
@@ -679,7 +689,12 @@ async fn walk(
         if let (Some(site), Some(ms)) = (&measured.site, measured.rtt_ms) {
             rtt.insert(site.clone(), ms);
         }
-        let reported = control.report(token, Some(lat), Some(lon), rtt).await;
+        let rides = match &probe {
+            Probe::Session(terminal) => terminal.ride_along(REPORT_UP_BYTES, REPORT_DOWN_BYTES),
+            // The window's own session is not metered here.
+            Probe::Http => true,
+        };
+        let reported = if rides { control.report(token, Some(lat), Some(lon), rtt).await.map(drop) } else { Ok(()) };
         if let Err(e) = &reported {
             tracing::warn!("cannot report the position: {e}");
         }
@@ -691,7 +706,8 @@ async fn walk(
             "lon": round(lon, 5),
             "site": measured.site,
             "rtt_ms": measured.rtt_ms.map(|ms| round(ms, 2)),
-            "reported": reported.is_ok(),
+            "reported": rides && reported.is_ok(),
+            "held": !rides,
         });
         if lines.send(line).await.is_err() {
             return;

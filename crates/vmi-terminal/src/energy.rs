@@ -721,6 +721,11 @@ impl EnergyMeter {
     pub fn now_ms(&self) -> u64 {
         (self.clock)()
     }
+
+    /// Whether a packet now would find the radio idle (and so cost a wakeup).
+    pub fn would_wake(&self, at_ms: u64) -> bool {
+        self.account.would_wake(at_ms)
+    }
 }
 
 #[cfg(test)]

@@ -470,6 +470,21 @@ impl Terminal {
         write_png(path.as_ref(), w, h, &rgba)
     }
 
+    /// Sends a small exchange beside the session (a position report: `up` bytes out, `down` back) only if it
+    /// rides on a radio already up for the session's own traffic, and so costs no wakeup: then it is counted on
+    /// the session's energy meter and this returns true; with the radio idle it returns false and the caller
+    /// holds its report until the radio is up for another reason (a notification, the screen woken).
+    pub fn ride_along(&self, up: usize, down: usize) -> bool {
+        let mut s = self.shared.lock();
+        let now = s.energy.now_ms();
+        if s.energy.would_wake(now) {
+            return false;
+        }
+        s.energy.record(Direction::Up, up);
+        s.energy.record(Direction::Down, down);
+        true
+    }
+
     /// What this session's traffic has cost so far in the LTE model.
     pub fn energy(&self) -> EnergyReport {
         self.shared.lock().energy.report()
