@@ -47,7 +47,19 @@ fn run(kind: IngestStore, devices: usize, connections: usize, secs: f64, dir: &P
         IngestStore::Embedded => (Arc::new(vmi_control::SqliteStore::open(dir.join("control.db"))?), Reports::new()),
         IngestStore::Etcd => {
             let members = crate::bench_failover::loopback_etcd(dir)?;
-            let store = vmi_control::EtcdStore::connect(&members.endpoints(), "bench").context("connecting to etcd")?;
+            // A cluster just started may still be electing its leader: its first answers can time out.
+            let mut tries = 0;
+            let store = loop {
+                match vmi_control::EtcdStore::connect(&members.endpoints(), "bench") {
+                    Ok(store) => break store,
+                    Err(e) if tries < 20 => {
+                        tracing::debug!(error = %e, "etcd not ready yet");
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(e) => return Err(e).context("connecting to etcd"),
+                }
+            };
             let reports = store.shared_reports();
             etcd = Some(members);
             (Arc::new(store), reports)

@@ -634,11 +634,11 @@ pub async fn energy(active_min: u64, day_h: u64, mail_every_min: u64) -> Result<
             "due_every_s": REPORT_PERIOD_MS / 1000,
             "sent": reports.sent.len(),
             "held_for_a_radio_up": reports.held,
-            "wakeups_added": with_wakeups - without_wakeups,
+            "wakeups_added": with_wakeups as i64 - without_wakeups as i64,
             "energy_added_j": round(with_j - without_j, 2),
             "if_sent_every_period_regardless": {
                 "sent": reports.due.len(),
-                "wakeups_added": regardless_wakeups - without_wakeups,
+                "wakeups_added": regardless_wakeups as i64 - without_wakeups as i64,
                 "energy_added_j": round(regardless_j - without_j, 1),
             },
         },
@@ -691,15 +691,25 @@ impl PositionReports {
     /// At the terminal's now: a report falls due each period; a due one goes if it can ride along.
     fn tick(&mut self, term: &Terminal) {
         let now = term.with_energy_meter(|m| m.now_ms());
-        if self.due.last().is_none_or(|&last| now >= last + REPORT_PERIOD_MS) {
-            self.due.push(now);
+        // Every period that passed since the last tick has its report due (the night's ticks are a minute apart).
+        let mut fell_due = false;
+        loop {
+            let next = self.due.last().map_or(now, |&last| last + REPORT_PERIOD_MS);
+            if next > now {
+                break;
+            }
+            self.due.push(next);
+            fell_due = true;
+        }
+        if fell_due {
+            // Only the latest position matters: one report sends it, however many fell due.
             self.pending = true;
         }
         if self.pending {
             if term.ride_along(vmi_terminal::cli::REPORT_UP_BYTES, vmi_terminal::cli::REPORT_DOWN_BYTES) {
                 self.sent.push(now);
                 self.pending = false;
-            } else if self.due.last() == Some(&now) {
+            } else if fell_due {
                 self.held += 1;
             }
         }

@@ -150,18 +150,18 @@ fn principal_of(
 ) -> Result<Principal, ControlError> {
     if let Some(token) = bearer_token(headers) {
         state.guard.check(from)?;
-        // Read before the lookup: a revocation after it voids what the lookup finds.
-        let revocations = state.store.device_revocations();
-        let hash = crate::store::token_hash(token);
-        if let (Some(revocations), Some(hash)) = (revocations, &hash)
-            && let Some(device) = state.devices.get(hash, revocations)
-        {
+        // The cache only while the store's revocations are current; its generation read before the lookup, so
+        // that a revocation meanwhile keeps what the lookup found out of it.
+        let hash =
+            crate::store::token_hash(token).filter(|_| state.devices_followed && state.store.revocations_current());
+        let generation = state.devices.generation();
+        if let Some(device) = hash.as_ref().and_then(|hash| state.devices.get(hash)) {
             return Ok(device);
         }
         return match crate::off_the_runtime(|| state.store.principal(token))? {
             Some(principal) => {
-                if let (Some(revocations), Some(hash)) = (revocations, hash) {
-                    state.devices.put(hash, &principal, revocations);
+                if let Some(hash) = hash {
+                    state.devices.put(hash, &principal, generation);
                 }
                 Ok(principal)
             }

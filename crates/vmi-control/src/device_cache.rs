@@ -1,19 +1,21 @@
 //! [`DeviceCache`]: who the device tokens that authenticated lately belong to, so that a terminal's frequent
 //! requests (a report every few seconds from each of a million terminals) do not each cost a store lookup.
 //!
-//! An entry holds only while the store's revocation count ([`Store::device_revocations`](crate::Store)) is the
-//! one read *before* the lookup that made it: a revocation made or heard of since voids every entry, and a store
-//! that cannot tell (its watch down) answers `None`, which bypasses the cache. Entries also expire after
-//! [`MAX_AGE`], and the cache forgets everything when it holds [`MAX_ENTRIES`], so its memory is bounded.
+//! The store says when a device is revoked ([`Store::follow_revocations`](crate::Store::follow_revocations)):
+//! that device's entries go at once, and a lookup that was under way then may not put what it found (each
+//! revocation moves the cache to a new generation, and an entry goes in only in the generation its lookup
+//! started in). A store that may have missed revocations says so, and every entry goes. Entries also expire
+//! after [`MAX_AGE`], and the cache forgets everything when it holds [`MAX_ENTRIES`], so its memory is bounded
+//! (about 250 MB at most).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use vmi_control_api::auth::Principal;
 
-/// The most entries held (about 100 bytes each).
-pub const MAX_ENTRIES: usize = 1 << 21;
+/// The most entries held.
+pub const MAX_ENTRIES: usize = 1_500_000;
 /// How long an entry is trusted at most, revocations aside.
 pub const MAX_AGE: Duration = Duration::from_secs(600);
 
@@ -21,15 +23,20 @@ pub const MAX_AGE: Duration = Duration::from_secs(600);
 struct Cached {
     user: String,
     device_id: u64,
-    /// The store's revocation count read before that lookup.
-    revocations: u64,
     at: Instant,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_hash: HashMap<[u8; 32], Cached>,
+    /// Moves on at every revocation.
+    generation: u64,
 }
 
 /// Device tokens (by their hash) and whose they are.
 #[derive(Default)]
 pub struct DeviceCache {
-    entries: Mutex<HashMap<[u8; 32], Cached>>,
+    entries: Mutex<Entries>,
 }
 
 impl DeviceCache {
@@ -38,30 +45,52 @@ impl DeviceCache {
         DeviceCache::default()
     }
 
-    /// The device the token hashed to `hash` authenticates as, if a lookup found it since the store's revocation
-    /// count became `revocations` and within [`MAX_AGE`].
-    pub fn get(&self, hash: &[u8; 32], revocations: u64) -> Option<Principal> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let cached = entries.get(hash).filter(|c| c.revocations == revocations && c.at.elapsed() < MAX_AGE)?;
+    fn lock(&self) -> MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The generation now: read before a lookup, given back to [`DeviceCache::put`].
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// The device the token hashed to `hash` authenticates as, if a lookup found it within [`MAX_AGE`] and the
+    /// device was not revoked since.
+    pub fn get(&self, hash: &[u8; 32]) -> Option<Principal> {
+        let entries = self.lock();
+        let cached = entries.by_hash.get(hash).filter(|c| c.at.elapsed() < MAX_AGE)?;
         Some(Principal::Device { user: cached.user.clone(), device_id: cached.device_id })
     }
 
-    /// Keeps what a lookup found for the token hashed to `hash`, `revocations` being the count read before the
-    /// lookup; only devices are kept.
-    pub fn put(&self, hash: [u8; 32], principal: &Principal, revocations: u64) {
+    /// Keeps what a lookup that started in `generation` found for the token hashed to `hash`, unless a device
+    /// was revoked since it started; only devices are kept.
+    pub fn put(&self, hash: [u8; 32], principal: &Principal, generation: u64) {
         let Principal::Device { user, device_id } = principal else { return };
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= MAX_ENTRIES {
-            // Rare (every device of two million active at once); starting again costs one lookup each.
-            entries.clear();
+        let mut entries = self.lock();
+        if entries.generation != generation {
+            return;
         }
-        entries.insert(hash, Cached { user: user.clone(), device_id: *device_id, revocations, at: Instant::now() });
+        if entries.by_hash.len() >= MAX_ENTRIES {
+            // Rare (a million and a half devices active within ten minutes); starting again costs a lookup each.
+            entries.by_hash = HashMap::new();
+        }
+        entries.by_hash.insert(hash, Cached { user: user.clone(), device_id: *device_id, at: Instant::now() });
+    }
+
+    /// Device `device` was revoked (`None`: some device may have been, unknown which).
+    pub fn revoked(&self, device: Option<u64>) {
+        let mut entries = self.lock();
+        entries.generation += 1;
+        match device {
+            Some(id) => entries.by_hash.retain(|_, c| c.device_id != id),
+            None => entries.by_hash = HashMap::new(),
+        }
     }
 
     /// Entries held.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.lock().by_hash.len()
     }
 }
 
@@ -69,17 +98,33 @@ impl DeviceCache {
 mod tests {
     use super::*;
 
-    fn device(user: &str) -> Principal {
-        Principal::Device { user: user.to_owned(), device_id: 7 }
+    fn device(user: &str, device_id: u64) -> Principal {
+        Principal::Device { user: user.to_owned(), device_id }
     }
 
     #[test]
-    fn an_entry_holds_only_while_no_device_was_revoked_since_its_lookup() {
+    fn a_revocation_removes_that_device_only() {
         let cache = DeviceCache::new();
-        cache.put([1; 32], &device("alice"), 3);
-        assert_eq!(cache.get(&[1; 32], 3), Some(device("alice")));
-        assert_eq!(cache.get(&[2; 32], 3), None, "another token");
-        assert_eq!(cache.get(&[1; 32], 4), None, "a revocation since voids it");
+        cache.put([1; 32], &device("alice", 1), cache.generation());
+        cache.put([2; 32], &device("bob", 2), cache.generation());
+        assert_eq!(cache.get(&[1; 32]), Some(device("alice", 1)));
+        cache.revoked(Some(1));
+        assert_eq!(cache.get(&[1; 32]), None, "the revoked device");
+        assert_eq!(cache.get(&[2; 32]), Some(device("bob", 2)), "another device stays");
+        cache.revoked(None);
+        assert_eq!(cache.get(&[2; 32]), None, "unknown which: everything goes");
+    }
+
+    #[test]
+    fn a_lookup_under_way_during_a_revocation_puts_nothing() {
+        let cache = DeviceCache::new();
+        let started = cache.generation();
+        // The lookup found the device valid; it was revoked before the lookup's answer came back.
+        cache.revoked(Some(1));
+        cache.put([1; 32], &device("alice", 1), started);
+        assert_eq!(cache.get(&[1; 32]), None);
+        cache.put([1; 32], &device("alice", 1), cache.generation());
+        assert_eq!(cache.get(&[1; 32]), Some(device("alice", 1)), "a lookup after it is kept");
     }
 
     #[test]

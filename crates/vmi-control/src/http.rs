@@ -72,7 +72,9 @@ pub(crate) struct Services {
     pair_codes: PairCodes,
     pub(crate) guard: Arc<Guard>,
     /// Device tokens that authenticated lately (a terminal's reports need no store lookup each).
-    pub(crate) devices: DeviceCache,
+    pub(crate) devices: Arc<DeviceCache>,
+    /// Whether the store tells the cache of revocations (else it is not used).
+    pub(crate) devices_followed: bool,
     pub(crate) now_ms: Arc<dyn Fn() -> u64 + Send + Sync>,
     trust: Option<ControlTrust>,
     metrics: Arc<ControlMetrics>,
@@ -207,12 +209,21 @@ fn documented(
 ) -> (Router, ApiDoc) {
     let trust_hosts = trust.as_ref().map(|t| t.hosts.clone());
     let http = metrics.http.clone();
+    let devices = Arc::new(DeviceCache::new());
+    let follower = Arc::downgrade(&devices);
+    // Weak: a store outlives the routers built over it (tests build many).
+    let devices_followed = store.follow_revocations(Arc::new(move |device| {
+        if let Some(cache) = follower.upgrade() {
+            cache.revoked(device);
+        }
+    }));
     let state = AppState(Arc::new(Services {
         store,
         reports,
         pair_codes: PairCodes::new(),
         guard,
-        devices: DeviceCache::new(),
+        devices,
+        devices_followed,
         now_ms: Arc::new(now_ms),
         trust,
         metrics,
@@ -1014,7 +1025,10 @@ async fn revoke_device(
     let device_id: u64 = id.parse().map_err(|_| ControlError::not_found("device", id.clone()))?;
     let user = store.device_user(device_id)?.ok_or_else(|| ControlError::not_found("device", id))?;
     caller.require_owner_of(store.as_ref(), &user)?;
-    store.revoke_device(device_id)?;
+    if !store.revoke_device(device_id)? {
+        // Revoked already: its sites were told then.
+        return Ok(StatusCode::NO_CONTENT);
+    }
     tracing::info!(device_id, "device revoked");
     // Cut its live sessions at once: every site drops the device's terminals. A site that does not answer is
     // told again, backing off, for about two minutes: a lost push must not leave a thief's session open. (A site

@@ -638,6 +638,8 @@ pub const DEFAULT_TRACE_LIMIT: usize = 100_000;
 pub struct EnergyMeter {
     clock: Clock,
     account: LteAccount,
+    /// The same radio with the session's own packets only: whether it would be up without what rides along.
+    session_only: LteAccount,
     trace: Vec<Packet>,
     trace_limit: usize,
     trace_dropped: u64,
@@ -668,6 +670,7 @@ impl EnergyMeter {
         let mut meter = EnergyMeter {
             clock,
             account: LteAccount::new(params, start),
+            session_only: LteAccount::new(params, start),
             trace: Vec::new(),
             trace_limit,
             trace_dropped: 0,
@@ -683,6 +686,7 @@ impl EnergyMeter {
         self.policy = policy;
         let now = (self.clock)();
         self.account.release_after(now, policy.release_ms(self.asleep));
+        self.session_only.release_after(now, policy.release_ms(self.asleep));
     }
 
     /// The screen went off (`true`) or on: the radio policy follows.
@@ -691,15 +695,28 @@ impl EnergyMeter {
         self.set_policy(self.policy);
     }
 
-    /// Records a packet now; returns whether it woke the radio.
+    /// Records a packet of the session's now; returns whether it woke the radio.
     pub fn record(&mut self, direction: Direction, bytes: usize) -> bool {
+        let packet = self.packet(direction, bytes);
+        self.session_only.push(packet);
+        self.account.push(packet)
+    }
+
+    /// Records a packet that rides along the session's (a report): counted, but it keeps the radio up for
+    /// nothing else that rides along ([`EnergyMeter::session_keeps_radio_up`]).
+    pub fn record_riding(&mut self, direction: Direction, bytes: usize) -> bool {
+        let packet = self.packet(direction, bytes);
+        self.account.push(packet)
+    }
+
+    fn packet(&mut self, direction: Direction, bytes: usize) -> Packet {
         let packet = Packet { at_ms: (self.clock)(), direction, bytes: u32::try_from(bytes).unwrap_or(u32::MAX) };
         if self.trace.len() < self.trace_limit {
             self.trace.push(packet);
         } else {
             self.trace_dropped += 1;
         }
-        self.account.push(packet)
+        packet
     }
 
     /// The cost so far, up to the clock's now.
@@ -722,9 +739,10 @@ impl EnergyMeter {
         (self.clock)()
     }
 
-    /// Whether a packet now would find the radio idle (and so cost a wakeup).
-    pub fn would_wake(&self, at_ms: u64) -> bool {
-        self.account.would_wake(at_ms)
+    /// Whether the session's own traffic keeps the radio up at `at_ms` (connected, or in its tail), so that a
+    /// packet then costs no wakeup, whatever rode along before.
+    pub fn session_keeps_radio_up(&self, at_ms: u64) -> bool {
+        !self.session_only.would_wake(at_ms) && !self.account.would_wake(at_ms)
     }
 }
 

@@ -471,17 +471,18 @@ impl Terminal {
     }
 
     /// Sends a small exchange beside the session (a position report: `up` bytes out, `down` back) only if it
-    /// rides on a radio already up for the session's own traffic, and so costs no wakeup: then it is counted on
-    /// the session's energy meter and this returns true; with the radio idle it returns false and the caller
-    /// holds its report until the radio is up for another reason (a notification, the screen woken).
+    /// rides on a radio the session's own traffic keeps up, and so costs no wakeup (reports alone never keep it
+    /// up for the next): then it is counted on the session's energy meter and this returns true; with the radio
+    /// idle it returns false and the caller holds its report until the radio is up for another reason (a
+    /// notification, the screen woken).
     pub fn ride_along(&self, up: usize, down: usize) -> bool {
         let mut s = self.shared.lock();
         let now = s.energy.now_ms();
-        if s.energy.would_wake(now) {
+        if !s.energy.session_keeps_radio_up(now) {
             return false;
         }
-        s.energy.record(Direction::Up, up);
-        s.energy.record(Direction::Down, down);
+        s.energy.record_riding(Direction::Up, up);
+        s.energy.record_riding(Direction::Down, down);
         true
     }
 

@@ -35,12 +35,20 @@ impl Track {
     }
 }
 
-/// Drivers' tracks from SUMO's per-vehicle positions (seconds and metres), on steps of `step_s` seconds: a
-/// position a step, the last known one held where SUMO skipped a step (a vehicle teleported out of a jam).
+/// Drivers' tracks from SUMO's per-vehicle positions (seconds and metres), on steps of `step_s` seconds counted
+/// from the trace's first position: a position a step, the last known one held where SUMO skipped a step (a
+/// vehicle teleported out of a jam). Positions out of time order are put in order.
 pub fn drivers(vehicles: HashMap<String, Samples>, step_s: f64) -> Vec<Track> {
     let mut named: Vec<(String, Samples)> = vehicles.into_iter().filter(|(_, v)| v.len() >= 2).collect();
     // In a fixed order, so that a run is reproducible.
     named.sort_by(|a, b| a.0.cmp(&b.0));
+    let start = named.iter().flat_map(|(_, v)| v.iter().map(|s| s.0)).fold(f64::INFINITY, f64::min);
+    for (_, samples) in &mut named {
+        samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for sample in samples.iter_mut() {
+            sample.0 -= start;
+        }
+    }
     named
         .into_iter()
         .map(|(_, samples)| {

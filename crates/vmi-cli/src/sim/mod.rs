@@ -31,6 +31,8 @@ const ON_BEST_WITHIN_MS: f64 = 2.0;
 const PINGPONG_WITHIN_MS: u64 = 5 * 60 * 1000;
 /// Store writes a migration costs the control plane: the placement's compare-and-set and the log's record.
 const WRITES_PER_MIGRATION: f64 = 2.0;
+/// The longest trace simulated, in steps (a week of 10 s steps).
+const MAX_STEPS: usize = 7 * 24 * 360;
 /// The simulation's clock starts here (a wall-clock time, as the placer sees in service).
 const T0_MS: u64 = 1_700_000_000_000;
 
@@ -289,6 +291,9 @@ pub fn sim(args: &SimArgs) -> Result<Value> {
     let steps = tracks.iter().map(|t| t.first + t.positions.len()).max().unwrap_or(0);
     if steps == 0 {
         bail!("{}: no vehicle moves in this trace", fcd.display());
+    }
+    if steps > MAX_STEPS {
+        bail!("{}: the trace spans {steps} steps of {step_s} s; at most {MAX_STEPS} (a week)", fcd.display());
     }
     let mut rng = Rng(args.seed.max(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     tracks.extend(mobility::pedestrians(args.pedestrians, &junctions, steps, step_s, &mut rng));

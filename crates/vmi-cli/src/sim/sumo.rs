@@ -186,10 +186,10 @@ pub fn vehicles(fcd: &Path) -> Result<HashMap<String, Samples>> {
         let line = line?;
         let tag = line.trim_start();
         if tag.starts_with("<timestep ") {
-            time = Some(
-                number(tag, "time")
-                    .with_context(|| format!("{}:{}: a timestep without a time", fcd.display(), i + 1))?,
-            );
+            time =
+                Some(number(tag, "time").filter(|t| *t >= 0.0).with_context(|| {
+                    format!("{}:{}: a timestep without a time (or before 0)", fcd.display(), i + 1)
+                })?);
         } else if tag.starts_with("<vehicle ") || tag.starts_with("<person ") {
             let (Some(t), Some(id), Some(x), Some(y)) = (time, attr(tag, "id"), number(tag, "x"), number(tag, "y"))
             else {

@@ -17,7 +17,6 @@
 //! hands them its one connection.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,6 +38,7 @@ mod conformance;
 mod etcd;
 mod migration_log;
 mod placements;
+mod revocations;
 mod schema;
 mod sites;
 mod tenants;
@@ -47,6 +47,8 @@ mod users;
 pub use access::DEFAULT_AUDIT_LISTED;
 pub use etcd::{DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX, EtcdStore, EtcdTls, LEADER_TTL};
 pub(crate) use etcd::{EtcdKv, Watched};
+pub use revocations::RevocationSink;
+use revocations::Revocations;
 pub use schema::SCHEMA_VERSION;
 
 /// Storage for users, devices, sites and placements.
@@ -67,7 +69,7 @@ pub trait Store: Send + Sync {
     /// The user's devices, oldest first, revoked ones included.
     fn list_devices(&self, user: &str) -> Result<Vec<Device>, ControlError>;
     /// Revokes a device so its token no longer authenticates. Revoking twice is not an error.
-    fn revoke_device(&self, device_id: u64) -> Result<(), ControlError>;
+    fn revoke_device(&self, device_id: u64) -> Result<bool, ControlError>;
     /// Who a token belongs to; `None` for a malformed, unknown or revoked token.
     fn authenticate(&self, token: &str) -> Result<Option<Identity>, ControlError>;
     /// Registers a site or updates its URL, position and capacity (heartbeat state is kept).
@@ -199,12 +201,20 @@ pub trait Store: Send + Sync {
         Ok(false)
     }
 
-    /// A count that changes whenever a device's token stops authenticating (its revocation): at once for a
-    /// revocation made through this store, as soon as it hears of it for one made elsewhere (another replica of a
-    /// shared store). `None` while it cannot tell (its watch is down): nothing may then come from a cache of device
-    /// tokens. The default, for a store that does not count, is `None`.
-    fn device_revocations(&self) -> Option<u64> {
-        None
+    /// Tells `sink` of every device revocation from now on: `Some(id)` once device `id` stops authenticating (at
+    /// once for a revocation made through this store, as soon as it hears of it for one made elsewhere: another
+    /// replica of a shared store), `None` when some may have been missed (a watch restarted). Returns whether
+    /// this store follows revocations at all; the default does not (then nothing may cache device tokens).
+    fn follow_revocations(&self, sink: RevocationSink) -> bool {
+        let _ = sink;
+        false
+    }
+
+    /// Whether the revocations [`Store::follow_revocations`] tells of are current: always for a store on one
+    /// machine; for a shared store, while its watch has heard from the cluster within
+    /// 2 s. While not, nothing may come from a cache of device tokens.
+    fn revocations_current(&self) -> bool {
+        false
     }
 
     /// How many writing transactions this store committed since it opened, and how many of them were heartbeats
@@ -227,8 +237,8 @@ pub struct PlacedUsers {
 /// A [`Store`] in one SQLite database (WAL mode), one connection behind a mutex.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    /// Devices revoked since the store opened (the service is the database's only writer).
-    revocations: AtomicU64,
+    /// Who follows device revocations (the service is the database's only writer: it sees them all).
+    revocations: Revocations,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -254,7 +264,7 @@ impl SqliteStore {
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         schema::migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), revocations: AtomicU64::new(0) })
+        Ok(SqliteStore { conn: Mutex::new(conn), revocations: Revocations::default() })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -307,15 +317,21 @@ impl Store for SqliteStore {
         users::list_devices(&self.conn(), user)
     }
 
-    fn revoke_device(&self, device_id: u64) -> Result<(), ControlError> {
-        let revoked = users::revoke_device(&self.conn(), device_id);
-        // Counted even if it failed: a cache is only ever emptied for nothing.
-        self.revocations.fetch_add(1, Ordering::SeqCst);
-        revoked
+    fn revoke_device(&self, device_id: u64) -> Result<bool, ControlError> {
+        let revoked = users::revoke_device(&self.conn(), device_id)?;
+        if revoked {
+            self.revocations.revoked(Some(device_id));
+        }
+        Ok(revoked)
     }
 
-    fn device_revocations(&self) -> Option<u64> {
-        Some(self.revocations.load(Ordering::SeqCst))
+    fn follow_revocations(&self, sink: RevocationSink) -> bool {
+        self.revocations.follow(sink);
+        true
+    }
+
+    fn revocations_current(&self) -> bool {
+        true
     }
 
     fn authenticate(&self, token: &str) -> Result<Option<Identity>, ControlError> {

@@ -76,12 +76,13 @@ pub(super) fn list_devices(conn: &Connection, user: &str) -> Result<Vec<Device>,
     Ok(devices)
 }
 
-pub(super) fn revoke_device(conn: &Connection, device_id: u64) -> Result<(), ControlError> {
-    let changed = conn.execute("UPDATE devices SET revoked = 1 WHERE id = ?1", [device_id])?;
-    if changed == 0 {
+/// Revokes the device; whether it was valid until now.
+pub(super) fn revoke_device(conn: &Connection, device_id: u64) -> Result<bool, ControlError> {
+    let exists = conn.query_row("SELECT 1 FROM devices WHERE id = ?1", [device_id], |_| Ok(())).optional()?;
+    if exists.is_none() {
         return Err(ControlError::not_found("device", device_id.to_string()));
     }
-    Ok(())
+    Ok(conn.execute("UPDATE devices SET revoked = 1 WHERE id = ?1 AND revoked = 0", [device_id])? == 1)
 }
 
 pub(super) fn authenticate(conn: &Connection, token: &str) -> Result<Option<Identity>, ControlError> {
@@ -126,8 +127,8 @@ pub(super) mod tests {
         // Hex is case-insensitive: the token is the bytes, not the spelling.
         assert!(s.authenticate(&phone.token.to_uppercase()).unwrap().is_some());
 
-        s.revoke_device(phone.device_id).unwrap();
-        s.revoke_device(phone.device_id).unwrap();
+        assert!(s.revoke_device(phone.device_id).unwrap(), "revoked now");
+        assert!(!s.revoke_device(phone.device_id).unwrap(), "revoked already");
         assert_eq!(s.authenticate(&phone.token).unwrap(), None);
         assert!(s.authenticate(&laptop.token).unwrap().is_some());
 

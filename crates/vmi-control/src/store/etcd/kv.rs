@@ -68,12 +68,17 @@ pub(crate) enum Watched<'a> {
     Started,
     /// Changes under the prefix, in commit order.
     Events(&'a [etcd_client::Event]),
+    /// Every change up to now has been delivered (an answer to the progress asked every [`WATCH_PROGRESS`]).
+    Progress,
     /// The watch broke (a member went away or lost its leader); it starts again, on the next member.
     Lost,
 }
 
 /// How long a broken watch waits before it starts again.
 const WATCH_RETRY: Duration = Duration::from_millis(500);
+/// How often a watch asks etcd to say it is up to date (so a watch that lags behind can be told from one that
+/// has nothing to say).
+const WATCH_PROGRESS: Duration = Duration::from_millis(500);
 
 /// One stored value with the revision it was last written at.
 #[derive(Debug, Clone)]
@@ -245,8 +250,9 @@ impl EtcdKv {
     }
 
     /// Watches every key under `prefix` for as long as this store lives, telling `seen` what happens, on the
-    /// store's runtime (so `seen` must not block). A broken watch is [`Watched::Lost`], then started again on the
-    /// next member.
+    /// store's runtime (so `seen` must not block), and asking for progress every [`WATCH_PROGRESS`]. Large
+    /// answers come in fragments (each under etcd's message limit). A broken watch is [`Watched::Lost`], then
+    /// started again on the next member.
     pub(crate) fn watch_prefix(&self, prefix: &str, mut seen: impl FnMut(Watched<'_>) + Send + 'static) {
         let Some(handle) = self.handle() else { return };
         // Not the store itself: the task must not keep it alive (it ends with the store's runtime).
@@ -254,10 +260,25 @@ impl EtcdKv {
         handle.spawn(async move {
             for i in first.. {
                 let mut client = clients[i % clients.len()].clone();
-                if let Ok(mut stream) = client.watch(full.clone(), Some(WatchOptions::new().with_prefix())).await {
-                    while let Ok(Some(response)) = stream.message().await {
+                let options = WatchOptions::new().with_prefix().with_fragment();
+                if let Ok(stream) = client.watch(full.clone(), Some(options)).await {
+                    let (mut asks, mut answers) = stream.split();
+                    let mut progress = tokio::time::interval(WATCH_PROGRESS);
+                    loop {
+                        let response = tokio::select! {
+                            _ = progress.tick() => {
+                                if asks.request_progress().await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            response = answers.message() => response,
+                        };
+                        let Ok(Some(response)) = response else { break };
                         if response.created() {
                             seen(Watched::Started);
+                        } else if response.events().is_empty() && !response.canceled() {
+                            seen(Watched::Progress);
                         }
                         if !response.events().is_empty() {
                             seen(Watched::Events(response.events()));

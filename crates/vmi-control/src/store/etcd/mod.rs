@@ -31,7 +31,7 @@ mod leader;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use vmi_control_api::auth::{AuditEntry, AuditQuery, JoinToken, MAX_AUDIT_LISTED, NewCredential, Principal};
@@ -46,6 +46,7 @@ use vmi_control_api::tenants::{
 pub(crate) use kv::{EtcdKv, Watched};
 pub use leader::LEADER_TTL;
 
+use super::revocations::Revocations;
 use super::{DEFAULT_AUDIT_LISTED, PlacedUsers, Store, generate_token, now_ms, token_hash};
 use crate::validate::{
     validate_checkpoints, validate_id, validate_label, validate_migration, validate_site_spec, validate_tenant,
@@ -71,35 +72,36 @@ pub struct EtcdStore {
     /// Whether each site's lease is also an etcd lease (`site-leases/{id}`), which a failover needs expired. Off
     /// only for the conformance suite, whose clocks are the test's.
     site_leases: bool,
-    /// Device revocations seen (here, or by the watch on `devices/` from any replica), and whether that watch
-    /// runs now: see [`Store::device_revocations`].
-    revocations: Arc<(AtomicU64, AtomicBool)>,
+    /// Who follows device revocations (made here, or heard of by the watch on `devices/`), and how recently
+    /// that watch heard from etcd.
+    revocations: Arc<Revocations>,
 }
 
-/// What the watch on `devices/` does: counts every revocation (a device written revoked, or deleted), and every
-/// start and loss of the watch itself (what happened meanwhile is unknown), and says whether it runs.
-fn watch_revocations(revocations: Arc<(AtomicU64, AtomicBool)>) -> impl FnMut(kv::Watched<'_>) + Send + 'static {
-    move |seen| {
-        let (count, watching) = &*revocations;
-        let revoked = match seen {
-            kv::Watched::Started => {
-                count.fetch_add(1, Ordering::SeqCst);
-                watching.store(true, Ordering::SeqCst);
-                return;
-            }
-            kv::Watched::Lost => {
-                watching.store(false, Ordering::SeqCst);
-                true
-            }
-            kv::Watched::Events(events) => events.iter().any(|e| match (e.event_type(), e.kv()) {
-                (etcd_client::EventType::Put, Some(kv)) => {
-                    serde_json::from_slice::<DeviceRecord>(kv.value()).map_or(true, |d| d.revoked)
+/// What the watch on `devices/` does: tells the followers of every revocation (a device written revoked, or
+/// deleted), and that some may have been missed when the watch starts again; notes when it last heard from etcd.
+fn watch_revocations(revocations: Arc<Revocations>) -> impl FnMut(kv::Watched<'_>) + Send + 'static {
+    move |seen| match seen {
+        kv::Watched::Started => {
+            revocations.revoked(None);
+            revocations.heard();
+        }
+        kv::Watched::Progress => revocations.heard(),
+        kv::Watched::Lost => {
+            revocations.lost();
+            revocations.revoked(None);
+        }
+        kv::Watched::Events(events) => {
+            for event in events {
+                let Some(kv) = event.kv() else { continue };
+                let id = String::from_utf8_lossy(kv.key()).rsplit('/').next().and_then(|n| n.parse::<u64>().ok());
+                let revoked = event.event_type() != etcd_client::EventType::Put
+                    || serde_json::from_slice::<DeviceRecord>(kv.value()).map_or(true, |d| d.revoked);
+                if revoked {
+                    // A key that names no device: unknown which, so every one.
+                    revocations.revoked(id);
                 }
-                _ => true,
-            }),
-        };
-        if revoked {
-            count.fetch_add(1, Ordering::SeqCst);
+            }
+            revocations.heard();
         }
     }
 }
@@ -325,7 +327,7 @@ impl EtcdStore {
         let kv = EtcdKv::connect(endpoints, prefix, tls)?;
         // One read proves the cluster answers (and has a leader) before the service says it is up.
         kv.get("seq/devices")?;
-        let revocations = Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
+        let revocations = Arc::new(Revocations::default());
         kv.watch_prefix("devices/", watch_revocations(revocations.clone()));
         Ok(EtcdStore { kv: Arc::new(kv), heartbeats: AtomicU64::new(0), site_leases: true, revocations })
     }
@@ -497,25 +499,32 @@ impl Store for EtcdStore {
         })
     }
 
-    fn revoke_device(&self, device_id: u64) -> Result<(), ControlError> {
-        self.kv.atomically(|tx| {
+    fn revoke_device(&self, device_id: u64) -> Result<bool, ControlError> {
+        let revoked = self.kv.atomically(|tx| {
             let key = numbered("devices", device_id);
             let mut device: DeviceRecord =
                 tx.get(&key)?.ok_or_else(|| ControlError::not_found("device", device_id.to_string()))?;
-            if !device.revoked {
-                device.revoked = true;
-                tx.put(&key, &device)?;
+            if device.revoked {
+                return Ok(false);
             }
-            Ok(())
+            device.revoked = true;
+            tx.put(&key, &device)?;
+            Ok(true)
         })?;
-        // At once here; other replicas hear of it through their watch.
-        self.revocations.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        if revoked {
+            // At once here; other replicas hear of it through their watch.
+            self.revocations.revoked(Some(device_id));
+        }
+        Ok(revoked)
     }
 
-    fn device_revocations(&self) -> Option<u64> {
-        let (count, watching) = &*self.revocations;
-        watching.load(Ordering::SeqCst).then(|| count.load(Ordering::SeqCst))
+    fn follow_revocations(&self, sink: super::RevocationSink) -> bool {
+        self.revocations.follow(sink);
+        true
+    }
+
+    fn revocations_current(&self) -> bool {
+        self.revocations.current()
     }
 
     fn authenticate(&self, token: &str) -> Result<Option<Identity>, ControlError> {
