@@ -134,11 +134,14 @@ mod tests {
     #[test]
     fn a_driver_is_on_the_clock_of_steps_and_holds_its_place_across_a_gap() {
         let vehicles = HashMap::from([
-            ("a".to_owned(), vec![(20.0, 0.0, 0.0), (30.0, 10.0, 0.0), (60.0, 40.0, 0.0)]),
+            // Out of time order, as a hand-made trace might be; the trace starts at 100 s (b's first).
+            ("a".to_owned(), vec![(120.0, 0.0, 0.0), (160.0, 40.0, 0.0), (130.0, 10.0, 0.0)]),
+            ("b".to_owned(), vec![(100.0, 5.0, 5.0), (110.0, 6.0, 6.0)]),
             ("short".to_owned(), vec![(0.0, 1.0, 1.0)]),
         ]);
         let tracks = drivers(vehicles, 10.0);
-        assert_eq!(tracks.len(), 1, "a vehicle seen once is no track");
+        assert_eq!(tracks.len(), 2, "a vehicle seen once is no track");
+        assert_eq!((tracks[1].first, tracks[1].positions.len()), (0, 2), "b starts the clock");
         assert_eq!(tracks[0].first, 2);
         assert_eq!(tracks[0].positions, [(0.0, 0.0), (10.0, 0.0), (10.0, 0.0), (10.0, 0.0), (40.0, 0.0)]);
         assert_eq!(tracks[0].at(1), None);
