@@ -1025,11 +1025,10 @@ async fn revoke_device(
     let device_id: u64 = id.parse().map_err(|_| ControlError::not_found("device", id.clone()))?;
     let user = store.device_user(device_id)?.ok_or_else(|| ControlError::not_found("device", id))?;
     caller.require_owner_of(store.as_ref(), &user)?;
-    if !store.revoke_device(device_id)? {
-        // Revoked already: its sites were told then.
-        return Ok(StatusCode::NO_CONTENT);
+    // Revoked already or not, the sites are told (again): an earlier push may have been lost.
+    if store.revoke_device(device_id)? {
+        tracing::info!(device_id, "device revoked");
     }
-    tracing::info!(device_id, "device revoked");
     // Cut its live sessions at once: every site drops the device's terminals. A site that does not answer is
     // told again, backing off, for about two minutes: a lost push must not leave a thief's session open. (A site
     // refuses the token at the next Hello in any case.)

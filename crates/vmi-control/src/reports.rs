@@ -176,7 +176,8 @@ fn batches(reports: &[TerminalReport]) -> Vec<Vec<u8>> {
             tracing::warn!(user = %report.user, bytes = json.len(), "a terminal report too large to share; left out");
             continue;
         }
-        if batch.len() + json.len() + 1 > BATCH_BYTES {
+        // Its comma, and the closing bracket, still follow.
+        if batch.len() + json.len() + 2 > BATCH_BYTES {
             batch.push(b']');
             out.push(std::mem::replace(&mut batch, b"[".to_vec()));
         }
@@ -220,21 +221,24 @@ async fn flush(kv: Weak<EtcdKv>, unsent: Weak<Mutex<HashMap<String, TerminalRepo
     }
 }
 
-/// Renews lease `id` (or grants one if there is none or it expired); the lease, if etcd answered.
+/// How long renewing or granting the batch key's lease may take.
+const LEASE_CALL: Duration = Duration::from_secs(2);
+
+/// Renews lease `id` (or grants one if there is none or it expired); the lease, if etcd answered in time.
 async fn renew_lease(client: &mut etcd_client::Client, id: Option<i64>) -> Option<i64> {
+    // Opening a keep-alive stream renews the lease once and reads etcd's answer (an error if it expired).
     if let Some(id) = id
-        && let Ok((_keeper, mut answers)) = client.lease_keep_alive(id).await
-        && let Ok(Some(answer)) = answers.message().await
-        && answer.ttl() > 0
+        && let Ok(Ok(_)) = tokio::time::timeout(LEASE_CALL, client.lease_keep_alive(id)).await
     {
         return Some(id);
     }
-    match client.lease_grant(BATCH_LEASE_TTL_S, None).await {
-        Ok(granted) => Some(granted.id()),
-        Err(e) => {
+    match tokio::time::timeout(LEASE_CALL, client.lease_grant(BATCH_LEASE_TTL_S, None)).await {
+        Ok(Ok(granted)) => Some(granted.id()),
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "no lease for the terminal reports' batch key");
             None
         }
+        Err(_) => None,
     }
 }
 

@@ -264,6 +264,7 @@ impl EtcdKv {
                 if let Ok(stream) = client.watch(full.clone(), Some(options)).await {
                     let (mut asks, mut answers) = stream.split();
                     let mut progress = tokio::time::interval(WATCH_PROGRESS);
+                    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         let response = tokio::select! {
                             _ = progress.tick() => {

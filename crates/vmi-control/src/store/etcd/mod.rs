@@ -1126,6 +1126,27 @@ mod tests {
     }
 
     #[test]
+    fn shared_reports_keep_flowing_past_the_batch_keys_lease_renewal() {
+        use vmi_control_api::model::ReportRequest;
+        let cluster = EtcdCluster::start("report-batches", 1);
+        let (a, b) = (connect(&cluster.endpoints(), "shared/"), connect(&cluster.endpoints(), "shared/"));
+        let (sent, seen) = (a.shared_reports(), b.shared_reports());
+        let arrives = |at_ms: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while seen.latest("alice").map(|r| r.at_ms) != Some(at_ms) {
+                assert!(std::time::Instant::now() < deadline, "the report of {at_ms} at the other replica");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        sent.record("alice", ReportRequest::default(), 1);
+        arrives(1);
+        // Past the lease's renewal (10 s): the flusher renews it and goes on sharing.
+        std::thread::sleep(std::time::Duration::from_secs(11));
+        sent.record("alice", ReportRequest::default(), 2);
+        arrives(2);
+    }
+
+    #[test]
     fn a_failover_also_needs_the_old_sites_etcd_lease_expired_and_the_new_ones_live() {
         let cluster = EtcdCluster::start("site-leases", 3);
         let s = connect(&cluster.endpoints(), "site-leases/");
