@@ -139,6 +139,8 @@ try {
 
   await test('connects, paints the phone’s screen exactly, token leaves the address bar', async () => {
     await page.goto(mock.url);
+    // Settled means no new frame for a while; under load that can hold before the first frame has come.
+    await waitFor('the first frame', (v) => v.frames > 0);
     await settled('the first frame');
     await sameScreen();
     check(!page.url().includes('token'), `address bar: ${page.url()}`);
