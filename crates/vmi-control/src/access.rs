@@ -141,19 +141,26 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     vmi_control_api::auth::bearer_of(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
+/// The one route whose device may come from the cache of device tokens: a terminal's report (soft state, and
+/// nearly all of a device's requests). Every other route asks the store, so that a revocation another replica
+/// has not heard of yet cannot, say, mint a pairing code.
+const CACHED_ROUTE: &str = "/v1/phone/report";
+
 /// Who the request's credentials name; 401 for a wrong secret or an unproven claim, 429 while locked out.
+/// `cacheable`: whether a device may come from the cache ([`CACHED_ROUTE`]).
 fn principal_of(
     state: &AppState,
     headers: &HeaderMap,
     peer: Option<&Peer>,
     from: Option<IpAddr>,
+    cacheable: bool,
 ) -> Result<Principal, ControlError> {
     if let Some(token) = bearer_token(headers) {
         state.guard.check(from)?;
         // The cache only while the store's revocations are current; its generation read before the lookup, so
         // that a revocation meanwhile keeps what the lookup found out of it.
-        let hash =
-            crate::store::token_hash(token).filter(|_| state.devices_followed && state.store.revocations_current());
+        let hash = crate::store::token_hash(token)
+            .filter(|_| cacheable && state.devices_followed && state.store.revocations_current());
         let generation = state.devices.generation();
         if let Some(device) = hash.as_ref().and_then(|hash| state.devices.get(hash)) {
             return Ok(device);
@@ -185,7 +192,8 @@ pub(crate) async fn authenticate(State(state): State<AppState>, mut req: Request
     let action = format!("{} {}", req.method(), req.uri().path());
     let (user, site) = subjects(req.uri().path());
     let mutation = req.method() != Method::GET && req.method() != Method::HEAD;
-    let (principal, response) = match principal_of(&state, req.headers(), peer.as_ref(), from) {
+    let cacheable = req.method() == Method::POST && req.uri().path() == CACHED_ROUTE;
+    let (principal, response) = match principal_of(&state, req.headers(), peer.as_ref(), from, cacheable) {
         Ok(principal) => {
             if matches!(principal, Principal::Operator { .. } | Principal::Site { .. } | Principal::Control) {
                 // May continue a trace here (vmi_telemetry::trace::accept).

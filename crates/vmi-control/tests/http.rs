@@ -198,8 +198,17 @@ async fn revoked_token_is_refused_by_auth_and_phone() {
     let identity = server.site("site-a").authenticate(&device.token).await.unwrap().unwrap();
     assert_eq!(identity, Principal::Device { user: "alice".into(), device_id: device.device_id });
     assert_eq!(control.phone_for_token(&device.token).await.unwrap().user, "alice");
+    // A report: the token's owner is cached now (the reports' route only).
+    let auth = format!("Authorization: Bearer {}", device.token);
+    let report = r#"{"lat":1,"lon":2}"#;
+    assert_eq!(raw(server.addr, "POST", "/v1/phone/report", &[JSON, &auth], report).await.0, 204);
 
     control.revoke_device(device.device_id).await.unwrap();
+    assert_eq!(
+        raw(server.addr, "POST", "/v1/phone/report", &[JSON, &auth], report).await.0,
+        401,
+        "cached, yet refused"
+    );
     assert_eq!(server.site("site-a").authenticate(&device.token).await.unwrap(), None);
     let auth_body = format!(r#"{{"token":"{}"}}"#, device.token);
     let (code, body) = raw(server.addr, "POST", "/v1/auth", &[JSON], &auth_body).await;
