@@ -161,13 +161,14 @@ fn principal_of(
         // that a revocation meanwhile keeps what the lookup found out of it.
         let hash = crate::store::token_hash(token)
             .filter(|_| cacheable && state.devices_followed && state.store.revocations_current());
-        let generation = state.devices.generation();
-        if let Some(device) = hash.as_ref().and_then(|hash| state.devices.get(hash)) {
-            return Ok(device);
-        }
+        let miss = match hash.map(|hash| (hash, state.devices.get(&hash))) {
+            Some((_, Ok(device))) => return Ok(device),
+            Some((hash, Err(generation))) => Some((hash, generation)),
+            None => None,
+        };
         return match crate::off_the_runtime(|| state.store.principal(token))? {
             Some(principal) => {
-                if let Some(hash) = hash {
+                if let Some((hash, generation)) = miss {
                     state.devices.put(hash, &principal, generation);
                 }
                 Ok(principal)

@@ -49,17 +49,15 @@ impl DeviceCache {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The generation now: read before a lookup, given back to [`DeviceCache::put`].
-    pub fn generation(&self) -> u64 {
-        self.lock().generation
-    }
-
     /// The device the token hashed to `hash` authenticates as, if a lookup found it within [`MAX_AGE`] and the
-    /// device was not revoked since.
-    pub fn get(&self, hash: &[u8; 32]) -> Option<Principal> {
+    /// device was not revoked since; else the generation now, for the lookup about to be made to give back to
+    /// [`DeviceCache::put`].
+    pub fn get(&self, hash: &[u8; 32]) -> Result<Principal, u64> {
         let entries = self.lock();
-        let cached = entries.by_hash.get(hash).filter(|c| c.at.elapsed() < MAX_AGE)?;
-        Some(Principal::Device { user: cached.user.clone(), device_id: cached.device_id })
+        match entries.by_hash.get(hash).filter(|c| c.at.elapsed() < MAX_AGE) {
+            Some(cached) => Ok(Principal::Device { user: cached.user.clone(), device_id: cached.device_id }),
+            None => Err(entries.generation),
+        }
     }
 
     /// Keeps what a lookup that started in `generation` found for the token hashed to `hash`, unless a device
@@ -105,26 +103,26 @@ mod tests {
     #[test]
     fn a_revocation_removes_that_device_only() {
         let cache = DeviceCache::new();
-        cache.put([1; 32], &device("alice", 1), cache.generation());
-        cache.put([2; 32], &device("bob", 2), cache.generation());
-        assert_eq!(cache.get(&[1; 32]), Some(device("alice", 1)));
+        cache.put([1; 32], &device("alice", 1), cache.get(&[1; 32]).unwrap_err());
+        cache.put([2; 32], &device("bob", 2), cache.get(&[2; 32]).unwrap_err());
+        assert_eq!(cache.get(&[1; 32]), Ok(device("alice", 1)));
         cache.revoked(Some(1));
-        assert_eq!(cache.get(&[1; 32]), None, "the revoked device");
-        assert_eq!(cache.get(&[2; 32]), Some(device("bob", 2)), "another device stays");
+        assert!(cache.get(&[1; 32]).is_err(), "the revoked device");
+        assert_eq!(cache.get(&[2; 32]), Ok(device("bob", 2)), "another device stays");
         cache.revoked(None);
-        assert_eq!(cache.get(&[2; 32]), None, "unknown which: everything goes");
+        assert!(cache.get(&[2; 32]).is_err(), "unknown which: everything goes");
     }
 
     #[test]
     fn a_lookup_under_way_during_a_revocation_puts_nothing() {
         let cache = DeviceCache::new();
-        let started = cache.generation();
+        let started = cache.get(&[1; 32]).unwrap_err();
         // The lookup found the device valid; it was revoked before the lookup's answer came back.
         cache.revoked(Some(1));
         cache.put([1; 32], &device("alice", 1), started);
-        assert_eq!(cache.get(&[1; 32]), None);
-        cache.put([1; 32], &device("alice", 1), cache.generation());
-        assert_eq!(cache.get(&[1; 32]), Some(device("alice", 1)), "a lookup after it is kept");
+        assert!(cache.get(&[1; 32]).is_err());
+        cache.put([1; 32], &device("alice", 1), cache.get(&[1; 32]).unwrap_err());
+        assert_eq!(cache.get(&[1; 32]), Ok(device("alice", 1)), "a lookup after it is kept");
     }
 
     #[test]
