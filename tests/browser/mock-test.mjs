@@ -138,6 +138,17 @@ try {
   };
 
   await test('connects, paints the phone’s screen exactly, token leaves the address bar', async () => {
+    // On every animation frame: the outage overlay never covers the screen of a connected session (it would take
+    // the touches meant for the phone).
+    await page.addInitScript(() => {
+      window.overlayOverConnected = 0;
+      const look = () => {
+        const overlay = document.getElementById('conn-overlay');
+        if (window.vmi && window.vmi.state === 'connected' && overlay && !overlay.hidden) window.overlayOverConnected++;
+        requestAnimationFrame(look);
+      };
+      requestAnimationFrame(look);
+    });
     await page.goto(mock.url);
     // Settled means no new frame for a while; under load that can hold before the first frame has come.
     await waitFor('the first frame', (v) => v.frames > 0);
@@ -145,6 +156,8 @@ try {
     await sameScreen();
     check(!page.url().includes('token'), `address bar: ${page.url()}`);
     check((await page.evaluate(() => localStorage.getItem('vmi.token'))) === 'tok-alice', 'token not kept');
+    const covered = await page.evaluate(() => window.overlayOverConnected);
+    check(covered === 0, `the outage overlay covered a connected screen for ${covered} animation frames`);
   });
 
   await test('latency is measured while awake', async () => {
@@ -169,6 +182,8 @@ try {
     check(s.stats.sessions === sessions + 1, 'one new session');
     const hello = s.stats.helloResumes.at(-1);
     check(hello.resume > 0 && hello.resumed, `resume ${JSON.stringify(hello)}`);
+    const covered = await page.evaluate(() => window.overlayOverConnected);
+    check(covered === 0, `the outage overlay covered a connected screen for ${covered} animation frames`);
   });
 
   await test('Redirect: reconnects with Resume; a current screen is not resent; no overlay over a planned move', async () => {

@@ -117,10 +117,14 @@ export class Status {
     }
   }
 
-  /** The session's state: connecting | connected | asleep | moving | reconnecting | closed | offline | pairing. */
+  /**
+   * The session's state: connecting | connected | asleep | moving | reconnecting | closed | offline | pairing. Shown
+   * at once, not queued: the outage overlay covers the screen, and a touch in the moments after connecting must
+   * reach the phone, not the overlay.
+   */
   setState(s) {
     this.vmi.state = s;
-    this.queue();
+    this.render();
   }
 
   /** The error line's text (null hides it). */
