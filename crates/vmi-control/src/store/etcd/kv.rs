@@ -27,6 +27,12 @@ use crate::ControlError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one call may spend trying members in turn.
 const CALL_DEADLINE: Duration = Duration::from_millis(1500);
+/// How long a call waits, from its start, while members answer "no leader": a member that lost its leader says so
+/// at once, and the election that follows takes milliseconds (a second or two if votes split), so a call made in
+/// that moment is answered a little later instead of failing. Without quorum it fails after this long.
+const ELECTION_WAIT: Duration = Duration::from_millis(2500);
+/// How long a call waits before asking the members again while they elect a leader.
+const ELECTION_POLL: Duration = Duration::from_millis(100);
 /// How many times an optimistic transaction runs again after losing a race before it gives up.
 const MAX_ATTEMPTS: usize = 64;
 
@@ -215,31 +221,44 @@ impl EtcdKv {
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
         let runtime = self.runtime.as_ref().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
-        let first = self.preferred.load(Ordering::Relaxed);
         let n = self.clients.len();
         let mut last = None;
         let started = std::time::Instant::now();
-        for attempt in 0..n {
-            if attempt > 0 && started.elapsed() >= CALL_DEADLINE {
+        // Whether a member said "no leader" during this call: an election is under way, or quorum is lost.
+        let mut electing = false;
+        loop {
+            let first = self.preferred.load(Ordering::Relaxed);
+            for attempt in 0..n {
+                if attempt > 0 && started.elapsed() >= CALL_DEADLINE {
+                    break;
+                }
+                let i = (first + attempt) % n;
+                match run_on(runtime, work(self.clients[i].clone()))? {
+                    Ok(value) => {
+                        self.preferred.store(i, Ordering::Relaxed);
+                        return Ok(Ok(value));
+                    }
+                    Err(e) if unreachable(&e, timeouts_retried) => {
+                        tracing::debug!(member = i, error = %e, "etcd member unreachable; trying the next");
+                        electing |= no_leader(&e);
+                        // The next call starts at the next member too.
+                        self.preferred.store(i + 1, Ordering::Relaxed);
+                        last = Some(e);
+                    }
+                    Err(e) => {
+                        self.preferred.store(i + 1, Ordering::Relaxed);
+                        return Ok(Err(e));
+                    }
+                }
+            }
+            // "No leader" is said before the request is looked at (nothing was applied): worth asking again once
+            // the members have elected one.
+            if !electing || started.elapsed() + ELECTION_POLL >= ELECTION_WAIT {
                 break;
             }
-            let i = (first + attempt) % n;
-            match run_on(runtime, work(self.clients[i].clone()))? {
-                Ok(value) => {
-                    self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(Ok(value));
-                }
-                Err(e) if unreachable(&e, timeouts_retried) => {
-                    tracing::debug!(member = i, error = %e, "etcd member unreachable; trying the next");
-                    // The next call starts at the next member too.
-                    self.preferred.store(i + 1, Ordering::Relaxed);
-                    last = Some(e);
-                }
-                Err(e) => {
-                    self.preferred.store(i + 1, Ordering::Relaxed);
-                    return Ok(Err(e));
-                }
-            }
+            // Handlers call the store on the service's workers: waiting there must not starve the others
+            // (heartbeats above all, which answer "placements frozen" while quorum is lost).
+            crate::off_the_runtime(|| std::thread::sleep(ELECTION_POLL));
         }
         last.map(Err).ok_or_else(|| ControlError::Unavailable("no etcd endpoint".into()))
     }
@@ -303,6 +322,29 @@ impl EtcdKv {
     /// Prefers the next member (after the preferred one failed a long-lived call such as a lease keep-alive).
     pub(crate) fn prefer_next(&self) {
         self.preferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Makes member `i` (in the order of the endpoints given) the one asked first.
+    #[cfg(test)]
+    pub(crate) fn prefer(&self, i: usize) {
+        self.preferred.store(i, Ordering::Relaxed);
+    }
+
+    /// Which member (in the order of the endpoints given) leads the etcd cluster now, if one answers that.
+    #[cfg(test)]
+    pub(crate) fn leader_member(&self) -> Option<usize> {
+        let runtime = self.runtime.as_ref()?;
+        let clients = self.status_clients.clone();
+        run_on(runtime, async move {
+            let mut ids = Vec::new();
+            for mut c in clients {
+                ids.push(c.status().await.ok().map(|s| (s.header().map(|h| h.member_id()), s.leader())));
+            }
+            let leader = ids.iter().flatten().map(|(_, leader)| *leader).find(|l| *l != 0)?;
+            ids.iter().position(|s| s.is_some_and(|(id, _)| id == Some(leader)))
+        })
+        .ok()
+        .flatten()
     }
 
     /// `key` with the store's prefix.
@@ -425,6 +467,12 @@ fn unreachable(e: &etcd_client::Error, timeouts_retried: bool) -> bool {
         },
         _ => false,
     }
+}
+
+/// Whether `e` is a member's "no leader" (an election under way, or no quorum): the request was refused unread.
+fn no_leader(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(status)
+        if status.code() == tonic::Code::Unavailable && status.message().contains("no leader"))
 }
 
 /// Whether `e` leaves open whether a request that was sent was applied (its connection broke, or it timed out).

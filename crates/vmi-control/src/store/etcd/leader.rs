@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -22,14 +22,20 @@ use crate::Leadership;
 pub const LEADER_TTL: Duration = Duration::from_secs(3);
 /// How often a replica that does not lead looks whether the leader's key is gone.
 const CAMPAIGN_EVERY: Duration = Duration::from_millis(250);
+/// How long a leader waits before trying the next etcd member to keep its lease alive through.
+const RENEW_RETRY: Duration = Duration::from_millis(100);
 
 /// Starts campaigning for `key` as `replica` on the client's runtime; the returned [`Leadership`] follows it.
 pub(crate) fn campaign(handle: &tokio::runtime::Handle, kv: Arc<EtcdKv>, key: String, replica: String) -> Leadership {
     let (tx, rx) = watch::channel(false);
     handle.spawn(async move {
+        // The lease we led under when it could not be renewed in time (the etcd cluster electing a leader, say):
+        // if etcd still has it, the key is still ours, and the next campaign takes leadership back at once
+        // instead of waiting for our own key to expire.
+        let mut held = None;
         loop {
             let mut client = kv.client();
-            if let Err(e) = lead_once(&mut client, &key, &replica, &tx).await {
+            if let Err(e) = lead_once(&kv, &mut client, &key, &replica, &tx, &mut held).await {
                 tracing::debug!(error = %e, replica, "leader election: etcd member unreachable; not leading");
                 kv.prefer_next();
             }
@@ -45,53 +51,148 @@ pub(crate) fn campaign(handle: &tokio::runtime::Handle, kv: Arc<EtcdKv>, key: St
     Leadership::following(rx)
 }
 
-/// Waits to win `key`, then leads until the lease cannot be renewed in time; returns when it no longer leads.
+/// A lease's keep-alive stream.
+type KeepAlive = (LeaseKeeper, LeaseKeepAliveStream);
+
+/// Waits to win `key` (or takes back `held`, our lease from before), then leads until the lease cannot be renewed
+/// in time; returns when it no longer leads, with `held` set if the lease may still be alive.
 async fn lead_once(
+    kv: &EtcdKv,
     client: &mut Client,
     key: &str,
     replica: &str,
     leading: &watch::Sender<bool>,
+    held: &mut Option<i64>,
 ) -> Result<(), etcd_client::Error> {
-    let ttl = i64::try_from(LEADER_TTL.as_secs()).unwrap_or(3);
-    // Counted from before the grant was asked: the lease at etcd cannot have started earlier.
-    let granted = Instant::now();
-    let lease = client.lease_grant(ttl, None).await?.id();
-    let take = Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
-        key,
-        replica,
-        Some(PutOptions::new().with_lease(lease)),
-    )]);
-    if !client.txn(take).await?.succeeded() {
-        // Someone leads; our lease is let go (it expires on its own if the revoke is lost).
-        let _ = client.lease_revoke(lease).await;
-        return Ok(());
-    }
     let margin = LEADER_TTL / 3;
-    let mut valid_until = granted + LEADER_TTL - margin;
+    // Counted from before the grant (or the keep-alive) was asked: the lease at etcd cannot have started earlier.
+    let started = Instant::now();
+    let (lease, (mut keeper, mut answers)) =
+        match held.take() {
+            Some(lease) => match take_back(client, key, replica, lease).await {
+                Ok(Some(stream)) => (lease, stream),
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    *held = Some(lease);
+                    return Err(e);
+                }
+            },
+            None => {
+                let ttl = i64::try_from(LEADER_TTL.as_secs()).unwrap_or(3);
+                let lease = client.lease_grant(ttl, None).await?.id();
+                let take = Txn::new()
+                    .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, replica, Some(PutOptions::new().with_lease(lease)))]);
+                if !client.txn(take).await?.succeeded() {
+                    // Someone leads; our lease is let go (it expires on its own if the revoke is lost).
+                    let _ = client.lease_revoke(lease).await;
+                    return Ok(());
+                }
+                // Opening the stream sends the first keep-alive and reads its answer (etcd-client does), so each
+                // later answer is the one for the keep-alive sent just before it.
+                match client.lease_keep_alive(lease).await {
+                    Ok(stream) => (lease, stream),
+                    Err(e) => {
+                        *held = Some(lease);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+    let mut valid_until = started + LEADER_TTL - margin;
     leading.send_replace(true);
     tracing::info!(replica, "leading the control plane (placer and failover)");
-    // Opening the stream sends the first keep-alive and reads its answer (etcd-client does), so each later
-    // answer is the one for the keep-alive sent just before it.
-    let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
     while !leading.is_closed() {
         tokio::time::sleep(margin).await;
         let sent = Instant::now();
-        keeper.keep_alive().await?;
-        match tokio::time::timeout_at(valid_until.max(sent), answers.message()).await {
+        let answer = match keeper.keep_alive().await {
+            Ok(()) => tokio::time::timeout_at(valid_until.max(sent), answers.message()).await,
+            Err(e) => Ok(Err(e)),
+        };
+        match answer {
             Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
                 valid_until = sent + Duration::from_secs(u64::try_from(answer.ttl()).unwrap_or(0)) - margin;
             }
-            // The lease is gone at etcd (it answered TTL 0), or the stream ended: someone else may lead now.
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
+            // The lease is gone at etcd (it answered TTL 0): someone else may lead now.
+            Ok(Ok(Some(_))) => return Ok(()),
+            // The member went away (or lost its leader) with the stream: the lease is still ours until it
+            // expires, so it is kept alive through another member; losing one member of three changes nothing.
+            Ok(Ok(None)) | Ok(Err(_)) => match keep_alive_elsewhere(kv, lease, valid_until).await {
+                Renewal::Renewed(sent, stream) => {
+                    (keeper, answers) = *stream;
+                    valid_until = sent + LEADER_TTL - margin;
+                }
+                Renewal::Gone => return Ok(()),
+                Renewal::NotInTime => {
+                    tracing::warn!(replica, "leader lease not renewed through any etcd member in time");
+                    *held = Some(lease);
+                    return Ok(());
+                }
+            },
             Err(_) => {}
         }
         if Instant::now() >= valid_until {
             tracing::warn!(replica, "leader lease not renewed in time");
+            *held = Some(lease);
             return Ok(());
         }
     }
     // The service is stopping: hand leadership over now instead of after the time to live.
     let _ = client.lease_revoke(lease).await;
     Ok(())
+}
+
+/// Whether `e` says the lease asked for is gone at etcd (expired or revoked).
+fn lease_gone(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::LeaseKeepAliveError(m) if m == "lease not found")
+}
+
+/// Our `lease` from before, renewed, if etcd still has it and `key` is still ours under it: its keep-alive
+/// stream; `None` when it is gone (a fresh campaign follows).
+async fn take_back(
+    client: &mut Client,
+    key: &str,
+    replica: &str,
+    lease: i64,
+) -> Result<Option<KeepAlive>, etcd_client::Error> {
+    let stream = match client.lease_keep_alive(lease).await {
+        Ok(stream) => stream,
+        Err(e) if lease_gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let now = client.get(key, None).await?;
+    if !now.kvs().first().is_some_and(|kv| kv.lease() == lease && kv.value() == replica.as_bytes()) {
+        let _ = client.lease_revoke(lease).await;
+        return Ok(None);
+    }
+    tracing::info!(replica, "took leadership back under the lease it had");
+    Ok(Some(stream))
+}
+
+/// What keeping a lease alive through other members came to.
+enum Renewal {
+    /// Renewed by a keep-alive sent at this instant, on this stream.
+    Renewed(Instant, Box<KeepAlive>),
+    /// The lease is gone at etcd.
+    Gone,
+    /// No member renewed it in time; it may still be alive.
+    NotInTime,
+}
+
+/// Opens a keep-alive of `lease` on the next members in turn until one renews it, before `until`. Opening the
+/// stream renews the lease (etcd-client reads the first answer and refuses a lease that is gone).
+async fn keep_alive_elsewhere(kv: &EtcdKv, lease: i64, until: Instant) -> Renewal {
+    while Instant::now() < until {
+        kv.prefer_next();
+        let mut client = kv.client();
+        let sent = Instant::now();
+        match tokio::time::timeout_at(until, client.lease_keep_alive(lease)).await {
+            Ok(Ok(stream)) => return Renewal::Renewed(sent, Box::new(stream)),
+            Ok(Err(e)) if lease_gone(&e) => return Renewal::Gone,
+            Ok(Err(e)) => tracing::debug!(error = %e, "leader lease: keep-alive refused; trying the next etcd member"),
+            Err(_) => return Renewal::NotInTime,
+        }
+        tokio::time::sleep(RENEW_RETRY).await;
+    }
+    Renewal::NotInTime
 }

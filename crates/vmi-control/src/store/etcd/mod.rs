@@ -1125,6 +1125,84 @@ mod tests {
         s.kv.call(false, move |mut c| async move { c.lease_revoke(lease).await }).unwrap();
     }
 
+    /// Polls `leadership` every 10 ms on a thread of its own until the returned flag is set: how many polls found
+    /// it not leading.
+    fn count_not_leading(
+        leadership: crate::Leadership,
+    ) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<usize>) {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let polls = std::thread::spawn(move || {
+            let mut not_leading = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                not_leading += usize::from(!leadership.is_leading());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            not_leading
+        });
+        (stop, polls)
+    }
+
+    /// The member carrying a leading replica's lease keep-alive dies (not etcd's leader): the keep-alive goes on
+    /// through another member, and the replica leads throughout (before, it stepped down and could not lead
+    /// again until its own key expired: seconds without a placer).
+    #[test]
+    fn a_leader_keeps_leading_when_the_member_its_lease_is_kept_through_dies() {
+        let mut cluster = EtcdCluster::start("keep-lease", 3);
+        let s = connect(&cluster.endpoints(), "keep-lease/");
+        let etcd_leader = s.kv.leader_member().expect("an etcd leader");
+        let carrier = (etcd_leader + 1) % 3;
+        s.kv.prefer(carrier);
+        let leadership = s.campaign("r1").unwrap();
+        until(Duration::from_secs(10), "r1 to lead", || leadership.is_leading());
+        let (stop, polls) = count_not_leading(leadership.clone());
+        cluster.kill(carrier);
+        // Past the lease's time to live: it must have been renewed through another member.
+        std::thread::sleep(crate::LEADER_TTL + Duration::from_secs(1));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(polls.join().unwrap(), 0, "r1 stopped leading when one etcd member of three died");
+        assert!(leadership.is_leading());
+        cluster.restart(carrier);
+    }
+
+    /// etcd's own leader dies: every call made while the members notice and elect another is answered (a
+    /// forwarded write waits, a "no leader" is asked again: it means the request was not applied), and the
+    /// leading replica leads on.
+    #[test]
+    fn losing_the_etcd_leader_costs_calls_a_wait_not_an_error() {
+        let mut cluster = EtcdCluster::start("lose-leader", 3);
+        let s = connect(&cluster.endpoints(), "lose-leader/");
+        let etcd_leader = s.kv.leader_member().expect("an etcd leader");
+        s.kv.prefer(etcd_leader);
+        let leadership = s.campaign("r1").unwrap();
+        until(Duration::from_secs(10), "r1 to lead", || leadership.is_leading());
+        let killed = Instant::now();
+        cluster.kill(etcd_leader);
+        // Several callers at once, so that calls arrive at every moment of the election.
+        let written: usize = std::thread::scope(|scope| {
+            let callers: Vec<_> = (0..4)
+                .map(|caller| {
+                    let s = &s;
+                    scope.spawn(move || {
+                        let mut written = 0;
+                        while killed.elapsed() < Duration::from_secs(5) {
+                            let name = format!("user{caller}-{written}");
+                            s.create_user(&name)
+                                .unwrap_or_else(|e| panic!("{name}, {:?} after the kill: {e}", killed.elapsed()));
+                            written += 1;
+                        }
+                        written
+                    })
+                })
+                .collect();
+            callers.into_iter().map(|c| c.join().unwrap()).sum()
+        });
+        assert_eq!(s.list_users().unwrap().len(), written);
+        eprintln!("{written} users written in the 5 s after etcd's leader died");
+        until(Duration::from_secs(1), "r1 to lead again", || leadership.is_leading());
+        cluster.restart(etcd_leader);
+    }
+
     #[test]
     fn shared_reports_keep_flowing_past_the_batch_keys_lease_renewal() {
         use vmi_control_api::model::ReportRequest;
