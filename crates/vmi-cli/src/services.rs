@@ -25,6 +25,11 @@ pub struct ControlArgs {
     /// replicas then serve the same state, and one, elected through etcd, runs the placer.
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     etcd: Vec<String>,
+    /// How long etcd keeps its history, in seconds: the leading replica compacts revisions older than this (every
+    /// write adds one, the terminal reports' batches above all). 0 keeps everything (a run whose history the fault
+    /// checker reads back: `vmi up --history`). Compaction is cluster-wide.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    etcd_keep_history: u64,
     /// The prefix of every key this control plane keeps in etcd.
     #[arg(long, default_value = vmi_control::DEFAULT_ETCD_PREFIX, requires = "etcd")]
     etcd_prefix: String,
@@ -352,6 +357,9 @@ pub async fn control(args: ControlArgs) -> Result<()> {
             }
         };
         let leadership = store.campaign(&replica)?;
+        if args.etcd_keep_history > 0 {
+            store.compact_history(leadership.clone(), Duration::from_secs(args.etcd_keep_history))?;
+        }
         let reports = store.shared_reports();
         tracing::info!(replica, etcd = %args.etcd.join(","), "control replica on etcd");
         (Arc::new(store), leadership, reports)
@@ -617,6 +625,10 @@ pub async fn up(mut args: UpArgs) -> Result<()> {
         }
         if let Some(dir) = &args.history {
             control_args.extend(["--history".into(), dir.join(format!("{name}.jsonl")).display().to_string()]);
+            // The checker reads etcd's whole history of every placement back.
+            if !args.etcd.is_empty() {
+                control_args.extend(["--etcd-keep-history".into(), "0".into()]);
+            }
         }
         let control =
             crate::supervisor::Service::start_in(&name, node.as_ref().map(|n| n.ns.as_str()), control_args).await?;

@@ -26,6 +26,8 @@ fn start_replica(name: &str, etcd: &[String], state: &Path) -> Replica {
     let mut process = ChildGuard::spawn(
         vmi()
             .args(["control", "--listen", "127.0.0.1:0", "--replica", name, "--etcd", &etcd.join(",")])
+            // etcd's history kept a second: the leader compacts all along while the test runs.
+            .args(["--etcd-keep-history", "1"])
             .arg("--state-dir")
             .arg(state)
             .stdout(Stdio::piped())
@@ -127,6 +129,15 @@ fn two_replicas_share_state_and_the_survivor_takes_over_the_placer() {
         post(&first.url, "/v1/phone/report", device_token, report).0 == 401
     });
     eprintln!("revoked at r2 -> refused at r1 after {} ms", refused.as_millis());
+
+    // The leader compacts etcd's history to what it was a second ago: the first revisions can no longer be read.
+    wait_for(Duration::from_secs(10), "etcd's history to be compacted", || {
+        let old = std::process::Command::new("etcdctl")
+            .args(["--endpoints", &endpoints.join(","), "get", "--rev", "2", "vmi/"])
+            .output()
+            .expect("etcdctl runs");
+        String::from_utf8_lossy(&old.stderr).contains("compacted")
+    });
 
     // The leader dies: the other replica leads within seconds, and the CLI, given both URLs, still works.
     let Replica { process: leader, url: dead_url } = first;

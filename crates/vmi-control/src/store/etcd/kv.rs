@@ -314,6 +314,11 @@ impl EtcdKv {
         });
     }
 
+    /// A client per member (cheap to clone), for tasks of their own on this store's runtime.
+    pub(crate) fn clients(&self) -> Vec<Client> {
+        self.clients.clone()
+    }
+
     /// The client of the member that answered last (cheap to clone).
     pub(crate) fn client(&self) -> Client {
         self.clients[self.preferred.load(Ordering::Relaxed) % self.clients.len()].clone()
@@ -371,17 +376,22 @@ impl EtcdKv {
         }))
     }
 
-    /// Every value `key` held, oldest first, as etcd's revisions keep them (until compacted; the stores here never
-    /// compact): each version read at the revision before the next one's.
+    /// Every value `key` held, oldest first, as etcd's revisions keep them: each version read at the revision
+    /// before the next one's, back to the last compaction.
     pub(crate) fn versions(&self, key: &str) -> Result<Vec<Entry>, ControlError> {
         let mut versions = Vec::new();
         let mut at = 0; // 0: now
         loop {
             let full = self.full(key);
-            let resp = self.call(true, |mut c| {
+            let resp = match self.call_raw(true, |mut c| {
                 let full = full.clone();
                 async move { c.get(full, Some(GetOptions::new().with_revision(at))).await }
-            })?;
+            })? {
+                Ok(resp) => resp,
+                // Older revisions were compacted away: the history kept starts with the versions read so far.
+                Err(e) if compacted(&e) => break,
+                Err(e) => return Err(unavailable(e)),
+            };
             let Some(kv) = resp.kvs().first() else { break };
             versions.push(Entry { key: key.to_owned(), value: kv.value().to_vec(), mod_revision: kv.mod_revision() });
             if kv.version() <= 1 {
@@ -467,6 +477,12 @@ fn unreachable(e: &etcd_client::Error, timeouts_retried: bool) -> bool {
         },
         _ => false,
     }
+}
+
+/// Whether `e` says the revision asked for was compacted away.
+fn compacted(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(status)
+        if status.code() == tonic::Code::OutOfRange && status.message().contains("compacted"))
 }
 
 /// Whether `e` is a member's "no leader" (an election under way, or no quorum): the request was refused unread.

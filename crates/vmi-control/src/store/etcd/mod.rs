@@ -26,6 +26,7 @@
 //! | `site-leases/{id}` | the site's etcd lease id, attached to that lease (gone once etcd expired it) |
 //! | `control/leader` | the control replica running the placer (held by an etcd lease) |
 
+mod compaction;
 mod kv;
 mod leader;
 
@@ -370,8 +371,17 @@ impl EtcdStore {
         Ok(leader::campaign(&handle, self.kv.clone(), self.kv.full("control/leader"), replica.to_owned()))
     }
 
-    /// Every placement `user`'s phone ever had, oldest first, with the etcd revision that wrote it: the ground
-    /// truth the fault checker (`vmi nemesis`) holds the services' histories against.
+    /// While `leadership` leads, compacts etcd's history to what it was `keep` ago, for as long as this store
+    /// lives (`compaction.rs`): without it the history grows with every write, the reports' batches above all.
+    pub fn compact_history(&self, leadership: Leadership, keep: std::time::Duration) -> Result<(), ControlError> {
+        let handle = self.kv.handle().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
+        compaction::spawn(&handle, self.kv.clients(), self.kv.full("control/leader"), leadership, keep);
+        Ok(())
+    }
+
+    /// Every placement `user`'s phone had since etcd's history was last compacted (all of them where it is not:
+    /// `vmi control --etcd-keep-history 0`), oldest first, with the etcd revision that wrote it: the ground truth
+    /// the fault checker (`vmi nemesis`) holds the services' histories against.
     pub fn placement_history(&self, user: &str) -> Result<Vec<(i64, Placement)>, ControlError> {
         let versions = self.kv.versions(&placement_key(user))?;
         versions
@@ -1252,6 +1262,36 @@ mod tests {
         let mut seen: Vec<(String, u64)> = history.into_iter().map(|(_, p)| (p.site, p.epoch)).collect();
         seen.dedup();
         assert_eq!(seen, [("site-a".to_owned(), 1), ("site-b".to_owned(), 2)]);
+    }
+
+    /// The leading replica compacts etcd's history to what it was `keep` ago (`compaction.rs` decides when, by
+    /// its own clock, and is tested there): the placement history then starts after the compacted revision
+    /// instead of failing, and writes, reads and the reports shared through a watch go on.
+    #[test]
+    fn the_leader_compacts_etcds_history_and_the_store_reads_on() {
+        use vmi_control_api::model::ReportRequest;
+        let cluster = EtcdCluster::start("compaction", 1);
+        let (s, other) = (connect(&cluster.endpoints(), "compaction/"), connect(&cluster.endpoints(), "compaction/"));
+        let (sent, seen) = (s.shared_reports(), other.shared_reports());
+        s.create_user("alice").unwrap();
+        s.put_site("site-a", &spec(1)).unwrap();
+        s.put_site("site-b", &spec(2)).unwrap();
+        s.set_placement("alice", "site-a").unwrap();
+        s.set_placement("alice", "site-b").unwrap();
+        assert_eq!(s.placement_history("alice").unwrap().len(), 2, "both placements, before any compaction");
+        let leadership = s.campaign("r1").unwrap();
+        until(Duration::from_secs(10), "r1 to lead", || leadership.is_leading());
+        s.compact_history(leadership, Duration::from_millis(500)).unwrap();
+        until(Duration::from_secs(10), "the first placement to be compacted away", || {
+            s.placement_history("alice").unwrap().len() == 1
+        });
+        assert_eq!(s.placement_history("alice").unwrap()[0].1.site, "site-b");
+        s.create_user("bob").unwrap();
+        assert_eq!(s.list_users().unwrap().len(), 2);
+        sent.record("alice", ReportRequest::default(), 42);
+        until(Duration::from_secs(5), "a report shared after the compaction", || {
+            seen.latest("alice").is_some_and(|r| r.at_ms == 42)
+        });
     }
 
     #[test]
