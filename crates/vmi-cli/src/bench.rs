@@ -494,10 +494,7 @@ fn input(events: usize) -> Result<Value> {
 
 /// Resident set size of this process, from /proc.
 pub fn rss_bytes() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS in /proc/self/status")?;
-    let kib: u64 = line.split_whitespace().nth(1).context("malformed VmRSS")?.parse()?;
-    Ok(kib * 1024)
+    vmi_telemetry::resident_bytes(None).context("cannot read this process's resident memory from /proc/self/statm")
 }
 
 /// `n` phones that hibernate right after boot (at most one resident at a time while they are made), then a wake

@@ -271,11 +271,5 @@ fn wait_painted(phone: &mut vmi_qemu_engine::QemuPhone, within: Duration) -> Res
 
 /// A process's resident memory, bytes.
 fn rss_of(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .context("no VmRSS")?;
-    Ok(kib * 1024)
+    vmi_telemetry::resident_bytes(Some(pid)).with_context(|| format!("cannot read the resident memory of pid {pid}"))
 }

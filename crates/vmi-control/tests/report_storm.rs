@@ -18,9 +18,7 @@ const REPORTS_PER_STORM: usize = 40_000;
 
 /// The process's resident memory, in bytes.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()).expect("a number") * 1024
+    vmi_telemetry::resident_bytes(None).expect("this process's resident memory")
 }
 
 /// Reads one response head; its status (bodies of refusals are read up to their `content-length`).

@@ -229,6 +229,15 @@ impl Process {
     }
 }
 
+/// The resident memory of process `pid` (`None`: this process), in bytes, from `/proc/{pid}/statm`; `None` where
+/// it cannot be read (the process is gone, or there is no `/proc`).
+pub fn resident_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = pid.map_or_else(|| "/proc/self/statm".to_owned(), |pid| format!("/proc/{pid}/statm"));
+    let statm = std::fs::read_to_string(path).ok()?;
+    let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(resident * page_size())
+}
+
 /// Clock ticks a second as `/proc` counts them (`USER_HZ`).
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf reads a constant of the system; no memory is passed.

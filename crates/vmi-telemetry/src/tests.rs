@@ -60,3 +60,13 @@ async fn requests_are_counted_by_their_route_not_their_path() {
     assert_eq!(http.count("unmatched", "GET", 404), 1, "a path no route serves counts under one label");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with EOF");
 }
+
+#[test]
+fn resident_memory_grows_with_memory_touched_and_a_gone_process_has_none() {
+    let before = resident_bytes(None).expect("this process's resident memory");
+    let touched = vec![1u8; 64 << 20];
+    let after = resident_bytes(Some(std::process::id())).expect("read by pid");
+    assert!(after >= before + (32 << 20), "64 MiB touched: {before} -> {after}");
+    assert!(std::hint::black_box(&touched).iter().all(|b| *b == 1));
+    assert_eq!(resident_bytes(Some(u32::MAX)), None, "no such process");
+}
