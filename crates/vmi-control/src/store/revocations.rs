@@ -15,7 +15,7 @@ pub(crate) const CURRENT_WITHIN: Duration = Duration::from_secs(2);
 pub(crate) struct Revocations {
     sinks: Mutex<Vec<RevocationSink>>,
     start: Instant,
-    /// Milliseconds after `start` at which the watch last heard from etcd, plus one; 0: not watching.
+    /// Milliseconds after `start` up to which the watch has delivered every change, plus one; 0: not watching.
     heard: AtomicU64,
 }
 
@@ -45,10 +45,10 @@ impl Revocations {
         }
     }
 
-    /// The watch heard from etcd now (an event, or progress: everything up to now is delivered).
-    pub(crate) fn heard(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.heard.store(ms + 1, Ordering::SeqCst);
+    /// The watch has delivered every change committed up to `at`.
+    pub(crate) fn heard_as_of(&self, at: Instant) {
+        let ms = u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX - 1);
+        self.heard.fetch_max(ms + 1, Ordering::SeqCst);
     }
 
     /// The watch broke: nothing is current until it is heard again.
@@ -56,7 +56,7 @@ impl Revocations {
         self.heard.store(0, Ordering::SeqCst);
     }
 
-    /// Whether the watch heard from etcd within [`CURRENT_WITHIN`].
+    /// Whether the watch has delivered every change committed up to [`CURRENT_WITHIN`] ago.
     pub(crate) fn current(&self) -> bool {
         match self.heard.load(Ordering::SeqCst) {
             0 => false,
@@ -86,10 +86,18 @@ mod tests {
     }
 
     #[test]
-    fn revocations_are_current_only_while_the_watch_is_heard() {
-        let revocations = Revocations::default();
+    fn revocations_are_current_only_while_the_watch_has_delivered_up_to_lately() {
+        // Made a while ago, so that a proof can be older than CURRENT_WITHIN.
+        let revocations = Revocations { start: Instant::now() - Duration::from_secs(10), ..Revocations::default() };
         assert!(!revocations.current(), "never heard");
-        revocations.heard();
+        let now = Instant::now();
+        // Proof of a moment long past (a member that lagged behind and caught up only to then): not current.
+        revocations.heard_as_of(now - CURRENT_WITHIN - Duration::from_millis(500));
+        assert!(!revocations.current());
+        revocations.heard_as_of(now);
+        assert!(revocations.current());
+        // A proof older than the one held does not take it back.
+        revocations.heard_as_of(now - CURRENT_WITHIN - Duration::from_millis(500));
         assert!(revocations.current());
         revocations.lost();
         assert!(!revocations.current());

@@ -74,8 +74,10 @@ pub(crate) enum Watched<'a> {
     Started,
     /// Changes under the prefix, in commit order.
     Events(&'a [etcd_client::Event]),
-    /// Every change up to now has been delivered (an answer to the progress asked every [`WATCH_PROGRESS`]).
-    Progress,
+    /// Every change committed up to this instant has been delivered: an answer came at or past the revision a
+    /// linearizable read found then (asked every [`WATCH_PROGRESS`]), so a member that lags behind the cluster
+    /// cannot say so until it has caught up.
+    Current(std::time::Instant),
     /// The watch broke (a member went away or lost its leader); it starts again, on the next member.
     Lost,
 }
@@ -284,9 +286,21 @@ impl EtcdKv {
                     let (mut asks, mut answers) = stream.split();
                     let mut progress = tokio::time::interval(WATCH_PROGRESS);
                     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    // The cluster's revision when progress was last asked for, and when: an answer at or past it
+                    // proves the watch current as of then.
+                    let mut asked: Option<(i64, std::time::Instant)> = None;
                     loop {
                         let response = tokio::select! {
                             _ = progress.tick() => {
+                                // A linearizable read (the member confirms with the leader and applies up to it
+                                // first): the revision every member's watch must reach to be current now.
+                                let at = std::time::Instant::now();
+                                let read = client.get(full.clone(), Some(GetOptions::new().with_count_only()));
+                                if let Ok(Ok(read)) = tokio::time::timeout(REQUEST_TIMEOUT, read).await
+                                    && let Some(header) = read.header()
+                                {
+                                    asked = Some((header.revision(), at));
+                                }
                                 if asks.request_progress().await.is_err() {
                                     break;
                                 }
@@ -297,14 +311,19 @@ impl EtcdKv {
                         let Ok(Some(response)) = response else { break };
                         if response.created() {
                             seen(Watched::Started);
-                        } else if response.events().is_empty() && !response.canceled() {
-                            seen(Watched::Progress);
                         }
                         if !response.events().is_empty() {
                             seen(Watched::Events(response.events()));
                         }
                         if response.canceled() {
                             break;
+                        }
+                        let revision = response.header().map_or(0, |h| h.revision());
+                        if let Some((wanted, at)) = asked
+                            && revision >= wanted
+                        {
+                            asked = None;
+                            seen(Watched::Current(at));
                         }
                     }
                 }

@@ -79,14 +79,12 @@ pub struct EtcdStore {
 }
 
 /// What the watch on `devices/` does: tells the followers of every revocation (a device written revoked, or
-/// deleted), and that some may have been missed when the watch starts again; notes when it last heard from etcd.
+/// deleted), and that some may have been missed when the watch starts again; notes up to when it is current.
 fn watch_revocations(revocations: Arc<Revocations>) -> impl FnMut(kv::Watched<'_>) + Send + 'static {
     move |seen| match seen {
-        kv::Watched::Started => {
-            revocations.revoked(None);
-            revocations.heard();
-        }
-        kv::Watched::Progress => revocations.heard(),
+        // Current only once an answer proves it (the first within milliseconds: progress is asked at once).
+        kv::Watched::Started => revocations.revoked(None),
+        kv::Watched::Current(at) => revocations.heard_as_of(at),
         kv::Watched::Lost => {
             revocations.lost();
             revocations.revoked(None);
@@ -102,7 +100,6 @@ fn watch_revocations(revocations: Arc<Revocations>) -> impl FnMut(kv::Watched<'_
                     revocations.revoked(id);
                 }
             }
-            revocations.heard();
         }
     }
 }
@@ -1211,6 +1208,30 @@ mod tests {
         eprintln!("{written} users written in the 5 s after etcd's leader died");
         until(Duration::from_secs(1), "r1 to lead again", || leadership.is_leading());
         cluster.restart(etcd_leader);
+    }
+
+    /// The watch on `devices/` proves itself current every half second (an answer at or past a linearizable
+    /// read's revision), so a replica may trust its cache of device tokens; with etcd gone it may not, within
+    /// the bound.
+    #[test]
+    fn revocations_are_current_while_the_watch_keeps_up_and_not_once_etcd_is_gone() {
+        let mut cluster = EtcdCluster::start("revocations-current", 1);
+        let s = connect(&cluster.endpoints(), "revocations-current/");
+        until(Duration::from_secs(5), "the watch to prove itself current", || s.revocations_current());
+        // Writes meanwhile (the watch's revision moves on with them): still current, every time it is asked.
+        let watched = Instant::now();
+        let mut n = 0;
+        while watched.elapsed() < crate::store::revocations::CURRENT_WITHIN + Duration::from_secs(1) {
+            s.create_user(&format!("user{n}")).unwrap();
+            n += 1;
+            assert!(s.revocations_current(), "current all along ({:?} in, {n} writes)", watched.elapsed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster.kill(0);
+        let killed = Instant::now();
+        until(Duration::from_secs(5), "the cache to be distrusted without etcd", || !s.revocations_current());
+        assert!(killed.elapsed() <= crate::store::revocations::CURRENT_WITHIN + Duration::from_millis(500));
+        cluster.restart(0);
     }
 
     #[test]
