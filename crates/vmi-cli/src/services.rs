@@ -356,10 +356,10 @@ pub async fn control(args: ControlArgs) -> Result<()> {
                 }
             }
         };
-        let leadership = store.campaign(&replica)?;
-        if args.etcd_keep_history > 0 {
-            store.compact_history(leadership.clone(), Duration::from_secs(args.etcd_keep_history))?;
-        }
+        let leadership = match args.etcd_keep_history {
+            0 => store.campaign(&replica)?,
+            secs => store.campaign_compacting(&replica, Duration::from_secs(secs))?,
+        };
         let reports = store.shared_reports();
         tracing::info!(replica, etcd = %args.etcd.join(","), "control replica on etcd");
         (Arc::new(store), leadership, reports)

@@ -1160,8 +1160,11 @@ async fn heartbeat(
     let write = {
         let (store, id, degraded) = (store.clone(), id.clone(), req.degraded.clone());
         let known = req.placed_version;
+        // Past the bound nobody waits for the write: it does not wait out an etcd election either (with many
+        // sites beating while quorum is lost, abandoned writes would fill the blocking pool).
+        let by = std::time::Instant::now() + HEARTBEAT_WRITE_WITHIN;
         tokio::task::spawn_blocking(move || {
-            store.heartbeat_since(&id, req.phones, degraded.as_deref(), now_ms(), known)
+            crate::store::answer_by(by, || store.heartbeat_since(&id, req.phones, degraded.as_deref(), now_ms(), known))
         })
     };
     let written = match tokio::time::timeout(HEARTBEAT_WRITE_WITHIN, write).await {

@@ -45,6 +45,7 @@ mod tenants;
 mod users;
 
 pub use access::DEFAULT_AUDIT_LISTED;
+pub(crate) use etcd::answer_by;
 pub use etcd::{DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX, EtcdStore, EtcdTls, LEADER_TTL};
 pub(crate) use etcd::{EtcdKv, Watched};
 pub use revocations::RevocationSink;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use etcd_client::{Client, GetOptions};
 use tokio::time::Instant;
 
-use crate::Leadership;
+use tokio::sync::watch;
 
 /// The revisions the cluster was at, sampled over time, and the one compacted to last: which revision is `keep`
 /// old now.
@@ -48,13 +48,13 @@ fn sample_every(keep: Duration) -> Duration {
     (keep / 10).clamp(Duration::from_millis(200), Duration::from_secs(30))
 }
 
-/// Samples the cluster's revision through `clients` (the first that answers) and, while `leadership` leads,
-/// compacts to what it was `keep` ago; runs on `handle` until its runtime stops.
+/// Samples the cluster's revision through `clients` (the first that answers) and, while `leading` says this
+/// replica leads, compacts to what it was `keep` ago; runs on `handle` until the campaign that says it ends.
 pub(crate) fn spawn(
     handle: &tokio::runtime::Handle,
     clients: Vec<Client>,
     probe: String,
-    leadership: Leadership,
+    leading: watch::Receiver<bool>,
     keep: Duration,
 ) {
     handle.spawn(async move {
@@ -63,10 +63,14 @@ pub(crate) fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // The campaign ended (the service let go of its leadership): so does this.
+            if leading.has_changed().is_err() {
+                return;
+            }
             let Some((mut client, revision)) = revision_now(&clients, &probe).await else { continue };
             // Every replica samples (so a new leader knows what was when); only the leader compacts.
             let Some(target) = retention.observe(Instant::now(), revision, keep) else { continue };
-            if !leadership.is_leading() {
+            if !*leading.borrow() {
                 continue;
             }
             match client.compact(target, None).await {

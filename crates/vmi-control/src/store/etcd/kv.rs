@@ -27,14 +27,30 @@ use crate::ControlError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one call may spend trying members in turn.
 const CALL_DEADLINE: Duration = Duration::from_millis(1500);
-/// How long a call waits, from its start, while members answer "no leader": a member that lost its leader says so
-/// at once, and the election that follows takes milliseconds (a second or two if votes split), so a call made in
-/// that moment is answered a little later instead of failing. Without quorum it fails after this long.
-const ELECTION_WAIT: Duration = Duration::from_millis(2500);
+/// How long a call keeps asking, from its start, while etcd elects a leader (members answer "no leader", or a
+/// read times out on a member still following the dead one): the election takes milliseconds once a member
+/// notices (a second or two if votes split), so a call made then is answered a little later instead of failing.
+/// Without quorum it fails after this long (plus the last request's time), within the 2 s the service's own
+/// clients wait.
+const ELECTION_WAIT: Duration = Duration::from_millis(1500);
 /// How long a call waits before asking the members again while they elect a leader.
 const ELECTION_POLL: Duration = Duration::from_millis(100);
 /// How many times an optimistic transaction runs again after losing a race before it gives up.
 const MAX_ATTEMPTS: usize = 64;
+
+thread_local! {
+    /// When the etcd calls made on this thread stop asking again during an election ([`answer_by`]).
+    static GIVE_UP_AT: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `work` with every etcd call it makes on this thread giving up by `by` rather than waiting out an election:
+/// for work whose caller stops waiting then (a heartbeat's write), so that it does not hold its thread longer.
+pub(crate) fn answer_by<T>(by: std::time::Instant, work: impl FnOnce() -> T) -> T {
+    let before = GIVE_UP_AT.replace(Some(by));
+    let out = work();
+    GIVE_UP_AT.set(before);
+    out
+}
 
 /// A connected etcd client with its own runtime: one client per member, the one that answered last first.
 ///
@@ -226,7 +242,9 @@ impl EtcdKv {
         let n = self.clients.len();
         let mut last = None;
         let started = std::time::Instant::now();
-        // Whether a member said "no leader" during this call: an election is under way, or quorum is lost.
+        let give_up = GIVE_UP_AT.get().map_or(started + ELECTION_WAIT, |by| by.min(started + ELECTION_WAIT));
+        // Whether a member said "no leader" during this call (or, for a read, left it in doubt): an election is
+        // under way, or quorum is lost.
         let mut electing = false;
         loop {
             let first = self.preferred.load(Ordering::Relaxed);
@@ -242,7 +260,7 @@ impl EtcdKv {
                     }
                     Err(e) if unreachable(&e, timeouts_retried) => {
                         tracing::debug!(member = i, error = %e, "etcd member unreachable; trying the next");
-                        electing |= no_leader(&e);
+                        electing |= no_leader(&e) || (timeouts_retried && outcome_unknown(&e));
                         // The next call starts at the next member too.
                         self.preferred.store(i + 1, Ordering::Relaxed);
                         last = Some(e);
@@ -253,9 +271,9 @@ impl EtcdKv {
                     }
                 }
             }
-            // "No leader" is said before the request is looked at (nothing was applied): worth asking again once
-            // the members have elected one.
-            if !electing || started.elapsed() + ELECTION_POLL >= ELECTION_WAIT {
+            // "No leader" is said before the request is looked at (nothing was applied), and a read may be sent
+            // again: worth asking again once the members have elected a leader.
+            if !electing || std::time::Instant::now() + ELECTION_POLL >= give_up {
                 break;
             }
             // Handlers call the store on the service's workers: waiting there must not starve the others
@@ -396,8 +414,9 @@ impl EtcdKv {
     }
 
     /// Every value `key` held, oldest first, as etcd's revisions keep them: each version read at the revision
-    /// before the next one's, back to the last compaction.
-    pub(crate) fn versions(&self, key: &str) -> Result<Vec<Entry>, ControlError> {
+    /// before the next one's, back to the last compaction; and whether that is all of them (false: older ones
+    /// were compacted away).
+    pub(crate) fn versions(&self, key: &str) -> Result<(Vec<Entry>, bool), ControlError> {
         let mut versions = Vec::new();
         let mut at = 0; // 0: now
         loop {
@@ -408,7 +427,10 @@ impl EtcdKv {
             })? {
                 Ok(resp) => resp,
                 // Older revisions were compacted away: the history kept starts with the versions read so far.
-                Err(e) if compacted(&e) => break,
+                Err(e) if compacted(&e) => {
+                    versions.reverse();
+                    return Ok((versions, false));
+                }
                 Err(e) => return Err(unavailable(e)),
             };
             let Some(kv) = resp.kvs().first() else { break };
@@ -419,7 +441,7 @@ impl EtcdKv {
             at = kv.mod_revision() - 1;
         }
         versions.reverse();
-        Ok(versions)
+        Ok((versions, true))
     }
 
     /// Every key under `prefix` (by key, or newest key first with `descending`), at most `limit` (0: all), and
@@ -490,12 +512,21 @@ fn unreachable(e: &etcd_client::Error, timeouts_retried: bool) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         etcd_client::Error::GRpcStatus(status) => match status.code() {
-            tonic::Code::Unavailable => true,
+            // A write goes elsewhere only if it was surely not applied: not sent, or refused unread.
+            tonic::Code::Unavailable => timeouts_retried || !maybe_applied(status),
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => timeouts_retried,
             _ => false,
         },
         _ => false,
     }
+}
+
+/// Whether an "unavailable" answer may follow a proposal that etcd applied after all ("leader changed", "request
+/// timed out", a connection lost once the request was out): only a connection never made and "no leader" say
+/// the request was not looked at.
+fn maybe_applied(status: &tonic::Status) -> bool {
+    let message = status.message();
+    !(message.contains("no leader") || message.contains("connect"))
 }
 
 /// Whether `e` says the revision asked for was compacted away.
@@ -513,9 +544,11 @@ fn no_leader(e: &etcd_client::Error) -> bool {
 /// Whether `e` leaves open whether a request that was sent was applied (its connection broke, or it timed out).
 fn outcome_unknown(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(status) => {
-            matches!(status.code(), tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
-        }
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => true,
+            tonic::Code::Unavailable => maybe_applied(status),
+            _ => false,
+        },
         _ => false,
     }
 }

@@ -24,10 +24,46 @@ pub const LEADER_TTL: Duration = Duration::from_secs(3);
 const CAMPAIGN_EVERY: Duration = Duration::from_millis(250);
 /// How long a leader waits before trying the next etcd member to keep its lease alive through.
 const RENEW_RETRY: Duration = Duration::from_millis(100);
+/// How long one member may take to renew the lease before the next is tried (a member cut off from the others
+/// but not yet aware of it would hold the renewal for etcd's own timeout, seconds).
+const RENEW_ATTEMPT: Duration = Duration::from_millis(500);
+
+/// Where the campaign says whether it leads: the [`Leadership`] the service holds (the campaign ends, handing
+/// leadership over, once every clone of it is dropped) and the campaign's own tasks (the history's compaction),
+/// which must not keep it going.
+struct Announce {
+    service: watch::Sender<bool>,
+    tasks: watch::Sender<bool>,
+}
+
+impl Announce {
+    /// Says whether this replica leads; true if that changed.
+    fn send_replace(&self, leading: bool) -> bool {
+        self.tasks.send_replace(leading);
+        self.service.send_replace(leading) != leading
+    }
+
+    /// Whether the service let go of its [`Leadership`] (it is stopping).
+    fn is_closed(&self) -> bool {
+        self.service.is_closed()
+    }
+}
 
 /// Starts campaigning for `key` as `replica` on the client's runtime; the returned [`Leadership`] follows it.
-pub(crate) fn campaign(handle: &tokio::runtime::Handle, kv: Arc<EtcdKv>, key: String, replica: String) -> Leadership {
-    let (tx, rx) = watch::channel(false);
+/// With `compact`, the replica compacts etcd's history to what it was that long ago while it leads.
+pub(crate) fn campaign(
+    handle: &tokio::runtime::Handle,
+    kv: Arc<EtcdKv>,
+    key: String,
+    replica: String,
+    compact: Option<Duration>,
+) -> Leadership {
+    let (service, rx) = watch::channel(false);
+    let (tasks, leading) = watch::channel(false);
+    if let Some(keep) = compact {
+        super::compaction::spawn(handle, kv.clients(), key.clone(), leading, keep);
+    }
+    let tx = Announce { service, tasks };
     handle.spawn(async move {
         // The lease we led under when it could not be renewed in time (the etcd cluster electing a leader, say):
         // if etcd still has it, the key is still ours, and the next campaign takes leadership back at once
@@ -61,49 +97,59 @@ async fn lead_once(
     client: &mut Client,
     key: &str,
     replica: &str,
-    leading: &watch::Sender<bool>,
+    leading: &Announce,
     held: &mut Option<i64>,
 ) -> Result<(), etcd_client::Error> {
     let margin = LEADER_TTL / 3;
     // Counted from before the grant (or the keep-alive) was asked: the lease at etcd cannot have started earlier.
     let started = Instant::now();
-    let (lease, (mut keeper, mut answers)) =
-        match held.take() {
-            Some(lease) => match take_back(client, key, replica, lease).await {
-                Ok(Some(stream)) => (lease, stream),
-                Ok(None) => return Ok(()),
+    let won = match held.take() {
+        Some(lease) => {
+            let taken = tokio::time::timeout(LEADER_TTL - margin, take_back(client, key, replica, lease)).await;
+            match taken {
+                Ok(Ok(Some(stream))) => (lease, stream),
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(e)) => {
+                    *held = Some(lease);
+                    return Err(e);
+                }
+                // Too slow to lead on: the lease may still be alive; the next campaign asks again.
+                Err(_) => {
+                    *held = Some(lease);
+                    return Ok(());
+                }
+            }
+        }
+        None => {
+            let Some(lease) = win(client, key, replica).await? else { return Ok(()) };
+            // Opening the stream sends the first keep-alive and reads its answer (etcd-client does), so each
+            // later answer is the one for the keep-alive sent just before it.
+            match client.lease_keep_alive(lease).await {
+                Ok(stream) => (lease, stream),
                 Err(e) => {
                     *held = Some(lease);
                     return Err(e);
                 }
-            },
-            None => {
-                let ttl = i64::try_from(LEADER_TTL.as_secs()).unwrap_or(3);
-                let lease = client.lease_grant(ttl, None).await?.id();
-                let take = Txn::new()
-                    .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key, replica, Some(PutOptions::new().with_lease(lease)))]);
-                if !client.txn(take).await?.succeeded() {
-                    // Someone leads; our lease is let go (it expires on its own if the revoke is lost).
-                    let _ = client.lease_revoke(lease).await;
-                    return Ok(());
-                }
-                // Opening the stream sends the first keep-alive and reads its answer (etcd-client does), so each
-                // later answer is the one for the keep-alive sent just before it.
-                match client.lease_keep_alive(lease).await {
-                    Ok(stream) => (lease, stream),
-                    Err(e) => {
-                        *held = Some(lease);
-                        return Err(e);
-                    }
-                }
             }
-        };
+        }
+    };
+    let (lease, (mut keeper, mut answers)) = won;
     let mut valid_until = started + LEADER_TTL - margin;
+    // Getting here may have taken a while (connecting, etcd slow to answer): lead only with time left.
+    if Instant::now() >= valid_until {
+        *held = Some(lease);
+        return Ok(());
+    }
     leading.send_replace(true);
     tracing::info!(replica, "leading the control plane (placer and failover)");
     while !leading.is_closed() {
-        tokio::time::sleep(margin).await;
+        // Never asleep past the moment the lease could have expired: a renewal may be due sooner than a margin.
+        tokio::time::sleep_until((Instant::now() + margin).min(valid_until)).await;
+        if Instant::now() >= valid_until {
+            tracing::warn!(replica, "leader lease not renewed in time");
+            *held = Some(lease);
+            return Ok(());
+        }
         let sent = Instant::now();
         let answer = match keeper.keep_alive().await {
             Ok(()) => tokio::time::timeout_at(valid_until.max(sent), answers.message()).await,
@@ -116,7 +162,8 @@ async fn lead_once(
             // The lease is gone at etcd (it answered TTL 0): someone else may lead now.
             Ok(Ok(Some(_))) => return Ok(()),
             // The member went away (or lost its leader) with the stream: the lease is still ours until it
-            // expires, so it is kept alive through another member; losing one member of three changes nothing.
+            // expires, so it is kept alive through another member; losing a member that is not etcd's leader
+            // changes nothing.
             Ok(Ok(None)) | Ok(Err(_)) => match keep_alive_elsewhere(kv, lease, valid_until).await {
                 Renewal::Renewed(sent, stream) => {
                     (keeper, answers) = *stream;
@@ -140,6 +187,23 @@ async fn lead_once(
     // The service is stopping: hand leadership over now instead of after the time to live.
     let _ = client.lease_revoke(lease).await;
     Ok(())
+}
+
+/// Grants a lease and puts `key` under it if nobody holds the key: the lease, or `None` when someone else leads.
+async fn win(client: &mut Client, key: &str, replica: &str) -> Result<Option<i64>, etcd_client::Error> {
+    let ttl = i64::try_from(LEADER_TTL.as_secs()).unwrap_or(3);
+    let lease = client.lease_grant(ttl, None).await?.id();
+    let take = Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        key,
+        replica,
+        Some(PutOptions::new().with_lease(lease)),
+    )]);
+    if !client.txn(take).await?.succeeded() {
+        // Someone leads; our lease is let go (it expires on its own if the revoke is lost).
+        let _ = client.lease_revoke(lease).await;
+        return Ok(None);
+    }
+    Ok(Some(lease))
 }
 
 /// Whether `e` says the lease asked for is gone at etcd (expired or revoked).
@@ -186,11 +250,11 @@ async fn keep_alive_elsewhere(kv: &EtcdKv, lease: i64, until: Instant) -> Renewa
         kv.prefer_next();
         let mut client = kv.client();
         let sent = Instant::now();
-        match tokio::time::timeout_at(until, client.lease_keep_alive(lease)).await {
+        match tokio::time::timeout_at(until.min(sent + RENEW_ATTEMPT), client.lease_keep_alive(lease)).await {
             Ok(Ok(stream)) => return Renewal::Renewed(sent, Box::new(stream)),
             Ok(Err(e)) if lease_gone(&e) => return Renewal::Gone,
             Ok(Err(e)) => tracing::debug!(error = %e, "leader lease: keep-alive refused; trying the next etcd member"),
-            Err(_) => return Renewal::NotInTime,
+            Err(_) => tracing::debug!("leader lease: no keep-alive answer in time; trying the next etcd member"),
         }
         tokio::time::sleep(RENEW_RETRY).await;
     }

@@ -30,6 +30,8 @@ mod compaction;
 mod kv;
 mod leader;
 
+pub(crate) use kv::answer_by;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -364,23 +366,34 @@ impl EtcdStore {
     /// Campaigns, as replica `replica`, to lead the control plane (run the placer and the failover loop), for as
     /// long as the returned [`Leadership`] or a clone of it lives.
     pub fn campaign(&self, replica: &str) -> Result<Leadership, ControlError> {
-        let handle = self.kv.handle().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
-        Ok(leader::campaign(&handle, self.kv.clone(), self.kv.full("control/leader"), replica.to_owned()))
+        self.campaign_with(replica, None)
     }
 
-    /// While `leadership` leads, compacts etcd's history to what it was `keep` ago, for as long as this store
-    /// lives (`compaction.rs`): without it the history grows with every write, the reports' batches above all.
-    pub fn compact_history(&self, leadership: Leadership, keep: std::time::Duration) -> Result<(), ControlError> {
-        let handle = self.kv.handle().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
-        compaction::spawn(&handle, self.kv.clients(), self.kv.full("control/leader"), leadership, keep);
-        Ok(())
+    /// As [`EtcdStore::campaign`], and while leading compacts etcd's history to what it was `keep` ago
+    /// (`compaction.rs`): without it the history grows with every write, the reports' batches above all.
+    pub fn campaign_compacting(&self, replica: &str, keep: std::time::Duration) -> Result<Leadership, ControlError> {
+        self.campaign_with(replica, Some(keep))
     }
 
-    /// Every placement `user`'s phone had since etcd's history was last compacted (all of them where it is not:
-    /// `vmi control --etcd-keep-history 0`), oldest first, with the etcd revision that wrote it: the ground truth
-    /// the fault checker (`vmi nemesis`) holds the services' histories against.
+    fn campaign_with(&self, replica: &str, keep: Option<std::time::Duration>) -> Result<Leadership, ControlError> {
+        let handle = self.kv.handle().ok_or_else(|| ControlError::Unavailable("etcd client closed".into()))?;
+        let key = self.kv.full("control/leader");
+        Ok(leader::campaign(&handle, self.kv.clone(), key, replica.to_owned(), keep))
+    }
+
+    /// Every placement `user`'s phone ever had, oldest first, with the etcd revision that wrote it: the ground
+    /// truth the fault checker (`vmi nemesis`) holds the services' histories against. Unavailable, naming why,
+    /// where etcd's history was compacted past its first placement (a checked run keeps the whole history:
+    /// `vmi control --etcd-keep-history 0`).
     pub fn placement_history(&self, user: &str) -> Result<Vec<(i64, Placement)>, ControlError> {
-        let versions = self.kv.versions(&placement_key(user))?;
+        let (versions, whole) = self.kv.versions(&placement_key(user))?;
+        if !whole {
+            return Err(ControlError::Unavailable(format!(
+                "etcd's history of {user}'s placement was compacted: only the last {} of its versions are kept \
+                 (run the control replicas with --etcd-keep-history 0 to keep it whole)",
+                versions.len()
+            )));
+        }
         versions
             .into_iter()
             .map(|e| {
@@ -1111,7 +1124,7 @@ mod tests {
     use vmi_testkit::etcd::EtcdCluster;
     use vmi_testkit::netns::Net;
 
-    use super::{EtcdStore, site_lease_key};
+    use super::{EtcdStore, placement_key, site_lease_key};
     use crate::ControlError;
     use crate::store::Store;
     use crate::store::conformance::connect;
@@ -1148,6 +1161,47 @@ mod tests {
             not_leading
         });
         (stop, polls)
+    }
+
+    /// Without quorum a call keeps asking while the member left says "no leader", then fails as unavailable;
+    /// a caller that stops waiting sooner (`answer_by`: a heartbeat's write) has its calls give up then too.
+    #[test]
+    fn without_quorum_a_call_asks_again_until_its_callers_deadline() {
+        let mut cluster = EtcdCluster::start("give-up", 3);
+        let s = connect(&cluster.endpoints(), "give-up/");
+        s.create_user("alice").unwrap();
+        cluster.kill(1);
+        cluster.kill(2);
+        until(Duration::from_secs(10), "the member left to say it has no leader", || s.kv.leader_member().is_none());
+        s.kv.prefer(0);
+        let asked = Instant::now();
+        let hurried = super::answer_by(asked + Duration::from_millis(200), || s.create_user("bob"));
+        let hurried_took = asked.elapsed();
+        let asked = Instant::now();
+        let patient = s.create_user("carol");
+        let patient_took = asked.elapsed();
+        eprintln!("without quorum: a call gave up after {patient_took:?}, one in a hurry after {hurried_took:?}");
+        assert!(matches!(hurried, Err(ControlError::Unavailable(_))), "{hurried:?}");
+        assert!(matches!(patient, Err(ControlError::Unavailable(_))), "{patient:?}");
+        assert!(patient_took >= Duration::from_millis(1300), "asked again while etcd had no leader: {patient_took:?}");
+        assert!(hurried_took < Duration::from_millis(900), "gave up by its caller's deadline: {hurried_took:?}");
+        cluster.restart(1);
+        cluster.restart(2);
+    }
+
+    /// A leader that compacts etcd's history and lets go of its leadership (the service stopping) hands over at
+    /// once: its campaign ends and revokes the lease, the compaction task keeping nothing alive.
+    #[test]
+    fn a_compacting_leader_that_lets_go_hands_over_at_once() {
+        let cluster = EtcdCluster::start("hand-over", 1);
+        let (a, b) = (connect(&cluster.endpoints(), "hand-over/"), connect(&cluster.endpoints(), "hand-over/"));
+        let first = a.campaign_compacting("r1", Duration::from_secs(1)).unwrap();
+        until(Duration::from_secs(10), "r1 to lead", || first.is_leading());
+        let second = b.campaign("r2").unwrap();
+        assert!(!second.is_leading());
+        drop(first);
+        // Well within the lease's time to live: r1 revoked it rather than letting it expire.
+        until(crate::LEADER_TTL / 2, "r2 to lead once r1 let go", || second.is_leading());
     }
 
     /// The member carrying a leading replica's lease keep-alive dies (not etcd's leader): the keep-alive goes on
@@ -1286,8 +1340,9 @@ mod tests {
     }
 
     /// The leading replica compacts etcd's history to what it was `keep` ago (`compaction.rs` decides when, by
-    /// its own clock, and is tested there): the placement history then starts after the compacted revision
-    /// instead of failing, and writes, reads and the reports shared through a watch go on.
+    /// its own clock, and is tested there): a key's versions are then read back to the compacted revision, the
+    /// placement history says it is no longer whole, and writes, reads and the reports shared through a watch
+    /// go on.
     #[test]
     fn the_leader_compacts_etcds_history_and_the_store_reads_on() {
         use vmi_control_api::model::ReportRequest;
@@ -1300,13 +1355,16 @@ mod tests {
         s.set_placement("alice", "site-a").unwrap();
         s.set_placement("alice", "site-b").unwrap();
         assert_eq!(s.placement_history("alice").unwrap().len(), 2, "both placements, before any compaction");
-        let leadership = s.campaign("r1").unwrap();
+        let leadership = s.campaign_compacting("r1", Duration::from_millis(500)).unwrap();
         until(Duration::from_secs(10), "r1 to lead", || leadership.is_leading());
-        s.compact_history(leadership, Duration::from_millis(500)).unwrap();
         until(Duration::from_secs(10), "the first placement to be compacted away", || {
-            s.placement_history("alice").unwrap().len() == 1
+            !s.kv.versions(&placement_key("alice")).unwrap().1
         });
-        assert_eq!(s.placement_history("alice").unwrap()[0].1.site, "site-b");
+        let (kept, _) = s.kv.versions(&placement_key("alice")).unwrap();
+        assert_eq!(kept.len(), 1, "the placement now, the one before compacted away");
+        // The fault checker's ground truth is never a part of it passed as the whole.
+        let refused = s.placement_history("alice").unwrap_err();
+        assert!(refused.to_string().contains("compacted"), "{refused}");
         s.create_user("bob").unwrap();
         assert_eq!(s.list_users().unwrap().len(), 2);
         sent.record("alice", ReportRequest::default(), 42);
