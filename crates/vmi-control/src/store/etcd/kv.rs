@@ -249,11 +249,24 @@ impl EtcdKv {
         loop {
             let first = self.preferred.load(Ordering::Relaxed);
             for attempt in 0..n {
-                if attempt > 0 && started.elapsed() >= CALL_DEADLINE {
+                if attempt > 0 && (started.elapsed() >= CALL_DEADLINE || std::time::Instant::now() >= give_up) {
                     break;
                 }
                 let i = (first + attempt) % n;
-                match run_on(runtime, work(self.clients[i].clone()))? {
+                let asked = work(self.clients[i].clone());
+                let answer = match GIVE_UP_AT.get() {
+                    // The caller stops waiting then: so does each request (it may still be applied: a timeout).
+                    Some(by) => run_on(runtime, async move {
+                        match tokio::time::timeout_at(tokio::time::Instant::from_std(by), asked).await {
+                            Ok(answer) => answer,
+                            Err(_) => Err(etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(
+                                "the caller's deadline passed",
+                            ))),
+                        }
+                    })?,
+                    None => run_on(runtime, asked)?,
+                };
+                match answer {
                     Ok(value) => {
                         self.preferred.store(i, Ordering::Relaxed);
                         return Ok(Ok(value));
