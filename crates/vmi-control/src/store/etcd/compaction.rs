@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::Client;
 use tokio::time::Instant;
 
 use tokio::sync::watch;
@@ -67,7 +67,7 @@ pub(crate) fn spawn(
             if leading.has_changed().is_err() {
                 return;
             }
-            let Some((mut client, revision)) = revision_now(&clients, &probe).await else { continue };
+            let Some((mut client, revision)) = first_revision(&clients, &probe).await else { continue };
             // Every replica samples (so a new leader knows what was when); only the leader compacts.
             let Some(target) = retention.observe(Instant::now(), revision, keep) else { continue };
             if !*leading.borrow() {
@@ -83,14 +83,11 @@ pub(crate) fn spawn(
 }
 
 /// The cluster's revision now, from the first member that answers, and that member's client.
-async fn revision_now(clients: &[Client], probe: &str) -> Option<(Client, i64)> {
+async fn first_revision(clients: &[Client], probe: &str) -> Option<(Client, i64)> {
     for client in clients {
         let mut client = client.clone();
-        let asked = client.get(probe, Some(GetOptions::new().with_count_only()));
-        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(1), asked).await
-            && let Some(header) = resp.header()
-        {
-            return Some((client, header.revision()));
+        if let Some(revision) = super::kv::revision_now(&mut client, probe).await {
+            return Some((client, revision));
         }
     }
     None

@@ -242,7 +242,8 @@ impl EtcdKv {
         let n = self.clients.len();
         let mut last = None;
         let started = std::time::Instant::now();
-        let give_up = GIVE_UP_AT.get().map_or(started + ELECTION_WAIT, |by| by.min(started + ELECTION_WAIT));
+        let deadline = GIVE_UP_AT.get();
+        let give_up = deadline.map_or(started + ELECTION_WAIT, |by| by.min(started + ELECTION_WAIT));
         // Whether a member said "no leader" during this call (or, for a read, left it in doubt): an election is
         // under way, or quorum is lost.
         let mut electing = false;
@@ -254,7 +255,7 @@ impl EtcdKv {
                 }
                 let i = (first + attempt) % n;
                 let asked = work(self.clients[i].clone());
-                let answer = match GIVE_UP_AT.get() {
+                let answer = match deadline {
                     // The caller stops waiting then: so does each request (it may still be applied: a timeout).
                     Some(by) => run_on(runtime, async move {
                         match tokio::time::timeout_at(tokio::time::Instant::from_std(by), asked).await {
@@ -323,14 +324,10 @@ impl EtcdKv {
                     loop {
                         let response = tokio::select! {
                             _ = progress.tick() => {
-                                // A linearizable read (the member confirms with the leader and applies up to it
-                                // first): the revision every member's watch must reach to be current now.
+                                // The revision every member's watch must reach to be current now.
                                 let at = std::time::Instant::now();
-                                let read = client.get(full.clone(), Some(GetOptions::new().with_count_only()));
-                                if let Ok(Ok(read)) = tokio::time::timeout(REQUEST_TIMEOUT, read).await
-                                    && let Some(header) = read.header()
-                                {
-                                    asked = Some((header.revision(), at));
+                                if let Some(revision) = revision_now(&mut client, &full).await {
+                                    asked = Some((revision, at));
                                 }
                                 if asks.request_progress().await.is_err() {
                                     break;
@@ -540,6 +537,14 @@ fn unreachable(e: &etcd_client::Error, timeouts_retried: bool) -> bool {
 fn maybe_applied(status: &tonic::Status) -> bool {
     let message = status.message();
     !(message.contains("no leader") || message.contains("connect"))
+}
+
+/// The cluster's revision now, by a linearizable read of `key` through `client` (the member confirms with the
+/// leader and applies up to it first), within [`REQUEST_TIMEOUT`]; `None` if it does not answer.
+pub(crate) async fn revision_now(client: &mut Client, key: &str) -> Option<i64> {
+    let read = client.get(key, Some(GetOptions::new().with_count_only()));
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, read).await.ok()?.ok()?;
+    read.header().map(|h| h.revision())
 }
 
 /// Whether `e` says the revision asked for was compacted away.
